@@ -1,0 +1,1 @@
+//! cairn-client (under construction).

@@ -1,0 +1,1 @@
+//! cairn-server (under construction).
