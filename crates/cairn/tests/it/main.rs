@@ -1,0 +1,4 @@
+//! Black-box tests of the `cairn` binary: each test starts real server processes on loopback
+//! through [`support::Node`], talks to them as a user would, and cleans up after itself.
+
+mod support;

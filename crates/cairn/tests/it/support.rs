@@ -1,0 +1,284 @@
+//! Shared harness: start a real `cairn server` on free loopback ports with its own temporary
+//! data directory, wait until it accepts connections, and kill it (SIGKILL) when dropped.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a node may take to start accepting connections before the test fails.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Path of the `cairn` binary under test.
+pub fn cairn_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cairn")
+}
+
+/// A free loopback port (bound then released; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One running `cairn server` process.
+#[derive(Debug)]
+pub struct Node {
+    pub child: Option<Child>,
+    /// Data directory; kept across restarts of the same `Node`.
+    pub data_dir: PathBuf,
+    /// Owns the data directory's lifetime when the node created it.
+    _tmp: Option<tempfile::TempDir>,
+    pub resp_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    /// Extra arguments passed to `cairn server` on every start.
+    pub extra_args: Vec<String>,
+    pub log_path: PathBuf,
+}
+
+impl Node {
+    /// Start a node on a fresh temporary data directory.
+    pub fn start() -> Node {
+        Self::start_with(&[])
+    }
+
+    /// Start a node on a fresh temporary data directory with extra `cairn server` arguments.
+    pub fn start_with(extra_args: &[&str]) -> Node {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let log_path = tmp.path().join("server.log");
+        let mut node = Node {
+            child: None,
+            data_dir,
+            _tmp: Some(tmp),
+            resp_addr: ([127, 0, 0, 1], free_port()).into(),
+            http_addr: ([127, 0, 0, 1], free_port()).into(),
+            grpc_addr: ([127, 0, 0, 1], free_port()).into(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            log_path,
+        };
+        node.spawn();
+        node
+    }
+
+    /// (Re)start the process on the same data directory and ports.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "node already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let child = Command::new(cairn_bin())
+            .arg("server")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--resp-addr")
+            .arg(self.resp_addr.to_string())
+            .arg("--http-addr")
+            .arg(self.http_addr.to_string())
+            .arg("--grpc-addr")
+            .arg(self.grpc_addr.to_string())
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn cairn server");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        for addr in [self.resp_addr, self.http_addr, self.grpc_addr] {
+            loop {
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    break;
+                }
+                if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                    panic!("cairn server exited early ({status}); log:\n{}", self.log());
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "cairn server not accepting on {addr}; log:\n{}",
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// SIGKILL the process and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL then start again on the same data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Send SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("node running");
+        signal(child.id(), libc_sigterm());
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("node did not exit after SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http_addr, path)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// A raw RESP connection to this node.
+    pub fn resp(&self) -> RawConn {
+        RawConn::connect(self.resp_addr)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn libc_sigterm() -> i32 {
+    15
+}
+
+fn signal(pid: u32, sig: i32) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// A raw TCP connection for speaking RESP byte by byte.
+#[derive(Debug)]
+pub struct RawConn {
+    pub stream: TcpStream,
+}
+
+impl RawConn {
+    pub fn connect(addr: SocketAddr) -> RawConn {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        RawConn { stream }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Send a command as a RESP array of bulk strings.
+    pub fn send_cmd(&mut self, args: &[&[u8]]) {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.send(&out);
+    }
+
+    /// Read exactly `n` bytes.
+    pub fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        self.stream.read_exact(&mut buf).unwrap();
+        buf
+    }
+
+    /// Read one complete RESP reply and return its raw bytes.
+    pub fn read_reply(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.read_value(&mut out);
+        out
+    }
+
+    /// Send a command and return its raw reply.
+    pub fn cmd(&mut self, args: &[&[u8]]) -> Vec<u8> {
+        self.send_cmd(args);
+        self.read_reply()
+    }
+
+    /// Send a command given as one whitespace-separated string; return the reply as a String.
+    pub fn cmd_str(&mut self, line: &str) -> String {
+        let args: Vec<&[u8]> = line.split_whitespace().map(str::as_bytes).collect();
+        String::from_utf8_lossy(&self.cmd(&args)).into_owned()
+    }
+
+    fn read_line(&mut self, out: &mut Vec<u8>) -> Vec<u8> {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            self.stream.read_exact(&mut byte).expect("read reply");
+            line.push(byte[0]);
+            if line.ends_with(b"\r\n") {
+                break;
+            }
+        }
+        out.extend_from_slice(&line);
+        line.truncate(line.len() - 2);
+        line
+    }
+
+    fn read_value(&mut self, out: &mut Vec<u8>) {
+        let line = self.read_line(out);
+        let (kind, rest) = (line[0], &line[1..]);
+        let n = || -> i64 { std::str::from_utf8(rest).unwrap().parse().unwrap() };
+        match kind {
+            b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {}
+            b'$' | b'!' | b'=' => {
+                let len = n();
+                if len >= 0 {
+                    let body = self.read_exact(len as usize + 2);
+                    out.extend_from_slice(&body);
+                }
+            }
+            b'*' | b'~' | b'>' => {
+                let len = n();
+                for _ in 0..len.max(0) {
+                    self.read_value(out);
+                }
+            }
+            b'%' | b'|' => {
+                for _ in 0..n() * 2 {
+                    self.read_value(out);
+                }
+            }
+            other => panic!("unexpected RESP type byte {:?} in {:?}", other as char, line),
+        }
+    }
+}
+
+/// Whether `path` exists and is a non-empty directory.
+pub fn dir_nonempty(path: &Path) -> bool {
+    std::fs::read_dir(path).map(|mut d| d.next().is_some()).unwrap_or(false)
+}
