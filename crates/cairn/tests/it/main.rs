@@ -2,3 +2,5 @@
 //! through [`support::Node`], talks to them as a user would, and cleans up after itself.
 
 mod support;
+mod clients;
+mod differential;
