@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Compare Cairn with redis-server under redis-benchmark, in one run on one machine.
+
+Starts a release `cairn server` (durable by default) and redis-server twice (AOF with
+`appendfsync always`, then `everysec`), runs redis-benchmark against each with the same
+workload (50 clients, 256-byte values, pipeline 1 and 16; SET, GET, INCR, MSET), prints a
+table of requests/s with Cairn's ratio to each Redis mode, and rewrites the section between
+the markers in docs/benchmarks.md.
+
+Usage: scripts/bench-redis.py [--requests N] [--no-write]
+"""
+
+import argparse
+import csv
+import io
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(ROOT, "docs", "benchmarks.md")
+BEGIN = "<!-- bench-redis:begin -->"
+END = "<!-- bench-redis:end -->"
+TESTS = ["SET", "GET", "INCR", "MSET"]
+CLIENTS = 50
+VALUE_BYTES = 256
+PIPELINES = [1, 16]
+KEYSPACE = 100_000
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"server exited early with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"port {port} never opened")
+
+
+def bench(port, pipeline, requests):
+    """Run redis-benchmark and return {TEST: requests_per_second}."""
+    out = subprocess.run(
+        ["redis-benchmark", "-p", str(port), "-c", str(CLIENTS), "-d", str(VALUE_BYTES),
+         "-P", str(pipeline), "-n", str(requests), "-r", str(KEYSPACE),
+         "-t", ",".join(t.lower() for t in TESTS), "--csv"],
+        check=True, capture_output=True, text=True).stdout
+    rows = {}
+    for row in csv.reader(io.StringIO(out)):
+        if len(row) >= 2 and row[0] != "test":
+            name = row[0].split()[0].upper()
+            rows[name] = float(row[1])
+    return rows
+
+
+def run_cairn(binary, pipeline, requests, work):
+    data = tempfile.mkdtemp(dir=work)
+    resp, http, grpc = free_port(), free_port(), free_port()
+    proc = subprocess.Popen(
+        [binary, "server", "--data-dir", data, "--resp-addr", f"127.0.0.1:{resp}",
+         "--http-addr", f"127.0.0.1:{http}", "--grpc-addr", f"127.0.0.1:{grpc}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(resp, proc)
+        return bench(resp, pipeline, requests)
+    finally:
+        proc.terminate()
+        proc.wait()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def run_redis(fsync, pipeline, requests, work):
+    data = tempfile.mkdtemp(dir=work)
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", data,
+         "--save", "", "--appendonly", "yes", "--appendfsync", fsync],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc)
+        return bench(port, pipeline, requests)
+    finally:
+        proc.terminate()
+        proc.wait()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=200_000)
+    ap.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
+    args = ap.parse_args()
+
+    subprocess.run(["cargo", "build", "--release", "-p", "cairn"], cwd=ROOT, check=True)
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    binary = os.path.join(target, "release", "cairn")
+    redis_version = subprocess.run(["redis-server", "--version"], capture_output=True,
+                                   text=True).stdout.split()[2]
+    work = tempfile.mkdtemp(prefix="cairn-bench-")
+    results = {}
+    try:
+        for p in PIPELINES:
+            results[("cairn", p)] = run_cairn(binary, p, args.requests, work)
+            results[("always", p)] = run_redis("always", p, args.requests, work)
+            results[("everysec", p)] = run_redis("everysec", p, args.requests, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    lines = [
+        f"Run: `scripts/bench-redis.py --requests {args.requests}` on "
+        f"{time.strftime('%Y-%m-%d')}; {os.cpu_count()} cores, {platform.machine()}, "
+        f"Linux {platform.release()}; redis-server {redis_version}; redis-benchmark "
+        f"-c {CLIENTS} -d {VALUE_BYTES} -r {KEYSPACE}; Cairn durable default (every write "
+        "fsynced before the reply). Redis with AOF, `appendfsync always` and `everysec`.",
+        "",
+        "| test | pipeline | Cairn req/s | Redis always req/s | Redis everysec req/s "
+        "| Cairn / always | Cairn / everysec |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in PIPELINES:
+        for t in TESTS:
+            c = results[("cairn", p)].get(t, 0.0)
+            a = results[("always", p)].get(t, 0.0)
+            e = results[("everysec", p)].get(t, 0.0)
+            ra = f"{c / a:.2f}x" if a else "n/a"
+            re_ = f"{c / e:.2f}x" if e else "n/a"
+            lines.append(f"| {t} | {p} | {c:,.0f} | {a:,.0f} | {e:,.0f} | {ra} | {re_} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.no_write:
+        return
+    os.makedirs(os.path.dirname(DOC), exist_ok=True)
+    doc = open(DOC).read() if os.path.exists(DOC) else "# Benchmarks\n"
+    block = f"{BEGIN}\n{table}\n{END}"
+    if BEGIN in doc:
+        doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, doc,
+                     flags=re.S)
+    else:
+        doc += f"\n## Server vs redis-server (redis-benchmark)\n\n{block}\n"
+    with open(DOC, "w") as f:
+        f.write(doc)
+    print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()
