@@ -1,1 +1,9 @@
-//! cairn-proto (under construction).
+//! `cairn-proto`: the generated Rust types, clients and server traits of Cairn's public gRPC API
+//! (`proto/cairn/v1/*.proto`). It exists so the server and the client crate share one compiled
+//! copy of the wire contract without depending on each other.
+
+/// `cairn.v1`: the `Kv` and `Cluster` services.
+pub mod v1 {
+    #![allow(missing_docs, missing_debug_implementations, clippy::all)]
+    tonic::include_proto!("cairn.v1");
+}
