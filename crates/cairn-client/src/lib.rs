@@ -1,1 +1,517 @@
-//! cairn-client (under construction).
+//! `cairn-client`: the async Rust client of Cairn's public gRPC API (`cairn.v1.Kv` and
+//! `cairn.v1.Cluster`). The `cairn` CLI, the REPL and `cairn bench` are built on it; the server
+//! crates never depend on it.
+//!
+//! Every call has a timeout and is retried a bounded number of times, with exponential backoff,
+//! when the node answers UNAVAILABLE (not reachable, shutting down, or no shard leader yet).
+//! Requests are routed through [`routing`], the seam where a routing-table cache and leader
+//! redirects go once shards are replicated.
+//!
+//! ```no_run
+//! # async fn demo() -> cairn_client::Result<()> {
+//! let client = cairn_client::Client::new("http://127.0.0.1:7070")?;
+//! client.put("hello", "world").await?;
+//! assert_eq!(client.get("hello").await?.unwrap().value, "world");
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod routing;
+
+use std::future::Future;
+use std::ops::Bound;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+pub use cairn_proto::v1 as proto;
+pub use error::{Error, Result};
+
+use proto::cluster_client::ClusterClient;
+use proto::kv_client::KvClient;
+use routing::Routing;
+
+/// How long to wait for a TCP + HTTP/2 connection to a node.
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3);
+/// How long one attempt of one request may take.
+pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Retries after the first attempt when the node answers UNAVAILABLE.
+pub const RETRIES_MAX_DEFAULT: u32 = 3;
+/// Sleep before the first retry; doubled before each further one.
+pub const RETRY_BACKOFF_DEFAULT: Duration = Duration::from_millis(50);
+/// Largest gRPC message the client sends or accepts: a maximal value (16 MiB by default) plus
+/// its key and framing, or a large scan page.
+pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Client tuning; `ClientConfig::default()` uses the `*_DEFAULT` constants.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Timeout of connection establishment.
+    pub connect_timeout: Duration,
+    /// Timeout of one attempt of one request.
+    pub request_timeout: Duration,
+    /// Retries after the first attempt on UNAVAILABLE; 0 disables retries.
+    pub retries_max: u32,
+    /// Backoff before the first retry, doubled each time.
+    pub retry_backoff: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            request_timeout: REQUEST_TIMEOUT_DEFAULT,
+            retries_max: RETRIES_MAX_DEFAULT,
+            retry_backoff: RETRY_BACKOFF_DEFAULT,
+        }
+    }
+}
+
+/// A live value as returned by [`Client::get`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Value {
+    pub value: Bytes,
+    /// Version of the write that produced this value (for [`Condition::IfVersion`]).
+    pub version: u64,
+    /// Absolute expiry, ms since the Unix epoch.
+    pub expires_at_ms: Option<u64>,
+    /// Remaining time to live when the node read the value.
+    pub ttl_ms: Option<u64>,
+}
+
+/// When a written value expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// After this long, counted from when the node accepts the write.
+    In(Duration),
+    /// At this absolute time, ms since the Unix epoch.
+    AtMs(u64),
+}
+
+/// A precondition for a write; when it does not hold the write fails with
+/// [`Error::ConditionFailed`] and changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    IfAbsent,
+    IfPresent,
+    IfVersion(u64),
+}
+
+/// Options of [`Client::put_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    pub expiry: Option<Expiry>,
+    pub condition: Option<Condition>,
+}
+
+/// Outcome of a successful put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutResult {
+    pub version: u64,
+    pub expires_at_ms: Option<u64>,
+}
+
+/// Time to live of an existing key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    /// The key never expires.
+    Persistent,
+    /// The key expires after this long.
+    Remaining(Duration),
+}
+
+/// Which keys a scan lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// Every key.
+    All,
+    /// Keys starting with these bytes.
+    Prefix(Bytes),
+    /// Keys within bounds.
+    Range {
+        start: Bound<Bytes>,
+        end: Bound<Bytes>,
+    },
+}
+
+/// A scan request: build with [`Scan::all`], [`Scan::prefix`] or [`Scan::range`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    pub selector: Selector,
+    /// At most this many entries; 0 = the server default.
+    pub limit: u32,
+    /// Leave values out.
+    pub keys_only: bool,
+    /// Resume cursor: only keys strictly after this one.
+    pub after: Option<Bytes>,
+}
+
+impl Scan {
+    pub fn all() -> Self {
+        Scan {
+            selector: Selector::All,
+            limit: 0,
+            keys_only: false,
+            after: None,
+        }
+    }
+    pub fn prefix(prefix: impl Into<Bytes>) -> Self {
+        Scan {
+            selector: Selector::Prefix(prefix.into()),
+            ..Scan::all()
+        }
+    }
+    pub fn range(start: Bound<Bytes>, end: Bound<Bytes>) -> Self {
+        Scan {
+            selector: Selector::Range { start, end },
+            ..Scan::all()
+        }
+    }
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = limit;
+        self
+    }
+    pub fn keys_only(mut self, keys_only: bool) -> Self {
+        self.keys_only = keys_only;
+        self
+    }
+    pub fn after(mut self, after: Option<Bytes>) -> Self {
+        self.after = after;
+        self
+    }
+
+    fn to_proto(&self) -> proto::ScanRequest {
+        use proto::scan_request::Selector as P;
+        let selector = match &self.selector {
+            Selector::All => None,
+            Selector::Prefix(p) => Some(P::Prefix(p.clone())),
+            Selector::Range { start, end } => {
+                let (start, start_exclusive) = match start {
+                    Bound::Included(k) => (k.clone(), false),
+                    Bound::Excluded(k) => (k.clone(), true),
+                    Bound::Unbounded => (Bytes::new(), false),
+                };
+                let (end, end_inclusive) = match end {
+                    Bound::Included(k) => (k.clone(), true),
+                    Bound::Excluded(k) => (k.clone(), false),
+                    Bound::Unbounded => (Bytes::new(), false),
+                };
+                Some(P::Range(proto::KeyRange {
+                    start,
+                    start_exclusive,
+                    end,
+                    end_inclusive,
+                }))
+            }
+        };
+        proto::ScanRequest {
+            selector,
+            limit: self.limit,
+            keys_only: self.keys_only,
+            after: self.after.clone(),
+        }
+    }
+}
+
+/// One page of a scan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanPage {
+    pub entries: Vec<proto::Entry>,
+    /// Set when more entries may follow: pass it to [`Scan::after`] for the next page.
+    pub resume_after: Option<Bytes>,
+}
+
+/// One write of an atomic [`Client::batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp {
+    Put {
+        key: Bytes,
+        value: Bytes,
+        ttl: Option<Duration>,
+    },
+    Delete {
+        key: Bytes,
+    },
+}
+
+/// A handle to a Cairn cluster. Cheap to clone; clones share connections.
+#[derive(Debug, Clone)]
+pub struct Client {
+    routing: Routing,
+    config: ClientConfig,
+}
+
+impl Client {
+    /// A client for `endpoint` (e.g. `http://127.0.0.1:7070`) with default settings. Connects
+    /// lazily: an unreachable node surfaces as [`Error::Unavailable`] on the first request.
+    pub fn new(endpoint: &str) -> Result<Self> {
+        Self::with_config(endpoint, ClientConfig::default())
+    }
+
+    /// Like [`Client::new`] with explicit settings.
+    pub fn with_config(endpoint: &str, config: ClientConfig) -> Result<Self> {
+        let invalid = |reason: String| Error::InvalidEndpoint {
+            endpoint: endpoint.to_string(),
+            reason,
+        };
+        let uri = if endpoint.contains("://") {
+            endpoint.to_string()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let channel = Endpoint::from_shared(uri)
+            .map_err(|e| invalid(e.to_string()))?
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Client {
+            routing: Routing::new(channel),
+            config,
+        })
+    }
+
+    /// Read `key`; `None` when it is missing or expired.
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Value>> {
+        let req = proto::GetRequest { key: key.into() };
+        let res = self
+            .call(Some(&req.key), |ch| {
+                let req = req.clone();
+                async move { kv(ch).get(req).await }
+            })
+            .await;
+        match res {
+            Ok(r) => Ok(Some(Value {
+                value: r.value,
+                version: r.version,
+                expires_at_ms: r.expires_at_ms,
+                ttl_ms: r.ttl_ms,
+            })),
+            Err(Error::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Write `key` unconditionally without expiry; returns the new version.
+    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64> {
+        Ok(self
+            .put_with(key, value, PutOptions::default())
+            .await?
+            .version)
+    }
+
+    /// Write `key` with an optional expiry and condition.
+    pub async fn put_with(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        options: PutOptions,
+    ) -> Result<PutResult> {
+        use proto::put_request::{Condition as C, Expiry as E};
+        let req = proto::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            expiry: options.expiry.map(|e| match e {
+                Expiry::In(d) => E::TtlMs(duration_ms(d)),
+                Expiry::AtMs(at) => E::ExpiresAtMs(at),
+            }),
+            condition: options.condition.map(|c| match c {
+                Condition::IfAbsent => C::IfAbsent(true),
+                Condition::IfPresent => C::IfPresent(true),
+                Condition::IfVersion(v) => C::IfVersion(v),
+            }),
+        };
+        let r = self
+            .call(Some(&req.key), |ch| {
+                let req = req.clone();
+                async move { kv(ch).put(req).await }
+            })
+            .await?;
+        Ok(PutResult {
+            version: r.version,
+            expires_at_ms: r.expires_at_ms,
+        })
+    }
+
+    /// Remove `key`; returns whether a live key was removed.
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<bool> {
+        self.delete_inner(key.into(), None).await
+    }
+
+    /// Remove `key` only if its version is `version` ([`Error::ConditionFailed`] otherwise).
+    pub async fn delete_if_version(&self, key: impl Into<Bytes>, version: u64) -> Result<bool> {
+        self.delete_inner(key.into(), Some(version)).await
+    }
+
+    async fn delete_inner(&self, key: Bytes, if_version: Option<u64>) -> Result<bool> {
+        let req = proto::DeleteRequest { key, if_version };
+        let r = self
+            .call(Some(&req.key), |ch| {
+                let req = req.clone();
+                async move { kv(ch).delete(req).await }
+            })
+            .await?;
+        Ok(r.deleted)
+    }
+
+    /// Make `key` expire after `ttl`; `false` when the key does not exist.
+    pub async fn expire(&self, key: impl Into<Bytes>, ttl: Duration) -> Result<bool> {
+        self.expire_inner(
+            key.into(),
+            proto::expire_request::Expiry::TtlMs(duration_ms(ttl)),
+        )
+        .await
+    }
+
+    /// Make `key` expire at `at_ms` (ms since the Unix epoch); `false` when it does not exist.
+    pub async fn expire_at(&self, key: impl Into<Bytes>, at_ms: u64) -> Result<bool> {
+        self.expire_inner(
+            key.into(),
+            proto::expire_request::Expiry::ExpiresAtMs(at_ms),
+        )
+        .await
+    }
+
+    /// Remove the expiry of `key`; `false` when it does not exist.
+    pub async fn persist(&self, key: impl Into<Bytes>) -> Result<bool> {
+        self.expire_inner(key.into(), proto::expire_request::Expiry::Persist(true))
+            .await
+    }
+
+    async fn expire_inner(
+        &self,
+        key: Bytes,
+        expiry: proto::expire_request::Expiry,
+    ) -> Result<bool> {
+        let req = proto::ExpireRequest {
+            key,
+            expiry: Some(expiry),
+        };
+        let res = self
+            .call(Some(&req.key), |ch| {
+                let req = req.clone();
+                async move { kv(ch).expire(req).await }
+            })
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Time to live of `key`; `None` when it does not exist.
+    pub async fn ttl(&self, key: impl Into<Bytes>) -> Result<Option<Ttl>> {
+        let req = proto::TtlRequest { key: key.into() };
+        let res = self
+            .call(Some(&req.key), |ch| {
+                let req = req.clone();
+                async move { kv(ch).ttl(req).await }
+            })
+            .await;
+        match res {
+            Ok(r) => Ok(Some(match r.ttl_ms {
+                Some(ms) => Ttl::Remaining(Duration::from_millis(ms)),
+                None => Ttl::Persistent,
+            })),
+            Err(Error::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One page of live entries in key order.
+    pub async fn scan(&self, scan: &Scan) -> Result<ScanPage> {
+        let req = scan.to_proto();
+        let r = self
+            .call(None, |ch| {
+                let req = req.clone();
+                async move { kv(ch).scan(req).await }
+            })
+            .await?;
+        Ok(ScanPage {
+            entries: r.entries,
+            resume_after: r.resume_after,
+        })
+    }
+
+    /// Apply `ops` atomically; returns the version of the batch's writes.
+    pub async fn batch(&self, ops: Vec<BatchOp>) -> Result<u64> {
+        use proto::batch_op::Op;
+        let ops = ops
+            .into_iter()
+            .map(|op| proto::BatchOp {
+                op: Some(match op {
+                    BatchOp::Put { key, value, ttl } => Op::Put(proto::BatchPut {
+                        key,
+                        value,
+                        ttl_ms: ttl.map(duration_ms),
+                    }),
+                    BatchOp::Delete { key } => Op::Delete(proto::BatchDelete { key }),
+                }),
+            })
+            .collect();
+        let req = proto::BatchRequest { ops };
+        let r = self
+            .call(None, |ch| {
+                let req = req.clone();
+                async move { kv(ch).batch(req).await }
+            })
+            .await?;
+        Ok(r.version)
+    }
+
+    /// The cluster as the contacted node sees it: nodes, shards, slot ranges, leaders.
+    pub async fn status(&self) -> Result<proto::StatusResponse> {
+        self.call(None, |ch| async move {
+            ClusterClient::new(ch)
+                .max_decoding_message_size(MESSAGE_BYTES_MAX)
+                .status(proto::StatusRequest {})
+                .await
+        })
+        .await
+    }
+
+    /// Run one request with bounded retries on UNAVAILABLE, asking [`Routing`] for the channel
+    /// of every attempt and telling it about every failure.
+    async fn call<T, F, Fut>(&self, key: Option<&[u8]>, mut attempt: F) -> Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let mut retries = 0u32;
+        let mut backoff = self.config.retry_backoff;
+        loop {
+            match attempt(self.routing.channel_for(key)).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => {
+                    self.routing.observe_failure(key, &status);
+                    if status.code() != Code::Unavailable || retries >= self.config.retries_max {
+                        return Err(status.into());
+                    }
+                    tracing::debug!(
+                        retries,
+                        ?backoff,
+                        "retrying after UNAVAILABLE: {}",
+                        status.message()
+                    );
+                    tokio::time::sleep(backoff).await;
+                    retries += 1;
+                    backoff = backoff.saturating_mul(2);
+                }
+            }
+        }
+    }
+}
+
+/// A Kv client on `channel` that accepts messages as large as the largest value.
+fn kv(channel: Channel) -> KvClient<Channel> {
+    KvClient::new(channel)
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX)
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,58 @@
+//! The client's error type: gRPC status codes mapped to the failure kinds a caller acts on
+//! (a missing key, a failed condition, bad input, an unreachable node), so callers match on
+//! meaning instead of on `tonic::Code`.
+
+use tonic::{Code, Status};
+
+/// What went wrong with a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The endpoint string is not a valid URI.
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint { endpoint: String, reason: String },
+    /// The key does not exist (or has expired).
+    #[error("record not found")]
+    NotFound,
+    /// A put/delete condition (if-absent, if-present, if-version) did not hold; nothing was
+    /// written.
+    #[error("condition failed: {0}")]
+    ConditionFailed(String),
+    /// The request was refused as malformed or above a limit.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The node could not be reached or asked to retry, and the retry budget ran out.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The request did not finish within the configured timeout.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// Any other gRPC failure.
+    #[error("server error ({code:?}): {message}")]
+    Server { code: Code, message: String },
+}
+
+impl Error {
+    /// Whether retrying the same request against the same cluster may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
+}
+
+impl From<Status> for Error {
+    fn from(status: Status) -> Self {
+        let message = status.message().to_string();
+        match status.code() {
+            Code::NotFound => Error::NotFound,
+            Code::FailedPrecondition => Error::ConditionFailed(message),
+            Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(message),
+            Code::Unavailable => Error::Unavailable(message),
+            Code::DeadlineExceeded => Error::Timeout(message),
+            // tonic reports its own client-side timeout as CANCELLED "Timeout expired".
+            Code::Cancelled if message.contains("imeout") => Error::Timeout(message),
+            code => Error::Server { code, message },
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
