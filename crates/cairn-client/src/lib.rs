@@ -106,13 +106,6 @@ pub struct PutOptions {
     pub condition: Option<Condition>,
 }
 
-/// Outcome of a successful put.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PutResult {
-    pub version: u64,
-    pub expires_at_ms: Option<u64>,
-}
-
 /// Time to live of an existing key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ttl {
@@ -296,19 +289,16 @@ impl Client {
 
     /// Write `key` unconditionally without expiry; returns the new version.
     pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64> {
-        Ok(self
-            .put_with(key, value, PutOptions::default())
-            .await?
-            .version)
+        self.put_with(key, value, PutOptions::default()).await
     }
 
-    /// Write `key` with an optional expiry and condition.
+    /// Write `key` with an optional expiry and condition; returns the new version.
     pub async fn put_with(
         &self,
         key: impl Into<Bytes>,
         value: impl Into<Bytes>,
         options: PutOptions,
-    ) -> Result<PutResult> {
+    ) -> Result<u64> {
         use proto::put_request::{Condition as C, Expiry as E};
         let req = proto::PutRequest {
             key: key.into(),
@@ -329,24 +319,12 @@ impl Client {
                 async move { kv(ch).put(req).await }
             })
             .await?;
-        Ok(PutResult {
-            version: r.version,
-            expires_at_ms: r.expires_at_ms,
-        })
+        Ok(r.version)
     }
 
     /// Remove `key`; returns whether a live key was removed.
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<bool> {
-        self.delete_inner(key.into(), None).await
-    }
-
-    /// Remove `key` only if its version is `version` ([`Error::ConditionFailed`] otherwise).
-    pub async fn delete_if_version(&self, key: impl Into<Bytes>, version: u64) -> Result<bool> {
-        self.delete_inner(key.into(), Some(version)).await
-    }
-
-    async fn delete_inner(&self, key: Bytes, if_version: Option<u64>) -> Result<bool> {
-        let req = proto::DeleteRequest { key, if_version };
+        let req = proto::DeleteRequest { key: key.into() };
         let r = self
             .call(Some(&req.key), |ch| {
                 let req = req.clone();
