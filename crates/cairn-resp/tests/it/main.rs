@@ -1,0 +1,7 @@
+//! Integration tests of `cairn-resp`: round trips, streaming and malformed input, through the
+//! public API only.
+
+mod fuzz;
+mod malformed;
+mod roundtrip;
+mod streaming;
