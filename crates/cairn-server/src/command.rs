@@ -1,0 +1,270 @@
+//! The one internal command type every front end (RESP, gRPC, HTTP, CLI) decodes into.
+//!
+//! A front end is a thin codec: it turns its wire request into a [`Command`], calls
+//! [`crate::node::Node::execute`], and renders the [`crate::reply::Reply`] or
+//! [`crate::error::CommandError`] back in its own format. No front end re-implements the
+//! semantics of another; they all live in the executor.
+//!
+//! Each variant's documentation names the `Reply` variant it produces.
+
+use std::ops::Bound;
+
+use bytes::Bytes;
+
+/// How a write sets the key's time to live.
+///
+/// Relative deadlines are turned into absolute ones when the node proposes the write, so a
+/// replayed log entry expires at the same instant as the original.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Expiry {
+    /// The key has no expiry after the write (plain `SET`; `PERSIST`).
+    #[default]
+    Never,
+    /// Keep whatever expiry the key had (`SET … KEEPTTL`, `GETEX` without options).
+    Keep,
+    /// Expire this many milliseconds after the node receives the command. For `Expire`, a
+    /// value ≤ 0 deletes the key at once (as Redis does); for `Set` it must be > 0.
+    InMs(i64),
+    /// Expire at this absolute time, in milliseconds since the Unix epoch. A time in the past
+    /// deletes the key (`Expire`, `GetEx`) or is rejected (`Set` with a value ≤ 0).
+    AtMs(i64),
+}
+
+/// Precondition of a `Set`; when it does not hold nothing is written and
+/// [`crate::reply::SetOutcome::version`] is `None` ("condition failed").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Condition {
+    /// Write unconditionally.
+    #[default]
+    Always,
+    /// Only when the key does not exist (`NX`, gRPC/HTTP "if-absent").
+    IfAbsent,
+    /// Only when the key exists (`XX`, "if-present").
+    IfPresent,
+    /// Only when the key exists with exactly this version (compare-and-set). Version 0 means
+    /// "the key does not exist".
+    IfVersion(u64),
+}
+
+/// Precondition of an `Expire` (`EXPIRE … NX|XX|GT|LT`, Redis 7 semantics: a key without
+/// expiry counts as an infinite TTL for `GT`/`LT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpireCondition {
+    #[default]
+    Always,
+    /// Only when the key has no expiry.
+    Nx,
+    /// Only when the key has an expiry.
+    Xx,
+    /// Only when the new expiry is greater than the current one.
+    Gt,
+    /// Only when the new expiry is less than the current one.
+    Lt,
+}
+
+/// A range of keys in byte order, for range and prefix scans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    pub start: Bound<Bytes>,
+    pub end: Bound<Bytes>,
+}
+
+impl KeyRange {
+    /// Every key.
+    pub fn all() -> KeyRange {
+        KeyRange { start: Bound::Unbounded, end: Bound::Unbounded }
+    }
+
+    /// Every key that starts with `prefix`.
+    pub fn prefix(prefix: impl Into<Bytes>) -> KeyRange {
+        let prefix: Bytes = prefix.into();
+        let end = prefix_successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
+        KeyRange { start: Bound::Included(prefix), end }
+    }
+
+    /// Whether `key` lies inside the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        let after_start = match &self.start {
+            Bound::Included(s) => key >= &s[..],
+            Bound::Excluded(s) => key > &s[..],
+            Bound::Unbounded => true,
+        };
+        let before_end = match &self.end {
+            Bound::Included(e) => key <= &e[..],
+            Bound::Excluded(e) => key < &e[..],
+            Bound::Unbounded => true,
+        };
+        after_start && before_end
+    }
+}
+
+/// The smallest byte string greater than every string starting with `prefix`, if any.
+fn prefix_successor(prefix: &[u8]) -> Option<Bytes> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(Bytes::from(end));
+        }
+    }
+    None
+}
+
+/// One write of an atomic [`Command::Batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp {
+    Put { key: Bytes, value: Bytes, expiry: Expiry },
+    Delete { key: Bytes },
+}
+
+/// Every operation the node executes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    // ---- reads -----------------------------------------------------------------------
+    /// The value with its version and absolute expiry → `Reply::Entry`.
+    Get { key: Bytes },
+    /// Values of several keys, `None` for missing ones → `Reply::Values`.
+    MGet { keys: Vec<Bytes> },
+    /// Length of the value, 0 when missing → `Reply::Int`.
+    StrLen { key: Bytes },
+    /// Substring with Redis's inclusive, negative-from-the-end offsets → `Reply::Value`
+    /// (always `Some`, empty when out of range or missing).
+    GetRange { key: Bytes, start: i64, end: i64 },
+    /// How many of the keys exist, counting repeats → `Reply::Int`.
+    Exists { keys: Vec<Bytes> },
+    /// `Reply::Type`.
+    Type { key: Bytes },
+    /// The key's expiry → `Reply::Ttl`.
+    Ttl { key: Bytes },
+    /// Every key matching a Redis glob pattern → `Reply::Keys`.
+    Keys { pattern: Bytes },
+    /// One page of a cursor-based iteration (`SCAN`) → `Reply::ScanPage`. Cursor 0 starts; a
+    /// returned cursor of 0 means the iteration is complete. `count` is a hint.
+    Scan { cursor: u64, pattern: Option<Bytes>, count: usize, type_filter: Option<Bytes> },
+    /// Entries in key order within a range (or prefix, see [`KeyRange::prefix`]), at most
+    /// `limit` → `Reply::Entries`. With `keys_only` values are left empty (not read).
+    ScanRange { range: KeyRange, limit: usize, keys_only: bool },
+    /// A random existing key → `Reply::Value` (`None` when the database is empty).
+    RandomKey,
+    /// Number of live keys → `Reply::Int`.
+    DbSize,
+    /// The cluster map as this node sees it → `Reply::Cluster`.
+    ClusterStatus,
+    /// Storage statistics per shard → `Reply::Stats`.
+    ShardStats,
+
+    // ---- writes (go through propose → commit → apply) --------------------------------
+    /// Write a value → `Reply::Set`.
+    Set {
+        key: Bytes,
+        value: Bytes,
+        expiry: Expiry,
+        condition: Condition,
+        /// Fill `SetOutcome::old` with the previous entry (`SET … GET`, `GETSET`).
+        return_old: bool,
+    },
+    /// Read and delete → `Reply::Value`.
+    GetDel { key: Bytes },
+    /// Read and change the expiry (`Expiry::Keep` = plain read) → `Reply::Value`.
+    GetEx { key: Bytes, expiry: Expiry },
+    /// Write several keys atomically; with `nx`, only when none exists → `Reply::Bool`
+    /// (whether it wrote).
+    MSet { pairs: Vec<(Bytes, Bytes)>, nx: bool },
+    /// Append to the value (creating it) → `Reply::Int` (new length).
+    Append { key: Bytes, value: Bytes },
+    /// Overwrite part of the value, zero-padding → `Reply::Int` (new length).
+    SetRange { key: Bytes, offset: i64, value: Bytes },
+    /// Add to the integer value (missing = 0) → `Reply::Int`.
+    IncrBy { key: Bytes, delta: i64 },
+    /// Add to the float value (missing = 0) → `Reply::Value` (the new value as stored).
+    IncrByFloat { key: Bytes, delta: f64 },
+    /// Delete keys atomically → `Reply::Int` (how many existed).
+    Del { keys: Vec<Bytes> },
+    /// Set the expiry of an existing key → `Reply::Bool` (whether it was set; a deadline in
+    /// the past deletes the key and counts as set).
+    Expire { key: Bytes, expiry: Expiry, condition: ExpireCondition },
+    /// Remove the expiry → `Reply::Bool` (whether the key had one).
+    Persist { key: Bytes },
+    /// Rename a key, keeping its expiry → `Reply::Bool` (false only with `nx` when the
+    /// target exists). Missing source → `CommandError::NoSuchKey`.
+    Rename { from: Bytes, to: Bytes, nx: bool },
+    /// Delete every key → `Reply::Ok`.
+    Flush,
+    /// An atomic group of puts and deletes → `Reply::Batch` (the version of all its writes).
+    Batch { ops: Vec<BatchOp> },
+}
+
+impl Command {
+    /// Whether the command changes data (and therefore goes through the write path).
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Command::Set { .. }
+                | Command::GetDel { .. }
+                | Command::GetEx { .. }
+                | Command::MSet { .. }
+                | Command::Append { .. }
+                | Command::SetRange { .. }
+                | Command::IncrBy { .. }
+                | Command::IncrByFloat { .. }
+                | Command::Del { .. }
+                | Command::Expire { .. }
+                | Command::Persist { .. }
+                | Command::Rename { .. }
+                | Command::Flush
+                | Command::Batch { .. }
+        )
+    }
+
+    /// A short, fixed name for metrics labels and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Get { .. } => "get",
+            Command::MGet { .. } => "mget",
+            Command::StrLen { .. } => "strlen",
+            Command::GetRange { .. } => "getrange",
+            Command::Exists { .. } => "exists",
+            Command::Type { .. } => "type",
+            Command::Ttl { .. } => "ttl",
+            Command::Keys { .. } => "keys",
+            Command::Scan { .. } => "scan",
+            Command::ScanRange { .. } => "scan_range",
+            Command::RandomKey => "randomkey",
+            Command::DbSize => "dbsize",
+            Command::ClusterStatus => "cluster_status",
+            Command::ShardStats => "shard_stats",
+            Command::Set { .. } => "set",
+            Command::GetDel { .. } => "getdel",
+            Command::GetEx { .. } => "getex",
+            Command::MSet { .. } => "mset",
+            Command::Append { .. } => "append",
+            Command::SetRange { .. } => "setrange",
+            Command::IncrBy { .. } => "incrby",
+            Command::IncrByFloat { .. } => "incrbyfloat",
+            Command::Del { .. } => "del",
+            Command::Expire { .. } => "expire",
+            Command::Persist { .. } => "persist",
+            Command::Rename { .. } => "rename",
+            Command::Flush => "flush",
+            Command::Batch { .. } => "batch",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_range_covers_exactly_the_prefix() {
+        let r = KeyRange::prefix(Bytes::from_static(b"ab"));
+        assert!(r.contains(b"ab"));
+        assert!(r.contains(b"ab\xff\xff"));
+        assert!(!r.contains(b"ac"));
+        assert!(!r.contains(b"aa\xff"));
+        let r = KeyRange::prefix(Bytes::from_static(b"a\xff"));
+        assert_eq!(r.end, Bound::Excluded(Bytes::from_static(b"b")));
+        let r = KeyRange::prefix(Bytes::from_static(b"\xff\xff"));
+        assert_eq!(r.end, Bound::Unbounded);
+    }
+}

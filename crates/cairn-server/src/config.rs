@@ -1,0 +1,230 @@
+//! Server configuration: command-line flags, `CAIRN_*` environment variables and an optional
+//! TOML file, with the precedence flag > environment > file > built-in default.
+//!
+//! clap handles flags and environment variables; every field is optional at that level so that
+//! a value missing from both can be taken from the file, then from the default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default data directory.
+pub const DATA_DIR_DEFAULT: &str = "./cairn-data";
+/// Default gRPC address (clients and peers).
+pub const GRPC_ADDR_DEFAULT: &str = "127.0.0.1:7070";
+/// Default HTTP/JSON address.
+pub const HTTP_ADDR_DEFAULT: &str = "127.0.0.1:7080";
+/// Default Redis-protocol address.
+pub const RESP_ADDR_DEFAULT: &str = "127.0.0.1:7379";
+/// Default number of shards of a new data directory.
+pub const SHARDS_DEFAULT: u32 = 16;
+/// Largest shard count accepted (one slot per shard).
+pub const SHARDS_MAX: u32 = 16384;
+/// Default largest value, in bytes.
+pub const VALUE_BYTES_MAX_DEFAULT: usize = cairn_storage::VALUE_BYTES_MAX_DEFAULT;
+/// Largest value limit that can be configured (Redis's proto-max-bulk-len default).
+pub const VALUE_BYTES_MAX_LIMIT: usize = 512 * 1024 * 1024;
+/// Default cap on concurrent client connections per front end.
+pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// When an acknowledged write is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// fdatasync the write-ahead log before acknowledging (group commit): durable.
+    #[default]
+    Always,
+    /// Acknowledge after the write reaches the OS; sync once a second (Redis `everysec`).
+    Everysec,
+    /// Leave syncing to the OS (tests, benchmarks).
+    Never,
+}
+
+/// `cairn server` options as flags and environment variables (all optional; see
+/// [`ServerArgs::resolve`]).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerArgs {
+    /// Directory holding the node's data [default: ./cairn-data]
+    #[arg(long, env = "CAIRN_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address, for clients and peers [default: 127.0.0.1:7070]
+    #[arg(long, env = "CAIRN_GRPC_ADDR", value_name = "ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// HTTP/JSON listen address [default: 127.0.0.1:7080]
+    #[arg(long, env = "CAIRN_HTTP_ADDR", value_name = "ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Redis-protocol (RESP) listen address [default: 127.0.0.1:7379]
+    #[arg(long, env = "CAIRN_RESP_ADDR", value_name = "ADDR")]
+    pub resp_addr: Option<SocketAddr>,
+    /// TOML file with any of these options (keys spelled with underscores, e.g. data_dir);
+    /// flags and environment variables override it
+    #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format [default: human]
+    #[arg(long, env = "CAIRN_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Number of shards; fixed when the data directory is created [default: 16]
+    #[arg(long, env = "CAIRN_SHARDS", value_parser = clap::value_parser!(u32).range(1..=i64::from(SHARDS_MAX)))]
+    pub shards: Option<u32>,
+    /// Largest value accepted, in bytes [default: 16777216 (16 MiB)]
+    #[arg(long, env = "CAIRN_VALUE_BYTES_MAX", value_name = "BYTES")]
+    pub value_bytes_max: Option<usize>,
+    /// Most concurrent client connections per front end [default: 10000]
+    #[arg(long, env = "CAIRN_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// When writes reach the disk: always = fsync before acknowledging (group commit),
+    /// everysec = fsync once a second, never = leave it to the OS [default: always]
+    #[arg(long, env = "CAIRN_SYNC", value_enum)]
+    pub sync: Option<SyncMode>,
+}
+
+/// The same options as read from a `--config` TOML file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub grpc_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    pub resp_addr: Option<SocketAddr>,
+    pub log_format: Option<LogFormat>,
+    pub shards: Option<u32>,
+    pub value_bytes_max: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub sync: Option<SyncMode>,
+}
+
+/// Fully resolved server configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub resp_addr: SocketAddr,
+    pub log_format: LogFormat,
+    /// Shard count for a new data directory (an existing one keeps its own).
+    pub shards: u32,
+    pub value_bytes_max: usize,
+    pub max_connections: usize,
+    pub sync: SyncMode,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from(DATA_DIR_DEFAULT),
+            grpc_addr: GRPC_ADDR_DEFAULT.parse().expect("valid default"),
+            http_addr: HTTP_ADDR_DEFAULT.parse().expect("valid default"),
+            resp_addr: RESP_ADDR_DEFAULT.parse().expect("valid default"),
+            log_format: LogFormat::Human,
+            shards: SHARDS_DEFAULT,
+            value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
+            max_connections: MAX_CONNECTIONS_DEFAULT,
+            sync: SyncMode::Always,
+        }
+    }
+}
+
+impl ServerArgs {
+    /// Apply flag/env > file > default precedence and validate.
+    pub fn resolve(&self) -> anyhow::Result<ServerConfig> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let d = ServerConfig::default();
+        let config = ServerConfig {
+            data_dir: self.data_dir.clone().or(file.data_dir).unwrap_or(d.data_dir),
+            grpc_addr: self.grpc_addr.or(file.grpc_addr).unwrap_or(d.grpc_addr),
+            http_addr: self.http_addr.or(file.http_addr).unwrap_or(d.http_addr),
+            resp_addr: self.resp_addr.or(file.resp_addr).unwrap_or(d.resp_addr),
+            log_format: self.log_format.or(file.log_format).unwrap_or(d.log_format),
+            shards: self.shards.or(file.shards).unwrap_or(d.shards),
+            value_bytes_max: self.value_bytes_max.or(file.value_bytes_max).unwrap_or(d.value_bytes_max),
+            max_connections: self.max_connections.or(file.max_connections).unwrap_or(d.max_connections),
+            sync: self.sync.or(file.sync).unwrap_or(d.sync),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))
+    }
+}
+
+impl ServerConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=SHARDS_MAX).contains(&self.shards),
+            "shards must be between 1 and {SHARDS_MAX}, got {}",
+            self.shards
+        );
+        anyhow::ensure!(
+            (1..=VALUE_BYTES_MAX_LIMIT).contains(&self.value_bytes_max),
+            "value_bytes_max must be between 1 and {VALUE_BYTES_MAX_LIMIT}, got {}",
+            self.value_bytes_max
+        );
+        anyhow::ensure!(self.max_connections >= 1, "max_connections must be at least 1");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServerArgs,
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cairn.toml");
+        std::fs::write(&file, "resp_addr = \"127.0.0.1:9000\"\nshards = 4\nsync = \"never\"\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "x",
+            "--config",
+            file.to_str().unwrap(),
+            "--shards",
+            "8",
+        ])
+        .unwrap();
+        let config = cli.args.resolve().unwrap();
+        assert_eq!(config.shards, 8, "flag wins over file");
+        assert_eq!(config.resp_addr, "127.0.0.1:9000".parse().unwrap(), "file wins over default");
+        assert_eq!(config.sync, SyncMode::Never);
+        assert_eq!(config.http_addr, HTTP_ADDR_DEFAULT.parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from(DATA_DIR_DEFAULT));
+    }
+
+    #[test]
+    fn bad_file_and_bad_values_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cairn.toml");
+        std::fs::write(&file, "no_such_option = 1\n").unwrap();
+        let args = ServerArgs { config: Some(file), ..Default::default() };
+        assert!(args.resolve().is_err());
+        let args = ServerArgs { value_bytes_max: Some(0), ..Default::default() };
+        assert!(args.resolve().is_err());
+        assert!(Cli::try_parse_from(["x", "--shards", "0"]).is_err());
+    }
+}

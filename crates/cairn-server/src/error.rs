@@ -1,0 +1,59 @@
+//! Typed errors of command execution, worded as Redis words them so the RESP front end can send
+//! `-{error}` as is; other front ends map the variant to their own status codes.
+
+/// Why a command failed. `Display` is the exact Redis error line (without the leading `-`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("ERR value is not an integer or out of range")]
+    NotInteger,
+    #[error("ERR increment or decrement would overflow")]
+    Overflow,
+    #[error("ERR value is not a valid float")]
+    NotFloat,
+    #[error("ERR increment would produce NaN or Infinity")]
+    NanOrInfinity,
+    #[error("ERR no such key")]
+    NoSuchKey,
+    /// The expiry is out of range; the field is the lowercase command name (`set`, `expire`).
+    #[error("ERR invalid expire time in '{0}' command")]
+    InvalidExpireTime(&'static str),
+    #[error("ERR offset is out of range")]
+    OffsetOutOfRange,
+    /// APPEND/SETRANGE would grow the value past the value limit.
+    #[error("ERR string exceeds maximum allowed size (proto-max-bulk-len)")]
+    StringTooLong,
+    #[error("ERR key is {len} bytes; the limit is {max}")]
+    KeyTooLarge { len: usize, max: usize },
+    #[error("ERR value is {len} bytes; the limit is {max}")]
+    ValueTooLarge { len: usize, max: usize },
+    #[error("ERR empty keys are not supported")]
+    EmptyKey,
+    #[error("ERR syntax error")]
+    Syntax,
+    /// A request the front end could not express otherwise; the text follows `ERR `.
+    #[error("ERR {0}")]
+    Invalid(String),
+    /// The node is shutting down and takes no more writes.
+    #[error("ERR node is shutting down")]
+    ShuttingDown,
+    /// A write could not be made durable; the node refuses writes from now on.
+    #[error("ERR node refuses writes after a storage failure: {0}")]
+    Fatal(String),
+    /// A storage error that did not stop the node (e.g. a read error).
+    #[error("ERR storage error: {0}")]
+    Storage(String),
+}
+
+impl From<cairn_storage::Error> for CommandError {
+    fn from(e: cairn_storage::Error) -> Self {
+        match e {
+            cairn_storage::Error::KeyTooLarge { len, max } => CommandError::KeyTooLarge { len, max },
+            cairn_storage::Error::ValueTooLarge { len, max } => {
+                CommandError::ValueTooLarge { len, max }
+            }
+            cairn_storage::Error::EmptyKey => CommandError::EmptyKey,
+            cairn_storage::Error::Poisoned(m) => CommandError::Fatal(m),
+            other => CommandError::Storage(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,452 @@
+//! Evaluation of write commands against the current state, in log order.
+//!
+//! The writer evaluates each proposal once, right before logging it: conditions (NX, XX,
+//! if-version) and read-modify-write commands (INCR, APPEND, …) see every earlier proposal —
+//! including ones of the same group commit that are not applied yet, through the [`Overlay`] —
+//! and produce the [`Effects`] that are logged and applied. A failed command produces no
+//! effects and consumes no log index.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::command::{BatchOp, Command, Condition, ExpireCondition, Expiry};
+use crate::effects::{Effect, Effects};
+use crate::error::CommandError;
+use crate::numeric::{format_float, parse_float, parse_int};
+use crate::reply::{Entry, Reply, SetOutcome};
+use crate::shards::Shards;
+
+/// A key's state as evaluation sees it.
+#[derive(Debug, Clone)]
+struct Current {
+    value: Bytes,
+    version: u64,
+    expires_at_ms: Option<u64>,
+}
+
+/// Writes of the current group that are decided but not yet applied to the engines.
+#[derive(Debug, Default)]
+pub struct Overlay {
+    /// `None` = deleted by a pending write.
+    pending: HashMap<Bytes, Option<Current>>,
+    /// A pending `Flush`: keys absent from `pending` read as missing.
+    cleared: bool,
+}
+
+/// The outcome of a successful evaluation, to be merged into the group's [`Overlay`].
+#[derive(Debug)]
+pub struct Decided {
+    staged: HashMap<Bytes, Option<Current>>,
+    staged_clear: bool,
+    effects: Effects,
+}
+
+impl Overlay {
+    /// Make a decided proposal visible to the rest of the group; returns its effects.
+    pub fn absorb(&mut self, decided: Decided) -> Effects {
+        if decided.staged_clear {
+            self.pending.clear();
+            self.cleared = true;
+        }
+        self.pending.extend(decided.staged);
+        decided.effects
+    }
+}
+
+/// Work the writer does besides client commands.
+#[derive(Debug)]
+pub enum InternalOp {
+    /// Delete keys whose deadline has passed, if they are still expired (active expiry).
+    ExpireKeys { keys: Vec<Bytes> },
+}
+
+/// One proposal being evaluated.
+#[derive(Debug)]
+pub struct Eval<'a> {
+    shards: &'a Shards,
+    overlay: &'a Overlay,
+    /// This proposal's own writes, visible to itself; merged into the overlay on success.
+    staged: HashMap<Bytes, Option<Current>>,
+    staged_clear: bool,
+    effects: Effects,
+    /// The log index this proposal gets if it writes: the version of everything it writes.
+    version: u64,
+    /// Time the proposal was made; deadlines are compared with it.
+    now_ms: u64,
+    value_bytes_max: usize,
+}
+
+impl<'a> Eval<'a> {
+    pub fn new(shards: &'a Shards, overlay: &'a Overlay, version: u64, now_ms: u64, value_bytes_max: usize) -> Self {
+        Eval {
+            shards,
+            overlay,
+            staged: HashMap::new(),
+            staged_clear: false,
+            effects: Effects::default(),
+            version,
+            now_ms,
+            value_bytes_max,
+        }
+    }
+
+    /// End evaluation: this proposal's effects and its writes for the overlay.
+    pub fn finish(self) -> Decided {
+        Decided { effects: self.effects, staged: self.staged, staged_clear: self.staged_clear }
+    }
+
+    fn live(&self, c: Option<Current>) -> Option<Current> {
+        c.filter(|c| c.expires_at_ms.is_none_or(|at| at > self.now_ms))
+    }
+
+    /// The live state of `key`, reading the value.
+    fn read(&self, key: &Bytes) -> Result<Option<Current>, CommandError> {
+        if let Some(c) = self.staged.get(key) {
+            return Ok(self.live(c.clone()));
+        }
+        if self.staged_clear {
+            return Ok(None);
+        }
+        if let Some(c) = self.overlay.pending.get(key) {
+            return Ok(self.live(c.clone()));
+        }
+        if self.overlay.cleared {
+            return Ok(None);
+        }
+        let entry = self.shards.for_key(key).engine.get_entry(key)?;
+        Ok(self.live(entry.map(|e| Current {
+            value: e.value,
+            version: e.version,
+            expires_at_ms: e.expires_at_ms,
+        })))
+    }
+
+    /// `(version, expires_at_ms)` of `key` when it is live, without reading the value.
+    fn meta(&self, key: &Bytes) -> Option<(u64, Option<u64>)> {
+        let pending = self.staged.get(key).or_else(|| {
+            if self.staged_clear { None } else { self.overlay.pending.get(key) }
+        });
+        if let Some(c) = pending {
+            return self.live(c.clone()).map(|c| (c.version, c.expires_at_ms));
+        }
+        if self.staged_clear || self.overlay.cleared {
+            return None;
+        }
+        let meta = self.shards.for_key(key).engine.meta(key)?;
+        meta.expires_at_ms
+            .is_none_or(|at| at > self.now_ms)
+            .then_some((meta.version, meta.expires_at_ms))
+    }
+
+    fn exists(&self, key: &Bytes) -> bool {
+        self.meta(key).is_some()
+    }
+
+    fn put(&mut self, key: &Bytes, value: Bytes, expires_at_ms: Option<u64>) {
+        let shard = self.shards.shard_of_key(key);
+        self.effects.push(
+            shard,
+            Effect::Put { key: key.clone(), value: value.clone(), expires_at_ms },
+        );
+        let current = Current { value, version: self.version, expires_at_ms };
+        self.staged.insert(key.clone(), Some(current));
+    }
+
+    fn delete(&mut self, key: &Bytes) {
+        let shard = self.shards.shard_of_key(key);
+        self.effects.push(shard, Effect::Delete { key: key.clone() });
+        self.staged.insert(key.clone(), None);
+    }
+
+    fn entry(key: &Bytes, c: Current) -> Entry {
+        Entry { key: key.clone(), value: c.value, version: c.version, expires_at_ms: c.expires_at_ms }
+    }
+
+    /// A deadline (absolute after propose-time resolution) as milliseconds since the epoch.
+    fn deadline(expiry: Expiry) -> Option<i64> {
+        match expiry {
+            Expiry::AtMs(at) => Some(at),
+            // Resolved to `AtMs` before proposing; `InMs` here is relative to epoch 0.
+            Expiry::InMs(ms) => Some(ms),
+            Expiry::Never | Expiry::Keep => None,
+        }
+    }
+
+    /// Evaluate a client write command.
+    pub fn command(&mut self, cmd: Command) -> Result<Reply, CommandError> {
+        match cmd {
+            Command::Set { key, value, expiry, condition, return_old } => {
+                self.set(key, value, expiry, condition, return_old)
+            }
+            Command::GetDel { key } => {
+                let current = self.read(&key)?;
+                if current.is_some() {
+                    self.delete(&key);
+                }
+                Ok(Reply::Value(current.map(|c| c.value)))
+            }
+            Command::GetEx { key, expiry } => {
+                let Some(current) = self.read(&key)? else { return Ok(Reply::Value(None)) };
+                match expiry {
+                    Expiry::Keep => {}
+                    Expiry::Never => {
+                        if current.expires_at_ms.is_some() {
+                            self.put(&key, current.value.clone(), None);
+                        }
+                    }
+                    Expiry::InMs(_) | Expiry::AtMs(_) => {
+                        let at = Self::deadline(expiry).unwrap_or(0);
+                        if at <= self.now_ms as i64 {
+                            self.delete(&key);
+                        } else {
+                            self.put(&key, current.value.clone(), Some(at as u64));
+                        }
+                    }
+                }
+                Ok(Reply::Value(Some(current.value)))
+            }
+            Command::MSet { pairs, nx } => {
+                if nx && pairs.iter().any(|(k, _)| self.exists(k)) {
+                    return Ok(Reply::Bool(false));
+                }
+                for (key, value) in pairs {
+                    self.put(&key, value, None);
+                }
+                Ok(Reply::Bool(true))
+            }
+            Command::Append { key, value } => {
+                let current = self.read(&key)?;
+                let (old, expires) = match current {
+                    Some(c) => (c.value, c.expires_at_ms),
+                    None => (Bytes::new(), None),
+                };
+                let len = old.len() + value.len();
+                if len > self.value_bytes_max {
+                    return Err(CommandError::StringTooLong);
+                }
+                let mut new = BytesMut::with_capacity(len);
+                new.extend_from_slice(&old);
+                new.extend_from_slice(&value);
+                self.put(&key, new.freeze(), expires);
+                Ok(Reply::Int(len as i64))
+            }
+            Command::SetRange { key, offset, value } => {
+                if offset < 0 {
+                    return Err(CommandError::OffsetOutOfRange);
+                }
+                let offset = offset as usize;
+                let current = self.read(&key)?;
+                if value.is_empty() {
+                    return Ok(Reply::Int(current.map_or(0, |c| c.value.len() as i64)));
+                }
+                if offset.saturating_add(value.len()) > self.value_bytes_max {
+                    return Err(CommandError::StringTooLong);
+                }
+                let (old, expires) = match current {
+                    Some(c) => (c.value, c.expires_at_ms),
+                    None => (Bytes::new(), None),
+                };
+                let mut new = BytesMut::from(&old[..]);
+                let end = offset + value.len();
+                if new.len() < end {
+                    new.resize(end, 0);
+                }
+                new[offset..end].copy_from_slice(&value);
+                let len = new.len();
+                self.put(&key, new.freeze(), expires);
+                Ok(Reply::Int(len as i64))
+            }
+            Command::IncrBy { key, delta } => {
+                let current = self.read(&key)?;
+                let (old, expires) = match current {
+                    Some(c) => (parse_int(&c.value).ok_or(CommandError::NotInteger)?, c.expires_at_ms),
+                    None => (0, None),
+                };
+                let new = old.checked_add(delta).ok_or(CommandError::Overflow)?;
+                self.put(&key, Bytes::from(new.to_string()), expires);
+                Ok(Reply::Int(new))
+            }
+            Command::IncrByFloat { key, delta } => {
+                let current = self.read(&key)?;
+                let (old, expires) = match current {
+                    Some(c) => (parse_float(&c.value).ok_or(CommandError::NotFloat)?, c.expires_at_ms),
+                    None => (0.0, None),
+                };
+                let new = old + delta;
+                if !new.is_finite() {
+                    return Err(CommandError::NanOrInfinity);
+                }
+                let text = Bytes::from(format_float(new));
+                self.put(&key, text.clone(), expires);
+                Ok(Reply::Value(Some(text)))
+            }
+            Command::Del { keys } => {
+                let mut deleted = 0;
+                for key in keys {
+                    if self.exists(&key) {
+                        self.delete(&key);
+                        deleted += 1;
+                    }
+                }
+                Ok(Reply::Int(deleted))
+            }
+            Command::Expire { key, expiry, condition } => self.expire(key, expiry, condition),
+            Command::Persist { key } => {
+                let Some(current) = self.read(&key)? else { return Ok(Reply::Bool(false)) };
+                if current.expires_at_ms.is_none() {
+                    return Ok(Reply::Bool(false));
+                }
+                self.put(&key, current.value, None);
+                Ok(Reply::Bool(true))
+            }
+            Command::Rename { from, to, nx } => {
+                let Some(current) = self.read(&from)? else { return Err(CommandError::NoSuchKey) };
+                if from == to {
+                    return Ok(Reply::Bool(!nx));
+                }
+                if nx && self.exists(&to) {
+                    return Ok(Reply::Bool(false));
+                }
+                self.delete(&from);
+                self.put(&to, current.value, current.expires_at_ms);
+                Ok(Reply::Bool(true))
+            }
+            Command::Flush => {
+                for shard in 0..self.shards.len() as u32 {
+                    self.effects.push(shard, Effect::Clear);
+                }
+                self.staged.clear();
+                self.staged_clear = true;
+                Ok(Reply::Ok)
+            }
+            Command::Batch { ops } => {
+                for op in ops {
+                    match op {
+                        BatchOp::Put { key, value, expiry } => {
+                            let expires = match expiry {
+                                Expiry::Never => None,
+                                Expiry::Keep => self.meta(&key).and_then(|(_, at)| at),
+                                Expiry::InMs(_) | Expiry::AtMs(_) => {
+                                    Self::deadline(expiry).map(|at| at.max(1) as u64)
+                                }
+                            };
+                            self.put(&key, value, expires);
+                        }
+                        BatchOp::Delete { key } => self.delete(&key),
+                    }
+                }
+                Ok(Reply::Batch { version: if self.effects.is_empty() { 0 } else { self.version } })
+            }
+            read => Err(CommandError::Invalid(format!("'{}' is not a write", read.name()))),
+        }
+    }
+
+    fn set(
+        &mut self,
+        key: Bytes,
+        value: Bytes,
+        expiry: Expiry,
+        condition: Condition,
+        return_old: bool,
+    ) -> Result<Reply, CommandError> {
+        let needs_value = return_old || condition != Condition::Always;
+        let (old, meta) = if needs_value {
+            let old = self.read(&key)?;
+            let meta = old.as_ref().map(|c| (c.version, c.expires_at_ms));
+            (old, meta)
+        } else if expiry == Expiry::Keep {
+            (None, self.meta(&key))
+        } else {
+            (None, None)
+        };
+        let holds = match condition {
+            Condition::Always => true,
+            Condition::IfAbsent => meta.is_none(),
+            Condition::IfPresent => meta.is_some(),
+            Condition::IfVersion(0) => meta.is_none(),
+            Condition::IfVersion(v) => meta.is_some_and(|(version, _)| version == v),
+        };
+        let old_entry = old.map(|c| Self::entry(&key, c));
+        if !holds {
+            return Ok(Reply::Set(SetOutcome { version: None, old: old_entry }));
+        }
+        let expires = match expiry {
+            Expiry::Never => None,
+            Expiry::Keep => meta.and_then(|(_, at)| at),
+            Expiry::InMs(_) | Expiry::AtMs(_) => Self::deadline(expiry).map(|at| at.max(0) as u64),
+        };
+        match expires {
+            // A deadline already passed: the write happens and the key is gone at once.
+            Some(at) if at <= self.now_ms => {
+                if self.exists(&key) {
+                    self.delete(&key);
+                }
+            }
+            _ => self.put(&key, value, expires),
+        }
+        Ok(Reply::Set(SetOutcome {
+            version: Some(self.version),
+            old: if return_old { old_entry } else { None },
+        }))
+    }
+
+    fn expire(&mut self, key: Bytes, expiry: Expiry, condition: ExpireCondition) -> Result<Reply, CommandError> {
+        let Some((_, current)) = self.meta(&key) else { return Ok(Reply::Bool(false)) };
+        let when = match expiry {
+            Expiry::Keep => return Ok(Reply::Bool(false)),
+            Expiry::Never => None,
+            Expiry::InMs(_) | Expiry::AtMs(_) => Self::deadline(expiry),
+        };
+        let allowed = match (condition, current, when) {
+            (ExpireCondition::Always, _, _) => true,
+            (ExpireCondition::Nx, current, _) => current.is_none(),
+            (ExpireCondition::Xx, current, _) => current.is_some(),
+            // A key without expiry has an infinite TTL.
+            (ExpireCondition::Gt, None, _) => false,
+            (ExpireCondition::Gt, Some(cur), Some(when)) => when > cur as i64,
+            (ExpireCondition::Gt, Some(_), None) => true,
+            (ExpireCondition::Lt, None, Some(_)) => true,
+            (ExpireCondition::Lt, None, None) => false,
+            (ExpireCondition::Lt, Some(cur), Some(when)) => when < cur as i64,
+            (ExpireCondition::Lt, Some(_), None) => false,
+        };
+        if !allowed {
+            return Ok(Reply::Bool(false));
+        }
+        let Some(current) = self.read(&key)? else { return Ok(Reply::Bool(false)) };
+        match when {
+            Some(when) if when <= self.now_ms as i64 => self.delete(&key),
+            Some(when) => self.put(&key, current.value, Some(when as u64)),
+            None => self.put(&key, current.value, None),
+        }
+        Ok(Reply::Bool(true))
+    }
+
+    /// Evaluate an internal operation.
+    pub fn internal(&mut self, op: InternalOp) -> Result<Reply, CommandError> {
+        match op {
+            InternalOp::ExpireKeys { keys } => {
+                let mut deleted = 0;
+                for key in keys {
+                    // Still expired (not rewritten since it was found due)?
+                    let pending = self.staged.get(&key).or_else(|| self.overlay.pending.get(&key));
+                    let expired = match pending {
+                        Some(Some(c)) => c.expires_at_ms.is_some_and(|at| at <= self.now_ms),
+                        Some(None) => false,
+                        None => {
+                            let shard = self.shards.for_key(&key);
+                            let due = shard.expiry.lock().deadline(&key).is_some_and(|at| at <= self.now_ms);
+                            due && self.meta(&key).is_none()
+                        }
+                    };
+                    if expired {
+                        self.delete(&key);
+                        deleted += 1;
+                    }
+                }
+                Ok(Reply::Int(deleted))
+            }
+        }
+    }
+}

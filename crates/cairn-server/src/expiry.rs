@@ -1,0 +1,92 @@
+//! Index of keys that carry an expiry, for active expiry.
+//!
+//! The engine hides an expired key at once (lazy expiry) but cannot list the keys it hides, so
+//! the node remembers every key written with a deadline. The writer keeps the index exact as it
+//! applies writes; a background task ([`crate::node::Node::expire_cycle`]) takes the keys whose
+//! deadline has passed, a bounded number per tick, and proposes their deletion — Redis's active
+//! expire cycle, with an index instead of random sampling.
+
+use std::collections::{BTreeSet, HashMap};
+
+use bytes::Bytes;
+
+/// Keys with an expiry, ordered by deadline.
+#[derive(Debug, Default)]
+pub struct ExpiryIndex {
+    by_key: HashMap<Bytes, u64>,
+    by_time: BTreeSet<(u64, Bytes)>,
+}
+
+impl ExpiryIndex {
+    /// Record that `key` now expires at `at_ms` (or never, with `None`).
+    pub fn set(&mut self, key: &Bytes, at_ms: Option<u64>) {
+        match at_ms {
+            Some(at) => {
+                if let Some(old) = self.by_key.insert(key.clone(), at) {
+                    self.by_time.remove(&(old, key.clone()));
+                }
+                self.by_time.insert((at, key.clone()));
+            }
+            None => self.remove(key),
+        }
+    }
+
+    pub fn remove(&mut self, key: &Bytes) {
+        if let Some(old) = self.by_key.remove(key) {
+            self.by_time.remove(&(old, key.clone()));
+        }
+    }
+
+    /// The deadline recorded for `key`, if any.
+    pub fn deadline(&self, key: &[u8]) -> Option<u64> {
+        self.by_key.get(key).copied()
+    }
+
+    pub fn clear(&mut self) {
+        self.by_key.clear();
+        self.by_time.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// Up to `limit` keys whose deadline is ≤ `now_ms`, earliest first. They stay in the index
+    /// until their deletion is applied.
+    pub fn due(&self, now_ms: u64, limit: usize) -> Vec<Bytes> {
+        self.by_time
+            .iter()
+            .take_while(|(at, _)| *at <= now_ms)
+            .take(limit)
+            .map(|(_, key)| key.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracks_the_latest_deadline_of_each_key() {
+        let mut idx = ExpiryIndex::default();
+        let (a, b, c) = (Bytes::from("a"), Bytes::from("b"), Bytes::from("c"));
+        idx.set(&a, Some(10));
+        idx.set(&b, Some(5));
+        idx.set(&c, Some(50));
+        idx.set(&a, Some(100)); // rewritten with a later deadline
+        assert_eq!(idx.due(20, 10), vec![b.clone()]);
+        idx.set(&b, None); // persisted
+        assert!(idx.due(20, 10).is_empty());
+        assert_eq!(idx.due(1000, 1), vec![c.clone()]);
+        assert_eq!(idx.due(1000, 10), vec![c.clone(), a.clone()]);
+        idx.remove(&c);
+        assert_eq!(idx.len(), 1);
+        idx.clear();
+        assert!(idx.is_empty());
+    }
+}

@@ -1,0 +1,110 @@
+//! The gRPC front end: `cairn.v1.Kv`, `cairn.v1.Cluster` and the standard `grpc.health.v1`
+//! service on the node's gRPC address.
+//!
+//! It is a thin codec: each RPC decodes its protobuf request into one
+//! [`crate::command::Command`], calls [`Node::execute`], and encodes the
+//! [`crate::reply::Reply`] or maps the [`CommandError`] to a gRPC status. No key-value semantics
+//! live here.
+
+mod cluster;
+mod kv;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use cairn_proto::v1::cluster_server::ClusterServer;
+use cairn_proto::v1::kv_server::KvServer;
+use tonic::Status;
+use tonic::transport::server::TcpIncoming;
+
+use crate::command::Command;
+use crate::error::CommandError;
+use crate::node::Node;
+use crate::reply::Reply;
+
+pub use kv::{BATCH_OPS_MAX, SCAN_LIMIT_DEFAULT, SCAN_LIMIT_MAX};
+pub(crate) use kv::{resume_after, ttl_from_now};
+
+/// Front-end label of this module in metrics.
+const FRONTEND: &str = "grpc";
+/// Bytes a gRPC message may carry besides its value: the key (at most
+/// [`cairn_storage::KEY_BYTES_MAX`]) and protobuf framing.
+const MESSAGE_OVERHEAD_BYTES: usize = cairn_storage::KEY_BYTES_MAX + 64 * 1024;
+/// Concurrent requests served on one HTTP/2 connection; further ones wait.
+const REQUESTS_PER_CONNECTION_MAX: usize = 1024;
+
+/// Serve gRPC on `addr` until `shutdown` resolves, then drain in-flight requests.
+pub async fn serve(
+    node: Arc<Node>,
+    addr: SocketAddr,
+    shutdown: impl Future + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the gRPC address {addr}"))?;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // A request carries at most one value at the configured limit (a batch's values together
+    // share the same budget), plus its key and framing.
+    let message_bytes_max = node.options().value_bytes_max + MESSAGE_OVERHEAD_BYTES;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<KvServer<kv::KvService>>().await;
+    health.set_serving::<ClusterServer<cluster::ClusterService>>().await;
+
+    let kv = KvServer::new(kv::KvService::new(node.clone()))
+        .max_decoding_message_size(message_bytes_max)
+        .max_encoding_message_size(usize::MAX);
+    let cluster = ClusterServer::new(cluster::ClusterService::new(node));
+    tracing::info!(%addr, "gRPC front end listening");
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
+        .add_service(health_service)
+        .add_service(kv)
+        .add_service(cluster)
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+        })
+        .await
+        .context("gRPC server failed")
+}
+
+/// Execute `command` on `node`, recording its latency and outcome under the gRPC label.
+async fn execute(node: &Node, command: Command) -> Result<Reply, Status> {
+    let name = command.name();
+    let started = Instant::now();
+    let result = node.execute(command).await;
+    crate::metrics::observe(FRONTEND, name, started.elapsed(), result.is_ok());
+    result.map_err(status_of)
+}
+
+/// The gRPC status for a command failure (see the code table in `proto/cairn/v1/kv.proto`).
+fn status_of(error: CommandError) -> Status {
+    let message = error.to_string();
+    let message = message.strip_prefix("ERR ").unwrap_or(&message).to_string();
+    match error {
+        CommandError::NoSuchKey => Status::not_found(message),
+        CommandError::NotInteger
+        | CommandError::Overflow
+        | CommandError::NotFloat
+        | CommandError::NanOrInfinity
+        | CommandError::InvalidExpireTime(_)
+        | CommandError::OffsetOutOfRange
+        | CommandError::StringTooLong
+        | CommandError::KeyTooLarge { .. }
+        | CommandError::ValueTooLarge { .. }
+        | CommandError::EmptyKey
+        | CommandError::Syntax
+        | CommandError::Invalid(_) => Status::invalid_argument(message),
+        CommandError::ShuttingDown => Status::unavailable(message),
+        CommandError::Fatal(_) | CommandError::Storage(_) => Status::internal(message),
+    }
+}
+
+/// A reply variant the executor's contract rules out for this command.
+fn unexpected(reply: &Reply) -> Status {
+    tracing::error!(?reply, "executor returned an unexpected reply variant");
+    Status::internal("unexpected reply from the executor")
+}

@@ -1,0 +1,298 @@
+//! `/v1/kv/{key}` (one key, raw value bytes in and out, metadata in `x-cairn-*` headers) and
+//! `/v1/kv` (listing as JSON). Keys are percent-decoded from the raw path and query, so any
+//! byte string is addressable.
+
+use std::ops::Bound;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::params::{Query, percent_decode};
+use super::{ApiError, AppState, execute};
+use crate::command::{Command, Condition, Expiry, KeyRange};
+use crate::grpc::{SCAN_LIMIT_DEFAULT, SCAN_LIMIT_MAX, resume_after, ttl_from_now};
+use crate::reply::{Entry, Reply};
+
+/// Path prefix of single-key routes; the rest of the raw path is the percent-encoded key.
+const KEY_PATH_PREFIX: &str = "/v1/kv/";
+/// Version of the key's current value.
+pub(super) const VERSION_HEADER: &str = "x-cairn-version";
+/// Absolute expiry, ms since the Unix epoch (absent: no expiry).
+pub(super) const EXPIRES_AT_HEADER: &str = "x-cairn-expires-at-ms";
+/// Remaining time to live in ms at the moment of the read (absent: no expiry).
+pub(super) const TTL_HEADER: &str = "x-cairn-ttl-ms";
+
+/// Query parameters `PUT /v1/kv/{key}` understands.
+const PUT_PARAMS: &[&str] = &["ttl_ms", "expires_at_ms", "if_absent", "if_present", "if_version"];
+/// Query parameters `GET /v1/kv` understands.
+const LIST_PARAMS: &[&str] = &[
+    "prefix",
+    "start",
+    "end",
+    "start_exclusive",
+    "end_inclusive",
+    "after",
+    "limit",
+    "keys_only",
+    "encoding",
+];
+
+/// `GET /v1/kv/{key}`: the raw value, 404 when missing.
+pub(super) async fn get(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let key = key_of(&uri)?;
+    match execute(&state.node, Command::Get { key }).await? {
+        Reply::Entry(Some(entry)) => {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            headers.insert(VERSION_HEADER, entry.version.into());
+            if let Some(at) = entry.expires_at_ms {
+                headers.insert(EXPIRES_AT_HEADER, at.into());
+                headers.insert(TTL_HEADER, ttl_from_now(at).into());
+            }
+            Ok((StatusCode::OK, headers, Body::from(entry.value)).into_response())
+        }
+        Reply::Entry(None) => Err(ApiError::not_found()),
+        other => Err(ApiError::unexpected(&other)),
+    }
+}
+
+/// `PUT /v1/kv/{key}`: write the body as the value; `ttl_ms`/`expires_at_ms` and one of
+/// `if_absent`/`if_present`/`if_version` in the query. 200 `{"version": N}`; 412 when the
+/// condition fails; 413 when the body is above the value limit.
+pub(super) async fn put(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = key_of(&uri)?;
+    let query = query_of(&uri, PUT_PARAMS)?;
+    let expiry = match (query.u64("ttl_ms").map_err(ApiError::bad_request)?, query.u64("expires_at_ms").map_err(ApiError::bad_request)?) {
+        (None, None) => Expiry::Never,
+        (Some(_), Some(_)) => return Err(ApiError::bad_request("give ttl_ms or expires_at_ms, not both")),
+        (Some(0), None) => return Err(ApiError::bad_request("ttl_ms must be > 0")),
+        (Some(ms), None) => Expiry::InMs(to_i64(ms, "ttl_ms")?),
+        (None, Some(at)) => Expiry::AtMs(to_i64(at, "expires_at_ms")?),
+    };
+    let if_absent = query.flag("if_absent").map_err(ApiError::bad_request)?;
+    let if_present = query.flag("if_present").map_err(ApiError::bad_request)?;
+    let if_version = query.u64("if_version").map_err(ApiError::bad_request)?;
+    let condition = match (if_absent, if_present, if_version) {
+        (false, false, None) => Condition::Always,
+        (true, false, None) => Condition::IfAbsent,
+        (false, true, None) => Condition::IfPresent,
+        (false, false, Some(v)) => Condition::IfVersion(v),
+        _ => return Err(ApiError::bad_request("give at most one of if_absent, if_present, if_version")),
+    };
+    let value = read_body(body, &headers, state.put_body_bytes_max).await?;
+
+    let command = Command::Set { key, value, expiry, condition, return_old: false };
+    match execute(&state.node, command).await? {
+        Reply::Set(outcome) => match outcome.version {
+            Some(version) => {
+                let body = axum::Json(serde_json::json!({ "version": version }));
+                Ok(([(VERSION_HEADER, HeaderValue::from(version))], body).into_response())
+            }
+            None => {
+                let message = match (condition, &outcome.old) {
+                    (Condition::IfAbsent, _) => "condition failed: key exists".to_string(),
+                    (Condition::IfVersion(want), Some(old)) => {
+                        format!("condition failed: version is {}, expected {want}", old.version)
+                    }
+                    _ => "condition failed: key does not exist".to_string(),
+                };
+                let mut response =
+                    ApiError::new(StatusCode::PRECONDITION_FAILED, "condition_failed", message).into_response();
+                if let Some(old) = outcome.old {
+                    response.headers_mut().insert(VERSION_HEADER, old.version.into());
+                }
+                Ok(response)
+            }
+        },
+        other => Err(ApiError::unexpected(&other)),
+    }
+}
+
+/// `DELETE /v1/kv/{key}`: 204 when a live key was removed, 404 when there was none.
+pub(super) async fn delete(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let key = key_of(&uri)?;
+    match execute(&state.node, Command::Del { keys: vec![key] }).await? {
+        Reply::Int(0) => Err(ApiError::not_found()),
+        Reply::Int(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+        other => Err(ApiError::unexpected(&other)),
+    }
+}
+
+/// How keys and values are written in a JSON listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    /// Standard base64 with padding: every byte string is representable (the default).
+    Base64,
+    /// Plain JSON strings; a listing holding bytes that are not UTF-8 fails with 422.
+    Utf8,
+}
+
+/// One entry of a listing.
+#[derive(Debug, Serialize)]
+struct ListEntry {
+    key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    version: u64,
+    expires_at_ms: Option<u64>,
+}
+
+/// The body of `GET /v1/kv`.
+#[derive(Debug, Serialize)]
+struct Listing {
+    encoding: &'static str,
+    entries: Vec<ListEntry>,
+    /// Whether the limit cut the listing short.
+    more: bool,
+    /// The last key returned when `more`; pass it (decoded, then percent-encoded) as `after`.
+    resume_after: Option<String>,
+}
+
+/// `GET /v1/kv?prefix=..` or `?start=..&end=..`: live entries in key order as JSON.
+pub(super) async fn list(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let query = query_of(&uri, LIST_PARAMS)?;
+    let bad = ApiError::bad_request;
+    let encoding = match query.text("encoding").map_err(bad)? {
+        None | Some("base64") => Encoding::Base64,
+        Some("utf8" | "utf-8") => Encoding::Utf8,
+        Some(other) => return Err(bad(format!("encoding {other:?} is not base64 or utf8"))),
+    };
+    let limit = match query.u64("limit").map_err(bad)? {
+        None | Some(0) => SCAN_LIMIT_DEFAULT,
+        Some(n) if n > SCAN_LIMIT_MAX as u64 => {
+            return Err(bad(format!("limit {n} is above the maximum {SCAN_LIMIT_MAX}")));
+        }
+        Some(n) => n as usize,
+    };
+    let keys_only = query.flag("keys_only").map_err(bad)?;
+    let prefix = query.bytes("prefix").cloned();
+    let start = query.bytes("start").cloned();
+    let end = query.bytes("end").cloned();
+    let mut range = match (prefix, start, end) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            return Err(bad("give prefix or start/end, not both"));
+        }
+        (Some(prefix), None, None) => KeyRange::prefix(prefix),
+        (None, start, end) => KeyRange {
+            start: match start {
+                None => Bound::Unbounded,
+                Some(s) if query.flag("start_exclusive").map_err(bad)? => Bound::Excluded(s),
+                Some(s) => Bound::Included(s),
+            },
+            end: match end {
+                None => Bound::Unbounded,
+                Some(e) if query.flag("end_inclusive").map_err(bad)? => Bound::Included(e),
+                Some(e) => Bound::Excluded(e),
+            },
+        },
+    };
+    if let Some(after) = query.bytes("after") {
+        range = resume_after(range, after.clone());
+    }
+
+    let command = Command::ScanRange { range, limit, keys_only };
+    let (entries, more) = match execute(&state.node, command).await? {
+        Reply::Entries { entries, more } => (entries, more),
+        other => return Err(ApiError::unexpected(&other)),
+    };
+    let resume_after = if more { entries.last().map(|e| e.key.clone()) } else { None };
+    let listing = Listing {
+        encoding: match encoding {
+            Encoding::Base64 => "base64",
+            Encoding::Utf8 => "utf8",
+        },
+        entries: entries
+            .into_iter()
+            .map(|e| list_entry(e, keys_only, encoding))
+            .collect::<Result<_, _>>()?,
+        more,
+        resume_after: resume_after.map(|k| encode(&k, encoding)).transpose()?,
+    };
+    Ok(axum::Json(listing).into_response())
+}
+
+fn list_entry(e: Entry, keys_only: bool, encoding: Encoding) -> Result<ListEntry, ApiError> {
+    Ok(ListEntry {
+        key: encode(&e.key, encoding)?,
+        value: if keys_only { None } else { Some(encode(&e.value, encoding)?) },
+        version: e.version,
+        expires_at_ms: e.expires_at_ms,
+    })
+}
+
+fn encode(bytes: &[u8], encoding: Encoding) -> Result<String, ApiError> {
+    match encoding {
+        Encoding::Base64 => Ok(BASE64.encode(bytes)),
+        Encoding::Utf8 => String::from_utf8(bytes.to_vec()).map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "not_utf8",
+                "the listing holds bytes that are not UTF-8; use encoding=base64",
+            )
+        }),
+    }
+}
+
+/// The key of a single-key route: the rest of the raw path, percent-decoded to bytes.
+fn key_of(uri: &Uri) -> Result<Bytes, ApiError> {
+    let raw = uri.path().strip_prefix(KEY_PATH_PREFIX).unwrap_or_default();
+    let key = percent_decode(raw, false)
+        .ok_or_else(|| ApiError::bad_request("malformed percent-encoding in the key"))?;
+    if key.is_empty() {
+        return Err(ApiError::bad_request("empty keys are not supported"));
+    }
+    Ok(key)
+}
+
+/// Parse the query, refusing parameters the route does not know (typos must not be ignored).
+fn query_of(uri: &Uri, known: &[&str]) -> Result<Query, ApiError> {
+    let query = Query::parse(uri.query()).map_err(ApiError::bad_request)?;
+    if let Some(unknown) = query.names().find(|n| !known.contains(n)) {
+        return Err(ApiError::bad_request(format!(
+            "unknown query parameter {unknown:?}; known: {}",
+            known.join(", ")
+        )));
+    }
+    Ok(query)
+}
+
+/// Read a request body of at most `max` bytes; 413 above that, checked against
+/// `Content-Length` first so an oversized body is refused before it is read.
+async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value_too_large",
+            format!("value is above the limit of {max} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        if e.to_string().contains("length limit") {
+            too_large()
+        } else {
+            ApiError::bad_request(format!("reading the request body: {e}"))
+        }
+    })
+}
+
+fn to_i64(v: u64, name: &str) -> Result<i64, ApiError> {
+    i64::try_from(v).map_err(|_| ApiError::bad_request(format!("{name} is out of range")))
+}

@@ -1,0 +1,146 @@
+//! The HTTP/JSON front end (axum): `GET/PUT/DELETE /v1/kv/{key}` with raw value bodies,
+//! `GET /v1/kv` listings, `GET /v1/cluster`, `/health`, `/ready`, `/metrics` (Prometheus text)
+//! and `/openapi.json`, the contract of all of them.
+//!
+//! Like every front end it is a thin codec over [`Node::execute`]: a handler decodes the
+//! request into one [`Command`], executes it and renders the [`Reply`]; errors are JSON
+//! `{"code": "...", "message": "..."}` with a matching status code.
+
+mod kv;
+mod ops;
+mod params;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::command::Command;
+use crate::error::CommandError;
+use crate::node::Node;
+use crate::reply::Reply;
+
+/// Front-end label of this module in metrics.
+const FRONTEND: &str = "http";
+
+/// Shared state of every handler.
+#[derive(Debug, Clone)]
+struct AppState {
+    node: Arc<Node>,
+    /// Largest PUT body accepted: the body is the value itself, so this is the node's configured
+    /// value limit (`--value-bytes-max`); anything larger is refused with 413 before it is
+    /// buffered in full.
+    put_body_bytes_max: usize,
+}
+
+/// Serve HTTP on `addr` until `shutdown` resolves, then finish in-flight requests.
+pub async fn serve(
+    node: Arc<Node>,
+    addr: SocketAddr,
+    shutdown: impl Future + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the HTTP address {addr}"))?;
+    let state = AppState { put_body_bytes_max: node.options().value_bytes_max, node };
+    tracing::info!(%addr, "HTTP front end listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+        })
+        .await
+        .context("HTTP server failed")
+}
+
+/// Every route of the HTTP API (documented in `openapi.json`).
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/kv", get(kv::list))
+        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/cluster", get(ops::cluster))
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .with_state(state)
+}
+
+/// Execute `command`, recording its latency and outcome under the HTTP label.
+async fn execute(node: &Node, command: Command) -> Result<Reply, ApiError> {
+    let name = command.name();
+    let started = Instant::now();
+    let result = node.execute(command).await;
+    crate::metrics::observe(FRONTEND, name, started.elapsed(), result.is_ok());
+    result.map_err(ApiError::from)
+}
+
+/// An error response: status code plus JSON `{"code": "...", "message": "..."}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    /// Stable, machine-readable snake_case name of the failure.
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
+    }
+
+    fn not_found() -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "record not found")
+    }
+
+    fn unexpected(reply: &Reply) -> Self {
+        tracing::error!(?reply, "executor returned an unexpected reply variant");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected reply from the executor")
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(error: CommandError) -> Self {
+        let message = error.to_string();
+        let message = message.strip_prefix("ERR ").unwrap_or(&message).to_string();
+        let (status, code) = match error {
+            CommandError::NoSuchKey => (StatusCode::NOT_FOUND, "not_found"),
+            CommandError::ValueTooLarge { .. } | CommandError::StringTooLong => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "value_too_large")
+            }
+            CommandError::KeyTooLarge { .. } => (StatusCode::URI_TOO_LONG, "key_too_large"),
+            CommandError::NotInteger
+            | CommandError::Overflow
+            | CommandError::NotFloat
+            | CommandError::NanOrInfinity
+            | CommandError::InvalidExpireTime(_)
+            | CommandError::OffsetOutOfRange
+            | CommandError::EmptyKey
+            | CommandError::Syntax
+            | CommandError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            CommandError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            CommandError::Fatal(_) | CommandError::Storage(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        ApiError { status, code, message }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "code": self.code, "message": self.message });
+        (self.status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,141 @@
+//! Operational routes: the cluster map as JSON, liveness and readiness probes, Prometheus
+//! metrics and the OpenAPI document; plus JSON answers for unknown routes and methods.
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::{ApiError, AppState, FRONTEND, execute};
+use crate::command::Command;
+use crate::reply::{ClusterStatus, Reply};
+
+/// The OpenAPI 3 description of every route of this front end.
+const OPENAPI_JSON: &str = include_str!("openapi.json");
+/// Content type of the Prometheus text exposition format.
+const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Debug, Serialize)]
+struct NodeJson {
+    id: String,
+    grpc_addr: String,
+    http_addr: String,
+    resp_addr: String,
+    state: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct SlotRangeJson {
+    start: u16,
+    end: u16,
+}
+
+#[derive(Debug, Serialize)]
+struct ShardJson {
+    id: u32,
+    slots: Vec<SlotRangeJson>,
+    replicas: Vec<String>,
+    leader: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ClusterJson {
+    node_id: String,
+    nodes: Vec<NodeJson>,
+    shards: Vec<ShardJson>,
+}
+
+impl From<ClusterStatus> for ClusterJson {
+    fn from(s: ClusterStatus) -> Self {
+        ClusterJson {
+            node_id: s.node_id,
+            nodes: s
+                .nodes
+                .into_iter()
+                .map(|n| NodeJson {
+                    id: n.id,
+                    grpc_addr: n.grpc_addr,
+                    http_addr: n.http_addr,
+                    resp_addr: n.resp_addr,
+                    state: n.state.as_str(),
+                })
+                .collect(),
+            shards: s
+                .shards
+                .into_iter()
+                .map(|sh| ShardJson {
+                    id: sh.id,
+                    slots: sh.slots.into_iter().map(|(start, end)| SlotRangeJson { start, end }).collect(),
+                    replicas: sh.replicas,
+                    leader: sh.leader,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `GET /v1/cluster`.
+pub(super) async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError> {
+    match execute(&state.node, Command::ClusterStatus).await? {
+        Reply::Cluster(status) => Ok(axum::Json(ClusterJson::from(status)).into_response()),
+        other => Err(ApiError::unexpected(&other)),
+    }
+}
+
+/// `GET /health`: the process is up and serving HTTP (liveness).
+pub(super) async fn health() -> Response {
+    observe("health", Instant::now(), true);
+    axum::Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+/// `GET /ready`: 200 when the node takes writes and every shard has a leader, 503 otherwise
+/// (readiness: a load balancer should send traffic only then).
+pub(super) async fn ready(State(state): State<AppState>) -> Response {
+    if let Some(reason) = state.node.failure() {
+        return not_ready(&format!("the node refuses writes: {reason}"));
+    }
+    let status = match state.node.execute(Command::ClusterStatus).await {
+        Ok(Reply::Cluster(status)) => status,
+        Ok(_) | Err(_) => {
+            return not_ready("the cluster map is not available");
+        }
+    };
+    let leaderless = status.shards.iter().filter(|s| s.leader.is_none()).count();
+    if status.shards.is_empty() || leaderless > 0 {
+        return not_ready(&format!("{leaderless} of {} shards have no leader", status.shards.len()));
+    }
+    observe("ready", Instant::now(), true);
+    axum::Json(serde_json::json!({ "status": "ready", "shards": status.shards.len() })).into_response()
+}
+
+fn not_ready(message: &str) -> Response {
+    observe("ready", Instant::now(), false);
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message).into_response()
+}
+
+/// `GET /metrics`: Prometheus text.
+pub(super) async fn metrics() -> Response {
+    let body = crate::metrics::render();
+    ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], body).into_response()
+}
+
+/// `GET /openapi.json`.
+pub(super) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+/// Any path no route matches.
+pub(super) async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route; see /openapi.json")
+}
+
+/// A known path with a method it does not support.
+pub(super) async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route; see /openapi.json")
+}
+
+fn observe(route: &'static str, started: Instant, ok: bool) {
+    crate::metrics::observe(FRONTEND, route, started.elapsed(), ok);
+}

@@ -1,0 +1,568 @@
+//! The node: the one executor every front end calls.
+//!
+//! Request path: key → slot → shard → executor. Reads are served from the shard engines
+//! directly; writes are proposed to the writer ([`crate::writer`]) and answered once committed
+//! and applied. Relative deadlines become absolute here, at propose time.
+
+use std::net::SocketAddr;
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cairn_resp::glob::Pattern;
+use parking_lot::Mutex;
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::command::{BatchOp, Command, Expiry, KeyRange};
+use crate::config::SyncMode;
+use crate::error::CommandError;
+use crate::eval::InternalOp;
+use crate::log::CommitLog;
+use crate::reply::{
+    ClusterStatus, Entry, KeyTtl, KeyType, NodeInfo, NodeState, Reply, ShardInfo, ShardStats,
+};
+use crate::scan::ScanCursors;
+use crate::shards::{NodeIdentity, Shards};
+use crate::writer::{Proposal, ProposalResult, WriteOp, Writer, WriterHealth};
+
+/// How often the active-expiry cycle runs.
+pub const EXPIRE_TICK: Duration = Duration::from_millis(100);
+/// Most expired keys deleted per shard per tick (bounded work, as Redis's cycle).
+pub const EXPIRE_KEYS_PER_TICK: usize = 200;
+/// How often engines are synced and the log purged.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
+/// Largest key, in bytes.
+pub const KEY_BYTES_MAX: usize = cairn_storage::KEY_BYTES_MAX;
+/// Most entries one range scan returns.
+pub const SCAN_RANGE_LIMIT_MAX: usize = 10_000;
+
+/// What a node needs to open.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub data_dir: PathBuf,
+    /// Shard count of a new data directory.
+    pub shards: u32,
+    pub value_bytes_max: usize,
+    pub sync: SyncMode,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub resp_addr: SocketAddr,
+}
+
+/// A write that has been proposed; await it for the result.
+#[derive(Debug)]
+pub struct PendingWrite {
+    rx: oneshot::Receiver<ProposalResult>,
+}
+
+impl PendingWrite {
+    pub async fn wait(self) -> ProposalResult {
+        self.rx.await.unwrap_or(Err(CommandError::ShuttingDown))
+    }
+}
+
+/// One Cairn node. Share it through `Arc`.
+#[derive(Debug)]
+pub struct Node {
+    identity: NodeIdentity,
+    options: NodeOptions,
+    shards: Arc<Shards>,
+    proposals: mpsc::Sender<Proposal>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    health: Arc<WriterHealth>,
+    cursors: ScanCursors,
+    started: Instant,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Node {
+    /// Open (or create) the node's data directory, replay the log, start the writer.
+    pub fn open(options: NodeOptions) -> anyhow::Result<Arc<Node>> {
+        let identity = NodeIdentity::load_or_create(&options.data_dir, options.shards)?;
+        if identity.shards != options.shards {
+            tracing::info!(
+                recorded = identity.shards,
+                asked = options.shards,
+                "data directory keeps the shard count it was created with"
+            );
+        }
+        let shards = Arc::new(Shards::open(&options.data_dir, identity.shards, options.value_bytes_max)?);
+        let log = CommitLog::Engines { mode: options.sync };
+        let last_applied = shards.list.iter().map(|s| s.last_applied()).max().unwrap_or(0);
+        let health = Arc::new(WriterHealth::default());
+        let writer = Writer::new(shards.clone(), log, last_applied + 1, options.value_bytes_max, health.clone());
+        let (proposals, handle) = writer.spawn()?;
+        tracing::info!(
+            node_id = %identity.node_id,
+            shards = identity.shards,
+            keys = shards.list.iter().map(|s| s.engine.len()).sum::<u64>(),
+            last_applied,
+            "node opened"
+        );
+        Ok(Arc::new(Node {
+            identity,
+            options,
+            shards,
+            proposals,
+            writer: Mutex::new(Some(handle)),
+            health,
+            cursors: ScanCursors::default(),
+            started: Instant::now(),
+        }))
+    }
+
+    pub fn id(&self) -> &str {
+        &self.identity.node_id
+    }
+
+    pub fn options(&self) -> &NodeOptions {
+        &self.options
+    }
+
+    pub fn shards(&self) -> &Shards {
+        &self.shards
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Why writes are refused, if they are.
+    pub fn failure(&self) -> Option<String> {
+        self.health.failure()
+    }
+
+    /// Execute any command.
+    pub async fn execute(&self, cmd: Command) -> Result<Reply, CommandError> {
+        if cmd.is_write() {
+            self.propose(cmd).await?.wait().await
+        } else {
+            self.read(cmd)
+        }
+    }
+
+    /// Propose a write without waiting for its commit (front ends pipeline with this). Writes
+    /// of one caller are committed in the order they are proposed.
+    pub async fn propose(&self, cmd: Command) -> Result<PendingWrite, CommandError> {
+        let now = now_ms();
+        let cmd = self.prepare_write(cmd, now)?;
+        self.submit(WriteOp::Command(cmd), now).await
+    }
+
+    async fn submit(&self, op: WriteOp, now_ms: u64) -> Result<PendingWrite, CommandError> {
+        if let Some(reason) = self.health.failure() {
+            return Err(CommandError::Fatal(reason));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.proposals
+            .send(Proposal { op, now_ms, reply: tx })
+            .await
+            .map_err(|_| CommandError::ShuttingDown)?;
+        Ok(PendingWrite { rx })
+    }
+
+    /// Validate sizes and turn relative deadlines into absolute ones.
+    fn prepare_write(&self, mut cmd: Command, now: u64) -> Result<Command, CommandError> {
+        let name = cmd.name();
+        let resolve = |expiry: &mut Expiry| -> Result<(), CommandError> {
+            if let Expiry::InMs(ms) = *expiry {
+                let at = (now as i64).checked_add(ms).ok_or(CommandError::InvalidExpireTime(name))?;
+                *expiry = Expiry::AtMs(at);
+            }
+            Ok(())
+        };
+        match &mut cmd {
+            Command::Set { key, value, expiry, .. } => {
+                self.check_key(key)?;
+                self.check_value(value)?;
+                resolve(expiry)?;
+            }
+            Command::GetEx { key, expiry } => {
+                self.check_key(key)?;
+                resolve(expiry)?;
+            }
+            Command::Expire { key, expiry, .. } => {
+                self.check_key(key)?;
+                resolve(expiry)?;
+            }
+            Command::MSet { pairs, .. } => {
+                for (key, value) in pairs.iter() {
+                    self.check_key(key)?;
+                    self.check_value(value)?;
+                }
+            }
+            Command::Append { key, value } | Command::SetRange { key, value, .. } => {
+                self.check_key(key)?;
+                self.check_value(value)?;
+            }
+            Command::GetDel { key }
+            | Command::IncrBy { key, .. }
+            | Command::IncrByFloat { key, .. }
+            | Command::Persist { key } => self.check_key(key)?,
+            Command::Del { keys } => {
+                for key in keys.iter() {
+                    self.check_key(key)?;
+                }
+            }
+            Command::Rename { from, to, .. } => {
+                self.check_key(from)?;
+                self.check_key(to)?;
+            }
+            Command::Batch { ops } => {
+                for op in ops.iter_mut() {
+                    match op {
+                        BatchOp::Put { key, value, expiry } => {
+                            self.check_key(key)?;
+                            self.check_value(value)?;
+                            resolve(expiry)?;
+                        }
+                        BatchOp::Delete { key } => self.check_key(key)?,
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(cmd)
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), CommandError> {
+        if key.is_empty() {
+            return Err(CommandError::EmptyKey);
+        }
+        if key.len() > KEY_BYTES_MAX {
+            return Err(CommandError::KeyTooLarge { len: key.len(), max: KEY_BYTES_MAX });
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), CommandError> {
+        let max = self.options.value_bytes_max;
+        if value.len() > max {
+            return Err(CommandError::ValueTooLarge { len: value.len(), max });
+        }
+        Ok(())
+    }
+
+    /// A key the engine cannot hold cannot exist: reads of it find nothing.
+    fn readable(key: &[u8]) -> bool {
+        !key.is_empty() && key.len() <= KEY_BYTES_MAX
+    }
+
+    fn get_entry(&self, key: &Bytes) -> Result<Option<Entry>, CommandError> {
+        if !Self::readable(key) {
+            return Ok(None);
+        }
+        let entry = self.shards.for_key(key).engine.get_entry(key)?;
+        Ok(entry.map(|e| Entry {
+            key: e.key,
+            value: e.value,
+            version: e.version,
+            expires_at_ms: e.expires_at_ms,
+        }))
+    }
+
+    fn meta(&self, key: &[u8]) -> Option<cairn_storage::KeyMeta> {
+        if !Self::readable(key) {
+            return None;
+        }
+        self.shards.for_key(key).engine.meta(key)
+    }
+
+    fn get_value(&self, key: &[u8]) -> Result<Option<Bytes>, CommandError> {
+        if !Self::readable(key) {
+            return Ok(None);
+        }
+        Ok(self.shards.for_key(key).engine.get(key)?)
+    }
+
+    /// Execute a read-only command against the engines.
+    fn read(&self, cmd: Command) -> Result<Reply, CommandError> {
+        match cmd {
+            Command::Get { key } => Ok(Reply::Entry(self.get_entry(&key)?)),
+            Command::MGet { keys } => {
+                let values = keys.iter().map(|k| self.get_value(k)).collect::<Result<Vec<_>, _>>()?;
+                Ok(Reply::Values(values))
+            }
+            Command::StrLen { key } => Ok(Reply::Int(self.meta(&key).map_or(0, |m| i64::from(m.value_len)))),
+            Command::GetRange { key, start, end } => {
+                let value = self.get_value(&key)?.unwrap_or_default();
+                Ok(Reply::Value(Some(substring(&value, start, end))))
+            }
+            Command::Exists { keys } => Ok(Reply::Int(keys.iter().filter(|k| self.meta(k).is_some()).count() as i64)),
+            Command::Type { key } => Ok(Reply::Type(if self.meta(&key).is_some() { KeyType::String } else { KeyType::None })),
+            Command::Ttl { key } => Ok(Reply::Ttl(match self.meta(&key) {
+                None => KeyTtl::Missing,
+                Some(m) => m.expires_at_ms.map_or(KeyTtl::Persistent, KeyTtl::ExpiresAtMs),
+            })),
+            Command::Keys { pattern } => Ok(Reply::Keys(self.keys(&pattern))),
+            Command::Scan { cursor, pattern, count, type_filter } => {
+                let (cursor, keys) = self.cursors.scan(&self.shards, cursor, pattern.as_deref(), count, type_filter.as_deref());
+                Ok(Reply::ScanPage { cursor, keys })
+            }
+            Command::ScanRange { range, limit, keys_only } => self.scan_range(&range, limit, keys_only),
+            Command::RandomKey => Ok(Reply::Value(self.random_key())),
+            Command::DbSize => Ok(Reply::Int(self.dbsize() as i64)),
+            Command::ClusterStatus => Ok(Reply::Cluster(self.cluster_status())),
+            Command::ShardStats => Ok(Reply::Stats(self.shard_stats())),
+            write => Err(CommandError::Invalid(format!("'{}' is not a read", write.name()))),
+        }
+    }
+
+    /// Number of live keys.
+    pub fn dbsize(&self) -> u64 {
+        self.shards.list.iter().map(|s| s.engine.len()).sum()
+    }
+
+    fn keys(&self, pattern: &[u8]) -> Vec<Bytes> {
+        let glob = Pattern::new(pattern, false);
+        let range = KeyRange::prefix(Bytes::copy_from_slice(literal_prefix(pattern)));
+        let mut out = Vec::new();
+        for shard in &self.shards.list {
+            let keys = shard.engine.scan_keys(as_ref_bound(&range.start), as_ref_bound(&range.end), usize::MAX);
+            out.extend(keys.into_iter().map(|(k, _)| k).filter(|k| glob.matches(k)));
+        }
+        out
+    }
+
+    fn scan_range(&self, range: &KeyRange, limit: usize, keys_only: bool) -> Result<Reply, CommandError> {
+        let limit = limit.clamp(1, SCAN_RANGE_LIMIT_MAX);
+        // One more than asked from each shard tells whether more remain.
+        let mut all: Vec<Entry> = Vec::new();
+        for shard in &self.shards.list {
+            let (start, end) = (as_ref_bound(&range.start), as_ref_bound(&range.end));
+            if keys_only {
+                all.extend(shard.engine.scan_keys(start, end, limit + 1).into_iter().map(|(key, m)| Entry {
+                    key,
+                    value: Bytes::new(),
+                    version: m.version,
+                    expires_at_ms: m.expires_at_ms,
+                }));
+            } else {
+                all.extend(shard.engine.scan(start, end, limit + 1)?.into_iter().map(|e| Entry {
+                    key: e.key,
+                    value: e.value,
+                    version: e.version,
+                    expires_at_ms: e.expires_at_ms,
+                }));
+            }
+        }
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        let more = all.len() > limit;
+        all.truncate(limit);
+        Ok(Reply::Entries { entries: all, more })
+    }
+
+    fn random_key(&self) -> Option<Bytes> {
+        let sizes: Vec<u64> = self.shards.list.iter().map(|s| s.engine.len()).collect();
+        let total: u64 = sizes.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let mut rng = rand::rng();
+        let mut pick = rng.random_range(0..total);
+        let mut chosen = 0;
+        for (i, size) in sizes.iter().enumerate() {
+            if pick < *size {
+                chosen = i;
+                break;
+            }
+            pick -= size;
+        }
+        // Try the chosen shard first, then any other (sizes may have changed meanwhile).
+        let order = (0..self.shards.len()).map(|i| (chosen + i) % self.shards.len());
+        for i in order {
+            let engine = &self.shards.list[i].engine;
+            let probe: [u8; 8] = rng.random();
+            let after = engine.scan_keys(Bound::Included(&probe[..rng.random_range(1..=8)]), Bound::Unbounded, 1);
+            if let Some((key, _)) = after.into_iter().next() {
+                return Some(key);
+            }
+            if let Some((key, _)) = engine.scan_keys(Bound::Unbounded, Bound::Unbounded, 1).into_iter().next() {
+                return Some(key);
+            }
+        }
+        None
+    }
+
+    /// The cluster map: this node owns every shard.
+    pub fn cluster_status(&self) -> ClusterStatus {
+        let id = self.identity.node_id.clone();
+        let node = NodeInfo {
+            id: id.clone(),
+            grpc_addr: self.options.grpc_addr.to_string(),
+            http_addr: self.options.http_addr.to_string(),
+            resp_addr: self.options.resp_addr.to_string(),
+            state: NodeState::Up,
+        };
+        let shards = self
+            .shards
+            .list
+            .iter()
+            .map(|s| ShardInfo { id: s.id, slots: vec![s.slots], replicas: vec![id.clone()], leader: Some(id.clone()) })
+            .collect();
+        ClusterStatus { node_id: id, nodes: vec![node], shards }
+    }
+
+    /// Storage statistics of every shard.
+    pub fn shard_stats(&self) -> Vec<ShardStats> {
+        self.shards
+            .list
+            .iter()
+            .map(|s| {
+                let st = s.engine.stats();
+                ShardStats {
+                    shard: s.id,
+                    live_keys: st.live_keys,
+                    segments: st.segments,
+                    disk_bytes: st.disk_bytes,
+                    dead_bytes: st.dead_bytes,
+                    writes: st.writes,
+                    syncs: st.syncs,
+                    cache_hits: st.cache_hits,
+                    cache_misses: st.cache_misses,
+                    merges: st.merges,
+                    last_applied: s.last_applied(),
+                    expiring_keys: s.expiry.lock().len() as u64,
+                }
+            })
+            .collect()
+    }
+
+    /// Background work until `shutdown` resolves: active expiry, log sync (`everysec`) and
+    /// periodic checkpoints.
+    pub async fn run_background(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let mut expire = tokio::time::interval(EXPIRE_TICK);
+        let mut checkpoint = tokio::time::interval(CHECKPOINT_INTERVAL);
+        let mut sync = tokio::time::interval(crate::writer::EVERYSEC_INTERVAL);
+        for timer in [&mut expire, &mut checkpoint, &mut sync] {
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = expire.tick() => self.expire_cycle().await,
+                _ = checkpoint.tick() => self.internal(WriteOp::Checkpoint).await,
+                _ = sync.tick(), if self.options.sync == SyncMode::Everysec => self.internal(WriteOp::SyncLog).await,
+            }
+        }
+    }
+
+    async fn internal(&self, op: WriteOp) {
+        if let Ok(pending) = self.submit(op, now_ms()).await
+            && let Err(e) = pending.wait().await
+        {
+            tracing::warn!(error = %e, "background write failed");
+        }
+    }
+
+    /// One tick of active expiry: delete up to [`EXPIRE_KEYS_PER_TICK`] due keys per shard.
+    pub async fn expire_cycle(&self) {
+        let now = now_ms();
+        for shard in &self.shards.list {
+            let keys = shard.expiry.lock().due(now, EXPIRE_KEYS_PER_TICK);
+            if keys.is_empty() {
+                continue;
+            }
+            let op = WriteOp::Internal(InternalOp::ExpireKeys { keys });
+            match self.submit(op, now).await {
+                Ok(pending) => {
+                    if let Err(e) = pending.wait().await {
+                        tracing::warn!(error = %e, "active expiry failed");
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Stop taking writes, finish the queued ones, sync the engines. Idempotent.
+    pub async fn shutdown(&self) -> Result<(), CommandError> {
+        let result = match self.submit(WriteOp::Shutdown, now_ms()).await {
+            Ok(pending) => pending.wait().await.map(|_| ()),
+            Err(CommandError::ShuttingDown) => Ok(()),
+            Err(e) => Err(e),
+        };
+        let handle = self.writer.lock().take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        result
+    }
+}
+
+fn as_ref_bound(b: &Bound<Bytes>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(k) => Bound::Included(&k[..]),
+        Bound::Excluded(k) => Bound::Excluded(&k[..]),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// The bytes every key matching the glob `pattern` starts with.
+pub fn literal_prefix(pattern: &[u8]) -> &[u8] {
+    let end = pattern.iter().position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\')).unwrap_or(pattern.len());
+    &pattern[..end]
+}
+
+/// Redis GETRANGE: inclusive offsets, negative ones count from the end.
+pub fn substring(value: &[u8], start: i64, end: i64) -> Bytes {
+    let len = value.len() as i64;
+    if len == 0 {
+        return Bytes::new();
+    }
+    let (mut start, mut end) = (start, end);
+    if start < 0 && end < 0 && start > end {
+        return Bytes::new();
+    }
+    if start < 0 {
+        start += len;
+    }
+    if end < 0 {
+        end += len;
+    }
+    start = start.max(0);
+    end = end.max(0);
+    if end >= len {
+        end = len - 1;
+    }
+    if start > end {
+        return Bytes::new();
+    }
+    Bytes::copy_from_slice(&value[start as usize..=end as usize])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn getrange_matches_redis() {
+        let v = b"This is a string";
+        assert_eq!(&substring(v, 0, 3)[..], b"This");
+        assert_eq!(&substring(v, -3, -1)[..], b"ing");
+        assert_eq!(&substring(v, 0, -1)[..], &v[..]);
+        assert_eq!(&substring(v, 10, 100)[..], b"string");
+        assert_eq!(&substring(v, 5, 3)[..], b"");
+        assert_eq!(&substring(v, -1, -5)[..], b"");
+        assert_eq!(&substring(v, -100, 2)[..], b"Thi");
+        assert_eq!(&substring(b"", 0, -1)[..], b"");
+    }
+
+    #[test]
+    fn literal_prefix_stops_at_the_first_special_character() {
+        assert_eq!(literal_prefix(b"user:*"), b"user:");
+        assert_eq!(literal_prefix(b"a?c"), b"a");
+        assert_eq!(literal_prefix(b"[ab]"), b"");
+        assert_eq!(literal_prefix(b"plain"), b"plain");
+        assert_eq!(literal_prefix(b"x\\*"), b"x");
+    }
+}

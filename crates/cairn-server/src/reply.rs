@@ -1,0 +1,152 @@
+//! Protocol-neutral results of [`crate::command::Command`]s.
+//!
+//! Front ends render these in their own wire format; the executor never knows which front end
+//! asked.
+
+use bytes::Bytes;
+
+/// One live key with its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: Bytes,
+    /// The value; empty for `keys_only` scans.
+    pub value: Bytes,
+    /// Log index of the key's last write (for compare-and-set).
+    pub version: u64,
+    /// Absolute expiry in milliseconds since the Unix epoch, if any.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// Result of a `Set`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetOutcome {
+    /// The new version when the write happened; `None` when the condition failed.
+    pub version: Option<u64>,
+    /// The previous live entry: filled when `return_old` was asked or the condition failed.
+    pub old: Option<Entry>,
+}
+
+/// What the node knows about a key's expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyTtl {
+    /// The key does not exist (Redis `TTL` → -2).
+    Missing,
+    /// The key exists without expiry (Redis `TTL` → -1).
+    Persistent,
+    /// The key expires at this absolute time, in milliseconds since the Unix epoch.
+    ExpiresAtMs(u64),
+}
+
+/// The type of a key (only strings exist).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    None,
+    String,
+}
+
+impl KeyType {
+    /// The name Redis's `TYPE` replies with.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::None => "none",
+            KeyType::String => "string",
+        }
+    }
+}
+
+/// State of a node in the cluster map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    Up,
+    Down,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Down => "down",
+        }
+    }
+}
+
+/// One node of the cluster map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// 40 lowercase hex characters, generated once per data directory (Redis-style node id).
+    pub id: String,
+    pub grpc_addr: String,
+    pub http_addr: String,
+    pub resp_addr: String,
+    pub state: NodeState,
+}
+
+/// One shard of the cluster map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardInfo {
+    pub id: u32,
+    /// Inclusive slot ranges `(first, last)` owned by the shard.
+    pub slots: Vec<(u16, u16)>,
+    /// Ids of the nodes holding a replica.
+    pub replicas: Vec<String>,
+    /// Id of the replica that accepts writes.
+    pub leader: Option<String>,
+}
+
+/// The cluster map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// Id of the node that answered.
+    pub node_id: String,
+    pub nodes: Vec<NodeInfo>,
+    pub shards: Vec<ShardInfo>,
+}
+
+/// Storage statistics of one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardStats {
+    pub shard: u32,
+    pub live_keys: u64,
+    pub segments: u64,
+    pub disk_bytes: u64,
+    pub dead_bytes: u64,
+    pub writes: u64,
+    pub syncs: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub merges: u64,
+    /// Log index of the last write applied to the shard.
+    pub last_applied: u64,
+    /// Keys with an expiry (tracked for active expiry).
+    pub expiring_keys: u64,
+}
+
+/// The result of executing a command. Each `Command` variant documents which of these it
+/// produces.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Ok,
+    Int(i64),
+    Bool(bool),
+    Value(Option<Bytes>),
+    Values(Vec<Option<Bytes>>),
+    Entry(Option<Entry>),
+    Entries {
+        entries: Vec<Entry>,
+        /// Whether more keys exist in the range past the last returned one.
+        more: bool,
+    },
+    Keys(Vec<Bytes>),
+    ScanPage {
+        cursor: u64,
+        keys: Vec<Bytes>,
+    },
+    Set(SetOutcome),
+    Ttl(KeyTtl),
+    Type(KeyType),
+    Batch {
+        version: u64,
+    },
+    Cluster(ClusterStatus),
+    Stats(Vec<ShardStats>),
+}

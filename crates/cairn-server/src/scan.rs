@@ -1,0 +1,108 @@
+//! Cursors of `SCAN`: opaque numbers naming a position in the node's keyspace.
+//!
+//! A position is (shard, last key returned); the node keeps the most recent positions in a
+//! bounded table keyed by a random cursor id. As with Redis, a full iteration returns every key
+//! that exists during the whole iteration; a key may be returned once per shard pass only. A
+//! cursor that fell out of the table (or was never issued) ends the iteration.
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::Bound;
+
+use bytes::Bytes;
+use cairn_resp::glob::Pattern;
+use parking_lot::Mutex;
+
+use crate::shards::Shards;
+
+/// Most live cursors remembered; the oldest is forgotten first.
+pub const SCAN_CURSORS_MAX: usize = 4096;
+/// Most keys examined by one SCAN call, whatever its COUNT.
+pub const SCAN_COUNT_MAX: usize = 100_000;
+
+#[derive(Debug, Clone)]
+struct Position {
+    shard: usize,
+    after: Option<Bytes>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    positions: HashMap<u64, Position>,
+    order: VecDeque<u64>,
+}
+
+/// The table of live SCAN cursors.
+#[derive(Debug, Default)]
+pub struct ScanCursors {
+    table: Mutex<Table>,
+}
+
+impl ScanCursors {
+    /// One SCAN step: returns the next cursor (0 when done) and the matching keys.
+    pub fn scan(
+        &self,
+        shards: &Shards,
+        cursor: u64,
+        pattern: Option<&[u8]>,
+        count: usize,
+        type_filter: Option<&[u8]>,
+    ) -> (u64, Vec<Bytes>) {
+        let mut pos = if cursor == 0 {
+            Position { shard: 0, after: None }
+        } else {
+            match self.table.lock().positions.get(&cursor) {
+                Some(p) => p.clone(),
+                None => return (0, Vec::new()),
+            }
+        };
+        let glob = pattern.map(|p| Pattern::new(p, false)).filter(|g| !g.is_match_all());
+        // Only strings exist: any other TYPE filter matches nothing (the keys are still walked,
+        // as Redis does).
+        let type_ok = type_filter.is_none_or(|t| t.eq_ignore_ascii_case(b"string"));
+        let budget = count.clamp(1, SCAN_COUNT_MAX);
+        let mut examined = 0;
+        let mut keys = Vec::new();
+        while examined < budget && pos.shard < shards.len() {
+            let engine = &shards.list[pos.shard].engine;
+            let start = match &pos.after {
+                Some(k) => Bound::Excluded(&k[..]),
+                None => Bound::Unbounded,
+            };
+            let want = budget - examined;
+            let batch = engine.scan_keys(start, Bound::Unbounded, want);
+            examined += batch.len();
+            let exhausted = batch.len() < want;
+            if let Some((last, _)) = batch.last() {
+                pos.after = Some(last.clone());
+            }
+            keys.extend(
+                batch
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .filter(|k| type_ok && glob.as_ref().is_none_or(|g| g.matches(k))),
+            );
+            if exhausted {
+                pos = Position { shard: pos.shard + 1, after: None };
+            }
+        }
+        let mut table = self.table.lock();
+        table.positions.remove(&cursor);
+        if pos.shard >= shards.len() {
+            return (0, keys);
+        }
+        let mut id: u64 = rand::random::<u64>() >> 1;
+        while id == 0 || table.positions.contains_key(&id) {
+            id = rand::random::<u64>() >> 1;
+        }
+        if table.positions.len() >= SCAN_CURSORS_MAX {
+            while let Some(old) = table.order.pop_front() {
+                if table.positions.remove(&old).is_some() {
+                    break;
+                }
+            }
+        }
+        table.positions.insert(id, pos);
+        table.order.push_back(id);
+        (id, keys)
+    }
+}

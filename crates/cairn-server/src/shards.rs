@@ -1,0 +1,113 @@
+//! The node's shards and the data-directory layout that holds them.
+//!
+//! Layout: `node.toml` (node id and shard count, written once when the directory is created),
+//! `wal/` (the node's write-ahead log) and `shards/NNNNN/` (one engine per shard).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::shard::Shard;
+use crate::slot::SlotMap;
+
+/// Name of the file recording the node's identity in the data directory.
+pub const NODE_FILE: &str = "node.toml";
+/// Version of the data-directory layout.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// What the data directory records about the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    pub layout_version: u32,
+    /// 40 lowercase hex characters, like a Redis Cluster node id.
+    pub node_id: String,
+    pub shards: u32,
+}
+
+impl NodeIdentity {
+    /// Read the identity of `data_dir`, or create it with a fresh id and `shards` shards.
+    pub fn load_or_create(data_dir: &Path, shards: u32) -> anyhow::Result<NodeIdentity> {
+        let path = data_dir.join(NODE_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let identity: NodeIdentity = toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("invalid {}: {e}", path.display()))?;
+                anyhow::ensure!(
+                    identity.layout_version == LAYOUT_VERSION,
+                    "{} has layout version {}; this build reads {LAYOUT_VERSION}",
+                    path.display(),
+                    identity.layout_version
+                );
+                Ok(identity)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(data_dir)?;
+                let identity = NodeIdentity {
+                    layout_version: LAYOUT_VERSION,
+                    node_id: new_node_id(),
+                    shards,
+                };
+                let tmp = data_dir.join(format!("{NODE_FILE}.tmp"));
+                std::fs::write(&tmp, toml::to_string(&identity)?)?;
+                std::fs::File::open(&tmp)?.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                std::fs::File::open(data_dir)?.sync_all()?;
+                Ok(identity)
+            }
+            Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+        }
+    }
+}
+
+fn new_node_id() -> String {
+    let bytes: [u8; 20] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Directory of the node's write-ahead log.
+pub fn wal_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("wal")
+}
+
+/// Directory of shard `id`'s engine.
+pub fn shard_dir(data_dir: &Path, id: u32) -> PathBuf {
+    data_dir.join("shards").join(format!("{id:05}"))
+}
+
+/// Every shard of the node, and the slot map that routes keys to them.
+#[derive(Debug)]
+pub struct Shards {
+    pub map: SlotMap,
+    pub list: Vec<Shard>,
+}
+
+impl Shards {
+    /// Open (creating when needed) the engines of all `count` shards.
+    pub fn open(data_dir: &Path, count: u32, value_bytes_max: usize) -> anyhow::Result<Shards> {
+        let map = SlotMap::new(count);
+        let list = (0..count)
+            .map(|id| Shard::open(id, map.range(id as usize), &shard_dir(data_dir, id), value_bytes_max))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Shards { map, list })
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn shard_of_key(&self, key: &[u8]) -> u32 {
+        self.map.shard_of_key(key) as u32
+    }
+
+    pub fn for_key(&self, key: &[u8]) -> &Shard {
+        &self.list[self.map.shard_of_key(key)]
+    }
+
+    pub fn get(&self, id: u32) -> Option<&Shard> {
+        self.list.get(id as usize)
+    }
+}

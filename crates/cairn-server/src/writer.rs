@@ -1,0 +1,268 @@
+//! The write path: propose → commit → apply, with group commit.
+//!
+//! One writer thread owns every write. It drains a bounded queue of proposals from all shards
+//! (up to [`GROUP_PROPOSALS_MAX`] at a time), evaluates them in order (see [`crate::eval`]),
+//! gives each proposal that writes the next log index, appends the group to the node's log with
+//! one sync, applies the effects to the shard engines in log order, and only then answers the
+//! proposers. Reads go to the engines directly, so a write is visible exactly when it is
+//! acknowledged.
+//!
+//! Invariants:
+//! - log indexes are dense and increasing; the index of an entry is the version of every key it
+//!   writes, and each engine records the last index applied to it in the same atomic batch;
+//! - nothing is acknowledged before the log holding it is durable (with `--sync always`);
+//! - after a failed log append or engine write the writer is failed: it refuses every later
+//!   write ("a failed fsync is fatal for that replica"), while reads go on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::command::Command;
+use crate::effects::{Effect, Effects};
+use crate::error::CommandError;
+use crate::eval::{Eval, InternalOp, Overlay};
+use crate::log::CommitLog;
+use crate::reply::Reply;
+use crate::shards::Shards;
+
+/// Most proposals committed together with one log sync.
+pub const GROUP_PROPOSALS_MAX: usize = 1024;
+/// Capacity of the proposal queue; proposers wait when it is full (back-pressure).
+pub const PROPOSAL_QUEUE_MAX: usize = 8192;
+/// With `--sync everysec`, how often the log is synced.
+pub const EVERYSEC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The answer to one proposal.
+pub type ProposalResult = Result<Reply, CommandError>;
+
+/// What a proposal asks the writer to do.
+#[derive(Debug)]
+pub enum WriteOp {
+    Command(Command),
+    Internal(InternalOp),
+    /// Sync the log (`--sync everysec`).
+    SyncLog,
+    /// Sync every engine, then drop the log entries they now hold durably.
+    Checkpoint,
+    /// Finish the queue, checkpoint and stop.
+    Shutdown,
+}
+
+/// One request to the writer.
+#[derive(Debug)]
+pub struct Proposal {
+    pub op: WriteOp,
+    /// Proposal time in ms since the Unix epoch: deadlines are compared with it.
+    pub now_ms: u64,
+    pub reply: oneshot::Sender<ProposalResult>,
+}
+
+/// Whether the writer still accepts writes.
+#[derive(Debug, Default)]
+pub struct WriterHealth {
+    failed: AtomicBool,
+    reason: Mutex<Option<String>>,
+}
+
+impl WriterHealth {
+    /// `Some(reason)` once the writer has failed.
+    pub fn failure(&self) -> Option<String> {
+        if self.failed.load(Ordering::Acquire) { self.reason.lock().clone() } else { None }
+    }
+
+    fn fail(&self, reason: String) {
+        tracing::error!(%reason, "write path failed; refusing writes from now on");
+        let mut slot = self.reason.lock();
+        if slot.is_none() {
+            *slot = Some(reason);
+        }
+        self.failed.store(true, Ordering::Release);
+    }
+}
+
+/// The writer thread's state.
+#[derive(Debug)]
+pub struct Writer {
+    shards: Arc<Shards>,
+    log: CommitLog,
+    next_index: u64,
+    value_bytes_max: usize,
+    health: Arc<WriterHealth>,
+    /// Highest index applied to every engine.
+    applied_index: u64,
+}
+
+impl Writer {
+    pub fn new(
+        shards: Arc<Shards>,
+        log: CommitLog,
+        next_index: u64,
+        value_bytes_max: usize,
+        health: Arc<WriterHealth>,
+    ) -> Writer {
+        Writer { shards, log, next_index, value_bytes_max, health, applied_index: next_index - 1 }
+    }
+
+    /// Start the writer thread; returns the proposal queue and the thread handle.
+    pub fn spawn(self) -> std::io::Result<(mpsc::Sender<Proposal>, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
+        let handle = std::thread::Builder::new().name("cairn-writer".into()).spawn(move || self.run(rx))?;
+        Ok((tx, handle))
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Proposal>) {
+        let mut group = Vec::with_capacity(GROUP_PROPOSALS_MAX);
+        let mut stopping: Vec<oneshot::Sender<ProposalResult>> = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            group.push(first);
+            while group.len() < GROUP_PROPOSALS_MAX {
+                match rx.try_recv() {
+                    Ok(p) => group.push(p),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(&mut group, &mut stopping);
+            if !stopping.is_empty() {
+                break;
+            }
+        }
+        rx.close();
+        // Answer whatever raced with the shutdown.
+        while let Ok(p) = rx.try_recv() {
+            let _ = p.reply.send(Err(CommandError::ShuttingDown));
+        }
+        let result = self.checkpoint();
+        for tx in stopping {
+            let _ = tx.send(result.clone());
+        }
+        tracing::debug!(applied = self.applied_index, "writer stopped");
+    }
+
+    /// Evaluate, log, apply and answer one group of proposals.
+    fn commit_group(&mut self, group: &mut Vec<Proposal>, stopping: &mut Vec<oneshot::Sender<ProposalResult>>) {
+        let mut overlay = Overlay::default();
+        let mut entries: Vec<(u64, Effects)> = Vec::new();
+        let mut answers: Vec<(oneshot::Sender<ProposalResult>, ProposalResult)> = Vec::new();
+        let mut after: Vec<(oneshot::Sender<ProposalResult>, WriteOp)> = Vec::new();
+        for proposal in group.drain(..) {
+            let op = match proposal.op {
+                WriteOp::Command(cmd) => Ok(cmd),
+                WriteOp::Internal(op) => Err(op),
+                other => {
+                    after.push((proposal.reply, other));
+                    continue;
+                }
+            };
+            if let Some(reason) = self.health.failure() {
+                answers.push((proposal.reply, Err(CommandError::Fatal(reason))));
+                continue;
+            }
+            let index = self.next_index;
+            let mut eval = Eval::new(&self.shards, &overlay, index, proposal.now_ms, self.value_bytes_max);
+            let result = match op {
+                Ok(cmd) => eval.command(cmd),
+                Err(op) => eval.internal(op),
+            };
+            let decided = eval.finish();
+            if result.is_ok() {
+                let effects = overlay.absorb(decided);
+                if !effects.is_empty() {
+                    entries.push((index, effects));
+                    self.next_index += 1;
+                }
+            }
+            answers.push((proposal.reply, result));
+        }
+
+        if !entries.is_empty() {
+            if let Err(reason) = self.log_and_apply(&entries) {
+                self.health.fail(reason.clone());
+                for (_, result) in &mut answers {
+                    if result.is_ok() {
+                        *result = Err(CommandError::Fatal(reason.clone()));
+                    }
+                }
+            }
+        }
+        for (tx, result) in answers {
+            let _ = tx.send(result);
+        }
+        for (tx, op) in after {
+            match op {
+                WriteOp::SyncLog => {
+                    let _ = tx.send(self.sync_log());
+                }
+                WriteOp::Checkpoint => {
+                    let _ = tx.send(self.checkpoint());
+                }
+                WriteOp::Shutdown => stopping.push(tx),
+                WriteOp::Command(_) | WriteOp::Internal(_) => unreachable!("handled above"),
+            }
+        }
+    }
+
+    fn log_and_apply(&mut self, entries: &[(u64, Effects)]) -> Result<(), String> {
+        self.log.append(entries).map_err(|e| format!("log append failed: {e}"))?;
+        for (index, effects) in entries {
+            apply_entry(&self.shards, *index, effects, 0).map_err(|e| format!("apply of entry {index} failed: {e}"))?;
+            self.applied_index = *index;
+        }
+        self.log.after_apply(&self.shards, entries).map_err(|e| format!("sync failed: {e}"))?;
+        Ok(())
+    }
+
+    fn sync_log(&mut self) -> ProposalResult {
+        if self.health.failure().is_some() {
+            return Ok(Reply::Ok);
+        }
+        if let Err(e) = self.log.sync(&self.shards) {
+            let reason = format!("log sync failed: {e}");
+            self.health.fail(reason.clone());
+            return Err(CommandError::Fatal(reason));
+        }
+        Ok(Reply::Ok)
+    }
+
+    /// Sync every engine, then purge the log up to what they hold.
+    fn checkpoint(&mut self) -> ProposalResult {
+        if let Some(reason) = self.health.failure() {
+            return Err(CommandError::Fatal(reason));
+        }
+        for shard in &self.shards.list {
+            if let Err(e) = shard.engine.sync() {
+                let reason = format!("sync of shard {} failed: {e}", shard.id);
+                self.health.fail(reason.clone());
+                return Err(CommandError::Fatal(reason));
+            }
+        }
+        if let Err(e) = self.log.purge(self.applied_index) {
+            // The log keeps entries the engines already hold: wasteful, not unsafe.
+            tracing::warn!(error = %e, "log purge failed");
+        }
+        Ok(Reply::Ok)
+    }
+}
+
+/// Apply one log entry to the shards that have not applied it yet (`index` greater than their
+/// last applied index, `floor` for a fresh start).
+pub fn apply_entry(shards: &Shards, index: u64, effects: &Effects, floor: u64) -> Result<(), String> {
+    let mut per_shard: Vec<(u32, Vec<&Effect>)> = Vec::new();
+    for (shard, effect) in &effects.ops {
+        match per_shard.iter_mut().find(|(s, _)| s == shard) {
+            Some((_, list)) => list.push(effect),
+            None => per_shard.push((*shard, vec![effect])),
+        }
+    }
+    for (id, list) in per_shard {
+        let shard = shards.get(id).ok_or_else(|| format!("entry {index} names unknown shard {id}"))?;
+        if floor > 0 && shard.last_applied() >= index {
+            continue;
+        }
+        shard.apply(index, &list).map_err(|e| format!("shard {id}: {e}"))?;
+    }
+    Ok(())
+}
