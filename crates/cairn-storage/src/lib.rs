@@ -1,12 +1,53 @@
 //! `cairn-storage`: Cairn's embedded, synchronous, Bitcask-style storage engine.
 //!
-//! API CONTRACT (skeleton written by the lead; the storage author replaces the bodies and may
-//! add to, but not change, these signatures without telling the server author).
+//! Writes append CRC-checked records to segment files; an in-memory ordered keydir maps each
+//! key to its newest record, so a point read is one keydir lookup and at most one `pread`.
+//! Sealed segments get hint files so `open` never reads values, and a merge rewrites segments
+//! whose data is mostly dead. It knows nothing about tokio, Raft, the network or protobuf:
+//! Cairn's server uses it as a replicated state machine, and any Rust program can embed it.
 //!
-//! Knows nothing about tokio, Raft, the network or protobuf.
+//! ```
+//! use std::ops::Bound;
+//! use cairn_storage::{Engine, Options, WriteBatch};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let engine = Engine::open(dir.path(), Options::default())?;
+//! engine.put(b"user:1", b"ada")?;
+//! let mut batch = WriteBatch::new();
+//! batch.put(b"user:2", b"grace").delete(b"user:1").set_last_applied(b"raft-index-7");
+//! engine.write(batch)?;
+//! assert_eq!(engine.get(b"user:2")?.as_deref(), Some(&b"grace"[..]));
+//! assert_eq!(engine.scan_prefix(b"user:", 10)?.len(), 1);
+//! assert_eq!(engine.scan(Bound::Unbounded, Bound::Unbounded, 10)?.len(), 1);
+//! engine.close()?;
+//!
+//! let engine = Engine::open(dir.path(), Options::default())?;
+//! assert_eq!(engine.last_applied().as_deref(), Some(&b"raft-index-7"[..]));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The on-disk format, the fsync rules and the recovery rules are in `docs/design.md`, section
+//! "Storage engine".
 
-use std::ops::Bound;
-use std::path::Path;
+mod batch;
+mod cache;
+mod commit;
+mod engine;
+mod error;
+mod format;
+mod hint;
+pub mod io;
+mod keydir;
+mod lock;
+mod merge;
+mod options;
+mod recovery;
+mod segment;
+
+pub use batch::WriteBatch;
+pub use engine::Engine;
+pub use error::{Error, Result};
+pub use options::{Options, SyncPolicy};
 
 use bytes::Bytes;
 
@@ -14,33 +55,13 @@ use bytes::Bytes;
 pub const KEY_BYTES_MAX: usize = 64 * 1024;
 /// Default largest value, in bytes (configurable through [`Options::value_bytes_max`]).
 pub const VALUE_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
-
-/// When a write is made durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncPolicy {
-    /// fdatasync before a write returns; concurrent writers share one sync (group commit).
-    Always,
-    /// A background thread syncs every `n` milliseconds.
-    EveryMs(u64),
-    /// Never sync on its own; the caller calls [`Engine::sync`].
-    Never,
-}
-
-/// Engine configuration. `Options::default()` is durable (`SyncPolicy::Always`).
-#[derive(Debug, Clone)]
-pub struct Options {
-    pub sync: SyncPolicy,
-    pub segment_bytes_max: u64,
-    pub value_bytes_max: usize,
-    /// Byte budget of the value read cache; 0 disables it.
-    pub cache_bytes: u64,
-    /// A sealed segment whose dead fraction passes this is merged.
-    pub merge_dead_ratio_min: f64,
-    /// Run merge automatically in a background thread.
-    pub merge_background: bool,
-    /// Skip (and report) damaged records in sealed segments instead of failing `open`.
-    pub skip_damaged: bool,
-}
+/// Largest value limit that can be configured, in bytes.
+pub const VALUE_BYTES_MAX_LIMIT: usize = 1 << 30;
+/// Largest encoded batch (all records of one atomic write), in bytes.
+pub const BATCH_BYTES_MAX: usize = 1 << 30;
+/// Largest segment size that can be configured (offsets in the keydir are 32-bit, and one
+/// batch of up to [`BATCH_BYTES_MAX`] must fit after the limit).
+pub const SEGMENT_BYTES_MAX_LIMIT: u64 = 2 << 30;
 
 /// One live record as returned by reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,152 +83,31 @@ pub struct KeyMeta {
     pub value_len: u32,
 }
 
-/// An atomic group of writes: after a crash either all of it is visible or none.
-#[derive(Debug, Clone, Default)]
-pub struct WriteBatch {
-    _private: (),
-}
-
-impl WriteBatch {
-    pub fn new() -> Self {
-        todo!()
-    }
-    pub fn put(&mut self, _key: &[u8], _value: &[u8]) -> &mut Self {
-        todo!()
-    }
-    /// Put with an absolute expiry (ms since the Unix epoch); `None` means no expiry.
-    pub fn put_with_expiry(&mut self, _key: &[u8], _value: &[u8], _expires_at_ms: Option<u64>) -> &mut Self {
-        todo!()
-    }
-    pub fn delete(&mut self, _key: &[u8]) -> &mut Self {
-        todo!()
-    }
-    /// Every record of this batch carries `version` (must be greater than the engine's last
-    /// sequence, else `Error::VersionNotIncreasing`). Without it the engine assigns last + 1.
-    pub fn set_version(&mut self, _version: u64) -> &mut Self {
-        todo!()
-    }
-    /// Opaque replication marker, stored atomically with this batch; read back by
-    /// [`Engine::last_applied`] after reopen.
-    pub fn set_last_applied(&mut self, _marker: &[u8]) -> &mut Self {
-        todo!()
-    }
-    pub fn len(&self) -> usize {
-        todo!()
-    }
-    pub fn is_empty(&self) -> bool {
-        todo!()
-    }
-}
-
 /// Counters and gauges for metrics and `INFO`.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
+    /// Keys in the keydir (including expired keys not yet reclaimed by merge).
     pub live_keys: u64,
     pub segments: u64,
     pub disk_bytes: u64,
     pub dead_bytes: u64,
+    /// Puts and deletes acknowledged since open.
     pub writes: u64,
+    /// fdatasync calls on the active segment for group commit since open.
     pub syncs: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// Merge passes that rewrote at least one segment since open.
     pub merges: u64,
     pub last_sequence: u64,
+    /// Damaged records skipped at open (only with [`Options::skip_damaged`]).
+    pub damaged_records: u64,
 }
 
-/// Typed errors, named by failure kind.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("io error: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("corruption in {file} at offset {offset}: {reason}")]
-    Corruption { file: String, offset: u64, reason: String },
-    #[error("engine is poisoned after a failed sync; refusing writes: {0}")]
-    Poisoned(String),
-    #[error("key is {len} bytes; the limit is {max}")]
-    KeyTooLarge { len: usize, max: usize },
-    #[error("value is {len} bytes; the limit is {max}")]
-    ValueTooLarge { len: usize, max: usize },
-    #[error("empty key")]
-    EmptyKey,
-    #[error("directory is locked by another process: {0}")]
-    Locked(String),
-    #[error("version {given} is not greater than last sequence {last}")]
-    VersionNotIncreasing { given: u64, last: u64 },
-    #[error("engine is closed")]
-    Closed,
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// The engine. `Send + Sync`; share it through `Arc`.
-#[derive(Debug)]
-pub struct Engine {
-    _private: (),
-}
-
-impl Engine {
-    pub fn open(_dir: impl AsRef<Path>, _options: Options) -> Result<Engine> {
-        todo!()
-    }
-    pub fn get(&self, _key: &[u8]) -> Result<Option<Bytes>> {
-        todo!()
-    }
-    pub fn get_entry(&self, _key: &[u8]) -> Result<Option<Entry>> {
-        todo!()
-    }
-    /// Metadata of a live key without reading its value.
-    pub fn meta(&self, _key: &[u8]) -> Option<KeyMeta> {
-        todo!()
-    }
-    pub fn put(&self, _key: &[u8], _value: &[u8]) -> Result<()> {
-        todo!()
-    }
-    pub fn put_with_expiry(&self, _key: &[u8], _value: &[u8], _expires_at_ms: Option<u64>) -> Result<()> {
-        todo!()
-    }
-    /// Returns whether a live key was deleted.
-    pub fn delete(&self, _key: &[u8]) -> Result<bool> {
-        todo!()
-    }
-    pub fn write(&self, _batch: WriteBatch) -> Result<()> {
-        todo!()
-    }
-    /// Live entries with keys in `(start, end)`, in key order, at most `limit`.
-    pub fn scan(&self, _start: Bound<&[u8]>, _end: Bound<&[u8]>, _limit: usize) -> Result<Vec<Entry>> {
-        todo!()
-    }
-    /// Live keys only (no value reads), in key order, at most `limit`.
-    pub fn scan_keys(&self, _start: Bound<&[u8]>, _end: Bound<&[u8]>, _limit: usize) -> Vec<(Bytes, KeyMeta)> {
-        todo!()
-    }
-    pub fn scan_prefix(&self, _prefix: &[u8], _limit: usize) -> Result<Vec<Entry>> {
-        todo!()
-    }
-    /// Number of live (unexpired) keys.
-    pub fn len(&self) -> u64 {
-        todo!()
-    }
-    pub fn is_empty(&self) -> bool {
-        todo!()
-    }
-    /// Make every write that has returned durable (group-committed with concurrent callers).
-    pub fn sync(&self) -> Result<()> {
-        todo!()
-    }
-    pub fn stats(&self) -> Stats {
-        todo!()
-    }
-    /// Run one merge pass now; returns how many segments were rewritten.
-    pub fn merge(&self) -> Result<usize> {
-        todo!()
-    }
-    /// The marker last stored with [`WriteBatch::set_last_applied`], if any.
-    pub fn last_applied(&self) -> Option<Bytes> {
-        todo!()
-    }
-    /// Sync, stop background threads, release the lock.
-    pub fn close(self) -> Result<()> {
-        todo!()
-    }
+/// Milliseconds since the Unix epoch, the clock that expiry times are compared with.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -1,0 +1,110 @@
+//! Group commit and poisoning: how a write becomes durable, and what happens when it cannot.
+//!
+//! Writers append under the writer lock and then call [`GroupCommit::sync_upto`] with the byte
+//! position their write ended at. One of them becomes the leader and runs a single fdatasync
+//! covering everything appended so far; the others wait on a condvar and return when the synced
+//! position passes theirs. So N concurrent writers share one fsync (leader/follower).
+//!
+//! Invariant: `synced` only grows, and only after an fdatasync (or a rotation's fsync) that
+//! covers it returned Ok. After any failed sync the engine is poisoned: `synced` never moves
+//! again and every later write and sync fails with `Error::Poisoned`, so nothing is ever
+//! acknowledged that may not be on disk (a failed fsync may have dropped dirty pages; retrying
+//! it and acknowledging would lie).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::io::IoFile;
+use crate::{Error, Result};
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Bytes (counted across all segments since open) known durable.
+    synced: u64,
+    /// A leader is running fdatasync.
+    leader: bool,
+}
+
+/// Shared durability state of one engine.
+#[derive(Debug, Default)]
+pub(crate) struct GroupCommit {
+    state: Mutex<SyncState>,
+    cv: Condvar,
+    syncs: AtomicU64,
+    poisoned: AtomicBool,
+    reason: Mutex<Option<String>>,
+}
+
+impl GroupCommit {
+    /// `Err(Poisoned)` once any sync has failed.
+    pub fn check(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            let why = self.reason.lock().clone().unwrap_or_default();
+            return Err(Error::Poisoned(why));
+        }
+        Ok(())
+    }
+
+    /// Poisons the engine forever.
+    pub fn poison(&self, why: String) {
+        tracing::error!(reason = %why, "storage engine poisoned; refusing further writes");
+        let mut r = self.reason.lock();
+        if r.is_none() {
+            *r = Some(why);
+        }
+        self.poisoned.store(true, Ordering::Release);
+        // Wake waiters so they see the poison instead of sleeping forever.
+        let _s = self.state.lock();
+        self.cv.notify_all();
+    }
+
+    /// Records that everything up to `upto` is durable (a rotation synced the old segment).
+    pub fn mark_synced(&self, upto: u64) {
+        let mut s = self.state.lock();
+        s.synced = s.synced.max(upto);
+    }
+
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Returns once every byte up to `target` is durable. `current` returns the active file
+    /// and the append position, read under the writer lock so they agree.
+    pub fn sync_upto(
+        &self,
+        target: u64,
+        current: impl Fn() -> (Arc<dyn IoFile>, u64),
+    ) -> Result<()> {
+        let mut s = self.state.lock();
+        loop {
+            self.check()?;
+            if s.synced >= target {
+                return Ok(());
+            }
+            if s.leader {
+                self.cv.wait(&mut s);
+                continue;
+            }
+            s.leader = true;
+            drop(s);
+            let (file, upto) = current();
+            let res = file.sync_data();
+            s = self.state.lock();
+            s.leader = false;
+            match res {
+                Ok(()) => {
+                    self.syncs.fetch_add(1, Ordering::Relaxed);
+                    s.synced = s.synced.max(upto);
+                    self.cv.notify_all();
+                }
+                Err(e) => {
+                    drop(s);
+                    self.poison(format!("fdatasync failed: {e}"));
+                    return self.check();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,728 @@
+//! The engine: the write path (append, keydir update, group commit), the read path (keydir
+//! lookup, cache, one `pread`) and the background thread (periodic sync, hint files, merge).
+//!
+//! Locking: `writer` (a mutex) serialises appends and orders keydir updates by version;
+//! `state` (an RwLock) guards the keydir, the segment table and the marker. Readers take only
+//! `state` for reading, clone what they need and do their I/O with no lock held. Lock order is
+//! `merge_lock` → `writer` → `state` → group-commit state; no path takes them the other way.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::batch::{check_key, encode_expiry};
+use crate::cache::ValueCache;
+use crate::commit::GroupCommit;
+use crate::format::{self, Header, Kind, Origin, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::io::{Io, IoFile, StdIo};
+use crate::keydir::{Keydir, Loc};
+use crate::segment::Segment;
+use crate::{
+    Entry, Error, KeyMeta, Options, Result, Stats, SyncPolicy, WriteBatch, merge, now_ms, recovery,
+};
+
+/// Longest the background thread sleeps between looking for work.
+const BACKGROUND_TICK: Duration = Duration::from_millis(100);
+/// How often the background thread checks whether a segment is worth merging.
+const MERGE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The "last applied" marker and where its record is (merge must carry it forward).
+#[derive(Debug, Clone)]
+pub(crate) struct MarkerLoc {
+    pub value: Bytes,
+    pub version: u64,
+    pub file: u32,
+    pub offset: u32,
+}
+
+/// What readers share: guarded by `Inner::state`.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub keydir: Keydir,
+    pub segments: BTreeMap<u32, Arc<Segment>>,
+    pub marker: Option<MarkerLoc>,
+}
+
+impl State {
+    /// Accounts for a record the keydir no longer points at.
+    pub fn release(&self, old: Loc, key_len: usize) {
+        if let Some(seg) = self.segments.get(&{ old.file }) {
+            let bytes = format::record_len(key_len, old.value_len as usize) as u64;
+            let _ = seg
+                .live_bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_sub(bytes))
+                });
+        }
+    }
+
+    /// Replaces the marker; its record counts as live bytes so a segment holding only the
+    /// current marker is not merged over and over.
+    pub fn set_marker(&mut self, new: MarkerLoc) {
+        if let Some(old) = self.marker.take() {
+            if let Some(seg) = self.segments.get(&old.file) {
+                let bytes = format::record_len(0, old.value.len()) as u64;
+                let _ = seg
+                    .live_bytes
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                        Some(v.saturating_sub(bytes))
+                    });
+            }
+        }
+        if let Some(seg) = self.segments.get(&new.file) {
+            seg.live_bytes.fetch_add(
+                format::record_len(0, new.value.len()) as u64,
+                Ordering::Relaxed,
+            );
+        }
+        self.marker = Some(new);
+    }
+}
+
+/// The appender's state: guarded by `Inner::writer`.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    pub segment: Arc<Segment>,
+    /// Append position in the active segment.
+    pub len: u64,
+    /// Bytes appended since open, across segments (the group-commit position).
+    pub written: u64,
+    pub last_seq: u64,
+    pub closed: bool,
+}
+
+/// Wakes and stops the background thread.
+#[derive(Debug, Default)]
+pub(crate) struct Background {
+    stop: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Background {
+    pub fn wake(&self) {
+        self.cv.notify_all();
+    }
+}
+
+/// Everything shared between the engine handle and its background thread.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub dir: PathBuf,
+    pub io: Arc<dyn Io>,
+    pub options: Options,
+    pub state: RwLock<State>,
+    pub writer: Mutex<Writer>,
+    pub group: GroupCommit,
+    pub cache: ValueCache,
+    /// Next segment id to allocate (rotation and merge output).
+    pub next_id: AtomicU32,
+    /// One merge (or hint write) at a time.
+    pub merge_lock: Mutex<()>,
+    /// Sealed log segments still without a hint file.
+    pub pending_hints: Mutex<Vec<u32>>,
+    pub last_seq: AtomicU64,
+    pub writes: AtomicU64,
+    pub merges: AtomicU64,
+    pub damaged: AtomicU64,
+    pub background: Background,
+    /// Held for the engine's lifetime; dropping it releases the directory.
+    pub _dir_lock: Box<dyn Debug + Send + Sync>,
+}
+
+/// The engine. `Send + Sync`; share it through `Arc`.
+#[derive(Debug)]
+pub struct Engine {
+    inner: Arc<Inner>,
+    background: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Opens (creating if needed) the engine in `dir`, recovering from any crash.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Engine> {
+        Self::open_with_io(dir, options, Arc::new(StdIo))
+    }
+
+    /// Like [`Engine::open`], with file access through `io` (fault injection in tests).
+    pub fn open_with_io(
+        dir: impl AsRef<Path>,
+        options: Options,
+        io: Arc<dyn Io>,
+    ) -> Result<Engine> {
+        let inner = Arc::new(recovery::open(dir.as_ref(), options, io)?);
+        let bg_inner = inner.clone();
+        let handle = std::thread::Builder::new()
+            .name("cairn-storage-bg".into())
+            .spawn(move || background_loop(bg_inner))?;
+        Ok(Engine {
+            inner,
+            background: Some(handle),
+        })
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        Ok(self.inner.lookup(key)?.map(|(_, v)| v))
+    }
+
+    pub fn get_entry(&self, key: &[u8]) -> Result<Option<Entry>> {
+        Ok(self.inner.lookup(key)?.map(|(loc, value)| Entry {
+            key: Bytes::copy_from_slice(key),
+            value,
+            version: loc.version,
+            expires_at_ms: loc.expiry(),
+        }))
+    }
+
+    /// Metadata of a live key without reading its value.
+    pub fn meta(&self, key: &[u8]) -> Option<KeyMeta> {
+        let loc = self.inner.state.read().keydir.get(key)?;
+        if loc.expired(now_ms()) {
+            return None;
+        }
+        Some(KeyMeta {
+            version: loc.version,
+            expires_at_ms: loc.expiry(),
+            value_len: loc.value_len,
+        })
+    }
+
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.put_with_expiry(key, value, None)
+    }
+
+    pub fn put_with_expiry(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expires_at_ms: Option<u64>,
+    ) -> Result<()> {
+        check_key(key).map_err(|e| e.into_error(self.inner.options.value_bytes_max))?;
+        self.inner.check_value(value.len())?;
+        let mut buf = Vec::with_capacity(format::record_len(key.len(), value.len()));
+        format::encode_record(
+            &mut buf,
+            Kind::Put,
+            key,
+            value,
+            0,
+            encode_expiry(expires_at_ms),
+        );
+        self.inner.commit(buf, &[0], None, 1)
+    }
+
+    /// Returns whether a live key was deleted.
+    pub fn delete(&self, key: &[u8]) -> Result<bool> {
+        check_key(key).map_err(|e| e.into_error(self.inner.options.value_bytes_max))?;
+        let Some(loc) = self.inner.state.read().keydir.get(key) else {
+            // No record of the key is live, so no tombstone is needed.
+            return Ok(false);
+        };
+        let mut buf = Vec::with_capacity(format::record_len(key.len(), 0));
+        format::encode_record(&mut buf, Kind::Delete, key, &[], 0, 0);
+        self.inner.commit(buf, &[0], None, 1)?;
+        Ok(!loc.expired(now_ms()))
+    }
+
+    /// Applies a batch atomically: after a crash all of it is visible or none.
+    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        let WriteBatch {
+            mut buf,
+            mut offsets,
+            version,
+            marker,
+            error,
+        } = batch;
+        if let Some(e) = error {
+            return Err(e.into_error(self.inner.options.value_bytes_max));
+        }
+        for &off in &offsets {
+            let h = Header::decode(&buf[off as usize..]).map_err(|r| Error::Corruption {
+                file: "<batch>".into(),
+                offset: u64::from(off),
+                reason: r.into(),
+            })?;
+            self.inner.check_value(h.value_len as usize)?;
+        }
+        let ops = offsets.len() as u64;
+        if let Some(m) = marker {
+            self.inner.check_value(m.len())?;
+            offsets.push(buf.len() as u32);
+            format::encode_record(&mut buf, Kind::Marker, &[], &m, 0, 0);
+        }
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        self.inner.commit(buf, &offsets, version, ops)
+    }
+
+    /// Live entries with keys in `(start, end)`, in key order, at most `limit`.
+    pub fn scan(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, limit: usize) -> Result<Vec<Entry>> {
+        self.inner.scan(start, end, limit)
+    }
+
+    /// Live keys only (no value reads), in key order, at most `limit`.
+    pub fn scan_keys(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+    ) -> Vec<(Bytes, KeyMeta)> {
+        let now = now_ms();
+        let st = self.inner.state.read();
+        st.keydir
+            .range(start, end)
+            .filter(|(_, loc)| !loc.expired(now))
+            .take(limit)
+            .map(|(k, loc)| {
+                let meta = KeyMeta {
+                    version: loc.version,
+                    expires_at_ms: loc.expiry(),
+                    value_len: loc.value_len,
+                };
+                (Bytes::copy_from_slice(k), meta)
+            })
+            .collect()
+    }
+
+    /// Live entries whose key starts with `prefix`, in key order, at most `limit`.
+    pub fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<Entry>> {
+        let end = prefix_end(prefix);
+        let end_bound = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        self.inner.scan(Bound::Included(prefix), end_bound, limit)
+    }
+
+    /// Keys whose expiry has passed but that merge has not reclaimed yet, with their versions, at
+    /// most `limit` (for a replication layer that proposes their deletion). O(keys).
+    pub fn expired_keys(&self, limit: usize) -> Vec<(Bytes, u64)> {
+        let now = now_ms();
+        let st = self.inner.state.read();
+        if st.keydir.expiring() == 0 {
+            return Vec::new();
+        }
+        st.keydir
+            .iter()
+            .filter(|(_, loc)| loc.expired(now))
+            .take(limit)
+            .map(|(k, loc)| (Bytes::copy_from_slice(k), loc.version))
+            .collect()
+    }
+
+    /// Number of live (unexpired) keys. O(1) when no key has an expiry, O(keys) otherwise.
+    pub fn len(&self) -> u64 {
+        let st = self.inner.state.read();
+        if st.keydir.expiring() == 0 {
+            return st.keydir.len() as u64;
+        }
+        let now = now_ms();
+        st.keydir
+            .iter()
+            .filter(|(_, loc)| !loc.expired(now))
+            .count() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Make every write that has returned durable (group-committed with concurrent callers).
+    pub fn sync(&self) -> Result<()> {
+        self.inner.sync_all()
+    }
+
+    /// The highest version written so far.
+    pub fn last_sequence(&self) -> u64 {
+        self.inner.last_seq.load(Ordering::Acquire)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let inner = &*self.inner;
+        let st = inner.state.read();
+        let mut disk_bytes = 0;
+        let mut dead_bytes = 0;
+        for seg in st.segments.values() {
+            disk_bytes += seg.total_bytes.load(Ordering::Relaxed);
+            dead_bytes += seg.dead_bytes();
+        }
+        Stats {
+            live_keys: st.keydir.len() as u64,
+            segments: st.segments.len() as u64,
+            disk_bytes,
+            dead_bytes,
+            writes: inner.writes.load(Ordering::Relaxed),
+            syncs: inner.group.syncs(),
+            cache_hits: inner.cache.hits(),
+            cache_misses: inner.cache.misses(),
+            merges: inner.merges.load(Ordering::Relaxed),
+            last_sequence: inner.last_seq.load(Ordering::Acquire),
+            damaged_records: inner.damaged.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Run one merge pass now; returns how many segments were rewritten.
+    pub fn merge(&self) -> Result<usize> {
+        merge::merge(&self.inner)
+    }
+
+    /// The marker last stored with [`WriteBatch::set_last_applied`], if any.
+    pub fn last_applied(&self) -> Option<Bytes> {
+        self.inner
+            .state
+            .read()
+            .marker
+            .as_ref()
+            .map(|m| m.value.clone())
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Sync, stop background threads, release the lock.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        let Some(handle) = self.background.take() else {
+            return Ok(());
+        };
+        *self.inner.background.stop.lock() = true;
+        self.inner.background.wake();
+        let joined = handle.join();
+        let synced = self.inner.sync_all();
+        self.inner.writer.lock().closed = true;
+        if joined.is_err() {
+            tracing::error!("storage background thread panicked");
+        }
+        synced
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::warn!(error = %e, "closing storage engine on drop");
+        }
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`; `None` if there is none.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last != u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+impl Inner {
+    fn check_value(&self, len: usize) -> Result<()> {
+        if len > self.options.value_bytes_max {
+            return Err(Error::ValueTooLarge {
+                len,
+                max: self.options.value_bytes_max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Key lookup plus value read. Holds the state lock only for the lookup.
+    fn lookup(&self, key: &[u8]) -> Result<Option<(Loc, Bytes)>> {
+        let (loc, seg) = {
+            let st = self.state.read();
+            let Some(loc) = st.keydir.get(key) else {
+                return Ok(None);
+            };
+            if loc.expires_at_ms != 0 && loc.expired(now_ms()) {
+                return Ok(None);
+            }
+            if let Some(v) = self.cache.get(loc.cache_key()) {
+                return Ok(Some((loc, v)));
+            }
+            (loc, self.segment_of(&st, loc)?)
+        };
+        let value = self.read_value(&seg, key, loc)?;
+        Ok(Some((loc, value)))
+    }
+
+    fn segment_of(&self, st: &State, loc: Loc) -> Result<Arc<Segment>> {
+        st.segments
+            .get(&{ loc.file })
+            .cloned()
+            .ok_or_else(|| Error::Corruption {
+                file: format!("segment {}", { loc.file }),
+                offset: u64::from(loc.offset),
+                reason: "keydir points at a missing segment".into(),
+            })
+    }
+
+    /// Reads and verifies the record at `loc`: damaged data is never returned as a value.
+    fn read_value(&self, seg: &Segment, key: &[u8], loc: Loc) -> Result<Bytes> {
+        let len = format::record_len(key.len(), loc.value_len as usize);
+        let mut buf = vec![0u8; len];
+        seg.file.read_exact_at(&mut buf, u64::from(loc.offset))?;
+        let key_end = RECORD_HEADER_BYTES + key.len();
+        if !format::check_record(&buf) || &buf[RECORD_HEADER_BYTES..key_end] != key {
+            return Err(Error::Corruption {
+                file: seg.name(),
+                offset: u64::from(loc.offset),
+                reason: "record failed its CRC check on read".into(),
+            });
+        }
+        let value = Bytes::from(buf).slice(key_end..);
+        self.cache.insert(loc.cache_key(), value.clone());
+        Ok(value)
+    }
+
+    fn scan(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, limit: usize) -> Result<Vec<Entry>> {
+        let now = now_ms();
+        let mut found: Vec<(Bytes, Loc, Result<Bytes, Arc<Segment>>)> = Vec::new();
+        {
+            let st = self.state.read();
+            for (key, loc) in st.keydir.range(start, end) {
+                if found.len() >= limit {
+                    break;
+                }
+                if loc.expired(now) {
+                    continue;
+                }
+                let value = match self.cache.get(loc.cache_key()) {
+                    Some(v) => Ok(v),
+                    None => Err(self.segment_of(&st, loc)?),
+                };
+                found.push((Bytes::copy_from_slice(key), loc, value));
+            }
+        }
+        found
+            .into_iter()
+            .map(|(key, loc, value)| {
+                let value = match value {
+                    Ok(v) => v,
+                    Err(seg) => self.read_value(&seg, &key, loc)?,
+                };
+                Ok(Entry {
+                    key,
+                    value,
+                    version: loc.version,
+                    expires_at_ms: loc.expiry(),
+                })
+            })
+            .collect()
+    }
+
+    /// The write path: seal `buf` (records starting at `offsets`) with one version, append it,
+    /// update the keydir, then wait for durability as the sync policy says.
+    pub(crate) fn commit(
+        &self,
+        mut buf: Vec<u8>,
+        offsets: &[u32],
+        version: Option<u64>,
+        ops: u64,
+    ) -> Result<()> {
+        self.group.check()?;
+        let end = {
+            let mut w = self.writer.lock();
+            if w.closed {
+                return Err(Error::Closed);
+            }
+            self.group.check()?;
+            let seq = match version {
+                Some(v) if v <= w.last_seq => {
+                    return Err(Error::VersionNotIncreasing {
+                        given: v,
+                        last: w.last_seq,
+                    });
+                }
+                Some(v) => v,
+                None => w.last_seq + 1,
+            };
+            for (i, &off) in offsets.iter().enumerate() {
+                let rec_end = offsets.get(i + 1).map_or(buf.len(), |&n| n as usize);
+                let rec = &mut buf[off as usize..rec_end];
+                format::set_version(rec, seq);
+                format::set_commit(rec, i + 1 == offsets.len());
+                format::seal_record(rec);
+            }
+            let len = buf.len() as u64;
+            if w.len + len > self.options.segment_bytes_max && w.len > SEGMENT_HEADER_BYTES as u64 {
+                self.rotate(&mut w)?;
+            }
+            let base = w.len;
+            if let Err(e) = w.segment.file.write_all_at(&buf, base) {
+                // Cut off any partial append so later records do not follow garbage; if even
+                // that fails the file's tail is unknown and the engine must stop.
+                if let Err(e2) = w.segment.file.set_len(base) {
+                    self.group
+                        .poison(format!("append failed ({e}) and truncation failed ({e2})"));
+                }
+                return Err(Error::Io(e));
+            }
+            w.len += len;
+            w.written += len;
+            w.last_seq = seq;
+            self.last_seq.store(seq, Ordering::Release);
+            w.segment.total_bytes.fetch_add(len, Ordering::Relaxed);
+            w.segment.note_versions(seq, seq);
+            self.apply(&w.segment, base, &buf, offsets);
+            self.writes.fetch_add(ops, Ordering::Relaxed);
+            w.written
+        };
+        if self.options.sync == SyncPolicy::Always {
+            self.sync_upto(end)?;
+        }
+        Ok(())
+    }
+
+    /// Points the keydir at freshly appended records. Called under the writer lock, so updates
+    /// happen in version order.
+    fn apply(&self, seg: &Segment, base: u64, buf: &[u8], offsets: &[u32]) {
+        let mut st = self.state.write();
+        for &off in offsets {
+            let rec = &buf[off as usize..];
+            let h = Header::decode(rec).expect("records encoded by this process decode");
+            let key = &rec[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + h.key_len as usize];
+            let offset = (base + u64::from(off)) as u32;
+            match h.kind {
+                Kind::Put => {
+                    let loc = Loc {
+                        file: seg.id,
+                        offset,
+                        value_len: h.value_len,
+                        version: h.version,
+                        expires_at_ms: h.expires_at_ms,
+                    };
+                    seg.live_bytes
+                        .fetch_add(h.record_len() as u64, Ordering::Relaxed);
+                    seg.note_expiry(h.expires_at_ms);
+                    if let Some(old) = st.keydir.insert(key, loc) {
+                        st.release(old, key.len());
+                    }
+                }
+                Kind::Delete => {
+                    if let Some(old) = st.keydir.remove(key) {
+                        st.release(old, key.len());
+                    }
+                }
+                Kind::Marker => {
+                    let value =
+                        &rec[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + h.value_len as usize];
+                    st.set_marker(MarkerLoc {
+                        value: Bytes::copy_from_slice(value),
+                        version: h.version,
+                        file: seg.id,
+                        offset,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Seals the active segment (fsynced, so only the newest log segment can ever have a torn
+    /// tail) and starts a new one.
+    fn rotate(&self, w: &mut Writer) -> Result<()> {
+        if let Err(e) = w.segment.file.sync_data() {
+            self.group.poison(format!(
+                "fdatasync of {} at rotation failed: {e}",
+                w.segment.name()
+            ));
+            return self.group.check();
+        }
+        self.group.mark_synced(w.written);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let seg = match Segment::create(&*self.io, &self.dir, id, Origin::Log, w.last_seq) {
+            Ok(seg) => seg,
+            Err(e) => {
+                // Leave no half-made segment that recovery would mistake for the active one.
+                let _ = self
+                    .io
+                    .remove(&self.dir.join(crate::segment::segment_name(id)));
+                return Err(e);
+            }
+        };
+        self.state.write().segments.insert(id, seg.clone());
+        let old = std::mem::replace(&mut w.segment, seg);
+        w.len = SEGMENT_HEADER_BYTES as u64;
+        self.pending_hints.lock().push(old.id);
+        self.background.wake();
+        Ok(())
+    }
+
+    fn current(&self) -> (Arc<dyn IoFile>, u64) {
+        let w = self.writer.lock();
+        (w.segment.file.clone(), w.written)
+    }
+
+    fn sync_upto(&self, target: u64) -> Result<()> {
+        self.group.sync_upto(target, || self.current())
+    }
+
+    pub(crate) fn sync_all(&self) -> Result<()> {
+        let target = self.writer.lock().written;
+        self.sync_upto(target)
+    }
+
+    pub(crate) fn active_id(&self) -> u32 {
+        self.writer.lock().segment.id
+    }
+}
+
+fn background_loop(inner: Arc<Inner>) {
+    let tick = match inner.options.sync {
+        SyncPolicy::EveryMs(n) => Duration::from_millis(n).min(BACKGROUND_TICK),
+        _ => BACKGROUND_TICK,
+    };
+    let mut last_sync = Instant::now();
+    let mut last_merge = Instant::now();
+    loop {
+        {
+            let mut stop = inner.background.stop.lock();
+            if !*stop {
+                inner.background.cv.wait_for(&mut stop, tick);
+            }
+            if *stop {
+                return;
+            }
+        }
+        if let SyncPolicy::EveryMs(n) = inner.options.sync {
+            if last_sync.elapsed() >= Duration::from_millis(n) {
+                last_sync = Instant::now();
+                if let Err(e) = inner.sync_all() {
+                    tracing::warn!(error = %e, "periodic sync failed");
+                }
+            }
+        }
+        if let Err(e) = merge::write_pending_hints(&inner) {
+            tracing::warn!(error = %e, "writing hint files failed");
+        }
+        if inner.options.merge_background && last_merge.elapsed() >= MERGE_CHECK_INTERVAL {
+            last_merge = Instant::now();
+            if let Err(e) = merge::merge(&inner) {
+                tracing::warn!(error = %e, "background merge failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_increments_last_non_max_byte() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 255]), Some(vec![2]));
+        assert_eq!(prefix_end(&[255, 255]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}

@@ -1,0 +1,181 @@
+//! The front door: reads, writes, batches, scans, TTL, limits, reopen.
+
+use std::ops::Bound;
+
+use cairn_storage::{Engine, Error, KEY_BYTES_MAX, Options, WriteBatch, now_ms};
+
+use crate::support::small_options;
+
+#[test]
+fn put_get_delete_round_trip_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), Options::default()).unwrap();
+    engine.put(b"a", b"1").unwrap();
+    engine.put(b"b", b"2").unwrap();
+    engine.put(b"a", b"3").unwrap();
+    assert!(engine.delete(b"b").unwrap());
+    assert!(!engine.delete(b"b").unwrap());
+    assert_eq!(engine.get(b"a").unwrap().as_deref(), Some(&b"3"[..]));
+    assert_eq!(engine.get(b"b").unwrap(), None);
+    let version = engine.get_entry(b"a").unwrap().unwrap().version;
+    engine.close().unwrap();
+
+    let engine = Engine::open(dir.path(), Options::default()).unwrap();
+    let entry = engine.get_entry(b"a").unwrap().unwrap();
+    assert_eq!((&entry.value[..], entry.version), (&b"3"[..], version));
+    assert_eq!(engine.get(b"b").unwrap(), None);
+    assert_eq!(engine.len(), 1);
+    assert_eq!(engine.stats().last_sequence, 4);
+}
+
+#[test]
+fn batch_versions_and_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), small_options()).unwrap();
+    let mut batch = WriteBatch::new();
+    batch
+        .put(b"x", b"1")
+        .put(b"y", b"2")
+        .delete(b"x")
+        .set_version(100)
+        .set_last_applied(b"idx-100");
+    assert_eq!(batch.len(), 3);
+    engine.write(batch).unwrap();
+    assert_eq!(engine.get(b"x").unwrap(), None);
+    assert_eq!(engine.get_entry(b"y").unwrap().unwrap().version, 100);
+    let mut stale = WriteBatch::new();
+    stale.put(b"z", b"3").set_version(100);
+    assert!(matches!(
+        engine.write(stale),
+        Err(Error::VersionNotIncreasing {
+            given: 100,
+            last: 100
+        })
+    ));
+    engine.put(b"z", b"4").unwrap();
+    assert_eq!(engine.meta(b"z").unwrap().version, 101);
+    engine.close().unwrap();
+
+    let engine = Engine::open(dir.path(), small_options()).unwrap();
+    assert_eq!(engine.last_applied().as_deref(), Some(&b"idx-100"[..]));
+    assert_eq!(engine.last_sequence(), 101);
+}
+
+#[test]
+fn scans_are_ordered_bounded_and_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), small_options()).unwrap();
+    for k in ["b", "a/1", "a/3", "a/2", "c", "a"] {
+        engine.put(k.as_bytes(), k.as_bytes()).unwrap();
+    }
+    let keys = |v: Vec<cairn_storage::Entry>| {
+        v.into_iter()
+            .map(|e| String::from_utf8(e.key.to_vec()).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(engine.scan_prefix(b"a/", 10).unwrap()),
+        ["a/1", "a/2", "a/3"]
+    );
+    assert_eq!(keys(engine.scan_prefix(b"a/", 2).unwrap()), ["a/1", "a/2"]);
+    assert_eq!(
+        keys(
+            engine
+                .scan(Bound::Excluded(b"a/3"), Bound::Included(b"c"), 10)
+                .unwrap()
+        ),
+        ["b", "c"]
+    );
+    assert_eq!(
+        keys(
+            engine
+                .scan(Bound::Included(b"c"), Bound::Included(b"a"), 10)
+                .unwrap()
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        engine
+            .scan_keys(Bound::Unbounded, Bound::Unbounded, 100)
+            .len(),
+        6
+    );
+}
+
+#[test]
+fn expired_keys_are_invisible_at_once_and_reclaimed_by_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), small_options()).unwrap();
+    engine
+        .put_with_expiry(b"gone", b"v", Some(now_ms() - 1))
+        .unwrap();
+    engine
+        .put_with_expiry(b"later", b"v", Some(now_ms() + 3_600_000))
+        .unwrap();
+    assert_eq!(engine.get(b"gone").unwrap(), None);
+    assert!(engine.meta(b"gone").is_none());
+    assert_eq!(engine.len(), 1);
+    assert_eq!(engine.expired_keys(10).len(), 1);
+    assert!(
+        engine
+            .get_entry(b"later")
+            .unwrap()
+            .unwrap()
+            .expires_at_ms
+            .is_some()
+    );
+    // Fill segments so the expired record sits in a sealed segment, then merge.
+    for i in 0..200u32 {
+        engine
+            .put(format!("fill{i}").as_bytes(), &[0u8; 64])
+            .unwrap();
+    }
+    assert!(engine.merge().unwrap() > 0);
+    assert_eq!(engine.stats().live_keys, 201);
+    assert_eq!(engine.expired_keys(10).len(), 0);
+    engine.close().unwrap();
+    let engine = Engine::open(dir.path(), small_options()).unwrap();
+    assert_eq!(engine.get(b"gone").unwrap(), None);
+    assert_eq!(engine.len(), 201);
+}
+
+#[test]
+fn limits_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        value_bytes_max: 10,
+        ..small_options()
+    };
+    let engine = Engine::open(dir.path(), options).unwrap();
+    assert!(matches!(engine.put(b"", b"v"), Err(Error::EmptyKey)));
+    let big_key = vec![1u8; KEY_BYTES_MAX + 1];
+    assert!(matches!(
+        engine.put(&big_key, b"v"),
+        Err(Error::KeyTooLarge { .. })
+    ));
+    engine.put(&vec![1u8; KEY_BYTES_MAX], b"v").unwrap();
+    assert!(matches!(
+        engine.put(b"k", &[0u8; 11]),
+        Err(Error::ValueTooLarge { len: 11, max: 10 })
+    ));
+    let mut batch = WriteBatch::new();
+    batch.put(b"ok", b"v").put(b"", b"v");
+    assert!(matches!(engine.write(batch), Err(Error::EmptyKey)));
+    assert_eq!(
+        engine.get(b"ok").unwrap(),
+        None,
+        "a rejected batch writes nothing"
+    );
+}
+
+#[test]
+fn second_open_of_a_directory_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), small_options()).unwrap();
+    assert!(matches!(
+        Engine::open(dir.path(), small_options()),
+        Err(Error::Locked(_))
+    ));
+    drop(engine);
+    Engine::open(dir.path(), small_options()).unwrap();
+}
