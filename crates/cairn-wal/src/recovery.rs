@@ -1,0 +1,290 @@
+//! Opening a log: read every segment in order, check every frame, return the records to replay,
+//! and decide what damage is a torn write (repaired) and what is corruption (refused).
+//!
+//! Rules (see `docs/design.md`, "Write-ahead log"):
+//! - Only the newest segment can have a torn tail: appends are sequential and each one is
+//!   fsynced before the next begins, and a segment is sealed (and the seal fsynced) before the
+//!   next segment is created. So every older segment must parse completely and end with a seal.
+//! - In the newest segment, the first frame that is incomplete or fails its checksum is the
+//!   start of a torn write, *unless* a valid frame exists anywhere after it: a later frame was
+//!   only written after the damaged one had been fsynced and acknowledged, so the damage is
+//!   corruption of acknowledged data. A torn tail is truncated (and the truncation fsynced);
+//!   corruption is a [`WalError::Corruption`] naming the file and offset.
+//! - Batch sequence numbers rise by exactly one within a segment and strictly across segments
+//!   (purge may remove a segment from the middle).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::format::{
+    self, FrameCheck, FrameKind, SEGMENT_HEADER_BYTES, check_frame, check_segment_header,
+    decode_records,
+};
+use crate::io::{WalFile, WalIo};
+use crate::{Record, Result, WalError};
+
+/// What the log knows about one segment file.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentMeta {
+    pub(crate) id: u64,
+    pub(crate) path: PathBuf,
+    /// Highest record index per group in this segment (what purge compares).
+    pub(crate) groups: HashMap<u64, u64>,
+    /// Bytes in the file (including header and seal).
+    pub(crate) bytes: u64,
+}
+
+impl SegmentMeta {
+    pub(crate) fn new(id: u64, path: PathBuf) -> SegmentMeta {
+        SegmentMeta {
+            id,
+            path,
+            groups: HashMap::new(),
+            bytes: SEGMENT_HEADER_BYTES as u64,
+        }
+    }
+
+    pub(crate) fn note(&mut self, record: &Record) {
+        let max = self.groups.entry(record.group).or_insert(record.index);
+        *max = (*max).max(record.index);
+    }
+}
+
+/// The newest segment, ready for appends.
+#[derive(Debug)]
+pub(crate) struct RecoveredActive {
+    pub(crate) meta: SegmentMeta,
+    pub(crate) file: Arc<dyn WalFile>,
+    /// Whether it ends with a seal (crash between sealing it and creating its successor).
+    pub(crate) sealed: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    pub(crate) sealed: Vec<SegmentMeta>,
+    pub(crate) active: Option<RecoveredActive>,
+    pub(crate) records: Vec<Record>,
+    /// Sequence of the last batch on disk (0 if none).
+    pub(crate) last_seq: u64,
+}
+
+/// Reads every segment in `dir`.
+pub(crate) fn recover(dir: &Path, io: &dyn WalIo) -> Result<Recovered> {
+    io.create_dir_all(dir).map_err(|e| WalError::io(dir, e))?;
+    let mut ids: Vec<u64> = io
+        .list_dir(dir)
+        .map_err(|e| WalError::io(dir, e))?
+        .iter()
+        .filter_map(|name| format::parse_segment_file_name(name))
+        .collect();
+    ids.sort_unstable();
+    let mut recovered = Recovered {
+        sealed: Vec::new(),
+        active: None,
+        records: Vec::new(),
+        last_seq: 0,
+    };
+    for (position, &id) in ids.iter().enumerate() {
+        let path = dir.join(format::segment_file_name(id));
+        let file = io.open(&path).map_err(|e| WalError::io(&path, e))?;
+        let data = Bytes::from(file.read_all().map_err(|e| WalError::io(&path, e))?);
+        let mut reader = SegmentReader {
+            path: &path,
+            data: &data,
+            meta: SegmentMeta::new(id, path.clone()),
+            last_seq: &mut recovered.last_seq,
+            records: &mut recovered.records,
+            batches: 0,
+        };
+        if position + 1 < ids.len() {
+            reader.read_sealed()?;
+            recovered.sealed.push(reader.meta);
+        } else {
+            let (meta, sealed) = reader.read_newest(file.as_ref())?;
+            recovered.active = Some(RecoveredActive { meta, file, sealed });
+        }
+    }
+    Ok(recovered)
+}
+
+struct SegmentReader<'a> {
+    path: &'a Path,
+    data: &'a Bytes,
+    meta: SegmentMeta,
+    last_seq: &'a mut u64,
+    records: &'a mut Vec<Record>,
+    /// Batches read from this segment.
+    batches: u64,
+}
+
+/// What ended the walk over a segment's frames.
+enum Stop {
+    /// The frame at this offset is a seal.
+    Sealed,
+    /// Clean end of data.
+    End,
+    /// Damage (incomplete or bad checksum) at this offset.
+    Damaged { offset: usize, reason: &'static str },
+}
+
+impl SegmentReader<'_> {
+    fn corruption(&self, offset: usize, reason: impl Into<String>) -> WalError {
+        WalError::corruption(self.path, offset as u64, reason)
+    }
+
+    /// Walks frames from after the header; accepts valid ones. Returns where it stopped and the
+    /// offset it reached.
+    fn walk(&mut self) -> Result<(Stop, usize)> {
+        let mut at = SEGMENT_HEADER_BYTES;
+        loop {
+            if at == self.data.len() {
+                return Ok((Stop::End, at));
+            }
+            let frame = match check_frame(self.data, at) {
+                FrameCheck::Valid(frame) => frame,
+                FrameCheck::Incomplete => {
+                    return Ok((
+                        Stop::Damaged {
+                            offset: at,
+                            reason: "frame runs past the end of the file",
+                        },
+                        at,
+                    ));
+                }
+                FrameCheck::Invalid(reason) => {
+                    return Ok((Stop::Damaged { offset: at, reason }, at));
+                }
+            };
+            match frame.kind {
+                FrameKind::Seal => {
+                    if frame.seq != *self.last_seq {
+                        return Err(self.corruption(
+                            at,
+                            format!(
+                                "seal names batch {} but the last batch is {}",
+                                frame.seq, self.last_seq
+                            ),
+                        ));
+                    }
+                    let end = at + frame.bytes;
+                    if end != self.data.len() {
+                        return Err(self.corruption(end, "data after the seal frame"));
+                    }
+                    self.meta.bytes = end as u64;
+                    return Ok((Stop::Sealed, end));
+                }
+                FrameKind::Batch => {
+                    let in_order = if self.batches == 0 {
+                        frame.seq > *self.last_seq
+                    } else {
+                        frame.seq == *self.last_seq + 1
+                    };
+                    if !in_order {
+                        return Err(self.corruption(
+                            at,
+                            format!(
+                                "batch {} out of sequence after batch {}",
+                                frame.seq, self.last_seq
+                            ),
+                        ));
+                    }
+                    let body = self.data.slice(frame.body_start..at + frame.bytes);
+                    let records = decode_records(&body).map_err(|(offset, reason)| {
+                        self.corruption(
+                            frame.body_start + offset,
+                            format!("{reason} inside a checksummed frame"),
+                        )
+                    })?;
+                    for record in &records {
+                        self.meta.note(record);
+                    }
+                    self.records.extend(records);
+                    *self.last_seq = frame.seq;
+                    self.batches += 1;
+                    at += frame.bytes;
+                    self.meta.bytes = at as u64;
+                }
+            }
+        }
+    }
+
+    /// An older segment: must be whole and sealed.
+    fn read_sealed(&mut self) -> Result<()> {
+        if self.data.len() < SEGMENT_HEADER_BYTES {
+            return Err(self.corruption(0, "truncated segment header"));
+        }
+        check_segment_header(self.data, self.meta.id)
+            .map_err(|reason| self.corruption(0, reason))?;
+        match self.walk()? {
+            (Stop::Sealed, _) => Ok(()),
+            (Stop::End, at) => {
+                Err(self.corruption(at, "segment is not sealed but a newer segment exists"))
+            }
+            (Stop::Damaged { offset, reason }, _) => Err(self.corruption(offset, reason)),
+        }
+    }
+
+    /// The newest segment: a torn tail is truncated; returns its metadata and whether it is
+    /// sealed.
+    fn read_newest(mut self, file: &dyn WalFile) -> Result<(SegmentMeta, bool)> {
+        let header_ok = self.data.len() >= SEGMENT_HEADER_BYTES
+            && check_segment_header(self.data, self.meta.id).is_ok();
+        if !header_ok {
+            if let Some(later) = find_valid_frame(self.data, 0) {
+                return Err(self.corruption(
+                    0,
+                    format!("bad segment header, but a valid frame follows at byte {later}"),
+                ));
+            }
+            tracing::warn!(path = %self.path.display(), bytes = self.data.len(), "WAL: torn segment header, rewriting the segment empty");
+            file.set_len(0).map_err(|e| WalError::io(self.path, e))?;
+            file.write_all_at(&format::encode_segment_header(self.meta.id), 0)
+                .map_err(|e| WalError::io(self.path, e))?;
+            file.sync_data().map_err(|e| WalError::io(self.path, e))?;
+            return Ok((self.meta, false));
+        }
+        match self.walk()? {
+            (Stop::Sealed, _) => Ok((self.meta, true)),
+            (Stop::End, _) => Ok((self.meta, false)),
+            (Stop::Damaged { offset, reason }, _) => {
+                if let Some(later) = find_valid_frame(self.data, offset + 1) {
+                    return Err(self.corruption(
+                        offset,
+                        format!("{reason}, but a valid frame follows at byte {later}"),
+                    ));
+                }
+                tracing::warn!(
+                    path = %self.path.display(),
+                    offset,
+                    dropped_bytes = self.data.len() - offset,
+                    reason,
+                    "WAL: torn tail (unacknowledged write), truncating"
+                );
+                file.set_len(offset as u64)
+                    .map_err(|e| WalError::io(self.path, e))?;
+                file.sync_data().map_err(|e| WalError::io(self.path, e))?;
+                self.meta.bytes = offset as u64;
+                Ok((self.meta, false))
+            }
+        }
+    }
+}
+
+/// Offset of the first frame at or after `from` that passes its checksum.
+fn find_valid_frame(data: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while at + format::FRAME_HEADER_BYTES <= data.len() {
+        let next = data[at..]
+            .windows(4)
+            .position(|w| w == format::FRAME_MAGIC)?;
+        at += next;
+        if matches!(check_frame(data, at), FrameCheck::Valid(_)) {
+            return Some(at);
+        }
+        at += 1;
+    }
+    None
+}

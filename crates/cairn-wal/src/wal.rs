@@ -1,0 +1,289 @@
+//! The [`Wal`] handle: append with one fdatasync per call, rotation, purge, poisoning.
+//!
+//! Every append runs under one mutex, so calls from several threads are serialised; callers get
+//! group commit by handing many records to one call (the server's writer thread drains a queue
+//! into one `append`). After any failed write or fsync the log is poisoned: the bytes on disk
+//! are unknown, so nothing more may be acknowledged until a restart recovers from the disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::format::{self, SEGMENT_HEADER_BYTES};
+use crate::io::{WalFile, WalIo};
+use crate::recovery::{self, SegmentMeta};
+use crate::{
+    BATCH_BYTES_MAX, RECORD_PAYLOAD_BYTES_MAX, Record, Result, SEGMENT_BYTES_MAX_MIN, WalError,
+    WalOptions,
+};
+
+/// The encode buffer is released after a batch larger than this, so one huge append does not
+/// pin its memory for the life of the log.
+const ENCODE_BUFFER_KEEP_BYTES: usize = 4 * 1024 * 1024;
+
+/// What a [`Wal::purge`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeStats {
+    /// Segment files deleted.
+    pub segments_removed: usize,
+    /// Their total size.
+    pub bytes_removed: u64,
+}
+
+/// The segment being appended to.
+#[derive(Debug)]
+struct Active {
+    meta: SegmentMeta,
+    file: Arc<dyn WalFile>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Set by a failed write or fsync; never cleared.
+    poisoned: bool,
+    /// Older segments, oldest first. Immutable on disk.
+    sealed: Vec<SegmentMeta>,
+    active: Active,
+    /// Sequence number of the next batch.
+    next_seq: u64,
+    /// Reused encode buffer.
+    buf: Vec<u8>,
+}
+
+/// The node's write-ahead log. `Send + Sync`: share it behind an `Arc`.
+#[derive(Debug)]
+pub struct Wal {
+    dir: PathBuf,
+    io: Arc<dyn WalIo>,
+    segment_bytes_max: u64,
+    inner: Mutex<Inner>,
+    /// Serialises purges (which work outside `inner` so appends are not blocked by deletions).
+    purge_lock: Mutex<()>,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir` and returns it with every record on disk, in append
+    /// order. A torn tail of the newest segment is truncated (with a warning); any other damage
+    /// is [`WalError::Corruption`].
+    ///
+    /// Records at or below a group's applied index may be returned (purge works on whole
+    /// segments); a later record with the same group and index supersedes an earlier one.
+    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<(Wal, Vec<Record>)> {
+        let dir = dir.as_ref().to_path_buf();
+        if options.segment_bytes_max < SEGMENT_BYTES_MAX_MIN {
+            return Err(WalError::InvalidOptions(format!(
+                "segment_bytes_max {} is below the minimum {SEGMENT_BYTES_MAX_MIN}",
+                options.segment_bytes_max
+            )));
+        }
+        let io = options.io;
+        let recovered = recovery::recover(&dir, io.as_ref())?;
+        let mut sealed = recovered.sealed;
+        let active = match recovered.active {
+            Some(active) if !active.sealed => Active {
+                meta: active.meta,
+                file: active.file,
+            },
+            Some(active) => {
+                let next_id = active.meta.id + 1;
+                sealed.push(active.meta);
+                create_segment(io.as_ref(), &dir, next_id)?
+            }
+            None => create_segment(io.as_ref(), &dir, 1)?,
+        };
+        let wal = Wal {
+            dir,
+            io,
+            segment_bytes_max: options.segment_bytes_max,
+            inner: Mutex::new(Inner {
+                poisoned: false,
+                sealed,
+                active,
+                next_seq: recovered.last_seq + 1,
+                buf: Vec::new(),
+            }),
+            purge_lock: Mutex::new(()),
+        };
+        Ok((wal, recovered.records))
+    }
+
+    /// Writes `records` and makes them durable with one fdatasync before returning. Either all
+    /// of them are durable when this returns `Ok`, or the call failed; after a failed write or
+    /// fsync the log is poisoned and every later call returns [`WalError::Poisoned`].
+    pub fn append(&self, records: &[Record]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        if let Some(record) = records
+            .iter()
+            .find(|r| r.payload.len() > RECORD_PAYLOAD_BYTES_MAX)
+        {
+            return Err(WalError::RecordTooLarge {
+                bytes: record.payload.len(),
+                limit: RECORD_PAYLOAD_BYTES_MAX,
+            });
+        }
+        let frame_bytes = format::batch_bytes(records);
+        if frame_bytes > BATCH_BYTES_MAX {
+            return Err(WalError::BatchTooLarge {
+                bytes: frame_bytes,
+                limit: BATCH_BYTES_MAX,
+            });
+        }
+        let mut inner = self.inner.lock();
+        if inner.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        let result = self.append_locked(&mut inner, records, frame_bytes as u64);
+        if result.is_err() {
+            inner.poisoned = true;
+            tracing::error!(dir = %self.dir.display(), "WAL poisoned by a failed write or fsync: refusing all further appends");
+        }
+        if inner.buf.capacity() > ENCODE_BUFFER_KEEP_BYTES {
+            inner.buf = Vec::new();
+        }
+        result
+    }
+
+    fn append_locked(&self, inner: &mut Inner, records: &[Record], frame_bytes: u64) -> Result<()> {
+        let has_frames = inner.active.meta.bytes > SEGMENT_HEADER_BYTES as u64;
+        if has_frames && inner.active.meta.bytes + frame_bytes > self.segment_bytes_max {
+            self.rotate(inner)?;
+        }
+        let seq = inner.next_seq;
+        let mut buf = std::mem::take(&mut inner.buf);
+        buf.clear();
+        format::encode_batch(&mut buf, seq, records);
+        debug_assert_eq!(buf.len() as u64, frame_bytes);
+        let active = &mut inner.active;
+        let path = &active.meta.path;
+        let written = active
+            .file
+            .write_all_at(&buf, active.meta.bytes)
+            .and_then(|()| active.file.sync_data())
+            .map_err(|e| WalError::io(path, e));
+        inner.buf = buf;
+        written?;
+        let active = &mut inner.active;
+        active.meta.bytes += frame_bytes;
+        for record in records {
+            active.meta.note(record);
+        }
+        inner.next_seq = seq + 1;
+        Ok(())
+    }
+
+    /// Seals the active segment (seal frame + fdatasync) and starts the next one.
+    fn rotate(&self, inner: &mut Inner) -> Result<()> {
+        let mut seal = Vec::with_capacity(format::FRAME_HEADER_BYTES);
+        format::encode_seal(&mut seal, inner.next_seq - 1);
+        let active = &inner.active;
+        active
+            .file
+            .write_all_at(&seal, active.meta.bytes)
+            .and_then(|()| active.file.sync_data())
+            .map_err(|e| WalError::io(&active.meta.path, e))?;
+        let next = create_segment(self.io.as_ref(), &self.dir, active.meta.id + 1)?;
+        let mut old = std::mem::replace(&mut inner.active, next);
+        old.meta.bytes += seal.len() as u64;
+        inner.sealed.push(old.meta);
+        Ok(())
+    }
+
+    /// Deletes every sealed segment whose records all have `index <= applied(group)`. The
+    /// caller must have made those records durable elsewhere first (flushed the state
+    /// machines). `applied` must not call back into this `Wal`. The active segment is never
+    /// deleted.
+    pub fn purge(&self, applied: impl Fn(u64) -> u64) -> Result<PurgeStats> {
+        let _purging = self.purge_lock.lock();
+        let candidates = {
+            let inner = self.inner.lock();
+            if inner.poisoned {
+                return Err(WalError::Poisoned);
+            }
+            inner.sealed.clone()
+        };
+        let doomed: Vec<&SegmentMeta> = candidates
+            .iter()
+            .filter(|segment| {
+                segment
+                    .groups
+                    .iter()
+                    .all(|(&group, &max)| max <= applied(group))
+            })
+            .collect();
+        if doomed.is_empty() {
+            return Ok(PurgeStats::default());
+        }
+        let mut stats = PurgeStats::default();
+        let mut removed = Vec::new();
+        let mut failure = None;
+        for segment in doomed {
+            match self.io.remove(&segment.path) {
+                Ok(()) => {
+                    removed.push(segment.id);
+                    stats.segments_removed += 1;
+                    stats.bytes_removed += segment.bytes;
+                }
+                Err(e) => {
+                    failure = Some(WalError::io(&segment.path, e));
+                    break;
+                }
+            }
+        }
+        let synced = self
+            .io
+            .sync_dir(&self.dir)
+            .map_err(|e| WalError::io(&self.dir, e));
+        let mut inner = self.inner.lock();
+        inner
+            .sealed
+            .retain(|segment| !removed.contains(&segment.id));
+        if let Err(err) = synced {
+            inner.poisoned = true;
+            tracing::error!(dir = %self.dir.display(), "WAL poisoned by a failed directory fsync");
+            return Err(err);
+        }
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(stats),
+        }
+    }
+
+    /// Whether an earlier failure has poisoned the log.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.lock().poisoned
+    }
+
+    /// Number of segment files (sealed plus the active one).
+    pub fn segment_count(&self) -> usize {
+        self.inner.lock().sealed.len() + 1
+    }
+
+    /// Total bytes in all segment files.
+    pub fn total_bytes(&self) -> u64 {
+        let inner = self.inner.lock();
+        inner.sealed.iter().map(|s| s.bytes).sum::<u64>() + inner.active.meta.bytes
+    }
+
+    /// The directory holding the segments.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Creates segment `id`: new file, header, fdatasync, then a directory fsync so the file's name
+/// is durable before anything in it is acknowledged.
+fn create_segment(io: &dyn WalIo, dir: &Path, id: u64) -> Result<Active> {
+    let path = dir.join(format::segment_file_name(id));
+    let file = io.create_new(&path).map_err(|e| WalError::io(&path, e))?;
+    file.write_all_at(&format::encode_segment_header(id), 0)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| WalError::io(&path, e))?;
+    io.sync_dir(dir).map_err(|e| WalError::io(dir, e))?;
+    Ok(Active {
+        meta: SegmentMeta::new(id, path),
+        file,
+    })
+}

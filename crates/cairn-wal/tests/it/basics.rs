@@ -1,0 +1,145 @@
+//! Round trips, reopen, rotation and concurrent appends.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cairn_wal::io::sim::SimIo;
+use cairn_wal::{Record, Wal, WalError, WalOptions};
+
+use crate::support::{open_sim, record, segments};
+
+#[test]
+fn round_trip_and_reopen_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, replay) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert!(replay.is_empty());
+
+    let first: Vec<Record> = (1..=10).map(|i| record(1, i)).collect();
+    wal.append(&first).unwrap();
+    wal.append(&[
+        record(2, 1),
+        Record {
+            group: 3,
+            index: 9,
+            payload: Bytes::new(),
+        },
+    ])
+    .unwrap();
+    drop(wal);
+
+    let (wal, replay) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let mut expected = first.clone();
+    expected.extend([
+        record(2, 1),
+        Record {
+            group: 3,
+            index: 9,
+            payload: Bytes::new(),
+        },
+    ]);
+    assert_eq!(replay, expected);
+
+    wal.append(&[record(1, 11)]).unwrap();
+    drop(wal);
+    let (_wal, replay) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    expected.push(record(1, 11));
+    assert_eq!(replay, expected);
+}
+
+#[test]
+fn rotation_spreads_records_over_segments() {
+    let io = SimIo::new();
+    let (wal, _) = open_sim(&io, 4096);
+    let mut expected = Vec::new();
+    for i in 1..=300 {
+        let batch = vec![record(i % 4, i), record(9, i)];
+        wal.append(&batch).unwrap();
+        expected.extend(batch);
+    }
+    assert!(wal.segment_count() > 3, "{} segments", wal.segment_count());
+    assert_eq!(segments(&io).len(), wal.segment_count());
+    drop(wal);
+    let (wal, replay) = open_sim(&io, 4096);
+    assert_eq!(replay, expected);
+    wal.append(&[record(5, 5)]).unwrap();
+}
+
+#[test]
+fn batch_larger_than_a_segment_gets_its_own() {
+    let io = SimIo::new();
+    let (wal, _) = open_sim(&io, 4096);
+    let big = Record {
+        group: 1,
+        index: 1,
+        payload: Bytes::from(vec![7u8; 10_000]),
+    };
+    wal.append(&[record(1, 0)]).unwrap();
+    wal.append(std::slice::from_ref(&big)).unwrap();
+    wal.append(&[record(1, 2)]).unwrap();
+    assert_eq!(wal.segment_count(), 3);
+    drop(wal);
+    let (_, replay) = open_sim(&io, 4096);
+    assert_eq!(replay, vec![record(1, 0), big, record(1, 2)]);
+}
+
+#[test]
+fn concurrent_appends_keep_each_writers_order() {
+    let io = SimIo::new();
+    let (wal, _) = open_sim(&io, 64 * 1024);
+    let wal = Arc::new(wal);
+    let writers: Vec<_> = (0..4u64)
+        .map(|group| {
+            let wal = wal.clone();
+            std::thread::spawn(move || {
+                for index in 1..=200 {
+                    wal.append(&[record(group, index)]).unwrap();
+                }
+            })
+        })
+        .collect();
+    writers.into_iter().for_each(|w| w.join().unwrap());
+    drop(wal);
+    let (_, replay) = open_sim(&io, 64 * 1024);
+    assert_eq!(replay.len(), 800);
+    for group in 0..4 {
+        let indexes: Vec<u64> = replay
+            .iter()
+            .filter(|r| r.group == group)
+            .map(|r| r.index)
+            .collect();
+        assert_eq!(indexes, (1..=200).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn limits_and_options_are_checked() {
+    let io = SimIo::new();
+    let err = Wal::open("/sim/wal", crate::support::sim_options(&io, 100)).unwrap_err();
+    assert!(matches!(err, WalError::InvalidOptions(_)), "{err}");
+    let (wal, _) = open_sim(&io, 4096);
+    let huge = Record {
+        group: 1,
+        index: 1,
+        payload: Bytes::from(vec![0u8; cairn_wal::RECORD_PAYLOAD_BYTES_MAX + 1]),
+    };
+    assert!(matches!(
+        wal.append(&[huge]),
+        Err(WalError::RecordTooLarge { .. })
+    ));
+    assert!(
+        !wal.is_poisoned(),
+        "a refused record is the caller's error, not a disk failure"
+    );
+    wal.append(&[]).unwrap();
+}
+
+#[test]
+fn files_other_than_segments_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("README"), b"not a segment").unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    wal.append(&[record(1, 1)]).unwrap();
+    drop(wal);
+    let (_, replay) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(replay, vec![record(1, 1)]);
+}

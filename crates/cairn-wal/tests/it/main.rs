@@ -1,0 +1,8 @@
+//! Integration tests of `cairn-wal` through its public API: round trips, torn tails, bit
+//! flips, purge, fault injection and simulated power cuts.
+
+mod basics;
+mod corruption;
+mod faults;
+mod purge;
+mod support;

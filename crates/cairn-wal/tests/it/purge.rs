@@ -1,0 +1,69 @@
+//! Purge deletes whole segments whose records every group has applied, never the active one.
+
+use std::collections::HashMap;
+
+use cairn_wal::io::sim::SimIo;
+
+use crate::support::{open_sim, record, segments};
+
+#[test]
+fn purge_removes_only_fully_applied_segments() {
+    let io = SimIo::new();
+    let (wal, _) = open_sim(&io, 4096);
+    for i in 1..=200 {
+        wal.append(&[record(1, i), record(2, i)]).unwrap();
+    }
+    let before = wal.segment_count();
+    assert!(before > 4);
+
+    // Nothing applied: nothing removed.
+    assert_eq!(wal.purge(|_| 0).unwrap().segments_removed, 0);
+
+    // Group 1 applied everything, group 2 only through 100.
+    let applied = HashMap::from([(1u64, 200u64), (2, 100)]);
+    let stats = wal
+        .purge(|g| applied.get(&g).copied().unwrap_or(0))
+        .unwrap();
+    assert!(stats.segments_removed > 0 && stats.segments_removed < before);
+    assert_eq!(wal.segment_count(), before - stats.segments_removed);
+    assert_eq!(segments(&io).len(), wal.segment_count());
+    drop(wal);
+
+    // Every record of group 2 above 100 survives, in order.
+    let (wal, replay) = open_sim(&io, 4096);
+    let group2: Vec<u64> = replay
+        .iter()
+        .filter(|r| r.group == 2)
+        .map(|r| r.index)
+        .collect();
+    assert!(group2.iter().all(|&i| i <= 200));
+    assert_eq!(group2.iter().filter(|&&i| i > 100).count(), 100);
+    assert!(group2.windows(2).all(|w| w[1] == w[0] + 1));
+
+    // Everything applied: only the active segment is left.
+    wal.purge(|_| u64::MAX).unwrap();
+    assert_eq!(wal.segment_count(), 1);
+    wal.append(&[record(1, 201)]).unwrap();
+    drop(wal);
+    let (_, replay) = open_sim(&io, 4096);
+    assert!(replay.contains(&record(1, 201)));
+}
+
+#[test]
+fn purge_can_remove_a_middle_segment() {
+    let io = SimIo::new();
+    let (wal, _) = open_sim(&io, 4096);
+    // Group 7 writes only at the start; group 8 fills later segments.
+    wal.append(&[record(7, 1)]).unwrap();
+    for i in 1..=150 {
+        wal.append(&[record(8, i)]).unwrap();
+    }
+    // Group 7 is not applied: the first segment stays; fully applied later ones go.
+    let stats = wal.purge(|g| if g == 8 { 150 } else { 0 }).unwrap();
+    assert!(stats.segments_removed > 0);
+    wal.append(&[record(8, 151)]).unwrap();
+    drop(wal);
+    let (_, replay) = open_sim(&io, 4096);
+    assert_eq!(replay.first(), Some(&record(7, 1)));
+    assert_eq!(replay.last(), Some(&record(8, 151)));
+}

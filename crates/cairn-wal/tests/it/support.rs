@@ -1,0 +1,39 @@
+//! Helpers shared by the test modules.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cairn_wal::io::sim::SimIo;
+use cairn_wal::{Record, Wal, WalOptions};
+
+pub const DIR: &str = "/sim/wal";
+
+pub fn record(group: u64, index: u64) -> Record {
+    let payload = format!("g{group}-i{index}-{}", "x".repeat((index % 7) as usize));
+    Record {
+        group,
+        index,
+        payload: Bytes::from(payload),
+    }
+}
+
+pub fn sim_options(io: &SimIo, segment_bytes_max: u64) -> WalOptions {
+    WalOptions {
+        segment_bytes_max,
+        io: Arc::new(io.clone()),
+    }
+}
+
+pub fn open_sim(io: &SimIo, segment_bytes_max: u64) -> (Wal, Vec<Record>) {
+    Wal::open(DIR, sim_options(io, segment_bytes_max)).expect("open")
+}
+
+/// Paths of the segment files on a simulated disk, oldest first.
+pub fn segments(io: &SimIo) -> Vec<PathBuf> {
+    use cairn_wal::io::WalIo;
+    let mut names = io.list_dir(Path::new(DIR)).expect("list");
+    names.retain(|n| n.ends_with(".wal"));
+    names.sort();
+    names.into_iter().map(|n| Path::new(DIR).join(n)).collect()
+}
