@@ -181,7 +181,7 @@ pub(super) async fn list(State(state): State<AppState>, uri: Uri) -> Result<Resp
     let end = query.bytes("end").cloned();
     let mut range = match (prefix, start, end) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-            return Err(bad("give prefix or start/end, not both"));
+            return Err(ApiError::bad_request("give prefix or start/end, not both"));
         }
         (Some(prefix), None, None) => KeyRange::prefix(prefix),
         (None, start, end) => KeyRange {
