@@ -20,7 +20,11 @@ fn run(dir: &std::path::Path, records_per_sync: usize, seconds: f64, payload_byt
         let batch: Vec<Record> = (0..records_per_sync)
             .map(|k| {
                 index += 1;
-                Record { group: k as u64 % 16, index, payload: payload.clone() }
+                Record {
+                    group: k as u64 % 16,
+                    index,
+                    payload: payload.clone(),
+                }
             })
             .collect();
         let t = Instant::now();
@@ -45,8 +49,14 @@ fn run(dir: &std::path::Path, records_per_sync: usize, seconds: f64, payload_byt
 fn main() {
     let mut args = std::env::args().skip(1);
     let base = args.next().unwrap_or_else(|| ".".to_owned());
-    let seconds: f64 = args.next().map(|s| s.parse().expect("SECONDS")).unwrap_or(5.0);
-    let payload_bytes: usize = args.next().map(|s| s.parse().expect("PAYLOAD_BYTES")).unwrap_or(128);
+    let seconds: f64 = args
+        .next()
+        .map(|s| s.parse().expect("SECONDS"))
+        .unwrap_or(5.0);
+    let payload_bytes: usize = args
+        .next()
+        .map(|s| s.parse().expect("PAYLOAD_BYTES"))
+        .unwrap_or(128);
     for records_per_sync in [1, 64] {
         let dir = tempfile::tempdir_in(&base).expect("temp dir");
         run(dir.path(), records_per_sync, seconds, payload_bytes);

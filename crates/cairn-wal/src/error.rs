@@ -51,6 +51,12 @@ pub enum WalError {
         /// The limit.
         limit: usize,
     },
+    /// Another process, or another `Wal` in this one, has the directory open.
+    #[error("WAL directory {} is in use by another process or Wal", path.display())]
+    Locked {
+        /// The log directory.
+        path: PathBuf,
+    },
     /// Options that cannot work (for example a segment size below the minimum).
     #[error("invalid WAL options: {0}")]
     InvalidOptions(String),

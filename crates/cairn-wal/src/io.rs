@@ -42,7 +42,13 @@ pub trait WalIo: Send + Sync + Debug + 'static {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Makes creations and removals in `dir` durable (fsync of the directory).
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on `dir`, held until the returned guard is dropped; fails with
+    /// `io::ErrorKind::WouldBlock` while another holder (process or `Wal`) has it.
+    fn lock_dir(&self, dir: &Path) -> io::Result<Box<dyn Debug + Send + Sync>>;
 }
+
+/// Name of the lock file [`StdIo`] creates in the log directory.
+pub const LOCK_FILE_NAME: &str = "LOCK";
 
 /// The real file system.
 #[derive(Debug, Clone, Copy, Default)]
@@ -98,5 +104,34 @@ impl WalIo for StdIo {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+    fn lock_dir(&self, dir: &Path) -> io::Result<Box<dyn Debug + Send + Sync>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(LOCK_FILE_NAME))?;
+        flock_exclusive_nonblocking(&file)?;
+        Ok(Box::new(file))
+    }
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: released when the descriptor closes or the process dies, so a
+/// crash never leaves the directory locked.
+#[allow(unsafe_code)]
+fn flock_exclusive_nonblocking(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `flock` takes a descriptor and flags, no pointers; `file` is borrowed, so the
+    // descriptor stays open for the duration of the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Err(io::Error::new(io::ErrorKind::WouldBlock, err))
+    } else {
+        Err(err)
     }
 }

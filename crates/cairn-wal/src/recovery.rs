@@ -71,9 +71,8 @@ pub(crate) struct Recovered {
     pub(crate) last_seq: u64,
 }
 
-/// Reads every segment in `dir`.
+/// Reads every segment in `dir` (which the caller has locked).
 pub(crate) fn recover(dir: &Path, io: &dyn WalIo) -> Result<Recovered> {
-    io.create_dir_all(dir).map_err(|e| WalError::io(dir, e))?;
     let mut ids: Vec<u64> = io
         .list_dir(dir)
         .map_err(|e| WalError::io(dir, e))?

@@ -54,6 +54,8 @@ struct Inner {
 /// The node's write-ahead log. `Send + Sync`: share it behind an `Arc`.
 #[derive(Debug)]
 pub struct Wal {
+    /// Exclusive lock on `dir` for the life of the handle.
+    _lock: Box<dyn std::fmt::Debug + Send + Sync>,
     dir: PathBuf,
     io: Arc<dyn WalIo>,
     segment_bytes_max: u64,
@@ -78,6 +80,11 @@ impl Wal {
             )));
         }
         let io = options.io;
+        io.create_dir_all(&dir).map_err(|e| WalError::io(&dir, e))?;
+        let lock = io.lock_dir(&dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => WalError::Locked { path: dir.clone() },
+            _ => WalError::io(&dir, e),
+        })?;
         let recovered = recovery::recover(&dir, io.as_ref())?;
         let mut sealed = recovered.sealed;
         let active = match recovered.active {
@@ -93,6 +100,7 @@ impl Wal {
             None => create_segment(io.as_ref(), &dir, 1)?,
         };
         let wal = Wal {
+            _lock: lock,
             dir,
             io,
             segment_bytes_max: options.segment_bytes_max,

@@ -30,6 +30,8 @@ struct SimState {
     /// Names that survive a power cut (as of the last `sync_dir` of their directory).
     durable_names: BTreeSet<PathBuf>,
     dirs: BTreeSet<PathBuf>,
+    /// Directories locked by a live guard (a power cut releases them all).
+    locked: BTreeSet<PathBuf>,
     fail_next_sync: bool,
     fail_next_write: bool,
     syncs: u64,
@@ -207,7 +209,33 @@ impl WalFile for SimHandle {
     }
 }
 
+/// Holds a [`SimIo`] directory lock until dropped.
+#[derive(Debug)]
+struct SimLock {
+    state: Arc<Mutex<SimState>>,
+    dir: PathBuf,
+}
+
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        self.state.lock().locked.remove(&self.dir);
+    }
+}
+
 impl WalIo for SimIo {
+    fn lock_dir(&self, dir: &Path) -> io::Result<Box<dyn fmt::Debug + Send + Sync>> {
+        if !self.state.lock().locked.insert(dir.to_path_buf()) {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "directory is locked",
+            ));
+        }
+        Ok(Box::new(SimLock {
+            state: self.state.clone(),
+            dir: dir.to_path_buf(),
+        }))
+    }
+
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         self.state.lock().dirs.insert(dir.to_path_buf());
         Ok(())

@@ -143,3 +143,22 @@ fn files_other_than_segments_are_ignored() {
     let (_, replay) = Wal::open(dir.path(), WalOptions::default()).unwrap();
     assert_eq!(replay, vec![record(1, 1)]);
 }
+
+#[test]
+fn a_directory_is_opened_by_one_wal_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let err = Wal::open(dir.path(), WalOptions::default()).unwrap_err();
+    assert!(matches!(err, WalError::Locked { .. }), "{err}");
+    drop(wal);
+    Wal::open(dir.path(), WalOptions::default()).unwrap();
+
+    let io = SimIo::new();
+    let (wal, _) = open_sim(&io, 4096);
+    assert!(matches!(
+        Wal::open(crate::support::DIR, crate::support::sim_options(&io, 4096)),
+        Err(WalError::Locked { .. })
+    ));
+    drop(wal);
+    open_sim(&io, 4096);
+}
