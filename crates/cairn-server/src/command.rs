@@ -58,8 +58,10 @@ pub enum ExpireCondition {
     Xx,
     /// Only when the new expiry is greater than the current one.
     Gt,
-    /// Only when the new expiry is less than the current one.
+    /// Only when the new expiry is less than the current one (no expiry counts as infinite).
     Lt,
+    /// `XX LT`: only when the key has an expiry and the new one is less.
+    XxLt,
 }
 
 /// A range of keys in byte order, for range and prefix scans.
@@ -72,14 +74,20 @@ pub struct KeyRange {
 impl KeyRange {
     /// Every key.
     pub fn all() -> KeyRange {
-        KeyRange { start: Bound::Unbounded, end: Bound::Unbounded }
+        KeyRange {
+            start: Bound::Unbounded,
+            end: Bound::Unbounded,
+        }
     }
 
     /// Every key that starts with `prefix`.
     pub fn prefix(prefix: impl Into<Bytes>) -> KeyRange {
         let prefix: Bytes = prefix.into();
         let end = prefix_successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
-        KeyRange { start: Bound::Included(prefix), end }
+        KeyRange {
+            start: Bound::Included(prefix),
+            end,
+        }
     }
 
     /// Whether `key` lies inside the range.
@@ -113,8 +121,14 @@ fn prefix_successor(prefix: &[u8]) -> Option<Bytes> {
 /// One write of an atomic [`Command::Batch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchOp {
-    Put { key: Bytes, value: Bytes, expiry: Expiry },
-    Delete { key: Bytes },
+    Put {
+        key: Bytes,
+        value: Bytes,
+        expiry: Expiry,
+    },
+    Delete {
+        key: Bytes,
+    },
 }
 
 /// Every operation the node executes.
@@ -140,10 +154,19 @@ pub enum Command {
     Keys { pattern: Bytes },
     /// One page of a cursor-based iteration (`SCAN`) → `Reply::ScanPage`. Cursor 0 starts; a
     /// returned cursor of 0 means the iteration is complete. `count` is a hint.
-    Scan { cursor: u64, pattern: Option<Bytes>, count: usize, type_filter: Option<Bytes> },
+    Scan {
+        cursor: u64,
+        pattern: Option<Bytes>,
+        count: usize,
+        type_filter: Option<Bytes>,
+    },
     /// Entries in key order within a range (or prefix, see [`KeyRange::prefix`]), at most
     /// `limit` → `Reply::Entries`. With `keys_only` values are left empty (not read).
-    ScanRange { range: KeyRange, limit: usize, keys_only: bool },
+    ScanRange {
+        range: KeyRange,
+        limit: usize,
+        keys_only: bool,
+    },
     /// A random existing key → `Reply::Value` (`None` when the database is empty).
     RandomKey,
     /// Number of live keys → `Reply::Int`.
@@ -169,11 +192,18 @@ pub enum Command {
     GetEx { key: Bytes, expiry: Expiry },
     /// Write several keys atomically; with `nx`, only when none exists → `Reply::Bool`
     /// (whether it wrote).
-    MSet { pairs: Vec<(Bytes, Bytes)>, nx: bool },
+    MSet {
+        pairs: Vec<(Bytes, Bytes)>,
+        nx: bool,
+    },
     /// Append to the value (creating it) → `Reply::Int` (new length).
     Append { key: Bytes, value: Bytes },
     /// Overwrite part of the value, zero-padding → `Reply::Int` (new length).
-    SetRange { key: Bytes, offset: i64, value: Bytes },
+    SetRange {
+        key: Bytes,
+        offset: i64,
+        value: Bytes,
+    },
     /// Add to the integer value (missing = 0) → `Reply::Int`.
     IncrBy { key: Bytes, delta: i64 },
     /// Add to the float value (missing = 0) → `Reply::Value` (the new value as stored).
@@ -182,7 +212,11 @@ pub enum Command {
     Del { keys: Vec<Bytes> },
     /// Set the expiry of an existing key → `Reply::Bool` (whether it was set; a deadline in
     /// the past deletes the key and counts as set).
-    Expire { key: Bytes, expiry: Expiry, condition: ExpireCondition },
+    Expire {
+        key: Bytes,
+        expiry: Expiry,
+        condition: ExpireCondition,
+    },
     /// Remove the expiry → `Reply::Bool` (whether the key had one).
     Persist { key: Bytes },
     /// Rename a key, keeping its expiry → `Reply::Bool` (false only with `nx` when the

@@ -143,14 +143,24 @@ impl ServerArgs {
         };
         let d = ServerConfig::default();
         let config = ServerConfig {
-            data_dir: self.data_dir.clone().or(file.data_dir).unwrap_or(d.data_dir),
+            data_dir: self
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or(d.data_dir),
             grpc_addr: self.grpc_addr.or(file.grpc_addr).unwrap_or(d.grpc_addr),
             http_addr: self.http_addr.or(file.http_addr).unwrap_or(d.http_addr),
             resp_addr: self.resp_addr.or(file.resp_addr).unwrap_or(d.resp_addr),
             log_format: self.log_format.or(file.log_format).unwrap_or(d.log_format),
             shards: self.shards.or(file.shards).unwrap_or(d.shards),
-            value_bytes_max: self.value_bytes_max.or(file.value_bytes_max).unwrap_or(d.value_bytes_max),
-            max_connections: self.max_connections.or(file.max_connections).unwrap_or(d.max_connections),
+            value_bytes_max: self
+                .value_bytes_max
+                .or(file.value_bytes_max)
+                .unwrap_or(d.value_bytes_max),
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(d.max_connections),
             sync: self.sync.or(file.sync).unwrap_or(d.sync),
         };
         config.validate()?;
@@ -179,7 +189,10 @@ impl ServerConfig {
             "value_bytes_max must be between 1 and {VALUE_BYTES_MAX_LIMIT}, got {}",
             self.value_bytes_max
         );
-        anyhow::ensure!(self.max_connections >= 1, "max_connections must be at least 1");
+        anyhow::ensure!(
+            self.max_connections >= 1,
+            "max_connections must be at least 1"
+        );
         Ok(())
     }
 }
@@ -199,18 +212,20 @@ mod tests {
     fn flag_beats_file_beats_default() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("cairn.toml");
-        std::fs::write(&file, "resp_addr = \"127.0.0.1:9000\"\nshards = 4\nsync = \"never\"\n").unwrap();
-        let cli = Cli::try_parse_from([
-            "x",
-            "--config",
-            file.to_str().unwrap(),
-            "--shards",
-            "8",
-        ])
+        std::fs::write(
+            &file,
+            "resp_addr = \"127.0.0.1:9000\"\nshards = 4\nsync = \"never\"\n",
+        )
         .unwrap();
+        let cli = Cli::try_parse_from(["x", "--config", file.to_str().unwrap(), "--shards", "8"])
+            .unwrap();
         let config = cli.args.resolve().unwrap();
         assert_eq!(config.shards, 8, "flag wins over file");
-        assert_eq!(config.resp_addr, "127.0.0.1:9000".parse().unwrap(), "file wins over default");
+        assert_eq!(
+            config.resp_addr,
+            "127.0.0.1:9000".parse().unwrap(),
+            "file wins over default"
+        );
         assert_eq!(config.sync, SyncMode::Never);
         assert_eq!(config.http_addr, HTTP_ADDR_DEFAULT.parse().unwrap());
         assert_eq!(config.data_dir, PathBuf::from(DATA_DIR_DEFAULT));
@@ -221,9 +236,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("cairn.toml");
         std::fs::write(&file, "no_such_option = 1\n").unwrap();
-        let args = ServerArgs { config: Some(file), ..Default::default() };
+        let args = ServerArgs {
+            config: Some(file),
+            ..Default::default()
+        };
         assert!(args.resolve().is_err());
-        let args = ServerArgs { value_bytes_max: Some(0), ..Default::default() };
+        let args = ServerArgs {
+            value_bytes_max: Some(0),
+            ..Default::default()
+        };
         assert!(args.resolve().is_err());
         assert!(Cli::try_parse_from(["x", "--shards", "0"]).is_err());
     }

@@ -19,8 +19,14 @@ const KIND_CLEAR: u8 = 3;
 /// One change to one shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    Put { key: Bytes, value: Bytes, expires_at_ms: Option<u64> },
-    Delete { key: Bytes },
+    Put {
+        key: Bytes,
+        value: Bytes,
+        expires_at_ms: Option<u64>,
+    },
+    Delete {
+        key: Bytes,
+    },
     /// Delete every key of the shard.
     Clear,
 }
@@ -68,7 +74,11 @@ impl Effects {
         for (shard, effect) in &self.ops {
             out.put_u32_le(*shard);
             match effect {
-                Effect::Put { key, value, expires_at_ms } => {
+                Effect::Put {
+                    key,
+                    value,
+                    expires_at_ms,
+                } => {
                     out.put_u8(KIND_PUT);
                     out.put_u32_le(key.len() as u32);
                     out.put_slice(key);
@@ -89,7 +99,11 @@ impl Effects {
 
     pub fn decode(mut buf: Bytes) -> Result<Effects, MalformedEffects> {
         fn need(buf: &Bytes, n: usize) -> Result<(), MalformedEffects> {
-            if buf.remaining() < n { Err(MalformedEffects("truncated")) } else { Ok(()) }
+            if buf.remaining() < n {
+                Err(MalformedEffects("truncated"))
+            } else {
+                Ok(())
+            }
         }
         fn bytes(buf: &mut Bytes) -> Result<Bytes, MalformedEffects> {
             need(buf, 4)?;
@@ -113,9 +127,15 @@ impl Effects {
                     let value = bytes(&mut buf)?;
                     need(&buf, 8)?;
                     let at = buf.get_u64_le();
-                    Effect::Put { key, value, expires_at_ms: (at != 0).then_some(at) }
+                    Effect::Put {
+                        key,
+                        value,
+                        expires_at_ms: (at != 0).then_some(at),
+                    }
                 }
-                KIND_DELETE => Effect::Delete { key: bytes(&mut buf)? },
+                KIND_DELETE => Effect::Delete {
+                    key: bytes(&mut buf)?,
+                },
                 KIND_CLEAR => Effect::Clear,
                 _ => return Err(MalformedEffects("unknown effect kind")),
             };
@@ -135,8 +155,22 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut e = Effects::default();
-        e.push(3, Effect::Put { key: "k".into(), value: "v".into(), expires_at_ms: Some(7) });
-        e.push(0, Effect::Put { key: "".into(), value: "".into(), expires_at_ms: None });
+        e.push(
+            3,
+            Effect::Put {
+                key: "k".into(),
+                value: "v".into(),
+                expires_at_ms: Some(7),
+            },
+        );
+        e.push(
+            0,
+            Effect::Put {
+                key: "".into(),
+                value: "".into(),
+                expires_at_ms: None,
+            },
+        );
         e.push(9, Effect::Delete { key: "gone".into() });
         e.push(1, Effect::Clear);
         let decoded = Effects::decode(e.encode()).unwrap();
@@ -147,7 +181,14 @@ mod tests {
     #[test]
     fn malformed_records_are_rejected_without_panicking() {
         let mut e = Effects::default();
-        e.push(3, Effect::Put { key: "key".into(), value: "value".into(), expires_at_ms: None });
+        e.push(
+            3,
+            Effect::Put {
+                key: "key".into(),
+                value: "value".into(),
+                expires_at_ms: None,
+            },
+        );
         let bytes = e.encode();
         for cut in 0..bytes.len() {
             assert!(Effects::decode(bytes.slice(..cut)).is_err(), "cut at {cut}");

@@ -47,7 +47,9 @@ pub enum CommandError {
 impl From<cairn_storage::Error> for CommandError {
     fn from(e: cairn_storage::Error) -> Self {
         match e {
-            cairn_storage::Error::KeyTooLarge { len, max } => CommandError::KeyTooLarge { len, max },
+            cairn_storage::Error::KeyTooLarge { len, max } => {
+                CommandError::KeyTooLarge { len, max }
+            }
             cairn_storage::Error::ValueTooLarge { len, max } => {
                 CommandError::ValueTooLarge { len, max }
             }

@@ -78,7 +78,13 @@ pub struct Eval<'a> {
 }
 
 impl<'a> Eval<'a> {
-    pub fn new(shards: &'a Shards, overlay: &'a Overlay, version: u64, now_ms: u64, value_bytes_max: usize) -> Self {
+    pub fn new(
+        shards: &'a Shards,
+        overlay: &'a Overlay,
+        version: u64,
+        now_ms: u64,
+        value_bytes_max: usize,
+    ) -> Self {
         Eval {
             shards,
             overlay,
@@ -93,7 +99,11 @@ impl<'a> Eval<'a> {
 
     /// End evaluation: this proposal's effects and its writes for the overlay.
     pub fn finish(self) -> Decided {
-        Decided { effects: self.effects, staged: self.staged, staged_clear: self.staged_clear }
+        Decided {
+            effects: self.effects,
+            staged: self.staged,
+            staged_clear: self.staged_clear,
+        }
     }
 
     fn live(&self, c: Option<Current>) -> Option<Current> {
@@ -125,7 +135,11 @@ impl<'a> Eval<'a> {
     /// `(version, expires_at_ms)` of `key` when it is live, without reading the value.
     fn meta(&self, key: &Bytes) -> Option<(u64, Option<u64>)> {
         let pending = self.staged.get(key).or_else(|| {
-            if self.staged_clear { None } else { self.overlay.pending.get(key) }
+            if self.staged_clear {
+                None
+            } else {
+                self.overlay.pending.get(key)
+            }
         });
         if let Some(c) = pending {
             return self.live(c.clone()).map(|c| (c.version, c.expires_at_ms));
@@ -147,20 +161,34 @@ impl<'a> Eval<'a> {
         let shard = self.shards.shard_of_key(key);
         self.effects.push(
             shard,
-            Effect::Put { key: key.clone(), value: value.clone(), expires_at_ms },
+            Effect::Put {
+                key: key.clone(),
+                value: value.clone(),
+                expires_at_ms,
+            },
         );
-        let current = Current { value, version: self.version, expires_at_ms };
+        let current = Current {
+            value,
+            version: self.version,
+            expires_at_ms,
+        };
         self.staged.insert(key.clone(), Some(current));
     }
 
     fn delete(&mut self, key: &Bytes) {
         let shard = self.shards.shard_of_key(key);
-        self.effects.push(shard, Effect::Delete { key: key.clone() });
+        self.effects
+            .push(shard, Effect::Delete { key: key.clone() });
         self.staged.insert(key.clone(), None);
     }
 
     fn entry(key: &Bytes, c: Current) -> Entry {
-        Entry { key: key.clone(), value: c.value, version: c.version, expires_at_ms: c.expires_at_ms }
+        Entry {
+            key: key.clone(),
+            value: c.value,
+            version: c.version,
+            expires_at_ms: c.expires_at_ms,
+        }
     }
 
     /// A deadline (absolute after propose-time resolution) as milliseconds since the epoch.
@@ -176,9 +204,13 @@ impl<'a> Eval<'a> {
     /// Evaluate a client write command.
     pub fn command(&mut self, cmd: Command) -> Result<Reply, CommandError> {
         match cmd {
-            Command::Set { key, value, expiry, condition, return_old } => {
-                self.set(key, value, expiry, condition, return_old)
-            }
+            Command::Set {
+                key,
+                value,
+                expiry,
+                condition,
+                return_old,
+            } => self.set(key, value, expiry, condition, return_old),
             Command::GetDel { key } => {
                 let current = self.read(&key)?;
                 if current.is_some() {
@@ -187,7 +219,9 @@ impl<'a> Eval<'a> {
                 Ok(Reply::Value(current.map(|c| c.value)))
             }
             Command::GetEx { key, expiry } => {
-                let Some(current) = self.read(&key)? else { return Ok(Reply::Value(None)) };
+                let Some(current) = self.read(&key)? else {
+                    return Ok(Reply::Value(None));
+                };
                 match expiry {
                     Expiry::Keep => {}
                     Expiry::Never => {
@@ -260,7 +294,10 @@ impl<'a> Eval<'a> {
             Command::IncrBy { key, delta } => {
                 let current = self.read(&key)?;
                 let (old, expires) = match current {
-                    Some(c) => (parse_int(&c.value).ok_or(CommandError::NotInteger)?, c.expires_at_ms),
+                    Some(c) => (
+                        parse_int(&c.value).ok_or(CommandError::NotInteger)?,
+                        c.expires_at_ms,
+                    ),
                     None => (0, None),
                 };
                 let new = old.checked_add(delta).ok_or(CommandError::Overflow)?;
@@ -270,7 +307,10 @@ impl<'a> Eval<'a> {
             Command::IncrByFloat { key, delta } => {
                 let current = self.read(&key)?;
                 let (old, expires) = match current {
-                    Some(c) => (parse_float(&c.value).ok_or(CommandError::NotFloat)?, c.expires_at_ms),
+                    Some(c) => (
+                        parse_float(&c.value).ok_or(CommandError::NotFloat)?,
+                        c.expires_at_ms,
+                    ),
                     None => (0.0, None),
                 };
                 let new = old + delta;
@@ -291,9 +331,15 @@ impl<'a> Eval<'a> {
                 }
                 Ok(Reply::Int(deleted))
             }
-            Command::Expire { key, expiry, condition } => self.expire(key, expiry, condition),
+            Command::Expire {
+                key,
+                expiry,
+                condition,
+            } => self.expire(key, expiry, condition),
             Command::Persist { key } => {
-                let Some(current) = self.read(&key)? else { return Ok(Reply::Bool(false)) };
+                let Some(current) = self.read(&key)? else {
+                    return Ok(Reply::Bool(false));
+                };
                 if current.expires_at_ms.is_none() {
                     return Ok(Reply::Bool(false));
                 }
@@ -301,7 +347,9 @@ impl<'a> Eval<'a> {
                 Ok(Reply::Bool(true))
             }
             Command::Rename { from, to, nx } => {
-                let Some(current) = self.read(&from)? else { return Err(CommandError::NoSuchKey) };
+                let Some(current) = self.read(&from)? else {
+                    return Err(CommandError::NoSuchKey);
+                };
                 if from == to {
                     return Ok(Reply::Bool(!nx));
                 }
@@ -336,9 +384,18 @@ impl<'a> Eval<'a> {
                         BatchOp::Delete { key } => self.delete(&key),
                     }
                 }
-                Ok(Reply::Batch { version: if self.effects.is_empty() { 0 } else { self.version } })
+                Ok(Reply::Batch {
+                    version: if self.effects.is_empty() {
+                        0
+                    } else {
+                        self.version
+                    },
+                })
             }
-            read => Err(CommandError::Invalid(format!("'{}' is not a write", read.name()))),
+            read => Err(CommandError::Invalid(format!(
+                "'{}' is not a write",
+                read.name()
+            ))),
         }
     }
 
@@ -369,7 +426,10 @@ impl<'a> Eval<'a> {
         };
         let old_entry = old.map(|c| Self::entry(&key, c));
         if !holds {
-            return Ok(Reply::Set(SetOutcome { version: None, old: old_entry }));
+            return Ok(Reply::Set(SetOutcome {
+                version: None,
+                old: old_entry,
+            }));
         }
         let expires = match expiry {
             Expiry::Never => None,
@@ -391,8 +451,15 @@ impl<'a> Eval<'a> {
         }))
     }
 
-    fn expire(&mut self, key: Bytes, expiry: Expiry, condition: ExpireCondition) -> Result<Reply, CommandError> {
-        let Some((_, current)) = self.meta(&key) else { return Ok(Reply::Bool(false)) };
+    fn expire(
+        &mut self,
+        key: Bytes,
+        expiry: Expiry,
+        condition: ExpireCondition,
+    ) -> Result<Reply, CommandError> {
+        let Some((_, current)) = self.meta(&key) else {
+            return Ok(Reply::Bool(false));
+        };
         let when = match expiry {
             Expiry::Keep => return Ok(Reply::Bool(false)),
             Expiry::Never => None,
@@ -410,11 +477,16 @@ impl<'a> Eval<'a> {
             (ExpireCondition::Lt, None, None) => false,
             (ExpireCondition::Lt, Some(cur), Some(when)) => when < cur as i64,
             (ExpireCondition::Lt, Some(_), None) => false,
+            (ExpireCondition::XxLt, None, _) => false,
+            (ExpireCondition::XxLt, Some(cur), Some(when)) => when < cur as i64,
+            (ExpireCondition::XxLt, Some(_), None) => false,
         };
         if !allowed {
             return Ok(Reply::Bool(false));
         }
-        let Some(current) = self.read(&key)? else { return Ok(Reply::Bool(false)) };
+        let Some(current) = self.read(&key)? else {
+            return Ok(Reply::Bool(false));
+        };
         match when {
             Some(when) if when <= self.now_ms as i64 => self.delete(&key),
             Some(when) => self.put(&key, current.value, Some(when as u64)),
@@ -430,13 +502,20 @@ impl<'a> Eval<'a> {
                 let mut deleted = 0;
                 for key in keys {
                     // Still expired (not rewritten since it was found due)?
-                    let pending = self.staged.get(&key).or_else(|| self.overlay.pending.get(&key));
+                    let pending = self
+                        .staged
+                        .get(&key)
+                        .or_else(|| self.overlay.pending.get(&key));
                     let expired = match pending {
                         Some(Some(c)) => c.expires_at_ms.is_some_and(|at| at <= self.now_ms),
                         Some(None) => false,
                         None => {
                             let shard = self.shards.for_key(&key);
-                            let due = shard.expiry.lock().deadline(&key).is_some_and(|at| at <= self.now_ms);
+                            let due = shard
+                                .expiry
+                                .lock()
+                                .deadline(&key)
+                                .is_some_and(|at| at <= self.now_ms);
                             due && self.meta(&key).is_none()
                         }
                     };

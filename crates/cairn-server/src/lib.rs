@@ -14,11 +14,16 @@ pub mod effects;
 pub mod error;
 pub mod eval;
 pub mod expiry;
+pub mod grpc;
+pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod node;
 pub mod numeric;
 pub mod reply;
+pub mod resp;
 pub mod scan;
+pub mod server;
 pub mod shard;
 pub mod shards;
 pub mod slot;
@@ -27,4 +32,7 @@ pub mod writer;
 pub use command::{BatchOp, Command, Condition, ExpireCondition, Expiry, KeyRange};
 pub use error::CommandError;
 pub use node::{Node, NodeOptions};
-pub use reply::{ClusterStatus, Entry, KeyTtl, KeyType, NodeInfo, NodeState, Reply, SetOutcome, ShardInfo, ShardStats};
+pub use reply::{
+    ClusterStatus, Entry, KeyTtl, KeyType, NodeInfo, NodeState, Reply, SetOutcome, ShardInfo,
+    ShardStats,
+};

@@ -24,15 +24,24 @@ impl CommitLog {
     }
 
     /// Called once the group's entries are applied to the engines.
-    pub fn after_apply(&mut self, shards: &Shards, entries: &[(u64, Effects)]) -> Result<(), String> {
+    pub fn after_apply(
+        &mut self,
+        shards: &Shards,
+        entries: &[(u64, Effects)],
+    ) -> Result<(), String> {
         match self {
-            CommitLog::Engines { mode: SyncMode::Always } => {
+            CommitLog::Engines {
+                mode: SyncMode::Always,
+            } => {
                 let mut touched: Vec<u32> = entries.iter().flat_map(|(_, e)| e.shards()).collect();
                 touched.sort_unstable();
                 touched.dedup();
                 for id in touched {
                     if let Some(shard) = shards.get(id) {
-                        shard.engine.sync().map_err(|e| format!("shard {id}: {e}"))?;
+                        shard
+                            .engine
+                            .sync()
+                            .map_err(|e| format!("shard {id}: {e}"))?;
                     }
                 }
                 Ok(())
@@ -46,7 +55,10 @@ impl CommitLog {
         match self {
             CommitLog::Engines { .. } => {
                 for shard in &shards.list {
-                    shard.engine.sync().map_err(|e| format!("shard {}: {e}", shard.id))?;
+                    shard
+                        .engine
+                        .sync()
+                        .map_err(|e| format!("shard {}: {e}", shard.id))?;
                 }
                 Ok(())
             }

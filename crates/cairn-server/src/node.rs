@@ -79,7 +79,9 @@ pub struct Node {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Node {
@@ -93,11 +95,26 @@ impl Node {
                 "data directory keeps the shard count it was created with"
             );
         }
-        let shards = Arc::new(Shards::open(&options.data_dir, identity.shards, options.value_bytes_max)?);
+        let shards = Arc::new(Shards::open(
+            &options.data_dir,
+            identity.shards,
+            options.value_bytes_max,
+        )?);
         let log = CommitLog::Engines { mode: options.sync };
-        let last_applied = shards.list.iter().map(|s| s.last_applied()).max().unwrap_or(0);
+        let last_applied = shards
+            .list
+            .iter()
+            .map(|s| s.last_applied())
+            .max()
+            .unwrap_or(0);
         let health = Arc::new(WriterHealth::default());
-        let writer = Writer::new(shards.clone(), log, last_applied + 1, options.value_bytes_max, health.clone());
+        let writer = Writer::new(
+            shards.clone(),
+            log,
+            last_applied + 1,
+            options.value_bytes_max,
+            health.clone(),
+        );
         let (proposals, handle) = writer.spawn()?;
         tracing::info!(
             node_id = %identity.node_id,
@@ -162,7 +179,11 @@ impl Node {
         }
         let (tx, rx) = oneshot::channel();
         self.proposals
-            .send(Proposal { op, now_ms, reply: tx })
+            .send(Proposal {
+                op,
+                now_ms,
+                reply: tx,
+            })
             .await
             .map_err(|_| CommandError::ShuttingDown)?;
         Ok(PendingWrite { rx })
@@ -173,13 +194,17 @@ impl Node {
         let name = cmd.name();
         let resolve = |expiry: &mut Expiry| -> Result<(), CommandError> {
             if let Expiry::InMs(ms) = *expiry {
-                let at = (now as i64).checked_add(ms).ok_or(CommandError::InvalidExpireTime(name))?;
+                let at = (now as i64)
+                    .checked_add(ms)
+                    .ok_or(CommandError::InvalidExpireTime(name))?;
                 *expiry = Expiry::AtMs(at);
             }
             Ok(())
         };
         match &mut cmd {
-            Command::Set { key, value, expiry, .. } => {
+            Command::Set {
+                key, value, expiry, ..
+            } => {
                 self.check_key(key)?;
                 self.check_value(value)?;
                 resolve(expiry)?;
@@ -237,7 +262,10 @@ impl Node {
             return Err(CommandError::EmptyKey);
         }
         if key.len() > KEY_BYTES_MAX {
-            return Err(CommandError::KeyTooLarge { len: key.len(), max: KEY_BYTES_MAX });
+            return Err(CommandError::KeyTooLarge {
+                len: key.len(),
+                max: KEY_BYTES_MAX,
+            });
         }
         Ok(())
     }
@@ -245,7 +273,10 @@ impl Node {
     fn check_value(&self, value: &[u8]) -> Result<(), CommandError> {
         let max = self.options.value_bytes_max;
         if value.len() > max {
-            return Err(CommandError::ValueTooLarge { len: value.len(), max });
+            return Err(CommandError::ValueTooLarge {
+                len: value.len(),
+                max,
+            });
         }
         Ok(())
     }
@@ -287,31 +318,62 @@ impl Node {
         match cmd {
             Command::Get { key } => Ok(Reply::Entry(self.get_entry(&key)?)),
             Command::MGet { keys } => {
-                let values = keys.iter().map(|k| self.get_value(k)).collect::<Result<Vec<_>, _>>()?;
+                let values = keys
+                    .iter()
+                    .map(|k| self.get_value(k))
+                    .collect::<Result<Vec<_>, _>>()?;
                 Ok(Reply::Values(values))
             }
-            Command::StrLen { key } => Ok(Reply::Int(self.meta(&key).map_or(0, |m| i64::from(m.value_len)))),
+            Command::StrLen { key } => Ok(Reply::Int(
+                self.meta(&key).map_or(0, |m| i64::from(m.value_len)),
+            )),
             Command::GetRange { key, start, end } => {
                 let value = self.get_value(&key)?.unwrap_or_default();
                 Ok(Reply::Value(Some(substring(&value, start, end))))
             }
-            Command::Exists { keys } => Ok(Reply::Int(keys.iter().filter(|k| self.meta(k).is_some()).count() as i64)),
-            Command::Type { key } => Ok(Reply::Type(if self.meta(&key).is_some() { KeyType::String } else { KeyType::None })),
+            Command::Exists { keys } => Ok(Reply::Int(
+                keys.iter().filter(|k| self.meta(k).is_some()).count() as i64,
+            )),
+            Command::Type { key } => Ok(Reply::Type(if self.meta(&key).is_some() {
+                KeyType::String
+            } else {
+                KeyType::None
+            })),
             Command::Ttl { key } => Ok(Reply::Ttl(match self.meta(&key) {
                 None => KeyTtl::Missing,
-                Some(m) => m.expires_at_ms.map_or(KeyTtl::Persistent, KeyTtl::ExpiresAtMs),
+                Some(m) => m
+                    .expires_at_ms
+                    .map_or(KeyTtl::Persistent, KeyTtl::ExpiresAtMs),
             })),
             Command::Keys { pattern } => Ok(Reply::Keys(self.keys(&pattern))),
-            Command::Scan { cursor, pattern, count, type_filter } => {
-                let (cursor, keys) = self.cursors.scan(&self.shards, cursor, pattern.as_deref(), count, type_filter.as_deref());
+            Command::Scan {
+                cursor,
+                pattern,
+                count,
+                type_filter,
+            } => {
+                let (cursor, keys) = self.cursors.scan(
+                    &self.shards,
+                    cursor,
+                    pattern.as_deref(),
+                    count,
+                    type_filter.as_deref(),
+                );
                 Ok(Reply::ScanPage { cursor, keys })
             }
-            Command::ScanRange { range, limit, keys_only } => self.scan_range(&range, limit, keys_only),
+            Command::ScanRange {
+                range,
+                limit,
+                keys_only,
+            } => self.scan_range(&range, limit, keys_only),
             Command::RandomKey => Ok(Reply::Value(self.random_key())),
             Command::DbSize => Ok(Reply::Int(self.dbsize() as i64)),
             Command::ClusterStatus => Ok(Reply::Cluster(self.cluster_status())),
             Command::ShardStats => Ok(Reply::Stats(self.shard_stats())),
-            write => Err(CommandError::Invalid(format!("'{}' is not a read", write.name()))),
+            write => Err(CommandError::Invalid(format!(
+                "'{}' is not a read",
+                write.name()
+            ))),
         }
     }
 
@@ -325,32 +387,53 @@ impl Node {
         let range = KeyRange::prefix(Bytes::copy_from_slice(literal_prefix(pattern)));
         let mut out = Vec::new();
         for shard in &self.shards.list {
-            let keys = shard.engine.scan_keys(as_ref_bound(&range.start), as_ref_bound(&range.end), usize::MAX);
+            let keys = shard.engine.scan_keys(
+                as_ref_bound(&range.start),
+                as_ref_bound(&range.end),
+                usize::MAX,
+            );
             out.extend(keys.into_iter().map(|(k, _)| k).filter(|k| glob.matches(k)));
         }
         out
     }
 
-    fn scan_range(&self, range: &KeyRange, limit: usize, keys_only: bool) -> Result<Reply, CommandError> {
+    fn scan_range(
+        &self,
+        range: &KeyRange,
+        limit: usize,
+        keys_only: bool,
+    ) -> Result<Reply, CommandError> {
         let limit = limit.clamp(1, SCAN_RANGE_LIMIT_MAX);
         // One more than asked from each shard tells whether more remain.
         let mut all: Vec<Entry> = Vec::new();
         for shard in &self.shards.list {
             let (start, end) = (as_ref_bound(&range.start), as_ref_bound(&range.end));
             if keys_only {
-                all.extend(shard.engine.scan_keys(start, end, limit + 1).into_iter().map(|(key, m)| Entry {
-                    key,
-                    value: Bytes::new(),
-                    version: m.version,
-                    expires_at_ms: m.expires_at_ms,
-                }));
+                all.extend(
+                    shard
+                        .engine
+                        .scan_keys(start, end, limit + 1)
+                        .into_iter()
+                        .map(|(key, m)| Entry {
+                            key,
+                            value: Bytes::new(),
+                            version: m.version,
+                            expires_at_ms: m.expires_at_ms,
+                        }),
+                );
             } else {
-                all.extend(shard.engine.scan(start, end, limit + 1)?.into_iter().map(|e| Entry {
-                    key: e.key,
-                    value: e.value,
-                    version: e.version,
-                    expires_at_ms: e.expires_at_ms,
-                }));
+                all.extend(
+                    shard
+                        .engine
+                        .scan(start, end, limit + 1)?
+                        .into_iter()
+                        .map(|e| Entry {
+                            key: e.key,
+                            value: e.value,
+                            version: e.version,
+                            expires_at_ms: e.expires_at_ms,
+                        }),
+                );
             }
         }
         all.sort_by(|a, b| a.key.cmp(&b.key));
@@ -380,11 +463,19 @@ impl Node {
         for i in order {
             let engine = &self.shards.list[i].engine;
             let probe: [u8; 8] = rng.random();
-            let after = engine.scan_keys(Bound::Included(&probe[..rng.random_range(1..=8)]), Bound::Unbounded, 1);
+            let after = engine.scan_keys(
+                Bound::Included(&probe[..rng.random_range(1..=8)]),
+                Bound::Unbounded,
+                1,
+            );
             if let Some((key, _)) = after.into_iter().next() {
                 return Some(key);
             }
-            if let Some((key, _)) = engine.scan_keys(Bound::Unbounded, Bound::Unbounded, 1).into_iter().next() {
+            if let Some((key, _)) = engine
+                .scan_keys(Bound::Unbounded, Bound::Unbounded, 1)
+                .into_iter()
+                .next()
+            {
                 return Some(key);
             }
         }
@@ -405,9 +496,18 @@ impl Node {
             .shards
             .list
             .iter()
-            .map(|s| ShardInfo { id: s.id, slots: vec![s.slots], replicas: vec![id.clone()], leader: Some(id.clone()) })
+            .map(|s| ShardInfo {
+                id: s.id,
+                slots: vec![s.slots],
+                replicas: vec![id.clone()],
+                leader: Some(id.clone()),
+            })
             .collect();
-        ClusterStatus { node_id: id, nodes: vec![node], shards }
+        ClusterStatus {
+            node_id: id,
+            nodes: vec![node],
+            shards,
+        }
     }
 
     /// Storage statistics of every shard.
@@ -509,7 +609,10 @@ fn as_ref_bound(b: &Bound<Bytes>) -> Bound<&[u8]> {
 
 /// The bytes every key matching the glob `pattern` starts with.
 pub fn literal_prefix(pattern: &[u8]) -> &[u8] {
-    let end = pattern.iter().position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\')).unwrap_or(pattern.len());
+    let end = pattern
+        .iter()
+        .position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+        .unwrap_or(pattern.len());
     &pattern[..end]
 }
 

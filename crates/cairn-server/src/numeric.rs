@@ -54,7 +54,10 @@ pub fn parse_float(s: &[u8]) -> Option<f64> {
     if unsigned.len() + 1 < text.len() {
         return None; // more than one sign
     }
-    let value = if let Some(hex) = unsigned.strip_prefix("0x").or_else(|| unsigned.strip_prefix("0X")) {
+    let value = if let Some(hex) = unsigned
+        .strip_prefix("0x")
+        .or_else(|| unsigned.strip_prefix("0X"))
+    {
         let v = u64::from_str_radix(hex, 16).ok()? as f64;
         if text.starts_with('-') { -v } else { v }
     } else {
@@ -100,7 +103,18 @@ mod tests {
         assert_eq!(parse_int(b"-1"), Some(-1));
         assert_eq!(parse_int(b"9223372036854775807"), Some(i64::MAX));
         assert_eq!(parse_int(b"-9223372036854775808"), Some(i64::MIN));
-        for bad in [&b""[..], b"-0", b"01", b"+1", b" 1", b"1 ", b"9223372036854775808", b"1.0", b"-", b"abc"] {
+        for bad in [
+            &b""[..],
+            b"-0",
+            b"01",
+            b"+1",
+            b" 1",
+            b"1 ",
+            b"9223372036854775808",
+            b"1.0",
+            b"-",
+            b"abc",
+        ] {
             assert_eq!(parse_int(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }

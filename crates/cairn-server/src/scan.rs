@@ -48,14 +48,19 @@ impl ScanCursors {
         type_filter: Option<&[u8]>,
     ) -> (u64, Vec<Bytes>) {
         let mut pos = if cursor == 0 {
-            Position { shard: 0, after: None }
+            Position {
+                shard: 0,
+                after: None,
+            }
         } else {
             match self.table.lock().positions.get(&cursor) {
                 Some(p) => p.clone(),
                 None => return (0, Vec::new()),
             }
         };
-        let glob = pattern.map(|p| Pattern::new(p, false)).filter(|g| !g.is_match_all());
+        let glob = pattern
+            .map(|p| Pattern::new(p, false))
+            .filter(|g| !g.is_match_all());
         // Only strings exist: any other TYPE filter matches nothing (the keys are still walked,
         // as Redis does).
         let type_ok = type_filter.is_none_or(|t| t.eq_ignore_ascii_case(b"string"));
@@ -82,7 +87,10 @@ impl ScanCursors {
                     .filter(|k| type_ok && glob.as_ref().is_none_or(|g| g.matches(k))),
             );
             if exhausted {
-                pos = Position { shard: pos.shard + 1, after: None };
+                pos = Position {
+                    shard: pos.shard + 1,
+                    after: None,
+                };
             }
         }
         let mut table = self.table.lock();

@@ -35,7 +35,12 @@ pub fn applied_marker(index: u64) -> [u8; 8] {
 impl Shard {
     /// Open the shard's engine. The engine does not sync on its own: the node's log is the
     /// durable record, and the engine is synced before the log is purged.
-    pub fn open(id: u32, slots: (u16, u16), dir: &Path, value_bytes_max: usize) -> anyhow::Result<Shard> {
+    pub fn open(
+        id: u32,
+        slots: (u16, u16),
+        dir: &Path,
+        value_bytes_max: usize,
+    ) -> anyhow::Result<Shard> {
         let options = Options {
             sync: SyncPolicy::Never,
             value_bytes_max,
@@ -44,7 +49,12 @@ impl Shard {
         };
         let engine = Engine::open(dir, options)
             .map_err(|e| anyhow::anyhow!("cannot open shard {id} at {}: {e}", dir.display()))?;
-        let shard = Shard { id, slots, engine, expiry: Mutex::new(ExpiryIndex::default()) };
+        let shard = Shard {
+            id,
+            slots,
+            engine,
+            expiry: Mutex::new(ExpiryIndex::default()),
+        };
         shard.rebuild_expiry_index();
         Ok(shard)
     }
@@ -53,7 +63,11 @@ impl Shard {
     fn rebuild_expiry_index(&self) {
         let mut index = self.expiry.lock();
         index.clear();
-        for (key, meta) in self.engine.scan_keys(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, usize::MAX) {
+        for (key, meta) in self.engine.scan_keys(
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Unbounded,
+            usize::MAX,
+        ) {
             if meta.expires_at_ms.is_some() {
                 index.set(&key, meta.expires_at_ms);
             }
@@ -77,7 +91,11 @@ impl Shard {
         let mut cleared = false;
         for effect in effects {
             match effect {
-                Effect::Put { key, value, expires_at_ms } => {
+                Effect::Put {
+                    key,
+                    value,
+                    expires_at_ms,
+                } => {
                     batch.put_with_expiry(key, value, *expires_at_ms);
                     index_updates.push((key.clone(), *expires_at_ms));
                 }
@@ -86,7 +104,11 @@ impl Shard {
                     index_updates.push((key.clone(), None));
                 }
                 Effect::Clear => {
-                    let all = self.engine.scan_keys(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, usize::MAX);
+                    let all = self.engine.scan_keys(
+                        std::ops::Bound::Unbounded,
+                        std::ops::Bound::Unbounded,
+                        usize::MAX,
+                    );
                     for (key, _) in all {
                         batch.delete(&key);
                     }

@@ -86,7 +86,14 @@ impl Shards {
     pub fn open(data_dir: &Path, count: u32, value_bytes_max: usize) -> anyhow::Result<Shards> {
         let map = SlotMap::new(count);
         let list = (0..count)
-            .map(|id| Shard::open(id, map.range(id as usize), &shard_dir(data_dir, id), value_bytes_max))
+            .map(|id| {
+                Shard::open(
+                    id,
+                    map.range(id as usize),
+                    &shard_dir(data_dir, id),
+                    value_bytes_max,
+                )
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Shards { map, list })
     }

@@ -15,7 +15,11 @@ pub fn crc16_xmodem(data: &[u8]) -> u16 {
     for &byte in data {
         crc ^= u16::from(byte) << 8;
         for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
         }
     }
     crc
@@ -47,7 +51,10 @@ pub struct SlotMap {
 impl SlotMap {
     /// Split the slots into `shards` near-equal contiguous ranges (1 ≤ shards ≤ 16384).
     pub fn new(shards: u32) -> SlotMap {
-        assert!(shards >= 1 && shards <= u32::from(SLOT_COUNT), "shard count out of range");
+        assert!(
+            shards >= 1 && shards <= u32::from(SLOT_COUNT),
+            "shard count out of range"
+        );
         let first_slot = (0..shards)
             .map(|i| (u64::from(i) * u64::from(SLOT_COUNT) / u64::from(shards)) as u16)
             .collect();
@@ -71,7 +78,10 @@ impl SlotMap {
     /// Inclusive slot range `(first, last)` of `shard`.
     pub fn range(&self, shard: usize) -> (u16, u16) {
         let first = self.first_slot[shard];
-        let last = self.first_slot.get(shard + 1).map_or(SLOT_COUNT - 1, |next| next - 1);
+        let last = self
+            .first_slot
+            .get(shard + 1)
+            .map_or(SLOT_COUNT - 1, |next| next - 1);
         (first, last)
     }
 }
@@ -98,7 +108,10 @@ mod tests {
     #[test]
     fn hash_tags_follow_redis_rules() {
         assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
-        assert_eq!(key_slot(b"{user1000}.followers"), key_slot(b"{user1000}.following"));
+        assert_eq!(
+            key_slot(b"{user1000}.followers"),
+            key_slot(b"{user1000}.following")
+        );
         // Empty tag: the whole key is hashed.
         assert_eq!(hash_tag(b"foo{}{bar}"), b"foo{}{bar}");
         // Only the first `{` and the first `}` after it count.

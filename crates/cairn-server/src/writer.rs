@@ -71,7 +71,11 @@ pub struct WriterHealth {
 impl WriterHealth {
     /// `Some(reason)` once the writer has failed.
     pub fn failure(&self) -> Option<String> {
-        if self.failed.load(Ordering::Acquire) { self.reason.lock().clone() } else { None }
+        if self.failed.load(Ordering::Acquire) {
+            self.reason.lock().clone()
+        } else {
+            None
+        }
     }
 
     fn fail(&self, reason: String) {
@@ -104,13 +108,22 @@ impl Writer {
         value_bytes_max: usize,
         health: Arc<WriterHealth>,
     ) -> Writer {
-        Writer { shards, log, next_index, value_bytes_max, health, applied_index: next_index - 1 }
+        Writer {
+            shards,
+            log,
+            next_index,
+            value_bytes_max,
+            health,
+            applied_index: next_index - 1,
+        }
     }
 
     /// Start the writer thread; returns the proposal queue and the thread handle.
     pub fn spawn(self) -> std::io::Result<(mpsc::Sender<Proposal>, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
-        let handle = std::thread::Builder::new().name("cairn-writer".into()).spawn(move || self.run(rx))?;
+        let handle = std::thread::Builder::new()
+            .name("cairn-writer".into())
+            .spawn(move || self.run(rx))?;
         Ok((tx, handle))
     }
 
@@ -143,7 +156,11 @@ impl Writer {
     }
 
     /// Evaluate, log, apply and answer one group of proposals.
-    fn commit_group(&mut self, group: &mut Vec<Proposal>, stopping: &mut Vec<oneshot::Sender<ProposalResult>>) {
+    fn commit_group(
+        &mut self,
+        group: &mut Vec<Proposal>,
+        stopping: &mut Vec<oneshot::Sender<ProposalResult>>,
+    ) {
         let mut overlay = Overlay::default();
         let mut entries: Vec<(u64, Effects)> = Vec::new();
         let mut answers: Vec<(oneshot::Sender<ProposalResult>, ProposalResult)> = Vec::new();
@@ -162,7 +179,13 @@ impl Writer {
                 continue;
             }
             let index = self.next_index;
-            let mut eval = Eval::new(&self.shards, &overlay, index, proposal.now_ms, self.value_bytes_max);
+            let mut eval = Eval::new(
+                &self.shards,
+                &overlay,
+                index,
+                proposal.now_ms,
+                self.value_bytes_max,
+            );
             let result = match op {
                 Ok(cmd) => eval.command(cmd),
                 Err(op) => eval.internal(op),
@@ -206,12 +229,17 @@ impl Writer {
     }
 
     fn log_and_apply(&mut self, entries: &[(u64, Effects)]) -> Result<(), String> {
-        self.log.append(entries).map_err(|e| format!("log append failed: {e}"))?;
+        self.log
+            .append(entries)
+            .map_err(|e| format!("log append failed: {e}"))?;
         for (index, effects) in entries {
-            apply_entry(&self.shards, *index, effects, 0).map_err(|e| format!("apply of entry {index} failed: {e}"))?;
+            apply_entry(&self.shards, *index, effects, 0)
+                .map_err(|e| format!("apply of entry {index} failed: {e}"))?;
             self.applied_index = *index;
         }
-        self.log.after_apply(&self.shards, entries).map_err(|e| format!("sync failed: {e}"))?;
+        self.log
+            .after_apply(&self.shards, entries)
+            .map_err(|e| format!("sync failed: {e}"))?;
         Ok(())
     }
 
@@ -249,7 +277,12 @@ impl Writer {
 
 /// Apply one log entry to the shards that have not applied it yet (`index` greater than their
 /// last applied index, `floor` for a fresh start).
-pub fn apply_entry(shards: &Shards, index: u64, effects: &Effects, floor: u64) -> Result<(), String> {
+pub fn apply_entry(
+    shards: &Shards,
+    index: u64,
+    effects: &Effects,
+    floor: u64,
+) -> Result<(), String> {
     let mut per_shard: Vec<(u32, Vec<&Effect>)> = Vec::new();
     for (shard, effect) in &effects.ops {
         match per_shard.iter_mut().find(|(s, _)| s == shard) {
@@ -258,11 +291,15 @@ pub fn apply_entry(shards: &Shards, index: u64, effects: &Effects, floor: u64) -
         }
     }
     for (id, list) in per_shard {
-        let shard = shards.get(id).ok_or_else(|| format!("entry {index} names unknown shard {id}"))?;
+        let shard = shards
+            .get(id)
+            .ok_or_else(|| format!("entry {index} names unknown shard {id}"))?;
         if floor > 0 && shard.last_applied() >= index {
             continue;
         }
-        shard.apply(index, &list).map_err(|e| format!("shard {id}: {e}"))?;
+        shard
+            .apply(index, &list)
+            .map_err(|e| format!("shard {id}: {e}"))?;
     }
     Ok(())
 }

@@ -1,1 +1,44 @@
-fn main() {}
+//! The `cairn` binary: `cairn server …` runs a node; the other subcommands are clients.
+
+use clap::{Parser, Subcommand};
+
+/// Cairn: a distributed key-value database speaking Redis protocol, gRPC and HTTP/JSON.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Run a Cairn node.
+    Server(cairn_server::config::ServerArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Commands::Server(args) => server(args),
+    }
+}
+
+/// Run a node until SIGINT or SIGTERM.
+fn server(args: cairn_server::config::ServerArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("cairn")
+        .build()?;
+    runtime.block_on(cairn_server::server::run(config, shutdown_signal()))
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

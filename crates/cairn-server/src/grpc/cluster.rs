@@ -60,7 +60,10 @@ fn status_to_pb(status: ClusterStatus) -> pb::StatusResponse {
                 slots: s
                     .slots
                     .into_iter()
-                    .map(|(start, end)| pb::SlotRange { start: start.into(), end: end.into() })
+                    .map(|(start, end)| pb::SlotRange {
+                        start: start.into(),
+                        end: end.into(),
+                    })
                     .collect(),
                 replicas: s.replicas,
                 leader: s.leader,

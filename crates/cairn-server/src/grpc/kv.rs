@@ -36,7 +36,10 @@ impl KvService {
 
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
-    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
         let key = request.into_inner().key;
         match execute(&self.node, Command::Get { key }).await? {
             Reply::Entry(Some(entry)) => Ok(Response::new(pb::GetResponse {
@@ -50,7 +53,10 @@ impl pb::kv_server::Kv for KvService {
         }
     }
 
-    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
         use pb::put_request::{Condition as C, Expiry as E};
         let req = request.into_inner();
         let expiry = match req.expiry {
@@ -64,12 +70,19 @@ impl pb::kv_server::Kv for KvService {
             Some(C::IfAbsent(true)) => Condition::IfAbsent,
             Some(C::IfPresent(true)) => Condition::IfPresent,
             Some(C::IfAbsent(false) | C::IfPresent(false)) => {
-                return Err(Status::invalid_argument("if_absent/if_present must be true when set"));
+                return Err(Status::invalid_argument(
+                    "if_absent/if_present must be true when set",
+                ));
             }
             Some(C::IfVersion(v)) => Condition::IfVersion(v),
         };
-        let command =
-            Command::Set { key: req.key, value: req.value, expiry, condition, return_old: false };
+        let command = Command::Set {
+            key: req.key,
+            value: req.value,
+            expiry,
+            condition,
+            return_old: false,
+        };
         match execute(&self.node, command).await? {
             Reply::Set(outcome) => match outcome.version {
                 Some(version) => Ok(Response::new(pb::PutResponse { version })),
@@ -90,7 +103,10 @@ impl pb::kv_server::Kv for KvService {
         }
     }
 
-    async fn scan(&self, request: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
+    async fn scan(
+        &self,
+        request: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
         let req = request.into_inner();
         let limit = scan_limit(req.limit)?;
         let mut range = match req.selector {
@@ -101,10 +117,18 @@ impl pb::kv_server::Kv for KvService {
         if let Some(after) = req.after {
             range = resume_after(range, after);
         }
-        let command = Command::ScanRange { range, limit, keys_only: req.keys_only };
+        let command = Command::ScanRange {
+            range,
+            limit,
+            keys_only: req.keys_only,
+        };
         match execute(&self.node, command).await? {
             Reply::Entries { entries, more } => {
-                let resume_after = if more { entries.last().map(|e| e.key.clone()) } else { None };
+                let resume_after = if more {
+                    entries.last().map(|e| e.key.clone())
+                } else {
+                    None
+                };
                 Ok(Response::new(pb::ScanResponse {
                     entries: entries.into_iter().map(entry_to_pb).collect(),
                     resume_after,
@@ -121,13 +145,23 @@ impl pb::kv_server::Kv for KvService {
         use pb::expire_request::Expiry as E;
         let req = request.into_inner();
         let expiry = match req.expiry {
-            None => return Err(Status::invalid_argument("one of ttl_ms, expires_at_ms, persist is required")),
-            Some(E::Persist(false)) => return Err(Status::invalid_argument("persist must be true when set")),
+            None => {
+                return Err(Status::invalid_argument(
+                    "one of ttl_ms, expires_at_ms, persist is required",
+                ));
+            }
+            Some(E::Persist(false)) => {
+                return Err(Status::invalid_argument("persist must be true when set"));
+            }
             Some(E::Persist(true)) => return self.persist(req.key).await,
             Some(E::TtlMs(ms)) => Expiry::InMs(to_i64(ms, "ttl_ms")?),
             Some(E::ExpiresAtMs(at)) => Expiry::AtMs(to_i64(at, "expires_at_ms")?),
         };
-        let command = Command::Expire { key: req.key, expiry, condition: ExpireCondition::Always };
+        let command = Command::Expire {
+            key: req.key,
+            expiry,
+            condition: ExpireCondition::Always,
+        };
         match execute(&self.node, command).await? {
             Reply::Bool(true) => Ok(Response::new(pb::ExpireResponse {})),
             Reply::Bool(false) => Err(Status::not_found("record not found")),
@@ -135,13 +169,17 @@ impl pb::kv_server::Kv for KvService {
         }
     }
 
-    async fn ttl(&self, request: Request<pb::TtlRequest>) -> Result<Response<pb::TtlResponse>, Status> {
+    async fn ttl(
+        &self,
+        request: Request<pb::TtlRequest>,
+    ) -> Result<Response<pb::TtlResponse>, Status> {
         let key = request.into_inner().key;
         match execute(&self.node, Command::Ttl { key }).await? {
             Reply::Ttl(KeyTtl::Missing) => Err(Status::not_found("record not found")),
-            Reply::Ttl(KeyTtl::Persistent) => {
-                Ok(Response::new(pb::TtlResponse { ttl_ms: None, expires_at_ms: None }))
-            }
+            Reply::Ttl(KeyTtl::Persistent) => Ok(Response::new(pb::TtlResponse {
+                ttl_ms: None,
+                expires_at_ms: None,
+            })),
             Reply::Ttl(KeyTtl::ExpiresAtMs(at)) => Ok(Response::new(pb::TtlResponse {
                 ttl_ms: Some(ttl_from_now(at)),
                 expires_at_ms: Some(at),
@@ -150,11 +188,16 @@ impl pb::kv_server::Kv for KvService {
         }
     }
 
-    async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchResponse>, Status> {
+    async fn batch(
+        &self,
+        request: Request<pb::BatchRequest>,
+    ) -> Result<Response<pb::BatchResponse>, Status> {
         use pb::batch_op::Op;
         let req = request.into_inner();
         if req.ops.is_empty() {
-            return Err(Status::invalid_argument("a batch needs at least one operation"));
+            return Err(Status::invalid_argument(
+                "a batch needs at least one operation",
+            ));
         }
         if req.ops.len() > BATCH_OPS_MAX {
             return Err(Status::invalid_argument(format!(
@@ -171,10 +214,18 @@ impl pb::kv_server::Kv for KvService {
                         Some(0) => return Err(Status::invalid_argument("ttl_ms must be > 0")),
                         Some(ms) => Expiry::InMs(to_i64(ms, "ttl_ms")?),
                     };
-                    command::BatchOp::Put { key: p.key, value: p.value, expiry }
+                    command::BatchOp::Put {
+                        key: p.key,
+                        value: p.value,
+                        expiry,
+                    }
                 }
                 Some(Op::Delete(d)) => command::BatchOp::Delete { key: d.key },
-                None => return Err(Status::invalid_argument("batch operation without put or delete")),
+                None => {
+                    return Err(Status::invalid_argument(
+                        "batch operation without put or delete",
+                    ));
+                }
             });
         }
         match execute(&self.node, Command::Batch { ops }).await? {
@@ -207,7 +258,10 @@ fn condition_failed(condition: Condition, old: Option<&Entry>) -> Status {
         (Condition::IfAbsent, _) => "condition failed: key exists".to_string(),
         (Condition::IfPresent, _) => "condition failed: key does not exist".to_string(),
         (Condition::IfVersion(want), Some(e)) => {
-            format!("condition failed: version is {}, expected {want}", e.version)
+            format!(
+                "condition failed: version is {}, expected {want}",
+                e.version
+            )
         }
         (Condition::IfVersion(want), None) => {
             format!("condition failed: key does not exist, expected version {want}")
@@ -230,7 +284,11 @@ fn scan_limit(limit: u32) -> Result<usize, Status> {
 
 /// The command range of a protobuf range (an empty end = unbounded).
 fn range_of(r: pb::KeyRange) -> KeyRange {
-    let start = if r.start_exclusive { Bound::Excluded(r.start) } else { Bound::Included(r.start) };
+    let start = if r.start_exclusive {
+        Bound::Excluded(r.start)
+    } else {
+        Bound::Included(r.start)
+    };
     let end = match (r.end.is_empty(), r.end_inclusive) {
         (true, _) => Bound::Unbounded,
         (false, true) => Bound::Included(r.end),
@@ -246,11 +304,23 @@ pub(crate) fn resume_after(range: KeyRange, after: Bytes) -> KeyRange {
         Bound::Included(s) => after >= *s,
         Bound::Excluded(s) => after > *s,
     };
-    if cursor_is_later { KeyRange { start: Bound::Excluded(after), end: range.end } } else { range }
+    if cursor_is_later {
+        KeyRange {
+            start: Bound::Excluded(after),
+            end: range.end,
+        }
+    } else {
+        range
+    }
 }
 
 fn entry_to_pb(e: Entry) -> pb::Entry {
-    pb::Entry { key: e.key, value: e.value, version: e.version, expires_at_ms: e.expires_at_ms }
+    pb::Entry {
+        key: e.key,
+        value: e.value,
+        version: e.version,
+        expires_at_ms: e.expires_at_ms,
+    }
 }
 
 /// Milliseconds from now until `expires_at_ms` (0 when already past).
@@ -259,7 +329,9 @@ pub(crate) fn ttl_from_now(expires_at_ms: u64) -> u64 {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn to_i64(v: u64, field: &str) -> Result<i64, Status> {
@@ -272,10 +344,16 @@ mod tests {
 
     #[test]
     fn resume_cursor_narrows_only_forward() {
-        let r = resume_after(KeyRange::prefix(Bytes::from_static(b"a")), Bytes::from_static(b"ab"));
+        let r = resume_after(
+            KeyRange::prefix(Bytes::from_static(b"a")),
+            Bytes::from_static(b"ab"),
+        );
         assert_eq!(r.start, Bound::Excluded(Bytes::from_static(b"ab")));
         assert_eq!(r.end, Bound::Excluded(Bytes::from_static(b"b")));
-        let r = KeyRange { start: Bound::Included(Bytes::from_static(b"m")), end: Bound::Unbounded };
+        let r = KeyRange {
+            start: Bound::Included(Bytes::from_static(b"m")),
+            end: Bound::Unbounded,
+        };
         assert_eq!(resume_after(r.clone(), Bytes::from_static(b"a")), r);
     }
 

@@ -52,7 +52,9 @@ pub async fn serve(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<KvServer<kv::KvService>>().await;
-    health.set_serving::<ClusterServer<cluster::ClusterService>>().await;
+    health
+        .set_serving::<ClusterServer<cluster::ClusterService>>()
+        .await;
 
     let kv = KvServer::new(kv::KvService::new(node.clone()))
         .max_decoding_message_size(message_bytes_max)

@@ -29,7 +29,13 @@ pub(super) const EXPIRES_AT_HEADER: &str = "x-cairn-expires-at-ms";
 pub(super) const TTL_HEADER: &str = "x-cairn-ttl-ms";
 
 /// Query parameters `PUT /v1/kv/{key}` understands.
-const PUT_PARAMS: &[&str] = &["ttl_ms", "expires_at_ms", "if_absent", "if_present", "if_version"];
+const PUT_PARAMS: &[&str] = &[
+    "ttl_ms",
+    "expires_at_ms",
+    "if_absent",
+    "if_present",
+    "if_version",
+];
 /// Query parameters `GET /v1/kv` understands.
 const LIST_PARAMS: &[&str] = &[
     "prefix",
@@ -49,7 +55,10 @@ pub(super) async fn get(State(state): State<AppState>, uri: Uri) -> Result<Respo
     match execute(&state.node, Command::Get { key }).await? {
         Reply::Entry(Some(entry)) => {
             let mut headers = HeaderMap::new();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
             headers.insert(VERSION_HEADER, entry.version.into());
             if let Some(at) = entry.expires_at_ms {
                 headers.insert(EXPIRES_AT_HEADER, at.into());
@@ -73,9 +82,16 @@ pub(super) async fn put(
 ) -> Result<Response, ApiError> {
     let key = key_of(&uri)?;
     let query = query_of(&uri, PUT_PARAMS)?;
-    let expiry = match (query.u64("ttl_ms").map_err(ApiError::bad_request)?, query.u64("expires_at_ms").map_err(ApiError::bad_request)?) {
+    let expiry = match (
+        query.u64("ttl_ms").map_err(ApiError::bad_request)?,
+        query.u64("expires_at_ms").map_err(ApiError::bad_request)?,
+    ) {
         (None, None) => Expiry::Never,
-        (Some(_), Some(_)) => return Err(ApiError::bad_request("give ttl_ms or expires_at_ms, not both")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give ttl_ms or expires_at_ms, not both",
+            ));
+        }
         (Some(0), None) => return Err(ApiError::bad_request("ttl_ms must be > 0")),
         (Some(ms), None) => Expiry::InMs(to_i64(ms, "ttl_ms")?),
         (None, Some(at)) => Expiry::AtMs(to_i64(at, "expires_at_ms")?),
@@ -88,11 +104,21 @@ pub(super) async fn put(
         (true, false, None) => Condition::IfAbsent,
         (false, true, None) => Condition::IfPresent,
         (false, false, Some(v)) => Condition::IfVersion(v),
-        _ => return Err(ApiError::bad_request("give at most one of if_absent, if_present, if_version")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give at most one of if_absent, if_present, if_version",
+            ));
+        }
     };
     let value = read_body(body, &headers, state.put_body_bytes_max).await?;
 
-    let command = Command::Set { key, value, expiry, condition, return_old: false };
+    let command = Command::Set {
+        key,
+        value,
+        expiry,
+        condition,
+        return_old: false,
+    };
     match execute(&state.node, command).await? {
         Reply::Set(outcome) => match outcome.version {
             Some(version) => {
@@ -103,14 +129,20 @@ pub(super) async fn put(
                 let message = match (condition, &outcome.old) {
                     (Condition::IfAbsent, _) => "condition failed: key exists".to_string(),
                     (Condition::IfVersion(want), Some(old)) => {
-                        format!("condition failed: version is {}, expected {want}", old.version)
+                        format!(
+                            "condition failed: version is {}, expected {want}",
+                            old.version
+                        )
                     }
                     _ => "condition failed: key does not exist".to_string(),
                 };
                 let mut response =
-                    ApiError::new(StatusCode::PRECONDITION_FAILED, "condition_failed", message).into_response();
+                    ApiError::new(StatusCode::PRECONDITION_FAILED, "condition_failed", message)
+                        .into_response();
                 if let Some(old) = outcome.old {
-                    response.headers_mut().insert(VERSION_HEADER, old.version.into());
+                    response
+                        .headers_mut()
+                        .insert(VERSION_HEADER, old.version.into());
                 }
                 Ok(response)
             }
@@ -171,7 +203,9 @@ pub(super) async fn list(State(state): State<AppState>, uri: Uri) -> Result<Resp
     let limit = match query.u64("limit").map_err(bad)? {
         None | Some(0) => SCAN_LIMIT_DEFAULT,
         Some(n) if n > SCAN_LIMIT_MAX as u64 => {
-            return Err(bad(format!("limit {n} is above the maximum {SCAN_LIMIT_MAX}")));
+            return Err(bad(format!(
+                "limit {n} is above the maximum {SCAN_LIMIT_MAX}"
+            )));
         }
         Some(n) => n as usize,
     };
@@ -201,12 +235,20 @@ pub(super) async fn list(State(state): State<AppState>, uri: Uri) -> Result<Resp
         range = resume_after(range, after.clone());
     }
 
-    let command = Command::ScanRange { range, limit, keys_only };
+    let command = Command::ScanRange {
+        range,
+        limit,
+        keys_only,
+    };
     let (entries, more) = match execute(&state.node, command).await? {
         Reply::Entries { entries, more } => (entries, more),
         other => return Err(ApiError::unexpected(&other)),
     };
-    let resume_after = if more { entries.last().map(|e| e.key.clone()) } else { None };
+    let resume_after = if more {
+        entries.last().map(|e| e.key.clone())
+    } else {
+        None
+    };
     let listing = Listing {
         encoding: match encoding {
             Encoding::Base64 => "base64",
@@ -225,7 +267,11 @@ pub(super) async fn list(State(state): State<AppState>, uri: Uri) -> Result<Resp
 fn list_entry(e: Entry, keys_only: bool, encoding: Encoding) -> Result<ListEntry, ApiError> {
     Ok(ListEntry {
         key: encode(&e.key, encoding)?,
-        value: if keys_only { None } else { Some(encode(&e.value, encoding)?) },
+        value: if keys_only {
+            None
+        } else {
+            Some(encode(&e.value, encoding)?)
+        },
         version: e.version,
         expires_at_ms: e.expires_at_ms,
     })

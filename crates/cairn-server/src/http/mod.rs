@@ -48,7 +48,10 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the HTTP address {addr}"))?;
-    let state = AppState { put_body_bytes_max: node.options().value_bytes_max, node };
+    let state = AppState {
+        put_body_bytes_max: node.options().value_bytes_max,
+        node,
+    };
     tracing::info!(%addr, "HTTP front end listening");
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
@@ -62,7 +65,12 @@ pub async fn serve(
 fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/kv", get(kv::list))
-        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        // An empty key: answered by the same handlers so it gets a clear 400.
+        .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/cluster", get(ops::cluster))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
@@ -93,7 +101,11 @@ struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -106,7 +118,11 @@ impl ApiError {
 
     fn unexpected(reply: &Reply) -> Self {
         tracing::error!(?reply, "executor returned an unexpected reply variant");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected reply from the executor")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected reply from the executor",
+        )
     }
 }
 
@@ -134,7 +150,11 @@ impl From<CommandError> for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         };
-        ApiError { status, code, message }
+        ApiError {
+            status,
+            code,
+            message,
+        }
     }
 }
 

@@ -67,7 +67,11 @@ impl From<ClusterStatus> for ClusterJson {
                 .into_iter()
                 .map(|sh| ShardJson {
                     id: sh.id,
-                    slots: sh.slots.into_iter().map(|(start, end)| SlotRangeJson { start, end }).collect(),
+                    slots: sh
+                        .slots
+                        .into_iter()
+                        .map(|(start, end)| SlotRangeJson { start, end })
+                        .collect(),
                     replicas: sh.replicas,
                     leader: sh.leader,
                 })
@@ -104,10 +108,14 @@ pub(super) async fn ready(State(state): State<AppState>) -> Response {
     };
     let leaderless = status.shards.iter().filter(|s| s.leader.is_none()).count();
     if status.shards.is_empty() || leaderless > 0 {
-        return not_ready(&format!("{leaderless} of {} shards have no leader", status.shards.len()));
+        return not_ready(&format!(
+            "{leaderless} of {} shards have no leader",
+            status.shards.len()
+        ));
     }
     observe("ready", Instant::now(), true);
-    axum::Json(serde_json::json!({ "status": "ready", "shards": status.shards.len() })).into_response()
+    axum::Json(serde_json::json!({ "status": "ready", "shards": status.shards.len() }))
+        .into_response()
 }
 
 fn not_ready(message: &str) -> Response {
@@ -116,8 +124,8 @@ fn not_ready(message: &str) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text.
-pub(super) async fn metrics() -> Response {
-    let body = crate::metrics::render();
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    let body = crate::metrics::render(&state.node);
     ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], body).into_response()
 }
 
@@ -128,12 +136,20 @@ pub(super) async fn openapi() -> Response {
 
 /// Any path no route matches.
 pub(super) async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route; see /openapi.json")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        "no such route; see /openapi.json",
+    )
 }
 
 /// A known path with a method it does not support.
 pub(super) async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route; see /openapi.json")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route; see /openapi.json",
+    )
 }
 
 fn observe(route: &'static str, started: Instant, ok: bool) {

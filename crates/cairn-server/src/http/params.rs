@@ -65,20 +65,29 @@ impl Query {
 
     /// The raw bytes of parameter `name` (the last one when repeated).
     pub(crate) fn bytes(&self, name: &str) -> Option<&Bytes> {
-        self.pairs.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v)
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
     }
 
     /// Parameter `name` as UTF-8 text.
     pub(crate) fn text(&self, name: &str) -> Result<Option<&str>, String> {
         self.bytes(name)
-            .map(|v| std::str::from_utf8(v).map_err(|_| format!("query parameter {name} is not UTF-8")))
+            .map(|v| {
+                std::str::from_utf8(v).map_err(|_| format!("query parameter {name} is not UTF-8"))
+            })
             .transpose()
     }
 
     /// Parameter `name` as an unsigned integer.
     pub(crate) fn u64(&self, name: &str) -> Result<Option<u64>, String> {
         self.text(name)?
-            .map(|v| v.parse().map_err(|_| format!("query parameter {name}={v:?} is not an unsigned integer")))
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| format!("query parameter {name}={v:?} is not an unsigned integer"))
+            })
             .transpose()
     }
 
@@ -105,9 +114,18 @@ mod tests {
 
     #[test]
     fn percent_decoding_is_binary_safe() {
-        assert_eq!(percent_decode("a%00%FFb", false).unwrap(), Bytes::from_static(b"a\x00\xffb"));
-        assert_eq!(percent_decode("a+b", false).unwrap(), Bytes::from_static(b"a+b"));
-        assert_eq!(percent_decode("a+b", true).unwrap(), Bytes::from_static(b"a b"));
+        assert_eq!(
+            percent_decode("a%00%FFb", false).unwrap(),
+            Bytes::from_static(b"a\x00\xffb")
+        );
+        assert_eq!(
+            percent_decode("a+b", false).unwrap(),
+            Bytes::from_static(b"a+b")
+        );
+        assert_eq!(
+            percent_decode("a+b", true).unwrap(),
+            Bytes::from_static(b"a b")
+        );
         assert!(percent_decode("%4", false).is_none());
         assert!(percent_decode("%zz", false).is_none());
     }

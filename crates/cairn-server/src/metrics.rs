@@ -1,0 +1,172 @@
+//! Prometheus metrics shared by every front end.
+//!
+//! One recorder per process (no HTTP listener of its own: the HTTP front end serves
+//! [`render`] at `/metrics`). Label values come from fixed sets — front-end names, and command
+//! names known at compile time (anything else is counted as `unknown`) — so a client cannot
+//! grow the label cardinality.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::node::Node;
+
+/// Requests handled, by front end and command.
+pub const REQUESTS_TOTAL: &str = "cairn_requests_total";
+/// Requests that ended in an error, by front end and command.
+pub const REQUEST_ERRORS_TOTAL: &str = "cairn_request_errors_total";
+/// Request latency in seconds, by front end and command.
+pub const REQUEST_DURATION_SECONDS: &str = "cairn_request_duration_seconds";
+/// Open client connections, by front end.
+pub const CONNECTIONS: &str = "cairn_connections";
+
+/// Latency histogram buckets, in seconds (50 µs … 5 s).
+const DURATION_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
+];
+
+/// Command names accepted as label values besides the RESP command table.
+const NODE_COMMANDS: &[&str] = &[
+    "get",
+    "mget",
+    "strlen",
+    "getrange",
+    "exists",
+    "type",
+    "ttl",
+    "keys",
+    "scan",
+    "scan_range",
+    "randomkey",
+    "dbsize",
+    "cluster_status",
+    "shard_stats",
+    "set",
+    "getdel",
+    "getex",
+    "mset",
+    "append",
+    "setrange",
+    "incrby",
+    "incrbyfloat",
+    "del",
+    "expire",
+    "persist",
+    "rename",
+    "flush",
+    "batch",
+    "put",
+    "delete",
+    "status",
+    "health",
+    "ready",
+    "metrics",
+    "openapi",
+    "list",
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's Prometheus handle, installing the recorder on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(REQUEST_DURATION_SECONDS.to_string()),
+                DURATION_BUCKETS,
+            )
+            .expect("non-empty buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!(
+                "a metrics recorder was already installed; Cairn's metrics will be empty"
+            );
+        }
+        handle
+    })
+}
+
+/// Install the recorder (idempotent).
+pub fn init() {
+    handle();
+}
+
+/// The bounded label value for `command`.
+fn command_label(command: &str) -> &'static str {
+    if let Some(spec) = crate::resp::table::lookup(command) {
+        return spec.name;
+    }
+    if let Some(spec) = crate::resp::table::SUBCOMMANDS
+        .iter()
+        .find(|s| s.name == command)
+    {
+        return spec.name;
+    }
+    NODE_COMMANDS
+        .iter()
+        .copied()
+        .find(|c| *c == command)
+        .unwrap_or("unknown")
+}
+
+/// Record one request: count, error count and latency.
+pub fn observe(frontend: &'static str, command: &str, elapsed: Duration, ok: bool) {
+    let command = command_label(command);
+    let labels = [("frontend", frontend), ("command", command)];
+    metrics::counter!(REQUESTS_TOTAL, &labels).increment(1);
+    if !ok {
+        metrics::counter!(REQUEST_ERRORS_TOTAL, &labels).increment(1);
+    }
+    metrics::histogram!(REQUEST_DURATION_SECONDS, &labels).record(elapsed.as_secs_f64());
+}
+
+/// A client connection opened (`delta` = 1) or closed (`delta` = -1).
+pub fn connections(frontend: &'static str, delta: f64) {
+    metrics::gauge!(CONNECTIONS, "frontend" => frontend).increment(delta);
+}
+
+/// Prometheus text exposition, with per-shard storage gauges refreshed now.
+pub fn render(node: &Node) -> String {
+    let handle = handle();
+    for s in node.shard_stats() {
+        let shard = s.shard.to_string();
+        let gauges: [(&'static str, u64); 11] = [
+            ("cairn_shard_live_keys", s.live_keys),
+            ("cairn_shard_segments", s.segments),
+            ("cairn_shard_disk_bytes", s.disk_bytes),
+            ("cairn_shard_dead_bytes", s.dead_bytes),
+            ("cairn_shard_writes", s.writes),
+            ("cairn_shard_syncs", s.syncs),
+            ("cairn_shard_cache_hits", s.cache_hits),
+            ("cairn_shard_cache_misses", s.cache_misses),
+            ("cairn_shard_merges", s.merges),
+            ("cairn_shard_last_applied_index", s.last_applied),
+            ("cairn_shard_expiring_keys", s.expiring_keys),
+        ];
+        for (name, value) in gauges {
+            metrics::gauge!(name, "shard" => shard.clone()).set(value as f64);
+        }
+    }
+    metrics::gauge!("cairn_write_path_failed").set(if node.failure().is_some() {
+        1.0
+    } else {
+        0.0
+    });
+    handle.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_labels_are_bounded() {
+        assert_eq!(command_label("get"), "get");
+        assert_eq!(command_label("client|setname"), "client|setname");
+        assert_eq!(command_label("scan_range"), "scan_range");
+        assert_eq!(command_label("no-such-command-xyz"), "unknown");
+    }
+}

@@ -1,0 +1,202 @@
+//! One RESP client connection: read, decode every buffered request, execute them in order
+//! (writes are proposed without waiting so a pipeline shares group commits), and write all
+//! replies with one flush.
+//!
+//! Bounds: at most [`PIPELINE_REQUESTS_MAX`] requests and [`PIPELINE_BYTES_MAX`] argument
+//! bytes are in flight (decoded but unanswered) per connection; the decoder refuses oversized
+//! headers before anything is allocated.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use cairn_resp::{Frame, Limits, RequestDecoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::metrics;
+use crate::node::PendingWrite;
+use crate::resp::dispatch::{Action, dispatch};
+use crate::resp::render::{Render, render};
+use crate::resp::session::{RespStats, Session, Shared};
+
+/// Most requests decoded before their replies are written.
+pub const PIPELINE_REQUESTS_MAX: usize = 1024;
+/// Most argument bytes decoded before their replies are written.
+pub const PIPELINE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Bytes reserved for each socket read.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Front-end label for metrics.
+pub const FRONTEND: &str = "resp";
+
+/// A reply not written yet, in request order.
+#[derive(Debug)]
+enum Slot {
+    Ready(Frame),
+    Write {
+        pending: PendingWrite,
+        render: Render,
+        command: &'static str,
+        started: Instant,
+    },
+}
+
+/// The connection's outgoing side.
+#[derive(Debug)]
+struct Replies {
+    queue: VecDeque<Slot>,
+    out: BytesMut,
+}
+
+impl Replies {
+    fn push(&mut self, frame: Frame, session: &Session, shared: &Shared) {
+        if self.queue.is_empty() {
+            encode(&frame, &mut self.out, session, shared);
+        } else {
+            self.queue.push_back(Slot::Ready(frame));
+        }
+    }
+
+    /// Wait for every queued write and encode all queued replies in order.
+    async fn drain(&mut self, session: &Session, shared: &Shared) {
+        while let Some(slot) = self.queue.pop_front() {
+            let frame = match slot {
+                Slot::Ready(frame) => frame,
+                Slot::Write {
+                    pending,
+                    render: shape,
+                    command,
+                    started,
+                } => {
+                    let result = pending.wait().await;
+                    metrics::observe(FRONTEND, command, started.elapsed(), result.is_ok());
+                    render(shape, result)
+                }
+            };
+            encode(&frame, &mut self.out, session, shared);
+        }
+    }
+}
+
+fn encode(frame: &Frame, out: &mut BytesMut, session: &Session, shared: &Shared) {
+    if matches!(frame, Frame::Error(_)) {
+        RespStats::add(&shared.stats.errors, 1);
+    }
+    frame.encode(out, session.protocol);
+}
+
+/// Serve one connection until the peer leaves, sends QUIT or a protocol error, or the server
+/// shuts down.
+pub async fn serve(
+    mut stream: TcpStream,
+    mut session: Session,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limits = Limits {
+        bulk_bytes_max: Limits::CAIRN
+            .bulk_bytes_max
+            .max(shared.node.options().value_bytes_max + 64 * 1024),
+        ..Limits::CAIRN
+    };
+    let mut decoder = RequestDecoder::new(limits);
+    let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut replies = Replies {
+        queue: VecDeque::new(),
+        out: BytesMut::with_capacity(READ_CHUNK_BYTES),
+    };
+    loop {
+        let mut requests = 0;
+        let mut bytes = 0;
+        let mut close = false;
+        let mut more_buffered = false;
+        loop {
+            if requests >= PIPELINE_REQUESTS_MAX || bytes >= PIPELINE_BYTES_MAX {
+                more_buffered = true;
+                break;
+            }
+            let request = match decoder.decode(&mut input) {
+                Ok(Some(request)) => request,
+                Ok(None) => break,
+                Err(e) => {
+                    replies.drain(&session, &shared).await;
+                    e.encode_reply(&mut replies.out);
+                    RespStats::add(&shared.stats.errors, 1);
+                    let _ = stream.write_all(&replies.out).await;
+                    tracing::debug!(client = session.id, error = %e, "protocol error; closing");
+                    return;
+                }
+            };
+            if request.is_cross_protocol_attack() {
+                tracing::warn!(client = session.id, addr = %session.addr, "possible cross-protocol attack (POST or Host: on the RESP port); closing");
+                return;
+            }
+            requests += 1;
+            bytes += request.args.iter().map(Bytes::len).sum::<usize>();
+            RespStats::add(&shared.stats.commands_processed, 1);
+            let started = Instant::now();
+            match dispatch(request.args, &mut session, &shared) {
+                Action::Reply(frame) => {
+                    metrics::observe(
+                        FRONTEND,
+                        session.last_command,
+                        started.elapsed(),
+                        !matches!(frame, Frame::Error(_)),
+                    );
+                    replies.push(frame, &session, &shared);
+                }
+                Action::Close(frame) => {
+                    replies.push(frame, &session, &shared);
+                    close = true;
+                    break;
+                }
+                Action::Node { cmd, render: shape } => {
+                    let command = session.last_command;
+                    if cmd.is_write() {
+                        match shared.node.propose(cmd).await {
+                            Ok(pending) => replies.queue.push_back(Slot::Write {
+                                pending,
+                                render: shape,
+                                command,
+                                started,
+                            }),
+                            Err(e) => {
+                                metrics::observe(FRONTEND, command, started.elapsed(), false);
+                                replies.push(render(shape, Err(e)), &session, &shared);
+                            }
+                        }
+                    } else {
+                        // A read sees every earlier write of this connection.
+                        replies.drain(&session, &shared).await;
+                        let result = shared.node.execute(cmd).await;
+                        metrics::observe(FRONTEND, command, started.elapsed(), result.is_ok());
+                        replies.push(render(shape, result), &session, &shared);
+                    }
+                }
+            }
+        }
+        replies.drain(&session, &shared).await;
+        if !replies.out.is_empty() {
+            if stream.write_all(&replies.out).await.is_err() {
+                return;
+            }
+            replies.out.clear();
+        }
+        if close || *shutdown.borrow() {
+            return;
+        }
+        if more_buffered {
+            continue;
+        }
+        input.reserve(READ_CHUNK_BYTES);
+        tokio::select! {
+            read = stream.read_buf(&mut input) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}

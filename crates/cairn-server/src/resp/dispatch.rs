@@ -1,0 +1,742 @@
+//! Redis request → [`Action`]: argument parsing with Redis's exact rules and error strings.
+//!
+//! Data commands become a [`Command`] for the node plus a [`Render`] saying how Redis shapes
+//! that command's reply; connection and introspection commands are answered here.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cairn_resp::{Frame, Protocol};
+
+use crate::command::{Command, Condition, ExpireCondition, Expiry};
+use crate::error::CommandError;
+use crate::numeric::{parse_float, parse_int};
+use crate::resp::introspection;
+use crate::resp::render::{Render, TtlKind};
+use crate::resp::session::{Session, Shared};
+use crate::resp::table::{self, CommandSpec};
+
+/// Default SCAN COUNT, as Redis.
+pub const SCAN_COUNT_DEFAULT: usize = 10;
+/// Longest prefix of arguments quoted in an unknown-command error, as Redis.
+const UNKNOWN_ARGS_CHARS_MAX: usize = 128;
+
+/// What the connection does with one request.
+#[derive(Debug)]
+pub enum Action {
+    /// Send this reply.
+    Reply(Frame),
+    /// Execute on the node, then render the result.
+    Node { cmd: Command, render: Render },
+    /// Send this reply and close the connection (QUIT).
+    Close(Frame),
+}
+
+fn error(e: impl std::fmt::Display) -> Frame {
+    Frame::Error(Bytes::from(e.to_string()))
+}
+
+fn err_text(text: &str) -> Frame {
+    Frame::Error(Bytes::copy_from_slice(text.as_bytes()))
+}
+
+fn syntax() -> Frame {
+    error(CommandError::Syntax)
+}
+
+fn arity_error(name: &str) -> Frame {
+    Frame::Error(Bytes::from(format!(
+        "ERR wrong number of arguments for '{name}' command"
+    )))
+}
+
+fn int(arg: &[u8]) -> Result<i64, Frame> {
+    parse_int(arg).ok_or_else(|| error(CommandError::NotInteger))
+}
+
+fn lower(arg: &[u8]) -> String {
+    String::from_utf8_lossy(arg).to_ascii_lowercase()
+}
+
+fn eq(arg: &[u8], word: &str) -> bool {
+    arg.eq_ignore_ascii_case(word.as_bytes())
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Redis's unknown-command error, quoting the first arguments.
+pub fn unknown_command(args: &[Bytes]) -> Frame {
+    let name = String::from_utf8_lossy(&args[0]);
+    let name: String = name.chars().take(UNKNOWN_ARGS_CHARS_MAX).collect();
+    let mut quoted = String::new();
+    for arg in &args[1..] {
+        if quoted.len() >= UNKNOWN_ARGS_CHARS_MAX {
+            break;
+        }
+        let room = UNKNOWN_ARGS_CHARS_MAX - quoted.len();
+        let text = String::from_utf8_lossy(arg);
+        let text: String = text.chars().take(room).collect();
+        quoted.push_str(&format!("'{text}' "));
+    }
+    Frame::Error(Bytes::from(format!(
+        "ERR unknown command '{name}', with args beginning with: {quoted}"
+    )))
+}
+
+/// Which expiry option a SET/GETEX carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Ex,
+    Px,
+    ExAt,
+    PxAt,
+}
+
+/// Redis's `getExpireMillisecondsOrReply`: validate an expiry argument and turn it into an
+/// [`Expiry`] (relative ones stay relative: the node makes them absolute at propose time).
+fn expire_arg(arg: &[u8], unit: Unit, command: &'static str) -> Result<Expiry, Frame> {
+    let invalid = || error(CommandError::InvalidExpireTime(command));
+    let value = int(arg)?;
+    let seconds = matches!(unit, Unit::Ex | Unit::ExAt);
+    if value <= 0 || (seconds && value > i64::MAX / 1000) {
+        return Err(invalid());
+    }
+    let ms = if seconds { value * 1000 } else { value };
+    match unit {
+        Unit::Ex | Unit::Px => {
+            if ms.checked_add(now_ms()).is_none_or(|at| at <= 0) {
+                return Err(invalid());
+            }
+            Ok(Expiry::InMs(ms))
+        }
+        Unit::ExAt | Unit::PxAt => Ok(Expiry::AtMs(ms)),
+    }
+}
+
+/// Options of SET (`for_set`) or GETEX, parsed as Redis's `parseExtendedStringArgumentsOrReply`.
+#[derive(Debug, Default)]
+struct StringOptions<'a> {
+    nx: bool,
+    xx: bool,
+    get: bool,
+    keepttl: bool,
+    persist: bool,
+    expire: Option<(Unit, &'a Bytes)>,
+}
+
+fn string_options(args: &[Bytes], for_set: bool) -> Result<StringOptions<'_>, Frame> {
+    let mut o = StringOptions::default();
+    let mut j = 0;
+    while j < args.len() {
+        let opt = &args[j];
+        let next = args.get(j + 1);
+        let has_expire = o.expire.is_some();
+        let expire_unit = o.expire.map(|(u, _)| u);
+        if for_set && eq(opt, "nx") && !o.xx {
+            o.nx = true;
+        } else if for_set && eq(opt, "xx") && !o.nx {
+            o.xx = true;
+        } else if for_set && eq(opt, "get") {
+            o.get = true;
+        } else if for_set && eq(opt, "keepttl") && !o.persist && !has_expire {
+            o.keepttl = true;
+        } else if !for_set && eq(opt, "persist") && !has_expire && !o.keepttl {
+            o.persist = true;
+        } else if let Some(unit) = [
+            ("ex", Unit::Ex),
+            ("px", Unit::Px),
+            ("exat", Unit::ExAt),
+            ("pxat", Unit::PxAt),
+        ]
+        .iter()
+        .find(|(word, _)| eq(opt, word))
+        .map(|(_, u)| *u)
+            && !o.keepttl
+            && !o.persist
+            && expire_unit.is_none_or(|u| u == unit)
+            && let Some(value) = next
+        {
+            o.expire = Some((unit, value));
+            j += 1;
+        } else {
+            return Err(syntax());
+        }
+        j += 1;
+    }
+    Ok(o)
+}
+
+/// EXPIRE-family flags, as Redis's `parseExtendedExpireArgumentsOrReply`.
+fn expire_flags(args: &[Bytes]) -> Result<ExpireCondition, Frame> {
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for arg in args {
+        if eq(arg, "nx") {
+            nx = true;
+        } else if eq(arg, "xx") {
+            xx = true;
+        } else if eq(arg, "gt") {
+            gt = true;
+        } else if eq(arg, "lt") {
+            lt = true;
+        } else {
+            return Err(err_text(&format!(
+                "ERR Unsupported option {}",
+                String::from_utf8_lossy(arg)
+            )));
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return Err(err_text(
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        ));
+    }
+    if gt && lt {
+        return Err(err_text(
+            "ERR GT and LT options at the same time are not compatible",
+        ));
+    }
+    Ok(match (nx, xx, gt, lt) {
+        (true, _, _, _) => ExpireCondition::Nx,
+        (_, _, true, _) => ExpireCondition::Gt,
+        (_, true, _, true) => ExpireCondition::XxLt,
+        (_, _, _, true) => ExpireCondition::Lt,
+        (_, true, _, _) => ExpireCondition::Xx,
+        _ => ExpireCondition::Always,
+    })
+}
+
+/// Redis's `parseScanCursorOrReply` (strtoul: optional sign, digits, wrapping).
+fn scan_cursor(arg: &[u8]) -> Result<u64, Frame> {
+    let invalid = || err_text("ERR invalid cursor");
+    let (negative, digits) = match arg.first() {
+        Some(b'-') => (true, &arg[1..]),
+        Some(b'+') => (false, &arg[1..]),
+        _ => (false, arg),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(invalid());
+    }
+    let value: u64 = std::str::from_utf8(digits)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(invalid)?;
+    Ok(if negative {
+        value.wrapping_neg()
+    } else {
+        value
+    })
+}
+
+fn node(cmd: Command, render: Render) -> Result<Action, Frame> {
+    Ok(Action::Node { cmd, render })
+}
+
+/// Decide what to do with one request.
+pub fn dispatch(args: Vec<Bytes>, session: &mut Session, shared: &Shared) -> Action {
+    let name = lower(&args[0]);
+    let Some(spec) = table::lookup(&name) else {
+        return Action::Reply(unknown_command(&args));
+    };
+    if !spec.arity_ok(args.len()) {
+        return Action::Reply(arity_error(spec.name));
+    }
+    session.last_command = spec.name;
+    match data_command(spec, &args) {
+        Some(Ok(action)) => action,
+        Some(Err(frame)) => Action::Reply(frame),
+        None => local_command(spec, args, session, shared),
+    }
+}
+
+/// Commands that go to the node; `None` for the others.
+fn data_command(spec: &CommandSpec, args: &[Bytes]) -> Option<Result<Action, Frame>> {
+    let key = || args[1].clone();
+    let set = |value: Bytes, expiry, condition, return_old| Command::Set {
+        key: key(),
+        value,
+        expiry,
+        condition,
+        return_old,
+    };
+    let result = match spec.name {
+        "get" => node(Command::Get { key: key() }, Render::Entry),
+        "set" => (|| {
+            let o = string_options(&args[3..], true)?;
+            let expiry = match o.expire {
+                Some((unit, value)) => expire_arg(value, unit, "set")?,
+                None if o.keepttl => Expiry::Keep,
+                None => Expiry::Never,
+            };
+            let condition = if o.nx {
+                Condition::IfAbsent
+            } else if o.xx {
+                Condition::IfPresent
+            } else {
+                Condition::Always
+            };
+            node(
+                set(args[2].clone(), expiry, condition, o.get),
+                Render::Set { get: o.get },
+            )
+        })(),
+        "setnx" => node(
+            set(args[2].clone(), Expiry::Never, Condition::IfAbsent, false),
+            Render::SetNx,
+        ),
+        "setex" | "psetex" => (|| {
+            let (unit, name) = if spec.name == "setex" {
+                (Unit::Ex, "setex")
+            } else {
+                (Unit::Px, "psetex")
+            };
+            let expiry = expire_arg(&args[2], unit, name)?;
+            node(
+                set(args[3].clone(), expiry, Condition::Always, false),
+                Render::Set { get: false },
+            )
+        })(),
+        "getset" => node(
+            set(args[2].clone(), Expiry::Never, Condition::Always, true),
+            Render::Set { get: true },
+        ),
+        "getdel" => node(Command::GetDel { key: key() }, Render::Value),
+        "getex" => (|| {
+            let o = string_options(&args[2..], false)?;
+            let expiry = match o.expire {
+                Some((unit, value)) => match expire_arg(value, unit, "getex") {
+                    Ok(expiry) => expiry,
+                    // Redis answers nil for a missing key before validating the expiry.
+                    Err(frame) => {
+                        return node(
+                            Command::Exists { keys: vec![key()] },
+                            Render::ErrorIfExists(frame),
+                        );
+                    }
+                },
+                None if o.persist => Expiry::Never,
+                None => Expiry::Keep,
+            };
+            node(Command::GetEx { key: key(), expiry }, Render::Value)
+        })(),
+        "mget" => node(
+            Command::MGet {
+                keys: args[1..].to_vec(),
+            },
+            Render::Values,
+        ),
+        "mset" | "msetnx" => {
+            if args.len() % 2 == 0 {
+                Err(arity_error(spec.name))
+            } else {
+                let pairs = args[1..]
+                    .chunks(2)
+                    .map(|p| (p[0].clone(), p[1].clone()))
+                    .collect();
+                let nx = spec.name == "msetnx";
+                node(
+                    Command::MSet { pairs, nx },
+                    if nx { Render::Bool } else { Render::Ok },
+                )
+            }
+        }
+        "append" => node(
+            Command::Append {
+                key: key(),
+                value: args[2].clone(),
+            },
+            Render::Int,
+        ),
+        "strlen" => node(Command::StrLen { key: key() }, Render::Int),
+        "getrange" => (|| {
+            let (start, end) = (int(&args[2])?, int(&args[3])?);
+            node(
+                Command::GetRange {
+                    key: key(),
+                    start,
+                    end,
+                },
+                Render::Value,
+            )
+        })(),
+        "setrange" => (|| {
+            let offset = int(&args[2])?;
+            if offset < 0 {
+                return Err(error(CommandError::OffsetOutOfRange));
+            }
+            node(
+                Command::SetRange {
+                    key: key(),
+                    offset,
+                    value: args[3].clone(),
+                },
+                Render::Int,
+            )
+        })(),
+        "incr" => node(
+            Command::IncrBy {
+                key: key(),
+                delta: 1,
+            },
+            Render::Int,
+        ),
+        "decr" => node(
+            Command::IncrBy {
+                key: key(),
+                delta: -1,
+            },
+            Render::Int,
+        ),
+        "incrby" => {
+            int(&args[2]).and_then(|delta| node(Command::IncrBy { key: key(), delta }, Render::Int))
+        }
+        "decrby" => (|| {
+            let delta = int(&args[2])?;
+            if delta == i64::MIN {
+                return Err(err_text("ERR decrement would overflow"));
+            }
+            node(
+                Command::IncrBy {
+                    key: key(),
+                    delta: -delta,
+                },
+                Render::Int,
+            )
+        })(),
+        "incrbyfloat" => match parse_float(&args[2]) {
+            Some(delta) => node(Command::IncrByFloat { key: key(), delta }, Render::Value),
+            None => Err(error(CommandError::NotFloat)),
+        },
+        "del" | "unlink" => node(
+            Command::Del {
+                keys: args[1..].to_vec(),
+            },
+            Render::Int,
+        ),
+        "exists" => node(
+            Command::Exists {
+                keys: args[1..].to_vec(),
+            },
+            Render::Int,
+        ),
+        "type" => node(Command::Type { key: key() }, Render::Type),
+        "expire" | "pexpire" | "expireat" | "pexpireat" => (|| {
+            let condition = expire_flags(&args[3..])?;
+            let mut when = int(&args[2])?;
+            let name: &'static str = spec.name;
+            let invalid = || error(CommandError::InvalidExpireTime(name));
+            if matches!(name, "expire" | "expireat") {
+                if when > i64::MAX / 1000 || when < i64::MIN / 1000 {
+                    return Err(invalid());
+                }
+                when *= 1000;
+            }
+            let base = if matches!(name, "expire" | "pexpire") {
+                now_ms()
+            } else {
+                0
+            };
+            if when > i64::MAX - base {
+                return Err(invalid());
+            }
+            node(
+                Command::Expire {
+                    key: key(),
+                    expiry: Expiry::AtMs(when + base),
+                    condition,
+                },
+                Render::Bool,
+            )
+        })(),
+        "ttl" | "pttl" | "expiretime" | "pexpiretime" => {
+            let kind = match spec.name {
+                "ttl" => TtlKind::Ttl,
+                "pttl" => TtlKind::Pttl,
+                "expiretime" => TtlKind::ExpireTime,
+                _ => TtlKind::PexpireTime,
+            };
+            node(Command::Ttl { key: key() }, Render::Ttl(kind))
+        }
+        "persist" => node(Command::Persist { key: key() }, Render::Bool),
+        "keys" => node(Command::Keys { pattern: key() }, Render::Keys),
+        "scan" => (|| {
+            let cursor = scan_cursor(&args[1])?;
+            let (mut pattern, mut count, mut type_filter) = (None, SCAN_COUNT_DEFAULT, None);
+            let mut i = 2;
+            while i < args.len() {
+                let more = args.len() - i >= 2;
+                if eq(&args[i], "count") && more {
+                    let n = int(&args[i + 1])?;
+                    if n < 1 {
+                        return Err(syntax());
+                    }
+                    count = n as usize;
+                } else if eq(&args[i], "match") && more {
+                    pattern = Some(args[i + 1].clone());
+                } else if eq(&args[i], "type") && more {
+                    type_filter = Some(args[i + 1].clone());
+                } else {
+                    return Err(syntax());
+                }
+                i += 2;
+            }
+            node(
+                Command::Scan {
+                    cursor,
+                    pattern,
+                    count,
+                    type_filter,
+                },
+                Render::Scan,
+            )
+        })(),
+        "rename" => node(
+            Command::Rename {
+                from: key(),
+                to: args[2].clone(),
+                nx: false,
+            },
+            Render::Ok,
+        ),
+        "renamenx" => node(
+            Command::Rename {
+                from: key(),
+                to: args[2].clone(),
+                nx: true,
+            },
+            Render::Bool,
+        ),
+        "randomkey" => node(Command::RandomKey, Render::Value),
+        "dbsize" => node(Command::DbSize, Render::Int),
+        "flushdb" | "flushall" => {
+            if args.len() > 2
+                || (args.len() == 2 && !eq(&args[1], "async") && !eq(&args[1], "sync"))
+            {
+                Err(syntax())
+            } else {
+                node(Command::Flush, Render::Ok)
+            }
+        }
+        _ => return None,
+    };
+    Some(result)
+}
+
+/// Connection, server and cluster commands answered by the front end itself.
+fn local_command(
+    spec: &CommandSpec,
+    args: Vec<Bytes>,
+    session: &mut Session,
+    shared: &Shared,
+) -> Action {
+    let reply = match spec.name {
+        "ping" => match args.len() {
+            1 => Frame::Simple(Bytes::from_static(b"PONG")),
+            2 => Frame::Bulk(args[1].clone()),
+            _ => arity_error("ping"),
+        },
+        "echo" => Frame::Bulk(args[1].clone()),
+        "quit" => return Action::Close(Frame::ok()),
+        "select" => match parse_int(&args[1]).filter(|n| i32::try_from(*n).is_ok()) {
+            None => error(CommandError::NotInteger),
+            Some(0) => Frame::ok(),
+            Some(_) => err_text("ERR DB index is out of range"),
+        },
+        "auth" => auth(&args[1..]),
+        "hello" => hello(&args[1..], session, shared),
+        "time" => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            Frame::Array(vec![
+                Frame::Bulk(Bytes::from(now.as_secs().to_string())),
+                Frame::Bulk(Bytes::from(now.subsec_micros().to_string())),
+            ])
+        }
+        "readonly" | "readwrite" => Frame::ok(),
+        "client" => client(&args, session, shared),
+        "command" => introspection::command(&args, session.protocol),
+        "info" => introspection::info(&args[1..], session.protocol, shared),
+        "cluster" => introspection::cluster(&args, session, shared),
+        other => err_text(&format!("ERR unhandled command '{other}'")),
+    };
+    Action::Reply(reply)
+}
+
+fn auth(args: &[Bytes]) -> Frame {
+    match args {
+        [_password] => err_text(
+            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        ),
+        [user, _password] if &user[..] == b"default" => Frame::ok(),
+        [_, _] => err_text("WRONGPASS invalid username-password pair or user is disabled."),
+        _ => syntax(),
+    }
+}
+
+fn hello(args: &[Bytes], session: &mut Session, shared: &Shared) -> Frame {
+    let mut protocol = session.protocol;
+    if let Some(version) = args.first() {
+        match parse_int(version) {
+            None => return err_text("ERR Protocol version is not an integer or out of range"),
+            Some(2) => protocol = Protocol::Resp2,
+            Some(3) => protocol = Protocol::Resp3,
+            Some(_) => return err_text("NOPROTO unsupported protocol version"),
+        }
+    }
+    let mut name = None;
+    let mut j = 1;
+    while j < args.len() {
+        let more = args.len() - 1 - j;
+        if eq(&args[j], "auth") && more >= 2 {
+            if &args[j + 1][..] != b"default" {
+                return err_text("WRONGPASS invalid username-password pair or user is disabled.");
+            }
+            j += 3;
+        } else if eq(&args[j], "setname") && more >= 1 {
+            if !valid_client_name(&args[j + 1]) {
+                return client_name_error();
+            }
+            name = Some(args[j + 1].clone());
+            j += 2;
+        } else {
+            return err_text(&format!(
+                "ERR Syntax error in HELLO option '{}'",
+                String::from_utf8_lossy(&args[j])
+            ));
+        }
+    }
+    session.protocol = protocol;
+    if let Some(name) = name {
+        session.set_name(shared, name);
+    }
+    shared.clients.update(session);
+    let text = |s: &str| Frame::Bulk(Bytes::copy_from_slice(s.as_bytes()));
+    Frame::Map(vec![
+        (text("server"), text("redis")),
+        (text("version"), text(introspection::REDIS_VERSION)),
+        (
+            text("proto"),
+            Frame::Integer(if protocol == Protocol::Resp3 { 3 } else { 2 }),
+        ),
+        (text("id"), Frame::Integer(session.id as i64)),
+        (text("mode"), text("cluster")),
+        (text("role"), text("master")),
+        (text("modules"), Frame::Array(Vec::new())),
+    ])
+}
+
+fn valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|&b| (b'!'..=b'~').contains(&b))
+}
+
+fn client_name_error() -> Frame {
+    err_text("ERR Client names cannot contain spaces, newlines or special characters.")
+}
+
+fn client(args: &[Bytes], session: &mut Session, shared: &Shared) -> Frame {
+    let sub = lower(&args[1]);
+    let Some(spec) = table::lookup_sub("client", &sub) else {
+        return err_text(&format!(
+            "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+            String::from_utf8_lossy(&args[1])
+        ));
+    };
+    if !spec.arity_ok(args.len()) {
+        return arity_error(spec.name);
+    }
+    match sub.as_str() {
+        "setname" => {
+            if !valid_client_name(&args[2]) {
+                return client_name_error();
+            }
+            session.set_name(shared, args[2].clone());
+            Frame::ok()
+        }
+        "getname" => session.name.clone().map_or(Frame::Null, Frame::Bulk),
+        "id" => Frame::Integer(session.id as i64),
+        "setinfo" => Frame::ok(),
+        "info" => introspection::verbatim(format!("{}\n", session.describe()), session.protocol),
+        "list" => {
+            let mut text = String::new();
+            for line in shared.clients.describe_all(session) {
+                text.push_str(&line);
+                text.push('\n');
+            }
+            introspection::verbatim(text, session.protocol)
+        }
+        _ => err_text("ERR unhandled subcommand"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<Bytes> {
+        line.split_whitespace()
+            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn unknown_command_is_worded_as_redis() {
+        let frame = unknown_command(&args("foo a b"));
+        assert_eq!(
+            frame,
+            Frame::Error("ERR unknown command 'foo', with args beginning with: 'a' 'b' ".into())
+        );
+        let frame = unknown_command(&args("foo"));
+        assert_eq!(
+            frame,
+            Frame::Error("ERR unknown command 'foo', with args beginning with: ".into())
+        );
+    }
+
+    #[test]
+    fn set_options_follow_redis_rules() {
+        let a = args("nx ex 10");
+        let o = string_options(&a, true).unwrap();
+        assert!(o.nx && o.expire.is_some());
+        assert!(string_options(&args("nx xx"), true).is_err());
+        assert!(string_options(&args("ex 10 px 10"), true).is_err());
+        assert!(string_options(&args("ex 10 ex 20"), true).is_ok());
+        assert!(string_options(&args("keepttl ex 10"), true).is_err());
+        assert!(string_options(&args("ex"), true).is_err());
+        assert!(string_options(&args("persist"), true).is_err());
+        assert!(string_options(&args("persist"), false).is_ok());
+        assert!(string_options(&args("nx"), false).is_err());
+    }
+
+    #[test]
+    fn expire_arguments_are_validated_like_redis() {
+        assert!(expire_arg(b"0", Unit::Ex, "set").is_err());
+        assert!(expire_arg(b"-5", Unit::Px, "set").is_err());
+        assert!(expire_arg(b"abc", Unit::Ex, "set").is_err());
+        assert!(expire_arg(b"9223372036854776", Unit::Ex, "set").is_err());
+        assert_eq!(
+            expire_arg(b"10", Unit::Ex, "set").unwrap(),
+            Expiry::InMs(10_000)
+        );
+        assert_eq!(
+            expire_arg(b"5", Unit::PxAt, "set").unwrap(),
+            Expiry::AtMs(5)
+        );
+    }
+
+    #[test]
+    fn expire_flags_and_scan_cursors() {
+        assert_eq!(expire_flags(&args("xx lt")).unwrap(), ExpireCondition::XxLt);
+        assert_eq!(expire_flags(&args("gt xx")).unwrap(), ExpireCondition::Gt);
+        assert!(expire_flags(&args("nx gt")).is_err());
+        assert!(expire_flags(&args("gt lt")).is_err());
+        assert_eq!(scan_cursor(b"+0").unwrap(), 0);
+        assert_eq!(scan_cursor(b"-1").unwrap(), u64::MAX);
+        assert!(scan_cursor(b" 0").is_err());
+        assert!(scan_cursor(b"abc").is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! How each Redis command shapes the node's protocol-neutral [`Reply`] on the wire.
+
+use bytes::Bytes;
+use cairn_resp::Frame;
+
+use crate::error::CommandError;
+use crate::node::now_ms;
+use crate::reply::{KeyTtl, Reply};
+
+/// Which of the TTL commands asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TtlKind {
+    Ttl,
+    Pttl,
+    ExpireTime,
+    PexpireTime,
+}
+
+/// The Redis reply shape of a data command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Render {
+    /// `+OK` whatever the reply (MSET, RENAME, FLUSHDB).
+    Ok,
+    /// GET: the entry's value or nil.
+    Entry,
+    /// SET (and SETEX/PSETEX/GETSET): with `get`, the old value; else `+OK`, or nil when the
+    /// condition failed.
+    Set {
+        get: bool,
+    },
+    /// SETNX: 1 when written, else 0.
+    SetNx,
+    /// A bulk string or nil.
+    Value,
+    /// An array of bulk strings or nils.
+    Values,
+    Int,
+    /// 1 or 0.
+    Bool,
+    /// `+string` / `+none`.
+    Type,
+    Ttl(TtlKind),
+    Keys,
+    Scan,
+    /// Reply to an EXISTS probe: nil when the key is missing, else this error (GETEX validates
+    /// its expiry only for existing keys).
+    ErrorIfExists(Frame),
+}
+
+fn bulk_or_nil(value: Option<Bytes>) -> Frame {
+    value.map_or(Frame::Null, Frame::Bulk)
+}
+
+/// Render a node result as the Redis reply of the command.
+pub fn render(render: Render, result: Result<Reply, CommandError>) -> Frame {
+    let reply = match result {
+        Ok(reply) => reply,
+        Err(e) => return Frame::Error(Bytes::from(e.to_string())),
+    };
+    match (render, reply) {
+        (Render::Ok, _) => Frame::ok(),
+        (Render::Entry, Reply::Entry(entry)) => bulk_or_nil(entry.map(|e| e.value)),
+        (Render::Set { get: true }, Reply::Set(outcome)) => {
+            bulk_or_nil(outcome.old.map(|e| e.value))
+        }
+        (Render::Set { get: false }, Reply::Set(outcome)) => {
+            if outcome.version.is_some() {
+                Frame::ok()
+            } else {
+                Frame::Null
+            }
+        }
+        (Render::SetNx, Reply::Set(outcome)) => {
+            Frame::Integer(i64::from(outcome.version.is_some()))
+        }
+        (Render::Value, Reply::Value(value)) => bulk_or_nil(value),
+        (Render::Values, Reply::Values(values)) => {
+            Frame::Array(values.into_iter().map(bulk_or_nil).collect())
+        }
+        (Render::Int, Reply::Int(n)) => Frame::Integer(n),
+        (Render::Bool, Reply::Bool(b)) => Frame::Integer(i64::from(b)),
+        (Render::Type, Reply::Type(t)) => Frame::Simple(Bytes::from_static(t.as_str().as_bytes())),
+        (Render::Ttl(kind), Reply::Ttl(ttl)) => Frame::Integer(match ttl {
+            KeyTtl::Missing => -2,
+            KeyTtl::Persistent => -1,
+            KeyTtl::ExpiresAtMs(at) => {
+                let left = at.saturating_sub(now_ms()) as i64;
+                match kind {
+                    TtlKind::Ttl => (left + 500) / 1000,
+                    TtlKind::Pttl => left,
+                    TtlKind::ExpireTime => at as i64 / 1000,
+                    TtlKind::PexpireTime => at as i64,
+                }
+            }
+        }),
+        (Render::Keys, Reply::Keys(keys)) => {
+            Frame::Array(keys.into_iter().map(Frame::Bulk).collect())
+        }
+        (Render::Scan, Reply::ScanPage { cursor, keys }) => Frame::Array(vec![
+            Frame::Bulk(Bytes::from(cursor.to_string())),
+            Frame::Array(keys.into_iter().map(Frame::Bulk).collect()),
+        ]),
+        (Render::ErrorIfExists(frame), Reply::Int(n)) => {
+            if n > 0 {
+                frame
+            } else {
+                Frame::Null
+            }
+        }
+        (render, reply) => Frame::Error(Bytes::from(format!(
+            "ERR internal error: unexpected reply {reply:?} for {render:?}"
+        ))),
+    }
+}

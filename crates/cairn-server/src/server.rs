@@ -1,0 +1,105 @@
+//! `cairn server`: open the node, start the front ends, serve until shutdown, stop cleanly.
+//!
+//! Shutdown order: stop accepting and let connections finish their current batch, then stop
+//! the writer (which drains its queue and syncs every engine), then return.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::config::{LogFormat, ServerConfig};
+use crate::node::{Node, NodeOptions};
+
+/// Install the tracing subscriber (idempotent: a second call keeps the first).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// A future that resolves once `rx` turns true (or its sender is gone).
+pub fn shutdown_signal(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        while !*rx.borrow() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Run a node until `shutdown` resolves.
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    init_logging(config.log_format);
+    crate::metrics::init();
+    let options = NodeOptions {
+        data_dir: config.data_dir.clone(),
+        shards: config.shards,
+        value_bytes_max: config.value_bytes_max,
+        sync: config.sync,
+        grpc_addr: config.grpc_addr,
+        http_addr: config.http_addr,
+        resp_addr: config.resp_addr,
+    };
+    let node: Arc<Node> = tokio::task::spawn_blocking(move || Node::open(options)).await??;
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let resp_listener = crate::resp::bind(config.resp_addr).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(crate::resp::serve_listener(
+        resp_listener,
+        node.clone(),
+        config.max_connections,
+        stop_rx.clone(),
+    ));
+    let background = tokio::spawn(
+        node.clone()
+            .run_background(shutdown_signal(stop_rx.clone())),
+    );
+
+    tracing::info!(
+        resp = %config.resp_addr,
+        http = %config.http_addr,
+        grpc = %config.grpc_addr,
+        data_dir = %config.data_dir.display(),
+        node_id = node.id(),
+        "ready"
+    );
+
+    // Serve until asked to stop, or until a front end fails.
+    let mut failure = None;
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutting down"),
+        Some(ended) = tasks.join_next() => {
+            let error = match ended {
+                Ok(Ok(())) => anyhow::anyhow!("a front end stopped unexpectedly"),
+                Ok(Err(e)) => e,
+                Err(e) => anyhow::anyhow!("a front end panicked: {e}"),
+            };
+            tracing::error!(error = %error, "front end failed; shutting down");
+            failure = Some(error);
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(ended) = tasks.join_next().await {
+        if let Ok(Err(e)) = ended {
+            tracing::warn!(error = %e, "front end ended with an error");
+        }
+    }
+    let _ = background.await;
+    node.shutdown()
+        .await
+        .map_err(|e| anyhow::anyhow!("clean shutdown failed: {e}"))?;
+    tracing::info!("stopped");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
