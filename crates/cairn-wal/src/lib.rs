@@ -29,6 +29,8 @@
 
 mod error;
 mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 mod recovery;
 mod wal;

@@ -202,7 +202,8 @@ impl Wal {
     /// Deletes every sealed segment whose records all have `index <= applied(group)`. The
     /// caller must have made those records durable elsewhere first (flushed the state
     /// machines). `applied` must not call back into this `Wal`. The active segment is never
-    /// deleted.
+    /// deleted. For a group that no longer lives on this node, return `u64::MAX`, or its old
+    /// segments are kept forever.
     pub fn purge(&self, applied: impl Fn(u64) -> u64) -> Result<PurgeStats> {
         let _purging = self.purge_lock.lock();
         let candidates = {

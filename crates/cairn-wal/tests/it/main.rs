@@ -4,5 +4,6 @@
 mod basics;
 mod corruption;
 mod faults;
+mod fuzz;
 mod purge;
 mod support;
