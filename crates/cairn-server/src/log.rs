@@ -1,74 +1,112 @@
 //! The node's commit log: where a group of entries becomes durable before it is acknowledged.
 //!
-//! Until the node write-ahead log (`cairn-wal`) is wired in, the engines themselves are the
-//! record: entries are applied and the touched engines synced once per group (group commit,
-//! one sync per touched shard).
+//! With `--sync always` (the default) every group is appended to the node write-ahead log
+//! (`cairn-wal`) with one fdatasync before any of it is applied or acknowledged. The engines
+//! are applied without syncing; a checkpoint syncs them and purges the log up to the index they
+//! hold. With `everysec`/`never` the log is not written: the engines are synced once a second
+//! (or never) instead. The log is always opened at start so that entries written under
+//! `always` are replayed whatever the mode of the restart.
+
+use std::path::Path;
+
+use cairn_wal::{Record, Wal, WalOptions};
 
 use crate::config::SyncMode;
 use crate::effects::Effects;
-use crate::shards::Shards;
+use crate::shards::{Shards, wal_dir};
+use crate::writer::apply_entry;
+
+/// The WAL group holding the node log (one log shared by all shards; one entry may touch
+/// several shards, which makes multi-key writes atomic).
+pub const NODE_LOG_GROUP: u64 = 0;
 
 /// Durable record of committed entries.
 #[derive(Debug)]
-pub enum CommitLog {
-    /// The engines are the record; synced after each group when `mode` is `Always`.
-    Engines { mode: SyncMode },
+pub struct CommitLog {
+    wal: Wal,
+    mode: SyncMode,
 }
 
 impl CommitLog {
-    /// Make `entries` durable (for modes that sync on append).
-    pub fn append(&mut self, _entries: &[(u64, Effects)]) -> Result<(), String> {
-        match self {
-            CommitLog::Engines { .. } => Ok(()),
-        }
-    }
-
-    /// Called once the group's entries are applied to the engines.
-    pub fn after_apply(
-        &mut self,
+    /// Open the log, replay into `shards` every entry a shard has not applied yet, and return
+    /// the log with the next free index.
+    pub fn open(
+        data_dir: &Path,
+        mode: SyncMode,
         shards: &Shards,
-        entries: &[(u64, Effects)],
-    ) -> Result<(), String> {
-        match self {
-            CommitLog::Engines {
-                mode: SyncMode::Always,
-            } => {
-                let mut touched: Vec<u32> = entries.iter().flat_map(|(_, e)| e.shards()).collect();
-                touched.sort_unstable();
-                touched.dedup();
-                for id in touched {
-                    if let Some(shard) = shards.get(id) {
-                        shard
-                            .engine
-                            .sync()
-                            .map_err(|e| format!("shard {id}: {e}"))?;
-                    }
-                }
-                Ok(())
+    ) -> anyhow::Result<(CommitLog, u64)> {
+        let dir = wal_dir(data_dir);
+        std::fs::create_dir_all(&dir)?;
+        let (wal, records) = Wal::open(&dir, WalOptions::default()).map_err(|e| {
+            anyhow::anyhow!("cannot open the write-ahead log in {}: {e}", dir.display())
+        })?;
+        let mut last = shards
+            .list
+            .iter()
+            .map(|s| s.last_applied())
+            .max()
+            .unwrap_or(0);
+        let mut replayed = 0u64;
+        for record in records {
+            if record.group != NODE_LOG_GROUP {
+                anyhow::bail!(
+                    "write-ahead log holds a record of unknown group {}",
+                    record.group
+                );
             }
-            CommitLog::Engines { .. } => Ok(()),
+            let effects = Effects::decode(record.payload)
+                .map_err(|e| anyhow::anyhow!("log entry {}: {e}", record.index))?;
+            apply_entry(shards, record.index, &effects, true)
+                .map_err(|e| anyhow::anyhow!("replay: {e}"))?;
+            last = last.max(record.index);
+            replayed += 1;
         }
+        if replayed > 0 {
+            tracing::info!(
+                entries = replayed,
+                last_index = last,
+                "replayed the write-ahead log"
+            );
+        }
+        Ok((CommitLog { wal, mode }, last + 1))
     }
 
-    /// Sync what was appended (`--sync everysec`).
+    /// Make `entries` durable before they are applied (with `--sync always`).
+    pub fn append(&mut self, entries: &[(u64, Effects)]) -> Result<(), String> {
+        if self.mode != SyncMode::Always {
+            return Ok(());
+        }
+        let records: Vec<Record> = entries
+            .iter()
+            .map(|(index, effects)| Record {
+                group: NODE_LOG_GROUP,
+                index: *index,
+                payload: effects.encode(),
+            })
+            .collect();
+        self.wal.append(&records).map_err(|e| e.to_string())
+    }
+
+    /// Periodic sync for `--sync everysec`: the engines hold the data in that mode.
     pub fn sync(&mut self, shards: &Shards) -> Result<(), String> {
-        match self {
-            CommitLog::Engines { .. } => {
-                for shard in &shards.list {
-                    shard
-                        .engine
-                        .sync()
-                        .map_err(|e| format!("shard {}: {e}", shard.id))?;
-                }
-                Ok(())
-            }
+        if self.mode == SyncMode::Always {
+            return Ok(());
         }
+        for shard in &shards.list {
+            shard
+                .engine
+                .sync()
+                .map_err(|e| format!("shard {}: {e}", shard.id))?;
+        }
+        Ok(())
     }
 
-    /// Drop entries up to `applied`, which every engine now holds durably.
-    pub fn purge(&mut self, _applied: u64) -> Result<(), String> {
-        match self {
-            CommitLog::Engines { .. } => Ok(()),
-        }
+    /// Drop log segments whose entries are all ≤ `applied`, which every engine now holds
+    /// durably (the caller synced them).
+    pub fn purge(&mut self, applied: u64) -> Result<(), String> {
+        self.wal
+            .purge(|_| applied)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }

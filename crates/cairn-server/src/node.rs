@@ -100,18 +100,13 @@ impl Node {
             identity.shards,
             options.value_bytes_max,
         )?);
-        let log = CommitLog::Engines { mode: options.sync };
-        let last_applied = shards
-            .list
-            .iter()
-            .map(|s| s.last_applied())
-            .max()
-            .unwrap_or(0);
+        let (log, next_index) = CommitLog::open(&options.data_dir, options.sync, &shards)?;
+        let last_applied = next_index - 1;
         let health = Arc::new(WriterHealth::default());
         let writer = Writer::new(
             shards.clone(),
             log,
-            last_applied + 1,
+            next_index,
             options.value_bytes_max,
             health.clone(),
         );

@@ -233,13 +233,10 @@ impl Writer {
             .append(entries)
             .map_err(|e| format!("log append failed: {e}"))?;
         for (index, effects) in entries {
-            apply_entry(&self.shards, *index, effects, 0)
+            apply_entry(&self.shards, *index, effects, false)
                 .map_err(|e| format!("apply of entry {index} failed: {e}"))?;
             self.applied_index = *index;
         }
-        self.log
-            .after_apply(&self.shards, entries)
-            .map_err(|e| format!("sync failed: {e}"))?;
         Ok(())
     }
 
@@ -276,12 +273,12 @@ impl Writer {
 }
 
 /// Apply one log entry to the shards that have not applied it yet (`index` greater than their
-/// last applied index, `floor` for a fresh start).
+/// last applied index) when `replay`, else to every shard it names.
 pub fn apply_entry(
     shards: &Shards,
     index: u64,
     effects: &Effects,
-    floor: u64,
+    replay: bool,
 ) -> Result<(), String> {
     let mut per_shard: Vec<(u32, Vec<&Effect>)> = Vec::new();
     for (shard, effect) in &effects.ops {
@@ -294,7 +291,7 @@ pub fn apply_entry(
         let shard = shards
             .get(id)
             .ok_or_else(|| format!("entry {index} names unknown shard {id}"))?;
-        if floor > 0 && shard.last_applied() >= index {
+        if replay && shard.last_applied() >= index {
             continue;
         }
         shard
