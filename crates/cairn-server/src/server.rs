@@ -59,6 +59,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         config.max_connections,
         stop_rx.clone(),
     ));
+    tasks.spawn(crate::grpc::serve(node.clone(), config.grpc_addr, shutdown_signal(stop_rx.clone())));
+    tasks.spawn(crate::http::serve(node.clone(), config.http_addr, shutdown_signal(stop_rx.clone())));
     let background = tokio::spawn(
         node.clone()
             .run_background(shutdown_signal(stop_rx.clone())),

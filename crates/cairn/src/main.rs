@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod cli;
+
 /// Cairn: a distributed key-value database speaking Redis protocol, gRPC and HTTP/JSON.
 #[derive(Debug, Parser)]
 #[command(name = "cairn", version, about)]
@@ -14,12 +16,15 @@ struct Cli {
 enum Commands {
     /// Run a Cairn node.
     Server(cairn_server::config::ServerArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Commands::Server(args) => server(args),
+        Commands::Client(command) => cli::main(command),
     }
 }
 

@@ -1,6 +1,5 @@
 //! `cairn cluster status`: the cluster map as the contacted node sees it.
 
-use std::process::ExitCode;
 
 use cairn_client::proto::{NodeState, StatusResponse};
 use clap::Subcommand;
@@ -15,7 +14,7 @@ pub enum ClusterCommand {
     Status,
 }
 
-pub async fn run(command: ClusterCommand, connection: Connection) -> anyhow::Result<ExitCode> {
+pub async fn run(command: ClusterCommand, connection: Connection) -> anyhow::Result<u8> {
     match command {
         ClusterCommand::Status => {
             let status = connection.client()?.status().await?;
@@ -26,7 +25,7 @@ pub async fn run(command: ClusterCommand, connection: Connection) -> anyhow::Res
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
 fn state_name(state: i32) -> &'static str {

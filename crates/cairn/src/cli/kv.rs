@@ -5,7 +5,6 @@
 
 use std::io::{Read as _, Write as _};
 use std::ops::Bound;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -101,7 +100,7 @@ pub struct ScanArgs {
     pub connection: Connection,
 }
 
-pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
+pub async fn get(args: GetArgs) -> anyhow::Result<u8> {
     let client = args.connection.client()?;
     let Some(v) = client.get(args.key.clone()).await? else {
         return Ok(missing(&args.connection));
@@ -123,10 +122,10 @@ pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
             writeln!(out, "(version {}, ttl {ttl})", v.version)?;
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
-pub async fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
+pub async fn put(args: PutArgs) -> anyhow::Result<u8> {
     let value = match args.value {
         Some(v) => Bytes::from(v),
         None => {
@@ -159,7 +158,7 @@ pub async fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
             } else {
                 println!("OK");
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(0)
         }
         Err(Error::ConditionFailed(message)) => {
             if args.connection.json {
@@ -167,26 +166,26 @@ pub async fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
             } else {
                 eprintln!("{message}");
             }
-            Ok(ExitCode::from(EXIT_MISSING))
+            Ok(EXIT_MISSING)
         }
         Err(e) => Err(e.into()),
     }
 }
 
-pub async fn del(args: KeyArgs) -> anyhow::Result<ExitCode> {
+pub async fn del(args: KeyArgs) -> anyhow::Result<u8> {
     let deleted = args.connection.client()?.delete(args.key).await?;
     if args.connection.json {
         print_json(&json!({ "deleted": deleted }));
-        return Ok(ExitCode::SUCCESS);
+        return Ok(0);
     }
     if !deleted {
         return Ok(missing(&args.connection));
     }
     println!("OK");
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
-pub async fn expire(args: ExpireArgs) -> anyhow::Result<ExitCode> {
+pub async fn expire(args: ExpireArgs) -> anyhow::Result<u8> {
     let ttl = if args.ms { Duration::from_millis(args.ttl) } else { Duration::from_secs(args.ttl) };
     if !args.connection.client()?.expire(args.key, ttl).await? {
         return Ok(missing(&args.connection));
@@ -196,10 +195,10 @@ pub async fn expire(args: ExpireArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!("OK");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
-pub async fn ttl(args: KeyArgs) -> anyhow::Result<ExitCode> {
+pub async fn ttl(args: KeyArgs) -> anyhow::Result<u8> {
     let Some(ttl) = args.connection.client()?.ttl(args.key).await? else {
         return Ok(missing(&args.connection));
     };
@@ -209,10 +208,10 @@ pub async fn ttl(args: KeyArgs) -> anyhow::Result<ExitCode> {
         (Ttl::Persistent, false) => println!("-1"),
         (Ttl::Remaining(d), false) => println!("{}", ttl_secs(d)),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
-pub async fn scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
+pub async fn scan(args: ScanArgs) -> anyhow::Result<u8> {
     let client = args.connection.client()?;
     let mut request = match (&args.prefix, &args.start, &args.end) {
         (Some(p), _, _) => Scan::prefix(p.clone()),
@@ -255,15 +254,15 @@ pub async fn scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
             None => break,
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
 /// Report a missing key and return its exit status.
-fn missing(connection: &Connection) -> ExitCode {
+fn missing(connection: &Connection) -> u8 {
     if connection.json {
         print_json(&json!({ "error": "not_found", "message": "record not found" }));
     } else {
         eprintln!("record not found");
     }
-    ExitCode::from(EXIT_MISSING)
+    EXIT_MISSING
 }

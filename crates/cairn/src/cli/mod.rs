@@ -70,8 +70,28 @@ pub enum ClientCommand {
     Bench(bench::BenchArgs),
 }
 
-/// Run a client subcommand to completion; the process exit code is taken from the result.
-pub async fn run(command: ClientCommand) -> anyhow::Result<std::process::ExitCode> {
+/// Exit status of a failed command (bad input, unreachable node, server error).
+const EXIT_ERROR: i32 = 2;
+
+/// Run a client subcommand on its own runtime and exit the process with its status: 0 on
+/// success, 1 for a missing key or failed condition, 2 (with the error on stderr) otherwise.
+pub fn main(command: ClientCommand) -> ! {
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(command)));
+    match result {
+        Ok(code) => std::process::exit(i32::from(code)),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(EXIT_ERROR)
+        }
+    }
+}
+
+/// Run a client subcommand to completion; returns the process exit status.
+pub async fn run(command: ClientCommand) -> anyhow::Result<u8> {
     match command {
         ClientCommand::Get(args) => kv::get(args).await,
         ClientCommand::Put(args) => kv::put(args).await,

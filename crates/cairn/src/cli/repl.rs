@@ -5,7 +5,6 @@
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -54,7 +53,7 @@ enum Step {
     Exit,
 }
 
-pub async fn run(args: ReplArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: ReplArgs) -> anyhow::Result<u8> {
     let client = args.connection.client()?;
     let authority = args.connection.endpoint.split("://").last().unwrap_or_default();
     let prompt = format!("{}> ", authority.trim_end_matches('/'));
@@ -66,7 +65,7 @@ pub async fn run(args: ReplArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Line editing and history with rustyline.
-async fn interactive(client: &Client, prompt: &str, history: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn interactive(client: &Client, prompt: &str, history: Option<PathBuf>) -> anyhow::Result<u8> {
     use rustyline::error::ReadlineError;
     let config = rustyline::Config::builder().max_history_size(HISTORY_LINES_MAX)?.auto_add_history(true).build();
     let mut editor = rustyline::DefaultEditor::with_config(config)?;
@@ -93,11 +92,11 @@ async fn interactive(client: &Client, prompt: &str, history: Option<PathBuf>) ->
             eprintln!("could not save history to {}: {e}", path.display());
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
 /// Plain line reading for piped stdin: same prompt, no editing, no history.
-async fn piped(client: &Client, prompt: &str) -> anyhow::Result<ExitCode> {
+async fn piped(client: &Client, prompt: &str) -> anyhow::Result<u8> {
     let mut stdout = std::io::stdout();
     for line in std::io::stdin().lock().lines() {
         let line = line?;
@@ -109,7 +108,7 @@ async fn piped(client: &Client, prompt: &str) -> anyhow::Result<ExitCode> {
         }
         stdout.flush()?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
 /// Run one line and say what to print.

@@ -1,6 +1,9 @@
 //! Black-box tests of the `cairn` binary: each test starts real server processes on loopback
 //! through [`support::Node`], talks to them as a user would, and cleans up after itself.
 
-mod support;
+mod cli;
 mod clients;
 mod differential;
+mod grpc;
+mod http;
+mod support;
