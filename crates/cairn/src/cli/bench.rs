@@ -69,8 +69,16 @@ struct Tally {
 
 impl Tally {
     fn new() -> Self {
-        let h = || Histogram::new_with_bounds(1, LATENCY_US_MAX, HISTOGRAM_SIGFIG).expect("valid histogram bounds");
-        Tally { get: h(), put: h(), errors: 0, first_error: None }
+        let h = || {
+            Histogram::new_with_bounds(1, LATENCY_US_MAX, HISTOGRAM_SIGFIG)
+                .expect("valid histogram bounds")
+        };
+        Tally {
+            get: h(),
+            put: h(),
+            errors: 0,
+            first_error: None,
+        }
     }
 
     fn merge(&mut self, other: Tally) {
@@ -82,11 +90,22 @@ impl Tally {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
-    anyhow::ensure!((0.0..=1.0).contains(&args.read_ratio), "--read-ratio must be within 0.0..=1.0");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.read_ratio),
+        "--read-ratio must be within 0.0..=1.0"
+    );
     anyhow::ensure!(args.keys > 0, "--keys must be > 0");
-    anyhow::ensure!((1..=CONCURRENCY_MAX).contains(&args.concurrency), "--concurrency must be 1..={CONCURRENCY_MAX}");
-    anyhow::ensure!((1..=CONNECTIONS_MAX).contains(&args.connections), "--connections must be 1..={CONNECTIONS_MAX}");
-    let clients = (0..args.connections).map(|_| args.connection.client()).collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(
+        (1..=CONCURRENCY_MAX).contains(&args.concurrency),
+        "--concurrency must be 1..={CONCURRENCY_MAX}"
+    );
+    anyhow::ensure!(
+        (1..=CONNECTIONS_MAX).contains(&args.connections),
+        "--connections must be 1..={CONNECTIONS_MAX}"
+    );
+    let clients = (0..args.connections)
+        .map(|_| args.connection.client())
+        .collect::<anyhow::Result<Vec<_>>>()?;
     // Fail fast with a clear message when the node is not there.
     clients[0].status().await?;
     let value = Bytes::from(vec![b'x'; args.value_size]);
@@ -97,8 +116,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
         let next = Arc::new(AtomicU64::new(0));
         let tasks: Vec<_> = (0..args.concurrency)
             .map(|w| {
-                let (client, args, next, bar, value) =
-                    (clients[w % clients.len()].clone(), args.clone(), next.clone(), bar.clone(), value.clone());
+                let (client, args, next, bar, value) = (
+                    clients[w % clients.len()].clone(),
+                    args.clone(),
+                    next.clone(),
+                    bar.clone(),
+                    value.clone(),
+                );
                 tokio::spawn(async move {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -122,8 +146,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let tasks: Vec<_> = (0..args.concurrency)
         .map(|w| {
-            let (client, args, next, bar, value) =
-                (clients[w % clients.len()].clone(), args.clone(), next.clone(), bar.clone(), value.clone());
+            let (client, args, next, bar, value) = (
+                clients[w % clients.len()].clone(),
+                args.clone(),
+                next.clone(),
+                bar.clone(),
+                value.clone(),
+            );
             tokio::spawn(async move { worker(w as u64, client, args, next, bar, value).await })
         })
         .collect();
@@ -151,7 +180,11 @@ async fn worker(
         let k = key(&args.key_prefix, rng.random_range(0..args.keys));
         let read = rng.random_bool(args.read_ratio);
         let t = Instant::now();
-        let result = if read { client.get(k).await.map(drop) } else { client.put(k, value.clone()).await.map(drop) };
+        let result = if read {
+            client.get(k).await.map(drop)
+        } else {
+            client.put(k, value.clone()).await.map(drop)
+        };
         let us = (t.elapsed().as_micros() as u64).clamp(1, LATENCY_US_MAX);
         match result {
             Ok(()) => {
@@ -224,8 +257,14 @@ fn report(args: &BenchArgs, tally: &Tally, elapsed: Duration) {
         args.value_size,
         args.read_ratio * 100.0
     );
-    println!("throughput: {ops_per_sec:.0} ops/s ({:.2} s)", elapsed.as_secs_f64());
-    println!("{:<5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  (latency, µs)", "op", "count", "p50", "p90", "p99", "p99.9", "max");
+    println!(
+        "throughput: {ops_per_sec:.0} ops/s ({:.2} s)",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "{:<5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  (latency, µs)",
+        "op", "count", "p50", "p90", "p99", "p99.9", "max"
+    );
     for (name, h) in [("get", &tally.get), ("put", &tally.put)] {
         if h.is_empty() {
             continue;
@@ -242,6 +281,10 @@ fn report(args: &BenchArgs, tally: &Tally, elapsed: Duration) {
         );
     }
     if tally.errors > 0 {
-        println!("errors: {} (first: {})", tally.errors, tally.first_error.as_deref().unwrap_or("?"));
+        println!(
+            "errors: {} (first: {})",
+            tally.errors,
+            tally.first_error.as_deref().unwrap_or("?")
+        );
     }
 }

@@ -1,6 +1,5 @@
 //! `cairn cluster status`: the cluster map as the contacted node sees it.
 
-
 use cairn_client::proto::{NodeState, StatusResponse};
 use clap::Subcommand;
 use serde_json::json;
@@ -59,8 +58,18 @@ pub fn to_json(s: &StatusResponse) -> serde_json::Value {
 pub fn render(s: &StatusResponse) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let _ = writeln!(out, "node {} ({} nodes, {} shards)", s.node_id, s.nodes.len(), s.shards.len());
-    let _ = writeln!(out, "\nNODE{:38} STATE    GRPC                  HTTP                  RESP", "");
+    let _ = writeln!(
+        out,
+        "node {} ({} nodes, {} shards)",
+        s.node_id,
+        s.nodes.len(),
+        s.shards.len()
+    );
+    let _ = writeln!(
+        out,
+        "\nNODE{:38} STATE    GRPC                  HTTP                  RESP",
+        ""
+    );
     for n in &s.nodes {
         let _ = writeln!(
             out,
@@ -74,7 +83,11 @@ pub fn render(s: &StatusResponse) -> String {
     }
     let _ = writeln!(out, "\nSHARD  SLOTS          LEADER    REPLICAS");
     for sh in &s.shards {
-        let slots: Vec<String> = sh.slots.iter().map(|r| format!("{}-{}", r.start, r.end)).collect();
+        let slots: Vec<String> = sh
+            .slots
+            .iter()
+            .map(|r| format!("{}-{}", r.start, r.end))
+            .collect();
         let short = |id: &str| id.chars().take(8).collect::<String>();
         let replicas: Vec<String> = sh.replicas.iter().map(|r| short(r)).collect();
         let _ = writeln!(

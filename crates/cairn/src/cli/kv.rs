@@ -130,7 +130,9 @@ pub async fn put(args: PutArgs) -> anyhow::Result<u8> {
         Some(v) => Bytes::from(v),
         None => {
             let mut buf = Vec::new();
-            std::io::stdin().take(STDIN_VALUE_BYTES_MAX + 1).read_to_end(&mut buf)?;
+            std::io::stdin()
+                .take(STDIN_VALUE_BYTES_MAX + 1)
+                .read_to_end(&mut buf)?;
             anyhow::ensure!(
                 buf.len() as u64 <= STDIN_VALUE_BYTES_MAX,
                 "the value on stdin is above {STDIN_VALUE_BYTES_MAX} bytes"
@@ -151,7 +153,10 @@ pub async fn put(args: PutArgs) -> anyhow::Result<u8> {
         args.if_version.map(Condition::IfVersion)
     };
     let client = args.connection.client()?;
-    match client.put_with(args.key, value, PutOptions { expiry, condition }).await {
+    match client
+        .put_with(args.key, value, PutOptions { expiry, condition })
+        .await
+    {
         Ok(version) => {
             if args.connection.json {
                 print_json(&json!({ "version": version }));
@@ -186,7 +191,11 @@ pub async fn del(args: KeyArgs) -> anyhow::Result<u8> {
 }
 
 pub async fn expire(args: ExpireArgs) -> anyhow::Result<u8> {
-    let ttl = if args.ms { Duration::from_millis(args.ttl) } else { Duration::from_secs(args.ttl) };
+    let ttl = if args.ms {
+        Duration::from_millis(args.ttl)
+    } else {
+        Duration::from_secs(args.ttl)
+    };
     if !args.connection.client()?.expire(args.key, ttl).await? {
         return Ok(missing(&args.connection));
     }
@@ -217,8 +226,11 @@ pub async fn scan(args: ScanArgs) -> anyhow::Result<u8> {
         (Some(p), _, _) => Scan::prefix(p.clone()),
         (None, None, None) => Scan::all(),
         (None, start, end) => Scan::range(
-            start.clone().map_or(Bound::Unbounded, |s| Bound::Included(Bytes::from(s))),
-            end.clone().map_or(Bound::Unbounded, |e| Bound::Excluded(Bytes::from(e))),
+            start
+                .clone()
+                .map_or(Bound::Unbounded, |s| Bound::Included(Bytes::from(s))),
+            end.clone()
+                .map_or(Bound::Unbounded, |e| Bound::Excluded(Bytes::from(e))),
         ),
     }
     .limit(args.limit)
@@ -247,7 +259,10 @@ pub async fn scan(args: ScanArgs) -> anyhow::Result<u8> {
             Some(after) if args.all => request = request.after(Some(after)),
             Some(after) => {
                 if !args.connection.json {
-                    eprintln!("(more: continue with --after {:?} or use --all)", human(&after));
+                    eprintln!(
+                        "(more: continue with --after {:?} or use --all)",
+                        human(&after)
+                    );
                 }
                 break;
             }

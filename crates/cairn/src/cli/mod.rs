@@ -99,7 +99,10 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<u8> {
         ClientCommand::Expire(args) => kv::expire(args).await,
         ClientCommand::Ttl(args) => kv::ttl(args).await,
         ClientCommand::Scan(args) => kv::scan(args).await,
-        ClientCommand::Cluster { command, connection } => cluster::run(command, connection).await,
+        ClientCommand::Cluster {
+            command,
+            connection,
+        } => cluster::run(command, connection).await,
         ClientCommand::Repl(args) => repl::run(args).await,
         ClientCommand::Bench(args) => bench::run(args).await,
     }

@@ -55,7 +55,12 @@ enum Step {
 
 pub async fn run(args: ReplArgs) -> anyhow::Result<u8> {
     let client = args.connection.client()?;
-    let authority = args.connection.endpoint.split("://").last().unwrap_or_default();
+    let authority = args
+        .connection
+        .endpoint
+        .split("://")
+        .last()
+        .unwrap_or_default();
     let prompt = format!("{}> ", authority.trim_end_matches('/'));
     if std::io::stdin().is_terminal() {
         interactive(&client, &prompt, args.history).await
@@ -65,16 +70,27 @@ pub async fn run(args: ReplArgs) -> anyhow::Result<u8> {
 }
 
 /// Line editing and history with rustyline.
-async fn interactive(client: &Client, prompt: &str, history: Option<PathBuf>) -> anyhow::Result<u8> {
+async fn interactive(
+    client: &Client,
+    prompt: &str,
+    history: Option<PathBuf>,
+) -> anyhow::Result<u8> {
     use rustyline::error::ReadlineError;
-    let config = rustyline::Config::builder().max_history_size(HISTORY_LINES_MAX)?.auto_add_history(true).build();
+    let config = rustyline::Config::builder()
+        .max_history_size(HISTORY_LINES_MAX)?
+        .auto_add_history(true)
+        .build();
     let mut editor = rustyline::DefaultEditor::with_config(config)?;
-    let history = history.or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(HISTORY_FILE_NAME)));
+    let history = history
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(HISTORY_FILE_NAME)));
     if let Some(path) = &history {
         // A missing history file is normal on first use.
         let _ = editor.load_history(path);
     }
-    println!("connected to {}; type help for commands", prompt.trim_end_matches("> "));
+    println!(
+        "connected to {}; type help for commands",
+        prompt.trim_end_matches("> ")
+    );
     loop {
         match editor.readline(prompt) {
             Ok(line) => match eval(client, &line).await {
@@ -136,19 +152,27 @@ async fn execute(client: &Client, command: &str, args: &[String]) -> Result<Stri
         if args.len() == n {
             Ok(())
         } else {
-            Err(format!("wrong number of arguments for '{command}' (see help)"))
+            Err(format!(
+                "wrong number of arguments for '{command}' (see help)"
+            ))
         }
     };
     let key = |i: usize| Bytes::from(args[i].clone());
     let err = |e: cairn_client::Error| e.to_string();
     match command {
         "help" | "?" => Ok(HELP.to_string()),
-        "ping" => client.status().await.map(|_| "PONG".to_string()).map_err(err),
+        "ping" => client
+            .status()
+            .await
+            .map(|_| "PONG".to_string())
+            .map_err(err),
         "set" | "put" => {
             let expiry = match args.len() {
                 2 => None,
                 4 => {
-                    let n: u64 = args[3].parse().map_err(|_| "expiry is not an integer".to_string())?;
+                    let n: u64 = args[3]
+                        .parse()
+                        .map_err(|_| "expiry is not an integer".to_string())?;
                     match args[2].to_ascii_lowercase().as_str() {
                         "ex" => Some(cairn_client::Expiry::In(Duration::from_secs(n))),
                         "px" => Some(cairn_client::Expiry::In(Duration::from_millis(n))),
@@ -157,8 +181,15 @@ async fn execute(client: &Client, command: &str, args: &[String]) -> Result<Stri
                 }
                 _ => return Err("wrong number of arguments for 'set' (see help)".to_string()),
             };
-            let options = cairn_client::PutOptions { expiry, condition: None };
-            client.put_with(key(0), key(1), options).await.map(|_| "OK".to_string()).map_err(err)
+            let options = cairn_client::PutOptions {
+                expiry,
+                condition: None,
+            };
+            client
+                .put_with(key(0), key(1), options)
+                .await
+                .map(|_| "OK".to_string())
+                .map_err(err)
         }
         "get" | "out" => {
             arity(1)?;
@@ -176,8 +207,14 @@ async fn execute(client: &Client, command: &str, args: &[String]) -> Result<Stri
         }
         "expire" | "pexpire" => {
             arity(2)?;
-            let n: u64 = args[1].parse().map_err(|_| "ttl is not a non-negative integer".to_string())?;
-            let ttl = if command == "expire" { Duration::from_secs(n) } else { Duration::from_millis(n) };
+            let n: u64 = args[1]
+                .parse()
+                .map_err(|_| "ttl is not a non-negative integer".to_string())?;
+            let ttl = if command == "expire" {
+                Duration::from_secs(n)
+            } else {
+                Duration::from_millis(n)
+            };
             match client.expire(key(0), ttl).await.map_err(err)? {
                 true => Ok("OK".to_string()),
                 false => Ok("record not found".to_string()),
@@ -203,10 +240,17 @@ async fn execute(client: &Client, command: &str, args: &[String]) -> Result<Stri
             let scan = match args.len() {
                 0 => Scan::all(),
                 1 => Scan::prefix(key(0)),
-                _ => return Err(format!("wrong number of arguments for '{command}' (see help)")),
+                _ => {
+                    return Err(format!(
+                        "wrong number of arguments for '{command}' (see help)"
+                    ));
+                }
             };
             let keys_only = command == "keys";
-            let page = client.scan(&scan.limit(REPL_SCAN_LIMIT).keys_only(keys_only)).await.map_err(err)?;
+            let page = client
+                .scan(&scan.limit(REPL_SCAN_LIMIT).keys_only(keys_only))
+                .await
+                .map_err(err)?;
             if page.entries.is_empty() {
                 return Ok("(empty)".to_string());
             }
@@ -242,7 +286,9 @@ fn split_words(line: &str) -> Result<Vec<String>, String> {
     let mut chars = line.chars().peekable();
     loop {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let Some(&first) = chars.peek() else { return Ok(words) };
+        let Some(&first) = chars.peek() else {
+            return Ok(words);
+        };
         let mut word = String::new();
         if first == '"' || first == '\'' {
             chars.next();
@@ -278,7 +324,10 @@ mod tests {
     #[test]
     fn words_split_on_whitespace_and_group_on_quotes() {
         assert_eq!(split_words("  set  k v ").unwrap(), ["set", "k", "v"]);
-        assert_eq!(split_words(r#"set k "a b\"c""#).unwrap(), ["set", "k", "a b\"c"]);
+        assert_eq!(
+            split_words(r#"set k "a b\"c""#).unwrap(),
+            ["set", "k", "a b\"c"]
+        );
         assert_eq!(split_words("set k 'x y'").unwrap(), ["set", "k", "x y"]);
         assert_eq!(split_words(r#"set k """#).unwrap(), ["set", "k", ""]);
         assert!(split_words("set k \"oops").is_err());

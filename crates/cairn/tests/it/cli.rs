@@ -38,7 +38,13 @@ fn stderr(o: &Output) -> String {
 }
 
 fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "status {:?}\nstdout: {}\nstderr: {}", o.status, stdout(o), stderr(o));
+    assert!(
+        o.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
     stdout(o)
 }
 
@@ -69,8 +75,20 @@ fn one_shot_commands_human_and_json() {
     let o = cairn(&node, &["put", "hello", "again", "--if-absent"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("condition failed"), "{}", stderr(&o));
-    let version = json(&cairn(&node, &["get", "hello", "--json"]))["version"].as_u64().unwrap();
-    let j = json(&cairn(&node, &["put", "hello", "cas", "--if-version", &version.to_string(), "--json"]));
+    let version = json(&cairn(&node, &["get", "hello", "--json"]))["version"]
+        .as_u64()
+        .unwrap();
+    let j = json(&cairn(
+        &node,
+        &[
+            "put",
+            "hello",
+            "cas",
+            "--if-version",
+            &version.to_string(),
+            "--json",
+        ],
+    ));
     assert!(j["version"].as_u64().unwrap() > version);
 
     // expire / ttl.
@@ -81,31 +99,65 @@ fn one_shot_commands_human_and_json() {
     let j = json(&cairn(&node, &["ttl", "hello", "--json"]));
     assert!(j["ttl_ms"].as_u64().unwrap() <= 200_000);
     ok(&cairn(&node, &["put", "short", "v", "--ttl", "100"]));
-    assert!(json(&cairn(&node, &["get", "short", "--json"]))["ttl_ms"].as_u64().is_some());
+    assert!(
+        json(&cairn(&node, &["get", "short", "--json"]))["ttl_ms"]
+            .as_u64()
+            .is_some()
+    );
 
     // scan.
     for k in ["s:1", "s:2", "s:3"] {
         ok(&cairn(&node, &["put", k, &format!("val-{k}")]));
     }
-    assert_eq!(ok(&cairn(&node, &["scan", "--prefix", "s:"])), "s:1\tval-s:1\ns:2\tval-s:2\ns:3\tval-s:3\n");
-    assert_eq!(ok(&cairn(&node, &["scan", "--prefix", "s:", "--keys-only", "--limit", "1", "--all"])), "s:1\ns:2\ns:3\n");
+    assert_eq!(
+        ok(&cairn(&node, &["scan", "--prefix", "s:"])),
+        "s:1\tval-s:1\ns:2\tval-s:2\ns:3\tval-s:3\n"
+    );
+    assert_eq!(
+        ok(&cairn(
+            &node,
+            &[
+                "scan",
+                "--prefix",
+                "s:",
+                "--keys-only",
+                "--limit",
+                "1",
+                "--all"
+            ]
+        )),
+        "s:1\ns:2\ns:3\n"
+    );
     let o = cairn(&node, &["scan", "--prefix", "s:", "--limit", "2"]);
     assert_eq!(ok(&o), "s:1\tval-s:1\ns:2\tval-s:2\n");
     assert!(stderr(&o).contains("--after"), "{}", stderr(&o));
-    let lines: Vec<Value> =
-        ok(&cairn(&node, &["scan", "--start", "s:2", "--json"])).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = ok(&cairn(
+        &node,
+        &["scan", "--start", "s:2", "--end", "s:9", "--json"],
+    ))
+    .lines()
+    .map(|l| serde_json::from_str(l).unwrap())
+    .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["key"], "s:2");
 
     // del, then the key is missing: exit status 1 and a clear message.
     assert_eq!(ok(&cairn(&node, &["del", "hello"])), "OK\n");
-    for args in [&["get", "hello"][..], &["del", "hello"], &["ttl", "hello"], &["expire", "hello", "5"]] {
+    for args in [
+        &["get", "hello"][..],
+        &["del", "hello"],
+        &["ttl", "hello"],
+        &["expire", "hello", "5"],
+    ] {
         let o = cairn(&node, args);
         assert_eq!(o.status.code(), Some(1), "{args:?}");
         assert_eq!(stderr(&o), "record not found\n", "{args:?}");
     }
     let o = cairn(&node, &["get", "hello", "--json"]);
-    assert_eq!((o.status.code(), json(&o)["error"].as_str()), (Some(1), Some("not_found")));
+    assert_eq!(
+        (o.status.code(), json(&o)["error"].as_str()),
+        (Some(1), Some("not_found"))
+    );
 }
 
 #[test]
@@ -126,7 +178,12 @@ fn unreachable_endpoint_fails_with_a_message() {
     let node = Node::start();
     let port = crate::support::free_port();
     let o = Command::new(cairn_bin())
-        .args(["get", "k", "--endpoint", &format!("http://127.0.0.1:{port}")])
+        .args([
+            "get",
+            "k",
+            "--endpoint",
+            &format!("http://127.0.0.1:{port}"),
+        ])
         .output()
         .unwrap();
     assert!(!o.status.success());
@@ -142,7 +199,10 @@ fn repl_behaves_like_simplekv_and_dstore() {
     let out = ok(&cairn_stdin(&node, &["repl"], script.as_bytes()));
     let prompt = format!("{}> ", node.grpc_addr);
     // Each input line echoes the prompt, then its reply (help spans several lines).
-    let replies: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix(prompt.as_str())).collect();
+    let replies: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix(prompt.as_str()))
+        .collect();
     assert_eq!(replies[0], "OK");
     assert_eq!(replies[1], "1");
     assert_eq!(replies[2], "OK");
@@ -154,8 +214,16 @@ fn repl_behaves_like_simplekv_and_dstore() {
     assert_eq!(replies[7], "two words");
     assert_eq!(replies[8], "OK");
     assert_eq!(replies[9], "record not found");
-    assert!(replies[10].starts_with("(error) unknown command 'bogus'"), "{}", replies[10]);
-    assert!(replies[11].starts_with("(error) wrong number of arguments"), "{}", replies[11]);
+    assert!(
+        replies[10].starts_with("(error) unknown command 'bogus'"),
+        "{}",
+        replies[10]
+    );
+    assert!(
+        replies[11].starts_with("(error) wrong number of arguments"),
+        "{}",
+        replies[11]
+    );
     assert!(replies[12].starts_with("commands"), "{}", replies[12]);
     assert!(out.contains("exit | quit | .exit"));
     assert_eq!(replies.len(), 14, "stops at .exit:\n{out}");
@@ -164,13 +232,42 @@ fn repl_behaves_like_simplekv_and_dstore() {
 #[test]
 fn bench_runs_and_reports_percentiles() {
     let node = Node::start_with(&["--sync", "never"]);
-    let o = cairn(&node, &["bench", "-n", "500", "-c", "8", "--keys", "50", "--value-size", "32", "--json"]);
+    let o = cairn(
+        &node,
+        &[
+            "bench",
+            "-n",
+            "500",
+            "-c",
+            "8",
+            "--keys",
+            "50",
+            "--value-size",
+            "32",
+            "--json",
+        ],
+    );
     let j = json(&o);
     assert_eq!(j["errors"], 0, "{j}");
     let total = j["get"]["count"].as_u64().unwrap() + j["put"]["count"].as_u64().unwrap();
     assert_eq!(total, 500);
     assert!(j["ops_per_sec"].as_f64().unwrap() > 0.0);
     assert!(j["put"]["p99_us"].as_u64().unwrap() >= j["put"]["p50_us"].as_u64().unwrap());
-    let text = ok(&cairn(&node, &["bench", "-n", "100", "-c", "2", "--keys", "10", "--no-preload"]));
-    assert!(text.contains("throughput:") && text.contains("p99"), "{text}");
+    let text = ok(&cairn(
+        &node,
+        &[
+            "bench",
+            "-n",
+            "100",
+            "-c",
+            "2",
+            "--keys",
+            "10",
+            "--no-preload",
+        ],
+    ));
+    assert!(
+        text.contains("throughput:") && text.contains("p99"),
+        "{text}"
+    );
 }

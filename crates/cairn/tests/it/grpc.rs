@@ -6,7 +6,9 @@ use std::ops::Bound;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_client::{BatchOp, Client, ClientConfig, Condition, Error, Expiry, PutOptions, Scan, Ttl};
+use cairn_client::{
+    BatchOp, Client, ClientConfig, Condition, Error, Expiry, PutOptions, Scan, Ttl,
+};
 
 use crate::support::{Node, free_port};
 
@@ -24,7 +26,10 @@ async fn get_put_delete_with_binary_keys_and_versions() {
     let value = Bytes::from((0..=255u8).collect::<Vec<_>>());
     let v1 = c.put(key.clone(), value.clone()).await.unwrap();
     let got = c.get(key.clone()).await.unwrap().unwrap();
-    assert_eq!((got.value, got.version, got.expires_at_ms, got.ttl_ms), (value, v1, None, None));
+    assert_eq!(
+        (got.value, got.version, got.expires_at_ms, got.ttl_ms),
+        (value, v1, None, None)
+    );
 
     let v2 = c.put(key.clone(), "second").await.unwrap();
     assert!(v2 > v1, "versions increase: {v1} then {v2}");
@@ -39,24 +44,44 @@ async fn get_put_delete_with_binary_keys_and_versions() {
 async fn conditional_puts() {
     let node = Node::start();
     let c = client(&node);
-    let opts = |condition| PutOptions { expiry: None, condition: Some(condition) };
+    let opts = |condition| PutOptions {
+        expiry: None,
+        condition: Some(condition),
+    };
 
     // if-absent / if-present.
-    let v1 = c.put_with("k", "1", opts(Condition::IfAbsent)).await.unwrap();
-    let e = c.put_with("k", "2", opts(Condition::IfAbsent)).await.unwrap_err();
+    let v1 = c
+        .put_with("k", "1", opts(Condition::IfAbsent))
+        .await
+        .unwrap();
+    let e = c
+        .put_with("k", "2", opts(Condition::IfAbsent))
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::ConditionFailed(_)), "{e:?}");
-    let e = c.put_with("nope", "x", opts(Condition::IfPresent)).await.unwrap_err();
+    let e = c
+        .put_with("nope", "x", opts(Condition::IfPresent))
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::ConditionFailed(_)), "{e:?}");
     assert_eq!(c.get("nope").await.unwrap(), None);
-    let v2 = c.put_with("k", "3", opts(Condition::IfPresent)).await.unwrap();
+    let v2 = c
+        .put_with("k", "3", opts(Condition::IfPresent))
+        .await
+        .unwrap();
 
     // if-version: compare-and-set against the current version only.
-    let e = c.put_with("k", "4", opts(Condition::IfVersion(v1))).await.unwrap_err();
+    let e = c
+        .put_with("k", "4", opts(Condition::IfVersion(v1)))
+        .await
+        .unwrap_err();
     match e {
         Error::ConditionFailed(m) => assert!(m.contains(&v2.to_string()), "{m}"),
         other => panic!("{other:?}"),
     }
-    c.put_with("k", "5", opts(Condition::IfVersion(v2))).await.unwrap();
+    c.put_with("k", "5", opts(Condition::IfVersion(v2)))
+        .await
+        .unwrap();
     assert_eq!(c.get("k").await.unwrap().unwrap().value, "5");
 }
 
@@ -72,7 +97,9 @@ async fn ttl_expire_and_persist() {
     assert_eq!(c.ttl("k").await.unwrap(), Some(Ttl::Persistent));
     assert!(c.expire("k", Duration::from_secs(200)).await.unwrap());
     match c.ttl("k").await.unwrap() {
-        Some(Ttl::Remaining(d)) => assert!(d <= Duration::from_secs(200) && d > Duration::ZERO, "{d:?}"),
+        Some(Ttl::Remaining(d)) => {
+            assert!(d <= Duration::from_secs(200) && d > Duration::ZERO, "{d:?}")
+        }
         other => panic!("{other:?}"),
     }
     let got = c.get("k").await.unwrap().unwrap();
@@ -83,11 +110,17 @@ async fn ttl_expire_and_persist() {
     assert!(c.persist("k").await.unwrap());
 
     // Put with a TTL and with an absolute expiry.
-    let opts = PutOptions { expiry: Some(Expiry::In(Duration::from_secs(60))), condition: None };
+    let opts = PutOptions {
+        expiry: Some(Expiry::In(Duration::from_secs(60))),
+        condition: None,
+    };
     c.put_with("t", "v", opts).await.unwrap();
     assert!(matches!(c.ttl("t").await.unwrap(), Some(Ttl::Remaining(_))));
     let far = 4_000_000_000_000u64;
-    let opts = PutOptions { expiry: Some(Expiry::AtMs(far)), condition: None };
+    let opts = PutOptions {
+        expiry: Some(Expiry::AtMs(far)),
+        condition: None,
+    };
     c.put_with("t", "v", opts).await.unwrap();
     assert_eq!(c.get("t").await.unwrap().unwrap().expires_at_ms, Some(far));
 
@@ -96,8 +129,14 @@ async fn ttl_expire_and_persist() {
     assert_eq!(c.get("t").await.unwrap(), None);
 
     // A zero TTL on put is refused.
-    let opts = PutOptions { expiry: Some(Expiry::In(Duration::ZERO)), condition: None };
-    assert!(matches!(c.put_with("z", "v", opts).await, Err(Error::InvalidArgument(_))));
+    let opts = PutOptions {
+        expiry: Some(Expiry::In(Duration::ZERO)),
+        condition: None,
+    };
+    assert!(matches!(
+        c.put_with("z", "v", opts).await,
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 #[tokio::test]
@@ -105,7 +144,9 @@ async fn scan_by_prefix_and_range_with_paging() {
     let node = Node::start();
     let c = client(&node);
     for i in 0..25 {
-        c.put(format!("user:{i:02}"), format!("v{i}")).await.unwrap();
+        c.put(format!("user:{i:02}"), format!("v{i}"))
+            .await
+            .unwrap();
     }
     c.put("other", "x").await.unwrap();
 
@@ -133,17 +174,37 @@ async fn scan_by_prefix_and_range_with_paging() {
 
     // Range with inclusive/exclusive bounds, keys only.
     let page = c
-        .scan(&Scan::range(Bound::Excluded("user:03".into()), Bound::Included("user:06".into())).keys_only(true))
+        .scan(
+            &Scan::range(
+                Bound::Excluded("user:03".into()),
+                Bound::Included("user:06".into()),
+            )
+            .keys_only(true),
+        )
         .await
         .unwrap();
     let keys: Vec<&[u8]> = page.entries.iter().map(|e| &e.key[..]).collect();
     assert_eq!(keys, [b"user:04", b"user:05", b"user:06"]);
-    assert!(page.entries.iter().all(|e| e.value.is_empty() && e.version > 0));
+    assert!(
+        page.entries
+            .iter()
+            .all(|e| e.value.is_empty() && e.version > 0)
+    );
     assert_eq!(page.resume_after, None);
 
     // Whole keyspace; limit above the maximum is refused.
-    assert_eq!(c.scan(&Scan::all().limit(1000)).await.unwrap().entries.len(), 26);
-    assert!(matches!(c.scan(&Scan::all().limit(10_001)).await, Err(Error::InvalidArgument(_))));
+    assert_eq!(
+        c.scan(&Scan::all().limit(1000))
+            .await
+            .unwrap()
+            .entries
+            .len(),
+        26
+    );
+    assert!(matches!(
+        c.scan(&Scan::all().limit(10_001)).await,
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 #[tokio::test]
@@ -153,8 +214,16 @@ async fn batches_are_atomic_and_bounded() {
     c.put("gone", "x").await.unwrap();
     let version = c
         .batch(vec![
-            BatchOp::Put { key: "b1".into(), value: "1".into(), ttl: None },
-            BatchOp::Put { key: "b2".into(), value: "2".into(), ttl: Some(Duration::from_secs(60)) },
+            BatchOp::Put {
+                key: "b1".into(),
+                value: "1".into(),
+                ttl: None,
+            },
+            BatchOp::Put {
+                key: "b2".into(),
+                value: "2".into(),
+                ttl: Some(Duration::from_secs(60)),
+            },
             BatchOp::Delete { key: "gone".into() },
         ])
         .await
@@ -169,8 +238,16 @@ async fn batches_are_atomic_and_bounded() {
     // A batch with one bad operation writes nothing.
     let e = c
         .batch(vec![
-            BatchOp::Put { key: "b3".into(), value: "3".into(), ttl: None },
-            BatchOp::Put { key: Bytes::new(), value: "empty key".into(), ttl: None },
+            BatchOp::Put {
+                key: "b3".into(),
+                value: "3".into(),
+                ttl: None,
+            },
+            BatchOp::Put {
+                key: Bytes::new(),
+                value: "empty key".into(),
+                ttl: None,
+            },
         ])
         .await
         .unwrap_err();
@@ -178,9 +255,19 @@ async fn batches_are_atomic_and_bounded() {
     assert_eq!(c.get("b3").await.unwrap(), None);
 
     // Empty and oversized batches are refused.
-    assert!(matches!(c.batch(vec![]).await, Err(Error::InvalidArgument(_))));
-    let many = (0..1001).map(|i| BatchOp::Delete { key: format!("k{i}").into() }).collect();
-    assert!(matches!(c.batch(many).await, Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        c.batch(vec![]).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    let many = (0..1001)
+        .map(|i| BatchOp::Delete {
+            key: format!("k{i}").into(),
+        })
+        .collect();
+    assert!(matches!(
+        c.batch(many).await,
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 #[tokio::test]
@@ -188,11 +275,23 @@ async fn limits_are_invalid_argument_and_the_node_lives_on() {
     let node = Node::start_with(&["--value-bytes-max", "1024"]);
     let c = client(&node);
     c.put("ok", vec![1u8; 1024]).await.unwrap();
-    assert!(matches!(c.put("big", vec![1u8; 1025]).await, Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        c.put("big", vec![1u8; 1025]).await,
+        Err(Error::InvalidArgument(_))
+    ));
     // Far above the limit: refused by the transport's message cap, same error kind.
-    assert!(matches!(c.put("huge", vec![1u8; 2 << 20]).await, Err(Error::InvalidArgument(_))));
-    assert!(matches!(c.put(vec![b'k'; 64 * 1024 + 1], "v").await, Err(Error::InvalidArgument(_))));
-    assert!(matches!(c.put("", "v").await, Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        c.put("huge", vec![1u8; 2 << 20]).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        c.put(vec![b'k'; 64 * 1024 + 1], "v").await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        c.put("", "v").await,
+        Err(Error::InvalidArgument(_))
+    ));
     assert_eq!(c.get("ok").await.unwrap().unwrap().value.len(), 1024);
     assert_eq!(c.get("big").await.unwrap(), None);
 }
@@ -208,16 +307,37 @@ async fn cluster_status_and_health_service() {
     assert_eq!(me.grpc_addr, node.grpc_addr.to_string());
     assert_eq!(me.state, cairn_client::proto::NodeState::Up as i32);
     assert_eq!(status.shards.len(), 16);
-    let slots: u32 = status.shards.iter().flat_map(|s| &s.slots).map(|r| r.end - r.start + 1).sum();
+    let slots: u32 = status
+        .shards
+        .iter()
+        .flat_map(|s| &s.slots)
+        .map(|r| r.end - r.start + 1)
+        .sum();
     assert_eq!(slots, 16384);
-    assert!(status.shards.iter().all(|s| s.leader.as_deref() == Some(me.id.as_str())));
+    assert!(
+        status
+            .shards
+            .iter()
+            .all(|s| s.leader.as_deref() == Some(me.id.as_str()))
+    );
 
     // grpc.health.v1: overall and per service.
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let mut health = HealthClient::connect(node.grpc_url()).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(node.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
     for service in ["", "cairn.v1.Kv", "cairn.v1.Cluster"] {
-        let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(r.status, ServingStatus::Serving as i32, "{service:?}");
     }
 }
@@ -225,8 +345,15 @@ async fn cluster_status_and_health_service() {
 #[tokio::test]
 async fn unreachable_node_is_unavailable_after_bounded_retries() {
     let endpoint = format!("http://127.0.0.1:{}", free_port());
-    let config = ClientConfig { retries_max: 2, retry_backoff: Duration::from_millis(1), ..ClientConfig::default() };
+    let config = ClientConfig {
+        retries_max: 2,
+        retry_backoff: Duration::from_millis(1),
+        ..ClientConfig::default()
+    };
     let c = Client::with_config(&endpoint, config).unwrap();
     assert!(matches!(c.get("k").await, Err(Error::Unavailable(_))));
-    assert!(matches!(Client::new("not a uri"), Err(Error::InvalidEndpoint { .. })));
+    assert!(matches!(
+        Client::new("not a uri"),
+        Err(Error::InvalidEndpoint { .. })
+    ));
 }
