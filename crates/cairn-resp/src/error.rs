@@ -49,10 +49,11 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
-    /// Writes this error as a RESP error reply (`-Protocol error: …\r\n`). Unlike `Display`,
-    /// it writes the offending byte of [`ProtocolError::ExpectedBulk`] raw, as Redis does.
+    /// Writes this error as the reply Redis sends (`-ERR Protocol error: …\r\n`: Redis adds
+    /// the `ERR` code). Unlike `Display`, it writes the offending byte of
+    /// [`ProtocolError::ExpectedBulk`] raw, as Redis does.
     pub fn encode_reply(&self, out: &mut BytesMut) {
-        out.put_u8(b'-');
+        out.put_slice(b"-ERR ");
         match self {
             ProtocolError::ExpectedBulk(got) => {
                 out.put_slice(b"Protocol error: expected '$', got '");

@@ -28,6 +28,7 @@ pub use error::ProtocolError;
 pub use frame::{Frame, Protocol};
 pub use limits::{
     ARGS_PREALLOC_MAX, CAIRN_BULK_BYTES_MAX, CAIRN_REQUEST_BYTES_MAX, FRAME_DEPTH_MAX,
-    INLINE_BYTES_MAX, Limits, MULTIBULK_COUNT_MAX, REDIS_BULK_BYTES_MAX, REDIS_REQUEST_BYTES_MAX,
+    INLINE_BYTES_MAX, Limits, MULTIBULK_COUNT_MAX, REDIS_BULK_BYTES_MAX, REDIS_MULTIBULK_COUNT_MAX,
+    REDIS_REQUEST_BYTES_MAX,
 };
 pub use request::{Request, RequestDecoder, is_cross_protocol_command};

@@ -4,8 +4,12 @@
 //! `*1048576\r\n` or `$536870912\r\n` costs the client a dozen bytes and must not cost the
 //! server anything until the bytes it announces have actually arrived (CVE-2021-32675).
 
-/// Largest element count of a multibulk request header, as in Redis (`*1048576`).
+/// Largest element count of a multibulk request header in Cairn (`*1048576`, the limit of
+/// Redis up to 6.2).
 pub const MULTIBULK_COUNT_MAX: usize = 1024 * 1024;
+
+/// Redis 7's multibulk count limit (`INT_MAX`).
+pub const REDIS_MULTIBULK_COUNT_MAX: usize = i32::MAX as usize;
 
 /// Redis's default `proto-max-bulk-len`: 512 MiB.
 pub const REDIS_BULK_BYTES_MAX: usize = 512 * 1024 * 1024;
@@ -51,7 +55,7 @@ pub struct Limits {
 impl Limits {
     /// The defaults of a stock Redis 7 server.
     pub const REDIS: Limits = Limits {
-        multibulk_count_max: MULTIBULK_COUNT_MAX,
+        multibulk_count_max: REDIS_MULTIBULK_COUNT_MAX,
         bulk_bytes_max: REDIS_BULK_BYTES_MAX,
         inline_bytes_max: INLINE_BYTES_MAX,
         request_bytes_max: REDIS_REQUEST_BYTES_MAX,

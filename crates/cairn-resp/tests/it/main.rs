@@ -3,5 +3,6 @@
 
 mod fuzz;
 mod malformed;
+mod redis_differential;
 mod roundtrip;
 mod streaming;

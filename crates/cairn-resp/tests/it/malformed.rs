@@ -82,7 +82,10 @@ fn bulk_header_without_cr() {
 fn raw_byte_in_expected_dollar_reply() {
     let mut out = BytesMut::new();
     ProtocolError::ExpectedBulk(0xff).encode_reply(&mut out);
-    assert_eq!(&out[..], b"-Protocol error: expected '$', got '\xff'\r\n");
+    assert_eq!(
+        &out[..],
+        b"-ERR Protocol error: expected '$', got '\xff'\r\n"
+    );
 }
 
 #[test]
