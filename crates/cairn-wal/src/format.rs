@@ -73,26 +73,50 @@ pub(crate) fn encode_segment_header(id: u64) -> [u8; SEGMENT_HEADER_BYTES] {
     header
 }
 
-/// Checks a segment header (`bytes` holds at least [`SEGMENT_HEADER_BYTES`]).
-pub(crate) fn check_segment_header(bytes: &[u8], id: u64) -> Result<(), String> {
+/// What is wrong with a segment header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HeaderProblem {
+    /// Short, wrong magic or bad checksum: what an interrupted segment creation leaves.
+    Torn(&'static str),
+    /// A complete, checksummed header that this build cannot use (another format version, or
+    /// an id that does not match the file name): never repaired, always refused.
+    Unusable(String),
+}
+
+/// Checks the segment header at the start of `bytes`.
+pub(crate) fn check_segment_header(bytes: &[u8], id: u64) -> Result<(), HeaderProblem> {
+    if bytes.len() < SEGMENT_HEADER_BYTES {
+        return Err(HeaderProblem::Torn("truncated segment header"));
+    }
     let header = &bytes[..SEGMENT_HEADER_BYTES];
     if header[0..8] != SEGMENT_MAGIC {
-        return Err("bad segment magic".into());
+        return Err(HeaderProblem::Torn("bad segment magic"));
     }
     if crc32c::crc32c(&header[0..20]) != u32_at(header, 20) {
-        return Err("segment header checksum mismatch".into());
+        return Err(HeaderProblem::Torn("segment header checksum mismatch"));
     }
     let version = u32_at(header, 8);
     if version != FORMAT_VERSION {
-        return Err(format!("unsupported WAL format version {version}"));
+        return Err(HeaderProblem::Unusable(format!(
+            "unsupported WAL format version {version} (this build reads {FORMAT_VERSION})"
+        )));
     }
     let stored = u64_at(header, 12);
     if stored != id {
-        return Err(format!(
+        return Err(HeaderProblem::Unusable(format!(
             "segment header names id {stored}, file name says {id}"
-        ));
+        )));
     }
     Ok(())
+}
+
+impl HeaderProblem {
+    pub(crate) fn reason(&self) -> String {
+        match self {
+            HeaderProblem::Torn(reason) => (*reason).to_owned(),
+            HeaderProblem::Unusable(reason) => reason.clone(),
+        }
+    }
 }
 
 /// Encoded size of a batch of `records`.
@@ -308,6 +332,21 @@ mod tests {
         );
         let header = encode_segment_header(12);
         assert!(check_segment_header(&header, 12).is_ok());
-        assert!(check_segment_header(&header, 13).is_err());
+        assert!(matches!(
+            check_segment_header(&header, 13),
+            Err(HeaderProblem::Unusable(_))
+        ));
+        assert!(matches!(
+            check_segment_header(&header[..23], 12),
+            Err(HeaderProblem::Torn(_))
+        ));
+        let mut future = header;
+        future[8] = 2;
+        let crc = crc32c::crc32c(&future[0..20]);
+        future[20..24].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            check_segment_header(&future, 12),
+            Err(HeaderProblem::Unusable(_))
+        ));
     }
 }

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::format::{
-    self, FrameCheck, FrameKind, SEGMENT_HEADER_BYTES, check_frame, check_segment_header,
-    decode_records,
+    self, FrameCheck, FrameKind, HeaderProblem, SEGMENT_HEADER_BYTES, check_frame,
+    check_segment_header, decode_records,
 };
 use crate::io::{WalFile, WalIo};
 use crate::{Record, Result, WalError};
@@ -212,11 +212,8 @@ impl SegmentReader<'_> {
 
     /// An older segment: must be whole and sealed.
     fn read_sealed(&mut self) -> Result<()> {
-        if self.data.len() < SEGMENT_HEADER_BYTES {
-            return Err(self.corruption(0, "truncated segment header"));
-        }
         check_segment_header(self.data, self.meta.id)
-            .map_err(|reason| self.corruption(0, reason))?;
+            .map_err(|problem| self.corruption(0, problem.reason()))?;
         match self.walk()? {
             (Stop::Sealed, _) => Ok(()),
             (Stop::End, at) => {
@@ -229,9 +226,10 @@ impl SegmentReader<'_> {
     /// The newest segment: a torn tail is truncated; returns its metadata and whether it is
     /// sealed.
     fn read_newest(mut self, file: &dyn WalFile) -> Result<(SegmentMeta, bool)> {
-        let header_ok = self.data.len() >= SEGMENT_HEADER_BYTES
-            && check_segment_header(self.data, self.meta.id).is_ok();
-        if !header_ok {
+        if let Err(problem) = check_segment_header(self.data, self.meta.id) {
+            if let HeaderProblem::Unusable(reason) = problem {
+                return Err(self.corruption(0, reason));
+            }
             if let Some(later) = find_valid_frame(self.data, 0) {
                 return Err(self.corruption(
                     0,

@@ -144,3 +144,25 @@ fn torn_header_of_a_new_segment_is_repaired() {
         wal.append(&[record(1, 999)]).unwrap();
     }
 }
+
+#[test]
+fn unknown_format_version_is_refused_not_repaired() {
+    let (io, _, _) = one_segment_log(2);
+    let path = segments(&io)[0].clone();
+    let mut bytes = io.file_bytes(&path).unwrap();
+    bytes[8] = 99; // format version
+    let crc = crc32c::crc32c(&bytes[0..20]);
+    bytes[20..24].copy_from_slice(&crc.to_le_bytes());
+    let disk = io.power_cut(cairn_wal::io::sim::PowerCut::DropUnsynced);
+    disk.set_file_bytes(&path, bytes.clone());
+    let err = cairn_wal::Wal::open(DIR, sim_options(&disk, 1 << 20)).unwrap_err();
+    assert!(
+        matches!(&err, WalError::Corruption { offset: 0, reason, .. } if reason.contains("version 99")),
+        "{err}"
+    );
+    assert_eq!(
+        disk.file_bytes(&path).unwrap(),
+        bytes,
+        "the file must be left untouched"
+    );
+}
