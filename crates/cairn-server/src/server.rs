@@ -59,8 +59,9 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         config.max_connections,
         stop_rx.clone(),
     ));
-    tasks.spawn(crate::grpc::serve(node.clone(), config.grpc_addr, shutdown_signal(stop_rx.clone())));
-    tasks.spawn(crate::http::serve(node.clone(), config.http_addr, shutdown_signal(stop_rx.clone())));
+    let (max_conns, stop) = (config.max_connections, || shutdown_signal(stop_rx.clone()));
+    tasks.spawn(crate::grpc::serve_with_limit(node.clone(), config.grpc_addr, max_conns, stop()));
+    tasks.spawn(crate::http::serve_with_limit(node.clone(), config.http_addr, max_conns, stop()));
     let background = tokio::spawn(
         node.clone()
             .run_background(shutdown_signal(stop_rx.clone())),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use cairn_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::{execute, unexpected};
+use super::{execute, observed, unexpected};
 use crate::command::Command;
 use crate::node::Node;
 use crate::reply::{ClusterStatus, NodeState, Reply};
@@ -28,10 +28,13 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        match execute(&self.node, Command::ClusterStatus).await? {
-            Reply::Cluster(status) => Ok(Response::new(status_to_pb(status))),
-            other => Err(unexpected(&other)),
-        }
+        observed("status", async move {
+            match execute(&self.node, Command::ClusterStatus).await? {
+                Reply::Cluster(status) => Ok(Response::new(status_to_pb(status))),
+                other => Err(unexpected(&other)),
+            }
+        })
+        .await
     }
 }
 

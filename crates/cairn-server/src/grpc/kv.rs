@@ -10,7 +10,7 @@ use bytes::Bytes;
 use cairn_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::{execute, unexpected};
+use super::{execute, observed, unexpected};
 use crate::command::{self, Command, Condition, ExpireCondition, Expiry, KeyRange};
 use crate::node::Node;
 use crate::reply::{Entry, KeyTtl, Reply};
@@ -40,198 +40,219 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        let key = request.into_inner().key;
-        match execute(&self.node, Command::Get { key }).await? {
-            Reply::Entry(Some(entry)) => Ok(Response::new(pb::GetResponse {
-                ttl_ms: entry.expires_at_ms.map(ttl_from_now),
-                value: entry.value,
-                version: entry.version,
-                expires_at_ms: entry.expires_at_ms,
-            })),
-            Reply::Entry(None) => Err(Status::not_found("record not found")),
-            other => Err(unexpected(&other)),
-        }
+        observed("get", async move {
+            let key = request.into_inner().key;
+            match execute(&self.node, Command::Get { key }).await? {
+                Reply::Entry(Some(entry)) => Ok(Response::new(pb::GetResponse {
+                    ttl_ms: entry.expires_at_ms.map(ttl_from_now),
+                    value: entry.value,
+                    version: entry.version,
+                    expires_at_ms: entry.expires_at_ms,
+                })),
+                Reply::Entry(None) => Err(Status::not_found("record not found")),
+                other => Err(unexpected(&other)),
+            }
+        })
+        .await
     }
 
     async fn put(
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        use pb::put_request::{Condition as C, Expiry as E};
-        let req = request.into_inner();
-        let expiry = match req.expiry {
-            None => Expiry::Never,
-            Some(E::TtlMs(0)) => return Err(Status::invalid_argument("ttl_ms must be > 0")),
-            Some(E::TtlMs(ms)) => Expiry::InMs(to_i64(ms, "ttl_ms")?),
-            Some(E::ExpiresAtMs(at)) => Expiry::AtMs(to_i64(at, "expires_at_ms")?),
-        };
-        let condition = match req.condition {
-            None => Condition::Always,
-            Some(C::IfAbsent(true)) => Condition::IfAbsent,
-            Some(C::IfPresent(true)) => Condition::IfPresent,
-            Some(C::IfAbsent(false) | C::IfPresent(false)) => {
-                return Err(Status::invalid_argument(
-                    "if_absent/if_present must be true when set",
-                ));
+        observed("put", async move {
+            use pb::put_request::{Condition as C, Expiry as E};
+            let req = request.into_inner();
+            let expiry = match req.expiry {
+                None => Expiry::Never,
+                Some(E::TtlMs(0)) => return Err(Status::invalid_argument("ttl_ms must be > 0")),
+                Some(E::TtlMs(ms)) => Expiry::InMs(to_i64(ms, "ttl_ms")?),
+                Some(E::ExpiresAtMs(at)) => Expiry::AtMs(to_i64(at, "expires_at_ms")?),
+            };
+            let condition = match req.condition {
+                None => Condition::Always,
+                Some(C::IfAbsent(true)) => Condition::IfAbsent,
+                Some(C::IfPresent(true)) => Condition::IfPresent,
+                Some(C::IfAbsent(false) | C::IfPresent(false)) => {
+                    return Err(Status::invalid_argument(
+                        "if_absent/if_present must be true when set",
+                    ));
+                }
+                Some(C::IfVersion(v)) => Condition::IfVersion(v),
+            };
+            let command = Command::Set {
+                key: req.key,
+                value: req.value,
+                expiry,
+                condition,
+                return_old: false,
+            };
+            match execute(&self.node, command).await? {
+                Reply::Set(outcome) => match outcome.version {
+                    Some(version) => Ok(Response::new(pb::PutResponse { version })),
+                    None => Err(condition_failed(condition, outcome.old.as_ref())),
+                },
+                other => Err(unexpected(&other)),
             }
-            Some(C::IfVersion(v)) => Condition::IfVersion(v),
-        };
-        let command = Command::Set {
-            key: req.key,
-            value: req.value,
-            expiry,
-            condition,
-            return_old: false,
-        };
-        match execute(&self.node, command).await? {
-            Reply::Set(outcome) => match outcome.version {
-                Some(version) => Ok(Response::new(pb::PutResponse { version })),
-                None => Err(condition_failed(condition, outcome.old.as_ref())),
-            },
-            other => Err(unexpected(&other)),
-        }
+        })
+        .await
     }
 
     async fn delete(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let key = request.into_inner().key;
-        match execute(&self.node, Command::Del { keys: vec![key] }).await? {
-            Reply::Int(n) => Ok(Response::new(pb::DeleteResponse { deleted: n > 0 })),
-            other => Err(unexpected(&other)),
-        }
+        observed("delete", async move {
+            let key = request.into_inner().key;
+            match execute(&self.node, Command::Del { keys: vec![key] }).await? {
+                Reply::Int(n) => Ok(Response::new(pb::DeleteResponse { deleted: n > 0 })),
+                other => Err(unexpected(&other)),
+            }
+        })
+        .await
     }
 
     async fn scan(
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
-        let req = request.into_inner();
-        let limit = scan_limit(req.limit)?;
-        let mut range = match req.selector {
-            None => KeyRange::all(),
-            Some(pb::scan_request::Selector::Prefix(prefix)) => KeyRange::prefix(prefix),
-            Some(pb::scan_request::Selector::Range(r)) => range_of(r),
-        };
-        if let Some(after) = req.after {
-            range = resume_after(range, after);
-        }
-        let command = Command::ScanRange {
-            range,
-            limit,
-            keys_only: req.keys_only,
-        };
-        match execute(&self.node, command).await? {
-            Reply::Entries { entries, more } => {
-                let resume_after = if more {
-                    entries.last().map(|e| e.key.clone())
-                } else {
-                    None
-                };
-                Ok(Response::new(pb::ScanResponse {
-                    entries: entries.into_iter().map(entry_to_pb).collect(),
-                    resume_after,
-                }))
+        observed("scan", async move {
+            let req = request.into_inner();
+            let limit = scan_limit(req.limit)?;
+            let mut range = match req.selector {
+                None => KeyRange::all(),
+                Some(pb::scan_request::Selector::Prefix(prefix)) => KeyRange::prefix(prefix),
+                Some(pb::scan_request::Selector::Range(r)) => range_of(r),
+            };
+            if let Some(after) = req.after {
+                range = resume_after(range, after);
             }
-            other => Err(unexpected(&other)),
-        }
+            let command = Command::ScanRange {
+                range,
+                limit,
+                keys_only: req.keys_only,
+            };
+            match execute(&self.node, command).await? {
+                Reply::Entries { entries, more } => {
+                    let resume_after = if more {
+                        entries.last().map(|e| e.key.clone())
+                    } else {
+                        None
+                    };
+                    Ok(Response::new(pb::ScanResponse {
+                        entries: entries.into_iter().map(entry_to_pb).collect(),
+                        resume_after,
+                    }))
+                }
+                other => Err(unexpected(&other)),
+            }
+        })
+        .await
     }
 
     async fn expire(
         &self,
         request: Request<pb::ExpireRequest>,
     ) -> Result<Response<pb::ExpireResponse>, Status> {
-        use pb::expire_request::Expiry as E;
-        let req = request.into_inner();
-        let expiry = match req.expiry {
-            None => {
-                return Err(Status::invalid_argument(
-                    "one of ttl_ms, expires_at_ms, persist is required",
-                ));
+        observed("expire", async move {
+            use pb::expire_request::Expiry as E;
+            let req = request.into_inner();
+            let expiry = match req.expiry {
+                None => {
+                    return Err(Status::invalid_argument(
+                        "one of ttl_ms, expires_at_ms, persist is required",
+                    ));
+                }
+                Some(E::Persist(false)) => {
+                    return Err(Status::invalid_argument("persist must be true when set"));
+                }
+                Some(E::Persist(true)) => return self.persist(req.key).await,
+                Some(E::TtlMs(ms)) => Expiry::InMs(to_i64(ms, "ttl_ms")?),
+                Some(E::ExpiresAtMs(at)) => Expiry::AtMs(to_i64(at, "expires_at_ms")?),
+            };
+            let command = Command::Expire {
+                key: req.key,
+                expiry,
+                condition: ExpireCondition::Always,
+            };
+            match execute(&self.node, command).await? {
+                Reply::Bool(true) => Ok(Response::new(pb::ExpireResponse {})),
+                Reply::Bool(false) => Err(Status::not_found("record not found")),
+                other => Err(unexpected(&other)),
             }
-            Some(E::Persist(false)) => {
-                return Err(Status::invalid_argument("persist must be true when set"));
-            }
-            Some(E::Persist(true)) => return self.persist(req.key).await,
-            Some(E::TtlMs(ms)) => Expiry::InMs(to_i64(ms, "ttl_ms")?),
-            Some(E::ExpiresAtMs(at)) => Expiry::AtMs(to_i64(at, "expires_at_ms")?),
-        };
-        let command = Command::Expire {
-            key: req.key,
-            expiry,
-            condition: ExpireCondition::Always,
-        };
-        match execute(&self.node, command).await? {
-            Reply::Bool(true) => Ok(Response::new(pb::ExpireResponse {})),
-            Reply::Bool(false) => Err(Status::not_found("record not found")),
-            other => Err(unexpected(&other)),
-        }
+        })
+        .await
     }
 
     async fn ttl(
         &self,
         request: Request<pb::TtlRequest>,
     ) -> Result<Response<pb::TtlResponse>, Status> {
-        let key = request.into_inner().key;
-        match execute(&self.node, Command::Ttl { key }).await? {
-            Reply::Ttl(KeyTtl::Missing) => Err(Status::not_found("record not found")),
-            Reply::Ttl(KeyTtl::Persistent) => Ok(Response::new(pb::TtlResponse {
-                ttl_ms: None,
-                expires_at_ms: None,
-            })),
-            Reply::Ttl(KeyTtl::ExpiresAtMs(at)) => Ok(Response::new(pb::TtlResponse {
-                ttl_ms: Some(ttl_from_now(at)),
-                expires_at_ms: Some(at),
-            })),
-            other => Err(unexpected(&other)),
-        }
+        observed("ttl", async move {
+            let key = request.into_inner().key;
+            match execute(&self.node, Command::Ttl { key }).await? {
+                Reply::Ttl(KeyTtl::Missing) => Err(Status::not_found("record not found")),
+                Reply::Ttl(KeyTtl::Persistent) => Ok(Response::new(pb::TtlResponse {
+                    ttl_ms: None,
+                    expires_at_ms: None,
+                })),
+                Reply::Ttl(KeyTtl::ExpiresAtMs(at)) => Ok(Response::new(pb::TtlResponse {
+                    ttl_ms: Some(ttl_from_now(at)),
+                    expires_at_ms: Some(at),
+                })),
+                other => Err(unexpected(&other)),
+            }
+        })
+        .await
     }
 
     async fn batch(
         &self,
         request: Request<pb::BatchRequest>,
     ) -> Result<Response<pb::BatchResponse>, Status> {
-        use pb::batch_op::Op;
-        let req = request.into_inner();
-        if req.ops.is_empty() {
-            return Err(Status::invalid_argument(
-                "a batch needs at least one operation",
-            ));
-        }
-        if req.ops.len() > BATCH_OPS_MAX {
-            return Err(Status::invalid_argument(format!(
-                "batch has {} operations; the limit is {BATCH_OPS_MAX}",
-                req.ops.len()
-            )));
-        }
-        let mut ops = Vec::with_capacity(req.ops.len());
-        for op in req.ops {
-            ops.push(match op.op {
-                Some(Op::Put(p)) => {
-                    let expiry = match p.ttl_ms {
-                        None => Expiry::Never,
-                        Some(0) => return Err(Status::invalid_argument("ttl_ms must be > 0")),
-                        Some(ms) => Expiry::InMs(to_i64(ms, "ttl_ms")?),
-                    };
-                    command::BatchOp::Put {
-                        key: p.key,
-                        value: p.value,
-                        expiry,
+        observed("batch", async move {
+            use pb::batch_op::Op;
+            let req = request.into_inner();
+            if req.ops.is_empty() {
+                return Err(Status::invalid_argument(
+                    "a batch needs at least one operation",
+                ));
+            }
+            if req.ops.len() > BATCH_OPS_MAX {
+                return Err(Status::invalid_argument(format!(
+                    "batch has {} operations; the limit is {BATCH_OPS_MAX}",
+                    req.ops.len()
+                )));
+            }
+            let mut ops = Vec::with_capacity(req.ops.len());
+            for op in req.ops {
+                ops.push(match op.op {
+                    Some(Op::Put(p)) => {
+                        let expiry = match p.ttl_ms {
+                            None => Expiry::Never,
+                            Some(0) => return Err(Status::invalid_argument("ttl_ms must be > 0")),
+                            Some(ms) => Expiry::InMs(to_i64(ms, "ttl_ms")?),
+                        };
+                        command::BatchOp::Put {
+                            key: p.key,
+                            value: p.value,
+                            expiry,
+                        }
                     }
-                }
-                Some(Op::Delete(d)) => command::BatchOp::Delete { key: d.key },
-                None => {
-                    return Err(Status::invalid_argument(
-                        "batch operation without put or delete",
-                    ));
-                }
-            });
-        }
-        match execute(&self.node, Command::Batch { ops }).await? {
-            Reply::Batch { version } => Ok(Response::new(pb::BatchResponse { version })),
-            other => Err(unexpected(&other)),
-        }
+                    Some(Op::Delete(d)) => command::BatchOp::Delete { key: d.key },
+                    None => {
+                        return Err(Status::invalid_argument(
+                            "batch operation without put or delete",
+                        ));
+                    }
+                });
+            }
+            match execute(&self.node, Command::Batch { ops }).await? {
+                Reply::Batch { version } => Ok(Response::new(pb::BatchResponse { version })),
+                other => Err(unexpected(&other)),
+            }
+        })
+        .await
     }
 }
 

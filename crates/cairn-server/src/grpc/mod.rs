@@ -17,11 +17,11 @@ use std::time::Instant;
 use anyhow::Context as _;
 use cairn_proto::v1::cluster_server::ClusterServer;
 use cairn_proto::v1::kv_server::KvServer;
-use tonic::Status;
-use tonic::transport::server::TcpIncoming;
+use tonic::{Code, Status};
 
 use crate::command::Command;
 use crate::error::CommandError;
+use crate::http::conn::ConnectionLimit;
 use crate::node::Node;
 use crate::reply::Reply;
 
@@ -36,16 +36,31 @@ const MESSAGE_OVERHEAD_BYTES: usize = cairn_storage::KEY_BYTES_MAX + 64 * 1024;
 /// Concurrent requests served on one HTTP/2 connection; further ones wait.
 const REQUESTS_PER_CONNECTION_MAX: usize = 1024;
 
-/// Serve gRPC on `addr` until `shutdown` resolves, then drain in-flight requests.
+/// Serve gRPC on `addr` until `shutdown` resolves, then drain in-flight requests; at most
+/// [`crate::config::MAX_CONNECTIONS_DEFAULT`] connections.
 pub async fn serve(
     node: Arc<Node>,
     addr: SocketAddr,
     shutdown: impl Future + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with_limit(node, addr, crate::config::MAX_CONNECTIONS_DEFAULT, shutdown).await
+}
+
+/// [`serve`] with at most `max_connections` open client connections (`--max-connections`).
+pub async fn serve_with_limit(
+    node: Arc<Node>,
+    addr: SocketAddr,
+    max_connections: usize,
+    shutdown: impl Future + Send + 'static,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the gRPC address {addr}"))?;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let limit = ConnectionLimit::new(FRONTEND, max_connections);
+    let incoming = futures::stream::unfold((listener, limit), |(listener, limit)| async move {
+        let (stream, _) = limit.accept(&listener, None).await;
+        Some((Ok::<_, std::io::Error>(stream), (listener, limit)))
+    });
     // A request carries at most one value at the configured limit (a batch's values together
     // share the same budget), plus its key and framing.
     let message_bytes_max = node.options().value_bytes_max + MESSAGE_OVERHEAD_BYTES;
@@ -73,13 +88,26 @@ pub async fn serve(
         .context("gRPC server failed")
 }
 
-/// Execute `command` on `node`, recording its latency and outcome under the gRPC label.
-async fn execute(node: &Node, command: Command) -> Result<Reply, Status> {
-    let name = command.name();
+/// Run one RPC, recording it in the metrics under its method name (including requests
+/// refused before they reach the node). NOT_FOUND and FAILED_PRECONDITION are answers, not
+/// errors; any other failure status counts as an error.
+async fn observed<T>(
+    method: &'static str,
+    rpc: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
     let started = Instant::now();
-    let result = node.execute(command).await;
-    crate::metrics::observe(FRONTEND, name, started.elapsed(), result.is_ok());
-    result.map_err(status_of)
+    let result = rpc.await;
+    let ok = match &result {
+        Ok(_) => true,
+        Err(status) => matches!(status.code(), Code::NotFound | Code::FailedPrecondition),
+    };
+    crate::metrics::observe(FRONTEND, method, started.elapsed(), ok);
+    result
+}
+
+/// Execute `command` on `node`, mapping a failure to its gRPC status.
+async fn execute(node: &Node, command: Command) -> Result<Reply, Status> {
+    node.execute(command).await.map_err(status_of)
 }
 
 /// The gRPC status for a command failure (see the code table in `proto/cairn/v1/kv.proto`).

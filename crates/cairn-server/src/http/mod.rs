@@ -6,6 +6,7 @@
 //! request into one [`Command`], executes it and renders the [`Reply`]; errors are JSON
 //! `{"code": "...", "message": "..."}` with a matching status code.
 
+pub(crate) mod conn;
 mod kv;
 mod ops;
 mod params;
@@ -17,7 +18,9 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::http::StatusCode;
+use axum::extract::Request;
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -39,15 +42,30 @@ struct AppState {
     put_body_bytes_max: usize,
 }
 
-/// Serve HTTP on `addr` until `shutdown` resolves, then finish in-flight requests.
+/// Serve HTTP on `addr` until `shutdown` resolves, then finish in-flight requests; at most
+/// [`crate::config::MAX_CONNECTIONS_DEFAULT`] connections.
 pub async fn serve(
     node: Arc<Node>,
     addr: SocketAddr,
     shutdown: impl Future + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with_limit(node, addr, crate::config::MAX_CONNECTIONS_DEFAULT, shutdown).await
+}
+
+/// [`serve`] with at most `max_connections` open client connections (`--max-connections`).
+pub async fn serve_with_limit(
+    node: Arc<Node>,
+    addr: SocketAddr,
+    max_connections: usize,
+    shutdown: impl Future + Send + 'static,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the HTTP address {addr}"))?;
+    let listener = conn::CappedListener {
+        listener,
+        limit: conn::ConnectionLimit::new(FRONTEND, max_connections),
+    };
     let state = AppState {
         put_body_bytes_max: node.options().value_bytes_max,
         node,
@@ -78,16 +96,55 @@ fn router(state: AppState) -> Router {
         .route("/openapi.json", get(ops::openapi))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(axum::middleware::from_fn(observe))
         .with_state(state)
 }
 
-/// Execute `command`, recording its latency and outcome under the HTTP label.
-async fn execute(node: &Node, command: Command) -> Result<Reply, ApiError> {
-    let name = command.name();
+/// Record every request (including those refused before reaching the node) in the metrics,
+/// labelled by API operation. A missing key (404) or a failed condition (412) is an answer,
+/// not an error; any other status ≥ 400 counts as an error.
+async fn observe(request: Request, next: Next) -> Response {
+    let operation = operation(request.method(), request.uri().path());
     let started = Instant::now();
-    let result = node.execute(command).await;
-    crate::metrics::observe(FRONTEND, name, started.elapsed(), result.is_ok());
-    result.map_err(ApiError::from)
+    let response = next.run(request).await;
+    let status = response.status();
+    let ok = status.as_u16() < 400
+        || (operation != "unknown"
+            && matches!(
+                status,
+                StatusCode::NOT_FOUND | StatusCode::PRECONDITION_FAILED
+            ));
+    crate::metrics::observe(FRONTEND, operation, started.elapsed(), ok);
+    response
+}
+
+/// The metrics label of a request: a fixed name per route and method.
+fn operation(method: &Method, path: &str) -> &'static str {
+    if path.starts_with("/v1/kv/") {
+        return match *method {
+            Method::GET | Method::HEAD => "get",
+            Method::PUT => "put",
+            Method::DELETE => "delete",
+            _ => "unknown",
+        };
+    }
+    if *method != Method::GET && *method != Method::HEAD {
+        return "unknown";
+    }
+    match path {
+        "/v1/kv" => "list",
+        "/v1/cluster" => "status",
+        "/health" => "health",
+        "/ready" => "ready",
+        "/metrics" => "metrics",
+        "/openapi.json" => "openapi",
+        _ => "unknown",
+    }
+}
+
+/// Execute `command` on the node, mapping a failure to its HTTP error.
+async fn execute(node: &Node, command: Command) -> Result<Reply, ApiError> {
+    node.execute(command).await.map_err(ApiError::from)
 }
 
 /// An error response: status code plus JSON `{"code": "...", "message": "..."}`.

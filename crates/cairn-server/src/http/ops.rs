@@ -1,14 +1,12 @@
 //! Operational routes: the cluster map as JSON, liveness and readiness probes, Prometheus
 //! metrics and the OpenAPI document; plus JSON answers for unknown routes and methods.
 
-use std::time::Instant;
-
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::{ApiError, AppState, FRONTEND, execute};
+use super::{ApiError, AppState, execute};
 use crate::command::Command;
 use crate::reply::{ClusterStatus, Reply};
 
@@ -90,7 +88,6 @@ pub(super) async fn cluster(State(state): State<AppState>) -> Result<Response, A
 
 /// `GET /health`: the process is up and serving HTTP (liveness).
 pub(super) async fn health() -> Response {
-    observe("health", Instant::now(), true);
     axum::Json(serde_json::json!({ "status": "ok" })).into_response()
 }
 
@@ -113,13 +110,11 @@ pub(super) async fn ready(State(state): State<AppState>) -> Response {
             status.shards.len()
         ));
     }
-    observe("ready", Instant::now(), true);
     axum::Json(serde_json::json!({ "status": "ready", "shards": status.shards.len() }))
         .into_response()
 }
 
 fn not_ready(message: &str) -> Response {
-    observe("ready", Instant::now(), false);
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message).into_response()
 }
 
@@ -150,8 +145,4 @@ pub(super) async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "method not allowed on this route; see /openapi.json",
     )
-}
-
-fn observe(route: &'static str, started: Instant, ok: bool) {
-    crate::metrics::observe(FRONTEND, route, started.elapsed(), ok);
 }

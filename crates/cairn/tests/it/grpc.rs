@@ -321,6 +321,13 @@ async fn cluster_status_and_health_service() {
             .all(|s| s.leader.as_deref() == Some(me.id.as_str()))
     );
 
+    // Every RPC is counted under the gRPC front end.
+    let metrics = http_get_text(node.http_addr, "/metrics");
+    assert!(
+        metrics.contains(r#"cairn_requests_total{frontend="grpc",command="status"}"#),
+        "{metrics}"
+    );
+
     // grpc.health.v1: overall and per service.
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -356,4 +363,18 @@ async fn unreachable_node_is_unavailable_after_bounded_retries() {
         Client::new("not a uri"),
         Err(Error::InvalidEndpoint { .. })
     ));
+}
+
+/// A minimal HTTP GET returning the body as text.
+fn http_get_text(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }

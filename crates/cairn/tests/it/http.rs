@@ -443,7 +443,13 @@ fn cluster_health_ready_metrics_and_openapi() {
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/plain"));
     let text = String::from_utf8(r.body).unwrap();
-    assert!(text.contains("http"), "{text}");
+    for needle in [
+        r#"cairn_requests_total{frontend="http",command="put"}"#,
+        r#"cairn_requests_total{frontend="http",command="get"}"#,
+        r#"cairn_connections{frontend="http"}"#,
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
 
     // OpenAPI: a valid document describing every route.
     let r = get(&node, "/openapi.json");
@@ -464,4 +470,51 @@ fn cluster_health_ready_metrics_and_openapi() {
             "{path} missing from openapi.json"
         );
     }
+}
+
+#[test]
+fn connections_above_the_cap_get_a_json_503() {
+    let node = Node::start_with(&["--max-connections", "2"]);
+    // Phase 1: two idle keep-alive connections take every slot. The harness's readiness probe
+    // may still hold a slot until the server notices it closed, so retry (bounded) until each
+    // held connection has been answered 200.
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            for _ in 0..1000 {
+                let mut conn = TcpStream::connect(node.http_addr).unwrap();
+                conn.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .unwrap();
+                let mut status = [0u8; 12];
+                conn.read_exact(&mut status).unwrap();
+                if &status == b"HTTP/1.1 200" {
+                    return conn;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            panic!("could not take a connection slot");
+        })
+        .collect();
+
+    // Phase 2: a third is refused with a JSON 503.
+    let r = get(&node, "/health");
+    assert_eq!(
+        r.status,
+        503,
+        "{:?} {}",
+        String::from_utf8_lossy(&r.body),
+        node.log()
+    );
+    assert_eq!(r.code(), "too_many_connections");
+
+    // Phase 3: closing one frees its slot (released asynchronously: poll, bounded).
+    drop(held);
+    let mut status = 0;
+    for _ in 0..1000 {
+        status = get(&node, "/health").status;
+        if status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(status, 200);
 }
