@@ -63,6 +63,36 @@ pub enum WalError {
 }
 
 impl WalError {
+    /// A copy for every caller of a failed group commit (`io::Error` is not `Clone`).
+    pub(crate) fn duplicate(&self) -> WalError {
+        match self {
+            WalError::Io { path, source } => WalError::Io {
+                path: path.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            WalError::Corruption {
+                path,
+                offset,
+                reason,
+            } => WalError::Corruption {
+                path: path.clone(),
+                offset: *offset,
+                reason: reason.clone(),
+            },
+            WalError::Poisoned => WalError::Poisoned,
+            WalError::RecordTooLarge { bytes, limit } => WalError::RecordTooLarge {
+                bytes: *bytes,
+                limit: *limit,
+            },
+            WalError::BatchTooLarge { bytes, limit } => WalError::BatchTooLarge {
+                bytes: *bytes,
+                limit: *limit,
+            },
+            WalError::Locked { path } => WalError::Locked { path: path.clone() },
+            WalError::InvalidOptions(reason) => WalError::InvalidOptions(reason.clone()),
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> WalError {
         WalError::Io {
             path: path.into(),

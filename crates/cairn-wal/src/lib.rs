@@ -36,7 +36,7 @@ mod recovery;
 mod wal;
 
 pub use error::{Result, WalError};
-pub use wal::{PurgeStats, Wal};
+pub use wal::{GROUP_BYTES_MAX, PurgeStats, Wal};
 
 use std::fmt;
 use std::sync::Arc;

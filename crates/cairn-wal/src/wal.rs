@@ -1,14 +1,19 @@
-//! The [`Wal`] handle: append with one fdatasync per call, rotation, purge, poisoning.
+//! The [`Wal`] handle: group commit, rotation, purge, poisoning.
 //!
-//! Every append runs under one mutex, so calls from several threads are serialised; callers get
-//! group commit by handing many records to one call (the server's writer thread drains a queue
-//! into one `append`). After any failed write or fsync the log is poisoned: the bytes on disk
-//! are unknown, so nothing more may be acknowledged until a restart recovers from the disk.
+//! Group commit, leader/follower style: every `append` call queues its records; whichever caller
+//! finds no write in progress becomes the leader, takes everything queued (up to
+//! [`GROUP_BYTES_MAX`]), writes it as one frame per call with one `pwrite`, issues one
+//! `fdatasync`, and hands every caller in the group its result. Callers that arrive meanwhile
+//! wait and form the next group. So concurrent callers share fsyncs, and a single caller (the
+//! server's writer thread draining its queue into one call) gets exactly one fsync per call.
+//!
+//! After any failed write or fsync the log is poisoned: the bytes on disk are unknown, so
+//! nothing more may be acknowledged until a restart recovers from the disk.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::format::{self, SEGMENT_HEADER_BYTES};
 use crate::io::{WalFile, WalIo};
@@ -17,6 +22,9 @@ use crate::{
     BATCH_BYTES_MAX, RECORD_PAYLOAD_BYTES_MAX, Record, Result, SEGMENT_BYTES_MAX_MIN, WalError,
     WalOptions,
 };
+
+/// Most bytes one group commit writes; callers beyond it wait for the next group.
+pub const GROUP_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// The encode buffer is released after a batch larger than this, so one huge append does not
 /// pin its memory for the life of the log.
@@ -51,6 +59,18 @@ struct Inner {
     buf: Vec<u8>,
 }
 
+/// Appends waiting to be written, and the results of written ones.
+#[derive(Debug, Default)]
+struct Queue {
+    /// Queued appends in arrival order, each with its ticket.
+    waiting: Vec<(u64, Vec<Record>)>,
+    next_ticket: u64,
+    /// Outcomes of written appends, until their callers collect them.
+    done: std::collections::HashMap<u64, Result<()>>,
+    /// Whether a leader is writing a group now.
+    leader: bool,
+}
+
 /// The node's write-ahead log. `Send + Sync`: share it behind an `Arc`.
 #[derive(Debug)]
 pub struct Wal {
@@ -60,6 +80,10 @@ pub struct Wal {
     io: Arc<dyn WalIo>,
     segment_bytes_max: u64,
     inner: Mutex<Inner>,
+    /// Group commit queue (lock order: `queue` is never held while taking `inner`).
+    queue: Mutex<Queue>,
+    /// Signalled when a group's results are in `queue.done`.
+    group_done: Condvar,
     /// Serialises purges (which work outside `inner` so appends are not blocked by deletions).
     purge_lock: Mutex<()>,
 }
@@ -111,14 +135,18 @@ impl Wal {
                 next_seq: recovered.last_seq + 1,
                 buf: Vec::new(),
             }),
+            queue: Mutex::new(Queue::default()),
+            group_done: Condvar::new(),
             purge_lock: Mutex::new(()),
         };
         Ok((wal, recovered.records))
     }
 
-    /// Writes `records` and makes them durable with one fdatasync before returning. Either all
-    /// of them are durable when this returns `Ok`, or the call failed; after a failed write or
-    /// fsync the log is poisoned and every later call returns [`WalError::Poisoned`].
+    /// Writes `records` and makes them durable before returning: either all of them are
+    /// durable when this returns `Ok`, or the call failed. Concurrent calls are grouped under one
+    /// fdatasync (see the module docs); each call's records stay contiguous and in order. After
+    /// a failed write or fsync the log is poisoned and every later call returns
+    /// [`WalError::Poisoned`].
     pub fn append(&self, records: &[Record]) -> Result<()> {
         if records.is_empty() {
             return Ok(());
@@ -139,11 +167,45 @@ impl Wal {
                 limit: BATCH_BYTES_MAX,
             });
         }
+        let mut queue = self.queue.lock();
+        let ticket = queue.next_ticket;
+        queue.next_ticket += 1;
+        queue.waiting.push((ticket, records.to_vec()));
+        loop {
+            if let Some(result) = queue.done.remove(&ticket) {
+                return result;
+            }
+            if queue.leader {
+                self.group_done.wait(&mut queue);
+                continue;
+            }
+            queue.leader = true;
+            let group = take_group(&mut queue.waiting);
+            drop(queue);
+            let mut leading = Leading {
+                wal: self,
+                tickets: group.iter().map(|(t, _)| *t).collect(),
+            };
+            let outcome = self.write_group(&group);
+            queue = self.queue.lock();
+            for ticket in std::mem::take(&mut leading.tickets) {
+                queue.done.insert(
+                    ticket,
+                    outcome.as_ref().map(|_| ()).map_err(WalError::duplicate),
+                );
+            }
+            queue.leader = false;
+            self.group_done.notify_all();
+        }
+    }
+
+    /// Writes a group of appends (one frame each) and fsyncs once. Poisons the log on failure.
+    fn write_group(&self, group: &[(u64, Vec<Record>)]) -> Result<()> {
         let mut inner = self.inner.lock();
         if inner.poisoned {
             return Err(WalError::Poisoned);
         }
-        let result = self.append_locked(&mut inner, records, frame_bytes as u64);
+        let result = self.write_group_locked(&mut inner, group);
         if result.is_err() {
             inner.poisoned = true;
             tracing::error!(dir = %self.dir.display(), "WAL poisoned by a failed write or fsync: refusing all further appends");
@@ -154,32 +216,46 @@ impl Wal {
         result
     }
 
-    fn append_locked(&self, inner: &mut Inner, records: &[Record], frame_bytes: u64) -> Result<()> {
-        let has_frames = inner.active.meta.bytes > SEGMENT_HEADER_BYTES as u64;
-        if has_frames && inner.active.meta.bytes + frame_bytes > self.segment_bytes_max {
-            self.rotate(inner)?;
-        }
-        let seq = inner.next_seq;
+    fn write_group_locked(&self, inner: &mut Inner, group: &[(u64, Vec<Record>)]) -> Result<()> {
         let mut buf = std::mem::take(&mut inner.buf);
         buf.clear();
-        format::encode_batch(&mut buf, seq, records);
-        debug_assert_eq!(buf.len() as u64, frame_bytes);
-        let active = &mut inner.active;
-        let path = &active.meta.path;
-        let written = active
-            .file
-            .write_all_at(&buf, active.meta.bytes)
-            .and_then(|()| active.file.sync_data())
-            .map_err(|e| WalError::io(path, e));
+        // Where `buf` goes in the active segment; `meta.bytes` counts encoded but unwritten bytes.
+        let mut buf_offset = inner.active.meta.bytes;
+        let result = (|| {
+            for (_, records) in group {
+                let frame_bytes = format::batch_bytes(records) as u64;
+                let has_frames = inner.active.meta.bytes > SEGMENT_HEADER_BYTES as u64;
+                if has_frames && inner.active.meta.bytes + frame_bytes > self.segment_bytes_max {
+                    if !buf.is_empty() {
+                        let active = &inner.active;
+                        active
+                            .file
+                            .write_all_at(&buf, buf_offset)
+                            .map_err(|e| WalError::io(&active.meta.path, e))?;
+                        buf.clear();
+                    }
+                    // The seal's fsync also makes the frames just written durable.
+                    self.rotate(inner)?;
+                    buf_offset = inner.active.meta.bytes;
+                }
+                let start = buf.len();
+                format::encode_batch(&mut buf, inner.next_seq, records);
+                debug_assert_eq!((buf.len() - start) as u64, frame_bytes);
+                inner.next_seq += 1;
+                inner.active.meta.bytes += frame_bytes;
+                for record in records {
+                    inner.active.meta.note(record);
+                }
+            }
+            let active = &inner.active;
+            active
+                .file
+                .write_all_at(&buf, buf_offset)
+                .and_then(|()| active.file.sync_data())
+                .map_err(|e| WalError::io(&active.meta.path, e))
+        })();
         inner.buf = buf;
-        written?;
-        let active = &mut inner.active;
-        active.meta.bytes += frame_bytes;
-        for record in records {
-            active.meta.note(record);
-        }
-        inner.next_seq = seq + 1;
-        Ok(())
+        result
     }
 
     /// Seals the active segment (seal frame + fdatasync) and starts the next one.
@@ -280,6 +356,44 @@ impl Wal {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// The leader's duty while it writes a group: if it unwinds (a panic), the log is poisoned and
+/// every caller in the group gets [`WalError::Poisoned`] instead of waiting forever.
+struct Leading<'a> {
+    wal: &'a Wal,
+    /// Tickets of the group; emptied once their results are delivered.
+    tickets: Vec<u64>,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if self.tickets.is_empty() {
+            return;
+        }
+        self.wal.inner.lock().poisoned = true;
+        let mut queue = self.wal.queue.lock();
+        for ticket in self.tickets.drain(..) {
+            queue.done.insert(ticket, Err(WalError::Poisoned));
+        }
+        queue.leader = false;
+        self.wal.group_done.notify_all();
+    }
+}
+
+/// Takes the longest prefix of `waiting` within [`GROUP_BYTES_MAX`] (at least one append).
+fn take_group(waiting: &mut Vec<(u64, Vec<Record>)>) -> Vec<(u64, Vec<Record>)> {
+    let mut bytes = 0;
+    let mut count = 0;
+    for (_, records) in waiting.iter() {
+        let frame_bytes = format::batch_bytes(records);
+        if count > 0 && bytes + frame_bytes > GROUP_BYTES_MAX {
+            break;
+        }
+        bytes += frame_bytes;
+        count += 1;
+    }
+    waiting.drain(..count).collect()
 }
 
 /// Creates segment `id`: new file, header, fdatasync, then a directory fsync so the file's name

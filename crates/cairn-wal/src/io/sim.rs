@@ -35,6 +35,8 @@ struct SimState {
     fail_next_sync: bool,
     fail_next_write: bool,
     syncs: u64,
+    /// How long each `sync_data` takes (a slow disk makes group commit visible).
+    sync_delay: std::time::Duration,
 }
 
 /// A simulated disk. Clones share the same disk.
@@ -80,6 +82,11 @@ impl SimIo {
     /// The next `write_all_at` fails (once) after writing half of its bytes.
     pub fn fail_next_write(&self) {
         self.state.lock().fail_next_write = true;
+    }
+
+    /// Makes every later `sync_data` take `delay`, like a real disk's flush.
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        self.state.lock().sync_delay = delay;
     }
 
     /// Number of successful `sync_data` and `sync_dir` calls so far.
@@ -195,6 +202,7 @@ impl WalFile for SimHandle {
                 return Err(injected("fsync"));
             }
             state.syncs += 1;
+            std::thread::sleep(state.sync_delay);
             let file = file_mut(state, path);
             file.durable = file.data.clone();
             Ok(())

@@ -162,3 +162,96 @@ fn a_directory_is_opened_by_one_wal_at_a_time() {
     drop(wal);
     open_sim(&io, 4096);
 }
+
+/// Concurrent callers share fsyncs (group commit), and each call's records stay contiguous and
+/// in order.
+#[test]
+fn concurrent_appends_share_fsyncs() {
+    const THREADS: u64 = 8;
+    const APPENDS: u64 = 50;
+    let io = SimIo::new();
+    let (wal, _) = open_sim(&io, 1 << 20);
+    io.set_sync_delay(std::time::Duration::from_millis(1));
+    let syncs_before = io.syncs();
+    let wal = Arc::new(wal);
+    std::thread::scope(|scope| {
+        for t in 0..THREADS {
+            let wal = wal.clone();
+            scope.spawn(move || {
+                for i in 0..APPENDS {
+                    wal.append(&[record(t, i * 2), record(t, i * 2 + 1)])
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let syncs = io.syncs() - syncs_before;
+    assert!(
+        syncs < THREADS * APPENDS / 2,
+        "{syncs} fsyncs for {} appends",
+        THREADS * APPENDS
+    );
+    drop(wal);
+    let (_, replay) = open_sim(&io, 1 << 20);
+    assert_eq!(replay.len() as u64, THREADS * APPENDS * 2);
+    for pair in replay.chunks(2) {
+        assert_eq!(pair[0].group, pair[1].group);
+        assert_eq!(
+            pair[0].index + 1,
+            pair[1].index,
+            "an append's records are contiguous"
+        );
+    }
+    for t in 0..THREADS {
+        let indexes: Vec<u64> = replay
+            .iter()
+            .filter(|r| r.group == t)
+            .map(|r| r.index)
+            .collect();
+        assert_eq!(indexes, (0..APPENDS * 2).collect::<Vec<_>>());
+    }
+}
+
+/// A failed fsync fails every append of its group, and all later ones.
+#[test]
+fn failed_group_fails_every_member() {
+    const THREADS: u64 = 6;
+    let io = SimIo::new();
+    let (wal, _) = open_sim(&io, 1 << 20);
+    io.set_sync_delay(std::time::Duration::from_millis(2));
+    let wal = Arc::new(wal);
+    let acked: Vec<Vec<Record>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (wal, io) = (wal.clone(), io.clone());
+                scope.spawn(move || {
+                    let mut acked = Vec::new();
+                    for i in 0..40 {
+                        if t == 0 && i == 20 {
+                            io.fail_next_sync();
+                        }
+                        match wal.append(&[record(t, i)]) {
+                            Ok(()) => acked.push(record(t, i)),
+                            Err(_) => break,
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(wal.is_poisoned());
+    assert!(matches!(
+        wal.append(&[record(99, 1)]),
+        Err(WalError::Poisoned)
+    ));
+    drop(wal);
+    let (_, replay) = open_sim(
+        &io.power_cut(cairn_wal::io::sim::PowerCut::DropUnsynced),
+        1 << 20,
+    );
+    for record in acked.concat() {
+        assert!(replay.contains(&record), "acknowledged {record:?} lost");
+    }
+}
