@@ -2,8 +2,8 @@
 //!
 //! Group commit, leader/follower style: every `append` call queues its records; whichever caller
 //! finds no write in progress becomes the leader, takes everything queued (up to
-//! [`GROUP_BYTES_MAX`]), writes it as one frame per call with one `pwrite`, issues one
-//! `fdatasync`, and hands every caller in the group its result. Callers that arrive meanwhile
+//! [`GROUP_BYTES_MAX`]), writes it as one batch frame (each call's records contiguous) with one
+//! `pwrite`, issues one `fdatasync`, and hands every caller in the group its result. Callers that arrive meanwhile
 //! wait and form the next group. So concurrent callers share fsyncs, and a single caller (the
 //! server's writer thread draining its queue into one call) gets exactly one fsync per call.
 //!
@@ -199,7 +199,7 @@ impl Wal {
         }
     }
 
-    /// Writes a group of appends (one frame each) and fsyncs once. Poisons the log on failure.
+    /// Writes a group of appends as one batch frame and fsyncs once. Poisons the log on failure.
     fn write_group(&self, group: &[(u64, Vec<Record>)]) -> Result<()> {
         let mut inner = self.inner.lock();
         if inner.poisoned {
@@ -216,46 +216,40 @@ impl Wal {
         result
     }
 
+    /// One frame per group, not per call: recovery relies on every frame being fsynced before
+    /// the next is written, so that damage followed by a valid frame proves corruption of
+    /// acknowledged data. Several frames in one `pwrite` could be torn out of order.
     fn write_group_locked(&self, inner: &mut Inner, group: &[(u64, Vec<Record>)]) -> Result<()> {
+        let records = group.iter().flat_map(|(_, records)| records.iter());
+        let frame_bytes = (format::FRAME_HEADER_BYTES
+            + records
+                .clone()
+                .map(|r| format::RECORD_HEADER_BYTES + r.payload.len())
+                .sum::<usize>()) as u64;
+        let has_frames = inner.active.meta.bytes > SEGMENT_HEADER_BYTES as u64;
+        if has_frames && inner.active.meta.bytes + frame_bytes > self.segment_bytes_max {
+            self.rotate(inner)?;
+        }
+        let seq = inner.next_seq;
         let mut buf = std::mem::take(&mut inner.buf);
         buf.clear();
-        // Where `buf` goes in the active segment; `meta.bytes` counts encoded but unwritten bytes.
-        let mut buf_offset = inner.active.meta.bytes;
-        let result = (|| {
-            for (_, records) in group {
-                let frame_bytes = format::batch_bytes(records) as u64;
-                let has_frames = inner.active.meta.bytes > SEGMENT_HEADER_BYTES as u64;
-                if has_frames && inner.active.meta.bytes + frame_bytes > self.segment_bytes_max {
-                    if !buf.is_empty() {
-                        let active = &inner.active;
-                        active
-                            .file
-                            .write_all_at(&buf, buf_offset)
-                            .map_err(|e| WalError::io(&active.meta.path, e))?;
-                        buf.clear();
-                    }
-                    // The seal's fsync also makes the frames just written durable.
-                    self.rotate(inner)?;
-                    buf_offset = inner.active.meta.bytes;
-                }
-                let start = buf.len();
-                format::encode_batch(&mut buf, inner.next_seq, records);
-                debug_assert_eq!((buf.len() - start) as u64, frame_bytes);
-                inner.next_seq += 1;
-                inner.active.meta.bytes += frame_bytes;
-                for record in records {
-                    inner.active.meta.note(record);
-                }
-            }
-            let active = &inner.active;
-            active
-                .file
-                .write_all_at(&buf, buf_offset)
-                .and_then(|()| active.file.sync_data())
-                .map_err(|e| WalError::io(&active.meta.path, e))
-        })();
+        format::encode_batch(&mut buf, seq, records.clone());
+        debug_assert_eq!(buf.len() as u64, frame_bytes);
+        let active = &inner.active;
+        let written = active
+            .file
+            .write_all_at(&buf, active.meta.bytes)
+            .and_then(|()| active.file.sync_data())
+            .map_err(|e| WalError::io(&active.meta.path, e));
         inner.buf = buf;
-        result
+        written?;
+        let active = &mut inner.active;
+        active.meta.bytes += frame_bytes;
+        for record in records {
+            active.meta.note(record);
+        }
+        inner.next_seq = seq + 1;
+        Ok(())
     }
 
     /// Seals the active segment (seal frame + fdatasync) and starts the next one.

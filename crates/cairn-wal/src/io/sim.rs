@@ -62,6 +62,23 @@ pub enum PowerCut {
         /// 0..=1000.
         kept_per_mille: u32,
     },
+    /// Each unsynced sector independently kept or lost (zeros), as when the disk writes pages
+    /// out of order: a later part of a write can survive while an earlier part is lost.
+    KeepSectors {
+        /// Chooses which sectors survive.
+        seed: u64,
+        /// Sector size, such as 512 or 4096.
+        sector_bytes: usize,
+    },
+}
+
+/// Whether sector number `sector` survives, as a deterministic function of `seed`.
+fn sector_survives(seed: u64, sector: usize) -> bool {
+    let mut x = seed ^ (sector as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    x ^= x >> 33;
+    x & 1 == 1
 }
 
 fn injected(what: &str) -> io::Error {
@@ -104,14 +121,31 @@ impl SimIo {
                 continue;
             };
             let mut data = file.durable.clone();
-            if let PowerCut::KeepPrefix { kept_per_mille } = mode {
-                if file.data.len() > data.len() && file.data.starts_with(&data) {
+            let appended = file.data.len() > data.len() && file.data.starts_with(&data);
+            match mode {
+                PowerCut::KeepPrefix { kept_per_mille } if appended => {
                     let unsynced = file.data.len() - data.len();
                     let kept = unsynced * kept_per_mille.min(1000) as usize / 1000;
                     data.extend_from_slice(
                         &file.data[file.durable.len()..file.durable.len() + kept],
                     );
                 }
+                PowerCut::KeepSectors { seed, sector_bytes } if appended => {
+                    let sector_bytes = sector_bytes.max(1);
+                    let mut at = data.len();
+                    while at < file.data.len() {
+                        let end = ((at / sector_bytes + 1) * sector_bytes).min(file.data.len());
+                        if sector_survives(seed, at / sector_bytes) {
+                            data.extend_from_slice(&file.data[at..end]);
+                        } else {
+                            data.resize(end, 0);
+                        }
+                        at = end;
+                    }
+                }
+                PowerCut::DropUnsynced
+                | PowerCut::KeepPrefix { .. }
+                | PowerCut::KeepSectors { .. } => {}
             }
             files.insert(
                 path.clone(),
