@@ -76,16 +76,20 @@ pub async fn serve_with_limit(
         .max_encoding_message_size(usize::MAX);
     let cluster = ClusterServer::new(cluster::ClusterService::new(node));
     tracing::info!(%addr, "gRPC front end listening");
-    tonic::transport::Server::builder()
+    let (signal, deadline) = crate::http::conn::shutdown_with_deadline(shutdown);
+    let server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
         .add_service(health_service)
         .add_service(kv)
         .add_service(cluster)
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
-        })
-        .await
-        .context("gRPC server failed")
+        .serve_with_incoming_shutdown(incoming, signal);
+    tokio::select! {
+        result = server => result.context("gRPC server failed"),
+        () = deadline => {
+            tracing::warn!("gRPC connections still open after the shutdown drain timeout; closing");
+            Ok(())
+        }
+    }
 }
 
 /// Run one RPC, recording it in the metrics under its method name (including requests

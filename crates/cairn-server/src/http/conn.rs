@@ -15,6 +15,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Longest wait, once shutdown begins, for open connections to finish their requests; after
+/// it the front end stops anyway (a client that ignores HTTP/2 GOAWAY or keeps a request
+/// running must not hold the node's shutdown hostage).
+pub(crate) const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 /// What an HTTP client over the cap receives before the connection closes.
@@ -94,6 +98,29 @@ impl ConnectionLimit {
             }
         }
     }
+}
+
+/// A shutdown signal for a server's graceful shutdown, and a future that resolves
+/// [`SHUTDOWN_DRAIN_TIMEOUT`] after that signal fired: race the server against the latter.
+pub(crate) fn shutdown_with_deadline(
+    shutdown: impl std::future::Future + Send + 'static,
+) -> (
+    impl std::future::Future<Output = ()> + Send + 'static,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (fired_tx, mut fired_rx) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = fired_tx.send(true);
+    };
+    let deadline = async move {
+        if fired_rx.wait_for(|fired| *fired).await.is_err() {
+            // The signal was dropped unfired: the server ended on its own; never time out.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(SHUTDOWN_DRAIN_TIMEOUT).await;
+    };
+    (signal, deadline)
 }
 
 /// One admitted connection's place under the cap; released when dropped.

@@ -71,12 +71,17 @@ pub async fn serve_with_limit(
         node,
     };
     tracing::info!(%addr, "HTTP front end listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-        })
-        .await
-        .context("HTTP server failed")
+    let (signal, deadline) = conn::shutdown_with_deadline(shutdown);
+    let server = std::future::IntoFuture::into_future(
+        axum::serve(listener, router(state)).with_graceful_shutdown(signal),
+    );
+    tokio::select! {
+        result = server => result.context("HTTP server failed"),
+        () = deadline => {
+            tracing::warn!("HTTP connections still open after the shutdown drain timeout; closing");
+            Ok(())
+        }
+    }
 }
 
 /// Every route of the HTTP API (documented in `openapi.json`).
