@@ -207,7 +207,7 @@ pub enum Command {
     /// Add to the integer value (missing = 0) → `Reply::Int`.
     IncrBy { key: Bytes, delta: i64 },
     /// Add to the float value (missing = 0) → `Reply::Value` (the new value as stored).
-    IncrByFloat { key: Bytes, delta: f64 },
+    IncrByFloat { key: Bytes, delta: Bytes },
     /// Delete keys atomically → `Reply::Int` (how many existed).
     Del { keys: Vec<Bytes> },
     /// Set the expiry of an existing key → `Reply::Bool` (whether it was set; a deadline in

@@ -13,7 +13,8 @@ use bytes::{Bytes, BytesMut};
 use crate::command::{BatchOp, Command, Condition, ExpireCondition, Expiry};
 use crate::effects::{Effect, Effects};
 use crate::error::CommandError;
-use crate::numeric::{format_float, parse_float, parse_int};
+use crate::long_double::incr_by_float;
+use crate::numeric::parse_int;
 use crate::reply::{Entry, Reply, SetOutcome};
 use crate::shards::Shards;
 
@@ -306,18 +307,8 @@ impl<'a> Eval<'a> {
             }
             Command::IncrByFloat { key, delta } => {
                 let current = self.read(&key)?;
-                let (old, expires) = match current {
-                    Some(c) => (
-                        parse_float(&c.value).ok_or(CommandError::NotFloat)?,
-                        c.expires_at_ms,
-                    ),
-                    None => (0.0, None),
-                };
-                let new = old + delta;
-                if !new.is_finite() {
-                    return Err(CommandError::NanOrInfinity);
-                }
-                let text = Bytes::from(format_float(new));
+                let expires = current.as_ref().and_then(|c| c.expires_at_ms);
+                let text = incr_by_float(current.as_ref().map(|c| &c.value[..]), &delta)?;
                 self.put(&key, text.clone(), expires);
                 Ok(Reply::Value(Some(text)))
             }

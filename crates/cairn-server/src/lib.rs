@@ -17,6 +17,7 @@ pub mod expiry;
 pub mod grpc;
 pub mod http;
 pub mod log;
+pub mod long_double;
 pub mod metrics;
 pub mod node;
 pub mod numeric;

@@ -10,7 +10,8 @@ use cairn_resp::{Frame, Protocol};
 
 use crate::command::{Command, Condition, ExpireCondition, Expiry};
 use crate::error::CommandError;
-use crate::numeric::{parse_float, parse_int};
+use crate::long_double::is_float;
+use crate::numeric::parse_int;
 use crate::resp::introspection;
 use crate::resp::render::{Render, TtlKind};
 use crate::resp::session::{Session, Shared};
@@ -407,9 +408,15 @@ fn data_command(spec: &CommandSpec, args: &[Bytes]) -> Option<Result<Action, Fra
                 Render::Int,
             )
         })(),
-        "incrbyfloat" => match parse_float(&args[2]) {
-            Some(delta) => node(Command::IncrByFloat { key: key(), delta }, Render::Value),
-            None => Err(error(CommandError::NotFloat)),
+        "incrbyfloat" => match is_float(&args[2]) {
+            true => node(
+                Command::IncrByFloat {
+                    key: key(),
+                    delta: args[2].clone(),
+                },
+                Render::Value,
+            ),
+            false => Err(error(CommandError::NotFloat)),
         },
         "del" | "unlink" => node(
             Command::Del {
@@ -649,6 +656,7 @@ fn client(args: &[Bytes], session: &mut Session, shared: &Shared) -> Frame {
     if !spec.arity_ok(args.len()) {
         return arity_error(spec.name);
     }
+    session.last_command = spec.name;
     match sub.as_str() {
         "setname" => {
             if !valid_client_name(&args[2]) {

@@ -8,7 +8,10 @@ use crate::support::Node;
 
 /// Whether `program --version` runs; panics when it doesn't and CI requires it.
 fn tool_available(program: &str, args: &[&str]) -> bool {
-    let ok = Command::new(program).args(args).output().is_ok_and(|o| o.status.success());
+    let ok = Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !ok {
         assert!(
             !std::env::var("CAIRN_REQUIRE_REDIS").is_ok_and(|v| v == "1"),
@@ -20,7 +23,10 @@ fn tool_available(program: &str, args: &[&str]) -> bool {
 }
 
 fn run(program: &str, args: &[&str]) -> Output {
-    let out = Command::new(program).args(args).output().expect("spawn client");
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .expect("spawn client");
     assert!(
         out.status.success(),
         "`{program} {}` failed: {}{}",
@@ -35,7 +41,10 @@ fn redis_cli(node: &Node, args: &[&str]) -> String {
     let port = node.resp_addr.port().to_string();
     let mut all = vec!["-p", &port];
     all.extend_from_slice(args);
-    String::from_utf8(run("redis-cli", &all).stdout).unwrap().trim_end().to_string()
+    String::from_utf8(run("redis-cli", &all).stdout)
+        .unwrap()
+        .trim_end()
+        .to_string()
 }
 
 #[test]
@@ -50,10 +59,19 @@ fn redis_cli_plain_and_cluster_mode() {
     assert_eq!(redis_cli(&node, &["EXPIRE", "greeting", "100"]), "1");
     let ttl: i64 = redis_cli(&node, &["TTL", "greeting"]).parse().unwrap();
     assert!((1..=100).contains(&ttl), "ttl {ttl}");
-    assert_eq!(redis_cli(&node, &["CLUSTER", "KEYSLOT", "{user1000}.following"]), "3443");
+    assert_eq!(
+        redis_cli(&node, &["CLUSTER", "KEYSLOT", "{user1000}.following"]),
+        "3443"
+    );
     // Cluster mode: redis-cli reads the slot map and follows redirects.
-    assert_eq!(redis_cli(&node, &["-c", "SET", "{user1000}.following", "x"]), "OK");
-    assert_eq!(redis_cli(&node, &["-c", "GET", "{user1000}.following"]), "x");
+    assert_eq!(
+        redis_cli(&node, &["-c", "SET", "{user1000}.following", "x"]),
+        "OK"
+    );
+    assert_eq!(
+        redis_cli(&node, &["-c", "GET", "{user1000}.following"]),
+        "x"
+    );
     assert_eq!(redis_cli(&node, &["DBSIZE"]), "3");
     // An unknown command is an error reply, and the server lives on.
     assert!(redis_cli(&node, &["NOSUCHCOMMAND"]).contains("unknown command"));
@@ -69,11 +87,26 @@ fn redis_benchmark_runs_unchanged() {
     let port = node.resp_addr.port().to_string();
     let out = run(
         "redis-benchmark",
-        &["-p", &port, "-n", "2000", "-c", "8", "-P", "4", "-t", "set,get,incr,mset", "-q"],
+        &[
+            "-p",
+            &port,
+            "-n",
+            "2000",
+            "-c",
+            "8",
+            "-P",
+            "4",
+            "-t",
+            "set,get,incr,mset",
+            "-q",
+        ],
     );
     let text = String::from_utf8_lossy(&out.stdout);
     for test in ["SET", "GET", "INCR", "MSET"] {
-        assert!(text.contains(test), "redis-benchmark output lacks {test}: {text}");
+        assert!(
+            text.contains(test),
+            "redis-benchmark output lacks {test}: {text}"
+        );
     }
     assert!(!text.to_lowercase().contains("error"), "{text}");
     // Without -r every INCR hits one key: 2000 acknowledged INCRs leave exactly 2000.
