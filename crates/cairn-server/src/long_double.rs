@@ -111,7 +111,10 @@ mod tests {
         assert_eq!(incr(Some("1e20"), "0").unwrap(), "100000000000000000000");
         assert_eq!(incr(Some("1e-20"), "0").unwrap(), "0");
         // Past 2^53, where f64 would print 9223372036854776000.
-        assert_eq!(incr(Some("9223372036854775806"), "1").unwrap(), "9223372036854775807");
+        assert_eq!(
+            incr(Some("9223372036854775806"), "1").unwrap(),
+            "9223372036854775807"
+        );
         assert_eq!(
             incr(Some("-9223372036854775808"), "0.5").unwrap(),
             "-9223372036854775807.5"
@@ -120,9 +123,18 @@ mod tests {
 
     #[test]
     fn rejects_what_redis_rejects() {
-        assert!(matches!(incr(Some("abc"), "1"), Err(CommandError::NotFloat)));
+        assert!(matches!(
+            incr(Some("abc"), "1"),
+            Err(CommandError::NotFloat)
+        ));
         assert!(matches!(incr(Some("1"), "x"), Err(CommandError::NotFloat)));
-        assert!(matches!(incr(Some("inf"), "1"), Err(CommandError::NanOrInfinity)));
-        assert!(matches!(incr(Some("1e4932"), "1e4932"), Err(CommandError::NanOrInfinity)));
+        assert!(matches!(
+            incr(Some("inf"), "1"),
+            Err(CommandError::NanOrInfinity)
+        ));
+        assert!(matches!(
+            incr(Some("1e4932"), "1e4932"),
+            Err(CommandError::NanOrInfinity)
+        ));
     }
 }

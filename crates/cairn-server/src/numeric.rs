@@ -1,7 +1,6 @@
 //! Redis's integer parsing rules, so INCR and every integer argument accept exactly what Redis
 //! does (floats: see [`crate::long_double`]).
 
-
 /// Parse a signed 64-bit integer exactly as Redis's `string2ll`: optional `-`, no `+`, no
 /// leading zeros (except "0" itself), no spaces, must fit in an `i64`.
 pub fn parse_int(s: &[u8]) -> Option<i64> {

@@ -2,8 +2,8 @@
 //!
 //! A position is (shard, last key returned); the node keeps the most recent positions in a
 //! bounded table keyed by a random cursor id. As with Redis, a full iteration returns every key
-//! that exists during the whole iteration; a key may be returned once per shard pass only. A
-//! cursor that fell out of the table (or was never issued) ends the iteration.
+//! that exists during the whole iteration. A cursor that fell out of the table (or was never
+//! issued) starts the iteration over, which may repeat keys but never skips one.
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Bound;
@@ -53,10 +53,17 @@ impl ScanCursors {
                 after: None,
             }
         } else {
-            match self.table.lock().positions.get(&cursor) {
-                Some(p) => p.clone(),
-                None => return (0, Vec::new()),
-            }
+            // An unknown cursor (expired from the table, or made up) starts over: SCAN may
+            // return a key more than once, never miss one that exists throughout.
+            self.table
+                .lock()
+                .positions
+                .get(&cursor)
+                .cloned()
+                .unwrap_or(Position {
+                    shard: 0,
+                    after: None,
+                })
         };
         let glob = pattern
             .map(|p| Pattern::new(p, false))

@@ -25,12 +25,10 @@ pub fn init_logging(format: LogFormat) {
 }
 
 /// A future that resolves once `rx` turns true (or its sender is gone).
-pub fn shutdown_signal(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        while !*rx.borrow() {
-            if rx.changed().await.is_err() {
-                return;
-            }
+pub async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -60,8 +58,18 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         stop_rx.clone(),
     ));
     let (max_conns, stop) = (config.max_connections, || shutdown_signal(stop_rx.clone()));
-    tasks.spawn(crate::grpc::serve_with_limit(node.clone(), config.grpc_addr, max_conns, stop()));
-    tasks.spawn(crate::http::serve_with_limit(node.clone(), config.http_addr, max_conns, stop()));
+    tasks.spawn(crate::grpc::serve_with_limit(
+        node.clone(),
+        config.grpc_addr,
+        max_conns,
+        stop(),
+    ));
+    tasks.spawn(crate::http::serve_with_limit(
+        node.clone(),
+        config.http_addr,
+        max_conns,
+        stop(),
+    ));
     let background = tokio::spawn(
         node.clone()
             .run_background(shutdown_signal(stop_rx.clone())),

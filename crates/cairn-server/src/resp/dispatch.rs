@@ -437,7 +437,7 @@ fn data_command(spec: &CommandSpec, args: &[Bytes]) -> Option<Result<Action, Fra
             let name: &'static str = spec.name;
             let invalid = || error(CommandError::InvalidExpireTime(name));
             if matches!(name, "expire" | "expireat") {
-                if when > i64::MAX / 1000 || when < i64::MIN / 1000 {
+                if !(i64::MIN / 1000..=i64::MAX / 1000).contains(&when) {
                     return Err(invalid());
                 }
                 when *= 1000;

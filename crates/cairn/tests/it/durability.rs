@@ -1,0 +1,217 @@
+//! Acknowledged writes survive: kill -9 under concurrent write load and a clean SIGTERM
+//! shutdown, each followed by a restart on the same data directory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use crate::support::{Node, RawConn};
+
+/// Concurrent writers during the kill test.
+const WRITERS: usize = 8;
+/// Writes each writer must have acknowledged before the kill (so the kill lands under load).
+const ACKED_BEFORE_KILL: usize = 150;
+
+/// What one writer saw acknowledged.
+#[derive(Debug, Default)]
+struct Acked {
+    /// Keys whose SET was answered `+OK` (each key is written once, with value = key + "-v").
+    keys: Vec<String>,
+    /// INCRs of the writer's counter answered, and whether one was in flight at the kill.
+    incrs: u64,
+    incr_in_flight: bool,
+}
+
+/// Write until the connection breaks; return what was acknowledged.
+fn writer(mut conn: RawConn, id: usize, stop: Arc<AtomicBool>) -> Acked {
+    use std::io::Read;
+    let mut acked = Acked::default();
+    let counter = format!("counter-{id}");
+    let mut i = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("w{id}-{i}");
+        let value = format!("{key}-v");
+        // One SET and one INCR per round, pipelined; each reply is checked separately.
+        let mut req = Vec::new();
+        for args in [
+            vec!["SET", key.as_str(), value.as_str()],
+            vec!["INCR", counter.as_str()],
+        ] {
+            req.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+            for a in args {
+                req.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+            }
+        }
+        if std::io::Write::write_all(&mut conn.stream, &req).is_err() {
+            acked.incr_in_flight = true;
+            break;
+        }
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        // Read "+OK\r\n" then ":n\r\n", stopping at the first broken read.
+        let mut lines = 0;
+        while lines < 2 {
+            match conn.stream.read(&mut byte) {
+                Ok(1) => {
+                    buf.push(byte[0]);
+                    if buf.ends_with(b"\r\n") {
+                        lines += 1;
+                        if lines == 1 {
+                            assert_eq!(buf, b"+OK\r\n", "unexpected SET reply");
+                            acked.keys.push(key.clone());
+                            buf.clear();
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
+        if lines < 2 {
+            acked.incr_in_flight = true;
+            break;
+        }
+        let n: u64 = std::str::from_utf8(&buf[1..buf.len() - 2])
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(n, acked.incrs + 1, "counter went backwards or skipped");
+        acked.incrs = n;
+        i += 1;
+    }
+    acked
+}
+
+#[test]
+fn kill_dash_nine_under_write_load_loses_no_acknowledged_write() {
+    let mut node = Node::start();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Phase 1: concurrent writers, each on its own connection.
+    let handles: Vec<_> = (0..WRITERS)
+        .map(|id| {
+            let conn = node.resp();
+            let stop = stop.clone();
+            thread::spawn(move || writer(conn, id, stop))
+        })
+        .collect();
+
+    // Phase 2: once every writer has made progress, SIGKILL the server mid-load.
+    let mut probe = node.resp();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writers made no progress; log:\n{}",
+            node.log()
+        );
+        let counts: Vec<u64> = (0..WRITERS)
+            .map(|id| {
+                let reply = probe.cmd_str(&format!("GET counter-{id}"));
+                reply
+                    .lines()
+                    .nth(1)
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect();
+        if counts.iter().all(|&n| n >= ACKED_BEFORE_KILL as u64) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    node.kill();
+    stop.store(true, Ordering::Relaxed);
+    let acked: Vec<Acked> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+
+    // Phase 3: restart and check every acknowledged write.
+    node.spawn();
+    let mut c = node.resp();
+    let mut total = 0;
+    for (id, a) in acked.iter().enumerate() {
+        assert!(a.keys.len() >= ACKED_BEFORE_KILL, "writer {id} barely ran");
+        for key in &a.keys {
+            let value = format!("{key}-v");
+            assert_eq!(
+                c.cmd_str(&format!("GET {key}")),
+                format!("${}\r\n{value}\r\n", value.len()),
+                "acknowledged write of {key} lost"
+            );
+        }
+        total += a.keys.len();
+        // The counter holds every acknowledged INCR, plus at most the one in flight.
+        let reply = c.cmd_str(&format!("GET counter-{id}"));
+        let n: u64 = reply.lines().nth(1).unwrap().parse().unwrap();
+        assert!(
+            n == a.incrs || (a.incr_in_flight && n == a.incrs + 1),
+            "counter-{id} is {n}; {} acknowledged",
+            a.incrs
+        );
+    }
+    assert!(total >= WRITERS * ACKED_BEFORE_KILL);
+
+    // Phase 4: the restarted node takes writes again, and a second crash loses nothing either.
+    assert_eq!(c.cmd_str("SET after restart"), "+OK\r\n");
+    node.restart();
+    assert_eq!(node.resp().cmd_str("GET after"), "$7\r\nrestart\r\n");
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly_and_keeps_everything() {
+    let mut node = Node::start();
+    let mut c = node.resp();
+    let id = c.cmd_str("CLUSTER MYID");
+    for i in 0..200 {
+        assert_eq!(c.cmd_str(&format!("SET key{i} value{i}")), "+OK\r\n");
+    }
+    assert_eq!(c.cmd_str("SET ttl v EX 1000"), "+OK\r\n");
+    assert_eq!(c.cmd_str("MSET {a}1 x {a}2 y"), "+OK\r\n");
+    assert_eq!(c.cmd_str("DEL key0"), ":1\r\n");
+
+    let status = node.terminate();
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        node.log()
+    );
+    assert!(
+        node.log().contains("stopped"),
+        "no clean-shutdown line in the log:\n{}",
+        node.log()
+    );
+
+    node.spawn();
+    let mut c = node.resp();
+    assert_eq!(
+        c.cmd_str("CLUSTER MYID"),
+        id,
+        "the node id is kept in the data directory"
+    );
+    assert_eq!(c.cmd_str("DBSIZE"), ":202\r\n");
+    assert_eq!(c.cmd_str("GET key0"), "$-1\r\n");
+    assert_eq!(c.cmd_str("GET key199"), "$8\r\nvalue199\r\n");
+    assert_eq!(c.cmd_str("MGET {a}1 {a}2"), "*2\r\n$1\r\nx\r\n$1\r\ny\r\n");
+    let ttl: i64 = c
+        .cmd_str("TTL ttl")
+        .trim_start_matches(':')
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(ttl > 900 && ttl <= 1000, "ttl {ttl}");
+}
+
+#[test]
+fn the_shard_count_is_fixed_when_the_data_directory_is_created() {
+    let mut node = Node::start_with(&["--shards", "4"]);
+    assert!(node.resp().cmd_str("CLUSTER SHARDS").starts_with("*4\r\n"));
+    assert_eq!(node.resp().cmd_str("SET k v"), "+OK\r\n");
+    node.kill();
+    node.extra_args = vec!["--shards".into(), "8".into()];
+    node.spawn();
+    let mut c = node.resp();
+    assert!(
+        c.cmd_str("CLUSTER SHARDS").starts_with("*4\r\n"),
+        "restart keeps 4 shards"
+    );
+    assert_eq!(c.cmd_str("GET k"), "$1\r\nv\r\n");
+}
