@@ -1,8 +1,10 @@
 //! Connection caps for the HTTP and gRPC front ends (the RESP front end has its own): at most
 //! `max_connections` open client connections per front end (`--max-connections`); one more is
 //! accepted and closed at once (HTTP first gets a JSON 503), so a flood of connections cannot
-//! exhaust file descriptors or memory. Every admitted connection is counted in the
-//! `cairn_connections` gauge until it closes.
+//! exhaust file descriptors or memory. An admitted connection that moves no bytes either way
+//! for [`CONNECTION_IDLE_TIMEOUT`] is closed, so slow or silent clients cannot hold slots
+//! forever. Every admitted connection is counted in the `cairn_connections` gauge until it
+//! closes.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,11 +16,15 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
 
 /// Longest wait, once shutdown begins, for open connections to finish their requests; after
 /// it the front end stops anyway (a client that ignores HTTP/2 GOAWAY or keeps a request
 /// running must not hold the node's shutdown hostage).
 pub(crate) const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection with no bytes read or written for this long is closed (clients reconnect:
+/// tonic channels and HTTP keep-alive pools do so on their own).
+pub(crate) const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 /// What an HTTP client over the cap receives before the connection closes.
@@ -32,6 +38,7 @@ pub(crate) struct ConnectionLimit {
     frontend: &'static str,
     open: Arc<AtomicUsize>,
     max: usize,
+    idle_timeout: Duration,
 }
 
 impl ConnectionLimit {
@@ -40,7 +47,15 @@ impl ConnectionLimit {
             frontend,
             open: Arc::new(AtomicUsize::new(0)),
             max,
+            idle_timeout: CONNECTION_IDLE_TIMEOUT,
         }
+    }
+
+    /// The same cap with another idle timeout.
+    #[cfg(test)]
+    fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
     }
 
     /// A slot for one more connection, or `None` when the cap is reached.
@@ -78,13 +93,7 @@ impl ConnectionLimit {
             match self.admit() {
                 Some(slot) => {
                     let _ = stream.set_nodelay(true);
-                    return (
-                        Tracked {
-                            stream,
-                            _slot: slot,
-                        },
-                        addr,
-                    );
+                    return (Tracked::new(stream, slot, self.idle_timeout), addr);
                 }
                 None => {
                     tracing::debug!(frontend = self.frontend, %addr, max = self.max, "connection refused: cap reached");
@@ -136,11 +145,66 @@ impl Drop for Slot {
     }
 }
 
-/// A TCP stream that holds its [`Slot`] for as long as it is open.
+/// A TCP stream that holds its [`Slot`] for as long as it is open, and fails with
+/// `TimedOut` once it has moved no bytes for its idle timeout.
 #[derive(Debug)]
 pub(crate) struct Tracked {
     stream: TcpStream,
     _slot: Slot,
+    idle_timeout: Duration,
+    /// When bytes last moved in either direction.
+    last_active: Instant,
+    /// Fires at or before `last_active + idle_timeout`; re-armed lazily when it fires early, so
+    /// reads and writes only store an `Instant`.
+    idle: Pin<Box<Sleep>>,
+}
+
+impl Tracked {
+    fn new(stream: TcpStream, slot: Slot, idle_timeout: Duration) -> Self {
+        let now = Instant::now();
+        Tracked {
+            stream,
+            _slot: slot,
+            idle_timeout,
+            last_active: now,
+            idle: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
+        }
+    }
+
+    /// Record progress on the stream.
+    fn touch<T>(&mut self, progress: Poll<T>) -> Poll<T> {
+        if progress.is_ready() {
+            self.last_active = Instant::now();
+        }
+        progress
+    }
+
+    /// While the stream is pending: `Err(TimedOut)` once it has been idle too long, else
+    /// arrange to be woken when it would be.
+    fn check_idle(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        while self.idle.as_mut().poll(cx).is_ready() {
+            let deadline = self.last_active + self.idle_timeout;
+            if deadline <= Instant::now() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection idle too long",
+                ));
+            }
+            self.idle.as_mut().reset(deadline);
+        }
+        Ok(())
+    }
+
+    /// Pass `poll` through, recording progress, or fail a pending poll once idle too long.
+    fn guard<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match self.touch(poll) {
+            Poll::Pending => match self.check_idle(cx) {
+                Ok(()) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            },
+            ready => ready,
+        }
+    }
 }
 
 impl AsyncRead for Tracked {
@@ -149,7 +213,8 @@ impl AsyncRead for Tracked {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let poll = Pin::new(&mut self.stream).poll_read(cx, buf);
+        self.guard(cx, poll)
     }
 }
 
@@ -159,7 +224,8 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let poll = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.guard(cx, poll)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -175,7 +241,8 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let poll = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.guard(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -232,6 +299,26 @@ mod tests {
         let _b = limit.admit().unwrap();
         assert!(limit.admit().is_none());
         drop(a);
+        assert!(limit.admit().is_some());
+    }
+
+    #[tokio::test]
+    async fn silent_connections_time_out_and_free_their_slot() {
+        use tokio::io::AsyncReadExt as _;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let limit = ConnectionLimit::new("http", 1).with_idle_timeout(Duration::from_millis(50));
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server_side, _) = limit.accept(&listener, None).await;
+        assert!(
+            limit.admit().is_none(),
+            "the accepted connection holds the only slot"
+        );
+        let mut buf = [0u8; 1];
+        let error = server_side.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        drop(server_side);
         assert!(limit.admit().is_some());
     }
 }
