@@ -56,3 +56,46 @@ impl From<Status> for Error {
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_failure_kinds() {
+        assert!(matches!(
+            Error::from(Status::not_found("x")),
+            Error::NotFound
+        ));
+        assert!(matches!(
+            Error::from(Status::failed_precondition("x")),
+            Error::ConditionFailed(_)
+        ));
+        assert!(matches!(
+            Error::from(Status::invalid_argument("x")),
+            Error::InvalidArgument(_)
+        ));
+        assert!(matches!(
+            Error::from(Status::out_of_range("too large")),
+            Error::InvalidArgument(_)
+        ));
+        assert!(matches!(
+            Error::from(Status::deadline_exceeded("x")),
+            Error::Timeout(_)
+        ));
+        assert!(matches!(
+            Error::from(Status::cancelled("Timeout expired")),
+            Error::Timeout(_)
+        ));
+        assert!(matches!(
+            Error::from(Status::cancelled("gone")),
+            Error::Server {
+                code: Code::Cancelled,
+                ..
+            }
+        ));
+        let unavailable = Error::from(Status::unavailable("down"));
+        assert!(unavailable.is_retryable());
+        assert!(!Error::NotFound.is_retryable());
+    }
+}
