@@ -19,6 +19,9 @@ use crate::reply::{Entry, KeyTtl, Reply};
 pub const SCAN_LIMIT_DEFAULT: usize = 100;
 /// Largest `limit` a scan accepts: the executor's own cap on one range scan.
 pub const SCAN_LIMIT_MAX: usize = crate::node::SCAN_RANGE_LIMIT_MAX;
+/// Most key and value bytes in one scan page: below the client's 64 MiB message cap, so a page
+/// of large values is cut short (with a resume cursor) instead of failing to decode.
+pub const SCAN_PAGE_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Most operations in one batch.
 pub const BATCH_OPS_MAX: usize = 1_000;
 
@@ -133,7 +136,8 @@ impl pb::kv_server::Kv for KvService {
                 keys_only: req.keys_only,
             };
             match execute(&self.node, command).await? {
-                Reply::Entries { entries, more } => {
+                Reply::Entries { mut entries, more } => {
+                    let more = fit_page(&mut entries, more, SCAN_PAGE_BYTES_MAX);
                     let resume_after = if more {
                         entries.last().map(|e| e.key.clone())
                     } else {
@@ -318,6 +322,22 @@ fn range_of(r: pb::KeyRange) -> KeyRange {
     KeyRange { start, end }
 }
 
+/// Cut a scan page to at most `bytes_max` key and value bytes (always keeping the first entry,
+/// so paging makes progress); returns whether more entries may follow.
+pub(crate) fn fit_page(entries: &mut Vec<Entry>, more: bool, bytes_max: usize) -> bool {
+    let mut bytes = 0usize;
+    let keep = entries
+        .iter()
+        .position(|e| {
+            bytes = bytes.saturating_add(e.key.len() + e.value.len());
+            bytes > bytes_max
+        })
+        .map_or(entries.len(), |over| over.max(1));
+    let cut = keep < entries.len();
+    entries.truncate(keep);
+    more || cut
+}
+
 /// Narrow `range` to keys strictly after the resume cursor `after`.
 pub(crate) fn resume_after(range: KeyRange, after: Bytes) -> KeyRange {
     let cursor_is_later = match &range.start {
@@ -376,6 +396,25 @@ mod tests {
             end: Bound::Unbounded,
         };
         assert_eq!(resume_after(r.clone(), Bytes::from_static(b"a")), r);
+    }
+
+    #[test]
+    fn pages_are_cut_to_the_byte_budget_but_never_empty() {
+        let entry = |k: &'static [u8], v: usize| Entry {
+            key: Bytes::from_static(k),
+            value: Bytes::from(vec![0u8; v]),
+            version: 1,
+            expires_at_ms: None,
+        };
+        let mut page = vec![entry(b"a", 9), entry(b"b", 9), entry(b"c", 9)];
+        assert!(fit_page(&mut page, false, 20));
+        assert_eq!(page.len(), 2);
+        let mut page = vec![entry(b"a", 100), entry(b"b", 1)];
+        assert!(fit_page(&mut page, false, 20));
+        assert_eq!(page.len(), 1);
+        let mut page = vec![entry(b"a", 1)];
+        assert!(!fit_page(&mut page, false, 20));
+        assert!(fit_page(&mut page, true, 20));
     }
 
     #[test]

@@ -25,8 +25,8 @@ use crate::http::conn::ConnectionLimit;
 use crate::node::Node;
 use crate::reply::Reply;
 
-pub use kv::{BATCH_OPS_MAX, SCAN_LIMIT_DEFAULT, SCAN_LIMIT_MAX};
-pub(crate) use kv::{resume_after, ttl_from_now};
+pub use kv::{BATCH_OPS_MAX, SCAN_LIMIT_DEFAULT, SCAN_LIMIT_MAX, SCAN_PAGE_BYTES_MAX};
+pub(crate) use kv::{fit_page, resume_after, ttl_from_now};
 
 /// Front-end label of this module in metrics.
 const FRONTEND: &str = "grpc";

@@ -16,7 +16,9 @@ use serde::Serialize;
 use super::params::{Query, percent_decode};
 use super::{ApiError, AppState, execute};
 use crate::command::{Command, Condition, Expiry, KeyRange};
-use crate::grpc::{SCAN_LIMIT_DEFAULT, SCAN_LIMIT_MAX, resume_after, ttl_from_now};
+use crate::grpc::{
+    SCAN_LIMIT_DEFAULT, SCAN_LIMIT_MAX, SCAN_PAGE_BYTES_MAX, fit_page, resume_after, ttl_from_now,
+};
 use crate::reply::{Entry, Reply};
 
 /// Path prefix of single-key routes; the rest of the raw path is the percent-encoded key.
@@ -240,10 +242,11 @@ pub(super) async fn list(State(state): State<AppState>, uri: Uri) -> Result<Resp
         limit,
         keys_only,
     };
-    let (entries, more) = match execute(&state.node, command).await? {
+    let (mut entries, more) = match execute(&state.node, command).await? {
         Reply::Entries { entries, more } => (entries, more),
         other => return Err(ApiError::unexpected(&other)),
     };
+    let more = fit_page(&mut entries, more, SCAN_PAGE_BYTES_MAX);
     let resume_after = if more {
         entries.last().map(|e| e.key.clone())
     } else {
