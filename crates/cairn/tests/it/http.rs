@@ -163,6 +163,14 @@ fn put_get_delete_round_trip_binary_keys_and_values() {
     );
     assert_eq!(r.header("x-cairn-ttl-ms"), None);
     assert_eq!(r.header("x-cairn-expires-at-ms"), None);
+    // HEAD: the same status and metadata, no body.
+    let r = request(node.http_addr, "HEAD", &path, b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-cairn-version"),
+        Some(version.to_string().as_str())
+    );
+    assert!(r.body.is_empty());
 
     // Phase 2: a plain key with a slash in it, unencoded, is the same as its encoded form.
     assert_eq!(put(&node, "/v1/kv/a/b", b"slash").status, 200);
