@@ -641,6 +641,269 @@ pub fn substring(value: &[u8], start: i64, end: i64) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::{Condition, ExpireCondition};
+    use crate::effects::{Effect, Effects};
+    use crate::reply::SetOutcome;
+
+    fn options(dir: &std::path::Path) -> NodeOptions {
+        NodeOptions {
+            data_dir: dir.to_path_buf(),
+            shards: 4,
+            value_bytes_max: 1024,
+            sync: SyncMode::Always,
+            grpc_addr: "127.0.0.1:1".parse().unwrap(),
+            http_addr: "127.0.0.1:2".parse().unwrap(),
+            resp_addr: "127.0.0.1:3".parse().unwrap(),
+        }
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn set(key: &str, value: &str) -> Command {
+        Command::Set {
+            key: b(key),
+            value: b(value),
+            expiry: Expiry::Never,
+            condition: Condition::Always,
+            return_old: false,
+        }
+    }
+
+    async fn get(node: &Node, key: &str) -> Option<Entry> {
+        match node.execute(Command::Get { key: b(key) }).await.unwrap() {
+            Reply::Entry(e) => e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Append entries to the node log directly, as a crash after the log sync but before the
+    /// engines were written would leave them.
+    fn append_to_log(dir: &std::path::Path, entries: &[(u64, Effects)]) {
+        let (wal, _) = cairn_wal::Wal::open(
+            crate::shards::wal_dir(dir),
+            cairn_wal::WalOptions::default(),
+        )
+        .unwrap();
+        let records: Vec<cairn_wal::Record> = entries
+            .iter()
+            .map(|(index, e)| cairn_wal::Record {
+                group: crate::log::NODE_LOG_GROUP,
+                index: *index,
+                payload: e.encode(),
+            })
+            .collect();
+        wal.append(&records).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn log_entries_missing_from_the_engines_are_replayed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(options(dir.path())).unwrap();
+        node.execute(set("a", "1")).await.unwrap();
+        node.execute(set("b", "2")).await.unwrap();
+        let last = get(&node, "b").await.unwrap().version;
+        node.shutdown().await.unwrap();
+        drop(node);
+
+        // Entry last+1 writes two shards atomically; entry last+2 deletes `a`. An entry at an
+        // index the shard already applied must not be applied again.
+        let shards = Shards::open(dir.path(), 4, 1024).unwrap();
+        let (ka, kx, ky) = (b("a"), b("x"), b("y{other}"));
+        assert_ne!(shards.shard_of_key(&kx), shards.shard_of_key(&ky));
+        let shard_of_a = shards.shard_of_key(&ka);
+        drop(shards);
+        let mut first = Effects::default();
+        first.push(
+            crate::slot::SlotMap::new(4).shard_of_key(&kx) as u32,
+            Effect::Put {
+                key: kx.clone(),
+                value: b("X"),
+                expires_at_ms: None,
+            },
+        );
+        first.push(
+            crate::slot::SlotMap::new(4).shard_of_key(&ky) as u32,
+            Effect::Put {
+                key: ky.clone(),
+                value: b("Y"),
+                expires_at_ms: Some(4_000_000_000_000),
+            },
+        );
+        let mut second = Effects::default();
+        second.push(shard_of_a, Effect::Delete { key: ka.clone() });
+        let mut stale = Effects::default();
+        stale.push(
+            shard_of_a,
+            Effect::Put {
+                key: b("a"),
+                value: b("stale"),
+                expires_at_ms: None,
+            },
+        );
+        append_to_log(
+            dir.path(),
+            &[(1, stale), (last + 1, first), (last + 2, second)],
+        );
+
+        let node = Node::open(options(dir.path())).unwrap();
+        let x = get(&node, "x").await.unwrap();
+        assert_eq!((x.value, x.version), (b("X"), last + 1));
+        let y = get(&node, "y{other}").await.unwrap();
+        assert_eq!(
+            (y.version, y.expires_at_ms),
+            (last + 1, Some(4_000_000_000_000))
+        );
+        assert!(get(&node, "a").await.is_none(), "replayed delete");
+        assert_eq!(get(&node, "b").await.unwrap().value, b("2"));
+        // The next write continues the log.
+        node.execute(set("z", "1")).await.unwrap();
+        assert_eq!(get(&node, "z").await.unwrap().version, last + 3);
+        node.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conditions_versions_and_expiry_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(options(dir.path())).unwrap();
+        // Compare-and-set on versions.
+        let v1 = match node.execute(set("k", "1")).await.unwrap() {
+            Reply::Set(SetOutcome {
+                version: Some(v), ..
+            }) => v,
+            other => panic!("{other:?}"),
+        };
+        let cas = |version, value: &str| Command::Set {
+            key: b("k"),
+            value: b(value),
+            expiry: Expiry::Keep,
+            condition: Condition::IfVersion(version),
+            return_old: false,
+        };
+        match node.execute(cas(v1 + 100, "no")).await.unwrap() {
+            Reply::Set(SetOutcome {
+                version: None,
+                old: Some(old),
+            }) => assert_eq!(old.version, v1),
+            other => panic!("condition should fail: {other:?}"),
+        }
+        match node.execute(cas(v1, "2")).await.unwrap() {
+            Reply::Set(SetOutcome {
+                version: Some(v2), ..
+            }) => assert!(v2 > v1),
+            other => panic!("{other:?}"),
+        }
+        // Relative deadlines become absolute at propose time; KEEP keeps them.
+        let before = now_ms();
+        node.execute(Command::Expire {
+            key: b("k"),
+            expiry: Expiry::InMs(60_000),
+            condition: ExpireCondition::Always,
+        })
+        .await
+        .unwrap();
+        let at = get(&node, "k").await.unwrap().expires_at_ms.unwrap();
+        assert!(at >= before + 60_000 && at <= now_ms() + 60_000);
+        node.execute(Command::IncrBy {
+            key: b("k"),
+            delta: 1,
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            get(&node, "k").await.unwrap().expires_at_ms,
+            Some(at),
+            "INCR keeps the TTL"
+        );
+        // GT with a smaller deadline fails; XX LT on a key with expiry succeeds.
+        let expire = |ms, condition| Command::Expire {
+            key: b("k"),
+            expiry: Expiry::InMs(ms),
+            condition,
+        };
+        assert_eq!(
+            node.execute(expire(1_000, ExpireCondition::Gt))
+                .await
+                .unwrap(),
+            Reply::Bool(false)
+        );
+        assert_eq!(
+            node.execute(expire(1_000, ExpireCondition::XxLt))
+                .await
+                .unwrap(),
+            Reply::Bool(true)
+        );
+        // Rename moves value and deadline.
+        node.execute(Command::Rename {
+            from: b("k"),
+            to: b("k2"),
+            nx: false,
+        })
+        .await
+        .unwrap();
+        assert!(get(&node, "k").await.is_none());
+        assert!(get(&node, "k2").await.unwrap().expires_at_ms.is_some());
+        // Size limits.
+        let too_big = Command::Set {
+            key: b("v"),
+            value: Bytes::from(vec![0u8; 1025]),
+            expiry: Expiry::Never,
+            condition: Condition::Always,
+            return_old: false,
+        };
+        assert_eq!(
+            node.execute(too_big).await,
+            Err(CommandError::ValueTooLarge {
+                len: 1025,
+                max: 1024
+            })
+        );
+        node.shutdown().await.unwrap();
+        assert_eq!(
+            node.execute(set("late", "x")).await,
+            Err(CommandError::ShuttingDown)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn active_expiry_deletes_due_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(options(dir.path())).unwrap();
+        for i in 0..10 {
+            let cmd = Command::Set {
+                key: b(&format!("t{i}")),
+                value: b("v"),
+                expiry: Expiry::InMs(1),
+                condition: Condition::Always,
+                return_old: false,
+            };
+            node.execute(cmd).await.unwrap();
+        }
+        node.execute(set("keep", "v")).await.unwrap();
+        let expiring = || {
+            node.shard_stats()
+                .iter()
+                .map(|s| s.expiring_keys)
+                .sum::<u64>()
+        };
+        assert_eq!(expiring(), 10);
+        let all_due = || {
+            node.shards()
+                .list
+                .iter()
+                .map(|s| s.expiry.lock().due(now_ms(), usize::MAX).len())
+                .sum::<usize>()
+                == 10
+        };
+        while !all_due() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        node.expire_cycle().await;
+        assert_eq!(expiring(), 0);
+        assert_eq!(node.dbsize(), 1);
+        node.shutdown().await.unwrap();
+    }
 
     #[test]
     fn getrange_matches_redis() {
