@@ -181,7 +181,7 @@ pub async fn del(args: KeyArgs) -> anyhow::Result<u8> {
     let deleted = args.connection.client()?.delete(args.key).await?;
     if args.connection.json {
         print_json(&json!({ "deleted": deleted }));
-        return Ok(0);
+        return Ok(if deleted { 0 } else { EXIT_MISSING });
     }
     if !deleted {
         return Ok(missing(&args.connection));

@@ -153,6 +153,11 @@ fn one_shot_commands_human_and_json() {
         assert_eq!(o.status.code(), Some(1), "{args:?}");
         assert_eq!(stderr(&o), "record not found\n", "{args:?}");
     }
+    let o = cairn(&node, &["del", "hello", "--json"]);
+    assert_eq!(
+        (o.status.code(), json(&o)["deleted"].as_bool()),
+        (Some(1), Some(false))
+    );
     let o = cairn(&node, &["get", "hello", "--json"]);
     assert_eq!(
         (o.status.code(), json(&o)["error"].as_str()),
