@@ -59,17 +59,22 @@ impl Effects {
         shards
     }
 
-    pub fn encode(&self) -> Bytes {
-        let size: usize = self
+    /// Size of [`Effects::encode`]'s output, in bytes.
+    pub fn encoded_len(&self) -> usize {
+        4 + self
             .ops
             .iter()
             .map(|(_, e)| match e {
-                Effect::Put { key, value, .. } => 5 + 8 + key.len() + value.len() + 8,
+                Effect::Put { key, value, .. } => 5 + 4 + key.len() + 4 + value.len() + 8,
                 Effect::Delete { key } => 5 + 4 + key.len(),
                 Effect::Clear => 5,
             })
-            .sum();
-        let mut out = BytesMut::with_capacity(4 + size);
+            .sum::<usize>()
+    }
+
+    pub fn encode(&self) -> Bytes {
+        let size = self.encoded_len();
+        let mut out = BytesMut::with_capacity(size);
         out.put_u32_le(self.ops.len() as u32);
         for (shard, effect) in &self.ops {
             out.put_u32_le(*shard);
@@ -175,6 +180,7 @@ mod tests {
         e.push(1, Effect::Clear);
         let decoded = Effects::decode(e.encode()).unwrap();
         assert_eq!(decoded, e);
+        assert_eq!(e.encode().len(), e.encoded_len());
         assert_eq!(e.shards(), vec![0, 1, 3, 9]);
     }
 

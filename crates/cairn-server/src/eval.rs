@@ -43,6 +43,13 @@ pub struct Decided {
     effects: Effects,
 }
 
+impl Decided {
+    /// Encoded size of the decided effects.
+    pub fn effect_bytes(&self) -> usize {
+        self.effects.encoded_len()
+    }
+}
+
 impl Overlay {
     /// Make a decided proposal visible to the rest of the group; returns its effects.
     pub fn absorb(&mut self, decided: Decided) -> Effects {

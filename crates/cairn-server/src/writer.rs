@@ -31,6 +31,12 @@ use crate::shards::Shards;
 
 /// Most proposals committed together with one log sync.
 pub const GROUP_PROPOSALS_MAX: usize = 1024;
+/// A group's writes share one log entry until its effects reach this size; the entry is closed
+/// after the proposal that crosses it.
+pub const ENTRY_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Largest effects of one proposal: what still fits in one log record after a nearly full
+/// entry.
+pub const PROPOSAL_EFFECT_BYTES_MAX: usize = cairn_wal::RECORD_PAYLOAD_BYTES_MAX - ENTRY_BYTES_MAX;
 /// Capacity of the proposal queue; proposers wait when it is full (back-pressure).
 pub const PROPOSAL_QUEUE_MAX: usize = 8192;
 /// With `--sync everysec`, how often the log is synced.
@@ -162,7 +168,11 @@ impl Writer {
         stopping: &mut Vec<oneshot::Sender<ProposalResult>>,
     ) {
         let mut overlay = Overlay::default();
+        // The writes of a group share one log entry (one version, one log record, one engine
+        // batch per shard), split only when an entry grows past `ENTRY_BYTES_MAX`.
         let mut entries: Vec<(u64, Effects)> = Vec::new();
+        let mut entry = Effects::default();
+        let mut entry_bytes = 0usize;
         let mut answers: Vec<(oneshot::Sender<ProposalResult>, ProposalResult)> = Vec::new();
         let mut after: Vec<(oneshot::Sender<ProposalResult>, WriteOp)> = Vec::new();
         for proposal in group.drain(..) {
@@ -191,14 +201,33 @@ impl Writer {
                 Err(op) => eval.internal(op),
             };
             let decided = eval.finish();
+            let result = match result {
+                Ok(_) if decided.effect_bytes() > PROPOSAL_EFFECT_BYTES_MAX => {
+                    Err(CommandError::Invalid(format!(
+                        "write of {} bytes is larger than the {PROPOSAL_EFFECT_BYTES_MAX} bytes one log entry holds",
+                        decided.effect_bytes()
+                    )))
+                }
+                other => other,
+            };
             if result.is_ok() {
                 let effects = overlay.absorb(decided);
                 if !effects.is_empty() {
-                    entries.push((index, effects));
-                    self.next_index += 1;
+                    entry_bytes += effects.encoded_len();
+                    entry.ops.extend(effects.ops);
+                    // Close the entry once it is large; the next proposal starts a new one.
+                    if entry_bytes >= ENTRY_BYTES_MAX {
+                        entries.push((index, std::mem::take(&mut entry)));
+                        entry_bytes = 0;
+                        self.next_index += 1;
+                    }
                 }
             }
             answers.push((proposal.reply, result));
+        }
+        if !entry.is_empty() {
+            entries.push((self.next_index, entry));
+            self.next_index += 1;
         }
 
         if !entries.is_empty() {
