@@ -96,7 +96,7 @@ pub fn init() {
 
 /// The bounded label value for `command`.
 fn command_label(command: &str) -> &'static str {
-    if let Some(spec) = crate::resp::table::lookup(command) {
+    if let Some(spec) = crate::resp::table::lookup_bytes(command.as_bytes()) {
         return spec.name;
     }
     if let Some(spec) = crate::resp::table::SUBCOMMANDS
@@ -121,6 +121,58 @@ pub fn observe(frontend: &'static str, command: &str, elapsed: Duration, ok: boo
         metrics::counter!(REQUEST_ERRORS_TOTAL, &labels).increment(1);
     }
     metrics::histogram!(REQUEST_DURATION_SECONDS, &labels).record(elapsed.as_secs_f64());
+}
+
+/// Metric handles of one (front end, command) pair.
+#[derive(Clone)]
+struct CommandMetrics {
+    requests: metrics::Counter,
+    errors: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+/// [`observe`] with a cache of metric handles, for a connection's hot path: the label set of a
+/// command is built once per connection instead of once per request.
+pub struct Observer {
+    frontend: &'static str,
+    cache: std::collections::HashMap<&'static str, CommandMetrics>,
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observer")
+            .field("frontend", &self.frontend)
+            .field("cached", &self.cache.len())
+            .finish()
+    }
+}
+
+impl Observer {
+    pub fn new(frontend: &'static str) -> Observer {
+        Observer {
+            frontend,
+            cache: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Record one request, as [`observe`].
+    pub fn observe(&mut self, command: &str, elapsed: Duration, ok: bool) {
+        let command = command_label(command);
+        let frontend = self.frontend;
+        let handles = self.cache.entry(command).or_insert_with(|| {
+            let labels = [("frontend", frontend), ("command", command)];
+            CommandMetrics {
+                requests: metrics::counter!(REQUESTS_TOTAL, &labels),
+                errors: metrics::counter!(REQUEST_ERRORS_TOTAL, &labels),
+                duration: metrics::histogram!(REQUEST_DURATION_SECONDS, &labels),
+            }
+        });
+        handles.requests.increment(1);
+        if !ok {
+            handles.errors.increment(1);
+        }
+        handles.duration.record(elapsed.as_secs_f64());
+    }
 }
 
 /// A client connection opened (`delta` = 1) or closed (`delta` = -1).

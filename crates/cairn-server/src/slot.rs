@@ -9,21 +9,33 @@
 pub const SLOT_COUNT: u16 = 16384;
 
 /// CRC16 with the XMODEM parameters (poly 0x1021, init 0, no reflection), as Redis's
-/// `crc16.c`.
+/// `crc16.c`, one table lookup per byte.
 pub fn crc16_xmodem(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in data {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
+    data.iter().fold(0u16, |crc, &byte| {
+        (crc << 8) ^ CRC16_TABLE[usize::from(((crc >> 8) as u8) ^ byte)]
+    })
+}
+
+/// CRC16-XMODEM of every single byte, computed at compile time.
+const CRC16_TABLE: [u16; 256] = {
+    let mut table = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = (i as u16) << 8;
+        let mut bit = 0;
+        while bit < 8 {
             crc = if crc & 0x8000 != 0 {
                 (crc << 1) ^ 0x1021
             } else {
                 crc << 1
             };
+            bit += 1;
         }
+        table[i] = crc;
+        i += 1;
     }
-    crc
-}
+    table
+};
 
 /// The part of `key` that is hashed: the `{tag}` contents when present and non-empty.
 pub fn hash_tag(key: &[u8]) -> &[u8] {

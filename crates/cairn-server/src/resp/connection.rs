@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::metrics;
+use crate::metrics::Observer;
 use crate::node::PendingWrite;
 use crate::resp::dispatch::{Action, dispatch};
 use crate::resp::render::{Render, render};
@@ -60,7 +60,7 @@ impl Replies {
     }
 
     /// Wait for every queued write and encode all queued replies in order.
-    async fn drain(&mut self, session: &Session, shared: &Shared) {
+    async fn drain(&mut self, session: &Session, shared: &Shared, observer: &mut Observer) {
         while let Some(slot) = self.queue.pop_front() {
             let frame = match slot {
                 Slot::Ready(frame) => frame,
@@ -71,7 +71,7 @@ impl Replies {
                     started,
                 } => {
                     let result = pending.wait().await;
-                    metrics::observe(FRONTEND, command, started.elapsed(), result.is_ok());
+                    observer.observe(command, started.elapsed(), result.is_ok());
                     render(shape, result)
                 }
             };
@@ -102,6 +102,7 @@ pub async fn serve(
         ..Limits::CAIRN
     };
     let mut decoder = RequestDecoder::new(limits);
+    let mut observer = Observer::new(FRONTEND);
     let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut replies = Replies {
         queue: VecDeque::new(),
@@ -121,7 +122,7 @@ pub async fn serve(
                 Ok(Some(request)) => request,
                 Ok(None) => break,
                 Err(e) => {
-                    replies.drain(&session, &shared).await;
+                    replies.drain(&session, &shared, &mut observer).await;
                     e.encode_reply(&mut replies.out);
                     RespStats::add(&shared.stats.errors, 1);
                     let _ = stream.write_all(&replies.out).await;
@@ -139,8 +140,7 @@ pub async fn serve(
             let started = Instant::now();
             match dispatch(request.args, &mut session, &shared) {
                 Action::Reply(frame) => {
-                    metrics::observe(
-                        FRONTEND,
+                    observer.observe(
                         session.last_command,
                         started.elapsed(),
                         !matches!(frame, Frame::Error(_)),
@@ -163,21 +163,21 @@ pub async fn serve(
                                 started,
                             }),
                             Err(e) => {
-                                metrics::observe(FRONTEND, command, started.elapsed(), false);
+                                observer.observe(command, started.elapsed(), false);
                                 replies.push(render(shape, Err(e)), &session, &shared);
                             }
                         }
                     } else {
                         // A read sees every earlier write of this connection.
-                        replies.drain(&session, &shared).await;
+                        replies.drain(&session, &shared, &mut observer).await;
                         let result = shared.node.execute(cmd).await;
-                        metrics::observe(FRONTEND, command, started.elapsed(), result.is_ok());
+                        observer.observe(command, started.elapsed(), result.is_ok());
                         replies.push(render(shape, result), &session, &shared);
                     }
                 }
             }
         }
-        replies.drain(&session, &shared).await;
+        replies.drain(&session, &shared, &mut observer).await;
         if !replies.out.is_empty() {
             if stream.write_all(&replies.out).await.is_err() {
                 return;

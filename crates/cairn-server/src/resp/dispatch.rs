@@ -239,14 +239,14 @@ fn node(cmd: Command, render: Render) -> Result<Action, Frame> {
 
 /// Decide what to do with one request.
 pub fn dispatch(args: Vec<Bytes>, session: &mut Session, shared: &Shared) -> Action {
-    let name = lower(&args[0]);
-    let Some(spec) = table::lookup(&name) else {
+    let Some(spec) = table::lookup_bytes(&args[0]) else {
+        session.last_command = "unknown";
         return Action::Reply(unknown_command(&args));
     };
+    session.last_command = spec.name;
     if !spec.arity_ok(args.len()) {
         return Action::Reply(arity_error(spec.name));
     }
-    session.last_command = spec.name;
     match data_command(spec, &args) {
         Some(Ok(action)) => action,
         Some(Err(frame)) => Action::Reply(frame),

@@ -746,6 +746,24 @@ pub fn lookup(name: &str) -> Option<&'static CommandSpec> {
         .map(|i| &COMMANDS[i])
 }
 
+/// Longest command name in [`COMMANDS`].
+const NAME_BYTES_MAX: usize = 16;
+
+/// Look up a top-level command by its name as sent, in any case, without allocating.
+pub fn lookup_bytes(name: &[u8]) -> Option<&'static CommandSpec> {
+    if name.len() > NAME_BYTES_MAX {
+        return None;
+    }
+    let mut buf = [0u8; NAME_BYTES_MAX];
+    let lower = &mut buf[..name.len()];
+    lower.copy_from_slice(name);
+    lower.make_ascii_lowercase();
+    COMMANDS
+        .binary_search_by(|c| c.name.as_bytes().cmp(lower))
+        .ok()
+        .map(|i| &COMMANDS[i])
+}
+
 /// Look up a subcommand by lowercase container and subcommand name.
 pub fn lookup_sub(container: &str, sub: &str) -> Option<&'static CommandSpec> {
     SUBCOMMANDS
@@ -774,6 +792,9 @@ mod tests {
         assert!(COMMANDS.windows(2).all(|w| w[0].name < w[1].name));
         assert_eq!(lookup("get").unwrap().arity, 2);
         assert!(lookup("nope").is_none());
+        assert_eq!(lookup_bytes(b"GeT").unwrap().name, "get");
+        assert!(lookup_bytes(b"averyveryverylongcommandname").is_none());
+        assert!(COMMANDS.iter().all(|c| c.name.len() <= NAME_BYTES_MAX));
         assert_eq!(lookup_sub("client", "setname").unwrap().arity, 3);
         assert!(lookup("set").unwrap().arity_ok(3));
         assert!(lookup("set").unwrap().arity_ok(9));
