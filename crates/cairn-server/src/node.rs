@@ -313,6 +313,7 @@ impl Node {
         match cmd {
             Command::Get { key } => Ok(Reply::Entry(self.get_entry(&key)?)),
             Command::MGet { keys } => {
+                let _consistent = (keys.len() > 1).then(|| self.shards.apply_lock.read());
                 let values = keys
                     .iter()
                     .map(|k| self.get_value(k))
@@ -326,9 +327,12 @@ impl Node {
                 let value = self.get_value(&key)?.unwrap_or_default();
                 Ok(Reply::Value(Some(substring(&value, start, end))))
             }
-            Command::Exists { keys } => Ok(Reply::Int(
-                keys.iter().filter(|k| self.meta(k).is_some()).count() as i64,
-            )),
+            Command::Exists { keys } => {
+                let _consistent = (keys.len() > 1).then(|| self.shards.apply_lock.read());
+                Ok(Reply::Int(
+                    keys.iter().filter(|k| self.meta(k).is_some()).count() as i64,
+                ))
+            }
             Command::Type { key } => Ok(Reply::Type(if self.meta(&key).is_some() {
                 KeyType::String
             } else {
@@ -399,6 +403,8 @@ impl Node {
         keys_only: bool,
     ) -> Result<Reply, CommandError> {
         let limit = limit.clamp(1, SCAN_RANGE_LIMIT_MAX);
+        // Bounded work, so it may hold off the writer: the page is one consistent cut.
+        let _consistent = self.shards.apply_lock.read();
         // One more than asked from each shard tells whether more remain.
         let mut all: Vec<Entry> = Vec::new();
         for shard in &self.shards.list {

@@ -79,6 +79,9 @@ pub fn shard_dir(data_dir: &Path, id: u32) -> PathBuf {
 pub struct Shards {
     pub map: SlotMap,
     pub list: Vec<Shard>,
+    /// Held for writing while the writer applies a group, for reading by reads of several
+    /// keys: they never see a multi-shard write half applied.
+    pub apply_lock: parking_lot::RwLock<()>,
 }
 
 impl Shards {
@@ -95,7 +98,11 @@ impl Shards {
                 )
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Shards { map, list })
+        Ok(Shards {
+            map,
+            list,
+            apply_lock: parking_lot::RwLock::new(()),
+        })
     }
 
     pub fn len(&self) -> usize {

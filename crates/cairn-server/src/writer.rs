@@ -261,6 +261,8 @@ impl Writer {
         self.log
             .append(entries)
             .map_err(|e| format!("log append failed: {e}"))?;
+        // Multi-key readers see a group's writes to several shards all at once or not at all.
+        let _applying = self.shards.apply_lock.write();
         for (index, effects) in entries {
             apply_entry(&self.shards, *index, effects, false)
                 .map_err(|e| format!("apply of entry {index} failed: {e}"))?;

@@ -576,3 +576,25 @@ fn cluster_introspection_describes_a_one_node_cluster() {
         "-ERR unknown subcommand 'NOPE'. Try CLUSTER HELP.\r\n"
     );
 }
+
+#[test]
+fn a_multi_shard_write_is_seen_whole_or_not_at_all() {
+    let node = Node::start();
+    // "foo" (slot 12182) and "bar" (slot 5061) live on different shards.
+    let mut writer = node.resp();
+    assert_eq!(s(&mut writer, "MSET foo 0 bar 0"), "+OK\r\n");
+    let mut reader = node.resp();
+    let handle = std::thread::spawn(move || {
+        for i in 1..=300 {
+            assert_eq!(writer.cmd_str(&format!("MSET foo {i} bar {i}")), "+OK\r\n");
+        }
+    });
+    let mut last = 0;
+    while last < 300 {
+        let reply = s(&mut reader, "MGET foo bar");
+        let values: Vec<&str> = reply.split("\r\n").skip(2).step_by(2).take(2).collect();
+        assert_eq!(values[0], values[1], "MGET saw half of an MSET: {reply:?}");
+        last = values[0].parse().unwrap();
+    }
+    handle.join().unwrap();
+}
