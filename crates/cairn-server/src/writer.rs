@@ -127,9 +127,17 @@ impl Writer {
     /// Start the writer thread; returns the proposal queue and the thread handle.
     pub fn spawn(self) -> std::io::Result<(mpsc::Sender<Proposal>, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
+        let health = self.health.clone();
         let handle = std::thread::Builder::new()
             .name("cairn-writer".into())
-            .spawn(move || self.run(rx))?;
+            .spawn(move || {
+                // A bug in the write path must not leave the node taking writes it never
+                // answers: mark it failed (writes are refused, reads go on).
+                let run = std::panic::AssertUnwindSafe(move || self.run(rx));
+                if std::panic::catch_unwind(run).is_err() {
+                    health.fail("the writer thread panicked".to_string());
+                }
+            })?;
         Ok((tx, handle))
     }
 

@@ -3,8 +3,9 @@
 //! replies with one flush.
 //!
 //! Bounds: at most [`PIPELINE_REQUESTS_MAX`] requests and [`PIPELINE_BYTES_MAX`] argument
-//! bytes are in flight (decoded but unanswered) per connection; the decoder refuses oversized
-//! headers before anything is allocated.
+//! bytes are in flight (decoded but unanswered) per connection, and decoding pauses once
+//! [`REPLY_BYTES_MAX`] reply bytes wait to be written; the decoder refuses oversized headers
+//! before anything is allocated.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -26,6 +27,9 @@ use crate::resp::session::{RespStats, Session, Shared};
 pub const PIPELINE_REQUESTS_MAX: usize = 1024;
 /// Most argument bytes decoded before their replies are written.
 pub const PIPELINE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Encoded reply bytes after which decoding pauses until they are written (a client that
+/// pipelines many large GETs without reading gets back-pressure, not unbounded buffering).
+pub const REPLY_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Bytes reserved for each socket read.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Front-end label for metrics.
@@ -114,7 +118,10 @@ pub async fn serve(
         let mut close = false;
         let mut more_buffered = false;
         loop {
-            if requests >= PIPELINE_REQUESTS_MAX || bytes >= PIPELINE_BYTES_MAX {
+            if requests >= PIPELINE_REQUESTS_MAX
+                || bytes >= PIPELINE_BYTES_MAX
+                || replies.out.len() >= REPLY_BYTES_MAX
+            {
                 more_buffered = true;
                 break;
             }
