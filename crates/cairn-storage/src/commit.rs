@@ -50,9 +50,12 @@ impl GroupCommit {
     /// Poisons the engine forever.
     pub fn poison(&self, why: String) {
         tracing::error!(reason = %why, "storage engine poisoned; refusing further writes");
-        let mut r = self.reason.lock();
-        if r.is_none() {
-            *r = Some(why);
+        {
+            // Released before taking `state`: `sync_upto` holds `state` while reading `reason`.
+            let mut r = self.reason.lock();
+            if r.is_none() {
+                *r = Some(why);
+            }
         }
         self.poisoned.store(true, Ordering::Release);
         // Wake waiters so they see the poison instead of sleeping forever.

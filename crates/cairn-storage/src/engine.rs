@@ -44,11 +44,14 @@ pub(crate) struct MarkerLoc {
 }
 
 /// What readers share: guarded by `Inner::state`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct State {
     pub keydir: Keydir,
     pub segments: BTreeMap<u32, Arc<Segment>>,
     pub marker: Option<MarkerLoc>,
+    /// Id of the active segment, changed together with `segments` at rotation so merge never
+    /// mistakes a segment still being appended to for a sealed one.
+    pub active: u32,
 }
 
 impl State {
@@ -650,7 +653,11 @@ impl Inner {
                 return Err(e);
             }
         };
-        self.state.write().segments.insert(id, seg.clone());
+        {
+            let mut st = self.state.write();
+            st.segments.insert(id, seg.clone());
+            st.active = id;
+        }
         let old = std::mem::replace(&mut w.segment, seg);
         w.len = SEGMENT_HEADER_BYTES as u64;
         self.pending_hints.lock().push(old.id);
@@ -670,10 +677,6 @@ impl Inner {
     pub(crate) fn sync_all(&self) -> Result<()> {
         let target = self.writer.lock().written;
         self.sync_upto(target)
-    }
-
-    pub(crate) fn active_id(&self) -> u32 {
-        self.writer.lock().segment.id
     }
 }
 

@@ -5,6 +5,8 @@
 //! 2. Copy their live records into new segments written as `<id>.seg.tmp` with hints as
 //!    `<id>.hint.tmp`, and fdatasync them. A crash here leaves only `.tmp` files, which `open`
 //!    deletes: the merge never happened.
+//!    Then sync the active segment: every newer record that made an input record dead must be
+//!    durable before that input record is deleted.
 //! 3. Write the commit file `MERGE` (via `MERGE.tmp`, fsync, rename, directory fsync), listing S
 //!    and the outputs. From here the merge has happened: `open` finishes it.
 //! 4. Rename the outputs to their final names, directory fsync; swap the keydir to the new
@@ -245,10 +247,10 @@ impl Merger<'_> {
 pub(crate) fn merge(inner: &Inner) -> Result<usize> {
     let _one_at_a_time = inner.merge_lock.lock();
     inner.group.check()?;
-    let active = inner.active_id();
     let now = now_ms();
     let (inputs, outside_min) = {
         let st = inner.state.read();
+        let active = st.active;
         let mut inputs: Vec<Arc<Segment>> = Vec::new();
         let mut outside_min = u64::MAX;
         for seg in st.segments.values() {
@@ -366,6 +368,10 @@ pub(crate) fn merge(inner: &Inner) -> Result<usize> {
         }
     }
     merger.flush()?;
+    // A record was dropped because a newer write superseded it; that newer write may not be
+    // durable yet (it need not be acknowledged). Sync it before the old record disappears, or
+    // a power cut could lose both.
+    inner.sync_all()?;
     let written = std::mem::take(&mut merger.written);
     commit(inner, &inputs, written, moves, removals, marker_move)?;
     inner.merges.fetch_add(1, Ordering::Relaxed);

@@ -199,6 +199,7 @@ pub(crate) fn open(dir: &Path, options: Options, io: Arc<dyn Io>) -> Result<Inne
             keydir,
             segments,
             marker,
+            active: writer.segment.id,
         }),
         writer: Mutex::new(writer),
         group: GroupCommit::default(),

@@ -1,4 +1,10 @@
 //! Integration tests for `cairn-storage`: one binary, one module per concern.
 
 mod basic;
+mod concurrency;
+mod corruption;
+mod crash;
+mod model;
+mod poison;
+mod power_cut;
 mod support;
