@@ -101,6 +101,11 @@ impl CommitLog {
         Ok(())
     }
 
+    /// Bytes the log holds on disk.
+    pub fn bytes(&self) -> u64 {
+        self.wal.total_bytes()
+    }
+
     /// Drop log segments whose entries are all ≤ `applied`, which every engine now holds
     /// durably (the caller synced them).
     pub fn purge(&mut self, applied: u64) -> Result<(), String> {

@@ -37,6 +37,9 @@ pub const ENTRY_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Largest effects of one proposal: what still fits in one log record after a nearly full
 /// entry.
 pub const PROPOSAL_EFFECT_BYTES_MAX: usize = cairn_wal::RECORD_PAYLOAD_BYTES_MAX - ENTRY_BYTES_MAX;
+/// Log size past which the writer checkpoints (syncs the engines and purges the log) without
+/// waiting for the periodic checkpoint.
+pub const LOG_BYTES_CHECKPOINT: u64 = 512 * 1024 * 1024;
 /// Capacity of the proposal queue; proposers wait when it is full (back-pressure).
 pub const PROPOSAL_QUEUE_MAX: usize = 8192;
 /// With `--sync everysec`, how often the log is synced.
@@ -250,6 +253,11 @@ impl Writer {
         }
         for (tx, result) in answers {
             let _ = tx.send(result);
+        }
+        // A long log makes restarts slow and fills the disk: checkpoint early. (A failure
+        // here fails the writer for later writes; this group is already durable in the log.)
+        if self.log.bytes() > LOG_BYTES_CHECKPOINT {
+            let _ = self.checkpoint();
         }
         for (tx, op) in after {
             match op {
