@@ -3,5 +3,8 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc/longdouble.c");
-    cc::Build::new().file("csrc/longdouble.c").warnings(true).compile("cairn_longdouble");
+    cc::Build::new()
+        .file("csrc/longdouble.c")
+        .warnings(true)
+        .compile("cairn_longdouble");
 }
