@@ -121,3 +121,83 @@ impl ScanCursors {
         (id, keys)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shards_with(keys: &[&str]) -> (tempfile::TempDir, Shards) {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = Shards::open(dir.path(), 4, 1024).unwrap();
+        for key in keys {
+            shards
+                .for_key(key.as_bytes())
+                .engine
+                .put(key.as_bytes(), b"v")
+                .unwrap();
+        }
+        (dir, shards)
+    }
+
+    fn full_scan(
+        cursors: &ScanCursors,
+        shards: &Shards,
+        pattern: Option<&[u8]>,
+        count: usize,
+    ) -> Vec<String> {
+        let (mut cursor, mut seen) = (0, Vec::new());
+        loop {
+            let (next, keys) = cursors.scan(shards, cursor, pattern, count, None);
+            seen.extend(keys.iter().map(|k| String::from_utf8(k.to_vec()).unwrap()));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        seen.sort();
+        seen
+    }
+
+    #[test]
+    fn a_full_iteration_returns_every_key_once_for_any_count() {
+        let keys: Vec<String> = (0..50).map(|i| format!("key:{i}")).collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let (_dir, shards) = shards_with(&refs);
+        let cursors = ScanCursors::default();
+        let mut expected = keys.clone();
+        expected.sort();
+        for count in [1, 3, 10, 1000] {
+            assert_eq!(
+                full_scan(&cursors, &shards, None, count),
+                expected,
+                "COUNT {count}"
+            );
+        }
+        // MATCH filters with Redis glob rules (via cairn-resp).
+        let matched = full_scan(&cursors, &shards, Some(b"key:1?"), 7);
+        assert_eq!(
+            matched,
+            (10..20).map(|i| format!("key:{i}")).collect::<Vec<_>>()
+        );
+        // TYPE other than string matches nothing; an unknown cursor starts over.
+        assert!(
+            cursors
+                .scan(&shards, 0, None, 1000, Some(b"hash"))
+                .1
+                .is_empty()
+        );
+        let (_, restarted) = cursors.scan(&shards, 12345, None, 1000, None);
+        assert_eq!(restarted.len(), 50);
+    }
+
+    #[test]
+    fn the_cursor_table_is_bounded() {
+        let (_dir, shards) = shards_with(&["a", "b", "c", "d", "e"]);
+        let cursors = ScanCursors::default();
+        for _ in 0..SCAN_CURSORS_MAX + 10 {
+            let (next, _) = cursors.scan(&shards, 0, None, 1, None);
+            assert_ne!(next, 0);
+        }
+        assert!(cursors.table.lock().positions.len() <= SCAN_CURSORS_MAX);
+    }
+}
