@@ -202,10 +202,12 @@ impl Node {
             } => {
                 self.check_key(key)?;
                 self.check_value(value)?;
+                positive_ttl(*expiry, name)?;
                 resolve(expiry)?;
             }
             Command::GetEx { key, expiry } => {
                 self.check_key(key)?;
+                positive_ttl(*expiry, name)?;
                 resolve(expiry)?;
             }
             Command::Expire { key, expiry, .. } => {
@@ -241,6 +243,7 @@ impl Node {
                         BatchOp::Put { key, value, expiry } => {
                             self.check_key(key)?;
                             self.check_value(value)?;
+                            positive_ttl(*expiry, name)?;
                             resolve(expiry)?;
                         }
                         BatchOp::Delete { key } => self.check_key(key)?,
@@ -597,6 +600,14 @@ impl Node {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
         result
+    }
+}
+
+/// A relative TTL of a write must be positive (only `Expire` accepts ≤ 0, meaning "delete").
+fn positive_ttl(expiry: Expiry, command: &'static str) -> Result<(), CommandError> {
+    match expiry {
+        Expiry::InMs(ms) if ms <= 0 => Err(CommandError::InvalidExpireTime(command)),
+        _ => Ok(()),
     }
 }
 
