@@ -4,6 +4,8 @@
 mod cli;
 mod clients;
 mod differential;
+mod durability;
 mod grpc;
 mod http;
+mod resp;
 mod support;
