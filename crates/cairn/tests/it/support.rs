@@ -19,7 +19,11 @@ pub fn cairn_bin() -> &'static str {
 
 /// A free loopback port (bound then released; good enough for tests on one machine).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One running `cairn server` process.
@@ -188,7 +192,9 @@ pub struct RawConn {
 impl RawConn {
     pub fn connect(addr: SocketAddr) -> RawConn {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         stream.set_nodelay(true).unwrap();
         RawConn { stream }
     }
@@ -273,12 +279,17 @@ impl RawConn {
                     self.read_value(out);
                 }
             }
-            other => panic!("unexpected RESP type byte {:?} in {:?}", other as char, line),
+            other => panic!(
+                "unexpected RESP type byte {:?} in {:?}",
+                other as char, line
+            ),
         }
     }
 }
 
 /// Whether `path` exists and is a non-empty directory.
 pub fn dir_nonempty(path: &Path) -> bool {
-    std::fs::read_dir(path).map(|mut d| d.next().is_some()).unwrap_or(false)
+    std::fs::read_dir(path)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
 }
