@@ -250,12 +250,15 @@ fn main() {
     let base = PathBuf::from(args.get(1).expect("usage: storage-bench DIR [keys] [--big]"));
     let n: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
     let big = args.iter().any(|a| a == "--big");
-    let engines = ["cairn-storage", "fjall", "redb"];
+    // BENCH_ENGINES=cairn-storage,redb limits the run (profiling).
+    let only = std::env::var("BENCH_ENGINES").unwrap_or_default();
+    let engines: Vec<&str> =
+        ["cairn-storage", "fjall", "redb"].into_iter().filter(|e| only.is_empty() || only.split(',').any(|o| o == *e)).collect();
     let keys = keys(n, 7);
     let mut report = Report { rows: Vec::new() };
     println!("| workload | engine | result | note |\n|---|---|---|---|");
 
-    for kind in engines {
+    for kind in engines.iter().copied() {
         // Random puts, no fsync per write (one sync at the end, included).
         let dir = fresh(&base, &format!("{kind}-put"));
         let kv = open(kind, &dir, 64 << 20);

@@ -16,6 +16,7 @@ use std::path::Path;
 use crate::Result;
 use crate::format::Kind;
 use crate::io::Io;
+use crate::keydir::KeyBuf;
 use crate::segment::{HINT_SUFFIX, Scanned, TMP_SUFFIX, hint_name};
 
 const HINT_MAGIC: &[u8; 8] = b"CAIRNHT1";
@@ -28,7 +29,7 @@ const HINT_FOOTER_BYTES: usize = 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct HintEntry {
     pub kind: Kind,
-    pub key: Box<[u8]>,
+    pub key: KeyBuf,
     pub value_len: u32,
     pub offset: u32,
     pub version: u64,
@@ -131,7 +132,7 @@ pub(crate) fn decode(id: u32, buf: &[u8]) -> Result<Vec<HintEntry>, &'static str
         if key_len > crate::KEY_BYTES_MAX || pos + key_len + marker_len > body_end {
             return Err("entry runs past end");
         }
-        let key: Box<[u8]> = buf[pos..pos + key_len].into();
+        let key = KeyBuf::from(&buf[pos..pos + key_len]);
         pos += key_len;
         let marker = (kind == Kind::Marker).then(|| buf[pos..pos + marker_len].into());
         pos += marker_len;
@@ -196,7 +197,7 @@ mod tests {
         vec![
             HintEntry {
                 kind: Kind::Marker,
-                key: Box::new([]),
+                key: KeyBuf::from(&b""[..]),
                 value_len: 3,
                 offset: 16,
                 version: 9,
@@ -205,7 +206,7 @@ mod tests {
             },
             HintEntry {
                 kind: Kind::Put,
-                key: b"k".to_vec().into(),
+                key: KeyBuf::from(&b"k"[..]),
                 value_len: 10,
                 offset: 100,
                 version: 7,

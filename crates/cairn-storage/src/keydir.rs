@@ -1,14 +1,99 @@
 //! The keydir: the in-memory ordered index from key to the location of its live record.
 //!
 //! Ordered (a `BTreeMap`) so scans come out in key order. Each entry is a packed 28-byte
-//! [`Loc`]; together with the boxed key (16 bytes) a slot costs 44 bytes plus the B-tree's node
-//! overhead and the key's heap allocation. `docs/benchmarks.md` has the measured bytes per key.
+//! [`Loc`]; with the 24-byte [`KeyBuf`] (keys up to 22 bytes inline, longer ones boxed) a slot
+//! costs 52 bytes plus the B-tree's node overhead. `docs/benchmarks.md` has the measured bytes
+//! per key.
 //!
 //! Invariant: an entry exists only for a key whose newest record is a put; deletes remove the
 //! entry. Expired entries stay until merge reclaims them (reads hide them by checking the clock).
 
+use std::borrow::Borrow;
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::fmt;
+use std::ops::{Bound, Deref};
+
+/// Keys up to this many bytes live inside the keydir's B-tree nodes (no heap allocation, and a
+/// lookup compares them without chasing a pointer per comparison).
+pub(crate) const INLINE_KEY_BYTES: usize = 22;
+
+/// A key as the keydir stores it: inline when short, boxed otherwise. 24 bytes either way.
+#[derive(Clone)]
+pub(crate) enum KeyBuf {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_KEY_BYTES],
+    },
+    Heap(Box<[u8]>),
+}
+
+impl From<&[u8]> for KeyBuf {
+    fn from(key: &[u8]) -> KeyBuf {
+        if key.len() <= INLINE_KEY_BYTES {
+            let mut bytes = [0u8; INLINE_KEY_BYTES];
+            bytes[..key.len()].copy_from_slice(key);
+            KeyBuf::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            KeyBuf::Heap(key.into())
+        }
+    }
+}
+
+impl Deref for KeyBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            KeyBuf::Inline { len, bytes } => &bytes[..*len as usize],
+            KeyBuf::Heap(b) => b,
+        }
+    }
+}
+
+impl Borrow<[u8]> for KeyBuf {
+    fn borrow(&self) -> &[u8] {
+        self
+    }
+}
+
+impl PartialEq for KeyBuf {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for KeyBuf {}
+
+impl PartialOrd for KeyBuf {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for KeyBuf {
+    fn cmp(&self, other: &Self) -> Ordering {
+        if let (KeyBuf::Inline { bytes: a, .. }, KeyBuf::Inline { bytes: b, .. }) = (self, other) {
+            // Fast path: inline keys are zero-padded, so when their first 8 bytes differ the
+            // big-endian integers order exactly as the byte strings do (a shorter key's padding
+            // is 0, below any byte that differs from it).
+            let pa = u64::from_be_bytes(a[..8].try_into().expect("8 bytes"));
+            let pb = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+            if pa != pb {
+                return pa.cmp(&pb);
+            }
+        }
+        (**self).cmp(&**other)
+    }
+}
+
+impl fmt::Debug for KeyBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", bytes::Bytes::copy_from_slice(self))
+    }
+}
 
 /// Where a live record is, and what readers need without touching the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,14 +126,14 @@ impl Loc {
 /// The ordered index.
 #[derive(Debug, Default)]
 pub(crate) struct Keydir {
-    map: BTreeMap<Box<[u8]>, Loc>,
+    map: BTreeMap<KeyBuf, Loc>,
     /// Number of entries with an expiry, so `len` can skip the scan when there are none.
     expiring: usize,
 }
 
 impl Keydir {
     /// Builds from entries sorted by key with no duplicates.
-    pub fn from_sorted(entries: Vec<(Box<[u8]>, Loc)>) -> Keydir {
+    pub fn from_sorted(entries: Vec<(KeyBuf, Loc)>) -> Keydir {
         let expiring = entries.iter().filter(|(_, l)| l.expires_at_ms != 0).count();
         Keydir {
             map: entries.into_iter().collect(),
@@ -57,19 +142,17 @@ impl Keydir {
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Loc> {
-        self.map.get(key).copied()
+        if key.len() <= INLINE_KEY_BYTES {
+            // Searching by `KeyBuf` uses its integer-prefix comparison instead of `memcmp`.
+            self.map.get(&KeyBuf::from(key)).copied()
+        } else {
+            self.map.get(key).copied()
+        }
     }
 
     /// Inserts or replaces; returns the previous location.
     pub fn insert(&mut self, key: &[u8], loc: Loc) -> Option<Loc> {
-        let old = if let Some(slot) = self.map.get_mut(key) {
-            let old = *slot;
-            *slot = loc;
-            Some(old)
-        } else {
-            self.map.insert(key.into(), loc);
-            None
-        };
+        let old = self.map.insert(KeyBuf::from(key), loc);
         if let Some(o) = old {
             if o.expires_at_ms != 0 {
                 self.expiring -= 1;
@@ -186,8 +269,34 @@ mod tests {
     }
 
     #[test]
-    fn loc_is_compact() {
+    fn loc_and_key_are_compact() {
         assert_eq!(std::mem::size_of::<Loc>(), 28);
+        assert_eq!(std::mem::size_of::<KeyBuf>(), 24);
+    }
+
+    #[test]
+    fn inline_and_heap_keys_order_as_bytes() {
+        let keys: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"a".to_vec(),
+            b"a\0".to_vec(),
+            b"a\x01".to_vec(),
+            b"abcdefgh".to_vec(),
+            b"abcdefgh\0".to_vec(),
+            b"abcdefgi".to_vec(),
+            vec![0xff; 9],
+            vec![b'a'; 22],
+            vec![b'a'; 23],
+            b"b".to_vec(),
+        ];
+        let bufs: Vec<KeyBuf> = keys.iter().map(|k| KeyBuf::from(&k[..])).collect();
+        for (i, a) in bufs.iter().enumerate() {
+            assert_eq!(&**a, &keys[i][..]);
+            for (j, b) in bufs.iter().enumerate() {
+                assert_eq!(a.cmp(b), keys[i].cmp(&keys[j]));
+            }
+        }
+        assert!(matches!(bufs[9], KeyBuf::Heap(_)));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::engine::{Background, Inner, MarkerLoc, State, Writer};
 use crate::format::{self, Kind, Origin, SEGMENT_HEADER_BYTES};
 use crate::hint::{self, HintEntry};
 use crate::io::Io;
-use crate::keydir::{Keydir, Loc};
+use crate::keydir::{KeyBuf, Keydir, Loc};
 use crate::segment::{
     self, HINT_SUFFIX, SEGMENT_SUFFIX, ScanMode, Segment, hint_name, parse_name, segment_name,
 };
@@ -83,7 +83,7 @@ pub(crate) fn open(dir: &Path, options: Options, io: Arc<dyn Io>) -> Result<Inne
         })
         .map(|o| o.0);
 
-    let mut all: Vec<(Box<[u8]>, Loc, Kind)> = Vec::new();
+    let mut all: Vec<(KeyBuf, Loc, Kind)> = Vec::new();
     let mut marker: Option<MarkerLoc> = None;
     let mut last_seq = 0u64;
     let mut damaged = 0u64;
@@ -221,7 +221,7 @@ pub(crate) fn open(dir: &Path, options: Options, io: Arc<dyn Io>) -> Result<Inne
 fn collect(
     seg: &Segment,
     entries: Vec<HintEntry>,
-    all: &mut Vec<(Box<[u8]>, Loc, Kind)>,
+    all: &mut Vec<(KeyBuf, Loc, Kind)>,
     marker: &mut Option<MarkerLoc>,
     last_seq: &mut u64,
 ) {
@@ -260,11 +260,11 @@ fn collect(
 /// stable sort by key leaves each key's records in write order (only merge output, whose
 /// records keep their versions, breaks that, and versions decide).
 fn build_keydir(
-    mut all: Vec<(Box<[u8]>, Loc, Kind)>,
+    mut all: Vec<(KeyBuf, Loc, Kind)>,
     segments: &BTreeMap<u32, Arc<Segment>>,
 ) -> Keydir {
     all.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut live: Vec<(Box<[u8]>, Loc)> = Vec::with_capacity(all.len());
+    let mut live: Vec<(KeyBuf, Loc)> = Vec::with_capacity(all.len());
     let mut iter = all.into_iter().peekable();
     while let Some((key, loc, kind)) = iter.next() {
         let mut best = (key, loc, kind);

@@ -17,6 +17,8 @@ use rand::Rng;
 const WRITERS: u64 = 4;
 const KEYS_PER_WRITER: u64 = 8;
 const CUTS: u64 = 12;
+/// Acknowledged writes after which a missing merge is a failure rather than slowness.
+const ACKS_WITHOUT_MERGE_MAX: u64 = 200_000;
 
 fn options() -> Options {
     Options {
@@ -68,26 +70,32 @@ fn acknowledged_writes_survive_power_cuts() {
             }));
         }
         // Merge all the time too, so cuts land inside merges (every step must be crash-safe).
+        let merges = Arc::new(AtomicU64::new(0));
         let merger = {
-            let (engine, stop) = (engine.clone(), stop.clone());
+            let (engine, stop, merges) = (engine.clone(), stop.clone(), merges.clone());
             thread::spawn(move || {
-                let mut merged = 0;
                 while !stop.load(Ordering::Relaxed) {
                     match engine.merge() {
-                        Ok(n) => merged += n,
-                        Err(e) => {
-                            eprintln!("merge stopped: {e}");
-                            return merged;
-                        }
-                    }
+                        Ok(n) => merges.fetch_add(n as u64, Ordering::Relaxed),
+                        Err(_) => return, // the power is off
+                    };
                 }
-                merged
             })
         };
+        // Every other cut waits until a merge has completed, so cuts also land after merges
+        // whatever the machine's speed.
         let target = rng.random_range(50..600);
-        while acks.load(Ordering::Relaxed) < target {
+        let need_merge = cut % 2 == 1;
+        while acks.load(Ordering::Relaxed) < target
+            || (need_merge && merges.load(Ordering::Relaxed) == 0)
+        {
+            assert!(
+                acks.load(Ordering::Relaxed) < ACKS_WITHOUT_MERGE_MAX,
+                "merge never completed"
+            );
             thread::yield_now();
         }
+        merged_total += merges.load(Ordering::Relaxed);
         let tear = if cut % 2 == 0 {
             Tear::RandomPrefix
         } else {
@@ -98,7 +106,7 @@ fn acknowledged_writes_survive_power_cuts() {
         for h in handles {
             h.join().unwrap();
         }
-        merged_total += merger.join().unwrap();
+        merger.join().unwrap();
         drop(engine);
         io.restart();
     }
