@@ -19,6 +19,9 @@ use parking_lot::{Condvar, Mutex};
 use crate::io::IoFile;
 use crate::{Error, Result};
 
+/// Most times a sync leader yields to let more writers join its fdatasync.
+const GROUP_COMMIT_YIELDS_MAX: usize = 16;
+
 #[derive(Debug, Default)]
 struct SyncState {
     /// Bytes (counted across all segments since open) known durable.
@@ -93,9 +96,18 @@ impl GroupCommit {
             s.leader = true;
             drop(s);
             // Let writers that are runnable right now append first, so this one fdatasync
-            // covers them too (more writes per fsync when writers outnumber cores).
-            std::thread::yield_now();
-            let (file, upto) = current();
+            // covers them too (more writes per fsync when writers outnumber cores): yield while
+            // appends keep arriving, a bounded number of times.
+            let (mut file, mut upto) = current();
+            for _ in 0..GROUP_COMMIT_YIELDS_MAX {
+                std::thread::yield_now();
+                let (f, u) = current();
+                let grew = u > upto;
+                (file, upto) = (f, u);
+                if !grew {
+                    break;
+                }
+            }
             let res = file.sync_data();
             s = self.state.lock();
             s.leader = false;

@@ -243,6 +243,21 @@ impl Merger<'_> {
     }
 }
 
+impl Drop for Merger<'_> {
+    fn drop(&mut self) {
+        // Outputs of a merge that did not commit: their `.tmp` files are garbage (`open` would
+        // delete them too). Committed outputs were taken out of `written` first.
+        for w in &self.written {
+            for name in [segment_name(w.id), hint_name(w.id)] {
+                let _ = self
+                    .inner
+                    .io
+                    .remove(&self.inner.dir.join(format!("{name}{TMP_SUFFIX}")));
+            }
+        }
+    }
+}
+
 /// Runs one merge pass; returns how many input segments were rewritten.
 pub(crate) fn merge(inner: &Inner) -> Result<usize> {
     let _one_at_a_time = inner.merge_lock.lock();
@@ -372,17 +387,26 @@ pub(crate) fn merge(inner: &Inner) -> Result<usize> {
     // durable yet (it need not be acknowledged). Sync it before the old record disappears, or
     // a power cut could lose both.
     inner.sync_all()?;
-    let written = std::mem::take(&mut merger.written);
-    commit(inner, &inputs, written, moves, removals, marker_move)?;
+    commit(
+        inner,
+        &inputs,
+        &mut merger.written,
+        moves,
+        removals,
+        marker_move,
+    )?;
     inner.merges.fetch_add(1, Ordering::Relaxed);
     Ok(inputs.len())
 }
 
 /// Steps 3 and 4: make the merge durable, then visible, then delete the inputs.
+/// Until the `MERGE` file is durable a failure leaves only `.tmp` files (removed when the
+/// `Merger` drops); after it, a failure poisons the engine, whose in-memory state may then
+/// disagree with the directory, and the next `open` finishes the merge.
 fn commit(
     inner: &Inner,
     inputs: &[Arc<Segment>],
-    written: Vec<Written>,
+    written: &mut Vec<Written>,
     moves: Vec<Move>,
     removals: Vec<(Box<[u8]>, u32, u32)>,
     marker_move: Option<(u32, u32, u32, u32)>,
@@ -399,6 +423,36 @@ fn commit(
     io.rename(&commit_tmp, &commit_path)?;
     io.sync_dir(dir)?;
     // The merge is now decided; failing to finish it here is finished by the next `open`.
+    let written = std::mem::take(written);
+    let finished = finish(
+        inner,
+        input_ids,
+        output_ids,
+        written,
+        moves,
+        removals,
+        marker_move,
+    );
+    if let Err(e) = &finished {
+        inner.group.poison(format!(
+            "merge committed but could not be finished ({e}); reopen to finish it"
+        ));
+    }
+    finished
+}
+
+fn finish(
+    inner: &Inner,
+    input_ids: Vec<u32>,
+    output_ids: Vec<u32>,
+    written: Vec<Written>,
+    moves: Vec<Move>,
+    removals: Vec<(Box<[u8]>, u32, u32)>,
+    marker_move: Option<(u32, u32, u32, u32)>,
+) -> Result<()> {
+    let io = &*inner.io;
+    let dir = &inner.dir;
+    let commit_path = dir.join(MERGE_COMMIT_NAME);
     for id in &output_ids {
         for name in [segment_name(*id), hint_name(*id)] {
             io.rename(&dir.join(format!("{name}{TMP_SUFFIX}")), &dir.join(&name))?;
