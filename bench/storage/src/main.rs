@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use cairn_storage::io::{Io, IoFile, StdIo};
 use cairn_storage::{Engine, Options, SyncPolicy, WriteBatch};
 use hdrhistogram::Histogram;
 use rand::seq::SliceRandom;
@@ -50,11 +51,16 @@ const DURABLE_OPS_TOTAL: usize = 4000;
 const GETS: usize = 500_000;
 const SCANS: usize = 5_000;
 const SCAN_LIMIT: usize = 100;
+/// fdatasync latency of the simulated slow disk (a consumer SSD without power-loss protection
+/// typically takes 1-5 ms per flush; this VM's virtual disk takes ~0.1-0.2 ms).
+const SLOW_SYNC: Duration = Duration::from_millis(1);
 const REDB_TABLE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("kv");
 
 fn keys(n: usize, seed: u64) -> Vec<Vec<u8>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..n).map(|_| format!("{:016x}", rng.random::<u64>()).into_bytes()).collect()
+    (0..n)
+        .map(|_| format!("{:016x}", rng.random::<u64>()).into_bytes())
+        .collect()
 }
 
 fn value(i: usize) -> Vec<u8> {
@@ -122,7 +128,11 @@ impl Kv for Fjall {
         self.ks.get(key).unwrap().map(|v| v.len())
     }
     fn scan_prefix(&self, prefix: &[u8], limit: usize) -> usize {
-        self.ks.prefix(prefix).take(limit).map(|g| g.into_inner().unwrap().1.len()).count()
+        self.ks
+            .prefix(prefix)
+            .take(limit)
+            .map(|g| g.into_inner().unwrap().1.len().min(1))
+            .sum()
     }
     fn sync(&self) {
         self.db.persist(fjall::PersistMode::SyncData).unwrap();
@@ -183,16 +193,84 @@ impl Kv for Redb {
     }
 }
 
+/// Real files, with every fdatasync made `SLOW_SYNC` slower.
+#[derive(Debug)]
+struct SlowSyncIo;
+
+#[derive(Debug)]
+struct SlowFile(Arc<dyn IoFile>);
+
+impl IoFile for SlowFile {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        std::thread::sleep(SLOW_SYNC);
+        self.0.sync_data()
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+}
+
+impl Io for SlowSyncIo {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        StdIo.create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        StdIo.list_dir(dir)
+    }
+    fn create(&self, path: &Path) -> std::io::Result<Arc<dyn IoFile>> {
+        Ok(Arc::new(SlowFile(StdIo.create(path)?)))
+    }
+    fn open(&self, path: &Path) -> std::io::Result<Arc<dyn IoFile>> {
+        Ok(Arc::new(SlowFile(StdIo.open(path)?)))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        StdIo.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        StdIo.remove(path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        StdIo.exists(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        StdIo.sync_dir(dir)
+    }
+    fn lock_dir(&self, dir: &Path) -> std::io::Result<Box<dyn std::fmt::Debug + Send + Sync>> {
+        StdIo.lock_dir(dir)
+    }
+}
+
 fn cairn_options(sync: SyncPolicy, cache_bytes: u64) -> Options {
-    Options { sync, cache_bytes, merge_background: false, ..Options::default() }
+    Options {
+        sync,
+        cache_bytes,
+        merge_background: false,
+        ..Options::default()
+    }
 }
 
 fn open(kind: &str, dir: &Path, cache_bytes: u64) -> Arc<dyn Kv> {
     match kind {
-        "cairn-storage" => Arc::new(Cairn(Engine::open(dir, cairn_options(SyncPolicy::Never, cache_bytes)).unwrap())),
+        "cairn-storage" => Arc::new(Cairn(
+            Engine::open(dir, cairn_options(SyncPolicy::Never, cache_bytes)).unwrap(),
+        )),
         "fjall" => {
-            let db = fjall::Database::builder(dir).cache_size(cache_bytes.max(1 << 20)).open().unwrap();
-            let ks = db.keyspace("kv", fjall::KeyspaceCreateOptions::default).unwrap();
+            let db = fjall::Database::builder(dir)
+                .cache_size(cache_bytes.max(1 << 20))
+                .open()
+                .unwrap();
+            let ks = db
+                .keyspace("kv", fjall::KeyspaceCreateOptions::default)
+                .unwrap();
             Arc::new(Fjall { db, ks })
         }
         "redb" => {
@@ -207,7 +285,11 @@ fn open(kind: &str, dir: &Path, cache_bytes: u64) -> Arc<dyn Kv> {
 
 fn rate(ops: usize, d: Duration) -> String {
     let r = ops as f64 / d.as_secs_f64();
-    if r >= 1e6 { format!("{:.2} M/s", r / 1e6) } else { format!("{:.1} k/s", r / 1e3) }
+    if r >= 1e6 {
+        format!("{:.2} M/s", r / 1e6)
+    } else {
+        format!("{:.1} k/s", r / 1e3)
+    }
 }
 
 struct Report {
@@ -217,7 +299,8 @@ struct Report {
 impl Report {
     fn add(&mut self, workload: &str, engine: &str, result: String, note: String) {
         println!("| {workload} | {engine} | {result} | {note} |");
-        self.rows.push((workload.into(), engine.into(), result, note));
+        self.rows
+            .push((workload.into(), engine.into(), result, note));
     }
 }
 
@@ -247,13 +330,21 @@ fn durable_threads(kv: &Arc<dyn Kv>, threads: usize) -> Duration {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let base = PathBuf::from(args.get(1).expect("usage: storage-bench DIR [keys] [--big]"));
-    let n: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let base = PathBuf::from(
+        args.get(1)
+            .expect("usage: storage-bench DIR [keys] [--big]"),
+    );
+    let n: usize = args
+        .get(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let big = args.iter().any(|a| a == "--big");
     // BENCH_ENGINES=cairn-storage,redb limits the run (profiling).
     let only = std::env::var("BENCH_ENGINES").unwrap_or_default();
-    let engines: Vec<&str> =
-        ["cairn-storage", "fjall", "redb"].into_iter().filter(|e| only.is_empty() || only.split(',').any(|o| o == *e)).collect();
+    let engines: Vec<&str> = ["cairn-storage", "fjall", "redb"]
+        .into_iter()
+        .filter(|e| only.is_empty() || only.split(',').any(|o| o == *e))
+        .collect();
     let keys = keys(n, 7);
     let mut report = Report { rows: Vec::new() };
     println!("| workload | engine | result | note |\n|---|---|---|---|");
@@ -268,19 +359,33 @@ fn main() {
             kv.put(k, &value(i), false);
         }
         kv.sync();
-        report.add("random put, no fsync per write", kind, rate(puts, start.elapsed()), format!("{puts} puts, 16 B keys, 100 B values"));
+        report.add(
+            "random put, no fsync per write",
+            kind,
+            rate(puts, start.elapsed()),
+            format!("{puts} puts, 16 B keys, 100 B values"),
+        );
         drop(kv);
 
         // Batched puts: the full load, 1000 per batch.
         let dir = fresh(&base, &format!("{kind}-load"));
         let kv = open(kind, &dir, 256 << 20);
+        let items: Vec<(Vec<u8>, Vec<u8>)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), value(i)))
+            .collect();
         let start = Instant::now();
-        let items: Vec<(Vec<u8>, Vec<u8>)> = keys.iter().enumerate().map(|(i, k)| (k.clone(), value(i))).collect();
         for chunk in items.chunks(BATCH_OPS) {
             kv.put_batch(chunk);
         }
         kv.sync();
-        report.add("batched put (1000/batch)", kind, rate(n, start.elapsed()), format!("{n} keys"));
+        report.add(
+            "batched put (1000/batch)",
+            kind,
+            rate(n, start.elapsed()),
+            format!("{n} keys"),
+        );
         drop(items);
 
         // Random gets, warm: read everything once, then measure.
@@ -296,8 +401,36 @@ fn main() {
             kv.get(&keys[i]).unwrap();
             hist.record(t.elapsed().as_nanos() as u64).unwrap();
         }
-        let note = format!("p50 {} ns, p99 {} ns, 1 thread", hist.value_at_quantile(0.5), hist.value_at_quantile(0.99));
-        report.add("random get, warm cache", kind, rate(GETS, start.elapsed()), note);
+        let note = format!(
+            "p50 {} ns, p99 {} ns, 1 thread",
+            hist.value_at_quantile(0.5),
+            hist.value_at_quantile(0.99)
+        );
+        report.add(
+            "random get, warm cache",
+            kind,
+            rate(GETS, start.elapsed()),
+            note,
+        );
+
+        // Random gets, warm, from 2 threads (the machine's core count).
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for t in 0..2 {
+                let (kv, order, keys) = (&kv, &order, &keys);
+                s.spawn(move || {
+                    for &i in order.iter().skip(t).step_by(2).take(GETS / 2) {
+                        kv.get(&keys[i]).unwrap();
+                    }
+                });
+            }
+        });
+        report.add(
+            "random get, warm cache, 2 threads",
+            kind,
+            rate(GETS, start.elapsed()),
+            "total over both threads".into(),
+        );
 
         // Prefix scans.
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
@@ -307,7 +440,12 @@ fn main() {
             let prefix = format!("{:03x}", rng.random_range(0..4096));
             found += kv.scan_prefix(prefix.as_bytes(), SCAN_LIMIT);
         }
-        report.add("prefix scan (3 hex chars, limit 100)", kind, rate(SCANS, start.elapsed()), format!("{} entries/scan avg", found / SCANS));
+        report.add(
+            "prefix scan (3 hex chars, limit 100)",
+            kind,
+            rate(SCANS, start.elapsed()),
+            format!("{} entries/scan avg", found / SCANS),
+        );
         drop(kv);
 
         // Random gets, cold: reopen with the smallest cache (OS page cache stays warm).
@@ -316,7 +454,12 @@ fn main() {
         for &i in order.iter().skip(GETS).chain(order.iter()).take(GETS) {
             kv.get(&keys[i]).unwrap();
         }
-        report.add("random get, cold engine cache", kind, rate(GETS, start.elapsed()), "fresh open, cache off (cairn) / 1 MiB (peers)".into());
+        report.add(
+            "random get, cold engine cache",
+            kind,
+            rate(GETS, start.elapsed()),
+            "fresh open, cache off (cairn) / 1 MiB (peers)".into(),
+        );
         drop(kv);
 
         // Durable puts from 1, 16 and 64 threads.
@@ -325,27 +468,52 @@ fn main() {
             let per = DURABLE_OPS_TOTAL.max(threads * 50) / threads;
             let total = per * threads;
             if kind == "cairn-storage" {
-                let engine = Engine::open(&dir, cairn_options(SyncPolicy::Always, 64 << 20)).unwrap();
-                let engine = Arc::new(engine);
-                let start = Instant::now();
-                std::thread::scope(|s| {
-                    for t in 0..threads {
-                        let engine = engine.clone();
-                        s.spawn(move || {
-                            for i in 0..per {
-                                engine.put(format!("durable-{t}-{i}").as_bytes(), &value(i)).unwrap();
-                            }
-                        });
-                    }
-                });
-                let elapsed = start.elapsed();
-                let st = engine.stats();
-                let per_sync = st.writes as f64 / st.syncs.max(1) as f64;
-                report.add(&format!("durable put, {threads} threads"), kind, rate(total, elapsed), format!("{total} puts, {per_sync:.1} writes/fsync"));
+                for slow in [false, true] {
+                    let dir = fresh(&base, &format!("{kind}-durable-{threads}-{slow}"));
+                    let options = cairn_options(SyncPolicy::Always, 64 << 20);
+                    let engine = if slow {
+                        Engine::open_with_io(&dir, options, Arc::new(SlowSyncIo)).unwrap()
+                    } else {
+                        Engine::open(&dir, options).unwrap()
+                    };
+                    let engine = Arc::new(engine);
+                    let start = Instant::now();
+                    std::thread::scope(|s| {
+                        for t in 0..threads {
+                            let engine = engine.clone();
+                            s.spawn(move || {
+                                for i in 0..per {
+                                    engine
+                                        .put(format!("durable-{t}-{i}").as_bytes(), &value(i))
+                                        .unwrap();
+                                }
+                            });
+                        }
+                    });
+                    let elapsed = start.elapsed();
+                    let st = engine.stats();
+                    let per_sync = st.writes as f64 / st.syncs.max(1) as f64;
+                    let workload = if slow {
+                        format!("durable put, {threads} threads, fsync +1 ms (simulated slow disk)")
+                    } else {
+                        format!("durable put, {threads} threads")
+                    };
+                    report.add(
+                        &workload,
+                        kind,
+                        rate(total, elapsed),
+                        format!("{total} puts, {per_sync:.1} writes/fsync"),
+                    );
+                }
             } else {
                 let kv = open(kind, &dir, 64 << 20);
                 let elapsed = durable_threads(&kv, threads);
-                report.add(&format!("durable put, {threads} threads"), kind, rate(total, elapsed), format!("{total} puts"));
+                report.add(
+                    &format!("durable put, {threads} threads"),
+                    kind,
+                    rate(total, elapsed),
+                    format!("{total} puts"),
+                );
             }
         }
     }
@@ -360,7 +528,10 @@ fn main() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(13);
         let mut batch = WriteBatch::new();
         for i in 0..big_n {
-            batch.put(format!("{:016x}", rng.random::<u64>()).as_bytes(), &value(i));
+            batch.put(
+                format!("{:016x}", rng.random::<u64>()).as_bytes(),
+                &value(i),
+            );
             if batch.len() == BATCH_OPS {
                 engine.write(std::mem::take(&mut batch)).unwrap();
             }
@@ -373,7 +544,10 @@ fn main() {
 
 fn open_report(report: &mut Report, dir: &Path, n: usize) {
     // First open writes hints for any segment sealed without one.
-    Engine::open(dir, cairn_options(SyncPolicy::Never, 0)).unwrap().close().unwrap();
+    Engine::open(dir, cairn_options(SyncPolicy::Never, 0))
+        .unwrap()
+        .close()
+        .unwrap();
     let before = ALLOCATED.load(Ordering::Relaxed);
     let start = Instant::now();
     let engine = Engine::open(dir, cairn_options(SyncPolicy::Never, 0)).unwrap();
@@ -382,7 +556,12 @@ fn open_report(report: &mut Report, dir: &Path, n: usize) {
     let keys = engine.stats().live_keys as usize;
     engine.close().unwrap();
     let per_key = (after - before) as f64 / keys as f64;
-    report.add(&format!("open, {n} keys, with hints"), "cairn-storage", format!("{:.2} s", with_hints.as_secs_f64()), format!("{keys} keys"));
+    report.add(
+        &format!("open, {n} keys, with hints"),
+        "cairn-storage",
+        format!("{:.2} s", with_hints.as_secs_f64()),
+        format!("{keys} keys"),
+    );
     report.add(
         &format!("keydir memory, {n} keys"),
         "cairn-storage",
@@ -402,5 +581,10 @@ fn open_report(report: &mut Report, dir: &Path, n: usize) {
     let engine = Engine::open(dir, cairn_options(SyncPolicy::Never, 0)).unwrap();
     let without = start.elapsed();
     engine.close().unwrap();
-    report.add(&format!("open, {n} keys, no hints"), "cairn-storage", format!("{:.2} s", without.as_secs_f64()), format!("scans {} segments, writes their hints", hints.len()));
+    report.add(
+        &format!("open, {n} keys, no hints"),
+        "cairn-storage",
+        format!("{:.2} s", without.as_secs_f64()),
+        format!("scans {} segments, writes their hints", hints.len()),
+    );
 }

@@ -13,14 +13,17 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
 use crate::io::IoFile;
 use crate::{Error, Result};
 
-/// Most times a sync leader yields to let more writers join its fdatasync.
-const GROUP_COMMIT_YIELDS_MAX: usize = 16;
+/// A sync leader that sees no other append after this many yields syncs at once.
+const GROUP_COMMIT_IDLE_YIELDS: u32 = 3;
+/// Longest a sync leader waits for more writers to join its fdatasync.
+const GROUP_COMMIT_WAIT_MAX: Duration = Duration::from_millis(2);
 
 #[derive(Debug, Default)]
 struct SyncState {
@@ -36,6 +39,8 @@ pub(crate) struct GroupCommit {
     state: Mutex<SyncState>,
     cv: Condvar,
     syncs: AtomicU64,
+    /// Duration of the last fdatasync, bounding how long a leader waits for company.
+    last_sync_ns: AtomicU64,
     poisoned: AtomicBool,
     reason: Mutex<Option<String>>,
 }
@@ -99,16 +104,32 @@ impl GroupCommit {
             // covers them too (more writes per fsync when writers outnumber cores): yield while
             // appends keep arriving, a bounded number of times.
             let (mut file, mut upto) = current();
-            for _ in 0..GROUP_COMMIT_YIELDS_MAX {
+            // Waiting longer than one fsync takes cannot pay off: stop at the last sync's
+            // duration; stop at once when no one else appends (a lone writer pays a few
+            // yields); otherwise stop when appends pause for a quarter of that.
+            let window = Duration::from_nanos(self.last_sync_ns.load(Ordering::Relaxed))
+                .min(GROUP_COMMIT_WAIT_MAX);
+            let started = Instant::now();
+            let mut last_growth = started;
+            let mut yields = 0u32;
+            while started.elapsed() < window {
                 std::thread::yield_now();
+                yields += 1;
                 let (f, u) = current();
-                let grew = u > upto;
-                (file, upto) = (f, u);
-                if !grew {
+                if u > upto {
+                    last_growth = Instant::now();
+                } else if yields >= GROUP_COMMIT_IDLE_YIELDS
+                    && (last_growth == started || last_growth.elapsed() >= window / 4)
+                {
+                    // Alone (nobody appended since we led), or the stream of appends paused.
                     break;
                 }
+                (file, upto) = (f, u);
             }
+            let sync_started = Instant::now();
             let res = file.sync_data();
+            self.last_sync_ns
+                .store(sync_started.elapsed().as_nanos() as u64, Ordering::Relaxed);
             s = self.state.lock();
             s.leader = false;
             match res {
