@@ -521,6 +521,29 @@ fn main() {
     // Open time and keydir memory (cairn only).
     let dir = base.join("cairn-storage-load");
     open_report(&mut report, &dir, n);
+    if engines.contains(&"cairn-storage") {
+        // Keydir memory when built by random inserts (nodes less full than after a bulk build).
+        let dir = fresh(&base, "cairn-mem");
+        // One big segment: no rotation, so no background hint write holds a segment in memory
+        // while we measure.
+        let options = Options { segment_bytes_max: 2 << 30, ..cairn_options(SyncPolicy::Never, 0) };
+        let engine = Engine::open(&dir, options).unwrap();
+        let before = ALLOCATED.load(Ordering::Relaxed);
+        for chunk in keys.chunks(BATCH_OPS) {
+            let mut b = WriteBatch::new();
+            for k in chunk {
+                b.put(k, &value(0));
+            }
+            engine.write(b).unwrap();
+        }
+        let per_key = (ALLOCATED.load(Ordering::Relaxed) - before) as f64 / n as f64;
+        report.add(
+            &format!("keydir memory, {n} keys, random inserts"),
+            "cairn-storage",
+            format!("{:.1} B/key", per_key - 16.0),
+            format!("heap growth while inserting / keys, minus the 16 B key ({per_key:.1} B/key in total)"),
+        );
+    }
     if big {
         let big_n = 10_000_000;
         let dir = fresh(&base, "cairn-big");
