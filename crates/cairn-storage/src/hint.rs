@@ -223,6 +223,22 @@ mod tests {
         assert!(decode(4, &bytes).is_err());
     }
 
+    proptest::proptest! {
+        /// Hint files are read from disk: garbage is an error, never a panic.
+        #[test]
+        fn decode_never_panics_on_garbage(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let _ = decode(3, &bytes);
+            // Garbage with a valid frame (magic, CRC) around it must not panic either.
+            let mut framed = encode(3, &[]);
+            framed.splice(16..16, bytes.iter().copied());
+            let body_end = framed.len() - 20;
+            let crc = crc32c::crc32c(&framed[..body_end]);
+            framed[body_end + 8..body_end + 12].copy_from_slice(&crc.to_le_bytes());
+            framed[body_end..body_end + 8].copy_from_slice(&(bytes.len() as u64 / 30).to_le_bytes());
+            let _ = decode(3, &framed);
+        }
+    }
+
     #[test]
     fn every_bit_flip_is_detected() {
         let bytes = encode(3, &entries());

@@ -315,6 +315,19 @@ mod tests {
         assert_eq!((r.records.len(), r.damaged), (1, 1));
     }
 
+    proptest::proptest! {
+        /// The scanner reads bytes from disk: garbage must give an error or a clean stop, never
+        /// a panic, in every mode.
+        #[test]
+        fn scan_never_panics_on_garbage(tail in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let mut data = segment_with(&[(b"a", true)]);
+            data.extend_from_slice(&tail);
+            for mode in [ScanMode::Tail, ScanMode::Strict, ScanMode::SkipDamaged] {
+                let _ = scan(&data, "fuzz", mode);
+            }
+        }
+    }
+
     #[test]
     fn names_parse() {
         assert_eq!(parse_name(&segment_name(42), SEGMENT_SUFFIX), Some(42));

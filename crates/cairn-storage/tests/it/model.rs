@@ -1,13 +1,29 @@
 //! Model-based property test: random operation sequences against a `BTreeMap` model, with
-//! reopens and merges in between.
+//! clean reopens, power cuts (on the simulated disk, with torn unsynced tails) and merges in
+//! between. Writes use `SyncPolicy::Always`, so every acknowledged operation must survive a cut.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use cairn_storage::{Engine, WriteBatch, now_ms};
+use std::path::Path;
+use std::sync::Arc;
+
+use cairn_storage::io::sim::{SimIo, Tear};
+use cairn_storage::{Engine, Options, SyncPolicy, WriteBatch, now_ms};
 use proptest::prelude::*;
 
 use crate::support::small_options;
+
+fn options() -> Options {
+    Options {
+        sync: SyncPolicy::Always,
+        ..small_options()
+    }
+}
+
+fn open(io: &SimIo) -> Engine {
+    Engine::open_with_io(Path::new("/sim/model"), options(), Arc::new(io.clone())).unwrap()
+}
 
 /// Far enough in the future that no test run reaches it.
 const FAR_FUTURE_MS: u64 = 1 << 60;
@@ -22,6 +38,7 @@ enum Op {
     Get(u8),
     Scan(u8, u8, usize),
     Reopen,
+    PowerCut,
     Merge,
 }
 
@@ -44,6 +61,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => k.clone().prop_map(Op::Get),
         1 => (k.clone(), k, 1usize..30).prop_map(|(a, b, l)| Op::Scan(a, b, l)),
         1 => Just(Op::Reopen),
+        1 => Just(Op::PowerCut),
         1 => Just(Op::Merge),
     ]
 }
@@ -64,12 +82,16 @@ fn check_all(engine: &Engine, model: &Model) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    // 48 cases by default; PROPTEST_CASES=1000 for a long run.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
-    fn engine_matches_btreemap_model(ops in prop::collection::vec(op(), 1..80)) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut engine = Engine::open(dir.path(), small_options()).unwrap();
+    fn engine_matches_btreemap_model(ops in prop::collection::vec(op(), 1..80), seed in any::<u64>()) {
+        let io = SimIo::new(seed);
+        let mut engine = open(&io);
         let mut model = Model::new();
         let mut marker: Option<Vec<u8>> = None;
         for op in ops {
@@ -127,9 +149,19 @@ proptest! {
                 Op::Reopen => {
                     let last = engine.last_sequence();
                     engine.close().unwrap();
-                    engine = Engine::open(dir.path(), small_options()).unwrap();
+                    engine = open(&io);
                     prop_assert!(engine.last_sequence() >= last, "sequence went backwards");
                     prop_assert_eq!(engine.last_applied().map(|b| b.to_vec()), marker.clone());
+                }
+                Op::PowerCut => {
+                    let last = engine.last_sequence();
+                    io.power_cut(Tear::RandomPrefix);
+                    drop(engine);
+                    io.restart();
+                    engine = open(&io);
+                    prop_assert!(engine.last_sequence() >= last, "sequence went backwards");
+                    prop_assert_eq!(engine.last_applied().map(|b| b.to_vec()), marker.clone());
+                    check_all(&engine, &model);
                 }
                 Op::Merge => {
                     engine.merge().unwrap();
@@ -140,7 +172,7 @@ proptest! {
         engine.merge().unwrap();
         check_all(&engine, &model);
         engine.close().unwrap();
-        let engine = Engine::open(dir.path(), small_options()).unwrap();
+        let engine = open(&io);
         check_all(&engine, &model);
         prop_assert_eq!(engine.last_applied().map(|b| b.to_vec()), marker);
     }
