@@ -31,6 +31,10 @@ use crate::{
 
 /// Longest the background thread sleeps between looking for work.
 const BACKGROUND_TICK: Duration = Duration::from_millis(100);
+/// Most keydir entries a scan visits per acquisition of the state read lock.
+const SCAN_CHUNK_KEYS: usize = 1024;
+/// How often the background merge also rewrites segments for the sake of expired keys.
+const EXPIRY_MERGE_INTERVAL: Duration = Duration::from_secs(60);
 /// How often the background thread checks whether a segment is worth merging.
 const MERGE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -277,21 +281,20 @@ impl Engine {
         end: Bound<&[u8]>,
         limit: usize,
     ) -> Vec<(Bytes, KeyMeta)> {
-        let now = now_ms();
-        let st = self.inner.state.read();
-        st.keydir
-            .range(start, end)
-            .filter(|(_, loc)| !loc.expired(now))
-            .take(limit)
-            .map(|(k, loc)| {
+        let mut found = Vec::new();
+        if limit > 0 {
+            let walked = self.inner.walk(start, end, false, |_, key, loc| {
                 let meta = KeyMeta {
                     version: loc.version,
                     expires_at_ms: loc.expiry(),
                     value_len: loc.value_len,
                 };
-                (Bytes::copy_from_slice(k), meta)
-            })
-            .collect()
+                found.push((Bytes::copy_from_slice(key), meta));
+                Ok(found.len() < limit)
+            });
+            debug_assert!(walked.is_ok(), "the visitor never fails");
+        }
+        found
     }
 
     /// Live entries whose key starts with `prefix`, in key order, at most `limit`.
@@ -304,30 +307,36 @@ impl Engine {
     /// Keys whose expiry has passed but that merge has not reclaimed yet, with their versions, at
     /// most `limit` (for a replication layer that proposes their deletion). O(keys).
     pub fn expired_keys(&self, limit: usize) -> Vec<(Bytes, u64)> {
-        let now = now_ms();
-        let st = self.inner.state.read();
-        if st.keydir.expiring() == 0 {
-            return Vec::new();
+        let mut found = Vec::new();
+        if limit > 0 && self.inner.state.read().keydir.expiring() > 0 {
+            let walked =
+                self.inner
+                    .walk(Bound::Unbounded, Bound::Unbounded, true, |_, key, loc| {
+                        found.push((Bytes::copy_from_slice(key), loc.version));
+                        Ok(found.len() < limit)
+                    });
+            debug_assert!(walked.is_ok(), "the visitor never fails");
         }
-        st.keydir
-            .iter()
-            .filter(|(_, loc)| loc.expired(now))
-            .take(limit)
-            .map(|(k, loc)| (Bytes::copy_from_slice(k), loc.version))
-            .collect()
+        found
     }
 
     /// Number of live (unexpired) keys. O(1) when no key has an expiry, O(keys) otherwise.
     pub fn len(&self) -> u64 {
-        let st = self.inner.state.read();
-        if st.keydir.expiring() == 0 {
-            return st.keydir.len() as u64;
+        {
+            let st = self.inner.state.read();
+            if st.keydir.expiring() == 0 {
+                return st.keydir.len() as u64;
+            }
         }
-        let now = now_ms();
-        st.keydir
-            .iter()
-            .filter(|(_, loc)| !loc.expired(now))
-            .count() as u64
+        let mut live = 0u64;
+        let walked = self
+            .inner
+            .walk(Bound::Unbounded, Bound::Unbounded, false, |_, _, _| {
+                live += 1;
+                Ok(true)
+            });
+        debug_assert!(walked.is_ok(), "the visitor never fails");
+        live
     }
 
     pub fn is_empty(&self) -> bool {
@@ -370,7 +379,7 @@ impl Engine {
 
     /// Run one merge pass now; returns how many segments were rewritten.
     pub fn merge(&self) -> Result<usize> {
-        merge::merge(&self.inner)
+        merge::merge(&self.inner, true)
     }
 
     /// The marker last stored with [`WriteBatch::set_last_applied`], if any.
@@ -488,24 +497,56 @@ impl Inner {
         Ok(value)
     }
 
-    fn scan(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, limit: usize) -> Result<Vec<Entry>> {
+    /// Visits keydir entries in `(start, end)` in key order (unexpired ones only, unless
+    /// `expired` is set, then only expired ones), holding the state lock for at most
+    /// `SCAN_CHUNK_KEYS` entries at a time so a long scan never stalls writers. `visit` returns
+    /// whether to go on. Not a point-in-time snapshot: a key written during a long walk may or
+    /// may not be seen.
+    fn walk(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        expired: bool,
+        mut visit: impl FnMut(&State, &[u8], Loc) -> Result<bool>,
+    ) -> Result<()> {
         let now = now_ms();
+        let mut resume: Option<Vec<u8>> = None;
+        loop {
+            let next = {
+                let st = self.state.read();
+                let lo = resume.as_deref().map_or(start, Bound::Excluded);
+                let mut visited = 0;
+                let mut next = None;
+                for (key, loc) in st.keydir.range(lo, end) {
+                    visited += 1;
+                    if loc.expired(now) == expired && !visit(&st, key, loc)? {
+                        return Ok(());
+                    }
+                    if visited == SCAN_CHUNK_KEYS {
+                        next = Some(key.to_vec());
+                        break;
+                    }
+                }
+                next
+            };
+            match next {
+                Some(key) => resume = Some(key),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn scan(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, limit: usize) -> Result<Vec<Entry>> {
         let mut found: Vec<(Bytes, Loc, Result<Bytes, Arc<Segment>>)> = Vec::new();
-        {
-            let st = self.state.read();
-            for (key, loc) in st.keydir.range(start, end) {
-                if found.len() >= limit {
-                    break;
-                }
-                if loc.expired(now) {
-                    continue;
-                }
+        if limit > 0 {
+            self.walk(start, end, false, |st, key, loc| {
                 let value = match self.cache.get(loc.cache_key()) {
                     Some(v) => Ok(v),
-                    None => Err(self.segment_of(&st, loc)?),
+                    None => Err(self.segment_of(st, loc)?),
                 };
                 found.push((Bytes::copy_from_slice(key), loc, value));
-            }
+                Ok(found.len() < limit)
+            })?;
         }
         found
             .into_iter()
@@ -687,6 +728,7 @@ fn background_loop(inner: Arc<Inner>) {
     };
     let mut last_sync = Instant::now();
     let mut last_merge = Instant::now();
+    let mut last_expiry_merge = Instant::now();
     loop {
         {
             let mut stop = inner.background.stop.lock();
@@ -710,7 +752,14 @@ fn background_loop(inner: Arc<Inner>) {
         }
         if inner.options.merge_background && last_merge.elapsed() >= MERGE_CHECK_INTERVAL {
             last_merge = Instant::now();
-            if let Err(e) = merge::merge(&inner) {
+            // Expired puts are counted as live bytes, so a segment holding them is merged for
+            // their sake alone, but only this often: otherwise every key expiring would rewrite
+            // its whole segment.
+            let expiring = last_expiry_merge.elapsed() >= EXPIRY_MERGE_INTERVAL;
+            if expiring {
+                last_expiry_merge = Instant::now();
+            }
+            if let Err(e) = merge::merge(&inner, expiring) {
                 tracing::warn!(error = %e, "background merge failed");
             }
         }
@@ -720,6 +769,12 @@ fn background_loop(inner: Arc<Inner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Engine>();
+    }
 
     #[test]
     fn prefix_end_increments_last_non_max_byte() {

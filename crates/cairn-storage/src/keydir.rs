@@ -237,10 +237,6 @@ impl Keydir {
     pub fn expiring(&self) -> usize {
         self.expiring
     }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], Loc)> {
-        self.map.iter().map(|(k, v)| (&**k, *v))
-    }
 }
 
 /// Whether `BTreeMap::range` would panic or yield nothing for these bounds.

@@ -1,7 +1,9 @@
 //! Merge: rewrite the live records of mostly-dead sealed segments, and hint-file upkeep.
 //!
 //! Crash safety, step by step (a crash at any point leaves a directory `open` can use):
-//! 1. Pick sealed segments whose dead fraction passes `merge_dead_ratio_min` (the input set S).
+//! 1. Pick sealed segments whose dead fraction passes `merge_dead_ratio_min`, or that may hold
+//!    expired puts (always by hand, at most every `EXPIRY_MERGE_INTERVAL` in the background):
+//!    the input set S.
 //! 2. Copy their live records into new segments written as `<id>.seg.tmp` with hints as
 //!    `<id>.hint.tmp`, and fdatasync them. A crash here leaves only `.tmp` files, which `open`
 //!    deletes: the merge never happened.
@@ -258,8 +260,9 @@ impl Drop for Merger<'_> {
     }
 }
 
-/// Runs one merge pass; returns how many input segments were rewritten.
-pub(crate) fn merge(inner: &Inner) -> Result<usize> {
+/// Runs one merge pass; returns how many input segments were rewritten. With `expiring`,
+/// segments that may hold expired puts are candidates too, whatever their dead fraction.
+pub(crate) fn merge(inner: &Inner, expiring: bool) -> Result<usize> {
     let _one_at_a_time = inner.merge_lock.lock();
     inner.group.check()?;
     let now = now_ms();
@@ -271,7 +274,8 @@ pub(crate) fn merge(inner: &Inner) -> Result<usize> {
         for seg in st.segments.values() {
             let mostly_dead =
                 seg.dead_bytes() > 0 && seg.dead_ratio() >= inner.options.merge_dead_ratio_min;
-            let candidate = seg.id != active && (mostly_dead || seg.may_hold_expired(now));
+            let candidate =
+                seg.id != active && (mostly_dead || (expiring && seg.may_hold_expired(now)));
             if candidate {
                 inputs.push(seg.clone());
             } else {

@@ -179,3 +179,39 @@ fn second_open_of_a_directory_is_locked() {
     drop(engine);
     Engine::open(dir.path(), small_options()).unwrap();
 }
+
+#[test]
+fn long_scans_cross_lock_chunks_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), small_options()).unwrap();
+    let keys: Vec<String> = (0..3000).map(|i| format!("k{i:05}")).collect();
+    for chunk in keys.chunks(500) {
+        let mut b = WriteBatch::new();
+        for k in chunk {
+            b.put(k.as_bytes(), k.as_bytes());
+        }
+        engine.write(b).unwrap();
+    }
+    engine
+        .put_with_expiry(b"k00007", b"x", Some(now_ms() - 1))
+        .unwrap();
+    let all = engine
+        .scan(Bound::Unbounded, Bound::Unbounded, usize::MAX)
+        .unwrap();
+    assert_eq!(all.len(), 2999);
+    assert!(all.windows(2).all(|w| w[0].key < w[1].key));
+    assert!(all.iter().all(|e| e.key == e.value));
+    let some = engine
+        .scan(Bound::Excluded(b"k00100"), Bound::Unbounded, 1500)
+        .unwrap();
+    assert_eq!((some.len(), &some[0].key[..]), (1500, &b"k00101"[..]));
+    assert_eq!(&some[1499].key[..], b"k01600");
+    assert_eq!(
+        engine
+            .scan_keys(Bound::Unbounded, Bound::Unbounded, usize::MAX)
+            .len(),
+        2999
+    );
+    assert_eq!(engine.len(), 2999);
+    assert_eq!(engine.expired_keys(10).len(), 1);
+}

@@ -111,6 +111,9 @@ fn write_loop(dir: &Path, limit: Option<u64>) -> Engine {
 #[test]
 fn child_writer() {
     if let Ok(dir) = std::env::var(CHILD_DIR_ENV) {
+        // libtest has printed "test crash::child_writer ... " without a newline; end that line
+        // so the first `try` line is not glued to it (and lost to the parser).
+        println!();
         write_loop(Path::new(&dir), None);
         unreachable!("the child writes until it is killed");
     }
