@@ -61,10 +61,12 @@ pub(crate) fn check_key(key: &[u8]) -> Result<(), BatchError> {
 }
 
 impl WriteBatch {
+    /// An empty batch.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Adds a put without expiry.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> &mut Self {
         self.put_with_expiry(key, value, None)
     }
@@ -79,6 +81,7 @@ impl WriteBatch {
         self.push(Kind::Put, key, value, encode_expiry(expires_at_ms))
     }
 
+    /// Adds a delete (a tombstone, even if the key does not exist).
     pub fn delete(&mut self, key: &[u8]) -> &mut Self {
         self.push(Kind::Delete, key, &[], 0)
     }
@@ -102,6 +105,7 @@ impl WriteBatch {
         self.offsets.len()
     }
 
+    /// Whether the batch has no puts or deletes.
     pub fn is_empty(&self) -> bool {
         self.offsets.is_empty()
     }

@@ -174,10 +174,12 @@ impl Engine {
         })
     }
 
+    /// The value of a live key. `Error::Corruption` if its record fails its CRC check.
     pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         Ok(self.inner.lookup(key)?.map(|(_, v)| v))
     }
 
+    /// The value of a live key with its version and expiry.
     pub fn get_entry(&self, key: &[u8]) -> Result<Option<Entry>> {
         Ok(self.inner.lookup(key)?.map(|(loc, value)| Entry {
             key: Bytes::copy_from_slice(key),
@@ -200,10 +202,14 @@ impl Engine {
         })
     }
 
+    /// Writes `key` = `value` (no expiry) with version last + 1; durable on return under
+    /// `SyncPolicy::Always`.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
         self.put_with_expiry(key, value, None)
     }
 
+    /// Like [`Engine::put`], with an absolute expiry (ms since the Unix epoch; `None` = never).
+    /// The key is invisible from that moment and reclaimed by merge.
     pub fn put_with_expiry(
         &self,
         key: &[u8],
@@ -339,6 +345,7 @@ impl Engine {
         live
     }
 
+    /// Whether no live key exists.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -353,6 +360,7 @@ impl Engine {
         self.inner.last_seq.load(Ordering::Acquire)
     }
 
+    /// Counters and gauges (cheap: no I/O, one pass over the segment table).
     pub fn stats(&self) -> Stats {
         let inner = &*self.inner;
         let st = inner.state.read();

@@ -67,6 +67,7 @@ pub const SEGMENT_BYTES_MAX_LIMIT: u64 = 2 << 30;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub key: Bytes,
+    /// The value; a slice of the record read from disk (CRC-checked) or of the cache.
     pub value: Bytes,
     /// Sequence number of the write that produced this record (the caller's version when the
     /// batch carried one, see [`WriteBatch::set_version`]).
@@ -78,8 +79,11 @@ pub struct Entry {
 /// Key metadata without the value (no value read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyMeta {
+    /// Version of the write that produced the live record.
     pub version: u64,
+    /// Absolute expiry in milliseconds since the Unix epoch, if any.
     pub expires_at_ms: Option<u64>,
+    /// Length of the value in bytes.
     pub value_len: u32,
 }
 
@@ -88,17 +92,23 @@ pub struct KeyMeta {
 pub struct Stats {
     /// Keys in the keydir (including expired keys not yet reclaimed by merge).
     pub live_keys: u64,
+    /// Segment files (active, sealed and merge output).
     pub segments: u64,
+    /// Bytes in segment files.
     pub disk_bytes: u64,
+    /// Bytes of records no key points at any more (reclaimable by merge).
     pub dead_bytes: u64,
     /// Puts and deletes acknowledged since open.
     pub writes: u64,
     /// fdatasync calls on the active segment for group commit since open.
     pub syncs: u64,
+    /// Value reads served by the value cache.
     pub cache_hits: u64,
+    /// Value reads that went to disk.
     pub cache_misses: u64,
     /// Merge passes that rewrote at least one segment since open.
     pub merges: u64,
+    /// Highest version written (see [`Engine::last_sequence`]).
     pub last_sequence: u64,
     /// Damaged records skipped at open (only with [`Options::skip_damaged`]).
     pub damaged_records: u64,
