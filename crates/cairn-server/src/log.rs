@@ -34,10 +34,11 @@ impl CommitLog {
         data_dir: &Path,
         mode: SyncMode,
         shards: &Shards,
+        wal_options: WalOptions,
     ) -> anyhow::Result<(CommitLog, u64)> {
         let dir = wal_dir(data_dir);
         std::fs::create_dir_all(&dir)?;
-        let (wal, records) = Wal::open(&dir, WalOptions::default()).map_err(|e| {
+        let (wal, records) = Wal::open(&dir, wal_options).map_err(|e| {
             anyhow::anyhow!("cannot open the write-ahead log in {}: {e}", dir.display())
         })?;
         let mut last = shards

@@ -87,6 +87,14 @@ pub fn now_ms() -> u64 {
 impl Node {
     /// Open (or create) the node's data directory, replay the log, start the writer.
     pub fn open(options: NodeOptions) -> anyhow::Result<Arc<Node>> {
+        Self::open_with_log(options, cairn_wal::WalOptions::default())
+    }
+
+    /// [`Node::open`] with the write-ahead log's options (tests inject I/O faults here).
+    pub fn open_with_log(
+        options: NodeOptions,
+        wal_options: cairn_wal::WalOptions,
+    ) -> anyhow::Result<Arc<Node>> {
         let identity = NodeIdentity::load_or_create(&options.data_dir, options.shards)?;
         if identity.shards != options.shards {
             tracing::info!(
@@ -100,7 +108,8 @@ impl Node {
             identity.shards,
             options.value_bytes_max,
         )?);
-        let (log, next_index) = CommitLog::open(&options.data_dir, options.sync, &shards)?;
+        let (log, next_index) =
+            CommitLog::open(&options.data_dir, options.sync, &shards, wal_options)?;
         let last_applied = next_index - 1;
         let health = Arc::new(WriterHealth::default());
         let writer = Writer::new(
@@ -172,6 +181,11 @@ impl Node {
         if let Some(reason) = self.health.failure() {
             return Err(CommandError::Fatal(reason));
         }
+        self.enqueue(op, now_ms).await
+    }
+
+    /// Queue an operation for the writer, even a failed one (shutdown must still reach it).
+    async fn enqueue(&self, op: WriteOp, now_ms: u64) -> Result<PendingWrite, CommandError> {
         let (tx, rx) = oneshot::channel();
         self.proposals
             .send(Proposal {
@@ -590,7 +604,7 @@ impl Node {
 
     /// Stop taking writes, finish the queued ones, sync the engines. Idempotent.
     pub async fn shutdown(&self) -> Result<(), CommandError> {
-        let result = match self.submit(WriteOp::Shutdown, now_ms()).await {
+        let result = match self.enqueue(WriteOp::Shutdown, now_ms()).await {
             Ok(pending) => pending.wait().await.map(|_| ()),
             Err(CommandError::ShuttingDown) => Ok(()),
             Err(e) => Err(e),
@@ -881,6 +895,33 @@ mod tests {
             node.execute(set("late", "x")).await,
             Err(CommandError::ShuttingDown)
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_log_sync_stops_writes_but_not_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = std::sync::Arc::new(cairn_wal::io::sim::SimIo::new());
+        let wal_options = cairn_wal::WalOptions {
+            io: io.clone(),
+            ..Default::default()
+        };
+        let node = Node::open_with_log(options(dir.path()), wal_options).unwrap();
+        node.execute(set("a", "1")).await.unwrap();
+        io.fail_next_sync();
+        let failed = node.execute(set("b", "2")).await;
+        assert!(matches!(failed, Err(CommandError::Fatal(_))), "{failed:?}");
+        assert!(node.failure().is_some());
+        // Never retry-and-acknowledge: later writes are refused too.
+        assert!(matches!(
+            node.execute(set("c", "3")).await,
+            Err(CommandError::Fatal(_))
+        ));
+        assert_eq!(get(&node, "a").await.unwrap().value, b("1"));
+        assert!(
+            get(&node, "b").await.is_none(),
+            "an unacknowledged write is not visible"
+        );
+        let _ = node.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
