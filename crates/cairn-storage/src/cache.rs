@@ -1,32 +1,52 @@
 //! The value read cache: an LRU-style cache (quick_cache's CLOCK-Pro) with a byte budget.
 //!
-//! Keyed by record location (segment id, offset), not by key: a location's bytes never change,
-//! so an overwrite or delete needs no invalidation; stale entries just age out.
+//! Keyed by key, so a hit skips the keydir's B-tree descent as well as the disk read.
+//! Invariants that keep it from ever serving a stale value:
+//! - every write removes its keys from the cache while holding the state write lock, in the
+//!   same critical section that updates the keydir;
+//! - a reader fills the cache only after re-checking, under the state read lock, that the keydir
+//!   still points at the record it read, so a write racing with the read wins.
+//!
+//! Merge moves records without changing their value, version or expiry, so it needs no
+//! invalidation; an expired entry is hidden on a hit by its stored expiry.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
-/// Per-entry bookkeeping cost charged against the budget on top of the value bytes.
-const CACHE_ENTRY_OVERHEAD_BYTES: u64 = 64;
+/// Per-entry bookkeeping cost charged against the budget on top of key and value bytes.
+const CACHE_ENTRY_OVERHEAD_BYTES: u64 = 96;
 /// Assumed average entry size, used only to pre-size the cache's tables.
 const CACHE_ENTRY_ESTIMATE_BYTES: u64 = 512;
+
+/// What a hit returns: the value and the metadata a read reports with it.
+#[derive(Debug, Clone)]
+pub(crate) struct Cached {
+    pub value: Bytes,
+    pub version: u64,
+    /// 0 = no expiry.
+    pub expires_at_ms: u64,
+}
 
 #[derive(Debug, Clone, Copy)]
 struct ByteWeighter;
 
-impl Weighter<u64, Bytes> for ByteWeighter {
-    fn weight(&self, _key: &u64, value: &Bytes) -> u64 {
-        value.len() as u64 + CACHE_ENTRY_OVERHEAD_BYTES
+impl Weighter<Bytes, Cached> for ByteWeighter {
+    fn weight(&self, key: &Bytes, cached: &Cached) -> u64 {
+        (key.len() + cached.value.len()) as u64 + CACHE_ENTRY_OVERHEAD_BYTES
     }
 }
 
 /// The cache plus hit/miss counters. A budget of 0 disables it.
 #[derive(Debug)]
 pub(crate) struct ValueCache {
-    cache: Option<Cache<u64, Bytes, ByteWeighter>>,
+    cache: Option<Cache<Bytes, Cached, ByteWeighter>>,
+    /// Set by the first insert; until then writes skip the removal probe (a load phase with
+    /// no reads pays nothing for the cache). The state lock orders it: inserts happen under the
+    /// read lock, removals under the write lock.
+    filled: AtomicBool,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -39,14 +59,19 @@ impl ValueCache {
         });
         ValueCache {
             cache,
+            filled: AtomicBool::new(false),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
     }
 
-    pub fn get(&self, location: u64) -> Option<Bytes> {
+    pub fn enabled(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<Cached> {
         let cache = self.cache.as_ref()?;
-        let hit = cache.get(&location);
+        let hit = cache.get(key);
         let counter = if hit.is_some() {
             &self.hits
         } else {
@@ -56,9 +81,20 @@ impl ValueCache {
         hit
     }
 
-    pub fn insert(&self, location: u64, value: Bytes) {
+    /// Caller holds the state read lock and has checked the keydir (see the module doc).
+    pub fn insert(&self, key: &[u8], cached: Cached) {
         if let Some(cache) = &self.cache {
-            cache.insert(location, value);
+            self.filled.store(true, Ordering::Relaxed);
+            cache.insert(Bytes::copy_from_slice(key), cached);
+        }
+    }
+
+    /// Caller holds the state write lock (see the module doc).
+    pub fn remove(&self, key: &[u8]) {
+        if let Some(cache) = &self.cache {
+            if self.filled.load(Ordering::Relaxed) {
+                cache.remove(key);
+            }
         }
     }
 
@@ -75,21 +111,41 @@ impl ValueCache {
 mod tests {
     use super::*;
 
+    fn cached(n: usize) -> Cached {
+        Cached {
+            value: Bytes::from(vec![0u8; n]),
+            version: 1,
+            expires_at_ms: 0,
+        }
+    }
+
     #[test]
     fn budget_bounds_contents() {
         let c = ValueCache::new(10_000);
         for i in 0..1000u64 {
-            c.insert(i, Bytes::from(vec![0u8; 100]));
+            c.insert(&i.to_le_bytes(), cached(100));
         }
-        let kept = (0..1000u64).filter(|i| c.get(*i).is_some()).count();
+        let kept = (0..1000u64)
+            .filter(|i| c.get(&i.to_le_bytes()).is_some())
+            .count();
         assert!(kept > 0 && kept < 100, "kept {kept}");
+    }
+
+    #[test]
+    fn remove_invalidates() {
+        let c = ValueCache::new(10_000);
+        c.insert(b"k", cached(3));
+        assert!(c.get(b"k").is_some());
+        c.remove(b"k");
+        assert!(c.get(b"k").is_none());
     }
 
     #[test]
     fn zero_budget_disables() {
         let c = ValueCache::new(0);
-        c.insert(1, Bytes::from_static(b"x"));
-        assert!(c.get(1).is_none());
+        c.insert(b"k", cached(1));
+        assert!(c.get(b"k").is_none());
         assert_eq!(c.misses(), 0);
+        assert!(!c.enabled());
     }
 }

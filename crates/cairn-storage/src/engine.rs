@@ -19,7 +19,7 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::batch::{check_key, encode_expiry};
-use crate::cache::ValueCache;
+use crate::cache::{Cached, ValueCache};
 use crate::commit::GroupCommit;
 use crate::format::{self, Header, Kind, Origin, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use crate::io::{Io, IoFile, StdIo};
@@ -176,16 +176,16 @@ impl Engine {
 
     /// The value of a live key. `Error::Corruption` if its record fails its CRC check.
     pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        Ok(self.inner.lookup(key)?.map(|(_, v)| v))
+        Ok(self.inner.lookup(key)?.map(|c| c.value))
     }
 
     /// The value of a live key with its version and expiry.
     pub fn get_entry(&self, key: &[u8]) -> Result<Option<Entry>> {
-        Ok(self.inner.lookup(key)?.map(|(loc, value)| Entry {
+        Ok(self.inner.lookup(key)?.map(|c| Entry {
             key: Bytes::copy_from_slice(key),
-            value,
-            version: loc.version,
-            expires_at_ms: loc.expiry(),
+            value: c.value,
+            version: c.version,
+            expires_at_ms: (c.expires_at_ms != 0).then_some(c.expires_at_ms),
         }))
     }
 
@@ -457,8 +457,15 @@ impl Inner {
         Ok(())
     }
 
-    /// Key lookup plus value read. Holds the state lock only for the lookup.
-    fn lookup(&self, key: &[u8]) -> Result<Option<(Loc, Bytes)>> {
+    /// Cache probe, else keydir lookup plus value read. Holds the state lock only for the
+    /// lookup and the cache fill, never across I/O.
+    fn lookup(&self, key: &[u8]) -> Result<Option<Cached>> {
+        if let Some(hit) = self.cache.get(key) {
+            if hit.expires_at_ms != 0 && now_ms() >= hit.expires_at_ms {
+                return Ok(None);
+            }
+            return Ok(Some(hit));
+        }
         let (loc, seg) = {
             let st = self.state.read();
             let Some(loc) = st.keydir.get(key) else {
@@ -467,13 +474,28 @@ impl Inner {
             if loc.expires_at_ms != 0 && loc.expired(now_ms()) {
                 return Ok(None);
             }
-            if let Some(v) = self.cache.get(loc.cache_key()) {
-                return Ok(Some((loc, v)));
-            }
             (loc, self.segment_of(&st, loc)?)
         };
         let value = self.read_value(&seg, key, loc)?;
-        Ok(Some((loc, value)))
+        let cached = Cached {
+            value,
+            version: loc.version,
+            expires_at_ms: loc.expires_at_ms,
+        };
+        self.cache_fill(key, loc, &cached);
+        Ok(Some(cached))
+    }
+
+    /// Caches a value read from `loc` if the keydir still points there: a write that raced
+    /// with the read has removed the key under the write lock, and must win.
+    fn cache_fill(&self, key: &[u8], loc: Loc, cached: &Cached) {
+        if !self.cache.enabled() {
+            return;
+        }
+        let st = self.state.read();
+        if st.keydir.get(key) == Some(loc) {
+            self.cache.insert(key, cached.clone());
+        }
     }
 
     fn segment_of(&self, st: &State, loc: Loc) -> Result<Arc<Segment>> {
@@ -500,9 +522,7 @@ impl Inner {
                 reason: "record failed its CRC check on read".into(),
             });
         }
-        let value = Bytes::from(buf).slice(key_end..);
-        self.cache.insert(loc.cache_key(), value.clone());
-        Ok(value)
+        Ok(Bytes::from(buf).slice(key_end..))
     }
 
     /// Visits keydir entries in `(start, end)` in key order (unexpired ones only, unless
@@ -548,8 +568,9 @@ impl Inner {
         let mut found: Vec<(Bytes, Loc, Result<Bytes, Arc<Segment>>)> = Vec::new();
         if limit > 0 {
             self.walk(start, end, false, |st, key, loc| {
-                let value = match self.cache.get(loc.cache_key()) {
-                    Some(v) => Ok(v),
+                // Under the read lock a cached value is the keydir's current one.
+                let value = match self.cache.get(key) {
+                    Some(hit) => Ok(hit.value),
                     None => Err(self.segment_of(st, loc)?),
                 };
                 found.push((Bytes::copy_from_slice(key), loc, value));
@@ -561,7 +582,16 @@ impl Inner {
             .map(|(key, loc, value)| {
                 let value = match value {
                     Ok(v) => v,
-                    Err(seg) => self.read_value(&seg, &key, loc)?,
+                    Err(seg) => {
+                        let value = self.read_value(&seg, &key, loc)?;
+                        let cached = Cached {
+                            value,
+                            version: loc.version,
+                            expires_at_ms: loc.expires_at_ms,
+                        };
+                        self.cache_fill(&key, loc, &cached);
+                        cached.value
+                    }
                 };
                 Ok(Entry {
                     key,
@@ -657,11 +687,14 @@ impl Inner {
                     seg.live_bytes
                         .fetch_add(h.record_len() as u64, Ordering::Relaxed);
                     seg.note_expiry(h.expires_at_ms);
+                    // Same critical section as the keydir update (see `cache`).
+                    self.cache.remove(key);
                     if let Some(old) = st.keydir.insert(key, loc) {
                         st.release(old, key.len());
                     }
                 }
                 Kind::Delete => {
+                    self.cache.remove(key);
                     if let Some(old) = st.keydir.remove(key) {
                         st.release(old, key.len());
                     }

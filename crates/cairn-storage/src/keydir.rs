@@ -118,9 +118,6 @@ impl Loc {
         let e = self.expires_at_ms;
         (e != 0).then_some(e)
     }
-    pub fn cache_key(&self) -> u64 {
-        (u64::from(self.file) << 32) | u64::from(self.offset)
-    }
 }
 
 /// The ordered index.

@@ -200,3 +200,49 @@ fn verify(engine: &Engine, ledger: &Ledger) {
         assert!(ledger.contains_key(&key), "invented key {key}");
     }
 }
+
+/// `SyncPolicy::EveryMs`: a write is not durable on return, but the background thread makes it
+/// durable soon after; `Never` leaves it to `sync()`.
+#[test]
+fn every_ms_and_never_sync_policies() {
+    let dir = Path::new("/sim/every-ms");
+    let io = SimIo::new(3);
+    let options = Options {
+        sync: SyncPolicy::EveryMs(5),
+        ..Options::default()
+    };
+    let engine = Engine::open_with_io(dir, options.clone(), Arc::new(io.clone())).unwrap();
+    engine.put(b"k", b"v").unwrap();
+    // Wait for the background sync (polling, bounded: a liveness check, not a timing one).
+    let mut polls = 0;
+    while engine.stats().syncs == 0 {
+        polls += 1;
+        assert!(polls < 30_000, "the background thread never synced");
+        thread::sleep(std::time::Duration::from_millis(1));
+    }
+    io.power_cut(Tear::None);
+    drop(engine);
+    io.restart();
+    let engine = Engine::open_with_io(dir, options, Arc::new(io.clone())).unwrap();
+    assert_eq!(engine.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    drop(engine);
+
+    let options = Options {
+        sync: SyncPolicy::Never,
+        ..Options::default()
+    };
+    let engine = Engine::open_with_io(dir, options.clone(), Arc::new(io.clone())).unwrap();
+    engine.put(b"synced", b"1").unwrap();
+    engine.sync().unwrap();
+    engine.put(b"unsynced", b"2").unwrap();
+    io.power_cut(Tear::None);
+    drop(engine);
+    io.restart();
+    let engine = Engine::open_with_io(dir, options, Arc::new(io.clone())).unwrap();
+    assert_eq!(engine.get(b"synced").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(
+        engine.get(b"unsynced").unwrap(),
+        None,
+        "Never must not sync on its own"
+    );
+}
