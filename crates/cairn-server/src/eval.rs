@@ -199,12 +199,12 @@ impl<'a> Eval<'a> {
         }
     }
 
-    /// A deadline (absolute after propose-time resolution) as milliseconds since the epoch.
-    fn deadline(expiry: Expiry) -> Option<i64> {
+    /// The absolute deadline of `expiry`, in milliseconds since the epoch. The node resolves
+    /// `InMs` to `AtMs` at propose time; an unresolved one counts from the proposal time.
+    fn deadline(&self, expiry: Expiry) -> Option<i64> {
         match expiry {
             Expiry::AtMs(at) => Some(at),
-            // Resolved to `AtMs` before proposing; `InMs` here is relative to epoch 0.
-            Expiry::InMs(ms) => Some(ms),
+            Expiry::InMs(ms) => Some((self.now_ms as i64).saturating_add(ms)),
             Expiry::Never | Expiry::Keep => None,
         }
     }
@@ -238,7 +238,7 @@ impl<'a> Eval<'a> {
                         }
                     }
                     Expiry::InMs(_) | Expiry::AtMs(_) => {
-                        let at = Self::deadline(expiry).unwrap_or(0);
+                        let at = self.deadline(expiry).unwrap_or(0);
                         if at <= self.now_ms as i64 {
                             self.delete(&key);
                         } else {
@@ -374,10 +374,14 @@ impl<'a> Eval<'a> {
                                 Expiry::Never => None,
                                 Expiry::Keep => self.meta(&key).and_then(|(_, at)| at),
                                 Expiry::InMs(_) | Expiry::AtMs(_) => {
-                                    Self::deadline(expiry).map(|at| at.max(1) as u64)
+                                    self.deadline(expiry).map(|at| at.max(0) as u64)
                                 }
                             };
-                            self.put(&key, value, expires);
+                            match expires {
+                                // A deadline already passed: as with `Set`, the key is gone.
+                                Some(at) if at <= self.now_ms => self.delete(&key),
+                                _ => self.put(&key, value, expires),
+                            }
                         }
                         BatchOp::Delete { key } => self.delete(&key),
                     }
@@ -432,7 +436,7 @@ impl<'a> Eval<'a> {
         let expires = match expiry {
             Expiry::Never => None,
             Expiry::Keep => meta.and_then(|(_, at)| at),
-            Expiry::InMs(_) | Expiry::AtMs(_) => Self::deadline(expiry).map(|at| at.max(0) as u64),
+            Expiry::InMs(_) | Expiry::AtMs(_) => self.deadline(expiry).map(|at| at.max(0) as u64),
         };
         match expires {
             // A deadline already passed: the write happens and the key is gone at once.
@@ -461,7 +465,7 @@ impl<'a> Eval<'a> {
         let when = match expiry {
             Expiry::Keep => return Ok(Reply::Bool(false)),
             Expiry::Never => None,
-            Expiry::InMs(_) | Expiry::AtMs(_) => Self::deadline(expiry),
+            Expiry::InMs(_) | Expiry::AtMs(_) => self.deadline(expiry),
         };
         let allowed = match (condition, current, when) {
             (ExpireCondition::Always, _, _) => true,
