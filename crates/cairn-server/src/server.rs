@@ -33,6 +33,28 @@ pub async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
     }
 }
 
+/// How long startup waits for a front end to accept connections before logging "ready" anyway
+/// (a front end that fails to bind stops the server through its task's error instead).
+pub const LISTEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Wait until `addr` accepts TCP connections (an unspecified IP is probed on loopback).
+async fn wait_listening(addr: std::net::SocketAddr) {
+    let mut probe = addr;
+    if probe.ip().is_unspecified() {
+        probe.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
+    while tokio::net::TcpStream::connect(probe).await.is_err() {
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// Run a node until `shutdown` resolves.
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     init_logging(config.log_format);
@@ -75,6 +97,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             .run_background(shutdown_signal(stop_rx.clone())),
     );
 
+    // "ready" means every front end accepts connections (they bind in their own tasks).
+    for addr in [config.http_addr, config.grpc_addr] {
+        wait_listening(addr).await;
+    }
     tracing::info!(
         resp = %config.resp_addr,
         http = %config.http_addr,
