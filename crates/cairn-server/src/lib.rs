@@ -6,7 +6,13 @@
 //! - [`node`]: the executor (`Node::execute`), reads, background work;
 //! - [`writer`], [`eval`], [`effects`], [`log`]: propose → commit → apply with group commit;
 //! - [`shards`], [`shard`], [`slot`], [`expiry`], [`scan`]: keyspace layout and routing;
-//! - [`resp`]: the Redis-protocol front end; [`metrics`]; [`config`]; [`server`].
+//! - [`numeric`], [`long_double`]: Redis's number parsing and formatting rules;
+//! - [`resp`], [`http`], [`grpc`]: the front ends (thin codecs over `Node::execute`);
+//! - [`metrics`]; [`config`]; [`server`] (the composition root: `server::run`).
+//!
+//! Architecture invariants: only the writer thread writes to the shard engines; nothing is
+//! acknowledged before the write-ahead log holding it is synced (with `--sync always`); front
+//! ends never touch an engine, they call the node.
 
 pub mod command;
 pub mod config;
