@@ -41,6 +41,14 @@ impl NodeIdentity {
                 Ok(identity)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Shards without the file that says how many there are would be routed wrongly.
+                let shards_dir = data_dir.join("shards");
+                anyhow::ensure!(
+                    !shards_dir.exists(),
+                    "{} is missing but {} exists; refusing to guess the shard count",
+                    path.display(),
+                    shards_dir.display()
+                );
                 std::fs::create_dir_all(data_dir)?;
                 let identity = NodeIdentity {
                     layout_version: LAYOUT_VERSION,
