@@ -3,7 +3,7 @@
 //!
 //! Random bytes almost never form a frame with a valid CRC32C, so the body builds a real log
 //! from the input, then damages one of its files as the input says (bit flip, truncation,
-//! overwrite, appended garbage), and checks recovery: it either reports corruption or returns
+//! overwrite, a run of zeros as from lost sectors, appended garbage), and checks recovery: it either reports corruption or returns
 //! whole batches in order, a prefix of what was appended, and accepts appends afterwards.
 
 use std::path::Path;
@@ -56,7 +56,7 @@ pub fn wal_recover(data: &[u8]) {
     let path = Path::new(FUZZ_DIR).join(&names[usize::from(next()) % names.len()]);
     let mut bytes = io.file_bytes(&path).expect("segment exists");
     let at = (usize::from(next()) << 8 | usize::from(next())) % (bytes.len() + 1);
-    match next() % 4 {
+    match next() % 5 {
         0 => {
             if at < bytes.len() {
                 bytes[at] ^= 1 << (next() % 8);
@@ -67,6 +67,10 @@ pub fn wal_recover(data: &[u8]) {
             for i in at..bytes.len().min(at + usize::from(next() % 32)) {
                 bytes[i] = next();
             }
+        }
+        3 => {
+            let end = bytes.len().min(at + usize::from(next()) * 16);
+            bytes[at..end].fill(0);
         }
         _ => bytes.extend((0..next()).map(|_| next())),
     }

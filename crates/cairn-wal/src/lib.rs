@@ -47,6 +47,12 @@ use bytes::Bytes;
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
 /// Smallest configurable segment size (one header plus a little room).
 pub const SEGMENT_BYTES_MAX_MIN: u64 = 4 * 1024;
+/// The active segment is kept zero-filled (written and fdatasynced) this far ahead of its
+/// frames, capped at `segment_bytes_max`: an `fdatasync` that only overwrites blocks the file
+/// already owns does not have to journal a new file size. Each extension is paid by the append
+/// that crosses the end (one zero-filled chunk in the same fdatasync; ~3 ms for 4 MiB on the
+/// benchmark machine, against 165 ms for 64 MiB at once), and bounds the unused tail to 4 MiB.
+pub const SEGMENT_PREALLOCATE_BYTES: u64 = 4 * 1024 * 1024;
 /// Largest payload of one record: a 16 MiB value plus its key and command framing fits with
 /// room to spare.
 pub const RECORD_PAYLOAD_BYTES_MAX: usize = 64 * 1024 * 1024;

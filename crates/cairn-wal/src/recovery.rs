@@ -2,14 +2,21 @@
 //! and decide what damage is a torn write (repaired) and what is corruption (refused).
 //!
 //! Rules (see `docs/design.md`, "Write-ahead log"):
+//! - Segments are preallocated: the active one is zero-filled ahead of its frames. Where the
+//!   next frame would start, bytes that are all zero up to the end of the file are the clean end
+//!   of the log (the unused tail), not damage. Zeros followed by anything else are damage.
 //! - Only the newest segment can have a torn tail: appends are sequential and each one is
 //!   fsynced before the next begins, and a segment is sealed (and the seal fsynced) before the
 //!   next segment is created. So every older segment must parse completely and end with a seal.
 //! - In the newest segment, the first frame that is incomplete or fails its checksum is the
 //!   start of a torn write, *unless* a valid frame exists anywhere after it: a later frame was
 //!   only written after the damaged one had been fsynced and acknowledged, so the damage is
-//!   corruption of acknowledged data. A torn tail is truncated (and the truncation fsynced);
-//!   corruption is a [`WalError::Corruption`] naming the file and offset.
+//!   corruption of acknowledged data. A torn tail is overwritten with zeros up to its last
+//!   nonzero byte (and that fsynced), so the file keeps its preallocated length; corruption is
+//!   a [`WalError::Corruption`] naming the file and offset.
+//! - A sealed segment ends exactly at its seal (rotation trims the preallocated tail before the
+//!   successor exists). Only the newest segment may show zeros after its seal (a crash before
+//!   the trim was fsynced); recovery trims it before creating the successor.
 //! - Batch sequence numbers rise by exactly one within a segment and strictly across segments
 //!   (purge may remove a segment from the middle).
 
@@ -33,7 +40,8 @@ pub(crate) struct SegmentMeta {
     pub(crate) path: PathBuf,
     /// Highest record index per group in this segment (what purge compares).
     pub(crate) groups: HashMap<u64, u64>,
-    /// Bytes in the file (including header and seal).
+    /// Bytes of log data: header, frames and seal. The end of the log within the file; for a
+    /// sealed segment also the file's length, for the active one the start of its zero tail.
     pub(crate) bytes: u64,
 }
 
@@ -60,6 +68,8 @@ pub(crate) struct RecoveredActive {
     pub(crate) file: Arc<dyn WalFile>,
     /// Whether it ends with a seal (crash between sealing it and creating its successor).
     pub(crate) sealed: bool,
+    /// Length of the file; the bytes from `meta.bytes` up to here are zeros.
+    pub(crate) file_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -102,8 +112,13 @@ pub(crate) fn recover(dir: &Path, io: &dyn WalIo) -> Result<Recovered> {
             reader.read_sealed()?;
             recovered.sealed.push(reader.meta);
         } else {
-            let (meta, sealed) = reader.read_newest(file.as_ref())?;
-            recovered.active = Some(RecoveredActive { meta, file, sealed });
+            let (meta, sealed, file_bytes) = reader.read_newest(file.as_ref())?;
+            recovered.active = Some(RecoveredActive {
+                meta,
+                file,
+                sealed,
+                file_bytes,
+            });
         }
     }
     Ok(recovered)
@@ -123,7 +138,7 @@ struct SegmentReader<'a> {
 enum Stop {
     /// The frame at this offset is a seal.
     Sealed,
-    /// Clean end of data.
+    /// Clean end of the log: the end of the file, or zeros up to it.
     End,
     /// Damage (incomplete or bad checksum) at this offset.
     Damaged { offset: usize, reason: &'static str },
@@ -135,11 +150,12 @@ impl SegmentReader<'_> {
     }
 
     /// Walks frames from after the header; accepts valid ones. Returns where it stopped and the
-    /// offset it reached.
+    /// offset it reached (for a seal, the offset just after it).
     fn walk(&mut self) -> Result<(Stop, usize)> {
         let mut at = SEGMENT_HEADER_BYTES;
         loop {
-            if at == self.data.len() {
+            // Stops at the first byte of a frame's magic, so only the final tail is scanned.
+            if all_zero(&self.data[at..]) {
                 return Ok((Stop::End, at));
             }
             let frame = match check_frame(self.data, at) {
@@ -169,9 +185,6 @@ impl SegmentReader<'_> {
                         ));
                     }
                     let end = at + frame.bytes;
-                    if end != self.data.len() {
-                        return Err(self.corruption(end, "data after the seal frame"));
-                    }
                     self.meta.bytes = end as u64;
                     return Ok((Stop::Sealed, end));
                 }
@@ -215,7 +228,8 @@ impl SegmentReader<'_> {
         check_segment_header(self.data, self.meta.id)
             .map_err(|problem| self.corruption(0, problem.reason()))?;
         match self.walk()? {
-            (Stop::Sealed, _) => Ok(()),
+            (Stop::Sealed, end) if end == self.data.len() => Ok(()),
+            (Stop::Sealed, end) => Err(self.corruption(end, "data after the seal frame")),
             (Stop::End, at) => {
                 Err(self.corruption(at, "segment is not sealed but a newer segment exists"))
             }
@@ -223,9 +237,9 @@ impl SegmentReader<'_> {
         }
     }
 
-    /// The newest segment: a torn tail is truncated; returns its metadata and whether it is
-    /// sealed.
-    fn read_newest(mut self, file: &dyn WalFile) -> Result<(SegmentMeta, bool)> {
+    /// The newest segment: a torn tail is zeroed, a zero tail after a seal trimmed; returns its
+    /// metadata, whether it is sealed, and the file's length.
+    fn read_newest(mut self, file: &dyn WalFile) -> Result<(SegmentMeta, bool, u64)> {
         if let Err(problem) = check_segment_header(self.data, self.meta.id) {
             if let HeaderProblem::Unusable(reason) = problem {
                 return Err(self.corruption(0, reason));
@@ -241,11 +255,24 @@ impl SegmentReader<'_> {
             file.write_all_at(&format::encode_segment_header(self.meta.id), 0)
                 .map_err(|e| WalError::io(self.path, e))?;
             file.sync_data().map_err(|e| WalError::io(self.path, e))?;
-            return Ok((self.meta, false));
+            return Ok((self.meta, false, SEGMENT_HEADER_BYTES as u64));
         }
+        let file_bytes = self.data.len() as u64;
         match self.walk()? {
-            (Stop::Sealed, _) => Ok((self.meta, true)),
-            (Stop::End, _) => Ok((self.meta, false)),
+            (Stop::Sealed, end) => {
+                if !all_zero(&self.data[end..]) {
+                    return Err(self.corruption(end, "data after the seal frame"));
+                }
+                if end < self.data.len() {
+                    // Rotation wrote the seal and trimmed the file under one fdatasync that
+                    // did not complete. Trim again before a successor makes this segment sealed.
+                    file.set_len(end as u64)
+                        .and_then(|()| file.sync_data())
+                        .map_err(|e| WalError::io(self.path, e))?;
+                }
+                Ok((self.meta, true, end as u64))
+            }
+            (Stop::End, _) => Ok((self.meta, false, file_bytes)),
             (Stop::Damaged { offset, reason }, _) => {
                 if let Some(later) = find_valid_frame(self.data, offset + 1) {
                     return Err(self.corruption(
@@ -253,18 +280,24 @@ impl SegmentReader<'_> {
                         format!("{reason}, but a valid frame follows at byte {later}"),
                     ));
                 }
+                // Zero the torn bytes rather than truncate: the file keeps its preallocated
+                // length, and the zeros read as the clean end on the next open.
+                let torn_end = self.data[offset..]
+                    .iter()
+                    .rposition(|&b| b != 0)
+                    .map_or(offset, |last| offset + last + 1);
                 tracing::warn!(
                     path = %self.path.display(),
                     offset,
-                    dropped_bytes = self.data.len() - offset,
+                    dropped_bytes = torn_end - offset,
                     reason,
-                    "WAL: torn tail (unacknowledged write), truncating"
+                    "WAL: torn tail (unacknowledged write), zeroing it"
                 );
-                file.set_len(offset as u64)
+                write_zeros(file, offset as u64, torn_end as u64)
+                    .and_then(|()| file.sync_data())
                     .map_err(|e| WalError::io(self.path, e))?;
-                file.sync_data().map_err(|e| WalError::io(self.path, e))?;
                 self.meta.bytes = offset as u64;
-                Ok((self.meta, false))
+                Ok((self.meta, false, file_bytes))
             }
         }
     }
@@ -284,4 +317,28 @@ fn find_valid_frame(data: &[u8], from: usize) -> Option<usize> {
         at += 1;
     }
     None
+}
+
+/// Whether every byte of `bytes` is zero (true for an empty slice).
+fn all_zero(bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(8);
+    words.all(|w| w == [0; 8]) && words.remainder().iter().all(|&b| b == 0)
+}
+
+/// Most zero bytes one `write_zeros` call buffers; longer ranges take several writes.
+const ZERO_WRITE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Writes zeros over `start..end` of `file` (not durable until `sync_data`).
+pub(crate) fn write_zeros(file: &dyn WalFile, start: u64, end: u64) -> std::io::Result<()> {
+    if start >= end {
+        return Ok(());
+    }
+    let zeros = vec![0u8; (end - start).min(ZERO_WRITE_BYTES_MAX) as usize];
+    let mut at = start;
+    while at < end {
+        let len = (end - at).min(zeros.len() as u64);
+        file.write_all_at(&zeros[..len as usize], at)?;
+        at += len;
+    }
+    Ok(())
 }

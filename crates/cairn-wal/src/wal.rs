@@ -7,6 +7,11 @@
 //! wait and form the next group. So concurrent callers share fsyncs, and a single caller (the
 //! server's writer thread draining its queue into one call) gets exactly one fsync per call.
 //!
+//! The active segment is preallocated: zero-filled and fdatasynced ahead of its frames (see
+//! [`crate::SEGMENT_PREALLOCATE_BYTES`]), so a batch's `fdatasync` overwrites blocks the file
+//! already owns and does not have to commit a new file size. The append that reaches the end of
+//! the zero-filled part extends it by another chunk, under the same fdatasync as its frame.
+//!
 //! After any failed write or fsync the log is poisoned: the bytes on disk are unknown, so
 //! nothing more may be acknowledged until a restart recovers from the disk.
 
@@ -17,10 +22,10 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::format::{self, SEGMENT_HEADER_BYTES};
 use crate::io::{WalFile, WalIo};
-use crate::recovery::{self, SegmentMeta};
+use crate::recovery::{self, SegmentMeta, write_zeros};
 use crate::{
-    BATCH_BYTES_MAX, RECORD_PAYLOAD_BYTES_MAX, Record, Result, SEGMENT_BYTES_MAX_MIN, WalError,
-    WalOptions,
+    BATCH_BYTES_MAX, RECORD_PAYLOAD_BYTES_MAX, Record, Result, SEGMENT_BYTES_MAX_MIN,
+    SEGMENT_PREALLOCATE_BYTES, WalError, WalOptions,
 };
 
 /// Most bytes one group commit writes; callers beyond it wait for the next group.
@@ -42,8 +47,12 @@ pub struct PurgeStats {
 /// The segment being appended to.
 #[derive(Debug)]
 struct Active {
+    /// `meta.bytes` is where the next frame goes.
     meta: SegmentMeta,
     file: Arc<dyn WalFile>,
+    /// Length of the file. Invariant: `meta.bytes <= file_bytes` and every byte in between is
+    /// zero (durably, except after a failed write or fsync, which poisons the log).
+    file_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -115,13 +124,14 @@ impl Wal {
             Some(active) if !active.sealed => Active {
                 meta: active.meta,
                 file: active.file,
+                file_bytes: active.file_bytes,
             },
             Some(active) => {
                 let next_id = active.meta.id + 1;
                 sealed.push(active.meta);
-                create_segment(io.as_ref(), &dir, next_id)?
+                create_segment(io.as_ref(), &dir, next_id, options.segment_bytes_max)?
             }
-            None => create_segment(io.as_ref(), &dir, 1)?,
+            None => create_segment(io.as_ref(), &dir, 1, options.segment_bytes_max)?,
         };
         let wal = Wal {
             _lock: lock,
@@ -236,15 +246,30 @@ impl Wal {
         format::encode_batch(&mut buf, seq, records.clone());
         debug_assert_eq!(buf.len() as u64, frame_bytes);
         let active = &inner.active;
+        let frame_end = active.meta.bytes + frame_bytes;
+        let file_bytes = if frame_end > active.file_bytes {
+            // Crossing the zero-filled part: extend it by a chunk under this same fdatasync
+            // (the one fdatasync per chunk that commits a new size).
+            frame_end
+                .max((active.file_bytes + SEGMENT_PREALLOCATE_BYTES).min(self.segment_bytes_max))
+        } else {
+            active.file_bytes
+        };
         let written = active
             .file
             .write_all_at(&buf, active.meta.bytes)
+            .and_then(|()| {
+                // Only the extension: up to `active.file_bytes` the file is zeros already.
+                let zeros_start = frame_end.max(active.file_bytes);
+                write_zeros(active.file.as_ref(), zeros_start, file_bytes)
+            })
             .and_then(|()| active.file.sync_data())
             .map_err(|e| WalError::io(&active.meta.path, e));
         inner.buf = buf;
         written?;
         let active = &mut inner.active;
-        active.meta.bytes += frame_bytes;
+        active.meta.bytes = frame_end;
+        active.file_bytes = file_bytes;
         for record in records {
             active.meta.note(record);
         }
@@ -252,17 +277,25 @@ impl Wal {
         Ok(())
     }
 
-    /// Seals the active segment (seal frame + fdatasync) and starts the next one.
+    /// Seals the active segment (seal frame, the zero tail trimmed, one fdatasync) and starts
+    /// the next one.
     fn rotate(&self, inner: &mut Inner) -> Result<()> {
         let mut seal = Vec::with_capacity(format::FRAME_HEADER_BYTES);
         format::encode_seal(&mut seal, inner.next_seq - 1);
         let active = &inner.active;
+        let sealed_bytes = active.meta.bytes + seal.len() as u64;
         active
             .file
             .write_all_at(&seal, active.meta.bytes)
+            .and_then(|()| active.file.set_len(sealed_bytes))
             .and_then(|()| active.file.sync_data())
             .map_err(|e| WalError::io(&active.meta.path, e))?;
-        let next = create_segment(self.io.as_ref(), &self.dir, active.meta.id + 1)?;
+        let next = create_segment(
+            self.io.as_ref(),
+            &self.dir,
+            active.meta.id + 1,
+            self.segment_bytes_max,
+        )?;
         let mut old = std::mem::replace(&mut inner.active, next);
         old.meta.bytes += seal.len() as u64;
         inner.sealed.push(old.meta);
@@ -340,7 +373,9 @@ impl Wal {
         self.inner.lock().sealed.len() + 1
     }
 
-    /// Total bytes in all segment files.
+    /// Bytes of log data in all segment files (headers, frames, seals). The active segment's
+    /// preallocated zero tail is not counted: its file is up to
+    /// [`crate::SEGMENT_PREALLOCATE_BYTES`] longer.
     pub fn total_bytes(&self) -> u64 {
         let inner = self.inner.lock();
         inner.sealed.iter().map(|s| s.bytes).sum::<u64>() + inner.active.meta.bytes
@@ -390,17 +425,21 @@ fn take_group(waiting: &mut Vec<(u64, Vec<Record>)>) -> Vec<(u64, Vec<Record>)> 
     waiting.drain(..count).collect()
 }
 
-/// Creates segment `id`: new file, header, fdatasync, then a directory fsync so the file's name
-/// is durable before anything in it is acknowledged.
-fn create_segment(io: &dyn WalIo, dir: &Path, id: u64) -> Result<Active> {
+/// Creates segment `id`: new file, header, zeros up to the first preallocation chunk,
+/// fdatasync, then a directory fsync so the file's name is durable before anything in it is
+/// acknowledged.
+fn create_segment(io: &dyn WalIo, dir: &Path, id: u64, segment_bytes_max: u64) -> Result<Active> {
     let path = dir.join(format::segment_file_name(id));
     let file = io.create_new(&path).map_err(|e| WalError::io(&path, e))?;
+    let file_bytes = SEGMENT_PREALLOCATE_BYTES.min(segment_bytes_max);
     file.write_all_at(&format::encode_segment_header(id), 0)
+        .and_then(|()| write_zeros(file.as_ref(), SEGMENT_HEADER_BYTES as u64, file_bytes))
         .and_then(|()| file.sync_data())
         .map_err(|e| WalError::io(&path, e))?;
     io.sync_dir(dir).map_err(|e| WalError::io(dir, e))?;
     Ok(Active {
         meta: SegmentMeta::new(id, path),
         file,
+        file_bytes,
     })
 }

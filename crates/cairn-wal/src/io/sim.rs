@@ -52,12 +52,19 @@ impl fmt::Debug for SimIo {
 }
 
 /// What a power cut keeps of the bytes written after the last `sync_data` of each file.
+///
+/// The unsynced bytes are everything from the first byte that differs between the file now and
+/// its durable image to the end of the longer of the two: appends (the file grew, including by
+/// `set_len`) and overwrites of bytes the file already had (writes into a preallocated,
+/// zero-filled tail) alike. Where an unsynced write does not survive, the durable content stays
+/// (zeros beyond the durable length); an unsynced truncation survives only if the whole unsynced
+/// range does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PowerCut {
     /// Nothing: only synced data survives.
     DropUnsynced,
-    /// A prefix of the unsynced appended bytes, `kept_per_mille` thousandths of them (a torn
-    /// write).
+    /// A prefix of the unsynced bytes, `kept_per_mille` thousandths of them (a torn write); a
+    /// grown file keeps only the length that prefix reaches.
     KeepPrefix {
         /// 0..=1000.
         kept_per_mille: u32,
@@ -70,6 +77,45 @@ pub enum PowerCut {
         /// Sector size, such as 512 or 4096.
         sector_bytes: usize,
     },
+}
+
+/// The bytes of a file with durable image `durable` and current content `data` after a power
+/// cut (see [`PowerCut`]).
+fn after_power_cut(durable: &[u8], data: &[u8], mode: PowerCut) -> Vec<u8> {
+    let start = durable
+        .iter()
+        .zip(data)
+        .position(|(old, new)| old != new)
+        .unwrap_or(durable.len().min(data.len()));
+    let unsynced = data.len().max(durable.len()) - start;
+    match mode {
+        _ if unsynced == 0 => durable.to_vec(),
+        PowerCut::DropUnsynced => durable.to_vec(),
+        PowerCut::KeepPrefix { kept_per_mille } => {
+            let kept = unsynced * kept_per_mille.min(1000) as usize / 1000;
+            let mut out = data[..(start + kept).min(data.len())].to_vec();
+            if out.len() < durable.len() && kept < unsynced {
+                out.extend_from_slice(&durable[out.len()..]);
+            }
+            out
+        }
+        PowerCut::KeepSectors { seed, sector_bytes } => {
+            let sector_bytes = sector_bytes.max(1);
+            let len = data.len().max(durable.len());
+            let mut out = durable.to_vec();
+            out.resize(len, 0);
+            let mut at = start;
+            while at < len {
+                let end = ((at / sector_bytes + 1) * sector_bytes).min(len);
+                let new_end = end.min(data.len());
+                if sector_survives(seed, at / sector_bytes) && at < new_end {
+                    out[at..new_end].copy_from_slice(&data[at..new_end]);
+                }
+                at = end;
+            }
+            out
+        }
+    }
 }
 
 /// Whether sector number `sector` survives, as a deterministic function of `seed`.
@@ -111,8 +157,8 @@ impl SimIo {
         self.state.lock().syncs
     }
 
-    /// The disk a power cut would leave now: durable names with their durable bytes (plus, with
-    /// [`PowerCut::KeepPrefix`], part of their unsynced tail). This disk is left untouched.
+    /// The disk a power cut would leave now: durable names with their durable bytes plus, as
+    /// `mode` says, part of their unsynced bytes. This disk is left untouched.
     pub fn power_cut(&self, mode: PowerCut) -> SimIo {
         let state = self.state.lock();
         let mut files = BTreeMap::new();
@@ -120,33 +166,7 @@ impl SimIo {
             let Some(file) = state.files.get(path) else {
                 continue;
             };
-            let mut data = file.durable.clone();
-            let appended = file.data.len() > data.len() && file.data.starts_with(&data);
-            match mode {
-                PowerCut::KeepPrefix { kept_per_mille } if appended => {
-                    let unsynced = file.data.len() - data.len();
-                    let kept = unsynced * kept_per_mille.min(1000) as usize / 1000;
-                    data.extend_from_slice(
-                        &file.data[file.durable.len()..file.durable.len() + kept],
-                    );
-                }
-                PowerCut::KeepSectors { seed, sector_bytes } if appended => {
-                    let sector_bytes = sector_bytes.max(1);
-                    let mut at = data.len();
-                    while at < file.data.len() {
-                        let end = ((at / sector_bytes + 1) * sector_bytes).min(file.data.len());
-                        if sector_survives(seed, at / sector_bytes) {
-                            data.extend_from_slice(&file.data[at..end]);
-                        } else {
-                            data.resize(end, 0);
-                        }
-                        at = end;
-                    }
-                }
-                PowerCut::DropUnsynced
-                | PowerCut::KeepPrefix { .. }
-                | PowerCut::KeepSectors { .. } => {}
-            }
+            let data = after_power_cut(&file.durable, &file.data, mode);
             files.insert(
                 path.clone(),
                 SimFile {
@@ -357,5 +377,41 @@ impl WalIo for SimIo {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn power_cut_tears_appends_overwrites_and_truncations() {
+        let keep = |kept_per_mille| PowerCut::KeepPrefix { kept_per_mille };
+        // An append: a prefix of the new bytes, the file only as long as what was kept.
+        assert_eq!(after_power_cut(b"ab", b"abcdef", keep(500)), b"abcd");
+        // An overwrite of a zero-filled tail: a prefix of the new bytes, the length unchanged.
+        assert_eq!(
+            after_power_cut(&[1, 0, 0, 0, 0], &[1, 7, 7, 7, 7], keep(500)),
+            [1, 7, 7, 0, 0]
+        );
+        assert_eq!(
+            after_power_cut(&[1, 0, 0, 0], &[1, 7, 7, 7], PowerCut::DropUnsynced),
+            [1, 0, 0, 0]
+        );
+        // An unsynced truncation after a write: lost unless everything is kept.
+        assert_eq!(after_power_cut(b"abc000", b"abcS", keep(250)), b"abc000");
+        assert_eq!(after_power_cut(b"abc000", b"abcS", keep(1000)), b"abcS");
+        // Sectors: each changed sector is new or old (zeros beyond the durable length).
+        let sectors = PowerCut::KeepSectors {
+            seed: 3,
+            sector_bytes: 1,
+        };
+        let torn = after_power_cut(&[0; 4], &[9; 8], sectors);
+        assert_eq!(torn.len(), 8);
+        for (i, byte) in torn.iter().enumerate() {
+            let expected = if sector_survives(3, i) { 9 } else { 0 };
+            assert_eq!(*byte, expected, "byte {i}");
+        }
+        assert_eq!(after_power_cut(b"same", b"same", keep(0)), b"same");
     }
 }

@@ -46,6 +46,63 @@ fn round_trip_and_reopen_on_disk() {
     assert_eq!(replay, expected);
 }
 
+/// Segment files are zero-filled ahead of the log: the active one is as long as one
+/// preallocation chunk from the start, sealed ones end at their seal.
+#[test]
+fn segments_are_preallocated_and_trimmed_when_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let segment = dir.path().join("00000000000000000001.wal");
+    let file_bytes = || std::fs::metadata(&segment).unwrap().len();
+    assert_eq!(file_bytes(), cairn_wal::SEGMENT_PREALLOCATE_BYTES);
+    // A batch larger than the zero-filled part extends it by a chunk past the batch.
+    let big = Record {
+        group: 1,
+        index: 1,
+        payload: Bytes::from(vec![7u8; 5 << 20]),
+    };
+    wal.append(&[record(1, 0), big.clone()]).unwrap();
+    assert_eq!(file_bytes(), 2 * cairn_wal::SEGMENT_PREALLOCATE_BYTES);
+    let log_bytes = wal.total_bytes();
+    assert!(log_bytes < file_bytes());
+    drop(wal);
+    let (wal, replay) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(replay, vec![record(1, 0), big]);
+    assert_eq!(
+        wal.total_bytes(),
+        log_bytes,
+        "the zero tail is not log data"
+    );
+    drop(wal);
+
+    let io = SimIo::new();
+    let (wal, _) = open_sim(&io, 8192);
+    for i in 1..=300 {
+        wal.append(&[record(i % 4, i)]).unwrap();
+    }
+    let files = segments(&io);
+    let total: usize = files.iter().map(|f| io.file_bytes(f).unwrap().len()).sum();
+    let newest = io.file_bytes(files.last().unwrap()).unwrap().len();
+    assert_eq!(
+        newest, 8192,
+        "the active segment is preallocated up to its size"
+    );
+    assert_eq!(
+        (total - newest) as u64,
+        wal.total_bytes() - wal_active_bytes(&io, files.last().unwrap()),
+        "sealed segments hold no zero tail"
+    );
+}
+
+/// Bytes of log data in the active segment: everything up to its zero tail.
+fn wal_active_bytes(io: &SimIo, path: &std::path::Path) -> u64 {
+    let bytes = io.file_bytes(path).unwrap();
+    bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |last| last + 1) as u64
+}
+
 #[test]
 fn rotation_spreads_records_over_segments() {
     let io = SimIo::new();
