@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a node may take to start accepting connections before the test fails.
@@ -17,13 +18,28 @@ pub fn cairn_bin() -> &'static str {
     env!("CARGO_BIN_EXE_cairn")
 }
 
-/// A free loopback port (bound then released; good enough for tests on one machine).
+/// First port handed to tests: below Linux's ephemeral range (32768–60999), so no outgoing
+/// connection can be holding it.
+const TEST_PORT_BASE: u16 = 20_000;
+/// How many ports tests may use, from [`TEST_PORT_BASE`].
+const TEST_PORT_SPAN: u16 = 12_000;
+
+/// A free loopback port for a test server.
+///
+/// Binding port 0 and releasing it would race: parallel tests could be handed the same port,
+/// and a node could then take another test's server for its own. Ports come instead from a
+/// per-process counter (each test binary starts at its own offset) and are checked bindable.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let offset = (std::process::id() % 50) as u16 * 200;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < TEST_PORT_SPAN, "tests ran out of ports");
+        let port = TEST_PORT_BASE + (offset + n) % TEST_PORT_SPAN;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One running `cairn server` process.
