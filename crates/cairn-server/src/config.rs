@@ -27,6 +27,8 @@ pub const VALUE_BYTES_MAX_DEFAULT: usize = cairn_storage::VALUE_BYTES_MAX_DEFAUL
 pub const VALUE_BYTES_MAX_LIMIT: usize = 512 * 1024 * 1024;
 /// Default cap on concurrent client connections per front end.
 pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
+/// Most runtime worker threads that can be configured.
+pub const WORKER_THREADS_MAX: usize = 1024;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
@@ -86,6 +88,11 @@ pub struct ServerArgs {
     /// everysec = fsync once a second, never = leave it to the OS [default: always]
     #[arg(long, env = "CAIRN_SYNC", value_enum)]
     pub sync: Option<SyncMode>,
+    /// Threads serving client connections (the WAL writer has its own) [default: one per CPU
+    /// core]. Fewer threads than cores can be faster when clients share the machine: see
+    /// docs/benchmarks.md
+    #[arg(long, env = "CAIRN_WORKER_THREADS", value_name = "N")]
+    pub worker_threads: Option<usize>,
 }
 
 /// The same options as read from a `--config` TOML file.
@@ -101,6 +108,7 @@ pub struct FileConfig {
     pub value_bytes_max: Option<usize>,
     pub max_connections: Option<usize>,
     pub sync: Option<SyncMode>,
+    pub worker_threads: Option<usize>,
 }
 
 /// Fully resolved server configuration.
@@ -116,6 +124,8 @@ pub struct ServerConfig {
     pub value_bytes_max: usize,
     pub max_connections: usize,
     pub sync: SyncMode,
+    /// Runtime worker threads for the front ends.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -130,6 +140,7 @@ impl Default for ServerConfig {
             value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
             max_connections: MAX_CONNECTIONS_DEFAULT,
             sync: SyncMode::Always,
+            worker_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -162,6 +173,10 @@ impl ServerArgs {
                 .or(file.max_connections)
                 .unwrap_or(d.max_connections),
             sync: self.sync.or(file.sync).unwrap_or(d.sync),
+            worker_threads: self
+                .worker_threads
+                .or(file.worker_threads)
+                .unwrap_or(d.worker_threads),
         };
         config.validate()?;
         Ok(config)
@@ -193,6 +208,11 @@ impl ServerConfig {
             self.max_connections >= 1,
             "max_connections must be at least 1"
         );
+        anyhow::ensure!(
+            (1..=WORKER_THREADS_MAX).contains(&self.worker_threads),
+            "worker_threads must be between 1 and {WORKER_THREADS_MAX}, got {}",
+            self.worker_threads
+        );
         Ok(())
     }
 }
@@ -214,7 +234,7 @@ mod tests {
         let file = dir.path().join("cairn.toml");
         std::fs::write(
             &file,
-            "resp_addr = \"127.0.0.1:9000\"\nshards = 4\nsync = \"never\"\n",
+            "resp_addr = \"127.0.0.1:9000\"\nshards = 4\nsync = \"never\"\nworker_threads = 3\n",
         )
         .unwrap();
         let cli = Cli::try_parse_from(["x", "--config", file.to_str().unwrap(), "--shards", "8"])
@@ -227,6 +247,7 @@ mod tests {
             "file wins over default"
         );
         assert_eq!(config.sync, SyncMode::Never);
+        assert_eq!(config.worker_threads, 3);
         assert_eq!(config.http_addr, HTTP_ADDR_DEFAULT.parse().unwrap());
         assert_eq!(config.data_dir, PathBuf::from(DATA_DIR_DEFAULT));
     }
@@ -243,6 +264,11 @@ mod tests {
         assert!(args.resolve().is_err());
         let args = ServerArgs {
             value_bytes_max: Some(0),
+            ..Default::default()
+        };
+        assert!(args.resolve().is_err());
+        let args = ServerArgs {
+            worker_threads: Some(0),
             ..Default::default()
         };
         assert!(args.resolve().is_err());

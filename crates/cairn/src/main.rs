@@ -33,6 +33,7 @@ fn server(args: cairn_server::config::ServerArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .worker_threads(config.worker_threads)
         .thread_name("cairn")
         .build()?;
     runtime.block_on(cairn_server::server::run(config, shutdown_signal()))
