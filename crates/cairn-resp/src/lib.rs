@@ -31,4 +31,4 @@ pub use limits::{
     INLINE_BYTES_MAX, Limits, MULTIBULK_COUNT_MAX, REDIS_BULK_BYTES_MAX, REDIS_MULTIBULK_COUNT_MAX,
     REDIS_REQUEST_BYTES_MAX,
 };
-pub use request::{Request, RequestDecoder, is_cross_protocol_command};
+pub use request::{Request, RequestDecoder, is_cross_protocol_command, parse_i64};

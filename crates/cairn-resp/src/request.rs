@@ -267,8 +267,10 @@ fn bulk_header(buf: &mut BytesMut, limits: &Limits) -> Result<Option<usize>, Pro
     Ok(Some(bytes as usize))
 }
 
-/// Redis's `string2ll`: optional `-`, no `+`, no leading zeros, no spaces, no overflow.
-pub(crate) fn parse_i64(s: &[u8]) -> Option<i64> {
+/// Redis's `string2ll`: optional `-`, no `+`, no leading zeros, no spaces, no overflow. The
+/// server parses every integer argument (INCRBY, EXPIRE, SELECT, ...) with it too, so they
+/// accept exactly what Redis accepts.
+pub fn parse_i64(s: &[u8]) -> Option<i64> {
     /// Longest decimal i64 with sign (`-9223372036854775808`).
     const I64_DIGITS_MAX: usize = 20;
     if s.is_empty() || s.len() > I64_DIGITS_MAX {
@@ -639,6 +641,8 @@ mod tests {
             b" 1",
             b"1 ",
             b"9223372036854775808",
+            b"1.0",
+            b"abc",
         ] {
             assert_eq!(parse_i64(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }

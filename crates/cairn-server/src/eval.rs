@@ -14,9 +14,9 @@ use crate::command::{BatchOp, Command, Condition, ExpireCondition, Expiry};
 use crate::effects::{Effect, Effects};
 use crate::error::CommandError;
 use crate::long_double::incr_by_float;
-use crate::numeric::parse_int;
 use crate::reply::{Entry, Reply, SetOutcome};
 use crate::shards::Shards;
+use cairn_resp::parse_i64;
 
 /// A key's state as evaluation sees it.
 #[derive(Debug, Clone)]
@@ -303,7 +303,7 @@ impl<'a> Eval<'a> {
                 let current = self.read(&key)?;
                 let (old, expires) = match current {
                     Some(c) => (
-                        parse_int(&c.value).ok_or(CommandError::NotInteger)?,
+                        parse_i64(&c.value).ok_or(CommandError::NotInteger)?,
                         c.expires_at_ms,
                     ),
                     None => (0, None),

@@ -6,7 +6,7 @@
 //! - [`node`]: the executor (`Node::execute`), reads, background work;
 //! - [`writer`], [`eval`], [`effects`], [`log`]: propose → commit → apply with group commit;
 //! - [`shards`], [`shard`], [`slot`], [`expiry`], [`scan`]: keyspace layout and routing;
-//! - [`numeric`], [`long_double`]: Redis's number parsing and formatting rules;
+//! - [`long_double`]: INCRBYFLOAT's arithmetic (integers: `cairn_resp::parse_i64`);
 //! - [`resp`], [`http`], [`grpc`]: the front ends (thin codecs over `Node::execute`);
 //! - [`metrics`]; [`config`]; [`server`] (the composition root: `server::run`).
 //!
@@ -26,7 +26,6 @@ pub mod log;
 pub mod long_double;
 pub mod metrics;
 pub mod node;
-pub mod numeric;
 pub mod reply;
 pub mod resp;
 pub mod scan;

@@ -80,13 +80,13 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         stop_rx.clone(),
     ));
     let (max_conns, stop) = (config.max_connections, || shutdown_signal(stop_rx.clone()));
-    tasks.spawn(crate::grpc::serve_with_limit(
+    tasks.spawn(crate::grpc::serve(
         node.clone(),
         config.grpc_addr,
         max_conns,
         stop(),
     ));
-    tasks.spawn(crate::http::serve_with_limit(
+    tasks.spawn(crate::http::serve(
         node.clone(),
         config.http_addr,
         max_conns,

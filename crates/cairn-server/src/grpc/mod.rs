@@ -37,17 +37,8 @@ const MESSAGE_OVERHEAD_BYTES: usize = cairn_storage::KEY_BYTES_MAX + 64 * 1024;
 const REQUESTS_PER_CONNECTION_MAX: usize = 1024;
 
 /// Serve gRPC on `addr` until `shutdown` resolves, then drain in-flight requests; at most
-/// [`crate::config::MAX_CONNECTIONS_DEFAULT`] connections.
+/// `max_connections` client connections are open at once (`--max-connections`).
 pub async fn serve(
-    node: Arc<Node>,
-    addr: SocketAddr,
-    shutdown: impl Future + Send + 'static,
-) -> anyhow::Result<()> {
-    serve_with_limit(node, addr, crate::config::MAX_CONNECTIONS_DEFAULT, shutdown).await
-}
-
-/// [`serve`] with at most `max_connections` open client connections (`--max-connections`).
-pub async fn serve_with_limit(
     node: Arc<Node>,
     addr: SocketAddr,
     max_connections: usize,

@@ -42,18 +42,9 @@ struct AppState {
     put_body_bytes_max: usize,
 }
 
-/// Serve HTTP on `addr` until `shutdown` resolves, then finish in-flight requests; at most
-/// [`crate::config::MAX_CONNECTIONS_DEFAULT`] connections.
+/// Serve HTTP on `addr` until `shutdown` resolves, then finish in-flight requests; at most `max_connections`
+/// client connections are open at once (`--max-connections`).
 pub async fn serve(
-    node: Arc<Node>,
-    addr: SocketAddr,
-    shutdown: impl Future + Send + 'static,
-) -> anyhow::Result<()> {
-    serve_with_limit(node, addr, crate::config::MAX_CONNECTIONS_DEFAULT, shutdown).await
-}
-
-/// [`serve`] with at most `max_connections` open client connections (`--max-connections`).
-pub async fn serve_with_limit(
     node: Arc<Node>,
     addr: SocketAddr,
     max_connections: usize,

@@ -6,12 +6,11 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cairn_resp::{Frame, Protocol};
+use cairn_resp::{Frame, Protocol, parse_i64};
 
 use crate::command::{Command, Condition, ExpireCondition, Expiry};
 use crate::error::CommandError;
 use crate::long_double::is_float;
-use crate::numeric::parse_int;
 use crate::resp::introspection;
 use crate::resp::render::{Render, TtlKind};
 use crate::resp::session::{Session, Shared};
@@ -52,7 +51,7 @@ fn arity_error(name: &str) -> Frame {
 }
 
 fn int(arg: &[u8]) -> Result<i64, Frame> {
-    parse_int(arg).ok_or_else(|| error(CommandError::NotInteger))
+    parse_i64(arg).ok_or_else(|| error(CommandError::NotInteger))
 }
 
 fn lower(arg: &[u8]) -> String {
@@ -548,7 +547,7 @@ fn local_command(
         },
         "echo" => Frame::Bulk(args[1].clone()),
         "quit" => return Action::Close(Frame::ok()),
-        "select" => match parse_int(&args[1]).filter(|n| i32::try_from(*n).is_ok()) {
+        "select" => match parse_i64(&args[1]).filter(|n| i32::try_from(*n).is_ok()) {
             None => error(CommandError::NotInteger),
             Some(0) => Frame::ok(),
             Some(_) => err_text("ERR DB index is out of range"),
@@ -588,7 +587,7 @@ fn auth(args: &[Bytes]) -> Frame {
 fn hello(args: &[Bytes], session: &mut Session, shared: &Shared) -> Frame {
     let mut protocol = session.protocol;
     if let Some(version) = args.first() {
-        match parse_int(version) {
+        match parse_i64(version) {
             None => return err_text("ERR Protocol version is not an integer or out of range"),
             Some(2) => protocol = Protocol::Resp2,
             Some(3) => protocol = Protocol::Resp3,
