@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Compare Cairn with redis-server under redis-benchmark, in one run on one machine.
 
-Starts a release `cairn server` (durable by default) and redis-server twice (AOF with
+Starts a release `cairn server` (durable by default; at its default worker-thread count and
+with `--worker-threads 1`) and redis-server twice (AOF with
 `appendfsync always`, then `everysec`), runs redis-benchmark against each with the same
 workload (50 clients, 256-byte values, pipeline 1 and 16; SET, GET, INCR, MSET), prints a
 table of requests/s with Cairn's ratio to each Redis mode, and rewrites the section between
@@ -68,12 +69,12 @@ def bench(port, pipeline, requests):
     return rows
 
 
-def run_cairn(binary, pipeline, requests, work):
+def run_cairn(binary, pipeline, requests, work, extra_args):
     data = tempfile.mkdtemp(dir=work)
     resp, http, grpc = free_port(), free_port(), free_port()
     proc = subprocess.Popen(
         [binary, "server", "--data-dir", data, "--resp-addr", f"127.0.0.1:{resp}",
-         "--http-addr", f"127.0.0.1:{http}", "--grpc-addr", f"127.0.0.1:{grpc}"],
+         "--http-addr", f"127.0.0.1:{http}", "--grpc-addr", f"127.0.0.1:{grpc}", *extra_args],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(resp, proc)
@@ -115,7 +116,9 @@ def main():
     results = {}
     try:
         for p in PIPELINES:
-            results[("cairn", p)] = run_cairn(binary, p, args.requests, work)
+            results[("cairn", p)] = run_cairn(binary, p, args.requests, work, [])
+            results[("cairn1", p)] = run_cairn(binary, p, args.requests, work,
+                                               ["--worker-threads", "1"])
             results[("always", p)] = run_redis("always", p, args.requests, work)
             results[("everysec", p)] = run_redis("everysec", p, args.requests, work)
     finally:
@@ -126,20 +129,23 @@ def main():
         f"{time.strftime('%Y-%m-%d')}; {os.cpu_count()} cores, {platform.machine()}, "
         f"Linux {platform.release()}; redis-server {redis_version}; redis-benchmark "
         f"-c {CLIENTS} -d {VALUE_BYTES} -r {KEYSPACE}; Cairn durable default (every write "
-        "fsynced before the reply). Redis with AOF, `appendfsync always` and `everysec`.",
+        "fsynced before the reply), once with its default worker threads (one per core) and once "
+        "with `--worker-threads 1`. Redis with AOF, `appendfsync always` and `everysec`.",
         "",
-        "| test | pipeline | Cairn req/s | Redis always req/s | Redis everysec req/s "
-        "| Cairn / always | Cairn / everysec |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| test | pipeline | Cairn req/s | Cairn 1 worker req/s | Redis always req/s "
+        "| Redis everysec req/s | Cairn / always | Cairn / everysec "
+        "| Cairn 1w / always | Cairn 1w / everysec |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in PIPELINES:
         for t in TESTS:
             c = results[("cairn", p)].get(t, 0.0)
+            c1 = results[("cairn1", p)].get(t, 0.0)
             a = results[("always", p)].get(t, 0.0)
             e = results[("everysec", p)].get(t, 0.0)
-            ra = f"{c / a:.2f}x" if a else "n/a"
-            re_ = f"{c / e:.2f}x" if e else "n/a"
-            lines.append(f"| {t} | {p} | {c:,.0f} | {a:,.0f} | {e:,.0f} | {ra} | {re_} |")
+            ratios = " | ".join(f"{x / y:.2f}x" if y else "n/a"
+                                for x in (c, c1) for y in (a, e))
+            lines.append(f"| {t} | {p} | {c:,.0f} | {c1:,.0f} | {a:,.0f} | {e:,.0f} | {ratios} |")
     table = "\n".join(lines)
     print(table)
     if args.no_write:
