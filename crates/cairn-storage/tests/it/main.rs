@@ -4,6 +4,7 @@ mod basic;
 mod concurrency;
 mod corruption;
 mod crash;
+mod fixture;
 mod model;
 mod poison;
 mod power_cut;
