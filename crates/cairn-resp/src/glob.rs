@@ -128,12 +128,6 @@ impl Pattern {
         Pattern { tokens, nocase }
     }
 
-    /// Whether this pattern is a lone `*` (matches every non-empty key; callers such as KEYS
-    /// skip matching entirely, as Redis does).
-    pub fn is_match_all(&self) -> bool {
-        self.tokens == [Token::Star]
-    }
-
     fn token_matches(&self, token: &Token, c: u8) -> bool {
         match token {
             Token::Star => true,

@@ -26,8 +26,6 @@ pub enum CommandError {
     KeyTooLarge { len: usize, max: usize },
     #[error("ERR value is {len} bytes; the limit is {max}")]
     ValueTooLarge { len: usize, max: usize },
-    #[error("ERR empty keys are not supported")]
-    EmptyKey,
     #[error("ERR syntax error")]
     Syntax,
     /// A request the front end could not express otherwise; the text follows `ERR `.
@@ -53,7 +51,6 @@ impl From<cairn_storage::Error> for CommandError {
             cairn_storage::Error::ValueTooLarge { len, max } => {
                 CommandError::ValueTooLarge { len, max }
             }
-            cairn_storage::Error::EmptyKey => CommandError::EmptyKey,
             cairn_storage::Error::Poisoned(m) => CommandError::Fatal(m),
             other => CommandError::Storage(other.to_string()),
         }

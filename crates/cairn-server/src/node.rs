@@ -270,9 +270,6 @@ impl Node {
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), CommandError> {
-        if key.is_empty() {
-            return Err(CommandError::EmptyKey);
-        }
         if key.len() > KEY_BYTES_MAX {
             return Err(CommandError::KeyTooLarge {
                 len: key.len(),
@@ -295,7 +292,7 @@ impl Node {
 
     /// A key the engine cannot hold cannot exist: reads of it find nothing.
     fn readable(key: &[u8]) -> bool {
-        !key.is_empty() && key.len() <= KEY_BYTES_MAX
+        key.len() <= KEY_BYTES_MAX
     }
 
     fn get_entry(&self, key: &Bytes) -> Result<Option<Entry>, CommandError> {
@@ -399,7 +396,9 @@ impl Node {
     }
 
     fn keys(&self, pattern: &[u8]) -> Vec<Bytes> {
-        let glob = Pattern::new(pattern, false);
+        // `KEYS *` (exactly that one byte) lists every key without matching, as Redis's
+        // keysCommand does (`allkeys`): the glob itself never matches the empty key.
+        let glob = (pattern != b"*").then(|| Pattern::new(pattern, false));
         let range = KeyRange::prefix(Bytes::copy_from_slice(literal_prefix(pattern)));
         let mut out = Vec::new();
         for shard in &self.shards.list {
@@ -408,7 +407,11 @@ impl Node {
                 as_ref_bound(&range.end),
                 usize::MAX,
             );
-            out.extend(keys.into_iter().map(|(k, _)| k).filter(|k| glob.matches(k)));
+            out.extend(
+                keys.into_iter()
+                    .map(|(k, _)| k)
+                    .filter(|k| glob.as_ref().is_none_or(|g| g.matches(k))),
+            );
         }
         out
     }

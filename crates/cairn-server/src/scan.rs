@@ -65,9 +65,11 @@ impl ScanCursors {
                     after: None,
                 })
         };
+        // MATCH `*` (exactly that one byte) skips matching, as Redis's scanGenericCommand does,
+        // so it lists the empty key too.
         let glob = pattern
-            .map(|p| Pattern::new(p, false))
-            .filter(|g| !g.is_match_all());
+            .filter(|p| *p != b"*")
+            .map(|p| Pattern::new(p, false));
         // Only strings exist: any other TYPE filter matches nothing (the keys are still walked,
         // as Redis does).
         let type_ok = type_filter.is_none_or(|t| t.eq_ignore_ascii_case(b"string"));

@@ -21,9 +21,10 @@ pub struct WriteBatch {
     pub(crate) error: Option<BatchError>,
 }
 
+/// Named after the public [`Error`] variants each one becomes.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum BatchError {
-    EmptyKey,
     KeyTooLarge(usize),
     ValueTooLarge(usize),
     BatchTooLarge(usize),
@@ -32,7 +33,6 @@ pub(crate) enum BatchError {
 impl BatchError {
     pub(crate) fn into_error(self, value_bytes_max: usize) -> Error {
         match self {
-            BatchError::EmptyKey => Error::EmptyKey,
             BatchError::KeyTooLarge(len) => Error::KeyTooLarge {
                 len,
                 max: KEY_BYTES_MAX,
@@ -51,9 +51,7 @@ impl BatchError {
 
 /// Checks a key against the limits.
 pub(crate) fn check_key(key: &[u8]) -> Result<(), BatchError> {
-    if key.is_empty() {
-        Err(BatchError::EmptyKey)
-    } else if key.len() > KEY_BYTES_MAX {
+    if key.len() > KEY_BYTES_MAX {
         Err(BatchError::KeyTooLarge(key.len()))
     } else {
         Ok(())

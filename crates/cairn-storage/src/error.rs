@@ -18,8 +18,6 @@ pub enum Error {
     KeyTooLarge { len: usize, max: usize },
     #[error("value is {len} bytes; the limit is {max}")]
     ValueTooLarge { len: usize, max: usize },
-    #[error("empty key")]
-    EmptyKey,
     #[error("directory is locked by another process: {0}")]
     Locked(String),
     #[error("version {given} is not greater than last sequence {last}")]

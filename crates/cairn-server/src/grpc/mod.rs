@@ -120,7 +120,6 @@ fn status_of(error: CommandError) -> Status {
         | CommandError::StringTooLong
         | CommandError::KeyTooLarge { .. }
         | CommandError::ValueTooLarge { .. }
-        | CommandError::EmptyKey
         | CommandError::Syntax
         | CommandError::Invalid(_) => Status::invalid_argument(message),
         CommandError::ShuttingDown => Status::unavailable(message),

@@ -298,8 +298,12 @@ fn key_of(uri: &Uri) -> Result<Bytes, ApiError> {
     let raw = uri.path().strip_prefix(KEY_PATH_PREFIX).unwrap_or_default();
     let key = percent_decode(raw, false)
         .ok_or_else(|| ApiError::bad_request("malformed percent-encoding in the key"))?;
+    // The engine and the other front ends accept the empty key (as Redis does), but
+    // `/v1/kv/` reads as the collection, not a key: HTTP asks for a non-empty one.
     if key.is_empty() {
-        return Err(ApiError::bad_request("empty keys are not supported"));
+        return Err(ApiError::bad_request(
+            "a key is required after /v1/kv/ (the empty key is reachable over RESP and gRPC)",
+        ));
     }
     Ok(key)
 }

@@ -195,7 +195,6 @@ impl From<CommandError> for ApiError {
             | CommandError::NanOrInfinity
             | CommandError::InvalidExpireTime(_)
             | CommandError::OffsetOutOfRange
-            | CommandError::EmptyKey
             | CommandError::Syntax
             | CommandError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
             CommandError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

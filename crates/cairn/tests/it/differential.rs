@@ -18,8 +18,8 @@ use crate::support::{Node, RawConn, free_port};
 const OPS_PER_SEED: usize = 1500;
 /// Independent sequences; each starts from an empty keyspace.
 const SEEDS: u64 = 6;
-/// A small key space makes commands collide on the same keys.
-const KEYS: &[&str] = &["k0", "k1", "k2", "k3", "{t}a", "{t}b", "num", "f"];
+/// A small key space makes commands collide on the same keys (the empty key included).
+const KEYS: &[&str] = &["k0", "k1", "k2", "k3", "{t}a", "{t}b", "num", "f", ""];
 
 /// A real redis-server on a free port, without persistence; killed on drop.
 struct Redis {
@@ -257,7 +257,7 @@ fn random_command(rng: &mut Rng) -> (Vec<String>, Compare) {
         }
         31 => vec!["DBSIZE".into()],
         32 => {
-            let pattern = rng.pick(&["*", "k*", "{t}*", "k[0-1]", "?um", "*a*", "[^k]*"]);
+            let pattern = rng.pick(&["*", "**", "k*", "{t}*", "k[0-1]", "?um", "*a*", "[^k]*"]);
             return (vec!["KEYS".into(), pattern.into()], Compare::Unordered);
         }
         33 => vec!["ECHO".into(), value(rng)],
