@@ -8,7 +8,11 @@ workload (50 clients, 256-byte values, pipeline 1 and 16; SET, GET, INCR, MSET),
 table of requests/s with Cairn's ratio to each Redis mode, and rewrites the section between
 the markers in docs/benchmarks.md.
 
-Usage: scripts/bench-redis.py [--requests N] [--no-write]
+Each of --runs N runs (default 3) measures every configuration once, interleaved (cairn,
+cairn --worker-threads 1, redis always, redis everysec, for each pipeline depth); the table
+reports the median req/s per cell and a second table the min-max spread.
+
+Usage: scripts/bench-redis.py [--requests N] [--runs N] [--no-write]
 """
 
 import argparse
@@ -19,6 +23,7 @@ import platform
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -104,6 +109,7 @@ def run_redis(fsync, pipeline, requests, work):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=200_000)
+    ap.add_argument("--runs", type=int, default=3, help="interleaved runs; the median is kept")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
     args = ap.parse_args()
 
@@ -113,24 +119,34 @@ def main():
     redis_version = subprocess.run(["redis-server", "--version"], capture_output=True,
                                    text=True).stdout.split()[2]
     work = tempfile.mkdtemp(prefix="cairn-bench-")
-    results = {}
+    samples = {}  # (config, pipeline) -> [ {TEST: req/s}, ... ] one per run
     try:
-        for p in PIPELINES:
-            results[("cairn", p)] = run_cairn(binary, p, args.requests, work, [])
-            results[("cairn1", p)] = run_cairn(binary, p, args.requests, work,
-                                               ["--worker-threads", "1"])
-            results[("always", p)] = run_redis("always", p, args.requests, work)
-            results[("everysec", p)] = run_redis("everysec", p, args.requests, work)
+        for run in range(args.runs):
+            for p in PIPELINES:
+                for key, fn in (
+                        ("cairn", lambda: run_cairn(binary, p, args.requests, work, [])),
+                        ("cairn1", lambda: run_cairn(binary, p, args.requests, work,
+                                                     ["--worker-threads", "1"])),
+                        ("always", lambda: run_redis("always", p, args.requests, work)),
+                        ("everysec", lambda: run_redis("everysec", p, args.requests, work))):
+                    samples.setdefault((key, p), []).append(fn())
+            print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    def cell(key, p, t):
+        return [r.get(t, 0.0) for r in samples[(key, p)]]
+
+    results = {k: {t: statistics.median(cell(k[0], k[1], t)) for t in TESTS} for k in samples}
+
     lines = [
-        f"Run: `scripts/bench-redis.py --requests {args.requests}` on "
+        f"Run: `scripts/bench-redis.py --requests {args.requests} --runs {args.runs}` on "
         f"{time.strftime('%Y-%m-%d')}; {os.cpu_count()} cores, {platform.machine()}, "
         f"Linux {platform.release()}; redis-server {redis_version}; redis-benchmark "
         f"-c {CLIENTS} -d {VALUE_BYTES} -r {KEYSPACE}; Cairn durable default (every write "
         "fsynced before the reply), once with its default worker threads (one per core) and once "
-        "with `--worker-threads 1`. Redis with AOF, `appendfsync always` and `everysec`.",
+        "with `--worker-threads 1`. Redis with AOF, `appendfsync always` and `everysec`. "
+        f"Median of {args.runs} interleaved runs; spread below.",
         "",
         "| test | pipeline | Cairn req/s | Cairn 1 worker req/s | Redis always req/s "
         "| Redis everysec req/s | Cairn / always | Cairn / everysec "
@@ -146,6 +162,22 @@ def main():
             ratios = " | ".join(f"{x / y:.2f}x" if y else "n/a"
                                 for x in (c, c1) for y in (a, e))
             lines.append(f"| {t} | {p} | {c:,.0f} | {c1:,.0f} | {a:,.0f} | {e:,.0f} | {ratios} |")
+    lines += [
+        "",
+        f"Spread (min–max req/s over {args.runs} runs):",
+        "",
+        "| test | pipeline | Cairn | Cairn 1 worker | Redis always | Redis everysec |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+
+    def k(x):
+        return f"{x / 1000:.0f}k"
+
+    for p in PIPELINES:
+        for t in TESTS:
+            spreads = " | ".join(f"{k(min(cell(c, p, t)))}–{k(max(cell(c, p, t)))}"
+                                 for c in ("cairn", "cairn1", "always", "everysec"))
+            lines.append(f"| {t} | {p} | {spreads} |")
     table = "\n".join(lines)
     print(table)
     if args.no_write:
