@@ -12,7 +12,12 @@ Each of --runs N runs (default 3) measures every configuration once, interleaved
 cairn --worker-threads 1, redis always, redis everysec, for each pipeline depth); the table
 reports the median req/s per cell and a second table the min-max spread.
 
-Usage: scripts/bench-redis.py [--requests N] [--runs N] [--no-write]
+With --configs and/or --tests naming a subset (e.g. `--configs cairn --tests set,get,incr`,
+for a before/after comparison of one change) it prints the medians and spreads of that subset
+and leaves docs/benchmarks.md alone.
+
+Usage: scripts/bench-redis.py [--requests N] [--runs N] [--configs LIST] [--tests LIST]
+                              [--no-write]
 """
 
 import argparse
@@ -107,11 +112,19 @@ def run_redis(fsync, pipeline, requests, work):
 
 
 def main():
+    global TESTS
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=3, help="interleaved runs; the median is kept")
+    ap.add_argument("--configs", default="cairn,cairn1,always,everysec",
+                    help="subset of cairn,cairn1,always,everysec")
+    ap.add_argument("--tests", default=",".join(TESTS).lower(), help="subset of set,get,incr,mset")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
     args = ap.parse_args()
+    configs = args.configs.split(",")
+    TESTS = [t.upper() for t in args.tests.split(",")]
+    subset = configs != ["cairn", "cairn1", "always", "everysec"] or TESTS != [
+        "SET", "GET", "INCR", "MSET"]
 
     subprocess.run(["cargo", "build", "--release", "-p", "cairn"], cwd=ROOT, check=True)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
@@ -129,6 +142,8 @@ def main():
                                                      ["--worker-threads", "1"])),
                         ("always", lambda: run_redis("always", p, args.requests, work)),
                         ("everysec", lambda: run_redis("everysec", p, args.requests, work))):
+                    if key not in configs:
+                        continue
                     samples.setdefault((key, p), []).append(fn())
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
     finally:
@@ -138,6 +153,13 @@ def main():
         return [r.get(t, 0.0) for r in samples[(key, p)]]
 
     results = {k: {t: statistics.median(cell(k[0], k[1], t)) for t in TESTS} for k in samples}
+    if subset:
+        for (key, p) in samples:
+            for t in TESTS:
+                v = cell(key, p, t)
+                print(f"{key:8} {t:5} P{p:<3} median {statistics.median(v):>10,.0f}  "
+                      f"({min(v) / 1000:.0f}k–{max(v) / 1000:.0f}k)")
+        return
 
     lines = [
         f"Run: `scripts/bench-redis.py --requests {args.requests} --runs {args.runs}` on "
