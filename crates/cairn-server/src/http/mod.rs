@@ -42,8 +42,8 @@ struct AppState {
     put_body_bytes_max: usize,
 }
 
-/// Serve HTTP on `addr` until `shutdown` resolves, then finish in-flight requests; at most `max_connections`
-/// client connections are open at once (`--max-connections`).
+/// Serve HTTP on `addr` until `shutdown` resolves, then finish in-flight requests; at most
+/// `max_connections` client connections are open at once (`--max-connections`).
 pub async fn serve(
     node: Arc<Node>,
     addr: SocketAddr,
