@@ -50,8 +50,9 @@ pub fn incr_by_float(current: Option<&[u8]>, delta: &[u8]) -> Result<Bytes, Comm
         return Err(CommandError::NotFloat);
     }
     let (cur_ptr, cur_len) = current.map_or((std::ptr::null(), 0), |c| (c.as_ptr(), c.len()));
-    // Room for the longest "%.17Lf" of a finite long double (about 4950 digits) plus NUL.
-    let mut out = vec![0u8; FLOAT_CHARS_MAX + 1];
+    // Room for the longest "%.17Lf" of a finite long double (about 4950 digits) plus NUL, on
+    // the stack: this runs on the writer thread every write waits for.
+    let mut out = [0u8; FLOAT_CHARS_MAX + 1];
     let mut out_len = 0usize;
     // SAFETY: input pointers/lengths describe live slices (null with length 0 only when
     // `has_current` is 0, in which case the shim does not read it); `out` is writable for
@@ -72,8 +73,7 @@ pub fn incr_by_float(current: Option<&[u8]>, delta: &[u8]) -> Result<Bytes, Comm
     match code {
         LD_OK => {
             assert!(out_len < out.len(), "shim reported {out_len} bytes");
-            out.truncate(out_len);
-            Ok(Bytes::from(out))
+            Ok(Bytes::copy_from_slice(&out[..out_len]))
         }
         LD_NOT_FLOAT => Err(CommandError::NotFloat),
         LD_NAN_OR_INF => Err(CommandError::NanOrInfinity),
