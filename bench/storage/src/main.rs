@@ -220,14 +220,17 @@ impl IoFile for SlowFile {
 }
 
 impl Io for SlowSyncIo {
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        StdIo.create_dir_all(dir)
+    fn create_dir(&self, dir: &Path) -> std::io::Result<()> {
+        StdIo.create_dir(dir)
     }
     fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
         StdIo.list_dir(dir)
     }
     fn create(&self, path: &Path) -> std::io::Result<Arc<dyn IoFile>> {
         Ok(Arc::new(SlowFile(StdIo.create(path)?)))
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Arc<dyn IoFile>> {
+        Ok(Arc::new(SlowFile(StdIo.create_new(path)?)))
     }
     fn open(&self, path: &Path) -> std::io::Result<Arc<dyn IoFile>> {
         Ok(Arc::new(SlowFile(StdIo.open(path)?)))
@@ -238,7 +241,7 @@ impl Io for SlowSyncIo {
     fn remove(&self, path: &Path) -> std::io::Result<()> {
         StdIo.remove(path)
     }
-    fn exists(&self, path: &Path) -> bool {
+    fn exists(&self, path: &Path) -> std::io::Result<bool> {
         StdIo.exists(path)
     }
     fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {

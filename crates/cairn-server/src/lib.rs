@@ -37,7 +37,7 @@ pub mod writer;
 
 pub use command::{BatchOp, Command, Condition, ExpireCondition, Expiry, KeyRange};
 pub use error::CommandError;
-pub use node::{Node, NodeOptions};
+pub use node::{Node, NodeOptions, StorageTuning};
 pub use reply::{
     ClusterStatus, Entry, KeyTtl, KeyType, NodeInfo, NodeState, Reply, SetOutcome, ShardInfo,
     ShardStats,

@@ -8,7 +8,9 @@
 //! `always` are replayed whatever the mode of the restart.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use cairn_io::Io;
 use cairn_wal::{Record, Wal, WalOptions};
 
 use crate::config::SyncMode;
@@ -34,10 +36,14 @@ impl CommitLog {
         data_dir: &Path,
         mode: SyncMode,
         shards: &Shards,
-        wal_options: WalOptions,
+        io: Arc<dyn Io>,
+        segment_bytes_max: u64,
     ) -> anyhow::Result<(CommitLog, u64)> {
         let dir = wal_dir(data_dir);
-        std::fs::create_dir_all(&dir)?;
+        let wal_options = WalOptions {
+            io,
+            segment_bytes_max,
+        };
         let (wal, records) = Wal::open(&dir, wal_options).map_err(|e| {
             anyhow::anyhow!("cannot open the write-ahead log in {}: {e}", dir.display())
         })?;

@@ -50,6 +50,31 @@ pub struct NodeOptions {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub resp_addr: SocketAddr,
+    /// Every file and directory the node touches goes through this: [`cairn_io::StdIo`] in
+    /// production, a simulated disk in power-cut tests.
+    pub io: Arc<dyn cairn_io::Io>,
+    /// Segment sizes of the log and the engines (small ones make tests rotate, merge and
+    /// purge).
+    pub tuning: StorageTuning,
+}
+
+/// Segment sizes, not user-facing configuration: the defaults suit a server; tests shrink them
+/// so rotation, merge and log purge happen within a few hundred writes.
+#[derive(Debug, Clone, Copy)]
+pub struct StorageTuning {
+    /// The write-ahead log's segment size.
+    pub wal_segment_bytes_max: u64,
+    /// Each shard engine's segment size.
+    pub engine_segment_bytes_max: u64,
+}
+
+impl Default for StorageTuning {
+    fn default() -> Self {
+        StorageTuning {
+            wal_segment_bytes_max: cairn_wal::SEGMENT_BYTES_MAX_DEFAULT,
+            engine_segment_bytes_max: cairn_storage::Options::default().segment_bytes_max,
+        }
+    }
 }
 
 /// A write that has been proposed; await it for the result.
@@ -87,15 +112,8 @@ pub fn now_ms() -> u64 {
 impl Node {
     /// Open (or create) the node's data directory, replay the log, start the writer.
     pub fn open(options: NodeOptions) -> anyhow::Result<Arc<Node>> {
-        Self::open_with_log(options, cairn_wal::WalOptions::default())
-    }
-
-    /// [`Node::open`] with the write-ahead log's options (tests inject I/O faults here).
-    pub fn open_with_log(
-        options: NodeOptions,
-        wal_options: cairn_wal::WalOptions,
-    ) -> anyhow::Result<Arc<Node>> {
-        let identity = NodeIdentity::load_or_create(&options.data_dir, options.shards)?;
+        let io = options.io.clone();
+        let identity = NodeIdentity::load_or_create(&*io, &options.data_dir, options.shards)?;
         if identity.shards != options.shards {
             tracing::info!(
                 recorded = identity.shards,
@@ -104,12 +122,16 @@ impl Node {
             );
         }
         let shards = Arc::new(Shards::open(
+            &io,
             &options.data_dir,
             identity.shards,
             options.value_bytes_max,
+            options.tuning.engine_segment_bytes_max,
         )?);
         let (log, next_index) =
-            CommitLog::open(&options.data_dir, options.sync, &shards, wal_options)?;
+            CommitLog::open(&options.data_dir, options.sync, &shards, io.clone(), {
+                options.tuning.wal_segment_bytes_max
+            })?;
         let last_applied = next_index - 1;
         let health = Arc::new(WriterHealth::default());
         let writer = Writer::new(
@@ -577,11 +599,25 @@ impl Node {
     }
 
     async fn internal(&self, op: WriteOp) {
-        if let Ok(pending) = self.submit(op, now_ms()).await
-            && let Err(e) = pending.wait().await
-        {
+        if let Err(e) = self.run_internal(op).await {
             tracing::warn!(error = %e, "background write failed");
         }
+    }
+
+    async fn run_internal(&self, op: WriteOp) -> Result<(), CommandError> {
+        self.submit(op, now_ms()).await?.wait().await.map(|_| ())
+    }
+
+    /// Syncs every engine and purges the log up to what they hold, now (the background task
+    /// does it every [`CHECKPOINT_INTERVAL`]).
+    pub async fn checkpoint(&self) -> Result<(), CommandError> {
+        self.run_internal(WriteOp::Checkpoint).await
+    }
+
+    /// With `--sync everysec`, makes every write acknowledged so far durable, now (the
+    /// background task does it every [`crate::writer::EVERYSEC_INTERVAL`]); a no-op otherwise.
+    pub async fn sync_log(&self) -> Result<(), CommandError> {
+        self.run_internal(WriteOp::SyncLog).await
     }
 
     /// One tick of active expiry: delete up to [`EXPIRE_KEYS_PER_TICK`] due keys per shard.
@@ -688,6 +724,8 @@ mod tests {
             grpc_addr: "127.0.0.1:1".parse().unwrap(),
             http_addr: "127.0.0.1:2".parse().unwrap(),
             resp_addr: "127.0.0.1:3".parse().unwrap(),
+            io: Arc::new(cairn_io::StdIo),
+            tuning: StorageTuning::default(),
         }
     }
 
@@ -743,7 +781,7 @@ mod tests {
 
         // Entry last+1 writes two shards atomically; entry last+2 deletes `a`. An entry at an
         // index the shard already applied must not be applied again.
-        let shards = Shards::open(dir.path(), 4, 1024).unwrap();
+        let shards = Shards::open(&options(dir.path()).io, dir.path(), 4, 1024, 1 << 20).unwrap();
         let (ka, kx, ky) = (b("a"), b("x"), b("y{other}"));
         assert_ne!(shards.shard_of_key(&kx), shards.shard_of_key(&ky));
         let shard_of_a = shards.shard_of_key(&ka);
@@ -902,15 +940,14 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_log_sync_stops_writes_but_not_reads() {
-        let dir = tempfile::tempdir().unwrap();
-        let io = std::sync::Arc::new(cairn_wal::io::sim::SimIo::new());
-        let wal_options = cairn_wal::WalOptions {
-            io: io.clone(),
-            ..Default::default()
+        let io = cairn_io::sim::SimIo::new(1);
+        let options = NodeOptions {
+            io: Arc::new(io.clone()),
+            ..options(std::path::Path::new("/sim/node"))
         };
-        let node = Node::open_with_log(options(dir.path()), wal_options).unwrap();
+        let node = Node::open(options).unwrap();
         node.execute(set("a", "1")).await.unwrap();
-        io.fail_next_sync();
+        io.inject(cairn_io::sim::Fault::fail(cairn_io::sim::Op::SyncData).on_path("wal"));
         let failed = node.execute(set("b", "2")).await;
         assert!(matches!(failed, Err(CommandError::Fatal(_))), "{failed:?}");
         assert!(node.failure().is_some());

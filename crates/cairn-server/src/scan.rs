@@ -130,7 +130,8 @@ mod tests {
 
     fn shards_with(keys: &[&str]) -> (tempfile::TempDir, Shards) {
         let dir = tempfile::tempdir().unwrap();
-        let shards = Shards::open(dir.path(), 4, 1024).unwrap();
+        let io: std::sync::Arc<dyn cairn_io::Io> = std::sync::Arc::new(cairn_io::StdIo);
+        let shards = Shards::open(&io, dir.path(), 4, 1024, 1 << 20).unwrap();
         for key in keys {
             shards
                 .for_key(key.as_bytes())

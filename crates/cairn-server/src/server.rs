@@ -67,6 +67,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         grpc_addr: config.grpc_addr,
         http_addr: config.http_addr,
         resp_addr: config.resp_addr,
+        io: Arc::new(cairn_io::StdIo),
+        tuning: crate::node::StorageTuning::default(),
     };
     let node: Arc<Node> = tokio::task::spawn_blocking(move || Node::open(options)).await??;
     let (stop_tx, stop_rx) = watch::channel(false);

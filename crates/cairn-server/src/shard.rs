@@ -6,7 +6,9 @@
 //! Raft group behind the same seam.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use cairn_io::Io;
 use cairn_storage::{Engine, Options, SyncPolicy, WriteBatch};
 use parking_lot::Mutex;
 
@@ -33,21 +35,25 @@ pub fn applied_marker(index: u64) -> [u8; 8] {
 }
 
 impl Shard {
-    /// Open the shard's engine. The engine does not sync on its own: the node's log is the
-    /// durable record, and the engine is synced before the log is purged.
+    /// Open the shard's engine (which makes its directory durable in `shards/`). The engine
+    /// does not sync on its own: the node's log is the durable record, and the engine is synced
+    /// before the log is purged.
     pub fn open(
+        io: Arc<dyn Io>,
         id: u32,
         slots: (u16, u16),
         dir: &Path,
         value_bytes_max: usize,
+        segment_bytes_max: u64,
     ) -> anyhow::Result<Shard> {
         let options = Options {
             sync: SyncPolicy::Never,
             value_bytes_max,
+            segment_bytes_max,
             cache_bytes: SHARD_CACHE_BYTES,
             ..Options::default()
         };
-        let engine = Engine::open(dir, options)
+        let engine = Engine::open_with_io(dir, options, io)
             .map_err(|e| anyhow::anyhow!("cannot open shard {id} at {}: {e}", dir.display()))?;
         let shard = Shard {
             id,

@@ -1,10 +1,16 @@
 //! The node's shards and the data-directory layout that holds them.
 //!
 //! Layout: `node.toml` (node id and shard count, written once when the directory is created),
-//! `wal/` (the node's write-ahead log) and `shards/NNNNN/` (one engine per shard).
+//! `wal/` (the node's write-ahead log) and `shards/NNNNN/` (one engine per shard). Every file
+//! and directory is reached through the node's [`Io`], and every one it creates is made durable
+//! in its parent before anything depends on it: `node.toml` before `shards/` exists (so a
+//! directory with shards always says how many), each directory's entry before the first write
+//! in it is acknowledged.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use cairn_io::Io;
 use serde::{Deserialize, Serialize};
 
 use crate::shard::Shard;
@@ -26,9 +32,17 @@ pub struct NodeIdentity {
 
 impl NodeIdentity {
     /// Read the identity of `data_dir`, or create it with a fresh id and `shards` shards.
-    pub fn load_or_create(data_dir: &Path, shards: u32) -> anyhow::Result<NodeIdentity> {
+    pub fn load_or_create(
+        io: &dyn Io,
+        data_dir: &Path,
+        shards: u32,
+    ) -> anyhow::Result<NodeIdentity> {
         let path = data_dir.join(NODE_FILE);
-        match std::fs::read_to_string(&path) {
+        let text = io.open(&path).and_then(|f| f.read_all()).and_then(|bytes| {
+            String::from_utf8(bytes)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        });
+        match text {
             Ok(text) => {
                 let identity: NodeIdentity = toml::from_str(&text)
                     .map_err(|e| anyhow::anyhow!("invalid {}: {e}", path.display()))?;
@@ -44,22 +58,20 @@ impl NodeIdentity {
                 // Shards without the file that says how many there are would be routed wrongly.
                 let shards_dir = data_dir.join("shards");
                 anyhow::ensure!(
-                    !shards_dir.exists(),
+                    !io.exists(&shards_dir)?,
                     "{} is missing but {} exists; refusing to guess the shard count",
                     path.display(),
                     shards_dir.display()
                 );
-                std::fs::create_dir_all(data_dir)?;
+                cairn_io::create_dir_all_durable(io, data_dir)
+                    .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))?;
                 let identity = NodeIdentity {
                     layout_version: LAYOUT_VERSION,
                     node_id: new_node_id(),
                     shards,
                 };
-                let tmp = data_dir.join(format!("{NODE_FILE}.tmp"));
-                std::fs::write(&tmp, toml::to_string(&identity)?)?;
-                std::fs::File::open(&tmp)?.sync_all()?;
-                std::fs::rename(&tmp, &path)?;
-                std::fs::File::open(data_dir)?.sync_all()?;
+                cairn_io::write_file_atomic(io, &path, toml::to_string(&identity)?.as_bytes())
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
                 Ok(identity)
             }
             Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
@@ -94,15 +106,23 @@ pub struct Shards {
 
 impl Shards {
     /// Open (creating when needed) the engines of all `count` shards.
-    pub fn open(data_dir: &Path, count: u32, value_bytes_max: usize) -> anyhow::Result<Shards> {
+    pub fn open(
+        io: &Arc<dyn Io>,
+        data_dir: &Path,
+        count: u32,
+        value_bytes_max: usize,
+        segment_bytes_max: u64,
+    ) -> anyhow::Result<Shards> {
         let map = SlotMap::new(count);
         let list = (0..count)
             .map(|id| {
                 Shard::open(
+                    io.clone(),
                     id,
                     map.range(id as usize),
                     &shard_dir(data_dir, id),
                     value_bytes_max,
+                    segment_bytes_max,
                 )
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

@@ -288,8 +288,9 @@ impl Writer {
     }
 
     fn sync_log(&mut self) -> ProposalResult {
-        if self.health.failure().is_some() {
-            return Ok(Reply::Ok);
+        if let Some(reason) = self.health.failure() {
+            // Nothing may be reported durable once the write path has failed.
+            return Err(CommandError::Fatal(reason));
         }
         if let Err(e) = self.log.sync(&self.shards) {
             let reason = format!("log sync failed: {e}");

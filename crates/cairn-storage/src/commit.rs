@@ -6,19 +6,22 @@
 //! position passes theirs. So N concurrent writers share one fsync (leader/follower).
 //!
 //! Invariant: `synced` only grows, and only after an fdatasync (or a rotation's fsync) that
-//! covers it returned Ok. After any failed sync the engine is poisoned: `synced` never moves
-//! again and every later write and sync fails with `Error::Poisoned`, so nothing is ever
-//! acknowledged that may not be on disk (a failed fsync may have dropped dirty pages; retrying
-//! it and acknowledging would lie).
+//! covers it returned Ok; the leader runs the caller's `on_synced` (which, under
+//! `SyncPolicy::Always`, makes the newly durable writes visible) before it moves `synced` and
+//! wakes anyone. After any failed sync the engine is poisoned (see `poison`): `synced` never
+//! moves again and every later write and sync fails with `Error::Poisoned`, so nothing is ever
+//! acknowledged, or shown to a reader, that may not be on disk.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::io::IoFile;
-use crate::{Error, Result};
+use cairn_io::IoFile;
+
+use crate::Result;
+use crate::poison::Poison;
 
 /// A sync leader that sees no other append after this many yields syncs at once.
 const GROUP_COMMIT_IDLE_YIELDS: u32 = 3;
@@ -34,39 +37,38 @@ struct SyncState {
 }
 
 /// Shared durability state of one engine.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct GroupCommit {
     state: Mutex<SyncState>,
     cv: Condvar,
     syncs: AtomicU64,
     /// Duration of the last fdatasync, bounding how long a leader waits for company.
     last_sync_ns: AtomicU64,
-    poisoned: AtomicBool,
-    reason: Mutex<Option<String>>,
+    /// Shared with the engine's `SyncGuardIo`, which sets it on any failed sync.
+    poison: Arc<Poison>,
 }
 
 impl GroupCommit {
-    /// `Err(Poisoned)` once any sync has failed.
-    pub fn check(&self) -> Result<()> {
-        if self.poisoned.load(Ordering::Acquire) {
-            let why = self.reason.lock().clone().unwrap_or_default();
-            return Err(Error::Poisoned(why));
+    pub fn new(poison: Arc<Poison>) -> GroupCommit {
+        GroupCommit {
+            state: Mutex::default(),
+            cv: Condvar::new(),
+            syncs: AtomicU64::new(0),
+            last_sync_ns: AtomicU64::new(0),
+            poison,
         }
-        Ok(())
     }
 
-    /// Poisons the engine forever.
+    /// `Err(Poisoned)` once any sync has failed.
+    pub fn check(&self) -> Result<()> {
+        self.poison.check()
+    }
+
+    /// Poisons the engine forever and wakes every waiter so it sees the poison.
     pub fn poison(&self, why: String) {
-        tracing::error!(reason = %why, "storage engine poisoned; refusing further writes");
-        {
-            // Released before taking `state`: `sync_upto` holds `state` while reading `reason`.
-            let mut r = self.reason.lock();
-            if r.is_none() {
-                *r = Some(why);
-            }
-        }
-        self.poisoned.store(true, Ordering::Release);
-        // Wake waiters so they see the poison instead of sleeping forever.
+        // `Poison::set` takes only its own lock: never `state`, which `sync_upto` holds while
+        // checking the flag.
+        self.poison.set(why);
         let _s = self.state.lock();
         self.cv.notify_all();
     }
@@ -82,11 +84,13 @@ impl GroupCommit {
     }
 
     /// Returns once every byte up to `target` is durable. `current` returns the active file
-    /// and the append position, read under the writer lock so they agree.
+    /// and the append position, read under the writer lock so they agree; `on_synced(upto)`
+    /// runs after an fdatasync covering `upto` succeeded and before anyone is told.
     pub fn sync_upto(
         &self,
         target: u64,
         current: impl Fn() -> (Arc<dyn IoFile>, u64),
+        on_synced: impl Fn(u64),
     ) -> Result<()> {
         let mut s = self.state.lock();
         loop {
@@ -130,6 +134,9 @@ impl GroupCommit {
             let res = file.sync_data();
             self.last_sync_ns
                 .store(sync_started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            if res.is_ok() {
+                on_synced(upto);
+            }
             s = self.state.lock();
             s.leader = false;
             match res {

@@ -1,12 +1,21 @@
 //! The engine: the write path (append, keydir update, group commit), the read path (keydir
 //! lookup, cache, one `pread`) and the background thread (periodic sync, hint files, merge).
 //!
-//! Locking: `writer` (a mutex) serialises appends and orders keydir updates by version;
+//! Locking: `writer` (a mutex) serialises appends; `pending` orders keydir updates by version;
 //! `state` (an RwLock) guards the keydir, the segment table and the marker. Readers take only
 //! `state` for reading, clone what they need and do their I/O with no lock held. Lock order is
-//! `merge_lock` → `writer` → `state` → group-commit state; no path takes them the other way.
+//! `merge_lock` → `writer` → `pending` → `state` → group-commit state; no path takes them the
+//! other way.
+//!
+//! Visibility: under `SyncPolicy::Always` a write reaches the keydir (and so readers) only once
+//! it is durable. Appends queue in `pending`, in version order; whoever completes an fsync (the
+//! group-commit leader, or a rotation) moves every queued write the fsync covered into the
+//! keydir, in order, before any writer is acknowledged. A write whose fsync fails poisons the
+//! engine and is never applied, so a reader never sees what a power cut could take back, nor
+//! a value that was never acknowledged. Under `EveryMs`/`Never` the caller asked for speed over
+//! durability, and writes are applied as they are appended.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -22,12 +31,12 @@ use crate::batch::{check_key, encode_expiry};
 use crate::cache::{Cached, ValueCache};
 use crate::commit::GroupCommit;
 use crate::format::{self, Header, Kind, Origin, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
-use crate::io::{Io, IoFile, StdIo};
 use crate::keydir::{Keydir, Loc};
 use crate::segment::Segment;
 use crate::{
     Entry, Error, KeyMeta, Options, Result, Stats, SyncPolicy, WriteBatch, merge, now_ms, recovery,
 };
+use cairn_io::{Io, IoFile, StdIo};
 
 /// Longest the background thread sleeps between looking for work.
 const BACKGROUND_TICK: Duration = Duration::from_millis(100);
@@ -106,6 +115,21 @@ pub(crate) struct Writer {
     pub closed: bool,
 }
 
+/// A write appended under `SyncPolicy::Always` and not yet durable: invisible until an fsync
+/// covers `end`.
+#[derive(Debug)]
+pub(crate) struct PendingApply {
+    /// Group-commit position just past the write (`Writer::written` after it).
+    pub end: u64,
+    pub segment: Arc<Segment>,
+    /// Offset of the write in `segment`.
+    pub base: u64,
+    /// The sealed records, as appended.
+    pub buf: Vec<u8>,
+    /// Where each record starts in `buf`.
+    pub offsets: Vec<u32>,
+}
+
 /// Wakes and stops the background thread.
 #[derive(Debug, Default)]
 pub(crate) struct Background {
@@ -127,6 +151,9 @@ pub(crate) struct Inner {
     pub options: Options,
     pub state: RwLock<State>,
     pub writer: Mutex<Writer>,
+    /// Writes appended but not yet durable, in version order (`SyncPolicy::Always` only).
+    pub pending: Mutex<VecDeque<PendingApply>>,
+    /// Group commit; holds the poison flag shared with the engine's `SyncGuardIo`.
     pub group: GroupCommit,
     pub cache: ValueCache,
     /// Next segment id to allocate (rotation and merge output).
@@ -233,14 +260,15 @@ impl Engine {
     /// Returns whether a live key was deleted.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
         check_key(key).map_err(|e| e.into_error(self.inner.options.value_bytes_max))?;
-        let Some(loc) = self.inner.state.read().keydir.get(key) else {
-            // No record of the key is live, so no tombstone is needed.
+        let loc = self.inner.state.read().keydir.get(key);
+        if loc.is_none() && self.inner.pending.lock().is_empty() {
+            // No record of the key is live or on its way, so no tombstone is needed.
             return Ok(false);
-        };
+        }
         let mut buf = Vec::with_capacity(format::record_len(key.len(), 0));
         format::encode_record(&mut buf, Kind::Delete, key, &[], 0, 0);
         self.inner.commit(buf, &[0], None, 1)?;
-        Ok(!loc.expired(now_ms()))
+        Ok(loc.is_some_and(|loc| !loc.expired(now_ms())))
     }
 
     /// Applies a batch atomically: after a crash all of it is visible or none.
@@ -656,8 +684,19 @@ impl Inner {
             self.last_seq.store(seq, Ordering::Release);
             w.segment.total_bytes.fetch_add(len, Ordering::Relaxed);
             w.segment.note_versions(seq, seq);
-            self.apply(&w.segment, base, &buf, offsets);
             self.writes.fetch_add(ops, Ordering::Relaxed);
+            if self.options.sync == SyncPolicy::Always {
+                // Visible once durable: see the module docs.
+                self.pending.lock().push_back(PendingApply {
+                    end: w.written,
+                    segment: w.segment.clone(),
+                    base,
+                    buf,
+                    offsets: offsets.to_vec(),
+                });
+            } else {
+                self.apply(&w.segment, base, &buf, offsets);
+            }
             w.written
         };
         if self.options.sync == SyncPolicy::Always {
@@ -666,8 +705,18 @@ impl Inner {
         Ok(())
     }
 
-    /// Points the keydir at freshly appended records. Called under the writer lock, so updates
-    /// happen in version order.
+    /// Makes the pending writes that end at or before `upto` (now durable) visible, in
+    /// version order.
+    fn apply_durable(&self, upto: u64) {
+        let mut pending = self.pending.lock();
+        while pending.front().is_some_and(|p| p.end <= upto) {
+            let p = pending.pop_front().expect("checked");
+            self.apply(&p.segment, p.base, &p.buf, &p.offsets);
+        }
+    }
+
+    /// Points the keydir at appended records. Called in version order: under the writer lock
+    /// (`EveryMs`/`Never`), or under the `pending` lock once durable (`Always`).
     fn apply(&self, seg: &Segment, base: u64, buf: &[u8], offsets: &[u32]) {
         let mut st = self.state.write();
         for &off in offsets {
@@ -723,16 +772,22 @@ impl Inner {
             ));
             return self.group.check();
         }
+        // Everything appended so far is durable now; a sealed segment never holds writes that
+        // are not in the keydir (merge judges liveness by the keydir).
+        self.apply_durable(w.written);
         self.group.mark_synced(w.written);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let seg = match Segment::create(&*self.io, &self.dir, id, Origin::Log, w.last_seq) {
             Ok(seg) => seg,
             Err(e) => {
-                // Leave no half-made segment that recovery would mistake for the active one.
-                let _ = self
-                    .io
-                    .remove(&self.dir.join(crate::segment::segment_name(id)));
-                return Err(e);
+                // A half-made segment whose removal may not be durable could come back after a
+                // power cut as a damaged sealed segment: stop here, and let a reopen sort the
+                // directory out (recovery treats it as the torn active segment).
+                self.group.poison(format!(
+                    "creating segment {} at rotation failed: {e}",
+                    crate::segment::segment_name(id)
+                ));
+                return self.group.check();
             }
         };
         {
@@ -753,7 +808,8 @@ impl Inner {
     }
 
     fn sync_upto(&self, target: u64) -> Result<()> {
-        self.group.sync_upto(target, || self.current())
+        self.group
+            .sync_upto(target, || self.current(), |upto| self.apply_durable(upto))
     }
 
     pub(crate) fn sync_all(&self) -> Result<()> {

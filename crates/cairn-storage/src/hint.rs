@@ -15,9 +15,9 @@ use std::path::Path;
 
 use crate::Result;
 use crate::format::Kind;
-use crate::io::Io;
 use crate::keydir::KeyBuf;
 use crate::segment::{HINT_SUFFIX, Scanned, TMP_SUFFIX, hint_name};
+use cairn_io::Io;
 
 const HINT_MAGIC: &[u8; 8] = b"CAIRNHT1";
 const HINT_END_MAGIC: &[u8; 8] = b"CAIRNHTE";
@@ -169,11 +169,11 @@ pub(crate) fn write(io: &dyn Io, dir: &Path, id: u32, entries: &[HintEntry]) -> 
 /// scans the segment instead.
 pub(crate) fn read(io: &dyn Io, dir: &Path, id: u32) -> Result<Option<Vec<HintEntry>>> {
     let path = dir.join(hint_name(id));
-    if !io.exists(&path) {
+    if !io.exists(&path)? {
         return Ok(None);
     }
     let file = io.open(&path)?;
-    let buf = crate::segment::read_all(&*file)?;
+    let buf = file.read_all()?;
     match decode(id, &buf) {
         Ok(entries) => Ok(Some(entries)),
         Err(reason) => {

@@ -36,13 +36,16 @@ mod engine;
 mod error;
 mod format;
 mod hint;
-pub mod io;
 mod keydir;
-mod lock;
 mod merge;
 mod options;
+mod poison;
 mod recovery;
 mod segment;
+
+/// The file-system seam the engine runs on (`Engine::open_with_io`), re-exported so an embedder
+/// can pass `io::StdIo` or a simulated disk without depending on `cairn-io` itself.
+pub use cairn_io as io;
 
 pub use batch::WriteBatch;
 pub use engine::Engine;

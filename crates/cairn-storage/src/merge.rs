@@ -29,10 +29,12 @@ use std::sync::atomic::Ordering;
 use crate::engine::Inner;
 use crate::format::{self, Kind, Origin, SEGMENT_HEADER_BYTES};
 use crate::hint::{self, HintEntry};
-use crate::io::{Io, IoFile};
 use crate::keydir::Loc;
-use crate::segment::{self, ScanMode, Segment, TMP_SUFFIX, hint_name, segment_name};
+use crate::segment::{
+    self, SEGMENT_SUFFIX, ScanMode, Segment, TMP_SUFFIX, hint_name, segment_name,
+};
 use crate::{Error, Result, now_ms};
+use cairn_io::{Io, IoFile};
 
 /// Name of the merge commit file.
 pub(crate) const MERGE_COMMIT_NAME: &str = "MERGE";
@@ -46,9 +48,9 @@ const LIVENESS_CHUNK: usize = 1024;
 /// Finishes a merge that committed before a crash, and removes leftovers of one that did not.
 pub(crate) fn finish_interrupted(io: &dyn Io, dir: &Path) -> Result<()> {
     let commit_path = dir.join(MERGE_COMMIT_NAME);
-    if io.exists(&commit_path) {
+    if io.exists(&commit_path)? {
         let file = io.open(&commit_path)?;
-        let bytes = segment::read_all(&*file)?;
+        let bytes = file.read_all()?;
         let (inputs, outputs) = decode_commit(&bytes).ok_or_else(|| Error::Corruption {
             file: commit_path.display().to_string(),
             offset: 0,
@@ -62,8 +64,15 @@ pub(crate) fn finish_interrupted(io: &dyn Io, dir: &Path) -> Result<()> {
         for id in &outputs {
             for name in [segment_name(*id), hint_name(*id)] {
                 let tmp = dir.join(format!("{name}{TMP_SUFFIX}"));
-                if io.exists(&tmp) {
+                if io.exists(&tmp)? {
                     io.rename(&tmp, &dir.join(&name))?;
+                } else if !io.exists(&dir.join(&name))? && name.ends_with(SEGMENT_SUFFIX) {
+                    // Deleting the inputs now would lose their data.
+                    return Err(Error::Corruption {
+                        file: commit_path.display().to_string(),
+                        offset: 0,
+                        reason: format!("merge output {name} is missing"),
+                    });
                 }
             }
         }
@@ -89,7 +98,7 @@ fn remove_segments(io: &dyn Io, dir: &Path, ids: &[u32]) -> Result<()> {
     for id in ids {
         for name in [segment_name(*id), hint_name(*id)] {
             let p = dir.join(name);
-            if io.exists(&p) {
+            if io.exists(&p)? {
                 io.remove(&p)?;
             }
         }
@@ -404,9 +413,11 @@ pub(crate) fn merge(inner: &Inner, expiring: bool) -> Result<usize> {
 }
 
 /// Steps 3 and 4: make the merge durable, then visible, then delete the inputs.
-/// Until the `MERGE` file is durable a failure leaves only `.tmp` files (removed when the
-/// `Merger` drops); after it, a failure poisons the engine, whose in-memory state may then
-/// disagree with the directory, and the next `open` finishes the merge.
+/// Until `MERGE.tmp` is written and synced a failure leaves only `.tmp` files (removed when the
+/// `Merger` drops). From the rename on, a failure poisons the engine and leaves every file in
+/// place: the rename (and any later directory sync) may or may not have reached the disk, and
+/// whichever it did, the next `open` either finishes the merge from its outputs or discards
+/// them, so removing the outputs now could leave a durable `MERGE` naming files that are gone.
 fn commit(
     inner: &Inner,
     inputs: &[Arc<Segment>],
@@ -424,22 +435,26 @@ fn commit(
     let f = io.create(&commit_tmp)?;
     f.write_all_at(&encode_commit(&input_ids, &output_ids), 0)?;
     f.sync_data()?;
-    io.rename(&commit_tmp, &commit_path)?;
-    io.sync_dir(dir)?;
-    // The merge is now decided; failing to finish it here is finished by the next `open`.
+    // From here on the outputs belong to whichever outcome the disk records.
     let written = std::mem::take(written);
-    let finished = finish(
-        inner,
-        input_ids,
-        output_ids,
-        written,
-        moves,
-        removals,
-        marker_move,
-    );
+    let finished = io
+        .rename(&commit_tmp, &commit_path)
+        .and_then(|()| io.sync_dir(dir))
+        .map_err(crate::Error::Io)
+        .and_then(|()| {
+            finish(
+                inner,
+                input_ids,
+                output_ids,
+                written,
+                moves,
+                removals,
+                marker_move,
+            )
+        });
     if let Err(e) = &finished {
         inner.group.poison(format!(
-            "merge committed but could not be finished ({e}); reopen to finish it"
+            "merge could not be committed and finished ({e}); reopen to finish or discard it"
         ));
     }
     finished
@@ -520,12 +535,22 @@ fn finish(
     Ok(())
 }
 
-/// Writes hint files for sealed log segments that lack one.
+/// Writes hint files for sealed log segments that lack one. A segment whose hint could not be
+/// written stays pending (a failed sync poisons the engine, which stops all of this).
 pub(crate) fn write_pending_hints(inner: &Inner) -> Result<()> {
     let _one_at_a_time = inner.merge_lock.lock();
+    inner.group.check()?;
     let pending: Vec<u32> = std::mem::take(&mut *inner.pending_hints.lock());
-    for id in pending {
+    let mut left = pending.iter();
+    let result = write_hints(inner, &mut left);
+    inner.pending_hints.lock().extend(left);
+    result
+}
+
+fn write_hints(inner: &Inner, ids: &mut std::slice::Iter<'_, u32>) -> Result<()> {
+    while let Some(&id) = ids.as_slice().first() {
         let Some(seg) = inner.state.read().segments.get(&id).cloned() else {
+            ids.next();
             continue; // merged away already
         };
         let data = seg.read_all()?;
@@ -538,6 +563,7 @@ pub(crate) fn write_pending_hints(inner: &Inner) -> Result<()> {
         debug_assert!(data.len() >= SEGMENT_HEADER_BYTES);
         let entries = HintEntry::from_scan(&data, &scanned.records);
         hint::write(&*inner.io, &inner.dir, id, &entries)?;
+        ids.next();
     }
     Ok(())
 }

@@ -25,8 +25,10 @@ use crate::commit::GroupCommit;
 use crate::engine::{Background, Inner, MarkerLoc, State, Writer};
 use crate::format::{self, Kind, Origin, SEGMENT_HEADER_BYTES};
 use crate::hint::{self, HintEntry};
-use crate::io::Io;
+use cairn_io::Io;
+
 use crate::keydir::{KeyBuf, Keydir, Loc};
+use crate::poison::{Poison, SyncGuardIo};
 use crate::segment::{
     self, HINT_SUFFIX, SEGMENT_SUFFIX, ScanMode, Segment, hint_name, parse_name, segment_name,
 };
@@ -34,7 +36,10 @@ use crate::{Error, Options, Result, merge};
 
 pub(crate) fn open(dir: &Path, options: Options, io: Arc<dyn Io>) -> Result<Inner> {
     options.validate()?;
-    io.create_dir_all(dir)?;
+    // The directory's own entry must be durable before anything in it is acknowledged.
+    cairn_io::create_dir_all_durable(&*io, dir)?;
+    let poison = Arc::new(Poison::default());
+    let io: Arc<dyn Io> = Arc::new(SyncGuardIo::new(io, poison.clone()));
     let dir_lock = io.lock_dir(dir).map_err(|e| {
         if e.kind() == std::io::ErrorKind::WouldBlock {
             Error::Locked(dir.display().to_string())
@@ -202,7 +207,8 @@ pub(crate) fn open(dir: &Path, options: Options, io: Arc<dyn Io>) -> Result<Inne
             active: writer.segment.id,
         }),
         writer: Mutex::new(writer),
-        group: GroupCommit::default(),
+        pending: Mutex::default(),
+        group: GroupCommit::new(poison),
         cache,
         next_id,
         merge_lock: Mutex::new(()),

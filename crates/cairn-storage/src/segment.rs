@@ -1,6 +1,6 @@
 //! Segment files: append-only logs of records, and the scanner that reads them back.
 //!
-//! A segment is named `<id, 10 digits>.seg`, starts with a 16-byte header (see `format`) and
+//! A segment is named `<id, 10 digits>.seg`, starts with a 24-byte header (see `format`) and
 //! then holds records back to back. Only the active log segment is ever appended to; once
 //! sealed (rotated, or written by merge) it is immutable until merge deletes it.
 
@@ -12,8 +12,8 @@ use crate::format::{
     self, Header, Origin, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, decode_segment_header,
     encode_segment_header,
 };
-use crate::io::{Io, IoFile};
 use crate::{Error, Result};
+use cairn_io::{Io, IoFile};
 
 pub(crate) const SEGMENT_SUFFIX: &str = ".seg";
 pub(crate) const HINT_SUFFIX: &str = ".hint";
@@ -135,15 +135,8 @@ impl Segment {
 
     /// Reads the whole file (segments are bounded by `Options::segment_bytes_max`).
     pub fn read_all(&self) -> Result<Vec<u8>> {
-        read_all(&*self.file)
+        Ok(self.file.read_all()?)
     }
-}
-
-pub(crate) fn read_all(file: &dyn IoFile) -> Result<Vec<u8>> {
-    let len = file.len()?;
-    let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, 0)?;
-    Ok(buf)
 }
 
 /// Reads the segment header into (origin, base sequence); `None` if it is missing or not ours.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::io::WalIo;
+use crate::io::Io;
 use crate::io::sim::{PowerCut, SimIo};
 use crate::{Record, Wal, WalError, WalOptions};
 
@@ -31,7 +31,7 @@ pub fn wal_recover(data: &[u8]) {
     let mut next = move || input.next().unwrap_or(0);
 
     // Phase 1: a real log.
-    let io = SimIo::new();
+    let io = SimIo::new(u64::from(data.len() as u32));
     let (wal, _) = Wal::open(FUZZ_DIR, options(&io)).expect("open empty");
     let mut batches: Vec<Vec<Record>> = Vec::new();
     let batch_count = next() % 24;
@@ -74,7 +74,7 @@ pub fn wal_recover(data: &[u8]) {
         }
         _ => bytes.extend((0..next()).map(|_| next())),
     }
-    let disk = io.power_cut(PowerCut::DropUnsynced);
+    let disk = io.crash_image(PowerCut::DropUnsynced);
     disk.set_file_bytes(&path, bytes);
 
     // Phase 3: recover.

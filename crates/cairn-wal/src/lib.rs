@@ -31,9 +31,12 @@ mod error;
 mod format;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod io;
 mod recovery;
 mod wal;
+
+/// The file-system seam the log runs on ([`WalOptions::io`]), re-exported so a caller can pass
+/// `io::StdIo` or a simulated disk without depending on `cairn-io` itself.
+pub use cairn_io as io;
 
 pub use error::{Result, WalError};
 pub use wal::{GROUP_BYTES_MAX, PurgeStats, Wal};
@@ -79,7 +82,7 @@ pub struct WalOptions {
     /// than this gets a segment of its own). At least [`SEGMENT_BYTES_MAX_MIN`].
     pub segment_bytes_max: u64,
     /// File-system access; [`io::StdIo`] by default, [`io::sim::SimIo`] in fault-injection tests.
-    pub io: Arc<dyn io::WalIo>,
+    pub io: Arc<dyn io::Io>,
 }
 
 impl Default for WalOptions {

@@ -30,8 +30,8 @@ use crate::format::{
     self, FrameCheck, FrameKind, HeaderProblem, SEGMENT_HEADER_BYTES, check_frame,
     check_segment_header, decode_records,
 };
-use crate::io::{WalFile, WalIo};
 use crate::{Record, Result, WalError};
+use cairn_io::{Io, IoFile};
 
 /// What the log knows about one segment file.
 #[derive(Debug, Clone)]
@@ -65,7 +65,7 @@ impl SegmentMeta {
 #[derive(Debug)]
 pub(crate) struct RecoveredActive {
     pub(crate) meta: SegmentMeta,
-    pub(crate) file: Arc<dyn WalFile>,
+    pub(crate) file: Arc<dyn IoFile>,
     /// Whether it ends with a seal (crash between sealing it and creating its successor).
     pub(crate) sealed: bool,
     /// Length of the file; the bytes from `meta.bytes` up to here are zeros.
@@ -82,7 +82,7 @@ pub(crate) struct Recovered {
 }
 
 /// Reads every segment in `dir` (which the caller has locked).
-pub(crate) fn recover(dir: &Path, io: &dyn WalIo) -> Result<Recovered> {
+pub(crate) fn recover(dir: &Path, io: &dyn Io) -> Result<Recovered> {
     let mut ids: Vec<u64> = io
         .list_dir(dir)
         .map_err(|e| WalError::io(dir, e))?
@@ -239,7 +239,7 @@ impl SegmentReader<'_> {
 
     /// The newest segment: a torn tail is zeroed, a zero tail after a seal trimmed; returns its
     /// metadata, whether it is sealed, and the file's length.
-    fn read_newest(mut self, file: &dyn WalFile) -> Result<(SegmentMeta, bool, u64)> {
+    fn read_newest(mut self, file: &dyn IoFile) -> Result<(SegmentMeta, bool, u64)> {
         if let Err(problem) = check_segment_header(self.data, self.meta.id) {
             if let HeaderProblem::Unusable(reason) = problem {
                 return Err(self.corruption(0, reason));
@@ -329,7 +329,7 @@ fn all_zero(bytes: &[u8]) -> bool {
 const ZERO_WRITE_BYTES_MAX: u64 = 1024 * 1024;
 
 /// Writes zeros over `start..end` of `file` (not durable until `sync_data`).
-pub(crate) fn write_zeros(file: &dyn WalFile, start: u64, end: u64) -> std::io::Result<()> {
+pub(crate) fn write_zeros(file: &dyn IoFile, start: u64, end: u64) -> std::io::Result<()> {
     if start >= end {
         return Ok(());
     }

@@ -21,12 +21,12 @@ use std::sync::Arc;
 use parking_lot::{Condvar, Mutex};
 
 use crate::format::{self, SEGMENT_HEADER_BYTES};
-use crate::io::{WalFile, WalIo};
 use crate::recovery::{self, SegmentMeta, write_zeros};
 use crate::{
     BATCH_BYTES_MAX, RECORD_PAYLOAD_BYTES_MAX, Record, Result, SEGMENT_BYTES_MAX_MIN,
     SEGMENT_PREALLOCATE_BYTES, WalError, WalOptions,
 };
+use cairn_io::{Io, IoFile};
 
 /// Most bytes one group commit writes; callers beyond it wait for the next group.
 pub const GROUP_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -49,7 +49,7 @@ pub struct PurgeStats {
 struct Active {
     /// `meta.bytes` is where the next frame goes.
     meta: SegmentMeta,
-    file: Arc<dyn WalFile>,
+    file: Arc<dyn IoFile>,
     /// Length of the file. Invariant: `meta.bytes <= file_bytes` and every byte in between is
     /// zero (durably, except after a failed write or fsync, which poisons the log).
     file_bytes: u64,
@@ -86,7 +86,7 @@ pub struct Wal {
     /// Exclusive lock on `dir` for the life of the handle.
     _lock: Box<dyn std::fmt::Debug + Send + Sync>,
     dir: PathBuf,
-    io: Arc<dyn WalIo>,
+    io: Arc<dyn Io>,
     segment_bytes_max: u64,
     inner: Mutex<Inner>,
     /// Group commit queue (lock order: `queue` is never held while taking `inner`).
@@ -113,7 +113,8 @@ impl Wal {
             )));
         }
         let io = options.io;
-        io.create_dir_all(&dir).map_err(|e| WalError::io(&dir, e))?;
+        // The log directory's own entry must be durable before anything in it is acknowledged.
+        cairn_io::create_dir_all_durable(io.as_ref(), &dir).map_err(|e| WalError::io(&dir, e))?;
         let lock = io.lock_dir(&dir).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock => WalError::Locked { path: dir.clone() },
             _ => WalError::io(&dir, e),
@@ -428,7 +429,7 @@ fn take_group(waiting: &mut Vec<(u64, Vec<Record>)>) -> Vec<(u64, Vec<Record>)> 
 /// Creates segment `id`: new file, header, zeros up to the first preallocation chunk,
 /// fdatasync, then a directory fsync so the file's name is durable before anything in it is
 /// acknowledged.
-fn create_segment(io: &dyn WalIo, dir: &Path, id: u64, segment_bytes_max: u64) -> Result<Active> {
+fn create_segment(io: &dyn Io, dir: &Path, id: u64, segment_bytes_max: u64) -> Result<Active> {
     let path = dir.join(format::segment_file_name(id));
     let file = io.create_new(&path).map_err(|e| WalError::io(&path, e))?;
     let file_bytes = SEGMENT_PREALLOCATE_BYTES.min(segment_bytes_max);

@@ -1,111 +1,159 @@
-//! A failed fsync poisons the engine: that write and every later one fail, nothing more is
-//! acknowledged, reads keep working.
+//! A failed fsync poisons the engine, on every path that syncs: the write in hand and every
+//! later one fail, nothing more is acknowledged, a write whose sync failed is never visible,
+//! reads keep working, and a reopen recovers every acknowledged write from the disk.
 
-use std::fmt::Debug;
-use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use cairn_storage::io::{Io, IoFile, StdIo};
-use cairn_storage::{Engine, Error, Options};
+use cairn_storage::io::sim::{Fault, Op, PowerCut, SimIo};
+use cairn_storage::{Engine, Error, Options, SyncPolicy};
 
-/// Real files, with fsync failing on demand.
-#[derive(Debug, Clone, Default)]
-struct FlakyIo {
-    fail_sync: Arc<AtomicBool>,
+const DIR: &str = "/sim/poison";
+
+fn options() -> Options {
+    Options {
+        sync: SyncPolicy::Always,
+        segment_bytes_max: 4096,
+        merge_background: false,
+        merge_dead_ratio_min: 0.0,
+        ..Options::default()
+    }
 }
 
-#[derive(Debug)]
-struct FlakyFile {
-    inner: Arc<dyn IoFile>,
-    fail_sync: Arc<AtomicBool>,
+fn open(io: &SimIo) -> Engine {
+    Engine::open_with_io(Path::new(DIR), options(), Arc::new(io.clone())).unwrap()
 }
 
-impl IoFile for FlakyFile {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.inner.read_exact_at(buf, offset)
+fn value(i: u64) -> Vec<u8> {
+    format!("value-{i}-{}", "x".repeat(200)).into_bytes()
+}
+
+/// Writes keys `from..to`, all acknowledged.
+fn fill(engine: &Engine, from: u64, to: u64) {
+    for i in from..to {
+        engine.put(format!("k{i}").as_bytes(), &value(i)).unwrap();
     }
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.inner.write_all_at(buf, offset)
+}
+
+/// The engine refuses writes, still serves reads of `0..acked`, and a reopen on the disk a
+/// power cut would leave now has every acknowledged key.
+fn assert_poisoned(engine: Engine, io: &SimIo, acked: u64) {
+    assert!(
+        matches!(engine.put(b"after", b"x"), Err(Error::Poisoned(_))),
+        "the engine still takes writes"
+    );
+    assert!(matches!(engine.sync(), Err(Error::Poisoned(_))));
+    assert_eq!(engine.get(b"after").unwrap(), None);
+    for i in 0..acked {
+        assert_eq!(
+            engine.get(format!("k{i}").as_bytes()).unwrap(),
+            Some(value(i).into())
+        );
     }
-    fn sync_data(&self) -> io::Result<()> {
-        if self.fail_sync.load(Ordering::SeqCst) {
-            return Err(io::Error::other("injected EIO"));
+    drop(engine);
+    let engine = open(&io.crash_image(PowerCut::DropUnsynced));
+    for i in 0..acked {
+        assert_eq!(
+            engine.get(format!("k{i}").as_bytes()).unwrap(),
+            Some(value(i).into()),
+            "acknowledged k{i} lost"
+        );
+    }
+    engine.put(b"again", b"1").unwrap();
+}
+
+/// Puts until the engine reports poisoned (bounded), for faults that fire in the background.
+fn put_until_poisoned(engine: &Engine, from: u64) -> u64 {
+    for i in from..from + 10_000 {
+        match engine.put(format!("k{i}").as_bytes(), &value(i)) {
+            Ok(()) => {}
+            Err(Error::Poisoned(_)) => return i,
+            Err(e) => panic!("unexpected error {e}"),
         }
-        self.inner.sync_data()
+        if i % 50 == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-}
-
-impl FlakyIo {
-    fn wrap(&self, f: Arc<dyn IoFile>) -> Arc<dyn IoFile> {
-        Arc::new(FlakyFile {
-            inner: f,
-            fail_sync: self.fail_sync.clone(),
-        })
-    }
-}
-
-impl Io for FlakyIo {
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        StdIo.create_dir_all(dir)
-    }
-    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
-        StdIo.list_dir(dir)
-    }
-    fn create(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
-        Ok(self.wrap(StdIo.create(path)?))
-    }
-    fn open(&self, path: &Path) -> io::Result<Arc<dyn IoFile>> {
-        Ok(self.wrap(StdIo.open(path)?))
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        StdIo.rename(from, to)
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        StdIo.remove(path)
-    }
-    fn exists(&self, path: &Path) -> bool {
-        StdIo.exists(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        StdIo.sync_dir(dir)
-    }
-    fn lock_dir(&self, dir: &Path) -> io::Result<Box<dyn Debug + Send + Sync>> {
-        StdIo.lock_dir(dir)
-    }
+    panic!("the engine was never poisoned");
 }
 
 #[test]
-fn failed_fsync_poisons_forever() {
-    let dir = tempfile::tempdir().unwrap();
-    let io = FlakyIo::default();
-    let engine =
-        Engine::open_with_io(dir.path(), Options::default(), Arc::new(io.clone())).unwrap();
-    engine.put(b"before", b"1").unwrap();
-    io.fail_sync.store(true, Ordering::SeqCst);
+fn failed_group_commit_fsync_poisons_and_the_write_stays_invisible() {
+    let io = SimIo::new(1);
+    let engine = open(&io);
+    fill(&engine, 0, 5);
+    io.inject(Fault::fail(Op::SyncData));
     assert!(matches!(
         engine.put(b"during", b"2"),
         Err(Error::Poisoned(_))
     ));
-    io.fail_sync.store(false, Ordering::SeqCst);
-    // The disk "recovered", but the engine must not pretend nothing happened.
-    assert!(matches!(
-        engine.put(b"after", b"3"),
-        Err(Error::Poisoned(_))
-    ));
-    assert!(matches!(engine.sync(), Err(Error::Poisoned(_))));
+    // The disk "recovered", but the engine must not pretend nothing happened, nor show the
+    // write it never acknowledged.
+    assert_eq!(engine.get(b"during").unwrap(), None);
     assert!(matches!(engine.merge(), Err(Error::Poisoned(_))));
-    assert_eq!(engine.get(b"before").unwrap().as_deref(), Some(&b"1"[..]));
-    assert!(engine.close().is_err());
-    // A fresh open recovers what is on disk.
-    let engine = Engine::open(dir.path(), Options::default()).unwrap();
-    assert_eq!(engine.get(b"before").unwrap().as_deref(), Some(&b"1"[..]));
-    engine.put(b"again", b"4").unwrap();
+    assert_poisoned(engine, &io, 5);
+}
+
+#[test]
+fn failed_sync_of_a_new_segment_at_rotation_poisons() {
+    let io = SimIo::new(2);
+    let engine = open(&io);
+    fill(&engine, 0, 3);
+    // Segment 1 is the first; rotation creates segment 2.
+    io.inject(Fault::fail(Op::SyncData).on_path("0000000002.seg"));
+    let stopped = put_until_poisoned(&engine, 3);
+    assert_poisoned(engine, &io, stopped);
+}
+
+#[test]
+fn failed_directory_fsync_poisons() {
+    let io = SimIo::new(3);
+    let engine = open(&io);
+    fill(&engine, 0, 3);
+    // The next directory fsync: a segment creation at rotation or a hint file's rename.
+    io.inject(Fault::fail(Op::SyncDir));
+    let stopped = put_until_poisoned(&engine, 3);
+    assert_poisoned(engine, &io, stopped);
+}
+
+#[test]
+fn failed_hint_file_fsync_poisons() {
+    let io = SimIo::new(4);
+    let engine = open(&io);
+    io.inject(Fault::fail(Op::SyncData).on_path(".hint.tmp"));
+    let stopped = put_until_poisoned(&engine, 0);
+    assert_poisoned(engine, &io, stopped);
+}
+
+#[test]
+fn failed_fsync_of_a_merge_output_poisons() {
+    let io = SimIo::new(5);
+    let engine = open(&io);
+    fill(&engine, 0, 60);
+    fill(&engine, 0, 60); // every first version is dead now
+    io.inject(Fault::fail(Op::SyncData).on_path(".seg.tmp"));
+    assert!(engine.merge().is_err());
+    assert_poisoned(engine, &io, 60);
+}
+
+#[test]
+fn failed_fsync_of_the_merge_commit_file_poisons() {
+    let io = SimIo::new(6);
+    let engine = open(&io);
+    fill(&engine, 0, 60);
+    fill(&engine, 0, 60);
+    io.inject(Fault::fail(Op::SyncData).on_path("MERGE.tmp"));
+    assert!(engine.merge().is_err());
+    assert_poisoned(engine, &io, 60);
+}
+
+#[test]
+fn failed_rename_of_the_merge_commit_file_poisons_and_keeps_the_outputs() {
+    let io = SimIo::new(7);
+    let engine = open(&io);
+    fill(&engine, 0, 60);
+    fill(&engine, 0, 60);
+    io.inject(Fault::fail(Op::Rename).on_path("MERGE.tmp"));
+    assert!(engine.merge().is_err());
+    assert_poisoned(engine, &io, 60);
 }

@@ -75,7 +75,7 @@ fn segments_are_preallocated_and_trimmed_when_sealed() {
     );
     drop(wal);
 
-    let io = SimIo::new();
+    let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, 8192);
     for i in 1..=300 {
         wal.append(&[record(i % 4, i)]).unwrap();
@@ -105,7 +105,7 @@ fn wal_active_bytes(io: &SimIo, path: &std::path::Path) -> u64 {
 
 #[test]
 fn rotation_spreads_records_over_segments() {
-    let io = SimIo::new();
+    let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, 4096);
     let mut expected = Vec::new();
     for i in 1..=300 {
@@ -123,7 +123,7 @@ fn rotation_spreads_records_over_segments() {
 
 #[test]
 fn batch_larger_than_a_segment_gets_its_own() {
-    let io = SimIo::new();
+    let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, 4096);
     let big = Record {
         group: 1,
@@ -141,7 +141,7 @@ fn batch_larger_than_a_segment_gets_its_own() {
 
 #[test]
 fn concurrent_appends_keep_each_writers_order() {
-    let io = SimIo::new();
+    let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, 64 * 1024);
     let wal = Arc::new(wal);
     let writers: Vec<_> = (0..4u64)
@@ -170,7 +170,7 @@ fn concurrent_appends_keep_each_writers_order() {
 
 #[test]
 fn limits_and_options_are_checked() {
-    let io = SimIo::new();
+    let io = SimIo::new(0x3a1);
     let err = Wal::open("/sim/wal", crate::support::sim_options(&io, 100)).unwrap_err();
     assert!(matches!(err, WalError::InvalidOptions(_)), "{err}");
     let (wal, _) = open_sim(&io, 4096);
@@ -210,7 +210,7 @@ fn a_directory_is_opened_by_one_wal_at_a_time() {
     drop(wal);
     Wal::open(dir.path(), WalOptions::default()).unwrap();
 
-    let io = SimIo::new();
+    let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, 4096);
     assert!(matches!(
         Wal::open(crate::support::DIR, crate::support::sim_options(&io, 4096)),
@@ -226,7 +226,7 @@ fn a_directory_is_opened_by_one_wal_at_a_time() {
 fn concurrent_appends_share_fsyncs() {
     const THREADS: u64 = 8;
     const APPENDS: u64 = 50;
-    let io = SimIo::new();
+    let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, 1 << 20);
     io.set_sync_delay(std::time::Duration::from_millis(1));
     let syncs_before = io.syncs();
@@ -273,7 +273,7 @@ fn concurrent_appends_share_fsyncs() {
 #[test]
 fn failed_group_fails_every_member() {
     const THREADS: u64 = 6;
-    let io = SimIo::new();
+    let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, 1 << 20);
     io.set_sync_delay(std::time::Duration::from_millis(2));
     let wal = Arc::new(wal);
@@ -285,7 +285,7 @@ fn failed_group_fails_every_member() {
                     let mut acked = Vec::new();
                     for i in 0..40 {
                         if t == 0 && i == 20 {
-                            io.fail_next_sync();
+                            crate::support::fail_next_sync(&io);
                         }
                         match wal.append(&[record(t, i)]) {
                             Ok(()) => acked.push(record(t, i)),
@@ -305,7 +305,7 @@ fn failed_group_fails_every_member() {
     ));
     drop(wal);
     let (_, replay) = open_sim(
-        &io.power_cut(cairn_wal::io::sim::PowerCut::DropUnsynced),
+        &io.crash_image(cairn_wal::io::sim::PowerCut::DropUnsynced),
         1 << 20,
     );
     for record in acked.concat() {

@@ -1,7 +1,7 @@
 //! Torn tails at every byte offset are repaired, whether the preallocated tail survived or
 //! not; bit flips and zeroed frames in acknowledged data are reported with the file and offset.
 
-use cairn_wal::io::WalIo;
+use cairn_wal::io::Io;
 use cairn_wal::io::sim::{PowerCut, SimIo};
 use cairn_wal::{Record, WalError};
 
@@ -13,7 +13,7 @@ const SEGMENT_BYTES: u64 = 64 * 1024;
 /// A log of `batches` appends of two records each, in one segment. Returns the disk, the
 /// records, and the end of the log (the offset of the next frame) after each batch.
 fn one_segment_log(batches: u64) -> (SimIo, Vec<Vec<Record>>, Vec<usize>) {
-    let io = SimIo::new();
+    let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, SEGMENT_BYTES);
     let mut appended = Vec::new();
     let mut ends = vec![wal.total_bytes() as usize];
@@ -54,7 +54,7 @@ fn torn_tail_at_every_byte_offset() {
             if zero_tail {
                 bytes.resize(full.len(), 0);
             }
-            let disk = io.power_cut(PowerCut::DropUnsynced);
+            let disk = io.crash_image(PowerCut::DropUnsynced);
             disk.set_file_bytes(&path, bytes);
             let (wal, replay) = open_sim(&disk, SEGMENT_BYTES);
             let whole_batches = ends.iter().skip(1).filter(|&&end| end <= cut).count();
@@ -94,7 +94,7 @@ fn garbage_tail_is_zeroed() {
             let mut bytes = io.file_bytes(&path).unwrap();
             bytes.resize(bytes.len().max(at + garbage.len()), 0);
             bytes[at..at + garbage.len()].copy_from_slice(&garbage);
-            let disk = io.power_cut(PowerCut::DropUnsynced);
+            let disk = io.crash_image(PowerCut::DropUnsynced);
             disk.set_file_bytes(&path, bytes);
             let (wal, replay) = open_sim(&disk, SEGMENT_BYTES);
             assert_eq!(replay, appended.concat(), "garbage at {at}");
@@ -118,7 +118,7 @@ fn zeroed_frame_header_is_the_end_only_before_zeros() {
     for batch in 0..4 {
         let mut damaged = full.clone();
         damaged[ends[batch]..ends[batch] + 24].fill(0);
-        let disk = io.power_cut(PowerCut::DropUnsynced);
+        let disk = io.crash_image(PowerCut::DropUnsynced);
         disk.set_file_bytes(&path, damaged);
         match cairn_wal::Wal::open(DIR, sim_options(&disk, SEGMENT_BYTES)) {
             Err(WalError::Corruption { offset, .. }) if batch < 3 => {
@@ -135,7 +135,7 @@ fn zeroed_frame_header_is_the_end_only_before_zeros() {
     // A whole last frame lost to zeros is indistinguishable from a write that never landed.
     let mut damaged = full.clone();
     damaged[ends[3]..ends[4]].fill(0);
-    let disk = io.power_cut(PowerCut::DropUnsynced);
+    let disk = io.crash_image(PowerCut::DropUnsynced);
     disk.set_file_bytes(&path, damaged);
     let (_, replay) = open_sim(&disk, SEGMENT_BYTES);
     assert_eq!(replay, appended[..3].concat());
@@ -150,7 +150,7 @@ fn short_preallocation_is_extended_by_the_next_append() {
     for tail in [0, 10, 1000] {
         let mut bytes = io.file_bytes(&path).unwrap();
         bytes.truncate(ends[2] + tail);
-        let disk = io.power_cut(PowerCut::DropUnsynced);
+        let disk = io.crash_image(PowerCut::DropUnsynced);
         disk.set_file_bytes(&path, bytes);
         let (wal, replay) = open_sim(&disk, SEGMENT_BYTES);
         assert_eq!(replay, appended.concat());
@@ -177,7 +177,7 @@ fn short_preallocation_is_extended_by_the_next_append() {
 /// segment, is corruption.
 #[test]
 fn zeros_after_a_seal_are_trimmed_only_in_the_newest_segment() {
-    let io = SimIo::new();
+    let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, 4096);
     for i in 1..=200 {
         wal.append(&[record(1, i)]).unwrap();
@@ -201,10 +201,10 @@ fn zeros_after_a_seal_are_trimmed_only_in_the_newest_segment() {
     with_zeros.resize(sealed_bytes.len() + 500, 0);
 
     // As the newest segment (the crash came before its successor was created).
-    let disk = io.power_cut(PowerCut::DropUnsynced);
+    let disk = io.crash_image(PowerCut::DropUnsynced);
     disk.remove(newest).unwrap();
     disk.sync_dir(std::path::Path::new(DIR)).unwrap();
-    let (_, expected) = open_sim(&disk.power_cut(PowerCut::DropUnsynced), 4096);
+    let (_, expected) = open_sim(&disk.crash_image(PowerCut::DropUnsynced), 4096);
     disk.set_file_bytes(second, with_zeros.clone());
     let (wal, replay) = open_sim(&disk, 4096);
     assert_eq!(replay, expected);
@@ -215,7 +215,7 @@ fn zeros_after_a_seal_are_trimmed_only_in_the_newest_segment() {
     assert_eq!(replay.last(), Some(&record(1, 1000)));
 
     // Not zeros after the seal of the newest segment.
-    let disk = io.power_cut(PowerCut::DropUnsynced);
+    let disk = io.crash_image(PowerCut::DropUnsynced);
     disk.remove(newest).unwrap();
     disk.sync_dir(std::path::Path::new(DIR)).unwrap();
     let mut garbage = with_zeros.clone();
@@ -228,7 +228,7 @@ fn zeros_after_a_seal_are_trimmed_only_in_the_newest_segment() {
     );
 
     // An older segment with zeros after its seal.
-    let disk = io.power_cut(PowerCut::DropUnsynced);
+    let disk = io.crash_image(PowerCut::DropUnsynced);
     disk.set_file_bytes(second, with_zeros);
     let err = cairn_wal::Wal::open(DIR, sim_options(&disk, 4096)).unwrap_err();
     assert!(
@@ -246,7 +246,7 @@ fn bit_flip_followed_by_valid_frames_is_corruption() {
     for offset in ends[0]..ends[3] {
         let mut damaged = full.clone();
         damaged[offset] ^= 0x10;
-        let disk = io.power_cut(PowerCut::DropUnsynced);
+        let disk = io.crash_image(PowerCut::DropUnsynced);
         disk.set_file_bytes(&path, damaged);
         let err = cairn_wal::Wal::open(DIR, sim_options(&disk, SEGMENT_BYTES)).unwrap_err();
         let WalError::Corruption {
@@ -265,7 +265,7 @@ fn bit_flip_followed_by_valid_frames_is_corruption() {
 
 #[test]
 fn bit_flips_in_sealed_segments_are_corruption() {
-    let io = SimIo::new();
+    let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, 4096);
     for i in 1..=100 {
         wal.append(&[record(1, i)]).unwrap();
@@ -279,7 +279,7 @@ fn bit_flips_in_sealed_segments_are_corruption() {
     for offset in 0..bytes.len() {
         let mut damaged = bytes.clone();
         damaged[offset] ^= 0x01;
-        let disk = io.power_cut(PowerCut::DropUnsynced);
+        let disk = io.crash_image(PowerCut::DropUnsynced);
         disk.set_file_bytes(&first, damaged);
         match cairn_wal::Wal::open(DIR, sim_options(&disk, 4096)) {
             Err(WalError::Corruption { path, .. }) => assert_eq!(path, first),
@@ -288,7 +288,7 @@ fn bit_flips_in_sealed_segments_are_corruption() {
         }
     }
     // A sealed segment cut short is corruption too, not a torn tail.
-    let disk = io.power_cut(PowerCut::DropUnsynced);
+    let disk = io.crash_image(PowerCut::DropUnsynced);
     disk.set_file_bytes(&first, bytes[..bytes.len() - 1].to_vec());
     assert!(matches!(
         cairn_wal::Wal::open(DIR, sim_options(&disk, 4096)),
@@ -298,7 +298,7 @@ fn bit_flips_in_sealed_segments_are_corruption() {
 
 #[test]
 fn torn_header_of_a_new_segment_is_repaired() {
-    let io = SimIo::new();
+    let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, 4096);
     for i in 1..=50 {
         wal.append(&[record(1, i)]).unwrap();
@@ -308,13 +308,13 @@ fn torn_header_of_a_new_segment_is_repaired() {
     let newest = files.last().unwrap().clone();
     // Keep only the first bytes of the newest segment's header.
     let expected_before: usize = {
-        let disk = io.power_cut(PowerCut::DropUnsynced);
+        let disk = io.crash_image(PowerCut::DropUnsynced);
         disk.set_file_bytes(&newest, Vec::new());
         let (_, replay) = open_sim(&disk, 4096);
         replay.len()
     };
     for cut in [0, 5, 23] {
-        let disk = io.power_cut(PowerCut::DropUnsynced);
+        let disk = io.crash_image(PowerCut::DropUnsynced);
         disk.set_file_bytes(&newest, io.file_bytes(&newest).unwrap()[..cut].to_vec());
         let (wal, replay) = open_sim(&disk, 4096);
         assert_eq!(replay.len(), expected_before);
@@ -330,7 +330,7 @@ fn unknown_format_version_is_refused_not_repaired() {
     bytes[8] = 99; // format version
     let crc = crc32c::crc32c(&bytes[0..20]);
     bytes[20..24].copy_from_slice(&crc.to_le_bytes());
-    let disk = io.power_cut(PowerCut::DropUnsynced);
+    let disk = io.crash_image(PowerCut::DropUnsynced);
     disk.set_file_bytes(&path, bytes.clone());
     let err = cairn_wal::Wal::open(DIR, sim_options(&disk, SEGMENT_BYTES)).unwrap_err();
     assert!(

@@ -11,10 +11,10 @@ use crate::support::{open_sim, record};
 
 #[test]
 fn failed_fsync_poisons_the_log() {
-    let io = SimIo::new();
+    let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, 4096);
     wal.append(&[record(1, 1)]).unwrap();
-    io.fail_next_sync();
+    crate::support::fail_next_sync(&io);
     assert!(matches!(
         wal.append(&[record(1, 2)]),
         Err(WalError::Io { .. })
@@ -28,16 +28,16 @@ fn failed_fsync_poisons_the_log() {
     assert!(matches!(wal.purge(|_| u64::MAX), Err(WalError::Poisoned)));
     drop(wal);
     // A restart recovers what was durable.
-    let (wal, replay) = open_sim(&io.power_cut(PowerCut::DropUnsynced), 4096);
+    let (wal, replay) = open_sim(&io.crash_image(PowerCut::DropUnsynced), 4096);
     assert_eq!(replay, vec![record(1, 1)]);
     wal.append(&[record(1, 2)]).unwrap();
 }
 
 #[test]
 fn failed_write_poisons_the_log() {
-    let io = SimIo::new();
+    let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, 4096);
-    io.fail_next_write();
+    io.fail_next(cairn_wal::io::sim::Op::Write);
     assert!(wal.append(&[record(1, 1)]).is_err());
     assert!(matches!(
         wal.append(&[record(1, 2)]),
@@ -51,13 +51,13 @@ fn failed_write_poisons_the_log() {
 
 #[test]
 fn failed_fsync_during_rotation_poisons_the_log() {
-    let io = SimIo::new();
+    let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, 4096);
     let mut acked = Vec::new();
     let mut failed = false;
     for i in 1..=200 {
         if i % 37 == 0 {
-            io.fail_next_sync();
+            crate::support::fail_next_sync(&io);
         }
         match wal.append(&[record(1, i)]) {
             Ok(()) => acked.push(record(1, i)),
@@ -69,7 +69,7 @@ fn failed_fsync_during_rotation_poisons_the_log() {
     }
     assert!(failed && wal.is_poisoned());
     drop(wal);
-    let (_, replay) = open_sim(&io.power_cut(PowerCut::DropUnsynced), 4096);
+    let (_, replay) = open_sim(&io.crash_image(PowerCut::DropUnsynced), 4096);
     assert_eq!(replay, acked);
 }
 
@@ -79,7 +79,7 @@ fn failed_fsync_during_rotation_poisons_the_log() {
 #[test]
 fn power_cuts_keep_every_acknowledged_append() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xCA1E);
-    let mut io = SimIo::new();
+    let mut io = SimIo::new(0x3a1);
     let mut acked: Vec<Record> = Vec::new();
     let mut next_index = 1u64;
     for round in 0..30 {
@@ -114,7 +114,7 @@ fn power_cuts_keep_every_acknowledged_append() {
                     while io.syncs() < target && !done.load(Ordering::Relaxed) {
                         std::thread::yield_now();
                     }
-                    io.fail_next_sync();
+                    crate::support::fail_next_sync(io);
                 });
             }
             let handles: Vec<_> = (0..threads)
@@ -154,7 +154,7 @@ fn power_cuts_keep_every_acknowledged_append() {
             },
         };
         drop(wal);
-        io = io.power_cut(mode);
+        io = io.crash_image(mode);
         let (_, replay) = open_sim(&io, 1 << 20);
         let mut replayed_now: Vec<Record> = replay[acked.len()..].to_vec();
         replayed_now.sort_by_key(|r| (r.group, r.index));
@@ -181,7 +181,7 @@ fn power_cuts_keep_every_acknowledged_append() {
 fn torn_group_is_never_mistaken_for_corruption() {
     const THREADS: u64 = 6;
     for seed in 0..40u64 {
-        let io = SimIo::new();
+        let io = SimIo::new(0x3a1);
         let (wal, _) = open_sim(&io, 1 << 20);
         io.set_sync_delay(std::time::Duration::from_micros(300));
         let wal = Arc::new(wal);
@@ -193,7 +193,7 @@ fn torn_group_is_never_mistaken_for_corruption() {
                         let mut acked = Vec::new();
                         for i in 0..30u64 {
                             if t == 0 && i == 15 {
-                                io.fail_next_sync();
+                                crate::support::fail_next_sync(&io);
                             }
                             let batch: Vec<Record> = (0..3)
                                 .map(|k| Record {
@@ -217,7 +217,7 @@ fn torn_group_is_never_mistaken_for_corruption() {
                 .collect()
         });
         drop(wal);
-        let disk = io.power_cut(PowerCut::KeepSectors {
+        let disk = io.crash_image(PowerCut::KeepSectors {
             seed,
             sector_bytes: 512,
         });
@@ -240,7 +240,7 @@ fn torn_group_is_never_mistaken_for_corruption() {
 #[test]
 fn power_cut_during_a_preallocation_extension() {
     const SEGMENT_BYTES: u64 = 3 * cairn_wal::SEGMENT_PREALLOCATE_BYTES;
-    let io = SimIo::new();
+    let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, SEGMENT_BYTES);
     let payload = bytes::Bytes::from(vec![0xA5u8; 256 * 1024]);
     let mut acked = Vec::new();
@@ -255,7 +255,7 @@ fn power_cut_during_a_preallocation_extension() {
         let crosses = wal.total_bytes() + 24 + 24 + payload.len() as u64
             > cairn_wal::SEGMENT_PREALLOCATE_BYTES;
         if crosses {
-            io.fail_next_sync();
+            crate::support::fail_next_sync(&io);
             assert!(wal.append(&batch).is_err());
             break;
         }
@@ -280,7 +280,7 @@ fn power_cut_during_a_preallocation_extension() {
         sector_bytes: 64 * 1024,
     }));
     for mode in modes {
-        let disk = io.power_cut(mode);
+        let disk = io.crash_image(mode);
         let (wal, replay) = open_sim(&disk, SEGMENT_BYTES);
         assert_eq!(&replay[..acked.len()], &acked[..], "{mode:?}");
         assert!(replay.len() <= acked.len() + 1, "{mode:?}");
@@ -297,14 +297,14 @@ fn power_cut_during_a_preallocation_extension() {
 #[test]
 fn power_cut_at_every_append_across_rotations() {
     for failing in 1..=150u64 {
-        let io = SimIo::new();
+        let io = SimIo::new(0x3a1);
         let (wal, _) = open_sim(&io, 4096);
         let mut acked = Vec::new();
         for i in 1..failing {
             wal.append(&[record(1, i)]).unwrap();
             acked.push(record(1, i));
         }
-        io.fail_next_sync();
+        crate::support::fail_next_sync(&io);
         assert!(wal.append(&[record(1, failing)]).is_err());
         drop(wal);
         for mode in [
@@ -320,7 +320,7 @@ fn power_cut_at_every_append_across_rotations() {
                 sector_bytes: 16,
             },
         ] {
-            let disk = io.power_cut(mode);
+            let disk = io.crash_image(mode);
             let (wal, replay) = match cairn_wal::Wal::open(
                 crate::support::DIR,
                 crate::support::sim_options(&disk, 4096),

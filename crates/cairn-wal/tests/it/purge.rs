@@ -8,7 +8,7 @@ use crate::support::{open_sim, record, segments};
 
 #[test]
 fn purge_removes_only_fully_applied_segments() {
-    let io = SimIo::new();
+    let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, 4096);
     for i in 1..=200 {
         wal.append(&[record(1, i), record(2, i)]).unwrap();
@@ -51,7 +51,7 @@ fn purge_removes_only_fully_applied_segments() {
 
 #[test]
 fn purge_can_remove_a_middle_segment() {
-    let io = SimIo::new();
+    let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, 4096);
     // Group 7 writes only at the start; group 8 fills later segments.
     wal.append(&[record(7, 1)]).unwrap();
@@ -77,7 +77,7 @@ fn purge_during_appends_and_power_cut_keep_unapplied_records() {
 
     use cairn_wal::io::sim::PowerCut;
 
-    let io = SimIo::new();
+    let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, 4096);
     let wal = Arc::new(wal);
     let applied = Arc::new(AtomicU64::new(0));
@@ -115,7 +115,7 @@ fn purge_during_appends_and_power_cut_keep_unapplied_records() {
             kept_per_mille: 500,
         },
     ] {
-        let disk = io.power_cut(mode);
+        let disk = io.crash_image(mode);
         let (_, replay) = open_sim(&disk, 4096);
         for (group, indexes) in acked.iter().enumerate() {
             assert_eq!(indexes.len() as u64, APPENDS, "no append may fail");

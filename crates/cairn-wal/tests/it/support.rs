@@ -31,9 +31,15 @@ pub fn open_sim(io: &SimIo, segment_bytes_max: u64) -> (Wal, Vec<Record>) {
 
 /// Paths of the segment files on a simulated disk, oldest first.
 pub fn segments(io: &SimIo) -> Vec<PathBuf> {
-    use cairn_wal::io::WalIo;
+    use cairn_wal::io::Io;
     let mut names = io.list_dir(Path::new(DIR)).expect("list");
     names.retain(|n| n.ends_with(".wal"));
     names.sort();
     names.into_iter().map(|n| Path::new(DIR).join(n)).collect()
+}
+
+/// Makes the next fsync of a file or a directory fail (once).
+pub fn fail_next_sync(io: &SimIo) {
+    use cairn_wal::io::sim::{Action, Fault, Op};
+    io.inject(Fault::new(Op::SYNCS, Action::Fail));
 }

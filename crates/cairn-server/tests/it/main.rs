@@ -1,0 +1,3 @@
+//! Integration tests for `cairn-server`: one binary, one module per concern.
+
+mod power_cut;

@@ -1,0 +1,771 @@
+//! A whole node on the simulated disk, with the power cut at random moments: between calls
+//! and inside them (during a log append, an fsync, an engine write, a merge, a checkpoint's
+//! log purge, the node's first start).
+//!
+//! Each client owns its keys and has at most one request in flight, so after a cut the state
+//! of its keys must be exactly one state of its own history: with `--sync always` the state
+//! after its last acknowledged write, or that plus the write in flight (whose outcome it never
+//! learnt). Comparing whole states checks three things at once: every acknowledged write is
+//! there with its value and expiry, a multi-key write (MSET, DEL of several keys, a batch, all
+//! spanning shards) is all or nothing, and nothing unwritten appears. With `--sync everysec` the
+//! state may be any one from the last completed sync onwards: that is the bound on what
+//! everysec loses, and it checks that writes acknowledged before a sync began survive it.
+//!
+//! `CAIRN_NODE_POWER_CUT_SEEDS=N` runs N seeds (a few by default);
+//! `CAIRN_NODE_POWER_CUT_SEED=S` replays one. A seed fixes the workload, the cut points and the
+//! tears; thread interleavings stay the machine's.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cairn_io::sim::{Action, Fault, Op as IoOp, PowerCut, SimIo};
+use cairn_server::config::SyncMode;
+use cairn_server::node::now_ms;
+use cairn_server::slot::SlotMap;
+use cairn_server::{
+    BatchOp, Command, Condition, ExpireCondition, Expiry, Node, NodeOptions, Reply, StorageTuning,
+};
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Seeds per test in a normal run.
+const SEEDS_DEFAULT: u64 = 3;
+/// Power cuts per seed (the node is reopened on the surviving disk after each).
+const ROUNDS: u64 = 4;
+const CLIENTS: u64 = 4;
+const SHARDS: u32 = 8;
+/// String keys per client (SET, MSET, DEL, EXPIRE, batches), counters (INCRBY, DEL) and
+/// volatile keys (SET with a TTL short enough to expire during the test, DEL).
+const STRING_KEYS: u64 = 4;
+const COUNTER_KEYS: u64 = 2;
+const VOLATILE_KEYS: u64 = 2;
+/// A cut armed inside a call fires within this many disk-changing calls.
+const CUT_CALLS_MAX: u64 = 2_500;
+/// A cut armed during `open` fires within this many calls (an open makes roughly a hundred).
+const OPEN_CUT_CALLS_MAX: u64 = 150;
+/// Long TTLs never run out during the test; short ones do.
+const LONG_TTL_MS: i64 = 3_600_000;
+const SHORT_TTL_MS: std::ops::Range<i64> = 20..300;
+
+const DATA_DIR: &str = "/sim/cairn-data";
+
+fn node_options(io: &SimIo, sync: SyncMode) -> NodeOptions {
+    NodeOptions {
+        data_dir: DATA_DIR.into(),
+        shards: SHARDS,
+        value_bytes_max: 1 << 20,
+        sync,
+        grpc_addr: "127.0.0.1:1".parse().unwrap(),
+        http_addr: "127.0.0.1:2".parse().unwrap(),
+        resp_addr: "127.0.0.1:3".parse().unwrap(),
+        io: Arc::new(io.clone()),
+        // Small segments: the log rotates and is purged at checkpoints, engines rotate, write
+        // hint files and merge, all while the power may go off.
+        tuning: StorageTuning {
+            wal_segment_bytes_max: 16 * 1024,
+            engine_segment_bytes_max: 8 * 1024,
+        },
+    }
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+// ---- the model --------------------------------------------------------------------------
+
+/// A key's value and expiry as a client knows them. A deadline the node chose is known only
+/// within the window between sending the write and getting its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Val {
+    value: Bytes,
+    /// Absolute deadline in ms, between these bounds (inclusive), or none.
+    deadline: Option<(u64, u64)>,
+}
+
+/// The state of one client's keys (absent keys are absent from the map).
+type State = BTreeMap<Bytes, Val>;
+
+/// One write a client sends.
+#[derive(Debug, Clone)]
+enum Op {
+    Set {
+        key: Bytes,
+        value: Bytes,
+        ttl_ms: Option<i64>,
+    },
+    Del {
+        keys: Vec<Bytes>,
+    },
+    Expire {
+        key: Bytes,
+        ttl_ms: i64,
+    },
+    IncrBy {
+        key: Bytes,
+        delta: i64,
+    },
+    MSet {
+        pairs: Vec<(Bytes, Bytes)>,
+    },
+    Batch {
+        ops: Vec<(Bytes, Option<Bytes>)>,
+    },
+}
+
+impl Op {
+    fn command(&self) -> Command {
+        match self.clone() {
+            Op::Set { key, value, ttl_ms } => Command::Set {
+                key,
+                value,
+                expiry: ttl_ms.map_or(Expiry::Never, Expiry::InMs),
+                condition: Condition::Always,
+                return_old: false,
+            },
+            Op::Del { keys } => Command::Del { keys },
+            Op::Expire { key, ttl_ms } => Command::Expire {
+                key,
+                expiry: Expiry::InMs(ttl_ms),
+                condition: ExpireCondition::Always,
+            },
+            Op::IncrBy { key, delta } => Command::IncrBy { key, delta },
+            Op::MSet { pairs } => Command::MSet { pairs, nx: false },
+            Op::Batch { ops } => Command::Batch {
+                ops: ops
+                    .into_iter()
+                    .map(|(key, value)| match value {
+                        Some(value) => BatchOp::Put {
+                            key,
+                            value,
+                            expiry: Expiry::Never,
+                        },
+                        None => BatchOp::Delete { key },
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    /// The state after this write, sent at `sent` and answered by `answered` (ms), and the
+    /// integer reply it must get (INCRBY only).
+    fn apply(&self, state: &State, sent: u64, answered: u64) -> (State, Option<i64>) {
+        let mut next = state.clone();
+        // A key whose deadline surely passed before the write is gone; one that may have
+        // passed makes the outcome unpredictable, which the workload avoids (TTLs on volatile
+        // keys are only ever replaced by SET and DEL, which do not read them).
+        next.retain(|_, v| v.deadline.is_none_or(|(_, hi)| hi > sent));
+        let window = |ttl: i64| {
+            let ttl = ttl as u64;
+            Some((sent + ttl, answered + ttl))
+        };
+        let mut reply = None;
+        match self {
+            Op::Set { key, value, ttl_ms } => {
+                let deadline = ttl_ms.and_then(window);
+                next.insert(
+                    key.clone(),
+                    Val {
+                        value: value.clone(),
+                        deadline,
+                    },
+                );
+            }
+            Op::Del { keys } => {
+                for k in keys {
+                    next.remove(k);
+                }
+            }
+            Op::Expire { key, ttl_ms } => {
+                if *ttl_ms <= 0 {
+                    next.remove(key);
+                } else if let Some(v) = next.get_mut(key) {
+                    v.deadline = window(*ttl_ms);
+                }
+            }
+            Op::IncrBy { key, delta } => {
+                let old = next.get(key).map_or(0, |v| {
+                    std::str::from_utf8(&v.value)
+                        .unwrap()
+                        .parse::<i64>()
+                        .unwrap()
+                });
+                let new = old + delta;
+                let deadline = next.get(key).and_then(|v| v.deadline);
+                next.insert(
+                    key.clone(),
+                    Val {
+                        value: b(&new.to_string()),
+                        deadline,
+                    },
+                );
+                reply = Some(new);
+            }
+            Op::MSet { pairs } => {
+                for (k, v) in pairs {
+                    next.insert(
+                        k.clone(),
+                        Val {
+                            value: v.clone(),
+                            deadline: None,
+                        },
+                    );
+                }
+            }
+            Op::Batch { ops } => {
+                for (k, v) in ops {
+                    match v {
+                        Some(v) => {
+                            next.insert(
+                                k.clone(),
+                                Val {
+                                    value: v.clone(),
+                                    deadline: None,
+                                },
+                            );
+                        }
+                        None => {
+                            next.remove(k);
+                        }
+                    }
+                }
+            }
+        }
+        (next, reply)
+    }
+}
+
+/// One client: its keys, its history since the last verification, its write in flight.
+#[derive(Debug)]
+struct Client {
+    id: u64,
+    /// Every key the client may write (the universe checked for stray keys).
+    keys: Vec<Bytes>,
+    /// States after each acknowledged write since the last verification, oldest first, each
+    /// with the global acknowledgement number it got; `history[0]` is the verified state.
+    history: Vec<(u64, State)>,
+    /// The write in flight when the power went off (sent, never answered with success), with
+    /// its send time.
+    in_flight: Option<(Op, u64)>,
+    /// Writes acknowledged over the whole test.
+    acked: u64,
+    /// Counter for unique values.
+    next_value: u64,
+}
+
+impl Client {
+    fn new(id: u64) -> Client {
+        let mut keys = Vec::new();
+        for i in 0..STRING_KEYS {
+            keys.push(b(&format!("c{id}:s{i}")));
+        }
+        for i in 0..COUNTER_KEYS {
+            keys.push(b(&format!("c{id}:n{i}")));
+        }
+        for i in 0..VOLATILE_KEYS {
+            keys.push(b(&format!("c{id}:v{i}")));
+        }
+        Client {
+            id,
+            keys,
+            history: vec![(0, State::new())],
+            in_flight: None,
+            acked: 0,
+            next_value: 0,
+        }
+    }
+
+    fn current(&self) -> &State {
+        &self.history.last().expect("never empty").1
+    }
+
+    fn key(&self, kind: char, i: u64) -> Bytes {
+        b(&format!("c{}:{kind}{i}", self.id))
+    }
+
+    fn value(&mut self) -> Bytes {
+        self.next_value += 1;
+        b(&format!("c{}-{}", self.id, self.next_value))
+    }
+
+    fn next_op(&mut self, rng: &mut StdRng) -> Op {
+        let s = |rng: &mut StdRng| rng.random_range(0..STRING_KEYS);
+        match rng.random_range(0..100) {
+            0..30 => {
+                let key = self.key('s', s(rng));
+                let ttl_ms = rng.random_bool(0.2).then_some(LONG_TTL_MS);
+                Op::Set {
+                    key,
+                    value: self.value(),
+                    ttl_ms,
+                }
+            }
+            30..38 => Op::Set {
+                key: self.key('v', rng.random_range(0..VOLATILE_KEYS)),
+                value: self.value(),
+                ttl_ms: Some(rng.random_range(SHORT_TTL_MS)),
+            },
+            38..48 => {
+                let mut keys = vec![self.key('s', s(rng))];
+                if rng.random_bool(0.5) {
+                    keys.push(self.key('s', s(rng)));
+                }
+                if rng.random_bool(0.3) {
+                    keys.push(self.key('v', rng.random_range(0..VOLATILE_KEYS)));
+                }
+                if rng.random_bool(0.2) {
+                    keys.push(self.key('n', rng.random_range(0..COUNTER_KEYS)));
+                }
+                Op::Del { keys }
+            }
+            48..58 => Op::Expire {
+                key: self.key('s', s(rng)),
+                ttl_ms: if rng.random_bool(0.15) {
+                    0
+                } else {
+                    LONG_TTL_MS
+                },
+            },
+            58..75 => Op::IncrBy {
+                key: self.key('n', rng.random_range(0..COUNTER_KEYS)),
+                delta: rng.random_range(-5..50),
+            },
+            75..90 => {
+                let mut pairs = Vec::new();
+                for i in 0..STRING_KEYS {
+                    if i == 0 || rng.random_bool(0.6) {
+                        let v = self.value();
+                        pairs.push((self.key('s', i), v));
+                    }
+                }
+                Op::MSet { pairs }
+            }
+            _ => {
+                let mut ops = Vec::new();
+                for i in 0..STRING_KEYS {
+                    if rng.random_bool(0.7) {
+                        let v = rng.random_bool(0.75).then(|| self.value());
+                        ops.push((self.key('s', i), v));
+                    }
+                }
+                if ops.is_empty() {
+                    ops.push((self.key('s', 0), Some(self.value())));
+                }
+                Op::Batch { ops }
+            }
+        }
+    }
+}
+
+// ---- checking -----------------------------------------------------------------------------
+
+/// What the node holds for one key: value and absolute expiry.
+type Observed = Option<(Bytes, Option<u64>)>;
+
+/// Whether `observed` (read between `read_lo` and `read_hi`) agrees with `expected`.
+fn key_agrees(expected: Option<&Val>, observed: &Observed, read_lo: u64, read_hi: u64) -> bool {
+    match expected {
+        None => observed.is_none(),
+        Some(val) => {
+            let (may_have_expired, surely_expired) = match val.deadline {
+                None => (false, false),
+                Some((lo, hi)) => (lo <= read_hi, hi <= read_lo),
+            };
+            match observed {
+                None => may_have_expired,
+                Some((value, deadline)) => {
+                    let deadline_ok = match (val.deadline, deadline) {
+                        (None, None) => true,
+                        (Some((lo, hi)), Some(d)) => (lo..=hi).contains(d),
+                        _ => false,
+                    };
+                    !surely_expired && value == &val.value && deadline_ok
+                }
+            }
+        }
+    }
+}
+
+fn state_agrees(
+    keys: &[Bytes],
+    expected: &State,
+    observed: &BTreeMap<Bytes, Observed>,
+    read: (u64, u64),
+) -> bool {
+    keys.iter()
+        .all(|k| key_agrees(expected.get(k), &observed[k], read.0, read.1))
+}
+
+async fn observe(node: &Node, keys: &[Bytes]) -> BTreeMap<Bytes, Observed> {
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let reply = node
+            .execute(Command::Get { key: key.clone() })
+            .await
+            .expect("a read after recovery succeeds");
+        let Reply::Entry(entry) = reply else {
+            panic!("GET answered {reply:?}");
+        };
+        out.insert(key.clone(), entry.map(|e| (e.value, e.expires_at_ms)));
+    }
+    out
+}
+
+/// Checks every client's keys against its history and resets the history to what was found.
+///
+/// With `--sync always` a client's keys must match, all together, its newest state or that
+/// plus its write in flight. With `everysec` any state kept in its history may be found (the
+/// round's end pruned the history to the last completed sync), and only per shard: each
+/// shard's keys match one state, so a multi-key write is atomic within a shard, and the shards
+/// may stop at different states (the documented everysec bound).
+async fn verify(node: &Node, clients: &mut [Client], sync: SyncMode, context: &str) {
+    let read_lo = now_ms();
+    let mut observed = Vec::new();
+    for c in clients.iter() {
+        observed.push(observe(node, &c.keys).await);
+    }
+    let read_hi = now_ms();
+    // Nothing outside the clients' keys exists.
+    let Reply::Keys(all) = node
+        .execute(Command::Keys { pattern: b("*") })
+        .await
+        .unwrap()
+    else {
+        panic!("KEYS answered something else");
+    };
+    for key in all {
+        assert!(
+            clients.iter().any(|c| c.keys.contains(&key)),
+            "{context}: key {key:?} was never written"
+        );
+    }
+    let slots = SlotMap::new(SHARDS);
+    for (c, seen) in clients.iter_mut().zip(observed) {
+        let mut candidates: Vec<(String, State)> = Vec::new();
+        if let Some((op, sent)) = &c.in_flight {
+            // Its answer never came: it was decided some time before now.
+            let (state, _) = op.apply(c.current(), *sent, read_lo);
+            candidates.push((format!("after the in-flight {op:?}"), state));
+        }
+        let last = c.history.len() - 1;
+        for (i, (_, state)) in c.history.iter().enumerate().rev() {
+            candidates.push((format!("after write {i} of {last}"), state.clone()));
+            if sync == SyncMode::Always {
+                break;
+            }
+        }
+        let groups: Vec<Vec<Bytes>> = if sync == SyncMode::Always {
+            vec![c.keys.clone()]
+        } else {
+            let mut by_shard: BTreeMap<usize, Vec<Bytes>> = BTreeMap::new();
+            for k in &c.keys {
+                by_shard
+                    .entry(slots.shard_of_key(k))
+                    .or_default()
+                    .push(k.clone());
+            }
+            by_shard.into_values().collect()
+        };
+        let mut found = State::new();
+        for group in &groups {
+            let Some((_, state)) = candidates
+                .iter()
+                .find(|(_, s)| state_agrees(group, s, &seen, (read_lo, read_hi)))
+            else {
+                panic!(
+                    "{context}: client {} found {seen:#?}\nwhose keys {group:?} match none of \
+                     the states it may find:\n{candidates:#?}",
+                    c.id
+                );
+            };
+            for k in group {
+                // What expired meanwhile is gone from the node too; a deadline is now known.
+                if let (Some(v), Some((_, deadline))) = (state.get(k), &seen[k]) {
+                    let deadline = deadline.map(|d| (d, d));
+                    found.insert(
+                        k.clone(),
+                        Val {
+                            deadline,
+                            ..v.clone()
+                        },
+                    );
+                }
+            }
+        }
+        c.history = vec![(0, found)];
+        c.in_flight = None;
+    }
+}
+
+// ---- the test -----------------------------------------------------------------------------
+
+fn seeds() -> Vec<u64> {
+    if let Some(seed) = std::env::var("CAIRN_NODE_POWER_CUT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return vec![seed];
+    }
+    let n = std::env::var("CAIRN_NODE_POWER_CUT_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SEEDS_DEFAULT);
+    let base: u64 = rand::random::<u32>().into();
+    (base..base + n).collect()
+}
+
+/// Global acknowledgement counter and the everysec durability mark.
+#[derive(Debug, Default)]
+struct Acks {
+    next: AtomicU64,
+    /// Every acknowledgement numbered below this was received before a sync that completed
+    /// began.
+    durable: AtomicU64,
+}
+
+struct Totals {
+    acked: u64,
+    cuts_in_calls: u64,
+    cuts_in_open: u64,
+}
+
+async fn run_seed(seed: u64, sync: SyncMode) -> Totals {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut disk = SimIo::new(seed);
+    disk.set_trace(true);
+    let mut clients: Vec<Client> = (0..CLIENTS).map(Client::new).collect();
+    let mut totals = Totals {
+        acked: 0,
+        cuts_in_calls: 0,
+        cuts_in_open: 0,
+    };
+    for round in 0..=ROUNDS {
+        let context = format!("seed {seed} ({sync:?}) round {round}");
+        // Phase 1: open the node on the disk the last cut left, sometimes cutting the power
+        // again while it opens (replay, torn-tail repair, first start of a fresh directory).
+        let cut_in_open = round < ROUNDS && rng.random_bool(0.25);
+        if cut_in_open {
+            let calls = rng.random_range(0..OPEN_CUT_CALLS_MAX);
+            disk.inject(
+                Fault::new(IoOp::MUTATING, Action::PowerCut(PowerCut::Random)).after(calls),
+            );
+        }
+        let opened = {
+            let options = node_options(&disk, sync);
+            tokio::task::spawn_blocking(move || Node::open(options))
+                .await
+                .unwrap()
+        };
+        let unfired = disk.clear_faults();
+        let node = match opened {
+            Ok(node) if disk.is_powered() => node,
+            other => {
+                assert!(
+                    !disk.is_powered(),
+                    "{context}: opening a crashed disk failed: {:?}\nrecent calls: {:#?}",
+                    other.err(),
+                    disk.recent_ops()
+                );
+                if let Ok(node) = other {
+                    let _ = node.shutdown().await;
+                }
+                assert_eq!(unfired, 0);
+                totals.cuts_in_open += 1;
+                disk = disk.after_cut().expect("cut");
+                continue;
+            }
+        };
+        // Phase 2: everything the clients may expect is there, and nothing else.
+        verify(&node, &mut clients, sync, &context).await;
+        if round == ROUNDS {
+            let _ = node.shutdown().await;
+            break;
+        }
+
+        // Phase 3: clients write until the power goes off.
+        let acks = Arc::new(Acks::default());
+        let inside_call = rng.random_bool(0.7);
+        if inside_call {
+            let calls = rng.random_range(0..CUT_CALLS_MAX);
+            disk.inject(
+                Fault::new(IoOp::MUTATING, Action::PowerCut(PowerCut::Random)).after(calls),
+            );
+        }
+        let shared: Vec<Arc<Mutex<Client>>> =
+            clients.drain(..).map(|c| Arc::new(Mutex::new(c))).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, client) in shared.iter().enumerate() {
+            let (node, client, acks) = (node.clone(), client.clone(), acks.clone());
+            let client_seed = seed ^ (round << 32) ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9);
+            tasks.spawn(drive_client(node, client, acks, client_seed));
+        }
+        // Background work the node does on its own, much more often than in production:
+        // checkpoints (engine syncs, log purge), active expiry, and with everysec the sync.
+        let background = {
+            let (node, acks, disk) = (node.clone(), acks.clone(), disk.clone());
+            let mut rng = StdRng::seed_from_u64(seed ^ round);
+            tokio::spawn(async move {
+                while disk.is_powered() {
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(1..15))).await;
+                    match rng.random_range(0..4) {
+                        0 => {
+                            let _ = node.checkpoint().await;
+                        }
+                        1 => node.expire_cycle().await,
+                        _ => {
+                            let mark = acks.next.load(Ordering::SeqCst);
+                            if node.sync_log().await.is_ok() {
+                                acks.durable.fetch_max(mark, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        if inside_call {
+            while disk.is_powered() && !tasks.is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert!(
+                !disk.is_powered(),
+                "{context}: every client stopped with the power on"
+            );
+            totals.cuts_in_calls += 1;
+        } else {
+            let ms = rng.random_range(0..150);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            disk.power_cut(PowerCut::Random);
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        background.await.unwrap();
+        let _ = node.shutdown().await;
+        drop(node);
+        clients = shared
+            .into_iter()
+            .map(|c| Arc::try_unwrap(c).expect("tasks ended").into_inner())
+            .collect();
+        totals.acked += clients.iter().map(|c| c.acked).sum::<u64>();
+        disk = disk.after_cut().expect("the power is off");
+        disk.set_trace(true);
+        if sync != SyncMode::Always {
+            // The next verification may find any state from this mark on.
+            let durable = acks.durable.load(Ordering::SeqCst);
+            for c in &mut clients {
+                let keep_from = c
+                    .history
+                    .iter()
+                    .rposition(|(ack, _)| *ack < durable)
+                    .unwrap_or(0);
+                c.history.drain(..keep_from);
+                if let Some(first) = c.history.first_mut() {
+                    first.0 = 0;
+                }
+            }
+        }
+    }
+    totals
+}
+
+/// One client: sends its writes one at a time until one fails (the power is off).
+async fn drive_client(node: Arc<Node>, client: Arc<Mutex<Client>>, acks: Arc<Acks>, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    loop {
+        let op = client.lock().next_op(&mut rng);
+        let sent = now_ms();
+        client.lock().in_flight = Some((op.clone(), sent));
+        let result = node.execute(op.command()).await;
+        let answered = now_ms();
+        let Ok(reply) = result else {
+            // The outcome is unknown: it stays in flight, and the client stops.
+            return;
+        };
+        {
+            let mut c = client.lock();
+            let (state, expect) = op.apply(c.current(), sent, answered);
+            if let Some(n) = expect {
+                assert_eq!(reply, Reply::Int(n), "client {} {op:?}", c.id);
+            }
+            let ack = acks.next.fetch_add(1, Ordering::SeqCst);
+            c.history.push((ack, state));
+            c.in_flight = None;
+            c.acked += 1;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn run(sync: SyncMode) {
+    let mut acked = 0;
+    let mut cuts_in_calls = 0;
+    let mut cuts_in_open = 0;
+    let seeds = seeds();
+    for &seed in &seeds {
+        eprintln!("node power cut: seed {seed} ({sync:?})");
+        let totals = run_seed(seed, sync).await;
+        acked += totals.acked;
+        cuts_in_calls += totals.cuts_in_calls;
+        cuts_in_open += totals.cuts_in_open;
+    }
+    eprintln!(
+        "node power cut ({sync:?}): {} seeds, {acked} acknowledged writes, {cuts_in_calls} \
+         cuts inside calls, {cuts_in_open} during open",
+        seeds.len()
+    );
+    // The test cannot pass empty: the clients got acknowledgements to check.
+    assert!(
+        acked >= seeds.len() as u64 * 20,
+        "only {acked} writes were acknowledged over {} seeds",
+        seeds.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_power_cuts_with_sync_always() {
+    run(SyncMode::Always).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everysec_loses_at_most_the_writes_since_the_last_sync() {
+    run(SyncMode::Everysec).await;
+}
+
+/// The first start of a fresh data directory: a power cut right after `open` returns keeps
+/// the directory, the log and every shard (their entries were fsynced in their parents).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_data_directory_survives_a_power_cut_after_open() {
+    let disk = SimIo::new(42);
+    let node = Node::open(node_options(&disk, SyncMode::Always)).unwrap();
+    node.execute(Command::Set {
+        key: b("k"),
+        value: b("v"),
+        expiry: Expiry::Never,
+        condition: Condition::Always,
+        return_old: false,
+    })
+    .await
+    .unwrap();
+    let after = disk.power_cut(PowerCut::DropUnsynced);
+    let _ = node.shutdown().await;
+    for dir in ["", "/wal", "/shards", "/shards/00000", "/shards/00007"] {
+        let path = format!("{DATA_DIR}{dir}");
+        assert!(
+            cairn_io::Io::exists(&after, Path::new(&path)).unwrap(),
+            "{path} vanished: {:#?}",
+            after.tree()
+        );
+    }
+    let node = Node::open(node_options(&after, SyncMode::Always)).unwrap();
+    let reply = node.execute(Command::Get { key: b("k") }).await.unwrap();
+    let Reply::Entry(Some(entry)) = reply else {
+        panic!("the acknowledged write is gone: {reply:?}");
+    };
+    assert_eq!(entry.value, b("v"));
+    let _ = node.shutdown().await;
+}
