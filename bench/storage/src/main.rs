@@ -315,7 +315,7 @@ fn fresh(base: &Path, name: &str) -> PathBuf {
 }
 
 fn durable_threads(kv: &Arc<dyn Kv>, threads: usize) -> Duration {
-    let per = DURABLE_OPS_TOTAL.max(threads * 50) / threads;
+    let per = durable_ops_total().max(threads * 50) / threads;
     let start = Instant::now();
     std::thread::scope(|s| {
         for t in 0..threads {
@@ -329,6 +329,15 @@ fn durable_threads(kv: &Arc<dyn Kv>, threads: usize) -> Duration {
         }
     });
     start.elapsed()
+}
+
+/// Durable puts per durable workload: `BENCH_DURABLE_OPS` lengthens these runs (the default is
+/// short, and so noisy).
+fn durable_ops_total() -> usize {
+    std::env::var("BENCH_DURABLE_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DURABLE_OPS_TOTAL)
 }
 
 fn main() {
@@ -468,7 +477,7 @@ fn main() {
         // Durable puts from 1, 16 and 64 threads.
         for threads in [1usize, 16, 64] {
             let dir = fresh(&base, &format!("{kind}-durable-{threads}"));
-            let per = DURABLE_OPS_TOTAL.max(threads * 50) / threads;
+            let per = durable_ops_total().max(threads * 50) / threads;
             let total = per * threads;
             if kind == "cairn-storage" {
                 for slow in [false, true] {
@@ -529,7 +538,10 @@ fn main() {
         let dir = fresh(&base, "cairn-mem");
         // One big segment: no rotation, so no background hint write holds a segment in memory
         // while we measure.
-        let options = Options { segment_bytes_max: 2 << 30, ..cairn_options(SyncPolicy::Never, 0) };
+        let options = Options {
+            segment_bytes_max: 2 << 30,
+            ..cairn_options(SyncPolicy::Never, 0)
+        };
         let engine = Engine::open(&dir, options).unwrap();
         let before = ALLOCATED.load(Ordering::Relaxed);
         for chunk in keys.chunks(BATCH_OPS) {

@@ -48,7 +48,8 @@ pub enum SyncMode {
     Always,
     /// Acknowledge after the write reaches the OS; sync once a second (Redis `everysec`).
     Everysec,
-    /// Leave syncing to the OS (tests, benchmarks).
+    /// Leave syncing to the OS between checkpoints (every 30 s and at shutdown, the engines are
+    /// synced and the log purged); for tests and benchmarks.
     Never,
 }
 
@@ -85,7 +86,7 @@ pub struct ServerArgs {
     #[arg(long, env = "CAIRN_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
     /// When writes reach the disk: always = fsync before acknowledging (group commit),
-    /// everysec = fsync once a second, never = leave it to the OS [default: always]
+    /// everysec = fsync once a second, never = only at checkpoints (30 s) [default: always]
     #[arg(long, env = "CAIRN_SYNC", value_enum)]
     pub sync: Option<SyncMode>,
     /// Threads serving client connections (the WAL writer has its own) [default: one per CPU

@@ -614,8 +614,10 @@ impl Node {
         self.run_internal(WriteOp::Checkpoint).await
     }
 
-    /// With `--sync everysec`, makes every write acknowledged so far durable, now (the
-    /// background task does it every [`crate::writer::EVERYSEC_INTERVAL`]); a no-op otherwise.
+    /// Makes every write acknowledged so far durable now by syncing the engines: what the
+    /// background task does every [`crate::writer::EVERYSEC_INTERVAL`] under `--sync
+    /// everysec`. A no-op under `always`, where the log is synced before every answer. Fails
+    /// once the write path has failed.
     pub async fn sync_log(&self) -> Result<(), CommandError> {
         self.run_internal(WriteOp::SyncLog).await
     }

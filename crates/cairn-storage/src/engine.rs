@@ -709,16 +709,24 @@ impl Inner {
     /// version order.
     fn apply_durable(&self, upto: u64) {
         let mut pending = self.pending.lock();
+        if pending.front().is_none_or(|p| p.end > upto) {
+            return;
+        }
+        // One state-lock acquisition for the whole group an fsync covered.
+        let mut st = self.state.write();
         while pending.front().is_some_and(|p| p.end <= upto) {
             let p = pending.pop_front().expect("checked");
-            self.apply(&p.segment, p.base, &p.buf, &p.offsets);
+            self.apply_locked(&mut st, &p.segment, p.base, &p.buf, &p.offsets);
         }
     }
 
     /// Points the keydir at appended records. Called in version order: under the writer lock
     /// (`EveryMs`/`Never`), or under the `pending` lock once durable (`Always`).
     fn apply(&self, seg: &Segment, base: u64, buf: &[u8], offsets: &[u32]) {
-        let mut st = self.state.write();
+        self.apply_locked(&mut self.state.write(), seg, base, buf, offsets);
+    }
+
+    fn apply_locked(&self, st: &mut State, seg: &Segment, base: u64, buf: &[u8], offsets: &[u32]) {
         for &off in offsets {
             let rec = &buf[off as usize..];
             let h = Header::decode(rec).expect("records encoded by this process decode");

@@ -44,6 +44,8 @@ const SHARDS: u32 = 8;
 const STRING_KEYS: u64 = 4;
 const COUNTER_KEYS: u64 = 2;
 const VOLATILE_KEYS: u64 = 2;
+/// Acknowledged writes (over all clients) before a round arms its cut.
+const WARMUP_ACKS: std::ops::Range<u64> = 5..60;
 /// A cut armed inside a call fires within this many disk-changing calls.
 const CUT_CALLS_MAX: u64 = 2_500;
 /// A cut armed during `open` fires within this many calls (an open makes roughly a hundred).
@@ -590,12 +592,7 @@ async fn run_seed(seed: u64, sync: SyncMode) -> Totals {
         // Phase 3: clients write until the power goes off.
         let acks = Arc::new(Acks::default());
         let inside_call = rng.random_bool(0.7);
-        if inside_call {
-            let calls = rng.random_range(0..CUT_CALLS_MAX);
-            disk.inject(
-                Fault::new(IoOp::MUTATING, Action::PowerCut(PowerCut::Random)).after(calls),
-            );
-        }
+        let warmup = rng.random_range(WARMUP_ACKS);
         let shared: Vec<Arc<Mutex<Client>>> =
             clients.drain(..).map(|c| Arc::new(Mutex::new(c))).collect();
         let mut tasks = tokio::task::JoinSet::new();
@@ -627,7 +624,20 @@ async fn run_seed(seed: u64, sync: SyncMode) -> Totals {
                 }
             })
         };
+        // Every round checks acknowledged writes: the cut comes only after some (and a node
+        // that refuses every write fails here instead of passing an empty round).
+        while acks.next.load(Ordering::SeqCst) < warmup {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if let Some(done) = tasks.try_join_next() {
+                done.unwrap();
+                panic!("{context}: a client stopped before any cut: the node refused a write");
+            }
+        }
         if inside_call {
+            let calls = rng.random_range(0..CUT_CALLS_MAX);
+            disk.inject(
+                Fault::new(IoOp::MUTATING, Action::PowerCut(PowerCut::Random)).after(calls),
+            );
             while disk.is_powered() && !tasks.is_empty() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }

@@ -1,16 +1,22 @@
 //! SIGKILL crash test: a child process (this test binary, re-run with
 //! `CAIRN_CRASH_CHILD_DIR` set) writes with `SyncPolicy::Always` and prints every acknowledged
-//! write; the parent kills it with SIGKILL at a random moment, reopens the directory and checks
-//! that every acknowledged write is there with its value and nothing was invented.
+//! write; the parent kills it with SIGKILL at a random moment once it has acknowledged writes,
+//! checks that it was still running and died of the kill (its stderr goes into any failure),
+//! reopens the directory and checks that every acknowledged write is there with its value and
+//! nothing was invented. SIGKILL keeps the page cache, so this tests crash recovery of the
+//! process, not fsyncs: `power_cut` covers those on the simulated disk.
 //!
 //! Iterations: `CAIRN_CRASH_ITERS` (default 5; run `CAIRN_CRASH_ITERS=100 cargo test -p
 //! cairn-storage --test it crash` for the long run).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use cairn_storage::{Engine, Options, SyncPolicy, WriteBatch};
 use rand::Rng;
@@ -22,6 +28,8 @@ const THREADS: u64 = 4;
 const KEYS_PER_THREAD: u64 = 16;
 /// Writes per thread when the child body runs as an ordinary test (no parent).
 const STANDALONE_WRITES: u64 = 40;
+/// Longest a child may take to acknowledge its first write.
+const CHILD_START_MAX: Duration = Duration::from_secs(60);
 
 fn options() -> Options {
     Options {
@@ -142,6 +150,7 @@ fn acknowledged_writes_survive_sigkill() {
     let mut rng = rand::rng();
     // Per key: highest acknowledged counter, highest attempted counter.
     let mut ledger: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut acks_total = 0u64;
     for iter in 0..iters {
         let mut child = Command::new(&exe)
             .args([
@@ -152,20 +161,59 @@ fn acknowledged_writes_survive_sigkill() {
             ])
             .env(CHILD_DIR_ENV, dir.path())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let acked_so_far = Arc::new(AtomicU64::new(0));
         let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .collect::<Vec<String>>()
+        let reader = {
+            let acked_so_far = acked_so_far.clone();
+            std::thread::spawn(move || {
+                let mut lines = Vec::new();
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if line.starts_with("ack ") {
+                        acked_so_far.fetch_add(1, Ordering::Relaxed);
+                    }
+                    lines.push(line);
+                }
+                lines
+            })
+        };
+        let stderr = child.stderr.take().unwrap();
+        let errors = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = BufReader::new(stderr).read_to_string(&mut text);
+            text
         });
-        // Wait a random time; the child needs a moment to start, so some runs die early.
-        std::thread::sleep(Duration::from_millis(rng.random_range(30..400)));
+        // Every round kills a child that has acknowledged writes and is still running: a child
+        // that fails on open, panics or exits early fails the test with its stderr.
+        let started = Instant::now();
+        while acked_so_far.load(Ordering::Relaxed) == 0 {
+            if started.elapsed() > CHILD_START_MAX || child.try_wait().unwrap().is_some() {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "iteration {iter}: the child acknowledged nothing; its stderr:\n{}",
+                    errors.join().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "iteration {iter}: the child exited ({status}) before the kill; its stderr:\n{}",
+                errors.join().unwrap()
+            );
+        }
         child.kill().unwrap();
-        child.wait().unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "iteration {iter}: the child did not die of the kill ({status}); its stderr:\n{}",
+            errors.join().unwrap()
+        );
         let mut acks = 0;
         for line in reader.join().unwrap() {
             let mut parts = line.split(' ');
@@ -184,6 +232,11 @@ fn acknowledged_writes_survive_sigkill() {
                 _ => {}
             }
         }
+        assert!(
+            acks > 0,
+            "iteration {iter}: no acknowledged write was parsed"
+        );
+        acks_total += acks;
         let engine = Engine::open(dir.path(), options()).unwrap();
         for (key, (acked, attempted)) in &ledger {
             let got = engine
@@ -224,4 +277,5 @@ fn acknowledged_writes_survive_sigkill() {
         }
         eprintln!("crash iteration {iter}: {acks} acknowledged writes checked");
     }
+    eprintln!("crash: {iters} kills, {acks_total} acknowledged writes checked");
 }

@@ -243,6 +243,7 @@ fn concurrent_appends_share_fsyncs() {
         }
     });
     let syncs = io.syncs() - syncs_before;
+    assert!(syncs > 0, "{} appends and not one fsync", THREADS * APPENDS);
     assert!(
         syncs < THREADS * APPENDS / 2,
         "{syncs} fsyncs for {} appends",

@@ -1,6 +1,7 @@
 //! Real Redis clients work against Cairn unchanged: `redis-cli` (plain and `-c` cluster mode),
 //! `redis-benchmark`, and redis-py (`Redis` and `RedisCluster`). `.ci/run` installs them; without
 //! them a test says so and passes, unless `CAIRN_REQUIRE_REDIS=1`, where a missing tool fails.
+//! redis-py runs under `$CAIRN_PYTHON` (`.ci/run` points it at a virtualenv), else `python3`.
 
 use std::process::{Command, Output};
 
@@ -115,7 +116,8 @@ fn redis_benchmark_runs_unchanged() {
 
 #[test]
 fn redis_py_standalone_and_cluster_clients() {
-    if !tool_available("python3", &["-c", "import redis"]) {
+    let python = std::env::var("CAIRN_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    if !tool_available(&python, &["-c", "import redis"]) {
         return;
     }
     let node = Node::start();
@@ -142,6 +144,6 @@ assert rc.delete("{py}cluster") == 1
 print("ok")
 "#;
     let port = node.resp_addr.port().to_string();
-    let out = run("python3", &["-c", script, &port]);
+    let out = run(&python, &["-c", script, &port]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }

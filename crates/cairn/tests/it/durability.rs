@@ -1,5 +1,10 @@
 //! Acknowledged writes survive: kill -9 under concurrent write load and a clean SIGTERM
 //! shutdown, each followed by a restart on the same data directory.
+//!
+//! These test the real binary's crash recovery (replay, torn-tail repair, restart on a used
+//! data directory), not its fsyncs: SIGKILL keeps the kernel's page cache, so they would pass
+//! with `--sync never` too. Power cuts, which lose what was not fsynced, are tested on the
+//! simulated disk under a whole node: `crates/cairn-server/tests/it/power_cut.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
