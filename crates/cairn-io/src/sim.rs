@@ -13,7 +13,8 @@
 //!   a prefix, or a random set of sectors of what was written after its last sync.
 //!
 //! Faults make one chosen call fail (a write fails after writing part of its buffer; an fsync
-//! fails without making anything durable) or cut the power *during* it (part of a write lands,
+//! fails without making anything durable, and what it should have written is lost for good, as
+//! Linux drops dirty pages after a writeback error) or cut the power *during* it (part of a write lands,
 //! an fsync or a rename may or may not have happened). The seed given to [`SimIo::new`] drives
 //! every random choice, so a failing seed replays the same tears (thread interleavings of the
 //! code under test are its own).
@@ -125,8 +126,10 @@ impl Op {
 /// What a fault does to the call it fires on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// The call fails. A write first writes a random part of its buffer (possibly none); an
-    /// fsync makes nothing durable; other calls have no effect.
+    /// The call fails. A write first writes a random part of its buffer (possibly none); a file
+    /// fsync makes nothing durable and loses what it should have written (a later fsync that
+    /// succeeds does not write it: Linux marks the pages clean after a writeback error); other
+    /// calls have no effect.
     Fail,
     /// The power goes off during the call: a write lands a random prefix of its buffer (none to
     /// all), any other mutating call happens or not at random, then the disk dies and the call
@@ -199,9 +202,18 @@ impl FileData {
 
     fn sync(&mut self) {
         if let Some(from) = self.dirty_from.take() {
-            self.durable.truncate(from);
+            // Shorter only after a failed sync lost bytes before `from`: they stay lost (zeros).
+            self.durable.resize(from, 0);
             self.durable.extend_from_slice(&self.live[from..]);
         }
+    }
+
+    /// A failed fsync: as Linux does after a writeback error, the dirty pages are marked clean
+    /// without reaching the disk, so a later fsync that succeeds does not write them either
+    /// (readers still see them until they are evicted). Retrying the fsync and trusting it
+    /// therefore loses data here, as it does on a real disk.
+    fn lose_dirty(&mut self) {
+        self.dirty_from = None;
     }
 }
 
@@ -978,8 +990,17 @@ impl IoFile for SimFile {
         let delay = {
             let (mut disk, fault) = self.begin(Op::SyncData)?;
             match fault {
-                None => disk.sync_delay,
-                Some(Action::Fail) => return Err(injected(Op::SyncData)),
+                None => {
+                    // Exactly what was written before the call becomes durable, at its start:
+                    // a write made while the flush takes its time is not covered by it.
+                    self.data.lock().sync();
+                    disk.syncs += 1;
+                    disk.sync_delay
+                }
+                Some(Action::Fail) => {
+                    self.data.lock().lose_dirty();
+                    return Err(injected(Op::SyncData));
+                }
                 Some(Action::PowerCut(mode)) => {
                     if disk.coin() {
                         self.data.lock().sync();
@@ -992,13 +1013,10 @@ impl IoFile for SimFile {
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
-        // The flush completes at the end of the delay, if the power is still on.
-        let mut disk = self.disk.lock();
-        if !disk.powered {
+        // The caller learns of the flush only if the power stayed on meanwhile.
+        if !self.disk.lock().powered {
             return Err(dead());
         }
-        self.data.lock().sync();
-        disk.syncs += 1;
         Ok(())
     }
 
@@ -1191,6 +1209,47 @@ mod tests {
             read(&io.power_cut(PowerCut::DropUnsynced), "/d/f").unwrap(),
             bytes
         );
+    }
+
+    #[test]
+    fn a_failed_fsync_loses_its_data_even_if_a_retry_succeeds() {
+        let io = SimIo::new(12);
+        create_dir_all_durable(&io, Path::new("/d")).unwrap();
+        let f = io.create_new(Path::new("/d/f")).unwrap();
+        io.sync_dir(Path::new("/d")).unwrap();
+        f.write_all_at(b"base", 0).unwrap();
+        f.sync_data().unwrap();
+        f.write_all_at(b"LOST", 4).unwrap();
+        io.fail_next(Op::SyncData);
+        assert!(f.sync_data().is_err());
+        f.sync_data().unwrap(); // "succeeds", writes nothing
+        f.write_all_at(b"late", 8).unwrap();
+        f.sync_data().unwrap();
+        assert_eq!(
+            f.read_all().unwrap(),
+            b"baseLOSTlate",
+            "readers still see it"
+        );
+        let after = io.crash_image(PowerCut::KeepUnsynced);
+        assert_eq!(read(&after, "/d/f").unwrap(), b"base\0\0\0\0late");
+    }
+
+    #[test]
+    fn an_fsync_covers_only_what_was_written_before_it() {
+        let io = SimIo::new(13);
+        create_dir_all_durable(&io, Path::new("/d")).unwrap();
+        let f = io.create_new(Path::new("/d/f")).unwrap();
+        io.sync_dir(Path::new("/d")).unwrap();
+        io.set_sync_delay(Duration::from_millis(50));
+        f.write_all_at(b"before", 0).unwrap();
+        std::thread::scope(|s| {
+            let syncing = s.spawn(|| f.sync_data());
+            std::thread::sleep(Duration::from_millis(10));
+            f.write_all_at(b"during", 6).unwrap();
+            syncing.join().unwrap().unwrap();
+        });
+        let after = io.crash_image(PowerCut::DropUnsynced);
+        assert_eq!(read(&after, "/d/f").unwrap(), b"before");
     }
 
     #[test]

@@ -85,10 +85,12 @@ pub fn render(render: Render, result: Result<Reply, CommandError>) -> Frame {
             KeyTtl::Persistent => -1,
             KeyTtl::ExpiresAtMs(at) => {
                 let left = at.saturating_sub(now_ms()) as i64;
+                // Redis (`ttlGenericCommand`) rounds both second-valued answers to the
+                // nearest second: `(ms + 500) / 1000`.
                 match kind {
                     TtlKind::Ttl => (left + 500) / 1000,
                     TtlKind::Pttl => left,
-                    TtlKind::ExpireTime => at as i64 / 1000,
+                    TtlKind::ExpireTime => (at as i64 + 500) / 1000,
                     TtlKind::PexpireTime => at as i64,
                 }
             }

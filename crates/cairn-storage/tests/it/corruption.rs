@@ -11,8 +11,22 @@ use rand::Rng;
 use crate::support::small_options;
 
 const KEYS: u32 = 300;
-/// Size of a record's header in the segment format (docs/design.md).
+/// Sizes from the segment format (docs/design.md): segment header, record header.
+const SEGMENT_HEADER_BYTES: usize = 24;
 const RECORD_HEADER_BYTES: usize = 32;
+
+/// End offset of every record in a segment file (key and value lengths at bytes 8..16 of each
+/// record header).
+fn record_ends(data: &[u8]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut at = SEGMENT_HEADER_BYTES;
+    while at + RECORD_HEADER_BYTES <= data.len() {
+        let len = |o: usize| u32::from_le_bytes(data[at + o..at + o + 4].try_into().unwrap());
+        at += RECORD_HEADER_BYTES + len(8) as usize + len(12) as usize;
+        ends.push(at);
+    }
+    ends
+}
 
 fn key(i: u32) -> Vec<u8> {
     format!("key-{i:05}").into_bytes()
@@ -51,13 +65,14 @@ fn torn_tail_is_truncated_and_keeps_a_prefix_of_writes() {
         let active = segs.last().unwrap();
         let len = fs::metadata(active).unwrap().len();
         let mut data = fs::read(active).unwrap();
-        // Records lost at most: those overlapping the cut (each record is at least its header
-        // and key long); garbage after the last record loses nothing.
-        let mut lost_max = 0;
+        // Exactly the records that no longer end inside the file are lost (one record per
+        // key, in key order); garbage after the last record loses nothing.
+        let ends = record_ends(&data);
+        let mut lost = 0;
         if round % 2 == 0 {
             let cut = rng.random_range(1..(len as usize - 24).max(2));
             data.truncate(len as usize - cut);
-            lost_max = cut / (RECORD_HEADER_BYTES + key(0).len()) + 1;
+            lost = ends.iter().filter(|&&end| end > data.len()).count();
         } else {
             // Garbage after the last record, as a torn sector might leave.
             data.extend((0..rng.random_range(1..200)).map(|_| rng.random::<u8>()));
@@ -73,9 +88,10 @@ fn torn_tail_is_truncated_and_keeps_a_prefix_of_writes() {
             present[n..].iter().all(|p| !p),
             "round {round}: survivors are not a prefix"
         );
-        assert!(
-            n + lost_max >= KEYS as usize,
-            "round {round}: only {n} of {KEYS} keys survived a tear of at most {lost_max} records"
+        assert_eq!(
+            n,
+            KEYS as usize - lost,
+            "round {round}: {n} of {KEYS} keys survived; the tear cut {lost} records"
         );
         for i in 0..n as u32 {
             assert_eq!(engine.get(&key(i)).unwrap().unwrap().to_vec(), value(i));

@@ -157,3 +157,61 @@ fn failed_rename_of_the_merge_commit_file_poisons_and_keeps_the_outputs() {
     assert!(engine.merge().is_err());
     assert_poisoned(engine, &io, 60);
 }
+
+/// Many writers share each fsync: when one fails, neither the writers of that group nor any
+/// later one is acknowledged. (The simulated disk loses what a failed fsync should have
+/// written even if a retry succeeds, as Linux does, so an engine that let a follower retry the
+/// fsync and acknowledge would lose acknowledged writes here.)
+#[test]
+fn concurrent_writers_are_not_acknowledged_after_a_failed_group_fsync() {
+    const THREADS: u64 = 4;
+    let io = SimIo::new(8);
+    // A slow fsync, so every group has followers; segments large enough that the failing
+    // fsync is a group commit's, not a rotation's.
+    io.set_sync_delay(std::time::Duration::from_millis(1));
+    let options = Options {
+        segment_bytes_max: 1 << 20,
+        ..options()
+    };
+    let engine = Arc::new(
+        Engine::open_with_io(Path::new(DIR), options.clone(), Arc::new(io.clone())).unwrap(),
+    );
+    io.inject(Fault::fail(Op::SyncData).on_path(".seg").after(30));
+    let acked: Vec<Vec<u64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let engine = engine.clone();
+                s.spawn(move || {
+                    let mut acked = Vec::new();
+                    for i in 0..10_000u64 {
+                        let k = t * 1_000_000 + i;
+                        match engine.put(format!("k{k}").as_bytes(), &value(k)) {
+                            Ok(()) => acked.push(k),
+                            Err(Error::Poisoned(_)) => break,
+                            Err(e) => panic!("unexpected error {e}"),
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(io.clear_faults(), 0, "the fault never fired");
+    let total: usize = acked.iter().map(Vec::len).sum();
+    assert!(
+        total >= 30,
+        "only {total} writes acknowledged before the fault"
+    );
+    assert!(matches!(engine.put(b"x", b"y"), Err(Error::Poisoned(_))));
+    drop(engine);
+    let after = io.crash_image(PowerCut::DropUnsynced);
+    let engine = Engine::open_with_io(Path::new(DIR), options, Arc::new(after)).unwrap();
+    for k in acked.iter().flatten() {
+        assert_eq!(
+            engine.get(format!("k{k}").as_bytes()).unwrap(),
+            Some(value(*k).into()),
+            "acknowledged k{k} lost"
+        );
+    }
+}

@@ -51,15 +51,18 @@ fn counter_of(key: &str, v: &[u8]) -> u64 {
     c
 }
 
-/// What the test knows about one key.
-#[derive(Debug, Default, Clone, Copy)]
+/// What the test knows about one key. Every write of a key, put or delete, takes the key's
+/// next counter; a put writes its counter into the value.
+#[derive(Debug, Default, Clone)]
 struct Known {
-    /// Highest acknowledged counter.
+    /// Counter of the last acknowledged write.
     acked: Option<u64>,
     /// Highest counter a write was attempted with.
     attempted: u64,
     /// Highest counter a reader saw.
     seen: u64,
+    /// Counters that were deletes.
+    deletes: Vec<u64>,
 }
 
 type Ledger = HashMap<String, Known>;
@@ -183,13 +186,22 @@ fn writer(t: u64, engine: &Engine, ledger: &Mutex<Ledger>, stop: &AtomicBool, ac
             }
         } else {
             let key = format!("w{t}-k{}", i % KEYS_PER_WRITER);
+            let delete = i % 6 == 3;
             let c = {
                 let mut l = ledger.lock();
                 let e = l.entry(key.clone()).or_default();
                 e.attempted += 1;
+                if delete {
+                    e.deletes.push(e.attempted);
+                }
                 e.attempted
             };
-            if engine.put(key.as_bytes(), &value(&key, c)).is_err() {
+            let written = if delete {
+                engine.delete(key.as_bytes()).map(|_| ())
+            } else {
+                engine.put(key.as_bytes(), &value(&key, c))
+            };
+            if written.is_err() {
                 return;
             }
             ledger.lock().get_mut(&key).expect("recorded").acked = Some(c);
@@ -221,13 +233,17 @@ fn reader(engine: &Engine, ledger: &Mutex<Ledger>, stop: &AtomicBool) {
 fn verify(engine: &Engine, ledger: &Ledger, seed: u64) {
     for (key, known) in ledger {
         let got = engine.get(key.as_bytes()).unwrap();
+        // The newest write that must have survived: the last acknowledged one, or the put a
+        // reader saw. Absent is right only if it, or a later attempted write, is a delete.
         let floor = known.acked.unwrap_or(0).max(known.seen);
         match got {
             None => assert!(
-                floor == 0,
-                "{key}: counter {floor} lost (acknowledged {:?}, seen {}); seed {seed}",
+                floor == 0 || known.deletes.iter().any(|&d| d >= floor),
+                "{key}: counter {floor} lost (acknowledged {:?}, seen {}, deletes {:?}); seed \
+                 {seed}",
                 known.acked,
-                known.seen
+                known.seen,
+                known.deletes
             ),
             Some(v) => {
                 let c = counter_of(key, &v);
@@ -238,8 +254,9 @@ fn verify(engine: &Engine, ledger: &Ledger, seed: u64) {
                 );
                 assert!(
                     c >= floor,
-                    "{key}: counter {c} older than acknowledged {:?} or seen {} (a write was \
-                     visible before it was durable); seed {seed}",
+                    "{key}: counter {c} is older than what must have survived: the last \
+                     acknowledged write {:?}, or the value {} a reader saw (visible before \
+                     durable); seed {seed}",
                     known.acked,
                     known.seen
                 );
