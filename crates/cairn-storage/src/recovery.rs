@@ -4,9 +4,10 @@
 //! 1. An interrupted merge is finished or discarded first (see `merge`), stray `.tmp` files are
 //!    removed.
 //! 2. Every segment is read in id order, from its hint file when that is present and whole,
-//!    else by scanning it. Only the newest log segment without a hint may have a torn tail; its
-//!    bad tail is truncated (and logged). Anywhere else a bad record is `Error::Corruption`
-//!    naming file and offset, unless `Options::skip_damaged`.
+//!    else by scanning it. A segment whose header is bad with nothing after it is a creation
+//!    torn by the crash and gets its header rewritten. Only the newest log segment without a
+//!    hint may have a torn tail; its bad tail is truncated (and logged). Anywhere else a bad
+//!    record is `Error::Corruption` naming file and offset, unless `Options::skip_damaged`.
 //! 3. For each key the record with the highest version wins (ties, which only happen inside one
 //!    batch, go to the later record); if it is a tombstone the key is absent.
 //! 4. The marker with the highest version is the last-applied marker; the highest version of
@@ -77,14 +78,20 @@ pub(crate) fn open(dir: &Path, options: Options, io: Arc<dyn Io>) -> Result<Inne
         let header = segment::read_header(&head);
         opened.push((id, path, file, len, header));
     }
-    // The active segment at the crash: the newest log segment without a hint (or a segment
-    // whose header never made it to disk).
+    // The active segment at the crash: the newest log segment without a hint, or a segment
+    // whose header never made it to disk. A segment's header is fsynced before anything is
+    // written after it, so a bad header with nothing after it (the file no longer than a
+    // header: short, or a header's length of zeros or garbage from a lost sector) is a creation
+    // torn by a crash; a bad header with data after it is damage to synced bytes.
+    let torn_creation = |len: u64, header: &Option<(Origin, u64)>| {
+        header.is_none() && (len as usize) <= SEGMENT_HEADER_BYTES
+    };
     let tail = opened
         .iter()
         .rev()
         .find(|(id, _, _, len, header)| {
             (matches!(header, Some((Origin::Log, _))) && !hint_ids.contains(id))
-                || (*len as usize) < SEGMENT_HEADER_BYTES
+                || torn_creation(*len, header)
         })
         .map(|o| o.0);
 
@@ -96,9 +103,10 @@ pub(crate) fn open(dir: &Path, options: Options, io: Arc<dyn Io>) -> Result<Inne
     for (id, path, file, mut len, header) in opened {
         let is_tail = Some(id) == tail;
         let name = path.display().to_string();
+        let torn = torn_creation(len, &header);
         match header {
             Some((_, base_seq)) => last_seq = last_seq.max(base_seq),
-            None if is_tail && (len as usize) < SEGMENT_HEADER_BYTES => {
+            None if is_tail && torn => {
                 tracing::warn!(file = %name, "segment header incomplete after a crash; rewriting it");
                 file.set_len(0)?;
                 // Its base sequence is unknown; every sealed segment still holds its records, so
