@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cairn_io::Io;
-use cairn_wal::{Record, Wal, WalOptions};
+use cairn_wal::{Op, Record, Wal, WalOptions};
 
 use crate::config::SyncMode;
 use crate::effects::Effects;
@@ -44,9 +44,12 @@ impl CommitLog {
             io,
             segment_bytes_max,
         };
-        let (wal, records) = Wal::open(&dir, wal_options).map_err(|e| {
+        let wal = Wal::open(&dir, wal_options).map_err(|e| {
             anyhow::anyhow!("cannot open the write-ahead log in {}: {e}", dir.display())
         })?;
+        let records = wal
+            .replay()
+            .map_err(|e| anyhow::anyhow!("cannot read the write-ahead log: {e}"))?;
         let mut last = shards
             .list
             .iter()
@@ -113,11 +116,23 @@ impl CommitLog {
         self.wal.total_bytes()
     }
 
-    /// Drop log segments whose entries are all ≤ `applied`, which every engine now holds
-    /// durably (the caller synced them).
+    /// Drop the log entries ≤ `applied`, which every engine now holds durably (the caller
+    /// synced them), and the segments left without live entries.
     pub fn purge(&mut self, applied: u64) -> Result<(), String> {
+        let Some(info) = self.wal.group(NODE_LOG_GROUP) else {
+            return Ok(());
+        };
+        let upto = match (info.first_index, info.last_index) {
+            (Some(first), Some(last)) if applied >= first => applied.min(last),
+            _ => return Ok(()),
+        };
         self.wal
-            .purge(|_| applied)
+            .write(vec![Op::Purge {
+                group: NODE_LOG_GROUP,
+                index: upto,
+                payload: bytes::Bytes::new(),
+            }])
+            .and_then(|()| self.wal.purge_segments())
             .map(|_| ())
             .map_err(|e| e.to_string())
     }

@@ -752,10 +752,11 @@ mod tests {
         }
     }
 
-    /// Append entries to the node log directly, as a crash after the log sync but before the
-    /// engines were written would leave them.
+    /// Replaces the node log with `entries`, as a crash after the log sync but before the
+    /// engines were written (and before a checkpoint purged the log) would leave it.
     fn append_to_log(dir: &std::path::Path, entries: &[(u64, Effects)]) {
-        let (wal, _) = cairn_wal::Wal::open(
+        std::fs::remove_dir_all(crate::shards::wal_dir(dir)).unwrap();
+        let wal = cairn_wal::Wal::open(
             crate::shards::wal_dir(dir),
             cairn_wal::WalOptions::default(),
         )
@@ -816,10 +817,10 @@ mod tests {
                 expires_at_ms: None,
             },
         );
-        append_to_log(
-            dir.path(),
-            &[(1, stale), (last + 1, first), (last + 2, second)],
-        );
+        // Every index the shards already applied holds a stale write the replay must skip.
+        let mut log: Vec<(u64, Effects)> = (1..=last).map(|i| (i, stale.clone())).collect();
+        log.extend([(last + 1, first), (last + 2, second)]);
+        append_to_log(dir.path(), &log);
 
         let node = Node::open(options(dir.path())).unwrap();
         let x = get(&node, "x").await.unwrap();

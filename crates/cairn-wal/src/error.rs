@@ -60,6 +60,10 @@ pub enum WalError {
     /// Options that cannot work (for example a segment size below the minimum).
     #[error("invalid WAL options: {0}")]
     InvalidOptions(String),
+    /// An op that would break a group's log (an entry leaving a hole, or below the purge
+    /// point); nothing of its submission was applied.
+    #[error("invalid WAL op: {0}")]
+    InvalidOp(String),
 }
 
 impl WalError {
@@ -90,6 +94,7 @@ impl WalError {
             },
             WalError::Locked { path } => WalError::Locked { path: path.clone() },
             WalError::InvalidOptions(reason) => WalError::InvalidOptions(reason.clone()),
+            WalError::InvalidOp(reason) => WalError::InvalidOp(reason.clone()),
         }
     }
 

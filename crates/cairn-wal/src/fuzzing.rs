@@ -32,16 +32,21 @@ pub fn wal_recover(data: &[u8]) {
 
     // Phase 1: a real log.
     let io = SimIo::new(u64::from(data.len() as u32));
-    let (wal, _) = Wal::open(FUZZ_DIR, options(&io)).expect("open empty");
+    let wal = Wal::open(FUZZ_DIR, options(&io)).expect("open empty");
     let mut batches: Vec<Vec<Record>> = Vec::new();
+    let mut next_index = [0u64; 3];
     let batch_count = next() % 24;
-    for b in 0..u64::from(batch_count) {
+    for _ in 0..u64::from(batch_count) {
         let records = 1 + u64::from(next() % 4);
         let batch: Vec<Record> = (0..records)
-            .map(|r| Record {
-                group: u64::from(next() % 3),
-                index: b * 8 + r,
-                payload: Bytes::from(vec![next(); usize::from(next()) * 4]),
+            .map(|_| {
+                let group = usize::from(next() % 3);
+                next_index[group] += 1;
+                Record {
+                    group: group as u64,
+                    index: next_index[group],
+                    payload: Bytes::from(vec![next(); usize::from(next()) * 4]),
+                }
             })
             .collect();
         wal.append(&batch).expect("append");
@@ -78,11 +83,12 @@ pub fn wal_recover(data: &[u8]) {
     disk.set_file_bytes(&path, bytes);
 
     // Phase 3: recover.
-    let (wal, replay) = match Wal::open(FUZZ_DIR, options(&disk)) {
+    let wal = match Wal::open(FUZZ_DIR, options(&disk)) {
         Ok(opened) => opened,
         Err(WalError::Corruption { .. }) => return,
         Err(other) => panic!("recovery failed with {other}"),
     };
+    let replay = wal.replay().expect("replay after recovery");
     let mut expected = Vec::new();
     for batch in &batches {
         if expected.len() == replay.len() {
@@ -96,13 +102,16 @@ pub fn wal_recover(data: &[u8]) {
     );
     let extra = Record {
         group: 9,
-        index: 9,
+        index: 1,
         payload: Bytes::from_static(b"after recovery"),
     };
     wal.append(std::slice::from_ref(&extra))
         .expect("append after recovery");
     drop(wal);
-    let (_, again) = Wal::open(FUZZ_DIR, options(&disk)).expect("reopen after recovery");
+    let again = Wal::open(FUZZ_DIR, options(&disk))
+        .expect("reopen after recovery")
+        .replay()
+        .expect("replay after reopen");
     assert_eq!(again.len(), replay.len() + 1);
     assert_eq!(again.last(), Some(&extra));
 }

@@ -1,25 +1,34 @@
-//! `cairn-wal`: the node's single write-ahead log, shared by every shard and (later) every
-//! Raft group, the way TiKV's raft-engine is.
+//! `cairn-wal`: the node's single write-ahead log, shared by every shard and every Raft group,
+//! the way TiKV's raft-engine is.
 //!
-//! One log per node turns many small durable writes into few large ones: a writer hands a batch
-//! of records to [`Wal::append`], which writes them all and issues one `fdatasync` before
-//! returning. Records are tagged with the `group` they belong to and an `index` within it, so
-//! that [`Wal::purge`] can delete a whole segment file once every group has made its records in
-//! that file durable elsewhere (in its state machine).
+//! One log per node turns many small durable writes into few large ones. Each *group* (a Raft
+//! group, or the single-node commit log) has its own log inside it: entries at contiguous
+//! indexes, a vote, a committed marker, a purge point. Callers [`Wal::submit`] [`Op`]s, which
+//! take effect in the in-memory index at once (an appended entry is readable the moment
+//! `submit` returns) and become durable in the background: a flusher thread writes everything
+//! queued, from every group, as one frame with one `fdatasync`, then calls each submission's
+//! completion. [`Wal::write`] does the same and waits. Reads ([`Wal::entries`]) use a per-group
+//! index of record locations, so they never scan the log. A sealed segment file is deleted by
+//! [`Wal::purge_segments`] once no group has a live entry in it (every segment starts with the
+//! groups' vote, committed, purge and range records restated, so no older segment is needed for
+//! them).
 //!
 //! ```
 //! use bytes::Bytes;
-//! use cairn_wal::{Record, Wal, WalOptions};
+//! use cairn_wal::{Op, Record, Wal, WalOptions};
 //!
 //! let dir = tempfile::tempdir()?;
-//! let (wal, replay) = Wal::open(dir.path(), WalOptions::default())?;
-//! assert!(replay.is_empty());
+//! let wal = Wal::open(dir.path(), WalOptions::default())?;
 //! wal.append(&[Record { group: 3, index: 1, payload: Bytes::from_static(b"set k v") }])?;
+//! wal.write(vec![Op::Vote { group: 3, payload: Bytes::from_static(b"term 2") }])?;
 //! drop(wal);
 //!
-//! let (wal, replay) = Wal::open(dir.path(), WalOptions::default())?;
-//! assert_eq!(replay[0].payload, "set k v");
-//! wal.purge(|_group| 1)?; // group 3 applied through index 1 and flushed its state machine
+//! let wal = Wal::open(dir.path(), WalOptions::default())?;
+//! assert_eq!(wal.entries(3, 1..)?[0].1, "set k v");
+//! assert_eq!(wal.group(3).unwrap().vote.unwrap(), "term 2");
+//! // Group 3 applied index 1 and flushed its state machine: its log may go.
+//! wal.write(vec![Op::Purge { group: 3, index: 1, payload: Bytes::new() }])?;
+//! wal.purge_segments()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -31,6 +40,7 @@ mod error;
 mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+mod groups;
 mod recovery;
 mod wal;
 
@@ -39,7 +49,29 @@ mod wal;
 pub use cairn_io as io;
 
 pub use error::{Result, WalError};
-pub use wal::{GROUP_BYTES_MAX, PurgeStats, Wal};
+pub use wal::{Done, GROUP_BYTES_MAX, GroupInfo, PurgeStats, Wal, WalStats};
+
+/// One change to a group's log, in the order submitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// An entry at `index`: the group's next index, or a lower one, which replaces that entry
+    /// and everything after it (a conflicting suffix). An index that would leave a hole, or at
+    /// or below the purge point, is refused.
+    Entry(Record),
+    /// The group's vote (opaque bytes; the last one written wins).
+    Vote { group: u64, payload: Bytes },
+    /// The group's committed marker (opaque bytes; the last one written wins).
+    Committed { group: u64, payload: Bytes },
+    /// Removes the entries at `index` and above.
+    TruncateFrom { group: u64, index: u64 },
+    /// Removes the entries at `index` and below; `payload` (say, the purged log id) is kept and
+    /// returned by [`Wal::group`].
+    Purge {
+        group: u64,
+        index: u64,
+        payload: Bytes,
+    },
+}
 
 use std::fmt;
 use std::sync::Arc;
@@ -63,13 +95,12 @@ pub const RECORD_PAYLOAD_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// more data split it over several appends.
 pub const BATCH_BYTES_MAX: usize = 1024 * 1024 * 1024;
 
-/// One log record.
+/// One log entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    /// The shard or Raft group the record belongs to.
+    /// The shard or Raft group the entry belongs to.
     pub group: u64,
-    /// Position within the group (log index). The WAL stores it and uses it for purging; it does
-    /// not require indexes to increase (a Raft log may rewrite an index after a conflict).
+    /// Position within the group (log index); a group's entries are contiguous.
     pub index: u64,
     /// Opaque bytes, at most [`RECORD_PAYLOAD_BYTES_MAX`].
     pub payload: Bytes,

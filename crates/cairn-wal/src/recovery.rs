@@ -1,5 +1,6 @@
-//! Opening a log: read every segment in order, check every frame, return the records to replay,
-//! and decide what damage is a torn write (repaired) and what is corruption (refused).
+//! Opening a log: read every segment in order, check every frame, replay every record into the
+//! per-group index (each entry pointing at its record on disk), and decide what damage is a torn
+//! write (repaired) and what is corruption (refused).
 //!
 //! Rules (see `docs/design.md`, "Write-ahead log"):
 //! - Segments are preallocated: the active one is zero-filled ahead of its frames. Where the
@@ -20,26 +21,26 @@
 //! - Batch sequence numbers rise by exactly one within a segment and strictly across segments
 //!   (purge may remove a segment from the middle).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use cairn_io::{Io, IoFile};
 
 use crate::format::{
-    self, FrameCheck, FrameKind, HeaderProblem, SEGMENT_HEADER_BYTES, check_frame,
-    check_segment_header, decode_records,
+    self, FORMAT_VERSION, FrameCheck, FrameKind, HeaderProblem, Kind, SEGMENT_HEADER_BYTES,
+    check_frame, check_segment_header, decode_records, record_header_bytes,
 };
-use crate::{Record, Result, WalError};
-use cairn_io::{Io, IoFile};
+use crate::groups::{Groups, Loc, Slot};
+use crate::{Result, WalError};
 
 /// What the log knows about one segment file.
 #[derive(Debug, Clone)]
 pub(crate) struct SegmentMeta {
     pub(crate) id: u64,
     pub(crate) path: PathBuf,
-    /// Highest record index per group in this segment (what purge compares).
-    pub(crate) groups: HashMap<u64, u64>,
+    /// Format version of its records.
+    pub(crate) version: u32,
     /// Bytes of log data: header, frames and seal. The end of the log within the file; for a
     /// sealed segment also the file's length, for the active one the start of its zero tail.
     pub(crate) bytes: u64,
@@ -50,14 +51,9 @@ impl SegmentMeta {
         SegmentMeta {
             id,
             path,
-            groups: HashMap::new(),
+            version: FORMAT_VERSION,
             bytes: SEGMENT_HEADER_BYTES as u64,
         }
-    }
-
-    pub(crate) fn note(&mut self, record: &Record) {
-        let max = self.groups.entry(record.group).or_insert(record.index);
-        *max = (*max).max(record.index);
     }
 }
 
@@ -74,9 +70,11 @@ pub(crate) struct RecoveredActive {
 
 #[derive(Debug)]
 pub(crate) struct Recovered {
-    pub(crate) sealed: Vec<SegmentMeta>,
+    /// Sealed segments, oldest first, each with a handle (entries are read from it).
+    pub(crate) sealed: Vec<(SegmentMeta, Arc<dyn IoFile>)>,
     pub(crate) active: Option<RecoveredActive>,
-    pub(crate) records: Vec<Record>,
+    /// Every group's log as the records on disk leave it.
+    pub(crate) groups: Groups,
     /// Sequence of the last batch on disk (0 if none).
     pub(crate) last_seq: u64,
 }
@@ -93,7 +91,7 @@ pub(crate) fn recover(dir: &Path, io: &dyn Io) -> Result<Recovered> {
     let mut recovered = Recovered {
         sealed: Vec::new(),
         active: None,
-        records: Vec::new(),
+        groups: Groups::default(),
         last_seq: 0,
     };
     for (position, &id) in ids.iter().enumerate() {
@@ -105,12 +103,12 @@ pub(crate) fn recover(dir: &Path, io: &dyn Io) -> Result<Recovered> {
             data: &data,
             meta: SegmentMeta::new(id, path.clone()),
             last_seq: &mut recovered.last_seq,
-            records: &mut recovered.records,
+            groups: &mut recovered.groups,
             batches: 0,
         };
         if position + 1 < ids.len() {
             reader.read_sealed()?;
-            recovered.sealed.push(reader.meta);
+            recovered.sealed.push((reader.meta, file));
         } else {
             let (meta, sealed, file_bytes) = reader.read_newest(file.as_ref())?;
             recovered.active = Some(RecoveredActive {
@@ -129,7 +127,7 @@ struct SegmentReader<'a> {
     data: &'a Bytes,
     meta: SegmentMeta,
     last_seq: &'a mut u64,
-    records: &'a mut Vec<Record>,
+    groups: &'a mut Groups,
     /// Batches read from this segment.
     batches: u64,
 }
@@ -204,16 +202,24 @@ impl SegmentReader<'_> {
                         ));
                     }
                     let body = self.data.slice(frame.body_start..at + frame.bytes);
-                    let records = decode_records(&body).map_err(|(offset, reason)| {
+                    let version = self.meta.version;
+                    let records = decode_records(&body, version).map_err(|(offset, reason)| {
                         self.corruption(
                             frame.body_start + offset,
                             format!("{reason} inside a checksummed frame"),
                         )
                     })?;
-                    for record in &records {
-                        self.meta.note(record);
+                    for (offset, record) in &records {
+                        let slot = (record.kind == Kind::Entry).then(|| {
+                            Slot::Written(Loc {
+                                segment: self.meta.id,
+                                offset: (frame.body_start + offset) as u64,
+                                len: (record_header_bytes(version) + record.payload.len()) as u32,
+                                version,
+                            })
+                        });
+                        self.groups.apply(record, slot);
                     }
-                    self.records.extend(records);
                     *self.last_seq = frame.seq;
                     self.batches += 1;
                     at += frame.bytes;
@@ -225,7 +231,7 @@ impl SegmentReader<'_> {
 
     /// An older segment: must be whole and sealed.
     fn read_sealed(&mut self) -> Result<()> {
-        check_segment_header(self.data, self.meta.id)
+        self.meta.version = check_segment_header(self.data, self.meta.id)
             .map_err(|problem| self.corruption(0, problem.reason()))?;
         match self.walk()? {
             (Stop::Sealed, end) if end == self.data.len() => Ok(()),
@@ -240,7 +246,11 @@ impl SegmentReader<'_> {
     /// The newest segment: a torn tail is zeroed, a zero tail after a seal trimmed; returns its
     /// metadata, whether it is sealed, and the file's length.
     fn read_newest(mut self, file: &dyn IoFile) -> Result<(SegmentMeta, bool, u64)> {
-        if let Err(problem) = check_segment_header(self.data, self.meta.id) {
+        let checked = check_segment_header(self.data, self.meta.id);
+        if let Ok(version) = checked {
+            self.meta.version = version;
+        }
+        if let Err(problem) = checked {
             if let HeaderProblem::Unusable(reason) = problem {
                 return Err(self.corruption(0, reason));
             }

@@ -1,47 +1,96 @@
-//! The [`Wal`] handle: group commit, rotation, purge, poisoning.
+//! The [`Wal`] handle: submissions, the flusher thread (group commit), rotation, reads, purge,
+//! poisoning.
 //!
-//! Group commit, leader/follower style: every `append` call queues its records; whichever caller
-//! finds no write in progress becomes the leader, takes everything queued (up to
-//! [`GROUP_BYTES_MAX`]), writes it as one batch frame (each call's records contiguous) with one
-//! `pwrite`, issues one `fdatasync`, and hands every caller in the group its result. Callers that arrive meanwhile
-//! wait and form the next group. So concurrent callers share fsyncs, and a single caller (the
-//! server's writer thread draining its queue into one call) gets exactly one fsync per call.
+//! Group commit: [`Wal::submit`] applies its ops to the in-memory index at once (entries become
+//! readable as `Pending`), queues them and returns. Whoever flushes (the flusher thread, woken
+//! for asynchronous submissions, or a caller waiting in [`Wal::write`] when no flush is
+//! running, which saves it two thread hand-offs) takes everything queued (up to
+//! [`GROUP_BYTES_MAX`]), from every group, writes it as one batch frame with one `pwrite`,
+//! issues one `fdatasync`, points the index at the written records, and completes each
+//! submission in order. One flush runs at a time. So callers never block on I/O unless they ask
+//! to, and concurrent groups share fsyncs.
+//!
+//! One frame per fsync: recovery relies on every frame being fsynced before the next is written,
+//! so that damage followed by a valid frame proves corruption of acknowledged data.
 //!
 //! The active segment is preallocated: zero-filled and fdatasynced ahead of its frames (see
 //! [`crate::SEGMENT_PREALLOCATE_BYTES`]), so a batch's `fdatasync` overwrites blocks the file
 //! already owns and does not have to commit a new file size. The append that reaches the end of
 //! the zero-filled part extends it by another chunk, under the same fdatasync as its frame.
 //!
+//! Every new segment starts with a frame restating every group (vote, committed, purge point,
+//! live range), fsynced before anything else lands in it. A sealed segment is therefore needed
+//! only for the live entries it holds, and [`Wal::purge_segments`] deletes those that hold none,
+//! once every record that made them dead is durable.
+//!
 //! After any failed write or fsync the log is poisoned: the bytes on disk are unknown, so
 //! nothing more may be acknowledged until a restart recovers from the disk.
 
+use std::collections::BTreeMap;
+use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
 
+use bytes::Bytes;
+use cairn_io::{Io, IoFile};
 use parking_lot::{Condvar, Mutex};
 
-use crate::format::{self, SEGMENT_HEADER_BYTES};
+use crate::format::{self, FORMAT_VERSION, Kind, Rec, SEGMENT_HEADER_BYTES};
+use crate::groups::{Groups, Loc, Slot, View};
 use crate::recovery::{self, SegmentMeta, write_zeros};
 use crate::{
-    BATCH_BYTES_MAX, RECORD_PAYLOAD_BYTES_MAX, Record, Result, SEGMENT_BYTES_MAX_MIN,
+    BATCH_BYTES_MAX, Op, RECORD_PAYLOAD_BYTES_MAX, Record, Result, SEGMENT_BYTES_MAX_MIN,
     SEGMENT_PREALLOCATE_BYTES, WalError, WalOptions,
 };
-use cairn_io::{Io, IoFile};
 
-/// Most bytes one group commit writes; callers beyond it wait for the next group.
+/// Most bytes one group commit writes; submissions beyond it wait for the next one.
 pub const GROUP_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// The encode buffer is released after a batch larger than this, so one huge append does not
 /// pin its memory for the life of the log.
 const ENCODE_BUFFER_KEEP_BYTES: usize = 4 * 1024 * 1024;
 
-/// What a [`Wal::purge`] removed.
+/// Called once a submission is durable (`Ok`), or can never be (`Err`). Runs on the flusher
+/// thread: it must not block, and must not call back into the log and wait.
+pub type Done = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// What a [`Wal::purge_segments`] removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PurgeStats {
     /// Segment files deleted.
     pub segments_removed: usize,
     /// Their total size.
     pub bytes_removed: u64,
+}
+
+/// Counters since open (for metrics: records and groups per fsync).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// `fdatasync` calls for batches.
+    pub fsyncs: u64,
+    /// Records written (entries, votes, truncates, purges, committed markers).
+    pub records: u64,
+    /// Entries written.
+    pub entries: u64,
+    /// Sum over fsyncs of the distinct groups each covered.
+    pub group_syncs: u64,
+}
+
+/// One group's log as the index holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// Index of the first live entry.
+    pub first_index: Option<u64>,
+    /// Index of the last live entry.
+    pub last_index: Option<u64>,
+    /// The last vote written.
+    pub vote: Option<Bytes>,
+    /// The last committed marker written.
+    pub committed: Option<Bytes>,
+    /// The purge point: last purged index and the bytes given with it.
+    pub purged: Option<(u64, Bytes)>,
 }
 
 /// The segment being appended to.
@@ -55,56 +104,88 @@ struct Active {
     file_bytes: u64,
 }
 
+/// The flusher's side: the active segment and what has been written.
 #[derive(Debug)]
-struct Inner {
-    /// Set by a failed write or fsync; never cleared.
-    poisoned: bool,
-    /// Older segments, oldest first. Immutable on disk.
-    sealed: Vec<SegmentMeta>,
+struct Writer {
     active: Active,
     /// Sequence number of the next batch.
     next_seq: u64,
+    /// What the written records say about each group (restated at rotation).
+    view: View,
     /// Reused encode buffer.
     buf: Vec<u8>,
 }
 
-/// Appends waiting to be written, and the results of written ones.
-#[derive(Debug, Default)]
-struct Queue {
-    /// Queued appends in arrival order, each with its ticket.
-    waiting: Vec<(u64, Vec<Record>)>,
-    next_ticket: u64,
-    /// Outcomes of written appends, until their callers collect them.
-    done: std::collections::HashMap<u64, Result<()>>,
-    /// Whether a leader is writing a group now.
-    leader: bool,
+struct Submission {
+    /// Records, each entry with the id of its pending slot.
+    recs: Vec<(Rec, u64)>,
+    done: Option<Done>,
 }
 
-/// The node's write-ahead log. `Send + Sync`: share it behind an `Arc`.
-#[derive(Debug)]
-pub struct Wal {
+/// What callers share, under one lock.
+#[derive(Default)]
+struct State {
+    groups: Groups,
+    queue: Vec<Submission>,
+    next_pending_id: u64,
+    /// Submissions queued so far, and completed so far (in order, whatever the outcome).
+    submitted: u64,
+    durable: u64,
+    /// The first group that failed: its submissions' numbers and its error (every later
+    /// submission fails as `Poisoned`).
+    failed: Option<(u64, u64, WalError)>,
+    /// A flush (the flusher thread's, or a waiting caller's) is writing a group.
+    flushing: bool,
+    poisoned: bool,
+    stopping: bool,
+    /// Every segment file by id (sealed and active), for reads.
+    files: BTreeMap<u64, Arc<dyn IoFile>>,
+    /// Sealed segments, oldest first.
+    sealed: Vec<SegmentMeta>,
+    /// Bytes of log data in the active segment.
+    active_bytes: u64,
+}
+
+struct Shared {
     /// Exclusive lock on `dir` for the life of the handle.
     _lock: Box<dyn std::fmt::Debug + Send + Sync>,
     dir: PathBuf,
     io: Arc<dyn Io>,
     segment_bytes_max: u64,
-    inner: Mutex<Inner>,
-    /// Group commit queue (lock order: `queue` is never held while taking `inner`).
-    queue: Mutex<Queue>,
-    /// Signalled when a group's results are in `queue.done`.
-    group_done: Condvar,
-    /// Serialises purges (which work outside `inner` so appends are not blocked by deletions).
+    state: Mutex<State>,
+    /// Wakes the flusher (work queued, or stopping).
+    work: Condvar,
+    /// Wakes waiters of `durable` (a batch landed, or the log was poisoned).
+    landed: Condvar,
+    /// The flusher's; lock order: `writer` before `state`.
+    writer: Mutex<Writer>,
+    /// Serialises purges.
     purge_lock: Mutex<()>,
+    fsyncs: AtomicU64,
+    records: AtomicU64,
+    entries: AtomicU64,
+    group_syncs: AtomicU64,
+}
+
+/// The node's write-ahead log. `Send + Sync`: share it behind an `Arc`.
+pub struct Wal {
+    shared: Arc<Shared>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `dir` and returns it with every record on disk, in append
-    /// order. A torn tail of the newest segment is truncated (with a warning); any other damage
-    /// is [`WalError::Corruption`].
-    ///
-    /// Records at or below a group's applied index may be returned (purge works on whole
-    /// segments); a later record with the same group and index supersedes an earlier one.
-    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<(Wal, Vec<Record>)> {
+    /// Opens (or creates) the log in `dir` and rebuilds every group's index from the records on
+    /// disk. A torn tail of the newest segment is cleared (with a warning); any other damage,
+    /// or a group whose live entries have a hole, is [`WalError::Corruption`].
+    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<Wal> {
         let dir = dir.as_ref().to_path_buf();
         if options.segment_bytes_max < SEGMENT_BYTES_MAX_MIN {
             return Err(WalError::InvalidOptions(format!(
@@ -120,220 +201,316 @@ impl Wal {
             _ => WalError::io(&dir, e),
         })?;
         let recovered = recovery::recover(&dir, io.as_ref())?;
-        let mut sealed = recovered.sealed;
-        let active = match recovered.active {
-            Some(active) if !active.sealed => Active {
-                meta: active.meta,
-                file: active.file,
-                file_bytes: active.file_bytes,
+        if let Some((group, index)) = recovered.groups.find_hole() {
+            return Err(WalError::corruption(
+                &dir,
+                0,
+                format!(
+                    "group {group} has no entry {index}: a segment holding live entries is missing"
+                ),
+            ));
+        }
+        let mut files: BTreeMap<u64, Arc<dyn IoFile>> = BTreeMap::new();
+        let mut sealed = Vec::new();
+        for (meta, file) in recovered.sealed {
+            files.insert(meta.id, file);
+            sealed.push(meta);
+        }
+        let view = View::of(&recovered.groups);
+        let mut writer = Writer {
+            active: match recovered.active {
+                Some(active) if !active.sealed && active.meta.version == FORMAT_VERSION => Active {
+                    meta: active.meta,
+                    file: active.file,
+                    file_bytes: active.file_bytes,
+                },
+                // Sealed already (a crash between sealing it and creating its successor), or of
+                // the older format, finished as it is: new records go to a new segment in this
+                // build's format.
+                Some(active) => {
+                    let id = active.meta.id;
+                    files.insert(id, active.file.clone());
+                    let was_sealed = active.sealed;
+                    let active = Active {
+                        meta: active.meta,
+                        file: active.file,
+                        file_bytes: active.file_bytes,
+                    };
+                    let meta = if was_sealed {
+                        active.meta
+                    } else {
+                        seal(&active, recovered.last_seq)?
+                    };
+                    sealed.push(meta);
+                    create_segment(io.as_ref(), &dir, id + 1, options.segment_bytes_max)?
+                }
+                None => create_segment(io.as_ref(), &dir, 1, options.segment_bytes_max)?,
             },
-            Some(active) => {
-                let next_id = active.meta.id + 1;
-                sealed.push(active.meta);
-                create_segment(io.as_ref(), &dir, next_id, options.segment_bytes_max)?
-            }
-            None => create_segment(io.as_ref(), &dir, 1, options.segment_bytes_max)?,
+            next_seq: recovered.last_seq + 1,
+            view,
+            buf: Vec::new(),
         };
-        let wal = Wal {
+        files.insert(writer.active.meta.id, writer.active.file.clone());
+        if writer.active.meta.bytes == SEGMENT_HEADER_BYTES as u64 {
+            // A fresh segment: restate the groups so no older segment is needed for them.
+            write_restatement(&mut writer, options.segment_bytes_max)?;
+        }
+        let state = State {
+            groups: recovered.groups,
+            files,
+            sealed,
+            active_bytes: writer.active.meta.bytes,
+            ..State::default()
+        };
+        let shared = Arc::new(Shared {
             _lock: lock,
             dir,
             io,
             segment_bytes_max: options.segment_bytes_max,
-            inner: Mutex::new(Inner {
-                poisoned: false,
-                sealed,
-                active,
-                next_seq: recovered.last_seq + 1,
-                buf: Vec::new(),
-            }),
-            queue: Mutex::new(Queue::default()),
-            group_done: Condvar::new(),
+            state: Mutex::new(state),
+            work: Condvar::new(),
+            landed: Condvar::new(),
+            writer: Mutex::new(writer),
             purge_lock: Mutex::new(()),
+            fsyncs: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
+            group_syncs: AtomicU64::new(0),
+        });
+        let flusher = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("cairn-wal-flush".into())
+                .spawn(move || shared.flush_loop())
+                .map_err(|e| WalError::io("<flusher thread>", e))?
         };
-        Ok((wal, recovered.records))
+        Ok(Wal {
+            shared,
+            flusher: Some(flusher),
+        })
     }
 
-    /// Writes `records` and makes them durable before returning: either all of them are
-    /// durable when this returns `Ok`, or the call failed. Concurrent calls are grouped under one
-    /// fdatasync (see the module docs); each call's records stay contiguous and in order. After
-    /// a failed write or fsync the log is poisoned and every later call returns
-    /// [`WalError::Poisoned`].
-    pub fn append(&self, records: &[Record]) -> Result<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        if let Some(record) = records
+    /// Applies `ops` to the index at once (appended entries are readable when this returns)
+    /// and queues them to be written; `done` is called once they are durable, or with the error
+    /// that means they never will be. Submissions become durable in the order they were made.
+    /// Refused (nothing applied) if an op is invalid or the log is poisoned.
+    pub fn submit(&self, ops: Vec<Op>, done: Option<Done>) -> Result<()> {
+        self.submit_numbered(ops, done, true).map(|_| ())
+    }
+
+    /// [`Wal::submit`]; returns the submission's number (1-based, in submission order). A
+    /// caller that will wait for it (and so flush it itself) passes `wake_flusher: false`.
+    fn submit_numbered(&self, ops: Vec<Op>, done: Option<Done>, wake_flusher: bool) -> Result<u64> {
+        let recs: Vec<Rec> = ops.into_iter().map(into_rec).collect();
+        if let Some(r) = recs
             .iter()
             .find(|r| r.payload.len() > RECORD_PAYLOAD_BYTES_MAX)
         {
             return Err(WalError::RecordTooLarge {
-                bytes: record.payload.len(),
+                bytes: r.payload.len(),
                 limit: RECORD_PAYLOAD_BYTES_MAX,
             });
         }
-        let frame_bytes = format::batch_bytes(records);
-        if frame_bytes > BATCH_BYTES_MAX {
+        let bytes = format::batch_bytes(recs.iter());
+        if bytes > BATCH_BYTES_MAX {
             return Err(WalError::BatchTooLarge {
-                bytes: frame_bytes,
+                bytes,
                 limit: BATCH_BYTES_MAX,
             });
         }
-        let mut queue = self.queue.lock();
-        let ticket = queue.next_ticket;
-        queue.next_ticket += 1;
-        queue.waiting.push((ticket, records.to_vec()));
-        loop {
-            if let Some(result) = queue.done.remove(&ticket) {
-                return result;
-            }
-            if queue.leader {
-                self.group_done.wait(&mut queue);
-                continue;
-            }
-            queue.leader = true;
-            let group = take_group(&mut queue.waiting);
-            drop(queue);
-            let mut leading = Leading {
-                wal: self,
-                tickets: group.iter().map(|(t, _)| *t).collect(),
-            };
-            let outcome = self.write_group(&group);
-            queue = self.queue.lock();
-            for ticket in std::mem::take(&mut leading.tickets) {
-                queue.done.insert(
-                    ticket,
-                    outcome.as_ref().map(|_| ()).map_err(WalError::duplicate),
-                );
-            }
-            queue.leader = false;
-            self.group_done.notify_all();
-        }
-    }
-
-    /// Writes a group of appends as one batch frame and fsyncs once. Poisons the log on failure.
-    fn write_group(&self, group: &[(u64, Vec<Record>)]) -> Result<()> {
-        let mut inner = self.inner.lock();
-        if inner.poisoned {
+        let mut state = self.shared.state.lock();
+        if state.poisoned {
             return Err(WalError::Poisoned);
         }
-        let result = self.write_group_locked(&mut inner, group);
-        if result.is_err() {
-            inner.poisoned = true;
-            tracing::error!(dir = %self.dir.display(), "WAL poisoned by a failed write or fsync: refusing all further appends");
+        check_ops(&state.groups, &recs)?;
+        let mut queued = Vec::with_capacity(recs.len());
+        for rec in recs {
+            let id = state.next_pending_id;
+            state.next_pending_id += 1;
+            let slot = (rec.kind == Kind::Entry).then(|| Slot::Pending {
+                id,
+                payload: rec.payload.clone(),
+            });
+            state.groups.apply(&rec, slot);
+            queued.push((rec, id));
         }
-        if inner.buf.capacity() > ENCODE_BUFFER_KEEP_BYTES {
-            inner.buf = Vec::new();
+        state.queue.push(Submission { recs: queued, done });
+        state.submitted += 1;
+        if wake_flusher {
+            self.shared.work.notify_one();
         }
-        result
+        Ok(state.submitted)
     }
 
-    /// One frame per group, not per call: recovery relies on every frame being fsynced before
-    /// the next is written, so that damage followed by a valid frame proves corruption of
-    /// acknowledged data. Several frames in one `pwrite` could be torn out of order.
-    fn write_group_locked(&self, inner: &mut Inner, group: &[(u64, Vec<Record>)]) -> Result<()> {
-        let records = group.iter().flat_map(|(_, records)| records.iter());
-        let frame_bytes = (format::FRAME_HEADER_BYTES
-            + records
-                .clone()
-                .map(|r| format::RECORD_HEADER_BYTES + r.payload.len())
-                .sum::<usize>()) as u64;
-        let has_frames = inner.active.meta.bytes > SEGMENT_HEADER_BYTES as u64;
-        if has_frames && inner.active.meta.bytes + frame_bytes > self.segment_bytes_max {
-            self.rotate(inner)?;
+    /// [`Wal::submit`], then waits until the ops are durable. When no flush is running the
+    /// caller writes the queued group itself (one frame, one fdatasync for everyone queued),
+    /// so a single writer pays no hand-off to the flusher thread.
+    pub fn write(&self, ops: Vec<Op>) -> Result<()> {
+        let seq = self.submit_numbered(ops, None, false)?;
+        self.shared.wait_for(seq)
+    }
+
+    /// Writes `records` as entries and waits until they are durable.
+    pub fn append(&self, records: &[Record]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
         }
-        let seq = inner.next_seq;
-        let mut buf = std::mem::take(&mut inner.buf);
-        buf.clear();
-        format::encode_batch(&mut buf, seq, records.clone());
-        debug_assert_eq!(buf.len() as u64, frame_bytes);
-        let active = &inner.active;
-        let frame_end = active.meta.bytes + frame_bytes;
-        let file_bytes = if frame_end > active.file_bytes {
-            // Crossing the zero-filled part: extend it by a chunk under this same fdatasync
-            // (the one fdatasync per chunk that commits a new size).
-            frame_end
-                .max((active.file_bytes + SEGMENT_PREALLOCATE_BYTES).min(self.segment_bytes_max))
-        } else {
-            active.file_bytes
+        self.write(records.iter().cloned().map(Op::Entry).collect())
+    }
+
+    /// Waits until everything submitted so far is durable.
+    pub fn flush(&self) -> Result<()> {
+        self.write(Vec::new())
+    }
+
+    /// The live entries of `group` with indexes in `range`, in order. Entries are read from
+    /// memory (not yet written) or from their records on disk, each checked against its
+    /// checksum: damage is [`WalError::Corruption`], never data.
+    pub fn entries(&self, group: u64, range: impl RangeBounds<u64>) -> Result<Vec<(u64, Bytes)>> {
+        let range = (range.start_bound().cloned(), range.end_bound().cloned());
+        let slots: Vec<(u64, SlotRead)> = {
+            let state = self.shared.state.lock();
+            let Some(g) = state.groups.groups.get(&group) else {
+                return Ok(Vec::new());
+            };
+            if is_empty_range(range) {
+                return Ok(Vec::new());
+            }
+            g.entries
+                .range(range)
+                .map(|(&index, slot)| {
+                    let read = match slot {
+                        Slot::Pending { payload, .. } => SlotRead::Memory(payload.clone()),
+                        Slot::Written(loc) => SlotRead::Disk(
+                            *loc,
+                            state.files.get(&loc.segment).cloned().ok_or_else(|| {
+                                WalError::corruption(
+                                    &self.shared.dir,
+                                    0,
+                                    format!(
+                                        "entry {index} of group {group} is in a missing segment"
+                                    ),
+                                )
+                            }),
+                        ),
+                    };
+                    (index, read)
+                })
+                .collect()
         };
-        let written = active
-            .file
-            .write_all_at(&buf, active.meta.bytes)
-            .and_then(|()| {
-                // Only the extension: up to `active.file_bytes` the file is zeros already.
-                let zeros_start = frame_end.max(active.file_bytes);
-                write_zeros(active.file.as_ref(), zeros_start, file_bytes)
-            })
-            .and_then(|()| active.file.sync_data())
-            .map_err(|e| WalError::io(&active.meta.path, e));
-        inner.buf = buf;
-        written?;
-        let active = &mut inner.active;
-        active.meta.bytes = frame_end;
-        active.file_bytes = file_bytes;
-        for record in records {
-            active.meta.note(record);
+        slots
+            .into_iter()
+            .map(|(index, read)| Ok((index, self.read_slot(group, index, read)?)))
+            .collect()
+    }
+
+    fn read_slot(&self, group: u64, index: u64, read: SlotRead) -> Result<Bytes> {
+        match read {
+            SlotRead::Memory(payload) => Ok(payload),
+            SlotRead::Disk(loc, file) => {
+                let file = file?;
+                let path = self.shared.dir.join(format::segment_file_name(loc.segment));
+                let mut buf = vec![0u8; loc.len as usize];
+                file.read_exact_at(&mut buf, loc.offset)
+                    .map_err(|e| WalError::io(&path, e))?;
+                let checked = if loc.version == FORMAT_VERSION {
+                    format::check_record(Bytes::from(buf), group, index)
+                } else {
+                    format::check_record_v1(Bytes::from(buf), group, index)
+                };
+                checked.map_err(|reason| WalError::corruption(&path, loc.offset, reason))
+            }
         }
-        inner.next_seq = seq + 1;
-        Ok(())
     }
 
-    /// Seals the active segment (seal frame, the zero tail trimmed, one fdatasync) and starts
-    /// the next one.
-    fn rotate(&self, inner: &mut Inner) -> Result<()> {
-        let mut seal = Vec::with_capacity(format::FRAME_HEADER_BYTES);
-        format::encode_seal(&mut seal, inner.next_seq - 1);
-        let active = &inner.active;
-        let sealed_bytes = active.meta.bytes + seal.len() as u64;
-        active
-            .file
-            .write_all_at(&seal, active.meta.bytes)
-            .and_then(|()| active.file.set_len(sealed_bytes))
-            .and_then(|()| active.file.sync_data())
-            .map_err(|e| WalError::io(&active.meta.path, e))?;
-        let next = create_segment(
-            self.io.as_ref(),
-            &self.dir,
-            active.meta.id + 1,
-            self.segment_bytes_max,
-        )?;
-        let mut old = std::mem::replace(&mut inner.active, next);
-        old.meta.bytes += seal.len() as u64;
-        inner.sealed.push(old.meta);
-        Ok(())
+    /// Every live entry of every group, in the order they were written.
+    pub fn replay(&self) -> Result<Vec<Record>> {
+        let mut located: Vec<(u64, u64, u64, u64)> = Vec::new();
+        let mut pending: Vec<(u64, u64, u64)> = Vec::new();
+        {
+            let state = self.shared.state.lock();
+            for (&group, g) in &state.groups.groups {
+                for (&index, slot) in &g.entries {
+                    match slot {
+                        Slot::Written(loc) => located.push((loc.segment, loc.offset, group, index)),
+                        Slot::Pending { id, .. } => pending.push((*id, group, index)),
+                    }
+                }
+            }
+        }
+        located.sort_unstable();
+        pending.sort_unstable();
+        let order = located
+            .into_iter()
+            .map(|(_, _, g, i)| (g, i))
+            .chain(pending.into_iter().map(|(_, g, i)| (g, i)));
+        let mut out = Vec::new();
+        for (group, index) in order {
+            if let Some((_, payload)) = self.entries(group, index..=index)?.pop() {
+                out.push(Record {
+                    group,
+                    index,
+                    payload,
+                });
+            }
+        }
+        Ok(out)
     }
 
-    /// Deletes every sealed segment whose records all have `index <= applied(group)`. The
-    /// caller must have made those records durable elsewhere first (flushed the state
-    /// machines). `applied` must not call back into this `Wal`. The active segment is never
-    /// deleted. For a group that no longer lives on this node, return `u64::MAX`, or its old
-    /// segments are kept forever.
-    pub fn purge(&self, applied: impl Fn(u64) -> u64) -> Result<PurgeStats> {
-        let _purging = self.purge_lock.lock();
-        let candidates = {
-            let inner = self.inner.lock();
-            if inner.poisoned {
+    /// A group's log, or `None` if nothing was ever written for it.
+    pub fn group(&self, group: u64) -> Option<GroupInfo> {
+        let state = self.shared.state.lock();
+        let g = state.groups.groups.get(&group)?;
+        Some(GroupInfo {
+            first_index: g.entries.keys().next().copied(),
+            last_index: g.last_index(),
+            vote: g.vote.clone(),
+            committed: g.committed.clone(),
+            purged: g.purged.clone(),
+        })
+    }
+
+    /// Every group the log knows.
+    pub fn groups(&self) -> Vec<u64> {
+        self.shared
+            .state
+            .lock()
+            .groups
+            .groups
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Deletes every sealed segment in which no group has a live entry, once every record that
+    /// made them so is durable. Returns what it removed. The active segment is never deleted.
+    pub fn purge_segments(&self) -> Result<PurgeStats> {
+        let shared = &self.shared;
+        let _purging = shared.purge_lock.lock();
+        let (doomed, barrier) = {
+            let state = shared.state.lock();
+            if state.poisoned {
                 return Err(WalError::Poisoned);
             }
-            inner.sealed.clone()
+            let doomed: Vec<SegmentMeta> = state
+                .sealed
+                .iter()
+                .filter(|s| state.groups.live.get(&s.id).copied().unwrap_or(0) == 0)
+                .cloned()
+                .collect();
+            (doomed, state.submitted)
         };
-        let doomed: Vec<&SegmentMeta> = candidates
-            .iter()
-            .filter(|segment| {
-                segment
-                    .groups
-                    .iter()
-                    .all(|(&group, &max)| max <= applied(group))
-            })
-            .collect();
         if doomed.is_empty() {
             return Ok(PurgeStats::default());
         }
+        // The truncates and purges that left these segments without live entries must be
+        // durable before the entries go, or a crash could bring back a log with a hole.
+        shared.wait_durable(barrier)?;
         let mut stats = PurgeStats::default();
         let mut removed = Vec::new();
         let mut failure = None;
-        for segment in doomed {
-            match self.io.remove(&segment.path) {
+        for segment in &doomed {
+            match shared.io.remove(&segment.path) {
                 Ok(()) => {
                     removed.push(segment.id);
                     stats.segments_removed += 1;
@@ -345,17 +522,20 @@ impl Wal {
                 }
             }
         }
-        let synced = self
+        let synced = shared
             .io
-            .sync_dir(&self.dir)
-            .map_err(|e| WalError::io(&self.dir, e));
-        let mut inner = self.inner.lock();
-        inner
-            .sealed
-            .retain(|segment| !removed.contains(&segment.id));
+            .sync_dir(&shared.dir)
+            .map_err(|e| WalError::io(&shared.dir, e));
+        let mut state = shared.state.lock();
+        state.sealed.retain(|s| !removed.contains(&s.id));
+        for id in &removed {
+            state.files.remove(id);
+            state.groups.live.remove(id);
+        }
         if let Err(err) = synced {
-            inner.poisoned = true;
-            tracing::error!(dir = %self.dir.display(), "WAL poisoned by a failed directory fsync");
+            state.poisoned = true;
+            shared.landed.notify_all();
+            tracing::error!(dir = %shared.dir.display(), "WAL poisoned by a failed directory fsync");
             return Err(err);
         }
         match failure {
@@ -366,64 +546,415 @@ impl Wal {
 
     /// Whether an earlier failure has poisoned the log.
     pub fn is_poisoned(&self) -> bool {
-        self.inner.lock().poisoned
+        self.shared.state.lock().poisoned
     }
 
     /// Number of segment files (sealed plus the active one).
     pub fn segment_count(&self) -> usize {
-        self.inner.lock().sealed.len() + 1
+        self.shared.state.lock().sealed.len() + 1
     }
 
     /// Bytes of log data in all segment files (headers, frames, seals). The active segment's
     /// preallocated zero tail is not counted: its file is up to
     /// [`crate::SEGMENT_PREALLOCATE_BYTES`] longer.
     pub fn total_bytes(&self) -> u64 {
-        let inner = self.inner.lock();
-        inner.sealed.iter().map(|s| s.bytes).sum::<u64>() + inner.active.meta.bytes
+        let state = self.shared.state.lock();
+        state.sealed.iter().map(|s| s.bytes).sum::<u64>() + state.active_bytes
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> WalStats {
+        let s = &self.shared;
+        WalStats {
+            fsyncs: s.fsyncs.load(Ordering::Relaxed),
+            records: s.records.load(Ordering::Relaxed),
+            entries: s.entries.load(Ordering::Relaxed),
+            group_syncs: s.group_syncs.load(Ordering::Relaxed),
+        }
     }
 
     /// The directory holding the segments.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.shared.dir
     }
 }
 
-/// The leader's duty while it writes a group: if it unwinds (a panic), the log is poisoned and
-/// every caller in the group gets [`WalError::Poisoned`] instead of waiting forever.
-struct Leading<'a> {
-    wal: &'a Wal,
-    /// Tickets of the group; emptied once their results are delivered.
-    tickets: Vec<u64>,
-}
-
-impl Drop for Leading<'_> {
+impl Drop for Wal {
     fn drop(&mut self) {
-        if self.tickets.is_empty() {
-            return;
+        self.shared.state.lock().stopping = true;
+        self.shared.work.notify_all();
+        if let Some(flusher) = self.flusher.take() {
+            if flusher.join().is_err() {
+                tracing::error!("WAL flusher thread panicked");
+            }
         }
-        self.wal.inner.lock().poisoned = true;
-        let mut queue = self.wal.queue.lock();
-        for ticket in self.tickets.drain(..) {
-            queue.done.insert(ticket, Err(WalError::Poisoned));
-        }
-        queue.leader = false;
-        self.wal.group_done.notify_all();
     }
 }
 
-/// Takes the longest prefix of `waiting` within [`GROUP_BYTES_MAX`] (at least one append).
-fn take_group(waiting: &mut Vec<(u64, Vec<Record>)>) -> Vec<(u64, Vec<Record>)> {
+/// Where to read one entry from.
+enum SlotRead {
+    Memory(Bytes),
+    Disk(Loc, Result<Arc<dyn IoFile>>),
+}
+
+fn is_empty_range(range: (Bound<u64>, Bound<u64>)) -> bool {
+    let start = match range.0 {
+        Bound::Included(s) => Some(s),
+        Bound::Excluded(s) => s.checked_add(1),
+        Bound::Unbounded => Some(0),
+    };
+    let end = match range.1 {
+        Bound::Included(e) => e.checked_add(1),
+        Bound::Excluded(e) => Some(e),
+        Bound::Unbounded => None,
+    };
+    match (start, end) {
+        (None, _) => true,
+        (Some(s), Some(e)) => s >= e,
+        (Some(_), None) => false,
+    }
+}
+
+fn into_rec(op: Op) -> Rec {
+    let (kind, group, index, payload) = match op {
+        Op::Entry(r) => (Kind::Entry, r.group, r.index, r.payload),
+        Op::Vote { group, payload } => (Kind::Vote, group, 0, payload),
+        Op::Committed { group, payload } => (Kind::Committed, group, 0, payload),
+        Op::TruncateFrom { group, index } => (Kind::Truncate, group, index, Bytes::new()),
+        Op::Purge {
+            group,
+            index,
+            payload,
+        } => (Kind::Purge, group, index, payload),
+    };
+    Rec {
+        kind,
+        group,
+        index,
+        payload,
+    }
+}
+
+/// Checks that `recs`, applied in order, keep every group's entries contiguous (the same rules
+/// as `Groups::apply`, over each group's live range and purge point).
+fn check_ops(groups: &Groups, recs: &[Rec]) -> Result<()> {
+    #[derive(Clone, Copy)]
+    struct Sim {
+        range: Option<(u64, u64)>,
+        purged: Option<u64>,
+    }
+    let mut sims: BTreeMap<u64, Sim> = BTreeMap::new();
+    for rec in recs {
+        let sim = sims.entry(rec.group).or_insert_with(|| {
+            let g = groups.groups.get(&rec.group);
+            Sim {
+                range: g.and_then(|g| Some((*g.entries.keys().next()?, g.last_index()?))),
+                purged: g.and_then(|g| g.purged.as_ref().map(|(p, _)| *p)),
+            }
+        });
+        match rec.kind {
+            Kind::Entry => {
+                if sim.purged.is_some_and(|p| rec.index <= p) {
+                    return Err(WalError::InvalidOp(format!(
+                        "group {}: entry {} is at or below the purge point",
+                        rec.group, rec.index
+                    )));
+                }
+                let next = sim
+                    .range
+                    .map(|(_, last)| last + 1)
+                    .or(sim.purged.map(|p| p + 1));
+                if let Some(next) = next.filter(|&n| rec.index > n) {
+                    return Err(WalError::InvalidOp(format!(
+                        "group {}: entry {} would leave a hole (next is {next})",
+                        rec.group, rec.index
+                    )));
+                }
+                sim.range = match sim.range {
+                    Some((first, _)) if first <= rec.index => Some((first, rec.index)),
+                    _ => Some((rec.index, rec.index)),
+                };
+            }
+            Kind::Truncate => {
+                sim.range = sim
+                    .range
+                    .filter(|&(first, _)| first < rec.index)
+                    .map(|(first, last)| (first, last.min(rec.index - 1)));
+            }
+            Kind::Purge => {
+                if sim.purged.is_none_or(|p| rec.index >= p) {
+                    sim.purged = Some(rec.index);
+                    sim.range = sim
+                        .range
+                        .map(|(first, last)| (first.max(rec.index.saturating_add(1)), last))
+                        .filter(|(first, last)| first <= last);
+                }
+            }
+            Kind::Vote | Kind::Committed | Kind::Range => {}
+        }
+    }
+    Ok(())
+}
+
+impl Shared {
+    /// The flusher thread: writes what is queued whenever no caller is flushing it already,
+    /// until the log is dropped (it drains the queue first).
+    fn flush_loop(self: Arc<Shared>) {
+        loop {
+            {
+                let mut state = self.state.lock();
+                while (state.queue.is_empty() || state.flushing) && !state.stopping {
+                    self.work.wait(&mut state);
+                }
+                if state.queue.is_empty() && !state.flushing {
+                    return;
+                }
+            }
+            self.flush_once();
+        }
+    }
+
+    /// Writes one group of queued submissions (one frame, one fdatasync) unless a flush is
+    /// running already, then completes them. Returns whether it flushed.
+    fn flush_once(&self) -> bool {
+        let batch = {
+            let mut state = self.state.lock();
+            if state.flushing || state.queue.is_empty() {
+                return false;
+            }
+            state.flushing = true;
+            take_group(&mut state.queue)
+        };
+        let result = if self.state.lock().poisoned {
+            Err(WalError::Poisoned)
+        } else {
+            self.write_batch(&batch)
+        };
+        let outcome = {
+            let mut state = self.state.lock();
+            match &result {
+                Ok(locs) => {
+                    for ((rec, id), loc) in batch.iter().flat_map(|s| s.recs.iter()).zip(locs) {
+                        if let Some(loc) = loc {
+                            state.groups.landed(rec.group, rec.index, *id, *loc);
+                        }
+                    }
+                }
+                Err(e) => {
+                    if !state.poisoned {
+                        tracing::error!(dir = %self.dir.display(), "WAL poisoned by a failed write or fsync: refusing all further appends");
+                    }
+                    state.poisoned = true;
+                    let first = state.durable + 1;
+                    let last = state.durable + batch.len() as u64;
+                    if state.failed.is_none() {
+                        state.failed = Some((first, last, e.duplicate()));
+                    }
+                }
+            }
+            state.durable += batch.len() as u64;
+            state.flushing = false;
+            self.landed.notify_all();
+            if !state.queue.is_empty() {
+                self.work.notify_one();
+            }
+            result.as_ref().map(|_| ()).map_err(WalError::duplicate)
+        };
+        for submission in batch {
+            if let Some(done) = submission.done {
+                done(outcome.as_ref().map(|_| ()).map_err(WalError::duplicate));
+            }
+        }
+        true
+    }
+
+    /// Waits until submission number `seq` (1-based, in submission order) is durable, flushing
+    /// in this thread whenever no flush is running (so a waiting caller pays no hand-off to the
+    /// flusher thread), and returns its outcome.
+    fn wait_for(&self, seq: u64) -> Result<()> {
+        loop {
+            {
+                let mut state = self.state.lock();
+                if state.durable >= seq {
+                    return match &state.failed {
+                        Some((first, last, e)) if (*first..=*last).contains(&seq) => {
+                            Err(e.duplicate())
+                        }
+                        Some((first, _, _)) if seq > *first => Err(WalError::Poisoned),
+                        _ => Ok(()),
+                    };
+                }
+                if state.flushing || state.queue.is_empty() {
+                    self.landed.wait(&mut state);
+                    continue;
+                }
+            }
+            self.flush_once();
+        }
+    }
+
+    /// Waits until the first `count` submissions are durable (flushing in this thread when no
+    /// flush is running).
+    fn wait_durable(&self, count: u64) -> Result<()> {
+        if count == 0 {
+            return Ok(());
+        }
+        self.wait_for(count)?;
+        if self.state.lock().poisoned {
+            return Err(WalError::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// Writes a group of submissions as one batch frame and fsyncs once; returns where each
+    /// entry record landed (in order, `None` for other records).
+    fn write_batch(&self, batch: &[Submission]) -> Result<Vec<Option<Loc>>> {
+        let mut writer = self.writer.lock();
+        let recs = || batch.iter().flat_map(|s| s.recs.iter().map(|(r, _)| r));
+        if recs().next().is_none() {
+            return Ok(Vec::new());
+        }
+        let frame_bytes = format::batch_bytes(recs()) as u64;
+        let has_frames = writer.active.meta.bytes > SEGMENT_HEADER_BYTES as u64;
+        if has_frames && writer.active.meta.bytes + frame_bytes > self.segment_bytes_max {
+            self.rotate(&mut writer)?;
+        }
+        let frame_start = writer.active.meta.bytes;
+        let offsets = write_frame(&mut writer, recs(), self.segment_bytes_max)?;
+        let mut groups_in_batch: Vec<u64> = recs().map(|r| r.group).collect();
+        groups_in_batch.sort_unstable();
+        groups_in_batch.dedup();
+        let segment = writer.active.meta.id;
+        let mut locs = Vec::with_capacity(offsets.len());
+        let mut entries = 0;
+        for (rec, offset) in recs().zip(&offsets) {
+            writer.view.apply(rec);
+            locs.push((rec.kind == Kind::Entry).then(|| {
+                entries += 1;
+                Loc {
+                    segment,
+                    offset: frame_start + *offset as u64,
+                    len: rec.encoded_len() as u32,
+                    version: FORMAT_VERSION,
+                }
+            }));
+        }
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.records
+            .fetch_add(offsets.len() as u64, Ordering::Relaxed);
+        self.entries.fetch_add(entries, Ordering::Relaxed);
+        self.group_syncs
+            .fetch_add(groups_in_batch.len() as u64, Ordering::Relaxed);
+        self.state.lock().active_bytes = writer.active.meta.bytes;
+        Ok(locs)
+    }
+
+    /// Seals the active segment (seal frame, the zero tail trimmed, one fdatasync), starts the
+    /// next one, and restates every group at its start.
+    fn rotate(&self, writer: &mut Writer) -> Result<()> {
+        let sealed = seal(&writer.active, writer.next_seq - 1)?;
+        let next = create_segment(
+            self.io.as_ref(),
+            &self.dir,
+            writer.active.meta.id + 1,
+            self.segment_bytes_max,
+        )?;
+        writer.active = next;
+        {
+            let mut state = self.state.lock();
+            state.sealed.push(sealed);
+            state
+                .files
+                .insert(writer.active.meta.id, writer.active.file.clone());
+            state.active_bytes = writer.active.meta.bytes;
+        }
+        write_restatement(writer, self.segment_bytes_max)
+    }
+}
+
+/// Takes the longest prefix of `queue` within [`GROUP_BYTES_MAX`] (at least one submission).
+fn take_group(queue: &mut Vec<Submission>) -> Vec<Submission> {
     let mut bytes = 0;
     let mut count = 0;
-    for (_, records) in waiting.iter() {
-        let frame_bytes = format::batch_bytes(records);
+    for submission in queue.iter() {
+        let frame_bytes = format::batch_bytes(submission.recs.iter().map(|(r, _)| r));
         if count > 0 && bytes + frame_bytes > GROUP_BYTES_MAX {
             break;
         }
         bytes += frame_bytes;
         count += 1;
     }
-    waiting.drain(..count).collect()
+    queue.drain(..count).collect()
+}
+
+/// Writes `recs` as one batch frame at the end of the active segment, extending its zero tail
+/// when the frame crosses it, and fsyncs. Returns each record's offset within the frame.
+fn write_frame<'a>(
+    writer: &mut Writer,
+    recs: impl Iterator<Item = &'a Rec> + Clone,
+    segment_bytes_max: u64,
+) -> Result<Vec<usize>> {
+    let seq = writer.next_seq;
+    let mut buf = std::mem::take(&mut writer.buf);
+    buf.clear();
+    let offsets = format::encode_batch(&mut buf, seq, recs);
+    let active = &writer.active;
+    let frame_end = active.meta.bytes + buf.len() as u64;
+    let file_bytes = if frame_end > active.file_bytes {
+        // Crossing the zero-filled part: extend it by a chunk under this same fdatasync
+        // (the one fdatasync per chunk that commits a new size).
+        frame_end.max((active.file_bytes + SEGMENT_PREALLOCATE_BYTES).min(segment_bytes_max))
+    } else {
+        active.file_bytes
+    };
+    let written = active
+        .file
+        .write_all_at(&buf, active.meta.bytes)
+        .and_then(|()| {
+            // Only the extension: up to `active.file_bytes` the file is zeros already.
+            let zeros_start = frame_end.max(active.file_bytes);
+            write_zeros(active.file.as_ref(), zeros_start, file_bytes)
+        })
+        .and_then(|()| active.file.sync_data())
+        .map_err(|e| WalError::io(&active.meta.path, e));
+    writer.buf = if buf.capacity() > ENCODE_BUFFER_KEEP_BYTES {
+        Vec::new()
+    } else {
+        buf
+    };
+    written?;
+    writer.active.meta.bytes = frame_end;
+    writer.active.file_bytes = file_bytes;
+    writer.next_seq = seq + 1;
+    Ok(offsets)
+}
+
+/// Writes the frame restating every group at the start of a fresh segment (fsynced on its own:
+/// frames are never written two per fsync).
+fn write_restatement(writer: &mut Writer, segment_bytes_max: u64) -> Result<()> {
+    let recs = writer.view.restate();
+    if recs.is_empty() {
+        return Ok(());
+    }
+    write_frame(writer, recs.iter(), segment_bytes_max)?;
+    Ok(())
+}
+
+/// Seals `active`: a seal frame naming batch `last_seq`, the zero tail trimmed, one fdatasync.
+/// Returns the sealed segment's metadata.
+fn seal(active: &Active, last_seq: u64) -> Result<SegmentMeta> {
+    let mut seal = Vec::with_capacity(format::FRAME_HEADER_BYTES);
+    format::encode_seal(&mut seal, last_seq);
+    let sealed_bytes = active.meta.bytes + seal.len() as u64;
+    active
+        .file
+        .write_all_at(&seal, active.meta.bytes)
+        .and_then(|()| active.file.set_len(sealed_bytes))
+        .and_then(|()| active.file.sync_data())
+        .map_err(|e| WalError::io(&active.meta.path, e))?;
+    let mut meta = active.meta.clone();
+    meta.bytes = sealed_bytes;
+    Ok(meta)
 }
 
 /// Creates segment `id`: new file, header, zeros up to the first preallocation chunk,

@@ -69,16 +69,23 @@ fn torn_tail_is_truncated_and_keeps_a_prefix_of_writes() {
         // key, in key order); garbage after the last record loses nothing.
         let ends = record_ends(&data);
         let mut lost = 0;
+        let damage;
         if round % 2 == 0 {
             let cut = rng.random_range(1..(len as usize - 24).max(2));
             data.truncate(len as usize - cut);
             lost = ends.iter().filter(|&&end| end > data.len()).count();
+            damage = format!("{cut} of {len} bytes cut");
         } else {
             // Garbage after the last record, as a torn sector might leave.
-            data.extend((0..rng.random_range(1..200)).map(|_| rng.random::<u8>()));
+            let garbage: Vec<u8> = (0..rng.random_range(1..200))
+                .map(|_| rng.random::<u8>())
+                .collect();
+            damage = format!("{len} bytes, then garbage {garbage:?}");
+            data.extend(garbage);
         }
         fs::write(active, &data).unwrap();
-        let engine = Engine::open(dir.path(), small_options()).unwrap();
+        let engine = Engine::open(dir.path(), small_options())
+            .unwrap_or_else(|e| panic!("round {round} ({damage}) in {active:?}: {e}"));
         // Keys were written in order, so what survives is a prefix.
         let present: Vec<bool> = (0..KEYS)
             .map(|i| engine.get(&key(i)).unwrap().is_some())

@@ -11,7 +11,7 @@ use crate::support::{open_sim, record, segments};
 #[test]
 fn round_trip_and_reopen_on_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, replay) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let (wal, replay) = crate::support::open_std(dir.path());
     assert!(replay.is_empty());
 
     let first: Vec<Record> = (1..=10).map(|i| record(1, i)).collect();
@@ -27,7 +27,7 @@ fn round_trip_and_reopen_on_disk() {
     .unwrap();
     drop(wal);
 
-    let (wal, replay) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let (wal, replay) = crate::support::open_std(dir.path());
     let mut expected = first.clone();
     expected.extend([
         record(2, 1),
@@ -41,7 +41,7 @@ fn round_trip_and_reopen_on_disk() {
 
     wal.append(&[record(1, 11)]).unwrap();
     drop(wal);
-    let (_wal, replay) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let (_wal, replay) = crate::support::open_std(dir.path());
     expected.push(record(1, 11));
     assert_eq!(replay, expected);
 }
@@ -51,7 +51,7 @@ fn round_trip_and_reopen_on_disk() {
 #[test]
 fn segments_are_preallocated_and_trimmed_when_sealed() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let (wal, _) = crate::support::open_std(dir.path());
     let segment = dir.path().join("00000000000000000001.wal");
     let file_bytes = || std::fs::metadata(&segment).unwrap().len();
     assert_eq!(file_bytes(), cairn_wal::SEGMENT_PREALLOCATE_BYTES);
@@ -66,7 +66,7 @@ fn segments_are_preallocated_and_trimmed_when_sealed() {
     let log_bytes = wal.total_bytes();
     assert!(log_bytes < file_bytes());
     drop(wal);
-    let (wal, replay) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let (wal, replay) = crate::support::open_std(dir.path());
     assert_eq!(replay, vec![record(1, 0), big]);
     assert_eq!(
         wal.total_bytes(),
@@ -78,7 +78,7 @@ fn segments_are_preallocated_and_trimmed_when_sealed() {
     let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, 8192);
     for i in 1..=300 {
-        wal.append(&[record(i % 4, i)]).unwrap();
+        wal.append(&[record(i % 4, i / 4 + 1)]).unwrap();
     }
     let files = segments(&io);
     let total: usize = files.iter().map(|f| io.file_bytes(f).unwrap().len()).sum();
@@ -109,7 +109,7 @@ fn rotation_spreads_records_over_segments() {
     let (wal, _) = open_sim(&io, 4096);
     let mut expected = Vec::new();
     for i in 1..=300 {
-        let batch = vec![record(i % 4, i), record(9, i)];
+        let batch = vec![record(i % 4, i / 4 + 1), record(9, i)];
         wal.append(&batch).unwrap();
         expected.extend(batch);
     }
@@ -194,21 +194,21 @@ fn limits_and_options_are_checked() {
 fn files_other_than_segments_are_ignored() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("README"), b"not a segment").unwrap();
-    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let (wal, _) = crate::support::open_std(dir.path());
     wal.append(&[record(1, 1)]).unwrap();
     drop(wal);
-    let (_, replay) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let (_, replay) = crate::support::open_std(dir.path());
     assert_eq!(replay, vec![record(1, 1)]);
 }
 
 #[test]
 fn a_directory_is_opened_by_one_wal_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let (wal, _) = crate::support::open_std(dir.path());
     let err = Wal::open(dir.path(), WalOptions::default()).unwrap_err();
     assert!(matches!(err, WalError::Locked { .. }), "{err}");
     drop(wal);
-    Wal::open(dir.path(), WalOptions::default()).unwrap();
+    crate::support::open_std(dir.path());
 
     let io = SimIo::new(0x3a1);
     let (wal, _) = open_sim(&io, 4096);

@@ -25,7 +25,7 @@ fn failed_fsync_poisons_the_log() {
         wal.append(&[record(1, 3)]),
         Err(WalError::Poisoned)
     ));
-    assert!(matches!(wal.purge(|_| u64::MAX), Err(WalError::Poisoned)));
+    assert!(matches!(wal.purge_segments(), Err(WalError::Poisoned)));
     drop(wal);
     // A restart recovers what was durable.
     let (wal, replay) = open_sim(&io.crash_image(PowerCut::DropUnsynced), 4096);
@@ -221,11 +221,11 @@ fn torn_group_is_never_mistaken_for_corruption() {
             seed,
             sector_bytes: 512,
         });
-        let (_, replay) = match cairn_wal::Wal::open(
+        let replay = match cairn_wal::Wal::open(
             crate::support::DIR,
             crate::support::sim_options(&disk, 1 << 20),
         ) {
-            Ok(opened) => opened,
+            Ok(opened) => opened.replay().unwrap(),
             Err(err) => panic!("seed {seed}: {err}"),
         };
         for record in &acked {
@@ -325,7 +325,10 @@ fn power_cut_at_every_append_across_rotations() {
                 crate::support::DIR,
                 crate::support::sim_options(&disk, 4096),
             ) {
-                Ok(opened) => opened,
+                Ok(opened) => {
+                    let replay = opened.replay().unwrap();
+                    (opened, replay)
+                }
                 Err(err) => panic!("failing append {failing}, {mode:?}: {err}"),
             };
             assert_eq!(&replay[..acked.len()], &acked[..], "{failing} {mode:?}");

@@ -5,5 +5,6 @@ mod basics;
 mod corruption;
 mod faults;
 mod fuzz;
+mod groups;
 mod purge;
 mod support;

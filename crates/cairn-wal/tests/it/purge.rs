@@ -1,10 +1,10 @@
-//! Purge deletes whole segments whose records every group has applied, never the active one.
+//! Purge deletes whole segments in which no group has a live entry left, never the active one.
 
 use std::collections::HashMap;
 
 use cairn_wal::io::sim::SimIo;
 
-use crate::support::{open_sim, record, segments};
+use crate::support::{open_sim, purge_applied, record, segments};
 
 #[test]
 fn purge_removes_only_fully_applied_segments() {
@@ -17,13 +17,11 @@ fn purge_removes_only_fully_applied_segments() {
     assert!(before > 4);
 
     // Nothing applied: nothing removed.
-    assert_eq!(wal.purge(|_| 0).unwrap().segments_removed, 0);
+    assert_eq!(purge_applied(&wal, |_| 0).segments_removed, 0);
 
     // Group 1 applied everything, group 2 only through 100.
     let applied = HashMap::from([(1u64, 200u64), (2, 100)]);
-    let stats = wal
-        .purge(|g| applied.get(&g).copied().unwrap_or(0))
-        .unwrap();
+    let stats = purge_applied(&wal, |g| applied.get(&g).copied().unwrap_or(0));
     assert!(stats.segments_removed > 0 && stats.segments_removed < before);
     assert_eq!(wal.segment_count(), before - stats.segments_removed);
     assert_eq!(segments(&io).len(), wal.segment_count());
@@ -41,7 +39,7 @@ fn purge_removes_only_fully_applied_segments() {
     assert!(group2.windows(2).all(|w| w[1] == w[0] + 1));
 
     // Everything applied: only the active segment is left.
-    wal.purge(|_| u64::MAX).unwrap();
+    purge_applied(&wal, |_| u64::MAX);
     assert_eq!(wal.segment_count(), 1);
     wal.append(&[record(1, 201)]).unwrap();
     drop(wal);
@@ -59,7 +57,7 @@ fn purge_can_remove_a_middle_segment() {
         wal.append(&[record(8, i)]).unwrap();
     }
     // Group 7 is not applied: the first segment stays; fully applied later ones go.
-    let stats = wal.purge(|g| if g == 8 { 150 } else { 0 }).unwrap();
+    let stats = purge_applied(&wal, |g| if g == 8 { 150 } else { 0 });
     assert!(stats.segments_removed > 0);
     wal.append(&[record(8, 151)]).unwrap();
     drop(wal);
@@ -100,7 +98,7 @@ fn purge_during_appends_and_power_cut_keep_unapplied_records() {
                 for step in 1..=50u64 {
                     applied.store(step * APPENDS / 60, Ordering::SeqCst);
                     let applied_now = applied.load(Ordering::SeqCst);
-                    wal.purge(|_| applied_now).unwrap();
+                    purge_applied(&wal, |_| applied_now);
                 }
             })
         };

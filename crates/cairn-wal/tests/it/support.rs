@@ -25,8 +25,11 @@ pub fn sim_options(io: &SimIo, segment_bytes_max: u64) -> WalOptions {
     }
 }
 
+/// Opens the log on a simulated disk; returns it with every live entry in log order.
 pub fn open_sim(io: &SimIo, segment_bytes_max: u64) -> (Wal, Vec<Record>) {
-    Wal::open(DIR, sim_options(io, segment_bytes_max)).expect("open")
+    let wal = Wal::open(DIR, sim_options(io, segment_bytes_max)).expect("open");
+    let replay = wal.replay().expect("replay");
+    (wal, replay)
 }
 
 /// Paths of the segment files on a simulated disk, oldest first.
@@ -42,4 +45,31 @@ pub fn segments(io: &SimIo) -> Vec<PathBuf> {
 pub fn fail_next_sync(io: &SimIo) {
     use cairn_wal::io::sim::{Action, Fault, Op};
     io.inject(Fault::new(Op::SYNCS, Action::Fail));
+}
+
+/// Opens the log on the real file system; returns it with every live entry in log order.
+pub fn open_std(dir: &Path) -> (Wal, Vec<Record>) {
+    let wal = Wal::open(dir, WalOptions::default()).expect("open");
+    let replay = wal.replay().expect("replay");
+    (wal, replay)
+}
+
+/// Purges every group through `applied(group)` (capped at its last entry), then deletes the
+/// segments left without live entries: what a node does after flushing its state machines.
+pub fn purge_applied(wal: &Wal, applied: impl Fn(u64) -> u64) -> cairn_wal::PurgeStats {
+    let ops: Vec<cairn_wal::Op> = wal
+        .groups()
+        .into_iter()
+        .filter_map(|group| {
+            let info = wal.group(group)?;
+            let upto = applied(group).min(info.last_index?);
+            (upto >= info.first_index?).then(|| cairn_wal::Op::Purge {
+                group,
+                index: upto,
+                payload: Bytes::new(),
+            })
+        })
+        .collect();
+    wal.write(ops).expect("purge records");
+    wal.purge_segments().expect("purge segments")
 }
