@@ -85,7 +85,8 @@ impl WriteBatch {
     }
 
     /// Every record of this batch carries `version` (must be greater than the engine's last
-    /// sequence, else `Error::VersionNotIncreasing`). Without it the engine assigns last + 1.
+    /// sequence, else `Error::VersionNotIncreasing`; the very first write of an engine may use
+    /// 0, as a Raft log starts at index 0). Without it the engine assigns last + 1.
     pub fn set_version(&mut self, version: u64) -> &mut Self {
         self.version = Some(version);
         self

@@ -112,6 +112,9 @@ pub(crate) struct Writer {
     /// Bytes appended since open, across segments (the group-commit position).
     pub written: u64,
     pub last_seq: u64,
+    /// No record was ever written: the first batch may carry version 0 (a Raft log starts at
+    /// index 0), which is not greater than the initial last sequence.
+    pub fresh: bool,
     pub closed: bool,
 }
 
@@ -648,7 +651,7 @@ impl Inner {
             }
             self.group.check()?;
             let seq = match version {
-                Some(v) if v <= w.last_seq => {
+                Some(v) if v <= w.last_seq && !w.fresh => {
                     return Err(Error::VersionNotIncreasing {
                         given: v,
                         last: w.last_seq,
@@ -681,6 +684,7 @@ impl Inner {
             w.len += len;
             w.written += len;
             w.last_seq = seq;
+            w.fresh = false;
             self.last_seq.store(seq, Ordering::Release);
             w.segment.total_bytes.fetch_add(len, Ordering::Relaxed);
             w.segment.note_versions(seq, seq);

@@ -171,6 +171,7 @@ pub(crate) fn open(dir: &Path, options: Options, io: Arc<dyn Io>) -> Result<Inne
         segments.insert(id, Arc::new(seg));
     }
 
+    let fresh = all.is_empty() && marker.is_none() && last_seq == 0;
     let keydir = build_keydir(all, &segments);
     if let Some(m) = &marker {
         if let Some(seg) = segments.get(&m.file) {
@@ -202,6 +203,7 @@ pub(crate) fn open(dir: &Path, options: Options, io: Arc<dyn Io>) -> Result<Inne
         segment: active,
         written: 0,
         last_seq,
+        fresh,
         closed: false,
     };
     let cache = ValueCache::new(options.cache_bytes);

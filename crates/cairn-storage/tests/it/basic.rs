@@ -28,6 +28,35 @@ fn put_get_delete_round_trip_and_survive_reopen() {
     assert_eq!(engine.stats().last_sequence, 4);
 }
 
+/// A Raft log starts at index 0: the first batch of a fresh engine may carry version 0, and
+/// only the first (also after a reopen).
+#[test]
+fn version_zero_is_accepted_once_on_a_fresh_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), small_options()).unwrap();
+    let mut first = WriteBatch::new();
+    first.set_version(0).set_last_applied(b"index 0");
+    engine.write(first).unwrap();
+    let mut again = WriteBatch::new();
+    again.put(b"k", b"v").set_version(0);
+    assert!(matches!(
+        engine.write(again),
+        Err(Error::VersionNotIncreasing { given: 0, last: 0 })
+    ));
+    engine.close().unwrap();
+    let engine = Engine::open(dir.path(), small_options()).unwrap();
+    let mut after_reopen = WriteBatch::new();
+    after_reopen.put(b"k", b"v").set_version(0);
+    assert!(
+        engine.write(after_reopen).is_err(),
+        "not fresh after a reopen"
+    );
+    let mut next = WriteBatch::new();
+    next.put(b"k", b"v").set_version(1);
+    engine.write(next).unwrap();
+    assert_eq!(engine.meta(b"k").unwrap().version, 1);
+}
+
 #[test]
 fn batch_versions_and_marker() {
     let dir = tempfile::tempdir().unwrap();

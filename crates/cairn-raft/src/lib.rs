@@ -1,0 +1,21 @@
+//! `cairn-raft`: Cairn's Raft glue, the one room where openraft's API is spoken.
+//!
+//! - [`types`]: the openraft type configuration and what shard groups replicate (outcomes:
+//!   puts with absolute deadlines, deletes; never commands);
+//! - [`codec`]: how entries, votes and log ids are laid out in the WAL and the engine marker;
+//! - [`log_store`]: one group's Raft log in the node's shared WAL (`cairn-wal`): many groups,
+//!   one fdatasync;
+//! - [`state_machine`]: a shard replica on a `cairn-storage` engine, its applied log id and
+//!   membership written atomically with each batch.
+//!
+//! openraft is pinned exactly (an alpha of the 0.10 line); alpha API changes stay inside this
+//! crate. Architecture invariant: depends on the WAL and the engine, never on the server.
+
+pub mod codec;
+pub mod log_store;
+pub mod state_machine;
+pub mod types;
+
+pub use log_store::LogStore;
+pub use state_machine::StateMachine;
+pub use types::{NodeAddr, Request, Response, TypeConfig, WriteOp};
