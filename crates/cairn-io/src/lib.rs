@@ -77,6 +77,8 @@ pub trait Io: Send + Sync + Debug + 'static {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file.
     fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Removes an empty directory.
+    fn remove_dir(&self, dir: &Path) -> io::Result<()>;
     /// Whether `path` names a file or directory.
     fn exists(&self, path: &Path) -> io::Result<bool>;
     /// Makes the entries of `dir` (creations, renames, removals) durable: fsync of the
@@ -133,6 +135,36 @@ pub fn write_file_atomic(io: &dyn Io, path: &Path, bytes: &[u8]) -> io::Result<(
     drop(file);
     io.rename(&tmp, path)?;
     io.sync_dir(parent_dir(path))
+}
+
+/// Removes `dir`, the files in it and its subdirectories, then fsyncs the parent of `dir` so
+/// that the removal is durable. A missing `dir` is not an error. A power cut part-way leaves
+/// some of the tree, which the caller must be ready to find (and remove again) at its next
+/// start.
+pub fn remove_dir_all_durable(io: &dyn Io, dir: &Path) -> io::Result<()> {
+    remove_tree(io, dir)?;
+    io.sync_dir(parent_dir(dir))
+}
+
+fn remove_tree(io: &dyn Io, dir: &Path) -> io::Result<()> {
+    let names = match io.list_dir(dir) {
+        Ok(names) => names,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in names {
+        let path = dir.join(&name);
+        match io.remove(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // Not a file: a directory (the error kind differs between systems).
+            Err(_) => remove_tree(io, &path)?,
+        }
+    }
+    match io.remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// The directory holding `path` (`.` for a bare file name).
@@ -212,6 +244,9 @@ impl Io for StdIo {
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
+    }
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        std::fs::remove_dir(dir)
     }
     fn exists(&self, path: &Path) -> io::Result<bool> {
         path.try_exists()

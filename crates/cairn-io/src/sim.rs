@@ -87,7 +87,7 @@ pub enum Op {
     Open,
     /// [`Io::rename`].
     Rename,
-    /// [`Io::remove`].
+    /// [`Io::remove`] and [`Io::remove_dir`].
     Remove,
     /// [`Io::exists`].
     Exists,
@@ -839,6 +839,22 @@ impl Io for SimIo {
         })
     }
 
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        self.change(Op::Remove, dir, |disk| {
+            let (parent, name) = disk.parent_of(dir)?;
+            let ino = *disk.dir(parent)?.live.get(&name).ok_or_else(not_found)?;
+            if !disk.dir(ino)?.live.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::DirectoryNotEmpty,
+                    "directory not empty",
+                ));
+            }
+            disk.dir_mut(parent)?.live.remove(&name);
+            disk.collect(ino);
+            Ok(())
+        })
+    }
+
     fn exists(&self, path: &Path) -> io::Result<bool> {
         let mut disk = self.lock();
         if disk.begin(Op::Exists, path)?.is_some() {
@@ -1100,6 +1116,34 @@ mod tests {
         io.sync_dir(Path::new("/")).unwrap();
         let after = io.crash_image(PowerCut::DropUnsynced);
         assert_eq!(read(&after, "/data/wal/1.log").unwrap(), b"acknowledged?");
+    }
+
+    #[test]
+    fn directory_removal_is_durable_only_after_the_parent_sync() {
+        let io = SimIo::new(5);
+        create_dir_all_durable(&io, Path::new("/r/e")).unwrap();
+        write_file_atomic(&io, Path::new("/r/e/f"), b"data").unwrap();
+        assert_eq!(
+            io.remove_dir(Path::new("/r/e")).unwrap_err().kind(),
+            io::ErrorKind::DirectoryNotEmpty
+        );
+        io.remove(Path::new("/r/e/f")).unwrap();
+        io.remove_dir(Path::new("/r/e")).unwrap();
+        assert!(!io.exists(Path::new("/r/e")).unwrap());
+        // Neither removal was synced: the directory and its file come back.
+        let lost = io.crash_image(PowerCut::DropUnsynced);
+        assert_eq!(read(&lost, "/r/e/f").unwrap(), b"data");
+        io.sync_dir(Path::new("/r")).unwrap();
+        let lost = io.crash_image(PowerCut::DropUnsynced);
+        assert!(!lost.exists(Path::new("/r/e")).unwrap());
+        // The helper removes a whole tree durably, and a missing tree is not an error.
+        create_dir_all_durable(&io, Path::new("/r/t/sub")).unwrap();
+        write_file_atomic(&io, Path::new("/r/t/a"), b"a").unwrap();
+        write_file_atomic(&io, Path::new("/r/t/sub/b"), b"b").unwrap();
+        crate::remove_dir_all_durable(&io, Path::new("/r/t")).unwrap();
+        crate::remove_dir_all_durable(&io, Path::new("/r/t")).unwrap();
+        let lost = io.crash_image(PowerCut::DropUnsynced);
+        assert!(!lost.exists(Path::new("/r/t")).unwrap());
     }
 
     #[test]

@@ -6,16 +6,22 @@
 //! - [`log_store`]: one group's Raft log in the node's shared WAL (`cairn-wal`): many groups,
 //!   one fdatasync;
 //! - [`state_machine`]: a shard replica on a `cairn-storage` engine, its applied log id and
-//!   membership written atomically with each batch.
+//!   membership written atomically with each batch;
+//! - [`replica`]: the replica's directory, where a received snapshot replaces the engine
+//!   atomically;
+//! - [`snapshot`]: snapshots as engine checkpoints, streamed in checked chunks.
 //!
 //! openraft is pinned exactly (an alpha of the 0.10 line); alpha API changes stay inside this
 //! crate. Architecture invariant: depends on the WAL and the engine, never on the server.
 
 pub mod codec;
 pub mod log_store;
+pub mod replica;
+pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 
 pub use log_store::LogStore;
+pub use snapshot::{Chunk, Incoming, Manifest, ShardSnapshot};
 pub use state_machine::StateMachine;
 pub use types::{NodeAddr, Request, Response, TypeConfig, WriteOp};

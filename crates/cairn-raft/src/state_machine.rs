@@ -7,36 +7,30 @@
 //! atomically with the data. After a crash the engine is at some applied index at or below the
 //! log's, and openraft re-applies the rest from the log (the log store saves `committed`).
 //!
-//! Snapshots here are the engine's live entries serialised into memory: correct, and enough
-//! for the storage suite, but not yet the bounded, streamed engine checkpoint the cluster needs
-//! (issue 7, "Snapshots"), and an install stamps every key with the snapshot's index instead of
-//! keeping each key's own version.
+//! Snapshots are checkpoints of the engine, streamed and installed as [`crate::snapshot`]
+//! describes; the engine lives in a [`Replica`] directory so that an install replaces it whole.
 
-use std::io::{self, Cursor};
-use std::ops::Bound;
+use std::io;
+use std::path::Path;
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use cairn_storage::{Engine, WriteBatch};
+use cairn_storage::io::Io;
+use cairn_storage::{Engine, Options, WriteBatch};
 use futures::{Stream, TryStreamExt};
-use openraft::alias::{SnapshotMetaOf, SnapshotOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use parking_lot::Mutex;
 
 use crate::codec::{decode_applied, encode_applied};
-use crate::types::{LogId, Response, StoredMembership, TypeConfig, WriteOp};
+use crate::replica::Replica;
+use crate::snapshot::{CHUNK_BYTES_DEFAULT, Incoming, Manifest, ShardSnapshot};
+use crate::types::{
+    LogId, Response, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, WriteOp,
+};
 
-type SnapshotMeta = SnapshotMetaOf<TypeConfig>;
-type Snapshot = SnapshotOf<TypeConfig, Cursor<Vec<u8>>>;
-/// The snapshot last built or installed: its meta and serialised data.
-type Current = Option<(SnapshotMeta, Vec<u8>)>;
-
-/// A shard replica: an engine plus the snapshot last built or installed.
+/// A shard replica: its engine, in a directory where a received snapshot can replace it.
 #[derive(Debug, Clone)]
 pub struct StateMachine {
-    engine: Arc<Engine>,
-    snapshot: Arc<Mutex<Current>>,
+    replica: Arc<Replica>,
 }
 
 fn storage_err(e: cairn_storage::Error) -> io::Error {
@@ -44,100 +38,63 @@ fn storage_err(e: cairn_storage::Error) -> io::Error {
 }
 
 impl StateMachine {
-    /// A state machine over `engine` (opened with `SyncPolicy::Never`: the WAL is durable).
-    pub fn new(engine: Arc<Engine>) -> StateMachine {
-        StateMachine {
-            engine,
-            snapshot: Arc::new(Mutex::new(None)),
-        }
+    /// Opens (creating if needed) the replica in `dir`; `options` should say
+    /// `SyncPolicy::Never`: the WAL is the durable record, and snapshots sync what they hold.
+    pub fn open(io: Arc<dyn Io>, dir: &Path, options: Options) -> io::Result<StateMachine> {
+        let replica = Replica::open(io, dir, options).map_err(storage_err)?;
+        Ok(StateMachine {
+            replica: Arc::new(replica),
+        })
     }
 
-    /// The engine (reads go straight to it).
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
+    /// The engine in use (reads go straight to it). Hold it for one operation only: a snapshot
+    /// install replaces it.
+    pub fn engine(&self) -> Arc<Engine> {
+        self.replica.engine()
     }
 
     /// The last applied log id and membership, from the engine's marker.
     pub fn applied(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        match self.engine.last_applied() {
+        match self.engine().last_applied() {
             Some(marker) => decode_applied(&marker),
             None => Ok((None, StoredMembership::default())),
         }
     }
 
-    fn serialise(&self) -> io::Result<Vec<u8>> {
-        let entries = self
-            .engine
-            .scan(Bound::Unbounded, Bound::Unbounded, usize::MAX)
-            .map_err(storage_err)?;
-        let mut out = BytesMut::new();
-        out.put_u64_le(entries.len() as u64);
-        for e in entries {
-            out.put_u32_le(e.key.len() as u32);
-            out.put_slice(&e.key);
-            out.put_u32_le(e.value.len() as u32);
-            out.put_slice(&e.value);
-            out.put_u64_le(e.expires_at_ms.unwrap_or(0));
-        }
-        Ok(out.to_vec())
+    /// Starts receiving a snapshot a leader streams (see [`crate::snapshot`]).
+    pub fn receive_snapshot(&self, manifest: Manifest) -> io::Result<Incoming> {
+        Incoming::new(self.replica.clone(), manifest)
     }
-}
 
-fn deserialise(data: &[u8]) -> io::Result<Vec<(Bytes, Bytes, Option<u64>)>> {
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "damaged snapshot data");
-    let mut buf = data;
-    if buf.remaining() < 8 {
-        return Err(bad());
-    }
-    let count = buf.get_u64_le() as usize;
-    let mut out = Vec::with_capacity(count.min(buf.remaining() / 16));
-    let take = |buf: &mut &[u8]| -> io::Result<Bytes> {
-        if buf.remaining() < 4 {
-            return Err(bad());
-        }
-        let len = buf.get_u32_le() as usize;
-        if buf.remaining() < len {
-            return Err(bad());
-        }
-        let bytes = Bytes::copy_from_slice(&buf[..len]);
-        buf.advance(len);
-        Ok(bytes)
-    };
-    for _ in 0..count {
-        let key = take(&mut buf)?;
-        let value = take(&mut buf)?;
-        if buf.remaining() < 8 {
-            return Err(bad());
-        }
-        let at = buf.get_u64_le();
-        out.push((key, value, (at != 0).then_some(at)));
-    }
-    if buf.has_remaining() {
-        return Err(bad());
-    }
-    Ok(out)
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    type SnapshotData = Cursor<Vec<u8>>;
-
-    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (last_log_id, last_membership) = self.applied()?;
-        let data = self.serialise()?;
-        let meta = SnapshotMeta {
-            last_log_id,
-            last_membership,
+    /// A checkpoint of the engine as a snapshot (of nothing, at no log id, before anything
+    /// was applied).
+    fn checkpoint(&self) -> io::Result<Snapshot> {
+        let checkpoint = self.engine().checkpoint().map_err(storage_err)?;
+        let (last_log_id, last_membership) = match checkpoint.marker() {
+            Some(marker) => decode_applied(marker)?,
+            None => (None, StoredMembership::default()),
         };
-        *self.snapshot.lock() = Some((meta.clone(), data.clone()));
         Ok(Snapshot {
-            meta,
-            snapshot: Cursor::new(data),
+            meta: SnapshotMeta {
+                last_log_id,
+                last_membership,
+            },
+            snapshot: ShardSnapshot::checkpoint(checkpoint),
         })
     }
 }
 
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = ShardSnapshot;
+
+    /// A checkpoint: durable when it returns, so openraft may purge the log up to it.
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        self.checkpoint()
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = ShardSnapshot;
     type SnapshotBuilder = StateMachine;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -148,6 +105,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
+        let engine = self.engine();
         let (_, mut membership) = self.applied()?;
         while let Some((entry, responder)) = entries.try_next().await? {
             let index = entry.log_id.index;
@@ -176,7 +134,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
             batch.set_last_applied(&encode_applied(Some(&entry.log_id), &membership));
-            self.engine.write(batch).map_err(storage_err)?;
+            engine.write(batch).map_err(storage_err)?;
             if let Some(responder) = responder {
                 responder.send(Response { index });
             }
@@ -188,39 +146,42 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
+    /// Installs a snapshot checked by [`Incoming::finish`] (or, given a local checkpoint,
+    /// stages a copy of it first): the replica's `CURRENT` is renamed to the staged engine.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Self::SnapshotData,
+        snapshot: ShardSnapshot,
     ) -> Result<(), io::Error> {
-        let data = snapshot.into_inner();
-        let entries = deserialise(&data)?;
-        let mut batch = WriteBatch::new();
-        if let Some(last) = &meta.last_log_id {
-            batch.set_version(last.index);
+        let staged = match snapshot.into_staged() {
+            Ok(staged) => staged,
+            Err(checkpoint) => {
+                let snapshot = ShardSnapshot::checkpoint(checkpoint);
+                let mut incoming = self.receive_snapshot(snapshot.manifest()?)?;
+                for chunk in snapshot.chunks(CHUNK_BYTES_DEFAULT)? {
+                    incoming.write(&chunk?)?;
+                }
+                incoming
+                    .finish(meta)?
+                    .into_staged()
+                    .map_err(|_| io::Error::other("a finished transfer is always staged"))?
+            }
+        };
+        if !staged.belongs_to(&self.replica) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the snapshot was staged for another replica",
+            ));
         }
-        for (key, _) in self
-            .engine
-            .scan_keys(Bound::Unbounded, Bound::Unbounded, usize::MAX)
-        {
-            batch.delete(&key);
-        }
-        for (key, value, expires_at_ms) in &entries {
-            batch.put_with_expiry(key, value, *expires_at_ms);
-        }
-        batch.set_last_applied(&encode_applied(
-            meta.last_log_id.as_ref(),
-            &meta.last_membership,
-        ));
-        self.engine.write(batch).map_err(storage_err)?;
-        *self.snapshot.lock() = Some((meta.clone(), data));
-        Ok(())
+        staged.check(meta)?;
+        staged.install()
     }
 
+    /// A fresh checkpoint: at or past the last one built or installed (the engine only moves
+    /// forward), durable, and pinning no files between transfers. `None` before anything was
+    /// applied.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(self.snapshot.lock().clone().map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Cursor::new(data),
-        }))
+        let snapshot = self.checkpoint()?;
+        Ok(snapshot.meta.last_log_id.is_some().then_some(snapshot))
     }
 }

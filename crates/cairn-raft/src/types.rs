@@ -74,3 +74,7 @@ pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 /// A membership with the log id that stored it.
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+/// What a snapshot covers: its last log id and membership.
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+/// A shard snapshot with its meta.
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, crate::snapshot::ShardSnapshot>;

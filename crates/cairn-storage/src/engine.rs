@@ -29,6 +29,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::batch::{check_key, encode_expiry};
 use crate::cache::{Cached, ValueCache};
+use crate::checkpoint::{Checkpoint, FileInfo};
 use crate::commit::GroupCommit;
 use crate::format::{self, Header, Kind, Origin, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use crate::keydir::{Keydir, Loc};
@@ -419,6 +420,51 @@ impl Engine {
     /// Run one merge pass now; returns how many segments were rewritten.
     pub fn merge(&self) -> Result<usize> {
         merge::merge(&self.inner, true)
+    }
+
+    /// A consistent, durable view of the engine as files (see [`crate::checkpoint`]): seals
+    /// the active segment (one fdatasync) unless it is empty, then holds every sealed segment
+    /// and hint file open. Writes and merges go on while it is held.
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        let inner = &*self.inner;
+        let (segments, marker, last_sequence) = {
+            let mut w = inner.writer.lock();
+            if w.closed {
+                return Err(Error::Closed);
+            }
+            inner.group.check()?;
+            if w.len > SEGMENT_HEADER_BYTES as u64 {
+                inner.rotate(&mut w)?;
+            }
+            let st = inner.state.read();
+            let segments: Vec<Arc<Segment>> = st
+                .segments
+                .iter()
+                .filter(|&(&id, _)| id != st.active)
+                .map(|(_, seg)| seg.clone())
+                .collect();
+            let marker = st.marker.as_ref().map(|m| m.value.clone());
+            (segments, marker, w.last_seq)
+        };
+        let mut files = Vec::with_capacity(segments.len() * 2);
+        for seg in segments {
+            let len = seg.total_bytes.load(Ordering::Relaxed);
+            let info = FileInfo {
+                name: crate::segment::segment_name(seg.id),
+                len,
+            };
+            files.push((info, seg.file.clone()));
+            // A hint is renamed into place whole, and merge may remove it at any moment: take
+            // it if it is there (a checkpoint without it only makes the receiver's open read
+            // the segment).
+            let name = crate::segment::hint_name(seg.id);
+            if let Ok(file) = inner.io.open(&inner.dir.join(&name)) {
+                if let Ok(len) = file.len() {
+                    files.push((FileInfo { name, len }, file));
+                }
+            }
+        }
+        Ok(Checkpoint::new(files, marker, last_sequence))
     }
 
     /// The marker last stored with [`WriteBatch::set_last_applied`], if any.

@@ -26,6 +26,8 @@ pub enum Error {
     Closed,
     #[error("batch is {len} bytes encoded; the limit is {max}")]
     BatchTooLarge { len: usize, max: usize },
+    #[error("invalid checkpoint: {0}")]
+    InvalidCheckpoint(String),
     #[error("invalid options: {0}")]
     InvalidOptions(String),
 }

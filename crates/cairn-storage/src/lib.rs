@@ -31,6 +31,7 @@
 
 mod batch;
 mod cache;
+pub mod checkpoint;
 mod commit;
 mod engine;
 mod error;
@@ -48,6 +49,7 @@ mod segment;
 pub use cairn_io as io;
 
 pub use batch::WriteBatch;
+pub use checkpoint::Checkpoint;
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use options::{Options, SyncPolicy};

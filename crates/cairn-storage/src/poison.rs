@@ -89,6 +89,9 @@ impl Io for SyncGuardIo {
     fn remove(&self, path: &Path) -> io::Result<()> {
         self.inner.remove(path)
     }
+    fn remove_dir(&self, dir: &Path) -> io::Result<()> {
+        self.inner.remove_dir(dir)
+    }
     fn exists(&self, path: &Path) -> io::Result<bool> {
         self.inner.exists(path)
     }

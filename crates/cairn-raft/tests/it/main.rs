@@ -1,4 +1,6 @@
 //! Integration tests for `cairn-raft`: one binary, one module per concern.
 
+mod cluster;
+mod net;
 mod power_cut;
 mod suite;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use cairn_raft::{LogStore, StateMachine, TypeConfig};
 use cairn_storage::io::Io;
 use cairn_storage::io::sim::SimIo;
-use cairn_storage::{Engine, Options, SyncPolicy};
+use cairn_storage::{Options, SyncPolicy};
 use cairn_wal::{Wal, WalOptions};
 use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
@@ -32,11 +32,8 @@ fn build(io: Arc<dyn Io>, dir: &Path) -> (LogStore, StateMachine) {
         },
     )
     .expect("open WAL");
-    let engine = Engine::open_with_io(dir.join("sm"), engine_options(), io).expect("open engine");
-    (
-        LogStore::new(Arc::new(wal), GROUP),
-        StateMachine::new(Arc::new(engine)),
-    )
+    let sm = StateMachine::open(io, &dir.join("sm"), engine_options()).expect("open replica");
+    (LogStore::new(Arc::new(wal), GROUP), sm)
 }
 
 struct SimBuilder;

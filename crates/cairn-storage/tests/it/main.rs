@@ -1,6 +1,7 @@
 //! Integration tests for `cairn-storage`: one binary, one module per concern.
 
 mod basic;
+mod checkpoint;
 mod concurrency;
 mod corruption;
 mod crash;

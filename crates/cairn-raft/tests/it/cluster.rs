@@ -1,0 +1,248 @@
+//! A shard group of three replicas in one process: replication, a follower that falls behind
+//! the purged log and catches up by a streamed snapshot, transfers that break part-way, and
+//! power cuts on the follower's disk while it receives and installs one.
+
+use std::collections::BTreeMap;
+
+use cairn_storage::io::sim::{Action, Fault, Op, PowerCut, SimIo};
+use openraft::async_runtime::WatchReceiver;
+use rand::{Rng, SeedableRng};
+
+use crate::net::{
+    self, History, Member, Router, Sabotage, addr, applied, contents, engine_dirs, last_index,
+    leader, start, stop, write,
+};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Three nodes on their own disks, initialised as one group; returns the disks.
+async fn cluster(router: &Router, seed: u64) -> BTreeMap<u64, SimIo> {
+    let mut disks = BTreeMap::new();
+    for id in 1..=3 {
+        let disk = SimIo::new(seed * 10 + id);
+        start(router, id, &disk).await;
+        disks.insert(id, disk);
+    }
+    let members: BTreeMap<u64, _> = (1..=3).map(|id| (id, addr(id))).collect();
+    router
+        .member(1)
+        .raft
+        .initialize(members)
+        .await
+        .expect("initialize");
+    disks
+}
+
+/// A follower of `leader_id`.
+fn follower_of(leader_id: u64) -> u64 {
+    if leader_id == 3 { 2 } else { 3 }
+}
+
+/// Cuts `lagging` off, writes enough that the leader purges past it, and returns the leader.
+async fn fall_behind(router: &Router, lagging: u64, history: &mut History) -> Member {
+    let leader = router.member(leader(router).await);
+    router.isolate(lagging);
+    let before = last_index(&router.member(lagging));
+    write(&leader, history, 120).await;
+    let purged = leader
+        .raft
+        .wait(Some(net::PATIENCE))
+        .metrics(
+            |m| m.purged.as_ref().is_some_and(|p| p.index > before + 1),
+            "the leader purges what the lagging follower lacks",
+        )
+        .await
+        .expect("purge within the patience");
+    assert!(purged.snapshot.is_some());
+    leader
+}
+
+#[test]
+fn a_lagging_follower_catches_up_by_a_streamed_snapshot() {
+    runtime().block_on(async {
+        let router = Router::default();
+        let disks = cluster(&router, 1).await;
+        let mut history = History::default();
+        let leader_id = leader(&router).await;
+        write(&router.member(leader_id), &mut history, 30).await;
+        let lagging = follower_of(leader_id);
+        let leader = fall_behind(&router, lagging, &mut history).await;
+        let target = last_index(&leader);
+
+        router.heal();
+        let follower = router.member(lagging);
+        applied(&follower, target).await;
+        assert!(
+            router.installed(lagging) > 0,
+            "it caught up without a snapshot: leader {:?}\nfollower {:?}",
+            leader.raft.metrics().borrow_watched(),
+            follower.raft.metrics().borrow_watched()
+        );
+        // Every replica holds what the writes made, with each key's own version (the index of
+        // the write that last wrote it) and deadline.
+        let expected = history.contents_at(target);
+        for id in 1..=3 {
+            applied(&router.member(id), target).await;
+            assert_eq!(contents(&router.member(id)), expected, "node {id}");
+        }
+        assert_eq!(
+            engine_dirs(&disks[&lagging]).await.len(),
+            1,
+            "old engine removed"
+        );
+
+        // The installed snapshot is the replica from now on: restarted, it still holds it, and
+        // it goes on applying.
+        drop(follower);
+        stop(&router, lagging).await;
+        let follower = start(&router, lagging, &disks[&lagging]).await;
+        assert_eq!(contents(&follower), expected);
+        write(&leader, &mut history, 10).await;
+        let target = last_index(&leader);
+        applied(&follower, target).await;
+        assert_eq!(contents(&follower), history.contents_at(target));
+        for id in 1..=3 {
+            stop(&router, id).await;
+        }
+    });
+}
+
+#[test]
+fn broken_transfers_are_retried_and_leave_nothing_behind() {
+    runtime().block_on(async {
+        let router = Router::default();
+        let disks = cluster(&router, 2).await;
+        let mut history = History::default();
+        let leader_id = leader(&router).await;
+        write(&router.member(leader_id), &mut history, 30).await;
+        let lagging = follower_of(leader_id);
+        let leader = fall_behind(&router, lagging, &mut history).await;
+        let target = last_index(&leader);
+
+        // The first transfer drops part-way, the second arrives with a damaged chunk: both are
+        // refused before openraft sees them, and the third goes through.
+        router.sabotage(Sabotage::DropAfter(3));
+        router.sabotage(Sabotage::Corrupt(5));
+        router.heal();
+        let follower = router.member(lagging);
+        applied(&follower, target).await;
+        assert_eq!(router.sabotage_left(), 0);
+        assert_eq!(router.failed(lagging), 2, "both broken transfers failed");
+        assert!(router.installed(lagging) > 0);
+        assert!(
+            follower
+                .raft
+                .metrics()
+                .borrow_watched()
+                .running_state
+                .is_ok()
+        );
+        assert_eq!(contents(&follower), history.contents_at(target));
+        assert_eq!(
+            engine_dirs(&disks[&lagging]).await.len(),
+            1,
+            "staging removed"
+        );
+        for id in 1..=3 {
+            stop(&router, id).await;
+        }
+    });
+}
+
+/// Power cuts per run of the install test; `CAIRN_RAFT_SNAPSHOT_CUTS` raises it.
+fn cuts() -> u64 {
+    std::env::var("CAIRN_RAFT_SNAPSHOT_CUTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4)
+}
+
+/// The power fails on the lagging follower's disk at a random call while it receives,
+/// checks and installs a snapshot. Restarted on what survived, the replica is wholly what
+/// some applied index made (the old engine or the new, never a mix) and catches up.
+#[test]
+fn a_power_cut_during_an_install_leaves_the_old_replica_or_the_new() {
+    runtime().block_on(async {
+        let router = Router::default();
+        let mut disks = cluster(&router, 3).await;
+        let mut history = History::default();
+        let leader_id = leader(&router).await;
+        write(&router.member(leader_id), &mut history, 30).await;
+        let lagging = follower_of(leader_id);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut fired = 0;
+        for round in 0..cuts() {
+            let leader = fall_behind(&router, lagging, &mut history).await;
+            let target = last_index(&leader);
+            let disk = disks[&lagging].clone();
+            let after = rng.random_range(0..120);
+            disk.inject(
+                Fault::new(Op::MUTATING, Action::PowerCut(PowerCut::Random))
+                    .on_path("/node/shard")
+                    .after(after),
+            );
+            router.heal();
+            let follower = router.member(lagging);
+            // Either the cut fires (the follower's storage fails and openraft stops it), or
+            // the install finished first.
+            let caught_up = tokio::time::timeout(net::PATIENCE, async {
+                loop {
+                    if !disk.is_powered() {
+                        return false;
+                    }
+                    let m = follower.raft.metrics().borrow_watched().clone();
+                    if m.last_applied.is_some_and(|l| l.index >= target) {
+                        return true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .expect("cut or caught up within the patience");
+            drop(follower);
+            stop(&router, lagging).await;
+            let survivor = if caught_up {
+                // The install won the race: the power fails now instead.
+                disk.clear_faults();
+                disk.crash_image(PowerCut::Random)
+            } else {
+                fired += 1;
+                disk.after_cut().expect("the disk was cut")
+            };
+            disks.insert(lagging, survivor.clone());
+            let follower = start(&router, lagging, &survivor).await;
+            let at = follower.sm.applied().unwrap().0.map_or(0, |l| l.index);
+            // The log is purged only behind a durable snapshot: the replica holds at least
+            // everything the log no longer does.
+            let purged = follower
+                .raft
+                .metrics()
+                .borrow_watched()
+                .purged
+                .map_or(0, |p| p.index);
+            assert!(
+                at >= purged,
+                "round {round} (cut after {after} calls): the replica is at {at}, the log \
+                 starts after {purged}"
+            );
+            assert_eq!(
+                contents(&follower),
+                history.contents_at(at),
+                "round {round} (cut after {after} calls): the replica is not what index {at} made"
+            );
+            applied(&follower, target).await;
+            assert_eq!(contents(&follower), history.contents_at(target));
+            assert_eq!(engine_dirs(&survivor).await.len(), 1);
+        }
+        assert!(fired > 0, "no cut fired during an install");
+        for id in 1..=3 {
+            stop(&router, id).await;
+        }
+    });
+}
