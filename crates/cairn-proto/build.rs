@@ -4,8 +4,12 @@
 
 use std::path::PathBuf;
 
-/// The .proto files of the public API, relative to the workspace `proto/` directory.
-const PROTOS: &[&str] = &["cairn/v1/kv.proto", "cairn/v1/cluster.proto"];
+/// The .proto files (the public API and the node-to-node service), relative to the workspace `proto/` directory.
+const PROTOS: &[&str] = &[
+    "cairn/v1/kv.proto",
+    "cairn/v1/cluster.proto",
+    "cairn/peer/v1/raft.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");

@@ -7,3 +7,9 @@ pub mod v1 {
     #![allow(missing_docs, missing_debug_implementations, clippy::all)]
     tonic::include_proto!("cairn.v1");
 }
+
+/// `cairn.peer.v1`: the node-to-node `Raft` service (not a client API).
+pub mod peer {
+    #![allow(missing_docs, missing_debug_implementations, clippy::all)]
+    tonic::include_proto!("cairn.peer.v1");
+}

@@ -9,19 +9,26 @@
 //!   membership written atomically with each batch;
 //! - [`replica`]: the replica's directory, where a received snapshot replaces the engine
 //!   atomically;
-//! - [`snapshot`]: snapshots as engine checkpoints, streamed in checked chunks.
+//! - [`snapshot`]: snapshots as engine checkpoints, streamed in checked chunks;
+//! - [`network`] and [`service`]: the peer network over gRPC (`cairn.peer.v1.Raft`), every
+//!   group multiplexed over one connection per node pair.
 //!
 //! openraft is pinned exactly (an alpha of the 0.10 line); alpha API changes stay inside this
-//! crate. Architecture invariant: depends on the WAL and the engine, never on the server.
+//! crate. Architecture invariant: depends on the WAL, the engine and the wire contract
+//! (`cairn-proto`), never on the server.
 
 pub mod codec;
 pub mod log_store;
+pub mod network;
 pub mod replica;
+pub mod service;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 
 pub use log_store::LogStore;
+pub use network::{GroupNetwork, Peers};
+pub use service::{Group, GroupRaft, Groups, RaftService};
 pub use snapshot::{Chunk, Incoming, Manifest, ShardSnapshot};
 pub use state_machine::StateMachine;
 pub use types::{NodeAddr, Request, Response, TypeConfig, WriteOp};

@@ -105,12 +105,13 @@ impl ShardSnapshot {
     }
 
     /// The files as chunks of at most `chunk_bytes`, in the order an [`Incoming`] takes them.
-    /// Each chunk is read from disk when the iterator reaches it.
-    pub fn chunks(&self, chunk_bytes: usize) -> io::Result<Chunks<'_>> {
-        let checkpoint = self.sending()?;
+    /// Each chunk is read from disk when the iterator reaches it (the iterator holds the
+    /// files open, not their data).
+    pub fn chunks(&self, chunk_bytes: usize) -> io::Result<Chunks> {
+        let checkpoint = self.sending()?.clone();
         Ok(Chunks {
-            checkpoint,
             files: checkpoint.files(),
+            checkpoint,
             file: 0,
             offset: 0,
             chunk_bytes: chunk_bytes.max(1),
@@ -127,15 +128,15 @@ impl ShardSnapshot {
 
 /// Iterator over a snapshot's chunks (see [`ShardSnapshot::chunks`]).
 #[derive(Debug)]
-pub struct Chunks<'a> {
-    checkpoint: &'a Checkpoint,
+pub struct Chunks {
+    checkpoint: Checkpoint,
     files: Vec<FileInfo>,
     file: usize,
     offset: u64,
     chunk_bytes: usize,
 }
 
-impl Iterator for Chunks<'_> {
+impl Iterator for Chunks {
     type Item = io::Result<Chunk>;
 
     fn next(&mut self) -> Option<io::Result<Chunk>> {

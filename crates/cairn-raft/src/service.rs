@@ -1,0 +1,226 @@
+//! The server side of the peer network: `cairn.peer.v1.Raft`, dispatching each message to its
+//! group's Raft by group id.
+//!
+//! [`Groups`] is the node's registry of the groups it hosts; the server adds a group when it
+//! starts one and removes it when it stops it. A message for a group this node does not host
+//! (not created yet, or removed) is `NOT_FOUND`, which the sender treats as unreachable and
+//! retries later. A snapshot is received into the group's replica and checked chunk by chunk;
+//! only a complete, checked snapshot reaches `Raft::install_full_snapshot`.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+
+use cairn_proto::peer::{self as pb, append_response::Outcome, snapshot_message::Part};
+use futures::StreamExt;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
+use parking_lot::RwLock;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::codec::{
+    decode_applied, decode_entry, decode_opt_log_id, decode_vote, encode_opt_log_id, encode_vote,
+};
+use crate::snapshot::{Chunk, Manifest};
+use crate::state_machine::StateMachine;
+use crate::types::{Snapshot, SnapshotMeta, TypeConfig};
+use cairn_storage::checkpoint::FileInfo;
+
+/// A group's Raft.
+pub type GroupRaft = openraft::Raft<TypeConfig, StateMachine>;
+
+/// A group this node hosts: its Raft and its replica.
+#[derive(Clone)]
+pub struct Group {
+    pub raft: GroupRaft,
+    pub sm: StateMachine,
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group").finish_non_exhaustive()
+    }
+}
+
+/// The groups this node hosts, by group id.
+#[derive(Debug, Default)]
+pub struct Groups {
+    map: RwLock<HashMap<u64, Group>>,
+}
+
+impl Groups {
+    pub fn new() -> Groups {
+        Groups::default()
+    }
+
+    pub fn insert(&self, id: u64, group: Group) {
+        self.map.write().insert(id, group);
+    }
+
+    pub fn remove(&self, id: u64) -> Option<Group> {
+        self.map.write().remove(&id)
+    }
+
+    pub fn get(&self, id: u64) -> Option<Group> {
+        self.map.read().get(&id).cloned()
+    }
+
+    /// Ids of the groups hosted, in no particular order.
+    pub fn ids(&self) -> Vec<u64> {
+        self.map.read().keys().copied().collect()
+    }
+
+    fn find(&self, id: u64) -> Result<Group, Status> {
+        self.get(id)
+            .ok_or_else(|| Status::not_found(format!("group {id} is not hosted on this node")))
+    }
+}
+
+/// `cairn.peer.v1.Raft` over a node's [`Groups`].
+#[derive(Debug, Clone)]
+pub struct RaftService {
+    groups: Arc<Groups>,
+}
+
+impl RaftService {
+    pub fn new(groups: Arc<Groups>) -> RaftService {
+        RaftService { groups }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> pb::raft_server::RaftServer<RaftService> {
+        pb::raft_server::RaftServer::new(self)
+            .max_decoding_message_size(crate::snapshot::CHUNK_BYTES_DEFAULT * 2 + MESSAGE_SLACK)
+    }
+}
+
+/// Room for a message's fields around its largest payload.
+const MESSAGE_SLACK: usize = 64 * 1024;
+
+fn invalid(e: io::Error) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn raft_failed(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn append(
+        &self,
+        request: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
+        let req = request.into_inner();
+        let group = self.groups.find(req.group)?;
+        let rpc = AppendEntriesRequest::<TypeConfig> {
+            vote: decode_vote(&req.vote).map_err(invalid)?,
+            prev_log_id: decode_opt_log_id(&req.prev_log_id).map_err(invalid)?,
+            entries: req
+                .entries
+                .iter()
+                .map(decode_entry)
+                .collect::<io::Result<_>>()
+                .map_err(invalid)?,
+            leader_commit: decode_opt_log_id(&req.leader_commit).map_err(invalid)?,
+        };
+        let response = group.raft.append_entries(rpc).await.map_err(raft_failed)?;
+        let mut reply = pb::AppendResponse::default();
+        match response {
+            AppendEntriesResponse::Success => reply.set_outcome(Outcome::Success),
+            AppendEntriesResponse::PartialSuccess(upto) => {
+                reply.set_outcome(Outcome::PartialSuccess);
+                reply.partial = encode_opt_log_id(upto.as_ref());
+            }
+            AppendEntriesResponse::Conflict => reply.set_outcome(Outcome::Conflict),
+            AppendEntriesResponse::HigherVote(vote) => {
+                reply.set_outcome(Outcome::HigherVote);
+                reply.vote = encode_vote(&vote);
+            }
+        }
+        Ok(Response::new(reply))
+    }
+
+    async fn vote(
+        &self,
+        request: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::VoteResponse>, Status> {
+        let req = request.into_inner();
+        let group = self.groups.find(req.group)?;
+        let rpc = VoteRequest::<TypeConfig> {
+            vote: decode_vote(&req.vote).map_err(invalid)?,
+            last_log_id: decode_opt_log_id(&req.last_log_id).map_err(invalid)?,
+            leadership_transfer: req.leadership_transfer,
+        };
+        let response = if req.pre_vote {
+            group.raft.pre_vote(rpc).await
+        } else {
+            group.raft.vote(rpc).await
+        }
+        .map_err(raft_failed)?;
+        Ok(Response::new(pb::VoteResponse {
+            vote: encode_vote(&response.vote),
+            granted: response.vote_granted,
+            last_log_id: encode_opt_log_id(response.last_log_id.as_ref()),
+        }))
+    }
+
+    async fn snapshot(
+        &self,
+        request: Request<Streaming<pb::SnapshotMessage>>,
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        let mut stream = request.into_inner();
+        let Some(Part::Header(header)) = stream.next().await.transpose()?.and_then(|m| m.part)
+        else {
+            return Err(Status::invalid_argument(
+                "a snapshot stream starts with its header",
+            ));
+        };
+        let group = self.groups.find(header.group)?;
+        let vote = decode_vote(&header.vote).map_err(invalid)?;
+        let (last_log_id, last_membership) = decode_applied(&header.meta).map_err(invalid)?;
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+        };
+        let manifest = Manifest {
+            files: header
+                .files
+                .into_iter()
+                .map(|f| FileInfo {
+                    name: f.name,
+                    len: f.len,
+                })
+                .collect(),
+            last_sequence: header.last_sequence,
+        };
+        let mut incoming = group.sm.receive_snapshot(manifest).map_err(invalid)?;
+        while let Some(message) = stream.next().await {
+            let Some(Part::Chunk(chunk)) = message?.part else {
+                return Err(Status::invalid_argument("a second snapshot header"));
+            };
+            incoming
+                .write(&Chunk {
+                    file: chunk.file,
+                    offset: chunk.offset,
+                    data: chunk.data,
+                    crc: chunk.crc32c,
+                })
+                .map_err(invalid)?;
+        }
+        let staged = incoming.finish(&meta).map_err(invalid)?;
+        let response = group
+            .raft
+            .install_full_snapshot(
+                vote,
+                Snapshot {
+                    meta,
+                    snapshot: staged,
+                },
+            )
+            .await
+            .map_err(raft_failed)?;
+        Ok(Response::new(pb::SnapshotResponse {
+            vote: encode_vote(&response.vote),
+        }))
+    }
+}

@@ -1,0 +1,229 @@
+//! The peer network over real gRPC on loopback: three nodes, each hosting two groups that share
+//! the node's WAL and one connection per node pair; a node whose server goes away falls behind
+//! the purged log in both groups and catches up by snapshots streamed over gRPC.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use cairn_raft::{Group, GroupRaft, Groups, LogStore, NodeAddr, Peers, RaftService, StateMachine};
+use cairn_storage::io::sim::SimIo;
+use cairn_wal::{Wal, WalOptions};
+use openraft::async_runtime::WatchReceiver;
+use tokio::sync::oneshot;
+
+use crate::net::{self, History, Member, applied, config, contents, engine_options, last_index};
+
+const GROUPS: [u64; 2] = [1, 2];
+
+struct Node {
+    addr: SocketAddr,
+    groups: Arc<Groups>,
+    stop_server: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    fn member(&self, group: u64) -> Member {
+        let g = self.groups.get(group).expect("group hosted");
+        Member {
+            raft: g.raft,
+            sm: g.sm,
+        }
+    }
+}
+
+/// Serves the node's groups on `addr` until told to stop.
+async fn serve(
+    addr: SocketAddr,
+    groups: Arc<Groups>,
+) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let incoming = futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(s, _)| s);
+        Some((accepted, listener))
+    });
+    let server = tonic::transport::Server::builder()
+        .add_service(RaftService::new(groups).into_server())
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = rx.await;
+        });
+    let handle = tokio::spawn(async move {
+        server.await.expect("serve");
+    });
+    (addr, tx, handle)
+}
+
+async fn start_node(id: u64, disk: &SimIo, peers: &Arc<Peers>) -> Node {
+    let io: Arc<dyn cairn_storage::io::Io> = Arc::new(disk.clone());
+    let wal = Arc::new(
+        Wal::open(
+            Path::new("/node/wal"),
+            WalOptions {
+                io: io.clone(),
+                segment_bytes_max: 64 * 1024,
+            },
+        )
+        .expect("open WAL"),
+    );
+    let groups = Arc::new(Groups::new());
+    for group in GROUPS {
+        let sm = StateMachine::open(
+            io.clone(),
+            &Path::new("/node/shards").join(group.to_string()),
+            engine_options(),
+        )
+        .expect("open replica");
+        let raft = GroupRaft::new(
+            id,
+            config(),
+            peers.group(group),
+            LogStore::new(wal.clone(), group),
+            sm.clone(),
+        )
+        .await
+        .expect("start raft");
+        groups.insert(group, Group { raft, sm });
+    }
+    let (addr, stop, server) = serve("127.0.0.1:0".parse().unwrap(), groups.clone()).await;
+    Node {
+        addr,
+        groups,
+        stop_server: Some(stop),
+        server: Some(server),
+    }
+}
+
+async fn leader_of(nodes: &BTreeMap<u64, Node>, group: u64) -> Member {
+    tokio::time::timeout(net::PATIENCE, async {
+        loop {
+            for node in nodes.values() {
+                let m = node.member(group);
+                let metrics = m.raft.metrics().borrow_watched().clone();
+                if metrics.state == openraft::ServerState::Leader
+                    && metrics.last_quorum_acked.is_some()
+                    && metrics
+                        .cluster_committed
+                        .as_ref()
+                        .is_some_and(|c| c.leader_id.term == metrics.current_term)
+                {
+                    return m;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a leader within the patience")
+}
+
+#[test]
+fn groups_replicate_and_install_snapshots_over_grpc() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let peers = Arc::new(Peers::new());
+        let mut nodes = BTreeMap::new();
+        let mut disks = BTreeMap::new();
+        for id in 1..=3u64 {
+            let disk = SimIo::new(40 + id);
+            nodes.insert(id, start_node(id, &disk, &peers).await);
+            disks.insert(id, disk);
+        }
+        let members: BTreeMap<u64, NodeAddr> = nodes
+            .iter()
+            .map(|(&id, n)| {
+                (
+                    id,
+                    NodeAddr {
+                        grpc: n.addr.to_string(),
+                    },
+                )
+            })
+            .collect();
+        for group in GROUPS {
+            nodes[&1]
+                .member(group)
+                .raft
+                .initialize(members.clone())
+                .await
+                .expect("initialize");
+        }
+        let mut histories: BTreeMap<u64, History> = BTreeMap::new();
+        for group in GROUPS {
+            let leader = leader_of(&nodes, group).await;
+            net::write(&leader, histories.entry(group).or_default(), 20).await;
+        }
+
+        // The server of a node that leads neither group goes away; both groups go on without
+        // it and purge their logs past it.
+        let mut lagging = 3;
+        for group in GROUPS {
+            let leader = leader_of(&nodes, group).await;
+            let id = leader.raft.metrics().borrow_watched().id;
+            if id == lagging {
+                lagging = 2;
+            }
+        }
+        let mut targets = BTreeMap::new();
+        {
+            let node = nodes.get_mut(&lagging).unwrap();
+            node.stop_server.take().unwrap().send(()).unwrap();
+            node.server.take().unwrap().await.unwrap();
+        }
+        for group in GROUPS {
+            let leader = leader_of(&nodes, group).await;
+            let before = last_index(&nodes[&lagging].member(group));
+            net::write(&leader, histories.get_mut(&group).unwrap(), 120).await;
+            leader
+                .raft
+                .wait(Some(net::PATIENCE))
+                .metrics(
+                    |m| m.purged.as_ref().is_some_and(|p| p.index > before + 1),
+                    "the leader purges what the lagging node lacks",
+                )
+                .await
+                .expect("purge within the patience");
+            targets.insert(group, last_index(&leader));
+        }
+
+        // Back on the same address: both groups catch up by snapshot.
+        let groups = nodes[&lagging].groups.clone();
+        let (_, stop, server) = serve(nodes[&lagging].addr, groups).await;
+        let node = nodes.get_mut(&lagging).unwrap();
+        node.stop_server = Some(stop);
+        node.server = Some(server);
+        for group in GROUPS {
+            let target = targets[&group];
+            let expected = histories[&group].contents_at(target);
+            for (id, node) in &nodes {
+                let m = node.member(group);
+                applied(&m, target).await;
+                assert_eq!(contents(&m), expected, "group {group} on node {id}");
+            }
+            // An installed snapshot replaced the replica's first engine directory.
+            let replica = Path::new("/node/shards").join(group.to_string());
+            let current = disks[&lagging]
+                .file_bytes(&replica.join("CURRENT"))
+                .expect("CURRENT");
+            assert_ne!(
+                current, b"engine-000001\n",
+                "group {group}: node {lagging} caught up without a snapshot"
+            );
+        }
+        for node in nodes.values_mut() {
+            for group in GROUPS {
+                let _ = node.member(group).raft.shutdown().await;
+            }
+            if let Some(stop) = node.stop_server.take() {
+                let _ = stop.send(());
+            }
+        }
+    });
+}
