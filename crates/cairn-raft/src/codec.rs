@@ -9,6 +9,7 @@
 //!   normal body     := op count u32 | ops
 //!   op              := 1 (put) | key len u32 | key | value len u32 | value | expiry ms u64 (0 = none)
 //!                    | 2 (delete) | key len u32 | key
+//!                    | 3 (clear every key)
 //!   membership body := JSON of openraft's `Membership` (rare: configuration changes)
 //! vote     := term u64 | node u64 | committed u8
 //! option   := 0 | 1 value
@@ -30,6 +31,7 @@ const KIND_NORMAL: u8 = 1;
 const KIND_MEMBERSHIP: u8 = 2;
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
+const OP_CLEAR: u8 = 3;
 
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("cannot decode {what}"))
@@ -174,6 +176,7 @@ pub fn encode_request(out: &mut BytesMut, request: &Request) {
                 out.put_u32_le(key.len() as u32);
                 out.put_slice(key);
             }
+            WriteOp::Clear => out.put_u8(OP_CLEAR),
         }
     }
 }
@@ -197,6 +200,7 @@ fn get_request(buf: &mut &[u8], all: &Bytes) -> io::Result<Request> {
             OP_DELETE => WriteOp::Delete {
                 key: get_bytes(buf, all, "delete key")?,
             },
+            OP_CLEAR => WriteOp::Clear,
             _ => return Err(invalid("request: unknown op")),
         };
         ops.push(op);
@@ -299,6 +303,12 @@ mod tests {
                 },
                 WriteOp::Delete {
                     key: Bytes::from_static(b"gone"),
+                },
+                WriteOp::Clear,
+                WriteOp::Put {
+                    key: Bytes::from_static(b"after-clear"),
+                    value: Bytes::from_static(b"v"),
+                    expires_at_ms: None,
                 },
             ],
         };

@@ -30,5 +30,5 @@ pub use log_store::LogStore;
 pub use network::{GroupNetwork, Peers};
 pub use service::{Group, GroupRaft, Groups, RaftService};
 pub use snapshot::{Chunk, Incoming, Manifest, ShardSnapshot};
-pub use state_machine::StateMachine;
+pub use state_machine::{ApplyObserver, StateMachine};
 pub use types::{NodeAddr, Request, Response, TypeConfig, WriteOp};

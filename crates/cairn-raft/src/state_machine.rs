@@ -27,10 +27,31 @@ use crate::types::{
     LogId, Response, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, WriteOp,
 };
 
+/// Told of every change the state machine makes, in log order: the seam for what the server
+/// derives from a shard's data (its index of keys with deadlines, watches, caches).
+pub trait ApplyObserver: Send + Sync + 'static {
+    /// Entry `index`'s ops were applied (called after the engine write, before the writer is
+    /// answered).
+    fn applied(&self, index: u64, ops: &[WriteOp]);
+    /// A snapshot replaced the engine: whatever was derived from the old one is to be rebuilt
+    /// from `engine`.
+    fn replaced(&self, engine: &Engine);
+}
+
 /// A shard replica: its engine, in a directory where a received snapshot can replace it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StateMachine {
     replica: Arc<Replica>,
+    observer: Option<Arc<dyn ApplyObserver>>,
+}
+
+impl std::fmt::Debug for StateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachine")
+            .field("replica", &self.replica)
+            .field("observed", &self.observer.is_some())
+            .finish()
+    }
 }
 
 fn storage_err(e: cairn_storage::Error) -> io::Error {
@@ -44,7 +65,15 @@ impl StateMachine {
         let replica = Replica::open(io, dir, options).map_err(storage_err)?;
         Ok(StateMachine {
             replica: Arc::new(replica),
+            observer: None,
         })
+    }
+
+    /// The same replica, telling `observer` of every change from now on (set it before the
+    /// state machine is handed to openraft).
+    pub fn observed(mut self, observer: Arc<dyn ApplyObserver>) -> StateMachine {
+        self.observer = Some(observer);
+        self
     }
 
     /// The engine in use (reads go straight to it). Hold it for one operation only: a snapshot
@@ -113,28 +142,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.set_version(index);
             match &entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(request) => {
-                    for op in &request.ops {
-                        match op {
-                            WriteOp::Put {
-                                key,
-                                value,
-                                expires_at_ms,
-                            } => {
-                                batch.put_with_expiry(key, value, *expires_at_ms);
-                            }
-                            WriteOp::Delete { key } => {
-                                batch.delete(key);
-                            }
-                        }
-                    }
-                }
+                EntryPayload::Normal(request) => fill_batch(&mut batch, &engine, &request.ops),
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(entry.log_id), m.clone());
                 }
             }
             batch.set_last_applied(&encode_applied(Some(&entry.log_id), &membership));
             engine.write(batch).map_err(storage_err)?;
+            if let (Some(observer), EntryPayload::Normal(request)) =
+                (&self.observer, &entry.payload)
+            {
+                observer.applied(index, &request.ops);
+            }
             if let Some(responder) = responder {
                 responder.send(Response { index });
             }
@@ -174,7 +193,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             ));
         }
         staged.check(meta)?;
-        staged.install()
+        staged.install()?;
+        if let Some(observer) = &self.observer {
+            observer.replaced(&self.engine());
+        }
+        Ok(())
     }
 
     /// A fresh checkpoint: at or past the last one built or installed (the engine only moves
@@ -183,5 +206,38 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let snapshot = self.checkpoint()?;
         Ok(snapshot.meta.last_log_id.is_some().then_some(snapshot))
+    }
+}
+
+/// Adds `ops` to `batch` in order. `Clear` deletes every key the engine holds and every key
+/// put earlier in the batch; ops after it apply on the empty shard.
+fn fill_batch(batch: &mut WriteBatch, engine: &Engine, ops: &[WriteOp]) {
+    let mut put_before: Vec<&[u8]> = Vec::new();
+    for op in ops {
+        match op {
+            WriteOp::Put {
+                key,
+                value,
+                expires_at_ms,
+            } => {
+                batch.put_with_expiry(key, value, *expires_at_ms);
+                put_before.push(key);
+            }
+            WriteOp::Delete { key } => {
+                batch.delete(key);
+            }
+            WriteOp::Clear => {
+                for (key, _) in engine.scan_keys(
+                    std::ops::Bound::Unbounded,
+                    std::ops::Bound::Unbounded,
+                    usize::MAX,
+                ) {
+                    batch.delete(&key);
+                }
+                for key in put_before.drain(..) {
+                    batch.delete(key);
+                }
+            }
+        }
     }
 }

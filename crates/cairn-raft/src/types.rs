@@ -21,6 +21,9 @@ pub enum WriteOp {
     },
     /// Removes `key`.
     Delete { key: Bytes },
+    /// Removes every key of the shard (FLUSHDB on one shard); later ops of the same request
+    /// still apply.
+    Clear,
 }
 
 /// What a shard group replicates: the outcome of one or more evaluated commands, applied

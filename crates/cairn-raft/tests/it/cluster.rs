@@ -96,6 +96,29 @@ fn a_lagging_follower_catches_up_by_a_streamed_snapshot() {
             1,
             "old engine removed"
         );
+        // The observer heard of every entry on a node that never installed a snapshot (in
+        // order, and what it heard makes the data), and of the install on the lagging one.
+        let leader_seen = leader.observed.as_ref().unwrap();
+        assert_eq!(*leader_seen.replaced.lock(), 0);
+        let heard = leader_seen.applied.lock().clone();
+        assert!(heard.windows(2).all(|w| w[0].0 < w[1].0), "out of order");
+        let replayed = History(
+            heard
+                .into_iter()
+                .map(|(i, ops)| (i, cairn_raft::Request { ops }))
+                .collect(),
+        );
+        assert_eq!(replayed.contents_at(target), expected);
+        assert!(
+            *router
+                .member(lagging)
+                .observed
+                .as_ref()
+                .unwrap()
+                .replaced
+                .lock()
+                > 0
+        );
 
         // The installed snapshot is the replica from now on: restarted, it still holds it, and
         // it goes on applying.

@@ -30,6 +30,7 @@ impl Node {
         Member {
             raft: g.raft,
             sm: g.sm,
+            observed: None,
         }
     }
 }

@@ -50,6 +50,26 @@ pub enum Sabotage {
 pub struct Member {
     pub raft: Raft,
     pub sm: StateMachine,
+    /// What the state machine told its observer, when one was set.
+    pub observed: Option<Arc<Recorder>>,
+}
+
+/// An observer that records what it is told.
+#[derive(Default)]
+pub struct Recorder {
+    /// Applied entries, in the order the state machine reported them.
+    pub applied: Mutex<Vec<(u64, Vec<WriteOp>)>>,
+    /// Engines replaced by snapshots.
+    pub replaced: Mutex<u64>,
+}
+
+impl cairn_raft::ApplyObserver for Recorder {
+    fn applied(&self, index: u64, ops: &[WriteOp]) {
+        self.applied.lock().push((index, ops.to_vec()));
+    }
+    fn replaced(&self, _engine: &cairn_storage::Engine) {
+        *self.replaced.lock() += 1;
+    }
 }
 
 #[derive(Default)]
@@ -306,10 +326,12 @@ pub async fn start(router: &Router, id: u64, disk: &SimIo) -> Member {
     })
     .await;
     let log = LogStore::new(Arc::new(wal), GROUP);
+    let recorder = Arc::new(Recorder::default());
     let sm = open_unlocked("replica", || {
         StateMachine::open(io.clone(), Path::new("/node/shard"), engine_options())
     })
-    .await;
+    .await
+    .observed(recorder.clone());
     let net = Net {
         router: router.clone(),
         from: id,
@@ -317,7 +339,11 @@ pub async fn start(router: &Router, id: u64, disk: &SimIo) -> Member {
     let raft = Raft::new(id, config(), net, log, sm.clone())
         .await
         .expect("start raft");
-    let member = Member { raft, sm };
+    let member = Member {
+        raft,
+        sm,
+        observed: Some(recorder),
+    };
     router.add(id, member.clone());
     member
 }
@@ -374,6 +400,15 @@ pub fn request(n: u64) -> Request {
             key: Bytes::from(format!("key-{:02}", n % 11)),
         });
     }
+    if n % 61 == 60 {
+        // A FLUSHDB between two puts: the first is cleared, the second survives.
+        ops.push(WriteOp::Clear);
+        ops.push(WriteOp::Put {
+            key: Bytes::from(format!("after-clear-{n}")),
+            value: Bytes::from_static(b"v"),
+            expires_at_ms: None,
+        });
+    }
     Request { ops }
 }
 
@@ -398,6 +433,7 @@ impl History {
                     WriteOp::Delete { key } => {
                         out.remove(key);
                     }
+                    WriteOp::Clear => out.clear(),
                 }
             }
         }
