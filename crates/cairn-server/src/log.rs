@@ -43,6 +43,7 @@ impl CommitLog {
         let wal_options = WalOptions {
             io,
             segment_bytes_max,
+            fsync_batches: true,
         };
         let wal = Wal::open(&dir, wal_options).map_err(|e| {
             anyhow::anyhow!("cannot open the write-ahead log in {}: {e}", dir.display())

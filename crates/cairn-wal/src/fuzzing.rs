@@ -22,6 +22,7 @@ fn options(io: &SimIo) -> WalOptions {
     WalOptions {
         segment_bytes_max: FUZZ_SEGMENT_BYTES,
         io: Arc::new(io.clone()),
+        fsync_batches: true,
     }
 }
 

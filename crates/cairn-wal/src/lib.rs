@@ -114,6 +114,12 @@ pub struct WalOptions {
     pub segment_bytes_max: u64,
     /// File-system access; [`io::StdIo`] by default, [`io::sim::SimIo`] in fault-injection tests.
     pub io: Arc<dyn io::Io>,
+    /// Whether every batch is fdatasynced before it completes (the default). When `false`
+    /// (Redis's `appendfsync everysec`), a batch completes once written, and is made durable by
+    /// [`Wal::sync`], by a segment rotation, or by a later batch that carries a vote (votes are
+    /// always fsynced: a forgotten vote could let a node vote twice in one term). A crash may
+    /// then lose a suffix of what completed, never a record in the middle.
+    pub fsync_batches: bool,
 }
 
 impl Default for WalOptions {
@@ -121,6 +127,7 @@ impl Default for WalOptions {
         WalOptions {
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
             io: Arc::new(io::StdIo),
+            fsync_batches: true,
         }
     }
 }
@@ -130,6 +137,7 @@ impl fmt::Debug for WalOptions {
         f.debug_struct("WalOptions")
             .field("segment_bytes_max", &self.segment_bytes_max)
             .field("io", &self.io)
+            .field("fsync_batches", &self.fsync_batches)
             .finish()
     }
 }

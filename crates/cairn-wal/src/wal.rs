@@ -152,6 +152,8 @@ struct Shared {
     dir: PathBuf,
     io: Arc<dyn Io>,
     segment_bytes_max: u64,
+    /// [`crate::WalOptions::fsync_batches`].
+    fsync_batches: bool,
     state: Mutex<State>,
     /// Wakes the flusher (work queued, or stopping).
     work: Condvar,
@@ -267,6 +269,7 @@ impl Wal {
             dir,
             io,
             segment_bytes_max: options.segment_bytes_max,
+            fsync_batches: options.fsync_batches,
             state: Mutex::new(state),
             work: Condvar::new(),
             landed: Condvar::new(),
@@ -358,9 +361,36 @@ impl Wal {
         self.write(records.iter().cloned().map(Op::Entry).collect())
     }
 
-    /// Waits until everything submitted so far is durable.
+    /// Waits until everything submitted so far is written (and durable, unless
+    /// [`crate::WalOptions::fsync_batches`] is off).
     pub fn flush(&self) -> Result<()> {
         self.write(Vec::new())
+    }
+
+    /// Makes everything written so far durable (one fdatasync of the active segment; sealed
+    /// segments were synced when sealed). Needed only when
+    /// [`crate::WalOptions::fsync_batches`] is off; harmless otherwise. A failure poisons the
+    /// log.
+    pub fn sync(&self) -> Result<()> {
+        let shared = &self.shared;
+        let writer = shared.writer.lock();
+        if shared.state.lock().poisoned {
+            return Err(WalError::Poisoned);
+        }
+        let synced = writer
+            .active
+            .file
+            .sync_data()
+            .map_err(|e| WalError::io(&writer.active.meta.path, e));
+        if let Err(e) = &synced {
+            let mut state = shared.state.lock();
+            state.poisoned = true;
+            shared.landed.notify_all();
+            tracing::error!(dir = %shared.dir.display(), error = %e, "WAL poisoned by a failed fdatasync");
+        } else {
+            shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        synced
     }
 
     /// The live entries of `group` with indexes in `range`, in order. Entries are read from
@@ -506,6 +536,9 @@ impl Wal {
         // The truncates and purges that left these segments without live entries must be
         // durable before the entries go, or a crash could bring back a log with a hole.
         shared.wait_durable(barrier)?;
+        if !shared.fsync_batches {
+            self.sync()?;
+        }
         let mut stats = PurgeStats::default();
         let mut removed = Vec::new();
         let mut failure = None;
@@ -820,7 +853,8 @@ impl Shared {
             self.rotate(&mut writer)?;
         }
         let frame_start = writer.active.meta.bytes;
-        let offsets = write_frame(&mut writer, recs(), self.segment_bytes_max)?;
+        let sync = self.fsync_batches || recs().any(|r| r.kind == Kind::Vote);
+        let offsets = write_frame(&mut writer, recs(), self.segment_bytes_max, sync)?;
         let mut groups_in_batch: Vec<u64> = recs().map(|r| r.group).collect();
         groups_in_batch.sort_unstable();
         groups_in_batch.dedup();
@@ -839,7 +873,9 @@ impl Shared {
                 }
             }));
         }
-        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        if sync {
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
         self.records
             .fetch_add(offsets.len() as u64, Ordering::Relaxed);
         self.entries.fetch_add(entries, Ordering::Relaxed);
@@ -888,11 +924,14 @@ fn take_group(queue: &mut Vec<Submission>) -> Vec<Submission> {
 }
 
 /// Writes `recs` as one batch frame at the end of the active segment, extending its zero tail
-/// when the frame crosses it, and fsyncs. Returns each record's offset within the frame.
+/// when the frame crosses it, and fsyncs when `sync` (always, when it extends the tail: the
+/// new size must be durable before frames are written past the old one). Returns each
+/// record's offset within the frame.
 fn write_frame<'a>(
     writer: &mut Writer,
     recs: impl Iterator<Item = &'a Rec> + Clone,
     segment_bytes_max: u64,
+    sync: bool,
 ) -> Result<Vec<usize>> {
     let seq = writer.next_seq;
     let mut buf = std::mem::take(&mut writer.buf);
@@ -915,7 +954,13 @@ fn write_frame<'a>(
             let zeros_start = frame_end.max(active.file_bytes);
             write_zeros(active.file.as_ref(), zeros_start, file_bytes)
         })
-        .and_then(|()| active.file.sync_data())
+        .and_then(|()| {
+            if sync || file_bytes > active.file_bytes {
+                active.file.sync_data()
+            } else {
+                Ok(())
+            }
+        })
         .map_err(|e| WalError::io(&active.meta.path, e));
     writer.buf = if buf.capacity() > ENCODE_BUFFER_KEEP_BYTES {
         Vec::new()
@@ -936,7 +981,7 @@ fn write_restatement(writer: &mut Writer, segment_bytes_max: u64) -> Result<()> 
     if recs.is_empty() {
         return Ok(());
     }
-    write_frame(writer, recs.iter(), segment_bytes_max)?;
+    write_frame(writer, recs.iter(), segment_bytes_max, true)?;
     Ok(())
 }
 

@@ -66,6 +66,7 @@ async fn start_node(id: u64, disk: &SimIo, peers: &Arc<Peers>) -> Node {
             WalOptions {
                 io: io.clone(),
                 segment_bytes_max: 64 * 1024,
+                fsync_batches: true,
             },
         )
         .expect("open WAL"),

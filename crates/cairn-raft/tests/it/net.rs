@@ -321,6 +321,7 @@ pub async fn start(router: &Router, id: u64, disk: &SimIo) -> Member {
             WalOptions {
                 io: io.clone(),
                 segment_bytes_max: 64 * 1024,
+                fsync_batches: true,
             },
         )
     })

@@ -33,6 +33,7 @@ fn open(disk: &SimIo) -> Arc<Wal> {
             WalOptions {
                 io: Arc::new(disk.clone()),
                 segment_bytes_max: 8192,
+                fsync_batches: true,
             },
         )
         .expect("open WAL"),

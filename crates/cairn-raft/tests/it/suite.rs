@@ -29,6 +29,7 @@ fn build(io: Arc<dyn Io>, dir: &Path) -> (LogStore, StateMachine) {
         WalOptions {
             io: io.clone(),
             segment_bytes_max: 64 * 1024,
+            fsync_batches: true,
         },
     )
     .expect("open WAL");

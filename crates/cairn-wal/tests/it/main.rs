@@ -6,5 +6,6 @@ mod corruption;
 mod faults;
 mod fuzz;
 mod groups;
+mod lazy;
 mod purge;
 mod support;
