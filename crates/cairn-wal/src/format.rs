@@ -40,6 +40,10 @@ use bytes::Bytes;
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"CAIRNWAL";
 /// The format this build writes.
 pub(crate) const FORMAT_VERSION: u32 = 2;
+/// Format 2's layout in a segment written without an fdatasync per frame
+/// (`WalOptions::fsync_batches` off): a crash may persist its frames out of order, so at open
+/// a damaged frame is its torn end even when valid frames follow it.
+pub(crate) const FORMAT_VERSION_UNSYNCED: u32 = 3;
 /// The oldest format this build reads (every record an entry).
 pub(crate) const FORMAT_VERSION_V1: u32 = 1;
 pub(crate) const SEGMENT_HEADER_BYTES: usize = 24;
@@ -116,10 +120,10 @@ pub(crate) fn parse_segment_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-pub(crate) fn encode_segment_header(id: u64) -> [u8; SEGMENT_HEADER_BYTES] {
+pub(crate) fn encode_segment_header(id: u64, version: u32) -> [u8; SEGMENT_HEADER_BYTES] {
     let mut header = [0u8; SEGMENT_HEADER_BYTES];
     header[0..8].copy_from_slice(&SEGMENT_MAGIC);
-    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[8..12].copy_from_slice(&version.to_le_bytes());
     header[12..20].copy_from_slice(&id.to_le_bytes());
     let crc = crc32c::crc32c(&header[0..20]);
     header[20..24].copy_from_slice(&crc.to_le_bytes());
@@ -149,10 +153,10 @@ pub(crate) fn check_segment_header(bytes: &[u8], id: u64) -> Result<u32, HeaderP
         return Err(HeaderProblem::Torn("segment header checksum mismatch"));
     }
     let version = u32_at(header, 8);
-    if version != FORMAT_VERSION && version != FORMAT_VERSION_V1 {
+    if ![FORMAT_VERSION_V1, FORMAT_VERSION, FORMAT_VERSION_UNSYNCED].contains(&version) {
         return Err(HeaderProblem::Unusable(format!(
-            "unsupported WAL format version {version} (this build reads {FORMAT_VERSION_V1} and \
-             {FORMAT_VERSION})"
+            "unsupported WAL format version {version} (this build reads {FORMAT_VERSION_V1}, \
+             {FORMAT_VERSION} and {FORMAT_VERSION_UNSYNCED})"
         )));
     }
     let stored = u64_at(header, 12);
@@ -485,7 +489,7 @@ mod tests {
             parse_segment_file_name("00000000000000000012.wal.tmp"),
             None
         );
-        let header = encode_segment_header(12);
+        let header = encode_segment_header(12, FORMAT_VERSION);
         assert_eq!(check_segment_header(&header, 12), Ok(FORMAT_VERSION));
         assert!(matches!(
             check_segment_header(&header, 13),
@@ -496,7 +500,7 @@ mod tests {
             Err(HeaderProblem::Torn(_))
         ));
         let mut future = header;
-        future[8] = 3;
+        future[8] = 4;
         let crc = crc32c::crc32c(&future[0..20]);
         future[20..24].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(

@@ -262,8 +262,13 @@ impl SegmentReader<'_> {
             }
             tracing::warn!(path = %self.path.display(), bytes = self.data.len(), "WAL: torn segment header, rewriting the segment empty");
             file.set_len(0).map_err(|e| WalError::io(self.path, e))?;
-            file.write_all_at(&format::encode_segment_header(self.meta.id), 0)
-                .map_err(|e| WalError::io(self.path, e))?;
+            // Its frames are gone: whatever format it was, it is rewritten as this build's.
+            self.meta.version = FORMAT_VERSION;
+            file.write_all_at(
+                &format::encode_segment_header(self.meta.id, FORMAT_VERSION),
+                0,
+            )
+            .map_err(|e| WalError::io(self.path, e))?;
             file.sync_data().map_err(|e| WalError::io(self.path, e))?;
             return Ok((self.meta, false, SEGMENT_HEADER_BYTES as u64));
         }
@@ -284,7 +289,8 @@ impl SegmentReader<'_> {
             }
             (Stop::End, _) => Ok((self.meta, false, file_bytes)),
             (Stop::Damaged { offset, reason }, _) => {
-                if let Some(later) = find_valid_frame(self.data, offset + 1) {
+                let unsynced = self.meta.version == format::FORMAT_VERSION_UNSYNCED;
+                if let Some(later) = find_valid_frame(self.data, offset + 1).filter(|_| !unsynced) {
                     return Err(self.corruption(
                         offset,
                         format!("{reason}, but a valid frame follows at byte {later}"),

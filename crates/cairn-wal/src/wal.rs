@@ -196,6 +196,7 @@ impl Wal {
             )));
         }
         let io = options.io;
+        let version = segment_version(options.fsync_batches);
         // The log directory's own entry must be durable before anything in it is acknowledged.
         cairn_io::create_dir_all_durable(io.as_ref(), &dir).map_err(|e| WalError::io(&dir, e))?;
         let lock = io.lock_dir(&dir).map_err(|e| match e.kind() {
@@ -221,14 +222,14 @@ impl Wal {
         let view = View::of(&recovered.groups);
         let mut writer = Writer {
             active: match recovered.active {
-                Some(active) if !active.sealed && active.meta.version == FORMAT_VERSION => Active {
+                Some(active) if !active.sealed && active.meta.version == version => Active {
                     meta: active.meta,
                     file: active.file,
                     file_bytes: active.file_bytes,
                 },
-                // Sealed already (a crash between sealing it and creating its successor), or of
-                // the older format, finished as it is: new records go to a new segment in this
-                // build's format.
+                // Sealed already (a crash between sealing it and creating its successor), of the
+                // older format, or written under the other fsync mode, finished as it is: new
+                // records go to a new segment in this build's format and this mode's version.
                 Some(active) => {
                     let id = active.meta.id;
                     files.insert(id, active.file.clone());
@@ -244,9 +245,15 @@ impl Wal {
                         seal(&active, recovered.last_seq)?
                     };
                     sealed.push(meta);
-                    create_segment(io.as_ref(), &dir, id + 1, options.segment_bytes_max)?
+                    create_segment(
+                        io.as_ref(),
+                        &dir,
+                        id + 1,
+                        options.segment_bytes_max,
+                        version,
+                    )?
                 }
-                None => create_segment(io.as_ref(), &dir, 1, options.segment_bytes_max)?,
+                None => create_segment(io.as_ref(), &dir, 1, options.segment_bytes_max, version)?,
             },
             next_seq: recovered.last_seq + 1,
             view,
@@ -296,7 +303,9 @@ impl Wal {
     /// Applies `ops` to the index at once (appended entries are readable when this returns)
     /// and queues them to be written; `done` is called once they are durable, or with the error
     /// that means they never will be. Submissions become durable in the order they were made.
-    /// Refused (nothing applied) if an op is invalid or the log is poisoned.
+    /// Refused (nothing applied) if an op is invalid or the log is poisoned. `done` runs on
+    /// the flushing thread before anyone waiting on the log is released: it must not wait on
+    /// the log itself.
     pub fn submit(&self, ops: Vec<Op>, done: Option<Done>) -> Result<()> {
         self.submit_numbered(ops, done, true).map(|_| ())
     }
@@ -443,7 +452,7 @@ impl Wal {
                 let mut buf = vec![0u8; loc.len as usize];
                 file.read_exact_at(&mut buf, loc.offset)
                     .map_err(|e| WalError::io(&path, e))?;
-                let checked = if loc.version == FORMAT_VERSION {
+                let checked = if loc.version != format::FORMAT_VERSION_V1 {
                     format::check_record(Bytes::from(buf), group, index)
                 } else {
                     format::check_record_v1(Bytes::from(buf), group, index)
@@ -785,18 +794,22 @@ impl Shared {
                     }
                 }
             }
-            state.durable += batch.len() as u64;
-            state.flushing = false;
-            self.landed.notify_all();
-            if !state.queue.is_empty() {
-                self.work.notify_one();
-            }
             result.as_ref().map(|_| ()).map_err(WalError::duplicate)
         };
+        // Completions run before waiters are released, so a caller whose `write` or `flush`
+        // returned has seen every earlier submission's completion run.
+        let count = batch.len() as u64;
         for submission in batch {
             if let Some(done) = submission.done {
                 done(outcome.as_ref().map(|_| ()).map_err(WalError::duplicate));
             }
+        }
+        let mut state = self.state.lock();
+        state.durable += count;
+        state.flushing = false;
+        self.landed.notify_all();
+        if !state.queue.is_empty() {
+            self.work.notify_one();
         }
         true
     }
@@ -894,6 +907,7 @@ impl Shared {
             &self.dir,
             writer.active.meta.id + 1,
             self.segment_bytes_max,
+            segment_version(self.fsync_batches),
         )?;
         writer.active = next;
         {
@@ -1005,18 +1019,35 @@ fn seal(active: &Active, last_seq: u64) -> Result<SegmentMeta> {
 /// Creates segment `id`: new file, header, zeros up to the first preallocation chunk,
 /// fdatasync, then a directory fsync so the file's name is durable before anything in it is
 /// acknowledged.
-fn create_segment(io: &dyn Io, dir: &Path, id: u64, segment_bytes_max: u64) -> Result<Active> {
+fn create_segment(
+    io: &dyn Io,
+    dir: &Path,
+    id: u64,
+    segment_bytes_max: u64,
+    version: u32,
+) -> Result<Active> {
     let path = dir.join(format::segment_file_name(id));
     let file = io.create_new(&path).map_err(|e| WalError::io(&path, e))?;
     let file_bytes = SEGMENT_PREALLOCATE_BYTES.min(segment_bytes_max);
-    file.write_all_at(&format::encode_segment_header(id), 0)
+    file.write_all_at(&format::encode_segment_header(id, version), 0)
         .and_then(|()| write_zeros(file.as_ref(), SEGMENT_HEADER_BYTES as u64, file_bytes))
         .and_then(|()| file.sync_data())
         .map_err(|e| WalError::io(&path, e))?;
     io.sync_dir(dir).map_err(|e| WalError::io(dir, e))?;
+    let mut meta = SegmentMeta::new(id, path);
+    meta.version = version;
     Ok(Active {
-        meta: SegmentMeta::new(id, path),
+        meta,
         file,
         file_bytes,
     })
+}
+
+/// The format version of segments written in a mode: frames fsynced one by one, or not.
+fn segment_version(fsync_batches: bool) -> u32 {
+    if fsync_batches {
+        FORMAT_VERSION
+    } else {
+        format::FORMAT_VERSION_UNSYNCED
+    }
 }
