@@ -220,6 +220,67 @@ impl Engine {
         }))
     }
 
+    /// The entries of several keys as of one instant: a batch written with [`Engine::write`]
+    /// is seen whole or not at all, however the reads interleave with it (what MGET needs).
+    /// Answers are in the order of `keys`.
+    pub fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Entry>>> {
+        enum Found {
+            Missing,
+            Cached(Cached),
+            At(Loc, Arc<Segment>),
+        }
+        let now = now_ms();
+        let found = {
+            // Under the state lock no batch can be half applied, and every cached value is the
+            // one the keydir points at (writes evict under the write lock, fills check under
+            // the read lock).
+            let st = self.inner.state.read();
+            keys.iter()
+                .map(|key| {
+                    if let Some(hit) = self.inner.cache.get(key) {
+                        return Ok(if hit.expires_at_ms != 0 && now >= hit.expires_at_ms {
+                            Found::Missing
+                        } else {
+                            Found::Cached(hit)
+                        });
+                    }
+                    match st.keydir.get(key) {
+                        Some(loc) if !loc.expired(now) => {
+                            Ok(Found::At(loc, self.inner.segment_of(&st, loc)?))
+                        }
+                        _ => Ok(Found::Missing),
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        // Records are immutable and the segments are held open, so the values can be read
+        // after the lock is released.
+        keys.iter()
+            .zip(found)
+            .map(|(key, found)| {
+                let cached = match found {
+                    Found::Missing => return Ok(None),
+                    Found::Cached(hit) => hit,
+                    Found::At(loc, seg) => {
+                        let cached = Cached {
+                            value: self.inner.read_value(&seg, key, loc)?,
+                            version: loc.version,
+                            expires_at_ms: loc.expires_at_ms,
+                        };
+                        self.inner.cache_fill(key, loc, &cached);
+                        cached
+                    }
+                };
+                Ok(Some(Entry {
+                    key: Bytes::copy_from_slice(key),
+                    value: cached.value,
+                    version: cached.version,
+                    expires_at_ms: (cached.expires_at_ms != 0).then_some(cached.expires_at_ms),
+                }))
+            })
+            .collect()
+    }
+
     /// Metadata of a live key without reading its value.
     pub fn meta(&self, key: &[u8]) -> Option<KeyMeta> {
         let loc = self.inner.state.read().keydir.get(key)?;

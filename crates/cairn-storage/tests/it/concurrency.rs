@@ -141,3 +141,62 @@ fn concurrent_durable_writers_share_fsyncs() {
         stats.writes
     );
 }
+
+/// `get_many` sees a batch whole or not at all, whether values come from the cache or from
+/// the segments, while merge moves records underneath.
+#[test]
+fn get_many_sees_batches_whole() {
+    const ROUNDS: u64 = 3000;
+    let keys: Vec<String> = (0..6).map(|i| format!("account-{i}")).collect();
+    for cache_bytes in [0, 1 << 20] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            sync: SyncPolicy::Never,
+            segment_bytes_max: 16 * 1024,
+            merge_background: true,
+            merge_dead_ratio_min: 0.2,
+            cache_bytes,
+            ..Options::default()
+        };
+        let engine = Arc::new(Engine::open(dir.path(), options).unwrap());
+        let done = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (engine, keys, done) = (engine.clone(), keys.clone(), done.clone());
+            thread::spawn(move || {
+                for round in 1..=ROUNDS {
+                    let mut batch = cairn_storage::WriteBatch::new();
+                    for key in &keys {
+                        batch.put(key.as_bytes(), &value(key, round));
+                    }
+                    engine.write(batch).unwrap();
+                }
+                done.store(true, Ordering::Relaxed);
+            })
+        };
+        let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+        let (mut reads, mut last) = (0u64, 0u64);
+        while !done.load(Ordering::Relaxed) || last < ROUNDS {
+            let got = engine.get_many(&refs).unwrap();
+            reads += 1;
+            if got.iter().all(Option::is_none) {
+                continue;
+            }
+            let rounds: Vec<u64> = got
+                .iter()
+                .zip(&keys)
+                .map(|(e, key)| parse(key, &e.as_ref().expect("a key of a written batch").value))
+                .collect();
+            assert!(
+                rounds.iter().all(|&r| r == rounds[0]),
+                "get_many saw parts of different batches: {rounds:?} (cache {cache_bytes})"
+            );
+            assert!(rounds[0] >= last, "went back in time");
+            last = rounds[0];
+        }
+        writer.join().unwrap();
+        assert!(
+            reads > 100,
+            "the reader raced the writer only {reads} times"
+        );
+    }
+}
