@@ -10,6 +10,8 @@
 //! - [`replica`]: the replica's directory, where a received snapshot replaces the engine
 //!   atomically;
 //! - [`snapshot`]: snapshots as engine checkpoints, streamed in checked chunks;
+//! - [`group`]: one group as the rest of Cairn sees it (status, leadership, proposals,
+//!   snapshots), so openraft's API is spoken in this crate only;
 //! - [`network`] and [`service`]: the peer network over gRPC (`cairn.peer.v1.Raft`), every
 //!   group multiplexed over one connection per node pair.
 //!
@@ -18,6 +20,8 @@
 //! (`cairn-proto`), never on the server.
 
 pub mod codec;
+pub mod config;
+pub mod group;
 pub mod log_store;
 pub mod network;
 pub mod replica;
@@ -26,9 +30,10 @@ pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 
+pub use group::{Group, GroupRaft, GroupStatus, Groups, LeaderTerm, ProposeError, Role};
 pub use log_store::LogStore;
 pub use network::{GroupNetwork, Peers};
-pub use service::{Group, GroupRaft, Groups, RaftService};
+pub use service::RaftService;
 pub use snapshot::{Chunk, Incoming, Manifest, ShardSnapshot};
 pub use state_machine::{ApplyObserver, StateMachine};
 pub use types::{NodeAddr, Request, Response, TypeConfig, WriteOp};

@@ -7,73 +7,21 @@
 //! retries later. A snapshot is received into the group's replica and checked chunk by chunk;
 //! only a complete, checked snapshot reaches `Raft::install_full_snapshot`.
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 
 use cairn_proto::peer::{self as pb, append_response::Outcome, snapshot_message::Part};
 use futures::StreamExt;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
-use parking_lot::RwLock;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec::{
     decode_applied, decode_entry, decode_opt_log_id, decode_vote, encode_opt_log_id, encode_vote,
 };
+use crate::group::Groups;
 use crate::snapshot::{Chunk, Manifest};
-use crate::state_machine::StateMachine;
 use crate::types::{Snapshot, SnapshotMeta, TypeConfig};
 use cairn_storage::checkpoint::FileInfo;
-
-/// A group's Raft.
-pub type GroupRaft = openraft::Raft<TypeConfig, StateMachine>;
-
-/// A group this node hosts: its Raft and its replica.
-#[derive(Clone)]
-pub struct Group {
-    pub raft: GroupRaft,
-    pub sm: StateMachine,
-}
-
-impl std::fmt::Debug for Group {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Group").finish_non_exhaustive()
-    }
-}
-
-/// The groups this node hosts, by group id.
-#[derive(Debug, Default)]
-pub struct Groups {
-    map: RwLock<HashMap<u64, Group>>,
-}
-
-impl Groups {
-    pub fn new() -> Groups {
-        Groups::default()
-    }
-
-    pub fn insert(&self, id: u64, group: Group) {
-        self.map.write().insert(id, group);
-    }
-
-    pub fn remove(&self, id: u64) -> Option<Group> {
-        self.map.write().remove(&id)
-    }
-
-    pub fn get(&self, id: u64) -> Option<Group> {
-        self.map.read().get(&id).cloned()
-    }
-
-    /// Ids of the groups hosted, in no particular order.
-    pub fn ids(&self) -> Vec<u64> {
-        self.map.read().keys().copied().collect()
-    }
-
-    fn find(&self, id: u64) -> Result<Group, Status> {
-        self.get(id)
-            .ok_or_else(|| Status::not_found(format!("group {id} is not hosted on this node")))
-    }
-}
 
 /// `cairn.peer.v1.Raft` over a node's [`Groups`].
 #[derive(Debug, Clone)]
@@ -91,6 +39,12 @@ impl RaftService {
         pb::raft_server::RaftServer::new(self)
             .max_decoding_message_size(crate::snapshot::CHUNK_BYTES_DEFAULT * 2 + MESSAGE_SLACK)
     }
+}
+
+fn find(groups: &Groups, id: u64) -> Result<crate::group::Group, Status> {
+    groups
+        .get(id)
+        .ok_or_else(|| Status::not_found(format!("group {id} is not hosted on this node")))
 }
 
 /// Room for a message's fields around its largest payload.
@@ -111,7 +65,7 @@ impl pb::raft_server::Raft for RaftService {
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
         let req = request.into_inner();
-        let group = self.groups.find(req.group)?;
+        let group = find(&self.groups, req.group)?;
         let rpc = AppendEntriesRequest::<TypeConfig> {
             vote: decode_vote(&req.vote).map_err(invalid)?,
             prev_log_id: decode_opt_log_id(&req.prev_log_id).map_err(invalid)?,
@@ -145,7 +99,7 @@ impl pb::raft_server::Raft for RaftService {
         request: Request<pb::VoteRequest>,
     ) -> Result<Response<pb::VoteResponse>, Status> {
         let req = request.into_inner();
-        let group = self.groups.find(req.group)?;
+        let group = find(&self.groups, req.group)?;
         let rpc = VoteRequest::<TypeConfig> {
             vote: decode_vote(&req.vote).map_err(invalid)?,
             last_log_id: decode_opt_log_id(&req.last_log_id).map_err(invalid)?,
@@ -175,7 +129,7 @@ impl pb::raft_server::Raft for RaftService {
                 "a snapshot stream starts with its header",
             ));
         };
-        let group = self.groups.find(header.group)?;
+        let group = find(&self.groups, header.group)?;
         let vote = decode_vote(&header.vote).map_err(invalid)?;
         let (last_log_id, last_membership) = decode_applied(&header.meta).map_err(invalid)?;
         let meta = SnapshotMeta {

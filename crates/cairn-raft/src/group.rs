@@ -1,0 +1,324 @@
+//! One Raft group as the rest of Cairn sees it: [`Group`] wraps openraft's `Raft` and the
+//! group's replica behind calls that speak Cairn's terms (node ids, log indexes, typed
+//! errors), so openraft's API (an alpha) is spoken in this crate only.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::ClientWriteError;
+use openraft::impls::ProgressResponder;
+use openraft::impls::leader_id_adv::LeaderId;
+use openraft::raft::ReadPolicy;
+use parking_lot::RwLock;
+
+use crate::LogStore;
+use crate::network::GroupNetwork;
+use crate::state_machine::StateMachine;
+use crate::types::{NodeAddr, Request, TypeConfig};
+
+/// openraft's Raft handle for a Cairn group.
+pub type GroupRaft = openraft::Raft<TypeConfig, StateMachine>;
+
+/// What a group is doing on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Stopped,
+}
+
+/// A group's state on this node, for routing, status and metrics.
+#[derive(Debug, Clone)]
+pub struct GroupStatus {
+    /// This node's id.
+    pub node: u64,
+    pub role: Role,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub committed: Option<u64>,
+    pub applied: Option<u64>,
+    pub snapshot: Option<u64>,
+    pub purged: Option<u64>,
+    pub voters: BTreeSet<u64>,
+    pub learners: BTreeSet<u64>,
+    /// Addresses of the group's members, as its membership records them.
+    pub nodes: BTreeMap<u64, NodeAddr>,
+    /// Why the group stopped, if it did (a storage failure stops it for good).
+    pub stopped: Option<String>,
+}
+
+/// A term this node leads: proposals carry it and are refused once the term is over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderTerm(LeaderId<u64, u64>);
+
+impl LeaderTerm {
+    pub fn term(&self) -> u64 {
+        self.0.term
+    }
+}
+
+/// Why a proposal did not (or may not have) become a committed entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// Refused before it was appended: nothing happened.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    /// Appended, then the leader changed before it was known to be committed.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// The group stopped (shut down, or a storage failure).
+    #[error("group stopped: {0}")]
+    Stopped(String),
+}
+
+/// A group hosted on this node: its Raft and its replica.
+#[derive(Clone)]
+pub struct Group {
+    pub raft: GroupRaft,
+    pub sm: StateMachine,
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group").finish_non_exhaustive()
+    }
+}
+
+fn role(state: ServerState) -> Role {
+    match state {
+        ServerState::Leader => Role::Leader,
+        ServerState::Follower => Role::Follower,
+        ServerState::Candidate => Role::Candidate,
+        ServerState::Learner => Role::Learner,
+        ServerState::Shutdown => Role::Stopped,
+    }
+}
+
+impl Group {
+    /// Starts group `id`'s Raft on this node over `log` and `sm`, talking through `network`.
+    pub async fn start(
+        node: u64,
+        config: Arc<openraft::Config>,
+        network: GroupNetwork,
+        log: LogStore,
+        sm: StateMachine,
+    ) -> Result<Group, String> {
+        let raft = GroupRaft::new(node, config, network, log, sm.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Group { raft, sm })
+    }
+
+    /// Whether the group has a membership (was bootstrapped or joined).
+    pub async fn is_initialized(&self) -> Result<bool, String> {
+        self.raft.is_initialized().await.map_err(|e| e.to_string())
+    }
+
+    /// Bootstraps the group with `members` as its voters.
+    pub async fn initialize(&self, members: BTreeMap<u64, NodeAddr>) -> Result<(), String> {
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The group's state on this node.
+    pub fn status(&self) -> GroupStatus {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let membership = m.membership_config.membership();
+        GroupStatus {
+            node: m.id,
+            role: role(m.state),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            committed: m.cluster_committed.as_ref().map(|l| l.index),
+            applied: m.last_applied.as_ref().map(|l| l.index),
+            snapshot: m.snapshot.as_ref().map(|l| l.index),
+            purged: m.purged.as_ref().map(|l| l.index),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            nodes: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+            stopped: m.running_state.as_ref().err().map(|e| e.to_string()),
+        }
+    }
+
+    /// The term this node leads, if it leads one.
+    pub fn leading(&self) -> Option<LeaderTerm> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        (m.state == ServerState::Leader && m.current_leader == Some(m.id))
+            .then(|| LeaderTerm(m.vote.leader_id))
+    }
+
+    /// As leader of `term`, waits until every entry committed before the term is applied
+    /// (one read-index round, which also confirms leadership). Returns the index of the last
+    /// entry in the log, after which the next proposal lands.
+    pub async fn make_ready(&self, term: &LeaderTerm) -> Result<u64, ProposeError> {
+        self.raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+            .map_err(|e| ProposeError::NotLeader {
+                leader: e.forward_to_leader().and_then(|f| f.leader_id),
+            })?;
+        if self.leading().as_ref() != Some(term) {
+            return Err(ProposeError::NotLeader {
+                leader: self.status().leader,
+            });
+        }
+        Ok(self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_log_index
+            .unwrap_or(0))
+    }
+
+    /// Proposes `request` as leader of `term`. Returns once it is handed to the group; the
+    /// returned future resolves with the log index it was applied at.
+    pub async fn propose(
+        &self,
+        request: Request,
+        term: &LeaderTerm,
+    ) -> Result<impl Future<Output = Result<u64, ProposeError>> + Send + 'static, ProposeError>
+    {
+        let (responder, _committed, done) = ProgressResponder::new();
+        self.raft
+            .write(request)
+            .responder(responder)
+            .with_leader(term.0)
+            .await
+            .map_err(|e| ProposeError::Stopped(e.to_string()))?;
+        Ok(async move {
+            match done.await {
+                Ok(Ok(response)) => Ok(response.log_id.index),
+                Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader {
+                    leader: f.leader_id,
+                }),
+                Ok(Err(ClientWriteError::PreconditionFailed(_))) => {
+                    Err(ProposeError::NotLeader { leader: None })
+                }
+                Ok(Err(e)) => Err(ProposeError::Unknown(e.to_string())),
+                Err(_) => Err(ProposeError::Unknown(
+                    "the group stopped before the entry was known to be committed".into(),
+                )),
+            }
+        })
+    }
+
+    /// Waits up to `timeout` until `done` holds of the group's metrics; gives up at once when
+    /// the group stops.
+    async fn wait_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&openraft::RaftMetrics<TypeConfig>) -> bool + Send + Sync,
+    ) -> Result<openraft::RaftMetrics<TypeConfig>, String> {
+        let m = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| done(m) || m.running_state.is_err(), what)
+            .await
+            .map_err(|e| e.to_string())?;
+        match &m.running_state {
+            Err(fatal) => Err(format!("group stopped: {fatal}")),
+            Ok(()) => Ok(m),
+        }
+    }
+
+    /// Takes a snapshot (an engine checkpoint, durable) covering at least `applied`, waiting
+    /// up to `timeout`; returns its index.
+    pub async fn snapshot(&self, applied: u64, timeout: Duration) -> Result<u64, String> {
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| e.to_string())?;
+        let m = self
+            .wait_until(timeout, "snapshot built", |m| {
+                m.snapshot.as_ref().is_some_and(|s| s.index >= applied)
+            })
+            .await?;
+        Ok(m.snapshot.map_or(0, |s| s.index))
+    }
+
+    /// Purges the log up to `upto` (at most the snapshot), waiting up to `timeout` for it
+    /// (replication still reading the entries holds a purge back).
+    pub async fn purge(&self, upto: u64, timeout: Duration) -> Result<(), String> {
+        self.raft
+            .trigger()
+            .purge_log(upto)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.wait_until(timeout, "log purged", |m| {
+            m.purged.as_ref().is_some_and(|p| p.index >= upto)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Waits up to `timeout` until the group's membership (from its log or state machine) has
+    /// been loaded; returns the status then.
+    pub async fn wait_for_membership(&self, timeout: Duration) -> Result<GroupStatus, String> {
+        self.wait_until(timeout, "membership loaded", |m| {
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .next()
+                .is_some()
+        })
+        .await?;
+        Ok(self.status())
+    }
+
+    /// Waits up to `timeout` until `node` leads the group.
+    pub async fn wait_for_leader(&self, node: u64, timeout: Duration) -> Result<(), String> {
+        self.wait_until(timeout, "leader elected", |m| {
+            m.current_leader == Some(node)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Stops the group's Raft on this node.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// The groups this node hosts, by group id.
+#[derive(Debug, Default)]
+pub struct Groups {
+    map: RwLock<HashMap<u64, Group>>,
+}
+
+impl Groups {
+    pub fn new() -> Groups {
+        Groups::default()
+    }
+
+    pub fn insert(&self, id: u64, group: Group) {
+        self.map.write().insert(id, group);
+    }
+
+    pub fn remove(&self, id: u64) -> Option<Group> {
+        self.map.write().remove(&id)
+    }
+
+    pub fn get(&self, id: u64) -> Option<Group> {
+        self.map.read().get(&id).cloned()
+    }
+
+    /// Ids of the groups hosted, in no particular order.
+    pub fn ids(&self) -> Vec<u64> {
+        self.map.read().keys().copied().collect()
+    }
+}
