@@ -23,6 +23,11 @@ pub enum Error {
     /// The node could not be reached or asked to retry, and the retry budget ran out.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The server lost track of a write (its leader changed or stepped down while the write
+    /// was in flight): it may or may not have been applied. Never retried automatically; read
+    /// the key back before deciding.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// The request did not finish within the configured timeout.
     #[error("timed out: {0}")]
     Timeout(String),
@@ -47,6 +52,7 @@ impl From<Status> for Error {
             Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(message),
             Code::Unavailable => Error::Unavailable(message),
             Code::DeadlineExceeded => Error::Timeout(message),
+            Code::Unknown if message.contains("outcome unknown") => Error::OutcomeUnknown(message),
             // tonic reports its own client-side timeout as CANCELLED "Timeout expired".
             Code::Cancelled if message.contains("imeout") => Error::Timeout(message),
             code => Error::Server { code, message },
@@ -94,6 +100,9 @@ mod tests {
                 ..
             }
         ));
+        let unknown = Error::from(Status::unknown("ERR outcome unknown: leader changed"));
+        assert!(matches!(unknown, Error::OutcomeUnknown(_)), "{unknown:?}");
+        assert!(!unknown.is_retryable());
         let unavailable = Error::from(Status::unavailable("down"));
         assert!(unavailable.is_retryable());
         assert!(!Error::NotFound.is_retryable());

@@ -190,7 +190,7 @@ impl Group {
         term: &LeaderTerm,
     ) -> Result<impl Future<Output = Result<u64, ProposeError>> + Send + 'static, ProposeError>
     {
-        let (responder, _committed, done) = ProgressResponder::new();
+        let (responder, done) = ProgressResponder::complete_only();
         self.raft
             .write(request)
             .responder(responder)

@@ -89,8 +89,8 @@ pub struct ServerArgs {
     /// everysec = fsync once a second, never = only at checkpoints (30 s) [default: always]
     #[arg(long, env = "CAIRN_SYNC", value_enum)]
     pub sync: Option<SyncMode>,
-    /// Threads serving client connections (the WAL writer has its own) [default: one per CPU
-    /// core]. Fewer threads than cores can be faster when clients share the machine: see
+    /// Threads serving client connections, shard proposers and Raft groups (the WAL flusher
+    /// has its own) [default: one per CPU core]. Fewer threads than cores can be faster when clients share the machine: see
     /// docs/benchmarks.md
     #[arg(long, env = "CAIRN_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<usize>,

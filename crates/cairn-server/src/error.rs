@@ -40,6 +40,18 @@ pub enum CommandError {
     /// A storage error that did not stop the node (e.g. a read error).
     #[error("ERR storage error: {0}")]
     Storage(String),
+    /// A multi-key write whose keys live in different slots (Redis Cluster's rule, until
+    /// cross-shard transactions exist).
+    #[error("CROSSSLOT Keys in request don't hash to the same slot")]
+    CrossSlot,
+    /// The shard cannot take the request right now (no leader, leader changing); nothing was
+    /// done, and the request may be retried.
+    #[error("TRYAGAIN {0}")]
+    TryAgain(String),
+    /// The write was handed to the shard's log but its fate is unknown (the leader changed
+    /// before it was known to be committed): it may or may not have happened.
+    #[error("ERR outcome unknown: {0}; the write may or may not have been applied")]
+    OutcomeUnknown(String),
 }
 
 impl From<cairn_storage::Error> for CommandError {

@@ -1,21 +1,23 @@
-//! Evaluation of write commands against the current state, in log order.
+//! Evaluation of write commands against a shard's current state, in the shard's log order.
 //!
-//! The writer evaluates each proposal once, right before logging it: conditions (NX, XX,
-//! if-version) and read-modify-write commands (INCR, APPEND, …) see every earlier proposal —
-//! including ones of the same group commit that are not applied yet, through the [`Overlay`] —
-//! and produce the [`Effects`] that are logged and applied. A failed command produces no
-//! effects and consumes no log index.
+//! A shard's proposer ([`crate::proposer`]) evaluates each proposal once, right before
+//! proposing it: conditions (NX, XX, if-version) and read-modify-write commands (INCR, APPEND,
+//! …) see every earlier proposal, including ones proposed but not yet applied, through the
+//! [`Overlay`], and produce the writes ([`WriteOp`]s: outcomes, never commands) that the log
+//! carries. A failed command produces no writes.
 
 use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
+use cairn_raft::WriteOp;
+use cairn_storage::Engine;
+use parking_lot::Mutex;
 
 use crate::command::{BatchOp, Command, Condition, ExpireCondition, Expiry};
-use crate::effects::{Effect, Effects};
 use crate::error::CommandError;
+use crate::expiry::ExpiryIndex;
 use crate::long_double::incr_by_float;
 use crate::reply::{Entry, Reply, SetOutcome};
-use crate::shards::Shards;
 use cairn_resp::parse_i64;
 
 /// A key's state as evaluation sees it.
@@ -26,58 +28,101 @@ struct Current {
     expires_at_ms: Option<u64>,
 }
 
-/// Writes of the current group that are decided but not yet applied to the engines.
-#[derive(Debug, Default)]
-pub struct Overlay {
-    /// `None` = deleted by a pending write.
-    pending: HashMap<Bytes, Option<Current>>,
-    /// A pending `Flush`: keys absent from `pending` read as missing.
-    cleared: bool,
+/// A key's state as a proposed but unapplied write left it.
+#[derive(Debug, Clone)]
+struct Pending {
+    /// Log index of the entry that wrote it.
+    index: u64,
+    /// `None` = deleted.
+    state: Option<Current>,
 }
 
-/// The outcome of a successful evaluation, to be merged into the group's [`Overlay`].
+/// Writes proposed to the shard's log but not yet applied to its engine.
+#[derive(Debug, Default)]
+pub struct Overlay {
+    pending: HashMap<Bytes, Pending>,
+    /// Index of a pending `Clear`: keys absent from `pending` read as missing.
+    cleared: Option<u64>,
+}
+
+/// The outcome of a successful evaluation, to be merged into the [`Overlay`].
 #[derive(Debug)]
 pub struct Decided {
     staged: HashMap<Bytes, Option<Current>>,
     staged_clear: bool,
-    effects: Effects,
+    ops: Vec<WriteOp>,
 }
 
 impl Decided {
-    /// Encoded size of the decided effects.
-    pub fn effect_bytes(&self) -> usize {
-        self.effects.encoded_len()
+    /// Encoded size of the decided writes (about what the log entry carries).
+    pub fn bytes(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                WriteOp::Put { key, value, .. } => 17 + key.len() + value.len(),
+                WriteOp::Delete { key } => 5 + key.len(),
+                WriteOp::Clear => 1,
+            })
+            .sum()
     }
 }
 
 impl Overlay {
-    /// Make a decided proposal visible to the rest of the group; returns its effects.
-    pub fn absorb(&mut self, decided: Decided) -> Effects {
+    /// Makes a decided proposal, to be proposed at log `index`, visible to later evaluations;
+    /// returns its writes.
+    pub fn absorb(&mut self, decided: Decided, index: u64) -> Vec<WriteOp> {
         if decided.staged_clear {
             self.pending.clear();
-            self.cleared = true;
+            self.cleared = Some(index);
         }
-        self.pending.extend(decided.staged);
-        decided.effects
+        for (key, state) in decided.staged {
+            self.pending.insert(key, Pending { index, state });
+        }
+        decided.ops
+    }
+
+    /// Forgets what entries up to `index` wrote: the engine holds it now.
+    pub fn applied(&mut self, index: u64) {
+        self.pending.retain(|_, p| p.index > index);
+        if self.cleared.is_some_and(|c| c <= index) {
+            self.cleared = None;
+        }
+    }
+
+    /// Forgets everything (the term ended; nothing in flight any more).
+    pub fn reset(&mut self) {
+        self.pending.clear();
+        self.cleared = None;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.cleared.is_none()
     }
 }
 
-/// Work the writer does besides client commands.
+/// Work the proposer does besides client commands.
 #[derive(Debug)]
 pub enum InternalOp {
     /// Delete keys whose deadline has passed, if they are still expired (active expiry).
     ExpireKeys { keys: Vec<Bytes> },
 }
 
+/// The shard state a proposal is evaluated against.
+#[derive(Debug, Clone, Copy)]
+pub struct ShardView<'a> {
+    pub engine: &'a Engine,
+    pub expiry: &'a Mutex<ExpiryIndex>,
+}
+
 /// One proposal being evaluated.
 #[derive(Debug)]
 pub struct Eval<'a> {
-    shards: &'a Shards,
+    view: ShardView<'a>,
     overlay: &'a Overlay,
     /// This proposal's own writes, visible to itself; merged into the overlay on success.
     staged: HashMap<Bytes, Option<Current>>,
     staged_clear: bool,
-    effects: Effects,
+    ops: Vec<WriteOp>,
     /// The log index this proposal gets if it writes: the version of everything it writes.
     version: u64,
     /// Time the proposal was made; deadlines are compared with it.
@@ -87,28 +132,28 @@ pub struct Eval<'a> {
 
 impl<'a> Eval<'a> {
     pub fn new(
-        shards: &'a Shards,
+        view: ShardView<'a>,
         overlay: &'a Overlay,
         version: u64,
         now_ms: u64,
         value_bytes_max: usize,
     ) -> Self {
         Eval {
-            shards,
+            view,
             overlay,
             staged: HashMap::new(),
             staged_clear: false,
-            effects: Effects::default(),
+            ops: Vec::new(),
             version,
             now_ms,
             value_bytes_max,
         }
     }
 
-    /// End evaluation: this proposal's effects and its writes for the overlay.
+    /// End evaluation: this proposal's writes and its state for the overlay.
     pub fn finish(self) -> Decided {
         Decided {
-            effects: self.effects,
+            ops: self.ops,
             staged: self.staged,
             staged_clear: self.staged_clear,
         }
@@ -118,21 +163,27 @@ impl<'a> Eval<'a> {
         c.filter(|c| c.expires_at_ms.is_none_or(|at| at > self.now_ms))
     }
 
-    /// The live state of `key`, reading the value.
-    fn read(&self, key: &Bytes) -> Result<Option<Current>, CommandError> {
+    /// What a proposed, unapplied write left `key` as: `Some(state)` when one did (or a pending
+    /// clear hides the engine's), `None` when the engine is to be read.
+    fn pending(&self, key: &Bytes) -> Option<Option<Current>> {
         if let Some(c) = self.staged.get(key) {
-            return Ok(self.live(c.clone()));
+            return Some(c.clone());
         }
         if self.staged_clear {
-            return Ok(None);
+            return Some(None);
         }
-        if let Some(c) = self.overlay.pending.get(key) {
-            return Ok(self.live(c.clone()));
+        if let Some(p) = self.overlay.pending.get(key) {
+            return Some(p.state.clone());
         }
-        if self.overlay.cleared {
-            return Ok(None);
+        self.overlay.cleared.map(|_| None)
+    }
+
+    /// The live state of `key`, reading the value.
+    fn read(&self, key: &Bytes) -> Result<Option<Current>, CommandError> {
+        if let Some(c) = self.pending(key) {
+            return Ok(self.live(c));
         }
-        let entry = self.shards.for_key(key).engine.get_entry(key)?;
+        let entry = self.view.engine.get_entry(key)?;
         Ok(self.live(entry.map(|e| Current {
             value: e.value,
             version: e.version,
@@ -142,20 +193,10 @@ impl<'a> Eval<'a> {
 
     /// `(version, expires_at_ms)` of `key` when it is live, without reading the value.
     fn meta(&self, key: &Bytes) -> Option<(u64, Option<u64>)> {
-        let pending = self.staged.get(key).or_else(|| {
-            if self.staged_clear {
-                None
-            } else {
-                self.overlay.pending.get(key)
-            }
-        });
-        if let Some(c) = pending {
-            return self.live(c.clone()).map(|c| (c.version, c.expires_at_ms));
+        if let Some(c) = self.pending(key) {
+            return self.live(c).map(|c| (c.version, c.expires_at_ms));
         }
-        if self.staged_clear || self.overlay.cleared {
-            return None;
-        }
-        let meta = self.shards.for_key(key).engine.meta(key)?;
+        let meta = self.view.engine.meta(key)?;
         meta.expires_at_ms
             .is_none_or(|at| at > self.now_ms)
             .then_some((meta.version, meta.expires_at_ms))
@@ -166,15 +207,11 @@ impl<'a> Eval<'a> {
     }
 
     fn put(&mut self, key: &Bytes, value: Bytes, expires_at_ms: Option<u64>) {
-        let shard = self.shards.shard_of_key(key);
-        self.effects.push(
-            shard,
-            Effect::Put {
-                key: key.clone(),
-                value: value.clone(),
-                expires_at_ms,
-            },
-        );
+        self.ops.push(WriteOp::Put {
+            key: key.clone(),
+            value: value.clone(),
+            expires_at_ms,
+        });
         let current = Current {
             value,
             version: self.version,
@@ -184,9 +221,7 @@ impl<'a> Eval<'a> {
     }
 
     fn delete(&mut self, key: &Bytes) {
-        let shard = self.shards.shard_of_key(key);
-        self.effects
-            .push(shard, Effect::Delete { key: key.clone() });
+        self.ops.push(WriteOp::Delete { key: key.clone() });
         self.staged.insert(key.clone(), None);
     }
 
@@ -359,9 +394,7 @@ impl<'a> Eval<'a> {
                 Ok(Reply::Bool(true))
             }
             Command::Flush => {
-                for shard in 0..self.shards.len() as u32 {
-                    self.effects.push(shard, Effect::Clear);
-                }
+                self.ops.push(WriteOp::Clear);
                 self.staged.clear();
                 self.staged_clear = true;
                 Ok(Reply::Ok)
@@ -387,11 +420,7 @@ impl<'a> Eval<'a> {
                     }
                 }
                 Ok(Reply::Batch {
-                    version: if self.effects.is_empty() {
-                        0
-                    } else {
-                        self.version
-                    },
+                    version: if self.ops.is_empty() { 0 } else { self.version },
                 })
             }
             read => Err(CommandError::Invalid(format!(
@@ -504,16 +533,12 @@ impl<'a> Eval<'a> {
                 let mut deleted = 0;
                 for key in keys {
                     // Still expired (not rewritten since it was found due)?
-                    let pending = self
-                        .staged
-                        .get(&key)
-                        .or_else(|| self.overlay.pending.get(&key));
-                    let expired = match pending {
+                    let expired = match self.pending(&key) {
                         Some(Some(c)) => c.expires_at_ms.is_some_and(|at| at <= self.now_ms),
                         Some(None) => false,
                         None => {
-                            let shard = self.shards.for_key(&key);
-                            let due = shard
+                            let due = self
+                                .view
                                 .expiry
                                 .lock()
                                 .deadline(&key)

@@ -1,14 +1,59 @@
 //! Index of keys that carry an expiry, for active expiry.
 //!
 //! The engine hides an expired key at once (lazy expiry) but cannot list the keys it hides, so
-//! the node remembers every key written with a deadline. The writer keeps the index exact as it
-//! applies writes; a background task ([`crate::node::Node::expire_cycle`]) takes the keys whose
-//! deadline has passed, a bounded number per tick, and proposes their deletion — Redis's active
-//! expire cycle, with an index instead of random sampling.
+//! the node remembers every key written with a deadline. The shard's state machine keeps the
+//! index exact as it applies writes (an [`ApplyObserver`]; rebuilt from the engine when a
+//! snapshot replaces it); a background task ([`crate::node::Node::expire_cycle`]) takes the
+//! keys whose deadline has passed, a bounded number per tick, and the shard leader proposes
+//! their deletion — Redis's active expire cycle, with an index instead of random sampling.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
 
 use bytes::Bytes;
+use cairn_raft::{ApplyObserver, WriteOp};
+use cairn_storage::Engine;
+use parking_lot::Mutex;
+
+/// A shard's expiry index, kept by its state machine.
+#[derive(Debug, Default)]
+pub struct ExpiryTracker {
+    pub index: Mutex<ExpiryIndex>,
+}
+
+impl ExpiryTracker {
+    /// A tracker holding every key of `engine` that has a deadline.
+    pub fn from_engine(engine: &Engine) -> ExpiryTracker {
+        let tracker = ExpiryTracker::default();
+        tracker.replaced(engine);
+        tracker
+    }
+}
+
+impl ApplyObserver for ExpiryTracker {
+    fn applied(&self, _index: u64, ops: &[WriteOp]) {
+        let mut index = self.index.lock();
+        for op in ops {
+            match op {
+                WriteOp::Put {
+                    key, expires_at_ms, ..
+                } => index.set(key, *expires_at_ms),
+                WriteOp::Delete { key } => index.remove(key),
+                WriteOp::Clear => index.clear(),
+            }
+        }
+    }
+
+    fn replaced(&self, engine: &Engine) {
+        let mut index = self.index.lock();
+        index.clear();
+        for (key, meta) in engine.scan_keys(Bound::Unbounded, Bound::Unbounded, usize::MAX) {
+            if meta.expires_at_ms.is_some() {
+                index.set(&key, meta.expires_at_ms);
+            }
+        }
+    }
+}
 
 /// Keys with an expiry, ordered by deadline.
 #[derive(Debug, Default)]

@@ -4,28 +4,30 @@
 //! Code map:
 //! - [`command`], [`reply`], [`error`]: the one internal request/response vocabulary;
 //! - [`node`]: the executor (`Node::execute`), reads, background work;
-//! - [`writer`], [`eval`], [`effects`], [`log`]: propose → commit → apply with group commit;
+//! - [`proposer`], [`eval`], [`health`]: per shard, evaluate → propose to the shard's Raft group
+//!   → answer once applied, with entries pipelined;
 //! - [`shards`], [`shard`], [`slot`], [`expiry`], [`scan`]: keyspace layout and routing;
 //! - [`long_double`]: INCRBYFLOAT's arithmetic (integers: `cairn_resp::parse_i64`);
 //! - [`resp`], [`http`], [`grpc`]: the front ends (thin codecs over `Node::execute`);
 //! - [`metrics`]; [`config`]; [`server`] (the composition root: `server::run`).
 //!
-//! Architecture invariants: only the writer thread writes to the shard engines; nothing is
-//! acknowledged before the write-ahead log holding it is synced (with `--sync always`); front
-//! ends never touch an engine, they call the node.
+//! Architecture invariants: only a shard's state machine writes its engine, applying committed
+//! log entries; nothing is acknowledged before the entry holding it is committed (durable in
+//! the write-ahead log of a majority, with `--sync always`) and applied; front ends never touch
+//! an engine, they call the node.
 
 pub mod command;
 pub mod config;
-pub mod effects;
 pub mod error;
 pub mod eval;
 pub mod expiry;
 pub mod grpc;
+pub mod health;
 pub mod http;
-pub mod log;
 pub mod long_double;
 pub mod metrics;
 pub mod node;
+pub mod proposer;
 pub mod reply;
 pub mod resp;
 pub mod scan;
@@ -33,7 +35,6 @@ pub mod server;
 pub mod shard;
 pub mod shards;
 pub mod slot;
-pub mod writer;
 
 pub use command::{BatchOp, Command, Condition, ExpireCondition, Expiry, KeyRange};
 pub use error::CommandError;

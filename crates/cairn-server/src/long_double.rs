@@ -51,7 +51,7 @@ pub fn incr_by_float(current: Option<&[u8]>, delta: &[u8]) -> Result<Bytes, Comm
     }
     let (cur_ptr, cur_len) = current.map_or((std::ptr::null(), 0), |c| (c.as_ptr(), c.len()));
     // Room for the longest "%.17Lf" of a finite long double (about 4950 digits) plus NUL, on
-    // the stack: this runs on the writer thread every write waits for.
+    // the stack: this runs on a shard proposer that every write of the shard waits for.
     let mut out = [0u8; FLOAT_CHARS_MAX + 1];
     let mut out_len = 0usize;
     // SAFETY: input pointers/lengths describe live slices (null with length 0 only when

@@ -1,39 +1,50 @@
 //! The node: the one executor every front end calls.
 //!
-//! Request path: key → slot → shard → executor. Reads are served from the shard engines
-//! directly; writes are proposed to the writer ([`crate::writer`]) and answered once committed
-//! and applied. Relative deadlines become absolute here, at propose time.
+//! Request path: key → slot → shard. Reads are served from the shard replicas' engines;
+//! writes go to the shard's proposer ([`crate::proposer`]), which evaluates them, proposes the
+//! outcome to the shard's Raft group, and answers once the entry is committed and applied.
+//! Relative deadlines become absolute here, at propose time. A multi-key write must keep to
+//! one slot (`CROSSSLOT` otherwise, as Redis Cluster); DEL and FLUSHDB fan out per shard.
 
 use std::net::SocketAddr;
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use cairn_raft::{Groups, NodeAddr, Peers};
 use cairn_resp::glob::Pattern;
-use parking_lot::Mutex;
+use cairn_wal::{Wal, WalOptions};
 use rand::Rng;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::command::{BatchOp, Command, Expiry, KeyRange};
 use crate::config::SyncMode;
 use crate::error::CommandError;
 use crate::eval::InternalOp;
-use crate::log::CommitLog;
+use crate::health::WriteHealth;
+use crate::proposer::{Proposal, ProposalOp, ProposalResult};
 use crate::reply::{
     ClusterStatus, Entry, KeyTtl, KeyType, NodeInfo, NodeState, Reply, ShardInfo, ShardStats,
 };
 use crate::scan::ScanCursors;
-use crate::shards::{NodeIdentity, Shards};
-use crate::writer::{Proposal, ProposalResult, WriteOp, Writer, WriterHealth};
+use crate::shards::{FIRST_NODE_ID, NodeIdentity, Shards, ShardsSetup, wal_dir};
+use crate::slot::key_slot;
 
 /// How often the active-expiry cycle runs.
 pub const EXPIRE_TICK: Duration = Duration::from_millis(100);
 /// Most expired keys deleted per shard per tick (bounded work, as Redis's cycle).
 pub const EXPIRE_KEYS_PER_TICK: usize = 200;
-/// How often engines are synced and the log purged.
+/// How often every shard takes a snapshot (an engine checkpoint) so its log can be purged.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
+/// Log size past which the node checkpoints without waiting for the interval.
+pub const LOG_BYTES_CHECKPOINT: u64 = 512 * 1024 * 1024;
+/// With `--sync everysec`, how often the log is synced.
+pub const EVERYSEC_INTERVAL: Duration = Duration::from_secs(1);
+/// How long opening a node waits for the groups it alone votes in to elect it.
+pub const ELECTION_WAIT: Duration = Duration::from_secs(10);
 /// Largest key, in bytes.
 pub const KEY_BYTES_MAX: usize = cairn_storage::KEY_BYTES_MAX;
 /// Most entries one range scan returns.
@@ -80,12 +91,37 @@ impl Default for StorageTuning {
 /// A write that has been proposed; await it for the result.
 #[derive(Debug)]
 pub struct PendingWrite {
-    rx: oneshot::Receiver<ProposalResult>,
+    parts: Vec<oneshot::Receiver<ProposalResult>>,
+    combine: Combine,
+}
+
+/// How the answers of a write fanned out to several shards make one.
+#[derive(Debug, Clone, Copy)]
+enum Combine {
+    /// One shard: its answer.
+    One,
+    /// DEL: the sum of the counts.
+    Sum,
+    /// FLUSHDB: OK when every shard said OK.
+    AllOk,
 }
 
 impl PendingWrite {
     pub async fn wait(self) -> ProposalResult {
-        self.rx.await.unwrap_or(Err(CommandError::ShuttingDown))
+        let mut total = 0i64;
+        let mut last = Ok(Reply::Ok);
+        for rx in self.parts {
+            let answer = rx.await.unwrap_or(Err(CommandError::ShuttingDown))?;
+            if let (Combine::Sum, Reply::Int(n)) = (self.combine, &answer) {
+                total += n;
+            }
+            last = Ok(answer);
+        }
+        match self.combine {
+            Combine::One => last,
+            Combine::Sum => Ok(Reply::Int(total)),
+            Combine::AllOk => Ok(Reply::Ok),
+        }
     }
 }
 
@@ -95,9 +131,11 @@ pub struct Node {
     identity: NodeIdentity,
     options: NodeOptions,
     shards: Arc<Shards>,
-    proposals: mpsc::Sender<Proposal>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    health: Arc<WriterHealth>,
+    wal: Arc<Wal>,
+    /// Raft groups this node hosts, for the peer service.
+    groups: Arc<Groups>,
+    health: Arc<WriteHealth>,
+    stopping: AtomicBool,
     cursors: ScanCursors,
     started: Instant,
 }
@@ -110,10 +148,13 @@ pub fn now_ms() -> u64 {
 }
 
 impl Node {
-    /// Open (or create) the node's data directory, replay the log, start the writer.
-    pub fn open(options: NodeOptions) -> anyhow::Result<Arc<Node>> {
+    /// Open (or create) the node's data directory, start every shard's Raft group (a new
+    /// directory bootstraps a one-node cluster) and wait until this node leads the groups it
+    /// alone votes in.
+    pub async fn open(options: NodeOptions) -> anyhow::Result<Arc<Node>> {
         let io = options.io.clone();
-        let identity = NodeIdentity::load_or_create(&*io, &options.data_dir, options.shards)?;
+        let identity =
+            NodeIdentity::load_or_create(&*io, &options.data_dir, FIRST_NODE_ID, options.shards)?;
         if identity.shards != options.shards {
             tracing::info!(
                 recorded = identity.shards,
@@ -121,44 +162,93 @@ impl Node {
                 "data directory keeps the shard count it was created with"
             );
         }
-        let shards = Arc::new(Shards::open(
-            &io,
-            &options.data_dir,
-            identity.shards,
-            options.value_bytes_max,
-            options.tuning.engine_segment_bytes_max,
-        )?);
-        let (log, next_index) =
-            CommitLog::open(&options.data_dir, options.sync, &shards, io.clone(), {
-                options.tuning.wal_segment_bytes_max
-            })?;
-        let last_applied = next_index - 1;
-        let health = Arc::new(WriterHealth::default());
-        let writer = Writer::new(
-            shards.clone(),
-            log,
-            next_index,
-            options.value_bytes_max,
-            health.clone(),
-        );
-        let (proposals, handle) = writer.spawn()?;
-        tracing::info!(
-            node_id = %identity.node_id,
-            shards = identity.shards,
-            keys = shards.list.iter().map(|s| s.engine.len()).sum::<u64>(),
-            last_applied,
-            "node opened"
-        );
-        Ok(Arc::new(Node {
+        let dir = wal_dir(&options.data_dir);
+        let wal = Wal::open(
+            &dir,
+            WalOptions {
+                io: io.clone(),
+                segment_bytes_max: options.tuning.wal_segment_bytes_max,
+                fsync_batches: options.sync == SyncMode::Always,
+            },
+        )
+        .map_err(|e| {
+            anyhow::anyhow!("cannot open the write-ahead log in {}: {e}", dir.display())
+        })?;
+        let wal = Arc::new(wal);
+        let groups = Arc::new(Groups::new());
+        let health = Arc::new(WriteHealth::default());
+        let shards = Shards::open(ShardsSetup {
+            io: io.clone(),
+            data_dir: &options.data_dir,
+            identity: &identity,
+            value_bytes_max: options.value_bytes_max,
+            engine_segment_bytes_max: options.tuning.engine_segment_bytes_max,
+            wal: wal.clone(),
+            peers: Arc::new(Peers::new()),
+            groups: groups.clone(),
+            config: cairn_raft::config::shard_config(),
+            health: health.clone(),
+            advertise: NodeAddr {
+                grpc: options.grpc_addr.to_string(),
+            },
+        })
+        .await?;
+        let node = Arc::new(Node {
             identity,
             options,
-            shards,
-            proposals,
-            writer: Mutex::new(Some(handle)),
+            shards: Arc::new(shards),
+            wal,
+            groups,
             health,
+            stopping: AtomicBool::new(false),
             cursors: ScanCursors::default(),
             started: Instant::now(),
-        }))
+        });
+        node.await_sole_leadership().await?;
+        tracing::info!(
+            node_id = %node.identity.node_id,
+            raft_id = node.identity.raft_id,
+            shards = node.identity.shards,
+            keys = node.dbsize(),
+            "node opened"
+        );
+        Ok(node)
+    }
+
+    /// Waits until this node leads every group in which it is the only voter (a restarted
+    /// one-node cluster elects itself after one election timeout) and has applied everything
+    /// its log holds.
+    async fn await_sole_leadership(&self) -> anyhow::Result<()> {
+        let me = self.identity.raft_id;
+        for shard in &self.shards.list {
+            let status = shard
+                .group
+                .wait_for_membership(ELECTION_WAIT)
+                .await
+                .map_err(|e| anyhow::anyhow!("shard {}: {e}", shard.id))?;
+            if !status.voters.iter().eq([&me]) {
+                continue;
+            }
+            shard
+                .group
+                .wait_for_leader(me, ELECTION_WAIT)
+                .await
+                .map_err(|e| anyhow::anyhow!("shard {} did not elect this node: {e}", shard.id))?;
+            // The log may hold entries appended before a crash but never known to be
+            // committed; the new term commits them. Reads go straight to the engine, so the node
+            // serves nothing until they are applied: a read must never see a state that a
+            // later read contradicts (read-index round: applied ≥ the term's first entry).
+            let term = shard
+                .group
+                .leading()
+                .ok_or_else(|| anyhow::anyhow!("shard {} lost its leader at open", shard.id))?;
+            shard
+                .group
+                .make_ready(&term)
+                .await
+                .map_err(|e| anyhow::anyhow!("shard {} did not apply its log: {e:?}", shard.id))?;
+        }
+        Ok(())
     }
 
     pub fn id(&self) -> &str {
@@ -182,6 +272,16 @@ impl Node {
         self.health.failure()
     }
 
+    /// The Raft groups this node hosts (the peer service dispatches on them).
+    pub fn groups(&self) -> &Arc<Groups> {
+        &self.groups
+    }
+
+    /// The node's write-ahead log (every group's log).
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
     /// Execute any command.
     pub async fn execute(&self, cmd: Command) -> Result<Reply, CommandError> {
         if cmd.is_write() {
@@ -192,32 +292,111 @@ impl Node {
     }
 
     /// Propose a write without waiting for its commit (front ends pipeline with this). Writes
-    /// of one caller are committed in the order they are proposed.
+    /// of one caller to one slot are committed in the order they are proposed.
     pub async fn propose(&self, cmd: Command) -> Result<PendingWrite, CommandError> {
-        let now = now_ms();
-        let cmd = self.prepare_write(cmd, now)?;
-        self.submit(WriteOp::Command(cmd), now).await
-    }
-
-    async fn submit(&self, op: WriteOp, now_ms: u64) -> Result<PendingWrite, CommandError> {
         if let Some(reason) = self.health.failure() {
             return Err(CommandError::Fatal(reason));
         }
-        self.enqueue(op, now_ms).await
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(CommandError::ShuttingDown);
+        }
+        let now = now_ms();
+        let cmd = self.prepare_write(cmd, now)?;
+        match cmd {
+            Command::Flush => {
+                let mut parts = Vec::with_capacity(self.shards.len());
+                for shard in 0..self.shards.len() as u32 {
+                    parts.push(
+                        self.send(shard, ProposalOp::Command(Command::Flush), now)
+                            .await?,
+                    );
+                }
+                Ok(PendingWrite {
+                    parts,
+                    combine: Combine::AllOk,
+                })
+            }
+            Command::Del { keys } => {
+                let mut by_shard: Vec<(u32, Vec<Bytes>)> = Vec::new();
+                for key in keys {
+                    let shard = self.shards.shard_of_key(&key);
+                    match by_shard.iter_mut().find(|(s, _)| *s == shard) {
+                        Some((_, list)) => list.push(key),
+                        None => by_shard.push((shard, vec![key])),
+                    }
+                }
+                let mut parts = Vec::with_capacity(by_shard.len());
+                for (shard, keys) in by_shard {
+                    let op = ProposalOp::Command(Command::Del { keys });
+                    parts.push(self.send(shard, op, now).await?);
+                }
+                Ok(PendingWrite {
+                    parts,
+                    combine: Combine::Sum,
+                })
+            }
+            cmd => {
+                let shard = self.shard_of_write(&cmd)?;
+                let rx = self.send(shard, ProposalOp::Command(cmd), now).await?;
+                Ok(PendingWrite {
+                    parts: vec![rx],
+                    combine: Combine::One,
+                })
+            }
+        }
     }
 
-    /// Queue an operation for the writer, even a failed one (shutdown must still reach it).
-    async fn enqueue(&self, op: WriteOp, now_ms: u64) -> Result<PendingWrite, CommandError> {
-        let (tx, rx) = oneshot::channel();
-        self.proposals
-            .send(Proposal {
-                op,
-                now_ms,
-                reply: tx,
-            })
-            .await
-            .map_err(|_| CommandError::ShuttingDown)?;
-        Ok(PendingWrite { rx })
+    /// The shard a single-shard write goes to: every key in one slot.
+    fn shard_of_write(&self, cmd: &Command) -> Result<u32, CommandError> {
+        let keys: Vec<&Bytes> = match cmd {
+            Command::Set { key, .. }
+            | Command::GetDel { key }
+            | Command::GetEx { key, .. }
+            | Command::Append { key, .. }
+            | Command::SetRange { key, .. }
+            | Command::IncrBy { key, .. }
+            | Command::IncrByFloat { key, .. }
+            | Command::Expire { key, .. }
+            | Command::Persist { key } => vec![key],
+            Command::MSet { pairs, .. } => pairs.iter().map(|(k, _)| k).collect(),
+            Command::Rename { from, to, .. } => vec![from, to],
+            Command::Batch { ops } => ops
+                .iter()
+                .map(|op| match op {
+                    BatchOp::Put { key, .. } | BatchOp::Delete { key } => key,
+                })
+                .collect(),
+            other => {
+                return Err(CommandError::Invalid(format!(
+                    "'{}' is not a single-shard write",
+                    other.name()
+                )));
+            }
+        };
+        let Some(first) = keys.first() else {
+            return Err(CommandError::Invalid("a write names no key".into()));
+        };
+        let slot = key_slot(first);
+        if keys.iter().any(|k| key_slot(k) != slot) {
+            return Err(CommandError::CrossSlot);
+        }
+        Ok(self.shards.shard_of_key(first))
+    }
+
+    /// Hands one proposal to shard `shard`.
+    async fn send(
+        &self,
+        shard: u32,
+        op: ProposalOp,
+        now_ms: u64,
+    ) -> Result<oneshot::Receiver<ProposalResult>, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        let shard = self
+            .shards
+            .get(shard)
+            .ok_or_else(|| CommandError::Invalid(format!("no shard {shard}")))?;
+        shard.propose(Proposal { op, now_ms, reply }).await?;
+        Ok(rx)
     }
 
     /// Validate sizes and turn relative deadlines into absolute ones.
@@ -321,7 +500,7 @@ impl Node {
         if !Self::readable(key) {
             return Ok(None);
         }
-        let entry = self.shards.for_key(key).engine.get_entry(key)?;
+        let entry = self.shards.for_key(key).engine().get_entry(key)?;
         Ok(entry.map(|e| Entry {
             key: e.key,
             value: e.value,
@@ -334,28 +513,45 @@ impl Node {
         if !Self::readable(key) {
             return None;
         }
-        self.shards.for_key(key).engine.meta(key)
+        self.shards.for_key(key).engine().meta(key)
     }
 
     fn get_value(&self, key: &[u8]) -> Result<Option<Bytes>, CommandError> {
         if !Self::readable(key) {
             return Ok(None);
         }
-        Ok(self.shards.for_key(key).engine.get(key)?)
+        Ok(self.shards.for_key(key).engine().get(key)?)
+    }
+
+    /// Values of many keys, read shard by shard with one `get_many` each, so keys of one
+    /// shard (and so of one slot) are read at one instant: an MSET is seen whole or not at all.
+    fn get_values(&self, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>, CommandError> {
+        let mut values = vec![None; keys.len()];
+        let mut by_shard: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for (i, key) in keys.iter().enumerate() {
+            if Self::readable(key) {
+                by_shard
+                    .entry(self.shards.shard_of_key(key))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        for (shard, positions) in by_shard {
+            let shard = self.shards.get(shard).expect("shard_of_key names a shard");
+            let wanted: Vec<&[u8]> = positions.iter().map(|&i| &keys[i][..]).collect();
+            let found = shard.engine().get_many(&wanted)?;
+            for (i, entry) in positions.into_iter().zip(found) {
+                values[i] = entry.map(|e| e.value);
+            }
+        }
+        Ok(values)
     }
 
     /// Execute a read-only command against the engines.
     fn read(&self, cmd: Command) -> Result<Reply, CommandError> {
         match cmd {
             Command::Get { key } => Ok(Reply::Entry(self.get_entry(&key)?)),
-            Command::MGet { keys } => {
-                let _consistent = (keys.len() > 1).then(|| self.shards.apply_lock.read());
-                let values = keys
-                    .iter()
-                    .map(|k| self.get_value(k))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(Reply::Values(values))
-            }
+            Command::MGet { keys } => Ok(Reply::Values(self.get_values(&keys)?)),
             Command::StrLen { key } => Ok(Reply::Int(
                 self.meta(&key).map_or(0, |m| i64::from(m.value_len)),
             )),
@@ -363,12 +559,9 @@ impl Node {
                 let value = self.get_value(&key)?.unwrap_or_default();
                 Ok(Reply::Value(Some(substring(&value, start, end))))
             }
-            Command::Exists { keys } => {
-                let _consistent = (keys.len() > 1).then(|| self.shards.apply_lock.read());
-                Ok(Reply::Int(
-                    keys.iter().filter(|k| self.meta(k).is_some()).count() as i64,
-                ))
-            }
+            Command::Exists { keys } => Ok(Reply::Int(
+                keys.iter().filter(|k| self.meta(k).is_some()).count() as i64,
+            )),
             Command::Type { key } => Ok(Reply::Type(if self.meta(&key).is_some() {
                 KeyType::String
             } else {
@@ -387,8 +580,10 @@ impl Node {
                 count,
                 type_filter,
             } => {
+                let engines: Vec<Arc<cairn_storage::Engine>> =
+                    self.shards.list.iter().map(|s| s.engine()).collect();
                 let (cursor, keys) = self.cursors.scan(
-                    &self.shards,
+                    &engines,
                     cursor,
                     pattern.as_deref(),
                     count,
@@ -414,7 +609,7 @@ impl Node {
 
     /// Number of live keys.
     pub fn dbsize(&self) -> u64 {
-        self.shards.list.iter().map(|s| s.engine.len()).sum()
+        self.shards.list.iter().map(|s| s.engine().len()).sum()
     }
 
     fn keys(&self, pattern: &[u8]) -> Vec<Bytes> {
@@ -424,7 +619,7 @@ impl Node {
         let range = KeyRange::prefix(Bytes::copy_from_slice(literal_prefix(pattern)));
         let mut out = Vec::new();
         for shard in &self.shards.list {
-            let keys = shard.engine.scan_keys(
+            let keys = shard.engine().scan_keys(
                 as_ref_bound(&range.start),
                 as_ref_bound(&range.end),
                 usize::MAX,
@@ -445,8 +640,6 @@ impl Node {
         keys_only: bool,
     ) -> Result<Reply, CommandError> {
         let limit = limit.clamp(1, SCAN_RANGE_LIMIT_MAX);
-        // Bounded work, so it may hold off the writer: the page is one consistent cut.
-        let _consistent = self.shards.apply_lock.read();
         // One more than asked from each shard tells whether more remain.
         let mut all: Vec<Entry> = Vec::new();
         for shard in &self.shards.list {
@@ -454,7 +647,7 @@ impl Node {
             if keys_only {
                 all.extend(
                     shard
-                        .engine
+                        .engine()
                         .scan_keys(start, end, limit + 1)
                         .into_iter()
                         .map(|(key, m)| Entry {
@@ -467,7 +660,7 @@ impl Node {
             } else {
                 all.extend(
                     shard
-                        .engine
+                        .engine()
                         .scan(start, end, limit + 1)?
                         .into_iter()
                         .map(|e| Entry {
@@ -486,7 +679,7 @@ impl Node {
     }
 
     fn random_key(&self) -> Option<Bytes> {
-        let sizes: Vec<u64> = self.shards.list.iter().map(|s| s.engine.len()).collect();
+        let sizes: Vec<u64> = self.shards.list.iter().map(|s| s.engine().len()).collect();
         let total: u64 = sizes.iter().sum();
         if total == 0 {
             return None;
@@ -504,7 +697,7 @@ impl Node {
         // Try the chosen shard first, then any other (sizes may have changed meanwhile).
         let order = (0..self.shards.len()).map(|i| (chosen + i) % self.shards.len());
         for i in order {
-            let engine = &self.shards.list[i].engine;
+            let engine = self.shards.list[i].engine();
             let probe: [u8; 8] = rng.random();
             let after = engine.scan_keys(
                 Bound::Included(&probe[..rng.random_range(1..=8)]),
@@ -525,7 +718,7 @@ impl Node {
         None
     }
 
-    /// The cluster map: this node owns every shard.
+    /// The cluster map: this node and every shard, with the leader each group reports.
     pub fn cluster_status(&self) -> ClusterStatus {
         let id = self.identity.node_id.clone();
         let node = NodeInfo {
@@ -535,6 +728,7 @@ impl Node {
             resp_addr: self.options.resp_addr.to_string(),
             state: NodeState::Up,
         };
+        let me = self.identity.raft_id;
         let shards = self
             .shards
             .list
@@ -543,7 +737,7 @@ impl Node {
                 id: s.id,
                 slots: vec![s.slots],
                 replicas: vec![id.clone()],
-                leader: Some(id.clone()),
+                leader: (s.leader() == Some(me)).then(|| id.clone()),
             })
             .collect();
         ClusterStatus {
@@ -559,7 +753,7 @@ impl Node {
             .list
             .iter()
             .map(|s| {
-                let st = s.engine.stats();
+                let st = s.engine().stats();
                 ShardStats {
                     shard: s.id,
                     live_keys: st.live_keys,
@@ -572,18 +766,18 @@ impl Node {
                     cache_misses: st.cache_misses,
                     merges: st.merges,
                     last_applied: s.last_applied(),
-                    expiring_keys: s.expiry.lock().len() as u64,
+                    expiring_keys: s.expiry.index.lock().len() as u64,
                 }
             })
             .collect()
     }
 
     /// Background work until `shutdown` resolves: active expiry, log sync (`everysec`) and
-    /// periodic checkpoints.
+    /// periodic checkpoints (snapshots, then log purge).
     pub async fn run_background(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         let mut expire = tokio::time::interval(EXPIRE_TICK);
         let mut checkpoint = tokio::time::interval(CHECKPOINT_INTERVAL);
-        let mut sync = tokio::time::interval(crate::writer::EVERYSEC_INTERVAL);
+        let mut sync = tokio::time::interval(EVERYSEC_INTERVAL);
         for timer in [&mut expire, &mut checkpoint, &mut sync] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
@@ -592,69 +786,130 @@ impl Node {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = expire.tick() => self.expire_cycle().await,
-                _ = checkpoint.tick() => self.internal(WriteOp::Checkpoint).await,
-                _ = sync.tick(), if self.options.sync == SyncMode::Everysec => self.internal(WriteOp::SyncLog).await,
+                _ = checkpoint.tick() => {
+                    if let Err(e) = self.snapshot_all(false).await {
+                        tracing::warn!(error = %e, "periodic checkpoint failed");
+                    }
+                }
+                _ = sync.tick() => {
+                    if self.options.sync == SyncMode::Everysec {
+                        if let Err(e) = self.sync_log().await {
+                            tracing::warn!(error = %e, "periodic log sync failed");
+                        }
+                    }
+                    // A long log makes restarts slow and fills the disk: checkpoint early.
+                    if self.wal.total_bytes() > LOG_BYTES_CHECKPOINT {
+                        if let Err(e) = self.snapshot_all(false).await {
+                            tracing::warn!(error = %e, "checkpoint failed");
+                        }
+                    }
+                }
             }
         }
     }
 
-    async fn internal(&self, op: WriteOp) {
-        if let Err(e) = self.run_internal(op).await {
-            tracing::warn!(error = %e, "background write failed");
-        }
-    }
-
-    async fn run_internal(&self, op: WriteOp) -> Result<(), CommandError> {
-        self.submit(op, now_ms()).await?.wait().await.map(|_| ())
-    }
-
-    /// Syncs every engine and purges the log up to what they hold, now (the background task
-    /// does it every [`CHECKPOINT_INTERVAL`]).
+    /// Snapshots every shard this node holds (an engine checkpoint: durable up to the applied
+    /// index) and purges the log behind the snapshots, now. The background task does it every
+    /// [`CHECKPOINT_INTERVAL`], keeping 1000 entries for lagging followers; this purges all it
+    /// can.
     pub async fn checkpoint(&self) -> Result<(), CommandError> {
-        self.run_internal(WriteOp::Checkpoint).await
+        self.snapshot_all(true).await
     }
 
-    /// Makes every write acknowledged so far durable now by syncing the engines: what the
-    /// background task does every [`crate::writer::EVERYSEC_INTERVAL`] under `--sync
-    /// everysec`. A no-op under `always`, where the log is synced before every answer. Fails
-    /// once the write path has failed.
+    async fn snapshot_all(&self, purge_all: bool) -> Result<(), CommandError> {
+        if let Some(reason) = self.health.failure() {
+            return Err(CommandError::Fatal(reason));
+        }
+        for shard in &self.shards.list {
+            let applied = shard.last_applied();
+            if applied == 0 {
+                continue;
+            }
+            let snapshot = shard
+                .group
+                .snapshot(applied, ELECTION_WAIT)
+                .await
+                .map_err(|e| CommandError::TryAgain(format!("shard {} snapshot: {e}", shard.id)))?;
+            if purge_all {
+                // Purging waits for replication that still reads the entries; a follower that
+                // needs them gets the snapshot instead.
+                if let Err(e) = shard.group.purge(snapshot, ELECTION_WAIT).await {
+                    tracing::debug!(shard = shard.id, error = %e, "log purge still pending");
+                }
+            }
+        }
+        self.wal
+            .purge_segments()
+            .map_err(|e| CommandError::Fatal(format!("log purge failed: {e}")))?;
+        Ok(())
+    }
+
+    /// Makes every write acknowledged so far durable now: what the background task does every
+    /// [`EVERYSEC_INTERVAL`] under `--sync everysec`. Under `always` every answer waited for an
+    /// fdatasync already. Fails once the write path has failed.
     pub async fn sync_log(&self) -> Result<(), CommandError> {
-        self.run_internal(WriteOp::SyncLog).await
+        if let Some(reason) = self.health.failure() {
+            return Err(CommandError::Fatal(reason));
+        }
+        self.wal.sync().map_err(|e| {
+            let reason = format!("log sync failed: {e}");
+            self.health.fail(reason.clone());
+            CommandError::Fatal(reason)
+        })
     }
 
-    /// One tick of active expiry: delete up to [`EXPIRE_KEYS_PER_TICK`] due keys per shard.
+    /// One tick of active expiry: each shard this node leads deletes up to
+    /// [`EXPIRE_KEYS_PER_TICK`] due keys.
     pub async fn expire_cycle(&self) {
         let now = now_ms();
         for shard in &self.shards.list {
-            let keys = shard.expiry.lock().due(now, EXPIRE_KEYS_PER_TICK);
+            if !shard.is_leader() {
+                continue;
+            }
+            let keys = shard.expiry.index.lock().due(now, EXPIRE_KEYS_PER_TICK);
             if keys.is_empty() {
                 continue;
             }
-            let op = WriteOp::Internal(InternalOp::ExpireKeys { keys });
-            match self.submit(op, now).await {
-                Ok(pending) => {
-                    if let Err(e) = pending.wait().await {
-                        tracing::warn!(error = %e, "active expiry failed");
-                        return;
+            let op = ProposalOp::Internal(InternalOp::ExpireKeys { keys });
+            match self.send(shard.id, op, now).await {
+                Ok(rx) => match rx.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(shard = shard.id, error = %e, "active expiry failed");
                     }
-                }
+                    Err(_) => return,
+                },
                 Err(_) => return,
             }
         }
     }
 
-    /// Stop taking writes, finish the queued ones, sync the engines. Idempotent.
+    /// Stop taking writes, let the proposed ones finish, snapshot the shards and stop their
+    /// groups. Idempotent.
     pub async fn shutdown(&self) -> Result<(), CommandError> {
-        let result = match self.enqueue(WriteOp::Shutdown, now_ms()).await {
-            Ok(pending) => pending.wait().await.map(|_| ()),
-            Err(CommandError::ShuttingDown) => Ok(()),
-            Err(e) => Err(e),
-        };
-        let handle = self.writer.lock().take();
-        if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        if self.stopping.swap(true, Ordering::AcqRel) {
+            return Ok(());
         }
-        result
+        // Everything proposed before the flag lands before a barrier proposed after it.
+        for shard in &self.shards.list {
+            if let Ok(rx) = self.send(shard.id, ProposalOp::Barrier, now_ms()).await {
+                let _ = rx.await;
+            }
+        }
+        let result = if self.health.failure().is_none() {
+            self.snapshot_all(false).await
+        } else {
+            Ok(())
+        };
+        for shard in &self.shards.list {
+            self.groups.remove(crate::shard::group_of_shard(shard.id));
+            shard.group.shutdown().await;
+        }
+        let flushed = self
+            .wal
+            .flush()
+            .map_err(|e| CommandError::Fatal(format!("log flush failed: {e}")));
+        result.and(flushed)
     }
 }
 
@@ -714,7 +969,6 @@ pub fn substring(value: &[u8], start: i64, end: i64) -> Bytes {
 mod tests {
     use super::*;
     use crate::command::{Condition, ExpireCondition};
-    use crate::effects::{Effect, Effects};
     use crate::reply::SetOutcome;
 
     fn options(dir: &std::path::Path) -> NodeOptions {
@@ -752,96 +1006,55 @@ mod tests {
         }
     }
 
-    /// Replaces the node log with `entries`, as a crash after the log sync but before the
-    /// engines were written (and before a checkpoint purged the log) would leave it.
-    fn append_to_log(dir: &std::path::Path, entries: &[(u64, Effects)]) {
-        std::fs::remove_dir_all(crate::shards::wal_dir(dir)).unwrap();
-        let wal = cairn_wal::Wal::open(
-            crate::shards::wal_dir(dir),
-            cairn_wal::WalOptions::default(),
-        )
-        .unwrap();
-        let records: Vec<cairn_wal::Record> = entries
-            .iter()
-            .map(|(index, e)| cairn_wal::Record {
-                group: crate::log::NODE_LOG_GROUP,
-                index: *index,
-                payload: e.encode(),
-            })
-            .collect();
-        wal.append(&records).unwrap();
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn log_entries_missing_from_the_engines_are_replayed_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = Node::open(options(dir.path())).unwrap();
+        // Engines are applied without fsync: a power cut keeps the log (fsynced before every
+        // answer) and loses the engines' tail, which the log then replays.
+        let io = cairn_io::sim::SimIo::new(7);
+        let sim = |io: &cairn_io::sim::SimIo| NodeOptions {
+            io: Arc::new(io.clone()),
+            ..options(std::path::Path::new("/sim/node"))
+        };
+        let node = Node::open(sim(&io)).await.unwrap();
         node.execute(set("a", "1")).await.unwrap();
+        let cmd = Command::Set {
+            key: b("y{other}"),
+            value: b("Y"),
+            expiry: Expiry::AtMs(4_000_000_000_000),
+            condition: Condition::Always,
+            return_old: false,
+        };
+        node.execute(cmd).await.unwrap();
+        node.execute(Command::Del { keys: vec![b("a")] })
+            .await
+            .unwrap();
         node.execute(set("b", "2")).await.unwrap();
-        let last = get(&node, "b").await.unwrap().version;
-        node.shutdown().await.unwrap();
+        let before: Vec<Option<Entry>> = {
+            let mut v = Vec::new();
+            for k in ["a", "y{other}", "b"] {
+                v.push(get(&node, k).await);
+            }
+            v
+        };
+        let image = io.crash_image(cairn_io::sim::PowerCut::DropUnsynced);
+        let _ = node.shutdown().await;
         drop(node);
 
-        // Entry last+1 writes two shards atomically; entry last+2 deletes `a`. An entry at an
-        // index the shard already applied must not be applied again.
-        let shards = Shards::open(&options(dir.path()).io, dir.path(), 4, 1024, 1 << 20).unwrap();
-        let (ka, kx, ky) = (b("a"), b("x"), b("y{other}"));
-        assert_ne!(shards.shard_of_key(&kx), shards.shard_of_key(&ky));
-        let shard_of_a = shards.shard_of_key(&ka);
-        drop(shards);
-        let mut first = Effects::default();
-        first.push(
-            crate::slot::SlotMap::new(4).shard_of_key(&kx) as u32,
-            Effect::Put {
-                key: kx.clone(),
-                value: b("X"),
-                expires_at_ms: None,
-            },
-        );
-        first.push(
-            crate::slot::SlotMap::new(4).shard_of_key(&ky) as u32,
-            Effect::Put {
-                key: ky.clone(),
-                value: b("Y"),
-                expires_at_ms: Some(4_000_000_000_000),
-            },
-        );
-        let mut second = Effects::default();
-        second.push(shard_of_a, Effect::Delete { key: ka.clone() });
-        let mut stale = Effects::default();
-        stale.push(
-            shard_of_a,
-            Effect::Put {
-                key: b("a"),
-                value: b("stale"),
-                expires_at_ms: None,
-            },
-        );
-        // Every index the shards already applied holds a stale write the replay must skip.
-        let mut log: Vec<(u64, Effects)> = (1..=last).map(|i| (i, stale.clone())).collect();
-        log.extend([(last + 1, first), (last + 2, second)]);
-        append_to_log(dir.path(), &log);
-
-        let node = Node::open(options(dir.path())).unwrap();
-        let x = get(&node, "x").await.unwrap();
-        assert_eq!((x.value, x.version), (b("X"), last + 1));
-        let y = get(&node, "y{other}").await.unwrap();
-        assert_eq!(
-            (y.version, y.expires_at_ms),
-            (last + 1, Some(4_000_000_000_000))
-        );
-        assert!(get(&node, "a").await.is_none(), "replayed delete");
-        assert_eq!(get(&node, "b").await.unwrap().value, b("2"));
-        // The next write continues the log.
-        node.execute(set("z", "1")).await.unwrap();
-        assert_eq!(get(&node, "z").await.unwrap().version, last + 3);
+        let node = Node::open(sim(&image)).await.unwrap();
+        for (k, want) in ["a", "y{other}", "b"].into_iter().zip(before) {
+            assert_eq!(get(&node, k).await, want, "{k}");
+        }
+        // The next write continues the shard's log.
+        let b_version = get(&node, "b").await.unwrap().version;
+        node.execute(set("b", "3")).await.unwrap();
+        assert!(get(&node, "b").await.unwrap().version > b_version);
         node.shutdown().await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn conditions_versions_and_expiry_rules() {
         let dir = tempfile::tempdir().unwrap();
-        let node = Node::open(options(dir.path())).unwrap();
+        let node = Node::open(options(dir.path())).await.unwrap();
         // Compare-and-set on versions.
         let v1 = match node.execute(set("k", "1")).await.unwrap() {
             Reply::Set(SetOutcome {
@@ -909,16 +1122,25 @@ mod tests {
                 .unwrap(),
             Reply::Bool(true)
         );
-        // Rename moves value and deadline.
+        // Rename moves value and deadline, within a slot; across slots it is CROSSSLOT.
+        assert_eq!(
+            node.execute(Command::Rename {
+                from: b("k"),
+                to: b("k2"),
+                nx: false,
+            })
+            .await,
+            Err(CommandError::CrossSlot)
+        );
         node.execute(Command::Rename {
             from: b("k"),
-            to: b("k2"),
+            to: b("{k}2"),
             nx: false,
         })
         .await
         .unwrap();
         assert!(get(&node, "k").await.is_none());
-        assert!(get(&node, "k2").await.unwrap().expires_at_ms.is_some());
+        assert!(get(&node, "{k}2").await.unwrap().expires_at_ms.is_some());
         // Size limits.
         let too_big = Command::Set {
             key: b("v"),
@@ -948,11 +1170,19 @@ mod tests {
             io: Arc::new(io.clone()),
             ..options(std::path::Path::new("/sim/node"))
         };
-        let node = Node::open(options).unwrap();
+        let node = Node::open(options).await.unwrap();
         node.execute(set("a", "1")).await.unwrap();
         io.inject(cairn_io::sim::Fault::fail(cairn_io::sim::Op::SyncData).on_path("wal"));
+        // The write whose fsync failed is never acknowledged: its outcome is unknown (its bytes
+        // may still reach the disk), and the node refuses writes from then on.
         let failed = node.execute(set("b", "2")).await;
-        assert!(matches!(failed, Err(CommandError::Fatal(_))), "{failed:?}");
+        assert!(
+            matches!(
+                failed,
+                Err(CommandError::Fatal(_) | CommandError::OutcomeUnknown(_))
+            ),
+            "{failed:?}"
+        );
         assert!(node.failure().is_some());
         // Never retry-and-acknowledge: later writes are refused too.
         assert!(matches!(
@@ -970,7 +1200,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn active_expiry_deletes_due_keys() {
         let dir = tempfile::tempdir().unwrap();
-        let node = Node::open(options(dir.path())).unwrap();
+        let node = Node::open(options(dir.path())).await.unwrap();
         for i in 0..10 {
             let cmd = Command::Set {
                 key: b(&format!("t{i}")),
@@ -993,7 +1223,7 @@ mod tests {
             node.shards()
                 .list
                 .iter()
-                .map(|s| s.expiry.lock().due(now_ms(), usize::MAX).len())
+                .map(|s| s.expiry.index.lock().due(now_ms(), usize::MAX).len())
                 .sum::<usize>()
                 == 10
         };

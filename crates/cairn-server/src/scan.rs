@@ -12,7 +12,7 @@ use bytes::Bytes;
 use cairn_resp::glob::Pattern;
 use parking_lot::Mutex;
 
-use crate::shards::Shards;
+use cairn_storage::Engine;
 
 /// Most live cursors remembered; the oldest is forgotten first.
 pub const SCAN_CURSORS_MAX: usize = 4096;
@@ -38,10 +38,11 @@ pub struct ScanCursors {
 }
 
 impl ScanCursors {
-    /// One SCAN step: returns the next cursor (0 when done) and the matching keys.
+    /// One SCAN step over the shards' engines (in shard order): returns the next cursor (0
+    /// when done) and the matching keys.
     pub fn scan(
         &self,
-        shards: &Shards,
+        shards: &[std::sync::Arc<Engine>],
         cursor: u64,
         pattern: Option<&[u8]>,
         count: usize,
@@ -77,7 +78,7 @@ impl ScanCursors {
         let mut examined = 0;
         let mut keys = Vec::new();
         while examined < budget && pos.shard < shards.len() {
-            let engine = &shards.list[pos.shard].engine;
+            let engine = &shards[pos.shard];
             let start = match &pos.after {
                 Some(k) => Bound::Excluded(&k[..]),
                 None => Bound::Unbounded,
@@ -128,14 +129,20 @@ impl ScanCursors {
 mod tests {
     use super::*;
 
+    type Shards = Vec<std::sync::Arc<Engine>>;
+
     fn shards_with(keys: &[&str]) -> (tempfile::TempDir, Shards) {
         let dir = tempfile::tempdir().unwrap();
-        let io: std::sync::Arc<dyn cairn_io::Io> = std::sync::Arc::new(cairn_io::StdIo);
-        let shards = Shards::open(&io, dir.path(), 4, 1024, 1 << 20).unwrap();
+        let map = crate::slot::SlotMap::new(4);
+        let shards: Shards = (0..4)
+            .map(|i| {
+                let engine =
+                    Engine::open(dir.path().join(i.to_string()), Default::default()).unwrap();
+                std::sync::Arc::new(engine)
+            })
+            .collect();
         for key in keys {
-            shards
-                .for_key(key.as_bytes())
-                .engine
+            shards[map.shard_of_key(key.as_bytes())]
                 .put(key.as_bytes(), b"v")
                 .unwrap();
         }

@@ -70,7 +70,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         io: Arc::new(cairn_io::StdIo),
         tuning: crate::node::StorageTuning::default(),
     };
-    let node: Arc<Node> = tokio::task::spawn_blocking(move || Node::open(options)).await??;
+    let node: Arc<Node> = Node::open(options).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let resp_listener = crate::resp::bind(config.resp_addr).await?;

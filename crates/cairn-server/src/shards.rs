@@ -1,25 +1,38 @@
 //! The node's shards and the data-directory layout that holds them.
 //!
-//! Layout: `node.toml` (node id and shard count, written once when the directory is created),
-//! `wal/` (the node's write-ahead log) and `shards/NNNNN/` (one engine per shard). Every file
-//! and directory is reached through the node's [`Io`], and every one it creates is made durable
-//! in its parent before anything depends on it: `node.toml` before `shards/` exists (so a
+//! Layout (version 2): `node.toml` (node name, Raft node id and shard count, written once when
+//! the directory is created), `wal/` (the node's write-ahead log: every Raft group's log) and
+//! `shards/NNNNN/` (one replica directory per shard, see `cairn_raft::replica`). Every file and
+//! directory is reached through the node's [`Io`], and every one it creates is made durable in
+//! its parent before anything depends on it: `node.toml` before `shards/` exists (so a
 //! directory with shards always says how many), each directory's entry before the first write
 //! in it is acknowledged.
+//!
+//! Layout 1 (a single node's commit log, before replication) is refused with an error that
+//! names it: its log holds entries spanning shards that no Raft group can own.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cairn_io::Io;
+use cairn_raft::{Group, Groups, LogStore, NodeAddr, Peers, StateMachine};
+use cairn_storage::{Options, SyncPolicy};
+use cairn_wal::Wal;
 use serde::{Deserialize, Serialize};
 
-use crate::shard::Shard;
+use crate::expiry::ExpiryTracker;
+use crate::health::WriteHealth;
+use crate::proposer::{self, ShardHandles};
+use crate::shard::{SHARD_CACHE_BYTES, Shard, group_of_shard};
 use crate::slot::SlotMap;
 
 /// Name of the file recording the node's identity in the data directory.
 pub const NODE_FILE: &str = "node.toml";
 /// Version of the data-directory layout.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
+/// The Raft node id of the node that bootstraps a cluster.
+pub const FIRST_NODE_ID: u64 = 1;
 
 /// What the data directory records about the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,14 +40,18 @@ pub struct NodeIdentity {
     pub layout_version: u32,
     /// 40 lowercase hex characters, like a Redis Cluster node id.
     pub node_id: String,
+    /// The node's id in every Raft group.
+    pub raft_id: u64,
     pub shards: u32,
 }
 
 impl NodeIdentity {
-    /// Read the identity of `data_dir`, or create it with a fresh id and `shards` shards.
+    /// Read the identity of `data_dir`, or create it with a fresh name, Raft id `raft_id` and
+    /// `shards` shards.
     pub fn load_or_create(
         io: &dyn Io,
         data_dir: &Path,
+        raft_id: u64,
         shards: u32,
     ) -> anyhow::Result<NodeIdentity> {
         let path = data_dir.join(NODE_FILE);
@@ -44,14 +61,23 @@ impl NodeIdentity {
         });
         match text {
             Ok(text) => {
-                let identity: NodeIdentity = toml::from_str(&text)
+                #[derive(Deserialize)]
+                struct Version {
+                    layout_version: u32,
+                }
+                let version: Version = toml::from_str(&text)
                     .map_err(|e| anyhow::anyhow!("invalid {}: {e}", path.display()))?;
                 anyhow::ensure!(
-                    identity.layout_version == LAYOUT_VERSION,
-                    "{} has layout version {}; this build reads {LAYOUT_VERSION}",
+                    version.layout_version == LAYOUT_VERSION,
+                    "{} has data layout version {}; this build reads version {LAYOUT_VERSION} \
+                     only (layout 1 is a single node's commit log from before replication: \
+                     export its keys with a build of that version, e.g. `redis-cli --scan` and \
+                     DUMP/RESTORE or `cairn scan`, and load them into a new data directory)",
                     path.display(),
-                    identity.layout_version
+                    version.layout_version
                 );
+                let identity: NodeIdentity = toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("invalid {}: {e}", path.display()))?;
                 Ok(identity)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -67,7 +93,8 @@ impl NodeIdentity {
                     .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))?;
                 let identity = NodeIdentity {
                     layout_version: LAYOUT_VERSION,
-                    node_id: new_node_id(),
+                    node_id: new_node_name(),
+                    raft_id,
                     shards,
                 };
                 cairn_io::write_file_atomic(io, &path, toml::to_string(&identity)?.as_bytes())
@@ -79,7 +106,7 @@ impl NodeIdentity {
     }
 }
 
-fn new_node_id() -> String {
+fn new_node_name() -> String {
     let bytes: [u8; 20] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -89,9 +116,26 @@ pub fn wal_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("wal")
 }
 
-/// Directory of shard `id`'s engine.
+/// Directory of shard `id`'s replica.
 pub fn shard_dir(data_dir: &Path, id: u32) -> PathBuf {
     data_dir.join("shards").join(format!("{id:05}"))
+}
+
+/// What opening the shards needs.
+#[derive(Debug)]
+pub struct ShardsSetup<'a> {
+    pub io: Arc<dyn Io>,
+    pub data_dir: &'a Path,
+    pub identity: &'a NodeIdentity,
+    pub value_bytes_max: usize,
+    pub engine_segment_bytes_max: u64,
+    pub wal: Arc<Wal>,
+    pub peers: Arc<Peers>,
+    pub groups: Arc<Groups>,
+    pub config: Arc<cairn_raft::config::RaftConfig>,
+    pub health: Arc<WriteHealth>,
+    /// How other nodes reach this one (recorded in group memberships).
+    pub advertise: NodeAddr,
 }
 
 /// Every shard of the node, and the slot map that routes keys to them.
@@ -99,38 +143,19 @@ pub fn shard_dir(data_dir: &Path, id: u32) -> PathBuf {
 pub struct Shards {
     pub map: SlotMap,
     pub list: Vec<Shard>,
-    /// Held for writing while the writer applies a group, for reading by reads of several
-    /// keys: they never see a multi-shard write half applied.
-    pub apply_lock: parking_lot::RwLock<()>,
 }
 
 impl Shards {
-    /// Open (creating when needed) the engines of all `count` shards.
-    pub fn open(
-        io: &Arc<dyn Io>,
-        data_dir: &Path,
-        count: u32,
-        value_bytes_max: usize,
-        segment_bytes_max: u64,
-    ) -> anyhow::Result<Shards> {
+    /// Opens every shard's replica and starts its Raft group and proposer; a group never
+    /// initialised is bootstrapped with this node as its only voter.
+    pub async fn open(setup: ShardsSetup<'_>) -> anyhow::Result<Shards> {
+        let count = setup.identity.shards;
         let map = SlotMap::new(count);
-        let list = (0..count)
-            .map(|id| {
-                Shard::open(
-                    io.clone(),
-                    id,
-                    map.range(id as usize),
-                    &shard_dir(data_dir, id),
-                    value_bytes_max,
-                    segment_bytes_max,
-                )
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Shards {
-            map,
-            list,
-            apply_lock: parking_lot::RwLock::new(()),
-        })
+        let mut list = Vec::with_capacity(count as usize);
+        for id in 0..count {
+            list.push(open_shard(&setup, id, map.range(id as usize)).await?);
+        }
+        Ok(Shards { map, list })
     }
 
     pub fn len(&self) -> usize {
@@ -152,4 +177,56 @@ impl Shards {
     pub fn get(&self, id: u32) -> Option<&Shard> {
         self.list.get(id as usize)
     }
+}
+
+async fn open_shard(setup: &ShardsSetup<'_>, id: u32, slots: (u16, u16)) -> anyhow::Result<Shard> {
+    let dir = shard_dir(setup.data_dir, id);
+    let options = Options {
+        // The WAL is the durable record; a snapshot (engine checkpoint) syncs what it holds.
+        sync: SyncPolicy::Never,
+        value_bytes_max: setup.value_bytes_max,
+        segment_bytes_max: setup.engine_segment_bytes_max,
+        cache_bytes: SHARD_CACHE_BYTES,
+        ..Options::default()
+    };
+    let sm = StateMachine::open(setup.io.clone(), &dir, options)
+        .map_err(|e| anyhow::anyhow!("cannot open shard {id} at {}: {e}", dir.display()))?;
+    let expiry = Arc::new(ExpiryTracker::from_engine(&sm.engine()));
+    let sm = sm.observed(expiry.clone());
+    let group = group_of_shard(id);
+    let raft_id = setup.identity.raft_id;
+    let group_handle = Group::start(
+        raft_id,
+        setup.config.clone(),
+        setup.peers.group(group),
+        LogStore::new(setup.wal.clone(), group),
+        sm,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot start shard {id}'s Raft group: {e}"))?;
+    if !group_handle
+        .is_initialized()
+        .await
+        .map_err(|e| anyhow::anyhow!("shard {id}: {e}"))?
+    {
+        group_handle
+            .initialize(BTreeMap::from([(raft_id, setup.advertise.clone())]))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot bootstrap shard {id}'s Raft group: {e}"))?;
+    }
+    setup.groups.insert(group, group_handle.clone());
+    let proposals = proposer::spawn(ShardHandles {
+        shard: id,
+        group: group_handle.clone(),
+        expiry: expiry.clone(),
+        value_bytes_max: setup.value_bytes_max,
+        health: setup.health.clone(),
+    });
+    Ok(Shard {
+        id,
+        slots,
+        group: group_handle,
+        expiry,
+        proposals,
+    })
 }

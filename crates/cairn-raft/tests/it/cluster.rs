@@ -78,6 +78,12 @@ fn a_lagging_follower_catches_up_by_a_streamed_snapshot() {
         router.heal();
         let follower = router.member(lagging);
         applied(&follower, target).await;
+        // The sender counts an install when its RPC returns, which may be after the follower
+        // has applied it.
+        let deadline = std::time::Instant::now() + net::PATIENCE;
+        while router.installed(lagging) == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         assert!(
             router.installed(lagging) > 0,
             "it caught up without a snapshot: leader {:?}\nfollower {:?}",

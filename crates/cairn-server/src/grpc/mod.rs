@@ -65,6 +65,8 @@ pub async fn serve(
     let kv = KvServer::new(kv::KvService::new(node.clone()))
         .max_decoding_message_size(message_bytes_max)
         .max_encoding_message_size(usize::MAX);
+    // Node-to-node Raft traffic shares the client port (one connection per node pair).
+    let peer = cairn_raft::RaftService::new(node.groups().clone()).into_server();
     let cluster = ClusterServer::new(cluster::ClusterService::new(node));
     tracing::info!(%addr, "gRPC front end listening");
     let (signal, deadline) = crate::http::conn::shutdown_with_deadline(shutdown);
@@ -73,6 +75,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(kv)
         .add_service(cluster)
+        .add_service(peer)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::select! {
         result = server => result.context("gRPC server failed"),
@@ -122,7 +125,11 @@ fn status_of(error: CommandError) -> Status {
         | CommandError::ValueTooLarge { .. }
         | CommandError::Syntax
         | CommandError::Invalid(_) => Status::invalid_argument(message),
-        CommandError::ShuttingDown => Status::unavailable(message),
+        CommandError::CrossSlot => Status::invalid_argument(message),
+        // Nothing was written: any request may be retried as it is.
+        CommandError::ShuttingDown | CommandError::TryAgain(_) => Status::unavailable(message),
+        // The write may or may not have happened: UNKNOWN, so that no client retries it blindly.
+        CommandError::OutcomeUnknown(_) => Status::unknown(message),
         CommandError::Fatal(_) | CommandError::Storage(_) => Status::internal(message),
     }
 }

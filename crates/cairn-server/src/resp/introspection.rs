@@ -272,7 +272,7 @@ fn section_text(section: &str, shared: &Shared, out: &mut String) {
                     .shards()
                     .list
                     .iter()
-                    .map(|s| s.expiry.lock().len() as u64)
+                    .map(|s| s.expiry.index.lock().len() as u64)
                     .sum();
                 kv(
                     out,

@@ -129,8 +129,13 @@ r = redis.Redis(host="127.0.0.1", port=port)
 assert r.set("py:a", b"\x00\xffbinary") is True
 assert r.get("py:a") == b"\x00\xffbinary"
 assert r.incr("py:n", 3) == 3
-assert r.mset({"py:x": "1", "py:y": "2"}) is True
-assert r.mget("py:x", "py:y", "py:missing") == [b"1", b"2", None]
+assert r.mset({"{py}:x": "1", "{py}:y": "2"}) is True
+try:
+    r.mset({"py:x": "1", "py:y": "2"})
+    raise AssertionError("a cross-slot MSET was accepted")
+except redis.exceptions.ClusterCrossSlotError:
+    pass
+assert r.mget("{py}:x", "{py}:y", "py:missing") == [b"1", b"2", None]
 assert r.expire("py:a", 50) is True and 0 < r.ttl("py:a") <= 50
 p = r.pipeline(transaction=False)
 for i in range(100):
@@ -139,7 +144,10 @@ assert all(p.execute())
 rc = RedisCluster(host="127.0.0.1", port=port)
 assert rc.set("{py}cluster", "ok") is True
 assert rc.get("{py}cluster") == b"ok"
-assert rc.get("py:x") == b"1"
+assert rc.get("{py}:x") == b"1"
+# RedisCluster splits a cross-slot MSET into one MSET per slot on the right node.
+assert rc.mset_nonatomic({"c:1": "a", "c:2": "b", "c:3": "c"}) == [True, True, True]
+assert rc.mget_nonatomic("c:1", "c:2", "c:3") == [b"a", b"b", b"c"]
 assert rc.delete("{py}cluster") == 1
 print("ok")
 "#;

@@ -211,35 +211,37 @@ async fn scan_by_prefix_and_range_with_paging() {
 async fn batches_are_atomic_and_bounded() {
     let node = Node::start();
     let c = client(&node);
-    c.put("gone", "x").await.unwrap();
+    c.put("{b}gone", "x").await.unwrap();
     let version = c
         .batch(vec![
             BatchOp::Put {
-                key: "b1".into(),
+                key: "{b}1".into(),
                 value: "1".into(),
                 ttl: None,
             },
             BatchOp::Put {
-                key: "b2".into(),
+                key: "{b}2".into(),
                 value: "2".into(),
                 ttl: Some(Duration::from_secs(60)),
             },
-            BatchOp::Delete { key: "gone".into() },
+            BatchOp::Delete {
+                key: "{b}gone".into(),
+            },
         ])
         .await
         .unwrap();
-    let b1 = c.get("b1").await.unwrap().unwrap();
-    let b2 = c.get("b2").await.unwrap().unwrap();
+    let b1 = c.get("{b}1").await.unwrap().unwrap();
+    let b2 = c.get("{b}2").await.unwrap().unwrap();
     assert_eq!((b1.value.as_ref(), b1.version), (b"1".as_ref(), version));
     assert_eq!(b2.version, version);
     assert!(b2.ttl_ms.is_some());
-    assert_eq!(c.get("gone").await.unwrap(), None);
+    assert_eq!(c.get("{b}gone").await.unwrap(), None);
 
     // A batch with one bad operation writes nothing.
     let e = c
         .batch(vec![
             BatchOp::Put {
-                key: "b3".into(),
+                key: "{b}3".into(),
                 value: "3".into(),
                 ttl: None,
             },
@@ -253,7 +255,29 @@ async fn batches_are_atomic_and_bounded() {
         .await
         .unwrap_err();
     assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
-    assert_eq!(c.get("b3").await.unwrap(), None);
+    assert_eq!(c.get("{b}3").await.unwrap(), None);
+
+    // A batch whose keys span slots is refused whole, as Redis Cluster refuses CROSSSLOT.
+    let e = c
+        .batch(vec![
+            BatchOp::Put {
+                key: "{b}4".into(),
+                value: "4".into(),
+                ttl: None,
+            },
+            BatchOp::Put {
+                key: "{other}4".into(),
+                value: "4".into(),
+                ttl: None,
+            },
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument(m) if m.contains("CROSSSLOT")),
+        "{e:?}"
+    );
+    assert_eq!(c.get("{b}4").await.unwrap(), None);
 
     // Empty and oversized batches are refused.
     assert!(matches!(

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use crate::support::{Node, RawConn};
+use crate::support::{CROSSSLOT, Node, RawConn};
 
 /// How long polling loops wait for background work (active expiry) before failing.
 const POLL_TIMEOUT: Duration = Duration::from_secs(20);
@@ -70,18 +70,28 @@ fn strings_reply_exactly_as_redis() {
     assert_eq!(s(&mut c, "TTL k"), ":50\r\n");
     assert_eq!(s(&mut c, "GETEX k PERSIST"), "$1\r\nw\r\n");
     assert_eq!(s(&mut c, "TTL k"), ":-1\r\n");
-    assert_eq!(s(&mut c, "MSET a 1 b 2"), "+OK\r\n");
+    // Multi-key writes need one slot (hash tags colocate keys), as in Redis Cluster; MGET
+    // may span slots.
+    assert_eq!(s(&mut c, "MSET a 1 b 2"), CROSSSLOT);
+    assert_eq!(s(&mut c, "MSETNX a 1 b 2"), CROSSSLOT);
     assert_eq!(
-        s(&mut c, "MSET a 1 b"),
+        s(&mut c, "EXISTS a b"),
+        ":0\r\n",
+        "a refused MSET writes nothing"
+    );
+    assert_eq!(s(&mut c, "MSET {t}a 1 {t}b 2"), "+OK\r\n");
+    assert_eq!(s(&mut c, "SET a 1"), "+OK\r\n");
+    assert_eq!(
+        s(&mut c, "MSET {t}a 1 {t}b"),
         "-ERR wrong number of arguments for 'mset' command\r\n"
     );
     assert_eq!(
-        s(&mut c, "MGET a b nope"),
-        "*3\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n"
+        s(&mut c, "MGET {t}a {t}b nope a"),
+        "*4\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n$1\r\n1\r\n"
     );
-    assert_eq!(s(&mut c, "MSETNX a 9 fresh 1"), ":0\r\n");
-    assert_eq!(s(&mut c, "GET fresh"), "$-1\r\n");
-    assert_eq!(s(&mut c, "MSETNX fresh 1 fresh2 2"), ":1\r\n");
+    assert_eq!(s(&mut c, "MSETNX {t}a 9 {t}fresh 1"), ":0\r\n");
+    assert_eq!(s(&mut c, "GET {t}fresh"), "$-1\r\n");
+    assert_eq!(s(&mut c, "MSETNX {t}fresh 1 {t}fresh2 2"), ":1\r\n");
 
     // Phase 3: in-place edits.
     assert_eq!(s(&mut c, "APPEND ap Hello"), ":5\r\n");
@@ -143,7 +153,9 @@ fn strings_reply_exactly_as_redis() {
 fn keyspace_commands_reply_exactly_as_redis() {
     let node = Node::start();
     let mut c = node.resp();
-    assert_eq!(s(&mut c, "MSET a 1 b 2 c 3"), "+OK\r\n");
+    for cmd in ["SET a 1", "SET b 2", "SET c 3"] {
+        assert_eq!(s(&mut c, cmd), "+OK\r\n");
+    }
 
     // Phase 1: existence and deletion.
     assert_eq!(s(&mut c, "EXISTS a a nope"), ":2\r\n");
@@ -198,18 +210,27 @@ fn keyspace_commands_reply_exactly_as_redis() {
     assert_eq!(s(&mut c, "EXISTS c"), ":0\r\n", "a negative TTL deletes");
 
     // Phase 3: rename, keys, scan, randomkey.
-    assert_eq!(s(&mut c, "RENAME nope x"), "-ERR no such key\r\n");
-    assert_eq!(s(&mut c, "MSET user:1 a user:2 b other c"), "+OK\r\n");
-    assert_eq!(s(&mut c, "RENAME other user:3"), "+OK\r\n");
-    assert_eq!(s(&mut c, "RENAMENX user:3 user:1"), ":0\r\n");
-    assert_eq!(s(&mut c, "RENAMENX user:3 user:3"), ":0\r\n");
-    assert_eq!(s(&mut c, "RENAME user:3 user:3"), "+OK\r\n");
+    assert_eq!(
+        s(&mut c, "RENAME nope x"),
+        CROSSSLOT,
+        "slots are checked first"
+    );
+    assert_eq!(s(&mut c, "RENAME {n}nope {n}x"), "-ERR no such key\r\n");
+    assert_eq!(
+        s(&mut c, "MSET user:1{u} a user:2{u} b other{u} c"),
+        "+OK\r\n"
+    );
+    assert_eq!(s(&mut c, "RENAME other{u} user:3"), CROSSSLOT);
+    assert_eq!(s(&mut c, "RENAME other{u} user:3{u}"), "+OK\r\n");
+    assert_eq!(s(&mut c, "RENAMENX user:3{u} user:1{u}"), ":0\r\n");
+    assert_eq!(s(&mut c, "RENAMENX user:3{u} user:3{u}"), ":0\r\n");
+    assert_eq!(s(&mut c, "RENAME user:3{u} user:3{u}"), "+OK\r\n");
     let keys = s(&mut c, "KEYS user:*");
     assert!(keys.starts_with("*3\r\n"), "{keys}");
-    for k in ["user:1", "user:2", "user:3"] {
+    for k in ["user:1{u}", "user:2{u}", "user:3{u}"] {
         assert!(keys.contains(k), "{keys}");
     }
-    assert_eq!(s(&mut c, "KEYS user:[12]").matches("user:").count(), 2);
+    assert_eq!(s(&mut c, "KEYS user:[12]*").matches("user:").count(), 2);
     assert_eq!(s(&mut c, "KEYS nomatch*"), "*0\r\n");
     // A full SCAN sees every key exactly once, whatever the COUNT.
     for count in ["1", "2", "100"] {
@@ -238,7 +259,11 @@ fn keyspace_commands_reply_exactly_as_redis() {
             }
         }
         seen.sort();
-        assert_eq!(seen, ["user:1", "user:2", "user:3"], "COUNT {count}");
+        assert_eq!(
+            seen,
+            ["user:1{u}", "user:2{u}", "user:3{u}"],
+            "COUNT {count}"
+        );
     }
     assert_eq!(s(&mut c, "SCAN 0 TYPE hash"), "*2\r\n$1\r\n0\r\n*0\r\n");
     assert_eq!(s(&mut c, "SCAN x"), "-ERR invalid cursor\r\n");
@@ -578,20 +603,26 @@ fn cluster_introspection_describes_a_one_node_cluster() {
 }
 
 #[test]
-fn a_multi_shard_write_is_seen_whole_or_not_at_all() {
+fn a_multi_key_write_is_seen_whole_or_not_at_all() {
     let node = Node::start();
-    // "foo" (slot 12182) and "bar" (slot 5061) live on different shards.
+    // "{acct}foo" and "{acct}bar" share a slot; "foo" (slot 12182) and "bar" (slot 5061) live on
+    // different shards, so an MSET of both is refused whole.
     let mut writer = node.resp();
-    assert_eq!(s(&mut writer, "MSET foo 0 bar 0"), "+OK\r\n");
+    assert_eq!(s(&mut writer, "MSET foo 0 bar 0"), CROSSSLOT);
+    assert_eq!(s(&mut writer, "EXISTS foo bar"), ":0\r\n");
+    assert_eq!(s(&mut writer, "MSET {acct}foo 0 {acct}bar 0"), "+OK\r\n");
     let mut reader = node.resp();
     let handle = std::thread::spawn(move || {
         for i in 1..=300 {
-            assert_eq!(writer.cmd_str(&format!("MSET foo {i} bar {i}")), "+OK\r\n");
+            assert_eq!(
+                writer.cmd_str(&format!("MSET {{acct}}foo {i} {{acct}}bar {i}")),
+                "+OK\r\n"
+            );
         }
     });
     let mut last = 0;
     while last < 300 {
-        let reply = s(&mut reader, "MGET foo bar");
+        let reply = s(&mut reader, "MGET {acct}foo {acct}bar");
         let values: Vec<&str> = reply.split("\r\n").skip(2).step_by(2).take(2).collect();
         assert_eq!(values[0], values[1], "MGET saw half of an MSET: {reply:?}");
         last = values[0].parse().unwrap();

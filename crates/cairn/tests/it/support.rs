@@ -309,3 +309,6 @@ pub fn dir_nonempty(path: &Path) -> bool {
         .map(|mut d| d.next().is_some())
         .unwrap_or(false)
 }
+
+/// The exact reply to a multi-key write whose keys span slots (Redis Cluster's).
+pub const CROSSSLOT: &str = "-CROSSSLOT Keys in request don't hash to the same slot\r\n";
