@@ -50,7 +50,7 @@ async fn proposer(
             }
         }
         let permit = slots.clone().acquire_owned().await.unwrap();
-        let (responder, _committed, done) = ProgressResponder::new();
+        let (responder, done) = ProgressResponder::complete_only();
         raft.write(Request { ops })
             .responder(responder)
             .await

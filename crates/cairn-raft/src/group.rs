@@ -83,6 +83,8 @@ pub enum ProposeError {
 pub struct Group {
     pub raft: GroupRaft,
     pub sm: StateMachine,
+    /// Times this node saw the group's leader change (to another node or to none).
+    leader_changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Group {
@@ -113,7 +115,33 @@ impl Group {
         let raft = GroupRaft::new(node, config, network, log, sm.clone())
             .await
             .map_err(|e| e.to_string())?;
-        Ok(Group { raft, sm })
+        let leader_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        // Server metrics change only on votes, roles, leaders and membership (not per entry),
+        // so watching them costs nothing on the write path. The task ends with the group.
+        let mut server = raft.server_metrics();
+        let counter = leader_changes.clone();
+        tokio::spawn(async move {
+            let mut leader = server.borrow_watched().current_leader;
+            while server.changed().await.is_ok() {
+                let now = server.borrow_watched().current_leader;
+                if now != leader {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    leader = now;
+                }
+            }
+        });
+        Ok(Group {
+            raft,
+            sm,
+            leader_changes,
+        })
+    }
+
+    /// Times this node saw the group's leader change since it started the group (the first
+    /// election counts).
+    pub fn leader_changes(&self) -> u64 {
+        self.leader_changes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the group has a membership (was bootstrapped or joined).

@@ -21,6 +21,22 @@ pub const REQUEST_DURATION_SECONDS: &str = "cairn_request_duration_seconds";
 /// Open client connections, by front end.
 pub const CONNECTIONS: &str = "cairn_connections";
 
+/// WAL: duration of each appended frame's write and fdatasync, in seconds.
+pub const WAL_FSYNC_SECONDS: &str = "cairn_wal_fsync_seconds";
+/// WAL: Raft entries each fdatasync made durable.
+pub const WAL_ENTRIES_PER_FSYNC: &str = "cairn_wal_entries_per_fsync";
+/// WAL: distinct Raft groups each fdatasync served.
+pub const WAL_GROUPS_PER_FSYNC: &str = "cairn_wal_groups_per_fsync";
+/// Proposals (write commands) a shard's proposer put into log entries, by shard.
+pub const SHARD_PROPOSALS_TOTAL: &str = "cairn_shard_proposals_total";
+/// Log entries a shard's proposer proposed, by shard.
+pub const SHARD_ENTRIES_TOTAL: &str = "cairn_shard_entries_total";
+
+/// Buckets for counts per fsync (1 … 4096).
+const COUNT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
+
 /// Latency histogram buckets, in seconds (50 µs … 5 s).
 const DURATION_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -77,6 +93,24 @@ pub fn handle() -> &'static PrometheusHandle {
                 Matcher::Full(REQUEST_DURATION_SECONDS.to_string()),
                 DURATION_BUCKETS,
             )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(WAL_FSYNC_SECONDS.to_string()),
+                    DURATION_BUCKETS,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(WAL_ENTRIES_PER_FSYNC.to_string()),
+                    COUNT_BUCKETS,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(WAL_GROUPS_PER_FSYNC.to_string()),
+                    COUNT_BUCKETS,
+                )
+            })
             .expect("non-empty buckets")
             .build_recorder();
         let handle = recorder.handle();
@@ -86,6 +120,18 @@ pub fn handle() -> &'static PrometheusHandle {
             );
         }
         handle
+    })
+}
+
+/// The WAL's fsync observer: latency, entries and groups of every fdatasync.
+pub fn wal_fsync_observer() -> cairn_wal::FsyncObserver {
+    let latency = metrics::histogram!(WAL_FSYNC_SECONDS);
+    let entries = metrics::histogram!(WAL_ENTRIES_PER_FSYNC);
+    let groups = metrics::histogram!(WAL_GROUPS_PER_FSYNC);
+    std::sync::Arc::new(move |report: cairn_wal::FsyncReport| {
+        latency.record(report.elapsed.as_secs_f64());
+        entries.record(report.entries as f64);
+        groups.record(report.groups as f64);
     })
 }
 
@@ -201,6 +247,21 @@ pub fn render(node: &Node) -> String {
         for (name, value) in gauges {
             metrics::gauge!(name, "shard" => shard.clone()).set(value as f64);
         }
+        let r = &s.raft;
+        let raft: [(&'static str, u64); 7] = [
+            ("cairn_shard_raft_term", r.term),
+            ("cairn_shard_raft_leader", u64::from(r.leader)),
+            ("cairn_shard_raft_last_log_index", r.last_log_index),
+            ("cairn_shard_raft_committed_index", r.committed),
+            ("cairn_shard_raft_applied_index", r.applied),
+            ("cairn_shard_raft_snapshot_index", r.snapshot),
+            ("cairn_shard_raft_purged_index", r.purged),
+        ];
+        for (name, value) in raft {
+            metrics::gauge!(name, "shard" => shard.clone()).set(value as f64);
+        }
+        metrics::counter!("cairn_shard_raft_leader_changes_total", "shard" => shard.clone())
+            .absolute(r.leader_changes);
     }
     metrics::gauge!("cairn_write_path_failed").set(if node.failure().is_some() {
         1.0

@@ -169,6 +169,7 @@ impl Node {
                 io: io.clone(),
                 segment_bytes_max: options.tuning.wal_segment_bytes_max,
                 fsync_batches: options.sync == SyncMode::Always,
+                on_fsync: Some(crate::metrics::wal_fsync_observer()),
             },
         )
         .map_err(|e| {
@@ -738,6 +739,7 @@ impl Node {
                 slots: vec![s.slots],
                 replicas: vec![id.clone()],
                 leader: (s.leader() == Some(me)).then(|| id.clone()),
+                raft: s.raft_stats(),
             })
             .collect();
         ClusterStatus {
@@ -767,6 +769,7 @@ impl Node {
                     merges: st.merges,
                     last_applied: s.last_applied(),
                     expiring_keys: s.expiry.index.lock().len() as u64,
+                    raft: s.raft_stats(),
                 }
             })
             .collect()

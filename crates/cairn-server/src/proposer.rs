@@ -113,12 +113,20 @@ pub struct ShardHandles {
 pub fn spawn(handles: ShardHandles) -> mpsc::Sender<Proposal> {
     let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
     let proposer = Proposer {
-        h: handles,
         rx,
         term: None,
         overlay: Overlay::default(),
         broken: false,
         flights: FuturesOrdered::new(),
+        proposals_total: metrics::counter!(
+            crate::metrics::SHARD_PROPOSALS_TOTAL,
+            "shard" => handles.shard.to_string()
+        ),
+        entries_total: metrics::counter!(
+            crate::metrics::SHARD_ENTRIES_TOTAL,
+            "shard" => handles.shard.to_string()
+        ),
+        h: handles,
     };
     tokio::spawn(proposer.run());
     tx
@@ -132,6 +140,8 @@ struct Proposer {
     /// An entry of the current term failed: evaluate nothing more until a new term is ready.
     broken: bool,
     flights: FuturesOrdered<Flight>,
+    proposals_total: metrics::Counter,
+    entries_total: metrics::Counter,
 }
 
 impl Proposer {
@@ -359,6 +369,8 @@ impl Proposer {
         if let Some(t) = &mut self.term {
             t.next_index += 1;
         }
+        self.entries_total.increment(1);
+        self.proposals_total.increment(answers.len() as u64);
         let shard = self.h.shard;
         self.flights.push_back(Box::pin(async move {
             let outcome = done.await.map_err(|e| match e {

@@ -91,6 +91,8 @@ pub struct ShardInfo {
     pub replicas: Vec<String>,
     /// Id of the replica that accepts writes.
     pub leader: Option<String>,
+    /// The shard's Raft group as this node sees it.
+    pub raft: RaftStats,
 }
 
 /// The cluster map.
@@ -119,6 +121,23 @@ pub struct ShardStats {
     pub last_applied: u64,
     /// Keys with an expiry (tracked for active expiry).
     pub expiring_keys: u64,
+    /// The shard's Raft group as this node sees it.
+    pub raft: RaftStats,
+}
+
+/// One shard's Raft group on this node, for metrics and status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftStats {
+    pub term: u64,
+    /// Whether this node leads the group.
+    pub leader: bool,
+    pub last_log_index: u64,
+    pub committed: u64,
+    pub applied: u64,
+    pub snapshot: u64,
+    pub purged: u64,
+    /// Leader changes this node saw since it started.
+    pub leader_changes: u64,
 }
 
 /// The result of executing a command. Each `Command` variant documents which of these it

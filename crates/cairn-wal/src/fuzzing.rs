@@ -23,6 +23,7 @@ fn options(io: &SimIo) -> WalOptions {
         segment_bytes_max: FUZZ_SEGMENT_BYTES,
         io: Arc::new(io.clone()),
         fsync_batches: true,
+        on_fsync: None,
     }
 }
 

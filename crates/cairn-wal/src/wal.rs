@@ -154,6 +154,7 @@ struct Shared {
     segment_bytes_max: u64,
     /// [`crate::WalOptions::fsync_batches`].
     fsync_batches: bool,
+    on_fsync: Option<crate::FsyncObserver>,
     state: Mutex<State>,
     /// Wakes the flusher (work queued, or stopping).
     work: Condvar,
@@ -277,6 +278,7 @@ impl Wal {
             io,
             segment_bytes_max: options.segment_bytes_max,
             fsync_batches: options.fsync_batches,
+            on_fsync: options.on_fsync.clone(),
             state: Mutex::new(state),
             work: Condvar::new(),
             landed: Condvar::new(),
@@ -867,7 +869,9 @@ impl Shared {
         }
         let frame_start = writer.active.meta.bytes;
         let sync = self.fsync_batches || recs().any(|r| r.kind == Kind::Vote);
+        let started = std::time::Instant::now();
         let offsets = write_frame(&mut writer, recs(), self.segment_bytes_max, sync)?;
+        let elapsed = started.elapsed();
         let mut groups_in_batch: Vec<u64> = recs().map(|r| r.group).collect();
         groups_in_batch.sort_unstable();
         groups_in_batch.dedup();
@@ -888,6 +892,13 @@ impl Shared {
         }
         if sync {
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
+            if let Some(observe) = &self.on_fsync {
+                observe(crate::FsyncReport {
+                    elapsed,
+                    entries,
+                    groups: groups_in_batch.len() as u64,
+                });
+            }
         }
         self.records
             .fetch_add(offsets.len() as u64, Ordering::Relaxed);

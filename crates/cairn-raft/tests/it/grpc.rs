@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use cairn_raft::{Group, GroupRaft, Groups, LogStore, NodeAddr, Peers, RaftService, StateMachine};
+use cairn_raft::{Group, Groups, LogStore, NodeAddr, Peers, RaftService, StateMachine};
 use cairn_storage::io::sim::SimIo;
 use cairn_wal::{Wal, WalOptions};
 use openraft::async_runtime::WatchReceiver;
@@ -67,6 +67,7 @@ async fn start_node(id: u64, disk: &SimIo, peers: &Arc<Peers>) -> Node {
                 io: io.clone(),
                 segment_bytes_max: 64 * 1024,
                 fsync_batches: true,
+                on_fsync: None,
             },
         )
         .expect("open WAL"),
@@ -79,16 +80,16 @@ async fn start_node(id: u64, disk: &SimIo, peers: &Arc<Peers>) -> Node {
             engine_options(),
         )
         .expect("open replica");
-        let raft = GroupRaft::new(
+        let handle = Group::start(
             id,
             config(),
             peers.group(group),
             LogStore::new(wal.clone(), group),
-            sm.clone(),
+            sm,
         )
         .await
         .expect("start raft");
-        groups.insert(group, Group { raft, sm });
+        groups.insert(group, handle);
     }
     let (addr, stop, server) = serve("127.0.0.1:0".parse().unwrap(), groups.clone()).await;
     Node {

@@ -322,6 +322,7 @@ pub async fn start(router: &Router, id: u64, disk: &SimIo) -> Member {
                 io: io.clone(),
                 segment_bytes_max: 64 * 1024,
                 fsync_batches: true,
+                on_fsync: None,
             },
         )
     })

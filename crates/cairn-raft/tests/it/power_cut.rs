@@ -34,6 +34,7 @@ fn open(disk: &SimIo) -> Arc<Wal> {
                 io: Arc::new(disk.clone()),
                 segment_bytes_max: 8192,
                 fsync_batches: true,
+                on_fsync: None,
             },
         )
         .expect("open WAL"),

@@ -30,6 +30,7 @@ fn build(io: Arc<dyn Io>, dir: &Path) -> (LogStore, StateMachine) {
             io: io.clone(),
             segment_bytes_max: 64 * 1024,
             fsync_batches: true,
+            on_fsync: None,
         },
     )
     .expect("open WAL");

@@ -70,6 +70,10 @@ fn status_to_pb(status: ClusterStatus) -> pb::StatusResponse {
                     .collect(),
                 replicas: s.replicas,
                 leader: s.leader,
+                term: s.raft.term,
+                last_log_index: s.raft.last_log_index,
+                commit_index: s.raft.committed,
+                applied_index: s.raft.applied,
             })
             .collect(),
     }

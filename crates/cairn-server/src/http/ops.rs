@@ -36,6 +36,10 @@ struct ShardJson {
     slots: Vec<SlotRangeJson>,
     replicas: Vec<String>,
     leader: Option<String>,
+    term: u64,
+    last_log_index: u64,
+    commit_index: u64,
+    applied_index: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -72,6 +76,10 @@ impl From<ClusterStatus> for ClusterJson {
                         .collect(),
                     replicas: sh.replicas,
                     leader: sh.leader,
+                    term: sh.raft.term,
+                    last_log_index: sh.raft.last_log_index,
+                    commit_index: sh.raft.committed,
+                    applied_index: sh.raft.applied,
                 })
                 .collect(),
         }

@@ -200,8 +200,16 @@ fn one_fsync_serves_many_groups() {
     const APPENDS: u64 = 60;
     let io = SimIo::new(5);
     io.set_sync_delay(Duration::from_millis(1));
-    let (wal, _) = open_sim(&io, 1 << 22);
-    let wal = Arc::new(wal);
+    // The fsync observer hears of every fdatasync with what it covered.
+    let heard = Arc::new(parking_lot::Mutex::new(Vec::<cairn_wal::FsyncReport>::new()));
+    let options = cairn_wal::WalOptions {
+        on_fsync: Some({
+            let heard = heard.clone();
+            Arc::new(move |report| heard.lock().push(report))
+        }),
+        ..crate::support::sim_options(&io, 1 << 22)
+    };
+    let wal = Arc::new(Wal::open(crate::support::DIR, options).unwrap());
     std::thread::scope(|s| {
         for g in 0..GROUPS {
             let wal = wal.clone();
@@ -219,6 +227,17 @@ fn one_fsync_serves_many_groups() {
     assert!(
         groups_per_fsync > 2.0,
         "{groups_per_fsync:.2} groups per fsync ({stats:?})"
+    );
+    let heard = heard.lock();
+    assert_eq!(heard.len() as u64, stats.fsyncs);
+    assert_eq!(heard.iter().map(|r| r.entries).sum::<u64>(), stats.entries);
+    assert_eq!(
+        heard.iter().map(|r| r.groups).sum::<u64>(),
+        stats.group_syncs
+    );
+    assert!(
+        heard.iter().all(|r| r.elapsed >= Duration::from_millis(1)),
+        "each report covers its (delayed) fdatasync"
     );
 }
 

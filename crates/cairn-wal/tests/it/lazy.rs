@@ -19,6 +19,7 @@ fn lazy(io: &SimIo, segment_bytes_max: u64) -> Wal {
             segment_bytes_max,
             io: Arc::new(io.clone()),
             fsync_batches: false,
+            on_fsync: None,
         },
     )
     .expect("open")
@@ -142,6 +143,7 @@ fn frames_persisted_out_of_order_open_as_a_prefix() {
                 segment_bytes_max: 1 << 20,
                 io: Arc::new(image),
                 fsync_batches: seed % 2 == 0,
+                on_fsync: None,
             },
         )
         .unwrap_or_else(|e| panic!("seed {seed}: {e}"));

@@ -23,6 +23,7 @@ pub fn sim_options(io: &SimIo, segment_bytes_max: u64) -> WalOptions {
         segment_bytes_max,
         io: Arc::new(io.clone()),
         fsync_batches: true,
+        on_fsync: None,
     }
 }
 

@@ -9,7 +9,8 @@ use super::output::print_json;
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Nodes with their addresses and state; shards with slot ranges, replicas and leader
+    /// Nodes with their addresses and state; shards with slot ranges, leader, Raft term,
+    /// commit and applied index, lag and replicas
     Status,
 }
 
@@ -50,6 +51,10 @@ pub fn to_json(s: &StatusResponse) -> serde_json::Value {
             "slots": sh.slots.iter().map(|r| json!({"start": r.start, "end": r.end})).collect::<Vec<_>>(),
             "replicas": sh.replicas,
             "leader": sh.leader,
+            "term": sh.term,
+            "last_log_index": sh.last_log_index,
+            "commit_index": sh.commit_index,
+            "applied_index": sh.applied_index,
         })).collect::<Vec<_>>(),
     })
 }
@@ -81,7 +86,10 @@ pub fn render(s: &StatusResponse) -> String {
             n.resp_addr
         );
     }
-    let _ = writeln!(out, "\nSHARD  SLOTS          LEADER    REPLICAS");
+    let _ = writeln!(
+        out,
+        "\nSHARD  SLOTS          LEADER    TERM   COMMIT     APPLIED    LAG  REPLICAS"
+    );
     for sh in &s.shards {
         let slots: Vec<String> = sh
             .slots
@@ -92,10 +100,14 @@ pub fn render(s: &StatusResponse) -> String {
         let replicas: Vec<String> = sh.replicas.iter().map(|r| short(r)).collect();
         let _ = writeln!(
             out,
-            "{:<6} {:<14} {:<9} {}",
+            "{:<6} {:<14} {:<9} {:<6} {:<10} {:<10} {:<4} {}",
             sh.id,
             slots.join(","),
             sh.leader.as_deref().map_or("-".to_string(), short),
+            sh.term,
+            sh.commit_index,
+            sh.applied_index,
+            sh.commit_index.saturating_sub(sh.applied_index),
             replicas.join(",")
         );
     }

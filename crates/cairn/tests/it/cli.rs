@@ -172,10 +172,23 @@ fn cluster_status_human_and_json() {
     assert!(text.contains("16 shards"), "{text}");
     assert!(text.contains(&node.grpc_addr.to_string()), "{text}");
     assert!(text.contains("up"), "{text}");
+    assert!(text.contains("TERM   COMMIT     APPLIED    LAG"), "{text}");
     let j = json(&cairn(&node, &["cluster", "status", "--json"]));
     assert_eq!(j["nodes"][0]["grpc_addr"], node.grpc_addr.to_string());
     assert_eq!(j["nodes"][0]["state"], "up");
     assert_eq!(j["shards"].as_array().unwrap().len(), 16);
+    // Every shard's group has elected this node (term ≥ 1) and applied what it committed
+    // (at least the membership entry of its bootstrap).
+    for shard in j["shards"].as_array().unwrap() {
+        assert!(shard["term"].as_u64().unwrap() >= 1, "{shard}");
+        let commit = shard["commit_index"].as_u64().unwrap();
+        assert!(commit >= 1, "{shard}");
+        assert_eq!(shard["applied_index"].as_u64(), Some(commit), "{shard}");
+        assert!(
+            shard["last_log_index"].as_u64().unwrap() >= commit,
+            "{shard}"
+        );
+    }
 }
 
 #[test]

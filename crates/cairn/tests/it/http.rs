@@ -426,6 +426,8 @@ fn cluster_health_ready_metrics_and_openapi() {
     let mut covered = vec![false; 16384];
     for s in shards {
         assert_eq!(s["leader"], id);
+        assert!(s["term"].as_u64().unwrap() >= 1, "{s}");
+        assert_eq!(s["applied_index"], s["commit_index"], "{s}");
         assert_eq!(s["replicas"], serde_json::json!([id]));
         for r in s["slots"].as_array().unwrap() {
             for slot in r["start"].as_u64().unwrap()..=r["end"].as_u64().unwrap() {
@@ -458,6 +460,27 @@ fn cluster_health_ready_metrics_and_openapi() {
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
+    // Raft per shard: "m" (slot 15627) is in shard 15 of 16, which this node leads and whose
+    // log holds the PUT; the WAL reports its fsyncs.
+    let metric = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap()))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+    };
+    assert_eq!(metric(r#"cairn_shard_raft_leader{shard="15"}"#), 1.0);
+    assert!(metric(r#"cairn_shard_raft_term{shard="15"}"#) >= 1.0);
+    let applied = metric(r#"cairn_shard_raft_applied_index{shard="15"}"#);
+    assert!(applied >= 2.0, "membership and the PUT: {applied}");
+    assert_eq!(
+        metric(r#"cairn_shard_raft_committed_index{shard="15"}"#),
+        applied
+    );
+    assert!(metric(r#"cairn_shard_raft_leader_changes_total{shard="15"}"#) >= 1.0);
+    assert!(metric(r#"cairn_shard_proposals_total{shard="15"}"#) >= 1.0);
+    assert!(metric(r#"cairn_shard_entries_total{shard="15"}"#) >= 1.0);
+    assert!(metric("cairn_wal_fsync_seconds_count") >= 1.0);
+    assert!(metric("cairn_wal_entries_per_fsync_sum") >= 1.0);
+    assert!(metric("cairn_wal_groups_per_fsync_count") >= 1.0);
 
     // OpenAPI: a valid document describing every route.
     let r = get(&node, "/openapi.json");
