@@ -82,6 +82,23 @@ struct NetState {
     installed: BTreeMap<u64, u64>,
     /// Transfers that failed part-way, per target.
     failed: BTreeMap<u64, u64>,
+    /// Transfers openraft abandoned (dropped the future) before they finished, per target.
+    abandoned: BTreeMap<u64, u64>,
+}
+
+/// Counts a transfer as abandoned unless it is disarmed (it finished, either way).
+struct AbandonGuard {
+    router: Router,
+    to: u64,
+    armed: bool,
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            *self.router.0.lock().abandoned.entry(self.to).or_default() += 1;
+        }
+    }
 }
 
 /// The in-memory network.
@@ -129,6 +146,11 @@ impl Router {
 
     pub fn installed(&self, id: u64) -> u64 {
         self.0.lock().installed.get(&id).copied().unwrap_or(0)
+    }
+
+    /// Transfers to `id` that openraft gave up on before they finished.
+    pub fn abandoned(&self, id: u64) -> u64 {
+        self.0.lock().abandoned.get(&id).copied().unwrap_or(0)
     }
 
     pub fn failed(&self, id: u64) -> u64 {
@@ -185,9 +207,20 @@ impl Conn {
         let sabotage = self.router.0.lock().sabotage.pop_front();
         let manifest = snapshot.snapshot.manifest().map_err(unreachable)?;
         let mut incoming = target.sm.receive_snapshot(manifest).map_err(unreachable)?;
-        let chunks = snapshot.snapshot.chunks(CHUNK_BYTES).map_err(unreachable)?;
-        for (n, chunk) in chunks.enumerate() {
-            let mut chunk = chunk.map_err(unreachable)?;
+        let chunks: Vec<_> = snapshot
+            .snapshot
+            .chunks(CHUNK_BYTES)
+            .map_err(unreachable)?
+            .collect::<Result<_, _>>()
+            .map_err(unreachable)?;
+        // A sabotage always bites: one aimed past the last chunk hits the last one (how many
+        // chunks a snapshot has depends on timing).
+        let last = chunks.len().saturating_sub(1);
+        let sabotage = sabotage.map(|s| match s {
+            Sabotage::DropAfter(k) => Sabotage::DropAfter(k.min(last)),
+            Sabotage::Corrupt(k) => Sabotage::Corrupt(k.min(last)),
+        });
+        for (n, mut chunk) in chunks.into_iter().enumerate() {
             match sabotage {
                 Some(Sabotage::DropAfter(k)) if n == k => return Err(gone("connection dropped")),
                 Some(Sabotage::Corrupt(k)) if n == k => {
@@ -252,7 +285,14 @@ impl RaftNetworkV2<TypeConfig> for Conn {
         _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        match self.transfer(vote, snapshot).await {
+        let mut guard = AbandonGuard {
+            router: self.router.clone(),
+            to: self.to,
+            armed: true,
+        };
+        let result = self.transfer(vote, snapshot).await;
+        guard.armed = false;
+        match result {
             Ok(response) => {
                 *self.router.0.lock().installed.entry(self.to).or_default() += 1;
                 Ok(response)
@@ -515,4 +555,13 @@ pub async fn engine_dirs(disk: &SimIo) -> Vec<String> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     list()
+}
+
+/// Waits up to [`PATIENCE`] for `done` to hold (counters the network bumps when an RPC returns
+/// may trail what the receiver already shows).
+pub async fn eventually(done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !done() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

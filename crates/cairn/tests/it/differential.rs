@@ -442,16 +442,16 @@ fn pipelined_batches_match_redis() {
 }
 
 /// TTL and EXPIRETIME round a deadline to seconds exactly as Redis does (TTL rounds the
-/// remaining milliseconds to the nearest second). The deadlines are chosen well away from a
-/// rounding boundary for the few ms between setting and reading them, so the answers must be
-/// equal, not merely close.
+/// remaining milliseconds to the nearest second). The deadlines are chosen at least 200 ms
+/// away from a rounding boundary (a loaded CI machine can take tens of ms between setting and
+/// reading), so the answers must be equal, not merely close.
 #[test]
 fn ttl_rounding_matches_redis() {
     let Some(redis) = Redis::start() else { return };
     let node = Node::start();
     let mut cairn = node.resp();
     let mut peer = RawConn::connect(redis.addr);
-    for (i, ms) in ["100567", "100234", "2700", "2200", "999900", "1300"]
+    for (i, ms) in ["100890", "100234", "2700", "2200", "999900", "1300"]
         .iter()
         .enumerate()
     {
