@@ -7,5 +7,6 @@ mod differential;
 mod durability;
 mod grpc;
 mod http;
+mod linearizability;
 mod resp;
 mod support;
