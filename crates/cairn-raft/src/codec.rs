@@ -254,15 +254,25 @@ pub fn decode_entry(bytes: &Bytes) -> io::Result<Entry> {
 /// Encodes what a state machine has applied: the last log id and the last membership (kept
 /// as the engine's last-applied marker, written in the same batch as the data).
 pub fn encode_applied(last: Option<&LogId>, membership: &StoredMembership) -> Bytes {
-    let mut out = BytesMut::new();
+    encode_applied_raw(last, &encode_membership(membership))
+}
+
+/// The membership part of an applied marker.
+pub fn encode_membership(membership: &StoredMembership) -> Bytes {
+    Bytes::from(serde_json::to_vec(membership).expect("a stored membership serialises"))
+}
+
+/// [`encode_applied`] with the membership already encoded ([`encode_membership`]): what the
+/// state machine writes with every entry, without serialising an unchanged membership again.
+pub fn encode_applied_raw(last: Option<&LogId>, membership: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(25 + membership.len());
     out.put_slice(&encode_opt_log_id(last));
-    let json = serde_json::to_vec(membership).expect("a stored membership serialises");
-    out.put_slice(&json);
+    out.put_slice(membership);
     out.freeze()
 }
 
-/// Decodes [`encode_applied`].
-pub fn decode_applied(bytes: &[u8]) -> io::Result<(Option<LogId>, StoredMembership)> {
+/// Splits an applied marker into its log id and its still-encoded membership.
+pub fn split_applied(bytes: &[u8]) -> io::Result<(Option<LogId>, &[u8])> {
     let split = match bytes.first() {
         Some(0) => 1,
         Some(1) => 25,
@@ -271,8 +281,13 @@ pub fn decode_applied(bytes: &[u8]) -> io::Result<(Option<LogId>, StoredMembersh
     if bytes.len() < split {
         return Err(invalid("applied marker"));
     }
-    let last = decode_opt_log_id(&bytes[..split])?;
-    let membership = serde_json::from_slice(&bytes[split..])
+    Ok((decode_opt_log_id(&bytes[..split])?, &bytes[split..]))
+}
+
+/// Decodes [`encode_applied`].
+pub fn decode_applied(bytes: &[u8]) -> io::Result<(Option<LogId>, StoredMembership)> {
+    let (last, membership) = split_applied(bytes)?;
+    let membership = serde_json::from_slice(membership)
         .map_err(|e| invalid(&format!("applied membership: {e}")))?;
     Ok((last, membership))
 }
@@ -351,7 +366,13 @@ mod tests {
         );
         let stored = StoredMembership::default();
         let marker = encode_applied(Some(&id), &stored);
-        assert_eq!(decode_applied(&marker).unwrap(), (Some(id), stored));
+        assert_eq!(decode_applied(&marker).unwrap(), (Some(id), stored.clone()));
+        let membership = encode_membership(&stored);
+        assert_eq!(encode_applied_raw(Some(&id), &membership), marker);
+        assert_eq!(
+            split_applied(&marker).unwrap(),
+            (Some(id), membership.as_ref())
+        );
         assert!(decode_vote(b"short").is_err());
     }
 }

@@ -20,7 +20,7 @@ use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
-use crate::codec::{decode_applied, encode_applied};
+use crate::codec::{decode_applied, encode_applied_raw, encode_membership, split_applied};
 use crate::replica::Replica;
 use crate::snapshot::{CHUNK_BYTES_DEFAULT, Incoming, Manifest, ShardSnapshot};
 use crate::types::{
@@ -135,7 +135,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         let engine = self.engine();
-        let (_, mut membership) = self.applied()?;
+        // The membership goes into every entry's marker; it changes only with a membership
+        // entry, so it is carried over still encoded rather than decoded and encoded again.
+        let mut membership = match engine.last_applied() {
+            Some(marker) => {
+                let json = split_applied(&marker)?.1.len();
+                marker.slice(marker.len() - json..)
+            }
+            None => encode_membership(&StoredMembership::default()),
+        };
         while let Some((entry, responder)) = entries.try_next().await? {
             let index = entry.log_id.index;
             let mut batch = WriteBatch::new();
@@ -144,10 +152,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(request) => fill_batch(&mut batch, &engine, &request.ops),
                 EntryPayload::Membership(m) => {
-                    membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    membership =
+                        encode_membership(&StoredMembership::new(Some(entry.log_id), m.clone()));
                 }
             }
-            batch.set_last_applied(&encode_applied(Some(&entry.log_id), &membership));
+            batch.set_last_applied(&encode_applied_raw(Some(&entry.log_id), &membership));
             engine.write(batch).map_err(storage_err)?;
             if let (Some(observer), EntryPayload::Normal(request)) =
                 (&self.observer, &entry.payload)

@@ -88,28 +88,16 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// The process's Prometheus handle, installing the recorder on first use.
 pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full(REQUEST_DURATION_SECONDS.to_string()),
-                DURATION_BUCKETS,
-            )
-            .and_then(|b| {
-                b.set_buckets_for_metric(
-                    Matcher::Full(WAL_FSYNC_SECONDS.to_string()),
-                    DURATION_BUCKETS,
-                )
-            })
-            .and_then(|b| {
-                b.set_buckets_for_metric(
-                    Matcher::Full(WAL_ENTRIES_PER_FSYNC.to_string()),
-                    COUNT_BUCKETS,
-                )
-            })
-            .and_then(|b| {
-                b.set_buckets_for_metric(
-                    Matcher::Full(WAL_GROUPS_PER_FSYNC.to_string()),
-                    COUNT_BUCKETS,
-                )
+        let histograms = [
+            (REQUEST_DURATION_SECONDS, DURATION_BUCKETS),
+            (WAL_FSYNC_SECONDS, DURATION_BUCKETS),
+            (WAL_ENTRIES_PER_FSYNC, COUNT_BUCKETS),
+            (WAL_GROUPS_PER_FSYNC, COUNT_BUCKETS),
+        ];
+        let recorder = histograms
+            .into_iter()
+            .try_fold(PrometheusBuilder::new(), |b, (name, buckets)| {
+                b.set_buckets_for_metric(Matcher::Full(name.to_string()), buckets)
             })
             .expect("non-empty buckets")
             .build_recorder();
