@@ -194,6 +194,10 @@ pub enum RegisterOutput<V> {
     Read(Option<V>),
     /// A write or delete succeeded.
     Done,
+    /// A write that also answered the value it replaced (Redis `SET … GET`).
+    Replaced(Option<V>),
+    /// A delete that answered whether there was a value to delete (Redis `DEL`'s count).
+    Deleted(bool),
     /// The client never learned the outcome (pair with [`UNKNOWN_RETURN`]).
     Unknown,
 }
@@ -224,7 +228,13 @@ where
             (RegisterInput::Write(v), RegisterOutput::Done | RegisterOutput::Unknown) => {
                 Some(Some(v.clone()))
             }
+            (RegisterInput::Write(v), RegisterOutput::Replaced(previous)) => {
+                (previous == state).then(|| Some(v.clone()))
+            }
             (RegisterInput::Delete, RegisterOutput::Done | RegisterOutput::Unknown) => Some(None),
+            (RegisterInput::Delete, RegisterOutput::Deleted(existed)) => {
+                (*existed == state.is_some()).then_some(None)
+            }
             _ => None,
         }
     }

@@ -135,6 +135,41 @@ fn deletes_empty_the_register() {
 }
 
 #[test]
+fn answers_that_depend_on_the_state_are_checked() {
+    let swap = |client, v, previous, call, ret| Operation {
+        client,
+        input: RegisterInput::Write(v),
+        output: RegisterOutput::Replaced(previous),
+        call,
+        ret,
+    };
+    let del = |client, existed, call, ret| Operation {
+        client,
+        input: RegisterInput::Delete,
+        output: RegisterOutput::Deleted(existed),
+        call,
+        ret,
+    };
+    assert!(verdict(&[swap(1, 1, None, 0, 1), swap(2, 2, Some(1), 2, 3)]).is_linearizable());
+    // Two concurrent swaps cannot both have replaced the same value.
+    assert!(
+        !verdict(&[
+            write(1, 1, 0, 1),
+            swap(2, 2, Some(1), 2, 10),
+            swap(3, 3, Some(1), 2, 10),
+        ])
+        .is_linearizable()
+    );
+    assert!(
+        verdict(&[write(1, 1, 0, 1), del(2, true, 2, 3), del(3, false, 4, 5)]).is_linearizable()
+    );
+    // Two deletes of one value cannot both have found it.
+    assert!(
+        !verdict(&[write(1, 1, 0, 1), del(2, true, 2, 9), del(3, true, 2, 9)]).is_linearizable()
+    );
+}
+
+#[test]
 fn keys_are_checked_apart() {
     let model = RegisterModel::<u32>::default();
     // Key a alone is fine, key b has a stale read.
@@ -226,5 +261,67 @@ proptest! {
         prop_assume!(!reads.is_empty());
         h[reads[which.index(reads.len())]].output = RegisterOutput::Read(Some(99));
         prop_assert!(!verdict(&h).is_linearizable(), "{:?}", h);
+    }
+}
+
+/// Linearizability by brute force: some order of all operations that respects real time
+/// (a before b whenever a returned before b was called) is a legal sequential run.
+fn brute_force(history: &[Op]) -> bool {
+    fn extend(history: &[Op], used: &mut Vec<bool>, state: Option<u32>) -> bool {
+        if used.iter().all(|u| *u) {
+            return true;
+        }
+        let model = RegisterModel::<u32>::default();
+        for i in 0..history.len() {
+            if used[i] {
+                continue;
+            }
+            // Every unused operation that returned before i was called must come first.
+            let blocked =
+                (0..history.len()).any(|j| !used[j] && j != i && history[j].ret < history[i].call);
+            if blocked {
+                continue;
+            }
+            if let Some(next) = model.step(&state, &history[i].input, &history[i].output) {
+                used[i] = true;
+                if extend(history, used, next) {
+                    return true;
+                }
+                used[i] = false;
+            }
+        }
+        false
+    }
+    extend(history, &mut vec![false; history.len()], None)
+}
+
+fn arbitrary_op() -> impl Strategy<Value = Op> {
+    (0u8..5, 0u32..3, 0u64..20, 1u64..8).prop_map(|(kind, v, call, len)| {
+        let (input, output) = match kind {
+            0 => (RegisterInput::Write(v), RegisterOutput::Done),
+            1 => (
+                RegisterInput::Write(v),
+                RegisterOutput::Replaced(Some(v ^ 1).filter(|x| *x < 3)),
+            ),
+            2 => (RegisterInput::Read, RegisterOutput::Read(Some(v))),
+            3 => (RegisterInput::Read, RegisterOutput::Read(None)),
+            _ => (RegisterInput::Delete, RegisterOutput::Deleted(v % 2 == 0)),
+        };
+        Operation {
+            client: 0,
+            input,
+            output,
+            call: call * 2,
+            ret: (call + len) * 2 + 1,
+        }
+    })
+}
+
+proptest! {
+    /// On small arbitrary histories (real-time order, stale and impossible answers alike) the
+    /// search agrees with trying every order.
+    #[test]
+    fn agrees_with_brute_force(history in prop::collection::vec(arbitrary_op(), 1..7)) {
+        prop_assert_eq!(verdict(&history).is_linearizable(), brute_force(&history), "{:?}", history);
     }
 }

@@ -135,6 +135,7 @@ try:
     raise AssertionError("a cross-slot MSET was accepted")
 except redis.exceptions.ClusterCrossSlotError:
     pass
+assert r.exists("py:x", "py:y") == 0
 assert r.mget("{py}:x", "{py}:y", "py:missing") == [b"1", b"2", None]
 assert r.expire("py:a", 50) is True and 0 < r.ttl("py:a") <= 50
 p = r.pipeline(transaction=False)

@@ -278,6 +278,7 @@ async fn batches_are_atomic_and_bounded() {
         "{e:?}"
     );
     assert_eq!(c.get("{b}4").await.unwrap(), None);
+    assert_eq!(c.get("{other}4").await.unwrap(), None);
 
     // Empty and oversized batches are refused.
     assert!(matches!(

@@ -477,6 +477,17 @@ fn cluster_health_ready_metrics_and_openapi() {
     );
     assert!(metric(r#"cairn_shard_raft_leader_changes_total{shard="15"}"#) >= 1.0);
     assert!(metric(r#"cairn_shard_proposals_total{shard="15"}"#) >= 1.0);
+    // The Raft view and the engine's own marker agree; an idle shard proposed nothing and
+    // its log is behind the written one's.
+    assert_eq!(
+        metric(r#"cairn_shard_last_applied_index{shard="15"}"#),
+        applied
+    );
+    assert!(
+        !text.contains(r#"cairn_shard_proposals_total{shard="0"}"#)
+            || metric(r#"cairn_shard_proposals_total{shard="0"}"#) == 0.0
+    );
+    assert!(metric(r#"cairn_shard_raft_applied_index{shard="0"}"#) < applied);
     assert!(metric(r#"cairn_shard_entries_total{shard="15"}"#) >= 1.0);
     assert!(metric("cairn_wal_fsync_seconds_count") >= 1.0);
     assert!(metric("cairn_wal_entries_per_fsync_sum") >= 1.0);

@@ -620,12 +620,19 @@ fn a_multi_key_write_is_seen_whole_or_not_at_all() {
             );
         }
     });
-    let mut last = 0;
+    let (mut last, mut between) = (0, 0);
     while last < 300 {
         let reply = s(&mut reader, "MGET {acct}foo {acct}bar");
         let values: Vec<&str> = reply.split("\r\n").skip(2).step_by(2).take(2).collect();
         assert_eq!(values[0], values[1], "MGET saw half of an MSET: {reply:?}");
-        last = values[0].parse().unwrap();
+        let now: u32 = values[0].parse().unwrap();
+        assert!(now >= last, "MGET went back from {last} to {now}");
+        if now != last && now < 300 {
+            between += 1;
+        }
+        last = now;
     }
     handle.join().unwrap();
+    // The reads really overlapped the writes.
+    assert!(between >= 3, "only {between} intermediate states seen");
 }
