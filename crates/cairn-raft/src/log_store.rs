@@ -8,11 +8,19 @@
 //! reply that depends on it); `truncate_after`, `purge` and `save_committed` are ordered
 //! behind the same stream and become durable with the next flush. One fdatasync serves every
 //! group with writes queued.
+//!
+//! The newest entries are also kept decoded in memory ([`RECENT_BYTES_MAX`] per group), so the
+//! state machine applying them, moments after the append, does not read them back from disk.
+//! The cache changes with the log, in the same calls: appends add, truncations and purges
+//! remove; a range it does not hold whole is read from the WAL.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use cairn_wal::{Op, Record, Wal, WalError};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
@@ -24,11 +32,67 @@ use crate::codec::{
 };
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
-/// One group's Raft log in the node's WAL. Cheap to clone (the reader is a clone).
+/// Bytes of encoded entries a group keeps decoded in memory for the state machine.
+pub const RECENT_BYTES_MAX: usize = 1 << 20;
+
+/// The newest entries of a group, by index, with their encoded sizes.
+#[derive(Debug, Default)]
+struct Recent {
+    entries: BTreeMap<u64, (Entry, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn insert(&mut self, entry: Entry, size: usize) {
+        if let Some((_, old)) = self.entries.insert(entry.log_id.index, (entry, size)) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+        while self.bytes > RECENT_BYTES_MAX {
+            let Some((_, (_, size))) = self.entries.pop_first() else {
+                break;
+            };
+            self.bytes -= size;
+        }
+    }
+
+    /// Removes every entry at `from` and above.
+    fn truncate(&mut self, from: u64) {
+        for (_, (_, size)) in self.entries.split_off(&from) {
+            self.bytes -= size;
+        }
+    }
+
+    /// Removes every entry at `upto` and below.
+    fn purge(&mut self, upto: u64) {
+        let kept = self.entries.split_off(&(upto + 1));
+        let removed = std::mem::replace(&mut self.entries, kept);
+        for (_, (_, size)) in removed {
+            self.bytes -= size;
+        }
+    }
+
+    /// Entries `[start, end)` if every one of them is here.
+    fn range(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        if end <= start {
+            return Some(Vec::new());
+        }
+        let found: Vec<Entry> = self
+            .entries
+            .range(start..end)
+            .map(|(_, (entry, _))| entry.clone())
+            .collect();
+        (found.len() as u64 == end - start).then_some(found)
+    }
+}
+
+/// One group's Raft log in the node's WAL. Cheap to clone (the reader is a clone, sharing the
+/// cache of recent entries).
 #[derive(Debug, Clone)]
 pub struct LogStore {
     wal: Arc<Wal>,
     group: u64,
+    recent: Arc<Mutex<Recent>>,
 }
 
 fn io_err(e: WalError) -> io::Error {
@@ -38,7 +102,11 @@ fn io_err(e: WalError) -> io::Error {
 impl LogStore {
     /// The log of `group` in `wal`.
     pub fn new(wal: Arc<Wal>, group: u64) -> LogStore {
-        LogStore { wal, group }
+        LogStore {
+            wal,
+            group,
+            recent: Arc::default(),
+        }
     }
 
     /// The group this log belongs to.
@@ -80,6 +148,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => Some(s),
+            Bound::Excluded(&s) => s.checked_add(1),
+            Bound::Unbounded => None,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => e.checked_add(1),
+            Bound::Excluded(&e) => Some(e),
+            Bound::Unbounded => None,
+        };
+        if let (Some(start), Some(end)) = (start, end) {
+            if let Some(found) = self.recent.lock().range(start, end) {
+                return Ok(found);
+            }
+        }
         self.wal
             .entries(self.group, range)
             .map_err(io_err)?
@@ -155,16 +238,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let ops: Vec<Op> = entries
-            .into_iter()
-            .map(|entry| {
-                Op::Entry(Record {
-                    group: self.group,
-                    index: entry.log_id.index,
-                    payload: encode_entry(&entry),
-                })
-            })
-            .collect();
+        let mut ops = Vec::new();
+        let mut decoded = Vec::new();
+        for entry in entries {
+            let payload = encode_entry(&entry);
+            ops.push(Op::Entry(Record {
+                group: self.group,
+                index: entry.log_id.index,
+                payload: payload.clone(),
+            }));
+            decoded.push((entry, payload.len()));
+        }
+        // Under the cache's lock, so that a reader sees the log and the cache change together.
+        let mut recent = self.recent.lock();
         self.wal
             .submit(
                 ops,
@@ -172,22 +258,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     callback.io_completed(result.map_err(io_err));
                 })),
             )
-            .map_err(io_err)
+            .map_err(io_err)?;
+        for (entry, size) in decoded {
+            // An append at i replaces the log from i on (a conflicting suffix goes).
+            recent.truncate(entry.log_id.index);
+            recent.insert(entry, size);
+        }
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let index = last_log_id.map_or(0, |id| id.index + 1);
+        let mut recent = self.recent.lock();
         self.submit(vec![Op::TruncateFrom {
             group: self.group,
             index,
-        }])
+        }])?;
+        recent.truncate(index);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let mut recent = self.recent.lock();
         self.submit(vec![Op::Purge {
             group: self.group,
             index: log_id.index,
             payload: encode_log_id(&log_id),
-        }])
+        }])?;
+        recent.purge(log_id.index);
+        Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! Raft groups' logs on the simulated disk, the power cut inside a random call: every vote
 //! `save_vote` returned for, and every entry whose `IOFlushed` fired, survives, for several
-//! groups sharing one WAL (and one fdatasync).
+//! groups sharing one WAL (and one fdatasync). Also: the log store's in-memory cache of recent
+//! entries never answers differently from the log.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -167,4 +168,77 @@ fn durable_votes_and_entries_survive_power_cuts() {
     let wal = open(&disk);
     runtime.block_on(verify(&wal, &acked, &format!("seed {seed} final")));
     assert!(total > 0, "no entry was ever durable");
+}
+
+/// The log store's in-memory cache of recent entries changes with the log: whatever a store
+/// answers equals what a fresh store over the same WAL (which can only read the WAL) answers,
+/// after appends, conflicting appends, truncations and purges in random order.
+#[test]
+fn recent_entries_in_memory_always_match_the_log() {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let disk = SimIo::new(11);
+            let wal = open(&disk);
+            let mut log = LogStore::new(wal.clone(), 1);
+            let mut rng = StdRng::seed_from_u64(11);
+            let (mut first, mut last, mut term) = (1u64, 0u64, 1u64);
+            for _ in 0..400 {
+                match rng.random_range(0..10) {
+                    0..=5 => {
+                        // Append, sometimes over a suffix (a conflict), in a new term.
+                        let from = if last >= first && rng.random_bool(0.3) {
+                            term += 1;
+                            rng.random_range(first..=last)
+                        } else {
+                            last + 1
+                        };
+                        let count = rng.random_range(1..4);
+                        let entries: Vec<Entry> =
+                            (from..from + count).map(|i| entry(term, i, 1)).collect();
+                        log.append(entries, IOFlushed::noop()).await.unwrap();
+                        last = from + count - 1;
+                    }
+                    6..=7 if last >= first => {
+                        let keep = rng.random_range(first - 1..=last);
+                        let at = (keep >= first)
+                            .then(|| LogId::new(LeaderId { term, node_id: 1 }, keep));
+                        // truncate_after takes the log id of the last entry kept.
+                        let at = match at {
+                            Some(_) => {
+                                Some(log.try_get_log_entries(keep..=keep).await.unwrap()[0].log_id)
+                            }
+                            None => None,
+                        };
+                        log.truncate_after(at).await.unwrap();
+                        last = keep;
+                    }
+                    8 if last > first => {
+                        let upto = rng.random_range(first..last);
+                        let id = log.try_get_log_entries(upto..=upto).await.unwrap()[0].log_id;
+                        log.purge(id).await.unwrap();
+                        first = upto + 1;
+                    }
+                    _ => {}
+                }
+                wal.flush().unwrap();
+                let mut fresh = LogStore::new(wal.clone(), 1);
+                // Ranges may reach past either end of the log, where removed entries were.
+                let lo = rng.random_range(first.saturating_sub(3).max(1)..=last + 1);
+                let hi = rng.random_range(lo..=last + 4);
+                let cached = log
+                    .try_get_log_entries(lo..hi)
+                    .await
+                    .map_err(|e| e.to_string());
+                let read = fresh
+                    .try_get_log_entries(lo..hi)
+                    .await
+                    .map_err(|e| e.to_string());
+                assert_eq!(cached, read, "entries {lo}..{hi} (log {first}..={last})");
+                if lo >= first {
+                    assert_eq!(cached.unwrap().len() as u64, hi.min(last + 1) - lo);
+                }
+            }
+        });
 }
