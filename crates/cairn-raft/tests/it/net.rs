@@ -84,6 +84,32 @@ struct NetState {
     failed: BTreeMap<u64, u64>,
     /// Transfers openraft abandoned (dropped the future) before they finished, per target.
     abandoned: BTreeMap<u64, u64>,
+    /// Sabotages that hit a transfer, per target.
+    bitten: BTreeMap<u64, u64>,
+}
+
+/// A sabotage taken for one transfer. Put back first in line if the transfer ends before it
+/// bit (the link was cut, openraft dropped the transfer), so that every sabotage hits one.
+struct Taken {
+    router: Router,
+    to: u64,
+    sabotage: Option<Sabotage>,
+}
+
+impl Taken {
+    /// The sabotage fires now.
+    fn bite(&mut self) {
+        self.sabotage = None;
+        *self.router.0.lock().bitten.entry(self.to).or_default() += 1;
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        if let Some(s) = self.sabotage.take() {
+            self.router.0.lock().sabotage.push_front(s);
+        }
+    }
 }
 
 /// Counts a transfer as abandoned unless it is disarmed (it finished, either way).
@@ -157,6 +183,11 @@ impl Router {
         self.0.lock().failed.get(&id).copied().unwrap_or(0)
     }
 
+    /// Sabotages that hit a transfer to `id`.
+    pub fn bitten(&self, id: u64) -> u64 {
+        self.0.lock().bitten.get(&id).copied().unwrap_or(0)
+    }
+
     pub fn sabotage_left(&self) -> usize {
         self.0.lock().sabotage.len()
     }
@@ -204,7 +235,11 @@ impl Conn {
         snapshot: Snapshot,
     ) -> Result<SnapshotResponse<TypeConfig>, Unreachable<TypeConfig>> {
         let target = self.router.target(self.from, self.to)?;
-        let sabotage = self.router.0.lock().sabotage.pop_front();
+        let mut taken = Taken {
+            router: self.router.clone(),
+            to: self.to,
+            sabotage: self.router.0.lock().sabotage.pop_front(),
+        };
         let manifest = snapshot.snapshot.manifest().map_err(unreachable)?;
         let mut incoming = target.sm.receive_snapshot(manifest).map_err(unreachable)?;
         let chunks: Vec<_> = snapshot
@@ -216,14 +251,18 @@ impl Conn {
         // A sabotage always bites: one aimed past the last chunk hits the last one (how many
         // chunks a snapshot has depends on timing).
         let last = chunks.len().saturating_sub(1);
-        let sabotage = sabotage.map(|s| match s {
+        let sabotage = taken.sabotage.map(|s| match s {
             Sabotage::DropAfter(k) => Sabotage::DropAfter(k.min(last)),
             Sabotage::Corrupt(k) => Sabotage::Corrupt(k.min(last)),
         });
         for (n, mut chunk) in chunks.into_iter().enumerate() {
             match sabotage {
-                Some(Sabotage::DropAfter(k)) if n == k => return Err(gone("connection dropped")),
+                Some(Sabotage::DropAfter(k)) if n == k => {
+                    taken.bite();
+                    return Err(gone("connection dropped"));
+                }
                 Some(Sabotage::Corrupt(k)) if n == k => {
+                    taken.bite();
                     let mut data = chunk.data.to_vec();
                     let at = data.len() / 2;
                     data[at] ^= 0x20;
