@@ -39,6 +39,16 @@ async fn cluster(router: &Router, seed: u64) -> BTreeMap<u64, SimIo> {
     disks
 }
 
+/// A three-replica cluster (disks from `seed`) with 30 writes applied, and the follower that
+/// the test will make lag.
+async fn started(router: &Router, seed: u64) -> (BTreeMap<u64, SimIo>, History, u64) {
+    let disks = cluster(router, seed).await;
+    let mut history = History::default();
+    let leader_id = leader(router).await;
+    write(&router.member(leader_id), &mut history, 30).await;
+    (disks, history, follower_of(leader_id))
+}
+
 /// A follower of `leader_id`.
 fn follower_of(leader_id: u64) -> u64 {
     if leader_id == 3 { 2 } else { 3 }
@@ -67,11 +77,7 @@ async fn fall_behind(router: &Router, lagging: u64, history: &mut History) -> Me
 fn a_lagging_follower_catches_up_by_a_streamed_snapshot() {
     runtime().block_on(async {
         let router = Router::default();
-        let disks = cluster(&router, 1).await;
-        let mut history = History::default();
-        let leader_id = leader(&router).await;
-        write(&router.member(leader_id), &mut history, 30).await;
-        let lagging = follower_of(leader_id);
+        let (disks, mut history, lagging) = started(&router, 1).await;
         let leader = fall_behind(&router, lagging, &mut history).await;
         let target = last_index(&leader);
 
@@ -143,11 +149,7 @@ fn a_lagging_follower_catches_up_by_a_streamed_snapshot() {
 fn broken_transfers_are_retried_and_leave_nothing_behind() {
     runtime().block_on(async {
         let router = Router::default();
-        let disks = cluster(&router, 2).await;
-        let mut history = History::default();
-        let leader_id = leader(&router).await;
-        write(&router.member(leader_id), &mut history, 30).await;
-        let lagging = follower_of(leader_id);
+        let (disks, mut history, lagging) = started(&router, 2).await;
         let leader = fall_behind(&router, lagging, &mut history).await;
         let target = last_index(&leader);
 
@@ -207,11 +209,7 @@ fn cuts() -> u64 {
 fn a_power_cut_during_an_install_leaves_the_old_replica_or_the_new() {
     runtime().block_on(async {
         let router = Router::default();
-        let mut disks = cluster(&router, 3).await;
-        let mut history = History::default();
-        let leader_id = leader(&router).await;
-        write(&router.member(leader_id), &mut history, 30).await;
-        let lagging = follower_of(leader_id);
+        let (mut disks, mut history, lagging) = started(&router, 3).await;
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let mut fired = 0;
         for round in 0..cuts() {

@@ -16,7 +16,7 @@ use cairn_wal::{Op, Record, Wal, WalError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::support::{DIR, open_sim, record, segments};
+use crate::support::{DIR, indexes, open_sim, record, segments};
 
 fn entry(group: u64, index: u64) -> Op {
     Op::Entry(record(group, index))
@@ -24,14 +24,6 @@ fn entry(group: u64, index: u64) -> Op {
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
-}
-
-fn indexes(wal: &Wal, group: u64) -> Vec<u64> {
-    wal.entries(group, ..)
-        .unwrap()
-        .into_iter()
-        .map(|(i, _)| i)
-        .collect()
 }
 
 #[test]

@@ -10,7 +10,7 @@ use cairn_wal::{Op, Wal, WalOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::support::{DIR, record};
+use crate::support::{DIR, indexes, record};
 
 fn lazy(io: &SimIo, segment_bytes_max: u64) -> Wal {
     Wal::open(
@@ -23,14 +23,6 @@ fn lazy(io: &SimIo, segment_bytes_max: u64) -> Wal {
         },
     )
     .expect("open")
-}
-
-fn indexes(wal: &Wal, group: u64) -> Vec<u64> {
-    wal.entries(group, ..)
-        .unwrap()
-        .into_iter()
-        .map(|(i, _)| i)
-        .collect()
 }
 
 #[test]

@@ -75,3 +75,12 @@ pub fn purge_applied(wal: &Wal, applied: impl Fn(u64) -> u64) -> cairn_wal::Purg
     wal.write(ops).expect("purge records");
     wal.purge_segments().expect("purge segments")
 }
+
+/// The indexes of a group's live entries, in order.
+pub fn indexes(wal: &cairn_wal::Wal, group: u64) -> Vec<u64> {
+    wal.entries(group, ..)
+        .unwrap()
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect()
+}
