@@ -187,6 +187,18 @@ impl Group {
             .then(|| LeaderTerm(m.vote.leader_id))
     }
 
+    /// Whether this node leads the group and is its only voter (no other node can be elected,
+    /// so a read of the replica needs no lease check).
+    pub fn leads_alone(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let mut voters = m.membership_config.membership().voter_ids();
+        m.state == ServerState::Leader
+            && m.current_leader == Some(m.id)
+            && voters.next() == Some(m.id)
+            && voters.next().is_none()
+    }
+
     /// As leader of `term`, waits until every entry committed before the term is applied
     /// (one read-index round, which also confirms leadership). Returns the index of the last
     /// entry in the log, after which the next proposal lands.
@@ -314,6 +326,80 @@ impl Group {
         })
         .await
         .map(|_| ())
+    }
+
+    /// As leader, confirms that this node still leads and that everything committed before
+    /// the call is applied, so a read of the replica that follows is linearizable. Uses the
+    /// leader lease (no message to the followers while a quorum acknowledged the leader within
+    /// the lease; followers refuse to vote while they grant it, see docs/design.md).
+    pub async fn linearize(&self) -> Result<(), ProposeError> {
+        self.raft
+            .ensure_linearizable(ReadPolicy::LeaseRead)
+            .await
+            .map(|_| ())
+            .map_err(|e| ProposeError::NotLeader {
+                leader: e.forward_to_leader().and_then(|f| f.leader_id),
+            })
+    }
+
+    /// As leader, starts replicating to `id` at `addr` as a learner (returns at once; a node
+    /// already a member is left as it is by the caller).
+    pub async fn add_learner(&self, id: u64, addr: NodeAddr) -> Result<(), String> {
+        self.raft
+            .add_learner(id, addr, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// As leader, makes `voters` the group's voters; members left out stay as learners.
+    /// Returns once the change is committed.
+    pub async fn set_voters(&self, voters: BTreeSet<u64>) -> Result<(), String> {
+        self.raft
+            .change_membership(voters, true)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// As leader, hands leadership to `to` (which should be a caught-up voter).
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), String> {
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// As leader: each member's highest log index known to be replicated to it.
+    pub fn replicated(&self) -> Option<BTreeMap<u64, u64>> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.replication.as_ref().map(|r| {
+            r.iter()
+                .map(|(id, log)| (*id, log.as_ref().map_or(0, |l| l.index)))
+                .collect()
+        })
+    }
+
+    /// As leader: how long ago each member last acknowledged a heartbeat or an append
+    /// (`None`: never, since this node became leader).
+    pub fn heard_from(&self) -> Option<BTreeMap<u64, Option<Duration>>> {
+        use openraft::Instant as _;
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.heartbeat.as_ref().map(|h| {
+            h.iter()
+                .map(|(id, at)| (*id, at.as_ref().map(|at| (**at).elapsed())))
+                .collect()
+        })
+    }
+
+    /// Whether the group's latest membership is committed (no change under way).
+    pub fn membership_settled(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config.log_id() == m.committed_membership_config.log_id()
     }
 
     /// Stops the group's Raft on this node.

@@ -50,7 +50,7 @@ impl Peers {
     }
 
     /// The channel to `addr` (`host:port`), connected lazily and reconnected by tonic.
-    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock();
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
@@ -210,6 +210,44 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.vote_rpc(rpc, false, option.hard_ttl()).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: openraft::raft::TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<openraft::raft::TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        use openraft::raft::TransferLeaderError;
+        use pb::transfer_leader_response::Outcome as T;
+        let request = pb::TransferLeaderRequest {
+            group: self.group,
+            from_leader: encode_vote(req.from_leader()),
+            to_node: *req.to_node_id(),
+            last_log_id: encode_opt_log_id(req.last_log_id()),
+        };
+        let mut client = self.client()?;
+        let reply = self
+            .call(option.hard_ttl(), client.transfer_leader(request))
+            .await?;
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+        let decoded = match reply.outcome() {
+            T::Accepted => Ok(Ok(())),
+            T::VoteChanged => decode_vote(&reply.vote).map(|actual| {
+                Err(TransferLeaderError::VoteChanged {
+                    expected: req.from_leader().clone(),
+                    actual,
+                })
+            }),
+            T::LogNotFlushed => decode_opt_log_id(&reply.last_log_id).map(|actual| {
+                Err(TransferLeaderError::LogNotFlushed {
+                    expected: req.last_log_id().cloned(),
+                    actual,
+                })
+            }),
+            T::Unspecified => Err(bad("transfer reply without an outcome")),
+        };
+        decoded.map_err(|e| bad_reply(e).into())
     }
 
     async fn pre_vote(

@@ -118,6 +118,39 @@ impl pb::raft_server::Raft for RaftService {
         }))
     }
 
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        use openraft::raft::{TransferLeaderError, TransferLeaderRequest};
+        use pb::transfer_leader_response::Outcome as T;
+        let req = request.into_inner();
+        let group = find(&self.groups, req.group)?;
+        let rpc = TransferLeaderRequest::<TypeConfig>::new(
+            decode_vote(&req.from_leader).map_err(invalid)?,
+            req.to_node,
+            decode_opt_log_id(&req.last_log_id).map_err(invalid)?,
+        );
+        let response = group
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(raft_failed)?;
+        let mut reply = pb::TransferLeaderResponse::default();
+        match response {
+            Ok(()) => reply.set_outcome(T::Accepted),
+            Err(TransferLeaderError::VoteChanged { actual, .. }) => {
+                reply.set_outcome(T::VoteChanged);
+                reply.vote = encode_vote(&actual);
+            }
+            Err(TransferLeaderError::LogNotFlushed { actual, .. }) => {
+                reply.set_outcome(T::LogNotFlushed);
+                reply.last_log_id = encode_opt_log_id(actual.as_ref());
+            }
+        }
+        Ok(Response::new(reply))
+    }
+
     async fn snapshot(
         &self,
         request: Request<Streaming<pb::SnapshotMessage>>,

@@ -15,7 +15,7 @@ use bytes::Bytes;
 ///
 /// Relative deadlines are turned into absolute ones when the node proposes the write, so a
 /// replayed log entry expires at the same instant as the original.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Expiry {
     /// The key has no expiry after the write (plain `SET`; `PERSIST`).
     #[default]
@@ -32,7 +32,7 @@ pub enum Expiry {
 
 /// Precondition of a `Set`; when it does not hold nothing is written and
 /// [`crate::reply::SetOutcome::version`] is `None` ("condition failed").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Condition {
     /// Write unconditionally.
     #[default]
@@ -48,7 +48,7 @@ pub enum Condition {
 
 /// Precondition of an `Expire` (`EXPIRE … NX|XX|GT|LT`, Redis 7 semantics: a key without
 /// expiry counts as an infinite TTL for `GT`/`LT`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ExpireCondition {
     #[default]
     Always,
@@ -65,7 +65,7 @@ pub enum ExpireCondition {
 }
 
 /// A range of keys in byte order, for range and prefix scans.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct KeyRange {
     pub start: Bound<Bytes>,
     pub end: Bound<Bytes>,
@@ -119,7 +119,7 @@ fn prefix_successor(prefix: &[u8]) -> Option<Bytes> {
 }
 
 /// One write of an atomic [`Command::Batch`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum BatchOp {
     Put {
         key: Bytes,
@@ -132,7 +132,7 @@ pub enum BatchOp {
 }
 
 /// Every operation the node executes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub enum Command {
     // ---- reads -----------------------------------------------------------------------
     /// The value with its version and absolute expiry → `Reply::Entry`.

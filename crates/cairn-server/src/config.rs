@@ -29,6 +29,12 @@ pub const VALUE_BYTES_MAX_LIMIT: usize = 512 * 1024 * 1024;
 pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
 /// Most runtime worker threads that can be configured.
 pub const WORKER_THREADS_MAX: usize = 1024;
+/// Default number of replicas (voters) of every shard, capped by the node count.
+pub const REPLICAS_DEFAULT: u32 = 3;
+/// Most replicas a shard may be configured to have.
+pub const REPLICAS_MAX: u32 = 7;
+/// Default time after which a node that stopped answering the metadata leader is marked down.
+pub const DOWN_AFTER_MS_DEFAULT: u64 = 5_000;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
@@ -94,6 +100,21 @@ pub struct ServerArgs {
     /// docs/benchmarks.md
     #[arg(long, env = "CAIRN_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<usize>,
+    /// Join the cluster that the node at this gRPC address belongs to (any member); ignored
+    /// once the data directory records that the node joined
+    #[arg(long, env = "CAIRN_JOIN", value_name = "ADDR")]
+    pub join: Option<String>,
+    /// Voters per shard, capped by the node count; set when the cluster is created [default: 3]
+    #[arg(long, env = "CAIRN_REPLICAS", value_name = "N")]
+    pub replicas: Option<u32>,
+    /// Answer RESP requests for keys led by another node with `MOVED slot host:port`, as Redis
+    /// Cluster does, instead of forwarding them
+    #[arg(long, env = "CAIRN_RESP_REDIRECT")]
+    pub resp_redirect: bool,
+    /// Milliseconds without an answer to the metadata leader after which a node is marked
+    /// down [default: 5000]
+    #[arg(long, env = "CAIRN_DOWN_AFTER_MS", value_name = "MS")]
+    pub down_after_ms: Option<u64>,
 }
 
 /// The same options as read from a `--config` TOML file.
@@ -110,6 +131,10 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     pub sync: Option<SyncMode>,
     pub worker_threads: Option<usize>,
+    pub join: Option<String>,
+    pub replicas: Option<u32>,
+    pub resp_redirect: Option<bool>,
+    pub down_after_ms: Option<u64>,
 }
 
 /// Fully resolved server configuration.
@@ -127,6 +152,14 @@ pub struct ServerConfig {
     pub sync: SyncMode,
     /// Runtime worker threads for the front ends.
     pub worker_threads: usize,
+    /// A member's gRPC address to join through, for a node with a new data directory.
+    pub join: Option<String>,
+    /// Voters per shard in a cluster this node creates.
+    pub replicas: u32,
+    /// RESP answers `MOVED` instead of forwarding.
+    pub resp_redirect: bool,
+    /// Silence after which the metadata leader marks a node down.
+    pub down_after_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -142,6 +175,10 @@ impl Default for ServerConfig {
             max_connections: MAX_CONNECTIONS_DEFAULT,
             sync: SyncMode::Always,
             worker_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            join: None,
+            replicas: REPLICAS_DEFAULT,
+            resp_redirect: false,
+            down_after_ms: DOWN_AFTER_MS_DEFAULT,
         }
     }
 }
@@ -178,6 +215,13 @@ impl ServerArgs {
                 .worker_threads
                 .or(file.worker_threads)
                 .unwrap_or(d.worker_threads),
+            join: self.join.clone().or(file.join),
+            replicas: self.replicas.or(file.replicas).unwrap_or(d.replicas),
+            resp_redirect: self.resp_redirect || file.resp_redirect.unwrap_or(d.resp_redirect),
+            down_after_ms: self
+                .down_after_ms
+                .or(file.down_after_ms)
+                .unwrap_or(d.down_after_ms),
         };
         config.validate()?;
         Ok(config)
@@ -213,6 +257,16 @@ impl ServerConfig {
             (1..=WORKER_THREADS_MAX).contains(&self.worker_threads),
             "worker_threads must be between 1 and {WORKER_THREADS_MAX}, got {}",
             self.worker_threads
+        );
+        anyhow::ensure!(
+            (1..=REPLICAS_MAX).contains(&self.replicas),
+            "replicas must be between 1 and {REPLICAS_MAX}, got {}",
+            self.replicas
+        );
+        anyhow::ensure!(
+            self.down_after_ms >= 500,
+            "down_after_ms must be at least 500 (a few election timeouts), got {}",
+            self.down_after_ms
         );
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! `-{error}` as is; other front ends map the variant to their own status codes.
 
 /// Why a command failed. `Display` is the exact Redis error line (without the leading `-`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
     #[error("ERR value is not an integer or out of range")]
     NotInteger,
@@ -16,7 +16,7 @@ pub enum CommandError {
     NoSuchKey,
     /// The expiry is out of range; the field is the lowercase command name (`set`, `expire`).
     #[error("ERR invalid expire time in '{0}' command")]
-    InvalidExpireTime(&'static str),
+    InvalidExpireTime(std::borrow::Cow<'static, str>),
     #[error("ERR offset is out of range")]
     OffsetOutOfRange,
     /// APPEND/SETRANGE would grow the value past the value limit.

@@ -32,6 +32,9 @@ pub const SHARD_PROPOSALS_TOTAL: &str = "cairn_shard_proposals_total";
 /// Log entries a shard's proposer proposed, by shard.
 pub const SHARD_ENTRIES_TOTAL: &str = "cairn_shard_entries_total";
 
+/// Commands this node forwarded to the node leading their shard, by command.
+pub const FORWARDED_TOTAL: &str = "cairn_forwarded_total";
+
 /// Buckets for counts per fsync (1 … 4096).
 const COUNT_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
@@ -207,6 +210,11 @@ impl Observer {
         }
         handles.duration.record(elapsed.as_secs_f64());
     }
+}
+
+/// One command forwarded to another node.
+pub fn forwarded(command: &str) {
+    metrics::counter!(FORWARDED_TOTAL, "command" => command_label(command)).increment(1);
 }
 
 /// A client connection opened (`delta` = 1) or closed (`delta` = -1).

@@ -25,13 +25,16 @@ use crate::config::SyncMode;
 use crate::error::CommandError;
 use crate::eval::InternalOp;
 use crate::health::WriteHealth;
+use crate::meta::{ClusterConfig, Meta, NodeRecord};
 use crate::proposer::{Proposal, ProposalOp, ProposalResult};
 use crate::reply::{
     ClusterStatus, Entry, KeyTtl, KeyType, NodeInfo, NodeState, Reply, ShardInfo, ShardStats,
 };
 use crate::scan::ScanCursors;
-use crate::shards::{FIRST_NODE_ID, NodeIdentity, Shards, ShardsSetup, wal_dir};
+use crate::shards::{FIRST_NODE_ID, NodeIdentity, Shards, ShardsSetup, meta_dir, wal_dir};
 use crate::slot::key_slot;
+
+mod route;
 
 /// How often the active-expiry cycle runs.
 pub const EXPIRE_TICK: Duration = Duration::from_millis(100);
@@ -49,6 +52,13 @@ pub const ELECTION_WAIT: Duration = Duration::from_secs(10);
 pub const KEY_BYTES_MAX: usize = cairn_storage::KEY_BYTES_MAX;
 /// Most entries one range scan returns.
 pub const SCAN_RANGE_LIMIT_MAX: usize = 10_000;
+/// How long [`Node::execute`] keeps retrying a request refused with `TRYAGAIN` (a shard
+/// without a leader, a leader that moved): a failover takes about one election timeout.
+pub const ROUTE_RETRY_WINDOW: Duration = Duration::from_secs(5);
+/// First pause before such a retry; it doubles up to [`ROUTE_RETRY_MAX`].
+pub const ROUTE_RETRY_FIRST: Duration = Duration::from_millis(10);
+/// Longest pause between retries.
+pub const ROUTE_RETRY_MAX: Duration = Duration::from_millis(200);
 
 /// What a node needs to open.
 #[derive(Debug, Clone)]
@@ -67,6 +77,12 @@ pub struct NodeOptions {
     /// Segment sizes of the log and the engines (small ones make tests rotate, merge and
     /// purge).
     pub tuning: StorageTuning,
+    /// A member's gRPC address to join through, when the data directory is new.
+    pub join: Option<String>,
+    /// Voters per shard in a cluster this node creates.
+    pub replicas: u32,
+    /// Silence after which the metadata leader marks a node down.
+    pub down_after: Duration,
 }
 
 /// Segment sizes, not user-facing configuration: the defaults suit a server; tests shrink them
@@ -91,8 +107,17 @@ impl Default for StorageTuning {
 /// A write that has been proposed; await it for the result.
 #[derive(Debug)]
 pub struct PendingWrite {
-    parts: Vec<oneshot::Receiver<ProposalResult>>,
+    parts: Vec<Part>,
     combine: Combine,
+}
+
+/// One shard's part of a write.
+#[derive(Debug)]
+enum Part {
+    /// Proposed to this node's proposer for the shard.
+    Local(oneshot::Receiver<ProposalResult>),
+    /// Forwarded to the shard's leader, which answered.
+    Done(ProposalResult),
 }
 
 /// How the answers of a write fanned out to several shards make one.
@@ -110,8 +135,11 @@ impl PendingWrite {
     pub async fn wait(self) -> ProposalResult {
         let mut total = 0i64;
         let mut last = Ok(Reply::Ok);
-        for rx in self.parts {
-            let answer = rx.await.unwrap_or(Err(CommandError::ShuttingDown))?;
+        for part in self.parts {
+            let answer = match part {
+                Part::Local(rx) => rx.await.unwrap_or(Err(CommandError::ShuttingDown))?,
+                Part::Done(result) => result?,
+            };
             if let (Combine::Sum, Reply::Int(n)) = (self.combine, &answer) {
                 total += n;
             }
@@ -131,6 +159,12 @@ pub struct Node {
     identity: NodeIdentity,
     options: NodeOptions,
     shards: Arc<Shards>,
+    /// The metadata group's replica (the cluster map).
+    meta: Meta,
+    /// Connections to the other nodes (Raft traffic and forwarded commands).
+    peers: Arc<Peers>,
+    /// Metadata-leader bookkeeping for failure detection.
+    pub(crate) liveness: parking_lot::Mutex<crate::placement::Liveness>,
     wal: Arc<Wal>,
     /// Raft groups this node hosts, for the peer service.
     groups: Arc<Groups>,
@@ -153,9 +187,31 @@ impl Node {
     /// alone votes in.
     pub async fn open(options: NodeOptions) -> anyhow::Result<Arc<Node>> {
         let io = options.io.clone();
-        let identity =
-            NodeIdentity::load_or_create(&*io, &options.data_dir, FIRST_NODE_ID, options.shards)?;
-        if identity.shards != options.shards {
+        let identity = match NodeIdentity::load(&*io, &options.data_dir)? {
+            Some(identity) => identity,
+            None => {
+                let identity = match &options.join {
+                    None => NodeIdentity::new(None, FIRST_NODE_ID, options.shards, false),
+                    Some(addr) => {
+                        let name = crate::shards::new_node_name();
+                        let me = NodeRecord {
+                            raft_id: 0,
+                            name: name.clone(),
+                            grpc_addr: options.grpc_addr.to_string(),
+                            http_addr: options.http_addr.to_string(),
+                            resp_addr: options.resp_addr.to_string(),
+                            down: false,
+                        };
+                        let (raft_id, shards) = crate::peer::join(addr, &me).await?;
+                        tracing::info!(raft_id, shards, via = %addr, "joined the cluster");
+                        NodeIdentity::new(Some(name), raft_id, shards, true)
+                    }
+                };
+                identity.create(&*io, &options.data_dir)?;
+                identity
+            }
+        };
+        if identity.shards != options.shards && !identity.joined {
             tracing::info!(
                 recorded = identity.shards,
                 asked = options.shards,
@@ -178,26 +234,31 @@ impl Node {
         let wal = Arc::new(wal);
         let groups = Arc::new(Groups::new());
         let health = Arc::new(WriteHealth::default());
-        let shards = Shards::open(ShardsSetup {
+        let peers = Arc::new(Peers::new());
+        let setup = ShardsSetup {
             io: io.clone(),
             data_dir: &options.data_dir,
             identity: &identity,
             value_bytes_max: options.value_bytes_max,
             engine_segment_bytes_max: options.tuning.engine_segment_bytes_max,
             wal: wal.clone(),
-            peers: Arc::new(Peers::new()),
+            peers: peers.clone(),
             groups: groups.clone(),
             config: cairn_raft::config::shard_config(),
             health: health.clone(),
             advertise: NodeAddr {
                 grpc: options.grpc_addr.to_string(),
             },
-        })
-        .await?;
+        };
+        let meta = Meta::open(&setup, &meta_dir(&options.data_dir)).await?;
+        let shards = Shards::open(&setup).await?;
         let node = Arc::new(Node {
             identity,
             options,
             shards: Arc::new(shards),
+            meta,
+            peers,
+            liveness: Default::default(),
             wal,
             groups,
             health,
@@ -206,6 +267,16 @@ impl Node {
             started: Instant::now(),
         });
         node.await_sole_leadership().await?;
+        if !node.identity.joined && node.meta.is_leader() {
+            let config = ClusterConfig {
+                shards: node.identity.shards,
+                replicas: node.options.replicas,
+            };
+            node.meta
+                .bootstrap(node.my_record(), config)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot write the cluster map: {e}"))?;
+        }
         tracing::info!(
             node_id = %node.identity.node_id,
             raft_id = node.identity.raft_id,
@@ -221,33 +292,44 @@ impl Node {
     /// its log holds.
     async fn await_sole_leadership(&self) -> anyhow::Result<()> {
         let me = self.identity.raft_id;
-        for shard in &self.shards.list {
-            let status = shard
-                .group
+        let groups = std::iter::once(("meta".to_string(), &self.meta.group)).chain(
+            self.shards
+                .list
+                .iter()
+                .map(|s| (format!("shard {}", s.id), &s.group)),
+        );
+        for (name, group) in groups {
+            // A node that joined waits for each group's leader to add it.
+            if !group
+                .is_initialized()
+                .await
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?
+            {
+                continue;
+            }
+            let status = group
                 .wait_for_membership(ELECTION_WAIT)
                 .await
-                .map_err(|e| anyhow::anyhow!("shard {}: {e}", shard.id))?;
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
             if !status.voters.iter().eq([&me]) {
                 continue;
             }
-            shard
-                .group
+            group
                 .wait_for_leader(me, ELECTION_WAIT)
                 .await
-                .map_err(|e| anyhow::anyhow!("shard {} did not elect this node: {e}", shard.id))?;
+                .map_err(|e| anyhow::anyhow!("{name} did not elect this node: {e}"))?;
             // The log may hold entries appended before a crash but never known to be
-            // committed; the new term commits them. Reads go straight to the engine, so the node
-            // serves nothing until they are applied: a read must never see a state that a
-            // later read contradicts (read-index round: applied ≥ the term's first entry).
-            let term = shard
-                .group
+            // committed; the new term commits them. A sole voter reads straight from the
+            // engine, so the node serves nothing until they are applied: a read must never see
+            // a state that a later read contradicts (read-index round: applied ≥ the term's
+            // first entry).
+            let term = group
                 .leading()
-                .ok_or_else(|| anyhow::anyhow!("shard {} lost its leader at open", shard.id))?;
-            shard
-                .group
+                .ok_or_else(|| anyhow::anyhow!("{name} lost its leader at open"))?;
+            group
                 .make_ready(&term)
                 .await
-                .map_err(|e| anyhow::anyhow!("shard {} did not apply its log: {e:?}", shard.id))?;
+                .map_err(|e| anyhow::anyhow!("{name} did not apply its log: {e:?}"))?;
         }
         Ok(())
     }
@@ -283,18 +365,71 @@ impl Node {
         &self.wal
     }
 
-    /// Execute any command.
+    /// Execute any command: writes on their shard's leader, reads linearizably (on the
+    /// leader). A request refused before anything happened (`TRYAGAIN`: no leader yet, leader
+    /// moved) is retried for up to [`ROUTE_RETRY_WINDOW`] while leadership settles, unless it
+    /// spans several shards (a retry could repeat a part that succeeded).
     pub async fn execute(&self, cmd: Command) -> Result<Reply, CommandError> {
+        self.execute_with(cmd, false).await
+    }
+
+    /// [`Node::execute`]; with `stale`, reads are served by this node's replicas even when
+    /// another node leads the shard (RESP `READONLY`, `consistency=stale`).
+    pub async fn execute_with(&self, cmd: Command, stale: bool) -> Result<Reply, CommandError> {
+        let retriable = !matches!(cmd, Command::Del { .. } | Command::Flush);
+        let deadline = Instant::now() + ROUTE_RETRY_WINDOW;
+        let mut backoff = ROUTE_RETRY_FIRST;
+        loop {
+            let result = if cmd.is_write() {
+                match self.propose_routed(cmd.clone(), 0, None).await {
+                    Ok(pending) => pending.wait().await,
+                    Err(e) => Err(e),
+                }
+            } else {
+                self.read_routed(cmd.clone(), 0, stale).await
+            };
+            match result {
+                Err(CommandError::TryAgain(_))
+                    if retriable && Instant::now() + backoff < deadline =>
+                {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ROUTE_RETRY_MAX);
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// A command another node forwarded (`hops` forwards so far): served here if this node
+    /// leads the shard, else forwarded once more (up to [`crate::peer::FORWARD_HOPS_MAX`]).
+    /// `shard` limits a FLUSHDB to one shard.
+    pub async fn execute_forwarded(
+        &self,
+        cmd: Command,
+        hops: u32,
+        stale: bool,
+        shard: Option<u32>,
+    ) -> Result<Reply, CommandError> {
         if cmd.is_write() {
-            self.propose(cmd).await?.wait().await
+            self.propose_routed(cmd, hops, shard).await?.wait().await
         } else {
-            self.read(cmd)
+            self.read_routed(cmd, hops, stale).await
         }
     }
 
     /// Propose a write without waiting for its commit (front ends pipeline with this). Writes
-    /// of one caller to one slot are committed in the order they are proposed.
+    /// of one caller to one slot are committed in the order they are proposed: a write to a
+    /// shard led elsewhere is forwarded and answered before this returns.
     pub async fn propose(&self, cmd: Command) -> Result<PendingWrite, CommandError> {
+        self.propose_routed(cmd, 0, None).await
+    }
+
+    async fn propose_routed(
+        &self,
+        cmd: Command,
+        hops: u32,
+        only_shard: Option<u32>,
+    ) -> Result<PendingWrite, CommandError> {
         if let Some(reason) = self.health.failure() {
             return Err(CommandError::Fatal(reason));
         }
@@ -305,12 +440,13 @@ impl Node {
         let cmd = self.prepare_write(cmd, now)?;
         match cmd {
             Command::Flush => {
-                let mut parts = Vec::with_capacity(self.shards.len());
-                for shard in 0..self.shards.len() as u32 {
-                    parts.push(
-                        self.send(shard, ProposalOp::Command(Command::Flush), now)
-                            .await?,
-                    );
+                let shards: Vec<u32> = match only_shard {
+                    Some(id) => vec![id],
+                    None => (0..self.shards.len() as u32).collect(),
+                };
+                let mut parts = Vec::with_capacity(shards.len());
+                for shard in shards {
+                    parts.push(self.send_routed(shard, Command::Flush, now, hops).await?);
                 }
                 Ok(PendingWrite {
                     parts,
@@ -328,8 +464,8 @@ impl Node {
                 }
                 let mut parts = Vec::with_capacity(by_shard.len());
                 for (shard, keys) in by_shard {
-                    let op = ProposalOp::Command(Command::Del { keys });
-                    parts.push(self.send(shard, op, now).await?);
+                    let cmd = Command::Del { keys };
+                    parts.push(self.send_routed(shard, cmd, now, hops).await?);
                 }
                 Ok(PendingWrite {
                     parts,
@@ -338,9 +474,9 @@ impl Node {
             }
             cmd => {
                 let shard = self.shard_of_write(&cmd)?;
-                let rx = self.send(shard, ProposalOp::Command(cmd), now).await?;
+                let part = self.send_routed(shard, cmd, now, hops).await?;
                 Ok(PendingWrite {
-                    parts: vec![rx],
+                    parts: vec![part],
                     combine: Combine::One,
                 })
             }
@@ -407,7 +543,7 @@ impl Node {
             if let Expiry::InMs(ms) = *expiry {
                 let at = (now as i64)
                     .checked_add(ms)
-                    .ok_or(CommandError::InvalidExpireTime(name))?;
+                    .ok_or(CommandError::InvalidExpireTime(name.into()))?;
                 *expiry = Expiry::AtMs(at);
             }
             Ok(())
@@ -510,7 +646,7 @@ impl Node {
         }))
     }
 
-    fn meta(&self, key: &[u8]) -> Option<cairn_storage::KeyMeta> {
+    fn key_meta(&self, key: &[u8]) -> Option<cairn_storage::KeyMeta> {
         if !Self::readable(key) {
             return None;
         }
@@ -548,27 +684,27 @@ impl Node {
         Ok(values)
     }
 
-    /// Execute a read-only command against the engines.
+    /// Execute a read-only command against this node's replicas, as they are.
     fn read(&self, cmd: Command) -> Result<Reply, CommandError> {
         match cmd {
             Command::Get { key } => Ok(Reply::Entry(self.get_entry(&key)?)),
             Command::MGet { keys } => Ok(Reply::Values(self.get_values(&keys)?)),
             Command::StrLen { key } => Ok(Reply::Int(
-                self.meta(&key).map_or(0, |m| i64::from(m.value_len)),
+                self.key_meta(&key).map_or(0, |m| i64::from(m.value_len)),
             )),
             Command::GetRange { key, start, end } => {
                 let value = self.get_value(&key)?.unwrap_or_default();
                 Ok(Reply::Value(Some(substring(&value, start, end))))
             }
             Command::Exists { keys } => Ok(Reply::Int(
-                keys.iter().filter(|k| self.meta(k).is_some()).count() as i64,
+                keys.iter().filter(|k| self.key_meta(k).is_some()).count() as i64,
             )),
-            Command::Type { key } => Ok(Reply::Type(if self.meta(&key).is_some() {
+            Command::Type { key } => Ok(Reply::Type(if self.key_meta(&key).is_some() {
                 KeyType::String
             } else {
                 KeyType::None
             })),
-            Command::Ttl { key } => Ok(Reply::Ttl(match self.meta(&key) {
+            Command::Ttl { key } => Ok(Reply::Ttl(match self.key_meta(&key) {
                 None => KeyTtl::Missing,
                 Some(m) => m
                     .expires_at_ms
@@ -719,32 +855,58 @@ impl Node {
         None
     }
 
-    /// The cluster map: this node and every shard, with the leader each group reports.
+    /// The cluster map: every node of the metadata group's map (this node's replica of it),
+    /// and every shard with its members and leader as this node's replica of its group sees
+    /// them.
     pub fn cluster_status(&self) -> ClusterStatus {
-        let id = self.identity.node_id.clone();
-        let node = NodeInfo {
-            id: id.clone(),
-            grpc_addr: self.options.grpc_addr.to_string(),
-            http_addr: self.options.http_addr.to_string(),
-            resp_addr: self.options.resp_addr.to_string(),
-            state: NodeState::Up,
+        let me = self.my_record();
+        let mut records = self.meta.nodes();
+        if !records.iter().any(|r| r.raft_id == me.raft_id) {
+            records.push(me.clone());
+        }
+        let name_of = |id: u64| {
+            records
+                .iter()
+                .find(|r| r.raft_id == id)
+                .map_or_else(|| format!("raft-{id}"), |r| r.name.clone())
         };
-        let me = self.identity.raft_id;
         let shards = self
             .shards
             .list
             .iter()
-            .map(|s| ShardInfo {
-                id: s.id,
-                slots: vec![s.slots],
-                replicas: vec![id.clone()],
-                leader: (s.leader() == Some(me)).then(|| id.clone()),
-                raft: s.raft_stats(),
+            .map(|s| {
+                let g = s.group.status();
+                ShardInfo {
+                    id: s.id,
+                    slots: vec![s.slots],
+                    replicas: g
+                        .voters
+                        .iter()
+                        .chain(&g.learners)
+                        .map(|id| name_of(*id))
+                        .collect(),
+                    leader: g.leader.map(name_of),
+                    raft: s.raft_stats(),
+                }
+            })
+            .collect();
+        let nodes = records
+            .iter()
+            .map(|r| NodeInfo {
+                id: r.name.clone(),
+                grpc_addr: r.grpc_addr.clone(),
+                http_addr: r.http_addr.clone(),
+                resp_addr: r.resp_addr.clone(),
+                state: if r.down && r.raft_id != me.raft_id {
+                    NodeState::Down
+                } else {
+                    NodeState::Up
+                },
             })
             .collect();
         ClusterStatus {
-            node_id: id,
-            nodes: vec![node],
+            node_id: me.name,
+            nodes,
             shards,
         }
     }
@@ -781,7 +943,8 @@ impl Node {
         let mut expire = tokio::time::interval(EXPIRE_TICK);
         let mut checkpoint = tokio::time::interval(CHECKPOINT_INTERVAL);
         let mut sync = tokio::time::interval(EVERYSEC_INTERVAL);
-        for timer in [&mut expire, &mut checkpoint, &mut sync] {
+        let mut place = tokio::time::interval(crate::placement::RECONCILE_INTERVAL);
+        for timer in [&mut expire, &mut checkpoint, &mut sync, &mut place] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         tokio::pin!(shutdown);
@@ -789,6 +952,7 @@ impl Node {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = expire.tick() => self.expire_cycle().await,
+                _ = place.tick() => crate::placement::reconcile(&self).await,
                 _ = checkpoint.tick() => {
                     if let Err(e) = self.snapshot_all(false).await {
                         tracing::warn!(error = %e, "periodic checkpoint failed");
@@ -908,6 +1072,8 @@ impl Node {
             self.groups.remove(crate::shard::group_of_shard(shard.id));
             shard.group.shutdown().await;
         }
+        self.groups.remove(crate::meta::META_GROUP);
+        self.meta.group.shutdown().await;
         let flushed = self
             .wal
             .flush()
@@ -919,12 +1085,12 @@ impl Node {
 /// A relative TTL of a write must be positive (only `Expire` accepts ≤ 0, meaning "delete").
 fn positive_ttl(expiry: Expiry, command: &'static str) -> Result<(), CommandError> {
     match expiry {
-        Expiry::InMs(ms) if ms <= 0 => Err(CommandError::InvalidExpireTime(command)),
+        Expiry::InMs(ms) if ms <= 0 => Err(CommandError::InvalidExpireTime(command.into())),
         _ => Ok(()),
     }
 }
 
-fn as_ref_bound(b: &Bound<Bytes>) -> Bound<&[u8]> {
+pub(crate) fn as_ref_bound(b: &Bound<Bytes>) -> Bound<&[u8]> {
     match b {
         Bound::Included(k) => Bound::Included(&k[..]),
         Bound::Excluded(k) => Bound::Excluded(&k[..]),
@@ -985,6 +1151,9 @@ mod tests {
             resp_addr: "127.0.0.1:3".parse().unwrap(),
             io: Arc::new(cairn_io::StdIo),
             tuning: StorageTuning::default(),
+            join: None,
+            replicas: 3,
+            down_after: Duration::from_secs(5),
         }
     }
 

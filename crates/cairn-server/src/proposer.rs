@@ -102,7 +102,8 @@ struct Term {
 /// Handles to one shard for its proposer.
 #[derive(Debug, Clone)]
 pub struct ShardHandles {
-    pub shard: u32,
+    /// The shard's id ("meta" for the metadata group), in logs, errors and metric labels.
+    pub shard: String,
     pub group: Group,
     pub expiry: Arc<ExpiryTracker>,
     pub value_bytes_max: usize,
@@ -120,11 +121,11 @@ pub fn spawn(handles: ShardHandles) -> mpsc::Sender<Proposal> {
         flights: FuturesOrdered::new(),
         proposals_total: metrics::counter!(
             crate::metrics::SHARD_PROPOSALS_TOTAL,
-            "shard" => handles.shard.to_string()
+            "shard" => handles.shard.clone()
         ),
         entries_total: metrics::counter!(
             crate::metrics::SHARD_ENTRIES_TOTAL,
-            "shard" => handles.shard.to_string()
+            "shard" => handles.shard.clone()
         ),
         h: handles,
     };
@@ -162,7 +163,7 @@ impl Proposer {
                 else => break,
             }
         }
-        tracing::debug!(shard = self.h.shard, "proposer stopped");
+        tracing::debug!(shard = %self.h.shard, "proposer stopped");
     }
 
     /// Sends the answers of a landed flight.
@@ -184,7 +185,7 @@ impl Proposer {
             }
             (Some(p), Ok(index)) => {
                 tracing::error!(
-                    shard = self.h.shard,
+                    shard = %self.h.shard,
                     predicted = p,
                     index,
                     "an entry was applied at an unexpected index"
@@ -371,7 +372,7 @@ impl Proposer {
         }
         self.entries_total.increment(1);
         self.proposals_total.increment(answers.len() as u64);
-        let shard = self.h.shard;
+        let shard = self.h.shard.clone();
         self.flights.push_back(Box::pin(async move {
             let outcome = done.await.map_err(|e| match e {
                 ProposeError::NotLeader { leader } => CommandError::TryAgain(format!(

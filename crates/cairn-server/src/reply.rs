@@ -6,7 +6,7 @@
 use bytes::Bytes;
 
 /// One live key with its metadata.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub key: Bytes,
     /// The value; empty for `keys_only` scans.
@@ -18,7 +18,7 @@ pub struct Entry {
 }
 
 /// Result of a `Set`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct SetOutcome {
     /// The new version when the write happened; `None` when the condition failed.
     pub version: Option<u64>,
@@ -27,7 +27,7 @@ pub struct SetOutcome {
 }
 
 /// What the node knows about a key's expiry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyTtl {
     /// The key does not exist (Redis `TTL` → -2).
     Missing,
@@ -38,7 +38,7 @@ pub enum KeyTtl {
 }
 
 /// The type of a key (only strings exist).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyType {
     None,
     String,
@@ -55,7 +55,7 @@ impl KeyType {
 }
 
 /// State of a node in the cluster map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeState {
     Up,
     Down,
@@ -71,7 +71,7 @@ impl NodeState {
 }
 
 /// One node of the cluster map.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
     /// 40 lowercase hex characters, generated once per data directory (Redis-style node id).
     pub id: String,
@@ -82,7 +82,7 @@ pub struct NodeInfo {
 }
 
 /// One shard of the cluster map.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ShardInfo {
     pub id: u32,
     /// Inclusive slot ranges `(first, last)` owned by the shard.
@@ -96,7 +96,7 @@ pub struct ShardInfo {
 }
 
 /// The cluster map.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ClusterStatus {
     /// Id of the node that answered.
     pub node_id: String,
@@ -105,7 +105,7 @@ pub struct ClusterStatus {
 }
 
 /// Storage statistics of one shard.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ShardStats {
     pub shard: u32,
     pub live_keys: u64,
@@ -126,7 +126,7 @@ pub struct ShardStats {
 }
 
 /// One shard's Raft group on this node, for metrics and status.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct RaftStats {
     pub term: u64,
     /// Whether this node leads the group.
@@ -142,7 +142,7 @@ pub struct RaftStats {
 
 /// The result of executing a command. Each `Command` variant documents which of these it
 /// produces.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub enum Reply {
     Ok,
     Int(i64),

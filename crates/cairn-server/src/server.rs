@@ -69,6 +69,9 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         resp_addr: config.resp_addr,
         io: Arc::new(cairn_io::StdIo),
         tuning: crate::node::StorageTuning::default(),
+        join: config.join.clone(),
+        replicas: config.replicas,
+        down_after: std::time::Duration::from_millis(config.down_after_ms),
     };
     let node: Arc<Node> = Node::open(options).await?;
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -43,17 +43,16 @@ pub struct NodeIdentity {
     /// The node's id in every Raft group.
     pub raft_id: u64,
     pub shards: u32,
+    /// The node joined an existing cluster (`--join`): it never bootstraps a group; the
+    /// groups' leaders add it. A node that created its cluster bootstraps every group it finds
+    /// uninitialised.
+    #[serde(default)]
+    pub joined: bool,
 }
 
 impl NodeIdentity {
-    /// Read the identity of `data_dir`, or create it with a fresh name, Raft id `raft_id` and
-    /// `shards` shards.
-    pub fn load_or_create(
-        io: &dyn Io,
-        data_dir: &Path,
-        raft_id: u64,
-        shards: u32,
-    ) -> anyhow::Result<NodeIdentity> {
+    /// Reads the identity of `data_dir`; `None` when the directory has none yet.
+    pub fn load(io: &dyn Io, data_dir: &Path) -> anyhow::Result<Option<NodeIdentity>> {
         let path = data_dir.join(NODE_FILE);
         let text = io.open(&path).and_then(|f| f.read_all()).and_then(|bytes| {
             String::from_utf8(bytes)
@@ -78,7 +77,7 @@ impl NodeIdentity {
                 );
                 let identity: NodeIdentity = toml::from_str(&text)
                     .map_err(|e| anyhow::anyhow!("invalid {}: {e}", path.display()))?;
-                Ok(identity)
+                Ok(Some(identity))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Shards without the file that says how many there are would be routed wrongly.
@@ -89,24 +88,50 @@ impl NodeIdentity {
                     path.display(),
                     shards_dir.display()
                 );
-                cairn_io::create_dir_all_durable(io, data_dir)
-                    .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))?;
-                let identity = NodeIdentity {
-                    layout_version: LAYOUT_VERSION,
-                    node_id: new_node_name(),
-                    raft_id,
-                    shards,
-                };
-                cairn_io::write_file_atomic(io, &path, toml::to_string(&identity)?.as_bytes())
-                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-                Ok(identity)
+                Ok(None)
             }
             Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
         }
     }
+
+    /// A new identity: a fresh name unless `name` is given.
+    pub fn new(name: Option<String>, raft_id: u64, shards: u32, joined: bool) -> NodeIdentity {
+        NodeIdentity {
+            layout_version: LAYOUT_VERSION,
+            node_id: name.unwrap_or_else(new_node_name),
+            raft_id,
+            shards,
+            joined,
+        }
+    }
+
+    /// Records this identity in `data_dir` (created durably if missing).
+    pub fn create(&self, io: &dyn Io, data_dir: &Path) -> anyhow::Result<()> {
+        let path = data_dir.join(NODE_FILE);
+        cairn_io::create_dir_all_durable(io, data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))?;
+        cairn_io::write_file_atomic(io, &path, toml::to_string(self)?.as_bytes())
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+    }
+
+    /// Read the identity of `data_dir`, or create it with a fresh name, Raft id `raft_id` and
+    /// `shards` shards (a node that creates its own cluster).
+    pub fn load_or_create(
+        io: &dyn Io,
+        data_dir: &Path,
+        raft_id: u64,
+        shards: u32,
+    ) -> anyhow::Result<NodeIdentity> {
+        if let Some(identity) = Self::load(io, data_dir)? {
+            return Ok(identity);
+        }
+        let identity = NodeIdentity::new(None, raft_id, shards, false);
+        identity.create(io, data_dir)?;
+        Ok(identity)
+    }
 }
 
-fn new_node_name() -> String {
+pub fn new_node_name() -> String {
     let bytes: [u8; 20] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -114,6 +139,11 @@ fn new_node_name() -> String {
 /// Directory of the node's write-ahead log.
 pub fn wal_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("wal")
+}
+
+/// Directory of the metadata group's replica.
+pub fn meta_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("meta")
 }
 
 /// Directory of shard `id`'s replica.
@@ -148,12 +178,12 @@ pub struct Shards {
 impl Shards {
     /// Opens every shard's replica and starts its Raft group and proposer; a group never
     /// initialised is bootstrapped with this node as its only voter.
-    pub async fn open(setup: ShardsSetup<'_>) -> anyhow::Result<Shards> {
+    pub async fn open(setup: &ShardsSetup<'_>) -> anyhow::Result<Shards> {
         let count = setup.identity.shards;
         let map = SlotMap::new(count);
         let mut list = Vec::with_capacity(count as usize);
         for id in 0..count {
-            list.push(open_shard(&setup, id, map.range(id as usize)).await?);
+            list.push(open_shard(setup, id, map.range(id as usize)).await?);
         }
         Ok(Shards { map, list })
     }
@@ -179,8 +209,23 @@ impl Shards {
     }
 }
 
-async fn open_shard(setup: &ShardsSetup<'_>, id: u32, slots: (u16, u16)) -> anyhow::Result<Shard> {
-    let dir = shard_dir(setup.data_dir, id);
+/// A replica of one group on this node: its Raft, the engine it applies to, and the proposer
+/// that evaluates writes while this node leads it.
+pub(crate) struct OpenedReplica {
+    pub group: Group,
+    pub expiry: Arc<ExpiryTracker>,
+    pub proposals: tokio::sync::mpsc::Sender<crate::proposer::Proposal>,
+}
+
+/// Opens the replica in `dir` as member of Raft group `group` and starts its group and
+/// proposer. A group never initialised is bootstrapped with this node as its only voter when
+/// this node created the cluster; a node that joined waits for the group's leader to add it.
+pub(crate) async fn open_replica(
+    setup: &ShardsSetup<'_>,
+    dir: &Path,
+    group: u64,
+    label: String,
+) -> anyhow::Result<OpenedReplica> {
     let options = Options {
         // The WAL is the durable record; a snapshot (engine checkpoint) syncs what it holds.
         sync: SyncPolicy::Never,
@@ -189,11 +234,10 @@ async fn open_shard(setup: &ShardsSetup<'_>, id: u32, slots: (u16, u16)) -> anyh
         cache_bytes: SHARD_CACHE_BYTES,
         ..Options::default()
     };
-    let sm = StateMachine::open(setup.io.clone(), &dir, options)
-        .map_err(|e| anyhow::anyhow!("cannot open shard {id} at {}: {e}", dir.display()))?;
+    let sm = StateMachine::open(setup.io.clone(), dir, options)
+        .map_err(|e| anyhow::anyhow!("cannot open {label} at {}: {e}", dir.display()))?;
     let expiry = Arc::new(ExpiryTracker::from_engine(&sm.engine()));
     let sm = sm.observed(expiry.clone());
-    let group = group_of_shard(id);
     let raft_id = setup.identity.raft_id;
     let group_handle = Group::start(
         raft_id,
@@ -203,30 +247,40 @@ async fn open_shard(setup: &ShardsSetup<'_>, id: u32, slots: (u16, u16)) -> anyh
         sm,
     )
     .await
-    .map_err(|e| anyhow::anyhow!("cannot start shard {id}'s Raft group: {e}"))?;
-    if !group_handle
+    .map_err(|e| anyhow::anyhow!("cannot start {label}'s Raft group: {e}"))?;
+    let initialized = group_handle
         .is_initialized()
         .await
-        .map_err(|e| anyhow::anyhow!("shard {id}: {e}"))?
-    {
+        .map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+    if !initialized && !setup.identity.joined {
         group_handle
             .initialize(BTreeMap::from([(raft_id, setup.advertise.clone())]))
             .await
-            .map_err(|e| anyhow::anyhow!("cannot bootstrap shard {id}'s Raft group: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot bootstrap {label}'s Raft group: {e}"))?;
     }
     setup.groups.insert(group, group_handle.clone());
     let proposals = proposer::spawn(ShardHandles {
-        shard: id,
+        shard: label,
         group: group_handle.clone(),
         expiry: expiry.clone(),
         value_bytes_max: setup.value_bytes_max,
         health: setup.health.clone(),
     });
-    Ok(Shard {
-        id,
-        slots,
+    Ok(OpenedReplica {
         group: group_handle,
         expiry,
         proposals,
+    })
+}
+
+async fn open_shard(setup: &ShardsSetup<'_>, id: u32, slots: (u16, u16)) -> anyhow::Result<Shard> {
+    let dir = shard_dir(setup.data_dir, id);
+    let opened = open_replica(setup, &dir, group_of_shard(id), id.to_string()).await?;
+    Ok(Shard {
+        id,
+        slots,
+        group: opened.group,
+        expiry: opened.expiry,
+        proposals: opened.proposals,
     })
 }

@@ -67,6 +67,7 @@ pub async fn serve(
         .max_encoding_message_size(usize::MAX);
     // Node-to-node Raft traffic shares the client port (one connection per node pair).
     let peer = cairn_raft::RaftService::new(node.groups().clone()).into_server();
+    let peer_node = crate::peer::NodeService::new(node.clone()).into_server();
     let cluster = ClusterServer::new(cluster::ClusterService::new(node));
     tracing::info!(%addr, "gRPC front end listening");
     let (signal, deadline) = crate::http::conn::shutdown_with_deadline(shutdown);
@@ -76,6 +77,7 @@ pub async fn serve(
         .add_service(kv)
         .add_service(cluster)
         .add_service(peer)
+        .add_service(peer_node)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::select! {
         result = server => result.context("gRPC server failed"),

@@ -100,7 +100,7 @@ enum Unit {
 /// Redis's `getExpireMillisecondsOrReply`: validate an expiry argument and turn it into an
 /// [`Expiry`] (relative ones stay relative: the node makes them absolute at propose time).
 fn expire_arg(arg: &[u8], unit: Unit, command: &'static str) -> Result<Expiry, Frame> {
-    let invalid = || error(CommandError::InvalidExpireTime(command));
+    let invalid = || error(CommandError::InvalidExpireTime(command.into()));
     let value = int(arg)?;
     let seconds = matches!(unit, Unit::Ex | Unit::ExAt);
     if value <= 0 || (seconds && value > i64::MAX / 1000) {
@@ -434,7 +434,7 @@ fn data_command(spec: &CommandSpec, args: &[Bytes]) -> Option<Result<Action, Fra
             let condition = expire_flags(&args[3..])?;
             let mut when = int(&args[2])?;
             let name: &'static str = spec.name;
-            let invalid = || error(CommandError::InvalidExpireTime(name));
+            let invalid = || error(CommandError::InvalidExpireTime(name.into()));
             if matches!(name, "expire" | "expireat") {
                 if !(i64::MIN / 1000..=i64::MAX / 1000).contains(&when) {
                     return Err(invalid());

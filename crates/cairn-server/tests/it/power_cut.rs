@@ -74,6 +74,9 @@ fn node_options(io: &SimIo, sync: SyncMode) -> NodeOptions {
             wal_segment_bytes_max: 16 * 1024,
             engine_segment_bytes_max: 8 * 1024,
         },
+        join: None,
+        replicas: 3,
+        down_after: std::time::Duration::from_secs(5),
     }
 }
 

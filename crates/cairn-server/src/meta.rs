@@ -1,0 +1,232 @@
+//! The metadata group: the cluster map, replicated by its own Raft group (group 0) instead of
+//! ZooKeeper.
+//!
+//! The map lives in the group's replica, an engine like a shard's, under three kinds of keys:
+//! `config` (shard count and voters per shard, fixed when the cluster is created),
+//! `next_id` (the last Raft id handed out) and `node/<raft id, 20 digits>` (a [`NodeRecord`]:
+//! the node's name, its addresses and whether the metadata leader marked it down). Writes are
+//! ordinary commands evaluated by the group's proposer, so they are durable on a majority of
+//! the group's voters before they are acknowledged, and only the group's leader makes them.
+//! Every node holds a replica (voters up to [`META_VOTERS_MAX`], the others learners), so any
+//! node reads the map locally; those reads may lag the leader by the replication delay, which
+//! is fine for what they serve (addresses, status).
+//!
+//! Which nodes hold which shard is not in the map: each shard's Raft membership is the
+//! authority, and the shard's leader reconciles it with the map ([`crate::placement`]).
+
+use std::path::Path;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use cairn_raft::Group;
+
+use crate::command::{Command, Condition, Expiry, KeyRange};
+use crate::error::CommandError;
+use crate::node::now_ms;
+use crate::proposer::{Proposal, ProposalOp};
+use crate::reply::Reply;
+use crate::shards::{ShardsSetup, open_replica};
+
+/// The metadata group's Raft group id.
+pub const META_GROUP: u64 = 0;
+/// Most voters of the metadata group; other nodes hold learner replicas of it.
+pub const META_VOTERS_MAX: usize = 3;
+/// Most nodes the map lists (one scan reads them all).
+pub const NODES_MAX: usize = 1024;
+
+const CONFIG_KEY: &[u8] = b"config";
+const NEXT_ID_KEY: &[u8] = b"next_id";
+const NODE_PREFIX: &str = "node/";
+
+/// One node as the cluster map records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub raft_id: u64,
+    /// 40 hex characters, the node's name (Redis Cluster's node id).
+    pub name: String,
+    pub grpc_addr: String,
+    pub http_addr: String,
+    pub resp_addr: String,
+    /// The metadata leader has not heard from the node for longer than `--down-after-ms`.
+    #[serde(default)]
+    pub down: bool,
+}
+
+/// Settings fixed when the cluster is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    pub shards: u32,
+    /// Voters per shard (capped by the number of nodes).
+    pub replicas: u32,
+}
+
+/// The metadata group's replica on this node.
+#[derive(Debug)]
+pub struct Meta {
+    pub group: Group,
+    proposals: mpsc::Sender<Proposal>,
+    /// Serialises this node's read-modify-write updates of the map (registering a node reads
+    /// the records, then writes one).
+    updates: Mutex<()>,
+}
+
+fn node_key(raft_id: u64) -> Bytes {
+    Bytes::from(format!("{NODE_PREFIX}{raft_id:020}"))
+}
+
+impl Meta {
+    /// Opens the replica in `dir` and starts the group (bootstrapped with this node alone when
+    /// this node creates the cluster).
+    pub async fn open(setup: &ShardsSetup<'_>, dir: &Path) -> anyhow::Result<Meta> {
+        let opened = open_replica(setup, dir, META_GROUP, "meta".into()).await?;
+        Ok(Meta {
+            group: opened.group,
+            proposals: opened.proposals,
+            updates: Mutex::new(()),
+        })
+    }
+
+    /// The cluster's settings, once the first node has written them.
+    pub fn config(&self) -> Option<ClusterConfig> {
+        let value = self.group.sm.engine().get(CONFIG_KEY).ok()??;
+        serde_json::from_slice(&value).ok()
+    }
+
+    /// Every node of the map, by Raft id, as this replica has applied it.
+    pub fn nodes(&self) -> Vec<NodeRecord> {
+        let range = KeyRange::prefix(Bytes::from_static(NODE_PREFIX.as_bytes()));
+        let engine = self.group.sm.engine();
+        let start = crate::node::as_ref_bound(&range.start);
+        let end = crate::node::as_ref_bound(&range.end);
+        match engine.scan(start, end, NODES_MAX) {
+            Ok(entries) => entries
+                .into_iter()
+                .filter_map(|e| serde_json::from_slice(&e.value).ok())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the cluster map");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The record of node `raft_id`.
+    pub fn node(&self, raft_id: u64) -> Option<NodeRecord> {
+        let value = self.group.sm.engine().get(&node_key(raft_id)).ok()??;
+        serde_json::from_slice(&value).ok()
+    }
+
+    /// Whether this node leads the metadata group.
+    pub fn is_leader(&self) -> bool {
+        self.group.leading().is_some()
+    }
+
+    async fn write(&self, cmd: Command) -> Result<Reply, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        self.proposals
+            .send(Proposal {
+                op: ProposalOp::Command(cmd),
+                now_ms: now_ms(),
+                reply,
+            })
+            .await
+            .map_err(|_| CommandError::ShuttingDown)?;
+        rx.await.unwrap_or(Err(CommandError::ShuttingDown))
+    }
+
+    async fn put(&self, key: Bytes, value: Vec<u8>) -> Result<(), CommandError> {
+        self.write(Command::Set {
+            key,
+            value: Bytes::from(value),
+            expiry: Expiry::Never,
+            condition: Condition::Always,
+            return_old: false,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn put_node(&self, record: &NodeRecord) -> Result<(), CommandError> {
+        let value = serde_json::to_vec(record).expect("a node record serialises");
+        self.put(node_key(record.raft_id), value).await
+    }
+
+    /// As the leader of a cluster this node created: writes the settings and this node's
+    /// record if the map does not have them yet, and keeps this node's addresses current.
+    pub async fn bootstrap(
+        &self,
+        me: NodeRecord,
+        config: ClusterConfig,
+    ) -> Result<(), CommandError> {
+        let _guard = self.updates.lock().await;
+        if self.config().is_none() {
+            let value = serde_json::to_vec(&config).expect("a config serialises");
+            self.put(Bytes::from_static(CONFIG_KEY), value).await?;
+            self.put(
+                Bytes::from_static(NEXT_ID_KEY),
+                me.raft_id.to_string().into_bytes(),
+            )
+            .await?;
+        }
+        if self.node(me.raft_id).as_ref() != Some(&me) {
+            self.put_node(&me).await?;
+        }
+        Ok(())
+    }
+
+    /// As the metadata leader: admits a node named `name` (or updates the addresses of the
+    /// node already known by that name) and returns its Raft id.
+    pub async fn register(&self, mut record: NodeRecord) -> Result<u64, CommandError> {
+        let _guard = self.updates.lock().await;
+        if !self.is_leader() {
+            return Err(CommandError::TryAgain(
+                "this node no longer leads the metadata group".into(),
+            ));
+        }
+        let known = self.nodes().into_iter().find(|n| n.name == record.name);
+        record.raft_id = match &known {
+            Some(n) => n.raft_id,
+            None => {
+                if self.nodes().len() >= NODES_MAX {
+                    return Err(CommandError::Invalid(format!(
+                        "the cluster already has {NODES_MAX} nodes"
+                    )));
+                }
+                match self
+                    .write(Command::IncrBy {
+                        key: Bytes::from_static(NEXT_ID_KEY),
+                        delta: 1,
+                    })
+                    .await?
+                {
+                    Reply::Int(id) if id > 0 => id as u64,
+                    other => {
+                        return Err(CommandError::Invalid(format!(
+                            "unexpected next node id {other:?}"
+                        )));
+                    }
+                }
+            }
+        };
+        record.down = false;
+        if known.as_ref() != Some(&record) {
+            self.put_node(&record).await?;
+        }
+        Ok(record.raft_id)
+    }
+
+    /// As the metadata leader: records whether node `raft_id` is down.
+    pub async fn set_down(&self, raft_id: u64, down: bool) -> Result<(), CommandError> {
+        let _guard = self.updates.lock().await;
+        let Some(mut record) = self.node(raft_id) else {
+            return Ok(());
+        };
+        if record.down == down {
+            return Ok(());
+        }
+        record.down = down;
+        self.put_node(&record).await
+    }
+}

@@ -1,0 +1,269 @@
+//! Routing: which node serves one shard's part of a request.
+//!
+//! Every node replicates every shard (the first `--replicas` nodes as voters, the others as
+//! learners: see [`crate::placement`]), so each node knows each shard's leader from its own
+//! replica of the group. A write, or a linearizable read, is served here when this node leads
+//! the shard, and forwarded to the leader otherwise ([`crate::peer::forward`]). A
+//! linearizable read on a leader first confirms the leader's lease (skipped when the leader
+//! is the group's only voter: no other node can be elected). A stale read is served by any
+//! replica on this node as it stands.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use cairn_raft::Role;
+
+use super::{Node, Part};
+use crate::command::Command;
+use crate::error::CommandError;
+use crate::meta::{Meta, NodeRecord};
+use crate::peer::FORWARD_HOPS_MAX;
+use crate::proposer::ProposalOp;
+use crate::reply::Reply;
+use crate::shard::Shard;
+
+impl Node {
+    /// The metadata group's replica on this node.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// This node's Raft id.
+    pub fn raft_id(&self) -> u64 {
+        self.identity.raft_id
+    }
+
+    /// This node as the cluster map should record it.
+    pub fn my_record(&self) -> NodeRecord {
+        NodeRecord {
+            raft_id: self.identity.raft_id,
+            name: self.identity.node_id.clone(),
+            grpc_addr: self.options.grpc_addr.to_string(),
+            http_addr: self.options.http_addr.to_string(),
+            resp_addr: self.options.resp_addr.to_string(),
+            down: false,
+        }
+    }
+
+    /// The gRPC address of `shard`'s leader when another node leads it; `Ok(None)` when this
+    /// node does; `TRYAGAIN` when no leader is known.
+    fn remote_leader(&self, shard: &Shard) -> Result<Option<String>, CommandError> {
+        if shard.group.leading().is_some() {
+            return Ok(None);
+        }
+        let status = shard.group.status();
+        if let Some(why) = status.stopped {
+            // A stopped sole voter's replica is final: no other node can take writes.
+            if status.voters.len() == 1 && status.voters.contains(&status.node) {
+                return Ok(None);
+            }
+            return Err(CommandError::Fatal(format!(
+                "shard {} stopped: {why}",
+                shard.id
+            )));
+        }
+        match status.leader {
+            Some(leader) if leader == status.node => Ok(None),
+            Some(leader) => match status.nodes.get(&leader) {
+                Some(addr) => Ok(Some(addr.grpc.clone())),
+                None => Err(CommandError::TryAgain(format!(
+                    "shard {} is led by node {leader}, whose address is unknown here",
+                    shard.id
+                ))),
+            },
+            None => Err(CommandError::TryAgain(format!(
+                "shard {} has no leader at the moment",
+                shard.id
+            ))),
+        }
+    }
+
+    fn shard(&self, id: u32) -> Result<&Shard, CommandError> {
+        self.shards
+            .get(id)
+            .ok_or_else(|| CommandError::Invalid(format!("no shard {id}")))
+    }
+
+    fn hop(hops: u32) -> Result<u32, CommandError> {
+        if hops >= FORWARD_HOPS_MAX {
+            return Err(CommandError::TryAgain(
+                "the shard's leader moved while the request was being forwarded".into(),
+            ));
+        }
+        Ok(hops + 1)
+    }
+
+    /// One shard's part of a write: to this node's proposer when it leads the shard (its
+    /// proposer refuses with `TRYAGAIN` if leadership has just moved), else to the leader.
+    pub(super) async fn send_routed(
+        &self,
+        shard_id: u32,
+        cmd: Command,
+        now_ms: u64,
+        hops: u32,
+    ) -> Result<Part, CommandError> {
+        let shard = self.shard(shard_id)?;
+        // While the shard has no reachable leader nothing has been sent, so waiting for one
+        // keeps the caller's order of writes (the next write is not routed before this one).
+        let deadline = std::time::Instant::now() + super::ROUTE_RETRY_WINDOW;
+        let mut backoff = super::ROUTE_RETRY_FIRST;
+        loop {
+            let outcome = match self.remote_leader(shard) {
+                Ok(None) => break,
+                Ok(Some(addr)) => {
+                    let hops = Self::hop(hops)?;
+                    let only = matches!(cmd, Command::Flush).then_some(shard_id);
+                    crate::peer::forward(&self.peers, &addr, &cmd, hops, false, only).await
+                }
+                // A replica that is not (yet) in the group knows no leader: its proposer
+                // answers.
+                Err(CommandError::TryAgain(_)) if !self.is_member(shard) => break,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Err(CommandError::TryAgain(_))
+                    if hops == 0 && std::time::Instant::now() + backoff < deadline =>
+                {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(super::ROUTE_RETRY_MAX);
+                }
+                outcome => return Ok(Part::Done(outcome)),
+            }
+        }
+        let rx = self
+            .send(shard_id, ProposalOp::Command(cmd), now_ms)
+            .await?;
+        Ok(Part::Local(rx))
+    }
+
+    fn is_member(&self, shard: &Shard) -> bool {
+        let status = shard.group.status();
+        status.voters.contains(&status.node) || status.learners.contains(&status.node)
+    }
+
+    /// A read: single-key reads and MGET/EXISTS go to each key's shard leader (or this node's
+    /// replica when `stale`); reads of the whole keyspace (KEYS, SCAN, DBSIZE, RANDOMKEY,
+    /// range scans) and status are served from this node's replicas.
+    pub(super) async fn read_routed(
+        &self,
+        cmd: Command,
+        hops: u32,
+        stale: bool,
+    ) -> Result<Reply, CommandError> {
+        match &cmd {
+            Command::Get { key }
+            | Command::StrLen { key }
+            | Command::GetRange { key, .. }
+            | Command::Type { key }
+            | Command::Ttl { key } => {
+                let shard = self.shards.shard_of_key(key);
+                self.read_on(shard, cmd, hops, stale).await
+            }
+            Command::MGet { keys } => {
+                if let Some(shard) = self.single_shard(keys) {
+                    return self.read_on(shard, cmd, hops, stale).await;
+                }
+                let mut values = vec![None; keys.len()];
+                for (shard, positions) in self.by_shard(keys) {
+                    let part = positions.iter().map(|&i| keys[i].clone()).collect();
+                    match self
+                        .read_on(shard, Command::MGet { keys: part }, hops, stale)
+                        .await?
+                    {
+                        Reply::Values(found) => {
+                            for (i, value) in positions.into_iter().zip(found) {
+                                values[i] = value;
+                            }
+                        }
+                        other => return Err(unexpected(&other)),
+                    }
+                }
+                Ok(Reply::Values(values))
+            }
+            Command::Exists { keys } => {
+                if let Some(shard) = self.single_shard(keys) {
+                    return self.read_on(shard, cmd, hops, stale).await;
+                }
+                let mut total = 0;
+                for (shard, positions) in self.by_shard(keys) {
+                    let part = positions.iter().map(|&i| keys[i].clone()).collect();
+                    match self
+                        .read_on(shard, Command::Exists { keys: part }, hops, stale)
+                        .await?
+                    {
+                        Reply::Int(n) => total += n,
+                        other => return Err(unexpected(&other)),
+                    }
+                }
+                Ok(Reply::Int(total))
+            }
+            _ => self.read(cmd),
+        }
+    }
+
+    fn single_shard(&self, keys: &[Bytes]) -> Option<u32> {
+        let first = self.shards.shard_of_key(keys.first()?);
+        keys.iter()
+            .all(|k| self.shards.shard_of_key(k) == first)
+            .then_some(first)
+    }
+
+    fn by_shard(&self, keys: &[Bytes]) -> BTreeMap<u32, Vec<usize>> {
+        let mut out: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            out.entry(self.shards.shard_of_key(key))
+                .or_default()
+                .push(i);
+        }
+        out
+    }
+
+    /// A read of keys that all live in shard `shard_id`.
+    async fn read_on(
+        &self,
+        shard_id: u32,
+        cmd: Command,
+        hops: u32,
+        stale: bool,
+    ) -> Result<Reply, CommandError> {
+        let shard = self.shard(shard_id)?;
+        if stale && self.is_member(shard) {
+            return self.read(cmd);
+        }
+        if shard.group.leading().is_some() {
+            if shard.group.leads_alone() {
+                return self.read(cmd);
+            }
+            match shard.group.linearize().await {
+                Ok(()) => return self.read(cmd),
+                Err(e) => tracing::debug!(shard = shard_id, error = %e, "lease lost; rerouting"),
+            }
+        }
+        match self.remote_leader(shard)? {
+            Some(addr) => {
+                let hops = Self::hop(hops)?;
+                crate::peer::forward(&self.peers, &addr, &cmd, hops, stale, None).await
+            }
+            // Reads go on after a storage failure stopped a sole voter's group.
+            None if shard.group.status().stopped.is_some() => self.read(cmd),
+            None => Err(CommandError::TryAgain(format!(
+                "shard {shard_id} is changing leader"
+            ))),
+        }
+    }
+
+    /// The node that leads `key`'s shard, when it is another node (for `MOVED` redirects):
+    /// its record in the cluster map.
+    pub fn leader_elsewhere(&self, key: &[u8]) -> Option<NodeRecord> {
+        let shard = self.shards.for_key(key);
+        let status = shard.group.status();
+        if status.role == Role::Leader {
+            return None;
+        }
+        self.meta.node(status.leader?)
+    }
+}
+
+fn unexpected(reply: &Reply) -> CommandError {
+    CommandError::Invalid(format!("unexpected reply from a shard: {reply:?}"))
+}

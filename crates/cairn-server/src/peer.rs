@@ -1,0 +1,218 @@
+//! `cairn.peer.v1.Node`: what nodes ask each other besides Raft messages. A node joins the
+//! cluster through any member (`Join`, answered by the metadata leader), and any node forwards
+//! a client's command to the node that leads the command's shard (`Forward`).
+//!
+//! Forwarded commands and their results cross the wire in postcard's encoding of
+//! [`Command`] and `Result<Reply, CommandError>`, an internal format bound to the build (nodes
+//! of one cluster run one version). The service shares the node's gRPC address and, through
+//! [`Peers`], the one connection per node pair that Raft traffic uses.
+//!
+//! Failures keep the outcome honest: a forwarded read that fails in transit is `TRYAGAIN`
+//! (nothing changed); a forwarded write that may have reached the leader is `outcome unknown`,
+//! unless the connection was never made.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::peer as pb;
+use cairn_raft::Peers;
+use tonic::{Request, Response, Status};
+
+use crate::command::Command;
+use crate::error::CommandError;
+use crate::meta::NodeRecord;
+use crate::node::Node;
+use crate::reply::Reply;
+
+/// Most times a command is forwarded before a node answers `TRYAGAIN` (leaders that moved
+/// twice within one request).
+pub const FORWARD_HOPS_MAX: u32 = 2;
+/// How long a forwarded command may take, including its commit on the leader.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest forwarded message: a value at the largest configurable limit plus framing.
+const FORWARD_MESSAGE_BYTES_MAX: usize = crate::config::VALUE_BYTES_MAX_LIMIT + 1024 * 1024;
+/// How long a joining node keeps asking before it gives up.
+pub const JOIN_WAIT: Duration = Duration::from_secs(60);
+/// Pause between join attempts.
+const JOIN_RETRY: Duration = Duration::from_millis(500);
+/// How long one join request may take.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The service over one node.
+#[derive(Debug)]
+pub struct NodeService {
+    node: Arc<Node>,
+}
+
+impl NodeService {
+    pub fn new(node: Arc<Node>) -> NodeService {
+        NodeService { node }
+    }
+
+    pub fn into_server(self) -> pb::node_server::NodeServer<NodeService> {
+        pb::node_server::NodeServer::new(self)
+            .max_decoding_message_size(FORWARD_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(FORWARD_MESSAGE_BYTES_MAX)
+    }
+}
+
+fn encode_result(result: &Result<Reply, CommandError>) -> Vec<u8> {
+    postcard::to_stdvec(result).expect("a result serialises")
+}
+
+#[tonic::async_trait]
+impl pb::node_server::Node for NodeService {
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let r = request.into_inner();
+        let meta = self.node.meta();
+        if !meta.is_leader() {
+            let status = meta.group.status();
+            let redirect = status
+                .leader
+                .and_then(|l| status.nodes.get(&l).map(|a| a.grpc.clone()))
+                .ok_or_else(|| Status::unavailable("the metadata group has no leader"))?;
+            return Ok(Response::new(pb::JoinResponse {
+                redirect,
+                ..Default::default()
+            }));
+        }
+        let config = meta
+            .config()
+            .ok_or_else(|| Status::unavailable("the cluster map is not written yet"))?;
+        if r.name.len() != 40 || !r.name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument(
+                "a node name is 40 hexadecimal characters",
+            ));
+        }
+        let raft_id = meta
+            .register(NodeRecord {
+                raft_id: 0,
+                name: r.name,
+                grpc_addr: r.grpc_addr,
+                http_addr: r.http_addr,
+                resp_addr: r.resp_addr,
+                down: false,
+            })
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        tracing::info!(raft_id, "node admitted to the cluster");
+        Ok(Response::new(pb::JoinResponse {
+            redirect: String::new(),
+            raft_id,
+            shards: config.shards,
+        }))
+    }
+
+    async fn forward(
+        &self,
+        request: Request<pb::ForwardRequest>,
+    ) -> Result<Response<pb::ForwardResponse>, Status> {
+        let r = request.into_inner();
+        let command: Command = postcard::from_bytes(&r.command)
+            .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
+        let result = self
+            .node
+            .execute_forwarded(command, r.hops, r.stale, r.shard)
+            .await;
+        Ok(Response::new(pb::ForwardResponse {
+            result: encode_result(&result).into(),
+        }))
+    }
+}
+
+/// Whether `status` says the request never left this node (the connection was not made).
+fn never_sent(status: &Status) -> bool {
+    status.code() == tonic::Code::Unavailable && {
+        let text = format!("{status:?}").to_ascii_lowercase();
+        text.contains("connect error") || text.contains("connection refused")
+    }
+}
+
+/// Sends `command` to the node at gRPC address `addr` (which leads its shard, or forwards it
+/// once more), as forward number `hops`; `shard` limits a FLUSHDB to that shard.
+pub async fn forward(
+    peers: &Peers,
+    addr: &str,
+    command: &Command,
+    hops: u32,
+    stale: bool,
+    shard: Option<u32>,
+) -> Result<Reply, CommandError> {
+    let is_write = command.is_write();
+    let lost = |why: String| {
+        if is_write {
+            CommandError::OutcomeUnknown(format!("forwarding to {addr} failed: {why}"))
+        } else {
+            CommandError::TryAgain(format!("forwarding to {addr} failed: {why}"))
+        }
+    };
+    let channel = peers
+        .channel(addr)
+        .map_err(|e| CommandError::TryAgain(format!("bad peer address {addr}: {e}")))?;
+    let mut client = pb::node_client::NodeClient::new(channel)
+        .max_decoding_message_size(FORWARD_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(FORWARD_MESSAGE_BYTES_MAX);
+    let request = pb::ForwardRequest {
+        command: postcard::to_stdvec(command)
+            .expect("a command serialises")
+            .into(),
+        hops,
+        stale,
+        shard,
+    };
+    crate::metrics::forwarded(command.name());
+    match tokio::time::timeout(FORWARD_TIMEOUT, client.forward(request)).await {
+        Err(_) => Err(lost(format!("no answer within {FORWARD_TIMEOUT:?}"))),
+        Ok(Err(status)) if never_sent(&status) => Err(CommandError::TryAgain(format!(
+            "node {addr} is unreachable: {}",
+            status.message()
+        ))),
+        Ok(Err(status)) => Err(lost(status.message().to_string())),
+        Ok(Ok(response)) => postcard::from_bytes(&response.into_inner().result)
+            .unwrap_or_else(|e| Err(lost(format!("undecodable answer: {e}")))),
+    }
+}
+
+/// Asks the cluster that `addr` belongs to to admit this node; follows redirects to the
+/// metadata leader and retries for up to [`JOIN_WAIT`]. Returns the Raft id and shard count.
+pub async fn join(addr: &str, me: &NodeRecord) -> anyhow::Result<(u64, u32)> {
+    let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+    let mut target = addr.to_string();
+    let mut last_error = String::new();
+    while tokio::time::Instant::now() < deadline {
+        let attempt = async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))?
+                .connect_timeout(Duration::from_secs(1))
+                .connect()
+                .await?;
+            let mut client = pb::node_client::NodeClient::new(channel);
+            let response = client
+                .join(pb::JoinRequest {
+                    name: me.name.clone(),
+                    grpc_addr: me.grpc_addr.clone(),
+                    http_addr: me.http_addr.clone(),
+                    resp_addr: me.resp_addr.clone(),
+                })
+                .await?;
+            anyhow::Ok(response.into_inner())
+        };
+        match tokio::time::timeout(JOIN_TIMEOUT, attempt).await {
+            Ok(Ok(r)) if !r.redirect.is_empty() => {
+                tracing::info!(leader = %r.redirect, "joining through the metadata leader");
+                target = r.redirect;
+                continue;
+            }
+            Ok(Ok(r)) if r.raft_id > 0 && r.shards > 0 => return Ok((r.raft_id, r.shards)),
+            Ok(Ok(r)) => last_error = format!("malformed answer {r:?}"),
+            Ok(Err(e)) => last_error = format!("{e:#}"),
+            Err(_) => last_error = "timed out".into(),
+        }
+        tracing::info!(via = %target, error = %last_error, "join not answered yet; retrying");
+        target = addr.to_string();
+        tokio::time::sleep(JOIN_RETRY).await;
+    }
+    anyhow::bail!("could not join the cluster through {addr} within {JOIN_WAIT:?}: {last_error}")
+}
