@@ -235,7 +235,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
             T::Accepted => Ok(Ok(())),
             T::VoteChanged => decode_vote(&reply.vote).map(|actual| {
                 Err(TransferLeaderError::VoteChanged {
-                    expected: req.from_leader().clone(),
+                    expected: *req.from_leader(),
                     actual,
                 })
             }),

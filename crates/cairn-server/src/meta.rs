@@ -66,7 +66,7 @@ pub struct ClusterConfig {
 #[derive(Debug)]
 pub struct Meta {
     pub group: Group,
-    proposals: mpsc::Sender<Proposal>,
+    pub(crate) proposals: mpsc::Sender<Proposal>,
     /// Serialises this node's read-modify-write updates of the map (registering a node reads
     /// the records, then writes one).
     updates: Mutex<()>,

@@ -885,6 +885,7 @@ impl Node {
                         .chain(&g.learners)
                         .map(|id| name_of(*id))
                         .collect(),
+                    learners: g.learners.iter().map(|id| name_of(*id)).collect(),
                     leader: g.leader.map(name_of),
                     raft: s.raft_stats(),
                 }

@@ -20,9 +20,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use cairn_raft::{Group, NodeAddr};
+use tokio::sync::{mpsc, oneshot};
 
+use crate::error::CommandError;
 use crate::meta::{META_VOTERS_MAX, NodeRecord};
-use crate::node::Node;
+use crate::node::{Node, now_ms};
+use crate::proposer::{MembershipChange, Proposal, ProposalOp};
 
 /// How often each node reconciles the groups it leads.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(500);
@@ -50,7 +53,7 @@ pub async fn reconcile(node: &Node) {
     if let Some(term) = meta.group.leading() {
         detect_failures(node, &records, term.term()).await;
         let voters = META_VOTERS_MAX.min(records.len());
-        reconcile_group("meta", &meta.group, &records, voters).await;
+        reconcile_group("meta", &meta.group, &meta.proposals, &records, voters).await;
     }
     let replicas = meta.config().map_or(1, |c| c.replicas as usize);
     for shard in &node.shards().list {
@@ -58,7 +61,7 @@ pub async fn reconcile(node: &Node) {
             continue;
         }
         let name = format!("shard {}", shard.id);
-        if reconcile_group(&name, &shard.group, &records, replicas).await {
+        if reconcile_group(&name, &shard.group, &shard.proposals, &records, replicas).await {
             continue;
         }
         balance_leader(&name, &shard.group, shard.id as usize, &records).await;
@@ -105,9 +108,29 @@ async fn detect_failures(node: &Node, records: &[NodeRecord], term: u64) {
 }
 
 /// Makes one membership change toward the rule; returns whether it made (or tried) one.
+/// Hands a membership change to the group's proposer (which orders it with the writes).
+async fn submit(
+    proposals: &mpsc::Sender<Proposal>,
+    change: MembershipChange,
+) -> Result<(), CommandError> {
+    let (reply, rx) = oneshot::channel();
+    proposals
+        .send(Proposal {
+            op: ProposalOp::Membership(change),
+            now_ms: now_ms(),
+            reply,
+        })
+        .await
+        .map_err(|_| CommandError::ShuttingDown)?;
+    rx.await
+        .unwrap_or(Err(CommandError::ShuttingDown))
+        .map(|_| ())
+}
+
 async fn reconcile_group(
     name: &str,
     group: &Group,
+    proposals: &mpsc::Sender<Proposal>,
     records: &[NodeRecord],
     voters_wanted: usize,
 ) -> bool {
@@ -120,7 +143,11 @@ async fn reconcile_group(
         let addr = NodeAddr {
             grpc: new.grpc_addr.clone(),
         };
-        match group.add_learner(new.raft_id, addr).await {
+        let change = MembershipChange::AddLearner {
+            id: new.raft_id,
+            addr,
+        };
+        match submit(proposals, change).await {
             Ok(()) => tracing::info!(group = name, node = new.raft_id, "learner added"),
             Err(e) => {
                 tracing::debug!(group = name, node = new.raft_id, error = %e, "cannot add learner")
@@ -146,7 +173,7 @@ async fn reconcile_group(
     };
     let mut voters = status.voters.clone();
     voters.insert(candidate);
-    match group.set_voters(voters).await {
+    match submit(proposals, MembershipChange::SetVoters(voters)).await {
         Ok(()) => tracing::info!(group = name, node = candidate, "learner promoted to voter"),
         Err(e) => tracing::debug!(group = name, node = candidate, error = %e, "cannot promote"),
     }

@@ -68,6 +68,19 @@ pub enum ProposalOp {
     Internal(InternalOp),
     /// Answered `OK` once every earlier proposal has been answered (shutdown waits on it).
     Barrier,
+    /// A change of the group's membership. It appends log entries of its own, so it goes
+    /// through the proposer, which lets every entry in flight land first and re-reads the end
+    /// of the log afterwards: the indexes it predicts for writes (their versions) stay exact.
+    Membership(MembershipChange),
+}
+
+/// A membership change the placement reconciler asks of a group it leads.
+#[derive(Debug, Clone)]
+pub enum MembershipChange {
+    /// Start replicating to a node as a learner.
+    AddLearner { id: u64, addr: cairn_raft::NodeAddr },
+    /// Make exactly these nodes voters (others stay learners); returns once committed.
+    SetVoters(std::collections::BTreeSet<u64>),
 }
 
 /// One request to a shard's proposer.
@@ -119,6 +132,7 @@ pub fn spawn(handles: ShardHandles) -> mpsc::Sender<Proposal> {
         overlay: Overlay::default(),
         broken: false,
         flights: FuturesOrdered::new(),
+        deferred: None,
         proposals_total: metrics::counter!(
             crate::metrics::SHARD_PROPOSALS_TOTAL,
             "shard" => handles.shard.clone()
@@ -141,6 +155,9 @@ struct Proposer {
     /// An entry of the current term failed: evaluate nothing more until a new term is ready.
     broken: bool,
     flights: FuturesOrdered<Flight>,
+    /// A proposal taken from the queue while packing an entry that cannot join one (a
+    /// membership change); it is handled next.
+    deferred: Option<Proposal>,
     proposals_total: metrics::Counter,
     entries_total: metrics::Counter,
 }
@@ -153,6 +170,11 @@ impl Proposer {
                 biased;
                 Some(landed) = self.flights.next(), if !self.flights.is_empty() => {
                     self.land(landed);
+                }
+                // A deferred proposal goes before anything still queued.
+                _ = std::future::ready(()), if self.deferred.is_some() => {
+                    let first = self.deferred.take().expect("checked");
+                    self.propose(first).await;
                 }
                 next = self.rx.recv(), if !closed && self.flights.len() < INFLIGHT_ENTRIES_MAX => {
                     match next {
@@ -214,6 +236,22 @@ impl Proposer {
             };
             let _ = tx.send(result);
         }
+    }
+
+    /// Applies a membership change as the current leader, between entries: every flight lands
+    /// first, and the next write re-reads the end of the log (the change appended entries).
+    async fn change_membership(&mut self, change: MembershipChange) -> ProposalResult {
+        self.ensure_term().await?;
+        self.drain().await;
+        let result = match change {
+            MembershipChange::AddLearner { id, addr } => self.h.group.add_learner(id, addr).await,
+            MembershipChange::SetVoters(voters) => self.h.group.set_voters(voters).await,
+        };
+        self.term = None;
+        self.overlay.reset();
+        result
+            .map(|()| Reply::Ok)
+            .map_err(|e| CommandError::TryAgain(format!("membership change: {e}")))
     }
 
     /// Lets every flight land.
@@ -292,6 +330,11 @@ impl Proposer {
             let _ = first.reply.send(Err(CommandError::Fatal(reason)));
             return;
         }
+        if let ProposalOp::Membership(change) = first.op {
+            let result = self.change_membership(change).await;
+            let _ = first.reply.send(result);
+            return;
+        }
         // Let the connection tasks that are ready run first, so their proposals join this
         // entry instead of each paying for an entry of its own (see PACK_YIELDS).
         for _ in 0..PACK_YIELDS {
@@ -327,6 +370,7 @@ impl Proposer {
                 ProposalOp::Internal(op) => eval.internal(op),
                 // A barrier behind others in the queue: everything before it is in this entry.
                 ProposalOp::Barrier => Ok(Reply::Ok),
+                ProposalOp::Membership(_) => unreachable!("membership changes are deferred"),
             };
             let decided = eval.finish();
             let result = match result {
@@ -345,6 +389,13 @@ impl Proposer {
             answers.push((proposal.reply, result));
             if answers.len() < GROUP_PROPOSALS_MAX && bytes < ENTRY_BYTES_MAX {
                 next = self.rx.try_recv().ok();
+                if let Some(Proposal {
+                    op: ProposalOp::Membership(_),
+                    ..
+                }) = &next
+                {
+                    self.deferred = next.take();
+                }
             }
         }
         if ops.is_empty() {

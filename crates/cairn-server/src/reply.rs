@@ -89,6 +89,8 @@ pub struct ShardInfo {
     pub slots: Vec<(u16, u16)>,
     /// Ids of the nodes holding a replica.
     pub replicas: Vec<String>,
+    /// Those of `replicas` that do not vote (learners).
+    pub learners: Vec<String>,
     /// Id of the replica that accepts writes.
     pub leader: Option<String>,
     /// The shard's Raft group as this node sees it.

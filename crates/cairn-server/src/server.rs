@@ -82,6 +82,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         resp_listener,
         node.clone(),
         config.max_connections,
+        config.resp_redirect,
         stop_rx.clone(),
     ));
     let (max_conns, stop) = (config.max_connections, || shutdown_signal(stop_rx.clone()));

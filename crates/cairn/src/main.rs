@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod cli;
+mod playground;
 
 /// Cairn: a distributed key-value database speaking Redis protocol, gRPC and HTTP/JSON.
 #[derive(Debug, Parser)]
@@ -16,6 +17,8 @@ struct Cli {
 enum Commands {
     /// Run a Cairn node.
     Server(cairn_server::config::ServerArgs),
+    /// Start a local cluster of N nodes on loopback; Ctrl-C stops them all.
+    Playground(playground::PlaygroundArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -24,6 +27,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Commands::Server(args) => server(args),
+        Commands::Playground(args) => playground::run(args),
         Commands::Client(command) => cli::main(command),
     }
 }

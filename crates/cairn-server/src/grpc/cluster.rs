@@ -69,6 +69,7 @@ fn status_to_pb(status: ClusterStatus) -> pb::StatusResponse {
                     })
                     .collect(),
                 replicas: s.replicas,
+                learners: s.learners,
                 leader: s.leader,
                 term: s.raft.term,
                 last_log_index: s.raft.last_log_index,

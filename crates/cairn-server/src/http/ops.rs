@@ -35,6 +35,7 @@ struct ShardJson {
     id: u32,
     slots: Vec<SlotRangeJson>,
     replicas: Vec<String>,
+    learners: Vec<String>,
     leader: Option<String>,
     term: u64,
     last_log_index: u64,
@@ -75,6 +76,7 @@ impl From<ClusterStatus> for ClusterJson {
                         .map(|(start, end)| SlotRangeJson { start, end })
                         .collect(),
                     replicas: sh.replicas,
+                    learners: sh.learners,
                     leader: sh.leader,
                     term: sh.raft.term,
                     last_log_index: sh.raft.last_log_index,

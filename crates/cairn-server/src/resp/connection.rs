@@ -175,9 +175,11 @@ pub async fn serve(
                             }
                         }
                     } else {
-                        // A read sees every earlier write of this connection.
+                        // A read waits for every earlier write of this connection, so it sees
+                        // them (unless READONLY: this node's replica may not have applied
+                        // them yet).
                         replies.drain(&session, &shared, &mut observer).await;
-                        let result = shared.node.execute(cmd).await;
+                        let result = shared.node.execute_with(cmd, session.readonly).await;
                         observer.observe(command, started.elapsed(), result.is_ok());
                         replies.push(render(shape, result), &session, &shared);
                     }

@@ -11,10 +11,10 @@ use cairn_resp::{Frame, Protocol, parse_i64};
 use crate::command::{Command, Condition, ExpireCondition, Expiry};
 use crate::error::CommandError;
 use crate::long_double::is_float;
-use crate::resp::introspection;
 use crate::resp::render::{Render, TtlKind};
 use crate::resp::session::{Session, Shared};
 use crate::resp::table::{self, CommandSpec};
+use crate::resp::{cluster, introspection};
 
 /// Default SCAN COUNT, as Redis.
 pub const SCAN_COUNT_DEFAULT: usize = 10;
@@ -245,6 +245,10 @@ pub fn dispatch(args: Vec<Bytes>, session: &mut Session, shared: &Shared) -> Act
     session.last_command = spec.name;
     if !spec.arity_ok(args.len()) {
         return Action::Reply(arity_error(spec.name));
+    }
+    // As Redis Cluster: a redirect comes before the arguments are parsed.
+    if let Some(moved) = cluster::redirect(spec, &args, session, shared) {
+        return Action::Reply(moved);
     }
     match data_command(spec, &args) {
         Some(Ok(action)) => action,
@@ -563,11 +567,14 @@ fn local_command(
                 Frame::Bulk(Bytes::from(now.subsec_micros().to_string())),
             ])
         }
-        "readonly" | "readwrite" => Frame::ok(),
+        "readonly" | "readwrite" => {
+            session.set_readonly(shared, spec.name == "readonly");
+            Frame::ok()
+        }
         "client" => client(&args, session, shared),
         "command" => introspection::command(&args, session.protocol),
         "info" => introspection::info(&args[1..], session.protocol, shared),
-        "cluster" => introspection::cluster(&args, session, shared),
+        "cluster" => cluster::cluster(&args, session, shared),
         other => err_text(&format!("ERR unhandled command '{other}'")),
     };
     Action::Reply(reply)

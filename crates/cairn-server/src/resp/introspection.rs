@@ -1,18 +1,13 @@
-//! Replies about the server itself: `COMMAND`, `INFO` and `CLUSTER`.
-//!
-//! Cairn presents itself to Redis clients as a Redis Cluster whose nodes own the slot ranges
-//! of the shards they lead — on one node, a one-node cluster owning all 16384 slots — so
-//! `redis-cli -c` and cluster clients (redis-py's `RedisCluster`) route keys themselves.
+//! Replies about the server itself: `COMMAND` and `INFO` (`CLUSTER` is in
+//! [`crate::resp::cluster`]).
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
 
 use bytes::Bytes;
 use cairn_resp::{Frame, Protocol};
 
-use crate::resp::session::{RespStats, Session, Shared};
+use crate::resp::session::{RespStats, Shared};
 use crate::resp::table::{self, COMMANDS, CommandSpec};
-use crate::slot::key_slot;
 
 /// The Redis version Cairn reports (the one whose replies it reproduces).
 pub const REDIS_VERSION: &str = "7.0.15";
@@ -282,145 +277,5 @@ fn section_text(section: &str, shared: &Shared, out: &mut String) {
             }
         }
         _ => {}
-    }
-}
-
-/// The address clients should use for this node's RESP port.
-fn advertised(shared: &Shared, session: &Session) -> (IpAddr, u16) {
-    let configured = shared.node.options().resp_addr;
-    let ip = if configured.ip().is_unspecified() {
-        session.local_addr.ip()
-    } else {
-        configured.ip()
-    };
-    (ip, configured.port())
-}
-
-/// Slot ranges merged across adjacent shards with the same leader: `(first, last, leader)`.
-fn slot_ranges(shared: &Shared) -> Vec<(u16, u16, String)> {
-    let status = shared.node.cluster_status();
-    let mut shards = status.shards;
-    shards.sort_by_key(|s| s.slots.first().map_or(0, |r| r.0));
-    let mut ranges: Vec<(u16, u16, String)> = Vec::new();
-    for shard in shards {
-        let leader = shard.leader.unwrap_or_default();
-        for (first, last) in shard.slots {
-            match ranges.last_mut() {
-                Some(prev) if prev.2 == leader && prev.1 + 1 == first => prev.1 = last,
-                _ => ranges.push((first, last, leader.clone())),
-            }
-        }
-    }
-    ranges
-}
-
-/// `CLUSTER INFO|MYID|KEYSLOT|SLOTS|SHARDS|NODES`.
-pub fn cluster(args: &[Bytes], session: &Session, shared: &Shared) -> Frame {
-    let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
-    let Some(spec) = table::lookup_sub("cluster", &sub) else {
-        return Frame::Error(Bytes::from(format!(
-            "ERR unknown subcommand '{}'. Try CLUSTER HELP.",
-            String::from_utf8_lossy(&args[1])
-        )));
-    };
-    if !spec.arity_ok(args.len()) {
-        return Frame::Error(Bytes::from(format!(
-            "ERR wrong number of arguments for '{}' command",
-            spec.name
-        )));
-    }
-    let node = &shared.node;
-    let (ip, port) = advertised(shared, session);
-    let id = node.id().to_string();
-    match sub.as_str() {
-        "info" => {
-            let status = node.cluster_status();
-            let text = format!(
-                "cluster_state:ok\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:16384\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:{}\r\ncluster_size:{}\r\ncluster_current_epoch:1\r\ncluster_my_epoch:1\r\ncluster_stats_messages_sent:0\r\ncluster_stats_messages_received:0\r\ntotal_cluster_links_buffer_limit_exceeded:0\r\n",
-                status.nodes.len(),
-                status.nodes.len()
-            );
-            verbatim(text, session.protocol)
-        }
-        "myid" => bulk(id),
-        "keyslot" => Frame::Integer(i64::from(key_slot(&args[2]))),
-        "slots" => Frame::Array(
-            slot_ranges(shared)
-                .into_iter()
-                .map(|(first, last, leader)| {
-                    Frame::Array(vec![
-                        Frame::Integer(i64::from(first)),
-                        Frame::Integer(i64::from(last)),
-                        Frame::Array(vec![
-                            bulk(ip.to_string()),
-                            Frame::Integer(i64::from(port)),
-                            bulk(leader),
-                            Frame::Map(Vec::new()),
-                        ]),
-                    ])
-                })
-                .collect(),
-        ),
-        "shards" => {
-            let status = node.cluster_status();
-            Frame::Array(
-                status
-                    .shards
-                    .iter()
-                    .map(|shard| {
-                        let slots = shard
-                            .slots
-                            .iter()
-                            .flat_map(|(a, b)| {
-                                [Frame::Integer(i64::from(*a)), Frame::Integer(i64::from(*b))]
-                            })
-                            .collect();
-                        let nodes = shard
-                            .replicas
-                            .iter()
-                            .map(|replica| {
-                                let role = if shard.leader.as_ref() == Some(replica) {
-                                    "master"
-                                } else {
-                                    "replica"
-                                };
-                                Frame::Map(vec![
-                                    (bulk("id"), bulk(replica.clone())),
-                                    (bulk("port"), Frame::Integer(i64::from(port))),
-                                    (bulk("ip"), bulk(ip.to_string())),
-                                    (bulk("endpoint"), bulk(ip.to_string())),
-                                    (bulk("role"), bulk(role)),
-                                    (bulk("replication-offset"), Frame::Integer(0)),
-                                    (bulk("health"), bulk("online")),
-                                ])
-                            })
-                            .collect();
-                        Frame::Map(vec![
-                            (bulk("slots"), Frame::Array(slots)),
-                            (bulk("nodes"), Frame::Array(nodes)),
-                        ])
-                    })
-                    .collect(),
-            )
-        }
-        "nodes" => {
-            let bus = node.options().grpc_addr.port();
-            let slots: Vec<String> = slot_ranges(shared)
-                .into_iter()
-                .map(|(a, b, _)| {
-                    if a == b {
-                        a.to_string()
-                    } else {
-                        format!("{a}-{b}")
-                    }
-                })
-                .collect();
-            let text = format!(
-                "{id} {ip}:{port}@{bus} myself,master - 0 0 1 connected {}\n",
-                slots.join(" ")
-            );
-            verbatim(text, session.protocol)
-        }
-        _ => Frame::Error(Bytes::from_static(b"ERR unhandled subcommand")),
     }
 }

@@ -4,6 +4,7 @@
 //! Framing and encoding live in `cairn-resp`; command semantics live in the node. This module
 //! only maps between them with Redis's exact argument rules and reply shapes.
 
+pub mod cluster;
 pub mod connection;
 pub mod dispatch;
 pub mod introspection;
@@ -34,11 +35,13 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Accept connections until `shutdown` turns true, then wait for open connections to finish
-/// their current batch.
+/// their current batch. With `redirect` (`--resp-redirect`), keyed requests whose shard
+/// another node leads are answered `MOVED` instead of being forwarded ([`cluster::redirect`]).
 pub async fn serve_listener(
     listener: TcpListener,
     node: Arc<Node>,
     max_connections: usize,
+    redirect: bool,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
@@ -46,6 +49,7 @@ pub async fn serve_listener(
         stats: RespStats::default(),
         clients: ClientRegistry::default(),
         max_connections,
+        redirect,
     });
     let mut tasks = tokio::task::JoinSet::new();
     loop {

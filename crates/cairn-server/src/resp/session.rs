@@ -24,6 +24,9 @@ pub struct Session {
     pub created: Instant,
     /// Lowercase name of the last command (for CLIENT INFO/LIST).
     pub last_command: &'static str,
+    /// `READONLY` is on: reads are served by this node's replicas, possibly stale, and are
+    /// never redirected (`READWRITE` turns it off).
+    pub readonly: bool,
 }
 
 impl Session {
@@ -36,7 +39,14 @@ impl Session {
             protocol: Protocol::Resp2,
             created: Instant::now(),
             last_command: "NULL",
+            readonly: false,
         }
+    }
+
+    /// Turn `READONLY` mode on or off.
+    pub fn set_readonly(&mut self, shared: &Shared, readonly: bool) {
+        self.readonly = readonly;
+        shared.clients.update(self);
     }
 
     /// Set (or, with an empty name, clear) the connection name.
@@ -57,13 +67,16 @@ impl Session {
         } else {
             2
         };
+        // Redis's client flags: `r` for a READONLY connection, `N` for none.
+        let flags = if self.readonly { "r" } else { "N" };
         format!(
-            "id={} addr={} laddr={} fd=8 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={}",
+            "id={} addr={} laddr={} fd=8 name={} age={} idle=0 flags={} db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={}",
             self.id,
             self.addr,
             self.local_addr,
             name,
             self.created.elapsed().as_secs(),
+            flags,
             self.last_command,
             resp
         )
@@ -78,6 +91,7 @@ struct ClientRecord {
     name: Option<Bytes>,
     protocol: Protocol,
     created: Instant,
+    readonly: bool,
 }
 
 /// Every open RESP connection, for `CLIENT LIST`.
@@ -100,6 +114,7 @@ impl ClientRegistry {
                 name: session.name.clone(),
                 protocol: session.protocol,
                 created: session.created,
+                readonly: session.readonly,
             },
         );
     }
@@ -121,6 +136,7 @@ impl ClientRegistry {
                 s.name = r.name;
                 s.protocol = r.protocol;
                 s.created = r.created;
+                s.readonly = r.readonly;
                 s.describe()
             })
             .collect()
@@ -155,4 +171,6 @@ pub struct Shared {
     pub stats: RespStats,
     pub clients: ClientRegistry,
     pub max_connections: usize,
+    /// `--resp-redirect`: answer `MOVED` for keys another node leads instead of forwarding.
+    pub redirect: bool,
 }

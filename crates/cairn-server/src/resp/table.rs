@@ -31,6 +31,12 @@ impl CommandSpec {
         }
     }
 
+    /// Whether the command only reads (Redis's `readonly` flag): a `READONLY` connection may
+    /// serve it from this node's replica.
+    pub fn is_read(&self) -> bool {
+        self.flags.contains(&"readonly")
+    }
+
     /// ACL categories, derived from the flags and group (for `COMMAND INFO`).
     pub fn categories(&self) -> Vec<String> {
         let mut cats = Vec::new();
@@ -800,6 +806,8 @@ mod tests {
         assert!(lookup("set").unwrap().arity_ok(9));
         assert!(!lookup("set").unwrap().arity_ok(2));
         assert!(!lookup("get").unwrap().arity_ok(3));
+        assert!(lookup("get").unwrap().is_read() && lookup("mget").unwrap().is_read());
+        assert!(!lookup("set").unwrap().is_read() && !lookup("getex").unwrap().is_read());
         assert_eq!(subcommands_of("cluster").count(), 6);
     }
 }

@@ -50,6 +50,7 @@ pub fn to_json(s: &StatusResponse) -> serde_json::Value {
             "id": sh.id,
             "slots": sh.slots.iter().map(|r| json!({"start": r.start, "end": r.end})).collect::<Vec<_>>(),
             "replicas": sh.replicas,
+            "learners": sh.learners,
             "leader": sh.leader,
             "term": sh.term,
             "last_log_index": sh.last_log_index,

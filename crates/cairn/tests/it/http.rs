@@ -14,10 +14,10 @@ use crate::support::Node;
 
 /// One parsed HTTP response.
 #[derive(Debug)]
-struct Response {
-    status: u16,
+pub(crate) struct Response {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Response {
@@ -28,7 +28,7 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
                 "body is not JSON ({e}): {:?}",
@@ -47,7 +47,7 @@ impl Response {
 }
 
 /// Send one request and read the whole response.
-fn request(addr: SocketAddr, method: &str, target: &str, body: &[u8]) -> Response {
+pub(crate) fn request(addr: SocketAddr, method: &str, target: &str, body: &[u8]) -> Response {
     send(addr, method, target, body.len(), body)
 }
 

@@ -1,5 +1,6 @@
 //! The Redis-protocol front end, byte for byte: every command family, pipelining, RESP3,
-//! protocol errors and limits, the cross-protocol defence, and cluster introspection.
+//! protocol errors and limits, the cross-protocol defence, cluster introspection, READONLY and
+//! `--resp-redirect` on one node.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -600,6 +601,26 @@ fn cluster_introspection_describes_a_one_node_cluster() {
         s(&mut c, "CLUSTER NOPE"),
         "-ERR unknown subcommand 'NOPE'. Try CLUSTER HELP.\r\n"
     );
+}
+
+#[test]
+fn readonly_and_redirects_change_nothing_on_one_node() {
+    // One node leads every shard: `--resp-redirect` never answers MOVED, and a READONLY
+    // connection's reads are this node's own.
+    let node = Node::start_with(&["--resp-redirect"]);
+    let mut c = node.resp();
+    assert_eq!(s(&mut c, "SET {k}1 v"), "+OK\r\n");
+    assert_eq!(s(&mut c, "READONLY"), "+OK\r\n");
+    assert!(s(&mut c, "CLIENT INFO").contains(" flags=r "));
+    assert_eq!(s(&mut c, "GET {k}1"), "$1\r\nv\r\n");
+    assert_eq!(s(&mut c, "SET {k}2 w"), "+OK\r\n");
+    assert_eq!(
+        s(&mut c, "MGET {k}1 {k}2 other"),
+        "*3\r\n$1\r\nv\r\n$1\r\nw\r\n$-1\r\n"
+    );
+    assert_eq!(s(&mut c, "READWRITE"), "+OK\r\n");
+    assert!(s(&mut c, "CLIENT INFO").contains(" flags=N "));
+    assert_eq!(s(&mut c, "GET {k}2"), "$1\r\nw\r\n");
 }
 
 #[test]

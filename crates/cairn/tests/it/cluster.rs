@@ -1,0 +1,517 @@
+//! Multi-node clusters of real processes on loopback: joining, serving any key from any node on
+//! every front end, and losing nodes (SIGKILL) without losing an acknowledged write.
+//!
+//! Each test starts its own nodes (four shards each, to keep two cores busy but not swamped),
+//! the second and later ones with `--join` to the first, and waits until every shard has a
+//! replica on every node and a leader. Writers record which writes were acknowledged (`+OK`),
+//! which failed before anything happened (`TRYAGAIN`) and which have an unknown outcome
+//! (`outcome unknown`, a dropped connection); only acknowledged writes must survive, and an
+//! unknown one may or may not.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use cairn_lincheck::{
+    Operation, RegisterInput, RegisterModel, RegisterOutput, UNKNOWN_RETURN, Verdict,
+    check_partitioned,
+};
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use crate::support::Node;
+
+/// Shards of each test cluster.
+const SHARDS: &str = "4";
+/// How long a cluster may take to place every replica and elect every leader.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Nodes started together; node 0 created the cluster.
+struct Cluster {
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    fn start(n: usize) -> Cluster {
+        let first = Node::start_with(&["--shards", SHARDS]);
+        let join = first.grpc_addr.to_string();
+        let mut nodes = vec![first];
+        for _ in 1..n {
+            nodes.push(Node::start_with(&["--shards", SHARDS, "--join", &join]));
+        }
+        let cluster = Cluster { nodes };
+        cluster.wait_converged(&(0..n).collect::<Vec<_>>());
+        cluster
+    }
+
+    /// Waits until every node in `live` sees every shard with `self.nodes.len()` voting
+    /// members (three or fewer nodes: all vote) and a leader among `live`, all of them
+    /// agreeing.
+    fn wait_converged(&self, live: &[usize]) {
+        let deadline = Instant::now() + CONVERGE_TIMEOUT;
+        let live_names: BTreeSet<String> = live
+            .iter()
+            .map(|&i| self.status(i)["node_id"].as_str().unwrap().to_string())
+            .collect();
+        loop {
+            let views: Vec<Vec<(usize, usize, String)>> = live
+                .iter()
+                .map(|&i| {
+                    let status = self.status(i);
+                    status["shards"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|s| {
+                            (
+                                s["replicas"].as_array().map_or(0, |r| r.len()),
+                                s["learners"].as_array().map_or(0, |r| r.len()),
+                                s["leader"].as_str().unwrap_or("").to_string(),
+                            )
+                        })
+                        .collect()
+                })
+                .collect();
+            let settled = views.iter().all(|v| {
+                v.iter().all(|(members, learners, leader)| {
+                    *members == self.nodes.len() && *learners == 0 && live_names.contains(leader)
+                }) && *v == views[0]
+            });
+            if settled {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not converge: {views:?}\nlogs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn status(&self, i: usize) -> Value {
+        let response = crate::http::request(self.nodes[i].http_addr, "GET", "/v1/cluster", b"");
+        assert_eq!(response.status, 200);
+        response.json()
+    }
+
+    /// Index of the node leading the most shards, as node `from` sees it.
+    fn busiest_leader(&self, from: usize) -> usize {
+        let status = self.status(from);
+        let mut count: BTreeMap<String, usize> = BTreeMap::new();
+        for shard in status["shards"].as_array().unwrap() {
+            *count
+                .entry(shard["leader"].as_str().unwrap_or("").into())
+                .or_default() += 1;
+        }
+        let (leader, _) = count.into_iter().max_by_key(|(_, n)| *n).unwrap();
+        (0..self.nodes.len())
+            .find(|&i| {
+                self.nodes[i].child.is_some() && self.status(i)["node_id"].as_str() == Some(&leader)
+            })
+            .expect("the leader is a running node")
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let log = n.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                format!(
+                    "--- node {i} ---\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// A RESP connection whose failures are answers, not panics (its node may be killed).
+struct Conn {
+    stream: TcpStream,
+}
+
+/// What a command came back with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    Ok,
+    Bulk(Option<String>),
+    Int(i64),
+    Error(String),
+    /// The connection failed: the command may or may not have run.
+    Lost,
+}
+
+impl Conn {
+    fn connect(addr: SocketAddr) -> Option<Conn> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .ok()?;
+        stream.set_nodelay(true).ok()?;
+        Some(Conn { stream })
+    }
+
+    fn cmd(&mut self, args: &[&str]) -> Answer {
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        if self.stream.write_all(out.as_bytes()).is_err() {
+            return Answer::Lost;
+        }
+        self.read().unwrap_or(Answer::Lost)
+    }
+
+    fn line(&mut self) -> std::io::Result<String> {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            self.stream.read_exact(&mut byte)?;
+            line.push(byte[0]);
+        }
+        line.truncate(line.len() - 2);
+        Ok(String::from_utf8_lossy(&line).into_owned())
+    }
+
+    fn read(&mut self) -> std::io::Result<Answer> {
+        let line = self.line()?;
+        let (kind, rest) = line.split_at(1);
+        Ok(match kind {
+            "+" => Answer::Ok,
+            "-" => Answer::Error(rest.to_string()),
+            ":" => Answer::Int(rest.parse().unwrap()),
+            "$" => {
+                let len: i64 = rest.parse().unwrap();
+                if len < 0 {
+                    Answer::Bulk(None)
+                } else {
+                    let mut body = vec![0u8; len as usize + 2];
+                    self.stream.read_exact(&mut body)?;
+                    body.truncate(len as usize);
+                    Answer::Bulk(Some(String::from_utf8(body).unwrap()))
+                }
+            }
+            other => panic!("unexpected reply type {other:?}"),
+        })
+    }
+}
+
+fn is_retriable(error: &str) -> bool {
+    error.starts_with("TRYAGAIN")
+}
+
+fn is_unknown(error: &str) -> bool {
+    error.contains("outcome unknown")
+}
+
+#[test]
+fn writes_through_any_node_on_every_front_end_are_read_from_every_node() {
+    let cluster = Cluster::start(3);
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let mut conn = Conn::connect(node.resp_addr).unwrap();
+        for k in 0..8 {
+            let key = format!("resp:{i}:{k}");
+            assert_eq!(conn.cmd(&["SET", &key, &format!("v{i}{k}")]), Answer::Ok);
+        }
+        let http = crate::http::request(
+            node.http_addr,
+            "PUT",
+            &format!("/v1/kv/http:{i}"),
+            format!("h{i}").as_bytes(),
+        );
+        assert_eq!(http.status, 200, "{}", String::from_utf8_lossy(&http.body));
+        let out = std::process::Command::new(crate::support::cairn_bin())
+            .args([
+                "put",
+                &format!("grpc:{i}"),
+                &format!("g{i}"),
+                "--endpoint",
+                &node.grpc_url(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Counters incremented through every node count every increment.
+    for node in &cluster.nodes {
+        let mut conn = Conn::connect(node.resp_addr).unwrap();
+        for _ in 0..5 {
+            assert!(matches!(conn.cmd(&["INCR", "counter"]), Answer::Int(_)));
+        }
+    }
+    for node in &cluster.nodes {
+        let mut conn = Conn::connect(node.resp_addr).unwrap();
+        for i in 0..3 {
+            for k in 0..8 {
+                assert_eq!(
+                    conn.cmd(&["GET", &format!("resp:{i}:{k}")]),
+                    Answer::Bulk(Some(format!("v{i}{k}")))
+                );
+            }
+            assert_eq!(
+                conn.cmd(&["GET", &format!("http:{i}")]),
+                Answer::Bulk(Some(format!("h{i}")))
+            );
+            let http =
+                crate::http::request(node.http_addr, "GET", &format!("/v1/kv/grpc:{i}"), b"");
+            assert_eq!(http.status, 200);
+            assert_eq!(http.body, format!("g{i}").as_bytes());
+            let out = std::process::Command::new(crate::support::cairn_bin())
+                .args([
+                    "get",
+                    &format!("resp:{i}:0"),
+                    "--endpoint",
+                    &node.grpc_url(),
+                ])
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                format!("v{i}0")
+            );
+        }
+        assert_eq!(
+            conn.cmd(&["GET", "counter"]),
+            Answer::Bulk(Some("15".into()))
+        );
+        // Multi-key reads and deletes fan out over shards led by different nodes.
+        let keys: Vec<String> = (0..8).map(|k| format!("resp:0:{k}")).collect();
+        let mut args = vec!["EXISTS"];
+        args.extend(keys.iter().map(String::as_str));
+        assert_eq!(conn.cmd(&args), Answer::Int(8));
+    }
+    let mut conn = Conn::connect(cluster.nodes[2].resp_addr).unwrap();
+    let mut args = vec!["DEL"];
+    let keys: Vec<String> = (0..8).map(|k| format!("resp:1:{k}")).collect();
+    args.extend(keys.iter().map(String::as_str));
+    assert_eq!(conn.cmd(&args), Answer::Int(8));
+    let mut conn = Conn::connect(cluster.nodes[0].resp_addr).unwrap();
+    assert_eq!(conn.cmd(&["GET", "resp:1:3"]), Answer::Bulk(None));
+}
+
+/// One writer: SETs unique keys through `addr` until `stop`, recording what it learned.
+fn write_until(addr: SocketAddr, writer: usize, stop: Instant) -> (Vec<String>, usize, usize) {
+    let (mut acked, mut retriable, mut unknown) = (Vec::new(), 0, 0);
+    let mut conn = Conn::connect(addr);
+    let mut seq = 0;
+    while Instant::now() < stop {
+        let Some(c) = conn.as_mut() else {
+            return (acked, retriable, unknown);
+        };
+        let key = format!("w{writer}:{seq}");
+        seq += 1;
+        match c.cmd(&["SET", &key, &key]) {
+            Answer::Ok => acked.push(key),
+            Answer::Error(e) if is_retriable(&e) => retriable += 1,
+            Answer::Error(e) if is_unknown(&e) => unknown += 1,
+            Answer::Lost => {
+                unknown += 1;
+                conn = None;
+            }
+            other => panic!("writer {writer}: SET answered {other:?}"),
+        }
+    }
+    (acked, retriable, unknown)
+}
+
+/// Writes through every node while phases run; returns every acknowledged key.
+fn with_writers(cluster: &Cluster, writers_per_node: usize, run: Duration) -> Vec<String> {
+    let stop = Instant::now() + run;
+    let threads: Vec<_> = cluster
+        .nodes
+        .iter()
+        .flat_map(|n| std::iter::repeat_n(n.resp_addr, writers_per_node))
+        .enumerate()
+        .map(|(w, addr)| std::thread::spawn(move || write_until(addr, w, stop)))
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("writer").0)
+        .collect()
+}
+
+fn assert_readable(cluster: &Cluster, from: usize, keys: &[String]) {
+    let mut conn = Conn::connect(cluster.nodes[from].resp_addr).unwrap();
+    for key in keys {
+        assert_eq!(
+            conn.cmd(&["GET", key]),
+            Answer::Bulk(Some(key.clone())),
+            "acknowledged write {key} lost (read through node {from})\n{}",
+            cluster.logs()
+        );
+    }
+}
+
+#[test]
+fn killing_nodes_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3);
+    // Phase 1: writers on every node; the busiest shard leader is killed mid-way.
+    let victim = cluster.busiest_leader(0);
+    let killer = {
+        let pid = cluster.nodes[victim].child.as_ref().unwrap().id();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        })
+    };
+    let mut acked = with_writers(&cluster, 2, Duration::from_secs(5));
+    killer.join().unwrap();
+    cluster.nodes[victim].kill();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
+    // The two survivors keep a majority of every shard: writes through them succeed.
+    let mut conn = Conn::connect(cluster.nodes[survivors[0]].resp_addr).unwrap();
+    for k in 0..20 {
+        let key = format!("after-kill:{k}");
+        assert_eq!(
+            conn.cmd(&["SET", &key, &key]),
+            Answer::Ok,
+            "{}",
+            cluster.logs()
+        );
+        acked.push(key);
+    }
+    for &i in &survivors {
+        assert_readable(&cluster, i, &acked);
+    }
+
+    // Phase 2: a second node dies; one node of three is a minority and acknowledges nothing.
+    let second = survivors[1];
+    cluster.nodes[second].kill();
+    let alone = survivors[0];
+    let mut conn = Conn::connect(cluster.nodes[alone].resp_addr).unwrap();
+    for k in 0..2 {
+        let key = format!("minority:{k}");
+        let answer = conn.cmd(&["SET", &key, &key]);
+        assert!(
+            matches!(&answer, Answer::Error(e) if is_retriable(e) || is_unknown(e)),
+            "a minority acknowledged a write: {answer:?}"
+        );
+    }
+
+    // Phase 3: everything restarts (the whole cluster, from its data directories).
+    cluster.nodes[alone].kill();
+    for node in cluster.nodes.iter_mut() {
+        node.spawn();
+    }
+    cluster.wait_converged(&[0, 1, 2]);
+    for i in 0..3 {
+        assert_readable(&cluster, i, &acked);
+    }
+    assert!(
+        acked.len() > 40,
+        "too few writes were acknowledged: {}",
+        acked.len()
+    );
+}
+
+type Op = Operation<RegisterInput<u64>, RegisterOutput<u64>>;
+
+/// One client of the linearizability run: random reads, writes and deletes of a few keys
+/// through random nodes, reconnecting elsewhere when its node dies.
+fn lin_client(addrs: Vec<SocketAddr>, client: u64, ops: usize, start: Instant) -> Vec<(usize, Op)> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(client);
+    let mut conn: Option<Conn> = None;
+    let mut history = Vec::new();
+    for seq in 0..ops as u64 {
+        while conn.is_none() {
+            conn = Conn::connect(addrs[rng.random_range(0..addrs.len())]);
+        }
+        let c = conn.as_mut().unwrap();
+        let key = rng.random_range(0..2usize);
+        let name = format!("lin:{key}");
+        let value = client * 1_000_000 + seq;
+        let input = match rng.random_range(0..10) {
+            0..=3 => RegisterInput::Read,
+            4..=8 => RegisterInput::Write(value),
+            _ => RegisterInput::Delete,
+        };
+        let call = start.elapsed().as_nanos() as u64;
+        let answer = match &input {
+            RegisterInput::Read => c.cmd(&["GET", &name]),
+            RegisterInput::Write(v) => c.cmd(&["SET", &name, &v.to_string()]),
+            RegisterInput::Delete => c.cmd(&["DEL", &name]),
+        };
+        let ret = start.elapsed().as_nanos() as u64;
+        let (output, ret) = match (&input, answer) {
+            (RegisterInput::Read, Answer::Bulk(v)) => {
+                (RegisterOutput::Read(v.map(|v| v.parse().unwrap())), ret)
+            }
+            (RegisterInput::Write(_), Answer::Ok) => (RegisterOutput::Done, ret),
+            (RegisterInput::Delete, Answer::Int(n)) => (RegisterOutput::Deleted(n == 1), ret),
+            // Refused before anything happened, or a read that failed: no effect to check.
+            (_, Answer::Error(e)) if is_retriable(&e) => continue,
+            (RegisterInput::Read, Answer::Lost) => {
+                conn = None;
+                continue;
+            }
+            (_, Answer::Error(e)) if is_unknown(&e) => (RegisterOutput::Unknown, UNKNOWN_RETURN),
+            (_, Answer::Lost) => {
+                conn = None;
+                (RegisterOutput::Unknown, UNKNOWN_RETURN)
+            }
+            (_, other) => panic!("client {client}: {input:?} answered {other:?}"),
+        };
+        history.push((
+            key,
+            Operation {
+                client,
+                input,
+                output,
+                call,
+                ret,
+            },
+        ));
+    }
+    history
+}
+
+#[test]
+fn histories_stay_linearizable_while_a_leader_is_killed() {
+    let mut cluster = Cluster::start(3);
+    let victim = cluster.busiest_leader(0);
+    let addrs: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.resp_addr).collect();
+    let start = Instant::now();
+    let clients: Vec<_> = (0..6u64)
+        .map(|c| {
+            let addrs = addrs.clone();
+            std::thread::spawn(move || lin_client(addrs, c, 150, start))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    cluster.nodes[victim].kill();
+    let recorded: Vec<(usize, Op)> = clients
+        .into_iter()
+        .flat_map(|t| t.join().expect("client"))
+        .collect();
+    let keys: Vec<usize> = recorded.iter().map(|(k, _)| *k).collect();
+    let history: Vec<Op> = recorded.into_iter().map(|(_, op)| op).collect();
+    match check_partitioned(&RegisterModel::<u64>::default(), &history, |i, _| keys[i]) {
+        Verdict::Linearizable => {}
+        Verdict::NotLinearizable { longest } => {
+            let key = keys[longest.first().copied().unwrap_or(0)];
+            let mut ops: Vec<&Op> = history
+                .iter()
+                .zip(&keys)
+                .filter(|(_, k)| **k == key)
+                .map(|(op, _)| op)
+                .collect();
+            ops.sort_by_key(|op| op.call);
+            panic!(
+                "key lin:{key} is not linearizable:\n{ops:#?}\n{}",
+                cluster.logs()
+            );
+        }
+        Verdict::Unknown => panic!("the checker ran out of budget"),
+    }
+}
