@@ -20,7 +20,7 @@ use cairn_lincheck::{
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use crate::support::Node;
+use crate::support::{Firewall, Node, UnixUser, can_cut_links};
 
 /// Shards of each test cluster.
 const SHARDS: &str = "4";
@@ -34,7 +34,12 @@ struct Cluster {
 
 impl Cluster {
     fn start(n: usize) -> Cluster {
-        let first = Node::start_with(&["--shards", SHARDS]);
+        Self::start_first_as(n, None)
+    }
+
+    /// A cluster whose first node runs as `user` (so its links can be cut by owner).
+    fn start_first_as(n: usize, user: Option<&UnixUser>) -> Cluster {
+        let first = Node::start_as(user, &["--shards", SHARDS]);
         let join = first.grpc_addr.to_string();
         let mut nodes = vec![first];
         for _ in 1..n {
@@ -84,6 +89,49 @@ impl Cluster {
             assert!(
                 Instant::now() < deadline,
                 "cluster did not converge: {views:?}\nlogs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `n` key names whose shards node `i` leads (as it sees it).
+    fn keys_led_by(&self, i: usize, n: usize) -> Vec<String> {
+        let status = self.status(i);
+        let name = status["node_id"].as_str().unwrap();
+        let ranges: Vec<(i64, i64)> = status["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["leader"].as_str() == Some(name))
+            .flat_map(|s| s["slots"].as_array().unwrap().clone())
+            .map(|r| (r["start"].as_i64().unwrap(), r["end"].as_i64().unwrap()))
+            .collect();
+        assert!(!ranges.is_empty(), "node {i} leads no shard");
+        let mut conn = Conn::connect(self.nodes[i].resp_addr).unwrap();
+        (0..)
+            .map(|k| format!("lin:{k}"))
+            .filter(|key| match conn.cmd(&["CLUSTER", "KEYSLOT", key]) {
+                Answer::Int(slot) => ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)),
+                other => panic!("CLUSTER KEYSLOT answered {other:?}"),
+            })
+            .take(n)
+            .collect()
+    }
+
+    /// Waits until node `i` leads at least one shard (leaders spread after joins).
+    fn wait_leading(&self, i: usize) {
+        let deadline = Instant::now() + CONVERGE_TIMEOUT;
+        let name = self.status(i)["node_id"].as_str().unwrap().to_string();
+        while !self.status(i)["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["leader"].as_str() == Some(&name))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {i} leads no shard\n{}",
                 self.logs()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -417,30 +465,46 @@ fn killing_nodes_loses_no_acknowledged_write() {
 
 type Op = Operation<RegisterInput<u64>, RegisterOutput<u64>>;
 
-/// One client of the linearizability run: random reads, writes and deletes of a few keys
-/// through random nodes, reconnecting elsewhere when its node dies.
-fn lin_client(addrs: Vec<SocketAddr>, client: u64, ops: usize, start: Instant) -> Vec<(usize, Op)> {
+/// One client of the linearizability run.
+#[derive(Debug, Clone)]
+struct LinClient {
+    id: u64,
+    /// Every node's RESP address; a client reconnects to a random one when its node fails.
+    addrs: Vec<SocketAddr>,
+    /// The node to talk to first (`None`: a random one).
+    pinned: Option<SocketAddr>,
+    /// The keys it reads and writes.
+    keys: Vec<String>,
+    /// Percentage of operations that are reads (the rest: 5 writes to 1 delete).
+    read_pct: u32,
+    ops: usize,
+}
+
+/// Random reads, writes and deletes of a few keys, reconnecting elsewhere when the node
+/// dies; returns (key index, operation) for each operation whose effect is checkable.
+fn lin_client(c: LinClient, start: Instant) -> Vec<(usize, Op)> {
+    let client = c.id;
     let mut rng = rand::rngs::StdRng::seed_from_u64(client);
-    let mut conn: Option<Conn> = None;
+    let mut conn: Option<Conn> = c.pinned.and_then(Conn::connect);
     let mut history = Vec::new();
-    for seq in 0..ops as u64 {
+    for seq in 0..c.ops as u64 {
         while conn.is_none() {
-            conn = Conn::connect(addrs[rng.random_range(0..addrs.len())]);
+            conn = Conn::connect(c.addrs[rng.random_range(0..c.addrs.len())]);
         }
-        let c = conn.as_mut().unwrap();
-        let key = rng.random_range(0..2usize);
-        let name = format!("lin:{key}");
+        let conn_now = conn.as_mut().unwrap();
+        let key = rng.random_range(0..c.keys.len());
+        let name = c.keys[key].clone();
         let value = client * 1_000_000 + seq;
-        let input = match rng.random_range(0..10) {
-            0..=3 => RegisterInput::Read,
-            4..=8 => RegisterInput::Write(value),
+        let input = match rng.random_range(0..100) {
+            n if n < c.read_pct => RegisterInput::Read,
+            n if (n - c.read_pct) % 6 < 5 => RegisterInput::Write(value),
             _ => RegisterInput::Delete,
         };
         let call = start.elapsed().as_nanos() as u64;
         let answer = match &input {
-            RegisterInput::Read => c.cmd(&["GET", &name]),
-            RegisterInput::Write(v) => c.cmd(&["SET", &name, &v.to_string()]),
-            RegisterInput::Delete => c.cmd(&["DEL", &name]),
+            RegisterInput::Read => conn_now.cmd(&["GET", &name]),
+            RegisterInput::Write(v) => conn_now.cmd(&["SET", &name, &v.to_string()]),
+            RegisterInput::Delete => conn_now.cmd(&["DEL", &name]),
         };
         let ret = start.elapsed().as_nanos() as u64;
         let (output, ret) = match (&input, answer) {
@@ -476,39 +540,116 @@ fn lin_client(addrs: Vec<SocketAddr>, client: u64, ops: usize, start: Instant) -
     history
 }
 
+/// What happens to the busiest leader while clients run.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// SIGKILL.
+    Kill,
+    /// SIGSTOP for a few election timeouts, then SIGCONT: a leader that wakes up after the
+    /// others elected a new one must not serve a read from its old lease or acknowledge a
+    /// write on its own.
+    Pause,
+    /// Cut the links between the first node (a leader, running as its own Unix user) and its
+    /// peers with iptables for a few election timeouts; clients still reach it. The isolated
+    /// leader must serve no read its lease no longer covers and acknowledge no write.
+    Partition,
+}
+
 #[test]
 fn histories_stay_linearizable_while_a_leader_is_killed() {
-    let mut cluster = Cluster::start(3);
-    let victim = cluster.busiest_leader(0);
+    check_histories_under(Fault::Kill);
+}
+
+#[test]
+fn histories_stay_linearizable_while_a_leader_is_paused() {
+    check_histories_under(Fault::Pause);
+}
+
+#[test]
+fn histories_stay_linearizable_while_a_leader_is_partitioned() {
+    if can_cut_links() {
+        check_histories_under(Fault::Partition);
+    }
+}
+
+fn signal(node: &Node, name: &str) {
+    let pid = node.child.as_ref().expect("running").id();
+    let status = std::process::Command::new("kill")
+        .args([name, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn check_histories_under(fault: Fault) {
+    let user = matches!(fault, Fault::Partition).then(|| UnixUser::create("part"));
+    let mut firewall = Firewall::default();
+    let mut cluster = Cluster::start_first_as(3, user.as_ref());
+    let victim = match fault {
+        Fault::Partition => {
+            cluster.wait_leading(0);
+            0
+        }
+        _ => cluster.busiest_leader(0),
+    };
     let addrs: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.resp_addr).collect();
     let start = Instant::now();
-    let clients: Vec<_> = (0..6u64)
-        .map(|c| {
-            let addrs = addrs.clone();
-            std::thread::spawn(move || lin_client(addrs, c, 150, start))
+    // Keys of shards the victim leads, so its fault is what the clients meet; two extra
+    // clients talk to the victim and mostly read, so reads reach it after the others elected
+    // a new leader.
+    let keys = cluster.keys_led_by(victim, 2);
+    let clients: Vec<_> = (0..8u64)
+        .map(|id| {
+            let c = LinClient {
+                id,
+                addrs: addrs.clone(),
+                pinned: (id >= 6).then_some(addrs[victim]),
+                keys: keys.clone(),
+                read_pct: if id >= 6 { 90 } else { 40 },
+                ops: 150,
+            };
+            std::thread::spawn(move || lin_client(c, start))
         })
         .collect();
     std::thread::sleep(Duration::from_millis(700));
-    cluster.nodes[victim].kill();
+    match fault {
+        Fault::Kill => cluster.nodes[victim].kill(),
+        Fault::Pause => {
+            signal(&cluster.nodes[victim], "-STOP");
+            std::thread::sleep(Duration::from_secs(3));
+            signal(&cluster.nodes[victim], "-CONT");
+        }
+        Fault::Partition => {
+            let uid = user.as_ref().map(|u| u.uid);
+            // Peers cannot reach the first node's gRPC port, nor it theirs.
+            firewall.drop_to_port(cluster.nodes[0].grpc_addr.port(), None);
+            for peer in &cluster.nodes[1..] {
+                firewall.drop_to_port(peer.grpc_addr.port(), uid);
+            }
+            std::thread::sleep(Duration::from_secs(4));
+            firewall.heal();
+        }
+    }
     let recorded: Vec<(usize, Op)> = clients
         .into_iter()
         .flat_map(|t| t.join().expect("client"))
         .collect();
-    let keys: Vec<usize> = recorded.iter().map(|(k, _)| *k).collect();
+    let of_op: Vec<usize> = recorded.iter().map(|(k, _)| *k).collect();
     let history: Vec<Op> = recorded.into_iter().map(|(_, op)| op).collect();
-    match check_partitioned(&RegisterModel::<u64>::default(), &history, |i, _| keys[i]) {
+    match check_partitioned(&RegisterModel::<u64>::default(), &history, |i, _| of_op[i]) {
         Verdict::Linearizable => {}
         Verdict::NotLinearizable { longest } => {
-            let key = keys[longest.first().copied().unwrap_or(0)];
+            let key = of_op[longest.first().copied().unwrap_or(0)];
             let mut ops: Vec<&Op> = history
                 .iter()
-                .zip(&keys)
+                .zip(&of_op)
                 .filter(|(_, k)| **k == key)
                 .map(|(op, _)| op)
                 .collect();
             ops.sort_by_key(|op| op.call);
             panic!(
-                "key lin:{key} is not linearizable:\n{ops:#?}\n{}",
+                "key {} is not linearizable:\n{ops:#?}\n{}",
+                keys[key],
                 cluster.logs()
             );
         }

@@ -56,6 +56,8 @@ pub struct Node {
     /// Extra arguments passed to `cairn server` on every start.
     pub extra_args: Vec<String>,
     pub log_path: PathBuf,
+    /// Run the process as this Unix user (uid, gid) instead of the test's own.
+    pub run_as: Option<(u32, u32)>,
 }
 
 impl Node {
@@ -66,6 +68,12 @@ impl Node {
 
     /// Start a node on a fresh temporary data directory with extra `cairn server` arguments.
     pub fn start_with(extra_args: &[&str]) -> Node {
+        Self::start_as(None, extra_args)
+    }
+
+    /// Start a node as Unix user `user` (its data directory is handed to that user), so
+    /// firewall rules can match its traffic by owner.
+    pub fn start_as(user: Option<&UnixUser>, extra_args: &[&str]) -> Node {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
         let log_path = tmp.path().join("server.log");
@@ -78,7 +86,19 @@ impl Node {
             grpc_addr: ([127, 0, 0, 1], free_port()).into(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             log_path,
+            run_as: user.map(|u| (u.uid, u.gid)),
         };
+        if let Some(user) = user {
+            std::fs::create_dir_all(&node.data_dir).expect("data dir");
+            for path in [tmp_root(&node.data_dir), node.data_dir.as_path()] {
+                let status = Command::new("chown")
+                    .arg(format!("{}:{}", user.uid, user.gid))
+                    .arg(path)
+                    .status()
+                    .expect("chown");
+                assert!(status.success());
+            }
+        }
         node.spawn();
         node
     }
@@ -91,7 +111,19 @@ impl Node {
             .append(true)
             .open(&self.log_path)
             .expect("log file");
-        let child = Command::new(cairn_bin())
+        let mut command = match self.run_as {
+            None => Command::new(cairn_bin()),
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .arg("--clear-groups")
+                    .arg("--")
+                    .arg(cairn_bin());
+                c
+            }
+        };
+        let child = command
             .arg("server")
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -312,3 +344,119 @@ pub fn dir_nonempty(path: &Path) -> bool {
 
 /// The exact reply to a multi-key write whose keys span slots (Redis Cluster's).
 pub const CROSSSLOT: &str = "-CROSSSLOT Keys in request don't hash to the same slot\r\n";
+
+fn tmp_root(data_dir: &Path) -> &Path {
+    data_dir.parent().expect("data dir has a parent")
+}
+
+/// Whether this process can add users and firewall rules (root, with `iptables`). Without
+/// them the fault tests that cut links are skipped with a message, unless
+/// `CAIRN_REQUIRE_IPTABLES=1` (CI) makes that a failure.
+pub fn can_cut_links() -> bool {
+    let ok = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        && Command::new("iptables")
+            .args(["-w", "-L", "OUTPUT", "-n"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("CAIRN_REQUIRE_IPTABLES").as_deref() != Ok("1"),
+            "CAIRN_REQUIRE_IPTABLES=1 but this process cannot use iptables as root"
+        );
+        eprintln!("skipping: needs root and iptables to cut links between nodes");
+    }
+    ok
+}
+
+/// A Unix user created for one test and deleted when dropped.
+#[derive(Debug)]
+pub struct UnixUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl UnixUser {
+    pub fn create(tag: &str) -> UnixUser {
+        let name = format!("cairn-{tag}-{}", std::process::id());
+        let status = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
+            .arg(&name)
+            .status()
+            .expect("useradd");
+        assert!(status.success(), "useradd {name} failed");
+        let id = |flag: &str| -> u32 {
+            let out = Command::new("id")
+                .arg(flag)
+                .arg(&name)
+                .output()
+                .expect("id");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .expect("numeric id")
+        };
+        let (uid, gid) = (id("-u"), id("-g"));
+        UnixUser { name, uid, gid }
+    }
+}
+
+impl Drop for UnixUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).status();
+    }
+}
+
+/// iptables OUTPUT rules added by one test, each removed when dropped (also when the test
+/// fails).
+#[derive(Debug, Default)]
+pub struct Firewall {
+    rules: Vec<Vec<String>>,
+}
+
+impl Firewall {
+    /// Drops TCP packets on loopback to `port`, from processes of `uid` only when given.
+    pub fn drop_to_port(&mut self, port: u16, uid: Option<u32>) {
+        let mut rule: Vec<String> = ["OUTPUT", "-p", "tcp", "-d", "127.0.0.1", "--dport"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        rule.push(port.to_string());
+        if let Some(uid) = uid {
+            rule.extend(["-m", "owner", "--uid-owner"].map(String::from));
+            rule.push(uid.to_string());
+        }
+        rule.extend(["-j", "DROP"].map(String::from));
+        let status = Command::new("iptables")
+            .args(["-w", "-A"])
+            .args(&rule)
+            .status()
+            .expect("iptables");
+        assert!(status.success(), "iptables -A {rule:?} failed");
+        self.rules.push(rule);
+    }
+
+    /// Removes every rule added so far.
+    pub fn heal(&mut self) {
+        for rule in self.rules.drain(..) {
+            let _ = Command::new("iptables")
+                .args(["-w", "-D"])
+                .args(&rule)
+                .status();
+        }
+    }
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        self.heal();
+    }
+}
