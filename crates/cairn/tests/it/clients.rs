@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use crate::support::Node;
 
 /// Whether `program --version` runs; panics when it doesn't and CI requires it.
-fn tool_available(program: &str, args: &[&str]) -> bool {
+pub(crate) fn tool_available(program: &str, args: &[&str]) -> bool {
     let ok = Command::new(program)
         .args(args)
         .output()
@@ -23,7 +23,7 @@ fn tool_available(program: &str, args: &[&str]) -> bool {
     ok
 }
 
-fn run(program: &str, args: &[&str]) -> Output {
+pub(crate) fn run(program: &str, args: &[&str]) -> Output {
     let out = Command::new(program)
         .args(args)
         .output()

@@ -656,3 +656,89 @@ fn check_histories_under(fault: Fault) {
         Verdict::Unknown => panic!("the checker ran out of budget"),
     }
 }
+
+#[test]
+fn redis_cluster_clients_work_against_every_node() {
+    let python = std::env::var("CAIRN_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let have_py = crate::clients::tool_available(&python, &["-c", "import redis"]);
+    let have_cli = crate::clients::tool_available("redis-cli", &["--version"]);
+    if !have_py && !have_cli {
+        return;
+    }
+    let cluster = Cluster::start(3);
+    // Leaders spread over the nodes: each leads a shard, so the map has three masters.
+    for i in 0..3 {
+        cluster.wait_leading(i);
+    }
+    // Cluster clients follow the map to each key's leader: no node forwards anything.
+    let script = r#"
+import sys, redis
+from redis.cluster import RedisCluster
+ports = [int(p) for p in sys.argv[1:]]
+for proto in (2, 3):
+    for port in ports:
+        rc = RedisCluster(host="127.0.0.1", port=port, protocol=proto)
+        for i in range(30):
+            assert rc.set(f"rc:{proto}:{port}:{i}", i) is True
+        assert rc.mget_nonatomic([f"rc:{proto}:{port}:{i}" for i in range(30)]) == [
+            str(i).encode() for i in range(30)
+        ]
+        rc.close()
+print("ok")
+"#;
+    let ports: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.resp_addr.port().to_string())
+        .collect();
+    let forwarded = |i: usize| -> f64 {
+        let metrics = crate::http::request(cluster.nodes[i].http_addr, "GET", "/metrics", b"");
+        String::from_utf8_lossy(&metrics.body)
+            .lines()
+            .filter(|l| l.starts_with("cairn_forwarded_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    if have_py {
+        let mut args = vec!["-c", script];
+        args.extend(ports.iter().map(String::as_str));
+        let out = crate::clients::run(&python, &args);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+        for i in 0..3 {
+            assert_eq!(
+                forwarded(i),
+                0.0,
+                "RedisCluster's requests reached a non-leader"
+            );
+        }
+        // A plain client on one node is forwarded (and the counter counts).
+        let plain = r#"
+import sys, redis
+for proto in (2, 3):
+    r = redis.Redis(host="127.0.0.1", port=int(sys.argv[1]), protocol=proto)
+    for port in sys.argv[2:]:
+        for i in range(30):
+            assert r.get(f"rc:{proto}:{port}:{i}") == str(i).encode()
+print("ok")
+"#;
+        let mut args = vec!["-c", plain, &ports[0]];
+        args.extend(ports.iter().map(String::as_str));
+        let out = crate::clients::run(&python, &args);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+        assert!(
+            forwarded(0) > 0.0,
+            "a plain client's reads were not forwarded"
+        );
+    }
+    if have_cli {
+        for (i, port) in ports.iter().enumerate() {
+            let key = format!("cli:{i}");
+            let out = crate::clients::run("redis-cli", &["-c", "-p", port, "set", &key, "v"]);
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+            for other in &ports {
+                let out = crate::clients::run("redis-cli", &["-p", other, "get", &key]);
+                assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v");
+            }
+        }
+    }
+}
