@@ -175,6 +175,9 @@ pub enum Command {
     ClusterStatus,
     /// Storage statistics per shard → `Reply::Stats`.
     ShardStats,
+    /// Snapshot every shard replica on this node (an engine checkpoint, durable) and purge the
+    /// log behind the snapshots (RESP `SAVE`) → `Reply::Ok`.
+    Checkpoint,
 
     // ---- writes (go through propose → commit → apply) --------------------------------
     /// Write a value → `Reply::Set`.
@@ -267,6 +270,7 @@ impl Command {
             Command::DbSize => "dbsize",
             Command::ClusterStatus => "cluster_status",
             Command::ShardStats => "shard_stats",
+            Command::Checkpoint => "checkpoint",
             Command::Set { .. } => "set",
             Command::GetDel { .. } => "getdel",
             Command::GetEx { .. } => "getex",

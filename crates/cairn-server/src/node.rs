@@ -376,6 +376,9 @@ impl Node {
     /// [`Node::execute`]; with `stale`, reads are served by this node's replicas even when
     /// another node leads the shard (RESP `READONLY`, `consistency=stale`).
     pub async fn execute_with(&self, cmd: Command, stale: bool) -> Result<Reply, CommandError> {
+        if let Command::Checkpoint = cmd {
+            return self.checkpoint().await.map(|()| Reply::Ok);
+        }
         let retriable = !matches!(cmd, Command::Del { .. } | Command::Flush);
         let deadline = Instant::now() + ROUTE_RETRY_WINDOW;
         let mut backoff = ROUTE_RETRY_FIRST;

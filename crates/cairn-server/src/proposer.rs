@@ -61,6 +61,10 @@ pub const PROPOSAL_QUEUE_MAX: usize = 8192;
 /// The answer to one proposal.
 pub type ProposalResult = Result<Reply, CommandError>;
 
+/// Longest a membership change holds the shard's writes back (it normally commits within a
+/// few heartbeats).
+pub const MEMBERSHIP_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// What a proposal asks the shard to do.
 #[derive(Debug)]
 pub enum ProposalOp {
@@ -243,10 +247,18 @@ impl Proposer {
     async fn change_membership(&mut self, change: MembershipChange) -> ProposalResult {
         self.ensure_term().await?;
         self.drain().await;
-        let result = match change {
-            MembershipChange::AddLearner { id, addr } => self.h.group.add_learner(id, addr).await,
-            MembershipChange::SetVoters(voters) => self.h.group.set_voters(voters).await,
+        let change = async {
+            match change {
+                MembershipChange::AddLearner { id, addr } => {
+                    self.h.group.add_learner(id, addr).await
+                }
+                MembershipChange::SetVoters(voters) => self.h.group.set_voters(voters).await,
+            }
         };
+        // A change that cannot commit (a voter lost meanwhile) must not hold the shard's writes.
+        let result = tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT, change)
+            .await
+            .unwrap_or_else(|_| Err("not committed in time; still under way".into()));
         self.term = None;
         self.overlay.reset();
         result

@@ -522,6 +522,7 @@ fn data_command(spec: &CommandSpec, args: &[Bytes]) -> Option<Result<Action, Fra
         ),
         "randomkey" => node(Command::RandomKey, Render::Value),
         "dbsize" => node(Command::DbSize, Render::Int),
+        "save" => node(Command::Checkpoint, Render::Ok),
         "flushdb" | "flushall" => {
             if args.len() > 2
                 || (args.len() == 2 && !eq(&args[1], "async") && !eq(&args[1], "sync"))

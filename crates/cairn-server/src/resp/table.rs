@@ -487,6 +487,15 @@ pub const COMMANDS: &[CommandSpec] = &[
         "1.0.0",
     ),
     spec(
+        "save",
+        1,
+        &["admin", "noscript"],
+        NONE,
+        "server",
+        "Checkpoints every shard replica on this node and purges the log behind the checkpoints.",
+        "1.0.0",
+    ),
+    spec(
         "scan",
         -2,
         R,

@@ -742,3 +742,58 @@ print("ok")
         }
     }
 }
+
+#[test]
+fn nodes_that_join_later_receive_everything_written_before() {
+    let first = Node::start_with(&["--shards", SHARDS]);
+    let mut conn = Conn::connect(first.resp_addr).unwrap();
+    // More entries in one shard than the log keeps behind a snapshot, then SAVE (checkpoint and
+    // purge): that shard reaches the new nodes as a snapshot, the others as log entries.
+    let keys: Vec<String> = (0..1200)
+        .map(|k| format!("{{early}}:{k}"))
+        .chain((0..300).map(|k| format!("early:{k}")))
+        .collect();
+    for key in &keys {
+        assert_eq!(conn.cmd(&["SET", key, key]), Answer::Ok);
+    }
+    assert_eq!(conn.cmd(&["SAVE"]), Answer::Ok);
+    let join = first.grpc_addr.to_string();
+    let mut nodes = vec![first];
+    for _ in 0..2 {
+        nodes.push(Node::start_with(&["--shards", SHARDS, "--join", &join]));
+    }
+    let cluster = Cluster { nodes };
+    cluster.wait_converged(&[0, 1, 2]);
+    // Each new node's own replica holds every key (READONLY: read it as it stands, once the
+    // node applied what its leader committed).
+    for i in 1..3 {
+        let mut conn = Conn::connect(cluster.nodes[i].resp_addr).unwrap();
+        assert_eq!(conn.cmd(&["READONLY"]), Answer::Ok);
+        let deadline = Instant::now() + CONVERGE_TIMEOUT;
+        for key in &keys {
+            loop {
+                match conn.cmd(&["GET", key]) {
+                    Answer::Bulk(Some(v)) if v == *key => break,
+                    other => assert!(
+                        Instant::now() < deadline,
+                        "node {i}'s replica lacks {key}: {other:?}\n{}",
+                        cluster.logs()
+                    ),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        assert_eq!(conn.cmd(&["DBSIZE"]), Answer::Int(keys.len() as i64));
+        // The purged shard arrived as a snapshot (the node takes none of its own this soon).
+        let metrics = crate::http::request(cluster.nodes[i].http_addr, "GET", "/metrics", b"");
+        let installed = String::from_utf8_lossy(&metrics.body)
+            .lines()
+            .filter(|l| l.starts_with("cairn_shard_raft_snapshot_index"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .fold(0.0, f64::max);
+        assert!(
+            installed >= 1200.0,
+            "node {i} installed no snapshot ({installed})"
+        );
+    }
+}
