@@ -85,6 +85,45 @@ pub struct Group {
     pub sm: StateMachine,
     /// Times this node saw the group's leader change (to another node or to none).
     leader_changes: Arc<std::sync::atomic::AtomicU64>,
+    /// [`Lead`] as last seen in the group's server metrics, kept by the task that watches
+    /// them, so the read path checks leadership with one atomic load.
+    lead: Arc<std::sync::atomic::AtomicU8>,
+}
+
+/// Whether this node leads its group, as the read path needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lead {
+    /// Another node leads, or none does.
+    No,
+    /// This node leads, with other voters: a read must confirm the lease.
+    WithOthers,
+    /// This node leads and is the only voter: no other node can be elected.
+    Alone,
+}
+
+impl Lead {
+    fn of(m: &openraft::metrics::RaftServerMetrics<TypeConfig>) -> Lead {
+        if m.state != ServerState::Leader || m.current_leader != Some(m.id) {
+            return Lead::No;
+        }
+        let configs = m.membership_config.membership().get_joint_config();
+        let alone = configs
+            .iter()
+            .all(|voters| voters.len() == 1 && voters.contains(&m.id));
+        if alone { Lead::Alone } else { Lead::WithOthers }
+    }
+
+    fn to_u8(self) -> u8 {
+        self as u8
+    }
+
+    fn from_u8(v: u8) -> Lead {
+        match v {
+            2 => Lead::Alone,
+            1 => Lead::WithOthers,
+            _ => Lead::No,
+        }
+    }
 }
 
 impl std::fmt::Debug for Group {
@@ -116,24 +155,33 @@ impl Group {
             .await
             .map_err(|e| e.to_string())?;
         let leader_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let lead = Arc::new(std::sync::atomic::AtomicU8::new(Lead::No.to_u8()));
         // Server metrics change only on votes, roles, leaders and membership (not per entry),
         // so watching them costs nothing on the write path. The task ends with the group.
         let mut server = raft.server_metrics();
         let counter = leader_changes.clone();
+        let lead_seen = lead.clone();
         tokio::spawn(async move {
             let mut leader = server.borrow_watched().current_leader;
+            lead_seen.store(
+                Lead::of(&server.borrow_watched()).to_u8(),
+                std::sync::atomic::Ordering::Release,
+            );
             while server.changed().await.is_ok() {
-                let now = server.borrow_watched().current_leader;
-                if now != leader {
+                let m = server.borrow_watched().clone();
+                lead_seen.store(Lead::of(&m).to_u8(), std::sync::atomic::Ordering::Release);
+                if m.current_leader != leader {
                     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    leader = now;
+                    leader = m.current_leader;
                 }
             }
+            lead_seen.store(Lead::No.to_u8(), std::sync::atomic::Ordering::Release);
         });
         Ok(Group {
             raft,
             sm,
             leader_changes,
+            lead,
         })
     }
 
@@ -187,16 +235,13 @@ impl Group {
             .then(|| LeaderTerm(m.vote.leader_id))
     }
 
-    /// Whether this node leads the group and is its only voter (no other node can be elected,
-    /// so a read of the replica needs no lease check).
-    pub fn leads_alone(&self) -> bool {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
-        let mut voters = m.membership_config.membership().voter_ids();
-        m.state == ServerState::Leader
-            && m.current_leader == Some(m.id)
-            && voters.next() == Some(m.id)
-            && voters.next().is_none()
+    /// Whether this node leads the group, and alone (the only voter: no other node can be
+    /// elected, so a read of the replica needs no lease check). One atomic load: it follows
+    /// the group's server metrics a moment behind, which is safe for that use: a sole voter
+    /// stops being one only by a change it makes itself, and it keeps its leadership until
+    /// it votes for another.
+    pub fn lead(&self) -> Lead {
+        Lead::from_u8(self.lead.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// As leader of `term`, waits until every entry committed before the term is applied

@@ -30,7 +30,7 @@ pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 
-pub use group::{Group, GroupRaft, GroupStatus, Groups, LeaderTerm, ProposeError, Role};
+pub use group::{Group, GroupRaft, GroupStatus, Groups, Lead, LeaderTerm, ProposeError, Role};
 pub use log_store::LogStore;
 pub use network::{GroupNetwork, Peers};
 pub use service::RaftService;

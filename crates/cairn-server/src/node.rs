@@ -31,6 +31,7 @@ use crate::reply::{
     ClusterStatus, Entry, KeyTtl, KeyType, NodeInfo, NodeState, Reply, ShardInfo, ShardStats,
 };
 use crate::scan::ScanCursors;
+use crate::shard::Shard;
 use crate::shards::{FIRST_NODE_ID, NodeIdentity, Shards, ShardsSetup, meta_dir, wal_dir};
 use crate::slot::key_slot;
 
@@ -389,7 +390,7 @@ impl Node {
                     Err(e) => Err(e),
                 }
             } else {
-                self.read_routed(cmd.clone(), 0, stale).await
+                self.read_routed(&cmd, 0, stale).await
             };
             match result {
                 Err(CommandError::TryAgain(_))
@@ -416,7 +417,7 @@ impl Node {
         if cmd.is_write() {
             self.propose_routed(cmd, hops, shard).await?.wait().await
         } else {
-            self.read_routed(cmd, hops, stale).await
+            self.read_routed(&cmd, hops, stale).await
         }
     }
 
@@ -636,11 +637,17 @@ impl Node {
         key.len() <= KEY_BYTES_MAX
     }
 
-    fn get_entry(&self, key: &Bytes) -> Result<Option<Entry>, CommandError> {
+    /// The shard holding `key`: `known` when the caller already found it (every key of a
+    /// routed read lives in one shard), else computed from the key.
+    fn holder<'a>(&'a self, known: Option<&'a Shard>, key: &[u8]) -> &'a Shard {
+        known.unwrap_or_else(|| self.shards.for_key(key))
+    }
+
+    fn get_entry(&self, known: Option<&Shard>, key: &Bytes) -> Result<Option<Entry>, CommandError> {
         if !Self::readable(key) {
             return Ok(None);
         }
-        let entry = self.shards.for_key(key).engine().get_entry(key)?;
+        let entry = self.holder(known, key).engine().get_entry(key)?;
         Ok(entry.map(|e| Entry {
             key: e.key,
             value: e.value,
@@ -649,18 +656,18 @@ impl Node {
         }))
     }
 
-    fn key_meta(&self, key: &[u8]) -> Option<cairn_storage::KeyMeta> {
+    fn key_meta(&self, known: Option<&Shard>, key: &[u8]) -> Option<cairn_storage::KeyMeta> {
         if !Self::readable(key) {
             return None;
         }
-        self.shards.for_key(key).engine().meta(key)
+        self.holder(known, key).engine().meta(key)
     }
 
-    fn get_value(&self, key: &[u8]) -> Result<Option<Bytes>, CommandError> {
+    fn get_value(&self, known: Option<&Shard>, key: &[u8]) -> Result<Option<Bytes>, CommandError> {
         if !Self::readable(key) {
             return Ok(None);
         }
-        Ok(self.shards.for_key(key).engine().get(key)?)
+        Ok(self.holder(known, key).engine().get(key)?)
     }
 
     /// Values of many keys, read shard by shard with one `get_many` each, so keys of one
@@ -688,32 +695,41 @@ impl Node {
     }
 
     /// Execute a read-only command against this node's replicas, as they are.
-    fn read(&self, cmd: Command) -> Result<Reply, CommandError> {
+    fn read(&self, cmd: &Command) -> Result<Reply, CommandError> {
+        self.read_in(None, cmd)
+    }
+
+    /// [`Node::read`]; `known` is the shard every key of `cmd` lives in, when the caller has
+    /// found it already.
+    fn read_in(&self, known: Option<&Shard>, cmd: &Command) -> Result<Reply, CommandError> {
         match cmd {
-            Command::Get { key } => Ok(Reply::Entry(self.get_entry(&key)?)),
-            Command::MGet { keys } => Ok(Reply::Values(self.get_values(&keys)?)),
+            Command::Get { key } => Ok(Reply::Entry(self.get_entry(known, key)?)),
+            Command::MGet { keys } => Ok(Reply::Values(self.get_values(keys)?)),
             Command::StrLen { key } => Ok(Reply::Int(
-                self.key_meta(&key).map_or(0, |m| i64::from(m.value_len)),
+                self.key_meta(known, key)
+                    .map_or(0, |m| i64::from(m.value_len)),
             )),
             Command::GetRange { key, start, end } => {
-                let value = self.get_value(&key)?.unwrap_or_default();
-                Ok(Reply::Value(Some(substring(&value, start, end))))
+                let value = self.get_value(known, key)?.unwrap_or_default();
+                Ok(Reply::Value(Some(substring(&value, *start, *end))))
             }
             Command::Exists { keys } => Ok(Reply::Int(
-                keys.iter().filter(|k| self.key_meta(k).is_some()).count() as i64,
+                keys.iter()
+                    .filter(|k| self.key_meta(known, k).is_some())
+                    .count() as i64,
             )),
-            Command::Type { key } => Ok(Reply::Type(if self.key_meta(&key).is_some() {
+            Command::Type { key } => Ok(Reply::Type(if self.key_meta(known, key).is_some() {
                 KeyType::String
             } else {
                 KeyType::None
             })),
-            Command::Ttl { key } => Ok(Reply::Ttl(match self.key_meta(&key) {
+            Command::Ttl { key } => Ok(Reply::Ttl(match self.key_meta(known, key) {
                 None => KeyTtl::Missing,
                 Some(m) => m
                     .expires_at_ms
                     .map_or(KeyTtl::Persistent, KeyTtl::ExpiresAtMs),
             })),
-            Command::Keys { pattern } => Ok(Reply::Keys(self.keys(&pattern))),
+            Command::Keys { pattern } => Ok(Reply::Keys(self.keys(pattern))),
             Command::Scan {
                 cursor,
                 pattern,
@@ -724,9 +740,9 @@ impl Node {
                     self.shards.list.iter().map(|s| s.engine()).collect();
                 let (cursor, keys) = self.cursors.scan(
                     &engines,
-                    cursor,
+                    *cursor,
                     pattern.as_deref(),
-                    count,
+                    *count,
                     type_filter.as_deref(),
                 );
                 Ok(Reply::ScanPage { cursor, keys })
@@ -735,7 +751,7 @@ impl Node {
                 range,
                 limit,
                 keys_only,
-            } => self.scan_range(&range, limit, keys_only),
+            } => self.scan_range(range, *limit, *keys_only),
             Command::RandomKey => Ok(Reply::Value(self.random_key())),
             Command::DbSize => Ok(Reply::Int(self.dbsize() as i64)),
             Command::ClusterStatus => Ok(Reply::Cluster(self.cluster_status())),

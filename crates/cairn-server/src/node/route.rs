@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use cairn_raft::Role;
+use cairn_raft::{Lead, Role};
 
 use super::{Node, Part};
 use crate::command::Command;
@@ -146,11 +146,11 @@ impl Node {
     /// range scans) and status are served from this node's replicas.
     pub(super) async fn read_routed(
         &self,
-        cmd: Command,
+        cmd: &Command,
         hops: u32,
         stale: bool,
     ) -> Result<Reply, CommandError> {
-        match &cmd {
+        match cmd {
             Command::Get { key }
             | Command::StrLen { key }
             | Command::GetRange { key, .. }
@@ -167,7 +167,7 @@ impl Node {
                 for (shard, positions) in self.by_shard(keys) {
                     let part = positions.iter().map(|&i| keys[i].clone()).collect();
                     match self
-                        .read_on(shard, Command::MGet { keys: part }, hops, stale)
+                        .read_on(shard, &Command::MGet { keys: part }, hops, stale)
                         .await?
                     {
                         Reply::Values(found) => {
@@ -188,7 +188,7 @@ impl Node {
                 for (shard, positions) in self.by_shard(keys) {
                     let part = positions.iter().map(|&i| keys[i].clone()).collect();
                     match self
-                        .read_on(shard, Command::Exists { keys: part }, hops, stale)
+                        .read_on(shard, &Command::Exists { keys: part }, hops, stale)
                         .await?
                     {
                         Reply::Int(n) => total += n,
@@ -222,30 +222,31 @@ impl Node {
     async fn read_on(
         &self,
         shard_id: u32,
-        cmd: Command,
+        cmd: &Command,
         hops: u32,
         stale: bool,
     ) -> Result<Reply, CommandError> {
         let shard = self.shard(shard_id)?;
-        if stale && self.is_member(shard) {
-            return self.read(cmd);
-        }
-        if shard.group.leading().is_some() {
-            if shard.group.leads_alone() {
-                return self.read(cmd);
-            }
-            match shard.group.linearize().await {
-                Ok(()) => return self.read(cmd),
+        match shard.group.lead() {
+            Lead::Alone => return self.read_in(Some(shard), cmd),
+            Lead::WithOthers => match shard.group.linearize().await {
+                Ok(()) => return self.read_in(Some(shard), cmd),
                 Err(e) => tracing::debug!(shard = shard_id, error = %e, "lease lost; rerouting"),
-            }
+            },
+            Lead::No => {}
+        }
+        if stale && self.is_member(shard) {
+            return self.read_in(Some(shard), cmd);
         }
         match self.remote_leader(shard)? {
             Some(addr) => {
                 let hops = Self::hop(hops)?;
-                crate::peer::forward(&self.peers, &addr, &cmd, hops, stale, None).await
+                crate::peer::forward(&self.peers, &addr, cmd, hops, stale, None).await
             }
             // Reads go on after a storage failure stopped a sole voter's group.
-            None if shard.group.status().stopped.is_some() => self.read(cmd),
+            None if shard.group.status().stopped.is_some() => self.read_in(Some(shard), cmd),
+            // Leadership arrived after the cached state was read: confirm it.
+            None if shard.group.linearize().await.is_ok() => self.read_in(Some(shard), cmd),
             None => Err(CommandError::TryAgain(format!(
                 "shard {shard_id} is changing leader"
             ))),
