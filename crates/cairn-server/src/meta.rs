@@ -18,13 +18,12 @@ use std::path::Path;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc};
 
 use cairn_raft::Group;
 
 use crate::command::{Command, Condition, Expiry, KeyRange};
 use crate::error::CommandError;
-use crate::node::now_ms;
 use crate::proposer::{Proposal, ProposalOp};
 use crate::reply::Reply;
 use crate::shards::{ShardsSetup, open_replica};
@@ -124,16 +123,7 @@ impl Meta {
     }
 
     async fn write(&self, cmd: Command) -> Result<Reply, CommandError> {
-        let (reply, rx) = oneshot::channel();
-        self.proposals
-            .send(Proposal {
-                op: ProposalOp::Command(cmd),
-                now_ms: now_ms(),
-                reply,
-            })
-            .await
-            .map_err(|_| CommandError::ShuttingDown)?;
-        rx.await.unwrap_or(Err(CommandError::ShuttingDown))
+        crate::proposer::submit(&self.proposals, ProposalOp::Command(cmd)).await
     }
 
     async fn put(&self, key: Bytes, value: Vec<u8>) -> Result<(), CommandError> {

@@ -20,11 +20,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use cairn_raft::{Group, NodeAddr};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::error::CommandError;
 use crate::meta::{META_VOTERS_MAX, NodeRecord};
-use crate::node::{Node, now_ms};
+use crate::node::Node;
 use crate::proposer::{MembershipChange, Proposal, ProposalOp};
 
 /// How often each node reconciles the groups it leads.
@@ -107,26 +107,17 @@ async fn detect_failures(node: &Node, records: &[NodeRecord], term: u64) {
     }
 }
 
-/// Makes one membership change toward the rule; returns whether it made (or tried) one.
 /// Hands a membership change to the group's proposer (which orders it with the writes).
 async fn submit(
     proposals: &mpsc::Sender<Proposal>,
     change: MembershipChange,
 ) -> Result<(), CommandError> {
-    let (reply, rx) = oneshot::channel();
-    proposals
-        .send(Proposal {
-            op: ProposalOp::Membership(change),
-            now_ms: now_ms(),
-            reply,
-        })
+    crate::proposer::submit(proposals, ProposalOp::Membership(change))
         .await
-        .map_err(|_| CommandError::ShuttingDown)?;
-    rx.await
-        .unwrap_or(Err(CommandError::ShuttingDown))
         .map(|_| ())
 }
 
+/// Makes one membership change toward the rule; returns whether it made (or tried) one.
 async fn reconcile_group(
     name: &str,
     group: &Group,

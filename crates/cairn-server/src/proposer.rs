@@ -127,6 +127,17 @@ pub struct ShardHandles {
     pub health: Arc<WriteHealth>,
 }
 
+/// Hands `op` to the proposer behind `proposals` and waits for its answer.
+pub async fn submit(proposals: &mpsc::Sender<Proposal>, op: ProposalOp) -> ProposalResult {
+    let (reply, rx) = oneshot::channel();
+    let now_ms = crate::node::now_ms();
+    proposals
+        .send(Proposal { op, now_ms, reply })
+        .await
+        .map_err(|_| CommandError::ShuttingDown)?;
+    rx.await.unwrap_or(Err(CommandError::ShuttingDown))
+}
+
 /// Starts the shard's proposer; returns its queue.
 pub fn spawn(handles: ShardHandles) -> mpsc::Sender<Proposal> {
     let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
