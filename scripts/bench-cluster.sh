@@ -2,13 +2,14 @@
 # bench-cluster.sh: a three-node Cairn cluster against a three-master Redis Cluster, on loopback.
 #
 # What it measures, in one run on this machine:
-#   1. Throughput and p50 latency of `redis-benchmark --cluster -t set,get` at 1, 16, 64 and 256
-#      clients, against
+#   1. Throughput and p50 latency of `redis-benchmark --cluster -t set` and `-t get` (one run
+#      each, so that each test gets a request count that lasts a few seconds) at 1, 16, 64 and
+#      256 clients, against
 #        - Redis Cluster: 3 masters, no replicas, AOF with `appendfsync always`;
 #        - Cairn: 3 nodes (`cairn server`, two of them `--join`ing the first), default
 #          `--sync always` (every write fsynced on a majority of its shard's 3 replicas).
-#      Redis and Cairn alternate per client count (R C, then C R, ...) so that drift in the
-#      machine does not land on one side only. Same request count for both at each client count.
+#      Redis and Cairn alternate (R C, then C R, ... per test and client count) so that drift in
+#      the machine does not land on one side only. Same request count for both in each cell.
 #   2. Cairn failover: one redis-py client writes one key through a node that survives; the node
 #      leading the most shards (one of them the key's) is killed with SIGKILL; reported: the
 #      longest gap between two acknowledged writes. Three times (the killed node is restarted
@@ -24,8 +25,9 @@
 # 36301-36303/36401-36403/36501-36503 (Cairn RESP/gRPC/HTTP) must be free. Everything it starts
 # is stopped, and its temporary directory removed, on exit (also on failure or Ctrl-C).
 #
-# Knobs (environment): CLIENTS="1 16 64 256", REQUESTS="20000 100000 200000 200000" (one per
-# client count), FAILOVER_RUNS=3, KEEP_DIR=1 (keep the temporary directory: logs, data).
+# Knobs (environment): CLIENTS="1 16 64 256", SET_REQUESTS="2500 20000 40000 60000" and
+# GET_REQUESTS="30000 100000 100000 100000" (one per client count), FAILOVER_RUNS=3, KEEP_DIR=1
+# (keep the temporary directory: logs, data, redis-benchmark's CSV).
 
 set -euo pipefail
 
@@ -34,7 +36,8 @@ ROOT=$(pwd)
 CAIRN="$ROOT/target/release/cairn"
 PYTHON=${CAIRN_PYTHON:-$ROOT/target/ci-venv/bin/python}
 read -r -a CLIENTS <<<"${CLIENTS:-1 16 64 256}"
-read -r -a REQUESTS <<<"${REQUESTS:-20000 100000 200000 200000}"
+read -r -a SET_REQUESTS <<<"${SET_REQUESTS:-2500 20000 40000 60000}"
+read -r -a GET_REQUESTS <<<"${GET_REQUESTS:-30000 100000 100000 100000}"
 FAILOVER_RUNS=${FAILOVER_RUNS:-3}
 
 REDIS_PORTS=(36001 36002 36003)
@@ -53,7 +56,8 @@ log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 for tool in redis-server redis-cli redis-benchmark curl jq; do
     command -v "$tool" >/dev/null || die "$tool not found"
 done
-((${#CLIENTS[@]} == ${#REQUESTS[@]})) || die "CLIENTS and REQUESTS need one entry each per run"
+((${#CLIENTS[@]} == ${#SET_REQUESTS[@]} && ${#CLIENTS[@]} == ${#GET_REQUESTS[@]})) ||
+    die "SET_REQUESTS and GET_REQUESTS need one entry per entry of CLIENTS"
 
 # --- cleanup: everything started is recorded here and stopped on exit -------------------------
 
@@ -167,11 +171,12 @@ start_cairn_cluster() {
 
 # --- throughput: redis-benchmark --cluster ------------------------------------------------------
 
-# bench NAME PORT CLIENTS REQUESTS: one redis-benchmark run, CSV kept in $TMP/NAME-cCLIENTS.csv.
+# bench NAME PORT TEST CLIENTS REQUESTS: one redis-benchmark run, its CSV kept in
+# $TMP/NAME-TEST-cCLIENTS.csv.
 bench() {
-    local name=$1 port=$2 clients=$3 requests=$4 out="$TMP/$1-c$3.csv"
-    log "redis-benchmark --cluster against $name, $clients clients, $requests requests"
-    if ! redis-benchmark --cluster -h 127.0.0.1 -p "$port" -t set,get -n "$requests" \
+    local name=$1 port=$2 test=$3 clients=$4 requests=$5 out="$TMP/$1-$3-c$4.csv"
+    log "redis-benchmark --cluster -t $test against $name, $clients clients, $requests requests"
+    if ! redis-benchmark --cluster -h 127.0.0.1 -p "$port" -t "$test" -n "$requests" \
         -c "$clients" --csv >"$out" 2>"$out.err"; then
         echo "bench-cluster: redis-benchmark against $name failed:" >&2
         cat "$out" "$out.err" >&2
@@ -233,7 +238,7 @@ while True:
         if killed_at is not None and first_after is None:
             first_after = t
     except redis.RedisError as e:
-        errors[f"{type(e).__name__}: {str(e)[:80]}"] += 1
+        errors[f"{type(e).__name__}: {str(e)[:120]}"] += 1
         time.sleep(0.005)
 gap = max(b - a for a, b in zip(acks, acks[1:]))
 to_first = (first_after - killed_at) * 1000 if first_after else float("nan")
@@ -293,35 +298,42 @@ log "both clusters up; Cairn leaders per node: $(cairn_status 1 |
 idle=$(cairn_idle_cpu)
 log "Cairn cluster idle CPU: ${idle}% of one core (3 nodes together, over 5 s)"
 
-for idx in "${!CLIENTS[@]}"; do
-    c=${CLIENTS[idx]} n=${REQUESTS[idx]}
-    if ((idx % 2 == 0)); then
-        bench redis "${REDIS_PORTS[0]}" "$c" "$n"
-        bench cairn "$(cairn_resp 1)" "$c" "$n"
+# Cells in table order; Redis first in even cells, Cairn first in odd ones.
+cells=()
+for test in set get; do
+    for idx in "${!CLIENTS[@]}"; do
+        if [[ $test == set ]]; then n=${SET_REQUESTS[idx]}; else n=${GET_REQUESTS[idx]}; fi
+        cells+=("$test ${CLIENTS[idx]} $n")
+    done
+done
+for cell in "${!cells[@]}"; do
+    read -r test c n <<<"${cells[cell]}"
+    if ((cell % 2 == 0)); then
+        bench redis "${REDIS_PORTS[0]}" "$test" "$c" "$n"
+        bench cairn "$(cairn_resp 1)" "$test" "$c" "$n"
     else
-        bench cairn "$(cairn_resp 1)" "$c" "$n"
-        bench redis "${REDIS_PORTS[0]}" "$c" "$n"
+        bench cairn "$(cairn_resp 1)" "$test" "$c" "$n"
+        bench redis "${REDIS_PORTS[0]}" "$test" "$c" "$n"
     fi
 done
 
 echo
-echo "redis-benchmark --cluster -t set,get --csv, one run per cell;" \
+echo "redis-benchmark --cluster -t set|get --csv, one run per cell;" \
     "$(nproc) cores, $(uname -r), $(redis-server --version | awk '{print $3}')," \
     "$(date -u +%Y-%m-%dT%H:%MZ)"
 echo
 echo "| workload | clients | requests | Redis Cluster req/s | Cairn req/s | Cairn / Redis | Redis p50 ms | Cairn p50 ms |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-for test in SET GET; do
-    for idx in "${!CLIENTS[@]}"; do
-        c=${CLIENTS[idx]} n=${REQUESTS[idx]}
-        r=$(csv_field "$TMP/redis-c$c.csv" "$test" rps)
-        k=$(csv_field "$TMP/cairn-c$c.csv" "$test" rps)
-        rp=$(csv_field "$TMP/redis-c$c.csv" "$test" p50_latency_ms)
-        kp=$(csv_field "$TMP/cairn-c$c.csv" "$test" p50_latency_ms)
-        awk -v t="$test" -v c="$c" -v n="$n" -v r="$r" -v k="$k" -v rp="$rp" -v kp="$kp" \
-            'BEGIN { printf "| %s | %d | %d | %.0f | %.0f | %.2fx | %s | %s |\n",
-                     t, c, n, r, k, (r > 0 ? k / r : 0), rp, kp }'
-    done
+for cell in "${cells[@]}"; do
+    read -r test c n <<<"$cell"
+    T=${test^^}
+    r=$(csv_field "$TMP/redis-$test-c$c.csv" "$T" rps)
+    k=$(csv_field "$TMP/cairn-$test-c$c.csv" "$T" rps)
+    rp=$(csv_field "$TMP/redis-$test-c$c.csv" "$T" p50_latency_ms)
+    kp=$(csv_field "$TMP/cairn-$test-c$c.csv" "$T" p50_latency_ms)
+    awk -v t="$T" -v c="$c" -v n="$n" -v r="$r" -v k="$k" -v rp="$rp" -v kp="$kp" \
+        'BEGIN { printf "| %s | %d | %d | %.0f | %.0f | %.2fx | %s | %s |\n",
+                 t, c, n, r, k, (r > 0 ? k / r : 0), rp, kp }'
 done
 echo
 echo "Cairn cluster idle CPU (3 nodes, 16 shards each, no load): ${idle}% of one core"

@@ -268,7 +268,21 @@ impl Client {
 
     /// Read `key`; `None` when it is missing or expired.
     pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Value>> {
-        let req = proto::GetRequest { key: key.into() };
+        self.get_with(key, false).await
+    }
+
+    /// [`Client::get`]; with `stale`, the node answers from its own replica of the key's
+    /// shard as it stands (it may lag the leader) instead of asking the leader.
+    pub async fn get_with(&self, key: impl Into<Bytes>, stale: bool) -> Result<Option<Value>> {
+        let consistency = if stale {
+            proto::Consistency::Stale
+        } else {
+            proto::Consistency::Unspecified
+        };
+        let req = proto::GetRequest {
+            key: key.into(),
+            consistency: consistency.into(),
+        };
         let res = self
             .call(Some(&req.key), |ch| {
                 let req = req.clone();

@@ -44,8 +44,14 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
         observed("get", async move {
-            let key = request.into_inner().key;
-            match execute(&self.node, Command::Get { key }).await? {
+            let request = request.into_inner();
+            let stale = request.consistency() == pb::Consistency::Stale;
+            let reply = self
+                .node
+                .execute_with(Command::Get { key: request.key }, stale)
+                .await
+                .map_err(super::status_of)?;
+            match reply {
                 Reply::Entry(Some(entry)) => Ok(Response::new(pb::GetResponse {
                     ttl_ms: entry.expires_at_ms.map(ttl_from_now),
                     value: entry.value,

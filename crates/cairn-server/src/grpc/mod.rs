@@ -111,7 +111,7 @@ async fn execute(node: &Node, command: Command) -> Result<Reply, Status> {
 }
 
 /// The gRPC status for a command failure (see the code table in `proto/cairn/v1/kv.proto`).
-fn status_of(error: CommandError) -> Status {
+pub(super) fn status_of(error: CommandError) -> Status {
     let message = error.to_string();
     let message = message.strip_prefix("ERR ").unwrap_or(&message).to_string();
     match error {

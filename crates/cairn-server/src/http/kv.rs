@@ -30,6 +30,9 @@ pub(super) const EXPIRES_AT_HEADER: &str = "x-cairn-expires-at-ms";
 /// Remaining time to live in ms at the moment of the read (absent: no expiry).
 pub(super) const TTL_HEADER: &str = "x-cairn-ttl-ms";
 
+/// Query parameters `GET /v1/kv/{key}` understands.
+const GET_PARAMS: &[&str] = &["consistency"];
+
 /// Query parameters `PUT /v1/kv/{key}` understands.
 const PUT_PARAMS: &[&str] = &[
     "ttl_ms",
@@ -51,10 +54,27 @@ const LIST_PARAMS: &[&str] = &[
     "encoding",
 ];
 
-/// `GET /v1/kv/{key}`: the raw value, 404 when missing.
+/// `GET /v1/kv/{key}`: the raw value, 404 when missing. `consistency=stale` reads this node's
+/// replica as it stands (it may lag the shard's leader); the default, `linearizable`, reads
+/// on the leader.
 pub(super) async fn get(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
     let key = key_of(&uri)?;
-    match execute(&state.node, Command::Get { key }).await? {
+    let query = query_of(&uri, GET_PARAMS)?;
+    let stale = match query.text("consistency").map_err(ApiError::bad_request)? {
+        None | Some("linearizable") => false,
+        Some("stale") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "consistency={other:?}: expected linearizable or stale"
+            )));
+        }
+    };
+    let reply = state
+        .node
+        .execute_with(Command::Get { key }, stale)
+        .await
+        .map_err(ApiError::from)?;
+    match reply {
         Reply::Entry(Some(entry)) => {
             let mut headers = HeaderMap::new();
             headers.insert(

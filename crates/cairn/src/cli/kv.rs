@@ -33,6 +33,9 @@ pub struct GetArgs {
     /// Also print version and expiry (human output)
     #[arg(long, short)]
     pub verbose: bool,
+    /// Read the answering node's replica as it stands (may lag the shard's leader)
+    #[arg(long)]
+    pub stale: bool,
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -102,7 +105,7 @@ pub struct ScanArgs {
 
 pub async fn get(args: GetArgs) -> anyhow::Result<u8> {
     let client = args.connection.client()?;
-    let Some(v) = client.get(args.key.clone()).await? else {
+    let Some(v) = client.get_with(args.key.clone(), args.stale).await? else {
         return Ok(missing(&args.connection));
     };
     if args.connection.json {

@@ -326,11 +326,53 @@ fn writes_through_any_node_on_every_front_end_are_read_from_every_node() {
                 String::from_utf8_lossy(&out.stdout).trim(),
                 format!("v{i}0")
             );
+            // `--stale` reads the node's own replica, which catches up on its own.
+            let deadline = Instant::now() + CONVERGE_TIMEOUT;
+            loop {
+                let out = std::process::Command::new(crate::support::cairn_bin())
+                    .args(["get", "--stale", &format!("resp:{i}:0")])
+                    .args(["--endpoint", &node.grpc_url()])
+                    .output()
+                    .unwrap();
+                if out.status.success()
+                    && String::from_utf8_lossy(&out.stdout).trim() == format!("v{i}0")
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "cairn get --stale: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         assert_eq!(
             conn.cmd(&["GET", "counter"]),
             Answer::Bulk(Some("15".into()))
         );
+        // A stale read is served by this node's own replica, which catches up on its own.
+        let deadline = Instant::now() + CONVERGE_TIMEOUT;
+        loop {
+            let stale = crate::http::request(
+                node.http_addr,
+                "GET",
+                "/v1/kv/counter?consistency=stale",
+                b"",
+            );
+            if stale.status == 200 && stale.body == b"15" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the stale read never caught up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let bad = crate::http::request(
+            node.http_addr,
+            "GET",
+            "/v1/kv/counter?consistency=eventual",
+            b"",
+        );
+        assert_eq!(bad.status, 400);
         // Multi-key reads and deletes fan out over shards led by different nodes.
         let keys: Vec<String> = (0..8).map(|k| format!("resp:0:{k}")).collect();
         let mut args = vec!["EXISTS"];
