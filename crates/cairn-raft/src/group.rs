@@ -244,6 +244,20 @@ impl Group {
         Lead::from_u8(self.lead.load(std::sync::atomic::Ordering::Acquire))
     }
 
+    /// Resolves once this node sees the group led by another node than `leader` (or by none),
+    /// or the group stops: a request forwarded to `leader` may then be stuck with it.
+    pub async fn leader_moved_from(&self, leader: u64) {
+        let mut server = self.raft.server_metrics();
+        loop {
+            if server.borrow_watched().current_leader != Some(leader) {
+                return;
+            }
+            if server.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// As leader of `term`, waits until every entry committed before the term is applied
     /// (one read-index round, which also confirms leadership). Returns the index of the last
     /// entry in the log, after which the next proposal lands.

@@ -122,6 +122,15 @@ impl Meta {
         self.group.leading().is_some()
     }
 
+    /// As leader, waits until the replica has applied everything committed (a new leader may
+    /// not have applied its predecessor's last writes), so a read-modify-write reads the map as
+    /// it is.
+    async fn up_to_date(&self) -> Result<(), CommandError> {
+        self.group.linearize().await.map_err(|e| {
+            CommandError::TryAgain(format!("this node cannot update the cluster map now: {e}"))
+        })
+    }
+
     async fn write(&self, cmd: Command) -> Result<Reply, CommandError> {
         crate::proposer::submit(&self.proposals, ProposalOp::Command(cmd)).await
     }
@@ -170,11 +179,7 @@ impl Meta {
     /// node already known by that name) and returns its Raft id.
     pub async fn register(&self, mut record: NodeRecord) -> Result<u64, CommandError> {
         let _guard = self.updates.lock().await;
-        if !self.is_leader() {
-            return Err(CommandError::TryAgain(
-                "this node no longer leads the metadata group".into(),
-            ));
-        }
+        self.up_to_date().await?;
         let known = self.nodes().into_iter().find(|n| n.name == record.name);
         record.raft_id = match &known {
             Some(n) => n.raft_id,
@@ -210,6 +215,7 @@ impl Meta {
     /// As the metadata leader: records whether node `raft_id` is down.
     pub async fn set_down(&self, raft_id: u64, down: bool) -> Result<(), CommandError> {
         let _guard = self.updates.lock().await;
+        self.up_to_date().await?;
         let Some(mut record) = self.node(raft_id) else {
             return Ok(());
         };

@@ -136,20 +136,36 @@ impl PendingWrite {
     pub async fn wait(self) -> ProposalResult {
         let mut total = 0i64;
         let mut last = Ok(Reply::Ok);
+        let (mut succeeded, mut failure) = (false, None);
         for part in self.parts {
             let answer = match part {
-                Part::Local(rx) => rx.await.unwrap_or(Err(CommandError::ShuttingDown))?,
-                Part::Done(result) => result?,
+                Part::Local(rx) => rx.await.unwrap_or(Err(CommandError::ShuttingDown)),
+                Part::Done(result) => result,
             };
-            if let (Combine::Sum, Reply::Int(n)) = (self.combine, &answer) {
-                total += n;
+            match answer {
+                Ok(answer) => {
+                    succeeded = true;
+                    if let (Combine::Sum, Reply::Int(n)) = (self.combine, &answer) {
+                        total += n;
+                    }
+                    last = Ok(answer);
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
             }
-            last = Ok(answer);
         }
-        match self.combine {
-            Combine::One => last,
-            Combine::Sum => Ok(Reply::Int(total)),
-            Combine::AllOk => Ok(Reply::Ok),
+        match failure {
+            // Another shard's part was applied: "nothing happened" would be untrue.
+            Some(CommandError::TryAgain(why)) if succeeded => Err(CommandError::OutcomeUnknown(
+                format!("applied on some shards, refused on another ({why})"),
+            )),
+            Some(e) => Err(e),
+            None => match self.combine {
+                Combine::One => last,
+                Combine::Sum => Ok(Reply::Int(total)),
+                Combine::AllOk => Ok(Reply::Ok),
+            },
         }
     }
 }

@@ -29,6 +29,9 @@ use crate::reply::Reply;
 pub const FORWARD_HOPS_MAX: u32 = 2;
 /// How long a forwarded command may take, including its commit on the leader.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a forwarded read may take before it is answered `TRYAGAIN` (and retried, by then
+/// perhaps toward a new leader).
+pub const FORWARD_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest forwarded message: a value at the largest configurable limit plus framing.
 const FORWARD_MESSAGE_BYTES_MAX: usize = crate::config::VALUE_BYTES_MAX_LIMIT + 1024 * 1024;
 /// How long a joining node keeps asking before it gives up.
@@ -164,8 +167,14 @@ pub async fn forward(
         shard,
     };
     crate::metrics::forwarded(command.name());
-    match tokio::time::timeout(FORWARD_TIMEOUT, client.forward(request)).await {
-        Err(_) => Err(lost(format!("no answer within {FORWARD_TIMEOUT:?}"))),
+    // A read is safe to give up on early (the caller retries it); a write waits for its commit.
+    let timeout = if is_write {
+        FORWARD_TIMEOUT
+    } else {
+        FORWARD_READ_TIMEOUT
+    };
+    match tokio::time::timeout(timeout, client.forward(request)).await {
+        Err(_) => Err(lost(format!("no answer within {timeout:?}"))),
         Ok(Err(status)) if never_sent(&status) => Err(CommandError::TryAgain(format!(
             "node {addr} is unreachable: {}",
             status.message()

@@ -130,7 +130,14 @@ async fn reconcile_group(
     }
     let status = group.status();
     let members: BTreeSet<u64> = status.voters.union(&status.learners).copied().collect();
-    if let Some(new) = records.iter().find(|r| !members.contains(&r.raft_id)) {
+    // A node that lost its data directory and joined again under a new id may answer at the
+    // address of its old record: one process must never hold two memberships (it would count
+    // as two voters), so such a node waits until its old id leaves the group.
+    let taken = |addr: &str| status.nodes.values().any(|a| a.grpc == addr);
+    if let Some(new) = records
+        .iter()
+        .find(|r| !members.contains(&r.raft_id) && !taken(&r.grpc_addr))
+    {
         let addr = NodeAddr {
             grpc: new.grpc_addr.clone(),
         };

@@ -61,6 +61,10 @@ pub const PROPOSAL_QUEUE_MAX: usize = 8192;
 /// The answer to one proposal.
 pub type ProposalResult = Result<Reply, CommandError>;
 
+/// Longest a write waits for its entry to commit before it is answered "outcome unknown" (a
+/// leader cut off from its quorum keeps its entries until it rejoins or learns of a new term).
+pub const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Longest a membership change holds the shard's writes back (it normally commits within a
 /// few heartbeats).
 pub const MEMBERSHIP_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -229,6 +233,14 @@ impl Proposer {
                 );
                 Some(CommandError::OutcomeUnknown(format!(
                     "applied at log index {index}, not {p}"
+                )))
+            }
+            // Refused before it was appended, but a later entry of the term, evaluated on top
+            // of this one (INCR, APPEND … write absolute values), is already proposed and may
+            // commit its effects: the outcome is not "nothing happened".
+            (Some(_), Err(CommandError::TryAgain(why))) if !self.flights.is_empty() => {
+                Some(CommandError::OutcomeUnknown(format!(
+                    "{why}; a later entry built on this write may still commit"
                 )))
             }
             (Some(_), Err(e)) => Some(e),
@@ -433,6 +445,9 @@ impl Proposer {
             Ok(done) => done,
             Err(e) => {
                 let e = self.refused(e);
+                // The overlay holds this entry's effects: nothing more may be evaluated on top
+                // of them in this term (the next proposal makes a fresh start).
+                self.broken = true;
                 self.flights.push_back(Box::pin(std::future::ready(Landed {
                     predicted: Some(index),
                     answers,
@@ -448,6 +463,16 @@ impl Proposer {
         self.proposals_total.increment(answers.len() as u64);
         let shard = self.h.shard.clone();
         self.flights.push_back(Box::pin(async move {
+            // A leader that lost its quorum may hold an entry forever: answer in bounded time.
+            let done = async move {
+                tokio::time::timeout(COMMIT_WAIT, done)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ProposeError::Unknown(format!(
+                            "not known to be committed within {COMMIT_WAIT:?}"
+                        )))
+                    })
+            };
             let outcome = done.await.map_err(|e| match e {
                 ProposeError::NotLeader { leader } => CommandError::TryAgain(format!(
                     "shard {shard} changed leader (now {leader:?}) before the write was appended"

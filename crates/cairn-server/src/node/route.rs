@@ -18,6 +18,10 @@ use crate::command::Command;
 use crate::error::CommandError;
 use crate::meta::{Meta, NodeRecord};
 use crate::peer::FORWARD_HOPS_MAX;
+
+/// How long a write forwarded to a leader that has since lost leadership may still take to
+/// answer before it is given up as "outcome unknown".
+pub const FORWARD_GRACE_AFTER_MOVE: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::proposer::ProposalOp;
 use crate::reply::Reply;
 use crate::shard::Shard;
@@ -45,9 +49,9 @@ impl Node {
         }
     }
 
-    /// The gRPC address of `shard`'s leader when another node leads it; `Ok(None)` when this
-    /// node does; `TRYAGAIN` when no leader is known.
-    fn remote_leader(&self, shard: &Shard) -> Result<Option<String>, CommandError> {
+    /// The id and gRPC address of `shard`'s leader when another node leads it; `Ok(None)` when
+    /// this node does; `TRYAGAIN` when no leader is known.
+    fn remote_leader(&self, shard: &Shard) -> Result<Option<(u64, String)>, CommandError> {
         if shard.group.leading().is_some() {
             return Ok(None);
         }
@@ -65,7 +69,7 @@ impl Node {
         match status.leader {
             Some(leader) if leader == status.node => Ok(None),
             Some(leader) => match status.nodes.get(&leader) {
-                Some(addr) => Ok(Some(addr.grpc.clone())),
+                Some(addr) => Ok(Some((leader, addr.grpc.clone()))),
                 None => Err(CommandError::TryAgain(format!(
                     "shard {} is led by node {leader}, whose address is unknown here",
                     shard.id
@@ -110,10 +114,26 @@ impl Node {
         loop {
             let outcome = match self.remote_leader(shard) {
                 Ok(None) => break,
-                Ok(Some(addr)) => {
+                Ok(Some((leader, addr))) => {
                     let hops = Self::hop(hops)?;
                     let only = matches!(cmd, Command::Flush).then_some(shard_id);
-                    crate::peer::forward(&self.peers, &addr, &cmd, hops, false, only).await
+                    let forwarded =
+                        crate::peer::forward(&self.peers, &addr, &cmd, hops, false, only);
+                    // A leader that hands over or steps down answers quickly; one cut off with
+                    // the write does not, and the write may or may not commit.
+                    let stuck = async {
+                        shard.group.leader_moved_from(leader).await;
+                        tokio::time::sleep(FORWARD_GRACE_AFTER_MOVE).await;
+                    };
+                    tokio::select! {
+                        result = forwarded => result,
+                        () = stuck => {
+                            Err(CommandError::OutcomeUnknown(format!(
+                                "shard {shard_id}'s leader changed while the write was forwarded \
+                                 to node {leader}"
+                            )))
+                        }
+                    }
                 }
                 // A replica that is not (yet) in the group knows no leader: its proposer
                 // answers.
@@ -239,9 +259,16 @@ impl Node {
             return self.read_in(Some(shard), cmd);
         }
         match self.remote_leader(shard)? {
-            Some(addr) => {
+            Some((leader, addr)) => {
                 let hops = Self::hop(hops)?;
-                crate::peer::forward(&self.peers, &addr, cmd, hops, stale, None).await
+                let forwarded = crate::peer::forward(&self.peers, &addr, cmd, hops, stale, None);
+                tokio::select! {
+                    result = forwarded => result,
+                    // Retried toward the new leader by the caller.
+                    () = shard.group.leader_moved_from(leader) => Err(CommandError::TryAgain(
+                        format!("shard {shard_id}'s leader changed during the read")
+                    )),
+                }
             }
             // Reads go on after a storage failure stopped a sole voter's group.
             None if shard.group.status().stopped.is_some() => self.read_in(Some(shard), cmd),

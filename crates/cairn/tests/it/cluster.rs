@@ -388,33 +388,62 @@ fn writes_through_any_node_on_every_front_end_are_read_from_every_node() {
     assert_eq!(conn.cmd(&["GET", "resp:1:3"]), Answer::Bulk(None));
 }
 
-/// One writer: SETs unique keys through `addr` until `stop`, recording what it learned.
-fn write_until(addr: SocketAddr, writer: usize, stop: Instant) -> (Vec<String>, usize, usize) {
-    let (mut acked, mut retriable, mut unknown) = (Vec::new(), 0, 0);
+/// What one writer learned.
+#[derive(Debug, Default)]
+struct Written {
+    /// Keys whose SET was acknowledged.
+    acked: Vec<String>,
+    /// Keys whose SET was refused with TRYAGAIN: they must never appear.
+    refused: Vec<String>,
+    /// Its counter key, and the INCRs on it acknowledged and of unknown outcome.
+    counter: String,
+    incr_acked: i64,
+    incr_unknown: i64,
+}
+
+/// One writer: alternately SETs unique keys and INCRs its own counter through `addr` until
+/// `stop`, recording what it learned. INCR writes an absolute value computed from state, so a
+/// refused entry whose effect leaked into a later one, or an increment applied twice, shows
+/// up as a counter outside [acknowledged, acknowledged + unknown].
+fn write_until(addr: SocketAddr, writer: usize, stop: Instant) -> Written {
+    let mut w = Written {
+        counter: format!("ctr:{writer}"),
+        ..Written::default()
+    };
     let mut conn = Conn::connect(addr);
     let mut seq = 0;
     while Instant::now() < stop {
         let Some(c) = conn.as_mut() else {
-            return (acked, retriable, unknown);
+            return w;
         };
-        let key = format!("w{writer}:{seq}");
         seq += 1;
-        match c.cmd(&["SET", &key, &key]) {
-            Answer::Ok => acked.push(key),
-            Answer::Error(e) if is_retriable(&e) => retriable += 1,
-            Answer::Error(e) if is_unknown(&e) => unknown += 1,
-            Answer::Lost => {
-                unknown += 1;
-                conn = None;
+        if seq % 2 == 0 {
+            match c.cmd(&["INCR", &w.counter]) {
+                Answer::Int(_) => w.incr_acked += 1,
+                Answer::Error(e) if is_retriable(&e) => {}
+                Answer::Error(e) if is_unknown(&e) => w.incr_unknown += 1,
+                Answer::Lost => {
+                    w.incr_unknown += 1;
+                    conn = None;
+                }
+                other => panic!("writer {writer}: INCR answered {other:?}"),
             }
+            continue;
+        }
+        let key = format!("w{writer}:{seq}");
+        match c.cmd(&["SET", &key, &key]) {
+            Answer::Ok => w.acked.push(key),
+            Answer::Error(e) if is_retriable(&e) => w.refused.push(key),
+            Answer::Error(e) if is_unknown(&e) => {}
+            Answer::Lost => conn = None,
             other => panic!("writer {writer}: SET answered {other:?}"),
         }
     }
-    (acked, retriable, unknown)
+    w
 }
 
-/// Writes through every node while phases run; returns every acknowledged key.
-fn with_writers(cluster: &Cluster, writers_per_node: usize, run: Duration) -> Vec<String> {
+/// Writes through every node while phases run; returns what every writer learned.
+fn with_writers(cluster: &Cluster, writers_per_node: usize, run: Duration) -> Vec<Written> {
     let stop = Instant::now() + run;
     let threads: Vec<_> = cluster
         .nodes
@@ -425,8 +454,36 @@ fn with_writers(cluster: &Cluster, writers_per_node: usize, run: Duration) -> Ve
         .collect();
     threads
         .into_iter()
-        .flat_map(|t| t.join().expect("writer").0)
+        .map(|t| t.join().expect("writer"))
         .collect()
+}
+
+/// Every refused SET is absent, and every counter counts each acknowledged INCR once and at
+/// most the unknown ones besides.
+fn assert_outcomes_honest(cluster: &Cluster, from: usize, written: &[Written]) {
+    let mut conn = Conn::connect(cluster.nodes[from].resp_addr).unwrap();
+    for w in written {
+        for key in &w.refused {
+            assert_eq!(
+                conn.cmd(&["GET", key]),
+                Answer::Bulk(None),
+                "{key} was refused with TRYAGAIN but was written\n{}",
+                cluster.logs()
+            );
+        }
+        let value = match conn.cmd(&["GET", &w.counter]) {
+            Answer::Bulk(v) => v.map_or(0, |v| v.parse::<i64>().unwrap()),
+            other => panic!("GET {}: {other:?}", w.counter),
+        };
+        assert!(
+            (w.incr_acked..=w.incr_acked + w.incr_unknown).contains(&value),
+            "{} is {value}: {} INCRs acknowledged, {} unknown\n{}",
+            w.counter,
+            w.incr_acked,
+            w.incr_unknown,
+            cluster.logs()
+        );
+    }
 }
 
 fn assert_readable(cluster: &Cluster, from: usize, keys: &[String]) {
@@ -455,7 +512,8 @@ fn killing_nodes_loses_no_acknowledged_write() {
                 .status();
         })
     };
-    let mut acked = with_writers(&cluster, 2, Duration::from_secs(5));
+    let written = with_writers(&cluster, 2, Duration::from_secs(5));
+    let mut acked: Vec<String> = written.iter().flat_map(|w| w.acked.clone()).collect();
     killer.join().unwrap();
     cluster.nodes[victim].kill();
     let survivors: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
@@ -497,6 +555,7 @@ fn killing_nodes_loses_no_acknowledged_write() {
     cluster.wait_converged(&[0, 1, 2]);
     for i in 0..3 {
         assert_readable(&cluster, i, &acked);
+        assert_outcomes_honest(&cluster, i, &written);
     }
     assert!(
         acked.len() > 40,
@@ -519,8 +578,14 @@ struct LinClient {
     keys: Vec<String>,
     /// Percentage of operations that are reads (the rest: 5 writes to 1 delete).
     read_pct: u32,
-    ops: usize,
+    /// Set when the run is over (a while after the fault ended).
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// Most operations one client records (bounds the checker's work).
+const LIN_OPS_MAX: u64 = 600;
+/// Pause between a client's operations, so its history spans the fault.
+const LIN_PAUSE: Duration = Duration::from_millis(4);
 
 /// Random reads, writes and deletes of a few keys, reconnecting elsewhere when the node
 /// dies; returns (key index, operation) for each operation whose effect is checkable.
@@ -529,7 +594,11 @@ fn lin_client(c: LinClient, start: Instant) -> Vec<(usize, Op)> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(client);
     let mut conn: Option<Conn> = c.pinned.and_then(Conn::connect);
     let mut history = Vec::new();
-    for seq in 0..c.ops as u64 {
+    for seq in 0..LIN_OPS_MAX {
+        if c.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        std::thread::sleep(LIN_PAUSE);
         while conn.is_none() {
             conn = Conn::connect(c.addrs[rng.random_range(0..c.addrs.len())]);
         }
@@ -627,14 +696,17 @@ fn check_histories_under(fault: Fault) {
     let user = matches!(fault, Fault::Partition).then(|| UnixUser::create("part"));
     let mut firewall = Firewall::default();
     let mut cluster = Cluster::start_first_as(3, user.as_ref());
+    // Leaders settle (each node leads a shard) before keys are chosen, so the keys' shards are
+    // still led by the victim when the fault comes.
+    for i in 0..3 {
+        cluster.wait_leading(i);
+    }
     let victim = match fault {
-        Fault::Partition => {
-            cluster.wait_leading(0);
-            0
-        }
+        Fault::Partition => 0,
         _ => cluster.busiest_leader(0),
     };
     let addrs: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.resp_addr).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let start = Instant::now();
     // Keys of shards the victim leads, so its fault is what the clients meet; two extra
     // clients talk to the victim and mostly read, so reads reach it after the others elected
@@ -648,7 +720,7 @@ fn check_histories_under(fault: Fault) {
                 pinned: (id >= 6).then_some(addrs[victim]),
                 keys: keys.clone(),
                 read_pct: if id >= 6 { 90 } else { 40 },
-                ops: 150,
+                stop: stop.clone(),
             };
             std::thread::spawn(move || lin_client(c, start))
         })
@@ -668,10 +740,15 @@ fn check_histories_under(fault: Fault) {
             for peer in &cluster.nodes[1..] {
                 firewall.drop_to_port(peer.grpc_addr.port(), uid);
             }
-            std::thread::sleep(Duration::from_secs(4));
+            // Long enough for an election (lease 800 ms + timeout up to 800 ms), writers stuck
+            // on the old leader to give up (1 s after the move) and new writes to commit.
+            std::thread::sleep(Duration::from_secs(6));
             firewall.heal();
         }
     }
+    // Histories go on past the fault: the new leader's writes and the old one's reads meet.
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let recorded: Vec<(usize, Op)> = clients
         .into_iter()
         .flat_map(|t| t.join().expect("client"))

@@ -393,19 +393,22 @@ impl UnixUser {
             .status()
             .expect("useradd");
         assert!(status.success(), "useradd {name} failed");
-        let id = |flag: &str| -> u32 {
-            let out = Command::new("id")
-                .arg(flag)
-                .arg(&name)
-                .output()
-                .expect("id");
+        // The guard exists before anything else can fail, so the user is always deleted.
+        let mut user = UnixUser {
+            name,
+            uid: 0,
+            gid: 0,
+        };
+        let id = |flag: &str, name: &str| -> u32 {
+            let out = Command::new("id").arg(flag).arg(name).output().expect("id");
             String::from_utf8_lossy(&out.stdout)
                 .trim()
                 .parse()
                 .expect("numeric id")
         };
-        let (uid, gid) = (id("-u"), id("-g"));
-        UnixUser { name, uid, gid }
+        user.uid = id("-u", &user.name);
+        user.gid = id("-g", &user.name);
+        user
     }
 }
 
@@ -435,22 +438,27 @@ impl Firewall {
             rule.push(uid.to_string());
         }
         rule.extend(["-j", "DROP"].map(String::from));
+        // Inserted first in the chain, so no earlier ACCEPT rule lets the traffic through.
         let status = Command::new("iptables")
-            .args(["-w", "-A"])
-            .args(&rule)
+            .args(["-w", "-I", "OUTPUT", "1"])
+            .args(&rule[1..])
             .status()
             .expect("iptables");
-        assert!(status.success(), "iptables -A {rule:?} failed");
+        assert!(status.success(), "iptables -I {rule:?} failed");
         self.rules.push(rule);
     }
 
     /// Removes every rule added so far.
     pub fn heal(&mut self) {
         for rule in self.rules.drain(..) {
-            let _ = Command::new("iptables")
+            let removed = Command::new("iptables")
                 .args(["-w", "-D"])
                 .args(&rule)
-                .status();
+                .status()
+                .is_ok_and(|s| s.success());
+            if !removed {
+                eprintln!("could not remove iptables rule {rule:?}: remove it by hand");
+            }
         }
     }
 }
