@@ -21,8 +21,9 @@
 #     scripts/bench-cluster.sh
 # Needs redis-server, redis-cli, redis-benchmark (Redis 7: --csv has latency columns), curl, jq,
 # and a Python with redis-py (default target/ci-venv/bin/python, as .ci/run installs; set
-# CAIRN_PYTHON to use another). Ports 36001-36003 (Redis; cluster bus 36051-36053) and
-# 36301-36303/36401-36403/36501-36503 (Cairn RESP/gRPC/HTTP) must be free. Everything it starts
+# CAIRN_PYTHON to use another). Ports 18001-18003 (Redis; cluster bus 18051-18053) and
+# 18301-18303/18401-18403/18501-18503 (Cairn RESP/gRPC/HTTP) must be free (all below
+# Linux's ephemeral range, 32768-60999, so no client socket can hold them). Everything it starts
 # is stopped, and its temporary directory removed, on exit (also on failure or Ctrl-C).
 #
 # Knobs (environment): CLIENTS="1 16 64 256", SET_REQUESTS="2500 20000 40000 60000" and
@@ -40,8 +41,8 @@ read -r -a SET_REQUESTS <<<"${SET_REQUESTS:-2500 20000 40000 60000}"
 read -r -a GET_REQUESTS <<<"${GET_REQUESTS:-30000 100000 100000 100000}"
 FAILOVER_RUNS=${FAILOVER_RUNS:-3}
 
-REDIS_PORTS=(36001 36002 36003)
-CAIRN_BASE=36300 # node i: RESP BASE+i, gRPC BASE+100+i, HTTP BASE+200+i (as `cairn playground`)
+REDIS_PORTS=(18001 18002 18003)
+CAIRN_BASE=18300 # node i: RESP BASE+i, gRPC BASE+100+i, HTTP BASE+200+i (as `cairn playground`)
 CONVERGE_TIMEOUT=120
 
 die() {
