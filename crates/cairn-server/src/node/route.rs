@@ -107,6 +107,14 @@ impl Node {
         hops: u32,
     ) -> Result<Part, CommandError> {
         let shard = self.shard(shard_id)?;
+        // The common case, this node leads: one atomic load, straight to its proposer (which
+        // refuses with TRYAGAIN if leadership has just moved).
+        if shard.group.lead() != Lead::No {
+            let rx = self
+                .send(shard_id, ProposalOp::Command(cmd), now_ms)
+                .await?;
+            return Ok(Part::Local(rx));
+        }
         // While the shard has no reachable leader nothing has been sent, so waiting for one
         // keeps the caller's order of writes (the next write is not routed before this one).
         let deadline = std::time::Instant::now() + super::ROUTE_RETRY_WINDOW;
