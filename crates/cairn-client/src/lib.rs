@@ -4,8 +4,9 @@
 //!
 //! Every call has a timeout and is retried a bounded number of times, with exponential backoff,
 //! when the node answers UNAVAILABLE (not reachable, shutting down, or no shard leader yet).
-//! Requests are routed through [`routing`], the seam where a routing-table cache and leader
-//! redirects go once shards are replicated.
+//! Single-key requests go straight to the key's shard leader, found in a route cache fetched
+//! from `Cluster.Status` ([`routing`]); everything else, and every request while no map is
+//! known, goes to the endpoint the client was built with, which forwards to the leaders.
 //!
 //! ```no_run
 //! # async fn demo() -> cairn_client::Result<()> {
@@ -16,7 +17,7 @@
 //! ```
 
 mod error;
-mod routing;
+pub mod routing;
 
 use std::future::Future;
 use std::ops::Bound;
@@ -56,6 +57,10 @@ pub struct ClientConfig {
     pub retries_max: u32,
     /// Backoff before the first retry, doubled each time.
     pub retry_backoff: Duration,
+    /// Keep a route cache from `Cluster.Status` and send each single-key request to its
+    /// shard's leader directly (see [`routing`]); off: every request goes to the endpoint,
+    /// which forwards it.
+    pub route_cache: bool,
 }
 
 impl Default for ClientConfig {
@@ -65,6 +70,7 @@ impl Default for ClientConfig {
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
             retries_max: RETRIES_MAX_DEFAULT,
             retry_backoff: RETRY_BACKOFF_DEFAULT,
+            route_cache: true,
         }
     }
 }
@@ -261,7 +267,12 @@ impl Client {
             .tcp_nodelay(true)
             .connect_lazy();
         Ok(Client {
-            routing: Routing::new(channel),
+            routing: Routing::new(
+                channel,
+                config.route_cache,
+                config.connect_timeout,
+                config.request_timeout,
+            ),
             config,
         })
     }
@@ -465,6 +476,13 @@ impl Client {
         .await
     }
 
+    /// Fetch the route map now instead of on first use: after it returns `Ok`, single-key
+    /// requests go to the leaders it names (with the route cache off, this only checks that a
+    /// node answers).
+    pub async fn refresh_routes(&self) -> Result<()> {
+        self.routing.refresh().await.map_err(Error::from)
+    }
+
     /// Run one request with bounded retries on UNAVAILABLE, asking [`Routing`] for the channel
     /// of every attempt and telling it about every failure.
     async fn call<T, F, Fut>(&self, key: Option<&[u8]>, mut attempt: F) -> Result<T>
@@ -475,10 +493,11 @@ impl Client {
         let mut retries = 0u32;
         let mut backoff = self.config.retry_backoff;
         loop {
-            match attempt(self.routing.channel_for(key)).await {
+            let (channel, routed_to) = self.routing.channel_for(key);
+            match attempt(channel).await {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) => {
-                    self.routing.observe_failure(key, &status);
+                    self.routing.observe_failure(routed_to.as_ref(), &status);
                     if status.code() != Code::Unavailable || retries >= self.config.retries_max {
                         return Err(status.into());
                     }

@@ -2,6 +2,9 @@
 //! (`proto/cairn/v1/*.proto`). It exists so the server and the client crate share one compiled
 //! copy of the wire contract without depending on each other.
 
+/// Key → hash slot, as Redis Cluster computes it.
+pub mod slot;
+
 /// `cairn.v1`: the `Kv` and `Cluster` services.
 pub mod v1 {
     #![allow(missing_docs, missing_debug_implementations, clippy::all)]
