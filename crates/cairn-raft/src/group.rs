@@ -12,6 +12,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::errors::ClientWriteError;
 use openraft::impls::ProgressResponder;
 use openraft::impls::leader_id_adv::LeaderId;
+use openraft::LinearizerOption;
 use openraft::raft::ReadPolicy;
 use parking_lot::RwLock;
 
@@ -392,8 +393,11 @@ impl Group {
     /// leader lease (no message to the followers while a quorum acknowledged the leader within
     /// the lease; followers refuse to vote while they grant it, see docs/design.md).
     pub async fn linearize(&self) -> Result<(), ProposeError> {
+        // The lease from the latest quorum acknowledgement; when it has run out (a heartbeat
+        // round late under load), heartbeat at once and wait up to one lease for a quorum to
+        // answer, instead of failing the read.
         self.raft
-            .ensure_linearizable(ReadPolicy::LeaseRead)
+            .ensure_linearizable(LinearizerOption::new(None, true))
             .await
             .map(|_| ())
             .map_err(|e| ProposeError::NotLeader {
