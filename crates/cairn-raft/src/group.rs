@@ -7,12 +7,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::LinearizerOption;
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::ClientWriteError;
 use openraft::impls::ProgressResponder;
 use openraft::impls::leader_id_adv::LeaderId;
-use openraft::LinearizerOption;
 use openraft::raft::ReadPolicy;
 use parking_lot::RwLock;
 
@@ -472,14 +472,25 @@ impl Group {
 }
 
 /// The groups this node hosts, by group id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Groups {
+    /// Raft id of the node hosting these groups: peer messages addressed to another id are
+    /// refused.
+    node: u64,
     map: RwLock<HashMap<u64, Group>>,
 }
 
 impl Groups {
-    pub fn new() -> Groups {
-        Groups::default()
+    pub fn new(node: u64) -> Groups {
+        Groups {
+            node,
+            map: RwLock::default(),
+        }
+    }
+
+    /// Raft id of the node hosting these groups.
+    pub fn node(&self) -> u64 {
+        self.node
     }
 
     pub fn insert(&self, id: u64, group: Group) {

@@ -147,6 +147,7 @@ impl PeerConn {
             last_log_id: encode_opt_log_id(rpc.last_log_id.as_ref()),
             leadership_transfer: rpc.leadership_transfer,
             pre_vote,
+            target: self.target,
         };
         let mut client = self.client()?;
         let reply = self.call(ttl, client.vote(request)).await?;
@@ -164,10 +165,12 @@ impl PeerConn {
 /// An append request on the wire.
 pub(crate) fn encode_append(
     group: u64,
+    target: u64,
     rpc: &AppendEntriesRequest<TypeConfig>,
 ) -> pb::AppendRequest {
     pb::AppendRequest {
         group,
+        target,
         vote: encode_vote(&rpc.vote),
         prev_log_id: encode_opt_log_id(rpc.prev_log_id.as_ref()),
         entries: rpc.entries.iter().map(encode_entry).collect(),
@@ -198,7 +201,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let request = encode_append(self.group, &rpc);
+        let request = encode_append(self.group, self.target, &rpc);
         let mut client = self.client()?;
         let reply = self.call(option.hard_ttl(), client.append(request)).await?;
         decode_append_response(&reply).map_err(|e| bad_reply(e).into())
@@ -224,6 +227,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
             from_leader: encode_vote(req.from_leader()),
             to_node: *req.to_node_id(),
             last_log_id: encode_opt_log_id(req.last_log_id()),
+            target: self.target,
         };
         let mut client = self.client()?;
         let reply = self
@@ -282,6 +286,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
                 })
                 .collect(),
             last_sequence: manifest.last_sequence,
+            target: self.target,
         };
         let chunks = snapshot
             .snapshot

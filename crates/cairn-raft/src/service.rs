@@ -3,8 +3,8 @@
 //!
 //! [`Groups`] is the node's registry of the groups it hosts; the server adds a group when it
 //! starts one and removes it when it stops it. A message for a group this node does not host
-//! (not created yet, or removed) is `NOT_FOUND`, which the sender treats as unreachable and
-//! retries later. A snapshot is received into the group's replica and checked chunk by chunk;
+//! (not created yet, or removed) is `NOT_FOUND`, and one addressed to another node id
+//! `FAILED_PRECONDITION`; the sender treats both as unreachable and retries later. A snapshot is received into the group's replica and checked chunk by chunk;
 //! only a complete, checked snapshot reaches `Raft::install_full_snapshot`.
 
 use std::io;
@@ -41,7 +41,16 @@ impl RaftService {
     }
 }
 
-fn find(groups: &Groups, id: u64) -> Result<crate::group::Group, Status> {
+/// The group a message is for, after checking that it is for this node: an address can pass
+/// from a node to another with a new identity (its data directory lost, joined again), and a
+/// message meant for the old one must not count as the new one's acknowledgement or vote.
+fn find(groups: &Groups, target: u64, id: u64) -> Result<crate::group::Group, Status> {
+    if target != groups.node() {
+        return Err(Status::failed_precondition(format!(
+            "message for node {target} reached node {}",
+            groups.node()
+        )));
+    }
     groups
         .get(id)
         .ok_or_else(|| Status::not_found(format!("group {id} is not hosted on this node")))
@@ -65,7 +74,7 @@ impl pb::raft_server::Raft for RaftService {
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
         let req = request.into_inner();
-        let group = find(&self.groups, req.group)?;
+        let group = find(&self.groups, req.target, req.group)?;
         let rpc = AppendEntriesRequest::<TypeConfig> {
             vote: decode_vote(&req.vote).map_err(invalid)?,
             prev_log_id: decode_opt_log_id(&req.prev_log_id).map_err(invalid)?,
@@ -99,7 +108,7 @@ impl pb::raft_server::Raft for RaftService {
         request: Request<pb::VoteRequest>,
     ) -> Result<Response<pb::VoteResponse>, Status> {
         let req = request.into_inner();
-        let group = find(&self.groups, req.group)?;
+        let group = find(&self.groups, req.target, req.group)?;
         let rpc = VoteRequest::<TypeConfig> {
             vote: decode_vote(&req.vote).map_err(invalid)?,
             last_log_id: decode_opt_log_id(&req.last_log_id).map_err(invalid)?,
@@ -125,7 +134,7 @@ impl pb::raft_server::Raft for RaftService {
         use openraft::raft::{TransferLeaderError, TransferLeaderRequest};
         use pb::transfer_leader_response::Outcome as T;
         let req = request.into_inner();
-        let group = find(&self.groups, req.group)?;
+        let group = find(&self.groups, req.target, req.group)?;
         let rpc = TransferLeaderRequest::<TypeConfig>::new(
             decode_vote(&req.from_leader).map_err(invalid)?,
             req.to_node,
@@ -162,7 +171,7 @@ impl pb::raft_server::Raft for RaftService {
                 "a snapshot stream starts with its header",
             ));
         };
-        let group = find(&self.groups, header.group)?;
+        let group = find(&self.groups, header.target, header.group)?;
         let vote = decode_vote(&header.vote).map_err(invalid)?;
         let (last_log_id, last_membership) = decode_applied(&header.meta).map_err(invalid)?;
         let meta = SnapshotMeta {
@@ -209,5 +218,45 @@ impl pb::raft_server::Raft for RaftService {
         Ok(Response::new(pb::SnapshotResponse {
             vote: encode_vote(&response.vote),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::raft_server::Raft as _;
+
+    #[tokio::test]
+    async fn messages_for_another_node_id_are_refused() {
+        let service = RaftService::new(Arc::new(Groups::new(7)));
+        let vote = |target| pb::VoteRequest {
+            group: 1,
+            target,
+            ..Default::default()
+        };
+        let refused = service.vote(Request::new(vote(8))).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(refused.message().contains("node 8 reached node 7"));
+        // Addressed to this node, the message gets as far as the group lookup.
+        let passed = service.vote(Request::new(vote(7))).await.unwrap_err();
+        assert_eq!(passed.code(), tonic::Code::NotFound);
+
+        let append = pb::AppendRequest {
+            group: 1,
+            target: 0,
+            ..Default::default()
+        };
+        let refused = service.append(Request::new(append)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        let transfer = pb::TransferLeaderRequest {
+            group: 1,
+            target: 9,
+            ..Default::default()
+        };
+        let refused = service
+            .transfer_leader(Request::new(transfer))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     }
 }

@@ -249,7 +249,7 @@ impl Node {
             anyhow::anyhow!("cannot open the write-ahead log in {}: {e}", dir.display())
         })?;
         let wal = Arc::new(wal);
-        let groups = Arc::new(Groups::new());
+        let groups = Arc::new(Groups::new(identity.raft_id));
         let health = Arc::new(WriteHealth::default());
         let peers = Arc::new(Peers::new());
         let setup = ShardsSetup {

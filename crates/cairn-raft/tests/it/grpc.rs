@@ -72,7 +72,7 @@ async fn start_node(id: u64, disk: &SimIo, peers: &Arc<Peers>) -> Node {
         )
         .expect("open WAL"),
     );
-    let groups = Arc::new(Groups::new());
+    let groups = Arc::new(Groups::new(id));
     for group in GROUPS {
         let sm = StateMachine::open(
             io.clone(),
