@@ -54,6 +54,14 @@ pub enum CommandError {
     OutcomeUnknown(String),
 }
 
+impl CommandError {
+    /// The answer to a write the shard's proposer took and then dropped unanswered (it
+    /// stopped: shutdown, or its group failed): it may have been proposed and committed.
+    pub fn proposer_stopped() -> CommandError {
+        CommandError::OutcomeUnknown("the shard's proposer stopped with the write in flight".into())
+    }
+}
+
 impl From<cairn_storage::Error> for CommandError {
     fn from(e: cairn_storage::Error) -> Self {
         match e {

@@ -139,7 +139,9 @@ impl PendingWrite {
         let (mut succeeded, mut failure) = (false, None);
         for part in self.parts {
             let answer = match part {
-                Part::Local(rx) => rx.await.unwrap_or(Err(CommandError::ShuttingDown)),
+                Part::Local(rx) => rx
+                    .await
+                    .unwrap_or_else(|_| Err(CommandError::proposer_stopped())),
                 Part::Done(result) => result,
             };
             match answer {

@@ -139,7 +139,8 @@ pub async fn submit(proposals: &mpsc::Sender<Proposal>, op: ProposalOp) -> Propo
         .send(Proposal { op, now_ms, reply })
         .await
         .map_err(|_| CommandError::ShuttingDown)?;
-    rx.await.unwrap_or(Err(CommandError::ShuttingDown))
+    rx.await
+        .unwrap_or_else(|_| Err(CommandError::proposer_stopped()))
 }
 
 /// Starts the shard's proposer; returns its queue.
@@ -490,5 +491,28 @@ impl Proposer {
                 outcome,
             }
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_dropped_by_the_proposer_has_an_unknown_outcome() {
+        // Never handed over: nothing can have happened.
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        assert_eq!(
+            submit(&tx, ProposalOp::Barrier).await,
+            Err(CommandError::ShuttingDown)
+        );
+        // Taken and dropped unanswered: it may have been proposed.
+        let (tx, mut rx) = mpsc::channel::<Proposal>(1);
+        tokio::spawn(async move { drop(rx.recv().await) });
+        assert!(matches!(
+            submit(&tx, ProposalOp::Barrier).await,
+            Err(CommandError::OutcomeUnknown(_))
+        ));
     }
 }
