@@ -5,8 +5,9 @@
 //! serialised): `append` submits the entries (readable at once, as openraft requires) and
 //! fires `IOFlushed` from the WAL's completion, after the fdatasync that covers them, without
 //! blocking the group; `save_vote` waits for its fdatasync (the vote must be durable before any
-//! reply that depends on it); `truncate_after`, `purge` and `save_committed` are ordered
-//! behind the same stream and become durable with the next flush. One fdatasync serves every
+//! reply that depends on it); `truncate_after` and `purge` are ordered behind the same stream
+//! and become durable with the next flush; `save_committed` too, but it does not start a
+//! flush of its own (it waits for the next append or vote). One fdatasync serves every
 //! group with writes queued.
 //!
 //! The newest entries are also kept decoded in memory ([`RECENT_BYTES_MAX`] per group), so the
@@ -215,11 +216,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .await
     }
 
+    /// The committed marker is written lazily ([`Wal::submit_lazy`]): it rides with the next
+    /// append or vote instead of costing an fdatasync per commit (which doubled the fsyncs of
+    /// a lone write on every replica). Losing it in a crash is harmless: openraft starts from
+    /// `max(committed, applied)` and learns the rest from the leader.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        self.submit(vec![Op::Committed {
-            group: self.group,
-            payload: encode_opt_log_id(committed.as_ref()),
-        }])
+        self.wal
+            .submit_lazy(vec![Op::Committed {
+                group: self.group,
+                payload: encode_opt_log_id(committed.as_ref()),
+            }])
+            .map_err(io_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {

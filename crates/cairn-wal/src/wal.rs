@@ -312,6 +312,16 @@ impl Wal {
         self.submit_numbered(ops, done, true).map(|_| ())
     }
 
+    /// [`Wal::submit`] for records whose loss in a crash is harmless, such as a group's
+    /// committed marker (Raft learns the commit index again from the leader, and never sets
+    /// it below what the state machine applied). It is applied to the index at once and queued
+    /// in order behind earlier submissions, but does not wake the flusher: it rides in the
+    /// frame of the next submission anyone makes durable (or is written when the log is
+    /// closed) instead of costing an fdatasync of its own.
+    pub fn submit_lazy(&self, ops: Vec<Op>) -> Result<()> {
+        self.submit_numbered(ops, None, false).map(|_| ())
+    }
+
     /// [`Wal::submit`]; returns the submission's number (1-based, in submission order). A
     /// caller that will wait for it (and so flush it itself) passes `wake_flusher: false`.
     fn submit_numbered(&self, ops: Vec<Op>, done: Option<Done>, wake_flusher: bool) -> Result<u64> {

@@ -79,6 +79,34 @@ fn typed_ops_survive_reopen() {
 }
 
 #[test]
+fn a_lazy_committed_marker_costs_no_fsync_and_rides_with_the_next_write() {
+    let io = SimIo::new(11);
+    let (wal, _) = open_sim(&io, 1 << 20);
+    wal.write(vec![entry(1, 1)]).unwrap();
+    let fsyncs = wal.stats().fsyncs;
+    let committed = |n: &str| Op::Committed {
+        group: 1,
+        payload: b(n),
+    };
+    wal.submit_lazy(vec![committed("committed 1")]).unwrap();
+    // Readable at once, but nobody asked for durability: no fdatasync, and a power cut now
+    // loses it (harmless for a committed marker).
+    assert_eq!(wal.group(1).unwrap().committed, Some(b("committed 1")));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(wal.stats().fsyncs, fsyncs, "a lazy record started a flush");
+    let (cut, _) = open_sim(&io.crash_image(PowerCut::DropUnsynced), 1 << 20);
+    assert_eq!(cut.group(1).unwrap().committed, None);
+    drop(cut);
+    // The next write carries it, in order, under one fdatasync.
+    wal.write(vec![entry(1, 2)]).unwrap();
+    assert_eq!(wal.stats().fsyncs, fsyncs + 1);
+    let (cut, _) = open_sim(&io.crash_image(PowerCut::DropUnsynced), 1 << 20);
+    let g = cut.group(1).unwrap();
+    assert_eq!(g.committed, Some(b("committed 1")));
+    assert_eq!(g.last_index, Some(2));
+}
+
+#[test]
 fn holes_and_entries_below_the_purge_point_are_refused_whole() {
     let io = SimIo::new(2);
     let (wal, _) = open_sim(&io, 1 << 20);
