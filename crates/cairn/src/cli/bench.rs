@@ -1,13 +1,17 @@
-//! `cairn bench`: a closed-loop load generator over gRPC. N workers share M connections and
-//! issue a fixed number of random gets and puts over a key space; it reports throughput and
-//! latency percentiles (HdrHistogram) per operation.
+//! `cairn bench`: a closed-loop load generator over gRPC. N workers share M connections (spread
+//! round-robin over one or more endpoints) and issue a fixed number of random gets and puts over
+//! a key space; it reports throughput and latency percentiles (HdrHistogram) per operation. It
+//! loads Cairn, or etcd through etcd's own KV service (`--target etcd`, [`target`]), so that the
+//! comparison in `scripts/bench-etcd.sh` runs one generator against both.
+
+mod target;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use bytes::Bytes;
-use cairn_client::Client;
 use clap::Args;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -15,6 +19,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::json;
 
+use self::target::{Conn, Target};
 use super::Connection;
 
 /// Highest latency the histograms record, in microseconds (slower requests are clamped).
@@ -25,6 +30,8 @@ const HISTOGRAM_SIGFIG: u8 = 3;
 const CONCURRENCY_MAX: usize = 10_000;
 /// Most separate connections accepted.
 const CONNECTIONS_MAX: usize = 256;
+/// Most endpoints accepted in `--endpoints`.
+const ENDPOINTS_MAX: usize = 64;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -34,9 +41,21 @@ pub struct BenchArgs {
     /// Requests in flight at once
     #[arg(long, short = 'c', default_value_t = 64)]
     pub concurrency: usize,
-    /// Separate gRPC (HTTP/2) connections the workers share
+    /// Separate gRPC (HTTP/2) connections the workers share; connection i goes to endpoint
+    /// i mod (number of endpoints)
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
+    /// System under load: Cairn, or etcd through its KV gRPC service (Put, Range)
+    #[arg(long, value_enum, default_value_t = Target::Cairn)]
+    pub target: Target,
+    /// Endpoints to spread the connections over, round-robin, comma-separated (replaces
+    /// --endpoint); for etcd, client URLs such as http://127.0.0.1:2379
+    #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
+    pub endpoints: Vec<String>,
+    /// Reads from the answering node's own replica: Cairn's stale read, etcd's serializable
+    /// Range (default: linearizable reads)
+    #[arg(long)]
+    pub stale: bool,
     /// Number of distinct keys
     #[arg(long, default_value_t = 10_000)]
     pub keys: u64,
@@ -103,11 +122,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
         (1..=CONNECTIONS_MAX).contains(&args.connections),
         "--connections must be 1..={CONNECTIONS_MAX}"
     );
-    let clients = (0..args.connections)
-        .map(|_| args.connection.client())
+    let endpoints = endpoints(&args)?;
+    let timeout = Duration::from_millis(args.connection.timeout_ms);
+    let conns = (0..args.connections)
+        .map(|i| {
+            let endpoint = &endpoints[i % endpoints.len()];
+            Conn::open(args.target, endpoint, timeout)
+                .with_context(|| format!("--target {}", args.target.name()))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    // Fail fast with a clear message when the node is not there.
-    clients[0].status().await?;
+    // Fail fast with a clear message when an endpoint is not there, or is not the target (the
+    // first connections cover every endpoint that gets one).
+    for (conn, endpoint) in conns.iter().zip(&endpoints) {
+        conn.clone().probe().await.with_context(|| {
+            format!(
+                "{endpoint} does not answer as {} (check --target and --endpoint/--endpoints)",
+                args.target.name()
+            )
+        })?;
+    }
     let value = Bytes::from(vec![b'x'; args.value_size]);
     let args = Arc::new(args);
 
@@ -116,8 +149,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
         let next = Arc::new(AtomicU64::new(0));
         let tasks: Vec<_> = (0..args.concurrency)
             .map(|w| {
-                let (client, args, next, bar, value) = (
-                    clients[w % clients.len()].clone(),
+                let (mut conn, args, next, bar, value) = (
+                    conns[w % conns.len()].clone(),
                     args.clone(),
                     next.clone(),
                     bar.clone(),
@@ -129,7 +162,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
                         if i >= args.keys {
                             return anyhow::Ok(());
                         }
-                        client.put(key(&args.key_prefix, i), value.clone()).await?;
+                        let k = key(&args.key_prefix, i);
+                        conn.put(k, value.clone()).await.context("preload")?;
                         bar.inc(1);
                     }
                 })
@@ -146,14 +180,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let tasks: Vec<_> = (0..args.concurrency)
         .map(|w| {
-            let (client, args, next, bar, value) = (
-                clients[w % clients.len()].clone(),
+            let (conn, args, next, bar, value) = (
+                conns[w % conns.len()].clone(),
                 args.clone(),
                 next.clone(),
                 bar.clone(),
                 value.clone(),
             );
-            tokio::spawn(async move { worker(w as u64, client, args, next, bar, value).await })
+            tokio::spawn(async move { worker(w as u64, conn, args, next, bar, value).await })
         })
         .collect();
     let mut tally = Tally::new();
@@ -162,13 +196,38 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     }
     let elapsed = started.elapsed();
     bar.finish_and_clear();
-    report(&args, &tally, elapsed);
+    // The endpoints that got a connection (all of them unless --connections is smaller).
+    let used = &endpoints[..endpoints.len().min(args.connections)];
+    report(&args, used, &tally, elapsed);
     Ok(0)
+}
+
+/// The endpoints the connections are spread over: `--endpoints`, or else `--endpoint`.
+fn endpoints(args: &BenchArgs) -> anyhow::Result<Vec<String>> {
+    if args.endpoints.is_empty() {
+        return Ok(vec![args.connection.endpoint.clone()]);
+    }
+    anyhow::ensure!(
+        args.endpoints.len() <= ENDPOINTS_MAX,
+        "--endpoints takes at most {ENDPOINTS_MAX} endpoints, got {}",
+        args.endpoints.len()
+    );
+    let endpoints: Vec<String> = args
+        .endpoints
+        .iter()
+        .map(|e| e.trim().to_string())
+        .collect();
+    anyhow::ensure!(
+        endpoints.iter().all(|e| !e.is_empty()),
+        "--endpoints has an empty entry: {:?}",
+        args.endpoints.join(",")
+    );
+    Ok(endpoints)
 }
 
 async fn worker(
     id: u64,
-    client: Client,
+    mut conn: Conn,
     args: Arc<BenchArgs>,
     next: Arc<AtomicU64>,
     bar: ProgressBar,
@@ -181,9 +240,9 @@ async fn worker(
         let read = rng.random_bool(args.read_ratio);
         let t = Instant::now();
         let result = if read {
-            client.get(k).await.map(drop)
+            conn.get(k, args.stale).await
         } else {
-            client.put(k, value.clone()).await.map(drop)
+            conn.put(k, value.clone()).await
         };
         let us = (t.elapsed().as_micros() as u64).clamp(1, LATENCY_US_MAX);
         match result {
@@ -193,7 +252,7 @@ async fn worker(
             }
             Err(e) => {
                 tally.errors += 1;
-                tally.first_error.get_or_insert_with(|| e.to_string());
+                tally.first_error.get_or_insert_with(|| format!("{e:#}"));
             }
         }
         bar.inc(1);
@@ -220,7 +279,7 @@ fn progress(args: &BenchArgs, total: u64, phase: &'static str) -> ProgressBar {
     bar
 }
 
-fn report(args: &BenchArgs, tally: &Tally, elapsed: Duration) {
+fn report(args: &BenchArgs, endpoints: &[String], tally: &Tally, elapsed: Duration) {
     let done = tally.get.len() + tally.put.len();
     let ops_per_sec = done as f64 / elapsed.as_secs_f64().max(f64::EPSILON);
     let stats = |h: &Histogram<u64>| {
@@ -238,6 +297,7 @@ fn report(args: &BenchArgs, tally: &Tally, elapsed: Duration) {
         println!(
             "{}",
             json!({
+                "target": args.target.name(), "endpoints": endpoints, "stale": args.stale,
                 "requests": args.requests, "concurrency": args.concurrency,
                 "connections": args.connections, "keys": args.keys,
                 "value_size": args.value_size, "read_ratio": args.read_ratio,
@@ -249,13 +309,17 @@ fn report(args: &BenchArgs, tally: &Tally, elapsed: Duration) {
         return;
     }
     println!(
-        "{} requests, {} workers over {} connections, {} keys, {}-byte values, {:.0}% reads",
+        "{}: {} requests, {} workers over {} connections to {} endpoint(s), {} keys, \
+         {}-byte values, {:.0}% {} reads",
+        args.target.name(),
         args.requests,
         args.concurrency,
         args.connections,
+        endpoints.len(),
         args.keys,
         args.value_size,
-        args.read_ratio * 100.0
+        args.read_ratio * 100.0,
+        if args.stale { "stale" } else { "linearizable" },
     );
     println!(
         "throughput: {ops_per_sec:.0} ops/s ({:.2} s)",

@@ -289,3 +289,56 @@ fn bench_runs_and_reports_percentiles() {
         "{text}"
     );
 }
+
+#[test]
+fn bench_spreads_over_endpoints_and_checks_the_target() {
+    let node = Node::start_with(&["--sync", "never"]);
+    let url = node.grpc_url();
+
+    // Stale reads over two endpoints (the same node twice): both get a connection.
+    let endpoints = format!("{url},{url}");
+    let args = [
+        "bench",
+        "-n",
+        "200",
+        "-c",
+        "4",
+        "--keys",
+        "20",
+        "--read-ratio",
+        "1",
+        "--stale",
+        "--endpoints",
+        &endpoints,
+        "--json",
+    ];
+    let j = json(&cairn(&node, &args));
+    assert_eq!(j["errors"], 0, "{j}");
+    assert_eq!(j["target"], "cairn");
+    assert_eq!(j["stale"], true);
+    assert_eq!(j["endpoints"], serde_json::json!([url, url]));
+    assert_eq!(j["get"]["count"], 200, "{j}");
+
+    // A Cairn node is not an etcd member: refused before any load, with the endpoint named.
+    let o = cairn(&node, &["bench", "-n", "10", "--target", "etcd", "--json"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(&format!("{url} does not answer as etcd")),
+        "{}",
+        stderr(&o)
+    );
+
+    // Malformed flags.
+    let o = cairn(&node, &["bench", "--endpoints", &format!("{url},,{url}")]);
+    assert!(
+        stderr(&o).contains("--endpoints has an empty entry"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cairn(&node, &["bench", "--target", "zookeeper"]);
+    assert!(
+        stderr(&o).contains("possible values: cairn, etcd"),
+        "{}",
+        stderr(&o)
+    );
+}
