@@ -32,7 +32,8 @@ pub const SHARD_PROPOSALS_TOTAL: &str = "cairn_shard_proposals_total";
 /// Log entries a shard's proposer proposed, by shard.
 pub const SHARD_ENTRIES_TOTAL: &str = "cairn_shard_entries_total";
 
-/// Commands this node forwarded to the node leading their shard, by command.
+/// Commands (parts of commands, one per shard) this node forwarded to the node leading their
+/// shard, by command and shard.
 pub const FORWARDED_TOTAL: &str = "cairn_forwarded_total";
 
 /// Buckets for counts per fsync (1 … 4096).
@@ -212,9 +213,14 @@ impl Observer {
     }
 }
 
-/// One command forwarded to another node.
-pub fn forwarded(command: &str) {
-    metrics::counter!(FORWARDED_TOTAL, "command" => command_label(command)).increment(1);
+/// One command's part for `shard` forwarded to the shard's leader on another node.
+pub fn forwarded(command: &str, shard: u32) {
+    metrics::counter!(
+        FORWARDED_TOTAL,
+        "command" => command_label(command),
+        "shard" => shard.to_string()
+    )
+    .increment(1);
 }
 
 /// A client connection opened (`delta` = 1) or closed (`delta` = -1).

@@ -166,7 +166,6 @@ pub async fn forward(
         stale,
         shard,
     };
-    crate::metrics::forwarded(command.name());
     // A read is safe to give up on early (the caller retries it); a write waits for its commit.
     let timeout = if is_write {
         FORWARD_TIMEOUT

@@ -125,6 +125,7 @@ impl Node {
                 Ok(Some((leader, addr))) => {
                     let hops = Self::hop(hops)?;
                     let only = matches!(cmd, Command::Flush).then_some(shard_id);
+                    crate::metrics::forwarded(cmd.name(), shard_id);
                     let forwarded =
                         crate::peer::forward(&self.peers, &addr, &cmd, hops, false, only);
                     // A leader that hands over or steps down answers quickly; one cut off with
@@ -269,6 +270,7 @@ impl Node {
         match self.remote_leader(shard)? {
             Some((leader, addr)) => {
                 let hops = Self::hop(hops)?;
+                crate::metrics::forwarded(cmd.name(), shard_id);
                 let forwarded = crate::peer::forward(&self.peers, &addr, cmd, hops, stale, None);
                 tokio::select! {
                     result = forwarded => result,

@@ -849,6 +849,13 @@ print("ok")
         forwarded_anywhere() > before,
         "without the route cache nothing was forwarded: the check above proves nothing"
     );
+    let metrics = crate::http::request(cluster.nodes[0].http_addr, "GET", "/metrics", b"");
+    assert!(
+        String::from_utf8_lossy(&metrics.body)
+            .lines()
+            .any(|l| l.starts_with("cairn_forwarded_total{") && l.contains("shard=\"")),
+        "forwarded requests are counted per shard"
+    );
     if !have_py && !have_cli {
         return;
     }
