@@ -286,6 +286,7 @@ impl Node {
             started: Instant::now(),
         });
         node.await_sole_leadership().await?;
+        node.check_addresses_unchanged()?;
         if !node.identity.joined && node.meta.is_leader() {
             let config = ClusterConfig {
                 shards: node.identity.shards,
@@ -304,6 +305,36 @@ impl Node {
             "node opened"
         );
         Ok(node)
+    }
+
+    /// Refuses to start a member of a multi-node cluster on other addresses than those it is
+    /// registered with: every group's membership names its gRPC address, so its peers would
+    /// not reach it, and cluster clients would be sent to its old RESP address. (A one-node
+    /// cluster just records its new addresses.)
+    fn check_addresses_unchanged(&self) -> anyhow::Result<()> {
+        let me = self.my_record();
+        let Some(recorded) = self.meta.node(me.raft_id) else {
+            return Ok(());
+        };
+        let others = self.meta.nodes().iter().any(|r| r.raft_id != me.raft_id);
+        let moved = (recorded.grpc_addr != me.grpc_addr)
+            || (recorded.http_addr != me.http_addr)
+            || (recorded.resp_addr != me.resp_addr);
+        anyhow::ensure!(
+            !(others && moved),
+            "node {} is registered in its cluster at gRPC {}, HTTP {}, RESP {}, but was started \
+             with gRPC {}, HTTP {}, RESP {}: its peers and cluster clients would not find it. \
+             Start it with its registered addresses (changing a member's addresses is not \
+             supported yet; a node with a new data directory can --join as a new member)",
+            me.raft_id,
+            recorded.grpc_addr,
+            recorded.http_addr,
+            recorded.resp_addr,
+            me.grpc_addr,
+            me.http_addr,
+            me.resp_addr
+        );
+        Ok(())
     }
 
     /// Waits until this node leads every group in which it is the only voter (a restarted

@@ -923,7 +923,7 @@ fn nodes_that_join_later_receive_everything_written_before() {
     for _ in 0..2 {
         nodes.push(Node::start_with(&["--shards", SHARDS, "--join", &join]));
     }
-    let cluster = Cluster { nodes };
+    let mut cluster = Cluster { nodes };
     cluster.wait_converged(&[0, 1, 2]);
     // Each new node's own replica holds every key (READONLY: read it as it stands, once the
     // node applied what its leader committed).
@@ -957,4 +957,38 @@ fn nodes_that_join_later_receive_everything_written_before() {
             "node {i} installed no snapshot ({installed})"
         );
     }
+
+    // A member restarted on another gRPC address is refused with the reason (its peers would
+    // not reach it); on its own addresses it comes back.
+    let node = &mut cluster.nodes[2];
+    node.kill();
+    let moved = crate::support::free_port().to_string();
+    let mut out = std::process::Command::new(crate::support::cairn_bin())
+        .args(["server", "--data-dir"])
+        .arg(&node.data_dir)
+        .args(["--resp-addr", &node.resp_addr.to_string()])
+        .args(["--http-addr", &node.http_addr.to_string()])
+        .args(["--grpc-addr", &format!("127.0.0.1:{moved}")])
+        .args(&node.extra_args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cairn server");
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    while out.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = out.kill();
+            panic!("a member started on a new gRPC address was not refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = out.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started on a new address: {stderr}");
+    assert!(
+        stderr.contains("is registered in its cluster at gRPC"),
+        "unclear refusal: {stderr}"
+    );
+    node.spawn();
+    cluster.wait_converged(&[0, 1, 2]);
 }
