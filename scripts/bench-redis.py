@@ -17,8 +17,11 @@ With --configs and/or --tests naming a subset (e.g. `--configs cairn --tests set
 for a before/after comparison of one change) it prints the medians and spreads of that subset
 and leaves docs/benchmarks.md alone.
 
+With --before BIN another cairn binary (an older build) is measured as config `before` in
+the same interleaved runs: a before/after comparison in one run.
+
 Usage: scripts/bench-redis.py [--requests N] [--runs N] [--configs LIST] [--tests LIST]
-                              [--no-write]
+                              [--no-write] [--before BIN]
 """
 
 import argparse
@@ -132,8 +135,13 @@ def main():
                     help="subset of cairn,cairn1,always,everysec")
     ap.add_argument("--tests", default=",".join(TESTS).lower(), help="subset of set,get,incr,mset")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
+    ap.add_argument("--before", metavar="BIN",
+                    help="another cairn binary (e.g. an older build) measured as config 'before' "
+                         "in the same interleaved runs, for a before/after comparison")
     args = ap.parse_args()
     configs = args.configs.split(",")
+    if args.before:
+        configs = ["before"] + [c for c in configs if c != "before"]
     TESTS = [t.upper() for t in args.tests.split(",")]
     subset = configs != ["cairn", "cairn1", "always", "everysec"] or TESTS != [
         "SET", "GET", "INCR", "MSET"]
@@ -149,6 +157,7 @@ def main():
         for run in range(args.runs):
             for p in PIPELINES:
                 for key, fn in (
+                        ("before", lambda: run_cairn(args.before, p, args.requests, work, [])),
                         ("cairn", lambda: run_cairn(binary, p, args.requests, work, [])),
                         ("cairn1", lambda: run_cairn(binary, p, args.requests, work,
                                                      ["--worker-threads", "1"])),
