@@ -328,6 +328,35 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn an_unavailable_leader_is_not_routed_to_until_its_quarantine_ends() {
+        let seed = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let routing = Routing::new(seed, true, Duration::from_secs(1), Duration::from_secs(1));
+        let routes = routes_of(proto::StatusResponse {
+            node_id: "1".into(),
+            nodes: vec![node("2", "127.0.0.1:7071", proto::NodeState::Up)],
+            shards: vec![shard(0, 0, 16383, Some("2"))],
+        });
+        *routing.inner.routes.write().unwrap() = Some(Arc::new(routes));
+        let (_, to) = routing.channel_for(Some(b"k"));
+        assert_eq!(to.as_deref(), Some("127.0.0.1:7071"));
+        // Keys go to the leader, other requests to the seed.
+        assert_eq!(routing.channel_for(None).1, None);
+        // A failure that is not UNAVAILABLE says nothing about the node.
+        routing.observe_failure(to.as_ref(), &Status::not_found("no such key"));
+        assert_eq!(routing.channel_for(Some(b"k")).1, to);
+        routing.observe_failure(to.as_ref(), &Status::unavailable("connection refused"));
+        assert_eq!(routing.channel_for(Some(b"k")).1, None, "quarantined");
+        // Once the quarantine is over, the leader is used again.
+        routing
+            .inner
+            .quarantined
+            .lock()
+            .unwrap()
+            .insert("127.0.0.1:7071".into(), Instant::now() - QUARANTINE);
+        assert_eq!(routing.channel_for(Some(b"k")).1, to);
+    }
+
     #[test]
     fn unknown_or_down_leaders_and_gaps_fall_back() {
         let routes = routes_of(proto::StatusResponse {

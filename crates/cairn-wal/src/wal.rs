@@ -120,6 +120,24 @@ struct Submission {
     /// Records, each entry with the id of its pending slot.
     recs: Vec<(Rec, u64)>,
     done: Option<Done>,
+    /// Made by [`Wal::submit_lazy`]: written with the next flush, never the reason for one.
+    lazy: bool,
+}
+
+/// How a submission reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Submit {
+    /// The flusher thread is woken to write it.
+    Wake,
+    /// The caller waits for it and flushes it itself when no flush is running.
+    CallerFlushes,
+    /// It waits for the next flush that anything else causes.
+    Lazy,
+}
+
+/// Whether `queue` holds a submission that wants a flush (one that is not lazy).
+fn wants_flush(queue: &[Submission]) -> bool {
+    queue.iter().any(|s| !s.lazy)
 }
 
 /// What callers share, under one lock.
@@ -309,7 +327,7 @@ impl Wal {
     /// the flushing thread before anyone waiting on the log is released: it must not wait on
     /// the log itself.
     pub fn submit(&self, ops: Vec<Op>, done: Option<Done>) -> Result<()> {
-        self.submit_numbered(ops, done, true).map(|_| ())
+        self.submit_numbered(ops, done, Submit::Wake).map(|_| ())
     }
 
     /// [`Wal::submit`] for records whose loss in a crash is harmless, such as a group's
@@ -319,12 +337,11 @@ impl Wal {
     /// frame of the next submission anyone makes durable (or is written when the log is
     /// closed) instead of costing an fdatasync of its own.
     pub fn submit_lazy(&self, ops: Vec<Op>) -> Result<()> {
-        self.submit_numbered(ops, None, false).map(|_| ())
+        self.submit_numbered(ops, None, Submit::Lazy).map(|_| ())
     }
 
-    /// [`Wal::submit`]; returns the submission's number (1-based, in submission order). A
-    /// caller that will wait for it (and so flush it itself) passes `wake_flusher: false`.
-    fn submit_numbered(&self, ops: Vec<Op>, done: Option<Done>, wake_flusher: bool) -> Result<u64> {
+    /// [`Wal::submit`]; returns the submission's number (1-based, in submission order).
+    fn submit_numbered(&self, ops: Vec<Op>, done: Option<Done>, how: Submit) -> Result<u64> {
         let recs: Vec<Rec> = ops.into_iter().map(into_rec).collect();
         if let Some(r) = recs
             .iter()
@@ -358,9 +375,13 @@ impl Wal {
             state.groups.apply(&rec, slot);
             queued.push((rec, id));
         }
-        state.queue.push(Submission { recs: queued, done });
+        state.queue.push(Submission {
+            recs: queued,
+            done,
+            lazy: how == Submit::Lazy,
+        });
         state.submitted += 1;
-        if wake_flusher {
+        if how == Submit::Wake {
             self.shared.work.notify_one();
         }
         Ok(state.submitted)
@@ -370,7 +391,7 @@ impl Wal {
     /// caller writes the queued group itself (one frame, one fdatasync for everyone queued),
     /// so a single writer pays no hand-off to the flusher thread.
     pub fn write(&self, ops: Vec<Op>) -> Result<()> {
-        let seq = self.submit_numbered(ops, None, false)?;
+        let seq = self.submit_numbered(ops, None, Submit::CallerFlushes)?;
         self.shared.wait_for(seq)
     }
 
@@ -751,13 +772,14 @@ fn check_ops(groups: &Groups, recs: &[Rec]) -> Result<()> {
 }
 
 impl Shared {
-    /// The flusher thread: writes what is queued whenever no caller is flushing it already,
-    /// until the log is dropped (it drains the queue first).
+    /// The flusher thread: writes what is queued whenever a submission that wants a flush (not
+    /// a lazy one) is queued and no caller is flushing already, until the log is dropped (it
+    /// drains the queue first, lazy submissions included).
     fn flush_loop(self: Arc<Shared>) {
         loop {
             {
                 let mut state = self.state.lock();
-                while (state.queue.is_empty() || state.flushing) && !state.stopping {
+                while (!wants_flush(&state.queue) || state.flushing) && !state.stopping {
                     self.work.wait(&mut state);
                 }
                 if state.queue.is_empty() && !state.flushing {
@@ -820,7 +842,7 @@ impl Shared {
         state.durable += count;
         state.flushing = false;
         self.landed.notify_all();
-        if !state.queue.is_empty() {
+        if wants_flush(&state.queue) {
             self.work.notify_one();
         }
         true

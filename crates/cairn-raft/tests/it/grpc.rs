@@ -230,3 +230,33 @@ fn groups_replicate_and_install_snapshots_over_grpc() {
         }
     });
 }
+
+#[tokio::test]
+async fn a_snapshot_for_another_node_id_is_refused_before_any_chunk() {
+    use cairn_proto::peer::{self as pb, snapshot_message::Part};
+    let (addr, stop, server) =
+        serve("127.0.0.1:0".parse().unwrap(), Arc::new(Groups::new(7))).await;
+    let mut client = pb::raft_client::RaftClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let header = |target| pb::SnapshotMessage {
+        part: Some(Part::Header(pb::SnapshotHeader {
+            group: 1,
+            target,
+            ..Default::default()
+        })),
+    };
+    let refused = client
+        .snapshot(futures::stream::iter(vec![header(8)]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+    // For this node, the stream gets as far as the group lookup.
+    let passed = client
+        .snapshot(futures::stream::iter(vec![header(7)]))
+        .await
+        .unwrap_err();
+    assert_eq!(passed.code(), tonic::Code::NotFound, "{passed}");
+    let _ = stop.send(());
+    server.await.unwrap();
+}
