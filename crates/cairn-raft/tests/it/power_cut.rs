@@ -100,8 +100,9 @@ async fn verify(wal: &Arc<Wal>, acked: &[Acked], context: &str) {
         let vote = log.read_vote().await.unwrap();
         match (&acked.vote, &vote) {
             (None, _) => {}
+            // The acknowledged vote itself (its node and committed flag too), or a later one.
             (Some(want), Some(got)) => assert!(
-                got.leader_id.term >= want.leader_id.term,
+                got == want || got.leader_id.term > want.leader_id.term,
                 "{context}: group {group} vote {got:?} is older than the durable {want:?}"
             ),
             (Some(want), None) => panic!("{context}: group {group} lost its vote {want:?}"),
