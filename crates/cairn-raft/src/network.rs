@@ -2,10 +2,14 @@
 //! (`cairn.peer.v1.Raft`, see `proto/cairn/peer/v1/raft.proto`).
 //!
 //! [`Peers`] holds one tonic channel, one HTTP/2 connection, per peer address; every group on
-//! this node sends through it, each RPC a stream of that connection, so many groups share one
-//! connection per node pair. [`GroupNetwork`] is one group's factory: it stamps the group id on
-//! every message. Snapshots stream as a header and then the checkpoint's chunks, read from disk
-//! as the stream is polled.
+//! this node sends through it, so many groups share one connection per node pair. Appends
+//! (entries and heartbeats, nearly all of the traffic) go on one long-lived `Appends` stream
+//! per node pair ([`AppendLink`]): every append waiting when the link's task runs goes out in
+//! one message, and replies come back the same way, matched by id, instead of an HTTP/2
+//! stream per append. Votes, leadership transfers and snapshots are RPCs of their own.
+//! [`GroupNetwork`] is one group's factory: it stamps the group id and the target node's id
+//! on every message. Snapshots stream as a header and then the checkpoint's chunks, read from
+//! disk as the stream is polled.
 //!
 //! A transport failure (connection refused, reset, deadline) is `Unreachable`, and openraft
 //! backs off; a reply that does not decode is a `NetworkError`.
@@ -17,6 +21,7 @@ use std::time::Duration;
 
 use cairn_proto::peer::raft_client::RaftClient;
 use cairn_proto::peer::{self as pb, append_response::Outcome, snapshot_message::Part};
+use futures::StreamExt;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::network::v2::RaftNetworkV2;
@@ -42,6 +47,8 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
+    /// The `Appends` stream to each peer address, shared by every group.
+    links: Mutex<HashMap<String, Arc<AppendLink>>>,
 }
 
 impl Peers {
@@ -64,6 +71,19 @@ impl Peers {
             .connect_lazy();
         channels.insert(addr.to_string(), ch.clone());
         Ok(ch)
+    }
+
+    /// The append stream to `addr`, opened on first use.
+    fn link(&self, addr: &str) -> Result<Arc<AppendLink>, tonic::transport::Error> {
+        if let Some(link) = self.links.lock().get(addr) {
+            return Ok(link.clone());
+        }
+        let channel = self.channel(addr)?;
+        let mut links = self.links.lock();
+        Ok(links
+            .entry(addr.to_string())
+            .or_insert_with(|| AppendLink::start(channel))
+            .clone())
     }
 
     /// A network factory for `group`.
@@ -94,6 +114,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
                 .channel(&node.grpc)
                 .map(RaftClient::new)
                 .map_err(|e| e.to_string()),
+            link: self.peers.link(&node.grpc).map_err(|e| e.to_string()),
         }
     }
 }
@@ -105,6 +126,8 @@ pub struct PeerConn {
     target: u64,
     /// The client, or why the peer's address is unusable.
     client: Result<RaftClient<Channel>, String>,
+    /// The node pair's append stream, or why the peer's address is unusable.
+    link: Result<Arc<AppendLink>, String>,
 }
 
 fn unreachable(e: &(impl std::error::Error + 'static)) -> Unreachable<TypeConfig> {
@@ -162,6 +185,144 @@ impl PeerConn {
     }
 }
 
+/// Most appends waiting to be put on a node pair's stream; senders wait beyond it.
+const LINK_QUEUE_MAX: usize = 4096;
+/// Most appends in one message of the stream.
+const LINK_BATCH_MAX: usize = crate::service::APPENDS_PER_MESSAGE_MAX;
+
+type AppendReply = Result<pb::AppendResponse, tonic::Status>;
+
+/// One node pair's `Appends` stream: every group's appends to that peer go out on it, as many
+/// per message as are waiting when the link task gets to run, and replies are matched to
+/// their callers by id. The stream is opened on first use and again after it breaks; a
+/// break fails every append in flight on it (openraft sees `Unreachable` and retries).
+#[derive(Debug)]
+pub(crate) struct AppendLink {
+    queue:
+        tokio::sync::mpsc::Sender<(pb::AppendRequest, tokio::sync::oneshot::Sender<AppendReply>)>,
+}
+
+/// Appends sent on one stream and not answered yet, by id; once the stream has ended, why.
+type Pending = Arc<Mutex<PendingState>>;
+
+#[derive(Debug, Default)]
+struct PendingState {
+    callers: HashMap<u64, tokio::sync::oneshot::Sender<AppendReply>>,
+    ended: Option<tonic::Status>,
+}
+
+impl AppendLink {
+    fn start(channel: Channel) -> Arc<AppendLink> {
+        let (queue, mut waiting) = tokio::sync::mpsc::channel::<(
+            pb::AppendRequest,
+            tokio::sync::oneshot::Sender<AppendReply>,
+        )>(LINK_QUEUE_MAX);
+        tokio::spawn(async move {
+            let mut next_id = 0u64;
+            // The open stream: where batches go, and its unanswered appends.
+            let mut open: Option<(tokio::sync::mpsc::Sender<pb::AppendBatch>, Pending)> = None;
+            while let Some(first) = waiting.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < LINK_BATCH_MAX {
+                    match waiting.try_recv() {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
+                    }
+                }
+                if open
+                    .as_ref()
+                    .is_none_or(|(tx, pending)| tx.is_closed() || pending.lock().ended.is_some())
+                {
+                    open = Some(Self::open(channel.clone()));
+                }
+                let (tx, pending) = open.as_ref().expect("opened above");
+                let mut appends = Vec::with_capacity(batch.len());
+                {
+                    let mut pending = pending.lock();
+                    for (request, reply) in batch {
+                        if let Some(why) = &pending.ended {
+                            let _ = reply.send(Err(why.clone()));
+                            continue;
+                        }
+                        next_id += 1;
+                        pending.callers.insert(next_id, reply);
+                        appends.push(pb::TaggedAppend {
+                            id: next_id,
+                            request: Some(request),
+                        });
+                    }
+                }
+                if tx.send(pb::AppendBatch { appends }).await.is_err() {
+                    // The stream ended while we were sending: its reader fails what it held.
+                    open = None;
+                }
+            }
+        });
+        Arc::new(AppendLink { queue })
+    }
+
+    /// Opens a stream on `channel`; a task reads its replies until it ends, then fails every
+    /// append still waiting on it.
+    fn open(channel: Channel) -> (tokio::sync::mpsc::Sender<pb::AppendBatch>, Pending) {
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<pb::AppendBatch>(LINK_QUEUE_MAX / LINK_BATCH_MAX);
+        let pending: Pending = Arc::default();
+        let outgoing = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let reader_pending = pending.clone();
+        tokio::spawn(async move {
+            let failure = match RaftClient::new(channel).appends(outgoing).await {
+                Err(status) => status,
+                Ok(response) => {
+                    let mut replies = response.into_inner();
+                    loop {
+                        match replies.next().await {
+                            Some(Ok(message)) => {
+                                let mut pending = reader_pending.lock();
+                                for reply in message.replies {
+                                    let Some(caller) = pending.callers.remove(&reply.id) else {
+                                        continue;
+                                    };
+                                    let _ = caller.send(match (reply.code, reply.response) {
+                                        (0, Some(response)) => Ok(response),
+                                        (0, None) => Err(tonic::Status::internal(
+                                            "an append reply without its response",
+                                        )),
+                                        (code, _) => Err(tonic::Status::new(
+                                            tonic::Code::from(code as i32),
+                                            reply.error,
+                                        )),
+                                    });
+                                }
+                            }
+                            Some(Err(status)) => break status,
+                            None => break tonic::Status::unavailable("append stream ended"),
+                        }
+                    }
+                }
+            };
+            // Under one lock: no append joins the stream after its callers are failed.
+            let mut pending = reader_pending.lock();
+            for (_, caller) in pending.callers.drain() {
+                let _ = caller.send(Err(failure.clone()));
+            }
+            pending.ended = Some(failure);
+        });
+        (tx, pending)
+    }
+
+    /// Sends `request` on the stream and waits for its reply.
+    async fn append(&self, request: pb::AppendRequest) -> AppendReply {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.queue
+            .send((request, reply))
+            .await
+            .map_err(|_| tonic::Status::unavailable("append link stopped"))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::unavailable("append stream broke")))
+    }
+}
+
 /// An append request on the wire.
 pub(crate) fn encode_append(
     group: u64,
@@ -202,8 +363,15 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let request = encode_append(self.group, self.target, &rpc);
-        let mut client = self.client()?;
-        let reply = self.call(option.hard_ttl(), client.append(request)).await?;
+        let link = self
+            .link
+            .clone()
+            .map_err(|why| unreachable(&std::io::Error::other(format!("peer address: {why}"))))?;
+        let reply = match tokio::time::timeout(option.hard_ttl(), link.append(request)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(status)) => return Err(unreachable(&status).into()),
+            Err(elapsed) => return Err(unreachable(&elapsed).into()),
+        };
         decode_append_response(&reply).map_err(|e| bad_reply(e).into())
     }
 

@@ -11,8 +11,9 @@ use std::io;
 use std::sync::Arc;
 
 use cairn_proto::peer::{self as pb, append_response::Outcome, snapshot_message::Part};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec::{
@@ -27,11 +28,24 @@ use cairn_storage::checkpoint::FileInfo;
 #[derive(Debug, Clone)]
 pub struct RaftService {
     groups: Arc<Groups>,
+    /// Turns true when the server shuts down: `Appends` streams then stop reading and end
+    /// once their appends are answered (a server drains open streams before it stops, and a
+    /// peer's stream would otherwise never end).
+    stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl RaftService {
     pub fn new(groups: Arc<Groups>) -> RaftService {
-        RaftService { groups }
+        RaftService {
+            groups,
+            stopping: None,
+        }
+    }
+
+    /// Ends `Appends` streams when `stopping` turns true (see the field).
+    pub fn ending_streams_on(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = Some(stopping);
+        self
     }
 
     /// The tonic server for this service.
@@ -67,40 +81,129 @@ fn raft_failed(e: impl std::fmt::Display) -> Status {
     Status::unavailable(e.to_string())
 }
 
+/// Most appends in flight on one `Appends` stream (received and not yet answered); the
+/// stream stops reading beyond it.
+pub const APPENDS_IN_FLIGHT_MAX: usize = 4096;
+/// Most appends or replies in one message of an `Appends` stream.
+pub const APPENDS_PER_MESSAGE_MAX: usize = 256;
+
+/// One append, for the unary `Append` and for each append of an `Appends` stream.
+async fn append_one(groups: &Groups, req: pb::AppendRequest) -> Result<pb::AppendResponse, Status> {
+    let group = find(groups, req.target, req.group)?;
+    let rpc = AppendEntriesRequest::<TypeConfig> {
+        vote: decode_vote(&req.vote).map_err(invalid)?,
+        prev_log_id: decode_opt_log_id(&req.prev_log_id).map_err(invalid)?,
+        entries: req
+            .entries
+            .iter()
+            .map(decode_entry)
+            .collect::<io::Result<_>>()
+            .map_err(invalid)?,
+        leader_commit: decode_opt_log_id(&req.leader_commit).map_err(invalid)?,
+    };
+    let response = group.raft.append_entries(rpc).await.map_err(raft_failed)?;
+    let mut reply = pb::AppendResponse::default();
+    match response {
+        AppendEntriesResponse::Success => reply.set_outcome(Outcome::Success),
+        AppendEntriesResponse::PartialSuccess(upto) => {
+            reply.set_outcome(Outcome::PartialSuccess);
+            reply.partial = encode_opt_log_id(upto.as_ref());
+        }
+        AppendEntriesResponse::Conflict => reply.set_outcome(Outcome::Conflict),
+        AppendEntriesResponse::HigherVote(vote) => {
+            reply.set_outcome(Outcome::HigherVote);
+            reply.vote = encode_vote(&vote);
+        }
+    }
+    Ok(reply)
+}
+
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftService {
     async fn append(
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
-        let req = request.into_inner();
-        let group = find(&self.groups, req.target, req.group)?;
-        let rpc = AppendEntriesRequest::<TypeConfig> {
-            vote: decode_vote(&req.vote).map_err(invalid)?,
-            prev_log_id: decode_opt_log_id(&req.prev_log_id).map_err(invalid)?,
-            entries: req
-                .entries
-                .iter()
-                .map(decode_entry)
-                .collect::<io::Result<_>>()
-                .map_err(invalid)?,
-            leader_commit: decode_opt_log_id(&req.leader_commit).map_err(invalid)?,
-        };
-        let response = group.raft.append_entries(rpc).await.map_err(raft_failed)?;
-        let mut reply = pb::AppendResponse::default();
-        match response {
-            AppendEntriesResponse::Success => reply.set_outcome(Outcome::Success),
-            AppendEntriesResponse::PartialSuccess(upto) => {
-                reply.set_outcome(Outcome::PartialSuccess);
-                reply.partial = encode_opt_log_id(upto.as_ref());
+        append_one(&self.groups, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type AppendsStream =
+        std::pin::Pin<Box<dyn Stream<Item = Result<pb::AppendReplies, Status>> + Send + 'static>>;
+
+    async fn appends(
+        &self,
+        request: Request<Streaming<pb::AppendBatch>>,
+    ) -> Result<Response<Self::AppendsStream>, Status> {
+        let mut incoming = request.into_inner();
+        let (replies, mut answered) = mpsc::channel::<pb::TaggedReply>(APPENDS_IN_FLIGHT_MAX);
+        let groups = self.groups.clone();
+        let mut stopping = self.stopping.clone();
+        // Each append runs on its own task: a follower answers after the fdatasync that covers
+        // the entries, and one group's wait must not hold up another's.
+        tokio::spawn(async move {
+            loop {
+                let stop = async {
+                    match stopping.as_mut() {
+                        Some(rx) => drop(rx.wait_for(|stopping| *stopping).await),
+                        None => std::future::pending().await,
+                    }
+                };
+                let batch = tokio::select! {
+                    batch = incoming.next() => batch,
+                    () = stop => None,
+                };
+                let Some(Ok(batch)) = batch else {
+                    break;
+                };
+                for tagged in batch.appends {
+                    let (groups, replies) = (groups.clone(), replies.clone());
+                    let Ok(permit) = replies.reserve_owned().await else {
+                        return;
+                    };
+                    tokio::spawn(async move {
+                        let reply = match tagged.request {
+                            None => Err(Status::invalid_argument("an append without its request")),
+                            Some(request) => append_one(&groups, request).await,
+                        };
+                        permit.send(match reply {
+                            Ok(response) => pb::TaggedReply {
+                                id: tagged.id,
+                                response: Some(response),
+                                code: 0,
+                                error: String::new(),
+                            },
+                            Err(status) => pb::TaggedReply {
+                                id: tagged.id,
+                                response: None,
+                                code: status.code() as u32,
+                                error: status.message().to_string(),
+                            },
+                        });
+                    });
+                }
             }
-            AppendEntriesResponse::Conflict => reply.set_outcome(Outcome::Conflict),
-            AppendEntriesResponse::HigherVote(vote) => {
-                reply.set_outcome(Outcome::HigherVote);
-                reply.vote = encode_vote(&vote);
+        });
+        // Replies go out as they complete, every reply that is ready in one message.
+        let outgoing = futures::stream::poll_fn(move |cx| {
+            let mut batch = Vec::new();
+            while batch.len() < APPENDS_PER_MESSAGE_MAX {
+                match answered.poll_recv(cx) {
+                    std::task::Poll::Ready(Some(reply)) => batch.push(reply),
+                    std::task::Poll::Ready(None) if batch.is_empty() => {
+                        return std::task::Poll::Ready(None);
+                    }
+                    std::task::Poll::Ready(None) | std::task::Poll::Pending => break,
+                }
             }
-        }
-        Ok(Response::new(reply))
+            if batch.is_empty() {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(Some(Ok(pb::AppendReplies { replies: batch })))
+            }
+        });
+        Ok(Response::new(Box::pin(outgoing)))
     }
 
     async fn vote(

@@ -47,10 +47,16 @@ async fn serve(
         let accepted = listener.accept().await.map(|(s, _)| s);
         Some((accepted, listener))
     });
+    let (stopping, ending) = tokio::sync::watch::channel(false);
     let server = tonic::transport::Server::builder()
-        .add_service(RaftService::new(groups).into_server())
-        .serve_with_incoming_shutdown(incoming, async {
+        .add_service(
+            RaftService::new(groups)
+                .ending_streams_on(ending)
+                .into_server(),
+        )
+        .serve_with_incoming_shutdown(incoming, async move {
             let _ = rx.await;
+            let _ = stopping.send(true);
         });
     let handle = tokio::spawn(async move {
         server.await.expect("serve");

@@ -66,7 +66,15 @@ pub async fn serve(
         .max_decoding_message_size(message_bytes_max)
         .max_encoding_message_size(usize::MAX);
     // Node-to-node Raft traffic shares the client port (one connection per node pair).
-    let peer = cairn_raft::RaftService::new(node.groups().clone()).into_server();
+    // Peers' append streams end when the server shuts down, or it would drain them forever.
+    let (stopping, ending) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    };
+    let peer = cairn_raft::RaftService::new(node.groups().clone())
+        .ending_streams_on(ending)
+        .into_server();
     let peer_node = crate::peer::NodeService::new(node.clone()).into_server();
     let cluster = ClusterServer::new(cluster::ClusterService::new(node));
     tracing::info!(%addr, "gRPC front end listening");
