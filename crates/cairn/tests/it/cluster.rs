@@ -1,5 +1,7 @@
 //! Multi-node clusters of real processes on loopback: joining, serving any key from any node on
-//! every front end, and losing nodes (SIGKILL) without losing an acknowledged write.
+//! every front end, losing nodes (SIGKILL) without losing an acknowledged write, and histories
+//! that stay linearizable while a leader is killed, paused or cut off (`CAIRN_FAULT_ROUNDS`
+//! repeats the fault).
 //!
 //! Each test starts its own nodes (four shards each, to keep two cores busy but not swamped),
 //! the second and later ones with `--join` to the first, and waits until every shard has a
@@ -26,6 +28,9 @@ use crate::support::{Firewall, Node, UnixUser, can_cut_links};
 const SHARDS: &str = "4";
 /// How long a cluster may take to place every replica and elect every leader.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the survivors may take to elect new leaders for a lost leader's shards (an
+/// election takes 600–800 ms of silence; generous, for two busy cores).
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Nodes started together; node 0 created the cluster.
 struct Cluster {
@@ -95,8 +100,8 @@ impl Cluster {
         }
     }
 
-    /// `n` key names whose shards node `i` leads (as it sees it).
-    fn keys_led_by(&self, i: usize, n: usize) -> Vec<String> {
+    /// `n` key names starting with `prefix` whose shards node `i` leads (as it sees it).
+    fn keys_led_by(&self, i: usize, prefix: &str, n: usize) -> Vec<String> {
         let status = self.status(i);
         let name = status["node_id"].as_str().unwrap();
         let ranges: Vec<(i64, i64)> = status["shards"]
@@ -110,13 +115,40 @@ impl Cluster {
         assert!(!ranges.is_empty(), "node {i} leads no shard");
         let mut conn = Conn::connect(self.nodes[i].resp_addr).unwrap();
         (0..)
-            .map(|k| format!("lin:{k}"))
-            .filter(|key| match conn.cmd(&["CLUSTER", "KEYSLOT", key]) {
-                Answer::Int(slot) => ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)),
-                other => panic!("CLUSTER KEYSLOT answered {other:?}"),
+            .map(|k| format!("{prefix}{k}"))
+            .filter(|key| {
+                let slot = conn.slot(key);
+                ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot))
             })
             .take(n)
             .collect()
+    }
+
+    /// Node `i`'s name in the cluster map.
+    fn name(&self, i: usize) -> String {
+        self.status(i)["node_id"].as_str().unwrap().to_string()
+    }
+
+    /// Waits until node `from` sees the shard of every slot in `slots` led by another node
+    /// than `victim` (a name): the fault on the victim took effect and the others elected new
+    /// leaders. Returns how long that took.
+    fn wait_failover(&self, from: usize, slots: &[i64], victim: &str) -> Duration {
+        let begin = Instant::now();
+        loop {
+            let status = self.status(from);
+            let leaders: Vec<Option<&str>> =
+                slots.iter().map(|&s| leader_of_slot(&status, s)).collect();
+            if leaders.iter().all(|l| l.is_some_and(|l| l != victim)) {
+                return begin.elapsed();
+            }
+            assert!(
+                begin.elapsed() < FAILOVER_TIMEOUT,
+                "after {FAILOVER_TIMEOUT:?} node {from} still sees slots {slots:?} led by \
+                 {leaders:?} (the victim is {victim}): the fault did not take effect\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits until node `i` leads at least one shard (leaders spread after joins).
@@ -138,6 +170,7 @@ impl Cluster {
         }
     }
 
+    /// Node `i`'s `/v1/cluster` (its view of the nodes and each shard's slots and leader).
     fn status(&self, i: usize) -> Value {
         let response = crate::http::request(self.nodes[i].http_addr, "GET", "/v1/cluster", b"");
         assert_eq!(response.status, 200);
@@ -189,6 +222,7 @@ enum Answer {
     Ok,
     Bulk(Option<String>),
     Int(i64),
+    Array(Vec<Answer>),
     Error(String),
     /// The connection failed: the command may or may not have run.
     Lost,
@@ -205,14 +239,27 @@ impl Conn {
     }
 
     fn cmd(&mut self, args: &[&str]) -> Answer {
+        if !self.send(args) {
+            return Answer::Lost;
+        }
+        self.read().unwrap_or(Answer::Lost)
+    }
+
+    /// Sends a command without waiting for its answer; false when the connection failed.
+    fn send(&mut self, args: &[&str]) -> bool {
         let mut out = format!("*{}\r\n", args.len());
         for a in args {
             out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
         }
-        if self.stream.write_all(out.as_bytes()).is_err() {
-            return Answer::Lost;
+        self.stream.write_all(out.as_bytes()).is_ok()
+    }
+
+    /// `key`'s hash slot (CLUSTER KEYSLOT).
+    fn slot(&mut self, key: &str) -> i64 {
+        match self.cmd(&["CLUSTER", "KEYSLOT", key]) {
+            Answer::Int(slot) => slot,
+            other => panic!("CLUSTER KEYSLOT answered {other:?}"),
         }
-        self.read().unwrap_or(Answer::Lost)
     }
 
     fn line(&mut self) -> std::io::Result<String> {
@@ -244,9 +291,30 @@ impl Conn {
                     Answer::Bulk(Some(String::from_utf8(body).unwrap()))
                 }
             }
+            "*" => {
+                let len: i64 = rest.parse().unwrap();
+                let items = (0..len.max(0)).map(|_| self.read());
+                Answer::Array(items.collect::<std::io::Result<_>>()?)
+            }
             other => panic!("unexpected reply type {other:?}"),
         })
     }
+}
+
+/// The name of the node leading the shard that holds `slot`, as `status` (a `/v1/cluster`
+/// answer) reports it; `None` when the shard has no leader.
+fn leader_of_slot(status: &Value, slot: i64) -> Option<&str> {
+    let shard = status["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s["slots"].as_array().unwrap().iter().any(|r| {
+                (r["start"].as_i64().unwrap()..=r["end"].as_i64().unwrap()).contains(&slot)
+            })
+        })
+        .expect("every slot is in a shard");
+    shard["leader"].as_str().filter(|l| !l.is_empty())
 }
 
 fn is_retriable(error: &str) -> bool {
@@ -259,7 +327,7 @@ fn is_unknown(error: &str) -> bool {
 
 #[test]
 fn writes_through_any_node_on_every_front_end_are_read_from_every_node() {
-    let cluster = Cluster::start(3);
+    let mut cluster = Cluster::start(3);
     for (i, node) in cluster.nodes.iter().enumerate() {
         let mut conn = Conn::connect(node.resp_addr).unwrap();
         for k in 0..8 {
@@ -386,6 +454,65 @@ fn writes_through_any_node_on_every_front_end_are_read_from_every_node() {
     assert_eq!(conn.cmd(&args), Answer::Int(8));
     let mut conn = Conn::connect(cluster.nodes[0].resp_addr).unwrap();
     assert_eq!(conn.cmd(&["GET", "resp:1:3"]), Answer::Bulk(None));
+
+    // The two other nodes die. The last one's own replicas still serve stale reads (HTTP
+    // `consistency=stale`, RESP READONLY), of a shard it led and of `counter` (all replicas
+    // hold 15, checked above); a linearizable read it must refuse once its lease is over,
+    // since without a majority it cannot know whether others elected a leader and wrote.
+    let alone = 0;
+    cluster.wait_leading(alone);
+    let own = cluster.keys_led_by(alone, "alone:", 1).remove(0);
+    assert_eq!(conn.cmd(&["SET", &own, "mine"]), Answer::Ok);
+    for node in &mut cluster.nodes[1..] {
+        node.kill();
+    }
+    let expected = [(own.as_str(), "mine"), ("counter", "15")];
+    let mut readonly = Conn::connect(cluster.nodes[alone].resp_addr).unwrap();
+    assert_eq!(readonly.cmd(&["READONLY"]), Answer::Ok);
+    for (key, value) in expected {
+        let stale = crate::http::request(
+            cluster.nodes[alone].http_addr,
+            "GET",
+            &format!("/v1/kv/{key}?consistency=stale"),
+            b"",
+        );
+        assert_eq!(
+            (
+                stale.status,
+                String::from_utf8_lossy(&stale.body).into_owned()
+            ),
+            (200, value.to_string()),
+            "a stale HTTP read of {key} on a node without a quorum"
+        );
+        assert_eq!(
+            readonly.cmd(&["GET", key]),
+            Answer::Bulk(Some(value.into())),
+            "a READONLY read of {key} on a node without a quorum"
+        );
+    }
+    for (key, _) in expected {
+        // The leader's lease from its last quorum may cover the first reads after the kill;
+        // once it runs out every linearizable read is refused.
+        let deadline = Instant::now() + FAILOVER_TIMEOUT;
+        for served in 0.. {
+            let answer = conn.cmd(&["GET", key]);
+            eprintln!("GET {key} on a node without a quorum, after {served} served: {answer:?}");
+            match &answer {
+                Answer::Error(e) if is_retriable(e) => break,
+                // No answer in time: not served either.
+                Answer::Lost => {
+                    conn = Conn::connect(cluster.nodes[alone].resp_addr).unwrap();
+                    break;
+                }
+                Answer::Bulk(_) => assert!(
+                    Instant::now() < deadline,
+                    "a node without a quorum still serves linearizable reads of {key}"
+                ),
+                _ => panic!("a node without a quorum answered GET {key} with {answer:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 /// What one writer learned.
@@ -498,25 +625,64 @@ fn assert_readable(cluster: &Cluster, from: usize, keys: &[String]) {
     }
 }
 
+/// How long after its leader is killed a shard may take to acknowledge writes again. The
+/// failover benchmark (`scripts/bench-cluster.sh`) measures about 0.74 s (median); CI on two
+/// busy cores gets ample headroom.
+const WRITES_RESUME_MAX: Duration = Duration::from_secs(10);
+
+/// SETs `key` to itself through `addr` until one is acknowledged; returns how long that took,
+/// or every answer when `within` ran out first.
+fn set_until_acked(addr: SocketAddr, key: &str, within: Duration) -> Result<Duration, Vec<Answer>> {
+    let begin = Instant::now();
+    let mut answers = Vec::new();
+    let mut conn = Conn::connect(addr);
+    while begin.elapsed() < within {
+        let answer = conn
+            .as_mut()
+            .map_or(Answer::Lost, |c| c.cmd(&["SET", key, key]));
+        match answer {
+            Answer::Ok => return Ok(begin.elapsed()),
+            Answer::Lost => conn = Conn::connect(addr),
+            _ => {}
+        }
+        answers.push(answer);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(answers)
+}
+
 #[test]
 fn killing_nodes_loses_no_acknowledged_write() {
     let mut cluster = Cluster::start(3);
-    // Phase 1: writers on every node; the busiest shard leader is killed mid-way.
+    // Phase 1: writers on every node; the busiest shard leader is killed mid-way, and a
+    // survivor writes a key of one of its shards until that shard's new leader acknowledges.
     let victim = cluster.busiest_leader(0);
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
+    let resume_key = cluster.keys_led_by(victim, "resume:", 1).remove(0);
     let killer = {
         let pid = cluster.nodes[victim].child.as_ref().unwrap().id();
+        let via = cluster.nodes[survivors[0]].resp_addr;
+        let key = resume_key.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(1500));
             let _ = std::process::Command::new("kill")
                 .args(["-9", &pid.to_string()])
                 .status();
+            set_until_acked(via, &key, WRITES_RESUME_MAX)
         })
     };
     let written = with_writers(&cluster, 2, Duration::from_secs(5));
     let mut acked: Vec<String> = written.iter().flat_map(|w| w.acked.clone()).collect();
-    killer.join().unwrap();
+    let resumed = killer.join().unwrap().unwrap_or_else(|answers| {
+        panic!(
+            "no write to the killed leader's shard was acknowledged within \
+             {WRITES_RESUME_MAX:?}: {answers:?}\n{}",
+            cluster.logs()
+        )
+    });
+    eprintln!("writes to the killed leader's shard resumed {resumed:?} after the kill");
+    acked.push(resume_key);
     cluster.nodes[victim].kill();
-    let survivors: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
     // The two survivors keep a majority of every shard: writes through them succeed.
     let mut conn = Conn::connect(cluster.nodes[survivors[0]].resp_addr).unwrap();
     for k in 0..20 {
@@ -533,18 +699,27 @@ fn killing_nodes_loses_no_acknowledged_write() {
         assert_readable(&cluster, i, &acked);
     }
 
-    // Phase 2: a second node dies; one node of three is a minority and acknowledges nothing.
-    let second = survivors[1];
+    // Phase 2: a second node dies; the last one leads shards but, one of three, must
+    // acknowledge nothing: each write to them is refused (TRYAGAIN: nothing happened) or has
+    // an unknown outcome (it may have been appended, and commit once the others are back).
+    let (alone, second) = (survivors[0], survivors[1]);
+    cluster.wait_leading(alone);
+    let probes = cluster.keys_led_by(alone, "minority:", 2);
     cluster.nodes[second].kill();
-    let alone = survivors[0];
+    // One after the other: the first meets a leader that cannot commit (outcome unknown
+    // after the commit wait), the next one usually a leader stepping down (TRYAGAIN).
     let mut conn = Conn::connect(cluster.nodes[alone].resp_addr).unwrap();
-    for k in 0..2 {
-        let key = format!("minority:{k}");
-        let answer = conn.cmd(&["SET", &key, &key]);
-        assert!(
-            matches!(&answer, Answer::Error(e) if is_retriable(e) || is_unknown(e)),
-            "a minority acknowledged a write: {answer:?}"
-        );
+    let mut refused = Vec::new();
+    for key in &probes {
+        let answer = conn.cmd(&["SET", key, key]);
+        eprintln!("a lone leader answered SET {key}: {answer:?}");
+        match answer {
+            Answer::Error(e) if is_retriable(&e) => refused.push(key.clone()),
+            Answer::Error(e) if is_unknown(&e) => {}
+            // No answer in time: unknown too.
+            Answer::Lost => conn = Conn::connect(cluster.nodes[alone].resp_addr).unwrap(),
+            other => panic!("a minority acknowledged a write: {other:?}"),
+        }
     }
 
     // Phase 3: everything restarts (the whole cluster, from its data directories).
@@ -556,6 +731,15 @@ fn killing_nodes_loses_no_acknowledged_write() {
     for i in 0..3 {
         assert_readable(&cluster, i, &acked);
         assert_outcomes_honest(&cluster, i, &written);
+        let mut conn = Conn::connect(cluster.nodes[i].resp_addr).unwrap();
+        for key in &refused {
+            assert_eq!(
+                conn.cmd(&["GET", key]),
+                Answer::Bulk(None),
+                "{key} was refused with TRYAGAIN by a lone leader but was written\n{}",
+                cluster.logs()
+            );
+        }
     }
     assert!(
         acked.len() > 40,
@@ -618,37 +802,44 @@ fn lin_client(c: LinClient, start: Instant) -> Vec<(usize, Op)> {
             RegisterInput::Delete => conn_now.cmd(&["DEL", &name]),
         };
         let ret = start.elapsed().as_nanos() as u64;
-        let (output, ret) = match (&input, answer) {
-            (RegisterInput::Read, Answer::Bulk(v)) => {
-                (RegisterOutput::Read(v.map(|v| v.parse().unwrap())), ret)
-            }
-            (RegisterInput::Write(_), Answer::Ok) => (RegisterOutput::Done, ret),
-            (RegisterInput::Delete, Answer::Int(n)) => (RegisterOutput::Deleted(n == 1), ret),
-            // Refused before anything happened, or a read that failed: no effect to check.
-            (_, Answer::Error(e)) if is_retriable(&e) => continue,
-            (RegisterInput::Read, Answer::Lost) => {
-                conn = None;
-                continue;
-            }
-            (_, Answer::Error(e)) if is_unknown(&e) => (RegisterOutput::Unknown, UNKNOWN_RETURN),
-            (_, Answer::Lost) => {
-                conn = None;
-                (RegisterOutput::Unknown, UNKNOWN_RETURN)
-            }
-            (_, other) => panic!("client {client}: {input:?} answered {other:?}"),
-        };
-        history.push((
-            key,
-            Operation {
-                client,
-                input,
-                output,
-                call,
-                ret,
-            },
-        ));
+        if answer == Answer::Lost {
+            conn = None;
+        }
+        if let Some(op) = record(client, input, answer, call, ret) {
+            history.push((key, op));
+        }
     }
     history
+}
+
+/// The operation a client's answer records; `None` when it has no effect to check (refused
+/// before anything happened, or a read that failed).
+fn record(
+    client: u64,
+    input: RegisterInput<u64>,
+    answer: Answer,
+    call: u64,
+    ret: u64,
+) -> Option<Op> {
+    let (output, ret) = match (&input, answer) {
+        (RegisterInput::Read, Answer::Bulk(v)) => {
+            (RegisterOutput::Read(v.map(|v| v.parse().unwrap())), ret)
+        }
+        (RegisterInput::Write(_), Answer::Ok) => (RegisterOutput::Done, ret),
+        (RegisterInput::Delete, Answer::Int(n)) => (RegisterOutput::Deleted(n == 1), ret),
+        (_, Answer::Error(e)) if is_retriable(&e) => return None,
+        (RegisterInput::Read, Answer::Lost) => return None,
+        (_, Answer::Error(e)) if is_unknown(&e) => (RegisterOutput::Unknown, UNKNOWN_RETURN),
+        (_, Answer::Lost) => (RegisterOutput::Unknown, UNKNOWN_RETURN),
+        (_, other) => panic!("client {client}: {input:?} answered {other:?}"),
+    };
+    Some(Operation {
+        client,
+        input,
+        output,
+        call,
+        ret,
+    })
 }
 
 /// What happens to the busiest leader while clients run.
@@ -656,13 +847,14 @@ fn lin_client(c: LinClient, start: Instant) -> Vec<(usize, Op)> {
 enum Fault {
     /// SIGKILL.
     Kill,
-    /// SIGSTOP for a few election timeouts, then SIGCONT: a leader that wakes up after the
-    /// others elected a new one must not serve a read from its old lease or acknowledge a
-    /// write on its own.
+    /// SIGSTOP until the others elected a new leader and acknowledged a write, then SIGCONT
+    /// with a read of the key waiting: a leader that wakes up after the others elected a new
+    /// one must not serve a read from its old lease or acknowledge a write on its own.
     Pause,
     /// Cut the links between the first node (a leader, running as its own Unix user) and its
-    /// peers with iptables for a few election timeouts; clients still reach it. The isolated
-    /// leader must serve no read its lease no longer covers and acknowledge no write.
+    /// peers with iptables until a few seconds after the others elected a new leader; clients
+    /// still reach it. The isolated leader must serve no read its lease no longer covers and
+    /// acknowledge no write.
     Partition,
 }
 
@@ -692,88 +884,200 @@ fn signal(node: &Node, name: &str) {
     assert!(status.success());
 }
 
+/// Rounds of the fault in each `histories_stay_linearizable_*` test: `CAIRN_FAULT_ROUNDS`,
+/// default 1 (longer runs: README).
+fn fault_rounds() -> usize {
+    std::env::var("CAIRN_FAULT_ROUNDS")
+        .map(|v| v.parse().expect("CAIRN_FAULT_ROUNDS is a number"))
+        .unwrap_or(1)
+}
+
+/// How long a partition lasts after the others elected a new leader: writers stuck on the old
+/// leader give up (1 s after the move) and new writes commit, while the clients pinned to the
+/// old leader go on reading from it.
+const PARTITION_AFTER_FAILOVER: Duration = Duration::from_secs(3);
+/// Fewest operations of known outcome that each round's clients must have called after the
+/// fault began: a run whose clients were stuck, or ended early, proves nothing.
+const OPS_AFTER_FAULT_MIN: usize = 20;
+/// The client id of operations the test itself performs during a fault.
+const FAULT_CLIENT: u64 = 100;
+
 fn check_histories_under(fault: Fault) {
     let user = matches!(fault, Fault::Partition).then(|| UnixUser::create("part"));
-    let mut firewall = Firewall::default();
+    let mut firewall = matches!(fault, Fault::Partition).then(Firewall::new);
     let mut cluster = Cluster::start_first_as(3, user.as_ref());
-    // Leaders settle (each node leads a shard) before keys are chosen, so the keys' shards are
-    // still led by the victim when the fault comes.
-    for i in 0..3 {
-        cluster.wait_leading(i);
-    }
-    let victim = match fault {
-        Fault::Partition => 0,
-        _ => cluster.busiest_leader(0),
-    };
-    let addrs: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.resp_addr).collect();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let start = Instant::now();
-    // Keys of shards the victim leads, so its fault is what the clients meet; two extra
-    // clients talk to the victim and mostly read, so reads reach it after the others elected
-    // a new leader.
-    let keys = cluster.keys_led_by(victim, 2);
-    let clients: Vec<_> = (0..8u64)
-        .map(|id| {
-            let c = LinClient {
-                id,
-                addrs: addrs.clone(),
-                pinned: (id >= 6).then_some(addrs[victim]),
-                keys: keys.clone(),
-                read_pct: if id >= 6 { 90 } else { 40 },
-                stop: stop.clone(),
-            };
-            std::thread::spawn(move || lin_client(c, start))
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(700));
-    match fault {
-        Fault::Kill => cluster.nodes[victim].kill(),
-        Fault::Pause => {
-            signal(&cluster.nodes[victim], "-STOP");
-            std::thread::sleep(Duration::from_secs(3));
-            signal(&cluster.nodes[victim], "-CONT");
+    let rounds = fault_rounds();
+    for round in 0..rounds {
+        // Phase 1: leaders settle (each node leads a shard) before keys are chosen, so the
+        // keys' shards are still led by the victim when the fault comes.
+        for i in 0..3 {
+            cluster.wait_leading(i);
         }
-        Fault::Partition => {
-            let uid = user.as_ref().map(|u| u.uid);
-            // Peers cannot reach the first node's gRPC port, nor it theirs.
-            firewall.drop_to_port(cluster.nodes[0].grpc_addr.port(), None);
-            for peer in &cluster.nodes[1..] {
-                firewall.drop_to_port(peer.grpc_addr.port(), uid);
+        let victim = match fault {
+            Fault::Partition => 0,
+            _ => cluster.busiest_leader(0),
+        };
+        let survivor = if victim == 1 { 2 } else { 1 };
+        let victim_name = cluster.name(victim);
+        // Keys of shards the victim leads, fresh each round, so its fault is what the
+        // clients meet; two extra clients talk to the victim and mostly read, so reads reach
+        // it after the others elected a new leader.
+        let keys = cluster.keys_led_by(victim, &format!("lin{round}:"), 2);
+        let slots: Vec<i64> = {
+            let mut conn = Conn::connect(cluster.nodes[survivor].resp_addr).unwrap();
+            keys.iter().map(|k| conn.slot(k)).collect()
+        };
+
+        // Phase 2: clients run; the fault comes; the others elect new leaders.
+        let addrs: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.resp_addr).collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let start = Instant::now();
+        let clients: Vec<_> = (0..8u64)
+            .map(|id| {
+                let c = LinClient {
+                    id,
+                    addrs: addrs.clone(),
+                    pinned: (id >= 6).then_some(addrs[victim]),
+                    keys: keys.clone(),
+                    read_pct: if id >= 6 { 90 } else { 40 },
+                    stop: stop.clone(),
+                };
+                std::thread::spawn(move || lin_client(c, start))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(700));
+        let fault_at = start.elapsed().as_nanos() as u64;
+        let mut own_ops: Vec<(usize, Op)> = Vec::new();
+        let failover = match fault {
+            Fault::Kill => {
+                cluster.nodes[victim].kill();
+                cluster.wait_failover(survivor, &slots, &victim_name)
             }
-            // Long enough for an election (lease 800 ms + timeout up to 800 ms), writers stuck
-            // on the old leader to give up (1 s after the move) and new writes to commit.
-            std::thread::sleep(Duration::from_secs(6));
-            firewall.heal();
+            Fault::Pause => {
+                signal(&cluster.nodes[victim], "-STOP");
+                let failover = cluster.wait_failover(survivor, &slots, &victim_name);
+                own_ops = read_from_a_woken_leader(&cluster, victim, survivor, &keys[0], start);
+                failover
+            }
+            Fault::Partition => {
+                let firewall = firewall.as_mut().unwrap();
+                let uid = user.as_ref().map(|u| u.uid);
+                // Peers cannot reach the first node's gRPC port, nor it theirs.
+                firewall.drop_to_port(cluster.nodes[0].grpc_addr.port(), None);
+                for peer in &cluster.nodes[1..] {
+                    firewall.drop_to_port(peer.grpc_addr.port(), uid);
+                }
+                let failover = cluster.wait_failover(survivor, &slots, &victim_name);
+                std::thread::sleep(PARTITION_AFTER_FAILOVER);
+                firewall.heal();
+                failover
+            }
+        };
+        // Histories go on past the fault: the new leader's writes and the old one's reads meet.
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+        // Phase 3: the round's history is linearizable, and holds enough after the fault.
+        let recorded: Vec<(usize, Op)> = clients
+            .into_iter()
+            .flat_map(|t| t.join().expect("client"))
+            .chain(own_ops)
+            .collect();
+        let after_fault = recorded
+            .iter()
+            .filter(|(_, op)| op.call >= fault_at && op.ret != UNKNOWN_RETURN)
+            .count();
+        eprintln!(
+            "round {round}: {fault:?} of node {victim}, new leaders after {failover:?}, \
+             {after_fault} operations of known outcome called after the fault"
+        );
+        assert!(
+            after_fault >= OPS_AFTER_FAULT_MIN,
+            "round {round}: only {after_fault} operations called after the fault have a known \
+             outcome\n{}",
+            cluster.logs()
+        );
+        let of_op: Vec<usize> = recorded.iter().map(|(k, _)| *k).collect();
+        let history: Vec<Op> = recorded.into_iter().map(|(_, op)| op).collect();
+        match check_partitioned(&RegisterModel::<u64>::default(), &history, |i, _| of_op[i]) {
+            Verdict::Linearizable => {}
+            Verdict::NotLinearizable { longest } => {
+                let key = of_op[longest.first().copied().unwrap_or(0)];
+                let mut ops: Vec<&Op> = history
+                    .iter()
+                    .zip(&of_op)
+                    .filter(|(_, k)| **k == key)
+                    .map(|(op, _)| op)
+                    .collect();
+                ops.sort_by_key(|op| op.call);
+                panic!(
+                    "round {round}: key {} is not linearizable:\n{ops:#?}\n{}",
+                    keys[key],
+                    cluster.logs()
+                );
+            }
+            Verdict::Unknown => panic!("the checker ran out of budget"),
+        }
+
+        // Phase 4: the cluster is whole again before the next round.
+        if round + 1 < rounds {
+            if cluster.nodes[victim].child.is_none() {
+                cluster.nodes[victim].spawn();
+            }
+            cluster.wait_converged(&[0, 1, 2]);
         }
     }
-    // Histories go on past the fault: the new leader's writes and the old one's reads meet.
-    std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let recorded: Vec<(usize, Op)> = clients
-        .into_iter()
-        .flat_map(|t| t.join().expect("client"))
-        .collect();
-    let of_op: Vec<usize> = recorded.iter().map(|(k, _)| *k).collect();
-    let history: Vec<Op> = recorded.into_iter().map(|(_, op)| op).collect();
-    match check_partitioned(&RegisterModel::<u64>::default(), &history, |i, _| of_op[i]) {
-        Verdict::Linearizable => {}
-        Verdict::NotLinearizable { longest } => {
-            let key = of_op[longest.first().copied().unwrap_or(0)];
-            let mut ops: Vec<&Op> = history
-                .iter()
-                .zip(&of_op)
-                .filter(|(_, k)| **k == key)
-                .map(|(op, _)| op)
-                .collect();
-            ops.sort_by_key(|op| op.call);
-            panic!(
-                "key {} is not linearizable:\n{ops:#?}\n{}",
-                keys[key],
-                cluster.logs()
-            );
+}
+
+/// While `victim` is stopped (SIGSTOP) and `survivor` sees a new leader: writes a fresh value
+/// of `key` through `survivor` until it is acknowledged, then sends a GET of `key` to the
+/// victim on a new connection (the kernel accepts it), continues the victim and reads the
+/// answer. The old leader's lease ran out while it slept, so it must not answer from it: the
+/// GET, called after the write returned, must see the fresh value or a later one. Returns
+/// these operations for the history.
+fn read_from_a_woken_leader(
+    cluster: &Cluster,
+    victim: usize,
+    survivor: usize,
+    key: &str,
+    start: Instant,
+) -> Vec<(usize, Op)> {
+    let now = || start.elapsed().as_nanos() as u64;
+    let mut ops = Vec::new();
+    let mut conn = Conn::connect(cluster.nodes[survivor].resp_addr).unwrap();
+    let deadline = Instant::now() + FAILOVER_TIMEOUT;
+    for attempt in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "no write was acknowledged while the leader slept\n{}",
+            cluster.logs()
+        );
+        let value = FAULT_CLIENT * 1_000_000 + attempt;
+        let call = now();
+        let answer = conn.cmd(&["SET", key, &value.to_string()]);
+        let acked = answer == Answer::Ok;
+        if answer == Answer::Lost {
+            conn = Conn::connect(cluster.nodes[survivor].resp_addr).unwrap();
         }
-        Verdict::Unknown => panic!("the checker ran out of budget"),
+        let input = RegisterInput::Write(value);
+        ops.extend(record(FAULT_CLIENT, input, answer, call, now()).map(|op| (0, op)));
+        if acked {
+            break;
+        }
     }
+    let mut woken = Conn::connect(cluster.nodes[victim].resp_addr).expect("connect to the victim");
+    let call = now();
+    assert!(woken.send(&["GET", key]));
+    signal(&cluster.nodes[victim], "-CONT");
+    let answer = woken.read().unwrap_or(Answer::Lost);
+    let ret = now();
+    assert!(
+        matches!(answer, Answer::Bulk(_)),
+        "the woken leader answered a read with {answer:?}\n{}",
+        cluster.logs()
+    );
+    ops.extend(record(FAULT_CLIENT, RegisterInput::Read, answer, call, ret).map(|op| (0, op)));
+    ops
 }
 
 #[test]
@@ -785,6 +1089,25 @@ fn cluster_clients_go_to_leaders_directly() {
     // Leaders spread over the nodes: each leads a shard, so the map has three masters.
     for i in 0..3 {
         cluster.wait_leading(i);
+    }
+    // The map cluster clients route by (nodes forward by default, so a client that goes to the
+    // wrong node still gets the right answer): on every node, CLUSTER SLOTS names as master of
+    // each shard's slots the RESP port of the node /v1/cluster names its leader. Leadership
+    // may move for a moment, so the maps are read again until they agree.
+    let resp_port: BTreeMap<String, i64> = (0..3)
+        .map(|i| {
+            (
+                cluster.name(i),
+                i64::from(cluster.nodes[i].resp_addr.port()),
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    for i in 0..3 {
+        while let Err(why) = slots_name_leaders(&cluster, i, &resp_port) {
+            assert!(Instant::now() < deadline, "node {i}: {why}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     // Cluster clients follow the map to each key's leader: no node forwards anything.
     let script = r#"
@@ -882,14 +1205,17 @@ for proto in (2, 3):
             assert r.get(f"rc:{proto}:{port}:{i}") == str(i).encode()
 print("ok")
 "#;
-        let mut args = vec!["-c", plain, &ports[0]];
-        args.extend(ports.iter().map(String::as_str));
-        let out = crate::clients::run(&python, &args);
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
-        assert!(
-            forwarded(0) > baseline[0],
-            "a plain client's reads were not forwarded"
-        );
+        for (i, port) in ports.iter().enumerate() {
+            let before = forwarded(i);
+            let mut args = vec!["-c", plain, port];
+            args.extend(ports.iter().map(String::as_str));
+            let out = crate::clients::run(&python, &args);
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+            assert!(
+                forwarded(i) > before,
+                "node {i} forwarded none of a plain client's reads (it leads some shards only)"
+            );
+        }
     }
     if have_cli {
         for (i, port) in ports.iter().enumerate() {
@@ -902,6 +1228,57 @@ print("ok")
             }
         }
     }
+}
+
+/// Whether node `i`'s CLUSTER SLOTS names as master of every shard's slots the node that its
+/// `/v1/cluster` names the shard's leader, at that node's RESP port (`resp_port`, by name).
+fn slots_name_leaders(
+    cluster: &Cluster,
+    i: usize,
+    resp_port: &BTreeMap<String, i64>,
+) -> Result<(), String> {
+    let status = cluster.status(i);
+    let mut conn = Conn::connect(cluster.nodes[i].resp_addr).unwrap();
+    let Answer::Array(entries) = conn.cmd(&["CLUSTER", "SLOTS"]) else {
+        return Err("CLUSTER SLOTS is not an array".into());
+    };
+    // Each entry: start, end, master [ip, port, id, ...], replicas...
+    let masters: Vec<(i64, i64, i64)> = entries
+        .iter()
+        .map(|entry| match entry {
+            Answer::Array(e) => match (&e[0], &e[1], &e[2]) {
+                (Answer::Int(a), Answer::Int(b), Answer::Array(master)) => match master[1] {
+                    Answer::Int(port) => (*a, *b, port),
+                    ref other => panic!("master port {other:?}"),
+                },
+                other => panic!("CLUSTER SLOTS entry {other:?}"),
+            },
+            other => panic!("CLUSTER SLOTS entry {other:?}"),
+        })
+        .collect();
+    for shard in status["shards"].as_array().unwrap() {
+        let leader = shard["leader"].as_str().unwrap_or("");
+        let want = *resp_port
+            .get(leader)
+            .ok_or_else(|| format!("shard {} has leader {leader:?}", shard["id"]))?;
+        for range in shard["slots"].as_array().unwrap() {
+            let (start, end) = (
+                range["start"].as_i64().unwrap(),
+                range["end"].as_i64().unwrap(),
+            );
+            let port = masters
+                .iter()
+                .find(|(a, b, _)| *a <= start && end <= *b)
+                .map(|(_, _, port)| *port);
+            if port != Some(want) {
+                return Err(format!(
+                    "CLUSTER SLOTS serves slots {start}-{end} from port {port:?}, but their \
+                     leader {leader} listens on {want}: {masters:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[test]

@@ -379,9 +379,21 @@ pub struct UnixUser {
     pub gid: u32,
 }
 
+/// Prefix of every [`UnixUser`]'s name: `cairn-test-TAG-PID`, PID the test process that made
+/// it (distinct enough that no real user is taken for a leftover).
+const USER_PREFIX: &str = "cairn-test-";
+
+/// Whether process `pid` (a decimal string) is running.
+fn process_alive(pid: &str) -> bool {
+    Path::new("/proc").join(pid).exists()
+}
+
 impl UnixUser {
     pub fn create(tag: &str) -> UnixUser {
-        let name = format!("cairn-{tag}-{}", std::process::id());
+        remove_leftover_users();
+        let name = format!("{USER_PREFIX}{tag}-{}", std::process::id());
+        // A user of this name left by an earlier run whose process had this id.
+        let _ = Command::new("userdel").arg(&name).output();
         let status = Command::new("useradd")
             .args([
                 "--system",
@@ -412,20 +424,72 @@ impl UnixUser {
     }
 }
 
+/// Deletes the users of test processes that no longer run (killed before their `Drop` ran).
+fn remove_leftover_users() {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    for name in passwd.lines().filter_map(|l| l.split(':').next()) {
+        let Some((_, pid)) = name
+            .strip_prefix(USER_PREFIX)
+            .and_then(|r| r.rsplit_once('-'))
+        else {
+            continue;
+        };
+        if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && !process_alive(pid) {
+            let _ = Command::new("userdel").arg(name).output();
+        }
+    }
+}
+
 impl Drop for UnixUser {
     fn drop(&mut self) {
         let _ = Command::new("userdel").arg(&self.name).status();
     }
 }
 
+/// The comment on every rule a [`Firewall`] adds, followed by `:PID` (the test process), so a
+/// later run finds the rules of a run that was killed before its `Drop` ran.
+const FIREWALL_TAG: &str = "cairn-test";
+
 /// iptables OUTPUT rules added by one test, each removed when dropped (also when the test
 /// fails).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Firewall {
     rules: Vec<Vec<String>>,
 }
 
 impl Firewall {
+    /// No rules yet; first deletes the rules that test processes no longer running left.
+    pub fn new() -> Firewall {
+        let out = Command::new("iptables")
+            .args(["-w", "-S", "OUTPUT"])
+            .output()
+            .expect("iptables");
+        assert!(out.status.success(), "iptables -S OUTPUT failed");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // `-A OUTPUT ... -m comment --comment cairn-test:PID -j DROP`
+            let words: Vec<&str> = line
+                .split_whitespace()
+                .map(|w| w.trim_matches('"'))
+                .collect();
+            let Some(pid) = words
+                .iter()
+                .find_map(|w| w.strip_prefix(FIREWALL_TAG)?.strip_prefix(':'))
+            else {
+                continue;
+            };
+            if words.first() != Some(&"-A") || process_alive(pid) {
+                continue;
+            }
+            let status = Command::new("iptables")
+                .args(["-w", "-D"])
+                .args(&words[1..])
+                .status()
+                .expect("iptables");
+            assert!(status.success(), "could not delete leftover rule {line}");
+        }
+        Firewall { rules: Vec::new() }
+    }
+
     /// Drops TCP packets on loopback to `port`, from processes of `uid` only when given.
     pub fn drop_to_port(&mut self, port: u16, uid: Option<u32>) {
         let mut rule: Vec<String> = ["OUTPUT", "-p", "tcp", "-d", "127.0.0.1", "--dport"]
@@ -437,6 +501,8 @@ impl Firewall {
             rule.extend(["-m", "owner", "--uid-owner"].map(String::from));
             rule.push(uid.to_string());
         }
+        rule.extend(["-m", "comment", "--comment"].map(String::from));
+        rule.push(format!("{FIREWALL_TAG}:{}", std::process::id()));
         rule.extend(["-j", "DROP"].map(String::from));
         // Inserted first in the chain, so no earlier ACCEPT rule lets the traffic through.
         let status = Command::new("iptables")
@@ -448,23 +514,34 @@ impl Firewall {
         self.rules.push(rule);
     }
 
-    /// Removes every rule added so far.
+    /// Removes every rule added so far; panics if one stays (the fault would go on).
     pub fn heal(&mut self) {
-        for rule in self.rules.drain(..) {
-            let removed = Command::new("iptables")
-                .args(["-w", "-D"])
-                .args(&rule)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !removed {
-                eprintln!("could not remove iptables rule {rule:?}: remove it by hand");
-            }
-        }
+        let stuck = self.remove_rules();
+        assert!(
+            stuck.is_empty(),
+            "could not remove iptables rules {stuck:?}"
+        );
+    }
+
+    /// Removes every rule added so far; returns those that could not be removed.
+    fn remove_rules(&mut self) -> Vec<Vec<String>> {
+        self.rules
+            .drain(..)
+            .filter(|rule| {
+                !Command::new("iptables")
+                    .args(["-w", "-D"])
+                    .args(rule)
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+            .collect()
     }
 }
 
 impl Drop for Firewall {
     fn drop(&mut self) {
-        self.heal();
+        for rule in self.remove_rules() {
+            eprintln!("could not remove iptables rule {rule:?}: remove it by hand");
+        }
     }
 }
