@@ -112,63 +112,10 @@ start_redis_cluster() {
     done
 }
 
-# wait_for WHAT SECONDS COMMAND...: runs COMMAND every 0.2 s until it succeeds.
-wait_for() {
-    local what=$1 seconds=$2
-    shift 2
-    local deadline=$((SECONDS + seconds))
-    until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || die "timed out after ${seconds}s waiting for $what"
-        sleep 0.2
-    done
-}
+# --- Cairn: 3 nodes, node 1 creates the cluster, 2 and 3 join it (scripts/lib) ---------------
 
-# --- Cairn: 3 nodes, node 1 creates the cluster, 2 and 3 join it ------------------------------
-
-cairn_resp() { echo $((CAIRN_BASE + $1)); }
-cairn_grpc() { echo $((CAIRN_BASE + 100 + $1)); }
-cairn_http() { echo $((CAIRN_BASE + 200 + $1)); }
-cairn_status() { curl -sf --max-time 2 "http://127.0.0.1:$(cairn_http "$1")/v1/cluster"; }
-
-# start_cairn_node I: starts node I (or restarts it on its data directory; --join is then
-# ignored by the server) and waits until it listens on all three ports.
-start_cairn_node() {
-    local i=$1 join=()
-    ((i == 1)) || join=(--join "127.0.0.1:$(cairn_grpc 1)")
-    "$CAIRN" server --data-dir "$TMP/cairn-$i" \
-        --resp-addr "127.0.0.1:$(cairn_resp "$i")" \
-        --grpc-addr "127.0.0.1:$(cairn_grpc "$i")" \
-        --http-addr "127.0.0.1:$(cairn_http "$i")" \
-        "${join[@]}" >>"$TMP/cairn-$i.log" 2>&1 &
-    CAIRN_PIDS[$i]=$!
-    wait_for "cairn node $i (HTTP)" 60 cairn_status "$i"
-    wait_for "cairn node $i (RESP)" 60 redis-cli -p "$(cairn_resp "$i")" ping
-}
-
-# Converged: every node sees every shard with a leader, 3 replicas and no learners, all nodes
-# agree on the leaders, and every node leads at least one shard.
-cairn_converged() {
-    local i views=() ids=()
-    for i in 1 2 3; do
-        views[i]=$(cairn_status "$i") || return 1
-        ids[i]=$(jq -r .node_id <<<"${views[i]}")
-    done
-    for i in 1 2 3; do
-        jq -e '.shards | length > 0 and all(.leader != null and (.replicas | length) == 3
-                                            and (.learners | length) == 0)' \
-            <<<"${views[i]}" >/dev/null || return 1
-        [[ $(jq -c '[.shards[].leader]' <<<"${views[i]}") == \
-            "$(jq -c '[.shards[].leader]' <<<"${views[1]}")" ]] || return 1
-        jq -e --arg id "${ids[i]}" 'any(.shards[]; .leader == $id)' \
-            <<<"${views[1]}" >/dev/null || return 1
-    done
-}
-
-start_cairn_cluster() {
-    local i
-    for i in 1 2 3; do start_cairn_node "$i"; done
-    wait_for "the Cairn cluster to converge" "$CONVERGE_TIMEOUT" cairn_converged
-}
+# shellcheck source=scripts/lib/cairn-cluster.sh
+source "$ROOT/scripts/lib/cairn-cluster.sh"
 
 # --- throughput: redis-benchmark --cluster ------------------------------------------------------
 
