@@ -34,6 +34,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+# shellcheck source=scripts/lib/cairn-cluster.sh
+source "$ROOT/scripts/lib/cairn-cluster.sh"
 CAIRN="$ROOT/target/release/cairn"
 PYTHON=${CAIRN_PYTHON:-$ROOT/target/ci-venv/bin/python}
 read -r -a CLIENTS <<<"${CLIENTS:-1 16 64 256}"
@@ -69,14 +71,7 @@ declare -A CAIRN_PIDS=() # node index -> pid
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
-    for pid in "${REDIS_PIDS[@]}" "${CAIRN_PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${REDIS_PIDS[@]}" "${CAIRN_PIDS[@]}"; do
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_all "${REDIS_PIDS[@]}" "${CAIRN_PIDS[@]}"
     if [[ ${KEEP_DIR:-} == 1 ]]; then
         echo "bench-cluster: kept $TMP" >&2
     else
@@ -112,10 +107,7 @@ start_redis_cluster() {
     done
 }
 
-# --- Cairn: 3 nodes, node 1 creates the cluster, 2 and 3 join it (scripts/lib) ---------------
-
-# shellcheck source=scripts/lib/cairn-cluster.sh
-source "$ROOT/scripts/lib/cairn-cluster.sh"
+# --- Cairn: 3 nodes, node 1 creates the cluster, 2 and 3 join it: scripts/lib/cairn-cluster.sh
 
 # --- throughput: redis-benchmark --cluster ------------------------------------------------------
 

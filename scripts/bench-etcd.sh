@@ -49,6 +49,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+# shellcheck source=scripts/lib/cairn-cluster.sh
+source "$ROOT/scripts/lib/cairn-cluster.sh"
 CAIRN="$ROOT/target/release/cairn"
 ETCD=${ETCD:-etcd}
 ETCDCTL=${ETCDCTL:-etcdctl}
@@ -103,14 +105,7 @@ cleanup() {
     local status=$?
     trap - EXIT INT TERM
     local pids=("${ETCD_PIDS[@]}" "${CAIRN_PIDS[@]}" ${BENCH_PID:+"$BENCH_PID"})
-    for pid in "${pids[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_all "${pids[@]}"
     if [[ ${KEEP_DIR:-} == 1 ]]; then
         echo "bench-etcd: kept $TMP" >&2
     else
@@ -154,10 +149,8 @@ etcd_leader() {
         jq -r '(.[] | select(.Status.header.member_id == .Status.leader) | .Endpoint) // "?"'
 }
 
-# --- Cairn: 3 nodes, node 1 creates the cluster, 2 and 3 join it (scripts/lib) ---------------
+# --- Cairn: 3 nodes, node 1 creates the cluster, 2 and 3 join it: scripts/lib/cairn-cluster.sh
 
-# shellcheck source=scripts/lib/cairn-cluster.sh
-source "$ROOT/scripts/lib/cairn-cluster.sh"
 CAIRN_ENDPOINTS=$(cairn_endpoints)
 
 # cairn_wal_totals: "entries_sum fsyncs groups_sum" of the WAL batching histograms, summed over

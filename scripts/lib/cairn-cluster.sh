@@ -1,10 +1,22 @@
 # shellcheck shell=bash
 # A three-node Cairn cluster on loopback for the benchmark scripts (sourced by
-# scripts/bench-cluster.sh and scripts/bench-etcd.sh).
+# scripts/bench-cluster.sh and scripts/bench-etcd.sh, before anything is started, so their
+# cleanup can use stop_all).
 #
 # The sourcing script defines: CAIRN (the binary), CAIRN_BASE (node i: RESP CAIRN_BASE+i, gRPC
 # +100+i, HTTP +200+i, as `cairn playground` lays them out), TMP (data directories and logs),
 # CONVERGE_TIMEOUT (seconds), the array CAIRN_PIDS (node index -> pid, filled here), and die.
+
+# stop_all PID...: SIGTERM to every process, then up to 10 s each to exit before SIGKILL.
+stop_all() {
+    local pid
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+}
 
 # wait_for WHAT SECONDS COMMAND...: runs COMMAND every 0.2 s until it succeeds.
 wait_for() {
