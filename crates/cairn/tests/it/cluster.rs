@@ -657,6 +657,7 @@ fn killing_nodes_loses_no_acknowledged_write() {
     // Phase 1: writers on every node; the busiest shard leader is killed mid-way, and a
     // survivor writes a key of one of its shards until that shard's new leader acknowledges.
     let victim = cluster.busiest_leader(0);
+    let victim_name = cluster.name(victim);
     let survivors: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
     let resume_key = cluster.keys_led_by(victim, "resume:", 1).remove(0);
     let killer = {
@@ -697,6 +698,29 @@ fn killing_nodes_loses_no_acknowledged_write() {
     }
     for &i in &survivors {
         assert_readable(&cluster, i, &acked);
+    }
+    // The metadata leader marks the silent node down (after --down-after-ms, 5 s by
+    // default), and every survivor's map says so.
+    for &i in &survivors {
+        let deadline = Instant::now() + CONVERGE_TIMEOUT;
+        loop {
+            let status = cluster.status(i);
+            let state = status["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["id"].as_str() == Some(&victim_name))
+                .map(|n| n["state"].clone());
+            if state.as_ref().and_then(|s| s.as_str()) == Some("down") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} does not see the killed node as down: {state:?}\n{}",
+                cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     // Phase 2: a second node dies; the last one leads shards but, one of three, must
@@ -1179,6 +1203,24 @@ print("ok")
             .any(|l| l.starts_with("cairn_forwarded_total{") && l.contains("shard=\"")),
         "forwarded requests are counted per shard"
     );
+
+    // FLUSHDB through one node empties every shard, whichever node leads it: no key is left
+    // on any node's replicas, and none is read back through any node.
+    let mut conn = Conn::connect(cluster.nodes[1].resp_addr).unwrap();
+    assert_eq!(conn.cmd(&["FLUSHDB"]), Answer::Ok);
+    for node in &cluster.nodes {
+        let mut conn = Conn::connect(node.resp_addr).unwrap();
+        for key in &keys {
+            assert_eq!(conn.cmd(&["GET", key]), Answer::Bulk(None), "{key}");
+        }
+        // DBSIZE counts this node's own replicas, which apply the flush a moment later.
+        let deadline = Instant::now() + CONVERGE_TIMEOUT;
+        while conn.cmd(&["DBSIZE"]) != Answer::Int(0) {
+            assert!(Instant::now() < deadline, "keys left on {}", node.resp_addr);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     if !have_py && !have_cli {
         return;
     }
