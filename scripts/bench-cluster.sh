@@ -47,12 +47,6 @@ REDIS_PORTS=(18001 18002 18003)
 CAIRN_BASE=18300 # node i: RESP BASE+i, gRPC BASE+100+i, HTTP BASE+200+i (as `cairn playground`)
 CONVERGE_TIMEOUT=120
 
-die() {
-    echo "bench-cluster: $*" >&2
-    exit 1
-}
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-
 [[ -x $CAIRN ]] || die "$CAIRN not found: run 'cargo build --release -p cairn' first"
 [[ -x $PYTHON ]] || die "$PYTHON not found: set CAIRN_PYTHON to a Python with redis-py"
 "$PYTHON" -c 'import redis' 2>/dev/null || die "$PYTHON has no redis-py (pip install redis)"

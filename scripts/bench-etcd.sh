@@ -67,12 +67,6 @@ ETCD_PEER_PORTS=(18651 18652 18653)
 CAIRN_BASE=18700 # node i: RESP BASE+i, gRPC BASE+100+i, HTTP BASE+200+i (as `cairn playground`)
 CONVERGE_TIMEOUT=120
 
-die() {
-    echo "bench-etcd: $*" >&2
-    exit 1
-}
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-
 [[ -x $CAIRN ]] || die "$CAIRN not found: run 'cargo build --release -p cairn' first"
 for tool in "$ETCD" "$ETCDCTL" curl jq; do
     command -v "$tool" >/dev/null || die "$tool not found"

@@ -5,7 +5,15 @@
 #
 # The sourcing script defines: CAIRN (the binary), CAIRN_BASE (node i: RESP CAIRN_BASE+i, gRPC
 # +100+i, HTTP +200+i, as `cairn playground` lays them out), TMP (data directories and logs),
-# CONVERGE_TIMEOUT (seconds), the array CAIRN_PIDS (node index -> pid, filled here), and die.
+# CONVERGE_TIMEOUT (seconds) and the array CAIRN_PIDS (node index -> pid, filled here).
+
+# die MESSAGE: print it, named after the running script, and exit 1.
+die() {
+    echo "${0##*/}: $*" >&2
+    exit 1
+}
+# log MESSAGE: a timestamped line on stderr.
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
 # stop_all PID...: SIGTERM to every process, then up to 10 s each to exit before SIGKILL.
 stop_all() {
