@@ -145,6 +145,12 @@ impl PeerConn {
             .map_err(|why| unreachable(&std::io::Error::other(format!("peer address: {why}"))))
     }
 
+    fn link(&self) -> Result<Arc<AppendLink>, Unreachable<TypeConfig>> {
+        self.link
+            .clone()
+            .map_err(|why| unreachable(&std::io::Error::other(format!("peer address: {why}"))))
+    }
+
     /// Runs `call` within `ttl`; a timeout or a transport status is `Unreachable`.
     async fn call<T>(
         &self,
@@ -239,6 +245,11 @@ impl AppendLink {
                 let mut appends = Vec::with_capacity(batch.len());
                 {
                     let mut pending = pending.lock();
+                    // Callers that gave up (their deadline passed) are dropped here, so a peer
+                    // that never answers some appends cannot grow the map without bound.
+                    if pending.callers.len() >= LINK_QUEUE_MAX {
+                        pending.callers.retain(|_, caller| !caller.is_closed());
+                    }
                     for (request, reply) in batch {
                         if let Some(why) = &pending.ended {
                             let _ = reply.send(Err(why.clone()));
@@ -363,15 +374,9 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let request = encode_append(self.group, self.target, &rpc);
-        let link = self
-            .link
-            .clone()
-            .map_err(|why| unreachable(&std::io::Error::other(format!("peer address: {why}"))))?;
-        let reply = match tokio::time::timeout(option.hard_ttl(), link.append(request)).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(status)) => return Err(unreachable(&status).into()),
-            Err(elapsed) => return Err(unreachable(&elapsed).into()),
-        };
+        let link = self.link()?;
+        let append = async { link.append(request).await.map(tonic::Response::new) };
+        let reply = self.call(option.hard_ttl(), append).await?;
         decode_append_response(&reply).map_err(|e| bad_reply(e).into())
     }
 
