@@ -73,7 +73,12 @@ fn acknowledged_writes_survive_power_cuts() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(CUTS_DEFAULT);
-    let seed: u64 = rand::random();
+    // CAIRN_STORAGE_SEED=S replays the disk and operation choices of a printed seed (thread
+    // timing still varies).
+    let seed: u64 = std::env::var("CAIRN_STORAGE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
     eprintln!("power_cut seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut io = SimIo::new(seed);
