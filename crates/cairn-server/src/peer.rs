@@ -126,12 +126,19 @@ impl pb::node_server::Node for NodeService {
     }
 }
 
-/// Whether `status` says the request never left this node (the connection was not made).
+/// Whether `status` says the request never left this node: the connection it needed was
+/// never made. tonic wraps every failure to establish a connection (refused, unreachable,
+/// connect timeout) in [`tonic::ConnectError`] and keeps it in the status's source chain; a
+/// failure after the connection existed never carries one, so its request may have arrived.
 fn never_sent(status: &Status) -> bool {
-    status.code() == tonic::Code::Unavailable && {
-        let text = format!("{status:?}").to_ascii_lowercase();
-        text.contains("connect error") || text.contains("connection refused")
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(status);
+    while let Some(e) = cause {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        cause = e.source();
     }
+    false
 }
 
 /// Sends `command` to the node at gRPC address `addr` (which leads its shard, or forwards it
@@ -223,4 +230,63 @@ pub async fn join(addr: &str, me: &NodeRecord) -> anyhow::Result<(u64, u32)> {
         tokio::time::sleep(JOIN_RETRY).await;
     }
     anyhow::bail!("could not join the cluster through {addr} within {JOIN_WAIT:?}: {last_error}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_to_a_node_that_refuses_connections_is_retriable() {
+        // A port nobody listens on: bind, note the port, close.
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let peers = Peers::new();
+        let write = Command::IncrBy {
+            key: bytes::Bytes::from_static(b"k"),
+            delta: 1,
+        };
+        match forward(&peers, &addr, &write, 1, false, None).await {
+            Err(CommandError::TryAgain(why)) => assert!(why.contains("unreachable"), "{why}"),
+            other => panic!("a connection never made must be retriable, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_connection_dies_after_sending_is_of_unknown_outcome() {
+        const KEY: &[u8] = b"the-request-arrived";
+        // A peer that accepts the connection, reads the request, then hangs up unanswered.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let peer = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut received = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Until the request's body (which holds the key) has arrived.
+            while !received.windows(KEY.len()).any(|w| w == KEY) {
+                let n = socket.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                received.extend_from_slice(&buf[..n]);
+            }
+            received.windows(KEY.len()).any(|w| w == KEY)
+        });
+        let peers = Peers::new();
+        let write = Command::IncrBy {
+            key: bytes::Bytes::from_static(KEY),
+            delta: 1,
+        };
+        let result = forward(&peers, &addr, &write, 1, false, None).await;
+        assert!(peer.await.unwrap(), "the request reached the peer");
+        match result {
+            Err(CommandError::OutcomeUnknown(_)) => {}
+            other => {
+                panic!("a write that may have arrived must be of unknown outcome, got {other:?}")
+            }
+        }
+    }
 }
