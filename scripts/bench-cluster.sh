@@ -204,7 +204,7 @@ failover_run() {
     done
     [[ -n $key ]] || die "no key found in the slots node $victim leads"
     log "failover: killing node $victim ($(jq -r --arg id "$victim_id" \
-        '[.shards[] | select(.leader == $id)] | length' <<<"$status") of 16 shard leaders)," \
+        '[.shards[] | select(.leader == $id)] | length' <<<"$status") of $(jq '.shards | length' <<<"$status") shard leaders)," \
         "writing $key (slot $slot) through node $survivor"
     "$PYTHON" "$TMP/failover_writer.py" "$(cairn_resp "$survivor")" "$key" \
         "${CAIRN_PIDS[$victim]}" 2 >"$out"
@@ -230,6 +230,7 @@ log "both clusters up; Cairn leaders per node: $(cairn_status 1 |
     redis-cli -p "$(cairn_resp 1)" cluster nodes
 } >&2
 idle=$(cairn_idle_cpu)
+idle_shards=$(cairn_status 1 | jq '.shards | length')
 log "Cairn cluster idle CPU: ${idle}% of one core (3 nodes together, over 5 s)"
 
 # Cells in table order; Redis first in even cells, Cairn first in odd ones.
@@ -270,7 +271,7 @@ for cell in "${cells[@]}"; do
                  t, c, n, r, k, (r > 0 ? k / r : 0), rp, kp }'
 done
 echo
-echo "Cairn cluster idle CPU (3 nodes, 16 shards each, no load): ${idle}% of one core"
+echo "Cairn cluster idle CPU (3 nodes, $idle_shards shards each, no load): ${idle}% of one core"
 
 echo
 echo "Failover: SIGKILL of the node leading the most shards, one writer through a survivor"

@@ -17,8 +17,11 @@ pub const GRPC_ADDR_DEFAULT: &str = "127.0.0.1:7070";
 pub const HTTP_ADDR_DEFAULT: &str = "127.0.0.1:7080";
 /// Default Redis-protocol address.
 pub const RESP_ADDR_DEFAULT: &str = "127.0.0.1:7379";
-/// Default number of shards of a new data directory.
-pub const SHARDS_DEFAULT: u32 = 16;
+/// Default number of shards of a new data directory. Few: every shard is a Raft group with
+/// its own pipeline, and a group's cost is per entry, so a small cluster writes fastest with
+/// few groups that each batch many writes (measured in docs/benchmarks.md, "How many
+/// shards"); four still spread leaders over three nodes.
+pub const SHARDS_DEFAULT: u32 = 4;
 /// Largest shard count accepted (one slot per shard).
 pub const SHARDS_MAX: u32 = 16384;
 /// Default largest value, in bytes.
@@ -82,7 +85,7 @@ pub struct ServerArgs {
     /// Log format [default: human]
     #[arg(long, env = "CAIRN_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Number of shards; fixed when the data directory is created [default: 16]
+    /// Number of shards; fixed when the data directory is created [default: 4]
     #[arg(long, env = "CAIRN_SHARDS", value_parser = clap::value_parser!(u32).range(1..=i64::from(SHARDS_MAX)))]
     pub shards: Option<u32>,
     /// Largest value accepted, in bytes [default: 16777216 (16 MiB)]

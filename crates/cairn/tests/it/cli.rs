@@ -169,14 +169,14 @@ fn one_shot_commands_human_and_json() {
 fn cluster_status_human_and_json() {
     let node = Node::start();
     let text = ok(&cairn(&node, &["cluster", "status"]));
-    assert!(text.contains("16 shards"), "{text}");
+    assert!(text.contains("4 shards"), "{text}");
     assert!(text.contains(&node.grpc_addr.to_string()), "{text}");
     assert!(text.contains("up"), "{text}");
     assert!(text.contains("TERM   COMMIT     APPLIED    LAG"), "{text}");
     let j = json(&cairn(&node, &["cluster", "status", "--json"]));
     assert_eq!(j["nodes"][0]["grpc_addr"], node.grpc_addr.to_string());
     assert_eq!(j["nodes"][0]["state"], "up");
-    assert_eq!(j["shards"].as_array().unwrap().len(), 16);
+    assert_eq!(j["shards"].as_array().unwrap().len(), 4);
     // Every shard's group has elected this node (term ≥ 1) and applied what it committed
     // (at least the membership entry of its bootstrap).
     for shard in j["shards"].as_array().unwrap() {

@@ -331,7 +331,7 @@ async fn cluster_status_and_health_service() {
     assert_eq!(me.id, status.node_id);
     assert_eq!(me.grpc_addr, node.grpc_addr.to_string());
     assert_eq!(me.state, cairn_client::proto::NodeState::Up as i32);
-    assert_eq!(status.shards.len(), 16);
+    assert_eq!(status.shards.len(), 4, "the default shard count");
     let slots: u32 = status
         .shards
         .iter()

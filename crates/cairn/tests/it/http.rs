@@ -408,7 +408,7 @@ fn listing_by_prefix_and_range_pages_and_is_binary_safe() {
 #[test]
 fn cluster_health_ready_metrics_and_openapi() {
     let node = Node::start();
-    // Cluster map: one node, 16 shards covering every slot once, each led by this node.
+    // Cluster map: one node, 4 shards (the default) covering every slot once, each led by this node.
     let r = get(&node, "/v1/cluster");
     assert_eq!(r.status, 200);
     let j = r.json();
@@ -422,7 +422,7 @@ fn cluster_health_ready_metrics_and_openapi() {
     assert_eq!(me["resp_addr"], node.resp_addr.to_string());
     assert_eq!(me["state"], "up");
     let shards = j["shards"].as_array().unwrap();
-    assert_eq!(shards.len(), 16);
+    assert_eq!(shards.len(), 4);
     let mut covered = vec![false; 16384];
     for s in shards {
         assert_eq!(s["leader"], id);
@@ -460,27 +460,27 @@ fn cluster_health_ready_metrics_and_openapi() {
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
-    // Raft per shard: "m" (slot 15627) is in shard 15 of 16, which this node leads and whose
+    // Raft per shard: "m" (slot 15627) is in shard 3 of 4, which this node leads and whose
     // log holds the PUT; the WAL reports its fsyncs.
     let metric = |name: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap()))
             .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
     };
-    assert_eq!(metric(r#"cairn_shard_raft_leader{shard="15"}"#), 1.0);
-    assert!(metric(r#"cairn_shard_raft_term{shard="15"}"#) >= 1.0);
-    let applied = metric(r#"cairn_shard_raft_applied_index{shard="15"}"#);
+    assert_eq!(metric(r#"cairn_shard_raft_leader{shard="3"}"#), 1.0);
+    assert!(metric(r#"cairn_shard_raft_term{shard="3"}"#) >= 1.0);
+    let applied = metric(r#"cairn_shard_raft_applied_index{shard="3"}"#);
     assert!(applied >= 2.0, "membership and the PUT: {applied}");
     assert_eq!(
-        metric(r#"cairn_shard_raft_committed_index{shard="15"}"#),
+        metric(r#"cairn_shard_raft_committed_index{shard="3"}"#),
         applied
     );
-    assert!(metric(r#"cairn_shard_raft_leader_changes_total{shard="15"}"#) >= 1.0);
-    assert!(metric(r#"cairn_shard_proposals_total{shard="15"}"#) >= 1.0);
+    assert!(metric(r#"cairn_shard_raft_leader_changes_total{shard="3"}"#) >= 1.0);
+    assert!(metric(r#"cairn_shard_proposals_total{shard="3"}"#) >= 1.0);
     // The Raft view and the engine's own marker agree; an idle shard proposed nothing and
     // its log is behind the written one's.
     assert_eq!(
-        metric(r#"cairn_shard_last_applied_index{shard="15"}"#),
+        metric(r#"cairn_shard_last_applied_index{shard="3"}"#),
         applied
     );
     assert!(
@@ -488,7 +488,7 @@ fn cluster_health_ready_metrics_and_openapi() {
             || metric(r#"cairn_shard_proposals_total{shard="0"}"#) == 0.0
     );
     assert!(metric(r#"cairn_shard_raft_applied_index{shard="0"}"#) < applied);
-    assert!(metric(r#"cairn_shard_entries_total{shard="15"}"#) >= 1.0);
+    assert!(metric(r#"cairn_shard_entries_total{shard="3"}"#) >= 1.0);
     assert!(metric("cairn_wal_fsync_seconds_count") >= 1.0);
     assert!(metric("cairn_wal_entries_per_fsync_sum") >= 1.0);
     assert!(metric("cairn_wal_groups_per_fsync_count") >= 1.0);

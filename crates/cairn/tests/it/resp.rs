@@ -591,7 +591,7 @@ fn cluster_introspection_describes_a_one_node_cluster() {
     );
     let shards = s(&mut c, "CLUSTER SHARDS");
     assert!(
-        shards.starts_with("*16\r\n"),
+        shards.starts_with("*4\r\n"),
         "one entry per shard: {shards}"
     );
     assert!(s(&mut c, "INFO cluster").contains("cluster_enabled:1"));
