@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -111,6 +112,9 @@ impl Node {
             .append(true)
             .open(&self.log_path)
             .expect("log file");
+        // The server dies with the test thread that started it, even when the test process
+        // is killed and no `Drop` runs. A change of credentials clears the signal, so a node
+        // run as another user has setpriv set it again after the change.
         let mut command = match self.run_as {
             None => Command::new(cairn_bin()),
             Some((uid, gid)) => {
@@ -118,11 +122,13 @@ impl Node {
                 c.arg(format!("--reuid={uid}"))
                     .arg(format!("--regid={gid}"))
                     .arg("--clear-groups")
+                    .arg("--pdeathsig=KILL")
                     .arg("--")
                     .arg(cairn_bin());
                 c
             }
         };
+        die_with_parent(&mut command);
         let child = command
             .arg("server")
             .arg("--data-dir")
@@ -543,5 +549,21 @@ impl Drop for Firewall {
         for rule in self.remove_rules() {
             eprintln!("could not remove iptables rule {rule:?}: remove it by hand");
         }
+    }
+}
+
+/// Has the child get SIGKILL when the thread that spawned it exits.
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl, which is
+    // async-signal-safe and affects only that child.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
 }
