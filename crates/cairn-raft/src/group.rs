@@ -89,6 +89,13 @@ pub struct Group {
     /// [`Lead`] as last seen in the group's server metrics, kept by the task that watches
     /// them, so the read path checks leadership with one atomic load.
     lead: Arc<std::sync::atomic::AtomicU8>,
+    /// The term in which this node last asked to hand its leadership over. A transfer makes
+    /// the voters stop honouring the leader's lease for the rest of that term (openraft
+    /// disables it so that the target can be elected at once), so for the rest of it reads
+    /// confirm leadership with a quorum round instead of the lease.
+    transferred_in: Arc<parking_lot::Mutex<Option<LeaderTerm>>>,
+    /// The leader lease: openraft makes it the election timeout's upper bound.
+    lease: Duration,
 }
 
 /// Whether this node leads its group, as the read path needs to know.
@@ -133,6 +140,41 @@ impl std::fmt::Debug for Group {
     }
 }
 
+/// Whether the group's metrics alone show that a read of this replica now is linearizable, as
+/// the leader lease allows, without a message to the group's Raft core:
+/// - this node leads, in a term whose vote a quorum granted;
+/// - an entry of this term is applied, so every entry of earlier terms is applied (a write
+///   this leader acknowledged was applied before it was acknowledged);
+/// - no membership change is under way, and this node is a voter (openraft hands a removed
+///   leader's leadership over by itself, a transfer the caller does not know of);
+/// - a quorum acknowledged an append or heartbeat that this node *sent* less than `lease`
+///   ago: each of those voters then refuses to vote for another node until at least `lease`
+///   after that send, and any new leader needs one of them, so no other leader can exist yet
+///   (openraft's own lease check, which this repeats on a snapshot of the same state).
+///
+/// The metrics are a snapshot a moment old, which only errs towards `false`: an older
+/// acknowledgement, a leadership this node held a moment ago but that cannot have been taken
+/// from it while the lease holds (a transfer, which ends the lease early, is handled by the
+/// caller).
+fn lease_read_ready(m: &openraft::RaftMetrics<TypeConfig>, lease: Duration) -> bool {
+    use openraft::Instant as _;
+    m.state == ServerState::Leader
+        && m.current_leader == Some(m.id)
+        && m.vote.committed
+        && m.last_applied
+            .as_ref()
+            .is_some_and(|applied| applied.leader_id == m.vote.leader_id)
+        && m.membership_config.log_id() == m.committed_membership_config.log_id()
+        && m.membership_config
+            .membership()
+            .get_joint_config()
+            .iter()
+            .all(|voters| voters.contains(&m.id))
+        && m.last_quorum_acked
+            .as_ref()
+            .is_some_and(|acked| (**acked).elapsed() < lease)
+}
+
 fn role(state: ServerState) -> Role {
     match state {
         ServerState::Leader => Role::Leader,
@@ -152,6 +194,7 @@ impl Group {
         log: LogStore,
         sm: StateMachine,
     ) -> Result<Group, String> {
+        let lease = Duration::from_millis(config.election_timeout_max);
         let raft = GroupRaft::new(node, config, network, log, sm.clone())
             .await
             .map_err(|e| e.to_string())?;
@@ -183,6 +226,8 @@ impl Group {
             sm,
             leader_changes,
             lead,
+            transferred_in: Arc::default(),
+            lease,
         })
     }
 
@@ -393,16 +438,32 @@ impl Group {
     /// leader lease (no message to the followers while a quorum acknowledged the leader within
     /// the lease; followers refuse to vote while they grant it, see docs/design.md).
     pub async fn linearize(&self) -> Result<(), ProposeError> {
-        // The lease from the latest quorum acknowledgement; when it has run out (a heartbeat
-        // round late under load), heartbeat at once and wait up to one lease for a quorum to
-        // answer, instead of failing the read.
-        self.raft
-            .ensure_linearizable(LinearizerOption::new(None, true))
-            .await
-            .map(|_| ())
-            .map_err(|e| ProposeError::NotLeader {
-                leader: e.forward_to_leader().and_then(|f| f.leader_id),
-            })
+        let transferred = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            let transferred = self
+                .transferred_in
+                .lock()
+                .as_ref()
+                .is_some_and(|t| t.0 == m.vote.leader_id);
+            if !transferred && lease_read_ready(&m, self.lease) {
+                return Ok(());
+            }
+            transferred
+        };
+        let confirmed = if transferred {
+            self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await
+        } else {
+            // The lease from the latest quorum acknowledgement; when it has run out (a
+            // heartbeat round late under load), heartbeat at once and wait up to one lease for
+            // a quorum to answer, instead of failing the read.
+            self.raft
+                .ensure_linearizable(LinearizerOption::new(None, true))
+                .await
+        };
+        confirmed.map(|_| ()).map_err(|e| ProposeError::NotLeader {
+            leader: e.forward_to_leader().and_then(|f| f.leader_id),
+        })
     }
 
     /// As leader, starts replicating to `id` at `addr` as a learner (returns at once; a node
@@ -427,6 +488,9 @@ impl Group {
 
     /// As leader, hands leadership to `to` (which should be a caught-up voter).
     pub async fn transfer_leader(&self, to: u64) -> Result<(), String> {
+        if let Some(term) = self.leading() {
+            *self.transferred_in.lock() = Some(term);
+        }
         self.raft
             .trigger()
             .transfer_leader(to)

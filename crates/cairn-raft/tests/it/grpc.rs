@@ -266,3 +266,77 @@ async fn a_snapshot_for_another_node_id_is_refused_before_any_chunk() {
     let _ = stop.send(());
     server.await.unwrap();
 }
+
+/// A leader serves linearizable reads on its lease without asking its Raft core, but not once
+/// it has asked to hand leadership over: the transfer makes the voters drop its lease at once,
+/// so the target may be elected before the lease would have run out.
+#[test]
+fn a_leader_handing_over_stops_reading_on_its_lease_at_once() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let peers = Arc::new(Peers::new());
+        let mut nodes = BTreeMap::new();
+        for id in 1..=3u64 {
+            nodes.insert(id, start_node(id, &SimIo::new(70 + id), &peers).await);
+        }
+        let members: BTreeMap<u64, NodeAddr> = nodes
+            .iter()
+            .map(|(&id, n)| {
+                let grpc = n.addr.to_string();
+                (id, NodeAddr { grpc })
+            })
+            .collect();
+        let group = GROUPS[0];
+        nodes[&1]
+            .member(group)
+            .raft
+            .initialize(members)
+            .await
+            .expect("initialize");
+        let leader = leader_of(&nodes, group).await;
+        let leader_id = leader.raft.metrics().borrow_watched().id;
+        let handle = |id: u64| nodes[&id].groups.get(group).expect("group hosted");
+        net::write(&leader, &mut History::default(), 5).await;
+
+        // Phase 1: the leader reads on its lease; a follower cannot.
+        handle(leader_id)
+            .linearize()
+            .await
+            .expect("the leader confirms a read");
+        let to = if leader_id == 1 { 2 } else { 1 };
+        assert!(handle(to).linearize().await.is_err(), "a follower read");
+
+        // Phase 2: asked to hand over, the old leader refuses at once, though its metrics
+        // still show it leading with a fresh quorum acknowledgement.
+        handle(leader_id)
+            .transfer_leader(to)
+            .await
+            .expect("transfer");
+        assert!(
+            handle(leader_id).linearize().await.is_err(),
+            "a leader handing over confirmed a read on its lease"
+        );
+
+        // Phase 3: the target leads and reads.
+        handle(to)
+            .wait_for_leader(to, net::PATIENCE)
+            .await
+            .expect("the target leads");
+        let new_leader = leader_of(&nodes, group).await;
+        assert_eq!(new_leader.raft.metrics().borrow_watched().id, to);
+        handle(to).linearize().await.expect("the new leader reads");
+
+        for node in nodes.values_mut() {
+            for group in GROUPS {
+                let _ = node.member(group).raft.shutdown().await;
+            }
+            if let Some(stop) = node.stop_server.take() {
+                let _ = stop.send(());
+            }
+        }
+    });
+}
