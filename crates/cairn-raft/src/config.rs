@@ -24,6 +24,13 @@ pub const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 1000;
 /// The configuration of every shard group: heartbeats every [`HEARTBEAT_MS`], elections after
 /// [`ELECTION_TIMEOUT_MS`] of silence, snapshots only when the node asks (it checkpoints on its
 /// own schedule), [`LOG_KEPT_BEHIND_SNAPSHOT`] entries kept behind one.
+///
+/// A restarted leader never restores its leadership without an election. openraft would let
+/// it go on in its old term, which is unsafe here: replicas apply without fsync and the
+/// committed marker is written lazily, so the restarted replica may not yet have applied (or
+/// even know as committed) writes it acknowledged before the crash, and nothing in the old
+/// term would make it wait for them. In a new term the leader's first entry comes after all
+/// of them, and a read is served only once that entry is applied.
 pub fn shard_config() -> Arc<openraft::Config> {
     Arc::new(
         openraft::Config {
@@ -33,6 +40,7 @@ pub fn shard_config() -> Arc<openraft::Config> {
             election_timeout_max: ELECTION_TIMEOUT_MS.1,
             snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT,
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()

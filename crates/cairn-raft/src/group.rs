@@ -96,6 +96,9 @@ pub struct Group {
     transferred_in: Arc<parking_lot::Mutex<Option<LeaderTerm>>>,
     /// The leader lease: openraft makes it the election timeout's upper bound.
     lease: Duration,
+    /// Until when this replica neither grants votes nor stands for election (see
+    /// [`Group::voting_embargoed`]).
+    embargo_until: std::time::Instant,
 }
 
 /// Whether this node leads its group, as the read path needs to know.
@@ -198,6 +201,28 @@ impl Group {
         let raft = GroupRaft::new(node, config, network, log, sm.clone())
             .await
             .map_err(|e| e.to_string())?;
+        // A replica forgets on restart the lease it may have granted a leader just before
+        // (openraft loads the vote without one), so for one lease it neither votes nor stands:
+        // a leader it acknowledged may still be reading on that acknowledgement. A sole voter
+        // granted no lease to anyone and starts at once.
+        let alone = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            let configs = m.membership_config.membership().get_joint_config();
+            !configs.is_empty()
+                && configs
+                    .iter()
+                    .all(|voters| voters.len() == 1 && voters.contains(&node))
+        };
+        let embargo_until = std::time::Instant::now() + if alone { Duration::ZERO } else { lease };
+        if !alone {
+            raft.runtime_config().elect(false);
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(lease).await;
+                raft.runtime_config().elect(true);
+            });
+        }
         let leader_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let lead = Arc::new(std::sync::atomic::AtomicU8::new(Lead::No.to_u8()));
         // Server metrics change only on votes, roles, leaders and membership (not per entry),
@@ -228,7 +253,15 @@ impl Group {
             lead,
             transferred_in: Arc::default(),
             lease,
+            embargo_until,
         })
+    }
+
+    /// Whether this replica started less than one lease ago, and so must not grant a vote
+    /// (except to a leadership transfer, which the leader asked for and for which it gave up
+    /// its lease): it may have acknowledged a leader just before it restarted.
+    pub fn voting_embargoed(&self) -> bool {
+        std::time::Instant::now() < self.embargo_until
     }
 
     /// Times this node saw the group's leader change since it started the group (the first
@@ -488,9 +521,11 @@ impl Group {
 
     /// As leader, hands leadership to `to` (which should be a caught-up voter).
     pub async fn transfer_leader(&self, to: u64) -> Result<(), String> {
-        if let Some(term) = self.leading() {
-            *self.transferred_in.lock() = Some(term);
-        }
+        // The guard goes up before the transfer starts, so no read can slip in between.
+        let Some(term) = self.leading() else {
+            return Err("this node does not lead the group".into());
+        };
+        *self.transferred_in.lock() = Some(term);
         self.raft
             .trigger()
             .transfer_leader(to)

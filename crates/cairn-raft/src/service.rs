@@ -212,6 +212,11 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::VoteResponse>, Status> {
         let req = request.into_inner();
         let group = find(&self.groups, req.target, req.group)?;
+        if group.voting_embargoed() && !req.leadership_transfer {
+            return Err(Status::unavailable(
+                "this replica restarted less than one lease ago and does not vote yet",
+            ));
+        }
         let rpc = VoteRequest::<TypeConfig> {
             vote: decode_vote(&req.vote).map_err(invalid)?,
             last_log_id: decode_opt_log_id(&req.last_log_id).map_err(invalid)?,

@@ -340,3 +340,61 @@ fn a_leader_handing_over_stops_reading_on_its_lease_at_once() {
         }
     });
 }
+
+/// A replica that (re)started less than one lease ago grants no vote: it may have acknowledged
+/// a leader just before, and openraft does not remember the lease that granted. A vote for a
+/// leadership transfer (which the leader asked for) passes, and after one lease every vote
+/// does.
+#[test]
+fn a_replica_votes_only_one_lease_after_it_starts() {
+    use cairn_proto::peer as pb;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let peers = Arc::new(Peers::new());
+        let mut node = start_node(5, &SimIo::new(90), &peers).await;
+        let mut client = pb::raft_client::RaftClient::connect(format!("http://{}", node.addr))
+            .await
+            .expect("connect");
+        // Votes that cannot be decoded: one that gets past the embargo is refused as invalid.
+        let vote = |leadership_transfer| pb::VoteRequest {
+            group: GROUPS[0],
+            target: 5,
+            vote: vec![0xff].into(),
+            leadership_transfer,
+            ..Default::default()
+        };
+        let code = |r: Result<tonic::Response<pb::VoteResponse>, tonic::Status>| {
+            r.expect_err("an undecodable vote").code()
+        };
+        let lease = std::time::Duration::from_millis(config().election_timeout_max);
+        let started = std::time::Instant::now();
+
+        let during = code(client.vote(vote(false)).await);
+        assert!(
+            started.elapsed() < lease,
+            "the first vote came too late to test"
+        );
+        assert_eq!(during, tonic::Code::Unavailable, "a vote within the lease");
+        let transfer = code(client.vote(vote(true)).await);
+        assert_eq!(transfer, tonic::Code::InvalidArgument, "a transfer's vote");
+
+        tokio::time::sleep(lease).await;
+        let after = code(client.vote(vote(false)).await);
+        assert_eq!(
+            after,
+            tonic::Code::InvalidArgument,
+            "a vote after the lease"
+        );
+
+        for group in GROUPS {
+            let _ = node.member(group).raft.shutdown().await;
+        }
+        if let Some(stop) = node.stop_server.take() {
+            let _ = stop.send(());
+        }
+    });
+}

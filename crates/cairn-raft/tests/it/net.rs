@@ -355,6 +355,7 @@ pub fn config() -> Arc<Config> {
             election_timeout_max: 600,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(40),
             max_in_snapshot_log_to_keep: 5,
+            enable_leader_restore: Some(false),
             purge_batch_size: 1,
             ..Default::default()
         }

@@ -129,6 +129,15 @@ impl Cluster {
         self.status(i)["node_id"].as_str().unwrap().to_string()
     }
 
+    /// Whether node `i` sees itself leading the shard of every slot in `slots`.
+    fn leads_slots(&self, i: usize, slots: &[i64]) -> bool {
+        let status = self.status(i);
+        let me = status["node_id"].as_str().unwrap_or("").to_string();
+        slots
+            .iter()
+            .all(|&s| leader_of_slot(&status, s) == Some(me.as_str()))
+    }
+
     /// Waits until node `from` sees the shard of every slot in `slots` led by another node
     /// than `victim` (a name): the fault on the victim took effect and the others elected new
     /// leaders. Returns how long that took.
@@ -947,10 +956,28 @@ fn check_histories_under(fault: Fault) {
         // clients meet; two extra clients talk to the victim and only read (a write there
         // would hold them for the whole fault), so reads reach it after the others elected a
         // new leader: an old leader that answered from a lease it no longer holds is caught.
-        let keys = cluster.keys_led_by(victim, &format!("lin{round}:"), 2);
-        let slots: Vec<i64> = {
-            let mut conn = Conn::connect(cluster.nodes[survivor].resp_addr).unwrap();
-            keys.iter().map(|k| conn.slot(k)).collect()
+        // Their leadership must hold still (the balancer hands leaders to preferred voters
+        // every 500 ms) before clients start: four looks 300 ms apart agree, or the keys are
+        // picked again from the victim's shards as they are now.
+        let steady_by = Instant::now() + CONVERGE_TIMEOUT;
+        let (keys, slots) = loop {
+            assert!(
+                Instant::now() < steady_by,
+                "the victim's leadership never settled\n{}",
+                cluster.logs()
+            );
+            let keys = cluster.keys_led_by(victim, &format!("lin{round}:"), 2);
+            let slots: Vec<i64> = {
+                let mut conn = Conn::connect(cluster.nodes[survivor].resp_addr).unwrap();
+                keys.iter().map(|k| conn.slot(k)).collect()
+            };
+            let steady = (0..4).all(|_| {
+                std::thread::sleep(Duration::from_millis(300));
+                cluster.leads_slots(victim, &slots)
+            });
+            if steady {
+                break (keys, slots);
+            }
         };
 
         // Phase 2: clients run; the fault comes; the others elect new leaders.
@@ -971,6 +998,12 @@ fn check_histories_under(fault: Fault) {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(700));
+        // The fault must meet the keys' leader, or the round tests nothing.
+        assert!(
+            cluster.leads_slots(victim, &slots),
+            "round {round}: node {victim} no longer leads slots {slots:?} when the fault comes\n{}",
+            cluster.logs()
+        );
         let fault_at = start.elapsed().as_nanos() as u64;
         let mut own_ops: Vec<(usize, Op)> = Vec::new();
         let failover = match fault {
