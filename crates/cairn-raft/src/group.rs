@@ -609,3 +609,95 @@ impl Groups {
         self.map.read().keys().copied().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{LogId, Membership, RaftMetrics, StoredMembership, Vote};
+
+    const LEASE: Duration = Duration::from_millis(400);
+
+    fn log_id(term: u64, node: u64, index: u64) -> LogId<LeaderId<u64, u64>> {
+        LogId::new(
+            LeaderId {
+                term,
+                node_id: node,
+            },
+            index,
+        )
+    }
+
+    fn membership(
+        voters: &[u64],
+        at: u64,
+    ) -> Arc<StoredMembership<LeaderId<u64, u64>, u64, NodeAddr>> {
+        let nodes: BTreeMap<u64, NodeAddr> = [1, 2, 3]
+            .into_iter()
+            .map(|id| {
+                (
+                    id,
+                    NodeAddr {
+                        grpc: format!("n{id}"),
+                    },
+                )
+            })
+            .collect();
+        let m = Membership::new(vec![voters.iter().copied().collect()], nodes).unwrap();
+        Arc::new(StoredMembership::new(Some(log_id(1, 1, at)), m))
+    }
+
+    /// A quorum acknowledgement `ago` before now, on openraft's clock.
+    fn acked_ago(
+        ago: Duration,
+    ) -> openraft::metrics::SerdeInstant<openraft::type_config::alias::InstantOf<TypeConfig>> {
+        use openraft::Instant as _;
+        let now = openraft::type_config::alias::InstantOf::<TypeConfig>::now();
+        openraft::metrics::SerdeInstant::new(now - ago)
+    }
+
+    /// Node 1 leads term 2, has applied an entry of it, is a voter of a settled membership,
+    /// and a quorum acknowledged it 100 ms ago: every condition of the fast path holds.
+    fn ready() -> RaftMetrics<TypeConfig> {
+        let mut m = RaftMetrics::<TypeConfig>::new_initial(1);
+        m.state = ServerState::Leader;
+        m.current_leader = Some(1);
+        m.current_term = 2;
+        m.vote = Vote::new_committed(2, 1);
+        m.last_applied = Some(log_id(2, 1, 7));
+        m.membership_config = membership(&[1, 2, 3], 1);
+        m.committed_membership_config = membership(&[1, 2, 3], 1);
+        m.last_quorum_acked = Some(acked_ago(Duration::from_millis(100)));
+        m
+    }
+
+    #[tokio::test]
+    async fn the_lease_fast_path_needs_every_condition() {
+        assert!(lease_read_ready(&ready(), LEASE), "all conditions hold");
+        type Break = fn(&mut RaftMetrics<TypeConfig>);
+        let broken: [(&str, Break); 9] = [
+            ("a follower", |m| m.state = ServerState::Follower),
+            ("another node leads", |m| m.current_leader = Some(2)),
+            ("the vote is not granted yet", |m| m.vote = Vote::new(2, 1)),
+            ("only entries of an earlier term applied", |m| {
+                m.last_applied = Some(log_id(1, 1, 6))
+            }),
+            ("nothing applied", |m| m.last_applied = None),
+            ("a membership change under way", |m| {
+                m.membership_config = membership(&[1, 2, 3], 8)
+            }),
+            ("not a voter any more", |m| {
+                m.membership_config = membership(&[2, 3], 1);
+                m.committed_membership_config = membership(&[2, 3], 1);
+            }),
+            ("no quorum acknowledgement", |m| m.last_quorum_acked = None),
+            ("the lease ran out", |m| {
+                m.last_quorum_acked = Some(acked_ago(LEASE + Duration::from_millis(1)));
+            }),
+        ];
+        for (why, break_it) in broken {
+            let mut m = ready();
+            break_it(&mut m);
+            assert!(!lease_read_ready(&m, LEASE), "served a read with {why}");
+        }
+    }
+}
