@@ -159,7 +159,7 @@ impl std::fmt::Debug for Group {
 /// acknowledgement, a leadership this node held a moment ago but that cannot have been taken
 /// from it while the lease holds (a transfer, which ends the lease early, is handled by the
 /// caller).
-fn lease_read_ready(m: &openraft::RaftMetrics<TypeConfig>, lease: Duration) -> bool {
+pub fn lease_read_ready(m: &openraft::RaftMetrics<TypeConfig>, lease: Duration) -> bool {
     use openraft::Instant as _;
     m.state == ServerState::Leader
         && m.current_leader == Some(m.id)

@@ -30,7 +30,9 @@ pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 
-pub use group::{Group, GroupRaft, GroupStatus, Groups, Lead, LeaderTerm, ProposeError, Role};
+pub use group::{
+    Group, GroupRaft, GroupStatus, Groups, Lead, LeaderTerm, ProposeError, Role, lease_read_ready,
+};
 pub use log_store::LogStore;
 pub use network::{GroupNetwork, Peers};
 pub use service::RaftService;

@@ -194,6 +194,67 @@ fn broken_transfers_are_retried_and_leave_nothing_behind() {
     });
 }
 
+/// A leader cut off from its group must stop reading on its lease before another node can be
+/// elected and commit: one follower stands for election over and over, the other refuses it
+/// while the old leader's lease (counted from its last heartbeat) lasts, and as soon as the
+/// candidate has won and committed a write, the lease fast path on the old leader must say
+/// no. A fast path whose lease ran longer than the voters honour it would say yes here. (Only
+/// one follower stands: a node that stands votes for itself and so drops the lease it
+/// granted, which is why openraft lets a follower stand only after lease and election
+/// timeout of silence.)
+#[test]
+fn a_cut_off_leader_stops_reading_on_its_lease_before_another_commits() {
+    use std::time::Duration;
+    runtime().block_on(async {
+        let router = Router::default();
+        let (_disks, mut history, _) = started(&router, 3).await;
+        let old = leader(&router).await;
+        let old_member = router.member(old);
+        let lease = Duration::from_millis(net::config().election_timeout_max);
+        let ready = |m: &Member| {
+            let metrics = m.raft.metrics().borrow_watched().clone();
+            cairn_raft::lease_read_ready(&metrics, lease)
+        };
+        net::eventually(|| ready(&old_member)).await;
+        assert!(
+            ready(&old_member),
+            "the leader reads on its lease before the cut"
+        );
+
+        router.isolate(old);
+        let new = if old == 1 { 2 } else { 1 };
+        tokio::time::timeout(net::PATIENCE, async {
+            loop {
+                let _ = router.member(new).raft.trigger().elect(false).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let m = router.member(new).raft.metrics().borrow_watched().clone();
+                if m.state == openraft::ServerState::Leader && m.vote.committed {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("a follower is elected once the old lease has run out");
+        write(&router.member(new), &mut history, 1).await;
+
+        let m = old_member.raft.metrics().borrow_watched().clone();
+        assert_eq!(
+            m.state,
+            openraft::ServerState::Leader,
+            "the cut-off node still believes it leads, so only its lease stands between it \
+             and a stale read"
+        );
+        assert!(
+            !cairn_raft::lease_read_ready(&m, lease),
+            "node {old} would still read on its lease after node {new} was elected and committed"
+        );
+        router.heal();
+        for id in 1..=3 {
+            stop(&router, id).await;
+        }
+    });
+}
+
 /// Power cuts per run of the install test; `CAIRN_RAFT_SNAPSHOT_CUTS` raises it.
 fn cuts() -> u64 {
     std::env::var("CAIRN_RAFT_SNAPSHOT_CUTS")
