@@ -255,6 +255,42 @@ fn a_cut_off_leader_stops_reading_on_its_lease_before_another_commits() {
     });
 }
 
+/// A leader that restarts never goes on leading its old term: its replica applies without
+/// fsync and its committed marker is lazy, so it may not have applied what it acknowledged
+/// before; only a new term (whose first entry follows all of that) may serve again.
+#[test]
+fn a_restarted_leader_does_not_resume_its_term() {
+    use std::time::Duration;
+    runtime().block_on(async {
+        let router = Router::default();
+        let (disks, mut history, _) = started(&router, 4).await;
+        let old = leader(&router).await;
+        write(&router.member(old), &mut history, 10).await;
+        let term = router
+            .member(old)
+            .raft
+            .metrics()
+            .borrow_watched()
+            .current_term;
+
+        stop(&router, old).await;
+        let restarted = start(&router, old, &disks[&old]).await;
+        // Well within the time before any node may stand for election (lease plus election
+        // timeout), so a leader in `term` could only be the restored one.
+        for _ in 0..25 {
+            let m = restarted.raft.metrics().borrow_watched().clone();
+            assert!(
+                !(m.state == openraft::ServerState::Leader && m.current_term == term),
+                "node {old} resumed leading term {term} after a restart"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for id in 1..=3 {
+            stop(&router, id).await;
+        }
+    });
+}
+
 /// Power cuts per run of the install test; `CAIRN_RAFT_SNAPSHOT_CUTS` raises it.
 fn cuts() -> u64 {
     std::env::var("CAIRN_RAFT_SNAPSHOT_CUTS")

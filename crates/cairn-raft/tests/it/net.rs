@@ -344,8 +344,9 @@ impl RaftNetworkV2<TypeConfig> for Conn {
     }
 }
 
-/// Raft timing for tests: quick elections, a snapshot every 40 entries, logs purged right
-/// behind it, so a follower that misses 50 entries needs a snapshot.
+/// The shard groups' configuration (so its safety settings are what these tests run with)
+/// with test timing: quick elections, a snapshot every 40 entries, logs purged right behind
+/// it, so a follower that misses 50 entries needs a snapshot.
 pub fn config() -> Arc<Config> {
     Arc::new(
         Config {
@@ -355,9 +356,8 @@ pub fn config() -> Arc<Config> {
             election_timeout_max: 600,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(40),
             max_in_snapshot_log_to_keep: 5,
-            enable_leader_restore: Some(false),
             purge_batch_size: 1,
-            ..Default::default()
+            ..(*cairn_raft::config::shard_config()).clone()
         }
         .validate()
         .expect("valid config"),
