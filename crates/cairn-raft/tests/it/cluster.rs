@@ -13,14 +13,6 @@ use crate::net::{
     leader, start, stop, write,
 };
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Three nodes on their own disks, initialised as one group; returns the disks.
 async fn cluster(router: &Router, seed: u64) -> BTreeMap<u64, SimIo> {
     let mut disks = BTreeMap::new();
@@ -75,7 +67,7 @@ async fn fall_behind(router: &Router, lagging: u64, history: &mut History) -> Me
 
 #[test]
 fn a_lagging_follower_catches_up_by_a_streamed_snapshot() {
-    runtime().block_on(async {
+    net::runtime().block_on(async {
         let router = Router::default();
         let (disks, mut history, lagging) = started(&router, 1).await;
         let leader = fall_behind(&router, lagging, &mut history).await;
@@ -147,7 +139,7 @@ fn a_lagging_follower_catches_up_by_a_streamed_snapshot() {
 
 #[test]
 fn broken_transfers_are_retried_and_leave_nothing_behind() {
-    runtime().block_on(async {
+    net::runtime().block_on(async {
         let router = Router::default();
         let (disks, mut history, lagging) = started(&router, 2).await;
         let leader = fall_behind(&router, lagging, &mut history).await;
@@ -205,7 +197,7 @@ fn broken_transfers_are_retried_and_leave_nothing_behind() {
 #[test]
 fn a_cut_off_leader_stops_reading_on_its_lease_before_another_commits() {
     use std::time::Duration;
-    runtime().block_on(async {
+    net::runtime().block_on(async {
         let router = Router::default();
         let (_disks, mut history, _) = started(&router, 3).await;
         let old = leader(&router).await;
@@ -225,11 +217,21 @@ fn a_cut_off_leader_stops_reading_on_its_lease_before_another_commits() {
         let new = if old == 1 { 2 } else { 1 };
         tokio::time::timeout(net::PATIENCE, async {
             loop {
+                // Each campaign gets 100 ms to finish: a new one would abandon its votes.
                 let _ = router.member(new).raft.trigger().elect(false).await;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                let m = router.member(new).raft.metrics().borrow_watched().clone();
-                if m.state == openraft::ServerState::Leader && m.vote.committed {
-                    return;
+                for _ in 0..20 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    // Won, and a quorum stored its first entry (until then it takes no
+                    // writes).
+                    let m = router.member(new).raft.metrics().borrow_watched().clone();
+                    if m.state == openraft::ServerState::Leader
+                        && m.last_quorum_acked.is_some()
+                        && m.cluster_committed
+                            .as_ref()
+                            .is_some_and(|c| c.leader_id.term == m.current_term)
+                    {
+                        return;
+                    }
                 }
             }
         })
@@ -261,7 +263,7 @@ fn a_cut_off_leader_stops_reading_on_its_lease_before_another_commits() {
 #[test]
 fn a_restarted_leader_does_not_resume_its_term() {
     use std::time::Duration;
-    runtime().block_on(async {
+    net::runtime().block_on(async {
         let router = Router::default();
         let (disks, mut history, _) = started(&router, 4).await;
         let old = leader(&router).await;
@@ -304,7 +306,7 @@ fn cuts() -> u64 {
 /// some applied index made (the old engine or the new, never a mix) and catches up.
 #[test]
 fn a_power_cut_during_an_install_leaves_the_old_replica_or_the_new() {
-    runtime().block_on(async {
+    net::runtime().block_on(async {
         let router = Router::default();
         let (mut disks, mut history, lagging) = started(&router, 3).await;
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);

@@ -25,6 +25,16 @@ struct Node {
 }
 
 impl Node {
+    /// Stops the node's groups and its server.
+    async fn stop(&mut self) {
+        for group in GROUPS {
+            let _ = self.member(group).raft.shutdown().await;
+        }
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+    }
+
     fn member(&self, group: u64) -> Member {
         let g = self.groups.get(group).expect("group hosted");
         Member {
@@ -106,6 +116,17 @@ async fn start_node(id: u64, disk: &SimIo, peers: &Arc<Peers>) -> Node {
     }
 }
 
+/// Every node as a member at its gRPC address.
+fn members(nodes: &BTreeMap<u64, Node>) -> BTreeMap<u64, NodeAddr> {
+    nodes
+        .iter()
+        .map(|(&id, n)| {
+            let grpc = n.addr.to_string();
+            (id, NodeAddr { grpc })
+        })
+        .collect()
+}
+
 async fn leader_of(nodes: &BTreeMap<u64, Node>, group: u64) -> Member {
     tokio::time::timeout(net::PATIENCE, async {
         loop {
@@ -131,12 +152,7 @@ async fn leader_of(nodes: &BTreeMap<u64, Node>, group: u64) -> Member {
 
 #[test]
 fn groups_replicate_and_install_snapshots_over_grpc() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    net::runtime().block_on(async {
         let peers = Arc::new(Peers::new());
         let mut nodes = BTreeMap::new();
         let mut disks = BTreeMap::new();
@@ -145,17 +161,7 @@ fn groups_replicate_and_install_snapshots_over_grpc() {
             nodes.insert(id, start_node(id, &disk, &peers).await);
             disks.insert(id, disk);
         }
-        let members: BTreeMap<u64, NodeAddr> = nodes
-            .iter()
-            .map(|(&id, n)| {
-                (
-                    id,
-                    NodeAddr {
-                        grpc: n.addr.to_string(),
-                    },
-                )
-            })
-            .collect();
+        let members = members(&nodes);
         for group in GROUPS {
             nodes[&1]
                 .member(group)
@@ -227,12 +233,7 @@ fn groups_replicate_and_install_snapshots_over_grpc() {
             );
         }
         for node in nodes.values_mut() {
-            for group in GROUPS {
-                let _ = node.member(group).raft.shutdown().await;
-            }
-            if let Some(stop) = node.stop_server.take() {
-                let _ = stop.send(());
-            }
+            node.stop().await;
         }
     });
 }
@@ -272,24 +273,13 @@ async fn a_snapshot_for_another_node_id_is_refused_before_any_chunk() {
 /// so the target may be elected before the lease would have run out.
 #[test]
 fn a_leader_handing_over_stops_reading_on_its_lease_at_once() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    net::runtime().block_on(async {
         let peers = Arc::new(Peers::new());
         let mut nodes = BTreeMap::new();
         for id in 1..=3u64 {
             nodes.insert(id, start_node(id, &SimIo::new(70 + id), &peers).await);
         }
-        let members: BTreeMap<u64, NodeAddr> = nodes
-            .iter()
-            .map(|(&id, n)| {
-                let grpc = n.addr.to_string();
-                (id, NodeAddr { grpc })
-            })
-            .collect();
+        let members = members(&nodes);
         let group = GROUPS[0];
         nodes[&1]
             .member(group)
@@ -335,12 +325,7 @@ fn a_leader_handing_over_stops_reading_on_its_lease_at_once() {
         .expect("the new leader reads");
 
         for node in nodes.values_mut() {
-            for group in GROUPS {
-                let _ = node.member(group).raft.shutdown().await;
-            }
-            if let Some(stop) = node.stop_server.take() {
-                let _ = stop.send(());
-            }
+            node.stop().await;
         }
     });
 }
@@ -352,12 +337,7 @@ fn a_leader_handing_over_stops_reading_on_its_lease_at_once() {
 #[test]
 fn a_replica_votes_only_one_lease_after_it_starts() {
     use cairn_proto::peer as pb;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    net::runtime().block_on(async {
         let peers = Arc::new(Peers::new());
         let mut node = start_node(5, &SimIo::new(90), &peers).await;
         let mut client = pb::raft_client::RaftClient::connect(format!("http://{}", node.addr))
@@ -394,11 +374,6 @@ fn a_replica_votes_only_one_lease_after_it_starts() {
             "a vote after the lease"
         );
 
-        for group in GROUPS {
-            let _ = node.member(group).raft.shutdown().await;
-        }
-        if let Some(stop) = node.stop_server.take() {
-            let _ = stop.send(());
-        }
+        node.stop().await;
     });
 }

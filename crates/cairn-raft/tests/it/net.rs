@@ -344,6 +344,15 @@ impl RaftNetworkV2<TypeConfig> for Conn {
     }
 }
 
+/// A runtime like the node's on this machine: two workers.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// The shard groups' configuration (so its safety settings are what these tests run with)
 /// with test timing: quick elections, a snapshot every 40 entries, logs purged right behind
 /// it, so a follower that misses 50 entries needs a snapshot.
