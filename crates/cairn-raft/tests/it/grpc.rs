@@ -292,11 +292,17 @@ fn a_leader_handing_over_stops_reading_on_its_lease_at_once() {
         let handle = |id: u64| nodes[&id].groups.get(group).expect("group hosted");
         net::write(&leader, &mut History::default(), 5).await;
 
-        // Phase 1: the leader reads on its lease; a follower cannot.
+        // Phase 1: the leader reads on its lease, without asking its core; a follower cannot.
+        let local = handle(leader_id).lease_reads_local();
         handle(leader_id)
             .linearize()
             .await
             .expect("the leader confirms a read");
+        assert_eq!(
+            handle(leader_id).lease_reads_local(),
+            local + 1,
+            "the read took the fast path"
+        );
         let to = if leader_id == 1 { 2 } else { 1 };
         assert!(handle(to).linearize().await.is_err(), "a follower read");
 
