@@ -63,19 +63,9 @@ REDIS_PIDS=()
 declare -A CAIRN_PIDS=() # node index -> pid
 
 cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    stop_all "${REDIS_PIDS[@]}" "${CAIRN_PIDS[@]}"
-    if [[ ${KEEP_DIR:-} == 1 ]]; then
-        echo "bench-cluster: kept $TMP" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$status"
+    finish $? "${REDIS_PIDS[@]}" "${CAIRN_PIDS[@]}"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+on_exit cleanup
 
 # --- Redis Cluster: 3 masters, no replicas, every write fsynced before the reply ---------------
 

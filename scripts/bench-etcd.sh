@@ -96,20 +96,9 @@ CAIRN_PIDS=()
 BENCH_PID="" # the `cairn bench` running, if any
 
 cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    local pids=("${ETCD_PIDS[@]}" "${CAIRN_PIDS[@]}" ${BENCH_PID:+"$BENCH_PID"})
-    stop_all "${pids[@]}"
-    if [[ ${KEEP_DIR:-} == 1 ]]; then
-        echo "bench-etcd: kept $TMP" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$status"
+    finish $? "${ETCD_PIDS[@]}" "${CAIRN_PIDS[@]}" ${BENCH_PID:+"$BENCH_PID"}
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+on_exit cleanup
 
 [[ $(stat -f -c %T "$TMP") != tmpfs ]] ||
     log "WARNING: $TMP is on tmpfs: fsync costs nothing there, write numbers are not durable ones"

@@ -26,6 +26,29 @@ stop_all() {
     done
 }
 
+# finish STATUS PID...: the end of a run, from its cleanup: stops every PID, removes $TMP
+# (kept and named when KEEP_DIR=1) and exits with STATUS.
+finish() {
+    local status=$1
+    shift
+    trap - EXIT INT TERM
+    stop_all "$@"
+    if [[ ${KEEP_DIR:-} == 1 ]]; then
+        echo "${0##*/}: kept $TMP" >&2
+    else
+        rm -rf "$TMP"
+    fi
+    exit "$status"
+}
+
+# on_exit FUNCTION: runs FUNCTION when the script exits, also on Ctrl-C and SIGTERM.
+on_exit() {
+    # shellcheck disable=SC2064 # the function name is meant to be fixed here
+    trap "$1" EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
 # wait_for WHAT SECONDS COMMAND...: runs COMMAND every 0.2 s until it succeeds.
 wait_for() {
     local what=$1 seconds=$2
