@@ -216,10 +216,13 @@ fn a_cut_off_leader_stops_reading_on_its_lease_before_another_commits() {
         router.isolate(old);
         let new = if old == 1 { 2 } else { 1 };
         tokio::time::timeout(net::PATIENCE, async {
+            // Each campaign gets 100 ms to finish, then twice as long as the one before: a new
+            // campaign abandons the votes of the last, and on a loaded machine a vote round
+            // can take longer than 100 ms.
+            let mut polls = 20;
             loop {
-                // Each campaign gets 100 ms to finish: a new one would abandon its votes.
                 let _ = router.member(new).raft.trigger().elect(false).await;
-                for _ in 0..20 {
+                for _ in 0..polls {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     // Won, and a quorum stored its first entry (until then it takes no
                     // writes).
@@ -233,6 +236,7 @@ fn a_cut_off_leader_stops_reading_on_its_lease_before_another_commits() {
                         return;
                     }
                 }
+                polls = (polls * 2).min(400);
             }
         })
         .await
