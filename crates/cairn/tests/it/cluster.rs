@@ -370,7 +370,13 @@ fn writes_through_any_node_on_every_front_end_are_read_from_every_node() {
     for node in &cluster.nodes {
         let mut conn = Conn::connect(node.resp_addr).unwrap();
         for _ in 0..5 {
-            assert!(matches!(conn.cmd(&["INCR", "counter"]), Answer::Int(_)));
+            let answer = conn.cmd(&["INCR", "counter"]);
+            assert!(
+                matches!(answer, Answer::Int(_)),
+                "INCR through {}: {answer:?}\n{}",
+                node.resp_addr,
+                cluster.logs()
+            );
         }
     }
     for node in &cluster.nodes {

@@ -467,31 +467,62 @@ fn cluster_health_ready_metrics_and_openapi() {
             .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap()))
             .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
     };
-    assert_eq!(metric(r#"cairn_shard_raft_leader{shard="3"}"#), 1.0);
-    assert!(metric(r#"cairn_shard_raft_term{shard="3"}"#) >= 1.0);
+    assert_eq!(
+        metric(r#"cairn_shard_raft_leader{shard="3"}"#),
+        1.0,
+        "metrics:\n{text}"
+    );
+    assert!(
+        metric(r#"cairn_shard_raft_term{shard="3"}"#) >= 1.0,
+        "metrics:\n{text}"
+    );
     let applied = metric(r#"cairn_shard_raft_applied_index{shard="3"}"#);
     assert!(applied >= 2.0, "membership and the PUT: {applied}");
     assert_eq!(
         metric(r#"cairn_shard_raft_committed_index{shard="3"}"#),
-        applied
+        applied,
+        "metrics:\n{text}"
     );
-    assert!(metric(r#"cairn_shard_raft_leader_changes_total{shard="3"}"#) >= 1.0);
-    assert!(metric(r#"cairn_shard_proposals_total{shard="3"}"#) >= 1.0);
+    assert!(
+        metric(r#"cairn_shard_raft_leader_changes_total{shard="3"}"#) >= 1.0,
+        "metrics:\n{text}"
+    );
+    assert!(
+        metric(r#"cairn_shard_proposals_total{shard="3"}"#) >= 1.0,
+        "metrics:\n{text}"
+    );
     // The Raft view and the engine's own marker agree; an idle shard proposed nothing and
     // its log is behind the written one's.
     assert_eq!(
         metric(r#"cairn_shard_last_applied_index{shard="3"}"#),
-        applied
+        applied,
+        "metrics:\n{text}"
     );
     assert!(
         !text.contains(r#"cairn_shard_proposals_total{shard="0"}"#)
-            || metric(r#"cairn_shard_proposals_total{shard="0"}"#) == 0.0
+            || metric(r#"cairn_shard_proposals_total{shard="0"}"#) == 0.0,
+        "metrics:\n{text}"
     );
-    assert!(metric(r#"cairn_shard_raft_applied_index{shard="0"}"#) < applied);
-    assert!(metric(r#"cairn_shard_entries_total{shard="3"}"#) >= 1.0);
-    assert!(metric("cairn_wal_fsync_seconds_count") >= 1.0);
-    assert!(metric("cairn_wal_entries_per_fsync_sum") >= 1.0);
-    assert!(metric("cairn_wal_groups_per_fsync_count") >= 1.0);
+    assert!(
+        metric(r#"cairn_shard_raft_applied_index{shard="0"}"#) < applied,
+        "metrics:\n{text}"
+    );
+    assert!(
+        metric(r#"cairn_shard_entries_total{shard="3"}"#) >= 1.0,
+        "metrics:\n{text}"
+    );
+    assert!(
+        metric("cairn_wal_fsync_seconds_count") >= 1.0,
+        "metrics:\n{text}"
+    );
+    assert!(
+        metric("cairn_wal_entries_per_fsync_sum") >= 1.0,
+        "metrics:\n{text}"
+    );
+    assert!(
+        metric("cairn_wal_groups_per_fsync_count") >= 1.0,
+        "metrics:\n{text}"
+    );
 
     // OpenAPI: a valid document describing every route.
     let r = get(&node, "/openapi.json");
