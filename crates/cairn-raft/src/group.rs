@@ -89,11 +89,13 @@ pub struct Group {
     /// [`Lead`] as last seen in the group's server metrics, kept by the task that watches
     /// them, so the read path checks leadership with one atomic load.
     lead: Arc<std::sync::atomic::AtomicU8>,
-    /// The term in which this node last asked to hand its leadership over. A transfer makes
-    /// the voters stop honouring the leader's lease for the rest of that term (openraft
-    /// disables it so that the target can be elected at once), so for the rest of it reads
-    /// confirm leadership with a quorum round instead of the lease.
-    transferred_in: Arc<parking_lot::Mutex<Option<LeaderTerm>>>,
+    /// The term in which this node last asked to hand its leadership over (0: never). A
+    /// transfer makes the voters stop honouring the leader's lease for the rest of that term
+    /// (openraft disables it so that the target can be elected at once), so for the rest of
+    /// it reads confirm leadership with a quorum round instead of the lease. A term number is
+    /// enough: a read compares it only while this node leads, and this node leads a term at
+    /// most once.
+    transferred_in: Arc<std::sync::atomic::AtomicU64>,
     /// The leader lease: openraft makes it the election timeout's upper bound.
     lease: Duration,
     /// Until when this replica neither grants votes nor stands for election (see
@@ -119,11 +121,11 @@ impl Lead {
         if m.state != ServerState::Leader || m.current_leader != Some(m.id) {
             return Lead::No;
         }
-        let configs = m.membership_config.membership().get_joint_config();
-        let alone = configs
-            .iter()
-            .all(|voters| voters.len() == 1 && voters.contains(&m.id));
-        if alone { Lead::Alone } else { Lead::WithOthers }
+        if sole_voter(&m.membership_config, m.id) {
+            Lead::Alone
+        } else {
+            Lead::WithOthers
+        }
     }
 
     fn to_u8(self) -> u8 {
@@ -180,6 +182,19 @@ pub fn lease_read_ready(m: &openraft::RaftMetrics<TypeConfig>, lease: Duration) 
             .is_some_and(|acked| (**acked).elapsed() < lease)
 }
 
+/// Whether `node` is the only voter of `membership` (in every config of a joint one); an
+/// empty membership (a group not yet initialised) has no sole voter.
+fn sole_voter(
+    membership: &openraft::StoredMembership<LeaderId<u64, u64>, u64, NodeAddr>,
+    node: u64,
+) -> bool {
+    let configs = membership.membership().get_joint_config();
+    !configs.is_empty()
+        && configs
+            .iter()
+            .all(|voters| voters.len() == 1 && voters.contains(&node))
+}
+
 fn role(state: ServerState) -> Role {
     match state {
         ServerState::Leader => Role::Leader,
@@ -207,15 +222,7 @@ impl Group {
         // (openraft loads the vote without one), so for one lease it neither votes nor stands:
         // a leader it acknowledged may still be reading on that acknowledgement. A sole voter
         // granted no lease to anyone and starts at once.
-        let alone = {
-            let m = raft.metrics();
-            let m = m.borrow_watched();
-            let configs = m.membership_config.membership().get_joint_config();
-            !configs.is_empty()
-                && configs
-                    .iter()
-                    .all(|voters| voters.len() == 1 && voters.contains(&node))
-        };
+        let alone = sole_voter(&raft.metrics().borrow_watched().membership_config, node);
         let embargo_until = std::time::Instant::now() + if alone { Duration::ZERO } else { lease };
         if !alone {
             raft.runtime_config().elect(false);
@@ -485,9 +492,8 @@ impl Group {
             let m = m.borrow_watched();
             let transferred = self
                 .transferred_in
-                .lock()
-                .as_ref()
-                .is_some_and(|t| t.0 == m.vote.leader_id);
+                .load(std::sync::atomic::Ordering::Acquire)
+                == m.vote.leader_id.term;
             if !transferred && lease_read_ready(&m, self.lease) {
                 self.lease_reads_local
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -536,7 +542,8 @@ impl Group {
         let Some(term) = self.leading() else {
             return Err("this node does not lead the group".into());
         };
-        *self.transferred_in.lock() = Some(term);
+        self.transferred_in
+            .store(term.0.term, std::sync::atomic::Ordering::Release);
         self.raft
             .trigger()
             .transfer_leader(to)
