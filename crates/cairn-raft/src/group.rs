@@ -536,12 +536,42 @@ impl Group {
             .map_err(|e| e.to_string())
     }
 
-    /// As leader, hands leadership to `to` (which should be a caught-up voter).
-    pub async fn transfer_leader(&self, to: u64) -> Result<(), String> {
-        // The guard goes up before the transfer starts, so no read can slip in between.
+    /// As leader, hands leadership to voter `to` once it holds this leader's whole log,
+    /// waiting up to `catch_up` for that; errs (and keeps leading) when it does not, or when
+    /// this node does not lead.
+    ///
+    /// The target is elected at once only if its log already reaches the leader's last entry
+    /// when the transfer message arrives (openraft lets it wait for that no longer than the
+    /// shortest election timeout). Otherwise the transfer fails, and the old leader, which
+    /// refuses writes from the moment it asks and no longer heartbeats, holds the group until
+    /// an ordinary election replaces it (about a lease and an election timeout). So the
+    /// caller stops appending first (the shard's proposer lets its entries in flight land),
+    /// and this waits for the target to acknowledge everything.
+    pub async fn transfer_leader(&self, to: u64, catch_up: Duration) -> Result<(), String> {
         let Some(term) = self.leading() else {
             return Err("this node does not lead the group".into());
         };
+        let caught_up = |m: &openraft::RaftMetrics<TypeConfig>| {
+            let last = m.last_log_index.unwrap_or(0);
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&to).cloned())
+                .flatten()
+                .is_some_and(|log| log.index >= last)
+        };
+        let leads = |m: &openraft::RaftMetrics<TypeConfig>| {
+            m.state == ServerState::Leader && m.vote.leader_id == term.0
+        };
+        let m = self
+            .wait_until(catch_up, "transfer target caught up", |m| {
+                !leads(m) || caught_up(m)
+            })
+            .await
+            .map_err(|e| format!("node {to} does not hold the whole log: {e}"))?;
+        if !leads(&m) {
+            return Err("this node no longer leads the group".into());
+        }
+        // The guard goes up before the transfer starts, so no read can slip in between.
         self.transferred_in
             .store(term.0.term, std::sync::atomic::Ordering::Release);
         self.raft

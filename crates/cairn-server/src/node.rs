@@ -110,6 +110,9 @@ impl Default for StorageTuning {
 pub struct PendingWrite {
     parts: Vec<Part>,
     combine: Combine,
+    /// The command as proposed, when a refusal of it (`TRYAGAIN`: nothing happened) may be
+    /// answered by sending it again: a write to one shard. See [`PendingWrite::outcome`].
+    again: Option<Command>,
 }
 
 /// One shard's part of a write.
@@ -134,6 +137,22 @@ enum Combine {
 
 impl PendingWrite {
     pub async fn wait(self) -> ProposalResult {
+        self.outcome().await.0
+    }
+
+    /// The answer, and the command again when the answer is a refusal that routing it afresh
+    /// ([`Node::execute`]) may turn into a success: the shard's leadership moved between
+    /// routing and proposing. Only the caller knows whether that is safe, since a retry lands
+    /// after whatever it proposed since (the RESP connection retries only when none of its
+    /// later writes can have taken effect).
+    pub async fn outcome(mut self) -> (ProposalResult, Option<Command>) {
+        let again = self.again.take();
+        let result = self.settle().await;
+        let again = again.filter(|_| matches!(result, Err(CommandError::TryAgain(_))));
+        (result, again)
+    }
+
+    async fn settle(self) -> ProposalResult {
         let mut total = 0i64;
         let mut last = Ok(Reply::Ok);
         let (mut succeeded, mut failure) = (false, None);
@@ -504,6 +523,7 @@ impl Node {
                 Ok(PendingWrite {
                     parts,
                     combine: Combine::AllOk,
+                    again: None,
                 })
             }
             Command::Del { keys } => {
@@ -523,14 +543,17 @@ impl Node {
                 Ok(PendingWrite {
                     parts,
                     combine: Combine::Sum,
+                    again: None,
                 })
             }
             cmd => {
                 let shard = self.shard_of_write(&cmd)?;
+                let again = Some(cmd.clone());
                 let part = self.send_routed(shard, cmd, now, hops).await?;
                 Ok(PendingWrite {
                     parts: vec![part],
                     combine: Combine::One,
+                    again,
                 })
             }
         }

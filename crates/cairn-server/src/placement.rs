@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use crate::error::CommandError;
 use crate::meta::{META_VOTERS_MAX, NodeRecord};
 use crate::node::Node;
-use crate::proposer::{MembershipChange, Proposal, ProposalOp};
+use crate::proposer::{GroupChange, Proposal, ProposalOp};
 
 /// How often each node reconciles the groups it leads.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(500);
@@ -64,7 +64,14 @@ pub async fn reconcile(node: &Node) {
         if reconcile_group(&name, &shard.group, &shard.proposals, &records, replicas).await {
             continue;
         }
-        balance_leader(&name, &shard.group, shard.id as usize, &records).await;
+        balance_leader(
+            &name,
+            &shard.group,
+            &shard.proposals,
+            shard.id as usize,
+            &records,
+        )
+        .await;
     }
 }
 
@@ -107,12 +114,12 @@ async fn detect_failures(node: &Node, records: &[NodeRecord], term: u64) {
     }
 }
 
-/// Hands a membership change to the group's proposer (which orders it with the writes).
+/// Hands a change of the group to its proposer (which orders it with the writes).
 async fn submit(
     proposals: &mpsc::Sender<Proposal>,
-    change: MembershipChange,
+    change: GroupChange,
 ) -> Result<(), CommandError> {
-    crate::proposer::submit(proposals, ProposalOp::Membership(change))
+    crate::proposer::submit(proposals, ProposalOp::Change(change))
         .await
         .map(|_| ())
 }
@@ -141,7 +148,7 @@ async fn reconcile_group(
         let addr = NodeAddr {
             grpc: new.grpc_addr.clone(),
         };
-        let change = MembershipChange::AddLearner {
+        let change = GroupChange::AddLearner {
             id: new.raft_id,
             addr,
         };
@@ -171,15 +178,22 @@ async fn reconcile_group(
     };
     let mut voters = status.voters.clone();
     voters.insert(candidate);
-    match submit(proposals, MembershipChange::SetVoters(voters)).await {
+    match submit(proposals, GroupChange::SetVoters(voters)).await {
         Ok(()) => tracing::info!(group = name, node = candidate, "learner promoted to voter"),
         Err(e) => tracing::debug!(group = name, node = candidate, error = %e, "cannot promote"),
     }
     true
 }
 
-/// Hands the group's leadership to its preferred voter when that voter can take it.
-async fn balance_leader(name: &str, group: &Group, index: usize, records: &[NodeRecord]) {
+/// Hands the group's leadership to its preferred voter when that voter can take it (through
+/// the group's proposer, which lets the writes in flight land first).
+async fn balance_leader(
+    name: &str,
+    group: &Group,
+    proposals: &mpsc::Sender<Proposal>,
+    index: usize,
+    records: &[NodeRecord],
+) {
     let status = group.status();
     if status.voters.len() < 2 {
         return;
@@ -200,7 +214,7 @@ async fn balance_leader(name: &str, group: &Group, index: usize, records: &[Node
     if !caught_up {
         return;
     }
-    match group.transfer_leader(preferred).await {
+    match submit(proposals, GroupChange::TransferLeader(preferred)).await {
         Ok(()) => tracing::info!(group = name, to = preferred, "leadership handed over"),
         Err(e) => tracing::debug!(group = name, to = preferred, error = %e, "cannot hand over"),
     }

@@ -69,6 +69,11 @@ pub const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// few heartbeats).
 pub const MEMBERSHIP_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// Longest a leadership handover holds the shard's writes back waiting for the target to
+/// acknowledge the whole log (after the entries in flight landed, it normally has it or is
+/// one append behind).
+pub const HANDOVER_CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What a proposal asks the shard to do.
 #[derive(Debug)]
 pub enum ProposalOp {
@@ -76,19 +81,23 @@ pub enum ProposalOp {
     Internal(InternalOp),
     /// Answered `OK` once every earlier proposal has been answered (shutdown waits on it).
     Barrier,
-    /// A change of the group's membership. It appends log entries of its own, so it goes
-    /// through the proposer, which lets every entry in flight land first and re-reads the end
-    /// of the log afterwards: the indexes it predicts for writes (their versions) stay exact.
-    Membership(MembershipChange),
+    /// A change of the group itself, made between entries: the proposer lets every entry in
+    /// flight land first and re-reads the end of the log afterwards.
+    Change(GroupChange),
 }
 
-/// A membership change the placement reconciler asks of a group it leads.
+/// A change the placement reconciler asks of a group it leads.
 #[derive(Debug, Clone)]
-pub enum MembershipChange {
+pub enum GroupChange {
     /// Start replicating to a node as a learner.
     AddLearner { id: u64, addr: cairn_raft::NodeAddr },
     /// Make exactly these nodes voters (others stay learners); returns once committed.
+    /// Membership changes append entries of their own: the indexes the proposer predicts for
+    /// writes (their versions) stay exact because it re-reads the end of the log after one.
     SetVoters(std::collections::BTreeSet<u64>),
+    /// Hand leadership to this voter. With nothing in flight, the target can hold the whole
+    /// log when asked, and is then elected at once (see [`cairn_raft::Group::transfer_leader`]).
+    TransferLeader(u64),
 }
 
 /// One request to a shard's proposer.
@@ -176,7 +185,7 @@ struct Proposer {
     broken: bool,
     flights: FuturesOrdered<Flight>,
     /// A proposal taken from the queue while packing an entry that cannot join one (a
-    /// membership change); it is handled next.
+    /// change of the group); it is handled next.
     deferred: Option<Proposal>,
     proposals_total: metrics::Counter,
     entries_total: metrics::Counter,
@@ -266,17 +275,22 @@ impl Proposer {
         }
     }
 
-    /// Applies a membership change as the current leader, between entries: every flight lands
-    /// first, and the next write re-reads the end of the log (the change appended entries).
-    async fn change_membership(&mut self, change: MembershipChange) -> ProposalResult {
+    /// Applies a change of the group as the current leader, between entries: every flight
+    /// lands first, and the next write starts a fresh term (re-reading the end of the log,
+    /// which a membership change extended).
+    async fn change_group(&mut self, change: GroupChange) -> ProposalResult {
         self.ensure_term().await?;
         self.drain().await;
         let change = async {
             match change {
-                MembershipChange::AddLearner { id, addr } => {
-                    self.h.group.add_learner(id, addr).await
+                GroupChange::AddLearner { id, addr } => self.h.group.add_learner(id, addr).await,
+                GroupChange::SetVoters(voters) => self.h.group.set_voters(voters).await,
+                GroupChange::TransferLeader(to) => {
+                    self.h
+                        .group
+                        .transfer_leader(to, HANDOVER_CATCH_UP_WAIT)
+                        .await
                 }
-                MembershipChange::SetVoters(voters) => self.h.group.set_voters(voters).await,
             }
         };
         // A change that cannot commit (a voter lost meanwhile) must not hold the shard's writes.
@@ -287,7 +301,7 @@ impl Proposer {
         self.overlay.reset();
         result
             .map(|()| Reply::Ok)
-            .map_err(|e| CommandError::TryAgain(format!("membership change: {e}")))
+            .map_err(|e| CommandError::TryAgain(format!("change of the group: {e}")))
     }
 
     /// Lets every flight land.
@@ -366,8 +380,8 @@ impl Proposer {
             let _ = first.reply.send(Err(CommandError::Fatal(reason)));
             return;
         }
-        if let ProposalOp::Membership(change) = first.op {
-            let result = self.change_membership(change).await;
+        if let ProposalOp::Change(change) = first.op {
+            let result = self.change_group(change).await;
             let _ = first.reply.send(result);
             return;
         }
@@ -406,7 +420,7 @@ impl Proposer {
                 ProposalOp::Internal(op) => eval.internal(op),
                 // A barrier behind others in the queue: everything before it is in this entry.
                 ProposalOp::Barrier => Ok(Reply::Ok),
-                ProposalOp::Membership(_) => unreachable!("membership changes are deferred"),
+                ProposalOp::Change(_) => unreachable!("changes of the group are deferred"),
             };
             let decided = eval.finish();
             let result = match result {
@@ -426,7 +440,7 @@ impl Proposer {
             if answers.len() < GROUP_PROPOSALS_MAX && bytes < ENTRY_BYTES_MAX {
                 next = self.rx.try_recv().ok();
                 if let Some(Proposal {
-                    op: ProposalOp::Membership(_),
+                    op: ProposalOp::Change(_),
                     ..
                 }) = &next
                 {

@@ -309,7 +309,7 @@ fn a_leader_handing_over_stops_reading_on_its_lease_at_once() {
         // Phase 2: asked to hand over, the old leader refuses at once, though its metrics
         // still show it leading with a fresh quorum acknowledgement.
         handle(leader_id)
-            .transfer_leader(to)
+            .transfer_leader(to, net::PATIENCE)
             .await
             .expect("transfer");
         assert!(
@@ -381,5 +381,51 @@ fn a_replica_votes_only_one_lease_after_it_starts() {
         );
 
         node.stop().await;
+    });
+}
+
+/// A leader hands over only to a voter that holds its whole log: asked to hand over to one
+/// that lags (here stopped, then written past), it refuses after the wait and keeps leading
+/// and taking writes. Had it asked, openraft would have it refuse writes from then on, and
+/// the lagging target would not be elected at once.
+#[test]
+fn a_handover_to_a_voter_without_the_whole_log_is_refused_and_the_leader_keeps_writing() {
+    net::runtime().block_on(async {
+        let peers = Arc::new(Peers::new());
+        let mut nodes = BTreeMap::new();
+        for id in 1..=3u64 {
+            nodes.insert(id, start_node(id, &SimIo::new(95 + id), &peers).await);
+        }
+        let members = members(&nodes);
+        let group = GROUPS[0];
+        nodes[&1]
+            .member(group)
+            .raft
+            .initialize(members)
+            .await
+            .expect("initialize");
+        let leader = leader_of(&nodes, group).await;
+        let leader_id = leader.raft.metrics().borrow_watched().id;
+        let lagging = (1..=3).find(|&id| id != leader_id).expect("a follower");
+        let mut history = History::default();
+        net::write(&leader, &mut history, 3).await;
+        nodes.get_mut(&lagging).expect("node").stop().await;
+        net::write(&leader, &mut history, 3).await;
+
+        let handle = nodes[&leader_id].groups.get(group).expect("group hosted");
+        let refused = handle
+            .transfer_leader(lagging, std::time::Duration::from_millis(300))
+            .await;
+        assert!(refused.is_err(), "handed over to a lagging voter");
+        assert!(handle.leading().is_some(), "the leader gave up its term");
+        net::write(&leader, &mut history, 3).await;
+        handle
+            .linearize()
+            .await
+            .expect("the leader still confirms reads");
+
+        for node in nodes.values_mut() {
+            node.stop().await;
+        }
     });
 }

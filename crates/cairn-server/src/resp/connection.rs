@@ -17,8 +17,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::command::Command;
+use crate::error::CommandError;
 use crate::metrics::Observer;
 use crate::node::PendingWrite;
+use crate::proposer::ProposalResult;
 use crate::resp::dispatch::{Action, dispatch};
 use crate::resp::render::{Render, render};
 use crate::resp::session::{RespStats, Session, Shared};
@@ -45,6 +48,37 @@ enum Slot {
         command: &'static str,
         started: Instant,
     },
+    /// A write whose answer came (while the queue is drained).
+    Answered(Answered),
+}
+
+/// A write's answer, not yet encoded.
+#[derive(Debug)]
+struct Answered {
+    result: ProposalResult,
+    /// The command, when the answer is a refusal that may be retried.
+    again: Option<Command>,
+    render: Render,
+    command: &'static str,
+    started: Instant,
+}
+
+impl Answered {
+    async fn of(
+        pending: PendingWrite,
+        render: Render,
+        command: &'static str,
+        started: Instant,
+    ) -> Answered {
+        let (result, again) = pending.outcome().await;
+        Answered {
+            result,
+            again,
+            render,
+            command,
+            started,
+        }
+    }
 }
 
 /// The connection's outgoing side.
@@ -64,17 +98,47 @@ impl Replies {
     }
 
     /// Wait for every queued write and encode all queued replies in order.
+    ///
+    /// A write refused because its shard's leadership moved between routing and proposing
+    /// (`TRYAGAIN`: nothing happened) is sent again, routed afresh, when none of this
+    /// connection's later writes can have taken effect, so the retry keeps the connection's
+    /// order of writes; otherwise the client gets the `TRYAGAIN`.
     async fn drain(&mut self, session: &Session, shared: &Shared, observer: &mut Observer) {
-        while let Some(slot) = self.queue.pop_front() {
+        if self.queue.is_empty() {
+            return;
+        }
+        for slot in self.queue.iter_mut() {
+            if let Slot::Write { .. } = slot {
+                let Slot::Write {
+                    pending,
+                    render,
+                    command,
+                    started,
+                } = std::mem::replace(slot, Slot::Ready(Frame::Null))
+                else {
+                    unreachable!("matched above")
+                };
+                *slot = Slot::Answered(Answered::of(pending, render, command, started).await);
+            }
+        }
+        let retry_from = retriable_from(self.queue.iter().map(|slot| match slot {
+            Slot::Answered(a) => Some(matches!(a.result, Err(CommandError::TryAgain(_)))),
+            _ => None,
+        }));
+        for (i, slot) in self.queue.drain(..).enumerate() {
             let frame = match slot {
                 Slot::Ready(frame) => frame,
-                Slot::Write {
-                    pending,
+                Slot::Write { .. } => unreachable!("every write was answered above"),
+                Slot::Answered(Answered {
+                    mut result,
+                    again,
                     render: shape,
                     command,
                     started,
-                } => {
-                    let result = pending.wait().await;
+                }) => {
+                    if let Some(cmd) = again.filter(|_| i >= retry_from) {
+                        result = shared.node.execute(cmd).await;
+                    }
                     observer.observe(command, started.elapsed(), result.is_ok());
                     render(shape, result)
                 }
@@ -82,6 +146,17 @@ impl Replies {
             encode(&frame, &mut self.out, session, shared);
         }
     }
+}
+
+/// Given, in order, whether each queued write was refused (`None` for replies that are not
+/// writes), the position from which refused writes may be sent again: just after the last
+/// write that may have taken effect.
+fn retriable_from(refused: impl Iterator<Item = Option<bool>>) -> usize {
+    refused
+        .enumerate()
+        .filter(|(_, r)| *r == Some(false))
+        .last()
+        .map_or(0, |(i, _)| i + 1)
 }
 
 fn encode(frame: &Frame, out: &mut BytesMut, session: &Session, shared: &Shared) {
@@ -207,5 +282,23 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retriable_from;
+
+    #[test]
+    fn only_refusals_after_the_last_write_that_may_have_taken_effect_are_retried() {
+        let from = |v: &[Option<bool>]| retriable_from(v.iter().copied());
+        // Nothing took effect: every refusal may be sent again, in order.
+        assert_eq!(from(&[Some(true), None, Some(true)]), 0);
+        assert_eq!(from(&[]), 0);
+        // A later write took effect: the refusal before it must not land after it.
+        assert_eq!(from(&[Some(true), Some(false), Some(true)]), 2);
+        assert_eq!(from(&[Some(true), Some(false)]), 2);
+        // Replies that are not writes do not count.
+        assert_eq!(from(&[Some(false), None, Some(true), None]), 1);
     }
 }

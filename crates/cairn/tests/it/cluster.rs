@@ -541,29 +541,39 @@ struct Written {
     counter: String,
     incr_acked: i64,
     incr_unknown: i64,
+    /// Every error answer, in order (retriable or of unknown outcome).
+    errors: Vec<String>,
+    /// The longest any one write took to be answered.
+    slowest: Duration,
 }
 
 /// One writer: alternately SETs unique keys and INCRs its own counter through `addr` until
-/// `stop`, recording what it learned. INCR writes an absolute value computed from state, so a
-/// refused entry whose effect leaked into a later one, or an increment applied twice, shows
-/// up as a counter outside [acknowledged, acknowledged + unknown].
-fn write_until(addr: SocketAddr, writer: usize, stop: Instant) -> Written {
+/// `go` says stop, recording what it learned. INCR writes an absolute value computed from
+/// state, so a refused entry whose effect leaked into a later one, or an increment applied
+/// twice, shows up as a counter outside [acknowledged, acknowledged + unknown].
+fn write_while(addr: SocketAddr, writer: usize, go: impl Fn() -> bool) -> Written {
     let mut w = Written {
         counter: format!("ctr:{writer}"),
         ..Written::default()
     };
     let mut conn = Conn::connect(addr);
     let mut seq = 0;
-    while Instant::now() < stop {
+    while go() {
         let Some(c) = conn.as_mut() else {
             return w;
         };
         seq += 1;
+        let asked = Instant::now();
         if seq % 2 == 0 {
-            match c.cmd(&["INCR", &w.counter]) {
+            let answer = c.cmd(&["INCR", &w.counter]);
+            w.slowest = w.slowest.max(asked.elapsed());
+            match answer {
                 Answer::Int(_) => w.incr_acked += 1,
-                Answer::Error(e) if is_retriable(&e) => {}
-                Answer::Error(e) if is_unknown(&e) => w.incr_unknown += 1,
+                Answer::Error(e) if is_retriable(&e) => w.errors.push(e),
+                Answer::Error(e) if is_unknown(&e) => {
+                    w.incr_unknown += 1;
+                    w.errors.push(e);
+                }
                 Answer::Lost => {
                     w.incr_unknown += 1;
                     conn = None;
@@ -573,10 +583,15 @@ fn write_until(addr: SocketAddr, writer: usize, stop: Instant) -> Written {
             continue;
         }
         let key = format!("w{writer}:{seq}");
-        match c.cmd(&["SET", &key, &key]) {
+        let answer = c.cmd(&["SET", &key, &key]);
+        w.slowest = w.slowest.max(asked.elapsed());
+        match answer {
             Answer::Ok => w.acked.push(key),
-            Answer::Error(e) if is_retriable(&e) => w.refused.push(key),
-            Answer::Error(e) if is_unknown(&e) => {}
+            Answer::Error(e) if is_retriable(&e) => {
+                w.refused.push(key);
+                w.errors.push(e);
+            }
+            Answer::Error(e) if is_unknown(&e) => w.errors.push(e),
             Answer::Lost => conn = None,
             other => panic!("writer {writer}: SET answered {other:?}"),
         }
@@ -592,7 +607,7 @@ fn with_writers(cluster: &Cluster, writers_per_node: usize, run: Duration) -> Ve
         .iter()
         .flat_map(|n| std::iter::repeat_n(n.resp_addr, writers_per_node))
         .enumerate()
-        .map(|(w, addr)| std::thread::spawn(move || write_until(addr, w, stop)))
+        .map(|(w, addr)| std::thread::spawn(move || write_while(addr, w, || Instant::now() < stop)))
         .collect();
     threads
         .into_iter()
@@ -1450,4 +1465,77 @@ fn nodes_that_join_later_receive_everything_written_before() {
     );
     node.spawn();
     cluster.wait_converged(&[0, 1, 2]);
+}
+
+/// Shards of the handover test: many, so that the balancer hands several over to each
+/// joining node while the writes run.
+const HANDOVER_SHARDS: usize = 12;
+
+/// Leadership moves to nodes as they join (the balancer gives each its share of the shards)
+/// while clients write through the first node, and no write fails: a leader hands a shard
+/// over only after its writes in flight have landed and its successor holds the whole log, so
+/// the successor is elected at once, and writes that arrive meanwhile are retried inside the
+/// node until it leads.
+#[test]
+fn leaders_hand_over_to_joining_nodes_under_writes_without_failing_one() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let shards = HANDOVER_SHARDS.to_string();
+    let first = Node::start_with(&["--shards", &shards]);
+    let addr = first.resp_addr;
+    let join = first.grpc_addr.to_string();
+    let going = Arc::new(AtomicBool::new(true));
+    let writers: Vec<_> = (0..6)
+        .map(|w| {
+            let going = going.clone();
+            std::thread::spawn(move || write_while(addr, w, || going.load(Ordering::Relaxed)))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut nodes = vec![first];
+    for _ in 0..2 {
+        nodes.push(Node::start_with(&["--shards", &shards, "--join", &join]));
+    }
+    let cluster = Cluster { nodes };
+    cluster.wait_converged(&[0, 1, 2]);
+    // Settled: shard `s` is led by voter `s mod 3`, so each node leads its third.
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        let status = cluster.status(0);
+        let mut led: BTreeMap<String, usize> = BTreeMap::new();
+        for shard in status["shards"].as_array().unwrap() {
+            *led.entry(shard["leader"].as_str().unwrap_or("").into())
+                .or_default() += 1;
+        }
+        if led.len() == 3 && led.values().all(|&n| n == HANDOVER_SHARDS / 3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leaders did not spread: {led:?}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    going.store(false, Ordering::Relaxed);
+    let written: Vec<Written> = writers
+        .into_iter()
+        .map(|t| t.join().expect("writer"))
+        .collect();
+    let failed: Vec<&String> = written.iter().flat_map(|w| &w.errors).collect();
+    let acked: usize = written.iter().map(|w| w.acked.len()).sum();
+    assert!(
+        failed.is_empty(),
+        "{} of the writes failed while leaders moved ({acked} SETs acknowledged): {:?}\n{}",
+        failed.len(),
+        &failed[..failed.len().min(10)],
+        cluster.logs()
+    );
+    assert!(acked > 100, "only {acked} SETs acknowledged");
+    let slowest = written.iter().map(|w| w.slowest).max().unwrap_or_default();
+    eprintln!("{acked} SETs acknowledged while leaders moved; slowest write {slowest:?}");
+    assert_outcomes_honest(&cluster, 1, &written);
+    let keys: Vec<String> = written.iter().flat_map(|w| w.acked.clone()).collect();
+    assert_readable(&cluster, 2, &keys);
 }
