@@ -215,17 +215,24 @@ impl Group {
         sm: StateMachine,
     ) -> Result<Group, String> {
         let lease = Duration::from_millis(config.election_timeout_max);
-        let raft = GroupRaft::new(node, config, network, log, sm.clone())
-            .await
-            .map_err(|e| e.to_string())?;
         // A replica forgets on restart the lease it may have granted a leader just before
         // (openraft loads the vote without one), so for one lease it neither votes nor stands:
         // a leader it acknowledged may still be reading on that acknowledgement. A sole voter
-        // granted no lease to anyone and starts at once.
+        // granted no lease to anyone and starts at once. Elections are off from the start
+        // (whether the replica is a sole voter is known only once its state is loaded), so
+        // no tick can campaign before the embargo is in place.
+        let config = Arc::new(openraft::Config {
+            enable_elect: false,
+            ..(*config).clone()
+        });
+        let raft = GroupRaft::new(node, config, network, log, sm.clone())
+            .await
+            .map_err(|e| e.to_string())?;
         let alone = sole_voter(&raft.metrics().borrow_watched().membership_config, node);
         let embargo_until = std::time::Instant::now() + if alone { Duration::ZERO } else { lease };
-        if !alone {
-            raft.runtime_config().elect(false);
+        if alone {
+            raft.runtime_config().elect(true);
+        } else {
             let raft = raft.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(lease).await;

@@ -429,3 +429,88 @@ fn a_handover_to_a_voter_without_the_whole_log_is_refused_and_the_leader_keeps_w
         }
     });
 }
+
+/// A restarted replica of a group with other voters stands for election only one lease after
+/// it starts: it may have acknowledged a leader just before, which may still be reading on
+/// that acknowledgement. Without the embargo openraft campaigns as soon as its election
+/// timeout (200–400 ms) has passed since the start.
+#[test]
+fn a_restarted_replica_stands_for_election_only_one_lease_after_it_starts() {
+    net::runtime().block_on(async {
+        let peers = Arc::new(Peers::new());
+        let mut nodes = BTreeMap::new();
+        let disks: BTreeMap<u64, SimIo> = (1..=3u64).map(|id| (id, SimIo::new(110 + id))).collect();
+        for (&id, disk) in &disks {
+            nodes.insert(id, start_node(id, disk, &peers).await);
+        }
+        let members = members(&nodes);
+        let group = GROUPS[0];
+        nodes[&1]
+            .member(group)
+            .raft
+            .initialize(members)
+            .await
+            .expect("initialize");
+        let leader = leader_of(&nodes, group).await;
+        net::write(&leader, &mut History::default(), 3).await;
+        drop(leader);
+        for node in nodes.values_mut() {
+            node.stop().await;
+        }
+        drop(nodes);
+
+        // Only node 1 comes back (once its stopped tasks let go of its disk): its peers are
+        // down, so once it may, it campaigns (and keeps failing), which shows as a new term.
+        let io: Arc<dyn cairn_storage::io::Io> = Arc::new(disks[&1].clone());
+        let replica = Path::new("/node/shards").join(group.to_string());
+        drop(
+            net::open_unlocked("replica", || {
+                StateMachine::open(io.clone(), &replica, engine_options())
+            })
+            .await,
+        );
+        drop(
+            net::open_unlocked("WAL", || {
+                Wal::open(
+                    Path::new("/node/wal"),
+                    WalOptions {
+                        io: io.clone(),
+                        segment_bytes_max: 64 * 1024,
+                        fsync_batches: true,
+                        on_fsync: None,
+                    },
+                )
+            })
+            .await,
+        );
+        let lease = std::time::Duration::from_millis(config().election_timeout_max);
+        let started = std::time::Instant::now();
+        let mut node = start_node(1, &disks[&1], &peers).await;
+        let member = node.member(group);
+        let term = member.raft.metrics().borrow_watched().current_term;
+        let mut sampled = 0;
+        loop {
+            let now = member.raft.metrics().borrow_watched().clone();
+            // Read before this instant, so within the embargo when this is within the lease.
+            if started.elapsed() >= lease {
+                break;
+            }
+            assert_eq!(
+                (now.current_term, now.state),
+                (term, openraft::ServerState::Follower),
+                "campaigned {:?} after the start",
+                started.elapsed()
+            );
+            sampled += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(sampled > 0, "no sample within the lease");
+        member
+            .raft
+            .wait(Some(net::PATIENCE))
+            .metrics(|m| m.current_term > term, "a campaign after the lease")
+            .await
+            .expect("the replica campaigns once the lease is over");
+        node.stop().await;
+    });
+}

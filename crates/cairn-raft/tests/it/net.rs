@@ -385,7 +385,10 @@ pub fn engine_options() -> Options {
 
 /// Opens with `open`, waiting while the previous incarnation's tasks still hold the
 /// directory lock (`Raft::shutdown` returns before every task has dropped its storage).
-async fn open_unlocked<T, E: std::fmt::Debug>(what: &str, open: impl Fn() -> Result<T, E>) -> T {
+pub async fn open_unlocked<T, E: std::fmt::Debug>(
+    what: &str,
+    open: impl Fn() -> Result<T, E>,
+) -> T {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         match open() {
