@@ -79,6 +79,46 @@ pub enum ProposeError {
     Stopped(String),
 }
 
+/// Why a change of the group (bootstrap, membership, leadership, snapshot, purge) or a wait
+/// on it did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    /// This node does not lead the group; the leader when known.
+    #[error("this node does not lead the group (leader: {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    /// What was waited for did not happen in time (it may still happen).
+    #[error("{what}: not within {timeout:?}")]
+    Timeout { what: String, timeout: Duration },
+    /// The group stopped (shut down, or a storage failure).
+    #[error("group stopped: {0}")]
+    Stopped(String),
+    /// The group refused the request as it stands (a conflicting or invalid change, a group
+    /// already initialised).
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+impl GroupError {
+    fn stopped(fatal: &impl std::fmt::Display) -> GroupError {
+        GroupError::Stopped(fatal.to_string())
+    }
+
+    /// A membership change's refusal, by kind.
+    fn of_write(
+        e: openraft::errors::RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+    ) -> GroupError {
+        match e {
+            openraft::errors::RaftError::Fatal(f) => GroupError::stopped(&f),
+            openraft::errors::RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                GroupError::NotLeader {
+                    leader: f.leader_id,
+                }
+            }
+            openraft::errors::RaftError::APIError(other) => GroupError::Refused(other.to_string()),
+        }
+    }
+}
+
 /// A group hosted on this node: its Raft and its replica.
 #[derive(Clone)]
 pub struct Group {
@@ -213,7 +253,7 @@ impl Group {
         network: GroupNetwork,
         log: LogStore,
         sm: StateMachine,
-    ) -> Result<Group, String> {
+    ) -> Result<Group, GroupError> {
         let lease = Duration::from_millis(config.election_timeout_max);
         // A replica forgets on restart the lease it may have granted a leader just before
         // (openraft loads the vote without one), so for one lease it neither votes nor stands:
@@ -227,7 +267,7 @@ impl Group {
         });
         let raft = GroupRaft::new(node, config, network, log, sm.clone())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| GroupError::stopped(&e))?;
         let alone = sole_voter(&raft.metrics().borrow_watched().membership_config, node);
         let embargo_until = std::time::Instant::now() + if alone { Duration::ZERO } else { lease };
         if alone {
@@ -295,16 +335,19 @@ impl Group {
     }
 
     /// Whether the group has a membership (was bootstrapped or joined).
-    pub async fn is_initialized(&self) -> Result<bool, String> {
-        self.raft.is_initialized().await.map_err(|e| e.to_string())
+    pub async fn is_initialized(&self) -> Result<bool, GroupError> {
+        self.raft
+            .is_initialized()
+            .await
+            .map_err(|e| GroupError::stopped(&e))
     }
 
     /// Bootstraps the group with `members` as its voters.
-    pub async fn initialize(&self, members: BTreeMap<u64, NodeAddr>) -> Result<(), String> {
-        self.raft
-            .initialize(members)
-            .await
-            .map_err(|e| e.to_string())
+    pub async fn initialize(&self, members: BTreeMap<u64, NodeAddr>) -> Result<(), GroupError> {
+        self.raft.initialize(members).await.map_err(|e| match e {
+            openraft::errors::RaftError::Fatal(f) => GroupError::stopped(&f),
+            openraft::errors::RaftError::APIError(e) => GroupError::Refused(e.to_string()),
+        })
     }
 
     /// The group's state on this node.
@@ -422,27 +465,35 @@ impl Group {
         timeout: Duration,
         what: &str,
         done: impl Fn(&openraft::RaftMetrics<TypeConfig>) -> bool + Send + Sync,
-    ) -> Result<openraft::RaftMetrics<TypeConfig>, String> {
+    ) -> Result<openraft::RaftMetrics<TypeConfig>, GroupError> {
         let m = self
             .raft
             .wait(Some(timeout))
             .metrics(|m| done(m) || m.running_state.is_err(), what)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::Timeout(..) => GroupError::Timeout {
+                    what: what.to_string(),
+                    timeout,
+                },
+                openraft::metrics::WaitError::ShuttingDown => {
+                    GroupError::Stopped("shutting down".into())
+                }
+            })?;
         match &m.running_state {
-            Err(fatal) => Err(format!("group stopped: {fatal}")),
+            Err(fatal) => Err(GroupError::stopped(fatal)),
             Ok(()) => Ok(m),
         }
     }
 
     /// Takes a snapshot (an engine checkpoint, durable) covering at least `applied`, waiting
     /// up to `timeout`; returns its index.
-    pub async fn snapshot(&self, applied: u64, timeout: Duration) -> Result<u64, String> {
+    pub async fn snapshot(&self, applied: u64, timeout: Duration) -> Result<u64, GroupError> {
         self.raft
             .trigger()
             .snapshot()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| GroupError::stopped(&e))?;
         let m = self
             .wait_until(timeout, "snapshot built", |m| {
                 m.snapshot.as_ref().is_some_and(|s| s.index >= applied)
@@ -453,12 +504,12 @@ impl Group {
 
     /// Purges the log up to `upto` (at most the snapshot), waiting up to `timeout` for it
     /// (replication still reading the entries holds a purge back).
-    pub async fn purge(&self, upto: u64, timeout: Duration) -> Result<(), String> {
+    pub async fn purge(&self, upto: u64, timeout: Duration) -> Result<(), GroupError> {
         self.raft
             .trigger()
             .purge_log(upto)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| GroupError::stopped(&e))?;
         self.wait_until(timeout, "log purged", |m| {
             m.purged.as_ref().is_some_and(|p| p.index >= upto)
         })
@@ -468,7 +519,7 @@ impl Group {
 
     /// Waits up to `timeout` until the group's membership (from its log or state machine) has
     /// been loaded; returns the status then.
-    pub async fn wait_for_membership(&self, timeout: Duration) -> Result<GroupStatus, String> {
+    pub async fn wait_for_membership(&self, timeout: Duration) -> Result<GroupStatus, GroupError> {
         self.wait_until(timeout, "membership loaded", |m| {
             m.membership_config
                 .membership()
@@ -481,7 +532,7 @@ impl Group {
     }
 
     /// Waits up to `timeout` until `node` leads the group.
-    pub async fn wait_for_leader(&self, node: u64, timeout: Duration) -> Result<(), String> {
+    pub async fn wait_for_leader(&self, node: u64, timeout: Duration) -> Result<(), GroupError> {
         self.wait_until(timeout, "leader elected", |m| {
             m.current_leader == Some(node)
         })
@@ -525,22 +576,22 @@ impl Group {
 
     /// As leader, starts replicating to `id` at `addr` as a learner (returns at once; a node
     /// already a member is left as it is by the caller).
-    pub async fn add_learner(&self, id: u64, addr: NodeAddr) -> Result<(), String> {
+    pub async fn add_learner(&self, id: u64, addr: NodeAddr) -> Result<(), GroupError> {
         self.raft
             .add_learner(id, addr, false)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(GroupError::of_write)
     }
 
     /// As leader, makes `voters` the group's voters; members left out stay as learners.
     /// Returns once the change is committed.
-    pub async fn set_voters(&self, voters: BTreeSet<u64>) -> Result<(), String> {
+    pub async fn set_voters(&self, voters: BTreeSet<u64>) -> Result<(), GroupError> {
         self.raft
             .change_membership(voters, true)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(GroupError::of_write)
     }
 
     /// As leader, hands leadership to voter `to` once it holds this leader's whole log,
@@ -554,9 +605,11 @@ impl Group {
     /// an ordinary election replaces it (about a lease and an election timeout). So the
     /// caller stops appending first (the shard's proposer lets its entries in flight land),
     /// and this waits for the target to acknowledge everything.
-    pub async fn transfer_leader(&self, to: u64, catch_up: Duration) -> Result<(), String> {
+    pub async fn transfer_leader(&self, to: u64, catch_up: Duration) -> Result<(), GroupError> {
         let Some(term) = self.leading() else {
-            return Err("this node does not lead the group".into());
+            return Err(GroupError::NotLeader {
+                leader: self.status().leader,
+            });
         };
         let caught_up = |m: &openraft::RaftMetrics<TypeConfig>| {
             let last = m.last_log_index.unwrap_or(0);
@@ -570,13 +623,14 @@ impl Group {
             m.state == ServerState::Leader && m.vote.leader_id == term.0
         };
         let m = self
-            .wait_until(catch_up, "transfer target caught up", |m| {
+            .wait_until(catch_up, "the target to hold the whole log", |m| {
                 !leads(m) || caught_up(m)
             })
-            .await
-            .map_err(|e| format!("node {to} does not hold the whole log: {e}"))?;
+            .await?;
         if !leads(&m) {
-            return Err("this node no longer leads the group".into());
+            return Err(GroupError::NotLeader {
+                leader: m.current_leader,
+            });
         }
         // The guard goes up before the transfer starts, so no read can slip in between.
         self.transferred_in
@@ -585,7 +639,7 @@ impl Group {
             .trigger()
             .transfer_leader(to)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| GroupError::stopped(&e))
     }
 
     /// As leader: each member's highest log index known to be replicated to it.

@@ -31,7 +31,8 @@ pub mod state_machine;
 pub mod types;
 
 pub use group::{
-    Group, GroupRaft, GroupStatus, Groups, Lead, LeaderTerm, ProposeError, Role, lease_read_ready,
+    Group, GroupError, GroupRaft, GroupStatus, Groups, Lead, LeaderTerm, ProposeError, Role,
+    lease_read_ready,
 };
 pub use log_store::LogStore;
 pub use network::{GroupNetwork, Peers};

@@ -296,7 +296,12 @@ impl Proposer {
         // A change that cannot commit (a voter lost meanwhile) must not hold the shard's writes.
         let result = tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT, change)
             .await
-            .unwrap_or_else(|_| Err("not committed in time; still under way".into()));
+            .unwrap_or_else(|_| {
+                Err(cairn_raft::GroupError::Timeout {
+                    what: "the change to commit (it is still under way)".into(),
+                    timeout: MEMBERSHIP_CHANGE_WAIT,
+                })
+            });
         self.term = None;
         self.overlay.reset();
         result
