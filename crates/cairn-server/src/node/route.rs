@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use cairn_raft::{Lead, Role};
 
-use super::{Node, Part};
+use super::Node;
+use super::write::Part;
 use crate::command::Command;
 use crate::error::CommandError;
 use crate::meta::{Meta, NodeRecord};

@@ -1,0 +1,160 @@
+//! The node's timers and lifecycle: active expiry, log sync (`everysec`), periodic
+//! checkpoints (snapshots, then log purge), placement rounds, and shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::{
+    CHECKPOINT_INTERVAL, ELECTION_WAIT, EVERYSEC_INTERVAL, EXPIRE_KEYS_PER_TICK, EXPIRE_TICK,
+    LOG_BYTES_CHECKPOINT, Node, now_ms,
+};
+use crate::config::SyncMode;
+use crate::error::CommandError;
+use crate::eval::InternalOp;
+use crate::proposer::ProposalOp;
+
+impl Node {
+    /// Background work until `shutdown` resolves: active expiry, log sync (`everysec`) and
+    /// periodic checkpoints (snapshots, then log purge).
+    pub async fn run_background(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let mut expire = tokio::time::interval(EXPIRE_TICK);
+        let mut checkpoint = tokio::time::interval(CHECKPOINT_INTERVAL);
+        let mut sync = tokio::time::interval(EVERYSEC_INTERVAL);
+        let mut place = tokio::time::interval(crate::placement::RECONCILE_INTERVAL);
+        for timer in [&mut expire, &mut checkpoint, &mut sync, &mut place] {
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = expire.tick() => self.expire_cycle().await,
+                _ = place.tick() => crate::placement::reconcile(&self).await,
+                _ = checkpoint.tick() => {
+                    if let Err(e) = self.snapshot_all(false).await {
+                        tracing::warn!(error = %e, "periodic checkpoint failed");
+                    }
+                }
+                _ = sync.tick() => {
+                    if self.options.sync == SyncMode::Everysec {
+                        if let Err(e) = self.sync_log().await {
+                            tracing::warn!(error = %e, "periodic log sync failed");
+                        }
+                    }
+                    // A long log makes restarts slow and fills the disk: checkpoint early.
+                    if self.wal.total_bytes() > LOG_BYTES_CHECKPOINT {
+                        if let Err(e) = self.snapshot_all(false).await {
+                            tracing::warn!(error = %e, "checkpoint failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Snapshots every shard this node holds (an engine checkpoint: durable up to the applied
+    /// index) and purges the log behind the snapshots, now. The background task does it every
+    /// [`CHECKPOINT_INTERVAL`], keeping 1000 entries for lagging followers; this purges all it
+    /// can.
+    pub async fn checkpoint(&self) -> Result<(), CommandError> {
+        self.snapshot_all(true).await
+    }
+
+    async fn snapshot_all(&self, purge_all: bool) -> Result<(), CommandError> {
+        if let Some(reason) = self.health.failure() {
+            return Err(CommandError::Fatal(reason));
+        }
+        for shard in &self.shards.list {
+            let applied = shard.last_applied();
+            if applied == 0 {
+                continue;
+            }
+            let snapshot = shard
+                .group
+                .snapshot(applied, ELECTION_WAIT)
+                .await
+                .map_err(|e| CommandError::TryAgain(format!("shard {} snapshot: {e}", shard.id)))?;
+            if purge_all {
+                // Purging waits for replication that still reads the entries; a follower that
+                // needs them gets the snapshot instead.
+                if let Err(e) = shard.group.purge(snapshot, ELECTION_WAIT).await {
+                    tracing::debug!(shard = shard.id, error = %e, "log purge still pending");
+                }
+            }
+        }
+        self.wal
+            .purge_segments()
+            .map_err(|e| CommandError::Fatal(format!("log purge failed: {e}")))?;
+        Ok(())
+    }
+
+    /// Makes every write acknowledged so far durable now: what the background task does every
+    /// [`EVERYSEC_INTERVAL`] under `--sync everysec`. Under `always` every answer waited for an
+    /// fdatasync already. Fails once the write path has failed.
+    pub async fn sync_log(&self) -> Result<(), CommandError> {
+        if let Some(reason) = self.health.failure() {
+            return Err(CommandError::Fatal(reason));
+        }
+        self.wal.sync().map_err(|e| {
+            let reason = format!("log sync failed: {e}");
+            self.health.fail(reason.clone());
+            CommandError::Fatal(reason)
+        })
+    }
+
+    /// One tick of active expiry: each shard this node leads deletes up to
+    /// [`EXPIRE_KEYS_PER_TICK`] due keys.
+    pub async fn expire_cycle(&self) {
+        let now = now_ms();
+        for shard in &self.shards.list {
+            if !shard.is_leader() {
+                continue;
+            }
+            let keys = shard.expiry.index.lock().due(now, EXPIRE_KEYS_PER_TICK);
+            if keys.is_empty() {
+                continue;
+            }
+            let op = ProposalOp::Internal(InternalOp::ExpireKeys { keys });
+            match self.send(shard.id, op, now).await {
+                Ok(rx) => match rx.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(shard = shard.id, error = %e, "active expiry failed");
+                    }
+                    Err(_) => return,
+                },
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Stop taking writes, let the proposed ones finish, snapshot the shards and stop their
+    /// groups. Idempotent.
+    pub async fn shutdown(&self) -> Result<(), CommandError> {
+        if self.stopping.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // Everything proposed before the flag lands before a barrier proposed after it.
+        for shard in &self.shards.list {
+            if let Ok(rx) = self.send(shard.id, ProposalOp::Barrier, now_ms()).await {
+                let _ = rx.await;
+            }
+        }
+        let result = if self.health.failure().is_none() {
+            self.snapshot_all(false).await
+        } else {
+            Ok(())
+        };
+        for shard in &self.shards.list {
+            self.groups.remove(crate::shard::group_of_shard(shard.id));
+            shard.group.shutdown().await;
+        }
+        self.groups.remove(crate::meta::META_GROUP);
+        self.meta.group.shutdown().await;
+        let flushed = self
+            .wal
+            .flush()
+            .map_err(|e| CommandError::Fatal(format!("log flush failed: {e}")));
+        result.and(flushed)
+    }
+}

@@ -1,0 +1,90 @@
+//! What the node reports about itself: the cluster map as its replicas see it, and per-shard
+//! statistics for metrics and `INFO`.
+
+use super::Node;
+use crate::reply::{ClusterStatus, NodeInfo, NodeState, ShardInfo, ShardStats};
+
+impl Node {
+    /// The cluster map: every node of the metadata group's map (this node's replica of it),
+    /// and every shard with its members and leader as this node's replica of its group sees
+    /// them.
+    pub fn cluster_status(&self) -> ClusterStatus {
+        let me = self.my_record();
+        let mut records = self.meta.nodes();
+        if !records.iter().any(|r| r.raft_id == me.raft_id) {
+            records.push(me.clone());
+        }
+        let name_of = |id: u64| {
+            records
+                .iter()
+                .find(|r| r.raft_id == id)
+                .map_or_else(|| format!("raft-{id}"), |r| r.name.clone())
+        };
+        let shards = self
+            .shards
+            .list
+            .iter()
+            .map(|s| {
+                let g = s.group.status();
+                ShardInfo {
+                    id: s.id,
+                    slots: vec![s.slots],
+                    replicas: g
+                        .voters
+                        .iter()
+                        .chain(&g.learners)
+                        .map(|id| name_of(*id))
+                        .collect(),
+                    learners: g.learners.iter().map(|id| name_of(*id)).collect(),
+                    leader: g.leader.map(name_of),
+                    raft: s.raft_stats(),
+                }
+            })
+            .collect();
+        let nodes = records
+            .iter()
+            .map(|r| NodeInfo {
+                id: r.name.clone(),
+                grpc_addr: r.grpc_addr.clone(),
+                http_addr: r.http_addr.clone(),
+                resp_addr: r.resp_addr.clone(),
+                state: if r.down && r.raft_id != me.raft_id {
+                    NodeState::Down
+                } else {
+                    NodeState::Up
+                },
+            })
+            .collect();
+        ClusterStatus {
+            node_id: me.name,
+            nodes,
+            shards,
+        }
+    }
+
+    /// Storage statistics of every shard.
+    pub fn shard_stats(&self) -> Vec<ShardStats> {
+        self.shards
+            .list
+            .iter()
+            .map(|s| {
+                let st = s.engine().stats();
+                ShardStats {
+                    shard: s.id,
+                    live_keys: st.live_keys,
+                    segments: st.segments,
+                    disk_bytes: st.disk_bytes,
+                    dead_bytes: st.dead_bytes,
+                    writes: st.writes,
+                    syncs: st.syncs,
+                    cache_hits: st.cache_hits,
+                    cache_misses: st.cache_misses,
+                    merges: st.merges,
+                    last_applied: s.last_applied(),
+                    expiring_keys: s.expiry.index.lock().len() as u64,
+                    raft: s.raft_stats(),
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,326 @@
+//! The write path as far as the node goes: checking and preparing a write (relative
+//! deadlines become absolute here, at propose time), routing it to its shard (one slot, or
+//! DEL and FLUSHDB fanned out per shard), and the [`PendingWrite`] a front end awaits.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::{KEY_BYTES_MAX, Node, now_ms};
+use crate::command::{BatchOp, Command, Expiry};
+use crate::error::CommandError;
+use crate::proposer::{Proposal, ProposalOp, ProposalResult};
+use crate::reply::Reply;
+use crate::slot::key_slot;
+
+/// A write that has been proposed; await it for the result.
+#[derive(Debug)]
+pub struct PendingWrite {
+    parts: Vec<Part>,
+    combine: Combine,
+    /// The command as proposed, when a refusal of it (`TRYAGAIN`: nothing happened) may be
+    /// answered by sending it again: a write to one shard. See [`PendingWrite::outcome`].
+    again: Option<Command>,
+}
+
+/// One shard's part of a write.
+#[derive(Debug)]
+pub(super) enum Part {
+    /// Proposed to this node's proposer for the shard.
+    Local(oneshot::Receiver<ProposalResult>),
+    /// Forwarded to the shard's leader, which answered.
+    Done(ProposalResult),
+}
+
+/// How the answers of a write fanned out to several shards make one.
+#[derive(Debug, Clone, Copy)]
+enum Combine {
+    /// One shard: its answer.
+    One,
+    /// DEL: the sum of the counts.
+    Sum,
+    /// FLUSHDB: OK when every shard said OK.
+    AllOk,
+}
+
+impl PendingWrite {
+    pub async fn wait(self) -> ProposalResult {
+        self.outcome().await.0
+    }
+
+    /// The answer, and the command again when the answer is a refusal that routing it afresh
+    /// ([`Node::execute`]) may turn into a success: the shard's leadership moved between
+    /// routing and proposing. Only the caller knows whether that is safe, since a retry lands
+    /// after whatever it proposed since (the RESP connection retries only when none of its
+    /// later writes can have taken effect).
+    pub async fn outcome(mut self) -> (ProposalResult, Option<Command>) {
+        let again = self.again.take();
+        let result = self.settle().await;
+        let again = again.filter(|_| matches!(result, Err(CommandError::TryAgain(_))));
+        (result, again)
+    }
+
+    async fn settle(self) -> ProposalResult {
+        let mut total = 0i64;
+        let mut last = Ok(Reply::Ok);
+        let (mut succeeded, mut failure) = (false, None);
+        for part in self.parts {
+            let answer = match part {
+                Part::Local(rx) => rx
+                    .await
+                    .unwrap_or_else(|_| Err(CommandError::proposer_stopped())),
+                Part::Done(result) => result,
+            };
+            match answer {
+                Ok(answer) => {
+                    succeeded = true;
+                    if let (Combine::Sum, Reply::Int(n)) = (self.combine, &answer) {
+                        total += n;
+                    }
+                    last = Ok(answer);
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        match failure {
+            // Another shard's part was applied: "nothing happened" would be untrue.
+            Some(CommandError::TryAgain(why)) if succeeded => Err(CommandError::OutcomeUnknown(
+                format!("applied on some shards, refused on another ({why})"),
+            )),
+            Some(e) => Err(e),
+            None => match self.combine {
+                Combine::One => last,
+                Combine::Sum => Ok(Reply::Int(total)),
+                Combine::AllOk => Ok(Reply::Ok),
+            },
+        }
+    }
+}
+
+impl Node {
+    /// Propose a write without waiting for its commit (front ends pipeline with this). Writes
+    /// of one caller to one slot are committed in the order they are proposed: a write to a
+    /// shard led elsewhere is forwarded and answered before this returns.
+    pub async fn propose(&self, cmd: Command) -> Result<PendingWrite, CommandError> {
+        self.propose_routed(cmd, 0, None).await
+    }
+
+    pub(super) async fn propose_routed(
+        &self,
+        cmd: Command,
+        hops: u32,
+        only_shard: Option<u32>,
+    ) -> Result<PendingWrite, CommandError> {
+        if let Some(reason) = self.health.failure() {
+            return Err(CommandError::Fatal(reason));
+        }
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(CommandError::ShuttingDown);
+        }
+        let now = now_ms();
+        let cmd = self.prepare_write(cmd, now)?;
+        match cmd {
+            Command::Flush => {
+                let shards: Vec<u32> = match only_shard {
+                    Some(id) => vec![id],
+                    None => (0..self.shards.len() as u32).collect(),
+                };
+                let mut parts = Vec::with_capacity(shards.len());
+                for shard in shards {
+                    parts.push(self.send_routed(shard, Command::Flush, now, hops).await?);
+                }
+                Ok(PendingWrite {
+                    parts,
+                    combine: Combine::AllOk,
+                    again: None,
+                })
+            }
+            Command::Del { keys } => {
+                let mut by_shard: Vec<(u32, Vec<Bytes>)> = Vec::new();
+                for key in keys {
+                    let shard = self.shards.shard_of_key(&key);
+                    match by_shard.iter_mut().find(|(s, _)| *s == shard) {
+                        Some((_, list)) => list.push(key),
+                        None => by_shard.push((shard, vec![key])),
+                    }
+                }
+                let mut parts = Vec::with_capacity(by_shard.len());
+                for (shard, keys) in by_shard {
+                    let cmd = Command::Del { keys };
+                    parts.push(self.send_routed(shard, cmd, now, hops).await?);
+                }
+                Ok(PendingWrite {
+                    parts,
+                    combine: Combine::Sum,
+                    again: None,
+                })
+            }
+            cmd => {
+                let shard = self.shard_of_write(&cmd)?;
+                let again = Some(cmd.clone());
+                let part = self.send_routed(shard, cmd, now, hops).await?;
+                Ok(PendingWrite {
+                    parts: vec![part],
+                    combine: Combine::One,
+                    again,
+                })
+            }
+        }
+    }
+
+    /// The shard a single-shard write goes to: every key in one slot.
+    fn shard_of_write(&self, cmd: &Command) -> Result<u32, CommandError> {
+        let keys: Vec<&Bytes> = match cmd {
+            Command::Set { key, .. }
+            | Command::GetDel { key }
+            | Command::GetEx { key, .. }
+            | Command::Append { key, .. }
+            | Command::SetRange { key, .. }
+            | Command::IncrBy { key, .. }
+            | Command::IncrByFloat { key, .. }
+            | Command::Expire { key, .. }
+            | Command::Persist { key } => vec![key],
+            Command::MSet { pairs, .. } => pairs.iter().map(|(k, _)| k).collect(),
+            Command::Rename { from, to, .. } => vec![from, to],
+            Command::Batch { ops } => ops
+                .iter()
+                .map(|op| match op {
+                    BatchOp::Put { key, .. } | BatchOp::Delete { key } => key,
+                })
+                .collect(),
+            other => {
+                return Err(CommandError::Invalid(format!(
+                    "'{}' is not a single-shard write",
+                    other.name()
+                )));
+            }
+        };
+        let Some(first) = keys.first() else {
+            return Err(CommandError::Invalid("a write names no key".into()));
+        };
+        let slot = key_slot(first);
+        if keys.iter().any(|k| key_slot(k) != slot) {
+            return Err(CommandError::CrossSlot);
+        }
+        Ok(self.shards.shard_of_key(first))
+    }
+
+    /// Hands one proposal to shard `shard`.
+    pub(super) async fn send(
+        &self,
+        shard: u32,
+        op: ProposalOp,
+        now_ms: u64,
+    ) -> Result<oneshot::Receiver<ProposalResult>, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        let shard = self
+            .shards
+            .get(shard)
+            .ok_or_else(|| CommandError::Invalid(format!("no shard {shard}")))?;
+        shard.propose(Proposal { op, now_ms, reply }).await?;
+        Ok(rx)
+    }
+
+    /// Validate sizes and turn relative deadlines into absolute ones.
+    fn prepare_write(&self, mut cmd: Command, now: u64) -> Result<Command, CommandError> {
+        let name = cmd.name();
+        let resolve = |expiry: &mut Expiry| -> Result<(), CommandError> {
+            if let Expiry::InMs(ms) = *expiry {
+                let at = (now as i64)
+                    .checked_add(ms)
+                    .ok_or(CommandError::InvalidExpireTime(name.into()))?;
+                *expiry = Expiry::AtMs(at);
+            }
+            Ok(())
+        };
+        match &mut cmd {
+            Command::Set {
+                key, value, expiry, ..
+            } => {
+                self.check_key(key)?;
+                self.check_value(value)?;
+                positive_ttl(*expiry, name)?;
+                resolve(expiry)?;
+            }
+            Command::GetEx { key, expiry } => {
+                self.check_key(key)?;
+                positive_ttl(*expiry, name)?;
+                resolve(expiry)?;
+            }
+            Command::Expire { key, expiry, .. } => {
+                self.check_key(key)?;
+                resolve(expiry)?;
+            }
+            Command::MSet { pairs, .. } => {
+                for (key, value) in pairs.iter() {
+                    self.check_key(key)?;
+                    self.check_value(value)?;
+                }
+            }
+            Command::Append { key, value } | Command::SetRange { key, value, .. } => {
+                self.check_key(key)?;
+                self.check_value(value)?;
+            }
+            Command::GetDel { key }
+            | Command::IncrBy { key, .. }
+            | Command::IncrByFloat { key, .. }
+            | Command::Persist { key } => self.check_key(key)?,
+            Command::Del { keys } => {
+                for key in keys.iter() {
+                    self.check_key(key)?;
+                }
+            }
+            Command::Rename { from, to, .. } => {
+                self.check_key(from)?;
+                self.check_key(to)?;
+            }
+            Command::Batch { ops } => {
+                for op in ops.iter_mut() {
+                    match op {
+                        BatchOp::Put { key, value, expiry } => {
+                            self.check_key(key)?;
+                            self.check_value(value)?;
+                            positive_ttl(*expiry, name)?;
+                            resolve(expiry)?;
+                        }
+                        BatchOp::Delete { key } => self.check_key(key)?,
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(cmd)
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), CommandError> {
+        if key.len() > KEY_BYTES_MAX {
+            return Err(CommandError::KeyTooLarge {
+                len: key.len(),
+                max: KEY_BYTES_MAX,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), CommandError> {
+        let max = self.options.value_bytes_max;
+        if value.len() > max {
+            return Err(CommandError::ValueTooLarge {
+                len: value.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A relative TTL of a write must be positive (only `Expire` accepts ≤ 0, meaning "delete").
+fn positive_ttl(expiry: Expiry, command: &'static str) -> Result<(), CommandError> {
+    match expiry {
+        Expiry::InMs(ms) if ms <= 0 => Err(CommandError::InvalidExpireTime(command.into())),
+        _ => Ok(()),
+    }
+}
