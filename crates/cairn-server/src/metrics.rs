@@ -32,6 +32,11 @@ pub const SHARD_PROPOSALS_TOTAL: &str = "cairn_shard_proposals_total";
 /// Log entries a shard's proposer proposed, by shard.
 pub const SHARD_ENTRIES_TOTAL: &str = "cairn_shard_entries_total";
 
+/// Leadership handovers this node's placement asked of the shards it led, by shard and
+/// outcome (`done`: asked of openraft; `refused`: the target did not hold the whole log in
+/// time, or leadership moved meanwhile).
+pub const SHARD_HANDOVERS_TOTAL: &str = "cairn_shard_handovers_total";
+
 /// Commands (parts of commands, one per shard) this node forwarded to the node leading their
 /// shard, by command and shard.
 pub const FORWARDED_TOTAL: &str = "cairn_forwarded_total";

@@ -121,6 +121,8 @@ pub struct Node {
     peers: Arc<Peers>,
     /// Metadata-leader bookkeeping for failure detection.
     pub(crate) liveness: parking_lot::Mutex<crate::placement::Liveness>,
+    /// When placement last had a handover refused, by shard (it waits before asking again).
+    pub(crate) handovers_refused: parking_lot::Mutex<std::collections::HashMap<usize, Instant>>,
     wal: Arc<Wal>,
     /// Raft groups this node hosts, for the peer service.
     groups: Arc<Groups>,

@@ -33,6 +33,11 @@ pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(500);
 /// next appends).
 pub const PROMOTE_LAG_ENTRIES_MAX: u64 = 16;
 
+/// How long a shard's leader waits before asking for a handover again after one was refused
+/// (each attempt holds the shard's writes while its entries in flight land and the target
+/// catches up, so a target that keeps lagging must not make that happen every round).
+pub const HANDOVER_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// The metadata leader's memory of when it started hearing from nodes.
 #[derive(Debug, Default)]
 pub struct Liveness {
@@ -65,6 +70,7 @@ pub async fn reconcile(node: &Node) {
             continue;
         }
         balance_leader(
+            node,
             &name,
             &shard.group,
             &shard.proposals,
@@ -186,14 +192,24 @@ async fn reconcile_group(
 }
 
 /// Hands the group's leadership to its preferred voter when that voter can take it (through
-/// the group's proposer, which lets the writes in flight land first).
+/// the group's proposer, which lets the writes in flight land first), unless a handover of
+/// this shard was refused less than [`HANDOVER_RETRY_AFTER`] ago.
 async fn balance_leader(
+    node: &Node,
     name: &str,
     group: &Group,
     proposals: &mpsc::Sender<Proposal>,
     index: usize,
     records: &[NodeRecord],
 ) {
+    if node
+        .handovers_refused
+        .lock()
+        .get(&index)
+        .is_some_and(|at| at.elapsed() < HANDOVER_RETRY_AFTER)
+    {
+        return;
+    }
     let status = group.status();
     if status.voters.len() < 2 {
         return;
@@ -214,8 +230,22 @@ async fn balance_leader(
     if !caught_up {
         return;
     }
-    match submit(proposals, GroupChange::TransferLeader(preferred)).await {
-        Ok(()) => tracing::info!(group = name, to = preferred, "leadership handed over"),
-        Err(e) => tracing::debug!(group = name, to = preferred, error = %e, "cannot hand over"),
-    }
+    let outcome = match submit(proposals, GroupChange::TransferLeader(preferred)).await {
+        Ok(()) => {
+            tracing::info!(group = name, to = preferred, "leadership handed over");
+            node.handovers_refused.lock().remove(&index);
+            "done"
+        }
+        Err(e) => {
+            tracing::info!(group = name, to = preferred, error = %e, "handover refused");
+            node.handovers_refused.lock().insert(index, Instant::now());
+            "refused"
+        }
+    };
+    metrics::counter!(
+        crate::metrics::SHARD_HANDOVERS_TOTAL,
+        "shard" => index.to_string(),
+        "outcome" => outcome
+    )
+    .increment(1);
 }

@@ -433,7 +433,8 @@ fn a_handover_to_a_voter_without_the_whole_log_is_refused_and_the_leader_keeps_w
 /// A restarted replica of a group with other voters stands for election only one lease after
 /// it starts: it may have acknowledged a leader just before, which may still be reading on
 /// that acknowledgement. Without the embargo openraft campaigns as soon as its election
-/// timeout (200–400 ms) has passed since the start.
+/// timeout has passed since the start (here 300–600 ms, with a lease of 600 ms; watched: it
+/// campaigned 2–420 ms after the start).
 #[test]
 fn a_restarted_replica_stands_for_election_only_one_lease_after_it_starts() {
     net::runtime().block_on(async {

@@ -94,6 +94,7 @@ impl Node {
             meta,
             peers,
             liveness: Default::default(),
+            handovers_refused: Default::default(),
             wal,
             groups,
             health,

@@ -55,7 +55,12 @@ impl PendingWrite {
     /// after whatever it proposed since (the RESP connection retries only when none of its
     /// later writes can have taken effect).
     pub async fn outcome(mut self) -> (ProposalResult, Option<Command>) {
-        let again = self.again.take();
+        // Only a refusal by this node's own proposer: a forwarded write was already retried
+        // toward the leader for the whole retry window.
+        let again = self
+            .again
+            .take()
+            .filter(|_| matches!(self.parts.as_slice(), [Part::Local(_)]));
         let result = self.settle().await;
         let again = again.filter(|_| matches!(result, Err(CommandError::TryAgain(_))));
         (result, again)
@@ -80,9 +85,12 @@ impl PendingWrite {
                     }
                     last = Ok(answer);
                 }
-                Err(e) => {
-                    failure.get_or_insert(e);
-                }
+                // A refusal (nothing happened) says the least: any other failure of
+                // another part outranks it.
+                Err(e) => match &failure {
+                    None | Some(CommandError::TryAgain(_)) => failure = Some(e),
+                    Some(_) => {}
+                },
             }
         }
         match failure {
@@ -130,7 +138,10 @@ impl Node {
                 };
                 let mut parts = Vec::with_capacity(shards.len());
                 for shard in shards {
-                    parts.push(self.send_routed(shard, Command::Flush, now, hops).await?);
+                    let part = self.send_routed(shard, Command::Flush, now, hops).await;
+                    if !Self::sent(&mut parts, part) {
+                        break;
+                    }
                 }
                 Ok(PendingWrite {
                     parts,
@@ -150,7 +161,9 @@ impl Node {
                 let mut parts = Vec::with_capacity(by_shard.len());
                 for (shard, keys) in by_shard {
                     let cmd = Command::Del { keys };
-                    parts.push(self.send_routed(shard, cmd, now, hops).await?);
+                    if !Self::sent(&mut parts, self.send_routed(shard, cmd, now, hops).await) {
+                        break;
+                    }
                 }
                 Ok(PendingWrite {
                     parts,
@@ -167,6 +180,22 @@ impl Node {
                     combine: Combine::One,
                     again,
                 })
+            }
+        }
+    }
+
+    /// Adds one shard's part of a fanned-out write to `parts`; a part that could not be sent
+    /// ends the fan-out (returns false) but is kept as that part's answer, so the write's
+    /// answer accounts for the parts already sent (applied there: not "nothing happened").
+    fn sent(parts: &mut Vec<Part>, part: Result<Part, CommandError>) -> bool {
+        match part {
+            Ok(part) => {
+                parts.push(part);
+                true
+            }
+            Err(e) => {
+                parts.push(Part::Done(Err(e)));
+                false
             }
         }
     }
@@ -322,5 +351,88 @@ fn positive_ttl(expiry: Expiry, command: &'static str) -> Result<(), CommandErro
     match expiry {
         Expiry::InMs(ms) if ms <= 0 => Err(CommandError::InvalidExpireTime(command.into())),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(parts: Vec<Part>, combine: Combine, again: bool) -> PendingWrite {
+        PendingWrite {
+            parts,
+            combine,
+            again: again.then(|| Command::Del {
+                keys: vec![Bytes::from_static(b"k")],
+            }),
+        }
+    }
+
+    fn refused() -> ProposalResult {
+        Err(CommandError::TryAgain("moved".into()))
+    }
+
+    fn local(answer: ProposalResult) -> Part {
+        let (tx, rx) = oneshot::channel();
+        tx.send(answer).expect("receiver alive");
+        Part::Local(rx)
+    }
+
+    #[tokio::test]
+    async fn a_fanned_out_write_is_refused_only_when_no_part_may_have_taken_effect() {
+        let unknown = || Err(CommandError::OutcomeUnknown("leader lost".into()));
+        let answer = |parts| async { pending(parts, Combine::Sum, false).wait().await };
+        assert_eq!(answer(vec![Part::Done(refused())]).await, refused());
+        assert_eq!(
+            answer(vec![Part::Done(refused()), Part::Done(refused())]).await,
+            refused()
+        );
+        // A refusal never hides a part whose outcome is unknown, before or after it.
+        for parts in [
+            vec![Part::Done(refused()), Part::Done(unknown())],
+            vec![Part::Done(unknown()), Part::Done(refused())],
+        ] {
+            assert!(matches!(
+                answer(parts).await,
+                Err(CommandError::OutcomeUnknown(_))
+            ));
+        }
+        // Applied on one shard, refused on another: not "nothing happened".
+        assert!(matches!(
+            answer(vec![Part::Done(Ok(Reply::Int(1))), Part::Done(refused())]).await,
+            Err(CommandError::OutcomeUnknown(_))
+        ));
+        assert_eq!(
+            answer(vec![
+                Part::Done(Ok(Reply::Int(1))),
+                Part::Done(Ok(Reply::Int(2)))
+            ])
+            .await,
+            Ok(Reply::Int(3))
+        );
+    }
+
+    #[tokio::test]
+    async fn only_a_refusal_by_this_nodes_proposer_is_offered_again() {
+        let (result, again) = pending(vec![local(refused())], Combine::One, true)
+            .outcome()
+            .await;
+        assert_eq!(result, refused());
+        assert!(again.is_some(), "a local refusal may be sent again");
+        // Forwarded: already retried toward the leader for the whole window.
+        let (_, again) = pending(vec![Part::Done(refused())], Combine::One, true)
+            .outcome()
+            .await;
+        assert!(again.is_none(), "a forwarded refusal offered again");
+        // Not a refusal: never again.
+        let (_, again) = pending(vec![local(Ok(Reply::Ok))], Combine::One, true)
+            .outcome()
+            .await;
+        assert!(again.is_none());
+        let unknown = Err(CommandError::OutcomeUnknown("lost".into()));
+        let (_, again) = pending(vec![local(unknown)], Combine::One, true)
+            .outcome()
+            .await;
+        assert!(again.is_none(), "a write of unknown outcome offered again");
     }
 }

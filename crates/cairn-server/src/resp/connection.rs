@@ -48,7 +48,8 @@ enum Slot {
         command: &'static str,
         started: Instant,
     },
-    /// A write whose answer came (while the queue is drained).
+    /// A write's answer: one that came while the queue is drained, or a write refused before
+    /// it was proposed.
     Answered(Answered),
 }
 
@@ -125,6 +126,9 @@ impl Replies {
             Slot::Answered(a) => Some(matches!(a.result, Err(CommandError::TryAgain(_)))),
             _ => None,
         }));
+        // A retry that is refused again (after its own retry window) ends the retries of
+        // this drain: the shard has no leader to take them, and each would wait as long.
+        let mut retrying = true;
         for (i, slot) in self.queue.drain(..).enumerate() {
             let frame = match slot {
                 Slot::Ready(frame) => frame,
@@ -136,8 +140,9 @@ impl Replies {
                     command,
                     started,
                 }) => {
-                    if let Some(cmd) = again.filter(|_| i >= retry_from) {
+                    if let Some(cmd) = again.filter(|_| retrying && i >= retry_from) {
                         result = shared.node.execute(cmd).await;
+                        retrying = !matches!(result, Err(CommandError::TryAgain(_)));
                     }
                     observer.observe(command, started.elapsed(), result.is_ok());
                     render(shape, result)
@@ -244,10 +249,15 @@ pub async fn serve(
                                 command,
                                 started,
                             }),
-                            Err(e) => {
-                                observer.observe(command, started.elapsed(), false);
-                                replies.push(render(shape, Err(e)), &session, &shared);
-                            }
+                            // Kept in order with the writes: whether it was a refusal
+                            // decides what may be retried before it (see `Replies::drain`).
+                            Err(e) => replies.queue.push_back(Slot::Answered(Answered {
+                                result: Err(e),
+                                again: None,
+                                render: shape,
+                                command,
+                                started,
+                            })),
                         }
                     } else {
                         // A read waits for every earlier write of this connection, so it sees
@@ -300,5 +310,8 @@ mod tests {
         assert_eq!(from(&[Some(true), Some(false)]), 2);
         // Replies that are not writes do not count.
         assert_eq!(from(&[Some(false), None, Some(true), None]), 1);
+        // The last write that may have taken effect bounds it, not the first.
+        let (t, f) = (Some(true), Some(false));
+        assert_eq!(from(&[t, f, t, f, t]), 4);
     }
 }

@@ -576,6 +576,7 @@ fn write_while(addr: SocketAddr, writer: usize, go: impl Fn() -> bool) -> Writte
                 }
                 Answer::Lost => {
                     w.incr_unknown += 1;
+                    w.errors.push("INCR: connection lost".into());
                     conn = None;
                 }
                 other => panic!("writer {writer}: INCR answered {other:?}"),
@@ -592,7 +593,10 @@ fn write_while(addr: SocketAddr, writer: usize, go: impl Fn() -> bool) -> Writte
                 w.errors.push(e);
             }
             Answer::Error(e) if is_unknown(&e) => w.errors.push(e),
-            Answer::Lost => conn = None,
+            Answer::Lost => {
+                w.errors.push("SET: connection lost".into());
+                conn = None;
+            }
             other => panic!("writer {writer}: SET answered {other:?}"),
         }
     }
@@ -1471,6 +1475,61 @@ fn nodes_that_join_later_receive_everything_written_before() {
 /// joining node while the writes run.
 const HANDOVER_SHARDS: usize = 12;
 
+/// Commands a pipelining writer sends in one batch before reading the answers.
+const PIPELINE_DEPTH: u64 = 10;
+
+/// A pipelining writer: batches of `SET key n` (n counting up from 1) sent before their
+/// answers are read, until `go` says stop; returns each n with its answer, in order.
+fn pipeline_while(addr: SocketAddr, key: &str, go: impl Fn() -> bool) -> Vec<(u64, Answer)> {
+    let mut out = Vec::new();
+    let Some(mut conn) = Conn::connect(addr) else {
+        return out;
+    };
+    let mut n = 0;
+    while go() {
+        let batch: Vec<u64> = (n + 1..=n + PIPELINE_DEPTH).collect();
+        n += PIPELINE_DEPTH;
+        for i in &batch {
+            if !conn.send(&["SET", key, &i.to_string()]) {
+                out.push((*i, Answer::Lost));
+                return out;
+            }
+        }
+        for i in batch {
+            let answer = conn.read().unwrap_or(Answer::Lost);
+            let lost = answer == Answer::Lost;
+            out.push((i, answer));
+            if lost {
+                return out;
+            }
+        }
+    }
+    out
+}
+
+/// The values `key` may hold after a pipelining writer's `answers`: the last acknowledged
+/// one, or one after it whose outcome is unknown (a refused one never happened, and one
+/// before the last acknowledged was overwritten by it, unless writes were reordered).
+fn allowed_after(answers: &[(u64, Answer)]) -> BTreeSet<u64> {
+    let last_acked = answers
+        .iter()
+        .filter(|(_, a)| *a == Answer::Ok)
+        .map(|(i, _)| *i)
+        .max();
+    let mut allowed: BTreeSet<u64> = last_acked.into_iter().collect();
+    for (i, a) in answers {
+        let unknown = match a {
+            Answer::Lost => true,
+            Answer::Error(e) => is_unknown(e),
+            _ => false,
+        };
+        if unknown && Some(*i) > last_acked {
+            allowed.insert(*i);
+        }
+    }
+    allowed
+}
+
 /// Leadership moves to nodes as they join (the balancer gives each its share of the shards)
 /// while clients write through the first node, and no write fails: a leader hands a shard
 /// over only after its writes in flight have landed and its successor holds the whole log, so
@@ -1489,6 +1548,18 @@ fn leaders_hand_over_to_joining_nodes_under_writes_without_failing_one() {
         .map(|w| {
             let going = going.clone();
             std::thread::spawn(move || write_while(addr, w, || going.load(Ordering::Relaxed)))
+        })
+        .collect();
+    // Pipelined writes to one key of each of several slots: a refused write retried after a
+    // later one of its connection would leave an older value behind.
+    let pipelined: Vec<_> = (0..4)
+        .map(|p| {
+            let going = going.clone();
+            let key = format!("pipelined:{p}");
+            std::thread::spawn(move || {
+                let answers = pipeline_while(addr, &key, || going.load(Ordering::Relaxed));
+                (key, answers)
+            })
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
@@ -1523,6 +1594,10 @@ fn leaders_hand_over_to_joining_nodes_under_writes_without_failing_one() {
         .into_iter()
         .map(|t| t.join().expect("writer"))
         .collect();
+    let pipelined: Vec<(String, Vec<(u64, Answer)>)> = pipelined
+        .into_iter()
+        .map(|t| t.join().expect("pipelining writer"))
+        .collect();
     let failed: Vec<&String> = written.iter().flat_map(|w| &w.errors).collect();
     let acked: usize = written.iter().map(|w| w.acked.len()).sum();
     assert!(
@@ -1534,7 +1609,53 @@ fn leaders_hand_over_to_joining_nodes_under_writes_without_failing_one() {
     );
     assert!(acked > 100, "only {acked} SETs acknowledged");
     let slowest = written.iter().map(|w| w.slowest).max().unwrap_or_default();
-    eprintln!("{acked} SETs acknowledged while leaders moved; slowest write {slowest:?}");
+    // Handovers the balancer made (each node reports the ones it asked for as leader).
+    let mut handovers: BTreeMap<String, f64> = BTreeMap::new();
+    for node in &cluster.nodes {
+        let metrics = crate::http::request(node.http_addr, "GET", "/metrics", b"");
+        for line in String::from_utf8_lossy(&metrics.body).lines() {
+            if let Some(rest) = line.strip_prefix("cairn_shard_handovers_total{") {
+                let outcome = rest
+                    .split("outcome=\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next());
+                let count: f64 = rest.rsplit(' ').next().unwrap().parse().unwrap();
+                *handovers.entry(outcome.unwrap_or("").into()).or_default() += count;
+            }
+        }
+    }
+    eprintln!(
+        "{acked} SETs acknowledged while leaders moved; slowest write {slowest:?}; handovers {handovers:?}"
+    );
+    // Nodes 2 and 3 each took their third of the shards from node 1.
+    let done = handovers.get("done").copied().unwrap_or(0.0);
+    assert!(
+        done >= (2 * HANDOVER_SHARDS / 3) as f64,
+        "only {done} handovers: {handovers:?}"
+    );
+    let refused = pipelined
+        .iter()
+        .flat_map(|(_, a)| a)
+        .filter(|(_, a)| matches!(a, Answer::Error(e) if is_retriable(e)))
+        .count();
+    let sent: usize = pipelined.iter().map(|(_, a)| a.len()).sum();
+    eprintln!(
+        "pipelined: {sent} SETs, {refused} refused (a later write of theirs had taken effect)"
+    );
+    let mut conn = Conn::connect(cluster.nodes[2].resp_addr).unwrap();
+    for (key, answers) in &pipelined {
+        let allowed = allowed_after(answers);
+        let value = match conn.cmd(&["GET", key]) {
+            Answer::Bulk(Some(v)) => v.parse::<u64>().unwrap(),
+            Answer::Bulk(None) => 0,
+            other => panic!("GET {key}: {other:?}"),
+        };
+        assert!(
+            allowed.is_empty() || allowed.contains(&value),
+            "{key} is {value}, but its writes allow only {allowed:?}: {:?}",
+            answers.iter().rev().take(30).collect::<Vec<_>>()
+        );
+    }
     assert_outcomes_honest(&cluster, 1, &written);
     let keys: Vec<String> = written.iter().flat_map(|w| w.acked.clone()).collect();
     assert_readable(&cluster, 2, &keys);
