@@ -515,3 +515,59 @@ fn a_restarted_replica_stands_for_election_only_one_lease_after_it_starts() {
         node.stop().await;
     });
 }
+
+/// The positive side of the handover rule: a voter that lags (its server was down while the
+/// leader wrote) is handed leadership once it has caught up, and leads.
+#[test]
+fn a_handover_waits_for_a_lagging_voter_to_catch_up_and_then_hands_over() {
+    net::runtime().block_on(async {
+        let peers = Arc::new(Peers::new());
+        let mut nodes = BTreeMap::new();
+        for id in 1..=3u64 {
+            nodes.insert(id, start_node(id, &SimIo::new(120 + id), &peers).await);
+        }
+        let members = members(&nodes);
+        let group = GROUPS[0];
+        nodes[&1]
+            .member(group)
+            .raft
+            .initialize(members)
+            .await
+            .expect("initialize");
+        let leader = leader_of(&nodes, group).await;
+        let leader_id = leader.raft.metrics().borrow_watched().id;
+        let lagging = (1..=3).find(|&id| id != leader_id).expect("a follower");
+        let mut history = History::default();
+        net::write(&leader, &mut history, 3).await;
+        // The lagging node's server goes away (its group keeps running) and misses writes.
+        if let Some(stop) = nodes.get_mut(&lagging).unwrap().stop_server.take() {
+            let _ = stop.send(());
+        }
+        net::write(&leader, &mut history, 5).await;
+        let handle = nodes[&leader_id].groups.get(group).expect("group hosted");
+        let behind = handle.replicated().expect("leading")[&lagging];
+        assert!(behind < last_index(&leader), "the target is behind");
+
+        // Back on its address; the handover waits for it to catch up, then hands over.
+        let groups = nodes[&lagging].groups.clone();
+        let (_, stop, server) = serve(nodes[&lagging].addr, groups).await;
+        let node = nodes.get_mut(&lagging).unwrap();
+        node.stop_server = Some(stop);
+        node.server = Some(server);
+        handle
+            .transfer_leader(lagging, net::PATIENCE)
+            .await
+            .expect("handed over once the target caught up");
+        nodes[&lagging]
+            .groups
+            .get(group)
+            .expect("group hosted")
+            .wait_for_leader(lagging, net::PATIENCE)
+            .await
+            .expect("the target leads");
+
+        for node in nodes.values_mut() {
+            node.stop().await;
+        }
+    });
+}
