@@ -69,6 +69,8 @@ pub struct Meta {
     /// Serialises this node's read-modify-write updates of the map (registering a node reads
     /// the records, then writes one).
     updates: Mutex<()>,
+    /// The node's wall clock (writes are proposed at its time).
+    clock: std::sync::Arc<dyn cairn_storage::Clock>,
 }
 
 fn node_key(raft_id: u64) -> Bytes {
@@ -84,6 +86,7 @@ impl Meta {
             group: opened.group,
             proposals: opened.proposals,
             updates: Mutex::new(()),
+            clock: setup.clock.clone(),
         })
     }
 
@@ -132,7 +135,12 @@ impl Meta {
     }
 
     async fn write(&self, cmd: Command) -> Result<Reply, CommandError> {
-        crate::proposer::submit(&self.proposals, ProposalOp::Command(cmd)).await
+        crate::proposer::submit(
+            &self.proposals,
+            ProposalOp::Command(cmd),
+            self.clock.now_ms(),
+        )
+        .await
     }
 
     async fn put(&self, key: Bytes, value: Vec<u8>) -> Result<(), CommandError> {

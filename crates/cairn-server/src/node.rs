@@ -17,7 +17,7 @@ use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_raft::{Groups, Peers};
@@ -88,6 +88,9 @@ pub struct NodeOptions {
     pub replicas: u32,
     /// Silence after which the metadata leader marks a node down.
     pub down_after: Duration,
+    /// The wall clock TTL deadlines are set and compared with: the system's in production, a
+    /// [`cairn_storage::ManualClock`] in tests that move time themselves.
+    pub clock: Arc<dyn cairn_storage::Clock>,
 }
 
 /// Segment sizes, not user-facing configuration: the defaults suit a server; tests shrink them
@@ -132,16 +135,14 @@ pub struct Node {
     started: Instant,
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Node {
     pub fn id(&self) -> &str {
         &self.identity.node_id
+    }
+
+    /// Milliseconds since the Unix epoch by the node's clock ([`NodeOptions::clock`]).
+    pub fn now_ms(&self) -> u64 {
+        self.options.clock.now_ms()
     }
 
     pub fn options(&self) -> &NodeOptions {
@@ -276,8 +277,8 @@ mod tests {
     use super::*;
     use crate::command::Expiry;
     use crate::command::{Condition, ExpireCondition};
-    use crate::reply::Entry;
     use crate::reply::SetOutcome;
+    use crate::reply::{Entry, KeyTtl};
 
     fn options(dir: &std::path::Path) -> NodeOptions {
         NodeOptions {
@@ -293,6 +294,7 @@ mod tests {
             join: None,
             replicas: 3,
             down_after: Duration::from_secs(5),
+            clock: cairn_storage::clock::system(),
         }
     }
 
@@ -394,7 +396,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Relative deadlines become absolute at propose time; KEEP keeps them.
-        let before = now_ms();
+        let before = node.now_ms();
         node.execute(Command::Expire {
             key: b("k"),
             expiry: Expiry::InMs(60_000),
@@ -403,7 +405,7 @@ mod tests {
         .await
         .unwrap();
         let at = get(&node, "k").await.unwrap().expires_at_ms.unwrap();
-        assert!(at >= before + 60_000 && at <= now_ms() + 60_000);
+        assert!(at >= before + 60_000 && at <= node.now_ms() + 60_000);
         node.execute(Command::IncrBy {
             key: b("k"),
             delta: 1,
@@ -508,15 +510,24 @@ mod tests {
         let _ = node.shutdown().await;
     }
 
+    /// On a clock the test moves: a key with a deadline is readable until the clock passes it,
+    /// invisible the moment it has (reads compare with the node's clock, not the system's),
+    /// and deleted by the next active-expiry cycle. Nothing sleeps.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn active_expiry_deletes_due_keys() {
+    async fn keys_expire_by_the_nodes_clock() {
         let dir = tempfile::tempdir().unwrap();
-        let node = Node::open(options(dir.path())).await.unwrap();
+        let clock = cairn_storage::ManualClock::at(1_700_000_000_000);
+        let node = Node::open(NodeOptions {
+            clock: clock.clone(),
+            ..options(dir.path())
+        })
+        .await
+        .unwrap();
         for i in 0..10 {
             let cmd = Command::Set {
                 key: b(&format!("t{i}")),
                 value: b("v"),
-                expiry: Expiry::InMs(1),
+                expiry: Expiry::InMs(60_000),
                 condition: Condition::Always,
                 return_old: false,
             };
@@ -529,18 +540,33 @@ mod tests {
                 .map(|s| s.expiring_keys)
                 .sum::<u64>()
         };
+        let deadline = get(&node, "t0").await.unwrap().expires_at_ms;
+        assert_eq!(
+            deadline,
+            Some(1_700_000_060_000),
+            "the deadline is the node's clock + TTL"
+        );
+        assert_eq!(
+            node.execute(Command::Ttl { key: b("t0") }).await,
+            Ok(Reply::Ttl(KeyTtl::ExpiresAtMs(1_700_000_060_000)))
+        );
+
+        // A minute less a millisecond later: still there, and not due.
+        clock.advance(59_999);
+        node.expire_cycle().await;
         assert_eq!(expiring(), 10);
-        let all_due = || {
-            node.shards()
-                .list
-                .iter()
-                .map(|s| s.expiry.index.lock().due(now_ms(), usize::MAX).len())
-                .sum::<usize>()
-                == 10
-        };
-        while !all_due() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        assert!(get(&node, "t9").await.is_some());
+
+        // The clock reaches the deadline: gone for readers at once, deleted by the cycle.
+        clock.advance(1);
+        assert!(get(&node, "t9").await.is_none(), "read past its deadline");
+        assert_eq!(
+            node.execute(Command::Exists {
+                keys: vec![b("t1"), b("keep")]
+            })
+            .await,
+            Ok(Reply::Int(1))
+        );
         node.expire_cycle().await;
         assert_eq!(expiring(), 0);
         assert_eq!(node.dbsize(), 1);

@@ -120,12 +120,13 @@ async fn detect_failures(node: &Node, records: &[NodeRecord], term: u64) {
     }
 }
 
-/// Hands a change of the group to its proposer (which orders it with the writes).
+/// Hands a change of the group to its proposer (which orders it with the writes; a change
+/// reads no clock, so it is proposed at time 0).
 async fn submit(
     proposals: &mpsc::Sender<Proposal>,
     change: GroupChange,
 ) -> Result<(), CommandError> {
-    crate::proposer::submit(proposals, ProposalOp::Change(change))
+    crate::proposer::submit(proposals, ProposalOp::Change(change), 0)
         .await
         .map(|_| ())
 }

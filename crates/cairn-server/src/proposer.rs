@@ -140,10 +140,14 @@ pub struct ShardHandles {
     pub health: Arc<WriteHealth>,
 }
 
-/// Hands `op` to the proposer behind `proposals` and waits for its answer.
-pub async fn submit(proposals: &mpsc::Sender<Proposal>, op: ProposalOp) -> ProposalResult {
+/// Hands `op`, proposed at `now_ms`, to the proposer behind `proposals` and waits for its
+/// answer.
+pub async fn submit(
+    proposals: &mpsc::Sender<Proposal>,
+    op: ProposalOp,
+    now_ms: u64,
+) -> ProposalResult {
     let (reply, rx) = oneshot::channel();
-    let now_ms = crate::node::now_ms();
     proposals
         .send(Proposal { op, now_ms, reply })
         .await
@@ -523,14 +527,14 @@ mod tests {
         let (tx, rx) = mpsc::channel(1);
         drop(rx);
         assert_eq!(
-            submit(&tx, ProposalOp::Barrier).await,
+            submit(&tx, ProposalOp::Barrier, 0).await,
             Err(CommandError::ShuttingDown)
         );
         // Taken and dropped unanswered: it may have been proposed.
         let (tx, mut rx) = mpsc::channel::<Proposal>(1);
         tokio::spawn(async move { drop(rx.recv().await) });
         assert!(matches!(
-            submit(&tx, ProposalOp::Barrier).await,
+            submit(&tx, ProposalOp::Barrier, 0).await,
             Err(CommandError::OutcomeUnknown(_))
         ));
     }

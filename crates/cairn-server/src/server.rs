@@ -68,6 +68,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         http_addr: config.http_addr,
         resp_addr: config.resp_addr,
         io: Arc::new(cairn_io::StdIo),
+        clock: cairn_storage::clock::system(),
         tuning: crate::node::StorageTuning::default(),
         join: config.join.clone(),
         replicas: config.replicas,

@@ -166,6 +166,8 @@ pub struct ShardsSetup<'a> {
     pub health: Arc<WriteHealth>,
     /// How other nodes reach this one (recorded in group memberships).
     pub advertise: NodeAddr,
+    /// The node's wall clock, which every replica's engine compares deadlines with.
+    pub clock: Arc<dyn cairn_storage::Clock>,
 }
 
 /// Every shard of the node, and the slot map that routes keys to them.
@@ -232,6 +234,7 @@ pub(crate) async fn open_replica(
         value_bytes_max: setup.value_bytes_max,
         segment_bytes_max: setup.engine_segment_bytes_max,
         cache_bytes: SHARD_CACHE_BYTES,
+        clock: setup.clock.clone(),
         ..Options::default()
     };
     let sm = StateMachine::open(setup.io.clone(), dir, options)

@@ -35,7 +35,7 @@ use crate::format::{self, Header, Kind, Origin, RECORD_HEADER_BYTES, SEGMENT_HEA
 use crate::keydir::{Keydir, Loc};
 use crate::segment::Segment;
 use crate::{
-    Entry, Error, KeyMeta, Options, Result, Stats, SyncPolicy, WriteBatch, merge, now_ms, recovery,
+    Entry, Error, KeyMeta, Options, Result, Stats, SyncPolicy, WriteBatch, merge, recovery,
 };
 use cairn_io::{Io, IoFile, StdIo};
 
@@ -229,7 +229,7 @@ impl Engine {
             Cached(Cached),
             At(Loc, Arc<Segment>),
         }
-        let now = now_ms();
+        let now = self.inner.now_ms();
         let found = {
             // Under the state lock no batch can be half applied, and every cached value is the
             // one the keydir points at (writes evict under the write lock, fills check under
@@ -284,7 +284,7 @@ impl Engine {
     /// Metadata of a live key without reading its value.
     pub fn meta(&self, key: &[u8]) -> Option<KeyMeta> {
         let loc = self.inner.state.read().keydir.get(key)?;
-        if loc.expired(now_ms()) {
+        if loc.expired(self.inner.now_ms()) {
             return None;
         }
         Some(KeyMeta {
@@ -333,7 +333,7 @@ impl Engine {
         let mut buf = Vec::with_capacity(format::record_len(key.len(), 0));
         format::encode_record(&mut buf, Kind::Delete, key, &[], 0, 0);
         self.inner.commit(buf, &[0], None, 1)?;
-        Ok(loc.is_some_and(|loc| !loc.expired(now_ms())))
+        Ok(loc.is_some_and(|loc| !loc.expired(self.inner.now_ms())))
     }
 
     /// Applies a batch atomically: after a crash all of it is visible or none.
@@ -585,6 +585,11 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl Inner {
+    /// The wall clock deadlines are compared with ([`Options::clock`]).
+    fn now_ms(&self) -> u64 {
+        self.options.clock.now_ms()
+    }
+
     fn check_value(&self, len: usize) -> Result<()> {
         if len > self.options.value_bytes_max {
             return Err(Error::ValueTooLarge {
@@ -599,7 +604,7 @@ impl Inner {
     /// lookup and the cache fill, never across I/O.
     fn lookup(&self, key: &[u8]) -> Result<Option<Cached>> {
         if let Some(hit) = self.cache.get(key) {
-            if hit.expires_at_ms != 0 && now_ms() >= hit.expires_at_ms {
+            if hit.expires_at_ms != 0 && self.now_ms() >= hit.expires_at_ms {
                 return Ok(None);
             }
             return Ok(Some(hit));
@@ -609,7 +614,7 @@ impl Inner {
             let Some(loc) = st.keydir.get(key) else {
                 return Ok(None);
             };
-            if loc.expires_at_ms != 0 && loc.expired(now_ms()) {
+            if loc.expires_at_ms != 0 && loc.expired(self.now_ms()) {
                 return Ok(None);
             }
             (loc, self.segment_of(&st, loc)?)
@@ -675,7 +680,7 @@ impl Inner {
         expired: bool,
         mut visit: impl FnMut(&State, &[u8], Loc) -> Result<bool>,
     ) -> Result<()> {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut resume: Option<Vec<u8>> = None;
         loop {
             let next = {

@@ -32,6 +32,7 @@
 mod batch;
 mod cache;
 pub mod checkpoint;
+pub mod clock;
 mod commit;
 mod engine;
 mod error;
@@ -50,6 +51,7 @@ pub use cairn_io as io;
 
 pub use batch::WriteBatch;
 pub use checkpoint::Checkpoint;
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use options::{Options, SyncPolicy};
@@ -119,12 +121,11 @@ pub struct Stats {
     pub damaged_records: u64,
 }
 
-/// Milliseconds since the Unix epoch, the clock that expiry times are compared with.
+/// Milliseconds since the Unix epoch by the system clock (an engine reads its
+/// [`Options::clock`] instead).
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    use clock::Clock as _;
+    clock::SystemClock.now_ms()
 }
 
 /// The crate README's example, compiled and run as a doc test.

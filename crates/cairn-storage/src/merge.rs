@@ -33,7 +33,7 @@ use crate::keydir::Loc;
 use crate::segment::{
     self, SEGMENT_SUFFIX, ScanMode, Segment, TMP_SUFFIX, hint_name, segment_name,
 };
-use crate::{Error, Result, now_ms};
+use crate::{Error, Result};
 use cairn_io::{Io, IoFile};
 
 /// Name of the merge commit file.
@@ -274,7 +274,7 @@ impl Drop for Merger<'_> {
 pub(crate) fn merge(inner: &Inner, expiring: bool) -> Result<usize> {
     let _one_at_a_time = inner.merge_lock.lock();
     inner.group.check()?;
-    let now = now_ms();
+    let now = inner.options.clock.now_ms();
     let (inputs, outside_min) = {
         let st = inner.state.read();
         let active = st.active;

@@ -41,6 +41,8 @@ pub struct Options {
     pub merge_background: bool,
     /// Skip (and report) damaged records in sealed segments instead of failing `open`.
     pub skip_damaged: bool,
+    /// The wall clock deadlines are compared with (the system's by default).
+    pub clock: std::sync::Arc<dyn crate::Clock>,
 }
 
 impl Default for Options {
@@ -53,6 +55,7 @@ impl Default for Options {
             merge_dead_ratio_min: MERGE_DEAD_RATIO_MIN_DEFAULT,
             merge_background: true,
             skip_damaged: false,
+            clock: crate::clock::system(),
         }
     }
 }

@@ -4,7 +4,6 @@
 
 use std::ops::Bound;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use cairn_proto::v1 as pb;
@@ -53,7 +52,9 @@ impl pb::kv_server::Kv for KvService {
                 .map_err(super::status_of)?;
             match reply {
                 Reply::Entry(Some(entry)) => Ok(Response::new(pb::GetResponse {
-                    ttl_ms: entry.expires_at_ms.map(ttl_from_now),
+                    ttl_ms: entry
+                        .expires_at_ms
+                        .map(|at| ttl_from_now(at, self.node.now_ms())),
                     value: entry.value,
                     version: entry.version,
                     expires_at_ms: entry.expires_at_ms,
@@ -207,7 +208,7 @@ impl pb::kv_server::Kv for KvService {
                     expires_at_ms: None,
                 })),
                 Reply::Ttl(KeyTtl::ExpiresAtMs(at)) => Ok(Response::new(pb::TtlResponse {
-                    ttl_ms: Some(ttl_from_now(at)),
+                    ttl_ms: Some(ttl_from_now(at, self.node.now_ms())),
                     expires_at_ms: Some(at),
                 })),
                 other => Err(unexpected(&other)),
@@ -370,15 +371,9 @@ fn entry_to_pb(e: Entry) -> pb::Entry {
     }
 }
 
-/// Milliseconds from now until `expires_at_ms` (0 when already past).
-pub(crate) fn ttl_from_now(expires_at_ms: u64) -> u64 {
-    expires_at_ms.saturating_sub(now_ms())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// Milliseconds from `now_ms` until `expires_at_ms` (0 when already past).
+pub(crate) fn ttl_from_now(expires_at_ms: u64, now_ms: u64) -> u64 {
+    expires_at_ms.saturating_sub(now_ms)
 }
 
 fn to_i64(v: u64, field: &str) -> Result<i64, Status> {

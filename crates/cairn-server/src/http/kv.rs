@@ -84,7 +84,7 @@ pub(super) async fn get(State(state): State<AppState>, uri: Uri) -> Result<Respo
             headers.insert(VERSION_HEADER, entry.version.into());
             if let Some(at) = entry.expires_at_ms {
                 headers.insert(EXPIRES_AT_HEADER, at.into());
-                headers.insert(TTL_HEADER, ttl_from_now(at).into());
+                headers.insert(TTL_HEADER, ttl_from_now(at, state.node.now_ms()).into());
             }
             Ok((StatusCode::OK, headers, Body::from(entry.value)).into_response())
         }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::{
     CHECKPOINT_INTERVAL, ELECTION_WAIT, EVERYSEC_INTERVAL, EXPIRE_KEYS_PER_TICK, EXPIRE_TICK,
-    LOG_BYTES_CHECKPOINT, Node, now_ms,
+    LOG_BYTES_CHECKPOINT, Node,
 };
 use crate::config::SyncMode;
 use crate::error::CommandError;
@@ -105,7 +105,7 @@ impl Node {
     /// One tick of active expiry: each shard this node leads deletes up to
     /// [`EXPIRE_KEYS_PER_TICK`] due keys.
     pub async fn expire_cycle(&self) {
-        let now = now_ms();
+        let now = self.now_ms();
         for shard in &self.shards.list {
             if !shard.is_leader() {
                 continue;
@@ -136,7 +136,10 @@ impl Node {
         }
         // Everything proposed before the flag lands before a barrier proposed after it.
         for shard in &self.shards.list {
-            if let Ok(rx) = self.send(shard.id, ProposalOp::Barrier, now_ms()).await {
+            if let Ok(rx) = self
+                .send(shard.id, ProposalOp::Barrier, self.now_ms())
+                .await
+            {
                 let _ = rx.await;
             }
         }

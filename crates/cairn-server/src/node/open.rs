@@ -84,6 +84,7 @@ impl Node {
             advertise: NodeAddr {
                 grpc: options.grpc_addr.to_string(),
             },
+            clock: options.clock.clone(),
         };
         let meta = Meta::open(&setup, &meta_dir(&options.data_dir)).await?;
         let shards = Shards::open(&setup).await?;

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{KEY_BYTES_MAX, Node, now_ms};
+use super::{KEY_BYTES_MAX, Node};
 use crate::command::{BatchOp, Command, Expiry};
 use crate::error::CommandError;
 use crate::proposer::{Proposal, ProposalOp, ProposalResult};
@@ -128,7 +128,7 @@ impl Node {
         if self.stopping.load(Ordering::Acquire) {
             return Err(CommandError::ShuttingDown);
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let cmd = self.prepare_write(cmd, now)?;
         match cmd {
             Command::Flush => {

@@ -145,7 +145,7 @@ impl Replies {
                         retrying = !matches!(result, Err(CommandError::TryAgain(_)));
                     }
                     observer.observe(command, started.elapsed(), result.is_ok());
-                    render(shape, result)
+                    render(shape, result, shared.node.now_ms())
                 }
             };
             encode(&frame, &mut self.out, session, shared);
@@ -266,7 +266,11 @@ pub async fn serve(
                         replies.drain(&session, &shared, &mut observer).await;
                         let result = shared.node.execute_with(cmd, session.readonly).await;
                         observer.observe(command, started.elapsed(), result.is_ok());
-                        replies.push(render(shape, result), &session, &shared);
+                        replies.push(
+                            render(shape, result, shared.node.now_ms()),
+                            &session,
+                            &shared,
+                        );
                     }
                 }
             }

@@ -4,7 +4,6 @@ use bytes::Bytes;
 use cairn_resp::Frame;
 
 use crate::error::CommandError;
-use crate::node::now_ms;
 use crate::reply::{KeyTtl, Reply};
 
 /// Which of the TTL commands asked.
@@ -51,8 +50,9 @@ fn bulk_or_nil(value: Option<Bytes>) -> Frame {
     value.map_or(Frame::Null, Frame::Bulk)
 }
 
-/// Render a node result as the Redis reply of the command.
-pub fn render(render: Render, result: Result<Reply, CommandError>) -> Frame {
+/// Render a node result as the Redis reply of the command; `now_ms` (the node's clock) is
+/// what a time to live counts from.
+pub fn render(render: Render, result: Result<Reply, CommandError>, now_ms: u64) -> Frame {
     let reply = match result {
         Ok(reply) => reply,
         Err(e) => return Frame::Error(Bytes::from(e.to_string())),
@@ -84,7 +84,7 @@ pub fn render(render: Render, result: Result<Reply, CommandError>) -> Frame {
             KeyTtl::Missing => -2,
             KeyTtl::Persistent => -1,
             KeyTtl::ExpiresAtMs(at) => {
-                let left = at.saturating_sub(now_ms()) as i64;
+                let left = at.saturating_sub(now_ms) as i64;
                 // Redis (`ttlGenericCommand`) rounds both second-valued answers to the
                 // nearest second: `(ms + 500) / 1000`.
                 match kind {

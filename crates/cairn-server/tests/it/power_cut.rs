@@ -24,11 +24,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use cairn_io::sim::{Action, Fault, Op as IoOp, PowerCut, SimIo};
 use cairn_server::config::SyncMode;
-use cairn_server::node::now_ms;
 use cairn_server::slot::SlotMap;
 use cairn_server::{
     BatchOp, Command, Condition, ExpireCondition, Expiry, Node, NodeOptions, Reply, StorageTuning,
 };
+use cairn_storage::now_ms;
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -77,6 +77,7 @@ fn node_options(io: &SimIo, sync: SyncMode) -> NodeOptions {
         join: None,
         replicas: 3,
         down_after: std::time::Duration::from_secs(5),
+        clock: cairn_storage::clock::system(),
     }
 }
 
