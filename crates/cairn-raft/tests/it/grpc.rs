@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use cairn_raft::{Group, Groups, LogStore, NodeAddr, Peers, RaftService, StateMachine};
 use cairn_storage::io::sim::SimIo;
-use cairn_wal::{Wal, WalOptions};
 use openraft::async_runtime::WatchReceiver;
 use tokio::sync::oneshot;
 
@@ -76,18 +75,7 @@ async fn serve(
 
 async fn start_node(id: u64, disk: &SimIo, peers: &Arc<Peers>) -> Node {
     let io: Arc<dyn cairn_storage::io::Io> = Arc::new(disk.clone());
-    let wal = Arc::new(
-        Wal::open(
-            Path::new("/node/wal"),
-            WalOptions {
-                io: io.clone(),
-                segment_bytes_max: 64 * 1024,
-                fsync_batches: true,
-                on_fsync: None,
-            },
-        )
-        .expect("open WAL"),
-    );
+    let wal = Arc::new(net::open_wal(&io).expect("open WAL"));
     let groups = Arc::new(Groups::new(id));
     for group in GROUPS {
         let sm = StateMachine::open(
@@ -479,20 +467,7 @@ fn a_restarted_replica_stands_for_election_only_one_lease_after_it_starts() {
             })
             .await,
         );
-        drop(
-            net::open_unlocked("WAL", || {
-                Wal::open(
-                    Path::new("/node/wal"),
-                    WalOptions {
-                        io: io.clone(),
-                        segment_bytes_max: 64 * 1024,
-                        fsync_batches: true,
-                        on_fsync: None,
-                    },
-                )
-            })
-            .await,
-        );
+        drop(net::open_unlocked("WAL", || net::open_wal(&io)).await);
         let lease = std::time::Duration::from_millis(config().election_timeout_max);
         let started = std::time::Instant::now();
         let mut node = start_node(1, &disks[&1], &peers).await;

@@ -404,21 +404,23 @@ pub async fn open_unlocked<T, E: std::fmt::Debug>(
     }
 }
 
+/// Opens a test node's WAL (small segments, so logs rotate and purge) on `io`.
+pub fn open_wal(io: &Arc<dyn cairn_storage::io::Io>) -> cairn_wal::Result<Wal> {
+    Wal::open(
+        Path::new("/node/wal"),
+        WalOptions {
+            io: io.clone(),
+            segment_bytes_max: 64 * 1024,
+            fsync_batches: true,
+            on_fsync: None,
+        },
+    )
+}
+
 /// Starts node `id` on `disk` and adds it to the network.
 pub async fn start(router: &Router, id: u64, disk: &SimIo) -> Member {
     let io: Arc<dyn cairn_storage::io::Io> = Arc::new(disk.clone());
-    let wal = open_unlocked("WAL", || {
-        Wal::open(
-            Path::new("/node/wal"),
-            WalOptions {
-                io: io.clone(),
-                segment_bytes_max: 64 * 1024,
-                fsync_batches: true,
-                on_fsync: None,
-            },
-        )
-    })
-    .await;
+    let wal = open_unlocked("WAL", || open_wal(&io)).await;
     let log = LogStore::new(Arc::new(wal), GROUP);
     let recorder = Arc::new(Recorder::default());
     let sm = open_unlocked("replica", || {
