@@ -131,9 +131,7 @@ fn a_lagging_follower_catches_up_by_a_streamed_snapshot() {
         let target = last_index(&leader);
         applied(&follower, target).await;
         assert_eq!(contents(&follower), history.contents_at(target));
-        for id in 1..=3 {
-            stop(&router, id).await;
-        }
+        net::stop_all(&router).await;
     });
 }
 
@@ -180,9 +178,7 @@ fn broken_transfers_are_retried_and_leave_nothing_behind() {
             1,
             "staging removed"
         );
-        for id in 1..=3 {
-            stop(&router, id).await;
-        }
+        net::stop_all(&router).await;
     });
 }
 
@@ -255,9 +251,7 @@ fn a_cut_off_leader_stops_reading_on_its_lease_before_another_commits() {
             "node {old} would still read on its lease after node {new} was elected and committed"
         );
         router.heal();
-        for id in 1..=3 {
-            stop(&router, id).await;
-        }
+        net::stop_all(&router).await;
     });
 }
 
@@ -291,9 +285,7 @@ fn a_restarted_leader_does_not_resume_its_term() {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        for id in 1..=3 {
-            stop(&router, id).await;
-        }
+        net::stop_all(&router).await;
     });
 }
 
@@ -379,8 +371,6 @@ fn a_power_cut_during_an_install_leaves_the_old_replica_or_the_new() {
             assert_eq!(engine_dirs(&survivor).await.len(), 1);
         }
         assert!(fired > 0, "no cut fired during an install");
-        for id in 1..=3 {
-            stop(&router, id).await;
-        }
+        net::stop_all(&router).await;
     });
 }

@@ -451,6 +451,13 @@ pub async fn stop(router: &Router, id: u64) {
     }
 }
 
+/// Stops every node of a three-node test group.
+pub async fn stop_all(router: &Router) {
+    for id in 1..=3 {
+        stop(router, id).await;
+    }
+}
+
 pub fn addr(id: u64) -> NodeAddr {
     NodeAddr {
         grpc: format!("node-{id}"),

@@ -186,15 +186,21 @@ impl Cluster {
         response.json()
     }
 
-    /// Index of the node leading the most shards, as node `from` sees it.
-    fn busiest_leader(&self, from: usize) -> usize {
-        let status = self.status(from);
+    /// How many shards each node leads (by node id; "" for shards without a leader), as node
+    /// `from` sees it.
+    fn leader_counts(&self, from: usize) -> BTreeMap<String, usize> {
         let mut count: BTreeMap<String, usize> = BTreeMap::new();
-        for shard in status["shards"].as_array().unwrap() {
+        for shard in self.status(from)["shards"].as_array().unwrap() {
             *count
                 .entry(shard["leader"].as_str().unwrap_or("").into())
                 .or_default() += 1;
         }
+        count
+    }
+
+    /// Index of the node leading the most shards, as node `from` sees it.
+    fn busiest_leader(&self, from: usize) -> usize {
+        let count = self.leader_counts(from);
         let (leader, _) = count.into_iter().max_by_key(|(_, n)| *n).unwrap();
         (0..self.nodes.len())
             .find(|&i| {
@@ -1572,12 +1578,7 @@ fn leaders_hand_over_to_joining_nodes_under_writes_without_failing_one() {
     // Settled: shard `s` is led by voter `s mod 3`, so each node leads its third.
     let deadline = Instant::now() + CONVERGE_TIMEOUT;
     loop {
-        let status = cluster.status(0);
-        let mut led: BTreeMap<String, usize> = BTreeMap::new();
-        for shard in status["shards"].as_array().unwrap() {
-            *led.entry(shard["leader"].as_str().unwrap_or("").into())
-                .or_default() += 1;
-        }
+        let led = cluster.leader_counts(0);
         if led.len() == 3 && led.values().all(|&n| n == HANDOVER_SHARDS / 3) {
             break;
         }
