@@ -13,7 +13,9 @@
 //! - [`group`]: one group as the rest of Cairn sees it (status, leadership, proposals,
 //!   snapshots), so openraft's API is spoken in this crate only;
 //! - [`network`] and [`service`]: the peer network over gRPC (`cairn.peer.v1.Raft`), every
-//!   group multiplexed over one connection per node pair.
+//!   group multiplexed over one connection per node pair;
+//! - [`transport`]: the seam under it, what connections run over (TCP, or in-memory pipes
+//!   with links that can be cut).
 //!
 //! openraft is pinned exactly (an alpha of the 0.10 line); alpha API changes stay inside this
 //! crate. Architecture invariant: depends on the WAL, the engine and the wire contract
@@ -28,6 +30,7 @@ pub mod replica;
 pub mod service;
 pub mod snapshot;
 pub mod state_machine;
+pub mod transport;
 pub mod types;
 
 pub use group::{

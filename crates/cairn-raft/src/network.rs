@@ -36,39 +36,63 @@ use crate::codec::{
     decode_opt_log_id, decode_vote, encode_applied, encode_entry, encode_opt_log_id, encode_vote,
 };
 use crate::snapshot::{CHUNK_BYTES_DEFAULT, ShardSnapshot};
+use crate::transport::{BoxConn, Network, Tcp};
 use crate::types::{NodeAddr, Snapshot, TypeConfig, Vote};
 
-/// How long a connection attempt to a peer may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// TCP and HTTP/2 keepalive toward peers: a dead peer is noticed without waiting for an RPC.
-const KEEPALIVE: Duration = Duration::from_secs(10);
+/// HTTP/2 keepalive toward peers: a dead peer is noticed without waiting for an RPC.
+const KEEPALIVE: Duration = crate::transport::KEEPALIVE;
 
 /// Connections to peers, shared by every group on the node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Peers {
+    /// What the connections run over.
+    network: Arc<dyn Network>,
     channels: Mutex<HashMap<String, Channel>>,
     /// The `Appends` stream to each peer address, shared by every group.
     links: Mutex<HashMap<String, Arc<AppendLink>>>,
 }
 
+impl Default for Peers {
+    fn default() -> Peers {
+        Peers::new()
+    }
+}
+
 impl Peers {
+    /// Peers reached over TCP.
     pub fn new() -> Peers {
-        Peers::default()
+        Peers::over(Arc::new(Tcp))
     }
 
-    /// The channel to `addr` (`host:port`), connected lazily and reconnected by tonic.
+    /// Peers reached over `network`.
+    pub fn over(network: Arc<dyn Network>) -> Peers {
+        Peers {
+            network,
+            channels: Mutex::default(),
+            links: Mutex::default(),
+        }
+    }
+
+    /// What the connections run over.
+    pub fn network(&self) -> &Arc<dyn Network> {
+        &self.network
+    }
+
+    /// The channel to `addr` (`host:port`), connected lazily (through the network) and
+    /// reconnected by tonic.
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock();
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
         }
         let ch = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .tcp_keepalive(Some(KEEPALIVE))
+            .connect_timeout(crate::transport::CONNECT_TIMEOUT)
             .http2_keep_alive_interval(KEEPALIVE)
             .keep_alive_while_idle(true)
-            .connect_lazy();
+            .connect_with_connector_lazy(Dial {
+                network: self.network.clone(),
+                addr: addr.to_string(),
+            });
         channels.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }
@@ -92,6 +116,32 @@ impl Peers {
             peers: self.clone(),
             group,
         }
+    }
+}
+
+/// tonic's connector: every connection of a channel is dialled through the network (tonic
+/// wraps a failure in `ConnectError`, so callers can tell a request that never left).
+#[derive(Debug, Clone)]
+struct Dial {
+    network: Arc<dyn Network>,
+    addr: String,
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Uri> for Dial {
+    type Response = hyper_util::rt::TokioIo<BoxConn>;
+    type Error = std::io::Error;
+    type Future = futures::future::BoxFuture<'static, std::io::Result<Self::Response>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::codegen::http::Uri) -> Self::Future {
+        let dialing = self.network.dial(&self.addr);
+        Box::pin(async move { dialing.await.map(hyper_util::rt::TokioIo::new) })
     }
 }
 

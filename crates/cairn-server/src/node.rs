@@ -91,6 +91,10 @@ pub struct NodeOptions {
     /// The wall clock TTL deadlines are set and compared with: the system's in production, a
     /// [`cairn_storage::ManualClock`] in tests that move time themselves.
     pub clock: Arc<dyn cairn_storage::Clock>,
+    /// What the node's gRPC address listens on and its peer connections run over (Raft
+    /// traffic, forwarded commands, joins): [`cairn_raft::transport::Tcp`] in production,
+    /// in-memory pipes with links that can be cut in tests.
+    pub network: Arc<dyn cairn_raft::transport::Network>,
 }
 
 /// Segment sizes, not user-facing configuration: the defaults suit a server; tests shrink them
@@ -163,6 +167,11 @@ impl Node {
     }
 
     /// The Raft groups this node hosts (the peer service dispatches on them).
+    /// What the node's gRPC address listens on and its peer connections run over.
+    pub fn network(&self) -> &Arc<dyn cairn_raft::transport::Network> {
+        self.peers.network()
+    }
+
     pub fn groups(&self) -> &Arc<Groups> {
         &self.groups
     }
@@ -295,6 +304,7 @@ mod tests {
             replicas: 3,
             down_after: Duration::from_secs(5),
             clock: cairn_storage::clock::system(),
+            network: Arc::new(cairn_raft::transport::Tcp),
         }
     }
 

@@ -193,17 +193,13 @@ pub async fn forward(
 
 /// Asks the cluster that `addr` belongs to to admit this node; follows redirects to the
 /// metadata leader and retries for up to [`JOIN_WAIT`]. Returns the Raft id and shard count.
-pub async fn join(addr: &str, me: &NodeRecord) -> anyhow::Result<(u64, u32)> {
+pub async fn join(peers: &Peers, addr: &str, me: &NodeRecord) -> anyhow::Result<(u64, u32)> {
     let deadline = tokio::time::Instant::now() + JOIN_WAIT;
     let mut target = addr.to_string();
     let mut last_error = String::new();
     while tokio::time::Instant::now() < deadline {
         let attempt = async {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))?
-                .connect_timeout(Duration::from_secs(1))
-                .connect()
-                .await?;
-            let mut client = pb::node_client::NodeClient::new(channel);
+            let mut client = pb::node_client::NodeClient::new(peers.channel(&target)?);
             let response = client
                 .join(pb::JoinRequest {
                     name: me.name.clone(),

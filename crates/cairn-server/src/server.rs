@@ -69,6 +69,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         resp_addr: config.resp_addr,
         io: Arc::new(cairn_io::StdIo),
         clock: cairn_storage::clock::system(),
+        network: Arc::new(cairn_raft::transport::Tcp),
         tuning: crate::node::StorageTuning::default(),
         join: config.join.clone(),
         replicas: config.replicas,

@@ -21,7 +21,7 @@ use tonic::{Code, Status};
 
 use crate::command::Command;
 use crate::error::CommandError;
-use crate::http::conn::ConnectionLimit;
+use crate::http::conn::{ConnectionLimit, NetworkListener};
 use crate::node::Node;
 use crate::reply::Reply;
 
@@ -44,12 +44,17 @@ pub async fn serve(
     max_connections: usize,
     shutdown: impl Future + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the gRPC address {addr}"))?;
+    // Peers reach the node here too, so it listens on the node's peer network (TCP outside
+    // tests).
+    let listener = NetworkListener(
+        node.network()
+            .listen(addr)
+            .await
+            .with_context(|| format!("binding the gRPC address {addr}"))?,
+    );
     let limit = ConnectionLimit::new(FRONTEND, max_connections);
-    let incoming = futures::stream::unfold((listener, limit), |(listener, limit)| async move {
-        let (stream, _) = limit.accept(&listener, None).await;
+    let incoming = futures::stream::unfold((listener, limit), |(mut listener, limit)| async move {
+        let (stream, _) = limit.accept(&mut listener, None).await;
         Some((Ok::<_, std::io::Error>(stream), (listener, limit)))
     });
     // A request carries at most one value at the configured limit (a batch's values together

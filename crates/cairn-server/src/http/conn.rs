@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
@@ -76,13 +77,13 @@ impl ConnectionLimit {
 
     /// Accept the next connection within the cap. Connections over the cap are closed (after
     /// `refusal` is written, when given); accept errors are logged and retried.
-    pub(crate) async fn accept(
+    pub(crate) async fn accept<L: Incoming>(
         &self,
-        listener: &TcpListener,
+        listener: &mut L,
         refusal: Option<&'static [u8]>,
-    ) -> (Tracked, SocketAddr) {
+    ) -> (Tracked<L::Conn>, SocketAddr) {
         loop {
-            let (mut stream, addr) = match listener.accept().await {
+            let (mut stream, addr) = match listener.next().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(frontend = self.frontend, error = %e, "accept failed");
@@ -92,8 +93,7 @@ impl ConnectionLimit {
             };
             match self.admit() {
                 Some(slot) => {
-                    let _ = stream.set_nodelay(true);
-                    return (Tracked::new(stream, slot, self.idle_timeout), addr);
+                    return (Tracked::new(stream, addr, slot, self.idle_timeout), addr);
                 }
                 None => {
                     tracing::debug!(frontend = self.frontend, %addr, max = self.max, "connection refused: cap reached");
@@ -106,6 +106,38 @@ impl ConnectionLimit {
                 }
             }
         }
+    }
+}
+
+/// Where a front end's connections come from: a TCP listener, or the listener of the node's
+/// peer network (the gRPC front end, which peers reach too).
+pub(crate) trait Incoming: Send {
+    type Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// The next connection and where it came from.
+    fn next(&mut self) -> BoxFuture<'_, io::Result<(Self::Conn, SocketAddr)>>;
+}
+
+impl Incoming for TcpListener {
+    type Conn = TcpStream;
+
+    fn next(&mut self) -> BoxFuture<'_, io::Result<(TcpStream, SocketAddr)>> {
+        Box::pin(async move {
+            let (stream, addr) = self.accept().await?;
+            let _ = stream.set_nodelay(true);
+            Ok((stream, addr))
+        })
+    }
+}
+
+/// A listener of the node's peer network.
+pub(crate) struct NetworkListener(pub(crate) Box<dyn cairn_raft::transport::Listener>);
+
+impl Incoming for NetworkListener {
+    type Conn = cairn_raft::transport::BoxConn;
+
+    fn next(&mut self) -> BoxFuture<'_, io::Result<(Self::Conn, SocketAddr)>> {
+        self.0.accept()
     }
 }
 
@@ -145,11 +177,12 @@ impl Drop for Slot {
     }
 }
 
-/// A TCP stream that holds its [`Slot`] for as long as it is open, and fails with
+/// A connection that holds its [`Slot`] for as long as it is open, and fails with
 /// `TimedOut` once it has moved no bytes for its idle timeout.
-#[derive(Debug)]
-pub(crate) struct Tracked {
-    stream: TcpStream,
+pub(crate) struct Tracked<S = TcpStream> {
+    stream: S,
+    /// Where the connection came from.
+    remote: SocketAddr,
     _slot: Slot,
     idle_timeout: Duration,
     /// When bytes last moved in either direction.
@@ -159,11 +192,21 @@ pub(crate) struct Tracked {
     idle: Pin<Box<Sleep>>,
 }
 
-impl Tracked {
-    fn new(stream: TcpStream, slot: Slot, idle_timeout: Duration) -> Self {
+impl<S> std::fmt::Debug for Tracked<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracked")
+            .field("remote", &self.remote)
+            .field("last_active", &self.last_active)
+            .finish()
+    }
+}
+
+impl<S> Tracked<S> {
+    fn new(stream: S, remote: SocketAddr, slot: Slot, idle_timeout: Duration) -> Self {
         let now = Instant::now();
         Tracked {
             stream,
+            remote,
             _slot: slot,
             idle_timeout,
             last_active: now,
@@ -207,7 +250,7 @@ impl Tracked {
     }
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -218,7 +261,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -250,11 +293,14 @@ impl AsyncWrite for Tracked {
     }
 }
 
-impl tonic::transport::server::Connected for Tracked {
+impl<S> tonic::transport::server::Connected for Tracked<S> {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        tonic::transport::server::TcpConnectInfo {
+            local_addr: None,
+            remote_addr: Some(self.remote),
+        }
     }
 }
 
@@ -271,7 +317,7 @@ impl axum::serve::Listener for CappedListener {
 
     async fn accept(&mut self) -> (Tracked, SocketAddr) {
         self.limit
-            .accept(&self.listener, Some(HTTP_TOO_MANY_CONNECTIONS))
+            .accept(&mut self.listener, Some(HTTP_TOO_MANY_CONNECTIONS))
             .await
     }
 
@@ -305,12 +351,12 @@ mod tests {
     #[tokio::test]
     async fn silent_connections_time_out_and_free_their_slot() {
         use tokio::io::AsyncReadExt as _;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let limit = ConnectionLimit::new("http", 1).with_idle_timeout(Duration::from_millis(50));
         let _client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let (mut server_side, _) = limit.accept(&listener, None).await;
+        let (mut server_side, _) = limit.accept(&mut listener, None).await;
         assert!(
             limit.admit().is_none(),
             "the accepted connection holds the only slot"

@@ -22,6 +22,7 @@ impl Node {
     /// alone votes in.
     pub async fn open(options: NodeOptions) -> anyhow::Result<Arc<Node>> {
         let io = options.io.clone();
+        let peers = Arc::new(Peers::over(options.network.clone()));
         let identity = match NodeIdentity::load(&*io, &options.data_dir)? {
             Some(identity) => identity,
             None => {
@@ -37,7 +38,7 @@ impl Node {
                             resp_addr: options.resp_addr.to_string(),
                             down: false,
                         };
-                        let (raft_id, shards) = crate::peer::join(addr, &me).await?;
+                        let (raft_id, shards) = crate::peer::join(&peers, addr, &me).await?;
                         tracing::info!(raft_id, shards, via = %addr, "joined the cluster");
                         NodeIdentity::new(Some(name), raft_id, shards, true)
                     }
@@ -69,7 +70,6 @@ impl Node {
         let wal = Arc::new(wal);
         let groups = Arc::new(Groups::new(identity.raft_id));
         let health = Arc::new(WriteHealth::default());
-        let peers = Arc::new(Peers::new());
         let setup = ShardsSetup {
             io: io.clone(),
             data_dir: &options.data_dir,

@@ -78,6 +78,7 @@ fn node_options(io: &SimIo, sync: SyncMode) -> NodeOptions {
         replicas: 3,
         down_after: std::time::Duration::from_secs(5),
         clock: cairn_storage::clock::system(),
+        network: Arc::new(cairn_raft::transport::Tcp),
     }
 }
 

@@ -1,0 +1,375 @@
+//! An in-memory [`Network`]: nodes in one process joined by pipes, with links that can be
+//! cut, for tests (and a deterministic simulation to come) that run a cluster without a
+//! socket.
+//!
+//! Every node gets its own handle, [`MemoryNetwork::node`], which knows the node's address,
+//! so links are named by the pair of addresses they join. Cutting a link refuses new
+//! connections between the two (as a refused TCP connect does) and resets the ones open
+//! between them (their next read or write fails, and any read or write waiting is woken to
+//! fail), as a peer's kernel answering with RST does. Healing lets new connections through;
+//! tonic and the append links reconnect on their own.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use futures::task::AtomicWaker;
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+
+use super::{BoxConn, Listener, Network};
+
+/// Bytes a pipe buffers in each direction before the writer waits.
+const PIPE_BYTES: usize = 256 * 1024;
+/// Connections waiting to be accepted at one address before a dialer waits.
+const BACKLOG: usize = 128;
+
+type Accepted = (BoxConn, SocketAddr);
+
+/// Links between two addresses, either way round.
+fn pair(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+    if a <= b { (a, b) } else { (b, a) }
+}
+
+#[derive(Default)]
+struct State {
+    /// Who listens where: the listener's id (so a closed one unregisters only itself) and
+    /// its queue.
+    listeners: HashMap<SocketAddr, (u64, tokio::sync::mpsc::Sender<Accepted>)>,
+    next_listener: u64,
+    cut: HashSet<(SocketAddr, SocketAddr)>,
+    /// Open connections, by the pair they join (dead ones are dropped as they are met).
+    open: HashMap<(SocketAddr, SocketAddr), Vec<Weak<Severance>>>,
+}
+
+/// Pipes between the nodes of one process. Clones share the network.
+#[derive(Clone, Default)]
+pub struct MemoryNetwork {
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for MemoryNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.state.lock();
+        f.debug_struct("MemoryNetwork")
+            .field("listening", &st.listeners.keys().collect::<Vec<_>>())
+            .field("cut", &st.cut)
+            .finish()
+    }
+}
+
+impl MemoryNetwork {
+    pub fn new() -> MemoryNetwork {
+        MemoryNetwork::default()
+    }
+
+    /// The network as the node at `addr` (its gRPC address) sees it.
+    pub fn node(&self, addr: SocketAddr) -> MemoryNode {
+        MemoryNode {
+            net: self.clone(),
+            me: addr,
+        }
+    }
+
+    /// Cuts the link between `a` and `b`: connections open between them are reset, new ones
+    /// refused, until [`MemoryNetwork::heal`].
+    pub fn cut(&self, a: SocketAddr, b: SocketAddr) {
+        let severed = {
+            let mut st = self.state.lock();
+            st.cut.insert(pair(a, b));
+            st.open.remove(&pair(a, b)).unwrap_or_default()
+        };
+        for s in severed.iter().filter_map(Weak::upgrade) {
+            s.sever();
+        }
+    }
+
+    /// Cuts every link of `addr` to an address that listens.
+    pub fn isolate(&self, addr: SocketAddr) {
+        let others: Vec<SocketAddr> = self
+            .state
+            .lock()
+            .listeners
+            .keys()
+            .copied()
+            .filter(|&o| o != addr)
+            .collect();
+        for other in others {
+            self.cut(addr, other);
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        self.state.lock().cut.clear();
+    }
+
+    fn dial(&self, from: SocketAddr, to: SocketAddr) -> io::Result<BoxConn> {
+        let (queue, near, far) = {
+            let mut st = self.state.lock();
+            if st.cut.contains(&pair(from, to)) {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!("the link {from} - {to} is cut"),
+                ));
+            }
+            let Some((_, queue)) = st.listeners.get(&to).cloned() else {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!("nothing listens at {to}"),
+                ));
+            };
+            let severance = Arc::new(Severance::default());
+            let links = st.open.entry(pair(from, to)).or_default();
+            links.retain(|w| w.strong_count() > 0);
+            links.push(Arc::downgrade(&severance));
+            let (near, far) = tokio::io::duplex(PIPE_BYTES);
+            (
+                queue,
+                Pipe::new(near, severance.clone(), 0),
+                Pipe::new(far, severance, 1),
+            )
+        };
+        match queue.try_send((Box::new(far), from)) {
+            Ok(()) => Ok(Box::new(near)),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("{to} is not accepting connections"),
+            )),
+        }
+    }
+}
+
+/// One node's view of a [`MemoryNetwork`].
+#[derive(Debug, Clone)]
+pub struct MemoryNode {
+    net: MemoryNetwork,
+    me: SocketAddr,
+}
+
+impl Network for MemoryNode {
+    fn dial(&self, addr: &str) -> BoxFuture<'static, io::Result<BoxConn>> {
+        let result = addr
+            .parse::<SocketAddr>()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{addr}: {e}")))
+            .and_then(|to| self.net.dial(self.me, to));
+        Box::pin(async move { result })
+    }
+
+    fn listen(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Listener>>> {
+        let result = {
+            let mut st = self.net.state.lock();
+            match st.listeners.get(&addr) {
+                Some((_, tx)) if !tx.is_closed() => Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{addr} is in use"),
+                )),
+                _ => {
+                    let (tx, rx) = tokio::sync::mpsc::channel(BACKLOG);
+                    st.next_listener += 1;
+                    let id = st.next_listener;
+                    st.listeners.insert(addr, (id, tx));
+                    Ok(Box::new(MemoryListener {
+                        net: self.net.clone(),
+                        addr,
+                        id,
+                        rx,
+                    }) as Box<dyn Listener>)
+                }
+            }
+        };
+        Box::pin(async move { result })
+    }
+}
+
+struct MemoryListener {
+    net: MemoryNetwork,
+    addr: SocketAddr,
+    id: u64,
+    rx: tokio::sync::mpsc::Receiver<Accepted>,
+}
+
+impl Listener for MemoryListener {
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxConn, SocketAddr)>> {
+        Box::pin(async move {
+            self.rx
+                .recv()
+                .await
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "the network is gone"))
+        })
+    }
+}
+
+impl Drop for MemoryListener {
+    fn drop(&mut self) {
+        let mut st = self.net.state.lock();
+        if st
+            .listeners
+            .get(&self.addr)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            st.listeners.remove(&self.addr);
+        }
+    }
+}
+
+/// Shared by the two ends of one connection: once severed, both fail.
+#[derive(Default)]
+struct Severance {
+    severed: AtomicBool,
+    /// Readers and writers of each end waiting on the pipe.
+    wakers: [AtomicWaker; 4],
+}
+
+impl Severance {
+    fn sever(&self) {
+        self.severed.store(true, Ordering::Release);
+        for w in &self.wakers {
+            w.wake();
+        }
+    }
+
+    /// Registers `cx` in slot `slot`, then `Err` if the connection is severed.
+    fn check(&self, slot: usize, cx: &Context<'_>) -> io::Result<()> {
+        self.wakers[slot].register(cx.waker());
+        if self.severed.load(Ordering::Acquire) {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "the link was cut",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One end of an in-memory connection.
+struct Pipe {
+    inner: DuplexStream,
+    severance: Arc<Severance>,
+    /// Which end: 0 dialer, 1 acceptor (picks the waker slots).
+    end: usize,
+}
+
+impl Pipe {
+    fn new(inner: DuplexStream, severance: Arc<Severance>, end: usize) -> Pipe {
+        Pipe {
+            inner,
+            severance,
+            end,
+        }
+    }
+}
+
+impl AsyncRead for Pipe {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.severance.check(self.end * 2, cx)?;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Pipe {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.severance.check(self.end * 2 + 1, cx)?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.severance.check(self.end * 2 + 1, cx)?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn at(i: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, i], 7070))
+    }
+
+    #[tokio::test]
+    async fn a_cut_resets_open_connections_refuses_new_ones_and_heals() {
+        let net = MemoryNetwork::new();
+        let (a, b) = (net.node(at(1)), net.node(at(2)));
+        let mut listener = a.listen(at(1)).await.unwrap();
+        assert_eq!(
+            b.listen(at(1)).await.err().map(|e| e.kind()),
+            Some(io::ErrorKind::AddrInUse)
+        );
+
+        let mut dialled = b.dial(&at(1).to_string()).await.unwrap();
+        let (mut accepted, from) = listener.accept().await.unwrap();
+        assert_eq!(from, at(2));
+        dialled.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        accepted.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+
+        // A read waiting when the link is cut is woken and fails; so does the other end.
+        let waiting = tokio::spawn(async move {
+            let mut buf = [0u8; 1];
+            accepted.read(&mut buf).await.map_err(|e| e.kind())
+        });
+        tokio::task::yield_now().await;
+        net.cut(at(2), at(1));
+        assert_eq!(waiting.await.unwrap(), Err(io::ErrorKind::ConnectionReset));
+        assert_eq!(
+            dialled.write_all(b"x").await.map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionReset)
+        );
+        assert_eq!(
+            b.dial(&at(1).to_string()).await.err().map(|e| e.kind()),
+            Some(io::ErrorKind::ConnectionRefused)
+        );
+        // Other links stay up.
+        let c = net.node(at(3));
+        let _to_c = c.dial(&at(1).to_string()).await.unwrap();
+        assert_eq!(listener.accept().await.unwrap().1, at(3));
+
+        net.heal();
+        let mut again = b.dial(&at(1).to_string()).await.unwrap();
+        let (mut accepted, _) = listener.accept().await.unwrap();
+        again.write_all(b"back").await.unwrap();
+        accepted.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"back");
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_refused_and_a_closed_listener_frees_its_address() {
+        let net = MemoryNetwork::new();
+        let a = net.node(at(1));
+        assert_eq!(
+            a.dial(&at(9).to_string()).await.err().map(|e| e.kind()),
+            Some(io::ErrorKind::ConnectionRefused)
+        );
+        drop(a.listen(at(1)).await.unwrap());
+        assert_eq!(
+            net.node(at(2))
+                .dial(&at(1).to_string())
+                .await
+                .err()
+                .map(|e| e.kind()),
+            Some(io::ErrorKind::ConnectionRefused)
+        );
+        assert!(a.listen(at(1)).await.is_ok());
+    }
+}
