@@ -405,13 +405,39 @@ fn listing_by_prefix_and_range_pages_and_is_binary_safe() {
     assert_eq!(get(&node, "/v1/kv?bogus=1").status, 400);
 }
 
+/// Fetches with `fetch` until `done` holds of what it got (at most 10 s), and returns the
+/// last thing fetched: for views that settle a moment after the request that changed them.
+fn settle<T>(mut fetch: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = fetch();
+        if done(&got) || std::time::Instant::now() >= deadline {
+            return got;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn cluster_health_ready_metrics_and_openapi() {
     let node = Node::start();
-    // Cluster map: one node, 4 shards (the default) covering every slot once, each led by this node.
-    let r = get(&node, "/v1/cluster");
-    assert_eq!(r.status, 200);
-    let j = r.json();
+    // Cluster map: one node, 4 shards (the default) covering every slot once, each led by this
+    // node. A shard reports an entry applied a moment after it is committed, so the map is
+    // read until every shard has applied what it committed.
+    let j = settle(
+        || {
+            let r = get(&node, "/v1/cluster");
+            assert_eq!(r.status, 200);
+            r.json()
+        },
+        |j| {
+            j["shards"].as_array().is_some_and(|s| {
+                s.iter().all(|s| {
+                    s["applied_index"].as_u64().is_some() && s["applied_index"] == s["commit_index"]
+                })
+            })
+        },
+    );
     let nodes = j["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 1);
     let me = &nodes[0];
@@ -427,6 +453,7 @@ fn cluster_health_ready_metrics_and_openapi() {
     for s in shards {
         assert_eq!(s["leader"], id);
         assert!(s["term"].as_u64().unwrap() >= 1, "{s}");
+        assert!(s["applied_index"].as_u64().is_some(), "{s}");
         assert_eq!(s["applied_index"], s["commit_index"], "{s}");
         assert_eq!(s["replicas"], serde_json::json!([id]));
         for r in s["slots"].as_array().unwrap() {
@@ -449,10 +476,26 @@ fn cluster_health_ready_metrics_and_openapi() {
     // Metrics: Prometheus text that has seen this front end's requests.
     put(&node, "/v1/kv/m", b"v");
     get(&node, "/v1/kv/m");
-    let r = get(&node, "/metrics");
-    assert_eq!(r.status, 200);
-    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
-    let text = String::from_utf8(r.body).unwrap();
+    // The PUT is answered when its entry is applied to the engine; the group's own view of
+    // its applied index follows a moment later.
+    let value = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+    };
+    let text = settle(
+        || {
+            let r = get(&node, "/metrics");
+            assert_eq!(r.status, 200);
+            assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+            String::from_utf8(r.body).unwrap()
+        },
+        |text| {
+            let applied = value(text, r#"cairn_shard_raft_applied_index{shard="3"}"#);
+            applied.is_some()
+                && applied == value(text, r#"cairn_shard_raft_committed_index{shard="3"}"#)
+                && applied == value(text, r#"cairn_shard_last_applied_index{shard="3"}"#)
+        },
+    );
     for needle in [
         r#"cairn_requests_total{frontend="http",command="put"}"#,
         r#"cairn_requests_total{frontend="http",command="get"}"#,
