@@ -166,12 +166,12 @@ impl Node {
         self.health.failure()
     }
 
-    /// The Raft groups this node hosts (the peer service dispatches on them).
     /// What the node's gRPC address listens on and its peer connections run over.
     pub fn network(&self) -> &Arc<dyn cairn_raft::transport::Network> {
         self.peers.network()
     }
 
+    /// The Raft groups this node hosts (the peer service dispatches on them).
     pub fn groups(&self) -> &Arc<Groups> {
         &self.groups
     }

@@ -45,6 +45,8 @@ struct State {
     cut: HashSet<(SocketAddr, SocketAddr)>,
     /// Open connections, by the pair they join (dead ones are dropped as they are met).
     open: HashMap<(SocketAddr, SocketAddr), Vec<Weak<Severance>>>,
+    /// Connections ever made, by the pair they join.
+    made: HashMap<(SocketAddr, SocketAddr), u64>,
 }
 
 /// Pipes between the nodes of one process. Clones share the network.
@@ -109,6 +111,16 @@ impl MemoryNetwork {
         self.state.lock().cut.clear();
     }
 
+    /// How many connections were made between `a` and `b`, either way.
+    pub fn connections(&self, a: SocketAddr, b: SocketAddr) -> u64 {
+        self.state
+            .lock()
+            .made
+            .get(&pair(a, b))
+            .copied()
+            .unwrap_or(0)
+    }
+
     fn dial(&self, from: SocketAddr, to: SocketAddr) -> io::Result<BoxConn> {
         let (queue, near, far) = {
             let mut st = self.state.lock();
@@ -136,7 +148,10 @@ impl MemoryNetwork {
             )
         };
         match queue.try_send((Box::new(far), from)) {
-            Ok(()) => Ok(Box::new(near)),
+            Ok(()) => {
+                *self.state.lock().made.entry(pair(from, to)).or_default() += 1;
+                Ok(Box::new(near))
+            }
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::ConnectionRefused,
                 format!("{to} is not accepting connections"),
@@ -324,18 +339,33 @@ mod tests {
         accepted.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"ping");
 
-        // A read waiting when the link is cut is woken and fails; so does the other end.
-        let waiting = tokio::spawn(async move {
-            let mut buf = [0u8; 1];
-            accepted.read(&mut buf).await.map_err(|e| e.kind())
-        });
-        tokio::task::yield_now().await;
+        // Reads waiting at both ends when the link is cut are woken and fail; so do writes.
+        let wait_read = |mut conn: BoxConn| {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1];
+                let result = conn.read(&mut buf).await.map_err(|e| e.kind());
+                (result, conn)
+            })
+        };
+        let (at_acceptor, at_dialler) = (wait_read(accepted), wait_read(dialled));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         net.cut(at(2), at(1));
-        assert_eq!(waiting.await.unwrap(), Err(io::ErrorKind::ConnectionReset));
+        let patience = std::time::Duration::from_secs(10);
+        let (read, _accepted) = tokio::time::timeout(patience, at_acceptor)
+            .await
+            .expect("the acceptor's read was woken")
+            .unwrap();
+        assert_eq!(read, Err(io::ErrorKind::ConnectionReset));
+        let (read, mut dialled) = tokio::time::timeout(patience, at_dialler)
+            .await
+            .expect("the dialler's read was woken")
+            .unwrap();
+        assert_eq!(read, Err(io::ErrorKind::ConnectionReset));
         assert_eq!(
             dialled.write_all(b"x").await.map_err(|e| e.kind()),
             Err(io::ErrorKind::ConnectionReset)
         );
+        assert_eq!(net.connections(at(1), at(2)), 1);
         assert_eq!(
             b.dial(&at(1).to_string()).await.err().map(|e| e.kind()),
             Some(io::ErrorKind::ConnectionRefused)

@@ -370,6 +370,11 @@ fn a_power_cut_during_an_install_leaves_the_old_replica_or_the_new() {
                 history.contents_at(at),
                 "round {round} (cut after {after} calls): the replica is not what index {at} made"
             );
+            assert_eq!(
+                follower.sm.applied().unwrap().0.map_or(0, |l| l.index),
+                at,
+                "the isolated replica applied something while it was read"
+            );
             router.heal();
             applied(&follower, target).await;
             assert_eq!(contents(&follower), history.contents_at(target));

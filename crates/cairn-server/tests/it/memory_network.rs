@@ -1,7 +1,9 @@
 //! A three-node cluster in one process on the in-memory peer network
 //! (`cairn_raft::transport::memory`): joins, Raft traffic and forwarded commands all cross
-//! the network seam, never a socket (the nodes' gRPC addresses are on 10.99.0.0/24, which no
-//! interface here has), and cutting a node's links partitions it as iptables would.
+//! the network seam, never a socket (the nodes' gRPC addresses are in 192.0.2.0/24, a range
+//! reserved for documentation that no interface here has, and every node pair is seen to
+//! connect through the network), and cutting a node's links partitions it as iptables
+//! would.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,9 +17,11 @@ use tokio::sync::watch;
 
 /// Longest any step may take on a loaded two-core machine.
 const PATIENCE: Duration = Duration::from_secs(60);
+/// One shard per node once leaders are spread, so node 3 leads one when it is cut off.
+const SHARDS: u32 = 3;
 
 fn grpc_addr(i: u8) -> SocketAddr {
-    SocketAddr::from(([10, 99, 0, i], 7070))
+    SocketAddr::from(([192, 0, 2, i], 7070))
 }
 
 /// A node running in this process: its front end on the network and its background tasks.
@@ -30,12 +34,12 @@ struct Running {
 async fn start(net: &MemoryNetwork, dir: &std::path::Path, i: u8, join: Option<u8>) -> Running {
     let options = NodeOptions {
         data_dir: dir.join(format!("node-{i}")),
-        shards: 2,
+        shards: SHARDS,
         value_bytes_max: 1 << 20,
         sync: SyncMode::Always,
         grpc_addr: grpc_addr(i),
-        http_addr: SocketAddr::from(([10, 99, 0, i], 7080)),
-        resp_addr: SocketAddr::from(([10, 99, 0, i], 7379)),
+        http_addr: SocketAddr::from(([192, 0, 2, i], 7080)),
+        resp_addr: SocketAddr::from(([192, 0, 2, i], 7379)),
         io: Arc::new(cairn_io::StdIo),
         tuning: cairn_server::StorageTuning::default(),
         join: join.map(|j| grpc_addr(j).to_string()),
@@ -75,7 +79,7 @@ async fn start(net: &MemoryNetwork, dir: &std::path::Path, i: u8, join: Option<u
 async fn stop(running: Running) {
     let _ = running.stop.send(true);
     for task in running.tasks {
-        let _ = task.await;
+        task.await.expect("the node's tasks end cleanly");
     }
     running.node.shutdown().await.expect("clean shutdown");
 }
@@ -121,24 +125,47 @@ async fn until_done(node: &Node, command: Command) -> Reply {
     .expect("done within the patience")
 }
 
-/// Waits until `node` sees every shard with three voters and a leader.
-async fn replicated(node: &Node) {
+/// Waits until `node` sees every shard with three voters and the shard leaders spread one
+/// per node; returns the status.
+async fn replicated(node: &Node) -> cairn_server::ClusterStatus {
     tokio::time::timeout(PATIENCE, async {
         loop {
             let status = node.cluster_status();
+            let leaders: std::collections::BTreeSet<_> = status
+                .shards
+                .iter()
+                .filter_map(|s| s.leader.clone())
+                .collect();
             if status.nodes.len() == 3
+                && leaders.len() == 3
                 && status
                     .shards
                     .iter()
-                    .all(|s| s.replicas.len() == 3 && s.learners.is_empty() && s.leader.is_some())
+                    .all(|s| s.replicas.len() == 3 && s.learners.is_empty())
             {
-                return;
+                return status;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("not replicated: {:?}", node.cluster_status()));
+    .unwrap_or_else(|_| panic!("not replicated and balanced: {:?}", node.cluster_status()))
+}
+
+/// Waits until `node`'s own replica (a stale, local read) holds `value` at `key`.
+async fn held_locally(node: &Node, key: &str, value: &str) {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Ok(reply) = node.execute_with(get(key), true).await {
+                if value_of(reply).as_deref() == Some(value.as_bytes()) {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("node {} never held {key} = {value}", node.id()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,10 +175,32 @@ async fn a_cluster_on_the_in_memory_network_replicates_forwards_and_partitions()
     let n1 = start(&net, dir.path(), 1, None).await;
     let n2 = start(&net, dir.path(), 2, Some(1)).await;
     let n3 = start(&net, dir.path(), 3, Some(1)).await;
-    replicated(&n1.node).await;
+    let status = replicated(&n1.node).await;
+    for (a, b) in [(1, 2), (1, 3), (2, 3)] {
+        assert!(
+            net.connections(grpc_addr(a), grpc_addr(b)) > 0,
+            "nodes {a} and {b} never connected through the network"
+        );
+    }
+    // Keys of every shard, and which of them node 3 leads.
+    let keys: Vec<String> = (0..24).map(|i| format!("key-{i}")).collect();
+    let shard_of = |key: &str| {
+        let slot = cairn_proto::slot::key_slot(key.as_bytes());
+        status
+            .shards
+            .iter()
+            .find(|s| s.slots.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+            .expect("every slot has a shard")
+    };
+    let n3_name = n3.node.cluster_status().node_id;
+    let led_by_n3: Vec<&String> = keys
+        .iter()
+        .filter(|k| shard_of(k).leader.as_deref() == Some(n3_name.as_str()))
+        .collect();
+    assert!(!led_by_n3.is_empty(), "no key of the shard node 3 leads");
 
-    // Writes through one node are read through every node (forwarded to each shard's leader).
-    let keys: Vec<String> = (0..8).map(|i| format!("key-{i}")).collect();
+    // Writes through one node are read through every node (forwarded to each shard's
+    // leader), and every replica holds them.
     for key in &keys {
         until_done(&n1.node, set(key, "one")).await;
     }
@@ -166,9 +215,13 @@ async fn a_cluster_on_the_in_memory_network_replicates_forwards_and_partitions()
             );
         }
     }
+    for key in &keys {
+        held_locally(&n3.node, key, "one").await;
+    }
 
-    // Node 3 cut off: the majority goes on writing; node 3 never answers a read with what
-    // it held before (it cannot reach a leader, and a lease it held has run out).
+    // Node 3 cut off, while it leads a shard: the majority elects a new leader and goes on
+    // writing; node 3 never answers a linearizable read with the value it holds (for keys of
+    // other shards it cannot reach their leaders; for its own shard its lease runs out).
     net.isolate(grpc_addr(3));
     for key in &keys {
         until_done(&n1.node, set(key, "two")).await;
@@ -178,16 +231,24 @@ async fn a_cluster_on_the_in_memory_network_replicates_forwards_and_partitions()
         let node = n3.node.clone();
         async move { (key, node.execute(get(key)).await) }
     });
-    for (key, read) in futures::future::join_all(reads).await {
+    let reads = tokio::time::timeout(PATIENCE, futures::future::join_all(reads))
+        .await
+        .expect("the isolated node answers within the patience");
+    for (key, read) in reads {
         match read {
             Err(CommandError::TryAgain(_)) => {}
-            other => panic!("an isolated node answered a linearizable read of {key}: {other:?}"),
+            other => panic!(
+                "an isolated node answered a linearizable read of {key} (its shard led by \
+                 node 3: {}): {other:?}",
+                led_by_n3.contains(&key)
+            ),
         }
     }
 
-    // Healed, it serves the new values.
+    // Healed, it replicates again and serves the new values.
     net.heal();
     for key in &keys {
+        held_locally(&n3.node, key, "two").await;
         let got = value_of(until_done(&n3.node, get(key)).await);
         assert_eq!(
             got.as_deref(),
