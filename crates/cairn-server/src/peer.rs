@@ -250,6 +250,35 @@ mod tests {
         }
     }
 
+    /// The same on a network other than TCP: a dial the network refuses (a cut link) is
+    /// wrapped by tonic as a connection never made, so the write is retriable.
+    #[tokio::test]
+    async fn a_write_over_a_cut_link_of_the_in_memory_network_is_retriable() {
+        use cairn_raft::transport::Network as _;
+        use cairn_raft::transport::memory::MemoryNetwork;
+        let net = MemoryNetwork::new();
+        let (me, peer) = ("192.0.2.1:7070", "192.0.2.2:7070");
+        let _listening = net
+            .node(peer.parse().unwrap())
+            .listen(peer.parse().unwrap())
+            .await
+            .unwrap();
+        net.cut(me.parse().unwrap(), peer.parse().unwrap());
+        let peers = Peers::over(std::sync::Arc::new(net.node(me.parse().unwrap())));
+        let write = Command::IncrBy {
+            key: bytes::Bytes::from_static(b"k"),
+            delta: 1,
+        };
+        match forward(&peers, peer, &write, 1, false, None).await {
+            Err(CommandError::TryAgain(why)) => assert!(why.contains("unreachable"), "{why}"),
+            other => panic!("a connection never made must be retriable, got {other:?}"),
+        }
+        assert_eq!(
+            net.connections(me.parse().unwrap(), peer.parse().unwrap()),
+            0
+        );
+    }
+
     #[tokio::test]
     async fn a_write_whose_connection_dies_after_sending_is_of_unknown_outcome() {
         const KEY: &[u8] = b"the-request-arrived";
