@@ -181,6 +181,19 @@ pub fn encode_request(out: &mut BytesMut, request: &Request) {
     }
 }
 
+/// The length [`encode_request`] gives `request`.
+fn encoded_request_len(request: &Request) -> usize {
+    4 + request
+        .ops
+        .iter()
+        .map(|op| match op {
+            WriteOp::Put { key, value, .. } => 1 + 4 + key.len() + 4 + value.len() + 8,
+            WriteOp::Delete { key } => 1 + 4 + key.len(),
+            WriteOp::Clear => 1,
+        })
+        .sum::<usize>()
+}
+
 fn get_request(buf: &mut &[u8], all: &Bytes) -> io::Result<Request> {
     let count = get_u32(buf, "request")? as usize;
     // Each op takes at least 5 bytes: a corrupt count cannot make this allocate much.
@@ -210,7 +223,13 @@ fn get_request(buf: &mut &[u8], all: &Bytes) -> io::Result<Request> {
 
 /// Encodes a log entry.
 pub fn encode_entry(entry: &Entry) -> Bytes {
-    let mut out = BytesMut::with_capacity(64);
+    // Sized up front: an entry of many writes would otherwise grow (and copy) its buffer
+    // several times.
+    let body = match &entry.payload {
+        EntryPayload::Normal(request) => encoded_request_len(request),
+        EntryPayload::Blank | EntryPayload::Membership(_) => 0,
+    };
+    let mut out = BytesMut::with_capacity(64 + body);
     let kind = match &entry.payload {
         EntryPayload::Blank => KIND_BLANK,
         EntryPayload::Normal(_) => KIND_NORMAL,
@@ -226,6 +245,10 @@ pub fn encode_entry(entry: &Entry) -> Bytes {
             out.put_slice(&json);
         }
     }
+    debug_assert!(
+        !matches!(entry.payload, EntryPayload::Normal(_)) || out.len() <= 64 + body,
+        "an entry's buffer was sized too small"
+    );
     out.freeze()
 }
 

@@ -59,6 +59,14 @@ impl Recent {
 
     /// Removes every entry at `from` and above.
     fn truncate(&mut self, from: u64) {
+        // Every append asks; nearly always nothing is there (a split would still cost).
+        if self
+            .entries
+            .last_key_value()
+            .is_none_or(|(&last, _)| last < from)
+        {
+            return;
+        }
         for (_, (_, size)) in self.entries.split_off(&from) {
             self.bytes -= size;
         }
@@ -249,12 +257,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut decoded = Vec::new();
         for entry in entries {
             let payload = encode_entry(&entry);
+            // The cache keeps the entry decoded from its own encoding, not the entry given:
+            // that one's keys and values are slices of the buffers the writes arrived in (a
+            // client connection's read buffer each), which the cache would keep alive for as
+            // long as it holds the entry; these are slices of one right-sized payload.
+            let cached = decode_entry(&payload)?;
+            decoded.push((cached, payload.len()));
             ops.push(Op::Entry(Record {
                 group: self.group,
                 index: entry.log_id.index,
-                payload: payload.clone(),
+                payload,
             }));
-            decoded.push((entry, payload.len()));
         }
         // Under the cache's lock, so that a reader sees the log and the cache change together.
         let mut recent = self.recent.lock();
@@ -294,5 +307,85 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }])?;
         recent.purge(log_id.index);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use cairn_wal::WalOptions;
+    use openraft::EntryPayload;
+    use openraft::impls::leader_id_adv::LeaderId;
+
+    use super::*;
+    use crate::types::{Request, WriteOp};
+
+    fn entry(index: u64, key: Bytes, value: Bytes) -> Entry {
+        Entry {
+            log_id: LogId::new(
+                LeaderId {
+                    term: 1,
+                    node_id: 1,
+                },
+                index,
+            ),
+            payload: EntryPayload::Normal(Request {
+                ops: vec![WriteOp::Put {
+                    key,
+                    value,
+                    expires_at_ms: None,
+                }],
+            }),
+        }
+    }
+
+    /// A write's key and value arrive as slices of a connection's read buffer; the log's
+    /// cache of recent entries must not keep that whole buffer alive.
+    #[tokio::test]
+    async fn the_cache_keeps_entries_but_not_the_buffers_they_arrived_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(
+            dir.path(),
+            WalOptions {
+                io: Arc::new(cairn_io::StdIo),
+                segment_bytes_max: 1 << 20,
+                fsync_batches: true,
+                on_fsync: None,
+            },
+        )
+        .unwrap();
+        let mut log = LogStore::new(Arc::new(wal), 7);
+        let arrived = Bytes::from(vec![b'x'; 64 * 1024]);
+        let (key, value) = (arrived.slice(0..3), arrived.slice(3..259));
+        log.append([entry(1, key.clone(), value.clone())], IOFlushed::noop())
+            .await
+            .unwrap();
+        drop((key, value));
+        assert!(
+            arrived.is_unique(),
+            "the cache holds slices of the buffer the write arrived in"
+        );
+        // And it still serves the entry, from memory.
+        let got = log.try_get_log_entries(1..2).await.unwrap();
+        assert_eq!(
+            got,
+            vec![entry(1, arrived.slice(0..3), arrived.slice(3..259))]
+        );
+        assert_eq!(log.recent.lock().entries.len(), 1);
+    }
+
+    #[test]
+    fn truncating_past_the_end_keeps_everything_and_truncating_inside_drops_the_tail() {
+        let mut recent = Recent::default();
+        for i in 1..=3 {
+            recent.insert(
+                entry(i, Bytes::from_static(b"k"), Bytes::from_static(b"v")),
+                10,
+            );
+        }
+        recent.truncate(4);
+        assert_eq!((recent.entries.len(), recent.bytes), (3, 30));
+        recent.truncate(2);
+        assert_eq!((recent.entries.len(), recent.bytes), (1, 10));
     }
 }
