@@ -67,10 +67,13 @@ impl ExpiryIndex {
     pub fn set(&mut self, key: &Bytes, at_ms: Option<u64>) {
         match at_ms {
             Some(at) => {
+                // A copy: `key` is a slice of the buffer its write arrived in (a log entry's
+                // payload), which the index would otherwise keep alive until the key expires.
+                let key = Bytes::copy_from_slice(key);
                 if let Some(old) = self.by_key.insert(key.clone(), at) {
                     self.by_time.remove(&(old, key.clone()));
                 }
-                self.by_time.insert((at, key.clone()));
+                self.by_time.insert((at, key));
             }
             None => self.remove(key),
         }
@@ -133,5 +136,17 @@ mod tests {
         assert_eq!(idx.len(), 1);
         idx.clear();
         assert!(idx.is_empty());
+    }
+
+    #[test]
+    fn a_key_is_kept_without_the_buffer_it_arrived_in() {
+        let mut idx = ExpiryIndex::default();
+        let arrived = Bytes::from(vec![b'k'; 4096]);
+        idx.set(&arrived.slice(0..8), Some(10));
+        assert!(
+            arrived.is_unique(),
+            "the index holds the whole arrival buffer"
+        );
+        assert_eq!(idx.due(20, 10), vec![arrived.slice(0..8)]);
     }
 }
