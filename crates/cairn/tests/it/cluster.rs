@@ -22,7 +22,7 @@ use cairn_lincheck::{
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use crate::support::{Firewall, Node, UnixUser, can_cut_links};
+use crate::support::{Firewall, Node, UnixUser, can_cut_links, poll_until};
 
 /// Shards of each test cluster.
 const SHARDS: &str = "4";
@@ -162,21 +162,21 @@ impl Cluster {
 
     /// Waits until node `i` leads at least one shard (leaders spread after joins).
     fn wait_leading(&self, i: usize) {
-        let deadline = Instant::now() + CONVERGE_TIMEOUT;
         let name = self.status(i)["node_id"].as_str().unwrap().to_string();
-        while !self.status(i)["shards"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["leader"].as_str() == Some(&name))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "node {i} leads no shard\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        poll_until(
+            CONVERGE_TIMEOUT,
+            Duration::from_millis(100),
+            || format!("node {i} leads no shard\n{}", self.logs()),
+            || {
+                let status = self.status(i);
+                let leads = status["shards"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|s| s["leader"].as_str() == Some(&name));
+                if leads { Ok(()) } else { Err(status) }
+            },
+        );
     }
 
     /// Node `i`'s `/v1/cluster` (its view of the nodes and each shard's slots and leader).
@@ -416,45 +416,51 @@ fn writes_through_any_node_on_every_front_end_are_read_from_every_node() {
                 format!("v{i}0")
             );
             // `--stale` reads the node's own replica, which catches up on its own.
-            let deadline = Instant::now() + CONVERGE_TIMEOUT;
-            loop {
-                let out = std::process::Command::new(crate::support::cairn_bin())
-                    .args(["get", "--stale", &format!("resp:{i}:0")])
-                    .args(["--endpoint", &node.grpc_url()])
-                    .output()
-                    .unwrap();
-                if out.status.success()
-                    && String::from_utf8_lossy(&out.stdout).trim() == format!("v{i}0")
-                {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "cairn get --stale: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            poll_until(
+                CONVERGE_TIMEOUT,
+                Duration::from_millis(50),
+                || format!("cairn get --stale on node {i} never read v{i}0"),
+                || {
+                    let out = std::process::Command::new(crate::support::cairn_bin())
+                        .args(["get", "--stale", &format!("resp:{i}:0")])
+                        .args(["--endpoint", &node.grpc_url()])
+                        .output()
+                        .unwrap();
+                    let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                    if out.status.success() && got == format!("v{i}0") {
+                        Ok(())
+                    } else {
+                        Err((got, String::from_utf8_lossy(&out.stderr).to_string()))
+                    }
+                },
+            );
         }
         assert_eq!(
             conn.cmd(&["GET", "counter"]),
             Answer::Bulk(Some("15".into()))
         );
         // A stale read is served by this node's own replica, which catches up on its own.
-        let deadline = Instant::now() + CONVERGE_TIMEOUT;
-        loop {
-            let stale = crate::http::request(
-                node.http_addr,
-                "GET",
-                "/v1/kv/counter?consistency=stale",
-                b"",
-            );
-            if stale.status == 200 && stale.body == b"15" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the stale read never caught up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll_until(
+            CONVERGE_TIMEOUT,
+            Duration::from_millis(20),
+            || "the stale read never caught up".into(),
+            || {
+                let stale = crate::http::request(
+                    node.http_addr,
+                    "GET",
+                    "/v1/kv/counter?consistency=stale",
+                    b"",
+                );
+                if stale.status == 200 && stale.body == b"15" {
+                    Ok(())
+                } else {
+                    Err((
+                        stale.status,
+                        String::from_utf8_lossy(&stale.body).to_string(),
+                    ))
+                }
+            },
+        );
         let bad = crate::http::request(
             node.http_addr,
             "GET",
@@ -742,25 +748,30 @@ fn killing_nodes_loses_no_acknowledged_write() {
     // The metadata leader marks the silent node down (after --down-after-ms, 5 s by
     // default), and every survivor's map says so.
     for &i in &survivors {
-        let deadline = Instant::now() + CONVERGE_TIMEOUT;
-        loop {
-            let status = cluster.status(i);
-            let state = status["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|n| n["id"].as_str() == Some(&victim_name))
-                .map(|n| n["state"].clone());
-            if state.as_ref().and_then(|s| s.as_str()) == Some("down") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {i} does not see the killed node as down: {state:?}\n{}",
-                cluster.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        poll_until(
+            CONVERGE_TIMEOUT,
+            Duration::from_millis(100),
+            || {
+                format!(
+                    "node {i} does not see the killed node as down\n{}",
+                    cluster.logs()
+                )
+            },
+            || {
+                let status = cluster.status(i);
+                let state = status["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|n| n["id"].as_str() == Some(&victim_name))
+                    .map(|n| n["state"].clone());
+                if state.as_ref().and_then(|s| s.as_str()) == Some("down") {
+                    Ok(())
+                } else {
+                    Err(state)
+                }
+            },
+        );
     }
 
     // Phase 2: a second node dies; the last one leads shards but, one of three, must
@@ -1191,12 +1202,13 @@ fn cluster_clients_go_to_leaders_directly() {
             )
         })
         .collect();
-    let deadline = Instant::now() + CONVERGE_TIMEOUT;
     for i in 0..3 {
-        while let Err(why) = slots_name_leaders(&cluster, i, &resp_port) {
-            assert!(Instant::now() < deadline, "node {i}: {why}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        poll_until(
+            CONVERGE_TIMEOUT,
+            Duration::from_millis(100),
+            || format!("node {i}'s CLUSTER SLOTS never named the shard leaders"),
+            || slots_name_leaders(&cluster, i, &resp_port),
+        );
     }
     // Cluster clients follow the map to each key's leader: no node forwards anything.
     let script = r#"
@@ -1279,11 +1291,15 @@ print("ok")
             assert_eq!(conn.cmd(&["GET", key]), Answer::Bulk(None), "{key}");
         }
         // DBSIZE counts this node's own replicas, which apply the flush a moment later.
-        let deadline = Instant::now() + CONVERGE_TIMEOUT;
-        while conn.cmd(&["DBSIZE"]) != Answer::Int(0) {
-            assert!(Instant::now() < deadline, "keys left on {}", node.resp_addr);
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll_until(
+            CONVERGE_TIMEOUT,
+            Duration::from_millis(50),
+            || format!("keys left on {}", node.resp_addr),
+            || match conn.cmd(&["DBSIZE"]) {
+                Answer::Int(0) => Ok(()),
+                other => Err(other),
+            },
+        );
     }
 
     if !have_py && !have_cli {
@@ -1414,19 +1430,16 @@ fn nodes_that_join_later_receive_everything_written_before() {
     for i in 1..3 {
         let mut conn = Conn::connect(cluster.nodes[i].resp_addr).unwrap();
         assert_eq!(conn.cmd(&["READONLY"]), Answer::Ok);
-        let deadline = Instant::now() + CONVERGE_TIMEOUT;
         for key in &keys {
-            loop {
-                match conn.cmd(&["GET", key]) {
-                    Answer::Bulk(Some(v)) if v == *key => break,
-                    other => assert!(
-                        Instant::now() < deadline,
-                        "node {i}'s replica lacks {key}: {other:?}\n{}",
-                        cluster.logs()
-                    ),
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            poll_until(
+                CONVERGE_TIMEOUT,
+                Duration::from_millis(20),
+                || format!("node {i}'s replica lacks {key}\n{}", cluster.logs()),
+                || match conn.cmd(&["GET", key]) {
+                    Answer::Bulk(Some(v)) if v == *key => Ok(()),
+                    other => Err(other),
+                },
+            );
         }
         assert_eq!(conn.cmd(&["DBSIZE"]), Answer::Int(keys.len() as i64));
         // The purged shard arrived as a snapshot (the node takes none of its own this soon).
@@ -1576,19 +1589,19 @@ fn leaders_hand_over_to_joining_nodes_under_writes_without_failing_one() {
     let cluster = Cluster { nodes };
     cluster.wait_converged(&[0, 1, 2]);
     // Settled: shard `s` is led by voter `s mod 3`, so each node leads its third.
-    let deadline = Instant::now() + CONVERGE_TIMEOUT;
-    loop {
-        let led = cluster.leader_counts(0);
-        if led.len() == 3 && led.values().all(|&n| n == HANDOVER_SHARDS / 3) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "leaders did not spread: {led:?}\n{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poll_until(
+        CONVERGE_TIMEOUT,
+        Duration::from_millis(100),
+        || format!("leaders did not spread\n{}", cluster.logs()),
+        || {
+            let led = cluster.leader_counts(0);
+            if led.len() == 3 && led.values().all(|&n| n == HANDOVER_SHARDS / 3) {
+                Ok(())
+            } else {
+                Err(led)
+            }
+        },
+    );
     std::thread::sleep(Duration::from_millis(300));
     going.store(false, Ordering::Relaxed);
     let written: Vec<Written> = writers

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::Value;
 
-use crate::support::Node;
+use crate::support::{Node, poll_until};
 
 /// One parsed HTTP response.
 #[derive(Debug)]
@@ -405,18 +405,10 @@ fn listing_by_prefix_and_range_pages_and_is_binary_safe() {
     assert_eq!(get(&node, "/v1/kv?bogus=1").status, 400);
 }
 
-/// Fetches with `fetch` until `done` holds of what it got (at most 10 s), and returns the
-/// last thing fetched: for views that settle a moment after the request that changed them.
-fn settle<T>(mut fetch: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let got = fetch();
-        if done(&got) || std::time::Instant::now() >= deadline {
-            return got;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
+/// How long a shard's published view may lag the request that changed it, and how often it
+/// is read meanwhile.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+const SETTLE_POLL: Duration = Duration::from_millis(20);
 
 #[test]
 fn cluster_health_ready_metrics_and_openapi() {
@@ -424,18 +416,20 @@ fn cluster_health_ready_metrics_and_openapi() {
     // Cluster map: one node, 4 shards (the default) covering every slot once, each led by this
     // node. A shard reports an entry applied a moment after it is committed, so the map is
     // read until every shard has applied what it committed.
-    let j = settle(
+    let j = poll_until(
+        SETTLE_TIMEOUT,
+        SETTLE_POLL,
+        || "a shard never applied what it committed".into(),
         || {
             let r = get(&node, "/v1/cluster");
             assert_eq!(r.status, 200);
-            r.json()
-        },
-        |j| {
-            j["shards"].as_array().is_some_and(|s| {
+            let j = r.json();
+            let settled = j["shards"].as_array().is_some_and(|s| {
                 s.iter().all(|s| {
                     s["applied_index"].as_u64().is_some() && s["applied_index"] == s["commit_index"]
                 })
-            })
+            });
+            if settled { Ok(j) } else { Err(j) }
         },
     );
     let nodes = j["nodes"].as_array().unwrap();
@@ -482,18 +476,24 @@ fn cluster_health_ready_metrics_and_openapi() {
         text.lines()
             .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
     };
-    let text = settle(
+    let text = poll_until(
+        SETTLE_TIMEOUT,
+        SETTLE_POLL,
+        || "shard 3's Raft applied index never matched its commit and its engine".into(),
         || {
             let r = get(&node, "/metrics");
             assert_eq!(r.status, 200);
             assert!(r.header("content-type").unwrap().starts_with("text/plain"));
-            String::from_utf8(r.body).unwrap()
-        },
-        |text| {
-            let applied = value(text, r#"cairn_shard_raft_applied_index{shard="3"}"#);
-            applied.is_some()
-                && applied == value(text, r#"cairn_shard_raft_committed_index{shard="3"}"#)
-                && applied == value(text, r#"cairn_shard_last_applied_index{shard="3"}"#)
+            let text = String::from_utf8(r.body).unwrap();
+            let applied = value(&text, r#"cairn_shard_raft_applied_index{shard="3"}"#);
+            if applied.is_some()
+                && applied == value(&text, r#"cairn_shard_raft_committed_index{shard="3"}"#)
+                && applied == value(&text, r#"cairn_shard_last_applied_index{shard="3"}"#)
+            {
+                Ok(text)
+            } else {
+                Err(text)
+            }
         },
     );
     for needle in [

@@ -567,3 +567,22 @@ fn die_with_parent(command: &mut Command) {
         });
     }
 }
+
+/// Calls `check` every `every` until it returns `Ok`, and returns that; after `timeout`,
+/// panics with `what()` and the last `Err` (what was seen instead). For state that settles a
+/// moment after the request that changed it (replication, elections, maps).
+pub fn poll_until<T, E: std::fmt::Debug>(
+    timeout: Duration,
+    every: Duration,
+    what: impl Fn() -> String,
+    mut check: impl FnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(done) => return done,
+            Err(seen) => assert!(Instant::now() < deadline, "{}\nlast seen: {seen:?}", what()),
+        }
+        std::thread::sleep(every);
+    }
+}
