@@ -84,6 +84,22 @@ impl WriteBatch {
         self.push(Kind::Delete, key, &[], 0)
     }
 
+    /// A record in the engine's system table (not the keyspace), written atomically with the
+    /// batch: `key` = `value` there, read back by [`crate::Engine::system_get`] and never by a
+    /// user-facing read (`get`, `scan`, `len`, ...). No expiry. The value is held in memory
+    /// for as long as the record lives (and read back at every open), so keep it small; it is
+    /// checked against `Options::value_bytes_max` by [`crate::Engine::write`].
+    pub fn put_system(&mut self, key: &[u8], value: &[u8]) -> &mut Self {
+        self.push(Kind::SystemPut, key, value, 0)
+    }
+
+    /// Removes `key` from the engine's system table, atomically with the batch (a system
+    /// tombstone, even if the key is not there). Either way the batch counts as a change of
+    /// the system table ([`crate::Engine::system_version`]).
+    pub fn delete_system(&mut self, key: &[u8]) -> &mut Self {
+        self.push(Kind::SystemDelete, key, &[], 0)
+    }
+
     /// Every record of this batch carries `version` (must be greater than the engine's last
     /// sequence, else `Error::VersionNotIncreasing`; the very first write of an engine may use
     /// 0, as a Raft log starts at index 0). Without it the engine assigns last + 1.
@@ -99,12 +115,12 @@ impl WriteBatch {
         self
     }
 
-    /// Number of puts and deletes (the marker is not counted).
+    /// Number of puts and deletes, system-table ones included (the marker is not counted).
     pub fn len(&self) -> usize {
         self.offsets.len()
     }
 
-    /// Whether the batch has no puts or deletes.
+    /// Whether the batch has no puts or deletes (of keys or of system records).
     pub fn is_empty(&self) -> bool {
         self.offsets.is_empty()
     }

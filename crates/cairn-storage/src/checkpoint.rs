@@ -5,8 +5,8 @@
 //! handle on every sealed segment and every hint file present: segments are immutable once
 //! sealed, and an open handle keeps a file's data readable after merge removes its name, so a
 //! checkpoint stays readable for as long as it is held without copying anything and without
-//! stopping merge. Everything written before the checkpoint, the last-applied marker included,
-//! is in those segments and durable, so a replication layer may discard its log up to the
+//! stopping merge. Everything written before the checkpoint, the last-applied marker and the
+//! system table included, is in those segments and durable, so a replication layer may discard its log up to the
 //! marker as soon as the checkpoint exists.
 //!
 //! [`Receiver`] writes the files of a checkpoint, streamed in order in chunks of any size,
@@ -15,7 +15,7 @@
 //! only, and every hint file decodes and belongs to a segment of the checkpoint. The memory it
 //! holds is one chunk plus at most one record that straddles chunks. `finish` fsyncs every file
 //! and the directory; the result opens as an engine with the sender's keys, versions, expiry
-//! deadlines and marker.
+//! deadlines, marker and system table (records and system version).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,8 @@
 //! lookup, cache, one `pread`) and the background thread (periodic sync, hint files, merge).
 //!
 //! Locking: `writer` (a mutex) serialises appends; `pending` orders keydir updates by version;
-//! `state` (an RwLock) guards the keydir, the segment table and the marker. Readers take only
+//! `state` (an RwLock) guards the keydir, the segment table, the marker and the system table
+//! (so one batch's keys, marker and system records become visible together). Readers take only
 //! `state` for reading, clone what they need and do their I/O with no lock held. Lock order is
 //! `merge_lock` → `writer` → `pending` → `state` → group-commit state; no path takes them the
 //! other way.
@@ -14,6 +15,12 @@
 //! engine and is never applied, so a reader never sees what a power cut could take back, nor
 //! a value that was never acknowledged. Under `EveryMs`/`Never` the caller asked for speed over
 //! durability, and writes are applied as they are appended.
+//!
+//! The system table: records written with [`WriteBatch::put_system`] and
+//! [`WriteBatch::delete_system`] live in a keyspace of their own, held wholly in memory
+//! (`State::system`, values included, as the marker is) and never seen by the keydir, so no
+//! user-facing read, count or statistic includes them. Like the marker, each entry remembers
+//! where its record is so merge can carry it forward, and its record counts as live bytes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
@@ -57,50 +64,135 @@ pub(crate) struct MarkerLoc {
     pub offset: u32,
 }
 
+/// One record of the system table: its value (held in memory), the version of the batch that
+/// wrote it, and where its record is (merge must carry it forward, as the marker's).
+#[derive(Debug, Clone)]
+pub(crate) struct SystemEntry {
+    pub value: Bytes,
+    pub version: u64,
+    pub file: u32,
+    pub offset: u32,
+}
+
+impl SystemEntry {
+    /// Bytes of its record in the segment.
+    pub fn record_len(&self, key: &[u8]) -> u64 {
+        format::record_len(key.len(), self.value.len()) as u64
+    }
+}
+
+/// A system tombstone whose version is the system version: the record that carries
+/// `State::system_version` across merges and reopens when the last batch that changed the
+/// system table left no system put behind (recovery reads the system version back as the
+/// highest version of any system record). Merge keeps it and it counts as live bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SystemPin {
+    pub version: u64,
+    pub file: u32,
+    pub offset: u32,
+    /// Bytes of its record.
+    pub len: u32,
+}
+
 /// What readers share: guarded by `Inner::state`.
 #[derive(Debug)]
 pub(crate) struct State {
     pub keydir: Keydir,
     pub segments: BTreeMap<u32, Arc<Segment>>,
     pub marker: Option<MarkerLoc>,
+    /// The system table (see the module docs): key → value and record location.
+    pub system: BTreeMap<Bytes, SystemEntry>,
+    /// Version of the last batch that put or deleted a system record; 0 if none ever did.
+    pub system_version: u64,
+    /// Set when the newest system record carrying `system_version` is a tombstone (see
+    /// [`SystemPin`]); `None` when a live system put carries it, or nothing does.
+    pub system_pin: Option<SystemPin>,
     /// Id of the active segment, changed together with `segments` at rotation so merge never
     /// mistakes a segment still being appended to for a sealed one.
     pub active: u32,
 }
 
+/// Counts `bytes` of a record in segment `file` as live.
+pub(crate) fn add_live(segments: &BTreeMap<u32, Arc<Segment>>, file: u32, bytes: u64) {
+    if let Some(seg) = segments.get(&file) {
+        seg.live_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Counts `bytes` of a record in segment `file` as dead again.
+pub(crate) fn sub_live(segments: &BTreeMap<u32, Arc<Segment>>, file: u32, bytes: u64) {
+    if let Some(seg) = segments.get(&file) {
+        let _ = seg
+            .live_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(bytes))
+            });
+    }
+}
+
 impl State {
     /// Accounts for a record the keydir no longer points at.
     pub fn release(&self, old: Loc, key_len: usize) {
-        if let Some(seg) = self.segments.get(&{ old.file }) {
-            let bytes = format::record_len(key_len, old.value_len as usize) as u64;
-            let _ = seg
-                .live_bytes
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                    Some(v.saturating_sub(bytes))
-                });
-        }
+        let bytes = format::record_len(key_len, old.value_len as usize) as u64;
+        sub_live(&self.segments, old.file, bytes);
     }
 
     /// Replaces the marker; its record counts as live bytes so a segment holding only the
     /// current marker is not merged over and over.
     pub fn set_marker(&mut self, new: MarkerLoc) {
         if let Some(old) = self.marker.take() {
-            if let Some(seg) = self.segments.get(&old.file) {
-                let bytes = format::record_len(0, old.value.len()) as u64;
-                let _ = seg
-                    .live_bytes
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                        Some(v.saturating_sub(bytes))
-                    });
-            }
-        }
-        if let Some(seg) = self.segments.get(&new.file) {
-            seg.live_bytes.fetch_add(
-                format::record_len(0, new.value.len()) as u64,
-                Ordering::Relaxed,
+            sub_live(
+                &self.segments,
+                old.file,
+                format::record_len(0, old.value.len()) as u64,
             );
         }
+        add_live(
+            &self.segments,
+            new.file,
+            format::record_len(0, new.value.len()) as u64,
+        );
         self.marker = Some(new);
+    }
+
+    /// A batch with `version` put or deleted a system record: the system version moves to it,
+    /// and a pinned tombstone of an older batch no longer carries it.
+    fn note_system_change(&mut self, version: u64) {
+        self.system_version = self.system_version.max(version);
+        if let Some(pin) = self.system_pin {
+            if pin.version < self.system_version {
+                sub_live(&self.segments, pin.file, u64::from(pin.len));
+                self.system_pin = None;
+            }
+        }
+    }
+
+    /// Applies a system put: the entry's record counts as live bytes (so a segment holding
+    /// only live system records is not merged over and over), the one it replaces no longer.
+    pub fn put_system(&mut self, key: &[u8], entry: SystemEntry) {
+        self.note_system_change(entry.version);
+        add_live(&self.segments, entry.file, entry.record_len(key));
+        if let Some(old) = self.system.insert(Bytes::copy_from_slice(key), entry) {
+            sub_live(&self.segments, old.file, old.record_len(key));
+        }
+    }
+
+    /// Applies a system delete whose record is `tombstone`; it becomes the pin.
+    pub fn delete_system(&mut self, key: &[u8], tombstone: SystemPin) {
+        self.note_system_change(tombstone.version);
+        if let Some(old) = self.system.remove(key) {
+            sub_live(&self.segments, old.file, old.record_len(key));
+        }
+        self.set_system_pin(tombstone);
+    }
+
+    /// Pins a system tombstone (see [`SystemPin`]), counting its record as live bytes.
+    pub fn set_system_pin(&mut self, pin: SystemPin) {
+        if let Some(old) = self.system_pin.take() {
+            sub_live(&self.segments, old.file, u64::from(old.len));
+        }
+        add_live(&self.segments, pin.file, u64::from(pin.len));
+        self.system_pin = Some(pin);
     }
 }
 
@@ -175,6 +267,18 @@ pub(crate) struct Inner {
     pub _dir_lock: Box<dyn Debug + Send + Sync>,
 }
 
+/// What [`Engine::get_many_guarded`] read, all as of one instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardedRead {
+    /// The live entry of each key, in the order of the keys (as [`Engine::get_many`]).
+    pub entries: Vec<Option<Entry>>,
+    /// For each key, in the same order, the value of the system record at `guard_prefix ++
+    /// key`, if there is one.
+    pub guards: Vec<Option<Bytes>>,
+    /// [`Engine::system_version`] at that instant.
+    pub system_version: u64,
+}
+
 /// The engine. `Send + Sync`; share it through `Arc`.
 #[derive(Debug)]
 pub struct Engine {
@@ -224,18 +328,37 @@ impl Engine {
     /// is seen whole or not at all, however the reads interleave with it (what MGET needs).
     /// Answers are in the order of `keys`.
     pub fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Entry>>> {
+        Ok(self.read_many(keys, None)?.entries)
+    }
+
+    /// Reads `keys` as [`Engine::get_many`] does (same entries, same expiry rules, in the
+    /// order of `keys`) together with, for each key, the system record at `guard_prefix ++
+    /// key` (`guards[i]` for `keys[i]`; `guards.len() == keys.len()`) and the system version,
+    /// all under one hold of the state lock: no batch lands between them, so an entry and the
+    /// guard of its key are as of the same instant, and `system_version` is the version of
+    /// the last batch that changed the system table before that instant. When the system
+    /// table is empty the guard lookups are skipped (no probe key is built): this runs on the
+    /// hot read path.
+    pub fn get_many_guarded(&self, keys: &[&[u8]], guard_prefix: &[u8]) -> Result<GuardedRead> {
+        self.read_many(keys, Some(guard_prefix))
+    }
+
+    /// `get_many`, and with `guard_prefix` the guards and system version read under the same
+    /// hold of the state lock (without it `guards` is empty).
+    fn read_many(&self, keys: &[&[u8]], guard_prefix: Option<&[u8]>) -> Result<GuardedRead> {
         enum Found {
             Missing,
             Cached(Cached),
             At(Loc, Arc<Segment>),
         }
         let now = self.inner.now_ms();
-        let found = {
+        let (found, guards, system_version) = {
             // Under the state lock no batch can be half applied, and every cached value is the
             // one the keydir points at (writes evict under the write lock, fills check under
             // the read lock).
             let st = self.inner.state.read();
-            keys.iter()
+            let found = keys
+                .iter()
                 .map(|key| {
                     if let Some(hit) = self.inner.cache.get(key) {
                         return Ok(if hit.expires_at_ms != 0 && now >= hit.expires_at_ms {
@@ -251,11 +374,28 @@ impl Engine {
                         _ => Ok(Found::Missing),
                     }
                 })
-                .collect::<Result<Vec<_>>>()?
+                .collect::<Result<Vec<_>>>()?;
+            let guards: Vec<Option<Bytes>> = match guard_prefix {
+                None => Vec::new(),
+                Some(_) if st.system.is_empty() => vec![None; keys.len()],
+                Some(prefix) => {
+                    let mut probe = Vec::with_capacity(prefix.len() + 32);
+                    probe.extend_from_slice(prefix);
+                    keys.iter()
+                        .map(|key| {
+                            probe.truncate(prefix.len());
+                            probe.extend_from_slice(key);
+                            st.system.get(&probe[..]).map(|e| e.value.clone())
+                        })
+                        .collect()
+                }
+            };
+            (found, guards, st.system_version)
         };
         // Records are immutable and the segments are held open, so the values can be read
         // after the lock is released.
-        keys.iter()
+        let entries = keys
+            .iter()
             .zip(found)
             .map(|(key, found)| {
                 let cached = match found {
@@ -278,7 +418,56 @@ impl Engine {
                     expires_at_ms: (cached.expires_at_ms != 0).then_some(cached.expires_at_ms),
                 }))
             })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(GuardedRead {
+            entries,
+            guards,
+            system_version,
+        })
+    }
+
+    /// The value of system record `key` (see [`WriteBatch::put_system`]); never a key of the
+    /// keyspace. No I/O: the system table is held in memory.
+    pub fn system_get(&self, key: &[u8]) -> Option<Bytes> {
+        self.inner
+            .state
+            .read()
+            .system
+            .get(key)
+            .map(|e| e.value.clone())
+    }
+
+    /// System records with keys in `(start, end)`, in key order, at most `limit`, as of one
+    /// instant (read under one hold of the state lock). No I/O.
+    pub fn system_range(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+    ) -> Vec<(Bytes, Bytes)> {
+        if limit == 0 || crate::keydir::range_is_empty(start, end) {
+            return Vec::new();
+        }
+        self.inner
+            .state
+            .read()
+            .system
+            .range::<[u8], _>((start, end))
+            .take(limit)
+            .map(|(k, e)| (k.clone(), e.value.clone()))
             .collect()
+    }
+
+    /// Number of records in the system table.
+    pub fn system_len(&self) -> usize {
+        self.inner.state.read().system.len()
+    }
+
+    /// The version of the last batch that changed the system table (put or deleted a system
+    /// record, present or not), 0 if none ever did. Survives reopen, merge and checkpoints: it
+    /// only moves forward.
+    pub fn system_version(&self) -> u64 {
+        self.inner.state.read().system_version
     }
 
     /// Metadata of a live key without reading its value.
@@ -882,6 +1071,28 @@ impl Inner {
                         offset,
                     });
                 }
+                Kind::SystemPut => {
+                    let start = RECORD_HEADER_BYTES + key.len();
+                    let value = &rec[start..start + h.value_len as usize];
+                    st.put_system(
+                        key,
+                        SystemEntry {
+                            value: Bytes::copy_from_slice(value),
+                            version: h.version,
+                            file: seg.id,
+                            offset,
+                        },
+                    );
+                }
+                Kind::SystemDelete => st.delete_system(
+                    key,
+                    SystemPin {
+                        version: h.version,
+                        file: seg.id,
+                        offset,
+                        len: h.record_len() as u32,
+                    },
+                ),
             }
         }
     }

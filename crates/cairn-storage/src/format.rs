@@ -8,7 +8,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0  | 4 | CRC32C over bytes 4..end of the record (rest of header, key, value) |
-//! | 4  | 1 | kind: 1 put, 2 delete, 3 last-applied marker |
+//! | 4  | 1 | kind: 1 put, 2 delete, 3 last-applied marker, 4 system put, 5 system delete |
 //! | 5  | 1 | flags: bit 0 = COMMIT (last record of an atomic write) |
 //! | 6  | 2 | reserved, zero |
 //! | 8  | 4 | key length |
@@ -17,6 +17,11 @@
 //! | 24 | 8 | absolute expiry in ms since the Unix epoch, 0 = none |
 //! | 32 | k | key |
 //! | 32+k | v | value |
+//!
+//! Kinds 4 and 5 are records of the engine's system table, a keyspace of its own that no
+//! user-facing read sees (see `Engine::system_get`): a system put carries key and value, a
+//! system delete the key and an empty value; both have expiry 0. Directories written before
+//! they existed hold none and open unchanged.
 
 use crate::KEY_BYTES_MAX;
 
@@ -28,8 +33,13 @@ pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"CAIRNSG1";
 /// sequence (8): the engine's last sequence when the segment was created, so the sequence never
 /// goes backwards after merge drops the records that carried the highest versions.
 pub(crate) const SEGMENT_HEADER_BYTES: usize = 24;
-/// On-disk format version written into every segment header.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// On-disk format version written into every segment header: 2 since system records
+/// (kinds 4 and 5) exist, so that a build that knows only version 1 refuses a segment it
+/// would misread (it would take the first system record for a torn tail) instead of
+/// truncating acknowledged writes.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// Segment format versions this build reads: version 1 holds no system records.
+const FORMAT_VERSIONS_READ: [u32; 2] = [1, 2];
 /// Largest value length a record may declare, whatever the configured limit; bounds allocation
 /// when a corrupt header is read.
 pub(crate) const RECORD_VALUE_BYTES_LIMIT: usize = 1 << 30;
@@ -47,6 +57,10 @@ pub(crate) enum Kind {
     Delete = 2,
     /// The replication layer's opaque "last applied" marker (value), key empty.
     Marker = 3,
+    /// A record of the system table (key, value; no expiry), not of the keyspace.
+    SystemPut = 4,
+    /// A system-table tombstone (key, empty value).
+    SystemDelete = 5,
 }
 
 impl Kind {
@@ -55,8 +69,16 @@ impl Kind {
             1 => Some(Kind::Put),
             2 => Some(Kind::Delete),
             3 => Some(Kind::Marker),
+            4 => Some(Kind::SystemPut),
+            5 => Some(Kind::SystemDelete),
             _ => None,
         }
+    }
+
+    /// Whether hint entries of this kind carry the record's value (markers and system puts:
+    /// both are held in memory, so `open` must have them without reading segments).
+    pub(crate) fn value_in_hint(self) -> bool {
+        matches!(self, Kind::Marker | Kind::SystemPut)
     }
 }
 
@@ -83,7 +105,8 @@ pub(crate) fn decode_segment_header(h: &[u8]) -> Option<(Origin, u64)> {
     if h.len() < SEGMENT_HEADER_BYTES || &h[0..8] != SEGMENT_MAGIC {
         return None;
     }
-    if u32::from_le_bytes(h[8..12].try_into().ok()?) != FORMAT_VERSION || h[13..16] != [0, 0, 0] {
+    let version = u32::from_le_bytes(h[8..12].try_into().ok()?);
+    if !FORMAT_VERSIONS_READ.contains(&version) || h[13..16] != [0, 0, 0] {
         return None;
     }
     let base_seq = u64::from_le_bytes(h[16..24].try_into().ok()?);
@@ -224,6 +247,27 @@ mod tests {
             let mut bad = buf.clone();
             bad[i] ^= 0x10;
             assert!(!check_record(&bad), "flip at byte {i} not detected");
+        }
+    }
+
+    #[test]
+    fn every_kind_round_trips_and_others_are_refused() {
+        for kind in [
+            Kind::Put,
+            Kind::Delete,
+            Kind::Marker,
+            Kind::SystemPut,
+            Kind::SystemDelete,
+        ] {
+            assert_eq!(Kind::from_u8(kind as u8), Some(kind));
+            let mut buf = Vec::new();
+            encode_record(&mut buf, kind, b"k", b"v", 3, 0);
+            assert_eq!(Header::decode(&buf).unwrap().kind, kind);
+        }
+        assert_eq!(Kind::SystemPut as u8, 4);
+        assert_eq!(Kind::SystemDelete as u8, 5);
+        for b in [0u8, 6, 255] {
+            assert_eq!(Kind::from_u8(b), None);
         }
     }
 

@@ -8,8 +8,9 @@
 //!
 //! Layout (little-endian): magic `CAIRNHT1` (8), segment id (4), reserved (4); then per entry:
 //! kind (1), reserved (1), key length (4), value length (4), record offset (4), version (8),
-//! expiry ms (8), key, and for marker entries the marker value; then the footer: entry count (8),
-//! CRC32C of everything before the footer (4), magic `CAIRNHTE` (8).
+//! expiry ms (8), key, and for marker and system-put entries the value (both are held in memory,
+//! so `open` needs them; system deletes carry none, as tombstones); then the footer: entry count
+//! (8), CRC32C of everything before the footer (4), magic `CAIRNHTE` (8).
 
 use std::path::Path;
 
@@ -34,8 +35,9 @@ pub(crate) struct HintEntry {
     pub offset: u32,
     pub version: u64,
     pub expires_at_ms: u64,
-    /// The marker's value (marker entries only; markers are small and read at open).
-    pub marker: Option<Box<[u8]>>,
+    /// The record's value, for the kinds whose value is held in memory (markers and system
+    /// puts, see [`Kind::value_in_hint`]; small, read at open); `None` for the others.
+    pub value: Option<Box<[u8]>>,
 }
 
 impl HintEntry {
@@ -51,7 +53,7 @@ impl HintEntry {
                 offset: r.offset,
                 version: r.header.version,
                 expires_at_ms: r.header.expires_at_ms,
-                marker: (r.header.kind == Kind::Marker).then(|| r.value(data).into()),
+                value: r.header.kind.value_in_hint().then(|| r.value(data).into()),
             })
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -75,8 +77,8 @@ pub(crate) fn encode(id: u32, entries: &[HintEntry]) -> Vec<u8> {
         buf.extend_from_slice(&e.version.to_le_bytes());
         buf.extend_from_slice(&e.expires_at_ms.to_le_bytes());
         buf.extend_from_slice(&e.key);
-        if let Some(m) = &e.marker {
-            buf.extend_from_slice(m);
+        if let Some(v) = &e.value {
+            buf.extend_from_slice(v);
         }
     }
     let crc = crc32c::crc32c(&buf);
@@ -124,18 +126,20 @@ pub(crate) fn decode(id: u32, buf: &[u8]) -> Result<Vec<HintEntry>, &'static str
         let version = u64_at(pos + 14);
         let expires_at_ms = u64_at(pos + 22);
         pos += HINT_ENTRY_BYTES;
-        let marker_len = if kind == Kind::Marker {
+        let inline_len = if kind.value_in_hint() {
             value_len as usize
         } else {
             0
         };
-        if key_len > crate::KEY_BYTES_MAX || pos + key_len + marker_len > body_end {
+        if key_len > crate::KEY_BYTES_MAX || pos + key_len + inline_len > body_end {
             return Err("entry runs past end");
         }
         let key = KeyBuf::from(&buf[pos..pos + key_len]);
         pos += key_len;
-        let marker = (kind == Kind::Marker).then(|| buf[pos..pos + marker_len].into());
-        pos += marker_len;
+        let value = kind
+            .value_in_hint()
+            .then(|| buf[pos..pos + inline_len].into());
+        pos += inline_len;
         out.push(HintEntry {
             kind,
             key,
@@ -143,7 +147,7 @@ pub(crate) fn decode(id: u32, buf: &[u8]) -> Result<Vec<HintEntry>, &'static str
             offset,
             version,
             expires_at_ms,
-            marker,
+            value,
         });
     }
     if pos != body_end {
@@ -202,7 +206,7 @@ mod tests {
                 offset: 16,
                 version: 9,
                 expires_at_ms: 0,
-                marker: Some(b"abc".to_vec().into()),
+                value: Some(b"abc".to_vec().into()),
             },
             HintEntry {
                 kind: Kind::Put,
@@ -211,7 +215,25 @@ mod tests {
                 offset: 100,
                 version: 7,
                 expires_at_ms: 55,
-                marker: None,
+                value: None,
+            },
+            HintEntry {
+                kind: Kind::SystemDelete,
+                key: KeyBuf::from(&b"lock/a"[..]),
+                value_len: 0,
+                offset: 140,
+                version: 8,
+                expires_at_ms: 0,
+                value: None,
+            },
+            HintEntry {
+                kind: Kind::SystemPut,
+                key: KeyBuf::from(&b"lock/b"[..]),
+                value_len: 4,
+                offset: 180,
+                version: 9,
+                expires_at_ms: 0,
+                value: Some(b"txn7".to_vec().into()),
             },
         ]
     }

@@ -237,7 +237,7 @@ impl Keydir {
 }
 
 /// Whether `BTreeMap::range` would panic or yield nothing for these bounds.
-fn range_is_empty(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
+pub(crate) fn range_is_empty(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
     match (start, end) {
         (Bound::Included(s), Bound::Included(e)) => s > e,
         (Bound::Included(s), Bound::Excluded(e))

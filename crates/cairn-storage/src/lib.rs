@@ -3,7 +3,9 @@
 //! Writes append CRC-checked records to segment files; an in-memory ordered keydir maps each
 //! key to its newest record, so a point read is one keydir lookup and at most one `pread`.
 //! Sealed segments get hint files so `open` never reads values, and a merge rewrites segments
-//! whose data is mostly dead. It knows nothing about tokio, Raft, the network or protobuf:
+//! whose data is mostly dead. Besides the keyspace, an engine keeps a small system table
+//! ([`WriteBatch::put_system`], [`Engine::system_get`]): records written atomically with a
+//! batch, durable like any other, held in memory and invisible to every user-facing read. It knows nothing about tokio, Raft, the network or protobuf:
 //! Cairn's server uses it as a replicated state machine, and any Rust program can embed it.
 //!
 //! ```
@@ -52,7 +54,7 @@ pub use cairn_io as io;
 pub use batch::WriteBatch;
 pub use checkpoint::Checkpoint;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use engine::Engine;
+pub use engine::{Engine, GuardedRead};
 pub use error::{Error, Result};
 pub use options::{Options, SyncPolicy};
 
@@ -97,7 +99,8 @@ pub struct KeyMeta {
 /// Counters and gauges for metrics and `INFO`.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
-    /// Keys in the keydir (including expired keys not yet reclaimed by merge).
+    /// Keys in the keydir (including expired keys not yet reclaimed by merge; system records
+    /// are not keys).
     pub live_keys: u64,
     /// Segment files (active, sealed and merge output).
     pub segments: u64,
@@ -105,7 +108,7 @@ pub struct Stats {
     pub disk_bytes: u64,
     /// Bytes of records no key points at any more (reclaimable by merge).
     pub dead_bytes: u64,
-    /// Puts and deletes acknowledged since open.
+    /// Puts and deletes acknowledged since open (system-table ones included).
     pub writes: u64,
     /// fdatasync calls on the active segment for group commit since open.
     pub syncs: u64,

@@ -15,10 +15,14 @@
 //!    locations in short chunks under the state lock; delete the inputs and their hints,
 //!    directory fsync; delete `MERGE`, directory fsync.
 //!
-//! What is kept: a put the keydir still points at; the current marker; a tombstone unless no
-//! segment outside S can hold an older record of its key (every such segment's `min_version` is
-//! above the tombstone's version). An expired put is dropped under that same rule, and otherwise
-//! rewritten as a tombstone with its version, so an older value can never come back.
+//! What is kept: a put the keydir still points at; the current marker; a system put the system
+//! table still points at; a tombstone, of a key or of a system record, unless no segment outside
+//! S can hold an older record of its key (every such segment's `min_version` is above the
+//! tombstone's version); and the pinned system tombstone that carries the system version (see
+//! `engine::SystemPin`). An expired put is dropped under the tombstone rule, and otherwise
+//! rewritten as a tombstone with its version, so an older value can never come back. The marker,
+//! system records and the pin are repointed at their copies when the merge is finished, as keydir
+//! entries are.
 //! Merge output keeps every record's original version, so recovery's "highest version wins"
 //! needs no file ordering.
 
@@ -26,7 +30,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::engine::Inner;
+use crate::engine::{Inner, State, SystemPin, add_live};
 use crate::format::{self, Kind, Origin, SEGMENT_HEADER_BYTES};
 use crate::hint::{self, HintEntry};
 use crate::keydir::Loc;
@@ -165,8 +169,10 @@ struct Written {
 /// What to do with one record of an input segment.
 enum Decision {
     Drop,
-    /// Copy it (a live put, a needed tombstone, the current marker).
+    /// Copy it (a live put, a needed tombstone, the current marker, a live system put).
     Keep,
+    /// Copy the pinned system tombstone (`engine::SystemPin`), and repoint the pin at the copy.
+    KeepPin,
     /// An expired put: remove it from the keydir; write a tombstone in its place if `true`.
     Expire(bool),
 }
@@ -177,6 +183,31 @@ struct Move {
     old_file: u32,
     old_offset: u32,
     new: Loc,
+}
+
+/// A record held in memory (the marker, a system record, the system pin) copied from
+/// (`old_file`, `old_offset`) to (`new_file`, `new_offset`): repointed once the output is
+/// committed, if it still points at the old place.
+#[derive(Debug, Clone, Copy)]
+struct Relocation {
+    old_file: u32,
+    old_offset: u32,
+    new_file: u32,
+    new_offset: u32,
+}
+
+impl Relocation {
+    fn applies_to(&self, file: u32, offset: u32) -> bool {
+        self.old_file == file && self.old_offset == offset
+    }
+}
+
+/// What moves besides keydir entries.
+#[derive(Default)]
+struct Relocations {
+    marker: Option<Relocation>,
+    pin: Option<Relocation>,
+    system: Vec<(Box<[u8]>, Relocation)>,
 }
 
 struct Merger<'a> {
@@ -303,7 +334,7 @@ pub(crate) fn merge(inner: &Inner, expiring: bool) -> Result<usize> {
     };
     let mut moves: Vec<Move> = Vec::new();
     let mut removals: Vec<(Box<[u8]>, u32, u32)> = Vec::new();
-    let mut marker_move: Option<(u32, u32, u32, u32)> = None;
+    let mut relocations = Relocations::default();
     let mode = if inner.options.skip_damaged {
         ScanMode::SkipDamaged
     } else {
@@ -338,6 +369,21 @@ pub(crate) fn merge(inner: &Inner, expiring: bool) -> Result<usize> {
                                 }
                                 _ => Decision::Drop,
                             },
+                            Kind::SystemPut => match st.system.get(r.key(&data)) {
+                                Some(e) if e.file == seg.id && e.offset == r.offset => {
+                                    Decision::Keep
+                                }
+                                _ => Decision::Drop,
+                            },
+                            Kind::SystemDelete
+                                if st
+                                    .system_pin
+                                    .is_some_and(|p| p.file == seg.id && p.offset == r.offset) =>
+                            {
+                                Decision::KeepPin
+                            }
+                            Kind::SystemDelete if outside_min <= h.version => Decision::Keep,
+                            Kind::SystemDelete => Decision::Drop,
                         }
                     })
                     .collect()
@@ -357,7 +403,7 @@ pub(crate) fn merge(inner: &Inner, expiring: bool) -> Result<usize> {
                         format::encode_record(&mut rec, Kind::Delete, key, &[], h.version, 0);
                         rec
                     }
-                    Decision::Keep => r.bytes(&data).to_vec(),
+                    Decision::Keep | Decision::KeepPin => r.bytes(&data).to_vec(),
                 };
                 // Every copied record is a write of its own in the output (its batch committed
                 // long ago), so it carries COMMIT.
@@ -371,9 +417,15 @@ pub(crate) fn merge(inner: &Inner, expiring: bool) -> Result<usize> {
                     offset: 0,
                     version: h.version,
                     expires_at_ms: out_header.expires_at_ms,
-                    marker: (h.kind == Kind::Marker).then(|| r.value(&data).into()),
+                    value: h.kind.value_in_hint().then(|| r.value(&data).into()),
                 };
                 let (new_file, new_offset) = merger.append(&rec, entry)?;
+                let relocation = Relocation {
+                    old_file: seg.id,
+                    old_offset: r.offset,
+                    new_file,
+                    new_offset,
+                };
                 match (h.kind, &decision) {
                     (Kind::Put, Decision::Keep) => moves.push(Move {
                         key: key.into(),
@@ -387,9 +439,9 @@ pub(crate) fn merge(inner: &Inner, expiring: bool) -> Result<usize> {
                             expires_at_ms: h.expires_at_ms,
                         },
                     }),
-                    (Kind::Marker, _) => {
-                        marker_move = Some((seg.id, r.offset, new_file, new_offset))
-                    }
+                    (Kind::Marker, _) => relocations.marker = Some(relocation),
+                    (Kind::SystemPut, _) => relocations.system.push((key.into(), relocation)),
+                    (_, Decision::KeepPin) => relocations.pin = Some(relocation),
                     _ => {}
                 }
             }
@@ -406,7 +458,7 @@ pub(crate) fn merge(inner: &Inner, expiring: bool) -> Result<usize> {
         &mut merger.written,
         moves,
         removals,
-        marker_move,
+        relocations,
     )?;
     inner.merges.fetch_add(1, Ordering::Relaxed);
     Ok(inputs.len())
@@ -424,7 +476,7 @@ fn commit(
     written: &mut Vec<Written>,
     moves: Vec<Move>,
     removals: Vec<(Box<[u8]>, u32, u32)>,
-    marker_move: Option<(u32, u32, u32, u32)>,
+    relocations: Relocations,
 ) -> Result<()> {
     let io = &*inner.io;
     let dir = &inner.dir;
@@ -449,7 +501,7 @@ fn commit(
                 written,
                 moves,
                 removals,
-                marker_move,
+                relocations,
             )
         });
     if let Err(e) = &finished {
@@ -467,7 +519,7 @@ fn finish(
     written: Vec<Written>,
     moves: Vec<Move>,
     removals: Vec<(Box<[u8]>, u32, u32)>,
-    marker_move: Option<(u32, u32, u32, u32)>,
+    relocations: Relocations,
 ) -> Result<()> {
     let io = &*inner.io;
     let dir = &inner.dir;
@@ -491,14 +543,39 @@ fn finish(
         for seg in &new_segments {
             st.segments.insert(seg.id, seg.clone());
         }
-        if let Some((old_file, old_offset, new_file, new_offset)) = marker_move {
+        // The marker, system records and the pin move only if nothing replaced them since
+        // they were copied; their bytes count as live in the output (the inputs go away).
+        if let Some(mv) = relocations.marker {
             if let Some(m) = st.marker.clone() {
-                if m.file == old_file && m.offset == old_offset {
+                if mv.applies_to(m.file, m.offset) {
                     st.set_marker(crate::engine::MarkerLoc {
-                        file: new_file,
-                        offset: new_offset,
+                        file: mv.new_file,
+                        offset: mv.new_offset,
                         ..m
                     });
+                }
+            }
+        }
+        if let Some(mv) = relocations.pin {
+            if let Some(pin) = st.system_pin {
+                if mv.applies_to(pin.file, pin.offset) {
+                    st.set_system_pin(SystemPin {
+                        file: mv.new_file,
+                        offset: mv.new_offset,
+                        ..pin
+                    });
+                }
+            }
+        }
+        let State {
+            system, segments, ..
+        } = &mut *st;
+        for (key, mv) in &relocations.system {
+            if let Some(e) = system.get_mut(&key[..]) {
+                if mv.applies_to(e.file, e.offset) {
+                    e.file = mv.new_file;
+                    e.offset = mv.new_offset;
+                    add_live(segments, e.file, e.record_len(key));
                 }
             }
         }

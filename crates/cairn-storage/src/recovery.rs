@@ -12,6 +12,10 @@
 //!    batch, go to the later record); if it is a tombstone the key is absent.
 //! 4. The marker with the highest version is the last-applied marker; the highest version of
 //!    any record (including merge's floor records) is the last sequence.
+//! 5. The system table is rebuilt by rule 3 over system records alone (a winning system delete
+//!    means the key is absent); the system version is the highest version of any system
+//!    record, tombstones included. A batch without its commit record is dropped whole by the
+//!    scan, system records and all.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -23,7 +27,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::cache::ValueCache;
 use crate::commit::GroupCommit;
-use crate::engine::{Background, Inner, MarkerLoc, State, Writer};
+use crate::engine::{Background, Inner, MarkerLoc, State, SystemEntry, SystemPin, Writer};
 use crate::format::{self, Kind, Origin, SEGMENT_HEADER_BYTES};
 use crate::hint::{self, HintEntry};
 use cairn_io::Io;
@@ -97,6 +101,7 @@ pub(crate) fn open(dir: &Path, options: Options, io: Arc<dyn Io>) -> Result<Inne
 
     let mut all: Vec<(KeyBuf, Loc, Kind)> = Vec::new();
     let mut marker: Option<MarkerLoc> = None;
+    let mut system = SystemRecovery::default();
     let mut last_seq = 0u64;
     let mut damaged = 0u64;
     let mut segments: BTreeMap<u32, Arc<Segment>> = BTreeMap::new();
@@ -167,20 +172,19 @@ pub(crate) fn open(dir: &Path, options: Options, io: Arc<dyn Io>) -> Result<Inne
                 entries
             }
         };
-        collect(&seg, entries, &mut all, &mut marker, &mut last_seq);
+        collect(
+            &seg,
+            entries,
+            &mut all,
+            &mut marker,
+            &mut system,
+            &mut last_seq,
+        );
         segments.insert(id, Arc::new(seg));
     }
 
-    let fresh = all.is_empty() && marker.is_none() && last_seq == 0;
+    let fresh = all.is_empty() && marker.is_none() && !system.seen && last_seq == 0;
     let keydir = build_keydir(all, &segments);
-    if let Some(m) = &marker {
-        if let Some(seg) = segments.get(&m.file) {
-            seg.live_bytes.fetch_add(
-                format::record_len(0, m.value.len()) as u64,
-                Ordering::Relaxed,
-            );
-        }
-    }
     let next_id = seg_ids.last().map_or(1, |m| m + 1);
     let next_id = AtomicU32::new(next_id);
     let mut pending_hints = Vec::new();
@@ -207,15 +211,24 @@ pub(crate) fn open(dir: &Path, options: Options, io: Arc<dyn Io>) -> Result<Inne
         closed: false,
     };
     let cache = ValueCache::new(options.cache_bytes);
+    let mut state = State {
+        keydir,
+        segments,
+        marker: None,
+        system: BTreeMap::new(),
+        system_version: 0,
+        system_pin: None,
+        active: writer.segment.id,
+    };
+    // Through the setters, so the marker's and the system records' bytes count as live.
+    if let Some(m) = marker {
+        state.set_marker(m);
+    }
+    system.install(&mut state);
     Ok(Inner {
         dir: dir.to_path_buf(),
         io,
-        state: RwLock::new(State {
-            keydir,
-            segments,
-            marker,
-            active: writer.segment.id,
-        }),
+        state: RwLock::new(state),
         writer: Mutex::new(writer),
         pending: Mutex::default(),
         group: GroupCommit::new(poison),
@@ -233,12 +246,73 @@ pub(crate) fn open(dir: &Path, options: Options, io: Arc<dyn Io>) -> Result<Inne
     })
 }
 
+/// The system records seen so far: per key the one with the highest version (ties, inside one
+/// batch, to the later), the highest system version, and the newest tombstone.
+#[derive(Default)]
+struct SystemRecovery {
+    /// Key → winning record: `Some` for a put, `None` for a tombstone.
+    winners: BTreeMap<Bytes, (u64, Option<SystemEntry>)>,
+    version: u64,
+    tombstone: Option<SystemPin>,
+    /// Whether any system record was seen (a system record at version 0 makes the engine not
+    /// fresh, as any other record does).
+    seen: bool,
+}
+
+impl SystemRecovery {
+    fn add(&mut self, seg: &Segment, e: HintEntry) {
+        self.seen = true;
+        self.version = self.version.max(e.version);
+        let entry = match e.kind {
+            Kind::SystemPut => Some(SystemEntry {
+                value: Bytes::from(e.value.unwrap_or_default().into_vec()),
+                version: e.version,
+                file: seg.id,
+                offset: e.offset,
+            }),
+            _ => {
+                if self.tombstone.is_none_or(|t| t.version <= e.version) {
+                    self.tombstone = Some(SystemPin {
+                        version: e.version,
+                        file: seg.id,
+                        offset: e.offset,
+                        len: format::record_len(e.key.len(), e.value_len as usize) as u32,
+                    });
+                }
+                None
+            }
+        };
+        let key = Bytes::copy_from_slice(&e.key);
+        match self.winners.get_mut(&key) {
+            Some(best) if best.0 > e.version => {}
+            Some(best) => *best = (e.version, entry),
+            None => {
+                self.winners.insert(key, (e.version, entry));
+            }
+        }
+    }
+
+    /// Moves the recovered system table into `state`, with its live-byte accounting.
+    fn install(self, state: &mut State) {
+        for (key, (_, entry)) in self.winners {
+            if let Some(entry) = entry {
+                state.put_system(&key, entry);
+            }
+        }
+        state.system_version = self.version;
+        if let Some(pin) = self.tombstone.filter(|t| t.version == self.version) {
+            state.set_system_pin(pin);
+        }
+    }
+}
+
 /// Adds one segment's entries to the recovery set.
 fn collect(
     seg: &Segment,
     entries: Vec<HintEntry>,
     all: &mut Vec<(KeyBuf, Loc, Kind)>,
     marker: &mut Option<MarkerLoc>,
+    system: &mut SystemRecovery,
     last_seq: &mut u64,
 ) {
     all.reserve(entries.len());
@@ -260,13 +334,14 @@ fn collect(
             Kind::Marker => {
                 if marker.as_ref().is_none_or(|m| m.version <= e.version) {
                     *marker = Some(MarkerLoc {
-                        value: Bytes::from(e.marker.unwrap_or_default().into_vec()),
+                        value: Bytes::from(e.value.unwrap_or_default().into_vec()),
                         version: e.version,
                         file: seg.id,
                         offset: e.offset,
                     });
                 }
             }
+            Kind::SystemPut | Kind::SystemDelete => system.add(seg, e),
         }
     }
 }

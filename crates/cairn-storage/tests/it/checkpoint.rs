@@ -1,10 +1,12 @@
 //! Checkpoints: what a checkpoint holds, that it is durable and stays readable under merge,
-//! and that the receiving side rebuilds the same engine and refuses anything damaged.
+//! and that the receiving side rebuilds the same engine (keys, marker and system table) and
+//! refuses anything damaged.
 
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use cairn_storage::checkpoint::{FileInfo, Receiver};
 use cairn_storage::io::sim::{PowerCut, SimIo};
 use cairn_storage::io::{Io, StdIo};
@@ -20,8 +22,16 @@ fn contents(engine: &Engine) -> Vec<Entry> {
         .unwrap()
 }
 
+/// The system table and the system version.
+fn system(engine: &Engine) -> (Vec<(Bytes, Bytes)>, u64) {
+    (
+        engine.system_range(Bound::Unbounded, Bound::Unbounded, usize::MAX),
+        engine.system_version(),
+    )
+}
+
 /// Versioned batches (as a replication layer writes them): puts, overwrites, deletes, far
-/// deadlines, each batch with a marker naming its version.
+/// deadlines, system puts and deletes, each batch with a marker naming its version.
 fn write_batches(engine: &Engine, rng: &mut impl Rng, from: u64, to: u64) {
     for version in from..to {
         let mut batch = WriteBatch::new();
@@ -40,6 +50,16 @@ fn write_batches(engine: &Engine, rng: &mut impl Rng, from: u64, to: u64) {
                     batch.put(key.as_bytes(), &value);
                 }
             }
+        }
+        let lock = format!("lock/key-{:03}", rng.random_range(0..30u32));
+        match rng.random_range(0..4) {
+            0 => {
+                batch.put_system(lock.as_bytes(), format!("txn-{version}").as_bytes());
+            }
+            1 => {
+                batch.delete_system(lock.as_bytes());
+            }
+            _ => {}
         }
         batch.set_last_applied(format!("applied-{version}").as_bytes());
         engine.write(batch).unwrap();
@@ -85,6 +105,8 @@ fn a_received_checkpoint_opens_as_the_same_engine() {
     write_batches(&engine, &mut rng, 400, 600);
     let checkpoint = engine.checkpoint().unwrap();
     let expected = contents(&engine);
+    let expected_system = system(&engine);
+    assert!(expected_system.0.len() > 5, "{expected_system:?}");
     assert_eq!(
         checkpoint.marker().map(|m| m.to_vec()),
         Some(b"applied-599".to_vec())
@@ -97,6 +119,11 @@ fn a_received_checkpoint_opens_as_the_same_engine() {
     // removes segment files the checkpoint holds.
     write_batches(&engine, &mut rng, 600, 900);
     assert!(engine.merge().unwrap() > 0);
+    assert_ne!(
+        system(&engine),
+        expected_system,
+        "the system table moved on"
+    );
     let gone = names
         .iter()
         .filter(|n| !src.path().join(n).exists())
@@ -108,6 +135,7 @@ fn a_received_checkpoint_opens_as_the_same_engine() {
     transfer(&checkpoint, Arc::new(StdIo), &copy, &mut rng).unwrap();
     let received = Engine::open(&copy, small_options()).unwrap();
     assert_eq!(contents(&received), expected);
+    assert_eq!(system(&received), expected_system);
     assert_eq!(received.last_applied().unwrap().as_ref(), b"applied-599");
     assert_eq!(received.last_sequence(), 599);
     // The copy is a working engine: it takes the next version.
@@ -131,6 +159,7 @@ fn hints_travel_with_their_segments() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     let expected = contents(&engine);
+    let expected_system = system(&engine);
     let dst = tempfile::tempdir().unwrap();
     let copy = dst.path().join("copy");
     transfer(&checkpoint, Arc::new(StdIo), &copy, &mut rng).unwrap();
@@ -143,6 +172,7 @@ fn hints_travel_with_their_segments() {
     );
     let received = Engine::open(&copy, small_options()).unwrap();
     assert_eq!(contents(&received), expected);
+    assert_eq!(system(&received), expected_system);
 }
 
 #[test]
@@ -159,10 +189,12 @@ fn a_checkpoint_is_durable_when_it_returns() {
     write_batches(&engine, &mut rng, 1, 200);
     let checkpoint = engine.checkpoint().unwrap();
     let expected = contents(&engine);
+    let expected_system = system(&engine);
     let image = io.crash_image(PowerCut::DropUnsynced);
     drop(engine);
     let reopened = Engine::open_with_io(dir, options, Arc::new(image)).unwrap();
     assert_eq!(contents(&reopened), expected);
+    assert_eq!(system(&reopened), expected_system);
     assert_eq!(
         reopened.last_applied().as_ref(),
         checkpoint.marker(),

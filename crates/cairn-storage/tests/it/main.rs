@@ -10,3 +10,4 @@ mod model;
 mod poison;
 mod power_cut;
 mod support;
+mod system;

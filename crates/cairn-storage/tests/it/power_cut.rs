@@ -2,8 +2,9 @@
 //! rename that may or may not have happened): the disk keeps what was fsynced, file data and
 //! directory entries alike, plus whatever the cut's mode lets survive of the rest. After every
 //! cut each write acknowledged under `SyncPolicy::Always` must be there, batches are all or
-//! nothing, the last-applied marker matches its batch, nothing unwritten appears, and no value a
-//! reader saw before the cut is missing after it (a write is visible only once durable).
+//! nothing, the last-applied marker and the batch's system records match its batch, nothing
+//! unwritten appears, and no value a reader saw before the cut is missing after it (a write is
+//! visible only once durable).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -174,14 +175,21 @@ fn writer(t: u64, engine: &Engine, ledger: &Mutex<Ledger>, stop: &AtomicBool, ac
     while !stop.load(Ordering::Relaxed) {
         i += 1;
         if t == 0 && i % 5 == 0 {
-            // An atomic pair plus the marker.
+            // An atomic pair plus the marker and system records: `batch-sys` always, and
+            // `batch-lock` put by odd batches and deleted by even ones.
             let c = ledger.lock().get("batch-a").map_or(0, |e| e.attempted) + 1;
             for k in ["batch-a", "batch-b"] {
                 ledger.lock().entry(k.into()).or_default().attempted = c;
             }
             let mut b = WriteBatch::new();
             b.put(b"batch-a", &value("batch-a", c))
+                .put_system(b"batch-sys", &value("batch-sys", c))
                 .put(b"batch-b", &value("batch-b", c));
+            if c % 2 == 1 {
+                b.put_system(b"batch-lock", &value("batch-lock", c));
+            } else {
+                b.delete_system(b"batch-lock");
+            }
             b.set_last_applied(format!("{c}").as_bytes());
             if engine.write(b).is_err() {
                 return;
@@ -284,6 +292,25 @@ fn verify(engine: &Engine, ledger: &Ledger, seed: u64) {
             .unwrap()
     });
     assert_eq!(marker, a, "marker does not match its batch; seed {seed}");
+    let system = engine
+        .system_get(b"batch-sys")
+        .map(|v| counter_of("batch-sys", &v));
+    assert_eq!(
+        system, a,
+        "system record does not match its batch; seed {seed}"
+    );
+    let lock = engine
+        .system_get(b"batch-lock")
+        .map(|v| counter_of("batch-lock", &v));
+    assert_eq!(
+        lock,
+        a.filter(|c| c % 2 == 1),
+        "system delete does not match its batch; seed {seed}"
+    );
+    assert_eq!(
+        engine.system_len(),
+        usize::from(a.is_some()) + usize::from(lock.is_some())
+    );
     // Every key in the engine is one the ledger knows: nothing invented.
     for e in engine
         .scan(
