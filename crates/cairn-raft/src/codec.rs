@@ -32,6 +32,8 @@ const KIND_MEMBERSHIP: u8 = 2;
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
 const OP_CLEAR: u8 = 3;
+const OP_SYSTEM_PUT: u8 = 4;
+const OP_SYSTEM_DELETE: u8 = 5;
 
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("cannot decode {what}"))
@@ -177,6 +179,18 @@ pub fn encode_request(out: &mut BytesMut, request: &Request) {
                 out.put_slice(key);
             }
             WriteOp::Clear => out.put_u8(OP_CLEAR),
+            WriteOp::SystemPut { key, value } => {
+                out.put_u8(OP_SYSTEM_PUT);
+                out.put_u32_le(key.len() as u32);
+                out.put_slice(key);
+                out.put_u32_le(value.len() as u32);
+                out.put_slice(value);
+            }
+            WriteOp::SystemDelete { key } => {
+                out.put_u8(OP_SYSTEM_DELETE);
+                out.put_u32_le(key.len() as u32);
+                out.put_slice(key);
+            }
         }
     }
 }
@@ -190,6 +204,8 @@ fn encoded_request_len(request: &Request) -> usize {
             WriteOp::Put { key, value, .. } => 1 + 4 + key.len() + 4 + value.len() + 8,
             WriteOp::Delete { key } => 1 + 4 + key.len(),
             WriteOp::Clear => 1,
+            WriteOp::SystemPut { key, value } => 1 + 4 + key.len() + 4 + value.len(),
+            WriteOp::SystemDelete { key } => 1 + 4 + key.len(),
         })
         .sum::<usize>()
 }
@@ -214,6 +230,13 @@ fn get_request(buf: &mut &[u8], all: &Bytes) -> io::Result<Request> {
                 key: get_bytes(buf, all, "delete key")?,
             },
             OP_CLEAR => WriteOp::Clear,
+            OP_SYSTEM_PUT => WriteOp::SystemPut {
+                key: get_bytes(buf, all, "system put key")?,
+                value: get_bytes(buf, all, "system put value")?,
+            },
+            OP_SYSTEM_DELETE => WriteOp::SystemDelete {
+                key: get_bytes(buf, all, "system delete key")?,
+            },
             _ => return Err(invalid("request: unknown op")),
         };
         ops.push(op);
@@ -347,6 +370,13 @@ mod tests {
                     key: Bytes::from_static(b"after-clear"),
                     value: Bytes::from_static(b"v"),
                     expires_at_ms: None,
+                },
+                WriteOp::SystemPut {
+                    key: Bytes::from_static(b"l/k"),
+                    value: Bytes::from_static(b"\x01lock"),
+                },
+                WriteOp::SystemDelete {
+                    key: Bytes::from_static(b"t/1"),
                 },
             ],
         };

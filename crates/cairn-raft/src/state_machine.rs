@@ -235,6 +235,12 @@ fn fill_batch(batch: &mut WriteBatch, engine: &Engine, ops: &[WriteOp]) {
             WriteOp::Delete { key } => {
                 batch.delete(key);
             }
+            WriteOp::SystemPut { key, value } => {
+                batch.put_system(key, value);
+            }
+            WriteOp::SystemDelete { key } => {
+                batch.delete_system(key);
+            }
             WriteOp::Clear => {
                 for (key, _) in engine.scan_keys(
                     std::ops::Bound::Unbounded,

@@ -22,8 +22,13 @@ pub enum WriteOp {
     /// Removes `key`.
     Delete { key: Bytes },
     /// Removes every key of the shard (FLUSHDB on one shard); later ops of the same request
-    /// still apply.
+    /// still apply. System records are not keys: it leaves them.
     Clear,
+    /// Sets a record of the engine's system table (the server's transaction locks and
+    /// records): invisible to every read of the keyspace, written atomically with the entry.
+    SystemPut { key: Bytes, value: Bytes },
+    /// Removes a record of the engine's system table.
+    SystemDelete { key: Bytes },
 }
 
 /// What a shard group replicates: the outcome of one or more evaluated commands, applied

@@ -537,6 +537,8 @@ impl History {
                         out.remove(key);
                     }
                     WriteOp::Clear => out.clear(),
+                    // The system table is not part of a replica's keyspace contents.
+                    WriteOp::SystemPut { .. } | WriteOp::SystemDelete { .. } => {}
                 }
             }
         }
