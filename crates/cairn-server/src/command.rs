@@ -229,6 +229,13 @@ pub enum Command {
     Flush,
     /// An atomic group of puts and deletes → `Reply::Batch` (the version of all its writes).
     Batch { ops: Vec<BatchOp> },
+
+    // ---- internal: nodes send these to shards; no front end decodes into them ---------
+    /// One step of a cross-shard transaction, for the leader of `op.shard` (a write).
+    Txn(crate::txn::TxnOp),
+    /// The live state of `keys` (all in `shard`) and the shard's system-table version, read
+    /// at one instant → `Reply::Guarded`; `CommandError::Locked` when one is locked.
+    ShardRead { shard: u32, keys: Vec<Bytes> },
 }
 
 impl Command {
@@ -250,7 +257,33 @@ impl Command {
                 | Command::Rename { .. }
                 | Command::Flush
                 | Command::Batch { .. }
+                | Command::Txn(_)
         )
+    }
+
+    /// The keys a write names (none for `Flush` and internal steps).
+    pub fn write_keys(&self) -> Vec<&Bytes> {
+        match self {
+            Command::Set { key, .. }
+            | Command::GetDel { key }
+            | Command::GetEx { key, .. }
+            | Command::Append { key, .. }
+            | Command::SetRange { key, .. }
+            | Command::IncrBy { key, .. }
+            | Command::IncrByFloat { key, .. }
+            | Command::Expire { key, .. }
+            | Command::Persist { key } => vec![key],
+            Command::MSet { pairs, .. } => pairs.iter().map(|(k, _)| k).collect(),
+            Command::Del { keys } => keys.iter().collect(),
+            Command::Rename { from, to, .. } => vec![from, to],
+            Command::Batch { ops } => ops
+                .iter()
+                .map(|op| match op {
+                    BatchOp::Put { key, .. } | BatchOp::Delete { key } => key,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// A short, fixed name for metrics labels and logs.
@@ -285,6 +318,8 @@ impl Command {
             Command::Rename { .. } => "rename",
             Command::Flush => "flush",
             Command::Batch { .. } => "batch",
+            Command::Txn(_) => "txn",
+            Command::ShardRead { .. } => "shard_read",
         }
     }
 }

@@ -40,10 +40,19 @@ pub enum CommandError {
     /// A storage error that did not stop the node (e.g. a read error).
     #[error("ERR storage error: {0}")]
     Storage(String),
-    /// A multi-key write whose keys live in different slots (Redis Cluster's rule, until
-    /// cross-shard transactions exist).
+    /// A multi-key write whose keys live in different slots, where the caller asked for
+    /// Redis Cluster's rule (cross-shard transactions lift it for the node's own requests).
     #[error("CROSSSLOT Keys in request don't hash to the same slot")]
     CrossSlot,
+    /// A key of the request is locked by a cross-shard transaction in progress: nothing was
+    /// done. [`crate::node::Node::execute`] waits for the transaction (resolving it when it
+    /// outlived its deadline) and retries; a client that sees this may retry too.
+    #[error("TRYAGAIN a key is locked by transaction {:032x} in progress", .0.lock.txn)]
+    Locked(crate::txn::LockHolder),
+    /// A transaction step refused because the transaction was aborted (by a resolver that
+    /// found it past its deadline): nothing of it was or will be applied.
+    #[error("TRYAGAIN the transaction was aborted before it committed")]
+    TxnAborted,
     /// The shard cannot take the request right now (no leader, leader changing); nothing was
     /// done, and the request may be retried.
     #[error("TRYAGAIN {0}")]
@@ -55,6 +64,14 @@ pub enum CommandError {
 }
 
 impl CommandError {
+    /// A refusal: nothing happened, and the request may be sent again.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            CommandError::TryAgain(_) | CommandError::Locked(_) | CommandError::TxnAborted
+        )
+    }
+
     /// The answer to a write the shard's proposer took and then dropped unanswered (it
     /// stopped: shutdown, or its group failed): it may have been proposed and committed.
     pub fn proposer_stopped() -> CommandError {

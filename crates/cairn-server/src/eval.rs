@@ -6,6 +6,7 @@
 //! [`Overlay`], and produce the writes ([`WriteOp`]s: outcomes, never commands) that the log
 //! carries. A failed command produces no writes.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
@@ -18,6 +19,9 @@ use crate::error::CommandError;
 use crate::expiry::ExpiryIndex;
 use crate::long_double::incr_by_float;
 use crate::reply::{Entry, Reply, SetOutcome};
+use crate::txn::{
+    self, AbortWhen, Fate, Lock, LockHolder, Record, TxnId, TxnOp, TxnOpKind, TxnReply,
+};
 use cairn_resp::parse_i64;
 
 /// A key's state as evaluation sees it.
@@ -43,6 +47,9 @@ pub struct Overlay {
     pending: HashMap<Bytes, Pending>,
     /// Index of a pending `Clear`: keys absent from `pending` read as missing.
     cleared: Option<u64>,
+    /// System records (transaction locks and records) written by pending entries: the log
+    /// index of the entry and the value (`None`: deleted).
+    system: HashMap<Bytes, (u64, Option<Bytes>)>,
 }
 
 /// The outcome of a successful evaluation, to be merged into the [`Overlay`].
@@ -50,10 +57,16 @@ pub struct Overlay {
 pub struct Decided {
     staged: HashMap<Bytes, Option<Current>>,
     staged_clear: bool,
+    staged_system: HashMap<Bytes, Option<Bytes>>,
     ops: Vec<WriteOp>,
 }
 
 impl Decided {
+    /// The writes alone (a transaction's coordinator splits them by shard).
+    pub fn into_ops(self) -> Vec<WriteOp> {
+        self.ops
+    }
+
     /// Encoded size of the decided writes (about what the log entry carries).
     pub fn bytes(&self) -> usize {
         self.ops
@@ -62,6 +75,8 @@ impl Decided {
                 WriteOp::Put { key, value, .. } => 17 + key.len() + value.len(),
                 WriteOp::Delete { key } => 5 + key.len(),
                 WriteOp::Clear => 1,
+                WriteOp::SystemPut { key, value } => 9 + key.len() + value.len(),
+                WriteOp::SystemDelete { key } => 5 + key.len(),
             })
             .sum()
     }
@@ -78,12 +93,16 @@ impl Overlay {
         for (key, state) in decided.staged {
             self.pending.insert(key, Pending { index, state });
         }
+        for (key, value) in decided.staged_system {
+            self.system.insert(key, (index, value));
+        }
         decided.ops
     }
 
     /// Forgets what entries up to `index` wrote: the engine holds it now.
     pub fn applied(&mut self, index: u64) {
         self.pending.retain(|_, p| p.index > index);
+        self.system.retain(|_, (at, _)| *at > index);
         if self.cleared.is_some_and(|c| c <= index) {
             self.cleared = None;
         }
@@ -93,10 +112,11 @@ impl Overlay {
     pub fn reset(&mut self) {
         self.pending.clear();
         self.cleared = None;
+        self.system.clear();
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty() && self.cleared.is_none()
+        self.pending.is_empty() && self.cleared.is_none() && self.system.is_empty()
     }
 }
 
@@ -110,18 +130,33 @@ pub enum InternalOp {
 /// The shard state a proposal is evaluated against.
 #[derive(Debug, Clone, Copy)]
 pub struct ShardView<'a> {
+    /// The shard's id (in the locks it reports).
+    pub shard: u32,
     pub engine: &'a Engine,
     pub expiry: &'a Mutex<ExpiryIndex>,
+}
+
+/// What an evaluation reads keys from.
+#[derive(Debug, Clone, Copy)]
+enum Source<'a> {
+    /// A shard's engine (with its overlay): a proposer evaluating in log order.
+    Shard(ShardView<'a>),
+    /// The states a transaction's locks read (`None`: missing), on its coordinator. Reading
+    /// a key not among them is a bug of the transaction's read set, recorded in `missed`.
+    Prefetched(&'a HashMap<Bytes, Option<Entry>>),
 }
 
 /// One proposal being evaluated.
 #[derive(Debug)]
 pub struct Eval<'a> {
-    view: ShardView<'a>,
+    source: Source<'a>,
     overlay: &'a Overlay,
     /// This proposal's own writes, visible to itself; merged into the overlay on success.
     staged: HashMap<Bytes, Option<Current>>,
     staged_clear: bool,
+    staged_system: HashMap<Bytes, Option<Bytes>>,
+    /// A prefetched evaluation read a key it was not given.
+    missed: Cell<bool>,
     ops: Vec<WriteOp>,
     /// The log index this proposal gets if it writes: the version of everything it writes.
     version: u64,
@@ -139,15 +174,78 @@ impl<'a> Eval<'a> {
         value_bytes_max: usize,
     ) -> Self {
         Eval {
-            view,
+            source: Source::Shard(view),
             overlay,
             staged: HashMap::new(),
             staged_clear: false,
+            staged_system: HashMap::new(),
+            missed: Cell::new(false),
             ops: Vec::new(),
             version,
             now_ms,
             value_bytes_max,
         }
+    }
+
+    /// An evaluation on a transaction's coordinator, against the states its locks read
+    /// (`read` holds every key the command reads: [`Eval::reads_of`]). Versions in the answer
+    /// are 0: the shards' log indexes are not known yet.
+    pub fn prefetched(
+        read: &'a HashMap<Bytes, Option<Entry>>,
+        overlay: &'a Overlay,
+        now_ms: u64,
+        value_bytes_max: usize,
+    ) -> Self {
+        Eval {
+            source: Source::Prefetched(read),
+            overlay,
+            staged: HashMap::new(),
+            staged_clear: false,
+            staged_system: HashMap::new(),
+            missed: Cell::new(false),
+            ops: Vec::new(),
+            version: 0,
+            now_ms,
+            value_bytes_max,
+        }
+    }
+
+    /// The keys evaluating `cmd` reads (the others it only writes): what a transaction's
+    /// locks must read for [`Eval::prefetched`].
+    pub fn reads_of(cmd: &Command) -> Vec<Bytes> {
+        match cmd {
+            Command::MSet { nx: false, .. } => Vec::new(),
+            Command::Batch { ops } => ops
+                .iter()
+                .filter_map(|op| match op {
+                    BatchOp::Put {
+                        key,
+                        expiry: Expiry::Keep,
+                        ..
+                    } => Some(key.clone()),
+                    _ => None,
+                })
+                .collect(),
+            Command::Set {
+                condition: Condition::Always,
+                return_old: false,
+                expiry,
+                key,
+                ..
+            } => {
+                if *expiry == Expiry::Keep {
+                    vec![key.clone()]
+                } else {
+                    Vec::new()
+                }
+            }
+            other => other.write_keys().into_iter().cloned().collect(),
+        }
+    }
+
+    /// Whether a prefetched evaluation read a key it was not given (its answer is void).
+    pub fn missed(&self) -> bool {
+        self.missed.get()
     }
 
     /// End evaluation: this proposal's writes and its state for the overlay.
@@ -156,6 +254,7 @@ impl<'a> Eval<'a> {
             ops: self.ops,
             staged: self.staged,
             staged_clear: self.staged_clear,
+            staged_system: self.staged_system,
         }
     }
 
@@ -178,12 +277,35 @@ impl<'a> Eval<'a> {
         self.overlay.cleared.map(|_| None)
     }
 
+    /// A key's state from the prefetched states of a coordinator.
+    fn prefetched_state(
+        &self,
+        read: &HashMap<Bytes, Option<Entry>>,
+        key: &Bytes,
+    ) -> Option<Current> {
+        match read.get(key) {
+            Some(entry) => entry.as_ref().map(|e| Current {
+                value: e.value.clone(),
+                version: e.version,
+                expires_at_ms: e.expires_at_ms,
+            }),
+            None => {
+                self.missed.set(true);
+                None
+            }
+        }
+    }
+
     /// The live state of `key`, reading the value.
     fn read(&self, key: &Bytes) -> Result<Option<Current>, CommandError> {
         if let Some(c) = self.pending(key) {
             return Ok(self.live(c));
         }
-        let entry = self.view.engine.get_entry(key)?;
+        let view = match self.source {
+            Source::Shard(view) => view,
+            Source::Prefetched(read) => return Ok(self.live(self.prefetched_state(read, key))),
+        };
+        let entry = view.engine.get_entry(key)?;
         Ok(self.live(entry.map(|e| Current {
             value: e.value,
             version: e.version,
@@ -196,7 +318,15 @@ impl<'a> Eval<'a> {
         if let Some(c) = self.pending(key) {
             return self.live(c).map(|c| (c.version, c.expires_at_ms));
         }
-        let meta = self.view.engine.meta(key)?;
+        let view = match self.source {
+            Source::Shard(view) => view,
+            Source::Prefetched(read) => {
+                return self
+                    .live(self.prefetched_state(read, key))
+                    .map(|c| (c.version, c.expires_at_ms));
+            }
+        };
+        let meta = view.engine.meta(key)?;
         meta.expires_at_ms
             .is_none_or(|at| at > self.now_ms)
             .then_some((meta.version, meta.expires_at_ms))
@@ -244,8 +374,12 @@ impl<'a> Eval<'a> {
         }
     }
 
-    /// Evaluate a client write command.
+    /// Evaluate a write command (a client's, or a transaction's step).
     pub fn command(&mut self, cmd: Command) -> Result<Reply, CommandError> {
+        if let Command::Txn(op) = cmd {
+            return self.txn(op);
+        }
+        self.check_unlocked(&cmd)?;
         match cmd {
             Command::Set {
                 key,
@@ -526,19 +660,303 @@ impl<'a> Eval<'a> {
         Ok(Reply::Bool(true))
     }
 
+    // ---- system records: transaction locks and records ------------------------------
+
+    /// Whether no system record exists or is pending: the fast path of every lock check.
+    fn no_system(&self) -> bool {
+        self.staged_system.is_empty()
+            && self.overlay.system.is_empty()
+            && match self.source {
+                Source::Shard(view) => view.engine.system_len() == 0,
+                Source::Prefetched(_) => true,
+            }
+    }
+
+    fn system_get(&self, key: &Bytes) -> Option<Bytes> {
+        if let Some(value) = self.staged_system.get(key) {
+            return value.clone();
+        }
+        if let Some((_, value)) = self.overlay.system.get(key) {
+            return value.clone();
+        }
+        match self.source {
+            Source::Shard(view) => view.engine.system_get(key),
+            Source::Prefetched(_) => None,
+        }
+    }
+
+    fn system_put(&mut self, key: Bytes, value: Bytes) {
+        self.ops.push(WriteOp::SystemPut {
+            key: key.clone(),
+            value: value.clone(),
+        });
+        self.staged_system.insert(key, Some(value));
+    }
+
+    fn system_delete(&mut self, key: Bytes) {
+        self.ops.push(WriteOp::SystemDelete { key: key.clone() });
+        self.staged_system.insert(key, None);
+    }
+
+    fn shard_id(&self) -> u32 {
+        match self.source {
+            Source::Shard(view) => view.shard,
+            Source::Prefetched(_) => u32::MAX,
+        }
+    }
+
+    /// The lock on `key`, if any.
+    fn lock_of(&self, key: &[u8]) -> Result<Option<Lock>, CommandError> {
+        if self.no_system() {
+            return Ok(None);
+        }
+        match self.system_get(&txn::lock_key(key)) {
+            Some(value) => Ok(Some(txn::decode(&value, "lock")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every lock of the shard as this evaluation sees it: (user key, lock), in key order.
+    fn locks(&self) -> Result<Vec<(Bytes, Lock)>, CommandError> {
+        if self.no_system() {
+            return Ok(Vec::new());
+        }
+        let mut all: std::collections::BTreeMap<Bytes, Option<Bytes>> = match self.source {
+            Source::Shard(view) => view
+                .engine
+                .system_range(
+                    std::ops::Bound::Included(txn::LOCK_PREFIX),
+                    std::ops::Bound::Excluded(txn::LOCK_PREFIX_END),
+                    usize::MAX,
+                )
+                .into_iter()
+                .map(|(k, v)| (k, Some(v)))
+                .collect(),
+            Source::Prefetched(_) => Default::default(),
+        };
+        for (key, (_, value)) in &self.overlay.system {
+            if key.starts_with(txn::LOCK_PREFIX) {
+                all.insert(key.clone(), value.clone());
+            }
+        }
+        for (key, value) in &self.staged_system {
+            if key.starts_with(txn::LOCK_PREFIX) {
+                all.insert(key.clone(), value.clone());
+            }
+        }
+        let mut out = Vec::new();
+        for (key, value) in all {
+            if let Some(value) = value {
+                let lock: Lock = txn::decode(&value, "lock")?;
+                out.push((key.slice(txn::LOCK_PREFIX.len()..), lock));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Refuses a command that touches a key locked by a transaction (FLUSHDB: any key).
+    fn check_unlocked(&self, cmd: &Command) -> Result<(), CommandError> {
+        if self.no_system() {
+            return Ok(());
+        }
+        let held = if let Command::Flush = cmd {
+            self.locks()?.into_iter().next().map(|(_, lock)| lock)
+        } else {
+            let mut held = None;
+            for key in cmd.write_keys() {
+                if let Some(lock) = self.lock_of(key)? {
+                    held = Some(lock);
+                    break;
+                }
+            }
+            held
+        };
+        match held {
+            Some(lock) => Err(CommandError::Locked(LockHolder {
+                lock,
+                shard: self.shard_id(),
+            })),
+            None => Ok(()),
+        }
+    }
+
+    fn record(&self, txn: TxnId) -> Result<Option<Record>, CommandError> {
+        match self.system_get(&txn::record_key(txn)) {
+            Some(value) => Ok(Some(txn::decode(&value, "transaction")?)),
+            None => Ok(None),
+        }
+    }
+
+    fn set_record(&mut self, txn: TxnId, record: &Record) {
+        self.system_put(txn::record_key(txn), txn::encode(record));
+    }
+
+    /// Releases `txn`'s locks on this shard, applying `writes` (when it committed) to the
+    /// keys it still holds.
+    fn release(&mut self, id: TxnId, writes: Option<Vec<WriteOp>>) -> Result<(), CommandError> {
+        let held: std::collections::HashSet<Bytes> = self
+            .locks()?
+            .into_iter()
+            .filter(|(_, lock)| lock.txn == id)
+            .map(|(key, _)| key)
+            .collect();
+        for op in writes.unwrap_or_default() {
+            let Some(key) = txn::op_key(&op) else {
+                continue;
+            };
+            if !held.contains(key) {
+                continue;
+            }
+            match op {
+                WriteOp::Put {
+                    key,
+                    value,
+                    expires_at_ms,
+                } => self.put(&key, value, expires_at_ms),
+                WriteOp::Delete { key } => self.delete(&key),
+                _ => {}
+            }
+        }
+        for key in held {
+            self.system_delete(txn::lock_key(&key));
+        }
+        Ok(())
+    }
+
+    /// Evaluate one step of a cross-shard transaction (see [`crate::txn`]).
+    fn txn(&mut self, op: TxnOp) -> Result<Reply, CommandError> {
+        let TxnOp { txn: id, kind, .. } = op;
+        let here = self.shard_id();
+        match kind {
+            TxnOpKind::Lock {
+                primary,
+                deadline_ms,
+                keys,
+                reads,
+            } => {
+                if self.now_ms > deadline_ms {
+                    return Err(CommandError::TxnAborted);
+                }
+                if primary == here {
+                    match self.record(id)? {
+                        None => self.set_record(id, &Record::Pending { deadline_ms }),
+                        Some(Record::Pending { .. }) => {}
+                        Some(_) => return Err(CommandError::TxnAborted),
+                    }
+                }
+                let lock = Lock {
+                    txn: id,
+                    primary,
+                    deadline_ms,
+                };
+                for key in &keys {
+                    match self.lock_of(key)? {
+                        Some(held) if held.txn == id => {}
+                        Some(held) => {
+                            return Err(CommandError::Locked(LockHolder {
+                                lock: held,
+                                shard: here,
+                            }));
+                        }
+                        None => self.system_put(txn::lock_key(key), txn::encode(&lock)),
+                    }
+                }
+                let mut read = Vec::with_capacity(reads.len());
+                for key in &reads {
+                    read.push(self.read(key)?.map(|c| Self::entry(key, c)));
+                }
+                Ok(Reply::Txn(TxnReply::Read(read)))
+            }
+            TxnOpKind::Commit { writes, rest } => {
+                match self.record(id)? {
+                    Some(Record::Pending { .. }) => {}
+                    _ => return Err(CommandError::TxnAborted),
+                }
+                self.release(id, Some(writes))?;
+                if rest.is_empty() {
+                    self.system_delete(txn::record_key(id));
+                } else {
+                    let record = Record::Committed {
+                        at_ms: self.now_ms,
+                        rest,
+                    };
+                    self.set_record(id, &record);
+                }
+                Ok(Reply::Batch {
+                    version: self.version,
+                })
+            }
+            TxnOpKind::Resolve { writes } => {
+                self.release(id, writes)?;
+                Ok(Reply::Ok)
+            }
+            TxnOpKind::Decide { abort } => {
+                let fate = match self.record(id)? {
+                    Some(Record::Committed { rest, .. }) => Fate::Committed(rest),
+                    Some(Record::Aborted { .. }) => Fate::Aborted,
+                    Some(Record::Pending { deadline_ms }) => {
+                        let abort = match abort {
+                            AbortWhen::Never => false,
+                            AbortWhen::Expired => self.now_ms > deadline_ms,
+                            AbortWhen::Now => true,
+                        };
+                        if abort {
+                            let until_ms = deadline_ms.saturating_add(txn::ABORTED_RETAIN_MS);
+                            self.set_record(id, &Record::Aborted { until_ms });
+                            self.release(id, None)?;
+                            Fate::Aborted
+                        } else {
+                            Fate::Pending
+                        }
+                    }
+                    // Never opened, or committed and forgotten once every shard was resolved
+                    // (then no lock of it is left to ask about). Written down, so that a lock
+                    // arriving late cannot open it.
+                    None => {
+                        let until_ms = self
+                            .now_ms
+                            .saturating_add(txn::TXN_LIFETIME_MS + txn::ABORTED_RETAIN_MS);
+                        self.set_record(id, &Record::Aborted { until_ms });
+                        self.release(id, None)?;
+                        Fate::Aborted
+                    }
+                };
+                Ok(Reply::Txn(TxnReply::Fate(fate)))
+            }
+            TxnOpKind::Forget => {
+                let forget = match self.record(id)? {
+                    Some(Record::Committed { .. }) => true,
+                    Some(Record::Aborted { until_ms }) => self.now_ms > until_ms,
+                    Some(Record::Pending { .. }) | None => false,
+                };
+                if forget {
+                    self.system_delete(txn::record_key(id));
+                }
+                Ok(Reply::Ok)
+            }
+        }
+    }
+
     /// Evaluate an internal operation.
     pub fn internal(&mut self, op: InternalOp) -> Result<Reply, CommandError> {
         match op {
             InternalOp::ExpireKeys { keys } => {
                 let mut deleted = 0;
                 for key in keys {
+                    // A locked key belongs to its transaction until it is resolved: the next
+                    // cycle finds it again if it is still due.
+                    if self.lock_of(&key)?.is_some() {
+                        continue;
+                    }
                     // Still expired (not rewritten since it was found due)?
                     let expired = match self.pending(&key) {
                         Some(Some(c)) => c.expires_at_ms.is_some_and(|at| at <= self.now_ms),
                         Some(None) => false,
                         None => {
-                            let due = self
-                                .view
+                            let Source::Shard(view) = self.source else {
+                                continue;
+                            };
+                            let due = view
                                 .expiry
                                 .lock()
                                 .deadline(&key)

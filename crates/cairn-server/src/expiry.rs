@@ -40,6 +40,7 @@ impl ApplyObserver for ExpiryTracker {
                 } => index.set(key, *expires_at_ms),
                 WriteOp::Delete { key } => index.remove(key),
                 WriteOp::Clear => index.clear(),
+                WriteOp::SystemPut { .. } | WriteOp::SystemDelete { .. } => {}
             }
         }
     }

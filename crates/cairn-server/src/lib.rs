@@ -9,6 +9,7 @@
 //! - [`shards`], [`shard`], [`slot`], [`expiry`], [`scan`]: keyspace layout and routing;
 //! - [`long_double`]: INCRBYFLOAT's arithmetic (integers: `cairn_resp::parse_i64`);
 //! - [`resp`], [`http`], [`grpc`]: the front ends (thin codecs over `Node::execute`);
+//! - [`txn`]: cross-shard transactions (locks, records, the steps a coordinator sends);
 //! - [`metrics`]; [`config`]; [`server`] (the composition root: `server::run`).
 //!
 //! Architecture invariants: only a shard's state machine writes its engine, applying committed
@@ -38,6 +39,7 @@ pub mod server;
 pub mod shard;
 pub mod shards;
 pub mod slot;
+pub mod txn;
 
 pub use command::{BatchOp, Command, Condition, ExpireCondition, Expiry, KeyRange};
 pub use error::CommandError;

@@ -37,6 +37,7 @@ mod open;
 mod read;
 mod route;
 mod status;
+mod txn;
 mod write;
 
 pub use write::PendingWrite;
@@ -135,6 +136,8 @@ pub struct Node {
     groups: Arc<Groups>,
     health: Arc<WriteHealth>,
     stopping: AtomicBool,
+    /// The low half of this node's next transaction id (see [`crate::txn::TxnId`]).
+    txn_counter: std::sync::atomic::AtomicU64,
     cursors: ScanCursors,
     started: Instant,
 }
@@ -198,6 +201,12 @@ impl Node {
         let retriable = !matches!(cmd, Command::Del { .. } | Command::Flush);
         let deadline = Instant::now() + ROUTE_RETRY_WINDOW;
         let mut backoff = ROUTE_RETRY_FIRST;
+        // A locked key: wait for its transaction (resolving it once it is past its
+        // deadline) for as long as a transaction may live, and a failover more.
+        let lock_deadline = Instant::now()
+            + Duration::from_millis(crate::txn::TXN_LIFETIME_MS)
+            + ROUTE_RETRY_WINDOW;
+        let mut lock_met = None;
         loop {
             let result = if cmd.is_write() {
                 match self.propose_routed(cmd.clone(), 0, None).await {
@@ -208,6 +217,9 @@ impl Node {
                 self.read_routed(&cmd, 0, stale).await
             };
             match result {
+                Err(CommandError::Locked(holder)) if Instant::now() < lock_deadline => {
+                    self.wait_for_lock(holder, &mut lock_met).await;
+                }
                 Err(CommandError::TryAgain(_))
                     if retriable && Instant::now() + backoff < deadline =>
                 {
@@ -289,7 +301,7 @@ mod tests {
     use crate::reply::SetOutcome;
     use crate::reply::{Entry, KeyTtl};
 
-    fn options(dir: &std::path::Path) -> NodeOptions {
+    pub(super) fn options(dir: &std::path::Path) -> NodeOptions {
         NodeOptions {
             data_dir: dir.to_path_buf(),
             shards: 4,
@@ -308,11 +320,11 @@ mod tests {
         }
     }
 
-    fn b(s: &str) -> Bytes {
+    pub(super) fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
     }
 
-    fn set(key: &str, value: &str) -> Command {
+    pub(super) fn set(key: &str, value: &str) -> Command {
         Command::Set {
             key: b(key),
             value: b(value),
@@ -322,7 +334,7 @@ mod tests {
         }
     }
 
-    async fn get(node: &Node, key: &str) -> Option<Entry> {
+    pub(super) async fn get(node: &Node, key: &str) -> Option<Entry> {
         match node.execute(Command::Get { key: b(key) }).await.unwrap() {
             Reply::Entry(e) => e,
             other => panic!("{other:?}"),
@@ -445,16 +457,7 @@ mod tests {
                 .unwrap(),
             Reply::Bool(true)
         );
-        // Rename moves value and deadline, within a slot; across slots it is CROSSSLOT.
-        assert_eq!(
-            node.execute(Command::Rename {
-                from: b("k"),
-                to: b("k2"),
-                nx: false,
-            })
-            .await,
-            Err(CommandError::CrossSlot)
-        );
+        // Rename moves value and deadline, within a slot and across shards (a transaction).
         node.execute(Command::Rename {
             from: b("k"),
             to: b("{k}2"),
@@ -464,6 +467,15 @@ mod tests {
         .unwrap();
         assert!(get(&node, "k").await.is_none());
         assert!(get(&node, "{k}2").await.unwrap().expires_at_ms.is_some());
+        node.execute(Command::Rename {
+            from: b("{k}2"),
+            to: b("k3"),
+            nx: false,
+        })
+        .await
+        .unwrap();
+        assert!(get(&node, "{k}2").await.is_none());
+        assert!(get(&node, "k3").await.unwrap().expires_at_ms.is_some());
         // Size limits.
         let too_big = Command::Set {
             key: b("v"),

@@ -134,6 +134,8 @@ struct Term {
 pub struct ShardHandles {
     /// The shard's id ("meta" for the metadata group), in logs, errors and metric labels.
     pub shard: String,
+    /// The shard's number (`u32::MAX` for the metadata group).
+    pub shard_id: u32,
     pub group: Group,
     pub expiry: Arc<ExpiryTracker>,
     pub value_bytes_max: usize,
@@ -409,6 +411,7 @@ impl Proposer {
         let index = term.next_index;
         let engine = self.h.group.sm.engine();
         let view = ShardView {
+            shard: self.h.shard_id,
             engine: &engine,
             expiry: &self.h.expiry.index,
         };

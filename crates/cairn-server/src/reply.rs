@@ -170,4 +170,11 @@ pub enum Reply {
     },
     Cluster(ClusterStatus),
     Stats(Vec<ShardStats>),
+    /// Internal: a transaction step's answer.
+    Txn(crate::txn::TxnReply),
+    /// Internal: `Command::ShardRead`'s answer.
+    Guarded {
+        entries: Vec<Option<Entry>>,
+        system_version: u64,
+    },
 }

@@ -264,6 +264,8 @@ pub(crate) async fn open_replica(
     setup.groups.insert(group, group_handle.clone());
     let proposals = proposer::spawn(ShardHandles {
         shard: label,
+        // Group g replicates shard g - 1; group 0 is the metadata group.
+        shard_id: group.checked_sub(1).map_or(u32::MAX, |s| s as u32),
         group: group_handle.clone(),
         expiry: expiry.clone(),
         value_bytes_max: setup.value_bytes_max,

@@ -142,7 +142,10 @@ pub(super) fn status_of(error: CommandError) -> Status {
         | CommandError::Invalid(_) => Status::invalid_argument(message),
         CommandError::CrossSlot => Status::invalid_argument(message),
         // Nothing was written: any request may be retried as it is.
-        CommandError::ShuttingDown | CommandError::TryAgain(_) => Status::unavailable(message),
+        CommandError::ShuttingDown
+        | CommandError::TryAgain(_)
+        | CommandError::Locked(_)
+        | CommandError::TxnAborted => Status::unavailable(message),
         // The write may or may not have happened: UNKNOWN, so that no client retries it blindly.
         CommandError::OutcomeUnknown(_) => Status::unknown(message),
         CommandError::Fatal(_) | CommandError::Storage(_) => Status::internal(message),

@@ -198,9 +198,10 @@ impl From<CommandError> for ApiError {
             | CommandError::Syntax
             | CommandError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
             CommandError::CrossSlot => (StatusCode::BAD_REQUEST, "cross_slot"),
-            CommandError::ShuttingDown | CommandError::TryAgain(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-            }
+            CommandError::ShuttingDown
+            | CommandError::TryAgain(_)
+            | CommandError::Locked(_)
+            | CommandError::TxnAborted => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             CommandError::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
             CommandError::Fatal(_) | CommandError::Storage(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")

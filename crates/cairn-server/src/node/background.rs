@@ -1,5 +1,6 @@
 //! The node's timers and lifecycle: active expiry, log sync (`everysec`), periodic
-//! checkpoints (snapshots, then log purge), placement rounds, and shutdown.
+//! checkpoints (snapshots, then log purge), placement rounds, the transaction resolver,
+//! and shutdown.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,7 +22,14 @@ impl Node {
         let mut checkpoint = tokio::time::interval(CHECKPOINT_INTERVAL);
         let mut sync = tokio::time::interval(EVERYSEC_INTERVAL);
         let mut place = tokio::time::interval(crate::placement::RECONCILE_INTERVAL);
-        for timer in [&mut expire, &mut checkpoint, &mut sync, &mut place] {
+        let mut resolve = tokio::time::interval(crate::txn::RESOLVE_TICK);
+        for timer in [
+            &mut expire,
+            &mut checkpoint,
+            &mut sync,
+            &mut place,
+            &mut resolve,
+        ] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         tokio::pin!(shutdown);
@@ -30,6 +38,7 @@ impl Node {
                 _ = &mut shutdown => break,
                 _ = expire.tick() => self.expire_cycle().await,
                 _ = place.tick() => crate::placement::reconcile(&self).await,
+                _ = resolve.tick() => self.resolve_cycle().await,
                 _ = checkpoint.tick() => {
                     if let Err(e) = self.snapshot_all(false).await {
                         tracing::warn!(error = %e, "periodic checkpoint failed");

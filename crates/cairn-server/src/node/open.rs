@@ -100,6 +100,12 @@ impl Node {
             groups,
             health,
             stopping: AtomicBool::new(false),
+            // Started from the wall clock so that ids stay unique across restarts.
+            txn_counter: std::sync::atomic::AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+            ),
             cursors: ScanCursors::default(),
             started: Instant::now(),
         });

@@ -14,6 +14,11 @@ use crate::command::{Command, KeyRange};
 use crate::error::CommandError;
 use crate::reply::{Entry, KeyTtl, KeyType, Reply};
 use crate::shard::Shard;
+use crate::txn;
+
+/// How many times a read of whole shards runs again because transactions changed the shards
+/// meanwhile, before it answers `TRYAGAIN`.
+pub const READ_SETTLE_ATTEMPTS: usize = 16;
 
 impl Node {
     /// A key the engine cannot hold cannot exist: reads of it find nothing.
@@ -27,55 +32,133 @@ impl Node {
         known.unwrap_or_else(|| self.shards.for_key(key))
     }
 
+    /// Live entries of `keys`, all in `shard`, read at one instant with the shard's
+    /// system-table version; `Locked` when a transaction holds one of them (its outcome may
+    /// be decided already: the caller waits for it and reads again).
+    pub(super) fn guarded_read(
+        &self,
+        shard: &Shard,
+        keys: &[Bytes],
+    ) -> Result<(Vec<Option<Entry>>, u64), CommandError> {
+        let wanted: Vec<&[u8]> = keys
+            .iter()
+            .filter(|k| Self::readable(k))
+            .map(|k| &k[..])
+            .collect();
+        let read = shard.engine().get_many_guarded(&wanted, txn::LOCK_PREFIX)?;
+        if let Some(guard) = read.guards.iter().flatten().next() {
+            let lock: txn::Lock = txn::decode(guard, "lock")?;
+            return Err(CommandError::Locked(txn::LockHolder {
+                lock,
+                shard: shard.id,
+            }));
+        }
+        let mut found = read.entries.into_iter();
+        let entries = keys
+            .iter()
+            .map(|k| {
+                if !Self::readable(k) {
+                    return None;
+                }
+                found.next().flatten().map(|e| Entry {
+                    key: e.key,
+                    value: e.value,
+                    version: e.version,
+                    expires_at_ms: e.expires_at_ms,
+                })
+            })
+            .collect();
+        Ok((entries, read.system_version))
+    }
+
     fn get_entry(&self, known: Option<&Shard>, key: &Bytes) -> Result<Option<Entry>, CommandError> {
-        if !Self::readable(key) {
-            return Ok(None);
-        }
-        let entry = self.holder(known, key).engine().get_entry(key)?;
-        Ok(entry.map(|e| Entry {
-            key: e.key,
-            value: e.value,
-            version: e.version,
-            expires_at_ms: e.expires_at_ms,
-        }))
+        let (mut entries, _) =
+            self.guarded_read(self.holder(known, key), std::slice::from_ref(key))?;
+        Ok(entries.pop().flatten())
     }
 
-    fn key_meta(&self, known: Option<&Shard>, key: &[u8]) -> Option<cairn_storage::KeyMeta> {
-        if !Self::readable(key) {
-            return None;
+    /// Entries of many keys, read shard by shard, each shard's keys at one instant (an
+    /// atomic read across shards is `route`'s `read_atomic`).
+    fn get_entries(
+        &self,
+        known: Option<&Shard>,
+        keys: &[Bytes],
+    ) -> Result<Vec<Option<Entry>>, CommandError> {
+        if let Some(shard) = known {
+            return Ok(self.guarded_read(shard, keys)?.0);
         }
-        self.holder(known, key).engine().meta(key)
-    }
-
-    fn get_value(&self, known: Option<&Shard>, key: &[u8]) -> Result<Option<Bytes>, CommandError> {
-        if !Self::readable(key) {
-            return Ok(None);
-        }
-        Ok(self.holder(known, key).engine().get(key)?)
-    }
-
-    /// Values of many keys, read shard by shard with one `get_many` each, so keys of one
-    /// shard (and so of one slot) are read at one instant: an MSET is seen whole or not at all.
-    fn get_values(&self, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>, CommandError> {
-        let mut values = vec![None; keys.len()];
+        let mut out = vec![None; keys.len()];
         let mut by_shard: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
         for (i, key) in keys.iter().enumerate() {
-            if Self::readable(key) {
-                by_shard
-                    .entry(self.shards.shard_of_key(key))
-                    .or_default()
-                    .push(i);
-            }
+            by_shard
+                .entry(self.shards.shard_of_key(key))
+                .or_default()
+                .push(i);
         }
         for (shard, positions) in by_shard {
             let shard = self.shards.get(shard).expect("shard_of_key names a shard");
-            let wanted: Vec<&[u8]> = positions.iter().map(|&i| &keys[i][..]).collect();
-            let found = shard.engine().get_many(&wanted)?;
+            let part: Vec<Bytes> = positions.iter().map(|&i| keys[i].clone()).collect();
+            let (found, _) = self.guarded_read(shard, &part)?;
             for (i, entry) in positions.into_iter().zip(found) {
-                values[i] = entry.map(|e| e.value);
+                out[i] = entry;
             }
         }
-        Ok(values)
+        Ok(out)
+    }
+
+    /// Every shard's system-table version.
+    fn system_versions(&self) -> Vec<u64> {
+        self.shards
+            .list
+            .iter()
+            .map(|s| s.engine().system_version())
+            .collect()
+    }
+
+    /// `Locked` for the first lock on a key `relevant` to a read, in any shard.
+    fn check_locks(&self, relevant: &dyn Fn(&[u8]) -> bool) -> Result<(), CommandError> {
+        for shard in &self.shards.list {
+            let engine = shard.engine();
+            if engine.system_len() == 0 {
+                continue;
+            }
+            let locks = engine.system_range(
+                Bound::Included(txn::LOCK_PREFIX),
+                Bound::Excluded(txn::LOCK_PREFIX_END),
+                usize::MAX,
+            );
+            for (key, value) in locks {
+                if relevant(&key[txn::LOCK_PREFIX.len()..]) {
+                    return Err(CommandError::Locked(txn::LockHolder {
+                        lock: txn::decode(&value, "lock")?,
+                        shard: shard.id,
+                    }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A read of whole shards (KEYS, SCAN, DBSIZE, range scans) that sees every transaction
+    /// whole or not at all: it stands when no shard's system table changed while it ran and
+    /// no transaction held a lock on a key `relevant` to it; otherwise it runs again (a
+    /// held lock is `Locked`, which the caller waits for).
+    fn settled<T>(
+        &self,
+        relevant: &dyn Fn(&[u8]) -> bool,
+        read: impl Fn() -> Result<T, CommandError>,
+    ) -> Result<T, CommandError> {
+        for _ in 0..READ_SETTLE_ATTEMPTS {
+            let before = self.system_versions();
+            self.check_locks(relevant)?;
+            let out = read()?;
+            if self.system_versions() == before {
+                return Ok(out);
+            }
+        }
+        Err(CommandError::TryAgain(
+            "transactions kept changing the shards being read".into(),
+        ))
     }
 
     /// Execute a read-only command against this node's replicas, as they are.
@@ -92,56 +175,98 @@ impl Node {
     ) -> Result<Reply, CommandError> {
         match cmd {
             Command::Get { key } => Ok(Reply::Entry(self.get_entry(known, key)?)),
-            Command::MGet { keys } => Ok(Reply::Values(self.get_values(keys)?)),
+            Command::MGet { keys } => Ok(Reply::Values(
+                self.get_entries(known, keys)?
+                    .into_iter()
+                    .map(|e| e.map(|e| e.value))
+                    .collect(),
+            )),
             Command::StrLen { key } => Ok(Reply::Int(
-                self.key_meta(known, key)
-                    .map_or(0, |m| i64::from(m.value_len)),
+                self.get_entry(known, key)?
+                    .map_or(0, |e| e.value.len() as i64),
             )),
             Command::GetRange { key, start, end } => {
-                let value = self.get_value(known, key)?.unwrap_or_default();
+                let value = self
+                    .get_entry(known, key)?
+                    .map(|e| e.value)
+                    .unwrap_or_default();
                 Ok(Reply::Value(Some(substring(&value, *start, *end))))
             }
             Command::Exists { keys } => Ok(Reply::Int(
-                keys.iter()
-                    .filter(|k| self.key_meta(known, k).is_some())
+                self.get_entries(known, keys)?
+                    .iter()
+                    .filter(|e| e.is_some())
                     .count() as i64,
             )),
-            Command::Type { key } => Ok(Reply::Type(if self.key_meta(known, key).is_some() {
+            Command::Type { key } => Ok(Reply::Type(if self.get_entry(known, key)?.is_some() {
                 KeyType::String
             } else {
                 KeyType::None
             })),
-            Command::Ttl { key } => Ok(Reply::Ttl(match self.key_meta(known, key) {
+            Command::Ttl { key } => Ok(Reply::Ttl(match self.get_entry(known, key)? {
                 None => KeyTtl::Missing,
-                Some(m) => m
+                Some(e) => e
                     .expires_at_ms
                     .map_or(KeyTtl::Persistent, KeyTtl::ExpiresAtMs),
             })),
-            Command::Keys { pattern } => Ok(Reply::Keys(self.keys(pattern))),
+            Command::ShardRead { shard, keys } => {
+                let shard = match known {
+                    Some(shard) => shard,
+                    None => self
+                        .shards
+                        .get(*shard)
+                        .ok_or_else(|| CommandError::Invalid(format!("no shard {shard}")))?,
+                };
+                let (entries, system_version) = self.guarded_read(shard, keys)?;
+                Ok(Reply::Guarded {
+                    entries,
+                    system_version,
+                })
+            }
+            Command::Keys { pattern } => {
+                let glob = Pattern::new(pattern, false);
+                let all = &pattern[..] == b"*";
+                let relevant = |key: &[u8]| all || glob.matches(key);
+                Ok(Reply::Keys(
+                    self.settled(&relevant, || Ok(self.keys(pattern)))?,
+                ))
+            }
             Command::Scan {
                 cursor,
                 pattern,
                 count,
                 type_filter,
             } => {
+                let glob = pattern
+                    .as_deref()
+                    .filter(|p| *p != b"*")
+                    .map(|p| Pattern::new(p, false));
+                let relevant = |key: &[u8]| glob.as_ref().is_none_or(|g| g.matches(key));
                 let engines: Vec<Arc<cairn_storage::Engine>> =
                     self.shards.list.iter().map(|s| s.engine()).collect();
-                let (cursor, keys) = self.cursors.scan(
-                    &engines,
-                    *cursor,
-                    pattern.as_deref(),
-                    *count,
-                    type_filter.as_deref(),
-                );
+                let (cursor, keys) = self.settled(&relevant, || {
+                    Ok(self.cursors.scan(
+                        &engines,
+                        *cursor,
+                        pattern.as_deref(),
+                        *count,
+                        type_filter.as_deref(),
+                    ))
+                })?;
                 Ok(Reply::ScanPage { cursor, keys })
             }
             Command::ScanRange {
                 range,
                 limit,
                 keys_only,
-            } => self.scan_range(range, *limit, *keys_only),
+            } => self.settled(&|key: &[u8]| range.contains(key), || {
+                self.scan_range(range, *limit, *keys_only)
+            }),
             Command::RandomKey => Ok(Reply::Value(self.random_key())),
-            Command::DbSize => Ok(Reply::Int(self.dbsize() as i64)),
+            Command::DbSize => {
+                let size = self.settled(&|_: &[u8]| true, || Ok(self.dbsize()))?;
+                Ok(Reply::Int(size as i64))
+            }
             Command::ClusterStatus => Ok(Reply::Cluster(self.cluster_status())),
             Command::ShardStats => Ok(Reply::Stats(self.shard_stats())),
             write => Err(CommandError::Invalid(format!(

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use cairn_raft::{Lead, Role};
+use futures::future::join_all;
 
 use super::Node;
 use super::write::Part;
@@ -24,7 +25,7 @@ use crate::peer::FORWARD_HOPS_MAX;
 /// answer before it is given up as "outcome unknown".
 pub const FORWARD_GRACE_AFTER_MOVE: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::proposer::ProposalOp;
-use crate::reply::Reply;
+use crate::reply::{Entry, Reply};
 use crate::shard::Shard;
 
 impl Node {
@@ -189,46 +190,80 @@ impl Node {
                 let shard = self.shards.shard_of_key(key);
                 self.read_on(shard, cmd, hops, stale).await
             }
+            Command::ShardRead { shard, .. } => self.read_on(*shard, cmd, hops, stale).await,
             Command::MGet { keys } => {
                 if let Some(shard) = self.single_shard(keys) {
                     return self.read_on(shard, cmd, hops, stale).await;
                 }
-                let mut values = vec![None; keys.len()];
-                for (shard, positions) in self.by_shard(keys) {
-                    let part = positions.iter().map(|&i| keys[i].clone()).collect();
-                    match self
-                        .read_on(shard, &Command::MGet { keys: part }, hops, stale)
-                        .await?
-                    {
-                        Reply::Values(found) => {
-                            for (i, value) in positions.into_iter().zip(found) {
-                                values[i] = value;
-                            }
-                        }
-                        other => return Err(unexpected(&other)),
-                    }
-                }
-                Ok(Reply::Values(values))
+                let entries = self.read_atomic(keys, hops, stale).await?;
+                Ok(Reply::Values(
+                    entries.into_iter().map(|e| e.map(|e| e.value)).collect(),
+                ))
             }
             Command::Exists { keys } => {
                 if let Some(shard) = self.single_shard(keys) {
                     return self.read_on(shard, cmd, hops, stale).await;
                 }
-                let mut total = 0;
-                for (shard, positions) in self.by_shard(keys) {
-                    let part = positions.iter().map(|&i| keys[i].clone()).collect();
-                    match self
-                        .read_on(shard, &Command::Exists { keys: part }, hops, stale)
-                        .await?
-                    {
-                        Reply::Int(n) => total += n,
-                        other => return Err(unexpected(&other)),
-                    }
-                }
-                Ok(Reply::Int(total))
+                let entries = self.read_atomic(keys, hops, stale).await?;
+                Ok(Reply::Int(
+                    entries.iter().filter(|e| e.is_some()).count() as i64
+                ))
             }
             _ => self.read(cmd),
         }
+    }
+
+    /// Keys of several shards as of one instant (a transaction seen whole or not at all):
+    /// every shard's part is read with its system-table version, then every version again.
+    /// When none changed, no transaction committed or resolved anywhere in between, and
+    /// none held a lock on a key read, so the first reads all hold at the instant between
+    /// the two passes (a double collect). Otherwise the read runs again, up to
+    /// [`super::read::READ_SETTLE_ATTEMPTS`] times. A locked key is `Locked`.
+    async fn read_atomic(
+        &self,
+        keys: &[Bytes],
+        hops: u32,
+        stale: bool,
+    ) -> Result<Vec<Option<Entry>>, CommandError> {
+        let parts: Vec<(u32, Vec<usize>)> = self.by_shard(keys).into_iter().collect();
+        let read = |shard: u32, keys: Vec<Bytes>| async move {
+            match self
+                .read_on(shard, &Command::ShardRead { shard, keys }, hops, stale)
+                .await?
+            {
+                Reply::Guarded {
+                    entries,
+                    system_version,
+                } => Ok((entries, system_version)),
+                other => Err(unexpected(&other)),
+            }
+        };
+        for _ in 0..super::read::READ_SETTLE_ATTEMPTS {
+            let first = join_all(parts.iter().map(|(shard, positions)| {
+                read(*shard, positions.iter().map(|&i| keys[i].clone()).collect())
+            }))
+            .await;
+            let mut out = vec![None; keys.len()];
+            let mut versions = Vec::with_capacity(parts.len());
+            for ((_, positions), answer) in parts.iter().zip(first) {
+                let (entries, version) = answer?;
+                for (&i, entry) in positions.iter().zip(entries) {
+                    out[i] = entry;
+                }
+                versions.push(version);
+            }
+            let second = join_all(parts.iter().map(|(shard, _)| read(*shard, Vec::new()))).await;
+            let mut same = true;
+            for (answer, before) in second.into_iter().zip(&versions) {
+                same &= answer?.1 == *before;
+            }
+            if same {
+                return Ok(out);
+            }
+        }
+        Err(CommandError::TryAgain(
+            "transactions kept changing the keys being read".into(),
+        ))
     }
 
     fn single_shard(&self, keys: &[Bytes]) -> Option<u32> {

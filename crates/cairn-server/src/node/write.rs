@@ -12,7 +12,6 @@ use crate::command::{BatchOp, Command, Expiry};
 use crate::error::CommandError;
 use crate::proposer::{Proposal, ProposalOp, ProposalResult};
 use crate::reply::Reply;
-use crate::slot::key_slot;
 
 /// A write that has been proposed; await it for the result.
 #[derive(Debug)]
@@ -62,7 +61,7 @@ impl PendingWrite {
             .take()
             .filter(|_| matches!(self.parts.as_slice(), [Part::Local(_)]));
         let result = self.settle().await;
-        let again = again.filter(|_| matches!(result, Err(CommandError::TryAgain(_))));
+        let again = again.filter(|_| matches!(&result, Err(e) if e.is_refusal()));
         (result, again)
     }
 
@@ -88,16 +87,17 @@ impl PendingWrite {
                 // A refusal (nothing happened) says the least: any other failure of
                 // another part outranks it.
                 Err(e) => match &failure {
-                    None | Some(CommandError::TryAgain(_)) => failure = Some(e),
+                    None => failure = Some(e),
+                    Some(f) if f.is_refusal() => failure = Some(e),
                     Some(_) => {}
                 },
             }
         }
         match failure {
             // Another shard's part was applied: "nothing happened" would be untrue.
-            Some(CommandError::TryAgain(why)) if succeeded => Err(CommandError::OutcomeUnknown(
-                format!("applied on some shards, refused on another ({why})"),
-            )),
+            Some(e) if succeeded && e.is_refusal() => Err(CommandError::OutcomeUnknown(format!(
+                "applied on some shards, refused on another ({e})"
+            ))),
             Some(e) => Err(e),
             None => match self.combine {
                 Combine::One => last,
@@ -146,6 +146,19 @@ impl Node {
                 Ok(PendingWrite {
                     parts,
                     combine: Combine::AllOk,
+                    again: None,
+                })
+            }
+            // Keys in more than one shard: a transaction, run here (it routes its own steps).
+            cmd @ (Command::MSet { .. }
+            | Command::Del { .. }
+            | Command::Rename { .. }
+            | Command::Batch { .. })
+                if self.spans_shards(&cmd) =>
+            {
+                Ok(PendingWrite {
+                    parts: vec![Part::Done(self.run_txn(cmd).await)],
+                    combine: Combine::One,
                     again: None,
                 })
             }
@@ -200,40 +213,33 @@ impl Node {
         }
     }
 
-    /// The shard a single-shard write goes to: every key in one slot.
+    /// Whether a write's keys live in more than one shard.
+    fn spans_shards(&self, cmd: &Command) -> bool {
+        let mut keys = cmd.write_keys().into_iter();
+        let Some(first) = keys.next() else {
+            return false;
+        };
+        let shard = self.shards.shard_of_key(first);
+        keys.any(|k| self.shards.shard_of_key(k) != shard)
+    }
+
+    /// The shard a single-shard write goes to (its keys may lie in different slots of the
+    /// shard: one entry holds them all).
     fn shard_of_write(&self, cmd: &Command) -> Result<u32, CommandError> {
-        let keys: Vec<&Bytes> = match cmd {
-            Command::Set { key, .. }
-            | Command::GetDel { key }
-            | Command::GetEx { key, .. }
-            | Command::Append { key, .. }
-            | Command::SetRange { key, .. }
-            | Command::IncrBy { key, .. }
-            | Command::IncrByFloat { key, .. }
-            | Command::Expire { key, .. }
-            | Command::Persist { key } => vec![key],
-            Command::MSet { pairs, .. } => pairs.iter().map(|(k, _)| k).collect(),
-            Command::Rename { from, to, .. } => vec![from, to],
-            Command::Batch { ops } => ops
-                .iter()
-                .map(|op| match op {
-                    BatchOp::Put { key, .. } | BatchOp::Delete { key } => key,
-                })
-                .collect(),
-            other => {
-                return Err(CommandError::Invalid(format!(
-                    "'{}' is not a single-shard write",
-                    other.name()
-                )));
-            }
-        };
-        let Some(first) = keys.first() else {
-            return Err(CommandError::Invalid("a write names no key".into()));
-        };
-        let slot = key_slot(first);
-        if keys.iter().any(|k| key_slot(k) != slot) {
-            return Err(CommandError::CrossSlot);
+        if let Command::Txn(op) = cmd {
+            return Ok(op.shard);
         }
+        let keys = cmd.write_keys();
+        let Some(first) = keys.first() else {
+            return Err(CommandError::Invalid(format!(
+                "'{}' is not a write of keys",
+                cmd.name()
+            )));
+        };
+        debug_assert!(
+            !self.spans_shards(cmd),
+            "multi-shard writes are transactions"
+        );
         Ok(self.shards.shard_of_key(first))
     }
 

@@ -18,7 +18,6 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::command::Command;
-use crate::error::CommandError;
 use crate::metrics::Observer;
 use crate::node::PendingWrite;
 use crate::proposer::ProposalResult;
@@ -123,7 +122,7 @@ impl Replies {
             }
         }
         let retry_from = retriable_from(self.queue.iter().map(|slot| match slot {
-            Slot::Answered(a) => Some(matches!(a.result, Err(CommandError::TryAgain(_)))),
+            Slot::Answered(a) => Some(matches!(&a.result, Err(e) if e.is_refusal())),
             _ => None,
         }));
         // A retry that is refused again (after its own retry window) ends the retries of
@@ -142,7 +141,7 @@ impl Replies {
                 }) => {
                     if let Some(cmd) = again.filter(|_| retrying && i >= retry_from) {
                         result = shared.node.execute(cmd).await;
-                        retrying = !matches!(result, Err(CommandError::TryAgain(_)));
+                        retrying = !matches!(&result, Err(e) if e.is_refusal());
                     }
                     observer.observe(command, started.elapsed(), result.is_ok());
                     render(shape, result, shared.node.now_ms())

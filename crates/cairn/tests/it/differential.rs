@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{CROSSSLOT, Node, RawConn, free_port};
+use crate::support::{Node, RawConn, free_port};
 
 /// Commands per random sequence.
 const OPS_PER_SEED: usize = 1500;
@@ -25,8 +25,9 @@ const SEEDS: u64 = 6;
 /// the wrong unit, rounded the wrong way or from the wrong deadline falls outside.
 const TIME_TOLERANCE_MS: i64 = 250;
 /// A small key space makes commands collide on the same keys (the empty key included).
-/// Most keys share the hash tag `{t}` so that multi-key writes usually keep to one slot and
-/// are compared with Redis; the others make some of them CROSSSLOT.
+/// Keys with the hash tag `{t}` share a slot (multi-key writes of them are one Raft entry);
+/// the others spread over slots and shards, so that MSET, MSETNX, RENAME and DEL of them are
+/// cross-shard transactions, compared with Redis exactly as the rest.
 const KEYS: &[&str] = &[
     "k0", "{t}k1", "{t}k2", "k3", "{t}a", "{t}b", "{t}num", "f", "",
 ];
@@ -148,24 +149,6 @@ enum Compare {
     TimeWithin(i64),
     /// KEYS: the same set of keys in any order.
     Unordered,
-    /// A multi-key write across slots: Cairn must answer Redis Cluster's CROSSSLOT error, and
-    /// the command is not sent to the (standalone) Redis.
-    CrossSlot,
-}
-
-/// Whether `args` is a multi-key write with well-formed arguments whose keys span slots: Cairn
-/// refuses it as Redis Cluster does (CROSSSLOT), where a standalone Redis would run it.
-fn crosses_slots(args: &[String]) -> bool {
-    let keys: Vec<&String> = match args[0].as_str() {
-        "MSET" | "MSETNX" if args.len() >= 3 && args.len() % 2 == 1 => {
-            args[1..].iter().step_by(2).collect()
-        }
-        "RENAME" | "RENAMENX" if args.len() == 3 => vec![&args[1], &args[2]],
-        _ => return false,
-    };
-    let slot = cairn_server::slot::key_slot(keys[0].as_bytes());
-    keys.iter()
-        .any(|k| cairn_server::slot::key_slot(k.as_bytes()) != slot)
 }
 
 /// One random command as its arguments, plus how to compare its reply.
@@ -329,9 +312,6 @@ fn random_command(rng: &mut Rng) -> (Vec<String>, Compare) {
         }
         _ => vec!["GETRANGE".into(), k, "0".into(), "-1".into()],
     };
-    if crosses_slots(&cmd) {
-        return (cmd, Compare::CrossSlot);
-    }
     (cmd, Compare::Exact)
 }
 
@@ -357,7 +337,7 @@ fn agree(ours: &[u8], theirs: &[u8], how: Compare) -> bool {
 /// Normalise a raw reply for comparison under `how`.
 fn normalise(raw: &[u8], how: Compare) -> Vec<u8> {
     match how {
-        Compare::Exact | Compare::TimeWithin(_) | Compare::CrossSlot => raw.to_vec(),
+        Compare::Exact | Compare::TimeWithin(_) => raw.to_vec(),
         Compare::Unordered => {
             // "*N\r\n" followed by N "$len\r\nbytes\r\n" elements: sort the elements.
             let text = String::from_utf8_lossy(raw).into_owned();
@@ -395,11 +375,7 @@ fn random_sequences_match_redis() {
             let (args, how) = random_command(&mut rng);
             let argv: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
             let ours = cairn.cmd(&argv);
-            // Redis is not a cluster: a cross-slot write is not sent to it.
-            let theirs = match how {
-                Compare::CrossSlot => CROSSSLOT.as_bytes().to_vec(),
-                _ => peer.cmd(&argv),
-            };
+            let theirs = peer.cmd(&argv);
             history.push(args.join(" "));
             if !agree(&ours, &theirs, how) {
                 let start = history.len().saturating_sub(15);
@@ -430,19 +406,14 @@ fn pipelined_batches_match_redis() {
         let batch: Vec<(Vec<String>, Compare)> = (0..1 + rng.below(40))
             .map(|_| random_command(&mut rng))
             .collect();
-        for (args, how) in &batch {
+        for (args, _) in &batch {
             let argv: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
             cairn.send_cmd(&argv);
-            if !matches!(how, Compare::CrossSlot) {
-                peer.send_cmd(&argv);
-            }
+            peer.send_cmd(&argv);
         }
         for (args, how) in &batch {
             let ours = cairn.read_reply();
-            let theirs = match how {
-                Compare::CrossSlot => CROSSSLOT.as_bytes().to_vec(),
-                _ => peer.read_reply(),
-            };
+            let theirs = peer.read_reply();
             assert!(
                 agree(&ours, &theirs, *how),
                 "round {round}: `{}`\n cairn: {:?}\n redis: {:?}",

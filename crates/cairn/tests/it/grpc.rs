@@ -257,28 +257,23 @@ async fn batches_are_atomic_and_bounded() {
     assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
     assert_eq!(c.get("{b}3").await.unwrap(), None);
 
-    // A batch whose keys span slots is refused whole, as Redis Cluster refuses CROSSSLOT.
-    let e = c
-        .batch(vec![
-            BatchOp::Put {
-                key: "{b}4".into(),
-                value: "4".into(),
-                ttl: None,
-            },
-            BatchOp::Put {
-                key: "{other}4".into(),
-                value: "4".into(),
-                ttl: None,
-            },
-        ])
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&e, Error::InvalidArgument(m) if m.contains("CROSSSLOT")),
-        "{e:?}"
-    );
-    assert_eq!(c.get("{b}4").await.unwrap(), None);
-    assert_eq!(c.get("{other}4").await.unwrap(), None);
+    // A batch whose keys span slots and shards is one transaction: applied whole.
+    c.batch(vec![
+        BatchOp::Put {
+            key: "{b}4".into(),
+            value: "4".into(),
+            ttl: None,
+        },
+        BatchOp::Put {
+            key: "{other}4".into(),
+            value: "4".into(),
+            ttl: None,
+        },
+    ])
+    .await
+    .unwrap();
+    assert_eq!(c.get("{b}4").await.unwrap().unwrap().value, "4");
+    assert_eq!(c.get("{other}4").await.unwrap().unwrap().value, "4");
 
     // Empty and oversized batches are refused.
     assert!(matches!(

@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use crate::support::{CROSSSLOT, Node, RawConn};
+use crate::support::{Node, RawConn};
 
 /// How long polling loops wait for background work (active expiry) before failing.
 const POLL_TIMEOUT: Duration = Duration::from_secs(20);
@@ -71,15 +71,16 @@ fn strings_reply_exactly_as_redis() {
     assert_eq!(s(&mut c, "TTL k"), ":50\r\n");
     assert_eq!(s(&mut c, "GETEX k PERSIST"), "$1\r\nw\r\n");
     assert_eq!(s(&mut c, "TTL k"), ":-1\r\n");
-    // Multi-key writes need one slot (hash tags colocate keys), as in Redis Cluster; MGET
-    // may span slots.
-    assert_eq!(s(&mut c, "MSET a 1 b 2"), CROSSSLOT);
-    assert_eq!(s(&mut c, "MSETNX a 1 b 2"), CROSSSLOT);
+    // Multi-key writes may span slots and shards (a transaction), as on a standalone Redis.
+    assert_eq!(s(&mut c, "MSETNX a 1 b 2"), ":1\r\n");
+    assert_eq!(s(&mut c, "MSETNX b 3 c 4"), ":0\r\n");
+    assert_eq!(s(&mut c, "MSET a 5 c 6"), "+OK\r\n");
     assert_eq!(
-        s(&mut c, "EXISTS a b"),
-        ":0\r\n",
-        "a refused MSET writes nothing"
+        s(&mut c, "MGET a b c"),
+        "*3\r\n$1\r\n5\r\n$1\r\n2\r\n$1\r\n6\r\n"
     );
+    assert_eq!(s(&mut c, "DEL a b c"), ":3\r\n");
+    assert_eq!(s(&mut c, "EXISTS a b c"), ":0\r\n");
     assert_eq!(s(&mut c, "MSET {t}a 1 {t}b 2"), "+OK\r\n");
     assert_eq!(s(&mut c, "SET a 1"), "+OK\r\n");
     assert_eq!(
@@ -211,18 +212,15 @@ fn keyspace_commands_reply_exactly_as_redis() {
     assert_eq!(s(&mut c, "EXISTS c"), ":0\r\n", "a negative TTL deletes");
 
     // Phase 3: rename, keys, scan, randomkey.
-    assert_eq!(
-        s(&mut c, "RENAME nope x"),
-        CROSSSLOT,
-        "slots are checked first"
-    );
+    assert_eq!(s(&mut c, "RENAME nope x"), "-ERR no such key\r\n");
     assert_eq!(s(&mut c, "RENAME {n}nope {n}x"), "-ERR no such key\r\n");
     assert_eq!(
         s(&mut c, "MSET user:1{u} a user:2{u} b other{u} c"),
         "+OK\r\n"
     );
-    assert_eq!(s(&mut c, "RENAME other{u} user:3"), CROSSSLOT);
-    assert_eq!(s(&mut c, "RENAME other{u} user:3{u}"), "+OK\r\n");
+    assert_eq!(s(&mut c, "RENAME other{u} user:3"), "+OK\r\n");
+    assert_eq!(s(&mut c, "RENAMENX user:3 user:1{u}"), ":0\r\n");
+    assert_eq!(s(&mut c, "RENAME user:3 user:3{u}"), "+OK\r\n");
     assert_eq!(s(&mut c, "RENAMENX user:3{u} user:1{u}"), ":0\r\n");
     assert_eq!(s(&mut c, "RENAMENX user:3{u} user:3{u}"), ":0\r\n");
     assert_eq!(s(&mut c, "RENAME user:3{u} user:3{u}"), "+OK\r\n");
@@ -626,34 +624,37 @@ fn readonly_and_redirects_change_nothing_on_one_node() {
 #[test]
 fn a_multi_key_write_is_seen_whole_or_not_at_all() {
     let node = Node::start();
-    // "{acct}foo" and "{acct}bar" share a slot; "foo" (slot 12182) and "bar" (slot 5061) live on
-    // different shards, so an MSET of both is refused whole.
-    let mut writer = node.resp();
-    assert_eq!(s(&mut writer, "MSET foo 0 bar 0"), CROSSSLOT);
-    assert_eq!(s(&mut writer, "EXISTS foo bar"), ":0\r\n");
-    assert_eq!(s(&mut writer, "MSET {acct}foo 0 {acct}bar 0"), "+OK\r\n");
-    let mut reader = node.resp();
-    let handle = std::thread::spawn(move || {
-        for i in 1..=300 {
-            assert_eq!(
-                writer.cmd_str(&format!("MSET {{acct}}foo {i} {{acct}}bar {i}")),
-                "+OK\r\n"
-            );
+    // "{acct}foo" and "{acct}bar" share a slot (one Raft entry); "foo" (slot 12182) and "bar"
+    // (slot 5061) live on different shards (a cross-shard transaction).
+    for (foo, bar) in [("{acct}foo", "{acct}bar"), ("foo", "bar")] {
+        let mut writer = node.resp();
+        assert_eq!(s(&mut writer, &format!("MSET {foo} 0 {bar} 0")), "+OK\r\n");
+        let mut reader = node.resp();
+        let handle = std::thread::spawn(move || {
+            for i in 1..=300 {
+                assert_eq!(
+                    writer.cmd_str(&format!("MSET {foo} {i} {bar} {i}")),
+                    "+OK\r\n"
+                );
+            }
+        });
+        let (mut last, mut between) = (0, 0);
+        while last < 300 {
+            let reply = s(&mut reader, &format!("MGET {foo} {bar}"));
+            let values: Vec<&str> = reply.split("\r\n").skip(2).step_by(2).take(2).collect();
+            assert_eq!(values[0], values[1], "MGET saw half of an MSET: {reply:?}");
+            let now: u32 = values[0].parse().unwrap();
+            assert!(now >= last, "MGET went back from {last} to {now}");
+            if now != last && now < 300 {
+                between += 1;
+            }
+            last = now;
         }
-    });
-    let (mut last, mut between) = (0, 0);
-    while last < 300 {
-        let reply = s(&mut reader, "MGET {acct}foo {acct}bar");
-        let values: Vec<&str> = reply.split("\r\n").skip(2).step_by(2).take(2).collect();
-        assert_eq!(values[0], values[1], "MGET saw half of an MSET: {reply:?}");
-        let now: u32 = values[0].parse().unwrap();
-        assert!(now >= last, "MGET went back from {last} to {now}");
-        if now != last && now < 300 {
-            between += 1;
-        }
-        last = now;
+        handle.join().unwrap();
+        // The reads really overlapped the writes.
+        assert!(
+            between >= 3,
+            "{foo}: only {between} intermediate states seen"
+        );
     }
-    handle.join().unwrap();
-    // The reads really overlapped the writes.
-    assert!(between >= 3, "only {between} intermediate states seen");
 }

@@ -348,9 +348,6 @@ pub fn dir_nonempty(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// The exact reply to a multi-key write whose keys span slots (Redis Cluster's).
-pub const CROSSSLOT: &str = "-CROSSSLOT Keys in request don't hash to the same slot\r\n";
-
 fn tmp_root(data_dir: &Path) -> &Path {
     data_dir.parent().expect("data dir has a parent")
 }

@@ -1,0 +1,843 @@
+//! The coordinator of cross-shard transactions ([`crate::txn`] has the mechanism and its
+//! invariants), and the resolution of the locks that requests and the background resolver
+//! meet.
+//!
+//! A write whose keys live in more than one shard runs here, on the node that took it: lock
+//! every shard's keys (the primary first), evaluate the command against the states the
+//! locks read, commit at the primary, resolve the other shards, forget the record. Each step
+//! is a [`Command::Txn`] routed like any write to its shard's leader, local or remote.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cairn_raft::WriteOp;
+use futures::future::join_all;
+use rand::Rng;
+
+use super::Node;
+use super::write::Part;
+use crate::command::Command;
+use crate::error::CommandError;
+use crate::eval::{Eval, Overlay};
+use crate::reply::{Entry, Reply};
+use crate::txn::{
+    self, AbortWhen, Fate, Lock, LockHolder, Record, TxnId, TxnOp, TxnOpKind, TxnReply,
+};
+
+/// What one attempt at a transaction came to.
+enum Attempt {
+    /// The answer (success, or a failure retrying cannot mend).
+    Done(Result<Reply, CommandError>),
+    /// A key was locked by another transaction; nothing of this one happened.
+    Conflict(LockHolder),
+    /// Refused or aborted before its commit point; nothing of it happened.
+    Refused(CommandError),
+}
+
+/// One shard's part of a transaction's plan.
+#[derive(Debug, Default, Clone)]
+struct ShardPart {
+    keys: Vec<Bytes>,
+    reads: Vec<Bytes>,
+}
+
+impl Node {
+    /// A new transaction id (see [`TxnId`]).
+    fn next_txn_id(&self) -> TxnId {
+        let n = self.txn_counter.fetch_add(1, Ordering::Relaxed);
+        (u128::from(self.identity.raft_id) << 64) | u128::from(n)
+    }
+
+    /// Sends one transaction step to its shard's leader and waits for the answer; a step
+    /// refused with `TRYAGAIN` (no leader, leadership moving: nothing happened) is sent
+    /// again for up to [`super::ROUTE_RETRY_WINDOW`].
+    async fn txn_step(&self, op: TxnOp) -> Result<Reply, CommandError> {
+        let deadline = Instant::now() + super::ROUTE_RETRY_WINDOW;
+        let mut backoff = super::ROUTE_RETRY_FIRST;
+        loop {
+            let shard = op.shard;
+            let result = match self
+                .send_routed(shard, Command::Txn(op.clone()), self.now_ms(), 0)
+                .await
+            {
+                Ok(Part::Local(rx)) => rx
+                    .await
+                    .unwrap_or_else(|_| Err(CommandError::proposer_stopped())),
+                Ok(Part::Done(result)) => result,
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(CommandError::TryAgain(_)) if Instant::now() + backoff < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(super::ROUTE_RETRY_MAX);
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Executes a write whose keys live in more than one shard as a transaction: all of it
+    /// or nothing, isolated from every reader. Starts over (with a new id) after a lock
+    /// conflict or a refusal before the commit point, up to [`txn::TXN_ATTEMPTS_MAX`] times.
+    pub(super) async fn run_txn(&self, cmd: Command) -> Result<Reply, CommandError> {
+        let plan = self.txn_plan(&cmd)?;
+        let mut backoff = Duration::from_millis(1);
+        let mut last = CommandError::TryAgain("the transaction kept meeting locks".into());
+        for _ in 0..txn::TXN_ATTEMPTS_MAX {
+            match self.txn_attempt(&cmd, &plan).await {
+                Attempt::Done(result) => return result,
+                Attempt::Conflict(holder) => {
+                    let mut since = None;
+                    self.wait_for_lock(holder, &mut since).await;
+                    last = CommandError::Locked(holder);
+                }
+                Attempt::Refused(e) => last = e,
+            }
+            // Two transactions that keep meeting each other's locks part ways by chance.
+            let jitter = rand::rng().random_range(0..=backoff.as_micros() as u64);
+            tokio::time::sleep(Duration::from_micros(jitter)).await;
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+        }
+        Err(match last {
+            e if e.is_refusal() => CommandError::TryAgain(format!(
+                "a cross-shard transaction gave up after {} attempts ({e})",
+                txn::TXN_ATTEMPTS_MAX
+            )),
+            e => e,
+        })
+    }
+
+    /// Which keys each shard locks and reads, checked against the transaction limits.
+    fn txn_plan(&self, cmd: &Command) -> Result<BTreeMap<u32, ShardPart>, CommandError> {
+        let keys = cmd.write_keys();
+        if keys.len() > txn::TXN_KEYS_MAX {
+            return Err(CommandError::Invalid(format!(
+                "a transaction names {} keys; the limit is {}",
+                keys.len(),
+                txn::TXN_KEYS_MAX
+            )));
+        }
+        let bytes: usize = match cmd {
+            Command::MSet { pairs, .. } => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
+            Command::Batch { ops } => ops
+                .iter()
+                .map(|op| match op {
+                    crate::command::BatchOp::Put { key, value, .. } => key.len() + value.len(),
+                    crate::command::BatchOp::Delete { key } => key.len(),
+                })
+                .sum(),
+            _ => keys.iter().map(|k| k.len()).sum(),
+        };
+        if bytes > txn::TXN_BYTES_MAX {
+            return Err(CommandError::Invalid(format!(
+                "a transaction writes {bytes} bytes; the limit is {}",
+                txn::TXN_BYTES_MAX
+            )));
+        }
+        let mut plan: BTreeMap<u32, ShardPart> = BTreeMap::new();
+        let mut seen = HashSet::new();
+        for key in keys {
+            if seen.insert(key.clone()) {
+                let part = plan.entry(self.shards.shard_of_key(key)).or_default();
+                part.keys.push(key.clone());
+            }
+        }
+        for key in Eval::reads_of(cmd) {
+            let part = plan.entry(self.shards.shard_of_key(&key)).or_default();
+            if !part.reads.contains(&key) {
+                part.reads.push(key);
+            }
+        }
+        Ok(plan)
+    }
+
+    async fn txn_attempt(&self, cmd: &Command, plan: &BTreeMap<u32, ShardPart>) -> Attempt {
+        let id = self.next_txn_id();
+        let deadline_ms = self.now_ms() + txn::TXN_LIFETIME_MS;
+        let primary = *plan.keys().next().expect("a transaction spans shards");
+        let lock = |shard: u32| {
+            let part = &plan[&shard];
+            TxnOp {
+                shard,
+                txn: id,
+                kind: TxnOpKind::Lock {
+                    primary,
+                    deadline_ms,
+                    keys: part.keys.clone(),
+                    reads: part.reads.clone(),
+                },
+            }
+        };
+        // 1. Lock: the primary first (its entry opens the record, so a lock elsewhere always
+        // has a record to ask about), then every other shard at once.
+        let mut read: HashMap<Bytes, Option<Entry>> = HashMap::new();
+        let mut take = |shard: u32, answer: Result<Reply, CommandError>| match answer {
+            Ok(Reply::Txn(TxnReply::Read(entries))) => {
+                read.extend(plan[&shard].reads.iter().cloned().zip(entries));
+                Ok(())
+            }
+            Ok(other) => Err(CommandError::Invalid(format!(
+                "unexpected answer to a lock: {other:?}"
+            ))),
+            Err(e) => Err(e),
+        };
+        let others: Vec<u32> = plan.keys().copied().filter(|&s| s != primary).collect();
+        if let Err(e) = take(primary, self.txn_step(lock(primary)).await) {
+            self.abort_txn(id, primary, &[], !e.is_refusal()).await;
+            return Self::before_commit(e);
+        }
+        let answers = join_all(others.iter().map(|&s| self.txn_step(lock(s)))).await;
+        let mut failed = None;
+        let mut unsure = false;
+        for (&shard, answer) in others.iter().zip(answers) {
+            if let Err(e) = take(shard, answer) {
+                unsure |= !e.is_refusal();
+                // The first failure decides; a conflict outranks a refusal.
+                if failed.is_none() || matches!(e, CommandError::Locked(_)) {
+                    failed = Some(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            self.abort_txn(id, primary, &others, unsure).await;
+            return Self::before_commit(e);
+        }
+        // 2. Evaluate against what the locks read.
+        let overlay = Overlay::default();
+        let mut eval =
+            Eval::prefetched(&read, &overlay, self.now_ms(), self.options.value_bytes_max);
+        let result = eval.command(cmd.clone());
+        let missed = eval.missed();
+        let ops = eval.finish().into_ops();
+        let reply = match result {
+            _ if missed => Err(CommandError::Invalid(format!(
+                "'{}' read a key its transaction did not lock",
+                cmd.name()
+            ))),
+            result => result,
+        };
+        let reply = match reply {
+            Ok(reply) if !ops.is_empty() => reply,
+            // Nothing to write (MSETNX over an existing key) or an error: the answer holds
+            // at any instant all the locks were held.
+            done => {
+                self.abort_txn(id, primary, &others, false).await;
+                return Attempt::Done(done);
+            }
+        };
+        let mut writes: BTreeMap<u32, Vec<WriteOp>> = BTreeMap::new();
+        for op in ops {
+            let key = txn::op_key(&op).expect("a command writes keys");
+            writes
+                .entry(self.shards.shard_of_key(key))
+                .or_default()
+                .push(op);
+        }
+        let mine = writes.remove(&primary).unwrap_or_default();
+        // Every other shard resolves, also those that only read: their locks go with it.
+        let rest: Vec<(u32, Vec<WriteOp>)> = others
+            .iter()
+            .map(|&s| (s, writes.remove(&s).unwrap_or_default()))
+            .collect();
+        // 3. Commit at the primary: the commit point.
+        let commit = TxnOp {
+            shard: primary,
+            txn: id,
+            kind: TxnOpKind::Commit {
+                writes: mine,
+                rest: rest.clone(),
+            },
+        };
+        let version = match self.txn_step(commit).await {
+            Ok(Reply::Batch { version }) => version,
+            Ok(other) => {
+                return Attempt::Done(Err(CommandError::Invalid(format!(
+                    "unexpected answer to a commit: {other:?}"
+                ))));
+            }
+            Err(CommandError::TxnAborted) => {
+                self.abort_txn(id, primary, &others, true).await;
+                return Attempt::Refused(CommandError::TxnAborted);
+            }
+            // Whether it committed is the primary's to say: ask, aborting it if it had not.
+            Err(e) => match self.decide(primary, id, AbortWhen::Now).await {
+                Ok(Fate::Committed(_)) => 0,
+                Ok(Fate::Aborted) => {
+                    self.abort_txn(id, primary, &others, true).await;
+                    return Self::before_commit(e);
+                }
+                Ok(Fate::Pending) | Err(_) => {
+                    return Attempt::Done(Err(CommandError::OutcomeUnknown(format!(
+                        "the transaction's commit at shard {primary} got no answer ({e}); \
+                         whichever way it went, it is all or nothing"
+                    ))));
+                }
+            },
+        };
+        // 4. Resolve the other shards, then forget the record. Failures here leave the work
+        // to whoever meets the locks, or to the primary's resolver.
+        self.finish_committed(id, primary, rest).await;
+        Attempt::Done(Ok(match reply {
+            Reply::Batch { .. } => Reply::Batch { version },
+            reply => reply,
+        }))
+    }
+
+    /// How a failure before the commit point ends an attempt: nothing of it happened.
+    fn before_commit(e: CommandError) -> Attempt {
+        match e {
+            CommandError::Locked(holder) => Attempt::Conflict(holder),
+            // The lock may have been taken, but the transaction was aborted and can never
+            // commit: nothing happened.
+            CommandError::OutcomeUnknown(why) => Attempt::Refused(CommandError::TryAgain(format!(
+                "a lock got no answer: {why}"
+            ))),
+            e if e.is_refusal() => Attempt::Refused(e),
+            e => Attempt::Done(Err(e)),
+        }
+    }
+
+    /// Ends transaction `id` with nothing written: releases its locks on `others` and at the
+    /// primary. Best effort: whatever is left is resolved by whoever meets it.
+    ///
+    /// When every lock step was answered (`unsure` false), no lock of it can still land, so
+    /// the shards are released first and the primary then drops the record, leaving nothing
+    /// behind (a commit that writes nothing). Otherwise a lock may still land, so the primary
+    /// first records the abort (kept [`txn::ABORTED_RETAIN_MS`]) for that lock to meet.
+    async fn abort_txn(&self, id: TxnId, primary: u32, others: &[u32], unsure: bool) {
+        if unsure {
+            let _ = self.decide(primary, id, AbortWhen::Now).await;
+        }
+        let release = others.iter().map(|&shard| {
+            self.txn_step(TxnOp {
+                shard,
+                txn: id,
+                kind: TxnOpKind::Resolve { writes: None },
+            })
+        });
+        join_all(release).await;
+        if !unsure {
+            let nothing = TxnOp {
+                shard: primary,
+                txn: id,
+                kind: TxnOpKind::Commit {
+                    writes: Vec::new(),
+                    rest: Vec::new(),
+                },
+            };
+            let _ = self.txn_step(nothing).await;
+        }
+    }
+
+    /// Resolves a committed transaction's other shards and then forgets its record.
+    async fn finish_committed(&self, id: TxnId, primary: u32, rest: Vec<(u32, Vec<WriteOp>)>) {
+        if rest.is_empty() {
+            return;
+        }
+        let resolves = rest.into_iter().map(|(shard, writes)| {
+            self.txn_step(TxnOp {
+                shard,
+                txn: id,
+                kind: TxnOpKind::Resolve {
+                    writes: Some(writes),
+                },
+            })
+        });
+        let resolved = join_all(resolves).await;
+        if let Some(Err(e)) = resolved.iter().find(|r| r.is_err()) {
+            tracing::debug!(txn = %format!("{id:032x}"), error = %e, "resolution left to the resolver");
+            return;
+        }
+        let forget = TxnOp {
+            shard: primary,
+            txn: id,
+            kind: TxnOpKind::Forget,
+        };
+        if let Err(e) = self.txn_step(forget).await {
+            tracing::debug!(txn = %format!("{id:032x}"), error = %e, "forgetting left to the resolver");
+        }
+    }
+
+    /// Asks the primary for a transaction's fate.
+    async fn decide(
+        &self,
+        primary: u32,
+        id: TxnId,
+        abort: AbortWhen,
+    ) -> Result<Fate, CommandError> {
+        let op = TxnOp {
+            shard: primary,
+            txn: id,
+            kind: TxnOpKind::Decide { abort },
+        };
+        match self.txn_step(op).await? {
+            Reply::Txn(TxnReply::Fate(fate)) => Ok(fate),
+            other => Err(CommandError::Invalid(format!(
+                "unexpected answer to a decision: {other:?}"
+            ))),
+        }
+    }
+
+    /// What a request does when it meets `holder`'s lock, before trying again: waits a
+    /// little while the transaction is young (its coordinator is about to release it); once
+    /// it has waited [`txn::LOCK_CHECK_AFTER_MS`], asks the primary, and resolves the lock
+    /// when the transaction is decided (aborting it first when it is past its deadline).
+    /// `since` is when the request first met this transaction's lock.
+    pub(super) async fn wait_for_lock(
+        &self,
+        holder: LockHolder,
+        since: &mut Option<(TxnId, Instant)>,
+    ) {
+        let first = match *since {
+            Some((txn, at)) if txn == holder.lock.txn => at,
+            _ => {
+                *since = Some((holder.lock.txn, Instant::now()));
+                Instant::now()
+            }
+        };
+        let waited = first.elapsed();
+        let expired = self.now_ms() > holder.lock.deadline_ms;
+        if !expired && waited < Duration::from_millis(txn::LOCK_CHECK_AFTER_MS) {
+            let pause = (waited / 4).clamp(Duration::from_micros(500), Duration::from_millis(10));
+            tokio::time::sleep(pause).await;
+            return;
+        }
+        match self.resolve_lock(holder, expired).await {
+            Ok(true) => {}
+            // Still pending, or the primary could not answer: wait before asking again.
+            Ok(false) | Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+
+    /// Resolves `holder`'s lock if its transaction is decided (aborting it at its primary
+    /// when `abort_expired` and it is past its deadline); returns whether it did.
+    async fn resolve_lock(
+        &self,
+        holder: LockHolder,
+        abort_expired: bool,
+    ) -> Result<bool, CommandError> {
+        let Lock {
+            txn: id, primary, ..
+        } = holder.lock;
+        let abort = if abort_expired {
+            AbortWhen::Expired
+        } else {
+            AbortWhen::Never
+        };
+        let writes = match self.decide(primary, id, abort).await? {
+            Fate::Pending => return Ok(false),
+            Fate::Aborted => None,
+            Fate::Committed(rest) => Some(
+                rest.into_iter()
+                    .find(|(shard, _)| *shard == holder.shard)
+                    .map(|(_, writes)| writes)
+                    .unwrap_or_default(),
+            ),
+        };
+        // The primary's own locks went with its decision.
+        if holder.shard != primary {
+            self.txn_step(TxnOp {
+                shard: holder.shard,
+                txn: id,
+                kind: TxnOpKind::Resolve { writes },
+            })
+            .await?;
+        }
+        Ok(true)
+    }
+
+    /// One round of the background resolver on every shard this node leads: locks past their
+    /// deadline are resolved, committed records whose coordinator did not finish are driven
+    /// to the end, pending records past their deadline are aborted, and aborted records past
+    /// their retention are forgotten.
+    pub(super) async fn resolve_cycle(&self) {
+        let now = self.now_ms();
+        for shard in &self.shards.list {
+            if shard.group.leading().is_none() {
+                continue;
+            }
+            let engine = shard.engine();
+            if engine.system_len() == 0 {
+                continue;
+            }
+            let mut seen = HashSet::new();
+            let locks = engine.system_range(
+                std::ops::Bound::Included(txn::LOCK_PREFIX),
+                std::ops::Bound::Excluded(txn::LOCK_PREFIX_END),
+                usize::MAX,
+            );
+            for (_, value) in locks {
+                let Ok(lock) = txn::decode::<Lock>(&value, "lock") else {
+                    continue;
+                };
+                if now > lock.deadline_ms && seen.insert(lock.txn) {
+                    let holder = LockHolder {
+                        lock,
+                        shard: shard.id,
+                    };
+                    if let Err(e) = self.resolve_lock(holder, true).await {
+                        tracing::debug!(shard = shard.id, error = %e, "resolving a stale lock");
+                    }
+                }
+            }
+            let records = engine.system_range(
+                std::ops::Bound::Included(txn::RECORD_PREFIX),
+                std::ops::Bound::Unbounded,
+                usize::MAX,
+            );
+            for (key, value) in records {
+                let Some(id) = key
+                    .get(txn::RECORD_PREFIX.len()..)
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                    .map(u128::from_be_bytes)
+                else {
+                    continue;
+                };
+                let Ok(record) = txn::decode::<Record>(&value, "transaction") else {
+                    continue;
+                };
+                match record {
+                    Record::Committed { at_ms, rest }
+                        if now > at_ms + txn::COMMITTED_HELP_AFTER_MS =>
+                    {
+                        self.finish_committed(id, shard.id, rest).await;
+                    }
+                    Record::Pending { deadline_ms } if now > deadline_ms => {
+                        let _ = self.decide(shard.id, id, AbortWhen::Expired).await;
+                    }
+                    Record::Aborted { until_ms } if now > until_ms => {
+                        let _ = self
+                            .txn_step(TxnOp {
+                                shard: shard.id,
+                                txn: id,
+                                kind: TxnOpKind::Forget,
+                            })
+                            .await;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::command::{BatchOp, Expiry};
+    use crate::node::NodeOptions;
+    use crate::node::tests::{b, get, options, set};
+
+    /// `n` keys named `{prefix}-i`, each in a different shard.
+    fn spread(node: &Node, prefix: &str, n: usize) -> Vec<Bytes> {
+        let mut shards = HashSet::new();
+        let mut out = Vec::new();
+        for i in 0.. {
+            let key = b(&format!("{prefix}-{i}"));
+            if shards.insert(node.shards.shard_of_key(&key)) {
+                out.push(key);
+                if out.len() == n {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    async fn values(node: &Node, keys: &[Bytes]) -> Vec<Option<Bytes>> {
+        match node
+            .execute(Command::MGet {
+                keys: keys.to_vec(),
+            })
+            .await
+            .unwrap()
+        {
+            Reply::Values(v) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn step(node: &Node, shard: u32, txn: TxnId, kind: TxnOpKind) -> Command {
+        let _ = node;
+        Command::Txn(TxnOp { shard, txn, kind })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn multi_shard_writes_are_atomic_and_answer_as_redis_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(options(dir.path())).await.unwrap();
+        let keys = spread(&node, "k", 3);
+        let pairs = |v: &str| keys.iter().map(|k| (k.clone(), b(v))).collect::<Vec<_>>();
+        let mset = |pairs, nx| Command::MSet { pairs, nx };
+        assert_eq!(
+            node.execute(mset(pairs("1"), false)).await,
+            Ok(Reply::Bool(true))
+        );
+        assert_eq!(values(&node, &keys).await, vec![Some(b("1")); 3]);
+        // MSETNX: one key exists, nothing is written.
+        let mut fresh = spread(&node, "fresh", 2);
+        fresh.push(keys[0].clone());
+        let nx: Vec<_> = fresh.iter().map(|k| (k.clone(), b("nx"))).collect();
+        assert_eq!(node.execute(mset(nx, true)).await, Ok(Reply::Bool(false)));
+        assert_eq!(values(&node, &fresh).await, vec![None, None, Some(b("1"))]);
+        // The locks of a transaction that wrote nothing are gone.
+        for shard in &node.shards.list {
+            assert_eq!(shard.engine().system_len(), 0, "shard {}", shard.id);
+        }
+        // DEL counts across shards; EXISTS too.
+        let del = Command::Del {
+            keys: vec![keys[0].clone(), keys[1].clone(), b("missing-key")],
+        };
+        assert_eq!(node.execute(del).await, Ok(Reply::Int(2)));
+        assert_eq!(
+            node.execute(Command::Exists { keys: keys.clone() }).await,
+            Ok(Reply::Int(1))
+        );
+        // RENAME across shards keeps the TTL; a missing source is "no such key".
+        let ttl = Command::Set {
+            key: keys[2].clone(),
+            value: b("moving"),
+            expiry: Expiry::InMs(60_000),
+            condition: crate::command::Condition::Always,
+            return_old: false,
+        };
+        node.execute(ttl).await.unwrap();
+        let rename = |from: &Bytes, to: &Bytes, nx| Command::Rename {
+            from: from.clone(),
+            to: to.clone(),
+            nx,
+        };
+        assert_eq!(
+            node.execute(rename(&keys[2], &keys[0], false)).await,
+            Ok(Reply::Bool(true))
+        );
+        let moved = get(&node, std::str::from_utf8(&keys[0]).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(moved.value, b("moving"));
+        assert!(moved.expires_at_ms.is_some());
+        assert_eq!(
+            node.execute(rename(&keys[2], &keys[1], false)).await,
+            Err(CommandError::NoSuchKey)
+        );
+        node.execute(set(std::str::from_utf8(&keys[1]).unwrap(), "taken"))
+            .await
+            .unwrap();
+        assert_eq!(
+            node.execute(rename(&keys[0], &keys[1], true)).await,
+            Ok(Reply::Bool(false))
+        );
+        // A batch across shards answers one version (its commit's) and applies whole.
+        let batch = Command::Batch {
+            ops: vec![
+                BatchOp::Put {
+                    key: keys[0].clone(),
+                    value: b("b0"),
+                    expiry: Expiry::Never,
+                },
+                BatchOp::Delete {
+                    key: keys[1].clone(),
+                },
+                BatchOp::Put {
+                    key: keys[2].clone(),
+                    value: b("b2"),
+                    expiry: Expiry::Keep,
+                },
+            ],
+        };
+        assert!(matches!(
+            node.execute(batch).await,
+            Ok(Reply::Batch { version }) if version > 0
+        ));
+        assert_eq!(
+            values(&node, &keys).await,
+            vec![Some(b("b0")), None, Some(b("b2"))]
+        );
+        for shard in &node.shards.list {
+            assert_eq!(shard.engine().system_len(), 0, "shard {}", shard.id);
+        }
+        node.shutdown().await.unwrap();
+    }
+
+    /// A coordinator that stops after any step of a transaction: nothing partial is ever
+    /// visible, and the transaction resolves (committed when its commit entry landed,
+    /// aborted otherwise), by a reader that meets a lock or by the background resolver.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_coordinator_that_stops_after_any_step_leaves_nothing_partial() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = cairn_storage::ManualClock::at(1_700_000_000_000);
+        let node = Node::open(NodeOptions {
+            clock: clock.clone(),
+            ..options(dir.path())
+        })
+        .await
+        .unwrap();
+        let keys = spread(&node, "acct", 2);
+        let (p, s) = (
+            node.shards.shard_of_key(&keys[0]),
+            node.shards.shard_of_key(&keys[1]),
+        );
+        let old = vec![Some(b("old")); 2];
+        let new = vec![Some(b("new")); 2];
+        // Steps 1..=5: lock primary, lock secondary, commit, resolve secondary, forget.
+        for (round, stop_after) in (1..=5).enumerate() {
+            let pairs = keys.iter().map(|k| (k.clone(), b("old"))).collect();
+            node.execute(Command::MSet { pairs, nx: false })
+                .await
+                .unwrap();
+            let id = (9u128 << 64) | round as u128;
+            let deadline_ms = node.now_ms() + txn::TXN_LIFETIME_MS;
+            let put = |k: &Bytes| WriteOp::Put {
+                key: k.clone(),
+                value: b("new"),
+                expires_at_ms: None,
+            };
+            let lock = |key: &Bytes| TxnOpKind::Lock {
+                primary: p,
+                deadline_ms,
+                keys: vec![key.clone()],
+                reads: vec![],
+            };
+            let steps = [
+                step(&node, p, id, lock(&keys[0])),
+                step(&node, s, id, lock(&keys[1])),
+                step(
+                    &node,
+                    p,
+                    id,
+                    TxnOpKind::Commit {
+                        writes: vec![put(&keys[0])],
+                        rest: vec![(s, vec![put(&keys[1])])],
+                    },
+                ),
+                step(
+                    &node,
+                    s,
+                    id,
+                    TxnOpKind::Resolve {
+                        writes: Some(vec![put(&keys[1])]),
+                    },
+                ),
+                step(&node, p, id, TxnOpKind::Forget),
+            ];
+            for cmd in steps.into_iter().take(stop_after) {
+                node.execute(cmd).await.unwrap();
+            }
+            let committed = stop_after >= 3;
+            // Readers see all or nothing, at once when the commit landed (they ask the
+            // primary after a short wait), and the old values before it.
+            let want = if committed { &new } else { &old };
+            if committed {
+                assert_eq!(
+                    &values(&node, &keys).await,
+                    want,
+                    "stopped after step {stop_after}"
+                );
+            } else {
+                // A young pending transaction holds its keys: past its deadline, the reader
+                // aborts it.
+                clock.advance(txn::TXN_LIFETIME_MS + 1);
+                assert_eq!(
+                    &values(&node, &keys).await,
+                    want,
+                    "stopped after step {stop_after}"
+                );
+            }
+            // The background resolver leaves nothing behind once the retention passed.
+            clock.advance(txn::ABORTED_RETAIN_MS + txn::TXN_LIFETIME_MS + 1);
+            node.resolve_cycle().await;
+            node.resolve_cycle().await;
+            for shard in &node.shards.list {
+                assert_eq!(
+                    shard.engine().system_len(),
+                    0,
+                    "stopped after step {stop_after}: shard {} keeps {:?}",
+                    shard.id,
+                    shard.engine().system_range(
+                        std::ops::Bound::Unbounded,
+                        std::ops::Bound::Unbounded,
+                        10
+                    )
+                );
+            }
+            assert_eq!(&values(&node, &keys).await, want);
+        }
+        node.shutdown().await.unwrap();
+    }
+
+    /// Writers MSET one unique id to keys on every shard while readers MGET them: a reader
+    /// that sees an id on one key sees it on all (read atomicity), and the last write wins
+    /// everywhere.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_see_every_multi_shard_write_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(options(dir.path())).await.unwrap();
+        let keys = spread(&node, "ra", 4);
+        let pairs = {
+            let keys = keys.clone();
+            move |id: &str| keys.iter().map(|k| (k.clone(), b(id))).collect::<Vec<_>>()
+        };
+        node.execute(Command::MSet {
+            pairs: pairs("start"),
+            nx: false,
+        })
+        .await
+        .unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for w in 0..3 {
+            let (node, pairs) = (node.clone(), pairs.clone());
+            writers.push(tokio::spawn(async move {
+                for i in 0..40 {
+                    let id = format!("w{w}-{i}");
+                    node.execute(Command::MSet {
+                        pairs: pairs(&id),
+                        nx: false,
+                    })
+                    .await
+                    .unwrap();
+                }
+            }));
+        }
+        let mut readers = Vec::new();
+        for _ in 0..2 {
+            let (node, keys, stop) = (node.clone(), keys.clone(), stop.clone());
+            readers.push(tokio::spawn(async move {
+                let mut reads = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let seen = values(&node, &keys).await;
+                    assert!(
+                        seen.iter().all(|v| *v == seen[0]),
+                        "a reader saw part of a write: {seen:?}"
+                    );
+                    let exists = node
+                        .execute(Command::Exists { keys: keys.clone() })
+                        .await
+                        .unwrap();
+                    assert_eq!(exists, Reply::Int(4));
+                    reads += 1;
+                    // Reads of local replicas never wait: let the writers run.
+                    tokio::task::yield_now().await;
+                }
+                reads
+            }));
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            assert!(r.await.unwrap() > 0);
+        }
+        let last = values(&node, &keys).await;
+        assert!(last.iter().all(|v| *v == last[0]), "{last:?}");
+        for shard in &node.shards.list {
+            assert_eq!(shard.engine().system_len(), 0, "shard {}", shard.id);
+        }
+        node.shutdown().await.unwrap();
+    }
+}

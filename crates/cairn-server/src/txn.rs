@@ -1,0 +1,253 @@
+//! Cross-shard transactions: what a shard stores for them, and the operations a coordinator
+//! sends to shards.
+//!
+//! The mechanism (docs/design.md, "Cross-shard transactions") is two-phase commit over the
+//! shards' Raft groups with locks and a transaction record, in the manner of Percolator and
+//! CockroachDB's write intents:
+//! 1. **Lock.** The coordinator (whichever node took the request) locks every key of the
+//!    transaction, shard by shard, the primary shard first; each shard's lock is one Raft
+//!    entry that writes a lock record per key into the engine's system table and answers
+//!    the live state of the keys the command reads. On the primary the same entry opens the
+//!    transaction record, `Pending`. A key locked by another transaction refuses the lock
+//!    (no waiting while holding locks: deadlocks cannot form); the coordinator releases
+//!    what it holds and tries again.
+//! 2. **Commit.** The coordinator evaluates the command against the states it read (the
+//!    same [`crate::eval::Eval`] a shard uses) and sends the outcome to the primary: one
+//!    entry that, only if the record is still `Pending`, applies the primary's writes,
+//!    releases its locks and turns the record `Committed`, holding the other shards'
+//!    writes. That entry is the commit point: durable on a majority of the primary's group
+//!    before anything of the transaction is visible.
+//! 3. **Resolve.** Each other shard applies its writes and releases its locks in one entry.
+//!    A shard applies writes only for keys still locked by the transaction, so resolving
+//!    twice changes nothing. Once every shard is resolved, the record is forgotten.
+//!
+//! Anyone who meets a lock (a reader, a writer, the background resolver) and finds it past
+//! its deadline asks the primary for the transaction's fate ([`TxnOpKind::Decide`]): a
+//! `Pending` record past its deadline, or a missing one, becomes `Aborted` there, in the
+//! primary's log order, so the coordinator's commit and a resolver's abort cannot both win.
+//! Transactions whose keys all live in one shard never come here: they are one entry.
+//!
+//! Invariants:
+//! - a key locked by a transaction is written by nothing but that transaction's resolution;
+//! - every lock of a transaction is acquired before its commit point, and released (with
+//!   its writes) only after it, so a reader that sees no lock on any of its keys, with no
+//!   change to any shard's system table between two passes, sees a transaction whole or
+//!   not at all (`Node`'s multi-shard reads);
+//! - a lock is never taken after the transaction's deadline, and an `Aborted` record is kept
+//!   [`ABORTED_RETAIN_MS`] past it, so a late lock always meets the abort.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use cairn_raft::WriteOp;
+use serde::{Deserialize, Serialize};
+
+/// How long a transaction may hold locks: past its deadline anyone may abort it. Covers the
+/// coordinator's two rounds through Raft with a leader change in between.
+pub const TXN_LIFETIME_MS: u64 = 2_000;
+/// Most keys one transaction names.
+pub const TXN_KEYS_MAX: usize = 4096;
+/// Most bytes of keys and values one transaction writes.
+pub const TXN_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// How long an `Aborted` record outlives its transaction's deadline (far longer than any
+/// clock skew between nodes), so that a lock arriving late meets it.
+pub const ABORTED_RETAIN_MS: u64 = 60_000;
+/// How many times a coordinator starts a transaction over after a lock conflict or a
+/// refusal before it answers `TRYAGAIN`.
+pub const TXN_ATTEMPTS_MAX: usize = 32;
+/// How long whoever meets a lock waits before asking the primary about it (a live
+/// coordinator releases its locks within a few Raft rounds).
+pub const LOCK_CHECK_AFTER_MS: u64 = 50;
+/// How often each shard leader resolves what dead coordinators left behind.
+pub const RESOLVE_TICK: std::time::Duration = std::time::Duration::from_millis(500);
+/// A committed record is driven to its end by the background resolver once it is this old
+/// (the coordinator normally resolves and forgets it within a Raft round).
+pub const COMMITTED_HELP_AFTER_MS: u64 = 1_000;
+
+/// System-table prefix of lock records: `l` + the user key.
+pub const LOCK_PREFIX: &[u8] = b"l";
+/// The first system key past every lock record's.
+pub const LOCK_PREFIX_END: &[u8] = b"m";
+/// System-table prefix of transaction records: `t` + the id, 16 bytes big-endian.
+pub const RECORD_PREFIX: &[u8] = b"t";
+
+/// A transaction's id: the coordinating node's Raft id in the high 64 bits, a counter
+/// started from the wall clock in nanoseconds in the low ones.
+pub type TxnId = u128;
+
+/// The system key of `key`'s lock.
+pub fn lock_key(key: &[u8]) -> Bytes {
+    let mut k = BytesMut::with_capacity(LOCK_PREFIX.len() + key.len());
+    k.put_slice(LOCK_PREFIX);
+    k.put_slice(key);
+    k.freeze()
+}
+
+/// The system key of a transaction's record.
+pub fn record_key(txn: TxnId) -> Bytes {
+    let mut k = BytesMut::with_capacity(RECORD_PREFIX.len() + 16);
+    k.put_slice(RECORD_PREFIX);
+    k.put_u128(txn);
+    k.freeze()
+}
+
+/// A lock record: who holds the key, and where to ask about it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lock {
+    pub txn: TxnId,
+    /// The shard holding the transaction's record.
+    pub primary: u32,
+    /// Past this (ms since the Unix epoch) anyone may abort the transaction.
+    pub deadline_ms: u64,
+}
+
+/// A lock as met by a request: the lock and the shard it was found in.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockHolder {
+    pub lock: Lock,
+    pub shard: u32,
+}
+
+/// A transaction record's state, on its primary shard.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Pending {
+        deadline_ms: u64,
+    },
+    /// Committed; `rest` holds the writes of the shards not yet known to be resolved.
+    Committed {
+        at_ms: u64,
+        rest: Vec<(u32, Vec<WriteOp>)>,
+    },
+    /// Aborted; kept until `until_ms` so that late locks meet it.
+    Aborted {
+        until_ms: u64,
+    },
+}
+
+/// A transaction's fate as its primary answers it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    Pending,
+    /// Committed, with the writes still to be resolved on other shards.
+    Committed(Vec<(u32, Vec<WriteOp>)>),
+    Aborted,
+}
+
+/// When [`TxnOpKind::Decide`] turns a `Pending` transaction `Aborted`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortWhen {
+    /// Never: only report the fate (a missing record still becomes `Aborted`).
+    Never,
+    /// When its deadline has passed (a resolver that met a stale lock).
+    Expired,
+    /// At once (its coordinator gives up).
+    Now,
+}
+
+/// One step of a transaction, sent to one shard (the node forwards it to the shard's leader,
+/// whose proposer evaluates it in log order).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct TxnOp {
+    pub shard: u32,
+    pub txn: TxnId,
+    pub kind: TxnOpKind,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum TxnOpKind {
+    /// Lock `keys` (a key already locked by this transaction stays so; one locked by another
+    /// refuses the whole lock with `CommandError::Locked`) and answer the live state of
+    /// `reads` → `Reply::Txn(TxnReply::Read)`. On the primary (`primary == shard`), open the
+    /// record `Pending`; refused when it exists already as anything but `Pending`.
+    /// Refused after `deadline_ms`.
+    Lock {
+        primary: u32,
+        deadline_ms: u64,
+        keys: Vec<Bytes>,
+        reads: Vec<Bytes>,
+    },
+    /// On the primary: if the record is `Pending`, apply `writes` (this shard's), release
+    /// the transaction's locks here and make the record `Committed` with `rest` (the others'
+    /// writes), or forget it when `rest` is empty → `Reply::Ok`. Otherwise refused with
+    /// `CommandError::TxnAborted`.
+    Commit {
+        writes: Vec<WriteOp>,
+        rest: Vec<(u32, Vec<WriteOp>)>,
+    },
+    /// Release the transaction's locks on this shard, applying `writes` when it committed
+    /// (`Some`), and only to keys it still holds → `Reply::Ok`.
+    Resolve { writes: Option<Vec<WriteOp>> },
+    /// On the primary: the transaction's fate → `Reply::Txn(TxnReply::Fate)`, aborting it as
+    /// `abort` says (releasing its locks here). A missing record is written `Aborted`.
+    Decide { abort: AbortWhen },
+    /// On the primary: forget a `Committed` record (every other shard is resolved) or an
+    /// `Aborted` one whose retention has passed → `Reply::Ok`.
+    Forget,
+}
+
+/// Answers of [`TxnOp`]s and of the guarded reads multi-shard reads are made of.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum TxnReply {
+    /// The live state of the keys a lock read, in the order asked.
+    Read(Vec<Option<crate::reply::Entry>>),
+    Fate(Fate),
+}
+
+/// Encodes a system-table value.
+pub fn encode<T: Serialize>(value: &T) -> Bytes {
+    Bytes::from(postcard::to_stdvec(value).expect("a transaction record serialises"))
+}
+
+/// Decodes a system-table value; a record that does not decode is corruption, reported
+/// with `what` it was meant to be.
+pub fn decode<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
+    what: &str,
+) -> Result<T, crate::error::CommandError> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| crate::error::CommandError::Storage(format!("corrupt {what} record: {e}")))
+}
+
+/// Whether `op` writes `key`'s user data.
+pub fn op_key(op: &WriteOp) -> Option<&Bytes> {
+    match op {
+        WriteOp::Put { key, .. } | WriteOp::Delete { key } => Some(key),
+        WriteOp::Clear | WriteOp::SystemPut { .. } | WriteOp::SystemDelete { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_corruption_is_an_error() {
+        let record = Record::Committed {
+            at_ms: 5,
+            rest: vec![(
+                2,
+                vec![WriteOp::Put {
+                    key: Bytes::from_static(b"k"),
+                    value: Bytes::from_static(b"v"),
+                    expires_at_ms: Some(9),
+                }],
+            )],
+        };
+        let bytes = encode(&record);
+        assert_eq!(decode::<Record>(&bytes, "txn").unwrap(), record);
+        assert!(decode::<Record>(&bytes[..bytes.len() - 1], "txn").is_err());
+        let lock = Lock {
+            txn: u128::MAX - 3,
+            primary: 1,
+            deadline_ms: 77,
+        };
+        assert_eq!(decode::<Lock>(&encode(&lock), "lock").unwrap(), lock);
+    }
+
+    #[test]
+    fn system_keys_do_not_collide() {
+        assert_eq!(&lock_key(b"abc")[..], b"labc");
+        assert_eq!(record_key(1).len(), 17);
+        assert!(record_key(1).starts_with(RECORD_PREFIX));
+        assert!(!lock_key(b"").starts_with(RECORD_PREFIX));
+    }
+}
