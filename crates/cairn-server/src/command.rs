@@ -131,6 +131,70 @@ pub enum BatchOp {
     },
 }
 
+/// How a [`Compare`] relates the key's state to the operand.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Equal,
+    NotEqual,
+    Greater,
+    Less,
+}
+
+impl CmpOp {
+    fn holds<T: Ord + ?Sized>(self, left: &T, right: &T) -> bool {
+        match self {
+            CmpOp::Equal => left == right,
+            CmpOp::NotEqual => left != right,
+            CmpOp::Greater => left > right,
+            CmpOp::Less => left < right,
+        }
+    }
+}
+
+/// A precondition of an [`Command::Exec`]: gRPC/HTTP transaction compare clauses (etcd's
+/// shape), and RESP `WATCH` (each watched key's version equal to the one it had).
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Compare {
+    /// The key's version (0 when it does not exist) against `version`.
+    Version {
+        key: Bytes,
+        cmp: CmpOp,
+        version: u64,
+    },
+    /// The key's value against `value`; never holds for a missing key.
+    Value {
+        key: Bytes,
+        cmp: CmpOp,
+        value: Bytes,
+    },
+    /// Whether the key exists.
+    Exists { key: Bytes, exists: bool },
+}
+
+impl Compare {
+    pub fn key(&self) -> &Bytes {
+        match self {
+            Compare::Version { key, .. }
+            | Compare::Value { key, .. }
+            | Compare::Exists { key, .. } => key,
+        }
+    }
+
+    /// Whether the compare holds for a key whose live state is `version` and `value` (`None`
+    /// when it does not exist).
+    pub fn holds(&self, state: Option<(u64, &Bytes)>) -> bool {
+        match self {
+            Compare::Version { cmp, version, .. } => {
+                cmp.holds(&state.map_or(0, |(v, _)| v), version)
+            }
+            Compare::Value { cmp, value, .. } => {
+                state.is_some_and(|(_, current)| cmp.holds(&current[..], &value[..]))
+            }
+            Compare::Exists { exists, .. } => state.is_some() == *exists,
+        }
+    }
+}
+
 /// Every operation the node executes.
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub enum Command {
@@ -230,6 +294,17 @@ pub enum Command {
     /// An atomic group of puts and deletes → `Reply::Batch` (the version of all its writes).
     Batch { ops: Vec<BatchOp> },
 
+    /// An atomic, isolated transaction (RESP MULTI/EXEC with WATCH, gRPC/HTTP Txn): when every
+    /// compare holds, `then`'s commands are evaluated in order, else `otherwise`'s, each seeing
+    /// the writes of those before it and nothing of any other request → `Reply::Exec`. Keyed
+    /// reads and writes only; a command's error is its answer and stops nothing (as Redis's
+    /// EXEC). Keys of one shard: one Raft entry; of several: a cross-shard transaction.
+    Exec {
+        compares: Vec<Compare>,
+        then: Vec<Command>,
+        otherwise: Vec<Command>,
+    },
+
     // ---- internal: nodes send these to shards; no front end decodes into them ---------
     /// One step of a cross-shard transaction, for the leader of `op.shard` (a write).
     Txn(crate::txn::TxnOp),
@@ -258,12 +333,58 @@ impl Command {
                 | Command::Flush
                 | Command::Batch { .. }
                 | Command::Txn(_)
+                | Command::Exec { .. }
         )
     }
 
-    /// The keys a write names (none for `Flush` and internal steps).
+    /// Whether the command may run inside an [`Command::Exec`]: keyed reads and writes.
+    pub fn is_transactional(&self) -> bool {
+        matches!(
+            self,
+            Command::Get { .. }
+                | Command::MGet { .. }
+                | Command::StrLen { .. }
+                | Command::GetRange { .. }
+                | Command::Exists { .. }
+                | Command::Type { .. }
+                | Command::Ttl { .. }
+        ) || (self.is_write()
+            && !matches!(
+                self,
+                Command::Flush | Command::Txn(_) | Command::Exec { .. }
+            ))
+    }
+
+    /// The keys a keyed read names.
+    pub fn read_keys(&self) -> Vec<&Bytes> {
+        match self {
+            Command::Get { key }
+            | Command::StrLen { key }
+            | Command::GetRange { key, .. }
+            | Command::Type { key }
+            | Command::Ttl { key } => vec![key],
+            Command::MGet { keys } | Command::Exists { keys } => keys.iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The keys a write names (none for `Flush` and internal steps); for an `Exec`, every key
+    /// it touches, read or written, in either branch (a transaction locks them all).
     pub fn write_keys(&self) -> Vec<&Bytes> {
         match self {
+            Command::Exec {
+                compares,
+                then,
+                otherwise,
+            } => compares
+                .iter()
+                .map(Compare::key)
+                .chain(then.iter().chain(otherwise).flat_map(|c| {
+                    let mut keys = c.read_keys();
+                    keys.extend(c.write_keys());
+                    keys
+                }))
+                .collect(),
             Command::Set { key, .. }
             | Command::GetDel { key }
             | Command::GetEx { key, .. }
@@ -318,6 +439,7 @@ impl Command {
             Command::Rename { .. } => "rename",
             Command::Flush => "flush",
             Command::Batch { .. } => "batch",
+            Command::Exec { .. } => "exec",
             Command::Txn(_) => "txn",
             Command::ShardRead { .. } => "shard_read",
         }

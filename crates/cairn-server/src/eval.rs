@@ -239,6 +239,20 @@ impl<'a> Eval<'a> {
                     Vec::new()
                 }
             }
+            Command::Exec {
+                compares,
+                then,
+                otherwise,
+            } => {
+                let mut keys: Vec<Bytes> = compares.iter().map(|c| c.key().clone()).collect();
+                for cmd in then.iter().chain(otherwise) {
+                    keys.extend(cmd.read_keys().into_iter().cloned());
+                    keys.extend(Self::reads_of(cmd));
+                }
+                keys.sort();
+                keys.dedup();
+                keys
+            }
             other => other.write_keys().into_iter().cloned().collect(),
         }
     }
@@ -381,6 +395,30 @@ impl<'a> Eval<'a> {
         }
         self.check_unlocked(&cmd)?;
         match cmd {
+            Command::Exec {
+                compares,
+                then,
+                otherwise,
+            } => {
+                let mut succeeded = true;
+                for compare in &compares {
+                    let state = self.read(compare.key())?;
+                    succeeded &= compare.holds(state.as_ref().map(|c| (c.version, &c.value)));
+                }
+                let branch = if succeeded { then } else { otherwise };
+                let mut replies = Vec::with_capacity(branch.len());
+                for cmd in branch {
+                    replies.push(match cmd {
+                        cmd if !cmd.is_transactional() => Err(CommandError::Invalid(format!(
+                            "'{}' cannot run inside a transaction",
+                            cmd.name()
+                        ))),
+                        cmd if cmd.is_write() => self.command(cmd),
+                        cmd => self.read_command(&cmd),
+                    });
+                }
+                Ok(Reply::Exec { succeeded, replies })
+            }
             Command::Set {
                 key,
                 value,
@@ -560,6 +598,49 @@ impl<'a> Eval<'a> {
             read => Err(CommandError::Invalid(format!(
                 "'{}' is not a write",
                 read.name()
+            ))),
+        }
+    }
+
+    /// Evaluate a keyed read inside a transaction: it sees the transaction's own writes.
+    fn read_command(&self, cmd: &Command) -> Result<Reply, CommandError> {
+        let entry = |key: &Bytes| -> Result<Option<Entry>, CommandError> {
+            Ok(self.read(key)?.map(|c| Self::entry(key, c)))
+        };
+        match cmd {
+            Command::Get { key } => Ok(Reply::Entry(entry(key)?)),
+            Command::MGet { keys } => Ok(Reply::Values(
+                keys.iter()
+                    .map(|k| Ok(entry(k)?.map(|e| e.value)))
+                    .collect::<Result<_, CommandError>>()?,
+            )),
+            Command::StrLen { key } => {
+                Ok(Reply::Int(entry(key)?.map_or(0, |e| e.value.len() as i64)))
+            }
+            Command::GetRange { key, start, end } => {
+                let value = entry(key)?.map(|e| e.value).unwrap_or_default();
+                Ok(Reply::Value(Some(crate::node::substring(
+                    &value, *start, *end,
+                ))))
+            }
+            Command::Exists { keys } => Ok(Reply::Int(
+                keys.iter().filter(|k| self.meta(k).is_some()).count() as i64,
+            )),
+            Command::Type { key } => Ok(Reply::Type(if self.meta(key).is_some() {
+                crate::reply::KeyType::String
+            } else {
+                crate::reply::KeyType::None
+            })),
+            Command::Ttl { key } => Ok(Reply::Ttl(match self.meta(key) {
+                None => crate::reply::KeyTtl::Missing,
+                Some((_, at)) => at.map_or(
+                    crate::reply::KeyTtl::Persistent,
+                    crate::reply::KeyTtl::ExpiresAtMs,
+                ),
+            })),
+            other => Err(CommandError::Invalid(format!(
+                "'{}' is not a keyed read",
+                other.name()
             ))),
         }
     }

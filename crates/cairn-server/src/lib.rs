@@ -41,7 +41,7 @@ pub mod shards;
 pub mod slot;
 pub mod txn;
 
-pub use command::{BatchOp, Command, Condition, ExpireCondition, Expiry, KeyRange};
+pub use command::{BatchOp, CmpOp, Command, Compare, Condition, ExpireCondition, Expiry, KeyRange};
 pub use error::CommandError;
 pub use node::{Node, NodeOptions, StorageTuning};
 pub use reply::{

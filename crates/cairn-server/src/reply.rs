@@ -170,6 +170,12 @@ pub enum Reply {
     },
     Cluster(ClusterStatus),
     Stats(Vec<ShardStats>),
+    /// `Command::Exec`'s answer: whether its compares held, and the answer of each command of
+    /// the branch that ran, in order.
+    Exec {
+        succeeded: bool,
+        replies: Vec<Result<Reply, crate::error::CommandError>>,
+    },
     /// Internal: a transaction step's answer.
     Txn(crate::txn::TxnReply),
     /// Internal: `Command::ShardRead`'s answer.

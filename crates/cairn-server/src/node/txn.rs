@@ -26,6 +26,28 @@ use crate::txn::{
     self, AbortWhen, Fate, Lock, LockHolder, Record, TxnId, TxnOp, TxnOpKind, TxnReply,
 };
 
+/// About how many bytes of keys and values `cmd` writes.
+fn write_bytes(cmd: &Command) -> usize {
+    let keys = || cmd.write_keys().iter().map(|k| k.len()).sum::<usize>();
+    match cmd {
+        Command::MSet { pairs, .. } => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
+        Command::Batch { ops } => ops
+            .iter()
+            .map(|op| match op {
+                crate::command::BatchOp::Put { key, value, .. } => key.len() + value.len(),
+                crate::command::BatchOp::Delete { key } => key.len(),
+            })
+            .sum(),
+        Command::Set { key, value, .. }
+        | Command::Append { key, value }
+        | Command::SetRange { key, value, .. } => key.len() + value.len(),
+        Command::Exec {
+            then, otherwise, ..
+        } => then.iter().chain(otherwise).map(write_bytes).sum(),
+        _ => keys(),
+    }
+}
+
 /// What one attempt at a transaction came to.
 enum Attempt {
     /// The answer (success, or a failure retrying cannot mend).
@@ -119,17 +141,7 @@ impl Node {
                 txn::TXN_KEYS_MAX
             )));
         }
-        let bytes: usize = match cmd {
-            Command::MSet { pairs, .. } => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
-            Command::Batch { ops } => ops
-                .iter()
-                .map(|op| match op {
-                    crate::command::BatchOp::Put { key, value, .. } => key.len() + value.len(),
-                    crate::command::BatchOp::Delete { key } => key.len(),
-                })
-                .sum(),
-            _ => keys.iter().map(|k| k.len()).sum(),
-        };
+        let bytes = write_bytes(cmd);
         if bytes > txn::TXN_BYTES_MAX {
             return Err(CommandError::Invalid(format!(
                 "a transaction writes {bytes} bytes; the limit is {}",

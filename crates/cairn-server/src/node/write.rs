@@ -150,10 +150,24 @@ impl Node {
                 })
             }
             // Keys in more than one shard: a transaction, run here (it routes its own steps).
+            // A transaction of no key: its compares hold vacuously, and it has nothing to run.
+            Command::Exec {
+                ref compares,
+                ref then,
+                ..
+            } if compares.is_empty() && then.is_empty() => Ok(PendingWrite {
+                parts: vec![Part::Done(Ok(Reply::Exec {
+                    succeeded: true,
+                    replies: Vec::new(),
+                }))],
+                combine: Combine::One,
+                again: None,
+            }),
             cmd @ (Command::MSet { .. }
             | Command::Del { .. }
             | Command::Rename { .. }
-            | Command::Batch { .. })
+            | Command::Batch { .. }
+            | Command::Exec { .. })
                 if self.spans_shards(&cmd) =>
             {
                 Ok(PendingWrite {
@@ -261,6 +275,30 @@ impl Node {
 
     /// Validate sizes and turn relative deadlines into absolute ones.
     fn prepare_write(&self, mut cmd: Command, now: u64) -> Result<Command, CommandError> {
+        if let Command::Exec {
+            compares,
+            then,
+            otherwise,
+        } = cmd
+        {
+            let prepare = |cmds: Vec<Command>| -> Result<Vec<Command>, CommandError> {
+                cmds.into_iter()
+                    .map(|c| match c {
+                        c if c.is_write() => self.prepare_write(c, now),
+                        c => Ok(c),
+                    })
+                    .collect()
+            };
+            let (then, otherwise) = (prepare(then)?, prepare(otherwise)?);
+            for key in compares.iter().map(|c| c.key()) {
+                self.check_key(key)?;
+            }
+            return Ok(Command::Exec {
+                compares,
+                then,
+                otherwise,
+            });
+        }
         let name = cmd.name();
         let resolve = |expiry: &mut Expiry| -> Result<(), CommandError> {
             if let Expiry::InMs(ms) = *expiry {

@@ -152,6 +152,26 @@ impl Replies {
     }
 }
 
+/// Each key's version now (0: missing), read linearizably, for `WATCH`.
+async fn watch_versions(
+    node: &crate::node::Node,
+    keys: Vec<Bytes>,
+) -> Result<Vec<(Bytes, u64)>, crate::error::CommandError> {
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let version = match node.execute(Command::Get { key: key.clone() }).await? {
+            crate::reply::Reply::Entry(entry) => entry.map_or(0, |e| e.version),
+            other => {
+                return Err(crate::error::CommandError::Invalid(format!(
+                    "unexpected reply to a read: {other:?}"
+                )));
+            }
+        };
+        out.push((key, version));
+    }
+    Ok(out)
+}
+
 /// Given, in order, whether each queued write was refused (`None` for replies that are not
 /// writes), the position from which refused writes may be sent again: just after the last
 /// write that may have taken effect.
@@ -237,6 +257,23 @@ pub async fn serve(
                     replies.push(frame, &session, &shared);
                     close = true;
                     break;
+                }
+                Action::Watch(keys) => {
+                    // The versions as of now, after every earlier write of this connection.
+                    replies.drain(&session, &shared, &mut observer).await;
+                    let frame = match watch_versions(&shared.node, keys).await {
+                        Ok(versions) => {
+                            session.watched.extend(versions);
+                            Frame::ok()
+                        }
+                        Err(e) => Frame::Error(Bytes::from(e.to_string())),
+                    };
+                    observer.observe(
+                        session.last_command,
+                        started.elapsed(),
+                        !matches!(frame, Frame::Error(_)),
+                    );
+                    replies.push(frame, &session, &shared);
                 }
                 Action::Node { cmd, render: shape } => {
                     let command = session.last_command;

@@ -8,11 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use cairn_resp::{Frame, Protocol, parse_i64};
 
-use crate::command::{Command, Condition, ExpireCondition, Expiry};
+use crate::command::{CmpOp, Command, Compare, Condition, ExpireCondition, Expiry};
 use crate::error::CommandError;
 use crate::long_double::is_float;
-use crate::resp::render::{Render, TtlKind};
-use crate::resp::session::{Session, Shared};
+use crate::resp::render::{ExecSlot, Render, TtlKind};
+use crate::resp::session::{MULTI_COMMANDS_MAX, Multi, Queued, Session, Shared, WATCHED_KEYS_MAX};
 use crate::resp::table::{self, CommandSpec};
 use crate::resp::{cluster, introspection};
 
@@ -30,6 +30,8 @@ pub enum Action {
     Node { cmd: Command, render: Render },
     /// Send this reply and close the connection (QUIT).
     Close(Frame),
+    /// WATCH: read these keys' versions into the session, then answer `+OK`.
+    Watch(Vec<Bytes>),
 }
 
 fn error(e: impl std::fmt::Display) -> Frame {
@@ -240,21 +242,169 @@ fn node(cmd: Command, render: Render) -> Result<Action, Frame> {
 pub fn dispatch(args: Vec<Bytes>, session: &mut Session, shared: &Shared) -> Action {
     let Some(spec) = table::lookup_bytes(&args[0]) else {
         session.last_command = "unknown";
-        return Action::Reply(unknown_command(&args));
+        return Action::Reply(refuse_queuing(session, unknown_command(&args)));
     };
     session.last_command = spec.name;
     if !spec.arity_ok(args.len()) {
-        return Action::Reply(arity_error(spec.name));
+        return Action::Reply(refuse_queuing(session, arity_error(spec.name)));
+    }
+    if let Some(action) = transaction_command(spec, &args, session) {
+        return action;
     }
     // As Redis Cluster: a redirect comes before the arguments are parsed.
     if let Some(moved) = cluster::redirect(spec, &args, session, shared) {
-        return Action::Reply(moved);
+        return Action::Reply(refuse_queuing(session, moved));
+    }
+    if session.multi.is_some() && spec.name != "quit" {
+        return queue(spec, args, session, shared);
     }
     match data_command(spec, &args) {
         Some(Ok(action)) => action,
         Some(Err(frame)) => Action::Reply(frame),
         None => local_command(spec, args, session, shared),
     }
+}
+
+/// An error answered while queuing a `MULTI` block also dooms the block (`EXECABORT`), as in
+/// Redis; outside `MULTI` it is just the answer.
+fn refuse_queuing(session: &mut Session, error: Frame) -> Frame {
+    if let Some(multi) = &mut session.multi {
+        multi.failed = true;
+    }
+    error
+}
+
+/// Queues one command of a `MULTI` block: `+QUEUED`, or an error that dooms the block.
+fn queue(spec: &CommandSpec, args: Vec<Bytes>, session: &mut Session, shared: &Shared) -> Action {
+    let queued = match data_command(spec, &args) {
+        Some(Ok(Action::Node { cmd, render })) if cmd.is_transactional() => {
+            Queued::Node(cmd, render)
+        }
+        Some(Ok(Action::Node { .. })) => {
+            return Action::Reply(refuse_queuing(
+                session,
+                err_text(&format!(
+                    "ERR '{}' cannot run inside MULTI on Cairn (only keyed reads and writes can)",
+                    spec.name
+                )),
+            ));
+        }
+        Some(Ok(Action::Reply(frame))) | Some(Err(frame)) => Queued::Ready(frame),
+        Some(Ok(other)) => return other,
+        // Connection commands run now; their answer takes its place in EXEC's.
+        None => match local_command(spec, args, session, shared) {
+            Action::Reply(frame) => Queued::Ready(frame),
+            other => return other,
+        },
+    };
+    let Some(multi) = &mut session.multi else {
+        return Action::Reply(err_text("ERR internal error: queuing outside MULTI"));
+    };
+    if multi.queued.len() >= MULTI_COMMANDS_MAX {
+        multi.failed = true;
+        return Action::Reply(err_text(&format!(
+            "ERR a MULTI block holds at most {MULTI_COMMANDS_MAX} commands"
+        )));
+    }
+    multi.queued.push(queued);
+    Action::Reply(Frame::Simple(Bytes::from_static(b"QUEUED")))
+}
+
+/// MULTI, EXEC, DISCARD, WATCH and UNWATCH, with Redis's rules and error texts; `None` for
+/// every other command.
+fn transaction_command(
+    spec: &CommandSpec,
+    args: &[Bytes],
+    session: &mut Session,
+) -> Option<Action> {
+    let reply = match spec.name {
+        "multi" => {
+            if session.multi.is_some() {
+                err_text("ERR MULTI calls can not be nested")
+            } else {
+                session.multi = Some(Multi::default());
+                Frame::ok()
+            }
+        }
+        "discard" => match session.multi.take() {
+            None => err_text("ERR DISCARD without MULTI"),
+            Some(_) => {
+                session.watched.clear();
+                Frame::ok()
+            }
+        },
+        "watch" => {
+            if session.multi.is_some() {
+                err_text("ERR WATCH inside MULTI is not allowed")
+            } else if session.watched.len() + args.len() - 1 > WATCHED_KEYS_MAX {
+                err_text(&format!(
+                    "ERR a connection watches at most {WATCHED_KEYS_MAX} keys"
+                ))
+            } else {
+                return Some(Action::Watch(args[1..].to_vec()));
+            }
+        }
+        "unwatch" => {
+            if let Some(multi) = &mut session.multi {
+                multi.queued.push(Queued::Ready(Frame::ok()));
+                Frame::Simple(Bytes::from_static(b"QUEUED"))
+            } else {
+                session.watched.clear();
+                Frame::ok()
+            }
+        }
+        "exec" => {
+            let Some(multi) = session.multi.take() else {
+                return Some(Action::Reply(err_text("ERR EXEC without MULTI")));
+            };
+            let watched = std::mem::take(&mut session.watched);
+            if multi.failed {
+                return Some(Action::Reply(err_text(
+                    "EXECABORT Transaction discarded because of previous errors.",
+                )));
+            }
+            let mut then = Vec::new();
+            let mut slots = Vec::with_capacity(multi.queued.len());
+            for queued in multi.queued {
+                match queued {
+                    Queued::Node(cmd, render) => {
+                        then.push(cmd);
+                        slots.push(ExecSlot::Node(render));
+                    }
+                    Queued::Ready(frame) => slots.push(ExecSlot::Ready(frame)),
+                }
+            }
+            let compares: Vec<Compare> = watched
+                .into_iter()
+                .map(|(key, version)| Compare::Version {
+                    key,
+                    cmp: CmpOp::Equal,
+                    version,
+                })
+                .collect();
+            if then.is_empty() && compares.is_empty() {
+                let frames = slots
+                    .into_iter()
+                    .filter_map(|slot| match slot {
+                        ExecSlot::Ready(frame) => Some(frame),
+                        ExecSlot::Node(_) => None,
+                    })
+                    .collect();
+                Frame::Array(frames)
+            } else {
+                return Some(Action::Node {
+                    cmd: Command::Exec {
+                        compares,
+                        then,
+                        otherwise: Vec::new(),
+                    },
+                    render: Render::Exec(slots),
+                });
+            }
+        }
+        _ => return None,
+    };
+    Some(Action::Reply(reply))
 }
 
 /// Commands that go to the node; `None` for the others.

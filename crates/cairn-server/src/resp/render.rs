@@ -44,6 +44,18 @@ pub enum Render {
     /// Reply to an EXISTS probe: nil when the key is missing, else this error (GETEX validates
     /// its expiry only for existing keys).
     ErrorIfExists(Frame),
+    /// EXEC: the null array when a watched key changed, else one reply per queued command:
+    /// the node's answers for the data commands, in order, between the replies already known.
+    Exec(Vec<ExecSlot>),
+}
+
+/// One queued command's place in EXEC's reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecSlot {
+    /// The next of the node's answers, rendered so.
+    Node(Render),
+    /// A reply known when the command was queued.
+    Ready(Frame),
 }
 
 fn bulk_or_nil(value: Option<Bytes>) -> Frame {
@@ -102,6 +114,27 @@ pub fn render(render: Render, result: Result<Reply, CommandError>, now_ms: u64) 
             Frame::Bulk(Bytes::from(cursor.to_string())),
             Frame::Array(keys.into_iter().map(Frame::Bulk).collect()),
         ]),
+        (Render::Exec(slots), Reply::Exec { succeeded, replies }) => {
+            if !succeeded {
+                return Frame::NullArray;
+            }
+            let mut answers = replies.into_iter();
+            Frame::Array(
+                slots
+                    .into_iter()
+                    .map(|slot| match slot {
+                        ExecSlot::Ready(frame) => frame,
+                        ExecSlot::Node(shape) => self::render(
+                            shape,
+                            answers.next().unwrap_or_else(|| {
+                                Err(CommandError::Invalid("EXEC lost an answer".into()))
+                            }),
+                            now_ms,
+                        ),
+                    })
+                    .collect(),
+            )
+        }
         (Render::ErrorIfExists(frame), Reply::Int(n)) => {
             if n > 0 {
                 frame

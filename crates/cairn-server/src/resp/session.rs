@@ -27,6 +27,35 @@ pub struct Session {
     /// `READONLY` is on: reads are served by this node's replicas, possibly stale, and are
     /// never redirected (`READWRITE` turns it off).
     pub readonly: bool,
+    /// Inside `MULTI`: the commands queued for `EXEC`.
+    pub multi: Option<Multi>,
+    /// Keys `WATCH`ed, with the version each had then (0: missing); `EXEC` runs only if
+    /// every one still has it. Bounded by [`WATCHED_KEYS_MAX`].
+    pub watched: Vec<(Bytes, u64)>,
+}
+
+/// Most commands one `MULTI` queues, and most keys one connection watches.
+pub const MULTI_COMMANDS_MAX: usize = 4096;
+/// Most keys one connection watches.
+pub const WATCHED_KEYS_MAX: usize = 4096;
+
+/// A `MULTI` block being queued.
+#[derive(Debug, Default)]
+pub struct Multi {
+    pub queued: Vec<Queued>,
+    /// A command was refused while queuing (unknown, wrong arity, not allowed): `EXEC`
+    /// answers `EXECABORT`.
+    pub failed: bool,
+}
+
+/// One command queued by `MULTI`.
+#[derive(Debug)]
+pub enum Queued {
+    /// A data command, run by `EXEC` as part of the transaction, rendered so.
+    Node(crate::command::Command, crate::resp::render::Render),
+    /// A reply already known (a connection command, or an argument error, which Redis also
+    /// reports at `EXEC`).
+    Ready(cairn_resp::Frame),
 }
 
 impl Session {
@@ -40,6 +69,8 @@ impl Session {
             created: Instant::now(),
             last_command: "NULL",
             readonly: false,
+            multi: None,
+            watched: Vec::new(),
         }
     }
 

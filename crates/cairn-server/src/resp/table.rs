@@ -181,6 +181,15 @@ pub const COMMANDS: &[CommandSpec] = &[
         "1.0.0",
     ),
     spec(
+        "discard",
+        1,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        NONE,
+        "transactions",
+        "Discards a transaction.",
+        "2.0.0",
+    ),
+    spec(
         "echo",
         2,
         &["fast"],
@@ -188,6 +197,15 @@ pub const COMMANDS: &[CommandSpec] = &[
         "connection",
         "Returns the given string.",
         "1.0.0",
+    ),
+    spec(
+        "exec",
+        1,
+        &["noscript", "loading", "stale", "skip_slowlog"],
+        NONE,
+        "transactions",
+        "Executes all commands in a transaction.",
+        "1.2.0",
     ),
     spec(
         "exists",
@@ -368,6 +386,15 @@ pub const COMMANDS: &[CommandSpec] = &[
         "string",
         "Atomically modifies the string values of one or more keys only when all keys don't exist.",
         "1.0.1",
+    ),
+    spec(
+        "multi",
+        1,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        NONE,
+        "transactions",
+        "Starts a transaction.",
+        "1.2.0",
     ),
     spec(
         "persist",
@@ -593,6 +620,24 @@ pub const COMMANDS: &[CommandSpec] = &[
         "generic",
         "Asynchronously deletes one or more keys.",
         "4.0.0",
+    ),
+    spec(
+        "unwatch",
+        1,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        NONE,
+        "transactions",
+        "Forgets about watched keys of a transaction.",
+        "2.2.0",
+    ),
+    spec(
+        "watch",
+        -2,
+        &["noscript", "loading", "stale", "fast", "allow_busy"],
+        (1, -1, 1),
+        "transactions",
+        "Monitors changes to keys to determine the execution of a transaction.",
+        "2.2.0",
     ),
 ];
 
