@@ -465,6 +465,17 @@ impl Client {
         Ok(r.version)
     }
 
+    /// An atomic, isolated transaction over any keys (`Kv.Txn`, etcd's shape): when every
+    /// compare holds the `success` ops run, else the `failure` ops. Retried only when the node
+    /// answered that nothing happened.
+    pub async fn txn(&self, req: proto::TxnRequest) -> Result<proto::TxnResponse> {
+        self.call(None, |ch| {
+            let req = req.clone();
+            async move { kv(ch).txn(req).await }
+        })
+        .await
+    }
+
     /// The cluster as the contacted node sees it: nodes, shards, slot ranges, leaders.
     pub async fn status(&self) -> Result<proto::StatusResponse> {
         self.call(None, |ch| async move {

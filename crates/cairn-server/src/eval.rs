@@ -968,8 +968,14 @@ impl<'a> Eval<'a> {
                 })
             }
             TxnOpKind::Resolve { writes } => {
+                let before = self.ops.len();
                 self.release(id, writes)?;
-                Ok(Reply::Ok)
+                let wrote = self.ops[before..]
+                    .iter()
+                    .any(|op| txn::op_key(op).is_some());
+                Ok(Reply::Batch {
+                    version: if wrote { self.version } else { 0 },
+                })
             }
             TxnOpKind::Decide { abort } => {
                 let fate = match self.record(id)? {

@@ -174,7 +174,8 @@ pub enum TxnOpKind {
         rest: Vec<(u32, Vec<WriteOp>)>,
     },
     /// Release the transaction's locks on this shard, applying `writes` when it committed
-    /// (`Some`), and only to keys it still holds → `Reply::Ok`.
+    /// (`Some`), and only to keys it still holds → `Reply::Batch` with the version of the
+    /// writes it applied (0 when it applied none).
     Resolve { writes: Option<Vec<WriteOp>> },
     /// On the primary: the transaction's fate → `Reply::Txn(TxnReply::Fate)`, aborting it as
     /// `abort` says (releasing its locks here). A missing record is written `Aborted`.

@@ -71,32 +71,7 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         observed("put", async move {
-            use pb::put_request::{Condition as C, Expiry as E};
-            let req = request.into_inner();
-            let expiry = match req.expiry {
-                None => Expiry::Never,
-                Some(E::TtlMs(0)) => return Err(Status::invalid_argument("ttl_ms must be > 0")),
-                Some(E::TtlMs(ms)) => Expiry::InMs(to_i64(ms, "ttl_ms")?),
-                Some(E::ExpiresAtMs(at)) => Expiry::AtMs(to_i64(at, "expires_at_ms")?),
-            };
-            let condition = match req.condition {
-                None => Condition::Always,
-                Some(C::IfAbsent(true)) => Condition::IfAbsent,
-                Some(C::IfPresent(true)) => Condition::IfPresent,
-                Some(C::IfAbsent(false) | C::IfPresent(false)) => {
-                    return Err(Status::invalid_argument(
-                        "if_absent/if_present must be true when set",
-                    ));
-                }
-                Some(C::IfVersion(v)) => Condition::IfVersion(v),
-            };
-            let command = Command::Set {
-                key: req.key,
-                value: req.value,
-                expiry,
-                condition,
-                return_old: false,
-            };
+            let (command, condition) = put_command(request.into_inner())?;
             match execute(&self.node, command).await? {
                 Reply::Set(outcome) => match outcome.version {
                     Some(version) => Ok(Response::new(pb::PutResponse { version })),
@@ -265,9 +240,74 @@ impl pb::kv_server::Kv for KvService {
         })
         .await
     }
+
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        observed("txn", async move {
+            self.run_txn(request.into_inner()).await.map(Response::new)
+        })
+        .await
+    }
 }
 
 impl KvService {
+    async fn run_txn(&self, req: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
+        if req.compare.len() > BATCH_OPS_MAX
+            || req.success.len() > BATCH_OPS_MAX
+            || req.failure.len() > BATCH_OPS_MAX
+        {
+            return Err(Status::invalid_argument(format!(
+                "a transaction has at most {BATCH_OPS_MAX} compares and {BATCH_OPS_MAX} ops per branch"
+            )));
+        }
+        let compares = req
+            .compare
+            .into_iter()
+            .map(compare_of)
+            .collect::<Result<Vec<_>, Status>>()?;
+        let (then, then_kinds) = txn_ops(req.success)?;
+        let (otherwise, otherwise_kinds) = txn_ops(req.failure)?;
+        let command = Command::Exec {
+            compares,
+            then,
+            otherwise,
+        };
+        let (succeeded, replies) = match execute(&self.node, command).await? {
+            Reply::Exec { succeeded, replies } => (succeeded, replies),
+            other => return Err(unexpected(&other)),
+        };
+        let kinds = if succeeded {
+            then_kinds
+        } else {
+            otherwise_kinds
+        };
+        let mut responses = Vec::with_capacity(replies.len());
+        for (kind, reply) in kinds.into_iter().zip(replies) {
+            use pb::txn_op_result::Result as R;
+            let result = match (kind, reply.map_err(super::status_of)?) {
+                (OpKind::Get, Reply::Entry(entry)) => R::Get(pb::TxnGetResult {
+                    found: entry.is_some(),
+                    entry: entry.map(entry_to_pb),
+                }),
+                (OpKind::Put, Reply::Set(outcome)) => R::Put(pb::TxnPutResult {
+                    written: outcome.version.is_some(),
+                    version: outcome.version.unwrap_or(0),
+                }),
+                (OpKind::Delete, Reply::Int(n)) => R::Delete(pb::DeleteResponse { deleted: n > 0 }),
+                (_, other) => return Err(unexpected(&other)),
+            };
+            responses.push(pb::TxnOpResult {
+                result: Some(result),
+            });
+        }
+        Ok(pb::TxnResponse {
+            succeeded,
+            responses,
+        })
+    }
+
     /// `Expire` with `persist`: clear the expiry; NOT_FOUND only when the key is missing.
     async fn persist(&self, key: Bytes) -> Result<Response<pb::ExpireResponse>, Status> {
         match execute(&self.node, Command::Persist { key: key.clone() }).await? {
@@ -282,6 +322,104 @@ impl KvService {
             other => Err(unexpected(&other)),
         }
     }
+}
+
+/// What kind of op a transaction's reply answers.
+#[derive(Debug, Clone, Copy)]
+enum OpKind {
+    Get,
+    Put,
+    Delete,
+}
+
+/// The commands of a transaction branch, and what each is.
+fn txn_ops(ops: Vec<pb::TxnOp>) -> Result<(Vec<Command>, Vec<OpKind>), Status> {
+    use pb::txn_op::Op;
+    let mut commands = Vec::with_capacity(ops.len());
+    let mut kinds = Vec::with_capacity(ops.len());
+    for op in ops {
+        let (command, kind) = match op.op {
+            Some(Op::Get(get)) => (Command::Get { key: get.key }, OpKind::Get),
+            Some(Op::Put(put)) => (put_command(put)?.0, OpKind::Put),
+            Some(Op::Delete(delete)) => (
+                Command::Del {
+                    keys: vec![delete.key],
+                },
+                OpKind::Delete,
+            ),
+            None => {
+                return Err(Status::invalid_argument(
+                    "transaction op without get, put or delete",
+                ));
+            }
+        };
+        commands.push(command);
+        kinds.push(kind);
+    }
+    Ok((commands, kinds))
+}
+
+/// A transaction compare clause.
+fn compare_of(compare: pb::Compare) -> Result<command::Compare, Status> {
+    use pb::compare::Target;
+    let cmp = match compare.result() {
+        pb::CompareResult::Equal => command::CmpOp::Equal,
+        pb::CompareResult::NotEqual => command::CmpOp::NotEqual,
+        pb::CompareResult::Greater => command::CmpOp::Greater,
+        pb::CompareResult::Less => command::CmpOp::Less,
+    };
+    let key = compare.key;
+    Ok(match compare.target {
+        Some(Target::Version(version)) => command::Compare::Version { key, cmp, version },
+        Some(Target::Value(value)) => command::Compare::Value { key, cmp, value },
+        Some(Target::Exists(exists)) => match cmp {
+            command::CmpOp::Equal => command::Compare::Exists { key, exists },
+            command::CmpOp::NotEqual => command::Compare::Exists {
+                key,
+                exists: !exists,
+            },
+            _ => {
+                return Err(Status::invalid_argument(
+                    "an exists compare takes EQUAL or NOT_EQUAL",
+                ));
+            }
+        },
+        None => {
+            return Err(Status::invalid_argument(
+                "a compare needs a version, value or exists target",
+            ));
+        }
+    })
+}
+
+/// The `Set` a put request asks for, and its condition.
+fn put_command(req: pb::PutRequest) -> Result<(Command, Condition), Status> {
+    use pb::put_request::{Condition as C, Expiry as E};
+    let expiry = match req.expiry {
+        None => Expiry::Never,
+        Some(E::TtlMs(0)) => return Err(Status::invalid_argument("ttl_ms must be > 0")),
+        Some(E::TtlMs(ms)) => Expiry::InMs(to_i64(ms, "ttl_ms")?),
+        Some(E::ExpiresAtMs(at)) => Expiry::AtMs(to_i64(at, "expires_at_ms")?),
+    };
+    let condition = match req.condition {
+        None => Condition::Always,
+        Some(C::IfAbsent(true)) => Condition::IfAbsent,
+        Some(C::IfPresent(true)) => Condition::IfPresent,
+        Some(C::IfAbsent(false) | C::IfPresent(false)) => {
+            return Err(Status::invalid_argument(
+                "if_absent/if_present must be true when set",
+            ));
+        }
+        Some(C::IfVersion(v)) => Condition::IfVersion(v),
+    };
+    let command = Command::Set {
+        key: req.key,
+        value: req.value,
+        expiry,
+        condition,
+        return_old: false,
+    };
+    Ok((command, condition))
 }
 
 /// The FAILED_PRECONDITION status of a put whose condition did not hold.

@@ -342,7 +342,11 @@ fn query_of(uri: &Uri, known: &[&str]) -> Result<Query, ApiError> {
 
 /// Read a request body of at most `max` bytes; 413 above that, checked against
 /// `Content-Length` first so an oversized body is refused before it is read.
-async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    max: usize,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -366,6 +370,6 @@ async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes,
     })
 }
 
-fn to_i64(v: u64, name: &str) -> Result<i64, ApiError> {
+pub(super) fn to_i64(v: u64, name: &str) -> Result<i64, ApiError> {
     i64::try_from(v).map_err(|_| ApiError::bad_request(format!("{name} is out of range")))
 }

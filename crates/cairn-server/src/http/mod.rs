@@ -10,6 +10,7 @@ pub(crate) mod conn;
 mod kv;
 mod ops;
 mod params;
+mod txn;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -85,6 +86,7 @@ fn router(state: AppState) -> Router {
         )
         // An empty key: answered by the same handlers so it gets a clear 400.
         .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/txn", axum::routing::post(txn::txn))
         .route("/v1/cluster", get(ops::cluster))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
@@ -126,6 +128,13 @@ fn operation(method: &Method, path: &str) -> &'static str {
     }
     if *method != Method::GET && *method != Method::HEAD {
         return "unknown";
+    }
+    if path == "/v1/txn" {
+        return if *method == Method::POST {
+            "txn"
+        } else {
+            "unknown"
+        };
     }
     match path {
         "/v1/kv" => "list",

@@ -290,11 +290,59 @@ impl Node {
         };
         // 4. Resolve the other shards, then forget the record. Failures here leave the work
         // to whoever meets the locks, or to the primary's resolver.
-        self.finish_committed(id, primary, rest).await;
-        Attempt::Done(Ok(match reply {
+        let mut versions = self.finish_committed(id, primary, rest).await;
+        versions.insert(primary, version);
+        let reply = match reply {
+            // A batch answers one version: its primary's (each shard has its own).
             Reply::Batch { .. } => Reply::Batch { version },
-            reply => reply,
-        }))
+            reply => self.stamp_versions(cmd, reply, &versions),
+        };
+        Attempt::Done(Ok(reply))
+    }
+
+    /// The answer of a committed transaction with the versions its writes got (evaluated
+    /// before the shards' log indexes were known, it says 0): a written key's version is the
+    /// index of the entry that applied it on its shard (0 if that shard's resolution is
+    /// still to come).
+    fn stamp_versions(&self, cmd: &Command, reply: Reply, versions: &HashMap<u32, u64>) -> Reply {
+        let version_of = |key: &Bytes| {
+            versions
+                .get(&self.shards.shard_of_key(key))
+                .copied()
+                .unwrap_or(0)
+        };
+        match (cmd, reply) {
+            (
+                Command::Set { key, .. },
+                Reply::Set(crate::reply::SetOutcome {
+                    version: Some(_),
+                    old,
+                }),
+            ) => Reply::Set(crate::reply::SetOutcome {
+                version: Some(version_of(key)),
+                old,
+            }),
+            // Only a key this transaction wrote reads as version 0 inside it.
+            (Command::Get { key }, Reply::Entry(Some(mut entry))) if entry.version == 0 => {
+                entry.version = version_of(key);
+                Reply::Entry(Some(entry))
+            }
+            (
+                Command::Exec {
+                    then, otherwise, ..
+                },
+                Reply::Exec { succeeded, replies },
+            ) => {
+                let branch = if succeeded { then } else { otherwise };
+                let replies = branch
+                    .iter()
+                    .zip(replies)
+                    .map(|(cmd, reply)| reply.map(|r| self.stamp_versions(cmd, r, versions)))
+                    .collect();
+                Reply::Exec { succeeded, replies }
+            }
+            (_, reply) => reply,
+        }
     }
 
     /// How a failure before the commit point ends an attempt: nothing of it happened.
@@ -344,10 +392,18 @@ impl Node {
     }
 
     /// Resolves a committed transaction's other shards and then forgets its record.
-    async fn finish_committed(&self, id: TxnId, primary: u32, rest: Vec<(u32, Vec<WriteOp>)>) {
+    /// Returns the version each shard gave the writes it resolved.
+    async fn finish_committed(
+        &self,
+        id: TxnId,
+        primary: u32,
+        rest: Vec<(u32, Vec<WriteOp>)>,
+    ) -> HashMap<u32, u64> {
+        let mut versions = HashMap::new();
         if rest.is_empty() {
-            return;
+            return versions;
         }
+        let shards: Vec<u32> = rest.iter().map(|(shard, _)| *shard).collect();
         let resolves = rest.into_iter().map(|(shard, writes)| {
             self.txn_step(TxnOp {
                 shard,
@@ -358,9 +414,14 @@ impl Node {
             })
         });
         let resolved = join_all(resolves).await;
+        for (shard, answer) in shards.into_iter().zip(&resolved) {
+            if let Ok(Reply::Batch { version }) = answer {
+                versions.insert(shard, *version);
+            }
+        }
         if let Some(Err(e)) = resolved.iter().find(|r| r.is_err()) {
             tracing::debug!(txn = %format!("{id:032x}"), error = %e, "resolution left to the resolver");
-            return;
+            return versions;
         }
         let forget = TxnOp {
             shard: primary,
@@ -370,6 +431,7 @@ impl Node {
         if let Err(e) = self.txn_step(forget).await {
             tracing::debug!(txn = %format!("{id:032x}"), error = %e, "forgetting left to the resolver");
         }
+        versions
     }
 
     /// Asks the primary for a transaction's fate.

@@ -419,3 +419,149 @@ async fn scan_pages_of_large_values_are_cut_to_the_byte_budget() {
     assert_eq!(page.entries[0].value, big);
     assert_eq!(page.resume_after, None);
 }
+
+/// `n` keys, each in a different quarter of the slot space, so each lives on a different
+/// shard of a 4-shard node.
+fn keys_on_different_shards(prefix: &str, n: usize) -> Vec<Bytes> {
+    let mut out: Vec<Bytes> = Vec::new();
+    let mut quarters = std::collections::HashSet::new();
+    for i in 0.. {
+        let key = format!("{prefix}-{i}");
+        if quarters.insert(cairn_server::slot::key_slot(key.as_bytes()) / 4096) {
+            out.push(Bytes::from(key));
+            if out.len() == n {
+                return out;
+            }
+        }
+    }
+    unreachable!()
+}
+
+fn txn_get(key: &Bytes) -> cairn_client::proto::TxnOp {
+    use cairn_client::proto::{GetRequest, TxnOp, txn_op::Op};
+    TxnOp {
+        op: Some(Op::Get(GetRequest {
+            key: key.clone(),
+            consistency: 0,
+        })),
+    }
+}
+
+fn txn_put(key: &Bytes, value: String) -> cairn_client::proto::TxnOp {
+    use cairn_client::proto::{PutRequest, TxnOp, txn_op::Op};
+    TxnOp {
+        op: Some(Op::Put(PutRequest {
+            key: key.clone(),
+            value: Bytes::from(value),
+            expiry: None,
+            condition: None,
+        })),
+    }
+}
+
+/// (value as a number, version) of every get of a transaction's answer.
+fn balances(r: &cairn_client::proto::TxnResponse) -> Vec<(i64, u64)> {
+    use cairn_client::proto::txn_op_result::Result as R;
+    r.responses
+        .iter()
+        .map(|op| match &op.result {
+            Some(R::Get(g)) => {
+                let e = g.entry.as_ref().expect("every account exists");
+                (
+                    std::str::from_utf8(&e.value).unwrap().parse().unwrap(),
+                    e.version,
+                )
+            }
+            other => panic!("not a get: {other:?}"),
+        })
+        .collect()
+}
+
+/// A bank: transfers between accounts on different shards, each a read and then a
+/// transaction that commits only if neither account changed since (version compares), while
+/// readers read every account in one transaction: every reader, and the end, sees the same
+/// total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_transfers_across_shards_keep_the_total() {
+    use cairn_client::proto::{Compare, CompareResult, TxnRequest, compare::Target};
+    let node = Node::start();
+    let c = client(&node);
+    let accounts = keys_on_different_shards("acct", 4);
+    for a in &accounts {
+        c.put(a.clone(), "100").await.unwrap();
+    }
+    let read_all = TxnRequest {
+        compare: vec![],
+        success: accounts.iter().map(txn_get).collect(),
+        failure: vec![],
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..3usize {
+        let (c, accounts) = (client(&node), accounts.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut done, mut conflicts) = (0, 0);
+            for i in 0..30usize {
+                let (from, to) = (&accounts[(w + i) % 4], &accounts[(w + i + 1 + w) % 4]);
+                if from == to {
+                    continue;
+                }
+                loop {
+                    let read = TxnRequest {
+                        compare: vec![],
+                        success: vec![txn_get(from), txn_get(to)],
+                        failure: vec![],
+                    };
+                    let b = balances(&c.txn(read).await.unwrap());
+                    let version = |key: &Bytes, v: u64| Compare {
+                        key: key.clone(),
+                        result: CompareResult::Equal as i32,
+                        target: Some(Target::Version(v)),
+                    };
+                    let amount = 1 + (i as i64 % 7);
+                    let transfer = TxnRequest {
+                        compare: vec![version(from, b[0].1), version(to, b[1].1)],
+                        success: vec![
+                            txn_put(from, (b[0].0 - amount).to_string()),
+                            txn_put(to, (b[1].0 + amount).to_string()),
+                        ],
+                        failure: vec![],
+                    };
+                    if c.txn(transfer).await.unwrap().succeeded {
+                        done += 1;
+                        break;
+                    }
+                    conflicts += 1;
+                }
+            }
+            (done, conflicts)
+        }));
+    }
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let (c, read_all, stop) = (client(&node), read_all.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let all = balances(&c.txn(read_all.clone()).await.unwrap());
+                let total: i64 = all.iter().map(|(b, _)| b).sum();
+                assert_eq!(total, 400, "a reader saw a partial transfer: {all:?}");
+                reads += 1;
+            }
+            reads
+        }));
+    }
+    let mut transfers = 0;
+    for w in workers {
+        let (done, _conflicts) = w.await.unwrap();
+        transfers += done;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        assert!(r.await.unwrap() > 0);
+    }
+    assert!(transfers >= 60, "only {transfers} transfers");
+    let end = balances(&c.txn(read_all).await.unwrap());
+    assert_eq!(end.iter().map(|(b, _)| b).sum::<i64>(), 400, "{end:?}");
+    assert!(end.iter().any(|(b, _)| *b != 100), "money moved: {end:?}");
+}

@@ -634,3 +634,82 @@ fn connections_above_the_cap_get_a_json_503() {
     }
     assert_eq!(status, 200);
 }
+
+#[test]
+fn transactions_compare_then_run_one_branch_across_shards() {
+    let node = Node::start();
+    let txn = |body: serde_json::Value| {
+        request(
+            node.http_addr,
+            "POST",
+            "/v1/txn",
+            body.to_string().as_bytes(),
+        )
+    };
+    // "foo" and "bar" live on different shards: a cross-shard transaction.
+    let r = txn(serde_json::json!({
+        "compare": [{"key": "foo", "exists": false}],
+        "success": [
+            {"put": {"key": "foo", "value": "1"}},
+            {"put": {"key": "bar", "value": "2", "ttl_ms": 100000}},
+            {"get": {"key": "foo"}}
+        ],
+        "failure": [{"get": {"key": "foo"}}]
+    }));
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let j = r.json();
+    assert_eq!(j["succeeded"], true);
+    assert_eq!(j["responses"][0]["put"]["written"], true);
+    assert_eq!(j["responses"][2]["get"]["found"], true);
+    assert_eq!(
+        j["responses"][2]["get"]["value"], "1",
+        "a get sees the put before it"
+    );
+    let version = j["responses"][2]["get"]["version"].as_u64().unwrap();
+    // The same compare fails now: the failure branch runs, and reads.
+    let j = txn(serde_json::json!({
+        "compare": [{"key": "foo", "exists": false}],
+        "success": [{"delete": {"key": "foo"}}],
+        "failure": [{"get": {"key": "bar"}}, {"delete": {"key": "nope"}}]
+    }))
+    .json();
+    assert_eq!(j["succeeded"], false);
+    assert_eq!(j["responses"][0]["get"]["value"], "2");
+    assert!(j["responses"][0]["get"]["expires_at_ms"].as_u64().is_some());
+    assert_eq!(j["responses"][1]["delete"]["deleted"], false);
+    // Version and value compares; base64 keys and values.
+    let j = txn(serde_json::json!({
+        "encoding": "base64",
+        "compare": [
+            {"key": "Zm9v", "version": version},
+            {"key": "YmFy", "value": "Mg==", "result": "equal"},
+            {"key": "Zm9v", "version": version + 1, "result": "less"}
+        ],
+        "success": [{"put": {"key": "AP8=", "value": "//8="}}, {"delete": {"key": "Zm9v"}}]
+    }))
+    .json();
+    assert_eq!(j["succeeded"], true, "{j}");
+    assert_eq!(get(&node, "/v1/kv/%00%FF").body, vec![0xff, 0xff]);
+    assert_eq!(get(&node, "/v1/kv/foo").status, 404);
+    // Bad input: clear 400s, nothing written.
+    for bad in [
+        serde_json::json!({"compare": [{"key": "a", "version": 1, "exists": true}]}),
+        serde_json::json!({"compare": [{"key": "a", "exists": true, "result": "greater"}]}),
+        serde_json::json!({"success": [{"put": {"key": "a"}}]}),
+        serde_json::json!({"success": [{"frob": {"key": "a"}}]}),
+        serde_json::json!({"encoding": "base64", "success": [{"get": {"key": "!!"}}]}),
+        serde_json::json!({"success": [{"put": {"key": "a", "value": "v", "ttl_ms": 0}}]}),
+    ] {
+        let r = txn(bad.clone());
+        assert_eq!(
+            r.status,
+            400,
+            "{bad}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.code(), "invalid_argument");
+    }
+    let r = request(node.http_addr, "POST", "/v1/txn", b"{not json");
+    assert_eq!(r.status, 400);
+    assert_eq!(get(&node, "/v1/kv/a").status, 404);
+}
