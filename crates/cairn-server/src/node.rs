@@ -138,6 +138,16 @@ pub struct Node {
     stopping: AtomicBool,
     /// The low half of this node's next transaction id (see [`crate::txn::TxnId`]).
     txn_counter: std::sync::atomic::AtomicU64,
+    /// Tests only: the next multi-shard read pauses before reading its second shard's part
+    /// (it notifies the first, then waits for the second), so that a test can commit a
+    /// transaction between the parts of one pass.
+    #[cfg(test)]
+    pub(crate) read_pause: parking_lot::Mutex<
+        Option<(
+            std::sync::Arc<tokio::sync::Notify>,
+            std::sync::Arc<tokio::sync::Notify>,
+        )>,
+    >,
     cursors: ScanCursors,
     started: Instant,
 }
@@ -182,6 +192,19 @@ impl Node {
     /// The node's write-ahead log (every group's log).
     pub fn wal(&self) -> &Wal {
         &self.wal
+    }
+
+    /// Tests only: see [`Node::read_pause`].
+    #[cfg(test)]
+    pub(crate) async fn test_pause_before_part(&self, part: usize) {
+        if part != 1 {
+            return;
+        }
+        let pause = self.read_pause.lock().take();
+        if let Some((paused, resume)) = pause {
+            paused.notify_one();
+            resume.notified().await;
+        }
     }
 
     /// Execute any command: writes on their shard's leader, reads linearizably (on the

@@ -181,6 +181,5 @@ pub enum Reply {
     /// Internal: `Command::ShardRead`'s answer.
     Guarded {
         entries: Vec<Option<Entry>>,
-        system_version: u64,
     },
 }

@@ -94,6 +94,27 @@ pub(crate) struct SystemPin {
     pub len: u32,
 }
 
+/// What a reader that takes no lock learns of the system table: whether it is empty, and a
+/// count of its changes. Every change stores `empty` and then bumps `epoch` (both SeqCst,
+/// under the state write lock). A reader that loads `epoch`, sees `empty`, reads a key, and
+/// loads `epoch` unchanged knows that no system record existed at the moment it saw
+/// `empty`, and that none was added before its read ended without `epoch` moving: its read
+/// may be placed at that moment ([`Engine::get_guarded`]).
+#[derive(Debug)]
+pub(crate) struct SystemWatch {
+    pub epoch: AtomicU64,
+    pub empty: std::sync::atomic::AtomicBool,
+}
+
+impl Default for SystemWatch {
+    fn default() -> Self {
+        SystemWatch {
+            epoch: AtomicU64::new(0),
+            empty: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+}
+
 /// What readers share: guarded by `Inner::state`.
 #[derive(Debug)]
 pub(crate) struct State {
@@ -107,6 +128,8 @@ pub(crate) struct State {
     /// Set when the newest system record carrying `system_version` is a tombstone (see
     /// [`SystemPin`]); `None` when a live system put carries it, or nothing does.
     pub system_pin: Option<SystemPin>,
+    /// Published after every change of `system`, for readers that take no lock.
+    pub system_watch: Arc<SystemWatch>,
     /// Id of the active segment, changed together with `segments` at rotation so merge never
     /// mistakes a segment still being appended to for a sealed one.
     pub active: u32,
@@ -175,6 +198,15 @@ impl State {
         if let Some(old) = self.system.insert(Bytes::copy_from_slice(key), entry) {
             sub_live(&self.segments, old.file, old.record_len(key));
         }
+        self.publish_system();
+    }
+
+    /// Tells lock-free readers that the system table changed (see [`SystemWatch`]).
+    fn publish_system(&self) {
+        self.system_watch
+            .empty
+            .store(self.system.is_empty(), Ordering::SeqCst);
+        self.system_watch.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Applies a system delete whose record is `tombstone`; it becomes the pin.
@@ -184,6 +216,7 @@ impl State {
             sub_live(&self.segments, old.file, old.record_len(key));
         }
         self.set_system_pin(tombstone);
+        self.publish_system();
     }
 
     /// Pins a system tombstone (see [`SystemPin`]), counting its record as live bytes.
@@ -242,6 +275,8 @@ impl Background {
 /// Everything shared between the engine handle and its background thread.
 #[derive(Debug)]
 pub(crate) struct Inner {
+    /// The same as `State::system_watch`, reachable without the lock.
+    pub system_watch: Arc<SystemWatch>,
     pub dir: PathBuf,
     pub io: Arc<dyn Io>,
     pub options: Options,
@@ -322,6 +357,28 @@ impl Engine {
             version: c.version,
             expires_at_ms: (c.expires_at_ms != 0).then_some(c.expires_at_ms),
         }))
+    }
+
+    /// One key's entry and the system record at `guard_prefix ++ key`, as of one instant:
+    /// [`Engine::get_many_guarded`] for one key. While the system table is empty it takes the
+    /// path of [`Engine::get_entry`] (no state lock on a cache hit, no allocation beyond the
+    /// entry), checked by [`SystemWatch`]; otherwise, or when the table changed meanwhile, it
+    /// reads under the state lock.
+    pub fn get_guarded(
+        &self,
+        key: &[u8],
+        guard_prefix: &[u8],
+    ) -> Result<(Option<Entry>, Option<Bytes>)> {
+        let watch = &self.inner.system_watch;
+        let epoch = watch.epoch.load(Ordering::SeqCst);
+        if watch.empty.load(Ordering::SeqCst) {
+            let entry = self.get_entry(key)?;
+            if watch.epoch.load(Ordering::SeqCst) == epoch {
+                return Ok((entry, None));
+            }
+        }
+        let mut read = self.read_many(&[key], Some(guard_prefix))?;
+        Ok((read.entries.pop().flatten(), read.guards.pop().flatten()))
     }
 
     /// The entries of several keys as of one instant: a batch written with [`Engine::write`]

@@ -218,6 +218,7 @@ pub(crate) fn open(dir: &Path, options: Options, io: Arc<dyn Io>) -> Result<Inne
         system: BTreeMap::new(),
         system_version: 0,
         system_pin: None,
+        system_watch: Default::default(),
         active: writer.segment.id,
     };
     // Through the setters, so the marker's and the system records' bytes count as live.
@@ -225,7 +226,9 @@ pub(crate) fn open(dir: &Path, options: Options, io: Arc<dyn Io>) -> Result<Inne
         state.set_marker(m);
     }
     system.install(&mut state);
+    let system_watch = state.system_watch.clone();
     Ok(Inner {
+        system_watch,
         dir: dir.to_path_buf(),
         io,
         state: RwLock::new(state),

@@ -106,6 +106,8 @@ impl Node {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos() as u64),
             ),
+            #[cfg(test)]
+            read_pause: Default::default(),
             cursors: ScanCursors::default(),
             started: Instant::now(),
         });

@@ -16,6 +16,16 @@ use crate::reply::{Entry, KeyTtl, KeyType, Reply};
 use crate::shard::Shard;
 use crate::txn;
 
+/// A SCAN page for [`Node::settled`]: two passes over the same page name different cursors
+/// (each call issues one), so only the keys are compared.
+struct ScanPage(u64, Vec<Bytes>);
+
+impl PartialEq for ScanPage {
+    fn eq(&self, other: &Self) -> bool {
+        self.1 == other.1
+    }
+}
+
 /// How many times a read of whole shards runs again because transactions changed the shards
 /// meanwhile, before it answers `TRYAGAIN`.
 pub const READ_SETTLE_ATTEMPTS: usize = 16;
@@ -32,14 +42,14 @@ impl Node {
         known.unwrap_or_else(|| self.shards.for_key(key))
     }
 
-    /// Live entries of `keys`, all in `shard`, read at one instant with the shard's
-    /// system-table version; `Locked` when a transaction holds one of them (its outcome may
-    /// be decided already: the caller waits for it and reads again).
+    /// Live entries of `keys`, all in `shard`, read at one instant; `Locked` when a
+    /// transaction holds one of them (its outcome may be decided already: the caller waits
+    /// for it and reads again).
     pub(super) fn guarded_read(
         &self,
         shard: &Shard,
         keys: &[Bytes],
-    ) -> Result<(Vec<Option<Entry>>, u64), CommandError> {
+    ) -> Result<Vec<Option<Entry>>, CommandError> {
         let wanted: Vec<&[u8]> = keys
             .iter()
             .filter(|k| Self::readable(k))
@@ -68,13 +78,29 @@ impl Node {
                 })
             })
             .collect();
-        Ok((entries, read.system_version))
+        Ok(entries)
     }
 
+    /// One key's live entry; `Locked` when a transaction holds it. Without locks in the
+    /// shard, as cheap as a plain read (see `Engine::get_guarded`).
     fn get_entry(&self, known: Option<&Shard>, key: &Bytes) -> Result<Option<Entry>, CommandError> {
-        let (mut entries, _) =
-            self.guarded_read(self.holder(known, key), std::slice::from_ref(key))?;
-        Ok(entries.pop().flatten())
+        if !Self::readable(key) {
+            return Ok(None);
+        }
+        let shard = self.holder(known, key);
+        let (entry, guard) = shard.engine().get_guarded(key, txn::LOCK_PREFIX)?;
+        if let Some(guard) = guard {
+            return Err(CommandError::Locked(txn::LockHolder {
+                lock: txn::decode(&guard, "lock")?,
+                shard: shard.id,
+            }));
+        }
+        Ok(entry.map(|e| Entry {
+            key: e.key,
+            value: e.value,
+            version: e.version,
+            expires_at_ms: e.expires_at_ms,
+        }))
     }
 
     /// Entries of many keys, read shard by shard, each shard's keys at one instant (an
@@ -85,7 +111,7 @@ impl Node {
         keys: &[Bytes],
     ) -> Result<Vec<Option<Entry>>, CommandError> {
         if let Some(shard) = known {
-            return Ok(self.guarded_read(shard, keys)?.0);
+            return self.guarded_read(shard, keys);
         }
         let mut out = vec![None; keys.len()];
         let mut by_shard: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
@@ -98,21 +124,12 @@ impl Node {
         for (shard, positions) in by_shard {
             let shard = self.shards.get(shard).expect("shard_of_key names a shard");
             let part: Vec<Bytes> = positions.iter().map(|&i| keys[i].clone()).collect();
-            let (found, _) = self.guarded_read(shard, &part)?;
+            let found = self.guarded_read(shard, &part)?;
             for (i, entry) in positions.into_iter().zip(found) {
                 out[i] = entry;
             }
         }
         Ok(out)
-    }
-
-    /// Every shard's system-table version.
-    fn system_versions(&self) -> Vec<u64> {
-        self.shards
-            .list
-            .iter()
-            .map(|s| s.engine().system_version())
-            .collect()
     }
 
     /// `Locked` for the first lock on a key `relevant` to a read, in any shard.
@@ -139,21 +156,23 @@ impl Node {
         Ok(())
     }
 
-    /// A read of whole shards (KEYS, SCAN, DBSIZE, range scans) that sees every transaction
-    /// whole or not at all: it stands when no shard's system table changed while it ran and
-    /// no transaction held a lock on a key `relevant` to it; otherwise it runs again (a
-    /// held lock is `Locked`, which the caller waits for).
-    fn settled<T>(
+    /// A read of whole shards (KEYS, SCAN, range scans) that sees every transaction whole or
+    /// not at all: two passes, each a look for locks on keys `relevant` to it and then the
+    /// read; it stands when both passes found no lock and read the same (a double collect:
+    /// docs/design.md, "Reads"); otherwise it runs again (a held lock is `Locked`, which the
+    /// caller waits for). `read` must answer what changes when a transaction writes a key it
+    /// covers (the keys, with versions when it returns values).
+    fn settled<T: PartialEq>(
         &self,
         relevant: &dyn Fn(&[u8]) -> bool,
         read: impl Fn() -> Result<T, CommandError>,
     ) -> Result<T, CommandError> {
         for _ in 0..READ_SETTLE_ATTEMPTS {
-            let before = self.system_versions();
             self.check_locks(relevant)?;
-            let out = read()?;
-            if self.system_versions() == before {
-                return Ok(out);
+            let first = read()?;
+            self.check_locks(relevant)?;
+            if read()? == first {
+                return Ok(first);
             }
         }
         Err(CommandError::TryAgain(
@@ -217,10 +236,8 @@ impl Node {
                         .get(*shard)
                         .ok_or_else(|| CommandError::Invalid(format!("no shard {shard}")))?,
                 };
-                let (entries, system_version) = self.guarded_read(shard, keys)?;
                 Ok(Reply::Guarded {
-                    entries,
-                    system_version,
+                    entries: self.guarded_read(shard, keys)?,
                 })
             }
             Command::Keys { pattern } => {
@@ -244,14 +261,15 @@ impl Node {
                 let relevant = |key: &[u8]| glob.as_ref().is_none_or(|g| g.matches(key));
                 let engines: Vec<Arc<cairn_storage::Engine>> =
                     self.shards.list.iter().map(|s| s.engine()).collect();
-                let (cursor, keys) = self.settled(&relevant, || {
-                    Ok(self.cursors.scan(
+                let ScanPage(cursor, keys) = self.settled(&relevant, || {
+                    let (next, keys) = self.cursors.scan(
                         &engines,
                         *cursor,
                         pattern.as_deref(),
                         *count,
                         type_filter.as_deref(),
-                    ))
+                    );
+                    Ok(ScanPage(next, keys))
                 })?;
                 Ok(Reply::ScanPage { cursor, keys })
             }
@@ -263,10 +281,9 @@ impl Node {
                 self.scan_range(range, *limit, *keys_only)
             }),
             Command::RandomKey => Ok(Reply::Value(self.random_key())),
-            Command::DbSize => {
-                let size = self.settled(&|_: &[u8]| true, || Ok(self.dbsize()))?;
-                Ok(Reply::Int(size as i64))
-            }
+            // Each shard counted at its own instant: a transaction that deletes on one shard
+            // and creates on another may be counted half-way (cheap, as DBSIZE must be).
+            Command::DbSize => Ok(Reply::Int(self.dbsize() as i64)),
             Command::ClusterStatus => Ok(Reply::Cluster(self.cluster_status())),
             Command::ShardStats => Ok(Reply::Stats(self.shard_stats())),
             write => Err(CommandError::Invalid(format!(

@@ -213,12 +213,14 @@ impl Node {
         }
     }
 
-    /// Keys of several shards as of one instant (a transaction seen whole or not at all):
-    /// every shard's part is read with its system-table version, then every version again.
-    /// When none changed, no transaction committed or resolved anywhere in between, and
-    /// none held a lock on a key read, so the first reads all hold at the instant between
-    /// the two passes (a double collect). Otherwise the read runs again, up to
-    /// [`super::read::READ_SETTLE_ATTEMPTS`] times. A locked key is `Locked`.
+    /// Keys of several shards as of one instant (a transaction seen whole or not at all): a
+    /// double collect. Every shard's part is read (each part at one instant, refused with
+    /// `Locked` when a transaction holds a key of it), then every part again. When every key
+    /// has the same version (or is missing) both times, the first reads all held at the
+    /// instant between the two passes: a transaction that wrote one of these keys before the
+    /// first pass took its locks on the others before, so they would have been locked or
+    /// changed by the second. Otherwise the read runs again, up to
+    /// [`super::read::READ_SETTLE_ATTEMPTS`] times.
     async fn read_atomic(
         &self,
         keys: &[Bytes],
@@ -231,34 +233,36 @@ impl Node {
                 .read_on(shard, &Command::ShardRead { shard, keys }, hops, stale)
                 .await?
             {
-                Reply::Guarded {
-                    entries,
-                    system_version,
-                } => Ok((entries, system_version)),
+                Reply::Guarded { entries } => Ok(entries),
                 other => Err(unexpected(&other)),
             }
         };
-        for _ in 0..super::read::READ_SETTLE_ATTEMPTS {
-            let first = join_all(parts.iter().map(|(shard, positions)| {
-                read(*shard, positions.iter().map(|&i| keys[i].clone()).collect())
+        let pass = || async {
+            let answers = join_all(parts.iter().enumerate().map(|(n, (shard, positions))| {
+                let keys = positions.iter().map(|&i| keys[i].clone()).collect();
+                async move {
+                    #[cfg(test)]
+                    self.test_pause_before_part(n).await;
+                    #[cfg(not(test))]
+                    let _ = n;
+                    read(*shard, keys).await
+                }
             }))
             .await;
             let mut out = vec![None; keys.len()];
-            let mut versions = Vec::with_capacity(parts.len());
-            for ((_, positions), answer) in parts.iter().zip(first) {
-                let (entries, version) = answer?;
-                for (&i, entry) in positions.iter().zip(entries) {
+            for ((_, positions), answer) in parts.iter().zip(answers) {
+                for (&i, entry) in positions.iter().zip(answer?) {
                     out[i] = entry;
                 }
-                versions.push(version);
             }
-            let second = join_all(parts.iter().map(|(shard, _)| read(*shard, Vec::new()))).await;
-            let mut same = true;
-            for (answer, before) in second.into_iter().zip(&versions) {
-                same &= answer?.1 == *before;
-            }
-            if same {
-                return Ok(out);
+            Ok::<_, CommandError>(out)
+        };
+        let version = |e: &Option<Entry>| e.as_ref().map(|e| e.version);
+        for _ in 0..super::read::READ_SETTLE_ATTEMPTS {
+            let first = pass().await?;
+            let second = pass().await?;
+            if first.iter().map(version).eq(second.iter().map(version)) {
+                return Ok(first);
             }
         }
         Err(CommandError::TryAgain(

@@ -914,4 +914,47 @@ mod tests {
         }
         node.shutdown().await.unwrap();
     }
+
+    /// A multi-shard read whose first pass reads one shard before a transaction commits
+    /// and the other after it (the test pauses the read between its parts) must not answer
+    /// that pass: its second pass sees the change, and it reads again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_whose_parts_straddle_a_commit_reads_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(options(dir.path())).await.unwrap();
+        let mut keys = spread(&node, "dc", 2);
+        keys.sort_by_key(|k| node.shards.shard_of_key(k));
+        let pairs = |v: &str| keys.iter().map(|k| (k.clone(), b(v))).collect::<Vec<_>>();
+        node.execute(Command::MSet {
+            pairs: pairs("old"),
+            nx: false,
+        })
+        .await
+        .unwrap();
+        let (paused, resume) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        *node.read_pause.lock() = Some((paused.clone(), resume.clone()));
+        let reader = {
+            let (node, keys) = (node.clone(), keys.clone());
+            tokio::spawn(async move { values(&node, &keys).await })
+        };
+        // The reader has read the first shard's key (old) and waits before the second.
+        paused.notified().await;
+        node.execute(Command::MSet {
+            pairs: pairs("new"),
+            nx: false,
+        })
+        .await
+        .unwrap();
+        resume.notify_one();
+        let seen = reader.await.unwrap();
+        assert!(
+            seen.iter().all(|v| *v == seen[0]),
+            "a read straddling a commit answered half of it: {seen:?}"
+        );
+        assert_eq!(seen[0], Some(b("new")));
+        node.shutdown().await.unwrap();
+    }
 }

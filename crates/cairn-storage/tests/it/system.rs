@@ -215,6 +215,13 @@ fn get_many_guarded_reads_guards_at_prefix_plus_key() {
         ]
     );
     assert_eq!(read.system_version, 50);
+    // One key at a time: the same answers, on the locked path and, once the table is empty
+    // again, on the lock-free one.
+    for (i, key) in keys.iter().enumerate() {
+        let (entry, guard) = engine.get_guarded(key, b"lock/").unwrap();
+        assert_eq!(entry, read.entries[i], "{i}");
+        assert_eq!(guard, read.guards[i], "{i}");
+    }
     // An empty prefix guards with the key itself.
     let read = engine.get_many_guarded(&[b"b"], b"").unwrap();
     assert_eq!(read.guards[0].as_deref(), Some(&b"not-a-guard"[..]));
@@ -228,6 +235,27 @@ fn get_many_guarded_reads_guards_at_prefix_plus_key() {
     assert_eq!(read.guards[0], None);
     assert_eq!(read.guards[1].as_deref(), Some(&b"txn-8"[..]));
     assert_eq!(read.system_version, 60);
+    let mut clear = WriteBatch::new();
+    for key in [&b"lock/c"[..], b"b", b"lock/"] {
+        clear.delete_system(key);
+    }
+    engine.write(clear).unwrap();
+    assert_eq!(engine.system_len(), 0);
+    assert_eq!(
+        engine.get_guarded(b"b", b"lock/").unwrap(),
+        (engine.get_entry(b"b").unwrap(), None)
+    );
+    let mut relock = WriteBatch::new();
+    relock.put_system(b"lock/a", b"txn-9");
+    engine.write(relock).unwrap();
+    assert_eq!(
+        engine.get_guarded(b"a", b"lock/").unwrap().1.as_deref(),
+        Some(&b"txn-9"[..]),
+        "a lock taken after the table was empty is seen"
+    );
+    let mut clear = WriteBatch::new();
+    clear.delete_system(b"lock/a");
+    engine.write(clear).unwrap();
 }
 
 /// Writes system records across many small segments: puts, overwrites and deletes, with user

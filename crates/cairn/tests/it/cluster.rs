@@ -1674,3 +1674,304 @@ fn leaders_hand_over_to_joining_nodes_under_writes_without_failing_one() {
     let keys: Vec<String> = written.iter().flat_map(|w| w.acked.clone()).collect();
     assert_readable(&cluster, 2, &keys);
 }
+
+/// What the transaction clients of one run saw.
+#[derive(Debug, Default)]
+struct TxnTally {
+    transfers: usize,
+    aborted: usize,
+    failed: usize,
+    /// Reads that checked an invariant, and those that found it broken (with the reply).
+    checks: usize,
+    violations: Vec<String>,
+}
+
+/// `n` keys starting with `prefix`, spread so that they fall on at least two shards (a
+/// four-shard cluster: slots in different quarters).
+fn spread_keys(conn: &mut Conn, prefix: &str, n: usize) -> Vec<String> {
+    let mut quarters = BTreeMap::<i64, usize>::new();
+    let mut out = Vec::new();
+    for k in 0.. {
+        let key = format!("{prefix}{k}");
+        let quarter = conn.slot(&key) / 4096;
+        let taken = quarters.entry(quarter).or_default();
+        if *taken * 4 < n {
+            *taken += 1;
+            out.push(key);
+            if out.len() == n {
+                return out;
+            }
+        }
+    }
+    unreachable!()
+}
+
+/// One transaction client: transfers between random accounts (WATCH, MGET, MULTI, two SETs,
+/// EXEC), or writes one unique id to every read-atomicity key (MSET), or reads all accounts
+/// and all read-atomicity keys (MGET each) and checks that the total is unchanged and the ids
+/// agree. Connects to `addrs[home]`, and to the next node when its node is gone.
+fn txn_client(
+    addrs: Vec<SocketAddr>,
+    home: usize,
+    role: usize,
+    accounts: Vec<String>,
+    atomic: Vec<String>,
+    total: i64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> TxnTally {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(home as u64 * 31 + role as u64);
+    let mut tally = TxnTally::default();
+    let mut at = home;
+    let mut conn: Option<Conn> = None;
+    let mut seq = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => {
+                conn = Conn::connect(addrs[at]);
+                if conn.is_none() {
+                    at = (at + 1) % addrs.len();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                continue;
+            }
+        };
+        let lost = |answer: &Answer| matches!(answer, Answer::Lost);
+        // Writers pause between transactions: readers of every key wait for the locks on
+        // any of them, and with writers back to back they would rarely find none.
+        if role < 2 {
+            std::thread::sleep(Duration::from_millis(rng.random_range(5..40)));
+        }
+        match role {
+            0 => {
+                let a = rng.random_range(0..accounts.len());
+                let b = (a + 1 + rng.random_range(0..accounts.len() - 1)) % accounts.len();
+                let (ka, kb) = (accounts[a].as_str(), accounts[b].as_str());
+                let watch = c.cmd(&["WATCH", ka, kb]);
+                let read = c.cmd(&["MGET", ka, kb]);
+                let balances: Option<Vec<i64>> = match &read {
+                    Answer::Array(items) => items
+                        .iter()
+                        .map(|i| match i {
+                            Answer::Bulk(Some(v)) => v.parse().ok(),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => None,
+                };
+                let Some(balances) = balances.filter(|_| watch == Answer::Ok) else {
+                    tally.failed += 1;
+                    if lost(&read) || lost(&watch) {
+                        conn = None;
+                    } else {
+                        c.cmd(&["UNWATCH"]);
+                    }
+                    continue;
+                };
+                let amount = rng.random_range(1..10i64);
+                let (na, nb) = (
+                    (balances[0] - amount).to_string(),
+                    (balances[1] + amount).to_string(),
+                );
+                let answers = [
+                    c.cmd(&["MULTI"]),
+                    c.cmd(&["SET", ka, &na]),
+                    c.cmd(&["SET", kb, &nb]),
+                    c.cmd(&["EXEC"]),
+                ];
+                match &answers[3] {
+                    Answer::Array(items) if items.len() == 2 => tally.transfers += 1,
+                    // The null array: a watched account changed.
+                    Answer::Array(_) => tally.aborted += 1,
+                    other => {
+                        tally.failed += 1;
+                        if answers.iter().any(lost) || lost(other) {
+                            conn = None;
+                        }
+                    }
+                }
+            }
+            1 => {
+                seq += 1;
+                let id = format!("h{home}-{seq}");
+                let mut args = vec!["MSET"];
+                for key in &atomic {
+                    args.push(key);
+                    args.push(&id);
+                }
+                match c.cmd(&args) {
+                    Answer::Ok => {}
+                    Answer::Lost => {
+                        tally.failed += 1;
+                        conn = None;
+                    }
+                    _ => tally.failed += 1,
+                }
+            }
+            _ => {
+                let mut args = vec!["MGET"];
+                args.extend(accounts.iter().map(String::as_str));
+                let sum = match c.cmd(&args) {
+                    Answer::Array(items) => items
+                        .iter()
+                        .map(|i| match i {
+                            Answer::Bulk(Some(v)) => v.parse::<i64>().ok(),
+                            _ => None,
+                        })
+                        .sum::<Option<i64>>(),
+                    Answer::Lost => {
+                        conn = None;
+                        None
+                    }
+                    _ => None,
+                };
+                if let Some(sum) = sum {
+                    tally.checks += 1;
+                    if sum != total {
+                        tally
+                            .violations
+                            .push(format!("accounts sum to {sum}, not {total}"));
+                    }
+                }
+                let Some(c) = conn.as_mut() else { continue };
+                let mut args = vec!["MGET"];
+                args.extend(atomic.iter().map(String::as_str));
+                match c.cmd(&args) {
+                    Answer::Array(items) => {
+                        tally.checks += 1;
+                        if items.iter().any(|i| *i != items[0]) {
+                            tally.violations.push(format!("ids differ: {items:?}"));
+                        }
+                    }
+                    Answer::Lost => conn = None,
+                    _ => {}
+                }
+            }
+        }
+    }
+    tally
+}
+
+/// Bank transfers (WATCH/MULTI/EXEC) and multi-key writes across shards, with readers on
+/// every node checking that the accounts' total never changes and that every write is seen
+/// whole, while the busiest leader is killed (its clients' transactions die with it, at
+/// whatever step they were) and restarted, and then, where links can be cut, the first node is
+/// partitioned from the others. Afterwards every node reads the same whole state, and the
+/// transactions the dead coordinators left are resolved.
+#[test]
+fn transactions_stay_atomic_while_coordinators_and_leaders_die_or_are_cut_off() {
+    let cut = can_cut_links();
+    let user = cut.then(|| UnixUser::create("txn"));
+    let mut firewall = cut.then(Firewall::new);
+    let mut cluster = Cluster::start_first_as(3, user.as_ref());
+    for i in 0..3 {
+        cluster.wait_leading(i);
+    }
+    let addrs: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.resp_addr).collect();
+    let mut conn = Conn::connect(addrs[1]).unwrap();
+    let accounts = spread_keys(&mut conn, "acct:", 8);
+    let atomic = spread_keys(&mut conn, "ra:", 4);
+    let total = 100 * accounts.len() as i64;
+    let mut init = vec!["MSET"];
+    for a in &accounts {
+        init.extend([a.as_str(), "100"]);
+    }
+    for k in &atomic {
+        init.extend([k.as_str(), "init"]);
+    }
+    assert_eq!(conn.cmd(&init), Answer::Ok);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..3)
+        .flat_map(|home| (0..3).map(move |role| (home, role)))
+        .map(|(home, role)| {
+            let (addrs, accounts, atomic, stop) = (
+                addrs.clone(),
+                accounts.clone(),
+                atomic.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || txn_client(addrs, home, role, accounts, atomic, total, stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    // Kill the busiest leader: the transactions its clients were coordinating die with it.
+    let victim = cluster.busiest_leader(1);
+    let survivor = if victim == 1 { 2 } else { 1 };
+    let victim_name = cluster.name(victim);
+    let slots: Vec<i64> = (0..4).map(|q| q * 4096).collect();
+    cluster.nodes[victim].kill();
+    let failover = cluster.wait_failover(survivor, &slots, &victim_name);
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.nodes[victim].spawn();
+    cluster.wait_converged(&[0, 1, 2]);
+    eprintln!("killed node {victim}; new leaders after {failover:?}");
+    if let (Some(firewall), Some(user)) = (firewall.as_mut(), user.as_ref()) {
+        cluster.wait_leading(0);
+        firewall.drop_to_port(cluster.nodes[0].grpc_addr.port(), None);
+        for peer in &cluster.nodes[1..] {
+            firewall.drop_to_port(peer.grpc_addr.port(), Some(user.uid));
+        }
+        std::thread::sleep(Duration::from_secs(4));
+        firewall.heal();
+        cluster.wait_converged(&[0, 1, 2]);
+        eprintln!("partitioned node 0 for 4 s");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut all = TxnTally::default();
+    for client in clients {
+        let t = client.join().expect("client");
+        all.transfers += t.transfers;
+        all.aborted += t.aborted;
+        all.failed += t.failed;
+        all.checks += t.checks;
+        all.violations.extend(t.violations);
+    }
+    eprintln!(
+        "{} transfers, {} aborted by WATCH, {} failed or unknown, {} checks",
+        all.transfers, all.aborted, all.failed, all.checks
+    );
+    assert!(
+        all.violations.is_empty(),
+        "{} reads saw part of a transaction, e.g. {:?}\n{}",
+        all.violations.len(),
+        &all.violations[..all.violations.len().min(5)],
+        cluster.logs()
+    );
+    assert!(all.transfers >= 20, "only {} transfers", all.transfers);
+    assert!(all.checks >= 20, "only {} checks", all.checks);
+
+    // Every node reads the whole state: locks the dead coordinators left are resolved.
+    for (i, addr) in addrs.iter().enumerate() {
+        let mut c = Conn::connect(*addr).unwrap();
+        poll_until(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || format!("node {i} never read a whole state\n{}", cluster.logs()),
+            || {
+                let mut args = vec!["MGET"];
+                args.extend(accounts.iter().map(String::as_str));
+                let sum: Option<i64> = match c.cmd(&args) {
+                    Answer::Array(items) => items
+                        .iter()
+                        .map(|i| match i {
+                            Answer::Bulk(Some(v)) => v.parse::<i64>().ok(),
+                            _ => None,
+                        })
+                        .sum(),
+                    other => return Err(format!("{other:?}")),
+                };
+                if sum != Some(total) {
+                    return Err(format!("sum {sum:?}"));
+                }
+                let mut args = vec!["MGET"];
+                args.extend(atomic.iter().map(String::as_str));
+                match c.cmd(&args) {
+                    Answer::Array(items) if items.iter().all(|x| *x == items[0]) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        );
+    }
+}
