@@ -48,6 +48,21 @@ fn write_bytes(cmd: &Command) -> usize {
     }
 }
 
+/// A crash for tests at a step of a coordinator: with `CAIRN_TXN_FAILPOINT` set to the step's
+/// name the process aborts there, as a power cut or SIGKILL would stop it (steps:
+/// `locked-primary`, `locked`, `committed`, `resolved`). Read once; unset in production.
+fn failpoint(step: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT
+        .get_or_init(|| std::env::var("CAIRN_TXN_FAILPOINT").ok())
+        .as_deref()
+        == Some(step)
+    {
+        eprintln!("CAIRN_TXN_FAILPOINT={step}: aborting the process");
+        std::process::abort();
+    }
+}
+
 /// What one attempt at a transaction came to.
 enum Attempt {
     /// The answer (success, or a failure retrying cannot mend).
@@ -200,6 +215,7 @@ impl Node {
             self.abort_txn(id, primary, &[], !e.is_refusal()).await;
             return Self::before_commit(e);
         }
+        failpoint("locked-primary");
         let answers = join_all(others.iter().map(|&s| self.txn_step(lock(s)))).await;
         let mut failed = None;
         let mut unsure = false;
@@ -216,6 +232,7 @@ impl Node {
             self.abort_txn(id, primary, &others, unsure).await;
             return Self::before_commit(e);
         }
+        failpoint("locked");
         // 2. Evaluate against what the locks read.
         let overlay = Overlay::default();
         let mut eval =
@@ -288,6 +305,7 @@ impl Node {
                 }
             },
         };
+        failpoint("committed");
         // 4. Resolve the other shards, then forget the record. Failures here leave the work
         // to whoever meets the locks, or to the primary's resolver.
         let mut versions = self.finish_committed(id, primary, rest).await;
@@ -423,6 +441,7 @@ impl Node {
             tracing::debug!(txn = %format!("{id:032x}"), error = %e, "resolution left to the resolver");
             return versions;
         }
+        failpoint("resolved");
         let forget = TxnOp {
             shard: primary,
             txn: id,

@@ -220,3 +220,66 @@ fn the_shard_count_is_fixed_when_the_data_directory_is_created() {
     );
     assert_eq!(c.cmd_str("GET k"), "$1\r\nv\r\n");
 }
+
+/// A coordinator that crashes (the process aborts, as a power cut or SIGKILL would stop it) at
+/// each step of a cross-shard MSET: after the primary's lock, after every lock, after the
+/// commit, after the resolutions. Restarted on the same data directory, the node answers the
+/// keys all old (before the commit) or all new (after it), never a mix, and resolves what
+/// the dead coordinator left: a later transaction on the same keys goes through.
+#[test]
+fn a_coordinator_killed_at_any_step_leaves_nothing_partial() {
+    use std::io::{Read, Write};
+    // "foo" (slot 12182) and "bar" (slot 5061) live on different shards.
+    for (step, committed) in [
+        ("locked-primary", false),
+        ("locked", false),
+        ("committed", true),
+        ("resolved", true),
+    ] {
+        let mut node = Node::start();
+        node.env = vec![("CAIRN_TXN_FAILPOINT".into(), step.into())];
+        node.restart();
+        let mut conn = node.resp();
+        assert_eq!(conn.cmd_str("SET foo old"), "+OK\r\n");
+        assert_eq!(conn.cmd_str("SET bar old"), "+OK\r\n");
+        // The MSET's coordinator dies at `step`: no answer, the connection closes.
+        let mut raw = std::net::TcpStream::connect(node.resp_addr).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        raw.write_all(b"*5\r\n$4\r\nMSET\r\n$3\r\nfoo\r\n$3\r\nnew\r\n$3\r\nbar\r\n$3\r\nnew\r\n")
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = raw.read_to_end(&mut answer);
+        assert!(answer.is_empty(), "{step}: answered {answer:?}");
+        let status = node.child.as_mut().unwrap().wait().unwrap();
+        assert!(
+            !status.success(),
+            "{step}: the failpoint did not stop the process"
+        );
+        node.child = None;
+        node.env.clear();
+        node.spawn();
+        let want = if committed { "new" } else { "old" };
+        let mut conn = node.resp();
+        assert_eq!(
+            conn.cmd_str("MGET foo bar"),
+            format!("*2\r\n$3\r\n{want}\r\n$3\r\n{want}\r\n"),
+            "{step}\n{}",
+            node.log()
+        );
+        assert_eq!(
+            conn.cmd_str("GET bar"),
+            format!("$3\r\n{want}\r\n"),
+            "{step}"
+        );
+        assert_eq!(
+            conn.cmd_str("MSET foo after bar after"),
+            "+OK\r\n",
+            "{step}"
+        );
+        assert_eq!(
+            conn.cmd_str("MGET foo bar"),
+            "*2\r\n$5\r\nafter\r\n$5\r\nafter\r\n",
+            "{step}"
+        );
+    }
+}

@@ -59,6 +59,8 @@ pub struct Node {
     pub log_path: PathBuf,
     /// Run the process as this Unix user (uid, gid) instead of the test's own.
     pub run_as: Option<(u32, u32)>,
+    /// Environment variables set for the process on every start.
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -88,6 +90,7 @@ impl Node {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             log_path,
             run_as: user.map(|u| (u.uid, u.gid)),
+            env: Vec::new(),
         };
         if let Some(user) = user {
             std::fs::create_dir_all(&node.data_dir).expect("data dir");
@@ -140,6 +143,7 @@ impl Node {
             .arg("--grpc-addr")
             .arg(self.grpc_addr.to_string())
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
