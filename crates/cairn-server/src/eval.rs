@@ -766,12 +766,21 @@ impl<'a> Eval<'a> {
         }
     }
 
-    fn system_put(&mut self, key: Bytes, value: Bytes) {
+    /// A system put; refused (before it can reach the log) when its key is longer than the
+    /// engine takes, since an entry that fails to apply stops the group on every replica.
+    fn system_put(&mut self, key: Bytes, value: Bytes) -> Result<(), CommandError> {
+        if key.len() > cairn_storage::KEY_BYTES_MAX {
+            return Err(CommandError::KeyTooLarge {
+                len: key.len() - txn::LOCK_PREFIX.len(),
+                max: txn::TXN_KEY_BYTES_MAX,
+            });
+        }
         self.ops.push(WriteOp::SystemPut {
             key: key.clone(),
             value: value.clone(),
         });
         self.staged_system.insert(key, Some(value));
+        Ok(())
     }
 
     fn system_delete(&mut self, key: Bytes) {
@@ -868,8 +877,8 @@ impl<'a> Eval<'a> {
         }
     }
 
-    fn set_record(&mut self, txn: TxnId, record: &Record) {
-        self.system_put(txn::record_key(txn), txn::encode(record));
+    fn set_record(&mut self, txn: TxnId, record: &Record) -> Result<(), CommandError> {
+        self.system_put(txn::record_key(txn), txn::encode(record))
     }
 
     /// Releases `txn`'s locks on this shard, applying `writes` (when it committed) to the
@@ -920,7 +929,7 @@ impl<'a> Eval<'a> {
                 }
                 if primary == here {
                     match self.record(id)? {
-                        None => self.set_record(id, &Record::Pending { deadline_ms }),
+                        None => self.set_record(id, &Record::Pending { deadline_ms })?,
                         Some(Record::Pending { .. }) => {}
                         Some(_) => return Err(CommandError::TxnAborted),
                     }
@@ -939,7 +948,7 @@ impl<'a> Eval<'a> {
                                 shard: here,
                             }));
                         }
-                        None => self.system_put(txn::lock_key(key), txn::encode(&lock)),
+                        None => self.system_put(txn::lock_key(key), txn::encode(&lock))?,
                     }
                 }
                 let mut read = Vec::with_capacity(reads.len());
@@ -961,7 +970,7 @@ impl<'a> Eval<'a> {
                         at_ms: self.now_ms,
                         rest,
                     };
-                    self.set_record(id, &record);
+                    self.set_record(id, &record)?;
                 }
                 Ok(Reply::Batch {
                     version: self.version,
@@ -989,7 +998,7 @@ impl<'a> Eval<'a> {
                         };
                         if abort {
                             let until_ms = deadline_ms.saturating_add(txn::ABORTED_RETAIN_MS);
-                            self.set_record(id, &Record::Aborted { until_ms });
+                            self.set_record(id, &Record::Aborted { until_ms })?;
                             self.release(id, None)?;
                             Fate::Aborted
                         } else {
@@ -1003,9 +1012,9 @@ impl<'a> Eval<'a> {
                         let until_ms = self
                             .now_ms
                             .saturating_add(txn::TXN_LIFETIME_MS + txn::ABORTED_RETAIN_MS);
-                        self.set_record(id, &Record::Aborted { until_ms });
+                        self.set_record(id, &Record::Aborted { until_ms })?;
                         self.release(id, None)?;
-                        Fate::Aborted
+                        Fate::Forgotten
                     }
                 };
                 Ok(Reply::Txn(TxnReply::Fate(fate)))

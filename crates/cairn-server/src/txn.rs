@@ -43,6 +43,9 @@ use serde::{Deserialize, Serialize};
 /// How long a transaction may hold locks: past its deadline anyone may abort it. Covers the
 /// coordinator's two rounds through Raft with a leader change in between.
 pub const TXN_LIFETIME_MS: u64 = 2_000;
+/// Longest key a cross-shard transaction can lock: its lock record's key is the key with
+/// [`LOCK_PREFIX`] before it, and must fit the engine's key limit.
+pub const TXN_KEY_BYTES_MAX: usize = cairn_storage::KEY_BYTES_MAX - LOCK_PREFIX.len();
 /// Most keys one transaction names.
 pub const TXN_KEYS_MAX: usize = 4096;
 /// Most bytes of keys and values one transaction writes.
@@ -130,6 +133,11 @@ pub enum Fate {
     /// Committed, with the writes still to be resolved on other shards.
     Committed(Vec<(u32, Vec<WriteOp>)>),
     Aborted,
+    /// No record: the transaction never opened one, or it finished and its record was
+    /// forgotten. An `Aborted` record is written in its place (a late lock meets it). A lock
+    /// of it is to be released (a committed transaction's record is forgotten only once none
+    /// is left); its coordinator, unsure whether its commit landed, cannot tell the two apart.
+    Forgotten,
 }
 
 /// When [`TxnOpKind::Decide`] turns a `Pending` transaction `Aborted`.
@@ -178,7 +186,8 @@ pub enum TxnOpKind {
     /// writes it applied (0 when it applied none).
     Resolve { writes: Option<Vec<WriteOp>> },
     /// On the primary: the transaction's fate → `Reply::Txn(TxnReply::Fate)`, aborting it as
-    /// `abort` says (releasing its locks here). A missing record is written `Aborted`.
+    /// `abort` says (releasing its locks here). A missing record is written `Aborted` and
+    /// answered `Fate::Forgotten`.
     Decide { abort: AbortWhen },
     /// On the primary: forget a `Committed` record (every other shard is resolved) or an
     /// `Aborted` one whose retention has passed → `Reply::Ok`.

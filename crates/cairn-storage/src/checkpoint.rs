@@ -147,7 +147,12 @@ impl SegmentCheck {
         while self.carry.len() - pos >= RECORD_HEADER_BYTES {
             let offset = self.at + pos as u64;
             let h = Header::decode(&self.carry[pos..]).map_err(|r| corrupt(offset, r))?;
-            if h.value_len as usize > limits.value_bytes_max.max(crate::KEY_BYTES_MAX) {
+            let limit = match h.kind {
+                // As `Engine::write`: system values have only the format's limit.
+                crate::format::Kind::SystemPut => crate::format::RECORD_VALUE_BYTES_LIMIT,
+                _ => limits.value_bytes_max.max(crate::KEY_BYTES_MAX),
+            };
+            if h.value_len as usize > limit {
                 return Err(corrupt(offset, "value longer than this engine accepts"));
             }
             if h.version > limits.last_sequence {

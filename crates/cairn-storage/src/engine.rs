@@ -600,7 +600,12 @@ impl Engine {
                 offset: u64::from(off),
                 reason: r.into(),
             })?;
-            self.inner.check_value(h.value_len as usize)?;
+            // A system value is the engine's user's own record (a transaction's, holding
+            // the writes of other shards): only the format's limit applies to it, so that a
+            // replicated entry never fails to apply for being larger than a user's value.
+            if h.kind != Kind::SystemPut {
+                self.inner.check_value(h.value_len as usize)?;
+            }
         }
         let ops = offsets.len() as u64;
         if let Some(m) = marker {

@@ -15,30 +15,36 @@ use crate::eval::InternalOp;
 use crate::proposer::ProposalOp;
 
 impl Node {
-    /// Background work until `shutdown` resolves: active expiry, log sync (`everysec`) and
-    /// periodic checkpoints (snapshots, then log purge).
+    /// Background work until `shutdown` resolves: active expiry, log sync (`everysec`),
+    /// periodic checkpoints (snapshots, then log purge), placement, and the transaction
+    /// resolver (a task of its own).
     pub async fn run_background(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         let mut expire = tokio::time::interval(EXPIRE_TICK);
         let mut checkpoint = tokio::time::interval(CHECKPOINT_INTERVAL);
         let mut sync = tokio::time::interval(EVERYSEC_INTERVAL);
         let mut place = tokio::time::interval(crate::placement::RECONCILE_INTERVAL);
-        let mut resolve = tokio::time::interval(crate::txn::RESOLVE_TICK);
-        for timer in [
-            &mut expire,
-            &mut checkpoint,
-            &mut sync,
-            &mut place,
-            &mut resolve,
-        ] {
+        for timer in [&mut expire, &mut checkpoint, &mut sync, &mut place] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
+        // The transaction resolver waits on other shards' leaders, for seconds when one is
+        // unreachable: it runs on its own, not between the timers of this loop.
+        let resolver = {
+            let node = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(crate::txn::RESOLVE_TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    node.resolve_cycle().await;
+                }
+            })
+        };
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = expire.tick() => self.expire_cycle().await,
                 _ = place.tick() => crate::placement::reconcile(&self).await,
-                _ = resolve.tick() => self.resolve_cycle().await,
                 _ = checkpoint.tick() => {
                     if let Err(e) = self.snapshot_all(false).await {
                         tracing::warn!(error = %e, "periodic checkpoint failed");
@@ -59,6 +65,7 @@ impl Node {
                 }
             }
         }
+        resolver.abort();
     }
 
     /// Snapshots every shard this node holds (an engine checkpoint: durable up to the applied

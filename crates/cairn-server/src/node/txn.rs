@@ -163,6 +163,12 @@ impl Node {
                 txn::TXN_BYTES_MAX
             )));
         }
+        if let Some(key) = keys.iter().find(|k| k.len() > txn::TXN_KEY_BYTES_MAX) {
+            return Err(CommandError::KeyTooLarge {
+                len: key.len(),
+                max: txn::TXN_KEY_BYTES_MAX,
+            });
+        }
         let mut plan: BTreeMap<u32, ShardPart> = BTreeMap::new();
         let mut seen = HashSet::new();
         for key in keys {
@@ -247,6 +253,22 @@ impl Node {
             ))),
             result => result,
         };
+        let written: usize = ops
+            .iter()
+            .map(|op| match op {
+                WriteOp::Put { key, value, .. } => key.len() + value.len(),
+                WriteOp::Delete { key } => key.len(),
+                _ => 0,
+            })
+            .sum();
+        let reply = match reply {
+            // Values read (RENAME's) count too: checked before anything is written.
+            Ok(_) if written > txn::TXN_BYTES_MAX => Err(CommandError::Invalid(format!(
+                "a transaction writes {written} bytes; the limit is {}",
+                txn::TXN_BYTES_MAX
+            ))),
+            reply => reply,
+        };
         let reply = match reply {
             Ok(reply) if !ops.is_empty() => reply,
             // Nothing to write (MSETNX over an existing key) or an error: the answer holds
@@ -297,7 +319,9 @@ impl Node {
                     self.abort_txn(id, primary, &others, true).await;
                     return Self::before_commit(e);
                 }
-                Ok(Fate::Pending) | Err(_) => {
+                // Committed and forgotten already (by the primary's resolver, while the answer
+                // was lost), or never: no way to tell.
+                Ok(Fate::Pending | Fate::Forgotten) | Err(_) => {
                     return Attempt::Done(Err(CommandError::OutcomeUnknown(format!(
                         "the transaction's commit at shard {primary} got no answer ({e}); \
                          whichever way it went, it is all or nothing"
@@ -521,7 +545,7 @@ impl Node {
         };
         let writes = match self.decide(primary, id, abort).await? {
             Fate::Pending => return Ok(false),
-            Fate::Aborted => None,
+            Fate::Aborted | Fate::Forgotten => None,
             Fate::Committed(rest) => Some(
                 rest.into_iter()
                     .find(|(shard, _)| *shard == holder.shard)
@@ -776,8 +800,12 @@ mod tests {
         );
         let old = vec![Some(b("old")); 2];
         let new = vec![Some(b("new")); 2];
-        // Steps 1..=5: lock primary, lock secondary, commit, resolve secondary, forget.
-        for (round, stop_after) in (1..=5).enumerate() {
+        // Steps 1..=5: lock primary, lock secondary, commit, resolve secondary, forget; what
+        // is left is resolved by a reader, or (second time round) by the background resolver
+        // alone, before anything reads.
+        for (round, stop_after) in (1..=5).chain(101..=105).enumerate() {
+            let by_reader = stop_after < 100;
+            let stop_after = stop_after % 100;
             let pairs = keys.iter().map(|k| (k.clone(), b("old"))).collect();
             node.execute(Command::MSet { pairs, nx: false })
                 .await
@@ -821,9 +849,32 @@ mod tests {
                 node.execute(cmd).await.unwrap();
             }
             let committed = stop_after >= 3;
+            let want = if committed { &new } else { &old };
+            if !by_reader {
+                clock.advance(txn::TXN_LIFETIME_MS + txn::COMMITTED_HELP_AFTER_MS + 1);
+                node.resolve_cycle().await;
+                node.resolve_cycle().await;
+                for shard in &node.shards.list {
+                    let locks = shard.engine().system_range(
+                        std::ops::Bound::Included(txn::LOCK_PREFIX),
+                        std::ops::Bound::Excluded(txn::LOCK_PREFIX_END),
+                        10,
+                    );
+                    assert!(
+                        locks.is_empty(),
+                        "resolver, stopped after step {stop_after}: shard {} keeps {locks:?}",
+                        shard.id
+                    );
+                }
+                // Straight from the engines: no lock to wait for, no reader to resolve.
+                let raw: Vec<Option<Bytes>> = keys
+                    .iter()
+                    .map(|k| node.shards.for_key(k).engine().get(k).unwrap())
+                    .collect();
+                assert_eq!(&raw, want, "resolver, stopped after step {stop_after}");
+            }
             // Readers see all or nothing, at once when the commit landed (they ask the
             // primary after a short wait), and the old values before it.
-            let want = if committed { &new } else { &old };
             if committed {
                 assert_eq!(
                     &values(&node, &keys).await,
@@ -974,6 +1025,204 @@ mod tests {
             "a read straddling a commit answered half of it: {seen:?}"
         );
         assert_eq!(seen[0], Some(b("new")));
+        node.shutdown().await.unwrap();
+    }
+
+    /// Keys a lock record cannot hold, and a record larger than any user value, are refused
+    /// or taken before they reach the log: an entry that failed to apply would stop the shard
+    /// on every replica. The node goes on serving.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn oversized_keys_and_records_never_reach_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(options(dir.path())).await.unwrap();
+        let keys = spread(&node, "big", 2);
+        let long = Bytes::from(vec![b'k'; cairn_storage::KEY_BYTES_MAX]);
+        let pairs = vec![(long.clone(), b("v")), (keys[1].clone(), b("v"))];
+        let spans = node.shards.shard_of_key(&long) != node.shards.shard_of_key(&keys[1]);
+        let mset = node.execute(Command::MSet { pairs, nx: false }).await;
+        if spans {
+            assert!(
+                matches!(mset, Err(CommandError::KeyTooLarge { .. })),
+                "{mset:?}"
+            );
+        }
+        let exec = Command::Exec {
+            compares: vec![],
+            then: vec![
+                Command::Get { key: long.clone() },
+                Command::Get {
+                    key: keys[0].clone(),
+                },
+            ],
+            otherwise: vec![],
+        };
+        let _ = node.execute(exec).await;
+        // A value at the limit (1024 here) moved across shards: the commit's record holds it
+        // with its key and framing, more than a user value may be.
+        let mut by_shard = keys.clone();
+        by_shard.sort_by_key(|k| node.shards.shard_of_key(k));
+        let value = Bytes::from(vec![b'x'; 1024]);
+        node.execute(Command::Set {
+            key: by_shard[0].clone(),
+            value: value.clone(),
+            expiry: crate::command::Expiry::Never,
+            condition: crate::command::Condition::Always,
+            return_old: false,
+        })
+        .await
+        .unwrap();
+        node.execute(Command::Rename {
+            from: by_shard[0].clone(),
+            to: by_shard[1].clone(),
+            nx: false,
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            values(&node, &by_shard).await,
+            vec![None, Some(value)],
+            "the rename went through"
+        );
+        assert!(node.failure().is_none(), "{:?}", node.failure());
+        node.execute(set("after", "ok")).await.unwrap();
+        assert_eq!(get(&node, "after").await.unwrap().value, b("ok"));
+        node.shutdown().await.unwrap();
+    }
+
+    /// The primary decides in its log order, and a missing record is never reported as an
+    /// abort to a coordinator that may have committed: a lock after the deadline is refused,
+    /// a commit after an abort is refused and changes nothing, and a record the resolver
+    /// already forgot is `Forgotten`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_primary_decides_and_never_mistakes_a_forgotten_commit_for_an_abort() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = cairn_storage::ManualClock::at(1_700_000_000_000);
+        let node = Node::open(NodeOptions {
+            clock: clock.clone(),
+            ..options(dir.path())
+        })
+        .await
+        .unwrap();
+        let keys = spread(&node, "dec", 2);
+        let (p, s) = (
+            node.shards.shard_of_key(&keys[0]),
+            node.shards.shard_of_key(&keys[1]),
+        );
+        let lock = |primary, deadline_ms, key: &Bytes| TxnOpKind::Lock {
+            primary,
+            deadline_ms,
+            keys: vec![key.clone()],
+            reads: vec![],
+        };
+        let put = |k: &Bytes| WriteOp::Put {
+            key: k.clone(),
+            value: b("new"),
+            expires_at_ms: None,
+        };
+        let fate = |r: Result<Reply, CommandError>| match r {
+            Ok(Reply::Txn(TxnReply::Fate(f))) => f,
+            other => panic!("{other:?}"),
+        };
+        // Past its deadline, a lock is refused.
+        let past = node.now_ms() - 1;
+        assert_eq!(
+            node.execute(step(&node, p, 1, lock(p, past, &keys[0])))
+                .await,
+            Err(CommandError::TxnAborted)
+        );
+        // Never opened: Forgotten, and a late lock meets the abort written in its place.
+        assert_eq!(
+            fate(
+                node.execute(step(
+                    &node,
+                    p,
+                    2,
+                    TxnOpKind::Decide {
+                        abort: AbortWhen::Never
+                    }
+                ))
+                .await
+            ),
+            Fate::Forgotten
+        );
+        let deadline = node.now_ms() + txn::TXN_LIFETIME_MS;
+        assert_eq!(
+            node.execute(step(&node, p, 2, lock(p, deadline, &keys[0])))
+                .await,
+            Err(CommandError::TxnAborted)
+        );
+        // Aborted by its coordinator: its commit is refused and writes nothing.
+        node.execute(step(&node, p, 3, lock(p, deadline, &keys[0])))
+            .await
+            .unwrap();
+        assert_eq!(
+            fate(
+                node.execute(step(
+                    &node,
+                    p,
+                    3,
+                    TxnOpKind::Decide {
+                        abort: AbortWhen::Now
+                    }
+                ))
+                .await
+            ),
+            Fate::Aborted
+        );
+        let commit = |id| {
+            step(
+                &node,
+                p,
+                id,
+                TxnOpKind::Commit {
+                    writes: vec![put(&keys[0])],
+                    rest: vec![(s, vec![put(&keys[1])])],
+                },
+            )
+        };
+        assert_eq!(node.execute(commit(3)).await, Err(CommandError::TxnAborted));
+        assert_eq!(values(&node, &keys).await, vec![None, None]);
+        // A young transaction is not aborted by one who only asks.
+        node.execute(step(&node, p, 4, lock(p, deadline, &keys[0])))
+            .await
+            .unwrap();
+        assert_eq!(
+            fate(
+                node.execute(step(
+                    &node,
+                    p,
+                    4,
+                    TxnOpKind::Decide {
+                        abort: AbortWhen::Expired
+                    }
+                ))
+                .await
+            ),
+            Fate::Pending
+        );
+        node.execute(step(&node, s, 4, lock(p, deadline, &keys[1])))
+            .await
+            .unwrap();
+        node.execute(commit(4)).await.unwrap();
+        // Its coordinator lost the commit's answer; the resolver finished it meanwhile.
+        clock.advance(txn::COMMITTED_HELP_AFTER_MS + 1);
+        node.resolve_cycle().await;
+        assert_eq!(values(&node, &keys).await, vec![Some(b("new")); 2]);
+        assert_eq!(
+            fate(
+                node.execute(step(
+                    &node,
+                    p,
+                    4,
+                    TxnOpKind::Decide {
+                        abort: AbortWhen::Now
+                    }
+                ))
+                .await
+            ),
+            Fate::Forgotten,
+            "a forgotten commit is not an abort"
+        );
         node.shutdown().await.unwrap();
     }
 }

@@ -157,21 +157,29 @@ fn system_records_are_invisible_to_user_reads() {
 }
 
 #[test]
-fn system_values_obey_the_value_limit() {
+fn system_values_are_not_held_to_the_user_value_limit() {
+    // A replicated entry must apply on every replica: a system value (a transaction record
+    // holding other shards' writes) may be larger than any user value, and survives reopen.
     let dir = tempfile::tempdir().unwrap();
     let options = Options {
         value_bytes_max: 8,
         ..small_options()
     };
-    let engine = Engine::open(dir.path(), options).unwrap();
+    let engine = Engine::open(dir.path(), options.clone()).unwrap();
     let mut batch = WriteBatch::new();
-    batch.put(b"k", b"v").put_system(b"s", &[0u8; 9]);
+    batch.put(b"k", b"v").put_system(b"s", &[7u8; 100]);
+    engine.write(batch).unwrap();
+    let mut batch = WriteBatch::new();
+    batch.put(b"k", &[0u8; 9]).put_system(b"t", b"x");
     assert!(matches!(
         engine.write(batch),
         Err(cairn_storage::Error::ValueTooLarge { len: 9, max: 8 })
     ));
-    assert_eq!(engine.get(b"k").unwrap(), None, "the batch failed whole");
-    assert_eq!(engine.system_len(), 0);
+    assert_eq!(engine.system_get(b"t"), None, "the batch failed whole");
+    drop(engine);
+    let engine = Engine::open(dir.path(), options).unwrap();
+    assert_eq!(engine.system_get(b"s").as_deref(), Some(&[7u8; 100][..]));
+    assert_eq!(engine.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
 }
 
 #[test]
