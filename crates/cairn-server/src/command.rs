@@ -308,8 +308,8 @@ pub enum Command {
     // ---- internal: nodes send these to shards; no front end decodes into them ---------
     /// One step of a cross-shard transaction, for the leader of `op.shard` (a write).
     Txn(crate::txn::TxnOp),
-    /// The live state of `keys` (all in `shard`), read at one instant → `Reply::Guarded`;
-    /// `CommandError::Locked` when one is locked.
+    /// The live state of `keys` (all in `shard`) and the shard's count of deleted keys, read
+    /// at one instant → `Reply::Guarded`; `CommandError::Locked` when one is locked.
     ShardRead { shard: u32, keys: Vec<Bytes> },
 }
 

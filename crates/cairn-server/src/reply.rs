@@ -181,5 +181,7 @@ pub enum Reply {
     /// Internal: `Command::ShardRead`'s answer.
     Guarded {
         entries: Vec<Option<Entry>>,
+        /// The shard's count of deleted keys at that instant.
+        deletes: u64,
     },
 }

@@ -130,6 +130,9 @@ pub(crate) struct State {
     pub system_pin: Option<SystemPin>,
     /// Published after every change of `system`, for readers that take no lock.
     pub system_watch: Arc<SystemWatch>,
+    /// Live keys deleted by writes since the engine opened: a reader that saw a key missing
+    /// twice knows it was not created and deleted in between when this did not move.
+    pub deletes: u64,
     /// Id of the active segment, changed together with `segments` at rotation so merge never
     /// mistakes a segment still being appended to for a sealed one.
     pub active: u32,
@@ -312,6 +315,9 @@ pub struct GuardedRead {
     pub guards: Vec<Option<Bytes>>,
     /// [`Engine::system_version`] at that instant.
     pub system_version: u64,
+    /// How many live keys writes had deleted since the engine opened, at that instant (a
+    /// key read missing twice with this unchanged was missing throughout).
+    pub deletes: u64,
 }
 
 /// The engine. `Send + Sync`; share it through `Arc`.
@@ -409,7 +415,7 @@ impl Engine {
             At(Loc, Arc<Segment>),
         }
         let now = self.inner.now_ms();
-        let (found, guards, system_version) = {
+        let (found, guards, system_version, deletes) = {
             // Under the state lock no batch can be half applied, and every cached value is the
             // one the keydir points at (writes evict under the write lock, fills check under
             // the read lock).
@@ -447,7 +453,7 @@ impl Engine {
                         .collect()
                 }
             };
-            (found, guards, st.system_version)
+            (found, guards, st.system_version, st.deletes)
         };
         // Records are immutable and the segments are held open, so the values can be read
         // after the lock is released.
@@ -480,6 +486,7 @@ impl Engine {
             entries,
             guards,
             system_version,
+            deletes,
         })
     }
 
@@ -1121,6 +1128,7 @@ impl Inner {
                     self.cache.remove(key);
                     if let Some(old) = st.keydir.remove(key) {
                         st.release(old, key.len());
+                        st.deletes += 1;
                     }
                 }
                 Kind::Marker => {

@@ -219,6 +219,7 @@ pub(crate) fn open(dir: &Path, options: Options, io: Arc<dyn Io>) -> Result<Inne
         system_version: 0,
         system_pin: None,
         system_watch: Default::default(),
+        deletes: 0,
         active: writer.segment.id,
     };
     // Through the setters, so the marker's and the system records' bytes count as live.

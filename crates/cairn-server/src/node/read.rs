@@ -42,14 +42,14 @@ impl Node {
         known.unwrap_or_else(|| self.shards.for_key(key))
     }
 
-    /// Live entries of `keys`, all in `shard`, read at one instant; `Locked` when a
-    /// transaction holds one of them (its outcome may be decided already: the caller waits
-    /// for it and reads again).
+    /// Live entries of `keys`, all in `shard`, read at one instant, with the shard's count of
+    /// deleted keys at that instant; `Locked` when a transaction holds one of them (its
+    /// outcome may be decided already: the caller waits for it and reads again).
     pub(super) fn guarded_read(
         &self,
         shard: &Shard,
         keys: &[Bytes],
-    ) -> Result<Vec<Option<Entry>>, CommandError> {
+    ) -> Result<(Vec<Option<Entry>>, u64), CommandError> {
         let wanted: Vec<&[u8]> = keys
             .iter()
             .filter(|k| Self::readable(k))
@@ -78,7 +78,7 @@ impl Node {
                 })
             })
             .collect();
-        Ok(entries)
+        Ok((entries, read.deletes))
     }
 
     /// One key's live entry; `Locked` when a transaction holds it. Without locks in the
@@ -111,7 +111,7 @@ impl Node {
         keys: &[Bytes],
     ) -> Result<Vec<Option<Entry>>, CommandError> {
         if let Some(shard) = known {
-            return self.guarded_read(shard, keys);
+            return Ok(self.guarded_read(shard, keys)?.0);
         }
         let mut out = vec![None; keys.len()];
         let mut by_shard: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
@@ -124,7 +124,7 @@ impl Node {
         for (shard, positions) in by_shard {
             let shard = self.shards.get(shard).expect("shard_of_key names a shard");
             let part: Vec<Bytes> = positions.iter().map(|&i| keys[i].clone()).collect();
-            let found = self.guarded_read(shard, &part)?;
+            let (found, _) = self.guarded_read(shard, &part)?;
             for (i, entry) in positions.into_iter().zip(found) {
                 out[i] = entry;
             }
@@ -236,9 +236,8 @@ impl Node {
                         .get(*shard)
                         .ok_or_else(|| CommandError::Invalid(format!("no shard {shard}")))?,
                 };
-                Ok(Reply::Guarded {
-                    entries: self.guarded_read(shard, keys)?,
-                })
+                let (entries, deletes) = self.guarded_read(shard, keys)?;
+                Ok(Reply::Guarded { entries, deletes })
             }
             Command::Keys { pattern } => {
                 let glob = Pattern::new(pattern, false);

@@ -216,11 +216,11 @@ impl Node {
     /// Keys of several shards as of one instant (a transaction seen whole or not at all): a
     /// double collect. Every shard's part is read (each part at one instant, refused with
     /// `Locked` when a transaction holds a key of it), then every part again. When every key
-    /// has the same version (or is missing) both times, the first reads all held at the
-    /// instant between the two passes: a transaction that wrote one of these keys before the
-    /// first pass took its locks on the others before, so they would have been locked or
-    /// changed by the second. Otherwise the read runs again, up to
-    /// [`super::read::READ_SETTLE_ATTEMPTS`] times.
+    /// has the same version both times, or is missing both times with no key of its shard
+    /// deleted in between, the first reads all held at the instant between the two passes:
+    /// a transaction that wrote one of these keys before the first pass took its locks on
+    /// the others before, so they would have been locked or changed by the second.
+    /// Otherwise the read runs again, up to [`super::read::READ_SETTLE_ATTEMPTS`] times.
     async fn read_atomic(
         &self,
         keys: &[Bytes],
@@ -233,7 +233,7 @@ impl Node {
                 .read_on(shard, &Command::ShardRead { shard, keys }, hops, stale)
                 .await?
             {
-                Reply::Guarded { entries } => Ok(entries),
+                Reply::Guarded { entries, deletes } => Ok((entries, deletes)),
                 other => Err(unexpected(&other)),
             }
         };
@@ -250,18 +250,27 @@ impl Node {
             }))
             .await;
             let mut out = vec![None; keys.len()];
+            // Per part: the shard's delete count, when a key of the part was missing.
+            let mut deletes = Vec::with_capacity(parts.len());
             for ((_, positions), answer) in parts.iter().zip(answers) {
-                for (&i, entry) in positions.iter().zip(answer?) {
+                let (entries, deleted) = answer?;
+                deletes.push(entries.iter().any(Option::is_none).then_some(deleted));
+                for (&i, entry) in positions.iter().zip(entries) {
                     out[i] = entry;
                 }
             }
-            Ok::<_, CommandError>(out)
+            Ok::<_, CommandError>((out, deletes))
         };
         let version = |e: &Option<Entry>| e.as_ref().map(|e| e.version);
         for _ in 0..super::read::READ_SETTLE_ATTEMPTS {
-            let first = pass().await?;
-            let second = pass().await?;
-            if first.iter().map(version).eq(second.iter().map(version)) {
+            let (first, first_deletes) = pass().await?;
+            let (second, second_deletes) = pass().await?;
+            // A key missing in both passes may have been created and deleted in between:
+            // its shard's delete count tells (versions only ever grow, so a present key
+            // cannot come back to the same one).
+            if first.iter().map(version).eq(second.iter().map(version))
+                && first_deletes == second_deletes
+            {
                 return Ok(first);
             }
         }
