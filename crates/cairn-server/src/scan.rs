@@ -19,8 +19,9 @@ pub const SCAN_CURSORS_MAX: usize = 4096;
 /// Most keys examined by one SCAN call, whatever its COUNT.
 pub const SCAN_COUNT_MAX: usize = 100_000;
 
-#[derive(Debug, Clone)]
-struct Position {
+/// Where a SCAN iteration stands: a shard and the last key returned from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Position {
     shard: usize,
     after: Option<Bytes>,
 }
@@ -39,7 +40,8 @@ pub struct ScanCursors {
 
 impl ScanCursors {
     /// One SCAN step over the shards' engines (in shard order): returns the next cursor (0
-    /// when done) and the matching keys.
+    /// when done) and the matching keys. [`ScanCursors::position`], [`ScanCursors::page`] and
+    /// [`ScanCursors::advance`] in one.
     pub fn scan(
         &self,
         shards: &[std::sync::Arc<Engine>],
@@ -48,24 +50,35 @@ impl ScanCursors {
         count: usize,
         type_filter: Option<&[u8]>,
     ) -> (u64, Vec<Bytes>) {
-        let mut pos = if cursor == 0 {
-            Position {
-                shard: 0,
-                after: None,
-            }
-        } else {
-            // An unknown cursor (expired from the table, or made up) starts over: SCAN may
-            // return a key more than once, never miss one that exists throughout.
-            self.table
-                .lock()
-                .positions
-                .get(&cursor)
-                .cloned()
-                .unwrap_or(Position {
-                    shard: 0,
-                    after: None,
-                })
-        };
+        let from = self.position(cursor);
+        let (next, keys) = Self::page(shards, from, pattern, count, type_filter);
+        (self.advance(cursor, next), keys)
+    }
+
+    /// Where `cursor` resumes. An unknown cursor (expired from the table, or made up) starts
+    /// over: SCAN may return a key more than once, never miss one that exists throughout.
+    pub fn position(&self, cursor: u64) -> Position {
+        if cursor == 0 {
+            return Position::default();
+        }
+        self.table
+            .lock()
+            .positions
+            .get(&cursor)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The keys of one page from `from`, and where the next page starts (`None` when the
+    /// iteration is complete). Reads only: the same page can be read twice.
+    pub fn page(
+        shards: &[std::sync::Arc<Engine>],
+        from: Position,
+        pattern: Option<&[u8]>,
+        count: usize,
+        type_filter: Option<&[u8]>,
+    ) -> (Option<Position>, Vec<Bytes>) {
+        let mut pos = from;
         // MATCH `*` (exactly that one byte) skips matching, as Redis's scanGenericCommand does,
         // so it lists the empty key too.
         let glob = pattern
@@ -103,11 +116,16 @@ impl ScanCursors {
                 };
             }
         }
+        ((pos.shard < shards.len()).then_some(pos), keys)
+    }
+
+    /// Retires `cursor` and issues the cursor of `next` (0 when the iteration is complete).
+    pub fn advance(&self, cursor: u64, next: Option<Position>) -> u64 {
         let mut table = self.table.lock();
         table.positions.remove(&cursor);
-        if pos.shard >= shards.len() {
-            return (0, keys);
-        }
+        let Some(pos) = next else {
+            return 0;
+        };
         let mut id: u64 = rand::random::<u64>() >> 1;
         while id == 0 || table.positions.contains_key(&id) {
             id = rand::random::<u64>() >> 1;
@@ -121,7 +139,7 @@ impl ScanCursors {
         }
         table.positions.insert(id, pos);
         table.order.push_back(id);
-        (id, keys)
+        id
     }
 }
 

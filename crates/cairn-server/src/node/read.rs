@@ -16,16 +16,6 @@ use crate::reply::{Entry, KeyTtl, KeyType, Reply};
 use crate::shard::Shard;
 use crate::txn;
 
-/// A SCAN page for [`Node::settled`]: two passes over the same page name different cursors
-/// (each call issues one), so only the keys are compared.
-struct ScanPage(u64, Vec<Bytes>);
-
-impl PartialEq for ScanPage {
-    fn eq(&self, other: &Self) -> bool {
-        self.1 == other.1
-    }
-}
-
 /// How many times a read of whole shards runs again because transactions changed the shards
 /// meanwhile, before it answers `TRYAGAIN`.
 pub const READ_SETTLE_ATTEMPTS: usize = 16;
@@ -260,16 +250,19 @@ impl Node {
                 let relevant = |key: &[u8]| glob.as_ref().is_none_or(|g| g.matches(key));
                 let engines: Vec<Arc<cairn_storage::Engine>> =
                     self.shards.list.iter().map(|s| s.engine()).collect();
-                let ScanPage(cursor, keys) = self.settled(&relevant, || {
-                    let (next, keys) = self.cursors.scan(
+                // The page is read twice from one position; the cursor is retired and the
+                // next one issued once, after.
+                let from = self.cursors.position(*cursor);
+                let (next, keys) = self.settled(&relevant, || {
+                    Ok(crate::scan::ScanCursors::page(
                         &engines,
-                        *cursor,
+                        from.clone(),
                         pattern.as_deref(),
                         *count,
                         type_filter.as_deref(),
-                    );
-                    Ok(ScanPage(next, keys))
+                    ))
                 })?;
+                let cursor = self.cursors.advance(*cursor, next);
                 Ok(Reply::ScanPage { cursor, keys })
             }
             Command::ScanRange {
