@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# redis-tests.sh: Redis 7.0's own test suite (tests/unit/multi.tcl) against a one-node Cairn,
+# for the tests whose commands Cairn supports.
+#
+# The suite comes from Debian's source tarball of redis 7.0.15 (downloaded once into
+# target/redis-tests/, about 3 MB); it needs tclsh (Debian's `tcl`). Redis's runner talks
+# to an external server with `--host/--port --singledb`; its external mode begins every
+# block with `FUNCTION FLUSH`, which Cairn does not have, so that one line is taken out of the
+# runner's copy. The tests run are listed below by name: the others use lists, sets, DEBUG,
+# CONFIG, SWAPDB, scripting or replication, which Cairn does not offer.
+#
+#     scripts/redis-tests.sh [path/to/cairn]     (default: target/release/cairn, else debug)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${1:-}
+if [ -z "$BIN" ]; then
+  if [ -x target/release/cairn ]; then BIN=target/release/cairn; else BIN=target/debug/cairn; fi
+fi
+[ -x "$BIN" ] || { echo "no cairn binary at $BIN: cargo build -p cairn" >&2; exit 1; }
+command -v tclsh >/dev/null || { echo "needs tclsh (apt install tcl)" >&2; exit 1; }
+
+CACHE=target/redis-tests
+SRC=$CACHE/redis-7.0.15
+if [ ! -d "$SRC/tests" ]; then
+  mkdir -p "$CACHE"
+  curl -sSf -o "$CACHE/redis.tar.gz" \
+    http://deb.debian.org/debian/pool/main/r/redis/redis_7.0.15.orig.tar.gz
+  tar xzf "$CACHE/redis.tar.gz" -C "$CACHE"
+  sed -i '/^    r function flush$/d' "$SRC/tests/support/server.tcl"
+fi
+
+TMP=$(mktemp -d /tmp/redis-tests.XXXXXX)
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$BIN" server --data-dir "$TMP/data" --resp-addr "127.0.0.1:$PORT" \
+  --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 >"$TMP/cairn.log" 2>&1 &
+PID=$!
+trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$TMP"' EXIT INT TERM
+for _ in $(seq 100); do
+  redis-cli -p "$PORT" ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+TESTS=(
+  "Nested MULTI are not allowed"
+  "WATCH inside MULTI is not allowed"
+  "EXEC fails if there are errors while queueing commands #1"
+  "If EXEC aborts, the client MULTI state is cleared"
+  "EXEC works on WATCHed key not modified"
+  "EXEC fail on WATCHed key modified (1 key of 1 watched)"
+  "EXEC fail on WATCHed key modified (1 key of 5 watched)"
+  "After successful EXEC key is no longer watched"
+  "After failed EXEC key is no longer watched"
+  "It is possible to UNWATCH"
+  "UNWATCH when there is nothing watched works as expected"
+  "FLUSHALL is able to touch the watched keys"
+  "FLUSHALL does not touch non affected keys"
+  "FLUSHDB is able to touch the watched keys"
+  "FLUSHDB does not touch non affected keys"
+  "WATCH will consider touched keys target of EXPIRE"
+  "WATCH will consider touched expired keys"
+  "DISCARD should clear the WATCH dirty flag on the client"
+  "DISCARD should UNWATCH all the keys"
+)
+ONLY=()
+for t in "${TESTS[@]}"; do ONLY+=(--only "$t"); done
+cd "$SRC"
+./runtest --host 127.0.0.1 --port "$PORT" --singledb --single unit/multi "${ONLY[@]}" \
+  --tags -needs:debug --tags -needs:repl --tags -needs:config-maxmemory 2>&1 | tee "$TMP/out"
+# The runner's exit status is not reliable across versions: count the verdicts.
+plain=$(sed 's/\x1b\[[0-9;]*m//g' "$TMP/out")
+passed=$(grep -c '^\[ok\]' <<<"$plain" || true)
+failed=$(grep -cE '^\[(err|exception)\]' <<<"$plain" || true)
+echo "redis unit/multi: $passed passed, $failed failed, ${#TESTS[@]} selected"
+[ "$failed" = 0 ] && [ "$passed" = "${#TESTS[@]}" ]
