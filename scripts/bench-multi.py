@@ -6,7 +6,12 @@ in the way). Prints transactions per second (all processes together).
     scripts/bench-multi.py --ports 7379 [--tag '{t}'] [--transactions 5000] [--connections 50]
 
 With --tag the two keys share a hash tag (one slot, one shard); without, they are random keys
-spread over the shards (a cross-shard transaction on Cairn). Used by scripts/bench-txn.sh."""
+spread over the shards (a cross-shard transaction on Cairn). Used by scripts/bench-txn.sh.
+
+With --bank ACCOUNTS it runs the bank workload instead: each transfer is WATCH a b, MGET a b,
+MULTI, SET a, SET b, EXEC between two random accounts of ACCOUNTS (started at 100 each),
+retried while EXEC answers the null array; it prints committed transfers per second and the
+share of EXECs that a WATCH aborted, then checks that the accounts still hold the total."""
 import argparse
 import multiprocessing
 import random
@@ -71,6 +76,66 @@ def worker(args):
     return done
 
 
+def bank_worker(args):
+    port, accounts, count, seed = args
+    rng = random.Random(seed)
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    f = s.makefile("rb")
+    done = aborted = 0
+    while done < count:
+        a, b = rng.sample(range(accounts), 2)
+        ka, kb = f"acct:{a}", f"acct:{b}"
+        s.sendall(command("WATCH", ka, kb) + command("MGET", ka, kb))
+        read_reply(f)
+        f.readline()  # *2
+        balances = []
+        for _ in range(2):
+            n = int(f.readline()[1:])
+            balances.append(int(f.read(n + 2)[:n]))
+        amount = rng.randrange(1, 10)
+        s.sendall(
+            command("MULTI")
+            + command("SET", ka, str(balances[0] - amount))
+            + command("SET", kb, str(balances[1] + amount))
+            + command("EXEC")
+        )
+        for _ in range(3):
+            read_reply(f)
+        if read_reply(f):
+            done += 1
+        else:
+            aborted += 1
+    s.close()
+    return done, aborted
+
+
+def bank(a):
+    s = socket.create_connection(("127.0.0.1", a.ports[0]))
+    f = s.makefile("rb")
+    args = ["MSET"]
+    for i in range(a.bank):
+        args += [f"acct:{i}", "100"]
+    s.sendall(command(*args))
+    read_reply(f)
+    procs = a.connections
+    jobs = [(a.ports[i % len(a.ports)], a.bank, a.transactions // procs, i) for i in range(procs)]
+    start = time.monotonic()
+    with multiprocessing.Pool(procs) as pool:
+        results = pool.map(bank_worker, jobs)
+    elapsed = time.monotonic() - start
+    done = sum(r[0] for r in results)
+    aborted = sum(r[1] for r in results)
+    s.sendall(command("MGET", *[f"acct:{i}" for i in range(a.bank)]))
+    f.readline()
+    total = 0
+    for _ in range(a.bank):
+        n = int(f.readline()[1:])
+        total += int(f.read(n + 2)[:n])
+    assert total == 100 * a.bank, f"the accounts hold {total}, not {100 * a.bank}"
+    print(round(done / elapsed), round(aborted / max(1, done + aborted), 2))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--ports", type=int, nargs="+", required=True)
@@ -78,7 +143,10 @@ def main():
     p.add_argument("--transactions", type=int, default=5000)
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--bank", type=int, default=0)
     a = p.parse_args()
+    if a.bank:
+        return bank(a)
     procs = a.processes * len(a.ports)
     jobs = [
         (

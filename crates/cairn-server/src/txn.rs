@@ -46,6 +46,9 @@ pub const TXN_LIFETIME_MS: u64 = 2_000;
 /// Longest key a cross-shard transaction can lock: its lock record's key is the key with
 /// [`LOCK_PREFIX`] before it, and must fit the engine's key limit.
 pub const TXN_KEY_BYTES_MAX: usize = cairn_storage::KEY_BYTES_MAX - LOCK_PREFIX.len();
+/// Most compares, and most commands per branch, of one `Command::Exec` (RESP MULTI, gRPC and
+/// HTTP Txn).
+pub const EXEC_COMMANDS_MAX: usize = 4096;
 /// Most keys one transaction names.
 pub const TXN_KEYS_MAX: usize = 4096;
 /// Most bytes of keys and values one transaction writes.

@@ -254,14 +254,6 @@ impl pb::kv_server::Kv for KvService {
 
 impl KvService {
     async fn run_txn(&self, req: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
-        if req.compare.len() > BATCH_OPS_MAX
-            || req.success.len() > BATCH_OPS_MAX
-            || req.failure.len() > BATCH_OPS_MAX
-        {
-            return Err(Status::invalid_argument(format!(
-                "a transaction has at most {BATCH_OPS_MAX} compares and {BATCH_OPS_MAX} ops per branch"
-            )));
-        }
         let compares = req
             .compare
             .into_iter()

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use super::kv::read_body;
 use super::{ApiError, AppState, execute};
 use crate::command::{CmpOp, Command, Compare, Condition, Expiry};
-use crate::grpc::BATCH_OPS_MAX;
 use crate::reply::Reply;
 
 /// Largest request body: the node's value limit plus room for keys and the JSON around them.
@@ -166,14 +165,6 @@ pub(super) async fn txn(
             )));
         }
     };
-    if body.compare.len() > BATCH_OPS_MAX
-        || body.success.len() > BATCH_OPS_MAX
-        || body.failure.len() > BATCH_OPS_MAX
-    {
-        return Err(ApiError::bad_request(format!(
-            "a transaction has at most {BATCH_OPS_MAX} compares and {BATCH_OPS_MAX} ops per branch"
-        )));
-    }
     let compares = body
         .compare
         .into_iter()

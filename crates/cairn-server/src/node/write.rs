@@ -281,6 +281,12 @@ impl Node {
             otherwise,
         } = cmd
         {
+            let max = crate::txn::EXEC_COMMANDS_MAX;
+            if compares.len() > max || then.len() > max || otherwise.len() > max {
+                return Err(CommandError::Invalid(format!(
+                    "a transaction has at most {max} compares and {max} commands per branch"
+                )));
+            }
             let prepare = |cmds: Vec<Command>| -> Result<Vec<Command>, CommandError> {
                 cmds.into_iter()
                     .map(|c| match c {

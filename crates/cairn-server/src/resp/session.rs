@@ -35,7 +35,7 @@ pub struct Session {
 }
 
 /// Most commands one `MULTI` queues, and most keys one connection watches.
-pub const MULTI_COMMANDS_MAX: usize = 4096;
+pub const MULTI_COMMANDS_MAX: usize = crate::txn::EXEC_COMMANDS_MAX;
 /// Most keys one connection watches.
 pub const WATCHED_KEYS_MAX: usize = 4096;
 
