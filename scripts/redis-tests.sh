@@ -34,7 +34,8 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 "$BIN" server --data-dir "$TMP/data" --resp-addr "127.0.0.1:$PORT" \
   --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 >"$TMP/cairn.log" 2>&1 &
 PID=$!
-trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$TMP"' EXIT INT TERM
+# The exit status is the verdict's, not that of the server's exit (SIGTERM: 143).
+trap 'rc=$?; kill $PID 2>/dev/null; wait $PID 2>/dev/null || true; rm -rf "$TMP"; exit $rc' EXIT INT TERM
 for _ in $(seq 100); do
   redis-cli -p "$PORT" ping >/dev/null 2>&1 && break
   sleep 0.1
@@ -64,7 +65,8 @@ TESTS=(
 ONLY=()
 for t in "${TESTS[@]}"; do ONLY+=(--only "$t"); done
 cd "$SRC"
-./runtest --host 127.0.0.1 --port "$PORT" --singledb --single unit/multi "${ONLY[@]}" \
+# In a session of its own: the runner's cleanup signals its whole process group.
+setsid -w ./runtest --host 127.0.0.1 --port "$PORT" --singledb --single unit/multi "${ONLY[@]}" \
   --tags -needs:debug --tags -needs:repl --tags -needs:config-maxmemory 2>&1 | tee "$TMP/out"
 # The runner's exit status is not reliable across versions: count the verdicts.
 plain=$(sed 's/\x1b\[[0-9;]*m//g' "$TMP/out")

@@ -122,11 +122,13 @@ impl Node {
         let plan = self.txn_plan(&cmd)?;
         let mut backoff = Duration::from_millis(1);
         let mut last = CommandError::TryAgain("the transaction kept meeting locks".into());
+        // Kept across attempts: meeting the same transaction's lock for long enough asks its
+        // primary (and resolves it when its coordinator is gone), as a reader would.
+        let mut since = None;
         for _ in 0..txn::TXN_ATTEMPTS_MAX {
             match self.txn_attempt(&cmd, &plan).await {
                 Attempt::Done(result) => return result,
                 Attempt::Conflict(holder) => {
-                    let mut since = None;
                     self.wait_for_lock(holder, &mut since).await;
                     last = CommandError::Locked(holder);
                 }
@@ -1223,6 +1225,64 @@ mod tests {
             Fate::Forgotten,
             "a forgotten commit is not an abort"
         );
+        node.shutdown().await.unwrap();
+    }
+
+    /// A committed transaction whose coordinator died before resolving a shard, and which is
+    /// not past its deadline (the clock stands still here): a coordinator that meets its lock
+    /// asks the primary once it has waited, resolves it, and goes through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_coordinator_resolves_a_committed_lock_it_keeps_meeting() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = cairn_storage::ManualClock::at(1_700_000_000_000);
+        let node = Node::open(NodeOptions {
+            clock: clock.clone(),
+            ..options(dir.path())
+        })
+        .await
+        .unwrap();
+        let mut keys = spread(&node, "stale", 2);
+        keys.sort_by_key(|k| node.shards.shard_of_key(k));
+        let (p, s) = (
+            node.shards.shard_of_key(&keys[0]),
+            node.shards.shard_of_key(&keys[1]),
+        );
+        let deadline_ms = node.now_ms() + txn::TXN_LIFETIME_MS;
+        let lock = |key: &Bytes| TxnOpKind::Lock {
+            primary: p,
+            deadline_ms,
+            keys: vec![key.clone()],
+            reads: vec![],
+        };
+        let put = |k: &Bytes| WriteOp::Put {
+            key: k.clone(),
+            value: b("dead"),
+            expires_at_ms: None,
+        };
+        node.execute(step(&node, p, 7, lock(&keys[0])))
+            .await
+            .unwrap();
+        node.execute(step(&node, s, 7, lock(&keys[1])))
+            .await
+            .unwrap();
+        node.execute(step(
+            &node,
+            p,
+            7,
+            TxnOpKind::Commit {
+                writes: vec![put(&keys[0])],
+                rest: vec![(s, vec![put(&keys[1])])],
+            },
+        ))
+        .await
+        .unwrap();
+        // The secondary key is still locked by the committed transaction.
+        let pairs = keys.iter().map(|k| (k.clone(), b("next"))).collect();
+        assert_eq!(
+            node.execute(Command::MSet { pairs, nx: false }).await,
+            Ok(Reply::Bool(true))
+        );
+        assert_eq!(values(&node, &keys).await, vec![Some(b("next")); 2]);
         node.shutdown().await.unwrap();
     }
 }
