@@ -343,6 +343,20 @@ mod tests {
         }
     }
 
+    /// A node in `dir` on a clock the test moves itself.
+    pub(super) async fn on_manual_clock(
+        dir: &std::path::Path,
+    ) -> (Arc<Node>, Arc<cairn_storage::ManualClock>) {
+        let clock = cairn_storage::ManualClock::at(1_700_000_000_000);
+        let node = Node::open(NodeOptions {
+            clock: clock.clone(),
+            ..options(dir)
+        })
+        .await
+        .unwrap();
+        (node, clock)
+    }
+
     pub(super) fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
     }
@@ -561,13 +575,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn keys_expire_by_the_nodes_clock() {
         let dir = tempfile::tempdir().unwrap();
-        let clock = cairn_storage::ManualClock::at(1_700_000_000_000);
-        let node = Node::open(NodeOptions {
-            clock: clock.clone(),
-            ..options(dir.path())
-        })
-        .await
-        .unwrap();
+        let (node, clock) = on_manual_clock(dir.path()).await;
         for i in 0..10 {
             let cmd = Command::Set {
                 key: b(&format!("t{i}")),

@@ -648,8 +648,7 @@ mod tests {
 
     use super::*;
     use crate::command::{BatchOp, Expiry};
-    use crate::node::NodeOptions;
-    use crate::node::tests::{b, get, options, set};
+    use crate::node::tests::{b, get, on_manual_clock, options, set};
 
     /// `n` keys named `{prefix}-i`, each in a different shard.
     fn spread(node: &Node, prefix: &str, n: usize) -> Vec<Bytes> {
@@ -788,13 +787,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_coordinator_that_stops_after_any_step_leaves_nothing_partial() {
         let dir = tempfile::tempdir().unwrap();
-        let clock = cairn_storage::ManualClock::at(1_700_000_000_000);
-        let node = Node::open(NodeOptions {
-            clock: clock.clone(),
-            ..options(dir.path())
-        })
-        .await
-        .unwrap();
+        let (node, clock) = on_manual_clock(dir.path()).await;
         let keys = spread(&node, "acct", 2);
         let (p, s) = (
             node.shards.shard_of_key(&keys[0]),
@@ -1098,13 +1091,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_primary_decides_and_never_mistakes_a_forgotten_commit_for_an_abort() {
         let dir = tempfile::tempdir().unwrap();
-        let clock = cairn_storage::ManualClock::at(1_700_000_000_000);
-        let node = Node::open(NodeOptions {
-            clock: clock.clone(),
-            ..options(dir.path())
-        })
-        .await
-        .unwrap();
+        let (node, clock) = on_manual_clock(dir.path()).await;
         let keys = spread(&node, "dec", 2);
         let (p, s) = (
             node.shards.shard_of_key(&keys[0]),
@@ -1234,13 +1221,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_coordinator_resolves_a_committed_lock_it_keeps_meeting() {
         let dir = tempfile::tempdir().unwrap();
-        let clock = cairn_storage::ManualClock::at(1_700_000_000_000);
-        let node = Node::open(NodeOptions {
-            clock: clock.clone(),
-            ..options(dir.path())
-        })
-        .await
-        .unwrap();
+        let (node, _clock) = on_manual_clock(dir.path()).await;
         let mut keys = spread(&node, "stale", 2);
         keys.sort_by_key(|k| node.shards.shard_of_key(k));
         let (p, s) = (
