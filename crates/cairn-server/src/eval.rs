@@ -173,8 +173,24 @@ impl<'a> Eval<'a> {
         now_ms: u64,
         value_bytes_max: usize,
     ) -> Self {
+        Self::from_source(
+            Source::Shard(view),
+            overlay,
+            version,
+            now_ms,
+            value_bytes_max,
+        )
+    }
+
+    fn from_source(
+        source: Source<'a>,
+        overlay: &'a Overlay,
+        version: u64,
+        now_ms: u64,
+        value_bytes_max: usize,
+    ) -> Self {
         Eval {
-            source: Source::Shard(view),
+            source,
             overlay,
             staged: HashMap::new(),
             staged_clear: false,
@@ -196,18 +212,13 @@ impl<'a> Eval<'a> {
         now_ms: u64,
         value_bytes_max: usize,
     ) -> Self {
-        Eval {
-            source: Source::Prefetched(read),
+        Self::from_source(
+            Source::Prefetched(read),
             overlay,
-            staged: HashMap::new(),
-            staged_clear: false,
-            staged_system: HashMap::new(),
-            missed: Cell::new(false),
-            ops: Vec::new(),
-            version: 0,
+            0,
             now_ms,
             value_bytes_max,
-        }
+        )
     }
 
     /// The keys evaluating `cmd` reads (the others it only writes): what a transaction's

@@ -226,9 +226,7 @@ impl Node {
         let mut backoff = ROUTE_RETRY_FIRST;
         // A locked key: wait for its transaction (resolving it once it is past its
         // deadline) for as long as a transaction may live, and a failover more.
-        let lock_deadline = Instant::now()
-            + Duration::from_millis(crate::txn::TXN_LIFETIME_MS)
-            + ROUTE_RETRY_WINDOW;
+        let lock_deadline = deadline + Duration::from_millis(crate::txn::TXN_LIFETIME_MS);
         let mut lock_met = None;
         loop {
             let result = if cmd.is_write() {

@@ -666,6 +666,17 @@ mod tests {
         out
     }
 
+    /// Two keys on different shards, the lower-numbered shard's first, with their shards.
+    fn two_shards(node: &Node, prefix: &str) -> (Vec<Bytes>, u32, u32) {
+        let mut keys = spread(node, prefix, 2);
+        keys.sort_by_key(|k| node.shards.shard_of_key(k));
+        let (p, s) = (
+            node.shards.shard_of_key(&keys[0]),
+            node.shards.shard_of_key(&keys[1]),
+        );
+        (keys, p, s)
+    }
+
     async fn values(node: &Node, keys: &[Bytes]) -> Vec<Option<Bytes>> {
         match node
             .execute(Command::MGet {
@@ -788,11 +799,7 @@ mod tests {
     async fn a_coordinator_that_stops_after_any_step_leaves_nothing_partial() {
         let dir = tempfile::tempdir().unwrap();
         let (node, clock) = on_manual_clock(dir.path()).await;
-        let keys = spread(&node, "acct", 2);
-        let (p, s) = (
-            node.shards.shard_of_key(&keys[0]),
-            node.shards.shard_of_key(&keys[1]),
-        );
+        let (keys, p, s) = two_shards(&node, "acct");
         let old = vec![Some(b("old")); 2];
         let new = vec![Some(b("new")); 2];
         // Steps 1..=5: lock primary, lock secondary, commit, resolve secondary, forget; what
@@ -1092,11 +1099,7 @@ mod tests {
     async fn the_primary_decides_and_never_mistakes_a_forgotten_commit_for_an_abort() {
         let dir = tempfile::tempdir().unwrap();
         let (node, clock) = on_manual_clock(dir.path()).await;
-        let keys = spread(&node, "dec", 2);
-        let (p, s) = (
-            node.shards.shard_of_key(&keys[0]),
-            node.shards.shard_of_key(&keys[1]),
-        );
+        let (keys, p, s) = two_shards(&node, "dec");
         let lock = |primary, deadline_ms, key: &Bytes| TxnOpKind::Lock {
             primary,
             deadline_ms,
@@ -1222,12 +1225,7 @@ mod tests {
     async fn a_coordinator_resolves_a_committed_lock_it_keeps_meeting() {
         let dir = tempfile::tempdir().unwrap();
         let (node, _clock) = on_manual_clock(dir.path()).await;
-        let mut keys = spread(&node, "stale", 2);
-        keys.sort_by_key(|k| node.shards.shard_of_key(k));
-        let (p, s) = (
-            node.shards.shard_of_key(&keys[0]),
-            node.shards.shard_of_key(&keys[1]),
-        );
+        let (keys, p, s) = two_shards(&node, "stale");
         let deadline_ms = node.now_ms() + txn::TXN_LIFETIME_MS;
         let lock = |key: &Bytes| TxnOpKind::Lock {
             primary: p,
