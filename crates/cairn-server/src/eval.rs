@@ -938,13 +938,6 @@ impl<'a> Eval<'a> {
                 if self.now_ms > deadline_ms {
                     return Err(CommandError::TxnAborted);
                 }
-                if primary == here {
-                    match self.record(id)? {
-                        None => self.set_record(id, &Record::Pending { deadline_ms })?,
-                        Some(Record::Pending { .. }) => {}
-                        Some(_) => return Err(CommandError::TxnAborted),
-                    }
-                }
                 let lock = Lock {
                     txn: id,
                     primary,
@@ -968,12 +961,51 @@ impl<'a> Eval<'a> {
                 }
                 Ok(Reply::Txn(TxnReply::Read(read)))
             }
-            TxnOpKind::Commit { writes, rest } => {
+            TxnOpKind::Commit {
+                deadline_ms,
+                read,
+                writes,
+                rest,
+            } => {
                 match self.record(id)? {
+                    None if self.now_ms <= deadline_ms => {}
                     Some(Record::Pending { .. }) => {}
                     _ => return Err(CommandError::TxnAborted),
                 }
-                self.release(id, Some(writes))?;
+                let keys = read
+                    .iter()
+                    .map(|(key, _)| key)
+                    .chain(writes.iter().filter_map(txn::op_key));
+                for key in keys {
+                    match self.lock_of(key)? {
+                        Some(held) if held.txn != id => {
+                            return Err(CommandError::Locked(LockHolder {
+                                lock: held,
+                                shard: here,
+                            }));
+                        }
+                        _ => {}
+                    }
+                }
+                for (key, version) in &read {
+                    if self.read(key)?.map(|c| c.version) != *version {
+                        return Err(CommandError::TryAgain(
+                            "a key the transaction read changed before its commit".into(),
+                        ));
+                    }
+                }
+                for op in writes {
+                    match op {
+                        WriteOp::Put {
+                            key,
+                            value,
+                            expires_at_ms,
+                        } => self.put(&key, value, expires_at_ms),
+                        WriteOp::Delete { key } => self.delete(&key),
+                        _ => {}
+                    }
+                }
+                self.release(id, None)?;
                 if rest.is_empty() {
                     self.system_delete(txn::record_key(id));
                 } else {
@@ -997,47 +1029,44 @@ impl<'a> Eval<'a> {
                     version: if wrote { self.version } else { 0 },
                 })
             }
-            TxnOpKind::Decide { abort } => {
+            TxnOpKind::Decide { abort, deadline_ms } => {
+                let abort = match abort {
+                    AbortWhen::Never => false,
+                    AbortWhen::Expired => self.now_ms > deadline_ms,
+                    AbortWhen::Now => true,
+                };
+                let until_ms = deadline_ms.saturating_add(txn::ABORTED_RETAIN_MS);
                 let fate = match self.record(id)? {
                     Some(Record::Committed { rest, .. }) => Fate::Committed(rest),
                     Some(Record::Aborted { .. }) => Fate::Aborted,
-                    Some(Record::Pending { deadline_ms }) => {
-                        let abort = match abort {
-                            AbortWhen::Never => false,
-                            AbortWhen::Expired => self.now_ms > deadline_ms,
-                            AbortWhen::Now => true,
-                        };
-                        if abort {
-                            let until_ms = deadline_ms.saturating_add(txn::ABORTED_RETAIN_MS);
-                            self.set_record(id, &Record::Aborted { until_ms })?;
-                            self.release(id, None)?;
-                            Fate::Aborted
-                        } else {
-                            Fate::Pending
-                        }
-                    }
-                    // Never opened, or committed and forgotten once every shard was resolved
-                    // (then no lock of it is left to ask about). Written down, so that a lock
-                    // arriving late cannot open it.
-                    None => {
-                        let until_ms = self
-                            .now_ms
-                            .saturating_add(txn::TXN_LIFETIME_MS + txn::ABORTED_RETAIN_MS);
+                    // Opened by a build that locked the primary's keys.
+                    Some(Record::Pending { .. }) if abort => {
                         self.set_record(id, &Record::Aborted { until_ms })?;
                         self.release(id, None)?;
+                        Fate::Aborted
+                    }
+                    Some(Record::Pending { .. }) => Fate::Pending,
+                    // Not committed yet, or committed and forgotten once every shard was
+                    // resolved (then no lock of it is left to ask about). The abort is
+                    // written down, for the commit to meet.
+                    None if abort => {
+                        self.set_record(id, &Record::Aborted { until_ms })?;
                         Fate::Forgotten
                     }
+                    None => Fate::Pending,
                 };
                 Ok(Reply::Txn(TxnReply::Fate(fate)))
             }
-            TxnOpKind::Forget => {
-                let forget = match self.record(id)? {
-                    Some(Record::Committed { .. }) => true,
-                    Some(Record::Aborted { until_ms }) => self.now_ms > until_ms,
-                    Some(Record::Pending { .. }) | None => false,
-                };
-                if forget {
-                    self.system_delete(txn::record_key(id));
+            TxnOpKind::Forget { also } => {
+                for id in std::iter::once(id).chain(also) {
+                    let forget = match self.record(id)? {
+                        Some(Record::Committed { .. }) => true,
+                        Some(Record::Aborted { until_ms }) => self.now_ms > until_ms,
+                        Some(Record::Pending { .. }) | None => false,
+                    };
+                    if forget {
+                        self.system_delete(txn::record_key(id));
+                    }
                 }
                 Ok(Reply::Ok)
             }

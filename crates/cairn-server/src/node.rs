@@ -138,6 +138,9 @@ pub struct Node {
     stopping: AtomicBool,
     /// The low half of this node's next transaction id (see [`crate::txn::TxnId`]).
     txn_counter: std::sync::atomic::AtomicU64,
+    /// Committed transactions (primary shard, id) whose records the background forgetter
+    /// is to forget (bounded: [`crate::txn::FORGETS_QUEUED_MAX`]).
+    forgets: tokio::sync::mpsc::Sender<(u32, crate::txn::TxnId)>,
     /// Tests only: the next multi-shard read pauses before reading its second shard's part
     /// (it notifies the first, then waits for the second), so that a test can commit a
     /// transaction between the parts of one pass.

@@ -67,6 +67,12 @@ pub const RESOLVE_TICK: std::time::Duration = std::time::Duration::from_millis(5
 /// A committed record is driven to its end by the background resolver once it is this old
 /// (the coordinator normally resolves and forgets it within a Raft round).
 pub const COMMITTED_HELP_AFTER_MS: u64 = 1_000;
+/// Committed records a node's coordinators may leave to be forgotten in the background
+/// (after the client has its answer); past this, the resolver forgets them
+/// ([`COMMITTED_HELP_AFTER_MS`] later).
+pub const FORGETS_QUEUED_MAX: usize = 4096;
+/// Forgets the background forgetter sends at once.
+pub const FORGETS_PER_ROUND: usize = 256;
 
 /// System-table prefix of lock records: `l` + the user key.
 pub const LOCK_PREFIX: &[u8] = b"l";
@@ -115,18 +121,17 @@ pub struct LockHolder {
 /// A transaction record's state, on its primary shard.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Record {
-    Pending {
-        deadline_ms: u64,
-    },
+    /// Opened by the primary's lock, in the builds before the primary's keys were checked
+    /// at the commit instead of locked; still decided and resolved as then. Never written now:
+    /// a record is written first by the commit or by an abort.
+    Pending { deadline_ms: u64 },
     /// Committed; `rest` holds the writes of the shards not yet known to be resolved.
     Committed {
         at_ms: u64,
         rest: Vec<(u32, Vec<WriteOp>)>,
     },
     /// Aborted; kept until `until_ms` so that late locks meet it.
-    Aborted {
-        until_ms: u64,
-    },
+    Aborted { until_ms: u64 },
 }
 
 /// A transaction's fate as its primary answers it.
@@ -136,19 +141,20 @@ pub enum Fate {
     /// Committed, with the writes still to be resolved on other shards.
     Committed(Vec<(u32, Vec<WriteOp>)>),
     Aborted,
-    /// No record: the transaction never opened one, or it finished and its record was
-    /// forgotten. An `Aborted` record is written in its place (a late lock meets it). A lock
-    /// of it is to be released (a committed transaction's record is forgotten only once none
-    /// is left); its coordinator, unsure whether its commit landed, cannot tell the two apart.
+    /// No record when asked to abort: the transaction had not committed, or it committed
+    /// and its record was forgotten. An `Aborted` record is written in its place (a late
+    /// commit meets it). A lock of it is to be released (a committed transaction's record is
+    /// forgotten only once none is left); its coordinator, unsure whether its commit landed,
+    /// cannot tell the two apart.
     Forgotten,
 }
 
-/// When [`TxnOpKind::Decide`] turns a `Pending` transaction `Aborted`.
+/// When [`TxnOpKind::Decide`] aborts a transaction that is not decided.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AbortWhen {
-    /// Never: only report the fate (a missing record still becomes `Aborted`).
+    /// Never: only report the fate.
     Never,
-    /// When its deadline has passed (a resolver that met a stale lock).
+    /// When its deadline has passed by the primary's clock (whoever met a stale lock).
     Expired,
     /// At once (its coordinator gives up).
     Now,
@@ -165,22 +171,28 @@ pub struct TxnOp {
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum TxnOpKind {
-    /// Lock `keys` (a key already locked by this transaction stays so; one locked by another
-    /// refuses the whole lock with `CommandError::Locked`) and answer the live state of
-    /// `reads` → `Reply::Txn(TxnReply::Read)`. On the primary (`primary == shard`), open the
-    /// record `Pending`; refused when it exists already as anything but `Pending`.
-    /// Refused after `deadline_ms`.
+    /// On a shard other than the primary: lock `keys` (a key already locked by this
+    /// transaction stays so; one locked by another refuses the whole lock with
+    /// `CommandError::Locked`) and answer the live state of `reads` →
+    /// `Reply::Txn(TxnReply::Read)`. Refused after `deadline_ms`.
     Lock {
         primary: u32,
         deadline_ms: u64,
         keys: Vec<Bytes>,
         reads: Vec<Bytes>,
     },
-    /// On the primary: if the record is `Pending`, apply `writes` (this shard's), release
-    /// the transaction's locks here and make the record `Committed` with `rest` (the others'
-    /// writes), or forget it when `rest` is empty → `Reply::Ok`. Otherwise refused with
-    /// `CommandError::TxnAborted`.
+    /// On the primary, the commit point. The primary's own keys are not locked: the commit
+    /// checks them instead. Refused with `CommandError::TxnAborted` when the record exists as
+    /// anything but `Pending` (someone aborted the transaction), or is missing and
+    /// `deadline_ms` has passed; with `CommandError::Locked` when a key written or read here
+    /// is locked by another transaction; with `CommandError::TryAgain` when a key read here
+    /// no longer has the version in `read` (`None`: missing). Otherwise applies `writes`
+    /// (this shard's), releases the transaction's locks here (a primary locked with `Lock`)
+    /// and makes the record `Committed` with `rest` (the others' writes), or leaves none
+    /// when `rest` is empty → `Reply::Batch` with the commit's version.
     Commit {
+        deadline_ms: u64,
+        read: Vec<(Bytes, Option<u64>)>,
         writes: Vec<WriteOp>,
         rest: Vec<(u32, Vec<WriteOp>)>,
     },
@@ -189,12 +201,15 @@ pub enum TxnOpKind {
     /// writes it applied (0 when it applied none).
     Resolve { writes: Option<Vec<WriteOp>> },
     /// On the primary: the transaction's fate → `Reply::Txn(TxnReply::Fate)`, aborting it as
-    /// `abort` says (releasing its locks here). A missing record is written `Aborted` and
-    /// answered `Fate::Forgotten`.
-    Decide { abort: AbortWhen },
-    /// On the primary: forget a `Committed` record (every other shard is resolved) or an
-    /// `Aborted` one whose retention has passed → `Reply::Ok`.
-    Forget,
+    /// `abort` says, with `deadline_ms` its deadline as its locks carry it. An abort of a
+    /// transaction with no record is written `Aborted` (kept [`ABORTED_RETAIN_MS`] past the
+    /// deadline, for its commit to meet) and answered `Fate::Forgotten`; with no abort, a
+    /// missing record is `Pending` (not committed yet).
+    Decide { abort: AbortWhen, deadline_ms: u64 },
+    /// On the primary: forget the records of this transaction and of `also` that are
+    /// `Committed` (every other shard is resolved) or `Aborted` past their retention →
+    /// `Reply::Ok`.
+    Forget { also: Vec<TxnId> },
 }
 
 /// Answers of [`TxnOp`]s and of the guarded reads multi-shard reads are made of.

@@ -88,6 +88,7 @@ impl Node {
         };
         let meta = Meta::open(&setup, &meta_dir(&options.data_dir)).await?;
         let shards = Shards::open(&setup).await?;
+        let (forgets, forget_queue) = tokio::sync::mpsc::channel(crate::txn::FORGETS_QUEUED_MAX);
         let node = Arc::new(Node {
             identity,
             options,
@@ -110,7 +111,9 @@ impl Node {
             read_pause: Default::default(),
             cursors: ScanCursors::default(),
             started: Instant::now(),
+            forgets,
         });
+        Node::spawn_forgetter(&node, forget_queue);
         node.await_sole_leadership().await?;
         node.check_addresses_unchanged()?;
         if !node.identity.joined && node.meta.is_leader() {

@@ -297,7 +297,7 @@ impl Node {
     }
 
     /// A read of keys that all live in shard `shard_id`.
-    async fn read_on(
+    pub(super) async fn read_on(
         &self,
         shard_id: u32,
         cmd: &Command,

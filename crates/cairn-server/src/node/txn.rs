@@ -3,11 +3,13 @@
 //! meet.
 //!
 //! A write whose keys live in more than one shard runs here, on the node that took it: lock
-//! every shard's keys (the primary first), evaluate the command against the states the
-//! locks read, commit at the primary, resolve the other shards, forget the record. Each step
-//! is a [`Command::Txn`] routed like any write to its shard's leader, local or remote.
+//! every shard's keys (all at once), evaluate the command against the states the locks
+//! read, commit at the primary, resolve the other shards, answer, and forget the record in
+//! the background. Each step is a [`Command::Txn`] routed like any write to its shard's
+//! leader, local or remote.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,7 @@ use bytes::Bytes;
 use cairn_raft::WriteOp;
 use futures::future::join_all;
 use rand::Rng;
+use tokio::sync::mpsc;
 
 use super::Node;
 use super::write::Part;
@@ -50,7 +53,8 @@ fn write_bytes(cmd: &Command) -> usize {
 
 /// A crash for tests at a step of a coordinator: with `CAIRN_TXN_FAILPOINT` set to the step's
 /// name the process aborts there, as a power cut or SIGKILL would stop it (steps:
-/// `locked-primary`, `locked`, `committed`, `resolved`). Read once; unset in production.
+/// `locked-one` (the first lock answered, others perhaps not), `locked`, `committed`,
+/// `resolved`). Read once; unset in production.
 fn failpoint(step: &str) {
     static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     if AT
@@ -205,39 +209,73 @@ impl Node {
                 },
             }
         };
-        // 1. Lock: the primary first (its entry opens the record, so a lock elsewhere always
-        // has a record to ask about), then every other shard at once.
+        // 1. Lock every other shard at once and read the primary's keys meanwhile: its keys
+        // are not locked but checked by the commit (one entry fewer). A lock can land while
+        // the primary has no record: whoever asks about it is told `Pending` (or, past its
+        // deadline, writes the abort the commit will then meet).
         let mut read: HashMap<Bytes, Option<Entry>> = HashMap::new();
-        let mut take = |shard: u32, answer: Result<Reply, CommandError>| match answer {
-            Ok(Reply::Txn(TxnReply::Read(entries))) => {
-                read.extend(plan[&shard].reads.iter().cloned().zip(entries));
-                Ok(())
-            }
-            Ok(other) => Err(CommandError::Invalid(format!(
-                "unexpected answer to a lock: {other:?}"
-            ))),
-            Err(e) => Err(e),
-        };
         let others: Vec<u32> = plan.keys().copied().filter(|&s| s != primary).collect();
-        if let Err(e) = take(primary, self.txn_step(lock(primary)).await) {
-            self.abort_txn(id, primary, &[], !e.is_refusal()).await;
-            return Self::before_commit(e);
-        }
-        failpoint("locked-primary");
-        let answers = join_all(others.iter().map(|&s| self.txn_step(lock(s)))).await;
+        let locks = join_all(others.iter().map(|&shard| {
+            let step = self.txn_step(lock(shard));
+            async move {
+                let answer = step.await;
+                failpoint("locked-one");
+                answer
+            }
+        }));
+        let primary_reads = plan[&primary].reads.clone();
+        let primary_read = async {
+            if primary_reads.is_empty() {
+                return Ok(Vec::new());
+            }
+            let cmd = Command::ShardRead {
+                shard: primary,
+                keys: primary_reads.clone(),
+            };
+            match self.read_on(primary, &cmd, 0, false).await? {
+                Reply::Guarded { entries, .. } => Ok(entries),
+                other => Err(CommandError::Invalid(format!(
+                    "unexpected answer to a read: {other:?}"
+                ))),
+            }
+        };
+        let (answers, primary_read) = tokio::join!(locks, primary_read);
         let mut failed = None;
         let mut unsure = false;
-        for (&shard, answer) in others.iter().zip(answers) {
-            if let Err(e) = take(shard, answer) {
-                unsure |= !e.is_refusal();
-                // The first failure decides; a conflict outranks a refusal.
-                if failed.is_none() || matches!(e, CommandError::Locked(_)) {
-                    failed = Some(e);
+        let mut fail = |e: CommandError| {
+            // The first failure decides; a conflict outranks a refusal.
+            if failed.is_none() || matches!(e, CommandError::Locked(_)) {
+                failed = Some(e);
+            }
+        };
+        let mut versions_read = Vec::with_capacity(primary_reads.len());
+        match primary_read {
+            Ok(entries) => {
+                for (key, entry) in primary_reads.into_iter().zip(entries) {
+                    versions_read.push((key.clone(), entry.as_ref().map(|e| e.version)));
+                    read.insert(key, entry);
                 }
             }
+            // A read changes nothing: it makes nobody unsure.
+            Err(e) => fail(e),
+        }
+        for (&shard, answer) in others.iter().zip(answers) {
+            let e = match answer {
+                Ok(Reply::Txn(TxnReply::Read(entries))) => {
+                    read.extend(plan[&shard].reads.iter().cloned().zip(entries));
+                    continue;
+                }
+                Ok(other) => {
+                    CommandError::Invalid(format!("unexpected answer to a lock: {other:?}"))
+                }
+                Err(e) => e,
+            };
+            unsure |= !e.is_refusal();
+            fail(e);
         }
         if let Some(e) = failed {
-            self.abort_txn(id, primary, &others, unsure).await;
+            self.abort_txn(id, deadline_ms, primary, &others, unsure)
+                .await;
             return Self::before_commit(e);
         }
         failpoint("locked");
@@ -276,7 +314,8 @@ impl Node {
             // Nothing to write (MSETNX over an existing key) or an error: the answer holds
             // at any instant all the locks were held.
             done => {
-                self.abort_txn(id, primary, &others, false).await;
+                self.abort_txn(id, deadline_ms, primary, &others, false)
+                    .await;
                 return Attempt::Done(done);
             }
         };
@@ -299,6 +338,8 @@ impl Node {
             shard: primary,
             txn: id,
             kind: TxnOpKind::Commit {
+                deadline_ms,
+                read: versions_read,
                 writes: mine,
                 rest: rest.clone(),
             },
@@ -311,14 +352,22 @@ impl Node {
                 ))));
             }
             Err(CommandError::TxnAborted) => {
-                self.abort_txn(id, primary, &others, true).await;
+                self.abort_txn(id, deadline_ms, primary, &others, true)
+                    .await;
                 return Attempt::Refused(CommandError::TxnAborted);
             }
+            // Refused (a key of the primary locked or changed, no leader): nothing happened.
+            Err(e) if e.is_refusal() => {
+                self.abort_txn(id, deadline_ms, primary, &others, false)
+                    .await;
+                return Self::before_commit(e);
+            }
             // Whether it committed is the primary's to say: ask, aborting it if it had not.
-            Err(e) => match self.decide(primary, id, AbortWhen::Now).await {
+            Err(e) => match self.decide(primary, id, AbortWhen::Now, deadline_ms).await {
                 Ok(Fate::Committed(_)) => 0,
                 Ok(Fate::Aborted) => {
-                    self.abort_txn(id, primary, &others, true).await;
+                    self.abort_txn(id, deadline_ms, primary, &others, true)
+                        .await;
                     return Self::before_commit(e);
                 }
                 // Committed and forgotten already (by the primary's resolver, while the answer
@@ -332,9 +381,13 @@ impl Node {
             },
         };
         failpoint("committed");
-        // 4. Resolve the other shards, then forget the record. Failures here leave the work
-        // to whoever meets the locks, or to the primary's resolver.
-        let mut versions = self.finish_committed(id, primary, rest).await;
+        // 4. Resolve the other shards, then forget the record in the background: the client
+        // has its answer once no lock is left. Failures here leave the work to whoever meets
+        // the locks, or to the primary's resolver.
+        let (mut versions, resolved) = self.resolve_committed(id, rest).await;
+        if resolved && self.forgets.try_send((primary, id)).is_err() {
+            tracing::debug!(txn = %format!("{id:032x}"), "forget queue full: left to the resolver");
+        }
         versions.insert(primary, version);
         let reply = match reply {
             // A batch answers one version: its primary's (each shard has its own).
@@ -403,16 +456,23 @@ impl Node {
         }
     }
 
-    /// Ends transaction `id` with nothing written: releases its locks on `others` and at the
-    /// primary. Best effort: whatever is left is resolved by whoever meets it.
+    /// Ends transaction `id` with nothing written: releases its locks on `others`. Best
+    /// effort: whatever is left is resolved by whoever meets it.
     ///
-    /// When every lock step was answered (`unsure` false), no lock of it can still land, so
-    /// the shards are released first and the primary then drops the record, leaving nothing
-    /// behind (a commit that writes nothing). Otherwise a lock may still land, so the primary
-    /// first records the abort (kept [`txn::ABORTED_RETAIN_MS`]) for that lock to meet.
-    async fn abort_txn(&self, id: TxnId, primary: u32, others: &[u32], unsure: bool) {
+    /// When a lock step got no answer (`unsure`), that lock may still land: the primary
+    /// first records the abort (kept [`txn::ABORTED_RETAIN_MS`]) for whoever meets it to
+    /// find. Otherwise nothing is left at the primary (its keys are never locked, and a
+    /// record exists only from the commit on).
+    async fn abort_txn(
+        &self,
+        id: TxnId,
+        deadline_ms: u64,
+        primary: u32,
+        others: &[u32],
+        unsure: bool,
+    ) {
         if unsure {
-            let _ = self.decide(primary, id, AbortWhen::Now).await;
+            let _ = self.decide(primary, id, AbortWhen::Now, deadline_ms).await;
         }
         let release = others.iter().map(|&shard| {
             self.txn_step(TxnOp {
@@ -422,31 +482,17 @@ impl Node {
             })
         });
         join_all(release).await;
-        if !unsure {
-            let nothing = TxnOp {
-                shard: primary,
-                txn: id,
-                kind: TxnOpKind::Commit {
-                    writes: Vec::new(),
-                    rest: Vec::new(),
-                },
-            };
-            let _ = self.txn_step(nothing).await;
-        }
     }
 
-    /// Resolves a committed transaction's other shards and then forgets its record.
-    /// Returns the version each shard gave the writes it resolved.
-    async fn finish_committed(
+    /// Resolves a committed transaction's other shards. Returns the version each shard gave
+    /// the writes it resolved, and whether every shard was resolved (then, and only then,
+    /// may its record be forgotten).
+    async fn resolve_committed(
         &self,
         id: TxnId,
-        primary: u32,
         rest: Vec<(u32, Vec<WriteOp>)>,
-    ) -> HashMap<u32, u64> {
+    ) -> (HashMap<u32, u64>, bool) {
         let mut versions = HashMap::new();
-        if rest.is_empty() {
-            return versions;
-        }
         let shards: Vec<u32> = rest.iter().map(|(shard, _)| *shard).collect();
         let resolves = rest.into_iter().map(|(shard, writes)| {
             self.txn_step(TxnOp {
@@ -465,18 +511,54 @@ impl Node {
         }
         if let Some(Err(e)) = resolved.iter().find(|r| r.is_err()) {
             tracing::debug!(txn = %format!("{id:032x}"), error = %e, "resolution left to the resolver");
-            return versions;
+            return (versions, false);
         }
         failpoint("resolved");
+        (versions, true)
+    }
+
+    /// Forgets the records of committed transactions whose shards are all resolved (or
+    /// aborted ones past their retention), all on shard `primary`, in one entry.
+    async fn forget(&self, primary: u32, ids: &[TxnId]) {
+        let Some((&id, also)) = ids.split_first() else {
+            return;
+        };
         let forget = TxnOp {
             shard: primary,
             txn: id,
-            kind: TxnOpKind::Forget,
+            kind: TxnOpKind::Forget {
+                also: also.to_vec(),
+            },
         };
         if let Err(e) = self.txn_step(forget).await {
-            tracing::debug!(txn = %format!("{id:032x}"), error = %e, "forgetting left to the resolver");
+            tracing::debug!(shard = primary, records = ids.len(), error = %e, "forgetting left to the resolver");
         }
-        versions
+    }
+
+    /// Starts the task that forgets, off the clients' path, the records coordinators queue
+    /// once their transactions are resolved: a record no lock refers to any more costs a
+    /// client nothing, so it need not wait for its forgetting. The task ends with the node.
+    pub(super) fn spawn_forgetter(node: &Arc<Node>, mut queue: mpsc::Receiver<(u32, TxnId)>) {
+        let node = Arc::downgrade(node);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(txn::FORGETS_PER_ROUND);
+            while queue.recv_many(&mut batch, txn::FORGETS_PER_ROUND).await > 0 {
+                let Some(node) = node.upgrade() else {
+                    return;
+                };
+                // One entry per primary shard for the whole batch.
+                let mut by_primary: BTreeMap<u32, Vec<TxnId>> = BTreeMap::new();
+                for (primary, id) in batch.drain(..) {
+                    by_primary.entry(primary).or_default().push(id);
+                }
+                join_all(
+                    by_primary
+                        .iter()
+                        .map(|(&primary, ids)| node.forget(primary, ids)),
+                )
+                .await;
+            }
+        });
     }
 
     /// Asks the primary for a transaction's fate.
@@ -485,11 +567,12 @@ impl Node {
         primary: u32,
         id: TxnId,
         abort: AbortWhen,
+        deadline_ms: u64,
     ) -> Result<Fate, CommandError> {
         let op = TxnOp {
             shard: primary,
             txn: id,
-            kind: TxnOpKind::Decide { abort },
+            kind: TxnOpKind::Decide { abort, deadline_ms },
         };
         match self.txn_step(op).await? {
             Reply::Txn(TxnReply::Fate(fate)) => Ok(fate),
@@ -538,14 +621,16 @@ impl Node {
         abort_expired: bool,
     ) -> Result<bool, CommandError> {
         let Lock {
-            txn: id, primary, ..
+            txn: id,
+            primary,
+            deadline_ms,
         } = holder.lock;
         let abort = if abort_expired {
             AbortWhen::Expired
         } else {
             AbortWhen::Never
         };
-        let writes = match self.decide(primary, id, abort).await? {
+        let writes = match self.decide(primary, id, abort, deadline_ms).await? {
             Fate::Pending => return Ok(false),
             Fate::Aborted | Fate::Forgotten => None,
             Fate::Committed(rest) => Some(
@@ -621,19 +706,18 @@ impl Node {
                     Record::Committed { at_ms, rest }
                         if now > at_ms + txn::COMMITTED_HELP_AFTER_MS =>
                     {
-                        self.finish_committed(id, shard.id, rest).await;
+                        let (_, resolved) = self.resolve_committed(id, rest).await;
+                        if resolved {
+                            self.forget(shard.id, &[id]).await;
+                        }
                     }
                     Record::Pending { deadline_ms } if now > deadline_ms => {
-                        let _ = self.decide(shard.id, id, AbortWhen::Expired).await;
+                        let _ = self
+                            .decide(shard.id, id, AbortWhen::Expired, deadline_ms)
+                            .await;
                     }
                     Record::Aborted { until_ms } if now > until_ms => {
-                        let _ = self
-                            .txn_step(TxnOp {
-                                shard: shard.id,
-                                txn: id,
-                                kind: TxnOpKind::Forget,
-                            })
-                            .await;
+                        self.forget(shard.id, &[id]).await;
                     }
                     _ => {}
                 }
@@ -690,6 +774,30 @@ mod tests {
         }
     }
 
+    /// Waits (up to 10 s) for every shard's system table to empty: a committed
+    /// transaction's record is forgotten in the background after its client has the answer.
+    async fn assert_no_txn_left(node: &Node) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.shards.list.iter().any(|s| s.engine().system_len() > 0)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for shard in &node.shards.list {
+            assert_eq!(
+                shard.engine().system_len(),
+                0,
+                "shard {} keeps {:?}",
+                shard.id,
+                shard.engine().system_range(
+                    std::ops::Bound::Unbounded,
+                    std::ops::Bound::Unbounded,
+                    10
+                )
+            );
+        }
+    }
+
     fn step(node: &Node, shard: u32, txn: TxnId, kind: TxnOpKind) -> Command {
         let _ = node;
         Command::Txn(TxnOp { shard, txn, kind })
@@ -714,9 +822,7 @@ mod tests {
         assert_eq!(node.execute(mset(nx, true)).await, Ok(Reply::Bool(false)));
         assert_eq!(values(&node, &fresh).await, vec![None, None, Some(b("1"))]);
         // The locks of a transaction that wrote nothing are gone.
-        for shard in &node.shards.list {
-            assert_eq!(shard.engine().system_len(), 0, "shard {}", shard.id);
-        }
+        assert_no_txn_left(&node).await;
         // DEL counts across shards; EXISTS too.
         let del = Command::Del {
             keys: vec![keys[0].clone(), keys[1].clone(), b("missing-key")],
@@ -786,9 +892,7 @@ mod tests {
             values(&node, &keys).await,
             vec![Some(b("b0")), None, Some(b("b2"))]
         );
-        for shard in &node.shards.list {
-            assert_eq!(shard.engine().system_len(), 0, "shard {}", shard.id);
-        }
+        assert_no_txn_left(&node).await;
         node.shutdown().await.unwrap();
     }
 
@@ -802,10 +906,10 @@ mod tests {
         let (keys, p, s) = two_shards(&node, "acct");
         let old = vec![Some(b("old")); 2];
         let new = vec![Some(b("new")); 2];
-        // Steps 1..=5: lock primary, lock secondary, commit, resolve secondary, forget; what
-        // is left is resolved by a reader, or (second time round) by the background resolver
+        // Steps 1..=4: lock the secondary, commit at the primary, resolve the secondary,
+        // forget; what is left is resolved by a reader, or (101..) by the background resolver
         // alone, before anything reads.
-        for (round, stop_after) in (1..=5).chain(101..=105).enumerate() {
+        for (round, stop_after) in (1..=4).chain(101..=104).enumerate() {
             let by_reader = stop_after < 100;
             let stop_after = stop_after % 100;
             let pairs = keys.iter().map(|k| (k.clone(), b("old"))).collect();
@@ -826,13 +930,14 @@ mod tests {
                 reads: vec![],
             };
             let steps = [
-                step(&node, p, id, lock(&keys[0])),
                 step(&node, s, id, lock(&keys[1])),
                 step(
                     &node,
                     p,
                     id,
                     TxnOpKind::Commit {
+                        deadline_ms,
+                        read: vec![],
                         writes: vec![put(&keys[0])],
                         rest: vec![(s, vec![put(&keys[1])])],
                     },
@@ -845,12 +950,12 @@ mod tests {
                         writes: Some(vec![put(&keys[1])]),
                     },
                 ),
-                step(&node, p, id, TxnOpKind::Forget),
+                step(&node, p, id, TxnOpKind::Forget { also: vec![] }),
             ];
             for cmd in steps.into_iter().take(stop_after) {
                 node.execute(cmd).await.unwrap();
             }
-            let committed = stop_after >= 3;
+            let committed = stop_after >= 2;
             let want = if committed { &new } else { &old };
             if !by_reader {
                 clock.advance(txn::TXN_LIFETIME_MS + txn::COMMITTED_HELP_AFTER_MS + 1);
@@ -981,9 +1086,7 @@ mod tests {
         }
         let last = values(&node, &keys).await;
         assert!(last.iter().all(|v| *v == last[0]), "{last:?}");
-        for shard in &node.shards.list {
-            assert_eq!(shard.engine().system_len(), 0, "shard {}", shard.id);
-        }
+        assert_no_txn_left(&node).await;
         node.shutdown().await.unwrap();
     }
 
@@ -1115,38 +1218,67 @@ mod tests {
             Ok(Reply::Txn(TxnReply::Fate(f))) => f,
             other => panic!("{other:?}"),
         };
-        // Past its deadline, a lock is refused.
+        let deadline = node.now_ms() + txn::TXN_LIFETIME_MS;
+        let decide = |id, abort| {
+            step(
+                &node,
+                p,
+                id,
+                TxnOpKind::Decide {
+                    abort,
+                    deadline_ms: deadline,
+                },
+            )
+        };
+        let commit = |id, deadline_ms, read: Vec<(Bytes, Option<u64>)>| {
+            step(
+                &node,
+                p,
+                id,
+                TxnOpKind::Commit {
+                    deadline_ms,
+                    read,
+                    writes: vec![put(&keys[0])],
+                    rest: vec![(s, vec![put(&keys[1])])],
+                },
+            )
+        };
+        // Past its deadline, a lock is refused, and so is a commit.
         let past = node.now_ms() - 1;
         assert_eq!(
-            node.execute(step(&node, p, 1, lock(p, past, &keys[0])))
+            node.execute(step(&node, s, 1, lock(p, past, &keys[1])))
                 .await,
             Err(CommandError::TxnAborted)
         );
-        // Never opened: Forgotten, and a late lock meets the abort written in its place.
         assert_eq!(
-            fate(
-                node.execute(step(
-                    &node,
-                    p,
-                    2,
-                    TxnOpKind::Decide {
-                        abort: AbortWhen::Never
-                    }
-                ))
-                .await
-            ),
+            node.execute(commit(1, past, vec![])).await,
+            Err(CommandError::TxnAborted)
+        );
+        // Not committed yet: one who only asks is told Pending, and nothing is written; a
+        // young transaction is not aborted by one who saw its lock and asks to abort it if
+        // expired.
+        assert_eq!(
+            fate(node.execute(decide(2, AbortWhen::Never)).await),
+            Fate::Pending
+        );
+        assert_eq!(
+            fate(node.execute(decide(2, AbortWhen::Expired)).await),
+            Fate::Pending
+        );
+        assert_eq!(node.shards.get(p).unwrap().engine().system_len(), 0);
+        // Past its deadline by the primary's clock: Forgotten, and its commit meets the abort
+        // written in its place, even with a later deadline of its own.
+        clock.advance(txn::TXN_LIFETIME_MS + 1);
+        assert_eq!(
+            fate(node.execute(decide(2, AbortWhen::Expired)).await),
             Fate::Forgotten
         );
         let deadline = node.now_ms() + txn::TXN_LIFETIME_MS;
         assert_eq!(
-            node.execute(step(&node, p, 2, lock(p, deadline, &keys[0])))
-                .await,
+            node.execute(commit(2, deadline, vec![])).await,
             Err(CommandError::TxnAborted)
         );
         // Aborted by its coordinator: its commit is refused and writes nothing.
-        node.execute(step(&node, p, 3, lock(p, deadline, &keys[0])))
-            .await
-            .unwrap();
         assert_eq!(
             fate(
                 node.execute(step(
@@ -1154,48 +1286,53 @@ mod tests {
                     p,
                     3,
                     TxnOpKind::Decide {
-                        abort: AbortWhen::Now
+                        abort: AbortWhen::Now,
+                        deadline_ms: deadline,
                     }
                 ))
                 .await
             ),
-            Fate::Aborted
+            Fate::Forgotten
         );
-        let commit = |id| {
-            step(
-                &node,
-                p,
-                id,
-                TxnOpKind::Commit {
-                    writes: vec![put(&keys[0])],
-                    rest: vec![(s, vec![put(&keys[1])])],
-                },
-            )
-        };
-        assert_eq!(node.execute(commit(3)).await, Err(CommandError::TxnAborted));
+        assert_eq!(
+            node.execute(commit(3, deadline, vec![])).await,
+            Err(CommandError::TxnAborted)
+        );
         assert_eq!(values(&node, &keys).await, vec![None, None]);
-        // A young transaction is not aborted by one who only asks.
-        node.execute(step(&node, p, 4, lock(p, deadline, &keys[0])))
+        // The primary's keys are checked, not locked: a key another transaction holds refuses
+        // the commit (Locked), and so does a key read whose version changed since (TRYAGAIN).
+        // Neither leaves a record.
+        let records = node.shards.get(p).unwrap().engine().system_len();
+        node.execute(step(&node, p, 40, lock(p, deadline, &keys[0])))
             .await
             .unwrap();
-        assert_eq!(
-            fate(
-                node.execute(step(
-                    &node,
-                    p,
-                    4,
-                    TxnOpKind::Decide {
-                        abort: AbortWhen::Expired
-                    }
-                ))
-                .await
-            ),
-            Fate::Pending
-        );
+        assert!(matches!(
+            node.execute(commit(4, deadline, vec![])).await,
+            Err(CommandError::Locked(LockHolder { lock, .. })) if lock.txn == 40
+        ));
+        node.execute(step(&node, p, 40, TxnOpKind::Resolve { writes: None }))
+            .await
+            .unwrap();
+        node.execute(set(std::str::from_utf8(&keys[0]).unwrap(), "other"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            node.execute(commit(4, deadline, vec![(keys[0].clone(), None)]))
+                .await,
+            Err(CommandError::TryAgain(_))
+        ));
+        assert_eq!(node.shards.get(p).unwrap().engine().system_len(), records);
+        // With the version it read, it commits.
+        let version = get(&node, std::str::from_utf8(&keys[0]).unwrap())
+            .await
+            .unwrap()
+            .version;
         node.execute(step(&node, s, 4, lock(p, deadline, &keys[1])))
             .await
             .unwrap();
-        node.execute(commit(4)).await.unwrap();
+        node.execute(commit(4, deadline, vec![(keys[0].clone(), Some(version))]))
+            .await
+            .unwrap();
         // Its coordinator lost the commit's answer; the resolver finished it meanwhile.
         clock.advance(txn::COMMITTED_HELP_AFTER_MS + 1);
         node.resolve_cycle().await;
@@ -1207,7 +1344,8 @@ mod tests {
                     p,
                     4,
                     TxnOpKind::Decide {
-                        abort: AbortWhen::Now
+                        abort: AbortWhen::Now,
+                        deadline_ms: deadline,
                     }
                 ))
                 .await
@@ -1238,9 +1376,6 @@ mod tests {
             value: b("dead"),
             expires_at_ms: None,
         };
-        node.execute(step(&node, p, 7, lock(&keys[0])))
-            .await
-            .unwrap();
         node.execute(step(&node, s, 7, lock(&keys[1])))
             .await
             .unwrap();
@@ -1249,6 +1384,8 @@ mod tests {
             p,
             7,
             TxnOpKind::Commit {
+                deadline_ms,
+                read: vec![],
                 writes: vec![put(&keys[0])],
                 rest: vec![(s, vec![put(&keys[1])])],
             },

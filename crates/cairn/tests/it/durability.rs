@@ -222,7 +222,7 @@ fn the_shard_count_is_fixed_when_the_data_directory_is_created() {
 }
 
 /// A coordinator that crashes (the process aborts, as a power cut or SIGKILL would stop it) at
-/// each step of a cross-shard MSET: after the primary's lock, after every lock, after the
+/// each step of a cross-shard MSET: after the first lock answered, after every lock, after the
 /// commit, after the resolutions. Restarted on the same data directory, the node answers the
 /// keys all old (before the commit) or all new (after it), never a mix, and resolves what
 /// the dead coordinator left: a later transaction on the same keys goes through.
@@ -231,7 +231,7 @@ fn a_coordinator_killed_at_any_step_leaves_nothing_partial() {
     use std::io::{Read, Write};
     // "foo" (slot 12182) and "bar" (slot 5061) live on different shards.
     for (step, committed) in [
-        ("locked-primary", false),
+        ("locked-one", false),
         ("locked", false),
         ("committed", true),
         ("resolved", true),
