@@ -14,7 +14,11 @@
 #
 # With NODES=3 it benchmarks a three-node Cairn cluster (`cairn playground`-like, on ports
 # 19701-19703) against the same single Redis, with redis-benchmark spread over all three
-# nodes (one process per node, the sum of their rates).
+# nodes (one process per node, the sum of their rates), and against a Redis Cluster of as
+# many masters (ports 19391-1939N, appendfsync always, no replicas: each write is fsynced
+# on one node, where Cairn's are on a majority), driven by `redis-benchmark --cluster`.
+# Redis Cluster refuses commands whose keys span slots (CROSSSLOT), so only the SET and
+# one-slot rows have a Redis Cluster figure.
 #
 # It builds nothing: `cargo build --release -p cairn` first. From the repository root:
 #     scripts/bench-txn.sh
@@ -70,11 +74,35 @@ redis-server --port $REDIS_PORT --save '' --appendonly yes --appendfsync always 
 PIDS+=($!)
 for _ in $(seq 50); do redis-cli -p $REDIS_PORT ping >/dev/null 2>&1 && break; sleep 0.1; done
 
+if [ "$NODES" -gt 1 ]; then
+  # A Redis Cluster of NODES masters, as durable per node as the single Redis.
+  CLUSTER_ADDRS=()
+  for i in $(seq "$NODES"); do
+    mkdir -p "$TMP/rc$i"
+    redis-server --port "1939$i" --cluster-enabled yes --cluster-config-file "$TMP/rc$i/nodes.conf" \
+      --save '' --appendonly yes --appendfsync always --dir "$TMP/rc$i" --daemonize no \
+      >"$TMP/rc$i.log" 2>&1 &
+    PIDS+=($!)
+    CLUSTER_ADDRS+=("127.0.0.1:1939$i")
+  done
+  for i in $(seq "$NODES"); do
+    for _ in $(seq 50); do redis-cli -p "1939$i" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  redis-cli --cluster create "${CLUSTER_ADDRS[@]}" --cluster-replicas 0 --cluster-yes >"$TMP/rc-create.log" 2>&1
+  for _ in $(seq 100); do
+    redis-cli -p 19391 cluster info 2>/dev/null | grep -q 'cluster_state:ok' && break
+    sleep 0.1
+  done
+fi
+
 # Requests per second of `redis-benchmark ... -- CMD` against the Cairn nodes (their sum,
-# one process each) or Redis.
+# one process each), Redis, or the Redis Cluster.
 rate() {
   local target=$1; shift
-  if [ "$target" = redis ]; then
+  if [ "$target" = cluster ]; then
+    redis-benchmark --cluster -p 19391 -n "$REQUESTS" -c "$CLIENTS" -r 1000000 --csv "$@" 2>/dev/null |
+      tail -1 | cut -d, -f2 | tr -d '"'
+  elif [ "$target" = redis ]; then
     redis-benchmark -p $REDIS_PORT -n "$REQUESTS" -c "$CLIENTS" -r 1000000 --csv "$@" 2>/dev/null |
       tail -1 | cut -d, -f2 | tr -d '"'
   else
@@ -96,21 +124,37 @@ keys() {  # keys N TAG: N "key value" pairs, in one slot when TAG is set
   echo "${out[@]}"
 }
 
+median_ratio() {  # median_ratio "A1 A2 ..." "B1 B2 ...": median(A) / median(B)
+  python3 -c "import statistics as s; print(round(s.median([$(echo "$1" | tr ' ' ,)]) / s.median([$(echo "$2" | tr ' ' ,)]), 2))"
+}
+
 cell() {  # cell NAME ARGS...: alternate the servers, ROUNDS times each
   local name=$1; shift
-  local c=() r=()
+  local c=() r=() k=()
+  # Keys of one slot (a hash tag) or a single key: a Redis Cluster serves them too.
+  local one_slot=false
+  [[ "$name" != *across* ]] && [ "$NODES" -gt 1 ] && one_slot=true
   for round in $(seq "$ROUNDS"); do
     if [ $((round % 2)) = 1 ]; then
       c+=("$(rate cairn "$@")"); r+=("$(rate redis "$@")")
+      $one_slot && k+=("$(rate cluster "$@")")
     else
+      $one_slot && k+=("$(rate cluster "$@")")
       r+=("$(rate redis "$@")"); c+=("$(rate cairn "$@")")
     fi
   done
-  printf '%-34s cairn %-22s redis %-22s cairn/redis %s\n' "$name" "${c[*]}" "${r[*]}" \
-    "$(python3 -c "import statistics as s; print(round(s.median([$(IFS=,; echo "${c[*]}")]) / s.median([$(IFS=,; echo "${r[*]}")]), 2))")"
+  local line
+  line=$(printf '%-34s cairn %-22s redis %-22s cairn/redis %s' "$name" "${c[*]}" "${r[*]}" \
+    "$(median_ratio "${c[*]}" "${r[*]}")")
+  if $one_slot; then
+    line+=$(printf '   redis-cluster %-22s cairn/cluster %s' "${k[*]}" "$(median_ratio "${c[*]}" "${k[*]}")")
+  elif [ "$NODES" -gt 1 ]; then
+    line+='   redis-cluster CROSSSLOT'
+  fi
+  echo "$line"
 }
 
-echo "# $NODES Cairn node(s), 4 shards, --sync always; redis appendfsync always; $CLIENTS clients, $REQUESTS requests"
+echo "# $NODES Cairn node(s), 4 shards, --sync always; redis appendfsync always${CLUSTER_ADDRS:+; a Redis Cluster of $NODES masters}; $CLIENTS clients, $REQUESTS requests"
 # shellcheck disable=SC2046
 cell "SET 1 key" SET k:__rand_int__ v
 for n in 2 4 8; do
@@ -121,16 +165,31 @@ for n in 2 4 8; do
 done
 multi() {
   local target=$1 tag=$2 ports=()
-  if [ "$target" = redis ]; then ports=($REDIS_PORT); else
+  if [ "$target" = redis ]; then ports=("$REDIS_PORT")
+  elif [ "$target" = cluster ]; then
+    # The master that owns the tag's slot (the others answer MOVED).
+    for i in $(seq "$NODES"); do
+      [ "$(redis-cli -p "1939$i" set "${tag}probe" x 2>&1)" = OK ] && ports=("1939$i")
+    done
+  else
     for i in $(seq "$NODES"); do ports+=("1970$i"); done
   fi
   python3 scripts/bench-multi.py --ports "${ports[@]}" --tag "$tag" \
     --transactions "$((REQUESTS / 4))" --connections "$CLIENTS"
 }
 for tag in '{t}' ''; do
-  c=(); r=()
-  for round in $(seq "$ROUNDS"); do c+=("$(multi cairn "$tag")"); r+=("$(multi redis "$tag")"); done
-  printf '%-34s cairn %-22s redis %-22s cairn/redis %s\n' \
+  c=(); r=(); k=()
+  for round in $(seq "$ROUNDS"); do
+    c+=("$(multi cairn "$tag")"); r+=("$(multi redis "$tag")")
+    [ "$NODES" -gt 1 ] && [ -n "$tag" ] && k+=("$(multi cluster "$tag")")
+  done
+  line=$(printf '%-34s cairn %-22s redis %-22s cairn/redis %s' \
     "MULTI 2 SETs EXEC, ${tag:+one slot}${tag:-across shards}" "${c[*]}" "${r[*]}" \
-    "$(python3 -c "import statistics as s; print(round(s.median([$(IFS=,; echo "${c[*]}")]) / s.median([$(IFS=,; echo "${r[*]}")]), 2))")"
+    "$(median_ratio "${c[*]}" "${r[*]}")")
+  if [ "$NODES" -gt 1 ] && [ -n "$tag" ]; then
+    line+=$(printf '   redis-cluster %-22s cairn/cluster %s' "${k[*]}" "$(median_ratio "${c[*]}" "${k[*]}")")
+  elif [ "$NODES" -gt 1 ]; then
+    line+='   redis-cluster CROSSSLOT'
+  fi
+  echo "$line"
 done

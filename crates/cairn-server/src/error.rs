@@ -53,6 +53,11 @@ pub enum CommandError {
     /// found it past its deadline): nothing of it was or will be applied.
     #[error("TRYAGAIN the transaction was aborted before it committed")]
     TxnAborted,
+    /// A transaction step refused because a key the transaction read at its primary changed
+    /// since (or the keys it read can no longer be seen at one instant): nothing was done,
+    /// and its coordinator starts it over.
+    #[error("TRYAGAIN a key the transaction read changed before its commit")]
+    ReadChanged,
     /// The shard cannot take the request right now (no leader, leader changing); nothing was
     /// done, and the request may be retried.
     #[error("TRYAGAIN {0}")]
@@ -68,7 +73,10 @@ impl CommandError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            CommandError::TryAgain(_) | CommandError::Locked(_) | CommandError::TxnAborted
+            CommandError::TryAgain(_)
+                | CommandError::Locked(_)
+                | CommandError::TxnAborted
+                | CommandError::ReadChanged
         )
     }
 

@@ -989,9 +989,7 @@ impl<'a> Eval<'a> {
                 }
                 for (key, version) in &read {
                     if self.read(key)?.map(|c| c.version) != *version {
-                        return Err(CommandError::TryAgain(
-                            "a key the transaction read changed before its commit".into(),
-                        ));
+                        return Err(CommandError::ReadChanged);
                     }
                 }
                 for op in writes {

@@ -117,6 +117,16 @@ impl Default for StorageTuning {
     }
 }
 
+/// Tests only: a place where a node pauses once (it notifies the first, then waits for the
+/// second), set by a test to interleave something at that point.
+#[cfg(test)]
+pub(crate) type PauseHook = parking_lot::Mutex<
+    Option<(
+        std::sync::Arc<tokio::sync::Notify>,
+        std::sync::Arc<tokio::sync::Notify>,
+    )>,
+>;
+
 /// One Cairn node. Share it through `Arc`.
 #[derive(Debug)]
 pub struct Node {
@@ -145,12 +155,11 @@ pub struct Node {
     /// (it notifies the first, then waits for the second), so that a test can commit a
     /// transaction between the parts of one pass.
     #[cfg(test)]
-    pub(crate) read_pause: parking_lot::Mutex<
-        Option<(
-            std::sync::Arc<tokio::sync::Notify>,
-            std::sync::Arc<tokio::sync::Notify>,
-        )>,
-    >,
+    pub(crate) read_pause: PauseHook,
+    /// Tests only: the next cross-shard transaction reads its primary's keys, notifies the
+    /// first, and waits for the second before locking the other shards.
+    #[cfg(test)]
+    pub(crate) txn_pause: PauseHook,
     cursors: ScanCursors,
     started: Instant,
 }
@@ -200,10 +209,16 @@ impl Node {
     /// Tests only: see [`Node::read_pause`].
     #[cfg(test)]
     pub(crate) async fn test_pause_before_part(&self, part: usize) {
-        if part != 1 {
-            return;
+        if part == 1 {
+            self.test_pause(&self.read_pause).await;
         }
-        let pause = self.read_pause.lock().take();
+    }
+
+    /// Tests only: pauses once at `hook` ([`Node::read_pause`], [`Node::txn_pause`]) if a
+    /// test set it.
+    #[cfg(test)]
+    pub(crate) async fn test_pause(&self, hook: &PauseHook) {
+        let pause = hook.lock().take();
         if let Some((paused, resume)) = pause {
             paused.notify_one();
             resume.notified().await;

@@ -4,37 +4,45 @@
 //! The mechanism (docs/design.md, "Cross-shard transactions") is two-phase commit over the
 //! shards' Raft groups with locks and a transaction record, in the manner of Percolator and
 //! CockroachDB's write intents:
-//! 1. **Lock.** The coordinator (whichever node took the request) locks every key of the
-//!    transaction, shard by shard, the primary shard first; each shard's lock is one Raft
-//!    entry that writes a lock record per key into the engine's system table and answers
-//!    the live state of the keys the command reads. On the primary the same entry opens the
-//!    transaction record, `Pending`. A key locked by another transaction refuses the lock
-//!    (no waiting while holding locks: deadlocks cannot form); the coordinator releases
-//!    what it holds and tries again.
+//! 1. **Lock and read.** The coordinator (whichever node took the request) locks the keys
+//!    of every shard but the primary (the lowest), all at once; each shard's lock is one
+//!    Raft entry that writes a lock record per key into the engine's system table and
+//!    answers the live state of the keys the command reads. A key locked by another
+//!    transaction refuses the lock (no waiting while holding locks: deadlocks cannot form);
+//!    the coordinator releases what it holds and tries again. Meanwhile it reads the
+//!    primary's keys, with their versions, without locking them.
 //! 2. **Commit.** The coordinator evaluates the command against the states it read (the
 //!    same [`crate::eval::Eval`] a shard uses) and sends the outcome to the primary: one
-//!    entry that, only if the record is still `Pending`, applies the primary's writes,
-//!    releases its locks and turns the record `Committed`, holding the other shards'
-//!    writes. That entry is the commit point: durable on a majority of the primary's group
-//!    before anything of the transaction is visible.
+//!    entry that, only if no record exists (no abort), the deadline has not passed, no key
+//!    of the primary it writes or read is locked by another transaction and every key it
+//!    read has the version read, applies the primary's writes and writes the record
+//!    `Committed`, holding the other shards' writes. That entry is the commit point:
+//!    durable on a majority of the primary's group before anything of the transaction is
+//!    visible. A transaction that writes nothing has no commit: it reads the primary's keys
+//!    again once every lock is held, and answers only if they are unchanged.
 //! 3. **Resolve.** Each other shard applies its writes and releases its locks in one entry.
 //!    A shard applies writes only for keys still locked by the transaction, so resolving
-//!    twice changes nothing. Once every shard is resolved, the record is forgotten.
+//!    twice changes nothing. Once every shard is resolved, the record is forgotten (in the
+//!    background, many records per entry).
 //!
-//! Anyone who meets a lock (a reader, a writer, the background resolver) and finds it past
-//! its deadline asks the primary for the transaction's fate ([`TxnOpKind::Decide`]): a
-//! `Pending` record past its deadline, or a missing one, becomes `Aborted` there, in the
-//! primary's log order, so the coordinator's commit and a resolver's abort cannot both win.
+//! Anyone who meets a lock (a reader, a writer, the background resolver) asks the primary
+//! for the transaction's fate ([`TxnOpKind::Decide`]): a transaction with no record past
+//! its deadline (by the primary's clock) becomes `Aborted` there, in the primary's log
+//! order, so the coordinator's commit and a resolver's abort cannot both win.
 //! Transactions whose keys all live in one shard never come here: they are one entry.
 //!
 //! Invariants:
-//! - a key locked by a transaction is written by nothing but that transaction's resolution;
+//! - a key locked by a transaction is written by nothing but that transaction's resolution,
+//!   and a key of the primary is written by its commit only if no other transaction holds
+//!   it;
 //! - every lock of a transaction is acquired before its commit point, and released (with
-//!   its writes) only after it, so a reader that sees no lock on any of its keys, with no
-//!   change to any shard's system table between two passes, sees a transaction whole or
-//!   not at all (`Node`'s multi-shard reads);
-//! - a lock is never taken after the transaction's deadline, and an `Aborted` record is kept
-//!   [`ABORTED_RETAIN_MS`] past it, so a late lock always meets the abort.
+//!   its writes) only after it, and the primary's writes land at the commit point itself,
+//!   so a reader that sees no lock on any of its keys and the same version of every key in
+//!   two passes sees a transaction whole or not at all (`Node`'s multi-shard reads);
+//! - what a transaction read holds at its commit point (or, writing nothing, at its
+//!   second read of the primary): locked keys cannot change, the primary's are checked;
+//! - a commit is never made after the transaction's deadline, and an `Aborted` record is
+//!   kept [`ABORTED_RETAIN_MS`] past it, so a late commit always meets the abort.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use cairn_raft::WriteOp;

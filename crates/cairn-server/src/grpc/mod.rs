@@ -145,7 +145,8 @@ pub(super) fn status_of(error: CommandError) -> Status {
         CommandError::ShuttingDown
         | CommandError::TryAgain(_)
         | CommandError::Locked(_)
-        | CommandError::TxnAborted => Status::unavailable(message),
+        | CommandError::TxnAborted
+        | CommandError::ReadChanged => Status::unavailable(message),
         // The write may or may not have happened: UNKNOWN, so that no client retries it blindly.
         CommandError::OutcomeUnknown(_) => Status::unknown(message),
         CommandError::Fatal(_) | CommandError::Storage(_) => Status::internal(message),

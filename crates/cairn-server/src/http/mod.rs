@@ -210,7 +210,8 @@ impl From<CommandError> for ApiError {
             CommandError::ShuttingDown
             | CommandError::TryAgain(_)
             | CommandError::Locked(_)
-            | CommandError::TxnAborted => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            | CommandError::TxnAborted
+            | CommandError::ReadChanged => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             CommandError::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
             CommandError::Fatal(_) | CommandError::Storage(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")

@@ -109,6 +109,8 @@ impl Node {
             ),
             #[cfg(test)]
             read_pause: Default::default(),
+            #[cfg(test)]
+            txn_pause: Default::default(),
             cursors: ScanCursors::default(),
             started: Instant::now(),
             forgets,

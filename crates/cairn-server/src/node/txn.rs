@@ -3,9 +3,9 @@
 //! meet.
 //!
 //! A write whose keys live in more than one shard runs here, on the node that took it: lock
-//! every shard's keys (all at once), evaluate the command against the states the locks
-//! read, commit at the primary, resolve the other shards, answer, and forget the record in
-//! the background. Each step is a [`Command::Txn`] routed like any write to its shard's
+//! the keys of every shard but the primary (all at once) while reading the primary's,
+//! evaluate the command against the states read, commit at the primary (which checks its
+//! keys), resolve the other shards, answer, and forget the record in the background. Each step is a [`Command::Txn`] routed like any write to its shard's
 //! leader, local or remote.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -224,20 +224,13 @@ impl Node {
             }
         }));
         let primary_reads = plan[&primary].reads.clone();
-        let primary_read = async {
-            if primary_reads.is_empty() {
-                return Ok(Vec::new());
-            }
-            let cmd = Command::ShardRead {
-                shard: primary,
-                keys: primary_reads.clone(),
-            };
-            match self.read_on(primary, &cmd, 0, false).await? {
-                Reply::Guarded { entries, .. } => Ok(entries),
-                other => Err(CommandError::Invalid(format!(
-                    "unexpected answer to a read: {other:?}"
-                ))),
-            }
+        let primary_read = self.read_primary(primary, &primary_reads);
+        // Tests only: read the primary first and pause before locking the others.
+        #[cfg(test)]
+        let primary_read = {
+            let read = primary_read.await;
+            self.test_pause(&self.txn_pause).await;
+            std::future::ready(read)
         };
         let (answers, primary_read) = tokio::join!(locks, primary_read);
         let mut failed = None;
@@ -311,12 +304,17 @@ impl Node {
         };
         let reply = match reply {
             Ok(reply) if !ops.is_empty() => reply,
-            // Nothing to write (MSETNX over an existing key) or an error: the answer holds
-            // at any instant all the locks were held.
+            // Nothing to write (MSETNX over an existing key, only reads) or an error: there
+            // is no commit to check the primary's keys, so they are read again now that
+            // every other shard is locked. Unchanged, every state read holds at this instant.
             done => {
+                let recheck = self.recheck_primary(primary, &versions_read).await;
                 self.abort_txn(id, deadline_ms, primary, &others, false)
                     .await;
-                return Attempt::Done(done);
+                return match recheck {
+                    Ok(()) => Attempt::Done(done),
+                    Err(e) => Self::before_commit(e),
+                };
             }
         };
         let mut writes: BTreeMap<u32, Vec<WriteOp>> = BTreeMap::new();
@@ -339,7 +337,7 @@ impl Node {
             txn: id,
             kind: TxnOpKind::Commit {
                 deadline_ms,
-                read: versions_read,
+                read: versions_read.clone(),
                 writes: mine,
                 rest: rest.clone(),
             },
@@ -370,8 +368,15 @@ impl Node {
                         .await;
                     return Self::before_commit(e);
                 }
-                // Committed and forgotten already (by the primary's resolver, while the answer
-                // was lost), or never: no way to tell.
+                // No record: never committed, or committed and forgotten (by the primary's
+                // resolver, while the answer was lost). A committed record is forgotten only
+                // once no lock of it is left: one of its locks still held means it never
+                // committed, and the abort just written means it never will.
+                Ok(Fate::Forgotten) if self.holds_a_lock(id, plan, &others).await => {
+                    self.abort_txn(id, deadline_ms, primary, &others, false)
+                        .await;
+                    return Self::before_commit(e);
+                }
                 Ok(Fate::Pending | Fate::Forgotten) | Err(_) => {
                     return Attempt::Done(Err(CommandError::OutcomeUnknown(format!(
                         "the transaction's commit at shard {primary} got no answer ({e}); \
@@ -440,6 +445,71 @@ impl Node {
             }
             (_, reply) => reply,
         }
+    }
+
+    /// A guarded read of the primary's `keys` at its leader (none: nothing to read).
+    async fn read_primary(
+        &self,
+        primary: u32,
+        keys: &[Bytes],
+    ) -> Result<Vec<Option<Entry>>, CommandError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cmd = Command::ShardRead {
+            shard: primary,
+            keys: keys.to_vec(),
+        };
+        match self.read_on(primary, &cmd, 0, false).await? {
+            Reply::Guarded { entries, .. } => Ok(entries),
+            other => Err(CommandError::Invalid(format!(
+                "unexpected answer to a read: {other:?}"
+            ))),
+        }
+    }
+
+    /// Whether the primary's keys still have the versions read (`ReadChanged` if not,
+    /// `Locked` if another transaction holds one).
+    async fn recheck_primary(
+        &self,
+        primary: u32,
+        read: &[(Bytes, Option<u64>)],
+    ) -> Result<(), CommandError> {
+        let keys: Vec<Bytes> = read.iter().map(|(key, _)| key.clone()).collect();
+        let entries = self.read_primary(primary, &keys).await?;
+        let same = read
+            .iter()
+            .zip(&entries)
+            .all(|((_, version), entry)| entry.as_ref().map(|e| e.version) == *version);
+        if same {
+            Ok(())
+        } else {
+            Err(CommandError::ReadChanged)
+        }
+    }
+
+    /// Whether transaction `id` still holds a lock on one of the shards `others` (each
+    /// asked about one of the keys it locked there).
+    async fn holds_a_lock(
+        &self,
+        id: TxnId,
+        plan: &BTreeMap<u32, ShardPart>,
+        others: &[u32],
+    ) -> bool {
+        let asks = others.iter().filter_map(|&shard| {
+            let key = plan[&shard].keys.first()?.clone();
+            Some(async move {
+                let cmd = Command::ShardRead {
+                    shard,
+                    keys: vec![key],
+                };
+                matches!(
+                    self.read_on(shard, &cmd, 0, false).await,
+                    Err(CommandError::Locked(holder)) if holder.lock.txn == id
+                )
+            })
+        });
+        join_all(asks).await.into_iter().any(|held| held)
     }
 
     /// How a failure before the commit point ends an attempt: nothing of it happened.
@@ -1133,6 +1203,109 @@ mod tests {
         node.shutdown().await.unwrap();
     }
 
+    /// A coordinator whose commit answer was lost, told by the primary that there is no
+    /// record, knows the transaction never committed while one of its locks stands (a
+    /// committed record is forgotten only once none is left).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lock_still_held_tells_a_commit_that_never_landed() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(options(dir.path())).await.unwrap();
+        let (keys, p, s) = two_shards(&node, "held");
+        let mut plan = BTreeMap::new();
+        for (shard, key) in [(p, &keys[0]), (s, &keys[1])] {
+            plan.insert(
+                shard,
+                ShardPart {
+                    keys: vec![key.clone()],
+                    reads: vec![],
+                },
+            );
+        }
+        let deadline_ms = node.now_ms() + txn::TXN_LIFETIME_MS;
+        let lock = TxnOpKind::Lock {
+            primary: p,
+            deadline_ms,
+            keys: vec![keys[1].clone()],
+            reads: vec![],
+        };
+        assert!(!node.holds_a_lock(5, &plan, &[s]).await);
+        node.execute(step(&node, s, 5, lock)).await.unwrap();
+        assert!(node.holds_a_lock(5, &plan, &[s]).await);
+        assert!(!node.holds_a_lock(6, &plan, &[s]).await, "another's lock");
+        node.execute(step(&node, s, 5, TxnOpKind::Resolve { writes: None }))
+            .await
+            .unwrap();
+        assert!(!node.holds_a_lock(5, &plan, &[s]).await);
+        node.shutdown().await.unwrap();
+    }
+
+    /// A transaction that writes nothing (here two GETs) has no commit to check the keys
+    /// of its primary, which it reads without a lock: it reads them again once the other
+    /// shards are locked. A transaction that commits in between makes it start over, so it
+    /// never answers a state that never was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_that_writes_nothing_answers_one_instant() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(options(dir.path())).await.unwrap();
+        let (keys, _, _) = two_shards(&node, "ro");
+        let pairs = |v: &str| keys.iter().map(|k| (k.clone(), b(v))).collect::<Vec<_>>();
+        node.execute(Command::MSet {
+            pairs: pairs("old"),
+            nx: false,
+        })
+        .await
+        .unwrap();
+        let (paused, resume) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        *node.txn_pause.lock() = Some((paused.clone(), resume.clone()));
+        let reader = {
+            let node = node.clone();
+            let then = keys
+                .iter()
+                .map(|k| Command::Get { key: k.clone() })
+                .collect();
+            tokio::spawn(async move {
+                node.execute(Command::Exec {
+                    compares: vec![],
+                    then,
+                    otherwise: vec![],
+                })
+                .await
+            })
+        };
+        // The reader has read its primary's key (old) and not yet locked the other.
+        paused.notified().await;
+        node.execute(Command::MSet {
+            pairs: pairs("new"),
+            nx: false,
+        })
+        .await
+        .unwrap();
+        resume.notify_one();
+        let Ok(Reply::Exec {
+            succeeded: true,
+            replies,
+        }) = reader.await.unwrap()
+        else {
+            panic!("the read-only transaction failed");
+        };
+        let seen: Vec<Option<Bytes>> = replies
+            .into_iter()
+            .map(|r| match r {
+                Ok(Reply::Entry(entry)) => entry.map(|e| e.value),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![Some(b("new")); 2],
+            "it answered a state that never was"
+        );
+        node.shutdown().await.unwrap();
+    }
+
     /// Keys a lock record cannot hold, and a record larger than any user value, are refused
     /// or taken before they reach the log: an entry that failed to apply would stop the shard
     /// on every replica. The node goes on serving.
@@ -1310,17 +1483,28 @@ mod tests {
             node.execute(commit(4, deadline, vec![])).await,
             Err(CommandError::Locked(LockHolder { lock, .. })) if lock.txn == 40
         ));
+        // Also a key it only read.
+        let read_only = TxnOpKind::Commit {
+            deadline_ms: deadline,
+            read: vec![(keys[0].clone(), None)],
+            writes: vec![],
+            rest: vec![(s, vec![put(&keys[1])])],
+        };
+        assert!(matches!(
+            node.execute(step(&node, p, 4, read_only)).await,
+            Err(CommandError::Locked(LockHolder { lock, .. })) if lock.txn == 40
+        ));
         node.execute(step(&node, p, 40, TxnOpKind::Resolve { writes: None }))
             .await
             .unwrap();
         node.execute(set(std::str::from_utf8(&keys[0]).unwrap(), "other"))
             .await
             .unwrap();
-        assert!(matches!(
+        assert_eq!(
             node.execute(commit(4, deadline, vec![(keys[0].clone(), None)]))
                 .await,
-            Err(CommandError::TryAgain(_))
-        ));
+            Err(CommandError::ReadChanged)
+        );
         assert_eq!(node.shards.get(p).unwrap().engine().system_len(), records);
         // With the version it read, it commits.
         let version = get(&node, std::str::from_utf8(&keys[0]).unwrap())

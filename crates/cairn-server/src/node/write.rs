@@ -163,19 +163,11 @@ impl Node {
                 combine: Combine::One,
                 again: None,
             }),
-            cmd @ (Command::MSet { .. }
-            | Command::Del { .. }
-            | Command::Rename { .. }
-            | Command::Batch { .. }
-            | Command::Exec { .. })
-                if self.spans_shards(&cmd) =>
-            {
-                Ok(PendingWrite {
-                    parts: vec![Part::Done(self.run_txn(cmd).await)],
-                    combine: Combine::One,
-                    again: None,
-                })
-            }
+            cmd if self.runs_as_transaction(&cmd) => Ok(PendingWrite {
+                parts: vec![Part::Done(self.run_txn(cmd).await)],
+                combine: Combine::One,
+                again: None,
+            }),
             Command::Del { keys } => {
                 let mut by_shard: Vec<(u32, Vec<Bytes>)> = Vec::new();
                 for key in keys {
@@ -225,6 +217,20 @@ impl Node {
                 false
             }
         }
+    }
+
+    /// Whether `cmd` runs as a cross-shard transaction. Its coordinator reads the primary's
+    /// keys at the shard's leader, as a read does: a connection that pipelines writes must
+    /// let its earlier ones finish first (a read is not ordered after proposals in flight).
+    pub fn runs_as_transaction(&self, cmd: &Command) -> bool {
+        matches!(
+            cmd,
+            Command::MSet { .. }
+                | Command::Del { .. }
+                | Command::Rename { .. }
+                | Command::Batch { .. }
+                | Command::Exec { .. }
+        ) && self.spans_shards(cmd)
     }
 
     /// Whether a write's keys live in more than one shard.

@@ -278,6 +278,11 @@ pub async fn serve(
                 Action::Node { cmd, render: shape } => {
                     let command = session.last_command;
                     if cmd.is_write() {
+                        if shared.node.runs_as_transaction(&cmd) {
+                            // It reads the keys of its primary shard as a read does, so it
+                            // waits for this connection's earlier writes as a read does.
+                            replies.drain(&session, &shared, &mut observer).await;
+                        }
                         match shared.node.propose(cmd).await {
                             Ok(pending) => replies.queue.push_back(Slot::Write {
                                 pending,
