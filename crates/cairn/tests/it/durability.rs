@@ -229,7 +229,25 @@ fn the_shard_count_is_fixed_when_the_data_directory_is_created() {
 #[test]
 fn a_coordinator_killed_at_any_step_leaves_nothing_partial() {
     use std::io::{Read, Write};
-    // "foo" (slot 12182) and "bar" (slot 5061) live on different shards.
+    // "b" (slot 3300), "bar" (5061), "foo" (12182) and "a" (15495) live on the four
+    // shards, "b" on the primary: at `locked-one` the first of three locks has answered
+    // and the others may or may not have landed.
+    let keys = ["foo", "bar", "a", "b"];
+    let mset = |value: &str| {
+        let mut cmd = String::from("MSET");
+        for key in keys {
+            cmd.push_str(&format!(" {key} {value}"));
+        }
+        cmd
+    };
+    let all = |value: &str| {
+        let mut reply = format!("*{}\r\n", keys.len());
+        for _ in keys {
+            reply.push_str(&format!("${}\r\n{value}\r\n", value.len()));
+        }
+        reply
+    };
+    let mget = format!("MGET {}", keys.join(" "));
     for (step, committed) in [
         ("locked-one", false),
         ("locked", false),
@@ -240,13 +258,18 @@ fn a_coordinator_killed_at_any_step_leaves_nothing_partial() {
         node.env = vec![("CAIRN_TXN_FAILPOINT".into(), step.into())];
         node.restart();
         let mut conn = node.resp();
-        assert_eq!(conn.cmd_str("SET foo old"), "+OK\r\n");
-        assert_eq!(conn.cmd_str("SET bar old"), "+OK\r\n");
+        // One key at a time: a cross-shard MSET would stop at the failpoint.
+        for key in keys {
+            assert_eq!(conn.cmd_str(&format!("SET {key} old")), "+OK\r\n");
+        }
         // The MSET's coordinator dies at `step`: no answer, the connection closes.
         let mut raw = std::net::TcpStream::connect(node.resp_addr).unwrap();
         raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        raw.write_all(b"*5\r\n$4\r\nMSET\r\n$3\r\nfoo\r\n$3\r\nnew\r\n$3\r\nbar\r\n$3\r\nnew\r\n")
-            .unwrap();
+        let mut frame = format!("*{}\r\n$4\r\nMSET\r\n", 1 + 2 * keys.len());
+        for key in keys {
+            frame.push_str(&format!("${}\r\n{key}\r\n$3\r\nnew\r\n", key.len()));
+        }
+        raw.write_all(frame.as_bytes()).unwrap();
         let mut answer = Vec::new();
         let _ = raw.read_to_end(&mut answer);
         assert!(answer.is_empty(), "{step}: answered {answer:?}");
@@ -260,26 +283,15 @@ fn a_coordinator_killed_at_any_step_leaves_nothing_partial() {
         node.spawn();
         let want = if committed { "new" } else { "old" };
         let mut conn = node.resp();
-        assert_eq!(
-            conn.cmd_str("MGET foo bar"),
-            format!("*2\r\n$3\r\n{want}\r\n$3\r\n{want}\r\n"),
-            "{step}\n{}",
-            node.log()
-        );
-        assert_eq!(
-            conn.cmd_str("GET bar"),
-            format!("$3\r\n{want}\r\n"),
-            "{step}"
-        );
-        assert_eq!(
-            conn.cmd_str("MSET foo after bar after"),
-            "+OK\r\n",
-            "{step}"
-        );
-        assert_eq!(
-            conn.cmd_str("MGET foo bar"),
-            "*2\r\n$5\r\nafter\r\n$5\r\nafter\r\n",
-            "{step}"
-        );
+        assert_eq!(conn.cmd_str(&mget), all(want), "{step}\n{}", node.log());
+        for key in keys {
+            assert_eq!(
+                conn.cmd_str(&format!("GET {key}")),
+                format!("$3\r\n{want}\r\n"),
+                "{step}"
+            );
+        }
+        assert_eq!(conn.cmd_str(&mset("after")), "+OK\r\n", "{step}");
+        assert_eq!(conn.cmd_str(&mget), all("after"), "{step}");
     }
 }
