@@ -18,7 +18,8 @@
 # many masters (ports 19391-1939N, appendfsync always, no replicas: each write is fsynced
 # on one node, where Cairn's are on a majority), driven by `redis-benchmark --cluster`.
 # Redis Cluster refuses commands whose keys span slots (CROSSSLOT), so only the SET and
-# one-slot rows have a Redis Cluster figure.
+# one-slot rows have a Redis Cluster figure: the one-slot rows go to the master owning the
+# slot (as Cairn's go to one shard), SET over random keys to all masters (--cluster).
 #
 # It builds nothing: `cargo build --release -p cairn` first. From the repository root:
 #     scripts/bench-txn.sh
@@ -95,13 +96,31 @@ if [ "$NODES" -gt 1 ]; then
   done
 fi
 
+slot_owner() {  # slot_owner TAG: the port of the Redis Cluster master that owns TAG's slot
+  for i in $(seq "$NODES"); do
+    [ "$(redis-cli -p "1939$i" set "${1}probe" x 2>&1)" = OK ] && echo "1939$i"
+  done
+}
+
 # Requests per second of `redis-benchmark ... -- CMD` against the Cairn nodes (their sum,
 # one process each), Redis, or the Redis Cluster.
 rate() {
   local target=$1; shift
   if [ "$target" = cluster ]; then
-    redis-benchmark --cluster -p 19391 -n "$REQUESTS" -c "$CLIENTS" -r 1000000 --csv "$@" 2>/dev/null |
-      tail -1 | cut -d, -f2 | tr -d '"'
+    if [[ "$*" == *"{t}"* ]]; then
+      # One slot: the master that owns it, as Cairn's rows use one shard.
+      redis-benchmark -p "$(slot_owner '{t}')" -n "$REQUESTS" -c "$CLIENTS" -r 1000000 --csv "$@" \
+        2>/dev/null | tail -1 | cut -d, -f2 | tr -d '"'
+    else
+      # Random keys over all slots: redis-benchmark's cluster mode puts each client's keys
+      # on its node through the {tag} it substitutes.
+      local args=()
+      for a in "$@"; do
+        if [[ "$a" == *__rand_int__* ]]; then args+=("{tag}$a"); else args+=("$a"); fi
+      done
+      redis-benchmark --cluster -p 19391 -n "$REQUESTS" -c "$CLIENTS" -r 1000000 --csv "${args[@]}" \
+        2>/dev/null | tail -1 | cut -d, -f2 | tr -d '"'
+    fi
   elif [ "$target" = redis ]; then
     redis-benchmark -p $REDIS_PORT -n "$REQUESTS" -c "$CLIENTS" -r 1000000 --csv "$@" 2>/dev/null |
       tail -1 | cut -d, -f2 | tr -d '"'
@@ -167,10 +186,7 @@ multi() {
   local target=$1 tag=$2 ports=()
   if [ "$target" = redis ]; then ports=("$REDIS_PORT")
   elif [ "$target" = cluster ]; then
-    # The master that owns the tag's slot (the others answer MOVED).
-    for i in $(seq "$NODES"); do
-      [ "$(redis-cli -p "1939$i" set "${tag}probe" x 2>&1)" = OK ] && ports=("1939$i")
-    done
+    ports=("$(slot_owner "$tag")")
   else
     for i in $(seq "$NODES"); do ports+=("1970$i"); done
   fi
