@@ -17,6 +17,7 @@
 //! the write-ahead log of a majority, with `--sync always`) and applied; front ends never touch
 //! an engine, they call the node.
 
+pub mod balance;
 pub mod command;
 pub mod config;
 pub mod error;
