@@ -148,6 +148,15 @@ impl<'a> Tally<'a> {
         self.state(node) == NodeState::Up
     }
 
+    /// The nodes that are up, in id order.
+    fn up_nodes(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|&(_, &s)| s == NodeState::Up)
+            .map(|(&n, _)| n)
+            .collect()
+    }
+
     fn count(&self, node: u64) -> usize {
         self.replicas.get(&node).copied().unwrap_or(0)
     }
@@ -306,12 +315,7 @@ fn balance_replicas(
     busy: &mut BTreeSet<u64>,
     steps: &mut Vec<Step>,
 ) {
-    let up: Vec<u64> = tally
-        .nodes
-        .iter()
-        .filter(|&(_, &s)| s == NodeState::Up)
-        .map(|(&n, _)| n)
-        .collect();
+    let up = tally.up_nodes();
     while tally.moves < limits.moves_max {
         let Some(&from) = up
             .iter()
@@ -380,10 +384,8 @@ fn balance_leaders(
     let mut transfers = 0;
     while transfers < limits.transfers_max {
         let Some(start) = tally
-            .nodes
-            .iter()
-            .filter(|&(_, &s)| s == NodeState::Up)
-            .map(|(&n, _)| n)
+            .up_nodes()
+            .into_iter()
             .min_by_key(|&n| (tally.led(n), n))
         else {
             return;

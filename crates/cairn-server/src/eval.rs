@@ -892,6 +892,20 @@ impl<'a> Eval<'a> {
         self.system_put(txn::record_key(txn), txn::encode(record))
     }
 
+    /// Applies a transaction's write of a user key (system-table operations are not a
+    /// transaction's to carry, and are skipped).
+    fn apply_user_op(&mut self, op: WriteOp) {
+        match op {
+            WriteOp::Put {
+                key,
+                value,
+                expires_at_ms,
+            } => self.put(&key, value, expires_at_ms),
+            WriteOp::Delete { key } => self.delete(&key),
+            _ => {}
+        }
+    }
+
     /// Releases `txn`'s locks on this shard, applying `writes` (when it committed) to the
     /// keys it still holds.
     fn release(&mut self, id: TxnId, writes: Option<Vec<WriteOp>>) -> Result<(), CommandError> {
@@ -908,15 +922,7 @@ impl<'a> Eval<'a> {
             if !held.contains(key) {
                 continue;
             }
-            match op {
-                WriteOp::Put {
-                    key,
-                    value,
-                    expires_at_ms,
-                } => self.put(&key, value, expires_at_ms),
-                WriteOp::Delete { key } => self.delete(&key),
-                _ => {}
-            }
+            self.apply_user_op(op);
         }
         for key in held {
             self.system_delete(txn::lock_key(&key));
@@ -993,15 +999,7 @@ impl<'a> Eval<'a> {
                     }
                 }
                 for op in writes {
-                    match op {
-                        WriteOp::Put {
-                            key,
-                            value,
-                            expires_at_ms,
-                        } => self.put(&key, value, expires_at_ms),
-                        WriteOp::Delete { key } => self.delete(&key),
-                        _ => {}
-                    }
+                    self.apply_user_op(op);
                 }
                 self.release(id, None)?;
                 if rest.is_empty() {

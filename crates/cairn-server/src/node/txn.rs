@@ -844,6 +844,19 @@ mod tests {
         }
     }
 
+    /// Sets `hook` ([`Node::read_pause`], [`Node::txn_pause`]): the node notifies the first
+    /// when it gets there, then waits for the second.
+    fn pause_at(
+        hook: &crate::node::PauseHook,
+    ) -> (Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>) {
+        let (paused, resume) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        *hook.lock() = Some((paused.clone(), resume.clone()));
+        (paused, resume)
+    }
+
     /// Waits (up to 10 s) for every shard's system table to empty: a committed
     /// transaction's record is forgotten in the background after its client has the answer.
     async fn assert_no_txn_left(node: &Node) {
@@ -1176,11 +1189,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let (paused, resume) = (
-            Arc::new(tokio::sync::Notify::new()),
-            Arc::new(tokio::sync::Notify::new()),
-        );
-        *node.read_pause.lock() = Some((paused.clone(), resume.clone()));
+        let (paused, resume) = pause_at(&node.read_pause);
         let reader = {
             let (node, keys) = (node.clone(), keys.clone());
             tokio::spawn(async move { values(&node, &keys).await })
@@ -1255,11 +1264,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let (paused, resume) = (
-            Arc::new(tokio::sync::Notify::new()),
-            Arc::new(tokio::sync::Notify::new()),
-        );
-        *node.txn_pause.lock() = Some((paused.clone(), resume.clone()));
+        let (paused, resume) = pause_at(&node.txn_pause);
         let reader = {
             let node = node.clone();
             let then = keys
