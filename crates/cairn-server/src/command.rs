@@ -208,6 +208,18 @@ pub enum Command {
     /// Substring with Redis's inclusive, negative-from-the-end offsets → `Reply::Value`
     /// (always `Some`, empty when out of range or missing).
     GetRange { key: Bytes, start: i64, end: i64 },
+    /// The bit at `offset` (0 past the end or when missing) → `Reply::Int`.
+    GetBit { key: Bytes, offset: u64 },
+    /// BITCOUNT; `args` are those after the key, read (as Redis does) only when the key
+    /// exists → `Reply::Int`.
+    BitCount { key: Bytes, args: Vec<Bytes> },
+    /// BITPOS for `bit`; `args` are those after the bit, read only when the key exists →
+    /// `Reply::Int`.
+    BitPos {
+        key: Bytes,
+        bit: bool,
+        args: Vec<Bytes>,
+    },
     /// How many of the keys exist, counting repeats → `Reply::Int`.
     Exists { keys: Vec<Bytes> },
     /// `Reply::Type`.
@@ -271,6 +283,8 @@ pub enum Command {
         offset: i64,
         value: Bytes,
     },
+    /// Set or clear the bit at `offset`, zero-padding → `Reply::Int` (the bit it was).
+    SetBit { key: Bytes, offset: u64, bit: bool },
     /// Add to the integer value (missing = 0) → `Reply::Int`.
     IncrBy { key: Bytes, delta: i64 },
     /// Add to the float value (missing = 0) → `Reply::Value` (the new value as stored).
@@ -289,6 +303,14 @@ pub enum Command {
     /// Rename a key, keeping its expiry → `Reply::Bool` (false only with `nx` when the
     /// target exists). Missing source → `CommandError::NoSuchKey`.
     Rename { from: Bytes, to: Bytes, nx: bool },
+    /// Copy a key's value and expiry to another key → `Reply::Int` (1, or 0 when the
+    /// source is missing or the target exists without `replace`). The same key for both is
+    /// an error.
+    Copy {
+        from: Bytes,
+        to: Bytes,
+        replace: bool,
+    },
     /// Delete every key → `Reply::Ok`.
     Flush,
     /// An atomic group of puts and deletes → `Reply::Batch` (the version of all its writes).
@@ -324,12 +346,14 @@ impl Command {
                 | Command::MSet { .. }
                 | Command::Append { .. }
                 | Command::SetRange { .. }
+                | Command::SetBit { .. }
                 | Command::IncrBy { .. }
                 | Command::IncrByFloat { .. }
                 | Command::Del { .. }
                 | Command::Expire { .. }
                 | Command::Persist { .. }
                 | Command::Rename { .. }
+                | Command::Copy { .. }
                 | Command::Flush
                 | Command::Batch { .. }
                 | Command::Txn(_)
@@ -345,6 +369,9 @@ impl Command {
                 | Command::MGet { .. }
                 | Command::StrLen { .. }
                 | Command::GetRange { .. }
+                | Command::GetBit { .. }
+                | Command::BitCount { .. }
+                | Command::BitPos { .. }
                 | Command::Exists { .. }
                 | Command::Type { .. }
                 | Command::Ttl { .. }
@@ -361,6 +388,9 @@ impl Command {
             Command::Get { key }
             | Command::StrLen { key }
             | Command::GetRange { key, .. }
+            | Command::GetBit { key, .. }
+            | Command::BitCount { key, .. }
+            | Command::BitPos { key, .. }
             | Command::Type { key }
             | Command::Ttl { key } => vec![key],
             Command::MGet { keys } | Command::Exists { keys } => keys.iter().collect(),
@@ -390,13 +420,14 @@ impl Command {
             | Command::GetEx { key, .. }
             | Command::Append { key, .. }
             | Command::SetRange { key, .. }
+            | Command::SetBit { key, .. }
             | Command::IncrBy { key, .. }
             | Command::IncrByFloat { key, .. }
             | Command::Expire { key, .. }
             | Command::Persist { key } => vec![key],
             Command::MSet { pairs, .. } => pairs.iter().map(|(k, _)| k).collect(),
             Command::Del { keys } => keys.iter().collect(),
-            Command::Rename { from, to, .. } => vec![from, to],
+            Command::Rename { from, to, .. } | Command::Copy { from, to, .. } => vec![from, to],
             Command::Batch { ops } => ops
                 .iter()
                 .map(|op| match op {
@@ -414,6 +445,9 @@ impl Command {
             Command::MGet { .. } => "mget",
             Command::StrLen { .. } => "strlen",
             Command::GetRange { .. } => "getrange",
+            Command::GetBit { .. } => "getbit",
+            Command::BitCount { .. } => "bitcount",
+            Command::BitPos { .. } => "bitpos",
             Command::Exists { .. } => "exists",
             Command::Type { .. } => "type",
             Command::Ttl { .. } => "ttl",
@@ -431,12 +465,14 @@ impl Command {
             Command::MSet { .. } => "mset",
             Command::Append { .. } => "append",
             Command::SetRange { .. } => "setrange",
+            Command::SetBit { .. } => "setbit",
             Command::IncrBy { .. } => "incrby",
             Command::IncrByFloat { .. } => "incrbyfloat",
             Command::Del { .. } => "del",
             Command::Expire { .. } => "expire",
             Command::Persist { .. } => "persist",
             Command::Rename { .. } => "rename",
+            Command::Copy { .. } => "copy",
             Command::Flush => "flush",
             Command::Batch { .. } => "batch",
             Command::Exec { .. } => "exec",

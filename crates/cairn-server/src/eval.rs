@@ -562,6 +562,36 @@ impl<'a> Eval<'a> {
                 self.put(&key, current.value, None);
                 Ok(Reply::Bool(true))
             }
+            Command::Copy { from, to, replace } => {
+                if from == to {
+                    return Err(CommandError::Invalid(
+                        "source and destination objects are the same".into(),
+                    ));
+                }
+                let Some(current) = self.read(&from)? else {
+                    return Ok(Reply::Int(0));
+                };
+                if !replace && self.exists(&to) {
+                    return Ok(Reply::Int(0));
+                }
+                self.put(&to, current.value, current.expires_at_ms);
+                Ok(Reply::Int(1))
+            }
+            Command::SetBit { key, offset, bit } => {
+                let current = self.read(&key)?;
+                let needed = (offset / 8 + 1) as usize;
+                let (old, expires) = match current {
+                    Some(c) => (c.value, c.expires_at_ms),
+                    None => (Bytes::new(), None),
+                };
+                if needed > old.len() && needed > self.value_bytes_max {
+                    return Err(CommandError::StringTooLong);
+                }
+                let mut new = old.to_vec();
+                let was = crate::bits::set(&mut new, offset, bit);
+                self.put(&key, Bytes::from(new), expires);
+                Ok(Reply::Int(was))
+            }
             Command::Rename { from, to, nx } => {
                 let Some(current) = self.read(&from)? else {
                     return Err(CommandError::NoSuchKey);
@@ -633,6 +663,11 @@ impl<'a> Eval<'a> {
                 Ok(Reply::Value(Some(crate::node::substring(
                     &value, *start, *end,
                 ))))
+            }
+            Command::GetBit { key, .. }
+            | Command::BitCount { key, .. }
+            | Command::BitPos { key, .. } => {
+                crate::node::bit_read(cmd, entry(key)?.map(|e| e.value))
             }
             Command::Exists { keys } => Ok(Reply::Int(
                 keys.iter().filter(|k| self.meta(k).is_some()).count() as i64,

@@ -305,6 +305,24 @@ pub fn literal_prefix(pattern: &[u8]) -> &[u8] {
     &pattern[..end]
 }
 
+/// GETBIT, BITCOUNT or BITPOS over a key's value (`None`: missing), for the node's reads
+/// and for reads inside transactions alike.
+pub fn bit_read(cmd: &Command, value: Option<Bytes>) -> Result<Reply, CommandError> {
+    let value = value.as_deref();
+    let n = match cmd {
+        Command::GetBit { offset, .. } => crate::bits::get(value.unwrap_or_default(), *offset),
+        Command::BitCount { args, .. } => crate::bits::count(value, args)?,
+        Command::BitPos { bit, args, .. } => crate::bits::position(value, *bit, args)?,
+        other => {
+            return Err(CommandError::Invalid(format!(
+                "'{}' is not a bit read",
+                other.name()
+            )));
+        }
+    };
+    Ok(Reply::Int(n))
+}
+
 /// Redis GETRANGE: inclusive offsets, negative ones count from the end.
 pub fn substring(value: &[u8], start: i64, end: i64) -> Bytes {
     let len = value.len() as i64;

@@ -201,6 +201,10 @@ impl Node {
                     .unwrap_or_default();
                 Ok(Reply::Value(Some(substring(&value, *start, *end))))
             }
+            Command::GetBit { .. } | Command::BitCount { .. } | Command::BitPos { .. } => {
+                let key = cmd.read_keys()[0];
+                super::bit_read(cmd, self.get_entry(known, key)?.map(|e| e.value))
+            }
             Command::Exists { keys } => Ok(Reply::Int(
                 self.get_entries(known, keys)?
                     .iter()

@@ -185,6 +185,9 @@ impl Node {
             Command::Get { key }
             | Command::StrLen { key }
             | Command::GetRange { key, .. }
+            | Command::GetBit { key, .. }
+            | Command::BitCount { key, .. }
+            | Command::BitPos { key, .. }
             | Command::Type { key }
             | Command::Ttl { key } => {
                 let shard = self.shards.shard_of_key(key);

@@ -228,6 +228,7 @@ impl Node {
             Command::MSet { .. }
                 | Command::Del { .. }
                 | Command::Rename { .. }
+                | Command::Copy { .. }
                 | Command::Batch { .. }
                 | Command::Exec { .. }
         ) && self.spans_shards(cmd)
@@ -350,6 +351,7 @@ impl Node {
                 self.check_value(value)?;
             }
             Command::GetDel { key }
+            | Command::SetBit { key, .. }
             | Command::IncrBy { key, .. }
             | Command::IncrByFloat { key, .. }
             | Command::Persist { key } => self.check_key(key)?,
@@ -358,7 +360,7 @@ impl Node {
                     self.check_key(key)?;
                 }
             }
-            Command::Rename { from, to, .. } => {
+            Command::Rename { from, to, .. } | Command::Copy { from, to, .. } => {
                 self.check_key(from)?;
                 self.check_key(to)?;
             }

@@ -517,6 +517,48 @@ fn data_command(spec: &CommandSpec, args: &[Bytes]) -> Option<Result<Action, Fra
                 Render::Value,
             )
         })(),
+        "getbit" => (|| {
+            let offset = crate::bits::parse_offset(&args[2]).map_err(error)?;
+            node(Command::GetBit { key: key(), offset }, Render::Int)
+        })(),
+        "setbit" => (|| {
+            let offset = crate::bits::parse_offset(&args[2]).map_err(error)?;
+            let bit = match &args[3][..] {
+                b"0" => false,
+                b"1" => true,
+                _ => return Err(err_text("ERR bit is not an integer or out of range")),
+            };
+            node(
+                Command::SetBit {
+                    key: key(),
+                    offset,
+                    bit,
+                },
+                Render::Int,
+            )
+        })(),
+        "bitcount" => node(
+            Command::BitCount {
+                key: key(),
+                args: args[2..].to_vec(),
+            },
+            Render::Int,
+        ),
+        "bitpos" => (|| {
+            let bit = match int(&args[2])? {
+                0 => false,
+                1 => true,
+                _ => return Err(err_text("ERR The bit argument must be 1 or 0.")),
+            };
+            node(
+                Command::BitPos {
+                    key: key(),
+                    bit,
+                    args: args[3..].to_vec(),
+                },
+                Render::Int,
+            )
+        })(),
         "setrange" => (|| {
             let offset = int(&args[2])?;
             if offset < 0 {
@@ -670,6 +712,33 @@ fn data_command(spec: &CommandSpec, args: &[Bytes]) -> Option<Result<Action, Fra
             },
             Render::Bool,
         ),
+        "copy" => (|| {
+            let mut replace = false;
+            let mut i = 3;
+            while i < args.len() {
+                if eq(&args[i], "replace") {
+                    replace = true;
+                } else if eq(&args[i], "db") && i + 1 < args.len() {
+                    // One database: 0 is this one, any other is out of range (as on a Redis
+                    // with `databases 1`).
+                    if int(&args[i + 1])? != 0 {
+                        return Err(err_text("ERR DB index is out of range"));
+                    }
+                    i += 1;
+                } else {
+                    return Err(syntax());
+                }
+                i += 1;
+            }
+            node(
+                Command::Copy {
+                    from: key(),
+                    to: args[2].clone(),
+                    replace,
+                },
+                Render::Int,
+            )
+        })(),
         "randomkey" => node(Command::RandomKey, Render::Value),
         "dbsize" => node(Command::DbSize, Render::Int),
         "save" => node(Command::Checkpoint, Render::Ok),

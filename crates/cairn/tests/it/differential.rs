@@ -155,7 +155,7 @@ enum Compare {
 fn random_command(rng: &mut Rng) -> (Vec<String>, Compare) {
     let k = key(rng);
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    let cmd: Vec<String> = match rng.below(41) {
+    let cmd: Vec<String> = match rng.below(46) {
         0..=3 => {
             let v = value(rng);
             let mut c = vec!["SET".into(), k, v];
@@ -310,6 +310,63 @@ fn random_command(rng: &mut Rng) -> (Vec<String>, Compare) {
                 vec!["STRLEN".into(), k]
             }
         }
+        41 => vec![
+            "GETBIT".into(),
+            k,
+            rng.pick(&["0", "1", "7", "8", "13", "100", "-1", "x", "4294967296"])
+                .into(),
+        ],
+        42 => vec![
+            "SETBIT".into(),
+            k,
+            rng.pick(&["0", "1", "7", "9", "23", "100", "-1", "x"])
+                .into(),
+            rng.pick(&["0", "1", "1", "2", "x"]).into(),
+        ],
+        43 => {
+            let mut c = vec!["BITCOUNT".into(), k];
+            match rng.below(5) {
+                0 => {}
+                1 => c.push(int_arg(rng)),
+                2 => c.extend([int_arg(rng), int_arg(rng)]),
+                _ => c.extend([
+                    int_arg(rng),
+                    int_arg(rng),
+                    rng.pick(&["BIT", "BYTE", "bit", "WORD"]).into(),
+                ]),
+            }
+            c
+        }
+        44 => {
+            let mut c = vec![
+                "BITPOS".into(),
+                k,
+                rng.pick(&["0", "1", "1", "0", "2", "x"]).into(),
+            ];
+            match rng.below(5) {
+                0 => {}
+                1 => c.push(int_arg(rng)),
+                2 => c.extend([int_arg(rng), int_arg(rng)]),
+                3 => c.extend([
+                    int_arg(rng),
+                    int_arg(rng),
+                    rng.pick(&["BIT", "BYTE", "bit", "WORD"]).into(),
+                ]),
+                _ => c.extend([int_arg(rng), int_arg(rng), "BIT".into(), "x".into()]),
+            }
+            c
+        }
+        45 => {
+            let mut c = vec!["COPY".into(), k, key(rng)];
+            match rng.below(6) {
+                0 => c.push("REPLACE".into()),
+                1 => c.extend(s(&["DB", "0"])),
+                2 => c.extend(s(&["DB", "0", "REPLACE"])),
+                3 => c.push(rng.pick(&["BOGUS", "DB"]).into()),
+                _ => {}
+            }
+            c
+        }
         _ => vec!["GETRANGE".into(), k, "0".into(), "-1".into()],
     };
     (cmd, Compare::Exact)
@@ -390,6 +447,91 @@ fn random_sequences_match_redis() {
             }
         }
     }
+}
+
+/// GETBIT, SETBIT, BITCOUNT and BITPOS byte for byte against Redis: values built bit by
+/// bit, then every range of a grid (negative, past the end, reversed) in bytes and in bits,
+/// for both bits, and the errors of bad arguments.
+#[test]
+fn bit_commands_match_redis() {
+    let Some(redis) = Redis::start() else { return };
+    let node = Node::start();
+    let mut cairn = node.resp();
+    let mut peer = RawConn::connect(redis.addr);
+    let mut rng = Rng(0x0b17_5eed);
+    let mut check = |args: Vec<String>| {
+        let argv: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        let (ours, theirs) = (cairn.cmd(&argv), peer.cmd(&argv));
+        assert_eq!(
+            String::from_utf8_lossy(&ours),
+            String::from_utf8_lossy(&theirs),
+            "`{}`",
+            args.join(" ")
+        );
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    check(s(&["FLUSHALL"]));
+    // All zeros, all ones, a mix, one byte, and a missing key.
+    for _ in 0..40 {
+        let bit = rng.below(24).to_string();
+        check(s(&["SETBIT", "mix", &bit, rng.pick(&["0", "1", "1"])]));
+    }
+    for bit in 0..16 {
+        check(s(&["SETBIT", "ones", &bit.to_string(), "1"]));
+    }
+    check(s(&["SETBIT", "zeros", "23", "0"]));
+    check(s(&["SETBIT", "one", "3", "1"]));
+    let points = [
+        "0", "1", "2", "3", "7", "8", "9", "15", "16", "23", "100", "-1", "-2", "-8", "-9", "-24",
+        "-100",
+    ];
+    for key in ["mix", "ones", "zeros", "one", "missing"] {
+        check(s(&["GET", key]));
+        check(s(&["BITCOUNT", key]));
+        for bit in ["0", "1"] {
+            check(s(&["BITPOS", key, bit]));
+        }
+        for offset in ["0", "5", "12", "23", "24", "1000"] {
+            check(s(&["GETBIT", key, offset]));
+        }
+        for start in points {
+            for bit in ["0", "1"] {
+                check(s(&["BITPOS", key, bit, start]));
+            }
+            for end in points {
+                for unit in [None, Some("BYTE"), Some("BIT")] {
+                    let mut count = s(&["BITCOUNT", key, start, end]);
+                    count.extend(unit.map(String::from));
+                    check(count);
+                    for bit in ["0", "1"] {
+                        let mut pos = s(&["BITPOS", key, bit, start, end]);
+                        pos.extend(unit.map(String::from));
+                        check(pos);
+                    }
+                }
+            }
+        }
+        // Bad arguments, on a key that exists and one that does not.
+        check(s(&["BITCOUNT", key, "1"]));
+        check(s(&["BITCOUNT", key, "x", "1"]));
+        check(s(&["BITCOUNT", key, "0", "1", "WORD"]));
+        check(s(&["BITPOS", key, "2"]));
+        check(s(&["BITPOS", key, "x"]));
+        check(s(&["BITPOS", key, "1", "0", "1", "BIT", "x"]));
+        check(s(&["BITPOS", key, "1", "y"]));
+    }
+    check(s(&["GETBIT", "mix", "-1"]));
+    check(s(&["GETBIT", "mix", "4294967296"]));
+    check(s(&["SETBIT", "mix", "1", "2"]));
+    check(s(&["SETBIT", "mix", "x", "1"]));
+    check(s(&["SET", "str", "foobar"]));
+    check(s(&["BITCOUNT", "str", "5", "30", "BIT"]));
+    check(s(&["COPY", "str", "str"]));
+    check(s(&["COPY", "str", "copy", "DB", "x"]));
+    check(s(&["COPY", "str", "copy"]));
+    check(s(&["COPY", "str", "copy"]));
+    check(s(&["COPY", "mix", "copy", "REPLACE"]));
+    check(s(&["GET", "copy"]));
 }
 
 #[test]
