@@ -208,6 +208,12 @@ pub enum Command {
     /// Substring with Redis's inclusive, negative-from-the-end offsets → `Reply::Value`
     /// (always `Some`, empty when out of range or missing).
     GetRange { key: Bytes, start: i64, end: i64 },
+    /// The longest common subsequence of two values (missing: empty) → `Reply::Lcs`.
+    Lcs {
+        a: Bytes,
+        b: Bytes,
+        mode: crate::lcs::LcsMode,
+    },
     /// The bit at `offset` (0 past the end or when missing) → `Reply::Int`.
     GetBit { key: Bytes, offset: u64 },
     /// BITCOUNT; `args` are those after the key, read (as Redis does) only when the key
@@ -370,6 +376,7 @@ impl Command {
                 | Command::StrLen { .. }
                 | Command::GetRange { .. }
                 | Command::GetBit { .. }
+                | Command::Lcs { .. }
                 | Command::BitCount { .. }
                 | Command::BitPos { .. }
                 | Command::Exists { .. }
@@ -394,6 +401,7 @@ impl Command {
             | Command::Type { key }
             | Command::Ttl { key } => vec![key],
             Command::MGet { keys } | Command::Exists { keys } => keys.iter().collect(),
+            Command::Lcs { a, b, .. } => vec![a, b],
             _ => Vec::new(),
         }
     }
@@ -446,6 +454,7 @@ impl Command {
             Command::StrLen { .. } => "strlen",
             Command::GetRange { .. } => "getrange",
             Command::GetBit { .. } => "getbit",
+            Command::Lcs { .. } => "lcs",
             Command::BitCount { .. } => "bitcount",
             Command::BitPos { .. } => "bitpos",
             Command::Exists { .. } => "exists",

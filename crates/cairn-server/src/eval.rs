@@ -664,6 +664,11 @@ impl<'a> Eval<'a> {
                     &value, *start, *end,
                 ))))
             }
+            Command::Lcs { a, b, mode } => {
+                let a = entry(a)?.map(|e| e.value).unwrap_or_default();
+                let b = entry(b)?.map(|e| e.value).unwrap_or_default();
+                Ok(Reply::Lcs(crate::lcs::lcs(&a, &b, *mode)?))
+            }
             Command::GetBit { key, .. }
             | Command::BitCount { key, .. }
             | Command::BitPos { key, .. } => {

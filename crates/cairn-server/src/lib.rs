@@ -27,6 +27,7 @@ pub mod expiry;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod lcs;
 pub mod long_double;
 pub mod meta;
 pub mod metrics;

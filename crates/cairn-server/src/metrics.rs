@@ -59,6 +59,7 @@ const NODE_COMMANDS: &[&str] = &[
     "strlen",
     "getrange",
     "getbit",
+    "lcs",
     "bitcount",
     "bitpos",
     "exists",

@@ -147,6 +147,7 @@ pub struct RaftStats {
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 pub enum Reply {
     Ok,
+    Lcs(crate::lcs::LcsAnswer),
     Int(i64),
     Bool(bool),
     Value(Option<Bytes>),

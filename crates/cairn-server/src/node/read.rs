@@ -201,6 +201,16 @@ impl Node {
                     .unwrap_or_default();
                 Ok(Reply::Value(Some(substring(&value, *start, *end))))
             }
+            Command::Lcs { a, b, mode } => {
+                let entries = self.get_entries(known, &[a.clone(), b.clone()])?;
+                let value = |i: usize| {
+                    entries[i]
+                        .as_ref()
+                        .map(|e| e.value.clone())
+                        .unwrap_or_default()
+                };
+                Ok(Reply::Lcs(crate::lcs::lcs(&value(0), &value(1), *mode)?))
+            }
             Command::GetBit { .. } | Command::BitCount { .. } | Command::BitPos { .. } => {
                 let key = cmd.read_keys()[0];
                 super::bit_read(cmd, self.get_entry(known, key)?.map(|e| e.value))

@@ -203,6 +203,20 @@ impl Node {
                     entries.into_iter().map(|e| e.map(|e| e.value)).collect(),
                 ))
             }
+            Command::Lcs { a, b, mode } => {
+                let keys = [a.clone(), b.clone()];
+                if let Some(shard) = self.single_shard(&keys) {
+                    return self.read_on(shard, cmd, hops, stale).await;
+                }
+                let entries = self.read_atomic(&keys, hops, stale).await?;
+                let value = |i: usize| {
+                    entries[i]
+                        .as_ref()
+                        .map(|e| e.value.clone())
+                        .unwrap_or_default()
+                };
+                Ok(Reply::Lcs(crate::lcs::lcs(&value(0), &value(1), *mode)?))
+            }
             Command::Exists { keys } => {
                 if let Some(shard) = self.single_shard(keys) {
                     return self.read_on(shard, cmd, hops, stale).await;

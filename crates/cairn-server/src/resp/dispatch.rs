@@ -517,6 +517,45 @@ fn data_command(spec: &CommandSpec, args: &[Bytes]) -> Option<Result<Action, Fra
                 Render::Value,
             )
         })(),
+        "lcs" => (|| {
+            let (mut len, mut idx, mut with_len, mut min_len) = (false, false, false, 0u64);
+            let mut i = 3;
+            while i < args.len() {
+                if eq(&args[i], "idx") {
+                    idx = true;
+                } else if eq(&args[i], "len") {
+                    len = true;
+                } else if eq(&args[i], "withmatchlen") {
+                    with_len = true;
+                } else if eq(&args[i], "minmatchlen") && i + 1 < args.len() {
+                    min_len = int(&args[i + 1])?.max(0) as u64;
+                    i += 1;
+                } else {
+                    return Err(syntax());
+                }
+                i += 1;
+            }
+            if idx && len {
+                return Err(err_text(
+                    "ERR If you want both the length and indexes, please just use IDX.",
+                ));
+            }
+            let mode = if idx {
+                crate::lcs::LcsMode::Idx { min_len, with_len }
+            } else if len {
+                crate::lcs::LcsMode::Len
+            } else {
+                crate::lcs::LcsMode::Text
+            };
+            node(
+                Command::Lcs {
+                    a: key(),
+                    b: args[2].clone(),
+                    mode,
+                },
+                Render::Lcs,
+            )
+        })(),
         "getbit" => (|| {
             let offset = crate::bits::parse_offset(&args[2]).map_err(error)?;
             node(Command::GetBit { key: key(), offset }, Render::Int)

@@ -44,6 +44,8 @@ pub enum Render {
     /// Reply to an EXISTS probe: nil when the key is missing, else this error (GETEX validates
     /// its expiry only for existing keys).
     ErrorIfExists(Frame),
+    /// LCS: the subsequence, its length, or the map of matched ranges (`IDX`).
+    Lcs,
     /// EXEC: the null array when a watched key changed, else one reply per queued command:
     /// the node's answers for the data commands, in order, between the replies already known.
     Exec(Vec<ExecSlot>),
@@ -64,6 +66,43 @@ fn bulk_or_nil(value: Option<Bytes>) -> Frame {
 
 /// Render a node result as the Redis reply of the command; `now_ms` (the node's clock) is
 /// what a time to live counts from.
+/// LCS's reply: a bulk string, an integer, or (IDX) a map of `matches` (each
+/// `[[a_start, a_end], [b_start, b_end]]`, and its length with WITHMATCHLEN) and `len`.
+fn lcs_frame(answer: crate::lcs::LcsAnswer) -> Frame {
+    use crate::lcs::LcsAnswer;
+    let int = |n: u64| Frame::Integer(n as i64);
+    match answer {
+        LcsAnswer::Text(text) => Frame::Bulk(text),
+        LcsAnswer::Len(n) => int(n),
+        LcsAnswer::Idx {
+            matches,
+            len,
+            with_len,
+        } => {
+            let matches = matches
+                .into_iter()
+                .map(|m| {
+                    let mut item = vec![
+                        Frame::Array(vec![int(m.a.0), int(m.a.1)]),
+                        Frame::Array(vec![int(m.b.0), int(m.b.1)]),
+                    ];
+                    if with_len {
+                        item.push(int(m.len));
+                    }
+                    Frame::Array(item)
+                })
+                .collect();
+            Frame::Map(vec![
+                (
+                    Frame::Bulk(Bytes::from_static(b"matches")),
+                    Frame::Array(matches),
+                ),
+                (Frame::Bulk(Bytes::from_static(b"len")), int(len)),
+            ])
+        }
+    }
+}
+
 pub fn render(render: Render, result: Result<Reply, CommandError>, now_ms: u64) -> Frame {
     let reply = match result {
         Ok(reply) => reply,
@@ -90,6 +129,7 @@ pub fn render(render: Render, result: Result<Reply, CommandError>, now_ms: u64) 
             Frame::Array(values.into_iter().map(bulk_or_nil).collect())
         }
         (Render::Int, Reply::Int(n)) => Frame::Integer(n),
+        (Render::Lcs, Reply::Lcs(answer)) => lcs_frame(answer),
         (Render::Bool, Reply::Bool(b)) => Frame::Integer(i64::from(b)),
         (Render::Type, Reply::Type(t)) => Frame::Simple(Bytes::from_static(t.as_str().as_bytes())),
         (Render::Ttl(kind), Reply::Ttl(ttl)) => Frame::Integer(match ttl {

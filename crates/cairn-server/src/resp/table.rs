@@ -397,6 +397,15 @@ pub const COMMANDS: &[CommandSpec] = &[
         "1.0.0",
     ),
     spec(
+        "lcs",
+        -3,
+        R,
+        (1, 2, 1),
+        "string",
+        "Finds the longest common substring.",
+        "7.0.0",
+    ),
+    spec(
         "mget",
         -2,
         RF,

@@ -534,6 +534,67 @@ fn bit_commands_match_redis() {
     check(s(&["GET", "copy"]));
 }
 
+/// LCS byte for byte against Redis, RESP2 and RESP3: random values over a small alphabet
+/// (many ties between longest subsequences), keys in one shard and across shards, every
+/// option and the bad ones.
+#[test]
+fn lcs_matches_redis() {
+    let Some(redis) = Redis::start() else { return };
+    let node = Node::start();
+    let mut rng = Rng(0x1c5_5eed);
+    for resp3 in [false, true] {
+        let mut cairn = node.resp();
+        let mut peer = RawConn::connect(redis.addr);
+        if resp3 {
+            cairn.cmd_str("HELLO 3");
+            peer.cmd_str("HELLO 3");
+        }
+        let mut check = |args: &[String]| {
+            let argv: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+            let (ours, theirs) = (cairn.cmd(&argv), peer.cmd(&argv));
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&theirs),
+                "`{}` (resp3: {resp3})",
+                args.join(" ")
+            );
+        };
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        // "{t}a" and "{t}b" share a shard; "a" and "b" are on other shards.
+        for _ in 0..60 {
+            for key in ["{t}a", "{t}b", "a", "b"] {
+                let len = rng.below(14);
+                let value: String = (0..len).map(|_| rng.pick(&["a", "b", "c", "d"])).collect();
+                check(&s(&["SET", key, &value]));
+            }
+            for (a, b) in [
+                ("{t}a", "{t}b"),
+                ("a", "b"),
+                ("a", "{t}b"),
+                ("a", "missing"),
+            ] {
+                let options: &[&[&str]] = &[
+                    &[],
+                    &["LEN"],
+                    &["IDX"],
+                    &["IDX", "WITHMATCHLEN"],
+                    &["IDX", "MINMATCHLEN", "2"],
+                    &["IDX", "MINMATCHLEN", "-3", "WITHMATCHLEN"],
+                    &["LEN", "IDX"],
+                    &["IDX", "MINMATCHLEN"],
+                    &["BOGUS"],
+                    &["MINMATCHLEN", "x"],
+                ];
+                for extra in options {
+                    let mut args = s(&["LCS", a, b]);
+                    args.extend(s(extra));
+                    check(&args);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn pipelined_batches_match_redis() {
     let Some(redis) = Redis::start() else { return };
