@@ -340,8 +340,40 @@ fn query_of(uri: &Uri, known: &[&str]) -> Result<Query, ApiError> {
     Ok(query)
 }
 
+/// How much of an oversized request body is read and thrown away after its 413 is sent, so
+/// that a client that writes its whole body before reading (Python's `http.client`,
+/// `requests`) gets the 413 instead of a reset connection. Past this, or
+/// [`OVERSIZE_DRAIN_TIMEOUT`], the connection is closed.
+pub const OVERSIZE_DRAIN_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// How long an oversized body is drained at most.
+pub const OVERSIZE_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long the drain waits for more of the body (a client that sent only the head, or
+/// stopped, is not waited for longer: its connection is then closed).
+pub const OVERSIZE_DRAIN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads and drops what is left of `body`, within [`OVERSIZE_DRAIN_BYTES_MAX`] and
+/// [`OVERSIZE_DRAIN_TIMEOUT`]. Holding the body keeps hyper reading it for us after the
+/// response has gone out; dropping it early makes hyper close the connection.
+async fn drain(body: Body) {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut read: u64 = 0;
+    let _ = tokio::time::timeout(OVERSIZE_DRAIN_TIMEOUT, async {
+        while let Ok(Some(Ok(chunk))) =
+            tokio::time::timeout(OVERSIZE_DRAIN_IDLE, stream.next()).await
+        {
+            read += chunk.len() as u64;
+            if read > OVERSIZE_DRAIN_BYTES_MAX {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
 /// Read a request body of at most `max` bytes; 413 above that, checked against
-/// `Content-Length` first so an oversized body is refused before it is read.
+/// `Content-Length` first so an oversized body is refused before it is buffered. The
+/// refused body is drained in the background (see [`OVERSIZE_DRAIN_BYTES_MAX`]).
 pub(super) async fn read_body(
     body: Body,
     headers: &HeaderMap,
@@ -358,16 +390,28 @@ pub(super) async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
+    if let Some(len) = declared.filter(|&len| len > max as u64) {
+        // A body too large to drain is not waited for: the connection closes after the 413.
+        if len <= OVERSIZE_DRAIN_BYTES_MAX {
+            tokio::spawn(drain(body));
+        }
         return Err(too_large());
     }
-    axum::body::to_bytes(body, max).await.map_err(|e| {
-        if e.to_string().contains("length limit") {
-            too_large()
-        } else {
-            ApiError::bad_request(format!("reading the request body: {e}"))
+    // Read up to the limit by hand, so that what is left of an oversized body (sent without
+    // a Content-Length, chunked) can still be drained.
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        if buf.len() + chunk.len() > max {
+            tokio::spawn(drain(Body::from_stream(stream)));
+            return Err(too_large());
         }
-    })
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }
 
 pub(super) fn to_i64(v: u64, name: &str) -> Result<i64, ApiError> {

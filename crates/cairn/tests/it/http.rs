@@ -289,6 +289,12 @@ fn limits_and_bad_input_get_clear_errors() {
     let r = request_declared(node.http_addr, "PUT", "/v1/kv/huge", 1 << 40);
     assert_eq!(r.status, 413);
     assert_eq!(get(&node, "/v1/kv/huge").status, 404);
+    // A client that writes its whole oversized body before reading (as Python's http.client
+    // does) gets the 413, not a reset connection: the body is drained after the answer.
+    let body = vec![7u8; 8 << 20];
+    let r = request(node.http_addr, "PUT", "/v1/kv/big", &body);
+    assert_eq!((r.status, r.code().as_str()), (413, "value_too_large"));
+    assert_eq!(get(&node, "/v1/kv/big").body, vec![7u8; 1024]);
 
     // Key above 64 KiB: the request target alone is then above hyper's URI limit (64 KiB), so
     // the transport answers 414 before the node sees it.
