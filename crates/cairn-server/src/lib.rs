@@ -35,6 +35,7 @@ pub mod node;
 pub mod peer;
 pub mod placement;
 pub mod proposer;
+pub mod pubsub;
 pub mod reply;
 pub mod resp;
 pub mod scan;

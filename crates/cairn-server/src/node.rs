@@ -151,6 +151,8 @@ pub struct Node {
     /// Committed transactions (primary shard, id) whose records the background forgetter
     /// is to forget (bounded: [`crate::txn::FORGETS_QUEUED_MAX`]).
     forgets: tokio::sync::mpsc::Sender<(u32, crate::txn::TxnId)>,
+    /// Publish/subscribe: this node's channels and their subscribers.
+    pubsub: Arc<crate::pubsub::Hub>,
     /// Tests only: the next multi-shard read pauses before reading its second shard's part
     /// (it notifies the first, then waits for the second), so that a test can commit a
     /// transaction between the parts of one pass.
@@ -199,6 +201,11 @@ impl Node {
     /// The Raft groups this node hosts (the peer service dispatches on them).
     pub fn groups(&self) -> &Arc<Groups> {
         &self.groups
+    }
+
+    /// This node's pub/sub channels and subscribers.
+    pub fn pubsub(&self) -> &Arc<crate::pubsub::Hub> {
+        &self.pubsub
     }
 
     /// The node's write-ahead log (every group's log).

@@ -114,6 +114,7 @@ impl Node {
             cursors: ScanCursors::default(),
             started: Instant::now(),
             forgets,
+            pubsub: Default::default(),
         });
         Node::spawn_forgetter(&node, forget_queue);
         node.await_sole_leadership().await?;

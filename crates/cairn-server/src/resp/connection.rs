@@ -190,6 +190,15 @@ fn encode(frame: &Frame, out: &mut BytesMut, session: &Session, shared: &Shared)
     frame.encode(out, session.protocol);
 }
 
+/// The next pub/sub message for this connection; pending forever while it subscribes to
+/// nothing, None once the hub dropped it for falling behind.
+async fn next_message(session: &mut Session) -> Option<crate::pubsub::Message> {
+    match session.subscriber.as_mut() {
+        Some(subscriber) => subscriber.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Serve one connection until the peer leaves, sends QUIT or a protocol error, or the server
 /// shuts down.
 pub async fn serve(
@@ -252,6 +261,12 @@ pub async fn serve(
                         !matches!(frame, Frame::Error(_)),
                     );
                     replies.push(frame, &session, &shared);
+                }
+                Action::Replies(frames) => {
+                    observer.observe(session.last_command, started.elapsed(), true);
+                    for frame in frames {
+                        replies.push(frame, &session, &shared);
+                    }
                 }
                 Action::Close(frame) => {
                     replies.push(frame, &session, &shared);
@@ -334,6 +349,22 @@ pub async fn serve(
             read = stream.read_buf(&mut input) => match read {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
+            },
+            message = next_message(&mut session) => match message {
+                // Pushed as it comes, with whatever else is already waiting.
+                Some(message) => {
+                    replies.push(crate::resp::pubsub::message_frame(message), &session, &shared);
+                    while replies.out.len() < REPLY_BYTES_MAX {
+                        let Some(more) = session.subscriber.as_mut().and_then(|s| s.try_next()) else {
+                            break;
+                        };
+                        replies.push(crate::resp::pubsub::message_frame(more), &session, &shared);
+                    }
+                }
+                None => {
+                    tracing::info!(client = session.id, "closing a subscriber that fell behind");
+                    return;
+                }
             },
             _ = shutdown.changed() => return,
         }

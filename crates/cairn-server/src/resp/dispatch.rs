@@ -14,7 +14,7 @@ use crate::long_double::is_float;
 use crate::resp::render::{ExecSlot, Render, TtlKind};
 use crate::resp::session::{MULTI_COMMANDS_MAX, Multi, Queued, Session, Shared, WATCHED_KEYS_MAX};
 use crate::resp::table::{self, CommandSpec};
-use crate::resp::{cluster, introspection};
+use crate::resp::{cluster, introspection, pubsub};
 
 /// Default SCAN COUNT, as Redis.
 pub const SCAN_COUNT_DEFAULT: usize = 10;
@@ -26,6 +26,8 @@ const UNKNOWN_ARGS_CHARS_MAX: usize = 128;
 pub enum Action {
     /// Send this reply.
     Reply(Frame),
+    /// Send these replies, in order (SUBSCRIBE answers one per channel).
+    Replies(Vec<Frame>),
     /// Execute on the node, then render the result.
     Node { cmd: Command, render: Render },
     /// Send this reply and close the connection (QUIT).
@@ -248,8 +250,21 @@ pub fn dispatch(args: Vec<Bytes>, session: &mut Session, shared: &Shared) -> Act
     if !spec.arity_ok(args.len()) {
         return Action::Reply(refuse_queuing(session, arity_error(spec.name)));
     }
+    if let Some(frame) = pubsub::refused_in_context(spec.name, session) {
+        return Action::Reply(frame);
+    }
     if let Some(action) = transaction_command(spec, &args, session) {
         return action;
+    }
+    if pubsub::is_pubsub(spec.name) {
+        if session.multi.is_some() {
+            let refusal = err_text(&format!(
+                "ERR '{}' cannot run inside MULTI on Cairn",
+                spec.name
+            ));
+            return Action::Reply(refuse_queuing(session, refusal));
+        }
+        return pubsub::command(spec.name, &args, session, shared);
     }
     // As Redis Cluster: a redirect comes before the arguments are parsed.
     if let Some(moved) = cluster::redirect(spec, &args, session, shared) {
@@ -803,6 +818,10 @@ fn local_command(
     shared: &Shared,
 ) -> Action {
     let reply = match spec.name {
+        "ping" if pubsub::subscribed_ping(session) => Frame::Array(vec![
+            Frame::Bulk(Bytes::from_static(b"pong")),
+            Frame::Bulk(args.get(1).cloned().unwrap_or_default()),
+        ]),
         "ping" => match args.len() {
             1 => Frame::Simple(Bytes::from_static(b"PONG")),
             2 => Frame::Bulk(args[1].clone()),

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod connection;
 pub mod dispatch;
 pub mod introspection;
+pub mod pubsub;
 pub mod render;
 pub mod session;
 pub mod table;

@@ -32,6 +32,8 @@ pub struct Session {
     /// Keys `WATCH`ed, with the version each had then (0: missing); `EXEC` runs only if
     /// every one still has it. Bounded by [`WATCHED_KEYS_MAX`].
     pub watched: Vec<(Bytes, u64)>,
+    /// Channels and patterns subscribed to (`SUBSCRIBE`, `PSUBSCRIBE`); None until the first.
+    pub subscriber: Option<crate::pubsub::Subscriber>,
 }
 
 /// Most commands one `MULTI` queues, and most keys one connection watches.
@@ -71,6 +73,7 @@ impl Session {
             readonly: false,
             multi: None,
             watched: Vec::new(),
+            subscriber: None,
         }
     }
 

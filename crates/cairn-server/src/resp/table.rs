@@ -70,6 +70,8 @@ const RF: &[&str] = &["readonly", "fast"];
 const C: &[&str] = &["noscript", "loading", "stale", "fast"];
 const CS: &[&str] = &["noscript", "loading", "stale"];
 const X: &[&str] = &[];
+const PS: &[&str] = &["pubsub", "noscript", "loading", "stale"];
+const PSF: &[&str] = &["pubsub", "loading", "stale", "fast"];
 
 const fn spec(
     name: &'static str,
@@ -496,6 +498,15 @@ pub const COMMANDS: &[CommandSpec] = &[
         "2.6.0",
     ),
     spec(
+        "psubscribe",
+        -2,
+        PS,
+        NONE,
+        "pubsub",
+        "Listens for messages published to channels that match one or more patterns.",
+        "2.0.0",
+    ),
+    spec(
         "pttl",
         2,
         RF,
@@ -503,6 +514,33 @@ pub const COMMANDS: &[CommandSpec] = &[
         "generic",
         "Returns the expiration time in milliseconds of a key.",
         "2.6.0",
+    ),
+    spec(
+        "publish",
+        3,
+        PSF,
+        NONE,
+        "pubsub",
+        "Posts a message to a channel.",
+        "2.0.0",
+    ),
+    spec(
+        "pubsub",
+        -2,
+        PS,
+        NONE,
+        "pubsub",
+        "A container for Pub/Sub commands.",
+        "2.8.0",
+    ),
+    spec(
+        "punsubscribe",
+        -1,
+        PS,
+        NONE,
+        "pubsub",
+        "Stops listening to messages published to channels that match one or more patterns.",
+        "2.0.0",
     ),
     spec(
         "quit",
@@ -640,6 +678,15 @@ pub const COMMANDS: &[CommandSpec] = &[
         "2.2.0",
     ),
     spec(
+        "subscribe",
+        -2,
+        PS,
+        NONE,
+        "pubsub",
+        "Listens for messages published to channels.",
+        "2.0.0",
+    ),
+    spec(
         "time",
         1,
         &["loading", "stale", "fast"],
@@ -674,6 +721,15 @@ pub const COMMANDS: &[CommandSpec] = &[
         "generic",
         "Asynchronously deletes one or more keys.",
         "4.0.0",
+    ),
+    spec(
+        "unsubscribe",
+        -1,
+        PS,
+        NONE,
+        "pubsub",
+        "Stops listening to messages posted to channels.",
+        "2.0.0",
     ),
     spec(
         "unwatch",
