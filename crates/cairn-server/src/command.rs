@@ -322,6 +322,10 @@ pub enum Command {
     /// An atomic group of puts and deletes → `Reply::Batch` (the version of all its writes).
     Batch { ops: Vec<BatchOp> },
 
+    /// Messages published on another node, for this node's subscribers → `Reply::Int` (how
+    /// many subscribers got them).
+    Publish { messages: Vec<(Bytes, Bytes)> },
+
     /// An atomic, isolated transaction (RESP MULTI/EXEC with WATCH, gRPC/HTTP Txn): when every
     /// compare holds, `then`'s commands are evaluated in order, else `otherwise`'s, each seeing
     /// the writes of those before it and nothing of any other request → `Reply::Exec`. Keyed
@@ -487,6 +491,7 @@ impl Command {
             Command::Exec { .. } => "exec",
             Command::Txn(_) => "txn",
             Command::ShardRead { .. } => "shard_read",
+            Command::Publish { .. } => "publish",
         }
     }
 }

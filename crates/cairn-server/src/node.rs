@@ -34,6 +34,7 @@ use crate::shards::{NodeIdentity, Shards};
 
 mod background;
 mod open;
+mod publish;
 mod read;
 mod route;
 mod status;
@@ -153,6 +154,8 @@ pub struct Node {
     forgets: tokio::sync::mpsc::Sender<(u32, crate::txn::TxnId)>,
     /// Publish/subscribe: this node's channels and their subscribers.
     pubsub: Arc<crate::pubsub::Hub>,
+    /// Messages published here on their way to each other node, by Raft id.
+    fanouts: parking_lot::Mutex<std::collections::HashMap<u64, publish::Fanout>>,
     /// Tests only: the next multi-shard read pauses before reading its second shard's part
     /// (it notifies the first, then waits for the second), so that a test can commit a
     /// transaction between the parts of one pass.

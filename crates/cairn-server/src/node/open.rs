@@ -115,6 +115,7 @@ impl Node {
             started: Instant::now(),
             forgets,
             pubsub: Default::default(),
+            fanouts: Default::default(),
         });
         Node::spawn_forgetter(&node, forget_queue);
         node.await_sole_leadership().await?;

@@ -127,7 +127,9 @@ pub fn command(name: &str, args: &[Bytes], session: &mut Session, shared: &Share
                 .collect();
             Action::Replies(frames)
         }
-        "publish" => Action::Reply(Frame::Integer(hub.publish(&args[1], &args[2]) as i64)),
+        "publish" => Action::Reply(Frame::Integer(
+            shared.node.publish(&args[1], &args[2]) as i64
+        )),
         _ => Action::Reply(pubsub_introspection(args, shared)),
     }
 }

@@ -1975,3 +1975,61 @@ fn transactions_stay_atomic_while_coordinators_and_leaders_die_or_are_cut_off() 
         );
     }
 }
+
+/// A message published on any node reaches the subscribers of every node, in the order it
+/// was published, by channel and by pattern; PUBLISH answers how many subscribers of its own
+/// node got it, as Redis Cluster's does.
+#[test]
+fn messages_published_on_one_node_reach_subscribers_on_every_node() {
+    let cluster = Cluster::start(3);
+    let subscribe = |i: usize, how: &[u8], to: &[u8]| {
+        let mut conn = cluster.nodes[i].resp();
+        conn.send_cmd(&[how, to]);
+        let kind = String::from_utf8_lossy(how).to_lowercase();
+        let want = format!(
+            "*3\r\n${}\r\n{kind}\r\n${}\r\n{}\r\n:1\r\n",
+            kind.len(),
+            to.len(),
+            String::from_utf8_lossy(to)
+        );
+        assert_eq!(String::from_utf8_lossy(&conn.read_reply()), want);
+        conn
+    };
+    let mut here = subscribe(0, b"SUBSCRIBE", b"news");
+    let mut there = subscribe(1, b"SUBSCRIBE", b"news");
+    let mut pattern = subscribe(2, b"PSUBSCRIBE", b"n*");
+    let mut publisher = cluster.nodes[0].resp();
+    for i in 0..50 {
+        // One subscriber of the publishing node; the others are elsewhere.
+        assert_eq!(publisher.cmd_str(&format!("PUBLISH news m{i}")), ":1\r\n");
+    }
+    let message = |i: usize| {
+        let payload = format!("m{i}");
+        format!(
+            "*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n${}\r\n{payload}\r\n",
+            payload.len()
+        )
+    };
+    for i in 0..50 {
+        for conn in [&mut here, &mut there] {
+            assert_eq!(String::from_utf8_lossy(&conn.read_reply()), message(i));
+        }
+        let payload = format!("m{i}");
+        assert_eq!(
+            String::from_utf8_lossy(&pattern.read_reply()),
+            format!(
+                "*4\r\n$8\r\npmessage\r\n$2\r\nn*\r\n$4\r\nnews\r\n${}\r\n{payload}\r\n",
+                payload.len()
+            )
+        );
+    }
+    // From another node, the other way round.
+    let mut publisher = cluster.nodes[2].resp();
+    assert_eq!(publisher.cmd_str("PUBLISH news back"), ":1\r\n");
+    for conn in [&mut here, &mut there] {
+        assert_eq!(
+            String::from_utf8_lossy(&conn.read_reply()),
+            "*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$4\r\nback\r\n"
+        );
+    }
+}
