@@ -5,6 +5,7 @@
 //! shards' evaluation of writes and the evaluation of reads inside transactions.
 
 use bytes::Bytes;
+use cairn_resp::parse_i64;
 
 use crate::error::CommandError;
 
@@ -13,9 +14,7 @@ pub const BIT_OFFSET_MAX: u64 = 512 * 1024 * 1024 * 8 - 1;
 
 /// A bit offset argument, as Redis reads it.
 pub fn parse_offset(arg: &[u8]) -> Result<u64, CommandError> {
-    std::str::from_utf8(arg)
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok())
+    parse_i64(arg)
         .filter(|&n| n >= 0 && n as u64 <= BIT_OFFSET_MAX)
         .map(|n| n as u64)
         .ok_or_else(|| CommandError::Invalid("bit offset is not an integer or out of range".into()))
@@ -45,11 +44,9 @@ pub fn set(value: &mut Vec<u8>, offset: u64, bit: bool) -> i64 {
     old
 }
 
+/// An integer argument as Redis reads it (no `+`, no leading zeros).
 fn int(arg: &Bytes) -> Result<i64, CommandError> {
-    std::str::from_utf8(arg)
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok())
-        .ok_or(CommandError::NotInteger)
+    parse_i64(arg).ok_or(CommandError::NotInteger)
 }
 
 /// A range in bytes of a value, with masks for the bits of its first and last bytes that
@@ -117,13 +114,14 @@ pub fn count(value: Option<&[u8]>, args: &[Bytes]) -> Result<i64, CommandError> 
         },
         [start, end] | [start, end, _] => {
             let (start, end) = (int(start)?, int(end)?);
+            // Before the unit is read, as in Redis.
+            if start < 0 && end < 0 && start > end {
+                return Ok(0);
+            }
             let bit = match args.get(2) {
                 Some(u) => unit(u)?,
                 None => false,
             };
-            if start < 0 && end < 0 && start > end {
-                return Ok(0);
-            }
             range(value.len(), start, end, bit)
         }
         _ => return Err(CommandError::Syntax),

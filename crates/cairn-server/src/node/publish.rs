@@ -2,10 +2,11 @@
 //! subscribers at once and, through one ordered queue per other node, to theirs. Delivery is
 //! fire and forget, as pub/sub is: a node that is down or cut off misses what is published
 //! meanwhile, and a queue that fills (a node that cannot keep up) drops messages, bounded at
-//! [`FANOUT_QUEUE_MAX`] each. Messages published on one node reach every other node in the
+//! [`FANOUT_QUEUE_MAX`] messages and [`FANOUT_QUEUE_BYTES_MAX`] bytes each. Messages published on one node reach every other node in the
 //! order they were published.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use cairn_raft::Peers;
@@ -16,50 +17,86 @@ use crate::command::Command;
 
 /// Messages waiting to be sent to one other node; past this they are dropped.
 pub const FANOUT_QUEUE_MAX: usize = 16 * 1024;
-/// Messages sent to another node in one request.
+/// Bytes (channels and payloads) waiting to be sent to one other node; past this messages
+/// are dropped.
+pub const FANOUT_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Messages sent to another node in one request, at most.
 pub const FANOUT_BATCH_MAX: usize = 256;
+/// Bytes sent to another node in one request, about (one message may be larger).
+pub const FANOUT_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Where messages for one other node wait, and the task that sends them in order.
 #[derive(Debug)]
 pub(crate) struct Fanout {
     addr: String,
     queue: mpsc::Sender<(Bytes, Bytes)>,
+    /// Bytes waiting in `queue`.
+    queued: Arc<AtomicUsize>,
+}
+
+fn bytes_of(message: &(Bytes, Bytes)) -> usize {
+    message.0.len() + message.1.len()
 }
 
 impl Fanout {
     fn spawn(peers: Arc<Peers>, addr: String) -> Fanout {
         let (queue, mut waiting) = mpsc::channel::<(Bytes, Bytes)>(FANOUT_QUEUE_MAX);
-        let to = addr.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (to, counted) = (addr.clone(), queued.clone());
         tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(FANOUT_BATCH_MAX);
-            while waiting.recv_many(&mut batch, FANOUT_BATCH_MAX).await > 0 {
-                let cmd = Command::Publish {
-                    messages: std::mem::take(&mut batch),
-                };
+            while let Some(first) = waiting.recv().await {
+                let mut bytes = bytes_of(&first);
+                let mut batch = vec![first];
+                while batch.len() < FANOUT_BATCH_MAX && bytes < FANOUT_BATCH_BYTES_MAX {
+                    let Ok(next) = waiting.try_recv() else {
+                        break;
+                    };
+                    bytes += bytes_of(&next);
+                    batch.push(next);
+                }
+                counted.fetch_sub(bytes, Ordering::Relaxed);
+                let cmd = Command::Publish { messages: batch };
                 if let Err(e) = crate::peer::forward(&peers, &to, &cmd, 1, false, None).await {
                     tracing::debug!(peer = %to, error = %e, "pub/sub messages not delivered");
                 }
             }
         });
-        Fanout { addr, queue }
+        Fanout {
+            addr,
+            queue,
+            queued,
+        }
+    }
+
+    /// Queues a message; false when the queue is full (by count or bytes).
+    fn offer(&self, message: (Bytes, Bytes)) -> bool {
+        let bytes = bytes_of(&message);
+        if self.queued.load(Ordering::Relaxed) + bytes > FANOUT_QUEUE_BYTES_MAX {
+            return false;
+        }
+        self.queued.fetch_add(bytes, Ordering::Relaxed);
+        if self.queue.try_send(message).is_err() {
+            self.queued.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 }
 
 impl Node {
     /// PUBLISH: hands the message to this node's subscribers, returns how many got it (as
     /// Redis Cluster's PUBLISH does), and queues it for every other node of the cluster.
+    /// Local delivery and queuing happen under one lock, so that every node sees this
+    /// node's messages in one order.
     pub fn publish(&self, channel: &Bytes, payload: &Bytes) -> usize {
-        let reached = self.pubsub.publish(channel, payload);
         let others: Vec<_> = self
             .meta
             .nodes()
             .into_iter()
             .filter(|r| r.raft_id != self.identity.raft_id)
             .collect();
-        if others.is_empty() {
-            return reached;
-        }
         let mut fanouts = self.fanouts.lock();
+        let reached = self.pubsub.publish(channel, payload);
         for record in others {
             let fanout = fanouts
                 .entry(record.raft_id)
@@ -69,11 +106,7 @@ impl Node {
                     }
                 })
                 .or_insert_with(|| Fanout::spawn(self.peers.clone(), record.grpc_addr.clone()));
-            if fanout
-                .queue
-                .try_send((channel.clone(), payload.clone()))
-                .is_err()
-            {
+            if !fanout.offer((channel.clone(), payload.clone())) {
                 tracing::debug!(peer = record.raft_id, "pub/sub queue full: message dropped");
             }
         }

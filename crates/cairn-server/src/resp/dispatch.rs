@@ -818,7 +818,7 @@ fn local_command(
     shared: &Shared,
 ) -> Action {
     let reply = match spec.name {
-        "ping" if pubsub::subscribed_ping(session) => Frame::Array(vec![
+        "ping" if pubsub::subscribed_ping(session) && args.len() <= 2 => Frame::Array(vec![
             Frame::Bulk(Bytes::from_static(b"pong")),
             Frame::Bulk(args.get(1).cloned().unwrap_or_default()),
         ]),

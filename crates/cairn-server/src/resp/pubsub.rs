@@ -98,33 +98,38 @@ pub fn command(name: &str, args: &[Bytes], session: &mut Session, shared: &Share
             let Some(subscriber) = session.subscriber.as_mut() else {
                 return Action::Replies(none_left(kind, &args[1..]));
             };
+            // Messages published before the unsubscription go out before its answer, as
+            // in Redis (a RESP2 client that leaves the subscribed context must not read one
+            // as the answer to its next command).
+            let mut frames = Vec::new();
+            while let Some(message) = subscriber.try_next() {
+                frames.push(message_frame(message));
+            }
             let names = match &args[1..] {
                 [] if name == "unsubscribe" => subscriber.channels(),
                 [] => subscriber.patterns(),
                 some => some.to_vec(),
             };
             if names.is_empty() {
-                return Action::Replies(vec![Frame::Push(vec![
+                frames.push(Frame::Push(vec![
                     bulk(kind),
                     Frame::Null,
                     Frame::Integer(subscriber.count() as i64),
-                ])]);
+                ]));
+                return Action::Replies(frames);
             }
-            let frames = names
-                .into_iter()
-                .map(|n| {
-                    if name == "unsubscribe" {
-                        subscriber.unsubscribe(&n);
-                    } else {
-                        subscriber.punsubscribe(&n);
-                    }
-                    Frame::Push(vec![
-                        bulk(kind),
-                        Frame::Bulk(n),
-                        Frame::Integer(subscriber.count() as i64),
-                    ])
-                })
-                .collect();
+            frames.extend(names.into_iter().map(|n| {
+                if name == "unsubscribe" {
+                    subscriber.unsubscribe(&n);
+                } else {
+                    subscriber.punsubscribe(&n);
+                }
+                Frame::Push(vec![
+                    bulk(kind),
+                    Frame::Bulk(n),
+                    Frame::Integer(subscriber.count() as i64),
+                ])
+            }));
             Action::Replies(frames)
         }
         "publish" => Action::Reply(Frame::Integer(

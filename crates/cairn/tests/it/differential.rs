@@ -515,6 +515,10 @@ fn bit_commands_match_redis() {
         check(s(&["BITCOUNT", key, "1"]));
         check(s(&["BITCOUNT", key, "x", "1"]));
         check(s(&["BITCOUNT", key, "0", "1", "WORD"]));
+        check(s(&["BITCOUNT", key, "-1", "-2", "WORD"]));
+        check(s(&["BITCOUNT", key, "+1", "2"]));
+        check(s(&["BITPOS", key, "1", "01"]));
+        check(s(&["GETBIT", key, "+1"]));
         check(s(&["BITPOS", key, "2"]));
         check(s(&["BITPOS", key, "x"]));
         check(s(&["BITPOS", key, "1", "0", "1", "BIT", "x"]));

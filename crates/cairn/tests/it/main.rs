@@ -9,5 +9,6 @@ mod durability;
 mod grpc;
 mod http;
 mod linearizability;
+mod pubsub;
 mod resp;
 mod support;
