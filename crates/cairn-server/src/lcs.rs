@@ -45,6 +45,21 @@ pub enum LcsAnswer {
     },
 }
 
+/// The LCS of the values of two entries read at one instant (a missing one is empty).
+pub fn of_entries(
+    entries: &[Option<crate::reply::Entry>],
+    mode: LcsMode,
+) -> Result<LcsAnswer, CommandError> {
+    let value = |i: usize| {
+        entries
+            .get(i)
+            .and_then(Option::as_ref)
+            .map(|e| e.value.clone())
+            .unwrap_or_default()
+    };
+    lcs(&value(0), &value(1), mode)
+}
+
 /// The LCS of `a` and `b` (missing values are empty).
 pub fn lcs(a: &[u8], b: &[u8], mode: LcsMode) -> Result<LcsAnswer, CommandError> {
     let (alen, blen) = (a.len(), b.len());

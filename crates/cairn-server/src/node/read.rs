@@ -203,13 +203,7 @@ impl Node {
             }
             Command::Lcs { a, b, mode } => {
                 let entries = self.get_entries(known, &[a.clone(), b.clone()])?;
-                let value = |i: usize| {
-                    entries[i]
-                        .as_ref()
-                        .map(|e| e.value.clone())
-                        .unwrap_or_default()
-                };
-                Ok(Reply::Lcs(crate::lcs::lcs(&value(0), &value(1), *mode)?))
+                crate::lcs::of_entries(&entries, *mode).map(Reply::Lcs)
             }
             Command::GetBit { .. } | Command::BitCount { .. } | Command::BitPos { .. } => {
                 let key = cmd.read_keys()[0];

@@ -210,13 +210,7 @@ impl Node {
                     return self.read_on(shard, cmd, hops, stale).await;
                 }
                 let entries = self.read_atomic(&keys, hops, stale).await?;
-                let value = |i: usize| {
-                    entries[i]
-                        .as_ref()
-                        .map(|e| e.value.clone())
-                        .unwrap_or_default()
-                };
-                Ok(Reply::Lcs(crate::lcs::lcs(&value(0), &value(1), *mode)?))
+                crate::lcs::of_entries(&entries, *mode).map(Reply::Lcs)
             }
             Command::Exists { keys } => {
                 if let Some(shard) = self.single_shard(keys) {
