@@ -3,10 +3,10 @@
 //! matches and says how many got it. Messages are not stored: who is not subscribed when a
 //! message is published never sees it.
 //!
-//! Every subscriber has a bounded queue ([`SUBSCRIBER_QUEUE_MAX`] messages, [`SUBSCRIBER_QUEUE_BYTES_MAX`] bytes); one that does
-//! not read fast enough is dropped when its queue is full (its connection is then closed),
-//! as Redis drops a client past its pub/sub output buffer limit, so a slow reader never
-//! makes the node's memory grow.
+//! Every subscriber has a bounded queue ([`SUBSCRIBER_QUEUE_MAX`] messages,
+//! [`SUBSCRIBER_QUEUE_BYTES_MAX`] bytes); one that does not read fast enough is dropped when
+//! its queue is full (its connection is then closed), as Redis drops a client past its
+//! pub/sub output buffer limit, so a slow reader never makes the node's memory grow.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -267,8 +267,10 @@ impl Subscriber {
         message.inspect(|m| self.taken(m))
     }
 
-    /// Whether the hub dropped this subscriber (it keeps subscriptions it no longer has).
-    pub fn dropped(&self) -> bool {
+    /// Tests only: whether the hub dropped this subscriber (it keeps subscriptions it no
+    /// longer has; the connection learns of the drop from [`Subscriber::next`]).
+    #[cfg(test)]
+    fn dropped(&self) -> bool {
         let inner = self.hub.inner.lock();
         let listed = |subs: &HashMap<u64, Outbox>| subs.contains_key(&self.id);
         self.channels

@@ -2,8 +2,8 @@
 //! subscribers at once and, through one ordered queue per other node, to theirs. Delivery is
 //! fire and forget, as pub/sub is: a node that is down or cut off misses what is published
 //! meanwhile, and a queue that fills (a node that cannot keep up) drops messages, bounded at
-//! [`FANOUT_QUEUE_MAX`] messages and [`FANOUT_QUEUE_BYTES_MAX`] bytes each. Messages published on one node reach every other node in the
-//! order they were published.
+//! [`FANOUT_QUEUE_MAX`] messages and [`FANOUT_QUEUE_BYTES_MAX`] bytes each. Messages
+//! published on one node reach every other node in the order they were published.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
