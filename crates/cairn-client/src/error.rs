@@ -31,6 +31,14 @@ pub enum Error {
     /// The request did not finish within the configured timeout.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// A watch's history is gone: it may resume only from `revision` of `shard` on (read
+    /// the keys again, then watch from a fresh token).
+    #[error("compacted: shard {shard} keeps history only after revision {revision}")]
+    Compacted { shard: u32, revision: u64 },
+    /// The server ended a watch, for the reason given (a client that did not read, a node
+    /// shutting down).
+    #[error("watch canceled: {0}")]
+    WatchCanceled(String),
     /// Any other gRPC failure.
     #[error("server error ({code:?}): {message}")]
     Server { code: Code, message: String },

@@ -18,6 +18,7 @@
 
 mod error;
 pub mod routing;
+mod watch;
 
 use std::future::Future;
 use std::ops::Bound;
@@ -29,6 +30,7 @@ use tonic::{Code, Status};
 
 pub use cairn_proto::v1 as proto;
 pub use error::{Error, Result};
+pub use watch::{Watch, WatchOptions, WatchSelector, WatchUpdate};
 
 use proto::cluster_client::ClusterClient;
 use proto::kv_client::KvClient;
@@ -187,22 +189,7 @@ impl Scan {
             Selector::All => None,
             Selector::Prefix(p) => Some(P::Prefix(p.clone())),
             Selector::Range { start, end } => {
-                let (start, start_exclusive) = match start {
-                    Bound::Included(k) => (k.clone(), false),
-                    Bound::Excluded(k) => (k.clone(), true),
-                    Bound::Unbounded => (Bytes::new(), false),
-                };
-                let (end, end_inclusive) = match end {
-                    Bound::Included(k) => (k.clone(), true),
-                    Bound::Excluded(k) => (k.clone(), false),
-                    Bound::Unbounded => (Bytes::new(), false),
-                };
-                Some(P::Range(proto::KeyRange {
-                    start,
-                    start_exclusive,
-                    end,
-                    end_inclusive,
-                }))
+                Some(P::Range(range_to_proto(start.clone(), end.clone())))
             }
         };
         proto::ScanRequest {
@@ -524,6 +511,26 @@ impl Client {
                 }
             }
         }
+    }
+}
+
+/// A key range as the protocol carries it.
+fn range_to_proto(start: Bound<Bytes>, end: Bound<Bytes>) -> proto::KeyRange {
+    let (start, start_exclusive) = match start {
+        Bound::Included(k) => (k, false),
+        Bound::Excluded(k) => (k, true),
+        Bound::Unbounded => (Bytes::new(), false),
+    };
+    let (end, end_inclusive) = match end {
+        Bound::Included(k) => (k, true),
+        Bound::Excluded(k) => (k, false),
+        Bound::Unbounded => (Bytes::new(), false),
+    };
+    proto::KeyRange {
+        start,
+        start_exclusive,
+        end,
+        end_inclusive,
     }
 }
 

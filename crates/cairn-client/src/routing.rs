@@ -131,6 +131,25 @@ impl Routing {
         }
     }
 
+    /// A channel to every node worth trying for a request any node can serve: the seed
+    /// first, then each node of the map not quarantined (for watches, which move to another
+    /// node when theirs goes away).
+    pub(crate) fn every_node(&self) -> Vec<Channel> {
+        let mut out = vec![self.inner.seed.clone()];
+        let routes = self.inner.routes.read().expect("routes lock").clone();
+        if let Some(routes) = routes {
+            for addr in &routes.nodes {
+                if !self.is_quarantined(addr) {
+                    out.extend(self.channel_to(addr));
+                }
+            }
+        }
+        if self.inner.enabled {
+            self.refresh_in_background();
+        }
+        out
+    }
+
     /// Learn from a failed attempt before it is retried: an address that is down or
     /// unreachable is not routed to for a while, and the map is fetched again.
     pub(crate) fn observe_failure(&self, routed_to: Option<&Arc<str>>, status: &Status) {

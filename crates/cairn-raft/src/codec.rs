@@ -34,6 +34,7 @@ const OP_DELETE: u8 = 2;
 const OP_CLEAR: u8 = 3;
 const OP_SYSTEM_PUT: u8 = 4;
 const OP_SYSTEM_DELETE: u8 = 5;
+const OP_EXPIRE: u8 = 6;
 
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("cannot decode {what}"))
@@ -178,6 +179,11 @@ pub fn encode_request(out: &mut BytesMut, request: &Request) {
                 out.put_u32_le(key.len() as u32);
                 out.put_slice(key);
             }
+            WriteOp::Expire { key } => {
+                out.put_u8(OP_EXPIRE);
+                out.put_u32_le(key.len() as u32);
+                out.put_slice(key);
+            }
             WriteOp::Clear => out.put_u8(OP_CLEAR),
             WriteOp::SystemPut { key, value } => {
                 out.put_u8(OP_SYSTEM_PUT);
@@ -202,7 +208,7 @@ fn encoded_request_len(request: &Request) -> usize {
         .iter()
         .map(|op| match op {
             WriteOp::Put { key, value, .. } => 1 + 4 + key.len() + 4 + value.len() + 8,
-            WriteOp::Delete { key } => 1 + 4 + key.len(),
+            WriteOp::Delete { key } | WriteOp::Expire { key } => 1 + 4 + key.len(),
             WriteOp::Clear => 1,
             WriteOp::SystemPut { key, value } => 1 + 4 + key.len() + 4 + value.len(),
             WriteOp::SystemDelete { key } => 1 + 4 + key.len(),
@@ -228,6 +234,9 @@ fn get_request(buf: &mut &[u8], all: &Bytes) -> io::Result<Request> {
             }
             OP_DELETE => WriteOp::Delete {
                 key: get_bytes(buf, all, "delete key")?,
+            },
+            OP_EXPIRE => WriteOp::Expire {
+                key: get_bytes(buf, all, "expire key")?,
             },
             OP_CLEAR => WriteOp::Clear,
             OP_SYSTEM_PUT => WriteOp::SystemPut {
@@ -364,6 +373,9 @@ mod tests {
                 },
                 WriteOp::Delete {
                     key: Bytes::from_static(b"gone"),
+                },
+                WriteOp::Expire {
+                    key: Bytes::from_static(b"expired"),
                 },
                 WriteOp::Clear,
                 WriteOp::Put {

@@ -25,13 +25,13 @@ use parking_lot::Mutex;
 
 use cairn_wal::{Op, Record, Wal, WalError};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
-use openraft::{OptionalSend, RaftLogReader};
+use openraft::{EntryPayload, OptionalSend, RaftLogReader};
 
 use crate::codec::{
     decode_entry, decode_log_id, decode_opt_log_id, decode_vote, encode_entry, encode_log_id,
     encode_opt_log_id, encode_vote,
 };
-use crate::types::{Entry, LogId, TypeConfig, Vote};
+use crate::types::{Entry, LogId, TypeConfig, Vote, WriteOp};
 
 /// Bytes of encoded entries a group keeps decoded in memory for the state machine.
 pub const RECENT_BYTES_MAX: usize = 1 << 20;
@@ -141,6 +141,24 @@ impl LogStore {
 
     fn submit(&self, ops: Vec<Op>) -> io::Result<()> {
         self.wal.submit(ops, None).map_err(io_err)
+    }
+
+    /// The oldest index the log still holds an entry at (1 when nothing was purged).
+    pub fn first_index(&self) -> io::Result<u64> {
+        Ok(self.last_purged()?.map_or(1, |id| id.index + 1))
+    }
+
+    /// The ops of the normal entries at indexes `start..=end` the log still holds, by index
+    /// (for a shard's change feed, rebuilt at start from what the log keeps).
+    pub fn normal_entries(&self, start: u64, end: u64) -> io::Result<Vec<(u64, Vec<WriteOp>)>> {
+        let mut out = Vec::new();
+        for (_, bytes) in self.wal.entries(self.group, start..=end).map_err(io_err)? {
+            let entry = decode_entry(&bytes)?;
+            if let EntryPayload::Normal(request) = entry.payload {
+                out.push((entry.log_id.index, request.ops));
+            }
+        }
+        Ok(out)
     }
 
     fn last_purged(&self) -> io::Result<Option<LogId>> {

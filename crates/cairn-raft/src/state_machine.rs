@@ -14,6 +14,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use cairn_storage::io::Io;
 use cairn_storage::{Engine, Options, WriteBatch};
 use futures::{Stream, TryStreamExt};
@@ -31,25 +32,27 @@ use crate::types::{
 /// derives from a shard's data (its index of keys with deadlines, watches, caches).
 pub trait ApplyObserver: Send + Sync + 'static {
     /// Entry `index`'s ops were applied (called after the engine write, before the writer is
-    /// answered).
-    fn applied(&self, index: u64, ops: &[WriteOp]);
+    /// answered). `cleared` lists the keys a [`WriteOp::Clear`] among them removed, in the
+    /// order the engine held them (empty without one).
+    fn applied(&self, index: u64, ops: &[WriteOp], cleared: &[Bytes]);
     /// A snapshot replaced the engine: whatever was derived from the old one is to be rebuilt
-    /// from `engine`.
-    fn replaced(&self, engine: &Engine);
+    /// from `engine`, which has applied the log up to `applied`.
+    fn replaced(&self, engine: &Engine, applied: u64);
 }
 
 /// A shard replica: its engine, in a directory where a received snapshot can replace it.
 #[derive(Clone)]
 pub struct StateMachine {
     replica: Arc<Replica>,
-    observer: Option<Arc<dyn ApplyObserver>>,
+    /// Told of every change, in the order they were added.
+    observers: Vec<Arc<dyn ApplyObserver>>,
 }
 
 impl std::fmt::Debug for StateMachine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateMachine")
             .field("replica", &self.replica)
-            .field("observed", &self.observer.is_some())
+            .field("observers", &self.observers.len())
             .finish()
     }
 }
@@ -65,14 +68,14 @@ impl StateMachine {
         let replica = Replica::open(io, dir, options).map_err(storage_err)?;
         Ok(StateMachine {
             replica: Arc::new(replica),
-            observer: None,
+            observers: Vec::new(),
         })
     }
 
-    /// The same replica, telling `observer` of every change from now on (set it before the
-    /// state machine is handed to openraft).
+    /// The same replica, telling `observer` too of every change from now on (add observers
+    /// before the state machine is handed to openraft).
     pub fn observed(mut self, observer: Arc<dyn ApplyObserver>) -> StateMachine {
-        self.observer = Some(observer);
+        self.observers.push(observer);
         self
     }
 
@@ -148,9 +151,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let index = entry.log_id.index;
             let mut batch = WriteBatch::new();
             batch.set_version(index);
+            let mut cleared = Vec::new();
             match &entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(request) => fill_batch(&mut batch, &engine, &request.ops),
+                EntryPayload::Normal(request) => {
+                    cleared = fill_batch(&mut batch, &engine, &request.ops);
+                }
                 EntryPayload::Membership(m) => {
                     membership =
                         encode_membership(&StoredMembership::new(Some(entry.log_id), m.clone()));
@@ -158,10 +164,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             batch.set_last_applied(&encode_applied_raw(Some(&entry.log_id), &membership));
             engine.write(batch).map_err(storage_err)?;
-            if let (Some(observer), EntryPayload::Normal(request)) =
-                (&self.observer, &entry.payload)
-            {
-                observer.applied(index, &request.ops);
+            if let EntryPayload::Normal(request) = &entry.payload {
+                for observer in &self.observers {
+                    observer.applied(index, &request.ops, &cleared);
+                }
             }
             if let Some(responder) = responder {
                 responder.send(Response { index });
@@ -203,8 +209,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         staged.check(meta)?;
         staged.install()?;
-        if let Some(observer) = &self.observer {
-            observer.replaced(&self.engine());
+        let applied = meta.last_log_id.as_ref().map_or(0, |id| id.index);
+        for observer in &self.observers {
+            observer.replaced(&self.engine(), applied);
         }
         Ok(())
     }
@@ -219,9 +226,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 /// Adds `ops` to `batch` in order. `Clear` deletes every key the engine holds and every key
-/// put earlier in the batch; ops after it apply on the empty shard.
-fn fill_batch(batch: &mut WriteBatch, engine: &Engine, ops: &[WriteOp]) {
-    let mut put_before: Vec<&[u8]> = Vec::new();
+/// put earlier in the batch; ops after it apply on the empty shard. Answers the keys the
+/// clears removed (those the engine held, then those put before them in the batch).
+fn fill_batch(batch: &mut WriteBatch, engine: &Engine, ops: &[WriteOp]) -> Vec<Bytes> {
+    let mut put_before: Vec<&Bytes> = Vec::new();
+    let mut cleared = Vec::new();
     for op in ops {
         match op {
             WriteOp::Put {
@@ -232,7 +241,7 @@ fn fill_batch(batch: &mut WriteBatch, engine: &Engine, ops: &[WriteOp]) {
                 batch.put_with_expiry(key, value, *expires_at_ms);
                 put_before.push(key);
             }
-            WriteOp::Delete { key } => {
+            WriteOp::Delete { key } | WriteOp::Expire { key } => {
                 batch.delete(key);
             }
             WriteOp::SystemPut { key, value } => {
@@ -248,11 +257,17 @@ fn fill_batch(batch: &mut WriteBatch, engine: &Engine, ops: &[WriteOp]) {
                     usize::MAX,
                 ) {
                     batch.delete(&key);
+                    cleared.push(key);
                 }
+                let held: std::collections::HashSet<Bytes> = cleared.iter().cloned().collect();
                 for key in put_before.drain(..) {
                     batch.delete(key);
+                    if !held.contains(key) {
+                        cleared.push(key.clone());
+                    }
                 }
             }
         }
     }
+    cleared
 }

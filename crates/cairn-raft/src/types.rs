@@ -21,6 +21,9 @@ pub enum WriteOp {
     },
     /// Removes `key`.
     Delete { key: Bytes },
+    /// Removes `key` because its deadline passed (active expiry): applied as a delete, told
+    /// apart so that the change feed can say why the key went.
+    Expire { key: Bytes },
     /// Removes every key of the shard (FLUSHDB on one shard); later ops of the same request
     /// still apply. System records are not keys: it leaves them.
     Clear,

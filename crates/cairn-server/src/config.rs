@@ -38,6 +38,11 @@ pub const REPLICAS_DEFAULT: u32 = 3;
 pub const REPLICAS_MAX: u32 = 7;
 /// Default time after which a node that stopped answering the metadata leader is marked down.
 pub const DOWN_AFTER_MS_DEFAULT: u64 = 5_000;
+/// Fewest change events a shard may keep for watches (tests use small windows to reach
+/// compaction).
+pub const WATCH_HISTORY_EVENTS_MIN: usize = 16;
+/// Fewest bytes of history a shard may keep for watches.
+pub const WATCH_HISTORY_BYTES_MIN: usize = 64 * 1024;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
@@ -118,6 +123,13 @@ pub struct ServerArgs {
     /// down [default: 5000]
     #[arg(long, env = "CAIRN_DOWN_AFTER_MS", value_name = "MS")]
     pub down_after_ms: Option<u64>,
+    /// Change events each shard keeps for watches to resume from [default: 100000]
+    #[arg(long, env = "CAIRN_WATCH_HISTORY_EVENTS", value_name = "N")]
+    pub watch_history_events: Option<usize>,
+    /// Bytes of keys and values each shard keeps for watches to resume from [default:
+    /// 33554432]
+    #[arg(long, env = "CAIRN_WATCH_HISTORY_BYTES", value_name = "BYTES")]
+    pub watch_history_bytes: Option<usize>,
 }
 
 /// The same options as read from a `--config` TOML file.
@@ -138,6 +150,8 @@ pub struct FileConfig {
     pub replicas: Option<u32>,
     pub resp_redirect: Option<bool>,
     pub down_after_ms: Option<u64>,
+    pub watch_history_events: Option<usize>,
+    pub watch_history_bytes: Option<usize>,
 }
 
 /// Fully resolved server configuration.
@@ -163,6 +177,8 @@ pub struct ServerConfig {
     pub resp_redirect: bool,
     /// Silence after which the metadata leader marks a node down.
     pub down_after_ms: u64,
+    /// How much change history each shard keeps for watches.
+    pub watch_history: crate::feed::FeedLimits,
 }
 
 impl Default for ServerConfig {
@@ -182,6 +198,7 @@ impl Default for ServerConfig {
             replicas: REPLICAS_DEFAULT,
             resp_redirect: false,
             down_after_ms: DOWN_AFTER_MS_DEFAULT,
+            watch_history: crate::feed::FeedLimits::default(),
         }
     }
 }
@@ -225,6 +242,16 @@ impl ServerArgs {
                 .down_after_ms
                 .or(file.down_after_ms)
                 .unwrap_or(d.down_after_ms),
+            watch_history: crate::feed::FeedLimits {
+                events_max: self
+                    .watch_history_events
+                    .or(file.watch_history_events)
+                    .unwrap_or(d.watch_history.events_max),
+                bytes_max: self
+                    .watch_history_bytes
+                    .or(file.watch_history_bytes)
+                    .unwrap_or(d.watch_history.bytes_max),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -270,6 +297,16 @@ impl ServerConfig {
             self.down_after_ms >= 500,
             "down_after_ms must be at least 500 (a few election timeouts), got {}",
             self.down_after_ms
+        );
+        anyhow::ensure!(
+            self.watch_history.events_max >= WATCH_HISTORY_EVENTS_MIN,
+            "watch_history_events must be at least {WATCH_HISTORY_EVENTS_MIN}, got {}",
+            self.watch_history.events_max
+        );
+        anyhow::ensure!(
+            self.watch_history.bytes_max >= WATCH_HISTORY_BYTES_MIN,
+            "watch_history_bytes must be at least {WATCH_HISTORY_BYTES_MIN}, got {}",
+            self.watch_history.bytes_max
         );
         Ok(())
     }

@@ -73,7 +73,7 @@ impl Decided {
             .iter()
             .map(|op| match op {
                 WriteOp::Put { key, value, .. } => 17 + key.len() + value.len(),
-                WriteOp::Delete { key } => 5 + key.len(),
+                WriteOp::Delete { key } | WriteOp::Expire { key } => 5 + key.len(),
                 WriteOp::Clear => 1,
                 WriteOp::SystemPut { key, value } => 9 + key.len() + value.len(),
                 WriteOp::SystemDelete { key } => 5 + key.len(),
@@ -377,6 +377,12 @@ impl<'a> Eval<'a> {
 
     fn delete(&mut self, key: &Bytes) {
         self.ops.push(WriteOp::Delete { key: key.clone() });
+        self.staged.insert(key.clone(), None);
+    }
+
+    /// Deletes `key` because its deadline passed (the change feed tells it as an expiry).
+    fn expire_now(&mut self, key: &Bytes) {
+        self.ops.push(WriteOp::Expire { key: key.clone() });
         self.staged.insert(key.clone(), None);
     }
 
@@ -941,7 +947,7 @@ impl<'a> Eval<'a> {
                 value,
                 expires_at_ms,
             } => self.put(&key, value, expires_at_ms),
-            WriteOp::Delete { key } => self.delete(&key),
+            WriteOp::Delete { key } | WriteOp::Expire { key } => self.delete(&key),
             _ => {}
         }
     }
@@ -1137,7 +1143,7 @@ impl<'a> Eval<'a> {
                         }
                     };
                     if expired {
-                        self.delete(&key);
+                        self.expire_now(&key);
                         deleted += 1;
                     }
                 }

@@ -25,27 +25,27 @@ impl ExpiryTracker {
     /// A tracker holding every key of `engine` that has a deadline.
     pub fn from_engine(engine: &Engine) -> ExpiryTracker {
         let tracker = ExpiryTracker::default();
-        tracker.replaced(engine);
+        tracker.replaced(engine, 0);
         tracker
     }
 }
 
 impl ApplyObserver for ExpiryTracker {
-    fn applied(&self, _index: u64, ops: &[WriteOp]) {
+    fn applied(&self, _index: u64, ops: &[WriteOp], _cleared: &[Bytes]) {
         let mut index = self.index.lock();
         for op in ops {
             match op {
                 WriteOp::Put {
                     key, expires_at_ms, ..
                 } => index.set(key, *expires_at_ms),
-                WriteOp::Delete { key } => index.remove(key),
+                WriteOp::Delete { key } | WriteOp::Expire { key } => index.remove(key),
                 WriteOp::Clear => index.clear(),
                 WriteOp::SystemPut { .. } | WriteOp::SystemDelete { .. } => {}
             }
         }
     }
 
-    fn replaced(&self, engine: &Engine) {
+    fn replaced(&self, engine: &Engine, _applied: u64) {
         let mut index = self.index.lock();
         index.clear();
         for (key, meta) in engine.scan_keys(Bound::Unbounded, Bound::Unbounded, usize::MAX) {

@@ -24,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod expiry;
+pub mod feed;
 pub mod grpc;
 pub mod health;
 pub mod http;
@@ -44,6 +45,7 @@ pub mod shard;
 pub mod shards;
 pub mod slot;
 pub mod txn;
+pub mod watch;
 
 pub use command::{BatchOp, CmpOp, Command, Compare, Condition, ExpireCondition, Expiry, KeyRange};
 pub use error::CommandError;

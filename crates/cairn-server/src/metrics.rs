@@ -40,6 +40,12 @@ pub const SHARD_HANDOVERS_TOTAL: &str = "cairn_shard_handovers_total";
 /// Commands (parts of commands, one per shard) this node forwarded to the node leading their
 /// shard, by command and shard.
 pub const FORWARDED_TOTAL: &str = "cairn_forwarded_total";
+/// Gauge: watches open, by front end.
+pub const WATCHERS: &str = "cairn_watchers";
+/// Counter: change events sent to watches, by front end.
+pub const WATCH_EVENTS_TOTAL: &str = "cairn_watch_events_total";
+/// Counter: watches the server ended, by reason (`stalled`, `compacted`).
+pub const WATCHERS_DROPPED_TOTAL: &str = "cairn_watchers_dropped_total";
 
 /// Buckets for counts per fsync (1 … 4096).
 const COUNT_BUCKETS: &[f64] = &[
@@ -232,6 +238,24 @@ pub fn forwarded(command: &str, shard: u32) {
         "shard" => shard.to_string()
     )
     .increment(1);
+}
+
+/// A watch started (`delta` = 1) or ended (`delta` = -1) on `frontend`.
+pub fn watchers(frontend: &'static str, delta: f64) {
+    metrics::gauge!(WATCHERS, "frontend" => frontend).increment(delta);
+}
+
+/// `count` change events sent to watchers of `frontend`.
+pub fn watch_events(frontend: &'static str, count: usize) {
+    if count > 0 {
+        metrics::counter!(WATCH_EVENTS_TOTAL, "frontend" => frontend).increment(count as u64);
+    }
+}
+
+/// A watch ended by the server: `stalled` (its client did not read) or `compacted` (the
+/// history it needed was gone).
+pub fn watcher_dropped(reason: &'static str) {
+    metrics::counter!(WATCHERS_DROPPED_TOTAL, "reason" => reason).increment(1);
 }
 
 /// A client connection opened (`delta` = 1) or closed (`delta` = -1).

@@ -97,6 +97,8 @@ pub struct NodeOptions {
     /// traffic, forwarded commands, joins): [`cairn_raft::transport::Tcp`] in production,
     /// in-memory pipes with links that can be cut in tests.
     pub network: Arc<dyn cairn_raft::transport::Network>,
+    /// How much change history each shard keeps for watches (`--watch-history-*`).
+    pub watch_history: crate::feed::FeedLimits,
 }
 
 /// Segment sizes, not user-facing configuration: the defaults suit a server; tests shrink them
@@ -156,6 +158,8 @@ pub struct Node {
     pubsub: Arc<crate::pubsub::Hub>,
     /// Messages published here on their way to each other node, by Raft id.
     fanouts: parking_lot::Mutex<std::collections::HashMap<u64, publish::Fanout>>,
+    /// Bumped after every apply of every shard's change feed (what watchers sleep on).
+    feed_wake: Arc<tokio::sync::watch::Sender<u64>>,
     /// Tests only: the next multi-shard read pauses before reading its second shard's part
     /// (it notifies the first, then waits for the second), so that a test can commit a
     /// transaction between the parts of one pass.
@@ -177,6 +181,43 @@ impl Node {
     /// Milliseconds since the Unix epoch by the node's clock ([`NodeOptions::clock`]).
     pub fn now_ms(&self) -> u64 {
         self.options.clock.now_ms()
+    }
+
+    /// A watch of `selector` on this node's replicas, from the resume token `from` or from
+    /// now ([`crate::watch`]); a progress notification after `progress_every` without events.
+    pub fn watch(
+        &self,
+        selector: crate::watch::Selector,
+        from: Option<&str>,
+        progress_every: Duration,
+    ) -> Result<crate::watch::Watcher, crate::watch::WatchError> {
+        use crate::watch::{Selector, Token, WatchError};
+        if *self.feed_wake.borrow() == crate::feed::WAKE_STOPPED {
+            return Err(WatchError::Stopped);
+        }
+        let token = from.map(Token::parse).transpose()?;
+        if let Some(unknown) = token
+            .iter()
+            .flat_map(|t| t.0.keys())
+            .find(|&&shard| self.shards.get(shard).is_none())
+        {
+            return Err(WatchError::BadToken(format!(
+                "this cluster has no shard {unknown}"
+            )));
+        }
+        let feeds = match &selector {
+            Selector::Key(key) => vec![self.shards.for_key(key).feed.clone()],
+            Selector::Prefix(_) | Selector::Range(_) => {
+                self.shards.list.iter().map(|s| s.feed.clone()).collect()
+            }
+        };
+        crate::watch::Watcher::new(
+            selector,
+            feeds,
+            token.as_ref(),
+            progress_every,
+            self.feed_wake.subscribe(),
+        )
     }
 
     pub fn options(&self) -> &NodeOptions {
@@ -382,6 +423,7 @@ mod tests {
             join: None,
             replicas: 3,
             down_after: Duration::from_secs(5),
+            watch_history: crate::feed::FeedLimits::default(),
             clock: cairn_storage::clock::system(),
             network: Arc::new(cairn_raft::transport::Tcp),
         }

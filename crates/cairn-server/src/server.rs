@@ -74,6 +74,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         join: config.join.clone(),
         replicas: config.replicas,
         down_after: std::time::Duration::from_millis(config.down_after_ms),
+        watch_history: config.watch_history,
     };
     let node: Arc<Node> = Node::open(options).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -133,6 +134,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         }
     }
     let _ = stop_tx.send(true);
+    // Watch streams never end by themselves: end them, or the front ends' drains would wait.
+    node.stop_watches();
     while let Some(ended) = tasks.join_next().await {
         if let Ok(Err(e)) = ended {
             tracing::warn!(error = %e, "front end ended with an error");

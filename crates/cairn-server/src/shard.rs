@@ -34,6 +34,8 @@ pub struct Shard {
     pub group: Group,
     /// Keys with an expiry (kept by the state machine, read by the active-expiry task).
     pub expiry: Arc<ExpiryTracker>,
+    /// The shard's change feed on this replica (kept by the state machine, read by watches).
+    pub feed: Arc<crate::feed::Feed>,
     pub(crate) proposals: mpsc::Sender<Proposal>,
 }
 

@@ -22,6 +22,7 @@ use cairn_wal::Wal;
 use serde::{Deserialize, Serialize};
 
 use crate::expiry::ExpiryTracker;
+use crate::feed::{Feed, FeedLimits};
 use crate::health::WriteHealth;
 use crate::proposer::{self, ShardHandles};
 use crate::shard::{SHARD_CACHE_BYTES, Shard, group_of_shard};
@@ -168,6 +169,10 @@ pub struct ShardsSetup<'a> {
     pub advertise: NodeAddr,
     /// The node's wall clock, which every replica's engine compares deadlines with.
     pub clock: Arc<dyn cairn_storage::Clock>,
+    /// How much change history each shard replica keeps.
+    pub feed_limits: FeedLimits,
+    /// Bumped after every apply of every shard: what watchers sleep on.
+    pub feed_wake: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Every shard of the node, and the slot map that routes keys to them.
@@ -216,6 +221,8 @@ impl Shards {
 pub(crate) struct OpenedReplica {
     pub group: Group,
     pub expiry: Arc<ExpiryTracker>,
+    /// The shard's change feed (`None` for the metadata group).
+    pub feed: Option<Arc<Feed>>,
     pub proposals: tokio::sync::mpsc::Sender<crate::proposer::Proposal>,
 }
 
@@ -240,13 +247,23 @@ pub(crate) async fn open_replica(
     let sm = StateMachine::open(setup.io.clone(), dir, options)
         .map_err(|e| anyhow::anyhow!("cannot open {label} at {}: {e}", dir.display()))?;
     let expiry = Arc::new(ExpiryTracker::from_engine(&sm.engine()));
-    let sm = sm.observed(expiry.clone());
+    let mut sm = sm.observed(expiry.clone());
+    let log = LogStore::new(setup.wal.clone(), group);
+    let feed = match group.checked_sub(1) {
+        Some(shard) => {
+            let feed = open_feed(setup, &sm, &log, shard as u32)
+                .map_err(|e| anyhow::anyhow!("cannot rebuild {label}'s change feed: {e}"))?;
+            sm = sm.observed(feed.clone());
+            Some(feed)
+        }
+        None => None,
+    };
     let raft_id = setup.identity.raft_id;
     let group_handle = Group::start(
         raft_id,
         setup.config.clone(),
         setup.peers.group(group),
-        LogStore::new(setup.wal.clone(), group),
+        log,
         sm,
     )
     .await
@@ -274,8 +291,29 @@ pub(crate) async fn open_replica(
     Ok(OpenedReplica {
         group: group_handle,
         expiry,
+        feed,
         proposals,
     })
+}
+
+/// A shard replica's change feed, with the history its log still holds below what the
+/// replica applied (the group replays the rest through the feed once started).
+fn open_feed(
+    setup: &ShardsSetup<'_>,
+    sm: &StateMachine,
+    log: &LogStore,
+    shard: u32,
+) -> std::io::Result<Arc<Feed>> {
+    let applied = sm.applied()?.0.map_or(0, |id| id.index);
+    let feed = Arc::new(Feed::new(
+        shard,
+        applied,
+        setup.feed_limits,
+        setup.feed_wake.clone(),
+    ));
+    let first = log.first_index()?;
+    feed.load(first, |start, end| log.normal_entries(start, end))?;
+    Ok(feed)
 }
 
 async fn open_shard(setup: &ShardsSetup<'_>, id: u32, slots: (u16, u16)) -> anyhow::Result<Shard> {
@@ -286,6 +324,7 @@ async fn open_shard(setup: &ShardsSetup<'_>, id: u32, slots: (u16, u16)) -> anyh
         slots,
         group: opened.group,
         expiry: opened.expiry,
+        feed: opened.feed.expect("a shard's replica has a feed"),
         proposals: opened.proposals,
     })
 }

@@ -246,7 +246,7 @@ pub fn decode<'a, T: Deserialize<'a>>(
 /// Whether `op` writes `key`'s user data.
 pub fn op_key(op: &WriteOp) -> Option<&Bytes> {
     match op {
-        WriteOp::Put { key, .. } | WriteOp::Delete { key } => Some(key),
+        WriteOp::Put { key, .. } | WriteOp::Delete { key } | WriteOp::Expire { key } => Some(key),
         WriteOp::Clear | WriteOp::SystemPut { .. } | WriteOp::SystemDelete { .. } => None,
     }
 }

@@ -64,10 +64,10 @@ pub struct Recorder {
 }
 
 impl cairn_raft::ApplyObserver for Recorder {
-    fn applied(&self, index: u64, ops: &[WriteOp]) {
+    fn applied(&self, index: u64, ops: &[WriteOp], _cleared: &[Bytes]) {
         self.applied.lock().push((index, ops.to_vec()));
     }
-    fn replaced(&self, _engine: &cairn_storage::Engine) {
+    fn replaced(&self, _engine: &cairn_storage::Engine, _applied: u64) {
         *self.replaced.lock() += 1;
     }
 }
@@ -503,6 +503,11 @@ pub fn request(n: u64) -> Request {
             key: Bytes::from(format!("key-{:02}", n % 11)),
         });
     }
+    if n % 13 == 5 {
+        ops.push(WriteOp::Expire {
+            key: Bytes::from(format!("key-{:02}", n % 17)),
+        });
+    }
     if n % 61 == 60 {
         // A FLUSHDB between two puts: the first is cleared, the second survives.
         ops.push(WriteOp::Clear);
@@ -533,7 +538,7 @@ impl History {
                     } => {
                         out.insert(key.clone(), (value.clone(), i, *expires_at_ms));
                     }
-                    WriteOp::Delete { key } => {
+                    WriteOp::Delete { key } | WriteOp::Expire { key } => {
                         out.remove(key);
                     }
                     WriteOp::Clear => out.clear(),

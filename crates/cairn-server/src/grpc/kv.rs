@@ -241,6 +241,18 @@ impl pb::kv_server::Kv for KvService {
         .await
     }
 
+    type WatchStream = super::watch::WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        observed("watch", async move {
+            super::watch::start(&self.node, request.into_inner()).map(Response::new)
+        })
+        .await
+    }
+
     async fn txn(
         &self,
         request: Request<pb::TxnRequest>,
@@ -445,7 +457,7 @@ fn scan_limit(limit: u32) -> Result<usize, Status> {
 }
 
 /// The command range of a protobuf range (an empty end = unbounded).
-fn range_of(r: pb::KeyRange) -> KeyRange {
+pub(super) fn range_of(r: pb::KeyRange) -> KeyRange {
     let start = if r.start_exclusive {
         Bound::Excluded(r.start)
     } else {

@@ -8,6 +8,7 @@
 
 mod cluster;
 mod kv;
+mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -329,7 +329,7 @@ fn key_of(uri: &Uri) -> Result<Bytes, ApiError> {
 }
 
 /// Parse the query, refusing parameters the route does not know (typos must not be ignored).
-fn query_of(uri: &Uri, known: &[&str]) -> Result<Query, ApiError> {
+pub(super) fn query_of(uri: &Uri, known: &[&str]) -> Result<Query, ApiError> {
     let query = Query::parse(uri.query()).map_err(ApiError::bad_request)?;
     if let Some(unknown) = query.names().find(|n| !known.contains(n)) {
         return Err(ApiError::bad_request(format!(

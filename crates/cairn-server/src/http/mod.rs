@@ -11,6 +11,7 @@ mod kv;
 mod ops;
 mod params;
 mod txn;
+mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -87,6 +88,7 @@ fn router(state: AppState) -> Router {
         // An empty key: answered by the same handlers so it gets a clear 400.
         .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/txn", axum::routing::post(txn::txn))
+        .route("/v1/watch", get(watch::watch))
         .route("/v1/cluster", get(ops::cluster))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
@@ -138,6 +140,7 @@ fn operation(method: &Method, path: &str) -> &'static str {
     }
     match path {
         "/v1/kv" => "list",
+        "/v1/watch" => "watch",
         "/v1/cluster" => "status",
         "/health" => "health",
         "/ready" => "ready",

@@ -144,12 +144,19 @@ impl Node {
         }
     }
 
+    /// Ends every watch on this node (they end with [`crate::watch::WatchError::Stopped`]),
+    /// and refuses new ones from now on.
+    pub fn stop_watches(&self) {
+        self.feed_wake.send_replace(crate::feed::WAKE_STOPPED);
+    }
+
     /// Stop taking writes, let the proposed ones finish, snapshot the shards and stop their
     /// groups. Idempotent.
     pub async fn shutdown(&self) -> Result<(), CommandError> {
         if self.stopping.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        self.stop_watches();
         // Everything proposed before the flag lands before a barrier proposed after it.
         for shard in &self.shards.list {
             if let Ok(rx) = self

@@ -70,6 +70,7 @@ impl Node {
         let wal = Arc::new(wal);
         let groups = Arc::new(Groups::new(identity.raft_id));
         let health = Arc::new(WriteHealth::default());
+        let feed_wake = Arc::new(tokio::sync::watch::channel(0u64).0);
         let setup = ShardsSetup {
             io: io.clone(),
             data_dir: &options.data_dir,
@@ -85,6 +86,8 @@ impl Node {
                 grpc: options.grpc_addr.to_string(),
             },
             clock: options.clock.clone(),
+            feed_limits: options.watch_history,
+            feed_wake: feed_wake.clone(),
         };
         let meta = Meta::open(&setup, &meta_dir(&options.data_dir)).await?;
         let shards = Shards::open(&setup).await?;
@@ -116,6 +119,7 @@ impl Node {
             forgets,
             pubsub: Default::default(),
             fanouts: Default::default(),
+            feed_wake,
         });
         Node::spawn_forgetter(&node, forget_queue);
         node.await_sole_leadership().await?;

@@ -290,7 +290,7 @@ impl Node {
             .iter()
             .map(|op| match op {
                 WriteOp::Put { key, value, .. } => key.len() + value.len(),
-                WriteOp::Delete { key } => key.len(),
+                WriteOp::Delete { key } | WriteOp::Expire { key } => key.len(),
                 _ => 0,
             })
             .sum();

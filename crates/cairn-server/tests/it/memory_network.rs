@@ -45,6 +45,7 @@ async fn start(net: &MemoryNetwork, dir: &std::path::Path, i: u8, join: Option<u
         join: join.map(|j| grpc_addr(j).to_string()),
         replicas: 3,
         down_after: Duration::from_secs(5),
+        watch_history: cairn_server::feed::FeedLimits::default(),
         clock: cairn_storage::clock::system(),
         network: Arc::new(net.node(grpc_addr(i))),
     };

@@ -77,6 +77,7 @@ fn node_options(io: &SimIo, sync: SyncMode) -> NodeOptions {
         join: None,
         replicas: 3,
         down_after: std::time::Duration::from_secs(5),
+        watch_history: cairn_server::feed::FeedLimits::default(),
         clock: cairn_storage::clock::system(),
         network: Arc::new(cairn_raft::transport::Tcp),
     }

@@ -1,5 +1,5 @@
 //! The client side of the `cairn` binary: one-shot commands (`get`, `put`, `del`, `expire`,
-//! `ttl`, `scan`, `cluster status`), the interactive `repl` and the `bench` load generator. All
+//! `ttl`, `scan`, `watch`, `cluster status`), the interactive `repl` and the `bench` load generator. All
 //! of them speak gRPC through `cairn-client`; none reaches into the server crates.
 
 mod bench;
@@ -7,6 +7,7 @@ mod cluster;
 mod kv;
 mod output;
 mod repl;
+mod watch;
 
 use std::time::Duration;
 
@@ -64,6 +65,8 @@ pub enum ClientCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Follow every change to a prefix, a key or a range (resumable with --from)
+    Watch(watch::WatchArgs),
     /// Interactive prompt: set, get, del, expire, ttl, scan, help, exit
     Repl(repl::ReplArgs),
     /// Load generator over gRPC: throughput and latency percentiles
@@ -103,6 +106,7 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<u8> {
             command,
             connection,
         } => cluster::run(command, connection).await,
+        ClientCommand::Watch(args) => watch::run(args).await,
         ClientCommand::Repl(args) => repl::run(args).await,
         ClientCommand::Bench(args) => bench::run(args).await,
     }

@@ -1,0 +1,409 @@
+//! The change feed: every committed write, delete and expiry of a shard, in log order, kept
+//! for a bounded window on every replica (etcd's watch history, per shard).
+//!
+//! A shard replica's state machine tells its [`Feed`] of every entry it applies (an
+//! [`ApplyObserver`]); the feed keeps the keyspace changes of the newest entries, at most
+//! [`FeedLimits::events_max`] events and [`FeedLimits::bytes_max`] bytes, dropping the oldest
+//! entries whole. An event's revision is its entry's log index (the version it gave the key),
+//! so the feed is the same on every replica, whichever node serves a watch and whoever leads.
+//!
+//! History survives a restart as far as the log does: [`Feed::load`] rebuilds it from the
+//! log entries the node still holds below its applied index, before the group replays the
+//! rest. A snapshot install leaves a gap the feed cannot fill: history restarts after it.
+//! A `Clear` (FLUSHDB) is told as a delete of every key it removed, which only the apply
+//! knows; history rebuilt from the log therefore starts after the newest `Clear`.
+//!
+//! Watchers hold no copy of the history: each keeps a position (a [`Pos`] per shard) and reads
+//! the batches after it, shared (`Arc`), so memory is bounded by the window whatever the
+//! watchers do. A watcher whose position falls out of the window gets
+//! [`Compacted`], naming the oldest revision it could still resume from.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cairn_raft::{ApplyObserver, WriteOp};
+use cairn_storage::Engine;
+use parking_lot::Mutex;
+
+/// Events a shard's feed keeps by default (`--watch-history-events`).
+pub const HISTORY_EVENTS_DEFAULT: usize = 100_000;
+/// Bytes of keys and values a shard's feed keeps by default (`--watch-history-bytes`).
+pub const HISTORY_BYTES_DEFAULT: usize = 32 * 1024 * 1024;
+/// What one event costs the byte budget besides its key and value (its place in a batch).
+pub const EVENT_OVERHEAD_BYTES: usize = 64;
+/// The value of the node's wake channel once it stops: every watcher ends.
+pub const WAKE_STOPPED: u64 = u64::MAX;
+/// Log entries read at a time while rebuilding history at start.
+const LOAD_CHUNK_ENTRIES: u64 = 64;
+
+/// How much history each shard's feed keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedLimits {
+    pub events_max: usize,
+    pub bytes_max: usize,
+}
+
+impl Default for FeedLimits {
+    fn default() -> Self {
+        FeedLimits {
+            events_max: HISTORY_EVENTS_DEFAULT,
+            bytes_max: HISTORY_BYTES_DEFAULT,
+        }
+    }
+}
+
+/// Why a key changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+    /// Deleted by active expiry because its deadline passed.
+    Expire,
+}
+
+impl EventKind {
+    /// The name the front ends use (`put`, `delete`, `expire`).
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Put => "put",
+            EventKind::Delete => "delete",
+            EventKind::Expire => "expire",
+        }
+    }
+}
+
+/// One change of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub key: Bytes,
+    /// The new value of a put (empty otherwise).
+    pub value: Bytes,
+    /// A put's absolute deadline (ms since the Unix epoch), if it expires.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl Event {
+    fn bytes(&self) -> usize {
+        self.key.len() + self.value.len() + EVENT_OVERHEAD_BYTES
+    }
+}
+
+/// The keyspace changes of one log entry, in the entry's order.
+#[derive(Debug)]
+pub struct Batch {
+    /// The entry's log index: the revision (and the version) of each of its events.
+    pub index: u64,
+    pub events: Vec<Event>,
+    bytes: usize,
+}
+
+impl Batch {
+    /// The changes `ops` make, with the keys a `Clear` among them removed (`cleared`) told as
+    /// deletes where the first `Clear` stands. `None` when they touch no key.
+    pub fn of_ops(index: u64, ops: &[WriteOp], cleared: &[Bytes]) -> Option<Batch> {
+        let mut events = Vec::new();
+        let mut clear_told = false;
+        for op in ops {
+            match op {
+                WriteOp::Put {
+                    key,
+                    value,
+                    expires_at_ms,
+                } => events.push(Event {
+                    kind: EventKind::Put,
+                    key: key.clone(),
+                    value: value.clone(),
+                    expires_at_ms: *expires_at_ms,
+                }),
+                WriteOp::Delete { key } => events.push(deletion(EventKind::Delete, key)),
+                WriteOp::Expire { key } => events.push(deletion(EventKind::Expire, key)),
+                WriteOp::Clear if !clear_told => {
+                    clear_told = true;
+                    events.extend(cleared.iter().map(|k| deletion(EventKind::Delete, k)));
+                }
+                WriteOp::Clear | WriteOp::SystemPut { .. } | WriteOp::SystemDelete { .. } => {}
+            }
+        }
+        if events.is_empty() {
+            return None;
+        }
+        let bytes = events.iter().map(Event::bytes).sum();
+        Some(Batch {
+            index,
+            events,
+            bytes,
+        })
+    }
+}
+
+fn deletion(kind: EventKind, key: &Bytes) -> Event {
+    Event {
+        kind,
+        key: key.clone(),
+        value: Bytes::new(),
+        expires_at_ms: None,
+    }
+}
+
+/// Where a watcher stands in one shard's feed: every event of the entries up to `index` is
+/// behind it when `partial` is 0; otherwise the entries before `index` and the first
+/// `partial` events of entry `index` are (a position inside an entry, after one event of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pos {
+    pub index: u64,
+    pub partial: u32,
+}
+
+impl Pos {
+    /// After every event of the entries up to `index`.
+    pub fn after(index: u64) -> Pos {
+        Pos { index, partial: 0 }
+    }
+
+    /// The last entry whose events are all behind this position.
+    pub fn done(self) -> u64 {
+        if self.partial == 0 {
+            self.index
+        } else {
+            self.index - 1
+        }
+    }
+
+    /// The position right after event `ordinal` (0-based) of `batch`.
+    pub fn after_event(batch: &Batch, ordinal: usize) -> Pos {
+        if ordinal + 1 >= batch.events.len() {
+            Pos::after(batch.index)
+        } else {
+            Pos {
+                index: batch.index,
+                partial: (ordinal + 1) as u32,
+            }
+        }
+    }
+}
+
+/// History a watcher needed is gone: it may resume only from `revision` of the shard on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    pub shard: u32,
+    pub revision: u64,
+}
+
+/// Batches read from a feed.
+#[derive(Debug)]
+pub struct Since {
+    /// Batches after the position asked for, oldest first (the first may be partly behind it:
+    /// skip `Pos::partial` of its events when its index is the position's).
+    pub batches: Vec<Arc<Batch>>,
+    /// The position after them: after the last batch returned, or after the newest entry
+    /// applied when every batch was returned.
+    pub upto: u64,
+}
+
+/// One shard's change feed on this replica.
+#[derive(Debug)]
+pub struct Feed {
+    shard: u32,
+    limits: FeedLimits,
+    ring: Mutex<Ring>,
+    /// Node-wide: bumped after every apply of every shard, so a watcher sleeps on one channel
+    /// whatever shards it covers.
+    wake: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    batches: VecDeque<Arc<Batch>>,
+    /// Every entry at or below this index is out of the window (or was never seen here): a
+    /// watcher may resume only from a position whose `done()` is at least this.
+    compacted: u64,
+    /// The newest entry applied, with keyspace changes or not.
+    last: u64,
+    events: usize,
+    bytes: usize,
+}
+
+impl Ring {
+    fn push(&mut self, batch: Batch, limits: FeedLimits) {
+        self.last = self.last.max(batch.index);
+        self.events += batch.events.len();
+        self.bytes += batch.bytes;
+        self.batches.push_back(Arc::new(batch));
+        while self.events > limits.events_max || self.bytes > limits.bytes_max {
+            let Some(oldest) = self.batches.pop_front() else {
+                break;
+            };
+            self.events -= oldest.events.len();
+            self.bytes -= oldest.bytes;
+            self.compacted = oldest.index;
+        }
+    }
+
+    fn reset(&mut self, at: u64) {
+        self.batches.clear();
+        self.events = 0;
+        self.bytes = 0;
+        self.compacted = at;
+        self.last = at;
+    }
+}
+
+impl Feed {
+    /// An empty feed for `shard` whose replica has applied up to `applied`: history starts
+    /// there until [`Feed::load`] fills in what the log still holds.
+    pub fn new(
+        shard: u32,
+        applied: u64,
+        limits: FeedLimits,
+        wake: Arc<tokio::sync::watch::Sender<u64>>,
+    ) -> Feed {
+        let mut ring = Ring::default();
+        ring.reset(applied);
+        Feed {
+            shard,
+            limits,
+            ring: Mutex::new(ring),
+            wake,
+        }
+    }
+
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    /// Rebuilds history from the log entries `read` gives (the group's log, entries in an
+    /// inclusive index range, ascending), from `first` (the oldest entry the log still holds)
+    /// up to the applied index the feed was created at, newest first until the window is full.
+    /// A `Clear` ends the search: its removed keys are not in the log.
+    pub fn load<F>(&self, first: u64, mut read: F) -> std::io::Result<()>
+    where
+        F: FnMut(u64, u64) -> std::io::Result<Vec<(u64, Vec<WriteOp>)>>,
+    {
+        let applied = self.ring.lock().last;
+        let mut found: Vec<Batch> = Vec::new();
+        let (mut events, mut bytes) = (0usize, 0usize);
+        let mut compacted = applied;
+        let mut end = applied;
+        'chunks: while end >= first.max(1) {
+            let start = end.saturating_sub(LOAD_CHUNK_ENTRIES - 1).max(first).max(1);
+            let mut chunk = read(start, end)?;
+            chunk.sort_by_key(|(index, _)| *index);
+            for (index, ops) in chunk.into_iter().rev() {
+                if index > applied {
+                    continue;
+                }
+                if ops.iter().any(|op| matches!(op, WriteOp::Clear)) {
+                    compacted = index;
+                    break 'chunks;
+                }
+                if let Some(batch) = Batch::of_ops(index, &ops, &[]) {
+                    if events + batch.events.len() > self.limits.events_max
+                        || bytes + batch.bytes > self.limits.bytes_max
+                    {
+                        compacted = index;
+                        break 'chunks;
+                    }
+                    events += batch.events.len();
+                    bytes += batch.bytes;
+                    found.push(batch);
+                }
+            }
+            // Every entry of the chunk is known (those that are not normal entries change no
+            // key): history reaches back to its start.
+            compacted = start - 1;
+            if start <= first.max(1) {
+                break;
+            }
+            end = start - 1;
+        }
+        let mut ring = self.ring.lock();
+        // Only before anything new was applied: a group that already replays would have
+        // its newer batches interleaved with old ones.
+        if ring.last != applied || !ring.batches.is_empty() {
+            return Ok(());
+        }
+        ring.compacted = compacted;
+        for batch in found.into_iter().rev() {
+            ring.push(batch, self.limits);
+        }
+        Ok(())
+    }
+
+    /// The newest entry applied here: where a watch that starts now stands.
+    pub fn last(&self) -> u64 {
+        self.ring.lock().last
+    }
+
+    /// The oldest position a watcher may resume from (`done()` at least this).
+    pub fn compacted(&self) -> u64 {
+        self.ring.lock().compacted
+    }
+
+    /// The batches after `pos`, at most about `events_max` events (at least one batch when
+    /// there is one).
+    pub fn since(&self, pos: Pos, events_max: usize) -> Result<Since, Compacted> {
+        let ring = self.ring.lock();
+        let done = pos.done();
+        if done < ring.compacted {
+            return Err(Compacted {
+                shard: self.shard,
+                revision: ring.compacted,
+            });
+        }
+        let from = ring.batches.partition_point(|b| b.index <= done);
+        let mut batches = Vec::new();
+        let mut events = 0;
+        for batch in ring.batches.range(from..) {
+            if !batches.is_empty() && events + batch.events.len() > events_max {
+                let upto = batches.last().map_or(done, |b: &Arc<Batch>| b.index);
+                return Ok(Since { batches, upto });
+            }
+            events += batch.events.len();
+            batches.push(batch.clone());
+        }
+        Ok(Since {
+            batches,
+            upto: ring.last.max(done),
+        })
+    }
+
+    /// Events and bytes held (for tests and metrics).
+    pub fn held(&self) -> (usize, usize) {
+        let ring = self.ring.lock();
+        (ring.events, ring.bytes)
+    }
+}
+
+impl ApplyObserver for Feed {
+    fn applied(&self, index: u64, ops: &[WriteOp], cleared: &[Bytes]) {
+        {
+            let mut ring = self.ring.lock();
+            match Batch::of_ops(index, ops, cleared) {
+                Some(batch) => ring.push(batch, self.limits),
+                None => ring.last = ring.last.max(index),
+            }
+        }
+        wake(&self.wake);
+    }
+
+    fn replaced(&self, _engine: &Engine, applied: u64) {
+        self.ring.lock().reset(applied);
+        wake(&self.wake);
+    }
+}
+
+/// Wakes every watcher (unless the node has stopped them for good).
+fn wake(channel: &tokio::sync::watch::Sender<u64>) {
+    channel.send_if_modified(|n| {
+        if *n == WAKE_STOPPED {
+            return false;
+        }
+        *n = (*n + 1) % WAKE_STOPPED;
+        true
+    });
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,269 @@
+use super::*;
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn put(key: &str, value: &str) -> WriteOp {
+    WriteOp::Put {
+        key: b(key),
+        value: b(value),
+        expires_at_ms: None,
+    }
+}
+
+fn feed(limits: FeedLimits) -> Feed {
+    Feed::new(0, 0, limits, Arc::new(tokio::sync::watch::channel(0).0))
+}
+
+fn indexes(since: &Since) -> Vec<u64> {
+    since.batches.iter().map(|b| b.index).collect()
+}
+
+#[test]
+fn an_entry_becomes_one_batch_of_its_keyspace_changes_in_order() {
+    let ops = vec![
+        put("a", "1"),
+        WriteOp::SystemPut {
+            key: b("l/a"),
+            value: b("lock"),
+        },
+        WriteOp::Delete { key: b("b") },
+        WriteOp::Expire { key: b("c") },
+        WriteOp::Clear,
+        put("d", "4"),
+        WriteOp::Clear,
+    ];
+    let batch = Batch::of_ops(7, &ops, &[b("x"), b("y")]).unwrap();
+    let seen: Vec<(EventKind, &[u8])> = batch
+        .events
+        .iter()
+        .map(|e| (e.kind, e.key.as_ref()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (EventKind::Put, &b"a"[..]),
+            (EventKind::Delete, &b"b"[..]),
+            (EventKind::Expire, &b"c"[..]),
+            (EventKind::Delete, &b"x"[..]),
+            (EventKind::Delete, &b"y"[..]),
+            (EventKind::Put, &b"d"[..]),
+        ],
+        "system records are not keys; a clear is told once, as the deletes it made"
+    );
+    assert!(
+        Batch::of_ops(8, &[WriteOp::SystemDelete { key: b("t/1") }], &[]).is_none(),
+        "an entry that touches no key is no batch"
+    );
+}
+
+#[test]
+fn the_window_drops_the_oldest_entries_whole_and_says_where_history_starts() {
+    let f = feed(FeedLimits {
+        events_max: 4,
+        bytes_max: usize::MAX,
+    });
+    f.applied(1, &[put("a", "1"), put("b", "1")], &[]);
+    f.applied(
+        2,
+        &[WriteOp::SystemPut {
+            key: b("s"),
+            value: b("v"),
+        }],
+        &[],
+    );
+    f.applied(3, &[put("c", "1")], &[]);
+    f.applied(4, &[put("d", "1")], &[]);
+    assert_eq!(f.held().0, 4);
+    assert_eq!(f.compacted(), 0);
+    assert_eq!(f.last(), 4);
+    f.applied(5, &[put("e", "1")], &[]);
+    assert_eq!(f.held().0, 3, "entry 1 went whole (both its events)");
+    assert_eq!(f.compacted(), 1);
+    assert_eq!(
+        f.since(Pos::after(0), 100).unwrap_err(),
+        Compacted {
+            shard: 0,
+            revision: 1
+        }
+    );
+    let since = f.since(Pos::after(1), 100).unwrap();
+    assert_eq!(indexes(&since), vec![3, 4, 5]);
+    assert_eq!(since.upto, 5);
+    let since = f.since(Pos::after(3), 100).unwrap();
+    assert_eq!(indexes(&since), vec![4, 5]);
+    // A position inside entry 4 gets entry 4 again (the reader skips what it had).
+    let since = f
+        .since(
+            Pos {
+                index: 4,
+                partial: 1,
+            },
+            100,
+        )
+        .unwrap();
+    assert_eq!(indexes(&since), vec![4, 5]);
+    // Nothing new: the position moves to the newest entry applied.
+    f.applied(6, &[WriteOp::SystemDelete { key: b("s") }], &[]);
+    let since = f.since(Pos::after(5), 100).unwrap();
+    assert!(since.batches.is_empty());
+    assert_eq!(since.upto, 6);
+}
+
+#[test]
+fn the_byte_budget_bounds_history_too() {
+    let f = feed(FeedLimits {
+        events_max: usize::MAX,
+        bytes_max: 3 * (EVENT_OVERHEAD_BYTES + 2 + 100),
+    });
+    let big = "v".repeat(100);
+    for i in 1..=10u64 {
+        f.applied(i, &[put(&format!("k{}", i % 10), &big)], &[]);
+        let (_, bytes) = f.held();
+        assert!(bytes <= 3 * (EVENT_OVERHEAD_BYTES + 2 + 100));
+    }
+    assert_eq!(f.held().0, 3);
+    assert_eq!(f.compacted(), 7);
+}
+
+#[test]
+fn reads_are_cut_at_entry_boundaries_and_a_big_entry_still_comes_whole() {
+    let f = feed(FeedLimits::default());
+    f.applied(1, &[put("a", "1"), put("b", "1"), put("c", "1")], &[]);
+    f.applied(2, &[put("d", "1")], &[]);
+    f.applied(3, &[put("e", "1")], &[]);
+    let since = f.since(Pos::after(0), 2).unwrap();
+    assert_eq!(
+        indexes(&since),
+        vec![1],
+        "one entry over the limit comes alone"
+    );
+    assert_eq!(since.upto, 1);
+    let since = f.since(Pos::after(1), 2).unwrap();
+    assert_eq!(indexes(&since), vec![2, 3]);
+    assert_eq!(since.upto, 3);
+}
+
+#[test]
+fn a_snapshot_install_restarts_history_after_it() {
+    let f = feed(FeedLimits::default());
+    f.applied(1, &[put("a", "1")], &[]);
+    let engine_dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(engine_dir.path(), cairn_storage::Options::default()).unwrap();
+    f.replaced(&engine, 40);
+    assert_eq!(f.compacted(), 40);
+    assert_eq!(f.last(), 40);
+    assert!(f.since(Pos::after(1), 10).is_err());
+    f.applied(41, &[put("b", "1")], &[]);
+    assert_eq!(indexes(&f.since(Pos::after(40), 10).unwrap()), vec![41]);
+}
+
+/// A log of `count` entries; entry `i` puts `k{i}` unless listed in `special`.
+fn log(count: u64, special: &[(u64, Vec<WriteOp>)]) -> Vec<(u64, Vec<WriteOp>)> {
+    (1..=count)
+        .filter_map(|i| match special.iter().find(|(at, _)| *at == i) {
+            Some((_, ops)) if ops.is_empty() => None, // not a normal entry
+            Some((_, ops)) => Some((i, ops.clone())),
+            None => Some((i, vec![put(&format!("k{i}"), "v")])),
+        })
+        .collect()
+}
+
+fn load(f: &Feed, first: u64, entries: &[(u64, Vec<WriteOp>)]) {
+    f.load(first, |start, end| {
+        Ok(entries
+            .iter()
+            .filter(|(i, _)| (start..=end).contains(i))
+            .cloned()
+            .collect())
+    })
+    .unwrap();
+}
+
+#[test]
+fn history_is_rebuilt_from_the_log_below_the_applied_index() {
+    // Entry 3 is a membership entry (no ops); entries above 150 are not applied yet.
+    let entries = log(200, &[(3, vec![])]);
+    let f = Feed::new(
+        0,
+        150,
+        FeedLimits::default(),
+        Arc::new(tokio::sync::watch::channel(0).0),
+    );
+    load(&f, 1, &entries);
+    assert_eq!(
+        f.compacted(),
+        0,
+        "the whole log is held: history from the start"
+    );
+    let since = f.since(Pos::after(0), usize::MAX).unwrap();
+    let expected: Vec<u64> = (1..=150).filter(|&i| i != 3).collect();
+    assert_eq!(indexes(&since), expected);
+    assert_eq!(since.upto, 150);
+
+    // A purged log: history starts after the purge point.
+    let f = Feed::new(
+        0,
+        150,
+        FeedLimits::default(),
+        Arc::new(tokio::sync::watch::channel(0).0),
+    );
+    load(&f, 101, &entries);
+    assert_eq!(f.compacted(), 100);
+    assert_eq!(
+        f.since(Pos::after(100), usize::MAX).unwrap().batches.len(),
+        50
+    );
+}
+
+#[test]
+fn a_rebuild_keeps_the_newest_entries_and_stops_at_a_clear() {
+    let entries = log(300, &[]);
+    let f = Feed::new(
+        0,
+        300,
+        FeedLimits {
+            events_max: 70,
+            bytes_max: usize::MAX,
+        },
+        Arc::new(tokio::sync::watch::channel(0).0),
+    );
+    load(&f, 1, &entries);
+    assert_eq!(f.held().0, 70);
+    assert_eq!(f.compacted(), 230);
+    assert_eq!(
+        indexes(&f.since(Pos::after(230), usize::MAX).unwrap()),
+        (231..=300).collect::<Vec<_>>()
+    );
+
+    let entries = log(300, &[(280, vec![put("x", "1"), WriteOp::Clear])]);
+    let f = Feed::new(
+        0,
+        300,
+        FeedLimits::default(),
+        Arc::new(tokio::sync::watch::channel(0).0),
+    );
+    load(&f, 1, &entries);
+    assert_eq!(
+        f.compacted(),
+        280,
+        "the keys a clear removed are not in the log: history starts after it"
+    );
+    assert_eq!(f.held().0, 20);
+}
+
+#[test]
+fn a_rebuild_after_the_group_began_applying_changes_nothing() {
+    let entries = log(10, &[]);
+    let f = Feed::new(
+        0,
+        10,
+        FeedLimits::default(),
+        Arc::new(tokio::sync::watch::channel(0).0),
+    );
+    f.applied(11, &[put("new", "1")], &[]);
+    load(&f, 1, &entries);
+    assert_eq!(f.compacted(), 10);
+    assert_eq!(indexes(&f.since(Pos::after(10), 100).unwrap()), vec![11]);
+}

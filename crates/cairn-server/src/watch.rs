@@ -1,0 +1,440 @@
+//! Watches: a key, a prefix or a range followed through the shards' change feeds
+//! ([`crate::feed`]), from now or from a resume token, for every front end (gRPC `Kv.Watch`,
+//! HTTP Server-Sent Events, `cairn watch`).
+//!
+//! A watch is served from this node's replicas, so it goes on through leader changes (every
+//! replica applies the same log) and reads nothing over the network. Its position is one
+//! [`Pos`] per shard it covers (a key: its shard; a prefix or a range: every shard); the
+//! resume token is that position as text, `shard:index[.k]` joined by commas (for example
+//! `0:120,1:98.3,2:77,3:40`: shard 1 stands after the first 3 events of entry 98). Events of
+//! one shard arrive in log order; shards are independent, as their logs are. A token names
+//! a position in the shared logs, not in one node's memory, so a watch resumed on any node
+//! after a restart or a failover neither misses nor repeats an event, as long as that node
+//! still keeps the history ([`Compacted`] otherwise).
+//!
+//! A watcher holds no events of its own: it reads the feeds' shared batches after its
+//! position, so one that stops reading costs its position and nothing more, and is told
+//! [`Compacted`] when it comes back too late.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::command::KeyRange;
+use crate::feed::{Compacted, Event, Feed, Pos, WAKE_STOPPED};
+
+/// Events one [`Watcher::next`] reads from a shard at most (whole entries, at least one).
+pub const EVENTS_PER_READ_MAX: usize = 1024;
+/// How long a watch may go without a message before it is sent a progress notification,
+/// when the client does not say.
+pub const PROGRESS_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
+/// The shortest progress interval a client may ask for.
+pub const PROGRESS_INTERVAL_MIN: Duration = Duration::from_millis(100);
+/// Longest resume token accepted (bytes).
+pub const TOKEN_BYTES_MAX: usize = 64 * 1024;
+/// Messages a watch stream holds for its client before the watcher waits.
+pub const STREAM_QUEUE_MAX: usize = 4;
+/// How long a watch stream waits for its client to take a message before dropping the
+/// watch: a client that does not read is dropped with this reason, never buffered for.
+pub const STREAM_STALL_MAX: Duration = Duration::from_secs(10);
+
+/// What a watch follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    Key(Bytes),
+    Prefix(Bytes),
+    Range(KeyRange),
+}
+
+impl Selector {
+    pub fn matches(&self, key: &[u8]) -> bool {
+        match self {
+            Selector::Key(k) => key == k.as_ref(),
+            Selector::Prefix(p) => key.starts_with(p),
+            Selector::Range(r) => {
+                let above = match &r.start {
+                    Bound::Included(s) => key >= s.as_ref(),
+                    Bound::Excluded(s) => key > s.as_ref(),
+                    Bound::Unbounded => true,
+                };
+                let below = match &r.end {
+                    Bound::Included(e) => key <= e.as_ref(),
+                    Bound::Excluded(e) => key < e.as_ref(),
+                    Bound::Unbounded => true,
+                };
+                above && below
+            }
+        }
+    }
+}
+
+/// Why a watch could not start or had to end.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WatchError {
+    /// The resume token is not one this cluster gave out.
+    #[error("invalid resume token: {0}")]
+    BadToken(String),
+    /// History the watch needs is gone.
+    #[error(
+        "compacted: shard {} keeps history only after revision {}; read again and watch from there",
+        .0.shard,
+        .0.revision
+    )]
+    Compacted(Compacted),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+/// A position in several shards' feeds: what a resume token says.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Token(pub BTreeMap<u32, Pos>);
+
+impl Token {
+    pub fn parse(text: &str) -> Result<Token, WatchError> {
+        let bad = |why: &str| WatchError::BadToken(format!("{why} in {text:?}"));
+        if text.len() > TOKEN_BYTES_MAX {
+            return Err(WatchError::BadToken(format!(
+                "longer than {TOKEN_BYTES_MAX} bytes"
+            )));
+        }
+        let mut out = BTreeMap::new();
+        for part in text.split(',') {
+            let (shard, pos) = part.split_once(':').ok_or_else(|| bad("no ':'"))?;
+            let shard: u32 = shard.parse().map_err(|_| bad("a bad shard id"))?;
+            let (index, partial) = match pos.split_once('.') {
+                Some((index, partial)) => (index, partial.parse().map_err(|_| bad("a bad count"))?),
+                None => (pos, 0),
+            };
+            let index: u64 = index.parse().map_err(|_| bad("a bad revision"))?;
+            if partial > 0 && index == 0 {
+                return Err(bad("a count inside revision 0"));
+            }
+            if out.insert(shard, Pos { index, partial }).is_some() {
+                return Err(bad("a shard named twice"));
+            }
+        }
+        Ok(Token(out))
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (shard, pos)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{shard}:{}", pos.index)?;
+            if pos.partial > 0 {
+                write!(f, ".{}", pos.partial)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One change a watch reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub shard: u32,
+    /// The entry's log index in its shard: the key's new version.
+    pub revision: u64,
+    pub event: Event,
+    /// The shard's position right after this event.
+    pub after: Pos,
+}
+
+/// What [`Watcher::next`] gives.
+#[derive(Debug)]
+pub enum Item {
+    /// Changes of one shard, in log order.
+    Events(Vec<WatchEvent>),
+    /// Nothing matched for a progress interval; the token has moved on all the same.
+    Progress,
+}
+
+/// One watch on this node.
+#[derive(Debug)]
+pub struct Watcher {
+    selector: Selector,
+    /// The feeds it reads, with where it stands in each.
+    feeds: Vec<(Arc<Feed>, Pos)>,
+    wake: tokio::sync::watch::Receiver<u64>,
+    /// The feed to read first next time, so that a busy shard does not starve the others.
+    next_feed: usize,
+    progress_every: Duration,
+    last_message: Instant,
+}
+
+impl Watcher {
+    /// A watch of `selector` over `feeds` (the shards it covers), from `from` or from now.
+    pub fn new(
+        selector: Selector,
+        feeds: Vec<Arc<Feed>>,
+        from: Option<&Token>,
+        progress_every: Duration,
+        wake: tokio::sync::watch::Receiver<u64>,
+    ) -> Result<Watcher, WatchError> {
+        let mut positioned = Vec::with_capacity(feeds.len());
+        for feed in feeds {
+            let pos = match from {
+                Some(token) => *token.0.get(&feed.shard()).ok_or_else(|| {
+                    WatchError::BadToken(format!("it names no position in shard {}", feed.shard()))
+                })?,
+                None => Pos::after(feed.last()),
+            };
+            let compacted = feed.compacted();
+            if pos.done() < compacted {
+                return Err(WatchError::Compacted(Compacted {
+                    shard: feed.shard(),
+                    revision: compacted,
+                }));
+            }
+            positioned.push((feed, pos));
+        }
+        Ok(Watcher {
+            selector,
+            feeds: positioned,
+            wake,
+            next_feed: 0,
+            progress_every: progress_every.max(PROGRESS_INTERVAL_MIN),
+            last_message: Instant::now(),
+        })
+    }
+
+    /// Where the watch stands: resuming from it repeats nothing given so far.
+    pub fn token(&self) -> Token {
+        Token(
+            self.feeds
+                .iter()
+                .map(|(feed, pos)| (feed.shard(), *pos))
+                .collect(),
+        )
+    }
+
+    /// The token right after `event` (one of the last [`Item::Events`]).
+    pub fn token_after(&self, event: &WatchEvent) -> Token {
+        let mut token = self.token();
+        token.0.insert(event.shard, event.after);
+        token
+    }
+
+    /// The next changes, or a progress notification after an idle interval.
+    pub async fn next(&mut self) -> Result<Item, WatchError> {
+        loop {
+            if *self.wake.borrow_and_update() == WAKE_STOPPED {
+                return Err(WatchError::Stopped);
+            }
+            let count = self.feeds.len();
+            for i in 0..count {
+                let at = (self.next_feed + i) % count;
+                let events = self.read(at)?;
+                if !events.is_empty() {
+                    self.next_feed = (at + 1) % count;
+                    self.last_message = Instant::now();
+                    return Ok(Item::Events(events));
+                }
+            }
+            let due = self.last_message + self.progress_every;
+            if Instant::now() >= due {
+                self.last_message = Instant::now();
+                return Ok(Item::Progress);
+            }
+            tokio::select! {
+                changed = self.wake.changed() => {
+                    if changed.is_err() {
+                        return Err(WatchError::Stopped);
+                    }
+                }
+                () = tokio::time::sleep_until(due) => {}
+            }
+        }
+    }
+
+    /// The matching events of feed `at` after its position, moving the position past every
+    /// event read (matching or not).
+    fn read(&mut self, at: usize) -> Result<Vec<WatchEvent>, WatchError> {
+        let (feed, pos) = &mut self.feeds[at];
+        let since = feed
+            .since(*pos, EVENTS_PER_READ_MAX)
+            .map_err(WatchError::Compacted)?;
+        let mut out = Vec::new();
+        for batch in &since.batches {
+            let skip = if batch.index == pos.index {
+                pos.partial as usize
+            } else {
+                0
+            };
+            for (ordinal, event) in batch.events.iter().enumerate().skip(skip) {
+                if self.selector.matches(&event.key) {
+                    out.push(WatchEvent {
+                        shard: feed.shard(),
+                        revision: batch.index,
+                        event: event.clone(),
+                        after: Pos::after_event(batch, ordinal),
+                    });
+                }
+            }
+        }
+        // A position ahead of this replica (a token from a node further on) stays as it is
+        // until the replica catches up.
+        if since.upto > pos.done() {
+            *pos = Pos::after(since.upto);
+        }
+        Ok(out)
+    }
+}
+
+/// What a watch stream sends its client.
+#[derive(Debug)]
+pub enum Message {
+    /// The first message: where the watch starts.
+    Created { token: Token },
+    /// Changes of one shard in log order, each with the token right after it, and the token
+    /// after them all.
+    Events {
+        events: Vec<(WatchEvent, Token)>,
+        token: Token,
+    },
+    /// Nothing matched for a while; the position moved on all the same.
+    Progress { token: Token },
+    /// The last message.
+    Ended(Ending),
+}
+
+/// Why a watch stream ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The history it needed is gone.
+    Compacted(Compacted),
+    /// Anything else, said in words.
+    Canceled(String),
+}
+
+/// A watch running on its own task, read as a stream of [`Message`]s by a front end.
+#[derive(Debug)]
+pub struct Stream {
+    messages: tokio::sync::mpsc::Receiver<Message>,
+    /// Set by the task when it drops a client that stopped reading: overtakes the messages
+    /// still queued, which that client did not take.
+    dropped: Option<tokio::sync::oneshot::Receiver<Ending>>,
+    /// The last message was given.
+    done: bool,
+}
+
+impl Stream {
+    /// Runs `watcher` on a task of its own, for the front end `frontend` (in metrics).
+    pub fn spawn(watcher: Watcher, frontend: &'static str) -> Stream {
+        let (tx, messages) = tokio::sync::mpsc::channel(STREAM_QUEUE_MAX);
+        let (drop_tx, dropped) = tokio::sync::oneshot::channel();
+        tokio::spawn(run(watcher, tx, drop_tx, frontend));
+        Stream {
+            messages,
+            dropped: Some(dropped),
+            done: false,
+        }
+    }
+
+    /// The next message; `None` after the last.
+    pub async fn next(&mut self) -> Option<Message> {
+        if self.done {
+            return None;
+        }
+        let message = match &mut self.dropped {
+            Some(dropped) => tokio::select! {
+                biased;
+                ending = dropped => {
+                    self.dropped = None;
+                    match ending {
+                        Ok(ending) => Some(Message::Ended(ending)),
+                        Err(_) => self.messages.recv().await,
+                    }
+                }
+                message = self.messages.recv() => message,
+            },
+            None => self.messages.recv().await,
+        };
+        self.done = matches!(message, None | Some(Message::Ended(_)));
+        message
+    }
+}
+
+async fn run(
+    mut watcher: Watcher,
+    tx: tokio::sync::mpsc::Sender<Message>,
+    dropped: tokio::sync::oneshot::Sender<Ending>,
+    frontend: &'static str,
+) {
+    crate::metrics::watchers(frontend, 1.0);
+    let _gone = Gone(frontend);
+    let mut message = Message::Created {
+        token: watcher.token(),
+    };
+    loop {
+        let last = matches!(message, Message::Ended(_));
+        let events = match &message {
+            Message::Events { events, .. } => events.len(),
+            _ => 0,
+        };
+        match tx.send_timeout(message, STREAM_STALL_MAX).await {
+            Ok(()) => crate::metrics::watch_events(frontend, events),
+            Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
+                crate::metrics::watcher_dropped("stalled");
+                let _ = dropped.send(Ending::Canceled(format!(
+                    "dropped: the client took nothing for {} s while changes waited; resume \
+                     from the last token received",
+                    STREAM_STALL_MAX.as_secs()
+                )));
+                return;
+            }
+            Err(tokio::sync::mpsc::error::SendTimeoutError::Closed(_)) => return,
+        }
+        if last {
+            return;
+        }
+        let item = tokio::select! {
+            item = watcher.next() => item,
+            () = tx.closed() => return,
+        };
+        message = match item {
+            Ok(Item::Events(events)) => {
+                let events = events
+                    .into_iter()
+                    .map(|event| {
+                        let token = watcher.token_after(&event);
+                        (event, token)
+                    })
+                    .collect();
+                Message::Events {
+                    events,
+                    token: watcher.token(),
+                }
+            }
+            Ok(Item::Progress) => Message::Progress {
+                token: watcher.token(),
+            },
+            Err(WatchError::Compacted(compacted)) => {
+                crate::metrics::watcher_dropped("compacted");
+                Message::Ended(Ending::Compacted(compacted))
+            }
+            Err(e) => Message::Ended(Ending::Canceled(e.to_string())),
+        };
+    }
+}
+
+/// Counts a watcher out of the gauge however its task ends.
+struct Gone(&'static str);
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        crate::metrics::watchers(self.0, -1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,278 @@
+use super::*;
+use crate::feed::FeedLimits;
+use cairn_raft::{ApplyObserver, WriteOp};
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn put(key: &str, value: &str) -> WriteOp {
+    WriteOp::Put {
+        key: b(key),
+        value: b(value),
+        expires_at_ms: None,
+    }
+}
+
+struct Feeds {
+    feeds: Vec<Arc<Feed>>,
+    wake: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+fn feeds(count: u32, limits: FeedLimits) -> Feeds {
+    let wake = Arc::new(tokio::sync::watch::channel(0).0);
+    Feeds {
+        feeds: (0..count)
+            .map(|shard| Arc::new(Feed::new(shard, 0, limits, wake.clone())))
+            .collect(),
+        wake,
+    }
+}
+
+impl Feeds {
+    fn watch(&self, selector: Selector, from: Option<&Token>) -> Result<Watcher, WatchError> {
+        Watcher::new(
+            selector,
+            self.feeds.clone(),
+            from,
+            Duration::from_secs(3600),
+            self.wake.subscribe(),
+        )
+    }
+}
+
+#[test]
+fn tokens_read_back_as_written_and_bad_ones_are_refused() {
+    for text in ["0:0", "0:15,1:9.2,2:33,3:7", "7:18446744073709551615"] {
+        assert_eq!(Token::parse(text).unwrap().to_string(), text);
+    }
+    for bad in [
+        "", "0", "x:1", "0:x", "0:1.x", "0:1,0:2", "0:0.3", "0:1;1:2",
+    ] {
+        assert!(
+            matches!(Token::parse(bad), Err(WatchError::BadToken(_))),
+            "{bad:?} was accepted"
+        );
+    }
+    let long = "0:1,".repeat(TOKEN_BYTES_MAX / 4 + 1);
+    assert!(Token::parse(&long).is_err());
+}
+
+#[test]
+fn selectors_match_as_their_names_say() {
+    assert!(Selector::Key(b("a")).matches(b"a"));
+    assert!(!Selector::Key(b("a")).matches(b"ab"));
+    assert!(Selector::Prefix(b("ab")).matches(b"abc"));
+    assert!(!Selector::Prefix(b("ab")).matches(b"a"));
+    assert!(Selector::Prefix(Bytes::new()).matches(b""));
+    let range = Selector::Range(KeyRange {
+        start: Bound::Excluded(b("b")),
+        end: Bound::Included(b("d")),
+    });
+    assert!(!range.matches(b"b"));
+    assert!(range.matches(b"c"));
+    assert!(range.matches(b"d"));
+    assert!(!range.matches(b"da"));
+}
+
+/// Everything a watcher gives until it has nothing more (it never waits).
+async fn drain(w: &mut Watcher) -> Vec<(WatchEvent, Token)> {
+    let mut out = Vec::new();
+    loop {
+        let item = tokio::time::timeout(Duration::from_millis(20), w.next()).await;
+        match item {
+            Ok(Ok(Item::Events(events))) => {
+                for e in events {
+                    let token = w.token_after(&e);
+                    out.push((e, token));
+                }
+            }
+            Ok(Ok(Item::Progress)) => {}
+            Ok(Err(e)) => panic!("{e}"),
+            Err(_) => return out,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_watch_resumed_from_any_event_token_repeats_and_misses_nothing() {
+    let f = feeds(3, FeedLimits::default());
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    // Entries of 1–4 changes on three shards, some keys outside the prefix.
+    let mut index = [0u64; 3];
+    for _ in 0..120 {
+        let shard = next(3) as usize;
+        index[shard] += 1;
+        let ops: Vec<WriteOp> = (0..1 + next(4))
+            .map(|_| {
+                let key = format!("{}{}", if next(4) == 0 { "other/" } else { "p/" }, next(10));
+                match next(3) {
+                    0 => WriteOp::Delete { key: b(&key) },
+                    1 => WriteOp::Expire { key: b(&key) },
+                    _ => put(&key, "v"),
+                }
+            })
+            .collect();
+        f.feeds[shard].applied(index[shard], &ops, &[]);
+    }
+    let start = Token((0..3).map(|s| (s, Pos::after(0))).collect());
+    let selector = Selector::Prefix(b("p/"));
+    let mut w = f.watch(selector.clone(), Some(&start)).unwrap();
+    let all = drain(&mut w).await;
+    assert!(all.len() > 100);
+    assert!(all.iter().all(|(e, _)| e.event.key.starts_with(b"p/")));
+    // Per shard, in log order.
+    for shard in 0..3 {
+        let revisions: Vec<u64> = all
+            .iter()
+            .filter(|(e, _)| e.shard == shard)
+            .map(|(e, _)| e.revision)
+            .collect();
+        assert!(revisions.windows(2).all(|w| w[0] <= w[1]));
+    }
+    let key = |e: &WatchEvent| (e.shard, e.revision, e.after);
+    let mut every: Vec<_> = all.iter().map(|(e, _)| key(e)).collect();
+    every.sort();
+    // Resumed after any event: the rest, exactly (as a set per shard, in order per shard).
+    for cut in (0..all.len()).step_by(7) {
+        let token = &all[cut].1;
+        let mut resumed = f.watch(selector.clone(), Some(token)).unwrap();
+        let rest = drain(&mut resumed).await;
+        let mut got: Vec<_> = all[..=cut]
+            .iter()
+            .chain(rest.iter())
+            .map(|(e, _)| key(e))
+            .collect();
+        got.sort();
+        let before = got.len();
+        got.dedup();
+        assert_eq!(before, got.len(), "an event came twice after cut {cut}");
+        assert_eq!(got, every, "events missing after cut {cut}");
+    }
+}
+
+#[tokio::test]
+async fn a_watch_from_now_sees_only_later_changes_and_a_key_watch_only_its_key() {
+    let f = feeds(1, FeedLimits::default());
+    f.feeds[0].applied(1, &[put("k", "old")], &[]);
+    let mut w = f.watch(Selector::Key(b("k")), None).unwrap();
+    assert_eq!(w.token().to_string(), "0:1");
+    f.feeds[0].applied(2, &[put("other", "x"), put("k", "new")], &[]);
+    let Ok(Item::Events(events)) = w.next().await else {
+        panic!("no events");
+    };
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event.value, b("new"));
+    assert_eq!(events[0].revision, 2);
+    assert_eq!(w.token().to_string(), "0:2");
+}
+
+#[tokio::test]
+async fn history_gone_is_refused_at_the_start_and_ends_a_watch_that_fell_behind() {
+    let f = feeds(
+        1,
+        FeedLimits {
+            events_max: 2,
+            bytes_max: usize::MAX,
+        },
+    );
+    let token = Token::parse("0:0").unwrap();
+    let mut w = f
+        .watch(Selector::Prefix(Bytes::new()), Some(&token))
+        .unwrap();
+    for i in 1..=5 {
+        f.feeds[0].applied(i, &[put("k", "v")], &[]);
+    }
+    assert_eq!(
+        w.next().await.unwrap_err(),
+        WatchError::Compacted(Compacted {
+            shard: 0,
+            revision: 3
+        })
+    );
+    assert!(matches!(
+        f.watch(Selector::Prefix(Bytes::new()), Some(&token)),
+        Err(WatchError::Compacted(_))
+    ));
+    let missing = Token::parse("1:0").unwrap();
+    assert!(matches!(
+        f.watch(Selector::Prefix(Bytes::new()), Some(&missing)),
+        Err(WatchError::BadToken(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_token_ahead_of_this_replica_waits_for_it() {
+    let f = feeds(1, FeedLimits::default());
+    f.feeds[0].applied(1, &[put("a", "1"), put("b", "1")], &[]);
+    // From a replica that had applied entry 2 partly delivered (1 of its 2 events).
+    let ahead = Token::parse("0:2.1").unwrap();
+    let mut w = f
+        .watch(Selector::Prefix(Bytes::new()), Some(&ahead))
+        .unwrap();
+    assert!(drain(&mut w).await.is_empty());
+    assert_eq!(w.token(), ahead, "the position did not move back");
+    f.feeds[0].applied(2, &[put("c", "1"), put("d", "1")], &[]);
+    let events = drain(&mut w).await;
+    let keys: Vec<_> = events.iter().map(|(e, _)| e.event.key.clone()).collect();
+    assert_eq!(
+        keys,
+        vec![b("d")],
+        "the first event of entry 2 was had already"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_watch_gets_progress_and_a_stopped_node_ends_it() {
+    let f = feeds(1, FeedLimits::default());
+    let mut w = Watcher::new(
+        Selector::Prefix(Bytes::new()),
+        f.feeds.clone(),
+        None,
+        Duration::from_secs(1),
+        f.wake.subscribe(),
+    )
+    .unwrap();
+    f.feeds[0].applied(
+        1,
+        &[WriteOp::SystemPut {
+            key: b("s"),
+            value: b("v"),
+        }],
+        &[],
+    );
+    assert!(matches!(w.next().await, Ok(Item::Progress)));
+    assert_eq!(
+        w.token().to_string(),
+        "0:1",
+        "progress carries the position on"
+    );
+    f.wake.send_replace(WAKE_STOPPED);
+    assert_eq!(w.next().await.unwrap_err(), WatchError::Stopped);
+}
+
+#[tokio::test]
+async fn a_stream_drops_a_client_that_takes_nothing() {
+    tokio::time::pause();
+    let f = feeds(1, FeedLimits::default());
+    let w = f.watch(Selector::Prefix(Bytes::new()), None).unwrap();
+    let mut stream = Stream::spawn(w, "test");
+    for i in 1..=(STREAM_QUEUE_MAX as u64 + 3) {
+        f.feeds[0].applied(i, &[put("k", "v")], &[]);
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(STREAM_STALL_MAX + Duration::from_secs(1)).await;
+    match stream.next().await {
+        Some(Message::Ended(Ending::Canceled(reason))) => {
+            assert!(reason.contains("took nothing"), "{reason}")
+        }
+        other => panic!("not dropped: {other:?}"),
+    }
+    assert!(stream.next().await.is_none());
+}
