@@ -8,7 +8,6 @@
 //! their deletion — Redis's active expire cycle, with an index instead of random sampling.
 
 use std::collections::{BTreeSet, HashMap};
-use std::ops::Bound;
 
 use bytes::Bytes;
 use cairn_raft::{ApplyObserver, WriteOp};
@@ -48,7 +47,8 @@ impl ApplyObserver for ExpiryTracker {
     fn replaced(&self, engine: &Engine, _applied: u64) {
         let mut index = self.index.lock();
         index.clear();
-        for (key, meta) in engine.scan_keys(Bound::Unbounded, Bound::Unbounded, usize::MAX) {
+        // Keys already expired too: only active expiry deletes them (and tells watches so).
+        for (key, meta) in engine.all_keys() {
             if meta.expires_at_ms.is_some() {
                 index.set(&key, meta.expires_at_ms);
             }

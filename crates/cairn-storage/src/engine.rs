@@ -640,7 +640,7 @@ impl Engine {
     ) -> Vec<(Bytes, KeyMeta)> {
         let mut found = Vec::new();
         if limit > 0 {
-            let walked = self.inner.walk(start, end, false, |_, key, loc| {
+            let walked = self.inner.walk(start, end, Some(false), |_, key, loc| {
                 let meta = KeyMeta {
                     version: loc.version,
                     expires_at_ms: loc.expiry(),
@@ -661,17 +661,40 @@ impl Engine {
         self.inner.scan(Bound::Included(prefix), end_bound, limit)
     }
 
+    /// Every key the engine holds with its metadata, expired or not (those merge has not
+    /// reclaimed yet), in key order: what clearing the keyspace deletes, and what active
+    /// expiry has to know of.
+    pub fn all_keys(&self) -> Vec<(Bytes, KeyMeta)> {
+        let mut found = Vec::new();
+        let walked = self
+            .inner
+            .walk(Bound::Unbounded, Bound::Unbounded, None, |_, key, loc| {
+                let meta = KeyMeta {
+                    version: loc.version,
+                    expires_at_ms: loc.expiry(),
+                    value_len: loc.value_len,
+                };
+                found.push((Bytes::copy_from_slice(key), meta));
+                Ok(true)
+            });
+        debug_assert!(walked.is_ok(), "the visitor never fails");
+        found
+    }
+
     /// Keys whose expiry has passed but that merge has not reclaimed yet, with their versions, at
     /// most `limit` (for a replication layer that proposes their deletion). O(keys).
     pub fn expired_keys(&self, limit: usize) -> Vec<(Bytes, u64)> {
         let mut found = Vec::new();
         if limit > 0 && self.inner.state.read().keydir.expiring() > 0 {
-            let walked =
-                self.inner
-                    .walk(Bound::Unbounded, Bound::Unbounded, true, |_, key, loc| {
-                        found.push((Bytes::copy_from_slice(key), loc.version));
-                        Ok(found.len() < limit)
-                    });
+            let walked = self.inner.walk(
+                Bound::Unbounded,
+                Bound::Unbounded,
+                Some(true),
+                |_, key, loc| {
+                    found.push((Bytes::copy_from_slice(key), loc.version));
+                    Ok(found.len() < limit)
+                },
+            );
             debug_assert!(walked.is_ok(), "the visitor never fails");
         }
         found
@@ -686,12 +709,15 @@ impl Engine {
             }
         }
         let mut live = 0u64;
-        let walked = self
-            .inner
-            .walk(Bound::Unbounded, Bound::Unbounded, false, |_, _, _| {
+        let walked = self.inner.walk(
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Some(false),
+            |_, _, _| {
                 live += 1;
                 Ok(true)
-            });
+            },
+        );
         debug_assert!(walked.is_ok(), "the visitor never fails");
         live
     }
@@ -926,8 +952,8 @@ impl Inner {
         Ok(Bytes::from(buf).slice(key_end..))
     }
 
-    /// Visits keydir entries in `(start, end)` in key order (unexpired ones only, unless
-    /// `expired` is set, then only expired ones), holding the state lock for at most
+    /// Visits keydir entries in `(start, end)` in key order (`Some(false)`: unexpired ones
+    /// only; `Some(true)`: expired ones only; `None`: all), holding the state lock for at most
     /// `SCAN_CHUNK_KEYS` entries at a time so a long scan never stalls writers. `visit` returns
     /// whether to go on. Not a point-in-time snapshot: a key written during a long walk may or
     /// may not be seen.
@@ -935,7 +961,7 @@ impl Inner {
         &self,
         start: Bound<&[u8]>,
         end: Bound<&[u8]>,
-        expired: bool,
+        expired: Option<bool>,
         mut visit: impl FnMut(&State, &[u8], Loc) -> Result<bool>,
     ) -> Result<()> {
         let now = self.now_ms();
@@ -948,7 +974,7 @@ impl Inner {
                 let mut next = None;
                 for (key, loc) in st.keydir.range(lo, end) {
                     visited += 1;
-                    if loc.expired(now) == expired && !visit(&st, key, loc)? {
+                    if expired.is_none_or(|e| loc.expired(now) == e) && !visit(&st, key, loc)? {
                         return Ok(());
                     }
                     if visited == SCAN_CHUNK_KEYS {
@@ -968,7 +994,7 @@ impl Inner {
     fn scan(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, limit: usize) -> Result<Vec<Entry>> {
         let mut found: Vec<(Bytes, Loc, Result<Bytes, Arc<Segment>>)> = Vec::new();
         if limit > 0 {
-            self.walk(start, end, false, |st, key, loc| {
+            self.walk(start, end, Some(false), |st, key, loc| {
                 // Under the read lock a cached value is the keydir's current one.
                 let value = match self.cache.get(key) {
                     Some(hit) => Ok(hit.value),

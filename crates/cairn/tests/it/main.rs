@@ -12,3 +12,4 @@ mod linearizability;
 mod pubsub;
 mod resp;
 mod support;
+mod watch;
