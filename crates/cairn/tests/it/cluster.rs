@@ -2033,3 +2033,55 @@ fn messages_published_on_one_node_reach_subscribers_on_every_node() {
         );
     }
 }
+
+/// A watch on every key through node 2 while a writer on node 0 writes to every shard, node 1
+/// (a leader of some shards) is killed and restarted, and then the watch's own node is paused
+/// and killed: the watch moves to another node from its token, and in the end has told every
+/// acknowledged write exactly once, in log order per shard, and its events replay to the
+/// keys' final state.
+#[test]
+fn a_watch_tells_every_write_once_through_leader_kills_and_restarts() {
+    use crate::watch::{Recorder, assert_exactly_once, await_caught_up};
+    let mut cluster = Cluster::start(3);
+    let recorder = Recorder::start(&cluster.nodes[2].grpc_url(), "");
+    let writer_addr = cluster.nodes[0].resp_addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            write_while(writer_addr, 0, || {
+                !stop.load(std::sync::atomic::Ordering::Acquire)
+            })
+        })
+    };
+    // A leader's death and return.
+    std::thread::sleep(Duration::from_millis(800));
+    cluster.nodes[1].kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.nodes[1].spawn();
+    // The watch's node stops for two seconds (its stream goes quiet while the others fail
+    // over and go on writing), then dies: the watch resumes elsewhere from a token two
+    // seconds old, and must be told those seconds' writes.
+    std::thread::sleep(Duration::from_millis(800));
+    signal(&cluster.nodes[2], "-STOP");
+    std::thread::sleep(Duration::from_millis(2000));
+    cluster.nodes[2].kill();
+    std::thread::sleep(Duration::from_millis(1000));
+    cluster.nodes[2].spawn();
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let written = writer.join().expect("writer");
+    assert!(
+        written.acked.len() > 20,
+        "too few writes: {written:?}\n{}",
+        cluster.logs()
+    );
+    cluster.wait_converged(&[0, 1, 2]);
+    let events = await_caught_up(&recorder, &cluster.nodes[0].grpc_url(), "");
+    let acknowledged: Vec<(String, String)> = written
+        .acked
+        .iter()
+        .map(|k| (k.clone(), k.clone()))
+        .collect();
+    assert_exactly_once(&events, &acknowledged);
+}

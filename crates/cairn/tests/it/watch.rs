@@ -208,16 +208,31 @@ pub fn await_caught_up(recorder: &Recorder, endpoint: &str, prefix: &str) -> Vec
     poll_until(
         Duration::from_secs(20),
         Duration::from_millis(100),
-        || format!("the watch never reached the final state {expected:?}"),
+        || {
+            format!(
+                "the watch never reached the final state of {} keys",
+                expected.len()
+            )
+        },
         || {
             recorder.assert_healthy();
             let events = recorder.events();
             let state = replay(&events);
             if state == expected {
-                Ok(events)
-            } else {
-                Err(state)
+                return Ok(events);
             }
+            // What differs (the first few keys each way), not the whole keyspace.
+            let wrong: Vec<_> = expected
+                .iter()
+                .filter(|(k, v)| state.get(*k) != Some(*v))
+                .take(10)
+                .collect();
+            let extra: Vec<_> = state
+                .keys()
+                .filter(|k| !expected.contains_key(*k))
+                .take(10)
+                .collect();
+            Err(format!("differ: {wrong:?}; should be gone: {extra:?}"))
         },
     )
 }
