@@ -5,12 +5,11 @@
 
 use std::path::PathBuf;
 
-/// The .proto files (the public API and the node-to-node service), relative to the workspace `proto/` directory.
-const PROTOS: &[&str] = &[
-    "cairn/v1/kv.proto",
-    "cairn/v1/cluster.proto",
-    "cairn/peer/v1/raft.proto",
-];
+/// The public API's .proto files, relative to the workspace `proto/` directory, compiled with
+/// the lean codec (`src/codec.rs`: small per-call buffers, for watches).
+const PROTOS: &[&str] = &["cairn/v1/kv.proto", "cairn/v1/cluster.proto"];
+/// The node-to-node service: few long-lived streams of large messages, tonic's own codec.
+const PROTOS_PEER: &[&str] = &["cairn/peer/v1/raft.proto"];
 
 /// Third-party contracts Cairn only calls (clients, no server traits): etcd's KV subset for the
 /// comparison benchmark.
@@ -25,7 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         files
     };
-    let (files, files_client_only) = (files(PROTOS), files(PROTOS_CLIENT_ONLY));
+    let (files, files_peer, files_client_only) =
+        (files(PROTOS), files(PROTOS_PEER), files(PROTOS_CLIENT_ONLY));
     let config = || -> Result<tonic_prost_build::Config, Box<dyn std::error::Error>> {
         let mut config = tonic_prost_build::Config::new();
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
@@ -34,7 +34,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(config)
     };
     let includes = [root];
-    tonic_prost_build::configure().compile_with_config(config()?, &files, &includes)?;
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::LeanCodec")
+        .compile_with_config(config()?, &files, &includes)?;
+    tonic_prost_build::configure().compile_with_config(config()?, &files_peer, &includes)?;
     tonic_prost_build::configure()
         .build_server(false)
         .compile_with_config(config()?, &files_client_only, &includes)?;

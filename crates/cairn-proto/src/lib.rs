@@ -3,6 +3,8 @@
 //! copy of the wire contract without depending on each other. [`etcd`] is not Cairn's: a
 //! subset of etcd's KV client, compiled here only for the comparison benchmark.
 
+/// The public services' codec: prost with small per-call buffers.
+pub mod codec;
 /// Key → hash slot, as Redis Cluster computes it.
 pub mod slot;
 

@@ -37,10 +37,9 @@ pub const PROGRESS_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
 pub const PROGRESS_INTERVAL_MIN: Duration = Duration::from_millis(100);
 /// Longest resume token accepted (bytes).
 pub const TOKEN_BYTES_MAX: usize = 64 * 1024;
-/// Messages a watch stream holds for its client before the watcher waits.
-pub const STREAM_QUEUE_MAX: usize = 4;
-/// How long a watch stream waits for its client to take a message before dropping the
-/// watch: a client that does not read is dropped with this reason, never buffered for.
+/// How long a client may leave a watch's message untaken (its connection cannot send)
+/// before the watch is dropped: a client that does not read is dropped with a reason, never
+/// buffered for.
 pub const STREAM_STALL_MAX: Duration = Duration::from_secs(10);
 
 /// What a watch follows.
@@ -316,27 +315,36 @@ pub enum Ending {
     Canceled(String),
 }
 
-/// A watch running on its own task, read as a stream of [`Message`]s by a front end.
+/// A watch as a stream of [`Message`]s, polled by a front end as its client can take them.
+///
+/// It runs no task and queues nothing: the front end polls it when its connection can send,
+/// so a watch costs its positions and the connection's own buffers. A client that takes
+/// nothing leaves it unpolled; when the front end polls it again [`STREAM_STALL_MAX`] or more
+/// after the last message, the watch ends with a reason instead of going on (its client
+/// resumes from its last token, or is told `compacted` if that is gone).
 #[derive(Debug)]
 pub struct Stream {
-    messages: tokio::sync::mpsc::Receiver<Message>,
-    /// Set by the task when it drops a client that stopped reading: overtakes the messages
-    /// still queued, which that client did not take.
-    dropped: Option<tokio::sync::oneshot::Receiver<Ending>>,
+    watcher: Watcher,
+    frontend: &'static str,
+    /// `Created` has been given.
+    started: bool,
     /// The last message was given.
     done: bool,
+    /// When the last message was given: the front end asks for the next one as soon as its
+    /// client took that one, unless the client stopped reading.
+    given_at: Option<Instant>,
 }
 
 impl Stream {
-    /// Runs `watcher` on a task of its own, for the front end `frontend` (in metrics).
-    pub fn spawn(watcher: Watcher, frontend: &'static str) -> Stream {
-        let (tx, messages) = tokio::sync::mpsc::channel(STREAM_QUEUE_MAX);
-        let (drop_tx, dropped) = tokio::sync::oneshot::channel();
-        tokio::spawn(run(watcher, tx, drop_tx, frontend));
+    /// A stream of `watcher`'s messages for the front end `frontend` (in metrics).
+    pub fn new(watcher: Watcher, frontend: &'static str) -> Stream {
+        crate::metrics::watchers(frontend, 1.0);
         Stream {
-            messages,
-            dropped: Some(dropped),
+            watcher,
+            frontend,
+            started: false,
             done: false,
+            given_at: None,
         }
     }
 
@@ -345,94 +353,70 @@ impl Stream {
         if self.done {
             return None;
         }
-        let message = match &mut self.dropped {
-            Some(dropped) => tokio::select! {
-                biased;
-                ending = dropped => {
-                    self.dropped = None;
-                    match ending {
-                        Ok(ending) => Some(Message::Ended(ending)),
-                        Err(_) => self.messages.recv().await,
-                    }
-                }
-                message = self.messages.recv() => message,
-            },
-            None => self.messages.recv().await,
-        };
-        self.done = matches!(message, None | Some(Message::Ended(_)));
-        message
+        let message = self.produce().await;
+        self.done = matches!(message, Message::Ended(_));
+        self.given_at = Some(Instant::now());
+        if let Message::Events { events, .. } = &message {
+            crate::metrics::watch_events(self.frontend, events.len());
+        }
+        Some(message)
     }
-}
 
-async fn run(
-    mut watcher: Watcher,
-    tx: tokio::sync::mpsc::Sender<Message>,
-    dropped: tokio::sync::oneshot::Sender<Ending>,
-    frontend: &'static str,
-) {
-    crate::metrics::watchers(frontend, 1.0);
-    let _gone = Gone(frontend);
-    let mut message = Message::Created {
-        token: watcher.token(),
-    };
-    loop {
-        let last = matches!(message, Message::Ended(_));
-        let events = match &message {
-            Message::Events { events, .. } => events.len(),
-            _ => 0,
-        };
-        match tx.send_timeout(message, STREAM_STALL_MAX).await {
-            Ok(()) => crate::metrics::watch_events(frontend, events),
-            Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
-                crate::metrics::watcher_dropped("stalled");
-                let _ = dropped.send(Ending::Canceled(format!(
-                    "dropped: the client took nothing for {} s while changes waited; resume \
-                     from the last token received",
-                    STREAM_STALL_MAX.as_secs()
-                )));
-                return;
-            }
-            Err(tokio::sync::mpsc::error::SendTimeoutError::Closed(_)) => return,
+    /// The client took something of the last message (a front end that hands one message
+    /// out in parts says so for each part).
+    pub fn taken(&mut self) {
+        if self.given_at.is_some() {
+            self.given_at = Some(Instant::now());
         }
-        if last {
-            return;
+    }
+
+    async fn produce(&mut self) -> Message {
+        if !self.started {
+            self.started = true;
+            return Message::Created {
+                token: self.watcher.token(),
+            };
         }
-        let item = tokio::select! {
-            item = watcher.next() => item,
-            () = tx.closed() => return,
-        };
-        message = match item {
+        if self
+            .given_at
+            .is_some_and(|at| at.elapsed() >= STREAM_STALL_MAX)
+        {
+            crate::metrics::watcher_dropped("stalled");
+            return Message::Ended(Ending::Canceled(format!(
+                "dropped: the client took nothing for {} s or more; resume from the last \
+                 token received",
+                STREAM_STALL_MAX.as_secs()
+            )));
+        }
+        match self.watcher.next().await {
             Ok(Item::Events(events)) => {
                 let events = events
                     .into_iter()
                     .map(|event| {
-                        let token = watcher.token_after(&event);
+                        let token = self.watcher.token_after(&event);
                         (event, token)
                     })
                     .collect();
                 Message::Events {
                     events,
-                    token: watcher.token(),
+                    token: self.watcher.token(),
                 }
             }
             Ok(Item::Progress) => Message::Progress {
-                token: watcher.token(),
+                token: self.watcher.token(),
             },
             Err(WatchError::Compacted(compacted)) => {
                 crate::metrics::watcher_dropped("compacted");
                 Message::Ended(Ending::Compacted(compacted))
             }
             Err(e) => Message::Ended(Ending::Canceled(e.to_string())),
-        };
+        }
     }
 }
 
-/// Counts a watcher out of the gauge however its task ends.
-struct Gone(&'static str);
-
-impl Drop for Gone {
+impl Drop for Stream {
     fn drop(&mut self) {
-        crate::metrics::watchers(self.0, -1.0);
+        crate::metrics::watchers(self.frontend, -1.0);
     }
 }
 

@@ -42,7 +42,7 @@ pub(super) fn start(node: &Node, request: pb::WatchRequest) -> Result<WatchStrea
         WatchError::Stopped => Status::unavailable(e.to_string()),
     })?;
     let values = request.values;
-    let stream = watch::Stream::spawn(watcher, super::FRONTEND);
+    let stream = watch::Stream::new(watcher, super::FRONTEND);
     Ok(Box::pin(futures::stream::unfold(
         Some(stream),
         move |stream| async move {

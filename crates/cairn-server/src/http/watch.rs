@@ -119,12 +119,15 @@ pub(super) async fn watch(
                 e.to_string(),
             ),
         })?;
-    let stream = watch::Stream::spawn(watcher, super::FRONTEND);
+    let stream = watch::Stream::new(watcher, super::FRONTEND);
     let events = futures::stream::unfold(
         (Some(stream), Vec::<SseEvent>::new()),
         move |(mut stream, mut ready)| async move {
             loop {
                 if !ready.is_empty() {
+                    if let Some(stream) = &mut stream {
+                        stream.taken();
+                    }
                     let event = ready.remove(0);
                     return Some((Ok::<_, Infallible>(event), (stream, ready)));
                 }

@@ -257,17 +257,20 @@ async fn an_idle_watch_gets_progress_and_a_stopped_node_ends_it() {
     assert_eq!(w.next().await.unwrap_err(), WatchError::Stopped);
 }
 
-#[tokio::test]
-async fn a_stream_drops_a_client_that_takes_nothing() {
-    tokio::time::pause();
+#[tokio::test(start_paused = true)]
+async fn a_stream_drops_a_client_that_took_nothing_for_too_long() {
     let f = feeds(1, FeedLimits::default());
     let w = f.watch(Selector::Prefix(Bytes::new()), None).unwrap();
-    let mut stream = Stream::spawn(w, "test");
-    for i in 1..=(STREAM_QUEUE_MAX as u64 + 3) {
-        f.feeds[0].applied(i, &[put("k", "v")], &[]);
-        tokio::task::yield_now().await;
-    }
-    tokio::time::sleep(STREAM_STALL_MAX + Duration::from_secs(1)).await;
+    let mut stream = Stream::new(w, "test");
+    assert!(matches!(stream.next().await, Some(Message::Created { .. })));
+    f.feeds[0].applied(1, &[put("k", "v")], &[]);
+    assert!(matches!(stream.next().await, Some(Message::Events { .. })));
+    // A client that takes its messages at once is never dropped, however idle the watch.
+    f.feeds[0].applied(2, &[put("k", "v")], &[]);
+    assert!(matches!(stream.next().await, Some(Message::Events { .. })));
+    // One that left the last message untaken for too long is.
+    f.feeds[0].applied(3, &[put("k", "v")], &[]);
+    tokio::time::sleep(STREAM_STALL_MAX).await;
     match stream.next().await {
         Some(Message::Ended(Ending::Canceled(reason))) => {
             assert!(reason.contains("took nothing"), "{reason}")

@@ -5,6 +5,7 @@
 //! comparison in `scripts/bench-etcd.sh` runs one generator against both.
 
 mod target;
+mod watchers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +75,15 @@ pub struct BenchArgs {
     /// Seed of the key and operation choice
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Instead of gets and puts: open this many watches on --key-prefix, hold them idle for
+    /// --hold-ms, then put --requests distinct keys under it and measure the events delivered
+    /// per second and the delay from acknowledgement to event (Cairn only)
+    #[arg(long, value_name = "N")]
+    pub watchers: Option<usize>,
+    /// With --watchers: how long to hold the watches idle before the puts (to read the
+    /// server's memory meanwhile)
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub hold_ms: u64,
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -123,6 +133,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
         "--connections must be 1..={CONNECTIONS_MAX}"
     );
     let endpoints = endpoints(&args)?;
+    if let Some(watchers) = args.watchers {
+        anyhow::ensure!(
+            args.target == Target::Cairn,
+            "--watchers measures Cairn's watches only"
+        );
+        return watchers::run(&args, &endpoints[0], watchers).await;
+    }
     let timeout = Duration::from_millis(args.connection.timeout_ms);
     let conns = (0..args.connections)
         .map(|i| {
