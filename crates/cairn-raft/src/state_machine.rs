@@ -33,8 +33,9 @@ use crate::types::{
 pub trait ApplyObserver: Send + Sync + 'static {
     /// Entry `index`'s ops were applied (called after the engine write, before the writer is
     /// answered). `cleared` lists the keys a [`WriteOp::Clear`] among them removed, in the
-    /// order the engine held them (empty without one).
-    fn applied(&self, index: u64, ops: &[WriteOp], cleared: &[Bytes]);
+    /// order the engine held them (empty without one). The ops are shared, not copied: an
+    /// observer may keep them.
+    fn applied(&self, index: u64, ops: &Arc<Vec<WriteOp>>, cleared: &[Bytes]);
     /// A snapshot replaced the engine: whatever was derived from the old one is to be rebuilt
     /// from `engine`, which has applied the log up to `applied`.
     fn replaced(&self, engine: &Engine, applied: u64);
@@ -164,9 +165,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             batch.set_last_applied(&encode_applied_raw(Some(&entry.log_id), &membership));
             engine.write(batch).map_err(storage_err)?;
-            if let EntryPayload::Normal(request) = &entry.payload {
-                for observer in &self.observers {
-                    observer.applied(index, &request.ops, &cleared);
+            if let EntryPayload::Normal(request) = entry.payload {
+                if !self.observers.is_empty() {
+                    let ops = Arc::new(request.ops);
+                    for observer in &self.observers {
+                        observer.applied(index, &ops, &cleared);
+                    }
                 }
             }
             if let Some(responder) = responder {

@@ -30,9 +30,9 @@ impl ExpiryTracker {
 }
 
 impl ApplyObserver for ExpiryTracker {
-    fn applied(&self, _index: u64, ops: &[WriteOp], _cleared: &[Bytes]) {
+    fn applied(&self, _index: u64, ops: &std::sync::Arc<Vec<WriteOp>>, _cleared: &[Bytes]) {
         let mut index = self.index.lock();
-        for op in ops {
+        for op in ops.iter() {
             match op {
                 WriteOp::Put {
                     key, expires_at_ms, ..

@@ -84,66 +84,131 @@ pub struct Event {
     pub expires_at_ms: Option<u64>,
 }
 
-impl Event {
-    fn bytes(&self) -> usize {
-        self.key.len() + self.value.len() + EVENT_OVERHEAD_BYTES
+/// One change, borrowed from its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    pub kind: EventKind,
+    pub key: &'a Bytes,
+    /// The new value of a put (empty otherwise).
+    pub value: &'a Bytes,
+    pub expires_at_ms: Option<u64>,
+}
+
+impl EventRef<'_> {
+    pub fn to_event(self) -> Event {
+        Event {
+            kind: self.kind,
+            key: self.key.clone(),
+            value: self.value.clone(),
+            expires_at_ms: self.expires_at_ms,
+        }
     }
 }
 
-/// The keyspace changes of one log entry, in the entry's order.
+/// The keyspace changes of one log entry, in the entry's order: the entry's ops themselves,
+/// shared with the state machine that applied them (nothing is copied on the write path),
+/// read as events on demand.
 #[derive(Debug)]
 pub struct Batch {
     /// The entry's log index: the revision (and the version) of each of its events.
     pub index: u64,
-    pub events: Vec<Event>,
+    ops: Arc<Vec<WriteOp>>,
+    /// The keys a `Clear` among the ops removed (told as deletes where the first `Clear`
+    /// stands).
+    cleared: Vec<Bytes>,
+    /// Events in all.
+    len: usize,
     bytes: usize,
 }
 
+static EMPTY: Bytes = Bytes::from_static(b"");
+
 impl Batch {
-    /// The changes `ops` make, with the keys a `Clear` among them removed (`cleared`) told as
-    /// deletes where the first `Clear` stands. `None` when they touch no key.
-    pub fn of_ops(index: u64, ops: &[WriteOp], cleared: &[Bytes]) -> Option<Batch> {
-        let mut events = Vec::new();
+    /// The changes `ops` make, with `cleared` the keys a `Clear` among them removed. `None`
+    /// when they touch no key.
+    pub fn of_ops(index: u64, ops: Arc<Vec<WriteOp>>, cleared: &[Bytes]) -> Option<Batch> {
+        let mut len = 0;
+        let mut bytes = 0;
+        let mut clear_seen = false;
+        for op in ops.iter() {
+            match op {
+                WriteOp::Put { key, value, .. } => {
+                    len += 1;
+                    bytes += key.len() + value.len() + EVENT_OVERHEAD_BYTES;
+                }
+                WriteOp::Delete { key } | WriteOp::Expire { key } => {
+                    len += 1;
+                    bytes += key.len() + EVENT_OVERHEAD_BYTES;
+                }
+                WriteOp::Clear => clear_seen = true,
+                WriteOp::SystemPut { .. } | WriteOp::SystemDelete { .. } => {}
+            }
+        }
+        let cleared: Vec<Bytes> = if clear_seen {
+            cleared.to_vec()
+        } else {
+            Vec::new()
+        };
+        len += cleared.len();
+        bytes += cleared
+            .iter()
+            .map(|k| k.len() + EVENT_OVERHEAD_BYTES)
+            .sum::<usize>();
+        (len > 0).then_some(Batch {
+            index,
+            ops,
+            cleared,
+            len,
+            bytes,
+        })
+    }
+
+    /// Events in the batch.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The events, in order.
+    pub fn events(&self) -> impl Iterator<Item = EventRef<'_>> {
         let mut clear_told = false;
-        for op in ops {
+        self.ops.iter().flat_map(move |op| {
+            let one = |kind, key, value, expires_at_ms| {
+                vec![EventRef {
+                    kind,
+                    key,
+                    value,
+                    expires_at_ms,
+                }]
+            };
             match op {
                 WriteOp::Put {
                     key,
                     value,
                     expires_at_ms,
-                } => events.push(Event {
-                    kind: EventKind::Put,
-                    key: key.clone(),
-                    value: value.clone(),
-                    expires_at_ms: *expires_at_ms,
-                }),
-                WriteOp::Delete { key } => events.push(deletion(EventKind::Delete, key)),
-                WriteOp::Expire { key } => events.push(deletion(EventKind::Expire, key)),
+                } => one(EventKind::Put, key, value, *expires_at_ms),
+                WriteOp::Delete { key } => one(EventKind::Delete, key, &EMPTY, None),
+                WriteOp::Expire { key } => one(EventKind::Expire, key, &EMPTY, None),
                 WriteOp::Clear if !clear_told => {
                     clear_told = true;
-                    events.extend(cleared.iter().map(|k| deletion(EventKind::Delete, k)));
+                    self.cleared
+                        .iter()
+                        .map(|key| EventRef {
+                            kind: EventKind::Delete,
+                            key,
+                            value: &EMPTY,
+                            expires_at_ms: None,
+                        })
+                        .collect()
                 }
-                WriteOp::Clear | WriteOp::SystemPut { .. } | WriteOp::SystemDelete { .. } => {}
+                WriteOp::Clear | WriteOp::SystemPut { .. } | WriteOp::SystemDelete { .. } => {
+                    Vec::new()
+                }
             }
-        }
-        if events.is_empty() {
-            return None;
-        }
-        let bytes = events.iter().map(Event::bytes).sum();
-        Some(Batch {
-            index,
-            events,
-            bytes,
         })
-    }
-}
-
-fn deletion(kind: EventKind, key: &Bytes) -> Event {
-    Event {
-        kind,
-        key: key.clone(),
-        value: Bytes::new(),
-        expires_at_ms: None,
     }
 }
 
@@ -173,7 +238,7 @@ impl Pos {
 
     /// The position right after event `ordinal` (0-based) of `batch`.
     pub fn after_event(batch: &Batch, ordinal: usize) -> Pos {
-        if ordinal + 1 >= batch.events.len() {
+        if ordinal + 1 >= batch.len() {
             Pos::after(batch.index)
         } else {
             Pos {
@@ -228,14 +293,14 @@ struct Ring {
 impl Ring {
     fn push(&mut self, batch: Batch, limits: FeedLimits) {
         self.last = self.last.max(batch.index);
-        self.events += batch.events.len();
+        self.events += batch.len();
         self.bytes += batch.bytes;
         self.batches.push_back(Arc::new(batch));
         while self.events > limits.events_max || self.bytes > limits.bytes_max {
             let Some(oldest) = self.batches.pop_front() else {
                 break;
             };
-            self.events -= oldest.events.len();
+            self.events -= oldest.len();
             self.bytes -= oldest.bytes;
             self.compacted = oldest.index;
         }
@@ -298,14 +363,14 @@ impl Feed {
                     compacted = index;
                     break 'chunks;
                 }
-                if let Some(batch) = Batch::of_ops(index, &ops, &[]) {
-                    if events + batch.events.len() > self.limits.events_max
+                if let Some(batch) = Batch::of_ops(index, Arc::new(ops), &[]) {
+                    if events + batch.len() > self.limits.events_max
                         || bytes + batch.bytes > self.limits.bytes_max
                     {
                         compacted = index;
                         break 'chunks;
                     }
-                    events += batch.events.len();
+                    events += batch.len();
                     bytes += batch.bytes;
                     found.push(batch);
                 }
@@ -356,11 +421,11 @@ impl Feed {
         let mut batches = Vec::new();
         let mut events = 0;
         for batch in ring.batches.range(from..) {
-            if !batches.is_empty() && events + batch.events.len() > events_max {
+            if !batches.is_empty() && events + batch.len() > events_max {
                 let upto = batches.last().map_or(done, |b: &Arc<Batch>| b.index);
                 return Ok(Since { batches, upto });
             }
-            events += batch.events.len();
+            events += batch.len();
             batches.push(batch.clone());
         }
         Ok(Since {
@@ -377,10 +442,10 @@ impl Feed {
 }
 
 impl ApplyObserver for Feed {
-    fn applied(&self, index: u64, ops: &[WriteOp], cleared: &[Bytes]) {
+    fn applied(&self, index: u64, ops: &Arc<Vec<WriteOp>>, cleared: &[Bytes]) {
         {
             let mut ring = self.ring.lock();
-            match Batch::of_ops(index, ops, cleared) {
+            match Batch::of_ops(index, ops.clone(), cleared) {
                 Some(batch) => ring.push(batch, self.limits),
                 None => ring.last = ring.last.max(index),
             }

@@ -192,6 +192,11 @@ impl Subscriber {
         self.channels.iter().cloned().collect()
     }
 
+    /// Whether it is subscribed to `channel` (by name, not by pattern).
+    pub fn is_subscribed(&self, channel: &[u8]) -> bool {
+        self.channels.contains(channel)
+    }
+
     pub fn patterns(&self) -> Vec<Bytes> {
         self.patterns.iter().cloned().collect()
     }

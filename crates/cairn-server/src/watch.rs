@@ -269,12 +269,12 @@ impl Watcher {
             } else {
                 0
             };
-            for (ordinal, event) in batch.events.iter().enumerate().skip(skip) {
-                if self.selector.matches(&event.key) {
+            for (ordinal, event) in batch.events().enumerate().skip(skip) {
+                if self.selector.matches(event.key) {
                     out.push(WatchEvent {
                         shard: feed.shard(),
                         revision: batch.index,
-                        event: event.clone(),
+                        event: event.to_event(),
                         after: Pos::after_event(batch, ordinal),
                     });
                 }

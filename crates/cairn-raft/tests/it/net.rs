@@ -64,7 +64,7 @@ pub struct Recorder {
 }
 
 impl cairn_raft::ApplyObserver for Recorder {
-    fn applied(&self, index: u64, ops: &[WriteOp], _cleared: &[Bytes]) {
+    fn applied(&self, index: u64, ops: &std::sync::Arc<Vec<WriteOp>>, _cleared: &[Bytes]) {
         self.applied.lock().push((index, ops.to_vec()));
     }
     fn replaced(&self, _engine: &cairn_storage::Engine, _applied: u64) {

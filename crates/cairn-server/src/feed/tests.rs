@@ -1,5 +1,12 @@
 use super::*;
 
+/// The ops of one entry, shared as the state machine hands them over.
+macro_rules! ops {
+    ($($op:expr),* $(,)?) => {
+        &Arc::new(vec![$($op),*])
+    };
+}
+
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
@@ -34,12 +41,9 @@ fn an_entry_becomes_one_batch_of_its_keyspace_changes_in_order() {
         put("d", "4"),
         WriteOp::Clear,
     ];
-    let batch = Batch::of_ops(7, &ops, &[b("x"), b("y")]).unwrap();
-    let seen: Vec<(EventKind, &[u8])> = batch
-        .events
-        .iter()
-        .map(|e| (e.kind, e.key.as_ref()))
-        .collect();
+    let batch = Batch::of_ops(7, Arc::new(ops), &[b("x"), b("y")]).unwrap();
+    assert_eq!(batch.len(), 6);
+    let seen: Vec<(EventKind, &[u8])> = batch.events().map(|e| (e.kind, e.key.as_ref())).collect();
     assert_eq!(
         seen,
         vec![
@@ -53,7 +57,12 @@ fn an_entry_becomes_one_batch_of_its_keyspace_changes_in_order() {
         "system records are not keys; a clear is told once, as the deletes it made"
     );
     assert!(
-        Batch::of_ops(8, &[WriteOp::SystemDelete { key: b("t/1") }], &[]).is_none(),
+        Batch::of_ops(
+            8,
+            Arc::new(vec![WriteOp::SystemDelete { key: b("t/1") }]),
+            &[]
+        )
+        .is_none(),
         "an entry that touches no key is no batch"
     );
 }
@@ -64,21 +73,21 @@ fn the_window_drops_the_oldest_entries_whole_and_says_where_history_starts() {
         events_max: 4,
         bytes_max: usize::MAX,
     });
-    f.applied(1, &[put("a", "1"), put("b", "1")], &[]);
+    f.applied(1, ops![put("a", "1"), put("b", "1")], &[]);
     f.applied(
         2,
-        &[WriteOp::SystemPut {
+        ops![WriteOp::SystemPut {
             key: b("s"),
             value: b("v"),
         }],
         &[],
     );
-    f.applied(3, &[put("c", "1")], &[]);
-    f.applied(4, &[put("d", "1")], &[]);
+    f.applied(3, ops![put("c", "1")], &[]);
+    f.applied(4, ops![put("d", "1")], &[]);
     assert_eq!(f.held().0, 4);
     assert_eq!(f.compacted(), 0);
     assert_eq!(f.last(), 4);
-    f.applied(5, &[put("e", "1")], &[]);
+    f.applied(5, ops![put("e", "1")], &[]);
     assert_eq!(f.held().0, 3, "entry 1 went whole (both its events)");
     assert_eq!(f.compacted(), 1);
     assert_eq!(
@@ -105,7 +114,7 @@ fn the_window_drops_the_oldest_entries_whole_and_says_where_history_starts() {
         .unwrap();
     assert_eq!(indexes(&since), vec![4, 5]);
     // Nothing new: the position moves to the newest entry applied.
-    f.applied(6, &[WriteOp::SystemDelete { key: b("s") }], &[]);
+    f.applied(6, ops![WriteOp::SystemDelete { key: b("s") }], &[]);
     let since = f.since(Pos::after(5), 100).unwrap();
     assert!(since.batches.is_empty());
     assert_eq!(since.upto, 6);
@@ -119,7 +128,7 @@ fn the_byte_budget_bounds_history_too() {
     });
     let big = "v".repeat(100);
     for i in 1..=10u64 {
-        f.applied(i, &[put(&format!("k{}", i % 10), &big)], &[]);
+        f.applied(i, ops![put(&format!("k{}", i % 10), &big)], &[]);
         let (_, bytes) = f.held();
         assert!(bytes <= 3 * (EVENT_OVERHEAD_BYTES + 2 + 100));
     }
@@ -130,9 +139,9 @@ fn the_byte_budget_bounds_history_too() {
 #[test]
 fn reads_are_cut_at_entry_boundaries_and_a_big_entry_still_comes_whole() {
     let f = feed(FeedLimits::default());
-    f.applied(1, &[put("a", "1"), put("b", "1"), put("c", "1")], &[]);
-    f.applied(2, &[put("d", "1")], &[]);
-    f.applied(3, &[put("e", "1")], &[]);
+    f.applied(1, ops![put("a", "1"), put("b", "1"), put("c", "1")], &[]);
+    f.applied(2, ops![put("d", "1")], &[]);
+    f.applied(3, ops![put("e", "1")], &[]);
     let since = f.since(Pos::after(0), 2).unwrap();
     assert_eq!(
         indexes(&since),
@@ -148,14 +157,14 @@ fn reads_are_cut_at_entry_boundaries_and_a_big_entry_still_comes_whole() {
 #[test]
 fn a_snapshot_install_restarts_history_after_it() {
     let f = feed(FeedLimits::default());
-    f.applied(1, &[put("a", "1")], &[]);
+    f.applied(1, ops![put("a", "1")], &[]);
     let engine_dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(engine_dir.path(), cairn_storage::Options::default()).unwrap();
     f.replaced(&engine, 40);
     assert_eq!(f.compacted(), 40);
     assert_eq!(f.last(), 40);
     assert!(f.since(Pos::after(1), 10).is_err());
-    f.applied(41, &[put("b", "1")], &[]);
+    f.applied(41, ops![put("b", "1")], &[]);
     assert_eq!(indexes(&f.since(Pos::after(40), 10).unwrap()), vec![41]);
 }
 
@@ -262,7 +271,7 @@ fn a_rebuild_after_the_group_began_applying_changes_nothing() {
         FeedLimits::default(),
         Arc::new(tokio::sync::watch::channel(0).0),
     );
-    f.applied(11, &[put("new", "1")], &[]);
+    f.applied(11, ops![put("new", "1")], &[]);
     load(&f, 1, &entries);
     assert_eq!(f.compacted(), 10);
     assert_eq!(indexes(&f.since(Pos::after(10), 100).unwrap()), vec![11]);

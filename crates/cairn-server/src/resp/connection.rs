@@ -192,9 +192,22 @@ fn encode(frame: &Frame, out: &mut BytesMut, session: &Session, shared: &Shared)
 
 /// The next pub/sub message for this connection; pending forever while it subscribes to
 /// nothing, None once the hub dropped it for falling behind.
-async fn next_message(session: &mut Session) -> Option<crate::pubsub::Message> {
-    match session.subscriber.as_mut() {
+async fn next_message(
+    subscriber: &mut Option<crate::pubsub::Subscriber>,
+) -> Option<crate::pubsub::Message> {
+    match subscriber.as_mut() {
         Some(subscriber) => subscriber.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next invalidation for this connection; pending forever while it has no inbox, None
+/// once the tracking table closed it (it could not take its invalidations).
+async fn next_invalidation(
+    inbox: &mut Option<tokio::sync::mpsc::Receiver<crate::tracking::Invalidation>>,
+) -> Option<crate::tracking::Invalidation> {
+    match inbox.as_mut() {
+        Some(inbox) => inbox.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -250,6 +263,10 @@ pub async fn serve(
                 return;
             }
             requests += 1;
+            // `CLIENT CACHING` speaks for the one command after it.
+            if session.last_command != "client|caching" {
+                session.caching = None;
+            }
             bytes += request.args.iter().map(Bytes::len).sum::<usize>();
             RespStats::add(&shared.stats.commands_processed, 1);
             let started = Instant::now();
@@ -316,6 +333,12 @@ pub async fn serve(
                             })),
                         }
                     } else {
+                        // Remembered before the read, so that a change applied after it is
+                        // invalidated even if the read returned the value from before.
+                        if crate::resp::tracking::tracks_reads(&session) {
+                            let keys: Vec<Bytes> = cmd.read_keys().into_iter().cloned().collect();
+                            shared.tracking.reading(session.id, &keys);
+                        }
                         // A read waits for every earlier write of this connection, so it sees
                         // them (unless READONLY: this node's replica may not have applied
                         // them yet).
@@ -350,7 +373,7 @@ pub async fn serve(
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             },
-            message = next_message(&mut session) => match message {
+            message = next_message(&mut session.subscriber) => match message {
                 // Pushed as it comes, with whatever else is already waiting.
                 Some(message) => {
                     replies.push(crate::resp::pubsub::message_frame(message), &session, &shared);
@@ -363,6 +386,17 @@ pub async fn serve(
                 }
                 None => {
                     tracing::info!(client = session.id, "closing a subscriber that fell behind");
+                    return;
+                }
+            },
+            invalidation = next_invalidation(&mut session.invalidations) => match invalidation {
+                Some(invalidation) => {
+                    if let Some(frame) = crate::resp::tracking::invalidation_frame(invalidation, &session) {
+                        replies.push(frame, &session, &shared);
+                    }
+                }
+                None => {
+                    tracing::info!(client = session.id, "closing a connection that fell behind its invalidations");
                     return;
                 }
             },

@@ -950,6 +950,10 @@ fn client(args: &[Bytes], session: &mut Session, shared: &Shared) -> Frame {
             Frame::ok()
         }
         "getname" => session.name.clone().map_or(Frame::Null, Frame::Bulk),
+        "tracking" => super::tracking::tracking(&args[2..], session, shared),
+        "caching" => super::tracking::caching(&args[2..], session),
+        "getredir" => super::tracking::getredir(session),
+        "trackinginfo" => super::tracking::trackinginfo(session, shared),
         "id" => Frame::Integer(session.id as i64),
         "setinfo" => Frame::ok(),
         "info" => introspection::verbatim(format!("{}\n", session.describe()), session.protocol),

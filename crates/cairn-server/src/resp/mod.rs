@@ -12,6 +12,7 @@ pub mod pubsub;
 pub mod render;
 pub mod session;
 pub mod table;
+pub mod tracking;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,7 +52,9 @@ pub async fn serve_listener(
         clients: ClientRegistry::default(),
         max_connections,
         redirect,
+        tracking: Default::default(),
     });
+    shared.tracking.spawn(shared.node.clone());
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -88,6 +91,7 @@ pub async fn serve_listener(
         tasks.spawn(async move {
             connection::serve(stream, session, shared.clone(), shutdown).await;
             shared.clients.remove(id);
+            shared.tracking.close(id);
             shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
             crate::metrics::connections(connection::FRONTEND, -1.0);
         });

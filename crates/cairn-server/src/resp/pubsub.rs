@@ -67,11 +67,18 @@ pub fn command(name: &str, args: &[Bytes], session: &mut Session, shared: &Share
     let hub = shared.node.pubsub();
     match name {
         "subscribe" | "psubscribe" => {
+            let session_inbox_missing = session.invalidations.is_none();
+            let mut open_inbox = false;
             let subscriber = session.subscriber.get_or_insert_with(|| hub.subscriber());
-            let frames = args[1..]
+            let frames: Vec<Frame> = args[1..]
                 .iter()
                 .map(|name_arg| {
                     if name == "subscribe" {
+                        if &name_arg[..] == super::tracking::INVALIDATE_CHANNEL.as_bytes()
+                            && session_inbox_missing
+                        {
+                            open_inbox = true;
+                        }
                         subscriber.subscribe(name_arg.clone());
                     } else {
                         subscriber.psubscribe(name_arg.clone());
@@ -87,6 +94,10 @@ pub fn command(name: &str, args: &[Bytes], session: &mut Session, shared: &Share
                     ])
                 })
                 .collect();
+            // Invalidations redirected here arrive as messages on this channel.
+            if open_inbox {
+                session.invalidations = Some(shared.tracking.inbox(session.id));
+            }
             Action::Replies(frames)
         }
         "unsubscribe" | "punsubscribe" => {

@@ -34,6 +34,13 @@ pub struct Session {
     pub watched: Vec<(Bytes, u64)>,
     /// Channels and patterns subscribed to (`SUBSCRIBE`, `PSUBSCRIBE`); None until the first.
     pub subscriber: Option<crate::pubsub::Subscriber>,
+    /// `CLIENT TRACKING` is on, with these options.
+    pub tracking: Option<crate::resp::tracking::Options>,
+    /// `CLIENT CACHING yes|no` for the next command only.
+    pub caching: Option<bool>,
+    /// Invalidations for this connection (its own tracking, or others' redirected here);
+    /// None until it tracks or subscribes to `__redis__:invalidate`.
+    pub invalidations: Option<tokio::sync::mpsc::Receiver<crate::tracking::Invalidation>>,
 }
 
 /// Most commands one `MULTI` queues, and most keys one connection watches.
@@ -74,6 +81,9 @@ impl Session {
             multi: None,
             watched: Vec::new(),
             subscriber: None,
+            tracking: None,
+            caching: None,
+            invalidations: None,
         }
     }
 
@@ -157,6 +167,11 @@ impl ClientRegistry {
         self.clients.lock().remove(&id);
     }
 
+    /// Whether connection `id` is open.
+    pub fn exists(&self, id: u64) -> bool {
+        self.clients.lock().contains_key(&id)
+    }
+
     /// `CLIENT LIST` lines; the caller's own line is built from its live session.
     pub fn describe_all(&self, me: &Session) -> Vec<String> {
         let clients = self.clients.lock().clone();
@@ -207,4 +222,6 @@ pub struct Shared {
     pub max_connections: usize,
     /// `--resp-redirect`: answer `MOVED` for keys another node leads instead of forwarding.
     pub redirect: bool,
+    /// Client-side caching: who cached which keys, fed by the change feed.
+    pub tracking: Arc<crate::tracking::Tracking>,
 }

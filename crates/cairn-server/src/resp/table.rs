@@ -754,6 +754,15 @@ pub const COMMANDS: &[CommandSpec] = &[
 /// Subcommands of the container commands (`client`, `cluster`, `command`).
 pub const SUBCOMMANDS: &[CommandSpec] = &[
     spec(
+        "client|caching",
+        3,
+        C,
+        NONE,
+        "connection",
+        "Instructs the server whether to track the keys in the next request.",
+        "6.0.0",
+    ),
+    spec(
         "client|getname",
         2,
         C,
@@ -761,6 +770,15 @@ pub const SUBCOMMANDS: &[CommandSpec] = &[
         "connection",
         "Returns the name of the connection.",
         "2.6.9",
+    ),
+    spec(
+        "client|getredir",
+        2,
+        C,
+        NONE,
+        "connection",
+        "Returns the client ID to which the connection's tracking notifications are redirected.",
+        "6.0.0",
     ),
     spec(
         "client|id",
@@ -806,6 +824,24 @@ pub const SUBCOMMANDS: &[CommandSpec] = &[
         "connection",
         "Sets the connection name.",
         "2.6.9",
+    ),
+    spec(
+        "client|tracking",
+        -3,
+        C,
+        NONE,
+        "connection",
+        "Controls server-assisted client-side caching for the connection.",
+        "6.0.0",
+    ),
+    spec(
+        "client|trackinginfo",
+        2,
+        C,
+        NONE,
+        "connection",
+        "Returns information about server-assisted client-side caching for the connection.",
+        "6.2.0",
     ),
     spec(
         "cluster|info",

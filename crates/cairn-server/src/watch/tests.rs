@@ -2,6 +2,13 @@ use super::*;
 use crate::feed::FeedLimits;
 use cairn_raft::{ApplyObserver, WriteOp};
 
+/// The ops of one entry, shared as the state machine hands them over.
+macro_rules! ops {
+    ($($op:expr),* $(,)?) => {
+        &Arc::new(vec![$($op),*])
+    };
+}
+
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
@@ -119,7 +126,7 @@ async fn a_watch_resumed_from_any_event_token_repeats_and_misses_nothing() {
                 }
             })
             .collect();
-        f.feeds[shard].applied(index[shard], &ops, &[]);
+        f.feeds[shard].applied(index[shard], &Arc::new(ops), &[]);
     }
     let start = Token((0..3).map(|s| (s, Pos::after(0))).collect());
     let selector = Selector::Prefix(b("p/"));
@@ -160,10 +167,10 @@ async fn a_watch_resumed_from_any_event_token_repeats_and_misses_nothing() {
 #[tokio::test]
 async fn a_watch_from_now_sees_only_later_changes_and_a_key_watch_only_its_key() {
     let f = feeds(1, FeedLimits::default());
-    f.feeds[0].applied(1, &[put("k", "old")], &[]);
+    f.feeds[0].applied(1, ops![put("k", "old")], &[]);
     let mut w = f.watch(Selector::Key(b("k")), None).unwrap();
     assert_eq!(w.token().to_string(), "0:1");
-    f.feeds[0].applied(2, &[put("other", "x"), put("k", "new")], &[]);
+    f.feeds[0].applied(2, ops![put("other", "x"), put("k", "new")], &[]);
     let Ok(Item::Events(events)) = w.next().await else {
         panic!("no events");
     };
@@ -187,7 +194,7 @@ async fn history_gone_is_refused_at_the_start_and_ends_a_watch_that_fell_behind(
         .watch(Selector::Prefix(Bytes::new()), Some(&token))
         .unwrap();
     for i in 1..=5 {
-        f.feeds[0].applied(i, &[put("k", "v")], &[]);
+        f.feeds[0].applied(i, ops![put("k", "v")], &[]);
     }
     assert_eq!(
         w.next().await.unwrap_err(),
@@ -210,7 +217,7 @@ async fn history_gone_is_refused_at_the_start_and_ends_a_watch_that_fell_behind(
 #[tokio::test]
 async fn a_token_ahead_of_this_replica_waits_for_it() {
     let f = feeds(1, FeedLimits::default());
-    f.feeds[0].applied(1, &[put("a", "1"), put("b", "1")], &[]);
+    f.feeds[0].applied(1, ops![put("a", "1"), put("b", "1")], &[]);
     // From a replica that had applied entry 2 partly delivered (1 of its 2 events).
     let ahead = Token::parse("0:2.1").unwrap();
     let mut w = f
@@ -218,7 +225,7 @@ async fn a_token_ahead_of_this_replica_waits_for_it() {
         .unwrap();
     assert!(drain(&mut w).await.is_empty());
     assert_eq!(w.token(), ahead, "the position did not move back");
-    f.feeds[0].applied(2, &[put("c", "1"), put("d", "1")], &[]);
+    f.feeds[0].applied(2, ops![put("c", "1"), put("d", "1")], &[]);
     let events = drain(&mut w).await;
     let keys: Vec<_> = events.iter().map(|(e, _)| e.event.key.clone()).collect();
     assert_eq!(
@@ -241,7 +248,7 @@ async fn an_idle_watch_gets_progress_and_a_stopped_node_ends_it() {
     .unwrap();
     f.feeds[0].applied(
         1,
-        &[WriteOp::SystemPut {
+        ops![WriteOp::SystemPut {
             key: b("s"),
             value: b("v"),
         }],
@@ -263,13 +270,13 @@ async fn a_stream_drops_a_client_that_took_nothing_for_too_long() {
     let w = f.watch(Selector::Prefix(Bytes::new()), None).unwrap();
     let mut stream = Stream::new(w, "test");
     assert!(matches!(stream.next().await, Some(Message::Created { .. })));
-    f.feeds[0].applied(1, &[put("k", "v")], &[]);
+    f.feeds[0].applied(1, ops![put("k", "v")], &[]);
     assert!(matches!(stream.next().await, Some(Message::Events { .. })));
     // A client that takes its messages at once is never dropped, however idle the watch.
-    f.feeds[0].applied(2, &[put("k", "v")], &[]);
+    f.feeds[0].applied(2, ops![put("k", "v")], &[]);
     assert!(matches!(stream.next().await, Some(Message::Events { .. })));
     // One that left the last message untaken for too long is.
-    f.feeds[0].applied(3, &[put("k", "v")], &[]);
+    f.feeds[0].applied(3, ops![put("k", "v")], &[]);
     tokio::time::sleep(STREAM_STALL_MAX).await;
     match stream.next().await {
         Some(Message::Ended(Ending::Canceled(reason))) => {

@@ -33,13 +33,13 @@ const KEYS: &[&str] = &[
 ];
 
 /// A real redis-server on a free port, without persistence; killed on drop.
-struct Redis {
+pub struct Redis {
     child: Child,
-    addr: SocketAddr,
+    pub addr: SocketAddr,
 }
 
 impl Redis {
-    fn start() -> Option<Redis> {
+    pub fn start() -> Option<Redis> {
         let required = std::env::var("CAIRN_REQUIRE_REDIS").is_ok_and(|v| v == "1");
         let port = free_port();
         let child = match Command::new("redis-server")

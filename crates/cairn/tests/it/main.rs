@@ -12,4 +12,5 @@ mod linearizability;
 mod pubsub;
 mod resp;
 mod support;
+mod tracking;
 mod watch;

@@ -1,0 +1,341 @@
+//! Redis client-side caching (`CLIENT TRACKING`) on this node: which connections cached which
+//! keys, and the invalidations owed to them when those keys change.
+//!
+//! The changes come from the change feed ([`crate::feed`]) through one watch of the whole
+//! keyspace per node ([`Tracking::spawn`]), so a write made through any node, by any front
+//! end, invalidates the keys cached by clients of every node, and a leader's death changes
+//! nothing (every replica applies the same log). Default mode remembers the keys a client
+//! read (one invalidation per read, then forgotten); BCAST mode sends every change under the
+//! client's prefixes. When the watch falls behind its history window, every tracking client is
+//! told to drop everything (Redis's `invalidate` with a null key list), then the watch starts
+//! again from now.
+//!
+//! Bounds: at most [`TRACKED_KEYS_MAX`] keys are remembered (past it the oldest-placed are
+//! invalidated at once and forgotten, as Redis's `tracking-table-max-keys` does), and at most
+//! [`INBOX_MAX`] invalidation messages wait for a connection: one that cannot take them is
+//! closed (its client's cache can no longer be trusted, and a client library drops its cache
+//! with its connection).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::node::Node;
+use crate::watch::{Item, Selector, WatchError};
+
+/// Most keys remembered for default-mode clients, node-wide.
+pub const TRACKED_KEYS_MAX: usize = 1_000_000;
+/// Invalidation messages that may wait for one connection.
+pub const INBOX_MAX: usize = 4096;
+/// Most BCAST prefixes, node-wide.
+pub const PREFIXES_MAX: usize = 65_536;
+
+/// What a connection is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// These keys changed: drop them.
+    Keys(Vec<Bytes>),
+    /// Drop every key (history was lost, so any key may have changed).
+    All,
+}
+
+/// How a client tracks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mode {
+    /// The connection its invalidations go to (itself, or its `REDIRECT`).
+    pub sink: u64,
+    /// BCAST: every change under these prefixes (every key when empty); `None`: default mode,
+    /// the keys it read.
+    pub bcast: Option<Vec<Bytes>>,
+}
+
+/// The node's tracking table.
+#[derive(Debug, Default)]
+pub struct Tracking {
+    inner: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// Default mode: key → clients that read it since its last invalidation.
+    keys: HashMap<Bytes, Vec<u64>>,
+    /// Clients with tracking on.
+    clients: HashMap<u64, Mode>,
+    /// BCAST prefixes: (prefix, client).
+    prefixes: Vec<(Bytes, u64)>,
+    /// Connections that take invalidations.
+    inboxes: HashMap<u64, mpsc::Sender<Invalidation>>,
+}
+
+impl Table {
+    /// Sends `invalidation` to `sink`; a full inbox closes it (its connection ends).
+    fn send(&mut self, sink: u64, invalidation: Invalidation) {
+        if let Some(inbox) = self.inboxes.get(&sink) {
+            if inbox.try_send(invalidation).is_err() {
+                tracing::info!(
+                    client = sink,
+                    "closing a connection that cannot take its invalidations"
+                );
+                self.inboxes.remove(&sink);
+            }
+        }
+    }
+}
+
+impl Tracking {
+    /// Turns tracking on for connection `id` (or changes its mode).
+    pub fn enable(&self, id: u64, mode: Mode) -> Result<(), &'static str> {
+        let mut table = self.inner.lock();
+        table.prefixes.retain(|(_, client)| *client != id);
+        if let Some(prefixes) = &mode.bcast {
+            let wanted = prefixes.len().max(1);
+            if table.prefixes.len() + wanted > PREFIXES_MAX {
+                table.clients.remove(&id);
+                return Err("ERR too many tracking prefixes on this node");
+            }
+            if prefixes.is_empty() {
+                table.prefixes.push((Bytes::new(), id));
+            }
+            for prefix in prefixes {
+                table.prefixes.push((prefix.clone(), id));
+            }
+        }
+        table.clients.insert(id, mode);
+        Ok(())
+    }
+
+    /// Turns tracking off for connection `id`. Keys it read stay in the table until they
+    /// change (or are evicted): nothing is sent for them.
+    pub fn disable(&self, id: u64) {
+        let mut table = self.inner.lock();
+        table.clients.remove(&id);
+        table.prefixes.retain(|(_, client)| *client != id);
+    }
+
+    /// Whether connection `id` tracks, and how.
+    pub fn mode(&self, id: u64) -> Option<Mode> {
+        self.inner.lock().clients.get(&id).cloned()
+    }
+
+    /// A new inbox for connection `id` (replacing any earlier one).
+    pub fn inbox(&self, id: u64) -> mpsc::Receiver<Invalidation> {
+        let (tx, rx) = mpsc::channel(INBOX_MAX);
+        self.inner.lock().inboxes.insert(id, tx);
+        rx
+    }
+
+    /// Whether connection `id` takes invalidations (its redirect target is there).
+    pub fn has_inbox(&self, id: u64) -> bool {
+        self.inner.lock().inboxes.contains_key(&id)
+    }
+
+    /// Connection `id` is gone.
+    pub fn close(&self, id: u64) {
+        let mut table = self.inner.lock();
+        table.clients.remove(&id);
+        table.prefixes.retain(|(_, client)| *client != id);
+        table.inboxes.remove(&id);
+    }
+
+    /// Connection `id` is about to read `keys`: remember them, when it tracks in default mode.
+    pub fn reading(&self, id: u64, keys: &[Bytes]) {
+        let mut table = self.inner.lock();
+        if !matches!(table.clients.get(&id), Some(Mode { bcast: None, .. })) {
+            return;
+        }
+        for key in keys {
+            let readers = table.keys.entry(key.clone()).or_default();
+            if !readers.contains(&id) {
+                readers.push(id);
+            }
+        }
+        // Over the bound: forget some keys, telling their readers they changed.
+        while table.keys.len() > TRACKED_KEYS_MAX {
+            let Some(key) = table.keys.keys().next().cloned() else {
+                break;
+            };
+            let readers = table.keys.remove(&key).unwrap_or_default();
+            for reader in readers {
+                if let Some(sink) = table.clients.get(&reader).map(|m| m.sink) {
+                    table.send(sink, Invalidation::Keys(vec![key.clone()]));
+                }
+            }
+        }
+    }
+
+    /// `keys` changed: tell every client that read one (and forget it for them) and every
+    /// BCAST client whose prefix it starts with, one message per connection.
+    pub fn changed(&self, keys: &[Bytes]) {
+        let mut table = self.inner.lock();
+        if table.clients.is_empty() && table.keys.is_empty() {
+            return;
+        }
+        let mut owed: HashMap<u64, Vec<Bytes>> = HashMap::new();
+        for key in keys {
+            if let Some(readers) = table.keys.remove(key) {
+                for reader in readers {
+                    if let Some(mode) = table.clients.get(&reader) {
+                        push_once(owed.entry(mode.sink).or_default(), key);
+                    }
+                }
+            }
+            for (prefix, client) in &table.prefixes {
+                if key.starts_with(prefix) {
+                    if let Some(mode) = table.clients.get(client) {
+                        push_once(owed.entry(mode.sink).or_default(), key);
+                    }
+                }
+            }
+        }
+        for (sink, keys) in owed {
+            table.send(sink, Invalidation::Keys(keys));
+        }
+    }
+
+    /// Every key may have changed: every tracking client drops everything.
+    pub fn flush_all(&self) {
+        let mut table = self.inner.lock();
+        table.keys.clear();
+        let sinks: Vec<u64> = table.clients.values().map(|m| m.sink).collect();
+        for sink in sinks {
+            table.send(sink, Invalidation::All);
+        }
+    }
+
+    /// Keys remembered (for tests and INFO).
+    pub fn tracked_keys(&self) -> usize {
+        self.inner.lock().keys.len()
+    }
+
+    /// Follows every change of the keyspace on this node's replicas and invalidates, until
+    /// the node stops.
+    pub fn spawn(self: &Arc<Self>, node: Arc<Node>) {
+        let tracking = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut watcher = match node.watch(
+                    Selector::Prefix(Bytes::new()),
+                    None,
+                    Duration::from_secs(3600),
+                ) {
+                    Ok(watcher) => watcher,
+                    Err(_) => return,
+                };
+                loop {
+                    match watcher.next().await {
+                        Ok(Item::Events(events)) => {
+                            let keys: Vec<Bytes> =
+                                events.into_iter().map(|e| e.event.key).collect();
+                            tracking.changed(&keys);
+                        }
+                        Ok(Item::Progress) => {}
+                        Err(WatchError::Compacted(_)) => {
+                            tracing::warn!(
+                                "client tracking fell behind the change history; every tracking client drops its cache"
+                            );
+                            tracking.flush_all();
+                            break;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn push_once(keys: &mut Vec<Bytes>, key: &Bytes) {
+    if keys.last() != Some(key) {
+        keys.push(key.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn own(id: u64) -> Mode {
+        Mode {
+            sink: id,
+            bcast: None,
+        }
+    }
+
+    #[test]
+    fn a_read_key_is_invalidated_once_then_forgotten() {
+        let t = Tracking::default();
+        let mut inbox = t.inbox(1);
+        t.enable(1, own(1)).unwrap();
+        t.reading(1, &[b("a"), b("b")]);
+        t.changed(&[b("a"), b("zzz")]);
+        assert_eq!(inbox.try_recv().unwrap(), Invalidation::Keys(vec![b("a")]));
+        t.changed(&[b("a")]);
+        assert!(
+            inbox.try_recv().is_err(),
+            "forgotten after its invalidation"
+        );
+        assert_eq!(t.tracked_keys(), 1);
+    }
+
+    #[test]
+    fn invalidations_go_to_the_redirect_and_bcast_follows_prefixes() {
+        let t = Tracking::default();
+        let mut target = t.inbox(9);
+        t.enable(
+            2,
+            Mode {
+                sink: 9,
+                bcast: Some(vec![b("user:"), b("cfg")]),
+            },
+        )
+        .unwrap();
+        t.changed(&[b("user:1"), b("other"), b("cfg")]);
+        assert_eq!(
+            target.try_recv().unwrap(),
+            Invalidation::Keys(vec![b("user:1"), b("cfg")])
+        );
+        // Off: nothing more, and a read by a client without tracking is not remembered.
+        t.disable(2);
+        t.reading(2, &[b("user:1")]);
+        t.changed(&[b("user:1")]);
+        assert!(target.try_recv().is_err());
+        assert_eq!(t.tracked_keys(), 0);
+    }
+
+    #[test]
+    fn a_connection_that_cannot_take_its_invalidations_loses_its_inbox() {
+        let t = Tracking::default();
+        let _inbox = t.inbox(1);
+        t.enable(
+            1,
+            Mode {
+                sink: 1,
+                bcast: Some(vec![]),
+            },
+        )
+        .unwrap();
+        for i in 0..=INBOX_MAX {
+            t.changed(&[b(&format!("k{i}"))]);
+        }
+        assert!(!t.has_inbox(1), "the connection is to be closed");
+    }
+
+    #[test]
+    fn losing_history_flushes_every_client() {
+        let t = Tracking::default();
+        let mut inbox = t.inbox(1);
+        t.enable(1, own(1)).unwrap();
+        t.reading(1, &[b("a")]);
+        t.flush_all();
+        assert_eq!(inbox.try_recv().unwrap(), Invalidation::All);
+        assert_eq!(t.tracked_keys(), 0);
+    }
+}
