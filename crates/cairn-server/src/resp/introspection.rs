@@ -9,8 +9,10 @@ use cairn_resp::{Frame, Protocol};
 use crate::resp::session::{RespStats, Shared};
 use crate::resp::table::{self, COMMANDS, CommandSpec};
 
-/// The Redis version Cairn reports (the one whose replies it reproduces).
-pub const REDIS_VERSION: &str = "7.0.15";
+/// The Redis version Cairn reports in HELLO and INFO. Its string commands answer as 7.x's
+/// do; 7.4 because clients gate features on it (redis-py turns on client-side caching only
+/// for servers of 7.4 or later).
+pub const REDIS_VERSION: &str = "7.4.0";
 
 fn bulk(s: impl Into<String>) -> Frame {
     Frame::Bulk(Bytes::from(s.into()))
