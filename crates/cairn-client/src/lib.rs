@@ -17,6 +17,7 @@
 //! ```
 
 mod error;
+pub mod near;
 pub mod routing;
 mod watch;
 
@@ -30,6 +31,7 @@ use tonic::{Code, Status};
 
 pub use cairn_proto::v1 as proto;
 pub use error::{Error, Result};
+pub use near::{NearCacheStats, Served};
 pub use watch::{Watch, WatchOptions, WatchSelector, WatchUpdate};
 
 use proto::cluster_client::ClusterClient;
@@ -63,6 +65,10 @@ pub struct ClientConfig {
     /// shard's leader directly (see [`routing`]); off: every request goes to the endpoint,
     /// which forwards it.
     pub route_cache: bool,
+    /// Keep a near cache of this many bytes ([`near`]): values read are served locally until
+    /// a watch tells of their change. `None`: off. Needs a tokio runtime when the client is
+    /// created.
+    pub near_cache_bytes: Option<u64>,
 }
 
 impl Default for ClientConfig {
@@ -73,6 +79,7 @@ impl Default for ClientConfig {
             retries_max: RETRIES_MAX_DEFAULT,
             retry_backoff: RETRY_BACKOFF_DEFAULT,
             route_cache: true,
+            near_cache_bytes: None,
         }
     }
 }
@@ -227,6 +234,8 @@ pub enum BatchOp {
 pub struct Client {
     routing: Routing,
     config: ClientConfig,
+    /// The near cache and its watch, when configured (shared by clones).
+    near: Option<std::sync::Arc<near::NearHandle>>,
 }
 
 impl Client {
@@ -253,7 +262,7 @@ impl Client {
             .timeout(config.request_timeout)
             .tcp_nodelay(true)
             .connect_lazy();
-        Ok(Client {
+        let mut client = Client {
             routing: Routing::new(
                 channel,
                 config.route_cache,
@@ -261,16 +270,70 @@ impl Client {
                 config.request_timeout,
             ),
             config,
-        })
+            near: None,
+        };
+        if let Some(bytes) = client.config.near_cache_bytes {
+            if tokio::runtime::Handle::try_current().is_err() {
+                return Err(invalid("a near cache needs a tokio runtime".into()));
+            }
+            let plain = client.clone();
+            client.near = Some(std::sync::Arc::new(near::NearHandle::start(plain, bytes)));
+        }
+        Ok(client)
     }
 
     /// Read `key`; `None` when it is missing or expired.
     pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Value>> {
-        self.get_with(key, false).await
+        Ok(self.get_traced(key).await?.0)
+    }
+
+    /// [`Client::get`], saying whether the near cache or the cluster answered.
+    pub async fn get_traced(&self, key: impl Into<Bytes>) -> Result<(Option<Value>, Served)> {
+        let key = key.into();
+        let Some(near) = &self.near else {
+            return Ok((self.get_with(key, false).await?, Served::Cluster));
+        };
+        if let Some(value) = near.cache.lookup(&key, now_ms()) {
+            return Ok((Some(value), Served::Local));
+        }
+        let ticket = near.cache.begin_read();
+        let result = self.get_with(key.clone(), false).await;
+        let value = result.as_ref().ok().and_then(Option::as_ref);
+        near.cache.end_read(ticket, &key, value);
+        Ok((result?, Served::Cluster))
+    }
+
+    /// The near cache's counters (`None` without one).
+    pub fn near_cache_stats(&self) -> Option<NearCacheStats> {
+        self.near.as_ref().map(|n| n.cache.stats())
+    }
+
+    /// Waits up to `timeout` for the near cache's watch to be established; whether it is.
+    pub async fn near_cache_ready(&self, timeout: Duration) -> bool {
+        let Some(near) = &self.near else {
+            return false;
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !near.cache.stats().live {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// Tells the near cache that this client wrote `key` (acknowledged at `version`, or of
+    /// unknown outcome or version).
+    fn near_wrote(&self, key: &Bytes, version: Option<u64>) {
+        if let Some(near) = &self.near {
+            near.cache.wrote(key, version);
+        }
     }
 
     /// [`Client::get`]; with `stale`, the node answers from its own replica of the key's
-    /// shard as it stands (it may lag the leader) instead of asking the leader.
+    /// shard as it stands (it may lag the leader) instead of asking the leader. Never from
+    /// the near cache.
     pub async fn get_with(&self, key: impl Into<Bytes>, stale: bool) -> Result<Option<Value>> {
         let consistency = if stale {
             proto::Consistency::Stale
@@ -330,8 +393,9 @@ impl Client {
                 let req = req.clone();
                 async move { kv(ch).put(req).await }
             })
-            .await?;
-        Ok(r.version)
+            .await;
+        self.near_wrote(&req.key, r.as_ref().ok().map(|r| r.version));
+        Ok(r?.version)
     }
 
     /// Remove `key`; returns whether a live key was removed.
@@ -342,8 +406,9 @@ impl Client {
                 let req = req.clone();
                 async move { kv(ch).delete(req).await }
             })
-            .await?;
-        Ok(r.deleted)
+            .await;
+        self.near_wrote(&req.key, None);
+        Ok(r?.deleted)
     }
 
     /// Make `key` expire after `ttl`; `false` when the key does not exist.
@@ -385,6 +450,7 @@ impl Client {
                 async move { kv(ch).expire(req).await }
             })
             .await;
+        self.near_wrote(&req.key, None);
         match res {
             Ok(_) => Ok(true),
             Err(Error::NotFound) => Ok(false),
@@ -448,19 +514,36 @@ impl Client {
                 let req = req.clone();
                 async move { kv(ch).batch(req).await }
             })
-            .await?;
-        Ok(r.version)
+            .await;
+        for op in &req.ops {
+            match &op.op {
+                Some(proto::batch_op::Op::Put(p)) => self.near_wrote(&p.key, None),
+                Some(proto::batch_op::Op::Delete(d)) => self.near_wrote(&d.key, None),
+                None => {}
+            }
+        }
+        Ok(r?.version)
     }
 
     /// An atomic, isolated transaction over any keys (`Kv.Txn`, etcd's shape): when every
     /// compare holds the `success` ops run, else the `failure` ops. Retried only when the node
     /// answered that nothing happened.
     pub async fn txn(&self, req: proto::TxnRequest) -> Result<proto::TxnResponse> {
-        self.call(None, |ch| {
-            let req = req.clone();
-            async move { kv(ch).txn(req).await }
-        })
-        .await
+        let r = self
+            .call(None, |ch| {
+                let req = req.clone();
+                async move { kv(ch).txn(req).await }
+            })
+            .await;
+        for op in req.success.iter().chain(&req.failure) {
+            use proto::txn_op::Op;
+            match &op.op {
+                Some(Op::Put(p)) => self.near_wrote(&p.key, None),
+                Some(Op::Delete(d)) => self.near_wrote(&d.key, None),
+                _ => {}
+            }
+        }
+        r
     }
 
     /// The cluster as the contacted node sees it: nodes, shards, slot ranges, leaders.
@@ -539,6 +622,13 @@ fn kv(channel: Channel) -> KvClient<Channel> {
     KvClient::new(channel)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX)
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn duration_ms(d: Duration) -> u64 {

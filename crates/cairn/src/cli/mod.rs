@@ -35,10 +35,19 @@ pub struct Connection {
 impl Connection {
     /// A client for this connection's endpoint.
     pub fn client(&self) -> anyhow::Result<cairn_client::Client> {
-        let config = cairn_client::ClientConfig {
+        self.client_with(|_| {})
+    }
+
+    /// A client for this connection's endpoint, with `tune` applied to its settings.
+    pub fn client_with(
+        &self,
+        tune: impl FnOnce(&mut cairn_client::ClientConfig),
+    ) -> anyhow::Result<cairn_client::Client> {
+        let mut config = cairn_client::ClientConfig {
             request_timeout: Duration::from_millis(self.timeout_ms),
             ..cairn_client::ClientConfig::default()
         };
+        tune(&mut config);
         Ok(cairn_client::Client::with_config(&self.endpoint, config)?)
     }
 }

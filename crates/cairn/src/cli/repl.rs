@@ -2,6 +2,9 @@
 //! (`127.0.0.1:7070> set hello 1` → `OK`, `get hello` → `1`, `expire hello 200`, `ttl hello`,
 //! `del hello`), over the gRPC client. With a terminal it edits lines and keeps a history file
 //! (rustyline); with piped stdin it reads plain lines, so scripts and tests can drive it.
+//! With `--near-cache` it reads through cairn-client's near cache (dstore's local layer, kept
+//! coherent by a watch) and says where each answer came from, `(local)` or `(cluster)`, as
+//! dstore's REPL does.
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::PathBuf;
@@ -34,6 +37,7 @@ commands (case-insensitive; quote arguments with spaces: set k \"a b\"):
   scan [PREFIX]                   list up to 100 keys with values
   keys [PREFIX]                   list up to 100 keys
   cluster                         cluster status
+  cache                           near cache counters (with --near-cache)
   ping                            check the connection
   help                            this text
   exit | quit | .exit             leave";
@@ -43,6 +47,10 @@ pub struct ReplArgs {
     /// History file [default: ~/.cairn_history]
     #[arg(long, value_name = "FILE")]
     pub history: Option<PathBuf>,
+    /// Read through a near cache of this many bytes, kept coherent by a watch; answers say
+    /// whether they came from it `(local)` or from the cluster `(cluster)`
+    #[arg(long, value_name = "BYTES", num_args = 0..=1, default_missing_value = "67108864")]
+    pub near_cache: Option<u64>,
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -54,7 +62,18 @@ enum Step {
 }
 
 pub async fn run(args: ReplArgs) -> anyhow::Result<u8> {
-    let client = args.connection.client()?;
+    let client = match args.near_cache {
+        None => args.connection.client()?,
+        Some(bytes) => {
+            let client = args
+                .connection
+                .client_with(|c| c.near_cache_bytes = Some(bytes))?;
+            if !client.near_cache_ready(Duration::from_secs(5)).await {
+                eprintln!("the near cache's watch is not established yet: reads go to the cluster");
+            }
+            client
+        }
+    };
     let authority = args
         .connection
         .endpoint
@@ -193,9 +212,33 @@ async fn execute(client: &Client, command: &str, args: &[String]) -> Result<Stri
         }
         "get" | "out" => {
             arity(1)?;
-            match client.get(key(0)).await.map_err(err)? {
-                Some(v) => Ok(human(&v.value)),
-                None => Ok("(nil)".to_string()),
+            let (value, served) = client.get_traced(key(0)).await.map_err(err)?;
+            let text = match value {
+                Some(v) => human(&v.value),
+                None => "(nil)".to_string(),
+            };
+            Ok(match client.near_cache_stats() {
+                None => text,
+                Some(_) if served == cairn_client::Served::Local => format!("{text} (local)"),
+                Some(_) => format!("{text} (cluster)"),
+            })
+        }
+        "cache" => {
+            arity(0)?;
+            match client.near_cache_stats() {
+                None => Err("no near cache (start the REPL with --near-cache)".to_string()),
+                Some(s) => Ok(format!(
+                    "live: {}, entries: {}, bytes: {}, hits: {}, misses: {}, invalidations: {}, \
+                     delay from own write to its invalidation p50/p99: {}/{} us",
+                    s.live,
+                    s.entries,
+                    s.bytes,
+                    s.hits,
+                    s.misses,
+                    s.invalidations,
+                    s.delay_p50_us,
+                    s.delay_p99_us
+                )),
             }
         }
         "del" | "delete" | "rem" => {

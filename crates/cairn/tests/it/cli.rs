@@ -209,6 +209,39 @@ fn unreachable_endpoint_fails_with_a_message() {
     drop(node);
 }
 
+/// `cairn repl --near-cache` says where each answer came from, as dstore's REPL does: the
+/// first read from the cluster, the next from the near cache, and after its own write the
+/// new value (read your writes).
+#[test]
+fn repl_with_a_near_cache_says_where_answers_came_from() {
+    let node = Node::start();
+    let script = "set a 1\nget a\nget a\nset a 2\nget a\nget a\nget missing\ncache\n";
+    let out = ok(&cairn_stdin(
+        &node,
+        &["repl", "--near-cache"],
+        script.as_bytes(),
+    ));
+    let prompt = format!("{}> ", node.grpc_addr);
+    let replies: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix(prompt.as_str()))
+        .collect();
+    assert_eq!(
+        &replies[..7],
+        &[
+            "OK",
+            "1 (cluster)",
+            "1 (local)",
+            "OK",
+            "2 (cluster)",
+            "2 (local)",
+            "(nil) (cluster)"
+        ],
+        "{out}"
+    );
+    assert!(replies[7].starts_with("live: true"), "{}", replies[7]);
+}
+
 #[test]
 fn repl_behaves_like_simplekv_and_dstore() {
     let node = Node::start();

@@ -591,3 +591,86 @@ fn a_watcher_that_stops_reading_is_dropped_with_a_reason() {
         },
     );
 }
+
+/// cairn-client's near cache: reads are served locally once cached, a write by another client
+/// reaches it as an invalidation after which the old value is never served, its own writes
+/// are read back at once, and a broken watch empties it until the watch is back.
+#[test]
+fn a_near_cache_never_serves_a_value_after_its_invalidation() {
+    use cairn_client::{ClientConfig, Served};
+    let mut node = Node::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let endpoint = node.grpc_url();
+    let (near, plain) = runtime.block_on(async {
+        let config = ClientConfig {
+            near_cache_bytes: Some(1 << 20),
+            ..ClientConfig::default()
+        };
+        let near = Client::with_config(&endpoint, config).unwrap();
+        assert!(near.near_cache_ready(Duration::from_secs(10)).await);
+        (near, Client::new(&endpoint).unwrap())
+    });
+    runtime.block_on(async {
+        near.put("n:k", "v0").await.unwrap();
+        assert_eq!(near.get_traced("n:k").await.unwrap().1, Served::Cluster);
+        let (value, served) = near.get_traced("n:k").await.unwrap();
+        assert_eq!((value.unwrap().value, served), ("v0".into(), Served::Local));
+        for i in 1..=100 {
+            let (old, new) = (format!("v{}", i - 1), format!("v{i}"));
+            plain.put("n:k", new.clone()).await.unwrap();
+            let began = std::time::Instant::now();
+            loop {
+                let got = near.get("n:k").await.unwrap().unwrap().value;
+                if got == new.as_bytes() {
+                    break;
+                }
+                assert_eq!(got, old.as_bytes(), "round {i}");
+                assert!(
+                    began.elapsed() < Duration::from_secs(5),
+                    "round {i}: not invalidated"
+                );
+            }
+            for _ in 0..10 {
+                let (got, _) = near.get_traced("n:k").await.unwrap();
+                assert_eq!(
+                    got.unwrap().value,
+                    new.as_bytes(),
+                    "round {i}: the old value again"
+                );
+            }
+            // Read your writes.
+            let mine = format!("mine{i}");
+            near.put("n:mine", mine.clone()).await.unwrap();
+            assert_eq!(
+                near.get("n:mine").await.unwrap().unwrap().value,
+                mine.as_bytes()
+            );
+        }
+        let stats = near.near_cache_stats().unwrap();
+        assert!(stats.hits > 500, "{stats:?}");
+        assert!(stats.invalidations >= 100, "{stats:?}");
+    });
+    // The node goes away: the watch breaks and the cache empties; back, it fills again.
+    node.kill();
+    runtime.block_on(async {
+        let began = std::time::Instant::now();
+        while near.near_cache_stats().unwrap().live {
+            assert!(
+                began.elapsed() < Duration::from_secs(10),
+                "the cache stayed live"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(near.near_cache_stats().unwrap().entries, 0);
+    });
+    node.spawn();
+    runtime.block_on(async {
+        assert!(near.near_cache_ready(Duration::from_secs(20)).await);
+        assert_eq!(near.get_traced("n:k").await.unwrap().1, Served::Cluster);
+        assert_eq!(near.get_traced("n:k").await.unwrap().1, Served::Local);
+    });
+}
