@@ -80,6 +80,10 @@ pub struct BenchArgs {
     /// per second and the delay from acknowledgement to event (Cairn only)
     #[arg(long, value_name = "N")]
     pub watchers: Option<usize>,
+    /// Read through a near cache of this many bytes on each connection (Cairn only): reads
+    /// of keys read before are served locally until they change
+    #[arg(long, value_name = "BYTES")]
+    pub near_cache: Option<u64>,
     /// With --watchers: how long to hold the watches idle before the puts (to read the
     /// server's memory meanwhile)
     #[arg(long, default_value_t = 0, value_name = "MS")]
@@ -133,6 +137,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
         "--connections must be 1..={CONNECTIONS_MAX}"
     );
     let endpoints = endpoints(&args)?;
+    anyhow::ensure!(
+        args.near_cache.is_none() || args.target == Target::Cairn,
+        "--near-cache is cairn-client's"
+    );
     if let Some(watchers) = args.watchers {
         anyhow::ensure!(
             args.target == Target::Cairn,
@@ -144,7 +152,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     let conns = (0..args.connections)
         .map(|i| {
             let endpoint = &endpoints[i % endpoints.len()];
-            Conn::open(args.target, endpoint, timeout)
+            Conn::open(args.target, endpoint, timeout, args.near_cache)
                 .with_context(|| format!("--target {}", args.target.name()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

@@ -44,11 +44,17 @@ pub enum Conn {
 impl Conn {
     /// A connection to `endpoint` with cairn-client's connect timeout and the given per-request
     /// timeout for both targets, so a slow request fails the same way on either side.
-    pub fn open(target: Target, endpoint: &str, request_timeout: Duration) -> anyhow::Result<Self> {
+    pub fn open(
+        target: Target,
+        endpoint: &str,
+        request_timeout: Duration,
+        near_cache_bytes: Option<u64>,
+    ) -> anyhow::Result<Self> {
         match target {
             Target::Cairn => {
                 let config = cairn_client::ClientConfig {
                     request_timeout,
+                    near_cache_bytes,
                     ..cairn_client::ClientConfig::default()
                 };
                 Ok(Conn::Cairn(cairn_client::Client::with_config(
@@ -93,6 +99,8 @@ impl Conn {
     /// stale read, etcd's serializable Range). A missing key is not an error.
     pub async fn get(&mut self, key: Bytes, stale: bool) -> anyhow::Result<()> {
         match self {
+            // A plain get goes through the near cache when there is one.
+            Conn::Cairn(client) if !stale => client.get(key).await.map(drop)?,
             Conn::Cairn(client) => client.get_with(key, stale).await.map(drop)?,
             Conn::Etcd(client) => client
                 .range(RangeRequest {
