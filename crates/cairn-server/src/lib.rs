@@ -33,6 +33,7 @@ pub mod long_double;
 pub mod meta;
 pub mod metrics;
 pub mod node;
+pub mod notify;
 pub mod peer;
 pub mod placement;
 pub mod proposer;

@@ -850,6 +850,7 @@ fn local_command(
             Frame::ok()
         }
         "client" => client(&args, session, shared),
+        "config" => super::config::config(&args, session, shared),
         "command" => introspection::command(&args, session.protocol),
         "info" => introspection::info(&args[1..], session.protocol, shared),
         "cluster" => cluster::cluster(&args, session, shared),

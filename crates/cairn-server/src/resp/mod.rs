@@ -5,6 +5,7 @@
 //! only maps between them with Redis's exact argument rules and reply shapes.
 
 pub mod cluster;
+pub mod config;
 pub mod connection;
 pub mod dispatch;
 pub mod introspection;
@@ -53,8 +54,10 @@ pub async fn serve_listener(
         max_connections,
         redirect,
         tracking: Default::default(),
+        notifier: Default::default(),
     });
     shared.tracking.spawn(shared.node.clone());
+    shared.notifier.spawn(shared.node.clone());
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {

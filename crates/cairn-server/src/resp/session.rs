@@ -224,4 +224,6 @@ pub struct Shared {
     pub redirect: bool,
     /// Client-side caching: who cached which keys, fed by the change feed.
     pub tracking: Arc<crate::tracking::Tracking>,
+    /// Keyspace notifications (`notify-keyspace-events`), fed by the change feed.
+    pub notifier: Arc<crate::notify::Notifier>,
 }

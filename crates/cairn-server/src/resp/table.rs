@@ -165,6 +165,15 @@ pub const COMMANDS: &[CommandSpec] = &[
         "2.8.13",
     ),
     spec(
+        "config",
+        -2,
+        X,
+        NONE,
+        "server",
+        "A container for server configuration commands.",
+        "2.0.0",
+    ),
+    spec(
         "copy",
         -3,
         W,
@@ -844,6 +853,42 @@ pub const SUBCOMMANDS: &[CommandSpec] = &[
         "6.2.0",
     ),
     spec(
+        "config|get",
+        -3,
+        &["admin", "noscript", "loading", "stale"],
+        NONE,
+        "server",
+        "Returns the effective values of configuration parameters.",
+        "2.0.0",
+    ),
+    spec(
+        "config|resetstat",
+        2,
+        &["admin", "noscript", "loading", "stale"],
+        NONE,
+        "server",
+        "Resets the server's statistics.",
+        "2.0.0",
+    ),
+    spec(
+        "config|rewrite",
+        2,
+        &["admin", "noscript", "loading", "stale"],
+        NONE,
+        "server",
+        "Persists the effective configuration to file.",
+        "2.8.0",
+    ),
+    spec(
+        "config|set",
+        -4,
+        &["admin", "noscript", "loading", "stale"],
+        NONE,
+        "server",
+        "Sets configuration parameters in-flight.",
+        "2.0.0",
+    ),
+    spec(
         "cluster|info",
         2,
         &["stale"],
@@ -986,7 +1031,7 @@ pub fn subcommands_of(container: &str) -> impl Iterator<Item = &'static CommandS
 
 /// Whether `name` is a container command (has subcommands).
 pub fn is_container(name: &str) -> bool {
-    matches!(name, "client" | "cluster" | "command")
+    matches!(name, "client" | "cluster" | "command" | "config")
 }
 
 #[cfg(test)]

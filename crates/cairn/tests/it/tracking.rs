@@ -198,3 +198,58 @@ fn client_tracking_matches_redis() {
     }
     assert_eq!(ours.len(), theirs.len());
 }
+
+/// Keyspace notifications and CONFIG, against redis-server: the same settings and errors,
+/// and the same messages for a set, a delete and an expiry.
+#[test]
+fn keyspace_notifications_and_config_match_redis() {
+    let Some(redis) = crate::differential::Redis::start() else {
+        return;
+    };
+    let node = Node::start();
+    let scenario = |addr: SocketAddr| -> Vec<String> {
+        let mut out = Vec::new();
+        let mut c = Conn::connect(addr);
+        for line in [
+            "CONFIG GET notify-keyspace-events",
+            "CONFIG SET notify-keyspace-events Kq",
+            "CONFIG SET notify-keyspace-events",
+            "CONFIG SET databases 1",
+            "CONFIG SET no-such-thing 1",
+            "CONFIG SET notify-keyspace-events KEA",
+            "CONFIG GET notify-keyspace-events",
+            "CONFIG SET notify-keyspace-events Kg$x",
+            "CONFIG GET notify-keyspace-events",
+            "CONFIG GET maxmemory",
+            "CONFIG RESETSTAT",
+            "CONFIG BOGUS",
+        ] {
+            out.push(format!("{line} -> {}", c.cmd(line)));
+        }
+        c.cmd("CONFIG SET notify-keyspace-events KEA");
+        let mut sub = Conn::connect(addr);
+        sub.send("SUBSCRIBE __keyspace@0__:nk __keyevent@0__:del __keyevent@0__:expired");
+        for _ in 0..3 {
+            out.push(sub.reply());
+        }
+        out.push(c.cmd("SET nk 1"));
+        out.push(sub.reply());
+        out.push(c.cmd("DEL nk"));
+        out.push(sub.reply());
+        out.push(sub.reply());
+        out.push(c.cmd("SET nx 1 PX 30"));
+        // Redis tells of an expiry when its active cycle (or a read) finds the key.
+        out.push(sub.reply());
+        out.push(c.cmd("CONFIG SET notify-keyspace-events \"\""));
+        out
+    };
+    let theirs = scenario(redis.addr);
+    let ours = scenario(node.resp_addr);
+    for (i, (o, t)) in ours.iter().zip(&theirs).enumerate() {
+        assert_eq!(
+            o, t,
+            "step {i} differs\nours: {ours:#?}\ntheirs: {theirs:#?}"
+        );
+    }
+    assert_eq!(ours.len(), theirs.len());
+}
