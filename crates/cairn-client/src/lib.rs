@@ -214,6 +214,9 @@ pub struct ScanPage {
     pub entries: Vec<proto::Entry>,
     /// Set when more entries may follow: pass it to [`Scan::after`] for the next page.
     pub resume_after: Option<Bytes>,
+    /// A watch resume token taken just before the scan ([`WatchOptions::from`]): a watch
+    /// from it tells every change the page did not see.
+    pub watch_token: String,
 }
 
 /// One write of an atomic [`Client::batch`].
@@ -489,6 +492,7 @@ impl Client {
         Ok(ScanPage {
             entries: r.entries,
             resume_after: r.resume_after,
+            watch_token: r.watch_token,
         })
     }
 

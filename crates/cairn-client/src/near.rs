@@ -36,6 +36,11 @@ pub const OWN_WRITES_TRACKED_MAX: usize = 4096;
 pub const ENTRY_OVERHEAD_BYTES: u64 = 64;
 /// Sleep between attempts to establish the watch.
 const WATCH_RETRY: Duration = Duration::from_millis(200);
+/// How often the watch asks for progress notifications when idle.
+const WATCH_PROGRESS: Duration = Duration::from_secs(1);
+/// Silence after which the watch counts as broken (its node stopped or was cut off): the
+/// cache empties rather than serve values nobody vouches for.
+const WATCH_SILENCE_MAX: Duration = Duration::from_secs(3);
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,10 +104,22 @@ pub struct NearCache {
     invalidations: AtomicU64,
 }
 
-/// What [`NearCache::begin_read`] hands back for [`NearCache::end_read`].
+/// What [`NearCache::begin_read`] hands back for [`NearCache::end_read`]. Dropped without
+/// it (the read was cancelled), it still counts the read as over.
 #[derive(Debug)]
 pub struct ReadTicket {
+    cache: Arc<NearCache>,
     generation: u64,
+    ended: bool,
+}
+
+impl Drop for ReadTicket {
+    fn drop(&mut self) {
+        if !self.ended {
+            let mut state = self.cache.state.lock();
+            NearCache::read_over(&mut state);
+        }
+    }
 }
 
 impl NearCache {
@@ -136,19 +153,30 @@ impl NearCache {
     }
 
     /// A read of the cluster begins.
-    pub fn begin_read(&self) -> ReadTicket {
+    pub fn begin_read(self: &Arc<Self>) -> ReadTicket {
         let mut state = self.state.lock();
         state.inflight += 1;
         ReadTicket {
+            cache: self.clone(),
             generation: state.generation,
+            ended: false,
+        }
+    }
+
+    fn read_over(state: &mut State) {
+        state.inflight -= 1;
+        if state.inflight == 0 {
+            state.recent.clear();
+            state.overflowed = false;
         }
     }
 
     /// The read `ticket` began got `value` for `key`: kept if no newer change arrived meanwhile
-    /// and the watch stayed live.
-    pub fn end_read(&self, ticket: ReadTicket, key: &Bytes, value: Option<&Value>) {
+    /// and the watch stayed live (and did not start meanwhile: a watch that starts from now
+    /// says nothing of what happened before it).
+    pub fn end_read(&self, mut ticket: ReadTicket, key: &Bytes, value: Option<&Value>) {
+        ticket.ended = true;
         let mut state = self.state.lock();
-        state.inflight -= 1;
         let fresh = state.live
             && state.generation == ticket.generation
             && !state.overflowed
@@ -158,10 +186,7 @@ impl NearCache {
                 self.cache.insert(key.clone(), value.clone());
             }
         }
-        if state.inflight == 0 {
-            state.recent.clear();
-            state.overflowed = false;
-        }
+        NearCache::read_over(&mut state);
     }
 
     /// `key` changed at `version` (`u64::MAX`: unknown): drop it, and keep reads in flight
@@ -221,10 +246,12 @@ impl NearCache {
         let mut state = self.state.lock();
         if !live {
             self.cache.clear();
-            state.generation += 1;
             state.own.clear();
             state.early.clear();
         }
+        // Reads begun before either change do not fill: one begun while the watch was down
+        // may hold a value whose change the new watch, starting from now, never tells.
+        state.generation += 1;
         state.live = live;
     }
 
@@ -295,7 +322,7 @@ impl NearHandle {
 
 /// Runs one watch of the whole keyspace into `cache` until it breaks.
 async fn follow(client: &Client, cache: &NearCache) {
-    let options = WatchOptions::prefix(Bytes::new()).progress_interval(Duration::from_secs(1));
+    let options = WatchOptions::prefix(Bytes::new()).progress_interval(WATCH_PROGRESS);
     let mut watch = match client.watch(options).await {
         Ok(watch) => watch,
         Err(e) => {
@@ -307,7 +334,11 @@ async fn follow(client: &Client, cache: &NearCache) {
     watch.set_reconnects_max(0);
     cache.set_live(true);
     loop {
-        match watch.next().await {
+        let Ok(next) = tokio::time::timeout(WATCH_SILENCE_MAX, watch.next()).await else {
+            tracing::debug!("near cache: the watch went silent; emptied");
+            return;
+        };
+        match next {
             Ok(WatchUpdate::Events(events)) => {
                 for event in events {
                     cache.invalidate(&event.key, event.version);
@@ -341,7 +372,7 @@ mod tests {
 
     #[test]
     fn nothing_is_cached_or_served_unless_the_watch_is_live() {
-        let c = NearCache::new(1 << 20);
+        let c = Arc::new(NearCache::new(1 << 20));
         let t = c.begin_read();
         c.end_read(t, &k("a"), Some(&v("1", 5)));
         assert!(c.lookup(b"a", 0).is_none());
@@ -360,7 +391,7 @@ mod tests {
 
     #[test]
     fn a_change_that_arrives_during_a_read_keeps_the_older_value_out() {
-        let c = NearCache::new(1 << 20);
+        let c = Arc::new(NearCache::new(1 << 20));
         c.set_live(true);
         let t = c.begin_read();
         c.invalidate(&k("a"), 9);
@@ -382,8 +413,30 @@ mod tests {
     }
 
     #[test]
+    fn a_read_begun_before_the_watch_started_keeps_its_value_out() {
+        let c = Arc::new(NearCache::new(1 << 20));
+        let t = c.begin_read();
+        c.set_live(true);
+        c.end_read(t, &k("a"), Some(&v("1", 5)));
+        assert!(c.lookup(b"a", 0).is_none());
+    }
+
+    #[test]
+    fn a_cancelled_read_does_not_stop_the_cache_filling() {
+        let c = Arc::new(NearCache::new(1 << 20));
+        c.set_live(true);
+        drop(c.begin_read());
+        for i in 0..=RECENT_CHANGES_MAX {
+            c.invalidate(&k(&format!("other{i}")), 1);
+        }
+        let t = c.begin_read();
+        c.end_read(t, &k("a"), Some(&v("1", 5)));
+        assert!(c.lookup(b"a", 0).is_some(), "reads no longer fill");
+    }
+
+    #[test]
     fn a_break_during_a_read_keeps_its_value_out() {
-        let c = NearCache::new(1 << 20);
+        let c = Arc::new(NearCache::new(1 << 20));
         c.set_live(true);
         let t = c.begin_read();
         c.set_live(false);
@@ -394,7 +447,7 @@ mod tests {
 
     #[test]
     fn own_writes_are_read_back_and_time_their_events() {
-        let c = NearCache::new(1 << 20);
+        let c = Arc::new(NearCache::new(1 << 20));
         c.set_live(true);
         let t = c.begin_read();
         c.end_read(t, &k("a"), Some(&v("1", 5)));
@@ -415,7 +468,7 @@ mod tests {
 
     #[test]
     fn expired_values_are_not_served_and_the_budget_holds() {
-        let c = NearCache::new(4096);
+        let c = Arc::new(NearCache::new(4096));
         c.set_live(true);
         let mut expiring = v("1", 1);
         expiring.expires_at_ms = Some(1000);

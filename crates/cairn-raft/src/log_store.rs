@@ -148,15 +148,18 @@ impl LogStore {
         Ok(self.last_purged()?.map_or(1, |id| id.index + 1))
     }
 
-    /// The ops of the normal entries at indexes `start..=end` the log still holds, by index
-    /// (for a shard's change feed, rebuilt at start from what the log keeps).
-    pub fn normal_entries(&self, start: u64, end: u64) -> io::Result<Vec<(u64, Vec<WriteOp>)>> {
+    /// Every entry at indexes `start..=end` the log still holds, by index, with its ops (none
+    /// for blank and membership entries): for a shard's change feed, rebuilt at start from
+    /// what the log keeps.
+    pub fn entry_ops(&self, start: u64, end: u64) -> io::Result<Vec<(u64, Vec<WriteOp>)>> {
         let mut out = Vec::new();
         for (_, bytes) in self.wal.entries(self.group, start..=end).map_err(io_err)? {
             let entry = decode_entry(&bytes)?;
-            if let EntryPayload::Normal(request) = entry.payload {
-                out.push((entry.log_id.index, request.ops));
-            }
+            let ops = match entry.payload {
+                EntryPayload::Normal(request) => request.ops,
+                EntryPayload::Blank | EntryPayload::Membership(_) => Vec::new(),
+            };
+            out.push((entry.log_id.index, ops));
         }
         Ok(out)
     }

@@ -82,6 +82,8 @@ pub struct Event {
     pub value: Bytes,
     /// A put's absolute deadline (ms since the Unix epoch), if it expires.
     pub expires_at_ms: Option<u64>,
+    /// A delete made by clearing the shard (FLUSHDB), not by a command naming the key.
+    pub flushed: bool,
 }
 
 /// One change, borrowed from its batch.
@@ -92,6 +94,8 @@ pub struct EventRef<'a> {
     /// The new value of a put (empty otherwise).
     pub value: &'a Bytes,
     pub expires_at_ms: Option<u64>,
+    /// A delete made by clearing the shard (FLUSHDB).
+    pub flushed: bool,
 }
 
 impl EventRef<'_> {
@@ -101,6 +105,7 @@ impl EventRef<'_> {
             key: self.key.clone(),
             value: self.value.clone(),
             expires_at_ms: self.expires_at_ms,
+            flushed: self.flushed,
         }
     }
 }
@@ -182,6 +187,7 @@ impl Batch {
                     key,
                     value,
                     expires_at_ms,
+                    flushed: false,
                 }]
             };
             match op {
@@ -201,6 +207,7 @@ impl Batch {
                             key,
                             value: &EMPTY,
                             expires_at_ms: None,
+                            flushed: true,
                         })
                         .collect()
                 }
@@ -265,6 +272,8 @@ pub struct Since {
     /// The position after them: after the last batch returned, or after the newest entry
     /// applied when every batch was returned.
     pub upto: u64,
+    /// Whether more batches follow (the read was cut at its limits).
+    pub cut: bool,
 }
 
 /// One shard's change feed on this replica.
@@ -338,8 +347,9 @@ impl Feed {
         self.shard
     }
 
-    /// Rebuilds history from the log entries `read` gives (the group's log, entries in an
-    /// inclusive index range, ascending), from `first` (the oldest entry the log still holds)
+    /// Rebuilds history from the log entries `read` gives (the group's log: every entry it
+    /// holds in an inclusive index range, with no ops for those that are not normal entries),
+    /// from `first` (the oldest entry the log still holds)
     /// up to the applied index the feed was created at, newest first until the window is full.
     /// A `Clear` ends the search: its removed keys are not in the log.
     pub fn load<F>(&self, first: u64, mut read: F) -> std::io::Result<()>
@@ -353,12 +363,15 @@ impl Feed {
         let mut end = applied;
         'chunks: while end >= first.max(1) {
             let start = end.saturating_sub(LOAD_CHUNK_ENTRIES - 1).max(first).max(1);
-            let mut chunk = read(start, end)?;
-            chunk.sort_by_key(|(index, _)| *index);
-            for (index, ops) in chunk.into_iter().rev() {
-                if index > applied {
-                    continue;
-                }
+            let mut chunk: std::collections::BTreeMap<u64, Vec<WriteOp>> =
+                read(start, end)?.into_iter().collect();
+            for index in (start..=end).rev() {
+                // A hole in the log (it held entries on both sides of a snapshot install that
+                // was not purged yet): nothing below it is known.
+                let Some(ops) = chunk.remove(&index) else {
+                    compacted = index;
+                    break 'chunks;
+                };
                 if ops.iter().any(|op| matches!(op, WriteOp::Clear)) {
                     compacted = index;
                     break 'chunks;
@@ -375,8 +388,7 @@ impl Feed {
                     found.push(batch);
                 }
             }
-            // Every entry of the chunk is known (those that are not normal entries change no
-            // key): history reaches back to its start.
+            // Every entry of the chunk is known: history reaches back to its start.
             compacted = start - 1;
             if start <= first.max(1) {
                 break;
@@ -406,9 +418,9 @@ impl Feed {
         self.ring.lock().compacted
     }
 
-    /// The batches after `pos`, at most about `events_max` events (at least one batch when
-    /// there is one).
-    pub fn since(&self, pos: Pos, events_max: usize) -> Result<Since, Compacted> {
+    /// The batches after `pos`, at most about `events_max` events and `bytes_max` bytes (at
+    /// least one batch when there is one).
+    pub fn since(&self, pos: Pos, events_max: usize, bytes_max: usize) -> Result<Since, Compacted> {
         let ring = self.ring.lock();
         let done = pos.done();
         if done < ring.compacted {
@@ -419,18 +431,26 @@ impl Feed {
         }
         let from = ring.batches.partition_point(|b| b.index <= done);
         let mut batches = Vec::new();
-        let mut events = 0;
+        let (mut events, mut bytes) = (0, 0);
         for batch in ring.batches.range(from..) {
-            if !batches.is_empty() && events + batch.len() > events_max {
+            if !batches.is_empty()
+                && (events + batch.len() > events_max || bytes + batch.bytes > bytes_max)
+            {
                 let upto = batches.last().map_or(done, |b: &Arc<Batch>| b.index);
-                return Ok(Since { batches, upto });
+                return Ok(Since {
+                    batches,
+                    upto,
+                    cut: true,
+                });
             }
             events += batch.len();
+            bytes += batch.bytes;
             batches.push(batch.clone());
         }
         Ok(Since {
             batches,
             upto: ring.last.max(done),
+            cut: false,
         })
     }
 

@@ -183,6 +183,23 @@ impl Node {
         self.options.clock.now_ms()
     }
 
+    /// A watch resume token for the shard of `key` (every shard: `None`) as of now on this
+    /// node's replicas: taken before a read, a watch from it misses nothing the read did not
+    /// see, since the read is served at or after what this node's replicas have applied.
+    pub fn watch_token(&self, key: Option<&[u8]>) -> String {
+        let feeds: Vec<&std::sync::Arc<crate::feed::Feed>> = match key {
+            Some(key) => vec![&self.shards.for_key(key).feed],
+            None => self.shards.list.iter().map(|s| &s.feed).collect(),
+        };
+        crate::watch::Token(
+            feeds
+                .into_iter()
+                .map(|f| (f.shard(), crate::feed::Pos::after(f.last())))
+                .collect(),
+        )
+        .to_string()
+    }
+
     /// A watch of `selector` on this node's replicas, from the resume token `from` or from
     /// now ([`crate::watch`]); a progress notification after `progress_every` without events.
     pub fn watch(

@@ -10,8 +10,8 @@
 //! What differs from Redis: the feed holds outcomes, not commands, so the event is named by
 //! what happened to the key: `set` for any write that leaves a value (SET, INCR, APPEND,
 //! MSET, EXPIRE, … all notify `set`, class `$`), `del` for a removal (class `g`) and `expired`
-//! for a removal by active expiry (class `x`). `n` (new key), `m` (key miss) and `e`
-//! (eviction) are accepted and never fire.
+//! for a removal by active expiry (class `x`); FLUSHDB tells nothing per key, as in Redis.
+//! `n` (new key), `m` (key miss) and `e` (eviction) are accepted and never fire.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -166,7 +166,8 @@ impl Notifier {
                             if flags & (KEYSPACE | KEYEVENT) == 0 {
                                 continue;
                             }
-                            for e in events {
+                            // Redis tells nothing per key for FLUSHDB.
+                            for e in events.into_iter().filter(|e| !e.event.flushed) {
                                 for (channel, message) in
                                     Notifier::messages(flags, e.event.kind, &e.event.key)
                                 {

@@ -312,7 +312,7 @@ fn open_feed(
         setup.feed_wake.clone(),
     ));
     let first = log.first_index()?;
-    feed.load(first, |start, end| log.normal_entries(start, end))?;
+    feed.load(first, |start, end| log.entry_ops(start, end))?;
     Ok(feed)
 }
 

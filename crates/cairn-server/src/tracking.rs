@@ -216,32 +216,36 @@ impl Tracking {
     pub fn spawn(self: &Arc<Self>, node: Arc<Node>) {
         let tracking = self.clone();
         tokio::spawn(async move {
-            loop {
-                let mut watcher = match node.watch(
+            let start = || {
+                node.watch(
                     Selector::Prefix(Bytes::new()),
                     None,
                     Duration::from_secs(3600),
-                ) {
-                    Ok(watcher) => watcher,
-                    Err(_) => return,
-                };
-                loop {
-                    match watcher.next().await {
-                        Ok(Item::Events(events)) => {
-                            let keys: Vec<Bytes> =
-                                events.into_iter().map(|e| e.event.key).collect();
-                            tracking.changed(&keys);
-                        }
-                        Ok(Item::Progress) => {}
-                        Err(WatchError::Compacted(_)) => {
-                            tracing::warn!(
-                                "client tracking fell behind the change history; every tracking client drops its cache"
-                            );
-                            tracking.flush_all();
-                            break;
-                        }
-                        Err(_) => return,
+                )
+            };
+            let Ok(mut watcher) = start() else {
+                return;
+            };
+            loop {
+                match watcher.next().await {
+                    Ok(Item::Events(events)) => {
+                        let keys: Vec<Bytes> = events.into_iter().map(|e| e.event.key).collect();
+                        tracking.changed(&keys);
                     }
+                    Ok(Item::Progress) => {}
+                    Err(WatchError::Compacted(_)) => {
+                        tracing::warn!(
+                            "client tracking fell behind the change history; every tracking client drops its cache"
+                        );
+                        // The new watch first, then the flush: a change in between is either
+                        // before the flush or told by the new watch.
+                        let Ok(fresh) = start() else {
+                            return;
+                        };
+                        watcher = fresh;
+                        tracking.flush_all();
+                    }
+                    Err(_) => return,
                 }
             }
         });

@@ -30,6 +30,9 @@ use crate::feed::{Compacted, Event, Feed, Pos, WAKE_STOPPED};
 
 /// Events one [`Watcher::next`] reads from a shard at most (whole entries, at least one).
 pub const EVENTS_PER_READ_MAX: usize = 1024;
+/// Key and value bytes one [`Watcher::next`] reads from a shard at most (whole entries, at
+/// least one): one message stays small enough to send and to decode.
+pub const BYTES_PER_READ_MAX: usize = 1024 * 1024;
 /// How long a watch may go without a message before it is sent a progress notification,
 /// when the client does not say.
 pub const PROGRESS_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
@@ -230,14 +233,21 @@ impl Watcher {
                 return Err(WatchError::Stopped);
             }
             let count = self.feeds.len();
+            // A read cut short with nothing matching goes on at once, not at the next wake.
+            let mut more = false;
             for i in 0..count {
                 let at = (self.next_feed + i) % count;
-                let events = self.read(at)?;
+                let (events, cut) = self.read(at)?;
                 if !events.is_empty() {
                     self.next_feed = (at + 1) % count;
                     self.last_message = Instant::now();
                     return Ok(Item::Events(events));
                 }
+                more |= cut;
+            }
+            if more {
+                tokio::task::yield_now().await;
+                continue;
             }
             let due = self.last_message + self.progress_every;
             if Instant::now() >= due {
@@ -256,12 +266,13 @@ impl Watcher {
     }
 
     /// The matching events of feed `at` after its position, moving the position past every
-    /// event read (matching or not).
-    fn read(&mut self, at: usize) -> Result<Vec<WatchEvent>, WatchError> {
+    /// event read (matching or not), and whether the read was cut short (more follow).
+    fn read(&mut self, at: usize) -> Result<(Vec<WatchEvent>, bool), WatchError> {
         let (feed, pos) = &mut self.feeds[at];
         let since = feed
-            .since(*pos, EVENTS_PER_READ_MAX)
+            .since(*pos, EVENTS_PER_READ_MAX, BYTES_PER_READ_MAX)
             .map_err(WatchError::Compacted)?;
+        let cut = since.cut;
         let mut out = Vec::new();
         for batch in &since.batches {
             let skip = if batch.index == pos.index {
@@ -285,7 +296,7 @@ impl Watcher {
         if since.upto > pos.done() {
             *pos = Pos::after(since.upto);
         }
-        Ok(out)
+        Ok((out, cut))
     }
 }
 
@@ -313,6 +324,9 @@ pub enum Ending {
     Compacted(Compacted),
     /// Anything else, said in words.
     Canceled(String),
+    /// This node is shutting down: the client is to resume elsewhere or later (gRPC
+    /// UNAVAILABLE; SSE closes the stream, and EventSource reconnects by itself).
+    Stopped,
 }
 
 /// A watch as a stream of [`Message`]s, polled by a front end as its client can take them.
@@ -362,12 +376,35 @@ impl Stream {
         Some(message)
     }
 
-    /// The client took something of the last message (a front end that hands one message
-    /// out in parts says so for each part).
-    pub fn taken(&mut self) {
-        if self.given_at.is_some() {
-            self.given_at = Some(Instant::now());
+    /// For a front end that hands one message out in parts: called as it hands out the next
+    /// part. The watch ends (the ending is returned, to send instead) when the part before
+    /// was left untaken for [`STREAM_STALL_MAX`] or more.
+    pub fn next_part(&mut self) -> Option<Message> {
+        if self.done {
+            return None;
         }
+        if let Some(ending) = self.stalled() {
+            self.done = true;
+            return Some(ending);
+        }
+        self.given_at = Some(Instant::now());
+        None
+    }
+
+    /// The ending for a client that left the last message untaken too long, if it did.
+    fn stalled(&self) -> Option<Message> {
+        if self
+            .given_at
+            .is_none_or(|at| at.elapsed() < STREAM_STALL_MAX)
+        {
+            return None;
+        }
+        crate::metrics::watcher_dropped("stalled");
+        Some(Message::Ended(Ending::Canceled(format!(
+            "dropped: the client took nothing for {} s or more; resume from the last token \
+             received",
+            STREAM_STALL_MAX.as_secs()
+        ))))
     }
 
     async fn produce(&mut self) -> Message {
@@ -377,16 +414,8 @@ impl Stream {
                 token: self.watcher.token(),
             };
         }
-        if self
-            .given_at
-            .is_some_and(|at| at.elapsed() >= STREAM_STALL_MAX)
-        {
-            crate::metrics::watcher_dropped("stalled");
-            return Message::Ended(Ending::Canceled(format!(
-                "dropped: the client took nothing for {} s or more; resume from the last \
-                 token received",
-                STREAM_STALL_MAX.as_secs()
-            )));
+        if let Some(ending) = self.stalled() {
+            return ending;
         }
         match self.watcher.next().await {
             Ok(Item::Events(events)) => {
@@ -409,6 +438,7 @@ impl Stream {
                 crate::metrics::watcher_dropped("compacted");
                 Message::Ended(Ending::Compacted(compacted))
             }
+            Err(WatchError::Stopped) => Message::Ended(Ending::Stopped),
             Err(e) => Message::Ended(Ending::Canceled(e.to_string())),
         }
     }

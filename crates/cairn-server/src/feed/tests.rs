@@ -91,16 +91,16 @@ fn the_window_drops_the_oldest_entries_whole_and_says_where_history_starts() {
     assert_eq!(f.held().0, 3, "entry 1 went whole (both its events)");
     assert_eq!(f.compacted(), 1);
     assert_eq!(
-        f.since(Pos::after(0), 100).unwrap_err(),
+        f.since(Pos::after(0), 100, usize::MAX).unwrap_err(),
         Compacted {
             shard: 0,
             revision: 1
         }
     );
-    let since = f.since(Pos::after(1), 100).unwrap();
+    let since = f.since(Pos::after(1), 100, usize::MAX).unwrap();
     assert_eq!(indexes(&since), vec![3, 4, 5]);
     assert_eq!(since.upto, 5);
-    let since = f.since(Pos::after(3), 100).unwrap();
+    let since = f.since(Pos::after(3), 100, usize::MAX).unwrap();
     assert_eq!(indexes(&since), vec![4, 5]);
     // A position inside entry 4 gets entry 4 again (the reader skips what it had).
     let since = f
@@ -110,12 +110,13 @@ fn the_window_drops_the_oldest_entries_whole_and_says_where_history_starts() {
                 partial: 1,
             },
             100,
+            usize::MAX,
         )
         .unwrap();
     assert_eq!(indexes(&since), vec![4, 5]);
     // Nothing new: the position moves to the newest entry applied.
     f.applied(6, ops![WriteOp::SystemDelete { key: b("s") }], &[]);
-    let since = f.since(Pos::after(5), 100).unwrap();
+    let since = f.since(Pos::after(5), 100, usize::MAX).unwrap();
     assert!(since.batches.is_empty());
     assert_eq!(since.upto, 6);
 }
@@ -142,16 +143,31 @@ fn reads_are_cut_at_entry_boundaries_and_a_big_entry_still_comes_whole() {
     f.applied(1, ops![put("a", "1"), put("b", "1"), put("c", "1")], &[]);
     f.applied(2, ops![put("d", "1")], &[]);
     f.applied(3, ops![put("e", "1")], &[]);
-    let since = f.since(Pos::after(0), 2).unwrap();
+    let since = f.since(Pos::after(0), 2, usize::MAX).unwrap();
     assert_eq!(
         indexes(&since),
         vec![1],
         "one entry over the limit comes alone"
     );
     assert_eq!(since.upto, 1);
-    let since = f.since(Pos::after(1), 2).unwrap();
+    let since = f.since(Pos::after(1), 2, usize::MAX).unwrap();
     assert_eq!(indexes(&since), vec![2, 3]);
     assert_eq!(since.upto, 3);
+}
+
+#[test]
+fn reads_are_cut_by_bytes_too() {
+    let f = feed(FeedLimits::default());
+    let big = "v".repeat(1000);
+    for i in 1..=5 {
+        f.applied(i, ops![put("k", &big)], &[]);
+    }
+    let since = f.since(Pos::after(0), usize::MAX, 2500).unwrap();
+    assert_eq!(indexes(&since), vec![1, 2]);
+    assert!(since.cut);
+    assert_eq!(since.upto, 2);
+    let since = f.since(Pos::after(2), usize::MAX, usize::MAX).unwrap();
+    assert!(!since.cut);
 }
 
 #[test]
@@ -163,18 +179,21 @@ fn a_snapshot_install_restarts_history_after_it() {
     f.replaced(&engine, 40);
     assert_eq!(f.compacted(), 40);
     assert_eq!(f.last(), 40);
-    assert!(f.since(Pos::after(1), 10).is_err());
+    assert!(f.since(Pos::after(1), 10, usize::MAX).is_err());
     f.applied(41, ops![put("b", "1")], &[]);
-    assert_eq!(indexes(&f.since(Pos::after(40), 10).unwrap()), vec![41]);
+    assert_eq!(
+        indexes(&f.since(Pos::after(40), 10, usize::MAX).unwrap()),
+        vec![41]
+    );
 }
 
-/// A log of `count` entries; entry `i` puts `k{i}` unless listed in `special`.
+/// A log of `count` entries; entry `i` puts `k{i}` unless listed in `special` (an empty list:
+/// a blank or membership entry, which the log holds with no ops).
 fn log(count: u64, special: &[(u64, Vec<WriteOp>)]) -> Vec<(u64, Vec<WriteOp>)> {
     (1..=count)
-        .filter_map(|i| match special.iter().find(|(at, _)| *at == i) {
-            Some((_, ops)) if ops.is_empty() => None, // not a normal entry
-            Some((_, ops)) => Some((i, ops.clone())),
-            None => Some((i, vec![put(&format!("k{i}"), "v")])),
+        .map(|i| match special.iter().find(|(at, _)| *at == i) {
+            Some((_, ops)) => (i, ops.clone()),
+            None => (i, vec![put(&format!("k{i}"), "v")]),
         })
         .collect()
 }
@@ -206,7 +225,7 @@ fn history_is_rebuilt_from_the_log_below_the_applied_index() {
         0,
         "the whole log is held: history from the start"
     );
-    let since = f.since(Pos::after(0), usize::MAX).unwrap();
+    let since = f.since(Pos::after(0), usize::MAX, usize::MAX).unwrap();
     let expected: Vec<u64> = (1..=150).filter(|&i| i != 3).collect();
     assert_eq!(indexes(&since), expected);
     assert_eq!(since.upto, 150);
@@ -221,7 +240,10 @@ fn history_is_rebuilt_from_the_log_below_the_applied_index() {
     load(&f, 101, &entries);
     assert_eq!(f.compacted(), 100);
     assert_eq!(
-        f.since(Pos::after(100), usize::MAX).unwrap().batches.len(),
+        f.since(Pos::after(100), usize::MAX, usize::MAX)
+            .unwrap()
+            .batches
+            .len(),
         50
     );
 }
@@ -242,7 +264,7 @@ fn a_rebuild_keeps_the_newest_entries_and_stops_at_a_clear() {
     assert_eq!(f.held().0, 70);
     assert_eq!(f.compacted(), 230);
     assert_eq!(
-        indexes(&f.since(Pos::after(230), usize::MAX).unwrap()),
+        indexes(&f.since(Pos::after(230), usize::MAX, usize::MAX).unwrap()),
         (231..=300).collect::<Vec<_>>()
     );
 
@@ -263,6 +285,28 @@ fn a_rebuild_keeps_the_newest_entries_and_stops_at_a_clear() {
 }
 
 #[test]
+fn a_hole_in_the_log_ends_the_rebuilt_history() {
+    // Entries 1..=100 and 121..=200 are there, 101..=120 are not (a snapshot install whose
+    // purge had not happened).
+    let entries: Vec<_> = log(200, &[])
+        .into_iter()
+        .filter(|(i, _)| !(101..=120).contains(i))
+        .collect();
+    let f = Feed::new(
+        0,
+        200,
+        FeedLimits::default(),
+        Arc::new(tokio::sync::watch::channel(0).0),
+    );
+    load(&f, 1, &entries);
+    assert_eq!(f.compacted(), 120, "nothing at or below the hole is known");
+    assert_eq!(
+        indexes(&f.since(Pos::after(120), usize::MAX, usize::MAX).unwrap()),
+        (121..=200).collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn a_rebuild_after_the_group_began_applying_changes_nothing() {
     let entries = log(10, &[]);
     let f = Feed::new(
@@ -274,5 +318,8 @@ fn a_rebuild_after_the_group_began_applying_changes_nothing() {
     f.applied(11, ops![put("new", "1")], &[]);
     load(&f, 1, &entries);
     assert_eq!(f.compacted(), 10);
-    assert_eq!(indexes(&f.since(Pos::after(10), 100).unwrap()), vec![11]);
+    assert_eq!(
+        indexes(&f.since(Pos::after(10), 100, usize::MAX).unwrap()),
+        vec![11]
+    );
 }

@@ -45,6 +45,7 @@ impl pb::kv_server::Kv for KvService {
         observed("get", async move {
             let request = request.into_inner();
             let stale = request.consistency() == pb::Consistency::Stale;
+            let watch_token = self.node.watch_token(Some(&request.key));
             let reply = self
                 .node
                 .execute_with(Command::Get { key: request.key }, stale)
@@ -58,8 +59,15 @@ impl pb::kv_server::Kv for KvService {
                     value: entry.value,
                     version: entry.version,
                     expires_at_ms: entry.expires_at_ms,
+                    watch_token,
                 })),
-                Reply::Entry(None) => Err(Status::not_found("record not found")),
+                Reply::Entry(None) => {
+                    let mut status = Status::not_found("record not found");
+                    if let Ok(token) = watch_token.parse() {
+                        status.metadata_mut().insert("x-cairn-watch-token", token);
+                    }
+                    Err(status)
+                }
                 other => Err(unexpected(&other)),
             }
         })
@@ -117,6 +125,7 @@ impl pb::kv_server::Kv for KvService {
                 limit,
                 keys_only: req.keys_only,
             };
+            let watch_token = self.node.watch_token(None);
             match execute(&self.node, command).await? {
                 Reply::Entries { mut entries, more } => {
                     let more = fit_page(&mut entries, more, SCAN_PAGE_BYTES_MAX);
@@ -128,6 +137,7 @@ impl pb::kv_server::Kv for KvService {
                     Ok(Response::new(pb::ScanResponse {
                         entries: entries.into_iter().map(entry_to_pb).collect(),
                         resume_after,
+                        watch_token,
                     }))
                 }
                 other => Err(unexpected(&other)),

@@ -49,6 +49,10 @@ pub(super) fn start(node: &Node, request: pb::WatchRequest) -> Result<WatchStrea
             let mut stream = stream?;
             let message = stream.next().await?;
             let last = matches!(message, Message::Ended(_));
+            if matches!(message, Message::Ended(Ending::Stopped)) {
+                // Retriable: the client resumes from its token on another node or later.
+                return Some((Err(Status::unavailable("the node is shutting down")), None));
+            }
             let response = response_of(message, values);
             Some((Ok(response), (!last).then_some(stream)))
         },
@@ -99,6 +103,10 @@ fn response_of(message: Message, values: bool) -> pb::WatchResponse {
         },
         Message::Ended(Ending::Canceled(reason)) => pb::WatchResponse {
             canceled: reason,
+            ..Default::default()
+        },
+        Message::Ended(Ending::Stopped) => pb::WatchResponse {
+            canceled: "the node is shutting down".into(),
             ..Default::default()
         },
     }

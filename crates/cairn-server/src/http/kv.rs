@@ -25,6 +25,9 @@ use crate::reply::{Entry, Reply};
 const KEY_PATH_PREFIX: &str = "/v1/kv/";
 /// Version of the key's current value.
 pub(super) const VERSION_HEADER: &str = "x-cairn-version";
+/// A watch resume token taken just before a read (`GET /v1/watch?from=`): a watch from it
+/// tells every change the read did not see.
+pub(super) const WATCH_TOKEN_HEADER: &str = "x-cairn-watch-token";
 /// Absolute expiry, ms since the Unix epoch (absent: no expiry).
 pub(super) const EXPIRES_AT_HEADER: &str = "x-cairn-expires-at-ms";
 /// Remaining time to live in ms at the moment of the read (absent: no expiry).
@@ -69,14 +72,19 @@ pub(super) async fn get(State(state): State<AppState>, uri: Uri) -> Result<Respo
             )));
         }
     };
+    let watch_token = state.node.watch_token(Some(&key));
     let reply = state
         .node
         .execute_with(Command::Get { key }, stale)
         .await
         .map_err(ApiError::from)?;
+    let token_header = HeaderValue::from_str(&watch_token).ok();
     match reply {
         Reply::Entry(Some(entry)) => {
             let mut headers = HeaderMap::new();
+            if let Some(token) = token_header {
+                headers.insert(WATCH_TOKEN_HEADER, token);
+            }
             headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
@@ -88,7 +96,13 @@ pub(super) async fn get(State(state): State<AppState>, uri: Uri) -> Result<Respo
             }
             Ok((StatusCode::OK, headers, Body::from(entry.value)).into_response())
         }
-        Reply::Entry(None) => Err(ApiError::not_found()),
+        Reply::Entry(None) => {
+            let mut response = ApiError::not_found().into_response();
+            if let Some(token) = token_header {
+                response.headers_mut().insert(WATCH_TOKEN_HEADER, token);
+            }
+            Ok(response)
+        }
         other => Err(ApiError::unexpected(&other)),
     }
 }
@@ -211,6 +225,8 @@ struct Listing {
     more: bool,
     /// The last key returned when `more`; pass it (decoded, then percent-encoded) as `after`.
     resume_after: Option<String>,
+    /// A watch resume token taken just before the listing (`GET /v1/watch?from=`).
+    watch_token: String,
 }
 
 /// `GET /v1/kv?prefix=..` or `?start=..&end=..`: live entries in key order as JSON.
@@ -262,6 +278,7 @@ pub(super) async fn list(State(state): State<AppState>, uri: Uri) -> Result<Resp
         limit,
         keys_only,
     };
+    let watch_token = state.node.watch_token(None);
     let (mut entries, more) = match execute(&state.node, command).await? {
         Reply::Entries { entries, more } => (entries, more),
         other => return Err(ApiError::unexpected(&other)),
@@ -283,6 +300,7 @@ pub(super) async fn list(State(state): State<AppState>, uri: Uri) -> Result<Resp
             .collect::<Result<_, _>>()?,
         more,
         resume_after: resume_after.map(|k| encode(&k, encoding)).transpose()?,
+        watch_token,
     };
     Ok(axum::Json(listing).into_response())
 }

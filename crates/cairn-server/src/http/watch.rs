@@ -125,8 +125,12 @@ pub(super) async fn watch(
         move |(mut stream, mut ready)| async move {
             loop {
                 if !ready.is_empty() {
-                    if let Some(stream) = &mut stream {
-                        stream.taken();
+                    // The next part of a message: the client took the one before, unless it
+                    // left it too long (then the watch ends, with the reason).
+                    if let Some(ending) = stream.as_mut().and_then(watch::Stream::next_part) {
+                        let events = sse_events(ending, values);
+                        let event = events.into_iter().next()?;
+                        return Some((Ok::<_, Infallible>(event), (None, Vec::new())));
                     }
                     let event = ready.remove(0);
                     return Some((Ok::<_, Infallible>(event), (stream, ready)));
@@ -191,6 +195,8 @@ fn sse_events(message: Message, values: bool) -> Vec<SseEvent> {
             None,
             json!({"type": "canceled", "reason": reason}),
         )],
+        // The stream just ends: EventSource reconnects (with Last-Event-ID) by itself.
+        Message::Ended(Ending::Stopped) => Vec::new(),
     }
 }
 

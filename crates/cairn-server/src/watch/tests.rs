@@ -286,3 +286,20 @@ async fn a_stream_drops_a_client_that_took_nothing_for_too_long() {
     }
     assert!(stream.next().await.is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_narrow_watch_behind_a_long_backlog_catches_up_without_waiting() {
+    let f = feeds(1, FeedLimits::default());
+    for i in 1..=3000 {
+        f.feeds[0].applied(i, ops![put(&format!("other/{i}"), "v")], &[]);
+    }
+    f.feeds[0].applied(3001, ops![put("p/1", "v")], &[]);
+    let from = Token::parse("0:0").unwrap();
+    let mut w = f.watch(Selector::Prefix(b("p/")), Some(&from)).unwrap();
+    // Progress comes only after an hour: the event must come from reading on, not waiting.
+    let item = tokio::time::timeout(Duration::from_secs(1), w.next()).await;
+    match item {
+        Ok(Ok(Item::Events(events))) => assert_eq!(events[0].event.key, b("p/1")),
+        other => panic!("the backlog stalled the watch: {other:?}"),
+    }
+}

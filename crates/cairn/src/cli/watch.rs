@@ -59,6 +59,8 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<u8> {
     .values(args.values);
     let mut watch = client.watch(options).await?;
     let mut seen = 0u64;
+    // The token after the last change printed (a message may hold more than --count wants).
+    let mut resume = watch.token().to_string();
     let outcome = loop {
         if args.count.is_some_and(|n| seen >= n) {
             break Ok(());
@@ -69,7 +71,10 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<u8> {
         };
         let events = match update {
             Ok(WatchUpdate::Events(events)) => events,
-            Ok(WatchUpdate::Progress) => continue,
+            Ok(WatchUpdate::Progress) => {
+                resume = watch.token().to_string();
+                continue;
+            }
             Err(e) => break Err(e),
         };
         let mut out = std::io::stdout().lock();
@@ -79,10 +84,11 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<u8> {
             }
             seen += 1;
             print_event(&mut out, &event, &args)?;
+            resume = event.token.clone();
         }
         out.flush()?;
     };
-    eprintln!("resume with: --from {}", watch.token());
+    eprintln!("resume with: --from {resume}");
     outcome?;
     Ok(0)
 }

@@ -240,6 +240,12 @@ fn keyspace_notifications_and_config_match_redis() {
         out.push(c.cmd("SET nx 1 PX 30"));
         // Redis tells of an expiry when its active cycle (or a read) finds the key.
         out.push(sub.reply());
+        // FLUSHDB tells nothing per key: the next message is the SET after it.
+        out.push(c.cmd("SET nk 1"));
+        out.push(sub.reply());
+        out.push(c.cmd("FLUSHDB"));
+        out.push(c.cmd("SET nk 2"));
+        out.push(sub.reply());
         out.push(c.cmd("CONFIG SET notify-keyspace-events \"\""));
         out
     };

@@ -246,7 +246,7 @@ fn ok(conn: &mut RawConn, line: &str) {
 }
 
 /// Puts, deletes, cross-shard MSETs, keys left to expire and a FLUSHDB, with the node
-/// SIGKILLed and restarted halfway: the watch resumes from its token on the restarted node
+/// stopped cleanly a quarter of the way and SIGKILLed and restarted halfway: the watch resumes from its token on the restarted node
 /// (history rebuilt from the log) and tells every change exactly once.
 #[test]
 fn a_watch_tells_every_change_once_across_a_restart_of_its_node() {
@@ -255,7 +255,17 @@ fn a_watch_tells_every_change_once_across_a_restart_of_its_node() {
     let mut acknowledged = Vec::new();
     let mut conn = node.resp();
     ok(&mut conn, "SET outside 1");
+    // Written once, before the FLUSHDB and never after: only the FLUSHDB removes it.
+    ok(&mut conn, "SET w/flushed 1");
+    acknowledged.push(("w/flushed".to_string(), "1".to_string()));
     for i in 0..300 {
+        if i == 75 {
+            // A clean stop (SIGTERM): the watch is told to go elsewhere (UNAVAILABLE), not
+            // that it is over.
+            assert!(node.terminate().success());
+            node.spawn();
+            conn = node.resp();
+        }
         if i == 150 {
             node.restart();
             conn = node.resp();
@@ -311,11 +321,12 @@ fn a_watch_tells_every_change_once_across_a_restart_of_its_node() {
     assert!(events.iter().all(|e| e.key.starts_with("w/")));
     let expired = events.iter().filter(|e| e.kind == Type::Expire).count();
     assert!(expired > 0, "no expiry was told: {events:?}");
-    let cleared = events
-        .iter()
-        .filter(|e| e.kind == Type::Delete && e.key.starts_with("w/k"))
-        .count();
-    assert!(cleared > 0);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == Type::Delete && e.key == "w/flushed"),
+        "the FLUSHDB's delete of w/flushed was not told"
+    );
 }
 
 /// Runs curl against `url` for `seconds`, with `headers`; the SSE events it got, as (event
@@ -673,4 +684,76 @@ fn a_near_cache_never_serves_a_value_after_its_invalidation() {
         assert_eq!(near.get_traced("n:k").await.unwrap().1, Served::Cluster);
         assert_eq!(near.get_traced("n:k").await.unwrap().1, Served::Local);
     });
+}
+
+/// A read hands out a watch token taken just before it (gRPC `watch_token`, HTTP
+/// `x-cairn-watch-token` and the listing's `watch_token`): a watch from it tells the changes
+/// made after the read.
+#[test]
+fn a_watch_from_a_reads_token_tells_what_came_after_the_read() {
+    let node = Node::start();
+    let mut conn = node.resp();
+    ok(&mut conn, "SET rt:a 1");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let endpoint = node.grpc_url();
+    let page = runtime.block_on(async {
+        let client = Client::new(&endpoint).unwrap();
+        client
+            .scan(&cairn_client::Scan::prefix("rt:"))
+            .await
+            .unwrap()
+    });
+    assert_eq!(page.entries.len(), 1);
+    // HTTP: a key's read carries its shard's token in a header; a listing, every shard's.
+    let header = Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", "--max-time", "5"])
+        .arg(node.http_url("/v1/kv/rt:a"))
+        .output()
+        .unwrap();
+    let header = String::from_utf8_lossy(&header.stdout).to_lowercase();
+    let key_token = header
+        .lines()
+        .find_map(|l| l.strip_prefix("x-cairn-watch-token: "))
+        .expect("the token header")
+        .trim()
+        .to_string();
+    assert!(!key_token.contains(','), "one shard's token: {key_token}");
+    let listing = Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .arg(node.http_url("/v1/kv?prefix=rt:"))
+        .output()
+        .unwrap();
+    let listing: Value = serde_json::from_slice(&listing.stdout).unwrap();
+    let http_token = listing["watch_token"].as_str().unwrap().to_string();
+    ok(&mut conn, "SET rt:a 2");
+    ok(&mut conn, "SET rt:b 3");
+    for token in [page.watch_token.clone(), http_token] {
+        let recorder = Recorder::start_from(&endpoint, "rt:", Some(token.clone()));
+        let events = poll_until(
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || format!("no events after the read from {token}"),
+            || {
+                let events = recorder.events();
+                if events.len() >= 2 {
+                    Ok(events)
+                } else {
+                    Err(events)
+                }
+            },
+        );
+        let told: Vec<(String, String)> = events
+            .iter()
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect();
+        assert!(told.contains(&("rt:a".into(), "2".into())), "{told:?}");
+        assert!(told.contains(&("rt:b".into(), "3".into())), "{told:?}");
+        assert!(
+            !told.contains(&("rt:a".into(), "1".into())),
+            "the write the read saw came again: {told:?}"
+        );
+    }
 }
