@@ -256,18 +256,7 @@ pub(super) async fn list(State(state): State<AppState>, uri: Uri) -> Result<Resp
             return Err(ApiError::bad_request("give prefix or start/end, not both"));
         }
         (Some(prefix), None, None) => KeyRange::prefix(prefix),
-        (None, start, end) => KeyRange {
-            start: match start {
-                None => Bound::Unbounded,
-                Some(s) if query.flag("start_exclusive").map_err(bad)? => Bound::Excluded(s),
-                Some(s) => Bound::Included(s),
-            },
-            end: match end {
-                None => Bound::Unbounded,
-                Some(e) if query.flag("end_inclusive").map_err(bad)? => Bound::Included(e),
-                Some(e) => Bound::Excluded(e),
-            },
-        },
+        (None, _, _) => range_of_query(&query)?,
     };
     if let Some(after) = query.bytes("after") {
         range = resume_after(range, after.clone());
@@ -347,6 +336,24 @@ fn key_of(uri: &Uri) -> Result<Bytes, ApiError> {
 }
 
 /// Parse the query, refusing parameters the route does not know (typos must not be ignored).
+/// The key range `start`, `end`, `start_exclusive` and `end_inclusive` give (the whole
+/// keyspace without them).
+pub(super) fn range_of_query(query: &Query) -> Result<KeyRange, ApiError> {
+    let flag = |name| query.flag(name).map_err(ApiError::bad_request);
+    Ok(KeyRange {
+        start: match query.bytes("start").cloned() {
+            None => Bound::Unbounded,
+            Some(s) if flag("start_exclusive")? => Bound::Excluded(s),
+            Some(s) => Bound::Included(s),
+        },
+        end: match query.bytes("end").cloned() {
+            None => Bound::Unbounded,
+            Some(e) if flag("end_inclusive")? => Bound::Included(e),
+            Some(e) => Bound::Excluded(e),
+        },
+    })
+}
+
 pub(super) fn query_of(uri: &Uri, known: &[&str]) -> Result<Query, ApiError> {
     let query = Query::parse(uri.query()).map_err(ApiError::bad_request)?;
     if let Some(unknown) = query.names().find(|n| !known.contains(n)) {

@@ -15,7 +15,6 @@
 //! `canceled` (`reason`). A token the history no longer covers is refused at once: 410 Gone.
 
 use std::convert::Infallible;
-use std::ops::Bound;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -26,9 +25,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
-use super::kv::query_of;
+use super::kv::{query_of, range_of_query};
 use super::{ApiError, AppState};
-use crate::command::KeyRange;
 use crate::feed::EventKind;
 use crate::watch::{self, Ending, Message, Selector, WatchError, WatchEvent};
 
@@ -68,18 +66,7 @@ pub(super) async fn watch(
         }
         (Some(key), None) => Selector::Key(key),
         (None, Some(prefix)) => Selector::Prefix(prefix),
-        (None, None) => Selector::Range(KeyRange {
-            start: match start {
-                None => Bound::Unbounded,
-                Some(s) if query.flag("start_exclusive").map_err(bad)? => Bound::Excluded(s),
-                Some(s) => Bound::Included(s),
-            },
-            end: match end {
-                None => Bound::Unbounded,
-                Some(e) if query.flag("end_inclusive").map_err(bad)? => Bound::Included(e),
-                Some(e) => Bound::Excluded(e),
-            },
-        }),
+        (None, None) => Selector::Range(range_of_query(&query)?),
     };
     let values = query.flag("values").map_err(bad)?;
     let progress = match query.u64("progress_ms").map_err(bad)? {

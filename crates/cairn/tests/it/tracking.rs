@@ -182,21 +182,24 @@ fn scenario(addr: SocketAddr) -> Vec<String> {
     out
 }
 
-#[test]
-fn client_tracking_matches_redis() {
-    let Some(redis) = crate::differential::Redis::start() else {
-        return;
-    };
-    let node = Node::start();
-    let theirs = scenario(redis.addr);
-    let ours = scenario(node.resp_addr);
-    for (i, (o, t)) in ours.iter().zip(&theirs).enumerate() {
+/// Cairn's steps against Redis's, step by step.
+fn assert_same(ours: &[String], theirs: &[String]) {
+    for (i, (o, t)) in ours.iter().zip(theirs).enumerate() {
         assert_eq!(
             o, t,
             "step {i} differs\nours: {ours:#?}\ntheirs: {theirs:#?}"
         );
     }
     assert_eq!(ours.len(), theirs.len());
+}
+
+#[test]
+fn client_tracking_matches_redis() {
+    let Some(redis) = crate::differential::Redis::start() else {
+        return;
+    };
+    let node = Node::start();
+    assert_same(&scenario(node.resp_addr), &scenario(redis.addr));
 }
 
 /// Keyspace notifications and CONFIG, against redis-server: the same settings and errors,
@@ -249,13 +252,5 @@ fn keyspace_notifications_and_config_match_redis() {
         out.push(c.cmd("CONFIG SET notify-keyspace-events \"\""));
         out
     };
-    let theirs = scenario(redis.addr);
-    let ours = scenario(node.resp_addr);
-    for (i, (o, t)) in ours.iter().zip(&theirs).enumerate() {
-        assert_eq!(
-            o, t,
-            "step {i} differs\nours: {ours:#?}\ntheirs: {theirs:#?}"
-        );
-    }
-    assert_eq!(ours.len(), theirs.len());
+    assert_same(&scenario(node.resp_addr), &scenario(redis.addr));
 }
