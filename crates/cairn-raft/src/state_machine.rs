@@ -230,9 +230,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 /// Adds `ops` to `batch` in order. `Clear` deletes every key the engine holds (expired or not)
-/// and every key
-/// put earlier in the batch; ops after it apply on the empty shard. Answers the keys the
-/// clears removed (those the engine held, then those put before them in the batch).
+/// and every key put earlier in the batch; ops after it apply on the empty shard. Answers the
+/// keys the clears removed (those the engine held, then those put before them in the batch).
 fn fill_batch(batch: &mut WriteBatch, engine: &Engine, ops: &[WriteOp]) -> Vec<Bytes> {
     let mut put_before: Vec<&Bytes> = Vec::new();
     let mut cleared = Vec::new();

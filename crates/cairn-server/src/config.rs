@@ -123,11 +123,11 @@ pub struct ServerArgs {
     /// down [default: 5000]
     #[arg(long, env = "CAIRN_DOWN_AFTER_MS", value_name = "MS")]
     pub down_after_ms: Option<u64>,
-    /// Change events each shard keeps for watches to resume from [default: 100000]
+    /// Change events each shard keeps for watches to resume from [default: 10000]
     #[arg(long, env = "CAIRN_WATCH_HISTORY_EVENTS", value_name = "N")]
     pub watch_history_events: Option<usize>,
     /// Bytes of keys and values each shard keeps for watches to resume from [default:
-    /// 33554432]
+    /// 4194304]
     #[arg(long, env = "CAIRN_WATCH_HISTORY_BYTES", value_name = "BYTES")]
     pub watch_history_bytes: Option<usize>,
 }

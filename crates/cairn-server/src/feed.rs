@@ -26,10 +26,13 @@ use cairn_raft::{ApplyObserver, WriteOp};
 use cairn_storage::Engine;
 use parking_lot::Mutex;
 
-/// Events a shard's feed keeps by default (`--watch-history-events`).
-pub const HISTORY_EVENTS_DEFAULT: usize = 100_000;
+/// Events a shard's feed keeps by default (`--watch-history-events`). Small on purpose: the
+/// window keeps the entries' buffers alive, and a window of 100,000 events and 32 MiB per
+/// shard cost pipelined SETs 5–6% (memory the allocator could no longer reuse;
+/// docs/benchmarks.md, "The change feed on the write path").
+pub const HISTORY_EVENTS_DEFAULT: usize = 10_000;
 /// Bytes of keys and values a shard's feed keeps by default (`--watch-history-bytes`).
-pub const HISTORY_BYTES_DEFAULT: usize = 32 * 1024 * 1024;
+pub const HISTORY_BYTES_DEFAULT: usize = 4 * 1024 * 1024;
 /// What one event costs the byte budget besides its key and value (its place in a batch).
 pub const EVENT_OVERHEAD_BYTES: usize = 64;
 /// The value of the node's wake channel once it stops: every watcher ends.

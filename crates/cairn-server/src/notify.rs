@@ -116,6 +116,9 @@ fn event_of(kind: EventKind) -> (&'static str, u32) {
 #[derive(Debug, Default)]
 pub struct Notifier {
     flags: AtomicU32,
+    /// The whole-keyspace watch runs (started when notifications are first turned on: until
+    /// then the write path pays nothing for them).
+    running: std::sync::atomic::AtomicBool,
 }
 
 impl Notifier {
@@ -146,17 +149,32 @@ impl Notifier {
         out
     }
 
-    /// Follows every change on this node's replicas and publishes its notifications to this
-    /// node's subscribers, until the node stops.
-    pub fn spawn(self: &Arc<Self>, node: Arc<Node>) {
-        let notifier = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok(mut watcher) = node.watch(
+    /// Starts following every change on this node's replicas, publishing its notifications
+    /// to this node's subscribers, until the node stops; does nothing when it already runs.
+    /// The watch is positioned before this returns: every change after it is told.
+    pub fn start(self: &Arc<Self>, node: &Arc<Node>) {
+        if self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let watch = {
+            let node = node.clone();
+            move || {
+                node.watch(
                     Selector::Prefix(Bytes::new()),
                     None,
                     Duration::from_secs(3600),
-                ) else {
+                )
+            }
+        };
+        let Ok(first) = watch() else {
+            return;
+        };
+        let notifier = self.clone();
+        let node = node.clone();
+        tokio::spawn(async move {
+            let mut next = Some(first);
+            loop {
+                let Some(mut watcher) = next.take().or_else(|| watch().ok()) else {
                     return;
                 };
                 loop {

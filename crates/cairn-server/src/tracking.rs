@@ -57,6 +57,9 @@ pub struct Mode {
 #[derive(Debug, Default)]
 pub struct Tracking {
     inner: Mutex<Table>,
+    /// The whole-keyspace watch runs (started by the first client that tracks: until then
+    /// the write path pays nothing for tracking).
+    running: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -211,21 +214,31 @@ impl Tracking {
         self.inner.lock().keys.len()
     }
 
-    /// Follows every change of the keyspace on this node's replicas and invalidates, until
-    /// the node stops.
-    pub fn spawn(self: &Arc<Self>, node: Arc<Node>) {
-        let tracking = self.clone();
-        tokio::spawn(async move {
-            let start = || {
+    /// Starts following every change of the keyspace on this node's replicas, invalidating,
+    /// until the node stops; does nothing when it already runs. The watch is positioned
+    /// before this returns, so a key read after it is invalidated by any later change.
+    pub fn start(self: &Arc<Self>, node: &Arc<Node>) {
+        if self
+            .running
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let start = {
+            let node = node.clone();
+            move || {
                 node.watch(
                     Selector::Prefix(Bytes::new()),
                     None,
                     Duration::from_secs(3600),
                 )
-            };
-            let Ok(mut watcher) = start() else {
-                return;
-            };
+            }
+        };
+        let Ok(mut watcher) = start() else {
+            return;
+        };
+        let tracking = self.clone();
+        tokio::spawn(async move {
             loop {
                 match watcher.next().await {
                     Ok(Item::Events(events)) => {

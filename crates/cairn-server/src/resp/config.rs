@@ -108,6 +108,9 @@ pub fn config(args: &[Bytes], session: &mut Session, shared: &Shared) -> Frame {
                 }
             }
             if let Some(flags) = flags {
+                if flags & (crate::notify::KEYSPACE | crate::notify::KEYEVENT) != 0 {
+                    shared.notifier.start(&shared.node);
+                }
                 shared.notifier.set_flags(flags);
             }
             Frame::ok()

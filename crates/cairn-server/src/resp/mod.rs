@@ -56,8 +56,6 @@ pub async fn serve_listener(
         tracking: Default::default(),
         notifier: Default::default(),
     });
-    shared.tracking.spawn(shared.node.clone());
-    shared.notifier.spawn(shared.node.clone());
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {

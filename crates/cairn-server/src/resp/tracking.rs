@@ -154,6 +154,7 @@ pub fn tracking(args: &[Bytes], session: &mut Session, shared: &Shared) -> Frame
         sink,
         bcast: options.bcast.then(|| options.prefixes.clone()),
     };
+    shared.tracking.start(&shared.node);
     if let Err(e) = shared.tracking.enable(session.id, mode) {
         return err(e);
     }
