@@ -15,8 +15,11 @@
 //!
 //! Watchers hold no copy of the history: each keeps a position (a [`Pos`] per shard) and reads
 //! the batches after it, shared (`Arc`), so memory is bounded by the window whatever the
-//! watchers do. A watcher whose position falls out of the window gets
-//! [`Compacted`], naming the oldest revision it could still resume from.
+//! watchers do. A position older than the window is read from the shard's Raft log
+//! ([`History`]) while the log holds it: the window is what is served from memory, the log
+//! is how far back a watch may resume. Past the log's purge point, at a `Clear` (whose removed
+//! keys the log does not hold) or at a hole in the log, a watcher gets [`Compacted`], naming
+//! the oldest revision it could still resume from.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -279,12 +282,27 @@ pub struct Since {
     pub cut: bool,
 }
 
+/// Where history older than the window is read from: the shard's Raft log, which holds
+/// every committed entry above its purge point.
+pub trait History: Send + Sync + std::fmt::Debug {
+    /// The oldest index the log holds an entry at.
+    fn first(&self) -> u64;
+    /// Every entry at `start..=end` the log holds, with its ops (none for entries that are
+    /// not normal ones).
+    fn read(&self, start: u64, end: u64) -> std::io::Result<Vec<(u64, Vec<WriteOp>)>>;
+}
+
+/// Log entries one read of older history covers at most.
+const HISTORY_READ_ENTRIES: u64 = 64;
+
 /// One shard's change feed on this replica.
 #[derive(Debug)]
 pub struct Feed {
     shard: u32,
     limits: FeedLimits,
     ring: Mutex<Ring>,
+    /// Older history than the window, from the log (none in unit tests of the window).
+    history: Option<Arc<dyn History>>,
     /// Node-wide: bumped after every apply of every shard, so a watcher sleeps on one channel
     /// whatever shards it covers.
     wake: Arc<tokio::sync::watch::Sender<u64>>,
@@ -342,8 +360,15 @@ impl Feed {
             shard,
             limits,
             ring: Mutex::new(ring),
+            history: None,
             wake,
         }
+    }
+
+    /// The same feed, reading positions older than its window from `history`.
+    pub fn with_history(mut self, history: Arc<dyn History>) -> Feed {
+        self.history = Some(history);
+        self
     }
 
     pub fn shard(&self) -> u32 {
@@ -416,9 +441,69 @@ impl Feed {
         self.ring.lock().last
     }
 
-    /// The oldest position a watcher may resume from (`done()` at least this).
+    /// The oldest position a watcher may resume from (`done()` at least this): the window's
+    /// start, or the log's when older history is read from the log (a `Clear` or a hole met
+    /// there still ends a watch with [`Compacted`]).
     pub fn compacted(&self) -> u64 {
-        self.ring.lock().compacted
+        let compacted = self.ring.lock().compacted;
+        match &self.history {
+            Some(history) => compacted.min(history.first().saturating_sub(1)),
+            None => compacted,
+        }
+    }
+
+    /// The batches after `done` up to the window's start, read from the log.
+    fn since_in_log(
+        &self,
+        history: &dyn History,
+        done: u64,
+        window_start: u64,
+        events_max: usize,
+        bytes_max: usize,
+    ) -> Result<Since, Compacted> {
+        let compacted = |revision| Compacted {
+            shard: self.shard,
+            revision,
+        };
+        let first = history.first();
+        if done + 1 < first {
+            return Err(compacted(first.saturating_sub(1).max(done + 1)));
+        }
+        let end = window_start.min(done + HISTORY_READ_ENTRIES);
+        let mut entries: std::collections::BTreeMap<u64, Vec<WriteOp>> = history
+            .read(done + 1, end)
+            .map_err(|_| compacted(end))?
+            .into_iter()
+            .collect();
+        let mut batches = Vec::new();
+        let (mut events, mut bytes) = (0, 0);
+        let mut upto = done;
+        for index in done + 1..=end {
+            // A hole, or a clear whose removed keys the log does not hold: nothing before
+            // this point can be told.
+            let Some(ops) = entries.remove(&index) else {
+                return Err(compacted(index));
+            };
+            if ops.iter().any(|op| matches!(op, WriteOp::Clear)) {
+                return Err(compacted(index));
+            }
+            if let Some(batch) = Batch::of_ops(index, Arc::new(ops), &[]) {
+                if !batches.is_empty()
+                    && (events + batch.len() > events_max || bytes + batch.bytes > bytes_max)
+                {
+                    break;
+                }
+                events += batch.len();
+                bytes += batch.bytes;
+                batches.push(Arc::new(batch));
+            }
+            upto = index;
+        }
+        Ok(Since {
+            batches,
+            upto,
+            cut: true,
+        })
     }
 
     /// The batches after `pos`, at most about `events_max` events and `bytes_max` bytes (at
@@ -427,10 +512,17 @@ impl Feed {
         let ring = self.ring.lock();
         let done = pos.done();
         if done < ring.compacted {
-            return Err(Compacted {
-                shard: self.shard,
-                revision: ring.compacted,
-            });
+            let window_start = ring.compacted;
+            drop(ring);
+            return match &self.history {
+                Some(history) => {
+                    self.since_in_log(history.as_ref(), done, window_start, events_max, bytes_max)
+                }
+                None => Err(Compacted {
+                    shard: self.shard,
+                    revision: window_start,
+                }),
+            };
         }
         let from = ring.batches.partition_point(|b| b.index <= done);
         let mut batches = Vec::new();

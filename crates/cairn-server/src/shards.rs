@@ -305,15 +305,27 @@ fn open_feed(
     shard: u32,
 ) -> std::io::Result<Arc<Feed>> {
     let applied = sm.applied()?.0.map_or(0, |id| id.index);
-    let feed = Arc::new(Feed::new(
-        shard,
-        applied,
-        setup.feed_limits,
-        setup.feed_wake.clone(),
-    ));
+    let feed = Arc::new(
+        Feed::new(shard, applied, setup.feed_limits, setup.feed_wake.clone())
+            .with_history(Arc::new(LogHistory(log.clone()))),
+    );
     let first = log.first_index()?;
     feed.load(first, |start, end| log.entry_ops(start, end))?;
     Ok(feed)
+}
+
+/// A shard's Raft log as the history its feed reads beyond its window.
+#[derive(Debug)]
+struct LogHistory(LogStore);
+
+impl crate::feed::History for LogHistory {
+    fn first(&self) -> u64 {
+        self.0.first_index().unwrap_or(u64::MAX)
+    }
+
+    fn read(&self, start: u64, end: u64) -> std::io::Result<Vec<(u64, Vec<cairn_raft::WriteOp>)>> {
+        self.0.entry_ops(start, end)
+    }
 }
 
 async fn open_shard(setup: &ShardsSetup<'_>, id: u32, slots: (u16, u16)) -> anyhow::Result<Shard> {

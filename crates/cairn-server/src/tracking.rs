@@ -218,10 +218,7 @@ impl Tracking {
     /// until the node stops; does nothing when it already runs. The watch is positioned
     /// before this returns, so a key read after it is invalidated by any later change.
     pub fn start(self: &Arc<Self>, node: &Arc<Node>) {
-        if self
-            .running
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
+        if self.running.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
         let start = {

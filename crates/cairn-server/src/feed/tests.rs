@@ -323,3 +323,101 @@ fn a_rebuild_after_the_group_began_applying_changes_nothing() {
         vec![11]
     );
 }
+
+/// A log held in memory: entries from `first` on, minus `holes`.
+#[derive(Debug)]
+struct FakeLog {
+    first: u64,
+    entries: Vec<(u64, Vec<WriteOp>)>,
+}
+
+impl History for FakeLog {
+    fn first(&self) -> u64 {
+        self.first
+    }
+    fn read(&self, start: u64, end: u64) -> std::io::Result<Vec<(u64, Vec<WriteOp>)>> {
+        Ok(self
+            .entries
+            .iter()
+            .filter(|(i, _)| *i >= self.first && (start..=end).contains(i))
+            .cloned()
+            .collect())
+    }
+}
+
+/// A feed of a 10-event window over a log of 300 entries (each one put), as the state
+/// machine would have filled it.
+fn windowed(log: FakeLog) -> Feed {
+    let entries = log.entries.clone();
+    let f = Feed::new(
+        0,
+        0,
+        FeedLimits {
+            events_max: 10,
+            bytes_max: usize::MAX,
+        },
+        Arc::new(tokio::sync::watch::channel(0).0),
+    )
+    .with_history(Arc::new(log));
+    for (i, ops) in entries {
+        f.applied(i, &Arc::new(ops), &[]);
+    }
+    f
+}
+
+/// Every event after `from`, reading on until the feed's end.
+fn all_after(f: &Feed, from: u64) -> Result<Vec<u64>, Compacted> {
+    let mut pos = Pos::after(from);
+    let mut seen = Vec::new();
+    loop {
+        let since = f.since(pos, 100, usize::MAX)?;
+        seen.extend(since.batches.iter().map(|b| b.index));
+        if since.upto <= pos.done() {
+            return Ok(seen);
+        }
+        pos = Pos::after(since.upto);
+        if !since.cut {
+            return Ok(seen);
+        }
+    }
+}
+
+#[test]
+fn positions_older_than_the_window_are_read_from_the_log() {
+    let f = windowed(FakeLog {
+        first: 1,
+        entries: log(300, &[(50, vec![])]),
+    });
+    assert_eq!(f.held().0, 10, "the window itself stays small");
+    assert_eq!(f.compacted(), 0, "the log reaches back to the start");
+    let expected: Vec<u64> = (1..=300).filter(|&i| i != 50).collect();
+    assert_eq!(all_after(&f, 0).unwrap(), expected);
+    assert_eq!(all_after(&f, 250).unwrap(), (251..=300).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_purged_log_a_hole_or_a_clear_ends_what_the_log_can_tell() {
+    let purged = windowed(FakeLog {
+        first: 101,
+        entries: log(300, &[]),
+    });
+    assert_eq!(purged.compacted(), 100);
+    assert_eq!(all_after(&purged, 50).unwrap_err().revision, 100);
+    assert_eq!(all_after(&purged, 100).unwrap().len(), 200);
+
+    let mut with_hole = log(300, &[]);
+    with_hole.retain(|(i, _)| *i != 120);
+    let f = windowed(FakeLog {
+        first: 1,
+        entries: with_hole,
+    });
+    assert_eq!(all_after(&f, 10).unwrap_err().revision, 120);
+    assert_eq!(all_after(&f, 120).unwrap().len(), 180);
+
+    let f = windowed(FakeLog {
+        first: 1,
+        entries: log(300, &[(130, vec![put("x", "1"), WriteOp::Clear])]),
+    });
+    assert_eq!(all_after(&f, 10).unwrap_err().revision, 130);
+    assert_eq!(all_after(&f, 130).unwrap().len(), 170);
+}

@@ -464,8 +464,9 @@ fn server_sent_events_with_curl_resume_from_last_event_id() {
     assert_eq!(from_query.len(), events.len() - 3);
 }
 
-/// With a small history window, a watch resumed from before it is told what to do: gRPC
-/// OUT_OF_RANGE (`Error::Compacted` in cairn-client), HTTP 410 with code `compacted`.
+/// With a small history window, a watch resumed from before it is served from the log while
+/// the log holds it, and once the log is purged is told what to do: gRPC OUT_OF_RANGE
+/// (`Error::Compacted` in cairn-client), HTTP 410 with code `compacted`.
 #[test]
 fn a_watch_from_before_the_history_window_is_told_compacted() {
     let node = Node::start_with(&["--watch-history-events", "16"]);
@@ -473,7 +474,14 @@ fn a_watch_from_before_the_history_window_is_told_compacted() {
     for i in 0..200 {
         ok(&mut conn, &format!("SET c/{i} {i}"));
     }
+    // Older history than the window comes from the log: a watch from the start still works
+    // while the log holds it…
     let from = "0:0,1:0,2:0,3:0";
+    let recorder = Recorder::start_from(&node.grpc_url(), "c/", Some(from.to_string()));
+    await_caught_up(&recorder, &node.grpc_url(), "c/");
+    drop(recorder);
+    // …and is compacted once SAVE (a checkpoint) has purged the log behind the snapshots.
+    ok(&mut conn, "SAVE");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
