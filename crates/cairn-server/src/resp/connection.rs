@@ -309,6 +309,14 @@ pub async fn serve(
                 }
                 Action::Node { cmd, render: shape } => {
                     let command = session.last_command;
+                    // A transaction's reads are remembered too (with its writes' keys, which
+                    // costs at most an extra invalidation).
+                    if matches!(cmd, crate::command::Command::Exec { .. })
+                        && crate::resp::tracking::tracks_reads(&session)
+                    {
+                        let keys: Vec<Bytes> = cmd.write_keys().into_iter().cloned().collect();
+                        shared.tracking.reading(session.id, &keys);
+                    }
                     if cmd.is_write() {
                         if shared.node.runs_as_transaction(&cmd) {
                             // It reads the keys of its primary shard as a read does, so it

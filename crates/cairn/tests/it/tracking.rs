@@ -142,6 +142,12 @@ fn scenario(addr: SocketAddr) -> Vec<String> {
     out.push(a.cmd("MGET t:k t:j"));
     out.push(writer.cmd("SET t:j 1"));
     out.push(format!("push: {}", a.reply()));
+    // Reads inside MULTI are tracked too.
+    out.push(a.cmd("MULTI"));
+    out.push(a.cmd("GET t:m"));
+    out.push(a.cmd("EXEC"));
+    out.push(writer.cmd("SET t:m 1"));
+    out.push(format!("push: {}", a.reply()));
     out.push(a.cmd("CLIENT TRACKING off"));
     out.push(a.cmd("CLIENT TRACKINGINFO"));
 
