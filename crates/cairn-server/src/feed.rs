@@ -585,5 +585,32 @@ fn wake(channel: &tokio::sync::watch::Sender<u64>) {
     });
 }
 
+/// Test helpers shared by the feed's and the watches' unit tests.
+#[cfg(test)]
+pub(crate) mod test_ops {
+    use bytes::Bytes;
+    use cairn_raft::WriteOp;
+
+    /// The ops of one entry, shared as the state machine hands them over.
+    macro_rules! ops {
+        ($($op:expr),* $(,)?) => {
+            &std::sync::Arc::new(vec![$($op),*])
+        };
+    }
+    pub(crate) use ops;
+
+    pub(crate) fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    pub(crate) fn put(key: &str, value: &str) -> WriteOp {
+        WriteOp::Put {
+            key: b(key),
+            value: b(value),
+            expires_at_ms: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -15,13 +15,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::feed::EventKind;
 use crate::node::Node;
-use crate::watch::{Item, Selector, WatchError};
 
 pub const KEYSPACE: u32 = 1 << 0;
 pub const KEYEVENT: u32 = 1 << 1;
@@ -156,55 +154,29 @@ impl Notifier {
         if self.running.swap(true, Ordering::AcqRel) {
             return;
         }
-        let watch = {
-            let node = node.clone();
-            move || {
-                node.watch(
-                    Selector::Prefix(Bytes::new()),
-                    None,
-                    Duration::from_secs(3600),
-                )
-            }
-        };
-        let Ok(first) = watch() else {
-            return;
-        };
         let notifier = self.clone();
-        let node = node.clone();
-        tokio::spawn(async move {
-            let mut next = Some(first);
-            loop {
-                let Some(mut watcher) = next.take().or_else(|| watch().ok()) else {
+        let publisher = node.clone();
+        crate::watch::follow_keyspace(
+            node,
+            move |events| {
+                let flags = notifier.flags();
+                if flags & (KEYSPACE | KEYEVENT) == 0 {
                     return;
-                };
-                loop {
-                    match watcher.next().await {
-                        Ok(Item::Events(events)) => {
-                            let flags = notifier.flags();
-                            if flags & (KEYSPACE | KEYEVENT) == 0 {
-                                continue;
-                            }
-                            // Redis tells nothing per key for FLUSHDB.
-                            for e in events.into_iter().filter(|e| !e.event.flushed) {
-                                for (channel, message) in
-                                    Notifier::messages(flags, e.event.kind, &e.event.key)
-                                {
-                                    node.pubsub().publish(&channel, &message);
-                                }
-                            }
-                        }
-                        Ok(Item::Progress) => {}
-                        Err(WatchError::Compacted(_)) => {
-                            tracing::warn!(
-                                "keyspace notifications fell behind the change history; some were lost"
-                            );
-                            break;
-                        }
-                        Err(_) => return,
+                }
+                // Redis tells nothing per key for FLUSHDB.
+                for e in events.into_iter().filter(|e| !e.event.flushed) {
+                    for (channel, message) in Notifier::messages(flags, e.event.kind, &e.event.key)
+                    {
+                        publisher.pubsub().publish(&channel, &message);
                     }
                 }
-            }
-        });
+            },
+            || {
+                tracing::warn!(
+                    "keyspace notifications fell behind the change history; some were lost"
+                )
+            },
+        );
     }
 }
 

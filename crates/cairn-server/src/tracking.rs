@@ -18,14 +18,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::node::Node;
-use crate::watch::{Item, Selector, WatchError};
 
 /// Most keys remembered for default-mode clients, node-wide.
 pub const TRACKED_KEYS_MAX: usize = 1_000_000;
@@ -221,44 +219,21 @@ impl Tracking {
         if self.running.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
-        let start = {
-            let node = node.clone();
-            move || {
-                node.watch(
-                    Selector::Prefix(Bytes::new()),
-                    None,
-                    Duration::from_secs(3600),
-                )
-            }
-        };
-        let Ok(mut watcher) = start() else {
-            return;
-        };
         let tracking = self.clone();
-        tokio::spawn(async move {
-            loop {
-                match watcher.next().await {
-                    Ok(Item::Events(events)) => {
-                        let keys: Vec<Bytes> = events.into_iter().map(|e| e.event.key).collect();
-                        tracking.changed(&keys);
-                    }
-                    Ok(Item::Progress) => {}
-                    Err(WatchError::Compacted(_)) => {
-                        tracing::warn!(
-                            "client tracking fell behind the change history; every tracking client drops its cache"
-                        );
-                        // The new watch first, then the flush: a change in between is either
-                        // before the flush or told by the new watch.
-                        let Ok(fresh) = start() else {
-                            return;
-                        };
-                        watcher = fresh;
-                        tracking.flush_all();
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
+        let flushing = self.clone();
+        crate::watch::follow_keyspace(
+            node,
+            move |events| {
+                let keys: Vec<Bytes> = events.into_iter().map(|e| e.event.key).collect();
+                tracking.changed(&keys);
+            },
+            move || {
+                tracing::warn!(
+                    "client tracking fell behind the change history; every tracking client drops its cache"
+                );
+                flushing.flush_all();
+            },
+        );
     }
 }
 

@@ -300,6 +300,48 @@ impl Watcher {
     }
 }
 
+/// Follows every change of the whole keyspace on `node`'s replicas, from now, on a task of
+/// its own until the node stops: `events` gets each batch of changes. When the watch falls
+/// behind its history, a new watch starts from now and only then is `lost` called, so every
+/// change after that call is told. The watch is positioned before this returns; `false` when
+/// the node is stopping (nothing runs).
+pub fn follow_keyspace(
+    node: &Arc<crate::node::Node>,
+    mut events: impl FnMut(Vec<WatchEvent>) + Send + 'static,
+    lost: impl Fn() + Send + 'static,
+) -> bool {
+    let start = {
+        let node = node.clone();
+        move || {
+            node.watch(
+                Selector::Prefix(Bytes::new()),
+                None,
+                Duration::from_secs(3600),
+            )
+        }
+    };
+    let Ok(mut watcher) = start() else {
+        return false;
+    };
+    tokio::spawn(async move {
+        loop {
+            match watcher.next().await {
+                Ok(Item::Events(batch)) => events(batch),
+                Ok(Item::Progress) => {}
+                Err(WatchError::Compacted(_)) => {
+                    let Ok(fresh) = start() else {
+                        return;
+                    };
+                    watcher = fresh;
+                    lost();
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    true
+}
+
 /// What a watch stream sends its client.
 #[derive(Debug)]
 pub enum Message {

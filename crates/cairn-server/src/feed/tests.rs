@@ -1,23 +1,5 @@
+use super::test_ops::{b, ops, put};
 use super::*;
-
-/// The ops of one entry, shared as the state machine hands them over.
-macro_rules! ops {
-    ($($op:expr),* $(,)?) => {
-        &Arc::new(vec![$($op),*])
-    };
-}
-
-fn b(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
-
-fn put(key: &str, value: &str) -> WriteOp {
-    WriteOp::Put {
-        key: b(key),
-        value: b(value),
-        expires_at_ms: None,
-    }
-}
 
 fn feed(limits: FeedLimits) -> Feed {
     Feed::new(0, 0, limits, Arc::new(tokio::sync::watch::channel(0).0))

@@ -1,25 +1,7 @@
 use super::*;
 use crate::feed::FeedLimits;
+use crate::feed::test_ops::{b, ops, put};
 use cairn_raft::{ApplyObserver, WriteOp};
-
-/// The ops of one entry, shared as the state machine hands them over.
-macro_rules! ops {
-    ($($op:expr),* $(,)?) => {
-        &Arc::new(vec![$($op),*])
-    };
-}
-
-fn b(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
-
-fn put(key: &str, value: &str) -> WriteOp {
-    WriteOp::Put {
-        key: b(key),
-        value: b(value),
-        expires_at_ms: None,
-    }
-}
 
 struct Feeds {
     feeds: Vec<Arc<Feed>>,
