@@ -164,6 +164,9 @@ impl Watch {
                 Err(status) if broken(&status) => {
                     tracing::debug!(error = %status, "watch stream broke; resuming");
                     self.stream = None;
+                    // The node that broke it (stopping, or out of touch with a shard's group)
+                    // is tried last.
+                    self.next_node += 1;
                 }
                 Err(status) => return Err(status_error(status)),
             }

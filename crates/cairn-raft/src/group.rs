@@ -143,6 +143,36 @@ pub struct Group {
     embargo_until: std::time::Instant,
     /// Reads confirmed from the metrics alone, without a message to the Raft core.
     lease_reads_local: Arc<std::sync::atomic::AtomicU64>,
+    /// When this replica last took an append (entries or heartbeat) from a leader it
+    /// accepts, for [`Group::in_touch`].
+    heard: Arc<Heard>,
+}
+
+/// When a follower last heard its leader: milliseconds after `born` (one atomic store per
+/// accepted append, on the peer service's path).
+#[derive(Debug)]
+struct Heard {
+    born: std::time::Instant,
+    ms: std::sync::atomic::AtomicU64,
+}
+
+impl Heard {
+    fn new() -> Heard {
+        Heard {
+            born: std::time::Instant::now(),
+            ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.ms.fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn since(&self) -> Duration {
+        let at = Duration::from_millis(self.ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(at)
+    }
 }
 
 /// Whether this node leads its group, as the read path needs to know.
@@ -311,6 +341,7 @@ impl Group {
             lease,
             embargo_until,
             lease_reads_local: Arc::default(),
+            heard: Arc::new(Heard::new()),
         })
     }
 
@@ -370,6 +401,30 @@ impl Group {
             nodes: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
             stopped: m.running_state.as_ref().err().map(|e| e.to_string()),
         }
+    }
+
+    /// A leader's append (entries or heartbeat) was accepted by this replica: it is in touch
+    /// with its group (see [`Group::in_touch`]).
+    pub fn heard_from_leader(&self) {
+        self.heard.now();
+    }
+
+    /// Whether this replica has been in touch with its group within `within`: as leader, a
+    /// quorum acknowledged it (always, for a sole voter); otherwise it took a leader's append.
+    /// A replica out of touch applies nothing new while the rest of the group may commit, so
+    /// what it tells of changes (watches, invalidations) may be silently behind. A replica
+    /// counts as heard when it starts, so a starting node has `within` to find its leader.
+    pub fn in_touch(&self, within: Duration) -> bool {
+        use openraft::Instant as _;
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        if m.state == ServerState::Leader && m.current_leader == Some(m.id) {
+            return sole_voter(&m.membership_config, m.id)
+                || m.last_quorum_acked
+                    .as_ref()
+                    .is_some_and(|acked| (**acked).elapsed() < within);
+        }
+        self.heard.since() < within
     }
 
     /// The term this node leads, if it leads one.

@@ -102,6 +102,9 @@ async fn append_one(groups: &Groups, req: pb::AppendRequest) -> Result<pb::Appen
         leader_commit: decode_opt_log_id(&req.leader_commit).map_err(invalid)?,
     };
     let response = group.raft.append_entries(rpc).await.map_err(raft_failed)?;
+    if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
+        group.heard_from_leader();
+    }
     let mut reply = pb::AppendResponse::default();
     match response {
         AppendEntriesResponse::Success => reply.set_outcome(Outcome::Success),
@@ -312,6 +315,7 @@ impl pb::raft_server::Raft for RaftService {
                 .map_err(invalid)?;
         }
         let staged = incoming.finish(&meta).map_err(invalid)?;
+        let asked = vote;
         let response = group
             .raft
             .install_full_snapshot(
@@ -323,6 +327,9 @@ impl pb::raft_server::Raft for RaftService {
             )
             .await
             .map_err(raft_failed)?;
+        if response.vote == asked {
+            group.heard_from_leader();
+        }
         Ok(Response::new(pb::SnapshotResponse {
             vote: encode_vote(&response.vote),
         }))

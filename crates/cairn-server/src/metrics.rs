@@ -44,8 +44,11 @@ pub const FORWARDED_TOTAL: &str = "cairn_forwarded_total";
 pub const WATCHERS: &str = "cairn_watchers";
 /// Counter: change events sent to watches, by front end.
 pub const WATCH_EVENTS_TOTAL: &str = "cairn_watch_events_total";
-/// Counter: watches the server ended, by reason (`stalled`, `compacted`).
+/// Counter: watches the server ended, by reason (`stalled`, `compacted`, `out_of_touch`).
 pub const WATCHERS_DROPPED_TOTAL: &str = "cairn_watchers_dropped_total";
+/// Gauge: shards whose replicas on this node are out of touch with their groups (see
+/// `Node::out_of_touch`).
+pub const SHARDS_OUT_OF_TOUCH: &str = "cairn_shards_out_of_touch";
 
 /// Buckets for counts per fsync (1 … 4096).
 const COUNT_BUCKETS: &[f64] = &[
@@ -252,8 +255,13 @@ pub fn watch_events(frontend: &'static str, count: usize) {
     }
 }
 
-/// A watch ended by the server: `stalled` (its client did not read) or `compacted` (the
-/// history it needed was gone).
+/// Shards out of touch with their groups on this node, now.
+pub fn shards_out_of_touch(count: usize) {
+    metrics::gauge!(SHARDS_OUT_OF_TOUCH).set(count as f64);
+}
+
+/// A watch ended by the server: `stalled` (its client did not read), `compacted` (the
+/// history it needed was gone) or `out_of_touch` (this node's replica lost its group).
 pub fn watcher_dropped(reason: &'static str) {
     metrics::counter!(WATCHERS_DROPPED_TOTAL, "reason" => reason).increment(1);
 }

@@ -130,6 +130,15 @@ pub(crate) type PauseHook = parking_lot::Mutex<
     )>,
 >;
 
+/// Shards whose replicas on a node are out of touch with their groups, in order.
+pub type OutOfTouch = Arc<Vec<u32>>;
+/// How long a replica may go without hearing from its group (as follower, an append from its
+/// leader; as leader, a quorum's acknowledgement) before it counts as out of touch: longer
+/// than a failover (about 1 s), so a leader change alone does not count.
+pub const TOUCH_LOST_AFTER: Duration = Duration::from_secs(2);
+/// How often the background task looks at every replica's touch.
+pub const TOUCH_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
 /// One Cairn node. Share it through `Arc`.
 #[derive(Debug)]
 pub struct Node {
@@ -160,6 +169,9 @@ pub struct Node {
     fanouts: parking_lot::Mutex<std::collections::HashMap<u64, publish::Fanout>>,
     /// Bumped after every apply of every shard's change feed (what watchers sleep on).
     feed_wake: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The shards whose replicas here are out of touch with their groups, kept by the
+    /// background task (see [`Node::out_of_touch`]).
+    touch: tokio::sync::watch::Sender<OutOfTouch>,
     /// Tests only: the next multi-shard read pauses before reading its second shard's part
     /// (it notifies the first, then waits for the second), so that a test can commit a
     /// transaction between the parts of one pass.
@@ -200,13 +212,71 @@ impl Node {
         .to_string()
     }
 
+    /// The shards whose replicas on this node have been out of touch with their groups for
+    /// [`TOUCH_LOST_AFTER`] or more (cut off from the leader, or a leader without a quorum):
+    /// the rest of the group may be committing what this replica does not apply, so what it
+    /// tells of changes (watches, tracking invalidations) may be silently behind. Watches of
+    /// those shards end so that their clients resume on another node, and client tracking
+    /// tells its clients to drop their caches ([`crate::tracking`]).
+    pub fn out_of_touch(&self) -> OutOfTouch {
+        self.touch.borrow().clone()
+    }
+
+    /// Follows [`Node::out_of_touch`] as it changes.
+    pub fn touch_changes(&self) -> tokio::sync::watch::Receiver<OutOfTouch> {
+        self.touch.subscribe()
+    }
+
+    /// Looks at every replica's touch now, telling followers of [`Node::touch_changes`]
+    /// when the set of shards out of touch changed.
+    pub(crate) fn check_touch(&self) {
+        let out: Vec<u32> = self
+            .shards
+            .list
+            .iter()
+            .filter(|shard| !shard.group.in_touch(TOUCH_LOST_AFTER))
+            .map(|shard| shard.id)
+            .collect();
+        self.touch.send_if_modified(|current| {
+            if **current == out {
+                return false;
+            }
+            if out.is_empty() {
+                tracing::info!("every replica on this node is in touch with its group again");
+            } else {
+                tracing::warn!(
+                    shards = ?out,
+                    "replicas on this node are out of touch with their groups: their watches end \
+                     and tracking clients drop their caches"
+                );
+            }
+            crate::metrics::shards_out_of_touch(out.len());
+            *current = Arc::new(out.clone());
+            true
+        });
+    }
+
     /// A watch of `selector` on this node's replicas, from the resume token `from` or from
     /// now ([`crate::watch`]); a progress notification after `progress_every` without events.
+    /// It ends, and does not start, while one of its shards is out of touch here
+    /// ([`Node::out_of_touch`]).
     pub fn watch(
         &self,
         selector: crate::watch::Selector,
         from: Option<&str>,
         progress_every: Duration,
+    ) -> Result<crate::watch::Watcher, crate::watch::WatchError> {
+        self.watch_with(selector, from, progress_every, true)
+    }
+
+    /// [`Node::watch`], going on regardless of touch when `touch` is false (for the node's
+    /// own followers of the keyspace, which handle it themselves).
+    pub(crate) fn watch_with(
+        &self,
+        selector: crate::watch::Selector,
+        from: Option<&str>,
+        progress_every: Duration,
+        touch: bool,
     ) -> Result<crate::watch::Watcher, crate::watch::WatchError> {
         use crate::watch::{Selector, Token, WatchError};
         if *self.feed_wake.borrow() == crate::feed::WAKE_STOPPED {
@@ -234,6 +304,7 @@ impl Node {
             token.as_ref(),
             progress_every,
             self.feed_wake.subscribe(),
+            touch.then(|| self.touch.subscribe()),
         )
     }
 

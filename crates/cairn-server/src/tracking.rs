@@ -8,7 +8,8 @@
 //! read (one invalidation per read, then forgotten); BCAST mode sends every change under the
 //! client's prefixes. When the watch falls behind its history window, every tracking client is
 //! told to drop everything (Redis's `invalidate` with a null key list), then the watch starts
-//! again from now.
+//! again from now. The same happens while one of the node's replicas is out of touch with
+//! its group (cut off from its leader): changes committed elsewhere would not reach it.
 //!
 //! Bounds: at most [`TRACKED_KEYS_MAX`] keys are remembered (past it the oldest-placed are
 //! invalidated at once and forgotten, as Redis's `tracking-table-max-keys` does), and at most
@@ -18,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -31,6 +33,9 @@ pub const TRACKED_KEYS_MAX: usize = 1_000_000;
 pub const INBOX_MAX: usize = 4096;
 /// Most BCAST prefixes, node-wide.
 pub const PREFIXES_MAX: usize = 65_536;
+/// How often tracking clients are told to drop everything while a replica on the node is
+/// out of touch with its group.
+pub const OUT_OF_TOUCH_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a connection is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +224,7 @@ impl Tracking {
         if self.running.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
+        self.follow_touch(node);
         let tracking = self.clone();
         let flushing = self.clone();
         crate::watch::follow_keyspace(
@@ -235,6 +241,50 @@ impl Tracking {
             },
         );
     }
+}
+
+impl Tracking {
+    /// While a replica on this node is out of touch with its group ([`Node::out_of_touch`]),
+    /// tells every tracking client to drop everything, at once and then every
+    /// [`OUT_OF_TOUCH_FLUSH_INTERVAL`]: the replica applies nothing the rest of its group
+    /// commits, so no invalidation would come for a key another node changes, and a value
+    /// read meanwhile (a read that still found a leader) would be cached for good.
+    fn follow_touch(self: &Arc<Self>, node: &Arc<Node>) {
+        let mut touch = node.touch_changes();
+        let tracking = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let out = !touch.borrow_and_update().is_empty();
+                if out {
+                    let Some(tracking) = tracking.upgrade() else {
+                        return;
+                    };
+                    tracking.flush_all();
+                }
+                let wait = if out {
+                    OUT_OF_TOUCH_FLUSH_INTERVAL
+                } else {
+                    Duration::MAX
+                };
+                tokio::select! {
+                    changed = touch.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    () = sleep_for(wait) => {}
+                }
+            }
+        });
+    }
+}
+
+/// Sleeps for `wait` (forever for `Duration::MAX`).
+async fn sleep_for(wait: Duration) {
+    if wait == Duration::MAX {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(wait).await;
 }
 
 fn push_once(keys: &mut Vec<Bytes>, key: &Bytes) {

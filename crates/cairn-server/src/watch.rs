@@ -91,6 +91,20 @@ pub enum WatchError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Stopped,
+    /// This node's replica of the shard has lost touch with its group (see
+    /// [`crate::node::Node::out_of_touch`]): what it would tell may be silently behind.
+    #[error(
+        "this node has lost touch with shard {0}'s group, so its changes may be behind; \
+         resume the watch on another node"
+    )]
+    OutOfTouch(u32),
+}
+
+impl WatchError {
+    /// Whether the client is to resume elsewhere or later (gRPC UNAVAILABLE, HTTP 503).
+    pub fn unavailable(&self) -> bool {
+        matches!(self, WatchError::Stopped | WatchError::OutOfTouch(_))
+    }
 }
 
 /// A position in several shards' feeds: what a resume token says.
@@ -167,6 +181,10 @@ pub struct Watcher {
     /// The feeds it reads, with where it stands in each.
     feeds: Vec<(Arc<Feed>, Pos)>,
     wake: tokio::sync::watch::Receiver<u64>,
+    /// The shards whose replicas on this node are out of touch with their groups, when the
+    /// watch is to end on one of its own ([`WatchError::OutOfTouch`]); `None` for a watch
+    /// that goes on regardless (the node's own followers of the keyspace).
+    touch: Option<tokio::sync::watch::Receiver<crate::node::OutOfTouch>>,
     /// The feed to read first next time, so that a busy shard does not starve the others.
     next_feed: usize,
     progress_every: Duration,
@@ -181,6 +199,7 @@ impl Watcher {
         from: Option<&Token>,
         progress_every: Duration,
         wake: tokio::sync::watch::Receiver<u64>,
+        touch: Option<tokio::sync::watch::Receiver<crate::node::OutOfTouch>>,
     ) -> Result<Watcher, WatchError> {
         let mut positioned = Vec::with_capacity(feeds.len());
         for feed in feeds {
@@ -199,14 +218,34 @@ impl Watcher {
             }
             positioned.push((feed, pos));
         }
-        Ok(Watcher {
+        let mut watcher = Watcher {
             selector,
             feeds: positioned,
             wake,
+            touch,
             next_feed: 0,
             progress_every: progress_every.max(PROGRESS_INTERVAL_MIN),
             last_message: Instant::now(),
-        })
+        };
+        watcher.check_touch()?;
+        Ok(watcher)
+    }
+
+    /// [`WatchError::OutOfTouch`] when one of the watch's shards is out of touch on this node
+    /// (and the watch is to end then).
+    fn check_touch(&mut self) -> Result<(), WatchError> {
+        let Some(touch) = &mut self.touch else {
+            return Ok(());
+        };
+        let out = touch.borrow_and_update();
+        match self
+            .feeds
+            .iter()
+            .find(|(feed, _)| out.contains(&feed.shard()))
+        {
+            Some((feed, _)) => Err(WatchError::OutOfTouch(feed.shard())),
+            None => Ok(()),
+        }
     }
 
     /// Where the watch stands: resuming from it repeats nothing given so far.
@@ -232,6 +271,7 @@ impl Watcher {
             if *self.wake.borrow_and_update() == WAKE_STOPPED {
                 return Err(WatchError::Stopped);
             }
+            self.check_touch()?;
             let count = self.feeds.len();
             // A read cut short with nothing matching goes on at once, not at the next wake.
             let mut more = false;
@@ -261,6 +301,7 @@ impl Watcher {
                     }
                 }
                 () = tokio::time::sleep_until(due) => {}
+                () = touch_changed(&mut self.touch) => {}
             }
         }
     }
@@ -300,6 +341,17 @@ impl Watcher {
     }
 }
 
+/// Resolves when the out-of-touch shards change (never, for a watch that ignores them, or
+/// once the node stops telling).
+async fn touch_changed(touch: &mut Option<tokio::sync::watch::Receiver<crate::node::OutOfTouch>>) {
+    if let Some(receiver) = touch {
+        if receiver.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
+}
+
 /// Follows every change of the whole keyspace on `node`'s replicas, from now, on a task of
 /// its own until the node stops: `events` gets each batch of changes. When the watch falls
 /// behind its history, a new watch starts from now and only then is `lost` called, so every
@@ -313,10 +365,11 @@ pub fn follow_keyspace(
     let start = {
         let node = node.clone();
         move || {
-            node.watch(
+            node.watch_with(
                 Selector::Prefix(Bytes::new()),
                 None,
                 Duration::from_secs(3600),
+                false,
             )
         }
     };
@@ -366,9 +419,10 @@ pub enum Ending {
     Compacted(Compacted),
     /// Anything else, said in words.
     Canceled(String),
-    /// This node is shutting down: the client is to resume elsewhere or later (gRPC
-    /// UNAVAILABLE; SSE closes the stream, and EventSource reconnects by itself).
-    Stopped,
+    /// This node is shutting down or lost touch with a shard's group: the client is to resume
+    /// elsewhere or later (gRPC UNAVAILABLE; SSE closes the stream, and EventSource
+    /// reconnects by itself). Says why.
+    Unavailable(String),
 }
 
 /// A watch as a stream of [`Message`]s, polled by a front end as its client can take them.
@@ -480,7 +534,12 @@ impl Stream {
                 crate::metrics::watcher_dropped("compacted");
                 Message::Ended(Ending::Compacted(compacted))
             }
-            Err(WatchError::Stopped) => Message::Ended(Ending::Stopped),
+            Err(e) if e.unavailable() => {
+                if let WatchError::OutOfTouch(_) = e {
+                    crate::metrics::watcher_dropped("out_of_touch");
+                }
+                Message::Ended(Ending::Unavailable(e.to_string()))
+            }
             Err(e) => Message::Ended(Ending::Canceled(e.to_string())),
         }
     }

@@ -39,7 +39,7 @@ pub(super) fn start(node: &Node, request: pb::WatchRequest) -> Result<WatchStrea
     let watcher = node.watch(selector, from, progress).map_err(|e| match e {
         WatchError::BadToken(_) => Status::invalid_argument(e.to_string()),
         WatchError::Compacted(_) => Status::out_of_range(e.to_string()),
-        WatchError::Stopped => Status::unavailable(e.to_string()),
+        WatchError::Stopped | WatchError::OutOfTouch(_) => Status::unavailable(e.to_string()),
     })?;
     let values = request.values;
     let stream = watch::Stream::new(watcher, super::FRONTEND);
@@ -49,9 +49,9 @@ pub(super) fn start(node: &Node, request: pb::WatchRequest) -> Result<WatchStrea
             let mut stream = stream?;
             let message = stream.next().await?;
             let last = matches!(message, Message::Ended(_));
-            if matches!(message, Message::Ended(Ending::Stopped)) {
+            if let Message::Ended(Ending::Unavailable(reason)) = message {
                 // Retriable: the client resumes from its token on another node or later.
-                return Some((Err(Status::unavailable("the node is shutting down")), None));
+                return Some((Err(Status::unavailable(reason)), None));
             }
             let response = response_of(message, values);
             Some((Ok(response), (!last).then_some(stream)))
@@ -105,8 +105,8 @@ fn response_of(message: Message, values: bool) -> pb::WatchResponse {
             canceled: reason,
             ..Default::default()
         },
-        Message::Ended(Ending::Stopped) => pb::WatchResponse {
-            canceled: "the node is shutting down".into(),
+        Message::Ended(Ending::Unavailable(reason)) => pb::WatchResponse {
+            canceled: reason,
             ..Default::default()
         },
     }

@@ -100,7 +100,7 @@ pub(super) async fn watch(
         .map_err(|e| match e {
             WatchError::BadToken(_) => bad(e.to_string()),
             WatchError::Compacted(_) => ApiError::new(StatusCode::GONE, "compacted", e.to_string()),
-            WatchError::Stopped => ApiError::new(
+            WatchError::Stopped | WatchError::OutOfTouch(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 e.to_string(),
@@ -183,7 +183,7 @@ fn sse_events(message: Message, values: bool) -> Vec<SseEvent> {
             json!({"type": "canceled", "reason": reason}),
         )],
         // The stream just ends: EventSource reconnects (with Last-Event-ID) by itself.
-        Message::Ended(Ending::Stopped) => Vec::new(),
+        Message::Ended(Ending::Unavailable(_)) => Vec::new(),
     }
 }
 

@@ -39,6 +39,19 @@ impl Node {
                 }
             })
         };
+        // Touch matters most when the node is cut off, which is when the timers of this loop
+        // (placement, checkpoints) wait on unreachable peers: it is checked on its own.
+        let toucher = {
+            let node = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(super::TOUCH_CHECK_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    node.check_touch();
+                }
+            })
+        };
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -66,6 +79,7 @@ impl Node {
             }
         }
         resolver.abort();
+        toucher.abort();
     }
 
     /// Snapshots every shard this node holds (an engine checkpoint: durable up to the applied

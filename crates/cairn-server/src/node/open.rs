@@ -9,7 +9,7 @@ use std::time::Instant;
 use cairn_raft::{Groups, NodeAddr, Peers};
 use cairn_wal::{Wal, WalOptions};
 
-use super::{ELECTION_WAIT, Node, NodeOptions};
+use super::{ELECTION_WAIT, Node, NodeOptions, OutOfTouch};
 use crate::config::SyncMode;
 use crate::health::WriteHealth;
 use crate::meta::{ClusterConfig, Meta, NodeRecord};
@@ -120,6 +120,7 @@ impl Node {
             pubsub: Default::default(),
             fanouts: Default::default(),
             feed_wake,
+            touch: tokio::sync::watch::channel(OutOfTouch::default()).0,
         });
         Node::spawn_forgetter(&node, forget_queue);
         node.await_sole_leadership().await?;

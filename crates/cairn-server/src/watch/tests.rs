@@ -6,6 +6,7 @@ use cairn_raft::{ApplyObserver, WriteOp};
 struct Feeds {
     feeds: Vec<Arc<Feed>>,
     wake: Arc<tokio::sync::watch::Sender<u64>>,
+    touch: tokio::sync::watch::Sender<crate::node::OutOfTouch>,
 }
 
 fn feeds(count: u32, limits: FeedLimits) -> Feeds {
@@ -15,6 +16,7 @@ fn feeds(count: u32, limits: FeedLimits) -> Feeds {
             .map(|shard| Arc::new(Feed::new(shard, 0, limits, wake.clone())))
             .collect(),
         wake,
+        touch: tokio::sync::watch::channel(Default::default()).0,
     }
 }
 
@@ -26,6 +28,7 @@ impl Feeds {
             from,
             Duration::from_secs(3600),
             self.wake.subscribe(),
+            Some(self.touch.subscribe()),
         )
     }
 }
@@ -226,6 +229,7 @@ async fn an_idle_watch_gets_progress_and_a_stopped_node_ends_it() {
         None,
         Duration::from_secs(1),
         f.wake.subscribe(),
+        None,
     )
     .unwrap();
     f.feeds[0].applied(
@@ -244,6 +248,41 @@ async fn an_idle_watch_gets_progress_and_a_stopped_node_ends_it() {
     );
     f.wake.send_replace(WAKE_STOPPED);
     assert_eq!(w.next().await.unwrap_err(), WatchError::Stopped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_ends_when_one_of_its_shards_loses_touch_and_cannot_start_then() {
+    let f = feeds(2, FeedLimits::default());
+    let mut on_key = f.watch(Selector::Key(b("k")), None).unwrap();
+    on_key.feeds.truncate(1); // as a key's watch: shard 0 only
+    let mut everything = f.watch(Selector::Prefix(Bytes::new()), None).unwrap();
+    let waiting = tokio::spawn(async move { everything.next().await });
+    tokio::task::yield_now().await;
+    f.touch.send_replace(Arc::new(vec![1]));
+    assert_eq!(
+        waiting.await.unwrap().unwrap_err(),
+        WatchError::OutOfTouch(1),
+        "a waiting watch over shard 1 ends at once"
+    );
+    f.feeds[0].applied(1, ops![put("k", "v")], &[]);
+    assert!(
+        matches!(on_key.next().await, Ok(Item::Events(_))),
+        "a watch of shard 0 alone goes on"
+    );
+    assert_eq!(
+        f.watch(Selector::Prefix(Bytes::new()), None).unwrap_err(),
+        WatchError::OutOfTouch(1)
+    );
+    let stream = Stream::new(on_key, "test");
+    f.touch.send_replace(Arc::new(vec![0]));
+    let mut stream = stream;
+    assert!(matches!(stream.next().await, Some(Message::Created { .. })));
+    assert!(
+        matches!(stream.next().await, Some(Message::Ended(Ending::Unavailable(reason))) if reason.contains("another node")),
+        "the client is told to resume elsewhere"
+    );
+    f.touch.send_replace(Arc::default());
+    assert!(f.watch(Selector::Prefix(Bytes::new()), None).is_ok());
 }
 
 #[tokio::test(start_paused = true)]

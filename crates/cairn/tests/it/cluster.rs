@@ -44,14 +44,24 @@ impl Cluster {
 
     /// A cluster whose first node runs as `user` (so its links can be cut by owner).
     fn start_first_as(n: usize, user: Option<&UnixUser>) -> Cluster {
-        let first = Node::start_as(user, &["--shards", SHARDS]);
+        let mut users = vec![None; n];
+        users[0] = user;
+        Self::start_as_users(&users)
+    }
+
+    /// A cluster of one node per entry of `users`, each run as its user when it names one.
+    fn start_as_users(users: &[Option<&UnixUser>]) -> Cluster {
+        let first = Node::start_as(users[0], &["--shards", SHARDS]);
         let join = first.grpc_addr.to_string();
         let mut nodes = vec![first];
-        for _ in 1..n {
-            nodes.push(Node::start_with(&["--shards", SHARDS, "--join", &join]));
+        for user in &users[1..] {
+            nodes.push(Node::start_as(
+                *user,
+                &["--shards", SHARDS, "--join", &join],
+            ));
         }
         let cluster = Cluster { nodes };
-        cluster.wait_converged(&(0..n).collect::<Vec<_>>());
+        cluster.wait_converged(&(0..users.len()).collect::<Vec<_>>());
         cluster
     }
 
@@ -2189,4 +2199,157 @@ print("ok", flush=True)
         cluster.logs()
     );
     cluster.nodes[2].spawn();
+}
+
+/// A node cut off from its peers (iptables, both ways on the peer port; its clients still
+/// reach it) cannot apply what the others commit, so it must not let its clients go on
+/// trusting it: redis-py's cache on that node is told to drop everything (so it stops serving
+/// a value written elsewhere meanwhile), and a watch through that node resumes on another
+/// one and goes on telling the writes made during the cut. Once the link heals the cache
+/// works as before.
+#[test]
+fn a_node_cut_off_from_its_peers_hands_its_caches_and_watches_back() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let python = std::env::var("CAIRN_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    if !can_cut_links()
+        || !crate::clients::tool_available(
+            &python,
+            &["-c", "import redis; from redis.cache import CacheConfig"],
+        )
+    {
+        return;
+    }
+    // Every node runs as a user of its own, so the cut matches the nodes' traffic by owner
+    // and leaves this test's own connections (the watch, the clients) alone.
+    let users: Vec<UnixUser> = (0..3)
+        .map(|i| UnixUser::create(&format!("touch{i}")))
+        .collect();
+    let mut firewall = Firewall::new();
+    let cluster = Cluster::start_as_users(&users.iter().map(Some).collect::<Vec<_>>());
+    cluster.wait_leading(2);
+    let key = cluster.keys_led_by(2, "cut:", 1).remove(0);
+    let recorder = crate::watch::Recorder::start(&cluster.nodes[0].grpc_url(), "cut:");
+    let script = r#"
+import sys, time, urllib.request, redis
+from redis.cache import CacheConfig
+reader_port, writer_port, metrics, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+reader = redis.Redis(port=reader_port, protocol=3, cache_config=CacheConfig(), socket_timeout=5)
+writer = redis.Redis(port=writer_port, socket_timeout=10)
+
+def gets_served():
+    text = urllib.request.urlopen(metrics).read().decode()
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+               if l.startswith('cairn_requests_total{frontend="resp",command="get"}'))
+
+def write(value):
+    deadline = time.time() + 30
+    while True:
+        try:
+            writer.set(key, value)
+            return
+        except (redis.exceptions.ResponseError, redis.exceptions.ConnectionError) as e:
+            assert time.time() < deadline, f"no write acknowledged in 30 s: {e}"
+            time.sleep(0.05)
+
+def cached_round(value):
+    write(value)
+    began = time.time()
+    while reader.get(key) != value:
+        assert time.time() - began < 10, f"{value!r} not read in 10 s"
+        time.sleep(0.01)
+    before = gets_served()
+    for _ in range(20):
+        assert reader.get(key) == value, "the cache went back"
+    assert gets_served() - before <= 1, "reads were not served from the cache"
+
+cached_round(b"before")
+print("cut?", flush=True)
+sys.stdin.readline()
+write(b"during")
+began, stale, flushed = time.time(), 0, None
+while time.time() - began < 15:
+    asked = time.time()
+    try:
+        got = reader.get(key)
+    except (redis.exceptions.RedisError, OSError) as e:
+        got = e
+    if got == b"before":
+        assert flushed is None, f"the old value came back {time.time() - flushed:.1f} s after a flush"
+        stale += 1
+    elif flushed is None:
+        # The cache no longer answered this read (the node did, or failed to).
+        flushed, first = asked, got
+    if flushed is not None and time.time() - flushed > 2:
+        break
+    time.sleep(0.05)
+assert flushed is not None, f"the cache served the value overwritten elsewhere for 15 s ({stale} reads)"
+print(f"flushed {flushed - began:.1f} s after the write; the node then said {first!r}", flush=True)
+sys.stdin.readline()
+for i in range(5):
+    cached_round(f"after{i}".encode())
+print("ok", flush=True)
+"#;
+    let mut child = Command::new(&python)
+        .args([
+            "-c",
+            script,
+            &cluster.nodes[0].resp_addr.port().to_string(),
+            &cluster.nodes[1].resp_addr.port().to_string(),
+            &cluster.nodes[0].http_url("/metrics"),
+            &key,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut expect = |child: &mut std::process::Child, want: &str| {
+        let line = lines.next().and_then(Result::ok).unwrap_or_default();
+        if !line.starts_with(want) {
+            let _ = child.kill();
+            let mut stderr = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+            panic!(
+                "expected {want:?}, got {line:?}: {stderr}\n{}",
+                cluster.logs()
+            );
+        }
+        eprintln!("{line}");
+    };
+    expect(&mut child, "cut?");
+    // Node 0 and its peers no longer reach each other's peer port.
+    for i in 1..3 {
+        firewall.drop_to_port(cluster.nodes[0].grpc_addr.port(), Some(users[i].uid));
+        firewall.drop_to_port(cluster.nodes[i].grpc_addr.port(), Some(users[0].uid));
+    }
+    writeln!(child.stdin.as_mut().unwrap()).unwrap();
+    expect(&mut child, "flushed");
+    // The watch opened through node 0 went on elsewhere: it told the write made during the
+    // cut while node 0 is still cut off.
+    poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            format!(
+                "the watch through the cut-off node did not tell the write made during the cut \
+                 (error: {:?})\n{}",
+                recorder.error.lock().unwrap(),
+                cluster.logs()
+            )
+        },
+        || {
+            let seen = recorder.seen.lock().unwrap();
+            if seen.iter().any(|s| s.key == key && s.value == "during") {
+                Ok(())
+            } else {
+                Err(seen.len())
+            }
+        },
+    );
+    firewall.heal();
+    writeln!(child.stdin.as_mut().unwrap()).unwrap();
+    expect(&mut child, "ok");
+    let _ = child.wait();
 }
