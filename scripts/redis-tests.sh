@@ -33,6 +33,14 @@ if [ ! -d "$SRC/tests" ]; then
   sed -i '/^    r function flush$/d' "$SRC/tests/support/server.tcl"
 fi
 
+# unit/pubsubshard is tagged external:skip for its second part only (replication between
+# two servers): its first part runs against Cairn as it is.
+SHARD_UNIT=$SRC/tests/unit/cairn-pubsubshard.tcl
+if [ ! -f "$SHARD_UNIT" ]; then
+  awk '/^start_server/ && seen++ {exit} {print}' "$SRC/tests/unit/pubsubshard.tcl" |
+    sed 's/ external:skip//' >"$SHARD_UNIT"
+fi
+
 TMP=$(mktemp -d /tmp/redis-tests.XXXXXX)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$BIN" server --data-dir "$TMP/data" --resp-addr "127.0.0.1:$PORT" \
@@ -91,6 +99,9 @@ PUBSUB_SKIP=(
   "PUBLISH/SUBSCRIBE after UNSUBSCRIBE without arguments"
   "PUBLISH/PSUBSCRIBE after PUNSUBSCRIBE without arguments"
 )
+PUBSUBSHARD_SKIP=(
+  "PubSubShard with CLIENT REPLY OFF"
+)
 
 failures=0
 # run UNIT MIN ARGS...: one unit with the runner's ARGS; it must pass every test it runs and
@@ -118,10 +129,12 @@ mapfile -d '' string < <(args --skiptest "${STRING_SKIP[@]}")
 mapfile -d '' keyspace < <(args --skiptest "${KEYSPACE_SKIP[@]}")
 mapfile -d '' expire < <(args --skiptest "${EXPIRE_SKIP[@]}")
 mapfile -d '' pubsub < <(args --skiptest "${PUBSUB_SKIP[@]}")
+mapfile -d '' pubsubshard < <(args --skiptest "${PUBSUBSHARD_SKIP[@]}")
 run unit/multi "${#MULTI_TESTS[@]}" "${multi[@]}"
 run unit/type/string 67 "${string[@]}"
 run unit/keyspace 33 "${keyspace[@]}"
 run unit/expire 57 "${expire[@]}"
 run unit/pubsub 12 "${pubsub[@]}"
+run unit/cairn-pubsubshard 8 "${pubsubshard[@]}"
 echo "redis units failed: $failures"
 [ "$failures" = 0 ]

@@ -343,6 +343,11 @@ pub enum Command {
     /// The live state of `keys` (all in `shard`) and the shard's count of deleted keys, read
     /// at one instant → `Reply::Guarded`; `CommandError::Locked` when one is locked.
     ShardRead { shard: u32, keys: Vec<Bytes> },
+
+    /// Messages published on shard channels (SPUBLISH) on another node, for this node's
+    /// subscribers → `Reply::Int` (how many subscribers got them). Last, so the variants
+    /// before it keep their wire numbers.
+    ShardPublish { messages: Vec<(Bytes, Bytes)> },
 }
 
 impl Command {
@@ -492,6 +497,7 @@ impl Command {
             Command::Txn(_) => "txn",
             Command::ShardRead { .. } => "shard_read",
             Command::Publish { .. } => "publish",
+            Command::ShardPublish { .. } => "spublish",
         }
     }
 }

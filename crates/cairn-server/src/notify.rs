@@ -167,7 +167,7 @@ impl Notifier {
                 for e in events.into_iter().filter(|e| !e.event.flushed) {
                     for (channel, message) in Notifier::messages(flags, e.event.kind, &e.event.key)
                     {
-                        publisher.pubsub().publish(&channel, &message);
+                        publisher.pubsub().publish(&channel, &message, false);
                     }
                 }
             },

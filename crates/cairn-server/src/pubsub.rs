@@ -1,7 +1,8 @@
 //! Publish/subscribe on one node, as Redis's: subscribers to channels and to glob patterns
 //! of channel names; `publish` hands a message to every subscriber whose channel or pattern
 //! matches and says how many got it. Messages are not stored: who is not subscribed when a
-//! message is published never sees it.
+//! message is published never sees it. Shard channels (Redis 7's SSUBSCRIBE/SPUBLISH) are a
+//! namespace of their own, without patterns.
 //!
 //! Every subscriber has a bounded queue ([`SUBSCRIBER_QUEUE_MAX`] messages,
 //! [`SUBSCRIBER_QUEUE_BYTES_MAX`] bytes); one that does not read fast enough is dropped when
@@ -36,6 +37,8 @@ struct Outbox {
 pub struct Message {
     /// The pattern it matched, for a pattern subscription.
     pub pattern: Option<Bytes>,
+    /// Published on a shard channel (SPUBLISH).
+    pub sharded: bool,
     pub channel: Bytes,
     pub payload: Bytes,
 }
@@ -47,10 +50,15 @@ pub struct Hub {
     next_id: AtomicU64,
 }
 
+/// Subscribers by channel name.
+type Channels = HashMap<Bytes, HashMap<u64, Outbox>>;
+
 #[derive(Debug, Default)]
 struct Inner {
-    channels: HashMap<Bytes, HashMap<u64, Outbox>>,
+    channels: Channels,
     patterns: HashMap<Bytes, (Pattern, HashMap<u64, Outbox>)>,
+    /// Shard channels: a namespace of their own.
+    shard_channels: Channels,
     /// How to tell each subscriber it was dropped.
     kicks: HashMap<u64, Arc<Notify>>,
 }
@@ -58,10 +66,12 @@ struct Inner {
 impl Inner {
     /// Forgets subscriber `id` everywhere.
     fn remove(&mut self, id: u64) {
-        self.channels.retain(|_, subs| {
-            subs.remove(&id);
-            !subs.is_empty()
-        });
+        for channels in [&mut self.channels, &mut self.shard_channels] {
+            channels.retain(|_, subs| {
+                subs.remove(&id);
+                !subs.is_empty()
+            });
+        }
         self.patterns.retain(|_, (_, subs)| {
             subs.remove(&id);
             !subs.is_empty()
@@ -87,18 +97,21 @@ impl Hub {
             kicked,
             channels: BTreeSet::new(),
             patterns: BTreeSet::new(),
+            shard_channels: BTreeSet::new(),
         }
     }
 
-    /// Hands `payload` to every subscriber of `channel` and of a pattern matching it;
-    /// returns how many it reached. A subscriber whose queue is full is dropped.
-    pub fn publish(&self, channel: &Bytes, payload: &Bytes) -> usize {
+    /// Hands `payload` to every subscriber of `channel` and of a pattern matching it (of
+    /// shard channel `channel` when `sharded`); returns how many it reached. A subscriber
+    /// whose queue is full is dropped.
+    pub fn publish(&self, channel: &Bytes, payload: &Bytes, sharded: bool) -> usize {
         let mut inner = self.inner.lock();
         let mut reached = 0;
         let mut dropped = Vec::new();
         let mut send = |id: u64, outbox: &Outbox, pattern: Option<&Bytes>| {
             let message = Message {
                 pattern: pattern.cloned(),
+                sharded,
                 channel: channel.clone(),
                 payload: payload.clone(),
             };
@@ -115,15 +128,22 @@ impl Hub {
                 Err(_) => dropped.push(id),
             }
         };
-        if let Some(subs) = inner.channels.get(channel) {
+        let named = if sharded {
+            &inner.shard_channels
+        } else {
+            &inner.channels
+        };
+        if let Some(subs) = named.get(channel) {
             for (&id, tx) in subs {
                 send(id, tx, None);
             }
         }
-        for (pattern, (glob, subs)) in &inner.patterns {
-            if glob.matches(channel) {
-                for (&id, tx) in subs {
-                    send(id, tx, Some(pattern));
+        if !sharded {
+            for (pattern, (glob, subs)) in &inner.patterns {
+                if glob.matches(channel) {
+                    for (&id, tx) in subs {
+                        send(id, tx, Some(pattern));
+                    }
                 }
             }
         }
@@ -140,12 +160,17 @@ impl Hub {
         reached
     }
 
-    /// Channels with at least one subscriber, those matching `pattern` if given.
-    pub fn channels(&self, pattern: Option<&[u8]>) -> Vec<Bytes> {
+    /// Channels (shard channels when `sharded`) with at least one subscriber, those
+    /// matching `pattern` if given.
+    pub fn channels(&self, pattern: Option<&[u8]>, sharded: bool) -> Vec<Bytes> {
         let glob = pattern.map(|p| Pattern::new(p, false));
         let inner = self.inner.lock();
-        let mut out: Vec<Bytes> = inner
-            .channels
+        let named = if sharded {
+            &inner.shard_channels
+        } else {
+            &inner.channels
+        };
+        let mut out: Vec<Bytes> = named
             .keys()
             .filter(|c| glob.as_ref().is_none_or(|g| g.matches(c)))
             .cloned()
@@ -154,13 +179,16 @@ impl Hub {
         out
     }
 
-    /// Subscribers of `channel` (patterns not counted).
-    pub fn numsub(&self, channel: &[u8]) -> usize {
-        self.inner
-            .lock()
-            .channels
-            .get(channel)
-            .map_or(0, HashMap::len)
+    /// Subscribers of `channel` (of shard channel `channel` when `sharded`; patterns not
+    /// counted).
+    pub fn numsub(&self, channel: &[u8], sharded: bool) -> usize {
+        let inner = self.inner.lock();
+        let named = if sharded {
+            &inner.shard_channels
+        } else {
+            &inner.channels
+        };
+        named.get(channel).map_or(0, HashMap::len)
     }
 
     /// Patterns with at least one subscriber.
@@ -180,16 +208,26 @@ pub struct Subscriber {
     kicked: Arc<Notify>,
     channels: BTreeSet<Bytes>,
     patterns: BTreeSet<Bytes>,
+    shard_channels: BTreeSet<Bytes>,
 }
 
 impl Subscriber {
-    /// Subscriptions in all, channels and patterns.
+    /// Subscriptions to channels and patterns (what SUBSCRIBE's replies count).
     pub fn count(&self) -> usize {
         self.channels.len() + self.patterns.len()
     }
 
+    /// Subscriptions to shard channels (what SSUBSCRIBE's replies count).
+    pub fn shard_count(&self) -> usize {
+        self.shard_channels.len()
+    }
+
     pub fn channels(&self) -> Vec<Bytes> {
         self.channels.iter().cloned().collect()
+    }
+
+    pub fn shard_channels(&self) -> Vec<Bytes> {
+        self.shard_channels.iter().cloned().collect()
     }
 
     /// Whether it is subscribed to `channel` (by name, not by pattern).
@@ -201,24 +239,45 @@ impl Subscriber {
         self.patterns.iter().cloned().collect()
     }
 
-    pub fn subscribe(&mut self, channel: Bytes) {
-        if self.channels.insert(channel.clone()) {
+    /// Subscribes to `channel` (shard channel `channel` when `sharded`).
+    pub fn subscribe(&mut self, channel: Bytes, sharded: bool) {
+        let mine = if sharded {
+            &mut self.shard_channels
+        } else {
+            &mut self.channels
+        };
+        if mine.insert(channel.clone()) {
             let mut inner = self.hub.inner.lock();
-            inner
-                .channels
+            let named = if sharded {
+                &mut inner.shard_channels
+            } else {
+                &mut inner.channels
+            };
+            named
                 .entry(channel)
                 .or_default()
                 .insert(self.id, self.outbox.clone());
         }
     }
 
-    pub fn unsubscribe(&mut self, channel: &Bytes) {
-        if self.channels.remove(channel) {
+    /// Unsubscribes from `channel` (shard channel `channel` when `sharded`).
+    pub fn unsubscribe(&mut self, channel: &Bytes, sharded: bool) {
+        let mine = if sharded {
+            &mut self.shard_channels
+        } else {
+            &mut self.channels
+        };
+        if mine.remove(channel) {
             let mut inner = self.hub.inner.lock();
-            if let Some(subs) = inner.channels.get_mut(channel) {
+            let named = if sharded {
+                &mut inner.shard_channels
+            } else {
+                &mut inner.channels
+            };
+            if let Some(subs) = named.get_mut(channel) {
                 subs.remove(&self.id);
                 if subs.is_empty() {
-                    inner.channels.remove(channel);
+                    named.remove(channel);
                 }
             }
         }
@@ -316,19 +375,49 @@ mod tests {
         let hub = Arc::new(Hub::default());
         let mut a = hub.subscriber();
         let mut p = hub.subscriber();
-        a.subscribe(b("news"));
+        a.subscribe(b("news"), false);
         p.psubscribe(b("n*"));
-        assert_eq!(hub.publish(&b("news"), &b("hi")), 2);
-        assert_eq!(hub.publish(&b("other"), &b("x")), 0);
+        assert_eq!(hub.publish(&b("news"), &b("hi"), false), 2);
+        assert_eq!(hub.publish(&b("other"), &b("x"), false), 0);
         assert_eq!(a.next().await.unwrap().payload, b("hi"));
         let m = p.next().await.unwrap();
         assert_eq!((m.pattern, m.channel), (Some(b("n*")), b("news")));
-        assert_eq!(hub.channels(None), vec![b("news")]);
-        assert_eq!((hub.numsub(b"news"), hub.numpat()), (1, 1));
+        assert_eq!(hub.channels(None, false), vec![b("news")]);
+        assert_eq!((hub.numsub(b"news", false), hub.numpat()), (1, 1));
         drop(a);
-        assert_eq!(hub.numsub(b"news"), 0);
+        assert_eq!(hub.numsub(b"news", false), 0);
         p.punsubscribe(&b("n*"));
         assert_eq!(hub.numpat(), 0);
+    }
+
+    #[tokio::test]
+    async fn shard_channels_are_a_namespace_of_their_own_without_patterns() {
+        let hub = Arc::new(Hub::default());
+        let mut plain = hub.subscriber();
+        let mut sharded = hub.subscriber();
+        plain.subscribe(b("orders"), false);
+        plain.psubscribe(b("*"));
+        sharded.subscribe(b("orders"), true);
+        assert_eq!((plain.count(), plain.shard_count()), (2, 0));
+        assert_eq!((sharded.count(), sharded.shard_count()), (0, 1));
+        assert_eq!(
+            hub.publish(&b("orders"), &b("s"), true),
+            1,
+            "patterns do not match"
+        );
+        let m = sharded.next().await.unwrap();
+        assert!(m.sharded && m.pattern.is_none());
+        assert!(plain.try_next().is_none());
+        assert_eq!(hub.publish(&b("orders"), &b("p"), false), 2);
+        assert!(sharded.try_next().is_none());
+        assert_eq!(hub.channels(None, true), vec![b("orders")]);
+        assert_eq!(
+            (hub.numsub(b"orders", true), hub.numsub(b"orders", false)),
+            (1, 1)
+        );
+        sharded.unsubscribe(&b("orders"), true);
+        assert_eq!(hub.numsub(b"orders", true), 0);
+        assert!(hub.channels(None, true).is_empty());
     }
 
     /// A subscriber that does not read is dropped once its queue is full; memory stays
@@ -337,28 +426,28 @@ mod tests {
     async fn a_subscriber_that_does_not_read_is_dropped() {
         let hub = Arc::new(Hub::default());
         let mut slow = hub.subscriber();
-        slow.subscribe(b("c"));
+        slow.subscribe(b("c"), false);
         for _ in 0..SUBSCRIBER_QUEUE_MAX {
-            assert_eq!(hub.publish(&b("c"), &b("m")), 1);
+            assert_eq!(hub.publish(&b("c"), &b("m"), false), 1);
         }
         assert!(!slow.dropped());
-        assert_eq!(hub.publish(&b("c"), &b("m")), 0);
+        assert_eq!(hub.publish(&b("c"), &b("m"), false), 0);
         assert!(slow.dropped());
-        assert_eq!(hub.numsub(b"c"), 0);
+        assert_eq!(hub.numsub(b"c", false), 0);
         // It is told so at once, whatever is still queued.
         assert_eq!(slow.next().await, None);
         // Big messages: dropped by bytes long before the count.
         let mut big = hub.subscriber();
-        big.subscribe(b("c"));
+        big.subscribe(b("c"), false);
         let payload = Bytes::from(vec![0u8; 1024 * 1024]);
         let fit = SUBSCRIBER_QUEUE_BYTES_MAX / (payload.len() + 1);
         for _ in 0..fit {
-            assert_eq!(hub.publish(&b("c"), &payload), 1);
+            assert_eq!(hub.publish(&b("c"), &payload, false), 1);
         }
         // Reading makes room again.
         assert!(big.try_next().is_some());
-        assert_eq!(hub.publish(&b("c"), &payload), 1);
-        assert_eq!(hub.publish(&b("c"), &payload), 0);
+        assert_eq!(hub.publish(&b("c"), &payload, false), 1);
+        assert_eq!(hub.publish(&b("c"), &payload, false), 0);
         assert!(big.dropped());
     }
 }

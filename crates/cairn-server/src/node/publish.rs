@@ -4,6 +4,10 @@
 //! meanwhile, and a queue that fills (a node that cannot keep up) drops messages, bounded at
 //! [`FANOUT_QUEUE_MAX`] messages and [`FANOUT_QUEUE_BYTES_MAX`] bytes each. Messages
 //! published on one node reach every other node in the order they were published.
+//!
+//! Shard channels (SPUBLISH) travel the same way. In Redis Cluster a shard channel's
+//! messages stay within the nodes of its slot's shard; every Cairn node holds a replica of
+//! every shard, so that is every node, and a client subscribed through any node gets them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,33 +33,56 @@ pub const FANOUT_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 #[derive(Debug)]
 pub(crate) struct Fanout {
     addr: String,
-    queue: mpsc::Sender<(Bytes, Bytes)>,
+    queue: mpsc::Sender<Outgoing>,
     /// Bytes waiting in `queue`.
     queued: Arc<AtomicUsize>,
 }
 
-fn bytes_of(message: &(Bytes, Bytes)) -> usize {
+/// A message on its way to another node: channel, payload, and whether it was published on
+/// a shard channel.
+type Outgoing = (Bytes, Bytes, bool);
+
+fn bytes_of(message: &Outgoing) -> usize {
     message.0.len() + message.1.len()
 }
 
 impl Fanout {
     fn spawn(peers: Arc<Peers>, addr: String) -> Fanout {
-        let (queue, mut waiting) = mpsc::channel::<(Bytes, Bytes)>(FANOUT_QUEUE_MAX);
+        let (queue, mut waiting) = mpsc::channel::<Outgoing>(FANOUT_QUEUE_MAX);
         let queued = Arc::new(AtomicUsize::new(0));
         let (to, counted) = (addr.clone(), queued.clone());
         tokio::spawn(async move {
-            while let Some(first) = waiting.recv().await {
+            // A message taken that belongs to the next batch (the other kind).
+            let mut held: Option<Outgoing> = None;
+            loop {
+                let first = match held.take() {
+                    Some(first) => first,
+                    None => match waiting.recv().await {
+                        Some(first) => first,
+                        None => return,
+                    },
+                };
+                let sharded = first.2;
                 let mut bytes = bytes_of(&first);
-                let mut batch = vec![first];
+                let mut batch = vec![(first.0, first.1)];
                 while batch.len() < FANOUT_BATCH_MAX && bytes < FANOUT_BATCH_BYTES_MAX {
                     let Ok(next) = waiting.try_recv() else {
                         break;
                     };
+                    if next.2 != sharded {
+                        held = Some(next);
+                        break;
+                    }
                     bytes += bytes_of(&next);
-                    batch.push(next);
+                    batch.push((next.0, next.1));
                 }
+                // (A held message stays counted until it is sent.)
                 counted.fetch_sub(bytes, Ordering::Relaxed);
-                let cmd = Command::Publish { messages: batch };
+                let cmd = if sharded {
+                    Command::ShardPublish { messages: batch }
+                } else {
+                    Command::Publish { messages: batch }
+                };
                 if let Err(e) = crate::peer::forward(&peers, &to, &cmd, 1, false, None).await {
                     tracing::debug!(peer = %to, error = %e, "pub/sub messages not delivered");
                 }
@@ -69,7 +96,7 @@ impl Fanout {
     }
 
     /// Queues a message; false when the queue is full (by count or bytes).
-    fn offer(&self, message: (Bytes, Bytes)) -> bool {
+    fn offer(&self, message: Outgoing) -> bool {
         let bytes = bytes_of(&message);
         if self.queued.load(Ordering::Relaxed) + bytes > FANOUT_QUEUE_BYTES_MAX {
             return false;
@@ -84,11 +111,11 @@ impl Fanout {
 }
 
 impl Node {
-    /// PUBLISH: hands the message to this node's subscribers, returns how many got it (as
-    /// Redis Cluster's PUBLISH does), and queues it for every other node of the cluster.
-    /// Local delivery and queuing happen under one lock, so that every node sees this
-    /// node's messages in one order.
-    pub fn publish(&self, channel: &Bytes, payload: &Bytes) -> usize {
+    /// PUBLISH (SPUBLISH when `sharded`): hands the message to this node's subscribers,
+    /// returns how many got it (as Redis Cluster's PUBLISH does), and queues it for every
+    /// other node of the cluster. Local delivery and queuing happen under one lock, so that
+    /// every node sees this node's messages in one order.
+    pub fn publish(&self, channel: &Bytes, payload: &Bytes, sharded: bool) -> usize {
         let others: Vec<_> = self
             .meta
             .nodes()
@@ -96,7 +123,7 @@ impl Node {
             .filter(|r| r.raft_id != self.identity.raft_id)
             .collect();
         let mut fanouts = self.fanouts.lock();
-        let reached = self.pubsub.publish(channel, payload);
+        let reached = self.pubsub.publish(channel, payload, sharded);
         for record in others {
             let fanout = fanouts
                 .entry(record.raft_id)
@@ -106,18 +133,19 @@ impl Node {
                     }
                 })
                 .or_insert_with(|| Fanout::spawn(self.peers.clone(), record.grpc_addr.clone()));
-            if !fanout.offer((channel.clone(), payload.clone())) {
+            if !fanout.offer((channel.clone(), payload.clone(), sharded)) {
                 tracing::debug!(peer = record.raft_id, "pub/sub queue full: message dropped");
             }
         }
         reached
     }
 
-    /// Messages published on another node: to this node's subscribers only.
-    pub(super) fn deliver(&self, messages: &[(Bytes, Bytes)]) -> usize {
+    /// Messages published on another node (on shard channels when `sharded`): to this
+    /// node's subscribers only.
+    pub(super) fn deliver(&self, messages: &[(Bytes, Bytes)], sharded: bool) -> usize {
         messages
             .iter()
-            .map(|(channel, payload)| self.pubsub.publish(channel, payload))
+            .map(|(channel, payload)| self.pubsub.publish(channel, payload, sharded))
             .sum()
     }
 }

@@ -194,7 +194,10 @@ impl Node {
                 self.read_on(shard, cmd, hops, stale).await
             }
             Command::ShardRead { shard, .. } => self.read_on(*shard, cmd, hops, stale).await,
-            Command::Publish { messages } => Ok(Reply::Int(self.deliver(messages) as i64)),
+            Command::Publish { messages } => Ok(Reply::Int(self.deliver(messages, false) as i64)),
+            Command::ShardPublish { messages } => {
+                Ok(Reply::Int(self.deliver(messages, true) as i64))
+            }
             Command::MGet { keys } => {
                 if let Some(shard) = self.single_shard(keys) {
                     return self.read_on(shard, cmd, hops, stale).await;

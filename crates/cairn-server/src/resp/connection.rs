@@ -144,6 +144,7 @@ impl Replies {
                         retrying = !matches!(&result, Err(e) if e.is_refusal());
                     }
                     observer.observe(command, started.elapsed(), result.is_ok());
+                    let shape = crate::resp::pubsub::run_queued(shape, &result, shared);
                     render(shape, result, shared.node.now_ms())
                 }
             };
@@ -353,6 +354,7 @@ pub async fn serve(
                         replies.drain(&session, &shared, &mut observer).await;
                         let result = shared.node.execute_with(cmd, session.readonly).await;
                         observer.observe(command, started.elapsed(), result.is_ok());
+                        let shape = crate::resp::pubsub::run_queued(shape, &result, &shared);
                         replies.push(
                             render(shape, result, shared.node.now_ms()),
                             &session,

@@ -253,16 +253,26 @@ pub fn dispatch(args: Vec<Bytes>, session: &mut Session, shared: &Shared) -> Act
     if let Some(frame) = pubsub::refused_in_context(spec.name, session) {
         return Action::Reply(frame);
     }
-    if let Some(action) = transaction_command(spec, &args, session) {
+    if let Some(action) = transaction_command(spec, &args, session, shared) {
         return action;
     }
     if pubsub::is_pubsub(spec.name) {
-        if session.multi.is_some() {
-            let refusal = err_text(&format!(
-                "ERR '{}' cannot run inside MULTI on Cairn",
-                spec.name
-            ));
-            return Action::Reply(refuse_queuing(session, refusal));
+        if let Some(multi) = &mut session.multi {
+            if !pubsub::runs_in_multi(spec.name) {
+                let refusal = err_text(&format!(
+                    "ERR '{}' cannot run inside MULTI on Cairn",
+                    spec.name
+                ));
+                return Action::Reply(refuse_queuing(session, refusal));
+            }
+            if multi.queued.len() >= MULTI_COMMANDS_MAX {
+                multi.failed = true;
+                return Action::Reply(err_text(&format!(
+                    "ERR a MULTI block holds at most {MULTI_COMMANDS_MAX} commands"
+                )));
+            }
+            multi.queued.push(Queued::PubSub(args));
+            return Action::Reply(Frame::Simple(Bytes::from_static(b"QUEUED")));
         }
         return pubsub::command(spec.name, &args, session, shared);
     }
@@ -331,6 +341,7 @@ fn transaction_command(
     spec: &CommandSpec,
     args: &[Bytes],
     session: &mut Session,
+    shared: &Shared,
 ) -> Option<Action> {
     let reply = match spec.name {
         "multi" => {
@@ -387,6 +398,7 @@ fn transaction_command(
                         slots.push(ExecSlot::Node(render));
                     }
                     Queued::Ready(frame) => slots.push(ExecSlot::Ready(frame)),
+                    Queued::PubSub(args) => slots.push(ExecSlot::PubSub(args)),
                 }
             }
             let compares: Vec<Compare> = watched
@@ -402,6 +414,7 @@ fn transaction_command(
                     .into_iter()
                     .filter_map(|slot| match slot {
                         ExecSlot::Ready(frame) => Some(frame),
+                        ExecSlot::PubSub(args) => Some(pubsub::run_now(&args, shared)),
                         ExecSlot::Node(_) => None,
                     })
                     .collect();

@@ -1,31 +1,56 @@
-//! Pub/sub on a RESP connection: SUBSCRIBE, UNSUBSCRIBE, PSUBSCRIBE, PUNSUBSCRIBE, PUBLISH
-//! and PUBSUB with Redis's replies, and RESP2's subscribed context (a connection subscribed
-//! to anything takes only pub/sub commands, PING and QUIT). Messages are pushed by the
-//! connection's loop as they arrive ([`message_frame`]).
+//! Pub/sub on a RESP connection: SUBSCRIBE, UNSUBSCRIBE, PSUBSCRIBE, PUNSUBSCRIBE, PUBLISH,
+//! the shard channels' SSUBSCRIBE, SUNSUBSCRIBE and SPUBLISH, and PUBSUB, with Redis's
+//! replies, and RESP2's subscribed context (a connection subscribed to anything takes only
+//! pub/sub commands, PING and QUIT). Messages are pushed by the connection's loop as they
+//! arrive ([`message_frame`]). PUBLISH, SPUBLISH and PUBSUB run inside MULTI (queued, run by
+//! EXEC); the subscribing commands are refused there.
 
 use bytes::Bytes;
 use cairn_resp::{Frame, Protocol};
 
+use crate::error::CommandError;
 use crate::pubsub::Message;
+use crate::reply::Reply;
 use crate::resp::dispatch::Action;
+use crate::resp::render::{ExecSlot, Render};
 use crate::resp::session::{Session, Shared};
 
 /// The pub/sub commands.
 pub fn is_pubsub(name: &str) -> bool {
     matches!(
         name,
-        "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "publish" | "pubsub"
+        "subscribe"
+            | "unsubscribe"
+            | "psubscribe"
+            | "punsubscribe"
+            | "ssubscribe"
+            | "sunsubscribe"
+            | "publish"
+            | "spublish"
+            | "pubsub"
     )
+}
+
+/// The pub/sub commands that run inside MULTI (queued, run by EXEC): the others change
+/// what the connection is subscribed to, which EXEC's one reply cannot carry on Cairn.
+pub fn runs_in_multi(name: &str) -> bool {
+    matches!(name, "publish" | "spublish" | "pubsub")
 }
 
 /// Whether the connection is in RESP2's subscribed context, where only these commands run.
 pub fn refused_in_context(name: &str, session: &Session) -> Option<Frame> {
-    let subscribed = session.subscriber.as_ref().is_some_and(|s| s.count() > 0);
     let allowed = matches!(
         name,
-        "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ping" | "quit"
+        "subscribe"
+            | "unsubscribe"
+            | "psubscribe"
+            | "punsubscribe"
+            | "ssubscribe"
+            | "sunsubscribe"
+            | "ping"
+            | "quit"
     );
-    (session.protocol == Protocol::Resp2 && subscribed && !allowed).then(|| {
+    (session.protocol == Protocol::Resp2 && subscribed(session) && !allowed).then(|| {
         Frame::Error(Bytes::from(format!(
             "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT \
              / RESET are allowed in this context"
@@ -33,23 +58,34 @@ pub fn refused_in_context(name: &str, session: &Session) -> Option<Frame> {
     })
 }
 
+/// Whether the connection is subscribed to anything (channel, pattern or shard channel).
+fn subscribed(session: &Session) -> bool {
+    session
+        .subscriber
+        .as_ref()
+        .is_some_and(|s| s.count() + s.shard_count() > 0)
+}
+
 /// Whether PING answers in the subscribed form (`["pong", message]`), as Redis does for a
 /// RESP2 connection subscribed to anything.
 pub fn subscribed_ping(session: &Session) -> bool {
-    session.protocol == Protocol::Resp2
-        && session.subscriber.as_ref().is_some_and(|s| s.count() > 0)
+    session.protocol == Protocol::Resp2 && subscribed(session)
 }
 
 fn bulk(s: &'static str) -> Frame {
     Frame::Bulk(Bytes::from_static(s.as_bytes()))
 }
 
-/// A received message as Redis pushes it: `message channel payload`, or `pmessage pattern
-/// channel payload`.
+/// A received message as Redis pushes it: `message channel payload`, `pmessage pattern
+/// channel payload`, or `smessage channel payload` (a shard channel's).
 pub fn message_frame(message: Message) -> Frame {
     match message.pattern {
         None => Frame::Push(vec![
-            bulk("message"),
+            bulk(if message.sharded {
+                "smessage"
+            } else {
+                "message"
+            }),
             Frame::Bulk(message.channel),
             Frame::Bulk(message.payload),
         ]),
@@ -66,31 +102,36 @@ pub fn message_frame(message: Message) -> Frame {
 pub fn command(name: &str, args: &[Bytes], session: &mut Session, shared: &Shared) -> Action {
     let hub = shared.node.pubsub();
     match name {
-        "subscribe" | "psubscribe" => {
+        "subscribe" | "psubscribe" | "ssubscribe" => {
             let session_inbox_missing = session.invalidations.is_none();
             let mut open_inbox = false;
             let subscriber = session.subscriber.get_or_insert_with(|| hub.subscriber());
             let frames: Vec<Frame> = args[1..]
                 .iter()
                 .map(|name_arg| {
-                    if name == "subscribe" {
-                        if &name_arg[..] == super::tracking::INVALIDATE_CHANNEL.as_bytes()
-                            && session_inbox_missing
-                        {
-                            open_inbox = true;
+                    let count = match name {
+                        "subscribe" => {
+                            if &name_arg[..] == super::tracking::INVALIDATE_CHANNEL.as_bytes()
+                                && session_inbox_missing
+                            {
+                                open_inbox = true;
+                            }
+                            subscriber.subscribe(name_arg.clone(), false);
+                            subscriber.count()
                         }
-                        subscriber.subscribe(name_arg.clone());
-                    } else {
-                        subscriber.psubscribe(name_arg.clone());
-                    }
+                        "ssubscribe" => {
+                            subscriber.subscribe(name_arg.clone(), true);
+                            subscriber.shard_count()
+                        }
+                        _ => {
+                            subscriber.psubscribe(name_arg.clone());
+                            subscriber.count()
+                        }
+                    };
                     Frame::Push(vec![
-                        bulk(if name == "subscribe" {
-                            "subscribe"
-                        } else {
-                            "psubscribe"
-                        }),
+                        Frame::Bulk(Bytes::copy_from_slice(name.as_bytes())),
                         Frame::Bulk(name_arg.clone()),
-                        Frame::Integer(subscriber.count() as i64),
+                        Frame::Integer(count as i64),
                     ])
                 })
                 .collect();
@@ -100,14 +141,9 @@ pub fn command(name: &str, args: &[Bytes], session: &mut Session, shared: &Share
             }
             Action::Replies(frames)
         }
-        "unsubscribe" | "punsubscribe" => {
-            let kind = if name == "unsubscribe" {
-                "unsubscribe"
-            } else {
-                "punsubscribe"
-            };
+        "unsubscribe" | "punsubscribe" | "sunsubscribe" => {
             let Some(subscriber) = session.subscriber.as_mut() else {
-                return Action::Replies(none_left(kind, &args[1..]));
+                return Action::Replies(none_left(name, &args[1..]));
             };
             // Messages published before the unsubscription go out before its answer, as
             // in Redis (a RESP2 client that leaves the subscribed context must not read one
@@ -116,70 +152,111 @@ pub fn command(name: &str, args: &[Bytes], session: &mut Session, shared: &Share
             while let Some(message) = subscriber.try_next() {
                 frames.push(message_frame(message));
             }
-            let names = match &args[1..] {
-                [] if name == "unsubscribe" => subscriber.channels(),
-                [] => subscriber.patterns(),
-                some => some.to_vec(),
+            let sharded = name == "sunsubscribe";
+            let names = match (&args[1..], name) {
+                ([], "unsubscribe") => subscriber.channels(),
+                ([], "sunsubscribe") => subscriber.shard_channels(),
+                ([], _) => subscriber.patterns(),
+                (some, _) => some.to_vec(),
+            };
+            let count = |s: &crate::pubsub::Subscriber| {
+                if sharded { s.shard_count() } else { s.count() }
             };
             if names.is_empty() {
                 frames.push(Frame::Push(vec![
-                    bulk(kind),
+                    Frame::Bulk(Bytes::copy_from_slice(name.as_bytes())),
                     Frame::Null,
-                    Frame::Integer(subscriber.count() as i64),
+                    Frame::Integer(count(subscriber) as i64),
                 ]));
                 return Action::Replies(frames);
             }
             frames.extend(names.into_iter().map(|n| {
-                if name == "unsubscribe" {
-                    subscriber.unsubscribe(&n);
-                } else {
+                if name == "punsubscribe" {
                     subscriber.punsubscribe(&n);
+                } else {
+                    subscriber.unsubscribe(&n, sharded);
                 }
                 Frame::Push(vec![
-                    bulk(kind),
+                    Frame::Bulk(Bytes::copy_from_slice(name.as_bytes())),
                     Frame::Bulk(n),
-                    Frame::Integer(subscriber.count() as i64),
+                    Frame::Integer(count(subscriber) as i64),
                 ])
             }));
             Action::Replies(frames)
         }
-        "publish" => Action::Reply(Frame::Integer(
-            shared.node.publish(&args[1], &args[2]) as i64
-        )),
-        _ => Action::Reply(pubsub_introspection(args, shared)),
+        _ => Action::Reply(run_now(args, shared)),
     }
 }
 
-/// UNSUBSCRIBE/PUNSUBSCRIBE on a connection that never subscribed.
-fn none_left(kind: &'static str, names: &[Bytes]) -> Vec<Frame> {
+/// Runs the pub/sub commands a MULTI block queued ([`runs_in_multi`]), once its EXEC is
+/// known to have succeeded (`result`), making their answers part of EXEC's reply.
+pub fn run_queued(shape: Render, result: &Result<Reply, CommandError>, shared: &Shared) -> Render {
+    match shape {
+        Render::Exec(slots)
+            if matches!(
+                result,
+                Ok(Reply::Exec {
+                    succeeded: true,
+                    ..
+                })
+            ) =>
+        {
+            Render::Exec(
+                slots
+                    .into_iter()
+                    .map(|slot| match slot {
+                        ExecSlot::PubSub(args) => ExecSlot::Ready(run_now(&args, shared)),
+                        other => other,
+                    })
+                    .collect(),
+            )
+        }
+        other => other,
+    }
+}
+
+/// PUBLISH, SPUBLISH or PUBSUB, now.
+pub fn run_now(args: &[Bytes], shared: &Shared) -> Frame {
+    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    match name.as_str() {
+        "publish" | "spublish" => {
+            Frame::Integer(shared.node.publish(&args[1], &args[2], name == "spublish") as i64)
+        }
+        _ => pubsub_introspection(args, shared),
+    }
+}
+
+/// UNSUBSCRIBE/PUNSUBSCRIBE/SUNSUBSCRIBE on a connection that never subscribed.
+fn none_left(kind: &str, names: &[Bytes]) -> Vec<Frame> {
+    let kind = || Frame::Bulk(Bytes::copy_from_slice(kind.as_bytes()));
     if names.is_empty() {
-        return vec![Frame::Push(vec![
-            bulk(kind),
-            Frame::Null,
-            Frame::Integer(0),
-        ])];
+        return vec![Frame::Push(vec![kind(), Frame::Null, Frame::Integer(0)])];
     }
     names
         .iter()
-        .map(|n| Frame::Push(vec![bulk(kind), Frame::Bulk(n.clone()), Frame::Integer(0)]))
+        .map(|n| Frame::Push(vec![kind(), Frame::Bulk(n.clone()), Frame::Integer(0)]))
         .collect()
 }
 
-/// PUBSUB CHANNELS [pattern] | NUMSUB [channel ...] | NUMPAT | HELP.
+/// PUBSUB CHANNELS [pattern] | NUMSUB [channel ...] | NUMPAT | SHARDCHANNELS [pattern] |
+/// SHARDNUMSUB [shardchannel ...] | HELP.
 fn pubsub_introspection(args: &[Bytes], shared: &Shared) -> Frame {
     let hub = shared.node.pubsub();
     let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
     match (sub.as_str(), args.len()) {
-        ("channels", 2 | 3) => Frame::Array(
-            hub.channels(args.get(2).map(|p| &p[..]))
+        ("channels" | "shardchannels", 2 | 3) => Frame::Array(
+            hub.channels(args.get(2).map(|p| &p[..]), sub == "shardchannels")
                 .into_iter()
                 .map(Frame::Bulk)
                 .collect(),
         ),
-        ("numsub", _) => Frame::Array(
+        ("numsub" | "shardnumsub", _) => Frame::Array(
             args[2..]
                 .iter()
-                .flat_map(|c| [Frame::Bulk(c.clone()), Frame::Integer(hub.numsub(c) as i64)])
+                .flat_map(|c| {
+                    let count = hub.numsub(c, sub == "shardnumsub");
+                    [Frame::Bulk(c.clone()), Frame::Integer(count as i64)]
+                })
                 .collect(),
         ),
         ("numpat", 2) => Frame::Integer(hub.numpat() as i64),
@@ -193,6 +270,10 @@ fn pubsub_introspection(args: &[Bytes], shared: &Shared) -> Frame {
                 "NUMSUB [<channel> ...]",
                 "    Return the number of subscribers for the specified channels, excluding",
                 "    pattern subscriptions(default: no channels).",
+                "SHARDCHANNELS [<pattern>]",
+                "    Return the currently active shard level channels matching a <pattern> (default: '*').",
+                "SHARDNUMSUB [<shardchannel> ...]",
+                "    Return the number of subscribers for the specified shard level channel(s)",
                 "HELP",
                 "    Prints this help.",
             ]
@@ -200,7 +281,7 @@ fn pubsub_introspection(args: &[Bytes], shared: &Shared) -> Frame {
             .map(|line| Frame::Simple(Bytes::from_static(line.as_bytes())))
             .collect(),
         ),
-        ("channels" | "numpat" | "help", _) => Frame::Error(Bytes::from(format!(
+        ("channels" | "shardchannels" | "numpat" | "help", _) => Frame::Error(Bytes::from(format!(
             "ERR wrong number of arguments for 'pubsub|{sub}' command"
         ))),
         _ => Frame::Error(Bytes::from(format!(

@@ -58,6 +58,9 @@ pub enum ExecSlot {
     Node(Render),
     /// A reply known when the command was queued.
     Ready(Frame),
+    /// PUBLISH, SPUBLISH or PUBSUB (its arguments), run by EXEC once the transaction
+    /// succeeded ([`crate::resp::pubsub::run_queued`]), before rendering.
+    PubSub(Vec<Bytes>),
 }
 
 fn bulk_or_nil(value: Option<Bytes>) -> Frame {
@@ -164,6 +167,9 @@ pub fn render(render: Render, result: Result<Reply, CommandError>, now_ms: u64) 
                     .into_iter()
                     .map(|slot| match slot {
                         ExecSlot::Ready(frame) => frame,
+                        ExecSlot::PubSub(_) => Frame::Error(Bytes::from_static(
+                            b"ERR internal error: a queued pub/sub command did not run",
+                        )),
                         ExecSlot::Node(shape) => self::render(
                             shape,
                             answers.next().unwrap_or_else(|| {

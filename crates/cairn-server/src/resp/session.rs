@@ -65,6 +65,8 @@ pub enum Queued {
     /// A reply already known (a connection command, or an argument error, which Redis also
     /// reports at `EXEC`).
     Ready(cairn_resp::Frame),
+    /// PUBLISH, SPUBLISH or PUBSUB (its arguments), run when `EXEC` runs, if it does.
+    PubSub(Vec<bytes::Bytes>),
 }
 
 impl Session {

@@ -2042,6 +2042,36 @@ fn messages_published_on_one_node_reach_subscribers_on_every_node() {
             "*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$4\r\nback\r\n"
         );
     }
+    // Shard channels are a namespace of their own, carried to every node on the same
+    // ordered queues: the shard subscriber gets only SPUBLISH's messages, the plain one only
+    // PUBLISH's.
+    let mut sharded = subscribe(1, b"SSUBSCRIBE", b"orders");
+    let mut plain = subscribe(2, b"SUBSCRIBE", b"orders");
+    let mut publisher = cluster.nodes[0].resp();
+    for line in [
+        "SPUBLISH orders s1",
+        "PUBLISH orders p1",
+        "SPUBLISH orders s2",
+        "PUBLISH orders p2",
+    ] {
+        assert_eq!(
+            publisher.cmd_str(line),
+            ":0\r\n",
+            "{line}: no subscriber on node 0"
+        );
+    }
+    for payload in ["s1", "s2"] {
+        assert_eq!(
+            String::from_utf8_lossy(&sharded.read_reply()),
+            format!("*3\r\n$8\r\nsmessage\r\n$6\r\norders\r\n$2\r\n{payload}\r\n")
+        );
+    }
+    for payload in ["p1", "p2"] {
+        assert_eq!(
+            String::from_utf8_lossy(&plain.read_reply()),
+            format!("*3\r\n$7\r\nmessage\r\n$6\r\norders\r\n$2\r\n{payload}\r\n")
+        );
+    }
 }
 
 /// A watch on every key through node 2 while a writer on node 0 writes to every shard, node 1

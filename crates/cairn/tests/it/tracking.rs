@@ -260,3 +260,75 @@ fn keyspace_notifications_and_config_match_redis() {
     };
     assert_same(&scenario(node.resp_addr), &scenario(redis.addr));
 }
+
+/// Shard channels (SSUBSCRIBE, SPUBLISH, SUNSUBSCRIBE, PUBSUB SHARDCHANNELS/SHARDNUMSUB) and
+/// PUBLISH inside MULTI, against redis-server: the same replies, the same messages, and
+/// nothing published by a MULTI block that was discarded or whose WATCH failed.
+#[test]
+fn shard_channels_and_publish_in_multi_match_redis() {
+    let Some(redis) = crate::differential::Redis::start() else {
+        return;
+    };
+    let node = Node::start();
+    let scenario = |addr: SocketAddr| -> Vec<String> {
+        let mut out = Vec::new();
+        let mut sub = Conn::connect(addr);
+        let mut c = Conn::connect(addr);
+        let mut other = Conn::connect(addr);
+        sub.send("SSUBSCRIBE a b");
+        out.push(sub.reply());
+        out.push(sub.reply());
+        out.push(sub.cmd("SUBSCRIBE c"));
+        out.push(sub.cmd("GET k"));
+        for line in [
+            "PUBSUB SHARDCHANNELS a",
+            "PUBSUB SHARDCHANNELS zz*",
+            "PUBSUB SHARDNUMSUB a b zz",
+            "PUBSUB SHARDNUMSUB",
+            "PUBSUB NUMSUB a c",
+            "PUBSUB CHANNELS a",
+            "SPUBLISH a hello",
+            "PUBLISH a not-for-shard-subscribers",
+            "SPUBLISH",
+        ] {
+            out.push(format!("{line} -> {}", c.cmd(line)));
+        }
+        out.push(sub.reply());
+        // Queued, and run by EXEC.
+        for line in [
+            "MULTI",
+            "PUBLISH c m1",
+            "SPUBLISH b m2",
+            "SET k v",
+            "PUBSUB NUMSUB c",
+            "EXEC",
+        ] {
+            out.push(format!("{line} -> {}", c.cmd(line)));
+        }
+        out.push(sub.reply());
+        out.push(sub.reply());
+        // A discarded block and a block whose WATCH failed publish nothing: the next
+        // message is the one published after them.
+        for line in [
+            "MULTI",
+            "PUBLISH c discarded",
+            "DISCARD",
+            "WATCH k",
+            "MULTI",
+        ] {
+            out.push(format!("{line} -> {}", c.cmd(line)));
+        }
+        out.push(other.cmd("SET k changed"));
+        for line in ["SPUBLISH a lost", "EXEC", "SPUBLISH a after"] {
+            out.push(format!("{line} -> {}", c.cmd(line)));
+        }
+        out.push(sub.reply());
+        out.push(sub.cmd("SUNSUBSCRIBE a"));
+        out.push(sub.cmd("SUNSUBSCRIBE"));
+        out.push(sub.cmd("SUNSUBSCRIBE"));
+        out.push(sub.cmd("UNSUBSCRIBE"));
+        out.push(sub.cmd("SET k v"));
+        out
+    };
+    assert_same(&scenario(node.resp_addr), &scenario(redis.addr));
+}
