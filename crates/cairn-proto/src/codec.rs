@@ -11,7 +11,7 @@ use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::ProstCodec;
 
 /// Initial size of a call's encode and decode buffers.
-pub const BUFFER_BYTES: usize = 512;
+pub const BUFFER_BYTES: usize = 128;
 /// Encoded bytes after which a stream hands what it has to the connection (tonic's default).
 pub const YIELD_THRESHOLD_BYTES: usize = 32 * 1024;
 

@@ -54,6 +54,26 @@ pub enum Selector {
 }
 
 impl Selector {
+    /// The same selector holding copies of its bytes: bytes decoded from a request are
+    /// slices of the request's whole receive buffer (8 KiB for a gRPC call), which a watch
+    /// would otherwise keep alive for as long as it lives.
+    fn detached(self) -> Selector {
+        let copy = |b: Bytes| Bytes::copy_from_slice(&b);
+        let bound = |b: Bound<Bytes>| match b {
+            Bound::Included(b) => Bound::Included(copy(b)),
+            Bound::Excluded(b) => Bound::Excluded(copy(b)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        match self {
+            Selector::Key(k) => Selector::Key(copy(k)),
+            Selector::Prefix(p) => Selector::Prefix(copy(p)),
+            Selector::Range(r) => Selector::Range(KeyRange {
+                start: bound(r.start),
+                end: bound(r.end),
+            }),
+        }
+    }
+
     pub fn matches(&self, key: &[u8]) -> bool {
         match self {
             Selector::Key(k) => key == k.as_ref(),
@@ -219,7 +239,7 @@ impl Watcher {
             positioned.push((feed, pos));
         }
         let mut watcher = Watcher {
-            selector,
+            selector: selector.detached(),
             feeds: positioned,
             wake,
             touch,

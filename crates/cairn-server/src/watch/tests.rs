@@ -324,3 +324,19 @@ async fn a_narrow_watch_behind_a_long_backlog_catches_up_without_waiting() {
         other => panic!("the backlog stalled the watch: {other:?}"),
     }
 }
+
+#[test]
+fn a_watch_keeps_its_own_copy_of_the_selector_not_the_request_buffer() {
+    let f = feeds(1, FeedLimits::default());
+    // As prost decodes a request: the prefix is a slice of the call's whole receive buffer.
+    let buffer = Bytes::from(vec![b'p'; 8192]);
+    let w = f.watch(Selector::Prefix(buffer.slice(0..3)), None).unwrap();
+    let Selector::Prefix(prefix) = &w.selector else {
+        panic!("a prefix watch");
+    };
+    assert_eq!(&prefix[..], b"ppp");
+    assert!(
+        !buffer.as_ptr_range().contains(&prefix.as_ptr()),
+        "the watch would keep the 8 KiB buffer alive for its whole life"
+    );
+}
