@@ -387,7 +387,7 @@ impl Node {
         let mut lock_met = None;
         loop {
             let result = if cmd.is_write() {
-                match self.propose_routed(cmd.clone(), 0, None).await {
+                match self.propose_routed(cmd.clone(), 0, None, false).await {
                     Ok(pending) => pending.wait().await,
                     Err(e) => Err(e),
                 }
@@ -420,7 +420,10 @@ impl Node {
         shard: Option<u32>,
     ) -> Result<Reply, CommandError> {
         if cmd.is_write() {
-            self.propose_routed(cmd, hops, shard).await?.wait().await
+            self.propose_routed(cmd, hops, shard, false)
+                .await?
+                .wait()
+                .await
         } else {
             self.read_routed(&cmd, hops, stale).await
         }
@@ -550,6 +553,50 @@ mod tests {
             Reply::Entry(e) => e,
             other => panic!("{other:?}"),
         }
+    }
+
+    /// NOLOOP leans on it: every change at the entry a write proposed alone landed in is
+    /// that write's, however many writes were queued with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_proposed_alone_lands_in_an_entry_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(options(dir.path())).await.unwrap();
+        // One shard (a hash tag), many writes queued at once: the proposer packs them.
+        let mut before = Vec::new();
+        for i in 0..64 {
+            before.push(node.propose(set(&format!("{{t}}{i}"), "v")).await.unwrap());
+        }
+        let mine = node.propose_alone(set("{t}mine", "v")).await.unwrap();
+        let mut after = Vec::new();
+        for i in 64..128 {
+            after.push(node.propose(set(&format!("{{t}}{i}"), "v")).await.unwrap());
+        }
+        let (result, _, landed) = mine.outcome_landed().await;
+        result.unwrap();
+        let (shard, index) = landed.expect("a local write says where it landed");
+        for pending in before.into_iter().chain(after) {
+            let (result, _, landed) = pending.outcome_landed().await;
+            result.unwrap();
+            assert_eq!(
+                landed, None,
+                "only a write proposed alone says where it landed"
+            );
+        }
+        let feed = &node.shards.get(shard).unwrap().feed;
+        let since = feed
+            .since(crate::feed::Pos::after(index - 1), 100_000, usize::MAX)
+            .unwrap();
+        let batch = since.batches.iter().find(|b| b.index == index).unwrap();
+        let keys: Vec<&Bytes> = batch.events().map(|e| e.key).collect();
+        assert_eq!(keys, vec![&b("{t}mine")], "its entry holds its change only");
+        // The others were packed (else this test shows nothing).
+        let entries: std::collections::BTreeSet<u64> =
+            since.batches.iter().map(|b| b.index).collect();
+        assert!(
+            entries.len() < 100,
+            "{} entries for 129 writes",
+            entries.len()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

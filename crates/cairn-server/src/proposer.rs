@@ -7,7 +7,9 @@
 //! per write), packs the outcomes of up to [`GROUP_PROPOSALS_MAX`] proposals into one log
 //! entry, and proposes it with the leader id it evaluated under, keeping up to
 //! [`INFLIGHT_ENTRIES_MAX`] entries in flight. Answers go out in proposal order, each once its
-//! entry is committed and applied.
+//! entry is committed and applied, with the entry's index ([`Answer`]). A proposal marked
+//! `alone` gets an entry of its own (nothing is packed with it), so every change at that
+//! index is its own (client tracking's NOLOOP).
 //!
 //! Terms: the proposer evaluates only as the leader of a term it has made ready, which means
 //! every entry committed before the term is applied (a read-index round at the start) and the
@@ -61,6 +63,25 @@ pub const PROPOSAL_QUEUE_MAX: usize = 8192;
 /// The answer to one proposal.
 pub type ProposalResult = Result<Reply, CommandError>;
 
+/// What a proposal is answered: its result, and the log index of the entry that carried it
+/// when it wrote one and landed (client tracking's NOLOOP tells a connection's own changes
+/// from others' by it).
+#[derive(Debug)]
+pub struct Answer {
+    pub result: ProposalResult,
+    pub index: Option<u64>,
+}
+
+impl Answer {
+    /// An answer with no entry of its own.
+    pub fn bare(result: ProposalResult) -> Answer {
+        Answer {
+            result,
+            index: None,
+        }
+    }
+}
+
 /// Longest a write waits for its entry to commit before it is answered "outcome unknown" (a
 /// leader cut off from its quorum keeps its entries until it rejoins or learns of a new term).
 pub const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -106,10 +127,13 @@ pub struct Proposal {
     pub op: ProposalOp,
     /// Proposal time in ms since the Unix epoch: deadlines are compared with it.
     pub now_ms: u64,
-    pub reply: oneshot::Sender<ProposalResult>,
+    pub reply: oneshot::Sender<Answer>,
+    /// Its entry carries nothing else, so every change at the entry's index is this
+    /// proposal's (client tracking's NOLOOP skips a connection's own changes by it).
+    pub alone: bool,
 }
 
-type Answers = Vec<(oneshot::Sender<ProposalResult>, ProposalResult)>;
+type Answers = Vec<(oneshot::Sender<Answer>, ProposalResult)>;
 
 /// An entry (or a set of answers that wrote nothing) whose fate became known.
 struct Landed {
@@ -151,11 +175,16 @@ pub async fn submit(
 ) -> ProposalResult {
     let (reply, rx) = oneshot::channel();
     proposals
-        .send(Proposal { op, now_ms, reply })
+        .send(Proposal {
+            op,
+            now_ms,
+            reply,
+            alone: false,
+        })
         .await
         .map_err(|_| CommandError::ShuttingDown)?;
     rx.await
-        .unwrap_or_else(|_| Err(CommandError::proposer_stopped()))
+        .map_or_else(|_| Err(CommandError::proposer_stopped()), |a| a.result)
 }
 
 /// Starts the shard's proposer; returns its queue.
@@ -272,12 +301,14 @@ impl Proposer {
                     .fail(format!("shard {} stopped: {why}", self.h.shard));
             }
         }
+        let index = predicted.filter(|_| failure.is_none());
         for (tx, result) in answers {
             let result = match (&failure, result) {
                 (Some(e), Ok(_)) => Err(e.clone()),
                 (_, result) => result,
             };
-            let _ = tx.send(result);
+            let index = index.filter(|_| result.is_ok());
+            let _ = tx.send(Answer { result, index });
         }
     }
 
@@ -388,12 +419,14 @@ impl Proposer {
             return;
         }
         if let Some(reason) = self.h.health.failure() {
-            let _ = first.reply.send(Err(CommandError::Fatal(reason)));
+            let _ = first
+                .reply
+                .send(Answer::bare(Err(CommandError::Fatal(reason))));
             return;
         }
         if let ProposalOp::Change(change) = first.op {
             let result = self.change_group(change).await;
-            let _ = first.reply.send(result);
+            let _ = first.reply.send(Answer::bare(result));
             return;
         }
         // Let the connection tasks that are ready run first, so their proposals join this
@@ -404,7 +437,7 @@ impl Proposer {
         let term = match self.ensure_term().await {
             Ok(term) => term,
             Err(e) => {
-                let _ = first.reply.send(Err(e));
+                let _ = first.reply.send(Answer::bare(Err(e)));
                 return;
             }
         };
@@ -418,6 +451,7 @@ impl Proposer {
         let mut answers: Answers = Vec::new();
         let mut ops: Vec<WriteOp> = Vec::new();
         let mut bytes = 0usize;
+        let alone = first.alone;
         let mut next = Some(first);
         while let Some(proposal) = next.take() {
             let mut eval = Eval::new(
@@ -449,12 +483,13 @@ impl Proposer {
                 ops.extend(self.overlay.absorb(decided, index));
             }
             answers.push((proposal.reply, result));
-            if answers.len() < GROUP_PROPOSALS_MAX && bytes < ENTRY_BYTES_MAX {
+            if !alone && answers.len() < GROUP_PROPOSALS_MAX && bytes < ENTRY_BYTES_MAX {
                 next = self.rx.try_recv().ok();
-                if let Some(Proposal {
-                    op: ProposalOp::Change(_),
-                    ..
-                }) = &next
+                // A change of the group, and a proposal that must be alone, start entries of
+                // their own.
+                if next
+                    .as_ref()
+                    .is_some_and(|p| p.alone || matches!(p.op, ProposalOp::Change(_)))
                 {
                     self.deferred = next.take();
                 }

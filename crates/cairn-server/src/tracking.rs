@@ -11,6 +11,14 @@
 //! again from now. The same happens while one of the node's replicas is out of touch with
 //! its group (cut off from its leader): changes committed elsewhere would not reach it.
 //!
+//! `NOLOOP`: a connection that tracks with it proposes each write to one shard it leads in a
+//! log entry of its own ([`crate::node::Node::propose_alone`]), so the write's answer names
+//! the entry, and every change at that entry is the connection's own: it is not told of
+//! those. While one of its writes is unanswered, changes of that write's keys are held for
+//! it, then told unless they are its own. A write whose place is not known (forwarded to
+//! another node's leader, spread over shards, refused, of unknown outcome) is told as any
+//! other change: NOLOOP saves invalidations, it never costs one that was due.
+//!
 //! Bounds: at most [`TRACKED_KEYS_MAX`] keys are remembered (past it the oldest-placed are
 //! invalidated at once and forgotten, as Redis's `tracking-table-max-keys` does), and at most
 //! [`INBOX_MAX`] invalidation messages wait for a connection: one that cannot take them is
@@ -33,9 +41,32 @@ pub const TRACKED_KEYS_MAX: usize = 1_000_000;
 pub const INBOX_MAX: usize = 4096;
 /// Most BCAST prefixes, node-wide.
 pub const PREFIXES_MAX: usize = 65_536;
+/// Entries remembered per NOLOOP connection as holding its own changes (the newest).
+pub const OWN_LANDED_MAX: usize = 1024;
+/// Changes held per unanswered write of a NOLOOP connection; past it they are told at once.
+pub const OWN_HELD_MAX: usize = 1024;
 /// How often tracking clients are told to drop everything while a replica on the node is
 /// out of touch with its group.
 pub const OUT_OF_TOUCH_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One change as tracking sees it: the key, and the shard and log index of its entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub key: Bytes,
+    pub shard: u32,
+    pub index: u64,
+}
+
+/// A NOLOOP connection's writes.
+#[derive(Debug, Default)]
+struct Own {
+    next_ticket: u64,
+    /// Writes proposed and not yet answered: ticket, keys, and the changes of those keys
+    /// held meanwhile.
+    open: Vec<(u64, Vec<Bytes>, Vec<Change>)>,
+    /// Entries (shard, index) that hold only this connection's changes, newest last.
+    landed: std::collections::VecDeque<(u32, u64)>,
+}
 
 /// What a connection is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +106,8 @@ struct Table {
     prefixes: Vec<(Bytes, u64)>,
     /// Connections that take invalidations.
     inboxes: HashMap<u64, mpsc::Sender<Invalidation>>,
+    /// NOLOOP connections' writes in flight and where their answered writes landed.
+    own: HashMap<u64, Own>,
 }
 
 impl Table {
@@ -118,6 +151,7 @@ impl Tracking {
     /// change (or are evicted): nothing is sent for them.
     pub fn disable(&self, id: u64) {
         let mut table = self.inner.lock();
+        table.own.remove(&id);
         table.clients.remove(&id);
         table.prefixes.retain(|(_, client)| *client != id);
     }
@@ -142,6 +176,7 @@ impl Tracking {
     /// Connection `id` is gone.
     pub fn close(&self, id: u64) {
         let mut table = self.inner.lock();
+        table.own.remove(&id);
         table.clients.remove(&id);
         table.prefixes.retain(|(_, client)| *client != id);
         table.inboxes.remove(&id);
@@ -173,27 +208,97 @@ impl Tracking {
         }
     }
 
-    /// `keys` changed: tell every client that read one (and forget it for them) and every
-    /// BCAST client whose prefix it starts with, one message per connection.
-    pub fn changed(&self, keys: &[Bytes]) {
+    /// A write of NOLOOP connection `id` to `keys` is about to be proposed: changes of those
+    /// keys are held for `id` until [`Tracking::own_write_answered`] with the ticket returned.
+    pub fn own_write_begins(&self, id: u64, keys: Vec<Bytes>) -> u64 {
+        let mut table = self.inner.lock();
+        let own = table.own.entry(id).or_default();
+        own.next_ticket += 1;
+        let ticket = own.next_ticket;
+        own.open.push((ticket, keys, Vec::new()));
+        ticket
+    }
+
+    /// The write of `ticket` was answered; `landed`: the entry that holds its changes and
+    /// nothing else, when known. Held changes that are not its own are told now.
+    pub fn own_write_answered(&self, id: u64, ticket: u64, landed: Option<(u32, u64)>) {
+        let mut table = self.inner.lock();
+        let Some(own) = table.own.get_mut(&id) else {
+            return;
+        };
+        let Some(at) = own.open.iter().position(|(t, _, _)| *t == ticket) else {
+            return;
+        };
+        let (_, _, held) = own.open.remove(at);
+        if let Some(landed) = landed {
+            own.landed.push_back(landed);
+            if own.landed.len() > OWN_LANDED_MAX {
+                own.landed.pop_front();
+            }
+        }
+        let due: Vec<Bytes> = held
+            .into_iter()
+            .filter(|c| landed != Some((c.shard, c.index)))
+            .map(|c| c.key)
+            .collect();
+        if let (false, Some(sink)) = (due.is_empty(), table.clients.get(&id).map(|m| m.sink)) {
+            table.send(sink, Invalidation::Keys(due));
+        }
+    }
+
+    /// `keys` changed (tests: each at an entry of its own).
+    #[cfg(test)]
+    pub fn changed_keys(&self, keys: &[Bytes]) {
+        let changes: Vec<Change> = keys
+            .iter()
+            .map(|key| Change {
+                key: key.clone(),
+                shard: 0,
+                index: u64::MAX,
+            })
+            .collect();
+        self.changed(&changes);
+    }
+
+    /// These changes were applied: tell every client that read a key (and forget it for
+    /// them) and every BCAST client whose prefix it starts with, one message per connection,
+    /// except a NOLOOP client's own changes (held while its write is unanswered).
+    pub fn changed(&self, changes: &[Change]) {
         let mut table = self.inner.lock();
         if table.clients.is_empty() && table.keys.is_empty() {
             return;
         }
+        let table = &mut *table;
         let mut owed: HashMap<u64, Vec<Bytes>> = HashMap::new();
-        for key in keys {
+        for change in changes {
+            let key = &change.key;
+            let mut tell = |client: u64, owed: &mut HashMap<u64, Vec<Bytes>>| {
+                let Some(mode) = table.clients.get(&client) else {
+                    return;
+                };
+                if let Some(own) = table.own.get_mut(&client) {
+                    if own.landed.contains(&(change.shard, change.index)) {
+                        return;
+                    }
+                    if let Some((_, _, held)) = own
+                        .open
+                        .iter_mut()
+                        .find(|(_, keys, held)| held.len() < OWN_HELD_MAX && keys.contains(key))
+                    {
+                        held.push(change.clone());
+                        return;
+                    }
+                }
+                push_once(owed.entry(mode.sink).or_default(), key);
+            };
             if let Some(readers) = table.keys.remove(key) {
                 for reader in readers {
-                    if let Some(mode) = table.clients.get(&reader) {
-                        push_once(owed.entry(mode.sink).or_default(), key);
-                    }
+                    tell(reader, &mut owed);
                 }
             }
             for (prefix, client) in &table.prefixes {
                 if key.starts_with(prefix) {
-                    if let Some(mode) = table.clients.get(client) {
-                        push_once(owed.entry(mode.sink).or_default(), key);
-                    }
+                    tell(*client, &mut owed);
                 }
             }
         }
@@ -230,8 +335,15 @@ impl Tracking {
         crate::watch::follow_keyspace(
             node,
             move |events| {
-                let keys: Vec<Bytes> = events.into_iter().map(|e| e.event.key).collect();
-                tracking.changed(&keys);
+                let changes: Vec<Change> = events
+                    .into_iter()
+                    .map(|e| Change {
+                        key: e.event.key,
+                        shard: e.shard,
+                        index: e.revision,
+                    })
+                    .collect();
+                tracking.changed(&changes);
             },
             move || {
                 tracing::warn!(
@@ -314,9 +426,9 @@ mod tests {
         let mut inbox = t.inbox(1);
         t.enable(1, own(1)).unwrap();
         t.reading(1, &[b("a"), b("b")]);
-        t.changed(&[b("a"), b("zzz")]);
+        t.changed_keys(&[b("a"), b("zzz")]);
         assert_eq!(inbox.try_recv().unwrap(), Invalidation::Keys(vec![b("a")]));
-        t.changed(&[b("a")]);
+        t.changed_keys(&[b("a")]);
         assert!(
             inbox.try_recv().is_err(),
             "forgotten after its invalidation"
@@ -336,7 +448,7 @@ mod tests {
             },
         )
         .unwrap();
-        t.changed(&[b("user:1"), b("other"), b("cfg")]);
+        t.changed_keys(&[b("user:1"), b("other"), b("cfg")]);
         assert_eq!(
             target.try_recv().unwrap(),
             Invalidation::Keys(vec![b("user:1"), b("cfg")])
@@ -344,7 +456,7 @@ mod tests {
         // Off: nothing more, and a read by a client without tracking is not remembered.
         t.disable(2);
         t.reading(2, &[b("user:1")]);
-        t.changed(&[b("user:1")]);
+        t.changed_keys(&[b("user:1")]);
         assert!(target.try_recv().is_err());
         assert_eq!(t.tracked_keys(), 0);
     }
@@ -362,9 +474,56 @@ mod tests {
         )
         .unwrap();
         for i in 0..=INBOX_MAX {
-            t.changed(&[b(&format!("k{i}"))]);
+            t.changed_keys(&[b(&format!("k{i}"))]);
         }
         assert!(!t.has_inbox(1), "the connection is to be closed");
+    }
+
+    fn at(key: &str, index: u64) -> Change {
+        Change {
+            key: b(key),
+            shard: 0,
+            index,
+        }
+    }
+
+    #[test]
+    fn noloop_skips_a_clients_own_changes_and_holds_others_until_its_write_is_answered() {
+        let t = Tracking::default();
+        let mut inbox = t.inbox(1);
+        t.enable(
+            1,
+            Mode {
+                sink: 1,
+                bcast: Some(vec![]),
+            },
+        )
+        .unwrap();
+        // Its own change arrives before the answer: held, then dropped as its own; another
+        // client's change of the same key meanwhile is told once the write is answered.
+        let ticket = t.own_write_begins(1, vec![b("a")]);
+        t.changed(&[at("a", 5), at("a", 6), at("b", 6)]);
+        assert_eq!(inbox.try_recv().unwrap(), Invalidation::Keys(vec![b("b")]));
+        assert!(
+            inbox.try_recv().is_err(),
+            "changes of `a` wait for the answer"
+        );
+        t.own_write_answered(1, ticket, Some((0, 5)));
+        assert_eq!(inbox.try_recv().unwrap(), Invalidation::Keys(vec![b("a")]));
+        assert!(inbox.try_recv().is_err(), "its own change at 5 is not told");
+        // The answer before the change: the change at its entry is skipped when it comes.
+        let ticket = t.own_write_begins(1, vec![b("c")]);
+        t.own_write_answered(1, ticket, Some((0, 7)));
+        t.changed(&[at("c", 7)]);
+        assert!(inbox.try_recv().is_err());
+        t.changed(&[at("c", 8)]);
+        assert_eq!(inbox.try_recv().unwrap(), Invalidation::Keys(vec![b("c")]));
+        // A write whose entry is not known: whatever was held is told.
+        let ticket = t.own_write_begins(1, vec![b("d")]);
+        t.changed(&[at("d", 9)]);
+        assert!(inbox.try_recv().is_err());
+        t.own_write_answered(1, ticket, None);
+        assert_eq!(inbox.try_recv().unwrap(), Invalidation::Keys(vec![b("d")]));
     }
 
     #[test]

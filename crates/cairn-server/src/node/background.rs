@@ -146,7 +146,7 @@ impl Node {
             }
             let op = ProposalOp::Internal(InternalOp::ExpireKeys { keys });
             match self.send(shard.id, op, now).await {
-                Ok(rx) => match rx.await {
+                Ok(rx) => match rx.await.map(|a| a.result) {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
                         tracing::debug!(shard = shard.id, error = %e, "active expiry failed");

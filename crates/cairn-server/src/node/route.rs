@@ -107,13 +107,14 @@ impl Node {
         cmd: Command,
         now_ms: u64,
         hops: u32,
+        alone: bool,
     ) -> Result<Part, CommandError> {
         let shard = self.shard(shard_id)?;
         // The common case, this node leads: one atomic load, straight to its proposer (which
         // refuses with TRYAGAIN if leadership has just moved).
         if shard.group.lead() != Lead::No {
             let rx = self
-                .send(shard_id, ProposalOp::Command(cmd), now_ms)
+                .send_with(shard_id, ProposalOp::Command(cmd), now_ms, alone)
                 .await?;
             return Ok(Part::Local(rx));
         }
@@ -162,7 +163,7 @@ impl Node {
             }
         }
         let rx = self
-            .send(shard_id, ProposalOp::Command(cmd), now_ms)
+            .send_with(shard_id, ProposalOp::Command(cmd), now_ms, alone)
             .await?;
         Ok(Part::Local(rx))
     }

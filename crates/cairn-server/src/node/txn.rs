@@ -100,12 +100,12 @@ impl Node {
         loop {
             let shard = op.shard;
             let result = match self
-                .send_routed(shard, Command::Txn(op.clone()), self.now_ms(), 0)
+                .send_routed(shard, Command::Txn(op.clone()), self.now_ms(), 0, false)
                 .await
             {
                 Ok(Part::Local(rx)) => rx
                     .await
-                    .unwrap_or_else(|_| Err(CommandError::proposer_stopped())),
+                    .map_or_else(|_| Err(CommandError::proposer_stopped()), |a| a.result),
                 Ok(Part::Done(result)) => result,
                 Err(e) => Err(e),
             };

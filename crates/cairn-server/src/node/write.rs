@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use super::{KEY_BYTES_MAX, Node};
 use crate::command::{BatchOp, Command, Expiry};
 use crate::error::CommandError;
-use crate::proposer::{Proposal, ProposalOp, ProposalResult};
+use crate::proposer::{Answer, Proposal, ProposalOp, ProposalResult};
 use crate::reply::Reply;
 
 /// A write that has been proposed; await it for the result.
@@ -21,13 +21,19 @@ pub struct PendingWrite {
     /// The command as proposed, when a refusal of it (`TRYAGAIN`: nothing happened) may be
     /// answered by sending it again: a write to one shard. See [`PendingWrite::outcome`].
     again: Option<Command>,
+    /// The shard of a write to one shard proposed alone ([`Node::propose_alone`]).
+    shard: Option<u32>,
 }
+
+/// Where a write's changes were applied: its shard and the index of an entry that holds
+/// nothing else (see [`Node::propose_alone`]).
+pub type Landed = (u32, u64);
 
 /// One shard's part of a write.
 #[derive(Debug)]
 pub(super) enum Part {
     /// Proposed to this node's proposer for the shard.
-    Local(oneshot::Receiver<ProposalResult>),
+    Local(oneshot::Receiver<Answer>),
     /// Forwarded to the shard's leader, which answered.
     Done(ProposalResult),
 }
@@ -48,32 +54,60 @@ impl PendingWrite {
         self.outcome().await.0
     }
 
+    /// [`PendingWrite::outcome`], and where the write's changes landed when that is known: a
+    /// write to one shard proposed by this node, alone in its entry, that wrote something.
+    pub async fn outcome_landed(self) -> (ProposalResult, Option<Command>, Option<Landed>) {
+        let shard = self.shard;
+        let index = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (result, again) = self.outcome_noting(Some(&index)).await;
+        let index = index.load(Ordering::Relaxed);
+        let landed = shard
+            .filter(|_| index > 0 && result.is_ok())
+            .map(|s| (s, index));
+        (result, again, landed)
+    }
+
     /// The answer, and the command again when the answer is a refusal that routing it afresh
     /// ([`Node::execute`]) may turn into a success: the shard's leadership moved between
     /// routing and proposing. Only the caller knows whether that is safe, since a retry lands
     /// after whatever it proposed since (the RESP connection retries only when none of its
     /// later writes can have taken effect).
-    pub async fn outcome(mut self) -> (ProposalResult, Option<Command>) {
+    pub async fn outcome(self) -> (ProposalResult, Option<Command>) {
+        self.outcome_noting(None).await
+    }
+
+    /// [`PendingWrite::outcome`], noting in `index` the entry index of a sole local part.
+    async fn outcome_noting(
+        mut self,
+        index: Option<&std::sync::atomic::AtomicU64>,
+    ) -> (ProposalResult, Option<Command>) {
         // Only a refusal by this node's own proposer: a forwarded write was already retried
         // toward the leader for the whole retry window.
         let again = self
             .again
             .take()
             .filter(|_| matches!(self.parts.as_slice(), [Part::Local(_)]));
-        let result = self.settle().await;
+        let result = self.settle(index).await;
         let again = again.filter(|_| matches!(&result, Err(e) if e.is_refusal()));
         (result, again)
     }
 
-    async fn settle(self) -> ProposalResult {
+    async fn settle(self, index: Option<&std::sync::atomic::AtomicU64>) -> ProposalResult {
+        let sole = self.parts.len() == 1;
         let mut total = 0i64;
         let mut last = Ok(Reply::Ok);
         let (mut succeeded, mut failure) = (false, None);
         for part in self.parts {
             let answer = match part {
-                Part::Local(rx) => rx
-                    .await
-                    .unwrap_or_else(|_| Err(CommandError::proposer_stopped())),
+                Part::Local(rx) => match rx.await {
+                    Ok(answer) => {
+                        if let (true, Some(at), Some(landed)) = (sole, index, answer.index) {
+                            at.store(landed, Ordering::Relaxed);
+                        }
+                        answer.result
+                    }
+                    Err(_) => Err(CommandError::proposer_stopped()),
+                },
                 Part::Done(result) => result,
             };
             match answer {
@@ -113,7 +147,16 @@ impl Node {
     /// of one caller to one slot are committed in the order they are proposed: a write to a
     /// shard led elsewhere is forwarded and answered before this returns.
     pub async fn propose(&self, cmd: Command) -> Result<PendingWrite, CommandError> {
-        self.propose_routed(cmd, 0, None).await
+        self.propose_routed(cmd, 0, None, false).await
+    }
+
+    /// [`Node::propose`], with a write to one shard that this node leads proposed in a log
+    /// entry of its own, so that its answer says where its changes landed
+    /// ([`PendingWrite::outcome_landed`]): RESP connections with `CLIENT TRACKING … NOLOOP`
+    /// write so, to tell their own changes from others'. Such writes are not batched with
+    /// others into one entry.
+    pub async fn propose_alone(&self, cmd: Command) -> Result<PendingWrite, CommandError> {
+        self.propose_routed(cmd, 0, None, true).await
     }
 
     pub(super) async fn propose_routed(
@@ -121,6 +164,7 @@ impl Node {
         cmd: Command,
         hops: u32,
         only_shard: Option<u32>,
+        alone: bool,
     ) -> Result<PendingWrite, CommandError> {
         if let Some(reason) = self.health.failure() {
             return Err(CommandError::Fatal(reason));
@@ -138,7 +182,9 @@ impl Node {
                 };
                 let mut parts = Vec::with_capacity(shards.len());
                 for shard in shards {
-                    let part = self.send_routed(shard, Command::Flush, now, hops).await;
+                    let part = self
+                        .send_routed(shard, Command::Flush, now, hops, false)
+                        .await;
                     if !Self::sent(&mut parts, part) {
                         break;
                     }
@@ -147,6 +193,7 @@ impl Node {
                     parts,
                     combine: Combine::AllOk,
                     again: None,
+                    shard: None,
                 })
             }
             // Keys in more than one shard: a transaction, run here (it routes its own steps).
@@ -162,11 +209,13 @@ impl Node {
                 }))],
                 combine: Combine::One,
                 again: None,
+                shard: None,
             }),
             cmd if self.runs_as_transaction(&cmd) => Ok(PendingWrite {
                 parts: vec![Part::Done(self.run_txn(cmd).await)],
                 combine: Combine::One,
                 again: None,
+                shard: None,
             }),
             Command::Del { keys } => {
                 let mut by_shard: Vec<(u32, Vec<Bytes>)> = Vec::new();
@@ -180,7 +229,10 @@ impl Node {
                 let mut parts = Vec::with_capacity(by_shard.len());
                 for (shard, keys) in by_shard {
                     let cmd = Command::Del { keys };
-                    if !Self::sent(&mut parts, self.send_routed(shard, cmd, now, hops).await) {
+                    if !Self::sent(
+                        &mut parts,
+                        self.send_routed(shard, cmd, now, hops, false).await,
+                    ) {
                         break;
                     }
                 }
@@ -188,16 +240,18 @@ impl Node {
                     parts,
                     combine: Combine::Sum,
                     again: None,
+                    shard: None,
                 })
             }
             cmd => {
                 let shard = self.shard_of_write(&cmd)?;
                 let again = Some(cmd.clone());
-                let part = self.send_routed(shard, cmd, now, hops).await?;
+                let part = self.send_routed(shard, cmd, now, hops, alone).await?;
                 Ok(PendingWrite {
                     parts: vec![part],
                     combine: Combine::One,
                     again,
+                    shard: alone.then_some(shard),
                 })
             }
         }
@@ -270,13 +324,31 @@ impl Node {
         shard: u32,
         op: ProposalOp,
         now_ms: u64,
-    ) -> Result<oneshot::Receiver<ProposalResult>, CommandError> {
+    ) -> Result<oneshot::Receiver<Answer>, CommandError> {
+        self.send_with(shard, op, now_ms, false).await
+    }
+
+    /// [`Node::send`], in an entry of its own when `alone`.
+    pub(super) async fn send_with(
+        &self,
+        shard: u32,
+        op: ProposalOp,
+        now_ms: u64,
+        alone: bool,
+    ) -> Result<oneshot::Receiver<Answer>, CommandError> {
         let (reply, rx) = oneshot::channel();
         let shard = self
             .shards
             .get(shard)
             .ok_or_else(|| CommandError::Invalid(format!("no shard {shard}")))?;
-        shard.propose(Proposal { op, now_ms, reply }).await?;
+        shard
+            .propose(Proposal {
+                op,
+                now_ms,
+                reply,
+                alone,
+            })
+            .await?;
         Ok(rx)
     }
 
@@ -423,6 +495,7 @@ mod tests {
             again: again.then(|| Command::Del {
                 keys: vec![Bytes::from_static(b"k")],
             }),
+            shard: None,
         }
     }
 
@@ -432,7 +505,7 @@ mod tests {
 
     fn local(answer: ProposalResult) -> Part {
         let (tx, rx) = oneshot::channel();
-        tx.send(answer).expect("receiver alive");
+        tx.send(Answer::bare(answer)).expect("receiver alive");
         Part::Local(rx)
     }
 

@@ -46,6 +46,8 @@ enum Slot {
         render: Render,
         command: &'static str,
         started: Instant,
+        /// The NOLOOP ticket of the write ([`crate::tracking::Tracking::own_write_begins`]).
+        own: Option<u64>,
     },
     /// A write's answer: one that came while the queue is drained, or a write refused before
     /// it was proposed.
@@ -69,8 +71,16 @@ impl Answered {
         render: Render,
         command: &'static str,
         started: Instant,
+        own: Option<(u64, u64, &Shared)>,
     ) -> Answered {
-        let (result, again) = pending.outcome().await;
+        let (result, again) = match own {
+            None => pending.outcome().await,
+            Some((id, ticket, shared)) => {
+                let (result, again, landed) = pending.outcome_landed().await;
+                shared.tracking.own_write_answered(id, ticket, landed);
+                (result, again)
+            }
+        };
         Answered {
             result,
             again,
@@ -114,11 +124,13 @@ impl Replies {
                     render,
                     command,
                     started,
+                    own,
                 } = std::mem::replace(slot, Slot::Ready(Frame::Null))
                 else {
                     unreachable!("matched above")
                 };
-                *slot = Slot::Answered(Answered::of(pending, render, command, started).await);
+                let own = own.map(|ticket| (session.id, ticket, shared));
+                *slot = Slot::Answered(Answered::of(pending, render, command, started, own).await);
             }
         }
         let retry_from = retriable_from(self.queue.iter().map(|slot| match slot {
@@ -324,12 +336,26 @@ pub async fn serve(
                             // waits for this connection's earlier writes as a read does.
                             replies.drain(&session, &shared, &mut observer).await;
                         }
-                        match shared.node.propose(cmd).await {
+                        // NOLOOP: the write goes in an entry of its own, and changes of its
+                        // keys wait for its answer (see `crate::tracking`).
+                        let own = crate::resp::tracking::noloop(&session).then(|| {
+                            let keys = cmd.write_keys().into_iter().cloned().collect();
+                            shared.tracking.own_write_begins(session.id, keys)
+                        });
+                        let proposed = match own {
+                            Some(_) => shared.node.propose_alone(cmd).await,
+                            None => shared.node.propose(cmd).await,
+                        };
+                        if let (Err(_), Some(ticket)) = (&proposed, own) {
+                            shared.tracking.own_write_answered(session.id, ticket, None);
+                        }
+                        match proposed {
                             Ok(pending) => replies.queue.push_back(Slot::Write {
                                 pending,
                                 render: shape,
                                 command,
                                 started,
+                                own,
                             }),
                             // Kept in order with the writes: whether it was a refusal
                             // decides what may be retried before it (see `Replies::drain`).

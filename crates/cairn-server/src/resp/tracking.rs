@@ -4,9 +4,10 @@
 //! or, for a RESP2 connection that others redirect to, a message on `__redis__:invalidate`.
 //! The table of who cached what is [`crate::tracking`].
 //!
-//! One difference from Redis: `NOLOOP` is accepted, but a client is still told of changes it
-//! made itself (the change feed does not say which connection wrote a key). An extra
-//! invalidation costs the client a cache miss, never a stale value.
+//! `NOLOOP`: a client is not told of the changes it made itself when the node knows which
+//! entry carried them (its writes to shards this node leads); a write forwarded to another
+//! node, or spread over shards, is told as others' are. An extra invalidation costs the
+//! client a cache miss, never a stale value. See [`crate::tracking`].
 
 use bytes::Bytes;
 use cairn_resp::{Frame, Protocol};
@@ -236,6 +237,11 @@ pub fn trackinginfo(session: &Session, shared: &Shared) -> Frame {
 
 /// Whether this connection's reads of its next command are to be remembered (tracking on in
 /// default mode, and OPTIN's `CACHING yes` or no OPTOUT `CACHING no` before it).
+/// Whether the connection tracks with `NOLOOP` (its own changes are not told to it).
+pub fn noloop(session: &Session) -> bool {
+    session.tracking.as_ref().is_some_and(|t| t.noloop)
+}
+
 pub fn tracks_reads(session: &Session) -> bool {
     match &session.tracking {
         Some(t) if !t.bcast => {

@@ -174,6 +174,29 @@ fn scenario(addr: SocketAddr) -> Vec<String> {
     out.push(writer.cmd("SET o:2 1"));
     out.push(format!("push: {}", c.reply()));
 
+    // NOLOOP: a client is not told of its own writes, and is told of others'. The keys
+    // share a hash tag, so one shard's log orders every change of the section: an
+    // invalidation of the client's own write would come before the one owed.
+    let mut n = Conn::connect(addr);
+    n.cmd("HELLO 3");
+    out.push(n.cmd("CLIENT TRACKING on NOLOOP"));
+    out.push(n.cmd("MGET {n}a {n}b"));
+    out.push(n.cmd("SET {n}a mine"));
+    out.push(writer.cmd("SET {n}b theirs"));
+    out.push(format!("push: {}", n.reply()));
+    // BCAST with NOLOOP, pipelined own writes, then another client's.
+    let mut m = Conn::connect(addr);
+    m.cmd("HELLO 3");
+    out.push(m.cmd("CLIENT TRACKING on BCAST PREFIX {nb} NOLOOP"));
+    for i in 0..20 {
+        m.send(&format!("SET {{nb}}{i} x"));
+    }
+    for _ in 0..20 {
+        out.push(m.reply());
+    }
+    out.push(writer.cmd("SET {nb}w 1"));
+    out.push(format!("push: {}", m.reply()));
+
     // RESP2: invalidations redirected to a connection subscribed to __redis__:invalidate.
     let mut sink = Conn::connect(addr);
     let sink_id = sink.cmd("CLIENT ID");
