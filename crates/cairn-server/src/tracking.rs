@@ -41,8 +41,9 @@ pub const TRACKED_KEYS_MAX: usize = 1_000_000;
 pub const INBOX_MAX: usize = 4096;
 /// Most BCAST prefixes, node-wide.
 pub const PREFIXES_MAX: usize = 65_536;
-/// Entries remembered per NOLOOP connection as holding its own changes (the newest).
-pub const OWN_LANDED_MAX: usize = 1024;
+/// Entries remembered per NOLOOP connection as holding its own changes whose changes have
+/// not come through yet (the newest; the others are forgotten as the feed passes them).
+pub const OWN_LANDED_MAX: usize = 256;
 /// Changes held per unanswered write of a NOLOOP connection; past it they are told at once.
 pub const OWN_HELD_MAX: usize = 1024;
 /// How often tracking clients are told to drop everything while a replica on the node is
@@ -62,10 +63,20 @@ pub struct Change {
 struct Own {
     next_ticket: u64,
     /// Writes proposed and not yet answered: ticket, keys, and the changes of those keys
-    /// held meanwhile.
-    open: Vec<(u64, Vec<Bytes>, Vec<Change>)>,
+    /// held meanwhile (each with whether it was held from the connection's reads).
+    open: Vec<(u64, Vec<Bytes>, Vec<(Change, bool)>)>,
     /// Entries (shard, index) that hold only this connection's changes, newest last.
     landed: std::collections::VecDeque<(u32, u64)>,
+}
+
+/// What [`Tracking::changed`] does for one client and one change.
+enum Told {
+    /// Tell its sink.
+    Yes(u64),
+    /// Its own change: not told.
+    Own,
+    /// Not told now (held for its write, or not tracking).
+    No,
 }
 
 /// What a connection is told.
@@ -236,11 +247,18 @@ impl Tracking {
                 own.landed.pop_front();
             }
         }
-        let due: Vec<Bytes> = held
-            .into_iter()
-            .filter(|c| landed != Some((c.shard, c.index)))
-            .map(|c| c.key)
-            .collect();
+        let mut due = Vec::new();
+        for (change, reader) in held {
+            if landed != Some((change.shard, change.index)) {
+                push_once(&mut due, &change.key);
+            } else if reader {
+                // Its own change: it stays a reader (see `changed`).
+                let readers = table.keys.entry(change.key).or_default();
+                if !readers.contains(&id) {
+                    readers.push(id);
+                }
+            }
+        }
         if let (false, Some(sink)) = (due.is_empty(), table.clients.get(&id).map(|m| m.sink)) {
             table.send(sink, Invalidation::Keys(due));
         }
@@ -272,33 +290,50 @@ impl Tracking {
         let mut owed: HashMap<u64, Vec<Bytes>> = HashMap::new();
         for change in changes {
             let key = &change.key;
-            let mut tell = |client: u64, owed: &mut HashMap<u64, Vec<Bytes>>| {
+            // Whether `client` is told now (false: its own change, or held for its write).
+            // A reader whose own change it is stays a reader: a read it made after its write
+            // may have been remembered before this change came through, and must not be
+            // forgotten with it.
+            let mut tell = |client: u64, reader: bool| -> Told {
                 let Some(mode) = table.clients.get(&client) else {
-                    return;
+                    return Told::No;
                 };
                 if let Some(own) = table.own.get_mut(&client) {
+                    // Entries of this shard before this one are behind the feed: forgotten.
+                    own.landed
+                        .retain(|&(s, i)| s != change.shard || i >= change.index);
                     if own.landed.contains(&(change.shard, change.index)) {
-                        return;
+                        return Told::Own;
                     }
                     if let Some((_, _, held)) = own
                         .open
                         .iter_mut()
                         .find(|(_, keys, held)| held.len() < OWN_HELD_MAX && keys.contains(key))
                     {
-                        held.push(change.clone());
-                        return;
+                        held.push((change.clone(), reader));
+                        return Told::No;
                     }
                 }
-                push_once(owed.entry(mode.sink).or_default(), key);
+                Told::Yes(mode.sink)
             };
             if let Some(readers) = table.keys.remove(key) {
+                let mut kept = Vec::new();
                 for reader in readers {
-                    tell(reader, &mut owed);
+                    match tell(reader, true) {
+                        Told::Yes(sink) => push_once(owed.entry(sink).or_default(), key),
+                        Told::Own => kept.push(reader),
+                        Told::No => {}
+                    }
+                }
+                if !kept.is_empty() {
+                    table.keys.insert(key.clone(), kept);
                 }
             }
             for (prefix, client) in &table.prefixes {
                 if key.starts_with(prefix) {
-                    tell(*client, &mut owed);
+                    if let Told::Yes(sink) = tell(*client, false) {
+                        push_once(owed.entry(sink).or_default(), key);
+                    }
                 }
             }
         }
@@ -524,6 +559,35 @@ mod tests {
         assert!(inbox.try_recv().is_err());
         t.own_write_answered(1, ticket, None);
         assert_eq!(inbox.try_recv().unwrap(), Invalidation::Keys(vec![b("d")]));
+    }
+
+    /// `SET k; GET k` pipelined by a NOLOOP client: the GET's key is remembered before the
+    /// SET's change comes through, and that change, its own, must not forget it.
+    #[test]
+    fn a_noloop_clients_read_after_its_own_write_stays_tracked() {
+        let t = Tracking::default();
+        let mut inbox = t.inbox(1);
+        t.enable(1, own(1)).unwrap();
+        // The change comes before the write's answer (held, then found to be its own).
+        let ticket = t.own_write_begins(1, vec![b("k")]);
+        t.reading(1, &[b("k")]);
+        t.changed(&[at("k", 3)]);
+        t.own_write_answered(1, ticket, Some((0, 3)));
+        assert!(inbox.try_recv().is_err(), "its own change is not told");
+        t.changed(&[at("k", 4)]);
+        assert_eq!(
+            inbox.try_recv().unwrap(),
+            Invalidation::Keys(vec![b("k")]),
+            "another client's change after its read is told"
+        );
+        // The answer before the change.
+        let ticket = t.own_write_begins(1, vec![b("j")]);
+        t.own_write_answered(1, ticket, Some((0, 5)));
+        t.reading(1, &[b("j")]);
+        t.changed(&[at("j", 5)]);
+        assert!(inbox.try_recv().is_err());
+        t.changed(&[at("j", 6)]);
+        assert_eq!(inbox.try_recv().unwrap(), Invalidation::Keys(vec![b("j")]));
     }
 
     #[test]

@@ -235,13 +235,13 @@ pub fn trackinginfo(session: &Session, shared: &Shared) -> Frame {
     ])
 }
 
-/// Whether this connection's reads of its next command are to be remembered (tracking on in
-/// default mode, and OPTIN's `CACHING yes` or no OPTOUT `CACHING no` before it).
 /// Whether the connection tracks with `NOLOOP` (its own changes are not told to it).
 pub fn noloop(session: &Session) -> bool {
     session.tracking.as_ref().is_some_and(|t| t.noloop)
 }
 
+/// Whether this connection's reads of its next command are to be remembered (tracking on in
+/// default mode, and OPTIN's `CACHING yes` or no OPTOUT `CACHING no` before it).
 pub fn tracks_reads(session: &Session) -> bool {
     match &session.tracking {
         Some(t) if !t.bcast => {

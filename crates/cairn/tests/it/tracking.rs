@@ -184,6 +184,11 @@ fn scenario(addr: SocketAddr) -> Vec<String> {
     out.push(n.cmd("SET {n}a mine"));
     out.push(writer.cmd("SET {n}b theirs"));
     out.push(format!("push: {}", n.reply()));
+    // A read right after its own write is tracked: another client's change is told.
+    out.push(n.cmd("SET {n}c mine"));
+    out.push(n.cmd("GET {n}c"));
+    out.push(writer.cmd("SET {n}c theirs"));
+    out.push(format!("push: {}", n.reply()));
     // BCAST with NOLOOP, pipelined own writes, then another client's.
     let mut m = Conn::connect(addr);
     m.cmd("HELLO 3");
