@@ -146,6 +146,10 @@ pub struct Group {
     /// When this replica last took an append (entries or heartbeat) from a leader it
     /// accepts, for [`Group::in_touch`].
     heard: Arc<Heard>,
+    /// Set while this replica leads out of touch: its appends say so, and its followers do
+    /// not count them as touch (a leader deposed by a majority it cannot reach keeps
+    /// heartbeating the followers on its side).
+    leader_out_of_touch: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// When a follower last heard its leader: milliseconds after `born` (one atomic store per
@@ -295,6 +299,7 @@ impl Group {
             enable_elect: false,
             ..(*config).clone()
         });
+        let leader_out_of_touch = network.leader_out_of_touch();
         let raft = GroupRaft::new(node, config, network, log, sm.clone())
             .await
             .map_err(|e| GroupError::stopped(&e))?;
@@ -316,6 +321,8 @@ impl Group {
         let mut server = raft.server_metrics();
         let counter = leader_changes.clone();
         let lead_seen = lead.clone();
+        let heard = Arc::new(Heard::new());
+        let heard_change = heard.clone();
         tokio::spawn(async move {
             let mut leader = server.borrow_watched().current_leader;
             lead_seen.store(
@@ -325,6 +332,9 @@ impl Group {
             while server.changed().await.is_ok() {
                 let m = server.borrow_watched().clone();
                 lead_seen.store(Lead::of(&m).to_u8(), std::sync::atomic::Ordering::Release);
+                // A change of role or leader starts the wait for the group afresh: a new
+                // leader has no quorum acknowledgement yet, a new follower no append.
+                heard_change.now();
                 if m.current_leader != leader {
                     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     leader = m.current_leader;
@@ -341,7 +351,8 @@ impl Group {
             lease,
             embargo_until,
             lease_reads_local: Arc::default(),
-            heard: Arc::new(Heard::new()),
+            heard,
+            leader_out_of_touch,
         })
     }
 
@@ -413,18 +424,30 @@ impl Group {
     /// quorum acknowledged it (always, for a sole voter); otherwise it took a leader's append.
     /// A replica out of touch applies nothing new while the rest of the group may commit, so
     /// what it tells of changes (watches, invalidations) may be silently behind. A replica
-    /// counts as heard when it starts, so a starting node has `within` to find its leader.
+    /// counts as heard when it starts and whenever its role or leader changes, so a starting
+    /// node has `within` to find its leader and a leader change alone does not count. As
+    /// leader it also tells its followers, on every append from now on, whether it is in
+    /// touch (so a follower cut off with a deposed leader is out of touch too, one `within`
+    /// later): the node calls this every `TOUCH_CHECK_INTERVAL` for every shard.
     pub fn in_touch(&self, within: Duration) -> bool {
         use openraft::Instant as _;
         let m = self.raft.metrics();
         let m = m.borrow_watched();
-        if m.state == ServerState::Leader && m.current_leader == Some(m.id) {
-            return sole_voter(&m.membership_config, m.id)
-                || m.last_quorum_acked
-                    .as_ref()
-                    .is_some_and(|acked| (**acked).elapsed() < within);
-        }
-        self.heard.since() < within
+        let heard = self.heard.since() < within;
+        let leading = m.state == ServerState::Leader && m.current_leader == Some(m.id);
+        let in_touch = if leading {
+            sole_voter(&m.membership_config, m.id)
+                || match m.last_quorum_acked.as_ref() {
+                    Some(acked) => (**acked).elapsed() < within,
+                    // Just elected: as long as a follower would wait for its first append.
+                    None => heard,
+                }
+        } else {
+            heard
+        };
+        self.leader_out_of_touch
+            .store(leading && !in_touch, std::sync::atomic::Ordering::Relaxed);
+        in_touch
     }
 
     /// The term this node leads, if it leads one.

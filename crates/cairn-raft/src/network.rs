@@ -115,6 +115,7 @@ impl Peers {
         GroupNetwork {
             peers: self.clone(),
             group,
+            leader_out_of_touch: Arc::default(),
         }
     }
 }
@@ -150,6 +151,16 @@ impl tonic::codegen::Service<tonic::codegen::http::Uri> for Dial {
 pub struct GroupNetwork {
     peers: Arc<Peers>,
     group: u64,
+    /// Set by the group while it leads without a quorum's recent acknowledgement; carried on
+    /// every append (see `Group::in_touch`).
+    leader_out_of_touch: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl GroupNetwork {
+    /// The flag its appends carry ([`GroupNetwork::leader_out_of_touch`]).
+    pub(crate) fn leader_out_of_touch(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.leader_out_of_touch.clone()
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
@@ -159,6 +170,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
         PeerConn {
             group: self.group,
             target,
+            leader_out_of_touch: self.leader_out_of_touch.clone(),
             client: self
                 .peers
                 .channel(&node.grpc)
@@ -174,6 +186,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
 pub struct PeerConn {
     group: u64,
     target: u64,
+    leader_out_of_touch: Arc<std::sync::atomic::AtomicBool>,
     /// The client, or why the peer's address is unusable.
     client: Result<RaftClient<Channel>, String>,
     /// The node pair's append stream, or why the peer's address is unusable.
@@ -389,10 +402,12 @@ pub(crate) fn encode_append(
     group: u64,
     target: u64,
     rpc: &AppendEntriesRequest<TypeConfig>,
+    leader_out_of_touch: bool,
 ) -> pb::AppendRequest {
     pb::AppendRequest {
         group,
         target,
+        leader_out_of_touch,
         vote: encode_vote(&rpc.vote),
         prev_log_id: encode_opt_log_id(rpc.prev_log_id.as_ref()),
         entries: rpc.entries.iter().map(encode_entry).collect(),
@@ -423,7 +438,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let request = encode_append(self.group, self.target, &rpc);
+        let out = self
+            .leader_out_of_touch
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let request = encode_append(self.group, self.target, &rpc, out);
         let link = self.link()?;
         let append = async { link.append(request).await.map(tonic::Response::new) };
         let reply = self.call(option.hard_ttl(), append).await?;

@@ -90,6 +90,7 @@ pub const APPENDS_PER_MESSAGE_MAX: usize = 256;
 /// One append, for the unary `Append` and for each append of an `Appends` stream.
 async fn append_one(groups: &Groups, req: pb::AppendRequest) -> Result<pb::AppendResponse, Status> {
     let group = find(groups, req.target, req.group)?;
+    let leader_in_touch = !req.leader_out_of_touch;
     let rpc = AppendEntriesRequest::<TypeConfig> {
         vote: decode_vote(&req.vote).map_err(invalid)?,
         prev_log_id: decode_opt_log_id(&req.prev_log_id).map_err(invalid)?,
@@ -102,7 +103,7 @@ async fn append_one(groups: &Groups, req: pb::AppendRequest) -> Result<pb::Appen
         leader_commit: decode_opt_log_id(&req.leader_commit).map_err(invalid)?,
     };
     let response = group.raft.append_entries(rpc).await.map_err(raft_failed)?;
-    if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
+    if leader_in_touch && !matches!(response, AppendEntriesResponse::HigherVote(_)) {
         group.heard_from_leader();
     }
     let mut reply = pb::AppendResponse::default();

@@ -58,13 +58,17 @@ pub struct Change {
     pub index: u64,
 }
 
+/// A change held for a NOLOOP connection's unanswered write, with whether it was held from
+/// the connection's reads (rather than its BCAST prefixes).
+type Held = (Change, bool);
+
 /// A NOLOOP connection's writes.
 #[derive(Debug, Default)]
 struct Own {
     next_ticket: u64,
     /// Writes proposed and not yet answered: ticket, keys, and the changes of those keys
-    /// held meanwhile (each with whether it was held from the connection's reads).
-    open: Vec<(u64, Vec<Bytes>, Vec<(Change, bool)>)>,
+    /// held meanwhile.
+    open: Vec<(u64, Vec<Bytes>, Vec<Held>)>,
     /// Entries (shard, index) that hold only this connection's changes, newest last.
     landed: std::collections::VecDeque<(u32, u64)>,
 }

@@ -303,6 +303,12 @@ pub async fn serve(
                     close = true;
                     break;
                 }
+                Action::Publish { slots, array } => {
+                    replies.drain(&session, &shared, &mut observer).await;
+                    let frame = crate::resp::pubsub::publish_after_writes(slots, array, &shared);
+                    observer.observe(session.last_command, started.elapsed(), true);
+                    replies.push(frame, &session, &shared);
+                }
                 Action::Watch(keys) => {
                     // The versions as of now, after every earlier write of this connection.
                     replies.drain(&session, &shared, &mut observer).await;

@@ -34,6 +34,10 @@ pub enum Action {
     Close(Frame),
     /// WATCH: read these keys' versions into the session, then answer `+OK`.
     Watch(Vec<Bytes>),
+    /// PUBLISH or SPUBLISH (`array` false: one slot), or the EXEC of a block with no data
+    /// command that queued one (`array` true): run once every earlier write of the
+    /// connection has landed, so a subscriber that reads on a message sees them, as in Redis.
+    Publish { slots: Vec<ExecSlot>, array: bool },
 }
 
 fn error(e: impl std::fmt::Display) -> Frame {
@@ -253,7 +257,7 @@ pub fn dispatch(args: Vec<Bytes>, session: &mut Session, shared: &Shared) -> Act
     if let Some(frame) = pubsub::refused_in_context(spec.name, session) {
         return Action::Reply(frame);
     }
-    if let Some(action) = transaction_command(spec, &args, session, shared) {
+    if let Some(action) = transaction_command(spec, &args, session) {
         return action;
     }
     if pubsub::is_pubsub(spec.name) {
@@ -273,6 +277,12 @@ pub fn dispatch(args: Vec<Bytes>, session: &mut Session, shared: &Shared) -> Act
             }
             multi.queued.push(Queued::PubSub(args));
             return Action::Reply(Frame::Simple(Bytes::from_static(b"QUEUED")));
+        }
+        if matches!(spec.name, "publish" | "spublish") {
+            return Action::Publish {
+                slots: vec![ExecSlot::PubSub(args)],
+                array: false,
+            };
         }
         return pubsub::command(spec.name, &args, session, shared);
     }
@@ -341,7 +351,6 @@ fn transaction_command(
     spec: &CommandSpec,
     args: &[Bytes],
     session: &mut Session,
-    shared: &Shared,
 ) -> Option<Action> {
     let reply = match spec.name {
         "multi" => {
@@ -410,12 +419,14 @@ fn transaction_command(
                 })
                 .collect();
             if then.is_empty() && compares.is_empty() {
+                if slots.iter().any(|slot| matches!(slot, ExecSlot::PubSub(_))) {
+                    return Some(Action::Publish { slots, array: true });
+                }
                 let frames = slots
                     .into_iter()
                     .filter_map(|slot| match slot {
                         ExecSlot::Ready(frame) => Some(frame),
-                        ExecSlot::PubSub(args) => Some(pubsub::run_now(&args, shared)),
-                        ExecSlot::Node(_) => None,
+                        ExecSlot::PubSub(_) | ExecSlot::Node(_) => None,
                     })
                     .collect();
                 Frame::Array(frames)

@@ -215,6 +215,26 @@ pub fn run_queued(shape: Render, result: &Result<Reply, CommandError>, shared: &
     }
 }
 
+/// The answer of [`Action::Publish`], run now (every earlier write of the connection has
+/// landed): one command's, or EXEC's array.
+pub fn publish_after_writes(slots: Vec<ExecSlot>, array: bool, shared: &Shared) -> Frame {
+    let mut frames: Vec<Frame> = slots
+        .into_iter()
+        .map(|slot| match slot {
+            ExecSlot::PubSub(args) => run_now(&args, shared),
+            ExecSlot::Ready(frame) => frame,
+            ExecSlot::Node(_) => Frame::Error(Bytes::from_static(
+                b"ERR internal error: a data command among the publishes",
+            )),
+        })
+        .collect();
+    if array {
+        Frame::Array(frames)
+    } else {
+        frames.pop().unwrap_or(Frame::Null)
+    }
+}
+
 /// PUBLISH, SPUBLISH or PUBSUB, now.
 pub fn run_now(args: &[Bytes], shared: &Shared) -> Frame {
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();

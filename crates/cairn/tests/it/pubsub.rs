@@ -94,3 +94,58 @@ fn a_subscriber_that_stops_reading_is_dropped_and_disconnected() {
         .expect("the dropped subscriber's connection ends");
     assert!(rest.len() <= reached * (payload.len() + 64));
 }
+
+/// A message published after a write on the same connection (pipelined, or from a MULTI
+/// block) reaches subscribers only once the write has landed: a subscriber that reads the
+/// key on the message sees the write, as in Redis, where commands run in order.
+#[test]
+fn a_message_published_after_a_write_is_delivered_after_it() {
+    let node = Node::start();
+    let mut sub = node.resp();
+    assert_eq!(
+        sub.cmd_str("SUBSCRIBE ch"),
+        frame(&["subscribe", "ch", ":1"])
+    );
+    let mut reader = node.resp();
+    let mut publisher = node.resp();
+    for i in 0..60 {
+        let value = format!("v{i}");
+        let requests: Vec<Vec<&[u8]>> = match i % 3 {
+            // Pipelined SET then PUBLISH.
+            0 => vec![
+                vec![b"SET", b"k", value.as_bytes()],
+                vec![b"PUBLISH", b"ch", value.as_bytes()],
+            ],
+            // A write, then a block that only publishes.
+            1 => vec![
+                vec![b"SET", b"k", value.as_bytes()],
+                vec![b"MULTI"],
+                vec![b"SPUBLISH", b"other", b"x"],
+                vec![b"PUBLISH", b"ch", value.as_bytes()],
+                vec![b"EXEC"],
+            ],
+            // The write and the message in one block.
+            _ => vec![
+                vec![b"MULTI"],
+                vec![b"SET", b"k", value.as_bytes()],
+                vec![b"PUBLISH", b"ch", value.as_bytes()],
+                vec![b"EXEC"],
+            ],
+        };
+        for request in &requests {
+            publisher.send_cmd(request);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&sub.read_reply()),
+            frame(&["message", "ch", &value])
+        );
+        assert_eq!(
+            reader.cmd_str("GET k"),
+            format!("${}\r\n{value}\r\n", value.len()),
+            "round {i}: the message came before the write it follows"
+        );
+        for _ in &requests {
+            publisher.read_reply();
+        }
+    }
+}
