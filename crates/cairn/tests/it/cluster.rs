@@ -2355,6 +2355,25 @@ print("ok", flush=True)
         eprintln!("{line}");
     };
     expect(&mut child, "cut?");
+    // Healthy, nothing is out of touch (past the grace every replica has at start).
+    std::thread::sleep(Duration::from_millis(2500));
+    for node in &cluster.nodes {
+        let metrics = crate::http::request(node.http_addr, "GET", "/metrics", b"");
+        let text = String::from_utf8_lossy(&metrics.body).into_owned();
+        let out: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("cairn_shards_out_of_touch "))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(
+            out, 0.0,
+            "a healthy node counts shards out of touch:\n{text}"
+        );
+        assert!(
+            !text.contains("reason=\"out_of_touch\""),
+            "a healthy node ended watches as out of touch"
+        );
+    }
     // Node 0 and its peers no longer reach each other's peer port.
     for i in 1..3 {
         firewall.drop_to_port(cluster.nodes[0].grpc_addr.port(), Some(users[i].uid));
