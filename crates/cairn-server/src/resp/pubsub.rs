@@ -15,20 +15,17 @@ use crate::resp::dispatch::Action;
 use crate::resp::render::{ExecSlot, Render};
 use crate::resp::session::{Session, Shared};
 
-/// The pub/sub commands.
-pub fn is_pubsub(name: &str) -> bool {
+/// The commands that change what a connection is subscribed to.
+fn subscribing(name: &str) -> bool {
     matches!(
         name,
-        "subscribe"
-            | "unsubscribe"
-            | "psubscribe"
-            | "punsubscribe"
-            | "ssubscribe"
-            | "sunsubscribe"
-            | "publish"
-            | "spublish"
-            | "pubsub"
+        "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe" | "sunsubscribe"
     )
+}
+
+/// The pub/sub commands.
+pub fn is_pubsub(name: &str) -> bool {
+    subscribing(name) || matches!(name, "publish" | "spublish" | "pubsub")
 }
 
 /// The pub/sub commands that run inside MULTI (queued, run by EXEC): the others change
@@ -39,17 +36,7 @@ pub fn runs_in_multi(name: &str) -> bool {
 
 /// Whether the connection is in RESP2's subscribed context, where only these commands run.
 pub fn refused_in_context(name: &str, session: &Session) -> Option<Frame> {
-    let allowed = matches!(
-        name,
-        "subscribe"
-            | "unsubscribe"
-            | "psubscribe"
-            | "punsubscribe"
-            | "ssubscribe"
-            | "sunsubscribe"
-            | "ping"
-            | "quit"
-    );
+    let allowed = subscribing(name) || matches!(name, "ping" | "quit");
     (session.protocol == Protocol::Resp2 && subscribed(session) && !allowed).then(|| {
         Frame::Error(Bytes::from(format!(
             "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT \

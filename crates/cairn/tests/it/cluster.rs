@@ -2132,6 +2132,33 @@ fn a_watch_tells_every_write_once_through_leader_kills_and_restarts() {
     assert_exactly_once(&events, &acknowledged);
 }
 
+/// The start of the redis-py scripts of the client-side caching tests: a cached reader and a
+/// plain writer (argv: reader port, writer port, metrics URL, key), `gets_served()` (GETs the
+/// reader's node has served) and `write(value)` (retried while a shard fails over: TRYAGAIN
+/// or an unknown outcome; the same value, so a write that did land changes nothing).
+const CSC_PRELUDE: &str = r#"
+import sys, time, urllib.request, redis
+from redis.cache import CacheConfig
+reader_port, writer_port, metrics, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+reader = redis.Redis(port=reader_port, protocol=3, cache_config=CacheConfig(), socket_timeout=10)
+writer = redis.Redis(port=writer_port, socket_timeout=10)
+
+def gets_served():
+    text = urllib.request.urlopen(metrics).read().decode()
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+               if l.startswith('cairn_requests_total{frontend="resp",command="get"}'))
+
+def write(value):
+    deadline = time.time() + 30
+    while True:
+        try:
+            writer.set(key, value)
+            return
+        except (redis.exceptions.ResponseError, redis.exceptions.ConnectionError) as e:
+            assert time.time() < deadline, f"no write acknowledged in 30 s: {e}"
+            time.sleep(0.05)
+"#;
+
 /// redis-py's client-side cache (RESP3, `cache_config`) reading through node 0 while plain
 /// redis-py writes through node 1, to a key whose shard node 2 leads: after each acknowledged
 /// write the cached reader gets the new value as soon as its invalidation arrives and never
@@ -2151,30 +2178,8 @@ fn redis_py_client_side_caches_stay_coherent_across_nodes_and_a_leader_kill() {
     let mut cluster = Cluster::start(3);
     cluster.wait_leading(2);
     let key = cluster.keys_led_by(2, "csc:", 1).remove(0);
-    let script = r#"
-import sys, time, urllib.request, redis
-from redis.cache import CacheConfig
-reader_port, writer_port, metrics, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-reader = redis.Redis(port=reader_port, protocol=3, cache_config=CacheConfig())
-writer = redis.Redis(port=writer_port, socket_timeout=10)
-
-def gets_served():
-    text = urllib.request.urlopen(metrics).read().decode()
-    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
-               if l.startswith('cairn_requests_total{frontend="resp",command="get"}'))
-
-def write(value):
-    deadline = time.time() + 30
-    while True:
-        try:
-            writer.set(key, value)
-            return
-        except (redis.exceptions.ResponseError, redis.exceptions.ConnectionError) as e:
-            # TRYAGAIN or an unknown outcome while the shard fails over: write again (the
-            # same value, so a write that did land changes nothing).
-            assert time.time() < deadline, f"no write acknowledged in 30 s: {e}"
-            time.sleep(0.05)
-
+    let script = CSC_PRELUDE.to_string()
+        + r#"
 def rounds(first, last):
     for i in range(first, last):
         old, new = f"v{i - 1}".encode(), f"v{i}".encode()
@@ -2202,7 +2207,7 @@ print("ok", flush=True)
     let mut child = Command::new(&python)
         .args([
             "-c",
-            script,
+            &script,
             &cluster.nodes[0].resp_addr.port().to_string(),
             &cluster.nodes[1].resp_addr.port().to_string(),
             &metrics,
@@ -2266,28 +2271,8 @@ fn a_node_cut_off_from_its_peers_hands_its_caches_and_watches_back() {
     cluster.wait_leading(2);
     let key = cluster.keys_led_by(2, "cut:", 1).remove(0);
     let recorder = crate::watch::Recorder::start(&cluster.nodes[0].grpc_url(), "cut:");
-    let script = r#"
-import sys, time, urllib.request, redis
-from redis.cache import CacheConfig
-reader_port, writer_port, metrics, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-reader = redis.Redis(port=reader_port, protocol=3, cache_config=CacheConfig(), socket_timeout=5)
-writer = redis.Redis(port=writer_port, socket_timeout=10)
-
-def gets_served():
-    text = urllib.request.urlopen(metrics).read().decode()
-    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
-               if l.startswith('cairn_requests_total{frontend="resp",command="get"}'))
-
-def write(value):
-    deadline = time.time() + 30
-    while True:
-        try:
-            writer.set(key, value)
-            return
-        except (redis.exceptions.ResponseError, redis.exceptions.ConnectionError) as e:
-            assert time.time() < deadline, f"no write acknowledged in 30 s: {e}"
-            time.sleep(0.05)
-
+    let script = CSC_PRELUDE.to_string()
+        + r#"
 def cached_round(value):
     write(value)
     began = time.time()
@@ -2329,7 +2314,7 @@ print("ok", flush=True)
     let mut child = Command::new(&python)
         .args([
             "-c",
-            script,
+            &script,
             &cluster.nodes[0].resp_addr.port().to_string(),
             &cluster.nodes[1].resp_addr.port().to_string(),
             &cluster.nodes[0].http_url("/metrics"),
