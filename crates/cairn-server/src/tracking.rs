@@ -65,7 +65,6 @@ type Held = (Change, bool);
 /// A NOLOOP connection's writes.
 #[derive(Debug, Default)]
 struct Own {
-    next_ticket: u64,
     /// Writes proposed and not yet answered: ticket, keys, and the changes of those keys
     /// held meanwhile.
     open: Vec<(u64, Vec<Bytes>, Vec<Held>)>,
@@ -123,6 +122,8 @@ struct Table {
     inboxes: HashMap<u64, mpsc::Sender<Invalidation>>,
     /// NOLOOP connections' writes in flight and where their answered writes landed.
     own: HashMap<u64, Own>,
+    /// The last ticket handed out for a NOLOOP write.
+    next_ticket: u64,
 }
 
 impl Table {
@@ -227,10 +228,16 @@ impl Tracking {
     /// keys are held for `id` until [`Tracking::own_write_answered`] with the ticket returned.
     pub fn own_write_begins(&self, id: u64, keys: Vec<Bytes>) -> u64 {
         let mut table = self.inner.lock();
-        let own = table.own.entry(id).or_default();
-        own.next_ticket += 1;
-        let ticket = own.next_ticket;
-        own.open.push((ticket, keys, Vec::new()));
+        // Node-wide, so a ticket from before tracking was turned off and on again matches
+        // no write of the new session.
+        table.next_ticket += 1;
+        let ticket = table.next_ticket;
+        table
+            .own
+            .entry(id)
+            .or_default()
+            .open
+            .push((ticket, keys, Vec::new()));
         ticket
     }
 
