@@ -248,11 +248,9 @@ pub fn watchers(frontend: &'static str, delta: f64) {
     metrics::gauge!(WATCHERS, "frontend" => frontend).increment(delta);
 }
 
-/// `count` change events sent to watchers of `frontend`.
-pub fn watch_events(frontend: &'static str, count: usize) {
-    if count > 0 {
-        metrics::counter!(WATCH_EVENTS_TOTAL, "frontend" => frontend).increment(count as u64);
-    }
+/// The count of change events sent to watchers of `frontend` (a watch stream holds it).
+pub fn watch_events(frontend: &'static str) -> metrics::Counter {
+    metrics::counter!(WATCH_EVENTS_TOTAL, "frontend" => frontend)
 }
 
 /// Shards out of touch with their groups on this node, now.

@@ -85,7 +85,7 @@ fn response_of(message: Message, values: bool) -> pb::WatchResponse {
                         Default::default()
                     },
                     expires_at_ms: e.event.expires_at_ms,
-                    token: token.to_string(),
+                    token,
                 })
                 .collect(),
             ..Default::default()

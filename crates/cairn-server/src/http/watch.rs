@@ -168,7 +168,7 @@ fn sse_events(message: Message, values: bool) -> Vec<SseEvent> {
             .into_iter()
             .map(|(event, token)| {
                 SseEvent::default()
-                    .id(token.to_string())
+                    .id(token)
                     .data(event_json(&event, values).to_string())
             })
             .collect(),

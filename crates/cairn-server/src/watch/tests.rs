@@ -74,8 +74,10 @@ async fn drain(w: &mut Watcher) -> Vec<(WatchEvent, Token)> {
         let item = tokio::time::timeout(Duration::from_millis(20), w.next()).await;
         match item {
             Ok(Ok(Item::Events(events))) => {
-                for e in events {
+                let texts = w.token_texts_after(&events);
+                for (e, text) in events.into_iter().zip(texts) {
                     let token = w.token_after(&e);
+                    assert_eq!(text, token.to_string(), "the fast token text");
                     out.push((e, token));
                 }
             }
