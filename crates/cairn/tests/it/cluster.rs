@@ -2159,6 +2159,37 @@ def write(value):
             time.sleep(0.05)
 "#;
 
+/// Runs a [`CSC_PRELUDE`] script with `python`: the cached reader on node 0, the writer on
+/// node 1, `key` the key; returns the process and its output's lines.
+fn csc_script(
+    python: &str,
+    script: &str,
+    cluster: &Cluster,
+    key: &str,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(python)
+        .args([
+            "-c",
+            script,
+            &cluster.nodes[0].resp_addr.port().to_string(),
+            &cluster.nodes[1].resp_addr.port().to_string(),
+            &cluster.nodes[0].http_url("/metrics"),
+            key,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
 /// redis-py's client-side cache (RESP3, `cache_config`) reading through node 0 while plain
 /// redis-py writes through node 1, to a key whose shard node 2 leads: after each acknowledged
 /// write the cached reader gets the new value as soon as its invalidation arrives and never
@@ -2166,8 +2197,6 @@ def write(value):
 /// the server). Then node 2 is killed, and the same holds with the shard led elsewhere.
 #[test]
 fn redis_py_client_side_caches_stay_coherent_across_nodes_and_a_leader_kill() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     let python = std::env::var("CAIRN_PYTHON").unwrap_or_else(|_| "python3".to_string());
     if !crate::clients::tool_available(
         &python,
@@ -2203,22 +2232,7 @@ sys.stdin.readline()
 rounds(30, 60)
 print("ok", flush=True)
 "#;
-    let metrics = cluster.nodes[0].http_url("/metrics");
-    let mut child = Command::new(&python)
-        .args([
-            "-c",
-            &script,
-            &cluster.nodes[0].resp_addr.port().to_string(),
-            &cluster.nodes[1].resp_addr.port().to_string(),
-            &metrics,
-            &key,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python runs");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = csc_script(&python, &script, &cluster, &key);
     let first = lines.next().and_then(Result::ok).unwrap_or_default();
     if first != "killed?" {
         let out = child.wait_with_output().unwrap();
@@ -2250,8 +2264,6 @@ print("ok", flush=True)
 /// works as before.
 #[test]
 fn a_node_cut_off_from_its_peers_hands_its_caches_and_watches_back() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     let python = std::env::var("CAIRN_PYTHON").unwrap_or_else(|_| "python3".to_string());
     if !can_cut_links()
         || !crate::clients::tool_available(
@@ -2311,21 +2323,7 @@ for i in range(5):
     cached_round(f"after{i}".encode())
 print("ok", flush=True)
 "#;
-    let mut child = Command::new(&python)
-        .args([
-            "-c",
-            &script,
-            &cluster.nodes[0].resp_addr.port().to_string(),
-            &cluster.nodes[1].resp_addr.port().to_string(),
-            &cluster.nodes[0].http_url("/metrics"),
-            &key,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python runs");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = csc_script(&python, &script, &cluster, &key);
     let mut expect = |child: &mut std::process::Child, want: &str| {
         let line = lines.next().and_then(Result::ok).unwrap_or_default();
         if !line.starts_with(want) {
