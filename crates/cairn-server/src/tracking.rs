@@ -301,8 +301,7 @@ impl Tracking {
         let mut owed: HashMap<u64, Vec<Bytes>> = HashMap::new();
         for change in changes {
             let key = &change.key;
-            // Whether `client` is told now (false: its own change, or held for its write).
-            // A reader whose own change it is stays a reader: a read it made after its write
+            // What `client` is told of this change (see `Told`). A reader whose own change it is stays a reader: a read it made after its write
             // may have been remembered before this change came through, and must not be
             // forgotten with it.
             let mut tell = |client: u64, reader: bool| -> Told {
@@ -412,37 +411,28 @@ impl Tracking {
         let tracking = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
-                let out = !touch.borrow_and_update().is_empty();
-                if out {
-                    let Some(tracking) = tracking.upgrade() else {
+                if touch.borrow_and_update().is_empty() {
+                    if touch.changed().await.is_err() {
                         return;
-                    };
-                    tracking.flush_all();
+                    }
+                    continue;
                 }
-                let wait = if out {
-                    OUT_OF_TOUCH_FLUSH_INTERVAL
-                } else {
-                    Duration::MAX
+                let Some(tracking) = tracking.upgrade() else {
+                    return;
                 };
+                tracking.flush_all();
+                drop(tracking);
                 tokio::select! {
                     changed = touch.changed() => {
                         if changed.is_err() {
                             return;
                         }
                     }
-                    () = sleep_for(wait) => {}
+                    () = tokio::time::sleep(OUT_OF_TOUCH_FLUSH_INTERVAL) => {}
                 }
             }
         });
     }
-}
-
-/// Sleeps for `wait` (forever for `Duration::MAX`).
-async fn sleep_for(wait: Duration) {
-    if wait == Duration::MAX {
-        std::future::pending::<()>().await;
-    }
-    tokio::time::sleep(wait).await;
 }
 
 fn push_once(keys: &mut Vec<Bytes>, key: &Bytes) {

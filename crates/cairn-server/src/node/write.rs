@@ -57,14 +57,7 @@ impl PendingWrite {
     /// [`PendingWrite::outcome`], and where the write's changes landed when that is known: a
     /// write to one shard proposed by this node, alone in its entry, that wrote something.
     pub async fn outcome_landed(self) -> (ProposalResult, Option<Command>, Option<Landed>) {
-        let shard = self.shard;
-        let index = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (result, again) = self.outcome_noting(Some(&index)).await;
-        let index = index.load(Ordering::Relaxed);
-        let landed = shard
-            .filter(|_| index > 0 && result.is_ok())
-            .map(|s| (s, index));
-        (result, again, landed)
+        self.resolve().await
     }
 
     /// The answer, and the command again when the answer is a refusal that routing it afresh
@@ -73,27 +66,29 @@ impl PendingWrite {
     /// after whatever it proposed since (the RESP connection retries only when none of its
     /// later writes can have taken effect).
     pub async fn outcome(self) -> (ProposalResult, Option<Command>) {
-        self.outcome_noting(None).await
+        let (result, again, _) = self.resolve().await;
+        (result, again)
     }
 
-    /// [`PendingWrite::outcome`], noting in `index` the entry index of a sole local part.
-    async fn outcome_noting(
-        mut self,
-        index: Option<&std::sync::atomic::AtomicU64>,
-    ) -> (ProposalResult, Option<Command>) {
+    async fn resolve(mut self) -> (ProposalResult, Option<Command>, Option<Landed>) {
         // Only a refusal by this node's own proposer: a forwarded write was already retried
         // toward the leader for the whole retry window.
         let again = self
             .again
             .take()
             .filter(|_| matches!(self.parts.as_slice(), [Part::Local(_)]));
-        let result = self.settle(index).await;
+        let shard = self.shard;
+        let (result, index) = self.settle().await;
         let again = again.filter(|_| matches!(&result, Err(e) if e.is_refusal()));
-        (result, again)
+        let landed = shard.zip(index).filter(|_| result.is_ok());
+        (result, again, landed)
     }
 
-    async fn settle(self, index: Option<&std::sync::atomic::AtomicU64>) -> ProposalResult {
+    /// The write's answer, and the entry index of its part when it has one part, proposed
+    /// here, that wrote something.
+    async fn settle(self) -> (ProposalResult, Option<u64>) {
         let sole = self.parts.len() == 1;
+        let mut index = None;
         let mut total = 0i64;
         let mut last = Ok(Reply::Ok);
         let (mut succeeded, mut failure) = (false, None);
@@ -101,9 +96,7 @@ impl PendingWrite {
             let answer = match part {
                 Part::Local(rx) => match rx.await {
                     Ok(answer) => {
-                        if let (true, Some(at), Some(landed)) = (sole, index, answer.index) {
-                            at.store(landed, Ordering::Relaxed);
-                        }
+                        index = answer.index.filter(|_| sole);
                         answer.result
                     }
                     Err(_) => Err(CommandError::proposer_stopped()),
@@ -127,7 +120,7 @@ impl PendingWrite {
                 },
             }
         }
-        match failure {
+        let result = match failure {
             // Another shard's part was applied: "nothing happened" would be untrue.
             Some(e) if succeeded && e.is_refusal() => Err(CommandError::OutcomeUnknown(format!(
                 "applied on some shards, refused on another ({e})"
@@ -138,7 +131,8 @@ impl PendingWrite {
                 Combine::Sum => Ok(Reply::Int(total)),
                 Combine::AllOk => Ok(Reply::Ok),
             },
-        }
+        };
+        (result, index)
     }
 }
 

@@ -269,14 +269,7 @@ pub fn dispatch(args: Vec<Bytes>, session: &mut Session, shared: &Shared) -> Act
                 ));
                 return Action::Reply(refuse_queuing(session, refusal));
             }
-            if multi.queued.len() >= MULTI_COMMANDS_MAX {
-                multi.failed = true;
-                return Action::Reply(err_text(&format!(
-                    "ERR a MULTI block holds at most {MULTI_COMMANDS_MAX} commands"
-                )));
-            }
-            multi.queued.push(Queued::PubSub(args));
-            return Action::Reply(Frame::Simple(Bytes::from_static(b"QUEUED")));
+            return push_queued(multi, Queued::PubSub(args));
         }
         if matches!(spec.name, "publish" | "spublish") {
             return Action::Publish {
@@ -335,6 +328,11 @@ fn queue(spec: &CommandSpec, args: Vec<Bytes>, session: &mut Session, shared: &S
     let Some(multi) = &mut session.multi else {
         return Action::Reply(err_text("ERR internal error: queuing outside MULTI"));
     };
+    push_queued(multi, queued)
+}
+
+/// Adds `queued` to the MULTI block: `+QUEUED`, or an error that dooms a full block.
+fn push_queued(multi: &mut Multi, queued: Queued) -> Action {
     if multi.queued.len() >= MULTI_COMMANDS_MAX {
         multi.failed = true;
         return Action::Reply(err_text(&format!(
