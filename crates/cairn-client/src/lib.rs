@@ -561,6 +561,29 @@ impl Client {
         .await
     }
 
+    /// Drain node `id` (its 40-character id) and remove it from the cluster. Returns once the
+    /// cluster records the node as leaving; [`Client::status`] then shows it `LEAVING` until
+    /// its leaderships and votes have moved, and then no more. Not retried: a refusal
+    /// (FAILED_PRECONDITION, NOT_FOUND) is final, and a lost answer may be asked again.
+    pub async fn remove_node(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.call(None, |ch| {
+            let id = id.clone();
+            async move {
+                // An unknown node is bad input here, not a missing key: keep the message.
+                ClusterClient::new(ch)
+                    .remove_node(proto::RemoveNodeRequest { id })
+                    .await
+                    .map_err(|s| match s.code() {
+                        tonic::Code::NotFound => Status::invalid_argument(s.message()),
+                        _ => s,
+                    })
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Fetch the route map now instead of on first use: after it returns `Ok`, single-key
     /// requests go to the leaders it names (with the route cache off, this only checks that a
     /// node answers).

@@ -331,6 +331,7 @@ mod tests {
                 shard(0, 0, 8191, Some("1")),
                 shard(2, 100, 200, Some("1")), // overlaps shard 0: ignored
             ],
+            metadata: None,
         });
         assert_eq!(routes.ranges.len(), 2);
         assert_eq!(routes.leader_of(0).map(|a| &**a), Some("127.0.0.1:7070"));
@@ -355,6 +356,7 @@ mod tests {
             node_id: "1".into(),
             nodes: vec![node("2", "127.0.0.1:7071", proto::NodeState::Up)],
             shards: vec![shard(0, 0, 16383, Some("2"))],
+            metadata: None,
         });
         *routing.inner.routes.write().unwrap() = Some(Arc::new(routes));
         let (_, to) = routing.channel_for(Some(b"k"));
@@ -387,6 +389,7 @@ mod tests {
                 shard(2, 300, 16383, Some("9")),
                 shard(3, 16384, 20000, Some("3")), // out of range: ignored
             ],
+            metadata: None,
         });
         assert_eq!(routes.leader_of(5), None);
         assert_eq!(routes.leader_of(150), None, "down leader");

@@ -672,6 +672,16 @@ impl Group {
             .map_err(GroupError::of_write)
     }
 
+    /// As leader, removes learners `ids` from the group (they get no more of its log).
+    /// Returns once the change is committed; errs for a node that is still a voter.
+    pub async fn remove_learners(&self, ids: BTreeSet<u64>) -> Result<(), GroupError> {
+        self.raft
+            .change_membership(openraft::ChangeMembers::RemoveNodes(ids), false)
+            .await
+            .map(|_| ())
+            .map_err(GroupError::of_write)
+    }
+
     /// As leader, hands leadership to voter `to` once it holds this leader's whole log,
     /// waiting up to `catch_up` for that; errs (and keeps leading) when it does not, or when
     /// this node does not lead.

@@ -80,7 +80,9 @@ impl Default for Limits {
 }
 
 /// One change to one group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Step {
     AddLearner { group: u64, node: u64 },
     Promote { group: u64, node: u64 },
@@ -90,6 +92,17 @@ pub enum Step {
 }
 
 impl Step {
+    /// What the step does, in one word (metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::AddLearner { .. } => "add_learner",
+            Step::Promote { .. } => "promote",
+            Step::RemoveVoter { .. } => "remove_voter",
+            Step::RemoveLearner { .. } => "remove_learner",
+            Step::TransferLeader { .. } => "transfer_leader",
+        }
+    }
+
     pub fn group(&self) -> u64 {
         match *self {
             Step::AddLearner { group, .. }

@@ -38,6 +38,12 @@ pub const REPLICAS_DEFAULT: u32 = 3;
 pub const REPLICAS_MAX: u32 = 7;
 /// Default time after which a node that stopped answering the metadata leader is marked down.
 pub const DOWN_AFTER_MS_DEFAULT: u64 = 5_000;
+/// Default time a node may stay down before the balancer replaces its replicas.
+pub const REPLACE_DOWN_AFTER_MS_DEFAULT: u64 = 300_000;
+/// Default number of replicas the balancer moves at once, cluster-wide.
+pub const BALANCE_MOVES_MAX_DEFAULT: usize = 4;
+/// Most replicas the balancer may be configured to move at once.
+pub const BALANCE_MOVES_MAX_LIMIT: usize = 64;
 /// Fewest change events a shard may keep for watches (tests use small windows to reach
 /// compaction).
 pub const WATCH_HISTORY_EVENTS_MIN: usize = 16;
@@ -123,6 +129,14 @@ pub struct ServerArgs {
     /// down [default: 5000]
     #[arg(long, env = "CAIRN_DOWN_AFTER_MS", value_name = "MS")]
     pub down_after_ms: Option<u64>,
+    /// Milliseconds a node may stay down before the balancer replaces its replicas on other
+    /// nodes and removes it from the cluster (when enough nodes remain) [default: 300000]
+    #[arg(long, env = "CAIRN_REPLACE_DOWN_AFTER_MS", value_name = "MS")]
+    pub replace_down_after_ms: Option<u64>,
+    /// Replicas the balancer moves at once, cluster-wide (each node takes in one at a time)
+    /// [default: 4]
+    #[arg(long, env = "CAIRN_BALANCE_MOVES_MAX", value_name = "N")]
+    pub balance_moves_max: Option<usize>,
     /// Change events each shard keeps for watches to resume from [default: 10000]
     #[arg(long, env = "CAIRN_WATCH_HISTORY_EVENTS", value_name = "N")]
     pub watch_history_events: Option<usize>,
@@ -150,6 +164,8 @@ pub struct FileConfig {
     pub replicas: Option<u32>,
     pub resp_redirect: Option<bool>,
     pub down_after_ms: Option<u64>,
+    pub replace_down_after_ms: Option<u64>,
+    pub balance_moves_max: Option<usize>,
     pub watch_history_events: Option<usize>,
     pub watch_history_bytes: Option<usize>,
 }
@@ -177,6 +193,10 @@ pub struct ServerConfig {
     pub resp_redirect: bool,
     /// Silence after which the metadata leader marks a node down.
     pub down_after_ms: u64,
+    /// Down time after which the balancer replaces a node.
+    pub replace_down_after_ms: u64,
+    /// Replicas the balancer moves at once.
+    pub balance_moves_max: usize,
     /// How much change history each shard keeps for watches.
     pub watch_history: crate::feed::FeedLimits,
 }
@@ -198,6 +218,8 @@ impl Default for ServerConfig {
             replicas: REPLICAS_DEFAULT,
             resp_redirect: false,
             down_after_ms: DOWN_AFTER_MS_DEFAULT,
+            replace_down_after_ms: REPLACE_DOWN_AFTER_MS_DEFAULT,
+            balance_moves_max: BALANCE_MOVES_MAX_DEFAULT,
             watch_history: crate::feed::FeedLimits::default(),
         }
     }
@@ -242,6 +264,14 @@ impl ServerArgs {
                 .down_after_ms
                 .or(file.down_after_ms)
                 .unwrap_or(d.down_after_ms),
+            replace_down_after_ms: self
+                .replace_down_after_ms
+                .or(file.replace_down_after_ms)
+                .unwrap_or(d.replace_down_after_ms),
+            balance_moves_max: self
+                .balance_moves_max
+                .or(file.balance_moves_max)
+                .unwrap_or(d.balance_moves_max),
             watch_history: crate::feed::FeedLimits {
                 events_max: self
                     .watch_history_events
@@ -297,6 +327,17 @@ impl ServerConfig {
             self.down_after_ms >= 500,
             "down_after_ms must be at least 500 (a few election timeouts), got {}",
             self.down_after_ms
+        );
+        anyhow::ensure!(
+            self.replace_down_after_ms > self.down_after_ms,
+            "replace_down_after_ms ({}) must be longer than down_after_ms ({})",
+            self.replace_down_after_ms,
+            self.down_after_ms
+        );
+        anyhow::ensure!(
+            (1..=BALANCE_MOVES_MAX_LIMIT).contains(&self.balance_moves_max),
+            "balance_moves_max must be between 1 and {BALANCE_MOVES_MAX_LIMIT}, got {}",
+            self.balance_moves_max
         );
         anyhow::ensure!(
             self.watch_history.events_max >= WATCH_HISTORY_EVENTS_MIN,

@@ -18,6 +18,7 @@
 //! an engine, they call the node.
 
 pub mod balance;
+pub mod balancer;
 pub mod bits;
 pub mod command;
 pub mod config;

@@ -1,10 +1,13 @@
 //! The metadata group: the cluster map, replicated by its own Raft group (group 0) instead of
 //! ZooKeeper.
 //!
-//! The map lives in the group's replica, an engine like a shard's, under three kinds of keys:
+//! The map lives in the group's replica, an engine like a shard's, under four kinds of keys:
 //! `config` (shard count and voters per shard, fixed when the cluster is created),
-//! `next_id` (the last Raft id handed out) and `node/<raft id, 20 digits>` (a [`NodeRecord`]:
-//! the node's name, its addresses and whether the metadata leader marked it down). Writes are
+//! `next_id` (the last Raft id handed out), `node/<raft id, 20 digits>` (a [`NodeRecord`]:
+//! the node's name, its addresses, whether the metadata leader marked it down and whether it
+//! is leaving) and `removed/<raft id, 20 digits>` (a [`Removal`]: a node that left or was
+//! replaced, kept so that it is told why when it comes back, and never admitted again under
+//! its name). Writes are
 //! ordinary commands evaluated by the group's proposer, so they are durable on a majority of
 //! the group's voters before they are acknowledged, and only the group's leader makes them.
 //! Every node holds a replica (voters up to [`META_VOTERS_MAX`], the others learners), so any
@@ -38,6 +41,7 @@ pub const NODES_MAX: usize = 1024;
 const CONFIG_KEY: &[u8] = b"config";
 const NEXT_ID_KEY: &[u8] = b"next_id";
 const NODE_PREFIX: &str = "node/";
+const REMOVED_PREFIX: &str = "removed/";
 
 /// One node as the cluster map records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +55,21 @@ pub struct NodeRecord {
     /// The metadata leader has not heard from the node for longer than `--down-after-ms`.
     #[serde(default)]
     pub down: bool,
+    /// Asked to leave (`cairn cluster remove-node`): the balancer moves its leaderships and
+    /// votes to other nodes, then removes it.
+    #[serde(default)]
+    pub leaving: bool,
+}
+
+/// A node removed from the cluster: drained on request, or replaced after being down for
+/// longer than `--replace-down-after`. Its record is gone from the map and every group
+/// drops it; its name is never admitted again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removal {
+    pub raft_id: u64,
+    pub name: String,
+    /// Why, in words (`left on request`, `replaced after being down for 300 s`).
+    pub reason: String,
 }
 
 /// Settings fixed when the cluster is created.
@@ -77,6 +96,10 @@ fn node_key(raft_id: u64) -> Bytes {
     Bytes::from(format!("{NODE_PREFIX}{raft_id:020}"))
 }
 
+fn removal_key(raft_id: u64) -> Bytes {
+    Bytes::from(format!("{REMOVED_PREFIX}{raft_id:020}"))
+}
+
 impl Meta {
     /// Opens the replica in `dir` and starts the group (bootstrapped with this node alone when
     /// this node creates the cluster).
@@ -96,9 +119,29 @@ impl Meta {
         serde_json::from_slice(&value).ok()
     }
 
-    /// Every node of the map, by Raft id, as this replica has applied it.
+    /// Every node of the map, by Raft id, as this replica has applied it (a node with a
+    /// [`Removal`] is not one, even if its record is still there).
     pub fn nodes(&self) -> Vec<NodeRecord> {
-        let range = KeyRange::prefix(Bytes::from_static(NODE_PREFIX.as_bytes()));
+        let gone: std::collections::BTreeSet<u64> =
+            self.removals().iter().map(|r| r.raft_id).collect();
+        let mut nodes: Vec<NodeRecord> = self.scan(NODE_PREFIX);
+        nodes.retain(|n| !gone.contains(&n.raft_id));
+        nodes
+    }
+
+    /// Every node removed from the cluster, by Raft id.
+    pub fn removals(&self) -> Vec<Removal> {
+        self.scan(REMOVED_PREFIX)
+    }
+
+    /// Why node `raft_id` was removed, if it was.
+    pub fn removal(&self, raft_id: u64) -> Option<Removal> {
+        let value = self.group.sm.engine().get(&removal_key(raft_id)).ok()??;
+        serde_json::from_slice(&value).ok()
+    }
+
+    fn scan<T: serde::de::DeserializeOwned>(&self, prefix: &'static str) -> Vec<T> {
+        let range = KeyRange::prefix(Bytes::from_static(prefix.as_bytes()));
         let engine = self.group.sm.engine();
         let start = crate::node::as_ref_bound(&range.start);
         let end = crate::node::as_ref_bound(&range.end);
@@ -177,7 +220,10 @@ impl Meta {
             )
             .await?;
         }
-        if self.node(me.raft_id).as_ref() != Some(&me) {
+        let known = self.node(me.raft_id);
+        let mut me = me;
+        me.leaving = known.as_ref().is_some_and(|k| k.leaving);
+        if known.as_ref() != Some(&me) {
             self.put_node(&me).await?;
         }
         Ok(())
@@ -188,6 +234,9 @@ impl Meta {
     pub async fn register(&self, mut record: NodeRecord) -> Result<u64, CommandError> {
         let _guard = self.updates.lock().await;
         self.up_to_date().await?;
+        if let Some(gone) = self.removals().into_iter().find(|r| r.name == record.name) {
+            return Err(CommandError::Invalid(gone.refusal()));
+        }
         let known = self.nodes().into_iter().find(|n| n.name == record.name);
         record.raft_id = match &known {
             Some(n) => n.raft_id,
@@ -214,6 +263,7 @@ impl Meta {
             }
         };
         record.down = false;
+        record.leaving = known.as_ref().is_some_and(|k| k.leaving);
         if known.as_ref() != Some(&record) {
             self.put_node(&record).await?;
         }
@@ -232,5 +282,55 @@ impl Meta {
         }
         record.down = down;
         self.put_node(&record).await
+    }
+
+    /// As the metadata leader: marks node `raft_id` as leaving (the balancer drains it).
+    pub async fn set_leaving(&self, raft_id: u64) -> Result<(), CommandError> {
+        let _guard = self.updates.lock().await;
+        self.up_to_date().await?;
+        let Some(mut record) = self.node(raft_id) else {
+            return Err(CommandError::Invalid(format!(
+                "node {raft_id} is not in the cluster"
+            )));
+        };
+        if record.leaving {
+            return Ok(());
+        }
+        record.leaving = true;
+        self.put_node(&record).await
+    }
+
+    /// As the metadata leader: removes node `raft_id` from the map for `reason`, leaving a
+    /// [`Removal`] in its place (written first, so a crash between the two writes leaves a
+    /// node both recorded and removed, which every reader treats as removed).
+    pub async fn remove(&self, raft_id: u64, reason: String) -> Result<(), CommandError> {
+        let _guard = self.updates.lock().await;
+        self.up_to_date().await?;
+        let Some(record) = self.node(raft_id) else {
+            return Ok(());
+        };
+        let removal = Removal {
+            raft_id,
+            name: record.name,
+            reason,
+        };
+        let value = serde_json::to_vec(&removal).expect("a removal serialises");
+        self.put(removal_key(raft_id), value).await?;
+        self.write(Command::Del {
+            keys: vec![node_key(raft_id)],
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+impl Removal {
+    /// What a removed node is told when it asks to be admitted again.
+    pub fn refusal(&self) -> String {
+        format!(
+            "node {} (raft id {}) was removed from the cluster: {}; start it with an empty \
+             data directory to join as a new node",
+            self.name, self.raft_id, self.reason
+        )
     }
 }

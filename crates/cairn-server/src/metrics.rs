@@ -36,6 +36,11 @@ pub const SHARD_ENTRIES_TOTAL: &str = "cairn_shard_entries_total";
 /// outcome (`done`: asked of openraft; `refused`: the target did not hold the whole log in
 /// time, or leadership moved meanwhile).
 pub const SHARD_HANDOVERS_TOTAL: &str = "cairn_shard_handovers_total";
+/// Steps the balancer (on the metadata leader) had carried out, by kind (`promote`,
+/// `remove_voter`, `transfer_leader` …) and outcome (`done`, `refused`).
+pub const BALANCE_STEPS_TOTAL: &str = "cairn_balance_steps_total";
+/// Nodes the metadata leader removed from the cluster, by reason (`left`, `replaced`).
+pub const NODES_REMOVED_TOTAL: &str = "cairn_nodes_removed_total";
 
 /// Commands (parts of commands, one per shard) this node forwarded to the node leading their
 /// shard, by command and shard.

@@ -90,6 +90,10 @@ pub struct NodeOptions {
     pub replicas: u32,
     /// Silence after which the metadata leader marks a node down.
     pub down_after: Duration,
+    /// Down time after which the balancer replaces a node (`--replace-down-after-ms`).
+    pub replace_down_after: Duration,
+    /// What the balancer may move at once.
+    pub balance: crate::balance::Limits,
     /// The wall clock TTL deadlines are set and compared with: the system's in production, a
     /// [`cairn_storage::ManualClock`] in tests that move time themselves.
     pub clock: Arc<dyn cairn_storage::Clock>,
@@ -150,9 +154,10 @@ pub struct Node {
     /// Connections to the other nodes (Raft traffic and forwarded commands).
     peers: Arc<Peers>,
     /// Metadata-leader bookkeeping for failure detection.
-    pub(crate) liveness: parking_lot::Mutex<crate::placement::Liveness>,
-    /// When placement last had a handover refused, by shard (it waits before asking again).
-    pub(crate) handovers_refused: parking_lot::Mutex<std::collections::HashMap<usize, Instant>>,
+    pub(crate) liveness: parking_lot::Mutex<crate::balancer::Liveness>,
+    /// When a handover the balancer asked of a group led here was last refused, by Raft
+    /// group id (it is not taken again for a while).
+    pub(crate) handovers_refused: parking_lot::Mutex<std::collections::HashMap<u64, Instant>>,
     wal: Arc<Wal>,
     /// Raft groups this node hosts, for the peer service.
     groups: Arc<Groups>,
@@ -172,6 +177,8 @@ pub struct Node {
     /// The shards whose replicas here are out of touch with their groups, kept by the
     /// background task (see [`Node::out_of_touch`]).
     touch: tokio::sync::watch::Sender<OutOfTouch>,
+    /// Why the cluster removed this node, once the balancer task learned it did.
+    pub(crate) removed: tokio::sync::watch::Sender<Option<String>>,
     /// Tests only: the next multi-shard read pauses before reading its second shard's part
     /// (it notifies the first, then waits for the second), so that a test can commit a
     /// transaction between the parts of one pass.
@@ -323,6 +330,16 @@ impl Node {
     /// Why writes are refused, if they are.
     pub fn failure(&self) -> Option<String> {
         self.health.failure()
+    }
+
+    /// Connections to the other nodes.
+    pub(crate) fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// Why the cluster removed this node, once it did (`cairn server` then stops).
+    pub fn removal(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.removed.subscribe()
     }
 
     /// What the node's gRPC address listens on and its peer connections run over.
@@ -514,6 +531,8 @@ mod tests {
             join: None,
             replicas: 3,
             down_after: Duration::from_secs(5),
+            replace_down_after: Duration::from_secs(300),
+            balance: crate::balance::Limits::default(),
             watch_history: crate::feed::FeedLimits::default(),
             clock: cairn_storage::clock::system(),
             network: Arc::new(cairn_raft::transport::Tcp),

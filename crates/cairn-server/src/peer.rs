@@ -90,6 +90,9 @@ impl pb::node_server::Node for NodeService {
                 "a node name is 40 hexadecimal characters",
             ));
         }
+        if let Some(gone) = meta.removals().into_iter().find(|g| g.name == r.name) {
+            return Err(Status::failed_precondition(gone.refusal()));
+        }
         let raft_id = meta
             .register(NodeRecord {
                 raft_id: 0,
@@ -98,6 +101,7 @@ impl pb::node_server::Node for NodeService {
                 http_addr: r.http_addr,
                 resp_addr: r.resp_addr,
                 down: false,
+                leaving: false,
             })
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
@@ -122,6 +126,20 @@ impl pb::node_server::Node for NodeService {
             .await;
         Ok(Response::new(pb::ForwardResponse {
             result: encode_result(&result).into(),
+        }))
+    }
+
+    async fn manage(
+        &self,
+        request: Request<pb::ManageRequest>,
+    ) -> Result<Response<pb::ManageResponse>, Status> {
+        let request: crate::balancer::Manage = postcard::from_bytes(&request.into_inner().request)
+            .map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")))?;
+        let result = crate::balancer::serve(&self.node, request).await;
+        Ok(Response::new(pb::ManageResponse {
+            result: postcard::to_stdvec(&result)
+                .expect("a result serialises")
+                .into(),
         }))
     }
 }
@@ -191,6 +209,11 @@ pub async fn forward(
     }
 }
 
+/// The cluster refused to admit a node because it was removed from it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Removed(pub String);
+
 /// Asks the cluster that `addr` belongs to to admit this node; follows redirects to the
 /// metadata leader and retries for up to [`JOIN_WAIT`]. Returns the Raft id and shard count.
 pub async fn join(peers: &Peers, addr: &str, me: &NodeRecord) -> anyhow::Result<(u64, u32)> {
@@ -218,7 +241,14 @@ pub async fn join(peers: &Peers, addr: &str, me: &NodeRecord) -> anyhow::Result<
             }
             Ok(Ok(r)) if r.raft_id > 0 && r.shards > 0 => return Ok((r.raft_id, r.shards)),
             Ok(Ok(r)) => last_error = format!("malformed answer {r:?}"),
-            Ok(Err(e)) => last_error = format!("{e:#}"),
+            Ok(Err(e)) => {
+                if let Some(status) = e.downcast_ref::<Status>() {
+                    if status.code() == tonic::Code::FailedPrecondition {
+                        return Err(Removed(status.message().to_string()).into());
+                    }
+                }
+                last_error = format!("{e:#}")
+            }
             Err(_) => last_error = "timed out".into(),
         }
         tracing::info!(via = %target, error = %last_error, "join not answered yet; retrying");

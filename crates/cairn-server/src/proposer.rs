@@ -116,6 +116,8 @@ pub enum GroupChange {
     /// Membership changes append entries of their own: the indexes the proposer predicts for
     /// writes (their versions) stay exact because it re-reads the end of the log after one.
     SetVoters(std::collections::BTreeSet<u64>),
+    /// Stop replicating to these learners (a node removed from the cluster).
+    RemoveLearners(std::collections::BTreeSet<u64>),
     /// Hand leadership to this voter. With nothing in flight, the target can hold the whole
     /// log when asked, and is then elected at once (see [`cairn_raft::Group::transfer_leader`]).
     TransferLeader(u64),
@@ -322,6 +324,7 @@ impl Proposer {
             match change {
                 GroupChange::AddLearner { id, addr } => self.h.group.add_learner(id, addr).await,
                 GroupChange::SetVoters(voters) => self.h.group.set_voters(voters).await,
+                GroupChange::RemoveLearners(ids) => self.h.group.remove_learners(ids).await,
                 GroupChange::TransferLeader(to) => {
                     self.h
                         .group

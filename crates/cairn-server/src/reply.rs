@@ -59,6 +59,8 @@ impl KeyType {
 pub enum NodeState {
     Up,
     Down,
+    /// Asked to leave: its leaderships and votes are moving to other nodes.
+    Leaving,
 }
 
 impl NodeState {
@@ -66,6 +68,7 @@ impl NodeState {
         match self {
             NodeState::Up => "up",
             NodeState::Down => "down",
+            NodeState::Leaving => "leaving",
         }
     }
 }
@@ -104,6 +107,9 @@ pub struct ClusterStatus {
     pub node_id: String,
     pub nodes: Vec<NodeInfo>,
     pub shards: Vec<ShardInfo>,
+    /// The metadata group (the map's own Raft group; `id` 0, no slots), when this node holds
+    /// a replica of it.
+    pub metadata: Option<Box<ShardInfo>>,
 }
 
 /// Storage statistics of one shard.
@@ -140,6 +146,23 @@ pub struct RaftStats {
     pub purged: u64,
     /// Leader changes this node saw since it started.
     pub leader_changes: u64,
+}
+
+impl RaftStats {
+    /// Group `group` as this node's replica sees it.
+    pub fn of(group: &cairn_raft::Group) -> RaftStats {
+        let g = group.status();
+        RaftStats {
+            term: g.term,
+            leader: g.leader == Some(g.node),
+            last_log_index: g.last_log_index.unwrap_or(0),
+            committed: g.committed.unwrap_or(0),
+            applied: g.applied.unwrap_or(0),
+            snapshot: g.snapshot.unwrap_or(0),
+            purged: g.purged.unwrap_or(0),
+            leader_changes: group.leader_changes(),
+        }
+    }
 }
 
 /// The result of executing a command. Each `Command` variant documents which of these it

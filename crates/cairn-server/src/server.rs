@@ -74,6 +74,11 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         join: config.join.clone(),
         replicas: config.replicas,
         down_after: std::time::Duration::from_millis(config.down_after_ms),
+        replace_down_after: std::time::Duration::from_millis(config.replace_down_after_ms),
+        balance: crate::balance::Limits {
+            moves_max: config.balance_moves_max,
+            ..crate::balance::Limits::default()
+        },
         watch_history: config.watch_history,
     };
     let node: Arc<Node> = Node::open(options).await?;
@@ -119,10 +124,18 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         "ready"
     );
 
-    // Serve until asked to stop, or until a front end fails.
+    // Serve until asked to stop, until a front end fails, or until the cluster removes this
+    // node (its clients then reconnect elsewhere: cluster clients refresh their maps on a
+    // closed connection).
     let mut failure = None;
+    let mut removed = node.removal();
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
+        Ok(reason) = async { removed.wait_for(Option::is_some).await.map(|r| r.clone()) } => {
+            let reason = reason.unwrap_or_default();
+            tracing::error!(%reason, "removed from the cluster; shutting down");
+            failure = Some(anyhow::anyhow!(reason));
+        }
         Some(ended) = tasks.join_next() => {
             let error = match ended {
                 Ok(Ok(())) => anyhow::anyhow!("a front end stopped unexpectedly"),

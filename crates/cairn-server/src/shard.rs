@@ -67,17 +67,7 @@ impl Shard {
 
     /// The shard's Raft group as this node sees it.
     pub fn raft_stats(&self) -> crate::reply::RaftStats {
-        let g = self.group.status();
-        crate::reply::RaftStats {
-            term: g.term,
-            leader: g.leader == Some(g.node),
-            last_log_index: g.last_log_index.unwrap_or(0),
-            committed: g.committed.unwrap_or(0),
-            applied: g.applied.unwrap_or(0),
-            snapshot: g.snapshot.unwrap_or(0),
-            purged: g.purged.unwrap_or(0),
-            leader_changes: self.group.leader_changes(),
-        }
+        crate::reply::RaftStats::of(&self.group)
     }
 
     /// Hands a proposal to the shard's proposer (waiting while its queue is full).

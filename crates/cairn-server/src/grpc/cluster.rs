@@ -6,9 +6,10 @@ use cairn_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::{execute, observed, unexpected};
+use crate::balancer::ManageError;
 use crate::command::Command;
 use crate::node::Node;
-use crate::reply::{ClusterStatus, NodeState, Reply};
+use crate::reply::{ClusterStatus, NodeState, Reply, ShardInfo};
 
 /// The `Cluster` service over one node.
 #[derive(Debug)]
@@ -36,6 +37,22 @@ impl pb::cluster_server::Cluster for ClusterService {
         })
         .await
     }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        observed("remove_node", async move {
+            let id = request.into_inner().id;
+            match self.node.remove_node(&id).await {
+                Ok(()) => Ok(Response::new(pb::RemoveNodeResponse {})),
+                Err(ManageError::UnknownNode(why)) => Err(Status::not_found(why)),
+                Err(ManageError::Refused(why)) => Err(Status::failed_precondition(why)),
+                Err(ManageError::Failed(e)) => Err(super::status_of(e)),
+            }
+        })
+        .await
+    }
 }
 
 fn status_to_pb(status: ClusterStatus) -> pb::StatusResponse {
@@ -52,30 +69,32 @@ fn status_to_pb(status: ClusterStatus) -> pb::StatusResponse {
                 state: match n.state {
                     NodeState::Up => pb::NodeState::Up,
                     NodeState::Down => pb::NodeState::Down,
+                    NodeState::Leaving => pb::NodeState::Leaving,
                 } as i32,
             })
             .collect(),
-        shards: status
-            .shards
+        shards: status.shards.into_iter().map(shard_to_pb).collect(),
+        metadata: status.metadata.map(|m| shard_to_pb(*m)),
+    }
+}
+
+fn shard_to_pb(s: ShardInfo) -> pb::ShardInfo {
+    pb::ShardInfo {
+        id: s.id,
+        slots: s
+            .slots
             .into_iter()
-            .map(|s| pb::ShardInfo {
-                id: s.id,
-                slots: s
-                    .slots
-                    .into_iter()
-                    .map(|(start, end)| pb::SlotRange {
-                        start: start.into(),
-                        end: end.into(),
-                    })
-                    .collect(),
-                replicas: s.replicas,
-                learners: s.learners,
-                leader: s.leader,
-                term: s.raft.term,
-                last_log_index: s.raft.last_log_index,
-                commit_index: s.raft.committed,
-                applied_index: s.raft.applied,
+            .map(|(start, end)| pb::SlotRange {
+                start: start.into(),
+                end: end.into(),
             })
             .collect(),
+        replicas: s.replicas,
+        learners: s.learners,
+        leader: s.leader,
+        term: s.raft.term,
+        last_log_index: s.raft.last_log_index,
+        commit_index: s.raft.committed,
+        applied_index: s.raft.applied,
     }
 }

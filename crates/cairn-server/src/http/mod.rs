@@ -90,6 +90,10 @@ fn router(state: AppState) -> Router {
         .route("/v1/txn", axum::routing::post(txn::txn))
         .route("/v1/watch", get(watch::watch))
         .route("/v1/cluster", get(ops::cluster))
+        .route(
+            "/v1/cluster/nodes/{id}",
+            axum::routing::delete(ops::remove_node),
+        )
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
@@ -126,6 +130,13 @@ fn operation(method: &Method, path: &str) -> &'static str {
             Method::PUT => "put",
             Method::DELETE => "delete",
             _ => "unknown",
+        };
+    }
+    if path.starts_with("/v1/cluster/nodes/") {
+        return if *method == Method::DELETE {
+            "remove_node"
+        } else {
+            "unknown"
         };
     }
     if *method != Method::GET && *method != Method::HEAD {

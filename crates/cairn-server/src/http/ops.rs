@@ -7,8 +7,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::{ApiError, AppState, execute};
+use crate::balancer::ManageError;
 use crate::command::Command;
-use crate::reply::{ClusterStatus, Reply};
+use crate::reply::{ClusterStatus, Reply, ShardInfo};
 
 /// The OpenAPI 3 description of every route of this front end.
 const OPENAPI_JSON: &str = include_str!("openapi.json");
@@ -48,6 +49,28 @@ struct ClusterJson {
     node_id: String,
     nodes: Vec<NodeJson>,
     shards: Vec<ShardJson>,
+    /// The metadata group (`id` 0, no slots).
+    metadata: Option<ShardJson>,
+}
+
+impl From<ShardInfo> for ShardJson {
+    fn from(sh: ShardInfo) -> Self {
+        ShardJson {
+            id: sh.id,
+            slots: sh
+                .slots
+                .into_iter()
+                .map(|(start, end)| SlotRangeJson { start, end })
+                .collect(),
+            replicas: sh.replicas,
+            learners: sh.learners,
+            leader: sh.leader,
+            term: sh.raft.term,
+            last_log_index: sh.raft.last_log_index,
+            commit_index: sh.raft.committed,
+            applied_index: sh.raft.applied,
+        }
+    }
 }
 
 impl From<ClusterStatus> for ClusterJson {
@@ -65,25 +88,8 @@ impl From<ClusterStatus> for ClusterJson {
                     state: n.state.as_str(),
                 })
                 .collect(),
-            shards: s
-                .shards
-                .into_iter()
-                .map(|sh| ShardJson {
-                    id: sh.id,
-                    slots: sh
-                        .slots
-                        .into_iter()
-                        .map(|(start, end)| SlotRangeJson { start, end })
-                        .collect(),
-                    replicas: sh.replicas,
-                    learners: sh.learners,
-                    leader: sh.leader,
-                    term: sh.raft.term,
-                    last_log_index: sh.raft.last_log_index,
-                    commit_index: sh.raft.committed,
-                    applied_index: sh.raft.applied,
-                })
-                .collect(),
+            shards: s.shards.into_iter().map(ShardJson::from).collect(),
+            metadata: s.metadata.map(|m| ShardJson::from(*m)),
         }
     }
 }
@@ -93,6 +99,30 @@ pub(super) async fn cluster(State(state): State<AppState>) -> Result<Response, A
     match execute(&state.node, Command::ClusterStatus).await? {
         Reply::Cluster(status) => Ok(axum::Json(ClusterJson::from(status)).into_response()),
         other => Err(ApiError::unexpected(&other)),
+    }
+}
+
+/// `DELETE /v1/cluster/nodes/{id}`: drains node `id` and removes it from the cluster
+/// (202 once the map records it leaving; `GET /v1/cluster` shows it `leaving`, then no more).
+pub(super) async fn remove_node(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    match state.node.remove_node(&id).await {
+        Ok(()) => Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({ "status": "leaving", "id": id })),
+        )
+            .into_response()),
+        Err(ManageError::UnknownNode(why)) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", why))
+        }
+        Err(ManageError::Refused(why)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "failed_precondition",
+            why,
+        )),
+        Err(ManageError::Failed(e)) => Err(ApiError::from(e)),
     }
 }
 

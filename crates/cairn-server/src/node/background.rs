@@ -16,8 +16,8 @@ use crate::proposer::ProposalOp;
 
 impl Node {
     /// Background work until `shutdown` resolves: active expiry, log sync (`everysec`),
-    /// periodic checkpoints (snapshots, then log purge), placement, and the transaction
-    /// resolver (a task of its own).
+    /// periodic checkpoints (snapshots, then log purge), placement, and on tasks of their own
+    /// the transaction resolver, the touch check and the balancer.
     pub async fn run_background(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         let mut expire = tokio::time::interval(EXPIRE_TICK);
         let mut checkpoint = tokio::time::interval(CHECKPOINT_INTERVAL);
@@ -52,6 +52,8 @@ impl Node {
                 }
             })
         };
+        // The balancer waits on other nodes (each step on its group's leader): its own task.
+        let balancer = tokio::spawn(crate::balancer::run(self.clone()));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -80,6 +82,7 @@ impl Node {
         }
         resolver.abort();
         toucher.abort();
+        balancer.abort();
     }
 
     /// Snapshots every shard this node holds (an engine checkpoint: durable up to the applied

@@ -37,6 +37,7 @@ impl Node {
                             http_addr: options.http_addr.to_string(),
                             resp_addr: options.resp_addr.to_string(),
                             down: false,
+                            leaving: false,
                         };
                         let (raft_id, shards) = crate::peer::join(&peers, addr, &me).await?;
                         tracing::info!(raft_id, shards, via = %addr, "joined the cluster");
@@ -100,6 +101,7 @@ impl Node {
             peers,
             liveness: Default::default(),
             handovers_refused: Default::default(),
+            removed: tokio::sync::watch::Sender::new(None),
             wal,
             groups,
             health,

@@ -48,6 +48,7 @@ impl Node {
             http_addr: self.options.http_addr.to_string(),
             resp_addr: self.options.resp_addr.to_string(),
             down: false,
+            leaving: false,
         }
     }
 

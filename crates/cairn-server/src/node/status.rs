@@ -20,27 +20,34 @@ impl Node {
                 .find(|r| r.raft_id == id)
                 .map_or_else(|| format!("raft-{id}"), |r| r.name.clone())
         };
+        let info = |id: u32, slots: Vec<(u16, u16)>, group: &cairn_raft::Group, raft| {
+            let g = group.status();
+            ShardInfo {
+                id,
+                slots,
+                replicas: g
+                    .voters
+                    .iter()
+                    .chain(&g.learners)
+                    .map(|id| name_of(*id))
+                    .collect(),
+                learners: g.learners.iter().map(|id| name_of(*id)).collect(),
+                leader: g.leader.map(name_of),
+                raft,
+            }
+        };
         let shards = self
             .shards
             .list
             .iter()
-            .map(|s| {
-                let g = s.group.status();
-                ShardInfo {
-                    id: s.id,
-                    slots: vec![s.slots],
-                    replicas: g
-                        .voters
-                        .iter()
-                        .chain(&g.learners)
-                        .map(|id| name_of(*id))
-                        .collect(),
-                    learners: g.learners.iter().map(|id| name_of(*id)).collect(),
-                    leader: g.leader.map(name_of),
-                    raft: s.raft_stats(),
-                }
-            })
+            .map(|s| info(s.id, vec![s.slots], &s.group, s.raft_stats()))
             .collect();
+        let metadata = Some(Box::new(info(
+            0,
+            Vec::new(),
+            &self.meta.group,
+            crate::reply::RaftStats::of(&self.meta.group),
+        )));
         let nodes = records
             .iter()
             .map(|r| NodeInfo {
@@ -50,6 +57,8 @@ impl Node {
                 resp_addr: r.resp_addr.clone(),
                 state: if r.down && r.raft_id != me.raft_id {
                     NodeState::Down
+                } else if r.leaving {
+                    NodeState::Leaving
                 } else {
                     NodeState::Up
                 },
@@ -59,6 +68,7 @@ impl Node {
             node_id: me.name,
             nodes,
             shards,
+            metadata,
         }
     }
 

@@ -477,6 +477,7 @@ mod tests {
                 shard(2, (8192, 12287), Some("b"), &all),
                 shard(3, (12288, 16383), None, &all),
             ],
+            metadata: None,
         };
         let own = match me {
             "a" => "127.0.0.1:7001",
@@ -510,6 +511,7 @@ mod tests {
                     )
                 })
                 .collect(),
+            metadata: None,
         };
         let map = ClusterMap::new(status, "0.0.0.0:6379".parse().unwrap(), LOCAL);
         assert_eq!(

@@ -45,6 +45,8 @@ async fn start(net: &MemoryNetwork, dir: &std::path::Path, i: u8, join: Option<u
         join: join.map(|j| grpc_addr(j).to_string()),
         replicas: 3,
         down_after: Duration::from_secs(5),
+        replace_down_after: Duration::from_secs(300),
+        balance: cairn_server::balance::Limits::default(),
         watch_history: cairn_server::feed::FeedLimits::default(),
         clock: cairn_storage::clock::system(),
         network: Arc::new(net.node(grpc_addr(i))),

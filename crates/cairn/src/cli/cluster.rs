@@ -1,4 +1,5 @@
-//! `cairn cluster status`: the cluster map as the contacted node sees it.
+//! `cairn cluster status`: the cluster map as the contacted node sees it; `cairn cluster
+//! remove-node`: drains a node and waits (with a progress bar) until the cluster dropped it.
 
 use cairn_client::proto::{NodeState, StatusResponse};
 use clap::Subcommand;
@@ -12,6 +13,19 @@ pub enum ClusterCommand {
     /// Nodes with their addresses and state; shards with slot ranges, leader, Raft term,
     /// commit and applied index, lag and replicas
     Status,
+    /// Drain a node and remove it from the cluster: its shard leaderships and votes move to
+    /// other nodes, then the cluster map drops it and it may be shut down. Refused when
+    /// fewer serving nodes than replicas per shard would remain
+    RemoveNode {
+        /// The node's id (40 hex characters, as `cairn cluster status` lists it)
+        id: String,
+        /// Return once the node is leaving, without waiting until it is gone
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
 }
 
 pub async fn run(command: ClusterCommand, connection: Connection) -> anyhow::Result<u8> {
@@ -24,8 +38,77 @@ pub async fn run(command: ClusterCommand, connection: Connection) -> anyhow::Res
                 print!("{}", render(&status));
             }
         }
+        ClusterCommand::RemoveNode {
+            id,
+            no_wait,
+            timeout_secs,
+        } => {
+            let client = connection.client()?;
+            client.remove_node(&id).await?;
+            if no_wait {
+                eprintln!("node {id} is leaving the cluster");
+                return Ok(0);
+            }
+            wait_gone(&client, &id, std::time::Duration::from_secs(timeout_secs)).await?;
+            eprintln!("node {id} was removed from the cluster");
+        }
     }
     Ok(0)
+}
+
+/// Shard votes and leaderships node `id` still holds, as `status` shows them; `None` once
+/// the map no longer lists it.
+fn held_by(status: &StatusResponse, id: &str) -> Option<u64> {
+    status.nodes.iter().find(|n| n.id == id)?;
+    let held = status
+        .shards
+        .iter()
+        .map(|sh| {
+            let votes = sh.replicas.iter().any(|r| r == id) && !sh.learners.iter().any(|l| l == id);
+            u64::from(votes) + u64::from(sh.leader.as_deref() == Some(id))
+        })
+        .sum();
+    Some(held)
+}
+
+/// Polls the cluster until node `id` is gone, showing how much of what it held has moved.
+async fn wait_gone(
+    client: &cairn_client::Client,
+    id: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    let first = held_by(&client.status().await?, id).unwrap_or(0);
+    let bar = indicatif::ProgressBar::new(first.max(1));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} draining {msg} [{bar:30}] {pos}/{len} votes and leaderships moved ({elapsed})",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(id.chars().take(8).collect::<String>());
+    loop {
+        match client.status().await.map(|s| held_by(&s, id)) {
+            Ok(None) => {
+                bar.set_position(bar.length().unwrap_or(0));
+                bar.finish();
+                return Ok(());
+            }
+            Ok(Some(held)) => bar.set_position(first.saturating_sub(held)),
+            // The node answering may be the one leaving, and it may stop: ask again.
+            Err(e) => bar.set_message(format!(
+                "{} (status: {e})",
+                id.chars().take(8).collect::<String>()
+            )),
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "node {id} is still in the cluster after {timeout:?} (it keeps leaving; see \
+             `cairn cluster status`)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 fn state_name(state: i32) -> &'static str {

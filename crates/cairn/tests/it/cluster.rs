@@ -25,20 +25,20 @@ use serde_json::Value;
 use crate::support::{Firewall, Node, UnixUser, can_cut_links, poll_until};
 
 /// Shards of each test cluster.
-const SHARDS: &str = "4";
+pub(crate) const SHARDS: &str = "4";
 /// How long a cluster may take to place every replica and elect every leader.
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the survivors may take to elect new leaders for a lost leader's shards (an
 /// election takes 600–800 ms of silence; generous, for two busy cores).
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Nodes started together; node 0 created the cluster.
-struct Cluster {
-    nodes: Vec<Node>,
+pub(crate) struct Cluster {
+    pub(crate) nodes: Vec<Node>,
 }
 
 impl Cluster {
-    fn start(n: usize) -> Cluster {
+    pub(crate) fn start(n: usize) -> Cluster {
         Self::start_first_as(n, None)
     }
 
@@ -135,7 +135,7 @@ impl Cluster {
     }
 
     /// Node `i`'s name in the cluster map.
-    fn name(&self, i: usize) -> String {
+    pub(crate) fn name(&self, i: usize) -> String {
         self.status(i)["node_id"].as_str().unwrap().to_string()
     }
 
@@ -190,7 +190,7 @@ impl Cluster {
     }
 
     /// Node `i`'s `/v1/cluster` (its view of the nodes and each shard's slots and leader).
-    fn status(&self, i: usize) -> Value {
+    pub(crate) fn status(&self, i: usize) -> Value {
         let response = crate::http::request(self.nodes[i].http_addr, "GET", "/v1/cluster", b"");
         assert_eq!(response.status, 200);
         response.json()
@@ -219,7 +219,7 @@ impl Cluster {
             .expect("the leader is a running node")
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.nodes
             .iter()
             .enumerate()
@@ -237,13 +237,13 @@ impl Cluster {
 }
 
 /// A RESP connection whose failures are answers, not panics (its node may be killed).
-struct Conn {
+pub(crate) struct Conn {
     stream: TcpStream,
 }
 
 /// What a command came back with.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Answer {
+pub(crate) enum Answer {
     Ok,
     Bulk(Option<String>),
     Int(i64),
@@ -254,7 +254,7 @@ enum Answer {
 }
 
 impl Conn {
-    fn connect(addr: SocketAddr) -> Option<Conn> {
+    pub(crate) fn connect(addr: SocketAddr) -> Option<Conn> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
@@ -263,7 +263,7 @@ impl Conn {
         Some(Conn { stream })
     }
 
-    fn cmd(&mut self, args: &[&str]) -> Answer {
+    pub(crate) fn cmd(&mut self, args: &[&str]) -> Answer {
         if !self.send(args) {
             return Answer::Lost;
         }
@@ -342,11 +342,11 @@ fn leader_of_slot(status: &Value, slot: i64) -> Option<&str> {
     shard["leader"].as_str().filter(|l| !l.is_empty())
 }
 
-fn is_retriable(error: &str) -> bool {
+pub(crate) fn is_retriable(error: &str) -> bool {
     error.starts_with("TRYAGAIN")
 }
 
-fn is_unknown(error: &str) -> bool {
+pub(crate) fn is_unknown(error: &str) -> bool {
     error.contains("outcome unknown")
 }
 
@@ -554,26 +554,26 @@ fn writes_through_any_node_on_every_front_end_are_read_from_every_node() {
 
 /// What one writer learned.
 #[derive(Debug, Default)]
-struct Written {
+pub(crate) struct Written {
     /// Keys whose SET was acknowledged.
-    acked: Vec<String>,
+    pub(crate) acked: Vec<String>,
     /// Keys whose SET was refused with TRYAGAIN: they must never appear.
-    refused: Vec<String>,
+    pub(crate) refused: Vec<String>,
     /// Its counter key, and the INCRs on it acknowledged and of unknown outcome.
-    counter: String,
-    incr_acked: i64,
-    incr_unknown: i64,
+    pub(crate) counter: String,
+    pub(crate) incr_acked: i64,
+    pub(crate) incr_unknown: i64,
     /// Every error answer, in order (retriable or of unknown outcome).
-    errors: Vec<String>,
+    pub(crate) errors: Vec<String>,
     /// The longest any one write took to be answered.
-    slowest: Duration,
+    pub(crate) slowest: Duration,
 }
 
 /// One writer: alternately SETs unique keys and INCRs its own counter through `addr` until
 /// `go` says stop, recording what it learned. INCR writes an absolute value computed from
 /// state, so a refused entry whose effect leaked into a later one, or an increment applied
 /// twice, shows up as a counter outside [acknowledged, acknowledged + unknown].
-fn write_while(addr: SocketAddr, writer: usize, go: impl Fn() -> bool) -> Written {
+pub(crate) fn write_while(addr: SocketAddr, writer: usize, go: impl Fn() -> bool) -> Written {
     let mut w = Written {
         counter: format!("ctr:{writer}"),
         ..Written::default()
@@ -643,7 +643,7 @@ fn with_writers(cluster: &Cluster, writers_per_node: usize, run: Duration) -> Ve
 
 /// Every refused SET is absent, and every counter counts each acknowledged INCR once and at
 /// most the unknown ones besides.
-fn assert_outcomes_honest(cluster: &Cluster, from: usize, written: &[Written]) {
+pub(crate) fn assert_outcomes_honest(cluster: &Cluster, from: usize, written: &[Written]) {
     let mut conn = Conn::connect(cluster.nodes[from].resp_addr).unwrap();
     for w in written {
         for key in &w.refused {
@@ -669,7 +669,7 @@ fn assert_outcomes_honest(cluster: &Cluster, from: usize, written: &[Written]) {
     }
 }
 
-fn assert_readable(cluster: &Cluster, from: usize, keys: &[String]) {
+pub(crate) fn assert_readable(cluster: &Cluster, from: usize, keys: &[String]) {
     let mut conn = Conn::connect(cluster.nodes[from].resp_addr).unwrap();
     for key in keys {
         assert_eq!(

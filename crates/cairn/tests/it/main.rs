@@ -6,6 +6,7 @@ mod clients;
 mod cluster;
 mod differential;
 mod durability;
+mod elastic;
 mod grpc;
 mod http;
 mod linearizability;

@@ -109,6 +109,12 @@ impl Node {
 
     /// (Re)start the process on the same data directory and ports.
     pub fn spawn(&mut self) {
+        self.spawn_unchecked();
+        self.wait_ready();
+    }
+
+    /// Starts the process without waiting until it listens (it may be meant to exit).
+    pub fn spawn_unchecked(&mut self) {
         assert!(self.child.is_none(), "node already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -150,7 +156,6 @@ impl Node {
             .spawn()
             .expect("spawn cairn server");
         self.child = Some(child);
-        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {

@@ -1,0 +1,655 @@
+//! The balancer at work: every [`ROUND_INTERVAL`] the metadata leader notices nodes that
+//! went silent, reads the cluster as its own replicas see it, asks [`crate::balance::plan`]
+//! for the round's steps, has each carried out by its group's leader (itself, or another
+//! node through `cairn.peer.v1.Node/Manage`), and removes from the map the nodes that left
+//! or were replaced once they hold no vote and no leadership.
+//!
+//! Until a shard lives on R nodes only (followed feeds, docs/design.md), every node keeps a
+//! learner replica of every group ([`crate::placement`]), so the node a move "adds" already
+//! holds the group's data: [`Step::AddLearner`] promotes that learner once it has caught up
+//! (adding it as a learner first if it is not one yet), and [`Step::RemoveVoter`] demotes a
+//! voter back to a learner. The planner is shown no learners, and what it balances are votes
+//! (which nodes take part in each group's commits) and leaderships (which node evaluates a
+//! shard's writes and serves its linearizable reads).
+//!
+//! Node states: a node leaving on request (`cairn cluster remove-node`) is draining; a node
+//! marked down is down, and dead once down for longer than `--replace-down-after-ms`, but
+//! only while enough other nodes are up to hold its replicas (otherwise it stays down: there
+//! is nowhere to recreate them, and it may come back). A step the group's leader cannot take
+//! now (a learner not caught up, a handover refused) is simply planned again in a later
+//! round: every round plans from what the groups are, not from what was asked.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_proto::peer as pb;
+use futures::future::join_all;
+use serde::{Deserialize, Serialize};
+
+use crate::balance::{GroupView, NodeState, Step};
+use crate::error::CommandError;
+use crate::meta::{META_GROUP, META_VOTERS_MAX, NodeRecord};
+use crate::node::Node;
+use crate::placement::{PROMOTE_LAG_ENTRIES_MAX, submit};
+use crate::proposer::GroupChange;
+use crate::shard::group_of_shard;
+
+/// How often the metadata leader runs a round.
+pub const ROUND_INTERVAL: Duration = Duration::from_millis(500);
+/// How long one step may take on its group's leader (a membership change commits in a few
+/// round trips; a handover waits up to half a second for its target).
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a group's leader waits before taking a handover of the group again after one
+/// was refused (each attempt holds the group's writes while its entries in flight land and
+/// the target catches up, so a target that keeps lagging must not make that happen every
+/// round).
+pub const HANDOVER_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// What one node asks another to do for the cluster's management (postcard over
+/// `Node/Manage`, an internal format bound to the build like forwarded commands).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Manage {
+    /// As the group's leader, carry out this step.
+    Step(Step),
+    /// As the metadata leader, start draining this node (its name or Raft id).
+    RemoveNode(String),
+}
+
+/// Why a management request was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ManageError {
+    /// No such node in the cluster map.
+    #[error("{0}")]
+    UnknownNode(String),
+    /// The cluster cannot do it in its present state (it would lose replicas or a majority).
+    #[error("{0}")]
+    Refused(String),
+    /// It could not be done now (no leader, a lost connection): it may be asked again.
+    #[error(transparent)]
+    Failed(#[from] CommandError),
+}
+
+/// The metadata leader's memory of when it started hearing from nodes.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    /// The metadata term this node led when it started watching, and when.
+    leading_since: Option<(u64, Instant)>,
+    /// When each node first appeared in the map during this watch.
+    first_seen: HashMap<u64, Instant>,
+}
+
+/// Runs rounds while this node lives (each does something only while it leads the
+/// metadata group).
+pub async fn run(node: Arc<Node>) {
+    tokio::spawn(confirm_membership(node.clone()));
+    let mut tick = tokio::time::interval(ROUND_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(removal) = node.meta().removal(node.raft_id()) {
+            leave(&node, removal.refusal()).await;
+            return;
+        }
+        if let Some(term) = node.meta().group.leading() {
+            round(&node, term.term()).await;
+        }
+    }
+}
+
+/// A node removed from the cluster says so to [`Node::removal`]: `cairn server` then stops
+/// its front ends (its clients' connections close after their current requests, which it
+/// still forwards to the shards' leaders, so a cluster client sees a closed connection and
+/// moves on, never an error) and then its groups (no other node counts it in any; it must
+/// not stand for election in them), and exits. Its data directory stays as it is, for its
+/// operator to delete.
+async fn leave(node: &Node, reason: String) {
+    tracing::error!(%reason, "this node was removed from the cluster; it stops serving");
+    node.removed.send_replace(Some(reason));
+}
+
+/// At start, asks the cluster (any other node of the map, through the metadata leader)
+/// whether this node is still a member, as a join would: a node that was replaced while it
+/// was down learns it here, since the groups that would have told it dropped it. Asked
+/// until answered; a node that is still a member only has its record refreshed.
+async fn confirm_membership(node: Arc<Node>) {
+    let me = node.my_record();
+    loop {
+        let others: Vec<String> = node
+            .meta()
+            .nodes()
+            .into_iter()
+            .filter(|r| r.raft_id != me.raft_id)
+            .map(|r| r.grpc_addr)
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        for addr in &others {
+            match crate::peer::join(node.peers(), addr, &me).await {
+                Ok(_) => return,
+                Err(e) => match e.downcast::<crate::peer::Removed>() {
+                    Ok(removed) => {
+                        leave(&node, removed.0).await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(via = %addr, error = %e, "membership not confirmed yet")
+                    }
+                },
+            }
+        }
+    }
+}
+
+async fn round(node: &Node, term: u64) {
+    let records = node.meta().nodes();
+    if records.is_empty() {
+        return;
+    }
+    let silent = detect_failures(node, &records, term).await;
+    let replicas = node.meta().config().map_or(1, |c| c.replicas as usize);
+    let states = states(
+        &records,
+        &silent,
+        node.options().replace_down_after,
+        replicas,
+    );
+    let views = views(node, &states, replicas);
+    let steps = crate::balance::plan(&states, &views, &node.options().balance);
+    join_all(
+        steps
+            .into_iter()
+            .map(|step| dispatch(node, &views, &records, step)),
+    )
+    .await;
+    finish_removals(node, &records, &states, &silent, &views).await;
+}
+
+/// Marks nodes down (or up again) by how long the metadata leader has not heard from them,
+/// and returns how long each node has been silent.
+async fn detect_failures(
+    node: &Node,
+    records: &[NodeRecord],
+    term: u64,
+) -> BTreeMap<u64, Duration> {
+    let Some(heard) = node.meta().group.heard_from() else {
+        return BTreeMap::new();
+    };
+    let down_after = node.options().down_after;
+    let now = Instant::now();
+    let silent: BTreeMap<u64, Duration> = {
+        let mut live = node.liveness.lock();
+        if live.leading_since.map(|(t, _)| t) != Some(term) {
+            *live = Liveness {
+                leading_since: Some((term, now)),
+                first_seen: HashMap::new(),
+            };
+        }
+        let since = live.leading_since.map_or(now, |(_, at)| at);
+        records
+            .iter()
+            .filter(|r| r.raft_id != node.raft_id())
+            .map(|r| {
+                let seen = *live.first_seen.entry(r.raft_id).or_insert(now);
+                // Never heard from: count from when this leader could first have heard.
+                let silent = match heard.get(&r.raft_id) {
+                    Some(Some(ago)) => *ago,
+                    _ => now.duration_since(since.max(seen)),
+                };
+                (r.raft_id, silent)
+            })
+            .collect()
+    };
+    for r in records {
+        let down = silent.get(&r.raft_id).is_some_and(|s| *s > down_after);
+        if down == r.down {
+            continue;
+        }
+        match node.meta().set_down(r.raft_id, down).await {
+            Ok(()) if down => tracing::warn!(node = r.raft_id, "node marked down"),
+            Ok(()) => tracing::info!(node = r.raft_id, "node is up"),
+            Err(e) => tracing::debug!(node = r.raft_id, error = %e, "cannot record node state"),
+        }
+    }
+    silent
+}
+
+/// How the planner is to see each node of the map. A down node becomes dead (its replicas
+/// are recreated elsewhere) once silent for longer than `replace_after`, but only while at
+/// least `replicas` other nodes are up and staying: with fewer there is nowhere to recreate
+/// them, and the node is better kept in case it comes back.
+pub fn states(
+    records: &[NodeRecord],
+    silent: &BTreeMap<u64, Duration>,
+    replace_after: Duration,
+    replicas: usize,
+) -> BTreeMap<u64, NodeState> {
+    let serving = records.iter().filter(|r| !r.down && !r.leaving).count();
+    records
+        .iter()
+        .map(|r| {
+            let overdue = silent.get(&r.raft_id).is_some_and(|s| *s > replace_after);
+            let state = if r.leaving {
+                NodeState::Draining
+            } else if r.down && overdue && serving >= replicas {
+                NodeState::Dead
+            } else if r.down {
+                NodeState::Down
+            } else {
+                NodeState::Up
+            };
+            (r.raft_id, state)
+        })
+        .collect()
+}
+
+/// Every group as this node's replica of it sees it: its voters and leader, and how many
+/// voters it should have (the cluster's `replicas` for a shard, up to [`META_VOTERS_MAX`]
+/// for the metadata group, capped by the nodes that stay). Learners are left out: see the
+/// module documentation.
+fn views(node: &Node, states: &BTreeMap<u64, NodeState>, replicas: usize) -> Vec<GroupView> {
+    let staying = states
+        .values()
+        .filter(|s| matches!(s, NodeState::Up | NodeState::Down))
+        .count()
+        .max(1);
+    let view = |id: u64, group: &cairn_raft::Group, wanted: usize| {
+        let status = group.status();
+        GroupView {
+            id,
+            replicas: wanted.min(staying),
+            voters: status.voters,
+            learners: BTreeMap::new(),
+            leader: status.leader,
+        }
+    };
+    std::iter::once(view(META_GROUP, &node.meta().group, META_VOTERS_MAX))
+        .chain(
+            node.shards()
+                .list
+                .iter()
+                .map(|s| view(group_of_shard(s.id), &s.group, replicas)),
+        )
+        .collect()
+}
+
+/// Has `step` carried out by its group's leader, and logs and counts the outcome.
+async fn dispatch(node: &Node, views: &[GroupView], records: &[NodeRecord], step: Step) {
+    let leader = views
+        .iter()
+        .find(|v| v.id == step.group())
+        .and_then(|v| v.leader);
+    let result = match leader {
+        None => Err(CommandError::TryAgain("the group has no leader".into())),
+        Some(l) if l == node.raft_id() => carry_out(node, step).await,
+        Some(l) => match records.iter().find(|r| r.raft_id == l) {
+            Some(r) => ask(node, &r.grpc_addr, &Manage::Step(step))
+                .await
+                .map_err(|e| match e {
+                    ManageError::Failed(e) => e,
+                    other => CommandError::Invalid(other.to_string()),
+                }),
+            None => Err(CommandError::TryAgain(format!(
+                "the group's leader {l} is not in the map"
+            ))),
+        },
+    };
+    let outcome = match &result {
+        Ok(()) => {
+            tracing::info!(?step, "balancer step done");
+            "done"
+        }
+        Err(e) => {
+            tracing::info!(?step, error = %e, "balancer step not taken");
+            "refused"
+        }
+    };
+    metrics::counter!(
+        crate::metrics::BALANCE_STEPS_TOTAL,
+        "kind" => step.kind(),
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// Sends `request` to the node at gRPC address `addr` and returns its answer.
+pub async fn ask(node: &Node, addr: &str, request: &Manage) -> Result<(), ManageError> {
+    let channel = node
+        .peers()
+        .channel(addr)
+        .map_err(|e| CommandError::TryAgain(format!("bad peer address {addr}: {e}")))?;
+    let mut client = pb::node_client::NodeClient::new(channel);
+    let request = pb::ManageRequest {
+        request: postcard::to_stdvec(request)
+            .expect("a request serialises")
+            .into(),
+    };
+    let lost = |why: String| Err(CommandError::TryAgain(format!("{addr}: {why}")).into());
+    match tokio::time::timeout(STEP_TIMEOUT, client.manage(request)).await {
+        Err(_) => lost(format!("no answer within {STEP_TIMEOUT:?}")),
+        Ok(Err(status)) => lost(status.message().to_string()),
+        Ok(Ok(response)) => postcard::from_bytes(&response.into_inner().result)
+            .unwrap_or_else(|e| lost(format!("undecodable answer: {e}"))),
+    }
+}
+
+/// Carries out a request another node made through `Node/Manage`.
+pub async fn serve(node: &Node, request: Manage) -> Result<(), ManageError> {
+    match request {
+        Manage::Step(step) => Ok(carry_out(node, step).await?),
+        Manage::RemoveNode(id) => node.remove_node(&id).await,
+    }
+}
+
+/// As the leader of `step`'s group: takes the step through the group's proposer (between
+/// its writes), after checking that it still makes sense.
+pub async fn carry_out(node: &Node, step: Step) -> Result<(), CommandError> {
+    let (group, proposals) = node.group_handles(step.group())?;
+    if group.leading().is_none() {
+        return Err(CommandError::TryAgain(format!(
+            "this node does not lead group {}",
+            step.group()
+        )));
+    }
+    if !group.membership_settled() {
+        return Err(CommandError::TryAgain(
+            "a membership change is under way".into(),
+        ));
+    }
+    let status = group.status();
+    match step {
+        Step::AddLearner { node: id, .. } | Step::Promote { node: id, .. } => {
+            if status.voters.contains(&id) {
+                return Ok(());
+            }
+            if !status.learners.contains(&id) {
+                let record = node.meta().node(id).ok_or_else(|| {
+                    CommandError::TryAgain(format!("node {id} is not in this node's map yet"))
+                })?;
+                let addr = cairn_raft::NodeAddr {
+                    grpc: record.grpc_addr,
+                };
+                return submit(proposals, GroupChange::AddLearner { id, addr }).await;
+            }
+            let last = status.last_log_index.unwrap_or(0);
+            let caught_up = group
+                .replicated()
+                .and_then(|r| r.get(&id).copied())
+                .is_some_and(|m| m + PROMOTE_LAG_ENTRIES_MAX >= last);
+            if !caught_up {
+                return Err(CommandError::TryAgain(format!(
+                    "node {id} has not caught up with the group's log yet"
+                )));
+            }
+            let mut voters = status.voters.clone();
+            voters.insert(id);
+            submit(proposals, GroupChange::SetVoters(voters)).await
+        }
+        Step::RemoveVoter { node: id, .. } => {
+            if !status.voters.contains(&id) {
+                return Ok(());
+            }
+            if id == status.node {
+                return Err(CommandError::Invalid(
+                    "a leader does not remove its own vote: its leadership moves first".into(),
+                ));
+            }
+            let mut voters = status.voters.clone();
+            voters.remove(&id);
+            submit(proposals, GroupChange::SetVoters(voters)).await
+        }
+        Step::RemoveLearner { node: id, .. } => {
+            if !status.learners.contains(&id) {
+                return Ok(());
+            }
+            submit(proposals, GroupChange::RemoveLearners(BTreeSet::from([id]))).await
+        }
+        Step::TransferLeader { group: g, to } => {
+            if status.leader == Some(to) {
+                return Ok(());
+            }
+            hand_over(node, g, proposals, to, &status).await
+        }
+    }
+}
+
+/// Hands the group's leadership to voter `to` (through the group's proposer, which lets the
+/// writes in flight land first), unless a handover of this group was refused less than
+/// [`HANDOVER_RETRY_AFTER`] ago or `to` does not yet hold the whole log.
+async fn hand_over(
+    node: &Node,
+    group_id: u64,
+    proposals: &tokio::sync::mpsc::Sender<crate::proposer::Proposal>,
+    to: u64,
+    status: &cairn_raft::GroupStatus,
+) -> Result<(), CommandError> {
+    if node
+        .handovers_refused
+        .lock()
+        .get(&group_id)
+        .is_some_and(|at| at.elapsed() < HANDOVER_RETRY_AFTER)
+    {
+        return Err(CommandError::TryAgain(
+            "a handover of this group was refused moments ago".into(),
+        ));
+    }
+    let (group, _) = node.group_handles(group_id)?;
+    let last = status.last_log_index.unwrap_or(0);
+    let caught_up = group
+        .replicated()
+        .and_then(|r| r.get(&to).copied())
+        .is_some_and(|m| m >= last);
+    if !caught_up {
+        return Err(CommandError::TryAgain(format!(
+            "node {to} does not hold the whole log yet"
+        )));
+    }
+    let result = submit(proposals, GroupChange::TransferLeader(to)).await;
+    let outcome = match &result {
+        Ok(()) => {
+            node.handovers_refused.lock().remove(&group_id);
+            "done"
+        }
+        Err(_) => {
+            node.handovers_refused
+                .lock()
+                .insert(group_id, Instant::now());
+            "refused"
+        }
+    };
+    metrics::counter!(
+        crate::metrics::SHARD_HANDOVERS_TOTAL,
+        "shard" => group_id.saturating_sub(1).to_string(),
+        "outcome" => outcome
+    )
+    .increment(1);
+    result
+}
+
+/// Removes from the map every node that is leaving or dead and no longer holds a vote or a
+/// leadership in any group. Only when every group has a known leader and voters as this
+/// node sees them: a replica that has not caught up with its group (it may not know all of
+/// its voters yet) must not conclude that a node holds none.
+async fn finish_removals(
+    node: &Node,
+    records: &[NodeRecord],
+    states: &BTreeMap<u64, NodeState>,
+    silent: &BTreeMap<u64, Duration>,
+    views: &[GroupView],
+) {
+    if views
+        .iter()
+        .any(|v| v.leader.is_none() || v.voters.is_empty())
+    {
+        return;
+    }
+    for r in records {
+        let reason = match states.get(&r.raft_id) {
+            Some(NodeState::Draining) => ("left", "left on request".to_string()),
+            Some(NodeState::Dead) => (
+                "replaced",
+                format!(
+                    "replaced after being down for {} s",
+                    silent.get(&r.raft_id).map_or(0, Duration::as_secs)
+                ),
+            ),
+            _ => continue,
+        };
+        let holds = views
+            .iter()
+            .any(|v| v.voters.contains(&r.raft_id) || v.leader == Some(r.raft_id));
+        if holds {
+            continue;
+        }
+        match node.meta().remove(r.raft_id, reason.1.clone()).await {
+            Ok(()) => {
+                tracing::warn!(node = r.raft_id, name = %r.name, reason = %reason.1, "node removed from the cluster");
+                metrics::counter!(crate::metrics::NODES_REMOVED_TOTAL, "reason" => reason.0)
+                    .increment(1);
+            }
+            Err(e) => tracing::debug!(node = r.raft_id, error = %e, "cannot remove node yet"),
+        }
+    }
+}
+
+impl Node {
+    /// `cairn cluster remove-node`: starts draining node `id` (its 40-character name, or its
+    /// Raft id), on the metadata leader (asked through the peer service when another node
+    /// leads). Refused when the nodes left serving would be fewer than the cluster's replicas
+    /// per shard, or when a group would be left without a majority of its voters up.
+    /// Returns once the map records the node as leaving; the balancer then moves its
+    /// leaderships and votes away and removes it.
+    pub async fn remove_node(&self, id: &str) -> Result<(), ManageError> {
+        let meta = self.meta();
+        if meta.group.leading().is_none() {
+            let status = meta.group.status();
+            let addr = status
+                .leader
+                .and_then(|l| status.nodes.get(&l).map(|a| a.grpc.clone()))
+                .ok_or_else(|| CommandError::TryAgain("the metadata group has no leader".into()))?;
+            return ask(self, &addr, &Manage::RemoveNode(id.to_string())).await;
+        }
+        let records = meta.nodes();
+        let Some(target) = records
+            .iter()
+            .find(|r| r.name == id || r.raft_id.to_string() == id)
+        else {
+            let gone = meta.removals();
+            let gone = gone
+                .iter()
+                .find(|r| r.name == id || r.raft_id.to_string() == id);
+            return Err(ManageError::UnknownNode(match gone {
+                Some(gone) => format!("node {} was already removed: {}", gone.name, gone.reason),
+                None => format!("no node {id} in the cluster"),
+            }));
+        };
+        if target.leaving {
+            return Ok(());
+        }
+        let replicas = meta.config().map_or(1, |c| c.replicas as usize);
+        let staying = records
+            .iter()
+            .filter(|r| r.raft_id != target.raft_id && !r.leaving && !r.down)
+            .count();
+        if staying < replicas {
+            return Err(ManageError::Refused(format!(
+                "removing node {} would leave {staying} serving node(s) for {replicas} replicas \
+                 per shard: add a node first",
+                target.name
+            )));
+        }
+        let up = |n: &u64| records.iter().any(|r| r.raft_id == *n && !r.down);
+        let groups = std::iter::once((META_GROUP, &meta.group)).chain(
+            self.shards()
+                .list
+                .iter()
+                .map(|s| (group_of_shard(s.id), &s.group)),
+        );
+        for (g, group) in groups {
+            let voters: Vec<u64> = group
+                .status()
+                .voters
+                .into_iter()
+                .filter(|v| *v != target.raft_id)
+                .collect();
+            let up_left = voters.iter().filter(|v| up(v)).count();
+            if !voters.is_empty() && up_left * 2 <= voters.len() {
+                return Err(ManageError::Refused(format!(
+                    "removing node {} would leave group {g} without a majority of its voters \
+                     up ({up_left} of {})",
+                    target.name,
+                    voters.len()
+                )));
+            }
+        }
+        meta.set_leaving(target.raft_id).await?;
+        tracing::warn!(node = target.raft_id, name = %target.name, "node leaving the cluster on request");
+        Ok(())
+    }
+
+    /// The Raft group `id` on this node and its proposer.
+    pub(crate) fn group_handles(
+        &self,
+        id: u64,
+    ) -> Result<
+        (
+            &cairn_raft::Group,
+            &tokio::sync::mpsc::Sender<crate::proposer::Proposal>,
+        ),
+        CommandError,
+    > {
+        if id == META_GROUP {
+            let meta = self.meta();
+            return Ok((&meta.group, &meta.proposals));
+        }
+        self.shards()
+            .list
+            .iter()
+            .find(|s| group_of_shard(s.id) == id)
+            .map(|s| (&s.group, &s.proposals))
+            .ok_or_else(|| CommandError::Invalid(format!("no group {id} on this node")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u64, down: bool, leaving: bool) -> NodeRecord {
+        NodeRecord {
+            raft_id: id,
+            name: format!("{id:040}"),
+            grpc_addr: String::new(),
+            http_addr: String::new(),
+            resp_addr: String::new(),
+            down,
+            leaving,
+        }
+    }
+
+    #[test]
+    fn a_node_down_past_the_replace_time_is_dead_only_while_enough_others_serve() {
+        let replace = Duration::from_secs(60);
+        let silent = BTreeMap::from([
+            (2, Duration::from_secs(61)),
+            (3, Duration::from_secs(59)),
+            (4, Duration::ZERO),
+        ]);
+        let records = [
+            record(1, false, false),
+            record(2, true, false),
+            record(3, true, false),
+            record(4, false, true),
+        ];
+        // Node 1 alone serves (4 is leaving): for one replica per shard, 2 is replaced.
+        let s = states(&records, &silent, replace, 1);
+        assert_eq!(s[&1], NodeState::Up);
+        assert_eq!(s[&2], NodeState::Dead);
+        assert_eq!(s[&3], NodeState::Down, "not down long enough");
+        assert_eq!(s[&4], NodeState::Draining);
+        // For two replicas there is nowhere to recreate 2's: it stays down.
+        let s = states(&records, &silent, replace, 2);
+        assert_eq!(s[&2], NodeState::Down);
+    }
+}

@@ -1,0 +1,446 @@
+//! Elastic clusters of real processes on loopback: a node joins a loaded three-node cluster
+//! and takes its share of votes and leaderships, a node leaves on request (`cairn cluster
+//! remove-node`) while clients of every kind keep writing, and a node down for longer than
+//! the replace time is replaced and told so when it comes back.
+//!
+//! Clients under load: RESP writers through the nodes that stay (SETs of unique keys and
+//! INCRs of their own counters, as in `cluster.rs`), redis-py's `RedisCluster`, and
+//! cairn-client. None may see an error a retry-aware client would surface (only `TRYAGAIN`,
+//! which RESP writers count as refused and check absent, is allowed), every acknowledged
+//! write must be readable from every node that stays, and every counter must be exact.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::cluster::{
+    Answer, CONVERGE_TIMEOUT, Cluster, Conn, SHARDS, Written, assert_outcomes_honest,
+    assert_readable, write_while,
+};
+use crate::support::{Node, cairn_bin, poll_until};
+
+/// Voters of every group (the cluster's default replicas, and the metadata group's most).
+const VOTERS: usize = 3;
+
+/// Every group of `status` (a `/v1/cluster` answer): the shards and the metadata group.
+fn groups(status: &Value) -> Vec<&Value> {
+    status["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(status.get("metadata").filter(|m| !m.is_null()))
+        .collect()
+}
+
+fn names(list: &Value) -> BTreeSet<String> {
+    list.as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// Whether `status` shows the cluster of `nodes` (names) settled and balanced: every group
+/// has [`VOTERS`] voters, all among `nodes`, and a leader among them; on every node, votes
+/// and leaderships are within one of the mean (the bound issue 9 states).
+fn balanced(status: &Value, nodes: &BTreeSet<String>) -> Result<(), String> {
+    let listed: BTreeSet<String> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect();
+    if &listed != nodes {
+        return Err(format!("the map lists {listed:?}"));
+    }
+    let mut votes: BTreeMap<&str, usize> = nodes.iter().map(|n| (n.as_str(), 0)).collect();
+    let mut leads = votes.clone();
+    let groups = groups(status);
+    for g in &groups {
+        let voters: BTreeSet<String> = names(&g["replicas"])
+            .difference(&names(&g["learners"]))
+            .cloned()
+            .collect();
+        if voters.len() != VOTERS || !voters.is_subset(nodes) {
+            return Err(format!("group {} has voters {voters:?}", g["id"]));
+        }
+        let Some(leader) = g["leader"].as_str().filter(|l| nodes.contains(*l)) else {
+            return Err(format!("group {} has leader {}", g["id"], g["leader"]));
+        };
+        *leads.get_mut(leader).unwrap() += 1;
+        for v in &voters {
+            *votes.get_mut(v.as_str()).unwrap() += 1;
+        }
+    }
+    let n = nodes.len() as f64;
+    let vote_mean = (groups.len() * VOTERS) as f64 / n;
+    let lead_mean = groups.len() as f64 / n;
+    for node in nodes {
+        let (v, l) = (votes[node.as_str()] as f64, leads[node.as_str()] as f64);
+        if (v - vote_mean).abs() > 1.0 || (l - lead_mean).abs() > 1.0 {
+            return Err(format!(
+                "unbalanced: votes {votes:?} (mean {vote_mean:.2}), leaderships {leads:?} \
+                 (mean {lead_mean:.2})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until node `from` sees the cluster of `nodes` balanced.
+fn wait_balanced(cluster: &Cluster, from: usize, nodes: &BTreeSet<String>) {
+    poll_until(
+        CONVERGE_TIMEOUT,
+        Duration::from_millis(200),
+        || format!("the cluster never balanced\n{}", cluster.logs()),
+        || balanced(&cluster.status(from), nodes),
+    );
+}
+
+/// redis-py's `RedisCluster` writing and reading back unique keys through the cluster it
+/// discovers from node `port`, until `stop_file` exists; prints what it saw as JSON.
+const REDIS_CLUSTER_WRITER: &str = r#"
+import json, os, sys, time
+from redis.cluster import RedisCluster
+port, stop_file = int(sys.argv[1]), sys.argv[2]
+rc = RedisCluster(host="127.0.0.1", port=port, cluster_error_retry_attempts=10)
+acked, errors, i = [], [], 0
+while not os.path.exists(stop_file):
+    key = f"rc:{i}"
+    i += 1
+    try:
+        assert rc.set(key, key) is True
+        acked.append(key)
+        got = rc.get(key)
+        if got != key.encode():
+            errors.append(f"GET {key} read {got!r}")
+    except Exception as e:
+        errors.append(f"{key}: {type(e).__name__}: {e}")
+        time.sleep(0.05)
+print(json.dumps({"acked": acked, "errors": errors}))
+"#;
+
+/// Clients of every kind writing until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    stop_file: std::path::PathBuf,
+    resp: Vec<std::thread::JoinHandle<Written>>,
+    redis_py: Option<std::process::Child>,
+    cairn_client: std::thread::JoinHandle<(Vec<String>, Vec<String>)>,
+    _dir: tempfile::TempDir,
+}
+
+/// What the clients saw.
+struct Seen {
+    resp: Vec<Written>,
+    /// Keys acknowledged to redis-py and cairn-client, and every error they surfaced.
+    acked: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl Load {
+    /// RESP writers through nodes `through`, and the cluster clients bootstrapped from the
+    /// first of them.
+    fn start(cluster: &Cluster, through: &[usize]) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let dir = tempfile::tempdir().unwrap();
+        let stop_file = dir.path().join("stop");
+        let resp = through
+            .iter()
+            .map(|&i| {
+                let (addr, stop) = (cluster.nodes[i].resp_addr, stop.clone());
+                std::thread::spawn(move || {
+                    write_while(addr, 100 + i, || !stop.load(Ordering::Relaxed))
+                })
+            })
+            .collect();
+        let python = std::env::var("CAIRN_PYTHON").unwrap_or_else(|_| "python3".to_string());
+        let redis_py =
+            crate::clients::tool_available(&python, &["-c", "import redis"]).then(|| {
+                Command::new(&python)
+                    .args(["-c", REDIS_CLUSTER_WRITER])
+                    .arg(cluster.nodes[through[0]].resp_addr.port().to_string())
+                    .arg(&stop_file)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("python")
+            });
+        if redis_py.is_none() {
+            eprintln!("redis-py is not installed: RedisCluster is left out of the load");
+        }
+        let endpoint = format!("http://{}", cluster.nodes[through[0]].grpc_addr);
+        let cairn_client = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Runtime::new().unwrap();
+                runtime.block_on(async {
+                    let client = cairn_client::Client::new(&endpoint).unwrap();
+                    let (mut acked, mut errors) = (Vec::new(), Vec::new());
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("cc:{i}");
+                        i += 1;
+                        match client.put(key.clone(), key.clone()).await {
+                            Ok(_) => acked.push(key),
+                            Err(e) => {
+                                errors.push(format!("cairn-client {key}: {e}"));
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                    (acked, errors)
+                })
+            })
+        };
+        Load {
+            stop,
+            stop_file,
+            resp,
+            redis_py,
+            cairn_client,
+            _dir: dir,
+        }
+    }
+
+    fn finish(self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        std::fs::write(&self.stop_file, b"").unwrap();
+        let resp = self.resp.into_iter().map(|t| t.join().unwrap()).collect();
+        let (mut acked, mut errors) = self.cairn_client.join().unwrap();
+        if let Some(child) = self.redis_py {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "the RedisCluster writer failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+            acked.extend(names(&seen["acked"]));
+            errors.extend(names(&seen["errors"]));
+        }
+        Seen {
+            resp,
+            acked,
+            errors,
+        }
+    }
+}
+
+/// Waits until node `i`'s process exits by itself; its exit status.
+fn wait_exit(cluster: &mut Cluster, i: usize) -> std::process::ExitStatus {
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        if let Some(status) = cluster.nodes[i].child.as_mut().unwrap().try_wait().unwrap() {
+            cluster.nodes[i].child = None;
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {i} kept running after its removal\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `cairn cluster remove-node ID` through the gRPC address of node `via`: its exit status,
+/// standard output and standard error.
+fn remove_node(cluster: &Cluster, via: usize, id: &str) -> (bool, String) {
+    let out = Command::new(cairn_bin())
+        .args(["cluster", "remove-node", id, "--timeout-secs", "60"])
+        .arg("--endpoint")
+        .arg(cluster.nodes[via].grpc_url())
+        .output()
+        .expect("cairn cluster remove-node");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Every error the clients saw was a refusal a retry-aware client retries (`TRYAGAIN`), and
+/// every write acknowledged to any of them is readable from each node of `from`.
+fn assert_clean(cluster: &Cluster, seen: &Seen, from: &[usize]) {
+    for w in &seen.resp {
+        let surfaced: Vec<&String> = w
+            .errors
+            .iter()
+            .filter(|e| !crate::cluster::is_retriable(e))
+            .collect();
+        assert!(
+            surfaced.is_empty(),
+            "a RESP writer saw errors a client would surface: {surfaced:?}\n{}",
+            cluster.logs()
+        );
+        assert!(
+            w.acked.len() > 10,
+            "a RESP writer barely ran: {}",
+            w.acked.len()
+        );
+    }
+    assert!(
+        seen.errors.is_empty(),
+        "cluster clients saw errors: {:?}\n{}",
+        seen.errors,
+        cluster.logs()
+    );
+    assert!(seen.acked.len() > 10, "the cluster clients barely ran");
+    for &i in from {
+        for w in &seen.resp {
+            assert_readable(cluster, i, &w.acked);
+        }
+        assert_readable(cluster, i, &seen.acked);
+        assert_outcomes_honest(cluster, i, &seen.resp);
+    }
+}
+
+#[test]
+fn a_node_joins_and_another_leaves_under_load_without_a_failed_request() {
+    let mut cluster = Cluster::start(3);
+    let mut members: BTreeSet<String> = (0..3).map(|i| cluster.name(i)).collect();
+    wait_balanced(&cluster, 0, &members);
+    let load = Load::start(&cluster, &[0, 1]);
+    std::thread::sleep(Duration::from_secs(1));
+
+    // A fourth node joins and takes its share of votes and leaderships.
+    let join = cluster.nodes[0].grpc_addr.to_string();
+    cluster
+        .nodes
+        .push(Node::start_with(&["--shards", SHARDS, "--join", &join]));
+    let new = poll_until(
+        CONVERGE_TIMEOUT,
+        Duration::from_millis(100),
+        || "the fourth node never appeared in the map".to_string(),
+        || {
+            let status = cluster.status(3);
+            let name = status["node_id"].as_str().unwrap().to_string();
+            if members.contains(&name) {
+                Err(status)
+            } else {
+                Ok(name)
+            }
+        },
+    );
+    members.insert(new);
+    wait_balanced(&cluster, 0, &members);
+    // Learners fill in what the voters leave: every node holds every shard.
+    for g in groups(&cluster.status(0)) {
+        assert_eq!(names(&g["replicas"]), members, "group {}", g["id"]);
+    }
+
+    // Node 2 leaves on request, through the CLI on node 0, while the clients keep going.
+    let leaving = cluster.name(2);
+    let (ok, out) = remove_node(&cluster, 0, &leaving);
+    assert!(ok, "remove-node failed: {out}\n{}", cluster.logs());
+    assert!(out.contains("was removed from the cluster"), "{out}");
+    members.remove(&leaving);
+    wait_balanced(&cluster, 0, &members);
+    for g in groups(&cluster.status(0)) {
+        assert!(
+            !names(&g["replicas"]).contains(&leaving),
+            "group {} still replicates to the removed node",
+            g["id"]
+        );
+    }
+    // The removed node learns it and stops (its clients reconnect elsewhere).
+    assert!(!wait_exit(&mut cluster, 2).success());
+    assert!(
+        cluster.nodes[2].log().contains("removed from the cluster"),
+        "{}",
+        cluster.nodes[2].log()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = load.finish();
+    assert_clean(&cluster, &seen, &[0, 1, 3]);
+
+    // Refusals: an unknown node, the removed one again, and a removal that would leave
+    // fewer nodes than replicas per shard.
+    let (ok, out) = remove_node(&cluster, 1, &"0".repeat(40));
+    assert!(!ok && out.contains("no node"), "{out}");
+    let (ok, out) = remove_node(&cluster, 1, &leaving);
+    assert!(!ok && out.contains("already removed"), "{out}");
+    let (ok, out) = remove_node(&cluster, 1, &cluster.name(3));
+    assert!(!ok && out.contains("add a node first"), "{out}");
+    let response = crate::http::request(
+        cluster.nodes[0].http_addr,
+        "DELETE",
+        &format!("/v1/cluster/nodes/{}", cluster.name(1)),
+        b"",
+    );
+    assert_eq!(
+        response.status,
+        409,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+}
+
+#[test]
+fn a_node_down_past_the_replace_time_is_replaced_and_told_so_when_it_returns() {
+    // Four nodes whose metadata leader replaces a node down for 8 s (generous for two
+    // busy cores: a slow node must not count as dead while the cluster forms).
+    let replace = ["--down-after-ms", "2000", "--replace-down-after-ms", "8000"];
+    let first_args: Vec<&str> = ["--shards", SHARDS]
+        .iter()
+        .copied()
+        .chain(replace)
+        .collect();
+    let first = Node::start_with(&first_args);
+    let join = first.grpc_addr.to_string();
+    let mut nodes = vec![first];
+    for _ in 0..3 {
+        let args: Vec<&str> = ["--shards", SHARDS, "--join", &join]
+            .iter()
+            .copied()
+            .chain(replace)
+            .collect();
+        nodes.push(Node::start_with(&args));
+    }
+    let mut cluster = Cluster { nodes };
+    let mut members: BTreeSet<String> = (0..4).map(|i| cluster.name(i)).collect();
+    wait_balanced(&cluster, 0, &members);
+    let mut conn = Conn::connect(cluster.nodes[0].resp_addr).unwrap();
+    for k in 0..100 {
+        let key = format!("before:{k}");
+        assert_eq!(conn.cmd(&["SET", &key, &key]), Answer::Ok);
+    }
+
+    // Node 3 dies; once down for the replace time, its votes move and the map drops it.
+    let victim = cluster.name(3);
+    cluster.nodes[3].kill();
+    members.remove(&victim);
+    wait_balanced(&cluster, 0, &members);
+    let metrics: String = (0..3)
+        .map(|i| {
+            let m = crate::http::request(cluster.nodes[i].http_addr, "GET", "/metrics", b"");
+            String::from_utf8_lossy(&m.body).to_string()
+        })
+        .collect();
+    assert!(
+        metrics.contains("cairn_nodes_removed_total{reason=\"replaced\"} 1"),
+        "no node counted as replaced:\n{metrics}"
+    );
+    let keys: Vec<String> = (0..100).map(|k| format!("before:{k}")).collect();
+    for i in 0..3 {
+        assert_readable(&cluster, i, &keys);
+    }
+
+    // It comes back on its old data directory: it is told it was replaced, and stops.
+    cluster.nodes[3].spawn_unchecked();
+    assert!(!wait_exit(&mut cluster, 3).success());
+    let log = cluster.nodes[3].log();
+    assert!(log.contains("replaced after being down"), "{log}");
+    assert!(balanced(&cluster.status(0), &members).is_ok());
+    assert!(
+        Path::new(&cluster.nodes[3].data_dir).exists(),
+        "its data stays for its operator"
+    );
+}
