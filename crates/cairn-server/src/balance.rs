@@ -3,10 +3,10 @@
 //! keeps its voters on distinct serving nodes, a node that is leaving or gone for good has
 //! its replicas recreated elsewhere, and replicas and leaderships spread evenly.
 //!
-//! No I/O, no clock, no tokio: the metadata leader is to call [`plan`] every round with a
-//! view read from the cluster map and the groups' memberships, and carry out the steps it
-//! returns (issue 9). The tests drive it through a simulated cluster of a hundred nodes
-//! and a thousand shards with joins, leaves and failures.
+//! No I/O, no clock, no tokio: the metadata leader calls [`plan`] every round with a view
+//! read from the cluster map and the groups' memberships, and has the steps it returns
+//! carried out ([`crate::balancer`]). The tests drive it through a simulated cluster of a
+//! hundred nodes and a thousand shards with joins, leaves and failures.
 //!
 //! A replica moves as TiKV's regions do: a learner is added on the target (it catches up
 //! from a snapshot, then the log), promoted to voter once caught up, and then the voter
@@ -56,6 +56,10 @@ pub struct GroupView {
     pub learners: BTreeMap<u64, bool>,
     /// Its leader, if it has one (a group without a leader cannot change).
     pub leader: Option<u64>,
+    /// Whether its replicas and leadership count toward the balance. The metadata group's
+    /// do not: its load is small, and counting it would let it take a shard leadership's
+    /// place on a node. It is still repaired, and moved off nodes that leave.
+    pub counted: bool,
 }
 
 /// Bounds on what moves at once, so that moving data never starves foreground requests.
@@ -138,16 +142,19 @@ impl<'a> Tally<'a> {
             moves: 0,
         };
         for g in groups {
-            for n in g.voters.iter().chain(g.learners.keys()) {
-                *tally.replicas.entry(*n).or_default() += 1;
-            }
             for n in g.learners.keys() {
                 *tally.inbound.entry(*n).or_default() += 1;
+            }
+            tally.moves += usize::from(!g.learners.is_empty());
+            if !g.counted {
+                continue;
+            }
+            for n in g.voters.iter().chain(g.learners.keys()) {
+                *tally.replicas.entry(*n).or_default() += 1;
             }
             if let Some(l) = g.leader {
                 *tally.leaders.entry(l).or_default() += 1;
             }
-            tally.moves += usize::from(!g.learners.is_empty());
         }
         tally
     }
@@ -193,13 +200,31 @@ impl<'a> Tally<'a> {
             .min_by_key(|&n| (self.count(n), n))
     }
 
-    fn add_learner(&mut self, node: u64) {
-        *self.replicas.entry(node).or_default() += 1;
+    fn add_learner(&mut self, g: &GroupView, node: u64) {
+        if g.counted {
+            *self.replicas.entry(node).or_default() += 1;
+        }
         *self.inbound.entry(node).or_default() += 1;
         self.moves += 1;
     }
 
-    fn transfer(&mut self, from: Option<u64>, to: u64) {
+    fn remove_replica(&mut self, g: &GroupView, node: u64) {
+        if !g.counted {
+            return;
+        }
+        if let Some(c) = self.replicas.get_mut(&node) {
+            *c = c.saturating_sub(1);
+        }
+    }
+
+    fn transfer(&mut self, g: &GroupView, from: Option<u64>, to: u64) {
+        if g.counted {
+            self.shift(from, to);
+        }
+    }
+
+    /// One leadership of a counted group moves from `from` to `to`.
+    fn shift(&mut self, from: Option<u64>, to: u64) {
         if let Some(from) = from {
             if let Some(c) = self.leaders.get_mut(&from) {
                 *c = c.saturating_sub(1);
@@ -261,13 +286,13 @@ fn repair(tally: &mut Tally, limits: &Limits, g: &GroupView) -> Option<Step> {
     // Leadership off a node that is leaving.
     if tally.state(leader) == NodeState::Draining {
         let to = best_leader(tally, g, leader)?;
-        tally.transfer(Some(leader), to);
+        tally.transfer(g, Some(leader), to);
         return Some(Step::TransferLeader { group: id, to });
     }
     let kept = g.voters.iter().filter(|&&n| tally.state(n).keeps()).count();
     if kept < g.replicas && g.learners.is_empty() && tally.moves < limits.moves_max {
         let node = tally.target(limits, g)?;
-        tally.add_learner(node);
+        tally.add_learner(g, node);
         return Some(Step::AddLearner { group: id, node });
     }
     None
@@ -292,7 +317,7 @@ fn remove_one(tally: &mut Tally, g: &GroupView) -> Option<Step> {
     })?;
     if g.leader == Some(node) {
         let to = best_leader(tally, g, node)?;
-        tally.transfer(Some(node), to);
+        tally.transfer(g, Some(node), to);
         return Some(Step::TransferLeader { group: g.id, to });
     }
     let left = g.voters.len() - 1;
@@ -304,9 +329,7 @@ fn remove_one(tally: &mut Tally, g: &GroupView) -> Option<Step> {
     if up_left * 2 <= left {
         return None;
     }
-    if let Some(c) = tally.replicas.get_mut(&node) {
-        *c = c.saturating_sub(1);
-    }
+    tally.remove_replica(g, node);
     Some(Step::RemoveVoter { group: g.id, node })
 }
 
@@ -349,7 +372,8 @@ fn balance_replicas(
         }
         // A settled group on `from` and not on `to`.
         let Some(g) = groups.iter().find(|g| {
-            g.leader.is_some()
+            g.counted
+                && g.leader.is_some()
                 && !busy.contains(&g.id)
                 && g.learners.is_empty()
                 && g.voters.len() == g.replicas
@@ -359,12 +383,10 @@ fn balance_replicas(
             return;
         };
         busy.insert(g.id);
-        tally.add_learner(to);
+        tally.add_learner(g, to);
         // Counted gone from `from` now: the voter removed after the promotion is the one
         // on the most loaded node, which this is.
-        if let Some(c) = tally.replicas.get_mut(&from) {
-            *c = c.saturating_sub(1);
-        }
+        tally.remove_replica(g, from);
         steps.push(Step::AddLearner {
             group: g.id,
             node: to,
@@ -386,7 +408,7 @@ fn balance_leaders(
     // Who could hand a leadership to whom: `gives[to]` lists (leader, group). A group
     // handed over this round is busy from then on, and skipped.
     let mut gives: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
-    for g in groups.iter().filter(|g| !busy.contains(&g.id)) {
+    for g in groups.iter().filter(|g| g.counted && !busy.contains(&g.id)) {
         let Some(leader) = g.leader.filter(|&l| tally.up(l)) else {
             continue;
         };
@@ -436,7 +458,7 @@ fn balance_leaders(
         }
         for (from, to, group) in path {
             busy.insert(group);
-            tally.transfer(Some(from), to);
+            tally.shift(Some(from), to);
             steps.push(Step::TransferLeader { group, to });
             transfers += 1;
         }

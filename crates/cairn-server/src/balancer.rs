@@ -10,7 +10,9 @@
 //! (adding it as a learner first if it is not one yet), and [`Step::RemoveVoter`] demotes a
 //! voter back to a learner. The planner is shown no learners, and what it balances are votes
 //! (which nodes take part in each group's commits) and leaderships (which node evaluates a
-//! shard's writes and serves its linearizable reads).
+//! shard's writes and serves its linearizable reads). The planner's limits on moves in
+//! flight therefore bound what one round starts, not what is under way across rounds (a
+//! promotion is done within its round).
 //!
 //! Node states: a node leaving on request (`cairn cluster remove-node`) is draining; a node
 //! marked down is down, and dead once down for longer than `--replace-down-after-ms`, but
@@ -37,6 +39,9 @@ use crate::shard::group_of_shard;
 
 /// How often the metadata leader runs a round.
 pub const ROUND_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a node may hear nothing of the metadata group before it asks whether it is
+/// still a member.
+pub const OUT_OF_MAP_AFTER: Duration = Duration::from_secs(10);
 /// How long one step may take on its group's leader (a membership change commits in a few
 /// round trips; a handover waits up to half a second for its target).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,10 +55,19 @@ pub const HANDOVER_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// `Node/Manage`, an internal format bound to the build like forwarded commands).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Manage {
-    /// As the group's leader, carry out this step.
-    Step(Step),
+    /// As the group's leader, carry out this step, planned from a view in which the group's
+    /// voters were `voters` (refused when they are not, any more: the plan is stale).
+    Step { step: Step, voters: BTreeSet<u64> },
     /// As the metadata leader, start draining this node (its name or Raft id).
     RemoveNode(String),
+    /// As the leader of `group`: answer `Ok` only if `node` holds neither a vote nor the
+    /// leadership of the group and no membership change is under way (asked before a node
+    /// is removed from the map, of the leaders themselves, since the metadata leader's
+    /// replicas may lag their groups).
+    CheckGone { group: u64, node: u64 },
+    /// To a node the metadata leader removed from the map: ask the metadata leader whether
+    /// that is so (the message itself is not trusted) and stop if it is.
+    Removed,
 }
 
 /// Why a management request was not carried out.
@@ -82,14 +96,19 @@ pub struct Liveness {
 /// Runs rounds while this node lives (each does something only while it leads the
 /// metadata group).
 pub async fn run(node: Arc<Node>) {
-    tokio::spawn(confirm_membership(node.clone()));
+    let mut confirming = tokio::spawn(confirm_membership(node.clone(), Duration::MAX));
     let mut tick = tokio::time::interval(ROUND_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         if let Some(removal) = node.meta().removal(node.raft_id()) {
-            leave(&node, removal.refusal()).await;
+            leave(&node, removal.refusal());
             return;
+        }
+        // A node that hears nothing of the map may have been dropped from it (a removed
+        // learner gets no more of the log, and may have missed its tombstone): it asks.
+        if !node.meta().group.in_touch(OUT_OF_MAP_AFTER) && confirming.is_finished() {
+            confirming = tokio::spawn(confirm_membership(node.clone(), OUT_OF_MAP_AFTER));
         }
         if let Some(term) = node.meta().group.leading() {
             round(&node, term.term()).await;
@@ -103,18 +122,19 @@ pub async fn run(node: Arc<Node>) {
 /// moves on, never an error) and then its groups (no other node counts it in any; it must
 /// not stand for election in them), and exits. Its data directory stays as it is, for its
 /// operator to delete.
-async fn leave(node: &Node, reason: String) {
+fn leave(node: &Node, reason: String) {
     tracing::error!(%reason, "this node was removed from the cluster; it stops serving");
     node.removed.send_replace(Some(reason));
 }
 
-/// At start, asks the cluster (any other node of the map, through the metadata leader)
-/// whether this node is still a member, as a join would: a node that was replaced while it
-/// was down learns it here, since the groups that would have told it dropped it. Asked
-/// until answered; a node that is still a member only has its record refreshed.
-async fn confirm_membership(node: Arc<Node>) {
+/// Asks the cluster (any other node of the map, through the metadata leader) whether this
+/// node is still a member, as a join would, for up to `within`: a node that was replaced
+/// while it was down learns it here at start, since the groups that would have told it
+/// dropped it. A node that is still a member only has its record refreshed.
+async fn confirm_membership(node: Arc<Node>, within: Duration) {
     let me = node.my_record();
-    loop {
+    let deadline = Instant::now().checked_add(within);
+    while deadline.is_none_or(|d| Instant::now() < d) {
         let others: Vec<String> = node
             .meta()
             .nodes()
@@ -127,10 +147,17 @@ async fn confirm_membership(node: Arc<Node>) {
         }
         for addr in &others {
             match crate::peer::join(node.peers(), addr, &me).await {
-                Ok(_) => return,
+                Ok((id, _)) if id == me.raft_id => return,
+                Ok((id, _)) => {
+                    tracing::error!(
+                        recorded = id,
+                        "the cluster knows this node's name under another Raft id"
+                    );
+                    return;
+                }
                 Err(e) => match e.downcast::<crate::peer::Removed>() {
                     Ok(removed) => {
-                        leave(&node, removed.0).await;
+                        leave(&node, removed.0);
                         return;
                     }
                     Err(e) => {
@@ -142,7 +169,7 @@ async fn confirm_membership(node: Arc<Node>) {
     }
 }
 
-async fn round(node: &Node, term: u64) {
+async fn round(node: &Arc<Node>, term: u64) {
     let records = node.meta().nodes();
     if records.is_empty() {
         return;
@@ -247,7 +274,8 @@ pub fn states(
 /// Every group as this node's replica of it sees it: its voters and leader, and how many
 /// voters it should have (the cluster's `replicas` for a shard, up to [`META_VOTERS_MAX`]
 /// for the metadata group, capped by the nodes that stay). Learners are left out: see the
-/// module documentation.
+/// module documentation. The metadata group is repaired and drained like a shard, but its
+/// votes and leadership do not count toward the balance (its load is small).
 fn views(node: &Node, states: &BTreeMap<u64, NodeState>, replicas: usize) -> Vec<GroupView> {
     let staying = states
         .values()
@@ -262,6 +290,7 @@ fn views(node: &Node, states: &BTreeMap<u64, NodeState>, replicas: usize) -> Vec
             voters: status.voters,
             learners: BTreeMap::new(),
             leader: status.leader,
+            counted: id != META_GROUP,
         }
     };
     std::iter::once(view(META_GROUP, &node.meta().group, META_VOTERS_MAX))
@@ -275,25 +304,18 @@ fn views(node: &Node, states: &BTreeMap<u64, NodeState>, replicas: usize) -> Vec
 }
 
 /// Has `step` carried out by its group's leader, and logs and counts the outcome.
-async fn dispatch(node: &Node, views: &[GroupView], records: &[NodeRecord], step: Step) {
-    let leader = views
-        .iter()
-        .find(|v| v.id == step.group())
-        .and_then(|v| v.leader);
-    let result = match leader {
+async fn dispatch(node: &Arc<Node>, views: &[GroupView], records: &[NodeRecord], step: Step) {
+    let view = views.iter().find(|v| v.id == step.group());
+    let voters = view.map(|v| v.voters.clone()).unwrap_or_default();
+    let request = Manage::Step { step, voters };
+    let result = match view.and_then(|v| v.leader) {
         None => Err(CommandError::TryAgain("the group has no leader".into())),
-        Some(l) if l == node.raft_id() => carry_out(node, step).await,
-        Some(l) => match records.iter().find(|r| r.raft_id == l) {
-            Some(r) => ask(node, &r.grpc_addr, &Manage::Step(step))
-                .await
-                .map_err(|e| match e {
-                    ManageError::Failed(e) => e,
-                    other => CommandError::Invalid(other.to_string()),
-                }),
-            None => Err(CommandError::TryAgain(format!(
-                "the group's leader {l} is not in the map"
-            ))),
-        },
+        Some(l) => on_leader(node, records, l, &request)
+            .await
+            .map_err(|e| match e {
+                ManageError::Failed(e) => e,
+                other => CommandError::Invalid(other.to_string()),
+            }),
     };
     let outcome = match &result {
         Ok(()) => {
@@ -311,6 +333,30 @@ async fn dispatch(node: &Node, views: &[GroupView], records: &[NodeRecord], step
         "outcome" => outcome
     )
     .increment(1);
+}
+
+/// Has `request` served by node `leader` (a group's leader as this node's replica sees it):
+/// here, or through the peer service; not at all when the map says that node is down (its
+/// answer would only come after [`STEP_TIMEOUT`], holding up the round).
+async fn on_leader(
+    node: &Arc<Node>,
+    records: &[NodeRecord],
+    leader: u64,
+    request: &Manage,
+) -> Result<(), ManageError> {
+    if leader == node.raft_id() {
+        return serve(node, request.clone()).await;
+    }
+    match records.iter().find(|r| r.raft_id == leader) {
+        Some(r) if r.down => {
+            Err(CommandError::TryAgain(format!("the group's leader {leader} is down")).into())
+        }
+        Some(r) => ask(node, &r.grpc_addr, request).await,
+        None => Err(CommandError::TryAgain(format!(
+            "the group's leader {leader} is not in the map"
+        ))
+        .into()),
+    }
 }
 
 /// Sends `request` to the node at gRPC address `addr` and returns its answer.
@@ -335,16 +381,47 @@ pub async fn ask(node: &Node, addr: &str, request: &Manage) -> Result<(), Manage
 }
 
 /// Carries out a request another node made through `Node/Manage`.
-pub async fn serve(node: &Node, request: Manage) -> Result<(), ManageError> {
+pub async fn serve(node: &Arc<Node>, request: Manage) -> Result<(), ManageError> {
     match request {
-        Manage::Step(step) => Ok(carry_out(node, step).await?),
+        Manage::Step { step, voters } => Ok(carry_out(node, step, &voters).await?),
         Manage::RemoveNode(id) => node.remove_node(&id).await,
+        Manage::CheckGone { group, node: id } => check_gone(node, group, id),
+        Manage::Removed => {
+            // Asked of the metadata leader, not taken on the sender's word.
+            tokio::spawn(confirm_membership(node.clone(), OUT_OF_MAP_AFTER));
+            Ok(())
+        }
     }
+}
+
+/// As the leader of `group`: `Ok` only if node `id` holds neither a vote nor the leadership
+/// of the group, with no membership change under way.
+fn check_gone(node: &Node, group: u64, id: u64) -> Result<(), ManageError> {
+    let (g, _) = node.group_handles(group)?;
+    if g.leading().is_none() {
+        return Err(
+            CommandError::TryAgain(format!("this node does not lead group {group}")).into(),
+        );
+    }
+    if !g.membership_settled() {
+        return Err(CommandError::TryAgain("a membership change is under way".into()).into());
+    }
+    let status = g.status();
+    if status.voters.contains(&id) || status.leader == Some(id) {
+        return Err(ManageError::Refused(format!(
+            "node {id} still votes in group {group}"
+        )));
+    }
+    Ok(())
 }
 
 /// As the leader of `step`'s group: takes the step through the group's proposer (between
 /// its writes), after checking that it still makes sense.
-pub async fn carry_out(node: &Node, step: Step) -> Result<(), CommandError> {
+pub async fn carry_out(
+    node: &Node,
+    step: Step,
+    voters_seen: &BTreeSet<u64>,
+) -> Result<(), CommandError> {
     let (group, proposals) = node.group_handles(step.group())?;
     if group.leading().is_none() {
         return Err(CommandError::TryAgain(format!(
@@ -358,6 +435,32 @@ pub async fn carry_out(node: &Node, step: Step) -> Result<(), CommandError> {
         ));
     }
     let status = group.status();
+    // The plan was made from the metadata leader's replica of the group, which may lag it:
+    // a step planned on other voters than the group has now is stale.
+    if &status.voters != voters_seen {
+        return Err(CommandError::TryAgain(format!(
+            "the step was planned with voters {voters_seen:?}; the group has {:?}",
+            status.voters
+        )));
+    }
+    // New votes and leaderships go only to nodes this leader's map shows serving.
+    let serving = |id: u64| {
+        node.meta()
+            .node(id)
+            .is_some_and(|r| !r.down && !r.leaving && node.meta().removal(id).is_none())
+    };
+    match step {
+        Step::AddLearner { node: id, .. }
+        | Step::Promote { node: id, .. }
+        | Step::TransferLeader { to: id, .. }
+            if !serving(id) =>
+        {
+            return Err(CommandError::TryAgain(format!(
+                "node {id} is not serving in this node's map"
+            )));
+        }
+        _ => {}
+    }
     match step {
         Step::AddLearner { node: id, .. } | Step::Promote { node: id, .. } => {
             if status.voters.contains(&id) {
@@ -397,6 +500,17 @@ pub async fn carry_out(node: &Node, step: Step) -> Result<(), CommandError> {
             }
             let mut voters = status.voters.clone();
             voters.remove(&id);
+            // The voters that stay and are up must still form a majority.
+            let up = voters
+                .iter()
+                .filter(|v| node.meta().node(**v).is_some_and(|r| !r.down))
+                .count();
+            if up * 2 <= voters.len() {
+                return Err(CommandError::TryAgain(format!(
+                    "without node {id}, {up} of the {} voters left are up",
+                    voters.len()
+                )));
+            }
             submit(proposals, GroupChange::SetVoters(voters)).await
         }
         Step::RemoveLearner { node: id, .. } => {
@@ -460,7 +574,10 @@ async fn hand_over(
     };
     metrics::counter!(
         crate::metrics::SHARD_HANDOVERS_TOTAL,
-        "shard" => group_id.saturating_sub(1).to_string(),
+        "shard" => match group_id {
+            META_GROUP => "meta".to_string(),
+            g => (g - 1).to_string(),
+        },
         "outcome" => outcome
     )
     .increment(1);
@@ -468,11 +585,13 @@ async fn hand_over(
 }
 
 /// Removes from the map every node that is leaving or dead and no longer holds a vote or a
-/// leadership in any group. Only when every group has a known leader and voters as this
-/// node sees them: a replica that has not caught up with its group (it may not know all of
-/// its voters yet) must not conclude that a node holds none.
+/// leadership in any group. This node's replicas may lag their groups, so it first asks
+/// every group's leader ([`Manage::CheckGone`]), and only when every group has a known
+/// leader; the map is then changed only if the node is still leaving (or still down).
+/// Last, the removed node is told to ask whether it was removed (a removed learner gets no
+/// more of the map's log, so it may never see its tombstone).
 async fn finish_removals(
-    node: &Node,
+    node: &Arc<Node>,
     records: &[NodeRecord],
     states: &BTreeMap<u64, NodeState>,
     silent: &BTreeMap<u64, Duration>,
@@ -485,7 +604,7 @@ async fn finish_removals(
         return;
     }
     for r in records {
-        let reason = match states.get(&r.raft_id) {
+        let (label, reason) = match states.get(&r.raft_id) {
             Some(NodeState::Draining) => ("left", "left on request".to_string()),
             Some(NodeState::Dead) => (
                 "replaced",
@@ -502,12 +621,34 @@ async fn finish_removals(
         if holds {
             continue;
         }
-        match node.meta().remove(r.raft_id, reason.1.clone()).await {
-            Ok(()) => {
-                tracing::warn!(node = r.raft_id, name = %r.name, reason = %reason.1, "node removed from the cluster");
-                metrics::counter!(crate::metrics::NODES_REMOVED_TOTAL, "reason" => reason.0)
+        let checks = join_all(views.iter().map(|v| {
+            let leader = v.leader.expect("checked above");
+            let request = Manage::CheckGone {
+                group: v.id,
+                node: r.raft_id,
+            };
+            async move { on_leader(node, records, leader, &request).await }
+        }))
+        .await;
+        if let Some(Err(e)) = checks.into_iter().find(Result::is_err) {
+            tracing::debug!(node = r.raft_id, error = %e, "not removed yet");
+            continue;
+        }
+        let still = |now: &NodeRecord| match label {
+            "left" => now.leaving,
+            _ => now.down,
+        };
+        match node.meta().remove(r.raft_id, reason.clone(), still).await {
+            Ok(true) => {
+                tracing::warn!(node = r.raft_id, name = %r.name, %reason, "node removed from the cluster");
+                metrics::counter!(crate::metrics::NODES_REMOVED_TOTAL, "reason" => label)
                     .increment(1);
+                let (node, addr) = (node.clone(), r.grpc_addr.clone());
+                tokio::spawn(async move {
+                    let _ = ask(&node, &addr, &Manage::Removed).await;
+                });
             }
+            Ok(false) => {}
             Err(e) => tracing::debug!(node = r.raft_id, error = %e, "cannot remove node yet"),
         }
     }

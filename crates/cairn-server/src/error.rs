@@ -34,8 +34,8 @@ pub enum CommandError {
     /// The node is shutting down and takes no more writes.
     #[error("ERR node is shutting down")]
     ShuttingDown,
-    /// A write could not be made durable (or the node was removed from its cluster); the node
-    /// refuses writes from now on, and the text says why.
+    /// A write could not be made durable; the node refuses writes from now on, and the text
+    /// says why.
     #[error("ERR node refuses writes: {0}")]
     Fatal(String),
     /// A storage error that did not stop the node (e.g. a read error).

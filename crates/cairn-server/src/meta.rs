@@ -302,12 +302,19 @@ impl Meta {
 
     /// As the metadata leader: removes node `raft_id` from the map for `reason`, leaving a
     /// [`Removal`] in its place (written first, so a crash between the two writes leaves a
-    /// node both recorded and removed, which every reader treats as removed).
-    pub async fn remove(&self, raft_id: u64, reason: String) -> Result<(), CommandError> {
+    /// node both recorded and removed, which every reader treats as removed), if its record
+    /// as the map holds it now still satisfies `still` (the node is still leaving, or still
+    /// down). Returns whether it removed the node.
+    pub async fn remove(
+        &self,
+        raft_id: u64,
+        reason: String,
+        still: impl Fn(&NodeRecord) -> bool,
+    ) -> Result<bool, CommandError> {
         let _guard = self.updates.lock().await;
         self.up_to_date().await?;
-        let Some(record) = self.node(raft_id) else {
-            return Ok(());
+        let Some(record) = self.node(raft_id).filter(|r| still(r)) else {
+            return Ok(false);
         };
         let removal = Removal {
             raft_id,
@@ -320,7 +327,7 @@ impl Meta {
             keys: vec![node_key(raft_id)],
         })
         .await
-        .map(|_| ())
+        .map(|_| true)
     }
 }
 

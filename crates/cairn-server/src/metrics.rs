@@ -32,15 +32,19 @@ pub const SHARD_PROPOSALS_TOTAL: &str = "cairn_shard_proposals_total";
 /// Log entries a shard's proposer proposed, by shard.
 pub const SHARD_ENTRIES_TOTAL: &str = "cairn_shard_entries_total";
 
-/// Leadership handovers this node's placement asked of the shards it led, by shard and
-/// outcome (`done`: asked of openraft; `refused`: the target did not hold the whole log in
+/// Leadership handovers the balancer had this node make of the groups it led, by shard
+/// (`meta` for the metadata group) and outcome (`done`: asked of openraft; `refused`: the target did not hold the whole log in
 /// time, or leadership moved meanwhile).
 pub const SHARD_HANDOVERS_TOTAL: &str = "cairn_shard_handovers_total";
-/// Steps the balancer (on the metadata leader) had carried out, by kind (`promote`,
+/// Steps the balancer (on the metadata leader) had carried out, by kind (`add_learner`,
+/// which promotes the learner every node holds while every node holds every group;
 /// `remove_voter`, `transfer_leader` …) and outcome (`done`, `refused`).
 pub const BALANCE_STEPS_TOTAL: &str = "cairn_balance_steps_total";
 /// Nodes the metadata leader removed from the cluster, by reason (`left`, `replaced`).
 pub const NODES_REMOVED_TOTAL: &str = "cairn_nodes_removed_total";
+/// Rounds in which a group led here had a removed node among its voters (never, unless a
+/// removal was decided on a stale view).
+pub const REMOVED_NODES_VOTING_TOTAL: &str = "cairn_removed_nodes_voting_total";
 
 /// Commands (parts of commands, one per shard) this node forwarded to the node leading their
 /// shard, by command and shard.

@@ -90,7 +90,8 @@ impl pb::node_server::Node for NodeService {
                 "a node name is 40 hexadecimal characters",
             ));
         }
-        if let Some(gone) = meta.removals().into_iter().find(|g| g.name == r.name) {
+        let name = r.name.clone();
+        if let Some(gone) = meta.removals().into_iter().find(|g| g.name == name) {
             return Err(Status::failed_precondition(gone.refusal()));
         }
         let raft_id = meta
@@ -104,7 +105,13 @@ impl pb::node_server::Node for NodeService {
                 leaving: false,
             })
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(
+                |e| match meta.removals().into_iter().find(|g| g.name == name) {
+                    // Removed meanwhile (the check above read a replica that lagged).
+                    Some(gone) => Status::failed_precondition(gone.refusal()),
+                    None => Status::unavailable(e.to_string()),
+                },
+            )?;
         tracing::info!(raft_id, "node admitted to the cluster");
         Ok(Response::new(pb::JoinResponse {
             redirect: String::new(),

@@ -93,7 +93,15 @@ async fn reconcile_group(
         }
         return;
     }
-    // The balancer removes a removed node's votes before its record; its learner goes here.
+    // The balancer removes a node's votes before its record, so a removed node that still
+    // votes means a removal decided on a stale view: counted, and its vote is replaced by
+    // the balancer (a node missing from the map is dead to the planner).
+    let voting: Vec<u64> = status.voters.intersection(removed).copied().collect();
+    if !voting.is_empty() {
+        tracing::error!(group = name, nodes = ?voting, "a removed node still votes");
+        metrics::counter!(crate::metrics::REMOVED_NODES_VOTING_TOTAL).increment(1);
+    }
+    // Its learner goes here.
     let gone: BTreeSet<u64> = status.learners.intersection(removed).copied().collect();
     if !gone.is_empty() {
         match submit(proposals, GroupChange::RemoveLearners(gone.clone())).await {

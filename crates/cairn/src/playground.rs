@@ -6,6 +6,11 @@
 //! kept, so a second run with the same `--dir` restarts the same cluster) and its own ports:
 //! node i listens for RESP on `base + i`, gRPC on `base + 100 + i` and HTTP on
 //! `base + 200 + i`. Ctrl-C (or SIGTERM) stops every node with SIGTERM, a clean shutdown.
+//!
+//! While it runs, it reads commands on its standard input: `add` starts one more node
+//! (joining the cluster), `remove N` drains node N out of the cluster (`cairn cluster
+//! remove-node`, with a progress bar; the node exits once removed), `kill N` and `start N`
+//! SIGKILL and restart a node, `status` shows the cluster map.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -52,6 +57,20 @@ struct PlaygroundNode {
 }
 
 impl PlaygroundNode {
+    /// Node `i` of a playground in `root` whose ports start at `base`.
+    fn new(root: &Path, base: u16, i: u16) -> anyhow::Result<PlaygroundNode> {
+        let loopback = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        Ok(PlaygroundNode {
+            index: i,
+            resp: loopback(port(base, i)?),
+            grpc: loopback(port(base, 100 + i)?),
+            http: loopback(port(base, 200 + i)?),
+            data_dir: root.join(format!("node{i}")),
+            log: root.join(format!("node{i}.log")),
+            child: None,
+        })
+    }
+
     fn start(&mut self, join: Option<SocketAddr>, extra: &[String]) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -146,20 +165,11 @@ pub fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(|s| s.split_whitespace().map(String::from).collect())
         .unwrap_or_default();
-    let loopback = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     let mut nodes = Vec::new();
     for i in 1..=args.nodes {
-        nodes.push(PlaygroundNode {
-            index: i,
-            resp: loopback(port(args.base_port, i)?),
-            grpc: loopback(port(args.base_port, 100 + i)?),
-            http: loopback(port(args.base_port, 200 + i)?),
-            data_dir: root.join(format!("node{i}")),
-            log: root.join(format!("node{i}.log")),
-            child: None,
-        });
+        nodes.push(PlaygroundNode::new(&root, args.base_port, i)?);
     }
-    let result = start_and_wait(&mut nodes, &extra, &root);
+    let result = start_and_wait(&mut nodes, &extra, &root, args.base_port);
     for node in nodes.iter_mut().rev() {
         node.stop();
     }
@@ -172,9 +182,10 @@ pub fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
 }
 
 fn start_and_wait(
-    nodes: &mut [PlaygroundNode],
+    nodes: &mut Vec<PlaygroundNode>,
     extra: &[String],
     root: &Path,
+    base: u16,
 ) -> anyhow::Result<()> {
     let first = nodes[0].grpc;
     for (i, node) in nodes.iter_mut().enumerate() {
@@ -205,15 +216,30 @@ fn start_and_wait(
     println!("  cairn cluster status --endpoint http://{}", n.grpc);
     println!("  cairn repl --endpoint http://{}", n.grpc);
     println!();
-    println!("Ctrl-C stops every node.");
+    println!("Type {HELP} here; Ctrl-C stops every node.");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Lines of standard input, read on a thread of their own (none once it closes).
+    let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<String>(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
     runtime.block_on(async {
         let mut watch = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
                 _ = crate::shutdown_signal() => return Ok(()),
+                Some(line) = lines.recv() => {
+                    if let Err(e) = command(nodes, extra, root, base, line.trim()).await {
+                        eprintln!("{e:#}");
+                    }
+                }
                 _ = watch.tick() => {
                     for node in nodes.iter_mut() {
                         if let Some(status) = node.child.as_mut().and_then(|c| c.try_wait().ok()?) {
@@ -232,4 +258,110 @@ fn start_and_wait(
             }
         }
     })
+}
+
+/// The commands the playground takes on its standard input.
+const HELP: &str = "add | remove N | kill N | start N | status | help";
+
+/// Runs one command typed at the playground.
+async fn command(
+    nodes: &mut Vec<PlaygroundNode>,
+    extra: &[String],
+    root: &Path,
+    base: u16,
+    line: &str,
+) -> anyhow::Result<()> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let index = |arg: Option<&&str>| -> anyhow::Result<usize> {
+        let n: u16 = arg
+            .ok_or_else(|| anyhow::anyhow!("which node? ({HELP})"))?
+            .parse()?;
+        nodes
+            .iter()
+            .position(|node| node.index == n)
+            .ok_or_else(|| anyhow::anyhow!("no node {n}"))
+    };
+    // Any running node answers for the cluster.
+    let client = |nodes: &[PlaygroundNode]| -> anyhow::Result<cairn_client::Client> {
+        let live = nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .ok_or_else(|| anyhow::anyhow!("no node is running"))?;
+        Ok(cairn_client::Client::new(&format!("http://{}", live.grpc))?)
+    };
+    match words.first().copied() {
+        None => Ok(()),
+        Some("help") => {
+            println!("{HELP}");
+            Ok(())
+        }
+        Some("status") => {
+            print!(
+                "{}",
+                crate::cli::cluster::render(&client(nodes)?.status().await?)
+            );
+            Ok(())
+        }
+        Some("add") => {
+            let next = nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1;
+            anyhow::ensure!(
+                next <= NODES_MAX,
+                "a playground has at most {NODES_MAX} nodes"
+            );
+            let join = nodes
+                .iter()
+                .find(|n| n.child.is_some())
+                .map(|n| n.grpc)
+                .ok_or_else(|| anyhow::anyhow!("no node is running to join"))?;
+            let mut node = PlaygroundNode::new(root, base, next)?;
+            node.start(Some(join), extra)?;
+            node.wait_listening()?;
+            println!(
+                "node {next} joined: RESP {}, gRPC {}, HTTP {}",
+                node.resp, node.grpc, node.http
+            );
+            nodes.push(node);
+            Ok(())
+        }
+        Some("remove") => {
+            let i = index(words.get(1))?;
+            let id = cairn_client::Client::new(&format!("http://{}", nodes[i].grpc))?
+                .status()
+                .await?
+                .node_id;
+            let via = nodes
+                .iter()
+                .enumerate()
+                .find(|(j, n)| *j != i && n.child.is_some())
+                .map(|(_, n)| n.grpc)
+                .ok_or_else(|| anyhow::anyhow!("no other node is running"))?;
+            let client = cairn_client::Client::new(&format!("http://{via}"))?;
+            client.remove_node(&id).await?;
+            crate::cli::cluster::wait_gone(&client, &id, Duration::from_secs(600)).await?;
+            println!("node {} left the cluster", nodes[i].index);
+            Ok(())
+        }
+        Some("kill") => {
+            let i = index(words.get(1))?;
+            if let Some(mut child) = nodes[i].child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            println!("node {} killed", nodes[i].index);
+            Ok(())
+        }
+        Some("start") => {
+            let i = index(words.get(1))?;
+            anyhow::ensure!(
+                nodes[i].child.is_none(),
+                "node {} is running",
+                nodes[i].index
+            );
+            nodes[i].start(None, extra)?;
+            nodes[i].wait_listening()?;
+            println!("node {} started", nodes[i].index);
+            Ok(())
+        }
+        Some(other) => anyhow::bail!("unknown command {other:?} ({HELP})"),
+    }
 }

@@ -45,6 +45,7 @@ impl Sim {
                 voters,
                 learners: BTreeMap::new(),
                 leader,
+                counted: true,
             });
         }
         Sim {
@@ -436,6 +437,7 @@ fn a_removal_never_leaves_the_up_voters_short_of_a_majority() {
         voters: voters.iter().copied().collect(),
         learners: BTreeMap::new(),
         leader: Some(1),
+        counted: true,
     };
     // Five voters, two up: without one of the down ones, two of four would be up.
     let steps = plan(&nodes, &[group(&[1, 2, 3, 4, 5])], &Limits::default());
@@ -446,4 +448,48 @@ fn a_removal_never_leaves_the_up_voters_short_of_a_majority() {
     // Four voters, three up: the down one goes.
     let steps = plan(&nodes, &[group(&[1, 2, 5, 6])], &Limits::default());
     assert_eq!(steps, vec![Step::RemoveVoter { group: 0, node: 2 }]);
+}
+
+#[test]
+fn the_metadata_group_is_not_counted_in_the_balance() {
+    let nodes: BTreeMap<u64, NodeState> = (1..=3).map(|n| (n, NodeState::Up)).collect();
+    // Group 0 is the metadata group; node 1 leads everything.
+    let mut groups: Vec<GroupView> = (0..5)
+        .map(|id| GroupView {
+            id,
+            replicas: 3,
+            voters: [1, 2, 3].into(),
+            learners: BTreeMap::new(),
+            leader: Some(1),
+            counted: id != 0,
+        })
+        .collect();
+    for _ in 0..10 {
+        let steps = plan(&nodes, &groups, &Limits::default());
+        if steps.is_empty() {
+            break;
+        }
+        for step in steps {
+            match step {
+                Step::TransferLeader { group, to } => groups[group as usize].leader = Some(to),
+                other => panic!("a settled cluster needs no {other:?}"),
+            }
+        }
+    }
+    // Four shards over three nodes: every node leads one or two, whoever leads the map.
+    for n in 1..=3 {
+        let led = groups
+            .iter()
+            .filter(|g| g.counted && g.leader == Some(n))
+            .count();
+        assert!(
+            (1..=2).contains(&led),
+            "node {n} leads {led} shards: {groups:?}"
+        );
+    }
+    assert_eq!(
+        groups[0].leader,
+        Some(1),
+        "the map's leadership moved for balance"
+    );
 }

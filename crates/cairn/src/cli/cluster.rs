@@ -1,7 +1,7 @@
 //! `cairn cluster status`: the cluster map as the contacted node sees it; `cairn cluster
 //! remove-node`: drains a node and waits (with a progress bar) until the cluster dropped it.
 
-use cairn_client::proto::{NodeState, StatusResponse};
+use cairn_client::proto::{NodeState, ShardInfo, StatusResponse};
 use clap::Subcommand;
 use serde_json::json;
 
@@ -14,7 +14,7 @@ pub enum ClusterCommand {
     /// commit and applied index, lag and replicas
     Status,
     /// Drain a node and remove it from the cluster: its shard leaderships and votes move to
-    /// other nodes, then the cluster map drops it and it may be shut down. Refused when
+    /// other nodes, then the cluster map drops it and the node stops itself. Refused when
     /// fewer serving nodes than replicas per shard would remain
     RemoveNode {
         /// The node's id (40 hex characters, as `cairn cluster status` lists it)
@@ -56,13 +56,14 @@ pub async fn run(command: ClusterCommand, connection: Connection) -> anyhow::Res
     Ok(0)
 }
 
-/// Shard votes and leaderships node `id` still holds, as `status` shows them; `None` once
-/// the map no longer lists it.
+/// Votes and leaderships node `id` still holds (shards and the metadata group), as `status`
+/// shows them; `None` once the map no longer lists it.
 fn held_by(status: &StatusResponse, id: &str) -> Option<u64> {
     status.nodes.iter().find(|n| n.id == id)?;
     let held = status
         .shards
         .iter()
+        .chain(&status.metadata)
         .map(|sh| {
             let votes = sh.replicas.iter().any(|r| r == id) && !sh.learners.iter().any(|l| l == id);
             u64::from(votes) + u64::from(sh.leader.as_deref() == Some(id))
@@ -72,7 +73,7 @@ fn held_by(status: &StatusResponse, id: &str) -> Option<u64> {
 }
 
 /// Polls the cluster until node `id` is gone, showing how much of what it held has moved.
-async fn wait_gone(
+pub(crate) async fn wait_gone(
     client: &cairn_client::Client,
     id: &str,
     timeout: std::time::Duration,
@@ -129,17 +130,22 @@ pub fn to_json(s: &StatusResponse) -> serde_json::Value {
             "id": n.id, "grpc_addr": n.grpc_addr, "http_addr": n.http_addr,
             "resp_addr": n.resp_addr, "state": state_name(n.state),
         })).collect::<Vec<_>>(),
-        "shards": s.shards.iter().map(|sh| json!({
-            "id": sh.id,
-            "slots": sh.slots.iter().map(|r| json!({"start": r.start, "end": r.end})).collect::<Vec<_>>(),
-            "replicas": sh.replicas,
-            "learners": sh.learners,
-            "leader": sh.leader,
-            "term": sh.term,
-            "last_log_index": sh.last_log_index,
-            "commit_index": sh.commit_index,
-            "applied_index": sh.applied_index,
-        })).collect::<Vec<_>>(),
+        "shards": s.shards.iter().map(shard_json).collect::<Vec<_>>(),
+        "metadata": s.metadata.as_ref().map(shard_json),
+    })
+}
+
+fn shard_json(sh: &ShardInfo) -> serde_json::Value {
+    json!({
+        "id": sh.id,
+        "slots": sh.slots.iter().map(|r| json!({"start": r.start, "end": r.end})).collect::<Vec<_>>(),
+        "replicas": sh.replicas,
+        "learners": sh.learners,
+        "leader": sh.leader,
+        "term": sh.term,
+        "last_log_index": sh.last_log_index,
+        "commit_index": sh.commit_index,
+        "applied_index": sh.applied_index,
     })
 }
 
@@ -172,28 +178,46 @@ pub fn render(s: &StatusResponse) -> String {
     }
     let _ = writeln!(
         out,
-        "\nSHARD  SLOTS          LEADER    TERM   COMMIT     APPLIED    LAG  REPLICAS"
+        "\nSHARD  SLOTS          LEADER    TERM   COMMIT     APPLIED    LAG  VOTERS (learners)"
     );
+    let short = |id: &str| id.chars().take(8).collect::<String>();
+    let row = |out: &mut String, name: String, slots: String, sh: &ShardInfo| {
+        let voters: Vec<String> = sh
+            .replicas
+            .iter()
+            .filter(|r| !sh.learners.contains(r))
+            .map(|r| short(r))
+            .collect();
+        let learners: Vec<String> = sh.learners.iter().map(|r| short(r)).collect();
+        let learners = if learners.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", learners.join(","))
+        };
+        let _ = writeln!(
+            out,
+            "{:<6} {:<14} {:<9} {:<6} {:<10} {:<10} {:<4} {}{}",
+            name,
+            slots,
+            sh.leader.as_deref().map_or("-".to_string(), short),
+            sh.term,
+            sh.commit_index,
+            sh.applied_index,
+            sh.commit_index.saturating_sub(sh.applied_index),
+            voters.join(","),
+            learners
+        );
+    };
     for sh in &s.shards {
         let slots: Vec<String> = sh
             .slots
             .iter()
             .map(|r| format!("{}-{}", r.start, r.end))
             .collect();
-        let short = |id: &str| id.chars().take(8).collect::<String>();
-        let replicas: Vec<String> = sh.replicas.iter().map(|r| short(r)).collect();
-        let _ = writeln!(
-            out,
-            "{:<6} {:<14} {:<9} {:<6} {:<10} {:<10} {:<4} {}",
-            sh.id,
-            slots.join(","),
-            sh.leader.as_deref().map_or("-".to_string(), short),
-            sh.term,
-            sh.commit_index,
-            sh.applied_index,
-            sh.commit_index.saturating_sub(sh.applied_index),
-            replicas.join(",")
-        );
+        row(&mut out, sh.id.to_string(), slots.join(","), sh);
+    }
+    if let Some(meta) = &s.metadata {
+        row(&mut out, "meta".into(), "(cluster map)".into(), meta);
     }
     out
 }

@@ -3,7 +3,7 @@
 //! of them speak gRPC through `cairn-client`; none reaches into the server crates.
 
 mod bench;
-mod cluster;
+pub(crate) mod cluster;
 mod kv;
 mod output;
 mod repl;
