@@ -833,22 +833,22 @@ fn killing_nodes_loses_no_acknowledged_write() {
     );
 }
 
-type Op = Operation<RegisterInput<u64>, RegisterOutput<u64>>;
+pub(crate) type Op = Operation<RegisterInput<u64>, RegisterOutput<u64>>;
 
 /// One client of the linearizability run.
 #[derive(Debug, Clone)]
-struct LinClient {
-    id: u64,
+pub(crate) struct LinClient {
+    pub(crate) id: u64,
     /// Every node's RESP address; a client reconnects to a random one when its node fails.
-    addrs: Vec<SocketAddr>,
+    pub(crate) addrs: Vec<SocketAddr>,
     /// The node to talk to first (`None`: a random one).
-    pinned: Option<SocketAddr>,
+    pub(crate) pinned: Option<SocketAddr>,
     /// The keys it reads and writes.
-    keys: Vec<String>,
+    pub(crate) keys: Vec<String>,
     /// Percentage of operations that are reads (the rest: 5 writes to 1 delete).
-    read_pct: u32,
+    pub(crate) read_pct: u32,
     /// Set when the run is over (a while after the fault ended).
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Most operations one client records (bounds the checker's work).
@@ -858,7 +858,7 @@ const LIN_PAUSE: Duration = Duration::from_millis(4);
 
 /// Random reads, writes and deletes of a few keys, reconnecting elsewhere when the node
 /// dies; returns (key index, operation) for each operation whose effect is checkable.
-fn lin_client(c: LinClient, start: Instant) -> Vec<(usize, Op)> {
+pub(crate) fn lin_client(c: LinClient, start: Instant) -> Vec<(usize, Op)> {
     let client = c.id;
     let mut rng = rand::rngs::StdRng::seed_from_u64(client);
     let mut conn: Option<Conn> = c.pinned.and_then(Conn::connect);

@@ -4,10 +4,12 @@
 //! the replace time is replaced and told so when it comes back.
 //!
 //! Clients under load: RESP writers through the nodes that stay (SETs of unique keys and
-//! INCRs of their own counters, as in `cluster.rs`), redis-py's `RedisCluster`, and
-//! cairn-client. None may see an error a retry-aware client would surface (only `TRYAGAIN`,
-//! which RESP writers count as refused and check absent, is allowed), every acknowledged
-//! write must be readable from every node that stays, and every counter must be exact.
+//! INCRs of their own counters, as in `cluster.rs`) and one through the node that leaves,
+//! redis-py's `RedisCluster`, cairn-client, and clients of a few keys through every node
+//! whose histories must be linearizable. None may see an error a retry-aware client would
+//! surface (only `TRYAGAIN`, which RESP writers count as refused and check absent, and the
+//! leaving node's closed connection are allowed), every acknowledged write must be readable
+//! from every node that stays, and every counter must be exact.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -18,9 +20,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use cairn_lincheck::{RegisterModel, Verdict, check_partitioned};
+
 use crate::cluster::{
-    Answer, CONVERGE_TIMEOUT, Cluster, Conn, SHARDS, Written, assert_outcomes_honest,
-    assert_readable, write_while,
+    Answer, CONVERGE_TIMEOUT, Cluster, Conn, LinClient, Op, SHARDS, Written,
+    assert_outcomes_honest, assert_readable, lin_client, write_while,
 };
 use crate::support::{Node, cairn_bin, poll_until};
 
@@ -126,6 +130,73 @@ while not os.path.exists(stop_file):
         time.sleep(0.05)
 print(json.dumps({"acked": acked, "errors": errors}))
 "#;
+
+/// Clients reading, writing and deleting a few keys through any node (reconnecting to
+/// another when theirs closes), whose histories are checked for linearizability.
+const LIN_CLIENTS: u64 = 3;
+const LIN_KEYS: usize = 4;
+
+/// Runs linearizability clients through `addrs` until `stop`; each is a sequence of
+/// [`lin_client`] runs (each under its own client id, so written values stay unique).
+fn lin_clients(
+    addrs: Vec<std::net::SocketAddr>,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<(usize, Op)>>> {
+    let start = Instant::now();
+    (0..LIN_CLIENTS)
+        .map(|c| {
+            let (addrs, stop) = (addrs.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let keys: Vec<String> = (0..LIN_KEYS).map(|k| format!("lin:{k}")).collect();
+                let mut history = Vec::new();
+                let mut run = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let client = LinClient {
+                        id: 1000 + c * 100 + run,
+                        addrs: addrs.clone(),
+                        pinned: None,
+                        keys: keys.clone(),
+                        read_pct: 50,
+                        stop: stop.clone(),
+                    };
+                    history.extend(lin_client(client, start));
+                    run += 1;
+                }
+                history
+            })
+        })
+        .collect()
+}
+
+/// Every key's history is linearizable.
+fn assert_linearizable(cluster: &Cluster, recorded: Vec<(usize, Op)>) {
+    let of_op: Vec<usize> = recorded.iter().map(|(k, _)| *k).collect();
+    let history: Vec<Op> = recorded.into_iter().map(|(_, op)| op).collect();
+    assert!(
+        history.len() > 100,
+        "only {} operations recorded",
+        history.len()
+    );
+    eprintln!("checking {} operations for linearizability", history.len());
+    match check_partitioned(&RegisterModel::<u64>::default(), &history, |i, _| of_op[i]) {
+        Verdict::Linearizable => {}
+        Verdict::NotLinearizable { longest } => {
+            let key = of_op[longest.first().copied().unwrap_or(0)];
+            let mut ops: Vec<&Op> = history
+                .iter()
+                .zip(&of_op)
+                .filter(|(_, k)| **k == key)
+                .map(|(op, _)| op)
+                .collect();
+            ops.sort_by_key(|op| op.call);
+            panic!(
+                "lin:{key} is not linearizable:\n{ops:#?}\n{}",
+                cluster.logs()
+            );
+        }
+        Verdict::Unknown => panic!("the checker ran out of budget"),
+    }
+}
 
 /// Clients of every kind writing until stopped.
 struct Load {
@@ -336,6 +407,12 @@ fn a_node_joins_and_another_leaves_under_load_without_a_failed_request() {
     let leaving = (0..3).find(|&i| cluster.name(i) == meta_leader).unwrap();
     let through: Vec<usize> = (0..3).filter(|&i| i != leaving).collect();
     let load = Load::start(&cluster, &through);
+    // Linearizability clients through every node, the leaving one included.
+    let lin_stop = Arc::new(AtomicBool::new(false));
+    let lin = lin_clients(
+        cluster.nodes.iter().map(|n| n.resp_addr).collect(),
+        lin_stop.clone(),
+    );
     // A plain client of the leaving node writes until its connection closes.
     let doomed = {
         let addr = cluster.nodes[leaving].resp_addr;
@@ -420,6 +497,9 @@ fn a_node_joins_and_another_leaves_under_load_without_a_failed_request() {
     );
     std::thread::sleep(Duration::from_secs(1));
     let seen = load.finish();
+    lin_stop.store(true, Ordering::Relaxed);
+    let recorded: Vec<(usize, Op)> = lin.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    assert_linearizable(&cluster, recorded);
     assert_clean(&cluster, &seen, &stay);
     for &i in &stay {
         let m = crate::http::request(cluster.nodes[i].http_addr, "GET", "/metrics", b"");
