@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# bench-elastic.sh: a loaded three-node Cairn cluster grows to four nodes, then shrinks back to
+# three with `cairn cluster remove-node`, on loopback.
+#
+# What it measures, in one run on this machine:
+#   1. Preload: DATA_MB of 4 KiB values through node 1 (redis-benchmark, 32 clients, pipeline 8).
+#   2. Foreground latency: one redis-py client SETs and GETs random keys of 256 bytes through
+#      node 1 for PHASE seconds with the cluster idle, and again while each change runs:
+#      p50, p99 and the slowest request, and every error it saw.
+#   3. Join: node 4 starts with --join; reported: the time until its replicas hold everything
+#      every shard's leader has applied (it receives the whole data set: while every node holds
+#      every group, a joining node copies it all), the rate of that copy (MB/s of the preload),
+#      and the time until the balancer has given it its share of votes and leaderships.
+#   4. Leave: `cairn cluster remove-node` of node 2 (the CLI returns once the map dropped it);
+#      reported: its duration.
+#
+# It builds nothing: build first with
+#     cargo build --release -p cairn
+# then run, from the repository root:
+#     scripts/bench-elastic.sh
+# Needs redis-benchmark, curl, jq and a Python with redis-py (default target/ci-venv/bin/python;
+# CAIRN_PYTHON to use another). Ports 18901-18904/19001-19004/19101-19104 (RESP/gRPC/HTTP) must
+# be free. Everything it starts is stopped, and its temporary directory removed, on exit.
+#
+# Knobs (environment): DATA_MB=256, PHASE=10 (seconds of idle measurement), SNAPSHOT=1 (SAVE on
+# every node before the join: the log behind is purged, so the new node gets snapshots instead
+# of the log), KEEP_DIR=1.
+
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+# shellcheck source=scripts/lib/cairn-cluster.sh
+source "$ROOT/scripts/lib/cairn-cluster.sh"
+CAIRN="$ROOT/target/release/cairn"
+PYTHON=${CAIRN_PYTHON:-$ROOT/target/ci-venv/bin/python}
+DATA_MB=${DATA_MB:-256}
+PHASE=${PHASE:-10}
+CAIRN_BASE=18900
+CONVERGE_TIMEOUT=120
+
+[[ -x $CAIRN ]] || die "$CAIRN not found: run 'cargo build --release -p cairn' first"
+"$PYTHON" -c 'import redis' 2>/dev/null || die "$PYTHON has no redis-py (pip install redis)"
+for tool in redis-benchmark curl jq; do
+    command -v "$tool" >/dev/null || die "$tool not found"
+done
+
+TMP=$(mktemp -d /tmp/bench-elastic.XXXXXX)
+declare -A CAIRN_PIDS=()
+PROBE_PID=
+cleanup() {
+    local status=$?
+    [[ -n $PROBE_PID ]] && kill "$PROBE_PID" 2>/dev/null
+    finish "$status" "${CAIRN_PIDS[@]}"
+}
+on_exit cleanup
+
+# The probe: SET and GET of random keys through PORT until STOP_FILE exists; prints p50, p99
+# and max latency in ms, the request count, and the errors seen.
+cat >"$TMP/probe.py" <<'EOF'
+import json, os, random, sys, time
+import redis
+port, stop_file = int(sys.argv[1]), sys.argv[2]
+r = redis.Redis(port=port, socket_timeout=30)
+lat, errors, value = [], [], b"v" * 256
+while not os.path.exists(stop_file):
+    key = f"probe:{random.randrange(100000)}"
+    t = time.perf_counter()
+    try:
+        r.set(key, value)
+        r.get(key)
+    except Exception as e:
+        errors.append(f"{type(e).__name__}: {e}")
+        time.sleep(0.01)
+        continue
+    lat.append((time.perf_counter() - t) * 1000 / 2)
+lat.sort()
+pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+print(json.dumps({"p50": pick(0.5), "p99": pick(0.99), "max": lat[-1] if lat else None,
+                  "requests": 2 * len(lat), "errors": sorted(set(errors))}))
+EOF
+
+# probe_start NAME / probe_stop NAME: the probe through node 1 between the two calls.
+probe_start() {
+    rm -f "$TMP/stop-$1"
+    "$PYTHON" "$TMP/probe.py" "$(cairn_resp 1)" "$TMP/stop-$1" >"$TMP/probe-$1.json" &
+    PROBE_PID=$!
+}
+probe_stop() {
+    touch "$TMP/stop-$1"
+    wait "$PROBE_PID"
+    PROBE_PID=
+}
+probe_row() {
+    jq -r --arg name "$1" --arg secs "$2" \
+        '"| \($name) | \($secs) | \(.p50*100|round/100) | \(.p99*100|round/100) | \(.max*100|round/100) | \(.requests) | \(.errors|length) |"' \
+        "$TMP/probe-$1.json"
+}
+
+# Node 4 holds what every shard's leader applied: its applied index of every group (as its
+# own /v1/cluster shows) reaches the commit index node 1 saw when the join began.
+caught_up() {
+    local mine
+    mine=$(cairn_status 4) || return 1
+    jq -e --argjson want "$WANT" '
+        [.shards[] | {key: (.id|tostring), value: .applied_index}] | from_entries as $have
+        | all($want | to_entries[]; ($have[.key] // 0) >= .value)' <<<"$mine" >/dev/null
+}
+# Balanced with node 4: every group has 3 voters and a leader; node 4 votes in and leads a
+# shard; shard leaderships differ by at most one between nodes.
+balanced() {
+    local status id
+    status=$(cairn_status 1) || return 1
+    id=$(jq -r .node_id <<<"$(cairn_status 4)")
+    jq -e --arg id "$id" '
+        ([.shards[], .metadata] | all(.leader != null
+            and ((.replicas - .learners) | length) == 3))
+        and any(.shards[]; .leader == $id)
+        and ([.shards[].leader] | group_by(.) | map(length) | (max - min) <= 1)
+        and (.nodes | length) == 4' <<<"$status" >/dev/null
+}
+
+log "starting three nodes"
+start_cairn_cluster
+
+log "preloading $DATA_MB MB"
+keys=$((DATA_MB * 256))
+begin=$(date +%s.%N)
+redis-benchmark -p "$(cairn_resp 1)" -t set -n "$keys" -r "$((keys * 100))" -d 4096 \
+    -c 32 -P 8 -q >"$TMP/preload.txt" 2>&1 || die "preload failed: $(cat "$TMP/preload.txt")"
+preload_s=$(echo "$(date +%s.%N) - $begin" | bc)
+live_keys=$(redis-cli -p "$(cairn_resp 1)" dbsize)
+data_mb=$((live_keys * 4096 / 1024 / 1024))
+log "preloaded $live_keys keys ($data_mb MB of values) in ${preload_s}s"
+
+if [[ ${SNAPSHOT:-0} == 1 ]]; then
+    # Checkpoint every replica and purge the logs behind: the joining node gets snapshots.
+    for i in 1 2 3; do redis-cli -p "$(cairn_resp "$i")" save >/dev/null; done
+fi
+
+log "idle latency for ${PHASE}s"
+probe_start idle
+sleep "$PHASE"
+probe_stop idle
+
+log "node 4 joins"
+WANT=$(cairn_status 1 | jq -c '[.shards[] | {key: (.id|tostring), value: .commit_index}] | from_entries')
+probe_start join
+begin=$(date +%s.%N)
+start_cairn_node 4
+wait_for "node 4 to catch up" 600 caught_up
+catchup_s=$(echo "$(date +%s.%N) - $begin" | bc)
+wait_for "the balancer to give node 4 its share" 300 balanced
+join_s=$(echo "$(date +%s.%N) - $begin" | bc)
+probe_stop join
+log "node 4 caught up in ${catchup_s}s, balanced in ${join_s}s"
+
+log "node 2 leaves"
+id2=$(cairn_status 2 | jq -r .node_id)
+probe_start leave
+begin=$(date +%s.%N)
+"$CAIRN" cluster remove-node "$id2" --endpoint "http://127.0.0.1:$(cairn_grpc 1)" \
+    >"$TMP/remove.txt" 2>&1 || die "remove-node failed: $(cat "$TMP/remove.txt")"
+leave_s=$(echo "$(date +%s.%N) - $begin" | bc)
+probe_stop leave
+log "node 2 removed in ${leave_s}s"
+wait "${CAIRN_PIDS[2]}" 2>/dev/null || true
+unset 'CAIRN_PIDS[2]'
+
+rate=$(echo "scale=1; $data_mb / $catchup_s" | bc)
+echo
+echo "Data: $live_keys keys, $data_mb MB of values (preloaded in ${preload_s}s)."
+echo "Join: node 4 held everything after $(printf %.1f "$catchup_s") s ($rate MB/s), had its share of votes and leaderships after $(printf %.1f "$join_s") s."
+echo "Leave: remove-node of node 2 took $(printf %.1f "$leave_s") s."
+echo
+echo "| phase | seconds | p50 ms | p99 ms | max ms | requests | distinct errors |"
+echo "|---|---|---|---|---|---|---|"
+probe_row idle "$PHASE"
+probe_row join "$(printf %.1f "$join_s")"
+probe_row leave "$(printf %.1f "$leave_s")"
+for phase in idle join leave; do
+    jq -r --arg p "$phase" '.errors[] | "\($p): \(.)"' "$TMP/probe-$phase.json"
+done
