@@ -14,6 +14,7 @@
 //!   snapshots), so openraft's API is spoken in this crate only;
 //! - [`network`] and [`service`]: the peer network over gRPC (`cairn.peer.v1.Raft`), every
 //!   group multiplexed over one connection per node pair;
+//! - [`rate`]: the bound on the bytes per second a node sends in snapshots;
 //! - [`transport`]: the seam under it, what connections run over (TCP, or in-memory pipes
 //!   with links that can be cut).
 //!
@@ -26,6 +27,7 @@ pub mod config;
 pub mod group;
 pub mod log_store;
 pub mod network;
+pub mod rate;
 pub mod replica;
 pub mod service;
 pub mod snapshot;

@@ -35,6 +35,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::codec::{
     decode_opt_log_id, decode_vote, encode_applied, encode_entry, encode_opt_log_id, encode_vote,
 };
+use crate::rate::SendRate;
 use crate::snapshot::{CHUNK_BYTES_DEFAULT, ShardSnapshot};
 use crate::transport::{BoxConn, Network, Tcp};
 use crate::types::{NodeAddr, Snapshot, TypeConfig, Vote};
@@ -50,6 +51,8 @@ pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
     /// The `Appends` stream to each peer address, shared by every group.
     links: Mutex<HashMap<String, Arc<AppendLink>>>,
+    /// The bound on the bytes per second of snapshots sent, every group together.
+    snapshot_rate: Arc<SendRate>,
 }
 
 impl Default for Peers {
@@ -70,7 +73,15 @@ impl Peers {
             network,
             channels: Mutex::default(),
             links: Mutex::default(),
+            snapshot_rate: Arc::new(SendRate::new(0)),
         }
+    }
+
+    /// Bounds the snapshots these peers send to `bytes_per_sec`, all groups together (0: no
+    /// bound).
+    pub fn with_snapshot_rate(mut self, bytes_per_sec: u64) -> Peers {
+        self.snapshot_rate = Arc::new(SendRate::new(bytes_per_sec));
+        self
     }
 
     /// What the connections run over.
@@ -177,6 +188,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
                 .map(RaftClient::new)
                 .map_err(|e| e.to_string()),
             link: self.peers.link(&node.grpc).map_err(|e| e.to_string()),
+            snapshot_rate: self.peers.snapshot_rate.clone(),
         }
     }
 }
@@ -191,6 +203,8 @@ pub struct PeerConn {
     client: Result<RaftClient<Channel>, String>,
     /// The node pair's append stream, or why the peer's address is unusable.
     link: Result<Arc<AppendLink>, String>,
+    /// The node's bound on snapshot bytes per second.
+    snapshot_rate: Arc<SendRate>,
 }
 
 fn unreachable(e: &(impl std::error::Error + 'static)) -> Unreachable<TypeConfig> {
@@ -549,7 +563,17 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
                     None
                 }
             }));
-        let stream = futures::stream::iter(parts.map(|p| pb::SnapshotMessage { part: Some(p) }));
+        // Each chunk waits for its share of the node's snapshot rate before it is sent.
+        let rate = self.snapshot_rate.clone();
+        let stream = futures::stream::iter(parts).then(move |part| {
+            let rate = rate.clone();
+            async move {
+                if let Part::Chunk(chunk) = &part {
+                    rate.take(chunk.data.len()).await;
+                }
+                pb::SnapshotMessage { part: Some(part) }
+            }
+        });
         let mut client = self.client()?;
         let send = async {
             match client.snapshot(stream).await {

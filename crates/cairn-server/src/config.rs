@@ -44,6 +44,10 @@ pub const REPLACE_DOWN_AFTER_MS_DEFAULT: u64 = 300_000;
 pub const BALANCE_MOVES_MAX_DEFAULT: usize = 4;
 /// Most replicas the balancer may be configured to move at once.
 pub const BALANCE_MOVES_MAX_LIMIT: usize = 64;
+/// Default bound on the bytes per second a node sends in snapshots (16 MiB/s): the highest
+/// of the rates measured that kept the foreground p99 within twice the idle one
+/// (docs/benchmarks.md, "Joining and leaving under load").
+pub const MOVE_BYTES_PER_SEC_DEFAULT: u64 = 16 * 1024 * 1024;
 /// Fewest change events a shard may keep for watches (tests use small windows to reach
 /// compaction).
 pub const WATCH_HISTORY_EVENTS_MIN: usize = 16;
@@ -137,6 +141,10 @@ pub struct ServerArgs {
     /// [default: 4]
     #[arg(long, env = "CAIRN_BALANCE_MOVES_MAX", value_name = "N")]
     pub balance_moves_max: Option<usize>,
+    /// Bytes per second this node sends in snapshots (copies of replicas to new members, or
+    /// to members too far behind), every shard together; 0 for no limit [default: 16777216]
+    #[arg(long, env = "CAIRN_MOVE_BYTES_PER_SEC", value_name = "BYTES")]
+    pub move_bytes_per_sec: Option<u64>,
     /// Change events each shard keeps for watches to resume from [default: 10000]
     #[arg(long, env = "CAIRN_WATCH_HISTORY_EVENTS", value_name = "N")]
     pub watch_history_events: Option<usize>,
@@ -166,6 +174,7 @@ pub struct FileConfig {
     pub down_after_ms: Option<u64>,
     pub replace_down_after_ms: Option<u64>,
     pub balance_moves_max: Option<usize>,
+    pub move_bytes_per_sec: Option<u64>,
     pub watch_history_events: Option<usize>,
     pub watch_history_bytes: Option<usize>,
 }
@@ -197,6 +206,8 @@ pub struct ServerConfig {
     pub replace_down_after_ms: u64,
     /// Replicas the balancer moves at once.
     pub balance_moves_max: usize,
+    /// Bytes per second of snapshots this node sends (0: no limit).
+    pub move_bytes_per_sec: u64,
     /// How much change history each shard keeps for watches.
     pub watch_history: crate::feed::FeedLimits,
 }
@@ -220,6 +231,7 @@ impl Default for ServerConfig {
             down_after_ms: DOWN_AFTER_MS_DEFAULT,
             replace_down_after_ms: REPLACE_DOWN_AFTER_MS_DEFAULT,
             balance_moves_max: BALANCE_MOVES_MAX_DEFAULT,
+            move_bytes_per_sec: MOVE_BYTES_PER_SEC_DEFAULT,
             watch_history: crate::feed::FeedLimits::default(),
         }
     }
@@ -272,6 +284,10 @@ impl ServerArgs {
                 .balance_moves_max
                 .or(file.balance_moves_max)
                 .unwrap_or(d.balance_moves_max),
+            move_bytes_per_sec: self
+                .move_bytes_per_sec
+                .or(file.move_bytes_per_sec)
+                .unwrap_or(d.move_bytes_per_sec),
             watch_history: crate::feed::FeedLimits {
                 events_max: self
                     .watch_history_events

@@ -94,6 +94,8 @@ pub struct NodeOptions {
     pub replace_down_after: Duration,
     /// What the balancer may move at once.
     pub balance: crate::balance::Limits,
+    /// Bytes per second of snapshots this node sends, every group together (0: no limit).
+    pub move_bytes_per_sec: u64,
     /// The wall clock TTL deadlines are set and compared with: the system's in production, a
     /// [`cairn_storage::ManualClock`] in tests that move time themselves.
     pub clock: Arc<dyn cairn_storage::Clock>,
@@ -533,6 +535,7 @@ mod tests {
             down_after: Duration::from_secs(5),
             replace_down_after: Duration::from_secs(300),
             balance: crate::balance::Limits::default(),
+            move_bytes_per_sec: 0,
             watch_history: crate::feed::FeedLimits::default(),
             clock: cairn_storage::clock::system(),
             network: Arc::new(cairn_raft::transport::Tcp),

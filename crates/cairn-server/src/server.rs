@@ -79,6 +79,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             moves_max: config.balance_moves_max,
             ..crate::balance::Limits::default()
         },
+        move_bytes_per_sec: config.move_bytes_per_sec,
         watch_history: config.watch_history,
     };
     let node: Arc<Node> = Node::open(options).await?;

@@ -22,7 +22,9 @@ impl Node {
     /// alone votes in.
     pub async fn open(options: NodeOptions) -> anyhow::Result<Arc<Node>> {
         let io = options.io.clone();
-        let peers = Arc::new(Peers::over(options.network.clone()));
+        let peers = Arc::new(
+            Peers::over(options.network.clone()).with_snapshot_rate(options.move_bytes_per_sec),
+        );
         let identity = match NodeIdentity::load(&*io, &options.data_dir)? {
             Some(identity) => identity,
             None => {

@@ -1,0 +1,81 @@
+//! A bound on the bytes per second this node sends in snapshots, all groups together, so
+//! that copying replicas to new members never starves the foreground traffic that shares
+//! the disk, the cores and the network.
+//!
+//! Each chunk reserves its slot on one clock shared by every sender: a chunk of `n` bytes
+//! starts no earlier than the previous reservation ended and holds the clock for `n / rate`
+//! seconds. Senders therefore share the rate, and an idle period earns no burst.
+
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// Bytes per second shared by every snapshot this node sends; unlimited when built with 0.
+#[derive(Debug)]
+pub struct SendRate {
+    bytes_per_sec: u64,
+    /// When the last reservation ends.
+    free_at: Mutex<Option<Instant>>,
+}
+
+impl SendRate {
+    pub fn new(bytes_per_sec: u64) -> SendRate {
+        SendRate {
+            bytes_per_sec,
+            free_at: Mutex::new(None),
+        }
+    }
+
+    /// The bytes per second it allows (0: no limit).
+    pub fn bytes_per_sec(&self) -> u64 {
+        self.bytes_per_sec
+    }
+
+    /// How long a sender of `bytes` must wait, at `now`, before sending them; reserves the
+    /// slot.
+    fn reserve(&self, bytes: usize, now: Instant) -> Duration {
+        if self.bytes_per_sec == 0 {
+            return Duration::ZERO;
+        }
+        let hold = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+        let mut free_at = self.free_at.lock();
+        let start = free_at.map_or(now, |t| t.max(now));
+        *free_at = Some(start + hold);
+        start - now
+    }
+
+    /// Waits until `bytes` may be sent.
+    pub async fn take(&self, bytes: usize) {
+        let wait = self.reserve(bytes, Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn senders_share_the_rate_and_an_idle_period_earns_no_burst() {
+        let rate = SendRate::new(1_000_000);
+        let t0 = Instant::now();
+        // Two senders of 0.5 MB each: the second waits for the first's half second.
+        assert_eq!(rate.reserve(500_000, t0), Duration::ZERO);
+        assert_eq!(rate.reserve(500_000, t0), Duration::from_millis(500));
+        // After the clock ran past every reservation, a chunk goes at once, and only one.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(rate.reserve(1_000_000, later), Duration::ZERO);
+        assert_eq!(rate.reserve(1, later), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn no_limit_never_waits() {
+        let rate = SendRate::new(0);
+        let now = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(rate.reserve(usize::MAX / 2, now), Duration::ZERO);
+        }
+    }
+}
