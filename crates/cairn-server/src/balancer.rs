@@ -322,8 +322,10 @@ async fn dispatch(node: &Arc<Node>, views: &[GroupView], records: &[NodeRecord],
             tracing::info!(?step, "balancer step done");
             "done"
         }
+        // Refusals are routine (a learner still catching up, a plan a moment stale) and
+        // planned again next round: counted, logged only at debug.
         Err(e) => {
-            tracing::info!(?step, error = %e, "balancer step not taken");
+            tracing::debug!(?step, error = %e, "balancer step not taken");
             "refused"
         }
     };

@@ -566,24 +566,37 @@ fn a_node_down_past_the_replace_time_is_replaced_and_told_so_when_it_returns() {
         assert_eq!(conn.cmd(&["SET", &key, &key]), Answer::Ok);
     }
 
-    // Node 3 dies; once down for the replace time, its votes move and the map drops it (not
-    // before: half-way there it is still listed).
-    let victim = cluster.name(3);
-    cluster.nodes[3].kill();
+    // The metadata leader dies: a new one is elected, and once the old one has been down
+    // for the replace time (counted from the new leader's takeover), its votes in the
+    // metadata group and the shards move and the map drops it (not before: half-way there
+    // it is still listed).
+    let meta_leader = cluster.status(0)["metadata"]["leader"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let victim_at = (0..4).find(|&i| cluster.name(i) == meta_leader).unwrap();
+    let stay: Vec<usize> = (0..4).filter(|&i| i != victim_at).collect();
+    let victim = cluster.name(victim_at);
+    cluster.nodes[victim_at].kill();
     std::thread::sleep(Duration::from_secs(5));
+    let status = cluster.status(stay[0]);
     assert!(
-        cluster.status(0)["nodes"]
+        status["nodes"]
             .as_array()
             .unwrap()
             .iter()
             .any(|n| n["id"] == victim.as_str() && n["state"] == "down"),
-        "the victim was not listed down 5 s after it died: {}",
-        cluster.status(0)
+        "the victim was not listed down 5 s after it died: {status}"
     );
     members.remove(&victim);
-    wait_balanced(&cluster, 0, &members);
-    let metrics: String = (0..3)
-        .map(|i| {
+    wait_balanced(&cluster, stay[0], &members);
+    assert_ne!(
+        cluster.status(stay[0])["metadata"]["leader"].as_str(),
+        Some(victim.as_str())
+    );
+    let metrics: String = stay
+        .iter()
+        .map(|&i| {
             let m = crate::http::request(cluster.nodes[i].http_addr, "GET", "/metrics", b"");
             String::from_utf8_lossy(&m.body).to_string()
         })
@@ -593,18 +606,18 @@ fn a_node_down_past_the_replace_time_is_replaced_and_told_so_when_it_returns() {
         "no node counted as replaced:\n{metrics}"
     );
     let keys: Vec<String> = (0..100).map(|k| format!("before:{k}")).collect();
-    for i in 0..3 {
+    for &i in &stay {
         assert_readable(&cluster, i, &keys);
     }
 
     // It comes back on its old data directory: it is told it was replaced, and stops.
-    cluster.nodes[3].spawn_unchecked();
-    assert!(!wait_exit(&mut cluster, 3).success());
-    let log = cluster.nodes[3].log();
+    cluster.nodes[victim_at].spawn_unchecked();
+    assert!(!wait_exit(&mut cluster, victim_at).success());
+    let log = cluster.nodes[victim_at].log();
     assert!(log.contains("replaced after being down"), "{log}");
-    assert!(balanced(&cluster.status(0), &members).is_ok());
+    assert!(balanced(&cluster.status(stay[0]), &members).is_ok());
     assert!(
-        Path::new(&cluster.nodes[3].data_dir).exists(),
+        Path::new(&cluster.nodes[victim_at].data_dir).exists(),
         "its data stays for its operator"
     );
 }
