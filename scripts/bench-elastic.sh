@@ -148,6 +148,9 @@ WANT=$(cairn_status 1 | jq -c '[.shards[] | {key: (.id|tostring), value: .commit
 probe_start join
 begin=$(date +%s.%N)
 start_cairn_node 4
+sleep 1
+"$CAIRN" cluster status --endpoint "http://127.0.0.1:$(cairn_grpc 1)" |
+    sed -n '/^MOVES/,$p' >"$TMP/moves.txt" || true
 wait_for "node 4 to catch up" 600 caught_up
 catchup_s=$(echo "$(date +%s.%N) - $begin" | bc)
 wait_for "the balancer to give node 4 its share" 300 balanced
@@ -172,6 +175,9 @@ echo
 echo "Data: $live_keys keys, $data_mb MB of values (preloaded in ${preload_s}s)."
 echo "Join: node 4 held everything after $(printf %.1f "$catchup_s") s ($rate MB/s), had its share of votes and leaderships after $(printf %.1f "$join_s") s."
 echo "Leave: remove-node of node 2 took $(printf %.1f "$leave_s") s."
+echo
+echo "cairn cluster status, 1 s into the join:"
+cat "$TMP/moves.txt"
 echo
 echo "| phase | seconds | p50 ms | p99 ms | max ms | requests | distinct errors |"
 echo "|---|---|---|---|---|---|---|"

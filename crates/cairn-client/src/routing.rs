@@ -332,6 +332,7 @@ mod tests {
                 shard(2, 100, 200, Some("1")), // overlaps shard 0: ignored
             ],
             metadata: None,
+            moves: Vec::new(),
         });
         assert_eq!(routes.ranges.len(), 2);
         assert_eq!(routes.leader_of(0).map(|a| &**a), Some("127.0.0.1:7070"));
@@ -357,6 +358,7 @@ mod tests {
             nodes: vec![node("2", "127.0.0.1:7071", proto::NodeState::Up)],
             shards: vec![shard(0, 0, 16383, Some("2"))],
             metadata: None,
+            moves: Vec::new(),
         });
         *routing.inner.routes.write().unwrap() = Some(Arc::new(routes));
         let (_, to) = routing.channel_for(Some(b"k"));
@@ -390,6 +392,7 @@ mod tests {
                 shard(3, 16384, 20000, Some("3")), // out of range: ignored
             ],
             metadata: None,
+            moves: Vec::new(),
         });
         assert_eq!(routes.leader_of(5), None);
         assert_eq!(routes.leader_of(150), None, "down leader");

@@ -35,7 +35,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::codec::{
     decode_opt_log_id, decode_vote, encode_applied, encode_entry, encode_opt_log_id, encode_vote,
 };
-use crate::rate::SendRate;
+use crate::rate::{SendRate, Transfer, Transfers};
 use crate::snapshot::{CHUNK_BYTES_DEFAULT, ShardSnapshot};
 use crate::transport::{BoxConn, Network, Tcp};
 use crate::types::{NodeAddr, Snapshot, TypeConfig, Vote};
@@ -53,6 +53,8 @@ pub struct Peers {
     links: Mutex<HashMap<String, Arc<AppendLink>>>,
     /// The bound on the bytes per second of snapshots sent, every group together.
     snapshot_rate: Arc<SendRate>,
+    /// The snapshots being sent.
+    transfers: Arc<Transfers>,
 }
 
 impl Default for Peers {
@@ -74,7 +76,13 @@ impl Peers {
             channels: Mutex::default(),
             links: Mutex::default(),
             snapshot_rate: Arc::new(SendRate::new(0)),
+            transfers: Arc::default(),
         }
+    }
+
+    /// The snapshots these peers are sending, with their progress.
+    pub fn transfers(&self) -> Vec<Transfer> {
+        self.transfers.list()
     }
 
     /// Bounds the snapshots these peers send to `bytes_per_sec`, all groups together (0: no
@@ -189,6 +197,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
                 .map_err(|e| e.to_string()),
             link: self.peers.link(&node.grpc).map_err(|e| e.to_string()),
             snapshot_rate: self.peers.snapshot_rate.clone(),
+            transfers: self.peers.transfers.clone(),
         }
     }
 }
@@ -205,6 +214,8 @@ pub struct PeerConn {
     link: Result<Arc<AppendLink>, String>,
     /// The node's bound on snapshot bytes per second.
     snapshot_rate: Arc<SendRate>,
+    /// The node's snapshots under way.
+    transfers: Arc<Transfers>,
 }
 
 fn unreachable(e: &(impl std::error::Error + 'static)) -> Unreachable<TypeConfig> {
@@ -563,13 +574,17 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
                     None
                 }
             }));
-        // Each chunk waits for its share of the node's snapshot rate before it is sent.
+        // Each chunk waits for its share of the node's snapshot rate before it is sent, and
+        // counts in the transfer's progress.
         let rate = self.snapshot_rate.clone();
+        let total: u64 = manifest.files.iter().map(|f| f.len).sum();
+        let progress = Arc::new(self.transfers.begin(self.group, self.target, total));
         let stream = futures::stream::iter(parts).then(move |part| {
-            let rate = rate.clone();
+            let (rate, progress) = (rate.clone(), progress.clone());
             async move {
                 if let Part::Chunk(chunk) = &part {
                     rate.take(chunk.data.len()).await;
+                    progress.sent(chunk.data.len() as u64);
                 }
                 pb::SnapshotMessage { part: Some(part) }
             }

@@ -5,10 +5,85 @@
 //! Each chunk reserves its slot on one clock shared by every sender: a chunk of `n` bytes
 //! starts no earlier than the previous reservation ended and holds the clock for `n / rate`
 //! seconds. Senders therefore share the rate, and an idle period earns no burst.
+//!
+//! [`Transfers`] lists the snapshots being sent, with their progress, for `cairn cluster
+//! status` (moves in progress).
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+
+/// One snapshot being sent: of `group`, to node `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub group: u64,
+    pub target: u64,
+    pub sent_bytes: u64,
+    pub total_bytes: u64,
+    /// How long it has been sending.
+    pub elapsed: Duration,
+}
+
+/// The snapshots this node is sending.
+#[derive(Debug, Default)]
+pub struct Transfers {
+    /// By (group, target): bytes sent, bytes in all, when it began.
+    running: Mutex<BTreeMap<(u64, u64), (u64, u64, Instant)>>,
+}
+
+impl Transfers {
+    /// Registers a transfer of `total_bytes`; it is listed until the guard drops.
+    pub fn begin(self: &Arc<Self>, group: u64, target: u64, total_bytes: u64) -> TransferGuard {
+        self.running
+            .lock()
+            .insert((group, target), (0, total_bytes, Instant::now()));
+        TransferGuard {
+            transfers: self.clone(),
+            key: (group, target),
+        }
+    }
+
+    /// Every transfer under way.
+    pub fn list(&self) -> Vec<Transfer> {
+        self.running
+            .lock()
+            .iter()
+            .map(
+                |(&(group, target), &(sent_bytes, total_bytes, began))| Transfer {
+                    group,
+                    target,
+                    sent_bytes,
+                    total_bytes,
+                    elapsed: began.elapsed(),
+                },
+            )
+            .collect()
+    }
+}
+
+/// A transfer in [`Transfers`] while it lives.
+#[derive(Debug)]
+pub struct TransferGuard {
+    transfers: Arc<Transfers>,
+    key: (u64, u64),
+}
+
+impl TransferGuard {
+    /// `bytes` more were sent.
+    pub fn sent(&self, bytes: u64) {
+        if let Some(entry) = self.transfers.running.lock().get_mut(&self.key) {
+            entry.0 += bytes;
+        }
+    }
+}
+
+impl Drop for TransferGuard {
+    fn drop(&mut self) {
+        self.transfers.running.lock().remove(&self.key);
+    }
+}
 
 /// Bytes per second shared by every snapshot this node sends; unlimited when built with 0.
 #[derive(Debug)]
@@ -68,6 +143,26 @@ mod tests {
         let later = t0 + Duration::from_secs(10);
         assert_eq!(rate.reserve(1_000_000, later), Duration::ZERO);
         assert_eq!(rate.reserve(1, later), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_transfer_is_listed_with_its_progress_while_it_runs() {
+        let transfers = Arc::new(Transfers::default());
+        let guard = transfers.begin(3, 7, 100);
+        guard.sent(40);
+        let listed = transfers.list();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (
+                listed[0].group,
+                listed[0].target,
+                listed[0].sent_bytes,
+                listed[0].total_bytes
+            ),
+            (3, 7, 40, 100)
+        );
+        drop(guard);
+        assert!(transfers.list().is_empty());
     }
 
     #[test]

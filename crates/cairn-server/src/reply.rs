@@ -110,6 +110,22 @@ pub struct ClusterStatus {
     /// The metadata group (the map's own Raft group; `id` 0, no slots), when this node holds
     /// a replica of it.
     pub metadata: Option<Box<ShardInfo>>,
+    /// Replicas this node is copying to other nodes (snapshots being sent).
+    pub moves: Vec<MoveInfo>,
+}
+
+/// A replica being copied: a snapshot of one group sent by the answering node.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MoveInfo {
+    /// The shard; `None` for the metadata group.
+    pub shard: Option<u32>,
+    /// Id of the node sending it (the answering node).
+    pub from: String,
+    /// Id of the node receiving it.
+    pub to: String,
+    pub sent_bytes: u64,
+    pub total_bytes: u64,
+    pub elapsed_ms: u64,
 }
 
 /// Storage statistics of one shard.

@@ -74,6 +74,18 @@ fn status_to_pb(status: ClusterStatus) -> pb::StatusResponse {
             })
             .collect(),
         shards: status.shards.into_iter().map(shard_to_pb).collect(),
+        moves: status
+            .moves
+            .into_iter()
+            .map(|m| pb::MoveInfo {
+                shard: m.shard,
+                from: m.from,
+                to: m.to,
+                sent_bytes: m.sent_bytes,
+                total_bytes: m.total_bytes,
+                elapsed_ms: m.elapsed_ms,
+            })
+            .collect(),
         metadata: status.metadata.map(|m| shard_to_pb(*m)),
     }
 }

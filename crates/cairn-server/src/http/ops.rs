@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::{ApiError, AppState, execute};
 use crate::balancer::ManageError;
 use crate::command::Command;
-use crate::reply::{ClusterStatus, Reply, ShardInfo};
+use crate::reply::{ClusterStatus, MoveInfo, Reply, ShardInfo};
 
 /// The OpenAPI 3 description of every route of this front end.
 const OPENAPI_JSON: &str = include_str!("openapi.json");
@@ -51,6 +51,8 @@ struct ClusterJson {
     shards: Vec<ShardJson>,
     /// The metadata group (`id` 0, no slots).
     metadata: Option<ShardJson>,
+    /// Replicas this node is copying to others.
+    moves: Vec<MoveInfo>,
 }
 
 impl From<ShardInfo> for ShardJson {
@@ -90,6 +92,7 @@ impl From<ClusterStatus> for ClusterJson {
                 .collect(),
             shards: s.shards.into_iter().map(ShardJson::from).collect(),
             metadata: s.metadata.map(|m| ShardJson::from(*m)),
+            moves: s.moves,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! statistics for metrics and `INFO`.
 
 use super::Node;
-use crate::reply::{ClusterStatus, NodeInfo, NodeState, ShardInfo, ShardStats};
+use crate::reply::{ClusterStatus, MoveInfo, NodeInfo, NodeState, ShardInfo, ShardStats};
 
 impl Node {
     /// The cluster map: every node of the metadata group's map (this node's replica of it),
@@ -64,7 +64,21 @@ impl Node {
                 },
             })
             .collect();
+        let moves = self
+            .peers()
+            .transfers()
+            .into_iter()
+            .map(|t| MoveInfo {
+                shard: t.group.checked_sub(1).map(|s| s as u32),
+                from: me.name.clone(),
+                to: name_of(t.target),
+                sent_bytes: t.sent_bytes,
+                total_bytes: t.total_bytes,
+                elapsed_ms: t.elapsed.as_millis() as u64,
+            })
+            .collect();
         ClusterStatus {
+            moves,
             node_id: me.name,
             nodes,
             shards,

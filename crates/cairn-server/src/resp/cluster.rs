@@ -478,6 +478,7 @@ mod tests {
                 shard(3, (12288, 16383), None, &all),
             ],
             metadata: None,
+            moves: Vec::new(),
         };
         let own = match me {
             "a" => "127.0.0.1:7001",
@@ -512,6 +513,7 @@ mod tests {
                 })
                 .collect(),
             metadata: None,
+            moves: Vec::new(),
         };
         let map = ClusterMap::new(status, "0.0.0.0:6379".parse().unwrap(), LOCAL);
         assert_eq!(

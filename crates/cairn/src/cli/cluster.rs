@@ -31,7 +31,8 @@ pub enum ClusterCommand {
 pub async fn run(command: ClusterCommand, connection: Connection) -> anyhow::Result<u8> {
     match command {
         ClusterCommand::Status => {
-            let status = connection.client()?.status().await?;
+            let mut status = connection.client()?.status().await?;
+            gather_moves(&mut status, connection.timeout_ms).await;
             if connection.json {
                 print_json(&to_json(&status));
             } else {
@@ -54,6 +55,30 @@ pub async fn run(command: ClusterCommand, connection: Connection) -> anyhow::Res
         }
     }
     Ok(0)
+}
+
+/// Adds to `status` the moves every other node reports (each node lists the copies it
+/// sends); a node that does not answer within `timeout_ms` is left out.
+pub(crate) async fn gather_moves(status: &mut StatusResponse, timeout_ms: u64) {
+    let others: Vec<String> = status
+        .nodes
+        .iter()
+        .filter(|n| n.id != status.node_id && n.state() != NodeState::Down)
+        .map(|n| format!("http://{}", n.grpc_addr))
+        .collect();
+    for endpoint in others {
+        let config = cairn_client::ClientConfig {
+            request_timeout: std::time::Duration::from_millis(timeout_ms),
+            retries_max: 0,
+            ..cairn_client::ClientConfig::default()
+        };
+        let Ok(client) = cairn_client::Client::with_config(&endpoint, config) else {
+            continue;
+        };
+        if let Ok(theirs) = client.status().await {
+            status.moves.extend(theirs.moves);
+        }
+    }
 }
 
 /// Votes and leaderships node `id` still holds (shards and the metadata group), as `status`
@@ -132,6 +157,10 @@ pub fn to_json(s: &StatusResponse) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "shards": s.shards.iter().map(shard_json).collect::<Vec<_>>(),
         "metadata": s.metadata.as_ref().map(shard_json),
+        "moves": s.moves.iter().map(|m| json!({
+            "shard": m.shard, "from": m.from, "to": m.to, "sent_bytes": m.sent_bytes,
+            "total_bytes": m.total_bytes, "elapsed_ms": m.elapsed_ms,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -219,5 +248,55 @@ pub fn render(s: &StatusResponse) -> String {
     if let Some(meta) = &s.metadata {
         row(&mut out, "meta".into(), "(cluster map)".into(), meta);
     }
+    if !s.moves.is_empty() {
+        let _ = writeln!(out, "\nMOVES (replicas being copied)");
+        for m in &s.moves {
+            let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+            let rate = mb(m.sent_bytes) / (m.elapsed_ms.max(1) as f64 / 1000.0);
+            let _ = writeln!(
+                out,
+                "{:<6} {} -> {}  {:.1}/{:.1} MiB ({:.0} %) at {:.1} MiB/s",
+                m.shard.map_or("meta".to_string(), |s| s.to_string()),
+                short(&m.from),
+                short(&m.to),
+                mb(m.sent_bytes),
+                mb(m.total_bytes),
+                100.0 * m.sent_bytes as f64 / m.total_bytes.max(1) as f64,
+                rate
+            );
+        }
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_client::proto::MoveInfo;
+
+    #[test]
+    fn moves_in_progress_show_their_progress_and_rate() {
+        let status = StatusResponse {
+            node_id: "a".repeat(40),
+            moves: vec![MoveInfo {
+                shard: Some(2),
+                from: "a".repeat(40),
+                to: "b".repeat(40),
+                sent_bytes: 32 * 1024 * 1024,
+                total_bytes: 128 * 1024 * 1024,
+                elapsed_ms: 2000,
+                ..MoveInfo::default()
+            }],
+            ..StatusResponse::default()
+        };
+        let text = render(&status);
+        assert!(
+            text.contains("MOVES")
+                && text
+                    .contains("2      aaaaaaaa -> bbbbbbbb  32.0/128.0 MiB (25 %) at 16.0 MiB/s"),
+            "{text}"
+        );
+        assert!(!render(&StatusResponse::default()).contains("MOVES"));
+        assert_eq!(to_json(&status)["moves"][0]["sent_bytes"], 32 * 1024 * 1024);
+    }
 }
