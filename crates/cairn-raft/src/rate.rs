@@ -26,11 +26,14 @@ pub struct Transfer {
     pub elapsed: Duration,
 }
 
+/// A transfer's progress: bytes sent, bytes in all, when it began.
+type Progress = (u64, u64, Instant);
+
 /// The snapshots this node is sending.
 #[derive(Debug, Default)]
 pub struct Transfers {
-    /// By (group, target): bytes sent, bytes in all, when it began.
-    running: Mutex<BTreeMap<(u64, u64), (u64, u64, Instant)>>,
+    /// By (group, target).
+    running: Mutex<BTreeMap<(u64, u64), Progress>>,
 }
 
 impl Transfers {

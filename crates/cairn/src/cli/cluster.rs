@@ -285,7 +285,6 @@ mod tests {
                 sent_bytes: 32 * 1024 * 1024,
                 total_bytes: 128 * 1024 * 1024,
                 elapsed_ms: 2000,
-                ..MoveInfo::default()
             }],
             ..StatusResponse::default()
         };
