@@ -218,6 +218,26 @@ pub struct PeerConn {
     transfers: Arc<Transfers>,
 }
 
+/// A snapshot's messages as they are sent: each chunk waits for its share of the node's
+/// snapshot `rate`, then counts in the transfer's `progress` (listed while the stream lives).
+fn paced(
+    parts: impl Iterator<Item = Part> + Send + 'static,
+    rate: Arc<SendRate>,
+    progress: crate::rate::TransferGuard,
+) -> impl futures::Stream<Item = pb::SnapshotMessage> + Send + 'static {
+    let progress = Arc::new(progress);
+    futures::stream::iter(parts).then(move |part| {
+        let (rate, progress) = (rate.clone(), progress.clone());
+        async move {
+            if let Part::Chunk(chunk) = &part {
+                rate.take(chunk.data.len()).await;
+                progress.sent(chunk.data.len() as u64);
+            }
+            pb::SnapshotMessage { part: Some(part) }
+        }
+    })
+}
+
 fn unreachable(e: &(impl std::error::Error + 'static)) -> Unreachable<TypeConfig> {
     Unreachable::new(e)
 }
@@ -574,21 +594,9 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
                     None
                 }
             }));
-        // Each chunk waits for its share of the node's snapshot rate before it is sent, and
-        // counts in the transfer's progress.
-        let rate = self.snapshot_rate.clone();
         let total: u64 = manifest.files.iter().map(|f| f.len).sum();
-        let progress = Arc::new(self.transfers.begin(self.group, self.target, total));
-        let stream = futures::stream::iter(parts).then(move |part| {
-            let (rate, progress) = (rate.clone(), progress.clone());
-            async move {
-                if let Part::Chunk(chunk) = &part {
-                    rate.take(chunk.data.len()).await;
-                    progress.sent(chunk.data.len() as u64);
-                }
-                pb::SnapshotMessage { part: Some(part) }
-            }
-        });
+        let progress = self.transfers.begin(self.group, self.target, total);
+        let stream = paced(parts, self.snapshot_rate.clone(), progress);
         let mut client = self.client()?;
         let send = async {
             match client.snapshot(stream).await {
@@ -602,5 +610,65 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         };
         let vote = decode_vote(&reply.vote).map_err(|e| StreamingError::Network(bad_reply(e)))?;
         Ok(SnapshotResponse { vote })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate::Transfers;
+
+    fn chunk(bytes: usize) -> Part {
+        Part::Chunk(pb::SnapshotChunk {
+            file: 0,
+            offset: 0,
+            data: vec![0; bytes].into(),
+            crc32c: 0,
+        })
+    }
+
+    /// Three chunks of 0.5 MB at 1 MB/s: the stream takes a second (the first chunk goes at
+    /// once), and the transfer is listed with its bytes sent until the stream is dropped.
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_stream_keeps_to_the_rate_and_reports_its_progress() {
+        let rate = Arc::new(SendRate::new(1_000_000));
+        let transfers = Arc::new(Transfers::default());
+        let parts = vec![chunk(500_000), chunk(500_000), chunk(500_000)];
+        let begin = tokio::time::Instant::now();
+        let mut stream = Box::pin(paced(
+            parts.into_iter(),
+            rate,
+            transfers.begin(1, 2, 1_500_000),
+        ));
+        let mut sent = Vec::new();
+        while stream.next().await.is_some() {
+            sent.push((begin.elapsed(), transfers.list()[0].sent_bytes));
+        }
+        assert_eq!(
+            sent,
+            vec![
+                (Duration::ZERO, 500_000),
+                (Duration::from_millis(500), 1_000_000),
+                (Duration::from_secs(1), 1_500_000),
+            ]
+        );
+        drop(stream);
+        assert!(transfers.list().is_empty());
+    }
+
+    /// Every connection of one `Peers` draws on the same rate and the same transfer list.
+    #[tokio::test]
+    async fn every_connection_shares_the_nodes_rate_and_transfers() {
+        let peers = Arc::new(Peers::new().with_snapshot_rate(1234));
+        let mut factory = peers.group(7);
+        let addr = NodeAddr {
+            grpc: "127.0.0.1:1".into(),
+        };
+        let a = factory.new_client(2, &addr).await;
+        let b = factory.new_client(3, &addr).await;
+        assert!(Arc::ptr_eq(&a.snapshot_rate, &b.snapshot_rate));
+        assert!(Arc::ptr_eq(&a.snapshot_rate, &peers.snapshot_rate));
+        assert_eq!(a.snapshot_rate.bytes_per_sec(), 1234);
+        assert!(Arc::ptr_eq(&a.transfers, &peers.transfers));
     }
 }

@@ -11,9 +11,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
+// Tokio's clock, so that a test with paused time sees the reservations move with it.
+use tokio::time::Instant;
 
 /// One snapshot being sent: of `group`, to node `target`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -475,6 +475,8 @@ pub async fn carry_out(
                 let addr = cairn_raft::NodeAddr {
                     grpc: record.grpc_addr,
                 };
+                let name = format!("group {}", step.group());
+                crate::placement::snapshot_for_newcomer(&name, group, &status).await;
                 return submit(proposals, GroupChange::AddLearner { id, addr }).await;
             }
             let last = status.last_log_index.unwrap_or(0);
@@ -656,6 +658,42 @@ async fn finish_removals(
     }
 }
 
+/// Why removing `target` must be refused, if it must: fewer than `replicas` nodes would stay
+/// serving, or a group (of `groups`, each with its voters) would be left without a majority
+/// of its voters up.
+fn removal_refused(
+    records: &[NodeRecord],
+    target: &NodeRecord,
+    replicas: usize,
+    groups: &[(u64, BTreeSet<u64>)],
+) -> Option<String> {
+    let staying = records
+        .iter()
+        .filter(|r| r.raft_id != target.raft_id && !r.leaving && !r.down)
+        .count();
+    if staying < replicas {
+        return Some(format!(
+            "removing node {} would leave {staying} serving node(s) for {replicas} replicas \
+             per shard: add a node first",
+            target.name
+        ));
+    }
+    let up = |n: &u64| records.iter().any(|r| r.raft_id == *n && !r.down);
+    for (g, voters) in groups {
+        let left: Vec<&u64> = voters.iter().filter(|v| **v != target.raft_id).collect();
+        let up_left = left.iter().filter(|v| up(v)).count();
+        if !left.is_empty() && up_left * 2 <= left.len() {
+            return Some(format!(
+                "removing node {} would leave group {g} without a majority of its voters up \
+                 ({up_left} of {})",
+                target.name,
+                left.len()
+            ));
+        }
+    }
+    None
+}
+
 impl Node {
     /// `cairn cluster remove-node`: starts draining node `id` (its 40-character name, or its
     /// Raft id), on the metadata leader (asked through the peer service when another node
@@ -691,40 +729,17 @@ impl Node {
             return Ok(());
         }
         let replicas = meta.config().map_or(1, |c| c.replicas as usize);
-        let staying = records
-            .iter()
-            .filter(|r| r.raft_id != target.raft_id && !r.leaving && !r.down)
-            .count();
-        if staying < replicas {
-            return Err(ManageError::Refused(format!(
-                "removing node {} would leave {staying} serving node(s) for {replicas} replicas \
-                 per shard: add a node first",
-                target.name
-            )));
-        }
-        let up = |n: &u64| records.iter().any(|r| r.raft_id == *n && !r.down);
-        let groups = std::iter::once((META_GROUP, &meta.group)).chain(
-            self.shards()
-                .list
-                .iter()
-                .map(|s| (group_of_shard(s.id), &s.group)),
-        );
-        for (g, group) in groups {
-            let voters: Vec<u64> = group
-                .status()
-                .voters
-                .into_iter()
-                .filter(|v| *v != target.raft_id)
-                .collect();
-            let up_left = voters.iter().filter(|v| up(v)).count();
-            if !voters.is_empty() && up_left * 2 <= voters.len() {
-                return Err(ManageError::Refused(format!(
-                    "removing node {} would leave group {g} without a majority of its voters \
-                     up ({up_left} of {})",
-                    target.name,
-                    voters.len()
-                )));
-            }
+        let groups: Vec<(u64, BTreeSet<u64>)> = std::iter::once((META_GROUP, &meta.group))
+            .chain(
+                self.shards()
+                    .list
+                    .iter()
+                    .map(|s| (group_of_shard(s.id), &s.group)),
+            )
+            .map(|(g, group)| (g, group.status().voters))
+            .collect();
+        if let Some(why) = removal_refused(&records, target, replicas, &groups) {
+            return Err(ManageError::Refused(why));
         }
         meta.set_leaving(target.raft_id).await?;
         tracing::warn!(node = target.raft_id, name = %target.name, "node leaving the cluster on request");
@@ -769,6 +784,31 @@ mod tests {
             down,
             leaving,
         }
+    }
+
+    #[test]
+    fn a_removal_is_refused_when_too_few_nodes_or_voters_would_stay() {
+        let records = [
+            record(1, false, false),
+            record(2, false, false),
+            record(3, true, false),
+            record(4, false, false),
+        ];
+        let all: BTreeSet<u64> = [1, 2, 3].into();
+        // Two serving nodes stay for two replicas, and every group keeps a majority up.
+        assert_eq!(
+            removal_refused(&records, &records[3], 2, &[(1, all.clone())]),
+            None
+        );
+        // Node 3 is down: without node 4 only two serve.
+        let why = removal_refused(&records, &records[0], 3, &[]).unwrap();
+        assert!(why.contains("2 serving node(s) for 3 replicas"), "{why}");
+        // Voters {1, 2, 3} with 3 down: without 1, one of the two left is up.
+        let why = removal_refused(&records, &records[0], 2, &[(5, all)]).unwrap();
+        assert!(
+            why.contains("group 5 without a majority") && why.contains("(1 of 2)"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -125,7 +125,11 @@ async fn reconcile_group(
 /// Before a new member joins the group: checkpoints it and purges the log, when the log is
 /// long enough that copying a snapshot beats replaying it ([`NEWCOMER_LOG_ENTRIES_MAX`]).
 /// Followers that are caught up need none of the purged entries.
-async fn snapshot_for_newcomer(name: &str, group: &Group, status: &cairn_raft::GroupStatus) {
+pub(crate) async fn snapshot_for_newcomer(
+    name: &str,
+    group: &Group,
+    status: &cairn_raft::GroupStatus,
+) {
     let last = status.last_log_index.unwrap_or(0);
     let purged = status.purged.unwrap_or(0);
     let Some(applied) = status.applied else {
