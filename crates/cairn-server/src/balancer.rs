@@ -554,13 +554,25 @@ async fn hand_over(
     }
     let (group, _) = node.group_handles(group_id)?;
     let last = status.last_log_index.unwrap_or(0);
-    let caught_up = group
-        .replicated()
-        .and_then(|r| r.get(&to).copied())
-        .is_some_and(|m| m >= last);
+    let replicated = group.replicated().unwrap_or_default();
+    let caught_up = replicated.get(&to).is_some_and(|m| *m >= last);
     if !caught_up {
         return Err(CommandError::TryAgain(format!(
             "node {to} does not hold the whole log yet"
+        )));
+    }
+    // A copy to a new member (a snapshot) is sent by the leader: handing leadership over now
+    // would throw away what was sent, and the new leader would start again. Learners of
+    // nodes that are down do not count (they may never catch up).
+    let copying = status.learners.iter().find(|l| {
+        node.meta().node(**l).is_some_and(|r| !r.down)
+            && replicated
+                .get(l)
+                .is_none_or(|m| m + PROMOTE_LAG_ENTRIES_MAX < last)
+    });
+    if let Some(learner) = copying {
+        return Err(CommandError::TryAgain(format!(
+            "node {learner} is still copying the group"
         )));
     }
     let result = submit(proposals, GroupChange::TransferLeader(to)).await;
