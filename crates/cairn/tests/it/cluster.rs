@@ -927,6 +927,28 @@ fn record(
     })
 }
 
+/// Checks the recorded (key index, operation) pairs key by key; on failure, the key that is
+/// not linearizable and its operations in call order.
+pub(crate) fn check_linearizable(recorded: Vec<(usize, Op)>) -> Result<(), (usize, Vec<Op>)> {
+    let of_op: Vec<usize> = recorded.iter().map(|(k, _)| *k).collect();
+    let history: Vec<Op> = recorded.into_iter().map(|(_, op)| op).collect();
+    match check_partitioned(&RegisterModel::<u64>::default(), &history, |i, _| of_op[i]) {
+        Verdict::Linearizable => Ok(()),
+        Verdict::NotLinearizable { longest } => {
+            let key = of_op[longest.first().copied().unwrap_or(0)];
+            let mut ops: Vec<Op> = history
+                .into_iter()
+                .zip(&of_op)
+                .filter(|(_, k)| **k == key)
+                .map(|(op, _)| op)
+                .collect();
+            ops.sort_by_key(|op| op.call);
+            Err((key, ops))
+        }
+        Verdict::Unknown => panic!("the checker ran out of budget"),
+    }
+}
+
 /// What happens to the busiest leader while clients run.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -1107,26 +1129,12 @@ fn check_histories_under(fault: Fault) {
              outcome\n{}",
             cluster.logs()
         );
-        let of_op: Vec<usize> = recorded.iter().map(|(k, _)| *k).collect();
-        let history: Vec<Op> = recorded.into_iter().map(|(_, op)| op).collect();
-        match check_partitioned(&RegisterModel::<u64>::default(), &history, |i, _| of_op[i]) {
-            Verdict::Linearizable => {}
-            Verdict::NotLinearizable { longest } => {
-                let key = of_op[longest.first().copied().unwrap_or(0)];
-                let mut ops: Vec<&Op> = history
-                    .iter()
-                    .zip(&of_op)
-                    .filter(|(_, k)| **k == key)
-                    .map(|(op, _)| op)
-                    .collect();
-                ops.sort_by_key(|op| op.call);
-                panic!(
-                    "round {round}: key {} is not linearizable:\n{ops:#?}\n{}",
-                    keys[key],
-                    cluster.logs()
-                );
-            }
-            Verdict::Unknown => panic!("the checker ran out of budget"),
+        if let Err((key, ops)) = check_linearizable(recorded) {
+            panic!(
+                "round {round}: key {} is not linearizable:\n{ops:#?}\n{}",
+                keys[key],
+                cluster.logs()
+            );
         }
 
         // Phase 4: the cluster is whole again before the next round.

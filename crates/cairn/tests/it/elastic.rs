@@ -20,11 +20,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use cairn_lincheck::{RegisterModel, Verdict, check_partitioned};
-
 use crate::cluster::{
     Answer, CONVERGE_TIMEOUT, Cluster, Conn, LinClient, Op, SHARDS, Written,
-    assert_outcomes_honest, assert_readable, lin_client, write_while,
+    assert_outcomes_honest, assert_readable, check_linearizable, lin_client, write_while,
 };
 use crate::support::{Node, cairn_bin, poll_until};
 
@@ -165,31 +163,17 @@ fn lin_clients(
 
 /// Every key's history is linearizable.
 fn assert_linearizable(cluster: &Cluster, recorded: Vec<(usize, Op)>) {
-    let of_op: Vec<usize> = recorded.iter().map(|(k, _)| *k).collect();
-    let history: Vec<Op> = recorded.into_iter().map(|(_, op)| op).collect();
     assert!(
-        history.len() > 100,
+        recorded.len() > 100,
         "only {} operations recorded",
-        history.len()
+        recorded.len()
     );
-    eprintln!("checking {} operations for linearizability", history.len());
-    match check_partitioned(&RegisterModel::<u64>::default(), &history, |i, _| of_op[i]) {
-        Verdict::Linearizable => {}
-        Verdict::NotLinearizable { longest } => {
-            let key = of_op[longest.first().copied().unwrap_or(0)];
-            let mut ops: Vec<&Op> = history
-                .iter()
-                .zip(&of_op)
-                .filter(|(_, k)| **k == key)
-                .map(|(op, _)| op)
-                .collect();
-            ops.sort_by_key(|op| op.call);
-            panic!(
-                "lin:{key} is not linearizable:\n{ops:#?}\n{}",
-                cluster.logs()
-            );
-        }
-        Verdict::Unknown => panic!("the checker ran out of budget"),
+    eprintln!("checking {} operations for linearizability", recorded.len());
+    if let Err((key, ops)) = check_linearizable(recorded) {
+        panic!(
+            "lin:{key} is not linearizable:\n{ops:#?}\n{}",
+            cluster.logs()
+        );
     }
 }
 
@@ -372,14 +356,19 @@ fn assert_clean(cluster: &Cluster, seen: &Seen, from: &[usize]) {
     }
 }
 
+/// Node `i`'s Prometheus metrics.
+fn metrics(cluster: &Cluster, i: usize) -> String {
+    let m = crate::http::request(cluster.nodes[i].http_addr, "GET", "/metrics", b"");
+    String::from_utf8_lossy(&m.body).into_owned()
+}
+
 /// How many balancer steps of `kind` the nodes in `nodes` report done.
 fn steps_done(cluster: &Cluster, nodes: &[usize], kind: &str) -> f64 {
     let line = format!("cairn_balance_steps_total{{kind=\"{kind}\",outcome=\"done\"}} ");
     nodes
         .iter()
         .map(|&i| {
-            let m = crate::http::request(cluster.nodes[i].http_addr, "GET", "/metrics", b"");
-            String::from_utf8_lossy(&m.body)
+            metrics(cluster, i)
                 .lines()
                 .filter_map(|l| l.strip_prefix(&line)?.parse::<f64>().ok())
                 .sum::<f64>()
@@ -512,8 +501,7 @@ fn a_node_joins_and_another_leaves_under_load_without_a_failed_request() {
     assert_linearizable(&cluster, recorded);
     assert_clean(&cluster, &seen, &stay);
     for &i in &stay {
-        let m = crate::http::request(cluster.nodes[i].http_addr, "GET", "/metrics", b"");
-        let m = String::from_utf8_lossy(&m.body).to_string();
+        let m = metrics(&cluster, i);
         assert!(
             !m.contains("cairn_removed_nodes_voting_total"),
             "node {i} saw the removed node still voting: it was removed too early\n{m}"
@@ -605,15 +593,8 @@ fn a_node_down_past_the_replace_time_is_replaced_and_told_so_when_it_returns() {
         Duration::from_millis(100),
         || "no node counted as replaced".to_string(),
         || {
-            let metrics: String = stay
-                .iter()
-                .map(|&i| {
-                    let m =
-                        crate::http::request(cluster.nodes[i].http_addr, "GET", "/metrics", b"");
-                    String::from_utf8_lossy(&m.body).to_string()
-                })
-                .collect();
-            if metrics.contains("cairn_nodes_removed_total{reason=\"replaced\"} 1") {
+            let all: String = stay.iter().map(|&i| metrics(&cluster, i)).collect();
+            if all.contains("cairn_nodes_removed_total{reason=\"replaced\"} 1") {
                 Ok(())
             } else {
                 Err(())
