@@ -10,12 +10,15 @@
 //! its name). Writes are
 //! ordinary commands evaluated by the group's proposer, so they are durable on a majority of
 //! the group's voters before they are acknowledged, and only the group's leader makes them.
-//! Every node holds a replica (voters up to [`META_VOTERS_MAX`], the others learners), so any
+//! Every node holds a replica (up to [`META_VOTERS_MAX`] voters, placed by the balancer; the
+//! others learners), so any
 //! node reads the map locally; those reads may lag the leader by the replication delay, which
 //! is fine for what they serve (addresses, status).
 //!
 //! Which nodes hold which shard is not in the map: each shard's Raft membership is the
-//! authority, and the shard's leader reconciles it with the map ([`crate::placement`]).
+//! authority. The shard's leader adds the map's nodes to it as learners
+//! ([`crate::placement`]), and the metadata leader's balancer decides who votes and leads
+//! ([`crate::balancer`]).
 
 use std::path::Path;
 

@@ -1030,8 +1030,8 @@ fn check_histories_under(fault: Fault) {
         // clients meet; two extra clients talk to the victim and only read (a write there
         // would hold them for the whole fault), so reads reach it after the others elected a
         // new leader: an old leader that answered from a lease it no longer holds is caught.
-        // Their leadership must hold still (the balancer hands leaders to preferred voters
-        // every 500 ms) before clients start: four looks 300 ms apart agree, or the keys are
+        // Their leadership must hold still (the balancer evens out leaderships every 500 ms)
+        // before clients start: four looks 300 ms apart agree, or the keys are
         // picked again from the victim's shards as they are now.
         let steady_by = Instant::now() + CONVERGE_TIMEOUT;
         let (keys, slots) = loop {
