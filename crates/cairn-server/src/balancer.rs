@@ -399,15 +399,7 @@ pub async fn serve(node: &Arc<Node>, request: Manage) -> Result<(), ManageError>
 /// As the leader of `group`: `Ok` only if node `id` holds neither a vote nor the leadership
 /// of the group, with no membership change under way.
 fn check_gone(node: &Node, group: u64, id: u64) -> Result<(), ManageError> {
-    let (g, _) = node.group_handles(group)?;
-    if g.leading().is_none() {
-        return Err(
-            CommandError::TryAgain(format!("this node does not lead group {group}")).into(),
-        );
-    }
-    if !g.membership_settled() {
-        return Err(CommandError::TryAgain("a membership change is under way".into()).into());
-    }
+    let (g, _) = settled_leader(node, group)?;
     let status = g.status();
     if status.voters.contains(&id) || status.leader == Some(id) {
         return Err(ManageError::Refused(format!(
@@ -417,18 +409,22 @@ fn check_gone(node: &Node, group: u64, id: u64) -> Result<(), ManageError> {
     Ok(())
 }
 
-/// As the leader of `step`'s group: takes the step through the group's proposer (between
-/// its writes), after checking that it still makes sense.
-pub async fn carry_out(
+/// Group `id` and its proposer, when this node leads it and no membership change is under
+/// way (what every change and every check of a group's members starts from).
+fn settled_leader(
     node: &Node,
-    step: Step,
-    voters_seen: &BTreeSet<u64>,
-) -> Result<(), CommandError> {
-    let (group, proposals) = node.group_handles(step.group())?;
+    id: u64,
+) -> Result<
+    (
+        &cairn_raft::Group,
+        &tokio::sync::mpsc::Sender<crate::proposer::Proposal>,
+    ),
+    CommandError,
+> {
+    let (group, proposals) = node.group_handles(id)?;
     if group.leading().is_none() {
         return Err(CommandError::TryAgain(format!(
-            "this node does not lead group {}",
-            step.group()
+            "this node does not lead group {id}"
         )));
     }
     if !group.membership_settled() {
@@ -436,6 +432,17 @@ pub async fn carry_out(
             "a membership change is under way".into(),
         ));
     }
+    Ok((group, proposals))
+}
+
+/// As the leader of `step`'s group: takes the step through the group's proposer (between
+/// its writes), after checking that it still makes sense.
+pub async fn carry_out(
+    node: &Node,
+    step: Step,
+    voters_seen: &BTreeSet<u64>,
+) -> Result<(), CommandError> {
+    let (group, proposals) = settled_leader(node, step.group())?;
     let status = group.status();
     // The plan was made from the metadata leader's replica of the group, which may lag it:
     // a step planned on other voters than the group has now is stale.
@@ -527,7 +534,7 @@ pub async fn carry_out(
             if status.leader == Some(to) {
                 return Ok(());
             }
-            hand_over(node, g, proposals, to, &status).await
+            hand_over(node, g, group, proposals, to, &status).await
         }
     }
 }
@@ -538,6 +545,7 @@ pub async fn carry_out(
 async fn hand_over(
     node: &Node,
     group_id: u64,
+    group: &cairn_raft::Group,
     proposals: &tokio::sync::mpsc::Sender<crate::proposer::Proposal>,
     to: u64,
     status: &cairn_raft::GroupStatus,
@@ -552,7 +560,6 @@ async fn hand_over(
             "a handover of this group was refused moments ago".into(),
         ));
     }
-    let (group, _) = node.group_handles(group_id)?;
     let last = status.last_log_index.unwrap_or(0);
     let replicated = group.replicated().unwrap_or_default();
     let caught_up = replicated.get(&to).is_some_and(|m| *m >= last);
