@@ -584,6 +584,30 @@ impl Client {
         .map(|_| ())
     }
 
+    /// Split shard `shard` in two: the new shard takes the slots from `at` (or, when `None`,
+    /// from the slot that splits the shard's keys in halves) to the end of its range.
+    /// Returns the new shard's id and first slot once the shard's leader applied the split
+    /// (copying the keys can take seconds: give the client a long enough request timeout).
+    /// A refusal to split now (transactions in the shard) is UNAVAILABLE and retried; a lost
+    /// answer is [`Error::OutcomeUnknown`] (the split may have happened: look at the map).
+    pub async fn split_shard(&self, shard: u32, at: Option<u16>) -> Result<(u32, u16)> {
+        let response = self
+            .call(None, |ch| async move {
+                ClusterClient::new(ch)
+                    .split_shard(proto::SplitShardRequest {
+                        shard,
+                        at_slot: at.map(u32::from),
+                    })
+                    .await
+                    .map_err(|s| match s.code() {
+                        tonic::Code::NotFound => Status::invalid_argument(s.message()),
+                        _ => s,
+                    })
+            })
+            .await?;
+        Ok((response.child, response.first_slot as u16))
+    }
+
     /// Fetch the route map now instead of on first use: after it returns `Ok`, single-key
     /// requests go to the leaders it names (with the route cache off, this only checks that a
     /// node answers).

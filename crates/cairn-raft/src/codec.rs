@@ -35,6 +35,7 @@ const OP_CLEAR: u8 = 3;
 const OP_SYSTEM_PUT: u8 = 4;
 const OP_SYSTEM_DELETE: u8 = 5;
 const OP_EXPIRE: u8 = 6;
+const OP_SPLIT: u8 = 7;
 
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("cannot decode {what}"))
@@ -58,6 +59,13 @@ fn get_u32(buf: &mut &[u8], what: &str) -> io::Result<u32> {
         return Err(invalid(what));
     }
     Ok(buf.get_u32_le())
+}
+
+fn get_u16(buf: &mut &[u8], what: &str) -> io::Result<u16> {
+    if buf.remaining() < 2 {
+        return Err(invalid(what));
+    }
+    Ok(buf.get_u16_le())
 }
 
 fn get_u8(buf: &mut &[u8], what: &str) -> io::Result<u8> {
@@ -197,6 +205,16 @@ pub fn encode_request(out: &mut BytesMut, request: &Request) {
                 out.put_u32_le(key.len() as u32);
                 out.put_slice(key);
             }
+            WriteOp::Split {
+                child,
+                first_slot,
+                last_slot,
+            } => {
+                out.put_u8(OP_SPLIT);
+                out.put_u32_le(*child);
+                out.put_u16_le(*first_slot);
+                out.put_u16_le(*last_slot);
+            }
         }
     }
 }
@@ -212,6 +230,7 @@ fn encoded_request_len(request: &Request) -> usize {
             WriteOp::Clear => 1,
             WriteOp::SystemPut { key, value } => 1 + 4 + key.len() + 4 + value.len(),
             WriteOp::SystemDelete { key } => 1 + 4 + key.len(),
+            WriteOp::Split { .. } => 1 + 4 + 2 + 2,
         })
         .sum::<usize>()
 }
@@ -246,6 +265,16 @@ fn get_request(buf: &mut &[u8], all: &Bytes) -> io::Result<Request> {
             OP_SYSTEM_DELETE => WriteOp::SystemDelete {
                 key: get_bytes(buf, all, "system delete key")?,
             },
+            OP_SPLIT => {
+                let child = get_u32(buf, "split child")?;
+                let first_slot = get_u16(buf, "split first slot")?;
+                let last_slot = get_u16(buf, "split last slot")?;
+                WriteOp::Split {
+                    child,
+                    first_slot,
+                    last_slot,
+                }
+            }
             _ => return Err(invalid("request: unknown op")),
         };
         ops.push(op);
@@ -386,6 +415,11 @@ mod tests {
                 WriteOp::SystemPut {
                     key: Bytes::from_static(b"l/k"),
                     value: Bytes::from_static(b"\x01lock"),
+                },
+                WriteOp::Split {
+                    child: 70_000,
+                    first_slot: 8192,
+                    last_slot: 16383,
                 },
                 WriteOp::SystemDelete {
                     key: Bytes::from_static(b"t/1"),

@@ -288,6 +288,29 @@ impl Group {
         log: LogStore,
         sm: StateMachine,
     ) -> Result<Group, GroupError> {
+        Group::start_with(node, config, network, log, sm, false).await
+    }
+
+    /// Starts a group that a split created just now on this node ([`crate::split`]): its
+    /// replica never granted a lease to anyone, so it votes and stands at once.
+    pub async fn start_split(
+        node: u64,
+        config: Arc<openraft::Config>,
+        network: GroupNetwork,
+        log: LogStore,
+        sm: StateMachine,
+    ) -> Result<Group, GroupError> {
+        Group::start_with(node, config, network, log, sm, true).await
+    }
+
+    async fn start_with(
+        node: u64,
+        config: Arc<openraft::Config>,
+        network: GroupNetwork,
+        log: LogStore,
+        sm: StateMachine,
+        fresh: bool,
+    ) -> Result<Group, GroupError> {
         let lease = Duration::from_millis(config.election_timeout_max);
         // A replica forgets on restart the lease it may have granted a leader just before
         // (openraft loads the vote without one), so for one lease it neither votes nor stands:
@@ -303,7 +326,7 @@ impl Group {
         let raft = GroupRaft::new(node, config, network, log, sm.clone())
             .await
             .map_err(|e| GroupError::stopped(&e))?;
-        let alone = sole_voter(&raft.metrics().borrow_watched().membership_config, node);
+        let alone = fresh || sole_voter(&raft.metrics().borrow_watched().membership_config, node);
         let embargo_until = std::time::Instant::now() + if alone { Duration::ZERO } else { lease };
         if alone {
             raft.runtime_config().elect(true);
@@ -354,6 +377,16 @@ impl Group {
             heard,
             leader_out_of_touch,
         })
+    }
+
+    /// Stands for election now (a group a split created, on the node that led its parent,
+    /// so that the child has a leader without waiting for an election timeout).
+    pub async fn campaign(&self) -> Result<(), GroupError> {
+        self.raft
+            .trigger()
+            .elect(false)
+            .await
+            .map_err(|e| GroupError::stopped(&e))
     }
 
     /// How many reads [`Group::linearize`] confirmed from the metrics alone (the fast path).

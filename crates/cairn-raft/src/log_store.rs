@@ -143,6 +143,33 @@ impl LogStore {
         self.wal.submit(ops, None).map_err(io_err)
     }
 
+    /// Starts the log of a group a split created at `purged` (the split entry's log id in
+    /// its parent's log): held purged up to it, so the group's first entry comes after, with
+    /// this node's vote in the entry's term, so its first election is in a later one. Durable
+    /// when it returns.
+    pub async fn seed(&self, purged: &LogId, node: u64) -> io::Result<()> {
+        let vote = Vote::new(purged.leader_id.term, node);
+        self.write_durably(vec![
+            Op::Vote {
+                group: self.group,
+                payload: encode_vote(&vote),
+            },
+            Op::Purge {
+                group: self.group,
+                index: purged.index,
+                payload: encode_log_id(purged),
+            },
+        ])
+        .await
+    }
+
+    /// Whether the log holds nothing at all: no vote, no entry, no purge point.
+    pub fn is_blank(&self) -> bool {
+        self.wal
+            .group(self.group)
+            .is_none_or(|g| g.vote.is_none() && g.last_index.is_none() && g.purged.is_none())
+    }
+
     /// The oldest index the log still holds an entry at (1 when nothing was purged).
     pub fn first_index(&self) -> io::Result<u64> {
         Ok(self.last_purged()?.map_or(1, |id| id.index + 1))

@@ -24,6 +24,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use crate::codec::{decode_applied, encode_applied_raw, encode_membership, split_applied};
 use crate::replica::Replica;
 use crate::snapshot::{CHUNK_BYTES_DEFAULT, Incoming, Manifest, ShardSnapshot};
+use crate::split::{SplitAt, SystemRecords};
 use crate::types::{
     LogId, Response, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, WriteOp,
 };
@@ -41,12 +42,26 @@ pub trait ApplyObserver: Send + Sync + 'static {
     fn replaced(&self, engine: &Engine, applied: u64);
 }
 
+/// Carries out a [`WriteOp::Split`] for the replica applying it: creates the child's
+/// replica, durably, before the parent deletes its copies of the moving keys (see
+/// [`crate::split`]), and answers the system records the parent's batch writes with the
+/// deletes (the parent's new range).
+pub trait Splitter: Send + Sync + 'static {
+    fn split(&self, at: SplitAt) -> SplitFuture;
+}
+
+/// What [`Splitter::split`] answers.
+pub type SplitFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<SystemRecords>> + Send>>;
+
 /// A shard replica: its engine, in a directory where a received snapshot can replace it.
 #[derive(Clone)]
 pub struct StateMachine {
     replica: Arc<Replica>,
     /// Told of every change, in the order they were added.
     observers: Vec<Arc<dyn ApplyObserver>>,
+    /// Builds the child of a split (`None`: this replica's group never splits).
+    splitter: Option<Arc<dyn Splitter>>,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -67,10 +82,23 @@ impl StateMachine {
     /// `SyncPolicy::Never`: the WAL is the durable record, and snapshots sync what they hold.
     pub fn open(io: Arc<dyn Io>, dir: &Path, options: Options) -> io::Result<StateMachine> {
         let replica = Replica::open(io, dir, options).map_err(storage_err)?;
-        Ok(StateMachine {
+        Ok(StateMachine::of_replica(replica))
+    }
+
+    /// The state machine of a replica already open (one [`crate::split::build_child`] built).
+    pub fn of_replica(replica: Replica) -> StateMachine {
+        StateMachine {
             replica: Arc::new(replica),
             observers: Vec::new(),
-        })
+            splitter: None,
+        }
+    }
+
+    /// The same replica, able to apply splits with `splitter` (set it before the state
+    /// machine is handed to openraft; without one, a split entry fails to apply).
+    pub fn splitting_with(mut self, splitter: Arc<dyn Splitter>) -> StateMachine {
+        self.splitter = Some(splitter);
+        self
     }
 
     /// The same replica, telling `observer` too of every change from now on (add observers
@@ -155,9 +183,38 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut cleared = Vec::new();
             match &entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(request) => {
-                    cleared = fill_batch(&mut batch, &engine, &request.ops);
-                }
+                EntryPayload::Normal(request) => match request.ops.as_slice() {
+                    &[
+                        WriteOp::Split {
+                            child,
+                            first_slot,
+                            last_slot,
+                        },
+                    ] => {
+                        let splitter = self.splitter.as_ref().ok_or_else(|| {
+                            io::Error::other("a split entry in a group that cannot split")
+                        })?;
+                        let at = SplitAt {
+                            parent: engine.clone(),
+                            log_id: entry.log_id,
+                            membership: membership.clone(),
+                            child,
+                            first_slot,
+                            last_slot,
+                        };
+                        // The child exists, durably, before the parent lets go of its keys.
+                        let records = splitter.split(at.clone()).await?;
+                        for (key, _) in engine.all_keys() {
+                            if at.moves(&key) {
+                                batch.delete(&key);
+                            }
+                        }
+                        for (key, value) in &records {
+                            batch.put_system(key, value);
+                        }
+                    }
+                    ops => cleared = fill_batch(&mut batch, &engine, ops),
+                },
                 EntryPayload::Membership(m) => {
                     membership =
                         encode_membership(&StoredMembership::new(Some(entry.log_id), m.clone()));
@@ -254,6 +311,8 @@ fn fill_batch(batch: &mut WriteBatch, engine: &Engine, ops: &[WriteOp]) -> Vec<B
             WriteOp::SystemDelete { key } => {
                 batch.delete_system(key);
             }
+            // Only ever proposed alone (the proposer's rule), and applied as such above.
+            WriteOp::Split { .. } => {}
             WriteOp::Clear => {
                 // Expired keys merge has not reclaimed too: the expiry index forgets them
                 // with the clear, so nothing else would ever delete them.

@@ -32,6 +32,15 @@ pub enum WriteOp {
     SystemPut { key: Bytes, value: Bytes },
     /// Removes a record of the engine's system table.
     SystemDelete { key: Bytes },
+    /// Splits the shard: the keys of slots `first_slot..=last_slot` (the top of its range) go
+    /// to the new shard `child`, whose replica the state machine's [`crate::state_machine::Splitter`]
+    /// creates on every replica as it applies this entry, durably and before this replica's
+    /// own copies of those keys are deleted. Always alone in its request.
+    Split {
+        child: u32,
+        first_slot: u16,
+        last_slot: u16,
+    },
 }
 
 /// What a shard group replicates: the outcome of one or more evaluated commands, applied

@@ -68,6 +68,28 @@ pub enum Manage {
     /// To a node the metadata leader removed from the map: ask the metadata leader whether
     /// that is so (the message itself is not trusted) and stop if it is.
     Removed,
+    /// As the metadata leader: split `shard` (at slot `at`, or where its keys split in
+    /// halves), the child taking a new id → `Managed::Split`.
+    Split { shard: u32, at: Option<u16> },
+    /// As the leader of `shard`: split it with `child` as the new shard's id →
+    /// `Managed::Split`.
+    SplitAs {
+        shard: u32,
+        child: u32,
+        at: Option<u16>,
+    },
+}
+
+/// What a management request answers when it is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Managed {
+    Done,
+    /// `shard` split: slots from `first_slot` to the end of its range went to `child`.
+    Split {
+        shard: u32,
+        child: u32,
+        first_slot: u16,
+    },
 }
 
 /// Why a management request was not carried out.
@@ -82,6 +104,9 @@ pub enum ManageError {
     /// It could not be done now (no leader, a lost connection): it may be asked again.
     #[error(transparent)]
     Failed(#[from] CommandError),
+    /// No such shard in the cluster.
+    #[error("{0}")]
+    UnknownShard(String),
 }
 
 /// The metadata leader's memory of when it started hearing from nodes.
@@ -296,7 +321,7 @@ fn views(node: &Node, states: &BTreeMap<u64, NodeState>, replicas: usize) -> Vec
     std::iter::once(view(META_GROUP, &node.meta().group, META_VOTERS_MAX))
         .chain(
             node.shards()
-                .list
+                .list()
                 .iter()
                 .map(|s| view(group_of_shard(s.id), &s.group, replicas)),
         )
@@ -318,7 +343,7 @@ async fn dispatch(node: &Arc<Node>, views: &[GroupView], records: &[NodeRecord],
             }),
     };
     let outcome = match &result {
-        Ok(()) => {
+        Ok(_) => {
             tracing::info!(?step, "balancer step done");
             "done"
         }
@@ -345,7 +370,7 @@ async fn on_leader(
     records: &[NodeRecord],
     leader: u64,
     request: &Manage,
-) -> Result<(), ManageError> {
+) -> Result<Managed, ManageError> {
     if leader == node.raft_id() {
         return serve(node, request.clone()).await;
     }
@@ -362,20 +387,40 @@ async fn on_leader(
 }
 
 /// Sends `request` to the node at gRPC address `addr` and returns its answer.
-pub async fn ask(node: &Node, addr: &str, request: &Manage) -> Result<(), ManageError> {
+pub async fn ask(node: &Node, addr: &str, request: &Manage) -> Result<Managed, ManageError> {
+    ask_within(node, addr, request, STEP_TIMEOUT).await
+}
+
+/// [`ask`], waiting up to `timeout` for the answer.
+pub async fn ask_within(
+    node: &Node,
+    addr: &str,
+    request: &Manage,
+    timeout: Duration,
+) -> Result<Managed, ManageError> {
     let channel = node
         .peers()
         .channel(addr)
         .map_err(|e| CommandError::TryAgain(format!("bad peer address {addr}: {e}")))?;
     let mut client = pb::node_client::NodeClient::new(channel);
+    // A split not answered may have happened: asking again would split once more.
+    let idempotent = !matches!(request, Manage::Split { .. } | Manage::SplitAs { .. });
     let request = pb::ManageRequest {
         request: postcard::to_stdvec(request)
             .expect("a request serialises")
             .into(),
     };
-    let lost = |why: String| Err(CommandError::TryAgain(format!("{addr}: {why}")).into());
-    match tokio::time::timeout(STEP_TIMEOUT, client.manage(request)).await {
-        Err(_) => lost(format!("no answer within {STEP_TIMEOUT:?}")),
+    let lost = |why: String| {
+        let why = format!("{addr}: {why}");
+        Err(if idempotent {
+            CommandError::TryAgain(why)
+        } else {
+            CommandError::OutcomeUnknown(why)
+        }
+        .into())
+    };
+    match tokio::time::timeout(timeout, client.manage(request)).await {
+        Err(_) => lost(format!("no answer within {timeout:?}")),
         Ok(Err(status)) => lost(status.message().to_string()),
         Ok(Ok(response)) => postcard::from_bytes(&response.into_inner().result)
             .unwrap_or_else(|e| lost(format!("undecodable answer: {e}"))),
@@ -383,17 +428,21 @@ pub async fn ask(node: &Node, addr: &str, request: &Manage) -> Result<(), Manage
 }
 
 /// Carries out a request another node made through `Node/Manage`.
-pub async fn serve(node: &Arc<Node>, request: Manage) -> Result<(), ManageError> {
+pub async fn serve(node: &Arc<Node>, request: Manage) -> Result<Managed, ManageError> {
     match request {
-        Manage::Step { step, voters } => Ok(carry_out(node, step, &voters).await?),
-        Manage::RemoveNode(id) => node.remove_node(&id).await,
-        Manage::CheckGone { group, node: id } => check_gone(node, group, id),
+        Manage::Step { step, voters } => carry_out(node, step, &voters).await?,
+        Manage::RemoveNode(id) => node.remove_node(&id).await?,
+        Manage::CheckGone { group, node: id } => check_gone(node, group, id)?,
         Manage::Removed => {
             // Asked of the metadata leader, not taken on the sender's word.
             tokio::spawn(confirm_membership(node.clone(), OUT_OF_MAP_AFTER));
-            Ok(())
+        }
+        Manage::Split { shard, at } => return node.split_shard(shard, at).await,
+        Manage::SplitAs { shard, child, at } => {
+            return Ok(crate::split::split_as(node, shard, child, at).await?);
         }
     }
+    Ok(Managed::Done)
 }
 
 /// As the leader of `group`: `Ok` only if node `id` holds neither a vote nor the leadership
@@ -416,8 +465,8 @@ fn settled_leader(
     id: u64,
 ) -> Result<
     (
-        &cairn_raft::Group,
-        &tokio::sync::mpsc::Sender<crate::proposer::Proposal>,
+        cairn_raft::Group,
+        tokio::sync::mpsc::Sender<crate::proposer::Proposal>,
     ),
     CommandError,
 > {
@@ -483,8 +532,8 @@ pub async fn carry_out(
                     grpc: record.grpc_addr,
                 };
                 let name = format!("group {}", step.group());
-                crate::placement::snapshot_for_newcomer(&name, group, &status).await;
-                return submit(proposals, GroupChange::AddLearner { id, addr }).await;
+                crate::placement::snapshot_for_newcomer(&name, &group, &status).await;
+                return submit(&proposals, GroupChange::AddLearner { id, addr }).await;
             }
             let last = status.last_log_index.unwrap_or(0);
             let caught_up = group
@@ -498,7 +547,7 @@ pub async fn carry_out(
             }
             let mut voters = status.voters.clone();
             voters.insert(id);
-            submit(proposals, GroupChange::SetVoters(voters)).await
+            submit(&proposals, GroupChange::SetVoters(voters)).await
         }
         Step::RemoveVoter { node: id, .. } => {
             if !status.voters.contains(&id) {
@@ -522,19 +571,23 @@ pub async fn carry_out(
                     voters.len()
                 )));
             }
-            submit(proposals, GroupChange::SetVoters(voters)).await
+            submit(&proposals, GroupChange::SetVoters(voters)).await
         }
         Step::RemoveLearner { node: id, .. } => {
             if !status.learners.contains(&id) {
                 return Ok(());
             }
-            submit(proposals, GroupChange::RemoveLearners(BTreeSet::from([id]))).await
+            submit(
+                &proposals,
+                GroupChange::RemoveLearners(BTreeSet::from([id])),
+            )
+            .await
         }
         Step::TransferLeader { group: g, to } => {
             if status.leader == Some(to) {
                 return Ok(());
             }
-            hand_over(node, g, group, proposals, to, &status).await
+            hand_over(node, g, &group, &proposals, to, &status).await
         }
     }
 }
@@ -584,7 +637,7 @@ async fn hand_over(
     }
     let result = submit(proposals, GroupChange::TransferLeader(to)).await;
     let outcome = match &result {
-        Ok(()) => {
+        Ok(_) => {
             node.handovers_refused.lock().remove(&group_id);
             "done"
         }
@@ -728,7 +781,9 @@ impl Node {
                 .leader
                 .and_then(|l| status.nodes.get(&l).map(|a| a.grpc.clone()))
                 .ok_or_else(|| CommandError::TryAgain("the metadata group has no leader".into()))?;
-            return ask(self, &addr, &Manage::RemoveNode(id.to_string())).await;
+            return ask(self, &addr, &Manage::RemoveNode(id.to_string()))
+                .await
+                .map(|_| ());
         }
         let records = meta.nodes();
         let Some(target) = records
@@ -751,7 +806,7 @@ impl Node {
         let groups: Vec<(u64, BTreeSet<u64>)> = std::iter::once((META_GROUP, &meta.group))
             .chain(
                 self.shards()
-                    .list
+                    .list()
                     .iter()
                     .map(|s| (group_of_shard(s.id), &s.group)),
             )
@@ -771,20 +826,20 @@ impl Node {
         id: u64,
     ) -> Result<
         (
-            &cairn_raft::Group,
-            &tokio::sync::mpsc::Sender<crate::proposer::Proposal>,
+            cairn_raft::Group,
+            tokio::sync::mpsc::Sender<crate::proposer::Proposal>,
         ),
         CommandError,
     > {
         if id == META_GROUP {
             let meta = self.meta();
-            return Ok((&meta.group, &meta.proposals));
+            return Ok((meta.group.clone(), meta.proposals.clone()));
         }
         self.shards()
-            .list
+            .list()
             .iter()
             .find(|s| group_of_shard(s.id) == id)
-            .map(|s| (&s.group, &s.proposals))
+            .map(|s| (s.group.clone(), s.proposals.clone()))
             .ok_or_else(|| CommandError::Invalid(format!("no group {id} on this node")))
     }
 }

@@ -77,6 +77,7 @@ impl Decided {
                 WriteOp::Clear => 1,
                 WriteOp::SystemPut { key, value } => 9 + key.len() + value.len(),
                 WriteOp::SystemDelete { key } => 5 + key.len(),
+                WriteOp::Split { .. } => 9,
             })
             .sum()
     }

@@ -40,6 +40,14 @@ impl ApplyObserver for ExpiryTracker {
                 WriteOp::Delete { key } | WriteOp::Expire { key } => index.remove(key),
                 WriteOp::Clear => index.clear(),
                 WriteOp::SystemPut { .. } | WriteOp::SystemDelete { .. } => {}
+                // The keys of the slots given away go with the split (the batch deleted them).
+                WriteOp::Split {
+                    first_slot,
+                    last_slot,
+                    ..
+                } => index.retain(|key| {
+                    !(*first_slot..=*last_slot).contains(&crate::slot::key_slot(key))
+                }),
             }
         }
     }
@@ -64,6 +72,12 @@ pub struct ExpiryIndex {
 }
 
 impl ExpiryIndex {
+    /// Keeps only the keys `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Bytes) -> bool) {
+        self.by_key.retain(|key, _| keep(key));
+        self.by_time.retain(|(_, key)| keep(key));
+    }
+
     /// Record that `key` now expires at `at_ms` (or never, with `None`).
     pub fn set(&mut self, key: &Bytes, at_ms: Option<u64>) {
         match at_ms {

@@ -152,7 +152,9 @@ impl Batch {
                     bytes += key.len() + EVENT_OVERHEAD_BYTES;
                 }
                 WriteOp::Clear => clear_seen = true,
-                WriteOp::SystemPut { .. } | WriteOp::SystemDelete { .. } => {}
+                WriteOp::SystemPut { .. }
+                | WriteOp::SystemDelete { .. }
+                | WriteOp::Split { .. } => {}
             }
         }
         let cleared: Vec<Bytes> = if clear_seen {
@@ -217,9 +219,10 @@ impl Batch {
                         })
                         .collect()
                 }
-                WriteOp::Clear | WriteOp::SystemPut { .. } | WriteOp::SystemDelete { .. } => {
-                    Vec::new()
-                }
+                WriteOp::Clear
+                | WriteOp::SystemPut { .. }
+                | WriteOp::SystemDelete { .. }
+                | WriteOp::Split { .. } => Vec::new(),
             }
         })
     }
@@ -306,6 +309,41 @@ pub struct Feed {
     /// Node-wide: bumped after every apply of every shard, so a watcher sleeps on one channel
     /// whatever shards it covers.
     wake: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The splits of the shard this replica applied (or found in its log at start), oldest
+    /// first: a watcher that reaches one ends, to resume following the child too.
+    splits: Mutex<Vec<SplitMark>>,
+    /// The parent's log index of the split that created the shard (0: the first layout): a
+    /// resume token from before it has no position in this shard, and starts here.
+    born: u64,
+}
+
+/// A split of a shard, as its feed remembers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitMark {
+    /// The split entry's index in the parent's log.
+    pub index: u64,
+    pub child: u32,
+    /// The slots that went to the child.
+    pub first_slot: u16,
+    pub last_slot: u16,
+}
+
+impl SplitMark {
+    fn of_ops(index: u64, ops: &[WriteOp]) -> Option<SplitMark> {
+        ops.iter().find_map(|op| match *op {
+            WriteOp::Split {
+                child,
+                first_slot,
+                last_slot,
+            } => Some(SplitMark {
+                index,
+                child,
+                first_slot,
+                last_slot,
+            }),
+            _ => None,
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -362,7 +400,34 @@ impl Feed {
             ring: Mutex::new(ring),
             history: None,
             wake,
+            splits: Mutex::new(Vec::new()),
+            born: 0,
         }
+    }
+
+    /// The same feed, of a shard a split created at `index` of its parent's log.
+    pub fn born_at(mut self, index: u64) -> Feed {
+        self.born = index;
+        self
+    }
+
+    /// Where a watch of this shard starts when its resume token, from before the split that
+    /// created the shard, names no position in it (`None`: the shard is of the first layout).
+    pub fn born(&self) -> Option<u64> {
+        (self.born > 0).then_some(self.born)
+    }
+
+    /// The first split after `index` that `relevant` keeps.
+    pub fn split_after(
+        &self,
+        index: u64,
+        relevant: impl Fn(&SplitMark) -> bool,
+    ) -> Option<SplitMark> {
+        self.splits
+            .lock()
+            .iter()
+            .find(|m| m.index > index && relevant(m))
+            .copied()
     }
 
     /// The same feed, reading positions older than its window from `history`.
@@ -386,6 +451,7 @@ impl Feed {
     {
         let applied = self.ring.lock().last;
         let mut found: Vec<Batch> = Vec::new();
+        let mut splits: Vec<SplitMark> = Vec::new();
         let (mut events, mut bytes) = (0usize, 0usize);
         let mut compacted = applied;
         let mut end = applied;
@@ -403,6 +469,9 @@ impl Feed {
                 if ops.iter().any(|op| matches!(op, WriteOp::Clear)) {
                     compacted = index;
                     break 'chunks;
+                }
+                if let Some(mark) = SplitMark::of_ops(index, &ops) {
+                    splits.push(mark);
                 }
                 if let Some(batch) = Batch::of_ops(index, Arc::new(ops), &[]) {
                     if events + batch.len() > self.limits.events_max
@@ -433,6 +502,8 @@ impl Feed {
         for batch in found.into_iter().rev() {
             ring.push(batch, self.limits);
         }
+        splits.reverse();
+        *self.splits.lock() = splits;
         Ok(())
     }
 
@@ -558,6 +629,9 @@ impl Feed {
 
 impl ApplyObserver for Feed {
     fn applied(&self, index: u64, ops: &Arc<Vec<WriteOp>>, cleared: &[Bytes]) {
+        if let Some(mark) = SplitMark::of_ops(index, ops) {
+            self.splits.lock().push(mark);
+        }
         {
             let mut ring = self.ring.lock();
             match Batch::of_ops(index, ops.clone(), cleared) {

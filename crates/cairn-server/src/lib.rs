@@ -46,6 +46,7 @@ pub mod server;
 pub mod shard;
 pub mod shards;
 pub mod slot;
+pub mod split;
 pub mod tracking;
 pub mod txn;
 pub mod watch;

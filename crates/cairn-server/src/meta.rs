@@ -43,6 +43,8 @@ pub const NODES_MAX: usize = 1024;
 
 const CONFIG_KEY: &[u8] = b"config";
 const NEXT_ID_KEY: &[u8] = b"next_id";
+/// How many shard ids splits have taken: the next child is shard `config.shards + this`.
+const SPLITS_KEY: &[u8] = b"splits";
 const NODE_PREFIX: &str = "node/";
 const REMOVED_PREFIX: &str = "removed/";
 
@@ -106,7 +108,7 @@ fn removal_key(raft_id: u64) -> Bytes {
 impl Meta {
     /// Opens the replica in `dir` and starts the group (bootstrapped with this node alone when
     /// this node creates the cluster).
-    pub async fn open(setup: &ShardsSetup<'_>, dir: &Path) -> anyhow::Result<Meta> {
+    pub async fn open(setup: &ShardsSetup, dir: &Path) -> anyhow::Result<Meta> {
         let opened = open_replica(setup, dir, META_GROUP, "meta".into()).await?;
         Ok(Meta {
             group: opened.group,
@@ -271,6 +273,29 @@ impl Meta {
             self.put_node(&record).await?;
         }
         Ok(record.raft_id)
+    }
+
+    /// As the metadata leader: a shard id never used, for the child of a split (ids are never
+    /// reused, even when the split they were taken for did not happen).
+    pub async fn take_shard_id(&self) -> Result<u32, CommandError> {
+        let _guard = self.updates.lock().await;
+        self.up_to_date().await?;
+        let config = self
+            .config()
+            .ok_or_else(|| CommandError::TryAgain("the cluster map is not written yet".into()))?;
+        match self
+            .write(Command::IncrBy {
+                key: Bytes::from_static(SPLITS_KEY),
+                delta: 1,
+            })
+            .await?
+        {
+            Reply::Int(n) if n > 0 => u32::try_from(i64::from(config.shards) - 1 + n)
+                .map_err(|_| CommandError::Invalid("no shard ids left".into())),
+            other => Err(CommandError::Invalid(format!(
+                "unexpected split count {other:?}"
+            ))),
+        }
     }
 
     /// As the metadata leader: records whether node `raft_id` is down.

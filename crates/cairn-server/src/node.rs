@@ -208,10 +208,11 @@ impl Node {
     /// node's replicas: taken before a read, a watch from it misses nothing the read did not
     /// see, since the read is served at or after what this node's replicas have applied.
     pub fn watch_token(&self, key: Option<&[u8]>) -> String {
-        let feeds: Vec<&std::sync::Arc<crate::feed::Feed>> = match key {
-            Some(key) => vec![&self.shards.for_key(key).feed],
-            None => self.shards.list.iter().map(|s| &s.feed).collect(),
+        let shards = match key.and_then(|key| self.shards.for_key(key)) {
+            Some(shard) => vec![shard],
+            None => self.shards.list(),
         };
+        let feeds = shards.iter().map(|s| &s.feed);
         crate::watch::Token(
             feeds
                 .into_iter()
@@ -241,7 +242,7 @@ impl Node {
     pub(crate) fn check_touch(&self) {
         let out: Vec<u32> = self
             .shards
-            .list
+            .list()
             .iter()
             .filter(|shard| !shard.group.in_touch(TOUCH_LOST_AFTER))
             .map(|shard| shard.id)
@@ -301,10 +302,15 @@ impl Node {
                 "this cluster has no shard {unknown}"
             )));
         }
+        // A key whose slot no shard here owns yet (a split being applied) is looked for in
+        // every shard: the selector keeps only its events.
         let feeds = match &selector {
-            Selector::Key(key) => vec![self.shards.for_key(key).feed.clone()],
+            Selector::Key(key) => match self.shards.for_key(key) {
+                Some(shard) => vec![shard.feed.clone()],
+                None => self.shards.list().iter().map(|s| s.feed.clone()).collect(),
+            },
             Selector::Prefix(_) | Selector::Range(_) => {
-                self.shards.list.iter().map(|s| s.feed.clone()).collect()
+                self.shards.list().iter().map(|s| s.feed.clone()).collect()
             }
         };
         crate::watch::Watcher::new(
@@ -512,14 +518,14 @@ pub fn substring(value: &[u8], start: i64, end: i64) -> Bytes {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::command::Expiry;
     use crate::command::{Condition, ExpireCondition};
     use crate::reply::SetOutcome;
     use crate::reply::{Entry, KeyTtl};
 
-    pub(super) fn options(dir: &std::path::Path) -> NodeOptions {
+    pub(crate) fn options(dir: &std::path::Path) -> NodeOptions {
         NodeOptions {
             data_dir: dir.to_path_buf(),
             shards: 4,
@@ -543,7 +549,7 @@ mod tests {
     }
 
     /// A node in `dir` on a clock the test moves itself.
-    pub(super) async fn on_manual_clock(
+    pub(crate) async fn on_manual_clock(
         dir: &std::path::Path,
     ) -> (Arc<Node>, Arc<cairn_storage::ManualClock>) {
         let clock = cairn_storage::ManualClock::at(1_700_000_000_000);
@@ -556,11 +562,11 @@ mod tests {
         (node, clock)
     }
 
-    pub(super) fn b(s: &str) -> Bytes {
+    pub(crate) fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
     }
 
-    pub(super) fn set(key: &str, value: &str) -> Command {
+    pub(crate) fn set(key: &str, value: &str) -> Command {
         Command::Set {
             key: b(key),
             value: b(value),
@@ -570,7 +576,7 @@ mod tests {
         }
     }
 
-    pub(super) async fn get(node: &Node, key: &str) -> Option<Entry> {
+    pub(crate) async fn get(node: &Node, key: &str) -> Option<Entry> {
         match node.execute(Command::Get { key: b(key) }).await.unwrap() {
             Reply::Entry(e) => e,
             other => panic!("{other:?}"),

@@ -44,7 +44,7 @@ pub async fn reconcile(node: &Node) {
     if meta.group.leading().is_some() {
         reconcile_group("meta", &meta.group, &meta.proposals, &records, &removed).await;
     }
-    for shard in &node.shards().list {
+    for shard in &node.shards().list() {
         if shard.group.leading().is_none() {
             continue;
         }

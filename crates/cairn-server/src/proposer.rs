@@ -39,6 +39,8 @@ use crate::eval::{Eval, InternalOp, Overlay, ShardView};
 use crate::expiry::ExpiryTracker;
 use crate::health::WriteHealth;
 use crate::reply::Reply;
+use crate::shard::SlotRange;
+use crate::slot::key_slot;
 
 /// Most proposals evaluated into one log entry.
 pub const GROUP_PROPOSALS_MAX: usize = 1024;
@@ -105,6 +107,14 @@ pub enum ProposalOp {
     /// A change of the group itself, made between entries: the proposer lets every entry in
     /// flight land first and re-reads the end of the log afterwards.
     Change(GroupChange),
+    /// Split the shard: the slots from `at` (or, when `None`, from the slot that splits its
+    /// keys in two halves) to the end of its range go to the new shard `child`. Proposed
+    /// alone, between entries, once nothing is in flight and no transaction holds a lock or
+    /// record here → `Reply::Int(first slot of the child)` once applied.
+    Split {
+        child: u32,
+        at: Option<u16>,
+    },
 }
 
 /// A change the placement reconciler asks of a group it leads.
@@ -166,6 +176,9 @@ pub struct ShardHandles {
     pub expiry: Arc<ExpiryTracker>,
     pub value_bytes_max: usize,
     pub health: Arc<WriteHealth>,
+    /// The shard's slots: a key outside them (a split moved it) is refused with `TRYAGAIN`,
+    /// and the caller routes it again. `None` for the metadata group.
+    pub range: Option<Arc<SlotRange>>,
 }
 
 /// Hands `op`, proposed at `now_ms`, to the proposer behind `proposals` and waits for its
@@ -349,6 +362,116 @@ impl Proposer {
             .map_err(|e| CommandError::TryAgain(format!("change of the group: {e}")))
     }
 
+    /// `TRYAGAIN` when `cmd` names a key outside the shard's slots (a split gave it to
+    /// another shard after the command was routed here): nothing is evaluated, and the node
+    /// routes it again.
+    fn elsewhere(&self, cmd: &Command) -> Option<CommandError> {
+        let range = self.h.range.as_ref()?;
+        let mut keys = cmd.read_keys();
+        keys.extend(cmd.write_keys());
+        if let Command::Txn(op) = cmd {
+            keys.extend(op.kind.keys());
+        }
+        let moved = keys.into_iter().find(|k| !range.owns(key_slot(k)))?;
+        Some(CommandError::TryAgain(format!(
+            "key {:?} is not in shard {}'s slots (it split); retry",
+            String::from_utf8_lossy(moved),
+            self.h.shard
+        )))
+    }
+
+    /// `op` without the keys outside the shard's slots (expiry found them before a split).
+    fn owned_only(&self, op: InternalOp) -> InternalOp {
+        match (op, &self.h.range) {
+            (InternalOp::ExpireKeys { mut keys }, Some(range)) => {
+                keys.retain(|k| range.owns(key_slot(k)));
+                InternalOp::ExpireKeys { keys }
+            }
+            (op, _) => op,
+        }
+    }
+
+    /// Splits the shard (see [`ProposalOp::Split`]).
+    async fn split(&mut self, child: u32, at: Option<u16>) -> ProposalResult {
+        let term = self.ensure_term().await?;
+        self.drain().await;
+        let result = self.propose_split(&term, child, at).await;
+        self.term = None;
+        self.overlay.reset();
+        result
+    }
+
+    async fn propose_split(&mut self, term: &Term, child: u32, at: Option<u16>) -> ProposalResult {
+        let busy = |why: String| Err(CommandError::TryAgain(format!("cannot split now: {why}")));
+        let Some((first, last)) = self.h.range.as_ref().and_then(|r| r.get()) else {
+            return Err(CommandError::Invalid(format!(
+                "shard {} has no slot range to split",
+                self.h.shard
+            )));
+        };
+        if !self.h.group.membership_settled() {
+            return busy("a change of the group's members is under way".into());
+        }
+        let engine = self.h.group.sm.engine();
+        // Asked again after it happened (a retry through a new leader, which applied the
+        // split when it made its term ready): done already, and never done twice.
+        if let Some(record) = crate::shards::ShardRecord::read(&engine) {
+            if record.children.last() == Some(&child) {
+                return Ok(Reply::Int(i64::from(record.last) + 1));
+            }
+            if record.children.contains(&child) {
+                return Err(CommandError::Invalid(format!(
+                    "shard {child} was split from shard {} already",
+                    self.h.shard
+                )));
+            }
+        }
+        let unbounded = std::ops::Bound::Unbounded;
+        let txns = engine
+            .system_range(unbounded, unbounded, 2)
+            .into_iter()
+            .filter(|(key, _)| &key[..] != crate::shards::SHARD_RECORD_KEY)
+            .count();
+        if txns > 0 {
+            return busy("transactions hold locks or records in the shard".into());
+        }
+        let at = match at {
+            Some(at) => at,
+            None => median_slot(&engine, first, last),
+        };
+        if at <= first || at > last {
+            return Err(CommandError::Invalid(format!(
+                "shard {} owns slots {first}..={last}: a split point must be in {}..={last}",
+                self.h.shard,
+                first + 1
+            )));
+        }
+        let request = Request {
+            ops: vec![WriteOp::Split {
+                child,
+                first_slot: at,
+                last_slot: last,
+            }],
+        };
+        let done = self
+            .h
+            .group
+            .propose(request, &term.leader)
+            .await
+            .map_err(|e| self.refused(e))?;
+        match tokio::time::timeout(COMMIT_WAIT, done).await {
+            Ok(Ok(_)) => Ok(Reply::Int(i64::from(at))),
+            Ok(Err(ProposeError::NotLeader { .. })) => {
+                busy("the shard's leader changed before the split was appended".into())
+            }
+            Ok(Err(e)) => Err(self.refused(e)),
+            Err(_) => Err(CommandError::OutcomeUnknown(format!(
+                "the split of shard {} was not known to be committed within {COMMIT_WAIT:?}",
+                self.h.shard
+            ))),
+        }
+    }
+
     /// Lets every flight land.
     async fn drain(&mut self) {
         while let Some(landed) = self.flights.next().await {
@@ -432,6 +555,11 @@ impl Proposer {
             let _ = first.reply.send(Answer::bare(result));
             return;
         }
+        if let ProposalOp::Split { child, at } = first.op {
+            let result = self.split(child, at).await;
+            let _ = first.reply.send(Answer::bare(result));
+            return;
+        }
         // Let the connection tasks that are ready run first, so their proposals join this
         // entry instead of each paying for an entry of its own (see PACK_YIELDS).
         for _ in 0..PACK_YIELDS {
@@ -465,11 +593,16 @@ impl Proposer {
                 self.h.value_bytes_max,
             );
             let result = match proposal.op {
-                ProposalOp::Command(cmd) => eval.command(cmd),
-                ProposalOp::Internal(op) => eval.internal(op),
+                ProposalOp::Command(cmd) => match self.elsewhere(&cmd) {
+                    Some(e) => Err(e),
+                    None => eval.command(cmd),
+                },
+                ProposalOp::Internal(op) => eval.internal(self.owned_only(op)),
                 // A barrier behind others in the queue: everything before it is in this entry.
                 ProposalOp::Barrier => Ok(Reply::Ok),
-                ProposalOp::Change(_) => unreachable!("changes of the group are deferred"),
+                ProposalOp::Change(_) | ProposalOp::Split { .. } => {
+                    unreachable!("changes of the group are deferred")
+                }
             };
             let decided = eval.finish();
             let result = match result {
@@ -490,10 +623,9 @@ impl Proposer {
                 next = self.rx.try_recv().ok();
                 // A change of the group, and a proposal that must be alone, start entries of
                 // their own.
-                if next
-                    .as_ref()
-                    .is_some_and(|p| p.alone || matches!(p.op, ProposalOp::Change(_)))
-                {
+                if next.as_ref().is_some_and(|p| {
+                    p.alone || matches!(p.op, ProposalOp::Change(_) | ProposalOp::Split { .. })
+                }) {
                     self.deferred = next.take();
                 }
             }
@@ -556,6 +688,31 @@ impl Proposer {
             }
         }));
     }
+}
+
+/// The slot in `first + 1..=last` that splits the engine's keys most evenly (the middle of
+/// the range when the shard holds none).
+fn median_slot(engine: &cairn_storage::Engine, first: u16, last: u16) -> u16 {
+    let mut per_slot = vec![0u64; usize::from(last - first) + 1];
+    let mut total = 0u64;
+    for (key, _) in engine.all_keys() {
+        let slot = key_slot(&key);
+        if (first..=last).contains(&slot) {
+            per_slot[usize::from(slot - first)] += 1;
+            total += 1;
+        }
+    }
+    if total == 0 || first == last {
+        return first + (last - first).div_ceil(2);
+    }
+    let mut below = 0;
+    for (i, n) in per_slot.iter().enumerate() {
+        if below + n > total / 2 && i > 0 {
+            return first + i as u16;
+        }
+        below += n;
+    }
+    last
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! the entry's log index, and the expiry index follows every apply.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use cairn_raft::{Group, Role};
 use cairn_storage::Engine;
@@ -24,12 +25,49 @@ pub fn group_of_shard(id: u32) -> u64 {
     u64::from(id) + 1
 }
 
+/// A shard's slot range as a replica knows it, changed by a split while readers look: an
+/// inclusive range packed in one word, or none (a replica created for a split child that
+/// has not received its data yet).
+#[derive(Debug)]
+pub struct SlotRange(AtomicU32);
+
+const NO_RANGE: u32 = u32::MAX;
+
+impl SlotRange {
+    pub fn new(range: Option<(u16, u16)>) -> SlotRange {
+        SlotRange(AtomicU32::new(Self::pack(range)))
+    }
+
+    fn pack(range: Option<(u16, u16)>) -> u32 {
+        range.map_or(NO_RANGE, |(first, last)| {
+            (u32::from(first) << 16) | u32::from(last)
+        })
+    }
+
+    pub fn get(&self) -> Option<(u16, u16)> {
+        match self.0.load(Ordering::Acquire) {
+            NO_RANGE => None,
+            packed => Some(((packed >> 16) as u16, packed as u16)),
+        }
+    }
+
+    pub fn set(&self, range: Option<(u16, u16)>) {
+        self.0.store(Self::pack(range), Ordering::Release);
+    }
+
+    /// Whether `slot` is in the range.
+    pub fn owns(&self, slot: u16) -> bool {
+        self.get()
+            .is_some_and(|(first, last)| (first..=last).contains(&slot))
+    }
+}
+
 /// A shard replica on this node.
 #[derive(Debug)]
 pub struct Shard {
     pub id: u32,
-    /// Inclusive slot range owned by the shard.
-    pub slots: (u16, u16),
+    /// The slots the shard owns (see [`crate::shards::ShardRecord`]); a split shrinks it.
+    pub range: Arc<SlotRange>,
     /// The shard's Raft group and replica on this node.
     pub group: Group,
     /// Keys with an expiry (kept by the state machine, read by the active-expiry task).
@@ -40,6 +78,18 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// The shard's slot range (`None`: not known yet).
+    pub fn slots(&self) -> Option<(u16, u16)> {
+        self.range.get()
+    }
+
+    /// Whether every key of `keys` is in the shard's slots: checked after a read of the
+    /// replica, so that a read racing a split never answers for a key the shard gave away.
+    pub fn owns_keys<'k>(&self, keys: impl IntoIterator<Item = &'k bytes::Bytes>) -> bool {
+        keys.into_iter()
+            .all(|key| self.range.owns(crate::slot::key_slot(key)))
+    }
+
     /// The replica's engine. Hold it for one operation only: a snapshot install replaces it.
     pub fn engine(&self) -> Arc<Engine> {
         self.group.sm.engine()

@@ -13,11 +13,16 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
+use bytes::Bytes;
 use cairn_io::Io;
-use cairn_raft::{Group, Groups, LogStore, NodeAddr, Peers, StateMachine};
-use cairn_storage::{Options, SyncPolicy};
+use cairn_raft::replica::Replica;
+use cairn_raft::split::{SplitAt, SystemRecords};
+use cairn_raft::{
+    ApplyObserver, Group, Groups, LogStore, NodeAddr, Peers, SplitFuture, Splitter, StateMachine,
+};
+use cairn_storage::{Engine, Options, SyncPolicy};
 use cairn_wal::Wal;
 use serde::{Deserialize, Serialize};
 
@@ -25,8 +30,8 @@ use crate::expiry::ExpiryTracker;
 use crate::feed::{Feed, FeedLimits};
 use crate::health::WriteHealth;
 use crate::proposer::{self, ShardHandles};
-use crate::shard::{SHARD_CACHE_BYTES, Shard, group_of_shard};
-use crate::slot::SlotMap;
+use crate::shard::{SHARD_CACHE_BYTES, Shard, SlotRange, group_of_shard};
+use crate::slot::{SLOT_COUNT, SlotMap, key_slot};
 
 /// Name of the file recording the node's identity in the data directory.
 pub const NODE_FILE: &str = "node.toml";
@@ -153,11 +158,11 @@ pub fn shard_dir(data_dir: &Path, id: u32) -> PathBuf {
 }
 
 /// What opening the shards needs.
-#[derive(Debug)]
-pub struct ShardsSetup<'a> {
+#[derive(Debug, Clone)]
+pub struct ShardsSetup {
     pub io: Arc<dyn Io>,
-    pub data_dir: &'a Path,
-    pub identity: &'a NodeIdentity,
+    pub data_dir: PathBuf,
+    pub identity: NodeIdentity,
     pub value_bytes_max: usize,
     pub engine_segment_bytes_max: u64,
     pub wal: Arc<Wal>,
@@ -175,24 +180,95 @@ pub struct ShardsSetup<'a> {
     pub feed_wake: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-/// Every shard of the node, and the slot map that routes keys to them.
-#[derive(Debug)]
-pub struct Shards {
-    pub map: SlotMap,
-    pub list: Vec<Shard>,
+impl ShardsSetup {
+    fn engine_options(&self) -> Options {
+        Options {
+            // The WAL is the durable record; a snapshot (engine checkpoint) syncs what it holds.
+            sync: SyncPolicy::Never,
+            value_bytes_max: self.value_bytes_max,
+            segment_bytes_max: self.engine_segment_bytes_max,
+            cache_bytes: SHARD_CACHE_BYTES,
+            clock: self.clock.clone(),
+            ..Options::default()
+        }
+    }
 }
 
-impl Shards {
-    /// Opens every shard's replica and starts its Raft group and proposer; a group never
-    /// initialised is bootstrapped with this node as its only voter.
-    pub async fn open(setup: &ShardsSetup<'_>) -> anyhow::Result<Shards> {
-        let count = setup.identity.shards;
-        let map = SlotMap::new(count);
-        let mut list = Vec::with_capacity(count as usize);
-        for id in 0..count {
-            list.push(open_shard(setup, id, map.range(id as usize)).await?);
+/// The key of a shard replica's record in its engine's system table.
+pub const SHARD_RECORD_KEY: &[u8] = b"s";
+
+/// What a shard replica records about the shard itself, in its engine's system table (so it
+/// changes atomically with the data, and a snapshot carries it): its slot range and the
+/// shards split from it. A shard of the cluster's first layout has none until it splits: its
+/// range is its share of [`SlotMap::new`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    /// Inclusive slot range.
+    pub first: u16,
+    pub last: u16,
+    /// Shards split from this one, oldest first.
+    pub children: Vec<u32>,
+    /// The parent's log index of the split that created this shard (0: the first layout);
+    /// the shard's own log starts after it, and so do watches of it that a resume token from
+    /// before the split does not position.
+    pub created_at: u64,
+}
+
+impl ShardRecord {
+    /// The record in `engine`, if it has one.
+    pub fn read(engine: &Engine) -> Option<ShardRecord> {
+        let bytes = engine.system_get(SHARD_RECORD_KEY)?;
+        match postcard::from_bytes(&bytes) {
+            Ok(record) => Some(record),
+            Err(e) => {
+                tracing::error!(error = %e, "a shard record does not decode");
+                None
+            }
         }
-        Ok(Shards { map, list })
+    }
+
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(postcard::to_allocvec(self).expect("a shard record serialises"))
+    }
+}
+
+/// Every shard replica of the node at one instant, and the slot map they make.
+#[derive(Debug)]
+pub struct ShardSet {
+    /// By id.
+    list: Vec<Arc<Shard>>,
+    /// The shard owning each slot (`UNMAPPED`: none known here).
+    owner: Box<[u32]>,
+}
+
+/// What [`Shards::shard_of_key`] answers for a slot no shard here owns.
+pub const UNMAPPED: u32 = u32::MAX;
+
+impl ShardSet {
+    /// The set of `list` (by id). Where two replicas claim a slot (a restart can find a
+    /// split child built while its parent's replica has not applied the split yet), the
+    /// higher id, the newer shard, owns it.
+    fn of(list: Vec<Arc<Shard>>) -> ShardSet {
+        let mut owner = vec![UNMAPPED; usize::from(SLOT_COUNT)].into_boxed_slice();
+        for shard in &list {
+            if let Some((first, last)) = shard.slots() {
+                for slot in first..=last {
+                    owner[usize::from(slot)] = shard.id;
+                }
+            }
+        }
+        ShardSet { list, owner }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Shard>> {
+        self.list.iter()
+    }
+
+    pub fn get(&self, id: u32) -> Option<&Arc<Shard>> {
+        self.list
+            .binary_search_by_key(&id, |s| s.id)
+            .ok()
+            .map(|i| &self.list[i])
     }
 
     pub fn len(&self) -> usize {
@@ -203,16 +279,321 @@ impl Shards {
         self.list.is_empty()
     }
 
+    /// The shard owning `slot` ([`UNMAPPED`] when none here does).
+    pub fn owner(&self, slot: u16) -> u32 {
+        self.owner[usize::from(slot)]
+    }
+}
+
+/// Every shard replica of the node, and the slot map that routes keys to them. Shards come
+/// into being as splits are applied (or as a replica learns of a split from a snapshot), so
+/// readers take the set as it is at one instant ([`Shards::set`]).
+pub struct Shards {
+    setup: ShardsSetup,
+    set: parking_lot::RwLock<Arc<ShardSet>>,
+    /// One lock per shard id, held while its replica opens (at start, for a split, for a
+    /// snapshot naming children): a replica opens once. Per shard, because a parent's group
+    /// replays a split while the parent is being opened, and then opens the child.
+    opening: parking_lot::Mutex<std::collections::HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
+    /// Every replica's slot range from the moment its engine is open (before its group
+    /// replays anything), so that a split replayed while the parent is still being opened
+    /// shrinks the range the parent will have.
+    ranges: parking_lot::Mutex<std::collections::HashMap<u32, Arc<SlotRange>>>,
+    me: Weak<Shards>,
+}
+
+impl std::fmt::Debug for Shards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shards")
+            .field("shards", &self.set.read().len())
+            .finish()
+    }
+}
+
+impl Shards {
+    /// Opens every shard's replica and starts its Raft group and proposer: the first layout's
+    /// shards (a group never initialised is bootstrapped with this node as its only voter,
+    /// unless the node joined), then every shard their records name as split from them. A
+    /// child whose parent here does not name it yet is the parent's to create when it applies
+    /// the split again.
+    pub async fn open(setup: ShardsSetup) -> anyhow::Result<Arc<Shards>> {
+        let count = setup.identity.shards;
+        let shards = Arc::new_cyclic(|me| Shards {
+            setup,
+            set: parking_lot::RwLock::new(Arc::new(ShardSet::of(Vec::new()))),
+            opening: Default::default(),
+            ranges: Default::default(),
+            me: me.clone(),
+        });
+        let mut queue: Vec<u32> = (0..count).rev().collect();
+        while let Some(id) = queue.pop() {
+            let shard = shards.ensure(id, None).await?;
+            if let Some(record) = ShardRecord::read(&shard.engine()) {
+                queue.extend(record.children.iter().rev());
+            }
+        }
+        Ok(shards)
+    }
+
+    /// Every shard as of now.
+    pub fn set(&self) -> Arc<ShardSet> {
+        self.set.read().clone()
+    }
+
+    /// Every shard as of now, by id.
+    pub fn list(&self) -> Vec<Arc<Shard>> {
+        self.set().list.clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.read().is_empty()
+    }
+
+    /// The shard owning `key`'s slot ([`UNMAPPED`] while no shard here owns it: a split
+    /// child not built yet; asking for it is `TRYAGAIN`).
     pub fn shard_of_key(&self, key: &[u8]) -> u32 {
-        self.map.shard_of_key(key) as u32
+        self.set.read().owner(key_slot(key))
     }
 
-    pub fn for_key(&self, key: &[u8]) -> &Shard {
-        &self.list[self.map.shard_of_key(key)]
+    pub fn for_key(&self, key: &[u8]) -> Option<Arc<Shard>> {
+        let set = self.set.read();
+        set.get(set.owner(key_slot(key))).cloned()
     }
 
-    pub fn get(&self, id: u32) -> Option<&Shard> {
-        self.list.get(id as usize)
+    pub fn get(&self, id: u32) -> Option<Arc<Shard>> {
+        self.set.read().get(id).cloned()
+    }
+
+    /// The slot map again, after a range changed.
+    fn remap(&self) {
+        let mut set = self.set.write();
+        *set = Arc::new(ShardSet::of(set.list.clone()));
+    }
+
+    /// The first layout's range of shard `id` (`None` for a shard a split created).
+    fn initial_range(&self, id: u32) -> Option<(u16, u16)> {
+        let count = self.setup.identity.shards;
+        (id < count).then(|| SlotMap::new(count).range(id as usize))
+    }
+
+    /// The range a replica's engine says, or the first layout's.
+    fn range_of(&self, id: u32, engine: &Engine) -> Option<(u16, u16)> {
+        match ShardRecord::read(engine) {
+            Some(record) => Some((record.first, record.last)),
+            None => self.initial_range(id),
+        }
+    }
+
+    /// Shard `id`'s opening lock.
+    fn opening(&self, id: u32) -> Arc<tokio::sync::Mutex<()>> {
+        self.opening.lock().entry(id).or_default().clone()
+    }
+
+    /// Shard `id`, opened if it is not yet (with `built`, the replica a split just built).
+    async fn ensure(&self, id: u32, built: Option<Replica>) -> anyhow::Result<Arc<Shard>> {
+        let lock = self.opening(id);
+        let _one = lock.lock().await;
+        self.ensure_locked(id, built).await
+    }
+
+    /// [`Shards::ensure`], with shard `id`'s opening lock held by the caller.
+    async fn ensure_locked(&self, id: u32, built: Option<Replica>) -> anyhow::Result<Arc<Shard>> {
+        if let Some(shard) = self.get(id) {
+            return Ok(shard);
+        }
+        let split_now = built.is_some();
+        let shard = Arc::new(self.open_shard(id, built).await?);
+        {
+            let mut set = self.set.write();
+            let mut list = set.list.clone();
+            let at = list.partition_point(|s| s.id < id);
+            list.insert(at, shard.clone());
+            *set = Arc::new(ShardSet::of(list));
+        }
+        if split_now {
+            tracing::info!(shard = id, slots = ?shard.slots(), "split created the shard");
+        }
+        Ok(shard)
+    }
+
+    async fn open_shard(&self, id: u32, built: Option<Replica>) -> anyhow::Result<Shard> {
+        let dir = shard_dir(&self.setup.data_dir, id);
+        let group = group_of_shard(id);
+        let range = self
+            .ranges
+            .lock()
+            .entry(id)
+            .or_insert_with(|| Arc::new(SlotRange::new(None)))
+            .clone();
+        let extra = Extras {
+            splitter: Some(Arc::new(ShardSplitter {
+                shards: self.me.clone(),
+                parent: id,
+            })),
+            observer: Some(Arc::new(RecordObserver {
+                shards: self.me.clone(),
+                id,
+            })),
+            built,
+            range: Some(range.clone()),
+            initial_range: self.initial_range(id),
+        };
+        let opened = open_replica_with(&self.setup, &dir, group, id.to_string(), extra).await?;
+        Ok(Shard {
+            id,
+            range,
+            group: opened.group,
+            expiry: opened.expiry,
+            feed: opened.feed.expect("a shard's replica has a feed"),
+            proposals: opened.proposals,
+        })
+    }
+
+    /// Applies a split of shard `parent` on this node ([`cairn_raft::split`]): builds the
+    /// child's replica and starts its group, then shrinks the parent's range; answers the
+    /// parent's new record for its batch, which deletes the keys it gave away.
+    async fn split(&self, parent: u32, at: SplitAt) -> anyhow::Result<SystemRecords> {
+        let old = match ShardRecord::read(&at.parent) {
+            Some(record) => record,
+            None => {
+                let (first, last) = self
+                    .initial_range(parent)
+                    .ok_or_else(|| anyhow::anyhow!("shard {parent} has no slot range"))?;
+                ShardRecord {
+                    first,
+                    last,
+                    children: Vec::new(),
+                    created_at: 0,
+                }
+            }
+        };
+        anyhow::ensure!(
+            !old.children.contains(&at.child),
+            "shard {} was split from shard {parent} already",
+            at.child
+        );
+        anyhow::ensure!(
+            old.first < at.first_slot && at.last_slot == old.last,
+            "split of shard {parent} at slots {}..={} does not fit its range {}..={}",
+            at.first_slot,
+            at.last_slot,
+            old.first,
+            old.last
+        );
+        let mut kept = old.clone();
+        kept.last = at.first_slot - 1;
+        kept.children.push(at.child);
+        let record = ShardRecord {
+            first: at.first_slot,
+            last: at.last_slot,
+            children: Vec::new(),
+            created_at: at.log_id.index,
+        };
+        // The child's lock: what opens it at start or for a snapshot waits for the build.
+        let lock = self.opening(at.child);
+        let held = lock.lock().await;
+        if self.get(at.child).is_none() {
+            let io = self.setup.io.clone();
+            let dir = shard_dir(&self.setup.data_dir, at.child);
+            let options = self.setup.engine_options();
+            let system = vec![(Bytes::from_static(SHARD_RECORD_KEY), record.encode())];
+            let split = at.clone();
+            let built = tokio::task::spawn_blocking(move || {
+                cairn_raft::split::build_child(io, &dir, options, &split, &system)
+            })
+            .await??;
+            let child = self.ensure_locked(at.child, built).await?;
+            drop(held);
+            if let Some(shard) = self.get(parent) {
+                if shard.group.leading().is_some() {
+                    // The child has a leader at once instead of after an election timeout.
+                    let group = child.group.clone();
+                    tokio::spawn(async move { group.campaign().await });
+                }
+            }
+        }
+        if let Some(range) = self.ranges.lock().get(&parent) {
+            range.set(Some((kept.first, kept.last)));
+        }
+        self.remap();
+        tracing::info!(
+            shard = parent,
+            child = at.child,
+            index = at.log_id.index,
+            kept = ?(kept.first, kept.last),
+            gave = ?(record.first, record.last),
+            "split applied"
+        );
+        Ok(vec![(Bytes::from_static(SHARD_RECORD_KEY), kept.encode())])
+    }
+
+    /// A snapshot replaced shard `id`'s engine: its range is the new engine's, and every
+    /// child it names gets a replica here (empty until its group's leader sends it one).
+    fn adopt(&self, id: u32, engine: &Engine) {
+        if let Some(range) = self.ranges.lock().get(&id) {
+            range.set(self.range_of(id, engine));
+        }
+        self.remap();
+        let children = ShardRecord::read(engine).map_or_else(Vec::new, |r| r.children);
+        let missing: Vec<u32> = children
+            .into_iter()
+            .filter(|c| self.get(*c).is_none())
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let Some(shards) = self.me.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            for child in missing {
+                if let Err(e) = shards.ensure(child, None).await {
+                    tracing::error!(shard = child, error = %e, "cannot open a split child's replica");
+                }
+            }
+        });
+    }
+}
+
+/// Applies splits of one shard's replica: [`Shards::split`].
+struct ShardSplitter {
+    shards: Weak<Shards>,
+    parent: u32,
+}
+
+impl Splitter for ShardSplitter {
+    fn split(&self, at: SplitAt) -> SplitFuture {
+        let shards = self.shards.clone();
+        let parent = self.parent;
+        Box::pin(async move {
+            let shards = shards
+                .upgrade()
+                .ok_or_else(|| std::io::Error::other("the node is stopping"))?;
+            shards
+                .split(parent, at)
+                .await
+                .map_err(|e| std::io::Error::other(format!("split of shard {parent}: {e:#}")))
+        })
+    }
+}
+
+/// Follows snapshot installs of one shard's replica: [`Shards::adopt`].
+struct RecordObserver {
+    shards: Weak<Shards>,
+    id: u32,
+}
+
+impl ApplyObserver for RecordObserver {
+    fn applied(&self, _index: u64, _ops: &Arc<Vec<cairn_raft::WriteOp>>, _cleared: &[Bytes]) {}
+
+    fn replaced(&self, engine: &Engine, _applied: u64) {
+        if let Some(shards) = self.shards.upgrade() {
+            shards.adopt(self.id, engine);
+        }
     }
 }
 
@@ -226,29 +607,65 @@ pub(crate) struct OpenedReplica {
     pub proposals: tokio::sync::mpsc::Sender<crate::proposer::Proposal>,
 }
 
+/// What a shard's replica has that the metadata group's does not.
+#[derive(Default)]
+struct Extras {
+    splitter: Option<Arc<dyn Splitter>>,
+    observer: Option<Arc<dyn ApplyObserver>>,
+    /// The replica a split just built (its group starts at once, see `Group::start_split`).
+    built: Option<Replica>,
+    /// The shard's range, which its proposer checks every key against; set from the engine
+    /// (its record, or `initial_range`) before the group replays anything.
+    range: Option<Arc<SlotRange>>,
+    initial_range: Option<(u16, u16)>,
+}
+
 /// Opens the replica in `dir` as member of Raft group `group` and starts its group and
 /// proposer. A group never initialised is bootstrapped with this node as its only voter when
 /// this node created the cluster; a node that joined waits for the group's leader to add it.
 pub(crate) async fn open_replica(
-    setup: &ShardsSetup<'_>,
+    setup: &ShardsSetup,
     dir: &Path,
     group: u64,
     label: String,
 ) -> anyhow::Result<OpenedReplica> {
-    let options = Options {
-        // The WAL is the durable record; a snapshot (engine checkpoint) syncs what it holds.
-        sync: SyncPolicy::Never,
-        value_bytes_max: setup.value_bytes_max,
-        segment_bytes_max: setup.engine_segment_bytes_max,
-        cache_bytes: SHARD_CACHE_BYTES,
-        clock: setup.clock.clone(),
-        ..Options::default()
+    open_replica_with(setup, dir, group, label, Extras::default()).await
+}
+
+async fn open_replica_with(
+    setup: &ShardsSetup,
+    dir: &Path,
+    group: u64,
+    label: String,
+    extras: Extras,
+) -> anyhow::Result<OpenedReplica> {
+    let split_now = extras.built.is_some();
+    let sm = match extras.built {
+        Some(replica) => StateMachine::of_replica(replica),
+        None => StateMachine::open(setup.io.clone(), dir, setup.engine_options())
+            .map_err(|e| anyhow::anyhow!("cannot open {label} at {}: {e}", dir.display()))?,
     };
-    let sm = StateMachine::open(setup.io.clone(), dir, options)
-        .map_err(|e| anyhow::anyhow!("cannot open {label} at {}: {e}", dir.display()))?;
+    if let Some(range) = &extras.range {
+        let recorded = ShardRecord::read(&sm.engine()).map(|r| (r.first, r.last));
+        range.set(recorded.or(extras.initial_range));
+    }
     let expiry = Arc::new(ExpiryTracker::from_engine(&sm.engine()));
     let mut sm = sm.observed(expiry.clone());
+    if let Some(splitter) = extras.splitter {
+        sm = sm.splitting_with(splitter);
+    }
+    if let Some(observer) = extras.observer {
+        sm = sm.observed(observer);
+    }
     let log = LogStore::new(setup.wal.clone(), group);
+    // A split child's log starts purged at the split entry, with a vote in its term
+    // (`LogStore::seed`); a crash between building the child and that leaves a built replica
+    // with an empty log, seeded here.
+    if let (Some(applied), true) = (sm.applied()?.0, log.is_blank()) {
+        log.seed(&applied, setup.identity.raft_id)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start {label}'s log: {e}"))?;
+    }
     let feed = match group.checked_sub(1) {
         Some(shard) => {
             let feed = open_feed(setup, &sm, &log, shard as u32)
@@ -259,20 +676,22 @@ pub(crate) async fn open_replica(
         None => None,
     };
     let raft_id = setup.identity.raft_id;
-    let group_handle = Group::start(
-        raft_id,
-        setup.config.clone(),
-        setup.peers.group(group),
-        log,
-        sm,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot start {label}'s Raft group: {e}"))?;
+    let network = setup.peers.group(group);
+    let started = if split_now {
+        Group::start_split(raft_id, setup.config.clone(), network, log, sm).await
+    } else {
+        Group::start(raft_id, setup.config.clone(), network, log, sm).await
+    };
+    let group_handle =
+        started.map_err(|e| anyhow::anyhow!("cannot start {label}'s Raft group: {e}"))?;
     let initialized = group_handle
         .is_initialized()
         .await
         .map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
-    if !initialized && !setup.identity.joined {
+    // Only the first layout's groups are bootstrapped; a split's child is initialised by the
+    // split (or waits for its group's leader).
+    let first_layout = group <= u64::from(setup.identity.shards);
+    if !initialized && !setup.identity.joined && first_layout {
         group_handle
             .initialize(BTreeMap::from([(raft_id, setup.advertise.clone())]))
             .await
@@ -287,6 +706,7 @@ pub(crate) async fn open_replica(
         expiry: expiry.clone(),
         value_bytes_max: setup.value_bytes_max,
         health: setup.health.clone(),
+        range: extras.range,
     });
     Ok(OpenedReplica {
         group: group_handle,
@@ -299,15 +719,17 @@ pub(crate) async fn open_replica(
 /// A shard replica's change feed, with the history its log still holds below what the
 /// replica applied (the group replays the rest through the feed once started).
 fn open_feed(
-    setup: &ShardsSetup<'_>,
+    setup: &ShardsSetup,
     sm: &StateMachine,
     log: &LogStore,
     shard: u32,
 ) -> std::io::Result<Arc<Feed>> {
     let applied = sm.applied()?.0.map_or(0, |id| id.index);
+    let born = ShardRecord::read(&sm.engine()).map_or(0, |r| r.created_at);
     let feed = Arc::new(
         Feed::new(shard, applied, setup.feed_limits, setup.feed_wake.clone())
-            .with_history(Arc::new(LogHistory(log.clone()))),
+            .with_history(Arc::new(LogHistory(log.clone())))
+            .born_at(born),
     );
     let first = log.first_index()?;
     feed.load(first, |start, end| log.entry_ops(start, end))?;
@@ -326,17 +748,4 @@ impl crate::feed::History for LogHistory {
     fn read(&self, start: u64, end: u64) -> std::io::Result<Vec<(u64, Vec<cairn_raft::WriteOp>)>> {
         self.0.entry_ops(start, end)
     }
-}
-
-async fn open_shard(setup: &ShardsSetup<'_>, id: u32, slots: (u16, u16)) -> anyhow::Result<Shard> {
-    let dir = shard_dir(setup.data_dir, id);
-    let opened = open_replica(setup, &dir, group_of_shard(id), id.to_string()).await?;
-    Ok(Shard {
-        id,
-        slots,
-        group: opened.group,
-        expiry: opened.expiry,
-        feed: opened.feed.expect("a shard's replica has a feed"),
-        proposals: opened.proposals,
-    })
 }

@@ -247,7 +247,26 @@ pub fn decode<'a, T: Deserialize<'a>>(
 pub fn op_key(op: &WriteOp) -> Option<&Bytes> {
     match op {
         WriteOp::Put { key, .. } | WriteOp::Delete { key } | WriteOp::Expire { key } => Some(key),
-        WriteOp::Clear | WriteOp::SystemPut { .. } | WriteOp::SystemDelete { .. } => None,
+        WriteOp::Clear
+        | WriteOp::SystemPut { .. }
+        | WriteOp::SystemDelete { .. }
+        | WriteOp::Split { .. } => None,
+    }
+}
+
+impl TxnOpKind {
+    /// The user keys the step locks, reads or writes.
+    pub fn keys(&self) -> Vec<&Bytes> {
+        match self {
+            TxnOpKind::Lock { keys, reads, .. } => keys.iter().chain(reads).collect(),
+            TxnOpKind::Commit { read, writes, .. } => read
+                .iter()
+                .map(|(k, _)| k)
+                .chain(writes.iter().filter_map(op_key))
+                .collect(),
+            TxnOpKind::Resolve { writes } => writes.iter().flatten().filter_map(op_key).collect(),
+            TxnOpKind::Decide { .. } | TxnOpKind::Forget { .. } => Vec::new(),
+        }
     }
 }
 

@@ -74,6 +74,15 @@ impl Selector {
         }
     }
 
+    /// Whether a key it matches may live in slots `first..=last` (a prefix or a range may
+    /// match keys of any slot).
+    pub fn overlaps(&self, first: u16, last: u16) -> bool {
+        match self {
+            Selector::Key(k) => (first..=last).contains(&crate::slot::key_slot(k)),
+            Selector::Prefix(_) | Selector::Range(_) => true,
+        }
+    }
+
     pub fn matches(&self, key: &[u8]) -> bool {
         match self {
             Selector::Key(k) => key == k.as_ref(),
@@ -118,12 +127,26 @@ pub enum WatchError {
          resume the watch on another node"
     )]
     OutOfTouch(u32),
+    /// A shard the watch follows split: every change up to the split was told, and the
+    /// changes of the slots it gave away are now the child's. Resuming from the last token
+    /// follows both.
+    #[error(
+        "shard {0} split (slots {first}..={last} went to shard {child}); resume the watch from its \
+         last token",
+        first = .1.first_slot,
+        last = .1.last_slot,
+        child = .1.child
+    )]
+    Split(u32, crate::feed::SplitMark),
 }
 
 impl WatchError {
     /// Whether the client is to resume elsewhere or later (gRPC UNAVAILABLE, HTTP 503).
     pub fn unavailable(&self) -> bool {
-        matches!(self, WatchError::Stopped | WatchError::OutOfTouch(_))
+        matches!(
+            self,
+            WatchError::Stopped | WatchError::OutOfTouch(_) | WatchError::Split(..)
+        )
     }
 }
 
@@ -217,6 +240,9 @@ pub struct Watcher {
     next_feed: usize,
     progress_every: Duration,
     last_message: Instant,
+    /// A shard it follows split, and it has told every event up to the split: it ends
+    /// ([`WatchError::Split`]) so that its client resumes following the child too.
+    split: Option<(u32, crate::feed::SplitMark)>,
 }
 
 impl Watcher {
@@ -232,9 +258,17 @@ impl Watcher {
         let mut positioned = Vec::with_capacity(feeds.len());
         for feed in feeds {
             let pos = match from {
-                Some(token) => *token.0.get(&feed.shard()).ok_or_else(|| {
-                    WatchError::BadToken(format!("it names no position in shard {}", feed.shard()))
-                })?,
+                // A shard split off after the token was given starts where it was created.
+                Some(token) => match (token.0.get(&feed.shard()), feed.born()) {
+                    (Some(pos), _) => *pos,
+                    (None, Some(born)) => Pos::after(born),
+                    (None, None) => {
+                        return Err(WatchError::BadToken(format!(
+                            "it names no position in shard {}",
+                            feed.shard()
+                        )));
+                    }
+                },
                 None => Pos::after(feed.last()),
             };
             let compacted = feed.compacted();
@@ -256,6 +290,7 @@ impl Watcher {
             next_feed: 0,
             progress_every: progress_every.max(PROGRESS_INTERVAL_MIN),
             last_message: Instant::now(),
+            split: None,
         };
         watcher.check_touch()?;
         Ok(watcher)
@@ -337,6 +372,9 @@ impl Watcher {
             if *self.wake.borrow_and_update() == WAKE_STOPPED {
                 return Err(WatchError::Stopped);
             }
+            if let Some((shard, mark)) = self.split {
+                return Err(WatchError::Split(shard, mark));
+            }
             self.check_touch()?;
             let count = self.feeds.len();
             // A read cut short with nothing matching goes on at once, not at the next wake.
@@ -375,13 +413,29 @@ impl Watcher {
     /// The matching events of feed `at` after its position, moving the position past every
     /// event read (matching or not), and whether the read was cut short (more follow).
     fn read(&mut self, at: usize) -> Result<(Vec<WatchEvent>, bool), WatchError> {
+        // The next split of this shard that moved slots the watch covers to a shard it does
+        // not follow: the read stops there, and the watch ends once it got there.
+        let split = {
+            let (feed, pos) = &self.feeds[at];
+            feed.split_after(pos.done(), |mark| {
+                !self.feeds.iter().any(|(f, _)| f.shard() == mark.child)
+                    && self.selector.overlaps(mark.first_slot, mark.last_slot)
+            })
+        };
         let (feed, pos) = &mut self.feeds[at];
         let since = feed
             .since(*pos, EVENTS_PER_READ_MAX, BYTES_PER_READ_MAX)
             .map_err(WatchError::Compacted)?;
         let cut = since.cut;
         let mut out = Vec::new();
-        for batch in &since.batches {
+        let upto = match split {
+            Some(mark) if since.upto >= mark.index => {
+                self.split = Some((feed.shard(), mark));
+                mark.index
+            }
+            _ => since.upto,
+        };
+        for batch in since.batches.iter().take_while(|b| b.index <= upto) {
             let skip = if batch.index == pos.index {
                 pos.partial as usize
             } else {
@@ -400,8 +454,8 @@ impl Watcher {
         }
         // A position ahead of this replica (a token from a node further on) stays as it is
         // until the replica catches up.
-        if since.upto > pos.done() {
-            *pos = Pos::after(since.upto);
+        if upto > pos.done() {
+            *pos = Pos::after(upto);
         }
         Ok((out, cut))
     }
@@ -442,11 +496,33 @@ pub fn follow_keyspace(
     let Ok(mut watcher) = start() else {
         return false;
     };
+    let resume = {
+        let node = node.clone();
+        move |token: String| {
+            node.watch_with(
+                Selector::Prefix(Bytes::new()),
+                Some(&token),
+                Duration::from_secs(3600),
+                false,
+            )
+        }
+    };
     tokio::spawn(async move {
         loop {
             match watcher.next().await {
                 Ok(Item::Events(batch)) => events(batch),
                 Ok(Item::Progress) => {}
+                // A shard split: go on from where the watch stands, following the child too.
+                Err(WatchError::Split(..)) => match resume(watcher.token().to_string()) {
+                    Ok(next) => watcher = next,
+                    Err(_) => {
+                        let Ok(fresh) = start() else {
+                            return;
+                        };
+                        watcher = fresh;
+                        lost();
+                    }
+                },
                 Err(WatchError::Compacted(_)) => {
                     let Ok(fresh) = start() else {
                         return;

@@ -544,6 +544,7 @@ impl History {
                     WriteOp::Clear => out.clear(),
                     // The system table is not part of a replica's keyspace contents.
                     WriteOp::SystemPut { .. } | WriteOp::SystemDelete { .. } => {}
+                    WriteOp::Split { .. } => panic!("these tests never split"),
                 }
             }
         }

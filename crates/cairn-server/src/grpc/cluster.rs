@@ -46,12 +46,54 @@ impl pb::cluster_server::Cluster for ClusterService {
             let id = request.into_inner().id;
             match self.node.remove_node(&id).await {
                 Ok(()) => Ok(Response::new(pb::RemoveNodeResponse {})),
-                Err(ManageError::UnknownNode(why)) => Err(Status::not_found(why)),
-                Err(ManageError::Refused(why)) => Err(Status::failed_precondition(why)),
-                Err(ManageError::Failed(e)) => Err(super::status_of(e)),
+                Err(e) => Err(manage_status(e)),
             }
         })
         .await
+    }
+
+    async fn split_shard(
+        &self,
+        request: Request<pb::SplitShardRequest>,
+    ) -> Result<Response<pb::SplitShardResponse>, Status> {
+        observed("split_shard", async move {
+            let request = request.into_inner();
+            let at = match request.at_slot.map(u16::try_from) {
+                None => None,
+                Some(Ok(slot)) if slot < crate::slot::SLOT_COUNT => Some(slot),
+                Some(_) => {
+                    return Err(Status::invalid_argument(format!(
+                        "at_slot must be below {}",
+                        crate::slot::SLOT_COUNT
+                    )));
+                }
+            };
+            match self.node.split_shard(request.shard, at).await {
+                Ok(crate::balancer::Managed::Split {
+                    shard,
+                    child,
+                    first_slot,
+                }) => Ok(Response::new(pb::SplitShardResponse {
+                    shard,
+                    child,
+                    first_slot: u32::from(first_slot),
+                })),
+                Ok(other) => Err(Status::internal(format!(
+                    "unexpected answer to a split: {other:?}"
+                ))),
+                Err(e) => Err(manage_status(e)),
+            }
+        })
+        .await
+    }
+}
+
+/// The status of a management request that was not carried out.
+fn manage_status(e: ManageError) -> Status {
+    match e {
+        ManageError::UnknownNode(why) | ManageError::UnknownShard(why) => Status::not_found(why),
+        ManageError::Refused(why) => Status::failed_precondition(why),
+        ManageError::Failed(e) => super::status_of(e),
     }
 }
 

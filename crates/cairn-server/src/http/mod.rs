@@ -94,6 +94,10 @@ fn router(state: AppState) -> Router {
             "/v1/cluster/nodes/{id}",
             axum::routing::delete(ops::remove_node),
         )
+        .route(
+            "/v1/cluster/shards/{id}/split",
+            axum::routing::post(ops::split_shard),
+        )
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
@@ -135,6 +139,13 @@ fn operation(method: &Method, path: &str) -> &'static str {
     if path.starts_with("/v1/cluster/nodes/") {
         return if *method == Method::DELETE {
             "remove_node"
+        } else {
+            "unknown"
+        };
+    }
+    if path.starts_with("/v1/cluster/shards/") && path.ends_with("/split") {
+        return if *method == Method::POST {
+            "split_shard"
         } else {
             "unknown"
         };

@@ -117,15 +117,61 @@ pub(super) async fn remove_node(
             axum::Json(serde_json::json!({ "status": "leaving", "id": id })),
         )
             .into_response()),
-        Err(ManageError::UnknownNode(why)) => {
-            Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", why))
+        Err(e) => Err(manage_error(e)),
+    }
+}
+
+/// The answer to a management request that was not carried out.
+fn manage_error(e: ManageError) -> ApiError {
+    match e {
+        ManageError::UnknownNode(why) | ManageError::UnknownShard(why) => {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", why)
         }
-        Err(ManageError::Refused(why)) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "failed_precondition",
-            why,
+        ManageError::Refused(why) => {
+            ApiError::new(StatusCode::CONFLICT, "failed_precondition", why)
+        }
+        ManageError::Failed(e) => ApiError::from(e),
+    }
+}
+
+/// The query of `POST /v1/cluster/shards/{id}/split`.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct SplitQuery {
+    /// The child's first slot (default: where the shard's keys split in halves).
+    at: Option<u16>,
+}
+
+/// `POST /v1/cluster/shards/{id}/split[?at=SLOT]`: splits shard `id` (200 once its leader
+/// applied the split, with the new shard's id and first slot).
+pub(super) async fn split_shard(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<u32>,
+    axum::extract::Query(query): axum::extract::Query<SplitQuery>,
+) -> Result<Response, ApiError> {
+    if query.at.is_some_and(|at| at >= crate::slot::SLOT_COUNT) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!("at must be below {}", crate::slot::SLOT_COUNT),
+        ));
+    }
+    match state.node.split_shard(id, query.at).await {
+        Ok(crate::balancer::Managed::Split {
+            shard,
+            child,
+            first_slot,
+        }) => Ok(axum::Json(serde_json::json!({
+            "shard": shard,
+            "child": child,
+            "first_slot": first_slot,
+        }))
+        .into_response()),
+        Ok(other) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("unexpected answer to a split: {other:?}"),
         )),
-        Err(ManageError::Failed(e)) => Err(ApiError::from(e)),
+        Err(e) => Err(manage_error(e)),
     }
 }
 

@@ -106,7 +106,7 @@ impl Node {
         } else {
             self.peers.transfers().iter().map(|t| t.group).collect()
         };
-        for shard in &self.shards.list {
+        for shard in &self.shards.list() {
             let applied = shard.last_applied();
             if applied == 0 || copying.contains(&crate::shard::group_of_shard(shard.id)) {
                 continue;
@@ -148,7 +148,7 @@ impl Node {
     /// [`EXPIRE_KEYS_PER_TICK`] due keys.
     pub async fn expire_cycle(&self) {
         let now = self.now_ms();
-        for shard in &self.shards.list {
+        for shard in &self.shards.list() {
             if !shard.is_leader() {
                 continue;
             }
@@ -184,7 +184,7 @@ impl Node {
         }
         self.stop_watches();
         // Everything proposed before the flag lands before a barrier proposed after it.
-        for shard in &self.shards.list {
+        for shard in &self.shards.list() {
             if let Ok(rx) = self
                 .send(shard.id, ProposalOp::Barrier, self.now_ms())
                 .await
@@ -197,7 +197,7 @@ impl Node {
         } else {
             Ok(())
         };
-        for shard in &self.shards.list {
+        for shard in &self.shards.list() {
             self.groups.remove(crate::shard::group_of_shard(shard.id));
             shard.group.shutdown().await;
         }

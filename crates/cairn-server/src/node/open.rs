@@ -76,8 +76,8 @@ impl Node {
         let feed_wake = Arc::new(tokio::sync::watch::channel(0u64).0);
         let setup = ShardsSetup {
             io: io.clone(),
-            data_dir: &options.data_dir,
-            identity: &identity,
+            data_dir: options.data_dir.clone(),
+            identity: identity.clone(),
             value_bytes_max: options.value_bytes_max,
             engine_segment_bytes_max: options.tuning.engine_segment_bytes_max,
             wal: wal.clone(),
@@ -93,12 +93,12 @@ impl Node {
             feed_wake: feed_wake.clone(),
         };
         let meta = Meta::open(&setup, &meta_dir(&options.data_dir)).await?;
-        let shards = Shards::open(&setup).await?;
+        let shards = Shards::open(setup).await?;
         let (forgets, forget_queue) = tokio::sync::mpsc::channel(crate::txn::FORGETS_QUEUED_MAX);
         let node = Arc::new(Node {
             identity,
             options,
-            shards: Arc::new(shards),
+            shards,
             meta,
             peers,
             liveness: Default::default(),
@@ -184,12 +184,9 @@ impl Node {
     /// its log holds.
     async fn await_sole_leadership(&self) -> anyhow::Result<()> {
         let me = self.identity.raft_id;
-        let groups = std::iter::once(("meta".to_string(), &self.meta.group)).chain(
-            self.shards
-                .list
-                .iter()
-                .map(|s| (format!("shard {}", s.id), &s.group)),
-        );
+        let shards = self.shards.list();
+        let groups = std::iter::once(("meta".to_string(), &self.meta.group))
+            .chain(shards.iter().map(|s| (format!("shard {}", s.id), &s.group)));
         for (name, group) in groups {
             // A node that joined waits for each group's leader to add it.
             if !group

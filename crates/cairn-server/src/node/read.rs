@@ -28,8 +28,15 @@ impl Node {
 
     /// The shard holding `key`: `known` when the caller already found it (every key of a
     /// routed read lives in one shard), else computed from the key.
-    fn holder<'a>(&'a self, known: Option<&'a Shard>, key: &[u8]) -> &'a Shard {
-        known.unwrap_or_else(|| self.shards.for_key(key))
+    fn holder<'a>(&self, known: Option<&'a Shard>, key: &[u8]) -> Result<Held<'a>, CommandError> {
+        match known {
+            Some(shard) => Ok(Held::Known(shard)),
+            None => self
+                .shards
+                .for_key(key)
+                .map(Held::Found)
+                .ok_or_else(|| unmapped(key)),
+        }
     }
 
     /// Live entries of `keys`, all in `shard`, read at one instant, with the shard's count of
@@ -77,7 +84,7 @@ impl Node {
         if !Self::readable(key) {
             return Ok(None);
         }
-        let shard = self.holder(known, key);
+        let shard = self.holder(known, key)?;
         let (entry, guard) = shard.engine().get_guarded(key, txn::LOCK_PREFIX)?;
         if let Some(guard) = guard {
             return Err(CommandError::Locked(txn::LockHolder {
@@ -112,9 +119,9 @@ impl Node {
                 .push(i);
         }
         for (shard, positions) in by_shard {
-            let shard = self.shards.get(shard).expect("shard_of_key names a shard");
             let part: Vec<Bytes> = positions.iter().map(|&i| keys[i].clone()).collect();
-            let (found, _) = self.guarded_read(shard, &part)?;
+            let shard = self.shards.get(shard).ok_or_else(|| unmapped(&part[0]))?;
+            let (found, _) = self.guarded_read(&shard, &part)?;
             for (i, entry) in positions.into_iter().zip(found) {
                 out[i] = entry;
             }
@@ -124,7 +131,7 @@ impl Node {
 
     /// `Locked` for the first lock on a key `relevant` to a read, in any shard.
     fn check_locks(&self, relevant: &dyn Fn(&[u8]) -> bool) -> Result<(), CommandError> {
-        for shard in &self.shards.list {
+        for shard in &self.shards.list() {
             let engine = shard.engine();
             if engine.system_len() == 0 {
                 continue;
@@ -228,13 +235,12 @@ impl Node {
             })),
             Command::ShardRead { shard, keys } => {
                 let shard = match known {
-                    Some(shard) => shard,
-                    None => self
-                        .shards
-                        .get(*shard)
-                        .ok_or_else(|| CommandError::Invalid(format!("no shard {shard}")))?,
+                    Some(shard) => Held::Known(shard),
+                    None => Held::Found(self.shards.get(*shard).ok_or_else(|| {
+                        CommandError::TryAgain(format!("no shard {shard} on this node"))
+                    })?),
                 };
-                let (entries, deletes) = self.guarded_read(shard, keys)?;
+                let (entries, deletes) = self.guarded_read(&shard, keys)?;
                 Ok(Reply::Guarded { entries, deletes })
             }
             Command::Keys { pattern } => {
@@ -257,7 +263,7 @@ impl Node {
                     .map(|p| Pattern::new(p, false));
                 let relevant = |key: &[u8]| glob.as_ref().is_none_or(|g| g.matches(key));
                 let engines: Vec<Arc<cairn_storage::Engine>> =
-                    self.shards.list.iter().map(|s| s.engine()).collect();
+                    self.shards.list().iter().map(|s| s.engine()).collect();
                 // The page is read twice from one position; the cursor is retired and the
                 // next one issued once, after.
                 let from = self.cursors.position(*cursor);
@@ -295,7 +301,7 @@ impl Node {
 
     /// Number of live keys.
     pub fn dbsize(&self) -> u64 {
-        self.shards.list.iter().map(|s| s.engine().len()).sum()
+        self.shards.list().iter().map(|s| s.engine().len()).sum()
     }
 
     fn keys(&self, pattern: &[u8]) -> Vec<Bytes> {
@@ -304,7 +310,7 @@ impl Node {
         let glob = (pattern != b"*").then(|| Pattern::new(pattern, false));
         let range = KeyRange::prefix(Bytes::copy_from_slice(literal_prefix(pattern)));
         let mut out = Vec::new();
-        for shard in &self.shards.list {
+        for shard in &self.shards.list() {
             let keys = shard.engine().scan_keys(
                 as_ref_bound(&range.start),
                 as_ref_bound(&range.end),
@@ -328,7 +334,7 @@ impl Node {
         let limit = limit.clamp(1, SCAN_RANGE_LIMIT_MAX);
         // One more than asked from each shard tells whether more remain.
         let mut all: Vec<Entry> = Vec::new();
-        for shard in &self.shards.list {
+        for shard in &self.shards.list() {
             let (start, end) = (as_ref_bound(&range.start), as_ref_bound(&range.end));
             if keys_only {
                 all.extend(
@@ -365,7 +371,12 @@ impl Node {
     }
 
     fn random_key(&self) -> Option<Bytes> {
-        let sizes: Vec<u64> = self.shards.list.iter().map(|s| s.engine().len()).collect();
+        let sizes: Vec<u64> = self
+            .shards
+            .list()
+            .iter()
+            .map(|s| s.engine().len())
+            .collect();
         let total: u64 = sizes.iter().sum();
         if total == 0 {
             return None;
@@ -383,7 +394,7 @@ impl Node {
         // Try the chosen shard first, then any other (sizes may have changed meanwhile).
         let order = (0..self.shards.len()).map(|i| (chosen + i) % self.shards.len());
         for i in order {
-            let engine = self.shards.list[i].engine();
+            let engine = self.shards.list()[i].engine();
             let probe: [u8; 8] = rng.random();
             let after = engine.scan_keys(
                 Bound::Included(&probe[..rng.random_range(1..=8)]),
@@ -403,4 +414,30 @@ impl Node {
         }
         None
     }
+}
+
+/// A shard a read found: the one its caller knew, or one looked up.
+enum Held<'a> {
+    Known(&'a Shard),
+    Found(Arc<Shard>),
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Shard;
+
+    fn deref(&self) -> &Shard {
+        match self {
+            Held::Known(shard) => shard,
+            Held::Found(shard) => shard,
+        }
+    }
+}
+
+/// The answer for a key whose slot no shard on this node owns: a split child whose replica
+/// is not built here yet.
+pub(crate) fn unmapped(key: &[u8]) -> CommandError {
+    CommandError::TryAgain(format!(
+        "slot {} has no shard on this node yet (a split is being applied)",
+        crate::slot::key_slot(key)
+    ))
 }

@@ -85,10 +85,12 @@ impl Node {
         }
     }
 
-    fn shard(&self, id: u32) -> Result<&Shard, CommandError> {
-        self.shards
-            .get(id)
-            .ok_or_else(|| CommandError::Invalid(format!("no shard {id}")))
+    fn shard(&self, id: u32) -> Result<std::sync::Arc<Shard>, CommandError> {
+        self.shards.get(id).ok_or_else(|| {
+            CommandError::TryAgain(format!(
+                "no shard {id} on this node (a split is being applied)"
+            ))
+        })
     }
 
     fn hop(hops: u32) -> Result<u32, CommandError> {
@@ -111,6 +113,7 @@ impl Node {
         alone: bool,
     ) -> Result<Part, CommandError> {
         let shard = self.shard(shard_id)?;
+        let shard = &*shard;
         // The common case, this node leads: one atomic load, straight to its proposer (which
         // refuses with TRYAGAIN if leadership has just moved).
         if shard.group.lead() != Lead::No {
@@ -322,16 +325,17 @@ impl Node {
         stale: bool,
     ) -> Result<Reply, CommandError> {
         let shard = self.shard(shard_id)?;
+        let shard = &*shard;
         match shard.group.lead() {
-            Lead::Alone => return self.read_in(Some(shard), cmd),
+            Lead::Alone => return self.read_owned(shard, cmd),
             Lead::WithOthers => match shard.group.linearize().await {
-                Ok(()) => return self.read_in(Some(shard), cmd),
+                Ok(()) => return self.read_owned(shard, cmd),
                 Err(e) => tracing::debug!(shard = shard_id, error = %e, "lease lost; rerouting"),
             },
             Lead::No => {}
         }
         if stale && self.is_member(shard) {
-            return self.read_in(Some(shard), cmd);
+            return self.read_owned(shard, cmd);
         }
         match self.remote_leader(shard)? {
             Some((leader, addr)) => {
@@ -347,19 +351,36 @@ impl Node {
                 }
             }
             // Reads go on after a storage failure stopped a sole voter's group.
-            None if shard.group.status().stopped.is_some() => self.read_in(Some(shard), cmd),
+            None if shard.group.status().stopped.is_some() => self.read_owned(shard, cmd),
             // Leadership arrived after the cached state was read: confirm it.
-            None if shard.group.linearize().await.is_ok() => self.read_in(Some(shard), cmd),
+            None if shard.group.linearize().await.is_ok() => self.read_owned(shard, cmd),
             None => Err(CommandError::TryAgain(format!(
                 "shard {shard_id} is changing leader"
             ))),
         }
     }
 
+    /// A read of this node's replica of `shard`, answered only if the shard still owns every
+    /// key after it: a split applied during the read may have moved (and deleted) one.
+    fn read_owned(&self, shard: &Shard, cmd: &Command) -> Result<Reply, CommandError> {
+        let reply = self.read_in(Some(shard), cmd)?;
+        let keys = match cmd {
+            Command::ShardRead { keys, .. } => keys.iter().collect(),
+            cmd => cmd.read_keys(),
+        };
+        if !shard.owns_keys(keys) {
+            return Err(CommandError::TryAgain(format!(
+                "shard {} split during the read; retry",
+                shard.id
+            )));
+        }
+        Ok(reply)
+    }
+
     /// The node that leads `key`'s shard, when it is another node (for `MOVED` redirects):
     /// its record in the cluster map.
     pub fn leader_elsewhere(&self, key: &[u8]) -> Option<NodeRecord> {
-        let shard = self.shards.for_key(key);
+        let shard = self.shards.for_key(key)?;
         let status = shard.group.status();
         if status.role == Role::Leader {
             return None;

@@ -38,9 +38,16 @@ impl Node {
         };
         let shards = self
             .shards
-            .list
+            .list()
             .iter()
-            .map(|s| info(s.id, vec![s.slots], &s.group, s.raft_stats()))
+            .map(|s| {
+                info(
+                    s.id,
+                    s.slots().into_iter().collect(),
+                    &s.group,
+                    s.raft_stats(),
+                )
+            })
             .collect();
         let metadata = Some(Box::new(info(
             0,
@@ -89,7 +96,7 @@ impl Node {
     /// Storage statistics of every shard.
     pub fn shard_stats(&self) -> Vec<ShardStats> {
         self.shards
-            .list
+            .list()
             .iter()
             .map(|s| {
                 let st = s.engine().stats();

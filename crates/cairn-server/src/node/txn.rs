@@ -728,7 +728,7 @@ impl Node {
     /// their retention are forgotten.
     pub(super) async fn resolve_cycle(&self) {
         let now = self.now_ms();
-        for shard in &self.shards.list {
+        for shard in &self.shards.list() {
             if shard.group.leading().is_none() {
                 continue;
             }
@@ -861,12 +861,16 @@ mod tests {
     /// transaction's record is forgotten in the background after its client has the answer.
     async fn assert_no_txn_left(node: &Node) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while node.shards.list.iter().any(|s| s.engine().system_len() > 0)
+        while node
+            .shards
+            .list()
+            .iter()
+            .any(|s| s.engine().system_len() > 0)
             && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        for shard in &node.shards.list {
+        for shard in &node.shards.list() {
             assert_eq!(
                 shard.engine().system_len(),
                 0,
@@ -1044,7 +1048,7 @@ mod tests {
                 clock.advance(txn::TXN_LIFETIME_MS + txn::COMMITTED_HELP_AFTER_MS + 1);
                 node.resolve_cycle().await;
                 node.resolve_cycle().await;
-                for shard in &node.shards.list {
+                for shard in &node.shards.list() {
                     let locks = shard.engine().system_range(
                         std::ops::Bound::Included(txn::LOCK_PREFIX),
                         std::ops::Bound::Excluded(txn::LOCK_PREFIX_END),
@@ -1059,7 +1063,7 @@ mod tests {
                 // Straight from the engines: no lock to wait for, no reader to resolve.
                 let raw: Vec<Option<Bytes>> = keys
                     .iter()
-                    .map(|k| node.shards.for_key(k).engine().get(k).unwrap())
+                    .map(|k| node.shards.for_key(k).unwrap().engine().get(k).unwrap())
                     .collect();
                 assert_eq!(&raw, want, "resolver, stopped after step {stop_after}");
             }
@@ -1085,7 +1089,7 @@ mod tests {
             clock.advance(txn::ABORTED_RETAIN_MS + txn::TXN_LIFETIME_MS + 1);
             node.resolve_cycle().await;
             node.resolve_cycle().await;
-            for shard in &node.shards.list {
+            for shard in &node.shards.list() {
                 assert_eq!(
                     shard.engine().system_len(),
                     0,

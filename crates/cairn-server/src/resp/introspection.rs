@@ -267,7 +267,7 @@ fn section_text(section: &str, shared: &Shared, out: &mut String) {
             if keys > 0 {
                 let expires: u64 = node
                     .shards()
-                    .list
+                    .list()
                     .iter()
                     .map(|s| s.expiry.index.lock().len() as u64)
                     .sum();

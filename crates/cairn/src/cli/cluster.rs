@@ -1,5 +1,6 @@
 //! `cairn cluster status`: the cluster map as the contacted node sees it; `cairn cluster
-//! remove-node`: drains a node and waits (with a progress bar) until the cluster dropped it.
+//! remove-node`: drains a node and waits (with a progress bar) until the cluster dropped it;
+//! `cairn cluster split`: splits a shard.
 
 use cairn_client::proto::{NodeState, ShardInfo, StatusResponse};
 use clap::Subcommand;
@@ -24,6 +25,20 @@ pub enum ClusterCommand {
         no_wait: bool,
         /// Give up waiting after this many seconds
         #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// Split a shard in two: the top of its slot range goes to a new shard, with every key,
+    /// version and deadline; the new shard's group starts on the same nodes, and the
+    /// balancer then spreads it like any other. Waits until the shard's leader applied it
+    Split {
+        /// The shard's id (as `cairn cluster status` lists it)
+        shard: u32,
+        /// The new shard's first slot (default: the slot that splits the shard's keys in
+        /// halves)
+        #[arg(long, value_name = "SLOT")]
+        at: Option<u16>,
+        /// Give up waiting after this many seconds
+        #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
     },
 }
@@ -52,6 +67,30 @@ pub async fn run(command: ClusterCommand, connection: Connection) -> anyhow::Res
             }
             wait_gone(&client, &id, std::time::Duration::from_secs(timeout_secs)).await?;
             eprintln!("node {id} was removed from the cluster");
+        }
+        ClusterCommand::Split {
+            shard,
+            at,
+            timeout_secs,
+        } => {
+            let client = connection.client_with(|c| {
+                c.request_timeout = std::time::Duration::from_secs(timeout_secs);
+            })?;
+            let started = std::time::Instant::now();
+            let (child, first_slot) = client.split_shard(shard, at).await?;
+            if connection.json {
+                print_json(&json!({
+                    "shard": shard,
+                    "child": child,
+                    "first_slot": first_slot,
+                    "elapsed_ms": started.elapsed().as_millis() as u64,
+                }));
+            } else {
+                eprintln!(
+                    "shard {shard} split in {:.1?}: slots from {first_slot} went to the new shard {child}",
+                    started.elapsed()
+                );
+            }
         }
     }
     Ok(0)

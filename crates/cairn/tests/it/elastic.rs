@@ -617,3 +617,193 @@ fn a_node_down_past_the_replace_time_is_replaced_and_told_so_when_it_returns() {
         "its data stays for its operator"
     );
 }
+
+/// Every shard's slot ranges in `status` (a `/v1/cluster` answer), by shard id.
+fn shard_ranges(status: &Value) -> BTreeMap<u64, Vec<(i64, i64)>> {
+    status["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let ranges = s["slots"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| (r["start"].as_i64().unwrap(), r["end"].as_i64().unwrap()))
+                .collect();
+            (s["id"].as_u64().unwrap(), ranges)
+        })
+        .collect()
+}
+
+/// Whether the ranges cover every slot exactly once.
+fn tiles(ranges: &BTreeMap<u64, Vec<(i64, i64)>>) -> bool {
+    let mut all: Vec<(i64, i64)> = ranges.values().flatten().copied().collect();
+    all.sort_unstable();
+    all.first().is_some_and(|r| r.0 == 0)
+        && all.last().is_some_and(|r| r.1 == 16383)
+        && all.windows(2).all(|w| w[1].0 == w[0].1 + 1)
+}
+
+/// The slots `CLUSTER SLOTS` of node `i` assigns, each to one master, in all.
+fn cluster_slots_assigned(cluster: &Cluster, i: usize) -> i64 {
+    let mut conn = Conn::connect(cluster.nodes[i].resp_addr).expect("connect");
+    match conn.cmd(&["CLUSTER", "SLOTS"]) {
+        Answer::Array(ranges) => ranges
+            .iter()
+            .map(|r| match r {
+                Answer::Array(parts) => match (&parts[0], &parts[1]) {
+                    (Answer::Int(a), Answer::Int(b)) => b - a + 1,
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            })
+            .sum(),
+        other => panic!("CLUSTER SLOTS answered {other:?}"),
+    }
+}
+
+#[test]
+fn shards_split_under_load_without_a_failed_request() {
+    let mut cluster = Cluster::start(3);
+    let members: BTreeSet<String> = (0..3).map(|i| cluster.name(i)).collect();
+    wait_balanced(&cluster, 0, &members);
+    // A key with a deadline, whose version and TTL must survive the splits.
+    let mut conn = Conn::connect(cluster.nodes[0].resp_addr).unwrap();
+    for i in 0..200 {
+        let key = format!("kept:{i}");
+        assert_eq!(conn.cmd(&["SET", &key, &key, "EX", "100000"]), Answer::Ok);
+    }
+    // Value, version and deadline, read through node `i`'s HTTP API.
+    let read = |cluster: &Cluster, i: usize, key: &str| -> (Vec<u8>, String, String) {
+        let r = crate::http::request(
+            cluster.nodes[i].http_addr,
+            "GET",
+            &format!("/v1/kv/{key}"),
+            b"",
+        );
+        assert_eq!(r.status, 200, "{key}: {}", String::from_utf8_lossy(&r.body));
+        let header = |name| r.header(name).unwrap_or_default().to_string();
+        (
+            r.body.clone(),
+            header("x-cairn-version"),
+            header("x-cairn-expires-at-ms"),
+        )
+    };
+    let before: Vec<_> = (0..200)
+        .map(|i| read(&cluster, 0, &format!("kept:{i}")))
+        .collect();
+    assert!(
+        before
+            .iter()
+            .all(|(_, v, at)| !v.is_empty() && !at.is_empty())
+    );
+    let load = Load::start(&cluster, &[0, 1, 2]);
+    let lin_stop = Arc::new(AtomicBool::new(false));
+    let lin = lin_clients(
+        cluster.nodes.iter().map(|n| n.resp_addr).collect(),
+        lin_stop.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Shard 0 splits where its keys split in halves (the CLI, through node 1), shard 2 at a
+    // slot of our choosing (HTTP, through node 2), while the clients keep going.
+    let out = Command::new(cairn_bin())
+        .args(["cluster", "split", "0", "--json", "--endpoint"])
+        .arg(cluster.nodes[1].grpc_url())
+        .output()
+        .expect("cairn cluster split");
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    let first: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(first["child"], 4, "{first}");
+    let response = crate::http::request(
+        cluster.nodes[2].http_addr,
+        "POST",
+        "/v1/cluster/shards/2/split?at=10000",
+        b"",
+    );
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    let second = response.json();
+    assert_eq!(
+        (&second["child"], &second["first_slot"]),
+        (&5.into(), &10000.into())
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let seen = load.finish();
+    lin_stop.store(true, Ordering::Relaxed);
+    let recorded: Vec<(usize, Op)> = lin.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    assert_linearizable(&cluster, recorded);
+    assert_clean(&cluster, &seen, &[0, 1, 2]);
+
+    // Every node sees six shards tiling the slots, the same way; the balancer spreads the
+    // new shards' votes and leaderships like any others'; CLUSTER SLOTS assigns every slot.
+    let ranges = shard_ranges(&cluster.status(0));
+    assert_eq!(ranges.len(), 6, "{ranges:?}");
+    assert!(tiles(&ranges), "{ranges:?}");
+    assert_eq!(ranges[&5], vec![(10000, 12287)]);
+    for i in 1..3 {
+        poll_until(
+            CONVERGE_TIMEOUT,
+            Duration::from_millis(100),
+            || format!("node {i} sees other shards\n{}", cluster.logs()),
+            || {
+                let theirs = shard_ranges(&cluster.status(i));
+                if theirs == ranges {
+                    Ok(())
+                } else {
+                    Err(theirs)
+                }
+            },
+        );
+    }
+    wait_balanced(&cluster, 0, &members);
+    for i in 0..3 {
+        assert_eq!(cluster_slots_assigned(&cluster, i), 16384, "node {i}");
+    }
+    // Keys kept their values, versions and deadlines, read through every node.
+    for i in 0..3 {
+        for (n, want) in before.iter().enumerate() {
+            assert_eq!(
+                &read(&cluster, i, &format!("kept:{n}")),
+                want,
+                "kept:{n}, node {i}"
+            );
+        }
+    }
+    // A node killed and started again finds the new shards in its data directory.
+    cluster.nodes[1].restart();
+    poll_until(
+        CONVERGE_TIMEOUT,
+        Duration::from_millis(200),
+        || {
+            format!(
+                "the restarted node never saw the six shards\n{}",
+                cluster.logs()
+            )
+        },
+        || {
+            let theirs = shard_ranges(&cluster.status(1));
+            if theirs == ranges {
+                Ok(())
+            } else {
+                Err(theirs)
+            }
+        },
+    );
+    wait_balanced(&cluster, 1, &members);
+    for w in &seen.resp {
+        assert_readable(&cluster, 1, &w.acked);
+    }
+    assert_readable(&cluster, 1, &seen.acked);
+}
