@@ -216,6 +216,7 @@ async fn round(node: &Arc<Node>, term: u64) {
     )
     .await;
     finish_removals(node, &records, &states, &silent, &views).await;
+    crate::split::split_oversized(node);
 }
 
 /// Marks nodes down (or up again) by how long the metadata leader has not heard from them,

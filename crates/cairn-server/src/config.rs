@@ -48,6 +48,10 @@ pub const BALANCE_MOVES_MAX_LIMIT: usize = 64;
 /// of the rates measured that kept the foreground p99 within twice the idle one
 /// (docs/benchmarks.md, "Joining and leaving under load").
 pub const MOVE_BYTES_PER_SEC_DEFAULT: u64 = 16 * 1024 * 1024;
+/// Live bytes past which a shard splits by default: large enough that a split is rare and
+/// its copy (a few seconds per GiB, docs/benchmarks.md) is worth it, small enough that a
+/// replica moves between nodes in about a minute at the default move rate.
+pub const SPLIT_SHARD_BYTES_DEFAULT: u64 = 1 << 30;
 /// Fewest change events a shard may keep for watches (tests use small windows to reach
 /// compaction).
 pub const WATCH_HISTORY_EVENTS_MIN: usize = 16;
@@ -145,6 +149,11 @@ pub struct ServerArgs {
     /// to members too far behind), every shard together; 0 for no limit [default: 16777216]
     #[arg(long, env = "CAIRN_MOVE_BYTES_PER_SEC", value_name = "BYTES")]
     pub move_bytes_per_sec: Option<u64>,
+    /// A shard whose live data passes this many bytes is split in two (the metadata leader
+    /// looks every 500 ms); 0 never splits by size (`cairn cluster split` still does)
+    /// [default: 1073741824]
+    #[arg(long, env = "CAIRN_SPLIT_SHARD_BYTES", value_name = "BYTES")]
+    pub split_shard_bytes: Option<u64>,
     /// Change events each shard keeps for watches to resume from [default: 10000]
     #[arg(long, env = "CAIRN_WATCH_HISTORY_EVENTS", value_name = "N")]
     pub watch_history_events: Option<usize>,
@@ -175,6 +184,7 @@ pub struct FileConfig {
     pub replace_down_after_ms: Option<u64>,
     pub balance_moves_max: Option<usize>,
     pub move_bytes_per_sec: Option<u64>,
+    pub split_shard_bytes: Option<u64>,
     pub watch_history_events: Option<usize>,
     pub watch_history_bytes: Option<usize>,
 }
@@ -208,6 +218,8 @@ pub struct ServerConfig {
     pub balance_moves_max: usize,
     /// Bytes per second of snapshots this node sends (0: no limit).
     pub move_bytes_per_sec: u64,
+    /// Live bytes past which a shard splits (0: never by size).
+    pub split_shard_bytes: u64,
     /// How much change history each shard keeps for watches.
     pub watch_history: crate::feed::FeedLimits,
 }
@@ -232,6 +244,7 @@ impl Default for ServerConfig {
             replace_down_after_ms: REPLACE_DOWN_AFTER_MS_DEFAULT,
             balance_moves_max: BALANCE_MOVES_MAX_DEFAULT,
             move_bytes_per_sec: MOVE_BYTES_PER_SEC_DEFAULT,
+            split_shard_bytes: SPLIT_SHARD_BYTES_DEFAULT,
             watch_history: crate::feed::FeedLimits::default(),
         }
     }
@@ -288,6 +301,10 @@ impl ServerArgs {
                 .move_bytes_per_sec
                 .or(file.move_bytes_per_sec)
                 .unwrap_or(d.move_bytes_per_sec),
+            split_shard_bytes: self
+                .split_shard_bytes
+                .or(file.split_shard_bytes)
+                .unwrap_or(d.split_shard_bytes),
             watch_history: crate::feed::FeedLimits {
                 events_max: self
                     .watch_history_events

@@ -40,6 +40,11 @@ pub const SHARD_HANDOVERS_TOTAL: &str = "cairn_shard_handovers_total";
 /// which promotes the learner every node holds while every node holds every group;
 /// `remove_voter`, `transfer_leader` …) and outcome (`done`, `refused`).
 pub const BALANCE_STEPS_TOTAL: &str = "cairn_balance_steps_total";
+/// Splits this node's replicas applied (each replica of a shard applies each split once).
+pub const SHARD_SPLITS_APPLIED_TOTAL: &str = "cairn_shard_splits_applied_total";
+/// Splits the metadata leader asked for, by reason (`request`, `size`) and outcome (`done`,
+/// `refused`, `failed`).
+pub const SHARD_SPLITS_TOTAL: &str = "cairn_shard_splits_total";
 /// Nodes the metadata leader removed from the cluster, by reason (`left`, `replaced`).
 pub const NODES_REMOVED_TOTAL: &str = "cairn_nodes_removed_total";
 /// Rounds in which a group led here had a removed node among its voters (never, unless a

@@ -96,6 +96,8 @@ pub struct NodeOptions {
     pub balance: crate::balance::Limits,
     /// Bytes per second of snapshots this node sends, every group together (0: no limit).
     pub move_bytes_per_sec: u64,
+    /// Live bytes past which the metadata leader splits a shard (0: never by size).
+    pub split_shard_bytes: u64,
     /// The wall clock TTL deadlines are set and compared with: the system's in production, a
     /// [`cairn_storage::ManualClock`] in tests that move time themselves.
     pub clock: Arc<dyn cairn_storage::Clock>,
@@ -179,6 +181,8 @@ pub struct Node {
     /// The shards whose replicas here are out of touch with their groups, kept by the
     /// background task (see [`Node::out_of_touch`]).
     touch: tokio::sync::watch::Sender<OutOfTouch>,
+    /// A split by size this node (as metadata leader) started is under way.
+    pub(crate) splitting: AtomicBool,
     /// Why the cluster removed this node, once the balancer task learned it did.
     pub(crate) removed: tokio::sync::watch::Sender<Option<String>>,
     /// Tests only: the next multi-shard read pauses before reading its second shard's part
@@ -542,6 +546,7 @@ pub(crate) mod tests {
             replace_down_after: Duration::from_secs(300),
             balance: crate::balance::Limits::default(),
             move_bytes_per_sec: 0,
+            split_shard_bytes: 0,
             watch_history: crate::feed::FeedLimits::default(),
             clock: cairn_storage::clock::system(),
             network: Arc::new(cairn_raft::transport::Tcp),

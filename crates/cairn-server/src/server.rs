@@ -80,6 +80,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             ..crate::balance::Limits::default()
         },
         move_bytes_per_sec: config.move_bytes_per_sec,
+        split_shard_bytes: config.split_shard_bytes,
         watch_history: config.watch_history,
     };
     let node: Arc<Node> = Node::open(options).await?;

@@ -520,6 +520,7 @@ impl Shards {
             range.set(Some((kept.first, kept.last)));
         }
         self.remap();
+        metrics::counter!(crate::metrics::SHARD_SPLITS_APPLIED_TOTAL).increment(1);
         tracing::info!(
             shard = parent,
             child = at.child,

@@ -89,6 +89,72 @@ impl Node {
     }
 }
 
+/// As the metadata leader, each balancer round: splits the largest shard whose live data
+/// (its engine's bytes on this node, less what merge will reclaim) passes
+/// `--split-shard-bytes`, one split at a time, in the background.
+pub(crate) fn split_oversized(node: &Arc<Node>) {
+    let limit = node.options().split_shard_bytes;
+    if limit == 0 {
+        return;
+    }
+    let Some((bytes, shard)) = node
+        .shards()
+        .list()
+        .iter()
+        .filter(|s| s.slots().is_some_and(|(first, last)| first < last))
+        .map(|s| {
+            let stats = s.engine().stats();
+            (stats.disk_bytes.saturating_sub(stats.dead_bytes), s.id)
+        })
+        .filter(|(bytes, _)| *bytes > limit)
+        .max()
+    else {
+        return;
+    };
+    if node
+        .splitting
+        .swap(true, std::sync::atomic::Ordering::AcqRel)
+    {
+        return;
+    }
+    tracing::info!(
+        shard,
+        bytes,
+        limit,
+        "a shard outgrew --split-shard-bytes: splitting it"
+    );
+    let node = node.clone();
+    tokio::spawn(async move {
+        let outcome = split_outcome(&node.split_shard(shard, None).await);
+        metrics::counter!(
+            crate::metrics::SHARD_SPLITS_TOTAL,
+            "reason" => "size",
+            "outcome" => outcome
+        )
+        .increment(1);
+        node.splitting
+            .store(false, std::sync::atomic::Ordering::Release);
+    });
+}
+
+/// The metrics label of a split's outcome (logged too).
+pub(crate) fn split_outcome(result: &Result<Managed, ManageError>) -> &'static str {
+    match result {
+        Ok(managed) => {
+            tracing::info!(?managed, "shard split");
+            "done"
+        }
+        Err(ManageError::Failed(CommandError::TryAgain(why))) => {
+            tracing::debug!(%why, "shard not split now");
+            "refused"
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "shard split failed");
+            "failed"
+        }
+    }
+}
+
 /// As `shard`'s leader: splits it, `child` taking the slots from `at` (or from the slot that
 /// splits its keys in halves) to the end of its range. Answers once the split is applied here.
 pub async fn split_as(

@@ -108,6 +108,7 @@ impl Node {
             groups,
             health,
             stopping: AtomicBool::new(false),
+            splitting: AtomicBool::new(false),
             // Started from the wall clock so that ids stay unique across restarts.
             txn_counter: std::sync::atomic::AtomicU64::new(
                 std::time::SystemTime::now()

@@ -48,6 +48,7 @@ async fn start(net: &MemoryNetwork, dir: &std::path::Path, i: u8, join: Option<u
         replace_down_after: Duration::from_secs(300),
         balance: cairn_server::balance::Limits::default(),
         move_bytes_per_sec: 0,
+        split_shard_bytes: 0,
         watch_history: cairn_server::feed::FeedLimits::default(),
         clock: cairn_storage::clock::system(),
         network: Arc::new(net.node(grpc_addr(i))),

@@ -80,6 +80,7 @@ fn node_options(io: &SimIo, sync: SyncMode) -> NodeOptions {
         replace_down_after: std::time::Duration::from_secs(300),
         balance: cairn_server::balance::Limits::default(),
         move_bytes_per_sec: 0,
+        split_shard_bytes: 0,
         watch_history: cairn_server::feed::FeedLimits::default(),
         clock: cairn_storage::clock::system(),
         network: Arc::new(cairn_raft::transport::Tcp),

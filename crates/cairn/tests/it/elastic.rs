@@ -806,4 +806,78 @@ fn shards_split_under_load_without_a_failed_request() {
         assert_readable(&cluster, 1, &w.acked);
     }
     assert_readable(&cluster, 1, &seen.acked);
+
+    // A node that joins after the splits learns of the new shards from its copies of their
+    // parents, and gets replicas of them too: its own replicas serve every key (stale reads).
+    let join = cluster.nodes[0].grpc_addr.to_string();
+    cluster
+        .nodes
+        .push(Node::start_with(&["--shards", SHARDS, "--join", &join]));
+    poll_until(
+        CONVERGE_TIMEOUT,
+        Duration::from_millis(200),
+        || format!("the new node never held every key\n{}", cluster.logs()),
+        || {
+            if shard_ranges(&cluster.status(3)) != ranges {
+                return Err("not every shard yet".to_string());
+            }
+            for n in 0..200 {
+                let key = format!("kept:{n}");
+                let r = crate::http::request(
+                    cluster.nodes[3].http_addr,
+                    "GET",
+                    &format!("/v1/kv/{key}?consistency=stale"),
+                    b"",
+                );
+                if r.status != 200 || r.header("x-cairn-version") != Some(before[n].1.as_str()) {
+                    return Err(format!(
+                        "{key}: {} {:?}",
+                        r.status,
+                        r.header("x-cairn-version")
+                    ));
+                }
+            }
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn a_shard_that_outgrows_the_limit_splits_by_itself() {
+    let node = Node::start_with(&["--shards", "1", "--split-shard-bytes", "300000"]);
+    let mut conn = Conn::connect(node.resp_addr).unwrap();
+    let value = "v".repeat(1000);
+    for i in 0..1000 {
+        assert_eq!(conn.cmd(&["SET", &format!("big:{i}"), &value]), Answer::Ok);
+    }
+    // About 1 MB in one shard of a 300 kB limit: it splits, and its halves again, until no
+    // shard passes the limit.
+    let shards = poll_until(
+        CONVERGE_TIMEOUT,
+        Duration::from_millis(200),
+        || format!("the shard never split\n{}", node.log()),
+        || {
+            let r = crate::http::request(node.http_addr, "GET", "/v1/cluster", b"");
+            let ranges = shard_ranges(&r.json());
+            if ranges.len() >= 4 && tiles(&ranges) {
+                Ok(ranges.len())
+            } else {
+                Err(ranges)
+            }
+        },
+    );
+    assert!(shards >= 4);
+    for i in 0..1000 {
+        assert_eq!(
+            conn.cmd(&["GET", &format!("big:{i}")]),
+            Answer::Bulk(Some(value.clone()))
+        );
+    }
+    let m = crate::http::request(node.http_addr, "GET", "/metrics", b"");
+    let m = String::from_utf8_lossy(&m.body);
+    assert!(
+        m.contains("cairn_shard_splits_total{outcome=\"done\",reason=\"size\"}")
+            || m.contains("cairn_shard_splits_total{reason=\"size\",outcome=\"done\"}"),
+        "{m}"
+    );
 }
