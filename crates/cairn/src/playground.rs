@@ -9,8 +9,9 @@
 //!
 //! While it runs, it reads commands on its standard input: `add` starts one more node
 //! (joining the cluster), `remove N` drains node N out of the cluster (`cairn cluster
-//! remove-node`, with a progress bar; the node exits once removed), `kill N` and `start N`
-//! SIGKILL and restart a node, `status` shows the cluster map.
+//! remove-node`, with a progress bar; the node exits once removed), `split SHARD` splits a
+//! shard in two (`cairn cluster split`), `kill N` and `start N` SIGKILL and restart a node,
+//! `status` shows the cluster map.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -261,7 +262,7 @@ fn start_and_wait(
 }
 
 /// The commands the playground takes on its standard input.
-const HELP: &str = "add | remove N | kill N | start N | status | help";
+const HELP: &str = "add | remove N | split SHARD | kill N | start N | status | help";
 
 /// Runs one command typed at the playground.
 async fn command(
@@ -339,6 +340,25 @@ async fn command(
             client.remove_node(&id).await?;
             crate::cli::cluster::wait_gone(&client, &id, Duration::from_secs(600)).await?;
             println!("node {} left the cluster", nodes[i].index);
+            Ok(())
+        }
+        Some("split") => {
+            let shard: u32 = words
+                .get(1)
+                .ok_or_else(|| anyhow::anyhow!("which shard? ({HELP})"))?
+                .parse()?;
+            let live = nodes
+                .iter()
+                .find(|n| n.child.is_some())
+                .ok_or_else(|| anyhow::anyhow!("no node is running"))?;
+            let config = cairn_client::ClientConfig {
+                request_timeout: Duration::from_secs(120),
+                ..cairn_client::ClientConfig::default()
+            };
+            let client =
+                cairn_client::Client::with_config(&format!("http://{}", live.grpc), config)?;
+            let (child, first_slot) = client.split_shard(shard, None).await?;
+            println!("shard {shard} split: slots from {first_slot} went to the new shard {child}");
             Ok(())
         }
         Some("kill") => {
