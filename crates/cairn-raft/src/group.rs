@@ -794,6 +794,13 @@ impl Group {
         m.membership_config.log_id() == m.committed_membership_config.log_id()
     }
 
+    /// Whether the group's membership is a joint one (a change of its voters half made).
+    pub fn membership_joint(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config.membership().get_joint_config().len() > 1
+    }
+
     /// Stops the group's Raft on this node.
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;

@@ -44,5 +44,5 @@ pub use log_store::LogStore;
 pub use network::{GroupNetwork, Peers};
 pub use service::RaftService;
 pub use snapshot::{Chunk, Incoming, Manifest, ShardSnapshot};
-pub use state_machine::{ApplyObserver, SplitFuture, Splitter, StateMachine};
+pub use state_machine::{ApplyObserver, SplitDone, SplitFuture, Splitter, StateMachine};
 pub use types::{NodeAddr, Request, Response, TypeConfig, WriteOp};

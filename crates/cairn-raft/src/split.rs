@@ -19,8 +19,9 @@
 //!
 //! Versions in the child keep growing from the parent's: a key keeps the version it had,
 //! and the child's first entry is one past the split entry. Deadlines are absolute, so they
-//! move as they are. Expired keys the parent still held are left behind (they were gone to
-//! every reader already).
+//! move as they are; keys already expired move too (hidden from readers as before, and
+//! deleted by the child's active expiry), so that what a replica copies does not depend on
+//! its clock.
 //!
 //! [`LogStore::seed`]: crate::LogStore::seed
 
@@ -66,16 +67,32 @@ impl SplitAt {
 /// What a split tells the parent's batch to write besides the deletes: system records.
 pub type SystemRecords = Vec<(Bytes, Bytes)>;
 
-/// Builds the child's replica in `dir` from `at.parent` (step 1 and 2 above), with the
-/// system records `system` in its engine, and answers it (open: hand it to
-/// [`crate::StateMachine::of_replica`]). Synchronous and blocking (run it off the async
-/// runtime). Answers `None`, building nothing, when `dir` already holds an initialised
-/// replica (the entry is being applied again after a restart that found the child built).
+/// The keys of `at.parent` that move to the child (expired ones too), each with its version,
+/// in version order. Blocking: one walk of the parent's keys.
+pub fn moving_keys(at: &SplitAt) -> Vec<(u64, Bytes)> {
+    let mut moving: Vec<(u64, Bytes)> = at
+        .parent
+        .all_keys()
+        .into_iter()
+        .filter(|(key, _)| at.moves(key))
+        .map(|(key, meta)| (meta.version, key))
+        .collect();
+    moving.sort_unstable();
+    moving
+}
+
+/// Builds the child's replica in `dir` from `at.parent` (step 1 and 2 above) with the keys
+/// `moving` ([`moving_keys`]) and the system records `system` in its engine, and answers it
+/// (open: hand it to [`crate::StateMachine::of_replica`]). Synchronous and blocking (run it
+/// off the async runtime). Answers `None`, building nothing, when `dir` already holds an
+/// initialised replica (the entry is being applied again after a restart that found the
+/// child built).
 pub fn build_child(
     io: Arc<dyn Io>,
     dir: &Path,
     options: Options,
     at: &SplitAt,
+    moving: &[(u64, Bytes)],
     system: &[(Bytes, Bytes)],
 ) -> io::Result<Option<Replica>> {
     let storage = |e: cairn_storage::Error| io::Error::other(e);
@@ -88,14 +105,6 @@ pub fn build_child(
     }
     let staging = replica.staging_dir();
     let engine = Engine::open_with_io(&staging, options, io.clone()).map_err(storage)?;
-    let mut moving: Vec<(u64, Bytes)> = at
-        .parent
-        .all_keys()
-        .into_iter()
-        .filter(|(key, _)| at.moves(key))
-        .map(|(key, meta)| (meta.version, key))
-        .collect();
-    moving.sort_unstable();
     // One batch per version (a batch stamps one version on every record), a bounded number
     // of keys read per engine call.
     let mut start = 0;
@@ -108,7 +117,8 @@ pub fn build_child(
                 .take_while(|(v, _)| *v == version)
                 .count();
         let keys: Vec<&[u8]> = moving[start..end].iter().map(|(_, k)| &k[..]).collect();
-        let entries = at.parent.get_many(&keys).map_err(storage)?;
+        // Expired keys too: what a replica copies must not depend on its clock.
+        let entries = at.parent.get_many_with_expired(&keys).map_err(storage)?;
         let mut batch = WriteBatch::new();
         for entry in entries.into_iter().flatten() {
             batch.put_with_expiry(&entry.key, &entry.value, entry.expires_at_ms);
@@ -181,7 +191,15 @@ mod tests {
             last_slot: 16383,
         };
         let system = vec![(Bytes::from_static(b"s"), Bytes::from_static(b"range"))];
-        let built = build_child(io.clone(), Path::new("/c"), options(), &at, &system);
+        let moving = moving_keys(&at);
+        let built = build_child(
+            io.clone(),
+            Path::new("/c"),
+            options(),
+            &at,
+            &moving,
+            &system,
+        );
         let built = built.expect("build").expect("built");
         // Durable when it returns: a power cut now keeps the whole child.
         let image: Arc<dyn Io> = Arc::new(io_sim.crash_image(PowerCut::DropUnsynced));
@@ -223,7 +241,8 @@ mod tests {
         // Applied again (a restart that replays the entry): the built child is kept as it is.
         drop(engine);
         drop(child);
-        let again = build_child(io, Path::new("/c"), options(), &at, &system).expect("again");
+        let again = build_child(io, Path::new("/c"), options(), &at, &moving, &system);
+        let again = again.expect("again");
         assert!(again.is_none());
     }
 }

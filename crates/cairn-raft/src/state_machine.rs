@@ -44,15 +44,24 @@ pub trait ApplyObserver: Send + Sync + 'static {
 
 /// Carries out a [`WriteOp::Split`] for the replica applying it: creates the child's
 /// replica, durably, before the parent deletes its copies of the moving keys (see
-/// [`crate::split`]), and answers the system records the parent's batch writes with the
-/// deletes (the parent's new range).
+/// [`crate::split`]), and answers what the parent's batch does: delete the keys that moved
+/// and write system records (the parent's new range). `None`: the split does not apply to
+/// the shard as it is (decided from the replicated state alone, so the same on every
+/// replica), and the entry changes nothing.
 pub trait Splitter: Send + Sync + 'static {
     fn split(&self, at: SplitAt) -> SplitFuture;
 }
 
+/// What the parent's batch does for a split.
+#[derive(Debug, Default)]
+pub struct SplitDone {
+    pub moved: Vec<Bytes>,
+    pub records: SystemRecords,
+}
+
 /// What [`Splitter::split`] answers.
 pub type SplitFuture =
-    std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<SystemRecords>> + Send>>;
+    std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<Option<SplitDone>>> + Send>>;
 
 /// A shard replica: its engine, in a directory where a received snapshot can replace it.
 #[derive(Clone)]
@@ -203,14 +212,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             last_slot,
                         };
                         // The child exists, durably, before the parent lets go of its keys.
-                        let records = splitter.split(at.clone()).await?;
-                        for (key, _) in engine.all_keys() {
-                            if at.moves(&key) {
-                                batch.delete(&key);
+                        if let Some(done) = splitter.split(at).await? {
+                            for key in &done.moved {
+                                batch.delete(key);
                             }
-                        }
-                        for (key, value) in &records {
-                            batch.put_system(key, value);
+                            for (key, value) in &done.records {
+                                batch.put_system(key, value);
+                            }
                         }
                     }
                     ops => cleared = fill_batch(&mut batch, &engine, ops),

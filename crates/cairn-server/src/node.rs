@@ -302,15 +302,24 @@ impl Node {
             .flat_map(|t| t.0.keys())
             .find(|&&shard| self.shards.get(shard).is_none())
         {
-            return Err(WatchError::BadToken(format!(
-                "this cluster has no shard {unknown}"
-            )));
+            // A shard split off that this node has not applied yet, or none at all.
+            return Err(WatchError::NotHere(*unknown));
         }
-        // A key whose slot no shard here owns yet (a split being applied) is looked for in
-        // every shard: the selector keeps only its events.
+        // A key is followed in its shard, and in every shard the token names (the key's
+        // shard before a split, whose events up to the split the watch has still to tell);
+        // a key whose slot no shard here owns yet (a split being applied) in every shard.
+        // The selector keeps only its events.
         let feeds = match &selector {
             Selector::Key(key) => match self.shards.for_key(key) {
-                Some(shard) => vec![shard.feed.clone()],
+                Some(shard) => {
+                    let mut feeds = vec![shard.feed.clone()];
+                    for id in token.iter().flat_map(|t| t.0.keys()) {
+                        if *id != shard.id {
+                            feeds.extend(self.shards.get(*id).map(|s| s.feed.clone()));
+                        }
+                    }
+                    feeds
+                }
                 None => self.shards.list().iter().map(|s| s.feed.clone()).collect(),
             },
             Selector::Prefix(_) | Selector::Range(_) => {
@@ -407,6 +416,9 @@ impl Node {
         if let Command::Checkpoint = cmd {
             return self.checkpoint().await.map(|()| Reply::Ok);
         }
+        if let Command::Flush = cmd {
+            return self.flush_all().await;
+        }
         let retriable = !matches!(cmd, Command::Del { .. } | Command::Flush);
         let deadline = Instant::now() + ROUTE_RETRY_WINDOW;
         let mut backoff = ROUTE_RETRY_FIRST;
@@ -434,6 +446,32 @@ impl Node {
                     backoff = (backoff * 2).min(ROUTE_RETRY_MAX);
                 }
                 result => return result,
+            }
+        }
+    }
+
+    /// FLUSHDB/FLUSHALL: every shard cleared, and then every shard a split created
+    /// meanwhile (its parent may have given it keys before its own clear), until no new
+    /// shard appears.
+    async fn flush_all(&self) -> Result<Reply, CommandError> {
+        let mut done = std::collections::BTreeSet::new();
+        loop {
+            let fresh: Vec<u32> = self
+                .shards
+                .list()
+                .iter()
+                .map(|s| s.id)
+                .filter(|id| !done.contains(id))
+                .collect();
+            if fresh.is_empty() {
+                return Ok(Reply::Ok);
+            }
+            for id in fresh {
+                self.propose_routed(Command::Flush, 0, Some(id), false)
+                    .await?
+                    .wait()
+                    .await?;
+                done.insert(id);
             }
         }
     }

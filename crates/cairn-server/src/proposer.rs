@@ -179,6 +179,8 @@ pub struct ShardHandles {
     /// The shard's slots: a key outside them (a split moved it) is refused with `TRYAGAIN`,
     /// and the caller routes it again. `None` for the metadata group.
     pub range: Option<Arc<SlotRange>>,
+    /// The slots a split proposed here is giving away (refused too until it is applied).
+    pub leaving: Option<Arc<SlotRange>>,
 }
 
 /// Hands `op`, proposed at `now_ms`, to the proposer behind `proposals` and waits for its
@@ -212,6 +214,7 @@ pub fn spawn(handles: ShardHandles) -> mpsc::Sender<Proposal> {
         broken: false,
         flights: FuturesOrdered::new(),
         deferred: None,
+        leaving_term: None,
         proposals_total: metrics::counter!(
             crate::metrics::SHARD_PROPOSALS_TOTAL,
             "shard" => handles.shard.clone()
@@ -239,6 +242,8 @@ struct Proposer {
     deferred: Option<Proposal>,
     proposals_total: metrics::Counter,
     entries_total: metrics::Counter,
+    /// The term in which this proposer proposed the split that set `leaving`.
+    leaving_term: Option<LeaderTerm>,
 }
 
 impl Proposer {
@@ -366,13 +371,13 @@ impl Proposer {
     /// another shard after the command was routed here): nothing is evaluated, and the node
     /// routes it again.
     fn elsewhere(&self, cmd: &Command) -> Option<CommandError> {
-        let range = self.h.range.as_ref()?;
+        self.h.range.as_ref()?;
         let mut keys = cmd.read_keys();
         keys.extend(cmd.write_keys());
         if let Command::Txn(op) = cmd {
             keys.extend(op.kind.keys());
         }
-        let moved = keys.into_iter().find(|k| !range.owns(key_slot(k)))?;
+        let moved = keys.into_iter().find(|k| !self.owns(key_slot(k)))?;
         Some(CommandError::TryAgain(format!(
             "key {:?} is not in shard {}'s slots (it split); retry",
             String::from_utf8_lossy(moved),
@@ -380,44 +385,83 @@ impl Proposer {
         )))
     }
 
+    /// Whether `slot` is the shard's to write (not given away, nor being given away).
+    fn owns(&self, slot: u16) -> bool {
+        self.h.range.as_ref().is_none_or(|r| r.owns(slot))
+            && self.h.leaving.as_ref().is_none_or(|l| !l.owns(slot))
+    }
+
     /// `op` without the keys outside the shard's slots (expiry found them before a split).
     fn owned_only(&self, op: InternalOp) -> InternalOp {
-        match (op, &self.h.range) {
-            (InternalOp::ExpireKeys { mut keys }, Some(range)) => {
-                keys.retain(|k| range.owns(key_slot(k)));
+        match op {
+            InternalOp::ExpireKeys { mut keys } => {
+                keys.retain(|k| self.owns(key_slot(k)));
                 InternalOp::ExpireKeys { keys }
             }
-            (op, _) => op,
         }
     }
 
-    /// Splits the shard (see [`ProposalOp::Split`]).
-    async fn split(&mut self, child: u32, at: Option<u16>) -> ProposalResult {
-        let term = self.ensure_term().await?;
-        self.drain().await;
-        let result = self.propose_split(&term, child, at).await;
-        self.term = None;
-        self.overlay.reset();
-        result
+    /// Splits the shard (see [`ProposalOp::Split`]): proposes the split entry, between
+    /// entries, and answers `reply` once it is applied here (a flight: later writes go on
+    /// being proposed behind it, and land after it). From the proposal on, the moving slots
+    /// are `leaving`: neither written nor read here until the split is applied here, or the
+    /// term ends (a new term's first entry commits it, or it never happens).
+    async fn split(&mut self, child: u32, at: Option<u16>, reply: oneshot::Sender<Answer>) {
+        let result = async {
+            let term = self.ensure_term().await?;
+            self.drain().await;
+            self.propose_split(&term, child, at).await
+        }
+        .await;
+        match result {
+            Ok(flight) => self.flights.push_back(Box::pin(async move {
+                let mut landed = flight.await;
+                landed.answers = vec![(reply, landed.answers.pop().expect("one").1)];
+                landed
+            })),
+            Err(e) => {
+                let _ = reply.send(Answer::bare(Err(e)));
+            }
+        }
     }
 
-    async fn propose_split(&mut self, term: &Term, child: u32, at: Option<u16>) -> ProposalResult {
-        let busy = |why: String| Err(CommandError::TryAgain(format!("cannot split now: {why}")));
-        let Some((first, last)) = self.h.range.as_ref().and_then(|r| r.get()) else {
+    /// Proposes the split entry; the flight that lands with the answer.
+    async fn propose_split(
+        &mut self,
+        term: &Term,
+        child: u32,
+        at: Option<u16>,
+    ) -> Result<Flight, CommandError> {
+        let busy = |why: String| CommandError::TryAgain(format!("cannot split now: {why}"));
+        let (Some(range), Some(leaving)) = (self.h.range.clone(), self.h.leaving.clone()) else {
+            return Err(CommandError::Invalid(format!(
+                "group {} does not split",
+                self.h.shard
+            )));
+        };
+        let Some((first, last)) = range.get() else {
             return Err(CommandError::Invalid(format!(
                 "shard {} has no slot range to split",
                 self.h.shard
             )));
         };
-        if !self.h.group.membership_settled() {
-            return busy("a change of the group's members is under way".into());
+        if leaving.get().is_some() {
+            return Err(busy("a split of the shard is under way".into()));
+        }
+        if !self.h.group.membership_settled() || self.h.group.membership_joint() {
+            return Err(busy("a change of the group's members is under way".into()));
         }
         let engine = self.h.group.sm.engine();
         // Asked again after it happened (a retry through a new leader, which applied the
         // split when it made its term ready): done already, and never done twice.
         if let Some(record) = crate::shards::ShardRecord::read(&engine) {
             if record.children.last() == Some(&child) {
-                return Ok(Reply::Int(i64::from(record.last) + 1));
+                let first_slot = i64::from(record.last) + 1;
+                return Ok(Box::pin(std::future::ready(Landed {
+                    predicted: None,
+                    answers: vec![(oneshot::channel().0, Ok(Reply::Int(first_slot)))],
+                    outcome: Ok(0),
+                })));
             }
             if record.children.contains(&child) {
                 return Err(CommandError::Invalid(format!(
@@ -433,11 +477,15 @@ impl Proposer {
             .filter(|(key, _)| &key[..] != crate::shards::SHARD_RECORD_KEY)
             .count();
         if txns > 0 {
-            return busy("transactions hold locks or records in the shard".into());
+            return Err(busy(
+                "transactions hold locks or records in the shard".into(),
+            ));
         }
         let at = match at {
             Some(at) => at,
-            None => median_slot(&engine, first, last),
+            None => tokio::task::spawn_blocking(move || median_slot(&engine, first, last))
+                .await
+                .map_err(|e| CommandError::Invalid(format!("no split point: {e}")))?,
         };
         if at <= first || at > last {
             return Err(CommandError::Invalid(format!(
@@ -453,23 +501,51 @@ impl Proposer {
                 last_slot: last,
             }],
         };
-        let done = self
-            .h
-            .group
-            .propose(request, &term.leader)
-            .await
-            .map_err(|e| self.refused(e))?;
-        match tokio::time::timeout(COMMIT_WAIT, done).await {
-            Ok(Ok(_)) => Ok(Reply::Int(i64::from(at))),
-            Ok(Err(ProposeError::NotLeader { .. })) => {
-                busy("the shard's leader changed before the split was appended".into())
+        leaving.set(Some((at, last)));
+        let done = match self.h.group.propose(request, &term.leader).await {
+            Ok(done) => done,
+            Err(e) => {
+                leaving.set(None);
+                return Err(self.refused(e));
             }
-            Ok(Err(e)) => Err(self.refused(e)),
-            Err(_) => Err(CommandError::OutcomeUnknown(format!(
-                "the split of shard {} was not known to be committed within {COMMIT_WAIT:?}",
-                self.h.shard
-            ))),
+        };
+        let index = term.next_index;
+        if let Some(t) = &mut self.term {
+            t.next_index += 1;
         }
+        self.leaving_term = Some(term.leader.clone());
+        let shard = self.h.shard.clone();
+        Ok(Box::pin(async move {
+            let outcome = match tokio::time::timeout(crate::split::SPLIT_WAIT, done).await {
+                Ok(Ok(index)) => Ok(index),
+                // Appended: a later leader may still commit it.
+                Ok(Err(ProposeError::NotLeader { .. } | ProposeError::Unknown(_))) | Err(_) => {
+                    Err(CommandError::OutcomeUnknown(format!(
+                        "the split of shard {shard} may or may not have happened; look at the map"
+                    )))
+                }
+                Ok(Err(ProposeError::Stopped(why))) => {
+                    Err(CommandError::Fatal(format!("shard {shard} stopped: {why}")))
+                }
+            };
+            // Applied here: the slots are the child's now (or, if the entry did not fit the
+            // shard after all, still the parent's).
+            let answer = match &outcome {
+                Ok(_) if range.owns(at) => Err(CommandError::Invalid(format!(
+                    "the split of shard {shard} did not apply"
+                ))),
+                Ok(_) => Ok(Reply::Int(i64::from(at))),
+                Err(e) => Err(e.clone()),
+            };
+            if outcome.is_ok() {
+                leaving.set(None);
+            }
+            Landed {
+                predicted: Some(index),
+                answers: vec![(oneshot::channel().0, answer)],
+                outcome,
+            }
+        }))
     }
 
     /// Lets every flight land.
@@ -495,6 +571,14 @@ impl Proposer {
         let Some(leader) = leader else {
             return Err(self.not_leader(None));
         };
+        // A split proposed in another term: this term's first entry, once applied, has the
+        // split applied if it committed at all.
+        if self.leaving_term.as_ref().is_some_and(|t| *t != leader) {
+            if let Some(leaving) = &self.h.leaving {
+                leaving.set(None);
+            }
+            self.leaving_term = None;
+        }
         // Everything committed before the term must be applied before anything is evaluated.
         let last = self
             .h
@@ -556,8 +640,7 @@ impl Proposer {
             return;
         }
         if let ProposalOp::Split { child, at } = first.op {
-            let result = self.split(child, at).await;
-            let _ = first.reply.send(Answer::bare(result));
+            self.split(child, at, first.reply).await;
             return;
         }
         // Let the connection tasks that are ready run first, so their proposals join this

@@ -19,11 +19,29 @@ pub const SCAN_CURSORS_MAX: usize = 4096;
 /// Most keys examined by one SCAN call, whatever its COUNT.
 pub const SCAN_COUNT_MAX: usize = 100_000;
 
-/// Where a SCAN iteration stands: a shard and the last key returned from it.
+/// Where a SCAN iteration stands: a shard (its id: shards split off later come after it,
+/// whatever order this node opened them in) and the last key returned from it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Position {
-    shard: usize,
+    shard: u32,
     after: Option<Bytes>,
+}
+
+/// One shard as SCAN walks it: its id, engine, and the slots its keys must be in (`None`:
+/// all; a split being applied leaves the moved keys in both engines for a moment).
+#[derive(Debug, Clone)]
+pub struct ScanShard {
+    pub id: u32,
+    pub engine: std::sync::Arc<Engine>,
+    pub slots: Option<(u16, u16)>,
+}
+
+impl ScanShard {
+    /// Whether `key` is the shard's.
+    pub fn owns(&self, key: &[u8]) -> bool {
+        self.slots
+            .is_none_or(|(first, last)| (first..=last).contains(&crate::slot::key_slot(key)))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -44,7 +62,7 @@ impl ScanCursors {
     /// [`ScanCursors::advance`] in one.
     pub fn scan(
         &self,
-        shards: &[std::sync::Arc<Engine>],
+        shards: &[ScanShard],
         cursor: u64,
         pattern: Option<&[u8]>,
         count: usize,
@@ -72,7 +90,7 @@ impl ScanCursors {
     /// The keys of one page from `from`, and where the next page starts (`None` when the
     /// iteration is complete). Reads only: the same page can be read twice.
     pub fn page(
-        shards: &[std::sync::Arc<Engine>],
+        shards: &[ScanShard],
         from: Position,
         pattern: Option<&[u8]>,
         count: usize,
@@ -90,33 +108,37 @@ impl ScanCursors {
         let budget = count.clamp(1, SCAN_COUNT_MAX);
         let mut examined = 0;
         let mut keys = Vec::new();
-        while examined < budget && pos.shard < shards.len() {
-            let engine = &shards[pos.shard];
+        // Shards are walked by id; the position's shard, or the next one there is.
+        let mut i = shards.partition_point(|s| s.id < pos.shard);
+        if shards.get(i).is_none_or(|s| s.id != pos.shard) {
+            pos.after = None;
+        }
+        while examined < budget && i < shards.len() {
+            let shard = &shards[i];
+            pos.shard = shard.id;
             let start = match &pos.after {
                 Some(k) => Bound::Excluded(&k[..]),
                 None => Bound::Unbounded,
             };
             let want = budget - examined;
-            let batch = engine.scan_keys(start, Bound::Unbounded, want);
+            let batch = shard.engine.scan_keys(start, Bound::Unbounded, want);
             examined += batch.len();
             let exhausted = batch.len() < want;
             if let Some((last, _)) = batch.last() {
                 pos.after = Some(last.clone());
             }
-            keys.extend(
-                batch
-                    .into_iter()
-                    .map(|(k, _)| k)
-                    .filter(|k| type_ok && glob.as_ref().is_none_or(|g| g.matches(k))),
-            );
+            keys.extend(batch.into_iter().map(|(k, _)| k).filter(|k| {
+                type_ok && glob.as_ref().is_none_or(|g| g.matches(k)) && shard.owns(k)
+            }));
             if exhausted {
+                i += 1;
                 pos = Position {
-                    shard: pos.shard + 1,
+                    shard: shards.get(i).map_or(shard.id + 1, |s| s.id),
                     after: None,
                 };
             }
         }
-        ((pos.shard < shards.len()).then_some(pos), keys)
+        ((i < shards.len()).then_some(pos), keys)
     }
 
     /// Retires `cursor` and issues the cursor of `next` (0 when the iteration is complete).
@@ -147,7 +169,7 @@ impl ScanCursors {
 mod tests {
     use super::*;
 
-    type Shards = Vec<std::sync::Arc<Engine>>;
+    type Shards = Vec<ScanShard>;
 
     fn shards_with(keys: &[&str]) -> (tempfile::TempDir, Shards) {
         let dir = tempfile::tempdir().unwrap();
@@ -156,11 +178,16 @@ mod tests {
             .map(|i| {
                 let engine =
                     Engine::open(dir.path().join(i.to_string()), Default::default()).unwrap();
-                std::sync::Arc::new(engine)
+                ScanShard {
+                    id: i as u32,
+                    engine: std::sync::Arc::new(engine),
+                    slots: None,
+                }
             })
             .collect();
         for key in keys {
             shards[map.shard_of_key(key.as_bytes())]
+                .engine
                 .put(key.as_bytes(), b"v")
                 .unwrap();
         }

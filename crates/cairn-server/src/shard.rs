@@ -68,6 +68,10 @@ pub struct Shard {
     pub id: u32,
     /// The slots the shard owns (see [`crate::shards::ShardRecord`]); a split shrinks it.
     pub range: Arc<SlotRange>,
+    /// The slots a split this node's proposer proposed is giving away, until it is applied
+    /// here (or its term ends): neither read nor written here meanwhile, since the new shard
+    /// may already take writes on nodes that applied it first.
+    pub leaving: Arc<SlotRange>,
     /// The shard's Raft group and replica on this node.
     pub group: Group,
     /// Keys with an expiry (kept by the state machine, read by the active-expiry task).
@@ -87,7 +91,12 @@ impl Shard {
     /// replica, so that a read racing a split never answers for a key the shard gave away.
     pub fn owns_keys<'k>(&self, keys: impl IntoIterator<Item = &'k bytes::Bytes>) -> bool {
         keys.into_iter()
-            .all(|key| self.range.owns(crate::slot::key_slot(key)))
+            .all(|key| self.owns(crate::slot::key_slot(key)))
+    }
+
+    /// Whether `slot` is the shard's, and not being given away by a split.
+    pub fn owns(&self, slot: u16) -> bool {
+        self.range.owns(slot) && !self.leaving.owns(slot)
     }
 
     /// The replica's engine. Hold it for one operation only: a snapshot install replaces it.

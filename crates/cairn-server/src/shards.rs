@@ -18,9 +18,10 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use cairn_io::Io;
 use cairn_raft::replica::Replica;
-use cairn_raft::split::{SplitAt, SystemRecords};
+use cairn_raft::split::SplitAt;
 use cairn_raft::{
-    ApplyObserver, Group, Groups, LogStore, NodeAddr, Peers, SplitFuture, Splitter, StateMachine,
+    ApplyObserver, Group, Groups, LogStore, NodeAddr, Peers, SplitDone, SplitFuture, Splitter,
+    StateMachine,
 };
 use cairn_storage::{Engine, Options, SyncPolicy};
 use cairn_wal::Wal;
@@ -429,6 +430,7 @@ impl Shards {
             .entry(id)
             .or_insert_with(|| Arc::new(SlotRange::new(None)))
             .clone();
+        let leaving = Arc::new(SlotRange::new(None));
         let extra = Extras {
             splitter: Some(Arc::new(ShardSplitter {
                 shards: self.me.clone(),
@@ -439,13 +441,14 @@ impl Shards {
                 id,
             })),
             built,
-            range: Some(range.clone()),
+            range: Some((range.clone(), leaving.clone())),
             initial_range: self.initial_range(id),
         };
         let opened = open_replica_with(&self.setup, &dir, group, id.to_string(), extra).await?;
         Ok(Shard {
             id,
             range,
+            leaving,
             group: opened.group,
             expiry: opened.expiry,
             feed: opened.feed.expect("a shard's replica has a feed"),
@@ -456,7 +459,7 @@ impl Shards {
     /// Applies a split of shard `parent` on this node ([`cairn_raft::split`]): builds the
     /// child's replica and starts its group, then shrinks the parent's range; answers the
     /// parent's new record for its batch, which deletes the keys it gave away.
-    async fn split(&self, parent: u32, at: SplitAt) -> anyhow::Result<SystemRecords> {
+    async fn split(&self, parent: u32, at: SplitAt) -> anyhow::Result<Option<SplitDone>> {
         let old = match ShardRecord::read(&at.parent) {
             Some(record) => record,
             None => {
@@ -471,19 +474,21 @@ impl Shards {
                 }
             }
         };
-        anyhow::ensure!(
-            !old.children.contains(&at.child),
-            "shard {} was split from shard {parent} already",
-            at.child
-        );
-        anyhow::ensure!(
-            old.first < at.first_slot && at.last_slot == old.last,
-            "split of shard {parent} at slots {}..={} does not fit its range {}..={}",
-            at.first_slot,
-            at.last_slot,
-            old.first,
-            old.last
-        );
+        // Decided from the replicated state alone (the same on every replica): a split that
+        // does not fit the shard as it is changes nothing. Its proposer checked it against the
+        // shard as it was; only a split proposed twice gets here.
+        if old.children.contains(&at.child)
+            || !(old.first < at.first_slot && at.last_slot == old.last)
+        {
+            tracing::warn!(
+                shard = parent,
+                child = at.child,
+                split = ?(at.first_slot, at.last_slot),
+                range = ?(old.first, old.last),
+                "a split entry that does not fit the shard: nothing done"
+            );
+            return Ok(None);
+        }
         let mut kept = old.clone();
         kept.last = at.first_slot - 1;
         kept.children.push(at.child);
@@ -496,18 +501,24 @@ impl Shards {
         // The child's lock: what opens it at start or for a snapshot waits for the build.
         let lock = self.opening(at.child);
         let held = lock.lock().await;
-        if self.get(at.child).is_none() {
-            let io = self.setup.io.clone();
-            let dir = shard_dir(&self.setup.data_dir, at.child);
-            let options = self.setup.engine_options();
-            let system = vec![(Bytes::from_static(SHARD_RECORD_KEY), record.encode())];
-            let split = at.clone();
-            let built = tokio::task::spawn_blocking(move || {
-                cairn_raft::split::build_child(io, &dir, options, &split, &system)
-            })
-            .await??;
+        let open = self.get(at.child).is_some();
+        let io = self.setup.io.clone();
+        let dir = shard_dir(&self.setup.data_dir, at.child);
+        let options = self.setup.engine_options();
+        let system = vec![(Bytes::from_static(SHARD_RECORD_KEY), record.encode())];
+        let split = at.clone();
+        let (built, moving) = tokio::task::spawn_blocking(move || {
+            let moving = cairn_raft::split::moving_keys(&split);
+            let built = if open {
+                None
+            } else {
+                cairn_raft::split::build_child(io, &dir, options, &split, &moving, &system)?
+            };
+            Ok::<_, std::io::Error>((built, moving))
+        })
+        .await??;
+        if !open {
             let child = self.ensure_locked(at.child, built).await?;
-            drop(held);
             if let Some(shard) = self.get(parent) {
                 if shard.group.leading().is_some() {
                     // The child has a leader at once instead of after an election timeout.
@@ -516,6 +527,7 @@ impl Shards {
                 }
             }
         }
+        drop(held);
         if let Some(range) = self.ranges.lock().get(&parent) {
             range.set(Some((kept.first, kept.last)));
         }
@@ -527,9 +539,13 @@ impl Shards {
             index = at.log_id.index,
             kept = ?(kept.first, kept.last),
             gave = ?(record.first, record.last),
+            keys = moving.len(),
             "split applied"
         );
-        Ok(vec![(Bytes::from_static(SHARD_RECORD_KEY), kept.encode())])
+        Ok(Some(SplitDone {
+            moved: moving.into_iter().map(|(_, key)| key).collect(),
+            records: vec![(Bytes::from_static(SHARD_RECORD_KEY), kept.encode())],
+        }))
     }
 
     /// A snapshot replaced shard `id`'s engine: its range is the new engine's, and every
@@ -615,9 +631,10 @@ struct Extras {
     observer: Option<Arc<dyn ApplyObserver>>,
     /// The replica a split just built (its group starts at once, see `Group::start_split`).
     built: Option<Replica>,
-    /// The shard's range, which its proposer checks every key against; set from the engine
-    /// (its record, or `initial_range`) before the group replays anything.
-    range: Option<Arc<SlotRange>>,
+    /// The shard's range and the part of it a split is giving away, which its proposer checks
+    /// every key against; the range is set from the engine (its record, or `initial_range`)
+    /// before the group replays anything.
+    range: Option<(Arc<SlotRange>, Arc<SlotRange>)>,
     initial_range: Option<(u16, u16)>,
 }
 
@@ -646,9 +663,14 @@ async fn open_replica_with(
         None => StateMachine::open(setup.io.clone(), dir, setup.engine_options())
             .map_err(|e| anyhow::anyhow!("cannot open {label} at {}: {e}", dir.display()))?,
     };
-    if let Some(range) = &extras.range {
-        let recorded = ShardRecord::read(&sm.engine()).map(|r| (r.first, r.last));
-        range.set(recorded.or(extras.initial_range));
+    let record = ShardRecord::read(&sm.engine());
+    if let Some((range, _)) = &extras.range {
+        range.set(
+            record
+                .as_ref()
+                .map(|r| (r.first, r.last))
+                .or(extras.initial_range),
+        );
     }
     let expiry = Arc::new(ExpiryTracker::from_engine(&sm.engine()));
     let mut sm = sm.observed(expiry.clone());
@@ -661,8 +683,10 @@ async fn open_replica_with(
     let log = LogStore::new(setup.wal.clone(), group);
     // A split child's log starts purged at the split entry, with a vote in its term
     // (`LogStore::seed`); a crash between building the child and that leaves a built replica
-    // with an empty log, seeded here.
-    if let (Some(applied), true) = (sm.applied()?.0, log.is_blank()) {
+    // with an empty log, seeded here. Only a split's child: any other replica with an empty
+    // log lost it, and must not be given a vote it may not have cast.
+    let split_child = record.as_ref().is_some_and(|r| r.created_at > 0);
+    if let (Some(applied), true, true) = (sm.applied()?.0, log.is_blank(), split_child) {
         log.seed(&applied, setup.identity.raft_id)
             .await
             .map_err(|e| anyhow::anyhow!("cannot start {label}'s log: {e}"))?;
@@ -707,7 +731,8 @@ async fn open_replica_with(
         expiry: expiry.clone(),
         value_bytes_max: setup.value_bytes_max,
         health: setup.health.clone(),
-        range: extras.range,
+        range: extras.range.as_ref().map(|(range, _)| range.clone()),
+        leaving: extras.range.map(|(_, leaving)| leaving),
     });
     Ok(OpenedReplica {
         group: group_handle,

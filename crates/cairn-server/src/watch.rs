@@ -138,6 +138,10 @@ pub enum WatchError {
         child = .1.child
     )]
     Split(u32, crate::feed::SplitMark),
+    /// The resume token names a shard this node has no replica of (yet: a shard split off
+    /// that this node has not applied, or none in this cluster at all).
+    #[error("this node has no replica of shard {0} yet; resume the watch on another node or later")]
+    NotHere(u32),
 }
 
 impl WatchError {
@@ -145,7 +149,10 @@ impl WatchError {
     pub fn unavailable(&self) -> bool {
         matches!(
             self,
-            WatchError::Stopped | WatchError::OutOfTouch(_) | WatchError::Split(..)
+            WatchError::Stopped
+                | WatchError::OutOfTouch(_)
+                | WatchError::Split(..)
+                | WatchError::NotHere(_)
         )
     }
 }

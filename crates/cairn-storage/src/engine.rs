@@ -394,6 +394,13 @@ impl Engine {
         Ok(self.read_many(keys, None)?.entries)
     }
 
+    /// [`Engine::get_many`], expired keys included (those merge has not reclaimed yet): what
+    /// a copy of the engine's records that must not depend on the clock reads (a replicated
+    /// shard's replicas apply the same entry at different times).
+    pub fn get_many_with_expired(&self, keys: &[&[u8]]) -> Result<Vec<Option<Entry>>> {
+        Ok(self.read_many_at(keys, None, 0)?.entries)
+    }
+
     /// Reads `keys` as [`Engine::get_many`] does (same entries, same expiry rules, in the
     /// order of `keys`) together with, for each key, the system record at `guard_prefix ++
     /// key` (`guards[i]` for `keys[i]`; `guards.len() == keys.len()`) and the system version,
@@ -409,12 +416,21 @@ impl Engine {
     /// `get_many`, and with `guard_prefix` the guards and system version read under the same
     /// hold of the state lock (without it `guards` is empty).
     fn read_many(&self, keys: &[&[u8]], guard_prefix: Option<&[u8]>) -> Result<GuardedRead> {
+        self.read_many_at(keys, guard_prefix, self.inner.now_ms())
+    }
+
+    /// `read_many` as of `now` (ms since the Unix epoch; 0 sees every deadline in the future).
+    fn read_many_at(
+        &self,
+        keys: &[&[u8]],
+        guard_prefix: Option<&[u8]>,
+        now: u64,
+    ) -> Result<GuardedRead> {
         enum Found {
             Missing,
             Cached(Cached),
             At(Loc, Arc<Segment>),
         }
-        let now = self.inner.now_ms();
         let (found, guards, system_version, deletes) = {
             // Under the state lock no batch can be half applied, and every cached value is the
             // one the keydir points at (writes evict under the write lock, fills check under

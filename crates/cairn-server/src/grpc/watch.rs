@@ -39,9 +39,10 @@ pub(super) fn start(node: &Node, request: pb::WatchRequest) -> Result<WatchStrea
     let watcher = node.watch(selector, from, progress).map_err(|e| match e {
         WatchError::BadToken(_) => Status::invalid_argument(e.to_string()),
         WatchError::Compacted(_) => Status::out_of_range(e.to_string()),
-        WatchError::Stopped | WatchError::OutOfTouch(_) | WatchError::Split(..) => {
-            Status::unavailable(e.to_string())
-        }
+        WatchError::Stopped
+        | WatchError::OutOfTouch(_)
+        | WatchError::Split(..)
+        | WatchError::NotHere(_) => Status::unavailable(e.to_string()),
     })?;
     let values = request.values;
     let stream = watch::Stream::new(watcher, super::FRONTEND);

@@ -100,13 +100,14 @@ pub(super) async fn watch(
         .map_err(|e| match e {
             WatchError::BadToken(_) => bad(e.to_string()),
             WatchError::Compacted(_) => ApiError::new(StatusCode::GONE, "compacted", e.to_string()),
-            WatchError::Stopped | WatchError::OutOfTouch(_) | WatchError::Split(..) => {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    e.to_string(),
-                )
-            }
+            WatchError::Stopped
+            | WatchError::OutOfTouch(_)
+            | WatchError::Split(..)
+            | WatchError::NotHere(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
         })?;
     let stream = watch::Stream::new(watcher, super::FRONTEND);
     let events = futures::stream::unfold(

@@ -184,10 +184,35 @@ impl Node {
     /// one-node cluster elects itself after one election timeout) and has applied everything
     /// its log holds.
     async fn await_sole_leadership(&self) -> anyhow::Result<()> {
+        let mut waited = std::collections::BTreeSet::new();
+        // A parent that replays a split opens the child as it applies it: until the set of
+        // shards stops growing, the new ones are waited for too (a sole voter reads straight
+        // from its engine, which must have applied its log first).
+        loop {
+            let shards = self.shards.list();
+            let fresh: Vec<_> = shards.iter().filter(|s| !waited.contains(&s.id)).collect();
+            if fresh.is_empty() && !waited.is_empty() {
+                return Ok(());
+            }
+            let meta = waited
+                .is_empty()
+                .then(|| ("meta".to_string(), &self.meta.group));
+            let groups = meta
+                .into_iter()
+                .chain(fresh.iter().map(|s| (format!("shard {}", s.id), &s.group)));
+            self.await_sole_leadership_of(groups).await?;
+            waited.extend(fresh.iter().map(|s| s.id));
+            if shards.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn await_sole_leadership_of(
+        &self,
+        groups: impl Iterator<Item = (String, &cairn_raft::Group)>,
+    ) -> anyhow::Result<()> {
         let me = self.identity.raft_id;
-        let shards = self.shards.list();
-        let groups = std::iter::once(("meta".to_string(), &self.meta.group))
-            .chain(shards.iter().map(|s| (format!("shard {}", s.id), &s.group)));
         for (name, group) in groups {
             // A node that joined waits for each group's leader to add it.
             if !group

@@ -14,6 +14,7 @@ use crate::command::{Command, KeyRange};
 use crate::error::CommandError;
 use crate::reply::{Entry, KeyTtl, KeyType, Reply};
 use crate::shard::Shard;
+use crate::slot::key_slot;
 use crate::txn;
 
 /// How many times a read of whole shards runs again because transactions changed the shards
@@ -262,8 +263,16 @@ impl Node {
                     .filter(|p| *p != b"*")
                     .map(|p| Pattern::new(p, false));
                 let relevant = |key: &[u8]| glob.as_ref().is_none_or(|g| g.matches(key));
-                let engines: Vec<Arc<cairn_storage::Engine>> =
-                    self.shards.list().iter().map(|s| s.engine()).collect();
+                let engines: Vec<crate::scan::ScanShard> = self
+                    .shards
+                    .list()
+                    .iter()
+                    .map(|s| crate::scan::ScanShard {
+                        id: s.id,
+                        engine: s.engine(),
+                        slots: s.slots(),
+                    })
+                    .collect();
                 // The page is read twice from one position; the cursor is retired and the
                 // next one issued once, after.
                 let from = self.cursors.position(*cursor);
@@ -316,10 +325,12 @@ impl Node {
                 as_ref_bound(&range.end),
                 usize::MAX,
             );
+            // A split being applied leaves the moved keys in both engines for a moment.
             out.extend(
                 keys.into_iter()
                     .map(|(k, _)| k)
-                    .filter(|k| glob.as_ref().is_none_or(|g| g.matches(k))),
+                    .filter(|k| glob.as_ref().is_none_or(|g| g.matches(k)))
+                    .filter(|k| shard.range.owns(key_slot(k))),
             );
         }
         out
@@ -336,6 +347,9 @@ impl Node {
         let mut all: Vec<Entry> = Vec::new();
         for shard in &self.shards.list() {
             let (start, end) = (as_ref_bound(&range.start), as_ref_bound(&range.end));
+            // A split being applied leaves the moved keys in both engines for a moment: each
+            // key is taken from the shard that owns it.
+            let before = all.len();
             if keys_only {
                 all.extend(
                     shard
@@ -363,6 +377,11 @@ impl Node {
                         }),
                 );
             }
+            let mut i = before;
+            all.retain(|e| {
+                i += 1;
+                i <= before || shard.range.owns(key_slot(&e.key))
+            });
         }
         all.sort_by(|a, b| a.key.cmp(&b.key));
         let more = all.len() > limit;
@@ -371,12 +390,8 @@ impl Node {
     }
 
     fn random_key(&self) -> Option<Bytes> {
-        let sizes: Vec<u64> = self
-            .shards
-            .list()
-            .iter()
-            .map(|s| s.engine().len())
-            .collect();
+        let shards = self.shards.list();
+        let sizes: Vec<u64> = shards.iter().map(|s| s.engine().len()).collect();
         let total: u64 = sizes.iter().sum();
         if total == 0 {
             return None;
@@ -391,23 +406,27 @@ impl Node {
             }
             pick -= size;
         }
-        // Try the chosen shard first, then any other (sizes may have changed meanwhile).
-        let order = (0..self.shards.len()).map(|i| (chosen + i) % self.shards.len());
+        // Try the chosen shard first, then any other (sizes may have changed meanwhile); a
+        // key a split is moving counts for the shard that owns it.
+        let order = (0..shards.len()).map(|i| (chosen + i) % shards.len());
         for i in order {
-            let engine = self.shards.list()[i].engine();
+            let shard = &shards[i];
+            let engine = shard.engine();
+            let owned = |key: &Bytes| shard.range.owns(key_slot(key));
             let probe: [u8; 8] = rng.random();
             let after = engine.scan_keys(
                 Bound::Included(&probe[..rng.random_range(1..=8)]),
                 Bound::Unbounded,
                 1,
             );
-            if let Some((key, _)) = after.into_iter().next() {
+            if let Some((key, _)) = after.into_iter().next().filter(|(k, _)| owned(k)) {
                 return Some(key);
             }
             if let Some((key, _)) = engine
                 .scan_keys(Bound::Unbounded, Bound::Unbounded, 1)
                 .into_iter()
                 .next()
+                .filter(|(k, _)| owned(k))
             {
                 return Some(key);
             }

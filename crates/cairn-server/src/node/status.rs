@@ -36,14 +36,27 @@ impl Node {
                 raft,
             }
         };
-        let shards = self
-            .shards
-            .list()
+        // Slots as the node routes them (the slot map), so that no slot is listed twice
+        // while a split is being applied.
+        let set = self.shards.set();
+        let mut ranges: std::collections::BTreeMap<u32, Vec<(u16, u16)>> = Default::default();
+        for slot in 0..crate::slot::SLOT_COUNT {
+            let owner = set.owner(slot);
+            if owner == crate::shards::UNMAPPED {
+                continue;
+            }
+            let list = ranges.entry(owner).or_default();
+            match list.last_mut() {
+                Some((_, last)) if *last + 1 == slot => *last = slot,
+                _ => list.push((slot, slot)),
+            }
+        }
+        let shards = set
             .iter()
             .map(|s| {
                 info(
                     s.id,
-                    s.slots().into_iter().collect(),
+                    ranges.remove(&s.id).unwrap_or_default(),
                     &s.group,
                     s.raft_stats(),
                 )

@@ -172,7 +172,7 @@ impl Node {
             Command::Flush => {
                 let shards: Vec<u32> = match only_shard {
                     Some(id) => vec![id],
-                    None => (0..self.shards.len() as u32).collect(),
+                    None => self.shards.list().iter().map(|s| s.id).collect(),
                 };
                 let mut parts = Vec::with_capacity(shards.len());
                 for shard in shards {
