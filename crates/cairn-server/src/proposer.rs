@@ -455,7 +455,7 @@ impl Proposer {
         // Asked again after it happened (a retry through a new leader, which applied the
         // split when it made its term ready): done already, and never done twice.
         if let Some(record) = crate::shards::ShardRecord::read(&engine) {
-            if record.children.last() == Some(&child) {
+            if record.children.last().map(|c| c.id) == Some(child) {
                 let first_slot = i64::from(record.last) + 1;
                 return Ok(Box::pin(std::future::ready(Landed {
                     predicted: None,
@@ -463,7 +463,7 @@ impl Proposer {
                     outcome: Ok(0),
                 })));
             }
-            if record.children.contains(&child) {
+            if record.has_child(child) {
                 return Err(CommandError::Invalid(format!(
                     "shard {child} was split from shard {} already",
                     self.h.shard
@@ -515,6 +515,7 @@ impl Proposer {
         }
         self.leaving_term = Some(term.leader.clone());
         let shard = self.h.shard.clone();
+        let (group, leader) = (self.h.group.clone(), term.leader.clone());
         Ok(Box::pin(async move {
             let outcome = match tokio::time::timeout(crate::split::SPLIT_WAIT, done).await {
                 Ok(Ok(index)) => Ok(index),
@@ -537,7 +538,10 @@ impl Proposer {
                 Ok(_) => Ok(Reply::Int(i64::from(at))),
                 Err(e) => Err(e.clone()),
             };
-            if outcome.is_ok() {
+            // Applied here; or no longer led here in that term, so nothing more is written
+            // here in it (a later term of this node's starts with the split applied, if it
+            // committed at all), and stale reads of this replica go on.
+            if outcome.is_ok() || group.leading().as_ref() != Some(&leader) {
                 leaving.set(None);
             }
             Landed {

@@ -207,15 +207,31 @@ pub struct ShardRecord {
     /// Inclusive slot range.
     pub first: u16,
     pub last: u16,
-    /// Shards split from this one, oldest first.
-    pub children: Vec<u32>,
+    /// Shards split from this one, oldest first, with the slots each took: a replica that
+    /// learns of a child from this record (a snapshot of the parent) routes those slots to
+    /// it before it holds any of the child's data.
+    pub children: Vec<Child>,
     /// The parent's log index of the split that created this shard (0: the first layout);
     /// the shard's own log starts after it, and so do watches of it that a resume token from
     /// before the split does not position.
     pub created_at: u64,
 }
 
+/// A shard split from another, as its parent's record names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Child {
+    pub id: u32,
+    /// The slots it took, inclusive (it may have given some away since, in splits of its own).
+    pub first: u16,
+    pub last: u16,
+}
+
 impl ShardRecord {
+    /// Whether `id` was split from this shard.
+    pub fn has_child(&self, id: u32) -> bool {
+        self.children.iter().any(|c| c.id == id)
+    }
+
     /// The record in `engine`, if it has one.
     pub fn read(engine: &Engine) -> Option<ShardRecord> {
         let bytes = engine.system_get(SHARD_RECORD_KEY)?;
@@ -300,6 +316,9 @@ pub struct Shards {
     /// replays anything), so that a split replayed while the parent is still being opened
     /// shrinks the range the parent will have.
     ranges: parking_lot::Mutex<std::collections::HashMap<u32, Arc<SlotRange>>>,
+    /// The slots a split gave each child, as its parent's record says: the range of a
+    /// child's replica that holds no record of its own yet.
+    taken: parking_lot::Mutex<std::collections::HashMap<u32, (u16, u16)>>,
     me: Weak<Shards>,
 }
 
@@ -324,13 +343,15 @@ impl Shards {
             set: parking_lot::RwLock::new(Arc::new(ShardSet::of(Vec::new()))),
             opening: Default::default(),
             ranges: Default::default(),
+            taken: Default::default(),
             me: me.clone(),
         });
         let mut queue: Vec<u32> = (0..count).rev().collect();
         while let Some(id) = queue.pop() {
             let shard = shards.ensure(id, None).await?;
             if let Some(record) = ShardRecord::read(&shard.engine()) {
-                queue.extend(record.children.iter().rev());
+                shards.note_children(&record);
+                queue.extend(record.children.iter().rev().map(|c| c.id));
             }
         }
         Ok(shards)
@@ -375,10 +396,22 @@ impl Shards {
         *set = Arc::new(ShardSet::of(set.list.clone()));
     }
 
-    /// The first layout's range of shard `id` (`None` for a shard a split created).
+    /// The range of shard `id` before its replica holds a record: the first layout's, or for
+    /// a shard a split created, the slots its parent's record says it took.
     fn initial_range(&self, id: u32) -> Option<(u16, u16)> {
         let count = self.setup.identity.shards;
-        (id < count).then(|| SlotMap::new(count).range(id as usize))
+        if id < count {
+            return Some(SlotMap::new(count).range(id as usize));
+        }
+        self.taken.lock().get(&id).copied()
+    }
+
+    /// Remembers the slots each child of `record` took.
+    fn note_children(&self, record: &ShardRecord) {
+        let mut taken = self.taken.lock();
+        for child in &record.children {
+            taken.insert(child.id, (child.first, child.last));
+        }
     }
 
     /// The range a replica's engine says, or the first layout's.
@@ -477,8 +510,7 @@ impl Shards {
         // Decided from the replicated state alone (the same on every replica): a split that
         // does not fit the shard as it is changes nothing. Its proposer checked it against the
         // shard as it was; only a split proposed twice gets here.
-        if old.children.contains(&at.child)
-            || !(old.first < at.first_slot && at.last_slot == old.last)
+        if old.has_child(at.child) || !(old.first < at.first_slot && at.last_slot == old.last)
         {
             tracing::warn!(
                 shard = parent,
@@ -491,7 +523,11 @@ impl Shards {
         }
         let mut kept = old.clone();
         kept.last = at.first_slot - 1;
-        kept.children.push(at.child);
+        kept.children.push(Child {
+            id: at.child,
+            first: at.first_slot,
+            last: at.last_slot,
+        });
         let record = ShardRecord {
             first: at.first_slot,
             last: at.last_slot,
@@ -555,9 +591,14 @@ impl Shards {
             range.set(self.range_of(id, engine));
         }
         self.remap();
-        let children = ShardRecord::read(engine).map_or_else(Vec::new, |r| r.children);
-        let missing: Vec<u32> = children
+        let record = ShardRecord::read(engine);
+        if let Some(record) = &record {
+            self.note_children(record);
+        }
+        let missing: Vec<u32> = record
+            .map_or_else(Vec::new, |r| r.children)
             .into_iter()
+            .map(|c| c.id)
             .filter(|c| self.get(*c).is_none())
             .collect();
         if missing.is_empty() {
