@@ -398,6 +398,32 @@ impl Command {
             ))
     }
 
+    /// The one key a single-key read or write names (`None` for any other command): the
+    /// common case, checked without collecting the keys.
+    pub fn single_key(&self) -> Option<&Bytes> {
+        match self {
+            Command::Get { key }
+            | Command::StrLen { key }
+            | Command::GetRange { key, .. }
+            | Command::GetBit { key, .. }
+            | Command::BitCount { key, .. }
+            | Command::BitPos { key, .. }
+            | Command::Type { key }
+            | Command::Ttl { key }
+            | Command::Set { key, .. }
+            | Command::GetDel { key }
+            | Command::GetEx { key, .. }
+            | Command::Append { key, .. }
+            | Command::SetRange { key, .. }
+            | Command::SetBit { key, .. }
+            | Command::IncrBy { key, .. }
+            | Command::IncrByFloat { key, .. }
+            | Command::Expire { key, .. }
+            | Command::Persist { key } => Some(key),
+            _ => None,
+        }
+    }
+
     /// The keys a keyed read names.
     pub fn read_keys(&self) -> Vec<&Bytes> {
         match self {

@@ -291,7 +291,14 @@ impl Meta {
             .await?
         {
             Reply::Int(n) if n > 0 => u32::try_from(i64::from(config.shards) - 1 + n)
-                .map_err(|_| CommandError::Invalid("no shard ids left".into())),
+                .ok()
+                .filter(|&id| id < crate::shards::SHARD_IDS_MAX)
+                .ok_or_else(|| {
+                    CommandError::Invalid(format!(
+                        "no shard ids left (a node holds ids below {})",
+                        crate::shards::SHARD_IDS_MAX
+                    ))
+                }),
             other => Err(CommandError::Invalid(format!(
                 "unexpected split count {other:?}"
             ))),

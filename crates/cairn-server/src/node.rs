@@ -213,7 +213,7 @@ impl Node {
     /// see, since the read is served at or after what this node's replicas have applied.
     pub fn watch_token(&self, key: Option<&[u8]>) -> String {
         let shards = match key.and_then(|key| self.shards.for_key(key)) {
-            Some(shard) => vec![shard],
+            Some(shard) => vec![shard.clone()],
             None => self.shards.list(),
         };
         let feeds = shards.iter().map(|s| &s.feed);

@@ -372,17 +372,24 @@ impl Proposer {
     /// routes it again.
     fn elsewhere(&self, cmd: &Command) -> Option<CommandError> {
         self.h.range.as_ref()?;
+        if let Some(key) = cmd.single_key() {
+            return (!self.owns(key_slot(key))).then(|| self.moved(key));
+        }
         let mut keys = cmd.read_keys();
         keys.extend(cmd.write_keys());
         if let Command::Txn(op) = cmd {
             keys.extend(op.kind.keys());
         }
         let moved = keys.into_iter().find(|k| !self.owns(key_slot(k)))?;
-        Some(CommandError::TryAgain(format!(
+        Some(self.moved(moved))
+    }
+
+    fn moved(&self, key: &[u8]) -> CommandError {
+        CommandError::TryAgain(format!(
             "key {:?} is not in shard {}'s slots (it split); retry",
-            String::from_utf8_lossy(moved),
+            String::from_utf8_lossy(key),
             self.h.shard
-        )))
+        ))
     }
 
     /// Whether `slot` is the shard's to write (not given away, nor being given away).

@@ -249,65 +249,59 @@ impl ShardRecord {
     }
 }
 
-/// Every shard replica of the node at one instant, and the slot map they make.
-#[derive(Debug)]
-pub struct ShardSet {
-    /// By id.
-    list: Vec<Arc<Shard>>,
-    /// The shard owning each slot (`UNMAPPED`: none known here).
-    owner: Box<[u32]>,
-}
-
 /// What [`Shards::shard_of_key`] answers for a slot no shard here owns.
 pub const UNMAPPED: u32 = u32::MAX;
 
-impl ShardSet {
-    /// The set of `list` (by id). Where two replicas claim a slot (a restart can find a
-    /// split child built while its parent's replica has not applied the split yet), the
-    /// higher id, the newer shard, owns it.
-    fn of(list: Vec<Arc<Shard>>) -> ShardSet {
-        let mut owner = vec![UNMAPPED; usize::from(SLOT_COUNT)].into_boxed_slice();
-        for shard in &list {
-            if let Some((first, last)) = shard.slots() {
-                for slot in first..=last {
-                    owner[usize::from(slot)] = shard.id;
-                }
-            }
-        }
-        ShardSet { list, owner }
+/// Shard ids a node can hold: the first layout's and those splits took (never reused).
+pub const SHARD_IDS_MAX: u32 = 32768;
+/// Shard ids per chunk of the by-id table.
+const ID_CHUNK: usize = 256;
+
+/// Shard replicas by id, set once each and never removed: a lookup takes no lock and clones
+/// nothing (chunks of [`ID_CHUNK`] ids are allocated as ids are used).
+struct ById {
+    chunks: Box<[std::sync::OnceLock<Box<[std::sync::OnceLock<Arc<Shard>>]>>]>,
+}
+
+impl ById {
+    fn new() -> ById {
+        let chunks = (0..SHARD_IDS_MAX as usize / ID_CHUNK)
+            .map(|_| std::sync::OnceLock::new())
+            .collect();
+        ById { chunks }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Shard>> {
-        self.list.iter()
+    fn get(&self, id: u32) -> Option<&Arc<Shard>> {
+        let (chunk, i) = (id as usize / ID_CHUNK, id as usize % ID_CHUNK);
+        self.chunks.get(chunk)?.get()?.get(i)?.get()
     }
 
-    pub fn get(&self, id: u32) -> Option<&Arc<Shard>> {
-        self.list
-            .binary_search_by_key(&id, |s| s.id)
-            .ok()
-            .map(|i| &self.list[i])
-    }
-
-    pub fn len(&self) -> usize {
-        self.list.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-
-    /// The shard owning `slot` ([`UNMAPPED`] when none here does).
-    pub fn owner(&self, slot: u16) -> u32 {
-        self.owner[usize::from(slot)]
+    fn insert(&self, shard: Arc<Shard>) -> anyhow::Result<()> {
+        let id = shard.id as usize;
+        let chunk = self
+            .chunks
+            .get(id / ID_CHUNK)
+            .ok_or_else(|| anyhow::anyhow!("shard id {id} is past {SHARD_IDS_MAX}"))?;
+        let chunk =
+            chunk.get_or_init(|| (0..ID_CHUNK).map(|_| std::sync::OnceLock::new()).collect());
+        chunk[id % ID_CHUNK]
+            .set(shard)
+            .map_err(|_| anyhow::anyhow!("shard {id} opened twice"))
     }
 }
 
 /// Every shard replica of the node, and the slot map that routes keys to them. Shards come
-/// into being as splits are applied (or as a replica learns of a split from a snapshot), so
-/// readers take the set as it is at one instant ([`Shards::set`]).
+/// into being as splits are applied (or as a replica learns of a split from a snapshot); none
+/// goes away. The slot map is one atomic shard id per slot, rewritten when a range changes.
 pub struct Shards {
     setup: ShardsSetup,
-    set: parking_lot::RwLock<Arc<ShardSet>>,
+    by_id: ById,
+    /// Every shard's id, in order.
+    ids: parking_lot::RwLock<Vec<u32>>,
+    /// The shard owning each slot ([`UNMAPPED`]: none known here).
+    owner: Box<[std::sync::atomic::AtomicU32]>,
+    /// Serialises rewrites of `owner`.
+    remapping: parking_lot::Mutex<()>,
     /// One lock per shard id, held while its replica opens (at start, for a split, for a
     /// snapshot naming children): a replica opens once. Per shard, because a parent's group
     /// replays a split while the parent is being opened, and then opens the child.
@@ -325,7 +319,7 @@ pub struct Shards {
 impl std::fmt::Debug for Shards {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shards")
-            .field("shards", &self.set.read().len())
+            .field("ids", &*self.ids.read())
             .finish()
     }
 }
@@ -340,7 +334,12 @@ impl Shards {
         let count = setup.identity.shards;
         let shards = Arc::new_cyclic(|me| Shards {
             setup,
-            set: parking_lot::RwLock::new(Arc::new(ShardSet::of(Vec::new()))),
+            by_id: ById::new(),
+            ids: Default::default(),
+            owner: (0..SLOT_COUNT)
+                .map(|_| std::sync::atomic::AtomicU32::new(UNMAPPED))
+                .collect(),
+            remapping: Default::default(),
             opening: Default::default(),
             ranges: Default::default(),
             taken: Default::default(),
@@ -357,43 +356,58 @@ impl Shards {
         Ok(shards)
     }
 
-    /// Every shard as of now.
-    pub fn set(&self) -> Arc<ShardSet> {
-        self.set.read().clone()
-    }
-
     /// Every shard as of now, by id.
     pub fn list(&self) -> Vec<Arc<Shard>> {
-        self.set().list.clone()
+        self.ids
+            .read()
+            .iter()
+            .filter_map(|id| self.by_id.get(*id).cloned())
+            .collect()
     }
 
     pub fn len(&self) -> usize {
-        self.set.read().len()
+        self.ids.read().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.set.read().is_empty()
+        self.ids.read().is_empty()
     }
 
-    /// The shard owning `key`'s slot ([`UNMAPPED`] while no shard here owns it: a split
-    /// child not built yet; asking for it is `TRYAGAIN`).
+    /// The shard owning `slot` ([`UNMAPPED`] while no shard here owns it: a split child not
+    /// built yet; asking for it is `TRYAGAIN`).
+    pub fn owner(&self, slot: u16) -> u32 {
+        self.owner[usize::from(slot)].load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The shard owning `key`'s slot ([`UNMAPPED`]: see [`Shards::owner`]).
     pub fn shard_of_key(&self, key: &[u8]) -> u32 {
-        self.set.read().owner(key_slot(key))
+        self.owner(key_slot(key))
     }
 
-    pub fn for_key(&self, key: &[u8]) -> Option<Arc<Shard>> {
-        let set = self.set.read();
-        set.get(set.owner(key_slot(key))).cloned()
+    pub fn for_key(&self, key: &[u8]) -> Option<&Arc<Shard>> {
+        self.get(self.shard_of_key(key))
     }
 
-    pub fn get(&self, id: u32) -> Option<Arc<Shard>> {
-        self.set.read().get(id).cloned()
+    pub fn get(&self, id: u32) -> Option<&Arc<Shard>> {
+        self.by_id.get(id)
     }
 
-    /// The slot map again, after a range changed.
+    /// The slot map again, after a range changed. Where two replicas claim a slot (a
+    /// restart can find a split child built while its parent's replica has not applied the
+    /// split yet), the higher id, the newer shard, owns it.
     fn remap(&self) {
-        let mut set = self.set.write();
-        *set = Arc::new(ShardSet::of(set.list.clone()));
+        let _one = self.remapping.lock();
+        let mut owner = vec![UNMAPPED; usize::from(SLOT_COUNT)];
+        for shard in self.list() {
+            if let Some((first, last)) = shard.slots() {
+                for slot in first..=last {
+                    owner[usize::from(slot)] = shard.id;
+                }
+            }
+        }
+        for (slot, id) in owner.into_iter().enumerate() {
+            self.owner[slot].store(id, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// The range of shard `id` before its replica holds a record: the first layout's, or for
@@ -437,17 +451,17 @@ impl Shards {
     /// [`Shards::ensure`], with shard `id`'s opening lock held by the caller.
     async fn ensure_locked(&self, id: u32, built: Option<Replica>) -> anyhow::Result<Arc<Shard>> {
         if let Some(shard) = self.get(id) {
-            return Ok(shard);
+            return Ok(shard.clone());
         }
         let split_now = built.is_some();
         let shard = Arc::new(self.open_shard(id, built).await?);
+        self.by_id.insert(shard.clone())?;
         {
-            let mut set = self.set.write();
-            let mut list = set.list.clone();
-            let at = list.partition_point(|s| s.id < id);
-            list.insert(at, shard.clone());
-            *set = Arc::new(ShardSet::of(list));
+            let mut ids = self.ids.write();
+            let at = ids.partition_point(|&i| i < id);
+            ids.insert(at, id);
         }
+        self.remap();
         if split_now {
             tracing::info!(shard = id, slots = ?shard.slots(), "split created the shard");
         }
@@ -510,8 +524,7 @@ impl Shards {
         // Decided from the replicated state alone (the same on every replica): a split that
         // does not fit the shard as it is changes nothing. Its proposer checked it against the
         // shard as it was; only a split proposed twice gets here.
-        if old.has_child(at.child) || !(old.first < at.first_slot && at.last_slot == old.last)
-        {
+        if old.has_child(at.child) || !(old.first < at.first_slot && at.last_slot == old.last) {
             tracing::warn!(
                 shard = parent,
                 child = at.child,

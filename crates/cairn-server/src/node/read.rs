@@ -3,7 +3,6 @@
 //! (see `route`).
 
 use std::ops::Bound;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use cairn_resp::glob::Pattern;
@@ -29,13 +28,17 @@ impl Node {
 
     /// The shard holding `key`: `known` when the caller already found it (every key of a
     /// routed read lives in one shard), else computed from the key.
-    fn holder<'a>(&self, known: Option<&'a Shard>, key: &[u8]) -> Result<Held<'a>, CommandError> {
+    fn holder<'a>(
+        &'a self,
+        known: Option<&'a Shard>,
+        key: &[u8],
+    ) -> Result<&'a Shard, CommandError> {
         match known {
-            Some(shard) => Ok(Held::Known(shard)),
+            Some(shard) => Ok(shard),
             None => self
                 .shards
                 .for_key(key)
-                .map(Held::Found)
+                .map(|s| &**s)
                 .ok_or_else(|| unmapped(key)),
         }
     }
@@ -122,7 +125,7 @@ impl Node {
         for (shard, positions) in by_shard {
             let part: Vec<Bytes> = positions.iter().map(|&i| keys[i].clone()).collect();
             let shard = self.shards.get(shard).ok_or_else(|| unmapped(&part[0]))?;
-            let (found, _) = self.guarded_read(&shard, &part)?;
+            let (found, _) = self.guarded_read(shard, &part)?;
             for (i, entry) in positions.into_iter().zip(found) {
                 out[i] = entry;
             }
@@ -236,12 +239,12 @@ impl Node {
             })),
             Command::ShardRead { shard, keys } => {
                 let shard = match known {
-                    Some(shard) => Held::Known(shard),
-                    None => Held::Found(self.shards.get(*shard).ok_or_else(|| {
+                    Some(shard) => shard,
+                    None => self.shards.get(*shard).ok_or_else(|| {
                         CommandError::TryAgain(format!("no shard {shard} on this node"))
-                    })?),
+                    })?,
                 };
-                let (entries, deletes) = self.guarded_read(&shard, keys)?;
+                let (entries, deletes) = self.guarded_read(shard, keys)?;
                 Ok(Reply::Guarded { entries, deletes })
             }
             Command::Keys { pattern } => {
@@ -432,23 +435,6 @@ impl Node {
             }
         }
         None
-    }
-}
-
-/// A shard a read found: the one its caller knew, or one looked up.
-enum Held<'a> {
-    Known(&'a Shard),
-    Found(Arc<Shard>),
-}
-
-impl std::ops::Deref for Held<'_> {
-    type Target = Shard;
-
-    fn deref(&self) -> &Shard {
-        match self {
-            Held::Known(shard) => shard,
-            Held::Found(shard) => shard,
-        }
     }
 }
 

@@ -85,8 +85,8 @@ impl Node {
         }
     }
 
-    fn shard(&self, id: u32) -> Result<std::sync::Arc<Shard>, CommandError> {
-        self.shards.get(id).ok_or_else(|| {
+    fn shard(&self, id: u32) -> Result<&Shard, CommandError> {
+        self.shards.get(id).map(|s| &**s).ok_or_else(|| {
             CommandError::TryAgain(format!(
                 "no shard {id} on this node (a split is being applied)"
             ))
@@ -113,7 +113,6 @@ impl Node {
         alone: bool,
     ) -> Result<Part, CommandError> {
         let shard = self.shard(shard_id)?;
-        let shard = &*shard;
         // The common case, this node leads: one atomic load, straight to its proposer (which
         // refuses with TRYAGAIN if leadership has just moved).
         if shard.group.lead() != Lead::No {
@@ -325,7 +324,6 @@ impl Node {
         stale: bool,
     ) -> Result<Reply, CommandError> {
         let shard = self.shard(shard_id)?;
-        let shard = &*shard;
         match shard.group.lead() {
             Lead::Alone => return self.read_owned(shard, cmd),
             Lead::WithOthers => match shard.group.linearize().await {
@@ -364,11 +362,14 @@ impl Node {
     /// key after it: a split applied during the read may have moved (and deleted) one.
     fn read_owned(&self, shard: &Shard, cmd: &Command) -> Result<Reply, CommandError> {
         let reply = self.read_in(Some(shard), cmd)?;
-        let keys = match cmd {
-            Command::ShardRead { keys, .. } => keys.iter().collect(),
-            cmd => cmd.read_keys(),
+        let owned = match cmd {
+            Command::ShardRead { keys, .. } => shard.owns_keys(keys),
+            cmd => match cmd.single_key() {
+                Some(key) => shard.owns(crate::slot::key_slot(key)),
+                None => shard.owns_keys(cmd.read_keys()),
+            },
         };
-        if !shard.owns_keys(keys) {
+        if !owned {
             return Err(CommandError::TryAgain(format!(
                 "shard {} split during the read; retry",
                 shard.id

@@ -38,10 +38,9 @@ impl Node {
         };
         // Slots as the node routes them (the slot map), so that no slot is listed twice
         // while a split is being applied.
-        let set = self.shards.set();
         let mut ranges: std::collections::BTreeMap<u32, Vec<(u16, u16)>> = Default::default();
         for slot in 0..crate::slot::SLOT_COUNT {
-            let owner = set.owner(slot);
+            let owner = self.shards.owner(slot);
             if owner == crate::shards::UNMAPPED {
                 continue;
             }
@@ -51,7 +50,9 @@ impl Node {
                 _ => list.push((slot, slot)),
             }
         }
-        let shards = set
+        let shards = self
+            .shards
+            .list()
             .iter()
             .map(|s| {
                 info(
