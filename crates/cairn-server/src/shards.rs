@@ -260,8 +260,11 @@ const ID_CHUNK: usize = 256;
 /// Shard replicas by id, set once each and never removed: a lookup takes no lock and clones
 /// nothing (chunks of [`ID_CHUNK`] ids are allocated as ids are used).
 struct ById {
-    chunks: Box<[std::sync::OnceLock<Box<[std::sync::OnceLock<Arc<Shard>>]>>]>,
+    chunks: Box<[std::sync::OnceLock<IdChunk>]>,
 }
+
+/// [`ID_CHUNK`] consecutive ids' shards.
+type IdChunk = Box<[std::sync::OnceLock<Arc<Shard>>]>;
 
 impl ById {
     fn new() -> ById {
