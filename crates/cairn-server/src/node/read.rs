@@ -380,7 +380,7 @@ impl Node {
                         }),
                 );
             }
-            let mut i = before;
+            let mut i = 0;
             all.retain(|e| {
                 i += 1;
                 i <= before || shard.range.owns(key_slot(&e.key))
