@@ -183,6 +183,8 @@ pub struct Node {
     touch: tokio::sync::watch::Sender<OutOfTouch>,
     /// A split by size this node (as metadata leader) started is under way.
     pub(crate) splitting: AtomicBool,
+    /// When the last split by size this node asked for was not done.
+    pub(crate) split_refused_at: parking_lot::Mutex<Option<Instant>>,
     /// Why the cluster removed this node, once the balancer task learned it did.
     pub(crate) removed: tokio::sync::watch::Sender<Option<String>>,
     /// Tests only: the next multi-shard read pauses before reading its second shard's part

@@ -409,23 +409,34 @@ impl Proposer {
     }
 
     /// Splits the shard (see [`ProposalOp::Split`]): proposes the split entry, between
-    /// entries, and answers `reply` once it is applied here (a flight: later writes go on
-    /// being proposed behind it, and land after it). From the proposal on, the moving slots
-    /// are `leaving`: neither written nor read here until the split is applied here, or the
-    /// term ends (a new term's first entry commits it, or it never happens).
+    /// entries, and answers `reply` once it is applied here. Nothing else is proposed
+    /// meanwhile (writes wait in the queue: the apply, which builds the child, would hold
+    /// them anyway, and a write proposed behind it would run out its commit wait). From the
+    /// proposal on, the moving slots are `leaving`: neither written nor read here until the
+    /// split is applied here, or this node no longer leads the term it was proposed in.
     async fn split(&mut self, child: u32, at: Option<u16>, reply: oneshot::Sender<Answer>) {
+        if self.h.leaving.as_ref().is_some_and(|l| l.get().is_some()) {
+            let why = "cannot split now: a split of the shard is under way";
+            let _ = reply.send(Answer::bare(Err(CommandError::TryAgain(why.into()))));
+            return;
+        }
         let result = async {
-            let term = self.ensure_term().await?;
+            self.ensure_term().await?;
             self.drain().await;
+            // The drain may have ended the term (an entry failed): a fresh one, ready.
+            let term = self.ensure_term().await?;
             self.propose_split(&term, child, at).await
         }
         .await;
         match result {
-            Ok(flight) => self.flights.push_back(Box::pin(async move {
-                let mut landed = flight.await;
-                landed.answers = vec![(reply, landed.answers.pop().expect("one").1)];
-                landed
-            })),
+            Ok(flight) => {
+                self.flights.push_back(Box::pin(async move {
+                    let mut landed = flight.await;
+                    landed.answers = vec![(reply, landed.answers.pop().expect("one").1)];
+                    landed
+                }));
+                self.drain().await;
+            }
             Err(e) => {
                 let _ = reply.send(Answer::bare(Err(e)));
             }
@@ -452,9 +463,6 @@ impl Proposer {
                 self.h.shard
             )));
         };
-        if leaving.get().is_some() {
-            return Err(busy("a split of the shard is under way".into()));
-        }
         if !self.h.group.membership_settled() || self.h.group.membership_joint() {
             return Err(busy("a change of the group's members is under way".into()));
         }
@@ -545,11 +553,13 @@ impl Proposer {
                 Ok(_) => Ok(Reply::Int(i64::from(at))),
                 Err(e) => Err(e.clone()),
             };
-            // Applied here; or no longer led here in that term, so nothing more is written
-            // here in it (a later term of this node's starts with the split applied, if it
-            // committed at all), and stale reads of this replica go on.
-            if outcome.is_ok() || group.leading().as_ref() != Some(&leader) {
+            // Applied here: the slots are the child's. Otherwise they stay leaving until this
+            // node no longer leads that term (a later term of its own starts with the split
+            // applied, if it committed at all) or the split is applied here after all.
+            if outcome.is_ok() {
                 leaving.set(None);
+            } else {
+                tokio::spawn(free_when_settled(group, leader, index, leaving));
             }
             Landed {
                 predicted: Some(index),
@@ -782,6 +792,26 @@ impl Proposer {
             }
         }));
     }
+}
+
+/// Frees the slots a split of unknown fate left `leaving` once it is settled here: this node
+/// no longer leads the term it was proposed in, or its replica applied the split's index.
+async fn free_when_settled(group: Group, leader: LeaderTerm, index: u64, leaving: Arc<SlotRange>) {
+    let applied = |group: &Group| {
+        group
+            .sm
+            .applied()
+            .ok()
+            .and_then(|(id, _)| id)
+            .is_some_and(|id| id.index >= index)
+    };
+    while group.leading().as_ref() == Some(&leader) && !applied(&group) {
+        if group.status().stopped.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    leaving.set(None);
 }
 
 /// The slot in `first + 1..=last` that splits the engine's keys most evenly (the middle of

@@ -27,22 +27,16 @@ pub struct Position {
     after: Option<Bytes>,
 }
 
-/// One shard as SCAN walks it: its id, engine, and the slots its keys must be in (`None`:
-/// all; a split being applied leaves the moved keys in both engines for a moment).
+/// One shard as SCAN walks it: its id and engine.
 #[derive(Debug, Clone)]
 pub struct ScanShard {
     pub id: u32,
     pub engine: std::sync::Arc<Engine>,
-    pub slots: Option<(u16, u16)>,
 }
 
-impl ScanShard {
-    /// Whether `key` is the shard's.
-    pub fn owns(&self, key: &[u8]) -> bool {
-        self.slots
-            .is_none_or(|(first, last)| (first..=last).contains(&crate::slot::key_slot(key)))
-    }
-}
+/// Whether shard `id` owns `key` (a split being applied leaves the moved keys in both
+/// engines for a moment: each is listed from the shard the slot map names).
+pub type Owns<'a> = &'a dyn Fn(u32, &[u8]) -> bool;
 
 #[derive(Debug, Default)]
 struct Table {
@@ -63,13 +57,14 @@ impl ScanCursors {
     pub fn scan(
         &self,
         shards: &[ScanShard],
+        owns: Owns<'_>,
         cursor: u64,
         pattern: Option<&[u8]>,
         count: usize,
         type_filter: Option<&[u8]>,
     ) -> (u64, Vec<Bytes>) {
         let from = self.position(cursor);
-        let (next, keys) = Self::page(shards, from, pattern, count, type_filter);
+        let (next, keys) = Self::page(shards, owns, from, pattern, count, type_filter);
         (self.advance(cursor, next), keys)
     }
 
@@ -91,6 +86,7 @@ impl ScanCursors {
     /// iteration is complete). Reads only: the same page can be read twice.
     pub fn page(
         shards: &[ScanShard],
+        owns: Owns<'_>,
         from: Position,
         pattern: Option<&[u8]>,
         count: usize,
@@ -128,7 +124,7 @@ impl ScanCursors {
                 pos.after = Some(last.clone());
             }
             keys.extend(batch.into_iter().map(|(k, _)| k).filter(|k| {
-                type_ok && glob.as_ref().is_none_or(|g| g.matches(k)) && shard.owns(k)
+                type_ok && glob.as_ref().is_none_or(|g| g.matches(k)) && owns(shard.id, k)
             }));
             if exhausted {
                 i += 1;
@@ -181,7 +177,6 @@ mod tests {
                 ScanShard {
                     id: i as u32,
                     engine: std::sync::Arc::new(engine),
-                    slots: None,
                 }
             })
             .collect();
@@ -202,7 +197,7 @@ mod tests {
     ) -> Vec<String> {
         let (mut cursor, mut seen) = (0, Vec::new());
         loop {
-            let (next, keys) = cursors.scan(shards, cursor, pattern, count, None);
+            let (next, keys) = cursors.scan(shards, &|_, _| true, cursor, pattern, count, None);
             seen.extend(keys.iter().map(|k| String::from_utf8(k.to_vec()).unwrap()));
             if next == 0 {
                 break;
@@ -237,11 +232,11 @@ mod tests {
         // TYPE other than string matches nothing; an unknown cursor starts over.
         assert!(
             cursors
-                .scan(&shards, 0, None, 1000, Some(b"hash"))
+                .scan(&shards, &|_, _| true, 0, None, 1000, Some(b"hash"))
                 .1
                 .is_empty()
         );
-        let (_, restarted) = cursors.scan(&shards, 12345, None, 1000, None);
+        let (_, restarted) = cursors.scan(&shards, &|_, _| true, 12345, None, 1000, None);
         assert_eq!(restarted.len(), 50);
     }
 
@@ -250,7 +245,7 @@ mod tests {
         let (_dir, shards) = shards_with(&["a", "b", "c", "d", "e"]);
         let cursors = ScanCursors::default();
         for _ in 0..SCAN_CURSORS_MAX + 10 {
-            let (next, _) = cursors.scan(&shards, 0, None, 1, None);
+            let (next, _) = cursors.scan(&shards, &|_, _| true, 0, None, 1, None);
             assert_ne!(next, 0);
         }
         assert!(cursors.table.lock().positions.len() <= SCAN_CURSORS_MAX);

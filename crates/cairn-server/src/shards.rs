@@ -317,6 +317,9 @@ pub struct Shards {
     /// child's replica that holds no record of its own yet.
     taken: parking_lot::Mutex<std::collections::HashMap<u32, (u16, u16)>>,
     me: Weak<Shards>,
+    /// Tests only: a split's apply waits for a permit before it builds the child.
+    #[cfg(test)]
+    pub(crate) hold_splits: parking_lot::Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 impl std::fmt::Debug for Shards {
@@ -347,6 +350,8 @@ impl Shards {
             ranges: Default::default(),
             taken: Default::default(),
             me: me.clone(),
+            #[cfg(test)]
+            hold_splits: Default::default(),
         });
         let mut queue: Vec<u32> = (0..count).rev().collect();
         while let Some(id) = queue.pop() {
@@ -550,6 +555,12 @@ impl Shards {
             children: Vec::new(),
             created_at: at.log_id.index,
         };
+        #[cfg(test)]
+        let hold = self.hold_splits.lock().clone();
+        #[cfg(test)]
+        if let Some(hold) = hold {
+            let _ = hold.acquire().await;
+        }
         // The child's lock: what opens it at start or for a snapshot waits for the build.
         let lock = self.opening(at.child);
         let held = lock.lock().await;
@@ -572,8 +583,9 @@ impl Shards {
         if !open {
             let child = self.ensure_locked(at.child, built).await?;
             if let Some(shard) = self.get(parent) {
-                if shard.group.leading().is_some() {
-                    // The child has a leader at once instead of after an election timeout.
+                // The child has a leader at once instead of after an election timeout (unless
+                // replicas that applied the split first elected one already).
+                if shard.group.leading().is_some() && child.group.status().leader.is_none() {
                     let group = child.group.clone();
                     tokio::spawn(async move { group.campaign().await });
                 }

@@ -21,6 +21,9 @@ use crate::reply::Reply;
 /// Longest a split request waits for the parent's leader to apply it: the leader copies the
 /// moving keys as it applies the entry (about a second per million keys).
 pub const SPLIT_WAIT: Duration = Duration::from_secs(120);
+/// How long the metadata leader waits after a split by size that was not done before it
+/// tries another (each attempt takes a shard id, and ids are never reused).
+pub const SPLIT_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 impl Node {
     /// Splits `shard` at slot `at` (or where its keys split in halves): on the metadata leader,
@@ -117,6 +120,16 @@ pub(crate) fn split_oversized(node: &Arc<Node>) {
     {
         return;
     }
+    // After a split that was not done, the next waits a while: each takes a shard id.
+    if node
+        .split_refused_at
+        .lock()
+        .is_some_and(|at| at.elapsed() < SPLIT_RETRY_AFTER)
+    {
+        node.splitting
+            .store(false, std::sync::atomic::Ordering::Release);
+        return;
+    }
     tracing::info!(
         shard,
         bytes,
@@ -126,6 +139,7 @@ pub(crate) fn split_oversized(node: &Arc<Node>) {
     let node = node.clone();
     tokio::spawn(async move {
         let outcome = split_outcome(&node.split_shard(shard, None).await);
+        *node.split_refused_at.lock() = (outcome != "done").then(std::time::Instant::now);
         metrics::counter!(
             crate::metrics::SHARD_SPLITS_TOTAL,
             "reason" => "size",
@@ -570,5 +584,65 @@ mod tests {
             let _ = node.shutdown().await;
         }
         assert!(split_seen > 0, "no cut left a split that had happened");
+    }
+
+    /// A split whose apply takes long (a big shard's copy; here held by the test) holds the
+    /// shard's other writes until it lands, and none of them fails for it; the moving slots
+    /// are refused meanwhile on the node that proposed it, to be routed again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_split_holds_writes_without_failing_them_and_refuses_the_moving_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(options(dir.path())).await.unwrap();
+        let before = fill(&node, 300, 4_000_000_000_000).await;
+        let at = 6000;
+        let moving = before
+            .keys()
+            .find(|k| (at..8192).contains(&key_slot(k.as_bytes())))
+            .unwrap()
+            .clone();
+        let staying = before
+            .keys()
+            .find(|k| (4096..at).contains(&key_slot(k.as_bytes())))
+            .unwrap()
+            .clone();
+        let hold = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        *node.shards().hold_splits.lock() = Some(hold.clone());
+        let split = tokio::spawn({
+            let node = node.clone();
+            async move { node.split_shard(1, Some(at)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let write = tokio::spawn({
+            let node = node.clone();
+            let key = staying.clone();
+            async move { node.execute(set(&key, "during")).await }
+        });
+        // The moving slots are leaving: a read of the parent's replica is refused.
+        let read = node
+            .execute_forwarded(
+                Command::ShardRead {
+                    shard: 1,
+                    keys: vec![b(&moving)],
+                },
+                0,
+                false,
+                None,
+            )
+            .await;
+        assert!(matches!(read, Err(CommandError::TryAgain(_))), "{read:?}");
+        // Held past the commit wait of a write.
+        tokio::time::sleep(crate::proposer::COMMIT_WAIT + Duration::from_secs(1)).await;
+        assert!(!write.is_finished());
+        hold.add_permits(1);
+        let (child, first) = split_of(split.await.unwrap().unwrap());
+        assert_eq!(first, at);
+        write
+            .await
+            .unwrap()
+            .expect("the write held behind the split");
+        assert_eq!(get(&node, &staying).await.unwrap().value, b("during"));
+        assert_eq!(node.shards().shard_of_key(moving.as_bytes()), child);
+        assert_eq!(get(&node, &moving).await.as_ref(), Some(&before[&moving]));
+        node.shutdown().await.unwrap();
     }
 }

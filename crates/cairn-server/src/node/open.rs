@@ -109,6 +109,7 @@ impl Node {
             health,
             stopping: AtomicBool::new(false),
             splitting: AtomicBool::new(false),
+            split_refused_at: Default::default(),
             // Started from the wall clock so that ids stay unique across restarts.
             txn_counter: std::sync::atomic::AtomicU64::new(
                 std::time::SystemTime::now()

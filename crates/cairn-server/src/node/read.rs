@@ -13,7 +13,6 @@ use crate::command::{Command, KeyRange};
 use crate::error::CommandError;
 use crate::reply::{Entry, KeyTtl, KeyType, Reply};
 use crate::shard::Shard;
-use crate::slot::key_slot;
 use crate::txn;
 
 /// How many times a read of whole shards runs again because transactions changed the shards
@@ -273,15 +272,16 @@ impl Node {
                     .map(|s| crate::scan::ScanShard {
                         id: s.id,
                         engine: s.engine(),
-                        slots: s.slots(),
                     })
                     .collect();
+                let owns = |id: u32, key: &[u8]| self.shards.shard_of_key(key) == id;
                 // The page is read twice from one position; the cursor is retired and the
                 // next one issued once, after.
                 let from = self.cursors.position(*cursor);
                 let (next, keys) = self.settled(&relevant, || {
                     Ok(crate::scan::ScanCursors::page(
                         &engines,
+                        &owns,
                         from.clone(),
                         pattern.as_deref(),
                         *count,
@@ -333,7 +333,7 @@ impl Node {
                 keys.into_iter()
                     .map(|(k, _)| k)
                     .filter(|k| glob.as_ref().is_none_or(|g| g.matches(k)))
-                    .filter(|k| shard.range.owns(key_slot(k))),
+                    .filter(|k| self.shards.shard_of_key(k) == shard.id),
             );
         }
         out
@@ -383,7 +383,7 @@ impl Node {
             let mut i = 0;
             all.retain(|e| {
                 i += 1;
-                i <= before || shard.range.owns(key_slot(&e.key))
+                i <= before || self.shards.shard_of_key(&e.key) == shard.id
             });
         }
         all.sort_by(|a, b| a.key.cmp(&b.key));
@@ -415,7 +415,7 @@ impl Node {
         for i in order {
             let shard = &shards[i];
             let engine = shard.engine();
-            let owned = |key: &Bytes| shard.range.owns(key_slot(key));
+            let owned = |key: &Bytes| self.shards.shard_of_key(key) == shard.id;
             let probe: [u8; 8] = rng.random();
             let after = engine.scan_keys(
                 Bound::Included(&probe[..rng.random_range(1..=8)]),
