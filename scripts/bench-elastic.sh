@@ -32,6 +32,8 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 # shellcheck source=scripts/lib/cairn-cluster.sh
 source "$ROOT/scripts/lib/cairn-cluster.sh"
+# shellcheck source=scripts/lib/probe.sh
+source "$ROOT/scripts/lib/probe.sh"
 CAIRN="$ROOT/target/release/cairn"
 PYTHON=${CAIRN_PYTHON:-$ROOT/target/ci-venv/bin/python}
 DATA_MB=${DATA_MB:-256}
@@ -47,7 +49,6 @@ done
 
 TMP=$(mktemp -d /tmp/bench-elastic.XXXXXX)
 declare -A CAIRN_PIDS=()
-PROBE_PID=
 cleanup() {
     local status=$?
     [[ -n $PROBE_PID ]] && kill "$PROBE_PID" 2>/dev/null
@@ -55,47 +56,8 @@ cleanup() {
 }
 on_exit cleanup
 
-# The probe: SET and GET of random keys through PORT until STOP_FILE exists; prints p50, p99
-# and max latency in ms, the request count, and the errors seen.
-cat >"$TMP/probe.py" <<'EOF'
-import json, os, random, sys, time
-import redis
-port, stop_file = int(sys.argv[1]), sys.argv[2]
-r = redis.Redis(port=port, socket_timeout=30)
-lat, errors, value = [], [], b"v" * 256
-while not os.path.exists(stop_file):
-    key = f"probe:{random.randrange(100000)}"
-    t = time.perf_counter()
-    try:
-        r.set(key, value)
-        r.get(key)
-    except Exception as e:
-        errors.append(f"{type(e).__name__}: {e}")
-        time.sleep(0.01)
-        continue
-    lat.append((time.perf_counter() - t) * 1000 / 2)
-lat.sort()
-pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
-print(json.dumps({"p50": pick(0.5), "p99": pick(0.99), "max": lat[-1] if lat else None,
-                  "requests": 2 * len(lat), "errors": sorted(set(errors))}))
-EOF
-
-# probe_start NAME / probe_stop NAME: the probe through node 1 between the two calls.
-probe_start() {
-    rm -f "$TMP/stop-$1"
-    "$PYTHON" "$TMP/probe.py" "$(cairn_resp 1)" "$TMP/stop-$1" >"$TMP/probe-$1.json" &
-    PROBE_PID=$!
-}
-probe_stop() {
-    touch "$TMP/stop-$1"
-    wait "$PROBE_PID"
-    PROBE_PID=
-}
-probe_row() {
-    jq -r --arg name "$1" --arg secs "$2" \
-        '"| \($name) | \($secs) | \(.p50*100|round/100) | \(.p99*100|round/100) | \(.max*100|round/100) | \(.requests) | \(.errors|length) |"' \
-        "$TMP/probe-$1.json"
-}
+PROBE_KEYS=100000
+probe_write
 
 # Node 4 holds what every shard's leader applied: its applied index of every group (as its
 # own /v1/cluster shows) reaches the commit index node 1 saw when the join began.
@@ -184,6 +146,4 @@ echo "|---|---|---|---|---|---|---|"
 probe_row idle "$PHASE"
 probe_row join "$(printf %.1f "$join_s")"
 probe_row leave "$(printf %.1f "$leave_s")"
-for phase in idle join leave; do
-    jq -r --arg p "$phase" '.errors[] | "\($p): \(.)"' "$TMP/probe-$phase.json"
-done
+probe_errors idle join leave

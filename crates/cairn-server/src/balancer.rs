@@ -777,10 +777,8 @@ impl Node {
     pub async fn remove_node(&self, id: &str) -> Result<(), ManageError> {
         let meta = self.meta();
         if meta.group.leading().is_none() {
-            let status = meta.group.status();
-            let addr = status
-                .leader
-                .and_then(|l| status.nodes.get(&l).map(|a| a.grpc.clone()))
+            let addr = meta
+                .leader_addr()
                 .ok_or_else(|| CommandError::TryAgain("the metadata group has no leader".into()))?;
             return ask(self, &addr, &Manage::RemoveNode(id.to_string()))
                 .await

@@ -398,9 +398,8 @@ impl Command {
             ))
     }
 
-    /// The one key a single-key read or write names (`None` for any other command): the
-    /// common case, checked without collecting the keys.
-    pub fn single_key(&self) -> Option<&Bytes> {
+    /// The one key a single-key read names (`None` for any other command).
+    pub fn single_read_key(&self) -> Option<&Bytes> {
         match self {
             Command::Get { key }
             | Command::StrLen { key }
@@ -409,8 +408,16 @@ impl Command {
             | Command::BitCount { key, .. }
             | Command::BitPos { key, .. }
             | Command::Type { key }
-            | Command::Ttl { key }
-            | Command::Set { key, .. }
+            | Command::Ttl { key } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The one key a single-key read or write names (`None` for any other command): the
+    /// common case, checked without collecting the keys.
+    pub fn single_key(&self) -> Option<&Bytes> {
+        self.single_read_key().or(match self {
+            Command::Set { key, .. }
             | Command::GetDel { key }
             | Command::GetEx { key, .. }
             | Command::Append { key, .. }
@@ -421,20 +428,15 @@ impl Command {
             | Command::Expire { key, .. }
             | Command::Persist { key } => Some(key),
             _ => None,
-        }
+        })
     }
 
     /// The keys a keyed read names.
     pub fn read_keys(&self) -> Vec<&Bytes> {
+        if let Some(key) = self.single_read_key() {
+            return vec![key];
+        }
         match self {
-            Command::Get { key }
-            | Command::StrLen { key }
-            | Command::GetRange { key, .. }
-            | Command::GetBit { key, .. }
-            | Command::BitCount { key, .. }
-            | Command::BitPos { key, .. }
-            | Command::Type { key }
-            | Command::Ttl { key } => vec![key],
             Command::MGet { keys } | Command::Exists { keys } => keys.iter().collect(),
             Command::Lcs { a, b, .. } => vec![a, b],
             _ => Vec::new(),

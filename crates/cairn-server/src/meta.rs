@@ -168,6 +168,15 @@ impl Meta {
         serde_json::from_slice(&value).ok()
     }
 
+    /// The gRPC address of the metadata group's leader, as this replica knows it (`None`:
+    /// no leader known).
+    pub fn leader_addr(&self) -> Option<String> {
+        let status = self.group.status();
+        status
+            .leader
+            .and_then(|l| status.nodes.get(&l).map(|a| a.grpc.clone()))
+    }
+
     /// Whether this node leads the metadata group.
     pub fn is_leader(&self) -> bool {
         self.group.leading().is_some()

@@ -72,10 +72,8 @@ impl pb::node_server::Node for NodeService {
         let r = request.into_inner();
         let meta = self.node.meta();
         if !meta.is_leader() {
-            let status = meta.group.status();
-            let redirect = status
-                .leader
-                .and_then(|l| status.nodes.get(&l).map(|a| a.grpc.clone()))
+            let redirect = meta
+                .leader_addr()
                 .ok_or_else(|| Status::unavailable("the metadata group has no leader"))?;
             return Ok(Response::new(pb::JoinResponse {
                 redirect,

@@ -185,18 +185,11 @@ impl Node {
         hops: u32,
         stale: bool,
     ) -> Result<Reply, CommandError> {
+        if let Some(key) = cmd.single_read_key() {
+            let shard = self.shards.shard_of_key(key);
+            return self.read_on(shard, cmd, hops, stale).await;
+        }
         match cmd {
-            Command::Get { key }
-            | Command::StrLen { key }
-            | Command::GetRange { key, .. }
-            | Command::GetBit { key, .. }
-            | Command::BitCount { key, .. }
-            | Command::BitPos { key, .. }
-            | Command::Type { key }
-            | Command::Ttl { key } => {
-                let shard = self.shards.shard_of_key(key);
-                self.read_on(shard, cmd, hops, stale).await
-            }
             Command::ShardRead { shard, .. } => self.read_on(*shard, cmd, hops, stale).await,
             Command::Publish { messages } => Ok(Reply::Int(self.deliver(messages, false) as i64)),
             Command::ShardPublish { messages } => {

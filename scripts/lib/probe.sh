@@ -1,0 +1,59 @@
+# shellcheck shell=bash
+# A foreground-latency probe for the benchmark scripts (sourced by scripts/bench-elastic.sh
+# and scripts/bench-split.sh, after scripts/lib/cairn-cluster.sh): one redis-py client SETs
+# and GETs random keys of 256 bytes through node 1, one request at a time, between
+# probe_start NAME and probe_stop NAME; probe_row NAME SECONDS prints its Markdown row.
+#
+# The sourcing script defines PYTHON (with redis-py), TMP, and PROBE_KEYS (how many distinct
+# keys the probe writes) before calling probe_write; its cleanup kills "$PROBE_PID" if set.
+
+PROBE_PID=
+
+# probe_write: writes the probe program into $TMP.
+probe_write() {
+    cat >"$TMP/probe.py" <<'EOF'
+import json, os, random, sys, time
+import redis
+port, stop_file, keys = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+r = redis.Redis(port=port, socket_timeout=60)
+lat, errors, value = [], [], b"v" * 256
+while not os.path.exists(stop_file):
+    key = f"probe:{random.randrange(keys)}"
+    t = time.perf_counter()
+    try:
+        r.set(key, value)
+        r.get(key)
+    except Exception as e:
+        errors.append(f"{type(e).__name__}: {e}")
+        time.sleep(0.01)
+        continue
+    lat.append((time.perf_counter() - t) * 1000 / 2)
+lat.sort()
+pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+print(json.dumps({"p50": pick(0.5), "p99": pick(0.99), "max": lat[-1] if lat else None,
+                  "requests": 2 * len(lat), "errors": sorted(set(errors))}))
+EOF
+}
+
+probe_start() {
+    rm -f "$TMP/stop-$1"
+    "$PYTHON" "$TMP/probe.py" "$(cairn_resp 1)" "$TMP/stop-$1" "$PROBE_KEYS" >"$TMP/probe-$1.json" &
+    PROBE_PID=$!
+}
+probe_stop() {
+    touch "$TMP/stop-$1"
+    wait "$PROBE_PID"
+    PROBE_PID=
+}
+probe_row() {
+    jq -r --arg name "$1" --arg secs "$2" \
+        '"| \($name) | \($secs) | \(.p50*100|round/100) | \(.p99*100|round/100) | \(.max*100|round/100) | \(.requests) | \(.errors|length) |"' \
+        "$TMP/probe-$1.json"
+}
+# probe_errors NAME...: every error each probe saw, one per line, prefixed with its name.
+probe_errors() {
+    local phase
+    for phase in "$@"; do
+        jq -r --arg p "$phase" '.errors[] | "\($p): \(.)"' "$TMP/probe-$phase.json"
+    done
+}
