@@ -416,7 +416,12 @@ impl Command {
     /// The one key a single-key read or write names (`None` for any other command): the
     /// common case, checked without collecting the keys.
     pub fn single_key(&self) -> Option<&Bytes> {
-        self.single_read_key().or(match self {
+        self.single_read_key().or(self.single_write_key())
+    }
+
+    /// The one key a single-key write names (`None` for any other command).
+    pub fn single_write_key(&self) -> Option<&Bytes> {
+        match self {
             Command::Set { key, .. }
             | Command::GetDel { key }
             | Command::GetEx { key, .. }
@@ -428,7 +433,7 @@ impl Command {
             | Command::Expire { key, .. }
             | Command::Persist { key } => Some(key),
             _ => None,
-        })
+        }
     }
 
     /// The keys a keyed read names.
@@ -446,6 +451,9 @@ impl Command {
     /// The keys a write names (none for `Flush` and internal steps); for an `Exec`, every key
     /// it touches, read or written, in either branch (a transaction locks them all).
     pub fn write_keys(&self) -> Vec<&Bytes> {
+        if let Some(key) = self.single_write_key() {
+            return vec![key];
+        }
         match self {
             Command::Exec {
                 compares,
@@ -460,16 +468,6 @@ impl Command {
                     keys
                 }))
                 .collect(),
-            Command::Set { key, .. }
-            | Command::GetDel { key }
-            | Command::GetEx { key, .. }
-            | Command::Append { key, .. }
-            | Command::SetRange { key, .. }
-            | Command::SetBit { key, .. }
-            | Command::IncrBy { key, .. }
-            | Command::IncrByFloat { key, .. }
-            | Command::Expire { key, .. }
-            | Command::Persist { key } => vec![key],
             Command::MSet { pairs, .. } => pairs.iter().map(|(k, _)| k).collect(),
             Command::Del { keys } => keys.iter().collect(),
             Command::Rename { from, to, .. } | Command::Copy { from, to, .. } => vec![from, to],
