@@ -459,18 +459,15 @@ fn check_gone(node: &Node, group: u64, id: u64) -> Result<(), ManageError> {
     Ok(())
 }
 
+/// A Raft group on this node and its proposer.
+pub(crate) type GroupHandles = (
+    cairn_raft::Group,
+    tokio::sync::mpsc::Sender<crate::proposer::Proposal>,
+);
+
 /// Group `id` and its proposer, when this node leads it and no membership change is under
 /// way (what every change and every check of a group's members starts from).
-fn settled_leader(
-    node: &Node,
-    id: u64,
-) -> Result<
-    (
-        cairn_raft::Group,
-        tokio::sync::mpsc::Sender<crate::proposer::Proposal>,
-    ),
-    CommandError,
-> {
+fn settled_leader(node: &Node, id: u64) -> Result<GroupHandles, CommandError> {
     let (group, proposals) = node.group_handles(id)?;
     if group.leading().is_none() {
         return Err(CommandError::TryAgain(format!(
@@ -820,16 +817,7 @@ impl Node {
     }
 
     /// The Raft group `id` on this node and its proposer.
-    pub(crate) fn group_handles(
-        &self,
-        id: u64,
-    ) -> Result<
-        (
-            cairn_raft::Group,
-            tokio::sync::mpsc::Sender<crate::proposer::Proposal>,
-        ),
-        CommandError,
-    > {
+    pub(crate) fn group_handles(&self, id: u64) -> Result<GroupHandles, CommandError> {
         if id == META_GROUP {
             let meta = self.meta();
             return Ok((meta.group.clone(), meta.proposals.clone()));

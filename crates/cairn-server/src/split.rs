@@ -33,19 +33,45 @@ impl Node {
         shard: u32,
         at: Option<u16>,
     ) -> Result<Managed, ManageError> {
+        self.split_shard_for(shard, at, "request").await
+    }
+
+    /// [`Node::split_shard`], counted (on the metadata leader) under `reason`.
+    async fn split_shard_for(
+        self: &Arc<Self>,
+        shard: u32,
+        at: Option<u16>,
+        reason: &'static str,
+    ) -> Result<Managed, ManageError> {
         let meta = self.meta();
-        if meta.group.leading().is_none() {
-            let addr = meta
-                .leader_addr()
-                .ok_or_else(|| CommandError::TryAgain("the metadata group has no leader".into()))?;
-            return crate::balancer::ask_within(
-                self,
-                &addr,
-                &crate::balancer::Manage::Split { shard, at },
-                SPLIT_WAIT,
+        if meta.group.leading().is_some() {
+            let result = self.split_as_metadata_leader(shard, at).await;
+            metrics::counter!(
+                crate::metrics::SHARD_SPLITS_TOTAL,
+                "reason" => reason,
+                "outcome" => split_outcome(&result)
             )
-            .await;
+            .increment(1);
+            return result;
         }
+        let addr = meta
+            .leader_addr()
+            .ok_or_else(|| CommandError::TryAgain("the metadata group has no leader".into()))?;
+        crate::balancer::ask_within(
+            self,
+            &addr,
+            &crate::balancer::Manage::Split { shard, at },
+            SPLIT_WAIT,
+        )
+        .await
+    }
+
+    async fn split_as_metadata_leader(
+        self: &Arc<Self>,
+        shard: u32,
+        at: Option<u16>,
+    ) -> Result<Managed, ManageError> {
+        let meta = self.meta();
         let Some(parent) = self.shards().get(shard) else {
             return Err(ManageError::UnknownShard(format!(
                 "no shard {shard} in the cluster"
@@ -136,14 +162,8 @@ pub(crate) fn split_oversized(node: &Arc<Node>) {
     );
     let node = node.clone();
     tokio::spawn(async move {
-        let outcome = split_outcome(&node.split_shard(shard, None).await);
-        *node.split_refused_at.lock() = (outcome != "done").then(std::time::Instant::now);
-        metrics::counter!(
-            crate::metrics::SHARD_SPLITS_TOTAL,
-            "reason" => "size",
-            "outcome" => outcome
-        )
-        .increment(1);
+        let done = node.split_shard_for(shard, None, "size").await.is_ok();
+        *node.split_refused_at.lock() = (!done).then(std::time::Instant::now);
         node.splitting
             .store(false, std::sync::atomic::Ordering::Release);
     });

@@ -771,6 +771,32 @@ fn shards_split_under_load_without_a_failed_request() {
     for i in 0..3 {
         assert_eq!(cluster_slots_assigned(&cluster, i), 16384, "node {i}");
     }
+    // The metadata leader counted both requests done (each node's replicas, each split
+    // applied).
+    let counted = |i: usize, name: &str, labels: &[&str]| -> f64 {
+        metrics(&cluster, i)
+            .lines()
+            .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let requested: f64 = (0..3)
+        .map(|i| {
+            counted(
+                i,
+                "cairn_shard_splits_total{",
+                &["reason=\"request\"", "outcome=\"done\""],
+            )
+        })
+        .sum();
+    assert_eq!(requested, 2.0);
+    for i in 0..3 {
+        assert_eq!(
+            counted(i, "cairn_shard_splits_applied_total ", &[]),
+            2.0,
+            "node {i}"
+        );
+    }
     // Keys kept their values, versions and deadlines, read through every node.
     for i in 0..3 {
         for (n, want) in before.iter().enumerate() {
