@@ -454,7 +454,8 @@ impl Node {
 
     /// FLUSHDB/FLUSHALL: every shard cleared, and then every shard a split created
     /// meanwhile (its parent may have given it keys before its own clear), until no new
-    /// shard appears.
+    /// shard appears here or on any other node up (this node's replica of a parent may lag
+    /// behind its split, which the parent's leader applied before it cleared the parent).
     async fn flush_all(&self) -> Result<Reply, CommandError> {
         let mut done = std::collections::BTreeSet::new();
         loop {
@@ -465,17 +466,62 @@ impl Node {
                 .map(|s| s.id)
                 .filter(|id| !done.contains(id))
                 .collect();
-            if fresh.is_empty() {
+            if !fresh.is_empty() {
+                for id in fresh {
+                    self.propose_routed(Command::Flush, 0, Some(id), false)
+                        .await?
+                        .wait()
+                        .await?;
+                    done.insert(id);
+                }
+                continue;
+            }
+            let elsewhere = self.shards_elsewhere(&done).await;
+            if elsewhere.is_empty() {
                 return Ok(Reply::Ok);
             }
-            for id in fresh {
-                self.propose_routed(Command::Flush, 0, Some(id), false)
-                    .await?
-                    .wait()
+            for (id, addr) in elsewhere {
+                crate::peer::forward(&self.peers, &addr, &Command::Flush, 1, false, Some(id))
                     .await?;
                 done.insert(id);
             }
         }
+    }
+
+    /// Shards other nodes that are up know and `known` does not name, each with the gRPC
+    /// address of a node that knows it (nodes that do not answer within a second are left
+    /// out).
+    async fn shards_elsewhere(
+        &self,
+        known: &std::collections::BTreeSet<u32>,
+    ) -> Vec<(u32, String)> {
+        let me = self.raft_id();
+        let mut found: std::collections::BTreeMap<u32, String> = Default::default();
+        for node in self.meta.nodes() {
+            if node.raft_id == me || node.down {
+                continue;
+            }
+            let Ok(channel) = self.peers.channel(&node.grpc_addr) else {
+                continue;
+            };
+            let mut client = cairn_proto::v1::cluster_client::ClusterClient::new(channel);
+            let answer = tokio::time::timeout(
+                Duration::from_secs(1),
+                client.status(cairn_proto::v1::StatusRequest {}),
+            )
+            .await;
+            let Ok(Ok(status)) = answer else {
+                continue;
+            };
+            for shard in status.into_inner().shards {
+                if !known.contains(&shard.id) {
+                    found
+                        .entry(shard.id)
+                        .or_insert_with(|| node.grpc_addr.clone());
+                }
+            }
+        }
+        found.into_iter().collect()
     }
 
     /// A command another node forwarded (`hops` forwards so far): served here if this node

@@ -866,6 +866,28 @@ fn shards_split_under_load_without_a_failed_request() {
             Ok(())
         },
     );
+    // FLUSHALL through the newest node empties every shard, the split ones included.
+    let mut conn = Conn::connect(cluster.nodes[3].resp_addr).unwrap();
+    assert_eq!(conn.cmd(&["FLUSHALL"]), Answer::Ok);
+    for i in 0..4 {
+        poll_until(
+            CONVERGE_TIMEOUT,
+            Duration::from_millis(100),
+            || {
+                format!(
+                    "node {i} still holds keys after FLUSHALL\n{}",
+                    cluster.logs()
+                )
+            },
+            || {
+                let mut conn = Conn::connect(cluster.nodes[i].resp_addr).unwrap();
+                match conn.cmd(&["DBSIZE"]) {
+                    Answer::Int(0) => Ok(()),
+                    other => Err(other),
+                }
+            },
+        );
+    }
 }
 
 #[test]
