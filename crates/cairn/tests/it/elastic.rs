@@ -91,6 +91,16 @@ fn balanced(status: &Value, nodes: &BTreeSet<String>) -> Result<(), String> {
     Ok(())
 }
 
+/// The index, among the first `n` nodes, of the one leading the metadata group as node 0
+/// sees it.
+fn meta_leader_of(cluster: &Cluster, n: usize) -> usize {
+    let leader = cluster.status(0)["metadata"]["leader"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (0..n).find(|&i| cluster.name(i) == leader).unwrap()
+}
+
 /// Waits until node `from` sees the cluster of `nodes` balanced.
 fn wait_balanced(cluster: &Cluster, from: usize, nodes: &BTreeSet<String>) {
     poll_until(
@@ -384,11 +394,7 @@ fn a_node_joins_and_another_leaves_under_load_without_a_failed_request() {
     // The node to remove leads the metadata group (its leadership does not move for
     // balance), so the drain outlives the metadata leader that began it; the clients go
     // through the other two.
-    let meta_leader = cluster.status(0)["metadata"]["leader"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let leaving = (0..3).find(|&i| cluster.name(i) == meta_leader).unwrap();
+    let leaving = meta_leader_of(&cluster, 3);
     let through: Vec<usize> = (0..3).filter(|&i| i != leaving).collect();
     let load = Load::start(&cluster, &through);
     // Linearizability clients through every node, the leaving one included.
@@ -567,11 +573,7 @@ fn a_node_down_past_the_replace_time_is_replaced_and_told_so_when_it_returns() {
     // for the replace time (counted from the new leader's takeover), its votes in the
     // metadata group and the shards move and the map drops it (not before: half-way there
     // it is still listed).
-    let meta_leader = cluster.status(0)["metadata"]["leader"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let victim_at = (0..4).find(|&i| cluster.name(i) == meta_leader).unwrap();
+    let victim_at = meta_leader_of(&cluster, 4);
     let stay: Vec<usize> = (0..4).filter(|&i| i != victim_at).collect();
     let victim = cluster.name(victim_at);
     cluster.nodes[victim_at].kill();
