@@ -794,6 +794,28 @@ impl Group {
         m.membership_config.log_id() == m.committed_membership_config.log_id()
     }
 
+    /// The group's committed membership when it is settled and not joint: the log index of
+    /// the entry that set it, its voters and its learners (`None` while a change is under
+    /// way). What a leader reports of its group to the cluster map: never a membership that
+    /// could still be undone.
+    pub fn committed_membership(&self) -> Option<(u64, BTreeSet<u64>, BTreeSet<u64>)> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let committed = &m.committed_membership_config;
+        if m.membership_config.log_id() != committed.log_id() {
+            return None;
+        }
+        let membership = committed.membership();
+        if membership.get_joint_config().len() > 1 {
+            return None;
+        }
+        Some((
+            committed.log_id().as_ref().map_or(0, |l| l.index),
+            membership.voter_ids().collect(),
+            membership.learner_ids().collect(),
+        ))
+    }
+
     /// Whether the group's membership is a joint one (a change of its voters half made).
     pub fn membership_joint(&self) -> bool {
         let m = self.raft.metrics();

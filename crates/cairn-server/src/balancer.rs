@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::balance::{GroupView, NodeState, Step};
 use crate::error::CommandError;
-use crate::meta::{META_GROUP, META_VOTERS_MAX, NodeRecord};
+use crate::meta::{META_GROUP, META_VOTERS_MAX, NodeRecord, ShardPlacement};
 use crate::node::Node;
 use crate::placement::{PROMOTE_LAG_ENTRIES_MAX, submit};
 use crate::proposer::GroupChange;
@@ -78,6 +78,8 @@ pub enum Manage {
         child: u32,
         at: Option<u16>,
     },
+    /// As the metadata leader: record where a shard lives, as its leader reports it.
+    ReportShard(crate::meta::ShardPlacement),
 }
 
 /// What a management request answers when it is carried out.
@@ -207,7 +209,8 @@ async fn round(node: &Arc<Node>, term: u64) {
         node.options().replace_down_after,
         replicas,
     );
-    let views = views(node, &states, replicas);
+    let placements = node.meta().shards();
+    let views = views(node, &placements, &states, replicas);
     let steps = crate::balance::plan(&states, &views, &node.options().balance);
     join_all(
         steps
@@ -215,8 +218,11 @@ async fn round(node: &Arc<Node>, term: u64) {
             .map(|step| dispatch(node, &views, &records, step)),
     )
     .await;
-    finish_removals(node, &records, &states, &silent, &views).await;
-    crate::split::split_oversized(node);
+    let first_layout = node.meta().config().map_or(u32::MAX, |c| c.shards);
+    if every_shard_reported(&placements, first_layout) {
+        finish_removals(node, &records, &states, &silent, &views).await;
+    }
+    crate::split::split_oversized(node, &placements);
 }
 
 /// Marks nodes down (or up again) by how long the metadata leader has not heard from them,
@@ -297,36 +303,56 @@ pub fn states(
         .collect()
 }
 
-/// Every group as this node's replica of it sees it: its voters and leader, and how many
-/// voters it should have (the cluster's `replicas` for a shard, up to [`META_VOTERS_MAX`]
-/// for the metadata group, capped by the nodes that stay). Learners are left out: see the
-/// module documentation. The metadata group is repaired and drained like a shard, but its
-/// votes and leadership do not count toward the balance (its load is small).
-fn views(node: &Node, states: &BTreeMap<u64, NodeState>, replicas: usize) -> Vec<GroupView> {
+/// Every group as the balancer is to see it: its voters and leader, and how many voters it
+/// should have (the cluster's `replicas` for a shard, up to [`META_VOTERS_MAX`] for the
+/// metadata group, capped by the nodes that stay). The metadata group as this node's
+/// replica (its leader's) sees it; each shard as its leader last reported it to the map
+/// ([`crate::meta::ShardPlacement`]): the metadata leader need not hold a replica of every
+/// shard. A shard not reported yet (a child whose group has just elected its leader) is
+/// left out of this round. Learners are left out: see the module documentation. The
+/// metadata group is repaired and drained like a shard, but its votes and leadership do
+/// not count toward the balance (its load is small).
+fn views(
+    node: &Node,
+    placements: &[ShardPlacement],
+    states: &BTreeMap<u64, NodeState>,
+    replicas: usize,
+) -> Vec<GroupView> {
     let staying = states
         .values()
         .filter(|s| matches!(s, NodeState::Up | NodeState::Down))
         .count()
         .max(1);
-    let view = |id: u64, group: &cairn_raft::Group, wanted: usize| {
-        let status = group.status();
-        GroupView {
-            id,
-            replicas: wanted.min(staying),
-            voters: status.voters,
-            learners: BTreeMap::new(),
-            leader: status.leader,
-            counted: id != META_GROUP,
-        }
-    };
-    std::iter::once(view(META_GROUP, &node.meta().group, META_VOTERS_MAX))
-        .chain(
-            node.shards()
-                .list()
-                .iter()
-                .map(|s| view(group_of_shard(s.id), &s.group, replicas)),
-        )
-        .collect()
+    let meta = node.meta().group.status();
+    std::iter::once(GroupView {
+        id: META_GROUP,
+        replicas: META_VOTERS_MAX.min(staying),
+        voters: meta.voters,
+        learners: BTreeMap::new(),
+        leader: meta.leader,
+        counted: false,
+    })
+    .chain(placements.iter().map(|p| GroupView {
+        id: group_of_shard(p.shard),
+        replicas: replicas.min(staying),
+        voters: p.voters.clone(),
+        learners: BTreeMap::new(),
+        leader: Some(p.leader),
+        counted: true,
+    }))
+    .collect()
+}
+
+/// Whether the map's placements name every shard of the cluster: the first layout's, and
+/// every child a reported shard names. Until they do, no node is removed (it could still
+/// vote in a shard the balancer does not see).
+fn every_shard_reported(placements: &[ShardPlacement], first_layout: u32) -> bool {
+    let reported: BTreeSet<u32> = placements.iter().map(|p| p.shard).collect();
+    (0..first_layout).all(|id| reported.contains(&id))
+        && placements
+            .iter()
+            .flat_map(|p| &p.children)
+            .all(|id| reported.contains(id))
 }
 
 /// Has `step` carried out by its group's leader, and logs and counts the outcome.
@@ -441,6 +467,15 @@ pub async fn serve(node: &Arc<Node>, request: Manage) -> Result<Managed, ManageE
         Manage::Split { shard, at } => return node.split_shard(shard, at).await,
         Manage::SplitAs { shard, child, at } => {
             return Ok(crate::split::split_as(node, shard, child, at).await?);
+        }
+        Manage::ReportShard(report) => {
+            if !node.meta().is_leader() {
+                return Err(CommandError::TryAgain(
+                    "this node does not lead the metadata group".into(),
+                )
+                .into());
+            }
+            node.meta().report_shard(&report).await?;
         }
     }
     Ok(Managed::Done)
@@ -845,6 +880,35 @@ mod tests {
             down,
             leaving,
         }
+    }
+
+    #[test]
+    fn removals_wait_until_every_shard_is_reported() {
+        let reported = |shard: u32, children: Vec<u32>| ShardPlacement {
+            shard,
+            term: 1,
+            membership_index: 1,
+            leader: 1,
+            voters: BTreeSet::from([1]),
+            learners: BTreeSet::new(),
+            caught_up: BTreeSet::new(),
+            first_slot: 0,
+            last_slot: 0,
+            live_bytes: 0,
+            children,
+        };
+        let first = [reported(0, vec![]), reported(1, vec![])];
+        assert!(every_shard_reported(&first, 2));
+        assert!(!every_shard_reported(&first[..1], 2));
+        // A child named by its parent and not reported yet.
+        let split = [reported(0, vec![2]), reported(1, vec![])];
+        assert!(!every_shard_reported(&split, 2));
+        let all = [
+            reported(0, vec![2]),
+            reported(1, vec![]),
+            reported(2, vec![]),
+        ];
+        assert!(every_shard_reported(&all, 2));
     }
 
     #[test]

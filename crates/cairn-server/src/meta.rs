@@ -1,7 +1,7 @@
 //! The metadata group: the cluster map, replicated by its own Raft group (group 0) instead of
 //! ZooKeeper.
 //!
-//! The map lives in the group's replica, an engine like a shard's, under four kinds of keys:
+//! The map lives in the group's replica, an engine like a shard's, under five kinds of keys:
 //! `config` (shard count and voters per shard, fixed when the cluster is created),
 //! `next_id` (the last Raft id handed out), `node/<raft id, 20 digits>` (a [`NodeRecord`]:
 //! the node's name, its addresses, whether the metadata leader marked it down and whether it
@@ -15,11 +15,14 @@
 //! node reads the map locally; those reads may lag the leader by the replication delay, which
 //! is fine for what they serve (addresses, status).
 //!
-//! Which nodes hold which shard is not in the map: each shard's Raft membership is the
-//! authority. The shard's leader adds the map's nodes to it as learners
-//! ([`crate::placement`]), and the metadata leader's balancer decides who votes and leads
-//! ([`crate::balancer`]).
+//! Each shard's Raft membership is the authority on which nodes hold it. The map keeps a
+//! copy, `shard/<id, 10 digits>` (a [`ShardPlacement`]: members, leader, slots, size), which
+//! each shard's leader reports when it changes ([`crate::placement::report_shards`]): what the
+//! metadata leader's balancer plans from ([`crate::balancer`]), without holding the shards.
+//! The shard's leader adds the map's nodes to it as learners ([`crate::placement`]), and the
+//! balancer decides who votes and leads.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -47,6 +50,7 @@ const NEXT_ID_KEY: &[u8] = b"next_id";
 const SPLITS_KEY: &[u8] = b"splits";
 const NODE_PREFIX: &str = "node/";
 const REMOVED_PREFIX: &str = "removed/";
+const SHARD_PREFIX: &str = "shard/";
 
 /// One node as the cluster map records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +81,59 @@ pub struct Removal {
     pub reason: String,
 }
 
+/// Where a shard lives and who leads it, as its leader last reported it to the map
+/// (`shard/<id, 10 digits>`): how a node that holds no replica of the shard routes to it,
+/// and how the metadata leader's balancer sees it. Each leader reports its group's
+/// committed membership only (never one a new leader could undo) whenever it, the
+/// leadership, the shard's slots or its size change ([`crate::placement::report_shards`]).
+/// The map keeps the report of the highest (term, membership index): a deposed leader's
+/// late report never replaces its successor's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardPlacement {
+    pub shard: u32,
+    /// The reporting leader's term.
+    pub term: u64,
+    /// Log index of the membership entry the report lists.
+    pub membership_index: u64,
+    pub leader: u64,
+    pub voters: BTreeSet<u64>,
+    pub learners: BTreeSet<u64>,
+    /// The learners within [`crate::placement::PROMOTE_LAG_ENTRIES_MAX`] entries of the
+    /// leader's log.
+    pub caught_up: BTreeSet<u64>,
+    pub first_slot: u16,
+    pub last_slot: u16,
+    /// Live bytes of the leader's replica (on disk, less what a merge would reclaim).
+    pub live_bytes: u64,
+    /// The shards split from this one (each reports itself once its group has a leader).
+    pub children: Vec<u32>,
+}
+
+impl ShardPlacement {
+    fn version(&self) -> (u64, u64) {
+        (self.term, self.membership_index)
+    }
+
+    /// Whether `new`, reported by a leader, is to replace this report in the map: it is not
+    /// older, and it tells something new (its size only once it moved by a sixteenth).
+    pub fn replaced_by(&self, new: &ShardPlacement) -> bool {
+        if new.version() != self.version() {
+            return new.version() > self.version();
+        }
+        let moved = self.live_bytes.abs_diff(new.live_bytes) > self.live_bytes / 16 + 4096;
+        moved
+            || (new.leader, &new.voters, &new.learners, &new.caught_up)
+                != (self.leader, &self.voters, &self.learners, &self.caught_up)
+            || (new.first_slot, new.last_slot) != (self.first_slot, self.last_slot)
+            || new.children != self.children
+    }
+
+    /// Every node holding a replica, voters first.
+    pub fn members(&self) -> impl Iterator<Item = u64> + '_ {
+        self.voters.iter().chain(self.learners.iter()).copied()
+    }
+}
+
 /// Settings fixed when the cluster is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterConfig {
@@ -103,6 +160,10 @@ fn node_key(raft_id: u64) -> Bytes {
 
 fn removal_key(raft_id: u64) -> Bytes {
     Bytes::from(format!("{REMOVED_PREFIX}{raft_id:020}"))
+}
+
+fn shard_key(id: u32) -> Bytes {
+    Bytes::from(format!("{SHARD_PREFIX}{id:010}"))
 }
 
 impl Meta {
@@ -145,12 +206,31 @@ impl Meta {
         serde_json::from_slice(&value).ok()
     }
 
+    /// Every shard's placement as its leader last reported it, by shard id.
+    pub fn shards(&self) -> Vec<ShardPlacement> {
+        self.scan_up_to(SHARD_PREFIX, crate::shards::SHARD_IDS_MAX as usize)
+    }
+
+    /// Shard `id`'s placement as its leader last reported it.
+    pub fn shard(&self, id: u32) -> Option<ShardPlacement> {
+        let value = self.group.sm.engine().get(&shard_key(id)).ok()??;
+        serde_json::from_slice(&value).ok()
+    }
+
     fn scan<T: serde::de::DeserializeOwned>(&self, prefix: &'static str) -> Vec<T> {
+        self.scan_up_to(prefix, NODES_MAX)
+    }
+
+    fn scan_up_to<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &'static str,
+        limit: usize,
+    ) -> Vec<T> {
         let range = KeyRange::prefix(Bytes::from_static(prefix.as_bytes()));
         let engine = self.group.sm.engine();
         let start = crate::node::as_ref_bound(&range.start);
         let end = crate::node::as_ref_bound(&range.end);
-        match engine.scan(start, end, NODES_MAX) {
+        match engine.scan(start, end, limit) {
             Ok(entries) => entries
                 .into_iter()
                 .filter_map(|e| serde_json::from_slice(&e.value).ok())
@@ -314,6 +394,24 @@ impl Meta {
         }
     }
 
+    /// As the metadata leader: records a shard leader's report, unless the map holds a
+    /// newer one or one that tells the same ([`ShardPlacement::replaced_by`]). Returns
+    /// whether it wrote it.
+    pub async fn report_shard(&self, report: &ShardPlacement) -> Result<bool, CommandError> {
+        let _guard = self.updates.lock().await;
+        self.up_to_date().await?;
+        if self
+            .shard(report.shard)
+            .is_some_and(|known| !known.replaced_by(report))
+        {
+            return Ok(false);
+        }
+        let value = serde_json::to_vec(report).expect("a shard placement serialises");
+        self.put(shard_key(report.shard), value)
+            .await
+            .map(|()| true)
+    }
+
     /// As the metadata leader: records whether node `raft_id` is down.
     pub async fn set_down(&self, raft_id: u64, down: bool) -> Result<(), CommandError> {
         let _guard = self.updates.lock().await;
@@ -383,5 +481,59 @@ impl Removal {
              data directory to join as a new node",
             self.name, self.raft_id, self.reason
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placement(term: u64, membership_index: u64) -> ShardPlacement {
+        ShardPlacement {
+            shard: 3,
+            term,
+            membership_index,
+            leader: 1,
+            voters: BTreeSet::from([1, 2, 3]),
+            learners: BTreeSet::new(),
+            caught_up: BTreeSet::new(),
+            first_slot: 0,
+            last_slot: 99,
+            live_bytes: 1 << 20,
+            children: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_map_keeps_the_newest_report_of_a_shard() {
+        let known = placement(5, 40);
+        // Newer by term or by membership: replaces, whatever it says.
+        assert!(known.replaced_by(&placement(6, 10)));
+        assert!(known.replaced_by(&placement(5, 41)));
+        // A deposed leader's late report never does, even if it tells something new.
+        let mut late = placement(4, 90);
+        late.leader = 2;
+        assert!(!known.replaced_by(&late));
+        let mut late = placement(5, 39);
+        late.voters.insert(4);
+        assert!(!known.replaced_by(&late));
+        // Same version: only when something changed.
+        assert!(!known.replaced_by(&placement(5, 40)));
+        for change in [
+            |p: &mut ShardPlacement| p.leader = 2,
+            |p: &mut ShardPlacement| p.learners = BTreeSet::from([4]),
+            |p: &mut ShardPlacement| p.caught_up = BTreeSet::from([4]),
+            |p: &mut ShardPlacement| p.last_slot = 49,
+            |p: &mut ShardPlacement| p.children = vec![7],
+            |p: &mut ShardPlacement| p.live_bytes = 2 << 20,
+        ] {
+            let mut new = placement(5, 40);
+            change(&mut new);
+            assert!(known.replaced_by(&new), "{new:?}");
+        }
+        // A size that moved by less than a sixteenth is not worth a write.
+        let mut new = placement(5, 40);
+        new.live_bytes += 1 << 14;
+        assert!(!known.replaced_by(&new));
     }
 }

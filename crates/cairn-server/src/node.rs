@@ -185,6 +185,10 @@ pub struct Node {
     pub(crate) splitting: AtomicBool,
     /// When the last split by size this node asked for was not done.
     pub(crate) split_refused_at: parking_lot::Mutex<Option<Instant>>,
+    /// The shard placements this node last reported to the map, and when
+    /// ([`crate::placement::report_shards`]).
+    pub(crate) reported:
+        parking_lot::Mutex<std::collections::HashMap<u32, (crate::meta::ShardPlacement, Instant)>>,
     /// Why the cluster removed this node, once the balancer task learned it did.
     pub(crate) removed: tokio::sync::watch::Sender<Option<String>>,
     /// Tests only: the next multi-shard read pauses before reading its second shard's part

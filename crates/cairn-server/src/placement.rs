@@ -51,6 +51,99 @@ pub async fn reconcile(node: &Node) {
         let name = format!("shard {}", shard.id);
         reconcile_group(&name, &shard.group, &shard.proposals, &records, &removed).await;
     }
+    report_shards(node).await;
+}
+
+/// Reports every shard this node leads whose placement the map does not tell as it is
+/// ([`crate::meta::ShardPlacement`]), to the metadata leader. A report this node sent less
+/// than [`REPORT_AGAIN_AFTER`] ago is not sent again while the map's replica here has not
+/// caught up with it.
+pub async fn report_shards(node: &Node) {
+    let mut sent = Vec::new();
+    for shard in &node.shards().list() {
+        let Some(report) = placement_of(shard) else {
+            continue;
+        };
+        if node
+            .meta()
+            .shard(shard.id)
+            .is_some_and(|known| !known.replaced_by(&report))
+        {
+            continue;
+        }
+        let recent = node
+            .reported
+            .lock()
+            .get(&shard.id)
+            .is_some_and(|(last, at)| *last == report && at.elapsed() < REPORT_AGAIN_AFTER);
+        if !recent {
+            sent.push(report);
+        }
+    }
+    for report in sent {
+        let result = if node.meta().is_leader() {
+            node.meta().report_shard(&report).await.map(|_| ())
+        } else {
+            match node.meta().leader_addr() {
+                None => continue,
+                Some(addr) => {
+                    let request = crate::balancer::Manage::ReportShard(report.clone());
+                    crate::balancer::ask(node, &addr, &request)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| CommandError::TryAgain(e.to_string()))
+                }
+            }
+        };
+        match result {
+            Ok(()) => {
+                node.reported
+                    .lock()
+                    .insert(report.shard, (report, std::time::Instant::now()));
+            }
+            Err(e) => {
+                tracing::debug!(shard = report.shard, error = %e, "shard placement not reported")
+            }
+        }
+    }
+}
+
+/// How long a leader waits before reporting a placement again that the map's replica here
+/// does not show yet.
+const REPORT_AGAIN_AFTER: Duration = Duration::from_secs(2);
+
+/// Shard `shard` as this node, leading it with a settled membership, would report it.
+fn placement_of(shard: &crate::shard::Shard) -> Option<crate::meta::ShardPlacement> {
+    let term = shard.group.leading()?.term();
+    let (membership_index, voters, learners) = shard.group.committed_membership()?;
+    let (first_slot, last_slot) = shard.slots()?;
+    let last = shard.group.status().last_log_index.unwrap_or(0);
+    let replicated = shard.group.replicated().unwrap_or_default();
+    let caught_up = learners
+        .iter()
+        .copied()
+        .filter(|l| {
+            replicated
+                .get(l)
+                .is_some_and(|m| m + PROMOTE_LAG_ENTRIES_MAX >= last)
+        })
+        .collect();
+    let stats = shard.engine().stats();
+    Some(crate::meta::ShardPlacement {
+        shard: shard.id,
+        term,
+        membership_index,
+        leader: shard.group.status().node,
+        voters,
+        learners,
+        caught_up,
+        first_slot,
+        last_slot,
+        live_bytes: stats.disk_bytes.saturating_sub(stats.dead_bytes),
+        children: crate::shards::ShardRecord::read(&shard.engine())
+            .map(|r| r.children.iter().map(|c| c.id).collect())
+            .unwrap_or_default(),
+    })
 }
 
 /// Hands a change of the group to its proposer (which orders it with the writes; a change

@@ -117,22 +117,17 @@ impl Node {
 }
 
 /// As the metadata leader, each balancer round: splits the largest shard whose live data
-/// (its engine's bytes on this node, less what merge will reclaim) passes
+/// (its leader's engine bytes as reported to the map, less what merge will reclaim) passes
 /// `--split-shard-bytes`, one split at a time, in the background.
-pub(crate) fn split_oversized(node: &Arc<Node>) {
+pub(crate) fn split_oversized(node: &Arc<Node>, placements: &[crate::meta::ShardPlacement]) {
     let limit = node.options().split_shard_bytes;
     if limit == 0 {
         return;
     }
-    let Some((bytes, shard)) = node
-        .shards()
-        .list()
+    let Some((bytes, shard)) = placements
         .iter()
-        .filter(|s| s.slots().is_some_and(|(first, last)| first < last))
-        .map(|s| {
-            let stats = s.engine().stats();
-            (stats.disk_bytes.saturating_sub(stats.dead_bytes), s.id)
-        })
+        .filter(|p| p.first_slot < p.last_slot)
+        .map(|p| (p.live_bytes, p.shard))
         .filter(|(bytes, _)| *bytes > limit)
         .max()
     else {

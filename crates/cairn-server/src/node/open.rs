@@ -103,6 +103,7 @@ impl Node {
             peers,
             liveness: Default::default(),
             handovers_refused: Default::default(),
+            reported: Default::default(),
             removed: tokio::sync::watch::Sender::new(None),
             wal,
             groups,
