@@ -816,6 +816,14 @@ impl Group {
         ))
     }
 
+    /// Log index of the newest membership this replica knows of (0: none, the replica
+    /// never heard from its group).
+    pub fn membership_index(&self) -> u64 {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config.log_id().as_ref().map_or(0, |l| l.index)
+    }
+
     /// Whether the group's membership is a joint one (a change of its voters half made).
     pub fn membership_joint(&self) -> bool {
         let m = self.raft.metrics();
@@ -829,6 +837,19 @@ impl Group {
     }
 }
 
+/// What creates a group's replica on this node when a leader first contacts it (the node
+/// holds no replica of the group yet: it was just added to it).
+pub trait GroupHost: Send + Sync + std::fmt::Debug + 'static {
+    /// Opens a replica of `group` for a message from a leader of term `term`; `None` when the
+    /// node is not to hold one (no such group, or this node's replica of it was removed in
+    /// a later term: the message is a deposed leader's).
+    fn open_on_contact(
+        &self,
+        group: u64,
+        term: u64,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Option<Group>> + Send + '_>>;
+}
+
 /// The groups this node hosts, by group id.
 #[derive(Debug)]
 pub struct Groups {
@@ -836,6 +857,7 @@ pub struct Groups {
     /// refused.
     node: u64,
     map: RwLock<HashMap<u64, Group>>,
+    host: std::sync::OnceLock<Arc<dyn GroupHost>>,
 }
 
 impl Groups {
@@ -843,7 +865,22 @@ impl Groups {
         Groups {
             node,
             map: RwLock::default(),
+            host: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets what opens replicas on contact (once; later calls are ignored).
+    pub fn set_host(&self, host: Arc<dyn GroupHost>) {
+        let _ = self.host.set(host);
+    }
+
+    /// Group `id`, or a replica of it opened for a leader's message of term `term` (see
+    /// [`GroupHost`]).
+    pub async fn get_or_open(&self, id: u64, term: u64) -> Option<Group> {
+        if let Some(group) = self.get(id) {
+            return Some(group);
+        }
+        self.host.get()?.open_on_contact(id, term).await
     }
 
     /// Raft id of the node hosting these groups.

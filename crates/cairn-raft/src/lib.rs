@@ -37,7 +37,7 @@ pub mod transport;
 pub mod types;
 
 pub use group::{
-    Group, GroupError, GroupRaft, GroupStatus, Groups, Lead, LeaderTerm, ProposeError, Role,
+    Group, GroupError, GroupHost, GroupRaft, GroupStatus, Groups, Lead, LeaderTerm, ProposeError, Role,
     lease_read_ready,
 };
 pub use log_store::LogStore;

@@ -55,6 +55,12 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// Whether `dir` holds a replica (its `CURRENT` file names an engine): a directory a
+    /// split was building when a crash cut it short does not.
+    pub fn is_present(io: &dyn Io, dir: &Path) -> Result<bool> {
+        Ok(io.exists(&dir.join(CURRENT))?)
+    }
+
     /// Opens the replica in `dir` (created if missing), removing whatever a crash left of
     /// snapshots being received or engines being retired.
     pub fn open(io: Arc<dyn Io>, dir: &Path, options: Options) -> Result<Replica> {

@@ -59,15 +59,35 @@ impl RaftService {
 /// from a node to another with a new identity (its data directory lost, joined again), and a
 /// message meant for the old one must not count as the new one's acknowledgement or vote.
 fn find(groups: &Groups, target: u64, id: u64) -> Result<crate::group::Group, Status> {
+    check_target(groups, target)?;
+    groups.get(id).ok_or_else(|| not_hosted(id))
+}
+
+/// [`find`] for a leader's message (an append or a snapshot) of term `term`: a group this
+/// node does not host yet is opened, if the node's [`crate::group::GroupHost`] agrees (it was
+/// just added to the group). Votes never open one: a node without a replica has no vote.
+async fn find_for_leader(
+    groups: &Groups,
+    target: u64,
+    id: u64,
+    term: u64,
+) -> Result<crate::group::Group, Status> {
+    check_target(groups, target)?;
+    groups.get_or_open(id, term).await.ok_or_else(|| not_hosted(id))
+}
+
+fn check_target(groups: &Groups, target: u64) -> Result<(), Status> {
     if target != groups.node() {
         return Err(Status::failed_precondition(format!(
             "message for node {target} reached node {}",
             groups.node()
         )));
     }
-    groups
-        .get(id)
-        .ok_or_else(|| Status::not_found(format!("group {id} is not hosted on this node")))
+    Ok(())
+}
+
+fn not_hosted(id: u64) -> Status {
+    Status::not_found(format!("group {id} is not hosted on this node"))
 }
 
 /// Room for a message's fields around its largest payload.
@@ -89,10 +109,12 @@ pub const APPENDS_PER_MESSAGE_MAX: usize = 256;
 
 /// One append, for the unary `Append` and for each append of an `Appends` stream.
 async fn append_one(groups: &Groups, req: pb::AppendRequest) -> Result<pb::AppendResponse, Status> {
-    let group = find(groups, req.target, req.group)?;
+    check_target(groups, req.target)?;
+    let vote = decode_vote(&req.vote).map_err(invalid)?;
+    let group = find_for_leader(groups, req.target, req.group, vote.leader_id.term).await?;
     let leader_in_touch = !req.leader_out_of_touch;
     let rpc = AppendEntriesRequest::<TypeConfig> {
-        vote: decode_vote(&req.vote).map_err(invalid)?,
+        vote,
         prev_log_id: decode_opt_log_id(&req.prev_log_id).map_err(invalid)?,
         entries: req
             .entries
@@ -283,8 +305,11 @@ impl pb::raft_server::Raft for RaftService {
                 "a snapshot stream starts with its header",
             ));
         };
-        let group = find(&self.groups, header.target, header.group)?;
+        check_target(&self.groups, header.target)?;
         let vote = decode_vote(&header.vote).map_err(invalid)?;
+        let group =
+            find_for_leader(&self.groups, header.target, header.group, vote.leader_id.term)
+                .await?;
         let (last_log_id, last_membership) = decode_applied(&header.meta).map_err(invalid)?;
         let meta = SnapshotMeta {
             last_log_id,

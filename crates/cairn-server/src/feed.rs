@@ -315,6 +315,9 @@ pub struct Feed {
     /// The parent's log index of the split that created the shard (0: the first layout): a
     /// resume token from before it has no position in this shard, and starts here.
     born: u64,
+    /// The replica was removed from this node: its feed tells nothing more, and its
+    /// watchers end (to resume on a node that holds the shard).
+    retired: std::sync::atomic::AtomicBool,
 }
 
 /// A split of a shard, as its feed remembers it.
@@ -402,7 +405,20 @@ impl Feed {
             wake,
             splits: Mutex::new(Vec::new()),
             born: 0,
+            retired: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The replica was removed from this node: wakes its watchers, which end.
+    pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Release);
+        wake(&self.wake);
+    }
+
+    /// Whether the replica was removed from this node.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The same feed, of a shard a split created at `index` of its parent's log.

@@ -39,6 +39,7 @@ pub mod peer;
 pub mod placement;
 pub mod proposer;
 pub mod pubsub;
+pub mod replicas;
 pub mod reply;
 pub mod resp;
 pub mod scan;

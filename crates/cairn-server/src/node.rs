@@ -189,6 +189,9 @@ pub struct Node {
     /// ([`crate::placement::report_shards`]).
     pub(crate) reported:
         parking_lot::Mutex<std::collections::HashMap<u32, (crate::meta::ShardPlacement, Instant)>>,
+    /// The metadata replica's applied index when the map's shard placements were last
+    /// routed from ([`Node::refresh_placements`]).
+    placements_seen: std::sync::atomic::AtomicU64,
     /// Why the cluster removed this node, once the balancer task learned it did.
     pub(crate) removed: tokio::sync::watch::Sender<Option<String>>,
     /// Tests only: the next multi-shard read pauses before reading its second shard's part
@@ -249,6 +252,25 @@ impl Node {
 
     /// Looks at every replica's touch now, telling followers of [`Node::touch_changes`]
     /// when the set of shards out of touch changed.
+    /// Routes the slots of shards this node holds no replica of as the map's placements say,
+    /// when the map changed since the last call (every [`TOUCH_CHECK_INTERVAL`]).
+    pub(crate) fn refresh_placements(&self) {
+        let applied = self.meta.group.status().applied.unwrap_or(0);
+        if self
+            .placements_seen
+            .swap(applied, std::sync::atomic::Ordering::AcqRel)
+            == applied
+        {
+            return;
+        }
+        self.shards.set_placed(
+            self.meta
+                .shards()
+                .into_iter()
+                .map(|p| (p.shard, p.first_slot, p.last_slot)),
+        );
+    }
+
     pub(crate) fn check_touch(&self) {
         let out: Vec<u32> = self
             .shards

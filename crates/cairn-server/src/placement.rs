@@ -52,6 +52,40 @@ pub async fn reconcile(node: &Node) {
         reconcile_group(&name, &shard.group, &shard.proposals, &records, &removed).await;
     }
     report_shards(node).await;
+    remove_dropped_replicas(node).await;
+}
+
+/// How long a replica created for a leader that never told it its group's membership may
+/// wait for that leader before it counts as dropped (the leader's membership change failed,
+/// or a deposed leader's message created it).
+pub const UNINITIALISED_REPLICA_GRACE: Duration = Duration::from_secs(60);
+
+/// Deletes this node's replicas of shards whose groups dropped it: the map's placement of
+/// the shard, reported by its leader from a committed membership at least as new as the
+/// newest membership this replica knows, does not list this node. (A newer committed
+/// membership that lacks this node is a removal after whatever added it: it can no longer
+/// count this replica's acknowledgements.) A replica that knows no membership at all waits
+/// [`UNINITIALISED_REPLICA_GRACE`] without hearing from a leader first.
+pub async fn remove_dropped_replicas(node: &Node) {
+    let me = node.raft_id();
+    for shard in node.shards().list() {
+        let Some(placement) = node.meta().shard(shard.id) else {
+            continue;
+        };
+        if placement.members().any(|m| m == me) || shard.group.leading().is_some() {
+            continue;
+        }
+        let known = shard.group.membership_index();
+        if placement.membership_index < known {
+            continue;
+        }
+        if known == 0 && shard.group.in_touch(UNINITIALISED_REPLICA_GRACE) {
+            continue;
+        }
+        if let Err(e) = node.shards().remove_replica(shard.id, placement.term).await {
+            tracing::error!(shard = shard.id, error = %e, "cannot remove a dropped replica");
+        }
+    }
 }
 
 /// Reports every shard this node leads whose placement the map does not tell as it is

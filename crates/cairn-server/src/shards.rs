@@ -31,6 +31,7 @@ use crate::expiry::ExpiryTracker;
 use crate::feed::{Feed, FeedLimits};
 use crate::health::WriteHealth;
 use crate::proposer::{self, ShardHandles};
+use crate::replicas::{Incarnation, ReplicaBook, replica_dir};
 use crate::shard::{SHARD_CACHE_BYTES, Shard, SlotRange, group_of_shard};
 use crate::slot::{SLOT_COUNT, SlotMap, key_slot};
 
@@ -257,14 +258,46 @@ pub const SHARD_IDS_MAX: u32 = 32768;
 /// Shard ids per chunk of the by-id table.
 const ID_CHUNK: usize = 256;
 
-/// Shard replicas by id, set once each and never removed: a lookup takes no lock and clones
-/// nothing (chunks of [`ID_CHUNK`] ids are allocated as ids are used).
+/// Shard replicas by id: a lookup takes no lock and clones nothing on its fast path
+/// (`arc_swap`'s guards; chunks of [`ID_CHUNK`] ids are allocated as ids are used). A replica
+/// is replaced only by its removal (the node left the shard's group) and, later, a new one.
 struct ById {
     chunks: Box<[std::sync::OnceLock<IdChunk>]>,
 }
 
 /// [`ID_CHUNK`] consecutive ids' shards.
-type IdChunk = Box<[std::sync::OnceLock<Arc<Shard>>]>;
+type IdChunk = Box<[arc_swap::ArcSwapOption<Shard>]>;
+
+/// A shard replica as a lookup found it: derefs to the shard, and keeps it alive while held
+/// (a replica removed meanwhile stays readable through it).
+#[derive(Debug)]
+pub struct ShardRef(arc_swap::Guard<Option<Arc<Shard>>>);
+
+impl std::ops::Deref for ShardRef {
+    type Target = Arc<Shard>;
+
+    fn deref(&self) -> &Arc<Shard> {
+        self.0.as_ref().expect("a ShardRef holds a shard")
+    }
+}
+
+/// A shard the caller already holds, or one a lookup found.
+#[derive(Debug)]
+pub enum ShardHandle<'a> {
+    Borrowed(&'a Shard),
+    Found(ShardRef),
+}
+
+impl std::ops::Deref for ShardHandle<'_> {
+    type Target = Shard;
+
+    fn deref(&self) -> &Shard {
+        match self {
+            ShardHandle::Borrowed(shard) => shard,
+            ShardHandle::Found(found) => found,
+        }
+    }
+}
 
 impl ById {
     fn new() -> ById {
@@ -274,9 +307,10 @@ impl ById {
         ById { chunks }
     }
 
-    fn get(&self, id: u32) -> Option<&Arc<Shard>> {
+    fn get(&self, id: u32) -> Option<ShardRef> {
         let (chunk, i) = (id as usize / ID_CHUNK, id as usize % ID_CHUNK);
-        self.chunks.get(chunk)?.get()?.get(i)?.get()
+        let guard = self.chunks.get(chunk)?.get()?.get(i)?.load();
+        guard.is_some().then(|| ShardRef(guard))
     }
 
     fn insert(&self, shard: Arc<Shard>) -> anyhow::Result<()> {
@@ -285,11 +319,22 @@ impl ById {
             .chunks
             .get(id / ID_CHUNK)
             .ok_or_else(|| anyhow::anyhow!("shard id {id} is past {SHARD_IDS_MAX}"))?;
-        let chunk =
-            chunk.get_or_init(|| (0..ID_CHUNK).map(|_| std::sync::OnceLock::new()).collect());
-        chunk[id % ID_CHUNK]
-            .set(shard)
-            .map_err(|_| anyhow::anyhow!("shard {id} opened twice"))
+        let chunk = chunk.get_or_init(|| {
+            (0..ID_CHUNK)
+                .map(|_| arc_swap::ArcSwapOption::empty())
+                .collect()
+        });
+        let old = chunk[id % ID_CHUNK].compare_and_swap(&None::<Arc<Shard>>, Some(shard));
+        if old.is_some() {
+            anyhow::bail!("shard {id} opened twice");
+        }
+        Ok(())
+    }
+
+    /// Takes shard `id` out, if it is here.
+    fn remove(&self, id: u32) -> Option<Arc<Shard>> {
+        let (chunk, i) = (id as usize / ID_CHUNK, id as usize % ID_CHUNK);
+        self.chunks.get(chunk)?.get()?.get(i)?.swap(None)
     }
 }
 
@@ -316,6 +361,11 @@ pub struct Shards {
     /// The slots a split gave each child, as its parent's record says: the range of a
     /// child's replica that holds no record of its own yet.
     taken: parking_lot::Mutex<std::collections::HashMap<u32, (u16, u16)>>,
+    /// Which incarnation of each shard's replica is live here, and which were removed.
+    book: ReplicaBook,
+    /// Every shard's slots as the cluster map's placements say (each reported by the shard's
+    /// leader): how slots of shards without a replica here are routed.
+    placed: parking_lot::Mutex<BTreeMap<u32, (u16, u16)>>,
     me: Weak<Shards>,
     /// Tests only: a split's apply waits for a permit before it builds the child.
     #[cfg(test)]
@@ -338,6 +388,7 @@ impl Shards {
     /// the split again.
     pub async fn open(setup: ShardsSetup) -> anyhow::Result<Arc<Shards>> {
         let count = setup.identity.shards;
+        let book = ReplicaBook::load(setup.io.clone(), &setup.data_dir)?;
         let shards = Arc::new_cyclic(|me| Shards {
             setup,
             by_id: ById::new(),
@@ -349,19 +400,161 @@ impl Shards {
             opening: Default::default(),
             ranges: Default::default(),
             taken: Default::default(),
+            book,
+            placed: Default::default(),
             me: me.clone(),
             #[cfg(test)]
             hold_splits: Default::default(),
         });
-        let mut queue: Vec<u32> = (0..count).rev().collect();
+        let held = shards.sweep()?;
+        // The first layout's shards on the node that created the cluster (bootstrapped when
+        // their groups are new), every replica the book records as live here (created for
+        // its group's leader, or by a split), then every child their records name (a split
+        // a crash cut short before the book recorded its child).
+        let creator = !shards.setup.identity.joined;
+        let mut queue: Vec<u32> = (0..count)
+            .filter(|id| creator && !shards.book.knows(*id))
+            .chain(held.into_iter().filter(|id| shards.book.knows(*id)))
+            .collect();
+        queue.sort_unstable_by(|a, b| b.cmp(a));
+        queue.dedup();
         while let Some(id) = queue.pop() {
             let shard = shards.ensure(id, None).await?;
             if let Some(record) = ShardRecord::read(&shard.engine()) {
                 shards.note_children(&record);
-                queue.extend(record.children.iter().rev().map(|c| c.id));
+                queue.extend(
+                    record
+                        .children
+                        .iter()
+                        .rev()
+                        .map(|c| c.id)
+                        .filter(|c| !shards.removed_here(*c)),
+                );
             }
         }
+        shards
+            .setup
+            .groups
+            .set_host(Arc::new(ShardHost(Arc::downgrade(&shards))));
         Ok(shards)
+    }
+
+    /// At open: deletes what removed incarnations left behind (a crash in the middle of a
+    /// removal: their directories, their logs' entries) and returns the shards whose live
+    /// replica has a directory here.
+    fn sweep(&self) -> anyhow::Result<Vec<u32>> {
+        let io = &*self.setup.io;
+        let root = self.setup.data_dir.join("shards");
+        let mut held = Vec::new();
+        if io.exists(&root)? {
+            for name in io.list_dir(&root)? {
+                let Some((id, generation)) = crate::replicas::parse_replica_dir(&name) else {
+                    continue;
+                };
+                let dir = root.join(&name);
+                if self.book.get(id).is_dead(generation) {
+                    tracing::info!(shard = id, generation, "deleting a removed replica's files");
+                    cairn_io::remove_dir_all_durable(io, &dir)?;
+                } else if Replica::is_present(io, &dir)? {
+                    held.push(id);
+                }
+            }
+        }
+        let wal = &self.setup.wal;
+        let mut dead = Vec::new();
+        for wal_group in wal.groups() {
+            let (group, generation) = crate::replicas::of_wal_group(wal_group);
+            let Some(id) = group.checked_sub(1) else {
+                continue;
+            };
+            let has_entries = wal.group(wal_group).is_some_and(|g| g.last_index.is_some());
+            if has_entries && self.book.get(id as u32).is_dead(generation) {
+                dead.push(cairn_wal::Op::TruncateFrom {
+                    group: wal_group,
+                    index: 0,
+                });
+            }
+        }
+        if !dead.is_empty() {
+            wal.write(dead)?;
+        }
+        Ok(held)
+    }
+
+    /// Opens a replica of shard `id` for a leader's message of term `term` (this node was
+    /// just added to the shard's group): the live incarnation, or a new one after a removal
+    /// in an older or the same term; none after a removal in a newer term.
+    async fn open_on_contact(&self, id: u32, term: u64) -> Option<Group> {
+        let lock = self.opening(id);
+        let _one = lock.lock().await;
+        if let Some(shard) = self.get(id) {
+            return Some(shard.group.clone());
+        }
+        let known = self.book.get(id);
+        let Some(next) = known.next_for(term) else {
+            tracing::debug!(
+                shard = id,
+                term,
+                removed = ?known.removed_term,
+                "a deposed leader's message for a removed replica: ignored"
+            );
+            return None;
+        };
+        if let Err(e) = self.book.set(id, next) {
+            tracing::error!(shard = id, error = %e, "cannot record a new replica");
+            return None;
+        }
+        match self.ensure_locked(id, None).await {
+            Ok(shard) => {
+                tracing::info!(shard = id, generation = next.generation, "replica created for the group's leader");
+                Some(shard.group.clone())
+            }
+            Err(e) => {
+                tracing::error!(shard = id, error = %e, "cannot create a replica");
+                None
+            }
+        }
+    }
+
+    /// Deletes this node's replica of shard `id`, which the group dropped from its membership
+    /// in `term`: recorded in the book first (durably), then taken out of routing, its group
+    /// stopped, its log's entries and its directory deleted. Watchers of its feed end
+    /// (`NotHere`: they resume elsewhere).
+    pub async fn remove_replica(&self, id: u32, term: u64) -> anyhow::Result<()> {
+        let lock = self.opening(id);
+        let _one = lock.lock().await;
+        let Some(shard) = self.by_id.get(id).map(|s| Arc::clone(&s)) else {
+            return Ok(());
+        };
+        let generation = self.book.get(id).generation;
+        self.book.set(
+            id,
+            Incarnation {
+                generation,
+                removed_term: Some(term),
+            },
+        )?;
+        self.by_id.remove(id);
+        self.ids.write().retain(|&i| i != id);
+        self.ranges.lock().remove(&id);
+        self.remap();
+        let group = group_of_shard(id);
+        self.setup.groups.remove(group);
+        shard.group.shutdown().await;
+        shard.feed.retire();
+        self.setup.wal.write(vec![cairn_wal::Op::TruncateFrom {
+            group: crate::replicas::wal_group(group, generation),
+            index: 0,
+        }])?;
+        let dir = replica_dir(&self.setup.data_dir, id, generation);
+        cairn_io::remove_dir_all_durable(&*self.setup.io, &dir)?;
+        tracing::info!(shard = id, generation, term, "replica removed: the group dropped this node");
+        Ok(())
+    }
+
+    /// Whether this node's replica of shard `id` was removed (and no newer one created).
+    pub fn removed_here(&self, id: u32) -> bool {
+        self.book.get(id).removed_term.is_some()
     }
 
     /// Every shard as of now, by id.
@@ -369,7 +562,7 @@ impl Shards {
         self.ids
             .read()
             .iter()
-            .filter_map(|id| self.by_id.get(*id).cloned())
+            .filter_map(|id| self.by_id.get(*id).map(|s| Arc::clone(&s)))
             .collect()
     }
 
@@ -392,26 +585,52 @@ impl Shards {
         self.owner(key_slot(key))
     }
 
-    pub fn for_key(&self, key: &[u8]) -> Option<&Arc<Shard>> {
+    pub fn for_key(&self, key: &[u8]) -> Option<ShardRef> {
         self.get(self.shard_of_key(key))
     }
 
-    pub fn get(&self, id: u32) -> Option<&Arc<Shard>> {
+    pub fn get(&self, id: u32) -> Option<ShardRef> {
         self.by_id.get(id)
     }
 
-    /// The slot map again, after a range changed. Where two replicas claim a slot (a
-    /// restart can find a split child built while its parent's replica has not applied the
-    /// split yet), the higher id, the newer shard, owns it.
+    /// Routes the slots of shards this node holds no replica of as the cluster map's
+    /// placements say (`(shard, first slot, last slot)`).
+    pub fn set_placed(&self, placed: impl IntoIterator<Item = (u32, u16, u16)>) {
+        let placed: BTreeMap<u32, (u16, u16)> = placed
+            .into_iter()
+            .map(|(id, first, last)| (id, (first, last)))
+            .collect();
+        {
+            let mut known = self.placed.lock();
+            if *known == placed {
+                return;
+            }
+            *known = placed;
+        }
+        self.remap();
+    }
+
+    /// The slot map again, after a range changed. Where two shards claim a slot (a restart
+    /// can find a split child built while its parent's replica has not applied the split
+    /// yet; the map's placement of a parent may predate its split), the higher id, the newer
+    /// shard, owns it. This node's replicas and the map's placements both count.
     fn remap(&self) {
         let _one = self.remapping.lock();
         let mut owner = vec![UNMAPPED; usize::from(SLOT_COUNT)];
-        for shard in self.list() {
-            if let Some((first, last)) = shard.slots() {
-                for slot in first..=last {
-                    owner[usize::from(slot)] = shard.id;
+        let mut claim = |id: u32, first: u16, last: u16| {
+            for slot in &mut owner[usize::from(first)..=usize::from(last.min(SLOT_COUNT - 1))] {
+                if *slot == UNMAPPED || *slot < id {
+                    *slot = id;
                 }
             }
+        };
+        for shard in self.list() {
+            if let Some((first, last)) = shard.slots() {
+                claim(shard.id, first, last);
+            }
+        }
+        for (&id, &(first, last)) in self.placed.lock().iter() {
+            claim(id, first, last);
         }
         for (slot, id) in owner.into_iter().enumerate() {
             self.owner[slot].store(id, std::sync::atomic::Ordering::Release);
@@ -477,7 +696,8 @@ impl Shards {
     }
 
     async fn open_shard(&self, id: u32, built: Option<Replica>) -> anyhow::Result<Shard> {
-        let dir = shard_dir(&self.setup.data_dir, id);
+        let generation = self.book.get(id).generation;
+        let dir = replica_dir(&self.setup.data_dir, id, generation);
         let group = group_of_shard(id);
         let range = self
             .ranges
@@ -498,6 +718,12 @@ impl Shards {
             built,
             range: Some((range.clone(), leaving.clone())),
             initial_range: self.initial_range(id),
+            generation,
+            // Only the first incarnation of a first-layout shard on the node that created the
+            // cluster: any other is created by its group's leader.
+            bootstrap: Some(
+                !self.setup.identity.joined && id < self.setup.identity.shards && generation == 0,
+            ),
         };
         let opened = open_replica_with(&self.setup, &dir, group, id.to_string(), extra).await?;
         Ok(Shard {
@@ -564,9 +790,15 @@ impl Shards {
         // The child's lock: what opens it at start or for a snapshot waits for the build.
         let lock = self.opening(at.child);
         let held = lock.lock().await;
-        let open = self.get(at.child).is_some();
+        // A child whose replica this node already removed (it replays the split from its
+        // log) is not built again.
+        let open = self.get(at.child).is_some() || self.removed_here(at.child);
         let io = self.setup.io.clone();
-        let dir = shard_dir(&self.setup.data_dir, at.child);
+        let dir = replica_dir(
+            &self.setup.data_dir,
+            at.child,
+            self.book.get(at.child).generation,
+        );
         let options = self.setup.engine_options();
         let system = vec![(Bytes::from_static(SHARD_RECORD_KEY), record.encode())];
         let split = at.clone();
@@ -582,6 +814,7 @@ impl Shards {
         .await??;
         if !open {
             let child = self.ensure_locked(at.child, built).await?;
+            self.book.set(at.child, Incarnation::FIRST)?;
             if let Some(shard) = self.get(parent) {
                 // The child has a leader at once instead of after an election timeout (unless
                 // replicas that applied the split first elected one already).
@@ -612,36 +845,37 @@ impl Shards {
         }))
     }
 
-    /// A snapshot replaced shard `id`'s engine: its range is the new engine's, and every
-    /// child it names gets a replica here (empty until its group's leader sends it one).
+    /// A snapshot replaced shard `id`'s engine: its range is the new engine's, and the slots
+    /// of every child it names are routed to the child (whose replica, if this node is a
+    /// member of its group, the group's leader creates).
     fn adopt(&self, id: u32, engine: &Engine) {
         if let Some(range) = self.ranges.lock().get(&id) {
             range.set(self.range_of(id, engine));
         }
+        if let Some(record) = ShardRecord::read(engine) {
+            self.note_children(&record);
+        }
         self.remap();
-        let record = ShardRecord::read(engine);
-        if let Some(record) = &record {
-            self.note_children(record);
-        }
-        let missing: Vec<u32> = record
-            .map_or_else(Vec::new, |r| r.children)
-            .into_iter()
-            .map(|c| c.id)
-            .filter(|c| self.get(*c).is_none())
-            .collect();
-        if missing.is_empty() {
-            return;
-        }
-        let Some(shards) = self.me.upgrade() else {
-            return;
-        };
-        tokio::spawn(async move {
-            for child in missing {
-                if let Err(e) = shards.ensure(child, None).await {
-                    tracing::error!(shard = child, error = %e, "cannot open a split child's replica");
-                }
+    }
+}
+
+/// Opens shard replicas for their groups' leaders: [`Shards::open_on_contact`].
+#[derive(Debug)]
+struct ShardHost(Weak<Shards>);
+
+impl cairn_raft::GroupHost for ShardHost {
+    fn open_on_contact(
+        &self,
+        group: u64,
+        term: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Group>> + Send + '_>> {
+        Box::pin(async move {
+            let id = u32::try_from(group.checked_sub(1)?).ok()?;
+            if id >= SHARD_IDS_MAX {
+                return None;
             }
-        });
+            self.0.upgrade()?.open_on_contact(id, term).await
+        })
     }
 }
 
@@ -705,6 +939,11 @@ struct Extras {
     /// before the group replays anything.
     range: Option<(Arc<SlotRange>, Arc<SlotRange>)>,
     initial_range: Option<(u16, u16)>,
+    /// Which incarnation of the replica (its log's group in the WAL).
+    generation: u32,
+    /// Whether a group never initialised is bootstrapped with this node as its only voter
+    /// (`None`: when this node created the cluster, the metadata group's rule).
+    bootstrap: Option<bool>,
 }
 
 /// Opens the replica in `dir` as member of Raft group `group` and starts its group and
@@ -749,7 +988,10 @@ async fn open_replica_with(
     if let Some(observer) = extras.observer {
         sm = sm.observed(observer);
     }
-    let log = LogStore::new(setup.wal.clone(), group);
+    let log = LogStore::new(
+        setup.wal.clone(),
+        crate::replicas::wal_group(group, extras.generation),
+    );
     // A split child's log starts purged at the split entry, with a vote in its term
     // (`LogStore::seed`); a crash between building the child and that leaves a built replica
     // with an empty log, seeded here. Only a split's child: any other replica with an empty
@@ -785,7 +1027,10 @@ async fn open_replica_with(
     // Only the first layout's groups are bootstrapped; a split's child is initialised by the
     // split (or waits for its group's leader).
     let first_layout = group <= u64::from(setup.identity.shards);
-    if !initialized && !setup.identity.joined && first_layout {
+    let bootstrap = extras
+        .bootstrap
+        .unwrap_or(!setup.identity.joined && first_layout);
+    if !initialized && bootstrap {
         group_handle
             .initialize(BTreeMap::from([(raft_id, setup.advertise.clone())]))
             .await

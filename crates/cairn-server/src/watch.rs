@@ -382,6 +382,9 @@ impl Watcher {
             if let Some((shard, mark)) = self.split {
                 return Err(WatchError::Split(shard, mark));
             }
+            if let Some((feed, _)) = self.feeds.iter().find(|(f, _)| f.is_retired()) {
+                return Err(WatchError::NotHere(feed.shard()));
+            }
             self.check_touch()?;
             let count = self.feeds.len();
             // A read cut short with nothing matching goes on at once, not at the next wake.

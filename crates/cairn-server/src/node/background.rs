@@ -48,6 +48,7 @@ impl Node {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
+                    node.refresh_placements();
                     node.check_touch();
                 }
             })

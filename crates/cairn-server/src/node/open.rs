@@ -104,6 +104,7 @@ impl Node {
             liveness: Default::default(),
             handovers_refused: Default::default(),
             reported: Default::default(),
+            placements_seen: std::sync::atomic::AtomicU64::new(u64::MAX),
             removed: tokio::sync::watch::Sender::new(None),
             wal,
             groups,
@@ -142,6 +143,7 @@ impl Node {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot write the cluster map: {e}"))?;
         }
+        node.refresh_placements();
         tracing::info!(
             node_id = %node.identity.node_id,
             raft_id = node.identity.raft_id,

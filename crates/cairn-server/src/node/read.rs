@@ -13,6 +13,7 @@ use crate::command::{Command, KeyRange};
 use crate::error::CommandError;
 use crate::reply::{Entry, KeyTtl, KeyType, Reply};
 use crate::shard::Shard;
+use crate::shards::ShardHandle;
 use crate::txn;
 
 /// How many times a read of whole shards runs again because transactions changed the shards
@@ -31,13 +32,13 @@ impl Node {
         &'a self,
         known: Option<&'a Shard>,
         key: &[u8],
-    ) -> Result<&'a Shard, CommandError> {
+    ) -> Result<ShardHandle<'a>, CommandError> {
         match known {
-            Some(shard) => Ok(shard),
+            Some(shard) => Ok(ShardHandle::Borrowed(shard)),
             None => self
                 .shards
                 .for_key(key)
-                .map(|s| &**s)
+                .map(ShardHandle::Found)
                 .ok_or_else(|| unmapped(key)),
         }
     }
@@ -124,7 +125,7 @@ impl Node {
         for (shard, positions) in by_shard {
             let part: Vec<Bytes> = positions.iter().map(|&i| keys[i].clone()).collect();
             let shard = self.shards.get(shard).ok_or_else(|| unmapped(&part[0]))?;
-            let (found, _) = self.guarded_read(shard, &part)?;
+            let (found, _) = self.guarded_read(&shard, &part)?;
             for (i, entry) in positions.into_iter().zip(found) {
                 out[i] = entry;
             }
@@ -238,12 +239,12 @@ impl Node {
             })),
             Command::ShardRead { shard, keys } => {
                 let shard = match known {
-                    Some(shard) => shard,
-                    None => self.shards.get(*shard).ok_or_else(|| {
+                    Some(shard) => ShardHandle::Borrowed(shard),
+                    None => ShardHandle::Found(self.shards.get(*shard).ok_or_else(|| {
                         CommandError::TryAgain(format!("no shard {shard} on this node"))
-                    })?,
+                    })?),
                 };
-                let (entries, deletes) = self.guarded_read(shard, keys)?;
+                let (entries, deletes) = self.guarded_read(&shard, keys)?;
                 Ok(Reply::Guarded { entries, deletes })
             }
             Command::Keys { pattern } => {

@@ -85,14 +85,6 @@ impl Node {
         }
     }
 
-    fn shard(&self, id: u32) -> Result<&Shard, CommandError> {
-        self.shards.get(id).map(|s| &**s).ok_or_else(|| {
-            CommandError::TryAgain(format!(
-                "no shard {id} on this node (a split is being applied)"
-            ))
-        })
-    }
-
     fn hop(hops: u32) -> Result<u32, CommandError> {
         if hops >= FORWARD_HOPS_MAX {
             return Err(CommandError::TryAgain(
@@ -112,7 +104,10 @@ impl Node {
         hops: u32,
         alone: bool,
     ) -> Result<Part, CommandError> {
-        let shard = self.shard(shard_id)?;
+        let Some(shard) = self.shards.get(shard_id) else {
+            let outcome = self.forward_by_map(shard_id, &cmd, hops, false).await;
+            return Ok(Part::Done(outcome));
+        };
         // The common case, this node leads: one atomic load, straight to its proposer (which
         // refuses with TRYAGAIN if leadership has just moved).
         if shard.group.lead() != Lead::No {
@@ -126,7 +121,7 @@ impl Node {
         let deadline = std::time::Instant::now() + super::ROUTE_RETRY_WINDOW;
         let mut backoff = super::ROUTE_RETRY_FIRST;
         loop {
-            let outcome = match self.remote_leader(shard) {
+            let outcome = match self.remote_leader(&shard) {
                 Ok(None) => break,
                 Ok(Some((leader, addr))) => {
                     let hops = Self::hop(hops)?;
@@ -150,9 +145,10 @@ impl Node {
                         }
                     }
                 }
-                // A replica that is not (yet) in the group knows no leader: its proposer
-                // answers.
-                Err(CommandError::TryAgain(_)) if !self.is_member(shard) => break,
+                // A replica that is not (yet) in the group knows no leader: the map does.
+                Err(CommandError::TryAgain(_)) if !self.is_member(&shard) => {
+                    self.forward_once_by_map(shard_id, &cmd, hops, false).await
+                }
                 Err(e) => Err(e),
             };
             match outcome {
@@ -169,6 +165,66 @@ impl Node {
             .send_with(shard_id, ProposalOp::Command(cmd), now_ms, alone)
             .await?;
         Ok(Part::Local(rx))
+    }
+
+    /// Sends `cmd`, for shard `shard_id` of which this node holds no replica that knows its
+    /// leader, to the leader the cluster map's placement names (which forwards it once more
+    /// if the leadership moved since); `TRYAGAIN` is retried for a while, as for any routed
+    /// request, since the map catches up with a new leader within a placement round.
+    async fn forward_by_map(
+        &self,
+        shard_id: u32,
+        cmd: &Command,
+        hops: u32,
+        stale: bool,
+    ) -> Result<Reply, CommandError> {
+        let deadline = std::time::Instant::now() + super::ROUTE_RETRY_WINDOW;
+        let mut backoff = super::ROUTE_RETRY_FIRST;
+        loop {
+            match self.forward_once_by_map(shard_id, cmd, hops, stale).await {
+                Err(CommandError::TryAgain(_))
+                    if hops == 0 && std::time::Instant::now() + backoff < deadline =>
+                {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(super::ROUTE_RETRY_MAX);
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// One attempt of [`Node::forward_by_map`].
+    async fn forward_once_by_map(
+        &self,
+        shard_id: u32,
+        cmd: &Command,
+        hops: u32,
+        stale: bool,
+    ) -> Result<Reply, CommandError> {
+        let placement = self.meta.shard(shard_id).ok_or_else(|| {
+            CommandError::TryAgain(format!(
+                "shard {shard_id} is neither held here nor in this node's map yet"
+            ))
+        })?;
+        if placement.leader == self.raft_id() {
+            return Err(CommandError::TryAgain(format!(
+                "the map names this node as shard {shard_id}'s leader, which it no longer is"
+            )));
+        }
+        let addr = self
+            .meta
+            .node(placement.leader)
+            .map(|r| r.grpc_addr)
+            .ok_or_else(|| {
+                CommandError::TryAgain(format!(
+                    "shard {shard_id}'s leader, node {}, is not in this node's map",
+                    placement.leader
+                ))
+            })?;
+        let hops = Self::hop(hops)?;
+        let only = matches!(cmd, Command::Flush).then_some(shard_id);
+        crate::metrics::forwarded(cmd.name(), shard_id);
+        crate::peer::forward(&self.peers, &addr, cmd, hops, stale, only).await
     }
 
     fn is_member(&self, shard: &Shard) -> bool {
@@ -316,19 +372,27 @@ impl Node {
         hops: u32,
         stale: bool,
     ) -> Result<Reply, CommandError> {
-        let shard = self.shard(shard_id)?;
+        let Some(shard) = self.shards.get(shard_id) else {
+            return self.forward_by_map(shard_id, cmd, hops, stale).await;
+        };
         match shard.group.lead() {
-            Lead::Alone => return self.read_owned(shard, cmd),
+            Lead::Alone => return self.read_owned(&shard, cmd),
             Lead::WithOthers => match shard.group.linearize().await {
-                Ok(()) => return self.read_owned(shard, cmd),
+                Ok(()) => return self.read_owned(&shard, cmd),
                 Err(e) => tracing::debug!(shard = shard_id, error = %e, "lease lost; rerouting"),
             },
             Lead::No => {}
         }
-        if stale && self.is_member(shard) {
-            return self.read_owned(shard, cmd);
+        if stale && self.is_member(&shard) {
+            return self.read_owned(&shard, cmd);
         }
-        match self.remote_leader(shard)? {
+        let leader = match self.remote_leader(&shard) {
+            Err(CommandError::TryAgain(_)) if !self.is_member(&shard) => {
+                return self.forward_once_by_map(shard_id, cmd, hops, stale).await;
+            }
+            leader => leader?,
+        };
+        match leader {
             Some((leader, addr)) => {
                 let hops = Self::hop(hops)?;
                 crate::metrics::forwarded(cmd.name(), shard_id);
@@ -342,9 +406,9 @@ impl Node {
                 }
             }
             // Reads go on after a storage failure stopped a sole voter's group.
-            None if shard.group.status().stopped.is_some() => self.read_owned(shard, cmd),
+            None if shard.group.status().stopped.is_some() => self.read_owned(&shard, cmd),
             // Leadership arrived after the cached state was read: confirm it.
-            None if shard.group.linearize().await.is_ok() => self.read_owned(shard, cmd),
+            None if shard.group.linearize().await.is_ok() => self.read_owned(&shard, cmd),
             None => Err(CommandError::TryAgain(format!(
                 "shard {shard_id} is changing leader"
             ))),
