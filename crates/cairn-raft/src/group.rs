@@ -874,6 +874,11 @@ impl Groups {
         let _ = self.host.set(host);
     }
 
+    /// Whether something opens replicas on contact here.
+    pub fn has_host(&self) -> bool {
+        self.host.get().is_some()
+    }
+
     /// Group `id`, or a replica of it opened for a leader's message of term `term` (see
     /// [`GroupHost`]).
     pub async fn get_or_open(&self, id: u64, term: u64) -> Option<Group> {

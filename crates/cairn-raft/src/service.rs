@@ -70,9 +70,16 @@ async fn find_for_leader(
     groups: &Groups,
     target: u64,
     id: u64,
-    term: u64,
+    vote: &[u8],
 ) -> Result<crate::group::Group, Status> {
     check_target(groups, target)?;
+    if let Some(group) = groups.get(id) {
+        return Ok(group);
+    }
+    if !groups.has_host() {
+        return Err(not_hosted(id));
+    }
+    let term = decode_vote(vote).map_err(invalid)?.leader_id.term;
     groups.get_or_open(id, term).await.ok_or_else(|| not_hosted(id))
 }
 
@@ -109,12 +116,10 @@ pub const APPENDS_PER_MESSAGE_MAX: usize = 256;
 
 /// One append, for the unary `Append` and for each append of an `Appends` stream.
 async fn append_one(groups: &Groups, req: pb::AppendRequest) -> Result<pb::AppendResponse, Status> {
-    check_target(groups, req.target)?;
-    let vote = decode_vote(&req.vote).map_err(invalid)?;
-    let group = find_for_leader(groups, req.target, req.group, vote.leader_id.term).await?;
+    let group = find_for_leader(groups, req.target, req.group, &req.vote).await?;
     let leader_in_touch = !req.leader_out_of_touch;
     let rpc = AppendEntriesRequest::<TypeConfig> {
-        vote,
+        vote: decode_vote(&req.vote).map_err(invalid)?,
         prev_log_id: decode_opt_log_id(&req.prev_log_id).map_err(invalid)?,
         entries: req
             .entries
@@ -305,11 +310,9 @@ impl pb::raft_server::Raft for RaftService {
                 "a snapshot stream starts with its header",
             ));
         };
-        check_target(&self.groups, header.target)?;
-        let vote = decode_vote(&header.vote).map_err(invalid)?;
         let group =
-            find_for_leader(&self.groups, header.target, header.group, vote.leader_id.term)
-                .await?;
+            find_for_leader(&self.groups, header.target, header.group, &header.vote).await?;
+        let vote = decode_vote(&header.vote).map_err(invalid)?;
         let (last_log_id, last_membership) = decode_applied(&header.meta).map_err(invalid)?;
         let meta = SnapshotMeta {
             last_log_id,
