@@ -695,11 +695,11 @@ impl Group {
             .map_err(GroupError::of_write)
     }
 
-    /// As leader, makes `voters` the group's voters; members left out stay as learners.
-    /// Returns once the change is committed.
-    pub async fn set_voters(&self, voters: BTreeSet<u64>) -> Result<(), GroupError> {
+    /// As leader, makes `voters` the group's voters; voters left out stay as learners when
+    /// `retain`, else leave the group. Returns once the change is committed.
+    pub async fn set_voters(&self, voters: BTreeSet<u64>, retain: bool) -> Result<(), GroupError> {
         self.raft
-            .change_membership(voters, true)
+            .change_membership(voters, retain)
             .await
             .map(|_| ())
             .map_err(GroupError::of_write)

@@ -80,7 +80,10 @@ async fn find_for_leader(
         return Err(not_hosted(id));
     }
     let term = decode_vote(vote).map_err(invalid)?.leader_id.term;
-    groups.get_or_open(id, term).await.ok_or_else(|| not_hosted(id))
+    groups
+        .get_or_open(id, term)
+        .await
+        .ok_or_else(|| not_hosted(id))
 }
 
 fn check_target(groups: &Groups, target: u64) -> Result<(), Status> {

@@ -210,7 +210,8 @@ async fn round(node: &Arc<Node>, term: u64) {
         replicas,
     );
     let placements = node.meta().shards();
-    let views = views(node, &placements, &states, replicas);
+    let replicas_only = node.meta().config().is_some_and(|c| c.replicas_only);
+    let views = views(node, &placements, &states, replicas, replicas_only);
     let steps = crate::balance::plan(&states, &views, &node.options().balance);
     join_all(
         steps
@@ -309,14 +310,16 @@ pub fn states(
 /// replica (its leader's) sees it; each shard as its leader last reported it to the map
 /// ([`crate::meta::ShardPlacement`]): the metadata leader need not hold a replica of every
 /// shard. A shard not reported yet (a child whose group has just elected its leader) is
-/// left out of this round. Learners are left out: see the module documentation. The
-/// metadata group is repaired and drained like a shard, but its votes and leadership do
-/// not count toward the balance (its load is small).
+/// left out of this round. A shard's learners are shown only when its data lives on its
+/// voters alone (`replicas_only`): otherwise every node holds one (see the module
+/// documentation). The metadata group is repaired and drained like a shard, but its votes
+/// and leadership do not count toward the balance (its load is small).
 fn views(
     node: &Node,
     placements: &[ShardPlacement],
     states: &BTreeMap<u64, NodeState>,
     replicas: usize,
+    replicas_only: bool,
 ) -> Vec<GroupView> {
     let staying = states
         .values()
@@ -332,13 +335,20 @@ fn views(
         leader: meta.leader,
         counted: false,
     })
-    .chain(placements.iter().map(|p| GroupView {
-        id: group_of_shard(p.shard),
-        replicas: replicas.min(staying),
-        voters: p.voters.clone(),
-        learners: BTreeMap::new(),
-        leader: Some(p.leader),
-        counted: true,
+    .chain(placements.iter().map(|p| {
+        GroupView {
+            id: group_of_shard(p.shard),
+            replicas: replicas.min(staying),
+            voters: p.voters.clone(),
+            learners: p
+                .learners
+                .iter()
+                .filter(|_| replicas_only)
+                .map(|l| (*l, p.caught_up.contains(l)))
+                .collect(),
+            leader: Some(p.leader),
+            counted: true,
+        }
     }))
     .collect()
 }
@@ -580,7 +590,11 @@ pub async fn carry_out(
             }
             let mut voters = status.voters.clone();
             voters.insert(id);
-            submit(&proposals, GroupChange::SetVoters(voters)).await
+            let change = GroupChange::SetVoters {
+                voters,
+                retain: true,
+            };
+            submit(&proposals, change).await
         }
         Step::RemoveVoter { node: id, .. } => {
             if !status.voters.contains(&id) {
@@ -604,7 +618,11 @@ pub async fn carry_out(
                     voters.len()
                 )));
             }
-            submit(&proposals, GroupChange::SetVoters(voters)).await
+            // With data on the voters only, a shard's voter that goes leaves the group (its
+            // replica is then deleted); otherwise it stays a learner, as every node is one.
+            let retain = step.group() == META_GROUP
+                || !node.meta().config().is_some_and(|c| c.replicas_only);
+            submit(&proposals, GroupChange::SetVoters { voters, retain }).await
         }
         Step::RemoveLearner { node: id, .. } => {
             if !status.learners.contains(&id) {

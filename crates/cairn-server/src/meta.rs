@@ -140,6 +140,10 @@ pub struct ClusterConfig {
     pub shards: u32,
     /// Voters per shard (capped by the number of nodes).
     pub replicas: u32,
+    /// Each shard's data lives on its voters only (and learners being added); otherwise
+    /// every node holds a replica of every shard, the nodes beyond the voters as learners.
+    #[serde(default)]
+    pub replicas_only: bool,
 }
 
 /// The metadata group's replica on this node.

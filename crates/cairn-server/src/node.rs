@@ -88,6 +88,9 @@ pub struct NodeOptions {
     pub join: Option<String>,
     /// Voters per shard in a cluster this node creates.
     pub replicas: u32,
+    /// A cluster this node creates keeps each shard's data on its voters only (no learner
+    /// replica on every other node).
+    pub replicas_only: bool,
     /// Silence after which the metadata leader marks a node down.
     pub down_after: Duration,
     /// Down time after which the balancer replaces a node (`--replace-down-after-ms`).
@@ -654,6 +657,7 @@ pub(crate) mod tests {
             tuning: StorageTuning::default(),
             join: None,
             replicas: 3,
+            replicas_only: false,
             down_after: Duration::from_secs(5),
             replace_down_after: Duration::from_secs(300),
             balance: crate::balance::Limits::default(),

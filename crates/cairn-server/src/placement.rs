@@ -42,14 +42,25 @@ pub async fn reconcile(node: &Node) {
     let removed: BTreeSet<u64> = node.meta().removals().iter().map(|r| r.raft_id).collect();
     let meta = node.meta();
     if meta.group.leading().is_some() {
-        reconcile_group("meta", &meta.group, &meta.proposals, &records, &removed).await;
+        reconcile_group(
+            "meta",
+            &meta.group,
+            &meta.proposals,
+            &records,
+            &removed,
+            true,
+        )
+        .await;
     }
+    // With data on the voters only, the balancer alone adds a shard's learners.
+    let everywhere = !meta.config().is_some_and(|c| c.replicas_only);
     for shard in &node.shards().list() {
         if shard.group.leading().is_none() {
             continue;
         }
         let name = format!("shard {}", shard.id);
-        reconcile_group(&name, &shard.group, &shard.proposals, &records, &removed).await;
+        let (group, proposals) = (&shard.group, &shard.proposals);
+        reconcile_group(&name, group, proposals, &records, &removed, everywhere).await;
     }
     report_shards(node).await;
     remove_dropped_replicas(node).await;
@@ -192,13 +203,14 @@ pub(crate) async fn submit(
 }
 
 /// Makes one membership change toward the rule: adds a node of the map the group lacks as
-/// a learner, or drops the learner of a removed node.
+/// a learner (when the group is to be `everywhere`), or drops the learner of a removed node.
 async fn reconcile_group(
     name: &str,
     group: &Group,
     proposals: &mpsc::Sender<Proposal>,
     records: &[NodeRecord],
     removed: &BTreeSet<u64>,
+    everywhere: bool,
 ) {
     if !group.membership_settled() {
         return;
@@ -211,6 +223,7 @@ async fn reconcile_group(
     let taken = |addr: &str| status.nodes.values().any(|a| a.grpc == addr);
     if let Some(new) = records
         .iter()
+        .filter(|_| everywhere)
         .find(|r| !members.contains(&r.raft_id) && !taken(&r.grpc_addr))
     {
         snapshot_for_newcomer(name, group, &status).await;

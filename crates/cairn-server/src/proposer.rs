@@ -122,10 +122,14 @@ pub enum ProposalOp {
 pub enum GroupChange {
     /// Start replicating to a node as a learner.
     AddLearner { id: u64, addr: cairn_raft::NodeAddr },
-    /// Make exactly these nodes voters (others stay learners); returns once committed.
-    /// Membership changes append entries of their own: the indexes the proposer predicts for
-    /// writes (their versions) stay exact because it re-reads the end of the log after one.
-    SetVoters(std::collections::BTreeSet<u64>),
+    /// Make exactly these nodes voters; a voter left out stays a learner when `retain`, else
+    /// leaves the group. Returns once committed. Membership changes append entries of their
+    /// own: the indexes the proposer predicts for writes (their versions) stay exact because
+    /// it re-reads the end of the log after one.
+    SetVoters {
+        voters: std::collections::BTreeSet<u64>,
+        retain: bool,
+    },
     /// Stop replicating to these learners (a node removed from the cluster).
     RemoveLearners(std::collections::BTreeSet<u64>),
     /// Hand leadership to this voter. With nothing in flight, the target can hold the whole
@@ -341,7 +345,9 @@ impl Proposer {
         let change = async {
             match change {
                 GroupChange::AddLearner { id, addr } => self.h.group.add_learner(id, addr).await,
-                GroupChange::SetVoters(voters) => self.h.group.set_voters(voters).await,
+                GroupChange::SetVoters { voters, retain } => {
+                    self.h.group.set_voters(voters, retain).await
+                }
                 GroupChange::RemoveLearners(ids) => self.h.group.remove_learners(ids).await,
                 GroupChange::TransferLeader(to) => {
                     self.h

@@ -46,7 +46,8 @@ impl Incarnation {
     /// Whether incarnation `generation` of the shard is dead (removed, or replaced by a
     /// newer one).
     pub fn is_dead(self, generation: u32) -> bool {
-        generation < self.generation || (generation == self.generation && self.removed_term.is_some())
+        generation < self.generation
+            || (generation == self.generation && self.removed_term.is_some())
     }
 
     /// The incarnation a leader of `term` may create, if any: the newest one again while it

@@ -506,7 +506,11 @@ impl Shards {
         }
         match self.ensure_locked(id, None).await {
             Ok(shard) => {
-                tracing::info!(shard = id, generation = next.generation, "replica created for the group's leader");
+                tracing::info!(
+                    shard = id,
+                    generation = next.generation,
+                    "replica created for the group's leader"
+                );
                 Some(shard.group.clone())
             }
             Err(e) => {
@@ -548,7 +552,12 @@ impl Shards {
         }])?;
         let dir = replica_dir(&self.setup.data_dir, id, generation);
         cairn_io::remove_dir_all_durable(&*self.setup.io, &dir)?;
-        tracing::info!(shard = id, generation, term, "replica removed: the group dropped this node");
+        tracing::info!(
+            shard = id,
+            generation,
+            term,
+            "replica removed: the group dropped this node"
+        );
         Ok(())
     }
 

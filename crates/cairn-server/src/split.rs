@@ -72,12 +72,17 @@ impl Node {
         at: Option<u16>,
     ) -> Result<Managed, ManageError> {
         let meta = self.meta();
-        let Some(parent) = self.shards().get(shard) else {
-            return Err(ManageError::UnknownShard(format!(
-                "no shard {shard} in the cluster"
-            )));
+        // The shard as its replica here sees it, else as its leader reported it to the map.
+        let (slots, leader) = match (self.shards().get(shard), meta.shard(shard)) {
+            (Some(parent), _) => (parent.slots(), parent.leader()),
+            (None, Some(p)) => (Some((p.first_slot, p.last_slot)), Some(p.leader)),
+            (None, None) => {
+                return Err(ManageError::UnknownShard(format!(
+                    "no shard {shard} in the cluster"
+                )));
+            }
         };
-        match parent.slots() {
+        match slots {
             // Checked here too (the shard's leader checks again), so that a bad request
             // takes no shard id.
             Some((first, last)) if at.is_some_and(|at| at <= first || at > last) => {
@@ -100,9 +105,8 @@ impl Node {
                 .into());
             }
         }
-        let leader = parent
-            .leader()
-            .ok_or_else(|| CommandError::TryAgain(format!("shard {shard} has no leader")))?;
+        let leader =
+            leader.ok_or_else(|| CommandError::TryAgain(format!("shard {shard} has no leader")))?;
         let child = meta.take_shard_id().await?;
         tracing::info!(shard, child, ?at, "splitting a shard");
         let request = crate::balancer::Manage::SplitAs { shard, child, at };

@@ -137,6 +137,7 @@ impl Node {
             let config = ClusterConfig {
                 shards: node.identity.shards,
                 replicas: node.options.replicas,
+                replicas_only: node.options.replicas_only,
             };
             node.meta
                 .bootstrap(node.my_record(), config)

@@ -32,6 +32,19 @@ struct Running {
 }
 
 async fn start(net: &MemoryNetwork, dir: &std::path::Path, i: u8, join: Option<u8>) -> Running {
+    start_with(net, dir, i, join, 3, false).await
+}
+
+/// [`start`], for a cluster of `replicas` voters per shard, with data on the voters only
+/// when `replicas_only`.
+async fn start_with(
+    net: &MemoryNetwork,
+    dir: &std::path::Path,
+    i: u8,
+    join: Option<u8>,
+    replicas: u32,
+    replicas_only: bool,
+) -> Running {
     let options = NodeOptions {
         data_dir: dir.join(format!("node-{i}")),
         shards: SHARDS,
@@ -43,7 +56,8 @@ async fn start(net: &MemoryNetwork, dir: &std::path::Path, i: u8, join: Option<u
         io: Arc::new(cairn_io::StdIo),
         tuning: cairn_server::StorageTuning::default(),
         join: join.map(|j| grpc_addr(j).to_string()),
-        replicas: 3,
+        replicas,
+        replicas_only,
         down_after: Duration::from_secs(5),
         replace_down_after: Duration::from_secs(300),
         balance: cairn_server::balance::Limits::default(),
@@ -264,4 +278,154 @@ async fn a_cluster_on_the_in_memory_network_replicates_forwards_and_partitions()
     for running in [n3, n2, n1] {
         stop(running).await;
     }
+}
+
+/// Every shard id and the nodes (by index in `nodes`) holding a replica of it, as each node
+/// sees its own replicas.
+fn holders(nodes: &[&Node]) -> std::collections::BTreeMap<u32, Vec<usize>> {
+    let mut held: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+    for (i, node) in nodes.iter().enumerate() {
+        for shard in node.shards().list() {
+            held.entry(shard.id).or_default().push(i);
+        }
+    }
+    held
+}
+
+/// With data on the voters only, each shard's replicas live on `replicas` nodes: the others
+/// hold none, and still serve every key (forwarded to the leader the map names); a node
+/// that joins takes its share, copied to it; a node drained away leaves its replicas
+/// recreated elsewhere and deleted from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_data_on_the_voters_only_each_shard_lives_on_its_voters_and_every_node_serves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let n1 = start_with(&net, dir.path(), 1, None, 2, true).await;
+    let n2 = start_with(&net, dir.path(), 2, Some(1), 2, true).await;
+    let n3 = start_with(&net, dir.path(), 3, Some(1), 2, true).await;
+    let keys: Vec<String> = (0..30).map(|i| format!("key-{i}")).collect();
+    for key in &keys {
+        until_done(&n1.node, set(key, "one")).await;
+    }
+    // Settled: every shard on exactly two nodes, and each node's share within one of the
+    // others'.
+    let settled = |nodes: &[&Node]| {
+        let held = holders(nodes);
+        let mut per_node = vec![0; nodes.len()];
+        for holders in held.values() {
+            for &i in holders {
+                per_node[i] += 1;
+            }
+        }
+        held.len() == SHARDS as usize
+            && held.values().all(|h| h.len() == 2)
+            && per_node.iter().max().unwrap() - per_node.iter().min().unwrap() <= 1
+    };
+    let wait_settled = |nodes: Vec<Arc<Node>>| async move {
+        tokio::time::timeout(PATIENCE * 2, async {
+            loop {
+                let refs: Vec<&Node> = nodes.iter().map(|n| &**n).collect();
+                if settled(&refs) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            let refs: Vec<&Node> = nodes.iter().map(|n| &**n).collect();
+            panic!(
+                "replicas never settled on two nodes each: {:?}",
+                holders(&refs)
+            )
+        });
+    };
+    wait_settled(vec![n1.node.clone(), n2.node.clone(), n3.node.clone()]).await;
+    // Every node serves every key, including those of shards it holds no replica of.
+    for node in [&n1.node, &n2.node, &n3.node] {
+        for key in &keys {
+            let got = value_of(until_done(node, get(key)).await);
+            assert_eq!(
+                got.as_deref(),
+                Some(&b"one"[..]),
+                "{key} through node {}",
+                node.id()
+            );
+        }
+    }
+    for (i, key) in keys.iter().take(6).enumerate() {
+        let node = [&n1.node, &n2.node, &n3.node][i % 3];
+        until_done(node, set(key, "two")).await;
+    }
+
+    // A fourth node takes its share: replicas created on it, with the data copied.
+    let n4 = start_with(&net, dir.path(), 4, Some(1), 2, true).await;
+    let all = vec![
+        n1.node.clone(),
+        n2.node.clone(),
+        n3.node.clone(),
+        n4.node.clone(),
+    ];
+    wait_settled(all.clone()).await;
+    assert!(
+        !n4.node.shards().list().is_empty(),
+        "the new node took no replica"
+    );
+    for shard in n4.node.shards().list() {
+        let owned: Vec<&String> = keys
+            .iter()
+            .filter(|k| n4.node.shards().shard_of_key(k.as_bytes()) == shard.id)
+            .collect();
+        for key in owned {
+            let want = if keys.iter().take(6).any(|k| k == key) {
+                "two"
+            } else {
+                "one"
+            };
+            held_locally(&n4.node, key, want).await;
+        }
+    }
+
+    // Node 2 drained: what it held is recreated on the others, and its replicas deleted.
+    let n2_name = n2.node.cluster_status().node_id;
+    until_removed(&n1.node, &n2_name).await;
+    let staying = vec![n1.node.clone(), n3.node.clone(), n4.node.clone()];
+    wait_settled(staying.clone()).await;
+    tokio::time::timeout(PATIENCE, async {
+        while !n2.node.shards().list().is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the drained node deletes its replicas");
+    for node in &staying {
+        for (i, key) in keys.iter().enumerate() {
+            let want = if i < 6 { "two" } else { "one" };
+            let got = value_of(until_done(node, get(key)).await);
+            assert_eq!(
+                got.as_deref(),
+                Some(want.as_bytes()),
+                "{key} through node {}",
+                node.id()
+            );
+        }
+    }
+    for running in [n1, n2, n3, n4] {
+        stop(running).await;
+    }
+}
+
+/// Asks `node` to drain the node named `name` until the map drops it.
+async fn until_removed(node: &Node, name: &str) {
+    tokio::time::timeout(PATIENCE * 2, async {
+        loop {
+            let _ = node.remove_node(name).await;
+            if !node.cluster_status().nodes.iter().any(|n| n.id == name) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the node is removed within the patience");
 }

@@ -76,6 +76,7 @@ fn node_options(io: &SimIo, sync: SyncMode) -> NodeOptions {
         },
         join: None,
         replicas: 3,
+        replicas_only: false,
         down_after: std::time::Duration::from_secs(5),
         replace_down_after: std::time::Duration::from_secs(300),
         balance: cairn_server::balance::Limits::default(),
