@@ -33,6 +33,7 @@ use crate::scan::ScanCursors;
 use crate::shards::{NodeIdentity, Shards};
 
 mod background;
+mod fanout;
 mod open;
 mod publish;
 mod read;
@@ -464,7 +465,7 @@ impl Node {
                     Err(e) => Err(e),
                 }
             } else {
-                self.read_routed(&cmd, 0, stale).await
+                self.read_routed(&cmd, 0, stale, None).await
             };
             match result {
                 Err(CommandError::Locked(holder)) if Instant::now() < lock_deadline => {
@@ -569,7 +570,7 @@ impl Node {
                 .wait()
                 .await
         } else {
-            self.read_routed(&cmd, hops, stale).await
+            self.read_routed(&cmd, hops, stale, shard).await
         }
     }
 }

@@ -27,6 +27,21 @@ pub struct Position {
     after: Option<Bytes>,
 }
 
+impl Position {
+    /// After key `after` of shard `shard` (`None`: from its first key).
+    pub fn new(shard: u32, after: Option<Bytes>) -> Position {
+        Position { shard, after }
+    }
+
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    pub fn after(&self) -> Option<&Bytes> {
+        self.after.as_ref()
+    }
+}
+
 /// One shard as SCAN walks it: its id and engine.
 #[derive(Debug, Clone)]
 pub struct ScanShard {

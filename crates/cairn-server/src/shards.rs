@@ -589,6 +589,20 @@ impl Shards {
         self.owner[usize::from(slot)].load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Every shard the slot map routes a slot to (held here or not).
+    pub fn routed(&self) -> std::collections::BTreeSet<u32> {
+        let mut ids = std::collections::BTreeSet::new();
+        let mut last = UNMAPPED;
+        for slot in 0..SLOT_COUNT {
+            let id = self.owner(slot);
+            if id != last && id != UNMAPPED {
+                ids.insert(id);
+            }
+            last = id;
+        }
+        ids
+    }
+
     /// The shard owning `key`'s slot ([`UNMAPPED`]: see [`Shards::owner`]).
     pub fn shard_of_key(&self, key: &[u8]) -> u32 {
         self.owner(key_slot(key))

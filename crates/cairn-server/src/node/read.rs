@@ -12,6 +12,8 @@ use super::{KEY_BYTES_MAX, Node, SCAN_RANGE_LIMIT_MAX, as_ref_bound, literal_pre
 use crate::command::{Command, KeyRange};
 use crate::error::CommandError;
 use crate::reply::{Entry, KeyTtl, KeyType, Reply};
+use std::sync::Arc;
+
 use crate::shard::Shard;
 use crate::shards::ShardHandle;
 use crate::txn;
@@ -247,14 +249,10 @@ impl Node {
                 let (entries, deletes) = self.guarded_read(&shard, keys)?;
                 Ok(Reply::Guarded { entries, deletes })
             }
-            Command::Keys { pattern } => {
-                let glob = Pattern::new(pattern, false);
-                let all = &pattern[..] == b"*";
-                let relevant = |key: &[u8]| all || glob.matches(key);
-                Ok(Reply::Keys(
-                    self.settled(&relevant, || Ok(self.keys(pattern)))?,
-                ))
-            }
+            Command::Keys { .. }
+            | Command::ScanRange { .. }
+            | Command::RandomKey
+            | Command::DbSize => self.keyspace_local(&self.shards.list(), cmd),
             Command::Scan {
                 cursor,
                 pattern,
@@ -292,17 +290,6 @@ impl Node {
                 let cursor = self.cursors.advance(*cursor, next);
                 Ok(Reply::ScanPage { cursor, keys })
             }
-            Command::ScanRange {
-                range,
-                limit,
-                keys_only,
-            } => self.settled(&|key: &[u8]| range.contains(key), || {
-                self.scan_range(range, *limit, *keys_only)
-            }),
-            Command::RandomKey => Ok(Reply::Value(self.random_key())),
-            // Each shard counted at its own instant: a transaction that deletes on one shard
-            // and creates on another may be counted half-way (cheap, as DBSIZE must be).
-            Command::DbSize => Ok(Reply::Int(self.dbsize() as i64)),
             Command::ClusterStatus => Ok(Reply::Cluster(self.cluster_status())),
             Command::ShardStats => Ok(Reply::Stats(self.shard_stats())),
             write => Err(CommandError::Invalid(format!(
@@ -312,18 +299,53 @@ impl Node {
         }
     }
 
-    /// Number of live keys.
+    /// KEYS, range scans, RANDOMKEY and DBSIZE over `shards`, replicas on this node.
+    pub(super) fn keyspace_local(
+        &self,
+        shards: &[Arc<Shard>],
+        cmd: &Command,
+    ) -> Result<Reply, CommandError> {
+        match cmd {
+            Command::Keys { pattern } => {
+                let glob = Pattern::new(pattern, false);
+                let all = &pattern[..] == b"*";
+                let relevant = |key: &[u8]| all || glob.matches(key);
+                Ok(Reply::Keys(
+                    self.settled(&relevant, || Ok(self.keys(shards, pattern)))?,
+                ))
+            }
+            Command::ScanRange {
+                range,
+                limit,
+                keys_only,
+            } => self.settled(&|key: &[u8]| range.contains(key), || {
+                self.scan_range(shards, range, *limit, *keys_only)
+            }),
+            Command::RandomKey => Ok(Reply::Value(self.random_key(shards))),
+            // Each shard counted at its own instant: a transaction that deletes on one shard
+            // and creates on another may be counted half-way (cheap, as DBSIZE must be).
+            Command::DbSize => Ok(Reply::Int(
+                shards.iter().map(|s| s.engine().len()).sum::<u64>() as i64,
+            )),
+            other => Err(CommandError::Invalid(format!(
+                "'{}' does not read the whole keyspace",
+                other.name()
+            ))),
+        }
+    }
+
+    /// Number of live keys in this node's replicas.
     pub fn dbsize(&self) -> u64 {
         self.shards.list().iter().map(|s| s.engine().len()).sum()
     }
 
-    fn keys(&self, pattern: &[u8]) -> Vec<Bytes> {
+    fn keys(&self, shards: &[Arc<Shard>], pattern: &[u8]) -> Vec<Bytes> {
         // `KEYS *` (exactly that one byte) lists every key without matching, as Redis's
         // keysCommand does (`allkeys`): the glob itself never matches the empty key.
         let glob = (pattern != b"*").then(|| Pattern::new(pattern, false));
         let range = KeyRange::prefix(Bytes::copy_from_slice(literal_prefix(pattern)));
         let mut out = Vec::new();
-        for shard in &self.shards.list() {
+        for shard in shards {
             let keys = shard.engine().scan_keys(
                 as_ref_bound(&range.start),
                 as_ref_bound(&range.end),
@@ -342,6 +364,7 @@ impl Node {
 
     fn scan_range(
         &self,
+        shards: &[Arc<Shard>],
         range: &KeyRange,
         limit: usize,
         keys_only: bool,
@@ -349,7 +372,7 @@ impl Node {
         let limit = limit.clamp(1, SCAN_RANGE_LIMIT_MAX);
         // One more than asked from each shard tells whether more remain.
         let mut all: Vec<Entry> = Vec::new();
-        for shard in &self.shards.list() {
+        for shard in shards {
             let (start, end) = (as_ref_bound(&range.start), as_ref_bound(&range.end));
             // A split being applied leaves the moved keys in both engines for a moment: each
             // key is taken from the shard that owns it.
@@ -393,8 +416,7 @@ impl Node {
         Ok(Reply::Entries { entries: all, more })
     }
 
-    fn random_key(&self) -> Option<Bytes> {
-        let shards = self.shards.list();
+    fn random_key(&self, shards: &[Arc<Shard>]) -> Option<Bytes> {
         let sizes: Vec<u64> = shards.iter().map(|s| s.engine().len()).collect();
         let total: u64 = sizes.iter().sum();
         if total == 0 {

@@ -105,7 +105,8 @@ impl Node {
         alone: bool,
     ) -> Result<Part, CommandError> {
         let Some(shard) = self.shards.get(shard_id) else {
-            let outcome = self.forward_by_map(shard_id, &cmd, hops, false).await;
+            let only = matches!(cmd, Command::Flush).then_some(shard_id);
+            let outcome = self.forward_by_map(shard_id, &cmd, hops, false, only).await;
             return Ok(Part::Done(outcome));
         };
         // The common case, this node leads: one atomic load, straight to its proposer (which
@@ -147,7 +148,9 @@ impl Node {
                 }
                 // A replica that is not (yet) in the group knows no leader: the map does.
                 Err(CommandError::TryAgain(_)) if !self.is_member(&shard) => {
-                    self.forward_once_by_map(shard_id, &cmd, hops, false).await
+                    let only = matches!(cmd, Command::Flush).then_some(shard_id);
+                    self.forward_once_by_map(shard_id, &cmd, hops, false, only)
+                        .await
                 }
                 Err(e) => Err(e),
             };
@@ -171,17 +174,22 @@ impl Node {
     /// leader, to the leader the cluster map's placement names (which forwards it once more
     /// if the leadership moved since); `TRYAGAIN` is retried for a while, as for any routed
     /// request, since the map catches up with a new leader within a placement round.
-    async fn forward_by_map(
+    /// `only` limits a FLUSHDB or a whole-keyspace read to the shard.
+    pub(super) async fn forward_by_map(
         &self,
         shard_id: u32,
         cmd: &Command,
         hops: u32,
         stale: bool,
+        only: Option<u32>,
     ) -> Result<Reply, CommandError> {
         let deadline = std::time::Instant::now() + super::ROUTE_RETRY_WINDOW;
         let mut backoff = super::ROUTE_RETRY_FIRST;
         loop {
-            match self.forward_once_by_map(shard_id, cmd, hops, stale).await {
+            match self
+                .forward_once_by_map(shard_id, cmd, hops, stale, only)
+                .await
+            {
                 Err(CommandError::TryAgain(_))
                     if hops == 0 && std::time::Instant::now() + backoff < deadline =>
                 {
@@ -200,6 +208,7 @@ impl Node {
         cmd: &Command,
         hops: u32,
         stale: bool,
+        only: Option<u32>,
     ) -> Result<Reply, CommandError> {
         let placement = self.meta.shard(shard_id).ok_or_else(|| {
             CommandError::TryAgain(format!(
@@ -222,7 +231,6 @@ impl Node {
                 ))
             })?;
         let hops = Self::hop(hops)?;
-        let only = matches!(cmd, Command::Flush).then_some(shard_id);
         crate::metrics::forwarded(cmd.name(), shard_id);
         crate::peer::forward(&self.peers, &addr, cmd, hops, stale, only).await
     }
@@ -234,12 +242,15 @@ impl Node {
 
     /// A read: single-key reads and MGET/EXISTS go to each key's shard leader (or this node's
     /// replica when `stale`); reads of the whole keyspace (KEYS, SCAN, DBSIZE, RANDOMKEY,
-    /// range scans) and status are served from this node's replicas.
+    /// range scans; `only`: of that shard alone) are served from this node's replicas, and
+    /// from the leaders of the shards it holds none of ([`super::fanout`]); status from this
+    /// node.
     pub(super) async fn read_routed(
         &self,
         cmd: &Command,
         hops: u32,
         stale: bool,
+        only: Option<u32>,
     ) -> Result<Reply, CommandError> {
         if let Some(key) = cmd.single_read_key() {
             let shard = self.shards.shard_of_key(key);
@@ -276,6 +287,9 @@ impl Node {
                 Ok(Reply::Int(
                     entries.iter().filter(|e| e.is_some()).count() as i64
                 ))
+            }
+            cmd if super::fanout::is_keyspace_read(cmd) => {
+                self.read_keyspace(cmd, hops, stale, only).await
             }
             _ => self.read(cmd),
         }
@@ -373,7 +387,7 @@ impl Node {
         stale: bool,
     ) -> Result<Reply, CommandError> {
         let Some(shard) = self.shards.get(shard_id) else {
-            return self.forward_by_map(shard_id, cmd, hops, stale).await;
+            return self.forward_by_map(shard_id, cmd, hops, stale, None).await;
         };
         match shard.group.lead() {
             Lead::Alone => return self.read_owned(&shard, cmd),
@@ -388,7 +402,9 @@ impl Node {
         }
         let leader = match self.remote_leader(&shard) {
             Err(CommandError::TryAgain(_)) if !self.is_member(&shard) => {
-                return self.forward_once_by_map(shard_id, cmd, hops, stale).await;
+                return self
+                    .forward_once_by_map(shard_id, cmd, hops, stale, None)
+                    .await;
             }
             leader => leader?,
         };

@@ -7,7 +7,8 @@ use crate::reply::{ClusterStatus, MoveInfo, NodeInfo, NodeState, ShardInfo, Shar
 impl Node {
     /// The cluster map: every node of the metadata group's map (this node's replica of it),
     /// and every shard with its members and leader as this node's replica of its group sees
-    /// them.
+    /// them, or for a shard this node holds no replica of, as its leader last reported them
+    /// to the map (its Raft figures then zero but the term).
     pub fn cluster_status(&self) -> ClusterStatus {
         let me = self.my_record();
         let mut records = self.meta.nodes();
@@ -50,7 +51,7 @@ impl Node {
                 _ => list.push((slot, slot)),
             }
         }
-        let shards = self
+        let mut shards: Vec<ShardInfo> = self
             .shards
             .list()
             .iter()
@@ -63,6 +64,30 @@ impl Node {
                 )
             })
             .collect();
+        // The shards routed here that this node holds no replica of.
+        for p in self.meta.shards() {
+            let Some(slots) = ranges.remove(&p.shard) else {
+                continue;
+            };
+            shards.push(ShardInfo {
+                id: p.shard,
+                slots,
+                replicas: p.members().map(name_of).collect(),
+                learners: p.learners.iter().map(|id| name_of(*id)).collect(),
+                leader: Some(name_of(p.leader)),
+                raft: crate::reply::RaftStats {
+                    term: p.term,
+                    leader: false,
+                    last_log_index: 0,
+                    committed: 0,
+                    applied: 0,
+                    snapshot: 0,
+                    purged: 0,
+                    leader_changes: 0,
+                },
+            });
+        }
+        shards.sort_by_key(|s| s.id);
         let metadata = Some(Box::new(info(
             0,
             Vec::new(),

@@ -357,6 +357,9 @@ async fn with_data_on_the_voters_only_each_shard_lives_on_its_voters_and_every_n
         let node = [&n1.node, &n2.node, &n3.node][i % 3];
         until_done(node, set(key, "two")).await;
     }
+    for node in [&n1.node, &n2.node, &n3.node] {
+        whole_keyspace(node, &keys).await;
+    }
 
     // A fourth node takes its share: replicas created on it, with the data copied.
     let n4 = start_with(&net, dir.path(), 4, Some(1), 2, true).await;
@@ -399,6 +402,7 @@ async fn with_data_on_the_voters_only_each_shard_lives_on_its_voters_and_every_n
     .await
     .expect("the drained node deletes its replicas");
     for node in &staying {
+        whole_keyspace(node, &keys).await;
         for (i, key) in keys.iter().enumerate() {
             let want = if i < 6 { "two" } else { "one" };
             let got = value_of(until_done(node, get(key)).await);
@@ -413,6 +417,131 @@ async fn with_data_on_the_voters_only_each_shard_lives_on_its_voters_and_every_n
     for running in [n1, n2, n3, n4] {
         stop(running).await;
     }
+}
+
+/// Through `node`: the map lists every shard (its replicas and leader, covering every slot
+/// once), and KEYS, SCAN, DBSIZE, range scans and RANDOMKEY see exactly `keys`, whichever
+/// shards the node holds.
+async fn whole_keyspace(node: &Node, keys: &[String]) {
+    let want: std::collections::BTreeSet<Bytes> = keys
+        .iter()
+        .map(|k| Bytes::copy_from_slice(k.as_bytes()))
+        .collect();
+    let status = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let status = node.cluster_status();
+            let slots: usize = status
+                .shards
+                .iter()
+                .flat_map(|s| &s.slots)
+                .map(|&(a, b)| usize::from(b - a) + 1)
+                .sum();
+            if status.shards.len() == SHARDS as usize
+                && slots == 16384
+                && status
+                    .shards
+                    .iter()
+                    .all(|s| s.replicas.len() == 2 && s.leader.is_some())
+            {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "node {} never listed every shard: {:?}",
+            node.id(),
+            node.cluster_status()
+        )
+    });
+    assert!(
+        status.shards.iter().all(|s| s.learners.is_empty()),
+        "{status:?}"
+    );
+    let Reply::Keys(listed) = until_done(
+        node,
+        Command::Keys {
+            pattern: Bytes::from_static(b"*"),
+        },
+    )
+    .await
+    else {
+        panic!("KEYS answered something else");
+    };
+    assert_eq!(listed.len(), want.len(), "KEYS through node {}", node.id());
+    assert_eq!(
+        listed
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>(),
+        want
+    );
+    assert_eq!(
+        until_done(node, Command::DbSize).await,
+        Reply::Int(want.len() as i64),
+        "DBSIZE through node {}",
+        node.id()
+    );
+    let mut scanned = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let page = until_done(
+            node,
+            Command::Scan {
+                cursor,
+                pattern: None,
+                count: 4,
+                type_filter: None,
+            },
+        )
+        .await;
+        let Reply::ScanPage { cursor: next, keys } = page else {
+            panic!("SCAN answered {page:?}");
+        };
+        scanned.extend(keys);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    scanned.sort();
+    scanned.dedup();
+    assert_eq!(
+        scanned
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>(),
+        want,
+        "SCAN through node {}",
+        node.id()
+    );
+    let range = cairn_server::command::KeyRange {
+        start: std::ops::Bound::Included(Bytes::from_static(b"key-1")),
+        end: std::ops::Bound::Excluded(Bytes::from_static(b"key-2")),
+    };
+    let Reply::Entries { entries, more } = until_done(
+        node,
+        Command::ScanRange {
+            range,
+            limit: 5,
+            keys_only: false,
+        },
+    )
+    .await
+    else {
+        panic!("a range scan answered something else");
+    };
+    let expected: Vec<&Bytes> = want
+        .iter()
+        .filter(|k| k.starts_with(b"key-1"))
+        .take(5)
+        .collect();
+    assert_eq!(entries.iter().map(|e| &e.key).collect::<Vec<_>>(), expected);
+    assert!(more, "more keys start with key-1 than 5");
+    let Reply::Value(Some(random)) = until_done(node, Command::RandomKey).await else {
+        panic!("RANDOMKEY found nothing through node {}", node.id());
+    };
+    assert!(want.contains(&random));
 }
 
 /// Asks `node` to drain the node named `name` until the map drops it.
