@@ -176,6 +176,16 @@ impl Batch {
         })
     }
 
+    /// The entry's ops.
+    pub fn ops(&self) -> &[WriteOp] {
+        &self.ops
+    }
+
+    /// The keys a `Clear` among the ops removed.
+    pub fn cleared(&self) -> &[Bytes] {
+        &self.cleared
+    }
+
     /// Events in the batch.
     pub fn len(&self) -> usize {
         self.len
@@ -526,6 +536,44 @@ impl Feed {
     /// The newest entry applied here: where a watch that starts now stands.
     pub fn last(&self) -> u64 {
         self.ring.lock().last
+    }
+
+    /// A followed feed: every entry up to `upto` is told (the holder's feed got there).
+    pub fn advance(&self, upto: u64) {
+        {
+            let mut ring = self.ring.lock();
+            if upto <= ring.last {
+                return;
+            }
+            ring.last = upto;
+        }
+        wake(&self.wake);
+    }
+
+    /// A followed feed: history restarts after `at` (the holder no longer has what came
+    /// between).
+    pub fn reset(&self, at: u64) {
+        self.ring.lock().reset(at);
+        wake(&self.wake);
+    }
+
+    /// A followed feed: the holder applied split `mark` of the shard.
+    pub fn note_split(&self, mark: SplitMark) {
+        let mut splits = self.splits.lock();
+        if !splits.iter().any(|m| m.index == mark.index) {
+            splits.push(mark);
+            splits.sort_by_key(|m| m.index);
+        }
+    }
+
+    /// The splits applied after index `after`, up to index `upto`, oldest first.
+    pub fn splits_between(&self, after: u64, upto: u64) -> Vec<SplitMark> {
+        self.splits
+            .lock()
+            .iter()
+            .filter(|m| m.index > after && m.index <= upto)
+            .copied()
+            .collect()
     }
 
     /// The oldest position a watcher may resume from (`done()` at least this): the window's

@@ -34,6 +34,7 @@ use crate::shards::{NodeIdentity, Shards};
 
 mod background;
 mod fanout;
+mod follow;
 mod open;
 mod publish;
 mod read;
@@ -193,6 +194,9 @@ pub struct Node {
     /// ([`crate::placement::report_shards`]).
     pub(crate) reported:
         parking_lot::Mutex<std::collections::HashMap<u32, (crate::meta::ShardPlacement, Instant)>>,
+    /// The feeds this node follows on other nodes, of shards it holds no whole replica of
+    /// ([`follow`]).
+    followed: parking_lot::Mutex<std::collections::HashMap<u32, follow::Following>>,
     /// The metadata replica's applied index when the map's shard placements were last
     /// routed from ([`Node::refresh_placements`]).
     placements_seen: std::sync::atomic::AtomicU64,
@@ -222,14 +226,19 @@ impl Node {
     }
 
     /// A watch resume token for the shard of `key` (every shard: `None`) as of now on this
-    /// node's replicas: taken before a read, a watch from it misses nothing the read did not
-    /// see, since the read is served at or after what this node's replicas have applied.
+    /// node's feeds: taken before a read, a watch from it misses nothing the read did not
+    /// see, since the read is served at or after what this node's replicas (or, for a
+    /// followed feed, the replica it follows) have applied.
     pub fn watch_token(&self, key: Option<&[u8]>) -> String {
-        let shards = match key.and_then(|key| self.shards.for_key(key)) {
-            Some(shard) => vec![shard.clone()],
-            None => self.shards.list(),
+        let feeds = match key.and_then(|key| self.feed_for(self.shards.shard_of_key(key))) {
+            Some(feed) => vec![feed],
+            None => self
+                .shards
+                .routed()
+                .into_iter()
+                .filter_map(|id| self.feed_for(id))
+                .collect(),
         };
-        let feeds = shards.iter().map(|s| &s.feed);
         crate::watch::Token(
             feeds
                 .into_iter()
@@ -237,6 +246,19 @@ impl Node {
                 .collect(),
         )
         .to_string()
+    }
+
+    /// The feed of every shard routed here; `NotHere` for one this node has none of yet (a
+    /// followed feed not started).
+    fn every_feed(&self) -> Result<Vec<Arc<crate::feed::Feed>>, crate::watch::WatchError> {
+        self.shards
+            .routed()
+            .into_iter()
+            .map(|id| {
+                self.feed_for(id)
+                    .ok_or(crate::watch::WatchError::NotHere(id))
+            })
+            .collect()
     }
 
     /// The shards whose replicas on this node have been out of touch with their groups for
@@ -254,8 +276,6 @@ impl Node {
         self.touch.subscribe()
     }
 
-    /// Looks at every replica's touch now, telling followers of [`Node::touch_changes`]
-    /// when the set of shards out of touch changed.
     /// Routes the slots of shards this node holds no replica of as the map's placements say,
     /// when the map changed since the last call (every [`TOUCH_CHECK_INTERVAL`]).
     pub(crate) fn refresh_placements(&self) {
@@ -275,14 +295,19 @@ impl Node {
         );
     }
 
+    /// Looks at every replica's and every followed feed's touch now, telling followers of
+    /// [`Node::touch_changes`] when the set of shards out of touch changed.
     pub(crate) fn check_touch(&self) {
-        let out: Vec<u32> = self
+        let mut out: Vec<u32> = self
             .shards
             .list()
             .iter()
             .filter(|shard| !shard.group.in_touch(TOUCH_LOST_AFTER))
             .map(|shard| shard.id)
+            .chain(self.followed_out_of_touch(TOUCH_LOST_AFTER))
             .collect();
+        out.sort_unstable();
+        out.dedup();
         self.touch.send_if_modified(|current| {
             if **current == out {
                 return false;
@@ -332,31 +357,30 @@ impl Node {
         if let Some(unknown) = token
             .iter()
             .flat_map(|t| t.0.keys())
-            .find(|&&shard| self.shards.get(shard).is_none())
+            .find(|&&shard| self.feed_for(shard).is_none())
         {
-            // A shard split off that this node has not applied yet, or none at all.
+            // A shard split off that this node has not applied yet, a feed not followed
+            // yet, or no shard at all.
             return Err(WatchError::NotHere(*unknown));
         }
         // A key is followed in its shard, and in every shard the token names (the key's
         // shard before a split, whose events up to the split the watch has still to tell);
-        // a key whose slot no shard here owns yet (a split being applied) in every shard.
+        // a key whose slot no shard owns yet (a split being applied) in every shard.
         // The selector keeps only its events.
         let feeds = match &selector {
-            Selector::Key(key) => match self.shards.for_key(key) {
-                Some(shard) => {
-                    let mut feeds = vec![shard.feed.clone()];
-                    for id in token.iter().flat_map(|t| t.0.keys()) {
-                        if *id != shard.id {
-                            feeds.extend(self.shards.get(*id).map(|s| s.feed.clone()));
+            Selector::Key(key) => match self.shards.shard_of_key(key) {
+                crate::shards::UNMAPPED => self.every_feed()?,
+                id => {
+                    let mut feeds = vec![self.feed_for(id).ok_or(WatchError::NotHere(id))?];
+                    for other in token.iter().flat_map(|t| t.0.keys()) {
+                        if *other != id {
+                            feeds.extend(self.feed_for(*other));
                         }
                     }
                     feeds
                 }
-                None => self.shards.list().iter().map(|s| s.feed.clone()).collect(),
             },
-            Selector::Prefix(_) | Selector::Range(_) => {
-                self.shards.list().iter().map(|s| s.feed.clone()).collect()
-            }
+            Selector::Prefix(_) | Selector::Range(_) => self.every_feed()?,
         };
         crate::watch::Watcher::new(
             selector,

@@ -41,6 +41,11 @@ const JOIN_RETRY: Duration = Duration::from_millis(500);
 /// How long one join request may take.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The stream of a `Follow` call ([`Node::serve_follow`]).
+pub type FollowStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<pb::FollowMessage, Status>> + Send + 'static>,
+>;
+
 /// The service over one node.
 #[derive(Debug)]
 pub struct NodeService {
@@ -132,6 +137,17 @@ impl pb::node_server::Node for NodeService {
         Ok(Response::new(pb::ForwardResponse {
             result: encode_result(&result).into(),
         }))
+    }
+
+    type FollowStream = FollowStream;
+
+    async fn follow(
+        &self,
+        request: Request<pb::FollowRequest>,
+    ) -> Result<Response<FollowStream>, Status> {
+        let r = request.into_inner();
+        let after = (!r.from_now).then_some(r.after);
+        self.node.serve_follow(r.shard, after).map(Response::new)
     }
 
     async fn manage(

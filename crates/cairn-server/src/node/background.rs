@@ -49,6 +49,7 @@ impl Node {
                 loop {
                     tick.tick().await;
                     node.refresh_placements();
+                    node.follow_feeds();
                     node.check_touch();
                 }
             })

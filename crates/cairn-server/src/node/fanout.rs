@@ -38,7 +38,7 @@ impl Node {
     /// Whether this node's replica of `shard` holds the whole of it: a voter, or a learner
     /// the map's placement lists as caught up (or any replica, while the map has no
     /// placement of the shard: a single node, or a cluster starting).
-    fn serves_keyspace(&self, shard: &Shard) -> bool {
+    pub(super) fn serves_keyspace(&self, shard: &Shard) -> bool {
         let status = shard.group.status();
         if status.voters.contains(&status.node) {
             return true;

@@ -105,6 +105,7 @@ impl Node {
             handovers_refused: Default::default(),
             reported: Default::default(),
             placements_seen: std::sync::atomic::AtomicU64::new(u64::MAX),
+            followed: Default::default(),
             removed: tokio::sync::watch::Sender::new(None),
             wal,
             groups,

@@ -360,6 +360,7 @@ async fn with_data_on_the_voters_only_each_shard_lives_on_its_voters_and_every_n
     for node in [&n1.node, &n2.node, &n3.node] {
         whole_keyspace(node, &keys).await;
     }
+    followed_watch(&[n1.node.clone(), n2.node.clone(), n3.node.clone()], &keys).await;
 
     // A fourth node takes its share: replicas created on it, with the data copied.
     let n4 = start_with(&net, dir.path(), 4, Some(1), 2, true).await;
@@ -542,6 +543,83 @@ async fn whole_keyspace(node: &Node, keys: &[String]) {
         panic!("RANDOMKEY found nothing through node {}", node.id());
     };
     assert!(want.contains(&random));
+}
+
+/// A watch through a node of a key whose shard it holds no replica of (a followed feed):
+/// every change made through another node is told once, in order, and a watch resumed from
+/// its token tells what came after.
+async fn followed_watch(nodes: &[Arc<Node>], keys: &[String]) {
+    use cairn_server::watch::{Selector, WatchError};
+    let (watching, key) = nodes
+        .iter()
+        .flat_map(|n| keys.iter().map(move |k| (n, k)))
+        .find(|(n, k)| n.shards().for_key(k.as_bytes()).is_none())
+        .expect("some node holds no replica of some key's shard");
+    let writer = nodes
+        .iter()
+        .find(|n| n.id() != watching.id())
+        .expect("another node");
+    let key_bytes = Bytes::copy_from_slice(key.as_bytes());
+    let watch = |from: Option<String>| {
+        let (node, key) = (watching.clone(), key_bytes.clone());
+        async move {
+            tokio::time::timeout(PATIENCE, async {
+                loop {
+                    match node.watch(
+                        Selector::Key(key.clone()),
+                        from.as_deref(),
+                        Duration::from_secs(60),
+                    ) {
+                        Ok(watcher) => return watcher,
+                        Err(WatchError::NotHere(_) | WatchError::OutOfTouch(_)) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("the watch failed: {e}"),
+                    }
+                }
+            })
+            .await
+            .expect("a followed feed within the patience")
+        }
+    };
+    let mut watcher = watch(None).await;
+    for v in ["w1", "w2"] {
+        until_done(writer, set(key, v)).await;
+    }
+    assert_eq!(
+        next_values(&mut watcher, 2).await,
+        vec![Bytes::from("w1"), Bytes::from("w2")]
+    );
+    let token = watcher.token().to_string();
+    drop(watcher);
+    until_done(writer, set(key, "w3")).await;
+    let mut resumed = watch(Some(token)).await;
+    assert_eq!(next_values(&mut resumed, 1).await, vec![Bytes::from("w3")]);
+    // Back to the value the rest of the test expects.
+    let want = if keys.iter().take(6).any(|k| k == key) {
+        "two"
+    } else {
+        "one"
+    };
+    until_done(writer, set(key, want)).await;
+    assert_eq!(next_values(&mut resumed, 1).await, vec![Bytes::from(want)]);
+}
+
+/// The values of the next `n` changes `watcher` tells.
+async fn next_values(watcher: &mut cairn_server::watch::Watcher, n: usize) -> Vec<Bytes> {
+    use cairn_server::watch::Item;
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while got.len() < n {
+            match watcher.next().await.expect("the watch goes on") {
+                Item::Events(events) => got.extend(events.into_iter().map(|e| e.event.value)),
+                Item::Progress => {}
+            }
+        }
+    })
+    .await
+    .expect("the changes are told within the patience");
+    got
 }
 
 /// Asks `node` to drain the node named `name` until the map drops it.

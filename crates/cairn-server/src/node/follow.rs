@@ -1,0 +1,346 @@
+//! Followed feeds: the change feed of a shard this node holds no replica of (or one still
+//! catching up), kept by a task that follows the shard's feed on a node that holds it
+//! (`cairn.peer.v1.Node/Follow`).
+//!
+//! A followed feed is a [`Feed`] like a replica's: the same batches at the same log indexes
+//! (a position names a log index, the same on every replica), with the same split marks, so
+//! watchers, client tracking, keyspace notifications and read tokens use it unchanged. It
+//! keeps the same window in memory but reads no older history (it has no log): a watch
+//! resumed from before the window is told so (`Compacted`). The task follows the shard's
+//! leader as the map names it, else another member, and resumes from where its feed stands
+//! when that node goes away. The feed is in touch while messages arrive: a holder sends one
+//! at least every [`FOLLOW_HEARTBEAT`], and ends the stream when its own replica is out of
+//! touch with its group (it could be behind without knowing).
+//!
+//! A node follows every shard the slot map routes that it holds no replica of that has the
+//! whole of it, for as long as that lasts ([`Node::follow_feeds`], every touch check).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cairn_proto::peer as pb;
+use cairn_raft::{ApplyObserver, WriteOp};
+use serde::{Deserialize, Serialize};
+
+use super::Node;
+use crate::feed::{Feed, Pos, SplitMark};
+
+/// Longest a node holding a shard stays silent on a follow stream.
+pub const FOLLOW_HEARTBEAT: Duration = Duration::from_millis(500);
+/// Pause before a follower tries the shard's holders again.
+const FOLLOW_RETRY: Duration = Duration::from_millis(200);
+/// Most events, and bytes of keys and values, in one follow message.
+const FOLLOW_EVENTS_MAX: usize = 4096;
+const FOLLOW_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// One message of a follow stream (postcard, in `FollowMessage.update`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FollowUpdate {
+    /// The parent's log index of the split that created the shard (0: the first layout).
+    pub born: u64,
+    /// Entries with changes, in order: log index, ops, keys a `Clear` among them removed.
+    pub batches: Vec<(u64, Vec<WriteOp>, Vec<Bytes>)>,
+    /// Splits of the shard applied after the previous message, up to `upto`: (split index,
+    /// child, first slot, last slot).
+    pub splits: Vec<(u64, u32, u16, u16)>,
+    /// Every change up to this index is told.
+    pub upto: u64,
+    /// The position asked for is older than what the holder keeps: history restarts at
+    /// `upto`.
+    pub compacted: bool,
+}
+
+/// A followed feed on this node and its task.
+#[derive(Debug)]
+pub(crate) struct Following {
+    /// Set once the first message arrived.
+    feed: Arc<OnceLock<Arc<Feed>>>,
+    /// When the last message arrived, in ms since the node started.
+    heard: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Some(feed) = self.feed.get() {
+            feed.retire();
+        }
+    }
+}
+
+impl Node {
+    /// Shard `id`'s change feed on this node: its replica's when it holds the whole of it,
+    /// else the followed feed once it has started, else its replica's if any.
+    pub(crate) fn feed_for(&self, id: u32) -> Option<Arc<Feed>> {
+        let local = self.shards.get(id);
+        if let Some(shard) = &local {
+            if self.serves_keyspace(shard) {
+                return Some(shard.feed.clone());
+            }
+        }
+        let followed = self
+            .followed
+            .lock()
+            .get(&id)
+            .and_then(|f| f.feed.get().cloned());
+        followed.or_else(|| local.map(|s| s.feed.clone()))
+    }
+
+    /// Starts following every shard routed here that this node holds no whole replica of,
+    /// and stops following those it now holds or no longer routes (their watchers end, to
+    /// resume on the replica).
+    pub(crate) fn follow_feeds(self: &Arc<Self>) {
+        let wanted: std::collections::BTreeSet<u32> = self
+            .shards
+            .routed()
+            .into_iter()
+            .filter(|id| {
+                self.shards
+                    .get(*id)
+                    .is_none_or(|shard| !self.serves_keyspace(&shard))
+            })
+            .collect();
+        let mut followed = self.followed.lock();
+        followed.retain(|id, _| wanted.contains(id));
+        for id in wanted {
+            followed.entry(id).or_insert_with(|| {
+                let feed = Arc::new(OnceLock::new());
+                let heard = Arc::new(AtomicU64::new(self.uptime_ms()));
+                let task = tokio::spawn(follow(
+                    Arc::downgrade(self),
+                    id,
+                    feed.clone(),
+                    heard.clone(),
+                ));
+                Following { feed, heard, task }
+            });
+        }
+    }
+
+    /// Followed shards whose feed has heard nothing for `within`.
+    pub(crate) fn followed_out_of_touch(&self, within: Duration) -> Vec<u32> {
+        let now = self.uptime_ms();
+        let within = within.as_millis() as u64;
+        self.followed
+            .lock()
+            .iter()
+            .filter(|(_, f)| now.saturating_sub(f.heard.load(Ordering::Acquire)) >= within)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn uptime_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The gRPC addresses of the nodes holding shard `id`, its leader first, as the map's
+    /// placement names them (this node left out).
+    fn holders(&self, id: u32) -> Vec<String> {
+        let Some(placement) = self.meta.shard(id) else {
+            return Vec::new();
+        };
+        let me = self.raft_id();
+        std::iter::once(placement.leader)
+            .chain(placement.voters.iter().copied())
+            .chain(placement.caught_up.iter().copied())
+            .filter(|n| *n != me)
+            .fold(Vec::new(), |mut seen, n| {
+                if !seen.contains(&n) {
+                    seen.push(n);
+                }
+                seen
+            })
+            .into_iter()
+            .filter_map(|n| self.meta.node(n).map(|r| r.grpc_addr))
+            .collect()
+    }
+
+    /// The follow stream of shard `shard` served to another node, from after log index
+    /// `after` (`None`: from now). Refused when this node holds no whole replica of it.
+    pub(crate) fn serve_follow(
+        self: &Arc<Self>,
+        shard: u32,
+        after: Option<u64>,
+    ) -> Result<crate::peer::FollowStream, tonic::Status> {
+        let replica = self
+            .shards
+            .get(shard)
+            .filter(|s| self.serves_keyspace(s))
+            .map(|s| Arc::clone(&s))
+            .ok_or_else(|| {
+                tonic::Status::not_found(format!("no whole replica of shard {shard} here"))
+            })?;
+        let feed = replica.feed.clone();
+        let start = after.unwrap_or_else(|| feed.last());
+        let state = FollowState {
+            replica,
+            pos: Pos::after(start),
+            first: true,
+            wake: self.feed_wake.subscribe(),
+        };
+        Ok(Box::pin(futures::stream::unfold(
+            Some(state),
+            |state| async move {
+                let mut state = state?;
+                match state.next().await {
+                    Ok(update) => {
+                        let message = pb::FollowMessage {
+                            update: postcard::to_stdvec(&update)
+                                .expect("an update serialises")
+                                .into(),
+                        };
+                        Some((Ok(message), Some(state)))
+                    }
+                    Err(status) => Some((Err(status), None)),
+                }
+            },
+        )))
+    }
+}
+
+/// Where a follow stream served here stands.
+struct FollowState {
+    replica: Arc<crate::shard::Shard>,
+    pos: Pos,
+    first: bool,
+    wake: tokio::sync::watch::Receiver<u64>,
+}
+
+impl FollowState {
+    /// The next message: changes, or where the feed stands after [`FOLLOW_HEARTBEAT`]
+    /// without any.
+    async fn next(&mut self) -> Result<FollowUpdate, tonic::Status> {
+        let feed = self.replica.feed.clone();
+        let due = tokio::time::Instant::now() + FOLLOW_HEARTBEAT;
+        loop {
+            if feed.is_retired() || *self.wake.borrow_and_update() == crate::feed::WAKE_STOPPED {
+                return Err(tonic::Status::unavailable(
+                    "the replica followed is gone from this node",
+                ));
+            }
+            if !self.replica.group.in_touch(super::TOUCH_LOST_AFTER) {
+                return Err(tonic::Status::unavailable(
+                    "the replica followed is out of touch with its group",
+                ));
+            }
+            let done = self.pos.done();
+            let update = match feed.since(self.pos, FOLLOW_EVENTS_MAX, FOLLOW_BYTES_MAX) {
+                Err(compacted) => FollowUpdate {
+                    born: feed.born().unwrap_or(0),
+                    batches: Vec::new(),
+                    splits: Vec::new(),
+                    upto: compacted.revision,
+                    compacted: true,
+                },
+                Ok(since) => FollowUpdate {
+                    born: feed.born().unwrap_or(0),
+                    batches: since
+                        .batches
+                        .iter()
+                        .map(|b| (b.index, b.ops().to_vec(), b.cleared().to_vec()))
+                        .collect(),
+                    splits: feed
+                        .splits_between(done, since.upto)
+                        .into_iter()
+                        .map(|m| (m.index, m.child, m.first_slot, m.last_slot))
+                        .collect(),
+                    upto: since.upto,
+                    compacted: false,
+                },
+            };
+            self.pos = Pos::after(update.upto);
+            let news = !update.batches.is_empty() || !update.splits.is_empty();
+            if self.first || news || update.compacted || tokio::time::Instant::now() >= due {
+                self.first = false;
+                return Ok(update);
+            }
+            tokio::select! {
+                _ = self.wake.changed() => {}
+                () = tokio::time::sleep_until(due) => {}
+            }
+        }
+    }
+}
+
+/// The task keeping one followed feed: follows the shard on its holders in turn, until
+/// the node drops the feed (which aborts it) or stops.
+async fn follow(
+    node: Weak<Node>,
+    shard: u32,
+    feed: Arc<OnceLock<Arc<Feed>>>,
+    heard: Arc<AtomicU64>,
+) {
+    loop {
+        let Some(holders) = node.upgrade().map(|n| n.holders(shard)) else {
+            return;
+        };
+        for addr in holders {
+            let Some(n) = node.upgrade() else {
+                return;
+            };
+            if let Err(e) = follow_from(&n, &addr, shard, &feed, &heard).await {
+                tracing::debug!(shard, holder = %addr, error = %e, "following a shard's feed");
+            }
+        }
+        tokio::time::sleep(FOLLOW_RETRY).await;
+    }
+}
+
+/// Follows shard `shard` on the node at `addr` until the stream ends.
+async fn follow_from(
+    node: &Node,
+    addr: &str,
+    shard: u32,
+    feed: &OnceLock<Arc<Feed>>,
+    heard: &AtomicU64,
+) -> anyhow::Result<()> {
+    let channel = node.peers().channel(addr)?;
+    let mut client = pb::node_client::NodeClient::new(channel)
+        .max_decoding_message_size(FOLLOW_BYTES_MAX * 2 + 1024 * 1024);
+    let after = feed.get().map(|f| f.last());
+    let request = pb::FollowRequest {
+        shard,
+        after: after.unwrap_or(0),
+        from_now: after.is_none(),
+    };
+    let mut stream = client.follow(request).await?.into_inner();
+    let started = Instant::now();
+    while let Some(message) = stream.message().await? {
+        let update: FollowUpdate = postcard::from_bytes(&message.update)?;
+        let feed = feed.get_or_init(|| {
+            Arc::new(
+                Feed::new(
+                    shard,
+                    update.upto,
+                    node.options().watch_history,
+                    node.feed_wake.clone(),
+                )
+                .born_at(update.born),
+            )
+        });
+        if update.compacted {
+            feed.reset(update.upto);
+        }
+        for (index, ops, cleared) in update.batches {
+            feed.applied(index, &Arc::new(ops), &cleared);
+        }
+        for (index, child, first_slot, last_slot) in update.splits {
+            feed.note_split(SplitMark {
+                index,
+                child,
+                first_slot,
+                last_slot,
+            });
+        }
+        feed.advance(update.upto);
+        heard.store(node.uptime_ms(), Ordering::Release);
+    }
+    anyhow::ensure!(
+        started.elapsed() > FOLLOW_HEARTBEAT,
+        "the stream ended at once"
+    );
+    Ok(())
+}
