@@ -133,12 +133,11 @@ pub struct ServerArgs {
     /// Cluster does, instead of forwarding them
     #[arg(long, env = "CAIRN_RESP_REDIRECT")]
     pub resp_redirect: bool,
-    /// Keep each shard's data on its voters only, instead of a learner replica on every other
-    /// node too; set when the cluster is created. Under construction (docs/design.md, "Data
-    /// on R nodes only"): watches, client tracking, keyspace notifications and SCAN on a
-    /// node that holds no replica of a shard are not served yet
-    #[arg(long, env = "CAIRN_REPLICAS_ONLY", hide = true)]
-    pub replicas_only: bool,
+    /// Keep a replica of every shard on every node (learners beyond the voters), instead of
+    /// on its voters only; set when the cluster is created. Every node then serves stale
+    /// reads and watches from its own replicas, and its disk bounds the cluster's data
+    #[arg(long, env = "CAIRN_REPLICAS_EVERYWHERE")]
+    pub replicas_everywhere: bool,
     /// Milliseconds without an answer to the metadata leader after which a node is marked
     /// down [default: 5000]
     #[arg(long, env = "CAIRN_DOWN_AFTER_MS", value_name = "MS")]
@@ -186,7 +185,7 @@ pub struct FileConfig {
     pub join: Option<String>,
     pub replicas: Option<u32>,
     pub resp_redirect: Option<bool>,
-    pub replicas_only: Option<bool>,
+    pub replicas_everywhere: Option<bool>,
     pub down_after_ms: Option<u64>,
     pub replace_down_after_ms: Option<u64>,
     pub balance_moves_max: Option<usize>,
@@ -217,8 +216,8 @@ pub struct ServerConfig {
     pub replicas: u32,
     /// RESP answers `MOVED` instead of forwarding.
     pub resp_redirect: bool,
-    /// A cluster this node creates keeps each shard on its voters only.
-    pub replicas_only: bool,
+    /// A cluster this node creates keeps a replica of every shard on every node.
+    pub replicas_everywhere: bool,
     /// Silence after which the metadata leader marks a node down.
     pub down_after_ms: u64,
     /// Down time after which the balancer replaces a node.
@@ -249,7 +248,7 @@ impl Default for ServerConfig {
             join: None,
             replicas: REPLICAS_DEFAULT,
             resp_redirect: false,
-            replicas_only: false,
+            replicas_everywhere: false,
             down_after_ms: DOWN_AFTER_MS_DEFAULT,
             replace_down_after_ms: REPLACE_DOWN_AFTER_MS_DEFAULT,
             balance_moves_max: BALANCE_MOVES_MAX_DEFAULT,
@@ -295,7 +294,8 @@ impl ServerArgs {
             join: self.join.clone().or(file.join),
             replicas: self.replicas.or(file.replicas).unwrap_or(d.replicas),
             resp_redirect: self.resp_redirect || file.resp_redirect.unwrap_or(d.resp_redirect),
-            replicas_only: self.replicas_only || file.replicas_only.unwrap_or(d.replicas_only),
+            replicas_everywhere: self.replicas_everywhere
+                || file.replicas_everywhere.unwrap_or(d.replicas_everywhere),
             down_after_ms: self
                 .down_after_ms
                 .or(file.down_after_ms)

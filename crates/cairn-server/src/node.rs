@@ -194,6 +194,9 @@ pub struct Node {
     /// ([`crate::placement::report_shards`]).
     pub(crate) reported:
         parking_lot::Mutex<std::collections::HashMap<u32, (crate::meta::ShardPlacement, Instant)>>,
+    /// When this node first saw each of its replicas dropped from its group
+    /// ([`crate::placement::remove_dropped_replicas`]).
+    pub(crate) dropped: parking_lot::Mutex<std::collections::HashMap<u32, Instant>>,
     /// The feeds this node follows on other nodes, of shards it holds no whole replica of
     /// ([`follow`]).
     followed: parking_lot::Mutex<std::collections::HashMap<u32, follow::Following>>,
@@ -506,18 +509,19 @@ impl Node {
         }
     }
 
-    /// FLUSHDB/FLUSHALL: every shard cleared, and then every shard a split created
-    /// meanwhile (its parent may have given it keys before its own clear), until no new
+    /// FLUSHDB/FLUSHALL: every shard cleared (held here or not), and then every shard a
+    /// split created meanwhile (its parent may have given it keys before its own clear), until no new
     /// shard appears here or on any other node up (this node's replica of a parent may lag
     /// behind its split, which the parent's leader applied before it cleared the parent).
-    async fn flush_all(&self) -> Result<Reply, CommandError> {
+    pub(super) async fn flush_all(&self) -> Result<Reply, CommandError> {
         let mut done = std::collections::BTreeSet::new();
         loop {
-            let fresh: Vec<u32> = self
+            let fresh: std::collections::BTreeSet<u32> = self
                 .shards
                 .list()
                 .iter()
                 .map(|s| s.id)
+                .chain(self.shards.routed())
                 .filter(|id| !done.contains(id))
                 .collect();
             if !fresh.is_empty() {

@@ -66,6 +66,11 @@ pub async fn reconcile(node: &Node) {
     remove_dropped_replicas(node).await;
 }
 
+/// How long a replica stays after the map shows it dropped, before it is deleted: writes its
+/// proposer took while it led the shard settle meanwhile (their commit reaches it with the
+/// group's last messages to it), rather than end `outcome unknown` with the group.
+pub const DROPPED_REPLICA_GRACE: Duration = Duration::from_secs(3);
+
 /// How long a replica created for a leader that never told it its group's membership may
 /// wait for that leader before it counts as dropped (the leader's membership change failed,
 /// or a deposed leader's message created it).
@@ -76,9 +81,11 @@ pub const UNINITIALISED_REPLICA_GRACE: Duration = Duration::from_secs(60);
 /// newest membership this replica knows, does not list this node. (A newer committed
 /// membership that lacks this node is a removal after whatever added it: it can no longer
 /// count this replica's acknowledgements.) A replica that knows no membership at all waits
-/// [`UNINITIALISED_REPLICA_GRACE`] without hearing from a leader first.
+/// [`UNINITIALISED_REPLICA_GRACE`] without hearing from a leader first, and any dropped
+/// replica [`DROPPED_REPLICA_GRACE`].
 pub async fn remove_dropped_replicas(node: &Node) {
     let me = node.raft_id();
+    let mut dropped = std::collections::HashMap::new();
     for shard in node.shards().list() {
         let Some(placement) = node.meta().shard(shard.id) else {
             continue;
@@ -93,10 +100,21 @@ pub async fn remove_dropped_replicas(node: &Node) {
         if known == 0 && shard.group.in_touch(UNINITIALISED_REPLICA_GRACE) {
             continue;
         }
+        let since = node
+            .dropped
+            .lock()
+            .get(&shard.id)
+            .copied()
+            .unwrap_or_else(std::time::Instant::now);
+        dropped.insert(shard.id, since);
+        if since.elapsed() < DROPPED_REPLICA_GRACE {
+            continue;
+        }
         if let Err(e) = node.shards().remove_replica(shard.id, placement.term).await {
             tracing::error!(shard = shard.id, error = %e, "cannot remove a dropped replica");
         }
     }
+    *node.dropped.lock() = dropped;
 }
 
 /// Reports every shard this node leads whose placement the map does not tell as it is

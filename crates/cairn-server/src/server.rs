@@ -73,7 +73,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         tuning: crate::node::StorageTuning::default(),
         join: config.join.clone(),
         replicas: config.replicas,
-        replicas_only: config.replicas_only,
+        replicas_only: !config.replicas_everywhere,
         down_after: std::time::Duration::from_millis(config.down_after_ms),
         replace_down_after: std::time::Duration::from_millis(config.replace_down_after_ms),
         balance: crate::balance::Limits {

@@ -544,8 +544,10 @@ impl Shards {
         self.remap();
         let group = group_of_shard(id);
         self.setup.groups.remove(group);
-        shard.group.shutdown().await;
+        // Retired first: a request that found the replica before it was taken out goes to
+        // the shard's leader by the map instead of failing on the stopped group.
         shard.feed.retire();
+        shard.group.shutdown().await;
         self.setup.wal.write(vec![cairn_wal::Op::TruncateFrom {
             group: crate::replicas::wal_group(group, generation),
             index: 0,

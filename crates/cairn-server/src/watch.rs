@@ -482,69 +482,102 @@ async fn touch_changed(touch: &mut Option<tokio::sync::watch::Receiver<crate::no
     std::future::pending::<()>().await
 }
 
-/// Follows every change of the whole keyspace on `node`'s replicas, from now, on a task of
-/// its own until the node stops: `events` gets each batch of changes. When the watch falls
+/// Follows every change of the whole keyspace on `node`'s feeds, from now, on a task of its
+/// own until the node stops: `events` gets each batch of changes. When the watch falls
 /// behind its history, a new watch starts from now and only then is `lost` called, so every
-/// change after that call is told. The watch is positioned before this returns; `false` when
-/// the node is stopping (nothing runs).
+/// change after that call is told. The watch is positioned before this returns, unless a
+/// shard's feed is not there yet (a followed feed starting): it is then positioned as soon
+/// as it is, and `lost` called. `false` when the node is stopping (nothing runs).
 pub fn follow_keyspace(
     node: &Arc<crate::node::Node>,
     mut events: impl FnMut(Vec<WatchEvent>) + Send + 'static,
     lost: impl Fn() + Send + 'static,
 ) -> bool {
-    let start = {
+    let watch = {
         let node = node.clone();
-        move || {
+        move |token: Option<&str>| {
             node.watch_with(
                 Selector::Prefix(Bytes::new()),
-                None,
+                token,
                 Duration::from_secs(3600),
                 false,
             )
         }
     };
-    let Ok(mut watcher) = start() else {
-        return false;
-    };
-    let resume = {
-        let node = node.clone();
-        move |token: String| {
-            node.watch_with(
-                Selector::Prefix(Bytes::new()),
-                Some(&token),
-                Duration::from_secs(3600),
-                false,
-            )
-        }
+    let first = match watch(None) {
+        Ok(watcher) => Some(watcher),
+        Err(WatchError::NotHere(_)) => None,
+        Err(_) => return false,
     };
     tokio::spawn(async move {
+        let mut watcher = match first {
+            Some(watcher) => watcher,
+            None => match from_token_or_now(&watch, None).await {
+                Some((watcher, _)) => {
+                    lost();
+                    watcher
+                }
+                None => return,
+            },
+        };
         loop {
             match watcher.next().await {
                 Ok(Item::Events(batch)) => events(batch),
                 Ok(Item::Progress) => {}
-                // A shard split: go on from where the watch stands, following the child too.
-                Err(WatchError::Split(..)) => match resume(watcher.token().to_string()) {
-                    Ok(next) => watcher = next,
-                    Err(_) => {
-                        let Ok(fresh) = start() else {
-                            return;
-                        };
+                // A shard split (go on following the child too), or a shard's feed here
+                // replaced (its replica came or went): go on from where the watch stands.
+                Err(WatchError::Split(..) | WatchError::NotHere(_)) => {
+                    let token = watcher.token().to_string();
+                    match from_token_or_now(&watch, Some(&token)).await {
+                        Some((next, resumed)) => {
+                            watcher = next;
+                            if !resumed {
+                                lost();
+                            }
+                        }
+                        None => return,
+                    }
+                }
+                Err(WatchError::Compacted(_)) => match from_token_or_now(&watch, None).await {
+                    Some((fresh, _)) => {
                         watcher = fresh;
                         lost();
                     }
+                    None => return,
                 },
-                Err(WatchError::Compacted(_)) => {
-                    let Ok(fresh) = start() else {
-                        return;
-                    };
-                    watcher = fresh;
-                    lost();
-                }
                 Err(_) => return,
             }
         }
     });
     true
+}
+
+/// How long [`follow_keyspace`] waits for a shard's feed to be there (a followed feed
+/// starting) before it starts over from now.
+const FEED_WAIT: Duration = Duration::from_secs(5);
+
+/// A whole-keyspace watch from `token` (`None`: from now), waiting up to [`FEED_WAIT`] for a
+/// feed not there yet; from now if that fails (`false` with it: changes may have been
+/// missed). `None` when the node is stopping.
+async fn from_token_or_now(
+    watch: &impl Fn(Option<&str>) -> Result<Watcher, WatchError>,
+    token: Option<&str>,
+) -> Option<(Watcher, bool)> {
+    let deadline = tokio::time::Instant::now() + FEED_WAIT;
+    let mut token = token;
+    loop {
+        match watch(token) {
+            Ok(watcher) => return Some((watcher, token.is_some())),
+            Err(WatchError::Stopped) => return None,
+            Err(WatchError::NotHere(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Gone from the history, or still not there: from now, as soon as it can.
+            Err(_) if token.is_some() => token = None,
+            Err(WatchError::NotHere(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_) => return None,
+        }
+    }
 }
 
 /// What a watch stream sends its client.

@@ -58,6 +58,12 @@ impl Node {
         if shard.group.leading().is_some() {
             return Ok(None);
         }
+        if shard.feed.is_retired() {
+            return Err(CommandError::TryAgain(format!(
+                "this node's replica of shard {} was just removed",
+                shard.id
+            )));
+        }
         let status = shard.group.status();
         if let Some(why) = status.stopped {
             // A stopped sole voter's replica is final: no other node can take writes.
@@ -146,8 +152,11 @@ impl Node {
                         }
                     }
                 }
-                // A replica that is not (yet) in the group knows no leader: the map does.
-                Err(CommandError::TryAgain(_)) if !self.is_member(&shard) => {
+                // A replica that is not (yet) in the group, or was just removed, knows no
+                // leader: the map does.
+                Err(CommandError::TryAgain(_))
+                    if !self.is_member(&shard) || shard.feed.is_retired() =>
+                {
                     let only = matches!(cmd, Command::Flush).then_some(shard_id);
                     self.forward_once_by_map(shard_id, &cmd, hops, false, only)
                         .await
@@ -397,11 +406,13 @@ impl Node {
             },
             Lead::No => {}
         }
-        if stale && self.is_member(&shard) {
+        if stale && self.is_member(&shard) && !shard.feed.is_retired() {
             return self.read_owned(&shard, cmd);
         }
         let leader = match self.remote_leader(&shard) {
-            Err(CommandError::TryAgain(_)) if !self.is_member(&shard) => {
+            Err(CommandError::TryAgain(_))
+                if !self.is_member(&shard) || shard.feed.is_retired() =>
+            {
                 return self
                     .forward_once_by_map(shard_id, cmd, hops, stale, None)
                     .await;

@@ -169,11 +169,16 @@ impl Node {
         let now = self.now_ms();
         let cmd = self.prepare_write(cmd, now)?;
         match cmd {
+            // FLUSHDB of every shard, held here or not, and of those splits create meanwhile
+            // ([`Node::flush_all`], which flushes them one by one through here).
+            Command::Flush if only_shard.is_none() => Ok(PendingWrite {
+                parts: vec![Part::Done(Box::pin(self.flush_all()).await)],
+                combine: Combine::One,
+                again: None,
+                shard: None,
+            }),
             Command::Flush => {
-                let shards: Vec<u32> = match only_shard {
-                    Some(id) => vec![id],
-                    None => self.shards.list().iter().map(|s| s.id).collect(),
-                };
+                let shards: Vec<u32> = only_shard.into_iter().collect();
                 let mut parts = Vec::with_capacity(shards.len());
                 for shard in shards {
                     let part = self

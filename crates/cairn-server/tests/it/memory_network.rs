@@ -415,6 +415,34 @@ async fn with_data_on_the_voters_only_each_shard_lives_on_its_voters_and_every_n
             );
         }
     }
+    // FLUSHALL through a node empties every shard, held there or not, split ones too.
+    tokio::time::timeout(PATIENCE, async {
+        while n1.node.split_shard(0, None).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("shard 0 splits");
+    for key in &keys {
+        until_done(&n3.node, set(key, "three")).await;
+    }
+    eprintln!(
+        "DEBUG before {:?}",
+        until_done(&n4.node, Command::DbSize).await
+    );
+    until_done(&n4.node, Command::Flush).await;
+    eprintln!(
+        "DEBUG after {:?}",
+        until_done(&n4.node, Command::DbSize).await
+    );
+    for node in &staying {
+        assert_eq!(
+            until_done(node, Command::DbSize).await,
+            Reply::Int(0),
+            "through node {}",
+            node.id()
+        );
+    }
     for running in [n1, n2, n3, n4] {
         stop(running).await;
     }
