@@ -7,10 +7,11 @@
 #   2. Foreground latency: one redis-py client SETs and GETs random keys of 256 bytes through
 #      node 1 for PHASE seconds with the cluster idle, and again while each change runs:
 #      p50, p99 and the slowest request, and every error it saw.
-#   3. Join: node 4 starts with --join; reported: the time until its replicas hold everything
-#      every shard's leader has applied (it receives the whole data set: while every node holds
-#      every group, a joining node copies it all), the rate of that copy (MB/s of the preload),
-#      and the time until the balancer has given it its share of votes and leaderships.
+#   3. Join: node 4 starts with --join; reported: the time until it holds its share (the
+#      balancer has given it its share of replicas and leaderships, and every replica it was
+#      given holds what its shard's leader had applied when the join began), the MB it then
+#      holds (its shards directory) and the rate of that copy. With CAIRN_REPLICAS_EVERYWHERE=1
+#      the cluster keeps every shard on every node (--replicas-everywhere): node 4 copies it all.
 #   4. Leave: `cairn cluster remove-node` of node 2 (the CLI returns once the map dropped it);
 #      reported: its duration.
 #
@@ -59,14 +60,17 @@ on_exit cleanup
 PROBE_KEYS=100000
 probe_write
 
-# Node 4 holds what every shard's leader applied: its applied index of every group (as its
-# own /v1/cluster shows) reaches the commit index node 1 saw when the join began.
+# Node 4 holds its share: the balance is reached, and every shard it holds a replica of has
+# applied (as its own /v1/cluster shows) the commit index node 1 saw when the join began.
 caught_up() {
-    local mine
+    local mine id
+    balanced || return 1
     mine=$(cairn_status 4) || return 1
-    jq -e --argjson want "$WANT" '
-        [.shards[] | {key: (.id|tostring), value: .applied_index}] | from_entries as $have
-        | all($want | to_entries[]; ($have[.key] // 0) >= .value)' <<<"$mine" >/dev/null
+    id=$(jq -r .node_id <<<"$mine")
+    jq -e --argjson want "$WANT" --arg id "$id" '
+        [.shards[] | select(.replicas | index($id))]
+        | (length > 0) and all(.[]; .applied_index >= ($want[.id|tostring] // 0))' \
+        <<<"$mine" >/dev/null
 }
 # Balanced with node 4: every group has 3 voters and a leader; node 4 votes in and leads a
 # shard; shard leaderships differ by at most one between nodes.
@@ -120,6 +124,10 @@ join_s=$(echo "$(date +%s.%N) - $begin" | bc)
 probe_stop join
 log "node 4 caught up in ${catchup_s}s, balanced in ${join_s}s"
 
+held_mb=$(( $(du -sb "$TMP/cairn-4/shards" | cut -f1) / 1024 / 1024 ))
+held_shards=$(cairn_status 4 | jq --arg id "$(cairn_status 4 | jq -r .node_id)" \
+    '[.shards[] | select(.replicas | index($id))] | length')
+
 log "node 2 leaves"
 id2=$(cairn_status 2 | jq -r .node_id)
 probe_start leave
@@ -132,10 +140,10 @@ log "node 2 removed in ${leave_s}s"
 wait "${CAIRN_PIDS[2]}" 2>/dev/null || true
 unset 'CAIRN_PIDS[2]'
 
-rate=$(echo "scale=1; $data_mb / $catchup_s" | bc)
+rate=$(echo "scale=1; $held_mb / $catchup_s" | bc)
 echo
 echo "Data: $live_keys keys, $data_mb MB of values (preloaded in ${preload_s}s)."
-echo "Join: node 4 held everything after $(printf %.1f "$catchup_s") s ($rate MB/s), had its share of votes and leaderships after $(printf %.1f "$join_s") s."
+echo "Join: node 4 held its share ($held_shards shards, $held_mb MB on disk) after $(printf %.1f "$catchup_s") s ($rate MB/s), had its share of votes and leaderships after $(printf %.1f "$join_s") s."
 echo "Leave: remove-node of node 2 took $(printf %.1f "$leave_s") s."
 echo
 echo "cairn cluster status, 1 s into the join:"
