@@ -150,6 +150,9 @@ pub struct Group {
     /// not count them as touch (a leader deposed by a majority it cannot reach keeps
     /// heartbeating the followers on its side).
     leader_out_of_touch: Arc<std::sync::atomic::AtomicBool>,
+    /// This replica votes only once its log names it a member (see
+    /// [`Group::vote_only_as_member`]).
+    votes_need_membership: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// When a follower last heard its leader: milliseconds after `born` (one atomic store per
@@ -376,6 +379,7 @@ impl Group {
             lease_reads_local: Arc::default(),
             heard,
             leader_out_of_touch,
+            votes_need_membership: Arc::default(),
         })
     }
 
@@ -814,6 +818,35 @@ impl Group {
             membership.voter_ids().collect(),
             membership.learner_ids().collect(),
         ))
+    }
+
+    /// From now on this replica votes only while the newest membership its log knows of
+    /// names it. For a node whose groups never bootstrap with several members at once (a
+    /// group starts with its first node alone and adds the others): a replica created
+    /// empty for a leader that added it must not vote before its log catches up, since a
+    /// candidate of an outdated membership that still counts this node could otherwise win
+    /// with its vote.
+    pub fn vote_only_as_member(&self) {
+        self.votes_need_membership
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether this replica may answer a vote request (see [`Group::vote_only_as_member`]).
+    pub fn may_vote(&self) -> bool {
+        !self
+            .votes_need_membership
+            .load(std::sync::atomic::Ordering::Acquire)
+            || self.is_in_own_membership()
+    }
+
+    /// Whether the newest membership this replica knows of names it (as a voter or a
+    /// learner).
+    pub fn is_in_own_membership(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let me = m.id;
+        let membership = m.membership_config.membership();
+        membership.voter_ids().any(|v| v == me) || membership.learner_ids().any(|l| l == me)
     }
 
     /// Log index of the newest membership this replica knows of (0: none, the replica

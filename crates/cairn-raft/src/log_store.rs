@@ -163,6 +163,26 @@ impl LogStore {
         .await
     }
 
+    /// Raises the log's vote to term `term` (a vote for `node`, this node, in that term) if it
+    /// is lower or absent, durably: a replica created again after its node was removed from
+    /// the group never takes messages of the terms before the removal.
+    pub async fn raise_vote(&self, term: u64, node: u64) -> io::Result<()> {
+        let current = self
+            .wal
+            .group(self.group)
+            .and_then(|g| g.vote)
+            .map(|bytes| crate::codec::decode_vote(&bytes))
+            .transpose()?;
+        if current.is_some_and(|v| v.leader_id.term >= term) {
+            return Ok(());
+        }
+        self.write_durably(vec![Op::Vote {
+            group: self.group,
+            payload: encode_vote(&Vote::new(term, node)),
+        }])
+        .await
+    }
+
     /// Whether the log holds nothing at all: no vote, no entry, no purge point.
     pub fn is_blank(&self) -> bool {
         self.wal

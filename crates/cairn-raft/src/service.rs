@@ -251,6 +251,14 @@ impl pb::raft_server::Raft for RaftService {
                 "this replica restarted less than one lease ago and does not vote yet",
             ));
         }
+        // A replica whose log names no membership with it in (one just created for its
+        // group's leader, still catching up) does not vote, where the node asks so
+        // (`Group::vote_only_as_member`).
+        if !group.may_vote() {
+            return Err(Status::unavailable(
+                "this replica's log does not yet name it a member: it does not vote",
+            ));
+        }
         let rpc = VoteRequest::<TypeConfig> {
             vote: decode_vote(&req.vote).map_err(invalid)?,
             last_log_id: decode_opt_log_id(&req.last_log_id).map_err(invalid)?,

@@ -200,6 +200,9 @@ pub struct Node {
     /// The feeds this node follows on other nodes, of shards it holds no whole replica of
     /// ([`follow`]).
     followed: parking_lot::Mutex<std::collections::HashMap<u32, follow::Following>>,
+    /// The map's shard placements as of the last [`Node::refresh_placements`].
+    placements:
+        parking_lot::RwLock<Arc<std::collections::BTreeMap<u32, crate::meta::ShardPlacement>>>,
     /// The metadata replica's applied index when the map's shard placements were last
     /// routed from ([`Node::refresh_placements`]).
     placements_seen: std::sync::atomic::AtomicU64,
@@ -290,12 +293,25 @@ impl Node {
         {
             return;
         }
+        let placements: std::collections::BTreeMap<u32, crate::meta::ShardPlacement> = self
+            .meta
+            .shards()
+            .into_iter()
+            .map(|p| (p.shard, p))
+            .collect();
         self.shards.set_placed(
-            self.meta
-                .shards()
-                .into_iter()
+            placements
+                .values()
                 .map(|p| (p.shard, p.first_slot, p.last_slot)),
         );
+        *self.placements.write() = Arc::new(placements);
+    }
+
+    /// The map's shard placements, as this node last read them.
+    pub(crate) fn placements(
+        &self,
+    ) -> Arc<std::collections::BTreeMap<u32, crate::meta::ShardPlacement>> {
+        self.placements.read().clone()
     }
 
     /// Looks at every replica's and every followed feed's touch now, telling followers of
@@ -385,6 +401,15 @@ impl Node {
             },
             Selector::Prefix(_) | Selector::Range(_) => self.every_feed()?,
         };
+        // A split the watch covers whose child has no feed here yet (its placement not read
+        // yet): the watch would stop at the split and never follow the child.
+        for feed in &feeds {
+            if let Some(mark) = feed.split_after(0, |m| {
+                selector.overlaps(m.first_slot, m.last_slot) && self.feed_for(m.child).is_none()
+            }) {
+                return Err(WatchError::NotHere(mark.child));
+            }
+        }
         crate::watch::Watcher::new(
             selector,
             feeds,

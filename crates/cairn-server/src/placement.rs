@@ -110,7 +110,11 @@ pub async fn remove_dropped_replicas(node: &Node) {
         if since.elapsed() < DROPPED_REPLICA_GRACE {
             continue;
         }
-        if let Err(e) = node.shards().remove_replica(shard.id, placement.term).await {
+        let removed = node
+            .shards()
+            .remove_replica(shard.id, placement.term, known)
+            .await;
+        if let Err(e) = removed {
             tracing::error!(shard = shard.id, error = %e, "cannot remove a dropped replica");
         }
     }

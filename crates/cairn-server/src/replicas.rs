@@ -34,6 +34,11 @@ pub struct Incarnation {
     /// Set once that incarnation was removed: the term of the leader whose membership
     /// dropped this node.
     pub removed_term: Option<u64>,
+    /// The term of the latest removal of an earlier incarnation: this one's log votes in
+    /// that term at least before its group starts, so it never takes a message of a term
+    /// before the removal (a deposed leader's), even after a crash that lost its own vote.
+    #[serde(default)]
+    pub floor_term: u64,
 }
 
 impl Incarnation {
@@ -41,6 +46,7 @@ impl Incarnation {
     pub const FIRST: Incarnation = Incarnation {
         generation: 0,
         removed_term: None,
+        floor_term: 0,
     };
 
     /// Whether incarnation `generation` of the shard is dead (removed, or replaced by a
@@ -59,6 +65,7 @@ impl Incarnation {
             Some(removed) if term >= removed => Some(Incarnation {
                 generation: self.generation + 1,
                 removed_term: None,
+                floor_term: removed.max(self.floor_term),
             }),
             Some(_) => None,
         }
@@ -70,6 +77,9 @@ impl Incarnation {
 pub struct ReplicaBook {
     io: Arc<dyn Io>,
     path: PathBuf,
+    /// The file was there when the node opened (a data directory from before the book has
+    /// none: every replica in it is a first incarnation).
+    existed: bool,
     shards: parking_lot::Mutex<BTreeMap<u32, Incarnation>>,
 }
 
@@ -78,7 +88,8 @@ impl ReplicaBook {
     /// incarnation).
     pub fn load(io: Arc<dyn Io>, data_dir: &Path) -> anyhow::Result<ReplicaBook> {
         let path = data_dir.join(BOOK_FILE);
-        let shards = if io.exists(&path)? {
+        let existed = io.exists(&path)?;
+        let shards = if existed {
             let bytes = io.open(&path)?.read_all()?;
             serde_json::from_slice(&bytes)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
@@ -88,8 +99,14 @@ impl ReplicaBook {
         Ok(ReplicaBook {
             io,
             path,
+            existed,
             shards: parking_lot::Mutex::new(shards),
         })
+    }
+
+    /// Whether the file was there when the node opened.
+    pub fn existed(&self) -> bool {
+        self.existed
     }
 
     /// Shard `id`'s newest incarnation here.
@@ -165,12 +182,14 @@ mod tests {
         let removed = Incarnation {
             generation: 0,
             removed_term: Some(7),
+            floor_term: 0,
         };
         assert!(removed.is_dead(0));
         assert_eq!(removed.next_for(6), None, "a deposed leader's message");
         let next = Incarnation {
             generation: 1,
             removed_term: None,
+            floor_term: 7,
         };
         assert_eq!(removed.next_for(7), Some(next));
         assert_eq!(removed.next_for(9), Some(next));
@@ -201,6 +220,7 @@ mod tests {
         let removed = Incarnation {
             generation: 3,
             removed_term: Some(11),
+            floor_term: 4,
         };
         book.set(2, removed).unwrap();
         let again = ReplicaBook::load(io, dir.path()).unwrap();

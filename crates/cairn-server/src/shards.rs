@@ -407,6 +407,16 @@ impl Shards {
             hold_splits: Default::default(),
         });
         let held = shards.sweep()?;
+        // A data directory from before the book: its first layout's replicas are live (the
+        // children split from them are opened from their records below; a child's directory
+        // alone may be a build a crash cut short, which its parent's log builds again).
+        if !shards.book.existed() {
+            for id in held.iter().filter(|id| **id < count) {
+                if !shards.book.knows(*id) {
+                    shards.book.set(*id, Incarnation::FIRST)?;
+                }
+            }
+        }
         // The first layout's shards on the node that created the cluster (bootstrapped when
         // their groups are new), every replica the book records as live here (created for
         // its group's leader, or by a split), then every child their records name (a split
@@ -524,18 +534,40 @@ impl Shards {
     /// in `term`: recorded in the book first (durably), then taken out of routing, its group
     /// stopped, its log's entries and its directory deleted. Watchers of its feed end
     /// (`NotHere`: they resume elsewhere).
-    pub async fn remove_replica(&self, id: u32, term: u64) -> anyhow::Result<()> {
+    ///
+    /// `membership` is the newest membership index the replica knew when it was found
+    /// dropped: if it learned a newer one since (its node added again meanwhile), nothing
+    /// is removed; once its group is stopped that is checked again, and a replica that
+    /// learned one in between is opened again instead.
+    pub async fn remove_replica(&self, id: u32, term: u64, membership: u64) -> anyhow::Result<()> {
         let lock = self.opening(id);
         let _one = lock.lock().await;
         let Some(shard) = self.by_id.get(id).map(|s| Arc::clone(&s)) else {
             return Ok(());
         };
-        let generation = self.book.get(id).generation;
+        if shard.group.membership_index() != membership || shard.group.leading().is_some() {
+            return Ok(());
+        }
+        // Retired first: a request that found the replica goes to the shard's leader by the
+        // map instead of failing on the stopped group; its watchers resume elsewhere.
+        shard.feed.retire();
+        shard.group.shutdown().await;
+        if shard.group.membership_index() != membership {
+            tracing::info!(shard = id, "a dropped replica was added again: reopened");
+            self.by_id.remove(id);
+            self.ids.write().retain(|&i| i != id);
+            self.ranges.lock().remove(&id);
+            self.setup.groups.remove(group_of_shard(id));
+            self.ensure_locked(id, None).await?;
+            return Ok(());
+        }
+        let known = self.book.get(id);
+        let generation = known.generation;
         self.book.set(
             id,
             Incarnation {
-                generation,
                 removed_term: Some(term),
+                ..known
             },
         )?;
         self.by_id.remove(id);
@@ -544,10 +576,6 @@ impl Shards {
         self.remap();
         let group = group_of_shard(id);
         self.setup.groups.remove(group);
-        // Retired first: a request that found the replica before it was taken out goes to
-        // the shard's leader by the map instead of failing on the stopped group.
-        shard.feed.retire();
-        shard.group.shutdown().await;
         self.setup.wal.write(vec![cairn_wal::Op::TruncateFrom {
             group: crate::replicas::wal_group(group, generation),
             index: 0,
@@ -721,7 +749,8 @@ impl Shards {
     }
 
     async fn open_shard(&self, id: u32, built: Option<Replica>) -> anyhow::Result<Shard> {
-        let generation = self.book.get(id).generation;
+        let incarnation = self.book.get(id);
+        let generation = incarnation.generation;
         let dir = replica_dir(&self.setup.data_dir, id, generation);
         let group = group_of_shard(id);
         let range = self
@@ -744,6 +773,7 @@ impl Shards {
             range: Some((range.clone(), leaving.clone())),
             initial_range: self.initial_range(id),
             generation,
+            vote_floor: incarnation.floor_term,
             // Only the first incarnation of a first-layout shard on the node that created the
             // cluster: any other is created by its group's leader.
             bootstrap: Some(
@@ -839,7 +869,9 @@ impl Shards {
         .await??;
         if !open {
             let child = self.ensure_locked(at.child, built).await?;
-            self.book.set(at.child, Incarnation::FIRST)?;
+            if !self.book.knows(at.child) {
+                self.book.set(at.child, Incarnation::FIRST)?;
+            }
             if let Some(shard) = self.get(parent) {
                 // The child has a leader at once instead of after an election timeout (unless
                 // replicas that applied the split first elected one already).
@@ -966,6 +998,9 @@ struct Extras {
     initial_range: Option<(u16, u16)>,
     /// Which incarnation of the replica (its log's group in the WAL).
     generation: u32,
+    /// The term the log votes in at least before the group starts (see
+    /// [`Incarnation::floor_term`]).
+    vote_floor: u64,
     /// Whether a group never initialised is bootstrapped with this node as its only voter
     /// (`None`: when this node created the cluster, the metadata group's rule).
     bootstrap: Option<bool>,
@@ -1021,6 +1056,11 @@ async fn open_replica_with(
     // (`LogStore::seed`); a crash between building the child and that leaves a built replica
     // with an empty log, seeded here. Only a split's child: any other replica with an empty
     // log lost it, and must not be given a vote it may not have cast.
+    if extras.vote_floor > 0 {
+        log.raise_vote(extras.vote_floor, setup.identity.raft_id)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start {label}'s log: {e}"))?;
+    }
     let split_child = record.as_ref().is_some_and(|r| r.created_at > 0);
     if let (Some(applied), true, true) = (sm.applied()?.0, log.is_blank(), split_child) {
         log.seed(&applied, setup.identity.raft_id)
@@ -1045,6 +1085,8 @@ async fn open_replica_with(
     };
     let group_handle =
         started.map_err(|e| anyhow::anyhow!("cannot start {label}'s Raft group: {e}"))?;
+    // Groups here start with one node and add the others: a replica votes only as a member.
+    group_handle.vote_only_as_member();
     let initialized = group_handle
         .is_initialized()
         .await

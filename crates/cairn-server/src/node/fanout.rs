@@ -35,18 +35,39 @@ pub(super) fn is_keyspace_read(cmd: &Command) -> bool {
 }
 
 impl Node {
-    /// Whether this node's replica of `shard` holds the whole of it: a voter, or a learner
-    /// the map's placement lists as caught up (or any replica, while the map has no
-    /// placement of the shard: a single node, or a cluster starting).
+    /// Whether this node's replica of `shard` holds the whole of it: one the map's placement
+    /// lists as a voter or a caught-up learner (or, while the map has no placement of the
+    /// shard, a member by its own log: a single node, or a cluster starting), and not one
+    /// being removed. A voter the group dropped may not know it yet: the map does.
     pub(super) fn serves_keyspace(&self, shard: &Shard) -> bool {
-        let status = shard.group.status();
-        if status.voters.contains(&status.node) {
-            return true;
+        if shard.feed.is_retired() {
+            return false;
         }
-        match self.meta.shard(shard.id) {
-            Some(placement) => placement.caught_up.contains(&status.node),
-            None => status.learners.contains(&status.node),
+        let me = self.raft_id();
+        match self.placements().get(&shard.id) {
+            Some(placement) => placement.voters.contains(&me) || placement.caught_up.contains(&me),
+            None => {
+                let status = shard.group.status();
+                status.voters.contains(&me) || status.learners.contains(&me)
+            }
         }
+    }
+
+    /// `TRYAGAIN` while a shard the map names as split from another is not routed here yet
+    /// (its own placement not reported, or not read yet): a whole-keyspace read would miss
+    /// its keys, which its parent no longer holds.
+    fn every_shard_known(&self) -> Result<(), CommandError> {
+        let placements = self.placements();
+        let routed = self.shards.routed();
+        for placement in placements.values() {
+            if let Some(child) = placement.children.iter().find(|c| !routed.contains(c)) {
+                return Err(CommandError::TryAgain(format!(
+                    "shard {child}, split from shard {}, is not known here yet",
+                    placement.shard
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The shards a whole-keyspace read covers (`only`: that one), split into those read
@@ -75,6 +96,9 @@ impl Node {
         stale: bool,
         only: Option<u32>,
     ) -> Result<Reply, CommandError> {
+        if only.is_none() {
+            self.every_shard_known()?;
+        }
         let (local, remote) = self.keyspace_parts(only);
         if let Command::Scan {
             cursor,

@@ -324,9 +324,7 @@ async fn follow_from(
         if update.compacted {
             feed.reset(update.upto);
         }
-        for (index, ops, cleared) in update.batches {
-            feed.applied(index, &Arc::new(ops), &cleared);
-        }
+        // Split marks first: a watcher woken by the batches must not pass a split unseen.
         for (index, child, first_slot, last_slot) in update.splits {
             feed.note_split(SplitMark {
                 index,
@@ -334,6 +332,9 @@ async fn follow_from(
                 first_slot,
                 last_slot,
             });
+        }
+        for (index, ops, cleared) in update.batches {
+            feed.applied(index, &Arc::new(ops), &cleared);
         }
         feed.advance(update.upto);
         heard.store(node.uptime_ms(), Ordering::Release);

@@ -106,6 +106,7 @@ impl Node {
             reported: Default::default(),
             placements_seen: std::sync::atomic::AtomicU64::new(u64::MAX),
             followed: Default::default(),
+            placements: Default::default(),
             dropped: Default::default(),
             removed: tokio::sync::watch::Sender::new(None),
             wal,
