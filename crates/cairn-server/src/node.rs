@@ -500,9 +500,6 @@ impl Node {
         if let Command::Checkpoint = cmd {
             return self.checkpoint().await.map(|()| Reply::Ok);
         }
-        if let Command::Flush = cmd {
-            return self.flush_all().await;
-        }
         let retriable = !matches!(cmd, Command::Del { .. } | Command::Flush);
         let deadline = Instant::now() + ROUTE_RETRY_WINDOW;
         let mut backoff = ROUTE_RETRY_FIRST;

@@ -44,7 +44,7 @@ impl Node {
             return false;
         }
         let me = self.raft_id();
-        match self.placements().get(&shard.id) {
+        match self.placements.read().get(&shard.id) {
             Some(placement) => placement.voters.contains(&me) || placement.caught_up.contains(&me),
             None => {
                 let status = shard.group.status();
