@@ -211,6 +211,76 @@ mod tests {
         assert_eq!(parse_replica_dir("00001.x"), None);
     }
 
+    /// A replica the node removed comes back only for a leader of the removal's term or
+    /// later: a deposed leader's message creates nothing, and the new incarnation's log votes
+    /// in the removal's term before its group starts (no older leader's message is taken), it
+    /// votes for no candidate before its log names it a member, and it is opened again at
+    /// restart, in its own directory.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_removed_replica_comes_back_only_for_a_leader_of_its_removal_term_or_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let io: Arc<dyn Io> = Arc::new(cairn_io::StdIo);
+        // As if shard 3's group had dropped this node in term 7.
+        ReplicaBook::load(io, dir.path())
+            .unwrap()
+            .set(
+                3,
+                Incarnation {
+                    generation: 0,
+                    removed_term: Some(7),
+                    floor_term: 0,
+                },
+            )
+            .unwrap();
+        let options = || crate::node::tests::options(dir.path());
+        let node = crate::Node::open(options()).await.unwrap();
+        assert!(node.shards().get(3).is_none(), "a removed replica opened");
+        let group = crate::shard::group_of_shard(3);
+        assert!(
+            node.groups().get_or_open(group, 6).await.is_none(),
+            "a deposed leader's message created a replica"
+        );
+        assert!(node.shards().get(3).is_none());
+        let created = node
+            .groups()
+            .get_or_open(group, 7)
+            .await
+            .expect("a replica for a leader of the removal's term");
+        assert!(created.status().term >= 7, "{:?}", created.status());
+        assert!(!created.may_vote(), "an empty replica would vote");
+        assert!(node.shards().get(3).is_some());
+        assert!(dir.path().join("shards/00003.1").exists());
+        assert!(!dir.path().join("shards/00003").exists());
+        node.shutdown().await.unwrap();
+        drop((node, created));
+        // The log is released once the node's last tasks have ended.
+        let node = loop {
+            match crate::Node::open(options()).await {
+                Ok(node) => break node,
+                Err(e) if e.to_string().contains("in use") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
+        let shard = node
+            .shards()
+            .get(3)
+            .expect("the live incarnation opened again");
+        assert!(shard.group.status().term >= 7);
+        assert_eq!(
+            ReplicaBook::load(Arc::new(cairn_io::StdIo), dir.path())
+                .unwrap()
+                .get(3),
+            Incarnation {
+                generation: 1,
+                removed_term: None,
+                floor_term: 7,
+            }
+        );
+        node.shutdown().await.unwrap();
+    }
+
     #[test]
     fn the_book_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();

@@ -230,6 +230,12 @@ impl Node {
             {
                 continue;
             }
+            // A replica with a vote but nothing in its log nor applied (created for a leader
+            // whose first entries had not arrived yet) has no membership to wait for.
+            let now = group.status();
+            if now.last_log_index.is_none() && now.applied.is_none() && now.snapshot.is_none() {
+                continue;
+            }
             let status = group
                 .wait_for_membership(ELECTION_WAIT)
                 .await
