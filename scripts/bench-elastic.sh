@@ -157,3 +157,12 @@ probe_row idle "$PHASE"
 probe_row join "$(printf %.1f "$join_s")"
 probe_row leave "$(printf %.1f "$leave_s")"
 probe_errors idle join leave
+probe_slowest idle join leave
+echo
+echo "Snapshot transfers (every move's copy, from the senders' logs):"
+echo "| shard | to node | MB sent | of MB | seconds | MB/s |"
+echo "|---|---|---|---|---|---|"
+grep -h "snapshot transfer ended" "$TMP"/cairn-*.log | sed 's/\x1b\[[0-9;]*m//g' |
+    awk '{ f = ""; for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+           printf "| %s | %s | %.1f | %.1f | %.2f | %s |\n", v["group"] == 0 ? "meta" : v["group"] - 1, v["target"],
+               v["sent_bytes"] / 1e6, v["total_bytes"] / 1e6, v["elapsed_ms"] / 1000, v["mb_per_sec"] }' || true

@@ -2,7 +2,9 @@
 # A foreground-latency probe for the benchmark scripts (sourced by scripts/bench-elastic.sh
 # and scripts/bench-split.sh, after scripts/lib/cairn-cluster.sh): one redis-py client SETs
 # and GETs random keys of 256 bytes through node 1, one request at a time, between
-# probe_start NAME and probe_stop NAME; probe_row NAME SECONDS prints its Markdown row.
+# probe_start NAME and probe_stop NAME; probe_row NAME SECONDS prints its Markdown row (a
+# "request" is half a SET+GET pair's time), probe_slowest NAME when the slowest pair began (UTC,
+# to match the nodes' logs), its key and its SET and GET times.
 #
 # The sourcing script defines PYTHON (with redis-py), TMP, and PROBE_KEYS (how many distinct
 # keys the probe writes) before calling probe_write; its cleanup kills "$PROBE_PID" if set.
@@ -16,22 +18,28 @@ import json, os, random, sys, time
 import redis
 port, stop_file, keys = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 r = redis.Redis(port=port, socket_timeout=60)
-lat, errors, value = [], [], b"v" * 256
+lat, errors, value, slowest = [], [], b"v" * 256, None
 while not os.path.exists(stop_file):
     key = f"probe:{random.randrange(keys)}"
-    t = time.perf_counter()
+    began, t = time.time(), time.perf_counter()
     try:
         r.set(key, value)
+        t_get = time.perf_counter()
         r.get(key)
     except Exception as e:
         errors.append(f"{type(e).__name__}: {e}")
         time.sleep(0.01)
         continue
-    lat.append((time.perf_counter() - t) * 1000 / 2)
+    done = time.perf_counter()
+    lat.append((done - t) * 1000 / 2)
+    if slowest is None or done - t > slowest["pair_ms"] / 1000:
+        slowest = {"at": time.strftime("%H:%M:%S", time.gmtime(began)) + f".{int(began % 1 * 1000):03d}Z",
+                   "key": key, "pair_ms": (done - t) * 1000,
+                   "set_ms": (t_get - t) * 1000, "get_ms": (done - t_get) * 1000}
 lat.sort()
 pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
 print(json.dumps({"p50": pick(0.5), "p99": pick(0.99), "max": lat[-1] if lat else None,
-                  "requests": 2 * len(lat), "errors": sorted(set(errors))}))
+                  "requests": 2 * len(lat), "errors": sorted(set(errors)), "slowest": slowest}))
 EOF
 }
 
@@ -55,5 +63,14 @@ probe_errors() {
     local phase
     for phase in "$@"; do
         jq -r --arg p "$phase" '.errors[] | "\($p): \(.)"' "$TMP/probe-$phase.json"
+    done
+}
+# probe_slowest NAME...: the slowest SET+GET pair of each probe.
+probe_slowest() {
+    local phase
+    for phase in "$@"; do
+        jq -r --arg p "$phase" '.slowest // empty
+            | "\($p): slowest pair began \(.at), \(.key): SET \(.set_ms|round) ms, GET \(.get_ms|round) ms"' \
+            "$TMP/probe-$phase.json"
     done
 }

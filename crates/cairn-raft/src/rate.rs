@@ -85,8 +85,28 @@ impl TransferGuard {
 }
 
 impl Drop for TransferGuard {
+    /// Unlists the transfer and logs what it moved, finished or not: the per-move rate that
+    /// `scripts/bench-elastic.sh` reports comes from this line.
     fn drop(&mut self) {
-        self.transfers.running.lock().remove(&self.key);
+        let Some((sent_bytes, total_bytes, began)) =
+            self.transfers.running.lock().remove(&self.key)
+        else {
+            return;
+        };
+        let elapsed = began.elapsed();
+        let (group, target) = self.key;
+        tracing::info!(
+            group,
+            target,
+            sent_bytes,
+            total_bytes,
+            elapsed_ms = elapsed.as_millis() as u64,
+            mb_per_sec = format_args!(
+                "{:.1}",
+                sent_bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-3)
+            ),
+            "snapshot transfer ended"
+        );
     }
 }
 
