@@ -857,6 +857,17 @@ impl Group {
         m.membership_config.log_id().as_ref().map_or(0, |l| l.index)
     }
 
+    /// Log id, as (term, index), of the newest membership this replica knows of (`None`:
+    /// the replica never heard from its group).
+    pub fn membership_log_id(&self) -> Option<(u64, u64)> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config
+            .log_id()
+            .as_ref()
+            .map(|l| (l.leader_id.term, l.index))
+    }
+
     /// Whether the group's membership is a joint one (a change of its voters half made).
     pub fn membership_joint(&self) -> bool {
         let m = self.raft.metrics();

@@ -1,12 +1,14 @@
 //! Placement: who replicates what, reconciled by the groups' leaders every
 //! [`RECONCILE_INTERVAL`].
 //!
-//! The rule (until shards live on R nodes only, see docs/design.md): every node in the
-//! cluster map holds a replica of every group, a voter or a learner. Which nodes vote and
-//! which lead is the balancer's choice ([`crate::balancer`], on the metadata leader); a
-//! group's leader keeps the rest: it adds each node of the map that the group lacks as a
-//! learner, and drops the learners of nodes removed from the cluster. The group's
-//! membership is the authority on its replicas. One change per group per round.
+//! Which nodes hold a shard, which vote and which lead is the balancer's choice
+//! ([`crate::balancer`], on the metadata leader). A group's leader keeps the rest: it drops
+//! the learners of nodes removed from the cluster, and, for the metadata group (and every
+//! shard of a cluster created with `--replicas-everywhere`), adds each node of the map that
+//! the group lacks as a learner. It reports its shard's placement to the map
+//! ([`report_shards`]), and a node deletes its replicas that the map shows dropped
+//! ([`remove_dropped_replicas`]). The group's membership is the authority on its replicas.
+//! One change per group per round.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -76,13 +78,30 @@ pub const DROPPED_REPLICA_GRACE: Duration = Duration::from_secs(3);
 /// or a deposed leader's message created it).
 pub const UNINITIALISED_REPLICA_GRACE: Duration = Duration::from_secs(60);
 
-/// Deletes this node's replicas of shards whose groups dropped it: the map's placement of
-/// the shard, reported by its leader from a committed membership at least as new as the
-/// newest membership this replica knows, does not list this node. (A newer committed
-/// membership that lacks this node is a removal after whatever added it: it can no longer
-/// count this replica's acknowledgements.) A replica that knows no membership at all waits
-/// [`UNINITIALISED_REPLICA_GRACE`] without hearing from a leader first, and any dropped
-/// replica [`DROPPED_REPLICA_GRACE`].
+/// Whether the map's placement of a shard shows node `me` dropped from the shard's group,
+/// for a replica there whose newest known membership has log id `known` as (term, index).
+///
+/// The placement lists the membership its leader (of term `placement.term`) had committed
+/// with no change pending, so it is the newest membership in that leader's log. The node is
+/// dropped when the placement does not list it and either
+/// - that membership is at least as new as the replica's (a newer committed membership that
+///   lacks the node is a removal after whatever added it: it can no longer count this
+///   replica's acknowledgements), or
+/// - the replica's membership came from an older term than the placement's and is not in
+///   the placement leader's log (a membership entry there would make the leader's newest one
+///   at least as new). Every entry committed in an older term is in a later leader's log, so
+///   the change that added this replica was never committed and never will be: a deposed
+///   leader's. Without this rule that replica would wait for a newer membership that may
+///   never come, and stay on disk.
+pub fn dropped_by(placement: &crate::meta::ShardPlacement, me: u64, known: (u64, u64)) -> bool {
+    let (known_term, known_index) = known;
+    !placement.members().any(|m| m == me)
+        && (placement.membership_index >= known_index || placement.term > known_term)
+}
+
+/// Deletes this node's replicas of shards whose groups dropped it ([`dropped_by`]). A
+/// replica that knows no membership at all waits [`UNINITIALISED_REPLICA_GRACE`] without
+/// hearing from a leader first, and any dropped replica [`DROPPED_REPLICA_GRACE`].
 pub async fn remove_dropped_replicas(node: &Node) {
     let me = node.raft_id();
     let mut dropped = std::collections::HashMap::new();
@@ -90,13 +109,14 @@ pub async fn remove_dropped_replicas(node: &Node) {
         let Some(placement) = node.meta().shard(shard.id) else {
             continue;
         };
-        if placement.members().any(|m| m == me) || shard.group.leading().is_some() {
+        if shard.group.leading().is_some() {
             continue;
         }
-        let known = shard.group.membership_index();
-        if placement.membership_index < known {
+        let known_id = shard.group.membership_log_id();
+        if !dropped_by(&placement, me, known_id.unwrap_or((0, 0))) {
             continue;
         }
+        let known = known_id.map_or(0, |(_, index)| index);
         if known == 0 && shard.group.in_touch(UNINITIALISED_REPLICA_GRACE) {
             continue;
         }
@@ -311,5 +331,53 @@ pub(crate) async fn snapshot_for_newcomer(
             "log purged behind a checkpoint for a new member"
         ),
         Err(e) => tracing::debug!(group = name, error = %e, "no checkpoint for the new member"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shard 1's placement as a leader of `term` reports it: voters 1 and 2, committed at
+    /// membership index 20.
+    fn placement(term: u64) -> crate::meta::ShardPlacement {
+        crate::meta::ShardPlacement {
+            shard: 1,
+            term,
+            membership_index: 20,
+            leader: 1,
+            voters: [1, 2].into(),
+            learners: BTreeSet::new(),
+            caught_up: BTreeSet::new(),
+            first_slot: 0,
+            last_slot: 100,
+            live_bytes: 0,
+            children: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_member_is_never_dropped() {
+        for known in [(0, 0), (3, 5), (9, 30), (12, 40)] {
+            assert!(!dropped_by(&placement(9), 2, known));
+        }
+    }
+
+    #[test]
+    fn a_committed_membership_as_new_as_the_replicas_drops_it() {
+        assert!(dropped_by(&placement(9), 3, (0, 0)));
+        assert!(dropped_by(&placement(9), 3, (9, 20)));
+        assert!(dropped_by(&placement(9), 3, (4, 12)));
+    }
+
+    /// Node 3 heard of a membership at index 25 that the placement (index 20) does not
+    /// show. From a leader of the placement's term or later, it may be a change not yet
+    /// committed (or reported): node 3 stays. From an older term, it is not in the
+    /// placement leader's log, so it was a deposed leader's and never commits: node 3 goes.
+    #[test]
+    fn a_newer_membership_counts_only_from_the_placements_term_or_later() {
+        assert!(!dropped_by(&placement(9), 3, (9, 25)));
+        assert!(!dropped_by(&placement(9), 3, (10, 25)));
+        assert!(dropped_by(&placement(9), 3, (8, 25)));
     }
 }

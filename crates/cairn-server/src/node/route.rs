@@ -154,9 +154,7 @@ impl Node {
                 }
                 // A replica that is not (yet) in the group, or was just removed, knows no
                 // leader: the map does.
-                Err(CommandError::TryAgain(_))
-                    if !self.is_member(&shard) || shard.feed.is_retired() =>
-                {
+                Err(CommandError::TryAgain(_)) if !self.in_group(&shard) => {
                     let only = matches!(cmd, Command::Flush).then_some(shard_id);
                     self.forward_once_by_map(shard_id, &cmd, hops, false, only)
                         .await
@@ -244,9 +242,28 @@ impl Node {
         crate::peer::forward(&self.peers, &addr, cmd, hops, stale, only).await
     }
 
-    fn is_member(&self, shard: &Shard) -> bool {
+    /// Whether this node's replica of `shard` is still part of its group: a member by its own
+    /// log, not being removed, and not dropped by the group as the map's placement tells
+    /// ([`crate::placement::dropped_by`]). A voter the group removed is not told so (its
+    /// leader stops sending to it with the change that removes it): it keeps its old
+    /// membership, loses its leader, and campaigns in vain until this node deletes it. A
+    /// request that met it would wait for a leader it will never know; the map knows one.
+    fn in_group(&self, shard: &Shard) -> bool {
         let status = shard.group.status();
-        status.voters.contains(&status.node) || status.learners.contains(&status.node)
+        let member = status.voters.contains(&status.node) || status.learners.contains(&status.node);
+        member
+            && !shard.feed.is_retired()
+            && !self
+                .placements
+                .read()
+                .get(&shard.id)
+                .is_some_and(|placement| {
+                    crate::placement::dropped_by(
+                        placement,
+                        status.node,
+                        shard.group.membership_log_id().unwrap_or((0, 0)),
+                    )
+                })
     }
 
     /// A read: single-key reads and MGET/EXISTS go to each key's shard leader (or this node's
@@ -406,13 +423,11 @@ impl Node {
             },
             Lead::No => {}
         }
-        if stale && self.is_member(&shard) && !shard.feed.is_retired() {
+        if stale && self.in_group(&shard) {
             return self.read_owned(&shard, cmd);
         }
         let leader = match self.remote_leader(&shard) {
-            Err(CommandError::TryAgain(_))
-                if !self.is_member(&shard) || shard.feed.is_retired() =>
-            {
+            Err(CommandError::TryAgain(_)) if !self.in_group(&shard) => {
                 return self
                     .forward_once_by_map(shard_id, cmd, hops, stale, None)
                     .await;
