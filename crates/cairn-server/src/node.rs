@@ -197,6 +197,9 @@ pub struct Node {
     /// When this node first saw each of its replicas dropped from its group
     /// ([`crate::placement::remove_dropped_replicas`]).
     pub(crate) dropped: parking_lot::Mutex<std::collections::HashMap<u32, Instant>>,
+    /// Since when each shard's scheduled checkpoint has been waiting for a member being
+    /// copied (`checkpoint_waits` in `node/background.rs`).
+    checkpoint_waiting: parking_lot::Mutex<std::collections::HashMap<u32, Instant>>,
     /// The feeds this node follows on other nodes, of shards it holds no whole replica of
     /// ([`follow`]).
     followed: parking_lot::Mutex<std::collections::HashMap<u32, follow::Following>>,

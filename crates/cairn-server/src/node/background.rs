@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::{
     CHECKPOINT_INTERVAL, ELECTION_WAIT, EVERYSEC_INTERVAL, EXPIRE_KEYS_PER_TICK, EXPIRE_TICK,
@@ -63,7 +64,7 @@ impl Node {
                 _ = expire.tick() => self.expire_cycle().await,
                 _ = place.tick() => crate::placement::reconcile(&self).await,
                 _ = checkpoint.tick() => {
-                    if let Err(e) = self.snapshot_all(false).await {
+                    if let Err(e) = self.snapshot_all(false, true).await {
                         tracing::warn!(error = %e, "periodic checkpoint failed");
                     }
                 }
@@ -75,7 +76,7 @@ impl Node {
                     }
                     // A long log makes restarts slow and fills the disk: checkpoint early.
                     if self.wal.total_bytes() > LOG_BYTES_CHECKPOINT {
-                        if let Err(e) = self.snapshot_all(false).await {
+                        if let Err(e) = self.snapshot_all(false, false).await {
                             tracing::warn!(error = %e, "checkpoint failed");
                         }
                     }
@@ -92,27 +93,33 @@ impl Node {
     /// [`CHECKPOINT_INTERVAL`], keeping 1000 entries for lagging followers; this purges all it
     /// can.
     pub async fn checkpoint(&self) -> Result<(), CommandError> {
-        self.snapshot_all(true).await
+        self.snapshot_all(true, false).await
     }
 
-    async fn snapshot_all(&self, purge_all: bool) -> Result<(), CommandError> {
+    /// Checkpoints every shard; `purge_all`: and purges its whole log behind the snapshot;
+    /// `wait_for_copies`: except the shards whose checkpoint waits for a member being copied
+    /// ([`checkpoint_waits`]; not when the log outgrew [`LOG_BYTES_CHECKPOINT`], which comes
+    /// first: the copy may then start over).
+    async fn snapshot_all(
+        &self,
+        purge_all: bool,
+        wait_for_copies: bool,
+    ) -> Result<(), CommandError> {
         if let Some(reason) = self.health.failure() {
             return Err(CommandError::Fatal(reason));
         }
-        // A group whose leader here is sending a snapshot (a new member's copy) is not
-        // checkpointed on schedule: the checkpoint would purge the log the member needs after
-        // its snapshot, and the copy would have to start over (it did, four times in a row,
-        // for a 1 GB join under writes). SAVE (`purge_all`) checkpoints it anyway.
-        let copying: std::collections::BTreeSet<u64> = if purge_all {
-            Default::default()
-        } else {
-            self.peers.transfers().iter().map(|t| t.group).collect()
-        };
+        let copying: std::collections::BTreeSet<u64> =
+            self.peers.transfers().iter().map(|t| t.group).collect();
+        let mut waiting = self.checkpoint_waiting.lock().clone();
+        waiting.retain(|id, _| self.shards.get(*id).is_some());
         for shard in &self.shards.list() {
             let applied = shard.last_applied();
-            if applied == 0 || copying.contains(&crate::shard::group_of_shard(shard.id)) {
+            if applied == 0
+                || (wait_for_copies && checkpoint_waits(shard, applied, &copying, &mut waiting))
+            {
                 continue;
             }
+            waiting.remove(&shard.id);
             let snapshot = shard
                 .group
                 .snapshot(applied, ELECTION_WAIT)
@@ -126,6 +133,7 @@ impl Node {
                 }
             }
         }
+        *self.checkpoint_waiting.lock() = waiting;
         self.wal
             .purge_segments()
             .map_err(|e| CommandError::Fatal(format!("log purge failed: {e}")))?;
@@ -195,7 +203,7 @@ impl Node {
             }
         }
         let result = if self.health.failure().is_none() {
-            self.snapshot_all(false).await
+            self.snapshot_all(false, false).await
         } else {
             Ok(())
         };
@@ -211,4 +219,42 @@ impl Node {
             .map_err(|e| CommandError::Fatal(format!("log flush failed: {e}")));
         result.and(flushed)
     }
+}
+
+/// Longest a scheduled checkpoint of a shard waits for a member being copied
+/// ([`checkpoint_waits`]): a learner that never catches up (its node went down) does not hold
+/// the log forever.
+pub const CHECKPOINT_WAIT_MAX: Duration = Duration::from_secs(300);
+
+/// Whether the scheduled checkpoint of `shard`, which would cover `applied`, waits (`waiting`:
+/// since when each shard has, for at most [`CHECKPOINT_WAIT_MAX`]): this node leads the shard
+/// and is sending it to a new member (its group is in `copying`), or one of its learners has
+/// not yet reached within [`cairn_raft::config::LOG_KEPT_BEHIND_SNAPSHOT`] entries of
+/// `applied`. Checkpointing then would purge the log the member needs after its snapshot, and
+/// its copy would start over: it did, four times in a row, for a 1 GB join under writes while
+/// a snapshot was on its way; and once more for a copy that had just ended, before the leader
+/// sent the learner its first entries after it.
+fn checkpoint_waits(
+    shard: &crate::shard::Shard,
+    applied: u64,
+    copying: &std::collections::BTreeSet<u64>,
+    waiting: &mut std::collections::HashMap<u32, std::time::Instant>,
+) -> bool {
+    let sending = copying.contains(&crate::shard::group_of_shard(shard.id));
+    let learner_behind = shard.group.leading().is_some() && {
+        let replicated = shard.group.replicated().unwrap_or_default();
+        let kept = cairn_raft::config::LOG_KEPT_BEHIND_SNAPSHOT;
+        shard.group.status().learners.iter().any(|l| {
+            replicated
+                .get(l)
+                .is_none_or(|&matched| matched + kept < applied)
+        })
+    };
+    if !sending && !learner_behind {
+        return false;
+    }
+    let since = *waiting
+        .entry(shard.id)
+        .or_insert_with(std::time::Instant::now);
+    since.elapsed() < CHECKPOINT_WAIT_MAX
 }

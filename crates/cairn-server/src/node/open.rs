@@ -108,6 +108,7 @@ impl Node {
             followed: Default::default(),
             placements: Default::default(),
             dropped: Default::default(),
+            checkpoint_waiting: Default::default(),
             removed: tokio::sync::watch::Sender::new(None),
             wal,
             groups,
