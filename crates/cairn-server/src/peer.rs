@@ -225,8 +225,14 @@ pub async fn forward(
             status.message()
         ))),
         Ok(Err(status)) => Err(lost(status.message().to_string())),
-        Ok(Ok(response)) => postcard::from_bytes(&response.into_inner().result)
-            .unwrap_or_else(|e| Err(lost(format!("undecodable answer: {e}")))),
+        Ok(Ok(response)) => match postcard::from_bytes(&response.into_inner().result) {
+            // The node that took the request failed (its disk, its log): its shards fail over
+            // to other nodes, so for the client this is a write of unknown outcome (or a read
+            // to retry), not this node's failure.
+            Ok(Err(CommandError::Fatal(why))) => Err(lost(format!("node {addr} failed: {why}"))),
+            Ok(result) => result,
+            Err(e) => Err(lost(format!("undecodable answer: {e}"))),
+        },
     }
 }
 
