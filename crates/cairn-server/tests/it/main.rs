@@ -2,3 +2,4 @@
 
 mod memory_network;
 mod power_cut;
+mod replica_power_cut;

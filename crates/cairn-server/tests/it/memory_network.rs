@@ -16,17 +16,17 @@ use cairn_server::{Command, CommandError, Condition, Expiry, Node, NodeOptions, 
 use tokio::sync::watch;
 
 /// Longest any step may take on a loaded two-core machine.
-const PATIENCE: Duration = Duration::from_secs(60);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
 /// One shard per node once leaders are spread, so node 3 leads one when it is cut off.
 const SHARDS: u32 = 3;
 
-fn grpc_addr(i: u8) -> SocketAddr {
+pub(crate) fn grpc_addr(i: u8) -> SocketAddr {
     SocketAddr::from(([192, 0, 2, i], 7070))
 }
 
 /// A node running in this process: its front end on the network and its background tasks.
-struct Running {
-    node: Arc<Node>,
+pub(crate) struct Running {
+    pub node: Arc<Node>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -37,7 +37,7 @@ async fn start(net: &MemoryNetwork, dir: &std::path::Path, i: u8, join: Option<u
 
 /// [`start`], for a cluster of `replicas` voters per shard, with data on the voters only
 /// when `replicas_only`.
-async fn start_with(
+pub(crate) async fn start_with(
     net: &MemoryNetwork,
     dir: &std::path::Path,
     i: u8,
@@ -45,15 +45,40 @@ async fn start_with(
     replicas: u32,
     replicas_only: bool,
 ) -> Running {
+    let data_dir = dir.join(format!("node-{i}"));
+    let disk = Disk {
+        data_dir,
+        io: Arc::new(cairn_io::StdIo),
+    };
+    start_on(net, disk, i, join, replicas, replicas_only, SHARDS).await
+}
+
+/// Where a node keeps its data: a directory, on the real disk or a simulated one.
+pub(crate) struct Disk {
+    pub data_dir: std::path::PathBuf,
+    pub io: Arc<dyn cairn_io::Io>,
+}
+
+/// Starts node `i` (gRPC address [`grpc_addr`]`(i)`) on `disk`, joining node `join`'s
+/// cluster, or creating one of `shards` shards.
+pub(crate) async fn start_on(
+    net: &MemoryNetwork,
+    disk: Disk,
+    i: u8,
+    join: Option<u8>,
+    replicas: u32,
+    replicas_only: bool,
+    shards: u32,
+) -> Running {
     let options = NodeOptions {
-        data_dir: dir.join(format!("node-{i}")),
-        shards: SHARDS,
+        data_dir: disk.data_dir,
+        shards,
         value_bytes_max: 1 << 20,
         sync: SyncMode::Always,
         grpc_addr: grpc_addr(i),
         http_addr: SocketAddr::from(([192, 0, 2, i], 7080)),
         resp_addr: SocketAddr::from(([192, 0, 2, i], 7379)),
-        io: Arc::new(cairn_io::StdIo),
+        io: disk.io,
         tuning: cairn_server::StorageTuning::default(),
         join: join.map(|j| grpc_addr(j).to_string()),
         replicas,
@@ -95,7 +120,17 @@ async fn start_with(
     }
 }
 
-async fn stop(running: Running) {
+/// Stops a node whose disk lost its power: its tasks end, and its shutdown may fail (the
+/// disk refuses every call).
+pub(crate) async fn stop_powered_off(running: Running) {
+    let _ = running.stop.send(true);
+    for task in running.tasks {
+        let _ = task.await;
+    }
+    let _ = running.node.shutdown().await;
+}
+
+pub(crate) async fn stop(running: Running) {
     let _ = running.stop.send(true);
     for task in running.tasks {
         task.await.expect("the node's tasks end cleanly");
@@ -103,7 +138,7 @@ async fn stop(running: Running) {
     running.node.shutdown().await.expect("clean shutdown");
 }
 
-fn set(key: &str, value: &str) -> Command {
+pub(crate) fn set(key: &str, value: &str) -> Command {
     Command::Set {
         key: Bytes::copy_from_slice(key.as_bytes()),
         value: Bytes::copy_from_slice(value.as_bytes()),
@@ -113,13 +148,13 @@ fn set(key: &str, value: &str) -> Command {
     }
 }
 
-fn get(key: &str) -> Command {
+pub(crate) fn get(key: &str) -> Command {
     Command::Get {
         key: Bytes::copy_from_slice(key.as_bytes()),
     }
 }
 
-fn value_of(reply: Reply) -> Option<Bytes> {
+pub(crate) fn value_of(reply: Reply) -> Option<Bytes> {
     match reply {
         Reply::Entry(e) => e.map(|e| e.value),
         other => panic!("a GET answered {other:?}"),
@@ -128,7 +163,7 @@ fn value_of(reply: Reply) -> Option<Bytes> {
 
 /// Runs `command` on `node` until it succeeds, as a client retries `TRYAGAIN` (and, for the
 /// idempotent SETs here, an unknown outcome).
-async fn until_done(node: &Node, command: Command) -> Reply {
+pub(crate) async fn until_done(node: &Node, command: Command) -> Reply {
     tokio::time::timeout(PATIENCE, async {
         loop {
             match node.execute(command.clone()).await {
@@ -172,7 +207,7 @@ async fn replicated(node: &Node) -> cairn_server::ClusterStatus {
 }
 
 /// Waits until `node`'s own replica (a stale, local read) holds `value` at `key`.
-async fn held_locally(node: &Node, key: &str, value: &str) {
+pub(crate) async fn held_locally(node: &Node, key: &str, value: &str) {
     tokio::time::timeout(PATIENCE, async {
         loop {
             if let Ok(reply) = node.execute_with(get(key), true).await {
@@ -282,7 +317,7 @@ async fn a_cluster_on_the_in_memory_network_replicates_forwards_and_partitions()
 
 /// Every shard id and the nodes (by index in `nodes`) holding a replica of it, as each node
 /// sees its own replicas.
-fn holders(nodes: &[&Node]) -> std::collections::BTreeMap<u32, Vec<usize>> {
+pub(crate) fn holders(nodes: &[&Node]) -> std::collections::BTreeMap<u32, Vec<usize>> {
     let mut held: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
     for (i, node) in nodes.iter().enumerate() {
         for shard in node.shards().list() {
@@ -650,7 +685,7 @@ async fn next_values(watcher: &mut cairn_server::watch::Watcher, n: usize) -> Ve
 }
 
 /// Asks `node` to drain the node named `name` until the map drops it.
-async fn until_removed(node: &Node, name: &str) {
+pub(crate) async fn until_removed(node: &Node, name: &str) {
     tokio::time::timeout(PATIENCE * 2, async {
         loop {
             let _ = node.remove_node(name).await;
