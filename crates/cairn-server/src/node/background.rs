@@ -88,8 +88,9 @@ impl Node {
         balancer.abort();
     }
 
-    /// Snapshots every shard this node holds (an engine checkpoint: durable up to the applied
-    /// index) and purges the log behind the snapshots, now. The background task does it every
+    /// Snapshots every shard this node holds, and its replica of the metadata group (an
+    /// engine checkpoint: durable up to the applied index), and purges the log behind the
+    /// snapshots, now. The background task does it every
     /// [`CHECKPOINT_INTERVAL`], keeping 1000 entries for lagging followers; this purges all it
     /// can.
     pub async fn checkpoint(&self) -> Result<(), CommandError> {
@@ -134,6 +135,28 @@ impl Node {
             }
         }
         *self.checkpoint_waiting.lock() = waiting;
+        // The metadata group shares the log too. Its entries (node records, the shards'
+        // placement reports) are few but spread over every segment: never checkpointed, they
+        // kept every segment of the log alive, so the log grew without bound and, past
+        // LOG_BYTES_CHECKPOINT, every shard was checkpointed every second.
+        let meta = &self.meta.group;
+        let applied = meta
+            .sm
+            .applied()
+            .ok()
+            .and_then(|(id, _)| id)
+            .map_or(0, |id| id.index);
+        if applied > 0 {
+            let snapshot = meta
+                .snapshot(applied, ELECTION_WAIT)
+                .await
+                .map_err(|e| CommandError::TryAgain(format!("metadata snapshot: {e}")))?;
+            if purge_all {
+                if let Err(e) = meta.purge(snapshot, ELECTION_WAIT).await {
+                    tracing::debug!(error = %e, "metadata log purge still pending");
+                }
+            }
+        }
         self.wal
             .purge_segments()
             .map_err(|e| CommandError::Fatal(format!("log purge failed: {e}")))?;

@@ -973,6 +973,66 @@ async fn a_fresh_data_directory_survives_a_power_cut_after_open() {
     let _ = node.shutdown().await;
 }
 
+/// A checkpoint leaves the shared log with nothing behind it: every group's entries are
+/// purged, the metadata group's too. (Its entries, written at the cluster's creation and with
+/// each placement report, were never checkpointed: they kept every segment of the log alive.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_purges_the_whole_log_the_metadata_groups_entries_too() {
+    let disk = SimIo::new(44);
+    let node = Node::open(node_options(&disk, SyncMode::Always))
+        .await
+        .unwrap();
+    let wal_segments = |disk: &SimIo| {
+        disk.tree()
+            .into_iter()
+            .filter(|(path, _)| {
+                path.starts_with(format!("{DATA_DIR}/wal"))
+                    && path.extension().is_some_and(|e| e == "wal")
+            })
+            .count()
+    };
+    // The background work writes to the metadata group meanwhile (placement reports as the
+    // shards grow).
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let background = tokio::spawn(node.clone().run_background(async move {
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    let meta_applied = |node: &Node| node.cluster_status().metadata.map_or(0, |m| m.raft.applied);
+    let meta_at_start = meta_applied(&node);
+    // 16 KiB segments: a few hundred writes of 1 KiB fill many, over 3 s.
+    for i in 0..300 {
+        if i % 20 == 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        node.execute(Command::Set {
+            key: b(&format!("k{i}")),
+            value: Bytes::from(vec![b'v'; 1024]),
+            expiry: Expiry::Never,
+            condition: Condition::Always,
+            return_old: false,
+        })
+        .await
+        .unwrap();
+    }
+    let _ = stop.send(true);
+    background.await.unwrap();
+    let before = wal_segments(&disk);
+    assert!(before > 10, "only {before} log segments written");
+    assert!(
+        meta_applied(&node) > meta_at_start,
+        "the metadata group wrote nothing while the shards grew"
+    );
+    node.checkpoint().await.unwrap();
+    let after = wal_segments(&disk);
+    assert!(
+        after <= 2,
+        "{after} of {before} log segments left after a checkpoint: {:#?}",
+        disk.tree()
+    );
+    let _ = node.shutdown().await;
+}
+
 /// With `--sync everysec`, a write acknowledged before a sync survives a power cut that drops
 /// everything unsynced; one acknowledged after it may be lost (the documented bound), but a
 /// write is never half there.
