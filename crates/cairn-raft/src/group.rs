@@ -617,6 +617,16 @@ impl Group {
         Ok(m.snapshot.map_or(0, |s| s.index))
     }
 
+    /// Asks for the log to be purged up to `upto` (included) and returns without waiting:
+    /// the purge happens once replication no longer reads those entries.
+    pub async fn purge_soon(&self, upto: u64) -> Result<(), GroupError> {
+        self.raft
+            .trigger()
+            .purge_log(upto)
+            .await
+            .map_err(|e| GroupError::stopped(&e))
+    }
+
     /// Purges the log up to `upto` (at most the snapshot), waiting up to `timeout` for it
     /// (replication still reading the entries holds a purge back).
     pub async fn purge(&self, upto: u64, timeout: Duration) -> Result<(), GroupError> {

@@ -114,14 +114,17 @@ pub struct NodeOptions {
     pub watch_history: crate::feed::FeedLimits,
 }
 
-/// Segment sizes, not user-facing configuration: the defaults suit a server; tests shrink them
-/// so rotation, merge and log purge happen within a few hundred writes.
+/// Segment and log sizes, not user-facing configuration: the defaults suit a server; tests
+/// shrink them so rotation, merge and log purge happen within a few hundred writes.
 #[derive(Debug, Clone, Copy)]
 pub struct StorageTuning {
     /// The write-ahead log's segment size.
     pub wal_segment_bytes_max: u64,
     /// Each shard engine's segment size.
     pub engine_segment_bytes_max: u64,
+    /// Log size past which the node checkpoints without waiting for the interval, purging
+    /// each group's whole log behind its snapshot ([`LOG_BYTES_CHECKPOINT`] by default).
+    pub log_checkpoint_bytes: u64,
 }
 
 impl Default for StorageTuning {
@@ -129,6 +132,7 @@ impl Default for StorageTuning {
         StorageTuning {
             wal_segment_bytes_max: cairn_wal::SEGMENT_BYTES_MAX_DEFAULT,
             engine_segment_bytes_max: cairn_storage::Options::default().segment_bytes_max,
+            log_checkpoint_bytes: LOG_BYTES_CHECKPOINT,
         }
     }
 }

@@ -7,8 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{
-    CHECKPOINT_INTERVAL, ELECTION_WAIT, EVERYSEC_INTERVAL, EXPIRE_KEYS_PER_TICK, EXPIRE_TICK,
-    LOG_BYTES_CHECKPOINT, Node,
+    CHECKPOINT_INTERVAL, ELECTION_WAIT, EVERYSEC_INTERVAL, EXPIRE_KEYS_PER_TICK, EXPIRE_TICK, Node,
 };
 use crate::config::SyncMode;
 use crate::error::CommandError;
@@ -64,7 +63,7 @@ impl Node {
                 _ = expire.tick() => self.expire_cycle().await,
                 _ = place.tick() => crate::placement::reconcile(&self).await,
                 _ = checkpoint.tick() => {
-                    if let Err(e) = self.snapshot_all(false, true).await {
+                    if let Err(e) = self.snapshot_all(Checkpoint::Scheduled).await {
                         tracing::warn!(error = %e, "periodic checkpoint failed");
                     }
                 }
@@ -75,8 +74,8 @@ impl Node {
                         }
                     }
                     // A long log makes restarts slow and fills the disk: checkpoint early.
-                    if self.wal.total_bytes() > LOG_BYTES_CHECKPOINT {
-                        if let Err(e) = self.snapshot_all(false, false).await {
+                    if self.wal.total_bytes() > self.options.tuning.log_checkpoint_bytes {
+                        if let Err(e) = self.snapshot_all(Checkpoint::LogTooLong).await {
                             tracing::warn!(error = %e, "checkpoint failed");
                         }
                     }
@@ -90,22 +89,15 @@ impl Node {
 
     /// Snapshots every shard this node holds, and its replica of the metadata group (an
     /// engine checkpoint: durable up to the applied index), and purges the log behind the
-    /// snapshots, now. The background task does it every
-    /// [`CHECKPOINT_INTERVAL`], keeping 1000 entries for lagging followers; this purges all it
-    /// can.
+    /// snapshots, now, waiting for the purges. The background task checkpoints every
+    /// [`CHECKPOINT_INTERVAL`], and early once the log passes the node's
+    /// `StorageTuning::log_checkpoint_bytes` (what each purges: `Checkpoint`).
     pub async fn checkpoint(&self) -> Result<(), CommandError> {
-        self.snapshot_all(true, false).await
+        self.snapshot_all(Checkpoint::Now).await
     }
 
-    /// Checkpoints every shard; `purge_all`: and purges its whole log behind the snapshot;
-    /// `wait_for_copies`: except the shards whose checkpoint waits for a member being copied
-    /// ([`checkpoint_waits`]; not when the log outgrew [`LOG_BYTES_CHECKPOINT`], which comes
-    /// first: the copy may then start over).
-    async fn snapshot_all(
-        &self,
-        purge_all: bool,
-        wait_for_copies: bool,
-    ) -> Result<(), CommandError> {
+    /// Checkpoints every group this node holds a replica of, as `how` says.
+    async fn snapshot_all(&self, how: Checkpoint) -> Result<(), CommandError> {
         if let Some(reason) = self.health.failure() {
             return Err(CommandError::Fatal(reason));
         }
@@ -113,32 +105,26 @@ impl Node {
             self.peers.transfers().iter().map(|t| t.group).collect();
         let mut waiting = self.checkpoint_waiting.lock().clone();
         waiting.retain(|id, _| self.shards.get(*id).is_some());
-        for shard in &self.shards.list() {
+        let shards = self.shards.list();
+        let mut groups = Vec::new();
+        for shard in &shards {
             let applied = shard.last_applied();
             if applied == 0
-                || (wait_for_copies && checkpoint_waits(shard, applied, &copying, &mut waiting))
+                || (how.waits_for_copies()
+                    && checkpoint_waits(shard, applied, &copying, &mut waiting))
             {
                 continue;
             }
             waiting.remove(&shard.id);
-            let snapshot = shard
-                .group
-                .snapshot(applied, ELECTION_WAIT)
-                .await
-                .map_err(|e| CommandError::TryAgain(format!("shard {} snapshot: {e}", shard.id)))?;
-            if purge_all {
-                // Purging waits for replication that still reads the entries; a follower that
-                // needs them gets the snapshot instead.
-                if let Err(e) = shard.group.purge(snapshot, ELECTION_WAIT).await {
-                    tracing::debug!(shard = shard.id, error = %e, "log purge still pending");
-                }
-            }
+            groups.push((format!("shard {}", shard.id), &shard.group, applied, how));
         }
         *self.checkpoint_waiting.lock() = waiting;
-        // The metadata group shares the log too. Its entries (node records, the shards'
-        // placement reports) are few but spread over every segment: never checkpointed, they
-        // kept every segment of the log alive, so the log grew without bound and, past
-        // LOG_BYTES_CHECKPOINT, every shard was checkpointed every second.
+        // The metadata group shares the log too: its entries (node records, the shards'
+        // placement reports) are few but land in every segment. Never checkpointed, or
+        // checkpointed keeping 1000 entries behind (all it has), they kept every segment of
+        // the log alive: the log grew without bound and, past log_checkpoint_bytes, every
+        // shard was checkpointed every second. Its whole log goes at every checkpoint (a
+        // member behind gets its snapshot, a few KB).
         let meta = &self.meta.group;
         let applied = meta
             .sm
@@ -147,13 +133,30 @@ impl Node {
             .and_then(|(id, _)| id)
             .map_or(0, |id| id.index);
         if applied > 0 {
-            let snapshot = meta
+            let meta_how = match how {
+                Checkpoint::Now => Checkpoint::Now,
+                _ => Checkpoint::LogTooLong,
+            };
+            groups.push(("the metadata group".into(), meta, applied, meta_how));
+        }
+        for (name, group, applied, how) in groups {
+            let snapshot = group
                 .snapshot(applied, ELECTION_WAIT)
                 .await
-                .map_err(|e| CommandError::TryAgain(format!("metadata snapshot: {e}")))?;
-            if purge_all {
-                if let Err(e) = meta.purge(snapshot, ELECTION_WAIT).await {
-                    tracing::debug!(error = %e, "metadata log purge still pending");
+                .map_err(|e| CommandError::TryAgain(format!("{name} snapshot: {e}")))?;
+            match how {
+                Checkpoint::Scheduled | Checkpoint::Shutdown => {}
+                // Purging waits for replication that still reads the entries; a follower
+                // that needs them gets the snapshot instead.
+                Checkpoint::Now => {
+                    if let Err(e) = group.purge(snapshot, ELECTION_WAIT).await {
+                        tracing::debug!(group = %name, error = %e, "log purge still pending");
+                    }
+                }
+                Checkpoint::LogTooLong => {
+                    if let Err(e) = group.purge_soon(snapshot).await {
+                        tracing::debug!(group = %name, error = %e, "log purge not asked for");
+                    }
                 }
             }
         }
@@ -226,7 +229,7 @@ impl Node {
             }
         }
         let result = if self.health.failure().is_none() {
-            self.snapshot_all(false, false).await
+            self.snapshot_all(Checkpoint::Shutdown).await
         } else {
             Ok(())
         };
@@ -280,4 +283,29 @@ fn checkpoint_waits(
         .entry(shard.id)
         .or_insert_with(std::time::Instant::now);
     since.elapsed() < CHECKPOINT_WAIT_MAX
+}
+
+/// What a checkpoint is for, which sets what it purges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checkpoint {
+    /// Every [`CHECKPOINT_INTERVAL`]: each shard keeps
+    /// [`cairn_raft::config::LOG_KEPT_BEHIND_SNAPSHOT`] entries behind its snapshot for
+    /// followers a little behind, and a shard being copied to a new member waits
+    /// ([`checkpoint_waits`]).
+    Scheduled,
+    /// The log outgrew `StorageTuning::log_checkpoint_bytes`: a group that writes little
+    /// keeps entries old enough to pin every segment, so each group's whole log behind its
+    /// snapshot goes (the purge is asked for, not waited for: the next tick deletes the
+    /// segments); a shard being copied still waits.
+    LogTooLong,
+    /// At clean shutdown: every shard, each keeping its entries behind, for a fast restart.
+    Shutdown,
+    /// SAVE, tests: every group, its whole log behind, purges waited for.
+    Now,
+}
+
+impl Checkpoint {
+    fn waits_for_copies(self) -> bool {
+        matches!(self, Checkpoint::Scheduled | Checkpoint::LogTooLong)
+    }
 }

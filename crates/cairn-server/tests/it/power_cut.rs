@@ -73,6 +73,7 @@ fn node_options(io: &SimIo, sync: SyncMode) -> NodeOptions {
         tuning: StorageTuning {
             wal_segment_bytes_max: 16 * 1024,
             engine_segment_bytes_max: 8 * 1024,
+            log_checkpoint_bytes: cairn_server::node::LOG_BYTES_CHECKPOINT,
         },
         join: None,
         replicas: 3,
@@ -973,15 +974,16 @@ async fn a_fresh_data_directory_survives_a_power_cut_after_open() {
     let _ = node.shutdown().await;
 }
 
-/// A checkpoint leaves the shared log with nothing behind it: every group's entries are
-/// purged, the metadata group's too. (Its entries, written at the cluster's creation and with
-/// each placement report, were never checkpointed: they kept every segment of the log alive.)
+/// The shared log does not outgrow its checkpoint size, and a checkpoint leaves nothing
+/// behind: every group's entries are purged, the metadata group's too. (Its entries, written
+/// at the cluster's creation and with each placement report, were never checkpointed, then
+/// checkpointed keeping 1000 entries behind, all it had: they kept every segment alive.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_checkpoint_purges_the_whole_log_the_metadata_groups_entries_too() {
+async fn the_log_is_checkpointed_back_under_its_size_the_metadata_groups_entries_too() {
     let disk = SimIo::new(44);
-    let node = Node::open(node_options(&disk, SyncMode::Always))
-        .await
-        .unwrap();
+    let mut options = node_options(&disk, SyncMode::Always);
+    options.tuning.log_checkpoint_bytes = 64 * 1024;
+    let node = Node::open(options).await.unwrap();
     let wal_segments = |disk: &SimIo| {
         disk.tree()
             .into_iter()
@@ -992,7 +994,7 @@ async fn a_checkpoint_purges_the_whole_log_the_metadata_groups_entries_too() {
             .count()
     };
     // The background work writes to the metadata group meanwhile (placement reports as the
-    // shards grow).
+    // shards grow), and checkpoints once the log passes 64 KiB.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let background = tokio::spawn(node.clone().run_background(async move {
         let mut stopped = stopped;
@@ -1001,9 +1003,11 @@ async fn a_checkpoint_purges_the_whole_log_the_metadata_groups_entries_too() {
     let meta_applied = |node: &Node| node.cluster_status().metadata.map_or(0, |m| m.raft.applied);
     let meta_at_start = meta_applied(&node);
     // 16 KiB segments: a few hundred writes of 1 KiB fill many, over 3 s.
+    let mut most = 0;
     for i in 0..300 {
         if i % 20 == 0 {
             tokio::time::sleep(Duration::from_millis(200)).await;
+            most = most.max(wal_segments(&disk));
         }
         node.execute(Command::Set {
             key: b(&format!("k{i}")),
@@ -1015,19 +1019,31 @@ async fn a_checkpoint_purges_the_whole_log_the_metadata_groups_entries_too() {
         .await
         .unwrap();
     }
-    let _ = stop.send(true);
-    background.await.unwrap();
-    let before = wal_segments(&disk);
-    assert!(before > 10, "only {before} log segments written");
     assert!(
         meta_applied(&node) > meta_at_start,
         "the metadata group wrote nothing while the shards grew"
     );
+    // Back under 64 KiB (four segments) by itself.
+    let shrunk = tokio::time::timeout(Duration::from_secs(10), async {
+        while wal_segments(&disk) > 5 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        shrunk.is_ok(),
+        "the log stayed at {} segments of 16 KiB (at most {most} while writing) past its \
+         64 KiB checkpoint size: {:#?}",
+        wal_segments(&disk),
+        disk.tree()
+    );
+    let _ = stop.send(true);
+    background.await.unwrap();
     node.checkpoint().await.unwrap();
     let after = wal_segments(&disk);
     assert!(
         after <= 2,
-        "{after} of {before} log segments left after a checkpoint: {:#?}",
+        "{after} log segments left after a checkpoint: {:#?}",
         disk.tree()
     );
     let _ = node.shutdown().await;
