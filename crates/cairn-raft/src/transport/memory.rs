@@ -6,8 +6,10 @@
 //! so links are named by the pair of addresses they join. Cutting a link refuses new
 //! connections between the two (as a refused TCP connect does) and resets the ones open
 //! between them (their next read or write fails, and any read or write waiting is woken to
-//! fail), as a peer's kernel answering with RST does. Healing lets new connections through;
-//! tonic and the append links reconnect on their own.
+//! fail), as a peer's kernel answering with RST does. Silencing a node instead leaves its
+//! connections open and carrying nothing, new ones too, as iptables DROP rules (or a paused
+//! process) do: only timeouts notice. Healing lets new connections through (tonic and the
+//! append links reconnect on their own) and lets silenced ones carry their bytes again.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -43,6 +45,8 @@ struct State {
     listeners: HashMap<SocketAddr, (u64, tokio::sync::mpsc::Sender<Accepted>)>,
     next_listener: u64,
     cut: HashSet<(SocketAddr, SocketAddr)>,
+    /// Addresses whose every link is silent.
+    silenced: HashSet<SocketAddr>,
     /// Open connections, by the pair they join (dead ones are dropped as they are met).
     open: HashMap<(SocketAddr, SocketAddr), Vec<Weak<Severance>>>,
     /// Connections ever made, by the pair they join.
@@ -106,9 +110,37 @@ impl MemoryNetwork {
         }
     }
 
+    /// Silences every link of `addr`, open or to come: connections stay open (and new ones
+    /// are made) but carry nothing either way until [`MemoryNetwork::heal`].
+    pub fn silence(&self, addr: SocketAddr) {
+        let stalled: Vec<Arc<Severance>> = {
+            let mut st = self.state.lock();
+            st.silenced.insert(addr);
+            st.open
+                .iter()
+                .filter(|((a, b), _)| *a == addr || *b == addr)
+                .flat_map(|(_, links)| links.iter().filter_map(Weak::upgrade))
+                .collect()
+        };
+        for s in stalled {
+            s.set_stalled(true);
+        }
+    }
+
     /// Restores every link.
     pub fn heal(&self) {
-        self.state.lock().cut.clear();
+        let stalled: Vec<Arc<Severance>> = {
+            let mut st = self.state.lock();
+            st.cut.clear();
+            st.silenced.clear();
+            st.open
+                .values()
+                .flat_map(|links| links.iter().filter_map(Weak::upgrade))
+                .collect()
+        };
+        for s in stalled {
+            s.set_stalled(false);
+        }
     }
 
     /// How many connections were made between `a` and `b`, either way.
@@ -137,6 +169,9 @@ impl MemoryNetwork {
                 ));
             };
             let severance = Arc::new(Severance::default());
+            if st.silenced.contains(&from) || st.silenced.contains(&to) {
+                severance.set_stalled(true);
+            }
             let links = st.open.entry(pair(from, to)).or_default();
             links.retain(|w| w.strong_count() > 0);
             links.push(Arc::downgrade(&severance));
@@ -233,10 +268,12 @@ impl Drop for MemoryListener {
     }
 }
 
-/// Shared by the two ends of one connection: once severed, both fail.
+/// Shared by the two ends of one connection: once severed, both fail; while stalled,
+/// neither moves a byte.
 #[derive(Default)]
 struct Severance {
     severed: AtomicBool,
+    stalled: AtomicBool,
     /// Readers and writers of each end waiting on the pipe.
     wakers: [AtomicWaker; 4],
 }
@@ -244,21 +281,36 @@ struct Severance {
 impl Severance {
     fn sever(&self) {
         self.severed.store(true, Ordering::Release);
+        self.wake_all();
+    }
+
+    fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::Release);
+        if !stalled {
+            self.wake_all();
+        }
+    }
+
+    fn wake_all(&self) {
         for w in &self.wakers {
             w.wake();
         }
     }
 
-    /// Registers `cx` in slot `slot`, then `Err` if the connection is severed.
-    fn check(&self, slot: usize, cx: &Context<'_>) -> io::Result<()> {
+    /// Registers `cx` in slot `slot`, then `Err` if the connection is severed, `Pending`
+    /// while it is stalled.
+    fn check(&self, slot: usize, cx: &Context<'_>) -> Poll<io::Result<()>> {
         self.wakers[slot].register(cx.waker());
         if self.severed.load(Ordering::Acquire) {
-            return Err(io::Error::new(
+            return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::ConnectionReset,
                 "the link was cut",
-            ));
+            )));
         }
-        Ok(())
+        if self.stalled.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -286,7 +338,7 @@ impl AsyncRead for Pipe {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.severance.check(self.end * 2, cx)?;
+        std::task::ready!(self.severance.check(self.end * 2, cx))?;
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -297,12 +349,12 @@ impl AsyncWrite for Pipe {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.severance.check(self.end * 2 + 1, cx)?;
+        std::task::ready!(self.severance.check(self.end * 2 + 1, cx))?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.severance.check(self.end * 2 + 1, cx)?;
+        std::task::ready!(self.severance.check(self.end * 2 + 1, cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
@@ -381,6 +433,56 @@ mod tests {
         again.write_all(b"back").await.unwrap();
         accepted.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"back");
+    }
+
+    /// A silenced node's connections stay open and carry nothing, new ones too; healed,
+    /// they carry what was written meanwhile.
+    #[tokio::test]
+    async fn a_silenced_node_carries_nothing_until_healed() {
+        let net = MemoryNetwork::new();
+        let (a, b) = (net.node(at(1)), net.node(at(2)));
+        let mut listener = a.listen(at(1)).await.unwrap();
+        let mut dialled = b.dial(&at(1).to_string()).await.unwrap();
+        let (mut accepted, _) = listener.accept().await.unwrap();
+        net.silence(at(1));
+        let quiet = std::time::Duration::from_millis(100);
+        let mut buf = [0u8; 4];
+        assert!(
+            tokio::time::timeout(quiet, dialled.write_all(b"ping"))
+                .await
+                .is_err(),
+            "a write went through a silenced link"
+        );
+        assert!(
+            tokio::time::timeout(quiet, accepted.read_exact(&mut buf))
+                .await
+                .is_err(),
+            "a read got bytes through a silenced link"
+        );
+        // A new connection is made, and is silent too.
+        let mut late = b.dial(&at(1).to_string()).await.unwrap();
+        let (mut late_accepted, _) = listener.accept().await.unwrap();
+        assert!(
+            tokio::time::timeout(quiet, late.write_all(b"late"))
+                .await
+                .is_err()
+        );
+        net.heal();
+        let patience = std::time::Duration::from_secs(10);
+        tokio::time::timeout(patience, async {
+            dialled.write_all(b"ping").await.unwrap();
+            accepted.read_exact(&mut buf).await.unwrap();
+        })
+        .await
+        .expect("healed, the link carries bytes again");
+        assert_eq!(&buf, b"ping");
+        tokio::time::timeout(patience, async {
+            late.write_all(b"late").await.unwrap();
+            late_accepted.read_exact(&mut buf).await.unwrap();
+        })
+        .await
+        .expect("and so does the one made while silent");
+        assert_eq!(&buf, b"late");
     }
 
     #[tokio::test]

@@ -31,6 +31,10 @@ use crate::feed::{Feed, Pos, SplitMark};
 pub const FOLLOW_HEARTBEAT: Duration = Duration::from_millis(500);
 /// Pause before a follower tries the shard's holders again.
 const FOLLOW_RETRY: Duration = Duration::from_millis(200);
+/// How long a follow stream may stay silent (or take to open) before this node gives up on
+/// its holder and follows the next one: a holder that is paused or cut off sends nothing and
+/// ends nothing, and its connection may stay open.
+pub const FOLLOW_SILENCE_MAX: Duration = FOLLOW_HEARTBEAT.saturating_mul(4);
 /// Most events, and bytes of keys and values, in one follow message.
 const FOLLOW_EVENTS_MAX: usize = 4096;
 const FOLLOW_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -306,9 +310,16 @@ async fn follow_from(
         after: after.unwrap_or(0),
         from_now: after.is_none(),
     };
-    let mut stream = client.follow(request).await?.into_inner();
+    let silent = || anyhow::anyhow!("the holder sent nothing for {FOLLOW_SILENCE_MAX:?}");
+    let mut stream = tokio::time::timeout(FOLLOW_SILENCE_MAX, client.follow(request))
+        .await
+        .map_err(|_| silent())??
+        .into_inner();
     let started = Instant::now();
-    while let Some(message) = stream.message().await? {
+    while let Some(message) = tokio::time::timeout(FOLLOW_SILENCE_MAX, stream.message())
+        .await
+        .map_err(|_| silent())??
+    {
         let update: FollowUpdate = postcard::from_bytes(&message.update)?;
         let feed = feed.get_or_init(|| {
             Arc::new(

@@ -698,3 +698,136 @@ pub(crate) async fn until_removed(node: &Node, name: &str) {
     .await
     .expect("the node is removed within the patience");
 }
+
+/// A watch through a node that holds no replica of its key's shard reads the shard's feed as
+/// that node follows it, from the shard's leader. When the leader goes silent (every link of
+/// it drops everything, as iptables DROP rules would: connections stay open, nothing comes),
+/// the node follows another holder, and the watch, resumed from its token whenever it ends
+/// (a retriable end), tells every change once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_feed_moves_on_when_its_holder_goes_silent_and_a_watch_misses_nothing() {
+    use cairn_server::watch::{Item, Selector};
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let mut running = vec![start_with(&net, dir.path(), 1, None, 3, true).await];
+    for i in 2..=4 {
+        running.push(start_with(&net, dir.path(), i, Some(1), 3, true).await);
+    }
+    let nodes: Vec<Arc<Node>> = running.iter().map(|r| r.node.clone()).collect();
+    // Settled: every shard on three of the four nodes, each led.
+    let keys: Vec<String> = (0..30).map(|i| format!("key-{i}")).collect();
+    let (watching, key, leader) = tokio::time::timeout(PATIENCE * 2, async {
+        loop {
+            let refs: Vec<&Node> = nodes.iter().map(|n| &**n).collect();
+            let held = holders(&refs);
+            let spread = held.len() == SHARDS as usize && held.values().all(|h| h.len() == 3);
+            let pick = keys.iter().find_map(|key| {
+                let x = nodes
+                    .iter()
+                    .position(|n| n.shards().for_key(key.as_bytes()).is_none())?;
+                let slot = cairn_proto::slot::key_slot(key.as_bytes());
+                let status = nodes[x].cluster_status();
+                let shard = status
+                    .shards
+                    .iter()
+                    .find(|s| s.slots.iter().any(|&(a, b)| (a..=b).contains(&slot)))?;
+                let leader = shard.leader.as_deref()?;
+                let l = nodes.iter().position(|n| n.id() == leader)?;
+                Some((x, key.clone(), l))
+            });
+            if let (true, Some(pick)) = (spread, pick) {
+                return pick;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("every shard on three nodes, a key's shard missing from one");
+    let writer = (0..nodes.len())
+        .find(|&i| i != watching && i != leader)
+        .expect("a third node");
+    let (x, w) = (nodes[watching].clone(), nodes[writer].clone());
+    let key_bytes = Bytes::copy_from_slice(key.as_bytes());
+    let open = move |from: Option<String>| {
+        let (x, key) = (x.clone(), key_bytes.clone());
+        async move {
+            tokio::time::timeout(PATIENCE, async {
+                loop {
+                    match x.watch(Selector::Key(key.clone()), from.as_deref(), PATIENCE) {
+                        Ok(watcher) => return watcher,
+                        Err(e) if e.unavailable() => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("the watch failed for good: {e}"),
+                    }
+                }
+            })
+            .await
+            .expect("the watch opens within the patience")
+        }
+    };
+    // The values the watch told, resuming from its token whenever it ends, until `last`.
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::<Bytes>::new()));
+    let mut watcher = open(None).await;
+    let reader = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                match watcher.next().await {
+                    Ok(Item::Events(events)) => {
+                        let mut seen = seen.lock();
+                        seen.extend(events.into_iter().map(|e| e.event.value));
+                        if seen.last().is_some_and(|v| v.as_ref() == b"v19") {
+                            return;
+                        }
+                    }
+                    Ok(Item::Progress) => {}
+                    Err(e) if e.unavailable() => {
+                        let token = watcher.token().to_string();
+                        watcher = open(Some(token)).await;
+                    }
+                    Err(e) => panic!("the watch ended for good: {e}"),
+                }
+            }
+        })
+    };
+    let value = |i: usize| format!("v{i}");
+    for i in 0..5 {
+        until_done(&w, set(&key, &value(i))).await;
+    }
+    // The leader, which the watching node follows the shard on, goes silent; the two other
+    // holders elect a new leader.
+    net.silence(grpc_addr(leader as u8 + 1));
+    for i in 5..15 {
+        until_done(&w, set(&key, &value(i))).await;
+    }
+    // Told while the old leader is still silent: the watching node gave up on it after
+    // FOLLOW_SILENCE_MAX (2 s), well before HTTP/2 keepalive would have (30 s).
+    let told_while_silent = tokio::time::timeout(Duration::from_secs(15), async {
+        while !seen.lock().iter().any(|v| v.as_ref() == b"v14") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        told_while_silent.is_ok(),
+        "the watch told {:?} in 15 s while the holder it followed was silent",
+        seen.lock()
+    );
+    net.heal();
+    for i in 15..20 {
+        until_done(&w, set(&key, &value(i))).await;
+    }
+    tokio::time::timeout(PATIENCE, reader)
+        .await
+        .expect("the watch tells the last change within the patience")
+        .unwrap();
+    // A write retried after an unknown outcome may have landed twice in a row.
+    let mut told = seen.lock().clone();
+    told.dedup();
+    let want: Vec<Bytes> = (0..20).map(|i| Bytes::from(value(i))).collect();
+    assert_eq!(told, want, "the changes the watch told");
+    for r in running.into_iter().rev() {
+        stop(r).await;
+    }
+}
