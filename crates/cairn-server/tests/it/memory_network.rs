@@ -327,6 +327,21 @@ pub(crate) fn holders(nodes: &[&Node]) -> std::collections::BTreeMap<u32, Vec<us
     held
 }
 
+/// Whether `nodes` hold `shards` shards, each on exactly `replicas` of them (as each node
+/// sees its own replicas), and each node's share within one of the others'.
+pub(crate) fn spread_evenly(nodes: &[&Node], shards: usize, replicas: usize) -> bool {
+    let held = holders(nodes);
+    let mut per_node = vec![0; nodes.len()];
+    for holders in held.values() {
+        for &i in holders {
+            per_node[i] += 1;
+        }
+    }
+    held.len() == shards
+        && held.values().all(|h| h.len() == replicas)
+        && per_node.iter().max().unwrap() - per_node.iter().min().unwrap() <= 1
+}
+
 /// With data on the voters only, each shard's replicas live on `replicas` nodes: the others
 /// hold none, and still serve every key (forwarded to the leader the map names); a node
 /// that joins takes its share, copied to it; a node drained away leaves its replicas
@@ -344,18 +359,7 @@ async fn with_data_on_the_voters_only_each_shard_lives_on_its_voters_and_every_n
     }
     // Settled: every shard on exactly two nodes, and each node's share within one of the
     // others'.
-    let settled = |nodes: &[&Node]| {
-        let held = holders(nodes);
-        let mut per_node = vec![0; nodes.len()];
-        for holders in held.values() {
-            for &i in holders {
-                per_node[i] += 1;
-            }
-        }
-        held.len() == SHARDS as usize
-            && held.values().all(|h| h.len() == 2)
-            && per_node.iter().max().unwrap() - per_node.iter().min().unwrap() <= 1
-    };
+    let settled = |nodes: &[&Node]| spread_evenly(nodes, SHARDS as usize, 2);
     let wait_settled = |nodes: Vec<Arc<Node>>| async move {
         tokio::time::timeout(PATIENCE * 2, async {
             loop {
@@ -719,8 +723,7 @@ async fn a_followed_feed_moves_on_when_its_holder_goes_silent_and_a_watch_misses
     let (watching, key, leader) = tokio::time::timeout(PATIENCE * 2, async {
         loop {
             let refs: Vec<&Node> = nodes.iter().map(|n| &**n).collect();
-            let held = holders(&refs);
-            let spread = held.len() == SHARDS as usize && held.values().all(|h| h.len() == 3);
+            let spread = spread_evenly(&refs, SHARDS as usize, 3);
             let pick = keys.iter().find_map(|key| {
                 let x = nodes
                     .iter()

@@ -36,8 +36,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::memory_network::{
-    Disk, PATIENCE, Running, get, held_locally, holders, set, start_on, stop, stop_powered_off,
-    until_done, until_removed, value_of,
+    Disk, PATIENCE, Running, get, held_locally, holders, set, spread_evenly, start_on, stop,
+    stop_powered_off, until_done, until_removed, value_of,
 };
 
 /// Twelve replicas: four per node on three nodes, three on four, so every join takes one
@@ -132,16 +132,7 @@ async fn client(node: Arc<Node>, id: u64, logs: Logs, done: Arc<AtomicBool>) {
 /// Settled: the nodes hold every shard on exactly [`REPLICAS`] of them, each node's share
 /// within one of the others', and every node's map lists exactly these nodes.
 fn settled(nodes: &[&Node]) -> bool {
-    let held = holders(nodes);
-    let mut per_node = vec![0; nodes.len()];
-    for holders in held.values() {
-        for &i in holders {
-            per_node[i] += 1;
-        }
-    }
-    held.len() == SHARDS as usize
-        && held.values().all(|h| h.len() == REPLICAS as usize)
-        && per_node.iter().max().unwrap() - per_node.iter().min().unwrap() <= 1
+    spread_evenly(nodes, SHARDS as usize, REPLICAS as usize)
         && nodes
             .iter()
             .all(|n| n.cluster_status().nodes.len() == nodes.len())
