@@ -130,13 +130,14 @@ pub struct ServerArgs {
     #[arg(long, env = "CAIRN_REPLICAS", value_name = "N")]
     pub replicas: Option<u32>,
     /// Answer RESP requests for keys led by another node with `MOVED slot host:port`, as Redis
-    /// Cluster does, instead of forwarding them
-    #[arg(long, env = "CAIRN_RESP_REDIRECT")]
+    /// Cluster does, instead of forwarding them (the variable takes 1/0, true/false, yes/no,
+    /// on/off)
+    #[arg(long, env = "CAIRN_RESP_REDIRECT", value_parser = clap::builder::BoolishValueParser::new())]
     pub resp_redirect: bool,
     /// Keep a replica of every shard on every node (learners beyond the voters), instead of
     /// on its voters only; set when the cluster is created. Every node then serves stale
     /// reads and watches from its own replicas, and its disk bounds the cluster's data
-    #[arg(long, env = "CAIRN_REPLICAS_EVERYWHERE")]
+    #[arg(long, env = "CAIRN_REPLICAS_EVERYWHERE", value_parser = clap::builder::BoolishValueParser::new())]
     pub replicas_everywhere: bool,
     /// Milliseconds without an answer to the metadata leader after which a node is marked
     /// down [default: 5000]
