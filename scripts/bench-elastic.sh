@@ -72,15 +72,19 @@ caught_up() {
         | (length > 0) and all(.[]; .applied_index >= ($want[.id|tostring] // 0))' \
         <<<"$mine" >/dev/null
 }
-# Balanced with node 4: every group has 3 voters and a leader, every shard no learner; node 4 votes in and
-# leads a shard; shard replicas and shard leaderships differ by at most one between nodes.
+# Balanced with node 4: every group has 3 voters and a leader, every shard no learner (unless
+# every shard is everywhere); node 4 votes in and leads a shard; shard replicas and shard
+# leaderships differ by at most one between nodes.
 balanced() {
     local status id
     status=$(cairn_status 1) || return 1
     id=$(jq -r .node_id <<<"$(cairn_status 4)")
-    jq -e --arg id "$id" '
+    # With every shard everywhere the fourth node's replicas stay learners: no learner count.
+    local everywhere=false
+    [[ ${CAIRN_REPLICAS_EVERYWHERE:-0} =~ ^(1|true|yes|on)$ ]] && everywhere=true
+    jq -e --arg id "$id" --argjson everywhere "$everywhere" '
         ([.shards[], .metadata] | all(.leader != null and ((.replicas - .learners) | length) == 3))
-        and (.shards | all((.learners | length) == 0))
+        and ($everywhere or (.shards | all((.learners | length) == 0)))
         and any(.shards[]; .leader == $id)
         and ([.shards[].leader] | group_by(.) | map(length) | (max - min) <= 1)
         and ([.nodes[].id] as $all | [.shards[].replicas[]] as $r
