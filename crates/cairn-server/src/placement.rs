@@ -358,8 +358,14 @@ mod tests {
 
     #[test]
     fn a_member_is_never_dropped() {
+        let mut with_learner = placement(9);
+        with_learner.learners.insert(3);
         for known in [(0, 0), (3, 5), (9, 30), (12, 40)] {
             assert!(!dropped_by(&placement(9), 2, known));
+            assert!(
+                !dropped_by(&with_learner, 3, known),
+                "a learner is a member"
+            );
         }
     }
 

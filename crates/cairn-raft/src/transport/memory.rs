@@ -444,21 +444,31 @@ mod tests {
         let mut listener = a.listen(at(1)).await.unwrap();
         let mut dialled = b.dial(&at(1).to_string()).await.unwrap();
         let (mut accepted, _) = listener.accept().await.unwrap();
+        // Bytes in the pipe when the node goes silent are not delivered either.
+        dialled.write_all(b"pre!").await.unwrap();
         net.silence(at(1));
         let quiet = std::time::Duration::from_millis(100);
         let mut buf = [0u8; 4];
-        assert!(
-            tokio::time::timeout(quiet, dialled.write_all(b"ping"))
-                .await
-                .is_err(),
-            "a write went through a silenced link"
-        );
         assert!(
             tokio::time::timeout(quiet, accepted.read_exact(&mut buf))
                 .await
                 .is_err(),
             "a read got bytes through a silenced link"
         );
+        assert!(
+            tokio::time::timeout(quiet, dialled.write_all(b"ping"))
+                .await
+                .is_err(),
+            "a write went through a silenced link"
+        );
+        // Links between other nodes carry on.
+        let (c, d) = (net.node(at(3)), net.node(at(4)));
+        let mut to_d_listener = d.listen(at(4)).await.unwrap();
+        let mut to_d = c.dial(&at(4).to_string()).await.unwrap();
+        let (mut at_d, _) = to_d_listener.accept().await.unwrap();
+        to_d.write_all(b"c->d").await.unwrap();
+        at_d.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"c->d");
         // A new connection is made, and is silent too.
         let mut late = b.dial(&at(1).to_string()).await.unwrap();
         let (mut late_accepted, _) = listener.accept().await.unwrap();
@@ -467,8 +477,21 @@ mod tests {
                 .await
                 .is_err()
         );
+        // A read parked on the silent link is woken by the heal (as tonic's connection task
+        // is: nothing polls it again otherwise).
+        let parked = tokio::spawn(async move {
+            let mut buf = [0u8; 4];
+            accepted.read_exact(&mut buf).await.map(|_| (buf, accepted))
+        });
+        tokio::time::sleep(quiet).await;
         net.heal();
         let patience = std::time::Duration::from_secs(10);
+        let (got, mut accepted) = tokio::time::timeout(patience, parked)
+            .await
+            .expect("the parked read is woken by the heal")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, b"pre!");
         tokio::time::timeout(patience, async {
             dialled.write_all(b"ping").await.unwrap();
             accepted.read_exact(&mut buf).await.unwrap();

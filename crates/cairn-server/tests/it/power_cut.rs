@@ -1039,6 +1039,8 @@ async fn the_log_is_checkpointed_back_under_its_size_the_metadata_groups_entries
     );
     let _ = stop.send(true);
     background.await.unwrap();
+    // (Nothing purged, the 300 KB would be about 20 segments.)
+    assert!(most <= 12, "the log reached {most} segments of 16 KiB");
     node.checkpoint().await.unwrap();
     let after = wal_segments(&disk);
     assert!(
@@ -1046,6 +1048,25 @@ async fn the_log_is_checkpointed_back_under_its_size_the_metadata_groups_entries
         "{after} log segments left after a checkpoint: {:#?}",
         disk.tree()
     );
+    // What the purged log held is in the snapshots: after a power cut the node opens with
+    // every write and its cluster map.
+    let cut = disk.power_cut(PowerCut::DropUnsynced);
+    let _ = node.shutdown().await;
+    let node = Node::open(node_options(&cut, SyncMode::Always))
+        .await
+        .unwrap();
+    for i in 0..300 {
+        let reply = node
+            .execute(Command::Get {
+                key: b(&format!("k{i}")),
+            })
+            .await;
+        assert!(
+            matches!(&reply, Ok(Reply::Entry(Some(e))) if e.value.len() == 1024),
+            "k{i} after the purge and a power cut: {reply:?}"
+        );
+    }
+    assert_eq!(node.cluster_status().nodes.len(), 1);
     let _ = node.shutdown().await;
 }
 
