@@ -403,6 +403,8 @@ async fn with_data_on_the_voters_only_each_shard_lives_on_its_voters_and_every_n
 
     // A fourth node takes its share: replicas created on it, with the data copied.
     let n4 = start_with(&net, dir.path(), 4, Some(1), 2, true).await;
+    dropped_replicas_are_read_past(&[n1.node.clone(), n2.node.clone(), n3.node.clone()], &keys)
+        .await;
     let all = vec![
         n1.node.clone(),
         n2.node.clone(),
@@ -484,6 +486,70 @@ async fn with_data_on_the_voters_only_each_shard_lives_on_its_voters_and_every_n
     for running in [n1, n2, n3, n4] {
         stop(running).await;
     }
+}
+
+/// While a replica moves, the node of the voter it replaces keeps that voter's replica for a
+/// few seconds after the group dropped it (`DROPPED_REPLICA_GRACE`); the group no longer
+/// sends it anything. A stale read through that node meanwhile goes by the map to the
+/// shard's leader, and sees a write made after the drop, rather than the frozen replica.
+async fn dropped_replicas_are_read_past(nodes: &[Arc<Node>], keys: &[String]) {
+    let (node, shard, key) = tokio::time::timeout(PATIENCE * 2, async {
+        loop {
+            for node in nodes {
+                let me = node.raft_id();
+                for shard in node.shards().list() {
+                    // Dropped as the map tells it (not a learner being added, which the
+                    // map does not list yet either).
+                    let known = shard.group.membership_log_id().unwrap_or((0, 0));
+                    let dropped = node.meta().shard(shard.id).is_some_and(|p| {
+                        cairn_server::placement::dropped_by(&p, me, known)
+                            && shard.group.is_in_own_membership()
+                    });
+                    let key = keys
+                        .iter()
+                        .find(|k| node.shards().shard_of_key(k.as_bytes()) == shard.id);
+                    if let (true, Some(key)) = (dropped, key) {
+                        return (node.clone(), shard.id, key.clone());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a replica the map shows dropped, seen before its node deletes it");
+    let other = nodes
+        .iter()
+        .find(|n| n.id() != node.id())
+        .expect("another node");
+    let before = value_of(until_done(other, get(&key)).await).expect("the key is there");
+    until_done(other, set(&key, "after-the-drop")).await;
+    // A stale read may lag a moment (a follower applies the write at its next message from
+    // the leader); the frozen replica never shows it.
+    let mut stale = None;
+    for _ in 0..30 {
+        stale = value_of(
+            node.execute_with(get(&key), true)
+                .await
+                .expect("a stale read"),
+        );
+        if stale.as_deref() == Some(&b"after-the-drop"[..]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        node.shards().get(shard).is_some(),
+        "node {} deleted its dropped replica of shard {shard} before the reads: the check is void",
+        node.id()
+    );
+    assert_eq!(
+        stale.as_deref(),
+        Some(&b"after-the-drop"[..]),
+        "stale reads of {key} for 1.5 s through node {}, whose replica of shard {shard} was dropped",
+        node.id()
+    );
+    until_done(other, set(&key, std::str::from_utf8(&before).unwrap())).await;
 }
 
 /// Through `node`: the map lists every shard (its replicas and leader, covering every slot
