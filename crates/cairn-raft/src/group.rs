@@ -617,6 +617,16 @@ impl Group {
         Ok(m.snapshot.map_or(0, |s| s.index))
     }
 
+    /// Index of the last log entry applied to this replica, as its engine's applied marker
+    /// records it (0 when none).
+    pub fn applied_index(&self) -> u64 {
+        self.sm
+            .applied()
+            .ok()
+            .and_then(|(id, _)| id)
+            .map_or(0, |id| id.index)
+    }
+
     /// Asks for the log to be purged up to `upto` (included) and returns without waiting:
     /// the purge happens once replication no longer reads those entries.
     pub async fn purge_soon(&self, upto: u64) -> Result<(), GroupError> {

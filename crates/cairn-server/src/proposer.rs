@@ -803,14 +803,7 @@ impl Proposer {
 /// Frees the slots a split of unknown fate left `leaving` once it is settled here: this node
 /// no longer leads the term it was proposed in, or its replica applied the split's index.
 async fn free_when_settled(group: Group, leader: LeaderTerm, index: u64, leaving: Arc<SlotRange>) {
-    let applied = |group: &Group| {
-        group
-            .sm
-            .applied()
-            .ok()
-            .and_then(|(id, _)| id)
-            .is_some_and(|id| id.index >= index)
-    };
+    let applied = |group: &Group| group.applied_index() >= index;
     while group.leading().as_ref() == Some(&leader) && !applied(&group) {
         if group.status().stopped.is_some() {
             break;

@@ -106,12 +106,7 @@ impl Shard {
 
     /// Index of the last log entry applied to the replica (0 when none).
     pub fn last_applied(&self) -> u64 {
-        self.group
-            .sm
-            .applied()
-            .ok()
-            .and_then(|(id, _)| id)
-            .map_or(0, |id| id.index)
+        self.group.applied_index()
     }
 
     /// Whether this node leads the shard's group.

@@ -103,22 +103,28 @@ impl Node {
         }
         let copying: std::collections::BTreeSet<u64> =
             self.peers.transfers().iter().map(|t| t.group).collect();
-        let mut waiting = self.checkpoint_waiting.lock().clone();
-        waiting.retain(|id, _| self.shards.get(*id).is_some());
+        let waited = self.checkpoint_waiting.lock().clone();
+        // The shards that wait this time, since when.
+        let mut waiting = std::collections::HashMap::new();
         let shards = self.shards.list();
         let mut groups = Vec::new();
         for shard in &shards {
             let applied = shard.last_applied();
-            if applied == 0
-                || (how.waits_for_copies()
-                    && checkpoint_waits(shard, applied, &copying, &mut waiting))
-            {
+            if applied == 0 {
                 continue;
             }
-            waiting.remove(&shard.id);
+            if how.waits_for_copies() {
+                let since = waited.get(&shard.id).copied();
+                if let Some(since) = checkpoint_waits(shard, applied, &copying, since) {
+                    waiting.insert(shard.id, since);
+                    continue;
+                }
+            }
             groups.push((format!("shard {}", shard.id), &shard.group, applied, how));
         }
-        *self.checkpoint_waiting.lock() = waiting;
+        if how.waits_for_copies() {
+            *self.checkpoint_waiting.lock() = waiting;
+        }
         // The metadata group shares the log too: its entries (node records, the shards'
         // placement reports) are few but land in every segment. Never checkpointed, or
         // checkpointed keeping 1000 entries behind (all it has), they kept every segment of
@@ -126,12 +132,7 @@ impl Node {
         // shard was checkpointed every second. Its whole log goes at every checkpoint (a
         // member behind gets its snapshot, a few KB).
         let meta = &self.meta.group;
-        let applied = meta
-            .sm
-            .applied()
-            .ok()
-            .and_then(|(id, _)| id)
-            .map_or(0, |id| id.index);
+        let applied = meta.applied_index();
         if applied > 0 {
             let meta_how = match how {
                 Checkpoint::Now => Checkpoint::Now,
@@ -252,8 +253,9 @@ impl Node {
 /// the log forever.
 pub const CHECKPOINT_WAIT_MAX: Duration = Duration::from_secs(300);
 
-/// Whether the scheduled checkpoint of `shard`, which would cover `applied`, waits (`waiting`:
-/// since when each shard has, for at most [`CHECKPOINT_WAIT_MAX`]): this node leads the shard
+/// Since when the scheduled checkpoint of `shard`, which would cover `applied`, waits (`None`:
+/// it goes ahead; `since`: since when it waited until now), for at most
+/// [`CHECKPOINT_WAIT_MAX`]. It waits while this node leads the shard
 /// and is sending it to a new member (its group is in `copying`), or one of its learners has
 /// not yet reached within [`cairn_raft::config::LOG_KEPT_BEHIND_SNAPSHOT`] entries of
 /// `applied`. Checkpointing then would purge the log the member needs after its snapshot, and
@@ -264,8 +266,8 @@ fn checkpoint_waits(
     shard: &crate::shard::Shard,
     applied: u64,
     copying: &std::collections::BTreeSet<u64>,
-    waiting: &mut std::collections::HashMap<u32, std::time::Instant>,
-) -> bool {
+    since: Option<std::time::Instant>,
+) -> Option<std::time::Instant> {
     let sending = copying.contains(&crate::shard::group_of_shard(shard.id));
     let learner_behind = shard.group.leading().is_some() && {
         let replicated = shard.group.replicated().unwrap_or_default();
@@ -277,12 +279,10 @@ fn checkpoint_waits(
         })
     };
     if !sending && !learner_behind {
-        return false;
+        return None;
     }
-    let since = *waiting
-        .entry(shard.id)
-        .or_insert_with(std::time::Instant::now);
-    since.elapsed() < CHECKPOINT_WAIT_MAX
+    let since = since.unwrap_or_else(std::time::Instant::now);
+    (since.elapsed() < CHECKPOINT_WAIT_MAX).then_some(since)
 }
 
 /// What a checkpoint is for, which sets what it purges.

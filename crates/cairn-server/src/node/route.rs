@@ -249,9 +249,7 @@ impl Node {
     /// membership, loses its leader, and campaigns in vain until this node deletes it. A
     /// request that met it would wait for a leader it will never know; the map knows one.
     fn in_group(&self, shard: &Shard) -> bool {
-        let status = shard.group.status();
-        let member = status.voters.contains(&status.node) || status.learners.contains(&status.node);
-        member
+        shard.group.is_in_own_membership()
             && !shard.feed.is_retired()
             && !self
                 .placements
@@ -260,7 +258,7 @@ impl Node {
                 .is_some_and(|placement| {
                     crate::placement::dropped_by(
                         placement,
-                        status.node,
+                        self.raft_id(),
                         shard.group.membership_log_id().unwrap_or((0, 0)),
                     )
                 })
