@@ -888,6 +888,28 @@ impl Group {
             .map(|l| (l.leader_id.term, l.index))
     }
 
+    /// The voters a change of the group's voters left half made is heading to: `Some` when
+    /// the group's committed membership, with no newer one pending, is joint. openraft makes
+    /// a change in two entries (the joint configuration, then the new one alone), and the
+    /// second is proposed by the call that asked for the change: a leader that lost its
+    /// term in between, or a caller that stopped waiting, leaves the group joint for good.
+    /// Its voters then count for both configurations, its leader reports no placement
+    /// ([`Group::committed_membership`]) and no split is taken, until a leader finishes the
+    /// change ([`Group::set_voters`] with these voters).
+    pub fn unfinished_change(&self) -> Option<BTreeSet<u64>> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let committed = &m.committed_membership_config;
+        if m.membership_config.log_id() != committed.log_id() {
+            return None;
+        }
+        let configs = committed.membership().get_joint_config();
+        if configs.len() < 2 {
+            return None;
+        }
+        configs.last().cloned()
+    }
+
     /// Whether the group's membership is a joint one (a change of its voters half made).
     pub fn membership_joint(&self) -> bool {
         let m = self.raft.metrics();

@@ -257,6 +257,27 @@ async fn reconcile_group(
     if !group.membership_settled() {
         return;
     }
+    // A change of the voters its leader did not finish (it lost its term, or stopped
+    // waiting, between the joint configuration and the new one) is finished first: until
+    // then the group reports no placement, so the balancer would plan against a stale one.
+    // Voters the change drops stay learners when every node holds the group.
+    if let Some(voters) = group.unfinished_change() {
+        let change = GroupChange::SetVoters {
+            voters: voters.clone(),
+            retain: everywhere,
+        };
+        match submit(proposals, change).await {
+            Ok(()) => tracing::info!(
+                group = name,
+                ?voters,
+                "unfinished change of voters finished"
+            ),
+            Err(e) => {
+                tracing::debug!(group = name, error = %e, "cannot finish a change of voters")
+            }
+        }
+        return;
+    }
     let status = group.status();
     let members: BTreeSet<u64> = status.voters.union(&status.learners).copied().collect();
     // A node that lost its data directory and joined again under a new id may answer at the

@@ -327,6 +327,33 @@ pub(crate) fn holders(nodes: &[&Node]) -> std::collections::BTreeMap<u32, Vec<us
     held
 }
 
+/// Each node's replicas as their groups see themselves (role, term, leader, voters,
+/// learners, log positions): what a test that gives up on a cluster settling prints.
+pub(crate) fn group_views(nodes: &[&Node]) -> String {
+    let mut out = String::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for shard in node.shards().list() {
+            let s = shard.group.status();
+            out.push_str(&format!(
+                "\n  node index {i} (raft id {}) shard {}: {:?} term {} leader {:?} voters \
+                 {:?} learners {:?} last {:?} committed {:?} applied {:?} stopped {:?}",
+                s.node,
+                shard.id,
+                s.role,
+                s.term,
+                s.leader,
+                s.voters,
+                s.learners,
+                s.last_log_index,
+                s.committed,
+                s.applied,
+                s.stopped
+            ));
+        }
+    }
+    out
+}
+
 /// Whether `nodes` hold `shards` shards, each on exactly `replicas` of them (as each node
 /// sees its own replicas), and each node's share within one of the others'.
 pub(crate) fn spread_evenly(nodes: &[&Node], shards: usize, replicas: usize) -> bool {
@@ -905,5 +932,102 @@ async fn a_followed_feed_moves_on_when_its_holder_goes_silent_and_a_watch_misses
     assert_eq!(told, want, "the changes the watch told");
     for r in running.into_iter().rev() {
         stop(r).await;
+    }
+}
+
+/// A change of a shard's voters that its leader left half made is finished by the group's
+/// leader. openraft makes such a change in two entries, the joint configuration and then
+/// the new one alone, and proposes the second from the call that asked for the change: a
+/// leader that loses its term in between (the power cut test found one), or a caller that
+/// stops waiting, leaves the group joint. Until it is finished the group reports no
+/// placement, so the balancer plans against a stale one and a drain never ends. Made here by
+/// dropping the call as soon as the joint configuration is in the leader's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_voters_left_half_made_is_finished_by_the_leader() {
+    use std::future::Future;
+    use std::task::Poll;
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let n1 = start(&net, dir.path(), 1, None).await;
+    let n2 = start(&net, dir.path(), 2, Some(1)).await;
+    let n3 = start(&net, dir.path(), 3, Some(1)).await;
+    replicated(&n1.node).await;
+    let nodes = [&n1.node, &n2.node, &n3.node];
+    let shard = nodes
+        .iter()
+        .flat_map(|n| n.shards().list())
+        .find(|s| s.id == 0 && s.group.leading().is_some())
+        .expect("a leader of shard 0");
+    let status = shard.group.status();
+    let dropped = *status
+        .voters
+        .iter()
+        .find(|&&v| v != status.node)
+        .expect("a voter other than the leader");
+    let kept: std::collections::BTreeSet<u64> = status
+        .voters
+        .iter()
+        .copied()
+        .filter(|&v| v != dropped)
+        .collect();
+
+    // The change is polled until its joint configuration is in the leader's log, then
+    // dropped: its second entry is never proposed.
+    let raft = shard.group.raft.clone();
+    let before = shard.group.membership_log_id();
+    let mut change = Box::pin(raft.change_membership(kept.clone(), true));
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(change.as_mut().poll(cx))).await;
+            if let Poll::Ready(result) = polled {
+                panic!("the change ended before its joint configuration was seen: {result:?}");
+            }
+            if shard.group.membership_log_id() != before {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the joint configuration is appended within the patience");
+    drop(change);
+    assert!(
+        shard.group.membership_joint(),
+        "the leader's newest membership is the joint one"
+    );
+
+    // The leader finishes it: the group leaves the joint configuration, reports a
+    // placement again, and the balancer gives it its third voter back.
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let settled = nodes.iter().flat_map(|n| n.shards().list()).all(|s| {
+                s.id != 0 || (!s.group.membership_joint() && s.group.status().voters.len() == 3)
+            });
+            if settled {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "shard 0 stayed joint or short of voters:{}",
+            group_views(&[&*n1.node, &*n2.node, &*n3.node])
+        )
+    });
+    replicated(&n1.node).await;
+    for (i, node) in nodes.iter().enumerate() {
+        let key = format!("after-{i}");
+        until_done(node, set(&key, "v")).await;
+        for reader in nodes {
+            assert_eq!(
+                value_of(until_done(reader, get(&key)).await).as_deref(),
+                Some(&b"v"[..])
+            );
+        }
+    }
+    for running in [n3, n2, n1] {
+        stop(running).await;
     }
 }
