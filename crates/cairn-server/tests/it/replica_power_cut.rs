@@ -36,8 +36,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::memory_network::{
-    Disk, PATIENCE, Running, get, held_locally, holders, set, spread_evenly, start_on, stop,
-    stop_powered_off, until_done, until_removed, value_of,
+    Disk, PATIENCE, Running, get, group_views, held_locally, holders, set, spread_evenly, start_on,
+    stop, stop_powered_off, until_done, until_removed, value_of,
 };
 
 /// Twelve replicas: four per node on three nodes, three on four, so every join takes one
@@ -237,6 +237,7 @@ async fn a_node_that_loses_power_while_its_replicas_come_and_go_loses_nothing_an
 }
 
 async fn run_seed(seed: u64) {
+    crate::init_log();
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let net = MemoryNetwork::new();
@@ -302,12 +303,16 @@ async fn run_seed(seed: u64) {
             if settled(&nodes) && event.as_ref().is_none_or(|e| e.is_finished()) {
                 break;
             }
+            if std::time::Instant::now() >= deadline {
+                crate::dump_log();
+            }
             assert!(
                 std::time::Instant::now() < deadline,
                 "{context}: the cluster never settled (cut at {kind}, powered: {}): holders \
-                 {:?}\nmap {:?}",
+                 {:?}\ngroups:{}\nmap {:?}",
                 disk.is_powered(),
                 holders(&nodes),
+                group_views(&nodes),
                 n1.node.cluster_status()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
