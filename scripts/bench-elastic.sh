@@ -92,6 +92,42 @@ balanced() {
         and (.nodes | length) == 4' <<<"$status" >/dev/null
 }
 
+# fsyncs_mark NAME: saves nodes 1-3's WAL fsync histograms; fsyncs_row FROM TO prints, per
+# node, how many fsyncs its WAL made between two marks and their p50 and p99 (the upper
+# bound of the histogram bucket each falls in).
+fsyncs_mark() {
+    local i
+    for i in 1 2 3; do
+        curl -sf --max-time 2 "http://127.0.0.1:$(cairn_http "$i")/metrics" |
+            grep '^cairn_wal_fsync_seconds_bucket' >"$TMP/fsyncs-$1-$i.txt" || true
+    done
+}
+fsyncs_row() {
+    local i
+    for i in 1 2 3; do
+        "$PYTHON" - "$TMP/fsyncs-$1-$i.txt" "$TMP/fsyncs-$2-$i.txt" "$i" <<'PY'
+import re, sys
+def read(path):
+    out = {}
+    for line in open(path):
+        m = re.search(r'le="([^"]+)"\}\s+(\S+)', line)
+        if m:
+            out[float(m.group(1))] = float(m.group(2))
+    return out
+a, b = read(sys.argv[1]), read(sys.argv[2])
+les = sorted(b)
+delta = [(le, b[le] - a.get(le, 0)) for le in les]
+total = delta[-1][1] if delta else 0
+def q(p):
+    for le, n in delta:
+        if total and n >= p * total:
+            return "%g ms" % (le * 1000)
+    return "-"
+print(f"node {sys.argv[3]}: {int(total)} fsyncs, p50 <= {q(0.5)}, p99 <= {q(0.99)}")
+PY
+    done
+}
+
 log "starting three nodes"
 start_cairn_cluster
 
@@ -111,12 +147,15 @@ if [[ ${SNAPSHOT:-0} == 1 ]]; then
 fi
 
 log "idle latency for ${PHASE}s"
+fsyncs_mark idle-begin
 probe_start idle
 sleep "$PHASE"
 probe_stop idle
+fsyncs_mark idle-end
 
 log "node 4 joins"
 WANT=$(cairn_status 1 | jq -c '[.shards[] | {key: (.id|tostring), value: .commit_index}] | from_entries')
+fsyncs_mark join-begin
 probe_start join
 begin=$(date +%s.%N)
 start_cairn_node 4
@@ -128,6 +167,7 @@ catchup_s=$(echo "$(date +%s.%N) - $begin" | bc)
 wait_for "the balancer to give node 4 its share" 300 balanced
 join_s=$(echo "$(date +%s.%N) - $begin" | bc)
 probe_stop join
+fsyncs_mark join-end
 log "node 4 caught up in ${catchup_s}s, balanced in ${join_s}s"
 
 held_mb=$(( $(du -sb "$TMP/cairn-4/shards" | cut -f1) / 1024 / 1024 ))
@@ -162,6 +202,11 @@ probe_row join "$(printf %.1f "$join_s")"
 probe_row leave "$(printf %.1f "$leave_s")"
 probe_errors idle join leave
 probe_slowest idle join leave
+probe_by_command idle join leave
+echo "WAL fsyncs while idle:"
+fsyncs_row idle-begin idle-end
+echo "WAL fsyncs during the join:"
+fsyncs_row join-begin join-end
 echo
 echo "Snapshot transfers (every move's copy, from the senders' logs):"
 echo "| shard | to node | MB sent | of MB | seconds | MB/s |"

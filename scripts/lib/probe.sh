@@ -4,7 +4,8 @@
 # and GETs random keys of 256 bytes through node 1, one request at a time, between
 # probe_start NAME and probe_stop NAME; probe_row NAME SECONDS prints its Markdown row (a
 # "request" is half a SET+GET pair's time), probe_slowest NAME when the slowest pair began (UTC,
-# to match the nodes' logs), its key and its SET and GET times.
+# to match the nodes' logs), its key and its SET and GET times, probe_by_command NAME the
+# p50 and p99 of SETs and GETs apart.
 #
 # The sourcing script defines PYTHON (with redis-py), TMP, and PROBE_KEYS (how many distinct
 # keys the probe writes) before calling probe_write; its cleanup kills "$PROBE_PID" if set.
@@ -18,7 +19,7 @@ import json, os, random, sys, time
 import redis
 port, stop_file, keys = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 r = redis.Redis(port=port, socket_timeout=60)
-lat, errors, value, slowest = [], [], b"v" * 256, None
+lat, sets, gets, errors, value, slowest = [], [], [], [], b"v" * 256, None
 while not os.path.exists(stop_file):
     key = f"probe:{random.randrange(keys)}"
     began, t = time.time(), time.perf_counter()
@@ -32,13 +33,17 @@ while not os.path.exists(stop_file):
         continue
     done = time.perf_counter()
     lat.append((done - t) * 1000 / 2)
+    sets.append((t_get - t) * 1000)
+    gets.append((done - t_get) * 1000)
     if slowest is None or done - t > slowest["pair_ms"] / 1000:
         slowest = {"at": time.strftime("%H:%M:%S", time.gmtime(began)) + f".{int(began % 1 * 1000):03d}Z",
                    "key": key, "pair_ms": (done - t) * 1000,
                    "set_ms": (t_get - t) * 1000, "get_ms": (done - t_get) * 1000}
-lat.sort()
-pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+lat.sort(); sets.sort(); gets.sort()
+pick = lambda q, l=lat: l[min(len(l) - 1, int(q * len(l)))] if l else float("nan")
 print(json.dumps({"p50": pick(0.5), "p99": pick(0.99), "max": lat[-1] if lat else None,
+                  "set_p50": pick(0.5, sets), "set_p99": pick(0.99, sets),
+                  "get_p50": pick(0.5, gets), "get_p99": pick(0.99, gets),
                   "requests": 2 * len(lat), "errors": sorted(set(errors)), "slowest": slowest}))
 EOF
 }
@@ -63,6 +68,15 @@ probe_errors() {
     local phase
     for phase in "$@"; do
         jq -r --arg p "$phase" '.errors[] | "\($p): \(.)"' "$TMP/probe-$phase.json"
+    done
+}
+# probe_by_command NAME...: each probe's p50 and p99 of its SETs and of its GETs apart.
+probe_by_command() {
+    local phase
+    for phase in "$@"; do
+        jq -r --arg p "$phase" \
+            '"\($p): SET p50 \(.set_p50*100|round/100) p99 \(.set_p99*100|round/100) ms, GET p50 \(.get_p50*100|round/100) p99 \(.get_p99*100|round/100) ms"' \
+            "$TMP/probe-$phase.json"
     done
 }
 # probe_slowest NAME...: the slowest SET+GET pair of each probe.
