@@ -157,9 +157,14 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = ShardSnapshot;
 
-    /// A checkpoint: durable when it returns, so openraft may purge the log up to it.
+    /// A checkpoint: durable when it returns, so openraft may purge the log up to it. It
+    /// fsyncs the engine's active segment, so it runs on a blocking thread rather than hold
+    /// one of the node's runtime threads for that long.
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        self.checkpoint()
+        let sm = self.clone();
+        tokio::task::spawn_blocking(move || sm.checkpoint())
+            .await
+            .map_err(|e| io::Error::other(format!("the checkpoint's thread failed: {e}")))?
     }
 }
 

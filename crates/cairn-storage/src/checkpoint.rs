@@ -290,6 +290,9 @@ impl Receiver {
             seg.feed(&info.name, data, self.limits)?;
         }
         file.write_all_at(data, offset)?;
+        // Written back as it comes, so that the fsync at the file's end does not flush the
+        // whole file at once (holding up the disk's other fsyncs, the WAL's among them).
+        let _ = file.start_writeback(offset, data.len() as u64);
         *written += data.len() as u64;
         Ok(())
     }

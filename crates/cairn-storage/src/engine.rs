@@ -788,6 +788,19 @@ impl Engine {
     /// and hint file open. Writes and merges go on while it is held.
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         let inner = &*self.inner;
+        // The active segment is sealed under the writer lock, with an fdatasync: every write
+        // to the engine waits for it. Most of what that fdatasync would flush (an engine
+        // applies without syncing, so up to a segment's worth) is flushed here first,
+        // outside the lock, so that the one under it covers only what was appended
+        // meanwhile. (Measured: checkpoints of 50-150 ms each held a shard's writes and one
+        // of the node's runtime threads, every 30 s.)
+        let (active, _) = inner.current();
+        if let Err(e) = active.sync_data() {
+            inner.group.poison(format!(
+                "fdatasync of the active segment before a checkpoint failed: {e}"
+            ));
+            inner.group.check()?;
+        }
         let (segments, marker, last_sequence) = {
             let mut w = inner.writer.lock();
             if w.closed {
@@ -1265,6 +1278,46 @@ impl Inner {
     }
 }
 
+/// Write-behind of the active segment: an engine appends without syncing (the Raft log is
+/// what is durable), so the kernel would keep up to about 30 s of its writes dirty, and the
+/// fdatasync that seals the segment (at a checkpoint, or when it is full) would flush them
+/// all at once, holding up every other fsync of the disk (the WAL's, so every write of
+/// every shard) for tens of milliseconds. Every background tick starts the writeback of
+/// what was appended since, once it is at least [`WRITE_BEHIND_BYTES`].
+#[derive(Default)]
+struct WriteBehind {
+    segment: u32,
+    from: u64,
+}
+
+/// How much an engine appends before the background starts writing it back.
+const WRITE_BEHIND_BYTES: u64 = 1 << 20;
+
+impl WriteBehind {
+    fn tick(&mut self, inner: &Inner) {
+        let (segment, len) = {
+            let w = inner.writer.lock();
+            if w.closed {
+                return;
+            }
+            (w.segment.clone(), w.len)
+        };
+        if segment.id != self.segment {
+            *self = WriteBehind {
+                segment: segment.id,
+                from: 0,
+            };
+        }
+        if len < self.from + WRITE_BEHIND_BYTES {
+            return;
+        }
+        if let Err(e) = segment.file.start_writeback(self.from, len - self.from) {
+            tracing::debug!(error = %e, "starting the writeback of the active segment failed");
+        }
+        self.from = len;
+    }
+}
+
 fn background_loop(inner: Arc<Inner>) {
     let tick = match inner.options.sync {
         SyncPolicy::EveryMs(n) => Duration::from_millis(n).min(BACKGROUND_TICK),
@@ -1273,6 +1326,7 @@ fn background_loop(inner: Arc<Inner>) {
     let mut last_sync = Instant::now();
     let mut last_merge = Instant::now();
     let mut last_expiry_merge = Instant::now();
+    let mut behind = WriteBehind::default();
     loop {
         {
             let mut stop = inner.background.stop.lock();
@@ -1291,6 +1345,7 @@ fn background_loop(inner: Arc<Inner>) {
                 }
             }
         }
+        behind.tick(&inner);
         if let Err(e) = merge::write_pending_hints(&inner) {
             tracing::warn!(error = %e, "writing hint files failed");
         }

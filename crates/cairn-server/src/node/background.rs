@@ -20,7 +20,14 @@ impl Node {
     /// the transaction resolver, the touch check and the balancer.
     pub async fn run_background(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         let mut expire = tokio::time::interval(EXPIRE_TICK);
-        let mut checkpoint = tokio::time::interval(CHECKPOINT_INTERVAL);
+        // Each node's scheduled checkpoints start at a random point of the interval: nodes
+        // started together would otherwise checkpoint every shard at the same moment, each
+        // checkpoint holding its shard's writes while it seals a segment.
+        let phase = rand::random_range(0..CHECKPOINT_INTERVAL.as_millis() as u64);
+        let mut checkpoint = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_millis(phase),
+            CHECKPOINT_INTERVAL,
+        );
         let mut sync = tokio::time::interval(EVERYSEC_INTERVAL);
         let mut place = tokio::time::interval(crate::placement::RECONCILE_INTERVAL);
         for timer in [&mut expire, &mut checkpoint, &mut sync, &mut place] {
