@@ -5,8 +5,10 @@
 # What it measures, in one run on this machine:
 #   1. Preload: DATA_MB of 4 KiB values through node 1 (redis-benchmark, 32 clients, pipeline 8).
 #   2. Foreground latency: one redis-py client SETs and GETs random keys of 256 bytes through
-#      node 1 for PHASE seconds with the cluster idle, and again while each change runs:
-#      p50, p99 and the slowest request, and every error it saw.
+#      node 1 for PHASE seconds with the cluster idle, again while each change runs, and for
+#      PHASE seconds between them with the four nodes settled (what the fourth node costs
+#      the two cores, apart from what the moves cost): p50, p99 and the slowest request,
+#      SETs and GETs apart, every error it saw, and each node's WAL fsync times.
 #   3. Join: node 4 starts with --join; reported: the time until it holds its share (the
 #      balancer has given it its share of replicas and leaderships, and every replica it was
 #      given holds what its shard's leader had applied when the join began), the MB it then
@@ -60,37 +62,41 @@ on_exit cleanup
 PROBE_KEYS=100000
 probe_write
 
-# Node 4 holds its share: the balance is reached, and every shard it holds a replica of has
-# applied (as its own /v1/cluster shows) the commit index node 1 saw when the join began.
-caught_up() {
-    local mine id
-    balanced || return 1
-    mine=$(cairn_status 4) || return 1
-    id=$(jq -r .node_id <<<"$mine")
-    jq -e --argjson want "$WANT" --arg id "$id" '
-        [.shards[] | select(.replicas | index($id))]
-        | (length > 0) and all(.[]; .applied_index >= ($want[.id|tostring] // 0))' \
-        <<<"$mine" >/dev/null
-}
+# The join's progress, from one fetch of node 4's /v1/cluster and one jq each check, every
+# half second: the checks run while the probe measures, so they are kept cheap (polling
+# node 1 and node 4 with five jq runs every 0.2 s took about a fifth of a core, which the
+# idle phase did not pay).
+#
 # Balanced with node 4: every group has 3 voters and a leader, every shard no learner (unless
-# every shard is everywhere); node 4 votes in and leads a shard; shard replicas and shard
-# leaderships differ by at most one between nodes.
-balanced() {
-    local status id
-    status=$(cairn_status 1) || return 1
-    id=$(jq -r .node_id <<<"$(cairn_status 4)")
-    # With every shard everywhere the fourth node's replicas stay learners: no learner count.
-    local everywhere=false
-    [[ ${CAIRN_REPLICAS_EVERYWHERE:-0} =~ ^(1|true|yes|on)$ ]] && everywhere=true
-    jq -e --arg id "$id" --argjson everywhere "$everywhere" '
-        ([.shards[], .metadata] | all(.leader != null and ((.replicas - .learners) | length) == 3))
+# every shard is everywhere: the fourth node's replicas stay learners); node 4 votes in and
+# leads a shard; shard replicas and shard leaderships differ by at most one between nodes.
+# Caught up: balanced, and every shard node 4 holds a replica of has applied (as its own
+# status shows) the commit index node 1 saw when the join began.
+EVERYWHERE=false
+[[ ${CAIRN_REPLICAS_EVERYWHERE:-0} =~ ^(1|true|yes|on)$ ]] && EVERYWHERE=true
+JOIN_JQ='
+    def balanced:
+        .node_id as $id
+        | ([.shards[], .metadata] | all(.leader != null and ((.replicas - .learners) | length) == 3))
         and ($everywhere or (.shards | all((.learners | length) == 0)))
         and any(.shards[]; .leader == $id)
         and ([.shards[].leader] | group_by(.) | map(length) | (max - min) <= 1)
         and ([.nodes[].id] as $all | [.shards[].replicas[]] as $r
             | [$all[] as $n | [$r[] | select(. == $n)] | length] | (max - min) <= 1)
-        and (.nodes | length) == 4' <<<"$status" >/dev/null
+        and (.nodes | length) == 4;
+    def caught_up:
+        .node_id as $id
+        | [.shards[] | select(.replicas | index($id))]
+        | (length > 0) and all(.[]; .applied_index >= ($want[.id|tostring] // 0));
+'
+join_check() {
+    local status
+    status=$(cairn_status 4) || return 1
+    jq -e --argjson want "$WANT" --argjson everywhere "$EVERYWHERE" "$JOIN_JQ $1" \
+        <<<"$status" >/dev/null
 }
+caught_up() { join_check 'balanced and caught_up'; }
+balanced() { join_check 'balanced'; }
 
 # fsyncs_mark NAME: saves nodes 1-3's WAL fsync histograms; fsyncs_row FROM TO prints, per
 # node, how many fsyncs its WAL made between two marks and their p50 and p99 (the upper
@@ -162,9 +168,9 @@ start_cairn_node 4
 sleep 1
 "$CAIRN" cluster status --endpoint "http://127.0.0.1:$(cairn_grpc 1)" |
     sed -n '/^MOVES/,$p' >"$TMP/moves.txt" || true
-wait_for "node 4 to catch up" 600 caught_up
+WAIT_EVERY=0.5 wait_for "node 4 to catch up" 600 caught_up
 catchup_s=$(echo "$(date +%s.%N) - $begin" | bc)
-wait_for "the balancer to give node 4 its share" 300 balanced
+WAIT_EVERY=0.5 wait_for "the balancer to give node 4 its share" 300 balanced
 join_s=$(echo "$(date +%s.%N) - $begin" | bc)
 probe_stop join
 fsyncs_mark join-end
@@ -173,6 +179,13 @@ log "node 4 caught up in ${catchup_s}s, balanced in ${join_s}s"
 held_mb=$(( $(du -sb "$TMP/cairn-4/shards" | cut -f1) / 1024 / 1024 ))
 held_shards=$(cairn_status 4 | jq --arg id "$(cairn_status 4 | jq -r .node_id)" \
     '[.shards[] | select(.replicas | index($id))] | length')
+
+log "four nodes settled: latency for ${PHASE}s"
+fsyncs_mark settled-begin
+probe_start settled
+sleep "$PHASE"
+probe_stop settled
+fsyncs_mark settled-end
 
 log "node 2 leaves"
 id2=$(cairn_status 2 | jq -r .node_id)
@@ -199,14 +212,19 @@ echo "| phase | seconds | p50 ms | p99 ms | max ms | requests | distinct errors 
 echo "|---|---|---|---|---|---|---|"
 probe_row idle "$PHASE"
 probe_row join "$(printf %.1f "$join_s")"
+probe_row settled "$PHASE"
 probe_row leave "$(printf %.1f "$leave_s")"
-probe_errors idle join leave
-probe_slowest idle join leave
-probe_by_command idle join leave
+probe_errors idle join settled leave
+probe_slowest idle join settled leave
+probe_by_command idle join settled leave
+echo "The join's slow pairs:"
+probe_slow join
 echo "WAL fsyncs while idle:"
 fsyncs_row idle-begin idle-end
 echo "WAL fsyncs during the join:"
 fsyncs_row join-begin join-end
+echo "WAL fsyncs with four nodes settled:"
+fsyncs_row settled-begin settled-end
 echo
 echo "Snapshot transfers (every move's copy, from the senders' logs):"
 echo "| shard | to node | MB sent | of MB | seconds | MB/s |"

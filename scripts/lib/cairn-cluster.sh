@@ -49,14 +49,15 @@ on_exit() {
     trap 'exit 143' TERM
 }
 
-# wait_for WHAT SECONDS COMMAND...: runs COMMAND every 0.2 s until it succeeds.
+# wait_for WHAT SECONDS COMMAND...: runs COMMAND every WAIT_EVERY seconds (0.2 by default)
+# until it succeeds.
 wait_for() {
     local what=$1 seconds=$2
     shift 2
     local deadline=$((SECONDS + seconds))
     until "$@" >/dev/null 2>&1; do
         ((SECONDS < deadline)) || die "timed out after ${seconds}s waiting for $what"
-        sleep 0.2
+        sleep "${WAIT_EVERY:-0.2}"
     done
 }
 

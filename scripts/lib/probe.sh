@@ -5,7 +5,7 @@
 # probe_start NAME and probe_stop NAME; probe_row NAME SECONDS prints its Markdown row (a
 # "request" is half a SET+GET pair's time), probe_slowest NAME when the slowest pair began (UTC,
 # to match the nodes' logs), its key and its SET and GET times, probe_by_command NAME the
-# p50 and p99 of SETs and GETs apart.
+# p50 and p99 of SETs and GETs apart, probe_slow NAME every pair over 5 ms.
 #
 # The sourcing script defines PYTHON (with redis-py), TMP, and PROBE_KEYS (how many distinct
 # keys the probe writes) before calling probe_write; its cleanup kills "$PROBE_PID" if set.
@@ -19,7 +19,7 @@ import json, os, random, sys, time
 import redis
 port, stop_file, keys = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 r = redis.Redis(port=port, socket_timeout=60)
-lat, sets, gets, errors, value, slowest = [], [], [], [], b"v" * 256, None
+lat, sets, gets, errors, value, slowest, slow = [], [], [], [], b"v" * 256, None, []
 while not os.path.exists(stop_file):
     key = f"probe:{random.randrange(keys)}"
     began, t = time.time(), time.perf_counter()
@@ -35,6 +35,9 @@ while not os.path.exists(stop_file):
     lat.append((done - t) * 1000 / 2)
     sets.append((t_get - t) * 1000)
     gets.append((done - t_get) * 1000)
+    if done - t > 0.005:
+        slow.append({"at": time.strftime("%H:%M:%S", time.gmtime(began)) + f".{int(began % 1 * 1000):03d}Z",
+                     "set_ms": round((t_get - t) * 1000, 1), "get_ms": round((done - t_get) * 1000, 1)})
     if slowest is None or done - t > slowest["pair_ms"] / 1000:
         slowest = {"at": time.strftime("%H:%M:%S", time.gmtime(began)) + f".{int(began % 1 * 1000):03d}Z",
                    "key": key, "pair_ms": (done - t) * 1000,
@@ -44,7 +47,8 @@ pick = lambda q, l=lat: l[min(len(l) - 1, int(q * len(l)))] if l else float("nan
 print(json.dumps({"p50": pick(0.5), "p99": pick(0.99), "max": lat[-1] if lat else None,
                   "set_p50": pick(0.5, sets), "set_p99": pick(0.99, sets),
                   "get_p50": pick(0.5, gets), "get_p99": pick(0.99, gets),
-                  "requests": 2 * len(lat), "errors": sorted(set(errors)), "slowest": slowest}))
+                  "requests": 2 * len(lat), "errors": sorted(set(errors)), "slowest": slowest,
+                  "slow": slow}))
 EOF
 }
 
@@ -78,6 +82,12 @@ probe_by_command() {
             '"\($p): SET p50 \(.set_p50*100|round/100) p99 \(.set_p99*100|round/100) ms, GET p50 \(.get_p50*100|round/100) p99 \(.get_p99*100|round/100) ms"' \
             "$TMP/probe-$phase.json"
     done
+}
+# probe_slow NAME: every SET+GET pair of the probe that took over 5 ms (when it began, its
+# SET and GET times), and how long they took together.
+probe_slow() {
+    jq -r '"\(.slow | length) pairs over 5 ms, \(([.slow[] | .set_ms + .get_ms] | add // 0) | round) ms in all:",
+        (.slow[] | "  \(.at) SET \(.set_ms) ms, GET \(.get_ms) ms")' "$TMP/probe-$1.json"
 }
 # probe_slowest NAME...: the slowest SET+GET pair of each probe.
 probe_slowest() {

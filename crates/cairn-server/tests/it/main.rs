@@ -23,11 +23,26 @@ pub(crate) fn init_log() {
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_writer(std::io::stderr)
             .try_init(),
-        Err(_) => tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(RECORDED_FILTER))
-            .with_ansi(false)
-            .with_writer(|| Recorder)
-            .try_init(),
+        Err(_) => {
+            let installed = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(RECORDED_FILTER))
+                .with_ansi(false)
+                .with_writer(|| Recorder)
+                .try_init();
+            if installed.is_ok() {
+                // The first panic prints what was recorded, whichever check failed.
+                let default = std::panic::take_hook();
+                std::panic::set_hook(Box::new(move |info| {
+                    static DUMPED: std::sync::atomic::AtomicBool =
+                        std::sync::atomic::AtomicBool::new(false);
+                    if !DUMPED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                        dump_log();
+                    }
+                    default(info);
+                }));
+            }
+            installed
+        }
     };
 }
 

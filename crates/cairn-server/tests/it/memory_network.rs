@@ -208,18 +208,28 @@ async fn replicated(node: &Node) -> cairn_server::ClusterStatus {
 
 /// Waits until `node`'s own replica (a stale, local read) holds `value` at `key`.
 pub(crate) async fn held_locally(node: &Node, key: &str, value: &str) {
+    let last = parking_lot::Mutex::new(None);
     tokio::time::timeout(PATIENCE, async {
         loop {
-            if let Ok(reply) = node.execute_with(get(key), true).await {
-                if value_of(reply).as_deref() == Some(value.as_bytes()) {
+            let reply = node.execute_with(get(key), true).await;
+            if let Ok(reply) = &reply {
+                if value_of(reply.clone()).as_deref() == Some(value.as_bytes()) {
                     return;
                 }
             }
+            *last.lock() = Some(reply);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("node {} never held {key} = {value}", node.id()));
+    .unwrap_or_else(|_| {
+        panic!(
+            "node {} never held {key} = {value}; it last read {:?}; its replicas:{}",
+            node.id(),
+            last.lock().take(),
+            group_views(&[node])
+        )
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -303,9 +303,6 @@ async fn run_seed(seed: u64) {
             if settled(&nodes) && event.as_ref().is_none_or(|e| e.is_finished()) {
                 break;
             }
-            if std::time::Instant::now() >= deadline {
-                crate::dump_log();
-            }
             assert!(
                 std::time::Instant::now() < deadline,
                 "{context}: the cluster never settled (cut at {kind}, powered: {}): holders \
