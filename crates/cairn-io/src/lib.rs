@@ -341,6 +341,21 @@ mod tests {
         assert_eq!(StdIo.list_dir(&deep).unwrap(), vec!["f".to_string()]);
     }
 
+    /// The write-behind hint reaches the kernel (a bad range is refused there, so the call
+    /// is not a no-op) and leaves the file's bytes as they were.
+    #[test]
+    fn std_start_writeback_is_a_hint_the_kernel_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StdIo.create(&dir.path().join("f")).unwrap();
+        let data = vec![7u8; 2 << 20];
+        file.write_all_at(&data, 0).unwrap();
+        file.start_writeback(0, data.len() as u64).unwrap();
+        file.start_writeback(1 << 20, 4096).unwrap();
+        let err = file.start_writeback(u64::MAX >> 1, u64::MAX >> 1).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+        assert_eq!(file.read_all().unwrap(), data);
+    }
+
     #[test]
     fn parent_dir_of_a_bare_name_is_dot() {
         assert_eq!(parent_dir(Path::new("x")), Path::new("."));
