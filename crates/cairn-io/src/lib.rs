@@ -351,7 +351,9 @@ mod tests {
         file.write_all_at(&data, 0).unwrap();
         file.start_writeback(0, data.len() as u64).unwrap();
         file.start_writeback(1 << 20, 4096).unwrap();
-        let err = file.start_writeback(u64::MAX >> 1, u64::MAX >> 1).unwrap_err();
+        let err = file
+            .start_writeback(u64::MAX >> 1, u64::MAX >> 1)
+            .unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
         assert_eq!(file.read_all().unwrap(), data);
     }

@@ -241,6 +241,8 @@ struct Disk {
     faults: Vec<Fault>,
     ops: u64,
     syncs: u64,
+    /// Writeback hints taken ([`IoFile::start_writeback`]: they change nothing here).
+    writebacks: u64,
     locks: BTreeSet<PathBuf>,
     sync_delay: Duration,
     trace: Option<VecDeque<String>>,
@@ -259,6 +261,7 @@ impl Disk {
             faults: Vec::new(),
             ops: 0,
             syncs: 0,
+            writebacks: 0,
             locks: BTreeSet::new(),
             sync_delay: Duration::ZERO,
             trace: None,
@@ -617,6 +620,12 @@ impl SimIo {
     /// Whether the power is still on.
     pub fn is_powered(&self) -> bool {
         self.disk.lock().powered
+    }
+
+    /// Writeback hints taken so far ([`IoFile::start_writeback`]); they make nothing
+    /// durable, so the disk model ignores them otherwise.
+    pub fn writebacks(&self) -> u64 {
+        self.disk.lock().writebacks
     }
 
     /// Calls made so far (every kind, including failed ones).
@@ -1002,6 +1011,10 @@ impl IoFile for SimFile {
         }
     }
 
+    fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        self.disk.lock().writebacks += 1;
+        Ok(())
+    }
     fn sync_data(&self) -> io::Result<()> {
         let delay = {
             let (mut disk, fault) = self.begin(Op::SyncData)?;

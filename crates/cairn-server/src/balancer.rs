@@ -519,7 +519,9 @@ fn settled_leader(node: &Node, id: u64) -> Result<GroupHandles, CommandError> {
             "this node does not lead group {id}"
         )));
     }
-    if !group.membership_settled() {
+    // (A joint membership, even committed, is a change under way: its leader finishes it
+    // first, `placement::reconcile`.)
+    if !group.membership_settled() || group.membership_joint() {
         return Err(CommandError::TryAgain(
             "a membership change is under way".into(),
         ));

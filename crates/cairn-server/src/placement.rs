@@ -262,10 +262,9 @@ async fn reconcile_group(
     // then the group reports no placement, so the balancer would plan against a stale one.
     // Voters the change drops stay learners when every node holds the group.
     if let Some(voters) = group.unfinished_change() {
-        let change = GroupChange::SetVoters {
-            voters: voters.clone(),
-            retain: everywhere,
-        };
+        // (Checked again by the proposer when it takes the change, after what is queued
+        // before it.)
+        let change = GroupChange::FinishChange { retain: everywhere };
         match submit(proposals, change).await {
             Ok(()) => tracing::info!(
                 group = name,

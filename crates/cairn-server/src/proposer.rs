@@ -130,6 +130,11 @@ pub enum GroupChange {
         voters: std::collections::BTreeSet<u64>,
         retain: bool,
     },
+    /// Finish a change of the voters left half made (the group's committed membership is
+    /// joint: [`cairn_raft::Group::unfinished_change`]), as the group is when the proposer
+    /// takes it: nothing is proposed when it is not joint any more. Voters the change drops
+    /// stay learners when `retain`.
+    FinishChange { retain: bool },
     /// Stop replicating to these learners (a node removed from the cluster).
     RemoveLearners(std::collections::BTreeSet<u64>),
     /// Hand leadership to this voter. With nothing in flight, the target can hold the whole
@@ -348,6 +353,10 @@ impl Proposer {
                 GroupChange::SetVoters { voters, retain } => {
                     self.h.group.set_voters(voters, retain).await
                 }
+                GroupChange::FinishChange { retain } => match self.h.group.unfinished_change() {
+                    Some(voters) => self.h.group.set_voters(voters, retain).await,
+                    None => Ok(()),
+                },
                 GroupChange::RemoveLearners(ids) => self.h.group.remove_learners(ids).await,
                 GroupChange::TransferLeader(to) => {
                     self.h

@@ -794,13 +794,9 @@ impl Engine {
         // outside the lock, so that the one under it covers only what was appended
         // meanwhile. (Measured: checkpoints of 50-150 ms each held a shard's writes and one
         // of the node's runtime threads, every 30 s.)
-        let (active, _) = inner.current();
-        if let Err(e) = active.sync_data() {
-            inner.group.poison(format!(
-                "fdatasync of the active segment before a checkpoint failed: {e}"
-            ));
-            inner.group.check()?;
-        }
+        // (Through the group commit: serialized with the writers' fsyncs, poisoning on
+        // failure, and recorded as synced.)
+        inner.sync_all()?;
         let (segments, marker, last_sequence) = {
             let mut w = inner.writer.lock();
             if w.closed {

@@ -126,6 +126,9 @@ impl IoFile for SyncGuardFile {
                 .set(format!("fdatasync of {} failed: {e}", self.path.display()));
         })
     }
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.start_writeback(offset, len)
+    }
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
     }

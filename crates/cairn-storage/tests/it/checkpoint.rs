@@ -403,6 +403,9 @@ fn a_received_checkpoint_survives_a_power_cut_after_finish() {
         rx.write(index, 0, bytes).unwrap();
     }
     rx.finish().unwrap();
+    // Each chunk's writeback was started as it came (so the fsync at each file's end has
+    // little left to flush).
+    assert_eq!(io.writebacks(), data.len() as u64);
     let image = io.crash_image(PowerCut::DropUnsynced);
     for (info, bytes) in files.iter().zip(&data) {
         assert_eq!(
@@ -411,5 +414,32 @@ fn a_received_checkpoint_survives_a_power_cut_after_finish() {
             "{} lost",
             info.name
         );
+    }
+}
+
+/// An engine writes behind: its background thread starts the writeback of what was
+/// appended to the active segment once a MiB has piled up, so that sealing the segment (a
+/// checkpoint, a rotation) has little left to flush.
+#[test]
+fn an_engine_starts_the_writeback_of_what_it_appends() {
+    let io = SimIo::new(43);
+    let dir = Path::new("/engine");
+    let options = Options {
+        segment_bytes_max: 64 << 20,
+        ..small_options()
+    };
+    let engine = Engine::open_with_io(dir, options, Arc::new(io.clone())).unwrap();
+    let before = io.writebacks();
+    let value = vec![b'w'; 4096];
+    for i in 0..400u32 {
+        engine.put(format!("key-{i}").as_bytes(), &value).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while io.writebacks() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no writeback started after 1.6 MB appended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
