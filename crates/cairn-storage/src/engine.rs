@@ -791,11 +791,10 @@ impl Engine {
         // The active segment is sealed under the writer lock, with an fdatasync: every write
         // to the engine waits for it. Most of what that fdatasync would flush (an engine
         // applies without syncing, so up to a segment's worth) is flushed here first,
-        // outside the lock, so that the one under it covers only what was appended
-        // meanwhile. (Measured: checkpoints of 50-150 ms each held a shard's writes and one
-        // of the node's runtime threads, every 30 s.)
-        // (Through the group commit: serialized with the writers' fsyncs, poisoning on
-        // failure, and recorded as synced.)
+        // outside the lock and through the group commit (serialized with the writers'
+        // fsyncs, poisoning on failure, recorded as synced), so that the one under the lock
+        // covers only what was appended meanwhile. (Measured: checkpoints of 50-150 ms each
+        // held a shard's writes and one of the node's runtime threads, every 30 s.)
         inner.sync_all()?;
         let (segments, marker, last_sequence) = {
             let mut w = inner.writer.lock();
