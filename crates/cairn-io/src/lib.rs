@@ -45,11 +45,9 @@ pub trait IoFile: Send + Sync + Debug {
     /// Starts writing `len` bytes at `offset` back to the disk, without waiting for it
     /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). A hint that spreads the disk's work: it
     /// makes nothing durable, so a later [`IoFile::sync_data`] has less to flush and holds
-    /// up the other writers of the disk for less long. Does nothing by default.
-    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
-        let _ = (offset, len);
-        Ok(())
-    }
+    /// up the other writers of the disk for less long. No default: a wrapper that forgot
+    /// to pass it on would silently drop it (the engine's fsync guard once did).
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
     /// Whether the file is empty.

@@ -15,8 +15,8 @@ const RECORDED_LINES_MAX: usize = 4_000;
 const RECORDED_FILTER: &str = "cairn_server=info,cairn_raft=info,cairn_server::balancer=debug";
 
 /// Logs of the in-process nodes: on stderr as they come when `CAIRN_TEST_LOG` names a
-/// filter (`CAIRN_TEST_LOG=cairn_server=debug`); otherwise kept in memory for
-/// [`dump_log`].
+/// filter (`CAIRN_TEST_LOG=cairn_server=debug`); otherwise kept in memory, and printed
+/// at the first panic.
 pub(crate) fn init_log() {
     let _ = match std::env::var("CAIRN_TEST_LOG") {
         Ok(filter) => tracing_subscriber::fmt()
@@ -47,7 +47,7 @@ pub(crate) fn init_log() {
 }
 
 /// Prints what was recorded (nothing when the logs went to stderr already).
-pub(crate) fn dump_log() {
+fn dump_log() {
     let Some(lines) = RECORDED.get() else {
         return;
     };
