@@ -211,6 +211,9 @@ impl IoFile for SlowFile {
         std::thread::sleep(SLOW_SYNC);
         self.0.sync_data()
     }
+    fn start_writeback(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.0.start_writeback(offset, len)
+    }
     fn len(&self) -> std::io::Result<u64> {
         self.0.len()
     }
