@@ -244,6 +244,9 @@ impl Io for SlowSyncIo {
     fn remove(&self, path: &Path) -> std::io::Result<()> {
         StdIo.remove(path)
     }
+    fn remove_dir(&self, dir: &Path) -> std::io::Result<()> {
+        StdIo.remove_dir(dir)
+    }
     fn exists(&self, path: &Path) -> std::io::Result<bool> {
         StdIo.exists(path)
     }
