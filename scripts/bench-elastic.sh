@@ -27,7 +27,8 @@
 #
 # Knobs (environment): DATA_MB=256, PHASE=10 (seconds of idle measurement), SNAPSHOT=1 (SAVE on
 # every node before the join: the log behind is purged, so the new node gets snapshots instead
-# of the log), KEEP_DIR=1.
+# of the log), KEEP_DIR=1, CAIRN_BIN (the binary to run; default target/release/cairn, e.g. an
+# older commit's build to compare against).
 
 set -euo pipefail
 
@@ -37,7 +38,7 @@ ROOT=$(pwd)
 source "$ROOT/scripts/lib/cairn-cluster.sh"
 # shellcheck source=scripts/lib/probe.sh
 source "$ROOT/scripts/lib/probe.sh"
-CAIRN="$ROOT/target/release/cairn"
+CAIRN=${CAIRN_BIN:-$ROOT/target/release/cairn}
 PYTHON=${CAIRN_PYTHON:-$ROOT/target/ci-venv/bin/python}
 DATA_MB=${DATA_MB:-256}
 PHASE=${PHASE:-10}

@@ -221,12 +221,12 @@ pub struct PeerConn {
 /// A snapshot's messages as they are sent: each chunk waits for its share of the node's
 /// snapshot `rate`, then counts in the transfer's `progress` (listed while the stream lives).
 fn paced(
-    parts: impl Iterator<Item = Part> + Send + 'static,
+    parts: impl futures::Stream<Item = Part> + Send + 'static,
     rate: Arc<SendRate>,
     progress: crate::rate::TransferGuard,
 ) -> impl futures::Stream<Item = pb::SnapshotMessage> + Send + 'static {
     let progress = Arc::new(progress);
-    futures::stream::iter(parts).then(move |part| {
+    parts.then(move |part| {
         let (rate, progress) = (rate.clone(), progress.clone());
         async move {
             if let Part::Chunk(chunk) = &part {
@@ -235,6 +235,26 @@ fn paced(
             }
             pb::SnapshotMessage { part: Some(part) }
         }
+    })
+}
+
+/// `parts` as a stream whose every item is taken on a blocking thread: a chunk is read from
+/// disk and checksummed there, not on one of the node's runtime threads, which serve client
+/// requests meanwhile (a runtime thread held for a megabyte's read and CRC delays every
+/// request queued behind it).
+fn read_off_runtime<I>(parts: I) -> impl futures::Stream<Item = Part> + Send + 'static
+where
+    I: Iterator<Item = Part> + Send + 'static,
+{
+    futures::stream::unfold(Some(parts), |parts| async move {
+        let mut parts = parts?;
+        let (parts, part) = tokio::task::spawn_blocking(move || {
+            let part = parts.next();
+            (parts, part)
+        })
+        .await
+        .ok()?;
+        part.map(|part| (part, Some(parts)))
     })
 }
 
@@ -596,7 +616,11 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
             }));
         let total: u64 = manifest.files.iter().map(|f| f.len).sum();
         let progress = self.transfers.begin(self.group, self.target, total);
-        let stream = paced(parts, self.snapshot_rate.clone(), progress);
+        let stream = paced(
+            read_off_runtime(parts),
+            self.snapshot_rate.clone(),
+            progress,
+        );
         let mut client = self.client()?;
         let send = async {
             match client.snapshot(stream).await {
@@ -636,7 +660,7 @@ mod tests {
         let parts = vec![chunk(500_000), chunk(500_000), chunk(500_000)];
         let begin = tokio::time::Instant::now();
         let mut stream = Box::pin(paced(
-            parts.into_iter(),
+            read_off_runtime(parts.into_iter()),
             rate,
             transfers.begin(1, 2, 1_500_000),
         ));

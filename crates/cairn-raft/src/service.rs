@@ -340,21 +340,27 @@ impl pb::raft_server::Raft for RaftService {
                 .collect(),
             last_sequence: header.last_sequence,
         };
-        let mut incoming = group.sm.receive_snapshot(manifest).map_err(invalid)?;
+        // Every file operation of the transfer (creating the staging directory, each chunk's
+        // CRC and write, the fsyncs and the engine's opening at the end) runs on a blocking
+        // thread: on a runtime thread it would hold up the client requests queued there.
+        let sm = group.sm.clone();
+        let mut incoming = off_runtime(move || sm.receive_snapshot(manifest)).await?;
         while let Some(message) = stream.next().await {
             let Some(Part::Chunk(chunk)) = message?.part else {
                 return Err(Status::invalid_argument("a second snapshot header"));
             };
-            incoming
-                .write(&Chunk {
-                    file: chunk.file,
-                    offset: chunk.offset,
-                    data: chunk.data,
-                    crc: chunk.crc32c,
-                })
-                .map_err(invalid)?;
+            let chunk = Chunk {
+                file: chunk.file,
+                offset: chunk.offset,
+                data: chunk.data,
+                crc: chunk.crc32c,
+            };
+            incoming = off_runtime(move || incoming.write(&chunk).map(|()| incoming)).await?;
         }
-        let staged = incoming.finish(&meta).map_err(invalid)?;
+        let staged = {
+            let meta = meta.clone();
+            off_runtime(move || incoming.finish(&meta)).await?
+        };
         let asked = vote;
         let response = group
             .raft
@@ -374,6 +380,17 @@ impl pb::raft_server::Raft for RaftService {
             vote: encode_vote(&response.vote),
         }))
     }
+}
+
+/// Runs the file operation `op` on a blocking thread; its error is the stream's
+/// `InvalidArgument` (the transfer is refused, and the leader sends it again later).
+async fn off_runtime<T: Send + 'static>(
+    op: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(op)
+        .await
+        .map_err(|e| Status::internal(format!("a snapshot transfer's thread failed: {e}")))?
+        .map_err(invalid)
 }
 
 #[cfg(test)]

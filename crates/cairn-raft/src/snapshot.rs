@@ -25,8 +25,11 @@ use crate::codec::decode_applied;
 use crate::replica::Replica;
 use crate::types::SnapshotMeta;
 
-/// Default largest chunk a snapshot is streamed in.
-pub const CHUNK_BYTES_DEFAULT: usize = 1 << 20;
+/// Default largest chunk a snapshot is streamed in. The receiver writes each chunk and starts
+/// its writeback at once, so a chunk is also how much of the copy one of the disk's flushes
+/// may find queued ahead of a WAL's fsync: small enough that the WAL waits little behind
+/// it, large enough that a copy without a rate limit is not held back by per-chunk costs.
+pub const CHUNK_BYTES_DEFAULT: usize = 256 << 10;
 
 fn storage_err(e: cairn_storage::Error) -> io::Error {
     let kind = match &e {

@@ -154,6 +154,46 @@ impl StateMachine {
     }
 }
 
+impl StateMachine {
+    /// The file operations of [`RaftStateMachine::install_snapshot`]: stages a local
+    /// checkpoint first if given one, checks the staged engine against `meta`, and renames
+    /// it in as the replica's.
+    fn install_blocking(&self, meta: &SnapshotMeta, snapshot: ShardSnapshot) -> io::Result<()> {
+        let staged = match snapshot.into_staged() {
+            Ok(staged) => staged,
+            Err(checkpoint) => {
+                let snapshot = ShardSnapshot::checkpoint(checkpoint);
+                let mut incoming = self.receive_snapshot(snapshot.manifest()?)?;
+                for chunk in snapshot.chunks(CHUNK_BYTES_DEFAULT)? {
+                    incoming.write(&chunk?)?;
+                }
+                incoming
+                    .finish(meta)?
+                    .into_staged()
+                    .map_err(|_| io::Error::other("a finished transfer is always staged"))?
+            }
+        };
+        if !staged.belongs_to(&self.replica) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the snapshot was staged for another replica",
+            ));
+        }
+        staged.check(meta)?;
+        staged.install()
+    }
+}
+
+/// Runs `op` (file operations: fsyncs, an engine's opening) on a blocking thread rather than
+/// on a runtime thread, which serves client requests meanwhile.
+async fn off_runtime<T: Send + 'static>(
+    op: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(op)
+        .await
+        .map_err(|e| io::Error::other(format!("a state machine's file thread failed: {e}")))?
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = ShardSnapshot;
 
@@ -162,9 +202,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     /// one of the node's runtime threads for that long.
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let sm = self.clone();
-        tokio::task::spawn_blocking(move || sm.checkpoint())
-            .await
-            .map_err(|e| io::Error::other(format!("the checkpoint's thread failed: {e}")))?
+        off_runtime(move || sm.checkpoint()).await
     }
 }
 
@@ -261,28 +299,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: ShardSnapshot,
     ) -> Result<(), io::Error> {
-        let staged = match snapshot.into_staged() {
-            Ok(staged) => staged,
-            Err(checkpoint) => {
-                let snapshot = ShardSnapshot::checkpoint(checkpoint);
-                let mut incoming = self.receive_snapshot(snapshot.manifest()?)?;
-                for chunk in snapshot.chunks(CHUNK_BYTES_DEFAULT)? {
-                    incoming.write(&chunk?)?;
-                }
-                incoming
-                    .finish(meta)?
-                    .into_staged()
-                    .map_err(|_| io::Error::other("a finished transfer is always staged"))?
-            }
-        };
-        if !staged.belongs_to(&self.replica) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the snapshot was staged for another replica",
-            ));
-        }
-        staged.check(meta)?;
-        staged.install()?;
+        // Copying, checking and installing are file operations (fsyncs, the engine's
+        // opening): a blocking thread does them, not the runtime thread of this group.
+        let sm = self.clone();
+        let meta_owned = meta.clone();
+        off_runtime(move || sm.install_blocking(&meta_owned, snapshot)).await?;
         let applied = meta.last_log_id.as_ref().map_or(0, |id| id.index);
         for observer in &self.observers {
             observer.replaced(&self.engine(), applied);
@@ -294,7 +315,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     /// forward), durable, and pinning no files between transfers. `None` before anything was
     /// applied.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let snapshot = self.checkpoint()?;
+        let sm = self.clone();
+        let snapshot = off_runtime(move || sm.checkpoint()).await?;
         Ok(snapshot.meta.last_log_id.is_some().then_some(snapshot))
     }
 }
