@@ -323,8 +323,15 @@ impl PeerConn {
 const LINK_QUEUE_MAX: usize = 4096;
 /// Most appends in one message of the stream.
 const LINK_BATCH_MAX: usize = crate::service::APPENDS_PER_MESSAGE_MAX;
+use crate::service::{APPEND_BYTES_MAX, APPENDS_MESSAGE_BYTES_MAX};
 
 type AppendReply = Result<pb::AppendResponse, tonic::Status>;
+
+/// About what `request` takes on the wire: its entries and a bound on the fields around them.
+fn append_bytes(request: &pb::AppendRequest) -> usize {
+    const FIELDS_BYTES_MAX: usize = 256;
+    request.entries.iter().map(|e| e.len() + 8).sum::<usize>() + FIELDS_BYTES_MAX
+}
 
 /// One node pair's `Appends` stream: every group's appends to that peer go out on it, as many
 /// per message as are waiting when the link task gets to run, and replies are matched to
@@ -355,11 +362,29 @@ impl AppendLink {
             let mut next_id = 0u64;
             // The open stream: where batches go, and its unanswered appends.
             let mut open: Option<(tokio::sync::mpsc::Sender<pb::AppendBatch>, Pending)> = None;
-            while let Some(first) = waiting.recv().await {
+            // An append that did not fit in the last message: the next one starts with it.
+            let mut carried = None;
+            loop {
+                let first = match carried.take() {
+                    Some(first) => first,
+                    None => match waiting.recv().await {
+                        Some(first) => first,
+                        None => break,
+                    },
+                };
+                let mut bytes = append_bytes(&first.0);
                 let mut batch = vec![first];
                 while batch.len() < LINK_BATCH_MAX {
                     match waiting.try_recv() {
-                        Ok(more) => batch.push(more),
+                        Ok(more) => {
+                            let more_bytes = append_bytes(&more.0);
+                            if bytes + more_bytes > APPENDS_MESSAGE_BYTES_MAX {
+                                carried = Some(more);
+                                break;
+                            }
+                            bytes += more_bytes;
+                            batch.push(more);
+                        }
                         Err(_) => break,
                     }
                 }
@@ -463,21 +488,35 @@ impl AppendLink {
 }
 
 /// An append request on the wire.
+/// An append request on the wire, with as many of `rpc`'s entries as fit in
+/// [`APPEND_BYTES_MAX`] (at least one): how many it took is the second value.
 pub(crate) fn encode_append(
     group: u64,
     target: u64,
     rpc: &AppendEntriesRequest<TypeConfig>,
     leader_out_of_touch: bool,
-) -> pb::AppendRequest {
-    pb::AppendRequest {
+) -> (pb::AppendRequest, usize) {
+    let mut entries = Vec::new();
+    let mut bytes = 0;
+    for entry in &rpc.entries {
+        let encoded = encode_entry(entry);
+        if !entries.is_empty() && bytes + encoded.len() > APPEND_BYTES_MAX {
+            break;
+        }
+        bytes += encoded.len();
+        entries.push(encoded);
+    }
+    let taken = entries.len();
+    let request = pb::AppendRequest {
         group,
         target,
         leader_out_of_touch,
         vote: encode_vote(&rpc.vote),
         prev_log_id: encode_opt_log_id(rpc.prev_log_id.as_ref()),
-        entries: rpc.entries.iter().map(encode_entry).collect(),
+        entries,
         leader_commit: encode_opt_log_id(rpc.leader_commit.as_ref()),
-    }
+    };
+    (request, taken)
 }
 
 fn decode_append_response(
@@ -506,11 +545,20 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         let out = self
             .leader_out_of_touch
             .load(std::sync::atomic::Ordering::Relaxed);
-        let request = encode_append(self.group, self.target, &rpc, out);
+        // A run of entries too long for one message goes in parts: the first part's success
+        // is openraft's `PartialSuccess`, and it sends the rest next. (The peer refuses a
+        // message past its limit, and openraft would send the same run again and again.)
+        let (request, taken) = encode_append(self.group, self.target, &rpc, out);
         let link = self.link()?;
         let append = async { link.append(request).await.map(tonic::Response::new) };
         let reply = self.call(option.hard_ttl(), append).await?;
-        decode_append_response(&reply).map_err(|e| bad_reply(e).into())
+        let response = decode_append_response(&reply).map_err(bad_reply)?;
+        Ok(match response {
+            AppendEntriesResponse::Success if taken < rpc.entries.len() => {
+                AppendEntriesResponse::PartialSuccess(Some(rpc.entries[taken - 1].log_id))
+            }
+            other => other,
+        })
     }
 
     async fn vote(

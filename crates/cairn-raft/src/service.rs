@@ -50,8 +50,7 @@ impl RaftService {
 
     /// The tonic server for this service.
     pub fn into_server(self) -> pb::raft_server::RaftServer<RaftService> {
-        pb::raft_server::RaftServer::new(self)
-            .max_decoding_message_size(crate::snapshot::CHUNK_BYTES_DEFAULT * 2 + MESSAGE_SLACK)
+        pb::raft_server::RaftServer::new(self).max_decoding_message_size(MESSAGE_BYTES_MAX)
     }
 }
 
@@ -116,6 +115,16 @@ fn raft_failed(e: impl std::fmt::Display) -> Status {
 pub const APPENDS_IN_FLIGHT_MAX: usize = 4096;
 /// Most appends or replies in one message of an `Appends` stream.
 pub const APPENDS_PER_MESSAGE_MAX: usize = 256;
+/// Most bytes of entries in one append that carries more than one entry; a longer run of
+/// entries goes in parts ([`crate::network`] answers openraft `PartialSuccess` for the first).
+pub const APPEND_BYTES_MAX: usize = 8 << 20;
+/// Most bytes of appends in one message of an `Appends` stream that carries more than one.
+pub const APPENDS_MESSAGE_BYTES_MAX: usize = 16 << 20;
+/// Largest message the service takes: one append of a single entry as large as a WAL record
+/// may be (larger than [`APPEND_BYTES_MAX`] and [`APPENDS_MESSAGE_BYTES_MAX`], which bound
+/// only messages of several), or a snapshot chunk (at most 1 MiB from any sender so far),
+/// with room for the fields around them.
+pub const MESSAGE_BYTES_MAX: usize = cairn_wal::RECORD_PAYLOAD_BYTES_MAX + MESSAGE_SLACK;
 
 /// One append, for the unary `Append` and for each append of an `Appends` stream.
 async fn append_one(groups: &Groups, req: pb::AppendRequest) -> Result<pb::AppendResponse, Status> {

@@ -35,9 +35,14 @@ const FOLLOW_RETRY: Duration = Duration::from_millis(200);
 /// its holder and follows the next one: a holder that is paused or cut off sends nothing and
 /// ends nothing, and its connection may stay open.
 pub const FOLLOW_SILENCE_MAX: Duration = FOLLOW_HEARTBEAT.saturating_mul(4);
-/// Most events, and bytes of keys and values, in one follow message.
+/// Most events, and bytes of keys and values, in one follow message (of several batches).
 const FOLLOW_EVENTS_MAX: usize = 4096;
 const FOLLOW_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest follow message a node takes. A message's first batch goes whole however large:
+/// one log entry's writes (up to a WAL record, 64 MiB) and the keys a `Clear` in it removed
+/// (as many as the shard held). A smaller bound would break the stream at such a batch
+/// every time it was sent again, and the feed would never get past it.
+const FOLLOW_MESSAGE_BYTES_MAX: usize = 1 << 30;
 
 /// One message of a follow stream (postcard, in `FollowMessage.update`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -303,7 +308,7 @@ async fn follow_from(
 ) -> anyhow::Result<()> {
     let channel = node.peers().channel(addr)?;
     let mut client = pb::node_client::NodeClient::new(channel)
-        .max_decoding_message_size(FOLLOW_BYTES_MAX * 2 + 1024 * 1024);
+        .max_decoding_message_size(FOLLOW_MESSAGE_BYTES_MAX);
     let after = feed.get().map(|f| f.last());
     let request = pb::FollowRequest {
         shard,

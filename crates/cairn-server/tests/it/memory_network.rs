@@ -325,6 +325,82 @@ async fn a_cluster_on_the_in_memory_network_replicates_forwards_and_partitions()
     }
 }
 
+/// Waits until `node`'s own replica holds `value` for `key` (a local read); on timeout the
+/// panic names the length it last read, not the value (these are large).
+async fn holds_large(node: &Node, key: &str, value: &str) {
+    let last = parking_lot::Mutex::new(None);
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let reply = node.execute_with(get(key), true).await;
+            let got = reply.ok().map(value_of);
+            if got.as_ref().and_then(|v| v.as_ref()).map(|v| &v[..]) == Some(value.as_bytes()) {
+                return;
+            }
+            *last.lock() = Some(got.map(|v| v.map(|v| v.len())));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "node {} never held {key} ({} bytes); its last local read gave {:?} bytes",
+            node.id(),
+            value.len(),
+            last.lock().take()
+        )
+    });
+}
+
+/// Values near the largest a node takes replicate, whether many of them go into one log
+/// entry (writes that arrive together) or a follower that was cut off gets a long run of
+/// them at once: a message past the peer's limit was refused every time it was sent again,
+/// and the follower (or, without a majority, the shard) never got past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_a_mebibyte_replicate_in_large_entries_and_long_runs() {
+    const VALUE_BYTES: usize = 1000 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let n1 = start(&net, dir.path(), 1, None).await;
+    let n2 = start(&net, dir.path(), 2, Some(1)).await;
+    let n3 = start(&net, dir.path(), 3, Some(1)).await;
+    replicated(&n1.node).await;
+    let value = |i: usize| {
+        char::from(b'a' + (i % 26) as u8)
+            .to_string()
+            .repeat(VALUE_BYTES)
+    };
+
+    // Twelve writes at once to one shard: its proposer packs them into entries of several
+    // mebibytes.
+    let together: Vec<String> = (0..12).map(|i| format!("{{big}}together-{i}")).collect();
+    let writes = together.iter().enumerate().map(|(i, key)| {
+        let node = n1.node.clone();
+        let command = set(key, &value(i));
+        async move { until_done(&node, command).await }
+    });
+    futures::future::join_all(writes).await;
+    for node in [&n1.node, &n2.node, &n3.node] {
+        for (i, key) in together.iter().enumerate() {
+            holds_large(node, key, &value(i)).await;
+        }
+    }
+
+    // Node 3 cut off while 80 more go in through node 1: healed, it is sent them as one run
+    // of about 80 MB, more than any message may carry, so it goes in parts.
+    net.isolate(grpc_addr(3));
+    let behind: Vec<String> = (0..80).map(|i| format!("{{behind}}-{i}")).collect();
+    for (i, key) in behind.iter().enumerate() {
+        until_done(&n1.node, set(key, &value(i))).await;
+    }
+    net.heal();
+    for (i, key) in behind.iter().enumerate() {
+        holds_large(&n3.node, key, &value(i)).await;
+    }
+    for running in [n3, n2, n1] {
+        stop(running).await;
+    }
+}
+
 /// Every shard id and the nodes (by index in `nodes`) holding a replica of it, as each node
 /// sees its own replicas.
 pub(crate) fn holders(nodes: &[&Node]) -> std::collections::BTreeMap<u32, Vec<usize>> {
