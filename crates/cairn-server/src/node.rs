@@ -45,6 +45,25 @@ mod write;
 
 pub use write::PendingWrite;
 
+/// What a forwarded request is limited to: one shard (a FLUSHDB of it, or its part of a
+/// whole-keyspace read), and for a read, the slots the asking node routes to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub shard: u32,
+    /// The slots the asker routes to the shard. The replica that serves the read must hold
+    /// exactly these, or one of the two nodes has not seen a split yet and the read would
+    /// miss (or repeat) the keys that moved: `TRYAGAIN`. `None`: the whole shard, as the
+    /// serving replica holds it (a FLUSHDB).
+    pub slots: Option<(u16, u16)>,
+}
+
+impl Scope {
+    /// The whole of `shard`, as the serving replica holds it.
+    pub fn shard(shard: u32) -> Self {
+        Self { shard, slots: None }
+    }
+}
+
 /// How often the active-expiry cycle runs.
 pub const EXPIRE_TICK: Duration = Duration::from_millis(100);
 /// Most expired keys deleted per shard per tick (bounded work, as Redis's cycle).
@@ -568,8 +587,8 @@ impl Node {
                 return Ok(Reply::Ok);
             }
             for (id, addr) in elsewhere {
-                crate::peer::forward(&self.peers, &addr, &Command::Flush, 1, false, Some(id))
-                    .await?;
+                let only = Some(Scope::shard(id));
+                crate::peer::forward(&self.peers, &addr, &Command::Flush, 1, false, only).await?;
                 done.insert(id);
             }
         }
@@ -613,16 +632,16 @@ impl Node {
 
     /// A command another node forwarded (`hops` forwards so far): served here if this node
     /// leads the shard, else forwarded once more (up to [`crate::peer::FORWARD_HOPS_MAX`]).
-    /// `shard` limits a FLUSHDB to one shard.
+    /// `shard` limits a FLUSHDB or a whole-keyspace read to one shard.
     pub async fn execute_forwarded(
         &self,
         cmd: Command,
         hops: u32,
         stale: bool,
-        shard: Option<u32>,
+        shard: Option<Scope>,
     ) -> Result<Reply, CommandError> {
         if cmd.is_write() {
-            self.propose_routed(cmd, hops, shard, false)
+            self.propose_routed(cmd, hops, shard.map(|s| s.shard), false)
                 .await?
                 .wait()
                 .await

@@ -130,9 +130,10 @@ impl pb::node_server::Node for NodeService {
         let r = request.into_inner();
         let command: Command = postcard::from_bytes(&r.command)
             .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
+        let scope = scope_of(&r)?;
         let result = self
             .node
-            .execute_forwarded(command, r.hops, r.stale, r.shard)
+            .execute_forwarded(command, r.hops, r.stale, scope)
             .await;
         Ok(Response::new(pb::ForwardResponse {
             result: encode_result(&result).into(),
@@ -180,15 +181,65 @@ fn never_sent(status: &Status) -> bool {
     false
 }
 
+fn forward_request(
+    command: &Command,
+    hops: u32,
+    stale: bool,
+    scope: Option<crate::node::Scope>,
+) -> pb::ForwardRequest {
+    pb::ForwardRequest {
+        command: postcard::to_stdvec(command)
+            .expect("a command serialises")
+            .into(),
+        hops,
+        stale,
+        shard: scope.map(|s| s.shard),
+        slots: scope
+            .and_then(|s| s.slots)
+            .map(|(first, last)| pb::SlotRange {
+                first: first.into(),
+                last: last.into(),
+            }),
+    }
+}
+
+/// What a forwarded request is limited to, as [`forward_request`] wrote it.
+fn scope_of(request: &pb::ForwardRequest) -> Result<Option<crate::node::Scope>, Status> {
+    let slots = match &request.slots {
+        Some(range) => Some(slot_range(range)?),
+        None => None,
+    };
+    Ok(request
+        .shard
+        .map(|shard| crate::node::Scope { shard, slots }))
+}
+
+/// A slot range from the wire: both ends slots, in order.
+fn slot_range(range: &pb::SlotRange) -> Result<(u16, u16), Status> {
+    let slot = |n: u32| {
+        u16::try_from(n)
+            .ok()
+            .filter(|&s| s < crate::slot::SLOT_COUNT)
+    };
+    match (slot(range.first), slot(range.last)) {
+        (Some(first), Some(last)) if first <= last => Ok((first, last)),
+        _ => Err(Status::invalid_argument(format!(
+            "bad slot range {}-{}",
+            range.first, range.last
+        ))),
+    }
+}
+
 /// Sends `command` to the node at gRPC address `addr` (which leads its shard, or forwards it
-/// once more), as forward number `hops`; `shard` limits a FLUSHDB to that shard.
+/// once more), as forward number `hops`; `scope` limits a FLUSHDB or a whole-keyspace read
+/// to one shard.
 pub async fn forward(
     peers: &Peers,
     addr: &str,
     command: &Command,
     hops: u32,
     stale: bool,
-    shard: Option<u32>,
+    scope: Option<crate::node::Scope>,
 ) -> Result<Reply, CommandError> {
     let is_write = command.is_write();
     let lost = |why: String| {
@@ -204,14 +255,7 @@ pub async fn forward(
     let mut client = pb::node_client::NodeClient::new(channel)
         .max_decoding_message_size(FORWARD_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(FORWARD_MESSAGE_BYTES_MAX);
-    let request = pb::ForwardRequest {
-        command: postcard::to_stdvec(command)
-            .expect("a command serialises")
-            .into(),
-        hops,
-        stale,
-        shard,
-    };
+    let request = forward_request(command, hops, stale, scope);
     // A read is safe to give up on early (the caller retries it); a write waits for its commit.
     let timeout = if is_write {
         FORWARD_TIMEOUT
@@ -288,6 +332,37 @@ pub async fn join(peers: &Peers, addr: &str, me: &NodeRecord) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::Scope;
+
+    #[test]
+    fn a_forwarded_scope_crosses_the_wire_whole_and_bad_slots_are_refused() {
+        let cmd = Command::DbSize;
+        for scope in [
+            None,
+            Some(Scope::shard(7)),
+            Some(Scope {
+                shard: 7,
+                slots: Some((0, 16383)),
+            }),
+            Some(Scope {
+                shard: 9,
+                slots: Some((4096, 4096)),
+            }),
+        ] {
+            let request = forward_request(&cmd, 1, false, scope);
+            assert_eq!(scope_of(&request).unwrap(), scope);
+        }
+        for (first, last) in [(5, 4), (0, 16384), (70000, 70001)] {
+            let mut request = forward_request(&cmd, 1, false, Some(Scope::shard(1)));
+            request.slots = Some(pb::SlotRange { first, last });
+            let refused = scope_of(&request).unwrap_err();
+            assert_eq!(
+                refused.code(),
+                tonic::Code::InvalidArgument,
+                "{first}-{last}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn a_write_to_a_node_that_refuses_connections_is_retriable() {

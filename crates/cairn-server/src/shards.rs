@@ -633,6 +633,12 @@ impl Shards {
         ids
     }
 
+    /// The slots the slot map routes to each shard, when they tile the keyspace: see
+    /// [`tiling`].
+    pub fn routed_ranges(&self) -> Result<BTreeMap<u32, (u16, u16)>, String> {
+        tiling((0..SLOT_COUNT).map(|slot| self.owner(slot)))
+    }
+
     /// The shard owning `key`'s slot ([`UNMAPPED`]: see [`Shards::owner`]).
     pub fn shard_of_key(&self, key: &[u8]) -> u32 {
         self.owner(key_slot(key))
@@ -916,6 +922,33 @@ impl Shards {
     }
 }
 
+/// Each shard's run of slots, given the owner of every slot in order, when they tile the
+/// keyspace: every slot owned, each shard one contiguous run. Otherwise (a split half known:
+/// its child's slots not routed yet, or a stale placement cutting a shard in two) why not: a
+/// read of the whole keyspace would miss or repeat keys.
+fn tiling(owners: impl IntoIterator<Item = u32>) -> Result<BTreeMap<u32, (u16, u16)>, String> {
+    let mut ranges: BTreeMap<u32, (u16, u16)> = BTreeMap::new();
+    let mut last = UNMAPPED;
+    let mut owners = owners.into_iter();
+    for slot in 0..SLOT_COUNT {
+        let id = owners.next().unwrap_or(UNMAPPED);
+        if id == UNMAPPED {
+            return Err(format!("slot {slot} is not routed to any shard here yet"));
+        }
+        if id == last {
+            ranges.get_mut(&id).expect("the run's shard").1 = slot;
+            continue;
+        }
+        if ranges.insert(id, (slot, slot)).is_some() {
+            return Err(format!(
+                "shard {id} is routed two runs of slots here (a split is half known)"
+            ));
+        }
+        last = id;
+    }
+    Ok(ranges)
+}
+
 /// Opens shard replicas for their groups' leaders: [`Shards::open_on_contact`].
 #[derive(Debug)]
 struct ShardHost(Weak<Shards>);
@@ -1154,5 +1187,39 @@ impl crate::feed::History for LogHistory {
 
     fn read(&self, start: u64, end: u64) -> std::io::Result<Vec<(u64, Vec<cairn_raft::WriteOp>)>> {
         self.0.entry_ops(start, end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The owner of every slot: `runs` of (shard, first slot), each up to the next.
+    fn owners(runs: &[(u32, u16)]) -> Vec<u32> {
+        (0..SLOT_COUNT)
+            .map(|slot| {
+                runs.iter()
+                    .rev()
+                    .find(|&&(_, first)| first <= slot)
+                    .map_or(UNMAPPED, |&(id, _)| id)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_routed_slots_tile_the_keyspace_or_say_why_not() {
+        let whole = tiling(owners(&[(1, 0), (2, 8192), (5, 12000)])).unwrap();
+        assert_eq!(
+            whole.into_iter().collect::<Vec<_>>(),
+            vec![(1, (0, 8191)), (2, (8192, 11999)), (5, (12000, 16383))]
+        );
+        // A split's child whose slots are not routed yet.
+        let unrouted = tiling(owners(&[(1, 0), (UNMAPPED, 4096), (2, 8192)]));
+        assert!(unrouted.unwrap_err().contains("slot 4096"));
+        // A stale placement of a child cutting its parent in two.
+        let cut = tiling(owners(&[(1, 0), (7, 100), (1, 200), (2, 8192)]));
+        assert!(cut.unwrap_err().contains("shard 1"));
+        // Fewer owners than slots: the rest are not routed.
+        assert!(tiling(vec![1; 100]).unwrap_err().contains("slot 100"));
     }
 }

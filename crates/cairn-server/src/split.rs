@@ -603,6 +603,65 @@ mod tests {
         assert!(split_seen > 0, "no cut left a split that had happened");
     }
 
+    /// A node whose map has not learnt of a split yet asks the parent's leader for the
+    /// parent's part of a whole-keyspace read with the slots it routes there, the parent's
+    /// range from before the split: refused (`TRYAGAIN`, the asker plans its read again from
+    /// a newer map) rather than answered without the keys that moved. Asked with the slots
+    /// the parent kept, it answers for exactly those.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_keyspace_part_asked_with_the_slots_from_before_a_split_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(options(dir.path())).await.unwrap();
+        let before = fill(&node, 300, 4_000_000_000_000).await;
+        let (first, last) = node.shards().get(1).unwrap().slots().unwrap();
+        let (child, at) = split_of(node.split_shard(1, None).await.unwrap());
+        let part = |cmd: Command, slots: (u16, u16)| {
+            let node = node.clone();
+            async move {
+                let scope = crate::node::Scope {
+                    shard: 1,
+                    slots: Some(slots),
+                };
+                node.execute_forwarded(cmd, 1, false, Some(scope)).await
+            }
+        };
+        let keys = || Command::Keys { pattern: b("*") };
+        for cmd in [keys(), Command::DbSize] {
+            let stale = part(cmd, (first, last)).await;
+            assert!(
+                matches!(stale, Err(CommandError::TryAgain(_))),
+                "asked for slots {first}-{last} of a shard that kept {first}-{}: {stale:?}",
+                at - 1
+            );
+        }
+        let kept: std::collections::BTreeSet<Bytes> = before
+            .keys()
+            .filter(|k| (first..at).contains(&key_slot(k.as_bytes())))
+            .map(|k| b(k))
+            .collect();
+        let Ok(Reply::Keys(listed)) = part(keys(), (first, at - 1)).await else {
+            panic!("KEYS of the parent's kept slots failed");
+        };
+        assert_eq!(
+            listed
+                .into_iter()
+                .collect::<std::collections::BTreeSet<_>>(),
+            kept
+        );
+        let counted = part(Command::DbSize, (first, at - 1)).await;
+        assert!(
+            matches!(counted, Ok(Reply::Int(n)) if n as usize == kept.len()),
+            "{counted:?}"
+        );
+        // Through the node, whose map knows both halves: every key once.
+        let Ok(Reply::Keys(all)) = node.execute(keys()).await else {
+            panic!("KEYS failed");
+        };
+        assert_eq!(all.len(), before.len());
+        assert!(node.shards().get(child).is_some());
+        node.shutdown().await.unwrap();
+    }
+
     /// A split whose apply takes long (a big shard's copy; here held by the test) holds the
     /// shard's other writes until it lands, and none of them fails for it; the moving slots
     /// are refused meanwhile on the node that proposed it, to be routed again.

@@ -6,8 +6,13 @@
 //! would answer from part of it), and otherwise from the shard's leader, to which the read
 //! goes limited to that shard (the leader the map names, as any routed request). When every
 //! shard is read here, nothing changes from a single node's read.
+//!
+//! Invariant: each shard is read for the slots this node's slot map routes to it, and only
+//! from a replica whose range is exactly those slots (checked before and after the read),
+//! so a split that the reading replica, the serving replica or this node's map has not seen
+//! (or that lands during the read) gives `TRYAGAIN`, never a read missing the keys that
+//! moved or counting them twice.
 
-use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -15,7 +20,7 @@ use bytes::Bytes;
 use cairn_resp::glob::Pattern;
 use rand::Rng;
 
-use super::Node;
+use super::{Node, Scope};
 use crate::command::{Command, KeyRange};
 use crate::error::CommandError;
 use crate::reply::Reply;
@@ -70,22 +75,33 @@ impl Node {
         Ok(())
     }
 
-    /// The shards a whole-keyspace read covers (`only`: that one), split into those read
-    /// here and the ids of those read from their leaders.
-    fn keyspace_parts(&self, only: Option<u32>) -> (Vec<Arc<Shard>>, Vec<u32>) {
-        let ids: BTreeSet<u32> = match only {
-            Some(id) => BTreeSet::from([id]),
-            None => self.shards.routed(),
+    /// The parts of a whole-keyspace read (`only`: that one shard's, as another node asks):
+    /// each shard with the slots this node routes to it, read here when this node holds a
+    /// whole replica of it, else from its leader. `TRYAGAIN` while the routed slots do not
+    /// tile the keyspace (a split half known here).
+    fn keyspace_parts(&self, only: Option<Scope>) -> Result<Vec<Part>, CommandError> {
+        let ranges: Vec<(u32, Option<(u16, u16)>)> = match only {
+            Some(scope) => vec![(scope.shard, scope.slots)],
+            None => self
+                .shards
+                .routed_ranges()
+                .map_err(CommandError::TryAgain)?
+                .into_iter()
+                .map(|(id, slots)| (id, Some(slots)))
+                .collect(),
         };
-        let mut local = Vec::new();
-        let mut remote = Vec::new();
-        for id in ids {
-            match self.shards.get(id) {
-                Some(shard) if self.serves_keyspace(&shard) => local.push(Arc::clone(&shard)),
-                _ => remote.push(id),
-            }
-        }
-        (local, remote)
+        Ok(ranges
+            .into_iter()
+            .map(|(id, slots)| Part {
+                id,
+                slots,
+                local: self
+                    .shards
+                    .get(id)
+                    .filter(|shard| self.serves_keyspace(shard))
+                    .map(|shard| Arc::clone(&shard)),
+            })
+            .collect())
     }
 
     /// A whole-keyspace read (`only`: of that shard alone, as another node asks for its part).
@@ -94,12 +110,14 @@ impl Node {
         cmd: &Command,
         hops: u32,
         stale: bool,
-        only: Option<u32>,
+        only: Option<Scope>,
     ) -> Result<Reply, CommandError> {
         if only.is_none() {
             self.every_shard_known()?;
         }
-        let (local, remote) = self.keyspace_parts(only);
+        let parts = self.keyspace_parts(only)?;
+        let local: Vec<Arc<Shard>> = parts.iter().filter_map(|p| p.local.clone()).collect();
+        let all_local = local.len() == parts.len();
         if let Command::Scan {
             cursor,
             pattern,
@@ -107,20 +125,15 @@ impl Node {
             type_filter,
         } = cmd
         {
-            if remote.is_empty() && only.is_none() {
-                return self.read(cmd);
+            if all_local && only.is_none() {
+                holds_their_slots(&parts)?;
+                let page = self.read(cmd)?;
+                holds_their_slots(&parts)?;
+                return Ok(page);
             }
             let from = self.cursors.position(*cursor);
             let (next, keys) = self
-                .scan_page(
-                    &local,
-                    &remote,
-                    from,
-                    pattern.as_deref(),
-                    *count,
-                    hops,
-                    stale,
-                )
+                .scan_page(&parts, from, pattern.as_deref(), *count, hops, stale)
                 .await?;
             // Only strings exist: any other TYPE filter matches nothing.
             let type_ok = type_filter
@@ -130,60 +143,78 @@ impl Node {
             let cursor = self.cursors.advance(*cursor, next);
             return Ok(Reply::ScanPage { cursor, keys });
         }
+        holds_their_slots(&parts)?;
         let mut reply = self.keyspace_local(&local, cmd)?;
+        holds_their_slots(&parts)?;
         let mut nonempty = usize::from(matches!(reply, Reply::Value(Some(_))));
-        for id in remote {
-            let part = self.forward_by_map(id, cmd, hops, stale, Some(id)).await?;
-            reply = merge(cmd, reply, part, &mut nonempty)?;
+        for part in parts.iter().filter(|p| p.local.is_none()) {
+            let reply_part = self.read_part_elsewhere(part, cmd, hops, stale).await?;
+            reply = merge(cmd, reply, reply_part, &mut nonempty)?;
         }
         Ok(reply)
     }
 
-    /// One SCAN page over shards by id, each from `local` (read here) or `remote` (a range
-    /// scan of that shard alone, from its leader).
-    #[allow(clippy::too_many_arguments)]
+    /// `part`, which this node holds no whole replica of, read from the shard's leader.
+    /// Tried once: a refusal (`TRYAGAIN`: the leader's replica holds other slots than this
+    /// node routes to it) goes back to the caller, whose retry plans the read again from a
+    /// newer map.
+    async fn read_part_elsewhere(
+        &self,
+        part: &Part,
+        cmd: &Command,
+        hops: u32,
+        stale: bool,
+    ) -> Result<Reply, CommandError> {
+        let scope = Scope {
+            shard: part.id,
+            slots: part.slots,
+        };
+        self.forward_once_by_map(part.id, cmd, hops, stale, Some(scope))
+            .await
+    }
+
+    /// One SCAN page over the parts by shard id, each read here or (a range scan of that
+    /// shard alone) from its leader.
     async fn scan_page(
         &self,
-        local: &[Arc<Shard>],
-        remote: &[u32],
+        parts: &[Part],
         from: Position,
         pattern: Option<&[u8]>,
         count: usize,
         hops: u32,
         stale: bool,
     ) -> Result<(Option<Position>, Vec<Bytes>), CommandError> {
-        let mut ids: Vec<u32> = local
-            .iter()
-            .map(|s| s.id)
-            .chain(remote.iter().copied())
-            .collect();
-        ids.sort_unstable();
+        let mut parts: Vec<&Part> = parts.iter().collect();
+        parts.sort_unstable_by_key(|p| p.id);
         let glob = pattern
             .filter(|p| *p != b"*")
             .map(|p| Pattern::new(p, false));
         let budget = count.clamp(1, SCAN_COUNT_MAX);
         let mut examined = 0;
         let mut keys = Vec::new();
-        let mut i = ids.partition_point(|&id| id < from.shard());
-        let mut after = if ids.get(i) == Some(&from.shard()) {
+        let mut i = parts.partition_point(|p| p.id < from.shard());
+        let mut after = if parts.get(i).map(|p| p.id) == Some(from.shard()) {
             from.after().cloned()
         } else {
             None
         };
-        while examined < budget && i < ids.len() {
-            let id = ids[i];
+        while examined < budget && i < parts.len() {
+            let part = parts[i];
             let want = budget - examined;
-            let batch: Vec<Bytes> = match local.iter().find(|s| s.id == id) {
+            let batch: Vec<Bytes> = match &part.local {
                 Some(shard) => {
                     let start = after
                         .as_ref()
                         .map_or(Bound::Unbounded, |k| Bound::Excluded(&k[..]));
-                    shard
+                    part.holds_its_slots()?;
+                    let batch = shard
                         .engine()
                         .scan_keys(start, Bound::Unbounded, want)
                         .into_iter()
                         .map(|(k, _)| k)
-                        .collect()
+                        .collect();
+                    part.holds_its_slots()?;
+                    batch
                 }
                 None => {
                     let range = KeyRange {
@@ -195,13 +226,14 @@ impl Node {
                         limit: want,
                         keys_only: true,
                     };
-                    match self.forward_by_map(id, &cmd, hops, stale, Some(id)).await? {
+                    match self.read_part_elsewhere(part, &cmd, hops, stale).await? {
                         Reply::Entries { entries, .. } => {
                             entries.into_iter().map(|e| e.key).collect()
                         }
                         other => {
                             return Err(CommandError::Invalid(format!(
-                                "shard {id} answered a range scan with {other:?}"
+                                "shard {} answered a range scan with {other:?}",
+                                part.id
                             )));
                         }
                     }
@@ -212,17 +244,60 @@ impl Node {
             if let Some(last) = batch.last() {
                 after = Some(last.clone());
             }
-            keys.extend(batch.into_iter().filter(|k| {
-                glob.as_ref().is_none_or(|g| g.matches(k)) && self.shards.shard_of_key(k) == id
-            }));
+            keys.extend(
+                batch
+                    .into_iter()
+                    .filter(|k| glob.as_ref().is_none_or(|g| g.matches(k)) && part.covers(k)),
+            );
             if exhausted {
                 i += 1;
                 after = None;
             }
         }
-        let next = (i < ids.len()).then(|| Position::new(ids[i], after));
+        let next = (i < parts.len()).then(|| Position::new(parts[i].id, after));
         Ok((next, keys))
     }
+}
+
+/// One shard's part of a whole-keyspace read.
+struct Part {
+    id: u32,
+    /// The slots this node routes to the shard (or, for a part another node asks for, the
+    /// slots it routes there; `None`: as the serving replica holds it).
+    slots: Option<(u16, u16)>,
+    /// This node's replica, when it holds the whole shard; else the shard's leader is asked.
+    local: Option<Arc<Shard>>,
+}
+
+impl Part {
+    /// `TRYAGAIN` unless this node's replica holds exactly the part's slots. Checked before
+    /// and after each read of the replica: a split applied meanwhile shrinks the shard's
+    /// range before it deletes the keys that moved, so a read it cut short is caught, as is
+    /// a replica that has not yet applied (or a routing that has not yet learnt) a split.
+    fn holds_its_slots(&self) -> Result<(), CommandError> {
+        let (Some(shard), Some(slots)) = (&self.local, self.slots) else {
+            return Ok(());
+        };
+        match shard.slots() {
+            Some(held) if held == slots => Ok(()),
+            held => Err(CommandError::TryAgain(format!(
+                "shard {}'s replica here holds slots {held:?}, the read covers {}-{}: a split \
+                 is under way",
+                self.id, slots.0, slots.1
+            ))),
+        }
+    }
+
+    /// Whether `key` is in the part's slots (when it names them).
+    fn covers(&self, key: &[u8]) -> bool {
+        self.slots
+            .is_none_or(|(first, last)| (first..=last).contains(&crate::slot::key_slot(key)))
+    }
+}
+
+/// [`Part::holds_its_slots`] for every part.
+fn holds_their_slots(parts: &[Part]) -> Result<(), CommandError> {
+    parts.iter().try_for_each(Part::holds_its_slots)
 }
 
 /// Adds one shard's part of a whole-keyspace read to what was read so far. `nonempty`

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use cairn_raft::{Lead, Role};
 use futures::future::join_all;
 
-use super::Node;
 use super::write::Part;
+use super::{Node, Scope};
 use crate::command::Command;
 use crate::error::CommandError;
 use crate::meta::{Meta, NodeRecord};
@@ -111,7 +111,7 @@ impl Node {
         alone: bool,
     ) -> Result<Part, CommandError> {
         let Some(shard) = self.shards.get(shard_id) else {
-            let only = matches!(cmd, Command::Flush).then_some(shard_id);
+            let only = matches!(cmd, Command::Flush).then_some(Scope::shard(shard_id));
             let outcome = self.forward_by_map(shard_id, &cmd, hops, false, only).await;
             return Ok(Part::Done(outcome));
         };
@@ -132,7 +132,7 @@ impl Node {
                 Ok(None) => break,
                 Ok(Some((leader, addr))) => {
                     let hops = Self::hop(hops)?;
-                    let only = matches!(cmd, Command::Flush).then_some(shard_id);
+                    let only = matches!(cmd, Command::Flush).then_some(Scope::shard(shard_id));
                     crate::metrics::forwarded(cmd.name(), shard_id);
                     let forwarded =
                         crate::peer::forward(&self.peers, &addr, &cmd, hops, false, only);
@@ -155,7 +155,7 @@ impl Node {
                 // A replica that is not (yet) in the group, or was just removed, knows no
                 // leader: the map does.
                 Err(CommandError::TryAgain(_)) if !self.in_group(&shard) => {
-                    let only = matches!(cmd, Command::Flush).then_some(shard_id);
+                    let only = matches!(cmd, Command::Flush).then_some(Scope::shard(shard_id));
                     self.forward_once_by_map(shard_id, &cmd, hops, false, only)
                         .await
                 }
@@ -188,7 +188,7 @@ impl Node {
         cmd: &Command,
         hops: u32,
         stale: bool,
-        only: Option<u32>,
+        only: Option<Scope>,
     ) -> Result<Reply, CommandError> {
         let deadline = std::time::Instant::now() + super::ROUTE_RETRY_WINDOW;
         let mut backoff = super::ROUTE_RETRY_FIRST;
@@ -209,13 +209,13 @@ impl Node {
     }
 
     /// One attempt of [`Node::forward_by_map`].
-    async fn forward_once_by_map(
+    pub(super) async fn forward_once_by_map(
         &self,
         shard_id: u32,
         cmd: &Command,
         hops: u32,
         stale: bool,
-        only: Option<u32>,
+        only: Option<Scope>,
     ) -> Result<Reply, CommandError> {
         let placement = self.meta.shard(shard_id).ok_or_else(|| {
             CommandError::TryAgain(format!(
@@ -274,7 +274,7 @@ impl Node {
         cmd: &Command,
         hops: u32,
         stale: bool,
-        only: Option<u32>,
+        only: Option<Scope>,
     ) -> Result<Reply, CommandError> {
         if let Some(key) = cmd.single_read_key() {
             let shard = self.shards.shard_of_key(key);
