@@ -146,6 +146,10 @@ pub struct Group {
     /// When this replica last took an append (entries or heartbeat) from a leader it
     /// accepts, for [`Group::in_touch`].
     heard: Arc<Heard>,
+    /// When a leader last sent this replica an append or a snapshot it took (whether or not
+    /// that leader is in touch): the leader counts it as a member. Unlike `heard`, a change
+    /// of role, leader or vote does not count.
+    leader_sent: Arc<Heard>,
     /// Set while this replica leads out of touch: its appends say so, and its followers do
     /// not count them as touch (a leader deposed by a majority it cannot reach keeps
     /// heartbeating the followers on its side).
@@ -153,6 +157,9 @@ pub struct Group {
     /// This replica votes only once its log names it a member (see
     /// [`Group::vote_only_as_member`]).
     votes_need_membership: Arc<std::sync::atomic::AtomicBool>,
+    /// For a replica created again after a removal: it stands and votes only once its
+    /// membership is past this ([`MembershipFloor`]).
+    floor: Option<MembershipFloor>,
 }
 
 /// When a follower last heard its leader: milliseconds after `born` (one atomic store per
@@ -272,6 +279,35 @@ fn sole_voter(
             .all(|voters| voters.len() == 1 && voters.contains(&node))
 }
 
+/// The membership that dropped this node from a group, for a replica created again after
+/// that removal: as (term of the leader that reported it, log index of the membership).
+///
+/// A replica created again starts empty and catches up from a snapshot, whose membership is
+/// the one of the snapshot's last entry, possibly from long before the removal, and then from
+/// the log after it. Until the log arrives, that old membership is the replica's newest: if it
+/// names this node as a voter (every group starts with its first node alone), the replica
+/// would elect itself with its own vote and commit beside the group's real leader. So such a
+/// replica stands for election, and votes, only once the newest membership it knows is past
+/// the floor: from a term no older than the removal's and at a later index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MembershipFloor {
+    pub term: u64,
+    pub index: u64,
+}
+
+impl MembershipFloor {
+    /// Whether `membership` (a replica's newest) was appended after the removal.
+    fn passed_by(
+        self,
+        membership: &openraft::StoredMembership<LeaderId<u64, u64>, u64, NodeAddr>,
+    ) -> bool {
+        membership
+            .log_id()
+            .as_ref()
+            .is_some_and(|id| id.leader_id.term >= self.term && id.index > self.index)
+    }
+}
+
 fn role(state: ServerState) -> Role {
     match state {
         ServerState::Leader => Role::Leader,
@@ -291,7 +327,20 @@ impl Group {
         log: LogStore,
         sm: StateMachine,
     ) -> Result<Group, GroupError> {
-        Group::start_with(node, config, network, log, sm, false).await
+        Group::start_with(node, config, network, log, sm, false, None).await
+    }
+
+    /// [`Group::start`] for a replica created again after a removal: it stands for election
+    /// and votes only once its membership is past `floor` ([`MembershipFloor`]).
+    pub async fn start_past(
+        node: u64,
+        config: Arc<openraft::Config>,
+        network: GroupNetwork,
+        log: LogStore,
+        sm: StateMachine,
+        floor: MembershipFloor,
+    ) -> Result<Group, GroupError> {
+        Group::start_with(node, config, network, log, sm, false, Some(floor)).await
     }
 
     /// Starts a group that a split created just now on this node ([`crate::split`]): its
@@ -303,7 +352,7 @@ impl Group {
         log: LogStore,
         sm: StateMachine,
     ) -> Result<Group, GroupError> {
-        Group::start_with(node, config, network, log, sm, true).await
+        Group::start_with(node, config, network, log, sm, true, None).await
     }
 
     async fn start_with(
@@ -313,6 +362,7 @@ impl Group {
         log: LogStore,
         sm: StateMachine,
         fresh: bool,
+        floor: Option<MembershipFloor>,
     ) -> Result<Group, GroupError> {
         let lease = Duration::from_millis(config.election_timeout_max);
         // A replica forgets on restart the lease it may have granted a leader just before
@@ -329,15 +379,29 @@ impl Group {
         let raft = GroupRaft::new(node, config, network, log, sm.clone())
             .await
             .map_err(|e| GroupError::stopped(&e))?;
-        let alone = fresh || sole_voter(&raft.metrics().borrow_watched().membership_config, node);
+        // Past the floor, if there is one (see [`MembershipFloor`]).
+        let past_floor =
+            move |m: &openraft::StoredMembership<LeaderId<u64, u64>, u64, NodeAddr>| {
+                floor.is_none_or(|f| f.passed_by(m))
+            };
+        let alone = fresh || {
+            let m = raft.metrics().borrow_watched().membership_config.clone();
+            sole_voter(&m, node) && past_floor(&m)
+        };
         let embargo_until = std::time::Instant::now() + if alone { Duration::ZERO } else { lease };
+        // Set once elections may start: at once alone, else after the lease. With a floor,
+        // they stay off while the membership is not past it (the metrics task below follows).
+        let lease_over = Arc::new(std::sync::atomic::AtomicBool::new(alone));
         if alone {
             raft.runtime_config().elect(true);
         } else {
             let raft = raft.clone();
+            let lease_over = lease_over.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(lease).await;
-                raft.runtime_config().elect(true);
+                lease_over.store(true, std::sync::atomic::Ordering::Release);
+                let m = raft.metrics().borrow_watched().membership_config.clone();
+                raft.runtime_config().elect(past_floor(&m));
             });
         }
         let leader_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -349,6 +413,7 @@ impl Group {
         let lead_seen = lead.clone();
         let heard = Arc::new(Heard::new());
         let heard_change = heard.clone();
+        let elect_raft = raft.clone();
         tokio::spawn(async move {
             let mut leader = server.borrow_watched().current_leader;
             lead_seen.store(
@@ -358,6 +423,11 @@ impl Group {
             while server.changed().await.is_ok() {
                 let m = server.borrow_watched().clone();
                 lead_seen.store(Lead::of(&m).to_u8(), std::sync::atomic::Ordering::Release);
+                if floor.is_some() && lease_over.load(std::sync::atomic::Ordering::Acquire) {
+                    elect_raft
+                        .runtime_config()
+                        .elect(past_floor(&m.membership_config));
+                }
                 // A change of role or leader starts the wait for the group afresh: a new
                 // leader has no quorum acknowledgement yet, a new follower no append.
                 heard_change.now();
@@ -378,8 +448,10 @@ impl Group {
             embargo_until,
             lease_reads_local: Arc::default(),
             heard,
+            leader_sent: Arc::new(Heard::new()),
             leader_out_of_touch,
             votes_need_membership: Arc::default(),
+            floor,
         })
     }
 
@@ -455,6 +527,19 @@ impl Group {
     /// with its group (see [`Group::in_touch`]).
     pub fn heard_from_leader(&self) {
         self.heard.now();
+    }
+
+    /// A leader's append or snapshot, in touch or not, was taken by this replica (see
+    /// [`Group::leader_sent_within`]).
+    pub fn sent_by_leader(&self) {
+        self.leader_sent.now();
+    }
+
+    /// Whether a leader sent this replica an append or a snapshot it took within `within`
+    /// (or the replica started within it): a leader replicates only to the members of its
+    /// newest membership, so one that still does counts this replica, whatever a map says.
+    pub fn leader_sent_within(&self, within: Duration) -> bool {
+        self.leader_sent.since() < within
     }
 
     /// Whether this replica has been in touch with its group within `within`: as leader, a
@@ -860,11 +945,17 @@ impl Group {
     }
 
     /// Whether the newest membership this replica knows of names it (as a voter or a
-    /// learner).
+    /// learner), and is past its floor if it has one ([`MembershipFloor`]).
     pub fn is_in_own_membership(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
         let me = m.id;
+        if self
+            .floor
+            .is_some_and(|f| !f.passed_by(&m.membership_config))
+        {
+            return false;
+        }
         let membership = m.membership_config.membership();
         membership.voter_ids().any(|v| v == me) || membership.learner_ids().any(|l| l == me)
     }

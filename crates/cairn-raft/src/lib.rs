@@ -37,8 +37,8 @@ pub mod transport;
 pub mod types;
 
 pub use group::{
-    Group, GroupError, GroupHost, GroupRaft, GroupStatus, Groups, Lead, LeaderTerm, ProposeError,
-    Role, lease_read_ready,
+    Group, GroupError, GroupHost, GroupRaft, GroupStatus, Groups, Lead, LeaderTerm,
+    MembershipFloor, ProposeError, Role, lease_read_ready,
 };
 pub use log_store::LogStore;
 pub use network::{GroupNetwork, Peers};

@@ -142,8 +142,11 @@ async fn append_one(groups: &Groups, req: pb::AppendRequest) -> Result<pb::Appen
         leader_commit: decode_opt_log_id(&req.leader_commit).map_err(invalid)?,
     };
     let response = group.raft.append_entries(rpc).await.map_err(raft_failed)?;
-    if leader_in_touch && !matches!(response, AppendEntriesResponse::HigherVote(_)) {
-        group.heard_from_leader();
+    if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
+        group.sent_by_leader();
+        if leader_in_touch {
+            group.heard_from_leader();
+        }
     }
     let mut reply = pb::AppendResponse::default();
     match response {
@@ -383,6 +386,7 @@ impl pb::raft_server::Raft for RaftService {
             .await
             .map_err(raft_failed)?;
         if response.vote == asked {
+            group.sent_by_leader();
             group.heard_from_leader();
         }
         Ok(Response::new(pb::SnapshotResponse {

@@ -217,9 +217,9 @@ pub struct Node {
     /// ([`crate::placement::report_shards`]).
     pub(crate) reported:
         parking_lot::Mutex<std::collections::HashMap<u32, (crate::meta::ShardPlacement, Instant)>>,
-    /// When this node first saw each of its replicas dropped from its group
-    /// ([`crate::placement::remove_dropped_replicas`]).
-    pub(crate) dropped: parking_lot::Mutex<std::collections::HashMap<u32, Instant>>,
+    /// When this node first saw each of its replicas dropped from its group, by shard: the
+    /// replica's incarnation, and when ([`crate::placement::remove_dropped_replicas`]).
+    pub(crate) dropped: parking_lot::Mutex<std::collections::HashMap<u32, (u32, Instant)>>,
     /// Since when each shard's scheduled checkpoint has been waiting for a member being
     /// copied (`checkpoint_waits` in `node/background.rs`).
     checkpoint_waiting: parking_lot::Mutex<std::collections::HashMap<u32, Instant>>,

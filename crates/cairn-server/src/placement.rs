@@ -101,7 +101,9 @@ pub fn dropped_by(placement: &crate::meta::ShardPlacement, me: u64, known: (u64,
 
 /// Deletes this node's replicas of shards whose groups dropped it ([`dropped_by`]). A
 /// replica that knows no membership at all waits [`UNINITIALISED_REPLICA_GRACE`] without
-/// hearing from a leader first, and any dropped replica [`DROPPED_REPLICA_GRACE`].
+/// hearing from a leader first, and any dropped replica [`DROPPED_REPLICA_GRACE`] from when
+/// this incarnation of it was first found dropped, and as long again without hearing from
+/// its group.
 pub async fn remove_dropped_replicas(node: &Node) {
     let me = node.raft_id();
     let mut dropped = std::collections::HashMap::new();
@@ -120,22 +122,31 @@ pub async fn remove_dropped_replicas(node: &Node) {
         if known == 0 && shard.group.in_touch(UNINITIALISED_REPLICA_GRACE) {
             continue;
         }
-        let since = node
-            .dropped
-            .lock()
-            .get(&shard.id)
-            .copied()
-            .unwrap_or_else(std::time::Instant::now);
-        dropped.insert(shard.id, since);
-        if since.elapsed() < DROPPED_REPLICA_GRACE {
+        // The grace runs from when this incarnation was first seen dropped: a replica
+        // created again after a removal starts a new one (the old one's timer, kept from the
+        // round that removed it, would have it deleted as soon as it is found dropped, which
+        // a new learner is for a moment, while its snapshot's membership predates its own
+        // addition; its leader still counts it, and would find its log gone backwards).
+        let generation = node.shards().generation(shard.id);
+        let since = match node.dropped.lock().get(&shard.id) {
+            Some(&(seen, since)) if seen == generation => since,
+            _ => std::time::Instant::now(),
+        };
+        // A replica its group's leader still sends to is counted by that leader (a leader
+        // replicates only to the members of its newest membership): the map is behind, and
+        // deleting the replica now would leave the leader a follower whose log went back.
+        let still_sent_to = shard.group.leader_sent_within(DROPPED_REPLICA_GRACE);
+        if since.elapsed() < DROPPED_REPLICA_GRACE || still_sent_to {
+            dropped.insert(shard.id, (generation, since));
             continue;
         }
         let removed = node
             .shards()
-            .remove_replica(shard.id, placement.term, known)
+            .remove_replica(shard.id, placement.term, placement.membership_index, known)
             .await;
         if let Err(e) = removed {
             tracing::error!(shard = shard.id, error = %e, "cannot remove a dropped replica");
+            dropped.insert(shard.id, (generation, since));
         }
     }
     *node.dropped.lock() = dropped;

@@ -39,6 +39,16 @@ pub struct Incarnation {
     /// before the removal (a deposed leader's), even after a crash that lost its own vote.
     #[serde(default)]
     pub floor_term: u64,
+    /// With `removed_term`: the log index of the membership that dropped this node (0 in a
+    /// book from before it was kept).
+    #[serde(default)]
+    pub removed_index: u64,
+    /// The index of the membership that dropped the latest earlier incarnation: with
+    /// `floor_term`, the floor this one's membership must pass before it stands for
+    /// election or votes (`cairn_raft::MembershipFloor`: a snapshot can carry a membership
+    /// from before the removal that names this node a voter).
+    #[serde(default)]
+    pub floor_index: u64,
 }
 
 impl Incarnation {
@@ -47,7 +57,17 @@ impl Incarnation {
         generation: 0,
         removed_term: None,
         floor_term: 0,
+        removed_index: 0,
+        floor_index: 0,
     };
+
+    /// The membership floor of this incarnation, if an earlier one was removed.
+    pub fn membership_floor(self) -> Option<cairn_raft::MembershipFloor> {
+        (self.generation > 0).then_some(cairn_raft::MembershipFloor {
+            term: self.floor_term,
+            index: self.floor_index,
+        })
+    }
 
     /// Whether incarnation `generation` of the shard is dead (removed, or replaced by a
     /// newer one).
@@ -66,6 +86,8 @@ impl Incarnation {
                 generation: self.generation + 1,
                 removed_term: None,
                 floor_term: removed.max(self.floor_term),
+                removed_index: 0,
+                floor_index: self.removed_index.max(self.floor_index),
             }),
             Some(_) => None,
         }
@@ -182,7 +204,8 @@ mod tests {
         let removed = Incarnation {
             generation: 0,
             removed_term: Some(7),
-            floor_term: 0,
+            removed_index: 40,
+            ..Incarnation::FIRST
         };
         assert!(removed.is_dead(0));
         assert_eq!(removed.next_for(6), None, "a deposed leader's message");
@@ -190,7 +213,14 @@ mod tests {
             generation: 1,
             removed_term: None,
             floor_term: 7,
+            removed_index: 0,
+            floor_index: 40,
         };
+        assert_eq!(
+            next.membership_floor(),
+            Some(cairn_raft::MembershipFloor { term: 7, index: 40 })
+        );
+        assert_eq!(live.membership_floor(), None);
         assert_eq!(removed.next_for(7), Some(next));
         assert_eq!(removed.next_for(9), Some(next));
         assert!(next.is_dead(0) && !next.is_dead(1));
@@ -228,7 +258,8 @@ mod tests {
                 Incarnation {
                     generation: 0,
                     removed_term: Some(7),
-                    floor_term: 0,
+                    removed_index: 12,
+                    ..Incarnation::FIRST
                 },
             )
             .unwrap();
@@ -276,6 +307,8 @@ mod tests {
                 generation: 1,
                 removed_term: None,
                 floor_term: 7,
+                removed_index: 0,
+                floor_index: 12,
             }
         );
         node.shutdown().await.unwrap();
@@ -291,6 +324,8 @@ mod tests {
             generation: 3,
             removed_term: Some(11),
             floor_term: 4,
+            removed_index: 90,
+            floor_index: 30,
         };
         book.set(2, removed).unwrap();
         let again = ReplicaBook::load(io, dir.path()).unwrap();

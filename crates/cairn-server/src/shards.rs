@@ -463,7 +463,12 @@ impl Shards {
                 };
                 let dir = root.join(&name);
                 if self.book.get(id).is_dead(generation) {
-                    tracing::info!(shard = id, generation, "deleting a removed replica's files");
+                    tracing::info!(
+                        node = self.setup.identity.raft_id,
+                        shard = id,
+                        generation,
+                        "deleting a removed replica's files"
+                    );
                     cairn_io::remove_dir_all_durable(io, &dir)?;
                 } else if Replica::is_present(io, &dir)? {
                     held.push(id);
@@ -511,12 +516,13 @@ impl Shards {
             return None;
         };
         if let Err(e) = self.book.set(id, next) {
-            tracing::error!(shard = id, error = %e, "cannot record a new replica");
+            tracing::error!(node = self.setup.identity.raft_id, shard = id, error = %e, "cannot record a new replica");
             return None;
         }
         match self.ensure_locked(id, None).await {
             Ok(shard) => {
                 tracing::info!(
+                    node = self.setup.identity.raft_id,
                     shard = id,
                     generation = next.generation,
                     "replica created for the group's leader"
@@ -524,14 +530,14 @@ impl Shards {
                 Some(shard.group.clone())
             }
             Err(e) => {
-                tracing::error!(shard = id, error = %e, "cannot create a replica");
+                tracing::error!(node = self.setup.identity.raft_id, shard = id, error = %e, "cannot create a replica");
                 None
             }
         }
     }
 
     /// Deletes this node's replica of shard `id`, which the group dropped from its membership
-    /// in `term`: recorded in the book first (durably), then taken out of routing, its group
+    /// (of log index `removed_index`, reported in `term`): recorded in the book first (durably), then taken out of routing, its group
     /// stopped, its log's entries and its directory deleted. Watchers of its feed end
     /// (`NotHere`: they resume elsewhere).
     ///
@@ -539,7 +545,13 @@ impl Shards {
     /// dropped: if it learned a newer one since (its node added again meanwhile), nothing
     /// is removed; once its group is stopped that is checked again, and a replica that
     /// learned one in between is opened again instead.
-    pub async fn remove_replica(&self, id: u32, term: u64, membership: u64) -> anyhow::Result<()> {
+    pub async fn remove_replica(
+        &self,
+        id: u32,
+        term: u64,
+        removed_index: u64,
+        membership: u64,
+    ) -> anyhow::Result<()> {
         let lock = self.opening(id);
         let _one = lock.lock().await;
         let Some(shard) = self.by_id.get(id).map(|s| Arc::clone(&s)) else {
@@ -553,7 +565,11 @@ impl Shards {
         shard.feed.retire();
         shard.group.shutdown().await;
         if shard.group.membership_index() != membership {
-            tracing::info!(shard = id, "a dropped replica was added again: reopened");
+            tracing::info!(
+                node = self.setup.identity.raft_id,
+                shard = id,
+                "a dropped replica was added again: reopened"
+            );
             self.by_id.remove(id);
             self.ids.write().retain(|&i| i != id);
             self.ranges.lock().remove(&id);
@@ -567,6 +583,7 @@ impl Shards {
             id,
             Incarnation {
                 removed_term: Some(term),
+                removed_index,
                 ..known
             },
         )?;
@@ -583,12 +600,19 @@ impl Shards {
         let dir = replica_dir(&self.setup.data_dir, id, generation);
         cairn_io::remove_dir_all_durable(&*self.setup.io, &dir)?;
         tracing::info!(
+            node = self.setup.identity.raft_id,
             shard = id,
             generation,
             term,
             "replica removed: the group dropped this node"
         );
         Ok(())
+    }
+
+    /// The incarnation of shard `id` on this node: of its replica here, or of the last one
+    /// removed.
+    pub fn generation(&self, id: u32) -> u32 {
+        self.book.get(id).generation
     }
 
     /// Whether this node's replica of shard `id` was removed (and no newer one created).
@@ -780,6 +804,7 @@ impl Shards {
             initial_range: self.initial_range(id),
             generation,
             vote_floor: incarnation.floor_term,
+            floor: incarnation.membership_floor(),
             // Only the first incarnation of a first-layout shard on the node that created the
             // cluster: any other is created by its group's leader.
             bootstrap: Some(
@@ -1034,6 +1059,9 @@ struct Extras {
     /// The term the log votes in at least before the group starts (see
     /// [`Incarnation::floor_term`]).
     vote_floor: u64,
+    /// For an incarnation after a removal: the membership its log must pass before it
+    /// stands for election or votes.
+    floor: Option<cairn_raft::MembershipFloor>,
     /// Whether a group never initialised is bootstrapped with this node as its only voter
     /// (`None`: when this node created the cluster, the metadata group's rule).
     bootstrap: Option<bool>,
@@ -1113,6 +1141,8 @@ async fn open_replica_with(
     let network = setup.peers.group(group);
     let started = if split_now {
         Group::start_split(raft_id, setup.config.clone(), network, log, sm).await
+    } else if let Some(floor) = extras.floor {
+        Group::start_past(raft_id, setup.config.clone(), network, log, sm, floor).await
     } else {
         Group::start(raft_id, setup.config.clone(), network, log, sm).await
     };

@@ -550,3 +550,102 @@ fn a_handover_waits_for_a_lagging_voter_to_catch_up_and_then_hands_over() {
         trio.stop().await;
     });
 }
+
+/// Starts node 1's replica of `group` alone on `disk` (after its last run's tasks let go of
+/// the disk), with a membership floor or without.
+async fn restart_alone(
+    disk: &SimIo,
+    peers: &Arc<Peers>,
+    group: u64,
+    floor: Option<cairn_raft::MembershipFloor>,
+) -> Group {
+    let io: Arc<dyn cairn_storage::io::Io> = Arc::new(disk.clone());
+    let replica = Path::new("/node/shards").join(group.to_string());
+    let sm = net::open_unlocked("replica", || {
+        StateMachine::open(io.clone(), &replica, engine_options())
+    })
+    .await;
+    let wal = Arc::new(net::open_unlocked("WAL", || net::open_wal(&io)).await);
+    let log = LogStore::new(wal, group);
+    let started = match floor {
+        Some(floor) => Group::start_past(1, config(), peers.group(group), log, sm, floor).await,
+        None => Group::start(1, config(), peers.group(group), log, sm).await,
+    };
+    let handle = started.expect("start raft");
+    handle.vote_only_as_member();
+    handle
+}
+
+/// A replica created again after its node was removed from the group may first hold a
+/// membership from before the removal (a snapshot's, which can be older than the removal)
+/// that names its node the sole voter, as every group's first membership does. With the
+/// removal as its floor it neither stands for election nor votes on that membership (here:
+/// the group's own first membership, node 1 alone, with the floor just past it); without a
+/// floor the same replica elects itself at once, which in a cluster is a second leader
+/// committing beside the real one.
+#[test]
+fn a_replica_past_a_removal_does_not_elect_itself_on_a_membership_from_before_it() {
+    net::runtime().block_on(async {
+        let peers = Arc::new(Peers::new());
+        let disk = SimIo::new(130);
+        let group = GROUPS[0];
+        let mut node = start_node(1, &disk, &peers).await;
+        let nodes = BTreeMap::from([(1, node)]);
+        nodes[&1]
+            .member(group)
+            .raft
+            .initialize(members(&nodes))
+            .await
+            .expect("initialize");
+        let leader = leader_of(&nodes, group).await;
+        net::write(&leader, &mut History::default(), 3).await;
+        let m = leader.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.log_id().expect("a membership entry");
+        let term = m.current_term;
+        drop(leader);
+        node = nodes.into_values().next().unwrap();
+        node.stop().await;
+        drop(node);
+
+        let floor = cairn_raft::MembershipFloor {
+            term: membership.leader_id.term,
+            index: membership.index,
+        };
+        let floored = restart_alone(&disk, &peers, group, Some(floor)).await;
+        floored
+            .raft
+            .wait(Some(net::PATIENCE))
+            .metrics(
+                |m| m.membership_config.log_id() == &Some(membership),
+                "its membership loaded",
+            )
+            .await
+            .expect("the replica's membership");
+        assert!(
+            !floored.is_in_own_membership() && !floored.may_vote(),
+            "a membership from before the floor counts"
+        );
+        // Three election timeouts past the lease: it would have campaigned by now.
+        let lease = std::time::Duration::from_millis(config().election_timeout_max);
+        tokio::time::sleep(lease * 4).await;
+        let m = floored.raft.metrics().borrow_watched().clone();
+        assert!(
+            m.state != openraft::ServerState::Leader && m.current_term == term,
+            "the floored replica stood for election: {:?} in term {} (was {term})",
+            m.state,
+            m.current_term
+        );
+        let _ = floored.raft.shutdown().await;
+        drop(floored);
+
+        // The same replica without the floor leads at once (the check above can fail).
+        let unfloored = restart_alone(&disk, &peers, group, None).await;
+        unfloored
+            .raft
+            .wait(Some(net::PATIENCE))
+            .state(openraft::ServerState::Leader, "elected alone")
+            .await
+            .expect("a sole voter elects itself");
+        let _ = unfloored.raft.shutdown().await;
+    });
+}
