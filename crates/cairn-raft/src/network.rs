@@ -487,7 +487,19 @@ impl AppendLink {
     }
 }
 
-/// An append request on the wire.
+/// The slowest a peer link is assumed to carry an append (and the follower to write and
+/// sync it), for its deadline: see [`append_deadline`].
+pub const APPEND_BYTES_PER_SEC_MIN: u64 = 16 << 20;
+
+/// How long an append of `bytes` of entries may take: openraft's deadline (`ttl`, the
+/// heartbeat interval, which fits a heartbeat) plus the time its bytes take at
+/// [`APPEND_BYTES_PER_SEC_MIN`]. With openraft's deadline alone, an append of a few
+/// mebibytes on a slower link timed out each time it was sent, and the follower (or, without
+/// a majority, the shard) never got past it.
+pub fn append_deadline(ttl: Duration, bytes: usize) -> Duration {
+    ttl + Duration::from_secs_f64(bytes as f64 / APPEND_BYTES_PER_SEC_MIN as f64)
+}
+
 /// An append request on the wire, with as many of `rpc`'s entries as fit in
 /// [`APPEND_BYTES_MAX`] (at least one): how many it took is the second value.
 pub(crate) fn encode_append(
@@ -549,9 +561,11 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         // is openraft's `PartialSuccess`, and it sends the rest next. (The peer refuses a
         // message past its limit, and openraft would send the same run again and again.)
         let (request, taken) = encode_append(self.group, self.target, &rpc, out);
+        let bytes: usize = request.entries.iter().map(|e| e.len()).sum();
+        let deadline = append_deadline(option.hard_ttl(), bytes);
         let link = self.link()?;
         let append = async { link.append(request).await.map(tonic::Response::new) };
-        let reply = self.call(option.hard_ttl(), append).await?;
+        let reply = self.call(deadline, append).await?;
         let response = decode_append_response(&reply).map_err(bad_reply)?;
         Ok(match response {
             AppendEntriesResponse::Success if taken < rpc.entries.len() => {
@@ -689,6 +703,15 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
 mod tests {
     use super::*;
     use crate::rate::Transfers;
+
+    #[test]
+    fn an_append_has_time_for_its_bytes_and_a_heartbeat_only_openraft_s() {
+        let ttl = Duration::from_millis(150);
+        assert_eq!(append_deadline(ttl, 0), ttl);
+        // 16 MiB, the default largest value: a second more at the slowest link assumed.
+        assert_eq!(append_deadline(ttl, 16 << 20), ttl + Duration::from_secs(1));
+        assert!(append_deadline(ttl, 64 << 20) >= Duration::from_secs(4));
+    }
 
     fn chunk(bytes: usize) -> Part {
         Part::Chunk(pb::SnapshotChunk {

@@ -73,7 +73,7 @@ pub(crate) async fn start_on(
     let options = NodeOptions {
         data_dir: disk.data_dir,
         shards,
-        value_bytes_max: 1 << 20,
+        value_bytes_max: cairn_server::config::VALUE_BYTES_MAX_DEFAULT,
         sync: SyncMode::Always,
         grpc_addr: grpc_addr(i),
         http_addr: SocketAddr::from(([192, 0, 2, i], 7080)),
@@ -352,8 +352,8 @@ async fn holds_large(node: &Node, key: &str, value: &str) {
 }
 
 /// Values near the largest a node takes replicate, whether many of them go into one log
-/// entry (writes that arrive together) or a follower that was cut off gets a long run of
-/// them at once: a message past the peer's limit was refused every time it was sent again,
+/// entry (writes that arrive together), one value is nearly as large as a node takes, or a
+/// follower that was cut off gets a long run of them at once: a message past the peer's limit was refused every time it was sent again,
 /// and the follower (or, without a majority, the shard) never got past it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_of_a_mebibyte_replicate_in_large_entries_and_long_runs() {
@@ -383,6 +383,15 @@ async fn values_of_a_mebibyte_replicate_in_large_entries_and_long_runs() {
         for (i, key) in together.iter().enumerate() {
             holds_large(node, key, &value(i)).await;
         }
+    }
+
+    // One value near the largest a node takes by default (16 MiB): the append that carries
+    // it takes far longer to send, write and sync than openraft's deadline for an append
+    // (the heartbeat interval), which fits a heartbeat.
+    let huge = "h".repeat(15 << 20);
+    until_done(&n1.node, set("{huge}", &huge)).await;
+    for node in [&n1.node, &n2.node, &n3.node] {
+        holds_large(node, "{huge}", &huge).await;
     }
 
     // Node 3 cut off while 80 more go in through node 1: healed, it is sent them as one run

@@ -395,7 +395,26 @@ async fn run_seed(seed: u64) {
     let held = held_by(&n3.node);
     for (key, want) in &expected {
         if held.contains(&n3.node.shards().shard_of_key(key.as_bytes())) {
-            held_locally(&n3.node, key, want).await;
+            let within = PATIENCE - Duration::from_secs(5);
+            let check = tokio::time::timeout(within, held_locally(&n3.node, key, want));
+            if check.await.is_err() {
+                // What every node reads (with versions) and every replica's view, to tell a
+                // replica that lags from one that diverged.
+                let mut reads = String::new();
+                for node in [&n1.node, &n2.node, &n3.node] {
+                    let leader = node.execute(get(key)).await;
+                    let own = node.execute_with(get(key), true).await;
+                    reads.push_str(&format!(
+                        "\n  node {}: through the leader {leader:?}, its own {own:?}",
+                        node.id()
+                    ));
+                }
+                panic!(
+                    "seed {seed}: node 3's replica never held {key} = {want} (log {:?}):{reads}\ngroups:{}",
+                    logs.get(key),
+                    group_views(&[&n1.node, &n2.node, &n3.node])
+                );
+            }
         }
     }
     no_stray_directories(&disk, &n3.node, &format!("seed {seed}, at the end")).await;
