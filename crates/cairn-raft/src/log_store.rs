@@ -248,6 +248,26 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .collect()
     }
 
+    /// What replication reads for one append: the entries from `start`, up to what one
+    /// append carries ([`crate::service::APPEND_BYTES_MAX`], at least one entry). Without the
+    /// bound openraft reads its whole window (up to 300 entries) for each append, and a run
+    /// of large entries, sent 8 MiB at a time, was read again from the WAL for every part.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, io::Error> {
+        if let Some(found) = self.recent.lock().range(start, end) {
+            return Ok(found);
+        }
+        self.wal
+            .entries_up_to(self.group, start..end, crate::service::APPEND_BYTES_MAX)
+            .map_err(io_err)?
+            .into_iter()
+            .map(|(_, bytes)| decode_entry(&bytes))
+            .collect()
+    }
+
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
         self.wal
             .group(self.group)

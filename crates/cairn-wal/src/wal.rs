@@ -439,6 +439,18 @@ impl Wal {
     /// memory (not yet written) or from their records on disk, each checked against its
     /// checksum: damage is [`WalError::Corruption`], never data.
     pub fn entries(&self, group: u64, range: impl RangeBounds<u64>) -> Result<Vec<(u64, Bytes)>> {
+        self.entries_up_to(group, range, usize::MAX)
+    }
+
+    /// [`Wal::entries`], stopping before the entry that would take the payloads read past
+    /// `bytes_max` (the first entry is always read): what a replication stream sends in one
+    /// message, read without the rest of a long run of large entries.
+    pub fn entries_up_to(
+        &self,
+        group: u64,
+        range: impl RangeBounds<u64>,
+        bytes_max: usize,
+    ) -> Result<Vec<(u64, Bytes)>> {
         let range = (range.start_bound().cloned(), range.end_bound().cloned());
         let slots: Vec<(u64, SlotRead)> = {
             let state = self.shared.state.lock();
@@ -448,8 +460,18 @@ impl Wal {
             if is_empty_range(range) {
                 return Ok(Vec::new());
             }
+            let mut bytes = 0usize;
             g.entries
                 .range(range)
+                .take_while(|(_, slot)| {
+                    let len = match slot {
+                        Slot::Pending { payload, .. } => payload.len(),
+                        Slot::Written(loc) => loc.len as usize,
+                    };
+                    let first = bytes == 0;
+                    bytes = bytes.saturating_add(len.max(1));
+                    first || bytes <= bytes_max
+                })
                 .map(|(&index, slot)| {
                     let read = match slot {
                         Slot::Pending { payload, .. } => SlotRead::Memory(payload.clone()),

@@ -591,3 +591,43 @@ fn segments_are_deleted_only_after_the_purge_is_durable() {
     assert_eq!(wal.group(1).unwrap().purged.map(|p| p.0), Some(390));
     assert_eq!(indexes(&wal, 1), (391..=400).collect::<Vec<_>>());
 }
+
+/// A read bounded in bytes stops before the entry that would pass the bound, whether the
+/// entries are still in memory or on disk, and always returns the first.
+#[test]
+fn a_bounded_read_stops_at_its_bytes_and_takes_at_least_one_entry() {
+    let io = SimIo::new(12);
+    let (wal, _) = open_sim(&io, 1 << 20);
+    let big = |index: u64| {
+        Op::Entry(Record {
+            group: 1,
+            index,
+            payload: Bytes::from(vec![index as u8; 1000]),
+        })
+    };
+    wal.write((1..=10).map(big).collect()).unwrap();
+    let read = |bytes_max| -> Vec<u64> {
+        wal.entries_up_to(1, 1..=10, bytes_max)
+            .unwrap()
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let three = read(3 * 1100);
+    assert!(
+        (2..=3).contains(&three.len()) && three[0] == 1,
+        "records of 1000 bytes and a header, within 3300 bytes: {three:?}"
+    );
+    assert_eq!(read(1), vec![1], "the first entry always");
+    assert_eq!(read(usize::MAX).len(), 10);
+    assert_eq!(wal.entries(1, ..).unwrap().len(), 10);
+    drop(wal);
+    let (wal, _) = open_sim(&io.crash_image(PowerCut::DropUnsynced), 1 << 20);
+    let after: Vec<u64> = wal
+        .entries_up_to(1, 4.., 2 * 1100)
+        .unwrap()
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect();
+    assert!((1..=2).contains(&after.len()) && after[0] == 4, "{after:?}");
+}
