@@ -389,19 +389,17 @@ impl Group {
             sole_voter(&m, node) && past_floor(&m)
         };
         let embargo_until = std::time::Instant::now() + if alone { Duration::ZERO } else { lease };
-        // Set once elections may start: at once alone, else after the lease. With a floor,
-        // they stay off while the membership is not past it (the metrics task below follows).
-        let lease_over = Arc::new(std::sync::atomic::AtomicBool::new(alone));
+        // Elections may start at once alone, else after the lease. With a floor, the metrics
+        // task below is the one writer of the switch: on at the lease's end only if the
+        // membership is past the floor, and from then on as the membership changes (two
+        // writers could leave a stale "off" last on a quiet follower).
         if alone {
             raft.runtime_config().elect(true);
-        } else {
+        } else if floor.is_none() {
             let raft = raft.clone();
-            let lease_over = lease_over.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(lease).await;
-                lease_over.store(true, std::sync::atomic::Ordering::Release);
-                let m = raft.metrics().borrow_watched().membership_config.clone();
-                raft.runtime_config().elect(past_floor(&m));
+                raft.runtime_config().elect(true);
             });
         }
         let leader_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -420,10 +418,28 @@ impl Group {
                 Lead::of(&server.borrow_watched()).to_u8(),
                 std::sync::atomic::Ordering::Release,
             );
-            while server.changed().await.is_ok() {
+            let lease_end = tokio::time::sleep(if alone { Duration::ZERO } else { lease });
+            tokio::pin!(lease_end);
+            let mut lease_over = alone;
+            loop {
+                tokio::select! {
+                    () = &mut lease_end, if !lease_over => {
+                        lease_over = true;
+                        if floor.is_some() {
+                            let m = server.borrow_watched().membership_config.clone();
+                            elect_raft.runtime_config().elect(past_floor(&m));
+                        }
+                        continue;
+                    }
+                    changed = server.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                    }
+                }
                 let m = server.borrow_watched().clone();
                 lead_seen.store(Lead::of(&m).to_u8(), std::sync::atomic::Ordering::Release);
-                if floor.is_some() && lease_over.load(std::sync::atomic::Ordering::Acquire) {
+                if floor.is_some() && lease_over {
                     elect_raft
                         .runtime_config()
                         .elect(past_floor(&m.membership_config));

@@ -581,7 +581,8 @@ async fn restart_alone(
 /// that names its node the sole voter, as every group's first membership does. With the
 /// removal as its floor it neither stands for election nor votes on that membership (here:
 /// the group's own first membership, node 1 alone, with the floor just past it); without a
-/// floor the same replica elects itself at once, which in a cluster is a second leader
+/// floor, or with one below its membership, the same replica elects itself once its lease is
+/// over, which in a cluster, on a membership from before a removal, is a second leader
 /// committing beside the real one.
 #[test]
 fn a_replica_past_a_removal_does_not_elect_itself_on_a_membership_from_before_it() {
@@ -599,6 +600,19 @@ fn a_replica_past_a_removal_does_not_elect_itself_on_a_membership_from_before_it
             .expect("initialize");
         let leader = leader_of(&nodes, group).await;
         net::write(&leader, &mut History::default(), 3).await;
+        // A learner that never answers: a membership entry past the first (still node 1
+        // the sole voter), so that a floor can sit just below it.
+        leader
+            .raft
+            .add_learner(
+                9,
+                NodeAddr {
+                    grpc: "127.0.0.1:1".into(),
+                },
+                false,
+            )
+            .await
+            .expect("a learner added");
         let m = leader.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.log_id().expect("a membership entry");
         let term = m.current_term;
@@ -638,14 +652,22 @@ fn a_replica_past_a_removal_does_not_elect_itself_on_a_membership_from_before_it
         let _ = floored.raft.shutdown().await;
         drop(floored);
 
-        // The same replica without the floor leads at once (the check above can fail).
-        let unfloored = restart_alone(&disk, &peers, group, None).await;
-        unfloored
-            .raft
-            .wait(Some(net::PATIENCE))
-            .state(openraft::ServerState::Leader, "elected alone")
-            .await
-            .expect("a sole voter elects itself");
-        let _ = unfloored.raft.shutdown().await;
+        // With the floor just below its membership (a removal before it), the replica
+        // stands once its lease is over; without a floor, too (the check above can fail).
+        let below = cairn_raft::MembershipFloor {
+            term: membership.leader_id.term,
+            index: membership.index - 1,
+        };
+        for floor in [Some(below), None] {
+            let replica = restart_alone(&disk, &peers, group, floor).await;
+            replica
+                .raft
+                .wait(Some(net::PATIENCE))
+                .state(openraft::ServerState::Leader, "elected alone")
+                .await
+                .unwrap_or_else(|e| panic!("with floor {floor:?}, a sole voter stands: {e}"));
+            let _ = replica.raft.shutdown().await;
+            drop(replica);
+        }
     });
 }
