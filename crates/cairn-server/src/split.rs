@@ -662,6 +662,44 @@ mod tests {
         node.shutdown().await.unwrap();
     }
 
+    /// While a split is being applied here (held by the test), the map may already name
+    /// its child: a part asked for the parent's whole range, by a node that knows neither,
+    /// is refused, not answered without the child's slots (the replica filters what it
+    /// reads by its slot map, which routes them to the child).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_keyspace_part_is_refused_while_the_map_routes_some_of_its_slots_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(options(dir.path())).await.unwrap();
+        let before = fill(&node, 300, 4_000_000_000_000).await;
+        let (first, last) = node.shards().get(1).unwrap().slots().unwrap();
+        let at = 6000;
+        let hold = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        *node.shards().hold_splits.lock() = Some(hold.clone());
+        let split = tokio::spawn({
+            let node = node.clone();
+            async move { node.split_shard(1, Some(at)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(node.shards().get(1).unwrap().slots(), Some((first, last)));
+        // As if the map had the child's report already.
+        node.shards().set_placed([(99, at, last)]);
+        let scope = crate::node::Scope {
+            shard: 1,
+            slots: Some((first, last)),
+        };
+        let keys = Command::Keys { pattern: b("*") };
+        let part = node.execute_forwarded(keys, 1, false, Some(scope)).await;
+        node.shards().set_placed([]);
+        assert!(
+            matches!(part, Err(CommandError::TryAgain(_))),
+            "answered with the slots the map routes to the child left out: {part:?}"
+        );
+        hold.add_permits(1);
+        split.await.unwrap().unwrap();
+        assert_eq!(before.len(), 300);
+        node.shutdown().await.unwrap();
+    }
+
     /// A split whose apply takes long (a big shard's copy; here held by the test) holds the
     /// shard's other writes until it lands, and none of them fails for it; the moving slots
     /// are refused meanwhile on the node that proposed it, to be routed again.

@@ -26,6 +26,7 @@ use crate::error::CommandError;
 use crate::reply::Reply;
 use crate::scan::{Position, SCAN_COUNT_MAX};
 use crate::shard::Shard;
+use crate::shards::Shards;
 
 /// Whether `cmd` reads the whole keyspace (and may need shards held elsewhere).
 pub(super) fn is_keyspace_read(cmd: &Command) -> bool {
@@ -90,6 +91,8 @@ impl Node {
                 .map(|(id, slots)| (id, Some(slots)))
                 .collect(),
         };
+        // A replica here whose range is not (yet) the part's (it has not applied a split
+        // the map shows) is passed over: the shard's leader answers for that part.
         Ok(ranges
             .into_iter()
             .map(|(id, slots)| Part {
@@ -98,7 +101,10 @@ impl Node {
                 local: self
                     .shards
                     .get(id)
-                    .filter(|shard| self.serves_keyspace(shard))
+                    .filter(|shard| {
+                        self.serves_keyspace(shard)
+                            && slots.is_none_or(|s| shard.slots() == Some(s))
+                    })
                     .map(|shard| Arc::clone(&shard)),
             })
             .collect())
@@ -126,9 +132,9 @@ impl Node {
         } = cmd
         {
             if all_local && only.is_none() {
-                holds_their_slots(&parts)?;
+                holds_their_slots(&parts, &self.shards)?;
                 let page = self.read(cmd)?;
-                holds_their_slots(&parts)?;
+                holds_their_slots(&parts, &self.shards)?;
                 return Ok(page);
             }
             let from = self.cursors.position(*cursor);
@@ -143,9 +149,9 @@ impl Node {
             let cursor = self.cursors.advance(*cursor, next);
             return Ok(Reply::ScanPage { cursor, keys });
         }
-        holds_their_slots(&parts)?;
+        holds_their_slots(&parts, &self.shards)?;
         let mut reply = self.keyspace_local(&local, cmd)?;
-        holds_their_slots(&parts)?;
+        holds_their_slots(&parts, &self.shards)?;
         let mut nonempty = usize::from(matches!(reply, Reply::Value(Some(_))));
         for part in parts.iter().filter(|p| p.local.is_none()) {
             let reply_part = self.read_part_elsewhere(part, cmd, hops, stale).await?;
@@ -206,14 +212,14 @@ impl Node {
                     let start = after
                         .as_ref()
                         .map_or(Bound::Unbounded, |k| Bound::Excluded(&k[..]));
-                    part.holds_its_slots()?;
+                    part.holds_its_slots(&self.shards)?;
                     let batch = shard
                         .engine()
                         .scan_keys(start, Bound::Unbounded, want)
                         .into_iter()
                         .map(|(k, _)| k)
                         .collect();
-                    part.holds_its_slots()?;
+                    part.holds_its_slots(&self.shards)?;
                     batch
                 }
                 None => {
@@ -274,18 +280,25 @@ impl Part {
     /// and after each read of the replica: a split applied meanwhile shrinks the shard's
     /// range before it deletes the keys that moved, so a read it cut short is caught, as is
     /// a replica that has not yet applied (or a routing that has not yet learnt) a split.
-    fn holds_its_slots(&self) -> Result<(), CommandError> {
+    ///
+    /// The slot map here must also route every one of those slots to the shard: a replica
+    /// filters what it reads by that map, so one that names a split's child (from the
+    /// cluster map, before this replica applied the split) would drop the child's keys from
+    /// a read that the asker, unaware of the child, never reads elsewhere.
+    fn holds_its_slots(&self, shards: &Shards) -> Result<(), CommandError> {
         let (Some(shard), Some(slots)) = (&self.local, self.slots) else {
             return Ok(());
         };
-        match shard.slots() {
-            Some(held) if held == slots => Ok(()),
-            held => Err(CommandError::TryAgain(format!(
-                "shard {}'s replica here holds slots {held:?}, the read covers {}-{}: a split \
-                 is under way",
-                self.id, slots.0, slots.1
-            ))),
+        let held = shard.slots();
+        let routed_here = (slots.0..=slots.1).all(|slot| shards.owner(slot) == self.id);
+        if held == Some(slots) && routed_here {
+            return Ok(());
         }
+        Err(CommandError::TryAgain(format!(
+            "shard {}'s replica here holds slots {held:?} (routed here alike: {routed_here}), \
+             the read covers {}-{}: a split is under way",
+            self.id, slots.0, slots.1
+        )))
     }
 
     /// Whether `key` is in the part's slots (when it names them).
@@ -296,8 +309,8 @@ impl Part {
 }
 
 /// [`Part::holds_its_slots`] for every part.
-fn holds_their_slots(parts: &[Part]) -> Result<(), CommandError> {
-    parts.iter().try_for_each(Part::holds_its_slots)
+fn holds_their_slots(parts: &[Part], shards: &Shards) -> Result<(), CommandError> {
+    parts.iter().try_for_each(|p| p.holds_its_slots(shards))
 }
 
 /// Adds one shard's part of a whole-keyspace read to what was read so far. `nonempty`
