@@ -212,24 +212,34 @@ pub(crate) async fn held_locally(node: &Node, key: &str, value: &str) {
     tokio::time::timeout(PATIENCE, async {
         loop {
             let reply = node.execute_with(get(key), true).await;
-            if let Ok(reply) = &reply {
-                if value_of(reply.clone()).as_deref() == Some(value.as_bytes()) {
-                    return;
-                }
+            let got = reply.map(value_of);
+            if got.as_ref().ok().and_then(|v| v.as_deref()) == Some(value.as_bytes()) {
+                return;
             }
-            *last.lock() = Some(reply);
+            *last.lock() = Some(got.map(|v| v.map(|v| brief(&v))));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
     .unwrap_or_else(|_| {
         panic!(
-            "node {} never held {key} = {value}; it last read {:?}; its replicas:{}",
+            "node {} never held {key} = {}; it last read {:?}; its replicas:{}",
             node.id(),
+            brief(value.as_bytes()),
             last.lock().take(),
             group_views(&[node])
         )
     });
+}
+
+/// A value as a failure message shows it: whole when short, else its length (some values
+/// here are mebibytes).
+fn brief(value: &[u8]) -> String {
+    if value.len() <= 300 {
+        String::from_utf8_lossy(value).into_owned()
+    } else {
+        format!("<{} bytes>", value.len())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,32 +335,6 @@ async fn a_cluster_on_the_in_memory_network_replicates_forwards_and_partitions()
     }
 }
 
-/// Waits until `node`'s own replica holds `value` for `key` (a local read); on timeout the
-/// panic names the length it last read, not the value (these are large).
-async fn holds_large(node: &Node, key: &str, value: &str) {
-    let last = parking_lot::Mutex::new(None);
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let reply = node.execute_with(get(key), true).await;
-            let got = reply.ok().map(value_of);
-            if got.as_ref().and_then(|v| v.as_ref()).map(|v| &v[..]) == Some(value.as_bytes()) {
-                return;
-            }
-            *last.lock() = Some(got.map(|v| v.map(|v| v.len())));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "node {} never held {key} ({} bytes); its last local read gave {:?} bytes",
-            node.id(),
-            value.len(),
-            last.lock().take()
-        )
-    });
-}
-
 /// Values near the largest a node takes replicate, whether many of them go into one log
 /// entry (writes that arrive together), one value is nearly as large as a node takes, or a
 /// follower that was cut off gets a long run of them at once: a message past the peer's limit was refused every time it was sent again,
@@ -381,7 +365,7 @@ async fn values_of_a_mebibyte_replicate_in_large_entries_and_long_runs() {
     futures::future::join_all(writes).await;
     for node in [&n1.node, &n2.node, &n3.node] {
         for (i, key) in together.iter().enumerate() {
-            holds_large(node, key, &value(i)).await;
+            held_locally(node, key, &value(i)).await;
         }
     }
 
@@ -391,7 +375,7 @@ async fn values_of_a_mebibyte_replicate_in_large_entries_and_long_runs() {
     let huge = "h".repeat(15 << 20);
     until_done(&n1.node, set("{huge}", &huge)).await;
     for node in [&n1.node, &n2.node, &n3.node] {
-        holds_large(node, "{huge}", &huge).await;
+        held_locally(node, "{huge}", &huge).await;
     }
 
     // Node 3 cut off while 80 more go in through node 1: healed, it is sent them as one run
@@ -403,7 +387,7 @@ async fn values_of_a_mebibyte_replicate_in_large_entries_and_long_runs() {
     }
     net.heal();
     for (i, key) in behind.iter().enumerate() {
-        holds_large(&n3.node, key, &value(i)).await;
+        held_locally(&n3.node, key, &value(i)).await;
     }
     for running in [n3, n2, n1] {
         stop(running).await;
