@@ -350,6 +350,10 @@ pub struct Shards {
     owner: Box<[std::sync::atomic::AtomicU32]>,
     /// Serialises rewrites of `owner`.
     remapping: parking_lot::Mutex<()>,
+    /// Bumped after every change of the slot map ([`Shards::routing_epoch`]).
+    routing_epoch: std::sync::atomic::AtomicU64,
+    /// The tiling of the slot map ([`Shards::routed_ranges`]) and the epoch it was read at.
+    tiling: parking_lot::Mutex<Option<(u64, Tiling)>>,
     /// One lock per shard id, held while its replica opens (at start, for a split, for a
     /// snapshot naming children): a replica opens once. Per shard, because a parent's group
     /// replays a split while the parent is being opened, and then opens the child.
@@ -397,6 +401,8 @@ impl Shards {
                 .map(|_| std::sync::atomic::AtomicU32::new(UNMAPPED))
                 .collect(),
             remapping: Default::default(),
+            routing_epoch: Default::default(),
+            tiling: Default::default(),
             opening: Default::default(),
             ranges: Default::default(),
             taken: Default::default(),
@@ -659,8 +665,27 @@ impl Shards {
 
     /// The slots the slot map routes to each shard, when they tile the keyspace: see
     /// [`tiling`].
-    pub fn routed_ranges(&self) -> Result<BTreeMap<u32, (u16, u16)>, String> {
-        tiling((0..SLOT_COUNT).map(|slot| self.owner(slot)))
+    /// Read once per change of the slot map, and kept.
+    pub fn routed_ranges(&self) -> Tiling {
+        let epoch = self.routing_epoch();
+        if let Some((at, tiled)) = &*self.tiling.lock() {
+            if *at == epoch {
+                return tiled.clone();
+            }
+        }
+        let tiled = tiling((0..SLOT_COUNT).map(|slot| self.owner(slot))).map(Arc::new);
+        // Kept only if the map did not change while it was read.
+        if self.routing_epoch() == epoch {
+            *self.tiling.lock() = Some((epoch, tiled.clone()));
+        }
+        tiled
+    }
+
+    /// A number that changes whenever the slot map does: a check of the map made at one
+    /// epoch still holds while the epoch is the same.
+    pub fn routing_epoch(&self) -> u64 {
+        self.routing_epoch
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The shard owning `key`'s slot ([`UNMAPPED`]: see [`Shards::owner`]).
@@ -715,9 +740,15 @@ impl Shards {
         for (&id, &(first, last)) in self.placed.lock().iter() {
             claim(id, first, last);
         }
+        // Bumped before and after: a reader that saw the same epoch on both sides of its
+        // read of the map read no slot of a change in progress.
+        self.routing_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         for (slot, id) in owner.into_iter().enumerate() {
             self.owner[slot].store(id, std::sync::atomic::Ordering::Release);
         }
+        self.routing_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// The range of shard `id` before its replica holds a record: the first layout's, or for
@@ -946,6 +977,10 @@ impl Shards {
         self.remap();
     }
 }
+
+/// The slot map's tiling: each shard's run of slots, or why the runs do not tile the
+/// keyspace ([`Shards::routed_ranges`]).
+pub type Tiling = Result<Arc<BTreeMap<u32, (u16, u16)>>, String>;
 
 /// Each shard's run of slots, given the owner of every slot in order, when they tile the
 /// keyspace: every slot owned, each shard one contiguous run. Otherwise (a split half known:

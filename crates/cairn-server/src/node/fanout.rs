@@ -62,9 +62,9 @@ impl Node {
     /// `TRYAGAIN` while a shard the map names as split from another is not routed here yet
     /// (its own placement not reported, or not read yet): a whole-keyspace read would miss
     /// its keys, which its parent no longer holds.
-    fn every_shard_known(&self) -> Result<(), CommandError> {
+    fn every_shard_known(&self, parts: &[Part]) -> Result<(), CommandError> {
         let placements = self.placements();
-        let routed = self.shards.routed();
+        let routed: std::collections::BTreeSet<u32> = parts.iter().map(|p| p.id).collect();
         for placement in placements.values() {
             if let Some(child) = placement.children.iter().find(|c| !routed.contains(c)) {
                 return Err(CommandError::TryAgain(format!(
@@ -81,16 +81,31 @@ impl Node {
     /// whole replica of it, else from its leader. `TRYAGAIN` while the routed slots do not
     /// tile the keyspace (a split half known here).
     fn keyspace_parts(&self, only: Option<Scope>) -> Result<Vec<Part>, CommandError> {
-        let ranges: Vec<(u32, Option<(u16, u16)>)> = match only {
-            Some(scope) => vec![(scope.shard, scope.slots)],
-            None => self
-                .shards
-                .routed_ranges()
-                .map_err(CommandError::TryAgain)?
-                .into_iter()
-                .map(|(id, slots)| (id, Some(slots)))
-                .collect(),
+        let epoch = self.shards.routing_epoch();
+        type Ranges = Vec<(u32, Option<(u16, u16)>)>;
+        let (ranges, routed): (Ranges, bool) = match only {
+            Some(scope) => {
+                let routed = scope.slots.is_some_and(|(first, last)| {
+                    (first..=last).all(|slot| self.shards.owner(slot) == scope.shard)
+                });
+                (vec![(scope.shard, scope.slots)], routed)
+            }
+            None => {
+                let ranges = self
+                    .shards
+                    .routed_ranges()
+                    .map_err(CommandError::TryAgain)?;
+                let parts = ranges
+                    .iter()
+                    .map(|(&id, &slots)| (id, Some(slots)))
+                    .collect();
+                (parts, true)
+            }
         };
+        // The epoch at which every part's slots were seen routed to it, if the map did not
+        // change meanwhile: the checks around the read then compare the epoch alone.
+        let stable = epoch % 2 == 0 && self.shards.routing_epoch() == epoch;
+        let routed_at = (routed && stable).then_some(epoch);
         // A replica here whose range is not (yet) the part's (it has not applied a split
         // the map shows) is passed over: the shard's leader answers for that part.
         Ok(ranges
@@ -98,6 +113,7 @@ impl Node {
             .map(|(id, slots)| Part {
                 id,
                 slots,
+                routed_at,
                 local: self
                     .shards
                     .get(id)
@@ -118,10 +134,10 @@ impl Node {
         stale: bool,
         only: Option<Scope>,
     ) -> Result<Reply, CommandError> {
-        if only.is_none() {
-            self.every_shard_known()?;
-        }
         let parts = self.keyspace_parts(only)?;
+        if only.is_none() {
+            self.every_shard_known(&parts)?;
+        }
         let local: Vec<Arc<Shard>> = parts.iter().filter_map(|p| p.local.clone()).collect();
         let all_local = local.len() == parts.len();
         if let Command::Scan {
@@ -273,6 +289,9 @@ struct Part {
     slots: Option<(u16, u16)>,
     /// This node's replica, when it holds the whole shard; else the shard's leader is asked.
     local: Option<Arc<Shard>>,
+    /// The slot map's epoch ([`Shards::routing_epoch`]) at which `slots` were seen routed to
+    /// the shard here.
+    routed_at: Option<u64>,
 }
 
 impl Part {
@@ -290,7 +309,8 @@ impl Part {
             return Ok(());
         };
         let held = shard.slots();
-        let routed_here = (slots.0..=slots.1).all(|slot| shards.owner(slot) == self.id);
+        let routed_here = self.routed_at == Some(shards.routing_epoch())
+            || (slots.0..=slots.1).all(|slot| shards.owner(slot) == self.id);
         if held == Some(slots) && routed_here {
             return Ok(());
         }
