@@ -613,7 +613,23 @@ fn a_replica_past_a_removal_does_not_elect_itself_on_a_membership_from_before_it
             )
             .await
             .expect("a learner added");
-        let m = leader.raft.metrics().borrow_watched().clone();
+        // The metrics can trail the commit that `add_learner` waited for: read the
+        // membership only once they show the learner (else the floor would sit below an
+        // older membership, and the replica would rightly stand).
+        let m = leader
+            .raft
+            .wait(Some(net::PATIENCE))
+            .metrics(
+                |m| {
+                    m.membership_config
+                        .membership()
+                        .learner_ids()
+                        .any(|id| id == 9)
+                },
+                "the learner in the membership",
+            )
+            .await
+            .expect("the learner's membership in the metrics");
         let membership = m.membership_config.log_id().expect("a membership entry");
         let term = m.current_term;
         drop(leader);
