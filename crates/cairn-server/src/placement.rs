@@ -11,7 +11,7 @@
 //! One change per group per round.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_raft::{Group, NodeAddr};
 use tokio::sync::mpsc;
@@ -122,21 +122,12 @@ pub async fn remove_dropped_replicas(node: &Node) {
         if known == 0 && shard.group.in_touch(UNINITIALISED_REPLICA_GRACE) {
             continue;
         }
-        // The grace runs from when this incarnation was first seen dropped: a replica
-        // created again after a removal starts a new one (the old one's timer, kept from the
-        // round that removed it, would have it deleted as soon as it is found dropped, which
-        // a new learner is for a moment, while its snapshot's membership predates its own
-        // addition; its leader still counts it, and would find its log gone backwards).
         let generation = node.shards().generation(shard.id);
-        let since = match node.dropped.lock().get(&shard.id) {
-            Some(&(seen, since)) if seen == generation => since,
-            _ => std::time::Instant::now(),
-        };
-        // A replica its group's leader still sends to is counted by that leader (a leader
-        // replicates only to the members of its newest membership): the map is behind, and
-        // deleting the replica now would leave the leader a follower whose log went back.
+        let seen = node.dropped.lock().get(&shard.id).copied();
         let still_sent_to = shard.group.leader_sent_within(DROPPED_REPLICA_GRACE);
-        if since.elapsed() < DROPPED_REPLICA_GRACE || still_sent_to {
+        let now = Instant::now();
+        let (since, keep) = dropped_grace(seen, generation, now, still_sent_to);
+        if keep {
             dropped.insert(shard.id, (generation, since));
             continue;
         }
@@ -150,6 +141,34 @@ pub async fn remove_dropped_replicas(node: &Node) {
         }
     }
     *node.dropped.lock() = dropped;
+}
+
+/// For a replica found dropped this round: from when its grace runs, and whether it is kept
+/// (rather than deleted now). `seen` is what earlier rounds kept of this shard's replica
+/// (its incarnation and when that was first found dropped), `generation` the replica's
+/// incarnation now, and `leader_sent_recently` whether a leader sent it an append or a
+/// snapshot within [`DROPPED_REPLICA_GRACE`].
+///
+/// - The grace runs from when this incarnation was first found dropped: a replica created
+///   again after a removal starts a new one. (The old one's timer, kept from the round that
+///   removed it, would have it deleted as soon as it is found dropped, which a new learner is
+///   for a moment, while its snapshot's membership predates its own addition; its leader
+///   still counts it, and would find its log gone backwards.)
+/// - A replica its group's leader still sends to is counted by that leader (a leader
+///   replicates only to the members of its newest membership): the map is behind, and
+///   deleting the replica now would leave the leader a follower whose log went back.
+fn dropped_grace(
+    seen: Option<(u32, Instant)>,
+    generation: u32,
+    now: Instant,
+    leader_sent_recently: bool,
+) -> (Instant, bool) {
+    let since = match seen {
+        Some((incarnation, since)) if incarnation == generation => since,
+        _ => now,
+    };
+    let keep = now.duration_since(since) < DROPPED_REPLICA_GRACE || leader_sent_recently;
+    (since, keep)
 }
 
 /// Reports every shard this node leads whose placement the map does not tell as it is
@@ -368,6 +387,51 @@ pub(crate) async fn snapshot_for_newcomer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A dropped replica is kept for [`DROPPED_REPLICA_GRACE`] from when its own incarnation
+    /// was first found dropped, then deleted; a new incarnation (created again after a
+    /// removal) starts its own grace, whatever the old one's timer says.
+    #[test]
+    fn the_grace_of_a_dropped_replica_belongs_to_its_incarnation() {
+        let start = Instant::now();
+        let later = start + DROPPED_REPLICA_GRACE + Duration::from_millis(1);
+        // First found dropped: kept, its grace from now.
+        assert_eq!(dropped_grace(None, 4, start, false), (start, true));
+        // Within the grace: kept, the grace still from when it was first found.
+        let within = start + DROPPED_REPLICA_GRACE / 2;
+        assert_eq!(
+            dropped_grace(Some((4, start)), 4, within, false),
+            (start, true)
+        );
+        // Past it: deleted.
+        assert_eq!(
+            dropped_grace(Some((4, start)), 4, later, false),
+            (start, false)
+        );
+        // The replica was created again (a learner just added back, whose snapshot's
+        // membership predates its addition): the old incarnation's expired timer does not
+        // count, its own grace starts now.
+        assert_eq!(
+            dropped_grace(Some((4, start)), 5, later, false),
+            (later, true)
+        );
+    }
+
+    /// A dropped replica that a leader sent to within the grace is kept however long ago it
+    /// was first found dropped: that leader still counts it, and the map is behind.
+    #[test]
+    fn a_dropped_replica_a_leader_still_sends_to_is_kept() {
+        let start = Instant::now();
+        let later = start + DROPPED_REPLICA_GRACE * 10;
+        assert_eq!(
+            dropped_grace(Some((4, start)), 4, later, true),
+            (start, true)
+        );
+        assert_eq!(
+            dropped_grace(Some((4, start)), 4, later, false),
+            (start, false)
+        );
+    }
 
     /// Shard 1's placement as a leader of `term` reports it: voters 1 and 2, committed at
     /// membership index 20.

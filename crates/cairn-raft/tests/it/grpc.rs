@@ -507,6 +507,45 @@ fn a_restarted_replica_stands_for_election_only_one_lease_after_it_starts() {
     });
 }
 
+/// A follower tells whether a leader still sends to it (`Group::leader_sent_within`, which
+/// keeps a replica the map shows dropped from being deleted under a leader that still counts
+/// it): yes while its leader heartbeats it, and no once no leader has sent to it for as long,
+/// however often it campaigns meanwhile (a change of role refreshes the replica's "heard",
+/// so a removed voter campaigning in vain would otherwise be kept for ever).
+#[test]
+fn a_follower_tells_whether_a_leader_still_sends_to_it_and_campaigning_does_not_count() {
+    net::runtime().block_on(async {
+        let mut trio = Trio::start(150).await;
+        net::write(&trio.leader, &mut History::default(), 3).await;
+        let id = trio.follower();
+        let group = trio.group(id);
+        let lease = std::time::Duration::from_millis(config().election_timeout_max);
+        // Heartbeats every 50 ms.
+        net::eventually(|| group.leader_sent_within(lease)).await;
+        assert!(group.leader_sent_within(lease));
+
+        // Its peers stop: it campaigns, again and again, and no leader sends to it.
+        let term = group.raft.metrics().borrow_watched().current_term;
+        for (_, node) in trio.nodes.iter_mut().filter(|&(&n, _)| n != id) {
+            node.stop().await;
+        }
+        group
+            .raft
+            .wait(Some(net::PATIENCE))
+            .metrics(|m| m.current_term >= term + 2, "two campaigns")
+            .await
+            .expect("the follower campaigns once its leader is gone");
+        // Each campaign comes a lease and an election timeout after the last message from
+        // a leader: two are well past one lease.
+        assert!(
+            !group.leader_sent_within(lease),
+            "a replica campaigning alone counts as sent to by a leader"
+        );
+        drop(group);
+        trio.stop().await;
+    });
+}
+
 /// The positive side of the handover rule: a voter that lags (its server was down while the
 /// leader wrote) is handed leadership once it has caught up, and leads.
 #[test]
