@@ -323,7 +323,7 @@ impl PeerConn {
 const LINK_QUEUE_MAX: usize = 4096;
 /// Most appends in one message of the stream.
 const LINK_BATCH_MAX: usize = crate::service::APPENDS_PER_MESSAGE_MAX;
-use crate::service::{APPEND_BYTES_MAX, APPENDS_MESSAGE_BYTES_MAX};
+use crate::service::{APPEND_BYTES_MAX, APPENDS_MESSAGE_BYTES_MAX, STREAM_APPEND_BYTES_MAX};
 
 type AppendReply = Result<pb::AppendResponse, tonic::Status>;
 
@@ -333,9 +333,9 @@ fn append_bytes(request: &pb::AppendRequest) -> usize {
     request.entries.iter().map(|e| e.len() + 8).sum::<usize>() + FIELDS_BYTES_MAX
 }
 
-/// One node pair's `Appends` stream: every group's appends to that peer go out on it, as many
-/// per message as are waiting when the link task gets to run, and replies are matched to
-/// their callers by id. The stream is opened on first use and again after it breaks; a
+/// One node pair's `Appends` stream: every group's appends to that peer (of at most
+/// [`STREAM_APPEND_BYTES_MAX`]) go out on it, as many per message as are waiting when the
+/// link task gets to run, and replies are matched to their callers by id. The stream is opened on first use and again after it breaks; a
 /// break fails every append in flight on it (openraft sees `Unreachable` and retries).
 #[derive(Debug)]
 pub(crate) struct AppendLink {
@@ -404,6 +404,11 @@ impl AppendLink {
                         pending.callers.retain(|_, caller| !caller.is_closed());
                     }
                     for (request, reply) in batch {
+                        // Its caller gave up (its deadline passed): sending it would only
+                        // hold up the appends behind it.
+                        if reply.is_closed() {
+                            continue;
+                        }
                         if let Some(why) = &pending.ended {
                             let _ = reply.send(Err(why.clone()));
                             continue;
@@ -415,6 +420,9 @@ impl AppendLink {
                             request: Some(request),
                         });
                     }
+                }
+                if appends.is_empty() {
+                    continue;
                 }
                 if tx.send(pb::AppendBatch { appends }).await.is_err() {
                     // The stream ended while we were sending: its reader fails what it held.
@@ -488,8 +496,12 @@ impl AppendLink {
 }
 
 /// The slowest a peer link is assumed to carry an append (and the follower to write and
-/// sync it), for its deadline: see [`append_deadline`].
-pub const APPEND_BYTES_PER_SEC_MIN: u64 = 16 << 20;
+/// sync it), for its deadline: see [`append_deadline`]. 2 MiB/s (about 17 Mbit/s) is well
+/// below any link between servers; a deadline too long costs little, since a follower that
+/// is gone is noticed by its heartbeats (a call of their own) and a broken connection fails
+/// the append at once, while one too short fails the append every time it is sent. (At
+/// 16 MiB/s a 12 MiB value on a 4 MiB/s link stalled its shard.)
+pub const APPEND_BYTES_PER_SEC_MIN: u64 = 2 << 20;
 
 /// How long an append of `bytes` of entries may take: openraft's deadline (`ttl`, the
 /// heartbeat interval, which fits a heartbeat) plus the time its bytes take at
@@ -563,9 +575,17 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         let (request, taken) = encode_append(self.group, self.target, &rpc, out);
         let bytes: usize = request.entries.iter().map(|e| e.len()).sum();
         let deadline = append_deadline(option.hard_ttl(), bytes);
-        let link = self.link()?;
-        let append = async { link.append(request).await.map(tonic::Response::new) };
-        let reply = self.call(deadline, append).await?;
+        // A large append on the shared stream would hold up every group's messages behind
+        // it while it crosses: it goes on a call of its own. (openraft sends one append at a
+        // time to a follower, so the two ways cannot reorder one group's appends.)
+        let reply = if bytes > STREAM_APPEND_BYTES_MAX {
+            let mut client = self.client()?;
+            self.call(deadline, client.append(request)).await?
+        } else {
+            let link = self.link()?;
+            let append = async { link.append(request).await.map(tonic::Response::new) };
+            self.call(deadline, append).await?
+        };
         let response = decode_append_response(&reply).map_err(bad_reply)?;
         Ok(match response {
             AppendEntriesResponse::Success if taken < rpc.entries.len() => {
@@ -708,9 +728,9 @@ mod tests {
     fn an_append_has_time_for_its_bytes_and_a_heartbeat_only_openraft_s() {
         let ttl = Duration::from_millis(150);
         assert_eq!(append_deadline(ttl, 0), ttl);
-        // 16 MiB, the default largest value: a second more at the slowest link assumed.
-        assert_eq!(append_deadline(ttl, 16 << 20), ttl + Duration::from_secs(1));
-        assert!(append_deadline(ttl, 64 << 20) >= Duration::from_secs(4));
+        // 16 MiB, the default largest value: 8 s more at the slowest link assumed.
+        assert_eq!(append_deadline(ttl, 16 << 20), ttl + Duration::from_secs(8));
+        assert!(append_deadline(ttl, 64 << 20) >= Duration::from_secs(32));
     }
 
     fn chunk(bytes: usize) -> Part {

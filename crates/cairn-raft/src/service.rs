@@ -118,12 +118,20 @@ pub const APPENDS_PER_MESSAGE_MAX: usize = 256;
 /// Most bytes of entries in one append that carries more than one entry; a longer run of
 /// entries goes in parts ([`crate::network`] answers openraft `PartialSuccess` for the first).
 pub const APPEND_BYTES_MAX: usize = 8 << 20;
-/// Most bytes of appends in one message of an `Appends` stream that carries more than one.
-pub const APPENDS_MESSAGE_BYTES_MAX: usize = 16 << 20;
+/// Largest append (in bytes of entries) that goes on a node pair's shared `Appends` stream; a
+/// larger one goes on a unary `Append` call, an HTTP/2 stream of its own, so that it crosses
+/// beside the stream's messages (every group's heartbeats among them) instead of ahead of
+/// them. A stream message is read whole before the next one: one of several mebibytes held
+/// up every heartbeat on the link for as long as it took to cross, past election timeouts on
+/// a link slower than loopback.
+pub const STREAM_APPEND_BYTES_MAX: usize = 256 * 1024;
+/// Most bytes of appends in one message of an `Appends` stream that carries more than one:
+/// what a heartbeat behind it waits for at most.
+pub const APPENDS_MESSAGE_BYTES_MAX: usize = 1 << 20;
 /// Largest message the service takes: one append of a single entry as large as a WAL record
-/// may be (larger than [`APPEND_BYTES_MAX`] and [`APPENDS_MESSAGE_BYTES_MAX`], which bound
-/// only messages of several), or a snapshot chunk (at most 1 MiB from any sender so far),
-/// with room for the fields around them.
+/// may be (larger than [`APPEND_BYTES_MAX`], which bounds only appends of several), or a
+/// snapshot chunk (at most 1 MiB from any sender so far), with room for the fields around
+/// them.
 pub const MESSAGE_BYTES_MAX: usize = cairn_wal::RECORD_PAYLOAD_BYTES_MAX + MESSAGE_SLACK;
 
 /// One append, for the unary `Append` and for each append of an `Appends` stream.

@@ -27,7 +27,8 @@ use crate::reply::Reply;
 /// Most times a command is forwarded before a node answers `TRYAGAIN` (leaders that moved
 /// twice within one request).
 pub const FORWARD_HOPS_MAX: u32 = 2;
-/// How long a forwarded command may take, including its commit on the leader.
+/// How long a small forwarded write may take, including its commit on the leader (a large
+/// one longer, for its bytes).
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a forwarded read may take before it is answered `TRYAGAIN` (and retried, by then
 /// perhaps toward a new leader).
@@ -256,9 +257,13 @@ pub async fn forward(
         .max_decoding_message_size(FORWARD_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(FORWARD_MESSAGE_BYTES_MAX);
     let request = forward_request(command, hops, stale, scope);
-    // A read is safe to give up on early (the caller retries it); a write waits for its commit.
+    // A read is safe to give up on early (the caller retries it); a write waits for its
+    // commit, and a large one for its bytes to cross twice (to the leader, then from it to
+    // a follower, which the leader's own wait allows for: `proposer::commit_wait`).
     let timeout = if is_write {
-        FORWARD_TIMEOUT
+        let bytes = request.command.len();
+        let crossing = crate::proposer::commit_wait(bytes) - crate::proposer::COMMIT_WAIT;
+        FORWARD_TIMEOUT + crossing * 2
     } else {
         FORWARD_READ_TIMEOUT
     };

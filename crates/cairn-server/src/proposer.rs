@@ -84,9 +84,21 @@ impl Answer {
     }
 }
 
-/// Longest a write waits for its entry to commit before it is answered "outcome unknown" (a
-/// leader cut off from its quorum keeps its entries until it rejoins or learns of a new term).
+/// Longest a small write waits for its entry to commit before it is answered "outcome
+/// unknown" (a leader cut off from its quorum keeps its entries until it rejoins or learns of
+/// a new term). A large one waits longer: [`commit_wait`].
 pub const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long an entry of `bytes` waits to commit: [`COMMIT_WAIT`], plus the time its bytes
+/// take to reach a follower on the slowest link the peer network assumes
+/// ([`cairn_raft::network::APPEND_BYTES_PER_SEC_MIN`], which also sets the append's own
+/// deadline). With the fixed wait alone, a value of many mebibytes on a slower link than
+/// loopback was answered "outcome unknown" while it was still crossing, and a client that
+/// retried it added another copy behind it, each later one slower.
+pub fn commit_wait(bytes: usize) -> std::time::Duration {
+    let rate = cairn_raft::network::APPEND_BYTES_PER_SEC_MIN as f64;
+    COMMIT_WAIT + std::time::Duration::from_secs_f64(bytes as f64 / rate)
+}
 
 /// Longest a membership change holds the shard's writes back (it normally commits within a
 /// few heartbeats).
@@ -778,16 +790,15 @@ impl Proposer {
         self.entries_total.increment(1);
         self.proposals_total.increment(answers.len() as u64);
         let shard = self.h.shard.clone();
+        let wait = commit_wait(bytes);
         self.flights.push_back(Box::pin(async move {
             // A leader that lost its quorum may hold an entry forever: answer in bounded time.
             let done = async move {
-                tokio::time::timeout(COMMIT_WAIT, done)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(ProposeError::Unknown(format!(
-                            "not known to be committed within {COMMIT_WAIT:?}"
-                        )))
-                    })
+                tokio::time::timeout(wait, done).await.unwrap_or_else(|_| {
+                    Err(ProposeError::Unknown(format!(
+                        "not known to be committed within {wait:?}"
+                    )))
+                })
             };
             let outcome = done.await.map_err(|e| match e {
                 ProposeError::NotLeader { leader } => CommandError::TryAgain(format!(
@@ -850,6 +861,15 @@ fn median_slot(engine: &cairn_storage::Engine, first: u16, last: u16) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A large write waits for its bytes to cross the slowest link assumed, on top of the
+    /// wait of a small one.
+    #[test]
+    fn a_large_write_waits_longer_for_its_commit() {
+        assert_eq!(commit_wait(0), COMMIT_WAIT);
+        let sixteen_mib = commit_wait(16 << 20);
+        assert_eq!(sixteen_mib, COMMIT_WAIT + std::time::Duration::from_secs(8));
+    }
 
     #[tokio::test]
     async fn a_write_dropped_by_the_proposer_has_an_unknown_outcome() {

@@ -10,12 +10,17 @@
 //! connections open and carrying nothing, new ones too, as iptables DROP rules (or a paused
 //! process) do: only timeouts notice. Healing lets new connections through (tonic and the
 //! append links reconnect on their own) and lets silenced ones carry their bytes again.
+//!
+//! Links can also be slowed to a bandwidth ([`MemoryNetwork::limit_links`]): each direction
+//! of each connection then carries at most that many bytes a second, as a slower link than
+//! loopback would, so that what a large message does to the messages behind it shows.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
@@ -30,6 +35,9 @@ use super::{BoxConn, Listener, Network};
 const PIPE_BYTES: usize = 256 * 1024;
 /// Connections waiting to be accepted at one address before a dialer waits.
 const BACKLOG: usize = 128;
+/// Most bytes a pipe slowed to a bandwidth takes in one write (the writer then waits for
+/// them to cross): about a TCP send of a few segments.
+const PACED_WRITE_BYTES_MAX: usize = 16 * 1024;
 
 type Accepted = (BoxConn, SocketAddr);
 
@@ -57,6 +65,8 @@ struct State {
 #[derive(Clone, Default)]
 pub struct MemoryNetwork {
     state: Arc<Mutex<State>>,
+    /// Bytes a second each direction of a connection carries; 0: as fast as memory.
+    link_bytes_per_sec: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for MemoryNetwork {
@@ -143,6 +153,13 @@ impl MemoryNetwork {
         }
     }
 
+    /// Slows every link, open or to come, to `bytes_per_sec` each way (`None`: as fast as
+    /// memory again).
+    pub fn limit_links(&self, bytes_per_sec: Option<u64>) {
+        self.link_bytes_per_sec
+            .store(bytes_per_sec.unwrap_or(0), Ordering::Relaxed);
+    }
+
     /// How many connections were made between `a` and `b`, either way.
     pub fn connections(&self, a: SocketAddr, b: SocketAddr) -> u64 {
         self.state
@@ -176,10 +193,11 @@ impl MemoryNetwork {
             links.retain(|w| w.strong_count() > 0);
             links.push(Arc::downgrade(&severance));
             let (near, far) = tokio::io::duplex(PIPE_BYTES);
+            let rate = &self.link_bytes_per_sec;
             (
                 queue,
-                Pipe::new(near, severance.clone(), 0),
-                Pipe::new(far, severance, 1),
+                Pipe::new(near, severance.clone(), 0, rate.clone()),
+                Pipe::new(far, severance, 1, rate.clone()),
             )
         };
         match queue.try_send((Box::new(far), from)) {
@@ -320,14 +338,25 @@ struct Pipe {
     severance: Arc<Severance>,
     /// Which end: 0 dialer, 1 acceptor (picks the waker slots).
     end: usize,
+    /// The network's bandwidth for each direction of a link (0: none).
+    bytes_per_sec: Arc<AtomicU64>,
+    /// Until when the bytes this end wrote last are still crossing: its next write waits.
+    crossing: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Pipe {
-    fn new(inner: DuplexStream, severance: Arc<Severance>, end: usize) -> Pipe {
+    fn new(
+        inner: DuplexStream,
+        severance: Arc<Severance>,
+        end: usize,
+        bytes_per_sec: Arc<AtomicU64>,
+    ) -> Pipe {
         Pipe {
             inner,
             severance,
             end,
+            bytes_per_sec,
+            crossing: None,
         }
     }
 }
@@ -350,7 +379,20 @@ impl AsyncWrite for Pipe {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         std::task::ready!(self.severance.check(self.end * 2 + 1, cx))?;
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let rate = self.bytes_per_sec.load(Ordering::Relaxed);
+        if rate == 0 {
+            self.crossing = None;
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        }
+        if let Some(crossing) = self.crossing.as_mut() {
+            std::task::ready!(crossing.as_mut().poll(cx));
+            self.crossing = None;
+        }
+        let take = buf.len().min(PACED_WRITE_BYTES_MAX);
+        let written = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &buf[..take]))?;
+        let takes = std::time::Duration::from_secs_f64(written as f64 / rate as f64);
+        self.crossing = Some(Box::pin(tokio::time::sleep(takes)));
+        Poll::Ready(Ok(written))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -433,6 +475,41 @@ mod tests {
         again.write_all(b"back").await.unwrap();
         accepted.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"back");
+    }
+
+    /// A link slowed to a bandwidth carries that many bytes a second each way (on the
+    /// paused clock: the time is the pipe's own), and as fast as memory once unlimited.
+    #[tokio::test(start_paused = true)]
+    async fn a_limited_link_carries_its_bandwidth() {
+        let net = MemoryNetwork::new();
+        let (a, b) = (net.node(at(1)), net.node(at(2)));
+        let mut listener = a.listen(at(1)).await.unwrap();
+        let mut dialled = b.dial(&at(1).to_string()).await.unwrap();
+        let (mut accepted, _) = listener.accept().await.unwrap();
+        let cross = |mut from: BoxConn, mut to: BoxConn, bytes: usize| async move {
+            let started = tokio::time::Instant::now();
+            let reader = tokio::spawn(async move {
+                let mut got = vec![0u8; bytes];
+                to.read_exact(&mut got).await.unwrap();
+                to
+            });
+            from.write_all(&vec![7u8; bytes]).await.unwrap();
+            let to = reader.await.unwrap();
+            (started.elapsed(), from, to)
+        };
+        net.limit_links(Some(1 << 20));
+        let (took, d, acc) = cross(dialled, accepted, 4 << 20).await;
+        assert!(
+            took >= std::time::Duration::from_millis(3900),
+            "4 MiB crossed 1 MiB/s in {took:?}"
+        );
+        // The other way too.
+        let (took, acc, d) = cross(acc, d, 1 << 20).await;
+        assert!(took >= std::time::Duration::from_millis(900), "{took:?}");
+        net.limit_links(None);
+        (dialled, accepted) = (d, acc);
+        let (took, _, _) = cross(dialled, accepted, 4 << 20).await;
+        assert!(took < std::time::Duration::from_millis(10), "{took:?}");
     }
 
     /// A silenced node's connections stay open and carry nothing, new ones too; healed,

@@ -394,6 +394,62 @@ async fn values_of_a_mebibyte_replicate_in_large_entries_and_long_runs() {
     }
 }
 
+/// The newest term each shard's replicas know, by shard.
+fn shard_terms(nodes: &[&Node]) -> std::collections::BTreeMap<u32, u64> {
+    let mut terms = std::collections::BTreeMap::new();
+    for node in nodes {
+        for shard in node.shards().list() {
+            let term = terms.entry(shard.id).or_insert(0);
+            *term = (*term).max(shard.group.status().term);
+        }
+    }
+    terms
+}
+
+/// A value of many mebibytes crossing a link slower than loopback holds up no other message
+/// on it: heartbeats (of its own shard too) and other appends go on beside it, so no
+/// follower misses its leader and no shard elects anew. (When every group's appends shared
+/// one stream and one message carried the value, the link carried nothing else for the
+/// seconds it took: here 3 s at 4 MiB/s, four times an election timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_value_on_a_slow_link_holds_up_no_heartbeat() {
+    const LINK_BYTES_PER_SEC: u64 = 4 << 20;
+    crate::init_log();
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let n1 = start(&net, dir.path(), 1, None).await;
+    let n2 = start(&net, dir.path(), 2, Some(1)).await;
+    let n3 = start(&net, dir.path(), 3, Some(1)).await;
+    replicated(&n1.node).await;
+    let nodes = [&*n1.node, &*n2.node, &*n3.node];
+    // Small writes to every shard, so each leader has an entry of its term committed.
+    for i in 0..30 {
+        until_done(&n1.node, set(&format!("small-{i}"), "v")).await;
+    }
+    let terms = shard_terms(&nodes);
+
+    net.limit_links(Some(LINK_BYTES_PER_SEC));
+    let huge = "h".repeat(12 << 20);
+    until_done(&n1.node, set("{huge}", &huge)).await;
+    for node in nodes {
+        held_locally(node, "{huge}", &huge).await;
+    }
+    // Small writes to every shard meanwhile go through too.
+    for i in 0..30 {
+        until_done(&n2.node, set(&format!("small-{i}"), "w")).await;
+    }
+    net.limit_links(None);
+    assert_eq!(
+        shard_terms(&nodes),
+        terms,
+        "a shard elected anew while the value crossed:{}",
+        group_views(&nodes)
+    );
+    for running in [n3, n2, n1] {
+        stop(running).await;
+    }
+}
+
 /// Every shard id and the nodes (by index in `nodes`) holding a replica of it, as each node
 /// sees its own replicas.
 pub(crate) fn holders(nodes: &[&Node]) -> std::collections::BTreeMap<u32, Vec<usize>> {
