@@ -26,8 +26,16 @@ pub const SHARDS_DEFAULT: u32 = 4;
 pub const SHARDS_MAX: u32 = 16384;
 /// Default largest value, in bytes.
 pub const VALUE_BYTES_MAX_DEFAULT: usize = cairn_storage::VALUE_BYTES_MAX_DEFAULT;
-/// Largest value limit that can be configured (Redis's proto-max-bulk-len default).
-pub const VALUE_BYTES_MAX_LIMIT: usize = 512 * 1024 * 1024;
+/// Largest value limit that can be configured: a write goes into one Raft log entry, which
+/// holds at most [`crate::proposer::PROPOSAL_BYTES_MAX`] (56 MiB) of writes; a value as large
+/// as this, with its key at the largest, fits with room for the entry's other fields. (Redis
+/// allows 512 MiB, its `proto-max-bulk-len`; a limit above what an entry holds would accept
+/// values in the front end that every write of them then refused.)
+pub const VALUE_BYTES_MAX_LIMIT: usize = 48 * 1024 * 1024;
+const _: () = assert!(
+    VALUE_BYTES_MAX_LIMIT + cairn_storage::KEY_BYTES_MAX + 1024 * 1024
+        <= crate::proposer::PROPOSAL_BYTES_MAX
+);
 /// Default cap on concurrent client connections per front end.
 pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
 /// Most runtime worker threads that can be configured.
@@ -448,6 +456,17 @@ mod tests {
             ..Default::default()
         };
         assert!(args.resolve().is_err());
+        // A value larger than one log entry holds could never be written.
+        let args = ServerArgs {
+            value_bytes_max: Some(VALUE_BYTES_MAX_LIMIT + 1),
+            ..Default::default()
+        };
+        assert!(args.resolve().is_err());
+        let args = ServerArgs {
+            value_bytes_max: Some(VALUE_BYTES_MAX_LIMIT),
+            ..Default::default()
+        };
+        assert!(args.resolve().is_ok());
         let args = ServerArgs {
             worker_threads: Some(0),
             ..Default::default()

@@ -34,7 +34,7 @@ use crate::shards::{NodeIdentity, Shards};
 
 mod background;
 mod fanout;
-mod follow;
+pub(crate) mod follow;
 mod open;
 mod publish;
 mod read;

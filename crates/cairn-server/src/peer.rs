@@ -33,8 +33,17 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a forwarded read may take before it is answered `TRYAGAIN` (and retried, by then
 /// perhaps toward a new leader).
 pub const FORWARD_READ_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest forwarded message: a value at the largest configurable limit plus framing.
-const FORWARD_MESSAGE_BYTES_MAX: usize = crate::config::VALUE_BYTES_MAX_LIMIT + 1024 * 1024;
+/// Largest forwarded message: a command or a reply (many values of a multi-key command, a
+/// whole-keyspace read's part) of up to 512 MiB, Redis's largest bulk, plus framing.
+const FORWARD_MESSAGE_BYTES_MAX: usize = 512 * 1024 * 1024 + 1024 * 1024;
+/// Largest message the node service sends: a forwarded reply, or a follow message (which
+/// its followers take up to [`crate::node::follow::FOLLOW_MESSAGE_BYTES_MAX`]).
+const SERVICE_MESSAGE_BYTES_MAX: usize =
+    if FORWARD_MESSAGE_BYTES_MAX > crate::node::follow::FOLLOW_MESSAGE_BYTES_MAX {
+        FORWARD_MESSAGE_BYTES_MAX
+    } else {
+        crate::node::follow::FOLLOW_MESSAGE_BYTES_MAX
+    };
 /// How long a joining node keeps asking before it gives up.
 pub const JOIN_WAIT: Duration = Duration::from_secs(60);
 /// Pause between join attempts.
@@ -61,7 +70,7 @@ impl NodeService {
     pub fn into_server(self) -> pb::node_server::NodeServer<NodeService> {
         pb::node_server::NodeServer::new(self)
             .max_decoding_message_size(FORWARD_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(FORWARD_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(SERVICE_MESSAGE_BYTES_MAX)
     }
 }
 

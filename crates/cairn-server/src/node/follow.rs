@@ -42,7 +42,7 @@ const FOLLOW_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// one log entry's writes (up to a WAL record, 64 MiB) and the keys a `Clear` in it removed
 /// (as many as the shard held). A smaller bound would break the stream at such a batch
 /// every time it was sent again, and the feed would never get past it.
-const FOLLOW_MESSAGE_BYTES_MAX: usize = 1 << 30;
+pub(crate) const FOLLOW_MESSAGE_BYTES_MAX: usize = 1 << 30;
 
 /// One message of a follow stream (postcard, in `FollowMessage.update`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
