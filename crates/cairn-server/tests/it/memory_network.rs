@@ -618,7 +618,11 @@ async fn with_data_on_the_voters_only_each_shard_lives_on_its_voters_and_every_n
             );
         }
     }
-    // FLUSHALL through a node empties every shard, held there or not, split ones too.
+    // FLUSHALL through a node empties every shard, held there or not, split ones too. A
+    // SCAN through a node that holds only some shards, begun before the split and finished
+    // after it, returns every key (some twice: moved to the child after they were listed).
+    let (cursor, mut scanned) = scan_pages(&n3.node, 0, Some(2)).await;
+    assert_ne!(cursor, 0, "the SCAN ended before the split");
     tokio::time::timeout(PATIENCE, async {
         while n1.node.split_shard(0, None).await.is_err() {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -626,6 +630,14 @@ async fn with_data_on_the_voters_only_each_shard_lives_on_its_voters_and_every_n
     })
     .await
     .expect("shard 0 splits");
+    let (_, rest) = scan_pages(&n3.node, cursor, None).await;
+    scanned.extend(rest);
+    let scanned: std::collections::BTreeSet<Bytes> = scanned.into_iter().collect();
+    let want: std::collections::BTreeSet<Bytes> = keys
+        .iter()
+        .map(|k| Bytes::copy_from_slice(k.as_bytes()))
+        .collect();
+    assert_eq!(scanned, want, "a SCAN across the split through node 3");
     for key in &keys {
         until_done(&n3.node, set(key, "three")).await;
     }
@@ -648,6 +660,39 @@ async fn with_data_on_the_voters_only_each_shard_lives_on_its_voters_and_every_n
     for running in [n1, n2, n3, n4] {
         stop(running).await;
     }
+}
+
+/// SCAN pages of four through `node` from `cursor`: `pages` of them (`None`: to the end of
+/// the iteration). The cursor to go on with (0: the end), and the keys.
+async fn scan_pages(node: &Node, mut cursor: u64, pages: Option<usize>) -> (u64, Vec<Bytes>) {
+    let mut keys = Vec::new();
+    let mut read = 0;
+    while pages.is_none_or(|p| read < p) {
+        let page = until_done(
+            node,
+            Command::Scan {
+                cursor,
+                pattern: None,
+                count: 4,
+                type_filter: None,
+            },
+        )
+        .await;
+        let Reply::ScanPage {
+            cursor: next,
+            keys: got,
+        } = page
+        else {
+            panic!("SCAN answered {page:?}");
+        };
+        keys.extend(got);
+        read += 1;
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    (cursor, keys)
 }
 
 /// While a replica moves, the node of the voter it replaces keeps that voter's replica for a
