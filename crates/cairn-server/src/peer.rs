@@ -460,4 +460,155 @@ mod tests {
             }
         }
     }
+
+    /// A peer that accepts a connection and reads what comes, then hangs up (`hang_up`) or
+    /// holds the connection open without a word.
+    async fn silent_peer(hang_up: bool) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let mut received = 0;
+            // Until the request's body (its HTTP/2 preface, headers and data) has arrived.
+            while received < 64 {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => received += n,
+                }
+            }
+            if !hang_up {
+                std::future::pending::<()>().await;
+            }
+        });
+        addr
+    }
+
+    /// A read lost in transit changed nothing: it is answered `TRYAGAIN` (the client retries
+    /// it, by then perhaps toward a new leader), whether the peer hung up or never answered.
+    #[tokio::test]
+    async fn a_read_lost_in_transit_is_retriable() {
+        let read = Command::Get {
+            key: bytes::Bytes::from_static(b"k"),
+        };
+        let peers = Peers::new();
+        let addr = silent_peer(true).await;
+        match forward(&peers, &addr, &read, 1, false, None).await {
+            Err(CommandError::TryAgain(_)) => {}
+            other => panic!("a read the peer hung up on must be retriable, got {other:?}"),
+        }
+        let addr = silent_peer(false).await;
+        let began = std::time::Instant::now();
+        match forward(&peers, &addr, &read, 1, false, None).await {
+            Err(CommandError::TryAgain(why)) => assert!(why.contains("no answer"), "{why}"),
+            other => panic!("an unanswered read must be retriable, got {other:?}"),
+        }
+        assert!(began.elapsed() >= FORWARD_READ_TIMEOUT);
+    }
+
+    /// A node service whose every forwarded command is answered with `answer`.
+    #[derive(Debug, Clone)]
+    struct Answering {
+        answer: Result<Reply, CommandError>,
+    }
+
+    #[tonic::async_trait]
+    impl pb::node_server::Node for Answering {
+        async fn join(
+            &self,
+            _: Request<pb::JoinRequest>,
+        ) -> Result<Response<pb::JoinResponse>, Status> {
+            Err(Status::unimplemented("join"))
+        }
+
+        async fn forward(
+            &self,
+            _: Request<pb::ForwardRequest>,
+        ) -> Result<Response<pb::ForwardResponse>, Status> {
+            Ok(Response::new(pb::ForwardResponse {
+                result: encode_result(&self.answer).into(),
+            }))
+        }
+
+        type FollowStream = FollowStream;
+
+        async fn follow(
+            &self,
+            _: Request<pb::FollowRequest>,
+        ) -> Result<Response<FollowStream>, Status> {
+            Err(Status::unimplemented("follow"))
+        }
+
+        async fn manage(
+            &self,
+            _: Request<pb::ManageRequest>,
+        ) -> Result<Response<pb::ManageResponse>, Status> {
+            Err(Status::unimplemented("manage"))
+        }
+    }
+
+    /// Serves `service` on a fresh loopback port, for the rest of the test.
+    async fn serve(service: Answering) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let incoming = futures::stream::unfold(listener, |listener| async move {
+            let accepted = listener.accept().await.map(|(stream, _)| stream);
+            Some((accepted, listener))
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::node_server::NodeServer::new(service))
+                .serve_with_incoming(incoming),
+        );
+        addr
+    }
+
+    /// A node whose disk or log failed answers its forwarded commands `Fatal`: that is the
+    /// failure of the node that took them, not of this one, whose client sees a read to retry
+    /// or a write of unknown outcome (the shard fails over elsewhere). Other answers, errors
+    /// included, pass through as they are.
+    #[tokio::test]
+    async fn a_failed_node_answer_is_retriable_or_unknown_never_fatal_here() {
+        let peers = Peers::new();
+        let read = Command::Get {
+            key: bytes::Bytes::from_static(b"k"),
+        };
+        let write = Command::IncrBy {
+            key: bytes::Bytes::from_static(b"k"),
+            delta: 1,
+        };
+        let failed = serve(Answering {
+            answer: Err(CommandError::Fatal("the log's fsync failed".into())),
+        })
+        .await;
+        match forward(&peers, &failed, &read, 1, false, None).await {
+            Err(CommandError::TryAgain(why)) => assert!(why.contains("fsync failed"), "{why}"),
+            other => panic!("a read answered by a failed node must be retriable, got {other:?}"),
+        }
+        match forward(&peers, &failed, &write, 1, false, None).await {
+            Err(CommandError::OutcomeUnknown(why)) => {
+                assert!(why.contains("fsync failed"), "{why}")
+            }
+            other => {
+                panic!("a write answered by a failed node is of unknown outcome, got {other:?}")
+            }
+        }
+        let answered = serve(Answering {
+            answer: Ok(Reply::Int(41)),
+        })
+        .await;
+        assert_eq!(
+            forward(&peers, &answered, &write, 1, false, None).await,
+            Ok(Reply::Int(41))
+        );
+        let refused = serve(Answering {
+            answer: Err(CommandError::TryAgain("the shard is splitting".into())),
+        })
+        .await;
+        assert_eq!(
+            forward(&peers, &refused, &read, 1, false, None).await,
+            Err(CommandError::TryAgain("the shard is splitting".into()))
+        );
+    }
 }
