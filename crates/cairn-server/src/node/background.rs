@@ -276,20 +276,43 @@ fn checkpoint_waits(
     since: Option<std::time::Instant>,
 ) -> Option<std::time::Instant> {
     let sending = copying.contains(&crate::shard::group_of_shard(shard.id));
-    let learner_behind = shard.group.leading().is_some() && {
-        let replicated = shard.group.replicated().unwrap_or_default();
-        let kept = cairn_raft::config::LOG_KEPT_BEHIND_SNAPSHOT;
-        shard.group.status().learners.iter().any(|l| {
-            replicated
-                .get(l)
-                .is_none_or(|&matched| matched + kept < applied)
-        })
-    };
-    if !sending && !learner_behind {
+    let learner_behind = shard.group.leading().is_some()
+        && learner_behind(
+            &shard.group.status().learners,
+            &shard.group.replicated().unwrap_or_default(),
+            applied,
+        );
+    still_waiting(sending || learner_behind, since, std::time::Instant::now())
+}
+
+/// Whether one of a leader's `learners` has not reached within
+/// [`cairn_raft::config::LOG_KEPT_BEHIND_SNAPSHOT`] entries of `applied` (by what the leader
+/// knows it holds, `replicated`; a learner it knows nothing of yet is behind).
+fn learner_behind(
+    learners: &std::collections::BTreeSet<u64>,
+    replicated: &std::collections::BTreeMap<u64, u64>,
+    applied: u64,
+) -> bool {
+    let kept = cairn_raft::config::LOG_KEPT_BEHIND_SNAPSHOT;
+    learners.iter().any(|l| {
+        replicated
+            .get(l)
+            .is_none_or(|&matched| matched + kept < applied)
+    })
+}
+
+/// Since when a checkpoint that a copy holds up (`held`) has waited, at `now`, if it waits
+/// still: `None` once nothing holds it, or once it has waited [`CHECKPOINT_WAIT_MAX`].
+fn still_waiting(
+    held: bool,
+    since: Option<std::time::Instant>,
+    now: std::time::Instant,
+) -> Option<std::time::Instant> {
+    if !held {
         return None;
     }
-    let since = since.unwrap_or_else(std::time::Instant::now);
-    (since.elapsed() < CHECKPOINT_WAIT_MAX).then_some(since)
+    let since = since.unwrap_or(now);
+    (now.saturating_duration_since(since) < CHECKPOINT_WAIT_MAX).then_some(since)
 }
 
 /// What a checkpoint is for, which sets what it purges.
@@ -314,5 +337,67 @@ enum Checkpoint {
 impl Checkpoint {
     fn waits_for_copies(self) -> bool {
         matches!(self, Checkpoint::Scheduled | Checkpoint::LogTooLong)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    #[test]
+    fn a_checkpoint_waits_for_a_copy_at_most_its_bound() {
+        let t0 = std::time::Instant::now();
+        assert_eq!(still_waiting(false, None, t0), None, "nothing holds it");
+        assert_eq!(still_waiting(false, Some(t0), t0), None, "the copy ended");
+        assert_eq!(
+            still_waiting(true, None, t0),
+            Some(t0),
+            "the wait begins now"
+        );
+        let later = t0 + CHECKPOINT_WAIT_MAX - Duration::from_secs(1);
+        assert_eq!(
+            still_waiting(true, Some(t0), later),
+            Some(t0),
+            "it keeps its start"
+        );
+        let bound = t0 + CHECKPOINT_WAIT_MAX;
+        assert_eq!(
+            still_waiting(true, Some(t0), bound),
+            None,
+            "its bound is reached"
+        );
+        assert_eq!(
+            still_waiting(true, Some(t0), bound + Duration::from_secs(60)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_learner_holds_a_checkpoint_until_it_is_within_the_kept_entries() {
+        let kept = cairn_raft::config::LOG_KEPT_BEHIND_SNAPSHOT;
+        let applied = 10 * kept;
+        let learners = BTreeSet::from([4]);
+        let matched = |m: u64| BTreeMap::from([(1, applied), (2, applied), (4, m)]);
+        assert!(
+            !learner_behind(&BTreeSet::new(), &matched(0), applied),
+            "no learner"
+        );
+        assert!(
+            learner_behind(&learners, &BTreeMap::new(), applied),
+            "unknown yet"
+        );
+        assert!(learner_behind(&learners, &matched(0), applied));
+        assert!(learner_behind(
+            &learners,
+            &matched(applied - kept - 1),
+            applied
+        ));
+        assert!(!learner_behind(
+            &learners,
+            &matched(applied - kept),
+            applied
+        ));
+        assert!(!learner_behind(&learners, &matched(applied), applied));
     }
 }
