@@ -674,8 +674,9 @@ impl Shards {
             }
         }
         let tiled = tiling((0..SLOT_COUNT).map(|slot| self.owner(slot))).map(Arc::new);
-        // Kept only if the map did not change while it was read.
-        if self.routing_epoch() == epoch {
+        // Kept only if no change was under way when it was read (an odd epoch: a change
+        // part written) and the map did not change while it was read.
+        if epoch % 2 == 0 && self.routing_epoch() == epoch {
             *self.tiling.lock() = Some((epoch, tiled.clone()));
         }
         tiled
