@@ -246,8 +246,36 @@ impl Drop for Incoming {
     fn drop(&mut self) {
         if let Some(receiver) = self.receiver.take() {
             let dir = receiver.dir().to_path_buf();
-            drop(receiver);
-            discard(&self.replica, &dir);
+            let replica = self.replica.clone();
+            in_background(move || {
+                drop(receiver);
+                discard(&replica, &dir);
+            });
+        }
+    }
+}
+
+/// Runs `work` (closing and removing a discarded snapshot: file closes, unlinks of up to a
+/// whole shard's data and directory fsyncs) on a thread of its own: a transfer is abandoned
+/// where its future is dropped, often on a runtime thread that serves requests. Inline if no
+/// thread can be had. Each staging directory is a transfer's own
+/// ([`Replica::staging_dir`]), so the removal races no later transfer.
+fn in_background(work: impl FnOnce() + Send + 'static) {
+    let work = std::sync::Arc::new(parking_lot::Mutex::new(Some(work)));
+    let spawned = {
+        let work = work.clone();
+        std::thread::Builder::new()
+            .name("cairn-snapshot-discard".into())
+            .spawn(move || {
+                if let Some(work) = work.lock().take() {
+                    work();
+                }
+            })
+    };
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no thread to discard a snapshot on; discarding it here");
+        if let Some(work) = work.lock().take() {
+            work();
         }
     }
 }
@@ -300,11 +328,14 @@ impl Staged {
 impl Drop for Staged {
     fn drop(&mut self) {
         if let Some(engine) = self.engine.take() {
-            let dir = engine.dir().to_path_buf();
-            if let Err(e) = engine.close() {
-                tracing::warn!(dir = %dir.display(), error = %e, "closing a discarded snapshot failed");
-            }
-            discard(&self.replica, &dir);
+            let replica = self.replica.clone();
+            in_background(move || {
+                let dir = engine.dir().to_path_buf();
+                if let Err(e) = engine.close() {
+                    tracing::warn!(dir = %dir.display(), error = %e, "closing a discarded snapshot failed");
+                }
+                discard(&replica, &dir);
+            });
         }
     }
 }
