@@ -240,6 +240,19 @@ fn slot_range(range: &pb::SlotRange) -> Result<(u16, u16), Status> {
     }
 }
 
+/// How long a forwarded command of `bytes` (encoded) waits for its answer. A read is safe to
+/// give up on early (the caller retries it); a write waits for its commit, and a large one
+/// for its bytes to cross twice (to the leader, then from it to a follower, which the
+/// leader's own wait allows for: `proposer::commit_wait`).
+pub(crate) fn forward_timeout(is_write: bool, bytes: usize) -> Duration {
+    if is_write {
+        let crossing = crate::proposer::commit_wait(bytes) - crate::proposer::COMMIT_WAIT;
+        FORWARD_TIMEOUT + crossing * 2
+    } else {
+        FORWARD_READ_TIMEOUT
+    }
+}
+
 /// Sends `command` to the node at gRPC address `addr` (which leads its shard, or forwards it
 /// once more), as forward number `hops`; `scope` limits a FLUSHDB or a whole-keyspace read
 /// to one shard.
@@ -266,16 +279,7 @@ pub async fn forward(
         .max_decoding_message_size(FORWARD_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(FORWARD_MESSAGE_BYTES_MAX);
     let request = forward_request(command, hops, stale, scope);
-    // A read is safe to give up on early (the caller retries it); a write waits for its
-    // commit, and a large one for its bytes to cross twice (to the leader, then from it to
-    // a follower, which the leader's own wait allows for: `proposer::commit_wait`).
-    let timeout = if is_write {
-        let bytes = request.command.len();
-        let crossing = crate::proposer::commit_wait(bytes) - crate::proposer::COMMIT_WAIT;
-        FORWARD_TIMEOUT + crossing * 2
-    } else {
-        FORWARD_READ_TIMEOUT
-    };
+    let timeout = forward_timeout(is_write, request.command.len());
     match tokio::time::timeout(timeout, client.forward(request)).await {
         Err(_) => Err(lost(format!("no answer within {timeout:?}"))),
         Ok(Err(status)) if never_sent(&status) => Err(CommandError::TryAgain(format!(
@@ -504,7 +508,31 @@ mod tests {
             Err(CommandError::TryAgain(why)) => assert!(why.contains("no answer"), "{why}"),
             other => panic!("an unanswered read must be retriable, got {other:?}"),
         }
-        assert!(began.elapsed() >= FORWARD_READ_TIMEOUT);
+        let waited = began.elapsed();
+        assert!(waited >= FORWARD_READ_TIMEOUT, "{waited:?}");
+        // A read gives up at its own short bound, never at a write's.
+        assert!(waited < FORWARD_TIMEOUT, "{waited:?}");
+    }
+
+    /// A read waits its fixed short bound whatever its size; a write waits for its commit,
+    /// and a large one also for its bytes to cross twice at the slowest rate the peer network
+    /// assumes (a 48 MiB value at 2 MiB/s: 24 s each way).
+    #[test]
+    fn a_forwarded_write_waits_for_its_bytes_to_cross_twice() {
+        assert_eq!(forward_timeout(false, 0), FORWARD_READ_TIMEOUT);
+        assert_eq!(forward_timeout(false, 48 << 20), FORWARD_READ_TIMEOUT);
+        let small = forward_timeout(true, 100);
+        assert!(small >= FORWARD_TIMEOUT && small < FORWARD_TIMEOUT + Duration::from_millis(1));
+        let rate = cairn_raft::network::APPEND_BYTES_PER_SEC_MIN;
+        let large = forward_timeout(true, 48 << 20);
+        let crossing = Duration::from_secs_f64((48u64 << 20) as f64 / rate as f64);
+        assert_eq!(large, FORWARD_TIMEOUT + crossing * 2);
+        assert!(
+            large >= FORWARD_TIMEOUT + Duration::from_secs(48),
+            "{large:?}"
+        );
+        // The leader's own commit wait allows for one crossing; the forwarder's two.
+        assert!(large > crate::proposer::commit_wait(48 << 20));
     }
 
     /// A node service whose every forwarded command is answered with `answer`.
@@ -608,6 +636,10 @@ mod tests {
         .await;
         assert_eq!(
             forward(&peers, &refused, &read, 1, false, None).await,
+            Err(CommandError::TryAgain("the shard is splitting".into()))
+        );
+        assert_eq!(
+            forward(&peers, &refused, &write, 1, false, None).await,
             Err(CommandError::TryAgain("the shard is splitting".into()))
         );
     }

@@ -403,9 +403,18 @@ mod tests {
             dropped_grace(Some((4, start)), 4, within, false),
             (start, true)
         );
-        // Past it: deleted.
+        // Past it: deleted. The grace is a bound, not a minimum: at its end the replica goes.
         assert_eq!(
             dropped_grace(Some((4, start)), 4, later, false),
+            (start, false)
+        );
+        let last = start + DROPPED_REPLICA_GRACE - Duration::from_millis(1);
+        assert_eq!(
+            dropped_grace(Some((4, start)), 4, last, false),
+            (start, true)
+        );
+        assert_eq!(
+            dropped_grace(Some((4, start)), 4, start + DROPPED_REPLICA_GRACE, false),
             (start, false)
         );
         // The replica was created again (a learner just added back, whose snapshot's

@@ -520,8 +520,10 @@ fn a_follower_tells_whether_a_leader_still_sends_to_it_and_campaigning_does_not_
         let id = trio.follower();
         let group = trio.group(id);
         let lease = std::time::Duration::from_millis(config().election_timeout_max);
-        // Heartbeats every 50 ms.
+        // Heartbeats every 50 ms. Two leases on, so that what counts is the leader's
+        // sending, not the replica's birth or its last change of role.
         net::eventually(|| group.leader_sent_within(lease)).await;
+        tokio::time::sleep(lease * 2).await;
         assert!(group.leader_sent_within(lease));
 
         // Its peers stop: it campaigns, again and again, and no leader sends to it.

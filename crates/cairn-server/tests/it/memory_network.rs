@@ -623,6 +623,10 @@ async fn with_data_on_the_voters_only_each_shard_lives_on_its_voters_and_every_n
     // after it, returns every key (some twice: moved to the child after they were listed).
     let (cursor, mut scanned) = scan_pages(&n3.node, 0, Some(2)).await;
     assert_ne!(cursor, 0, "the SCAN ended before the split");
+    let in_shard_0: Vec<&String> = keys
+        .iter()
+        .filter(|k| n3.node.shards().shard_of_key(k.as_bytes()) == 0)
+        .collect();
     tokio::time::timeout(PATIENCE, async {
         while n1.node.split_shard(0, None).await.is_err() {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -630,6 +634,26 @@ async fn with_data_on_the_voters_only_each_shard_lives_on_its_voters_and_every_n
     })
     .await
     .expect("shard 0 splits");
+    // The test is only worth its name if some key the split moves was still to be listed.
+    tokio::time::timeout(PATIENCE, async {
+        while in_shard_0
+            .iter()
+            .all(|k| n3.node.shards().shard_of_key(k.as_bytes()) == 0)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("node 3's map shows the split");
+    let moved_unlisted = in_shard_0
+        .iter()
+        .filter(|k| n3.node.shards().shard_of_key(k.as_bytes()) != 0)
+        .filter(|k| !scanned.iter().any(|s| s.as_ref() == k.as_bytes()))
+        .count();
+    assert!(
+        moved_unlisted > 0,
+        "the split moved no key still to be listed"
+    );
     let (_, rest) = scan_pages(&n3.node, cursor, None).await;
     scanned.extend(rest);
     let scanned: std::collections::BTreeSet<Bytes> = scanned.into_iter().collect();
