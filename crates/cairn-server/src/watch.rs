@@ -382,16 +382,26 @@ impl Watcher {
             if let Some((shard, mark)) = self.split {
                 return Err(WatchError::Split(shard, mark));
             }
-            if let Some((feed, _)) = self.feeds.iter().find(|(f, _)| f.is_retired()) {
-                return Err(WatchError::NotHere(feed.shard()));
-            }
-            self.check_touch()?;
+            // A feed whose replica left the node, or lost touch with its group, ends the
+            // watch, but only once what it holds is told: its changes are committed ones, and
+            // the watch resumed elsewhere (a feed this node follows, which starts where the
+            // replica stood) goes on from the last of them.
+            let ending = match self.feeds.iter().find(|(f, _)| f.is_retired()) {
+                Some((feed, _)) => Some(WatchError::NotHere(feed.shard())),
+                None => self.check_touch().err(),
+            };
             let count = self.feeds.len();
             // A read cut short with nothing matching goes on at once, not at the next wake.
             let mut more = false;
             for i in 0..count {
                 let at = (self.next_feed + i) % count;
-                let (events, cut) = self.read(at)?;
+                let (events, cut) = match (self.read(at), &ending) {
+                    (Ok(read), _) => read,
+                    // History a departed replica no longer has: resumed elsewhere, the watch
+                    // may find it (another replica's log).
+                    (Err(WatchError::Compacted(_)), Some(ending)) => return Err(ending.clone()),
+                    (Err(e), _) => return Err(e),
+                };
                 if !events.is_empty() {
                     self.next_feed = (at + 1) % count;
                     self.last_message = Instant::now();
@@ -402,6 +412,9 @@ impl Watcher {
             if more {
                 tokio::task::yield_now().await;
                 continue;
+            }
+            if let Some(ending) = ending {
+                return Err(ending);
             }
             let due = self.last_message + self.progress_every;
             if Instant::now() >= due {

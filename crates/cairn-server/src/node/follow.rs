@@ -118,9 +118,19 @@ impl Node {
             followed.entry(id).or_insert_with(|| {
                 let feed = Arc::new(OnceLock::new());
                 let heard = Arc::new(AtomicU64::new(self.uptime_ms()));
+                // Where this node's replica stands, if it has one that no longer holds the
+                // whole shard (the group moved it away, or it is a new one still catching
+                // up): the followed feed starts there, so a watch of the replica's feed,
+                // ended when it leaves, resumes on the followed one without a gap.
+                let from = self
+                    .shards
+                    .get(id)
+                    .filter(|shard| !shard.feed.is_retired())
+                    .map(|shard| shard.feed.last());
                 let task = tokio::spawn(follow(
                     Arc::downgrade(self),
                     id,
+                    from,
                     feed.clone(),
                     heard.clone(),
                 ));
@@ -279,6 +289,7 @@ impl FollowState {
 async fn follow(
     node: Weak<Node>,
     shard: u32,
+    from: Option<u64>,
     feed: Arc<OnceLock<Arc<Feed>>>,
     heard: Arc<AtomicU64>,
 ) {
@@ -290,7 +301,7 @@ async fn follow(
             let Some(n) = node.upgrade() else {
                 return;
             };
-            if let Err(e) = follow_from(&n, &addr, shard, &feed, &heard).await {
+            if let Err(e) = follow_from(&n, &addr, shard, from, &feed, &heard).await {
                 tracing::debug!(shard, holder = %addr, error = %e, "following a shard's feed");
             }
         }
@@ -298,18 +309,20 @@ async fn follow(
     }
 }
 
-/// Follows shard `shard` on the node at `addr` until the stream ends.
+/// Follows shard `shard` on the node at `addr` until the stream ends: from where the feed
+/// stands, else from after log index `from`, else from now.
 async fn follow_from(
     node: &Node,
     addr: &str,
     shard: u32,
+    from: Option<u64>,
     feed: &OnceLock<Arc<Feed>>,
     heard: &AtomicU64,
 ) -> anyhow::Result<()> {
     let channel = node.peers().channel(addr)?;
     let mut client = pb::node_client::NodeClient::new(channel)
         .max_decoding_message_size(FOLLOW_MESSAGE_BYTES_MAX);
-    let after = feed.get().map(|f| f.last());
+    let after = feed.get().map(|f| f.last()).or(from);
     let request = pb::FollowRequest {
         shard,
         after: after.unwrap_or(0),
@@ -330,7 +343,8 @@ async fn follow_from(
             Arc::new(
                 Feed::new(
                     shard,
-                    update.upto,
+                    // Asked from `after`, the first message's batches follow it.
+                    after.unwrap_or(update.upto),
                     node.options().watch_history,
                     node.feed_wake.clone(),
                 )

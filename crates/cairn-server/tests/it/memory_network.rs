@@ -686,6 +686,155 @@ async fn with_data_on_the_voters_only_each_shard_lives_on_its_voters_and_every_n
     }
 }
 
+/// A watch on a node whose replica of the watched shard moves away (a fourth node takes it)
+/// goes on there without a gap: the replica's feed tells every change it holds before the
+/// watch ends (`NotHere`), and the feed the node then follows starts where the replica
+/// stood, so the watch resumed from its token misses nothing and is never `Compacted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_node_whose_replica_moves_away_resumes_there_without_a_gap() {
+    use cairn_server::watch::{Item, Selector, WatchError};
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let n1 = start_with(&net, dir.path(), 1, None, 2, true).await;
+    let n2 = start_with(&net, dir.path(), 2, Some(1), 2, true).await;
+    let n3 = start_with(&net, dir.path(), 3, Some(1), 2, true).await;
+    let three = [n1.node.clone(), n2.node.clone(), n3.node.clone()];
+    tokio::time::timeout(PATIENCE * 2, async {
+        loop {
+            let refs: Vec<&Node> = three.iter().map(|n| &**n).collect();
+            if spread_evenly(&refs, SHARDS as usize, 2) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("two replicas a shard");
+    // On each node, a watch of one key of each shard it holds.
+    let mut watched = Vec::new();
+    for node in &three {
+        for shard in node.shards().list() {
+            let key = (0..)
+                .map(|i| format!("w{}-{i}", node.id()))
+                .find(|k| node.shards().shard_of_key(k.as_bytes()) == shard.id)
+                .unwrap();
+            let watcher = node
+                .watch(
+                    Selector::Key(Bytes::copy_from_slice(key.as_bytes())),
+                    None,
+                    Duration::from_secs(60),
+                )
+                .expect("a watch of a held shard");
+            watched.push((node.clone(), shard.id, key, watcher));
+        }
+    }
+    // Every watched key written 0, 1, 2, ... through node 1 while node 4 takes its share.
+    let (stop_writing, mut stopped) = watch::channel(false);
+    let writer = {
+        let (node, keys) = (
+            n1.node.clone(),
+            watched.iter().map(|w| w.2.clone()).collect::<Vec<_>>(),
+        );
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !*stopped.borrow_and_update() {
+                for key in &keys {
+                    until_done(&node, set(key, &n.to_string())).await;
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            n
+        })
+    };
+    let n4 = start_with(&net, dir.path(), 4, Some(1), 2, true).await;
+    let four = [
+        n1.node.clone(),
+        n2.node.clone(),
+        n3.node.clone(),
+        n4.node.clone(),
+    ];
+    tokio::time::timeout(PATIENCE * 2, async {
+        loop {
+            let refs: Vec<&Node> = four.iter().map(|n| &**n).collect();
+            if spread_evenly(&refs, SHARDS as usize, 2) && !n4.node.shards().list().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("node 4 takes its share");
+    // Past the dropped replicas' grace, so that each moved one is gone from its node.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop_writing.send(true).unwrap();
+    let rounds = writer.await.unwrap();
+    assert!(rounds > 10, "only {rounds} rounds of writes");
+    let mut moved = 0;
+    for (node, shard, key, mut watcher) in watched {
+        let left = node.shards().get(shard).is_none();
+        moved += usize::from(left);
+        let mut seen: Vec<u64> = Vec::new();
+        let mut ends = 0;
+        tokio::time::timeout(PATIENCE, async {
+            while seen.last() != Some(&(rounds - 1)) {
+                match watcher.next().await {
+                    Ok(Item::Events(events)) => seen.extend(events.iter().map(|e| {
+                        std::str::from_utf8(&e.event.value)
+                            .unwrap()
+                            .parse::<u64>()
+                            .unwrap()
+                    })),
+                    Ok(Item::Progress) => {}
+                    Err(WatchError::NotHere(_) | WatchError::OutOfTouch(_)) => {
+                        ends += 1;
+                        let token = watcher.token().to_string();
+                        watcher = loop {
+                            match node.watch(
+                                Selector::Key(Bytes::copy_from_slice(key.as_bytes())),
+                                Some(&token),
+                                Duration::from_secs(60),
+                            ) {
+                                Ok(watcher) => break watcher,
+                                Err(WatchError::NotHere(_) | WatchError::OutOfTouch(_)) => {
+                                    tokio::time::sleep(Duration::from_millis(50)).await
+                                }
+                                Err(e) => panic!(
+                                    "{key} (shard {shard}) on node {}: resuming failed: {e}",
+                                    node.id()
+                                ),
+                            }
+                        };
+                    }
+                    Err(e) => panic!(
+                        "{key} (shard {shard}) on node {}, after {} values: {e}",
+                        node.id(),
+                        seen.len()
+                    ),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{key} on node {}: the watch stalled at {seen:?}", node.id()));
+        // A write of unknown outcome is written again: its value may come twice in a row.
+        seen.dedup();
+        let want: Vec<u64> = (0..rounds).collect();
+        assert_eq!(
+            seen,
+            want,
+            "{key} (shard {shard}) on node {}, replica moved away: {left}, watch ended {ends} times",
+            node.id()
+        );
+        if left {
+            assert!(ends > 0, "a watch of a replica that left never ended");
+        }
+    }
+    assert!(moved > 0, "node 4 took no replica a watch was on");
+    for running in [n4, n3, n2, n1] {
+        stop(running).await;
+    }
+}
+
 /// SCAN pages of four through `node` from `cursor`: `pages` of them (`None`: to the end of
 /// the iteration). The cursor to go on with (0: the end), and the keys.
 async fn scan_pages(node: &Node, mut cursor: u64, pages: Option<usize>) -> (u64, Vec<Bytes>) {
