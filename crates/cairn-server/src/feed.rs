@@ -328,6 +328,10 @@ pub struct Feed {
     /// The replica was removed from this node: its feed tells nothing more, and its
     /// watchers end (to resume on a node that holds the shard).
     retired: std::sync::atomic::AtomicBool,
+    /// The replica no longer holds the whole shard as the map tells it (its group dropped it,
+    /// or it is still catching up): the node tells the shard's changes through a feed it
+    /// follows on a replica that does, and this one's watchers move there.
+    superseded: std::sync::atomic::AtomicBool,
 }
 
 /// A split of a shard, as its feed remembers it.
@@ -416,6 +420,7 @@ impl Feed {
             splits: Mutex::new(Vec::new()),
             born: 0,
             retired: std::sync::atomic::AtomicBool::new(false),
+            superseded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -429,6 +434,29 @@ impl Feed {
     /// Whether the replica was removed from this node.
     pub fn is_retired(&self) -> bool {
         self.retired.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Marks the replica as holding the whole shard here or not ([`Feed::is_superseded`]);
+    /// its watchers are woken when it stops, and end.
+    pub fn supersede(&self, superseded: bool) {
+        let was = self
+            .superseded
+            .swap(superseded, std::sync::atomic::Ordering::AcqRel);
+        if superseded && !was {
+            wake(&self.wake);
+        }
+    }
+
+    /// Whether the replica no longer holds the whole shard here: the node tells the shard's
+    /// changes through a followed feed instead.
+    pub fn is_superseded(&self) -> bool {
+        self.superseded.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether this feed's watchers end here (the replica was removed, or superseded), to
+    /// resume on the feed the node now has for the shard, or on another node.
+    pub fn has_left(&self) -> bool {
+        self.is_retired() || self.is_superseded()
     }
 
     /// The same feed, of a shard a split created at `index` of its parent's log.

@@ -347,6 +347,10 @@ impl Node {
             .shards
             .list()
             .iter()
+            // A replica that no longer holds the whole shard tells nothing here (the
+            // node follows the shard's feed instead, counted below): a dropped one soon
+            // hears nothing from its group, and that is no loss of touch.
+            .filter(|shard| !shard.feed.is_superseded())
             .filter(|shard| !shard.group.in_touch(TOUCH_LOST_AFTER))
             .map(|shard| shard.id)
             .chain(self.followed_out_of_touch(TOUCH_LOST_AFTER))

@@ -95,7 +95,11 @@ impl Node {
             .lock()
             .get(&id)
             .and_then(|f| f.feed.get().cloned());
-        followed.or_else(|| local.map(|s| s.feed.clone()))
+        followed.or_else(|| {
+            local
+                .filter(|s| !s.feed.is_superseded())
+                .map(|s| s.feed.clone())
+        })
     }
 
     /// Starts following every shard routed here that this node holds no whole replica of,
@@ -112,6 +116,14 @@ impl Node {
                     .is_none_or(|shard| !self.serves_keyspace(&shard))
             })
             .collect();
+        let replicas = self.shards.list();
+        // A replica that holds the whole shard again takes its watchers back before the
+        // followed feed they are on ends.
+        for shard in &replicas {
+            if self.serves_keyspace(shard) {
+                shard.feed.supersede(false);
+            }
+        }
         let mut followed = self.followed.lock();
         followed.retain(|id, _| wanted.contains(id));
         for id in wanted {
@@ -136,6 +148,14 @@ impl Node {
                 ));
                 Following { feed, heard, task }
             });
+        }
+        drop(followed);
+        // A replica that no longer holds the whole shard hands its watchers to the feed
+        // followed from where it stands (started above), and stops serving followers.
+        for shard in &replicas {
+            if !self.serves_keyspace(shard) {
+                shard.feed.supersede(true);
+            }
         }
     }
 
@@ -235,9 +255,10 @@ impl FollowState {
         let feed = self.replica.feed.clone();
         let due = tokio::time::Instant::now() + FOLLOW_HEARTBEAT;
         loop {
-            if feed.is_retired() || *self.wake.borrow_and_update() == crate::feed::WAKE_STOPPED {
+            if feed.has_left() || *self.wake.borrow_and_update() == crate::feed::WAKE_STOPPED {
                 return Err(tonic::Status::unavailable(
-                    "the replica followed is gone from this node",
+                    "the replica followed is gone from this node, or no longer holds the whole \
+                     shard",
                 ));
             }
             if !self.replica.group.in_touch(super::TOUCH_LOST_AFTER) {

@@ -689,7 +689,8 @@ async fn with_data_on_the_voters_only_each_shard_lives_on_its_voters_and_every_n
 /// A watch on a node whose replica of the watched shard moves away (a fourth node takes it)
 /// goes on there without a gap: the replica's feed tells every change it holds before the
 /// watch ends (`NotHere`), and the feed the node then follows starts where the replica
-/// stood, so the watch resumed from its token misses nothing and is never `Compacted`.
+/// stood, so the watch resumed from its token misses nothing and is never `Compacted`. The
+/// replica moved away never counts as out of touch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_on_a_node_whose_replica_moves_away_resumes_there_without_a_gap() {
     use cairn_server::watch::{Item, Selector, WatchError};
@@ -728,6 +729,26 @@ async fn a_watch_on_a_node_whose_replica_moves_away_resumes_there_without_a_gap(
             watched.push((node.clone(), shard.id, key, watcher));
         }
     }
+    // What nodes 1-3 tell as out of touch while node 4 takes its share: a replica moved
+    // away soon hears nothing from its group, but the node follows the shard's feed
+    // instead, so no shard there loses touch (which would end its watches and flush every
+    // tracking client's cache).
+    let lost_touch = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let touch_tasks: Vec<_> = three
+        .iter()
+        .map(|node| {
+            let (mut touch, lost) = (node.touch_changes(), lost_touch.clone());
+            let id = node.id().to_string();
+            tokio::spawn(async move {
+                while touch.changed().await.is_ok() {
+                    let out = touch.borrow_and_update().clone();
+                    if !out.is_empty() {
+                        lost.lock().unwrap().push((id.clone(), out.to_vec()));
+                    }
+                }
+            })
+        })
+        .collect();
     // Every watched key written 0, 1, 2, ... through node 1 while node 4 takes its share.
     let (stop_writing, mut stopped) = watch::channel(false);
     let writer = {
@@ -830,6 +851,14 @@ async fn a_watch_on_a_node_whose_replica_moves_away_resumes_there_without_a_gap(
         }
     }
     assert!(moved > 0, "node 4 took no replica a watch was on");
+    for task in touch_tasks {
+        task.abort();
+    }
+    assert_eq!(
+        *lost_touch.lock().unwrap(),
+        Vec::new(),
+        "shards out of touch on nodes 1-3 while replicas moved"
+    );
     for running in [n4, n3, n2, n1] {
         stop(running).await;
     }
