@@ -174,6 +174,16 @@ pub type OutOfTouch = Arc<Vec<u32>>;
 pub const TOUCH_LOST_AFTER: Duration = Duration::from_secs(2);
 /// How often the background task looks at every replica's touch.
 pub const TOUCH_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// Longest a replica waits to apply the floor a forwarded read came with
+/// ([`Node::reach_read_floor`]) before the read is `TRYAGAIN` (within the asking node's own
+/// wait for a read, [`crate::peer::FORWARD_READ_TIMEOUT`]).
+pub const READ_FLOOR_WAIT: Duration = Duration::from_secs(1);
+
+tokio::task_local! {
+    /// While a read forwarded here runs: the shard and log position the asking node's feed
+    /// of it had told when it forwarded the read (`ForwardRequest.floor`).
+    pub(crate) static READ_FLOOR: (u32, u64);
+}
 
 /// One Cairn node. Share it through `Arc`.
 #[derive(Debug)]
@@ -592,7 +602,8 @@ impl Node {
             }
             for (id, addr) in elsewhere {
                 let only = Some(Scope::shard(id));
-                crate::peer::forward(&self.peers, &addr, &Command::Flush, 1, false, only).await?;
+                crate::peer::forward(&self.peers, &addr, &Command::Flush, 1, false, only, None)
+                    .await?;
                 done.insert(id);
             }
         }
@@ -783,6 +794,56 @@ pub(crate) mod tests {
             Reply::Entry(e) => e,
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A read forwarded with a floor (`ForwardRequest.floor`) is served from this node's
+    /// replica only once it has applied that position: at once when it has, after waiting
+    /// when the position comes soon, `TRYAGAIN` when it does not come; a floor of another
+    /// shard holds nothing up. Forwarding a read, a node sends what its own feed of the
+    /// shard has told, or the floor the read came with if further; a write carries none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_waits_for_the_floor_it_came_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(options(dir.path())).await.unwrap();
+        let key = "{t}k";
+        let shard = node.shards.shard_of_key(key.as_bytes());
+        node.execute(set(key, "1")).await.unwrap();
+        let applied = node.shards.get(shard).unwrap().group.applied_index();
+        let scope = Some(Scope { shard, slots: None });
+        let read = |floor: (u32, u64)| {
+            let node = node.clone();
+            READ_FLOOR.scope(floor, async move {
+                node.execute_forwarded(Command::DbSize, 1, true, scope)
+                    .await
+            })
+        };
+        assert_eq!(read((shard, applied)).await, Ok(Reply::Int(1)));
+        assert_eq!(read((shard + 1, applied + 1_000)).await, Ok(Reply::Int(1)));
+        match read((shard, applied + 1_000)).await {
+            Err(CommandError::TryAgain(why)) => assert!(why.contains("behind"), "{why}"),
+            other => panic!("a replica short of the floor served the read: {other:?}"),
+        }
+        // The next write reaches the floor while the read waits for it.
+        let writer = {
+            let node = node.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                node.execute(set("{t}other", "2")).await.unwrap();
+            })
+        };
+        assert_eq!(read((shard, applied + 1)).await, Ok(Reply::Int(2)));
+        writer.await.unwrap();
+
+        let last = node.shards.get(shard).unwrap().feed.last();
+        let get = Command::Get { key: b(key) };
+        assert_eq!(node.read_floor(shard, &get), Some((shard, last)));
+        let asked = READ_FLOOR.sync_scope((shard, last + 50), || node.read_floor(shard, &get));
+        assert_eq!(asked, Some((shard, last + 50)));
+        let behind = READ_FLOOR.sync_scope((shard, 1), || node.read_floor(shard, &get));
+        assert_eq!(behind, Some((shard, last)));
+        let other = READ_FLOOR.sync_scope((shard + 1, last + 50), || node.read_floor(shard, &get));
+        assert_eq!(other, Some((shard, last)));
+        assert_eq!(node.read_floor(shard, &set(key, "3")), None);
     }
 
     /// NOLOOP leans on it: every change at the entry a write proposed alone landed in is

@@ -141,10 +141,12 @@ impl pb::node_server::Node for NodeService {
         let command: Command = postcard::from_bytes(&r.command)
             .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
         let scope = scope_of(&r)?;
-        let result = self
-            .node
-            .execute_forwarded(command, r.hops, r.stale, scope)
-            .await;
+        let floor = r.floor.map(|f| (f.shard, f.index));
+        let execute = self.node.execute_forwarded(command, r.hops, r.stale, scope);
+        let result = match floor {
+            Some(floor) => crate::node::READ_FLOOR.scope(floor, execute).await,
+            None => execute.await,
+        };
         Ok(Response::new(pb::ForwardResponse {
             result: encode_result(&result).into(),
         }))
@@ -210,6 +212,7 @@ fn forward_request(
                 first: first.into(),
                 last: last.into(),
             }),
+        floor: None,
     }
 }
 
@@ -263,6 +266,7 @@ pub async fn forward(
     hops: u32,
     stale: bool,
     scope: Option<crate::node::Scope>,
+    floor: Option<(u32, u64)>,
 ) -> Result<Reply, CommandError> {
     let is_write = command.is_write();
     let lost = |why: String| {
@@ -278,7 +282,8 @@ pub async fn forward(
     let mut client = pb::node_client::NodeClient::new(channel)
         .max_decoding_message_size(FORWARD_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(FORWARD_MESSAGE_BYTES_MAX);
-    let request = forward_request(command, hops, stale, scope);
+    let mut request = forward_request(command, hops, stale, scope);
+    request.floor = floor.map(|(shard, index)| pb::ReadFloor { shard, index });
     let timeout = forward_timeout(is_write, request.command.len());
     match tokio::time::timeout(timeout, client.forward(request)).await {
         Err(_) => Err(lost(format!("no answer within {timeout:?}"))),
@@ -394,7 +399,7 @@ mod tests {
             key: bytes::Bytes::from_static(b"k"),
             delta: 1,
         };
-        match forward(&peers, &addr, &write, 1, false, None).await {
+        match forward(&peers, &addr, &write, 1, false, None, None).await {
             Err(CommandError::TryAgain(why)) => assert!(why.contains("unreachable"), "{why}"),
             other => panic!("a connection never made must be retriable, got {other:?}"),
         }
@@ -419,7 +424,7 @@ mod tests {
             key: bytes::Bytes::from_static(b"k"),
             delta: 1,
         };
-        match forward(&peers, peer, &write, 1, false, None).await {
+        match forward(&peers, peer, &write, 1, false, None, None).await {
             Err(CommandError::TryAgain(why)) => assert!(why.contains("unreachable"), "{why}"),
             other => panic!("a connection never made must be retriable, got {other:?}"),
         }
@@ -455,7 +460,7 @@ mod tests {
             key: bytes::Bytes::from_static(KEY),
             delta: 1,
         };
-        let result = forward(&peers, &addr, &write, 1, false, None).await;
+        let result = forward(&peers, &addr, &write, 1, false, None, None).await;
         assert!(peer.await.unwrap(), "the request reached the peer");
         match result {
             Err(CommandError::OutcomeUnknown(_)) => {}
@@ -498,13 +503,13 @@ mod tests {
         };
         let peers = Peers::new();
         let addr = silent_peer(true).await;
-        match forward(&peers, &addr, &read, 1, false, None).await {
+        match forward(&peers, &addr, &read, 1, false, None, None).await {
             Err(CommandError::TryAgain(_)) => {}
             other => panic!("a read the peer hung up on must be retriable, got {other:?}"),
         }
         let addr = silent_peer(false).await;
         let began = std::time::Instant::now();
-        match forward(&peers, &addr, &read, 1, false, None).await {
+        match forward(&peers, &addr, &read, 1, false, None, None).await {
             Err(CommandError::TryAgain(why)) => assert!(why.contains("no answer"), "{why}"),
             other => panic!("an unanswered read must be retriable, got {other:?}"),
         }
@@ -610,11 +615,11 @@ mod tests {
             answer: Err(CommandError::Fatal("the log's fsync failed".into())),
         })
         .await;
-        match forward(&peers, &failed, &read, 1, false, None).await {
+        match forward(&peers, &failed, &read, 1, false, None, None).await {
             Err(CommandError::TryAgain(why)) => assert!(why.contains("fsync failed"), "{why}"),
             other => panic!("a read answered by a failed node must be retriable, got {other:?}"),
         }
-        match forward(&peers, &failed, &write, 1, false, None).await {
+        match forward(&peers, &failed, &write, 1, false, None, None).await {
             Err(CommandError::OutcomeUnknown(why)) => {
                 assert!(why.contains("fsync failed"), "{why}")
             }
@@ -627,7 +632,7 @@ mod tests {
         })
         .await;
         assert_eq!(
-            forward(&peers, &answered, &write, 1, false, None).await,
+            forward(&peers, &answered, &write, 1, false, None, None).await,
             Ok(Reply::Int(41))
         );
         let refused = serve(Answering {
@@ -635,11 +640,11 @@ mod tests {
         })
         .await;
         assert_eq!(
-            forward(&peers, &refused, &read, 1, false, None).await,
+            forward(&peers, &refused, &read, 1, false, None, None).await,
             Err(CommandError::TryAgain("the shard is splitting".into()))
         );
         assert_eq!(
-            forward(&peers, &refused, &write, 1, false, None).await,
+            forward(&peers, &refused, &write, 1, false, None, None).await,
             Err(CommandError::TryAgain("the shard is splitting".into()))
         );
     }

@@ -135,6 +135,9 @@ impl Node {
         only: Option<Scope>,
     ) -> Result<Reply, CommandError> {
         let parts = self.keyspace_parts(only)?;
+        for shard in parts.iter().filter_map(|p| p.local.as_ref()) {
+            self.reach_read_floor(shard).await?;
+        }
         if only.is_none() {
             self.every_shard_known(&parts)?;
         }

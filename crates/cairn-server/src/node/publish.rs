@@ -83,7 +83,8 @@ impl Fanout {
                 } else {
                     Command::Publish { messages: batch }
                 };
-                if let Err(e) = crate::peer::forward(&peers, &to, &cmd, 1, false, None).await {
+                if let Err(e) = crate::peer::forward(&peers, &to, &cmd, 1, false, None, None).await
+                {
                     tracing::debug!(peer = %to, error = %e, "pub/sub messages not delivered");
                 }
             }

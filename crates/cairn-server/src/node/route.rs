@@ -135,7 +135,7 @@ impl Node {
                     let only = matches!(cmd, Command::Flush).then_some(Scope::shard(shard_id));
                     crate::metrics::forwarded(cmd.name(), shard_id);
                     let forwarded =
-                        crate::peer::forward(&self.peers, &addr, &cmd, hops, false, only);
+                        crate::peer::forward(&self.peers, &addr, &cmd, hops, false, only, None);
                     // A leader that hands over or steps down answers quickly; one cut off with
                     // the write does not, and the write may or may not commit.
                     let stuck = async {
@@ -239,7 +239,57 @@ impl Node {
             })?;
         let hops = Self::hop(hops)?;
         crate::metrics::forwarded(cmd.name(), shard_id);
-        crate::peer::forward(&self.peers, &addr, cmd, hops, stale, only).await
+        let floor = self.read_floor(shard_id, cmd);
+        crate::peer::forward(&self.peers, &addr, cmd, hops, stale, only, floor).await
+    }
+
+    /// The floor a read of `shard_id` forwarded from here carries: the position this node's
+    /// feed of the shard has told (a watch token given out before the read names no more),
+    /// or the floor the read came here with, whichever is further. A replica that serves
+    /// the read from its own state (a stale read, a part of a whole-keyspace read) must
+    /// have applied it: else a client that reads through a node without a whole replica of
+    /// the shard, then watches from the token that node gave out, could miss a change the
+    /// read did not see (served by a lagging replica) that the token counts as told.
+    pub(super) fn read_floor(&self, shard_id: u32, cmd: &Command) -> Option<(u32, u64)> {
+        if cmd.is_write() {
+            return None;
+        }
+        let own = self.feed_for(shard_id).map(|feed| feed.last());
+        let asked = super::READ_FLOOR
+            .try_with(|&(shard, index)| (shard == shard_id).then_some(index))
+            .ok()
+            .flatten();
+        own.max(asked)
+            .filter(|&index| index > 0)
+            .map(|index| (shard_id, index))
+    }
+
+    /// Waits until this node's replica of `shard` has applied the floor the read being
+    /// served came with ([`Node::read_floor`] on the asking node), for at most
+    /// [`super::READ_FLOOR_WAIT`]; `TRYAGAIN` if it does not get there.
+    pub(super) async fn reach_read_floor(&self, shard: &Shard) -> Result<(), CommandError> {
+        let Some(floor) = super::READ_FLOOR
+            .try_with(|&(id, index)| (id == shard.id).then_some(index))
+            .ok()
+            .flatten()
+        else {
+            return Ok(());
+        };
+        let deadline = tokio::time::Instant::now() + super::READ_FLOOR_WAIT;
+        loop {
+            let applied = shard.group.applied_index();
+            if applied >= floor {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CommandError::TryAgain(format!(
+                    "this replica of shard {} has applied up to {applied}, behind the \
+                     position {floor} the read must see",
+                    shard.id
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 
     /// Whether this node's replica of `shard` is still part of its group: a member by its own
@@ -422,6 +472,7 @@ impl Node {
             Lead::No => {}
         }
         if stale && self.in_group(&shard) {
+            self.reach_read_floor(&shard).await?;
             return self.read_owned(&shard, cmd);
         }
         let leader = match self.remote_leader(&shard) {
@@ -436,7 +487,9 @@ impl Node {
             Some((leader, addr)) => {
                 let hops = Self::hop(hops)?;
                 crate::metrics::forwarded(cmd.name(), shard_id);
-                let forwarded = crate::peer::forward(&self.peers, &addr, cmd, hops, stale, None);
+                let floor = self.read_floor(shard_id, cmd);
+                let forwarded =
+                    crate::peer::forward(&self.peers, &addr, cmd, hops, stale, None, floor);
                 tokio::select! {
                     result = forwarded => result,
                     // Retried toward the new leader by the caller.
