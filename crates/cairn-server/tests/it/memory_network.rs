@@ -1025,28 +1025,7 @@ async fn whole_keyspace(node: &Node, keys: &[String], shards: usize) {
         "DBSIZE through node {}",
         node.id()
     );
-    let mut scanned = Vec::new();
-    let mut cursor = 0;
-    loop {
-        let page = until_done(
-            node,
-            Command::Scan {
-                cursor,
-                pattern: None,
-                count: 4,
-                type_filter: None,
-            },
-        )
-        .await;
-        let Reply::ScanPage { cursor: next, keys } = page else {
-            panic!("SCAN answered {page:?}");
-        };
-        scanned.extend(keys);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    let (_, mut scanned) = scan_pages(node, 0, None).await;
     scanned.sort();
     scanned.dedup();
     assert_eq!(
