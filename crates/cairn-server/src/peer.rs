@@ -544,6 +544,17 @@ mod tests {
     #[derive(Debug, Clone)]
     struct Answering {
         answer: Result<Reply, CommandError>,
+        /// The floor of every request it took, in order.
+        floors: Arc<parking_lot::Mutex<Vec<Option<(u32, u64)>>>>,
+    }
+
+    impl Answering {
+        fn new(answer: Result<Reply, CommandError>) -> Answering {
+            Answering {
+                answer,
+                floors: Arc::default(),
+            }
+        }
     }
 
     #[tonic::async_trait]
@@ -557,8 +568,10 @@ mod tests {
 
         async fn forward(
             &self,
-            _: Request<pb::ForwardRequest>,
+            request: Request<pb::ForwardRequest>,
         ) -> Result<Response<pb::ForwardResponse>, Status> {
+            let floor = request.into_inner().floor.map(|f| (f.shard, f.index));
+            self.floors.lock().push(floor);
             Ok(Response::new(pb::ForwardResponse {
                 result: encode_result(&self.answer).into(),
             }))
@@ -611,9 +624,9 @@ mod tests {
             key: bytes::Bytes::from_static(b"k"),
             delta: 1,
         };
-        let failed = serve(Answering {
-            answer: Err(CommandError::Fatal("the log's fsync failed".into())),
-        })
+        let failed = serve(Answering::new(Err(CommandError::Fatal(
+            "the log's fsync failed".into(),
+        ))))
         .await;
         match forward(&peers, &failed, &read, 1, false, None, None).await {
             Err(CommandError::TryAgain(why)) => assert!(why.contains("fsync failed"), "{why}"),
@@ -627,17 +640,14 @@ mod tests {
                 panic!("a write answered by a failed node is of unknown outcome, got {other:?}")
             }
         }
-        let answered = serve(Answering {
-            answer: Ok(Reply::Int(41)),
-        })
-        .await;
+        let answered = serve(Answering::new(Ok(Reply::Int(41)))).await;
         assert_eq!(
             forward(&peers, &answered, &write, 1, false, None, None).await,
             Ok(Reply::Int(41))
         );
-        let refused = serve(Answering {
-            answer: Err(CommandError::TryAgain("the shard is splitting".into())),
-        })
+        let refused = serve(Answering::new(Err(CommandError::TryAgain(
+            "the shard is splitting".into(),
+        ))))
         .await;
         assert_eq!(
             forward(&peers, &refused, &read, 1, false, None, None).await,
@@ -647,5 +657,22 @@ mod tests {
             forward(&peers, &refused, &write, 1, false, None, None).await,
             Err(CommandError::TryAgain("the shard is splitting".into()))
         );
+    }
+
+    /// A forwarded read's floor crosses the wire as the forwarder gave it.
+    #[tokio::test]
+    async fn a_read_floor_crosses_to_the_serving_node() {
+        let peers = Peers::new();
+        let service = Answering::new(Ok(Reply::Int(1)));
+        let floors = service.floors.clone();
+        let addr = serve(service).await;
+        let read = Command::DbSize;
+        forward(&peers, &addr, &read, 1, true, None, Some((3, 77)))
+            .await
+            .unwrap();
+        forward(&peers, &addr, &read, 1, false, None, None)
+            .await
+            .unwrap();
+        assert_eq!(*floors.lock(), vec![Some((3, 77)), None]);
     }
 }
