@@ -540,12 +540,14 @@ mod tests {
         assert!(large > crate::proposer::commit_wait(48 << 20));
     }
 
+    type Floor = Option<(u32, u64)>;
+
     /// A node service whose every forwarded command is answered with `answer`.
     #[derive(Debug, Clone)]
     struct Answering {
         answer: Result<Reply, CommandError>,
         /// The floor of every request it took, in order.
-        floors: Arc<parking_lot::Mutex<Vec<Option<(u32, u64)>>>>,
+        floors: Arc<parking_lot::Mutex<Vec<Floor>>>,
     }
 
     impl Answering {
