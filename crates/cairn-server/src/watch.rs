@@ -383,9 +383,10 @@ impl Watcher {
                 return Err(WatchError::Split(shard, mark));
             }
             // A feed whose replica left the node (or no longer holds the whole shard), or
-            // lost touch with its group, ends the watch, but only once what it holds is told: its changes are committed ones, and
-            // the watch resumed elsewhere (a feed this node follows, which starts where the
-            // replica stood) goes on from the last of them.
+            // lost touch with its group, ends the watch, but only once what it holds is
+            // told: its changes are committed ones, and the watch resumed elsewhere (a feed
+            // this node follows, which starts where the replica stood) goes on from the
+            // last of them.
             let ending = match self.feeds.iter().find(|(f, _)| f.has_left()) {
                 Some((feed, _)) => Some(WatchError::NotHere(feed.shard())),
                 None => self.check_touch().err(),
