@@ -4,12 +4,13 @@
 //! node through `cairn.peer.v1.Node/Manage`), and removes from the map the nodes that left
 //! or were replaced once they hold no vote and no leadership.
 //!
-//! Until a shard lives on R nodes only (followed feeds, docs/design.md), every node keeps a
-//! learner replica of every group ([`crate::placement`]), so the node a move "adds" already
-//! holds the group's data: [`Step::AddLearner`] promotes that learner once it has caught up
-//! (adding it as a learner first if it is not one yet), and [`Step::RemoveVoter`] demotes a
-//! voter back to a learner. The planner is shown no learners, and what it balances are votes
-//! (which nodes take part in each group's commits) and leaderships (which node evaluates a
+//! A shard's data lives on its voters only (the default; a move adds a learner, which
+//! catches up by snapshot and log, then promotes it), or, with `--replicas-everywhere`,
+//! every node keeps a learner replica of every group ([`crate::placement`]): there the node
+//! a move "adds" already holds the group's data, [`Step::AddLearner`] promotes that learner
+//! once it has caught up (adding it as a learner first if it is not one yet), and
+//! [`Step::RemoveVoter`] demotes a voter back to a learner. What the planner balances are
+//! votes (which nodes take part in each group's commits) and leaderships (which node evaluates a
 //! shard's writes and serves its linearizable reads). The planner's limits on moves in
 //! flight therefore bound what one round starts, not what is under way across rounds (a
 //! promotion is done within its round).

@@ -332,6 +332,8 @@ pub struct Feed {
     /// or it is still catching up): the node tells the shard's changes through a feed it
     /// follows on a replica that does, and this one's watchers move there.
     superseded: std::sync::atomic::AtomicBool,
+    /// Watchers reading it now: a node keeps following a shard's feed while it has any.
+    watchers: std::sync::atomic::AtomicUsize,
 }
 
 /// A split of a shard, as its feed remembers it.
@@ -421,7 +423,23 @@ impl Feed {
             born: 0,
             retired: std::sync::atomic::AtomicBool::new(false),
             superseded: std::sync::atomic::AtomicBool::new(false),
+            watchers: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// A watcher starts (`true`) or stops reading this feed.
+    pub(crate) fn count_watcher(&self, starts: bool) {
+        use std::sync::atomic::Ordering;
+        if starts {
+            self.watchers.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.watchers.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether some watcher reads this feed now.
+    pub fn watched(&self) -> bool {
+        self.watchers.load(std::sync::atomic::Ordering::Acquire) > 0
     }
 
     /// The replica was removed from this node: wakes its watchers, which end.

@@ -63,6 +63,8 @@ pub const WATCHERS_DROPPED_TOTAL: &str = "cairn_watchers_dropped_total";
 /// Gauge: shards whose replicas on this node are out of touch with their groups (see
 /// `Node::out_of_touch`).
 pub const SHARDS_OUT_OF_TOUCH: &str = "cairn_shards_out_of_touch";
+/// Gauge: shards whose change feed this node follows on another node (see `node/follow`).
+pub const FOLLOWED_FEEDS: &str = "cairn_followed_feeds";
 
 /// Buckets for counts per fsync (1 … 4096).
 const COUNT_BUCKETS: &[f64] = &[
@@ -270,6 +272,11 @@ pub fn watch_events(frontend: &'static str) -> metrics::Counter {
 /// Shards out of touch with their groups on this node, now.
 pub fn shards_out_of_touch(count: usize) {
     metrics::gauge!(SHARDS_OUT_OF_TOUCH).set(count as f64);
+}
+
+/// How many shards' feeds this node follows now.
+pub fn followed_feeds(count: usize) {
+    metrics::gauge!(FOLLOWED_FEEDS).set(count as f64);
 }
 
 /// A watch ended by the server: `stalled` (its client did not read), `compacted` (the

@@ -131,6 +131,9 @@ pub struct NodeOptions {
     pub network: Arc<dyn cairn_raft::transport::Network>,
     /// How much change history each shard keeps for watches (`--watch-history-*`).
     pub watch_history: crate::feed::FeedLimits,
+    /// How long the node keeps following a shard's feed after the last watch, read token
+    /// or watch start that asked for it ([`FOLLOW_LINGER`]).
+    pub follow_linger: Duration,
 }
 
 /// Segment and log sizes, not user-facing configuration: the defaults suit a server; tests
@@ -178,6 +181,12 @@ pub const TOUCH_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// ([`Node::reach_read_floor`]) before the read is `TRYAGAIN` (within the asking node's own
 /// wait for a read, [`crate::peer::FORWARD_READ_TIMEOUT`]).
 pub const READ_FLOOR_WAIT: Duration = Duration::from_secs(1);
+/// How long a node keeps following a shard's change feed it holds no whole replica of after
+/// the last read token, or watch start, that asked for it, and no watcher reads it
+/// ([`NodeOptions::follow_linger`]).
+pub const FOLLOW_LINGER: Duration = Duration::from_secs(60);
+/// Longest a read token, or a watch, waits for a feed this node starts following.
+pub const FOLLOW_START_WAIT: Duration = Duration::from_secs(1);
 
 tokio::task_local! {
     /// While a read forwarded here runs: the shard and log position the asking node's feed
@@ -236,6 +245,10 @@ pub struct Node {
     /// The feeds this node follows on other nodes, of shards it holds no whole replica of
     /// ([`follow`]).
     followed: parking_lot::Mutex<std::collections::HashMap<u32, follow::Following>>,
+    /// Which feeds this node was last asked for, and when ([`Node::want_feeds`]).
+    feed_demand: parking_lot::Mutex<std::collections::HashMap<u32, follow::Demand>>,
+    /// Wakes the touch task to follow a feed asked for at once.
+    follow_wake: tokio::sync::Notify,
     /// The map's shard placements as of the last [`Node::refresh_placements`].
     placements:
         parking_lot::RwLock<Arc<std::collections::BTreeMap<u32, crate::meta::ShardPlacement>>>,
@@ -271,7 +284,21 @@ impl Node {
     /// node's feeds: taken before a read, a watch from it misses nothing the read did not
     /// see, since the read is served at or after what this node's replicas (or, for a
     /// followed feed, the replica it follows) have applied.
-    pub fn watch_token(&self, key: Option<&[u8]>) -> String {
+    ///
+    /// A shard this node holds no whole replica of is followed for the token (a feed not
+    /// followed yet is waited for up to [`FOLLOW_START_WAIT`]; one that does not come in
+    /// time is left out of the token).
+    pub async fn watch_token(&self, key: Option<&[u8]>) -> String {
+        let wants: Vec<(u32, Option<u64>)> = match key {
+            Some(key) => vec![(self.shards.shard_of_key(key), None)],
+            None => self
+                .shards
+                .routed()
+                .into_iter()
+                .map(|id| (id, None))
+                .collect(),
+        };
+        self.ready_feeds(&wants).await;
         let feeds = match key.and_then(|key| self.feed_for(self.shards.shard_of_key(key))) {
             Some(feed) => vec![feed],
             None => self
@@ -413,6 +440,9 @@ impl Node {
             return Err(WatchError::Stopped);
         }
         let token = from.map(Token::parse).transpose()?;
+        // Asked for before they are looked up, so that the node follows (or goes on
+        // following) the feeds of the shards it holds no whole replica of.
+        self.want_feeds(&self.watch_wants(&selector, token.as_ref()));
         if let Some(unknown) = token
             .iter()
             .flat_map(|t| t.0.keys())
@@ -458,6 +488,42 @@ impl Node {
             self.feed_wake.subscribe(),
             touch.then(|| self.touch.subscribe()),
         )
+    }
+
+    /// [`Node::watch`], once the feeds it needs that this node does not follow yet have
+    /// started (waiting up to [`FOLLOW_START_WAIT`]), from where `from` stands.
+    pub async fn watch_ready(
+        &self,
+        selector: crate::watch::Selector,
+        from: Option<&str>,
+        progress_every: Duration,
+    ) -> Result<crate::watch::Watcher, crate::watch::WatchError> {
+        let token = from.map(crate::watch::Token::parse).transpose()?;
+        self.ready_feeds(&self.watch_wants(&selector, token.as_ref()))
+            .await;
+        self.watch(selector, from, progress_every)
+    }
+
+    /// The feeds a watch of `selector` from `token` reads: the key's shard or every shard
+    /// routed here, and every shard the token names, each with where the token stands in it.
+    fn watch_wants(
+        &self,
+        selector: &crate::watch::Selector,
+        token: Option<&crate::watch::Token>,
+    ) -> Vec<(u32, Option<u64>)> {
+        use crate::watch::Selector;
+        let mut shards = match selector {
+            Selector::Key(key) => match self.shards.shard_of_key(key) {
+                crate::shards::UNMAPPED => self.shards.routed(),
+                id => std::iter::once(id).collect(),
+            },
+            Selector::Prefix(_) | Selector::Range(_) => self.shards.routed(),
+        };
+        shards.extend(token.iter().flat_map(|t| t.0.keys().copied()));
+        shards
+            .into_iter()
+            .map(|id| (id, token.and_then(|t| t.0.get(&id)).map(|pos| pos.done())))
+            .collect()
     }
 
     pub fn options(&self) -> &NodeOptions {
@@ -756,6 +822,7 @@ pub(crate) mod tests {
             move_bytes_per_sec: 0,
             split_shard_bytes: 0,
             watch_history: crate::feed::FeedLimits::default(),
+            follow_linger: FOLLOW_LINGER,
             clock: cairn_storage::clock::system(),
             network: Arc::new(cairn_raft::transport::Tcp),
         }

@@ -83,6 +83,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         move_bytes_per_sec: config.move_bytes_per_sec,
         split_shard_bytes: config.split_shard_bytes,
         watch_history: config.watch_history,
+        follow_linger: crate::node::FOLLOW_LINGER,
     };
     let node: Arc<Node> = Node::open(options).await?;
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -252,6 +252,14 @@ pub struct Watcher {
     split: Option<(u32, crate::feed::SplitMark)>,
 }
 
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        for (feed, _) in &self.feeds {
+            feed.count_watcher(false);
+        }
+    }
+}
+
 impl Watcher {
     /// A watch of `selector` over `feeds` (the shards it covers), from `from` or from now.
     pub fn new(
@@ -289,6 +297,9 @@ impl Watcher {
         }
         // In shard order, as a token lists them (see `Watcher::token_texts_after`).
         positioned.sort_by_key(|(feed, _)| feed.shard());
+        for (feed, _) in &positioned {
+            feed.count_watcher(true);
+        }
         let mut watcher = Watcher {
             selector: selector.detached(),
             feeds: positioned,

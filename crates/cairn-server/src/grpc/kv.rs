@@ -45,7 +45,7 @@ impl pb::kv_server::Kv for KvService {
         observed("get", async move {
             let request = request.into_inner();
             let stale = request.consistency() == pb::Consistency::Stale;
-            let watch_token = self.node.watch_token(Some(&request.key));
+            let watch_token = self.node.watch_token(Some(&request.key)).await;
             let reply = self
                 .node
                 .execute_with(Command::Get { key: request.key }, stale)
@@ -125,7 +125,7 @@ impl pb::kv_server::Kv for KvService {
                 limit,
                 keys_only: req.keys_only,
             };
-            let watch_token = self.node.watch_token(None);
+            let watch_token = self.node.watch_token(None).await;
             match execute(&self.node, command).await? {
                 Reply::Entries { mut entries, more } => {
                     let more = fit_page(&mut entries, more, SCAN_PAGE_BYTES_MAX);
@@ -258,7 +258,9 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         observed("watch", async move {
-            super::watch::start(&self.node, request.into_inner()).map(Response::new)
+            super::watch::start(&self.node, request.into_inner())
+                .await
+                .map(Response::new)
         })
         .await
     }

@@ -18,7 +18,7 @@ use crate::watch::{self, Ending, Message, Selector, WatchError};
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
 /// Starts the watch `request` asks for on `node`.
-pub(super) fn start(node: &Node, request: pb::WatchRequest) -> Result<WatchStream, Status> {
+pub(super) async fn start(node: &Node, request: pb::WatchRequest) -> Result<WatchStream, Status> {
     let selector = match request.selector {
         Some(pb::watch_request::Selector::Key(key)) => Selector::Key(key),
         Some(pb::watch_request::Selector::Prefix(prefix)) => Selector::Prefix(prefix),
@@ -36,14 +36,17 @@ pub(super) fn start(node: &Node, request: pb::WatchRequest) -> Result<WatchStrea
         )));
     }
     let from = (!request.resume_token.is_empty()).then_some(request.resume_token.as_str());
-    let watcher = node.watch(selector, from, progress).map_err(|e| match e {
-        WatchError::BadToken(_) => Status::invalid_argument(e.to_string()),
-        WatchError::Compacted(_) => Status::out_of_range(e.to_string()),
-        WatchError::Stopped
-        | WatchError::OutOfTouch(_)
-        | WatchError::Split(..)
-        | WatchError::NotHere(_) => Status::unavailable(e.to_string()),
-    })?;
+    let watcher = node
+        .watch_ready(selector, from, progress)
+        .await
+        .map_err(|e| match e {
+            WatchError::BadToken(_) => Status::invalid_argument(e.to_string()),
+            WatchError::Compacted(_) => Status::out_of_range(e.to_string()),
+            WatchError::Stopped
+            | WatchError::OutOfTouch(_)
+            | WatchError::Split(..)
+            | WatchError::NotHere(_) => Status::unavailable(e.to_string()),
+        })?;
     let values = request.values;
     let stream = watch::Stream::new(watcher, super::FRONTEND);
     Ok(Box::pin(futures::stream::unfold(

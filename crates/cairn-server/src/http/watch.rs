@@ -92,11 +92,12 @@ pub(super) async fn watch(
     };
     let watcher = state
         .node
-        .watch(
+        .watch_ready(
             selector,
             from.as_deref().filter(|t| !t.is_empty()),
             progress,
         )
+        .await
         .map_err(|e| match e {
             WatchError::BadToken(_) => bad(e.to_string()),
             WatchError::Compacted(_) => ApiError::new(StatusCode::GONE, "compacted", e.to_string()),

@@ -54,7 +54,11 @@ impl Node {
                 let mut tick = tokio::time::interval(super::TOUCH_CHECK_INTERVAL);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
-                    tick.tick().await;
+                    // A feed asked for that the node does not follow yet starts at once.
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        () = node.feed_wanted() => {}
+                    }
                     node.refresh_placements();
                     node.follow_feeds();
                     node.check_touch();

@@ -12,8 +12,17 @@
 //! at least every [`FOLLOW_HEARTBEAT`], and ends the stream when its own replica is out of
 //! touch with its group (it could be behind without knowing).
 //!
-//! A node follows every shard the slot map routes that it holds no replica of that has the
-//! whole of it, for as long as that lasts ([`Node::follow_feeds`], every touch check).
+//! A node follows a shard's feed only while it needs it: of the shards the slot map routes
+//! that it holds no whole replica of, those a watcher here reads, or that a read token or a
+//! watch start asked for within [`NodeOptions::follow_linger`] ([`Node::want_feeds`];
+//! [`Node::follow_feeds`], every touch check and at once when asked). A write is thus sent
+//! to the nodes that watch its shard, not to every node. A read token, or a watch, that
+//! needs a feed not followed yet waits up to [`FOLLOW_START_WAIT`] for its first message;
+//! a watch resuming from a token starts the followed feed where the token stands, so it is
+//! not told `compacted` for history the holder still keeps.
+//!
+//! [`NodeOptions::follow_linger`]: crate::node::NodeOptions::follow_linger
+//! [`FOLLOW_START_WAIT`]: crate::node::FOLLOW_START_WAIT
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -61,11 +70,45 @@ pub struct FollowUpdate {
     pub compacted: bool,
 }
 
+/// A shard's feed something on this node asked for ([`Node::want_feeds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Demand {
+    /// When it was last asked for, in ms since the node started.
+    pub at: u64,
+    /// The log index a watch asked to resume after while the node had no feed of the shard:
+    /// where a followed feed started for it begins (the earliest asked, until one starts).
+    pub from: Option<u64>,
+}
+
+/// Of `candidates` (the shards routed here that this node holds no whole replica of), the
+/// ones whose feed the node follows at `now` (ms): those a watcher here reads (`watched`)
+/// and those asked for less than `linger_ms` ago.
+pub(crate) fn to_follow(
+    candidates: &std::collections::BTreeSet<u32>,
+    watched: impl Fn(u32) -> bool,
+    demand: &std::collections::HashMap<u32, Demand>,
+    now: u64,
+    linger_ms: u64,
+) -> std::collections::BTreeSet<u32> {
+    candidates
+        .iter()
+        .copied()
+        .filter(|id| {
+            watched(*id)
+                || demand
+                    .get(id)
+                    .is_some_and(|d| now.saturating_sub(d.at) < linger_ms)
+        })
+        .collect()
+}
+
 /// A followed feed on this node and its task.
 #[derive(Debug)]
 pub(crate) struct Following {
     /// Set once the first message arrived.
     feed: Arc<OnceLock<Arc<Feed>>>,
+    /// When it started, in ms since the node started.
+    since: u64,
     /// When the last message arrived, in ms since the node started.
     heard: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
@@ -102,11 +145,102 @@ impl Node {
         })
     }
 
-    /// Starts following every shard routed here that this node holds no whole replica of,
-    /// and stops following those it now holds or no longer routes (their watchers end, to
-    /// resume on the replica).
+    /// Asks for the feeds of `wants` (a shard, and the log index a watch resumes after):
+    /// one this node holds no whole replica of is followed from now (from the index, for a
+    /// watch) until nothing asked for it for [`NodeOptions::follow_linger`] and no watcher
+    /// reads it. `true` when one of the routed ones has no feed here yet.
+    ///
+    /// [`NodeOptions::follow_linger`]: crate::node::NodeOptions::follow_linger
+    pub(crate) fn want_feeds(&self, wants: &[(u32, Option<u64>)]) -> bool {
+        // A shard held whole here needs no followed feed (a one-node server never gets
+        // past this).
+        let wants: Vec<(u32, Option<u64>)> = wants
+            .iter()
+            .copied()
+            .filter(|(id, _)| {
+                self.shards
+                    .get(*id)
+                    .is_none_or(|shard| !self.serves_keyspace(&shard))
+            })
+            .collect();
+        if wants.is_empty() {
+            return false;
+        }
+        let routed = self.routed_now();
+        let now = self.uptime_ms();
+        let mut missing = false;
+        let mut demand = self.feed_demand.lock();
+        for (id, from) in wants {
+            if !routed.contains(&id) {
+                continue;
+            }
+            let none = self.feed_for(id).is_none();
+            missing |= none;
+            let asked = demand.entry(id).or_insert(Demand {
+                at: now,
+                from: None,
+            });
+            asked.at = now;
+            if none {
+                asked.from = match (asked.from, from) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        drop(demand);
+        if missing {
+            self.follow_wake.notify_one();
+        }
+        missing
+    }
+
+    /// [`Node::want_feeds`], then waits up to [`FOLLOW_START_WAIT`] for a feed of each of
+    /// them that has none here yet, while its following is new (one whose holders are all
+    /// unreachable is not waited for again on every call).
+    ///
+    /// [`FOLLOW_START_WAIT`]: crate::node::FOLLOW_START_WAIT
+    pub(crate) async fn ready_feeds(&self, wants: &[(u32, Option<u64>)]) {
+        if !self.want_feeds(wants) {
+            return;
+        }
+        let wait = crate::node::FOLLOW_START_WAIT;
+        let deadline = tokio::time::Instant::now() + wait;
+        let routed = self.routed_now();
+        let starting = |id: u32| {
+            routed.contains(&id)
+                && self.feed_for(id).is_none()
+                && self.followed.lock().get(&id).is_none_or(|f| {
+                    self.uptime_ms().saturating_sub(f.since) < wait.as_millis() as u64
+                })
+        };
+        while wants.iter().any(|&(id, _)| starting(id)) {
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The shards the slot map routes here, from the cached tiling when the map tiles.
+    fn routed_now(&self) -> std::collections::BTreeSet<u32> {
+        match self.shards.routed_ranges() {
+            Ok(tiled) => tiled.keys().copied().collect(),
+            Err(_) => self.shards.routed(),
+        }
+    }
+
+    /// Wakes when a feed is asked for that is not followed yet ([`Node::want_feeds`]).
+    pub(crate) async fn feed_wanted(&self) {
+        self.follow_wake.notified().await;
+    }
+
+    /// Follows the shards routed here that this node holds no whole replica of that a
+    /// watcher here reads or something asked for lately ([`to_follow`]), and stops
+    /// following the rest (a followed feed of a shard this node now holds ends its watchers,
+    /// which resume on the replica).
     pub(crate) fn follow_feeds(self: &Arc<Self>) {
-        let wanted: std::collections::BTreeSet<u32> = self
+        let candidates: std::collections::BTreeSet<u32> = self
             .shards
             .routed()
             .into_iter()
@@ -124,21 +258,54 @@ impl Node {
                 shard.feed.supersede(false);
             }
         }
+        let now = self.uptime_ms();
+        let linger = self.options().follow_linger.as_millis() as u64;
+        let demand = {
+            let mut demand = self.feed_demand.lock();
+            demand.retain(|_, d| now.saturating_sub(d.at) < linger);
+            demand.clone()
+        };
         let mut followed = self.followed.lock();
+        let wanted = to_follow(
+            &candidates,
+            |id| {
+                // Watchers of the followed feed, or of this node's replica that no longer
+                // holds the whole shard: they move to the followed feed.
+                followed
+                    .get(&id)
+                    .and_then(|f| f.feed.get())
+                    .is_some_and(|feed| feed.watched())
+                    || self
+                        .shards
+                        .get(id)
+                        .is_some_and(|shard| !shard.feed.is_retired() && shard.feed.watched())
+            },
+            &demand,
+            now,
+            linger,
+        );
         followed.retain(|id, _| wanted.contains(id));
+        let mut started = Vec::new();
         for id in wanted {
             followed.entry(id).or_insert_with(|| {
-                let feed = Arc::new(OnceLock::new());
-                let heard = Arc::new(AtomicU64::new(self.uptime_ms()));
                 // Where this node's replica stands, if it has one that no longer holds the
                 // whole shard (the group moved it away, or it is a new one still catching
                 // up): the followed feed starts there, so a watch of the replica's feed,
-                // ended when it leaves, resumes on the followed one without a gap.
-                let from = self
+                // ended when it leaves, resumes on the followed one without a gap. Where a
+                // watch asked to resume, if earlier.
+                let stood = self
                     .shards
                     .get(id)
                     .filter(|shard| !shard.feed.is_retired())
                     .map(|shard| shard.feed.last());
+                let asked = demand.get(&id).and_then(|d| d.from);
+                started.push((id, asked));
+                let from = match (stood, asked) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let feed = Arc::new(OnceLock::new());
+                let heard = Arc::new(AtomicU64::new(now));
                 let task = tokio::spawn(follow(
                     Arc::downgrade(self),
                     id,
@@ -146,10 +313,28 @@ impl Node {
                     feed.clone(),
                     heard.clone(),
                 ));
-                Following { feed, heard, task }
+                Following {
+                    feed,
+                    since: now,
+                    heard,
+                    task,
+                }
             });
         }
+        crate::metrics::followed_feeds(followed.len());
         drop(followed);
+        // A start asked from an index has used it.
+        if started.iter().any(|(_, asked)| asked.is_some()) {
+            let mut demand = self.feed_demand.lock();
+            for (id, asked) in started {
+                if let Some(d) = demand
+                    .get_mut(&id)
+                    .filter(|d| asked.is_some() && d.from == asked)
+                {
+                    d.from = None;
+                }
+            }
+        }
         // A replica that no longer holds the whole shard hands its watchers to the feed
         // followed from where it stands (started above), and stops serving followers.
         for shard in &replicas {
@@ -157,6 +342,13 @@ impl Node {
                 shard.feed.supersede(true);
             }
         }
+    }
+
+    /// The shards whose feeds this node follows now.
+    pub fn followed_shards(&self) -> Vec<u32> {
+        let mut shards: Vec<u32> = self.followed.lock().keys().copied().collect();
+        shards.sort_unstable();
+        shards
     }
 
     /// Followed shards whose feed has heard nothing for `within`.
@@ -395,4 +587,51 @@ async fn follow_from(
         "the stream ended at once"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeSet, HashMap};
+
+    #[test]
+    fn a_feed_is_followed_while_watched_or_asked_for_within_the_linger() {
+        let candidates: BTreeSet<u32> = [1, 2, 3, 4].into();
+        let demand: HashMap<u32, Demand> = [
+            (
+                2,
+                Demand {
+                    at: 1_000,
+                    from: None,
+                },
+            ),
+            (
+                3,
+                Demand {
+                    at: 9_001,
+                    from: Some(7),
+                },
+            ),
+            // Asked for, but this node holds the whole shard (not a candidate).
+            (
+                5,
+                Demand {
+                    at: 9_500,
+                    from: None,
+                },
+            ),
+        ]
+        .into();
+        let watched = |id: u32| id == 4;
+        let follow = |now| to_follow(&candidates, watched, &demand, now, 1_000);
+        // Shard 2 was asked for 8.5 s ago, past the linger; 3 just under it.
+        assert_eq!(follow(9_500), [3, 4].into());
+        // At the edge of the linger, it stops.
+        assert_eq!(follow(10_000), [3, 4].into());
+        assert_eq!(follow(10_001), [4].into());
+        // Asked for within the linger, both.
+        assert_eq!(follow(1_999), [2, 3, 4].into());
+        // Nothing asked or watched: nothing followed.
+        assert!(to_follow(&candidates, |_| false, &HashMap::new(), 0, 1_000).is_empty());
+    }
 }

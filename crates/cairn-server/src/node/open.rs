@@ -106,6 +106,8 @@ impl Node {
             reported: Default::default(),
             placements_seen: std::sync::atomic::AtomicU64::new(u64::MAX),
             followed: Default::default(),
+            feed_demand: Default::default(),
+            follow_wake: Default::default(),
             placements: Default::default(),
             dropped: Default::default(),
             checkpoint_waiting: Default::default(),

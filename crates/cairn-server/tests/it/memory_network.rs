@@ -70,7 +70,21 @@ pub(crate) async fn start_on(
     replicas_only: bool,
     shards: u32,
 ) -> Running {
-    let options = NodeOptions {
+    let options = options_on(net, disk, i, join, replicas, replicas_only, shards);
+    open_on(i, options).await
+}
+
+/// The options [`start_on`] starts node `i` with.
+pub(crate) fn options_on(
+    net: &MemoryNetwork,
+    disk: Disk,
+    i: u8,
+    join: Option<u8>,
+    replicas: u32,
+    replicas_only: bool,
+    shards: u32,
+) -> NodeOptions {
+    NodeOptions {
         data_dir: disk.data_dir,
         shards,
         value_bytes_max: cairn_server::config::VALUE_BYTES_MAX_DEFAULT,
@@ -89,9 +103,14 @@ pub(crate) async fn start_on(
         move_bytes_per_sec: 0,
         split_shard_bytes: 0,
         watch_history: cairn_server::feed::FeedLimits::default(),
+        follow_linger: cairn_server::node::FOLLOW_LINGER,
         clock: cairn_storage::clock::system(),
         network: Arc::new(net.node(grpc_addr(i))),
-    };
+    }
+}
+
+/// Opens node `i` with `options` and serves its gRPC front end at [`grpc_addr`]`(i)`.
+pub(crate) async fn open_on(i: u8, options: NodeOptions) -> Running {
     let node = tokio::time::timeout(PATIENCE, Node::open(options))
         .await
         .expect("the node opens within the patience")
@@ -1412,5 +1431,125 @@ async fn a_change_of_voters_left_half_made_is_finished_by_the_leader() {
     }
     for running in [n3, n2, n1] {
         stop(running).await;
+    }
+}
+
+/// A node follows the change feed of a shard it holds no replica of only while something
+/// asks for it: nothing while idle; a read token starts it (waited for, so the token names
+/// the shard); a watch keeps it well past the linger; once nothing asks, it stops; and a
+/// watch resumed from a token of the stopped feed starts it again where the token stands,
+/// telling what was written meanwhile (not `compacted`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
+    use cairn_server::watch::Selector;
+    const LINGER: Duration = Duration::from_secs(1);
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let mut running = Vec::new();
+    for (i, join) in [(1, None), (2, Some(1)), (3, Some(1))] {
+        let disk = Disk {
+            data_dir: dir.path().join(format!("node-{i}")),
+            io: Arc::new(cairn_io::StdIo),
+        };
+        let mut options = options_on(&net, disk, i, join, 2, true, SHARDS);
+        options.follow_linger = LINGER;
+        running.push(open_on(i, options).await);
+    }
+    let nodes: Vec<Arc<Node>> = running.iter().map(|r| r.node.clone()).collect();
+    let refs = || nodes.iter().map(|n| &**n).collect::<Vec<&Node>>();
+    tokio::time::timeout(PATIENCE * 2, async {
+        while !spread_evenly(&refs(), SHARDS as usize, 2) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("replicas never settled: {:?}", holders(&refs())));
+    let followed = |nodes: &[Arc<Node>]| {
+        nodes
+            .iter()
+            .map(|n| (n.id().to_string(), n.followed_shards()))
+            .filter(|(_, shards)| !shards.is_empty())
+            .collect::<Vec<_>>()
+    };
+    // Idle (every node lacks some shard): no feed followed anywhere.
+    tokio::time::sleep(LINGER * 2).await;
+    assert_eq!(
+        followed(&nodes),
+        vec![],
+        "feeds followed with nothing asking"
+    );
+
+    let (x, key) = (0..100)
+        .map(|i| format!("key-{i}"))
+        .find_map(|key| {
+            let x = nodes
+                .iter()
+                .find(|n| n.shards().for_key(key.as_bytes()).is_none())?;
+            Some((x.clone(), key))
+        })
+        .expect("some node holds no replica of some key's shard");
+    let writer = nodes.iter().find(|n| n.id() != x.id()).unwrap().clone();
+    let shard = x.shards().shard_of_key(key.as_bytes());
+    let key_bytes = Bytes::copy_from_slice(key.as_bytes());
+    let watch = |from: String| {
+        let (x, key) = (x.clone(), key_bytes.clone());
+        async move {
+            x.watch_ready(Selector::Key(key), Some(&from), Duration::from_secs(60))
+                .await
+                .unwrap_or_else(|e| panic!("the watch from {from} failed: {e}"))
+        }
+    };
+    until_done(&writer, set(&key, "v0")).await;
+    let token = x.watch_token(Some(key.as_bytes())).await;
+    assert!(
+        token
+            .split(',')
+            .any(|p| p.starts_with(&format!("{shard}:"))),
+        "the read token {token:?} names no position in shard {shard}"
+    );
+    assert_eq!(x.followed_shards(), vec![shard]);
+    until_done(&writer, set(&key, "v1")).await;
+    let mut watcher = watch(token).await;
+    assert_eq!(next_values(&mut watcher, 1).await, vec![Bytes::from("v1")]);
+    // Watched: followed well past the linger.
+    tokio::time::sleep(LINGER * 3).await;
+    assert_eq!(x.followed_shards(), vec![shard]);
+    until_done(&writer, set(&key, "v2")).await;
+    assert_eq!(next_values(&mut watcher, 1).await, vec![Bytes::from("v2")]);
+    let after_v2 = watcher.token().to_string();
+    drop(watcher);
+    tokio::time::timeout(PATIENCE, async {
+        while !x.followed_shards().is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the feed stops being followed once nothing asks for it");
+    until_done(&writer, set(&key, "v3")).await;
+    let mut resumed = watch(after_v2).await;
+    assert_eq!(next_values(&mut resumed, 1).await, vec![Bytes::from("v3")]);
+    drop(resumed);
+
+    // A whole-keyspace read token names every shard: the node follows those it lacks.
+    let token = x.watch_token(None).await;
+    let lacking: Vec<u32> = x
+        .shards()
+        .routed()
+        .into_iter()
+        .filter(|id| x.shards().get(*id).is_none())
+        .collect();
+    for id in x.shards().routed() {
+        assert!(
+            token.split(',').any(|p| p.starts_with(&format!("{id}:"))),
+            "the whole-keyspace token {token:?} names no position in shard {id}"
+        );
+    }
+    assert_eq!(x.followed_shards(), lacking);
+    // No other node was asked for anything.
+    let others: Vec<Arc<Node>> = nodes.iter().filter(|n| n.id() != x.id()).cloned().collect();
+    assert_eq!(followed(&others), vec![]);
+    drop((x, writer, nodes));
+    for r in running.into_iter().rev() {
+        stop(r).await;
     }
 }

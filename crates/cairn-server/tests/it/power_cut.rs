@@ -84,6 +84,7 @@ fn node_options(io: &SimIo, sync: SyncMode) -> NodeOptions {
         move_bytes_per_sec: 0,
         split_shard_bytes: 0,
         watch_history: cairn_server::feed::FeedLimits::default(),
+        follow_linger: cairn_server::node::FOLLOW_LINGER,
         clock: cairn_storage::clock::system(),
         network: Arc::new(cairn_raft::transport::Tcp),
     }
