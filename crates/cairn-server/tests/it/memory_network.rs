@@ -1553,3 +1553,126 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
         stop(r).await;
     }
 }
+
+/// A cluster created with few shards grows past 16 nodes: seventeen nodes
+/// (`CAIRN_GROW_NODES`) join a cluster of two shards with data on three voters each, the
+/// shards split until there are enough for every node to hold a replica, and the cluster
+/// settles balanced: on every node, replicas and leaderships within one of the mean. Every
+/// key is still read through every node, and a watch through a node that holds none of a
+/// key's shard tells its changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_of_few_shards_grows_past_sixteen_nodes() {
+    let count: u8 = std::env::var("CAIRN_GROW_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(17);
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let disk = |i: u8| Disk {
+        data_dir: dir.path().join(format!("node-{i}")),
+        io: Arc::new(cairn_io::StdIo),
+    };
+    let mut running = vec![start_on(&net, disk(1), 1, None, 3, true, 2).await];
+    let keys: Vec<String> = (0..60).map(|i| format!("key-{i}")).collect();
+    for key in &keys {
+        until_done(&running[0].node, set(key, "one")).await;
+    }
+    for i in 2..=count {
+        running.push(start_on(&net, disk(i), i, Some(1), 3, true, 2).await);
+    }
+    let nodes: Vec<Arc<Node>> = running.iter().map(|r| r.node.clone()).collect();
+    // Enough shards for a replica on every node: each split halves the widest shard.
+    let wanted = usize::from(count).div_ceil(3);
+    let width = |s: &cairn_server::reply::ShardInfo| {
+        s.slots
+            .iter()
+            .map(|&(a, b)| u32::from(b - a) + 1)
+            .sum::<u32>()
+    };
+    tokio::time::timeout(PATIENCE * 4, async {
+        loop {
+            let status = nodes[0].cluster_status();
+            let before = status.shards.len();
+            if before >= wanted {
+                return;
+            }
+            let widest = status.shards.iter().max_by_key(|s| width(s)).unwrap().id;
+            match nodes[0].split_shard(widest, None).await {
+                Ok(_) => {
+                    while nodes[0].cluster_status().shards.len() == before {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never {wanted} shards: {:?}", nodes[0].cluster_status()));
+    let shards = nodes[0].cluster_status().shards.len();
+    let within_one_of_the_mean = |counts: &[usize]| {
+        let mean = counts.iter().sum::<usize>() as f64 / counts.len() as f64;
+        counts.iter().all(|&c| (c as f64 - mean).abs() <= 1.0)
+    };
+    let balanced = || {
+        let status = nodes[0].cluster_status();
+        let ids: Vec<&str> = nodes.iter().map(|n| n.id()).collect();
+        let per_node = |of: &dyn Fn(&cairn_server::reply::ShardInfo) -> Vec<String>| {
+            ids.iter()
+                .map(|id| {
+                    status
+                        .shards
+                        .iter()
+                        .filter(|s| of(s).iter().any(|r| r == id))
+                        .count()
+                })
+                .collect::<Vec<usize>>()
+        };
+        let replicas = per_node(&|s| s.replicas.clone());
+        let leaders = per_node(&|s| s.leader.clone().into_iter().collect());
+        let refs: Vec<&Node> = nodes.iter().map(|n| &**n).collect();
+        status.shards.len() == shards
+            && status.shards.iter().all(|s| s.learners.is_empty())
+            && spread_evenly(&refs, shards, 3)
+            && leaders.iter().sum::<usize>() == shards
+            && within_one_of_the_mean(&replicas)
+            && within_one_of_the_mean(&leaders)
+    };
+    tokio::time::timeout(PATIENCE * 4, async {
+        while !balanced() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let refs: Vec<&Node> = nodes.iter().map(|n| &**n).collect();
+        panic!(
+            "never balanced: {:?}\n{}",
+            holders(&refs),
+            group_views(&refs)
+        )
+    });
+    for node in &nodes {
+        assert!(
+            !node.shards().list().is_empty(),
+            "node {} holds no replica",
+            node.id()
+        );
+    }
+    // Every key through every node.
+    for node in &nodes {
+        for key in &keys {
+            assert_eq!(
+                value_of(until_done(node, get(key)).await).as_deref(),
+                Some(&b"one"[..]),
+                "{key} through node {}",
+                node.id()
+            );
+        }
+    }
+    followed_watch(&nodes, &keys).await;
+    drop(nodes);
+    for r in running.into_iter().rev() {
+        stop(r).await;
+    }
+}
