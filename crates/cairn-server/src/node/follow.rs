@@ -174,7 +174,8 @@ impl Node {
             if !routed.contains(&id) {
                 continue;
             }
-            let none = self.feed_for(id).is_none();
+            let restarted = from.is_some_and(|from| self.restart_before(id, from));
+            let none = restarted || self.feed_for(id).is_none();
             missing |= none;
             let asked = demand.entry(id).or_insert(Demand {
                 at: now,
@@ -193,6 +194,22 @@ impl Node {
             self.follow_wake.notify_one();
         }
         missing
+    }
+
+    /// Drops the followed feed of shard `id` when a watch asks to resume after log index
+    /// `from`, which the feed no longer holds (it started later, or its window moved past),
+    /// and no watcher reads it: the feed is then followed again from `from` (the holder may
+    /// still keep that history, in its window or its log). `true` when it was dropped.
+    fn restart_before(&self, id: u32, from: u64) -> bool {
+        let mut followed = self.followed.lock();
+        let stale = followed
+            .get(&id)
+            .and_then(|f| f.feed.get())
+            .is_some_and(|feed| from < feed.compacted() && !feed.watched());
+        if stale {
+            followed.remove(&id);
+        }
+        stale
     }
 
     /// [`Node::want_feeds`], then waits up to [`FOLLOW_START_WAIT`] for a feed of each of

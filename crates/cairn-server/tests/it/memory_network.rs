@@ -1438,7 +1438,8 @@ async fn a_change_of_voters_left_half_made_is_finished_by_the_leader() {
 /// asks for it: nothing while idle; a read token starts it (waited for, so the token names
 /// the shard); a watch keeps it well past the linger; once nothing asks, it stops; and a
 /// watch resumed from a token of the stopped feed starts it again where the token stands,
-/// telling what was written meanwhile (not `compacted`).
+/// telling what was written meanwhile (not `compacted`), even when a read token started it
+/// again from later in between.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
     use cairn_server::watch::Selector;
@@ -1509,6 +1510,7 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
     );
     assert_eq!(x.followed_shards(), vec![shard]);
     until_done(&writer, set(&key, "v1")).await;
+    let first_token = token.clone();
     let mut watcher = watch(token).await;
     assert_eq!(next_values(&mut watcher, 1).await, vec![Bytes::from("v1")]);
     // Watched: followed well past the linger.
@@ -1528,6 +1530,24 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
     until_done(&writer, set(&key, "v3")).await;
     let mut resumed = watch(after_v2).await;
     assert_eq!(next_values(&mut resumed, 1).await, vec![Bytes::from("v3")]);
+    drop(resumed);
+    // Stopped again; a read token then starts the feed from now, after v4: a watch from the
+    // first token starts it again from there.
+    tokio::time::timeout(PATIENCE, async {
+        while !x.followed_shards().is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the feed stops being followed once nothing asks for it");
+    until_done(&writer, set(&key, "v4")).await;
+    let _ = x.watch_token(Some(key.as_bytes())).await;
+    assert_eq!(x.followed_shards(), vec![shard]);
+    let mut resumed = watch(first_token).await;
+    assert_eq!(
+        next_values(&mut resumed, 4).await,
+        ["v1", "v2", "v3", "v4"].map(Bytes::from).to_vec()
+    );
     drop(resumed);
 
     // A whole-keyspace read token names every shard: the node follows those it lacks.
