@@ -1500,6 +1500,18 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
                 .unwrap_or_else(|e| panic!("the watch from {from} failed: {e}"))
         }
     };
+    let unfollowed = || {
+        let x = x.clone();
+        async move {
+            tokio::time::timeout(PATIENCE, async {
+                while !x.followed_shards().is_empty() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await
+            .expect("the feed stops being followed once nothing asks for it");
+        }
+    };
     until_done(&writer, set(&key, "v0")).await;
     let token = x.watch_token(Some(key.as_bytes())).await;
     assert!(
@@ -1520,26 +1532,14 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
     assert_eq!(next_values(&mut watcher, 1).await, vec![Bytes::from("v2")]);
     let after_v2 = watcher.token().to_string();
     drop(watcher);
-    tokio::time::timeout(PATIENCE, async {
-        while !x.followed_shards().is_empty() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the feed stops being followed once nothing asks for it");
+    unfollowed().await;
     until_done(&writer, set(&key, "v3")).await;
     let mut resumed = watch(after_v2).await;
     assert_eq!(next_values(&mut resumed, 1).await, vec![Bytes::from("v3")]);
     drop(resumed);
     // Stopped again; a read token then starts the feed from now, after v4: a watch from the
     // first token starts it again from there.
-    tokio::time::timeout(PATIENCE, async {
-        while !x.followed_shards().is_empty() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the feed stops being followed once nothing asks for it");
+    unfollowed().await;
     until_done(&writer, set(&key, "v4")).await;
     let _ = x.watch_token(Some(key.as_bytes())).await;
     assert_eq!(x.followed_shards(), vec![shard]);
