@@ -286,11 +286,21 @@ impl Node {
     /// followed feed, the replica it follows) have applied.
     ///
     /// A shard this node holds no whole replica of is followed for the token (a feed not
-    /// followed yet is waited for up to [`FOLLOW_START_WAIT`]; one that does not come in
-    /// time is left out of the token).
-    pub async fn watch_token(&self, key: Option<&[u8]>) -> String {
-        let wants: Vec<(u32, Option<u64>)> = match key {
-            Some(key) => vec![(self.shards.shard_of_key(key), None)],
+    /// followed yet is waited for up to [`FOLLOW_START_WAIT`]). One that does not come in
+    /// time fails the token with a retriable error ([`CommandError::TryAgain`]): a token that
+    /// named no position in a shard its watch needs could never start that watch.
+    ///
+    /// [`CommandError::TryAgain`]: crate::error::CommandError::TryAgain
+    pub async fn watch_token(
+        &self,
+        key: Option<&[u8]>,
+    ) -> Result<String, crate::error::CommandError> {
+        // A key whose slot no shard owns yet (a split being applied) is in any of them.
+        let shard = key
+            .map(|key| self.shards.shard_of_key(key))
+            .filter(|id| *id != crate::shards::UNMAPPED);
+        let wants: Vec<(u32, Option<u64>)> = match shard {
+            Some(id) => vec![(id, None)],
             None => self
                 .shards
                 .routed()
@@ -299,22 +309,29 @@ impl Node {
                 .collect(),
         };
         self.ready_feeds(&wants).await;
-        let feeds = match key.and_then(|key| self.feed_for(self.shards.shard_of_key(key))) {
-            Some(feed) => vec![feed],
-            None => self
-                .shards
-                .routed()
-                .into_iter()
-                .filter_map(|id| self.feed_for(id))
-                .collect(),
-        };
-        crate::watch::Token(
+        let feeds = match shard {
+            Some(id) => self
+                .feed_for(id)
+                .map(|feed| vec![feed])
+                .ok_or(crate::watch::WatchError::NotHere(id)),
+            None => self.every_feed(),
+        }
+        .map_err(|e| {
+            crate::error::CommandError::TryAgain(match e {
+                crate::watch::WatchError::NotHere(id) => format!(
+                    "the change feed of shard {id} is not followed on this node yet (its \
+                     holders did not answer in {FOLLOW_START_WAIT:?}); retry"
+                ),
+                other => other.to_string(),
+            })
+        })?;
+        Ok(crate::watch::Token(
             feeds
                 .into_iter()
                 .map(|f| (f.shard(), crate::feed::Pos::after(f.last())))
                 .collect(),
         )
-        .to_string()
+        .to_string())
     }
 
     /// The feed of every shard routed here; `NotHere` for one this node has none of yet (a

@@ -114,9 +114,9 @@ fn event_of(kind: EventKind) -> (&'static str, u32) {
 #[derive(Debug, Default)]
 pub struct Notifier {
     flags: AtomicU32,
-    /// The whole-keyspace watch runs (started when notifications are first turned on: until
+    /// The whole-keyspace watch, once started (when notifications are first turned on: until
     /// then the write path pays nothing for them).
-    running: std::sync::atomic::AtomicBool,
+    running: std::sync::OnceLock<crate::watch::Positioned>,
 }
 
 impl Notifier {
@@ -147,13 +147,22 @@ impl Notifier {
         out
     }
 
-    /// Starts following every change on this node's replicas, publishing its notifications
-    /// to this node's subscribers, until the node stops; does nothing when it already runs.
-    /// The watch is positioned before this returns: every change after it is told.
-    pub fn start(self: &Arc<Self>, node: &Arc<Node>) {
-        if self.running.swap(true, Ordering::AcqRel) {
-            return;
-        }
+    /// Starts following every change on this node's feeds, publishing its notifications to
+    /// this node's subscribers, until the node stops; does nothing more when it already
+    /// runs. Every change after the returned watch stands is told
+    /// ([`crate::watch::Positioned::wait`], which `CONFIG SET` waits for before it answers).
+    pub fn start(self: &Arc<Self>, node: &Arc<Node>) -> crate::watch::Positioned {
+        self.running
+            .get_or_init(|| self.follow_keyspace(node))
+            .clone()
+    }
+
+    /// The whole-keyspace watch, once started.
+    pub fn started(&self) -> Option<crate::watch::Positioned> {
+        self.running.get().cloned()
+    }
+
+    fn follow_keyspace(self: &Arc<Self>, node: &Arc<Node>) -> crate::watch::Positioned {
         let notifier = self.clone();
         let publisher = node.clone();
         crate::watch::follow_keyspace(
@@ -176,7 +185,7 @@ impl Notifier {
                     "keyspace notifications fell behind the change history; some were lost"
                 )
             },
-        );
+        )
     }
 }
 

@@ -105,9 +105,9 @@ pub struct Mode {
 #[derive(Debug, Default)]
 pub struct Tracking {
     inner: Mutex<Table>,
-    /// The whole-keyspace watch runs (started by the first client that tracks: until then
+    /// The whole-keyspace watch, once started (by the first client that tracks: until then
     /// the write path pays nothing for tracking).
-    running: std::sync::atomic::AtomicBool,
+    running: std::sync::OnceLock<crate::watch::Positioned>,
 }
 
 #[derive(Debug, Default)]
@@ -367,14 +367,25 @@ impl Tracking {
         self.inner.lock().keys.len()
     }
 
-    /// Starts following every change of the keyspace on this node's replicas, invalidating,
-    /// until the node stops; does nothing when it already runs. The watch is positioned
-    /// before this returns, so a key read after it is invalidated by any later change.
-    pub fn start(self: &Arc<Self>, node: &Arc<Node>) {
-        if self.running.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            return;
-        }
-        self.follow_touch(node);
+    /// Starts following every change of the keyspace on this node's feeds, invalidating,
+    /// until the node stops; does nothing more when it already runs. Once the returned watch
+    /// stands ([`crate::watch::Positioned::wait`], which `CLIENT TRACKING on` waits for
+    /// before it answers), a key read is invalidated by any later change.
+    pub fn start(self: &Arc<Self>, node: &Arc<Node>) -> crate::watch::Positioned {
+        self.running
+            .get_or_init(|| {
+                self.follow_touch(node);
+                self.follow_keyspace(node)
+            })
+            .clone()
+    }
+
+    /// The whole-keyspace watch, once started.
+    pub fn started(&self) -> Option<crate::watch::Positioned> {
+        self.running.get().cloned()
+    }
+
+    fn follow_keyspace(self: &Arc<Self>, node: &Arc<Node>) -> crate::watch::Positioned {
         let tracking = self.clone();
         let flushing = self.clone();
         crate::watch::follow_keyspace(
@@ -396,7 +407,7 @@ impl Tracking {
                 );
                 flushing.flush_all();
             },
-        );
+        )
     }
 }
 

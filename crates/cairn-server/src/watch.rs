@@ -507,17 +507,49 @@ async fn touch_changed(touch: &mut Option<tokio::sync::watch::Receiver<crate::no
     std::future::pending::<()>().await
 }
 
+/// Whether a whole-keyspace follow ([`follow_keyspace`]) stands somewhere yet: from then on
+/// it misses no change.
+#[derive(Debug, Clone)]
+pub struct Positioned(tokio::sync::watch::Receiver<bool>);
+
+/// Longest an answer that turns on a whole-keyspace follow (`CLIENT TRACKING on`, `CONFIG
+/// SET notify-keyspace-events`) waits for it to stand ([`Positioned::wait`]): a node that
+/// holds no whole replica of some shard starts following its feed first. A follow that
+/// stands only later tells its `lost` (the answer went before it, so changes in between
+/// may be missed).
+pub const POSITION_WAIT: Duration = crate::node::FOLLOW_START_WAIT.saturating_mul(2);
+
+impl Positioned {
+    /// Waits until the follow stands, at most [`POSITION_WAIT`]; `true` when it does.
+    pub async fn wait(mut self) -> bool {
+        matches!(
+            tokio::time::timeout(POSITION_WAIT, self.0.wait_for(|stands| *stands)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Whether it stands now.
+    pub fn now(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
 /// Follows every change of the whole keyspace on `node`'s feeds, from now, on a task of its
 /// own until the node stops: `events` gets each batch of changes. When the watch falls
 /// behind its history, a new watch starts from now and only then is `lost` called, so every
-/// change after that call is told. The watch is positioned before this returns, unless a
-/// shard's feed is not there yet (a followed feed starting): it is then positioned as soon
-/// as it is, and `lost` called. `false` when the node is stopping (nothing runs).
+/// change after that call is told.
+///
+/// It stands (the returned [`Positioned`]) before this returns when every shard's feed is
+/// here; else as soon as the feeds it lacks are followed (a node holding no whole replica of
+/// a shard starts following it now): whoever turned it on waits for that
+/// ([`Positioned::wait`]), and `lost` is called if it took longer than [`POSITION_WAIT`].
+/// It never stands when the node is stopping.
 pub fn follow_keyspace(
     node: &Arc<crate::node::Node>,
     mut events: impl FnMut(Vec<WatchEvent>) + Send + 'static,
     lost: impl Fn() + Send + 'static,
-) -> bool {
+) -> Positioned {
+    let (stands, positioned) = tokio::sync::watch::channel(false);
     let watch = {
         let node = node.clone();
         move |token: Option<&str>| {
@@ -530,16 +562,23 @@ pub fn follow_keyspace(
         }
     };
     let first = match watch(None) {
-        Ok(watcher) => Some(watcher),
+        Ok(watcher) => {
+            stands.send_replace(true);
+            Some(watcher)
+        }
         Err(WatchError::NotHere(_)) => None,
-        Err(_) => return false,
+        Err(_) => return Positioned(positioned),
     };
+    let began = tokio::time::Instant::now();
     tokio::spawn(async move {
         let mut watcher = match first {
             Some(watcher) => watcher,
             None => match from_token_or_now(&watch, None).await {
                 Some((watcher, _)) => {
-                    lost();
+                    stands.send_replace(true);
+                    if began.elapsed() >= POSITION_WAIT {
+                        lost();
+                    }
                     watcher
                 }
                 None => return,
@@ -574,7 +613,7 @@ pub fn follow_keyspace(
             }
         }
     });
-    true
+    Positioned(positioned)
 }
 
 /// How long [`follow_keyspace`] waits for a shard's feed to be there (a followed feed
@@ -595,7 +634,7 @@ async fn from_token_or_now(
             Ok(watcher) => return Some((watcher, token.is_some())),
             Err(WatchError::Stopped) => return None,
             Err(WatchError::NotHere(_)) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             // Gone from the history, or still not there: from now, as soon as it can.
             Err(_) if token.is_some() => token = None,

@@ -422,7 +422,13 @@ impl Node {
                 tonic::Status::not_found(format!("no whole replica of shard {shard} here"))
             })?;
         let feed = replica.feed.clone();
-        let start = after.unwrap_or_else(|| feed.last());
+        // Never from past what this replica applied: a resume token from the future (a
+        // client's guess) must not seed the follower's feed there, or every watch and read
+        // token of the shard on that node would stand past the writes to come. A follower
+        // whose feed is ahead of this replica (it followed one further on) skips what it
+        // already has.
+        let last = feed.last();
+        let start = after.map_or(last, |after| after.min(last));
         let state = FollowState {
             replica,
             pos: Pos::after(start),
@@ -570,11 +576,17 @@ async fn follow_from(
     {
         let update: FollowUpdate = postcard::from_bytes(&message.update)?;
         let feed = feed.get_or_init(|| {
+            // Asked from `after`, the first message's batches follow it, or follow where
+            // the holder stood when `after` was past it (`upto`, or just before its first
+            // batch: no change came in between).
+            let stood = update
+                .batches
+                .first()
+                .map_or(update.upto, |(index, ..)| index.saturating_sub(1));
             Arc::new(
                 Feed::new(
                     shard,
-                    // Asked from `after`, the first message's batches follow it.
-                    after.unwrap_or(update.upto),
+                    after.map_or(update.upto, |after| after.min(stood)),
                     node.options().watch_history,
                     node.feed_wake.clone(),
                 )
@@ -593,8 +605,12 @@ async fn follow_from(
                 last_slot,
             });
         }
+        // What the feed already has (told by a holder further on) is not told twice.
+        let had = feed.last();
         for (index, ops, cleared) in update.batches {
-            feed.applied(index, &Arc::new(ops), &cleared);
+            if index > had {
+                feed.applied(index, &Arc::new(ops), &cleared);
+            }
         }
         feed.advance(update.upto);
         heard.store(node.uptime_ms(), Ordering::Release);

@@ -292,6 +292,13 @@ pub async fn serve(
                     );
                     replies.push(frame, &session, &shared);
                 }
+                Action::Standing { positioned, frame } => {
+                    // When it does not stand in time, the follow tells its clients (tracking
+                    // clients drop their caches) once it does.
+                    positioned.wait().await;
+                    observer.observe(session.last_command, started.elapsed(), true);
+                    replies.push(frame, &session, &shared);
+                }
                 Action::Replies(frames) => {
                     observer.observe(session.last_command, started.elapsed(), true);
                     for frame in frames {

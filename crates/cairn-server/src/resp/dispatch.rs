@@ -38,6 +38,24 @@ pub enum Action {
     /// command that queued one (`array` true): run once every earlier write of the
     /// connection has landed, so a subscriber that reads on a message sees them, as in Redis.
     Publish { slots: Vec<ExecSlot>, array: bool },
+    /// `CLIENT TRACKING on` or `CONFIG SET notify-keyspace-events` on a node whose
+    /// whole-keyspace watch does not stand yet (it starts following a shard's feed): send
+    /// this reply once it does ([`crate::watch::Positioned::wait`]), so that no change after
+    /// the reply goes untold.
+    Standing {
+        positioned: crate::watch::Positioned,
+        frame: Frame,
+    },
+}
+
+/// `frame`, sent once `positioned` stands (when it is an answer that turned it on).
+fn once_standing(frame: Frame, positioned: Option<crate::watch::Positioned>) -> Action {
+    match positioned {
+        Some(positioned) if !positioned.now() && !matches!(frame, Frame::Error(_)) => {
+            Action::Standing { positioned, frame }
+        }
+        _ => Action::Reply(frame),
+    }
 }
 
 fn error(e: impl std::fmt::Display) -> Frame {
@@ -321,7 +339,8 @@ fn queue(spec: &CommandSpec, args: Vec<Bytes>, session: &mut Session, shared: &S
         Some(Ok(other)) => return other,
         // Connection commands run now; their answer takes its place in EXEC's.
         None => match local_command(spec, args, session, shared) {
-            Action::Reply(frame) => Queued::Ready(frame),
+            // Inside MULTI, not waited for.
+            Action::Reply(frame) | Action::Standing { frame, .. } => Queued::Ready(frame),
             other => return other,
         },
     };
@@ -871,8 +890,20 @@ fn local_command(
             session.set_readonly(shared, spec.name == "readonly");
             Frame::ok()
         }
-        "client" => client(&args, session, shared),
-        "config" => super::config::config(&args, session, shared),
+        "client" => {
+            let frame = client(&args, session, shared);
+            if session.last_command == "client|tracking" {
+                return once_standing(frame, shared.tracking.started());
+            }
+            frame
+        }
+        "config" => {
+            let frame = super::config::config(&args, session, shared);
+            if session.last_command == "config|set" {
+                return once_standing(frame, shared.notifier.started());
+            }
+            frame
+        }
         "command" => introspection::command(&args, session.protocol),
         "info" => introspection::info(&args[1..], session.protocol, shared),
         "cluster" => cluster::cluster(&args, session, shared),

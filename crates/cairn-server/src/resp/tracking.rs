@@ -155,7 +155,8 @@ pub fn tracking(args: &[Bytes], session: &mut Session, shared: &Shared) -> Frame
         sink,
         bcast: options.bcast.then(|| options.prefixes.clone()),
     };
-    shared.tracking.start(&shared.node);
+    // The answer waits for it to stand (`Action::Standing`).
+    let _ = shared.tracking.start(&shared.node);
     if let Err(e) = shared.tracking.enable(session.id, mode) {
         return err(e);
     }

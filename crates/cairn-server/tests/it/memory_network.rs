@@ -1513,14 +1513,27 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
         }
     };
     until_done(&writer, set(&key, "v0")).await;
-    let token = x.watch_token(Some(key.as_bytes())).await;
+    // A watch from a token from the future (a client's guess) starts the feed where the
+    // holder stands, not past it: the read token below names where the shard is, and a
+    // watch from it tells the next write.
+    drop(watch(format!("{shard}:999999999")).await);
+    let token = x.watch_token(Some(key.as_bytes())).await.unwrap();
+    let position = token
+        .split(',')
+        .find_map(|p| p.strip_prefix(&format!("{shard}:")))
+        .unwrap_or_else(|| panic!("the read token {token:?} names no position in shard {shard}"));
     assert!(
-        token
-            .split(',')
-            .any(|p| p.starts_with(&format!("{shard}:"))),
-        "the read token {token:?} names no position in shard {shard}"
+        position.split('.').next().unwrap().parse::<u64>().unwrap() < 999_999_999,
+        "the read token {token:?} stands where a watch's token from the future put the feed"
     );
     assert_eq!(x.followed_shards(), vec![shard]);
+    // Unwatched, a read token's feed lingers.
+    tokio::time::sleep(LINGER / 2).await;
+    assert_eq!(
+        x.followed_shards(),
+        vec![shard],
+        "the feed stopped within the linger"
+    );
     until_done(&writer, set(&key, "v1")).await;
     let first_token = token.clone();
     let mut watcher = watch(token).await;
@@ -1541,7 +1554,7 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
     // first token starts it again from there.
     unfollowed().await;
     until_done(&writer, set(&key, "v4")).await;
-    let _ = x.watch_token(Some(key.as_bytes())).await;
+    x.watch_token(Some(key.as_bytes())).await.unwrap();
     assert_eq!(x.followed_shards(), vec![shard]);
     let mut resumed = watch(first_token).await;
     assert_eq!(
@@ -1551,7 +1564,7 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
     drop(resumed);
 
     // A whole-keyspace read token names every shard: the node follows those it lacks.
-    let token = x.watch_token(None).await;
+    let token = x.watch_token(None).await.unwrap();
     let lacking: Vec<u32> = x
         .shards()
         .routed()
@@ -1568,7 +1581,166 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
     // No other node was asked for anything.
     let others: Vec<Arc<Node>> = nodes.iter().filter(|n| n.id() != x.id()).cloned().collect();
     assert_eq!(followed(&others), vec![]);
+    // A node cut off from every holder of a shard it lacks cannot follow its feed: a read
+    // token for the shard fails, retriably, rather than name no position in it (a watch
+    // from such a token could never start).
+    let (i, cut) = nodes
+        .iter()
+        .enumerate()
+        .find(|(_, n)| n.id() != x.id())
+        .unwrap();
+    let lacked = (0..100)
+        .map(|i| format!("cut-{i}"))
+        .find(|key| cut.shards().for_key(key.as_bytes()).is_none())
+        .unwrap();
+    net.isolate(grpc_addr(i as u8 + 1));
+    match cut.watch_token(Some(lacked.as_bytes())).await {
+        Err(e @ CommandError::TryAgain(_)) => assert!(e.is_refusal()),
+        other => panic!("a read token with no feed of the key's shard: {other:?}"),
+    }
+    net.heal();
     drop((x, writer, nodes));
+    for r in running.into_iter().rev() {
+        stop(r).await;
+    }
+}
+
+/// A RESP connection to a node served in this test, read as bytes.
+struct RespConn(tokio::net::TcpStream, Vec<u8>);
+
+impl RespConn {
+    async fn connect(addr: SocketAddr) -> RespConn {
+        RespConn(
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+            Vec::new(),
+        )
+    }
+
+    /// Sends one command; waits until what came since the last wait holds `expected`.
+    async fn call(&mut self, args: &[&str], expected: &str) {
+        use tokio::io::AsyncWriteExt;
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        self.0.write_all(request.as_bytes()).await.unwrap();
+        self.expect(expected, PATIENCE).await;
+    }
+
+    /// Waits up to `within` until what came since the last wait holds `expected`.
+    async fn expect(&mut self, expected: &str, within: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        tokio::time::timeout(within, async {
+            loop {
+                if let Some(at) = self
+                    .1
+                    .windows(expected.len())
+                    .position(|w| w == expected.as_bytes())
+                {
+                    self.1.drain(..at + expected.len());
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                let n = self.0.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the connection closed");
+                self.1.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
+/// Keyspace notifications, and client tracking, turned on at a node that follows no feed
+/// (each lacks a shard: R = 2 of 3 nodes) tell the first change after their answer: the
+/// answer waits until the node follows the feeds it lacks and its whole-keyspace watch
+/// stands there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_and_tracking_turned_on_where_no_feed_is_followed_tell_the_next_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let mut running = Vec::new();
+    for (i, join) in [(1, None), (2, Some(1)), (3, Some(1))] {
+        running.push(start_with(&net, dir.path(), i, join, 2, true).await);
+    }
+    let nodes: Vec<Arc<Node>> = running.iter().map(|r| r.node.clone()).collect();
+    let refs = || nodes.iter().map(|n| &**n).collect::<Vec<&Node>>();
+    tokio::time::timeout(PATIENCE * 2, async {
+        while !spread_evenly(&refs(), SHARDS as usize, 2) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("replicas never settled: {:?}", holders(&refs())));
+    // For each node, a key of the shard it lacks.
+    let lacked = |node: &Arc<Node>, tag: &str| {
+        (0..100)
+            .map(|i| format!("{tag}-{i}"))
+            .find(|key| node.shards().for_key(key.as_bytes()).is_none())
+            .expect("every node lacks a shard")
+    };
+    let (quit, stopped) = watch::channel(false);
+    let mut servers = Vec::new();
+    let serve = |node: &Arc<Node>| {
+        let node = node.clone();
+        let stopped = stopped.clone();
+        async move {
+            let listener = cairn_server::resp::bind("127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap();
+            let addr = listener.local_addr().unwrap();
+            let task = tokio::spawn(cairn_server::resp::serve_listener(
+                listener, node, 64, false, stopped,
+            ));
+            (addr, task)
+        }
+    };
+    let (x, y, writer) = (&nodes[0], &nodes[1], &nodes[2]);
+    let (x_addr, task) = serve(x).await;
+    servers.push(task);
+    let (y_addr, task) = serve(y).await;
+    servers.push(task);
+    assert!(x.followed_shards().is_empty() && y.followed_shards().is_empty());
+
+    // Keyspace notifications on x.
+    let key = lacked(x, "notified");
+    let mut subscriber = RespConn::connect(x_addr).await;
+    let channel = format!("__keyspace@0__:{key}");
+    subscriber.call(&["SUBSCRIBE", &channel], "subscribe").await;
+    let mut admin = RespConn::connect(x_addr).await;
+    admin
+        .call(&["CONFIG", "SET", "notify-keyspace-events", "KA"], "+OK")
+        .await;
+    until_done(writer, set(&key, "v1")).await;
+    assert!(
+        subscriber.expect("$3\r\nset\r\n", PATIENCE).await,
+        "no notification of the first SET after CONFIG SET answered"
+    );
+
+    // Client tracking (BCAST, RESP3: invalidations on the same connection) on y.
+    let key = lacked(y, "tracked");
+    let mut tracker = RespConn::connect(y_addr).await;
+    tracker.call(&["HELLO", "3"], "proto").await;
+    tracker
+        .call(&["CLIENT", "TRACKING", "on", "BCAST"], "+OK")
+        .await;
+    until_done(writer, set(&key, "v1")).await;
+    assert!(
+        tracker
+            .expect(
+                &format!("invalidate\r\n*1\r\n${}\r\n{key}", key.len()),
+                PATIENCE
+            )
+            .await,
+        "no invalidation of the first SET after CLIENT TRACKING answered"
+    );
+
+    quit.send_replace(true);
+    drop((subscriber, admin, tracker));
+    for server in servers {
+        let _ = server.await;
+    }
+    drop(nodes);
     for r in running.into_iter().rev() {
         stop(r).await;
     }
