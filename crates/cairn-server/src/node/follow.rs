@@ -109,6 +109,8 @@ pub(crate) struct Following {
     feed: Arc<OnceLock<Arc<Feed>>>,
     /// When it started, in ms since the node started.
     since: u64,
+    /// The log index it was asked to start after (`None`: from where the holder stood).
+    from: Option<u64>,
     /// When the last message arrived, in ms since the node started.
     heard: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
@@ -198,14 +200,16 @@ impl Node {
 
     /// Drops the followed feed of shard `id` when a watch asks to resume after log index
     /// `from`, which the feed no longer holds (it started later, or its window moved past),
-    /// and no watcher reads it: the feed is then followed again from `from` (the holder may
-    /// still keep that history, in its window or its log). `true` when it was dropped.
+    /// and no watcher reads it; or which it will not hold (it has not started yet, and
+    /// was asked to start later, or from now): the feed is then followed again from `from`
+    /// (the holder may still keep that history, in its window or its log). `true` when it
+    /// was dropped.
     fn restart_before(&self, id: u32, from: u64) -> bool {
         let mut followed = self.followed.lock();
-        let stale = followed
-            .get(&id)
-            .and_then(|f| f.feed.get())
-            .is_some_and(|feed| from < feed.compacted() && !feed.watched());
+        let stale = followed.get(&id).is_some_and(|f| match f.feed.get() {
+            Some(feed) => from < feed.compacted() && !feed.watched(),
+            None => f.from.is_none_or(|start| from < start),
+        });
         if stale {
             followed.remove(&id);
         }
@@ -277,11 +281,10 @@ impl Node {
         }
         let now = self.uptime_ms();
         let linger = self.options().follow_linger.as_millis() as u64;
-        let demand = {
-            let mut demand = self.feed_demand.lock();
-            demand.retain(|_, d| now.saturating_sub(d.at) < linger);
-            demand.clone()
-        };
+        // Held until the feeds are settled (taken before `followed`, as `want_feeds` does): a
+        // watch that asked for a feed just now, and is about to read it, keeps it.
+        let mut demand = self.feed_demand.lock();
+        demand.retain(|_, d| now.saturating_sub(d.at) < linger);
         let mut followed = self.followed.lock();
         let wanted = to_follow(
             &candidates,
@@ -333,6 +336,7 @@ impl Node {
                 Following {
                     feed,
                     since: now,
+                    from,
                     heard,
                     task,
                 }
@@ -341,17 +345,12 @@ impl Node {
         crate::metrics::followed_feeds(followed.len());
         drop(followed);
         // A start asked from an index has used it.
-        if started.iter().any(|(_, asked)| asked.is_some()) {
-            let mut demand = self.feed_demand.lock();
-            for (id, asked) in started {
-                if let Some(d) = demand
-                    .get_mut(&id)
-                    .filter(|d| asked.is_some() && d.from == asked)
-                {
-                    d.from = None;
-                }
+        for (id, asked) in started {
+            if let Some(d) = demand.get_mut(&id).filter(|_| asked.is_some()) {
+                d.from = None;
             }
         }
+        drop(demand);
         // A replica that no longer holds the whole shard hands its watchers to the feed
         // followed from where it stands (started above), and stops serving followers.
         for shard in &replicas {

@@ -1556,7 +1556,7 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
     until_done(&writer, set(&key, "v4")).await;
     x.watch_token(Some(key.as_bytes())).await.unwrap();
     assert_eq!(x.followed_shards(), vec![shard]);
-    let mut resumed = watch(first_token).await;
+    let mut resumed = watch(first_token.clone()).await;
     assert_eq!(
         next_values(&mut resumed, 4).await,
         ["v1", "v2", "v3", "v4"].map(Bytes::from).to_vec()
@@ -1581,6 +1581,28 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
     // No other node was asked for anything.
     let others: Vec<Arc<Node>> = nodes.iter().filter(|n| n.id() != x.id()).cloned().collect();
     assert_eq!(followed(&others), vec![]);
+    // A watch that asks to resume from a token while the feed is starting from now (its
+    // first message not come: x's links are silent) starts it again from the token, and
+    // tells what came after it rather than `compacted`.
+    unfollowed().await;
+    let x_addr = grpc_addr(nodes.iter().position(|n| n.id() == x.id()).unwrap() as u8 + 1);
+    net.silence(x_addr);
+    let starting = tokio::spawn({
+        let (x, key) = (x.clone(), key.clone());
+        async move { x.watch_token(Some(key.as_bytes())).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(x.followed_shards(), vec![shard]);
+    let resuming = tokio::spawn(watch(first_token));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    net.heal();
+    let mut resumed = resuming.await.unwrap();
+    assert_eq!(
+        next_values(&mut resumed, 4).await,
+        ["v1", "v2", "v3", "v4"].map(Bytes::from).to_vec()
+    );
+    drop(resumed);
+    let _ = starting.await;
     // A node cut off from every holder of a shard it lacks cannot follow its feed: a read
     // token for the shard fails, retriably, rather than name no position in it (a watch
     // from such a token could never start).
