@@ -287,51 +287,38 @@ impl Node {
     ///
     /// A shard this node holds no whole replica of is followed for the token (a feed not
     /// followed yet is waited for up to [`FOLLOW_START_WAIT`]). One that does not come in
-    /// time fails the token with a retriable error ([`CommandError::TryAgain`]): a token that
-    /// named no position in a shard its watch needs could never start that watch.
-    ///
-    /// [`CommandError::TryAgain`]: crate::error::CommandError::TryAgain
-    pub async fn watch_token(
-        &self,
-        key: Option<&[u8]>,
-    ) -> Result<String, crate::error::CommandError> {
-        // A key whose slot no shard owns yet (a split being applied) is in any of them.
+    /// time is named from its start (position 0): a watch from the token then tells every
+    /// change the shard's history still holds, or is told `compacted` (read again). The
+    /// read is not failed for it, and the token never leaves out a shard its watch needs.
+    pub async fn watch_token(&self, key: Option<&[u8]>) -> String {
+        // A key whose slot no shard owns yet (a split being applied) is in any of them: the
+        // token names every shard, as its feeds stand (the read is refused or retried).
         let shard = key
             .map(|key| self.shards.shard_of_key(key))
             .filter(|id| *id != crate::shards::UNMAPPED);
-        let wants: Vec<(u32, Option<u64>)> = match shard {
-            Some(id) => vec![(id, None)],
-            None => self
-                .shards
-                .routed()
-                .into_iter()
-                .map(|id| (id, None))
-                .collect(),
+        let shards: Vec<u32> = match shard {
+            Some(id) => {
+                self.ready_feeds(&[(id, None)]).await;
+                vec![id]
+            }
+            None if key.is_some() => self.shards.routed().into_iter().collect(),
+            None => {
+                let routed: Vec<u32> = self.shards.routed().into_iter().collect();
+                let wants: Vec<(u32, Option<u64>)> = routed.iter().map(|&id| (id, None)).collect();
+                self.ready_feeds(&wants).await;
+                routed
+            }
         };
-        self.ready_feeds(&wants).await;
-        let feeds = match shard {
-            Some(id) => self
-                .feed_for(id)
-                .map(|feed| vec![feed])
-                .ok_or(crate::watch::WatchError::NotHere(id)),
-            None => self.every_feed(),
-        }
-        .map_err(|e| {
-            crate::error::CommandError::TryAgain(match e {
-                crate::watch::WatchError::NotHere(id) => format!(
-                    "the change feed of shard {id} is not followed on this node yet (its \
-                     holders did not answer in {FOLLOW_START_WAIT:?}); retry"
-                ),
-                other => other.to_string(),
-            })
-        })?;
-        Ok(crate::watch::Token(
-            feeds
+        crate::watch::Token(
+            shards
                 .into_iter()
-                .map(|f| (f.shard(), crate::feed::Pos::after(f.last())))
+                .map(|id| {
+                    let at = self.feed_for(id).map_or(0, |feed| feed.last());
+                    (id, crate::feed::Pos::after(at))
+                })
                 .collect(),
         )
-        .to_string())
+        .to_string()
     }
 
     /// The feed of every shard routed here; `NotHere` for one this node has none of yet (a

@@ -510,27 +510,41 @@ async fn touch_changed(touch: &mut Option<tokio::sync::watch::Receiver<crate::no
 /// Whether a whole-keyspace follow ([`follow_keyspace`]) stands somewhere yet: from then on
 /// it misses no change.
 #[derive(Debug, Clone)]
-pub struct Positioned(tokio::sync::watch::Receiver<bool>);
+pub struct Positioned {
+    stands: tokio::sync::watch::Receiver<bool>,
+    /// An answer that turned it on went before it stood: when it stands, it calls its
+    /// `lost` (changes in between may have gone untold).
+    early: Arc<std::sync::atomic::AtomicBool>,
+}
 
 /// Longest an answer that turns on a whole-keyspace follow (`CLIENT TRACKING on`, `CONFIG
 /// SET notify-keyspace-events`) waits for it to stand ([`Positioned::wait`]): a node that
-/// holds no whole replica of some shard starts following its feed first. A follow that
-/// stands only later tells its `lost` (the answer went before it, so changes in between
-/// may be missed).
+/// holds no whole replica of some shard starts following its feed first.
 pub const POSITION_WAIT: Duration = crate::node::FOLLOW_START_WAIT.saturating_mul(2);
 
 impl Positioned {
-    /// Waits until the follow stands, at most [`POSITION_WAIT`]; `true` when it does.
+    /// Waits until the follow stands, at most [`POSITION_WAIT`]; `true` when it does. An
+    /// answer sent after `false` went early ([`Positioned::answered_early`]).
     pub async fn wait(mut self) -> bool {
-        matches!(
-            tokio::time::timeout(POSITION_WAIT, self.0.wait_for(|stands| *stands)).await,
+        let stood = matches!(
+            tokio::time::timeout(POSITION_WAIT, self.stands.wait_for(|stands| *stands)).await,
             Ok(Ok(_))
-        )
+        );
+        if !stood {
+            self.answered_early();
+        }
+        stood
+    }
+
+    /// An answer that turned the follow on goes now, whether it stands or not: if it does
+    /// not yet, it calls its `lost` once it does (tracking clients drop their caches).
+    pub fn answered_early(&self) {
+        self.early.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Whether it stands now.
     pub fn now(&self) -> bool {
-        *self.0.borrow()
+        *self.stands.borrow()
     }
 }
 
@@ -542,14 +556,19 @@ impl Positioned {
 /// It stands (the returned [`Positioned`]) before this returns when every shard's feed is
 /// here; else as soon as the feeds it lacks are followed (a node holding no whole replica of
 /// a shard starts following it now): whoever turned it on waits for that
-/// ([`Positioned::wait`]), and `lost` is called if it took longer than [`POSITION_WAIT`].
-/// It never stands when the node is stopping.
+/// ([`Positioned::wait`]), and `lost` is called if an answer went before it
+/// ([`Positioned::answered_early`]). It never stands when the node is stopping.
 pub fn follow_keyspace(
     node: &Arc<crate::node::Node>,
     mut events: impl FnMut(Vec<WatchEvent>) + Send + 'static,
     lost: impl Fn() + Send + 'static,
 ) -> Positioned {
     let (stands, positioned) = tokio::sync::watch::channel(false);
+    let positioned = Positioned {
+        stands: positioned,
+        early: Default::default(),
+    };
+    let early = positioned.early.clone();
     let watch = {
         let node = node.clone();
         move |token: Option<&str>| {
@@ -567,16 +586,15 @@ pub fn follow_keyspace(
             Some(watcher)
         }
         Err(WatchError::NotHere(_)) => None,
-        Err(_) => return Positioned(positioned),
+        Err(_) => return positioned,
     };
-    let began = tokio::time::Instant::now();
     tokio::spawn(async move {
         let mut watcher = match first {
             Some(watcher) => watcher,
             None => match from_token_or_now(&watch, None).await {
                 Some((watcher, _)) => {
                     stands.send_replace(true);
-                    if began.elapsed() >= POSITION_WAIT {
+                    if early.load(std::sync::atomic::Ordering::SeqCst) {
                         lost();
                     }
                     watcher
@@ -613,7 +631,7 @@ pub fn follow_keyspace(
             }
         }
     });
-    Positioned(positioned)
+    positioned
 }
 
 /// How long [`follow_keyspace`] waits for a shard's feed to be there (a followed feed

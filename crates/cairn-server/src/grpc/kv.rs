@@ -45,11 +45,7 @@ impl pb::kv_server::Kv for KvService {
         observed("get", async move {
             let request = request.into_inner();
             let stale = request.consistency() == pb::Consistency::Stale;
-            let watch_token = self
-                .node
-                .watch_token(Some(&request.key))
-                .await
-                .map_err(super::status_of)?;
+            let watch_token = self.node.watch_token(Some(&request.key)).await;
             let reply = self
                 .node
                 .execute_with(Command::Get { key: request.key }, stale)
@@ -129,11 +125,7 @@ impl pb::kv_server::Kv for KvService {
                 limit,
                 keys_only: req.keys_only,
             };
-            let watch_token = self
-                .node
-                .watch_token(None)
-                .await
-                .map_err(super::status_of)?;
+            let watch_token = self.node.watch_token(None).await;
             match execute(&self.node, command).await? {
                 Reply::Entries { mut entries, more } => {
                     let more = fit_page(&mut entries, more, SCAN_PAGE_BYTES_MAX);

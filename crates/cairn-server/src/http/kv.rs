@@ -72,11 +72,7 @@ pub(super) async fn get(State(state): State<AppState>, uri: Uri) -> Result<Respo
             )));
         }
     };
-    let watch_token = state
-        .node
-        .watch_token(Some(&key))
-        .await
-        .map_err(ApiError::from)?;
+    let watch_token = state.node.watch_token(Some(&key)).await;
     let reply = state
         .node
         .execute_with(Command::Get { key }, stale)
@@ -271,7 +267,7 @@ pub(super) async fn list(State(state): State<AppState>, uri: Uri) -> Result<Resp
         limit,
         keys_only,
     };
-    let watch_token = state.node.watch_token(None).await.map_err(ApiError::from)?;
+    let watch_token = state.node.watch_token(None).await;
     let (mut entries, more) = match execute(&state.node, command).await? {
         Reply::Entries { entries, more } => (entries, more),
         other => return Err(ApiError::unexpected(&other)),

@@ -43,6 +43,20 @@ fn parameters(shared: &Shared) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Whether `CONFIG SET …` (`args[0]` is `CONFIG`) turns keyspace or keyevent notifications
+/// on: its answer waits for the node's whole-keyspace watch to stand.
+pub fn turns_on_notifications(args: &[Bytes]) -> bool {
+    args.get(2..).is_some_and(|pairs| {
+        pairs.chunks(2).any(|pair| {
+            pair.len() == 2
+                && pair[0].eq_ignore_ascii_case(b"notify-keyspace-events")
+                && crate::notify::parse(&pair[1]).is_some_and(|flags| {
+                    flags & (crate::notify::KEYSPACE | crate::notify::KEYEVENT) != 0
+                })
+        })
+    })
+}
+
 /// `CONFIG subcommand …` (`args[0]` is `CONFIG`).
 pub fn config(args: &[Bytes], session: &mut Session, shared: &Shared) -> Frame {
     let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();

@@ -339,8 +339,12 @@ fn queue(spec: &CommandSpec, args: Vec<Bytes>, session: &mut Session, shared: &S
         Some(Ok(other)) => return other,
         // Connection commands run now; their answer takes its place in EXEC's.
         None => match local_command(spec, args, session, shared) {
+            Action::Reply(frame) => Queued::Ready(frame),
             // Inside MULTI, not waited for.
-            Action::Reply(frame) | Action::Standing { frame, .. } => Queued::Ready(frame),
+            Action::Standing { positioned, frame } => {
+                positioned.answered_early();
+                Queued::Ready(frame)
+            }
             other => return other,
         },
     };
@@ -892,14 +896,15 @@ fn local_command(
         }
         "client" => {
             let frame = client(&args, session, shared);
-            if session.last_command == "client|tracking" {
+            if session.last_command == "client|tracking" && session.tracking.is_some() {
                 return once_standing(frame, shared.tracking.started());
             }
             frame
         }
         "config" => {
             let frame = super::config::config(&args, session, shared);
-            if session.last_command == "config|set" {
+            if session.last_command == "config|set" && super::config::turns_on_notifications(&args)
+            {
                 return once_standing(frame, shared.notifier.started());
             }
             frame

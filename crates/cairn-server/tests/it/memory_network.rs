@@ -1517,7 +1517,7 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
     // holder stands, not past it: the read token below names where the shard is, and a
     // watch from it tells the next write.
     drop(watch(format!("{shard}:999999999")).await);
-    let token = x.watch_token(Some(key.as_bytes())).await.unwrap();
+    let token = x.watch_token(Some(key.as_bytes())).await;
     let position = token
         .split(',')
         .find_map(|p| p.strip_prefix(&format!("{shard}:")))
@@ -1554,7 +1554,7 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
     // first token starts it again from there.
     unfollowed().await;
     until_done(&writer, set(&key, "v4")).await;
-    x.watch_token(Some(key.as_bytes())).await.unwrap();
+    x.watch_token(Some(key.as_bytes())).await;
     assert_eq!(x.followed_shards(), vec![shard]);
     let mut resumed = watch(first_token.clone()).await;
     assert_eq!(
@@ -1564,7 +1564,7 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
     drop(resumed);
 
     // A whole-keyspace read token names every shard: the node follows those it lacks.
-    let token = x.watch_token(None).await.unwrap();
+    let token = x.watch_token(None).await;
     let lacking: Vec<u32> = x
         .shards()
         .routed()
@@ -1603,9 +1603,10 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
     );
     drop(resumed);
     let _ = starting.await;
-    // A node cut off from every holder of a shard it lacks cannot follow its feed: a read
-    // token for the shard fails, retriably, rather than name no position in it (a watch
-    // from such a token could never start).
+    // A node cut off from every holder of a shard it lacks cannot follow its feed: its read
+    // token names the shard from the start (not at all, before: a watch from it could never
+    // start), and a watch from it, once the node is back, tells the shard's history or is
+    // told to read again.
     let (i, cut) = nodes
         .iter()
         .enumerate()
@@ -1615,12 +1616,44 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
         .map(|i| format!("cut-{i}"))
         .find(|key| cut.shards().for_key(key.as_bytes()).is_none())
         .unwrap();
+    let lacked_shard = cut.shards().shard_of_key(lacked.as_bytes());
     net.isolate(grpc_addr(i as u8 + 1));
-    match cut.watch_token(Some(lacked.as_bytes())).await {
-        Err(e @ CommandError::TryAgain(_)) => assert!(e.is_refusal()),
-        other => panic!("a read token with no feed of the key's shard: {other:?}"),
-    }
+    let token = cut.watch_token(Some(lacked.as_bytes())).await;
+    assert_eq!(token, format!("{lacked_shard}:0"));
+    let whole = cut.watch_token(None).await;
+    assert!(
+        whole.split(',').any(|p| p == format!("{lacked_shard}:0")),
+        "{whole:?} names shard {lacked_shard} from anywhere but its start"
+    );
     net.heal();
+    let from_start = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match cut
+                .watch_ready(
+                    Selector::Key(Bytes::copy_from_slice(lacked.as_bytes())),
+                    Some(&token),
+                    Duration::from_secs(60),
+                )
+                .await
+            {
+                // Its feed starting, or its replicas not in touch again yet.
+                Err(
+                    cairn_server::watch::WatchError::NotHere(_)
+                    | cairn_server::watch::WatchError::OutOfTouch(_),
+                ) => tokio::time::sleep(Duration::from_millis(50)).await,
+                other => return other.map(|_| ()),
+            }
+        }
+    })
+    .await
+    .expect("the watch from the start of the shard never started");
+    assert!(
+        matches!(
+            from_start,
+            Ok(()) | Err(cairn_server::watch::WatchError::Compacted(_))
+        ),
+        "a watch from the start of the shard: {from_start:?}"
+    );
     drop((x, writer, nodes));
     for r in running.into_iter().rev() {
         stop(r).await;
@@ -1640,13 +1673,36 @@ impl RespConn {
 
     /// Sends one command; waits until what came since the last wait holds `expected`.
     async fn call(&mut self, args: &[&str], expected: &str) {
+        self.send(args).await;
+        assert!(
+            self.expect(expected, PATIENCE).await,
+            "no {expected:?} after {args:?}"
+        );
+    }
+
+    /// Sends one command.
+    async fn send(&mut self, args: &[&str]) {
         use tokio::io::AsyncWriteExt;
         let mut request = format!("*{}\r\n", args.len());
         for arg in args {
             request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
         }
         self.0.write_all(request.as_bytes()).await.unwrap();
-        self.expect(expected, PATIENCE).await;
+    }
+
+    /// Sends one command whose answer waits while the node's links are silent: none within
+    /// a moment, then the answer once they are back.
+    async fn call_held_back(&mut self, net: &MemoryNetwork, args: &[&str], expected: &str) {
+        self.send(args).await;
+        assert!(
+            !self.expect(expected, Duration::from_millis(300)).await,
+            "{args:?} answered before the node could follow the feeds it lacks"
+        );
+        net.heal();
+        assert!(
+            self.expect(expected, PATIENCE).await,
+            "no {expected:?} after {args:?}"
+        );
     }
 
     /// Waits up to `within` until what came since the last wait holds `expected`.
@@ -1676,7 +1732,8 @@ impl RespConn {
 /// Keyspace notifications, and client tracking, turned on at a node that follows no feed
 /// (each lacks a shard: R = 2 of 3 nodes) tell the first change after their answer: the
 /// answer waits until the node follows the feeds it lacks and its whole-keyspace watch
-/// stands there.
+/// stands there (held back while the node's links are silent). Tracking turned on inside
+/// MULTI is not waited for: its clients are told to drop their caches once the watch stands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_and_tracking_turned_on_where_no_feed_is_followed_tell_the_next_change() {
     let dir = tempfile::tempdir().unwrap();
@@ -1722,7 +1779,9 @@ async fn notifications_and_tracking_turned_on_where_no_feed_is_followed_tell_the
     servers.push(task);
     let (y_addr, task) = serve(y).await;
     servers.push(task);
-    assert!(x.followed_shards().is_empty() && y.followed_shards().is_empty());
+    let (z_addr, task) = serve(writer).await;
+    servers.push(task);
+    assert!(nodes.iter().all(|n| n.followed_shards().is_empty()));
 
     // Keyspace notifications on x.
     let key = lacked(x, "notified");
@@ -1730,8 +1789,13 @@ async fn notifications_and_tracking_turned_on_where_no_feed_is_followed_tell_the
     let channel = format!("__keyspace@0__:{key}");
     subscriber.call(&["SUBSCRIBE", &channel], "subscribe").await;
     let mut admin = RespConn::connect(x_addr).await;
+    net.silence(grpc_addr(1));
     admin
-        .call(&["CONFIG", "SET", "notify-keyspace-events", "KA"], "+OK")
+        .call_held_back(
+            &net,
+            &["CONFIG", "SET", "notify-keyspace-events", "KA"],
+            "+OK",
+        )
         .await;
     until_done(writer, set(&key, "v1")).await;
     assert!(
@@ -1743,8 +1807,9 @@ async fn notifications_and_tracking_turned_on_where_no_feed_is_followed_tell_the
     let key = lacked(y, "tracked");
     let mut tracker = RespConn::connect(y_addr).await;
     tracker.call(&["HELLO", "3"], "proto").await;
+    net.silence(grpc_addr(2));
     tracker
-        .call(&["CLIENT", "TRACKING", "on", "BCAST"], "+OK")
+        .call_held_back(&net, &["CLIENT", "TRACKING", "on", "BCAST"], "+OK")
         .await;
     until_done(writer, set(&key, "v1")).await;
     assert!(
@@ -1755,6 +1820,22 @@ async fn notifications_and_tracking_turned_on_where_no_feed_is_followed_tell_the
             )
             .await,
         "no invalidation of the first SET after CLIENT TRACKING answered"
+    );
+
+    // Inside MULTI on the third node, tracking is turned on without waiting: once its watch
+    // stands, its clients are told to drop everything (a change in between went untold).
+    let mut in_multi = RespConn::connect(z_addr).await;
+    in_multi.call(&["HELLO", "3"], "proto").await;
+    net.silence(grpc_addr(3));
+    in_multi.call(&["MULTI"], "+OK").await;
+    in_multi
+        .call(&["CLIENT", "TRACKING", "on", "BCAST"], "QUEUED")
+        .await;
+    in_multi.call(&["EXEC"], "+OK").await;
+    net.heal();
+    assert!(
+        in_multi.expect("invalidate\r\n_\r\n", PATIENCE).await,
+        "no flush once the watch of a tracking turned on inside MULTI stood"
     );
 
     quit.send_replace(true);
