@@ -192,6 +192,11 @@ tokio::task_local! {
     /// While a read forwarded here runs: the shard and log position the asking node's feed
     /// of it had told when it forwarded the read (`ForwardRequest.floor`).
     pub(crate) static READ_FLOOR: (u32, u64);
+    /// While a read runs whose watch token was given out just before it
+    /// ([`Node::read_after_token`]): the positions the token named, which the read is served
+    /// at or after, whatever became of this node's feeds in between (a followed feed dropped
+    /// and started again tells less for a while).
+    pub(crate) static TOKEN_FLOOR: Arc<crate::watch::Token>;
 }
 
 /// One Cairn node. Share it through `Arc`.
@@ -291,6 +296,24 @@ impl Node {
     /// change the shard's history still holds, or is told `compacted` (read again). The
     /// read is not failed for it, and the token never leaves out a shard its watch needs.
     pub async fn watch_token(&self, key: Option<&[u8]>) -> String {
+        self.watch_position(key).await.to_string()
+    }
+
+    /// [`Node::watch_token`], then `read` (a read of what the token covers), served at or
+    /// after the positions the token names: a watch from the token misses nothing the read
+    /// did not see.
+    pub async fn read_after_token<T>(
+        &self,
+        key: Option<&[u8]>,
+        read: impl std::future::Future<Output = T>,
+    ) -> (String, T) {
+        let token = self.watch_position(key).await;
+        let text = token.to_string();
+        (text, TOKEN_FLOOR.scope(Arc::new(token), read).await)
+    }
+
+    /// [`Node::watch_token`], as positions.
+    async fn watch_position(&self, key: Option<&[u8]>) -> crate::watch::Token {
         // A key whose slot no shard owns yet (a split being applied) is in any of them: the
         // token names every shard, as its feeds stand (the read is refused or retried).
         let shard = key
@@ -318,7 +341,6 @@ impl Node {
                 })
                 .collect(),
         )
-        .to_string()
     }
 
     /// The feed of every shard routed here; `NotHere` for one this node has none of yet (a
@@ -910,6 +932,13 @@ pub(crate) mod tests {
         assert_eq!(node.read_floor(shard, &get), Some((shard, last)));
         let asked = READ_FLOOR.sync_scope((shard, last + 50), || node.read_floor(shard, &get));
         assert_eq!(asked, Some((shard, last + 50)));
+        // A read after a watch token is served at or after what the token names.
+        let named = |index| {
+            let token = crate::watch::Token([(shard, crate::feed::Pos::after(index))].into());
+            TOKEN_FLOOR.sync_scope(Arc::new(token), || node.read_floor(shard, &get))
+        };
+        assert_eq!(named(last + 60), Some((shard, last + 60)));
+        assert_eq!(named(1), Some((shard, last)));
         let behind = READ_FLOOR.sync_scope((shard, 1), || node.read_floor(shard, &get));
         assert_eq!(behind, Some((shard, last)));
         let other = READ_FLOOR.sync_scope((shard + 1, last + 50), || node.read_floor(shard, &get));

@@ -45,12 +45,16 @@ impl pb::kv_server::Kv for KvService {
         observed("get", async move {
             let request = request.into_inner();
             let stale = request.consistency() == pb::Consistency::Stale;
-            let watch_token = self.node.watch_token(Some(&request.key)).await;
-            let reply = self
+            let key = request.key.clone();
+            let (watch_token, reply) = self
                 .node
-                .execute_with(Command::Get { key: request.key }, stale)
-                .await
-                .map_err(super::status_of)?;
+                .read_after_token(
+                    Some(&key),
+                    self.node
+                        .execute_with(Command::Get { key: request.key }, stale),
+                )
+                .await;
+            let reply = reply.map_err(super::status_of)?;
             match reply {
                 Reply::Entry(Some(entry)) => Ok(Response::new(pb::GetResponse {
                     ttl_ms: entry
@@ -125,8 +129,11 @@ impl pb::kv_server::Kv for KvService {
                 limit,
                 keys_only: req.keys_only,
             };
-            let watch_token = self.node.watch_token(None).await;
-            match execute(&self.node, command).await? {
+            let (watch_token, reply) = self
+                .node
+                .read_after_token(None, execute(&self.node, command))
+                .await;
+            match reply? {
                 Reply::Entries { mut entries, more } => {
                     let more = fit_page(&mut entries, more, SCAN_PAGE_BYTES_MAX);
                     let resume_after = if more {

@@ -72,12 +72,12 @@ pub(super) async fn get(State(state): State<AppState>, uri: Uri) -> Result<Respo
             )));
         }
     };
-    let watch_token = state.node.watch_token(Some(&key)).await;
-    let reply = state
+    let read = Command::Get { key: key.clone() };
+    let (watch_token, reply) = state
         .node
-        .execute_with(Command::Get { key }, stale)
-        .await
-        .map_err(ApiError::from)?;
+        .read_after_token(Some(&key), state.node.execute_with(read, stale))
+        .await;
+    let reply = reply.map_err(ApiError::from)?;
     let token_header = HeaderValue::from_str(&watch_token).ok();
     match reply {
         Reply::Entry(Some(entry)) => {
@@ -267,8 +267,11 @@ pub(super) async fn list(State(state): State<AppState>, uri: Uri) -> Result<Resp
         limit,
         keys_only,
     };
-    let watch_token = state.node.watch_token(None).await;
-    let (mut entries, more) = match execute(&state.node, command).await? {
+    let (watch_token, reply) = state
+        .node
+        .read_after_token(None, execute(&state.node, command))
+        .await;
+    let (mut entries, more) = match reply? {
         Reply::Entries { entries, more } => (entries, more),
         other => return Err(ApiError::unexpected(&other)),
     };

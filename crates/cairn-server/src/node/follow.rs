@@ -102,6 +102,22 @@ pub(crate) fn to_follow(
         .collect()
 }
 
+/// Whether a following asked to start after log index `started_from` (`None`: from where
+/// the holder stood) is started again for a watch that resumes after `from`, its feed being
+/// `feed` (where its history starts, and whether a watcher reads it; `None`: no message
+/// yet): only from earlier than it was asked for (so a watch whose history the holder no
+/// longer has either does not restart it again and again: it is told `compacted`), and
+/// only when the feed does not hold `from` and no watcher reads it (one that does is not
+/// cut from under its watchers).
+pub(crate) fn restarts_for(
+    from: u64,
+    started_from: Option<u64>,
+    feed: Option<(u64, bool)>,
+) -> bool {
+    let earlier = started_from.is_none_or(|start| from < start);
+    earlier && feed.is_none_or(|(compacted, watched)| from < compacted && !watched)
+}
+
 /// A followed feed on this node and its task.
 #[derive(Debug)]
 pub(crate) struct Following {
@@ -199,16 +215,17 @@ impl Node {
     }
 
     /// Drops the followed feed of shard `id` when a watch asks to resume after log index
-    /// `from`, which the feed no longer holds (it started later, or its window moved past),
-    /// and no watcher reads it; or which it will not hold (it has not started yet, and
-    /// was asked to start later, or from now): the feed is then followed again from `from`
-    /// (the holder may still keep that history, in its window or its log). `true` when it
-    /// was dropped.
+    /// `from`, which it does not hold and will not ([`restarts_for`]): the feed is then
+    /// followed again from `from` (the holder may still keep that history, in its window or
+    /// its log). `true` when it was dropped.
     fn restart_before(&self, id: u32, from: u64) -> bool {
         let mut followed = self.followed.lock();
-        let stale = followed.get(&id).is_some_and(|f| match f.feed.get() {
-            Some(feed) => from < feed.compacted() && !feed.watched(),
-            None => f.from.is_none_or(|start| from < start),
+        let stale = followed.get(&id).is_some_and(|f| {
+            restarts_for(
+                from,
+                f.from,
+                f.feed.get().map(|feed| (feed.compacted(), feed.watched())),
+            )
         });
         if stale {
             followed.remove(&id);
@@ -625,6 +642,25 @@ async fn follow_from(
 mod tests {
     use super::*;
     use std::collections::{BTreeSet, HashMap};
+
+    #[test]
+    fn a_feed_is_started_again_only_from_earlier_than_it_was_asked_for() {
+        // Started from where the holder stood (a read token): once, from a watch's token
+        // older than its history, unless a watcher reads it.
+        assert!(restarts_for(5, None, Some((9, false))));
+        assert!(!restarts_for(5, None, Some((9, true))));
+        assert!(!restarts_for(9, None, Some((9, false))));
+        // Started again from 5: the holder told it history starts at 9 (compacted): a
+        // watch from 5 is not restarted again (it is told `compacted`), one from 3 is.
+        assert!(!restarts_for(5, Some(5), Some((9, false))));
+        assert!(restarts_for(3, Some(5), Some((9, false))));
+        assert!(!restarts_for(0, Some(0), Some((9, false))));
+        // No message yet: from earlier than asked, or than where the holder stood.
+        assert!(restarts_for(5, None, None));
+        assert!(restarts_for(4, Some(5), None));
+        assert!(!restarts_for(5, Some(5), None));
+        assert!(!restarts_for(6, Some(5), None));
+    }
 
     #[test]
     fn a_feed_is_followed_while_watched_or_asked_for_within_the_linger() {

@@ -245,7 +245,8 @@ impl Node {
 
     /// The floor a read of `shard_id` forwarded from here carries: the position this node's
     /// feed of the shard has told (a watch token given out before the read names no more),
-    /// or the floor the read came here with, whichever is further. A replica that serves
+    /// the one such a token named ([`Node::read_after_token`]), or the floor the read came
+    /// here with, whichever is further. A replica that serves
     /// the read from its own state (a stale read, a part of a whole-keyspace read) must
     /// have applied it: else a client that reads through a node without a whole replica of
     /// the shard, then watches from the token that node gave out, could miss a change the
@@ -259,7 +260,12 @@ impl Node {
             .try_with(|&(shard, index)| (shard == shard_id).then_some(index))
             .ok()
             .flatten();
+        let named = super::TOKEN_FLOOR
+            .try_with(|token| token.0.get(&shard_id).map(|pos| pos.done()))
+            .ok()
+            .flatten();
         own.max(asked)
+            .max(named)
             .filter(|&index| index > 0)
             .map(|index| (shard_id, index))
     }

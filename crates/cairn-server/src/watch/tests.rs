@@ -342,3 +342,28 @@ fn a_watch_keeps_its_own_copy_of_the_selector_not_the_request_buffer() {
         "the watch would keep the 8 KiB buffer alive for its whole life"
     );
 }
+
+#[tokio::test]
+async fn a_token_from_the_start_of_a_split_off_shard_starts_where_it_was_created() {
+    let wake = Arc::new(tokio::sync::watch::channel(0).0);
+    // Shard 1, created by a split at index 40 of its parent's log: its history starts there.
+    let child = Arc::new(Feed::new(1, 40, FeedLimits::default(), wake.clone()).born_at(40));
+    child.applied(41, ops![put("k", "v")], &[]);
+    let watch = |text: &str| {
+        Watcher::new(
+            Selector::Prefix(Bytes::new()),
+            vec![child.clone()],
+            Some(&Token::parse(text).unwrap()),
+            Duration::from_secs(3600),
+            wake.subscribe(),
+            None,
+        )
+    };
+    let mut w = watch("1:0").expect("from the start of the child");
+    let events = drain(&mut w).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(w.token().to_string(), "1:41");
+    // A position inside its history is taken as it is.
+    let mut w = watch("1:41").unwrap();
+    assert!(drain(&mut w).await.is_empty());
+}
