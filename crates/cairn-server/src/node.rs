@@ -944,6 +944,26 @@ pub(crate) mod tests {
         let other = READ_FLOOR.sync_scope((shard + 1, last + 50), || node.read_floor(shard, &get));
         assert_eq!(other, Some((shard, last)));
         assert_eq!(node.read_floor(shard, &set(key, "3")), None);
+
+        // A read after a token runs with the token's positions as its floor, and a replica
+        // serving it itself waits for them too.
+        let (token, seen) = node
+            .read_after_token(Some(key.as_bytes()), async {
+                TOKEN_FLOOR.try_with(|t| t.to_string()).ok()
+            })
+            .await;
+        assert_eq!(seen.as_deref(), Some(token.as_str()));
+        let ahead = crate::watch::Token([(shard, crate::feed::Pos::after(last + 1_000))].into());
+        let served = TOKEN_FLOOR
+            .scope(
+                Arc::new(ahead),
+                node.execute_forwarded(Command::DbSize, 1, true, scope),
+            )
+            .await;
+        match served {
+            Err(CommandError::TryAgain(why)) => assert!(why.contains("behind"), "{why}"),
+            other => panic!("a replica short of the token's position served the read: {other:?}"),
+        }
     }
 
     /// NOLOOP leans on it: every change at the entry a write proposed alone landed in is

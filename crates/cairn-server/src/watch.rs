@@ -275,10 +275,10 @@ impl Watcher {
             let pos = match from {
                 // A shard split off after the token was given starts where it was created.
                 Some(token) => match (token.0.get(&feed.shard()), feed.born()) {
-                    // From the start of a shard split off: from where it was created (a
-                    // token names a shard from its start, position 0, when the feed was
-                    // not there to tell where it stood: `Node::watch_token`).
-                    (Some(pos), Some(born)) if pos.done() == 0 => Pos::after(born),
+                    // From before a shard split off was created (its start, position 0,
+                    // when the feed was not there to tell where it stood:
+                    // `Node::watch_token`): from where it was created.
+                    (Some(pos), Some(born)) if pos.done() < born => Pos::after(born),
                     (Some(pos), _) => *pos,
                     (None, Some(born)) => Pos::after(born),
                     (None, None) => {

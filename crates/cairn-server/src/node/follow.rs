@@ -102,20 +102,25 @@ pub(crate) fn to_follow(
         .collect()
 }
 
-/// Whether a following asked to start after log index `started_from` (`None`: from where
-/// the holder stood) is started again for a watch that resumes after `from`, its feed being
-/// `feed` (where its history starts, and whether a watcher reads it; `None`: no message
-/// yet): only from earlier than it was asked for (so a watch whose history the holder no
-/// longer has either does not restart it again and again: it is told `compacted`), and
-/// only when the feed does not hold `from` and no watcher reads it (one that does is not
-/// cut from under its watchers).
+/// Whether a following is started again for a watch that resumes after log index `from`:
+/// its feed not started yet (`feed` `None`: no message yet), when `from` is earlier than
+/// it was asked to start after (`started_from`; `None`: from where the holder stood); its
+/// feed started (`feed`: where its history starts, whether a watcher reads it), when the
+/// feed does not hold `from`, no watcher reads it (one that does is not cut from under its
+/// watchers), and its holder may still have it: `holder_kept` is where the holder said its
+/// history started when it had less than was asked (0: it never did). A watch from before
+/// what the holder keeps is thus told `compacted`, rather than restarting the feed on every
+/// try; one whose position only the feed's window moved past starts it again.
 pub(crate) fn restarts_for(
     from: u64,
     started_from: Option<u64>,
     feed: Option<(u64, bool)>,
+    holder_kept: u64,
 ) -> bool {
-    let earlier = started_from.is_none_or(|start| from < start);
-    earlier && feed.is_none_or(|(compacted, watched)| from < compacted && !watched)
+    match feed {
+        None => started_from.is_none_or(|start| from < start),
+        Some((compacted, watched)) => from < compacted && !watched && from >= holder_kept,
+    }
 }
 
 /// A followed feed on this node and its task.
@@ -129,6 +134,9 @@ pub(crate) struct Following {
     from: Option<u64>,
     /// When the last message arrived, in ms since the node started.
     heard: Arc<AtomicU64>,
+    /// Where the holder said its history started, when it had less than was asked (0: it
+    /// never did).
+    holder_kept: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -225,6 +233,7 @@ impl Node {
                 from,
                 f.from,
                 f.feed.get().map(|feed| (feed.compacted(), feed.watched())),
+                f.holder_kept.load(Ordering::Acquire),
             )
         });
         if stale {
@@ -343,18 +352,21 @@ impl Node {
                 };
                 let feed = Arc::new(OnceLock::new());
                 let heard = Arc::new(AtomicU64::new(now));
+                let holder_kept = Arc::new(AtomicU64::new(0));
                 let task = tokio::spawn(follow(
                     Arc::downgrade(self),
                     id,
                     from,
                     feed.clone(),
                     heard.clone(),
+                    holder_kept.clone(),
                 ));
                 Following {
                     feed,
                     since: now,
                     from,
                     heard,
+                    holder_kept,
                     task,
                 }
             });
@@ -544,6 +556,7 @@ async fn follow(
     from: Option<u64>,
     feed: Arc<OnceLock<Arc<Feed>>>,
     heard: Arc<AtomicU64>,
+    holder_kept: Arc<AtomicU64>,
 ) {
     loop {
         let Some(holders) = node.upgrade().map(|n| n.holders(shard)) else {
@@ -553,7 +566,7 @@ async fn follow(
             let Some(n) = node.upgrade() else {
                 return;
             };
-            if let Err(e) = follow_from(&n, &addr, shard, from, &feed, &heard).await {
+            if let Err(e) = follow_from(&n, &addr, shard, from, &feed, &heard, &holder_kept).await {
                 tracing::debug!(shard, holder = %addr, error = %e, "following a shard's feed");
             }
         }
@@ -570,6 +583,7 @@ async fn follow_from(
     from: Option<u64>,
     feed: &OnceLock<Arc<Feed>>,
     heard: &AtomicU64,
+    holder_kept: &AtomicU64,
 ) -> anyhow::Result<()> {
     let channel = node.peers().channel(addr)?;
     let mut client = pb::node_client::NodeClient::new(channel)
@@ -611,6 +625,7 @@ async fn follow_from(
         });
         if update.compacted {
             feed.reset(update.upto);
+            holder_kept.fetch_max(update.upto, Ordering::AcqRel);
         }
         // Split marks first: a watcher woken by the batches must not pass a split unseen.
         for (index, child, first_slot, last_slot) in update.splits {
@@ -644,22 +659,25 @@ mod tests {
     use std::collections::{BTreeSet, HashMap};
 
     #[test]
-    fn a_feed_is_started_again_only_from_earlier_than_it_was_asked_for() {
-        // Started from where the holder stood (a read token): once, from a watch's token
-        // older than its history, unless a watcher reads it.
-        assert!(restarts_for(5, None, Some((9, false))));
-        assert!(!restarts_for(5, None, Some((9, true))));
-        assert!(!restarts_for(9, None, Some((9, false))));
-        // Started again from 5: the holder told it history starts at 9 (compacted): a
-        // watch from 5 is not restarted again (it is told `compacted`), one from 3 is.
-        assert!(!restarts_for(5, Some(5), Some((9, false))));
-        assert!(restarts_for(3, Some(5), Some((9, false))));
-        assert!(!restarts_for(0, Some(0), Some((9, false))));
+    fn a_feed_is_started_again_only_where_it_may_get_what_a_watch_asks() {
+        // Started from where the holder stood (a read token): from a watch's token older
+        // than its history, unless a watcher reads it.
+        assert!(restarts_for(5, None, Some((9, false)), 0));
+        assert!(!restarts_for(5, None, Some((9, true)), 0));
+        assert!(!restarts_for(9, None, Some((9, false)), 0));
+        // Started again from 5, the holder said its history starts at 9 (compacted): a
+        // watch from 5, or from 3, is not restarted again (it is told `compacted`).
+        assert!(!restarts_for(5, Some(5), Some((9, false)), 9));
+        assert!(!restarts_for(3, Some(5), Some((9, false)), 9));
+        assert!(!restarts_for(0, Some(0), Some((9, false)), 9));
+        // Only the feed's window moved past the position (the holder had it): again.
+        assert!(restarts_for(7, Some(5), Some((9, false)), 0));
+        assert!(restarts_for(7, Some(5), Some((12, false)), 7));
         // No message yet: from earlier than asked, or than where the holder stood.
-        assert!(restarts_for(5, None, None));
-        assert!(restarts_for(4, Some(5), None));
-        assert!(!restarts_for(5, Some(5), None));
-        assert!(!restarts_for(6, Some(5), None));
+        assert!(restarts_for(5, None, None, 0));
+        assert!(restarts_for(4, Some(5), None, 0));
+        assert!(!restarts_for(5, Some(5), None, 0));
+        assert!(!restarts_for(6, Some(5), None, 0));
     }
 
     #[test]

@@ -271,14 +271,21 @@ impl Node {
     }
 
     /// Waits until this node's replica of `shard` has applied the floor the read being
-    /// served came with ([`Node::read_floor`] on the asking node), for at most
+    /// served came with ([`Node::read_floor`] on the asking node), or the position the
+    /// read's watch token named ([`Node::read_after_token`]), for at most
     /// [`super::READ_FLOOR_WAIT`]; `TRYAGAIN` if it does not get there.
     pub(super) async fn reach_read_floor(&self, shard: &Shard) -> Result<(), CommandError> {
-        let Some(floor) = super::READ_FLOOR
+        let asked = super::READ_FLOOR
             .try_with(|&(id, index)| (id == shard.id).then_some(index))
             .ok()
-            .flatten()
-        else {
+            .flatten();
+        // A read after a watch token served here (a stale read on a replica still catching
+        // up, whose token came from a feed this node follows further on).
+        let named = super::TOKEN_FLOOR
+            .try_with(|token| token.0.get(&shard.id).map(|pos| pos.done()))
+            .ok()
+            .flatten();
+        let Some(floor) = asked.max(named) else {
             return Ok(());
         };
         let deadline = tokio::time::Instant::now() + super::READ_FLOOR_WAIT;

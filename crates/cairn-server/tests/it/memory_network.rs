@@ -1517,6 +1517,7 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
     // holder stands, not past it: the read token below names where the shard is, and a
     // watch from it tells the next write.
     drop(watch(format!("{shard}:999999999")).await);
+    let asked = std::time::Instant::now();
     let token = x.watch_token(Some(key.as_bytes())).await;
     let position = token
         .split(',')
@@ -1527,13 +1528,17 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
         "the read token {token:?} stands where a watch's token from the future put the feed"
     );
     assert_eq!(x.followed_shards(), vec![shard]);
-    // Unwatched, a read token's feed lingers.
+    // Unwatched, a read token's feed lingers (looked at only if this machine did not stall
+    // past the linger meanwhile).
     tokio::time::sleep(LINGER / 2).await;
-    assert_eq!(
-        x.followed_shards(),
-        vec![shard],
-        "the feed stopped within the linger"
-    );
+    let followed_then = x.followed_shards();
+    if asked.elapsed() < LINGER {
+        assert_eq!(
+            followed_then,
+            vec![shard],
+            "the feed stopped within the linger"
+        );
+    }
     until_done(&writer, set(&key, "v1")).await;
     let first_token = token.clone();
     let mut watcher = watch(token).await;
@@ -1594,7 +1599,7 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(x.followed_shards(), vec![shard]);
     let resuming = tokio::spawn(watch(first_token));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     net.heal();
     let mut resumed = resuming.await.unwrap();
     assert_eq!(
