@@ -1434,6 +1434,18 @@ async fn a_change_of_voters_left_half_made_is_finished_by_the_leader() {
     }
 }
 
+/// Waits until every shard has its two replicas, spread evenly over `nodes`.
+async fn two_replicas_each(nodes: &[Arc<Node>]) {
+    let refs = || nodes.iter().map(|n| &**n).collect::<Vec<&Node>>();
+    tokio::time::timeout(PATIENCE * 2, async {
+        while !spread_evenly(&refs(), SHARDS as usize, 2) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("replicas never settled: {:?}", holders(&refs())));
+}
+
 /// A node follows the change feed of a shard it holds no replica of only while something
 /// asks for it: nothing while idle; a read token starts it (waited for, so the token names
 /// the shard); a watch keeps it well past the linger; once nothing asks, it stops; and a
@@ -1457,14 +1469,7 @@ async fn a_node_follows_a_feed_only_while_a_watch_or_a_read_token_needs_it() {
         running.push(open_on(i, options).await);
     }
     let nodes: Vec<Arc<Node>> = running.iter().map(|r| r.node.clone()).collect();
-    let refs = || nodes.iter().map(|n| &**n).collect::<Vec<&Node>>();
-    tokio::time::timeout(PATIENCE * 2, async {
-        while !spread_evenly(&refs(), SHARDS as usize, 2) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("replicas never settled: {:?}", holders(&refs())));
+    two_replicas_each(&nodes).await;
     let followed = |nodes: &[Arc<Node>]| {
         nodes
             .iter()
@@ -1748,14 +1753,7 @@ async fn notifications_and_tracking_turned_on_where_no_feed_is_followed_tell_the
         running.push(start_with(&net, dir.path(), i, join, 2, true).await);
     }
     let nodes: Vec<Arc<Node>> = running.iter().map(|r| r.node.clone()).collect();
-    let refs = || nodes.iter().map(|n| &**n).collect::<Vec<&Node>>();
-    tokio::time::timeout(PATIENCE * 2, async {
-        while !spread_evenly(&refs(), SHARDS as usize, 2) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("replicas never settled: {:?}", holders(&refs())));
+    two_replicas_each(&nodes).await;
     // For each node, a key of the shard it lacks.
     let lacked = |node: &Arc<Node>, tag: &str| {
         (0..100)
