@@ -6,7 +6,9 @@
 //! (a position names a log index, the same on every replica), with the same split marks, so
 //! watchers, client tracking, keyspace notifications and read tokens use it unchanged. It
 //! keeps the same window in memory but reads no older history (it has no log): a watch
-//! resumed from before the window is told so (`Compacted`). The task follows the shard's
+//! resumed from before the window starts the feed again from its position
+//! ([`restarts_for`], at most once per position within the linger), and is told so
+//! (`Compacted`) when the feed still does not hold it. The task follows the shard's
 //! leader as the map names it, else another member, and resumes from where its feed stands
 //! when that node goes away. The feed is in touch while messages arrive: a holder sends one
 //! at least every [`FOLLOW_HEARTBEAT`], and ends the stream when its own replica is out of
@@ -19,7 +21,8 @@
 //! to the nodes that watch its shard, not to every node. A read token, or a watch, that
 //! needs a feed not followed yet waits up to [`FOLLOW_START_WAIT`] for its first message;
 //! a watch resuming from a token starts the followed feed where the token stands, so it is
-//! not told `compacted` for history the holder still keeps.
+//! not told `compacted` for history the holder still keeps (in its window or its log) and
+//! the follower's window can take.
 //!
 //! [`NodeOptions::follow_linger`]: crate::node::NodeOptions::follow_linger
 //! [`FOLLOW_START_WAIT`]: crate::node::FOLLOW_START_WAIT
@@ -78,6 +81,9 @@ pub(crate) struct Demand {
     /// The log index a watch asked to resume after while the node had no feed of the shard:
     /// where a followed feed started for it begins (the earliest asked, until one starts).
     pub from: Option<u64>,
+    /// The last time a watch's token started the feed again ([`restarts_for`]): the log
+    /// index it asked for, and when (ms since the node started).
+    pub restarted: Option<(u64, u64)>,
 }
 
 /// Of `candidates` (the shards routed here that this node holds no whole replica of), the
@@ -106,21 +112,23 @@ pub(crate) fn to_follow(
 /// its feed not started yet (`feed` `None`: no message yet), when `from` is earlier than
 /// it was asked to start after (`started_from`; `None`: from where the holder stood); its
 /// feed started (`feed`: where its history starts, whether a watcher reads it), when the
-/// feed does not hold `from`, no watcher reads it (one that does is not cut from under its
-/// watchers), and its holder may still have it: `holder_kept` is where the holder said its
-/// history started when it had less than was asked (0: it never did). A watch from before
-/// what the holder keeps is thus told `compacted`, rather than restarting the feed on every
-/// try; one whose position only the feed's window moved past starts it again.
+/// feed does not hold `from` (the holder may, in its window or its log) and no watcher
+/// reads it (one that does is not cut from under its watchers). Either way only from
+/// earlier than a restart for a watch made within the linger (`restarted_before`): a
+/// position the feed does not come to hold once started again (older than the holder
+/// keeps, or past the feed's window at once) is told `compacted` rather than restarting
+/// the shared feed on every retry.
 pub(crate) fn restarts_for(
     from: u64,
     started_from: Option<u64>,
     feed: Option<(u64, bool)>,
-    holder_kept: u64,
+    restarted_before: Option<u64>,
 ) -> bool {
-    match feed {
+    let wanted = match feed {
         None => started_from.is_none_or(|start| from < start),
-        Some((compacted, watched)) => from < compacted && !watched && from >= holder_kept,
-    }
+        Some((compacted, watched)) => from < compacted && !watched,
+    };
+    wanted && restarted_before.is_none_or(|before| from < before)
 }
 
 /// A followed feed on this node and its task.
@@ -134,9 +142,6 @@ pub(crate) struct Following {
     from: Option<u64>,
     /// When the last message arrived, in ms since the node started.
     heard: Arc<AtomicU64>,
-    /// Where the holder said its history started, when it had less than was asked (0: it
-    /// never did).
-    holder_kept: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -194,19 +199,29 @@ impl Node {
         }
         let routed = self.routed_now();
         let now = self.uptime_ms();
+        let linger = self.options().follow_linger.as_millis() as u64;
         let mut missing = false;
         let mut demand = self.feed_demand.lock();
         for (id, from) in wants {
             if !routed.contains(&id) {
                 continue;
             }
-            let restarted = from.is_some_and(|from| self.restart_before(id, from));
-            let none = restarted || self.feed_for(id).is_none();
-            missing |= none;
             let asked = demand.entry(id).or_insert(Demand {
                 at: now,
                 from: None,
+                restarted: None,
             });
+            let restarted_before = asked
+                .restarted
+                .filter(|&(_, at)| now.saturating_sub(at) < linger)
+                .map(|(index, _)| index);
+            let restarted =
+                from.is_some_and(|from| self.restart_before(id, from, restarted_before));
+            if let (true, Some(from)) = (restarted, from) {
+                asked.restarted = Some((from, now));
+            }
+            let none = restarted || self.feed_for(id).is_none();
+            missing |= none;
             asked.at = now;
             if none {
                 asked.from = match (asked.from, from) {
@@ -223,17 +238,18 @@ impl Node {
     }
 
     /// Drops the followed feed of shard `id` when a watch asks to resume after log index
-    /// `from`, which it does not hold and will not ([`restarts_for`]): the feed is then
-    /// followed again from `from` (the holder may still keep that history, in its window or
-    /// its log). `true` when it was dropped.
-    fn restart_before(&self, id: u32, from: u64) -> bool {
+    /// `from`, which it does not hold and will not ([`restarts_for`]; `restarted_before`:
+    /// the position of the last such restart within the linger): the feed is then followed
+    /// again from `from` (the holder may still keep that history, in its window or its
+    /// log). `true` when it was dropped.
+    fn restart_before(&self, id: u32, from: u64, restarted_before: Option<u64>) -> bool {
         let mut followed = self.followed.lock();
         let stale = followed.get(&id).is_some_and(|f| {
             restarts_for(
                 from,
                 f.from,
                 f.feed.get().map(|feed| (feed.compacted(), feed.watched())),
-                f.holder_kept.load(Ordering::Acquire),
+                restarted_before,
             )
         });
         if stale {
@@ -352,21 +368,18 @@ impl Node {
                 };
                 let feed = Arc::new(OnceLock::new());
                 let heard = Arc::new(AtomicU64::new(now));
-                let holder_kept = Arc::new(AtomicU64::new(0));
                 let task = tokio::spawn(follow(
                     Arc::downgrade(self),
                     id,
                     from,
                     feed.clone(),
                     heard.clone(),
-                    holder_kept.clone(),
                 ));
                 Following {
                     feed,
                     since: now,
                     from,
                     heard,
-                    holder_kept,
                     task,
                 }
             });
@@ -556,7 +569,6 @@ async fn follow(
     from: Option<u64>,
     feed: Arc<OnceLock<Arc<Feed>>>,
     heard: Arc<AtomicU64>,
-    holder_kept: Arc<AtomicU64>,
 ) {
     loop {
         let Some(holders) = node.upgrade().map(|n| n.holders(shard)) else {
@@ -566,7 +578,7 @@ async fn follow(
             let Some(n) = node.upgrade() else {
                 return;
             };
-            if let Err(e) = follow_from(&n, &addr, shard, from, &feed, &heard, &holder_kept).await {
+            if let Err(e) = follow_from(&n, &addr, shard, from, &feed, &heard).await {
                 tracing::debug!(shard, holder = %addr, error = %e, "following a shard's feed");
             }
         }
@@ -583,7 +595,6 @@ async fn follow_from(
     from: Option<u64>,
     feed: &OnceLock<Arc<Feed>>,
     heard: &AtomicU64,
-    holder_kept: &AtomicU64,
 ) -> anyhow::Result<()> {
     let channel = node.peers().channel(addr)?;
     let mut client = pb::node_client::NodeClient::new(channel)
@@ -625,7 +636,6 @@ async fn follow_from(
         });
         if update.compacted {
             feed.reset(update.upto);
-            holder_kept.fetch_max(update.upto, Ordering::AcqRel);
         }
         // Split marks first: a watcher woken by the batches must not pass a split unseen.
         for (index, child, first_slot, last_slot) in update.splits {
@@ -662,22 +672,23 @@ mod tests {
     fn a_feed_is_started_again_only_where_it_may_get_what_a_watch_asks() {
         // Started from where the holder stood (a read token): from a watch's token older
         // than its history, unless a watcher reads it.
-        assert!(restarts_for(5, None, Some((9, false)), 0));
-        assert!(!restarts_for(5, None, Some((9, true)), 0));
-        assert!(!restarts_for(9, None, Some((9, false)), 0));
-        // Started again from 5, the holder said its history starts at 9 (compacted): a
-        // watch from 5, or from 3, is not restarted again (it is told `compacted`).
-        assert!(!restarts_for(5, Some(5), Some((9, false)), 9));
-        assert!(!restarts_for(3, Some(5), Some((9, false)), 9));
-        assert!(!restarts_for(0, Some(0), Some((9, false)), 9));
-        // Only the feed's window moved past the position (the holder had it): again.
-        assert!(restarts_for(7, Some(5), Some((9, false)), 0));
-        assert!(restarts_for(7, Some(5), Some((12, false)), 7));
+        assert!(restarts_for(5, None, Some((9, false)), None));
+        assert!(!restarts_for(5, None, Some((9, true)), None));
+        assert!(!restarts_for(9, None, Some((9, false)), None));
+        // Started again for 5 within the linger, and it still does not hold 5 (the holder
+        // keeps less, or the feed's window moved past at once): not again for 5 or later (it
+        // is told `compacted`), again for earlier.
+        assert!(!restarts_for(5, Some(5), Some((9, false)), Some(5)));
+        assert!(!restarts_for(7, Some(5), Some((9, false)), Some(5)));
+        assert!(restarts_for(3, Some(5), Some((9, false)), Some(5)));
+        // Only the feed's window moved past a position (no restart lately): again.
+        assert!(restarts_for(7, Some(5), Some((9, false)), None));
         // No message yet: from earlier than asked, or than where the holder stood.
-        assert!(restarts_for(5, None, None, 0));
-        assert!(restarts_for(4, Some(5), None, 0));
-        assert!(!restarts_for(5, Some(5), None, 0));
-        assert!(!restarts_for(6, Some(5), None, 0));
+        assert!(restarts_for(5, None, None, None));
+        assert!(restarts_for(4, Some(5), None, None));
+        assert!(!restarts_for(5, Some(5), None, None));
+        assert!(!restarts_for(6, Some(5), None, None));
+        assert!(!restarts_for(4, Some(5), None, Some(4)));
     }
 
     #[test]
@@ -689,6 +700,7 @@ mod tests {
                 Demand {
                     at: 1_000,
                     from: None,
+                    restarted: None,
                 },
             ),
             (
@@ -696,6 +708,7 @@ mod tests {
                 Demand {
                     at: 9_001,
                     from: Some(7),
+                    restarted: None,
                 },
             ),
             // Asked for, but this node holds the whole shard (not a candidate).
@@ -704,6 +717,7 @@ mod tests {
                 Demand {
                     at: 9_500,
                     from: None,
+                    restarted: None,
                 },
             ),
         ]

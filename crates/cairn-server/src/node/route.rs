@@ -260,14 +260,20 @@ impl Node {
             .try_with(|&(shard, index)| (shard == shard_id).then_some(index))
             .ok()
             .flatten();
-        let named = super::TOKEN_FLOOR
-            .try_with(|token| token.0.get(&shard_id).map(|pos| pos.done()))
-            .ok()
-            .flatten();
+        let named = Self::token_floor(shard_id);
         own.max(asked)
             .max(named)
             .filter(|&index| index > 0)
             .map(|index| (shard_id, index))
+    }
+
+    /// The position in shard `shard_id` the watch token of the read being served named
+    /// ([`Node::read_after_token`]).
+    fn token_floor(shard_id: u32) -> Option<u64> {
+        super::TOKEN_FLOOR
+            .try_with(|token| token.0.get(&shard_id).map(|pos| pos.done()))
+            .ok()
+            .flatten()
     }
 
     /// Waits until this node's replica of `shard` has applied the floor the read being
@@ -279,13 +285,7 @@ impl Node {
             .try_with(|&(id, index)| (id == shard.id).then_some(index))
             .ok()
             .flatten();
-        // A read after a watch token served here (a stale read on a replica still catching
-        // up, whose token came from a feed this node follows further on).
-        let named = super::TOKEN_FLOOR
-            .try_with(|token| token.0.get(&shard.id).map(|pos| pos.done()))
-            .ok()
-            .flatten();
-        let Some(floor) = asked.max(named) else {
+        let Some(floor) = asked.max(Self::token_floor(shard.id)) else {
             return Ok(());
         };
         let deadline = tokio::time::Instant::now() + super::READ_FLOOR_WAIT;
@@ -484,7 +484,13 @@ impl Node {
             },
             Lead::No => {}
         }
-        if stale && self.in_group(&shard) {
+        // A stale read is served by this replica, unless it is behind what the read's watch
+        // token named (a learner still catching up, whose token came from the feed this node
+        // follows further on): the leader serves that one.
+        if stale
+            && self.in_group(&shard)
+            && Self::token_floor(shard_id).is_none_or(|floor| shard.group.applied_index() >= floor)
+        {
             self.reach_read_floor(&shard).await?;
             return self.read_owned(&shard, cmd);
         }
