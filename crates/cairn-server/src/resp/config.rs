@@ -135,3 +135,44 @@ pub fn config(args: &[Bytes], session: &mut Session, shared: &Shared) -> Frame {
         _ => err("ERR unhandled subcommand".to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<Bytes> {
+        line.split(' ')
+            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+            .collect()
+    }
+
+    /// Only a `CONFIG SET` that turns keyspace or keyevent notifications on waits for the
+    /// node's whole-keyspace watch to stand.
+    #[test]
+    fn only_turning_notifications_on_waits_for_the_keyspace_watch() {
+        assert!(turns_on_notifications(&args(
+            "CONFIG SET notify-keyspace-events KA"
+        )));
+        assert!(turns_on_notifications(&args(
+            "config set NOTIFY-KEYSPACE-EVENTS E$"
+        )));
+        assert!(turns_on_notifications(&args(
+            "CONFIG SET maxmemory 0 notify-keyspace-events Kx"
+        )));
+        // Off, classes with neither K nor E, a bad value, another parameter, a bare name.
+        assert!(!turns_on_notifications(&args(
+            "CONFIG SET notify-keyspace-events "
+        )));
+        assert!(!turns_on_notifications(&args(
+            "CONFIG SET notify-keyspace-events A"
+        )));
+        assert!(!turns_on_notifications(&args(
+            "CONFIG SET notify-keyspace-events Kq"
+        )));
+        assert!(!turns_on_notifications(&args("CONFIG SET maxmemory 0")));
+        assert!(!turns_on_notifications(&args(
+            "CONFIG SET notify-keyspace-events"
+        )));
+        assert!(!turns_on_notifications(&args("CONFIG GET")));
+    }
+}
