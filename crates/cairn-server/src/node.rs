@@ -320,18 +320,14 @@ impl Node {
             .map(|key| self.shards.shard_of_key(key))
             .filter(|id| *id != crate::shards::UNMAPPED);
         let shards: Vec<u32> = match shard {
-            Some(id) => {
-                self.ready_feeds(&[(id, None)]).await;
-                vec![id]
-            }
-            None if key.is_some() => self.shards.routed().into_iter().collect(),
-            None => {
-                let routed: Vec<u32> = self.shards.routed().into_iter().collect();
-                let wants: Vec<(u32, Option<u64>)> = routed.iter().map(|&id| (id, None)).collect();
-                self.ready_feeds(&wants).await;
-                routed
-            }
+            Some(id) => vec![id],
+            None => self.shards.routed().into_iter().collect(),
         };
+        // The feeds it lacks, waited for (not for an unmapped key: its read is refused).
+        if shard.is_some() || key.is_none() {
+            let wants: Vec<(u32, Option<u64>)> = shards.iter().map(|&id| (id, None)).collect();
+            self.ready_feeds(&wants).await;
+        }
         crate::watch::Token(
             shards
                 .into_iter()

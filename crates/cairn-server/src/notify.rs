@@ -149,12 +149,10 @@ impl Notifier {
 
     /// Starts following every change on this node's feeds, publishing its notifications to
     /// this node's subscribers, until the node stops; does nothing more when it already
-    /// runs. Every change after the returned watch stands is told
-    /// ([`crate::watch::Positioned::wait`], which `CONFIG SET` waits for before it answers).
-    pub fn start(self: &Arc<Self>, node: &Arc<Node>) -> crate::watch::Positioned {
-        self.running
-            .get_or_init(|| self.follow_keyspace(node))
-            .clone()
+    /// runs. Every change after its watch stands is told ([`Notifier::started`], which
+    /// `CONFIG SET` waits for before it answers).
+    pub fn start(self: &Arc<Self>, node: &Arc<Node>) {
+        self.running.get_or_init(|| self.follow_keyspace(node));
     }
 
     /// The whole-keyspace watch, once started.

@@ -368,16 +368,14 @@ impl Tracking {
     }
 
     /// Starts following every change of the keyspace on this node's feeds, invalidating,
-    /// until the node stops; does nothing more when it already runs. Once the returned watch
-    /// stands ([`crate::watch::Positioned::wait`], which `CLIENT TRACKING on` waits for
-    /// before it answers), a key read is invalidated by any later change.
-    pub fn start(self: &Arc<Self>, node: &Arc<Node>) -> crate::watch::Positioned {
-        self.running
-            .get_or_init(|| {
-                self.follow_touch(node);
-                self.follow_keyspace(node)
-            })
-            .clone()
+    /// until the node stops; does nothing more when it already runs. Once its watch stands
+    /// ([`Tracking::started`], which `CLIENT TRACKING on` waits for before it answers), a
+    /// key read is invalidated by any later change.
+    pub fn start(self: &Arc<Self>, node: &Arc<Node>) {
+        self.running.get_or_init(|| {
+            self.follow_touch(node);
+            self.follow_keyspace(node)
+        });
     }
 
     /// The whole-keyspace watch, once started.

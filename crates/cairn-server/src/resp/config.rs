@@ -124,7 +124,7 @@ pub fn config(args: &[Bytes], session: &mut Session, shared: &Shared) -> Frame {
             if let Some(flags) = flags {
                 if flags & (crate::notify::KEYSPACE | crate::notify::KEYEVENT) != 0 {
                     // The answer waits for it to stand (`Action::Standing`).
-                    let _ = shared.notifier.start(&shared.node);
+                    shared.notifier.start(&shared.node);
                 }
                 shared.notifier.set_flags(flags);
             }

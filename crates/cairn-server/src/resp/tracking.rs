@@ -156,7 +156,7 @@ pub fn tracking(args: &[Bytes], session: &mut Session, shared: &Shared) -> Frame
         bcast: options.bcast.then(|| options.prefixes.clone()),
     };
     // The answer waits for it to stand (`Action::Standing`).
-    let _ = shared.tracking.start(&shared.node);
+    shared.tracking.start(&shared.node);
     if let Err(e) = shared.tracking.enable(session.id, mode) {
         return err(e);
     }
