@@ -32,8 +32,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::balance::{GroupView, NodeState, Step};
 use crate::error::CommandError;
-use crate::meta::{META_GROUP, META_VOTERS_MAX, NodeRecord, ShardPlacement};
+use crate::meta::{META_GROUP, META_VOTERS_MAX, NodeRecord, RemovalCause, ShardPlacement};
 use crate::node::Node;
+use crate::peer::Removed;
 use crate::placement::{PROMOTE_LAG_ENTRIES_MAX, submit};
 use crate::proposer::GroupChange;
 use crate::shard::group_of_shard;
@@ -130,7 +131,7 @@ pub async fn run(node: Arc<Node>) {
     loop {
         tick.tick().await;
         if let Some(removal) = node.meta().removal(node.raft_id()) {
-            leave(&node, removal.refusal());
+            leave(&node, (&removal).into());
             return;
         }
         // A node that hears nothing of the map may have been dropped from it (a removed
@@ -148,11 +149,19 @@ pub async fn run(node: Arc<Node>) {
 /// its front ends (its clients' connections close after their current requests, which it
 /// still forwards to the shards' leaders, so a cluster client sees a closed connection and
 /// moves on, never an error) and then its groups (no other node counts it in any; it must
-/// not stand for election in them), and exits. Its data directory stays as it is, for its
-/// operator to delete.
-fn leave(node: &Node, reason: String) {
-    tracing::error!(%reason, "this node was removed from the cluster; it stops serving");
-    node.removed.send_replace(Some(reason));
+/// not stand for election in them), and exits: with status 0 if it was drained on request,
+/// with an error if it was replaced. Its data directory stays as it is, for its operator to
+/// delete.
+fn leave(node: &Node, removed: Removed) {
+    match removed.cause {
+        RemovalCause::Left => {
+            tracing::warn!(reason = %removed.reason, "this node left the cluster; it stops serving")
+        }
+        RemovalCause::Replaced => {
+            tracing::error!(reason = %removed.reason, "this node was removed from the cluster; it stops serving")
+        }
+    }
+    node.removed.send_replace(Some(removed));
 }
 
 /// Asks the cluster (any other node of the map, through the metadata leader) whether this
@@ -183,9 +192,9 @@ async fn confirm_membership(node: Arc<Node>, within: Duration) {
                     );
                     return;
                 }
-                Err(e) => match e.downcast::<crate::peer::Removed>() {
+                Err(e) => match e.downcast::<Removed>() {
                     Ok(removed) => {
-                        leave(&node, removed.0);
+                        leave(&node, removed);
                         return;
                     }
                     Err(e) => {
@@ -734,10 +743,10 @@ async fn finish_removals(
         return;
     }
     for r in records {
-        let (label, reason) = match states.get(&r.raft_id) {
-            Some(NodeState::Draining) => ("left", "left on request".to_string()),
+        let (cause, reason) = match states.get(&r.raft_id) {
+            Some(NodeState::Draining) => (RemovalCause::Left, "left on request".to_string()),
             Some(NodeState::Dead) => (
-                "replaced",
+                RemovalCause::Replaced,
                 format!(
                     "replaced after being down for {} s",
                     silent.get(&r.raft_id).map_or(0, Duration::as_secs)
@@ -764,14 +773,18 @@ async fn finish_removals(
             tracing::debug!(node = r.raft_id, error = %e, "not removed yet");
             continue;
         }
-        let still = |now: &NodeRecord| match label {
-            "left" => now.leaving,
-            _ => now.down,
+        let still = |now: &NodeRecord| match cause {
+            RemovalCause::Left => now.leaving,
+            RemovalCause::Replaced => now.down,
         };
-        match node.meta().remove(r.raft_id, reason.clone(), still).await {
+        match node
+            .meta()
+            .remove(r.raft_id, cause, reason.clone(), still)
+            .await
+        {
             Ok(true) => {
                 tracing::warn!(node = r.raft_id, name = %r.name, %reason, "node removed from the cluster");
-                metrics::counter!(crate::metrics::NODES_REMOVED_TOTAL, "reason" => label)
+                metrics::counter!(crate::metrics::NODES_REMOVED_TOTAL, "reason" => cause.as_str())
                     .increment(1);
                 let (node, addr) = (node.clone(), r.grpc_addr.clone());
                 tokio::spawn(async move {
@@ -785,8 +798,8 @@ async fn finish_removals(
 }
 
 /// Why removing `target` must be refused, if it must: fewer than `replicas` nodes would stay
-/// serving, or a group (of `groups`, each with its voters) would be left without a majority
-/// of its voters up.
+/// serving, or groups (of `groups`, each with its voters) would be left without a majority
+/// of their voters up (every such group is named).
 fn removal_refused(
     records: &[NodeRecord],
     target: &NodeRecord,
@@ -805,19 +818,23 @@ fn removal_refused(
         ));
     }
     let up = |n: &u64| records.iter().any(|r| r.raft_id == *n && !r.down);
-    for (g, voters) in groups {
-        let left: Vec<&u64> = voters.iter().filter(|v| **v != target.raft_id).collect();
-        let up_left = left.iter().filter(|v| up(v)).count();
-        if !left.is_empty() && up_left * 2 <= left.len() {
-            return Some(format!(
-                "removing node {} would leave group {g} without a majority of its voters up \
-                 ({up_left} of {})",
-                target.name,
-                left.len()
-            ));
-        }
-    }
-    None
+    let short: Vec<String> = groups
+        .iter()
+        .filter_map(|(g, voters)| {
+            let left: Vec<&u64> = voters.iter().filter(|v| **v != target.raft_id).collect();
+            let up_left = left.iter().filter(|v| up(v)).count();
+            (!left.is_empty() && up_left * 2 <= left.len())
+                .then(|| format!("group {g} ({up_left} of {} up)", left.len()))
+        })
+        .collect();
+    (!short.is_empty()).then(|| {
+        format!(
+            "removing node {} would leave these groups without a majority of their voters \
+             up: {}",
+            target.name,
+            short.join(", ")
+        )
+    })
 }
 
 impl Node {
@@ -855,15 +872,21 @@ impl Node {
             return Ok(());
         }
         let replicas = meta.config().map_or(1, |c| c.replicas as usize);
-        let groups: Vec<(u64, BTreeSet<u64>)> = std::iter::once((META_GROUP, &meta.group))
-            .chain(
-                self.shards()
-                    .list()
-                    .iter()
-                    .map(|s| (group_of_shard(s.id), &s.group)),
-            )
-            .map(|(g, group)| (g, group.status().voters))
+        // Every shard's voters as its leader reported them to the map: this node need not
+        // hold a replica of every shard (data on the voters only). A shard of its own not
+        // reported yet (a child just split off) as its replica here sees it.
+        let mut groups: BTreeMap<u64, BTreeSet<u64>> = meta
+            .shards()
+            .into_iter()
+            .map(|p| (group_of_shard(p.shard), p.voters))
             .collect();
+        for shard in self.shards().list() {
+            groups
+                .entry(group_of_shard(shard.id))
+                .or_insert_with(|| shard.group.status().voters);
+        }
+        groups.insert(META_GROUP, meta.group.status().voters);
+        let groups: Vec<(u64, BTreeSet<u64>)> = groups.into_iter().collect();
         if let Some(why) = removal_refused(&records, target, replicas, &groups) {
             return Err(ManageError::Refused(why));
         }
@@ -950,9 +973,16 @@ mod tests {
         let why = removal_refused(&records, &records[0], 3, &[]).unwrap();
         assert!(why.contains("2 serving node(s) for 3 replicas"), "{why}");
         // Voters {1, 2, 3} with 3 down: without 1, one of the two left is up.
-        let why = removal_refused(&records, &records[0], 2, &[(5, all)]).unwrap();
+        let why = removal_refused(&records, &records[0], 2, &[(5, all.clone())]).unwrap();
         assert!(
-            why.contains("group 5 without a majority") && why.contains("(1 of 2)"),
+            why.contains("without a majority") && why.contains("group 5 (1 of 2 up)"),
+            "{why}"
+        );
+        // Every group short of a majority is named, and no other.
+        let groups = [(5, all), (6, [1, 3].into()), (7, [2, 4].into())];
+        let why = removal_refused(&records, &records[0], 2, &groups).unwrap();
+        assert!(
+            why.ends_with("group 5 (1 of 2 up), group 6 (0 of 1 up)"),
             "{why}"
         );
     }

@@ -79,6 +79,39 @@ pub struct Removal {
     pub name: String,
     /// Why, in words (`left on request`, `replaced after being down for 300 s`).
     pub reason: String,
+    /// Whether it was drained on request or replaced (a record written before this field
+    /// reads as replaced, the stricter of the two).
+    #[serde(default)]
+    pub cause: RemovalCause,
+}
+
+/// Why the cluster removed a node: what its process tells by its exit status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemovalCause {
+    /// Drained with `cairn cluster remove-node`: it did what it was asked, and exits 0.
+    Left,
+    /// Down for longer than `--replace-down-after`, its replicas recreated elsewhere: it
+    /// exits with an error, for its operator to notice.
+    #[default]
+    Replaced,
+}
+
+impl RemovalCause {
+    /// The name a refused `Join` carries for it ([`crate::peer::REMOVED_METADATA`]).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemovalCause::Left => "left",
+            RemovalCause::Replaced => "replaced",
+        }
+    }
+
+    /// Reads [`RemovalCause::as_str`]; anything else is `Replaced`.
+    pub fn parse(s: &str) -> RemovalCause {
+        match s {
+            "left" => RemovalCause::Left,
+            _ => RemovalCause::Replaced,
+        }
+    }
 }
 
 /// Where a shard lives and who leads it, as its leader last reported it to the map
@@ -454,6 +487,7 @@ impl Meta {
     pub async fn remove(
         &self,
         raft_id: u64,
+        cause: RemovalCause,
         reason: String,
         still: impl Fn(&NodeRecord) -> bool,
     ) -> Result<bool, CommandError> {
@@ -466,6 +500,7 @@ impl Meta {
             raft_id,
             name: record.name,
             reason,
+            cause,
         };
         let value = serde_json::to_vec(&removal).expect("a removal serialises");
         self.put(removal_key(raft_id), value).await?;

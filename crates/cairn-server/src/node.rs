@@ -261,7 +261,7 @@ pub struct Node {
     /// routed from ([`Node::refresh_placements`]).
     placements_seen: std::sync::atomic::AtomicU64,
     /// Why the cluster removed this node, once the balancer task learned it did.
-    pub(crate) removed: tokio::sync::watch::Sender<Option<String>>,
+    pub(crate) removed: tokio::sync::watch::Sender<Option<crate::peer::Removed>>,
     /// Tests only: the next multi-shard read pauses before reading its second shard's part
     /// (it notifies the first, then waits for the second), so that a test can commit a
     /// transaction between the parts of one pass.
@@ -571,7 +571,7 @@ impl Node {
     }
 
     /// Why the cluster removed this node, once it did (`cairn server` then stops).
-    pub fn removal(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+    pub fn removal(&self) -> tokio::sync::watch::Receiver<Option<crate::peer::Removed>> {
         self.removed.subscribe()
     }
 

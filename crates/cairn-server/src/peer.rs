@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 
 use crate::command::Command;
 use crate::error::CommandError;
-use crate::meta::NodeRecord;
+use crate::meta::{NodeRecord, Removal, RemovalCause};
 use crate::node::Node;
 use crate::reply::Reply;
 
@@ -105,7 +105,7 @@ impl pb::node_server::Node for NodeService {
         }
         let name = r.name.clone();
         if let Some(gone) = meta.removals().into_iter().find(|g| g.name == name) {
-            return Err(Status::failed_precondition(gone.refusal()));
+            return Err(refused(&gone));
         }
         let raft_id = meta
             .register(NodeRecord {
@@ -121,7 +121,7 @@ impl pb::node_server::Node for NodeService {
             .map_err(
                 |e| match meta.removals().into_iter().find(|g| g.name == name) {
                     // Removed meanwhile (the check above read a replica that lagged).
-                    Some(gone) => Status::failed_precondition(gone.refusal()),
+                    Some(gone) => refused(&gone),
                     None => Status::unavailable(e.to_string()),
                 },
             )?;
@@ -303,10 +303,40 @@ pub async fn forward(
     }
 }
 
-/// The cluster refused to admit a node because it was removed from it.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Removed(pub String);
+/// The gRPC metadata key of a refused `Join` that names the node's
+/// [`crate::meta::RemovalCause`].
+pub const REMOVED_METADATA: &str = "cairn-removed";
+
+/// The status a removed node's `Join` is refused with: FAILED_PRECONDITION, the
+/// [`Removal::refusal`], and the cause in the [`REMOVED_METADATA`] metadata.
+fn refused(gone: &Removal) -> Status {
+    let mut status = Status::failed_precondition(gone.refusal());
+    status.metadata_mut().insert(
+        REMOVED_METADATA,
+        tonic::metadata::MetadataValue::from_static(gone.cause.as_str()),
+    );
+    status
+}
+
+/// The cluster refused to admit a node because it was removed from it (or the node found
+/// its removal in its own replica of the map).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason}")]
+pub struct Removed {
+    /// The refusal, in words.
+    pub reason: String,
+    /// Why it was removed.
+    pub cause: RemovalCause,
+}
+
+impl From<&Removal> for Removed {
+    fn from(removal: &Removal) -> Removed {
+        Removed {
+            reason: removal.refusal(),
+            cause: removal.cause,
+        }
+    }
+}
 
 /// Asks the cluster that `addr` belongs to to admit this node; follows redirects to the
 /// metadata leader and retries for up to [`JOIN_WAIT`]. Returns the Raft id and shard count.
@@ -338,7 +368,16 @@ pub async fn join(peers: &Peers, addr: &str, me: &NodeRecord) -> anyhow::Result<
             Ok(Err(e)) => {
                 if let Some(status) = e.downcast_ref::<Status>() {
                     if status.code() == tonic::Code::FailedPrecondition {
-                        return Err(Removed(status.message().to_string()).into());
+                        let cause = status
+                            .metadata()
+                            .get(REMOVED_METADATA)
+                            .and_then(|v| v.to_str().ok())
+                            .map_or(RemovalCause::Replaced, RemovalCause::parse);
+                        return Err(Removed {
+                            reason: status.message().to_string(),
+                            cause,
+                        }
+                        .into());
                     }
                 }
                 last_error = format!("{e:#}")

@@ -135,10 +135,18 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     let mut removed = node.removal();
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
-        Ok(reason) = async { removed.wait_for(Option::is_some).await.map(|r| r.clone()) } => {
-            let reason = reason.unwrap_or_default();
-            tracing::error!(%reason, "removed from the cluster; shutting down");
-            failure = Some(anyhow::anyhow!(reason));
+        Ok(Some(removed)) = async { removed.wait_for(Option::is_some).await.map(|r| r.clone()) } => {
+            // Drained on request, it did what it was asked: it exits 0, so a service manager
+            // that restarts failed processes leaves it stopped. Replaced, it fails.
+            match removed.cause {
+                crate::meta::RemovalCause::Left => {
+                    tracing::warn!(reason = %removed.reason, "left the cluster; shutting down")
+                }
+                crate::meta::RemovalCause::Replaced => {
+                    tracing::error!(reason = %removed.reason, "removed from the cluster; shutting down");
+                    failure = Some(anyhow::anyhow!(removed.reason));
+                }
+            }
         }
         Some(ended) = tasks.join_next() => {
             let error = match ended {

@@ -548,14 +548,28 @@ impl Node {
     }
 
     /// The node that leads `key`'s shard, when it is another node (for `MOVED` redirects):
-    /// its record in the cluster map.
+    /// its record in the cluster map. The leader this node's replica of the shard knows, or,
+    /// where it holds none (data on the voters only), the one the map's placement names.
     pub fn leader_elsewhere(&self, key: &[u8]) -> Option<NodeRecord> {
-        let shard = self.shards.for_key(key)?;
-        let status = shard.group.status();
-        if status.role == Role::Leader {
+        let leader = match self.shards.for_key(key) {
+            Some(shard) => {
+                let status = shard.group.status();
+                if status.role == Role::Leader {
+                    return None;
+                }
+                status.leader?
+            }
+            None => {
+                self.placements
+                    .read()
+                    .get(&self.shards.shard_of_key(key))?
+                    .leader
+            }
+        };
+        if leader == self.raft_id() {
             return None;
         }
-        self.meta.node(status.leader?)
+        self.meta.node(leader)
     }
 }
 

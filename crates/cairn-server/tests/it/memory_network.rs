@@ -523,6 +523,103 @@ pub(crate) fn spread_evenly(nodes: &[&Node], shards: usize, replicas: usize) -> 
         && per_node.iter().max().unwrap() - per_node.iter().min().unwrap() <= 1
 }
 
+/// `remove-node` is refused when it would leave a shard without a majority of its voters up,
+/// also a shard the metadata leader holds no replica of (data on the voters only): the check
+/// reads every shard's voters from the map, not the leader's own replicas. (It read the
+/// leader's replicas only: the removal was accepted, and the drain could never finish.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_that_would_leave_any_shard_without_a_majority_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemoryNetwork::new();
+    let mut running = vec![start_with(&net, dir.path(), 1, None, 2, true).await];
+    for i in 2..=4 {
+        running.push(start_with(&net, dir.path(), i, Some(1), 2, true).await);
+    }
+    let nodes: Vec<Arc<Node>> = running.iter().map(|r| r.node.clone()).collect();
+    let refs: Vec<&Node> = nodes.iter().map(|n| &**n).collect();
+    // Settled, every shard reported with its two voters, and a metadata leader: one that
+    // holds no replica of some shard (three shards of two replicas on four nodes).
+    let (leader, shard) = tokio::time::timeout(PATIENCE * 2, async {
+        loop {
+            if spread_evenly(&refs, SHARDS as usize, 2) {
+                if let Some(leader) = nodes.iter().find(|n| n.meta().is_leader()) {
+                    let reported = leader.meta().shards();
+                    let lacked = reported
+                        .iter()
+                        .find(|p| p.voters.len() == 2 && !p.voters.contains(&leader.raft_id()));
+                    if reported.len() == SHARDS as usize
+                        && reported.iter().all(|p| p.voters.len() == 2)
+                        && let Some(lacked) = lacked
+                    {
+                        return (leader.clone(), lacked.clone());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never settled: {:?}", holders(&refs)));
+    assert!(
+        leader.shards().get(shard.shard).is_none(),
+        "the metadata leader holds the shard it should lack"
+    );
+    let index_of = |raft_id: u64| {
+        nodes
+            .iter()
+            .position(|n| n.raft_id() == raft_id)
+            .expect("a voter is one of the nodes")
+    };
+    let mut voters = shard.voters.iter().copied();
+    let (down, target) = (voters.next().unwrap(), voters.next().unwrap());
+
+    // One of the shard's two voters goes down (the map says so after `down_after`).
+    net.isolate(grpc_addr(index_of(down) as u8 + 1));
+    tokio::time::timeout(PATIENCE, async {
+        while !leader
+            .meta()
+            .nodes()
+            .iter()
+            .any(|r| r.raft_id == down && r.down)
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the isolated node is marked down");
+
+    // Removing the other would leave the shard with no voter up: refused, naming its group
+    // (among others: the metadata group too, if both were its voters).
+    let name = leader
+        .meta()
+        .nodes()
+        .into_iter()
+        .find(|r| r.raft_id == target)
+        .expect("the target is in the map")
+        .name;
+    let group = cairn_server::shard::group_of_shard(shard.shard);
+    match leader.remove_node(&name).await {
+        Err(cairn_server::balancer::ManageError::Refused(why)) => assert!(
+            why.contains("without a majority")
+                && why.contains(&format!("group {group} (0 of 1 up)")),
+            "refused for another reason: {why}"
+        ),
+        other => panic!("removing a voter of shard {} was {other:?}", shard.shard),
+    }
+    assert!(
+        leader
+            .meta()
+            .nodes()
+            .iter()
+            .any(|r| r.raft_id == target && !r.leaving),
+        "the refused node was marked leaving"
+    );
+    net.heal();
+    for r in running.into_iter().rev() {
+        stop(r).await;
+    }
+}
+
 /// With data on the voters only, each shard's replicas live on `replicas` nodes: the others
 /// hold none, and still serve every key (forwarded to the leader the map names); a node
 /// that joins takes its share, copied to it; a node drained away leaves its replicas
