@@ -574,8 +574,18 @@ pub(crate) struct Written {
 /// state, so a refused entry whose effect leaked into a later one, or an increment applied
 /// twice, shows up as a counter outside [acknowledged, acknowledged + unknown].
 pub(crate) fn write_while(addr: SocketAddr, writer: usize, go: impl Fn() -> bool) -> Written {
+    write_counting(addr, writer, format!("ctr:{writer}"), go)
+}
+
+/// [`write_while`] with `counter` as its counter key.
+pub(crate) fn write_counting(
+    addr: SocketAddr,
+    writer: usize,
+    counter: String,
+    go: impl Fn() -> bool,
+) -> Written {
     let mut w = Written {
-        counter: format!("ctr:{writer}"),
+        counter,
         ..Written::default()
     };
     let mut conn = Conn::connect(addr);
@@ -1373,7 +1383,7 @@ print("ok")
 
 /// Whether node `i`'s CLUSTER SLOTS names as master of every shard's slots the node that its
 /// `/v1/cluster` names the shard's leader, at that node's RESP port (`resp_port`, by name).
-fn slots_name_leaders(
+pub(crate) fn slots_name_leaders(
     cluster: &Cluster,
     i: usize,
     resp_port: &BTreeMap<String, i64>,

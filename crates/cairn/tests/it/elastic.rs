@@ -22,7 +22,8 @@ use serde_json::Value;
 
 use crate::cluster::{
     Answer, CONVERGE_TIMEOUT, Cluster, Conn, LinClient, Op, SHARDS, Written,
-    assert_outcomes_honest, assert_readable, check_linearizable, lin_client, write_while,
+    assert_outcomes_honest, assert_readable, check_linearizable, lin_client, slots_name_leaders,
+    write_counting, write_while,
 };
 use crate::support::{Node, cairn_bin, poll_until};
 
@@ -139,18 +140,33 @@ print(json.dumps({"acked": acked, "errors": errors}))
 const LIN_CLIENTS: u64 = 3;
 const LIN_KEYS: usize = 4;
 
-/// Runs linearizability clients through `addrs` until `stop`; each is a sequence of
-/// [`lin_client`] runs (each under its own client id, so written values stay unique).
+/// The usual keys of [`lin_clients`].
+fn lin_keys() -> Vec<String> {
+    (0..LIN_KEYS).map(|k| format!("lin:{k}")).collect()
+}
+
+/// The `nth` key named `{prefix}{n}` whose slot is in `slots`.
+fn key_in(prefix: &str, slots: std::ops::RangeInclusive<u16>, nth: usize) -> String {
+    (0..)
+        .map(|n| format!("{prefix}{n}"))
+        .filter(|key| slots.contains(&cairn_server::slot::key_slot(key.as_bytes())))
+        .nth(nth)
+        .expect("some key hashes into the range")
+}
+
+/// Runs linearizability clients on `keys` through `addrs` until `stop`; each is a sequence
+/// of [`lin_client`] runs (each under its own client id, so written values stay unique).
+/// Their operations' times count from `start`.
 fn lin_clients(
     addrs: Vec<std::net::SocketAddr>,
+    keys: Vec<String>,
+    start: Instant,
     stop: Arc<AtomicBool>,
 ) -> Vec<std::thread::JoinHandle<Vec<(usize, Op)>>> {
-    let start = Instant::now();
     (0..LIN_CLIENTS)
         .map(|c| {
-            let (addrs, stop) = (addrs.clone(), stop.clone());
+            let (addrs, keys, stop) = (addrs.clone(), keys.clone(), stop.clone());
             std::thread::spawn(move || {
-                let keys: Vec<String> = (0..LIN_KEYS).map(|k| format!("lin:{k}")).collect();
                 let mut history = Vec::new();
                 let mut run = 0;
                 while !stop.load(Ordering::Relaxed) {
@@ -209,15 +225,22 @@ impl Load {
     /// RESP writers through nodes `through`, and the cluster clients bootstrapped from the
     /// first of them.
     fn start(cluster: &Cluster, through: &[usize]) -> Load {
+        let counters = through.iter().map(|i| format!("ctr:{}", 100 + i)).collect();
+        Load::start_counting(cluster, through, counters)
+    }
+
+    /// [`Load::start`], the RESP writer through `through[n]` counting on `counters[n]`.
+    fn start_counting(cluster: &Cluster, through: &[usize], counters: Vec<String>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let dir = tempfile::tempdir().unwrap();
         let stop_file = dir.path().join("stop");
         let resp = through
             .iter()
-            .map(|&i| {
+            .zip(counters)
+            .map(|(&i, counter)| {
                 let (addr, stop) = (cluster.nodes[i].resp_addr, stop.clone());
                 std::thread::spawn(move || {
-                    write_while(addr, 100 + i, || !stop.load(Ordering::Relaxed))
+                    write_counting(addr, 100 + i, counter, || !stop.load(Ordering::Relaxed))
                 })
             })
             .collect();
@@ -401,6 +424,8 @@ fn a_node_joins_and_another_leaves_under_load_without_a_failed_request() {
     let lin_stop = Arc::new(AtomicBool::new(false));
     let lin = lin_clients(
         cluster.nodes.iter().map(|n| n.resp_addr).collect(),
+        lin_keys(),
+        Instant::now(),
         lin_stop.clone(),
     );
     // A plain client of the leaving node writes until its connection closes.
@@ -584,6 +609,42 @@ fn a_node_down_past_the_replace_time_is_replaced_and_told_so_when_it_returns() {
     cluster.nodes[victim_at].kill();
     let killed_at = Instant::now();
     members.remove(&victim);
+    // Clients of every kind, and linearizability clients, run through the others from the
+    // moment each of them routes every shard to a live leader (a write in flight to a
+    // leader killed under it has an unknown outcome, which other tests check) until the
+    // victim has come back and been told it was replaced: the replacement's moves fail no
+    // request.
+    for &i in &stay {
+        poll_until(
+            CONVERGE_TIMEOUT,
+            Duration::from_millis(100),
+            || {
+                format!(
+                    "node {i} still routes a shard to the dead node\n{}",
+                    cluster.logs()
+                )
+            },
+            || {
+                let status = cluster.status(i);
+                let stuck: Vec<Value> = status["shards"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|g| g["leader"].as_str().is_none_or(|l| l == victim))
+                    .map(|g| g["id"].clone())
+                    .collect();
+                if stuck.is_empty() { Ok(()) } else { Err(stuck) }
+            },
+        );
+    }
+    let load = Load::start(&cluster, &stay);
+    let lin_stop = Arc::new(AtomicBool::new(false));
+    let lin = lin_clients(
+        stay.iter().map(|&i| cluster.nodes[i].resp_addr).collect(),
+        lin_keys(),
+        Instant::now(),
+        lin_stop.clone(),
+    );
     wait_balanced(&cluster, stay[0], &members);
     assert!(
         killed_at.elapsed() >= Duration::from_secs(8),
@@ -623,6 +684,11 @@ fn a_node_down_past_the_replace_time_is_replaced_and_told_so_when_it_returns() {
         Path::new(&cluster.nodes[victim_at].data_dir).exists(),
         "its data stays for its operator"
     );
+    let seen = load.finish();
+    lin_stop.store(true, Ordering::Relaxed);
+    let recorded: Vec<(usize, Op)> = lin.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    assert_linearizable(&cluster, recorded);
+    assert_clean(&cluster, &seen, &stay);
 }
 
 /// Every shard's slot ranges in `status` (a `/v1/cluster` answer), by shard id.
@@ -705,13 +771,32 @@ fn shards_split_under_load_without_a_failed_request() {
             .iter()
             .all(|(_, v, at)| !v.is_empty() && !at.is_empty())
     );
-    let load = Load::start(&cluster, &[0, 1, 2]);
+    // The keys the linearizability clients read and write, and two of the RESP writers'
+    // counters, live in slots the splits move: shard 2's top (to shard 5, from slot 10000)
+    // and shard 0's top (to shard 4, above where its keys split in halves). One counter stays.
+    let (to_5, top_of_0) = (10_000..=12_287, 3_600..=4_095);
+    let moving_keys = vec![
+        key_in("lin:", to_5.clone(), 0),
+        key_in("lin:", to_5.clone(), 1),
+        key_in("lin:", top_of_0.clone(), 0),
+        key_in("lin:", top_of_0.clone(), 1),
+    ];
+    let counters = vec![
+        key_in("ctr:", to_5.clone(), 0),
+        key_in("ctr:", top_of_0.clone(), 0),
+        key_in("ctr:", 5_000..=5_100, 0),
+    ];
+    let load = Load::start_counting(&cluster, &[0, 1, 2], counters.clone());
     let lin_stop = Arc::new(AtomicBool::new(false));
+    let lin_start = Instant::now();
     let lin = lin_clients(
         cluster.nodes.iter().map(|n| n.resp_addr).collect(),
+        moving_keys.clone(),
+        lin_start,
         lin_stop.clone(),
     );
     std::thread::sleep(Duration::from_secs(1));
+    let splits_began = lin_start.elapsed().as_nanos() as u64;
 
     // Shard 0 splits where its keys split in halves (the CLI, through node 1), shard 2 at a
     // slot of our choosing (HTTP, through node 2), while the clients keep going.
@@ -746,10 +831,20 @@ fn shards_split_under_load_without_a_failed_request() {
         (&second["child"], &second["first_slot"]),
         (&5.into(), &10000.into())
     );
+    let splits_ended = lin_start.elapsed().as_nanos() as u64;
     std::thread::sleep(Duration::from_secs(2));
     let seen = load.finish();
     lin_stop.store(true, Ordering::Relaxed);
     let recorded: Vec<(usize, Op)> = lin.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    // Every key's history runs from before the splits (served by the parent) to after them
+    // (by the child): one history, checked as one.
+    for (k, key) in moving_keys.iter().enumerate() {
+        let ops = || recorded.iter().filter(|(i, _)| *i == k).map(|(_, op)| op);
+        assert!(
+            ops().any(|op| op.ret < splits_began) && ops().any(|op| op.call > splits_ended),
+            "{key}: no operation both before and after the splits"
+        );
+    }
     assert_linearizable(&cluster, recorded);
     assert_clean(&cluster, &seen, &[0, 1, 2]);
 
@@ -759,6 +854,21 @@ fn shards_split_under_load_without_a_failed_request() {
     assert_eq!(ranges.len(), 6, "{ranges:?}");
     assert!(tiles(&ranges), "{ranges:?}");
     assert_eq!(ranges[&5], vec![(10000, 12287)]);
+    // The keys meant to move did move to the new shards.
+    let shard_of = |key: &str| -> u64 {
+        let slot = i64::from(cairn_server::slot::key_slot(key.as_bytes()));
+        *ranges
+            .iter()
+            .find(|(_, r)| r.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .expect("every slot has a shard")
+            .0
+    };
+    for key in moving_keys.iter().chain(&counters[..2]) {
+        assert!(
+            [4, 5].contains(&shard_of(key)),
+            "{key} did not move: {ranges:?}"
+        );
+    }
     for i in 1..3 {
         poll_until(
             CONVERGE_TIMEOUT,
@@ -777,6 +887,27 @@ fn shards_split_under_load_without_a_failed_request() {
     wait_balanced(&cluster, 0, &members);
     for i in 0..3 {
         assert_eq!(cluster_slots_assigned(&cluster, i), 16384, "node {i}");
+    }
+    // Every node's CLUSTER SLOTS names each shard's leader for its slots, the new shards'
+    // included (checked against the status, which names six shards).
+    let resp_port = |cluster: &Cluster| -> BTreeMap<String, i64> {
+        (0..cluster.nodes.len())
+            .map(|i| {
+                (
+                    cluster.name(i),
+                    i64::from(cluster.nodes[i].resp_addr.port()),
+                )
+            })
+            .collect()
+    };
+    for i in 0..3 {
+        let ports = resp_port(&cluster);
+        poll_until(
+            CONVERGE_TIMEOUT,
+            Duration::from_millis(100),
+            || format!("node {i}'s CLUSTER SLOTS\n{}", cluster.logs()),
+            || slots_name_leaders(&cluster, i, &ports),
+        );
     }
     // The metadata leader counted both requests done (each node's replicas, each split
     // applied).
@@ -842,10 +973,15 @@ fn shards_split_under_load_without_a_failed_request() {
 
     // A node that joins after the splits learns of the new shards from its copies of their
     // parents, and gets replicas of them too: its own replicas serve every key (stale reads).
+    // It answers MOVED for keys another node leads (`--resp-redirect`).
     let join = cluster.nodes[0].grpc_addr.to_string();
-    cluster
-        .nodes
-        .push(Node::start_with(&["--shards", SHARDS, "--join", &join]));
+    cluster.nodes.push(Node::start_with(&[
+        "--shards",
+        SHARDS,
+        "--join",
+        &join,
+        "--resp-redirect",
+    ]));
     poll_until(
         CONVERGE_TIMEOUT,
         Duration::from_millis(200),
@@ -873,6 +1009,63 @@ fn shards_split_under_load_without_a_failed_request() {
             Ok(())
         },
     );
+    // Balanced, the new node holds four or five of the six shards (three replicas each on
+    // four nodes). For a key of a shard it holds but does not lead, and of one it holds no
+    // replica of (routed by the map), it answers MOVED to the leader's RESP address; the
+    // leader then takes the write.
+    wait_balanced(
+        &cluster,
+        0,
+        &members.iter().cloned().chain([cluster.name(3)]).collect(),
+    );
+    let ports = resp_port(&cluster);
+    let newest = cluster.name(3);
+    let mut redirected = BTreeSet::new();
+    poll_until(
+        CONVERGE_TIMEOUT,
+        Duration::from_millis(100),
+        || {
+            format!(
+                "node 3 never redirected both kinds (last seen: which were held)\n{}",
+                cluster.logs()
+            )
+        },
+        || {
+            let status = cluster.status(3);
+            for g in status["shards"].as_array().unwrap() {
+                let leader = g["leader"].as_str().unwrap_or_default();
+                if leader == newest || leader.is_empty() {
+                    continue;
+                }
+                let held = names(&g["replicas"]).contains(&newest);
+                let (a, b) = (
+                    g["slots"][0]["start"].as_i64().unwrap(),
+                    g["slots"][0]["end"].as_i64().unwrap(),
+                );
+                let key = key_in("moved:", a as u16..=b as u16, 0);
+                let slot = cairn_server::slot::key_slot(key.as_bytes());
+                let want = format!("MOVED {slot} 127.0.0.1:{}", ports[leader]);
+                let mut conn = Conn::connect(cluster.nodes[3].resp_addr).unwrap();
+                match conn.cmd(&["SET", &key, "v"]) {
+                    Answer::Error(e) if e == want => {
+                        let port = u16::try_from(ports[leader]).unwrap();
+                        let mut there = Conn::connect(([127, 0, 0, 1], port).into()).unwrap();
+                        if there.cmd(&["SET", &key, "v"]) == Answer::Ok {
+                            redirected.insert(held);
+                        }
+                    }
+                    // Led here or elsewhere by now: the status read was a moment old.
+                    _ => {}
+                }
+            }
+            if redirected.len() == 2 {
+                Ok(())
+            } else {
+                Err(redirected.clone())
+            }
+        },
+    );
+
     // FLUSHALL through the newest node empties every shard, the split ones included.
     let mut conn = Conn::connect(cluster.nodes[3].resp_addr).unwrap();
     assert_eq!(conn.cmd(&["FLUSHALL"]), Answer::Ok);
