@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::balance::{GroupView, NodeState, Step};
 use crate::error::CommandError;
-use crate::meta::{META_GROUP, META_VOTERS_MAX, NodeRecord, RemovalCause, ShardPlacement};
+use crate::meta::{META_GROUP, NodeRecord, RemovalCause, ShardPlacement, meta_voters};
 use crate::node::Node;
 use crate::peer::Removed;
 use crate::placement::{PROMOTE_LAG_ENTRIES_MAX, submit};
@@ -315,8 +315,8 @@ pub fn states(
 }
 
 /// Every group as the balancer is to see it: its voters and leader, and how many voters it
-/// should have (the cluster's `replicas` for a shard, up to [`META_VOTERS_MAX`] for the
-/// metadata group, capped by the nodes that stay). The metadata group as this node's
+/// should have (the cluster's `replicas` for a shard, [`meta_voters`] for the metadata
+/// group, capped by the nodes that stay). The metadata group as this node's
 /// replica (its leader's) sees it; each shard as its leader last reported it to the map
 /// ([`crate::meta::ShardPlacement`]): the metadata leader need not hold a replica of every
 /// shard. A shard not reported yet (a child whose group has just elected its leader) is
@@ -339,7 +339,7 @@ fn views(
     let meta = node.meta().group.status();
     std::iter::once(GroupView {
         id: META_GROUP,
-        replicas: META_VOTERS_MAX.min(staying),
+        replicas: meta_voters(replicas).min(staying),
         voters: meta.voters,
         learners: BTreeMap::new(),
         leader: meta.leader,

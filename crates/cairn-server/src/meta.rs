@@ -10,7 +10,7 @@
 //! its name). Writes are
 //! ordinary commands evaluated by the group's proposer, so they are durable on a majority of
 //! the group's voters before they are acknowledged, and only the group's leader makes them.
-//! Every node holds a replica (up to [`META_VOTERS_MAX`] voters, placed by the balancer; the
+//! Every node holds a replica ([`meta_voters`] voters, placed by the balancer; the
 //! others learners), so any
 //! node reads the map locally; those reads may lag the leader by the replication delay, which
 //! is fine for what they serve (addresses, status).
@@ -39,8 +39,17 @@ use crate::shards::{ShardsSetup, open_replica};
 
 /// The metadata group's Raft group id.
 pub const META_GROUP: u64 = 0;
-/// Most voters of the metadata group; other nodes hold learner replicas of it.
-pub const META_VOTERS_MAX: usize = 3;
+/// Fewest voters the metadata group wants (capped by the nodes that stay); it wants as
+/// many as a shard when shards have more ([`meta_voters`]). Other nodes hold learner
+/// replicas of it.
+pub const META_VOTERS_MIN: usize = 3;
+
+/// The voters the metadata group wants in a cluster of `replicas` voters per shard, before
+/// the cap by the nodes that stay: as many as a shard, at least [`META_VOTERS_MIN`], so the
+/// map survives every loss of nodes the shards survive.
+pub fn meta_voters(replicas: usize) -> usize {
+    META_VOTERS_MIN.max(replicas)
+}
 /// Most nodes the map lists (one scan reads them all).
 pub const NODES_MAX: usize = 1024;
 
