@@ -691,6 +691,107 @@ fn a_node_down_past_the_replace_time_is_replaced_and_told_so_when_it_returns() {
     assert_clean(&cluster, &seen, &stay);
 }
 
+/// A joining node's copies keep to the senders' `--move-bytes-per-sec` (1 MiB/s here), and
+/// `cairn cluster status` shows each while it runs: its shard, sender, receiver, bytes sent
+/// of the total and the time so far (JSON), and a MOVES table (text).
+#[test]
+fn a_move_keeps_to_the_bandwidth_limit_and_shows_in_cluster_status() {
+    const LIMIT: u64 = 1 << 20;
+    const CHUNK: u64 = 256 << 10;
+    let limit = LIMIT.to_string();
+    let args = ["--shards", SHARDS, "--move-bytes-per-sec", limit.as_str()];
+    let first = Node::start_with(&args);
+    let join = first.grpc_addr.to_string();
+    let mut nodes = vec![first];
+    for _ in 0..2 {
+        let with_join: Vec<&str> = args.iter().copied().chain(["--join", &join]).collect();
+        nodes.push(Node::start_with(&with_join));
+    }
+    let mut cluster = Cluster { nodes };
+    let members: BTreeSet<String> = (0..3).map(|i| cluster.name(i)).collect();
+    wait_balanced(&cluster, 0, &members);
+    // About 1.5 MB per shard, then SAVE everywhere: the logs behind are purged, so the new
+    // node gets each replica as a snapshot, the copy the limit paces.
+    let value = "v".repeat(100 << 10);
+    let mut conn = Conn::connect(cluster.nodes[0].resp_addr).unwrap();
+    for k in 0..60 {
+        assert_eq!(conn.cmd(&["SET", &format!("big:{k}"), &value]), Answer::Ok);
+    }
+    for node in &cluster.nodes {
+        let mut conn = Conn::connect(node.resp_addr).unwrap();
+        assert_eq!(conn.cmd(&["SAVE"]), Answer::Ok);
+    }
+
+    let with_join: Vec<&str> = args.iter().copied().chain(["--join", &join]).collect();
+    cluster.nodes.push(Node::start_with(&with_join));
+    let status = |json: bool| {
+        let mut command = Command::new(cairn_bin());
+        command.args(["cluster", "status", "--endpoint"]);
+        command.arg(cluster.nodes[0].grpc_url());
+        if json {
+            command.arg("--json");
+        }
+        let out = command.output().expect("cairn cluster status");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Every move seen under way: (shard, to) → the largest bytes sent seen, of the total.
+    let mut seen: BTreeMap<(i64, String), (u64, u64)> = BTreeMap::new();
+    let mut table = None;
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    while seen.len() < 2 || table.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "moves seen under way: {seen:?}, MOVES table: {}\n{}",
+            table.is_some(),
+            cluster.logs()
+        );
+        let now: Value = serde_json::from_str(&status(true)).unwrap();
+        for m in now["moves"].as_array().unwrap() {
+            let (sent, total, elapsed_ms) = (
+                m["sent_bytes"].as_u64().unwrap(),
+                m["total_bytes"].as_u64().unwrap(),
+                m["elapsed_ms"].as_u64().unwrap(),
+            );
+            // The first chunk goes at once; each later one waits for its share of the
+            // limit (and one more chunk of slack for the moment between the two readings).
+            assert!(
+                sent <= LIMIT * elapsed_ms / 1000 + 2 * CHUNK,
+                "a move sent {sent} bytes in {elapsed_ms} ms, over {LIMIT} bytes/s: {m}"
+            );
+            assert!(total > 0 && sent <= total, "{m}");
+            if sent < total {
+                let key = (m["shard"].as_i64().unwrap_or(-1), m["to"].to_string());
+                let entry = seen.entry(key).or_insert((0, total));
+                entry.0 = entry.0.max(sent);
+            }
+        }
+        if table.is_none() && !now["moves"].as_array().unwrap().is_empty() {
+            let text = status(false);
+            if text.contains("MOVES (replicas being copied)") {
+                table = Some(text);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let table = table.unwrap();
+    assert!(table.contains("MiB/s"), "{table}");
+    let all: BTreeSet<String> = (0..4).map(|i| cluster.name(i)).collect();
+    wait_balanced(&cluster, 0, &all);
+    let mut conn = Conn::connect(cluster.nodes[3].resp_addr).unwrap();
+    for k in 0..60 {
+        assert_eq!(
+            conn.cmd(&["GET", &format!("big:{k}")]),
+            Answer::Bulk(Some(value.clone())),
+            "big:{k} through the new node"
+        );
+    }
+}
+
 /// Every shard's slot ranges in `status` (a `/v1/cluster` answer), by shard id.
 fn shard_ranges(status: &Value) -> BTreeMap<u64, Vec<(i64, i64)>> {
     status["shards"]
