@@ -150,8 +150,8 @@ pub async fn run(node: Arc<Node>) {
 /// still forwards to the shards' leaders, so a cluster client sees a closed connection and
 /// moves on, never an error) and then its groups (no other node counts it in any; it must
 /// not stand for election in them), and exits: with status 0 if it was drained on request,
-/// with an error if it was replaced. Its data directory stays as it is, for its operator to
-/// delete.
+/// with an error if it was replaced, once it deleted its replicas and log
+/// ([`crate::shards::NodeIdentity::forget`]; `node.toml` keeps the removal).
 fn leave(node: &Node, removed: Removed) {
     match removed.cause {
         RemovalCause::Left => {

@@ -132,6 +132,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     // node (its clients then reconnect elsewhere: cluster clients refresh their maps on a
     // closed connection).
     let mut failure = None;
+    let mut removal = None;
     let mut removed = node.removal();
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
@@ -144,9 +145,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
                 }
                 crate::meta::RemovalCause::Replaced => {
                     tracing::error!(reason = %removed.reason, "removed from the cluster; shutting down");
-                    failure = Some(anyhow::anyhow!(removed.reason));
+                    failure = Some(anyhow::anyhow!(removed.reason.clone()));
                 }
             }
+            removal = Some(removed);
         }
         Some(ended) = tasks.join_next() => {
             let error = match ended {
@@ -170,6 +172,17 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     node.shutdown()
         .await
         .map_err(|e| anyhow::anyhow!("clean shutdown failed: {e}"))?;
+    if let Some(removed) = removal {
+        // Removed, the node cleans up: its replicas live elsewhere now.
+        let io = cairn_io::StdIo;
+        crate::shards::NodeIdentity::load(&io, &config.data_dir)?
+            .ok_or_else(|| anyhow::anyhow!("{} has no node.toml", config.data_dir.display()))?
+            .forget(&io, &config.data_dir, &removed.reason)?;
+        tracing::warn!(
+            data_dir = %config.data_dir.display(),
+            "deleted this node's replicas and log; node.toml stays, recording the removal"
+        );
+    }
     tracing::info!("stopped");
     match failure {
         Some(e) => Err(e),

@@ -39,6 +39,16 @@ use crate::slot::{SLOT_COUNT, SlotMap, key_slot};
 pub const NODE_FILE: &str = "node.toml";
 /// Version of the data-directory layout.
 pub const LAYOUT_VERSION: u32 = 2;
+/// Deletes the replica and log directories of `data_dir` that exist ([`REPLICA_DIRS`]).
+fn delete_replicas(io: &dyn Io, data_dir: &Path) -> anyhow::Result<()> {
+    for name in REPLICA_DIRS {
+        let dir = data_dir.join(name);
+        cairn_io::remove_dir_all_durable(io, &dir)
+            .map_err(|e| anyhow::anyhow!("cannot delete {}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// The Raft node id of the node that bootstraps a cluster.
 pub const FIRST_NODE_ID: u64 = 1;
 
@@ -56,7 +66,15 @@ pub struct NodeIdentity {
     /// uninitialised.
     #[serde(default)]
     pub joined: bool,
+    /// Why the cluster removed this node, once it did ([`NodeIdentity::forget`]): its
+    /// replicas and log are deleted, and a start on this directory is refused with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<String>,
 }
+
+/// The directories of a node's replicas and log (`meta/`, `wal/`, `shards/`): what a node
+/// the cluster removed deletes.
+const REPLICA_DIRS: [&str; 3] = ["shards", "meta", "wal"];
 
 impl NodeIdentity {
     /// Reads the identity of `data_dir`; `None` when the directory has none yet.
@@ -102,6 +120,32 @@ impl NodeIdentity {
         }
     }
 
+    /// The cluster removed this node (`reason`): records it in `node.toml`, then deletes the
+    /// node's replicas and log. Every group dropped the node before the map removed it, so
+    /// nothing there is needed any more; `node.toml` stays, so that a start on this
+    /// directory is refused with the reason ([`NodeIdentity::refuse_if_removed`]) rather than
+    /// asking the cluster again.
+    pub fn forget(mut self, io: &dyn Io, data_dir: &Path, reason: &str) -> anyhow::Result<()> {
+        self.removed = Some(reason.to_string());
+        let path = data_dir.join(NODE_FILE);
+        cairn_io::write_file_atomic(io, &path, toml::to_string(&self)?.as_bytes())
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        delete_replicas(io, data_dir)
+    }
+
+    /// Refuses to open a directory whose node the cluster removed, after finishing the
+    /// deletion [`NodeIdentity::forget`] began (a crash may have cut it short).
+    pub fn refuse_if_removed(&self, io: &dyn Io, data_dir: &Path) -> anyhow::Result<()> {
+        let Some(reason) = &self.removed else {
+            return Ok(());
+        };
+        delete_replicas(io, data_dir)?;
+        anyhow::bail!(
+            "{reason} (its replicas in {} were deleted when it was removed)",
+            data_dir.display()
+        )
+    }
+
     /// A new identity: a fresh name unless `name` is given.
     pub fn new(name: Option<String>, raft_id: u64, shards: u32, joined: bool) -> NodeIdentity {
         NodeIdentity {
@@ -110,6 +154,7 @@ impl NodeIdentity {
             raft_id,
             shards,
             joined,
+            removed: None,
         }
     }
 
@@ -1287,5 +1332,37 @@ mod tests {
         assert!(cut.unwrap_err().contains("shard 1"));
         // Fewer owners than slots: the rest are not routed.
         assert!(tiling(vec![1; 100]).unwrap_err().contains("slot 100"));
+    }
+
+    /// A removed node deletes its replicas and log and keeps `node.toml`, which records the
+    /// removal; a start on the directory is refused, after finishing a deletion a crash cut
+    /// short.
+    #[test]
+    fn a_removed_node_forgets_its_replicas_and_refuses_to_start_again() {
+        let io = cairn_io::StdIo;
+        let dir = tempfile::tempdir().unwrap();
+        let identity = NodeIdentity::new(None, 7, 4, true);
+        identity.create(&io, dir.path()).unwrap();
+        let fill = |name: &str| {
+            std::fs::create_dir_all(dir.path().join(name).join("sub")).unwrap();
+            std::fs::write(dir.path().join(name).join("sub").join("f"), b"x").unwrap();
+        };
+        for name in REPLICA_DIRS {
+            fill(name);
+        }
+        let loaded = NodeIdentity::load(&io, dir.path()).unwrap().unwrap();
+        loaded.refuse_if_removed(&io, dir.path()).unwrap();
+        loaded.forget(&io, dir.path(), "left on request").unwrap();
+        for name in REPLICA_DIRS {
+            assert!(!dir.path().join(name).exists(), "{name}");
+        }
+        let removed = NodeIdentity::load(&io, dir.path()).unwrap().unwrap();
+        assert_eq!(removed.removed.as_deref(), Some("left on request"));
+        assert_eq!((removed.raft_id, &removed.node_id), (7, &identity.node_id));
+        // A crash after node.toml recorded it, before the deletion: the start deletes them.
+        fill("wal");
+        let why = removed.refuse_if_removed(&io, dir.path()).unwrap_err();
+        assert!(why.to_string().contains("left on request"), "{why}");
+        assert!(!dir.path().join("wal").exists());
     }
 }

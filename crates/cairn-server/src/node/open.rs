@@ -50,6 +50,7 @@ impl Node {
                 identity
             }
         };
+        identity.refuse_if_removed(&*io, &options.data_dir)?;
         if identity.shards != options.shards && !identity.joined {
             tracing::info!(
                 recorded = identity.shards,

@@ -317,6 +317,25 @@ impl Load {
     }
 }
 
+/// Node `i`, removed from the cluster and exited, deleted its replicas and log and kept
+/// `node.toml` with the removal; started again on that directory, it refuses at once.
+fn assert_cleaned_up(cluster: &mut Cluster, i: usize) {
+    let dir = Path::new(&cluster.nodes[i].data_dir).to_path_buf();
+    for name in ["shards", "meta", "wal"] {
+        assert!(
+            !dir.join(name).exists(),
+            "{name}/ left in {}",
+            dir.display()
+        );
+    }
+    let identity = std::fs::read_to_string(dir.join("node.toml")).unwrap();
+    assert!(identity.contains("removed = "), "{identity}");
+    cluster.nodes[i].spawn_unchecked();
+    assert!(!wait_exit(cluster, i).success());
+    let log = cluster.nodes[i].log();
+    assert!(log.contains("were deleted when it was removed"), "{log}");
+}
+
 /// Waits until node `i`'s process exits by itself; its exit status.
 fn wait_exit(cluster: &mut Cluster, i: usize) -> std::process::ExitStatus {
     let deadline = Instant::now() + CONVERGE_TIMEOUT;
@@ -520,6 +539,7 @@ fn a_node_joins_and_another_leaves_under_load_without_a_failed_request() {
         "{}",
         cluster.nodes[leaving].log()
     );
+    assert_cleaned_up(&mut cluster, leaving);
     let doomed = doomed.join().unwrap();
     let surfaced: Vec<&String> = doomed
         .errors
@@ -674,16 +694,14 @@ fn a_node_down_past_the_replace_time_is_replaced_and_told_so_when_it_returns() {
         assert_readable(&cluster, i, &keys);
     }
 
-    // It comes back on its old data directory: it is told it was replaced, and stops.
+    // It comes back on its old data directory: it is told it was replaced, deletes its
+    // replicas, and stops.
     cluster.nodes[victim_at].spawn_unchecked();
     assert!(!wait_exit(&mut cluster, victim_at).success());
     let log = cluster.nodes[victim_at].log();
     assert!(log.contains("replaced after being down"), "{log}");
+    assert_cleaned_up(&mut cluster, victim_at);
     wait_balanced(&cluster, stay[0], &members);
-    assert!(
-        Path::new(&cluster.nodes[victim_at].data_dir).exists(),
-        "its data stays for its operator"
-    );
     let seen = load.finish();
     lin_stop.store(true, Ordering::Relaxed);
     let recorded: Vec<(usize, Op)> = lin.into_iter().flat_map(|t| t.join().unwrap()).collect();
