@@ -709,27 +709,36 @@ fn a_node_down_past_the_replace_time_is_replaced_and_told_so_when_it_returns() {
     assert_clean(&cluster, &seen, &stay);
 }
 
-/// A joining node's copies keep to the senders' `--move-bytes-per-sec` (1 MiB/s here), and
-/// `cairn cluster status` shows each while it runs: its shard, sender, receiver, bytes sent
-/// of the total and the time so far (JSON), and a MOVES table (text).
+/// Copies keep to the senders' `--move-bytes-per-sec` (1 MiB/s here), and `cairn cluster
+/// status` shows each while it runs: its shard, sender, receiver, bytes sent of the total and
+/// the time so far (JSON), and a MOVES table (text). With `--balance-moves-max 1`, a drain
+/// whose three replicas go to three different nodes copies one at a time.
 #[test]
-fn a_move_keeps_to_the_bandwidth_limit_and_shows_in_cluster_status() {
+fn moves_keep_to_the_bandwidth_limit_and_the_move_limit_and_show_in_cluster_status() {
     const LIMIT: u64 = 1 << 20;
     const CHUNK: u64 = 256 << 10;
     let limit = LIMIT.to_string();
-    let args = ["--shards", SHARDS, "--move-bytes-per-sec", limit.as_str()];
+    let moves_max = std::env::var("CAIRN_TEST_MOVES_MAX").unwrap_or_else(|_| "1".into());
+    let args = [
+        "--shards",
+        SHARDS,
+        "--move-bytes-per-sec",
+        limit.as_str(),
+        "--balance-moves-max",
+        moves_max.as_str(),
+    ];
     let first = Node::start_with(&args);
     let join = first.grpc_addr.to_string();
+    let with_join: Vec<&str> = args.iter().copied().chain(["--join", &join]).collect();
     let mut nodes = vec![first];
     for _ in 0..2 {
-        let with_join: Vec<&str> = args.iter().copied().chain(["--join", &join]).collect();
         nodes.push(Node::start_with(&with_join));
     }
     let mut cluster = Cluster { nodes };
-    let members: BTreeSet<String> = (0..3).map(|i| cluster.name(i)).collect();
+    let mut members: BTreeSet<String> = (0..3).map(|i| cluster.name(i)).collect();
     wait_balanced(&cluster, 0, &members);
-    // About 1.5 MB per shard, then SAVE everywhere: the logs behind are purged, so the new
-    // node gets each replica as a snapshot, the copy the limit paces.
+    // About 1.5 MB per shard, then SAVE everywhere: the logs behind are purged, so each new
+    // replica is copied as a snapshot, the copy the limit paces.
     let value = "v".repeat(100 << 10);
     let mut conn = Conn::connect(cluster.nodes[0].resp_addr).unwrap();
     for k in 0..60 {
@@ -739,10 +748,7 @@ fn a_move_keeps_to_the_bandwidth_limit_and_shows_in_cluster_status() {
         let mut conn = Conn::connect(node.resp_addr).unwrap();
         assert_eq!(conn.cmd(&["SAVE"]), Answer::Ok);
     }
-
-    let with_join: Vec<&str> = args.iter().copied().chain(["--join", &join]).collect();
-    cluster.nodes.push(Node::start_with(&with_join));
-    let status = |json: bool| {
+    let status = |cluster: &Cluster, json: bool| {
         let mut command = Command::new(cairn_bin());
         command.args(["cluster", "status", "--endpoint"]);
         command.arg(cluster.nodes[0].grpc_url());
@@ -757,49 +763,95 @@ fn a_move_keeps_to_the_bandwidth_limit_and_shows_in_cluster_status() {
         );
         String::from_utf8(out.stdout).unwrap()
     };
-    // Every move seen under way: (shard, to) → the largest bytes sent seen, of the total.
-    let mut seen: BTreeMap<(i64, String), (u64, u64)> = BTreeMap::new();
-    let mut table = None;
-    let deadline = Instant::now() + CONVERGE_TIMEOUT;
-    while seen.len() < 2 || table.is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "moves seen under way: {seen:?}, MOVES table: {}\n{}",
-            table.is_some(),
-            cluster.logs()
-        );
-        let now: Value = serde_json::from_str(&status(true)).unwrap();
-        for m in now["moves"].as_array().unwrap() {
-            let (sent, total, elapsed_ms) = (
-                m["sent_bytes"].as_u64().unwrap(),
-                m["total_bytes"].as_u64().unwrap(),
-                m["elapsed_ms"].as_u64().unwrap(),
-            );
-            // The first chunk goes at once; each later one waits for its share of the
-            // limit (and one more chunk of slack for the moment between the two readings).
+    // Polls the status until `done` says so: every move it lists keeps to the limit; the
+    // moves seen under way ((shard, receiver)), and the most under way at once.
+    let watch = |cluster: &Cluster, done: &dyn Fn(&Value, usize) -> bool| {
+        let mut seen: BTreeSet<(i64, String)> = BTreeSet::new();
+        let mut most = 0;
+        let deadline = Instant::now() + CONVERGE_TIMEOUT;
+        loop {
+            let now: Value = serde_json::from_str(&status(cluster, true)).unwrap();
+            if done(&now, seen.len()) {
+                return (seen, most);
+            }
             assert!(
-                sent <= LIMIT * elapsed_ms / 1000 + 2 * CHUNK,
-                "a move sent {sent} bytes in {elapsed_ms} ms, over {LIMIT} bytes/s: {m}"
+                Instant::now() < deadline,
+                "moves seen under way: {seen:?}\n{}",
+                cluster.logs()
             );
-            assert!(total > 0 && sent <= total, "{m}");
-            if sent < total {
-                let key = (m["shard"].as_i64().unwrap_or(-1), m["to"].to_string());
-                let entry = seen.entry(key).or_insert((0, total));
-                entry.0 = entry.0.max(sent);
+            let mut under_way = 0;
+            for m in now["moves"].as_array().unwrap() {
+                let (sent, total, elapsed_ms) = (
+                    m["sent_bytes"].as_u64().unwrap(),
+                    m["total_bytes"].as_u64().unwrap(),
+                    m["elapsed_ms"].as_u64().unwrap(),
+                );
+                // The first chunk goes at once; each later one waits for its share of the
+                // limit (and one more chunk of slack for the moment between the readings).
+                assert!(
+                    sent <= LIMIT * elapsed_ms / 1000 + 2 * CHUNK,
+                    "a move sent {sent} bytes in {elapsed_ms} ms, over {LIMIT} bytes/s: {m}"
+                );
+                assert!(total > 0 && sent <= total, "{m}");
+                if sent < total && !m["shard"].is_null() {
+                    under_way += 1;
+                    seen.insert((m["shard"].as_i64().unwrap(), m["to"].to_string()));
+                }
             }
+            most = most.max(under_way);
+            std::thread::sleep(Duration::from_millis(100));
         }
-        if table.is_none() && !now["moves"].as_array().unwrap().is_empty() {
-            let text = status(false);
+    };
+
+    // A fourth node joins: the text status shows a MOVES table while a copy runs.
+    cluster.nodes.push(Node::start_with(&with_join));
+    let table = std::cell::RefCell::new(None);
+    let (seen, _) = watch(&cluster, &|now, seen| {
+        if table.borrow().is_none() && !now["moves"].as_array().unwrap().is_empty() {
+            let text = status(&cluster, false);
             if text.contains("MOVES (replicas being copied)") {
-                table = Some(text);
+                *table.borrow_mut() = Some(text);
             }
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let table = table.unwrap();
+        seen >= 2 && table.borrow().is_some()
+    });
+    assert!(seen.len() >= 2, "{seen:?}");
+    let table = table.into_inner().unwrap();
     assert!(table.contains("MiB/s"), "{table}");
-    let all: BTreeSet<String> = (0..4).map(|i| cluster.name(i)).collect();
-    wait_balanced(&cluster, 0, &all);
+    members.insert(cluster.name(3));
+    wait_balanced(&cluster, 0, &members);
+
+    // Node 2 leaves: each of its three replicas goes to the one node that lacks its shard,
+    // three different nodes, one copy at a time.
+    let leaving = cluster.name(2);
+    let response = crate::http::request(
+        cluster.nodes[0].http_addr,
+        "DELETE",
+        &format!("/v1/cluster/nodes/{leaving}"),
+        b"",
+    );
+    assert_eq!(response.status, 202);
+    let (seen, most) = watch(&cluster, &|now, _| {
+        !now["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == leaving.as_str())
+    });
+    eprintln!(
+        "the drain: {} copies seen under way, at most {most} at once",
+        seen.len()
+    );
+    assert!(
+        seen.len() >= 2,
+        "the drain's copies seen under way: {seen:?}"
+    );
+    assert!(
+        most <= moves_max.parse().unwrap(),
+        "{most} copies under way at once, with --balance-moves-max {moves_max}"
+    );
+    members.remove(&leaving);
+    wait_balanced(&cluster, 0, &members);
     let mut conn = Conn::connect(cluster.nodes[3].resp_addr).unwrap();
     for k in 0..60 {
         assert_eq!(
