@@ -375,3 +375,176 @@ fn bench_spreads_over_endpoints_and_checks_the_target() {
         stderr(&o)
     );
 }
+
+/// `cairn playground` as a user drives it: three nodes start, `add` joins a fourth,
+/// `remove 2` drains node 2 out, `status` lists the cluster as it now is, data written before
+/// reads through the node that joined, and SIGTERM stops every node.
+#[test]
+fn playground_adds_and_removes_nodes() {
+    use std::io::{BufRead, BufReader};
+    // A block of ports outside the tests' span (free_port's), from a per-process offset: node
+    // i listens on base + i, base + 100 + i and base + 200 + i.
+    let base = (0..40)
+        .map(|k| 33_000 + ((std::process::id() as u16 % 40 + k) % 40) * 300)
+        .find(|&base| {
+            (1..=4).all(|i| {
+                [i, 100 + i, 200 + i]
+                    .iter()
+                    .all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok())
+            })
+        })
+        .expect("a free block of ports");
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(cairn_bin())
+        .args([
+            "playground",
+            "--nodes",
+            "3",
+            "--base-port",
+            &base.to_string(),
+        ])
+        .arg("--dir")
+        .arg(dir.path().join("pg"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cairn playground");
+    // Kill the playground (and its nodes with it, by SIGTERM) however the test ends.
+    struct Stop(u32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").arg(self.0.to_string()).status();
+        }
+    }
+    let stop = Stop(child.id());
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    for out in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = lines_tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let mut said = Vec::new();
+    let mut expect = |want: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(want);
+                    said.push(line);
+                    if found {
+                        return said.len();
+                    }
+                }
+                Err(_) => panic!("the playground never said {want:?}:\n{}", said.join("\n")),
+            }
+        }
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    let mut send = |line: &str| writeln!(stdin, "{line}").unwrap();
+    expect("Type add | remove N");
+    let resp = |i: u16| std::net::SocketAddr::from(([127, 0, 0, 1], base + i));
+    let grpc = |i: u16| format!("127.0.0.1:{}", base + 100 + i);
+    let mut conn = crate::cluster::Conn::connect(resp(1)).unwrap();
+    assert_eq!(
+        conn.cmd(&["SET", "hello", "world"]),
+        crate::cluster::Answer::Ok
+    );
+
+    // The cluster as `cairn cluster status --json` tells it: each shard's replicas.
+    let replicas = || -> Vec<Vec<String>> {
+        let out = Command::new(cairn_bin())
+            .args(["cluster", "status", "--json", "--endpoint"])
+            .arg(format!("http://{}", grpc(1)))
+            .output()
+            .unwrap();
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        status["shards"]
+            .as_array()
+            .map(|shards| {
+                shards
+                    .iter()
+                    .map(|g| {
+                        g["replicas"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|r| r.as_str().unwrap().to_string())
+                            .collect()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let settle = |what: &str, done: &dyn Fn(&[Vec<String>]) -> bool| {
+        crate::support::poll_until(
+            std::time::Duration::from_secs(120),
+            std::time::Duration::from_millis(200),
+            || format!("the playground's cluster never {what}"),
+            || {
+                let now = replicas();
+                if !now.is_empty() && done(&now) {
+                    Ok(())
+                } else {
+                    Err(now)
+                }
+            },
+        )
+    };
+    settle("put three replicas on every shard", &|shards| {
+        shards.iter().all(|r| r.len() == 3)
+    });
+    let name_of = |i: u16| -> String {
+        let out = Command::new(cairn_bin())
+            .args(["cluster", "status", "--json", "--endpoint"])
+            .arg(format!("http://{}", grpc(i)))
+            .output()
+            .unwrap();
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        status["node_id"].as_str().unwrap().to_string()
+    };
+
+    send("add");
+    expect("node 4 joined");
+    let (second, fourth) = (name_of(2), name_of(4));
+    settle("gave the fourth node its share", &|shards| {
+        shards.iter().filter(|r| r.contains(&fourth)).count() >= 2
+    });
+    send("remove 2");
+    expect("node 2 left the cluster");
+    send("status");
+    let upto = expect("(cluster map)");
+    let status = said[..upto].join("\n");
+    let last = status.rsplit("NODE ").next().unwrap_or_default();
+    assert!(last.contains(&grpc(4)), "node 4 missing:\n{last}");
+    assert!(!last.contains(&grpc(2)), "node 2 still listed:\n{last}");
+    assert!(
+        replicas()
+            .iter()
+            .all(|r| r.len() == 3 && !r.contains(&second)),
+        "{:?}",
+        replicas()
+    );
+    let mut conn = crate::cluster::Conn::connect(resp(4)).unwrap();
+    assert_eq!(
+        conn.cmd(&["GET", "hello"]),
+        crate::cluster::Answer::Bulk(Some("world".into()))
+    );
+
+    drop(stop);
+    let exited = child.wait().unwrap();
+    assert!(exited.success(), "the playground exited with {exited}");
+    for i in [1, 3, 4] {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", base + 100 + i)).is_ok(),
+            "node {i} still listens after the playground stopped"
+        );
+    }
+}
