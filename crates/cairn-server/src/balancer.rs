@@ -154,10 +154,10 @@ pub async fn run(node: Arc<Node>) {
 /// ([`crate::shards::NodeIdentity::forget`]; `node.toml` keeps the removal).
 fn leave(node: &Node, removed: Removed) {
     match removed.cause {
-        RemovalCause::Left => {
+        Some(RemovalCause::Left) => {
             tracing::warn!(reason = %removed.reason, "this node left the cluster; it stops serving")
         }
-        RemovalCause::Replaced => {
+        _ => {
             tracing::error!(reason = %removed.reason, "this node was removed from the cluster; it stops serving")
         }
     }
@@ -873,17 +873,18 @@ impl Node {
         }
         let replicas = meta.config().map_or(1, |c| c.replicas as usize);
         // Every shard's voters as its leader reported them to the map: this node need not
-        // hold a replica of every shard (data on the voters only). A shard of its own not
-        // reported yet (a child just split off) as its replica here sees it.
+        // hold a replica of every shard (data on the voters only). A shard it leads, or one
+        // of its own not reported yet (a child just split off), as its replica here sees it.
         let mut groups: BTreeMap<u64, BTreeSet<u64>> = meta
             .shards()
             .into_iter()
             .map(|p| (group_of_shard(p.shard), p.voters))
             .collect();
         for shard in self.shards().list() {
-            groups
-                .entry(group_of_shard(shard.id))
-                .or_insert_with(|| shard.group.status().voters);
+            let id = group_of_shard(shard.id);
+            if shard.group.leading().is_some() || !groups.contains_key(&id) {
+                groups.insert(id, shard.group.status().voters);
+            }
         }
         groups.insert(META_GROUP, meta.group.status().voters);
         let groups: Vec<(u64, BTreeSet<u64>)> = groups.into_iter().collect();

@@ -45,10 +45,12 @@ pub const META_GROUP: u64 = 0;
 pub const META_VOTERS_MIN: usize = 3;
 
 /// The voters the metadata group wants in a cluster of `replicas` voters per shard, before
-/// the cap by the nodes that stay: as many as a shard, at least [`META_VOTERS_MIN`], so the
-/// map survives every loss of nodes the shards survive.
+/// the cap by the nodes that stay: as many as a shard (the next odd number), at least
+/// [`META_VOTERS_MIN`], so the map survives every loss of nodes the shards survive.
 pub fn meta_voters(replicas: usize) -> usize {
-    META_VOTERS_MIN.max(replicas)
+    // An odd count: a fourth voter tolerates no more failures than three, and costs an
+    // acknowledgement more per write.
+    META_VOTERS_MIN.max(replicas | 1)
 }
 /// Most nodes the map lists (one scan reads them all).
 pub const NODES_MAX: usize = 1024;
@@ -114,11 +116,12 @@ impl RemovalCause {
         }
     }
 
-    /// Reads [`RemovalCause::as_str`]; anything else is `Replaced`.
-    pub fn parse(s: &str) -> RemovalCause {
+    /// Reads [`RemovalCause::as_str`].
+    pub fn parse(s: &str) -> Option<RemovalCause> {
         match s {
-            "left" => RemovalCause::Left,
-            _ => RemovalCause::Replaced,
+            "left" => Some(RemovalCause::Left),
+            "replaced" => Some(RemovalCause::Replaced),
+            _ => None,
         }
     }
 }

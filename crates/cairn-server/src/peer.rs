@@ -325,15 +325,16 @@ fn refused(gone: &Removal) -> Status {
 pub struct Removed {
     /// The refusal, in words.
     pub reason: String,
-    /// Why it was removed.
-    pub cause: RemovalCause,
+    /// Why it was removed; `None` when a refusal did not say (a metadata leader of an older
+    /// build): the node then stops but keeps its data.
+    pub cause: Option<RemovalCause>,
 }
 
 impl From<&Removal> for Removed {
     fn from(removal: &Removal) -> Removed {
         Removed {
             reason: removal.refusal(),
-            cause: removal.cause,
+            cause: Some(removal.cause),
         }
     }
 }
@@ -372,7 +373,7 @@ pub async fn join(peers: &Peers, addr: &str, me: &NodeRecord) -> anyhow::Result<
                             .metadata()
                             .get(REMOVED_METADATA)
                             .and_then(|v| v.to_str().ok())
-                            .map_or(RemovalCause::Replaced, RemovalCause::parse);
+                            .and_then(RemovalCause::parse);
                         return Err(Removed {
                             reason: status.message().to_string(),
                             cause,

@@ -140,10 +140,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             // Drained on request, it did what it was asked: it exits 0, so a service manager
             // that restarts failed processes leaves it stopped. Replaced, it fails.
             match removed.cause {
-                crate::meta::RemovalCause::Left => {
+                Some(crate::meta::RemovalCause::Left) => {
                     tracing::warn!(reason = %removed.reason, "left the cluster; shutting down")
                 }
-                crate::meta::RemovalCause::Replaced => {
+                _ => {
                     tracing::error!(reason = %removed.reason, "removed from the cluster; shutting down");
                     failure = Some(anyhow::anyhow!(removed.reason.clone()));
                 }
@@ -173,7 +173,16 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         .await
         .map_err(|e| anyhow::anyhow!("clean shutdown failed: {e}"))?;
     if let Some(removed) = removal {
-        // Removed, the node cleans up: its replicas live elsewhere now.
+        // Removed, the node cleans up: its replicas live elsewhere now. Only when the cluster
+        // said why: a refusal that did not (a metadata leader of an older build) is no
+        // ground to delete anything.
+        if removed.cause.is_none() {
+            tracing::error!(
+                data_dir = %config.data_dir.display(),
+                "the cluster refused this node without saying why; its data is kept"
+            );
+            return Err(failure.unwrap_or_else(|| anyhow::anyhow!(removed.reason)));
+        }
         let io = cairn_io::StdIo;
         crate::shards::NodeIdentity::load(&io, &config.data_dir)?
             .ok_or_else(|| anyhow::anyhow!("{} has no node.toml", config.data_dir.display()))?

@@ -46,7 +46,14 @@ fn delete_replicas(io: &dyn Io, data_dir: &Path) -> anyhow::Result<()> {
         cairn_io::remove_dir_all_durable(io, &dir)
             .map_err(|e| anyhow::anyhow!("cannot delete {}: {e}", dir.display()))?;
     }
-    Ok(())
+    // The book of the replicas' incarnations goes with them.
+    let book = data_dir.join(crate::replicas::BOOK_FILE);
+    match io.remove(&book) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(anyhow::anyhow!("cannot delete {}: {e}", book.display()))
+        }
+        _ => io.sync_dir(data_dir).map_err(Into::into),
+    }
 }
 
 /// The Raft node id of the node that bootstraps a cluster.
@@ -73,7 +80,7 @@ pub struct NodeIdentity {
 }
 
 /// The directories of a node's replicas and log (`meta/`, `wal/`, `shards/`): what a node
-/// the cluster removed deletes.
+/// the cluster removed deletes, with the book of its replicas (`replicas.json`).
 const REPLICA_DIRS: [&str; 3] = ["shards", "meta", "wal"];
 
 impl NodeIdentity {
@@ -127,6 +134,9 @@ impl NodeIdentity {
     /// asking the cluster again.
     pub fn forget(mut self, io: &dyn Io, data_dir: &Path, reason: &str) -> anyhow::Result<()> {
         self.removed = Some(reason.to_string());
+        // Never a directory that bootstraps a cluster again, even for a build that does not
+        // know `removed`.
+        self.joined = true;
         let path = data_dir.join(NODE_FILE);
         cairn_io::write_file_atomic(io, &path, toml::to_string(&self)?.as_bytes())
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
@@ -1350,14 +1360,20 @@ mod tests {
         for name in REPLICA_DIRS {
             fill(name);
         }
+        std::fs::write(dir.path().join(crate::replicas::BOOK_FILE), b"{}").unwrap();
         let loaded = NodeIdentity::load(&io, dir.path()).unwrap().unwrap();
         loaded.refuse_if_removed(&io, dir.path()).unwrap();
         loaded.forget(&io, dir.path(), "left on request").unwrap();
         for name in REPLICA_DIRS {
             assert!(!dir.path().join(name).exists(), "{name}");
         }
+        assert!(!dir.path().join(crate::replicas::BOOK_FILE).exists());
         let removed = NodeIdentity::load(&io, dir.path()).unwrap().unwrap();
         assert_eq!(removed.removed.as_deref(), Some("left on request"));
+        assert!(
+            removed.joined,
+            "a removed directory never bootstraps a cluster"
+        );
         assert_eq!((removed.raft_id, &removed.node_id), (7, &identity.node_id));
         // A crash after node.toml recorded it, before the deletion: the start deletes them.
         fill("wal");

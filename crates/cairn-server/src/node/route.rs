@@ -569,7 +569,9 @@ impl Node {
         if leader == self.raft_id() {
             return None;
         }
-        self.meta.node(leader)
+        // A leader the map marks down (its successor has not reported yet): forwarded, not
+        // redirected to a port that does not answer.
+        self.meta.node(leader).filter(|r| !r.down)
     }
 }
 

@@ -382,10 +382,11 @@ fn bench_spreads_over_endpoints_and_checks_the_target() {
 #[test]
 fn playground_adds_and_removes_nodes() {
     use std::io::{BufRead, BufReader};
-    // A block of ports outside the tests' span (free_port's), from a per-process offset: node
-    // i listens on base + i, base + 100 + i and base + 200 + i.
-    let base = (0..40)
-        .map(|k| 33_000 + ((std::process::id() as u16 % 40 + k) % 40) * 300)
+    // A block of ports below the tests' span (free_port's, from 20000) and the kernel's
+    // ephemeral range (from 32768), from a per-process offset: node i listens on base + i,
+    // base + 100 + i and base + 200 + i.
+    let base = (0..28)
+        .map(|k| 11_000 + ((std::process::id() as u16 % 28 + k) % 28) * 300)
         .find(|&base| {
             (1..=4).all(|i| {
                 [i, 100 + i, 200 + i]

@@ -114,25 +114,42 @@ fn wait_balanced(cluster: &Cluster, from: usize, nodes: &BTreeSet<String>) {
 
 /// redis-py's `RedisCluster` writing and reading back unique keys through the cluster it
 /// discovers from node `port`, until `stop_file` exists; prints what it saw as JSON.
-const REDIS_CLUSTER_WRITER: &str = r#"
+const REDIS_PY_WRITER: &str = r#"
 import json, os, sys, time
-from redis.cluster import RedisCluster
-port, stop_file = int(sys.argv[1]), sys.argv[2]
-rc = RedisCluster(host="127.0.0.1", port=port, cluster_error_retry_attempts=10)
-acked, errors, i = [], [], 0
+import redis
+mode, port, stop_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if mode == "cluster":
+    from redis.cluster import RedisCluster
+    r = RedisCluster(host="127.0.0.1", port=port, cluster_error_retry_attempts=10)
+else:
+    r = redis.Redis(host="127.0.0.1", port=port)
+acked, errors, retried, i = [], [], 0, 0
 while not os.path.exists(stop_file):
-    key = f"rc:{i}"
+    key = f"{'rc' if mode == 'cluster' else 'py'}:{i}"
     i += 1
-    try:
-        assert rc.set(key, key) is True
-        acked.append(key)
-        got = rc.get(key)
-        if got != key.encode():
-            errors.append(f"GET {key} read {got!r}")
-    except Exception as e:
-        errors.append(f"{key}: {type(e).__name__}: {e}")
-        time.sleep(0.05)
-print(json.dumps({"acked": acked, "errors": errors}))
+    while not os.path.exists(stop_file):
+        try:
+            assert r.set(key, key) is True
+            acked.append(key)
+            got = r.get(key)
+            if got != key.encode():
+                errors.append(f"GET {key} read {got!r}")
+            break
+        except redis.exceptions.ResponseError as e:
+            # A plain client sees TRYAGAIN itself, and tries again, as a retry-aware
+            # application does (the cluster client retries it on its own).
+            if mode == "plain" and str(e).startswith("TRYAGAIN"):
+                retried += 1
+                time.sleep(0.05)
+                continue
+            errors.append(f"{key}: {type(e).__name__}: {e}")
+            time.sleep(0.05)
+            break
+        except Exception as e:
+            errors.append(f"{key}: {type(e).__name__}: {e}")
+            time.sleep(0.05)
+            break
+print(json.dumps({"acked": acked, "errors": errors, "retried": retried}))
 "#;
 
 /// Clients reading, writing and deleting a few keys through any node (reconnecting to
@@ -208,7 +225,9 @@ struct Load {
     stop: Arc<AtomicBool>,
     stop_file: std::path::PathBuf,
     resp: Vec<std::thread::JoinHandle<Written>>,
-    redis_py: Option<std::process::Child>,
+    /// redis-py writers: `RedisCluster` from the first node of `through`, plain `Redis` on the
+    /// last one.
+    redis_py: Vec<(&'static str, std::process::Child)>,
     cairn_client: std::thread::JoinHandle<(Vec<String>, Vec<String>)>,
     _dir: tempfile::TempDir,
 }
@@ -245,19 +264,24 @@ impl Load {
             })
             .collect();
         let python = std::env::var("CAIRN_PYTHON").unwrap_or_else(|_| "python3".to_string());
-        let redis_py =
-            crate::clients::tool_available(&python, &["-c", "import redis"]).then(|| {
-                Command::new(&python)
-                    .args(["-c", REDIS_CLUSTER_WRITER])
-                    .arg(cluster.nodes[through[0]].resp_addr.port().to_string())
+        let mut redis_py = Vec::new();
+        if crate::clients::tool_available(&python, &["-c", "import redis"]) {
+            for (mode, i) in [
+                ("cluster", through[0]),
+                ("plain", through[through.len() - 1]),
+            ] {
+                let child = Command::new(&python)
+                    .args(["-c", REDIS_PY_WRITER, mode])
+                    .arg(cluster.nodes[i].resp_addr.port().to_string())
                     .arg(&stop_file)
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
                     .spawn()
-                    .expect("python")
-            });
-        if redis_py.is_none() {
-            eprintln!("redis-py is not installed: RedisCluster is left out of the load");
+                    .expect("python");
+                redis_py.push((mode, child));
+            }
+        } else {
+            eprintln!("redis-py is not installed: it is left out of the load");
         }
         let endpoint = format!("http://{}", cluster.nodes[through[0]].grpc_addr);
         let cairn_client = {
@@ -298,15 +322,20 @@ impl Load {
         std::fs::write(&self.stop_file, b"").unwrap();
         let resp = self.resp.into_iter().map(|t| t.join().unwrap()).collect();
         let (mut acked, mut errors) = self.cairn_client.join().unwrap();
-        if let Some(child) = self.redis_py {
+        for (mode, child) in self.redis_py {
             let out = child.wait_with_output().unwrap();
             assert!(
                 out.status.success(),
-                "the RedisCluster writer failed: {}",
+                "the redis-py writer ({mode}) failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
             let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
-            acked.extend(names(&seen["acked"]));
+            let written = names(&seen["acked"]);
+            assert!(
+                written.len() > 10,
+                "the redis-py writer ({mode}) barely ran"
+            );
+            acked.extend(written);
             errors.extend(names(&seen["errors"]));
         }
         Seen {
