@@ -510,6 +510,13 @@ fn a_node_joins_and_another_leaves_under_load_without_a_failed_request() {
         steps_done(&cluster, &[0, 1, 2, 3], "transfer_leader") > handovers,
         "no leadership was handed over to the new node: the balance came by chance"
     );
+    // Each step the balancer took is in its log too (the metadata leader's), with what it was.
+    let logged = cluster.nodes.iter().any(|n| {
+        n.log()
+            .lines()
+            .any(|l| l.contains("balancer step done") && l.contains("AddLearner"))
+    });
+    assert!(logged, "no balancer step was logged\n{}", cluster.logs());
     // Each shard's data lives on its voters only: three of the four nodes, no learner left
     // once the moves are done, and every node holding some.
     let mut held: BTreeSet<String> = BTreeSet::new();
