@@ -36,6 +36,18 @@ const FRONTEND: &str = "grpc";
 const MESSAGE_OVERHEAD_BYTES: usize = cairn_storage::KEY_BYTES_MAX + 64 * 1024;
 /// Concurrent requests served on one HTTP/2 connection; further ones wait.
 const REQUESTS_PER_CONNECTION_MAX: usize = 1024;
+/// HTTP/2 flow-control window this server grants a connection (every stream together): how
+/// much a peer may send before the server has taken it. hyper's default (1 MiB) made a
+/// replica copy (256 KiB snapshot chunks) wait for a window update every few chunks: moves
+/// that shared the two cores with others went at 163–249 MB/s, 259–450 MB/s with these
+/// (docs/benchmarks.md, "Flow-control windows"). Memory is bounded by what the server has
+/// not read yet, which its handlers read as it comes.
+const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
+/// The window of one stream (one snapshot, one append stream, one request).
+const STREAM_WINDOW_BYTES: u32 = 4 << 20;
+/// The largest HTTP/2 frame a peer may send this server: a snapshot chunk in one or two frames
+/// rather than sixteen of the default 16 KiB.
+const FRAME_BYTES_MAX: u32 = 256 << 10;
 
 /// Serve gRPC on `addr` until `shutdown` resolves, then drain in-flight requests; at most
 /// `max_connections` client connections are open at once (`--max-connections`).
@@ -87,6 +99,9 @@ pub async fn serve(
     let (signal, deadline) = crate::http::conn::shutdown_with_deadline(shutdown);
     let server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .max_frame_size(FRAME_BYTES_MAX)
         .add_service(health_service)
         .add_service(kv)
         .add_service(cluster)
