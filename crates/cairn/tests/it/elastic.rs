@@ -420,6 +420,13 @@ fn assert_clean(cluster: &Cluster, seen: &Seen, from: &[usize]) {
             "a RESP writer barely ran: {}",
             w.acked.len()
         );
+        eprintln!(
+            "RESP writer on {}: {} SETs acknowledged, {} INCRs, {} TRYAGAIN answers",
+            w.counter,
+            w.acked.len(),
+            w.incr_acked,
+            w.errors.len()
+        );
     }
     assert!(
         seen.errors.is_empty(),
