@@ -138,15 +138,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         _ = shutdown => tracing::info!("shutting down"),
         Ok(Some(removed)) = async { removed.wait_for(Option::is_some).await.map(|r| r.clone()) } => {
             // Drained on request, it did what it was asked: it exits 0, so a service manager
-            // that restarts failed processes leaves it stopped. Replaced, it fails.
-            match removed.cause {
-                Some(crate::meta::RemovalCause::Left) => {
-                    tracing::warn!(reason = %removed.reason, "left the cluster; shutting down")
-                }
-                _ => {
-                    tracing::error!(reason = %removed.reason, "removed from the cluster; shutting down");
-                    failure = Some(anyhow::anyhow!(removed.reason.clone()));
-                }
+            // that restarts failed processes leaves it stopped. Replaced, it fails. (The
+            // balancer task logged why when it learnt it.)
+            if removed.cause != Some(crate::meta::RemovalCause::Left) {
+                failure = Some(anyhow::anyhow!(removed.reason.clone()));
             }
             removal = Some(removed);
         }

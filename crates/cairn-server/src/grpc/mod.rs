@@ -38,10 +38,9 @@ const MESSAGE_OVERHEAD_BYTES: usize = cairn_storage::KEY_BYTES_MAX + 64 * 1024;
 const REQUESTS_PER_CONNECTION_MAX: usize = 1024;
 /// HTTP/2 flow-control window this server grants a connection (every stream together): how
 /// much a peer may send before the server has taken it. hyper's default (1 MiB) made a
-/// replica copy (256 KiB snapshot chunks) wait for a window update every few chunks: moves
-/// that shared the two cores with others went at 163–249 MB/s, 259–450 MB/s with these
-/// (docs/benchmarks.md, "Flow-control windows"). Memory is bounded by what the server has
-/// not read yet, which its handlers read as it comes.
+/// replica copy (256 KiB snapshot chunks) wait for a window update every few chunks (the
+/// measurements: docs/benchmarks.md, "Flow-control windows"). Memory is bounded by what the
+/// server has not read yet, which its handlers read as it comes.
 const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
 /// The window of one stream (one snapshot, one append stream, one request).
 const STREAM_WINDOW_BYTES: u32 = 4 << 20;
